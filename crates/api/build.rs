@@ -1,0 +1,35 @@
+//! Compiles proto/*.proto (package docker.swarmkit.v1) with prost and tonic.
+//! protoc comes from protoc-bin-vendored unless PROTOC names another one.
+
+use std::path::PathBuf;
+
+const FILES: &[&str] = &[
+    "types.proto",
+    "specs.proto",
+    "objects.proto",
+    "control.proto",
+    "ca.proto",
+    "dispatcher.proto",
+    "health.proto",
+    "watch.proto",
+    "logbroker.proto",
+    "raft.proto",
+    "resource.proto",
+    "snapshot.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let mut config = tonic_prost_build::Config::new();
+    if std::env::var_os("PROTOC").is_none() {
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    }
+    // Maps become BTreeMaps so that labels and options iterate in a stable order.
+    config.btree_map(["."]);
+    let wkt = protoc_bin_vendored::include_path()?;
+    let files: Vec<PathBuf> = FILES.iter().map(|f| root.join(f)).collect();
+    tonic_prost_build::configure().compile_with_config(config, &files, &[root.clone(), wkt])?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    Ok(())
+}

@@ -1,1 +1,27 @@
-//! placeholder
+//! The manager's in-memory object store, after SwarmKit's `manager/state/store`: one indexed table per
+//! object kind, consistent read views, serialised write transactions that turn into `api::StoreAction`s,
+//! and watch streams of the applied changes. Replication is not done here: writes go through a
+//! [`Proposer`] (implemented by the `raft` crate), which applies them back with
+//! [`MemoryStore::apply_committed`] once committed.
+
+#![forbid(unsafe_code)]
+
+mod by;
+mod error;
+mod memory;
+mod object;
+mod proposer;
+mod table;
+mod tx;
+mod watch;
+
+pub use by::By;
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use object::{Kind, StoreObject};
+pub use proposer::{ProposeError, Proposer};
+pub use tx::{ReadTx, Tx};
+pub use watch::{Event, EventKind, ObjectRef, WatchFilter, Watcher};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! `RaftConfig`: where the raft database lives and the timing and compaction knobs, named after
+//! SwarmKit's raft options (`TickInterval`, `ElectionTick`, `HeartbeatTick`, `SnapshotInterval`,
+//! `LogEntriesForSlowFollowers`), and their translation to `openraft::Config`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use openraft::SnapshotPolicy;
+
+use crate::RaftError;
+
+/// Raft settings of one manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// Directory holding `raft.redb`; created with mode 0700.
+    pub dir: PathBuf,
+    /// Entries applied since the last snapshot that trigger a new one (SwarmKit default 10000).
+    pub snapshot_interval: u64,
+    /// Entries already in a snapshot kept in the log for slow followers (SwarmKit default 500).
+    pub log_entries_for_slow_followers: u64,
+    /// Raft tick (SwarmKit default 1s).
+    pub tick: Duration,
+    /// Ticks without a leader before a member starts an election (SwarmKit default 10).
+    pub election_tick: u32,
+    /// Ticks between leader heartbeats (SwarmKit default 1).
+    pub heartbeat_tick: u32,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            dir: PathBuf::new(),
+            snapshot_interval: 10_000,
+            log_entries_for_slow_followers: 500,
+            tick: Duration::from_secs(1),
+            election_tick: 10,
+            heartbeat_tick: 1,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// Checks the settings; the message names the offending field.
+    pub fn validate(&self) -> Result<(), RaftError> {
+        let invalid = |m: &str| Err(RaftError::InvalidConfig(m.to_string()));
+        if self.dir.as_os_str().is_empty() {
+            return invalid("raft directory must be set");
+        }
+        if self.snapshot_interval == 0 {
+            return invalid("snapshot interval must be positive");
+        }
+        if self.tick < Duration::from_millis(1) {
+            return invalid("raft tick must be at least 1ms");
+        }
+        if self.heartbeat_tick == 0 {
+            return invalid("heartbeat tick must be positive");
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return invalid("election tick must be greater than heartbeat tick");
+        }
+        Ok(())
+    }
+
+    /// Heartbeat interval: `tick * heartbeat_tick`.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.tick * self.heartbeat_tick
+    }
+
+    /// Minimum election timeout: `tick * election_tick`; the maximum is twice that.
+    pub fn election_timeout(&self) -> Duration {
+        self.tick * self.election_tick
+    }
+
+    /// The openraft configuration for these settings.
+    pub(crate) fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let election_min = ms(self.election_timeout());
+        let cfg = openraft::Config {
+            cluster_name: "swarmkit".to_string(),
+            heartbeat_interval: ms(self.heartbeat_interval()),
+            election_timeout_min: election_min,
+            election_timeout_max: election_min.saturating_mul(2),
+            install_snapshot_timeout: election_min,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
+            max_in_snapshot_log_to_keep: self.log_entries_for_slow_followers,
+            // A follower further behind than what the log still holds needs the snapshot.
+            replication_lag_threshold: self
+                .snapshot_interval
+                .saturating_add(self.log_entries_for_slow_followers),
+            ..Default::default()
+        };
+        cfg.validate()
+            .map_err(|e| RaftError::InvalidConfig(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RaftConfig {
+        RaftConfig {
+            dir: PathBuf::from("/tmp/raft"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_swarmkit() {
+        let c = RaftConfig::default();
+        assert_eq!(c.snapshot_interval, 10_000);
+        assert_eq!(c.log_entries_for_slow_followers, 500);
+        assert_eq!(c.tick, Duration::from_secs(1));
+        assert_eq!((c.election_tick, c.heartbeat_tick), (10, 1));
+    }
+
+    #[test]
+    fn timings_map_to_openraft() {
+        let o = cfg().to_openraft().expect("valid");
+        assert_eq!(o.heartbeat_interval, 1_000);
+        assert_eq!(o.election_timeout_min, 10_000);
+        assert_eq!(o.election_timeout_max, 20_000);
+        assert_eq!(o.snapshot_policy, SnapshotPolicy::LogsSinceLast(10_000));
+        assert_eq!(o.max_in_snapshot_log_to_keep, 500);
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let check = |c: RaftConfig, want: &str| {
+            let err = c.validate().expect_err("invalid").to_string();
+            assert!(err.contains(want), "{err}");
+        };
+        check(RaftConfig::default(), "raft directory must be set");
+        check(
+            RaftConfig {
+                snapshot_interval: 0,
+                ..cfg()
+            },
+            "snapshot interval",
+        );
+        check(
+            RaftConfig {
+                election_tick: 1,
+                ..cfg()
+            },
+            "election tick",
+        );
+        check(
+            RaftConfig {
+                heartbeat_tick: 0,
+                ..cfg()
+            },
+            "heartbeat tick",
+        );
+        check(
+            RaftConfig {
+                tick: Duration::ZERO,
+                ..cfg()
+            },
+            "raft tick",
+        );
+        assert!(cfg().validate().is_ok());
+    }
+}

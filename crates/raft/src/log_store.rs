@@ -1,0 +1,296 @@
+//! The raft log on redb: entries, vote, committed and last purged log IDs, all in
+//! `raft.redb` (see `db`). Every write commits durably (fsync) before openraft is told it is done;
+//! the committed log ID is the one exception, written lazily because it is only a hint for faster
+//! replay after a restart and is flushed by the next durable commit.
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, BasicNode, EntryPayload, LogState, Membership, RaftLogReader, Vote};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{
+    KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOGS, META, get_json, read_err, to_json, write_err,
+};
+use crate::types::{Entry, LogId, NodeId, RaftRequest, StorageError, TypeConfig};
+
+/// Log storage over the shared raft database. Cheap to clone: clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// A log store over an open raft database.
+    pub(crate) fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
+    }
+
+    /// Runs `f` in a write transaction on the blocking pool and commits it with `durability`.
+    async fn write<F>(&self, durability: Durability, f: F) -> Result<(), StorageError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), StorageError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut txn = db.begin_write().map_err(write_err)?;
+            txn.set_durability(durability).map_err(write_err)?;
+            f(&txn)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+        .map_err(write_err)?
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let meta = txn.open_table(META).map_err(read_err)?;
+        get_json(&meta, key)
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        durability: Durability,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        let bytes = to_json(value)?;
+        self.write(durability, move |txn| {
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.insert(key, bytes.as_slice()).map_err(write_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// What kind of entry a stored record holds; the JSON header of the record.
+#[derive(Serialize, Deserialize)]
+enum StoredPayload {
+    Blank,
+    /// The request bytes follow the header unchanged.
+    Normal,
+    Membership(Membership<NodeId, BasicNode>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredHeader {
+    log_id: LogId,
+    payload: StoredPayload,
+}
+
+/// Encodes an entry as `[header length: u32 BE][JSON header][request bytes]`. The request bytes
+/// (prost) are stored raw rather than as a JSON array of numbers.
+pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, serde_json::Error> {
+    let (payload, body): (StoredPayload, &[u8]) = match &entry.payload {
+        EntryPayload::Blank => (StoredPayload::Blank, &[]),
+        EntryPayload::Normal(req) => (StoredPayload::Normal, &req.payload),
+        EntryPayload::Membership(m) => (StoredPayload::Membership(m.clone()), &[]),
+    };
+    let header = serde_json::to_vec(&StoredHeader {
+        log_id: entry.log_id,
+        payload,
+    })?;
+    let len = u32::try_from(header.len()).expect("an entry header is far below 4 GiB");
+    let mut out = Vec::with_capacity(4 + header.len() + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Decodes what `encode_entry` wrote.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, EntryDecodeError> {
+    let (len, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(EntryDecodeError::Truncated)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(EntryDecodeError::Truncated);
+    }
+    let (header, body) = rest.split_at(len);
+    let header: StoredHeader = serde_json::from_slice(header)?;
+    let payload = match header.payload {
+        StoredPayload::Blank => EntryPayload::Blank,
+        StoredPayload::Normal => EntryPayload::Normal(RaftRequest {
+            payload: body.to_vec(),
+        }),
+        StoredPayload::Membership(m) => EntryPayload::Membership(m),
+    };
+    Ok(Entry {
+        log_id: header.log_id,
+        payload,
+    })
+}
+
+/// A stored log record that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryDecodeError {
+    /// Shorter than its own header says.
+    #[error("log entry record is truncated")]
+    Truncated,
+    /// The JSON header does not parse.
+    #[error("log entry header: {0}")]
+    Header(#[from] serde_json::Error),
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let logs = txn.open_table(LOGS).map_err(read_err)?;
+        let mut out = Vec::new();
+        for row in logs.range::<u64>(range).map_err(read_err)? {
+            let (_, value) = row.map_err(read_err)?;
+            out.push(decode_entry(value.value()).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let logs = txn.open_table(LOGS).map_err(read_err)?;
+        let last = match logs.last().map_err(read_err)? {
+            Some((_, v)) => Some(decode_entry(v.value()).map_err(read_err)?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.write_meta(Durability::Immediate, KEY_VOTE, vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // A hint only: losing it costs a later commit, never correctness, so no fsync of its own.
+        self.write_meta(Durability::None, KEY_COMMITTED, &committed)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut records = Vec::new();
+        for entry in entries {
+            let bytes = encode_entry(&entry).map_err(|e| {
+                openraft::StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
+            })?;
+            records.push((entry.log_id.index, bytes));
+        }
+        self.write(Durability::Immediate, move |txn| {
+            let mut logs = txn.open_table(LOGS).map_err(write_err)?;
+            for (index, bytes) in &records {
+                logs.insert(*index, bytes.as_slice()).map_err(write_err)?;
+            }
+            Ok(())
+        })
+        .await?;
+        // The batch is on disk: only now may raft count it (a leader commits on this signal).
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "truncating raft log");
+        self.write(Durability::Immediate, move |txn| {
+            let mut logs = txn.open_table(LOGS).map_err(write_err)?;
+            logs.retain_in::<u64, _>(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "purging raft log");
+        let purged = to_json(&log_id)?;
+        self.write(Durability::Immediate, move |txn| {
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.insert(KEY_LAST_PURGED, purged.as_slice())
+                .map_err(write_err)?;
+            let mut logs = txn.open_table(LOGS).map_err(write_err)?;
+            logs.retain_in::<u64, _>(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    #[test]
+    fn entry_codec_round_trips_every_payload_kind() {
+        let log_id = LogId::new(CommittedLeaderId::new(3, 7), 42);
+        let normal = Entry {
+            log_id,
+            payload: EntryPayload::Normal(RaftRequest {
+                payload: vec![0, 1, 2, 255],
+            }),
+        };
+        let blank = Entry {
+            log_id,
+            payload: EntryPayload::Blank,
+        };
+        let members = std::collections::BTreeMap::from([(7u64, BasicNode::new("10.0.0.1:4242"))]);
+        let membership = Entry {
+            log_id,
+            payload: EntryPayload::Membership(Membership::from(members)),
+        };
+        for e in [normal, blank, membership] {
+            let bytes = encode_entry(&e).expect("encode");
+            let back = decode_entry(&bytes).expect("decode");
+            assert_eq!(back.log_id, e.log_id);
+            assert_eq!(format!("{:?}", back.payload), format!("{:?}", e.payload));
+        }
+    }
+
+    #[test]
+    fn truncated_record_is_rejected() {
+        assert!(matches!(
+            decode_entry(&[0, 0, 0, 9, b'{']),
+            Err(EntryDecodeError::Truncated)
+        ));
+        assert!(matches!(
+            decode_entry(&[0]),
+            Err(EntryDecodeError::Truncated)
+        ));
+    }
+}

@@ -1,0 +1,211 @@
+//! `RaftNode`: one manager's raft member. It opens the raft database, builds the openraft
+//! instance over `LogStore`, `StateMachine` and the network seam, forms a single-voter cluster on
+//! first start, and implements `store::Proposer` so store writes go through the log.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, Fatal};
+use openraft::{BasicNode, Raft, ServerState};
+use redb::Database;
+use store::{MemoryStore, ProposeError, Proposer};
+use tokio::sync::watch;
+
+use crate::db::{self, LogBounds};
+use crate::log_store::LogStore;
+use crate::network::NetworkFactory;
+use crate::state_machine::StateMachine;
+use crate::types::{RaftMetrics, RaftRequest, TypeConfig};
+use crate::{RaftConfig, RaftError};
+
+/// How long `shutdown` waits for openraft's workers to let go of the database file.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// A running raft member of this manager.
+pub struct RaftNode {
+    raft: Raft<TypeConfig>,
+    id: u64,
+    /// Held for `log_bounds`; taken by `shutdown` so the file can be reopened.
+    db: Mutex<Option<Arc<Database>>>,
+    /// Sees when the last handle (openraft's workers hold some) is gone.
+    db_weak: Weak<Database>,
+}
+
+impl RaftNode {
+    /// Starts this member over `cfg.dir`: opens or creates `raft.redb`, reads or draws this
+    /// member's raft ID, restores the latest snapshot into `store`, initializes a single-voter
+    /// cluster on the first start only, waits (bounded) until this member leads and has applied
+    /// its log, then installs itself as `store`'s proposer.
+    pub async fn start(
+        cfg: RaftConfig,
+        store: MemoryStore,
+        advertise_addr: String,
+    ) -> Result<Arc<RaftNode>, RaftError> {
+        cfg.validate()?;
+        let openraft_cfg = Arc::new(cfg.to_openraft()?);
+        let dir = cfg.dir.clone();
+        let path = dir.join(db::DB_FILE);
+        let db = tokio::task::spawn_blocking(move || db::open(&dir))
+            .await
+            .map_err(|e| RaftError::Raft(format!("opening raft database: {e}")))??;
+        let id = db::raft_id(&db, &path)?;
+        tracing::info!(raft.id = %format!("{id:x}"), "starting raft member");
+
+        let log_store = LogStore::new(db.clone());
+        let sm = StateMachine::open(db.clone(), store.clone()).map_err(RaftError::storage)?;
+        let raft = Raft::new(id, openraft_cfg, NetworkFactory, log_store, sm)
+            .await
+            .map_err(|e| RaftError::Raft(e.to_string()))?;
+        let node = Arc::new(RaftNode {
+            raft,
+            id,
+            db_weak: Arc::downgrade(&db),
+            db: Mutex::new(Some(db)),
+        });
+        if let Err(e) = node.become_ready(&cfg, advertise_addr).await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        store.set_proposer(node.clone());
+        Ok(node)
+    }
+
+    async fn become_ready(
+        &self,
+        cfg: &RaftConfig,
+        advertise_addr: String,
+    ) -> Result<(), RaftError> {
+        let fatal = |e: Fatal<u64>| RaftError::Raft(e.to_string());
+        if !self.raft.is_initialized().await.map_err(fatal)? {
+            tracing::info!("initializing a new single-manager raft cluster");
+            let members = BTreeMap::from([(self.id, BasicNode::new(advertise_addr))]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| RaftError::Raft(e.to_string()))?;
+        }
+        // A lone voter elects itself at once; allow a few election rounds all the same.
+        let bound = Duration::from_secs(10).max(cfg.election_timeout() * 6);
+        let id = self.id;
+        let m = self
+            .raft
+            .wait(Some(bound))
+            .metrics(
+                |m| m.current_leader == Some(id) && m.state == ServerState::Leader,
+                "this member leads",
+            )
+            .await
+            .map_err(|e| RaftError::Timeout(e.to_string()))?;
+        self.raft
+            .wait(Some(bound))
+            .applied_index_at_least(m.last_log_index, "log applied")
+            .await
+            .map_err(|e| RaftError::Timeout(e.to_string()))?;
+        tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member is leader");
+        Ok(())
+    }
+
+    /// This member's raft ID (random, persisted in the raft database).
+    pub fn raft_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether this member currently leads the cluster.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// The raft ID of the current leader, if one is known.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Raft metrics: `.borrow()` for the current values, `.changed()` to follow them
+    /// (leadership changes, applied index, snapshots).
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.raft.metrics()
+    }
+
+    /// The openraft instance, for the transport that serves peers' RPCs.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// What the raft database holds by log index (compaction state).
+    pub fn log_bounds(&self) -> Result<LogBounds, RaftError> {
+        let db = self
+            .db
+            .lock()
+            .expect("raft database mutex is never poisoned")
+            .clone()
+            .ok_or(RaftError::Stopped)?;
+        db::log_bounds(&db).map_err(RaftError::storage)
+    }
+
+    /// Stops raft and releases the database file (bounded wait). Proposals made afterwards fail.
+    /// Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft core ended abnormally");
+        }
+        drop(
+            self.db
+                .lock()
+                .expect("raft database mutex is never poisoned")
+                .take(),
+        );
+        let deadline = Instant::now() + RELEASE_WAIT;
+        while self.db_weak.strong_count() > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!("raft workers still hold the raft database after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(raft.id = %format!("{:x}", self.id), "raft member stopped");
+    }
+
+    async fn propose_actions(&self, actions: Vec<api::StoreAction>) -> Result<u64, ProposeError> {
+        use openraft::error::RaftError as E;
+        match self
+            .raft
+            .client_write(RaftRequest::from_actions(actions))
+            .await
+        {
+            Ok(resp) => Ok(resp.data.index),
+            Err(E::APIError(ClientWriteError::ForwardToLeader(f))) => Err(match f.leader_id {
+                None => ProposeError::NoLeader,
+                Some(_) => ProposeError::LostLeadership,
+            }),
+            Err(E::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Other(e.to_string()))
+            }
+            Err(E::Fatal(Fatal::Stopped)) => Err(ProposeError::Other(
+                "raft: failed to process the request: node is stopped".to_string(),
+            )),
+            Err(E::Fatal(e)) => Err(ProposeError::Other(format!("raft: {e}"))),
+        }
+    }
+}
+
+impl Proposer for RaftNode {
+    fn propose(
+        &self,
+        actions: Vec<api::StoreAction>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send + '_>> {
+        Box::pin(self.propose_actions(actions))
+    }
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("raft_id", &format_args!("{:x}", self.id))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,244 @@
+//! [`MemoryStore`]: the tables behind a lock, the write path (transaction -> actions -> proposer ->
+//! `apply_committed`), watch subscription, and snapshots (SwarmKit's `manager/state/store/memory.go`).
+//!
+//! Locks: `state` (tables and last index) is taken for reading by views and write transactions and for
+//! writing only by `apply_committed`/`restore`, which also hand events to the subscribers while still
+//! holding it. Subscribing happens under a read lock of `state`, so a watcher misses no event after its
+//! view and sees none that the view already contains. `update_lock` (async) serialises write
+//! transactions across their proposal. Order: `update_lock`, then `state`, then `subscribers`.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tracing::{debug, warn};
+
+use crate::error::StoreError;
+use crate::proposer::Proposer;
+use crate::table::Tables;
+use crate::tx::{Mode, ReadTx, Tx};
+use crate::watch::{Event, Subscriber, WatchFilter, Watcher, subscribe};
+
+/// The manager's object store. Cheap to clone (all clones share one store); `Send + Sync`.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: RwLock<State>,
+    /// Held across a whole write (transaction and proposal), so checks made in the transaction still
+    /// hold when its actions are applied.
+    update_lock: tokio::sync::Mutex<()>,
+    proposer: RwLock<Option<Arc<dyn Proposer>>>,
+    /// Sending ends of the live watchers; dropped watchers are pruned on the next send.
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+#[derive(Default)]
+struct State {
+    tables: Tables,
+    last_index: u64,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("last_index", &self.last_index())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    /// A standalone store.
+    fn default() -> Self {
+        MemoryStore::new(None)
+    }
+}
+
+impl MemoryStore {
+    /// A store whose writes go through `proposer`; `None` = standalone (tests, subsystems): writes apply
+    /// at once with a local counter as the index.
+    pub fn new(proposer: Option<Arc<dyn Proposer>>) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                state: RwLock::new(State::default()),
+                update_lock: tokio::sync::Mutex::new(()),
+                proposer: RwLock::new(proposer),
+                subscribers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Installs the proposer after construction (raft needs the store to build its state machine first).
+    pub fn set_proposer(&self, proposer: Arc<dyn Proposer>) {
+        *self
+            .inner
+            .proposer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(proposer);
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        // Nothing panics half-way through a change of `State`, so a poisoned lock still guards
+        // consistent data.
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Consistent read-only view; the closure runs under a read lock (keep it short, sync, and do not
+    /// call back into the store from it: a waiting `apply_committed` would deadlock with it).
+    pub fn view<R>(&self, f: impl FnOnce(&ReadTx<'_>) -> R) -> R {
+        let state = self.read_state();
+        f(&ReadTx::new(&state.tables))
+    }
+
+    /// Serialised write transaction: `f` reads and writes through `tx` (it sees its own writes); if it
+    /// returns Ok and made changes, the changes become `api::StoreAction`s, go through the proposer (or
+    /// straight to `apply_committed`), and `update` returns after they are applied. Err from `f`, or
+    /// from the proposal, = nothing changes. Like `view`, `f` runs under the read lock and must not call
+    /// back into the store.
+    pub async fn update<R: Send>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
+    ) -> Result<R, StoreError> {
+        let _serial = self.inner.update_lock.lock().await;
+        let (result, actions) = {
+            let state = self.read_state();
+            let mut tx = Tx::new(&state.tables, Mode::Local);
+            let result = f(&mut tx)?;
+            (result, tx.into_actions())
+        };
+        if actions.is_empty() {
+            return Ok(result);
+        }
+        let proposer = self
+            .inner
+            .proposer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match proposer {
+            Some(proposer) => {
+                let count = actions.len();
+                let index = proposer.propose(actions).await?;
+                debug!(index, actions = count, "store write committed");
+                if self.last_index() < index {
+                    warn!(
+                        index,
+                        last = self.last_index(),
+                        "proposer returned before applying the write"
+                    );
+                }
+            }
+            None => {
+                let index = self.last_index() + 1;
+                self.apply_committed(index, &actions)?;
+            }
+        }
+        Ok(result)
+    }
+
+    /// Applies committed actions at raft `index` (raft state machine, and replay after restart): all of
+    /// them or, on error, none. Sets `meta.version.index = index` on every created/updated object, emits
+    /// one event per action then `Event::Commit { version: index }`. Deterministic: `created_at` and
+    /// `updated_at` come inside the actions. An empty batch only advances the index.
+    pub fn apply_committed(
+        &self,
+        index: u64,
+        actions: &[api::StoreAction],
+    ) -> Result<(), StoreError> {
+        let mut state = self.write_state();
+        let (overlay, mut events) = {
+            let mut tx = Tx::new(&state.tables, Mode::Apply(index));
+            for action in actions {
+                tx.apply_action(action)?;
+            }
+            tx.into_changes()
+        };
+        overlay.commit(&mut state.tables);
+        state.last_index = state.last_index.max(index);
+        if !actions.is_empty() {
+            events.push(Event::Commit { version: index });
+            self.publish(&events);
+        }
+        Ok(())
+    }
+
+    /// Hands events to every subscriber; called with `state` write-locked so batches never interleave.
+    fn publish(&self, events: &[Event]) {
+        let mut subscribers = self
+            .inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|s| s.send(events));
+    }
+
+    /// Atomic snapshot + subscription: returns the result of `f` on a view and a `Watcher` receiving
+    /// every event committed after that view, with no gap. Dropping the `Watcher` unsubscribes.
+    pub fn view_and_watch<R>(
+        &self,
+        filter: WatchFilter,
+        f: impl FnOnce(&ReadTx<'_>) -> R,
+    ) -> (R, Watcher) {
+        let state = self.read_state();
+        let result = f(&ReadTx::new(&state.tables));
+        let (subscriber, watcher) = subscribe(filter);
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(subscriber);
+        drop(state);
+        (result, watcher)
+    }
+
+    /// A watcher of every event committed from now on.
+    pub fn watch(&self, filter: WatchFilter) -> Watcher {
+        self.view_and_watch(filter, |_| ()).1
+    }
+
+    /// Whole content, for raft snapshots.
+    pub fn save(&self) -> api::StoreSnapshot {
+        self.read_state().tables.save()
+    }
+
+    /// Replaces the whole content with `snapshot`, taken at raft `index`. Watchers receive the
+    /// difference (creates, updates, removes) then `Commit { version: index }`, as SwarmKit's
+    /// `RestoreTable` does.
+    pub fn restore(&self, snapshot: api::StoreSnapshot, index: u64) {
+        let mut state = self.write_state();
+        let (overlay, mut events) = {
+            let mut tx = Tx::new(&state.tables, Mode::Restore);
+            tx.restore_table(snapshot.nodes);
+            tx.restore_table(snapshot.services);
+            tx.restore_table(snapshot.networks);
+            tx.restore_table(snapshot.tasks);
+            tx.restore_table(snapshot.clusters);
+            tx.restore_table(snapshot.secrets);
+            tx.restore_table(snapshot.resources);
+            tx.restore_table(snapshot.extensions);
+            tx.restore_table(snapshot.configs);
+            tx.restore_table(snapshot.volumes);
+            tx.into_changes()
+        };
+        overlay.commit(&mut state.tables);
+        state.last_index = index;
+        events.push(Event::Commit { version: index });
+        self.publish(&events);
+    }
+
+    /// Highest index applied so far.
+    pub fn last_index(&self) -> u64 {
+        self.read_state().last_index
+    }
+}

@@ -1,0 +1,444 @@
+//! The ten kinds of stored objects: the [`Kind`] tag and the [`StoreObject`] trait that lets one generic
+//! table, transaction and watch implementation serve them all. The per-kind part is only what differs:
+//! the name an object is indexed under and its secondary index keys (SwarmKit's `nodes.go`,
+//! `services.go`, `tasks.go`, ... indexers). Index lookups themselves live in `table.rs` and `by.rs`.
+
+use std::fmt;
+
+use api::{object, store_action};
+
+use crate::table::{Index, Overlay, Table, Tables};
+
+/// The kind (table) of a stored object; displays as SwarmKit's table name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `api::Node`
+    Node,
+    /// `api::Service`
+    Service,
+    /// `api::Task`
+    Task,
+    /// `api::Network`
+    Network,
+    /// `api::Cluster`
+    Cluster,
+    /// `api::Secret`
+    Secret,
+    /// `api::Config`
+    Config,
+    /// `api::Resource`
+    Resource,
+    /// `api::Extension`
+    Extension,
+    /// `api::Volume`
+    Volume,
+}
+
+impl Kind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Kind; 10] = [
+        Kind::Node,
+        Kind::Service,
+        Kind::Task,
+        Kind::Network,
+        Kind::Cluster,
+        Kind::Secret,
+        Kind::Config,
+        Kind::Resource,
+        Kind::Extension,
+        Kind::Volume,
+    ];
+
+    /// SwarmKit's table name: `node`, `service`, `task`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
+            Kind::Network => "network",
+            Kind::Cluster => "cluster",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
+            Kind::Resource => "resource",
+            Kind::Extension => "extension",
+            Kind::Volume => "volume",
+        }
+    }
+
+    /// The kind held by an `api::Object` wrapper, if it holds anything.
+    pub fn of_object(object: &api::Object) -> Option<Kind> {
+        Some(match object.object.as_ref()? {
+            object::Object::Node(_) => Kind::Node,
+            object::Object::Service(_) => Kind::Service,
+            object::Object::Task(_) => Kind::Task,
+            object::Object::Network(_) => Kind::Network,
+            object::Object::Cluster(_) => Kind::Cluster,
+            object::Object::Secret(_) => Kind::Secret,
+            object::Object::Config(_) => Kind::Config,
+            object::Object::Resource(_) => Kind::Resource,
+            object::Object::Extension(_) => Kind::Extension,
+            object::Object::Volume(_) => Kind::Volume,
+        })
+    }
+
+    /// Bit of this kind in a `WatchFilter` mask.
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An object that lives in the store: implemented for `api::{Node, Service, Task, Network, Cluster,
+/// Secret, Config, Resource, Extension, Volume}`. The hidden methods connect a type to its table and
+/// are not meant to be called from outside this crate.
+pub trait StoreObject: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
+    /// Which table the type lives in.
+    const KIND: Kind;
+    /// Whether two objects of this kind may share a name (nodes and tasks may, the others may not).
+    const UNIQUE_NAME: bool;
+
+    /// The object's ID.
+    fn id(&self) -> &str;
+    /// The object's meta, if set.
+    fn meta(&self) -> Option<&api::Meta>;
+    /// The object's meta, created empty if unset.
+    fn meta_mut(&mut self) -> &mut api::Meta;
+    /// The name the object is indexed under (as stored, not lower-cased); may be empty.
+    fn name(&self) -> String;
+    /// Wraps the object in the `api::Object` oneof used by watch events.
+    fn into_object(self) -> api::Object;
+    /// The object held by an `api::Object`, if it is of this kind.
+    fn from_object(object: api::Object) -> Option<Self>;
+    /// Borrows the object held by an `api::Object`, if it is of this kind.
+    fn in_object(object: &api::Object) -> Option<&Self>;
+    /// Wraps the object as the target of a `api::StoreAction`.
+    fn into_target(self) -> store_action::Target;
+
+    /// `meta.version.index`, 0 when unset.
+    fn version(&self) -> u64 {
+        self.meta()
+            .and_then(|m| m.version.as_ref())
+            .map_or(0, |v| v.index)
+    }
+
+    #[doc(hidden)]
+    /// Secondary index keys of the object (the name included, lower-cased).
+    fn index_keys(&self) -> Vec<(Index, String)>;
+    #[doc(hidden)]
+    fn table(tables: &Tables) -> &Table<Self>;
+    #[doc(hidden)]
+    fn table_mut(tables: &mut Tables) -> &mut Table<Self>;
+    #[doc(hidden)]
+    fn overlay(overlay: &Overlay) -> &std::collections::BTreeMap<String, Option<Self>>;
+    #[doc(hidden)]
+    fn overlay_mut(overlay: &mut Overlay) -> &mut std::collections::BTreeMap<String, Option<Self>>;
+}
+
+/// Implements the boilerplate of [`StoreObject`]; `$name` and `$keys` are the per-kind functions.
+macro_rules! store_object {
+    ($ty:ident, $field:ident, unique: $unique:expr, name: $name:path, keys: $keys:path) => {
+        impl StoreObject for api::$ty {
+            const KIND: Kind = Kind::$ty;
+            const UNIQUE_NAME: bool = $unique;
+
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn meta(&self) -> Option<&api::Meta> {
+                self.meta.as_ref()
+            }
+            fn meta_mut(&mut self) -> &mut api::Meta {
+                self.meta.get_or_insert_with(Default::default)
+            }
+            fn name(&self) -> String {
+                $name(self)
+            }
+            fn into_object(self) -> api::Object {
+                api::Object {
+                    object: Some(object::Object::$ty(self)),
+                }
+            }
+            fn from_object(object: api::Object) -> Option<Self> {
+                match object.object? {
+                    object::Object::$ty(o) => Some(o),
+                    _ => None,
+                }
+            }
+            fn in_object(object: &api::Object) -> Option<&Self> {
+                match object.object.as_ref()? {
+                    object::Object::$ty(o) => Some(o),
+                    _ => None,
+                }
+            }
+            fn into_target(self) -> store_action::Target {
+                store_action::Target::$ty(self)
+            }
+            fn index_keys(&self) -> Vec<(Index, String)> {
+                let mut keys = Vec::new();
+                let name = $name(self);
+                if !name.is_empty() {
+                    keys.push((Index::Name, name.to_lowercase()));
+                }
+                $keys(self, &mut keys);
+                keys
+            }
+            fn table(tables: &Tables) -> &Table<Self> {
+                &tables.$field
+            }
+            fn table_mut(tables: &mut Tables) -> &mut Table<Self> {
+                &mut tables.$field
+            }
+            fn overlay(overlay: &Overlay) -> &std::collections::BTreeMap<String, Option<Self>> {
+                &overlay.$field
+            }
+            fn overlay_mut(
+                overlay: &mut Overlay,
+            ) -> &mut std::collections::BTreeMap<String, Option<Self>> {
+                &mut overlay.$field
+            }
+        }
+    };
+}
+
+store_object!(Node, nodes, unique: false, name: node_name, keys: node_keys);
+store_object!(Service, services, unique: true, name: service_name, keys: service_keys);
+store_object!(Task, tasks, unique: false, name: task_name, keys: task_keys);
+store_object!(Network, networks, unique: true, name: network_name, keys: no_keys);
+store_object!(Cluster, clusters, unique: true, name: cluster_name, keys: no_keys);
+store_object!(Secret, secrets, unique: true, name: secret_name, keys: no_keys);
+store_object!(Config, configs, unique: true, name: config_name, keys: no_keys);
+store_object!(Resource, resources, unique: true, name: resource_name, keys: no_keys);
+store_object!(Extension, extensions, unique: true, name: extension_name, keys: no_keys);
+store_object!(Volume, volumes, unique: true, name: volume_name, keys: no_keys);
+
+fn annotations_name(a: Option<&api::Annotations>) -> String {
+    a.map(|a| a.name.clone()).unwrap_or_default()
+}
+
+/// A node is found by its spec name when set, else by the hostname it reported.
+fn node_name(n: &api::Node) -> String {
+    let name = annotations_name(n.spec.as_ref().and_then(|s| s.annotations.as_ref()));
+    if !name.is_empty() {
+        return name;
+    }
+    n.description
+        .as_ref()
+        .map(|d| d.hostname.clone())
+        .unwrap_or_default()
+}
+
+fn service_name(s: &api::Service) -> String {
+    annotations_name(s.spec.as_ref().and_then(|s| s.annotations.as_ref()))
+}
+
+/// A task's name is its own annotation when set, else `<service>.<slot or node>.<id>`.
+fn task_name(t: &api::Task) -> String {
+    let own = annotations_name(t.annotations.as_ref());
+    if !own.is_empty() {
+        return own;
+    }
+    let service = annotations_name(t.service_annotations.as_ref());
+    api::naming::task_name(&service, t.slot, &t.node_id, &t.id)
+}
+
+fn network_name(n: &api::Network) -> String {
+    annotations_name(n.spec.as_ref().and_then(|s| s.annotations.as_ref()))
+}
+
+fn cluster_name(c: &api::Cluster) -> String {
+    annotations_name(c.spec.as_ref().and_then(|s| s.annotations.as_ref()))
+}
+
+fn secret_name(s: &api::Secret) -> String {
+    annotations_name(s.spec.as_ref().and_then(|s| s.annotations.as_ref()))
+}
+
+fn config_name(c: &api::Config) -> String {
+    annotations_name(c.spec.as_ref().and_then(|s| s.annotations.as_ref()))
+}
+
+fn resource_name(r: &api::Resource) -> String {
+    annotations_name(r.annotations.as_ref())
+}
+
+fn extension_name(e: &api::Extension) -> String {
+    annotations_name(e.annotations.as_ref())
+}
+
+fn volume_name(v: &api::Volume) -> String {
+    annotations_name(v.spec.as_ref().and_then(|s| s.annotations.as_ref()))
+}
+
+fn no_keys<T>(_: &T, _: &mut Vec<(Index, String)>) {}
+
+fn node_keys(n: &api::Node, keys: &mut Vec<(Index, String)>) {
+    keys.push((Index::Role, n.role.to_string()));
+    let membership = n.spec.as_ref().map_or(0, |s| s.membership);
+    keys.push((Index::Membership, membership.to_string()));
+}
+
+/// Secrets and configs referenced by a container runtime (SwarmKit indexes nothing for other runtimes).
+fn runtime_refs(spec: Option<&api::TaskSpec>, keys: &mut Vec<(Index, String)>) {
+    let Some(api::task_spec::Runtime::Container(c)) = spec.and_then(|s| s.runtime.as_ref()) else {
+        return;
+    };
+    keys.extend(
+        c.secrets
+            .iter()
+            .map(|r| (Index::Secret, r.secret_id.clone())),
+    );
+    keys.extend(
+        c.configs
+            .iter()
+            .map(|r| (Index::Config, r.config_id.clone())),
+    );
+}
+
+/// A service references the networks of its task spec, or the deprecated service-level ones when the
+/// task spec names none (SwarmKit's `serviceIndexerByNetwork`).
+fn service_keys(s: &api::Service, keys: &mut Vec<(Index, String)>) {
+    let Some(spec) = s.spec.as_ref() else {
+        return;
+    };
+    let task_networks = spec
+        .task
+        .as_ref()
+        .map(|t| t.networks.as_slice())
+        .unwrap_or_default();
+    let networks = if task_networks.is_empty() {
+        spec.networks.as_slice()
+    } else {
+        task_networks
+    };
+    keys.extend(networks.iter().map(|n| (Index::Network, n.target.clone())));
+    runtime_refs(spec.task.as_ref(), keys);
+}
+
+fn task_keys(t: &api::Task, keys: &mut Vec<(Index, String)>) {
+    keys.push((Index::ServiceId, t.service_id.clone()));
+    keys.push((Index::NodeId, t.node_id.clone()));
+    keys.push((Index::Slot, slot_key(&t.service_id, t.slot)));
+    keys.push((Index::DesiredState, t.desired_state.to_string()));
+    let observed = t.status.as_ref().map_or(0, |s| s.state);
+    keys.push((Index::TaskState, observed.to_string()));
+    if let Some(spec) = t.spec.as_ref() {
+        keys.extend(
+            spec.networks
+                .iter()
+                .map(|n| (Index::Network, n.target.clone())),
+        );
+    }
+    runtime_refs(t.spec.as_ref(), keys);
+}
+
+/// Key of the slot index: service ID and slot, NUL-separated so no service ID can run into a slot.
+pub(crate) fn slot_key(service_id: &str, slot: u64) -> String {
+    format!("{service_id}\0{slot}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(name: &str) -> Option<api::Annotations> {
+        Some(api::Annotations {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn node_name_prefers_spec_name_over_hostname() {
+        let mut n = api::Node {
+            id: "n1".into(),
+            description: Some(api::NodeDescription {
+                hostname: "Host-1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(n.name(), "Host-1");
+        n.spec = Some(api::NodeSpec {
+            annotations: annotations("named"),
+            ..Default::default()
+        });
+        assert_eq!(n.name(), "named");
+        assert!(n.index_keys().contains(&(Index::Name, "named".into())));
+    }
+
+    #[test]
+    fn task_name_falls_back_to_service_slot_and_id() {
+        let mut t = api::Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            slot: 3,
+            service_annotations: annotations("Web"),
+            ..Default::default()
+        };
+        assert_eq!(t.name(), "Web.3.t1");
+        assert!(t.index_keys().contains(&(Index::Name, "web.3.t1".into())));
+        t.slot = 0;
+        t.node_id = "n9".into();
+        assert_eq!(t.name(), "Web.n9.t1");
+        t.annotations = annotations("own");
+        assert_eq!(t.name(), "own");
+    }
+
+    #[test]
+    fn service_references_task_networks_before_service_networks() {
+        let net = |t: &str| api::NetworkAttachmentConfig {
+            target: t.into(),
+            ..Default::default()
+        };
+        let mut s = api::Service {
+            id: "s1".into(),
+            spec: Some(api::ServiceSpec {
+                networks: vec![net("old")],
+                task: Some(api::TaskSpec {
+                    runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
+                        secrets: vec![api::SecretReference {
+                            secret_id: "sec".into(),
+                            ..Default::default()
+                        }],
+                        configs: vec![api::ConfigReference {
+                            config_id: "cfg".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let keys = s.index_keys();
+        assert!(keys.contains(&(Index::Network, "old".into())));
+        assert!(keys.contains(&(Index::Secret, "sec".into())));
+        assert!(keys.contains(&(Index::Config, "cfg".into())));
+        let spec = s.spec.as_mut().expect("spec set above");
+        spec.task.as_mut().expect("task set above").networks = vec![net("new")];
+        let keys = s.index_keys();
+        assert!(keys.contains(&(Index::Network, "new".into())));
+        assert!(!keys.contains(&(Index::Network, "old".into())));
+    }
+
+    #[test]
+    fn object_wrapping_round_trips() {
+        let s = api::Secret {
+            id: "x".into(),
+            ..Default::default()
+        };
+        let o = s.clone().into_object();
+        assert_eq!(Kind::of_object(&o), Some(Kind::Secret));
+        assert_eq!(api::Secret::in_object(&o), Some(&s));
+        assert_eq!(api::Config::in_object(&o), None);
+        assert_eq!(api::Secret::from_object(o), Some(s));
+        assert_eq!(Kind::Extension.to_string(), "extension");
+    }
+}

@@ -1,0 +1,640 @@
+//! Behaviour tests of the whole store: indexes through transactions, write checks, atomicity, watch
+//! consistency under concurrent writes, snapshots, and the proposer path.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use crate::*;
+
+fn annotations(name: &str) -> Option<api::Annotations> {
+    Some(api::Annotations {
+        name: name.into(),
+        ..Default::default()
+    })
+}
+
+fn service(id: &str, name: &str) -> api::Service {
+    api::Service {
+        id: id.into(),
+        spec: Some(api::ServiceSpec {
+            annotations: annotations(name),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn task(
+    id: &str,
+    service_id: &str,
+    slot: u64,
+    node_id: &str,
+    desired: api::TaskState,
+) -> api::Task {
+    api::Task {
+        id: id.into(),
+        service_id: service_id.into(),
+        slot,
+        node_id: node_id.into(),
+        desired_state: desired as i32,
+        service_annotations: annotations("web"),
+        status: Some(api::TaskStatus {
+            state: api::TaskState::Pending as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node(id: &str, hostname: &str, role: api::NodeRole) -> api::Node {
+    api::Node {
+        id: id.into(),
+        role: role as i32,
+        description: Some(api::NodeDescription {
+            hostname: hostname.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ids<T: StoreObject>(objects: &[T]) -> Vec<&str> {
+    objects.iter().map(|o| o.id()).collect()
+}
+
+async fn seeded() -> MemoryStore {
+    let store = MemoryStore::new(None);
+    store
+        .update(|tx| {
+            tx.create_service(service("s1", "Web"))?;
+            tx.create_service(service("s2", "webapp"))?;
+            tx.create_task(task("t1", "s1", 1, "n1", api::TaskState::Running))?;
+            tx.create_task(task("t2", "s1", 2, "n2", api::TaskState::Running))?;
+            tx.create_task(task("t3", "s1", 1, "n2", api::TaskState::Shutdown))?;
+            tx.create_task(task("t4", "s2", 1, "n1", api::TaskState::Running))?;
+            tx.create_node(node("n1", "Host-A", api::NodeRole::Manager))?;
+            tx.create_node(node("n2", "host-b", api::NodeRole::Worker))?;
+            Ok(())
+        })
+        .await
+        .expect("seed");
+    store
+}
+
+#[tokio::test]
+async fn indexes_select_the_right_objects() {
+    let store = seeded().await;
+    store.view(|tx| {
+        assert_eq!(ids(&tx.find_services(By::Name("WEB"))), ["s1"]);
+        assert_eq!(ids(&tx.find_services(By::NamePrefix("We"))), ["s1", "s2"]);
+        assert_eq!(ids(&tx.find_services(By::IdPrefix("s"))), ["s1", "s2"]);
+        assert_eq!(ids(&tx.find_services(By::Id("s2"))), ["s2"]);
+        assert_eq!(ids(&tx.find_tasks(By::ServiceId("s1"))), ["t1", "t2", "t3"]);
+        assert_eq!(ids(&tx.find_tasks(By::NodeId("n1"))), ["t1", "t4"]);
+        assert_eq!(
+            ids(&tx.find_tasks(By::Slot {
+                service_id: "s1",
+                slot: 1
+            })),
+            ["t1", "t3"]
+        );
+        assert_eq!(
+            ids(&tx.find_tasks(By::DesiredState(api::TaskState::Shutdown))),
+            ["t3"]
+        );
+        assert_eq!(
+            ids(&tx.find_tasks(By::TaskState(api::TaskState::Pending))).len(),
+            4
+        );
+        assert_eq!(ids(&tx.find_tasks(By::Name("web.2.t2"))), ["t2"]);
+        let either = By::Or(vec![By::NodeId("n2"), By::ServiceId("s2")]);
+        assert_eq!(ids(&tx.find_tasks(either)), ["t2", "t3", "t4"]);
+        assert_eq!(ids(&tx.find_nodes(By::Name("host-a"))), ["n1"]);
+        assert_eq!(ids(&tx.find_nodes(By::Role(api::NodeRole::Worker))), ["n2"]);
+        assert_eq!(
+            ids(&tx.find_nodes(By::Membership(api::node_spec::Membership::Pending))).len(),
+            2
+        );
+        // A selector that does not apply to a kind selects nothing.
+        assert!(tx.find_nodes(By::ServiceId("s1")).is_empty());
+        assert_eq!(tx.find_tasks(By::All).len(), 4);
+        assert_eq!(tx.count::<api::Task>(), 4);
+    });
+}
+
+#[tokio::test]
+async fn transaction_sees_its_own_writes_in_gets_and_indexes() {
+    let store = seeded().await;
+    store
+        .update(|tx| {
+            let mut t1 = tx.get_task("t1").expect("t1");
+            t1.desired_state = api::TaskState::Shutdown as i32;
+            tx.update_task(t1)?;
+            tx.delete_task("t2")?;
+            tx.create_task(task("t9", "s1", 9, "n1", api::TaskState::Running))?;
+            assert_eq!(ids(&tx.find_tasks(By::ServiceId("s1"))), ["t1", "t3", "t9"]);
+            assert_eq!(
+                ids(&tx.find_tasks(By::DesiredState(api::TaskState::Shutdown))),
+                ["t1", "t3"]
+            );
+            assert!(tx.get_task("t2").is_none());
+            assert_eq!(tx.count::<api::Task>(), 4);
+            // Not visible outside until applied.
+            store.view(|v| assert!(v.get_task("t9").is_none()));
+            Ok(())
+        })
+        .await
+        .expect("update");
+    store.view(|tx| {
+        assert_eq!(ids(&tx.find_tasks(By::ServiceId("s1"))), ["t1", "t3", "t9"]);
+        assert_eq!(
+            ids(&tx.find_tasks(By::DesiredState(api::TaskState::Running))),
+            ["t4", "t9"]
+        );
+    });
+}
+
+#[tokio::test]
+async fn names_conflict_case_insensitively_on_create_and_rename() {
+    let store = seeded().await;
+    let err = store
+        .update(|tx| tx.create_service(service("s3", "wEb")))
+        .await
+        .expect_err("dup");
+    assert!(
+        matches!(&err, StoreError::NameConflict { kind: Kind::Service, name } if name == "wEb")
+    );
+    assert_eq!(err.to_string(), "name conflicts with an existing object");
+
+    let renamed = store
+        .update(|tx| {
+            let mut s2 = tx.get_service("s2").expect("s2");
+            s2.spec.as_mut().expect("spec").annotations = annotations("WEB");
+            tx.update_service(s2)
+        })
+        .await;
+    assert!(matches!(renamed, Err(StoreError::NameConflict { .. })));
+
+    // Keeping one's own name, or taking a name freed in the same transaction, is fine.
+    store
+        .update(|tx| {
+            let s1 = tx.get_service("s1").expect("s1");
+            tx.update_service(s1)?;
+            tx.delete_service("s2")?;
+            tx.create_service(service("s3", "WEBAPP"))
+        })
+        .await
+        .expect("rename into freed name");
+
+    // Nodes and tasks may share names.
+    store
+        .update(|tx| tx.create_node(node("n3", "HOST-A", api::NodeRole::Worker)))
+        .await
+        .expect("node");
+    store.view(|tx| assert_eq!(ids(&tx.find_nodes(By::Name("host-a"))), ["n1", "n3"]));
+
+    let dup = store
+        .update(|tx| tx.create_service(service("s1", "other")))
+        .await;
+    assert!(matches!(
+        dup,
+        Err(StoreError::Exists {
+            kind: Kind::Service,
+            ..
+        })
+    ));
+    let missing = store
+        .update(|tx| tx.delete_service("nope"))
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.to_string(), "object does not exist");
+    let no_id = store
+        .update(|tx| tx.create_secret(api::Secret::default()))
+        .await;
+    assert!(matches!(no_id, Err(StoreError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn versions_and_timestamps_follow_writes() {
+    let store = MemoryStore::new(None);
+    store
+        .update(|tx| tx.create_service(service("s1", "web")))
+        .await
+        .expect("create");
+    let created = store.view(|tx| tx.get_service("s1")).expect("s1");
+    let meta = created.meta.expect("meta");
+    assert_eq!(created.version(), 1);
+    assert_eq!(store.last_index(), 1);
+    assert!(meta.created_at.is_some());
+    assert_eq!(meta.created_at, meta.updated_at);
+
+    store
+        .update(|tx| tx.update_service(created.clone()))
+        .await
+        .expect("update");
+    let updated = store.view(|tx| tx.get_service("s1")).expect("s1");
+    assert_eq!(updated.version(), 2);
+    assert_eq!(
+        updated.meta.as_ref().and_then(|m| m.created_at),
+        meta.created_at
+    );
+}
+
+#[tokio::test]
+async fn stale_update_is_rejected_and_changes_nothing() {
+    let store = seeded().await;
+    let stale = store.view(|tx| tx.get_service("s1")).expect("s1");
+    let mut fresh = stale.clone();
+    fresh.spec.as_mut().expect("spec").annotations = annotations("first");
+    store
+        .update(|tx| tx.update_service(fresh))
+        .await
+        .expect("first update");
+    let before = store.save();
+    let index = store.last_index();
+
+    let mut late = stale;
+    late.spec.as_mut().expect("spec").annotations = annotations("second");
+    let err = store
+        .update(|tx| {
+            tx.create_secret(api::Secret {
+                id: "sec".into(),
+                ..Default::default()
+            })?;
+            tx.update_service(late)
+        })
+        .await
+        .expect_err("stale");
+    assert!(matches!(&err, StoreError::SequenceConflict { kind: Kind::Service, id } if id == "s1"));
+    assert_eq!(err.to_string(), "update out of sequence");
+    assert_eq!(store.save(), before);
+    assert_eq!(store.last_index(), index);
+}
+
+#[tokio::test]
+async fn failed_closure_changes_nothing() {
+    let store = seeded().await;
+    let mut watcher = store.watch(WatchFilter::all());
+    let before = store.save();
+    let result: Result<(), _> = store
+        .update(|tx| {
+            tx.delete_task("t1")?;
+            tx.create_service(service("s9", "new"))?;
+            Err(StoreError::Invalid("changed my mind".into()))
+        })
+        .await;
+    assert!(matches!(result, Err(StoreError::Invalid(_))));
+    assert_eq!(store.save(), before);
+    assert_eq!(watcher.try_recv(), None);
+    // A transaction that writes nothing proposes nothing either.
+    store
+        .update(|tx| Ok(tx.get_task("t1")))
+        .await
+        .expect("read-only");
+    assert_eq!(watcher.try_recv(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_gets_snapshot_then_every_later_event_without_gap() {
+    const WRITERS: usize = 4;
+    const AFTER: usize = 100;
+    let store = MemoryStore::new(None);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (store, stop) = (store.clone(), stop.clone());
+        // Writers never pause, so the subscription below races with writes in flight.
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = task(&format!("w{w}-{i:05}"), "s", i, "", api::TaskState::Running);
+                store.update(|tx| tx.create_task(t)).await.expect("create");
+                i += 1;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    while store.last_index() < 20 {
+        tokio::task::yield_now().await;
+    }
+    let (snapshot, mut watcher) = store.view_and_watch(WatchFilter::none().tasks(), |tx| {
+        tx.find_tasks(By::All)
+            .into_iter()
+            .map(|t| (t.id.clone(), t.version()))
+            .collect::<Vec<_>>()
+    });
+    while store.last_index() < (snapshot.len() + AFTER) as u64 {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    // One task per write: the snapshot holds exactly versions 1..=n, and events must go on from n + 1.
+    let mut versions: Vec<u64> = snapshot.iter().map(|(_, v)| *v).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=snapshot.len() as u64).collect::<Vec<_>>());
+    let snapshot: BTreeSet<String> = snapshot.into_iter().map(|(id, _)| id).collect();
+    let mut seen = snapshot.clone();
+    let mut last_commit = snapshot.len() as u64;
+    let mut expect_commit = false;
+    while let Some(event) = watcher.try_recv() {
+        match event {
+            Event::Object {
+                kind: EventKind::Create,
+                object,
+                old: None,
+            } => {
+                let t = api::Task::from_object(object).expect("only tasks are watched");
+                assert!(
+                    !snapshot.contains(&t.id),
+                    "event for {} already in the snapshot",
+                    t.id
+                );
+                assert!(seen.insert(t.id.clone()), "duplicate event for {}", t.id);
+                assert_eq!(
+                    t.version(),
+                    last_commit + 1,
+                    "events arrive in commit order"
+                );
+                expect_commit = true;
+            }
+            Event::Commit { version } => {
+                assert!(expect_commit, "commit without its event");
+                assert_eq!(version, last_commit + 1, "no commit skipped");
+                last_commit = version;
+                expect_commit = false;
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert!(seen.len() >= snapshot.len() + AFTER);
+    assert_eq!(seen.len(), store.view(|tx| tx.count::<api::Task>()));
+    assert!(!expect_commit, "last event has its commit");
+    assert_eq!(last_commit, store.last_index());
+}
+
+#[tokio::test]
+async fn update_and_remove_events_carry_old_and_deleted_objects() {
+    let store = seeded().await;
+    let mut watcher = store.watch(WatchFilter::none().tasks());
+    store
+        .update(|tx| {
+            let mut t1 = tx.get_task("t1").expect("t1");
+            t1.node_id = "n9".into();
+            tx.update_task(t1)?;
+            tx.delete_task("t2")?;
+            tx.create_service(service("s5", "filtered-out"))
+        })
+        .await
+        .expect("update");
+    let update = watcher.try_recv().expect("update event");
+    assert!(matches!(
+        update,
+        Event::Object {
+            kind: EventKind::Update,
+            ..
+        }
+    ));
+    assert_eq!(
+        update.object_as::<api::Task>().map(|t| t.node_id.as_str()),
+        Some("n9")
+    );
+    assert_eq!(
+        update.old_as::<api::Task>().map(|t| t.node_id.as_str()),
+        Some("n1")
+    );
+    let remove = watcher.try_recv().expect("remove event");
+    assert!(matches!(
+        remove,
+        Event::Object {
+            kind: EventKind::Remove,
+            ..
+        }
+    ));
+    assert_eq!(
+        remove.object_ref(),
+        Some(ObjectRef {
+            kind: Kind::Task,
+            id: "t2".into()
+        })
+    );
+    assert_eq!(
+        watcher.try_recv(),
+        Some(Event::Commit {
+            version: store.last_index()
+        })
+    );
+    assert_eq!(watcher.try_recv(), None);
+}
+
+#[tokio::test]
+async fn save_restore_round_trips_and_reports_the_difference() {
+    let source = seeded().await;
+    let snapshot = source.save();
+    assert_eq!(snapshot.tasks.len(), 4);
+
+    let target = MemoryStore::new(None);
+    target
+        .update(|tx| {
+            tx.create_secret(api::Secret {
+                id: "gone".into(),
+                ..Default::default()
+            })?;
+            tx.create_task(task("t1", "old", 1, "", api::TaskState::New))
+        })
+        .await
+        .expect("prior content");
+    let mut watcher = target.watch(WatchFilter::all());
+    target.restore(snapshot.clone(), 42);
+    assert_eq!(target.save(), snapshot);
+    assert_eq!(target.last_index(), 42);
+    target.view(|tx| {
+        assert_eq!(
+            ids(&tx.find_tasks(By::Slot {
+                service_id: "s1",
+                slot: 1
+            })),
+            ["t1", "t3"]
+        );
+        assert!(
+            tx.find_tasks(By::ServiceId("old")).is_empty(),
+            "indexes rebuilt"
+        );
+        assert_eq!(ids(&tx.find_services(By::Name("web"))), ["s1"]);
+    });
+    let mut kinds = Vec::new();
+    while let Some(event) = watcher.try_recv() {
+        kinds.push(match &event {
+            Event::Object { kind, .. } => (Some(*kind), event.object_ref().map(|r| r.id)),
+            Event::Commit { version } => {
+                assert_eq!(*version, 42);
+                (None, None)
+            }
+        });
+    }
+    assert!(kinds.contains(&(Some(EventKind::Remove), Some("gone".into()))));
+    assert!(kinds.contains(&(Some(EventKind::Update), Some("t1".into()))));
+    assert!(kinds.contains(&(Some(EventKind::Create), Some("s1".into()))));
+    assert_eq!(kinds.last(), Some(&(None, None)));
+    // Restoring the same content again changes nothing but the index.
+    target.restore(snapshot, 43);
+    assert_eq!(watcher.try_recv(), Some(Event::Commit { version: 43 }));
+}
+
+/// Records proposals and applies them at increasing indexes, as raft would.
+struct RecordingProposer {
+    store: Mutex<Option<MemoryStore>>,
+    proposals: Mutex<Vec<Vec<api::StoreAction>>>,
+    next_index: Mutex<u64>,
+}
+
+impl Proposer for RecordingProposer {
+    fn propose(
+        &self,
+        actions: Vec<api::StoreAction>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send + '_>> {
+        Box::pin(async move {
+            let index = {
+                let mut next = self.next_index.lock().expect("lock");
+                *next += 1;
+                *next
+            };
+            self.proposals.lock().expect("lock").push(actions.clone());
+            let store = self.store.lock().expect("lock").clone().expect("store set");
+            store
+                .apply_committed(index, &actions)
+                .map_err(|e| ProposeError::Other(e.to_string()))?;
+            Ok(index)
+        })
+    }
+}
+
+#[tokio::test]
+async fn writes_go_through_the_proposer_as_store_actions() {
+    let proposer = Arc::new(RecordingProposer {
+        store: Mutex::new(None),
+        proposals: Mutex::new(Vec::new()),
+        next_index: Mutex::new(100),
+    });
+    let store = MemoryStore::new(None);
+    store.set_proposer(proposer.clone());
+    *proposer.store.lock().expect("lock") = Some(store.clone());
+
+    store
+        .update(|tx| {
+            tx.create_network(api::Network {
+                id: "net".into(),
+                ..Default::default()
+            })?;
+            tx.create_config(api::Config {
+                id: "cfg".into(),
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("create");
+    store
+        .update(|tx| tx.delete_config("cfg"))
+        .await
+        .expect("delete");
+
+    let proposals = proposer.proposals.lock().expect("lock").clone();
+    assert_eq!(proposals.len(), 2);
+    assert_eq!(proposals[0].len(), 2);
+    assert_eq!(
+        proposals[0][0].action,
+        api::StoreActionKind::StoreActionCreate as i32
+    );
+    assert!(
+        matches!(&proposals[0][0].target, Some(api::store_action::Target::Network(n)) if n.id == "net")
+    );
+    assert_eq!(
+        proposals[1][0].action,
+        api::StoreActionKind::StoreActionRemove as i32
+    );
+    assert!(
+        matches!(&proposals[1][0].target, Some(api::store_action::Target::Config(c)) if c.id == "cfg")
+    );
+
+    assert_eq!(store.last_index(), 102);
+    let net = store.view(|tx| tx.get_network("net")).expect("net");
+    assert_eq!(net.version(), 101);
+    assert!(store.view(|tx| tx.get_config("cfg")).is_none());
+
+    // A follower applying the same entries ends up with the same content.
+    let follower = MemoryStore::new(None);
+    for (i, actions) in proposals.iter().enumerate() {
+        follower
+            .apply_committed(101 + i as u64, actions)
+            .expect("apply");
+    }
+    assert_eq!(follower.save(), store.save());
+}
+
+struct FailingProposer;
+
+impl Proposer for FailingProposer {
+    fn propose(
+        &self,
+        _actions: Vec<api::StoreAction>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send + '_>> {
+        Box::pin(async { Err(ProposeError::NoLeader) })
+    }
+}
+
+#[tokio::test]
+async fn failed_proposal_applies_nothing() {
+    let store = MemoryStore::new(Some(Arc::new(FailingProposer)));
+    let mut watcher = store.watch(WatchFilter::all());
+    let err = store
+        .update(|tx| tx.create_service(service("s1", "web")))
+        .await
+        .expect_err("no leader");
+    assert!(matches!(err, StoreError::Propose(ProposeError::NoLeader)));
+    assert!(
+        err.to_string()
+            .starts_with("The swarm does not have a leader.")
+    );
+    assert!(store.view(|tx| tx.find_services(By::All)).is_empty());
+    assert_eq!(store.last_index(), 0);
+    assert_eq!(watcher.try_recv(), None);
+}
+
+#[test]
+fn apply_committed_is_all_or_nothing() {
+    let store = MemoryStore::new(None);
+    let create = |id: &str| api::StoreAction {
+        action: api::StoreActionKind::StoreActionCreate as i32,
+        target: Some(api::store_action::Target::Secret(api::Secret {
+            id: id.into(),
+            ..Default::default()
+        })),
+    };
+    store.apply_committed(1, &[create("a")]).expect("first");
+    let err = store
+        .apply_committed(2, &[create("b"), create("a")])
+        .expect_err("duplicate");
+    assert!(matches!(
+        err,
+        StoreError::Exists {
+            kind: Kind::Secret,
+            ..
+        }
+    ));
+    assert!(store.view(|tx| tx.get_secret("b")).is_none());
+    assert_eq!(store.last_index(), 1);
+    let no_target = api::StoreAction {
+        action: 1,
+        target: None,
+    };
+    assert!(matches!(
+        store.apply_committed(3, &[no_target]),
+        Err(StoreError::Invalid(_))
+    ));
+    // Empty entries (raft membership changes) only advance the index.
+    store.apply_committed(5, &[]).expect("empty");
+    assert_eq!(store.last_index(), 5);
+}

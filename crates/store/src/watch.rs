@@ -1,0 +1,270 @@
+//! Change notification: the [`Event`]s emitted when committed actions are applied, the per-subscriber
+//! [`WatchFilter`], and the [`Watcher`] receiving end. Channels are unbounded so a slow watcher can
+//! never stall `apply_committed` (and with it raft); it only costs memory until it catches up.
+//! Registering a watcher atomically with a view is `MemoryStore`'s job.
+
+use tokio::sync::mpsc;
+
+use crate::object::{Kind, StoreObject};
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// It was created.
+    Create,
+    /// It was replaced by a newer version.
+    Update,
+    /// It was deleted.
+    Remove,
+}
+
+/// One change, or the end of a committed batch of changes.
+// The shape is part of the crate's contract (objects inline, as the watch API sends them); boxing them
+// would save a few hundred bytes per `Commit` only.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An object changed. `object` is the new version (for `Remove`, the object as it was deleted);
+    /// `old` is the previous version for `Update`.
+    Object {
+        /// What happened.
+        kind: EventKind,
+        /// The object after the change.
+        object: api::Object,
+        /// The object before an update.
+        old: Option<api::Object>,
+    },
+    /// Every change of the raft entry at index `version` has been delivered.
+    Commit {
+        /// The raft index now applied.
+        version: u64,
+    },
+}
+
+/// Kind and ID of an object, for code that only needs to know what changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// The object's kind.
+    pub kind: Kind,
+    /// The object's ID.
+    pub id: String,
+}
+
+impl Event {
+    /// Kind of the changed object; `None` for `Commit`.
+    pub fn object_kind(&self) -> Option<Kind> {
+        match self {
+            Event::Object { object, .. } => Kind::of_object(object),
+            Event::Commit { .. } => None,
+        }
+    }
+
+    /// Kind and ID of the changed object; `None` for `Commit`.
+    pub fn object_ref(&self) -> Option<ObjectRef> {
+        let Event::Object { object, .. } = self else {
+            return None;
+        };
+        let kind = Kind::of_object(object)?;
+        let id = match object.object.as_ref()? {
+            api::object::Object::Node(o) => &o.id,
+            api::object::Object::Service(o) => &o.id,
+            api::object::Object::Task(o) => &o.id,
+            api::object::Object::Network(o) => &o.id,
+            api::object::Object::Cluster(o) => &o.id,
+            api::object::Object::Secret(o) => &o.id,
+            api::object::Object::Config(o) => &o.id,
+            api::object::Object::Resource(o) => &o.id,
+            api::object::Object::Extension(o) => &o.id,
+            api::object::Object::Volume(o) => &o.id,
+        };
+        Some(ObjectRef {
+            kind,
+            id: id.clone(),
+        })
+    }
+
+    /// The changed object if it is a `T`: `event.object_as::<api::Task>()`.
+    pub fn object_as<T: StoreObject>(&self) -> Option<&T> {
+        match self {
+            Event::Object { object, .. } => T::in_object(object),
+            Event::Commit { .. } => None,
+        }
+    }
+
+    /// The previous version of an updated object if it is a `T`.
+    pub fn old_as<T: StoreObject>(&self) -> Option<&T> {
+        match self {
+            Event::Object { old: Some(old), .. } => T::in_object(old),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn object<T: StoreObject>(kind: EventKind, object: T, old: Option<T>) -> Event {
+        Event::Object {
+            kind,
+            object: object.into_object(),
+            old: old.map(T::into_object),
+        }
+    }
+}
+
+/// Which object kinds a watcher receives; `Commit` events are always delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchFilter {
+    kinds: u16,
+}
+
+impl Default for WatchFilter {
+    /// Every kind.
+    fn default() -> Self {
+        WatchFilter::all()
+    }
+}
+
+macro_rules! filter_builders {
+    ($($method:ident => $kind:ident),* $(,)?) => {
+        impl WatchFilter {
+            $(
+                #[doc = concat!("Also receive `", stringify!($kind), "` events.")]
+                pub fn $method(self) -> Self {
+                    self.kind(Kind::$kind)
+                }
+            )*
+        }
+    };
+}
+
+filter_builders!(
+    nodes => Node,
+    services => Service,
+    tasks => Task,
+    networks => Network,
+    clusters => Cluster,
+    secrets => Secret,
+    configs => Config,
+    resources => Resource,
+    extensions => Extension,
+    volumes => Volume,
+);
+
+impl WatchFilter {
+    /// Events of every kind.
+    pub fn all() -> Self {
+        WatchFilter {
+            kinds: Kind::ALL.iter().fold(0, |acc, k| acc | k.bit()),
+        }
+    }
+
+    /// No object events (only `Commit`); add kinds with the builder methods.
+    pub fn none() -> Self {
+        WatchFilter { kinds: 0 }
+    }
+
+    /// Also receive events of `kind`.
+    pub fn kind(mut self, kind: Kind) -> Self {
+        self.kinds |= kind.bit();
+        self
+    }
+
+    /// Whether `event` passes the filter.
+    pub fn accepts(&self, event: &Event) -> bool {
+        match event.object_kind() {
+            Some(kind) => self.kinds & kind.bit() != 0,
+            None => matches!(event, Event::Commit { .. }),
+        }
+    }
+}
+
+/// Receiving end of a watch. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Watcher {
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Watcher {
+    /// The next event; `None` once the store is gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is already queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// The sending side of one watcher, kept by the store.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    filter: WatchFilter,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+/// A connected subscriber/watcher pair.
+pub(crate) fn subscribe(filter: WatchFilter) -> (Subscriber, Watcher) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Subscriber { filter, tx }, Watcher { rx })
+}
+
+impl Subscriber {
+    /// Sends the events this subscriber wants; false once its watcher was dropped.
+    pub(crate) fn send(&self, events: &[Event]) -> bool {
+        events
+            .iter()
+            .filter(|e| self.filter.accepts(e))
+            .all(|e| self.tx.send(e.clone()).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_passes_chosen_kinds_and_commits() {
+        let task = Event::object(
+            EventKind::Create,
+            api::Task {
+                id: "t".into(),
+                ..Default::default()
+            },
+            None,
+        );
+        let node = Event::object(
+            EventKind::Remove,
+            api::Node {
+                id: "n".into(),
+                ..Default::default()
+            },
+            None,
+        );
+        let commit = Event::Commit { version: 3 };
+        let f = WatchFilter::none().tasks();
+        assert!(f.accepts(&task));
+        assert!(!f.accepts(&node));
+        assert!(f.accepts(&commit));
+        assert!(WatchFilter::none().accepts(&commit));
+        assert!(WatchFilter::all().accepts(&node));
+        assert_eq!(
+            node.object_ref(),
+            Some(ObjectRef {
+                kind: Kind::Node,
+                id: "n".into()
+            })
+        );
+        assert_eq!(
+            task.object_as::<api::Task>().map(|t| t.id.as_str()),
+            Some("t")
+        );
+        assert!(task.object_as::<api::Node>().is_none());
+    }
+
+    #[test]
+    fn dropped_watcher_is_reported() {
+        let (sub, mut watcher) = subscribe(WatchFilter::all());
+        assert!(sub.send(&[Event::Commit { version: 1 }]));
+        assert_eq!(watcher.try_recv(), Some(Event::Commit { version: 1 }));
+        drop(watcher);
+        assert!(!sub.send(&[Event::Commit { version: 2 }]));
+    }
+}

@@ -1,1 +1,36 @@
-//! placeholder
+//! The cluster's certificate authority and everything TLS: the root CA, node keys and CSRs,
+//! issuing node certificates (the CA, never the CSR, decides the subject), join tokens, the
+//! key files in the state directory, and the rustls configurations for the control socket.
+//! No store here: the CA signing server that reads and writes Node objects is a manager
+//! subsystem (STYLE.md).
+
+mod certinfo;
+mod error;
+mod key;
+mod keystore;
+mod root;
+mod tls;
+mod token;
+
+pub use certinfo::CertInfo;
+pub use error::CaError;
+pub use key::NodeKey;
+pub use keystore::{KeyStore, NodeTlsMaterial};
+pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
+pub use tls::{control_channel, control_server_config, serve_tcp_tls, serve_unix_tls};
+pub use token::{ParsedToken, generate_join_token, tokens_equal};
+
+/// OU of manager certificates.
+pub const MANAGER_ROLE: &str = "swarm-manager";
+/// OU of worker certificates.
+pub const WORKER_ROLE: &str = "swarm-worker";
+/// CN of every SwarmKit root CA, and a SAN of manager certificates.
+pub const CA_CN: &str = "swarm-ca";
+
+/// The OU a certificate for `role` carries.
+pub fn role_ou(role: api::NodeRole) -> &'static str {
+    match role {
+        api::NodeRole::Manager => MANAGER_ROLE,
+        api::NodeRole::Worker => WORKER_ROLE,
+    }
+}

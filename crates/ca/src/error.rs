@@ -1,0 +1,38 @@
+//! Errors of the CA crate; messages keep SwarmKit's wording where users see them.
+
+/// What can go wrong with certificates, keys, tokens and TLS set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// rcgen refused to build or sign something.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A PEM or DER blob could not be read.
+    #[error("invalid certificate or key: {0}")]
+    Parse(String),
+    /// The CSR's signature does not verify.
+    #[error("invalid certificate signing request: {0}")]
+    Csr(String),
+    /// The requested validity is below SwarmKit's minimum.
+    #[error("minimum certificate expiry time is: 1h0m0s")]
+    ExpiryTooShort,
+    /// This root CA has no key, so it cannot sign.
+    #[error("the root CA key is not available on this node")]
+    NoSigningKey,
+    /// A join token that is not `SWMTKN-1-<digest>-<secret>`.
+    #[error("invalid join token")]
+    InvalidToken,
+    /// TLS configuration failed.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A file of the key store could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A gRPC endpoint could not be built.
+    #[error("{0}")]
+    Transport(String),
+}

@@ -1,0 +1,157 @@
+//! The node's TLS files under `<state dir>/certificates/` (spec 2.2): `swarm-root-ca.crt` and
+//! `swarm-node.crt` (0644) and `swarm-node.key` (0600), in a 0700 directory. Each file is
+//! replaced atomically (temp file, fsync, rename, fsync of the directory).
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::CaError;
+
+const ROOT_FILE: &str = "swarm-root-ca.crt";
+const CERT_FILE: &str = "swarm-node.crt";
+const KEY_FILE: &str = "swarm-node.key";
+
+/// The three PEM blobs a node keeps. `Debug` hides the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeTlsMaterial {
+    /// Root CA certificate(s).
+    pub root_pem: Vec<u8>,
+    /// Node certificate (and intermediates).
+    pub cert_pem: Vec<u8>,
+    /// Node key, PKCS#8.
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for NodeTlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeTlsMaterial")
+            .field("root_pem", &String::from_utf8_lossy(&self.root_pem))
+            .field("cert_pem", &String::from_utf8_lossy(&self.cert_pem))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The `certificates/` directory of a state dir.
+#[derive(Clone, Debug)]
+pub struct KeyStore {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl KeyStore {
+    /// The key store of the state directory `state_dir`.
+    pub fn new(state_dir: &Path) -> KeyStore {
+        KeyStore {
+            dir: state_dir.join("certificates"),
+        }
+    }
+
+    /// The `certificates/` directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes all three files, the key last-but-durably, each atomically.
+    pub fn save(&self, root_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<(), CaError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io(&self.dir))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&self.dir))?;
+        self.write_atomic(KEY_FILE, key_pem, 0o600)?;
+        self.write_atomic(CERT_FILE, cert_pem, 0o644)?;
+        self.write_atomic(ROOT_FILE, root_pem, 0o644)?;
+        let dir = std::fs::File::open(&self.dir).map_err(io(&self.dir))?;
+        dir.sync_all().map_err(io(&self.dir))
+    }
+
+    fn write_atomic(&self, name: &str, data: &[u8], mode: u32) -> Result<(), CaError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        // The mode given to open() is filtered by the umask; set it exactly.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Reads the three files; `None` when none exists yet. A partial set is an error.
+    pub fn load(&self) -> Result<Option<NodeTlsMaterial>, CaError> {
+        let read = |name: &str| -> Result<Option<Vec<u8>>, CaError> {
+            let path = self.dir.join(name);
+            match std::fs::read(&path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io(&path)(e)),
+            }
+        };
+        match (read(ROOT_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?) {
+            (None, None, None) => Ok(None),
+            (Some(root_pem), Some(cert_pem), Some(key_pem)) => Ok(Some(NodeTlsMaterial {
+                root_pem,
+                cert_pem,
+                key_pem,
+            })),
+            _ => Err(CaError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "incomplete TLS material: swarm-root-ca.crt, swarm-node.crt and swarm-node.key must all exist",
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("exists").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn save_load_and_modes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ks = KeyStore::new(tmp.path());
+        assert_eq!(ks.load().expect("load"), None);
+        ks.save(b"root", b"cert", b"key").expect("save");
+        assert_eq!(mode(ks.dir()), 0o700);
+        assert_eq!(mode(&ks.dir().join(KEY_FILE)), 0o600);
+        assert_eq!(mode(&ks.dir().join(CERT_FILE)), 0o644);
+        assert_eq!(mode(&ks.dir().join(ROOT_FILE)), 0o644);
+        let m = ks.load().expect("load").expect("present");
+        assert_eq!(
+            (
+                m.root_pem.as_slice(),
+                m.cert_pem.as_slice(),
+                m.key_pem.as_slice()
+            ),
+            (&b"root"[..], &b"cert"[..], &b"key"[..])
+        );
+        assert!(!format!("{m:?}").contains("key\""), "{m:?}");
+
+        std::fs::remove_file(ks.dir().join(CERT_FILE)).expect("rm");
+        assert!(ks.load().is_err(), "a partial set must not load");
+    }
+}

@@ -1,0 +1,303 @@
+//! TLS for the control socket, as SwarmKit serves it: the manager presents its node certificate
+//! on the unix socket and asks for none; swarmctl sends none and does not verify the server (it
+//! trusts the socket's file mode instead), but still checks the handshake signatures. Also the
+//! accept loops that turn a listener into a stream of TLS connections for tonic.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::debug;
+
+use crate::{CaError, MANAGER_ROLE};
+
+/// A handshake that takes longer than this is dropped, so a stalled client cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections accepted but not yet taken by the server; beyond this, accepting waits.
+const PENDING_CONNECTIONS: usize = 64;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Server config presenting `cert_chain_pem` with `key_pem`, asking for no client certificate,
+/// offering ALPN `h2` (recent grpc-go clients require it).
+pub fn control_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, CaError> {
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::Parse(format!("certificate chain: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| CaError::Parse(format!("private key: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts any server certificate but verifies handshake signatures, like Go's
+/// `InsecureSkipVerify` that SwarmKit's swarmctl uses on the local socket.
+#[derive(Debug)]
+struct SkipServerVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for SkipServerVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn insecure_client_config() -> Result<Arc<rustls::ClientConfig>, CaError> {
+    let provider = provider();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SkipServerVerification(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A lazy gRPC channel to the control socket at `path`: TLS, no client certificate, no server
+/// verification. Nothing is dialled until the first call, so a missing socket shows up there,
+/// as an `Unavailable` status whose source is the `io::Error` of the dial.
+pub fn control_channel(path: &Path) -> Result<Channel, CaError> {
+    let connector = TlsConnector::from(insecure_client_config()?);
+    let path = path.to_path_buf();
+    let server_name = ServerName::try_from(MANAGER_ROLE)
+        .map_err(|e| CaError::Transport(e.to_string()))?
+        .to_owned();
+    let endpoint =
+        Endpoint::from_static("http://swarm-manager").connect_timeout(Duration::from_secs(10));
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let (connector, path, server_name) =
+                (connector.clone(), path.clone(), server_name.clone());
+            async move {
+                let stream = UnixStream::connect(&path).await?;
+                let tls = connector.connect(server_name, stream).await?;
+                Ok::<_, io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
+}
+
+/// A listener whose connections the TLS accept loop can take.
+trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_one(&self) -> io::Result<(UnixStream, String)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, "unix".to_string()))
+    }
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> io::Result<(TcpStream, String)> {
+        let (s, peer) = self.accept().await?;
+        Ok((s, peer.to_string()))
+    }
+}
+
+/// Runs the accept loop: every connection is handshaken in its own task (bounded by
+/// [`HANDSHAKE_TIMEOUT`]) and handed over when done; the loop ends when the stream is dropped.
+fn tls_incoming<L: Accept>(
+    listener: L,
+    cfg: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<io::Result<TlsStream<L::Stream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(PENDING_CONNECTIONS);
+    let acceptor = TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                res = listener.accept_one() => res,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// TLS connections accepted on a unix socket, for `Server::serve_with_incoming_shutdown`.
+pub fn serve_unix_tls(
+    listener: UnixListener,
+    cfg: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<io::Result<TlsStream<UnixStream>>> {
+    tls_incoming(listener, cfg)
+}
+
+/// TLS connections accepted on a TCP listener, for `Server::serve_with_incoming_shutdown`.
+pub fn serve_tcp_tls(
+    listener: TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    tls_incoming(listener, cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use api::health_check_response::ServingStatus;
+    use api::health_client::HealthClient;
+    use api::health_server::{Health, HealthServer};
+    use api::{HealthCheckRequest, HealthCheckResponse};
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+    use crate::{NodeKey, RootCa};
+
+    struct AlwaysServing;
+
+    #[tonic::async_trait]
+    impl Health for AlwaysServing {
+        async fn check(
+            &self,
+            _: Request<HealthCheckRequest>,
+        ) -> Result<Response<HealthCheckResponse>, Status> {
+            Ok(Response::new(HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_over_tls_on_unix_socket() {
+        let root = RootCa::generate().expect("root");
+        let key = NodeKey::generate().expect("key");
+        let cert = root
+            .issue(
+                key.csr_pem().expect("csr").as_bytes(),
+                "n1",
+                api::NodeRole::Manager,
+                "c1",
+                crate::MIN_NODE_CERT_EXPIRY,
+            )
+            .expect("cert");
+        let cfg = control_server_config(&cert, key.key_pem().as_bytes()).expect("config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HealthServer::new(AlwaysServing))
+                .serve_with_incoming_shutdown(serve_unix_tls(listener, cfg), async {
+                    let _ = stop_rx.await;
+                }),
+        );
+
+        let mut client = HealthClient::new(control_channel(&sock).expect("channel"));
+        let resp = client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("check over TLS");
+        assert_eq!(resp.into_inner().status, ServingStatus::Serving as i32);
+
+        // A plaintext client cannot talk to it.
+        let sock2 = sock.clone();
+        let plain = Endpoint::from_static("http://x")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = sock2.clone();
+                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+            }))
+            .await;
+        if let Ok(ch) = plain {
+            let res = tokio::time::timeout(
+                Duration::from_secs(10),
+                HealthClient::new(ch).check(HealthCheckRequest::default()),
+            )
+            .await;
+            assert!(!matches!(res, Ok(Ok(_))), "plaintext call succeeded");
+        }
+
+        // A missing socket fails at the first call, not before.
+        let mut missing = HealthClient::new(
+            control_channel(&dir.path().join("nope.sock")).expect("lazy channel"),
+        );
+        assert!(missing.check(HealthCheckRequest::default()).await.is_err());
+
+        let _ = stop_tx.send(());
+        server.await.expect("join").expect("server");
+    }
+}

@@ -1,1 +1,9 @@
+//! Integration tests: the real `swarmd` and `swarmctl` binaries on a temp dir each, talking over
+//! the control socket. One binary so cargo links once; nextest runs these one at a time (the
+//! `serial-cluster` group in .config/nextest.toml).
 
+mod harness;
+
+mod cli;
+mod daemon;
+mod persistence;

@@ -1,7 +1,11 @@
 //! The `docker.swarmkit.v1` wire types and gRPC services generated from `proto/`, plus the
 //! pure helpers every other crate shares: object IDs and naming. No I/O happens here.
 
-#![allow(clippy::large_enum_variant, clippy::enum_variant_names, clippy::doc_lazy_continuation)]
+#![allow(
+    clippy::large_enum_variant,
+    clippy::enum_variant_names,
+    clippy::doc_lazy_continuation
+)]
 
 /// Generated code, nested as the proto package is.
 pub mod docker {

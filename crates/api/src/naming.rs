@@ -49,7 +49,10 @@ mod tests {
 
     #[test]
     fn base36_matches_known_value() {
-        assert_eq!(base36(&u128::MAX.to_be_bytes(), 25), "f5lxx1zz5pnorynqglhzmsp33");
+        assert_eq!(
+            base36(&u128::MAX.to_be_bytes(), 25),
+            "f5lxx1zz5pnorynqglhzmsp33"
+        );
         assert_eq!(base36(&[0], 3), "000");
         assert_eq!(base36(&[35], 1), "z");
     }

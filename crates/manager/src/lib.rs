@@ -1,1 +1,28 @@
-//! placeholder
+//! The manager role: the control API, the first-start bootstrap of cluster objects, and the
+//! lifecycle that serves them over the control socket and the remote port. It owns no I/O
+//! format of its own: the store is `store`, replication is `raft`, certificates are `ca`.
+
+pub mod bootstrap;
+pub mod controlapi;
+mod health;
+mod manager;
+mod server;
+
+pub use manager::{Manager, ManagerConfig};
+
+/// Why a manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// Raft could not start.
+    #[error(transparent)]
+    Raft(#[from] raft::RaftError),
+    /// A store write failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// TLS material was unusable.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    /// A listener could not be set up.
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+}

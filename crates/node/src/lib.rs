@@ -1,1 +1,33 @@
-//! placeholder
+//! One swarmd node: lays out the state directory, loads or creates its certificates, and runs
+//! the manager (and, with the agent issue, the agent). Flags are parsed in `bin/swarmd`; this
+//! crate takes a plain [`NodeConfig`].
+
+mod config;
+mod node;
+mod state;
+
+pub use config::NodeConfig;
+pub use node::Node;
+pub use state::{ManagerPeer, StateDir};
+
+/// Why a node could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The state directory could not be read or written.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The file or directory involved.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Certificates could not be created or loaded.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    /// The manager failed.
+    #[error(transparent)]
+    Manager(#[from] manager::ManagerError),
+}

@@ -1,0 +1,55 @@
+//! `swarmctl service create`: builds a spec from the service flags (plus `--mode` and
+//! `--secret`), resolves the network and secrets, calls `CreateService` and prints the new ID.
+
+use clap::Args;
+
+use super::flags::{self, ServiceFlags, list_flag};
+use super::{add_secrets, resolve_network};
+use crate::common::{CmdResult, Ctx, emit, usage_err};
+
+/// Arguments of `service create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    flags: ServiceFlags,
+    /// one of replicated, global, replicated-job, global-job (default "replicated")
+    #[arg(long, value_name = "string", allow_hyphen_values = true)]
+    mode: Option<String>,
+    /// add a secret from swarm
+    #[arg(long, value_name = "strings", allow_hyphen_values = true)]
+    secret: Option<Vec<String>>,
+    /// Positional arguments are refused with SwarmKit's message rather than clap's.
+    #[arg(hide = true)]
+    extra: Vec<String>,
+}
+
+/// Runs `service create`.
+pub async fn run(a: CreateArgs, ctx: &mut Ctx) -> CmdResult {
+    a.flags.check_syntax()?;
+    let secrets = list_flag(&a.secret, "--secret")?;
+    if !a.extra.is_empty() {
+        return Err(usage_err("create command takes no arguments"));
+    }
+    if a.flags.name.is_none() || a.flags.image.is_none() {
+        return Err(usage_err("--name and --image are mandatory"));
+    }
+    let mut spec = flags::new_create_spec();
+    flags::merge_head(&a.flags, a.mode.as_deref(), false, &mut spec)?;
+    if let Some(network) = &a.flags.network {
+        resolve_network(ctx, &mut spec, network).await?;
+    }
+    flags::merge_tail(&a.flags, &mut spec)?;
+    if let Some(secrets) = secrets {
+        add_secrets(ctx, &mut spec, &secrets).await?;
+    }
+    let resp = ctx
+        .client
+        .create_service(api::CreateServiceRequest { spec: Some(spec) })
+        .await?
+        .into_inner();
+    emit(&format!(
+        "{}\n",
+        resp.service.map(|s| s.id).unwrap_or_default()
+    ));
+    Ok(())
+}

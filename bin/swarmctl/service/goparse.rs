@@ -1,0 +1,666 @@
+//! Go-compatible parsers for service flag values, so that `swarmctl service` accepts the same
+//! input as SwarmKit's Go client and fails with the same words: `strconv` integers and booleans,
+//! `encoding/csv` lists (pflag's `StringSlice`), `time.ParseDuration`, go-units sizes and ulimits,
+//! `big.Rat` CPU amounts and SwarmKit's generic resources. Pure functions; the flag-to-spec
+//! mapping lives in `flags.rs`.
+
+use std::collections::BTreeMap;
+
+/// Go's `strconv.Quote` for the characters a command line realistically holds.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The `time` package's own quoting: non-ASCII and control bytes become `\xNN`.
+fn time_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if (c as u32) < 0x20 || !c.is_ascii() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        } else {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Checks Go's rule for `_` in base-prefixed literals: only between digits or after the prefix.
+fn underscores_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    // 'saw' is '^' at the start, '0' after a digit or prefix, '_' after an underscore, '!' otherwise.
+    let mut saw = b'^';
+    let mut hex = false;
+    if b.len() >= 2 && b[0] == b'0' && matches!(b[1].to_ascii_lowercase(), b'b' | b'o' | b'x') {
+        hex = b[1].eq_ignore_ascii_case(&b'x');
+        saw = b'0';
+        i = 2;
+    }
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_digit() || (hex && c.is_ascii_hexdigit()) {
+            saw = b'0';
+        } else if c == b'_' {
+            if saw != b'0' {
+                return false;
+            }
+            saw = b'_';
+        } else {
+            if saw == b'_' {
+                return false;
+            }
+            saw = b'!';
+        }
+        i += 1;
+    }
+    saw != b'_'
+}
+
+/// Why a `strconv` integer parse failed.
+enum IntErr {
+    Syntax,
+    Range,
+}
+
+/// Parses unsigned digits in `base` (0 = detect a Go prefix), like `strconv.ParseUint`.
+fn parse_uint_digits(s: &str, base: u32, bits: u32) -> Result<u64, IntErr> {
+    if s.is_empty() {
+        return Err(IntErr::Syntax);
+    }
+    let mut digits = s;
+    let mut base = base;
+    let base0 = base == 0;
+    if base == 0 {
+        base = 10;
+        let b = s.as_bytes();
+        if b[0] == b'0' {
+            if b.len() >= 3 && matches!(b[1], b'x' | b'X') {
+                base = 16;
+                digits = &s[2..];
+            } else if b.len() >= 3 && matches!(b[1], b'o' | b'O') {
+                base = 8;
+                digits = &s[2..];
+            } else if b.len() >= 3 && matches!(b[1], b'b' | b'B') {
+                base = 2;
+                digits = &s[2..];
+            } else {
+                base = 8;
+                digits = &s[1..];
+            }
+        }
+    }
+    let max: u128 = if bits >= 64 {
+        u64::MAX as u128
+    } else {
+        (1u128 << bits) - 1
+    };
+    let mut n: u128 = 0;
+    let mut underscores = false;
+    for c in digits.chars() {
+        if c == '_' && base0 {
+            underscores = true;
+            continue;
+        }
+        let d = c.to_digit(base).ok_or(IntErr::Syntax)?;
+        n = n * base as u128 + d as u128;
+        if n > max {
+            // Go keeps scanning for syntax errors only in the sense that the result is "range".
+            return Err(IntErr::Range);
+        }
+    }
+    if underscores && !underscores_ok(s) {
+        return Err(IntErr::Syntax);
+    }
+    Ok(n as u64)
+}
+
+/// `strconv.ParseUint(s, base, bits)` with Go's error text.
+pub fn parse_uint(s: &str, base: u32, bits: u32) -> Result<u64, String> {
+    parse_uint_digits(s, base, bits).map_err(|e| num_error("ParseUint", s, e))
+}
+
+/// `strconv.ParseInt(s, base, bits)` with Go's error text.
+pub fn parse_int(s: &str, base: u32, bits: u32) -> Result<i64, String> {
+    if s.is_empty() {
+        return Err(num_error("ParseInt", s, IntErr::Syntax));
+    }
+    let (neg, rest) = match s.as_bytes()[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let un = parse_uint_digits(rest, base, 64).map_err(|e| num_error("ParseInt", s, e))?;
+    let cutoff: u64 = 1u64 << (bits - 1);
+    if !neg && un >= cutoff {
+        return Err(num_error("ParseInt", s, IntErr::Range));
+    }
+    if neg && un > cutoff {
+        return Err(num_error("ParseInt", s, IntErr::Range));
+    }
+    Ok(if neg {
+        (un as i64).wrapping_neg()
+    } else {
+        un as i64
+    })
+}
+
+fn num_error(func: &str, s: &str, e: IntErr) -> String {
+    let what = match e {
+        IntErr::Syntax => "invalid syntax",
+        IntErr::Range => "value out of range",
+    };
+    format!("strconv.{func}: parsing {}: {what}", go_quote(s))
+}
+
+/// `strconv.ParseBool`.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!(
+            "strconv.ParseBool: parsing {}: invalid syntax",
+            go_quote(s)
+        )),
+    }
+}
+
+/// `strconv.ParseFloat(s, 64)` for decimal input (what go-units hands it).
+fn parse_float(s: &str) -> Result<f64, String> {
+    let word = s.trim_start_matches(['+', '-']).to_ascii_lowercase();
+    let is_word = word.starts_with("inf") || word.starts_with("nan");
+    match s.parse::<f64>() {
+        Ok(v) if !is_word => Ok(v),
+        _ => Err(format!(
+            "strconv.ParseFloat: parsing {}: invalid syntax",
+            go_quote(s)
+        )),
+    }
+}
+
+/// One record of `encoding/csv` (what pflag's `StringSlice` does with each occurrence of a flag).
+/// The empty string is the empty list.
+pub fn read_csv_record(val: &str) -> Result<Vec<String>, String> {
+    if val.is_empty() {
+        return Ok(Vec::new());
+    }
+    // csv reads one line per record; a quoted field may span lines.
+    let bytes = val.as_bytes();
+    let mut fields = Vec::new();
+    let mut pos = 0usize; // byte offset in val
+    let mut line = 1usize;
+    let mut col_base = 0usize; // offset of the current line's first byte
+    loop {
+        if pos < bytes.len() && bytes[pos] == b'"' {
+            // Quoted field.
+            let mut field = String::new();
+            pos += 1;
+            loop {
+                match val[pos..].find(['"', '\n']) {
+                    Some(i) if bytes[pos + i] == b'\n' => {
+                        field.push_str(&val[pos..=pos + i]);
+                        pos += i + 1;
+                        line += 1;
+                        col_base = pos;
+                    }
+                    Some(i) => {
+                        field.push_str(&val[pos..pos + i]);
+                        pos += i + 1;
+                        match bytes.get(pos) {
+                            Some(b'"') => {
+                                field.push('"');
+                                pos += 1;
+                            }
+                            Some(b',') => {
+                                pos += 1;
+                                fields.push(field);
+                                break;
+                            }
+                            None | Some(b'\n') => {
+                                fields.push(field);
+                                return Ok(fields);
+                            }
+                            Some(_) => {
+                                return Err(csv_error(line, pos - col_base + 1, QUOTE_ERR));
+                            }
+                        }
+                    }
+                    None => {
+                        return Err(csv_error(line, val.len() - col_base + 1, QUOTE_ERR));
+                    }
+                }
+            }
+        } else {
+            let end = val[pos..].find([',', '\n']).map_or(val.len(), |i| pos + i);
+            let field = &val[pos..end];
+            if let Some(j) = field.find('"') {
+                return Err(csv_error(
+                    line,
+                    pos - col_base + j + 1,
+                    "bare \" in non-quoted field",
+                ));
+            }
+            fields.push(field.trim_end_matches('\r').to_string());
+            if end < val.len() && bytes[end] == b',' {
+                pos = end + 1;
+            } else {
+                return Ok(fields);
+            }
+        }
+    }
+}
+
+const QUOTE_ERR: &str = "extraneous or missing \" in quoted-field";
+
+fn csv_error(line: usize, col: usize, what: &str) -> String {
+    format!("parse error on line {line}, column {col}: {what}")
+}
+
+/// `time.ParseDuration`: returns nanoseconds.
+pub fn parse_duration(orig: &str) -> Result<i64, String> {
+    let invalid = || format!("time: invalid duration {}", time_quote(orig));
+    let mut s = orig.as_bytes();
+    let mut neg = false;
+    if let Some(&c) = s.first()
+        && (c == b'-' || c == b'+')
+    {
+        neg = c == b'-';
+        s = &s[1..];
+    }
+    if s == b"0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    const LIMIT: u64 = 1 << 63;
+    let mut d: u64 = 0;
+    while !s.is_empty() {
+        if !(s[0] == b'.' || s[0].is_ascii_digit()) {
+            return Err(invalid());
+        }
+        // Integer part.
+        let mut v: u64 = 0;
+        let mut i = 0;
+        while i < s.len() && s[i].is_ascii_digit() {
+            if v > LIMIT / 10 {
+                return Err(invalid());
+            }
+            v = v * 10 + u64::from(s[i] - b'0');
+            if v > LIMIT {
+                return Err(invalid());
+            }
+            i += 1;
+        }
+        let pre = i > 0;
+        s = &s[i..];
+        // Fraction.
+        let mut f: u64 = 0;
+        let mut scale = 1.0f64;
+        let mut post = false;
+        if s.first() == Some(&b'.') {
+            s = &s[1..];
+            let mut i = 0;
+            let mut overflow = false;
+            while i < s.len() && s[i].is_ascii_digit() {
+                if !overflow {
+                    if f > (LIMIT - 1) / 10 {
+                        overflow = true;
+                    } else {
+                        let y = f * 10 + u64::from(s[i] - b'0');
+                        if y > LIMIT {
+                            overflow = true;
+                        } else {
+                            f = y;
+                            scale *= 10.0;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            post = i > 0;
+            s = &s[i..];
+        }
+        if !pre && !post {
+            return Err(invalid());
+        }
+        // Unit.
+        let i = s
+            .iter()
+            .position(|&c| c == b'.' || c.is_ascii_digit())
+            .unwrap_or(s.len());
+        if i == 0 {
+            return Err(format!(
+                "time: missing unit in duration {}",
+                time_quote(orig)
+            ));
+        }
+        let u = std::str::from_utf8(&s[..i]).expect("unit ends at an ASCII byte of a str");
+        s = &s[i..];
+        let unit: u64 = match u {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3600 * 1_000_000_000,
+            _ => {
+                return Err(format!(
+                    "time: unknown unit {} in duration {}",
+                    time_quote(u),
+                    time_quote(orig)
+                ));
+            }
+        };
+        if v > LIMIT / unit {
+            return Err(invalid());
+        }
+        v *= unit;
+        if f > 0 {
+            v += (f as f64 * (unit as f64 / scale)) as u64;
+            if v > LIMIT {
+                return Err(invalid());
+            }
+        }
+        d += v;
+        if d > LIMIT {
+            return Err(invalid());
+        }
+    }
+    if neg {
+        return Ok((d as i64).wrapping_neg());
+    }
+    if d > LIMIT - 1 {
+        return Err(invalid());
+    }
+    Ok(d as i64)
+}
+
+/// Nanoseconds as the wire's `google.protobuf.Duration` (gogo's `DurationProto`).
+pub fn duration_proto(nanos: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: nanos / 1_000_000_000,
+        nanos: (nanos % 1_000_000_000) as i32,
+    }
+}
+
+/// go-units `RAMInBytes`: `512m`, `1.5GiB`, `4 kb`, bytes without suffix.
+pub fn ram_in_bytes(size: &str) -> Result<i64, String> {
+    let invalid = || format!("invalid size: '{size}'");
+    let Some(sep) = size.rfind(|c: char| c.is_ascii_digit() || c == '.' || c == ' ') else {
+        return Err(invalid());
+    };
+    let (num, sfx) = if size.as_bytes()[sep] != b' ' {
+        (&size[..=sep], &size[sep + 1..])
+    } else {
+        (&size[..sep], &size[sep + 1..])
+    };
+    let mut value = parse_float(num)?;
+    if value < 0.0 {
+        return Err(invalid());
+    }
+    if sfx.is_empty() {
+        return Ok(value as i64);
+    }
+    let bad = |s: &str| format!("invalid suffix: '{s}'");
+    if sfx.len() > 3 {
+        return Err(bad(sfx));
+    }
+    let sfx = sfx.to_lowercase();
+    let b = sfx.as_bytes();
+    if b[0] == b'b' {
+        if b.len() > 1 {
+            return Err(bad(&sfx));
+        }
+        return Ok(value as i64);
+    }
+    let mul: f64 = match b[0] {
+        b'k' => 1024.0,
+        b'm' => 1024.0 * 1024.0,
+        b'g' => 1024.0 * 1024.0 * 1024.0,
+        b't' => 1024.0f64.powi(4),
+        b'p' => 1024.0f64.powi(5),
+        _ => return Err(bad(&sfx)),
+    };
+    value *= mul;
+    if (b.len() == 2 && b[1] != b'b') || (b.len() == 3 && &sfx[1..] != "ib") {
+        return Err(bad(&sfx));
+    }
+    Ok(value as i64)
+}
+
+/// The ulimit names go-units knows.
+const ULIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// go-units `ParseUlimit`: `name=soft[:hard]`; returns (name, soft, hard).
+pub fn parse_ulimit(val: &str) -> Result<(String, i64, i64), String> {
+    let Some((name, limits)) = val.split_once('=') else {
+        return Err(format!("invalid ulimit argument: {val}"));
+    };
+    if !ULIMIT_NAMES.contains(&name) {
+        return Err(format!("invalid ulimit type: {name}"));
+    }
+    let parts: Vec<&str> = limits.split(':').collect();
+    let (soft, hard) = match parts.as_slice() {
+        [soft] => {
+            let soft = parse_int(soft, 10, 64)?;
+            (soft, soft)
+        }
+        [soft, hard] => {
+            let hard = parse_int(hard, 10, 64)?;
+            (parse_int(soft, 10, 64)?, hard)
+        }
+        _ => {
+            return Err(format!(
+                "too many limit value arguments - {limits}, can only have up to two, `soft[:hard]`"
+            ));
+        }
+    };
+    if hard != -1 && soft > hard {
+        return Err(format!(
+            "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+        ));
+    }
+    Ok((name.to_string(), soft, hard))
+}
+
+/// A decimal (or `a/b`) CPU amount in cores, as `big.Rat.SetString` reads it, converted to
+/// nano-CPUs; `None` when it is not a number, `Some(Err(()))` when it has more than 9 decimals.
+fn rat_nanos(s: &str) -> Option<Result<i64, ()>> {
+    if let Some((a, b)) = s.split_once('/') {
+        let num = parse_int(a, 0, 64).ok()? as i128;
+        let den = parse_uint(b, 0, 64).ok()? as i128;
+        if den == 0 {
+            return None;
+        }
+        let scaled = num.checked_mul(1_000_000_000)?;
+        return Some(if scaled % den == 0 {
+            Ok((scaled / den) as i64)
+        } else {
+            Err(())
+        });
+    }
+    let (neg, rest) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (mant, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], parse_int(&rest[i + 1..], 10, 32).ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    // value = digits * 10^(exp - frac.len()); nanos = value * 10^9.
+    let shift = exp + 9 - frac.len() as i64;
+    let mut n: i128 = 0;
+    for c in digits.bytes() {
+        n = n.checked_mul(10)?.checked_add(i128::from(c - b'0'))?;
+    }
+    if shift >= 0 {
+        for _ in 0..shift {
+            if n == 0 {
+                break;
+            }
+            n = n.checked_mul(10)?;
+        }
+    } else {
+        for _ in 0..(-shift) {
+            if n == 0 {
+                break;
+            }
+            if n % 10 != 0 {
+                return Some(Err(()));
+            }
+            n /= 10;
+        }
+    }
+    let n = if neg { -n } else { n };
+    Some(Ok(n as i64))
+}
+
+/// SwarmKit's `--cpu-*` parsing: cores to nano-CPUs.
+pub fn parse_cpu(s: &str) -> Result<i64, String> {
+    match rat_nanos(s) {
+        None => Err(format!("invalid cpu: {s}")),
+        Some(Err(())) => Err(format!(
+            "CPU value cannot have more than 9 decimal places: {s}"
+        )),
+        Some(Ok(n)) => Ok(n),
+    }
+}
+
+/// SwarmKit's `genericresource.ParseCmd` followed by `ValidateTask` (tasks may only ask for
+/// discrete amounts): `gpu=2,fpga=1`. Kinds keep the order of their first appearance.
+pub fn parse_generic_resources(cmd: &str) -> Result<Vec<api::GenericResource>, String> {
+    use api::generic_resource::Resource;
+    let perr = |m: String| format!("could not parse GenericResource: {m}");
+    if cmd.contains('\n') {
+        return Err(perr("unexpected '\\n' character".into()));
+    }
+    if cmd.is_empty() {
+        return Err(perr("found multiple records while parsing cmd []".into()));
+    }
+    let terms = read_csv_record(cmd).map_err(perr)?;
+    let mut order: Vec<String> = Vec::new();
+    let mut tokens: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for term in &terms {
+        let kva: Vec<&str> = term.split('=').collect();
+        if kva.len() != 2 {
+            return Err(perr(format!(
+                "incorrect term {term}, missing '=' or malformed expression"
+            )));
+        }
+        let key = kva[0].trim().to_string();
+        if !tokens.contains_key(&key) {
+            order.push(key.clone());
+        }
+        tokens
+            .entry(key)
+            .or_default()
+            .push(kva[1].trim().to_string());
+    }
+    let mut out = Vec::new();
+    for kind in order {
+        let vals = &tokens[&kind];
+        let discrete = |v: &str| parse_int(v, 10, 64).ok();
+        if let ([v], Some(n)) = (vals.as_slice(), vals.first().and_then(|v| discrete(v))) {
+            let _ = v;
+            if n < 0 {
+                return Err(perr(format!("cannot ask for negative resource {kind}")));
+            }
+            out.push(api::GenericResource {
+                resource: Some(Resource::DiscreteResourceSpec(
+                    api::DiscreteGenericResource { kind, value: n },
+                )),
+            });
+            continue;
+        }
+        if vals.iter().all(|v| discrete(v).is_none()) {
+            // Named resources parse, but a task may not request them.
+            return Err(format!("invalid argument for resource {kind}"));
+        }
+        return Err(perr(format!(
+            "mixed discrete and named resources in expression '{kind}=[{}]'",
+            vals.join(" ")
+        )));
+    }
+    Ok(out)
+}
+
+/// Go's `%g` for a float64 (shortest representation; exponent form below 1e-4 or from 1e6).
+pub fn format_g(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if !v.is_finite() {
+        return if v.is_nan() {
+            "NaN".into()
+        } else if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
+    }
+    let sci = format!("{v:e}"); // e.g. "-1.5e-7", shortest round-trip digits
+    let (mant, exp) = sci.split_once('e').expect("{:e} always has an exponent");
+    let exp: i32 = exp.parse().expect("exponent is an integer");
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mant}e{sign}{:02}", exp.abs());
+    }
+    format!("{v}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! `swarmctl service` (alias `svc`, set by main): the clap subcommands and their dispatch, plus
+//! what several service commands share (replica text, secret/config lookups, stdout). Flag
+//! parsing into a spec lives in `flags.rs`, Go-compatible value parsing in `goparse.rs`, one
+//! file per command for the rest. Errors, lookups by argument, tables and time formatting are
+//! main's (`common`, `tabwriter`, `humanize`, `tasks`).
+
+mod create;
+mod flags;
+mod goparse;
+mod inspect;
+mod list;
+mod logs;
+mod remove;
+mod update;
+
+use std::collections::BTreeMap;
+
+use api::service_spec::Mode;
+use clap::Subcommand;
+
+use crate::common::{CliError, CmdResult, Ctx, annotations_name};
+
+pub use create::CreateArgs;
+pub use inspect::InspectArgs;
+pub use list::ListArgs;
+pub use logs::LogsArgs;
+pub use remove::RemoveArgs;
+pub use update::UpdateArgs;
+
+/// Service management.
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Create a service
+    Create(CreateArgs),
+    /// Inspect a service
+    Inspect(InspectArgs),
+    /// Obtain log output from a service
+    #[command(visible_alias = "log")]
+    Logs(LogsArgs),
+    /// List services
+    Ls(ListArgs),
+    /// Remove a service
+    #[command(visible_alias = "rm")]
+    Remove(RemoveArgs),
+    /// Update a service
+    Update(UpdateArgs),
+}
+
+/// Runs one service command; output goes to stdout, errors are returned for main to print.
+pub async fn run(cmd: ServiceCommand, ctx: &mut Ctx) -> CmdResult {
+    match cmd {
+        ServiceCommand::Create(args) => create::run(args, ctx).await,
+        ServiceCommand::Inspect(args) => inspect::run(args, ctx).await,
+        ServiceCommand::Logs(args) => logs::run(args, ctx).await,
+        ServiceCommand::Ls(args) => list::run(args, ctx).await,
+        ServiceCommand::Remove(args) => remove::run(args, ctx).await,
+        ServiceCommand::Update(args) => update::run(args, ctx).await,
+    }
+}
+
+impl From<flags::FlagError> for CliError {
+    fn from(e: flags::FlagError) -> Self {
+        CliError::Usage(e.0)
+    }
+}
+
+/// The Replicas column: `running/desired` for replicated services, `global` for global ones, and
+/// nothing for jobs (as SwarmKit's client).
+pub fn replicas_text(service: &api::Service, running: usize) -> String {
+    match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Global(_)) => "global".to_string(),
+        Some(Mode::Replicated(r)) => format!("{running}/{}", r.replicas),
+        _ => String::new(),
+    }
+}
+
+/// Parses `name[:target]` items of a secret or config flag (`kind` = "secret" or "config").
+fn parse_references(items: &[String], kind: &str) -> Result<Vec<(String, String)>, CliError> {
+    items
+        .iter()
+        .map(|s| flags::parse_reference(s, kind).map_err(CliError::from))
+        .collect()
+}
+
+/// Adds references to the named secrets, looked up with `ListSecrets` by name.
+async fn add_secrets(ctx: &mut Ctx, spec: &mut api::ServiceSpec, items: &[String]) -> CmdResult {
+    let items = parse_references(items, "secret")?;
+    let names = items.iter().map(|(n, _)| n.clone()).collect();
+    let req = api::ListSecretsRequest {
+        filters: Some(api::list_secrets_request::Filters {
+            names,
+            ..Default::default()
+        }),
+    };
+    let found: BTreeMap<String, String> = ctx
+        .client
+        .list_secrets(req)
+        .await?
+        .into_inner()
+        .secrets
+        .into_iter()
+        .map(|s| {
+            (
+                annotations_name(s.spec.as_ref().and_then(|sp| sp.annotations.as_ref()))
+                    .to_string(),
+                s.id,
+            )
+        })
+        .collect();
+    flags::add_secrets(spec, &items, &found)?;
+    Ok(())
+}
+
+/// Adds references to the named configs, looked up with `ListConfigs` by name.
+async fn add_configs(ctx: &mut Ctx, spec: &mut api::ServiceSpec, items: &[String]) -> CmdResult {
+    let items = parse_references(items, "config")?;
+    let names = items.iter().map(|(n, _)| n.clone()).collect();
+    let req = api::ListConfigsRequest {
+        filters: Some(api::list_configs_request::Filters {
+            names,
+            ..Default::default()
+        }),
+    };
+    let found: BTreeMap<String, String> = ctx
+        .client
+        .list_configs(req)
+        .await?
+        .into_inner()
+        .configs
+        .into_iter()
+        .map(|c| {
+            (
+                annotations_name(c.spec.as_ref().and_then(|sp| sp.annotations.as_ref()))
+                    .to_string(),
+                c.id,
+            )
+        })
+        .collect();
+    flags::add_configs(spec, &items, &found)?;
+    Ok(())
+}
+
+/// Resolves `--network` by ID or name and attaches the task to it.
+async fn resolve_network(ctx: &mut Ctx, spec: &mut api::ServiceSpec, arg: &str) -> CmdResult {
+    let network = crate::common::get_network(ctx, arg).await?;
+    flags::apply_network(spec, &network.id);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// `swarmctl service` as main mounts it.
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: ServiceCommand,
+    }
+
+    fn parse(args: &[&str]) -> ServiceCommand {
+        Cli::try_parse_from(std::iter::once("service").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .cmd
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn aliases_and_positionals() {
+        assert!(matches!(parse(&["rm", "web"]), ServiceCommand::Remove(_)));
+        assert!(matches!(
+            parse(&["log", "web", "-f"]),
+            ServiceCommand::Logs(_)
+        ));
+        assert!(matches!(parse(&["ls", "-q"]), ServiceCommand::Ls(_)));
+        let ServiceCommand::Create(c) = parse(&["create", "--name", "a", "--image", "b", "extra"])
+        else {
+            panic!("create")
+        };
+        assert!(format!("{c:?}").contains("extra: [\"extra\"]"));
+    }
+
+    #[test]
+    fn values_may_start_with_a_dash_and_bools_take_only_attached_values() {
+        let ServiceCommand::Update(u) = parse(&[
+            "update",
+            "--force",
+            "web",
+            "--replicas",
+            "-1",
+            "--tty",
+            "--init=false",
+            "--restart-delay",
+            "-5s",
+        ]) else {
+            panic!("update")
+        };
+        let dbg = format!("{u:?}");
+        assert!(dbg.contains("service: [\"web\"]"), "{dbg}");
+        assert!(dbg.contains("replicas: Some(\"-1\")"), "{dbg}");
+        assert!(dbg.contains("tty: Some(\"true\")"), "{dbg}");
+        assert!(dbg.contains("init: Some(\"false\")"), "{dbg}");
+        assert!(dbg.contains("restart_delay: Some(\"-5s\")"), "{dbg}");
+        assert!(dbg.contains("force: Some(\"true\")"), "{dbg}");
+    }
+
+    fn service(mode: Mode) -> api::Service {
+        api::Service {
+            spec: Some(api::ServiceSpec {
+                mode: Some(mode),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicas_text_by_mode() {
+        let r = service(Mode::Replicated(api::ReplicatedService { replicas: 3 }));
+        assert_eq!(replicas_text(&r, 2), "2/3");
+        assert_eq!(
+            replicas_text(&service(Mode::Global(api::GlobalService {})), 5),
+            "global"
+        );
+        let job = service(Mode::ReplicatedJob(api::ReplicatedJob {
+            max_concurrent: 1,
+            total_completions: 2,
+        }));
+        assert_eq!(replicas_text(&job, 1), "");
+        assert_eq!(replicas_text(&api::Service::default(), 0), "");
+    }
+}

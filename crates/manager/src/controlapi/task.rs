@@ -1,0 +1,194 @@
+//! Control API calls on tasks (SwarmKit manager/controlapi/task.go): get, list with filters, and
+//! remove (the orchestrator recreates the slot). Also the runtime name and the "task is dirty"
+//! comparison that list filters use. Tasks are created and updated by the orchestrators only.
+
+use store::By;
+use tonic::Status;
+
+use super::validate::{ConstraintOp, invalid_argument, parse_constraints};
+use super::{
+    ControlApi, any_of, filter_contains, filter_contains_prefix, filter_match_labels, labels_of,
+    name_of,
+};
+
+/// The runtime name of a task spec, as SwarmKit's naming.Runtime (None = no runtime).
+pub(super) fn runtime_name(spec: Option<&api::TaskSpec>) -> Option<String> {
+    match spec?.runtime.as_ref()? {
+        api::task_spec::Runtime::Attachment(_) => Some("attachment".to_string()),
+        api::task_spec::Runtime::Container(_) => Some("container".to_string()),
+        api::task_spec::Runtime::Generic(g) => Some(g.kind.to_lowercase()),
+    }
+}
+
+/// The name users see for a task (naming.Task): its own name, else `service.slot.id`.
+fn task_name(t: &api::Task) -> String {
+    let own = name_of(&t.annotations);
+    if !own.is_empty() {
+        return own.to_string();
+    }
+    api::naming::task_name(name_of(&t.service_annotations), t.slot, &t.node_id, &t.id)
+}
+
+/// Whether `node` satisfies every placement constraint the scheduler understands for the
+/// keys it can check here (node.id, node.hostname, node.role, node.labels.*).
+fn node_matches(constraints: &[String], node: &api::Node) -> bool {
+    let Ok(parsed) = parse_constraints(constraints) else {
+        return false;
+    };
+    parsed.iter().all(|c| {
+        let key = c.key.to_lowercase();
+        let value: Option<String> = match key.as_str() {
+            "node.id" => Some(node.id.clone()),
+            "node.hostname" => Some(
+                node.description
+                    .as_ref()
+                    .map(|d| d.hostname.clone())
+                    .unwrap_or_default(),
+            ),
+            "node.role" => Some(
+                if node.role == api::NodeRole::Manager as i32 {
+                    "manager"
+                } else {
+                    "worker"
+                }
+                .to_string(),
+            ),
+            k if k.starts_with("node.labels.") => {
+                let labels = labels_of(&node.spec.as_ref().and_then(|s| s.annotations.clone()));
+                labels.get(&c.key["node.labels.".len()..]).cloned()
+            }
+            _ => None,
+        };
+        let matched = value.is_some_and(|v| v.eq_ignore_ascii_case(&c.value));
+        match c.op {
+            ConstraintOp::Eq => matched,
+            ConstraintOp::NotEq => !matched,
+        }
+    })
+}
+
+/// Whether the task no longer matches its service's spec (orchestrator.IsTaskDirty): differing
+/// task spec (ignoring pull options once the image is in place, and placement when the node still
+/// satisfies it) or differing endpoint spec.
+pub(super) fn is_task_dirty(s: &api::Service, t: &api::Task, node: Option<&api::Node>) -> bool {
+    if let (Some(sv), Some(tv)) = (s.spec_version, t.spec_version)
+        && sv == tv
+    {
+        return false;
+    }
+    let spec = s.spec.clone().unwrap_or_default();
+    let mut service_task = spec.task.clone().unwrap_or_default();
+    let task_spec = t.spec.clone().unwrap_or_default();
+
+    // Only the placement constraints changed and the current node still satisfies them.
+    if let Some(node) = node {
+        let mut without_placement = service_task.clone();
+        without_placement.placement = task_spec.placement.clone();
+        if without_placement == task_spec
+            && let Some(p) = &service_task.placement
+            && node_matches(&p.constraints, node)
+        {
+            return false;
+        }
+    }
+
+    let state = t.status.as_ref().map_or(0, |st| st.state);
+    let ignore_pull = t.desired_state <= api::TaskState::Running as i32
+        && state >= api::TaskState::Ready as i32
+        && state <= api::TaskState::Running as i32;
+    if ignore_pull
+        && let (
+            Some(api::task_spec::Runtime::Container(sc)),
+            Some(api::task_spec::Runtime::Container(tc)),
+        ) = (service_task.runtime.as_mut(), task_spec.runtime.as_ref())
+    {
+        sc.pull_options = tc.pull_options.clone();
+    }
+    service_task != task_spec || t.endpoint.as_ref().is_some_and(|e| e.spec != spec.endpoint)
+}
+
+pub(super) async fn get(
+    ctl: &ControlApi,
+    req: api::GetTaskRequest,
+) -> Result<api::GetTaskResponse, Status> {
+    if req.task_id.is_empty() {
+        return Err(invalid_argument());
+    }
+    let task = ctl
+        .store
+        .view(|tx| tx.get_task(&req.task_id))
+        .ok_or_else(|| Status::not_found(format!("task {} not found", req.task_id)))?;
+    Ok(api::GetTaskResponse { task: Some(task) })
+}
+
+pub(super) async fn remove(
+    ctl: &ControlApi,
+    req: api::RemoveTaskRequest,
+) -> Result<api::RemoveTaskResponse, Status> {
+    if req.task_id.is_empty() {
+        return Err(invalid_argument());
+    }
+    let id = req.task_id;
+    ctl.write(|tx| {
+        if tx.get_task(&id).is_none() {
+            return Err(Status::not_found(format!("task {id} not found")).into());
+        }
+        tx.delete_task(&id)?;
+        Ok(())
+    })
+    .await?;
+    Ok(api::RemoveTaskResponse {})
+}
+
+pub(super) async fn list(
+    ctl: &ControlApi,
+    req: api::ListTasksRequest,
+) -> Result<api::ListTasksResponse, Status> {
+    let f = req.filters.unwrap_or_default();
+    let desired: Vec<api::TaskState> = f
+        .desired_states
+        .iter()
+        .filter_map(|s| api::TaskState::try_from(*s).ok())
+        .collect();
+    let tasks = ctl.store.view(|tx| {
+        let by = if !f.names.is_empty() {
+            any_of(&f.names, By::Name)
+        } else if !f.name_prefixes.is_empty() {
+            any_of(&f.name_prefixes, By::NamePrefix)
+        } else if !f.id_prefixes.is_empty() {
+            any_of(&f.id_prefixes, By::IdPrefix)
+        } else if !f.service_ids.is_empty() {
+            any_of(&f.service_ids, By::ServiceId)
+        } else if !f.runtimes.is_empty() {
+            // The store has no runtime index; the filter below does the selection.
+            By::All
+        } else if !f.node_ids.is_empty() {
+            any_of(&f.node_ids, By::NodeId)
+        } else if !f.desired_states.is_empty() {
+            By::Or(desired.iter().map(|s| By::DesiredState(*s)).collect())
+        } else {
+            By::All
+        };
+        tx.find_tasks(by)
+            .into_iter()
+            .filter(|t| {
+                let name = task_name(t);
+                filter_contains(&name, &f.names)
+                    && filter_contains_prefix(&name, &f.name_prefixes)
+                    && filter_contains_prefix(&t.id, &f.id_prefixes)
+                    && filter_match_labels(&labels_of(&t.service_annotations), &f.labels)
+                    && filter_contains(&t.service_id, &f.service_ids)
+                    && filter_contains(&t.node_id, &f.node_ids)
+                    && (f.runtimes.is_empty()
+                        || runtime_name(t.spec.as_ref())
+                            .is_some_and(|r| filter_contains(&r, &f.runtimes)))
+                    && (f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state))
+                    && (!f.up_to_date
+                        || tx.get_service(&t.service_id).is_some_and(|s| {
+                            !is_task_dirty(&s, t, tx.get_node(&t.node_id).as_ref())
+                        }))
+            })
+            .collect()
+    });
+    Ok(api::ListTasksResponse { tasks })
+}

@@ -1,0 +1,647 @@
+//! Spec validation shared by the control API handlers, with SwarmKit's exact messages and codes
+//! (manager/controlapi/common.go and service.go, manager/constraint/constraint.go, and the docker
+//! reference grammar of github.com/distribution/reference). Pure functions over specs: checks that
+//! need the store (port conflicts, referenced secrets, ingress presence) live in the per-kind files.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use regex::Regex;
+use tonic::Status;
+
+/// DNS label rule for service and network names (common.go `isValidDNSName`).
+static DNS_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$").expect("static regex"));
+
+/// Secret and config names (common.go `isValidConfigOrSecretName`).
+static CONFIG_OR_SECRET_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$").expect("static regex")
+});
+
+/// The `status.Error(codes.InvalidArgument, errInvalidArgument.Error())` of SwarmKit, returned
+/// for missing IDs, versions and specs.
+pub fn invalid_argument() -> Status {
+    Status::invalid_argument("invalid argument")
+}
+
+/// Validates the name of a service or network.
+pub fn validate_annotations(a: Option<&api::Annotations>) -> Result<(), Status> {
+    let name = a.map(|a| a.name.as_str()).unwrap_or("");
+    if name.is_empty() {
+        return Err(Status::invalid_argument("meta: name must be provided"));
+    }
+    if !DNS_NAME.is_match(name) {
+        return Err(Status::invalid_argument(
+            "name must be valid as a DNS name component",
+        ));
+    }
+    if name.len() > 63 {
+        return Err(Status::invalid_argument(
+            "name must be 63 characters or fewer",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates the name of a secret or config.
+pub fn validate_config_or_secret_annotations(a: Option<&api::Annotations>) -> Result<(), Status> {
+    let name = a.map(|a| a.name.as_str()).unwrap_or("");
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name must be provided"));
+    }
+    if name.len() > 64 || !CONFIG_OR_SECRET_NAME.is_match(name) {
+        return Err(Status::invalid_argument(
+            "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]",
+        ));
+    }
+    Ok(())
+}
+
+/// A protobuf duration as signed nanoseconds (wide enough for every valid value).
+pub fn duration_nanos(d: &prost_types::Duration) -> i128 {
+    i128::from(d.seconds) * 1_000_000_000 + i128::from(d.nanos)
+}
+
+/// Formats a float like Go's `%g` (shortest representation, exponent form below 1e-4 or from 1e21).
+pub fn go_float_g(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let exp = v.abs().log10().floor() as i32;
+    if !(-4..21).contains(&exp) {
+        let s = format!("{v:e}");
+        let (mantissa, e) = s.split_once('e').expect("exponent form has an e");
+        let e: i32 = e.parse().expect("exponent is an integer");
+        let sign = if e < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", e.abs())
+    } else {
+        format!("{v}")
+    }
+}
+
+fn validate_resources(r: Option<&api::Resources>) -> Result<(), Status> {
+    let Some(r) = r else { return Ok(()) };
+    if r.nano_cpus != 0 && r.nano_cpus < 1_000_000 {
+        return Err(Status::invalid_argument(format!(
+            "invalid cpu value {}: Must be at least {}",
+            go_float_g(r.nano_cpus as f64 / 1e9),
+            go_float_g(1e6 / 1e9)
+        )));
+    }
+    if r.memory_bytes != 0 && r.memory_bytes < 4 * 1024 * 1024 {
+        return Err(Status::invalid_argument(format!(
+            "invalid memory value {}: Must be at least 4MiB",
+            r.memory_bytes
+        )));
+    }
+    Ok(())
+}
+
+fn validate_resource_requirements(r: Option<&api::ResourceRequirements>) -> Result<(), Status> {
+    let Some(r) = r else { return Ok(()) };
+    validate_resources(r.limits.as_ref())?;
+    validate_resources(r.reservations.as_ref())
+}
+
+fn validate_restart_policy(rp: Option<&api::RestartPolicy>) -> Result<(), Status> {
+    let Some(rp) = rp else { return Ok(()) };
+    if rp.delay.as_ref().is_some_and(|d| duration_nanos(d) < 0) {
+        return Err(Status::invalid_argument(
+            "TaskSpec: restart-delay cannot be negative",
+        ));
+    }
+    if rp.window.as_ref().is_some_and(|d| duration_nanos(d) < 0) {
+        return Err(Status::invalid_argument(
+            "TaskSpec: restart-window cannot be negative",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates an update (or rollback) config of a non-job service.
+fn validate_update(uc: Option<&api::UpdateConfig>) -> Result<(), Status> {
+    let Some(uc) = uc else { return Ok(()) };
+    if uc.delay.as_ref().is_some_and(|d| duration_nanos(d) < 0) {
+        return Err(Status::invalid_argument(
+            "TaskSpec: update-delay cannot be negative",
+        ));
+    }
+    if uc.monitor.as_ref().is_some_and(|d| duration_nanos(d) < 0) {
+        return Err(Status::invalid_argument(
+            "TaskSpec: update-monitor cannot be negative",
+        ));
+    }
+    if uc.max_failure_ratio < 0.0 || uc.max_failure_ratio > 1.0 {
+        return Err(Status::invalid_argument(
+            "TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1",
+        ));
+    }
+    Ok(())
+}
+
+/// The operator of a placement constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstraintOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    NotEq,
+}
+
+/// One parsed placement constraint `key op value` (manager/constraint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    /// e.g. `node.hostname`, `node.labels.zone`.
+    pub key: String,
+    /// `==` or `!=`.
+    pub op: ConstraintOp,
+    /// The expected value (compared case-insensitively).
+    pub value: String,
+}
+
+static CONSTRAINT_KEY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?i)[a-z_][a-z0-9\-_.]+$").expect("static regex"));
+static CONSTRAINT_VALUE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?i)[a-z0-9:\-_\t\n\f\r \.\*\(\)\?\+\[\]\\\^\$\|/]+$").expect("static regex")
+});
+
+/// Parses placement constraints; the error text is SwarmKit's (returned as-is, code Unknown,
+/// because SwarmKit returns the plain error).
+pub fn parse_constraints(exprs: &[String]) -> Result<Vec<Constraint>, String> {
+    let mut out = Vec::with_capacity(exprs.len());
+    for e in exprs {
+        let mut found = false;
+        for (op_str, op) in [("==", ConstraintOp::Eq), ("!=", ConstraintOp::NotEq)] {
+            let Some((key, value)) = e.split_once(op_str) else {
+                continue;
+            };
+            let key = key.trim();
+            if !CONSTRAINT_KEY.is_match(key) {
+                return Err(format!("key '{key}' is invalid"));
+            }
+            let value = value.trim();
+            if !CONSTRAINT_VALUE.is_match(value) {
+                return Err(format!("value '{value}' is invalid"));
+            }
+            out.push(Constraint {
+                key: key.to_string(),
+                op,
+                value: value.to_string(),
+            });
+            found = true;
+            break;
+        }
+        if !found {
+            return Err("constraint expected one operator from ==, !=".to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn validate_placement(p: Option<&api::Placement>) -> Result<(), Status> {
+    let Some(p) = p else { return Ok(()) };
+    // SwarmKit returns the parse error unwrapped, which gRPC reports as Unknown.
+    parse_constraints(&p.constraints).map_err(Status::unknown)?;
+    Ok(())
+}
+
+/// Why an image reference does not parse (distribution/reference errors).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    /// Empty string.
+    #[error("repository name must have at least one component")]
+    NameEmpty,
+    /// Anything the grammar rejects.
+    #[error("invalid reference format")]
+    InvalidFormat,
+    /// Upper case in the repository part.
+    #[error("invalid reference format: repository name must be lowercase")]
+    NameContainsUppercase,
+    /// More than 255 characters of name.
+    #[error("repository name must not be more than 255 characters")]
+    NameTooLong,
+    /// A bare 64-hex-digit identifier.
+    #[error("invalid repository name ({0}), cannot specify 64-byte hexadecimal strings")]
+    HexIdentifier(String),
+    /// A digest with an unknown algorithm or a wrong length.
+    #[error("invalid digest")]
+    InvalidDigest,
+}
+
+static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
+    let alnum = "[a-z0-9]+";
+    let sep = "(?:[._]|__|[-]+)";
+    let path_component = format!("{alnum}(?:{sep}{alnum})*");
+    let domain_component = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+    let domain_name = format!("{domain_component}(?:\\.{domain_component})*");
+    let host = format!("(?:{domain_name}|\\[(?:[a-fA-F0-9:]+)\\])");
+    let domain_and_port = format!("{host}(?::[0-9]+)?");
+    let name = format!("(?:{domain_and_port}/)?{path_component}(?:/{path_component})*");
+    let tag = "[0-9A-Za-z_][0-9A-Za-z_.-]{0,127}";
+    let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
+    Regex::new(&format!("^({name})(?::({tag}))?(?:@({digest}))?$")).expect("static regex")
+});
+static HEX_IDENTIFIER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new("^[a-f0-9]{64}$").expect("static regex"));
+
+/// Parses `s` as reference.ParseNormalizedNamed does: a bare hex ID is refused, the docker.io
+/// domain and `library/` are implied, and the result must match the reference grammar.
+pub fn parse_normalized_named(s: &str) -> Result<(), ReferenceError> {
+    if HEX_IDENTIFIER.is_match(s) {
+        return Err(ReferenceError::HexIdentifier(s.to_string()));
+    }
+    let (domain, remainder) = split_docker_domain(s);
+    if remainder.to_lowercase() != remainder {
+        return Err(ReferenceError::NameContainsUppercase);
+    }
+    parse_reference(&format!("{domain}/{remainder}"))
+}
+
+fn split_docker_domain(name: &str) -> (String, String) {
+    let (mut domain, mut remainder) = match name.find('/') {
+        Some(i)
+            if name[..i].contains(['.', ':'])
+                || &name[..i] == "localhost"
+                || name[..i].to_lowercase() != name[..i] =>
+        {
+            (name[..i].to_string(), name[i + 1..].to_string())
+        }
+        _ => ("docker.io".to_string(), name.to_string()),
+    };
+    if domain == "index.docker.io" {
+        domain = "docker.io".to_string();
+    }
+    if domain == "docker.io" && !remainder.contains('/') {
+        remainder = format!("library/{remainder}");
+    }
+    (domain, remainder)
+}
+
+fn parse_reference(s: &str) -> Result<(), ReferenceError> {
+    let Some(caps) = REFERENCE.captures(s) else {
+        if s.is_empty() {
+            return Err(ReferenceError::NameEmpty);
+        }
+        if REFERENCE.is_match(&s.to_lowercase()) {
+            return Err(ReferenceError::NameContainsUppercase);
+        }
+        return Err(ReferenceError::InvalidFormat);
+    };
+    if caps.get(1).map_or(0, |m| m.len()) > 255 {
+        return Err(ReferenceError::NameTooLong);
+    }
+    if let Some(d) = caps.get(3) {
+        let (alg, hex) = d.as_str().split_once(':').expect("grammar has a colon");
+        let len = match alg {
+            "sha256" => 64,
+            "sha384" => 96,
+            "sha512" => 128,
+            _ => return Err(ReferenceError::InvalidDigest),
+        };
+        if hex.len() != len || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ReferenceError::InvalidDigest);
+        }
+    }
+    Ok(())
+}
+
+fn validate_image(image: &str) -> Result<(), Status> {
+    if image.is_empty() {
+        return Err(Status::invalid_argument(
+            "ContainerSpec: image reference must be provided",
+        ));
+    }
+    if parse_normalized_named(image).is_err() {
+        return Err(Status::invalid_argument(format!(
+            "ContainerSpec: {image:?} is not a valid repository/tag"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_mounts(mounts: &[api::Mount]) -> Result<(), Status> {
+    let mut seen = HashSet::new();
+    for m in mounts {
+        if !seen.insert(m.target.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "ContainerSpec: duplicate mount point: {}",
+                m.target
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_health_check(hc: Option<&api::HealthConfig>) -> Result<(), Status> {
+    let Some(hc) = hc else { return Ok(()) };
+    let too_short = |d: &Option<prost_types::Duration>| {
+        d.as_ref().is_some_and(|d| {
+            let n = duration_nanos(d);
+            n != 0 && n < 1_000_000
+        })
+    };
+    for (field, d) in [
+        ("Interval", &hc.interval),
+        ("Timeout", &hc.timeout),
+        ("StartPeriod", &hc.start_period),
+        ("StartInterval", &hc.start_interval),
+    ] {
+        if too_short(d) {
+            return Err(Status::invalid_argument(format!(
+                "ContainerSpec: {field} in HealthConfig cannot be less than 1ms"
+            )));
+        }
+    }
+    if hc.retries < 0 {
+        return Err(Status::invalid_argument(
+            "ContainerSpec: Retries in HealthConfig cannot be negative",
+        ));
+    }
+    Ok(())
+}
+
+// Template expansion (SwarmKit expands the container spec against a dummy task first) is not
+// done: images, mounts and healthchecks are checked as written.
+fn validate_container_spec(c: &api::ContainerSpec) -> Result<(), Status> {
+    validate_image(&c.image)?;
+    validate_mounts(&c.mounts)?;
+    validate_health_check(c.healthcheck.as_ref())
+}
+
+fn validate_generic_runtime_spec(g: &api::GenericRuntimeSpec) -> Result<(), Status> {
+    if g.kind.len() < 3 {
+        return Err(Status::invalid_argument(format!(
+            "Generic runtime: Invalid name {:?}",
+            g.kind
+        )));
+    }
+    if ["container", "attachment"].contains(&g.kind.to_lowercase().as_str()) {
+        return Err(Status::invalid_argument(format!(
+            "Generic runtime: {:?} is a reserved name",
+            g.kind
+        )));
+    }
+    let Some(payload) = &g.payload else {
+        return Err(Status::invalid_argument(
+            "Generic runtime is missing payload",
+        ));
+    };
+    if payload.type_url.is_empty() {
+        return Err(Status::invalid_argument(
+            "Generic runtime is missing payload type",
+        ));
+    }
+    if payload.value.is_empty() {
+        return Err(Status::invalid_argument(
+            "Generic runtime has an empty payload",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_secret_refs(c: &api::ContainerSpec) -> Result<(), Status> {
+    let mut targets: HashMap<&str, &str> = HashMap::new();
+    for r in &c.secrets {
+        if r.secret_id.is_empty() || r.secret_name.is_empty() {
+            return Err(Status::invalid_argument("malformed secret reference"));
+        }
+        let Some(api::secret_reference::Target::File(file)) = &r.target else {
+            return Err(Status::invalid_argument(
+                "malformed secret reference, no target provided",
+            ));
+        };
+        if file.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "malformed file secret reference, invalid target file name provided",
+            ));
+        }
+        if let Some(prev) = targets.insert(&file.name, &r.secret_name) {
+            return Err(Status::invalid_argument(format!(
+                "secret references '{prev}' and '{}' have a conflicting target: '{}'",
+                r.secret_name, file.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_config_refs(c: &api::ContainerSpec) -> Result<(), Status> {
+    let cred_spec_config = c
+        .privileges
+        .as_ref()
+        .and_then(|p| p.credential_spec.as_ref())
+        .and_then(|cs| match &cs.source {
+            Some(api::privileges::credential_spec::Source::Config(id)) => Some(id.as_str()),
+            _ => None,
+        })
+        .unwrap_or("");
+    let mut cred_spec_found = false;
+    let mut targets: HashMap<&str, &str> = HashMap::new();
+    for r in &c.configs {
+        if r.config_id.is_empty() || r.config_name.is_empty() {
+            return Err(Status::invalid_argument("malformed config reference"));
+        }
+        match &r.target {
+            None => {
+                return Err(Status::invalid_argument(
+                    "malformed config reference, no target provided",
+                ));
+            }
+            Some(api::config_reference::Target::File(file)) => {
+                if file.name.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "malformed file config reference, invalid target file name provided",
+                    ));
+                }
+                if let Some(prev) = targets.insert(&file.name, &r.config_name) {
+                    return Err(Status::invalid_argument(format!(
+                        "config references '{prev}' and '{}' have a conflicting target: '{}'",
+                        r.config_name, file.name
+                    )));
+                }
+            }
+            Some(api::config_reference::Target::Runtime(_)) => {
+                if r.config_id == cred_spec_config {
+                    cred_spec_found = true;
+                }
+            }
+        }
+    }
+    if !cred_spec_config.is_empty() && !cred_spec_found {
+        return Err(Status::invalid_argument(format!(
+            "CredentialSpec references config '{cred_spec_config}', but that config isn't in config references with RuntimeTarget"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a task spec (service.go `validateTaskSpec`).
+pub fn validate_task_spec(t: &api::TaskSpec) -> Result<(), Status> {
+    validate_resource_requirements(t.resources.as_ref())?;
+    validate_restart_policy(t.restart.as_ref())?;
+    validate_placement(t.placement.as_ref())?;
+    if let Some(api::task_spec::Runtime::Container(c)) = &t.runtime {
+        validate_secret_refs(c)?;
+        validate_config_refs(c)?;
+    }
+    match &t.runtime {
+        None => Err(Status::invalid_argument("TaskSpec: missing runtime")),
+        Some(api::task_spec::Runtime::Container(c)) => validate_container_spec(c),
+        Some(api::task_spec::Runtime::Generic(g)) => validate_generic_runtime_spec(g),
+        Some(api::task_spec::Runtime::Attachment(_)) => Err(Status::unimplemented(
+            "RuntimeSpec: unimplemented runtime in service spec",
+        )),
+    }
+}
+
+/// Validates the endpoint spec: no ingress ports with DNSRR, no duplicate published ports.
+pub fn validate_endpoint_spec(ep: Option<&api::EndpointSpec>) -> Result<(), Status> {
+    let Some(ep) = ep else { return Ok(()) };
+    let mut seen = HashSet::new();
+    for p in &ep.ports {
+        if ep.mode == api::endpoint_spec::ResolutionMode::Dnsrr as i32
+            && p.publish_mode == api::port_config::PublishMode::Ingress as i32
+        {
+            return Err(Status::invalid_argument(
+                "EndpointSpec: port published with ingress mode can't be used with dnsrr mode",
+            ));
+        }
+        if p.published_port == 0 {
+            continue;
+        }
+        if !seen.insert((p.published_port, p.protocol)) {
+            return Err(Status::invalid_argument(
+                "EndpointSpec: duplicate published ports provided",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_mode(spec: &api::ServiceSpec) -> Result<(), Status> {
+    use api::service_spec::Mode;
+    match &spec.mode {
+        Some(Mode::Replicated(r)) => {
+            if (r.replicas as i64) < 0 {
+                return Err(Status::invalid_argument(
+                    "Number of replicas must be non-negative",
+                ));
+            }
+        }
+        Some(Mode::ReplicatedJob(j)) => {
+            if (j.max_concurrent as i64) < 0 {
+                return Err(Status::invalid_argument(
+                    "Maximum concurrent jobs must not be negative",
+                ));
+            }
+            if (j.total_completions as i64) < 0 {
+                return Err(Status::invalid_argument(
+                    "Total completed jobs must not be negative",
+                ));
+            }
+        }
+        Some(Mode::Global(_)) | Some(Mode::GlobalJob(_)) => {}
+        None => return Err(Status::invalid_argument("Unrecognized service mode")),
+    }
+    Ok(())
+}
+
+/// Whether the service runs jobs (replicated or global job mode).
+pub fn is_job_spec(spec: &api::ServiceSpec) -> bool {
+    matches!(
+        spec.mode,
+        Some(api::service_spec::Mode::ReplicatedJob(_))
+            | Some(api::service_spec::Mode::GlobalJob(_))
+    )
+}
+
+/// Validates a whole service spec (service.go `validateServiceSpec`) and returns it.
+pub fn validate_service_spec(spec: Option<&api::ServiceSpec>) -> Result<&api::ServiceSpec, Status> {
+    let Some(spec) = spec else {
+        return Err(invalid_argument());
+    };
+    validate_annotations(spec.annotations.as_ref())?;
+    match &spec.task {
+        Some(task) => validate_task_spec(task)?,
+        None => return Err(Status::invalid_argument("TaskSpec: missing runtime")),
+    }
+    validate_mode(spec)?;
+    if is_job_spec(spec) {
+        if spec.update.is_some() {
+            return Err(Status::invalid_argument(
+                "Jobs may not have an update config",
+            ));
+        }
+    } else {
+        validate_update(spec.update.as_ref())?;
+    }
+    validate_endpoint_spec(spec.endpoint.as_ref())?;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_reference(s: &str, ok: bool) {
+        assert_eq!(parse_normalized_named(s).is_ok(), ok, "{s}");
+    }
+
+    #[test]
+    fn image_references() {
+        for good in [
+            "nginx",
+            "nginx:latest",
+            "library/nginx",
+            "docker.io/library/nginx:1.2",
+            "localhost:5000/foo/bar",
+            "quay.io/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "x",
+            "a_b.c-d",
+        ] {
+            check_reference(good, true);
+        }
+        for bad in [
+            "",
+            "Nginx",
+            "nginx:",
+            "-x",
+            "x!",
+            "a//b",
+            "nginx@sha256:abc",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "foo:bar:baz",
+        ] {
+            check_reference(bad, false);
+        }
+    }
+
+    #[test]
+    fn go_g_formatting() {
+        assert_eq!(go_float_g(0.0001), "0.0001");
+        assert_eq!(go_float_g(0.001), "0.001");
+        assert_eq!(go_float_g(1e-9), "1e-09");
+        assert_eq!(go_float_g(0.5), "0.5");
+    }
+
+    fn check_constraint(expr: &str, expected: Result<(), &str>) {
+        let got = parse_constraints(&[expr.to_string()]).map(|_| ());
+        assert_eq!(got, expected.map_err(str::to_string), "{expr}");
+    }
+
+    #[test]
+    fn constraints() {
+        check_constraint("node.hostname==n1", Ok(()));
+        check_constraint("node.labels.zone != east ", Ok(()));
+        check_constraint(
+            "garbage",
+            Err("constraint expected one operator from ==, !="),
+        );
+        check_constraint(
+            "node.id>=x",
+            Err("constraint expected one operator from ==, !="),
+        );
+        check_constraint("==abc", Err("key '' is invalid"));
+        check_constraint("node.id==x<", Err("value 'x<' is invalid"));
+    }
+}

@@ -1,0 +1,151 @@
+//! One manager: the raft-backed store, the first-start bootstrap, and the gRPC servers (the
+//! control API on the unix socket, health on the remote port). Leader-only subsystems
+//! (orchestrators, scheduler, dispatcher, CA signer) join here in later issues.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use raft::{RaftConfig, RaftNode};
+use store::MemoryStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::bootstrap::{BootstrapInfo, bootstrap};
+use crate::controlapi::{ControlApi, RaftMembers};
+use crate::health::HealthService;
+use crate::{ManagerError, server};
+
+/// Everything a manager needs; paths and listeners are passed in so tests can use temp dirs
+/// and port 0.
+pub struct ManagerConfig {
+    /// Where the control socket is created (mode 0600, parent dir 0700).
+    pub control_socket: PathBuf,
+    /// The bound remote API listener.
+    pub remote_listener: TcpListener,
+    /// Address other nodes use to reach this manager.
+    pub advertise_addr: String,
+    /// Raft settings (its directory is `<state dir>/raft`).
+    pub raft: RaftConfig,
+    /// This node's certificate chain PEM, served on both listeners.
+    pub cert_pem: Vec<u8>,
+    /// This node's key PEM.
+    pub key_pem: Vec<u8>,
+    /// Objects to create when the cluster is new.
+    pub bootstrap: BootstrapInfo,
+}
+
+/// A running manager.
+pub struct Manager {
+    store: MemoryStore,
+    raft: Arc<RaftNode>,
+    control_socket: PathBuf,
+    shutdown: CancellationToken,
+    servers: JoinSet<()>,
+}
+
+/// Manager status of the nodes in the raft group; with a single voter that is this node alone.
+struct LocalMembers {
+    node_id: String,
+    addr: String,
+    raft: Arc<RaftNode>,
+}
+
+impl RaftMembers for LocalMembers {
+    fn manager_status(&self, node_id: &str) -> Option<api::ManagerStatus> {
+        (node_id == self.node_id).then(|| api::ManagerStatus {
+            raft_id: self.raft.raft_id(),
+            addr: self.addr.clone(),
+            leader: self.raft.is_leader(),
+            reachability: api::raft_member_status::Reachability::Reachable as i32,
+        })
+    }
+
+    fn is_member(&self, node_id: &str) -> bool {
+        node_id == self.node_id
+    }
+}
+
+impl Manager {
+    /// Starts raft, waits for leadership, creates the initial objects if missing and starts
+    /// serving. Returns once the control socket accepts connections.
+    pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
+        let store = MemoryStore::new(None);
+        let raft =
+            RaftNode::start(config.raft, store.clone(), config.advertise_addr.clone()).await?;
+        bootstrap(&store, &config.bootstrap).await?;
+        info!(
+            "leadership changed from not yet part of a raft cluster to {:x}",
+            raft.raft_id()
+        );
+
+        let members = Arc::new(LocalMembers {
+            node_id: config.bootstrap.node_id.clone(),
+            addr: config.advertise_addr.clone(),
+            raft: raft.clone(),
+        });
+        let control = ControlApi::new(store.clone(), members);
+        let tls = ca::control_server_config(&config.cert_pem, &config.key_pem)?;
+        let shutdown = CancellationToken::new();
+        let mut servers = JoinSet::new();
+
+        let unix = server::bind_control_socket(&config.control_socket)?;
+        info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
+        servers.spawn(server::serve_control(
+            unix,
+            tls.clone(),
+            control,
+            HealthService::new("ControlAPI"),
+            shutdown.clone(),
+        ));
+
+        info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
+        servers.spawn(server::serve_remote(
+            config.remote_listener,
+            tls,
+            HealthService::new("Raft"),
+            shutdown.clone(),
+        ));
+
+        Ok(Manager {
+            store,
+            raft,
+            control_socket: config.control_socket,
+            shutdown,
+            servers,
+        })
+    }
+
+    /// The replicated store.
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// This member's raft ID.
+    pub fn raft_id(&self) -> u64 {
+        self.raft.raft_id()
+    }
+
+    /// Graceful stop: servers drain, raft shuts down, the control socket is removed.
+    pub async fn stop(mut self) {
+        info!("Stopping manager");
+        self.shutdown.cancel();
+        let drain = async {
+            while let Some(res) = self.servers.join_next().await {
+                if let Err(e) = res {
+                    error!("server task failed: {e}");
+                }
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            self.servers.abort_all();
+        }
+        self.raft.shutdown().await;
+        let _ = std::fs::remove_file(&self.control_socket);
+        info!("Manager shut down");
+    }
+}

@@ -1,0 +1,70 @@
+//! The node's plain configuration, built by `bin/swarmd` from its flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::NodeError;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// State directory (`-d`).
+    pub state_dir: PathBuf,
+    /// Control API socket path.
+    pub listen_control_api: PathBuf,
+    /// Remote API listen address, `host:port` (port 0 picks one).
+    pub listen_remote_api: String,
+    /// Address advertised to other nodes; empty means `0.0.0.0:<listen port>` as SwarmKit does.
+    pub advertise_remote_api: String,
+    /// Hostname to report; empty means the OS hostname.
+    pub hostname: String,
+    /// Raft ticks without a leader before an election.
+    pub election_tick: u32,
+    /// Raft heartbeat interval in ticks.
+    pub heartbeat_tick: u32,
+    /// Length of one raft tick (1 s in SwarmKit; tests may shorten it).
+    pub tick: Duration,
+    /// Raft entries between snapshots.
+    pub snapshot_interval: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            state_dir: PathBuf::from("/var/lib/swarmd"),
+            listen_control_api: PathBuf::from("/var/run/swarmd.sock"),
+            listen_remote_api: "0.0.0.0:4242".into(),
+            advertise_remote_api: String::new(),
+            hostname: String::new(),
+            election_tick: 10,
+            heartbeat_tick: 1,
+            tick: Duration::from_secs(1),
+            snapshot_interval: 10_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks the values that can be checked before touching anything.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        if self.heartbeat_tick == 0 {
+            return Err(NodeError::Config(
+                "--heartbeat-tick must be at least 1".into(),
+            ));
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return Err(NodeError::Config(
+                "--election-tick must be greater than --heartbeat-tick".into(),
+            ));
+        }
+        if self.tick.is_zero() {
+            return Err(NodeError::Config("raft tick must be positive".into()));
+        }
+        if self.snapshot_interval == 0 {
+            return Err(NodeError::Config(
+                "snapshot interval must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}

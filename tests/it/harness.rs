@@ -1,0 +1,267 @@
+//! Starting and stopping real swarmd processes and running swarmctl against them. Every wait is
+//! bounded; processes are killed by PID when the handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SWARMD: &str = env!("CARGO_BIN_EXE_swarmd");
+pub const SWARMCTL: &str = env!("CARGO_BIN_EXE_swarmctl");
+
+/// A swarmd process on a temp state dir, with its control socket in the same temp dir.
+pub struct Swarmd {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+/// What a swarmctl run printed.
+#[derive(Debug)]
+pub struct Ctl {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ctl {
+    fn from(out: Output) -> Ctl {
+        Ctl {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "swarmctl failed: {self:?}");
+        &self.stdout
+    }
+
+    /// Asserts exit 255 and returns stderr.
+    #[track_caller]
+    pub fn err(&self) -> &str {
+        assert_eq!(
+            self.code, 255,
+            "swarmctl should have failed with 255: {self:?}"
+        );
+        &self.stderr
+    }
+}
+
+impl Swarmd {
+    /// Starts a new single-node cluster and waits until its control API answers.
+    pub fn start() -> Swarmd {
+        Self::start_with(&[])
+    }
+
+    /// Like `start` with extra swarmd flags.
+    pub fn start_with(extra: &[&str]) -> Swarmd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Swarmd {
+            dir,
+            child: None,
+            extra_args: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("swarmd.sock")
+    }
+
+    /// Starts swarmd (again) on the same state dir and waits for the control API.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "swarmd already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("swarmd.log"))
+            .expect("log file");
+        let child = Command::new(SWARMD)
+            .arg("-d")
+            .arg(self.state_dir())
+            .arg("--listen-control-api")
+            .arg(self.socket())
+            .args(["--listen-remote-api", "127.0.0.1:0", "--hostname", "node-1"])
+            .args(["--raft-tick-ms", "100"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn swarmd");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("swarmd exited early with {status}; log:\n{}", self.log());
+            }
+            if self.socket().exists() && self.ctl(&["cluster", "ls", "-q"]).code == 0 {
+                return;
+            }
+            if start.elapsed() > limit {
+                panic!("swarmd not ready after {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("swarmd.log")).unwrap_or_default()
+    }
+
+    /// Runs swarmctl against this manager.
+    pub fn ctl(&self, args: &[&str]) -> Ctl {
+        ctl_at(&self.socket(), args, None)
+    }
+
+    /// Runs swarmctl with `input` on stdin.
+    pub fn ctl_stdin(&self, args: &[&str], input: &[u8]) -> Ctl {
+        ctl_at(&self.socket(), args, Some(input))
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit status code.
+    pub fn signal_and_wait(&mut self, signal: i32) -> Option<i32> {
+        let pid = self.pid();
+        // SAFETY-free: kill(2) through the libc crate only sends a signal to our own child.
+        let rc = unsafe_free_kill(pid, signal);
+        assert_eq!(rc, 0, "kill {pid} failed");
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                use std::os::unix::process::ExitStatusExt;
+                return status.code().or(status.signal().map(|s| 128 + s));
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("swarmd did not exit within 20s after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+}
+
+/// Sends a signal with `kill(1)`, keeping this crate free of unsafe code.
+fn unsafe_free_kill(pid: i32, signal: i32) -> i32 {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    status.code().unwrap_or(-1)
+}
+
+impl Drop for Swarmd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs swarmctl against `socket` with a bounded run time.
+pub fn ctl_at(socket: &Path, args: &[&str], input: Option<&[u8]>) -> Ctl {
+    use std::io::Write;
+    let mut child = Command::new(SWARMCTL)
+        .arg("-s")
+        .arg(socket)
+        .args(args)
+        .env_remove("SWARM_SOCKET")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn swarmctl");
+    if let Some(data) = input {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(data)
+            .expect("write stdin");
+    }
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return Ctl::from(child.wait_with_output().expect("output"));
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("swarmctl {args:?} did not finish within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `f` returns Some, or panics with `what` after `limit`.
+#[allow(dead_code)]
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replaces 25-char lowercase base36 words (object IDs) in `text` with a placeholder of the same
+/// width, so that outputs can be compared with column alignment intact.
+pub fn mask_ids(text: &str) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_lowercase() || ch.is_ascii_digit() {
+            word.push(ch);
+        } else {
+            flush_word(&mut out, &mut word);
+            out.push(ch);
+        }
+    }
+    flush_word(&mut out, &mut word);
+    out
+}
+
+fn flush_word(out: &mut String, word: &mut String) {
+    if word.len() == 25 {
+        out.push_str(&format!("<id{}>", ".".repeat(21)));
+    } else {
+        out.push_str(word);
+    }
+    word.clear();
+}

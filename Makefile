@@ -18,7 +18,7 @@ demo: build
 # Every test: unit, store/raft persistence, control API, and the real binaries in tests/.
 test:
 	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
-	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
+	$(CARGO) nextest run --workspace --lib --bins --tests --no-fail-fast
 
 # Read-only checks: formatting and lints.
 check:

@@ -522,20 +522,24 @@ async fn published_port_conflicts_between_services() {
         .await
         .expect("c");
     // Two host-mode services may share a port; the scheduler keeps them apart.
-    create_service(&ctl, ports(service_spec("d"), &[(9090, PublishMode::Host)]))
+    let d = create_service(&ctl, ports(service_spec("d"), &[(9090, PublishMode::Host)]))
         .await
         .expect("d");
-    check(
-        create_service(
-            &ctl,
-            ports(service_spec("e"), &[(9090, PublishMode::Ingress)]),
+    // Either holder may be named: services are scanned in ID order, as SwarmKit's store does.
+    let err = create_service(
+        &ctl,
+        ports(service_spec("e"), &[(9090, PublishMode::Ingress)]),
+    )
+    .await
+    .expect_err("ingress port held by host-mode services");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let first = if c.id < d.id { (&c, "c") } else { (&d, "d") };
+    assert_eq!(
+        err.message(),
+        format!(
+            "port '9090' is already in use by service '{}' ({}) as a host-published port",
+            first.1, first.0.id
         )
-        .await,
-        Code::InvalidArgument,
-        &format!(
-            "port '9090' is already in use by service 'c' ({}) as a host-published port",
-            c.id
-        ),
     );
 }
 

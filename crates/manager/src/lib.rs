@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod controlapi;
 mod health;
+pub mod leader;
 mod manager;
 mod server;
 

@@ -15,6 +15,7 @@ use tracing::{error, info};
 use crate::bootstrap::{BootstrapInfo, bootstrap};
 use crate::controlapi::{ControlApi, RaftMembers};
 use crate::health::HealthService;
+use crate::leader::{self, Subsystem};
 use crate::{ManagerError, server};
 
 /// Everything a manager needs; paths and listeners are passed in so tests can use temp dirs
@@ -67,6 +68,11 @@ impl RaftMembers for LocalMembers {
     }
 }
 
+/// The subsystems that run on the raft leader only.
+fn leader_subsystems() -> Vec<Subsystem> {
+    Vec::new()
+}
+
 impl Manager {
     /// Starts raft, waits for leadership, creates the initial objects if missing and starts
     /// serving. Returns once the control socket accepts connections.
@@ -97,6 +103,13 @@ impl Manager {
             tls.clone(),
             control,
             HealthService::new("ControlAPI"),
+            shutdown.clone(),
+        ));
+
+        servers.spawn(leader::run(
+            raft.clone(),
+            store.clone(),
+            Arc::new(leader_subsystems()),
             shutdown.clone(),
         ));
 

@@ -23,8 +23,6 @@ const INBUILT_SUBNET_SIZE: u32 = 24;
 const DEFAULT_VXLAN_PORT: u32 = 4789;
 /// ca.MinNodeCertExpiration.
 const MIN_NODE_CERT_EXPIRY_NANOS: i128 = 3600 * 1_000_000_000;
-/// The subsystem of the managers' unlock key (ca.ManagerRole).
-const MANAGER_ROLE: &str = "swarm-manager";
 /// The only cluster name there is (store.DefaultClusterName).
 const DEFAULT_CLUSTER_NAME: &str = "default";
 
@@ -193,17 +191,17 @@ fn apply_autolock(cluster: &mut api::Cluster, rotate: bool) {
         .is_some_and(|e| e.auto_lock_managers);
     cluster
         .unlock_keys
-        .retain(|k| autolock || k.subsystem != MANAGER_ROLE);
+        .retain(|k| autolock || k.subsystem != ca::MANAGER_ROLE);
     if !autolock {
         return;
     }
     match cluster
         .unlock_keys
         .iter_mut()
-        .find(|k| k.subsystem == MANAGER_ROLE)
+        .find(|k| k.subsystem == ca::MANAGER_ROLE)
     {
         None => cluster.unlock_keys.push(api::EncryptionKey {
-            subsystem: MANAGER_ROLE.to_string(),
+            subsystem: ca::MANAGER_ROLE.to_string(),
             key: generate_secret_key(),
             ..Default::default()
         }),

@@ -159,12 +159,8 @@ pub(super) async fn update(
 
 /// The NotAfter of a PEM certificate, if it parses.
 fn certificate_expiry(pem: &[u8]) -> Option<prost_types::Timestamp> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    Some(prost_types::Timestamp {
-        seconds: cert.validity().not_after.timestamp(),
-        nanos: 0,
-    })
+    let info = ca::CertInfo::parse(pem).ok()?;
+    Some(prost_types::Timestamp::from(info.not_after))
 }
 
 pub(super) async fn remove(

@@ -1812,3 +1812,93 @@ async fn refused_requests_change_nothing() {
     );
     assert_eq!((ctl.store.last_index(), ctl.store.save()), before);
 }
+
+#[tokio::test]
+async fn cluster_update_rotates_join_tokens() {
+    let ctl = control(&[]);
+    let root = ca::RootCa::generate().expect("root CA");
+    let mut cluster = cluster_object();
+    cluster
+        .spec
+        .as_mut()
+        .and_then(|s| s.ca_config.as_mut())
+        .expect("ca config")
+        .signing_ca_cert
+        .clear();
+    cluster.root_ca.as_mut().expect("root ca").ca_cert = root.cert_pem().to_vec();
+    seed(&ctl, |tx| tx.create_cluster(cluster)).await;
+    let got = ctl
+        .get_cluster(Request::new(api::GetClusterRequest {
+            cluster_id: "cluster1".into(),
+        }))
+        .await
+        .expect("get")
+        .into_inner()
+        .cluster
+        .expect("cluster");
+    let resp = ctl
+        .update_cluster(Request::new(api::UpdateClusterRequest {
+            cluster_id: got.id.clone(),
+            cluster_version: version_of(&got.meta),
+            spec: got.spec.clone(),
+            rotation: Some(api::KeyRotation {
+                worker_join_token: true,
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("rotate")
+        .into_inner()
+        .cluster
+        .expect("cluster");
+    let tokens = resp.root_ca.and_then(|r| r.join_tokens).expect("tokens");
+    assert_ne!(tokens.worker, "SWMTKN-1-w");
+    assert!(tokens.worker.starts_with("SWMTKN-1-"), "{}", tokens.worker);
+    assert_eq!(tokens.manager, "SWMTKN-1-m");
+    // The redacted spec sent back kept the private key where it was.
+    let stored = ctl
+        .store
+        .view(|tx| tx.get_cluster("cluster1"))
+        .expect("cluster");
+    assert_eq!(
+        stored.root_ca.map(|r| r.ca_key),
+        Some(b"PRIVATE KEY".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn removed_node_certificate_is_blacklisted_until_expiry() {
+    use api::NodeRole::Worker;
+    use api::node_status::State::Down;
+    let ctl = control(&[]);
+    let cert = ca::RootCa::generate()
+        .expect("a certificate")
+        .cert_pem()
+        .to_vec();
+    let expected = ca::CertInfo::parse(&cert).expect("parse").not_after;
+    let mut w1 = node("w1", "host-w1", Worker, Down);
+    w1.certificate = Some(api::Certificate {
+        certificate: cert,
+        ..Default::default()
+    });
+    seed(&ctl, |tx| {
+        tx.create_node(w1)?;
+        tx.create_cluster(cluster_object())
+    })
+    .await;
+    ctl.remove_node(Request::new(api::RemoveNodeRequest {
+        node_id: "w1".into(),
+        force: false,
+    }))
+    .await
+    .expect("remove");
+    let cluster = ctl
+        .store
+        .view(|tx| tx.get_cluster("cluster1"))
+        .expect("cluster");
+    let entry = cluster
+        .blacklisted_certificates
+        .get("w1")
+        .expect("blacklisted");
+    assert_eq!(entry.expiry, Some(prost_types::Timestamp::from(expected)));
+}

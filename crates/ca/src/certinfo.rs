@@ -50,8 +50,12 @@ impl CertInfo {
     pub fn parse(cert_pem: &[u8]) -> Result<CertInfo, CaError> {
         let (_, pem) = parse_x509_pem(cert_pem)
             .map_err(|e| CaError::Parse(format!("certificate PEM: {e}")))?;
-        let cert = pem
-            .parse_x509()
+        CertInfo::parse_der(&pem.contents)
+    }
+
+    /// Reads one DER certificate (as a TLS peer presents it).
+    pub fn parse_der(der: &[u8]) -> Result<CertInfo, CaError> {
+        let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| CaError::Parse(format!("certificate: {e}")))?;
         let subject = cert.subject();
         let ou = first(subject.iter_organizational_unit());

@@ -151,6 +151,19 @@ mod tests {
         );
         assert!(!format!("{m:?}").contains("key\""), "{m:?}");
 
+        // Saving again replaces the files whole and leaves no temporary file behind.
+        ks.save(b"root2", b"cert2", b"key2").expect("save again");
+        let m = ks.load().expect("load").expect("present");
+        assert_eq!(m.key_pem, b"key2");
+        assert_eq!(m.cert_pem, b"cert2");
+        assert_eq!(mode(&ks.dir().join(KEY_FILE)), 0o600);
+        let mut names: Vec<String> = std::fs::read_dir(ks.dir())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [CERT_FILE, KEY_FILE, ROOT_FILE]);
+
         std::fs::remove_file(ks.dir().join(CERT_FILE)).expect("rm");
         assert!(ks.load().is_err(), "a partial set must not load");
     }

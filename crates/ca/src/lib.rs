@@ -17,7 +17,10 @@ pub use error::CaError;
 pub use key::NodeKey;
 pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
-pub use tls::{control_channel, control_server_config, serve_tcp_tls, serve_unix_tls};
+pub use tls::{
+    control_channel, control_server_config, mtls_client_config, mtls_server_config, peer_cert_info,
+    serve_tcp_tls, serve_unix_tls, tls_channel,
+};
 pub use token::{ParsedToken, generate_join_token, tokens_equal};
 
 /// OU of manager certificates.

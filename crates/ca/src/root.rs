@@ -59,11 +59,7 @@ impl RootCa {
         dn.push(DnType::CommonName, CA_CN);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - ROOT_BACKDATE;
         params.not_after = now + ROOT_VALIDITY;
@@ -194,6 +190,27 @@ mod tests {
         assert!(info.is_ca);
         let years = secs_between(info.not_before, info.not_after) / (365 * 86400);
         assert_eq!(years, 20);
+        let back = secs_between(info.not_before, SystemTime::now());
+        assert!((295..=400).contains(&back), "backdated {back}s");
+
+        // Usages and constraints, parsed back with x509-parser.
+        let (_, p) = x509_parser::pem::parse_x509_pem(root.cert_pem()).expect("pem");
+        let cert = p.parse_x509().expect("x509");
+        let bc = cert.basic_constraints().expect("bc").expect("present");
+        assert!(bc.critical && bc.value.ca);
+        let ku = cert.key_usage().expect("ku").expect("present");
+        assert!(ku.value.key_cert_sign() && ku.value.crl_sign());
+        assert!(!ku.value.digital_signature() && !ku.value.key_encipherment());
+        assert_eq!(cert.subject().to_string(), "CN=swarm-ca");
+        assert_eq!(cert.issuer().to_string(), "CN=swarm-ca");
+        let other = RootCa::generate().expect("second root");
+        let (_, p2) = x509_parser::pem::parse_x509_pem(other.cert_pem()).expect("pem");
+        assert_ne!(
+            p2.parse_x509().expect("x509").raw_serial(),
+            cert.raw_serial(),
+            "serials are random"
+        );
+        assert_ne!(other.digest(), root.digest());
         assert!(root.cert_hash().starts_with("sha256:"));
         assert_eq!(root.cert_hash().len(), "sha256:".len() + 64);
         assert!(!format!("{root:?}").contains("PRIVATE KEY"));
@@ -202,7 +219,6 @@ mod tests {
         // Round trip with and without the key.
         RootCa::from_pem(root.cert_pem(), root.key_pem()).expect("with key");
         RootCa::from_pem(root.cert_pem(), None).expect("without key");
-        let other = RootCa::generate().expect("other");
         assert!(RootCa::from_pem(root.cert_pem(), other.key_pem()).is_err());
     }
 
@@ -243,6 +259,9 @@ mod tests {
         assert!(!ku.value.key_cert_sign());
         let eku = cert.extended_key_usage().expect("eku").expect("present");
         assert!(eku.value.server_auth && eku.value.client_auth);
+        let bc = cert.basic_constraints().expect("bc").expect("present");
+        assert!(!bc.value.ca);
+        assert_eq!(cert.issuer().to_string(), "CN=swarm-ca");
         // The node's public key is the CSR's.
         assert_eq!(info.public_key_raw, {
             let kp = rcgen::KeyPair::from_pem(&key.key_pem()).expect("kp");
@@ -282,6 +301,68 @@ mod tests {
         assert_eq!(info.role, api::NodeRole::Worker);
         assert!(!info.is_ca);
         assert_eq!(info.dns_names, vec!["swarm-worker", "w1"]);
+    }
+
+    /// Standard base64 with padding, wrapped for PEM (tests only).
+    fn pem_encode(label: &str, der: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("ascii"));
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
+    }
+
+    #[test]
+    fn tampered_csr_is_refused() {
+        let root = RootCa::generate().expect("root");
+        let csr = NodeKey::generate().expect("key").csr_pem().expect("csr");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(csr.as_bytes()).expect("pem");
+        // Re-encoding the untouched DER still works: the encoder is right.
+        let same = pem_encode("CERTIFICATE REQUEST", &pem.contents);
+        root.issue(
+            same.as_bytes(),
+            "n",
+            api::NodeRole::Worker,
+            "c",
+            MIN_NODE_CERT_EXPIRY,
+        )
+        .expect("untouched CSR");
+        // Change one letter of the placeholder subject: the signature no longer matches.
+        let mut der = pem.contents.clone();
+        let at = der
+            .windows(b"swarm-node".len())
+            .position(|w| w == b"swarm-node")
+            .expect("placeholder CN in the CSR");
+        der[at] = b'x';
+        let tampered = pem_encode("CERTIFICATE REQUEST", &der);
+        let err = root
+            .issue(
+                tampered.as_bytes(),
+                "n",
+                api::NodeRole::Worker,
+                "c",
+                MIN_NODE_CERT_EXPIRY,
+            )
+            .expect_err("tampered CSR");
+        assert!(matches!(err, CaError::Csr(_)), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! TLS for the control socket, as SwarmKit serves it: the manager presents its node certificate
 //! on the unix socket and asks for none; swarmctl sends none and does not verify the server (it
 //! trusts the socket's file mode instead), but still checks the handshake signatures. Also the
-//! accept loops that turn a listener into a stream of TLS connections for tonic.
+//! accept loops that turn a listener into a stream of TLS connections for tonic, and the mutual
+//! TLS configurations of the remote (TCP) API, where both sides verify against the root CA.
 
 use std::future::Future;
 use std::io;
@@ -14,16 +15,18 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::debug;
 
-use crate::{CaError, MANAGER_ROLE};
+use crate::{CaError, CertInfo, MANAGER_ROLE};
 
 /// A handshake that takes longer than this is dropped, so a stalled client cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,11 +46,7 @@ pub fn control_server_config(
     cert_chain_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, CaError> {
-    let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CaError::Parse(format!("certificate chain: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| CaError::Parse(format!("private key: {e}")))?;
+    let (chain, key) = cert_and_key(cert_chain_pem, key_pem)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)?
         .with_no_client_auth()
@@ -139,6 +138,120 @@ pub fn control_channel(path: &Path) -> Result<Channel, CaError> {
             }
         })),
     )
+}
+
+fn root_store(root_pem: &[u8]) -> Result<Arc<RootCertStore>, CaError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem) {
+        let cert = cert.map_err(|e| CaError::Parse(format!("root certificate: {e}")))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(CaError::Parse("no root certificate".into()));
+    }
+    Ok(Arc::new(roots))
+}
+
+fn cert_and_key(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::Parse(format!("certificate chain: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| CaError::Parse(format!("private key: {e}")))?;
+    Ok((chain, key))
+}
+
+/// Server config for the remote (TCP) API: presents `cert_chain_pem`, verifies client
+/// certificates against `root_pem`. With `require_client_cert` false a client without a
+/// certificate is let in (a joining node asking the CA for its first certificate), but a
+/// certificate that does not chain to the root is refused; ALPN `h2`.
+pub fn mtls_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+    root_pem: &[u8],
+    require_client_cert: bool,
+) -> Result<Arc<rustls::ServerConfig>, CaError> {
+    let (chain, key) = cert_and_key(cert_chain_pem, key_pem)?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(root_pem)?, provider());
+    if !require_client_cert {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| CaError::Parse(format!("client verifier: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client config for the remote API: verifies the server against `root_pem` (use server name
+/// `swarm-ca` for the CA service, `swarm-manager` otherwise: both are manager SANs) and presents
+/// `client` (certificate chain PEM, key PEM) when given; ALPN `h2`.
+pub fn mtls_client_config(
+    root_pem: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<Arc<rustls::ClientConfig>, CaError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(root_store(root_pem)?);
+    let mut cfg = match client {
+        Some((cert_chain_pem, key_pem)) => {
+            let (chain, key) = cert_and_key(cert_chain_pem, key_pem)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A lazy gRPC channel to `addr` (`host:port`) over TCP with TLS configured by `cfg` (for
+/// instance [`mtls_client_config`]), expecting `server_name` in the server's certificate.
+pub fn tls_channel(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> Result<Channel, CaError> {
+    let connector = TlsConnector::from(cfg);
+    let addr = addr.to_string();
+    let server_name = ServerName::try_from(server_name.to_string())
+        .map_err(|e| CaError::Transport(e.to_string()))?;
+    let endpoint =
+        Endpoint::from_static("http://swarm-manager").connect_timeout(Duration::from_secs(10));
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let (connector, addr, server_name) =
+                (connector.clone(), addr.clone(), server_name.clone());
+            async move {
+                let stream = TcpStream::connect(&addr).await?;
+                stream.set_nodelay(true)?;
+                let tls = connector.connect(server_name, stream).await?;
+                Ok::<_, io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
+}
+
+/// What the verified client certificate of a request's TLS connection (TCP or unix, as accepted
+/// by [`serve_tcp_tls`] / [`serve_unix_tls`]) says; `None` without one.
+pub fn peer_cert_info<T>(req: &tonic::Request<T>) -> Option<CertInfo> {
+    let certs = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .or_else(|| {
+            req.extensions()
+                .get::<TlsConnectInfo<UdsConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs)
+        })?;
+    CertInfo::parse_der(certs.first()?).ok()
 }
 
 /// A listener whose connections the TLS accept loop can take.
@@ -299,5 +412,125 @@ mod tests {
 
         let _ = stop_tx.send(());
         server.await.expect("join").expect("server");
+    }
+
+    /// Reports SERVING to a client whose certificate says worker `w1`, NOT_SERVING to one
+    /// without a certificate.
+    struct PeerCheck;
+
+    #[tonic::async_trait]
+    impl Health for PeerCheck {
+        async fn check(
+            &self,
+            req: Request<HealthCheckRequest>,
+        ) -> Result<Response<HealthCheckResponse>, Status> {
+            let status = match peer_cert_info(&req) {
+                Some(info)
+                    if info.node_id == "w1"
+                        && info.role == api::NodeRole::Worker
+                        && info.cluster_id == "c1" =>
+                {
+                    ServingStatus::Serving
+                }
+                Some(info) => return Err(Status::permission_denied(info.node_id)),
+                None => ServingStatus::NotServing,
+            };
+            Ok(Response::new(HealthCheckResponse {
+                status: status as i32,
+            }))
+        }
+    }
+
+    /// A key and a certificate for it signed by `root`: (cert PEM, key PEM).
+    fn node_cert(root: &RootCa, id: &str, role: api::NodeRole) -> (Vec<u8>, Vec<u8>) {
+        let key = NodeKey::generate().expect("key");
+        let cert = root
+            .issue(
+                key.csr_pem().expect("csr").as_bytes(),
+                id,
+                role,
+                "c1",
+                crate::MIN_NODE_CERT_EXPIRY,
+            )
+            .expect("cert");
+        (cert, key.key_pem().into_bytes())
+    }
+
+    async fn start_tcp(
+        cfg: Arc<rustls::ServerConfig>,
+    ) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HealthServer::new(PeerCheck))
+                .serve_with_incoming_shutdown(serve_tcp_tls(listener, cfg), async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        (addr, stop_tx)
+    }
+
+    async fn check(addr: &str, cfg: Arc<rustls::ClientConfig>, name: &str) -> Result<i32, Status> {
+        let mut client = HealthClient::new(tls_channel(addr, cfg, name).expect("channel"));
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client.check(HealthCheckRequest::default()),
+        )
+        .await
+        .expect("no hang")
+        .map(|r| r.into_inner().status)
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_over_tcp() {
+        let root = RootCa::generate().expect("root");
+        let other = RootCa::generate().expect("other root");
+        let (mcert, mkey) = node_cert(&root, "m1", api::NodeRole::Manager);
+        let (wcert, wkey) = node_cert(&root, "w1", api::NodeRole::Worker);
+        let (xcert, xkey) = node_cert(&other, "w1", api::NodeRole::Worker);
+        let root_pem = root.cert_pem();
+
+        // Client certificates optional, as on a manager's remote port.
+        let cfg = mtls_server_config(&mcert, &mkey, root_pem, false).expect("server cfg");
+        let (addr, stop) = start_tcp(cfg).await;
+        let worker = mtls_client_config(root_pem, Some((&wcert, &wkey))).expect("client cfg");
+        for name in ["swarm-ca", "swarm-manager", "m1"] {
+            assert_eq!(
+                check(&addr, worker.clone(), name).await.expect(name),
+                ServingStatus::Serving as i32,
+                "{name}"
+            );
+        }
+        // The server's certificate does not name this host.
+        assert!(check(&addr, worker.clone(), "evil.example").await.is_err());
+        // Anonymous: let in, but without an identity.
+        let anon = mtls_client_config(root_pem, None).expect("anon cfg");
+        assert_eq!(
+            check(&addr, anon, "swarm-ca").await.expect("anonymous"),
+            ServingStatus::NotServing as i32
+        );
+        // A certificate of another CA is refused.
+        let stranger = mtls_client_config(root_pem, Some((&xcert, &xkey))).expect("cfg");
+        assert!(check(&addr, stranger, "swarm-ca").await.is_err());
+        // A client trusting another root refuses this server.
+        let distrust = mtls_client_config(other.cert_pem(), Some((&wcert, &wkey))).expect("cfg");
+        assert!(check(&addr, distrust, "swarm-ca").await.is_err());
+        let _ = stop.send(());
+
+        // Client certificates required.
+        let cfg = mtls_server_config(&mcert, &mkey, root_pem, true).expect("server cfg");
+        let (addr, stop) = start_tcp(cfg).await;
+        assert_eq!(
+            check(&addr, worker, "swarm-manager").await.expect("worker"),
+            ServingStatus::Serving as i32
+        );
+        let anon = mtls_client_config(root_pem, None).expect("anon cfg");
+        assert!(check(&addr, anon, "swarm-manager").await.is_err());
+        let _ = stop.send(());
+
+        assert!(mtls_client_config(b"", None).is_err());
+        assert!(mtls_server_config(&mcert, &mkey, b"junk", false).is_err());
     }
 }

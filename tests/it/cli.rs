@@ -338,3 +338,27 @@ fn missing_socket_is_a_dial_error() {
         "Error: connection error: desc = \"transport: Error while dialing: dial unix /nonexistent/swarmd.sock: connect: no such file or directory\""
     );
 }
+
+#[test]
+fn allocator_publishes_service_ports() {
+    let d = Swarmd::start();
+    d.ctl(&[
+        "service", "create", "--name", "web", "--image", "nginx", "--ports", "http:80:8080",
+    ])
+    .ok();
+    // The allocator (a leader subsystem) fills the service endpoint shortly after the create.
+    let inspect = crate::harness::wait_for(
+        "service endpoint allocated",
+        std::time::Duration::from_secs(10),
+        || {
+            let out = d.ctl(&["service", "inspect", "web"]).ok().to_string();
+            out.contains("Ports:").then_some(out)
+        },
+    );
+    assert!(
+        inspect.contains(
+            "\nPorts:\n    - Name             = http\n      Protocol         = TCP\n      Port             = 80\n      SwarmPort        = 8080\n"
+        ),
+        "{inspect}"
+    );
+}

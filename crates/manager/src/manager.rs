@@ -70,7 +70,9 @@ impl RaftMembers for LocalMembers {
 
 /// The subsystems that run on the raft leader only.
 fn leader_subsystems() -> Vec<Subsystem> {
-    Vec::new()
+    vec![Subsystem::new("allocator", |store, shutdown| {
+        allocator::Allocator::new(store).run(shutdown)
+    })]
 }
 
 impl Manager {

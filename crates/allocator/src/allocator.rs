@@ -1,0 +1,359 @@
+//! The [`Allocator`] loop (SwarmKit's `manager/allocator/allocator.go` and `network.go`, ports part):
+//! it rebuilds the port map from the store on start, allocates services' endpoints as they are
+//! created and updated, frees their ports when they go, and at each store commit moves the NEW tasks
+//! seen since then to PENDING in batches. What cannot be allocated waits and is retried when something
+//! is freed or every [`RETRY_INTERVAL`]. Port bookkeeping itself lives in `ports.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use store::{By, Event, EventKind, MemoryStore, WatchFilter};
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::error::Error;
+use crate::ports::{ServicePorts, is_service_allocated};
+
+/// How often unallocated services and tasks are retried when nothing was freed in between
+/// (SwarmKit's `retryInterval`).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// Status message of a task the allocator moved to PENDING.
+const ALLOCATED_STATUS_MESSAGE: &str = "pending task scheduling";
+
+/// Most objects written in one store transaction (SwarmKit's store batches 200 changes).
+const MAX_BATCH: usize = 200;
+
+/// Task ID -> service ID (empty for a task without service).
+type TaskSet = BTreeMap<String, String>;
+
+/// Leader-only subsystem that allocates services' published ports and moves NEW tasks to PENDING.
+#[derive(Debug)]
+pub struct Allocator {
+    store: MemoryStore,
+    ports: ServicePorts,
+    /// Services whose ports could not be allocated; their tasks stay NEW until they are.
+    unallocated_services: BTreeSet<String>,
+    /// NEW tasks seen since the last commit, processed together when it arrives.
+    pending_tasks: TaskSet,
+    /// NEW tasks that could not move on yet, retried with the services.
+    unallocated_tasks: TaskSet,
+    /// When unallocated objects were last retried.
+    last_retry: Instant,
+    /// Something was freed since the last retry, so waiting objects may fit now.
+    something_was_deallocated: bool,
+}
+
+impl Allocator {
+    /// An allocator over `store`; nothing happens until [`Allocator::run`].
+    pub fn new(store: MemoryStore) -> Self {
+        Allocator {
+            store,
+            ports: ServicePorts::default(),
+            unallocated_services: BTreeSet::new(),
+            pending_tasks: TaskSet::new(),
+            unallocated_tasks: TaskSet::new(),
+            last_retry: Instant::now(),
+            something_was_deallocated: false,
+        }
+    }
+
+    /// Runs until `shutdown` fires; an `Err` means the allocator cannot go on (its watch ended).
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        let ((services, tasks), mut watcher) = self
+            .store
+            .view_and_watch(WatchFilter::none().services().tasks(), |tx| {
+                (tx.find_services(By::All), tx.find_tasks(By::All))
+            });
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            () = self.init(services, tasks) => {}
+        }
+        loop {
+            let retry_at = self.last_retry + RETRY_INTERVAL;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                event = watcher.recv() => {
+                    let Some(event) = event else {
+                        return Err(Error::WatchClosed);
+                    };
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = self.handle(event) => {}
+                    }
+                }
+                () = tokio::time::sleep_until(retry_at) => {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = self.retry() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the port map from the endpoints already stored (so a new leader never hands out a
+    /// port twice), then allocates what is not allocated yet and moves the waiting NEW tasks on.
+    async fn init(&mut self, services: Vec<api::Service>, tasks: Vec<api::Task>) {
+        for service in &services {
+            if !self.ports.restore(service) {
+                self.unallocated_services.insert(service.id.clone());
+            }
+        }
+        let to_allocate: Vec<String> = services
+            .iter()
+            .filter(|s| self.needs_allocation(s))
+            .map(|s| s.id.clone())
+            .collect();
+        info!(
+            services = services.len(),
+            to_allocate = to_allocate.len(),
+            "allocator started"
+        );
+        self.allocate_services(to_allocate).await;
+        for task in tasks.iter().filter(|t| is_new(t)) {
+            self.pending_tasks
+                .insert(task.id.clone(), task.service_id.clone());
+        }
+        self.process_pending_tasks().await;
+        self.last_retry = Instant::now();
+    }
+
+    fn needs_allocation(&self, service: &api::Service) -> bool {
+        self.unallocated_services.contains(&service.id) || !is_service_allocated(service)
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match &event {
+            Event::Commit { .. } => self.on_commit().await,
+            Event::Object { kind, .. } => {
+                if let Some(service) = event.object_as::<api::Service>() {
+                    self.on_service(*kind, service).await;
+                } else if let Some(task) = event.object_as::<api::Task>() {
+                    self.on_task(*kind, task);
+                }
+            }
+        }
+    }
+
+    async fn on_service(&mut self, kind: EventKind, service: &api::Service) {
+        if kind == EventKind::Remove {
+            if self.ports.release(&service.id) {
+                debug!(service.id = %service.id, "freed the ports of a removed service");
+            }
+            self.unallocated_services.remove(&service.id);
+            self.something_was_deallocated = true;
+            return;
+        }
+        // Work on the latest version: an older event must not allocate a spec already replaced.
+        let Some(current) = self.store.view(|tx| tx.get_service(&service.id)) else {
+            return;
+        };
+        if self.needs_allocation(&current) {
+            self.allocate_services(vec![current.id]).await;
+        }
+    }
+
+    fn on_task(&mut self, kind: EventKind, task: &api::Task) {
+        if kind == EventKind::Remove || !is_new(task) {
+            self.pending_tasks.remove(&task.id);
+            self.unallocated_tasks.remove(&task.id);
+            return;
+        }
+        self.unallocated_tasks.remove(&task.id);
+        self.pending_tasks
+            .insert(task.id.clone(), task.service_id.clone());
+    }
+
+    async fn on_commit(&mut self) {
+        self.process_pending_tasks().await;
+        if self.something_was_deallocated || Instant::now() >= self.last_retry + RETRY_INTERVAL {
+            self.retry().await;
+        }
+    }
+
+    /// Tries again what could not be allocated: services first, then the tasks waiting on them.
+    async fn retry(&mut self) {
+        self.last_retry = Instant::now();
+        self.something_was_deallocated = false;
+        if !self.unallocated_services.is_empty() {
+            let ids: Vec<String> = self.unallocated_services.iter().cloned().collect();
+            self.allocate_services(ids).await;
+        }
+        let waiting = std::mem::take(&mut self.unallocated_tasks);
+        self.pending_tasks.extend(waiting);
+        self.process_pending_tasks().await;
+    }
+
+    /// Allocates the endpoints of the services `ids` (latest stored versions) and stores them, one
+    /// transaction per batch. A service that cannot be allocated is remembered for a retry; one that
+    /// becomes allocated has its waiting tasks queued again.
+    async fn allocate_services(&mut self, ids: Vec<String>) {
+        let services: Vec<api::Service> = self
+            .store
+            .view(|tx| ids.iter().filter_map(|id| tx.get_service(id)).collect());
+        let mut allocated = Vec::new();
+        for service in services {
+            if !self.needs_allocation(&service) {
+                continue;
+            }
+            match self.ports.allocate(&service) {
+                Ok(allocation) => allocated.push((service.id, allocation)),
+                Err(e) => {
+                    if self.unallocated_services.insert(service.id.clone()) {
+                        warn!(service.id = %service.id, error = %e, "failed allocation for service");
+                    } else {
+                        debug!(service.id = %service.id, error = %e, "service still cannot be allocated");
+                    }
+                }
+            }
+        }
+        while !allocated.is_empty() {
+            let rest = allocated.split_off(allocated.len().min(MAX_BATCH));
+            let batch = std::mem::replace(&mut allocated, rest);
+            self.commit_services(batch).await;
+        }
+    }
+
+    async fn commit_services(&mut self, batch: Vec<(String, crate::ports::Allocation)>) {
+        let endpoints: Vec<(String, Option<api::Endpoint>)> = batch
+            .iter()
+            .map(|(id, a)| (id.clone(), a.endpoint.clone()))
+            .collect();
+        let result = self
+            .store
+            .update(move |tx| {
+                let mut gone = Vec::new();
+                for (id, endpoint) in endpoints {
+                    // Writing on top of the latest version: the spec may have changed since the
+                    // allocation, in which case its update event allocates again.
+                    let Some(mut service) = tx.get_service(&id) else {
+                        gone.push(id);
+                        continue;
+                    };
+                    if service.endpoint == endpoint {
+                        continue;
+                    }
+                    service.endpoint = endpoint;
+                    if let Err(e) = tx.update_service(service) {
+                        error!(service.id = %id, error = %e, "failed to store the allocation of a service");
+                        gone.push(id);
+                    }
+                }
+                Ok(gone)
+            })
+            .await;
+        match result {
+            Ok(gone) => {
+                for (id, allocation) in batch {
+                    if gone.contains(&id) {
+                        self.ports.undo(&id, allocation.previous);
+                        self.unallocated_services.remove(&id);
+                        continue;
+                    }
+                    debug!(service.id = %id, "allocated service endpoint");
+                    if self.ports.freed_any(&id, &allocation.previous) {
+                        // Ports given up by a spec change may be what another service waits for.
+                        self.something_was_deallocated = true;
+                    }
+                    self.unallocated_services.remove(&id);
+                    self.requeue_tasks_of(&id);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "failed to store service allocations");
+                for (id, allocation) in batch {
+                    self.ports.undo(&id, allocation.previous);
+                    self.unallocated_services.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Queues the waiting tasks of a service that just became allocated.
+    fn requeue_tasks_of(&mut self, service_id: &str) {
+        let ready: Vec<String> = self
+            .unallocated_tasks
+            .iter()
+            .filter(|(_, s)| s.as_str() == service_id)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for task_id in ready {
+            self.unallocated_tasks.remove(&task_id);
+            self.pending_tasks.insert(task_id, service_id.to_string());
+        }
+    }
+
+    /// Moves the pending NEW tasks whose service is allocated to PENDING, copying the service
+    /// endpoint into them, one transaction per batch; the others wait in `unallocated_tasks`.
+    async fn process_pending_tasks(&mut self) {
+        let pending: Vec<(String, String)> = std::mem::take(&mut self.pending_tasks)
+            .into_iter()
+            .collect();
+        for batch in pending.chunks(MAX_BATCH) {
+            let unallocated = &self.unallocated_services;
+            let result = self
+                .store
+                .update(|tx| {
+                    let mut waiting = Vec::new();
+                    for (task_id, _) in batch {
+                        let Some(mut task) = tx.get_task(task_id) else {
+                            continue;
+                        };
+                        if !is_new(&task) {
+                            continue;
+                        }
+                        if !task.service_id.is_empty() {
+                            let ready = tx
+                                .get_service(&task.service_id)
+                                .filter(|s| !unallocated.contains(&s.id) && is_service_allocated(s));
+                            let Some(service) = ready else {
+                                debug!(task.id = %task.id, service.id = %task.service_id, "task waits for its service to be allocated");
+                                waiting.push(task_id.clone());
+                                continue;
+                            };
+                            if service.endpoint.is_some() {
+                                task.endpoint = service.endpoint;
+                            }
+                        }
+                        task.status = Some(api::TaskStatus {
+                            state: api::TaskState::Pending as i32,
+                            message: ALLOCATED_STATUS_MESSAGE.to_string(),
+                            timestamp: Some(prost_types::Timestamp::from(SystemTime::now())),
+                            ..Default::default()
+                        });
+                        let id = task.id.clone();
+                        if let Err(e) = tx.update_task(task) {
+                            error!(task.id = %id, error = %e, "failed to move task to pending");
+                            waiting.push(id);
+                        }
+                    }
+                    Ok(waiting)
+                })
+                .await;
+            let waiting: BTreeSet<String> = match result {
+                Ok(waiting) => waiting.into_iter().collect(),
+                Err(e) => {
+                    error!(error = %e, "failed to store task allocations");
+                    batch.iter().map(|(t, _)| t.clone()).collect()
+                }
+            };
+            for (task_id, service_id) in batch {
+                if waiting.contains(task_id) {
+                    self.unallocated_tasks
+                        .insert(task_id.clone(), service_id.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A task the allocator still has to move on.
+fn is_new(task: &api::Task) -> bool {
+    task.status.as_ref().map_or(0, |s| s.state) < api::TaskState::Pending as i32
+}

@@ -1,0 +1,393 @@
+//! Tests of the allocator loop over a raft-less store: ports reserved, freed and rebuilt after a
+//! restart, and NEW tasks moved to PENDING. The pure port logic is tested in `ports.rs`.
+
+use std::time::Duration;
+
+use api::port_config::PublishMode;
+use store::{By, Event, MemoryStore, ReadTx, WatchFilter};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Allocator, Error};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn port(mode: PublishMode, target: u32, published: u32) -> api::PortConfig {
+    api::PortConfig {
+        name: String::new(),
+        protocol: api::port_config::Protocol::Tcp as i32,
+        target_port: target,
+        published_port: published,
+        publish_mode: mode as i32,
+    }
+}
+
+fn ingress(target: u32, published: u32) -> api::PortConfig {
+    port(PublishMode::Ingress, target, published)
+}
+
+fn host(target: u32, published: u32) -> api::PortConfig {
+    port(PublishMode::Host, target, published)
+}
+
+fn service(id: &str, ports: Vec<api::PortConfig>) -> api::Service {
+    api::Service {
+        id: id.into(),
+        spec: Some(api::ServiceSpec {
+            annotations: Some(api::Annotations {
+                name: format!("svc-{id}"),
+                ..Default::default()
+            }),
+            endpoint: Some(api::EndpointSpec { mode: 0, ports }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn task(id: &str, service_id: &str) -> api::Task {
+    api::Task {
+        id: id.into(),
+        service_id: service_id.into(),
+        slot: 1,
+        desired_state: api::TaskState::Running as i32,
+        status: Some(api::TaskStatus {
+            state: api::TaskState::New as i32,
+            message: "created".into(),
+            ..Default::default()
+        }),
+        spec: Some(api::TaskSpec::default()),
+        ..Default::default()
+    }
+}
+
+async fn create_service(store: &MemoryStore, s: api::Service) {
+    store
+        .update(|tx| tx.create_service(s))
+        .await
+        .expect("create service");
+}
+
+async fn create_tasks(store: &MemoryStore, tasks: Vec<api::Task>) {
+    store
+        .update(|tx| tasks.into_iter().try_for_each(|t| tx.create_task(t)))
+        .await
+        .expect("create tasks");
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), Error>>,
+}
+
+fn start(store: &MemoryStore) -> Running {
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(Allocator::new(store.clone()).run(shutdown.clone()));
+    Running { shutdown, handle }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("allocator stops in time")
+            .expect("allocator task joins")
+            .expect("allocator exits cleanly");
+    }
+}
+
+/// What the store holds, for timeout messages.
+fn describe(tx: &ReadTx<'_>) -> String {
+    let services: Vec<String> = tx
+        .find_services(By::All)
+        .iter()
+        .map(|s| format!("{}={:?}", s.id, published(s)))
+        .collect();
+    let tasks: Vec<String> = tx
+        .find_tasks(By::All)
+        .iter()
+        .map(|t| format!("{}={}", t.id, state(t)))
+        .collect();
+    format!("services {services:?}, tasks {tasks:?}")
+}
+
+/// Waits until `f` returns `Some` on a view of the store, re-checking at every store commit.
+async fn wait_for<T>(store: &MemoryStore, what: &str, f: impl Fn(&ReadTx<'_>) -> Option<T>) -> T {
+    let mut watcher = store.watch(WatchFilter::all());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = store.view(&f) {
+            return v;
+        }
+        match tokio::time::timeout_at(deadline, watcher.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("store closed while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}; {}", store.view(describe)),
+        }
+    }
+}
+
+fn published(s: &api::Service) -> Option<Vec<u32>> {
+    s.endpoint
+        .as_ref()
+        .map(|e| e.ports.iter().map(|p| p.published_port).collect())
+}
+
+fn state(t: &api::Task) -> i32 {
+    t.status.as_ref().map_or(0, |s| s.state)
+}
+
+async fn wait_published(store: &MemoryStore, id: &str, expected: Vec<u32>) -> api::Service {
+    let what = format!("service {id} published on {expected:?}");
+    wait_for(store, &what, |tx| {
+        tx.get_service(id)
+            .filter(|s| published(s).as_ref() == Some(&expected))
+    })
+    .await
+}
+
+async fn wait_pending(store: &MemoryStore, id: &str) -> api::Task {
+    wait_for(store, &format!("task {id} pending"), |tx| {
+        tx.get_task(id)
+            .filter(|t| state(t) == api::TaskState::Pending as i32)
+    })
+    .await
+}
+
+fn get_service(store: &MemoryStore, id: &str) -> api::Service {
+    store.view(|tx| tx.get_service(id)).expect("service exists")
+}
+
+fn get_task(store: &MemoryStore, id: &str) -> api::Task {
+    store.view(|tx| tx.get_task(id)).expect("task exists")
+}
+
+/// Creates a service without ports and a task of it, and waits for the task to be PENDING: every
+/// change committed before has then been handled by the allocator.
+async fn barrier(store: &MemoryStore, name: &str) {
+    create_service(store, service(name, vec![])).await;
+    let task_id = format!("{name}-task");
+    create_tasks(store, vec![task(&task_id, name)]).await;
+    wait_pending(store, &task_id).await;
+}
+
+#[tokio::test]
+async fn ingress_port_is_reserved_and_task_moves_to_pending() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create_service(&store, service("a", vec![ingress(80, 8080)])).await;
+    create_tasks(&store, vec![task("a1", "a")]).await;
+
+    let a = wait_published(&store, "a", vec![8080]).await;
+    let endpoint = a.endpoint.clone().expect("endpoint");
+    assert_eq!(
+        endpoint.spec,
+        a.spec.as_ref().and_then(|s| s.endpoint.clone())
+    );
+    assert_eq!(endpoint.ports, vec![ingress(80, 8080)]);
+
+    let t = wait_pending(&store, "a1").await;
+    let status = t.status.expect("status");
+    assert_eq!(status.message, "pending task scheduling");
+    assert!(status.timestamp.is_some());
+    assert_eq!(t.endpoint, Some(endpoint));
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn dynamic_ports_come_from_30000_upward() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create_service(&store, service("a", vec![ingress(80, 0)])).await;
+    wait_published(&store, "a", vec![30000]).await;
+
+    // The explicit 30001 is taken first; the dynamic port is then the lowest free one. The endpoint
+    // lists the ports in spec order.
+    create_service(
+        &store,
+        service("b", vec![ingress(81, 0), ingress(82, 30001)]),
+    )
+    .await;
+    let b = wait_published(&store, "b", vec![30002, 30001]).await;
+    let ports = b.endpoint.expect("endpoint").ports;
+    assert_eq!(ports, vec![ingress(81, 30002), ingress(82, 30001)]);
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn conflicting_service_waits_until_the_port_is_freed() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create_service(&store, service("a", vec![ingress(80, 8080)])).await;
+    wait_published(&store, "a", vec![8080]).await;
+
+    create_service(&store, service("b", vec![ingress(80, 8080)])).await;
+    create_tasks(&store, vec![task("b1", "b"), task("b2", "b")]).await;
+    barrier(&store, "z").await;
+    assert_eq!(get_service(&store, "b").endpoint, None);
+    assert_eq!(state(&get_task(&store, "b1")), api::TaskState::New as i32);
+    assert_eq!(state(&get_task(&store, "b2")), api::TaskState::New as i32);
+
+    store
+        .update(|tx| tx.delete_service("a"))
+        .await
+        .expect("remove a");
+    wait_published(&store, "b", vec![8080]).await;
+    let b1 = wait_pending(&store, "b1").await;
+    wait_pending(&store, "b2").await;
+    assert_eq!(
+        published(&api::Service {
+            endpoint: b1.endpoint,
+            ..Default::default()
+        }),
+        Some(vec![8080])
+    );
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn port_change_frees_the_old_port() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create_service(&store, service("a", vec![ingress(80, 8080)])).await;
+    wait_published(&store, "a", vec![8080]).await;
+    create_service(&store, service("b", vec![ingress(80, 8080)])).await;
+    create_tasks(&store, vec![task("b1", "b")]).await;
+    barrier(&store, "z").await;
+    assert_eq!(state(&get_task(&store, "b1")), api::TaskState::New as i32);
+
+    // a moves to 9090: 8080 is freed and the waiting service gets it.
+    let mut a = get_service(&store, "a");
+    a.spec.as_mut().expect("spec").endpoint = Some(api::EndpointSpec {
+        mode: 0,
+        ports: vec![ingress(80, 9090)],
+    });
+    store
+        .update(|tx| tx.update_service(a))
+        .await
+        .expect("update a");
+    wait_published(&store, "a", vec![9090]).await;
+    wait_published(&store, "b", vec![8080]).await;
+    wait_pending(&store, "b1").await;
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn host_mode_ports_are_copied_unallocated() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create_service(&store, service("a", vec![host(80, 8080), host(81, 0)])).await;
+    create_service(&store, service("b", vec![host(80, 8080), ingress(82, 0)])).await;
+    create_tasks(&store, vec![task("a1", "a"), task("b1", "b")]).await;
+
+    let a = wait_published(&store, "a", vec![8080, 0]).await;
+    assert_eq!(
+        a.endpoint.as_ref().expect("endpoint").ports,
+        vec![host(80, 8080), host(81, 0)]
+    );
+    // The same host port again is fine; only the ingress port got a dynamic port.
+    let b = wait_published(&store, "b", vec![8080, 30000]).await;
+    assert_eq!(
+        b.endpoint.as_ref().expect("endpoint").ports,
+        vec![host(80, 8080), ingress(82, 30000)]
+    );
+    let a1 = wait_pending(&store, "a1").await;
+    assert_eq!(a1.endpoint, a.endpoint);
+    wait_pending(&store, "b1").await;
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn tasks_without_ports_or_with_networks_move_to_pending() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    let mut s = service("a", vec![]);
+    s.spec.as_mut().expect("spec").endpoint = None;
+    create_service(&store, s).await;
+    let mut with_network = task("a1", "a");
+    with_network.spec = Some(api::TaskSpec {
+        networks: vec![api::NetworkAttachmentConfig {
+            target: "net1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    create_tasks(&store, vec![with_network, task("lone", "")]).await;
+
+    let t = wait_pending(&store, "a1").await;
+    assert_eq!(t.endpoint, None);
+    assert!(
+        t.networks.is_empty(),
+        "no network attachment is allocated yet"
+    );
+    wait_pending(&store, "lone").await;
+    assert_eq!(get_service(&store, "a").endpoint, None);
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn many_tasks_move_in_batches() {
+    let store = MemoryStore::new(None);
+    create_service(&store, service("a", vec![ingress(80, 0)])).await;
+    let tasks: Vec<api::Task> = (0..450).map(|i| task(&format!("t{i:03}"), "a")).collect();
+    create_tasks(&store, tasks).await;
+
+    let mut watcher = store.watch(WatchFilter::none().tasks());
+    let allocator = start(&store);
+    let mut in_commit = 0usize;
+    let mut largest = 0usize;
+    let mut moved = 0usize;
+    while moved < 450 {
+        let event = tokio::time::timeout(WAIT, watcher.recv())
+            .await
+            .expect("task updates arrive in time")
+            .expect("store open");
+        match event {
+            Event::Commit { .. } => {
+                largest = largest.max(in_commit);
+                in_commit = 0;
+            }
+            Event::Object { .. } => {
+                let t = event.object_as::<api::Task>().expect("task event");
+                assert_eq!(state(t), api::TaskState::Pending as i32);
+                in_commit += 1;
+                moved += 1;
+            }
+        }
+    }
+    largest = largest.max(in_commit);
+    assert!(largest > 1 && largest <= 200, "batch of {largest} tasks");
+    let pending = store.view(|tx| tx.find_tasks(By::TaskState(api::TaskState::Pending)).len());
+    assert_eq!(pending, 450);
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn restart_rebuilds_the_port_map() {
+    let store = MemoryStore::new(None);
+    let first = start(&store);
+    create_service(&store, service("a", vec![ingress(80, 0)])).await;
+    create_service(&store, service("b", vec![ingress(80, 8080)])).await;
+    let a = wait_published(&store, "a", vec![30000]).await;
+    let b = wait_published(&store, "b", vec![8080]).await;
+    first.stop().await;
+
+    // Changes while no allocator runs (leadership moving): both wait for the next one.
+    create_service(&store, service("c", vec![ingress(80, 0)])).await;
+    create_service(&store, service("d", vec![ingress(80, 8080)])).await;
+    create_tasks(&store, vec![task("c1", "c"), task("d1", "d")]).await;
+
+    let second = start(&store);
+    wait_published(&store, "c", vec![30001]).await;
+    wait_pending(&store, "c1").await;
+    assert_eq!(get_service(&store, "d").endpoint, None);
+    assert_eq!(state(&get_task(&store, "d1")), api::TaskState::New as i32);
+    // The services allocated before keep their ports, untouched.
+    assert_eq!(get_service(&store, "a"), a);
+    assert_eq!(get_service(&store, "b"), b);
+
+    create_service(&store, service("e", vec![ingress(80, 0)])).await;
+    wait_published(&store, "e", vec![30002]).await;
+    second.stop().await;
+}

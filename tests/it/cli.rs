@@ -343,7 +343,14 @@ fn missing_socket_is_a_dial_error() {
 fn allocator_publishes_service_ports() {
     let d = Swarmd::start();
     d.ctl(&[
-        "service", "create", "--name", "web", "--image", "nginx", "--ports", "http:80:8080",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        "nginx",
+        "--ports",
+        "http:80:8080",
     ])
     .ok();
     // The allocator (a leader subsystem) fills the service endpoint shortly after the create.

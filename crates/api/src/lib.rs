@@ -21,4 +21,5 @@ pub mod docker {
 
 pub use docker::swarmkit::v1::*;
 
+pub mod constraint;
 pub mod naming;

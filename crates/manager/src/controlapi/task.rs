@@ -5,7 +5,7 @@
 use store::By;
 use tonic::Status;
 
-use super::validate::{ConstraintOp, invalid_argument, parse_constraints};
+use super::validate::invalid_argument;
 use super::{
     ControlApi, any_of, filter_contains, filter_contains_prefix, filter_match_labels, labels_of,
     name_of,
@@ -29,44 +29,6 @@ fn task_name(t: &api::Task) -> String {
     api::naming::task_name(name_of(&t.service_annotations), t.slot, &t.node_id, &t.id)
 }
 
-/// Whether `node` satisfies every placement constraint the scheduler understands for the
-/// keys it can check here (node.id, node.hostname, node.role, node.labels.*).
-fn node_matches(constraints: &[String], node: &api::Node) -> bool {
-    let Ok(parsed) = parse_constraints(constraints) else {
-        return false;
-    };
-    parsed.iter().all(|c| {
-        let key = c.key.to_lowercase();
-        let value: Option<String> = match key.as_str() {
-            "node.id" => Some(node.id.clone()),
-            "node.hostname" => Some(
-                node.description
-                    .as_ref()
-                    .map(|d| d.hostname.clone())
-                    .unwrap_or_default(),
-            ),
-            "node.role" => Some(
-                if node.role == api::NodeRole::Manager as i32 {
-                    "manager"
-                } else {
-                    "worker"
-                }
-                .to_string(),
-            ),
-            k if k.starts_with("node.labels.") => {
-                let labels = labels_of(&node.spec.as_ref().and_then(|s| s.annotations.clone()));
-                labels.get(&c.key["node.labels.".len()..]).cloned()
-            }
-            _ => None,
-        };
-        let matched = value.is_some_and(|v| v.eq_ignore_ascii_case(&c.value));
-        match c.op {
-            ConstraintOp::Eq => matched,
-            ConstraintOp::NotEq => !matched,
-        }
-    })
-}
-
 /// Whether the task no longer matches its service's spec (orchestrator.IsTaskDirty): differing
 /// task spec (ignoring pull options once the image is in place, and placement when the node still
 /// satisfies it) or differing endpoint spec.
@@ -86,7 +48,8 @@ pub(super) fn is_task_dirty(s: &api::Service, t: &api::Task, node: Option<&api::
         without_placement.placement = task_spec.placement.clone();
         if without_placement == task_spec
             && let Some(p) = &service_task.placement
-            && node_matches(&p.constraints, node)
+            && api::constraint::parse(&p.constraints)
+                .is_ok_and(|c| api::constraint::node_matches(&c, node))
         {
             return false;
         }

@@ -139,69 +139,10 @@ fn validate_update(uc: Option<&api::UpdateConfig>) -> Result<(), Status> {
     Ok(())
 }
 
-/// The operator of a placement constraint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConstraintOp {
-    /// `==`
-    Eq,
-    /// `!=`
-    NotEq,
-}
-
-/// One parsed placement constraint `key op value` (manager/constraint).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Constraint {
-    /// e.g. `node.hostname`, `node.labels.zone`.
-    pub key: String,
-    /// `==` or `!=`.
-    pub op: ConstraintOp,
-    /// The expected value (compared case-insensitively).
-    pub value: String,
-}
-
-static CONSTRAINT_KEY: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(?i)[a-z_][a-z0-9\-_.]+$").expect("static regex"));
-static CONSTRAINT_VALUE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?i)[a-z0-9:\-_\t\n\f\r \.\*\(\)\?\+\[\]\\\^\$\|/]+$").expect("static regex")
-});
-
-/// Parses placement constraints; the error text is SwarmKit's (returned as-is, code Unknown,
-/// because SwarmKit returns the plain error).
-pub fn parse_constraints(exprs: &[String]) -> Result<Vec<Constraint>, String> {
-    let mut out = Vec::with_capacity(exprs.len());
-    for e in exprs {
-        let mut found = false;
-        for (op_str, op) in [("==", ConstraintOp::Eq), ("!=", ConstraintOp::NotEq)] {
-            let Some((key, value)) = e.split_once(op_str) else {
-                continue;
-            };
-            let key = key.trim();
-            if !CONSTRAINT_KEY.is_match(key) {
-                return Err(format!("key '{key}' is invalid"));
-            }
-            let value = value.trim();
-            if !CONSTRAINT_VALUE.is_match(value) {
-                return Err(format!("value '{value}' is invalid"));
-            }
-            out.push(Constraint {
-                key: key.to_string(),
-                op,
-                value: value.to_string(),
-            });
-            found = true;
-            break;
-        }
-        if !found {
-            return Err("constraint expected one operator from ==, !=".to_string());
-        }
-    }
-    Ok(out)
-}
-
 fn validate_placement(p: Option<&api::Placement>) -> Result<(), Status> {
     let Some(p) = p else { return Ok(()) };
     // SwarmKit returns the parse error unwrapped, which gRPC reports as Unknown.
-    parse_constraints(&p.constraints).map_err(Status::unknown)?;
+    api::constraint::parse(&p.constraints).map_err(Status::unknown)?;
     Ok(())
 }
 
@@ -625,7 +566,7 @@ mod tests {
     }
 
     fn check_constraint(expr: &str, expected: Result<(), &str>) {
-        let got = parse_constraints(&[expr.to_string()]).map(|_| ());
+        let got = api::constraint::parse(&[expr.to_string()]).map(|_| ());
         assert_eq!(got, expected.map_err(str::to_string), "{expr}");
     }
 

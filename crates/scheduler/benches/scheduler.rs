@@ -1,0 +1,281 @@
+//! Benchmark (figures printed, nothing asserted): scheduler throughput on SwarmKit's own benchmark
+//! shapes (`manager/scheduler/scheduler_test.go` `benchScheduler`), over a raft-less store.
+//!
+//! Each shape runs in a child process of this binary so that its peak memory (VmHWM) is its own.
+//! Two ways of feeding the scheduler are measured:
+//! - `preloaded`: nodes and PENDING tasks are in the store before the scheduler starts; the clock
+//!   runs from the start of `Scheduler::run` (snapshot included) to the last ASSIGNED event.
+//! - `live`: the scheduler runs on an empty store; the clock runs from the start of the one
+//!   transaction committing nodes and tasks (as SwarmKit's benchmark does) to the last ASSIGNED
+//!   event, so the store's commit of the objects is included.
+//!
+//! Run with `cargo bench -p scheduler --bench scheduler`; `-- <shape name>...` runs only those.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use store::{Event, MemoryStore, WatchFilter};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    nodes: usize,
+    tasks: usize,
+    /// Every task needs network plugin `network`, which every third node has, and each task is a
+    /// service of its own; otherwise all tasks belong to one service version.
+    plugin: bool,
+}
+
+const SHAPES: [Shape; 4] = [
+    Shape {
+        name: "1k-nodes-10k-tasks",
+        nodes: 1_000,
+        tasks: 10_000,
+        plugin: false,
+    },
+    Shape {
+        name: "1k-nodes-100k-tasks",
+        nodes: 1_000,
+        tasks: 100_000,
+        plugin: false,
+    },
+    Shape {
+        name: "5k-nodes-100k-tasks-plugin",
+        nodes: 5_000,
+        tasks: 100_000,
+        plugin: true,
+    },
+    Shape {
+        name: "100k-nodes-1k-tasks",
+        nodes: 100_000,
+        tasks: 1_000,
+        plugin: false,
+    },
+];
+
+const MODES: [&str; 2] = ["preloaded", "live"];
+
+fn node(i: usize, plugin: bool) -> api::Node {
+    let plugins = if plugin && i.is_multiple_of(3) {
+        vec![api::PluginDescription {
+            r#type: "Network".into(),
+            name: "network".into(),
+        }]
+    } else {
+        Vec::new()
+    };
+    api::Node {
+        id: format!("node{i:06}"),
+        spec: Some(api::NodeSpec {
+            annotations: Some(api::Annotations {
+                name: format!("name{i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: Some(api::NodeStatus {
+            state: api::node_status::State::Ready as i32,
+            ..Default::default()
+        }),
+        description: Some(api::NodeDescription {
+            engine: Some(api::EngineDescription {
+                plugins,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn task(i: usize, plugin: bool) -> api::Task {
+    let id = format!("task{i}");
+    let service_id = if plugin {
+        format!("service{i}")
+    } else {
+        "service".to_string()
+    };
+    let networks = if plugin {
+        vec![api::NetworkAttachment {
+            network: Some(api::Network {
+                driver_state: Some(api::Driver {
+                    name: "network".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]
+    } else {
+        Vec::new()
+    };
+    api::Task {
+        service_annotations: Some(api::Annotations {
+            name: id.clone(),
+            ..Default::default()
+        }),
+        id,
+        service_id,
+        spec_version: Some(api::Version { index: 1 }),
+        desired_state: api::TaskState::Running as i32,
+        status: Some(api::TaskStatus {
+            state: api::TaskState::Pending as i32,
+            message: "pending task scheduling".into(),
+            ..Default::default()
+        }),
+        spec: Some(api::TaskSpec::default()),
+        networks,
+        ..Default::default()
+    }
+}
+
+/// Commits the shape's nodes and tasks in one transaction (SwarmKit's benchmark does the same).
+async fn seed(store: &MemoryStore, shape: Shape) {
+    let nodes: Vec<api::Node> = (0..shape.nodes).map(|i| node(i, shape.plugin)).collect();
+    let tasks: Vec<api::Task> = (0..shape.tasks).map(|i| task(i, shape.plugin)).collect();
+    store
+        .update(move |tx| {
+            for n in nodes {
+                tx.create_node(n)?;
+            }
+            for t in tasks {
+                tx.create_task(t)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("seed the store");
+}
+
+/// Commits the shape's nodes and tasks in transactions of 200 objects, which keeps the memory of
+/// the seeding itself low.
+async fn seed_in_batches(store: &MemoryStore, shape: Shape) {
+    for chunk in (0..shape.nodes).collect::<Vec<_>>().chunks(200) {
+        let nodes: Vec<api::Node> = chunk.iter().map(|i| node(*i, shape.plugin)).collect();
+        store
+            .update(move |tx| nodes.into_iter().try_for_each(|n| tx.create_node(n)))
+            .await
+            .expect("seed nodes");
+    }
+    for chunk in (0..shape.tasks).collect::<Vec<_>>().chunks(200) {
+        let tasks: Vec<api::Task> = chunk.iter().map(|i| task(*i, shape.plugin)).collect();
+        store
+            .update(move |tx| tasks.into_iter().try_for_each(|t| tx.create_task(t)))
+            .await
+            .expect("seed tasks");
+    }
+}
+
+/// Waits for `want` tasks to turn ASSIGNED; returns when the last one did.
+async fn count_assigned(mut watcher: store::Watcher, want: usize) -> Instant {
+    let mut assigned = 0;
+    while assigned < want {
+        let event = watcher.recv().await.expect("store open");
+        if let Some(t) = event.object_as::<api::Task>()
+            && t.status.as_ref().map_or(0, |s| s.state) == api::TaskState::Assigned as i32
+            && matches!(event, Event::Object { .. })
+            && event.old_as::<api::Task>().is_some_and(|o| {
+                o.status.as_ref().map_or(0, |s| s.state) != t.status.as_ref().map_or(0, |s| s.state)
+            })
+        {
+            assigned += 1;
+        }
+    }
+    Instant::now()
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs one shape in this process and prints one result line.
+fn run_child(shape: Shape, mode: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let store = MemoryStore::new(None);
+        let shutdown = CancellationToken::new();
+        let (start, before_kib, scheduler, counter, commit) = if mode == "preloaded" {
+            seed_in_batches(&store, shape).await;
+            let watcher = store.watch(WatchFilter::none().tasks());
+            let counter = tokio::spawn(count_assigned(watcher, shape.tasks));
+            let before = vm_hwm_kib();
+            let start = Instant::now();
+            let scheduler =
+                tokio::spawn(scheduler::Scheduler::new(store.clone()).run(shutdown.clone()));
+            (start, before, scheduler, counter, None)
+        } else {
+            let watcher = store.watch(WatchFilter::none().tasks());
+            let counter = tokio::spawn(count_assigned(watcher, shape.tasks));
+            let scheduler =
+                tokio::spawn(scheduler::Scheduler::new(store.clone()).run(shutdown.clone()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let before = vm_hwm_kib();
+            let start = Instant::now();
+            seed(&store, shape).await;
+            let commit = start.elapsed();
+            (start, before, scheduler, counter, Some(commit))
+        };
+        let done = counter.await.expect("counter");
+        let elapsed = done - start;
+        shutdown.cancel();
+        scheduler
+            .await
+            .expect("scheduler task")
+            .expect("scheduler ran");
+        let commit = commit.map_or(String::new(), |c| {
+            format!("  (of which the store commit {:.3} s)", c.as_secs_f64())
+        });
+        println!(
+            "{:<27} {:<9} {:>6} nodes {:>6} tasks {:>7.3} s {:>8.0} tasks/s  VmHWM {:>4} MiB (before start {:>3} MiB){commit}",
+            shape.name,
+            mode,
+            shape.nodes,
+            shape.tasks,
+            elapsed.as_secs_f64(),
+            shape.tasks as f64 / elapsed.as_secs_f64(),
+            vm_hwm_kib() / 1024,
+            before_kib / 1024,
+        );
+    });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let name = &args[pos + 1];
+        let mode = &args[pos + 2];
+        let shape = SHAPES.iter().find(|s| s.name == name).expect("known shape");
+        run_child(*shape, mode);
+        return;
+    }
+    let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let exe = std::env::current_exe().expect("own path");
+    println!(
+        "scheduler benchmark: each line is one child process; time = until the last task is ASSIGNED in the store"
+    );
+    for shape in SHAPES {
+        if !wanted.is_empty() && !wanted.iter().any(|w| shape.name.contains(w.as_str())) {
+            continue;
+        }
+        for mode in MODES {
+            let status = Command::new(&exe)
+                .args(["--child", shape.name, mode])
+                .status()
+                .expect("run child");
+            assert!(status.success(), "{} {mode} failed", shape.name);
+        }
+    }
+}

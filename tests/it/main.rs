@@ -6,4 +6,5 @@ mod harness;
 
 mod cli;
 mod daemon;
+mod orchestration;
 mod persistence;

@@ -9,7 +9,7 @@ pub mod leader;
 mod manager;
 mod server;
 
-pub use manager::{Manager, ManagerConfig};
+pub use manager::{Manager, ManagerConfig, leader_subsystems};
 
 /// Why a manager could not start.
 #[derive(Debug, thiserror::Error)]

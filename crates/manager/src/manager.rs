@@ -1,6 +1,7 @@
 //! One manager: the raft-backed store, the first-start bootstrap, and the gRPC servers (the
 //! control API on the unix socket, health on the remote port). Leader-only subsystems
-//! (orchestrators, scheduler, dispatcher, CA signer) join here in later issues.
+//! (allocator, orchestrators, scheduler, task reaper, constraint enforcer) are listed in
+//! [`leader_subsystems`]; the dispatcher and CA signer join in later issues.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,11 +69,39 @@ impl RaftMembers for LocalMembers {
     }
 }
 
-/// The subsystems that run on the raft leader only.
-fn leader_subsystems() -> Vec<Subsystem> {
-    vec![Subsystem::new("allocator", |store, shutdown| {
-        allocator::Allocator::new(store).run(shutdown)
-    })]
+/// The subsystems that run on the raft leader only: the allocator moves NEW tasks to PENDING, the
+/// orchestrators create and retire tasks, the scheduler assigns PENDING tasks to nodes, the reaper
+/// bounds task history and the constraint enforcer rejects tasks whose node stopped fitting. They
+/// talk only through the store, so their order does not matter.
+pub fn leader_subsystems() -> Vec<Subsystem> {
+    use orchestrator::constraint_enforcer::ConstraintEnforcer;
+    use orchestrator::global::GlobalOrchestrator;
+    use orchestrator::jobs::JobsOrchestrator;
+    use orchestrator::reaper::TaskReaper;
+    use orchestrator::replicated::ReplicatedOrchestrator;
+    vec![
+        Subsystem::new("allocator", |store, shutdown| {
+            allocator::Allocator::new(store).run(shutdown)
+        }),
+        Subsystem::new("replicated orchestrator", |store, shutdown| {
+            ReplicatedOrchestrator::new(store).run(shutdown)
+        }),
+        Subsystem::new("global orchestrator", |store, shutdown| {
+            GlobalOrchestrator::new(store).run(shutdown)
+        }),
+        Subsystem::new("jobs orchestrator", |store, shutdown| {
+            JobsOrchestrator::new(store).run(shutdown)
+        }),
+        Subsystem::new("task reaper", |store, shutdown| {
+            TaskReaper::new(store).run(shutdown)
+        }),
+        Subsystem::new("constraint enforcer", |store, shutdown| {
+            ConstraintEnforcer::new(store).run(shutdown)
+        }),
+        Subsystem::new("scheduler", |store, shutdown| {
+            scheduler::Scheduler::new(store).run(shutdown)
+        }),
+    ]
 }
 
 impl Manager {

@@ -1,6 +1,7 @@
 //! Control API calls on tasks (SwarmKit manager/controlapi/task.go): get, list with filters, and
-//! remove (the orchestrator recreates the slot). Also the runtime name and the "task is dirty"
-//! comparison that list filters use. Tasks are created and updated by the orchestrators only.
+//! remove (the orchestrator recreates the slot). Also the runtime name that list filters use (the
+//! `up_to_date` filter asks the orchestrator's "task is dirty" rule). Tasks are created and updated
+//! by the orchestrators only.
 
 use store::By;
 use tonic::Status;
@@ -27,47 +28,6 @@ fn task_name(t: &api::Task) -> String {
         return own.to_string();
     }
     api::naming::task_name(name_of(&t.service_annotations), t.slot, &t.node_id, &t.id)
-}
-
-/// Whether the task no longer matches its service's spec (orchestrator.IsTaskDirty): differing
-/// task spec (ignoring pull options once the image is in place, and placement when the node still
-/// satisfies it) or differing endpoint spec.
-pub(super) fn is_task_dirty(s: &api::Service, t: &api::Task, node: Option<&api::Node>) -> bool {
-    if let (Some(sv), Some(tv)) = (s.spec_version, t.spec_version)
-        && sv == tv
-    {
-        return false;
-    }
-    let spec = s.spec.clone().unwrap_or_default();
-    let mut service_task = spec.task.clone().unwrap_or_default();
-    let task_spec = t.spec.clone().unwrap_or_default();
-
-    // Only the placement constraints changed and the current node still satisfies them.
-    if let Some(node) = node {
-        let mut without_placement = service_task.clone();
-        without_placement.placement = task_spec.placement.clone();
-        if without_placement == task_spec
-            && let Some(p) = &service_task.placement
-            && api::constraint::parse(&p.constraints)
-                .is_ok_and(|c| api::constraint::node_matches(&c, node))
-        {
-            return false;
-        }
-    }
-
-    let state = t.status.as_ref().map_or(0, |st| st.state);
-    let ignore_pull = t.desired_state <= api::TaskState::Running as i32
-        && state >= api::TaskState::Ready as i32
-        && state <= api::TaskState::Running as i32;
-    if ignore_pull
-        && let (
-            Some(api::task_spec::Runtime::Container(sc)),
-            Some(api::task_spec::Runtime::Container(tc)),
-        ) = (service_task.runtime.as_mut(), task_spec.runtime.as_ref())
-    {
-        sc.pull_options = tc.pull_options.clone();
-    }
-    service_task != task_spec || t.endpoint.as_ref().is_some_and(|e| e.spec != spec.endpoint)
 }
 
 pub(super) async fn get(
@@ -148,7 +108,11 @@ pub(super) async fn list(
                     && (f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state))
                     && (!f.up_to_date
                         || tx.get_service(&t.service_id).is_some_and(|s| {
-                            !is_task_dirty(&s, t, tx.get_node(&t.node_id).as_ref())
+                            !orchestrator::task::is_task_dirty(
+                                &s,
+                                t,
+                                tx.get_node(&t.node_id).as_ref(),
+                            )
                         }))
             })
             .collect()

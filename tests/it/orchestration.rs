@@ -1,0 +1,213 @@
+//! Orchestration through the real binaries on one node (no agent yet, so tasks stop at ASSIGNED):
+//! the replicated and global orchestrators create tasks, the allocator and scheduler take them to
+//! ASSIGNED on the node, scaling down retires the highest slots, an unplaceable task explains itself
+//! and is placed once the node fits, draining shuts tasks down and keeps replacements pending.
+
+use std::time::Duration;
+
+use crate::harness::{Swarmd, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `task ls` (or `task ls -a`) rows as (service.slot, desired state, last state word, node).
+fn task_rows(d: &Swarmd, all: bool) -> Vec<(String, String, String, String)> {
+    let args: &[&str] = if all {
+        &["task", "ls", "-a"]
+    } else {
+        &["task", "ls"]
+    };
+    let out = d.ctl(args).ok().to_string();
+    let mut rows: Vec<_> = out
+        .lines()
+        .skip(2)
+        .map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // ID, service.slot, desired, last state word, relative time words..., node
+            let node = if cols.last().is_some_and(|c| *c == "node-1") {
+                "node-1"
+            } else {
+                ""
+            };
+            (
+                cols[1].to_string(),
+                cols[2].to_string(),
+                cols[3].to_string(),
+                node.to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn row(
+    service_slot: &str,
+    desired: &str,
+    state: &str,
+    node: &str,
+) -> (String, String, String, String) {
+    (
+        service_slot.to_string(),
+        desired.to_string(),
+        state.to_string(),
+        node.to_string(),
+    )
+}
+
+#[test]
+fn replicated_tasks_are_assigned_and_scaled_down_from_the_top() {
+    let d = Swarmd::start();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        "busybox",
+        "--replicas",
+        "3",
+    ])
+    .ok();
+    let want = vec![
+        row("web.1", "RUNNING", "ASSIGNED", "node-1"),
+        row("web.2", "RUNNING", "ASSIGNED", "node-1"),
+        row("web.3", "RUNNING", "ASSIGNED", "node-1"),
+    ];
+    wait_for("three tasks assigned", WAIT, || {
+        (task_rows(&d, false) == want).then_some(())
+    });
+
+    d.ctl(&["service", "update", "web", "--replicas", "1"]).ok();
+    wait_for("slots 2 and 3 retired", WAIT, || {
+        (task_rows(&d, false) == vec![row("web.1", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
+    });
+    let all = task_rows(&d, true);
+    assert!(
+        all.contains(&row("web.2", "REMOVE", "ASSIGNED", "node-1"))
+            && all.contains(&row("web.3", "REMOVE", "ASSIGNED", "node-1")),
+        "{all:?}"
+    );
+
+    // Removing the service takes its tasks with it (they are not running: no agent yet, so the
+    // reaper may delete them once they are marked for removal and stopped; at least none stays
+    // desired RUNNING).
+    d.ctl(&["service", "rm", "web"]).ok();
+    wait_for("no task desired running", WAIT, || {
+        task_rows(&d, false).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn global_service_gets_one_task_on_the_node() {
+    let d = Swarmd::start();
+    d.ctl(&[
+        "service", "create", "--name", "glob", "--image", "busybox", "--mode", "global",
+    ])
+    .ok();
+    wait_for("global task assigned", WAIT, || {
+        (task_rows(&d, false) == vec![row("glob.0", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
+    });
+}
+
+#[test]
+fn unplaceable_task_explains_why_and_is_placed_once_the_node_fits() {
+    let d = Swarmd::start();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "x4",
+        "--image",
+        "busybox",
+        "--constraint",
+        "node.labels.zone==east",
+    ])
+    .ok();
+    let id = wait_for("task pending with a reason", WAIT, || {
+        let out = d.ctl(&["task", "ls", "-q"]).ok().trim().to_string();
+        if out.is_empty() {
+            return None;
+        }
+        let inspect = d.ctl(&["task", "inspect", &out]).ok().to_string();
+        inspect
+            .contains(
+                "  Error                : no suitable node (scheduling constraints not satisfied on 1 node)\n",
+            )
+            .then_some(out)
+    });
+    let inspect = d.ctl(&["task", "inspect", &id]).ok().to_string();
+    assert!(
+        inspect.contains("  Last State           : PENDING\n"),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains("  Message              : pending task scheduling\n"),
+        "{inspect}"
+    );
+
+    d.ctl(&["node", "update", "node-1", "--label", "zone=east"])
+        .ok();
+    wait_for("task placed after the label", WAIT, || {
+        (task_rows(&d, false) == vec![row("x4.1", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
+    });
+}
+
+#[test]
+fn drain_shuts_tasks_down_and_activate_places_replacements() {
+    let d = Swarmd::start();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        "busybox",
+        "--replicas",
+        "2",
+    ])
+    .ok();
+    wait_for("two tasks assigned", WAIT, || {
+        (task_rows(&d, false).len() == 2 && task_rows(&d, false).iter().all(|r| r.2 == "ASSIGNED"))
+            .then_some(())
+    });
+
+    d.ctl(&["node", "drain", "node-1"]).ok();
+    // The old tasks are shut down and each slot gets a replacement that cannot be placed.
+    wait_for("replacements pending", WAIT, || {
+        let all = task_rows(&d, true);
+        let shut = all
+            .iter()
+            .filter(|r| r.1 == "SHUTDOWN" && r.3 == "node-1")
+            .count();
+        let pending = all
+            .iter()
+            .filter(|r| (r.1 == "READY" || r.1 == "RUNNING") && r.2 == "PENDING")
+            .count();
+        (shut == 2 && pending == 2).then_some(())
+    });
+    // The scheduler explains why after its next pass.
+    wait_for("pending replacement explained", WAIT, || {
+        let listing = d.ctl(&["task", "ls"]).ok().to_string();
+        let pending_id = listing
+            .lines()
+            .find(|l| l.contains(" PENDING "))
+            .and_then(|l| l.split_whitespace().next())?
+            .to_string();
+        let inspect = d.ctl(&["task", "inspect", &pending_id]).ok().to_string();
+        inspect
+            .contains(
+                "  Error                : no suitable node (1 node not available for new tasks)\n",
+            )
+            .then_some(())
+    });
+
+    d.ctl(&["node", "activate", "node-1"]).ok();
+    wait_for("replacements assigned", WAIT, || {
+        let all = task_rows(&d, true);
+        let assigned = all
+            .iter()
+            .filter(|r| r.1 != "SHUTDOWN" && r.2 == "ASSIGNED" && r.3 == "node-1")
+            .count();
+        (assigned == 2).then_some(())
+    });
+}

@@ -69,11 +69,29 @@ impl<T: StoreObject> Table<T> {
         self.objects.len()
     }
 
-    /// Inserts or replaces an object, re-indexing it.
+    /// Inserts or replaces an object, re-indexing it. A replacement keeps its map entry and only
+    /// touches the index keys that changed (most updates change none: a task's status, say).
     pub fn insert(&mut self, object: T) {
+        let new_keys = object.index_keys();
+        if let Some(stored) = self.objects.get_mut(object.id()) {
+            let old_keys = stored.index_keys();
+            let id = object.id();
+            for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+                if let Some(ids) = self.index.get_mut(key) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        self.index.remove(key);
+                    }
+                }
+            }
+            for key in new_keys.into_iter().filter(|k| !old_keys.contains(k)) {
+                self.index.entry(key).or_default().insert(id.to_string());
+            }
+            *stored = object;
+            return;
+        }
         let id = object.id().to_string();
-        self.remove(&id);
-        for key in object.index_keys() {
+        for key in new_keys {
             self.index.entry(key).or_default().insert(id.clone());
         }
         self.objects.insert(id, object);

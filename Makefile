@@ -29,9 +29,11 @@ fix:
 	$(CARGO) fmt --all
 	$(CARGO) clippy --workspace --all-targets --fix --allow-dirty -- -D warnings
 
-# Control API throughput/latency and raft commit rate vs raw fsync rate (figures printed).
+# Control API throughput/latency and raft commit rate vs raw fsync rate; scheduler throughput and
+# peak memory on SwarmKit's benchmark shapes (figures printed).
 bench:
 	$(CARGO) bench --bench control_api
+	$(CARGO) bench -p scheduler --bench scheduler
 
 clean:
 	$(CARGO) clean

@@ -211,3 +211,63 @@ fn drain_shuts_tasks_down_and_activate_places_replacements() {
         (assigned == 2).then_some(())
     });
 }
+
+/// `service update --image` starts a rolling update that `service inspect` reports; `--rollback`
+/// asks for the previous spec (the reference CLI has no such flag) and `--force` redeploys. With no
+/// agent the new tasks never run, so the updates stay in progress, which is what inspect shows.
+#[test]
+fn update_rollback_and_force_show_in_inspect() {
+    let d = Swarmd::start();
+    d.ctl(&["service", "create", "--name", "web", "--image", "busybox:1"])
+        .ok();
+    wait_for("task assigned", WAIT, || {
+        (task_rows(&d, false) == vec![row("web.1", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
+    });
+
+    d.ctl(&["service", "update", "web", "--image", "busybox:2"])
+        .ok();
+    let inspect = wait_for("update in progress", WAIT, || {
+        let out = squash(d.ctl(&["service", "inspect", "web"]).ok());
+        out.contains("\n State : UPDATING\n").then_some(out)
+    });
+    for line in [
+        "\nUpdate Status\n",
+        "\n Message : update in progress\n",
+        "\n Image : busybox:2\n",
+    ] {
+        assert!(inspect.contains(line), "{line:?} in\n{inspect}");
+    }
+
+    d.ctl(&["service", "update", "web", "--rollback"]).ok();
+    let inspect = wait_for("rollback started", WAIT, || {
+        let out = squash(d.ctl(&["service", "inspect", "web"]).ok());
+        out.contains("\n State : ROLLBACK_STARTED\n").then_some(out)
+    });
+    for line in [
+        "\n Message : manually requested rollback\n",
+        "\n Image : busybox:1\n",
+    ] {
+        assert!(inspect.contains(line), "{line:?} in\n{inspect}");
+    }
+
+    // --force redeploys: a task of the new spec version appears in slot 1.
+    let before = d.ctl(&["task", "ls", "-a", "-q"]).ok().lines().count();
+    d.ctl(&["service", "update", "web", "--force"]).ok();
+    wait_for("forced redeploy creates a task", WAIT, || {
+        (d.ctl(&["task", "ls", "-a", "-q"]).ok().lines().count() > before).then_some(())
+    });
+}
+
+/// `text` with each line's leading spaces cut to at most one and inner runs of whitespace to one
+/// space, so layout checks do not depend on the column width a table happens to get.
+fn squash(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with(' ') {
+            out.push(' ');
+        }
+        out.push_str(&line.split_whitespace().collect::<Vec<_>>().join(" "));
+        out.push('\n');
+    }
+    out
+}

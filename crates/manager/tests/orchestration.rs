@@ -714,3 +714,51 @@ async fn drain_and_pause() {
     })
     .await;
 }
+
+/// A rollback asked for through UpdateService (rollback = PREVIOUS) brings back the previous spec
+/// and every slot runs it again.
+#[tokio::test(start_paused = true)]
+async fn manual_rollback_restores_the_previous_spec() {
+    let c = TestCluster::start(2).await;
+    let id = c.create_service("web", "busybox:1", 3).await;
+    c.wait_until("created", |s| s.service_settled(&id, 3)).await;
+    c.update_service(&id, |spec| {
+        if let Some(api::task_spec::Runtime::Container(cs)) =
+            spec.task.as_mut().and_then(|t| t.runtime.as_mut())
+        {
+            cs.image = "busybox:2".into();
+        }
+    })
+    .await;
+    wait_update_state(&c, &id, UpdateState::Completed).await;
+    c.wait_until("updated", |s| s.service_settled(&id, 3)).await;
+
+    let service = c.service(&id);
+    c.ctl
+        .update_service(Request::new(api::UpdateServiceRequest {
+            service_id: id.clone(),
+            service_version: service.meta.and_then(|m| m.version),
+            spec: service.spec.clone(),
+            rollback: api::update_service_request::Rollback::Previous as i32,
+        }))
+        .await
+        .expect("rollback");
+    let message = wait_update_state(&c, &id, UpdateState::RollbackCompleted).await;
+    assert_eq!(message, "rollback completed");
+    c.wait_until("rolled back", |s| {
+        s.service_settled(&id, 3)?;
+        let images: BTreeSet<String> = s
+            .desired_running(&id)
+            .filter_map(|t| match t.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
+                Some(api::task_spec::Runtime::Container(cs)) => Some(cs.image.clone()),
+                _ => None,
+            })
+            .collect();
+        if images.len() == 1 && images.contains("busybox:1") {
+            Ok(())
+        } else {
+            Err(format!("images {images:?}"))
+        }
+    })
+    .await;
+}

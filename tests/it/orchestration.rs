@@ -271,3 +271,47 @@ fn squash(text: &str) -> String {
     }
     out
 }
+
+/// Jobs (our `--mode replicated-job|global-job`): at most `--max-concurrent` tasks of a replicated
+/// job at once, slots from 0, desired COMPLETE (so only `task ls -a` lists them); a global job gets
+/// one task on the node.
+#[test]
+fn jobs_run_up_to_max_concurrent_tasks() {
+    let d = Swarmd::start();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "job",
+        "--image",
+        "busybox",
+        "--mode",
+        "replicated-job",
+        "--total-completions",
+        "3",
+        "--max-concurrent",
+        "2",
+    ])
+    .ok();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "gj",
+        "--image",
+        "busybox",
+        "--mode",
+        "global-job",
+    ])
+    .ok();
+    wait_for("job tasks assigned", WAIT, || {
+        (task_rows(&d, true)
+            == vec![
+                row("gj.0", "COMPLETE", "ASSIGNED", "node-1"),
+                row("job.0", "COMPLETE", "ASSIGNED", "node-1"),
+                row("job.1", "COMPLETE", "ASSIGNED", "node-1"),
+            ])
+        .then_some(())
+    });
+    assert!(task_rows(&d, false).is_empty());
+}

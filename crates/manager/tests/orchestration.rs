@@ -305,8 +305,8 @@ async fn fake_agent(store: MemoryStore, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             event = watcher.recv() => match event {
                 Some(Event::Object { object, .. }) => {
-                    if let Some(api::object::Object::Task(t)) = object.object {
-                        dirty.insert(t.id);
+                    if let Some(api::object::Object::Task(t)) = &object.object {
+                        dirty.insert(t.id.clone());
                     }
                 }
                 Some(Event::Commit { .. }) => {}

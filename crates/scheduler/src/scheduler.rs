@@ -212,7 +212,7 @@ impl Scheduler {
             self.on_task(kind, task);
         } else if let Some(service) = api::Service::in_object(&object) {
             self.on_service(kind, service);
-        } else if let Some(node) = api::Node::from_object(object) {
+        } else if let Some(node) = api::Node::in_object(&object).cloned() {
             if kind == EventKind::Remove {
                 self.nodes.remove_node(&node.id);
             } else {

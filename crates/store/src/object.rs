@@ -134,9 +134,11 @@ pub trait StoreObject: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     #[doc(hidden)]
     fn table_mut(tables: &mut Tables) -> &mut Table<Self>;
     #[doc(hidden)]
-    fn overlay(overlay: &Overlay) -> &std::collections::BTreeMap<String, Option<Self>>;
+    fn overlay(overlay: &Overlay) -> &std::collections::BTreeMap<String, Option<Box<Self>>>;
     #[doc(hidden)]
-    fn overlay_mut(overlay: &mut Overlay) -> &mut std::collections::BTreeMap<String, Option<Self>>;
+    fn overlay_mut(
+        overlay: &mut Overlay,
+    ) -> &mut std::collections::BTreeMap<String, Option<Box<Self>>>;
 }
 
 /// Implements the boilerplate of [`StoreObject`]; `$name` and `$keys` are the per-kind functions.
@@ -193,12 +195,14 @@ macro_rules! store_object {
             fn table_mut(tables: &mut Tables) -> &mut Table<Self> {
                 &mut tables.$field
             }
-            fn overlay(overlay: &Overlay) -> &std::collections::BTreeMap<String, Option<Self>> {
+            fn overlay(
+                overlay: &Overlay,
+            ) -> &std::collections::BTreeMap<String, Option<Box<Self>>> {
                 &overlay.$field
             }
             fn overlay_mut(
                 overlay: &mut Overlay,
-            ) -> &mut std::collections::BTreeMap<String, Option<Self>> {
+            ) -> &mut std::collections::BTreeMap<String, Option<Box<Self>>> {
                 &mut overlay.$field
             }
         }

@@ -40,7 +40,8 @@ pub enum Index {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Table<T> {
-    objects: BTreeMap<String, T>,
+    /// Boxed: a task is ~2 KB, and B-tree nodes shift their values on insert.
+    objects: BTreeMap<String, Box<T>>,
     index: BTreeMap<(Index, String), BTreeSet<String>>,
 }
 
@@ -56,12 +57,12 @@ impl<T> Default for Table<T> {
 impl<T: StoreObject> Table<T> {
     /// The object with this ID.
     pub fn get(&self, id: &str) -> Option<&T> {
-        self.objects.get(id)
+        self.objects.get(id).map(|o| &**o)
     }
 
     /// All objects, by ascending ID.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.objects.values()
+        self.objects.values().map(|o| &**o)
     }
 
     /// Number of objects.
@@ -87,14 +88,14 @@ impl<T: StoreObject> Table<T> {
             for key in new_keys.into_iter().filter(|k| !old_keys.contains(k)) {
                 self.index.entry(key).or_default().insert(id.to_string());
             }
-            *stored = object;
+            **stored = object;
             return;
         }
         let id = object.id().to_string();
         for key in new_keys {
             self.index.entry(key).or_default().insert(id.clone());
         }
-        self.objects.insert(id, object);
+        self.objects.insert(id, Box::new(object));
     }
 
     /// Removes an object and its index entries.
@@ -108,7 +109,7 @@ impl<T: StoreObject> Table<T> {
                 }
             }
         }
-        Some(old)
+        Some(*old)
     }
 
     /// IDs of the objects the query selects.
@@ -172,7 +173,7 @@ macro_rules! tables {
         #[doc(hidden)]
         #[derive(Debug, Default)]
         pub struct Overlay {
-            $(pub(crate) $field: BTreeMap<String, Option<api::$ty>>,)*
+            $(pub(crate) $field: BTreeMap<String, Option<Box<api::$ty>>>,)*
         }
 
         impl Tables {
@@ -195,7 +196,7 @@ macro_rules! tables {
                 $(
                     for (id, change) in self.$field {
                         match change {
-                            Some(object) => tables.$field.insert(object),
+                            Some(object) => tables.$field.insert(*object),
                             None => {
                                 tables.$field.remove(&id);
                             }

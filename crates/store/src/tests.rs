@@ -347,7 +347,9 @@ async fn watch_gets_snapshot_then_every_later_event_without_gap() {
                 object,
                 old: None,
             } => {
-                let t = api::Task::from_object(object).expect("only tasks are watched");
+                let t = api::Task::in_object(&object)
+                    .cloned()
+                    .expect("only tasks are watched");
                 assert!(
                     !snapshot.contains(&t.id),
                     "event for {} already in the snapshot",

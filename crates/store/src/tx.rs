@@ -33,7 +33,7 @@ impl<'a> ReadTx<'a> {
     /// The object of type `T` with this ID: `tx.get::<api::Node>(id)`.
     pub fn get<T: StoreObject>(&self, id: &str) -> Option<T> {
         match T::overlay(&self.overlay).get(id) {
-            Some(change) => change.clone(),
+            Some(change) => change.as_deref().cloned(),
             None => T::table(self.base).get(id).cloned(),
         }
     }
@@ -197,7 +197,7 @@ impl<'a> Tx<'a> {
                     .push(Event::object(EventKind::Create, object.clone(), None))
             }
         }
-        T::overlay_mut(&mut self.read.overlay).insert(id, Some(object));
+        T::overlay_mut(&mut self.read.overlay).insert(id, Some(Box::new(object)));
         Ok(())
     }
 
@@ -233,7 +233,7 @@ impl<'a> Tx<'a> {
                     .push(Event::object(EventKind::Update, object.clone(), Some(old)))
             }
         }
-        T::overlay_mut(&mut self.read.overlay).insert(id, Some(object));
+        T::overlay_mut(&mut self.read.overlay).insert(id, Some(Box::new(object)));
         Ok(())
     }
 

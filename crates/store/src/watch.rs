@@ -3,6 +3,8 @@
 //! never stall `apply_committed` (and with it raft); it only costs memory until it catches up.
 //! Registering a watcher atomically with a view is `MemoryStore`'s job.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::object::{Kind, StoreObject};
@@ -29,10 +31,10 @@ pub enum Event {
     Object {
         /// What happened.
         kind: EventKind,
-        /// The object after the change.
-        object: api::Object,
+        /// The object after the change (shared: every watcher gets the same copy).
+        object: Arc<api::Object>,
         /// The object before an update.
-        old: Option<api::Object>,
+        old: Option<Arc<api::Object>>,
     },
     /// Every change of the raft entry at index `version` has been delivered.
     Commit {
@@ -102,8 +104,8 @@ impl Event {
     pub(crate) fn object<T: StoreObject>(kind: EventKind, object: T, old: Option<T>) -> Event {
         Event::Object {
             kind,
-            object: object.into_object(),
-            old: old.map(T::into_object),
+            object: Arc::new(object.into_object()),
+            old: old.map(|o| Arc::new(o.into_object())),
         }
     }
 }

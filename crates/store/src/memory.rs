@@ -141,7 +141,7 @@ impl MemoryStore {
             }
             None => {
                 let index = self.last_index() + 1;
-                self.apply_committed(index, &actions)?;
+                self.apply_actions(index, actions.into_iter())?;
             }
         }
         Ok(result)
@@ -156,17 +156,29 @@ impl MemoryStore {
         index: u64,
         actions: &[api::StoreAction],
     ) -> Result<(), StoreError> {
+        self.apply_actions(index, actions.iter().cloned())
+    }
+
+    /// [`MemoryStore::apply_committed`] taking the actions by value (the proposer-less write path
+    /// hands over what it built instead of copying it).
+    fn apply_actions(
+        &self,
+        index: u64,
+        actions: impl Iterator<Item = api::StoreAction>,
+    ) -> Result<(), StoreError> {
         let mut state = self.write_state();
+        let mut any = false;
         let (overlay, mut events) = {
             let mut tx = Tx::new(&state.tables, Mode::Apply(index));
             for action in actions {
+                any = true;
                 tx.apply_action(action)?;
             }
             tx.into_changes()
         };
         overlay.commit(&mut state.tables);
         state.last_index = state.last_index.max(index);
-        if !actions.is_empty() {
+        if any {
             events.push(Event::Commit { version: index });
             self.publish(&events);
         }

@@ -32,9 +32,14 @@ impl<'a> ReadTx<'a> {
 
     /// The object of type `T` with this ID: `tx.get::<api::Node>(id)`.
     pub fn get<T: StoreObject>(&self, id: &str) -> Option<T> {
+        self.get_ref(id).cloned()
+    }
+
+    /// Like [`ReadTx::get`], borrowing instead of copying.
+    fn get_ref<T: StoreObject>(&self, id: &str) -> Option<&T> {
         match T::overlay(&self.overlay).get(id) {
-            Some(change) => change.as_deref().cloned(),
-            None => T::table(self.base).get(id).cloned(),
+            Some(change) => change.as_deref(),
+            None => T::table(self.base).get(id),
         }
     }
 
@@ -176,7 +181,7 @@ impl<'a> Tx<'a> {
         if id.is_empty() {
             return Err(StoreError::Invalid(format!("{} has no ID", T::KIND)));
         }
-        if self.read.get::<T>(&id).is_some() {
+        if self.read.get_ref::<T>(&id).is_some() {
             return Err(StoreError::Exists { kind: T::KIND, id });
         }
         self.check_name(&object)?;
@@ -206,16 +211,18 @@ impl<'a> Tx<'a> {
     /// Sets `meta.updated_at = now`.
     pub fn update<T: StoreObject>(&mut self, mut object: T) -> Result<(), StoreError> {
         let id = object.id().to_string();
-        let Some(old) = self.read.get::<T>(&id) else {
+        let Some(stored) = self.read.get_ref::<T>(&id) else {
             return Err(StoreError::NotFound { kind: T::KIND, id });
         };
-        if self.mode == Mode::Local && old.version() != object.version() {
+        if self.mode == Mode::Local && stored.version() != object.version() {
             return Err(StoreError::SequenceConflict { kind: T::KIND, id });
         }
+        let created_at = stored.meta().and_then(|m| m.created_at);
+        // Only events carry the previous version; a local write needs no copy of it.
+        let old = (self.mode != Mode::Local).then(|| stored.clone());
         self.check_name(&object)?;
         match self.mode {
             Mode::Local => {
-                let created_at = old.meta().and_then(|m| m.created_at);
                 let meta = object.meta_mut();
                 meta.updated_at = Some(self.now);
                 if meta.created_at.is_none() {
@@ -226,11 +233,11 @@ impl<'a> Tx<'a> {
             Mode::Apply(index) => {
                 object.meta_mut().version = Some(api::Version { index });
                 self.events
-                    .push(Event::object(EventKind::Update, object.clone(), Some(old)));
+                    .push(Event::object(EventKind::Update, object.clone(), old));
             }
             Mode::Restore => {
                 self.events
-                    .push(Event::object(EventKind::Update, object.clone(), Some(old)))
+                    .push(Event::object(EventKind::Update, object.clone(), old))
             }
         }
         T::overlay_mut(&mut self.read.overlay).insert(id, Some(Box::new(object)));
@@ -278,8 +285,8 @@ impl<'a> Tx<'a> {
     }
 
     /// Applies one committed action (in `Mode::Apply`).
-    pub(crate) fn apply_action(&mut self, action: &api::StoreAction) -> Result<(), StoreError> {
-        let Some(target) = action.target.clone() else {
+    pub(crate) fn apply_action(&mut self, action: api::StoreAction) -> Result<(), StoreError> {
+        let Some(target) = action.target else {
             return Err(StoreError::Invalid("store action has no target".into()));
         };
         let kind = api::StoreActionKind::try_from(action.action)

@@ -11,12 +11,14 @@
 //! commit, in batched transactions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 
-use store::{By, Event, EventKind, MemoryStore, WatchFilter};
+use store::{By, Event, EventKind, MemoryStore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::Error;
+use crate::reconcile::{self, Reconciler};
 use crate::replicated::remove_service_tasks;
 use crate::restart::RestartSupervisor;
 use crate::task::{
@@ -100,46 +102,7 @@ impl GlobalOrchestrator {
     /// Runs until `shutdown` fires; an `Err` means the orchestrator cannot go on (its watch ended).
     /// Pending delayed starts and running updates are cancelled when it returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let result = self.run_loop(&shutdown).await;
-        self.updater.cancel_all();
-        self.restarts.cancel_all();
-        result
-    }
-
-    async fn run_loop(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
-        let ((cluster, services, tasks, nodes), mut events) = self.store.view_and_watch(
-            WatchFilter::none().tasks().services().nodes().clusters(),
-            |tx| {
-                (
-                    tx.find_clusters(By::All).into_iter().next(),
-                    tx.find_services(By::All),
-                    tx.find_tasks(By::All),
-                    tx.find_nodes(By::All),
-                )
-            },
-        );
-        self.cluster = cluster;
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            () = self.init(services, tasks, nodes) => {}
-        }
-        loop {
-            let ev = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(()),
-                ev = events.recv() => ev.ok_or(Error::WatchClosed)?,
-            };
-            if let Event::Commit { .. } = ev {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = self.tick() => {}
-                }
-            } else {
-                self.handle(&ev);
-            }
-        }
+        reconcile::run(&mut self, &shutdown).await
     }
 
     /// Start-up: learns nodes and services, shuts down tasks left on nodes that went away and
@@ -483,6 +446,38 @@ async fn apply(store: &MemoryStore, writes: Vec<Write>, what: &str) {
         }
     })
     .await;
+}
+
+impl Reconciler for GlobalOrchestrator {
+    fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    fn set_cluster(&mut self, cluster: Option<api::Cluster>) {
+        self.cluster = cluster;
+    }
+
+    fn init(
+        &mut self,
+        services: Vec<api::Service>,
+        tasks: Vec<api::Task>,
+        nodes: Vec<api::Node>,
+    ) -> impl Future<Output = ()> + Send {
+        GlobalOrchestrator::init(self, services, tasks, nodes)
+    }
+
+    fn handle(&mut self, event: &Event) {
+        GlobalOrchestrator::handle(self, event);
+    }
+
+    fn tick(&mut self) -> impl Future<Output = ()> + Send {
+        GlobalOrchestrator::tick(self)
+    }
+
+    fn stop(&mut self) {
+        self.updater.cancel_all();
+        self.restarts.cancel_all();
+    }
 }
 
 #[cfg(test)]

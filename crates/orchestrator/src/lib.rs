@@ -13,6 +13,7 @@ mod error;
 pub mod global;
 pub mod jobs;
 pub mod reaper;
+mod reconcile;
 pub mod replicated;
 pub mod restart;
 pub mod task;

@@ -12,12 +12,14 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 
-use store::{By, Event, EventKind, MemoryStore, ReadTx, WatchFilter};
+use store::{By, Event, EventKind, MemoryStore, ReadTx};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::Error;
+use crate::reconcile::{self, Reconciler};
 use crate::restart::RestartSupervisor;
 use crate::task::{
     in_batches, invalid_node, is_replicated, new_task, observed, set_desired, state,
@@ -69,50 +71,7 @@ impl ReplicatedOrchestrator {
     /// Runs until `shutdown` fires; an `Err` means the orchestrator cannot go on (its watch ended).
     /// Pending delayed starts and running updates are cancelled when it returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let result = self.run_loop(&shutdown).await;
-        self.updater.cancel_all();
-        self.restarts.cancel_all();
-        result
-    }
-
-    async fn run_loop(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
-        let ((cluster, services, tasks, nodes), mut events) = self.store.view_and_watch(
-            WatchFilter::none().tasks().services().nodes().clusters(),
-            |tx| {
-                (
-                    tx.find_clusters(By::All).into_iter().next(),
-                    tx.find_services(By::All),
-                    tx.find_tasks(By::All),
-                    tx.find_nodes(By::All),
-                )
-            },
-        );
-        self.cluster = cluster;
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            () = self.init(services, tasks, nodes) => {}
-        }
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(()),
-                ev = events.recv() => {
-                    let Some(ev) = ev else {
-                        return Err(Error::WatchClosed);
-                    };
-                    if let Event::Commit { .. } = ev {
-                        tokio::select! {
-                            biased;
-                            () = shutdown.cancelled() => return Ok(()),
-                            () = self.tick() => {}
-                        }
-                    } else {
-                        self.handle(&ev);
-                    }
-                }
-            }
-        }
+        reconcile::run(&mut self, &shutdown).await
     }
 
     /// Start-up: deletes tasks of services that no longer exist, queues restarts of tasks that
@@ -478,6 +437,38 @@ pub(crate) async fn remove_service_tasks(store: &MemoryStore, service_id: &str) 
         |tx, id| set_desired(tx, &id, api::TaskState::Remove).map(drop),
     )
     .await;
+}
+
+impl Reconciler for ReplicatedOrchestrator {
+    fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    fn set_cluster(&mut self, cluster: Option<api::Cluster>) {
+        self.cluster = cluster;
+    }
+
+    fn init(
+        &mut self,
+        services: Vec<api::Service>,
+        tasks: Vec<api::Task>,
+        nodes: Vec<api::Node>,
+    ) -> impl Future<Output = ()> + Send {
+        ReplicatedOrchestrator::init(self, services, tasks, nodes)
+    }
+
+    fn handle(&mut self, event: &Event) {
+        ReplicatedOrchestrator::handle(self, event);
+    }
+
+    fn tick(&mut self) -> impl Future<Output = ()> + Send {
+        ReplicatedOrchestrator::tick(self)
+    }
+
+    fn stop(&mut self) {
+        self.updater.cancel_all();
+        self.restarts.cancel_all();
+    }
 }
 
 #[cfg(test)]

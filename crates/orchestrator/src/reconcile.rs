@@ -1,0 +1,78 @@
+//! The event loop the replicated and global orchestrators share: a snapshot of the cluster,
+//! services, tasks and nodes with a watch started at the same point, `init` on the snapshot, then
+//! `handle` on every change and `tick` at every commit (so a batch of changes is acted on once),
+//! until shutdown. Both supervisors' background work is cancelled when the loop ends.
+
+use std::future::Future;
+
+use store::{By, Event, MemoryStore, WatchFilter};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// What an orchestrator plugs into [`run`].
+pub(crate) trait Reconciler: Send {
+    /// The store watched.
+    fn store(&self) -> &MemoryStore;
+    /// Keeps the cluster object (task defaults) seen at start.
+    fn set_cluster(&mut self, cluster: Option<api::Cluster>);
+    /// Start-up work on the snapshot.
+    fn init(
+        &mut self,
+        services: Vec<api::Service>,
+        tasks: Vec<api::Task>,
+        nodes: Vec<api::Node>,
+    ) -> impl Future<Output = ()> + Send;
+    /// Records what one change asks for.
+    fn handle(&mut self, event: &Event);
+    /// Does the recorded work; called at each commit.
+    fn tick(&mut self) -> impl Future<Output = ()> + Send;
+    /// Cancels running updates and delayed starts.
+    fn stop(&mut self);
+}
+
+/// Runs `r` until `shutdown` fires (Ok) or the watch ends (`Error::WatchClosed`).
+pub(crate) async fn run<R: Reconciler>(
+    r: &mut R,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let result = run_loop(r, shutdown).await;
+    r.stop();
+    result
+}
+
+async fn run_loop<R: Reconciler>(r: &mut R, shutdown: &CancellationToken) -> Result<(), Error> {
+    let ((cluster, services, tasks, nodes), mut events) = r.store().view_and_watch(
+        WatchFilter::none().tasks().services().nodes().clusters(),
+        |tx| {
+            (
+                tx.find_clusters(By::All).into_iter().next(),
+                tx.find_services(By::All),
+                tx.find_tasks(By::All),
+                tx.find_nodes(By::All),
+            )
+        },
+    );
+    r.set_cluster(cluster);
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return Ok(()),
+        () = r.init(services, tasks, nodes) => {}
+    }
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            event = events.recv() => event.ok_or(Error::WatchClosed)?,
+        };
+        if let Event::Commit { .. } = event {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                () = r.tick() => {}
+            }
+        } else {
+            r.handle(&event);
+        }
+    }
+}

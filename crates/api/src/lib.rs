@@ -22,4 +22,5 @@ pub mod docker {
 pub use docker::swarmkit::v1::*;
 
 pub mod constraint;
+pub mod genericresource;
 pub mod naming;

@@ -4,7 +4,7 @@
 //! REJECTED; the orchestrators then replace them elsewhere. Only ACTIVE nodes are checked: a paused
 //! node keeps what it runs, a drained one is emptied by the orchestrators.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use store::{By, Event, EventKind, MemoryStore, WatchFilter};
@@ -126,7 +126,7 @@ fn noncompliant_tasks(
         .unwrap_or_default();
     let mut memory = resources.memory_bytes;
     let mut cpus = resources.nano_cpus;
-    let mut generic = GenericPool::new(&resources.generic);
+    let mut generic = resources.generic;
     let mut out = Vec::new();
     for task in tasks {
         let desired = task.desired_state;
@@ -168,68 +168,17 @@ fn noncompliant_tasks(
             memory -= r.memory_bytes;
             cpus -= r.nano_cpus;
         }
-        if !generic.claim(&task.assigned_generic_resources) {
+        let assigned = &task.assigned_generic_resources;
+        if !assigned
+            .iter()
+            .all(|r| api::genericresource::has_resource(r, &generic))
+        {
             out.push(task.id.clone());
+            continue;
         }
+        api::genericresource::consume(&mut generic, assigned);
     }
     out
-}
-
-/// What is left of a node's generic resources while tasks claim theirs.
-struct GenericPool {
-    /// Discrete resources: kind -> units left.
-    discrete: BTreeMap<String, i64>,
-    /// Named resources: (kind, value) still free.
-    named: Vec<(String, String)>,
-}
-
-impl GenericPool {
-    fn new(resources: &[api::GenericResource]) -> Self {
-        let mut pool = GenericPool {
-            discrete: BTreeMap::new(),
-            named: Vec::new(),
-        };
-        for r in resources {
-            match &r.resource {
-                Some(api::generic_resource::Resource::DiscreteResourceSpec(d)) => {
-                    *pool.discrete.entry(d.kind.clone()).or_default() += d.value;
-                }
-                Some(api::generic_resource::Resource::NamedResourceSpec(n)) => {
-                    pool.named.push((n.kind.clone(), n.value.clone()));
-                }
-                None => {}
-            }
-        }
-        pool
-    }
-
-    /// Takes `wanted` out of the pool; false (and nothing taken from then on matters) when one of
-    /// them is not there.
-    fn claim(&mut self, wanted: &[api::GenericResource]) -> bool {
-        for r in wanted {
-            match &r.resource {
-                Some(api::generic_resource::Resource::DiscreteResourceSpec(d)) => {
-                    let left = self.discrete.entry(d.kind.clone()).or_default();
-                    if *left < d.value {
-                        return false;
-                    }
-                    *left -= d.value;
-                }
-                Some(api::generic_resource::Resource::NamedResourceSpec(n)) => {
-                    let Some(pos) = self
-                        .named
-                        .iter()
-                        .position(|(k, v)| *k == n.kind && *v == n.value)
-                    else {
-                        return false;
-                    };
-                    self.named.swap_remove(pos);
-                }
-                None => {}
-            }
-        }
-        true
-    }
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ impl NodeInfo {
         for task in self.tasks.values() {
             self.nano_cpus -= task.nano_cpus;
             self.memory_bytes -= task.memory_bytes;
-            consume(&mut self.generic, &task.generic);
+            api::genericresource::consume(&mut self.generic, &task.generic);
         }
     }
 
@@ -189,7 +189,7 @@ impl NodeInfo {
         }
         self.nano_cpus -= task.nano_cpus;
         self.memory_bytes -= task.memory_bytes;
-        consume(&mut self.generic, &task.generic);
+        api::genericresource::consume(&mut self.generic, &task.generic);
         for port in &task.host_ports {
             *self.ports.entry(*port).or_default() += 1;
         }
@@ -279,35 +279,6 @@ fn has_enough(available: &[api::GenericResource], (kind, value): &(String, Optio
             usize::try_from(value).is_ok_and(|v| v <= of_kind.count())
         }
     }
-}
-
-/// SwarmKit's `ConsumeNodeResources`: takes `taken` out of `available`.
-fn consume(available: &mut Vec<api::GenericResource>, taken: &[api::GenericResource]) {
-    if taken.is_empty() {
-        return;
-    }
-    available.retain_mut(|have| {
-        for t in taken {
-            match (&mut have.resource, &t.resource) {
-                (
-                    Some(Generic::DiscreteResourceSpec(h)),
-                    Some(Generic::DiscreteResourceSpec(t)),
-                ) if h.kind == t.kind => {
-                    h.value -= t.value;
-                    if h.value <= 0 {
-                        return false;
-                    }
-                }
-                (Some(Generic::NamedResourceSpec(h)), Some(Generic::NamedResourceSpec(t)))
-                    if h.kind == t.kind && h.value == t.value =>
-                {
-                    return false;
-                }
-                _ => {}
-            }
-        }
-        true
-    });
 }
 
 #[cfg(test)]

@@ -213,27 +213,46 @@ async fn paused_node_keeps_its_tasks() {
     shutdown.cancel();
 }
 
-#[test]
-fn generic_resources_are_claimed_in_order() {
-    let discrete = |kind: &str, value: i64| api::GenericResource {
+#[tokio::test(start_paused = true)]
+async fn lost_generic_resources_reject_the_tasks_holding_them() {
+    let ssd = |value: i64| api::GenericResource {
         resource: Some(api::generic_resource::Resource::DiscreteResourceSpec(
             api::DiscreteGenericResource {
-                kind: kind.into(),
+                kind: "ssd".into(),
                 value,
             },
         )),
     };
-    let named = |kind: &str, value: &str| api::GenericResource {
-        resource: Some(api::generic_resource::Resource::NamedResourceSpec(
-            api::NamedGenericResource {
-                kind: kind.into(),
-                value: value.into(),
-            },
-        )),
-    };
-    let mut pool = GenericPool::new(&[discrete("ssd", 2), named("gpu", "g0")]);
-    assert!(pool.claim(&[discrete("ssd", 1), named("gpu", "g0")]));
-    assert!(!pool.claim(&[named("gpu", "g0")]));
-    assert!(pool.claim(&[discrete("ssd", 1)]));
-    assert!(!pool.claim(&[discrete("ssd", 1)]));
+    let mut n = node("east", 4 << 30, Availability::Active);
+    n.description
+        .as_mut()
+        .unwrap()
+        .resources
+        .as_mut()
+        .unwrap()
+        .generic = vec![ssd(2)];
+    let mut a = task("a", "s", 0, api::TaskState::Running);
+    a.assigned_generic_resources = vec![ssd(1)];
+    let mut b = task("b", "s", 0, api::TaskState::Running);
+    b.assigned_generic_resources = vec![ssd(1)];
+    let store = seeded(n, vec![service("s", &[])], vec![a, b]).await;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ConstraintEnforcer::new(store.clone()).run(shutdown.clone()));
+    settle().await;
+    assert_eq!(state_of(&store, "b").0, api::TaskState::Running as i32);
+    change_node(&store, move |n| {
+        n.description
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .generic = vec![ssd(1)];
+    })
+    .await;
+    settle().await;
+    // The node has one unit left: `a` keeps it, `b` is rejected.
+    assert_eq!(state_of(&store, "a").0, api::TaskState::Running as i32);
+    assert_eq!(state_of(&store, "b").0, api::TaskState::Rejected as i32);
+    shutdown.cancel();
 }

@@ -11,7 +11,6 @@
 //! commit, in batched transactions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 
 use store::{By, Event, EventKind, MemoryStore};
 use tokio_util::sync::CancellationToken;
@@ -22,8 +21,8 @@ use crate::reconcile::{self, Reconciler};
 use crate::replicated::remove_service_tasks;
 use crate::restart::RestartSupervisor;
 use crate::task::{
-    in_batches, invalid_node, is_global, is_task_dirty, new_task, observed, service_constraints,
-    set_desired, state,
+    delete_task_if_present, in_batches, invalid_node, is_global, is_task_dirty, new_task, observed,
+    service_constraints, set_desired, state,
 };
 use crate::update::{Slot, UpdateSupervisor};
 
@@ -105,166 +104,12 @@ impl GlobalOrchestrator {
         reconcile::run(&mut self, &shutdown).await
     }
 
-    /// Start-up: learns nodes and services, shuts down tasks left on nodes that went away and
-    /// queues restarts of tasks that stopped while no leader watched, resumes delayed starts,
-    /// rebuilds the restart history, and reconciles every global service.
-    async fn init(
-        &mut self,
-        services: Vec<api::Service>,
-        tasks: Vec<api::Task>,
-        nodes: Vec<api::Node>,
-    ) {
-        for node in nodes {
-            self.update_node(node);
-        }
-        for service in services.into_iter().filter(is_global) {
-            self.reconcile_services.insert(service.id.clone());
-            self.services
-                .insert(service.id.clone(), GlobalService::new(service));
-        }
-        let mut shutdown = Vec::new();
-        let mut held = Vec::new();
-        let mut by_service: HashMap<String, Vec<api::Task>> = HashMap::new();
-        for t in tasks {
-            if !self.services.contains_key(&t.service_id) {
-                continue;
-            }
-            if t.desired_state <= state(api::TaskState::Running) {
-                if t.node_id.is_empty() || !self.nodes.contains_key(&t.node_id) {
-                    shutdown.push(Write::Shutdown(t.id.clone()));
-                } else if observed(&t) > state(api::TaskState::Running) {
-                    self.restart_tasks.insert(t.id.clone());
-                }
-            }
-            if t.desired_state == state(api::TaskState::Ready) {
-                held.push(t.id.clone());
-            }
-            by_service.entry(t.service_id.clone()).or_default().push(t);
-        }
-        for (id, tasks) in &by_service {
-            self.restarts
-                .rebuild_history(&self.services[id].service, tasks);
-        }
-        info!(
-            services = self.services.len(),
-            nodes = self.nodes.len(),
-            "global orchestrator started"
-        );
-        apply(
-            &self.store,
-            shutdown,
-            "shut down global tasks of invalid nodes",
-        )
-        .await;
-        let restarts = self.restarts.clone();
-        in_batches(
-            &self.store,
-            held,
-            1,
-            "resume delayed task starts",
-            move |tx, id| match tx.get_task(&id) {
-                Some(t) => restarts.resume_delayed_start(tx, &t),
-                None => Ok(()),
-            },
-        )
-        .await;
-        self.tick().await;
-    }
-
-    /// Records what an event asks for; the work happens at the next commit.
-    fn handle(&mut self, ev: &Event) {
-        let Event::Object { kind, .. } = ev else {
-            return;
-        };
-        if let Some(task) = ev.object_as::<api::Task>() {
-            match kind {
-                EventKind::Remove => {
-                    self.restarts.cancel(&task.id);
-                    // A wanted task disappeared (`task rm`): its node needs a new one.
-                    if task.desired_state <= state(api::TaskState::Running)
-                        && self.services.contains_key(&task.service_id)
-                    {
-                        self.reconcile_services.insert(task.service_id.clone());
-                    }
-                }
-                EventKind::Create | EventKind::Update => {
-                    if self.services.contains_key(&task.service_id)
-                        && task.desired_state <= state(api::TaskState::Running)
-                        && observed(task) > state(api::TaskState::Running)
-                    {
-                        self.restart_tasks.insert(task.id.clone());
-                    }
-                }
-            }
-        } else if let Some(node) = ev.object_as::<api::Node>() {
-            if *kind == EventKind::Remove {
-                self.nodes.remove(&node.id);
-                self.reconcile_nodes.remove(&node.id);
-                self.removed_nodes.insert(node.id.clone());
-            } else {
-                self.update_node(node.clone());
-                self.reconcile_nodes.insert(node.id.clone());
-            }
-        } else if let Some(service) = ev.object_as::<api::Service>() {
-            if !is_global(service) {
-                // A service that stopped being global (mode changes are refused by the control
-                // API, but a hand-made store may do it) is no longer ours.
-                if self.services.remove(&service.id).is_some() {
-                    self.removed_services.insert(service.id.clone());
-                }
-                return;
-            }
-            if *kind == EventKind::Remove {
-                self.services.remove(&service.id);
-                self.reconcile_services.remove(&service.id);
-                self.restarts.clear_service_history(&service.id);
-                self.updater.cancel(&service.id);
-                self.removed_services.insert(service.id.clone());
-            } else {
-                self.services
-                    .insert(service.id.clone(), GlobalService::new(service.clone()));
-                self.reconcile_services.insert(service.id.clone());
-            }
-        } else if let Some(cluster) = ev.object_as::<api::Cluster>()
-            && *kind != EventKind::Remove
-        {
-            self.cluster = Some(cluster.clone());
-        }
-    }
-
     /// Keeps `node` among the nodes that may run tasks unless it is DOWN or DRAIN-ed.
     fn update_node(&mut self, node: api::Node) {
         if invalid_node(Some(&node)) {
             self.nodes.remove(&node.id);
         } else {
             self.nodes.insert(node.id.clone(), node);
-        }
-    }
-
-    /// Does what the events since the last commit asked for: removed services and nodes first,
-    /// then restarts (so reconciliation sees the replacements), then nodes, then services.
-    async fn tick(&mut self) {
-        for id in std::mem::take(&mut self.removed_services) {
-            remove_service_tasks(&self.store, &id).await;
-        }
-        let removed_nodes = std::mem::take(&mut self.removed_nodes);
-        if !removed_nodes.is_empty() {
-            let writes = self.store.view(|tx| {
-                removed_nodes
-                    .iter()
-                    .flat_map(|n| tx.find_tasks(By::NodeId(n)))
-                    .filter(|t| self.services.contains_key(&t.service_id))
-                    .map(|t| Write::Delete(t.id))
-                    .collect::<Vec<_>>()
-            });
-            apply(&self.store, writes, "delete global tasks of deleted nodes").await;
-        }
-        self.restart_stopped_tasks().await;
-        for node_id in std::mem::take(&mut self.reconcile_nodes) {
-            self.reconcile_node(&node_id).await;
-        }
-        for id in std::mem::take(&mut self.reconcile_services) {
-            self.reconcile_service(&id).await;
         }
     }
 
@@ -438,12 +283,7 @@ async fn apply(store: &MemoryStore, writes: Vec<Write>, what: &str) {
             Ok(())
         }
         Write::Shutdown(id) => set_desired(tx, &id, api::TaskState::Shutdown).map(drop),
-        Write::Delete(id) => {
-            if tx.get_task(&id).is_some() {
-                tx.delete_task(&id)?;
-            }
-            Ok(())
-        }
+        Write::Delete(id) => delete_task_if_present(tx, &id),
     })
     .await;
 }
@@ -457,21 +297,143 @@ impl Reconciler for GlobalOrchestrator {
         self.cluster = cluster;
     }
 
-    fn init(
+    /// Start-up: learns nodes and services, shuts down tasks left on nodes that went away and
+    /// queues restarts of tasks that stopped while no leader watched, resumes delayed starts,
+    /// rebuilds the restart history, and reconciles every global service.
+    async fn init(
         &mut self,
         services: Vec<api::Service>,
         tasks: Vec<api::Task>,
         nodes: Vec<api::Node>,
-    ) -> impl Future<Output = ()> + Send {
-        GlobalOrchestrator::init(self, services, tasks, nodes)
+    ) {
+        for node in nodes {
+            self.update_node(node);
+        }
+        for service in services.into_iter().filter(is_global) {
+            self.reconcile_services.insert(service.id.clone());
+            self.services
+                .insert(service.id.clone(), GlobalService::new(service));
+        }
+        let mut shutdown = Vec::new();
+        let mut held = Vec::new();
+        let mut by_service: HashMap<String, Vec<api::Task>> = HashMap::new();
+        for t in tasks {
+            if !self.services.contains_key(&t.service_id) {
+                continue;
+            }
+            if t.desired_state <= state(api::TaskState::Running) {
+                if t.node_id.is_empty() || !self.nodes.contains_key(&t.node_id) {
+                    shutdown.push(Write::Shutdown(t.id.clone()));
+                } else if observed(&t) > state(api::TaskState::Running) {
+                    self.restart_tasks.insert(t.id.clone());
+                }
+            }
+            if t.desired_state == state(api::TaskState::Ready) {
+                held.push(t.id.clone());
+            }
+            by_service.entry(t.service_id.clone()).or_default().push(t);
+        }
+        for (id, tasks) in &by_service {
+            self.restarts
+                .rebuild_history(&self.services[id].service, tasks);
+        }
+        info!(
+            services = self.services.len(),
+            nodes = self.nodes.len(),
+            "global orchestrator started"
+        );
+        apply(
+            &self.store,
+            shutdown,
+            "shut down global tasks of invalid nodes",
+        )
+        .await;
+        self.restarts.resume_delayed_starts(held).await;
+        self.tick().await;
     }
 
-    fn handle(&mut self, event: &Event) {
-        GlobalOrchestrator::handle(self, event);
+    /// Records what an event asks for; the work happens at the next commit.
+    fn handle(&mut self, ev: &Event) {
+        let Event::Object { kind, .. } = ev else {
+            return;
+        };
+        if let Some(task) = ev.object_as::<api::Task>() {
+            match kind {
+                EventKind::Remove => {
+                    self.restarts.cancel(&task.id);
+                    // A wanted task disappeared (`task rm`): its node needs a new one.
+                    if task.desired_state <= state(api::TaskState::Running)
+                        && self.services.contains_key(&task.service_id)
+                    {
+                        self.reconcile_services.insert(task.service_id.clone());
+                    }
+                }
+                EventKind::Create | EventKind::Update => {
+                    if self.services.contains_key(&task.service_id)
+                        && task.desired_state <= state(api::TaskState::Running)
+                        && observed(task) > state(api::TaskState::Running)
+                    {
+                        self.restart_tasks.insert(task.id.clone());
+                    }
+                }
+            }
+        } else if let Some(node) = ev.object_as::<api::Node>() {
+            if *kind == EventKind::Remove {
+                self.nodes.remove(&node.id);
+                self.reconcile_nodes.remove(&node.id);
+                self.removed_nodes.insert(node.id.clone());
+            } else {
+                self.update_node(node.clone());
+                self.reconcile_nodes.insert(node.id.clone());
+            }
+        } else if let Some(service) = ev.object_as::<api::Service>() {
+            if !is_global(service) {
+                // A service that stopped being global (mode changes are refused by the control
+                // API, but a hand-made store may do it) is no longer ours.
+                if self.services.remove(&service.id).is_some() {
+                    self.removed_services.insert(service.id.clone());
+                }
+                return;
+            }
+            if *kind == EventKind::Remove {
+                self.services.remove(&service.id);
+                self.reconcile_services.remove(&service.id);
+                self.restarts.clear_service_history(&service.id);
+                self.updater.cancel(&service.id);
+                self.removed_services.insert(service.id.clone());
+            } else {
+                self.services
+                    .insert(service.id.clone(), GlobalService::new(service.clone()));
+                self.reconcile_services.insert(service.id.clone());
+            }
+        }
     }
 
-    fn tick(&mut self) -> impl Future<Output = ()> + Send {
-        GlobalOrchestrator::tick(self)
+    /// Does what the events since the last commit asked for: removed services and nodes first,
+    /// then restarts (so reconciliation sees the replacements), then nodes, then services.
+    async fn tick(&mut self) {
+        for id in std::mem::take(&mut self.removed_services) {
+            remove_service_tasks(&self.store, &id).await;
+        }
+        let removed_nodes = std::mem::take(&mut self.removed_nodes);
+        if !removed_nodes.is_empty() {
+            let writes = self.store.view(|tx| {
+                removed_nodes
+                    .iter()
+                    .flat_map(|n| tx.find_tasks(By::NodeId(n)))
+                    .filter(|t| self.services.contains_key(&t.service_id))
+                    .map(|t| Write::Delete(t.id))
+                    .collect::<Vec<_>>()
+            });
+            apply(&self.store, writes, "delete global tasks of deleted nodes").await;
+        }
+        self.restart_stopped_tasks().await;
+        for node_id in std::mem::take(&mut self.reconcile_nodes) {
+            self.reconcile_node(&node_id).await;
+        }
+        for id in std::mem::take(&mut self.reconcile_services) {
+            self.reconcile_service(&id).await;
+        }
     }
 
     fn stop(&mut self) {

@@ -24,8 +24,8 @@ use tracing::debug;
 
 use crate::Error;
 use crate::task::{
-    SlotTuple, cmp_by_timestamp, in_batches, is_global, is_replicated, observed, state,
-    task_history_retention_limit,
+    SlotTuple, cmp_by_timestamp, delete_task_if_present, in_batches, is_global, is_replicated,
+    observed, state, task_history_retention_limit,
 };
 
 /// Waiting entries (dirty slots + tasks to delete) that trigger a cleanup at once.
@@ -234,12 +234,7 @@ impl TaskReaper {
             delete.into_iter().collect(),
             1,
             "delete tasks",
-            |tx, id| {
-                if tx.get_task(&id).is_some() {
-                    tx.delete_task(&id)?;
-                }
-                Ok(())
-            },
+            |tx, id| delete_task_if_present(tx, &id),
         )
         .await;
     }

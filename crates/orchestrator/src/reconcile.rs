@@ -1,11 +1,12 @@
 //! The event loop the replicated and global orchestrators share: a snapshot of the cluster,
 //! services, tasks and nodes with a watch started at the same point, `init` on the snapshot, then
-//! `handle` on every change and `tick` at every commit (so a batch of changes is acted on once),
-//! until shutdown. Both supervisors' background work is cancelled when the loop ends.
+//! `handle` on every task, service and node change (cluster changes go to `set_cluster`) and
+//! `tick` at every commit, so a batch of changes is acted on once, until shutdown. Both
+//! supervisors' background work is cancelled when the loop ends.
 
 use std::future::Future;
 
-use store::{By, Event, MemoryStore, WatchFilter};
+use store::{By, Event, EventKind, MemoryStore, WatchFilter};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -14,7 +15,7 @@ use crate::Error;
 pub(crate) trait Reconciler: Send {
     /// The store watched.
     fn store(&self) -> &MemoryStore;
-    /// Keeps the cluster object (task defaults) seen at start.
+    /// Keeps the cluster object (task defaults), at start and whenever it changes.
     fn set_cluster(&mut self, cluster: Option<api::Cluster>);
     /// Start-up work on the snapshot.
     fn init(
@@ -23,7 +24,7 @@ pub(crate) trait Reconciler: Send {
         tasks: Vec<api::Task>,
         nodes: Vec<api::Node>,
     ) -> impl Future<Output = ()> + Send;
-    /// Records what one change asks for.
+    /// Records what one change of a task, service or node asks for.
     fn handle(&mut self, event: &Event);
     /// Does the recorded work; called at each commit.
     fn tick(&mut self) -> impl Future<Output = ()> + Send;
@@ -70,6 +71,16 @@ async fn run_loop<R: Reconciler>(r: &mut R, shutdown: &CancellationToken) -> Res
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
                 () = r.tick() => {}
+            }
+        } else if let Some(cluster) = event.object_as::<api::Cluster>() {
+            if !matches!(
+                event,
+                Event::Object {
+                    kind: EventKind::Remove,
+                    ..
+                }
+            ) {
+                r.set_cluster(Some(cluster.clone()));
             }
         } else {
             r.handle(&event);

@@ -12,7 +12,6 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 
 use store::{By, Event, EventKind, MemoryStore, ReadTx};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +21,8 @@ use crate::Error;
 use crate::reconcile::{self, Reconciler};
 use crate::restart::RestartSupervisor;
 use crate::task::{
-    in_batches, invalid_node, is_replicated, new_task, observed, set_desired, state,
+    delete_task_if_present, in_batches, invalid_node, is_replicated, new_task, observed,
+    set_desired, state,
 };
 use crate::update::{Slot, UpdateSupervisor};
 
@@ -74,124 +74,6 @@ impl ReplicatedOrchestrator {
         reconcile::run(&mut self, &shutdown).await
     }
 
-    /// Start-up: deletes tasks of services that no longer exist, queues restarts of tasks that
-    /// stopped or sit on invalid nodes while the previous leader was away, resumes the delayed
-    /// starts it left, rebuilds the restart history, and reconciles every replicated service.
-    async fn init(
-        &mut self,
-        services: Vec<api::Service>,
-        tasks: Vec<api::Task>,
-        nodes: Vec<api::Node>,
-    ) {
-        let services: HashMap<String, api::Service> =
-            services.into_iter().map(|s| (s.id.clone(), s)).collect();
-        let nodes: HashMap<String, api::Node> =
-            nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
-        let mut orphans = Vec::new();
-        let mut held = Vec::new();
-        let mut by_service: HashMap<&str, Vec<api::Task>> = HashMap::new();
-        for t in &tasks {
-            if t.service_id.is_empty() {
-                continue;
-            }
-            let Some(service) = services.get(&t.service_id) else {
-                orphans.push(t.id.clone());
-                continue;
-            };
-            if !is_replicated(service) {
-                continue;
-            }
-            by_service.entry(&service.id).or_default().push(t.clone());
-            if needs_restart(t, nodes.get(&t.node_id)) {
-                self.restart_tasks.insert(t.id.clone());
-            }
-            if t.desired_state == state(api::TaskState::Ready) {
-                held.push(t.id.clone());
-            }
-        }
-        for (id, tasks) in &by_service {
-            self.restarts.rebuild_history(&services[*id], tasks);
-        }
-        self.reconcile_services.extend(
-            services
-                .values()
-                .filter(|s| is_replicated(s))
-                .map(|s| s.id.clone()),
-        );
-        info!(
-            services = self.reconcile_services.len(),
-            restarts = self.restart_tasks.len(),
-            "replicated orchestrator started"
-        );
-
-        in_batches(
-            &self.store,
-            orphans,
-            1,
-            "delete tasks of deleted services",
-            |tx, id| {
-                if tx.get_task(&id).is_some() {
-                    tx.delete_task(&id)?;
-                }
-                Ok(())
-            },
-        )
-        .await;
-        let restarts = self.restarts.clone();
-        in_batches(
-            &self.store,
-            held,
-            1,
-            "resume delayed task starts",
-            move |tx, id| match tx.get_task(&id) {
-                Some(t) => restarts.resume_delayed_start(tx, &t),
-                None => Ok(()),
-            },
-        )
-        .await;
-        self.tick().await;
-    }
-
-    fn handle(&mut self, ev: &Event) {
-        let Event::Object { kind, .. } = ev else {
-            return;
-        };
-        if let Some(task) = ev.object_as::<api::Task>() {
-            match kind {
-                EventKind::Remove => {
-                    // A wanted task disappeared (e.g. `task rm`): its slot needs a new one.
-                    if task.desired_state <= state(api::TaskState::Running)
-                        && self.replicated_service(&task.service_id).is_some()
-                    {
-                        self.reconcile_services.insert(task.service_id.clone());
-                    }
-                    self.restarts.cancel(&task.id);
-                }
-                EventKind::Create | EventKind::Update => self.handle_task_change(task),
-            }
-        } else if let Some(node) = ev.object_as::<api::Node>() {
-            if *kind == EventKind::Remove || invalid_node(Some(node)) {
-                self.restart_tasks_on_node(&node.id);
-            }
-        } else if let Some(service) = ev.object_as::<api::Service>() {
-            if !is_replicated(service) {
-                return;
-            }
-            if *kind == EventKind::Remove {
-                self.reconcile_services.remove(&service.id);
-                self.restarts.clear_service_history(&service.id);
-                self.updater.cancel(&service.id);
-                self.removed_services.insert(service.id.clone());
-            } else {
-                self.reconcile_services.insert(service.id.clone());
-            }
-        } else if let Some(cluster) = ev.object_as::<api::Cluster>()
-            && *kind != EventKind::Remove
-        {
-            self.cluster = Some(cluster.clone());
-        }
-    }
-
     fn replicated_service(&self, service_id: &str) -> Option<api::Service> {
         if service_id.is_empty() {
             return None;
@@ -229,47 +111,6 @@ impl ReplicatedOrchestrator {
                 .collect()
         });
         self.restart_tasks.extend(ids);
-    }
-
-    /// Handles what the events since the last commit asked for: tasks of deleted services first,
-    /// then restarts (so a reconcile sees the replacements), then service reconciliation.
-    async fn tick(&mut self) {
-        for id in std::mem::take(&mut self.removed_services) {
-            remove_service_tasks(&self.store, &id).await;
-        }
-        if !self.restart_tasks.is_empty() {
-            let ids: Vec<String> = std::mem::take(&mut self.restart_tasks)
-                .into_iter()
-                .collect();
-            let restarts = self.restarts.clone();
-            let cluster = self.cluster.clone();
-            in_batches(
-                &self.store,
-                ids,
-                RESTART_WRITES,
-                "restart tasks",
-                move |tx, id| {
-                    let Some(task) = tx.get_task(&id) else {
-                        return Ok(());
-                    };
-                    if task.desired_state > state(api::TaskState::Running) {
-                        return Ok(());
-                    }
-                    match tx.get_service(&task.service_id) {
-                        Some(service) if is_replicated(&service) => {
-                            restarts.restart(tx, cluster.as_ref(), &service, &task)
-                        }
-                        _ => Ok(()),
-                    }
-                },
-            )
-            .await;
-        }
-        for id in std::mem::take(&mut self.reconcile_services) {
-            if let Some(service) = self.replicated_service(&id) {
-                self.reconcile(&service).await;
-            }
-        }
     }
 
     /// Brings `service` to its replica count and hands its runnable slots to the updater.
@@ -340,12 +181,7 @@ impl ReplicatedOrchestrator {
             |tx, write| match write {
                 Write::Create(task) => tx.create_task(*task),
                 Write::Remove(id) => set_desired(tx, &id, api::TaskState::Remove).map(drop),
-                Write::Delete(id) => {
-                    if tx.get_task(&id).is_some() {
-                        tx.delete_task(&id)?;
-                    }
-                    Ok(())
-                }
+                Write::Delete(id) => delete_task_if_present(tx, &id),
             },
         )
         .await;
@@ -448,21 +284,143 @@ impl Reconciler for ReplicatedOrchestrator {
         self.cluster = cluster;
     }
 
-    fn init(
+    /// Start-up: deletes tasks of services that no longer exist, queues restarts of tasks that
+    /// stopped or sit on invalid nodes while the previous leader was away, resumes the delayed
+    /// starts it left, rebuilds the restart history, and reconciles every replicated service.
+    async fn init(
         &mut self,
         services: Vec<api::Service>,
         tasks: Vec<api::Task>,
         nodes: Vec<api::Node>,
-    ) -> impl Future<Output = ()> + Send {
-        ReplicatedOrchestrator::init(self, services, tasks, nodes)
+    ) {
+        let services: HashMap<String, api::Service> =
+            services.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let nodes: HashMap<String, api::Node> =
+            nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
+        let mut orphans = Vec::new();
+        let mut held = Vec::new();
+        let mut by_service: HashMap<&str, Vec<api::Task>> = HashMap::new();
+        for t in &tasks {
+            if t.service_id.is_empty() {
+                continue;
+            }
+            let Some(service) = services.get(&t.service_id) else {
+                orphans.push(t.id.clone());
+                continue;
+            };
+            if !is_replicated(service) {
+                continue;
+            }
+            by_service.entry(&service.id).or_default().push(t.clone());
+            if needs_restart(t, nodes.get(&t.node_id)) {
+                self.restart_tasks.insert(t.id.clone());
+            }
+            if t.desired_state == state(api::TaskState::Ready) {
+                held.push(t.id.clone());
+            }
+        }
+        for (id, tasks) in &by_service {
+            self.restarts.rebuild_history(&services[*id], tasks);
+        }
+        self.reconcile_services.extend(
+            services
+                .values()
+                .filter(|s| is_replicated(s))
+                .map(|s| s.id.clone()),
+        );
+        info!(
+            services = self.reconcile_services.len(),
+            restarts = self.restart_tasks.len(),
+            "replicated orchestrator started"
+        );
+
+        in_batches(
+            &self.store,
+            orphans,
+            1,
+            "delete tasks of deleted services",
+            |tx, id| delete_task_if_present(tx, &id),
+        )
+        .await;
+        self.restarts.resume_delayed_starts(held).await;
+        self.tick().await;
     }
 
-    fn handle(&mut self, event: &Event) {
-        ReplicatedOrchestrator::handle(self, event);
+    fn handle(&mut self, ev: &Event) {
+        let Event::Object { kind, .. } = ev else {
+            return;
+        };
+        if let Some(task) = ev.object_as::<api::Task>() {
+            match kind {
+                EventKind::Remove => {
+                    // A wanted task disappeared (e.g. `task rm`): its slot needs a new one.
+                    if task.desired_state <= state(api::TaskState::Running)
+                        && self.replicated_service(&task.service_id).is_some()
+                    {
+                        self.reconcile_services.insert(task.service_id.clone());
+                    }
+                    self.restarts.cancel(&task.id);
+                }
+                EventKind::Create | EventKind::Update => self.handle_task_change(task),
+            }
+        } else if let Some(node) = ev.object_as::<api::Node>() {
+            if *kind == EventKind::Remove || invalid_node(Some(node)) {
+                self.restart_tasks_on_node(&node.id);
+            }
+        } else if let Some(service) = ev.object_as::<api::Service>() {
+            if !is_replicated(service) {
+                return;
+            }
+            if *kind == EventKind::Remove {
+                self.reconcile_services.remove(&service.id);
+                self.restarts.clear_service_history(&service.id);
+                self.updater.cancel(&service.id);
+                self.removed_services.insert(service.id.clone());
+            } else {
+                self.reconcile_services.insert(service.id.clone());
+            }
+        }
     }
 
-    fn tick(&mut self) -> impl Future<Output = ()> + Send {
-        ReplicatedOrchestrator::tick(self)
+    /// Handles what the events since the last commit asked for: tasks of deleted services first,
+    /// then restarts (so a reconcile sees the replacements), then service reconciliation.
+    async fn tick(&mut self) {
+        for id in std::mem::take(&mut self.removed_services) {
+            remove_service_tasks(&self.store, &id).await;
+        }
+        if !self.restart_tasks.is_empty() {
+            let ids: Vec<String> = std::mem::take(&mut self.restart_tasks)
+                .into_iter()
+                .collect();
+            let restarts = self.restarts.clone();
+            let cluster = self.cluster.clone();
+            in_batches(
+                &self.store,
+                ids,
+                RESTART_WRITES,
+                "restart tasks",
+                move |tx, id| {
+                    let Some(task) = tx.get_task(&id) else {
+                        return Ok(());
+                    };
+                    if task.desired_state > state(api::TaskState::Running) {
+                        return Ok(());
+                    }
+                    match tx.get_service(&task.service_id) {
+                        Some(service) if is_replicated(&service) => {
+                            restarts.restart(tx, cluster.as_ref(), &service, &task)
+                        }
+                        _ => Ok(()),
+                    }
+                },
+            )
+            .await;
+        }
+        for id in std::mem::take(&mut self.reconcile_services) {
+            if let Some(service) = self.replicated_service(&id) {
+                self.reconcile(&service).await;
+            }
+        }
     }
 
     fn stop(&mut self) {

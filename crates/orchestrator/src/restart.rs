@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::task::{
-    SlotTuple, is_global, is_global_job, is_job, is_replicated, is_replicated_job, new_task,
-    node_is_down, node_is_drained, observed, restart_condition, restart_delay,
+    SlotTuple, in_batches, is_global, is_global_job, is_job, is_replicated, is_replicated_job,
+    new_task, node_is_down, node_is_drained, observed, restart_condition, restart_delay,
     restart_max_attempts, restart_window, state, system_time, task_timestamp,
 };
 
@@ -507,6 +507,23 @@ impl RestartSupervisor {
                 self.record_restart_history(&tuple, t);
             }
         }
+    }
+
+    /// Resumes the delayed starts of `task_ids` (tasks a previous leader held at desired READY), in
+    /// batched transactions; see [`RestartSupervisor::resume_delayed_start`].
+    pub async fn resume_delayed_starts(&self, task_ids: Vec<String>) {
+        let restarts = self.clone();
+        in_batches(
+            &self.store,
+            task_ids,
+            1,
+            "resume delayed task starts",
+            move |tx, id| match tx.get_task(&id) {
+                Some(t) => restarts.resume_delayed_start(tx, &t),
+                None => Ok(()),
+            },
+        )
+        .await;
     }
 
     /// Resumes a start a previous leader left pending: a task held at desired READY (and not past

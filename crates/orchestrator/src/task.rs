@@ -310,6 +310,14 @@ pub fn set_desired(
     Ok(true)
 }
 
+/// Deletes a task unless it is already gone (someone else deleted it since it was read).
+pub fn delete_task_if_present(tx: &mut store::Tx<'_>, task_id: &str) -> Result<(), StoreError> {
+    if tx.get_task(task_id).is_some() {
+        tx.delete_task(task_id)?;
+    }
+    Ok(())
+}
+
 /// Most object writes per store transaction (SwarmKit's store batches 200 changes).
 pub const MAX_BATCH_WRITES: usize = 200;
 

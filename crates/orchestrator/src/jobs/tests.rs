@@ -3,16 +3,13 @@
 
 use std::time::Duration;
 
-use store::{By, MemoryStore, WatchFilter};
+use store::{By, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
 use super::JobsOrchestrator;
+use crate::replicated::tests::{observed, set_state, wait_for};
 
 const COMPLETE: i32 = api::TaskState::Complete as i32;
-
-fn observed(t: &api::Task) -> i32 {
-    t.status.as_ref().map_or(0, |s| s.state)
-}
 
 fn job(mode: api::service_spec::Mode) -> api::Service {
     api::Service {
@@ -57,37 +54,6 @@ async fn start(store: &MemoryStore) -> CancellationToken {
     let orchestrator = JobsOrchestrator::new(store.clone());
     tokio::spawn(orchestrator.run(shutdown.clone()));
     shutdown
-}
-
-async fn set_state(store: &MemoryStore, id: &str, state: api::TaskState) {
-    let id = id.to_string();
-    store
-        .update(move |tx| {
-            let mut t = tx.get_task(&id).expect("task exists");
-            t.status.get_or_insert_with(Default::default).state = state as i32;
-            tx.update_task(t)
-        })
-        .await
-        .expect("set task state");
-}
-
-async fn wait_for<T>(
-    store: &MemoryStore,
-    what: &str,
-    mut pred: impl FnMut(&store::ReadTx<'_>) -> Option<T>,
-) -> T {
-    let mut watch = store.watch(WatchFilter::all());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(v) = store.view(&mut pred) {
-            return v;
-        }
-        match tokio::time::timeout_at(deadline, watch.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("store closed while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
 }
 
 fn tasks(store: &MemoryStore) -> Vec<api::Task> {

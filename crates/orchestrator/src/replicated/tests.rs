@@ -219,7 +219,7 @@ pub(crate) fn live_by_slot(store: &MemoryStore, service_id: &str) -> BTreeMap<u6
         .collect()
 }
 
-/// Waits until `pred` holds on the store (checked after every commit), failing after 10 virtual
+/// Waits until `pred` holds on the store (checked after every commit), failing after 5 virtual
 /// minutes with `what`.
 pub(crate) async fn wait_for<T>(
     store: &MemoryStore,
@@ -227,7 +227,7 @@ pub(crate) async fn wait_for<T>(
     mut pred: impl FnMut(&store::ReadTx<'_>) -> Option<T>,
 ) -> T {
     let mut watch = store.watch(WatchFilter::all());
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Some(v) = store.view(&mut pred) {
             return v;

@@ -8,6 +8,7 @@ use api::update_status::UpdateState;
 use store::{By, MemoryStore, WatchFilter};
 
 use super::{Slot, UpdateSupervisor};
+use crate::replicated::tests::{image, observed, set_state, wait_for};
 
 const RUNNING: api::TaskState = api::TaskState::Running;
 
@@ -30,17 +31,6 @@ fn spec(image: &str, replicas: u64, update: Option<api::UpdateConfig>) -> api::S
         update,
         ..Default::default()
     }
-}
-
-fn image(t: &api::Task) -> String {
-    match t.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
-        Some(api::task_spec::Runtime::Container(c)) => c.image.clone(),
-        _ => String::new(),
-    }
-}
-
-fn observed(t: &api::Task) -> i32 {
-    t.status.as_ref().map_or(0, |s| s.state)
 }
 
 /// A service running `replicas` tasks of image `v1`, then updated to `v2` with `update`.
@@ -101,38 +91,6 @@ fn slots(store: &MemoryStore) -> Vec<Slot> {
         }
     }
     by_slot.into_values().collect()
-}
-
-async fn set_state(store: &MemoryStore, id: &str, state: api::TaskState) {
-    let id = id.to_string();
-    store
-        .update(move |tx| {
-            let mut t = tx.get_task(&id).expect("task exists");
-            t.status.get_or_insert_with(Default::default).state = state as i32;
-            tx.update_task(t)
-        })
-        .await
-        .expect("set task state");
-}
-
-/// Waits until `pred` holds on the store (checked after every commit), failing after a bounded time.
-async fn wait_for<T>(
-    store: &MemoryStore,
-    what: &str,
-    mut pred: impl FnMut(&store::ReadTx<'_>) -> Option<T>,
-) -> T {
-    let mut watch = store.watch(WatchFilter::all());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(v) = store.view(&mut pred) {
-            return v;
-        }
-        match tokio::time::timeout_at(deadline, watch.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("store closed while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
 }
 
 fn update_status(tx: &store::ReadTx<'_>) -> Option<api::UpdateStatus> {

@@ -240,6 +240,23 @@ impl TestCluster {
     }
 }
 
+/// The container image of a task spec ("" without a container).
+fn image_of(spec: Option<&api::TaskSpec>) -> &str {
+    match spec.and_then(|s| s.runtime.as_ref()) {
+        Some(api::task_spec::Runtime::Container(c)) => c.image.as_str(),
+        _ => "",
+    }
+}
+
+/// Sets the container image of a service spec.
+fn set_image(spec: &mut api::ServiceSpec, image: String) {
+    if let Some(api::task_spec::Runtime::Container(c)) =
+        spec.task.as_mut().and_then(|t| t.runtime.as_mut())
+    {
+        c.image = image;
+    }
+}
+
 /// What the fake agent does with a task the scheduler assigned: run it (or fail it, for a failing
 /// image), and stop it once the orchestrators want it down. `None` = nothing to change.
 fn agent_step(task: &api::Task) -> Option<(i32, &'static str)> {
@@ -251,11 +268,7 @@ fn agent_step(task: &api::Task) -> Option<(i32, &'static str)> {
         return Some((SHUTDOWN, "shutdown"));
     }
     if task.desired_state == RUNNING && state < RUNNING {
-        let image = match task.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
-            Some(api::task_spec::Runtime::Container(c)) => c.image.as_str(),
-            _ => "",
-        };
-        if image.starts_with(FAILING_IMAGE_PREFIX) {
+        if image_of(task.spec.as_ref()).starts_with(FAILING_IMAGE_PREFIX) {
             return Some((api::TaskState::Failed as i32, "started"));
         }
         return Some((RUNNING, "started"));
@@ -509,11 +522,7 @@ async fn random_sequences_keep_the_invariants() {
                         "update {pick} ({replicas} replicas) to {image}, parallelism {parallelism}, {order:?}"
                     ));
                     c.update_service(&id, |spec| {
-                        if let Some(api::task_spec::Runtime::Container(cs)) =
-                            spec.task.as_mut().and_then(|t| t.runtime.as_mut())
-                        {
-                            cs.image = image;
-                        }
+                        set_image(spec, image);
                         spec.update = Some(api::UpdateConfig {
                             parallelism,
                             order: order as i32,
@@ -609,11 +618,7 @@ async fn wait_update_state(c: &TestCluster, id: &str, state: UpdateState) -> Str
 
 async fn start_failing_update(c: &TestCluster, id: &str, action: FailureAction) {
     c.update_service(id, |spec| {
-        if let Some(api::task_spec::Runtime::Container(cs)) =
-            spec.task.as_mut().and_then(|t| t.runtime.as_mut())
-        {
-            cs.image = format!("{FAILING_IMAGE_PREFIX}:2");
-        }
+        set_image(spec, format!("{FAILING_IMAGE_PREFIX}:2"));
         spec.update = Some(api::UpdateConfig {
             parallelism: 1,
             failure_action: action as i32,
@@ -665,15 +670,7 @@ async fn failing_update_rolls_back() {
     let message = wait_update_state(&c, &id, UpdateState::RollbackCompleted).await;
     assert_eq!(message, "rollback completed");
     let service = c.service(&id);
-    let image = match service
-        .spec
-        .as_ref()
-        .and_then(|s| s.task.as_ref())
-        .and_then(|t| t.runtime.as_ref())
-    {
-        Some(api::task_spec::Runtime::Container(cs)) => cs.image.clone(),
-        _ => String::new(),
-    };
+    let image = image_of(service.spec.as_ref().and_then(|s| s.task.as_ref()));
     assert_eq!(image, "busybox:1", "spec rolled back to the previous one");
     c.wait_until("rolled back tasks running", |s| s.service_settled(&id, 4))
         .await;
@@ -723,11 +720,7 @@ async fn manual_rollback_restores_the_previous_spec() {
     let id = c.create_service("web", "busybox:1", 3).await;
     c.wait_until("created", |s| s.service_settled(&id, 3)).await;
     c.update_service(&id, |spec| {
-        if let Some(api::task_spec::Runtime::Container(cs)) =
-            spec.task.as_mut().and_then(|t| t.runtime.as_mut())
-        {
-            cs.image = "busybox:2".into();
-        }
+        set_image(spec, "busybox:2".into());
     })
     .await;
     wait_update_state(&c, &id, UpdateState::Completed).await;
@@ -749,10 +742,7 @@ async fn manual_rollback_restores_the_previous_spec() {
         s.service_settled(&id, 3)?;
         let images: BTreeSet<String> = s
             .desired_running(&id)
-            .filter_map(|t| match t.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
-                Some(api::task_spec::Runtime::Container(cs)) => Some(cs.image.clone()),
-                _ => None,
-            })
+            .map(|t| image_of(t.spec.as_ref()).to_string())
             .collect();
         if images.len() == 1 && images.contains("busybox:1") {
             Ok(())

@@ -40,6 +40,11 @@ fn task_rows(d: &Swarmd, all: bool) -> Vec<(String, String, String, String)> {
     rows
 }
 
+/// Waits until `task ls` shows exactly `want`.
+fn wait_rows(d: &Swarmd, what: &str, want: &[(String, String, String, String)]) {
+    wait_for(what, WAIT, || (task_rows(d, false) == want).then_some(()));
+}
+
 fn row(
     service_slot: &str,
     desired: &str,
@@ -73,14 +78,14 @@ fn replicated_tasks_are_assigned_and_scaled_down_from_the_top() {
         row("web.2", "RUNNING", "ASSIGNED", "node-1"),
         row("web.3", "RUNNING", "ASSIGNED", "node-1"),
     ];
-    wait_for("three tasks assigned", WAIT, || {
-        (task_rows(&d, false) == want).then_some(())
-    });
+    wait_rows(&d, "three tasks assigned", &want);
 
     d.ctl(&["service", "update", "web", "--replicas", "1"]).ok();
-    wait_for("slots 2 and 3 retired", WAIT, || {
-        (task_rows(&d, false) == vec![row("web.1", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
-    });
+    wait_rows(
+        &d,
+        "slots 2 and 3 retired",
+        &[row("web.1", "RUNNING", "ASSIGNED", "node-1")],
+    );
     let all = task_rows(&d, true);
     assert!(
         all.contains(&row("web.2", "REMOVE", "ASSIGNED", "node-1"))
@@ -104,9 +109,11 @@ fn global_service_gets_one_task_on_the_node() {
         "service", "create", "--name", "glob", "--image", "busybox", "--mode", "global",
     ])
     .ok();
-    wait_for("global task assigned", WAIT, || {
-        (task_rows(&d, false) == vec![row("glob.0", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
-    });
+    wait_rows(
+        &d,
+        "global task assigned",
+        &[row("glob.0", "RUNNING", "ASSIGNED", "node-1")],
+    );
 }
 
 #[test]
@@ -147,9 +154,11 @@ fn unplaceable_task_explains_why_and_is_placed_once_the_node_fits() {
 
     d.ctl(&["node", "update", "node-1", "--label", "zone=east"])
         .ok();
-    wait_for("task placed after the label", WAIT, || {
-        (task_rows(&d, false) == vec![row("x4.1", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
-    });
+    wait_rows(
+        &d,
+        "task placed after the label",
+        &[row("x4.1", "RUNNING", "ASSIGNED", "node-1")],
+    );
 }
 
 #[test]
@@ -220,9 +229,11 @@ fn update_rollback_and_force_show_in_inspect() {
     let d = Swarmd::start();
     d.ctl(&["service", "create", "--name", "web", "--image", "busybox:1"])
         .ok();
-    wait_for("task assigned", WAIT, || {
-        (task_rows(&d, false) == vec![row("web.1", "RUNNING", "ASSIGNED", "node-1")]).then_some(())
-    });
+    wait_rows(
+        &d,
+        "task assigned",
+        &[row("web.1", "RUNNING", "ASSIGNED", "node-1")],
+    );
 
     d.ctl(&["service", "update", "web", "--image", "busybox:2"])
         .ok();

@@ -32,6 +32,16 @@ pub enum CaError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The root CA a manager sent is not the one the join token names.
+    #[error("remote CA does not match fingerprint. Expected: {0}")]
+    FingerprintMismatch(String),
+    /// A call to a manager failed; shown as grpc-go prints a status, which is what users of
+    /// SwarmKit see (`rpc error: code = InvalidArgument desc = ...`).
+    #[error("rpc error: code = {code:?} desc = {desc}", code = .0.code(), desc = .0.message())]
+    Rpc(tonic::Status),
+    /// The CA answered but did not give this node a usable certificate.
+    #[error("certificate issuance failed: {0}")]
+    IssuanceFailed(String),
     /// A gRPC endpoint could not be built.
     #[error("{0}")]
     Transport(String),

@@ -37,6 +37,11 @@ impl NodeKey {
         self.key.serialize_pem()
     }
 
+    /// The public key bits, to compare with an issued certificate's.
+    pub fn public_key_raw(&self) -> &[u8] {
+        self.key.public_key_raw()
+    }
+
     /// A CSR for this key. Its subject is a placeholder: the CA decides the real one.
     pub fn csr_pem(&self) -> Result<String, CaError> {
         let mut params = CertificateParams::default();

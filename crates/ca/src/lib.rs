@@ -1,25 +1,31 @@
 //! The cluster's certificate authority and everything TLS: the root CA, node keys and CSRs,
 //! issuing node certificates (the CA, never the CSR, decides the subject), join tokens, the
-//! key files in the state directory, and the rustls configurations for the control socket.
+//! key files in the state directory, the rustls configurations of the control socket and the
+//! remote API, a node's live (renewable) TLS identity, and the node side of joining and renewal.
 //! No store here: the CA signing server that reads and writes Node objects is a manager
 //! subsystem (STYLE.md).
 
 mod certinfo;
+mod client;
 mod error;
 mod key;
 mod keystore;
 mod root;
+mod security;
 mod tls;
 mod token;
 
 pub use certinfo::CertInfo;
+pub use client::{Credential, IssuedCertificate, download_root_ca, request_certificate};
 pub use error::CaError;
 pub use key::NodeKey;
 pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
+pub use security::SecurityConfig;
 pub use tls::{
-    control_channel, control_server_config, mtls_client_config, mtls_server_config, peer_cert_info,
-    serve_tcp_tls, serve_unix_tls, tls_channel,
+    ServerTls, control_channel, control_server_config, insecure_client_config, mtls_client_config,
+    mtls_server_config, peer_addr_http, peer_cert_info, peer_cert_info_http, serve_tcp_tls,
+    serve_unix_tls, tls_channel,
 };
 pub use token::{ParsedToken, generate_join_token, tokens_equal};
 

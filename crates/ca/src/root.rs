@@ -130,6 +130,19 @@ impl RootCa {
         if expiry < MIN_NODE_CERT_EXPIRY {
             return Err(CaError::ExpiryTooShort);
         }
+        self.issue_any_expiry(csr_pem, node_id, role, cluster_id, expiry)
+    }
+
+    /// [`RootCa::issue`] without the 1 h floor on the validity. Only for swarmd's test option
+    /// that shortens node certificates so that renewal can be watched in seconds.
+    pub fn issue_any_expiry(
+        &self,
+        csr_pem: &[u8],
+        node_id: &str,
+        role: api::NodeRole,
+        cluster_id: &str,
+        expiry: Duration,
+    ) -> Result<Vec<u8>, CaError> {
         let key_pem = self.key_pem.as_deref().ok_or(CaError::NoSigningKey)?;
         let ca_key = KeyPair::from_pem(to_str(key_pem)?)?;
         let issuer = Issuer::from_ca_cert_pem(to_str(&self.cert_pem)?, ca_key)?;

@@ -19,6 +19,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
@@ -105,7 +106,10 @@ impl ServerCertVerifier for SkipServerVerification {
     }
 }
 
-fn insecure_client_config() -> Result<Arc<rustls::ClientConfig>, CaError> {
+/// Client config that verifies no server certificate (handshake signatures only): for the
+/// control socket, and for a joining node's first call, which fetches the root CA that it then
+/// checks against the join token's digest before it sends anything secret.
+pub fn insecure_client_config() -> Result<Arc<rustls::ClientConfig>, CaError> {
     let provider = provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(VERSIONS)?
@@ -242,15 +246,34 @@ pub fn tls_channel(
 /// What the verified client certificate of a request's TLS connection (TCP or unix, as accepted
 /// by [`serve_tcp_tls`] / [`serve_unix_tls`]) says; `None` without one.
 pub fn peer_cert_info<T>(req: &tonic::Request<T>) -> Option<CertInfo> {
-    let certs = req
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
+    let ext = req.extensions();
+    peer_of(
+        ext.get::<TlsConnectInfo<TcpConnectInfo>>(),
+        ext.get::<TlsConnectInfo<UdsConnectInfo>>(),
+    )
+}
+
+/// [`peer_cert_info`] for middleware that sees the HTTP request under the gRPC one.
+pub fn peer_cert_info_http(ext: &tonic::codegen::http::Extensions) -> Option<CertInfo> {
+    peer_of(
+        ext.get::<TlsConnectInfo<TcpConnectInfo>>(),
+        ext.get::<TlsConnectInfo<UdsConnectInfo>>(),
+    )
+}
+
+/// The TCP peer address of the HTTP request under a gRPC one, when it came over TCP.
+pub fn peer_addr_http(ext: &tonic::codegen::http::Extensions) -> Option<std::net::SocketAddr> {
+    ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.get_ref().remote_addr())
+}
+
+fn peer_of(
+    tcp: Option<&TlsConnectInfo<TcpConnectInfo>>,
+    uds: Option<&TlsConnectInfo<UdsConnectInfo>>,
+) -> Option<CertInfo> {
+    let certs = tcp
         .and_then(TlsConnectInfo::peer_certs)
-        .or_else(|| {
-            req.extensions()
-                .get::<TlsConnectInfo<UdsConnectInfo>>()
-                .and_then(TlsConnectInfo::peer_certs)
-        })?;
+        .or_else(|| uds.and_then(TlsConnectInfo::peer_certs))?;
     CertInfo::parse_der(certs.first()?).ok()
 }
 
@@ -276,14 +299,37 @@ impl Accept for TcpListener {
     }
 }
 
+/// The server config an accept loop uses: fixed, or replaced at run time (a renewed certificate,
+/// a new root CA) through the sending side of a watch channel. Each new connection takes the
+/// config current at its accept; live connections keep theirs.
+#[derive(Clone, Debug)]
+pub struct ServerTls(watch::Receiver<Arc<rustls::ServerConfig>>);
+
+impl ServerTls {
+    /// A config that follows `rx`.
+    pub fn reloadable(rx: watch::Receiver<Arc<rustls::ServerConfig>>) -> ServerTls {
+        ServerTls(rx)
+    }
+
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0.borrow().clone()
+    }
+}
+
+impl From<Arc<rustls::ServerConfig>> for ServerTls {
+    fn from(cfg: Arc<rustls::ServerConfig>) -> ServerTls {
+        // The sender is dropped: the receiver keeps the last value forever.
+        ServerTls(watch::channel(cfg).1)
+    }
+}
+
 /// Runs the accept loop: every connection is handshaken in its own task (bounded by
 /// [`HANDSHAKE_TIMEOUT`]) and handed over when done; the loop ends when the stream is dropped.
 fn tls_incoming<L: Accept>(
     listener: L,
-    cfg: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
 ) -> ReceiverStream<io::Result<TlsStream<L::Stream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(PENDING_CONNECTIONS);
-    let acceptor = TlsAcceptor::from(cfg);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -298,7 +344,7 @@ fn tls_incoming<L: Accept>(
                     continue;
                 }
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx) = (TlsAcceptor::from(tls.current()), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
@@ -316,17 +362,17 @@ fn tls_incoming<L: Accept>(
 /// TLS connections accepted on a unix socket, for `Server::serve_with_incoming_shutdown`.
 pub fn serve_unix_tls(
     listener: UnixListener,
-    cfg: Arc<rustls::ServerConfig>,
+    tls: impl Into<ServerTls>,
 ) -> ReceiverStream<io::Result<TlsStream<UnixStream>>> {
-    tls_incoming(listener, cfg)
+    tls_incoming(listener, tls.into())
 }
 
 /// TLS connections accepted on a TCP listener, for `Server::serve_with_incoming_shutdown`.
 pub fn serve_tcp_tls(
     listener: TcpListener,
-    cfg: Arc<rustls::ServerConfig>,
+    tls: impl Into<ServerTls>,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    tls_incoming(listener, cfg)
+    tls_incoming(listener, tls.into())
 }
 
 #[cfg(test)]

@@ -79,16 +79,19 @@ struct Flags {
     /// Test option (ours): raft entries between snapshots, instead of the cluster default 10000.
     #[arg(long = "snapshot-interval", default_value_t = 10_000, hide = true)]
     snapshot_interval: u64,
+    /// Test option (ours): validity of the node certificates this manager's CA issues (e.g.
+    /// `30s`), instead of the cluster's NodeCertExpiry and below its 1h minimum, so that renewal
+    /// can be watched in seconds. Never for production.
+    #[arg(long = "test-cert-expiry", hide = true, value_parser = humantime::parse_duration)]
+    test_cert_expiry: Option<Duration>,
 }
 
 /// Flags that parse but whose feature comes with a later issue: naming one is an error rather
 /// than being ignored.
 const NOT_SUPPORTED_YET: &[&str] = &[
-    "join-token",
     "engine-addr",
     "listen-debug",
     "listen-metrics",
-    "join-addr",
     "generic-node-resources",
     "force-new-cluster",
     "external-ca",
@@ -150,6 +153,10 @@ fn main() -> ExitCode {
         heartbeat_tick: flags.heartbeat_tick,
         tick: Duration::from_millis(flags.raft_tick_ms),
         snapshot_interval: flags.snapshot_interval,
+        join_addr: flags.join_addr,
+        join_token: flags.join_token,
+        availability: api::node_spec::Availability::Active,
+        cert_expiry_override: flags.test_cert_expiry,
     };
     if let Err(e) = config.validate() {
         return fatal(&e.to_string());

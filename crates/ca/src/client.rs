@@ -74,7 +74,10 @@ pub async fn download_root_ca(addr: &str, token: &ParsedToken) -> Result<Vec<u8>
             Ok(_) => CaError::FingerprintMismatch(token.digest_hex()),
             Err(e) => e,
         };
-        warn!(addr, attempt, "failed to retrieve remote root CA certificate: {err}");
+        warn!(
+            addr,
+            attempt, "failed to retrieve remote root CA certificate: {err}"
+        );
         last = Some(err);
     }
     Err(last.expect("at least one attempt"))
@@ -117,8 +120,7 @@ pub async fn request_certificate(
         availability: availability as i32,
         ..Default::default()
     };
-    let issued = with_timeout(client.issue_node_certificate(request))
-    .await?;
+    let issued = with_timeout(client.issue_node_certificate(request)).await?;
     let node_id = issued.node_id;
     debug!(node.id = %node_id, "certificate requested, waiting for it to be issued");
 

@@ -102,8 +102,7 @@ impl SecurityConfig {
         let (control, remote) = server_configs(&material)?;
         self.keys
             .save(&material.root_pem, &material.cert_pem, &material.key_pem)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-            Current { material, info };
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Current { material, info };
         self.control.send_replace(control);
         self.remote.send_replace(remote);
         self.changed.send_modify(|n| *n += 1);
@@ -176,7 +175,10 @@ mod tests {
         let m = material(&root, "n1", Duration::from_secs(100 * 3600));
         let info = CertInfo::parse(&m.cert_pem).expect("info");
         // Validity starts an hour back: 101 h in all.
-        let total = info.not_after.duration_since(info.not_before).expect("order");
+        let total = info
+            .not_after
+            .duration_since(info.not_before)
+            .expect("order");
         let elapsed = SystemTime::now()
             .duration_since(info.not_before)
             .expect("started");
@@ -214,7 +216,8 @@ mod tests {
         assert_eq!(*changed.borrow(), 1);
 
         // Same root again: nothing to do.
-        sec.install_root(second.root_pem.clone()).expect("same root");
+        sec.install_root(second.root_pem.clone())
+            .expect("same root");
         assert_eq!(*changed.borrow(), 1);
         // Garbage is refused and the identity stays.
         let mut bad = second.clone();

@@ -2,12 +2,16 @@
 //! lifecycle that serves them over the control socket and the remote port. It owns no I/O
 //! format of its own: the store is `store`, replication is `raft`, certificates are `ca`.
 
+pub mod authz;
 pub mod bootstrap;
+pub mod caserver;
 pub mod controlapi;
 mod health;
 pub mod leader;
 mod manager;
+pub mod rolemanager;
 mod server;
+pub mod signer;
 
 pub use manager::{Manager, ManagerConfig, leader_subsystems};
 

@@ -1,7 +1,9 @@
 //! One manager: the raft-backed store, the first-start bootstrap, and the gRPC servers (the
 //! control API on the unix socket, health on the remote port). Leader-only subsystems
 //! (allocator, orchestrators, scheduler, task reaper, constraint enforcer) are listed in
-//! [`leader_subsystems`]; the dispatcher and CA signer join in later issues.
+//! [`leader_subsystems`]; the manager adds the CA signer and the role manager, which need this
+//! manager's identity and raft membership. The remote port serves CA, NodeCA, Control and Health
+//! behind the authorization table of [`crate::authz`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,10 +15,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::authz::Authorizer;
 use crate::bootstrap::{BootstrapInfo, bootstrap};
+use crate::caserver::CaServer;
 use crate::controlapi::{ControlApi, RaftMembers};
 use crate::health::HealthService;
 use crate::leader::{self, Subsystem};
+use crate::rolemanager::RoleManager;
+use crate::server::RemoteServices;
+use crate::signer::CaSigner;
 use crate::{ManagerError, server};
 
 /// Everything a manager needs; paths and listeners are passed in so tests can use temp dirs
@@ -30,10 +37,11 @@ pub struct ManagerConfig {
     pub advertise_addr: String,
     /// Raft settings (its directory is `<state dir>/raft`).
     pub raft: RaftConfig,
-    /// This node's certificate chain PEM, served on both listeners.
-    pub cert_pem: Vec<u8>,
-    /// This node's key PEM.
-    pub key_pem: Vec<u8>,
+    /// This node's TLS identity, served on both listeners and followed as it is renewed.
+    pub security: Arc<ca::SecurityConfig>,
+    /// Validity of issued node certificates instead of the cluster's NodeCertExpiry (swarmd's
+    /// test option; below the 1 h minimum the API enforces).
+    pub cert_expiry_override: Option<std::time::Duration>,
     /// Objects to create when the cluster is new.
     pub bootstrap: BootstrapInfo,
 }
@@ -122,8 +130,9 @@ impl Manager {
             addr: config.advertise_addr.clone(),
             raft: raft.clone(),
         });
-        let control = ControlApi::new(store.clone(), members);
-        let tls = ca::control_server_config(&config.cert_pem, &config.key_pem)?;
+        let control = ControlApi::new(store.clone(), members.clone());
+        let cluster_id = config.security.info().cluster_id;
+        let auth = Authorizer::new(store.clone(), cluster_id.clone());
         let shutdown = CancellationToken::new();
         let mut servers = JoinSet::new();
 
@@ -131,24 +140,37 @@ impl Manager {
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
         servers.spawn(server::serve_control(
             unix,
-            tls.clone(),
-            control,
+            config.security.control_tls(),
+            control.clone(),
             HealthService::new("ControlAPI"),
             shutdown.clone(),
         ));
 
+        let mut subsystems = leader_subsystems();
+        let expiry = config.cert_expiry_override;
+        subsystems.push(Subsystem::new("ca signer", move |store, shutdown| {
+            CaSigner::new(store, cluster_id.clone(), expiry).run(shutdown)
+        }));
+        subsystems.push(Subsystem::new("role manager", move |store, shutdown| {
+            RoleManager::new(store, members.clone()).run(shutdown)
+        }));
         servers.spawn(leader::run(
             raft.clone(),
             store.clone(),
-            Arc::new(leader_subsystems()),
+            Arc::new(subsystems),
             shutdown.clone(),
         ));
 
         info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
         servers.spawn(server::serve_remote(
             config.remote_listener,
-            tls,
-            HealthService::new("Raft"),
+            config.security.remote_tls(),
+            RemoteServices {
+                control,
+                ca: CaServer::new(store.clone(), auth.clone()),
+                health: HealthService::new("Raft"),
+                auth,
+            },
             shutdown.clone(),
         ));
 

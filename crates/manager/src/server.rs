@@ -1,18 +1,23 @@
 //! Serving gRPC: the control socket (TLS with the node certificate over a unix socket, as
-//! SwarmKit serves it; no client certificate asked) and the remote TCP port.
+//! SwarmKit serves it; no client certificate asked) and the remote TCP port (mutual TLS, every
+//! call authorized by [`crate::authz`]).
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use api::ca_server::CaServer as CaServer_;
 use api::control_server::ControlServer;
 use api::health_server::HealthServer;
+use api::node_ca_server::NodeCaServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::error;
 
+use crate::authz::{AuthLayer, Authorizer};
+use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 
@@ -44,7 +49,7 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
 /// Serves Control and Health on the unix socket until `shutdown` fires.
 pub async fn serve_control(
     listener: UnixListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ca::ServerTls,
     control: ControlApi,
     health: HealthService,
     shutdown: CancellationToken,
@@ -60,17 +65,33 @@ pub async fn serve_control(
     }
 }
 
-/// Serves the remote API on TCP until `shutdown` fires. For now that is Health only; the CA,
-/// dispatcher and raft services join with the security, agent and HA issues.
+/// What the remote API serves.
+pub struct RemoteServices {
+    /// The control API, for manager certificates only.
+    pub control: ControlApi,
+    /// CA and NodeCA.
+    pub ca: CaServer,
+    /// Health (`Raft` on the remote port, as SwarmKit).
+    pub health: HealthService,
+    /// The authorization every call goes through first.
+    pub auth: Arc<Authorizer>,
+}
+
+/// Serves the remote API on TCP (mutual TLS; a client without a certificate gets in but only
+/// reaches what the authorization table lets anyone call) until `shutdown` fires.
 pub async fn serve_remote(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    health: HealthService,
+    tls: ca::ServerTls,
+    services: RemoteServices,
     shutdown: CancellationToken,
 ) {
     let incoming = ca::serve_tcp_tls(listener, tls);
     let res = Server::builder()
-        .add_service(HealthServer::new(health))
+        .layer(AuthLayer(services.auth))
+        .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
+        .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
+        .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
+        .add_service(HealthServer::new(services.health))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = res {

@@ -26,6 +26,15 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// Raft entries between snapshots.
     pub snapshot_interval: u64,
+    /// Manager to join on a first start (`--join-addr`); empty creates a new cluster.
+    pub join_addr: String,
+    /// Join token (`--join-token`); its role decides the node's.
+    pub join_token: String,
+    /// Availability this node asks for when it joins.
+    pub availability: api::node_spec::Availability,
+    /// Validity of the node certificates this manager's CA issues, instead of the cluster's
+    /// NodeCertExpiry: swarmd's test option, so renewal can be watched in seconds.
+    pub cert_expiry_override: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -40,6 +49,10 @@ impl Default for NodeConfig {
             heartbeat_tick: 1,
             tick: Duration::from_secs(1),
             snapshot_interval: 10_000,
+            join_addr: String::new(),
+            join_token: String::new(),
+            availability: api::node_spec::Availability::Active,
+            cert_expiry_override: None,
         }
     }
 }
@@ -63,6 +76,11 @@ impl NodeConfig {
         if self.snapshot_interval == 0 {
             return Err(NodeError::Config(
                 "snapshot interval must be positive".into(),
+            ));
+        }
+        if self.cert_expiry_override.is_some_and(|d| d.is_zero()) {
+            return Err(NodeError::Config(
+                "certificate expiry must be positive".into(),
             ));
         }
         Ok(())

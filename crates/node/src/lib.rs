@@ -4,6 +4,7 @@
 
 mod config;
 mod node;
+mod renewal;
 mod state;
 
 pub use config::NodeConfig;

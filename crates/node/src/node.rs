@@ -1,23 +1,32 @@
 //! Starting and stopping one node. A first start (no certificates, no raft data) creates a new
 //! cluster: root CA, node and cluster IDs, this manager's certificate; the certificates reach
 //! the disk only after the cluster object holding the root CA key has been committed, so a crash
-//! in between leaves no half-made cluster behind (spec 2.3, 5.10).
+//! in between leaves no half-made cluster behind (spec 2.3, 5.10). With `--join-addr` a first
+//! start joins instead (spec 2.4): a worker certificate makes a worker node, which runs no manager.
 
 use std::time::{Duration, SystemTime};
 
-use ca::{CertInfo, KeyStore, NodeKey, RootCa};
+use std::sync::Arc;
+
+use ca::{CertInfo, KeyStore, NodeKey, NodeTlsMaterial, RootCa, SecurityConfig};
 use manager::bootstrap::{BootstrapInfo, DEFAULT_NODE_CERT_EXPIRY, default_raft_config};
 use manager::{Manager, ManagerConfig};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::renewal::{self, Renewer};
 use crate::state::{ManagerPeer, StateDir};
 use crate::{NodeConfig, NodeError};
 
 /// A running node.
 pub struct Node {
     node_id: String,
-    manager: Manager,
+    manager: Option<Manager>,
+    security: Arc<SecurityConfig>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
 }
 
 /// Certificates for this run, and whether they are new (and so still to be saved).
@@ -35,12 +44,16 @@ fn os_hostname() -> String {
         .unwrap_or_default()
 }
 
-fn load_or_create_identity(state: &StateDir, keys: &KeyStore) -> Result<Identity, NodeError> {
+async fn load_or_create_identity(
+    config: &NodeConfig,
+    state: &StateDir,
+    keys: &KeyStore,
+) -> Result<Identity, NodeError> {
     if let Some(m) = keys.load()? {
         let info = CertInfo::parse(&m.cert_pem)?;
-        if info.role != api::NodeRole::Manager {
+        if info.role == api::NodeRole::Manager && !state.has_raft_data() {
             return Err(NodeError::Config(
-                "not supported yet: running a worker node (this state directory holds a worker certificate)"
+                "not supported yet: joining an existing cluster as a manager (this node holds a manager certificate but no raft data; raft membership comes with the HA issue)"
                     .into(),
             ));
         }
@@ -58,6 +71,9 @@ fn load_or_create_identity(state: &StateDir, keys: &KeyStore) -> Result<Identity
             info,
             fresh: false,
         });
+    }
+    if !config.join_addr.is_empty() {
+        return join(config).await;
     }
     if state.has_raft_data() {
         return Err(NodeError::Config(format!(
@@ -86,14 +102,57 @@ fn load_or_create_identity(state: &StateDir, keys: &KeyStore) -> Result<Identity
     })
 }
 
+/// First start with `--join-addr`: fetch and check the root CA, then get a certificate with the
+/// join token (spec 2.4). Nothing is written until the certificate is issued.
+async fn join(config: &NodeConfig) -> Result<Identity, NodeError> {
+    let token = ca::ParsedToken::parse(&config.join_token)?;
+    let started = std::time::Instant::now();
+    let root_pem = ca::download_root_ca(&config.join_addr, &token).await?;
+    let root = RootCa::from_pem(&root_pem, None)?;
+    info!(addr = %config.join_addr, ca.hash = %root.cert_hash(), "downloaded the root CA, matching the join token");
+    let issued = ca::request_certificate(
+        &config.join_addr,
+        &root_pem,
+        ca::Credential::Token(&config.join_token),
+        config.availability,
+    )
+    .await?;
+    let info = CertInfo::parse(&issued.cert_pem)?;
+    info!(
+        node.id = %info.node_id,
+        node.role = %info.ou,
+        elapsed = ?started.elapsed(),
+        "joined the cluster: node certificate issued"
+    );
+    Ok(Identity {
+        root,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key.key_pem().into_bytes(),
+        info,
+        fresh: true,
+    })
+}
+
 impl Node {
     /// Starts the node and returns once its control socket is serving.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
         let state = StateDir::open(&config.state_dir)?;
         let keys = KeyStore::new(state.root());
-        let id = load_or_create_identity(&state, &keys)?;
+        let id = load_or_create_identity(&config, &state, &keys).await?;
         let node_id = id.info.node_id.clone();
+        let security = SecurityConfig::new(
+            keys.clone(),
+            NodeTlsMaterial {
+                root_pem: id.root.cert_pem().to_vec(),
+                cert_pem: id.cert_pem.clone(),
+                key_pem: id.key_pem.clone(),
+            },
+        )?;
+        let shutdown = CancellationToken::new();
+        if id.info.role == api::NodeRole::Worker {
+            return Self::start_worker(config, state, security, id.fresh, shutdown).await;
+        }
 
         let listener = TcpListener::bind(&config.listen_remote_api)
             .await
@@ -152,22 +211,79 @@ impl Node {
             remote_listener: listener,
             advertise_addr: advertise_addr.clone(),
             raft,
-            cert_pem: id.cert_pem.clone(),
-            key_pem: id.key_pem.clone(),
+            security: security.clone(),
+            cert_expiry_override: config.cert_expiry_override,
             bootstrap,
         })
         .await?;
 
         if id.fresh {
             // Only now is the root CA key safe in the committed cluster object.
-            keys.save(id.root.cert_pem(), &id.cert_pem, &id.key_pem)?;
+            security.save()?;
         }
         state.save_managers(&[ManagerPeer {
             node_id: node_id.clone(),
             addr: advertise_addr,
         }])?;
+
+        // The manager renews through its own remote port, as any node does.
+        let renewer = Renewer::new(security.clone(), vec![format!("127.0.0.1:{port}")]);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(renewal::watch_own_node(
+            manager.store().clone(),
+            security.clone(),
+            renewer.trigger(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(renewer.run(shutdown.clone()));
         info!(node.id = %node_id, "node is ready");
-        Ok(Node { node_id, manager })
+        Ok(Node {
+            node_id,
+            manager: Some(manager),
+            security,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// A worker: no raft and no control socket. It keeps its certificate renewed through the
+    /// managers it knows; sessions and tasks come with the agent.
+    async fn start_worker(
+        config: NodeConfig,
+        state: StateDir,
+        security: Arc<SecurityConfig>,
+        fresh: bool,
+        shutdown: CancellationToken,
+    ) -> Result<Node, NodeError> {
+        if fresh {
+            security.save()?;
+        }
+        let mut managers: Vec<String> =
+            state.load_managers()?.into_iter().map(|p| p.addr).collect();
+        if !config.join_addr.is_empty() {
+            // As SwarmKit: a join address replaces the remembered managers.
+            managers = vec![config.join_addr.clone()];
+            state.save_managers(&[ManagerPeer {
+                node_id: String::new(),
+                addr: config.join_addr.clone(),
+            }])?;
+        }
+        if managers.is_empty() {
+            return Err(NodeError::Config(
+                "this worker knows no manager: give one with --join-addr".into(),
+            ));
+        }
+        let node_id = security.info().node_id;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(Renewer::new(security.clone(), managers).run(shutdown.clone()));
+        info!(node.id = %node_id, "worker node is ready (not supported yet: running tasks, which comes with the agent)");
+        Ok(Node {
+            node_id,
+            manager: None,
+            security,
+            shutdown,
+            tasks,
+        })
     }
 
     /// This node's ID.
@@ -175,15 +291,24 @@ impl Node {
         &self.node_id
     }
 
-    /// The manager this node runs.
-    pub fn manager(&self) -> &Manager {
-        &self.manager
+    /// The manager this node runs, if it is a manager.
+    pub fn manager(&self) -> Option<&Manager> {
+        self.manager.as_ref()
     }
 
-    /// Graceful stop (SIGINT): the manager drains and removes its control socket.
-    pub async fn stop(self) {
-        let stop = self.manager.stop();
-        if tokio::time::timeout(Duration::from_secs(15), stop)
+    /// This node's live TLS identity.
+    pub fn security(&self) -> &Arc<SecurityConfig> {
+        &self.security
+    }
+
+    /// Graceful stop (SIGINT): renewal stops, the manager drains and removes its control socket.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let Some(manager) = self.manager else {
+            return;
+        };
+        if tokio::time::timeout(Duration::from_secs(15), manager.stop())
             .await
             .is_err()
         {

@@ -69,7 +69,7 @@ fn version_flag_prints_version() {
 fn flags_of_later_features_fail_loudly() {
     let dir = tempfile::tempdir().expect("tempdir");
     for args in [
-        vec!["--join-addr", "127.0.0.1:4242"],
+        vec!["--engine-addr", "unix:///nope.sock"],
         vec!["--autolock"],
         vec!["--listen-metrics", "127.0.0.1:0"],
         vec!["--force-new-cluster"],

@@ -76,16 +76,71 @@ impl Swarmd {
         self.dir.path().join("swarmd.sock")
     }
 
-    /// Starts swarmd (again) on the same state dir and waits for the control API.
-    pub fn spawn(&mut self) {
+    /// The manager's remote API address, from its `Listening for connections` log line.
+    #[allow(dead_code)]
+    pub fn remote_addr(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .rev()
+            .filter(|l| l.contains("Listening for connections"))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .next()
+            .unwrap_or_else(|| panic!("no remote address in the log:\n{log}"))
+            .to_string()
+    }
+
+    /// Starts swarmd with `args` on a new state dir and waits until it exits or `ready` appears
+    /// in its log. Returns the handle and, if it exited, its exit code.
+    #[allow(dead_code)]
+    pub fn start_node(args: &[&str], ready: &str, limit: Duration) -> (Swarmd, Option<i32>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Swarmd {
+            dir,
+            child: None,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        let code = s.spawn_until(ready, limit);
+        (s, code)
+    }
+
+    /// Starts swarmd (again) on the same state dir and waits for `ready` in its log or its exit.
+    #[allow(dead_code)]
+    pub fn spawn_until(&mut self, ready: &str, limit: Duration) -> Option<i32> {
         assert!(self.child.is_none(), "swarmd already running");
+        let skip = self.log().len();
+        self.child = Some(self.command().spawn().expect("spawn swarmd"));
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            if self.log().get(skip..).is_some_and(|l| l.contains(ready)) {
+                return None;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "swarmd neither ready nor exited after {limit:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("swarmd.log"))
             .expect("log file");
-        let child = Command::new(SWARMD)
-            .arg("-d")
+        let mut cmd = Command::new(SWARMD);
+        cmd.arg("-d")
             .arg(self.state_dir())
             .arg("--listen-control-api")
             .arg(self.socket())
@@ -93,10 +148,14 @@ impl Swarmd {
             .args(["--raft-tick-ms", "100"])
             .args(&self.extra_args)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn swarmd");
-        self.child = Some(child);
+            .stderr(log);
+        cmd
+    }
+
+    /// Starts swarmd (again) on the same state dir and waits for the control API.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "swarmd already running");
+        self.child = Some(self.command().spawn().expect("spawn swarmd"));
         self.wait_ready(Duration::from_secs(30));
     }
 

@@ -8,3 +8,4 @@ mod cli;
 mod daemon;
 mod orchestration;
 mod persistence;
+mod security;

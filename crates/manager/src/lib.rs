@@ -13,6 +13,9 @@ pub mod rolemanager;
 mod server;
 pub mod signer;
 
+#[cfg(test)]
+mod security_tests;
+
 pub use manager::{Manager, ManagerConfig, leader_subsystems};
 
 /// Why a manager could not start.

@@ -20,6 +20,9 @@ use crate::renewal::{self, Renewer};
 use crate::state::{ManagerPeer, StateDir};
 use crate::{NodeConfig, NodeError};
 
+/// Why a node holding a manager certificate but no raft data does not start.
+const MANAGER_JOIN_NOT_SUPPORTED: &str = "not supported yet: joining an existing cluster as a manager (the node has its manager certificate; raft membership comes with the HA issue)";
+
 /// A running node.
 pub struct Node {
     node_id: String,
@@ -52,10 +55,7 @@ async fn load_or_create_identity(
     if let Some(m) = keys.load()? {
         let info = CertInfo::parse(&m.cert_pem)?;
         if info.role == api::NodeRole::Manager && !state.has_raft_data() {
-            return Err(NodeError::Config(
-                "not supported yet: joining an existing cluster as a manager (this node holds a manager certificate but no raft data; raft membership comes with the HA issue)"
-                    .into(),
-            ));
+            return Err(NodeError::Config(MANAGER_JOIN_NOT_SUPPORTED.into()));
         }
         if info.not_after < SystemTime::now() {
             return Err(NodeError::Config(
@@ -152,6 +152,12 @@ impl Node {
         let shutdown = CancellationToken::new();
         if id.info.role == api::NodeRole::Worker {
             return Self::start_worker(config, state, security, id.fresh, shutdown).await;
+        }
+        if id.fresh && !config.join_addr.is_empty() {
+            // Joined with the manager token: the certificate is kept, raft membership is not
+            // there yet.
+            security.save()?;
+            return Err(NodeError::Config(MANAGER_JOIN_NOT_SUPPORTED.into()));
         }
 
         let listener = TcpListener::bind(&config.listen_remote_api)

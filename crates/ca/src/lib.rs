@@ -1,6 +1,7 @@
 //! The cluster's certificate authority and everything TLS: the root CA, node keys and CSRs,
 //! issuing node certificates (the CA, never the CSR, decides the subject), join tokens, the
-//! key files in the state directory, and the rustls configurations for the control socket.
+//! key files in the state directory, the rustls configurations for the control socket, and the
+//! certificate work of root CA rotation (cross-signing, telling which root issued a certificate).
 //! No store here: the CA signing server that reads and writes Node objects is a manager
 //! subsystem (STYLE.md).
 
@@ -9,6 +10,7 @@ mod error;
 mod key;
 mod keystore;
 mod root;
+mod rotation;
 mod tls;
 mod token;
 
@@ -17,6 +19,7 @@ pub use error::CaError;
 pub use key::NodeKey;
 pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
+pub use rotation::{MIN_ROOT_EXPIRY, SigningCa, normalize_pem, same_certificates};
 pub use tls::{
     control_channel, control_server_config, mtls_client_config, mtls_server_config, peer_cert_info,
     serve_tcp_tls, serve_unix_tls, tls_channel,

@@ -327,6 +327,36 @@ fn node_availability_and_rotation() {
 }
 
 #[test]
+fn rotate_ca_starts_a_root_rotation() {
+    let d = Swarmd::start();
+    let inspect = || d.ctl(&["cluster", "inspect", "default"]).ok().to_string();
+    let before = inspect();
+    assert!(!before.contains("Root CA rotation"), "{before}");
+    d.ctl(&["cluster", "update", "default", "--rotate-ca"]).ok();
+    let during = inspect();
+    let lines: Vec<&str> = during.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| *l == "  Root CA rotation: in progress")
+        .unwrap_or_else(|| panic!("no rotation line:\n{during}"));
+    let hash = lines
+        .get(at + 1)
+        .and_then(|l| l.strip_prefix("    New root CA: sha256:"))
+        .unwrap_or_else(|| panic!("no new root line:\n{during}"));
+    assert_eq!(hash.len(), 64, "{during}");
+    // The join tokens keep naming the current root until the rotation completes.
+    let tokens = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| {
+                l.trim_start().starts_with("Worker: ") || l.trim_start().starts_with("Manager: ")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(tokens(&before), tokens(&during));
+}
+
+#[test]
 fn missing_socket_is_a_dial_error() {
     let out = ctl_at(
         Path::new("/nonexistent/swarmd.sock"),

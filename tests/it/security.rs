@@ -435,3 +435,65 @@ fn renewal_with_a_short_test_expiry_keeps_the_node_id() {
     assert!(w.log().contains("node certificate renewed"));
     assert_eq!(node_ids(&m).len(), 2, "renewal made no new node");
 }
+
+#[test]
+fn root_rotation_on_a_single_manager_completes() {
+    let m = Swarmd::start();
+    let (worker0, manager0) = tokens(&m);
+    let before = material(&m.state_dir());
+    let node_id = CertInfo::parse(&before.cert_pem).expect("cert").node_id;
+
+    let started = std::time::Instant::now();
+    m.ctl(&["cluster", "update", "default", "--rotate-ca"]).ok();
+    let inspect = m.ctl(&["cluster", "inspect", "default"]);
+    assert!(
+        inspect.ok().contains("Root CA rotation: in progress"),
+        "{}",
+        inspect.stdout
+    );
+
+    // Done: the root swapped on disk and in the cluster, both tokens regenerated.
+    let (worker1, manager1) = wait_for("the rotation to complete", Duration::from_secs(30), || {
+        let text = m.ctl(&["cluster", "inspect", "default"]).ok().to_string();
+        let swapped = material(&m.state_dir()).root_pem != before.root_pem;
+        (swapped && !text.contains("rotation")).then(|| tokens(&m))
+    });
+    eprintln!(
+        "root rotation took {:?} with one manager",
+        started.elapsed()
+    );
+    let after = material(&m.state_dir());
+    let new_root = ca::RootCa::from_pem(&after.root_pem, None).expect("new root");
+    for (old, new) in [(&worker0, &worker1), (&manager0, &manager1)] {
+        assert_ne!(
+            old[..old.len() - 25],
+            new[..new.len() - 25],
+            "digest changed"
+        );
+        assert_ne!(
+            old[old.len() - 25..],
+            new[new.len() - 25..],
+            "secret changed"
+        );
+        assert!(
+            ca::ParsedToken::parse(new)
+                .expect("token")
+                .matches_root(&new_root)
+        );
+    }
+    // The manager's own certificate was re-issued by the new root, for the same node.
+    let info = CertInfo::parse(&after.cert_pem).expect("cert");
+    assert_eq!(info.node_id, node_id);
+    assert!(
+        new_root.has_issued(&after.cert_pem),
+        "not issued by the new root"
+    );
+    assert_ne!(after.key_pem, before.key_pem);
+
+    // Everything keeps working with the new identity: the control socket, and a join with the
+    // new token, whose digest is the new root's.
+    m.ctl(&["node", "ls"]).ok();
+    let w = join_worker(&m, &worker1);
+    assert_eq!(material(&w.state_dir()).root_pem, after.root_pem);
+    assert_eq!(node_ids(&m).len(), 2);
+}

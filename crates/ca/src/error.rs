@@ -18,6 +18,30 @@ pub enum CaError {
     /// This root CA has no key, so it cannot sign.
     #[error("the root CA key is not available on this node")]
     NoSigningKey,
+    /// A root CA certificate offered for rotation holds no certificate.
+    #[error("no valid root CA certificates found")]
+    NoRootCertificate,
+    /// A root CA certificate offered for rotation does not parse.
+    #[error("invalid root certificates: {0}")]
+    InvalidRootCertificates(String),
+    /// A root CA certificate offered for rotation is not a valid self-signed certificate now.
+    #[error("error while validating Root CA Certificate: {0}")]
+    InvalidRootCertificate(String),
+    /// A root CA key offered for rotation does not parse.
+    #[error("malformed private key: {0}")]
+    MalformedKey(String),
+    /// A root CA key offered for rotation is not the certificate's.
+    #[error("certificate key mismatch")]
+    KeyMismatch,
+    /// A root CA offered for rotation is a bundle of several certificates.
+    #[error("the desired CA certificate cannot contain multiple certificates")]
+    MultipleRootCertificates,
+    /// A root CA offered for rotation expires within a year.
+    #[error("CA certificate expires too soon")]
+    RootExpiresTooSoon,
+    /// Only a CA certificate can be cross-signed.
+    #[error("certificate not a CA")]
+    NotCa,
     /// A join token that is not `SWMTKN-1-<digest>-<secret>`.
     #[error("invalid join token")]
     InvalidToken,

@@ -1,7 +1,8 @@
 //! The cluster's certificate authority and everything TLS: the root CA, node keys and CSRs,
 //! issuing node certificates (the CA, never the CSR, decides the subject), join tokens, the
 //! key files in the state directory, the rustls configurations of the control socket and the
-//! remote API, a node's live (renewable) TLS identity, and the node side of joining and renewal.
+//! remote API, a node's live (renewable) TLS identity, the node side of joining and renewal, and
+//! the certificate work of root CA rotation (cross-signing, telling which root issued a certificate).
 //! No store here: the CA signing server that reads and writes Node objects is a manager
 //! subsystem (STYLE.md).
 
@@ -11,6 +12,7 @@ mod error;
 mod key;
 mod keystore;
 mod root;
+mod rotation;
 mod security;
 mod tls;
 mod token;
@@ -21,6 +23,7 @@ pub use error::CaError;
 pub use key::NodeKey;
 pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
+pub use rotation::{MIN_ROOT_EXPIRY, SigningCa, normalize_pem, same_certificates};
 pub use security::SecurityConfig;
 pub use tls::{
     ServerTls, control_channel, control_server_config, insecure_client_config, mtls_client_config,

@@ -25,8 +25,8 @@ const NODE_BACKDATE: time::Duration = time::Duration::hours(1);
 /// A root CA certificate, with its key when this node may sign.
 #[derive(Clone)]
 pub struct RootCa {
-    cert_pem: Vec<u8>,
-    key_pem: Option<Vec<u8>>,
+    pub(crate) cert_pem: Vec<u8>,
+    pub(crate) key_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RootCa {
@@ -46,7 +46,7 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&serial)
 }
 
-fn to_str(pem: &[u8]) -> Result<&str, CaError> {
+pub(crate) fn to_str(pem: &[u8]) -> Result<&str, CaError> {
     std::str::from_utf8(pem).map_err(|e| CaError::Parse(e.to_string()))
 }
 

@@ -34,7 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted but not yet taken by the server; beyond this, accepting waits.
 const PENDING_CONNECTIONS: usize = 64;
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -144,7 +144,7 @@ pub fn control_channel(path: &Path) -> Result<Channel, CaError> {
     )
 }
 
-fn root_store(root_pem: &[u8]) -> Result<Arc<RootCertStore>, CaError> {
+pub(crate) fn root_store(root_pem: &[u8]) -> Result<Arc<RootCertStore>, CaError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(root_pem) {
         let cert = cert.map_err(|e| CaError::Parse(format!("root certificate: {e}")))?;

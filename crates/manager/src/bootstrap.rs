@@ -40,6 +40,9 @@ pub struct BootstrapInfo {
     pub hostname: String,
     /// Address recorded in the node status (the agent's address).
     pub status_addr: String,
+    /// This manager's certificate chain PEM, recorded in its Node object as the CA signer records
+    /// every certificate it issues (a root rotation tells from it which root issued it).
+    pub node_cert: Vec<u8>,
 }
 
 impl std::fmt::Debug for BootstrapInfo {
@@ -130,6 +133,7 @@ fn manager_node(info: &BootstrapInfo) -> api::Node {
                 err: String::new(),
             }),
             cn: info.node_id.clone(),
+            certificate: info.node_cert.clone(),
             ..Default::default()
         }),
         role: manager,

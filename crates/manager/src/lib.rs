@@ -1,6 +1,7 @@
-//! The manager role: the control API, the first-start bootstrap of cluster objects, and the
-//! lifecycle that serves them over the control socket and the remote port. It owns no I/O
-//! format of its own: the store is `store`, replication is `raft`, certificates are `ca`.
+//! The manager role: the control API, the first-start bootstrap of cluster objects, the root CA
+//! rotation subsystem, and the lifecycle that serves them over the control socket and the remote
+//! port. It owns no I/O format of its own: the store is `store`, replication is `raft`,
+//! certificates are `ca`.
 
 pub mod authz;
 pub mod bootstrap;
@@ -10,6 +11,7 @@ mod health;
 pub mod leader;
 mod manager;
 pub mod rolemanager;
+pub mod rootrotation;
 mod server;
 pub mod signer;
 

@@ -1,9 +1,9 @@
 //! One manager: the raft-backed store, the first-start bootstrap, and the gRPC servers (the
 //! control API on the unix socket, health on the remote port). Leader-only subsystems
-//! (allocator, orchestrators, scheduler, task reaper, constraint enforcer) are listed in
-//! [`leader_subsystems`]; the manager adds the CA signer and the role manager, which need this
-//! manager's identity and raft membership. The remote port serves CA, NodeCA, Control and Health
-//! behind the authorization table of [`crate::authz`].
+//! (allocator, orchestrators, scheduler, task reaper, constraint enforcer, root CA rotation) are
+//! listed in [`leader_subsystems`]; the manager adds the CA signer and the role manager, which need
+//! this manager's identity and raft membership. The remote port serves CA, NodeCA, Control and
+//! Health behind the authorization table of [`crate::authz`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,8 +79,9 @@ impl RaftMembers for LocalMembers {
 
 /// The subsystems that run on the raft leader only: the allocator moves NEW tasks to PENDING, the
 /// orchestrators create and retire tasks, the scheduler assigns PENDING tasks to nodes, the reaper
-/// bounds task history and the constraint enforcer rejects tasks whose node stopped fitting. They
-/// talk only through the store, so their order does not matter.
+/// bounds task history, the constraint enforcer rejects tasks whose node stopped fitting and the
+/// root CA rotation asks nodes to renew under a new root, then swaps the root. They talk only
+/// through the store, so their order does not matter.
 pub fn leader_subsystems() -> Vec<Subsystem> {
     use orchestrator::constraint_enforcer::ConstraintEnforcer;
     use orchestrator::global::GlobalOrchestrator;
@@ -108,6 +109,9 @@ pub fn leader_subsystems() -> Vec<Subsystem> {
         }),
         Subsystem::new("scheduler", |store, shutdown| {
             scheduler::Scheduler::new(store).run(shutdown)
+        }),
+        Subsystem::new("root CA rotation", |store, shutdown| {
+            crate::rootrotation::RootRotation::new(store).run(shutdown)
         }),
     ]
 }

@@ -87,6 +87,7 @@ async fn start() -> Cluster {
         raft: default_raft_config(10, 1),
         hostname: "m1".into(),
         status_addr: "127.0.0.1".into(),
+        node_cert: manager.cert_pem.clone(),
     };
     bootstrap(&store, &info).await.expect("bootstrap");
     let dir = tempfile::tempdir().expect("tempdir");

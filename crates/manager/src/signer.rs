@@ -80,9 +80,9 @@ impl CaSigner {
         }
     }
 
-    /// The signing root (with the cross-signed intermediate to append during a rotation) and the
-    /// validity of new certificates, from the cluster object.
-    fn signing_material(&self) -> Result<(ca::RootCa, Vec<u8>, Duration), String> {
+    /// The signer (the rotation's new root during a root rotation, with the cross-signed
+    /// intermediate) and the validity of new certificates, from the cluster object.
+    fn signing_material(&self) -> Result<(ca::SigningCa, Duration), String> {
         let cluster = self
             .store
             .view(|tx| tx.find_clusters(By::Name(DEFAULT_CLUSTER_NAME)))
@@ -90,14 +90,10 @@ impl CaSigner {
             .next()
             .ok_or("no cluster object")?;
         let root = cluster.root_ca.unwrap_or_default();
-        let (cert, key, intermediate) = match root.root_rotation {
-            Some(r) => (r.ca_cert, r.ca_key, r.cross_signed_ca_cert),
-            None => (root.ca_cert, root.ca_key, Vec::new()),
-        };
-        if key.is_empty() {
-            return Err("the cluster's root CA key is not available".into());
+        let mut signer = ca::SigningCa::for_cluster(&root).map_err(|e| e.to_string())?;
+        if self.expiry_override.is_some() {
+            signer = signer.allow_any_expiry();
         }
-        let signer = ca::RootCa::from_pem(&cert, Some(&key)).map_err(|e| e.to_string())?;
         let expiry = self.expiry_override.unwrap_or_else(|| {
             cluster
                 .spec
@@ -106,30 +102,15 @@ impl CaSigner {
                 .and_then(|d| proto_duration(&d))
                 .unwrap_or(DEFAULT_NODE_CERT_EXPIRY)
         });
-        Ok((signer, intermediate, expiry))
+        Ok((signer, expiry))
     }
 
     async fn sign(&self, req: Request) {
-        let signed = self
-            .signing_material()
-            .and_then(|(root, intermediate, expiry)| {
-                let leaf = if self.expiry_override.is_some() {
-                    root.issue_any_expiry(
-                        &req.csr,
-                        &req.node_id,
-                        req.role,
-                        &self.cluster_id,
-                        expiry,
-                    )
-                } else {
-                    root.issue(&req.csr, &req.node_id, req.role, &self.cluster_id, expiry)
-                };
-                leaf.map(|mut chain| {
-                    chain.extend_from_slice(&intermediate);
-                    chain
-                })
+        let signed = self.signing_material().and_then(|(signer, expiry)| {
+            signer
+                .issue(&req.csr, &req.node_id, req.role, &self.cluster_id, expiry)
                 .map_err(|e| e.to_string())
-            });
+        });
         let (state, certificate, err) = match signed {
             Ok(chain) => (IssuanceState::Issued, chain, String::new()),
             Err(e) => {

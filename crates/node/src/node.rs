@@ -203,6 +203,7 @@ impl Node {
             raft: default_raft_config(config.election_tick, config.heartbeat_tick),
             hostname,
             status_addr,
+            node_cert: id.cert_pem.clone(),
         };
         let raft = raft::RaftConfig {
             dir: state.raft_dir(),

@@ -1,8 +1,9 @@
 //! Control API calls on the cluster object (SwarmKit manager/controlapi/cluster.go): get and list
 //! (always redacted: no CA keys, unlock keys or network bootstrap keys leave the manager), and
 //! update with spec validation, join-token rotation, manager unlock-key creation/rotation/removal
-//! for autolock, and expiry of old blacklisted certificates. Root CA rotation (new signing
-//! cert/key or force_rotate) is not supported yet and is refused.
+//! for autolock, expiry of old blacklisted certificates, and the start of a root CA rotation (new
+//! signing cert/key or force_rotate; the leader's root rotation subsystem, `crate::rootrotation`,
+//! drives it to its end). External CAs are not supported yet and are refused.
 
 use std::time::{Duration, SystemTime};
 
@@ -150,34 +151,103 @@ fn generate_secret_key() -> Vec<u8> {
     key
 }
 
-/// Applies the CA part of the new spec to the root CA. Only what needs no root rotation is
-/// supported: no change, or naming the current CA certificate again.
+fn not_external_ca() -> Status {
+    Status::unimplemented("not supported yet: external CA")
+}
+
+/// Applies the CA part of the new spec to the root CA (SwarmKit's ca_rotation.go
+/// validateCAConfig): a new `signing_ca_cert` (+ key), or a `force_rotate` other than the last
+/// one, starts a root rotation; naming the current root again ends any rotation in progress;
+/// naming the rotation's target again leaves it alone. Roots without a key here (external CAs)
+/// are not supported yet.
 fn apply_ca_config(cluster: &mut api::Cluster) -> Result<(), Status> {
     let ca_config = cluster
         .spec
         .as_ref()
         .and_then(|s| s.ca_config.clone())
         .unwrap_or_default();
-    if !ca_config.signing_ca_key.is_empty() && ca_config.signing_ca_cert.is_empty() {
+    let (cert, key) = (&ca_config.signing_ca_cert, &ca_config.signing_ca_key);
+    if !key.is_empty() && cert.is_empty() {
         return Err(Status::invalid_argument(
             "if a signing CA key is provided, the signing CA cert must also be provided",
         ));
     }
     let root = cluster.root_ca.get_or_insert_with(Default::default);
-    let same_cert = !ca_config.signing_ca_cert.is_empty()
-        && ca_config.signing_ca_cert.trim_ascii() == root.ca_cert.trim_ascii();
-    if same_cert {
-        if !ca_config.signing_ca_key.is_empty() {
-            root.ca_key = ca_config.signing_ca_key.clone();
+    let force_rotate = ca_config.force_rotate;
+    if !cert.is_empty() && ca::same_certificates(cert, &root.ca_cert) {
+        if !key.is_empty() {
+            ca::RootCa::from_offered_pem(&root.ca_cert, Some(key))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            root.ca_key = key.clone();
         }
-        root.root_rotation = None;
-        root.last_forced_rotation = ca_config.force_rotate;
+        if root.root_rotation.take().is_some() {
+            tracing::info!("root CA rotation aborted: the current root CA was requested");
+        }
+        root.last_forced_rotation = force_rotate;
         return Ok(());
     }
-    if !ca_config.signing_ca_cert.is_empty() || root.last_forced_rotation != ca_config.force_rotate
-    {
-        return Err(Status::unimplemented("not supported yet: root CA rotation"));
+    if cert.is_empty() && root.last_forced_rotation == force_rotate {
+        return Ok(());
     }
+    if root.ca_key.is_empty() {
+        return Err(not_external_ca());
+    }
+    let next = if cert.is_empty() {
+        ca::RootCa::generate().map_err(|e| Status::internal(e.to_string()))?
+    } else {
+        let key = (!key.is_empty()).then_some(key.as_slice());
+        let next = ca::RootCa::from_offered_pem(cert, key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rotating_to_it = root
+            .root_rotation
+            .as_ref()
+            .is_some_and(|r| ca::same_certificates(&r.ca_cert, next.cert_pem()));
+        if key.is_none() && !rotating_to_it {
+            return Err(not_external_ca());
+        }
+        let current_key = ca::CertInfo::parse(&root.ca_cert).map(|c| c.public_key_raw);
+        let next_key = ca::CertInfo::parse(next.cert_pem()).map(|c| c.public_key_raw);
+        if matches!((current_key, next_key), (Ok(a), Ok(b)) if a == b) {
+            return Err(Status::invalid_argument(
+                "Cannot update to a cert with an identical key",
+            ));
+        }
+        if let Some(rotation) = root.root_rotation.as_mut().filter(|_| rotating_to_it) {
+            if let Some(key) = key {
+                rotation.ca_key = key.to_vec();
+            }
+            root.last_forced_rotation = force_rotate;
+            return Ok(());
+        }
+        next
+    };
+    start_root_rotation(root, &next, force_rotate)
+}
+
+/// Starts (or restarts) a rotation to `next`: cross-signed by the current root's key, so nodes
+/// that trust only the current root accept what `next` signs.
+fn start_root_rotation(
+    root: &mut api::RootCa,
+    next: &ca::RootCa,
+    force_rotate: u64,
+) -> Result<(), Status> {
+    let cross_signed = ca::RootCa::from_pem(&root.ca_cert, Some(&root.ca_key))
+        .and_then(|current| current.cross_sign(next.cert_pem()))
+        .map_err(|e| {
+            tracing::error!(error = %e, "unable to generate a cross-signed certificate for root rotation");
+            Status::internal("unable to generate a cross-signed certificate for root rotation")
+        })?;
+    let replaced = root.root_rotation.replace(api::RootRotation {
+        ca_cert: next.cert_pem().to_vec(),
+        ca_key: next.key_pem().map(<[u8]>::to_vec).unwrap_or_default(),
+        cross_signed_ca_cert: cross_signed,
+    });
+    root.last_forced_rotation = force_rotate;
+    tracing::info!(
+        ca.cert_hash = %next.cert_hash(),
+        restarted = replaced.is_some(),
+        "root CA rotation started"
+    );
     Ok(())
 }
 
@@ -299,3 +369,6 @@ pub(super) async fn list(
         .collect();
     Ok(api::ListClustersResponse { clusters })
 }
+
+#[cfg(test)]
+mod tests;

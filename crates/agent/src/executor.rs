@@ -1,0 +1,172 @@
+//! What an executor is (spec 6, SwarmKit agent/exec): it describes the node, and makes one
+//! [`Controller`] per task that takes the task through prepare, start, wait and shutdown. The task
+//! runner calls these one step at a time and maps the outcome to task states: an error before
+//! STARTING makes the task REJECTED, at or after it FAILED; a [`ExecutorError::Temporary`] error
+//! is retried.
+//!
+//! Every method of a controller takes `&self` and must be safe to call again (a step that is
+//! already done succeeds at once), because the runner retries after errors and restarts after a
+//! swarmd restart; `wait` must be cancel-safe, since the runner drops it to call `shutdown`.
+
+use std::time::Duration;
+
+/// What an executor keeps for a task so that a later swarmd process can adopt it (for instance a
+/// child process's PID and start time). The agent stores it in the worker database after `start`
+/// and hands it back to [`Executor::controller`] after a restart.
+pub type Checkpoint = Vec<u8>;
+
+/// Grace period before a task that was asked to stop is killed, when its spec gives none.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why an executor step failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecutorError {
+    /// The step cannot succeed (bad spec, missing image, ...). The message becomes the task
+    /// status' `err`.
+    #[error("{0}")]
+    Fatal(String),
+    /// The step may succeed if tried again later (engine briefly unavailable, ...).
+    #[error("{0}")]
+    Temporary(String),
+}
+
+/// How a task's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code (128 + signal for a process killed by a signal, as a shell reports it).
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// A clean exit: code 0, no signal.
+    pub fn success(&self) -> bool {
+        self.code == 0 && self.signal.is_none()
+    }
+
+    /// The task status error SwarmKit gives a task that did not exit cleanly.
+    pub fn error_message(&self) -> Option<String> {
+        (!self.success()).then(|| format!("task: non-zero exit ({})", self.code))
+    }
+}
+
+/// Where a task's runtime object (container, process) stands, as the executor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeState {
+    /// Nothing exists yet (or it was removed).
+    Absent,
+    /// Prepared (container created, ...) but not started.
+    Created,
+    /// Running.
+    Running,
+    /// It ran and ended.
+    Exited(ExitStatus),
+}
+
+/// Runs the tasks of one node.
+#[tonic::async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// What this node offers: hostname, platform, resources, engine (version, labels, plugins).
+    async fn describe(&self) -> Result<api::NodeDescription, ExecutorError>;
+
+    /// A controller for `task`. `checkpoint` is what a controller of the same task returned from
+    /// [`Controller::checkpoint`] in an earlier swarmd process, if anything. A task this executor
+    /// can never run (say, a process task without a command) is a [`ExecutorError::Fatal`] here.
+    fn controller(
+        &self,
+        task: &api::Task,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Box<dyn Controller>, ExecutorError>;
+}
+
+/// Takes one task through its life on this node.
+#[tonic::async_trait]
+pub trait Controller: Send + Sync {
+    /// Gets everything ready to start (image present, container created, ...).
+    async fn prepare(&self) -> Result<(), ExecutorError>;
+    /// Starts the task; a task already running (adopted) is left alone.
+    async fn start(&self) -> Result<(), ExecutorError>;
+    /// Waits until the task ends and says how. Cancel-safe.
+    async fn wait(&self) -> Result<ExitStatus, ExecutorError>;
+    /// Stops the task with its stop signal (SIGTERM by default), then kills it after the spec's
+    /// grace period ([`DEFAULT_STOP_GRACE`] by default). Returns once it has ended.
+    async fn shutdown(&self) -> Result<(), ExecutorError>;
+    /// Kills the task at once.
+    async fn terminate(&self) -> Result<(), ExecutorError>;
+    /// Removes what the task left (container, files); stops it first if it still runs.
+    async fn remove(&self) -> Result<(), ExecutorError>;
+    /// Where the task stands now.
+    async fn inspect(&self) -> Result<RuntimeState, ExecutorError>;
+    /// What a later swarmd process needs to adopt this task; `None` when nothing is needed.
+    fn checkpoint(&self) -> Option<Checkpoint>;
+}
+
+/// The grace period and stop signal of `task`'s container spec (defaults: 10 s, `SIGTERM`).
+pub fn stop_settings(task: &api::Task) -> (Duration, String) {
+    let container = task.spec.as_ref().and_then(|s| match &s.runtime {
+        Some(api::task_spec::Runtime::Container(c)) => Some(c),
+        _ => None,
+    });
+    let grace = container
+        .and_then(|c| c.stop_grace_period)
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(DEFAULT_STOP_GRACE);
+    let signal = container
+        .map(|c| c.stop_signal.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "SIGTERM".to_string());
+    (grace, signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_messages_follow_swarmkit() {
+        let ok = ExitStatus {
+            code: 0,
+            signal: None,
+        };
+        assert!(ok.success());
+        assert_eq!(ok.error_message(), None);
+        let bad = ExitStatus {
+            code: 3,
+            signal: None,
+        };
+        assert_eq!(
+            bad.error_message().as_deref(),
+            Some("task: non-zero exit (3)")
+        );
+        let killed = ExitStatus {
+            code: 137,
+            signal: Some(9),
+        };
+        assert!(!killed.success());
+    }
+
+    #[test]
+    fn stop_settings_default_to_sigterm_and_ten_seconds() {
+        let task = api::Task::default();
+        assert_eq!(stop_settings(&task), (DEFAULT_STOP_GRACE, "SIGTERM".into()));
+        let task = api::Task {
+            spec: Some(api::TaskSpec {
+                runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
+                    stop_signal: "SIGINT".into(),
+                    stop_grace_period: Some(prost_types::Duration {
+                        seconds: 2,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            stop_settings(&task),
+            (Duration::from_secs(2), "SIGINT".into())
+        );
+    }
+}

@@ -1,11 +1,20 @@
-//! The agent every node runs (spec 6): the [`Executor`] trait that executors implement, and (as
-//! the agent issue goes on) the dispatcher session, the worker's task database and the task
-//! runners. The agent never imports the store: it knows the cluster only through the Dispatcher
+//! The agent every node runs (spec 6): the [`Executor`] trait that executors implement, the
+//! session with a manager's dispatcher ([`run`]), the worker's task database ([`TaskDb`]) and
+//! one runner per task that walks it through its states. The agent never imports the store: it knows the cluster only through the Dispatcher
 //! API.
 
+mod agent;
+pub mod db;
 pub mod executor;
+mod runner;
+mod worker;
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use agent::{AgentConfig, AgentError, Connector, SessionObserver, run};
+pub use db::{StoredTask, TaskDb};
 pub use executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};

@@ -1,0 +1,308 @@
+//! The agent's session with a manager (spec 6, SwarmKit agent/agent.go and session.go): register
+//! with the Session stream, heartbeat at the period the dispatcher gives, follow the Assignments
+//! stream into the [`Worker`], and report task status changes in batches. When anything fails
+//! the agent backs off (100 ms, then 100 ms + 2 × the previous pause, at most 8 s, with a random
+//! part) and registers again with the next manager it knows; its tasks keep running meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::dispatcher_client::DispatcherClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use crate::db::{DbError, TaskDb};
+use crate::executor::Executor;
+use crate::runner::StatusReport;
+use crate::worker::Worker;
+
+/// First pause after a failed session.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between sessions.
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Deadline of each unary call to the dispatcher.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most status updates in one UpdateTaskStatus call.
+const STATUS_BATCH: usize = 1024;
+
+/// Opens a (lazy) channel to a manager's remote API with this node's credentials.
+pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+
+/// Told about every SessionMessage (node object, managers, root CA).
+pub type SessionObserver = Arc<dyn Fn(&api::SessionMessage) + Send + Sync>;
+
+/// What an agent needs.
+pub struct AgentConfig {
+    /// Manager addresses to try, in order (a session message replaces them).
+    pub managers: Vec<String>,
+    /// How to reach a manager.
+    pub connect: Connector,
+    /// Runs the tasks.
+    pub executor: Arc<dyn Executor>,
+    /// The worker's task database.
+    pub db: TaskDb,
+    /// Hears every session message.
+    pub observer: SessionObserver,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The task database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// There is no manager to talk to.
+    #[error("the agent knows no manager")]
+    NoManager,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    Shutdown,
+    Failed(String),
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    format!("rpc error: code = {:?} desc = {}", s.code(), s.message())
+}
+
+/// Runs the agent until `shutdown` fires. With `leave`, the tasks are shut down and removed on
+/// the way out (a graceful stop, spec 2.5); otherwise they are left running.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    leave: bool,
+) -> Result<(), AgentError> {
+    if config.managers.is_empty() {
+        return Err(AgentError::NoManager);
+    }
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel::<StatusReport>();
+    let mut worker = Worker::new(config.executor.clone(), config.db.clone(), reports_tx);
+    worker.resume();
+    let mut pending: BTreeMap<String, api::TaskStatus> = BTreeMap::new();
+    let mut managers = config.managers.clone();
+    let mut next = 0usize;
+    let mut backoff = Duration::ZERO;
+    loop {
+        if !backoff.is_zero() {
+            let pause = backoff.mul_f64(rand::random::<f64>());
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        let addr = managers[next % managers.len()].clone();
+        next += 1;
+        let mut session = Session {
+            config: &config,
+            worker: &mut worker,
+            reports: &mut reports_rx,
+            pending: &mut pending,
+            managers: &mut managers,
+            registered: false,
+        };
+        let end = session.run(&addr, &shutdown).await;
+        let registered = session.registered;
+        match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Failed(why) => {
+                warn!(manager = %addr, "agent session failed: {why}");
+                backoff = if registered || backoff.is_zero() {
+                    BACKOFF_MIN
+                } else {
+                    (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX)
+                };
+                if managers.is_empty() {
+                    managers = config.managers.clone();
+                }
+            }
+        }
+    }
+    if leave {
+        info!("agent leaving: shutting down and removing its tasks");
+        worker.leave().await;
+    }
+    Ok(())
+}
+
+struct Session<'a> {
+    config: &'a AgentConfig,
+    worker: &'a mut Worker,
+    reports: &'a mut mpsc::UnboundedReceiver<StatusReport>,
+    pending: &'a mut BTreeMap<String, api::TaskStatus>,
+    managers: &'a mut Vec<String>,
+    registered: bool,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, addr: &str, shutdown: &CancellationToken) -> SessionEnd {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => SessionEnd::Shutdown,
+            end = self.serve(addr) => end,
+        }
+    }
+
+    async fn serve(&mut self, addr: &str) -> SessionEnd {
+        let fail = SessionEnd::Failed;
+        let channel = match (self.config.connect)(addr) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let mut client = DispatcherClient::new(channel);
+        let description = match self.config.executor.describe().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!("agent: node description unavailable: {e}");
+                None
+            }
+        };
+        let mut stream = match client
+            .session(api::SessionRequest {
+                description,
+                session_id: String::new(),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return fail(status_text(&s)),
+        };
+        let first = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return fail("the session stream ended at once".into()),
+            Err(s) => return fail(status_text(&s)),
+        };
+        let session_id = first.session_id.clone();
+        self.registered = true;
+        self.observe(&first);
+        info!(manager = %addr, session.id = %session_id, "agent session registered");
+
+        let mut assignments = match client
+            .assignments(api::AssignmentsRequest {
+                session_id: session_id.clone(),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return fail(status_text(&s)),
+        };
+        let mut heartbeat = tokio::time::Instant::now();
+        loop {
+            if !self.pending.is_empty()
+                && let Err(e) = self.flush(&mut client, &session_id).await
+            {
+                return fail(e);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(heartbeat) => {
+                    let beat = client.heartbeat(api::HeartbeatRequest { session_id: session_id.clone() });
+                    match tokio::time::timeout(CALL_TIMEOUT, beat).await {
+                        Ok(Ok(resp)) => {
+                            let period = resp
+                                .into_inner()
+                                .period
+                                .and_then(|p| Duration::try_from(p).ok())
+                                .unwrap_or(Duration::from_secs(5));
+                            heartbeat = tokio::time::Instant::now() + period;
+                        }
+                        Ok(Err(s)) => return fail(format!("heartbeat: {}", status_text(&s))),
+                        Err(_) => return fail("heartbeat timed out".into()),
+                    }
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(m)) => self.observe(&m),
+                    Ok(None) => return fail("the manager ended the session".into()),
+                    Err(s) => return fail(status_text(&s)),
+                },
+                msg = assignments.message() => match msg {
+                    Ok(Some(m)) => {
+                        debug!(changes = m.changes.len(), r#type = m.r#type, "assignments");
+                        self.worker.apply(m);
+                    }
+                    Ok(None) => return fail("the assignments stream ended".into()),
+                    Err(s) => return fail(status_text(&s)),
+                },
+                report = self.reports.recv() => {
+                    if let Some((id, status)) = report {
+                        self.pending.insert(id, status);
+                        // Take whatever else is queued, so one call carries the burst.
+                        while let Ok((id, status)) = self.reports.try_recv() {
+                            self.pending.insert(id, status);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn observe(&mut self, msg: &api::SessionMessage) {
+        let addrs: Vec<String> = msg
+            .managers
+            .iter()
+            .filter_map(|w| w.peer.as_ref())
+            .map(|p| p.addr.clone())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if !addrs.is_empty() {
+            *self.managers = addrs;
+        }
+        (self.config.observer)(msg);
+    }
+
+    /// Sends the pending status updates; what was sent is no longer pending.
+    async fn flush(
+        &mut self,
+        client: &mut DispatcherClient<Channel>,
+        session_id: &str,
+    ) -> Result<(), String> {
+        while !self.pending.is_empty() {
+            let batch: Vec<(String, api::TaskStatus)> = self
+                .pending
+                .iter()
+                .take(STATUS_BATCH)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let updates = batch
+                .iter()
+                .map(
+                    |(id, status)| api::update_task_status_request::TaskStatusUpdate {
+                        task_id: id.clone(),
+                        status: Some(status.clone()),
+                    },
+                )
+                .collect();
+            let call = client.update_task_status(api::UpdateTaskStatusRequest {
+                session_id: session_id.to_string(),
+                updates,
+            });
+            match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(s))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    // Retrying cannot help: drop these updates rather than the session.
+                    warn!(
+                        "the manager refused task status updates: {}",
+                        status_text(&s)
+                    );
+                }
+                Ok(Err(s)) => return Err(format!("reporting task status: {}", status_text(&s))),
+                Err(_) => return Err("reporting task status timed out".into()),
+            }
+            for (id, status) in batch {
+                // A newer status that arrived meanwhile stays pending.
+                if self.pending.get(&id) == Some(&status) {
+                    self.pending.remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+//! The worker and its runners against a fake executor: state walk, shutdown, removal, rejection
+//! and resumption from the task database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::TaskState;
+use tokio::sync::{Notify, mpsc};
+
+use crate::db::TaskDb;
+use crate::executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};
+use crate::runner::StatusReport;
+use crate::worker::Worker;
+
+/// Counts calls per task; tasks run until shut down, or exit with the code in their first arg.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<HashMap<String, Vec<&'static str>>>,
+    running: Mutex<HashMap<String, RuntimeState>>,
+    exit: Arc<Notify>,
+}
+
+struct FakeController {
+    id: String,
+    exit_code: Option<i32>,
+    fake: Arc<Fake>,
+}
+
+impl FakeController {
+    fn log(&self, call: &'static str) {
+        self.fake
+            .calls
+            .lock()
+            .expect("lock")
+            .entry(self.id.clone())
+            .or_default()
+            .push(call);
+    }
+    fn set(&self, s: RuntimeState) {
+        self.fake
+            .running
+            .lock()
+            .expect("lock")
+            .insert(self.id.clone(), s);
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for FakeController {
+    async fn prepare(&self) -> Result<(), ExecutorError> {
+        self.log("prepare");
+        self.set(RuntimeState::Created);
+        Ok(())
+    }
+    async fn start(&self) -> Result<(), ExecutorError> {
+        self.log("start");
+        self.set(RuntimeState::Running);
+        Ok(())
+    }
+    async fn wait(&self) -> Result<ExitStatus, ExecutorError> {
+        match self.exit_code {
+            Some(code) => Ok(ExitStatus { code, signal: None }),
+            None => {
+                self.fake.exit.notified().await;
+                Ok(ExitStatus {
+                    code: 0,
+                    signal: None,
+                })
+            }
+        }
+    }
+    async fn shutdown(&self) -> Result<(), ExecutorError> {
+        self.log("shutdown");
+        Ok(())
+    }
+    async fn terminate(&self) -> Result<(), ExecutorError> {
+        Ok(())
+    }
+    async fn remove(&self) -> Result<(), ExecutorError> {
+        self.log("remove");
+        self.set(RuntimeState::Absent);
+        Ok(())
+    }
+    async fn inspect(&self) -> Result<RuntimeState, ExecutorError> {
+        Ok(*self
+            .fake
+            .running
+            .lock()
+            .expect("lock")
+            .get(&self.id)
+            .unwrap_or(&RuntimeState::Absent))
+    }
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        Some(b"cp".to_vec())
+    }
+}
+
+struct FakeExecutor(Arc<Fake>);
+
+#[tonic::async_trait]
+impl Executor for FakeExecutor {
+    async fn describe(&self) -> Result<api::NodeDescription, ExecutorError> {
+        Ok(api::NodeDescription::default())
+    }
+    fn controller(
+        &self,
+        task: &api::Task,
+        _: Option<Checkpoint>,
+    ) -> Result<Box<dyn Controller>, ExecutorError> {
+        if task.service_id == "refuse" {
+            return Err(ExecutorError::Fatal("no command".into()));
+        }
+        Ok(Box::new(FakeController {
+            id: task.id.clone(),
+            exit_code: task.service_id.parse().ok(),
+            fake: self.0.clone(),
+        }))
+    }
+}
+
+fn task(id: &str, service: &str, desired: TaskState) -> api::Task {
+    api::Task {
+        id: id.into(),
+        service_id: service.into(),
+        desired_state: desired as i32,
+        status: Some(api::TaskStatus {
+            state: TaskState::Assigned as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn complete(tasks: Vec<api::Task>) -> api::AssignmentsMessage {
+    changes(api::assignments_message::Type::Complete, tasks, false)
+}
+
+fn changes(
+    ty: api::assignments_message::Type,
+    tasks: Vec<api::Task>,
+    remove: bool,
+) -> api::AssignmentsMessage {
+    api::AssignmentsMessage {
+        r#type: ty as i32,
+        changes: tasks
+            .into_iter()
+            .map(|t| api::AssignmentChange {
+                assignment: Some(api::Assignment {
+                    item: Some(api::assignment::Item::Task(t)),
+                }),
+                action: if remove {
+                    api::assignment_change::AssignmentAction::Remove as i32
+                } else {
+                    api::assignment_change::AssignmentAction::Update as i32
+                },
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Collects reports until `id` reaches `state`, returning the states seen for it.
+async fn until(
+    rx: &mut mpsc::UnboundedReceiver<StatusReport>,
+    id: &str,
+    state: TaskState,
+) -> Vec<(i32, String, String)> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((tid, s)) = rx.recv().await {
+            if tid == id {
+                seen.push((s.state, s.message.clone(), s.err.clone()));
+                if s.state == state as i32 {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{id} never reached {state:?}; saw {seen:?}"));
+    seen
+}
+
+fn states(seen: &[(i32, String, String)]) -> Vec<(TaskState, &str)> {
+    seen.iter()
+        .map(|(s, m, _)| (TaskState::try_from(*s).expect("state"), m.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn tasks_walk_the_states_and_shut_down_and_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+
+    worker.apply(complete(vec![task("t1", "svc", TaskState::Running)]));
+    let seen = until(&mut rx, "t1", TaskState::Running).await;
+    assert_eq!(
+        states(&seen),
+        vec![
+            (TaskState::Accepted, "accepted"),
+            (TaskState::Preparing, "preparing"),
+            (TaskState::Ready, "prepared"),
+            (TaskState::Starting, "starting"),
+            (TaskState::Running, "started"),
+        ]
+    );
+    let stored = db.load().expect("load");
+    assert_eq!(stored[0].status.state, TaskState::Running as i32);
+    assert_eq!(stored[0].checkpoint.as_deref(), Some(&b"cp"[..]));
+
+    // Desired SHUTDOWN: shut down, reported SHUTDOWN.
+    worker.apply(changes(
+        api::assignments_message::Type::Incremental,
+        vec![task("t1", "svc", TaskState::Shutdown)],
+        false,
+    ));
+    let seen = until(&mut rx, "t1", TaskState::Shutdown).await;
+    assert_eq!(states(&seen), vec![(TaskState::Shutdown, "shutdown")]);
+
+    // A COMPLETE set without it: removed and forgotten.
+    worker.apply(complete(vec![]));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !db.load().expect("load").is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("task forgotten");
+    let calls = fake.calls.lock().expect("lock")["t1"].clone();
+    assert_eq!(calls, vec!["prepare", "start", "shutdown", "remove"]);
+}
+
+#[tokio::test]
+async fn exits_fail_or_complete_and_refusals_reject() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake)), db, tx);
+    worker.apply(complete(vec![
+        task("ok", "0", TaskState::Running),
+        task("bad", "3", TaskState::Running),
+        task("no", "refuse", TaskState::Running),
+    ]));
+    // The refusal is reported during `apply`, before any runner moves.
+    let seen = until(&mut rx, "no", TaskState::Rejected).await;
+    assert_eq!(seen.last().map(|s| s.2.as_str()), Some("no command"));
+    let seen = until(&mut rx, "ok", TaskState::Complete).await;
+    assert_eq!(seen.last().map(|s| s.1.as_str()), Some("finished"));
+    let seen = until(&mut rx, "bad", TaskState::Failed).await;
+    let last = seen.last().expect("failed");
+    assert_eq!(
+        (last.1.as_str(), last.2.as_str()),
+        ("started", "task: non-zero exit (3)")
+    );
+}
+
+#[tokio::test]
+async fn a_desired_ready_task_waits_and_a_restart_resumes_without_rerunning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    worker.apply(complete(vec![
+        task("r", "svc", TaskState::Ready),
+        task("run", "svc", TaskState::Running),
+    ]));
+    until(&mut rx, "r", TaskState::Ready).await;
+    until(&mut rx, "run", TaskState::Running).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !fake.calls.lock().expect("lock")["r"].contains(&"start"),
+        "a desired-READY task must not start"
+    );
+    // The agent goes away without leaving (SIGTERM); a new one resumes from the database.
+    drop(worker);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut again = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    again.resume();
+    again.apply(complete(vec![
+        task("r", "svc", TaskState::Running),
+        task("run", "svc", TaskState::Running),
+    ]));
+    until(&mut rx, "r", TaskState::Running).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let calls = fake.calls.lock().expect("lock").clone();
+    assert_eq!(
+        calls["run"],
+        vec!["prepare", "start"],
+        "the running task was re-run"
+    );
+    assert_eq!(calls["r"], vec!["prepare", "start"]);
+    again.leave().await;
+    assert!(
+        db.load().expect("load").is_empty(),
+        "leaving removes every task"
+    );
+}

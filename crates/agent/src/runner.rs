@@ -263,9 +263,8 @@ impl Runner {
     async fn remove(&mut self) {
         let id = self.task_id();
         for _ in 0..3 {
-            match self.controller.inspect().await {
-                Ok(RuntimeState::Absent) => break,
-                Ok(_) | Err(_) => {}
+            if let Ok(RuntimeState::Absent) = self.controller.inspect().await {
+                break;
             }
             match self.controller.remove().await {
                 Ok(()) => break,

@@ -144,9 +144,12 @@ impl Swarmd {
             .arg(self.state_dir())
             .arg("--listen-control-api")
             .arg(self.socket())
-            .args(["--listen-remote-api", "127.0.0.1:0", "--hostname", "node-1"])
-            .args(["--raft-tick-ms", "100"])
-            .args(&self.extra_args)
+            .args(["--listen-remote-api", "127.0.0.1:0"])
+            .args(["--raft-tick-ms", "100"]);
+        if !self.extra_args.iter().any(|a| a == "--hostname") {
+            cmd.args(["--hostname", "node-1"]);
+        }
+        cmd.args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log);
         cmd
@@ -217,6 +220,12 @@ impl Swarmd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Graceful stop (SIGINT), bounded; returns the exit code.
+    #[allow(dead_code)]
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal_and_wait(2)
     }
 
     /// kill -9.

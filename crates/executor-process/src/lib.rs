@@ -4,18 +4,27 @@
 //! or used (it stays in the spec as a label only), and networks, mounts, secrets and resource
 //! limits are not applied. The task runner, task states and the worker database are the agent's.
 //!
-//! `signal.rs`, `user.rs` and `procfs.rs` parse stop signals, users and /proc for the executor.
+//! [`ProcessExecutor`] describes the node and builds one [`ProcessController`] per task (in
+//! `controller.rs`); `signal.rs`, `user.rs` and `procfs.rs` parse stop signals, users and /proc.
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 
-use agent::ExecutorError;
+use agent::{Checkpoint, Controller, Executor, ExecutorError};
 
+mod controller;
 pub mod procfs;
 pub mod signal;
 pub mod user;
+
+pub use controller::{Launched, Probe, ProcessController, UNKNOWN_EXIT_CODE};
+
+/// The engine label every process node reports, so that placement constraints can pick such
+/// nodes (`engine.labels.executor==process`).
+pub const ENGINE_LABEL: (&str, &str) = ("executor", "process");
 
 /// Why a step of the process executor failed; turned into an [`ExecutorError`] in one place.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
 impl From<Error> for ExecutorError {
     fn from(e: Error) -> Self {
         let temporary = match &e {
@@ -87,6 +103,73 @@ impl From<Error> for ExecutorError {
         } else {
             ExecutorError::Fatal(e.to_string())
         }
+    }
+}
+
+/// Runs tasks as child processes of this swarmd, with their output in
+/// `<state_dir>/process/<task id>.log`.
+#[derive(Debug, Clone)]
+pub struct ProcessExecutor {
+    /// `<state_dir>/process`: one log file per task (mode 0700, files 0600).
+    log_dir: PathBuf,
+    /// The hostname to report instead of the OS's (`--hostname`).
+    hostname_override: Option<String>,
+}
+
+impl ProcessExecutor {
+    /// An executor keeping its files under `state_dir` and reporting `hostname_override`, if
+    /// given, as the node's hostname.
+    pub fn new(state_dir: PathBuf, hostname_override: Option<String>) -> Self {
+        ProcessExecutor {
+            log_dir: state_dir.join("process"),
+            hostname_override,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for ProcessExecutor {
+    /// Hostname (the override or the kernel's), platform as Rust names it (`linux`, `x86_64` or
+    /// `aarch64`, which the scheduler's platform filter takes for `amd64`/`arm64`), CPUs × 10⁹
+    /// nano CPUs, MemTotal, and an engine with no version, no plugins and the label
+    /// [`ENGINE_LABEL`]. Reporting an engine without plugins keeps tasks that need network or
+    /// volume plugins off this node, which can attach neither.
+    async fn describe(&self) -> Result<api::NodeDescription, ExecutorError> {
+        let hostname = match &self.hostname_override {
+            Some(name) => name.clone(),
+            None => procfs::hostname().map_err(Error::io("reading the hostname"))?,
+        };
+        let cpus = std::thread::available_parallelism()
+            .map_err(Error::io("counting CPUs"))?
+            .get();
+        let memory_bytes = procfs::memory_total().map_err(Error::io("reading /proc/meminfo"))?;
+        Ok(api::NodeDescription {
+            hostname,
+            platform: Some(api::Platform {
+                architecture: std::env::consts::ARCH.to_string(),
+                os: std::env::consts::OS.to_string(),
+            }),
+            resources: Some(api::Resources {
+                nano_cpus: i64::try_from(cpus).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000,
+                memory_bytes,
+                generic: Vec::new(),
+            }),
+            engine: Some(api::EngineDescription {
+                engine_version: String::new(),
+                labels: BTreeMap::from([(ENGINE_LABEL.0.to_string(), ENGINE_LABEL.1.to_string())]),
+                plugins: Vec::new(),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn controller(
+        &self,
+        task: &api::Task,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Box<dyn Controller>, ExecutorError> {
+        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref())?;
+        Ok(Box::new(controller))
     }
 }
 

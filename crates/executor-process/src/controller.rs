@@ -44,7 +44,7 @@ const UNKNOWN_EXIT: ExitStatus = ExitStatus {
 };
 
 /// A started process, as a checkpoint keeps it: the PID and its start time (field 22 of
-/// /proc/<pid>/stat), which together name one process even after the PID is reused.
+/// `/proc/<pid>/stat`), which together name one process even after the PID is reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launched {
     /// Process ID, which is also its process group ID.
@@ -142,7 +142,7 @@ fn exit_status(code: Option<i32>, signal: Option<i32>) -> Option<ExitStatus> {
 /// What to run, from the task's container spec.
 #[derive(Debug, Clone)]
 struct Launch {
-    /// command[0].
+    /// `command[0]`.
     program: String,
     /// The rest of `command`, then `args`.
     args: Vec<String>,

@@ -64,7 +64,7 @@ pub enum Error {
     /// The program could not be started.
     #[error("process executor: starting {program}: {source}")]
     Spawn {
-        /// command[0].
+        /// `command[0]`.
         program: String,
         /// Why.
         source: io::Error,

@@ -5,7 +5,7 @@
 use std::io;
 use std::path::Path;
 
-/// What /proc/<pid>/stat says about a process.
+/// What `/proc/<pid>/stat` says about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
     /// Field 3: `R`, `S`, `D`, `Z` (zombie), ...
@@ -22,7 +22,7 @@ impl ProcStat {
     }
 }
 
-/// /proc/<pid>/stat of `pid`; `None` when there is no such process.
+/// `/proc/<pid>/stat` of `pid`; `None` when there is no such process.
 pub fn read_stat(pid: i32) -> io::Result<Option<ProcStat>> {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(text) => parse_stat(&text).map(Some).ok_or_else(|| {
@@ -37,7 +37,7 @@ pub fn read_stat(pid: i32) -> io::Result<Option<ProcStat>> {
     }
 }
 
-/// Parses a /proc/<pid>/stat line. The command name (field 2) is in parentheses and may itself
+/// Parses a `/proc/<pid>/stat` line. The command name (field 2) is in parentheses and may itself
 /// hold spaces and parentheses, so fields are counted from the last `)`.
 pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let (_, rest) = text.rsplit_once(')')?;

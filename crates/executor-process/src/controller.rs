@@ -1,0 +1,493 @@
+//! One task as a child process: spawning it in its own process group with its output in a log
+//! file, reaping it by polling `waitpid` (so `wait` is cancel-safe and no blocking thread is
+//! needed), signalling the group to stop it, and adopting it after a swarmd restart from its
+//! checkpoint (PID and start time). Which step runs when is the agent's task runner's business.
+//! Dropping a controller leaves its process running (once it ends, it stays a zombie until a
+//! controller made from its checkpoint reaps it), so that such a controller can take it over.
+//!
+//! std's `Command` spawns, not `tokio::process`: tokio's orphan reaper would reap a child whose
+//! handle was dropped (as an adopting controller's first incarnation is) and lose its status.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use agent::{Controller, ExecutorError, ExitStatus, RuntimeState};
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, WaitOptions};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::signal::parse_signal;
+use crate::user::{self, User};
+use crate::{Error, procfs};
+
+/// How often a running process is checked for its end.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The environment every task starts from, before the spec's `env` (Docker's default PATH).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The exit code reported for an adopted process that was not our child (it was started by an
+/// earlier swarmd), or whose PID is gone or reused: its real status went to whoever reaped it.
+/// The task then fails with `task: non-zero exit (-1)`.
+pub const UNKNOWN_EXIT_CODE: i32 = -1;
+
+const UNKNOWN_EXIT: ExitStatus = ExitStatus {
+    code: UNKNOWN_EXIT_CODE,
+    signal: None,
+};
+
+/// A started process, as a checkpoint keeps it: the PID and its start time (field 22 of
+/// `/proc/<pid>/stat`), which together name one process even after the PID is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launched {
+    /// Process ID, which is also its process group ID.
+    pub pid: i32,
+    /// Clock ticks after boot at which it started.
+    pub start_time: u64,
+}
+
+impl Launched {
+    /// The checkpoint bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("two integers always serialise")
+    }
+
+    /// Reads checkpoint bytes written by [`Launched::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Launched, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Whether it has ended, and how, reaping it if it is our child.
+    pub fn probe(&self) -> Result<Probe, Error> {
+        let what = || format!("checking process {}", self.pid);
+        let stat = procfs::read_stat(self.pid).map_err(Error::io(what()))?;
+        let (Some(stat), Some(pid)) = (
+            stat.filter(|s| s.start_time == self.start_time),
+            Pid::from_raw(self.pid),
+        ) else {
+            return Ok(Probe::Gone);
+        };
+        match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => Ok(
+                match exit_status(status.exit_status(), status.terminating_signal()) {
+                    Some(status) => Probe::Exited(status),
+                    None => Probe::Running,
+                },
+            ),
+            Ok(None) => Ok(Probe::Running),
+            // Not our child: an earlier swarmd started it, and its new parent reaps it.
+            Err(Errno::CHILD) if stat.is_zombie() => Ok(Probe::Exited(UNKNOWN_EXIT)),
+            Err(Errno::CHILD) => Ok(Probe::Running),
+            Err(e) => Err(Error::io(what())(e.into())),
+        }
+    }
+
+    /// Kills what the process left running in its group once it has ended: the task ends with
+    /// its leader, as a container ends with its init. Only the group is signalled, never the
+    /// PID alone, which may already name another process.
+    fn kill_leftovers(&self) {
+        if let Some(pid) = Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+    }
+
+    /// Sends `signal` to its process group (to the process alone if it left its group).
+    fn signal(&self, signal: Signal) -> Result<(), Error> {
+        let Some(pid) = Pid::from_raw(self.pid) else {
+            return Ok(());
+        };
+        let sent = match rustix::process::kill_process_group(pid, signal) {
+            Err(Errno::SRCH) => rustix::process::kill_process(pid, signal),
+            other => other,
+        };
+        match sent {
+            Ok(()) | Err(Errno::SRCH) => Ok(()),
+            Err(e) => Err(Error::io(format!("signalling process group {}", self.pid))(
+                e.into(),
+            )),
+        }
+    }
+}
+
+/// What [`Launched::probe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// It still runs.
+    Running,
+    /// It has just ended: the real status if it was our child, [`UNKNOWN_EXIT_CODE`] if not.
+    Exited(ExitStatus),
+    /// It was gone already, or its PID names another process now; how it ended is unknown.
+    Gone,
+}
+
+/// The status `waitpid` gave, as the agent reports it; `None` for a stop or continue.
+fn exit_status(code: Option<i32>, signal: Option<i32>) -> Option<ExitStatus> {
+    match (code, signal) {
+        (Some(code), _) => Some(ExitStatus { code, signal: None }),
+        (None, Some(signal)) => Some(ExitStatus {
+            code: 128 + signal,
+            signal: Some(signal),
+        }),
+        (None, None) => None,
+    }
+}
+
+/// What to run, from the task's container spec.
+#[derive(Debug, Clone)]
+struct Launch {
+    /// `command[0]`.
+    program: String,
+    /// The rest of `command`, then `args`.
+    args: Vec<String>,
+    /// `KEY=value` sets, a bare `KEY` unsets (in order, after PATH).
+    env: Vec<String>,
+    /// Working directory, when given.
+    dir: Option<PathBuf>,
+    /// `user` as written, resolved at prepare.
+    user: Option<String>,
+    /// Only logged: nothing is pulled.
+    image: String,
+}
+
+impl Launch {
+    fn from_task(task: &api::Task) -> Result<Launch, Error> {
+        let container = match task.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
+            Some(api::task_spec::Runtime::Container(c)) => c,
+            _ => return Err(Error::NoContainerSpec),
+        };
+        let (program, rest) = container.command.split_first().ok_or(Error::NoCommand)?;
+        Ok(Launch {
+            program: program.clone(),
+            args: rest.iter().chain(&container.args).cloned().collect(),
+            env: container.env.clone(),
+            dir: Some(&container.dir)
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+            user: Some(&container.user).filter(|u| !u.is_empty()).cloned(),
+            image: container.image.clone(),
+        })
+    }
+
+    fn command(&self, user: Option<User>, log: &File) -> io::Result<Command> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).env_clear().env("PATH", DEFAULT_PATH);
+        for entry in &self.env {
+            match entry.split_once('=') {
+                Some((key, value)) => cmd.env(key, value),
+                None => cmd.env_remove(entry),
+            };
+        }
+        if let Some(dir) = &self.dir {
+            cmd.current_dir(dir);
+        }
+        if let Some(user) = user {
+            // As root, std also drops the supplementary groups.
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            // Its own process group, so that stop signals reach its children too.
+            .process_group(0);
+        Ok(cmd)
+    }
+}
+
+/// Where the task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Absent,
+    Created,
+    Running(Launched),
+    Exited(ExitStatus),
+}
+
+#[derive(Debug)]
+struct Inner {
+    phase: Phase,
+    /// The process started or adopted, for the checkpoint; kept once it has exited.
+    launched: Option<Launched>,
+    /// `user` resolved at prepare.
+    user: Option<User>,
+}
+
+/// Takes one task through its life as a child process (see the module docs).
+#[derive(Debug)]
+pub struct ProcessController {
+    task_id: String,
+    launch: Launch,
+    stop_signal: Signal,
+    grace: Duration,
+    log_dir: PathBuf,
+    log_path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl ProcessController {
+    /// A controller for `task`, logging to `<log_dir>/<task id>.log`; with a `checkpoint` it
+    /// adopts the process the checkpoint names (Running if it still lives, Exited if it is gone
+    /// or its PID was reused; it is never started again).
+    pub fn new(
+        task: &api::Task,
+        log_dir: &Path,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<ProcessController, Error> {
+        let valid_id = !task.id.is_empty()
+            && !task.id.starts_with('.')
+            && task
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_id {
+            return Err(Error::InvalidTaskId(task.id.clone()));
+        }
+        let launch = Launch::from_task(task)?;
+        let (grace, stop_signal) = agent::executor::stop_settings(task);
+        let stop_signal = parse_signal(&stop_signal)?;
+        let launched = checkpoint
+            .map(|bytes| {
+                Launched::decode(bytes).map_err(|e| Error::InvalidCheckpoint {
+                    task: task.id.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        if let Some(l) = launched {
+            tracing::info!(task.id = %task.id, pid = l.pid, "adopting the task's process");
+        }
+        Ok(ProcessController {
+            task_id: task.id.clone(),
+            launch,
+            stop_signal,
+            grace,
+            log_dir: log_dir.to_path_buf(),
+            log_path: log_dir.join(format!("{}.log", task.id)),
+            inner: Mutex::new(Inner {
+                // `poll` finds out whether an adopted process still runs.
+                phase: launched.map_or(Phase::Absent, Phase::Running),
+                launched,
+                user: None,
+            }),
+        })
+    }
+
+    /// The task's log file (stdout and stderr, appended).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock; a poisoned one still holds a consistent state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The phase now, noticing an end (and reaping our child) if the process has ended.
+    fn poll(&self) -> Result<Phase, Error> {
+        let mut inner = self.lock();
+        if let Phase::Running(launched) = inner.phase {
+            let status = match launched.probe()? {
+                Probe::Running => return Ok(inner.phase),
+                Probe::Exited(status) => {
+                    // Seen ending just now: a PID is not reused while its group has members,
+                    // so that group is still the task's.
+                    launched.kill_leftovers();
+                    status
+                }
+                Probe::Gone => UNKNOWN_EXIT,
+            };
+            tracing::info!(task.id = %self.task_id, pid = launched.pid, code = status.code, "task process exited");
+            inner.phase = Phase::Exited(status);
+        }
+        Ok(inner.phase)
+    }
+
+    /// Polls until the process has ended.
+    async fn wait_exit(&self) -> Result<ExitStatus, Error> {
+        loop {
+            match self.poll()? {
+                Phase::Exited(status) => return Ok(status),
+                Phase::Running(_) => tokio::time::sleep(POLL).await,
+                Phase::Absent | Phase::Created => {
+                    return Err(Error::NotStarted(self.task_id.clone()));
+                }
+            }
+        }
+    }
+
+    /// Resolves the user, checks the working directory and creates the log file.
+    fn prepare_locked(&self, inner: &mut Inner) -> Result<(), Error> {
+        if inner.phase != Phase::Absent {
+            return Ok(());
+        }
+        inner.user = match &self.launch.user {
+            Some(spec) => {
+                let passwd = read_or_empty(user::PASSWD)?;
+                let group = read_or_empty(user::GROUP)?;
+                Some(user::resolve_user(spec, &passwd, &group)?)
+            }
+            None => None,
+        };
+        if let Some(dir) = &self.launch.dir
+            && !dir.is_dir()
+        {
+            return Err(Error::InvalidDir(dir.clone()));
+        }
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.log_dir)
+            .map_err(Error::io(format!("creating {}", self.log_dir.display())))?;
+        self.open_log()?;
+        inner.phase = Phase::Created;
+        Ok(())
+    }
+
+    fn open_log(&self) -> Result<File, Error> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.log_path)
+            .map_err(Error::io(format!("opening {}", self.log_path.display())))
+    }
+
+    fn spawn_locked(&self, inner: &mut Inner) -> Result<(), Error> {
+        let spawn_error = |source| Error::Spawn {
+            program: self.launch.program.clone(),
+            source,
+        };
+        let log = self.open_log()?;
+        let child = self
+            .launch
+            .command(inner.user, &log)
+            .and_then(|mut cmd| cmd.spawn())
+            .map_err(spawn_error)?;
+        let pid = i32::try_from(child.id()).expect("Linux PIDs fit in an i32");
+        // The child is unreaped until we wait for it, so its stat is there even if it has exited.
+        let stat = match procfs::read_stat(pid) {
+            Ok(Some(stat)) => stat,
+            other => {
+                let launched = Launched { pid, start_time: 0 };
+                let _ = launched.signal(Signal::KILL);
+                let _ = rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::empty());
+                let source = other
+                    .err()
+                    .unwrap_or_else(|| io::Error::other("no /proc entry"));
+                return Err(Error::io(format!("reading /proc/{pid}/stat"))(source));
+            }
+        };
+        let launched = Launched {
+            pid,
+            start_time: stat.start_time,
+        };
+        tracing::info!(task.id = %self.task_id, pid, image = %self.launch.image, "task process started");
+        inner.phase = Phase::Running(launched);
+        inner.launched = Some(launched);
+        Ok(())
+    }
+
+    /// Sends `signal` to the process group if the process still runs; whether it did.
+    fn signal_if_running(&self, signal: Signal) -> Result<bool, Error> {
+        match self.poll()? {
+            Phase::Running(launched) => launched.signal(signal).map(|()| true),
+            _ => Ok(false),
+        }
+    }
+}
+
+fn read_or_empty(path: &str) -> Result<String, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(Error::io(format!("reading {path}"))(e)),
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ProcessController {
+    async fn prepare(&self) -> Result<(), ExecutorError> {
+        let mut inner = self.lock();
+        Ok(self.prepare_locked(&mut inner)?)
+    }
+
+    async fn start(&self) -> Result<(), ExecutorError> {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Absent => {
+                self.prepare_locked(&mut inner)?;
+                Ok(self.spawn_locked(&mut inner)?)
+            }
+            Phase::Created => Ok(self.spawn_locked(&mut inner)?),
+            // Already started, or adopted: a task is never run twice.
+            Phase::Running(_) | Phase::Exited(_) => Ok(()),
+        }
+    }
+
+    async fn wait(&self) -> Result<ExitStatus, ExecutorError> {
+        Ok(self.wait_exit().await?)
+    }
+
+    async fn shutdown(&self) -> Result<(), ExecutorError> {
+        if !self.signal_if_running(self.stop_signal)? {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.grace;
+        loop {
+            if !matches!(self.poll()?, Phase::Running(_)) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(POLL.min(deadline - now)).await;
+        }
+        tracing::info!(task.id = %self.task_id, grace = ?self.grace, "task process outlived its grace period; killing it");
+        self.terminate().await
+    }
+
+    async fn terminate(&self) -> Result<(), ExecutorError> {
+        if self.signal_if_running(Signal::KILL)? {
+            self.wait_exit().await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self) -> Result<(), ExecutorError> {
+        self.shutdown().await?;
+        let mut inner = self.lock();
+        match std::fs::remove_file(&self.log_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => Err(Error::io(format!("removing {}", self.log_path.display()))(
+                e,
+            ))?,
+        }
+        inner.phase = Phase::Absent;
+        inner.launched = None;
+        Ok(())
+    }
+
+    async fn inspect(&self) -> Result<RuntimeState, ExecutorError> {
+        Ok(match self.poll()? {
+            Phase::Absent => RuntimeState::Absent,
+            Phase::Created => RuntimeState::Created,
+            Phase::Running(_) => RuntimeState::Running,
+            Phase::Exited(status) => RuntimeState::Exited(status),
+        })
+    }
+
+    fn checkpoint(&self) -> Option<agent::Checkpoint> {
+        self.lock().launched.map(|l| l.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests;

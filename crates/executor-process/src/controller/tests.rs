@@ -1,0 +1,289 @@
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use super::*;
+
+fn task(id: &str, command: &[&str], edit: impl FnOnce(&mut api::ContainerSpec)) -> api::Task {
+    let mut container = api::ContainerSpec {
+        image: "busybox:latest".into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    edit(&mut container);
+    api::Task {
+        id: id.into(),
+        spec: Some(api::TaskSpec {
+            runtime: Some(api::task_spec::Runtime::Container(container)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn sh(id: &str, script: &str) -> api::Task {
+    task(id, &["/bin/sh", "-c", script], |_| {})
+}
+
+fn start_time(pid: i32) -> u64 {
+    procfs::read_stat(pid)
+        .expect("read stat")
+        .expect("process exists")
+        .start_time
+}
+
+async fn run_to_end(c: &ProcessController) -> ExitStatus {
+    c.prepare().await.expect("prepare");
+    c.start().await.expect("start");
+    tokio::time::timeout(Duration::from_secs(20), c.wait())
+        .await
+        .expect("ends in time")
+        .expect("wait")
+}
+
+#[test]
+fn checkpoints_round_trip() {
+    let launched = Launched {
+        pid: 4242,
+        start_time: 987_654_321,
+    };
+    assert_eq!(
+        Launched::decode(&launched.encode()).expect("decode"),
+        launched
+    );
+    assert!(Launched::decode(b"not json").is_err());
+}
+
+#[test]
+fn a_garbled_checkpoint_is_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = ProcessController::new(&sh("t1", "true"), dir.path(), Some(b"{")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("process executor: unreadable checkpoint of task t1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn probe_tells_a_live_process_from_a_reused_pid() {
+    #[allow(clippy::zombie_processes, reason = "probe reaps it with waitpid")]
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id() as i32;
+    let live = Launched {
+        pid,
+        start_time: start_time(pid),
+    };
+    assert_eq!(live.probe().expect("probe"), Probe::Running);
+    let reused = Launched {
+        start_time: live.start_time + 1,
+        ..live
+    };
+    assert_eq!(reused.probe().expect("probe"), Probe::Gone);
+    child.kill().expect("kill");
+    // Our child: probing reaps it and gives the real status.
+    let status = loop {
+        match live.probe().expect("probe") {
+            Probe::Running => std::thread::sleep(POLL),
+            other => break other,
+        }
+    };
+    assert_eq!(
+        status,
+        Probe::Exited(ExitStatus {
+            code: 137,
+            signal: Some(9)
+        })
+    );
+    assert_eq!(live.probe().expect("probe"), Probe::Gone);
+}
+
+#[tokio::test]
+async fn a_process_that_is_not_our_child_ends_with_an_unknown_code() {
+    // The shell's background sleep is reparented when the shell exits.
+    let out = Command::new("/bin/sh")
+        .args(["-c", "sleep 1 >/dev/null 2>&1 & echo $!"])
+        .output()
+        .expect("run sh");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a pid");
+    let launched = Launched {
+        pid,
+        start_time: start_time(pid),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = ProcessController::new(
+        &sh("orphan", "exit 0"),
+        dir.path(),
+        Some(&launched.encode()),
+    )
+    .expect("controller");
+    assert_eq!(c.inspect().await, Ok(RuntimeState::Running));
+    c.start().await.expect("start adopted");
+    let exit = tokio::time::timeout(Duration::from_secs(20), c.wait())
+        .await
+        .expect("ends in time")
+        .expect("wait");
+    assert_eq!(exit, UNKNOWN_EXIT);
+    assert_eq!(
+        exit.error_message().as_deref(),
+        Some("task: non-zero exit (-1)")
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_whose_pid_was_reused_is_exited_and_not_started_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Our own PID with another start time: a reused PID.
+    let me = std::process::id() as i32;
+    let stale = Launched {
+        pid: me,
+        start_time: start_time(me) + 1,
+    };
+    let c = ProcessController::new(&sh("stale", "exit 0"), dir.path(), Some(&stale.encode()))
+        .expect("controller");
+    assert_eq!(c.inspect().await, Ok(RuntimeState::Exited(UNKNOWN_EXIT)));
+    c.prepare().await.expect("prepare");
+    c.start().await.expect("start");
+    assert_eq!(c.inspect().await, Ok(RuntimeState::Exited(UNKNOWN_EXIT)));
+    assert_eq!(c.checkpoint(), Some(stale.encode()));
+    assert!(!c.log_path().exists(), "nothing was started");
+}
+
+#[test]
+fn tasks_without_a_command_or_with_a_bad_stop_signal_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = ProcessController::new(&task("t", &[], |_| {}), dir.path(), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "process executor: the task has no command; it needs a command to run as a process"
+    );
+    let args_only = task("t", &[], |c| c.args = vec!["-c".into()]);
+    assert!(matches!(
+        ProcessController::new(&args_only, dir.path(), None),
+        Err(Error::NoCommand)
+    ));
+    let bad_signal = task("t", &["true"], |c| c.stop_signal = "SIGNOPE".into());
+    assert!(matches!(
+        ProcessController::new(&bad_signal, dir.path(), None),
+        Err(Error::InvalidSignal(s)) if s == "SIGNOPE"
+    ));
+    let bad_id = sh("../escape", "true");
+    assert!(matches!(
+        ProcessController::new(&bad_id, dir.path(), None),
+        Err(Error::InvalidTaskId(_))
+    ));
+}
+
+#[tokio::test]
+async fn output_goes_to_a_private_log_file_per_task() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let log_dir = state.path().join("process");
+    let c = ProcessController::new(&sh("logs", "echo out; echo err >&2"), &log_dir, None)
+        .expect("controller");
+    assert!(run_to_end(&c).await.success());
+    assert_eq!(c.log_path(), log_dir.join("logs.log"));
+    let text = std::fs::read_to_string(c.log_path()).expect("log");
+    assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&log_dir), 0o700);
+    assert_eq!(mode(c.log_path()), 0o600);
+    c.remove().await.expect("remove");
+    assert!(!c.log_path().exists());
+}
+
+#[tokio::test]
+async fn env_dir_and_user_apply() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("workdir");
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let script = "echo \"path=$PATH a=$A b=${B-unset} dir=$(pwd) id=$(id -u):$(id -g)\"";
+    let t = task("env", &["/bin/sh", "-c", script], |c| {
+        c.env = vec!["A=1".into(), "B=2".into(), "B".into()];
+        c.dir = work.path().display().to_string();
+        c.user = format!("{uid}:{gid}");
+    });
+    let c = ProcessController::new(&t, state.path(), None).expect("controller");
+    assert!(run_to_end(&c).await.success());
+    let text = std::fs::read_to_string(c.log_path()).expect("log");
+    let dir = work.path().canonicalize().expect("canonical");
+    assert_eq!(
+        text.trim(),
+        format!(
+            "path={DEFAULT_PATH} a=1 b=unset dir={} id={uid}:{gid}",
+            dir.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_missing_program_or_dir_is_fatal() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let c = ProcessController::new(
+        &task("missing", &["/no/such/program"], |_| {}),
+        state.path(),
+        None,
+    )
+    .expect("controller");
+    c.prepare().await.expect("prepare");
+    assert!(
+        matches!(c.start().await, Err(ExecutorError::Fatal(m)) if m.contains("/no/such/program"))
+    );
+    let c = ProcessController::new(
+        &task("nodir", &["true"], |c| c.dir = "/no/such/dir".into()),
+        state.path(),
+        None,
+    )
+    .expect("controller");
+    assert_eq!(
+        c.prepare().await,
+        Err(ExecutorError::Fatal(
+            "process executor: working directory /no/such/dir is not a directory".into()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn shutdown_reaches_the_whole_process_group() {
+    let state = tempfile::tempdir().expect("tempdir");
+    // The grandchild writes its PID, then the shell waits on it; TERM to the group ends both.
+    let script = "sleep 60 & echo $! > grandchild; wait";
+    let t = task("group", &["/bin/sh", "-c", script], |c| {
+        c.dir = state.path().display().to_string();
+    });
+    let c = ProcessController::new(&t, state.path(), None).expect("controller");
+    c.prepare().await.expect("prepare");
+    c.start().await.expect("start");
+    let pid_file = state.path().join("grandchild");
+    let grandchild: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    c.shutdown().await.expect("shutdown");
+    match c.inspect().await {
+        Ok(RuntimeState::Exited(e)) => assert_eq!(e.signal, Some(15), "{e:?}"),
+        other => panic!("not exited: {other:?}"),
+    }
+    // The grandchild was our child's; once it is reaped by init its /proc entry goes.
+    let gone = async {
+        while procfs::read_stat(grandchild)
+            .expect("stat")
+            .is_some_and(|s| !s.is_zombie())
+        {
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the grandchild got the stop signal too");
+}

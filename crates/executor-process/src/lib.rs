@@ -1,0 +1,203 @@
+//! An [`agent::Executor`] that runs each task's container spec `command` + `args` as a plain
+//! child process, for nodes with no Docker engine (our addition beyond SwarmKit). The spec's
+//! `env`, `dir`, `user`, `stop_signal` and `stop_grace_period` apply; the image is not pulled
+//! or used (it stays in the spec as a label only), and networks, mounts, secrets and resource
+//! limits are not applied. The task runner, task states and the worker database are the agent's.
+//!
+//! [`ProcessExecutor`] describes the node and builds one [`ProcessController`] per task (in
+//! `controller.rs`); `signal.rs`, `user.rs` and `procfs.rs` parse stop signals, users and /proc.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+
+use agent::{Checkpoint, Controller, Executor, ExecutorError};
+
+mod controller;
+pub mod procfs;
+pub mod signal;
+pub mod user;
+
+pub use controller::{Launched, Probe, ProcessController, UNKNOWN_EXIT_CODE};
+
+/// The engine label every process node reports, so that placement constraints can pick such
+/// nodes (`engine.labels.executor==process`).
+pub const ENGINE_LABEL: (&str, &str) = ("executor", "process");
+
+/// Why a step of the process executor failed; turned into an [`ExecutorError`] in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The task has no container spec to take a command from.
+    #[error("process executor: the task has no container spec; it needs one with a command")]
+    NoContainerSpec,
+    /// The container spec has no command.
+    #[error("process executor: the task has no command; it needs a command to run as a process")]
+    NoCommand,
+    /// The task ID cannot name a log file.
+    #[error("process executor: task id {0:?} cannot name a log file")]
+    InvalidTaskId(String),
+    /// The stop signal names no signal.
+    #[error("process executor: invalid stop signal {0:?}")]
+    InvalidSignal(String),
+    /// The user is not in /etc/passwd.
+    #[error("process executor: unable to find user {0}: no matching entries in passwd file")]
+    UnknownUser(String),
+    /// The group is not in /etc/group.
+    #[error("process executor: unable to find group {0}: no matching entries in group file")]
+    UnknownGroup(String),
+    /// The working directory is not a directory.
+    #[error("process executor: working directory {0} is not a directory")]
+    InvalidDir(PathBuf),
+    /// The checkpoint is not one this crate wrote.
+    #[error("process executor: unreadable checkpoint of task {task}: {reason}")]
+    InvalidCheckpoint {
+        /// Task ID.
+        task: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `wait` on a task that was never started.
+    #[error("process executor: task {0} was not started")]
+    NotStarted(String),
+    /// The program could not be started.
+    #[error("process executor: starting {program}: {source}")]
+    Spawn {
+        /// `command[0]`.
+        program: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Some other I/O failed (log files, /proc, signals).
+    #[error("process executor: {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
+impl From<Error> for ExecutorError {
+    fn from(e: Error) -> Self {
+        let temporary = match &e {
+            // A program that is missing or not executable stays so; running out of processes or
+            // memory may pass.
+            Error::Spawn { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::OutOfMemory
+            ),
+            Error::Io { .. } => true,
+            _ => false,
+        };
+        if temporary {
+            ExecutorError::Temporary(e.to_string())
+        } else {
+            ExecutorError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// Runs tasks as child processes of this swarmd, with their output in
+/// `<state_dir>/process/<task id>.log`.
+#[derive(Debug, Clone)]
+pub struct ProcessExecutor {
+    /// `<state_dir>/process`: one log file per task (mode 0700, files 0600).
+    log_dir: PathBuf,
+    /// The hostname to report instead of the OS's (`--hostname`).
+    hostname_override: Option<String>,
+}
+
+impl ProcessExecutor {
+    /// An executor keeping its files under `state_dir` and reporting `hostname_override`, if
+    /// given, as the node's hostname.
+    pub fn new(state_dir: PathBuf, hostname_override: Option<String>) -> Self {
+        ProcessExecutor {
+            log_dir: state_dir.join("process"),
+            hostname_override,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for ProcessExecutor {
+    /// Hostname (the override or the kernel's), platform as Rust names it (`linux`, `x86_64` or
+    /// `aarch64`, which the scheduler's platform filter takes for `amd64`/`arm64`), CPUs × 10⁹
+    /// nano CPUs, MemTotal, and an engine with no version, no plugins and the label
+    /// [`ENGINE_LABEL`]. Reporting an engine without plugins keeps tasks that need network or
+    /// volume plugins off this node, which can attach neither.
+    async fn describe(&self) -> Result<api::NodeDescription, ExecutorError> {
+        let hostname = match &self.hostname_override {
+            Some(name) => name.clone(),
+            None => procfs::hostname().map_err(Error::io("reading the hostname"))?,
+        };
+        let cpus = std::thread::available_parallelism()
+            .map_err(Error::io("counting CPUs"))?
+            .get();
+        let memory_bytes = procfs::memory_total().map_err(Error::io("reading /proc/meminfo"))?;
+        Ok(api::NodeDescription {
+            hostname,
+            platform: Some(api::Platform {
+                architecture: std::env::consts::ARCH.to_string(),
+                os: std::env::consts::OS.to_string(),
+            }),
+            resources: Some(api::Resources {
+                nano_cpus: i64::try_from(cpus).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000,
+                memory_bytes,
+                generic: Vec::new(),
+            }),
+            engine: Some(api::EngineDescription {
+                engine_version: String::new(),
+                labels: BTreeMap::from([(ENGINE_LABEL.0.to_string(), ENGINE_LABEL.1.to_string())]),
+                plugins: Vec::new(),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn controller(
+        &self,
+        task: &api::Task,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Box<dyn Controller>, ExecutorError> {
+        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref())?;
+        Ok(Box::new(controller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_before_a_spawn_are_fatal_and_io_is_temporary() {
+        assert!(matches!(
+            ExecutorError::from(Error::NoCommand),
+            ExecutorError::Fatal(m) if m.contains("needs a command")
+        ));
+        let missing = Error::Spawn {
+            program: "/nope".into(),
+            source: io::ErrorKind::NotFound.into(),
+        };
+        assert!(matches!(
+            ExecutorError::from(missing),
+            ExecutorError::Fatal(_)
+        ));
+        let log = Error::Io {
+            what: "opening the log".into(),
+            source: io::ErrorKind::StorageFull.into(),
+        };
+        assert!(matches!(
+            ExecutorError::from(log),
+            ExecutorError::Temporary(_)
+        ));
+    }
+}

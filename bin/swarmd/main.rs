@@ -79,6 +79,10 @@ struct Flags {
     /// Test option (ours): raft entries between snapshots, instead of the cluster default 10000.
     #[arg(long = "snapshot-interval", default_value_t = 10_000, hide = true)]
     snapshot_interval: u64,
+    /// Executor that runs tasks (ours): "docker" (the engine at --engine-addr) or "process"
+    /// (child processes); by default Docker when its engine answers, processes otherwise
+    #[arg(long = "executor", value_parser = clap::value_parser!(node::ExecutorKind))]
+    executor: Option<node::ExecutorKind>,
     /// Test option (ours): validity of the node certificates this manager's CA issues (e.g.
     /// `30s`), instead of the cluster's NodeCertExpiry and below its 1h minimum, so that renewal
     /// can be watched in seconds. Never for production.
@@ -89,7 +93,6 @@ struct Flags {
 /// Flags that parse but whose feature comes with a later issue: naming one is an error rather
 /// than being ignored.
 const NOT_SUPPORTED_YET: &[&str] = &[
-    "engine-addr",
     "listen-debug",
     "listen-metrics",
     "generic-node-resources",
@@ -157,6 +160,8 @@ fn main() -> ExitCode {
         join_token: flags.join_token,
         availability: api::node_spec::Availability::Active,
         cert_expiry_override: flags.test_cert_expiry,
+        executor: flags.executor.unwrap_or_default(),
+        engine_addr: flags.engine_addr,
     };
     if let Err(e) = config.validate() {
         return fatal(&e.to_string());

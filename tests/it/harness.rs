@@ -149,9 +149,7 @@ impl Swarmd {
         if !self.extra_args.iter().any(|a| a == "--hostname") {
             cmd.args(["--hostname", "node-1"]);
         }
-        cmd.args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(log);
+        cmd.args(&self.extra_args).stdout(Stdio::null()).stderr(log);
         cmd
     }
 

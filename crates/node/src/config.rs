@@ -35,6 +35,10 @@ pub struct NodeConfig {
     /// Validity of the node certificates this manager's CA issues, instead of the cluster's
     /// NodeCertExpiry: swarmd's test option, so renewal can be watched in seconds.
     pub cert_expiry_override: Option<Duration>,
+    /// Which executor runs tasks (`--executor`).
+    pub executor: crate::ExecutorKind,
+    /// Docker Engine API endpoint (`--engine-addr`).
+    pub engine_addr: String,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +57,8 @@ impl Default for NodeConfig {
             join_token: String::new(),
             availability: api::node_spec::Availability::Active,
             cert_expiry_override: None,
+            executor: crate::ExecutorKind::Auto,
+            engine_addr: "unix:///var/run/docker.sock".into(),
         }
     }
 }

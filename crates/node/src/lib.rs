@@ -2,12 +2,15 @@
 //! the manager (and, with the agent issue, the agent). Flags are parsed in `bin/swarmd`; this
 //! crate takes a plain [`NodeConfig`].
 
+mod agent;
 mod config;
+mod executor;
 mod node;
 mod renewal;
 mod state;
 
 pub use config::NodeConfig;
+pub use executor::ExecutorKind;
 pub use node::Node;
 pub use state::{ManagerPeer, StateDir};
 

@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::agent::{self, AgentSetup};
+use crate::executor;
 use crate::renewal::{self, Renewer};
 use crate::state::{ManagerPeer, StateDir};
 use crate::{NodeConfig, NodeError};
@@ -39,6 +41,10 @@ struct Identity {
     key_pem: Vec<u8>,
     info: CertInfo,
     fresh: bool,
+}
+
+fn hostname_override(config: &NodeConfig) -> Option<String> {
+    (!config.hostname.is_empty()).then(|| config.hostname.clone())
 }
 
 fn os_hostname() -> String {
@@ -243,6 +249,25 @@ impl Node {
             shutdown.clone(),
         ));
         tasks.spawn(renewer.run(shutdown.clone()));
+        let executor = executor::build(
+            config.executor,
+            &config.engine_addr,
+            state.root(),
+            hostname_override(&config),
+        )
+        .await?;
+        agent::spawn(
+            AgentSetup {
+                security: security.clone(),
+                state: state.clone(),
+                managers: vec![format!("127.0.0.1:{port}")],
+                executor,
+                renew: None,
+                remember_managers: false,
+            },
+            &mut tasks,
+            shutdown.clone(),
+        )?;
         info!(node.id = %node_id, "node is ready");
         Ok(Node {
             node_id,
@@ -282,8 +307,29 @@ impl Node {
         }
         let node_id = security.info().node_id;
         let mut tasks = JoinSet::new();
-        tasks.spawn(Renewer::new(security.clone(), managers).run(shutdown.clone()));
-        info!(node.id = %node_id, "worker node is ready (not supported yet: running tasks, which comes with the agent)");
+        let renewer = Renewer::new(security.clone(), managers.clone());
+        let renew = renewer.trigger();
+        tasks.spawn(renewer.run(shutdown.clone()));
+        let executor = executor::build(
+            config.executor,
+            &config.engine_addr,
+            state.root(),
+            hostname_override(&config),
+        )
+        .await?;
+        agent::spawn(
+            AgentSetup {
+                security: security.clone(),
+                state: state.clone(),
+                managers,
+                executor,
+                renew: Some(renew),
+                remember_managers: true,
+            },
+            &mut tasks,
+            shutdown.clone(),
+        )?;
+        info!(node.id = %node_id, "worker node is ready");
         Ok(Node {
             node_id,
             manager: None,
@@ -311,7 +357,18 @@ impl Node {
     /// Graceful stop (SIGINT): renewal stops, the manager drains and removes its control socket.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        // The agent shuts its tasks down on the way out; bounded, as a stop must end.
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(crate::agent::LEAVE_LIMIT, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the agent did not stop its tasks within {:?}",
+                crate::agent::LEAVE_LIMIT
+            );
+            self.tasks.abort_all();
+        }
         let Some(manager) = self.manager else {
             return;
         };

@@ -113,7 +113,7 @@ impl Renewer {
 
 /// Whether this node's object asks for a new certificate: its role differs from the certificate's,
 /// or a root rotation set its certificate status to ROTATE.
-fn needs_renewal(node: &api::Node, cert_role: api::NodeRole) -> bool {
+pub(crate) fn needs_renewal(node: &api::Node, cert_role: api::NodeRole) -> bool {
     let rotate = node
         .certificate
         .as_ref()

@@ -20,15 +20,17 @@ pub struct DockerExecutor {
 impl DockerExecutor {
     /// An executor for the engine at `engine_addr` (`unix:///var/run/docker.sock`,
     /// `tcp://127.0.0.1:2375`). `hostname_override` replaces the engine's name in the node
-    /// description (swarmd's `--hostname`). Only the address is checked; a missing unix socket is
-    /// [`ExecutorError::Temporary`], an address bollard cannot dial is [`ExecutorError::Fatal`].
+    /// description (swarmd's `--hostname`; empty means none). Only the address is checked: a
+    /// missing unix socket is [`ExecutorError::Temporary`], an address bollard cannot dial is
+    /// [`ExecutorError::Fatal`].
     pub fn connect(
         engine_addr: &str,
         hostname_override: Option<String>,
     ) -> Result<Self, ExecutorError> {
         Ok(Self {
             engine: Engine::new(engine_addr)?,
-            hostname_override,
+            // swarmd's `--hostname` defaults to empty, which means "the engine's name".
+            hostname_override: hostname_override.filter(|h| !h.is_empty()),
         })
     }
 

@@ -49,15 +49,38 @@ pub async fn build(
     };
     match kind {
         ExecutorKind::Process => Ok(process()),
-        ExecutorKind::Docker | ExecutorKind::Auto => {
-            let _ = engine_addr;
-            if kind == ExecutorKind::Docker {
-                return Err(NodeError::Config(
-                    "not supported yet: --executor docker".into(),
-                ));
+        ExecutorKind::Docker => {
+            let docker = executor_docker::DockerExecutor::connect(engine_addr, hostname.clone())
+                .map_err(|e| NodeError::Config(format!("--engine-addr {engine_addr}: {e}")))?;
+            Ok(Arc::new(docker))
+        }
+        ExecutorKind::Auto => {
+            let answered =
+                match executor_docker::DockerExecutor::connect(engine_addr, hostname.clone()) {
+                    Ok(docker) => {
+                        match tokio::time::timeout(PROBE_LIMIT, agent::Executor::describe(&docker))
+                            .await
+                        {
+                            Ok(Ok(_)) => Ok(docker),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!("no answer within {PROBE_LIMIT:?}")),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+            match answered {
+                Ok(docker) => {
+                    info!(engine.addr = %engine_addr, "using the Docker executor");
+                    Ok(Arc::new(docker))
+                }
+                Err(why) => {
+                    info!(engine.addr = %engine_addr, "no Docker engine answers ({why}): using the process executor");
+                    Ok(process())
+                }
             }
-            info!("no Docker executor yet: using the process executor");
-            Ok(process())
         }
     }
 }
+
+/// How long the automatic choice waits for the Docker engine.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -1,0 +1,352 @@
+//! What a task's container looks like to the engine: its name, its `com.docker.swarm.*` labels and
+//! the create request built from the task's container spec, following SwarmKit's
+//! swarmd/dockerexec/container.go. Pure: no engine is involved, so all of it is unit-tested.
+//! Networks, secrets, configs, generic-resource environment and spec templates are not mapped
+//! (the agent gives this executor no network attachments or secrets yet).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agent::ExecutorError;
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, HostConfigLogConfig, Mount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig,
+    ResourcesUlimits,
+};
+
+/// Prefix of the labels SwarmKit puts on every task container; they override the spec's own.
+pub const SYSTEM_LABEL_PREFIX: &str = "com.docker.swarm";
+
+/// The label holding the task ID, by which containers of a task can be listed.
+pub const TASK_ID_LABEL: &str = "com.docker.swarm.task.id";
+
+/// The label holding the service name.
+pub const SERVICE_NAME_LABEL: &str = "com.docker.swarm.service.name";
+
+/// CFS period used to turn a nano-CPU limit into a quota: the kernel's default of 100 ms, as
+/// SwarmKit sets it explicitly.
+const CPU_PERIOD_MICROS: i64 = 100_000;
+
+/// The container of one task, derived once from the task when its controller is made.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    task: api::Task,
+    name: String,
+}
+
+impl ContainerConfig {
+    /// Checks that `task` is something this executor can run (a container runtime with an image)
+    /// and names its container.
+    pub fn new(task: &api::Task) -> Result<Self, ExecutorError> {
+        let Some(spec) = container_spec(task) else {
+            return Err(ExecutorError::Fatal("unsupported runtime".into()));
+        };
+        if spec.image.is_empty() {
+            return Err(ExecutorError::Fatal("dockerexec: image required".into()));
+        }
+        Ok(Self {
+            task: task.clone(),
+            name: container_name(task),
+        })
+    }
+
+    /// The container name, which is also the task name (see [`container_name`]).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The task's ID.
+    pub fn task_id(&self) -> &str {
+        &self.task.id
+    }
+
+    /// The image reference as the spec gives it.
+    pub fn image(&self) -> &str {
+        &self.spec().image
+    }
+
+    /// The spec's stop grace period (10 s when it gives none).
+    pub fn stop_grace(&self) -> Duration {
+        agent::executor::stop_settings(&self.task).0
+    }
+
+    fn spec(&self) -> &api::ContainerSpec {
+        container_spec(&self.task).expect("checked in ContainerConfig::new")
+    }
+
+    /// The container's labels: the spec's, then the task's annotation labels, then SwarmKit's
+    /// system labels, each overriding the ones before.
+    pub fn labels(&self) -> HashMap<String, String> {
+        let t = &self.task;
+        let mut labels: HashMap<String, String> = self.spec().labels.clone().into_iter().collect();
+        if let Some(a) = &t.annotations {
+            labels.extend(a.labels.clone());
+        }
+        let service_name = t
+            .service_annotations
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        for (key, value) in [
+            ("task", String::new()),
+            ("task.id", t.id.clone()),
+            ("task.name", self.name.clone()),
+            ("node.id", t.node_id.clone()),
+            ("service.id", t.service_id.clone()),
+            ("service.name", service_name),
+        ] {
+            labels.insert(format!("{SYSTEM_LABEL_PREFIX}.{key}"), value);
+        }
+        labels
+    }
+
+    /// The body of the engine's container create request.
+    pub fn create_body(&self) -> ContainerCreateBody {
+        let spec = self.spec();
+        let (entrypoint, cmd) = command_line(spec);
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(self.labels()),
+            entrypoint,
+            cmd,
+            env: non_empty(spec.env.clone()),
+            user: non_empty_str(&spec.user),
+            working_dir: non_empty_str(&spec.dir),
+            hostname: non_empty_str(&spec.hostname),
+            stop_signal: non_empty_str(&spec.stop_signal),
+            // The engine's own default grace period for `docker stop` without a timeout.
+            stop_timeout: Some(i64::from(whole_seconds(self.stop_grace()))),
+            tty: Some(spec.tty),
+            open_stdin: Some(spec.open_stdin),
+            healthcheck: spec.healthcheck.as_ref().map(healthcheck),
+            host_config: Some(self.host_config()),
+            ..Default::default()
+        }
+    }
+
+    fn host_config(&self) -> HostConfig {
+        let spec = self.spec();
+        let mut hc = HostConfig {
+            mounts: non_empty(
+                spec.mounts
+                    .iter()
+                    .filter(|m| m.r#type != api::mount::Type::Tmpfs as i32)
+                    .map(mount)
+                    .collect(),
+            ),
+            tmpfs: non_empty_map(
+                spec.mounts
+                    .iter()
+                    .filter(|m| m.r#type == api::mount::Type::Tmpfs as i32)
+                    .map(|m| (m.target.clone(), tmpfs_options(m)))
+                    .collect(),
+            ),
+            group_add: non_empty(spec.groups.clone()),
+            cap_add: non_empty(spec.capability_add.clone()),
+            cap_drop: non_empty(spec.capability_drop.clone()),
+            init: spec.init,
+            readonly_rootfs: spec.read_only.then_some(true),
+            sysctls: non_empty_map(spec.sysctls.clone().into_iter().collect()),
+            oom_score_adj: (spec.oom_score_adj != 0).then_some(spec.oom_score_adj),
+            pids_limit: (spec.pids_limit > 0).then_some(spec.pids_limit),
+            ulimits: non_empty(
+                spec.ulimits
+                    .iter()
+                    .map(|u| ResourcesUlimits {
+                        name: Some(u.name.clone()),
+                        soft: Some(u.soft),
+                        hard: Some(u.hard),
+                    })
+                    .collect(),
+            ),
+            extra_hosts: non_empty(spec.hosts.iter().filter_map(|h| extra_host(h)).collect()),
+            ..Default::default()
+        };
+        if let Some(dns) = &spec.dns_config {
+            hc.dns = non_empty(dns.nameservers.clone());
+            hc.dns_search = non_empty(dns.search.clone());
+            hc.dns_options = non_empty(dns.options.clone());
+        }
+        if let Some(driver) = &self.task.log_driver {
+            hc.log_config = Some(HostConfigLogConfig {
+                typ: Some(driver.name.clone()),
+                config: Some(driver.options.clone().into_iter().collect()),
+            });
+        }
+        if let Some(limits) = self
+            .task
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.limits.as_ref())
+        {
+            if limits.memory_bytes > 0 {
+                hc.memory = Some(limits.memory_bytes);
+            }
+            if limits.nano_cpus > 0 {
+                hc.cpu_period = Some(CPU_PERIOD_MICROS);
+                hc.cpu_quota = Some(limits.nano_cpus * CPU_PERIOD_MICROS / 1_000_000_000);
+            }
+        }
+        hc
+    }
+}
+
+/// The container spec of `task`, if it runs a container.
+fn container_spec(task: &api::Task) -> Option<&api::ContainerSpec> {
+    match task.spec.as_ref()?.runtime.as_ref()? {
+        api::task_spec::Runtime::Container(c) => Some(c),
+        _ => None,
+    }
+}
+
+/// The name of `task`'s container: the task's annotated name when the orchestrator set one,
+/// otherwise `<service>.<slot>.<task id>` (`<service>.<node id>.<task id>` for global tasks).
+/// The name is what identifies the task's container across swarmd restarts.
+pub fn container_name(task: &api::Task) -> String {
+    if let Some(name) = task.annotations.as_ref().map(|a| &a.name)
+        && !name.is_empty()
+    {
+        return name.clone();
+    }
+    let service = task
+        .service_annotations
+        .as_ref()
+        .map(|a| a.name.as_str())
+        .unwrap_or_default();
+    api::naming::task_name(service, task.slot, &task.node_id, &task.id)
+}
+
+/// Entrypoint and cmd as SwarmKit sets them: a command replaces the image's entrypoint and the
+/// args become its cmd; args alone replace the image's cmd and keep its entrypoint.
+fn command_line(spec: &api::ContainerSpec) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    if !spec.command.is_empty() {
+        (Some(spec.command.clone()), Some(spec.args.clone()))
+    } else if !spec.args.is_empty() {
+        (None, Some(spec.args.clone()))
+    } else {
+        (None, None)
+    }
+}
+
+fn mount(m: &api::Mount) -> Mount {
+    use api::mount::Type;
+    let typ = match Type::try_from(m.r#type) {
+        Ok(Type::Bind) => Some(MountType::BIND),
+        Ok(Type::Volume) => Some(MountType::VOLUME),
+        Ok(Type::Npipe) => Some(MountType::NPIPE),
+        Ok(Type::Cluster) => Some(MountType::CLUSTER),
+        Ok(Type::Tmpfs) => Some(MountType::TMPFS),
+        Err(_) => None,
+    };
+    Mount {
+        typ,
+        source: non_empty_str(&m.source),
+        target: Some(m.target.clone()),
+        read_only: Some(m.readonly),
+        bind_options: m.bind_options.as_ref().map(|b| {
+            use api::mount::bind_options::Propagation as P;
+            MountBindOptions {
+                propagation: Some(match P::try_from(b.propagation) {
+                    Ok(P::Private) => MountBindOptionsPropagationEnum::PRIVATE,
+                    Ok(P::Rshared) => MountBindOptionsPropagationEnum::RSHARED,
+                    Ok(P::Shared) => MountBindOptionsPropagationEnum::SHARED,
+                    Ok(P::Rslave) => MountBindOptionsPropagationEnum::RSLAVE,
+                    Ok(P::Slave) => MountBindOptionsPropagationEnum::SLAVE,
+                    Ok(P::Rprivate) | Err(_) => MountBindOptionsPropagationEnum::RPRIVATE,
+                }),
+                non_recursive: b.nonrecursive.then_some(true),
+                create_mountpoint: b.createmountpoint.then_some(true),
+                read_only_non_recursive: b.readonlynonrecursive.then_some(true),
+                read_only_force_recursive: b.readonlyforcerecursive.then_some(true),
+            }
+        }),
+        volume_options: m.volume_options.as_ref().map(|v| MountVolumeOptions {
+            no_copy: Some(v.nocopy),
+            labels: non_empty_map(v.labels.clone().into_iter().collect()),
+            driver_config: v
+                .driver_config
+                .as_ref()
+                .map(|d| MountVolumeOptionsDriverConfig {
+                    name: Some(d.name.clone()),
+                    options: non_empty_map(d.options.clone().into_iter().collect()),
+                }),
+            subpath: non_empty_str(&v.subpath),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `tmpfs` option string of a tmpfs mount (`ro,mode=1777,size=64m,noexec`), as SwarmKit's
+/// getMountMask builds it: sizes take the largest unit that divides them, and only `exec` and
+/// `noexec` pass from the free-form options.
+fn tmpfs_options(m: &api::Mount) -> String {
+    let mut opts = Vec::new();
+    if m.readonly {
+        opts.push("ro".to_string());
+    }
+    if let Some(t) = &m.tmpfs_options {
+        if t.mode != 0 {
+            opts.push(format!("mode={:o}", t.mode));
+        }
+        if t.size_bytes != 0 {
+            let (size, suffix) = [("g", 1i64 << 30), ("m", 1 << 20), ("k", 1 << 10)]
+                .into_iter()
+                .find(|(_, d)| t.size_bytes % d == 0)
+                .map(|(s, d)| (t.size_bytes / d, s))
+                .unwrap_or((t.size_bytes, ""));
+            opts.push(format!("size={size}{suffix}"));
+        }
+        for o in t.options.to_lowercase().split(',') {
+            if o == "exec" || o == "noexec" {
+                opts.push(o.to_string());
+            }
+        }
+    }
+    opts.join(",")
+}
+
+/// `IP host [aliases]` (hosts(5), SwarmKit's form) as the engine's `host:IP`; aliases are dropped.
+fn extra_host(entry: &str) -> Option<String> {
+    let mut parts = entry.split_whitespace();
+    let ip = parts.next()?;
+    let host = parts.next()?;
+    Some(format!("{host}:{ip}"))
+}
+
+fn healthcheck(h: &api::HealthConfig) -> HealthConfig {
+    let nanos = |d: &Option<prost_types::Duration>| {
+        d.as_ref()
+            .map(|d| d.seconds.saturating_mul(1_000_000_000) + i64::from(d.nanos))
+    };
+    HealthConfig {
+        test: non_empty(h.test.clone()),
+        interval: nanos(&h.interval),
+        timeout: nanos(&h.timeout),
+        retries: Some(i64::from(h.retries)),
+        start_period: nanos(&h.start_period),
+        start_interval: nanos(&h.start_interval),
+    }
+}
+
+/// A grace period in the whole seconds the engine takes, rounded up so that a grace below one
+/// second still gives the task a chance to stop.
+pub(crate) fn whole_seconds(d: Duration) -> i32 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+fn non_empty_map(m: HashMap<String, String>) -> Option<HashMap<String, String>> {
+    (!m.is_empty()).then_some(m)
+}
+
+fn non_empty_str(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+#[cfg(test)]
+mod tests;

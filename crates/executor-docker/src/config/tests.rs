@@ -1,0 +1,243 @@
+//! The task → container mapping, checked without an engine.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn task_with(spec: api::ContainerSpec) -> api::Task {
+    api::Task {
+        id: "t1".into(),
+        service_id: "s1".into(),
+        node_id: "n1".into(),
+        slot: 2,
+        service_annotations: Some(api::Annotations {
+            name: "web".into(),
+            ..Default::default()
+        }),
+        spec: Some(api::TaskSpec {
+            runtime: Some(api::task_spec::Runtime::Container(spec)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn busybox() -> api::ContainerSpec {
+    api::ContainerSpec {
+        image: "swarmkit-test/busybox:latest".into(),
+        ..Default::default()
+    }
+}
+
+fn body(task: &api::Task) -> ContainerCreateBody {
+    ContainerConfig::new(task)
+        .expect("valid task")
+        .create_body()
+}
+
+#[test]
+fn replicated_tasks_are_named_service_slot_id() {
+    let task = task_with(busybox());
+    assert_eq!(ContainerConfig::new(&task).unwrap().name(), "web.2.t1");
+}
+
+#[test]
+fn global_tasks_are_named_service_node_id() {
+    let mut task = task_with(busybox());
+    task.slot = 0;
+    assert_eq!(container_name(&task), "web.n1.t1");
+}
+
+#[test]
+fn an_annotated_task_name_wins() {
+    let mut task = task_with(busybox());
+    task.annotations = Some(api::Annotations {
+        name: "custom".into(),
+        ..Default::default()
+    });
+    assert_eq!(container_name(&task), "custom");
+}
+
+#[test]
+fn a_task_without_a_container_or_image_is_fatal() {
+    let mut task = task_with(busybox());
+    task.spec = Some(api::TaskSpec::default());
+    assert_eq!(
+        ContainerConfig::new(&task).unwrap_err(),
+        ExecutorError::Fatal("unsupported runtime".into())
+    );
+    let task = task_with(api::ContainerSpec::default());
+    assert_eq!(
+        ContainerConfig::new(&task).unwrap_err(),
+        ExecutorError::Fatal("dockerexec: image required".into())
+    );
+}
+
+#[test]
+fn system_labels_override_spec_and_task_labels() {
+    let mut spec = busybox();
+    spec.labels = BTreeMap::from([
+        ("app".to_string(), "shop".to_string()),
+        ("tier".to_string(), "spec".to_string()),
+        ("com.docker.swarm.task.id".to_string(), "forged".to_string()),
+    ]);
+    let mut task = task_with(spec);
+    task.annotations = Some(api::Annotations {
+        labels: BTreeMap::from([("tier".to_string(), "task".to_string())]),
+        ..Default::default()
+    });
+    let labels = body(&task).labels.unwrap();
+    let want: HashMap<String, String> = [
+        ("app", "shop"),
+        ("tier", "task"),
+        ("com.docker.swarm.task", ""),
+        ("com.docker.swarm.task.id", "t1"),
+        ("com.docker.swarm.task.name", "web.2.t1"),
+        ("com.docker.swarm.node.id", "n1"),
+        ("com.docker.swarm.service.id", "s1"),
+        ("com.docker.swarm.service.name", "web"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(labels, want);
+    assert!(labels.contains_key(TASK_ID_LABEL) && labels.contains_key(SERVICE_NAME_LABEL));
+}
+
+#[test]
+fn command_replaces_the_entrypoint_and_args_become_cmd() {
+    let mut spec = busybox();
+    spec.command = vec!["/bin/sh".into(), "-c".into()];
+    spec.args = vec!["echo hi".into()];
+    let b = body(&task_with(spec));
+    assert_eq!(b.entrypoint, Some(vec!["/bin/sh".into(), "-c".into()]));
+    assert_eq!(b.cmd, Some(vec!["echo hi".into()]));
+}
+
+#[test]
+fn args_alone_keep_the_image_entrypoint() {
+    let mut spec = busybox();
+    spec.args = vec!["--verbose".into()];
+    let b = body(&task_with(spec));
+    assert_eq!(b.entrypoint, None);
+    assert_eq!(b.cmd, Some(vec!["--verbose".into()]));
+    let b = body(&task_with(busybox()));
+    assert_eq!((b.entrypoint, b.cmd), (None, None));
+}
+
+#[test]
+fn env_user_dir_hostname_and_stop_settings_pass_through() {
+    let mut spec = busybox();
+    spec.env = vec!["A=1".into(), "B=two".into()];
+    spec.user = "nobody".into();
+    spec.dir = "/tmp".into();
+    spec.hostname = "box".into();
+    spec.stop_signal = "SIGINT".into();
+    spec.stop_grace_period = Some(prost_types::Duration {
+        seconds: 3,
+        nanos: 0,
+    });
+    let b = body(&task_with(spec));
+    assert_eq!(b.env, Some(vec!["A=1".into(), "B=two".into()]));
+    assert_eq!(b.user.as_deref(), Some("nobody"));
+    assert_eq!(b.working_dir.as_deref(), Some("/tmp"));
+    assert_eq!(b.hostname.as_deref(), Some("box"));
+    assert_eq!(b.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(b.stop_timeout, Some(3));
+    assert_eq!(b.image.as_deref(), Some("swarmkit-test/busybox:latest"));
+}
+
+#[test]
+fn defaults_leave_the_image_settings_alone() {
+    let b = body(&task_with(busybox()));
+    assert_eq!(b.env, None);
+    assert_eq!(b.user, None);
+    assert_eq!(b.working_dir, None);
+    assert_eq!(b.stop_signal, None);
+    // SwarmKit's default grace period, 10 s.
+    assert_eq!(b.stop_timeout, Some(10));
+    let hc = b.host_config.unwrap();
+    assert_eq!((hc.memory, hc.cpu_quota, hc.mounts), (None, None, None));
+}
+
+#[test]
+fn limits_become_memory_and_a_cpu_quota() {
+    let mut task = task_with(busybox());
+    task.spec.as_mut().unwrap().resources = Some(api::ResourceRequirements {
+        limits: Some(api::Resources {
+            nano_cpus: 1_500_000_000,
+            memory_bytes: 64 << 20,
+            generic: Vec::new(),
+        }),
+        ..Default::default()
+    });
+    let hc = body(&task).host_config.unwrap();
+    assert_eq!(hc.memory, Some(64 << 20));
+    assert_eq!(hc.cpu_period, Some(100_000));
+    assert_eq!(hc.cpu_quota, Some(150_000));
+}
+
+#[test]
+fn bind_volume_and_tmpfs_mounts() {
+    let mut spec = busybox();
+    spec.mounts = vec![
+        api::Mount {
+            r#type: api::mount::Type::Bind as i32,
+            source: "/srv/data".into(),
+            target: "/data".into(),
+            readonly: true,
+            ..Default::default()
+        },
+        api::Mount {
+            r#type: api::mount::Type::Volume as i32,
+            source: "cache".into(),
+            target: "/cache".into(),
+            ..Default::default()
+        },
+        api::Mount {
+            r#type: api::mount::Type::Tmpfs as i32,
+            target: "/scratch".into(),
+            tmpfs_options: Some(api::mount::TmpfsOptions {
+                size_bytes: 64 << 20,
+                mode: 0o1777,
+                options: "NoExec,nosuid".into(),
+            }),
+            ..Default::default()
+        },
+    ];
+    let hc = body(&task_with(spec)).host_config.unwrap();
+    let mounts = hc.mounts.unwrap();
+    assert_eq!(
+        mounts.len(),
+        2,
+        "tmpfs goes to HostConfig.Tmpfs: {mounts:?}"
+    );
+    assert_eq!(mounts[0].typ, Some(MountType::BIND));
+    assert_eq!(mounts[0].source.as_deref(), Some("/srv/data"));
+    assert_eq!(mounts[0].target.as_deref(), Some("/data"));
+    assert_eq!(mounts[0].read_only, Some(true));
+    assert_eq!(mounts[1].typ, Some(MountType::VOLUME));
+    assert_eq!(mounts[1].source.as_deref(), Some("cache"));
+    assert_eq!(
+        hc.tmpfs,
+        Some(HashMap::from([(
+            "/scratch".to_string(),
+            "mode=1777,size=64m,noexec".to_string()
+        )]))
+    );
+}
+
+#[test]
+fn hosts_entries_become_host_colon_ip() {
+    let mut spec = busybox();
+    spec.hosts = vec!["10.0.0.1 db alias".into(), "bad".into()];
+    let hc = body(&task_with(spec)).host_config.unwrap();
+    assert_eq!(hc.extra_hosts, Some(vec!["db:10.0.0.1".into()]));
+}
+
+#[test]
+fn grace_periods_round_up_to_whole_seconds() {
+    assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+    assert_eq!(whole_seconds(Duration::from_millis(500)), 1);
+    assert_eq!(whole_seconds(Duration::ZERO), 0);
+}

@@ -1,0 +1,373 @@
+//! [`DockerController`]: takes one task's container through create, start, wait, stop, kill and
+//! remove (SwarmKit's swarmd/dockerexec/controller.go and adapter.go). Every call addresses the
+//! container by name and first looks at where it stands, so each step can be repeated and a
+//! controller made after a swarmd restart adopts the container that is already there.
+//!
+//! Unlike SwarmKit, which always pulls to refresh mutable tags and only logs a failed pull,
+//! `prepare` pulls only an image the engine lacks and fails when that pull fails.
+
+use std::time::Duration;
+
+use agent::{Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState};
+use bollard::Docker;
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use tokio_stream::StreamExt;
+
+use crate::config::{ContainerConfig, whole_seconds};
+use crate::engine::{Engine, REQUEST_TIMEOUT};
+use crate::error::{classify, is_not_found, status};
+
+/// How often a container that is not running yet (created, or starting its healthcheck) is
+/// looked at again; the engine's wait only covers running containers.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Controls the container of one task.
+pub struct DockerController {
+    engine: Engine,
+    config: ContainerConfig,
+}
+
+impl DockerController {
+    /// A controller for the container `config` describes, on `engine`.
+    pub(crate) fn new(engine: Engine, config: ContainerConfig) -> Self {
+        Self { engine, config }
+    }
+
+    fn name(&self) -> &str {
+        self.config.name()
+    }
+
+    /// The container as the engine sees it, or `None` when there is none by our name.
+    async fn inspect_container(
+        &self,
+        docker: &Docker,
+    ) -> Result<Option<ContainerInspectResponse>, ExecutorError> {
+        match docker.inspect_container(self.name(), None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify("inspecting container failed", e)),
+        }
+    }
+
+    async fn state(&self, docker: &Docker) -> Result<RuntimeState, ExecutorError> {
+        Ok(self
+            .inspect_container(docker)
+            .await?
+            .as_ref()
+            .map_or(RuntimeState::Absent, runtime_state))
+    }
+
+    fn no_such_container(&self) -> ExecutorError {
+        ExecutorError::Fatal(format!("No such container: {}", self.name()))
+    }
+
+    /// Pulls the image unless the engine already has it.
+    async fn ensure_image(&self, docker: &Docker) -> Result<(), ExecutorError> {
+        let image = self.config.image();
+        match docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(classify("inspecting image failed", e)),
+        }
+        tracing::info!(image, task.id = self.config.task_id(), "pulling image");
+        let (repo, tag) = split_reference(image);
+        let mut options = CreateImageOptionsBuilder::new().from_image(repo);
+        if let Some(tag) = tag {
+            options = options.tag(tag);
+        }
+        let puller = self.engine.long_client().await?;
+        let mut progress = puller.create_image(Some(options.build()), None, None);
+        while let Some(step) = progress.next().await {
+            if let Err(e) = step {
+                return Err(classify("pulling image failed", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a start, waits for a healthcheck (the spec's or the image's) to pass, as SwarmKit
+    /// does before it reports the task running. An unhealthy container is stopped.
+    async fn wait_healthy(&self, docker: &Docker) -> Result<(), ExecutorError> {
+        loop {
+            let Some(c) = self.inspect_container(docker).await? else {
+                return Err(ExecutorError::Fatal(
+                    "dockerexec: container destroyed".into(),
+                ));
+            };
+            let test = c
+                .config
+                .as_ref()
+                .and_then(|c| c.healthcheck.as_ref())
+                .and_then(|h| h.test.clone())
+                .unwrap_or_default();
+            if test.is_empty() || test[0] == "NONE" {
+                return Ok(());
+            }
+            if let RuntimeState::Exited(exit) = runtime_state(&c) {
+                return match exit.error_message() {
+                    Some(msg) => Err(ExecutorError::Fatal(msg)),
+                    None => Ok(()),
+                };
+            }
+            let health = c
+                .state
+                .as_ref()
+                .and_then(|s| s.health.as_ref())
+                .and_then(|h| h.status);
+            match health {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                Some(HealthStatusEnum::UNHEALTHY) => {
+                    if let Err(e) = self.shutdown().await {
+                        return Err(ExecutorError::Fatal(format!(
+                            "unhealthy container shutdown failed: {e}"
+                        )));
+                    }
+                    return Err(ExecutorError::Fatal(
+                        "dockerexec: unhealthy container".into(),
+                    ));
+                }
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for DockerController {
+    async fn prepare(&self) -> Result<(), ExecutorError> {
+        let docker = self.engine.client().await?;
+        if self.inspect_container(&docker).await?.is_some() {
+            return Ok(());
+        }
+        self.ensure_image(&docker).await?;
+        let options = CreateContainerOptionsBuilder::new()
+            .name(self.name())
+            .build();
+        match docker
+            .create_container(Some(options), self.config.create_body())
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Created by an earlier, interrupted call.
+            Err(e) if status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(classify("creating container failed", e)),
+        }
+    }
+
+    async fn start(&self) -> Result<(), ExecutorError> {
+        let docker = self.engine.client().await?;
+        match self.state(&docker).await? {
+            RuntimeState::Absent => return Err(self.no_such_container()),
+            // Started before (by us or by an earlier swarmd): never start it twice.
+            RuntimeState::Running | RuntimeState::Exited(_) => return Ok(()),
+            RuntimeState::Created => {}
+        }
+        tracing::debug!(
+            task.id = self.config.task_id(),
+            container = self.name(),
+            "starting container"
+        );
+        docker
+            .start_container(self.name(), None)
+            .await
+            .map_err(|e| match classify("starting container failed", e) {
+                ExecutorError::Fatal(m) => {
+                    ExecutorError::Fatal(format!("starting container failed: {m}"))
+                }
+                t => t,
+            })?;
+        self.wait_healthy(&docker).await
+    }
+
+    async fn wait(&self) -> Result<ExitStatus, ExecutorError> {
+        let docker = self.engine.client().await?;
+        let waiter = self.engine.long_client().await?;
+        let mut seen = false;
+        loop {
+            match self.state(&docker).await? {
+                RuntimeState::Absent if seen => {
+                    return Err(ExecutorError::Fatal(
+                        "dockerexec: container destroyed".into(),
+                    ));
+                }
+                RuntimeState::Absent => return Err(self.no_such_container()),
+                RuntimeState::Exited(exit) => return Ok(exit),
+                RuntimeState::Created => tokio::time::sleep(POLL).await,
+                RuntimeState::Running => {
+                    let options = WaitContainerOptionsBuilder::new()
+                        .condition("not-running")
+                        .build();
+                    let mut waiting = waiter.wait_container(self.name(), Some(options));
+                    match waiting.next().await {
+                        // The exit code is read back from inspect, with the rest of the state.
+                        None
+                        | Some(Ok(_))
+                        | Some(Err(EngineError::DockerContainerWaitError { .. }))
+                        | Some(Err(EngineError::RequestTimeoutError)) => {}
+                        Some(Err(e)) if is_not_found(&e) => {}
+                        Some(Err(e)) => return Err(classify("waiting for container failed", e)),
+                    }
+                }
+            }
+            seen = true;
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), ExecutorError> {
+        let docker = self.engine.client().await?;
+        match self.state(&docker).await? {
+            RuntimeState::Absent | RuntimeState::Exited(_) => return Ok(()),
+            RuntimeState::Created | RuntimeState::Running => {}
+        }
+        let grace = whole_seconds(self.config.stop_grace());
+        // The stop signal is the container's own (set at create from the spec); the engine
+        // sends it, waits out the grace period, kills, and answers once the container ended.
+        let options = StopContainerOptionsBuilder::new().t(grace).build();
+        let stopper = docker
+            .clone()
+            .with_timeout(REQUEST_TIMEOUT + Duration::from_secs(u64::from(grace.unsigned_abs())));
+        match stopper.stop_container(self.name(), Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(classify("stopping container failed", e)),
+        }
+    }
+
+    async fn terminate(&self) -> Result<(), ExecutorError> {
+        let docker = self.engine.client().await?;
+        let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        match docker.kill_container(self.name(), Some(options)).await {
+            Ok(()) => Ok(()),
+            // Gone, or not running (409): nothing left to kill.
+            Err(e) if is_not_found(&e) || status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(classify("killing container failed", e)),
+        }
+    }
+
+    async fn remove(&self) -> Result<(), ExecutorError> {
+        let docker = self.engine.client().await?;
+        if let Err(e) = self.shutdown().await {
+            // Forced removal below kills it anyway.
+            tracing::debug!(error = %e, container = self.name(), "shutdown failed on removal");
+        }
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match docker.remove_container(self.name(), Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // "removal of container ... is already in progress": done soon, try again.
+            Err(e) if status(&e) == Some(409) => Err(ExecutorError::Temporary(e.to_string())),
+            Err(e) => Err(classify("removing container failed", e)),
+        }
+    }
+
+    async fn inspect(&self) -> Result<RuntimeState, ExecutorError> {
+        let docker = self.engine.client().await?;
+        self.state(&docker).await
+    }
+
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        None
+    }
+}
+
+/// Where an inspected container stands. The engine reports only an exit code (128 + n for a
+/// process ended by signal n, as a shell would), so no signal is inferred from it.
+pub(crate) fn runtime_state(c: &ContainerInspectResponse) -> RuntimeState {
+    let state = c.state.as_ref();
+    let code = state
+        .and_then(|s| s.exit_code)
+        .map_or(0, |c| i32::try_from(c).unwrap_or(i32::MAX));
+    match state.and_then(|s| s.status) {
+        Some(ContainerStateStatusEnum::CREATED) => RuntimeState::Created,
+        Some(
+            ContainerStateStatusEnum::EXITED
+            | ContainerStateStatusEnum::DEAD
+            | ContainerStateStatusEnum::REMOVING,
+        ) => RuntimeState::Exited(ExitStatus { code, signal: None }),
+        // running, paused, restarting, stopping.
+        _ => RuntimeState::Running,
+    }
+}
+
+/// Splits an image reference into what the engine's pull takes: the repository and, unless the
+/// reference pins a digest, a tag (`latest` when none is given, since a pull without a tag
+/// fetches every tag).
+pub(crate) fn split_reference(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last..].rfind(':') {
+        Some(i) => (&image[..last + i], Some(&image[last + i + 1..])),
+        None => (image, Some("latest")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::ContainerState;
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        assert_eq!(split_reference("busybox"), ("busybox", Some("latest")));
+        assert_eq!(
+            split_reference("swarmkit-test/busybox:1.36"),
+            ("swarmkit-test/busybox", Some("1.36"))
+        );
+        // A registry port is not a tag.
+        assert_eq!(
+            split_reference("localhost:5000/app"),
+            ("localhost:5000/app", Some("latest"))
+        );
+        assert_eq!(
+            split_reference("localhost:5000/app:v2"),
+            ("localhost:5000/app", Some("v2"))
+        );
+        assert_eq!(
+            split_reference("app@sha256:abcd"),
+            ("app@sha256:abcd", None)
+        );
+    }
+
+    fn with(status: ContainerStateStatusEnum, exit_code: i64) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            state: Some(ContainerState {
+                status: Some(status),
+                exit_code: Some(exit_code),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn engine_states_map_to_runtime_states() {
+        use ContainerStateStatusEnum as S;
+        assert_eq!(runtime_state(&with(S::CREATED, 0)), RuntimeState::Created);
+        assert_eq!(runtime_state(&with(S::RUNNING, 0)), RuntimeState::Running);
+        assert_eq!(runtime_state(&with(S::PAUSED, 0)), RuntimeState::Running);
+        assert_eq!(
+            runtime_state(&with(S::EXITED, 137)),
+            RuntimeState::Exited(ExitStatus {
+                code: 137,
+                signal: None
+            })
+        );
+        assert_eq!(
+            runtime_state(&with(S::DEAD, 1)),
+            RuntimeState::Exited(ExitStatus {
+                code: 1,
+                signal: None
+            })
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! [`DockerExecutor`]: describes the node from the engine's `info` and plugin list, and makes a
+//! [`DockerController`] per task (SwarmKit's swarmd/dockerexec/executor.go).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agent::{Checkpoint, Controller, Executor, ExecutorError};
+use bollard::models::Plugin;
+
+use crate::config::ContainerConfig;
+use crate::controller::DockerController;
+use crate::engine::Engine;
+use crate::error::classify;
+
+/// Runs tasks as containers of one Docker Engine.
+pub struct DockerExecutor {
+    engine: Engine,
+    hostname_override: Option<String>,
+}
+
+impl DockerExecutor {
+    /// An executor for the engine at `engine_addr` (`unix:///var/run/docker.sock`,
+    /// `tcp://127.0.0.1:2375`). `hostname_override` replaces the engine's name in the node
+    /// description (swarmd's `--hostname`; empty means none). Only the address is checked: a
+    /// missing unix socket is [`ExecutorError::Temporary`], an address bollard cannot dial is
+    /// [`ExecutorError::Fatal`].
+    pub fn connect(
+        engine_addr: &str,
+        hostname_override: Option<String>,
+    ) -> Result<Self, ExecutorError> {
+        Ok(Self {
+            engine: Engine::new(engine_addr)?,
+            // swarmd's `--hostname` defaults to empty, which means "the engine's name".
+            hostname_override: hostname_override.filter(|h| !h.is_empty()),
+        })
+    }
+
+    /// The engine address this executor was made for.
+    pub fn engine_addr(&self) -> &str {
+        self.engine.addr()
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for DockerExecutor {
+    async fn describe(&self) -> Result<api::NodeDescription, ExecutorError> {
+        let docker = self.engine.client().await?;
+        let info = docker.info().await.map_err(|e| classify("info", e))?;
+        // Managed (v2) plugins are a bonus: SwarmKit only logs a failure to list them.
+        let managed = match docker.list_plugins(None).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing engine plugins failed");
+                Vec::new()
+            }
+        };
+        let builtin = info.plugins.unwrap_or_default();
+        let plugins = plugin_list(
+            builtin.volume.unwrap_or_default(),
+            builtin.network.unwrap_or_default(),
+            builtin.authorization.unwrap_or_default(),
+            &managed,
+        );
+        Ok(api::NodeDescription {
+            hostname: self
+                .hostname_override
+                .clone()
+                .unwrap_or_else(|| info.name.unwrap_or_default()),
+            platform: Some(api::Platform {
+                architecture: info.architecture.unwrap_or_default(),
+                os: info.os_type.unwrap_or_default(),
+            }),
+            resources: Some(api::Resources {
+                nano_cpus: info.ncpu.unwrap_or_default() * 1_000_000_000,
+                memory_bytes: info.mem_total.unwrap_or_default(),
+                generic: Vec::new(),
+            }),
+            engine: Some(api::EngineDescription {
+                engine_version: info.server_version.unwrap_or_default(),
+                labels: engine_labels(info.labels.unwrap_or_default()),
+                plugins,
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn controller(
+        &self,
+        task: &api::Task,
+        _checkpoint: Option<Checkpoint>,
+    ) -> Result<Box<dyn Controller>, ExecutorError> {
+        // No checkpoint is needed: the container name identifies the task's container, so a
+        // controller made after a restart finds (adopts) the container by name.
+        let config = ContainerConfig::new(task)?;
+        Ok(Box::new(DockerController::new(self.engine.clone(), config)))
+    }
+}
+
+/// Engine labels (`key=value`) as a map; entries without `=` are dropped and a repeated key keeps
+/// its last value, as SwarmKit does.
+pub(crate) fn engine_labels(labels: Vec<String>) -> BTreeMap<String, String> {
+    labels
+        .into_iter()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The plugins a node offers, deduplicated and sorted by type then name: the engine's built-in
+/// Volume, Network (always with `overlay`, the built-in multi-host driver) and Authorization
+/// plugins, and its enabled managed plugins with a `docker.*` interface (volumedriver becomes
+/// Volume, networkdriver Network, any other capability keeps its name).
+pub(crate) fn plugin_list(
+    volume: Vec<String>,
+    network: Vec<String>,
+    authorization: Vec<String>,
+    managed: &[Plugin],
+) -> Vec<api::PluginDescription> {
+    let mut set = BTreeSet::new();
+    set.extend(volume.into_iter().map(|n| ("Volume".to_string(), n)));
+    set.insert(("Network".to_string(), "overlay".to_string()));
+    set.extend(network.into_iter().map(|n| ("Network".to_string(), n)));
+    set.extend(
+        authorization
+            .into_iter()
+            .map(|n| ("Authorization".to_string(), n)),
+    );
+    for p in managed.iter().filter(|p| p.enabled) {
+        for t in &p.config.interface.types {
+            // "docker.volumedriver/1.0": prefix, capability, version.
+            let t = t.split_once('/').map_or(t.as_str(), |(t, _)| t);
+            let Some(("docker", capability)) = t.split_once('.') else {
+                continue;
+            };
+            let typ = match capability {
+                "volumedriver" => "Volume",
+                "networkdriver" => "Network",
+                other => other,
+            };
+            set.insert((typ.to_string(), p.name.clone()));
+        }
+    }
+    set.into_iter()
+        .map(|(r#type, name)| api::PluginDescription { r#type, name })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_split_at_the_first_equals_sign() {
+        let labels = engine_labels(vec![
+            "zone=a".into(),
+            "novalue".into(),
+            "expr=x=y".into(),
+            "zone=b".into(),
+        ]);
+        assert_eq!(
+            labels,
+            BTreeMap::from([
+                ("expr".to_string(), "x=y".to_string()),
+                ("zone".to_string(), "b".to_string())
+            ])
+        );
+    }
+
+    #[test]
+    fn plugins_are_sorted_with_overlay_always_present() {
+        let mut managed = Plugin {
+            name: "vieux/sshfs:latest".into(),
+            enabled: true,
+            ..Default::default()
+        };
+        managed.config.interface.types = vec!["docker.volumedriver/1.0".into()];
+        let mut disabled = managed.clone();
+        disabled.name = "off:latest".into();
+        disabled.enabled = false;
+        let got: Vec<(String, String)> = plugin_list(
+            vec!["local".into()],
+            vec!["bridge".into(), "overlay".into(), "host".into()],
+            vec!["authz".into()],
+            &[managed, disabled],
+        )
+        .into_iter()
+        .map(|p| (p.r#type, p.name))
+        .collect();
+        let want = [
+            ("Authorization", "authz"),
+            ("Network", "bridge"),
+            ("Network", "host"),
+            ("Network", "overlay"),
+            ("Volume", "local"),
+            ("Volume", "vieux/sshfs:latest"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(t, n)| (t.to_string(), n.to_string())).to_vec()
+        );
+    }
+
+    #[test]
+    fn a_missing_socket_is_temporary_and_a_bad_scheme_fatal() {
+        assert!(matches!(
+            DockerExecutor::connect("unix:///nonexistent/docker.sock", None),
+            Err(ExecutorError::Temporary(_))
+        ));
+        assert!(matches!(
+            DockerExecutor::connect("gopher://engine", None),
+            Err(ExecutorError::Fatal(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_refuses_connections_is_temporary() {
+        // A socket file nobody listens on any more: connecting is refused.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let ex = DockerExecutor::connect(&format!("unix://{}", path.display()), None)
+            .expect("the socket file exists");
+        let err = ex.describe().await.expect_err("nothing answers");
+        assert!(matches!(err, ExecutorError::Temporary(_)), "{err:?}");
+        let task = api::Task {
+            spec: Some(api::TaskSpec {
+                runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
+                    image: "swarmkit-test/busybox:latest".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = ex.controller(&task, None).expect("controller");
+        assert!(matches!(
+            c.prepare().await,
+            Err(ExecutorError::Temporary(_))
+        ));
+        assert!(matches!(
+            c.inspect().await,
+            Err(ExecutorError::Temporary(_))
+        ));
+    }
+}

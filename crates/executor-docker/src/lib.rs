@@ -1,0 +1,21 @@
+//! The Docker executor (spec 6): runs each task as a container of a Docker Engine, reached with
+//! bollard. [`DockerExecutor`] describes the node from the engine; its [`DockerController`]s take
+//! one task's container through the agent's [`agent::Controller`] steps. The container's name is
+//! the task's name, which is all a controller needs to find it again after a swarmd restart.
+//!
+//! The task runner, the states it reports and the retries belong to the agent; this crate only
+//! talks to the engine. Networks, secrets, configs and logs are not handled yet.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod controller;
+mod engine;
+mod error;
+mod executor;
+
+pub use config::{
+    ContainerConfig, SERVICE_NAME_LABEL, SYSTEM_LABEL_PREFIX, TASK_ID_LABEL, container_name,
+};
+pub use controller::DockerController;
+pub use executor::DockerExecutor;

@@ -20,6 +20,7 @@ pub use dispatcher::{
     Config, DEFAULT_MANAGER_WEIGHT, Dispatcher, DispatcherStream, RunError, weighted_peer,
 };
 pub use error::DispatcherError;
+pub use service::DispatcherService;
 
 #[cfg(test)]
 mod tests;

@@ -432,12 +432,9 @@ async fn a_stopped_dispatcher_refuses_calls_and_disconnects_sessions() {
     let end = next(&mut stream).await.expect_err("disconnect");
     assert_eq!(end.code(), Code::Aborted);
     assert_eq!(end.message(), "node must disconnect");
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        f.dispatcher.clone().wait_stopped(),
-    )
-    .await
-    .expect("stops");
+    tokio::time::timeout(Duration::from_secs(5), f.dispatcher.clone().wait_stopped())
+        .await
+        .expect("stops");
     let err: Status = f
         .dispatcher
         .heartbeat("n1", &session)
@@ -661,4 +658,39 @@ async fn task_status_reports_are_written_forward_only_and_for_own_tasks() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(f.task_state("t2"), TaskState::Assigned as i32);
     assert!(!f.run.is_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_local_service_speaks_for_this_manager_and_the_remote_one_wants_a_certificate() {
+    use api::dispatcher_server::Dispatcher as _;
+
+    let f = start(vec![node("mgr", NodeState::Ready)], vec![], exact()).await;
+    let local = crate::DispatcherService::local(f.dispatcher.clone(), "mgr".into());
+    let mut stream = local
+        .session(tonic::Request::new(api::SessionRequest {
+            description: Some(description("manager-host")),
+            session_id: String::new(),
+        }))
+        .await
+        .expect("local session")
+        .into_inner();
+    let first = next(&mut stream).await.expect("first");
+    assert_eq!(first.node.map(|n| n.id), Some("mgr".to_string()));
+    assert_eq!(f.node("mgr").description, Some(description("manager-host")));
+
+    let remote = crate::DispatcherService::remote(f.dispatcher.clone());
+    let err = remote
+        .heartbeat(tonic::Request::new(api::HeartbeatRequest {
+            session_id: first.session_id,
+        }))
+        .await
+        .expect_err("no certificate");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = remote
+        .update_volume_status(tonic::Request::new(
+            api::UpdateVolumeStatusRequest::default(),
+        ))
+        .await
+        .expect_err("volumes");
+    assert_eq!(err.code(), Code::Unimplemented);
 }

@@ -55,7 +55,7 @@ fn description() -> api::NodeDescription {
 
 async fn open(
     w: &mut Worker,
-) -> Result<(String, tonic::Streaming<api::SessionMessage>), tonic::Status> {
+) -> Result<(api::SessionMessage, tonic::Streaming<api::SessionMessage>), tonic::Status> {
     let mut stream = w
         .client
         .session(api::SessionRequest {
@@ -68,7 +68,7 @@ async fn open(
         .await
         .expect("first message in time")
         .expect("first message")?;
-    Ok((first.session_id, stream))
+    Ok((first, stream))
 }
 
 #[tokio::test]
@@ -76,20 +76,7 @@ async fn a_worker_session_over_mutual_tls() {
     let c = start().await;
     let mut w = worker(&c).await;
 
-    let mut stream = w
-        .client
-        .session(api::SessionRequest {
-            description: Some(description()),
-            session_id: String::new(),
-        })
-        .await
-        .expect("session")
-        .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("in time")
-        .expect("message")
-        .expect("ok");
+    let (first, _stream) = open(&mut w).await.expect("session");
     assert!(!first.session_id.is_empty());
     assert_eq!(first.root_ca, c.root.cert_pem());
     assert_eq!(

@@ -1,6 +1,7 @@
 //! One leadership term of the dispatcher: the registered nodes and their heartbeat watchdogs, the
-//! batched writes of node and task status (SwarmKit's processUpdates: one flush every 100 ms or at
-//! 10 000 pending items, written in store transactions of at most [`WRITE_CHUNK`] objects), and the
+//! batched writes of node and task status (SwarmKit's processUpdates: a flush 100 ms after the
+//! first queued write or at 10 000 pending items, written in store transactions of at most
+//! [`WRITE_CHUNK`] objects), and the
 //! routing of store events to the streams of each node. One store watcher feeds every session, so
 //! a burst of events costs one pass however many nodes are connected; each stream gets its events
 //! through a bounded channel and, if it falls behind, re-reads the store instead of stalling the
@@ -168,8 +169,13 @@ pub(crate) struct Term {
     /// The manager list sessions send.
     pub managers: watch::Receiver<Vec<api::WeightedPeer>>,
     pending: Mutex<Pending>,
+    /// Nodes that are DOWN, each with the token that cancels moving its tasks to ORPHANED.
+    down: Mutex<HashMap<String, CancellationToken>>,
     /// The last batch written (see [`Pending::taken`]).
     flushed: watch::Sender<u64>,
+    /// Something was queued: the flusher opens a batch window (it sleeps while there is none).
+    queued: Notify,
+    /// The pending writes reached [`MAX_BATCH_ITEMS`]: flush before the window is over.
     flush_now: Notify,
 }
 
@@ -199,7 +205,9 @@ impl Term {
             root_ca: watch::channel(Vec::new()).0,
             managers,
             pending: Mutex::default(),
+            down: Mutex::default(),
             flushed: watch::channel(0).0,
+            queued: Notify::new(),
             flush_now: Notify::new(),
         };
         if let Some(c) = cluster {
@@ -292,6 +300,7 @@ impl Term {
             }
             let state = node.status.as_ref().map_or(0, |s| s.state);
             if state == NodeState::Down as i32 {
+                self.track_down(&node.id);
                 continue;
             }
             let grace = self.grace(self.choose_period()) * 2;
@@ -335,6 +344,7 @@ impl Term {
             }
             if lock(&term.nodes).remove_if(&node_id, handle.generation) {
                 info!(node.id = %node_id, "{message}: node is down");
+                term.track_down(&node_id);
                 term.enqueue_node(
                     &node_id,
                     api::NodeStatus {
@@ -371,10 +381,77 @@ impl Term {
                 description,
             },
         );
+        self.queued.notify_one();
         if pending.len() >= MAX_BATCH_ITEMS {
             self.flush_now.notify_one();
         }
         pending.taken + 1
+    }
+
+    /// Starts the clock after which the tasks a DOWN node may still have been running become
+    /// ORPHANED (dispatcher.go downNodes and moveTasksToOrphaned).
+    fn track_down(self: &Arc<Self>, node_id: &str) {
+        let cancel = self.token.child_token();
+        if let Some(old) = lock(&self.down).insert(node_id.to_string(), cancel.clone()) {
+            old.cancel();
+        }
+        let term = self.clone();
+        let node_id = node_id.to_string();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(term.config.node_down_period) => {}
+            }
+            {
+                let mut down = lock(&term.down);
+                if down.get(&node_id).is_some_and(|t| !t.is_cancelled()) {
+                    down.remove(&node_id);
+                } else {
+                    return;
+                }
+            }
+            info!(node.id = %node_id, "moving tasks to orphaned state for node");
+            term.orphan_tasks(node_id).await;
+        });
+    }
+
+    /// Tasks of the node that may have progressed since it went away (ASSIGNED to RUNNING)
+    /// become ORPHANED; tasks in a final state stay as they are.
+    async fn orphan_tasks(&self, node_id: String) {
+        let tasks = self
+            .store
+            .view(|tx| tx.find_tasks(store::By::NodeId(&node_id)));
+        let ids: Vec<String> = tasks
+            .into_iter()
+            .filter(|t| {
+                let state = t.status.as_ref().map_or(0, |s| s.state);
+                (api::TaskState::Assigned as i32..=api::TaskState::Running as i32).contains(&state)
+            })
+            .map(|t| t.id)
+            .collect();
+        for chunk in ids.chunks(WRITE_CHUNK) {
+            let chunk = chunk.to_vec();
+            let res = self
+                .store
+                .update(move |tx| {
+                    for id in chunk {
+                        let Some(mut task) = tx.get_task(&id) else {
+                            continue;
+                        };
+                        let status = task.status.get_or_insert_with(Default::default);
+                        if status.state > api::TaskState::Running as i32 {
+                            continue;
+                        }
+                        status.state = api::TaskState::Orphaned as i32;
+                        tx.update_task(task)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = res {
+                warn!(node.id = %node_id, r#"failed to move tasks to "ORPHANED" state: {e}"#);
+            }
+        }
     }
 
     /// Records the node READY with its description and address, and waits until that is written.
@@ -389,6 +466,9 @@ impl Term {
             message: String::new(),
             addr: addr.to_string(),
         };
+        if let Some(cancel) = lock(&self.down).remove(node_id) {
+            cancel.cancel();
+        }
         let batch = self.enqueue_node(node_id, status, description);
         let mut flushed = self.flushed.subscribe();
         tokio::select! {
@@ -401,14 +481,21 @@ impl Term {
     pub fn enqueue_tasks(&self, updates: Vec<(String, api::TaskStatus)>) {
         let mut pending = lock(&self.pending);
         pending.tasks.extend(updates);
+        self.queued.notify_one();
         if pending.len() >= MAX_BATCH_ITEMS {
             self.flush_now.notify_one();
         }
     }
 
-    /// Flushes the pending writes every interval, or sooner when they pile up.
+    /// Flushes the pending writes one interval after the first of them was queued, or sooner
+    /// when they pile up.
     pub async fn flush_loop(self: Arc<Self>) {
         loop {
+            tokio::select! {
+                biased;
+                () = self.token.cancelled() => return,
+                () = self.queued.notified() => {}
+            }
             tokio::select! {
                 biased;
                 () = self.token.cancelled() => return,

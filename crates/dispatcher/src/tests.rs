@@ -694,3 +694,78 @@ async fn the_local_service_speaks_for_this_manager_and_the_remote_one_wants_a_ce
         .expect_err("volumes");
     assert_eq!(err.code(), Code::Unimplemented);
 }
+
+#[tokio::test(start_paused = true)]
+async fn tasks_of_a_node_down_for_a_day_become_orphaned() {
+    let f = start(
+        vec![node("n1", NodeState::Down), node("n2", NodeState::Down)],
+        vec![
+            task("t1", "n1", TaskState::Running),
+            task("t2", "n1", TaskState::Failed),
+            task("t3", "n2", TaskState::Running),
+        ],
+        exact(),
+    )
+    .await;
+    // n2 comes back before the day is over; its task is left alone.
+    let (session, _s) = f.open("n2").await;
+    for _ in 0..10 {
+        f.dispatcher.heartbeat("n2", &session).expect("beat");
+        tokio::time::sleep(PERIOD).await;
+    }
+    tokio::time::sleep(Duration::from_secs(24 * 60 * 60)).await;
+    for _ in 0..20 {
+        if f.task_state("t1") == TaskState::Orphaned as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.task_state("t1"), TaskState::Orphaned as i32);
+    assert_eq!(f.task_state("t2"), TaskState::Failed as i32);
+    assert_eq!(f.task_state("t3"), TaskState::Running as i32);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_nodes_registering_at_once_cost_a_few_store_writes() {
+    let nodes: Vec<_> = (0..1000)
+        .map(|i| node(&format!("n{i:04}"), NodeState::Ready))
+        .collect();
+    let f = start(nodes, vec![], exact()).await;
+    // Let the new term's UNKNOWN marking land first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut commits = f.store.watch(store::WatchFilter::none());
+    let sessions: Vec<_> = (0..1000)
+        .map(|i| {
+            let d = f.dispatcher.clone();
+            tokio::spawn(async move {
+                let id = format!("n{i:04}");
+                let mut s = d
+                    .session(
+                        &id,
+                        "10.0.0.9",
+                        api::SessionRequest {
+                            description: Some(description(&id)),
+                            session_id: String::new(),
+                        },
+                    )
+                    .await
+                    .expect("session");
+                next(&mut s).await.expect("first message");
+                s
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for s in sessions {
+        streams.push(s.await.expect("task"));
+    }
+    let mut writes = 0;
+    while commits.try_recv().is_some() {
+        writes += 1;
+    }
+    assert!(writes <= 5, "{writes} store writes for 1000 registrations");
+    assert_eq!(f.dispatcher.registered_nodes(), 1000);
+    for i in [0, 499, 999] {
+        assert_eq!(f.node_state(&format!("n{i:04}")).0, NodeState::Ready as i32);
+    }
+}

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::DispatcherError;
 use crate::session::{Sequence, load_assignments};
-use crate::term::{HEARTBEAT_FAILURE, Term, lock};
+use crate::term::{HEARTBEAT_FAILURE, Term, lock, replace_if_changed};
 
 /// Weight of a manager in the session's list, as SwarmKit's remotes.DefaultObservationWeight.
 pub const DEFAULT_MANAGER_WEIGHT: i64 = 10;
@@ -138,13 +138,7 @@ impl Dispatcher {
 
     /// Sets the manager list sessions send; open sessions get a new message if it changed.
     pub fn set_managers(&self, managers: Vec<api::WeightedPeer>) {
-        self.inner.managers.send_if_modified(|cur| {
-            let changed = *cur != managers;
-            if changed {
-                *cur = managers;
-            }
-            changed
-        });
+        replace_if_changed(&self.inner.managers, managers);
     }
 
     /// Whether a term is active.

@@ -3,8 +3,7 @@
 //! READY (else DOWN `heartbeat failure`), receive their task assignments as a COMPLETE set then
 //! INCREMENTAL changes, and report task status, which is written in batches. It talks to the rest
 //! of the manager only through the store; deciding what runs where is the orchestrators' and the
-//! scheduler's, running it the agent's. Secrets, configs, volumes and network keys are not
-//! dispatched yet.
+//! scheduler's, running it the agent's. Secrets, configs and volumes are not dispatched yet.
 
 #![forbid(unsafe_code)]
 

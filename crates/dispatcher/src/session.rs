@@ -1,5 +1,5 @@
-//! The two streams a node holds open: its session (the node object, the managers and the root CA,
-//! re-sent whenever one of them changes) and its assignments (a COMPLETE set, then INCREMENTAL
+//! The two streams a node holds open: its session (the node object, the managers, the network
+//! bootstrap keys and the root CA, re-sent whenever one of them changes) and its assignments (a COMPLETE set, then INCREMENTAL
 //! changes coalesced as SwarmKit's dispatcher.go `Assignments`). Both end when the session's
 //! registration ends, and both re-read the store when their event channel overflowed.
 
@@ -79,7 +79,7 @@ impl Term {
             session_id: session_id.to_string(),
             node,
             managers: self.managers.borrow().clone(),
-            network_bootstrap_keys: Vec::new(),
+            network_bootstrap_keys: self.network_keys.borrow().clone(),
             root_ca: self.root_ca.borrow().clone(),
         }
     }
@@ -98,8 +98,10 @@ impl Term {
     ) {
         let mut managers = self.managers.clone();
         let mut root = self.root_ca.subscribe();
+        let mut keys = self.network_keys.subscribe();
         managers.mark_unchanged();
         root.mark_unchanged();
+        keys.mark_unchanged();
         loop {
             let mut disconnect = false;
             tokio::select! {
@@ -113,6 +115,7 @@ impl Term {
                 () = tx.closed() => return,
                 res = managers.changed() => disconnect = res.is_err(),
                 res = root.changed() => disconnect = res.is_err(),
+                res = keys.changed() => disconnect = res.is_err(),
                 ev = sub.rx.recv() => {
                     let Some(ev) = ev else { return };
                     let update = matches!(&ev, Event::Object { kind: EventKind::Create | EventKind::Update, .. });

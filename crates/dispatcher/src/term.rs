@@ -166,6 +166,8 @@ pub(crate) struct Term {
     period: Mutex<Duration>,
     /// The cluster's root CA certificate (PEM), as sessions send it.
     pub root_ca: watch::Sender<Vec<u8>>,
+    /// The cluster's network bootstrap keys, as sessions send them.
+    pub network_keys: watch::Sender<Vec<api::EncryptionKey>>,
     /// The manager list sessions send.
     pub managers: watch::Receiver<Vec<api::WeightedPeer>>,
     pending: Mutex<Pending>,
@@ -177,6 +179,17 @@ pub(crate) struct Term {
     queued: Notify,
     /// The pending writes reached [`MAX_BATCH_ITEMS`]: flush before the window is over.
     flush_now: Notify,
+}
+
+/// Replaces the value of `tx` if it differs, waking its receivers only then.
+pub(crate) fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<T>, value: T) {
+    tx.send_if_modified(|cur| {
+        let changed = *cur != value;
+        if changed {
+            *cur = value;
+        }
+        changed
+    });
 }
 
 fn timestamp_now() -> prost_types::Timestamp {
@@ -203,6 +216,7 @@ impl Term {
             task_router: Arc::default(),
             period: Mutex::new(period),
             root_ca: watch::channel(Vec::new()).0,
+            network_keys: watch::channel(Vec::new()).0,
             managers,
             pending: Mutex::default(),
             down: Mutex::default(),
@@ -237,7 +251,7 @@ impl Term {
         period * self.config.grace_multiplier
     }
 
-    /// Takes the cluster's heartbeat period and root CA.
+    /// Takes the cluster's heartbeat period, root CA and network bootstrap keys.
     fn cluster_changed(&self, cluster: &api::Cluster) {
         let period = cluster
             .spec
@@ -258,13 +272,8 @@ impl Term {
             .as_ref()
             .map(|r| r.ca_cert.clone())
             .unwrap_or_default();
-        self.root_ca.send_if_modified(|cur| {
-            let changed = *cur != root;
-            if changed {
-                *cur = root;
-            }
-            changed
-        });
+        replace_if_changed(&self.root_ca, root);
+        replace_if_changed(&self.network_keys, cluster.network_bootstrap_keys.clone());
     }
 
     /// Routes one store event: cluster changes are taken here, node and task changes go to the

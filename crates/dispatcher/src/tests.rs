@@ -270,11 +270,26 @@ async fn registration_records_the_description_and_makes_the_node_ready() {
         .view(|tx| tx.get_cluster("cluster"))
         .expect("cluster");
     cluster.root_ca.get_or_insert_default().ca_cert = b"new root".to_vec();
+    let key = api::EncryptionKey {
+        subsystem: "networking:gossip".into(),
+        key: vec![7; 16],
+        lamport_time: 1,
+        ..Default::default()
+    };
+    cluster.network_bootstrap_keys = vec![key.clone()];
     f.store
         .update(move |tx| tx.update_cluster(cluster))
         .await
         .expect("update cluster");
-    assert_eq!(next(&mut stream).await.expect("root").root_ca, b"new root");
+    let msg = next(&mut stream).await.expect("root");
+    assert_eq!(msg.root_ca, b"new root");
+    // Both changed in one commit; a second message, if any, carries the same.
+    let msg = if msg.network_bootstrap_keys.is_empty() {
+        next(&mut stream).await.expect("keys")
+    } else {
+        msg
+    };
+    assert_eq!(msg.network_bootstrap_keys, vec![key]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::error::DispatcherError;
-use crate::session::{Sequence, load_assignments};
+use crate::session::{Sequence, StreamOf, load_assignments};
 use crate::term::{HEARTBEAT_FAILURE, Term, lock, replace_if_changed};
 
 /// Weight of a manager in the session's list, as SwarmKit's remotes.DefaultObservationWeight.
@@ -179,10 +179,12 @@ impl Dispatcher {
             if slot.as_ref().is_some_and(|t| !t.token.is_cancelled()) {
                 return Err(RunError::AlreadyRunning);
             }
+            info!("dispatcher starting");
+            // Before any call can reach the term: a node registering now must not be
+            // overwritten as UNKNOWN.
+            term.mark_nodes_unknown(nodes);
             *slot = Some(term.clone());
         }
-        info!("dispatcher starting");
-        term.mark_nodes_unknown(nodes);
         let flusher = tokio::spawn(term.clone().flush_loop());
         let result = loop {
             tokio::select! {
@@ -220,25 +222,30 @@ impl Dispatcher {
         req: api::SessionRequest,
     ) -> Result<DispatcherStream<api::SessionMessage>, DispatcherError> {
         let term = self.term()?;
-        let current = lock(&term.nodes)
+        let resumed = lock(&term.nodes)
             .with_session(node_id, &req.session_id)
-            .map(|rn| rn.generation)
-            .ok();
-        let (session_id, handle) = match current {
-            Some(_) => {
-                term.mark_ready(node_id, addr, req.description).await?;
-                let nodes = lock(&term.nodes);
-                let rn = nodes.with_session(node_id, &req.session_id)?;
-                (req.session_id.clone(), rn.handle())
-            }
-            None => self.register(&term, node_id, addr, req.description).await?,
+            .is_ok();
+        let (session_id, handle) = if resumed {
+            // The node's current session: no new registration, only a fresh READY write.
+            term.mark_ready(node_id, addr, req.description).await?;
+            let nodes = lock(&term.nodes);
+            let rn = nodes.with_session(node_id, &req.session_id)?;
+            (req.session_id.clone(), rn.handle())
+        } else {
+            self.register(&term, node_id, addr, req.description).await?
         };
         let sub = term.node_router.subscribe(node_id);
         let node = term.store.view(|tx| tx.get_node(node_id));
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
         tx.try_send(Ok(term.session_message(&session_id, node.clone())))
             .expect("a new channel has room for the first message");
-        tokio::spawn(term.session_stream(node_id.to_string(), session_id, handle, sub, node, tx));
+        let of = StreamOf {
+            node_id: node_id.to_string(),
+            session_id,
+            handle,
+            sub,
+        };
+        tokio::spawn(term.session_stream(of, node, tx));
         Ok(ReceiverStream::new(rx))
     }
 
@@ -336,15 +343,13 @@ impl Dispatcher {
         let first = seq.message(api::assignments_message::Type::Complete, set.take_changes());
         tx.try_send(Ok(first))
             .expect("a new channel has room for the first message");
-        tokio::spawn(term.assignments_stream(
-            node_id.to_string(),
-            session_id.to_string(),
+        let of = StreamOf {
+            node_id: node_id.to_string(),
+            session_id: session_id.to_string(),
             handle,
             sub,
-            set,
-            seq,
-            tx,
-        ));
+        };
+        tokio::spawn(term.assignments_stream(of, set, seq, tx));
         Ok(ReceiverStream::new(rx))
     }
 

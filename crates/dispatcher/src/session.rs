@@ -22,6 +22,15 @@ const MODIFICATION_BATCH_LIMIT: usize = 100;
 /// Quiet time after the last change before an assignments message goes out.
 const BATCHING_WAIT: Duration = Duration::from_millis(100);
 
+/// What a stream of one session keeps: whose it is, the registration that ends it, and its
+/// share of the event routing.
+pub(crate) struct StreamOf {
+    pub node_id: String,
+    pub session_id: String,
+    pub handle: SessionHandle,
+    pub sub: Subscription,
+}
+
 /// Sending half of a stream handed to gRPC.
 pub(crate) type StreamTx<T> = mpsc::Sender<Result<T, Status>>;
 
@@ -84,18 +93,21 @@ impl Term {
         }
     }
 
-    /// Sends a session message whenever the node object, the managers or the root CA change,
-    /// until the session ends; when the dispatcher stops, a last message then Aborted tells the
-    /// node to find another manager.
+    /// Sends a session message whenever the node object, the managers, the network keys or the
+    /// root CA change, until the session ends; when the dispatcher stops, a last message then
+    /// Aborted tells the node to find another manager.
     pub async fn session_stream(
         self: Arc<Self>,
-        node_id: String,
-        session_id: String,
-        handle: SessionHandle,
-        mut sub: Subscription,
+        of: StreamOf,
         mut node: Option<api::Node>,
         tx: StreamTx<api::SessionMessage>,
     ) {
+        let StreamOf {
+            node_id,
+            session_id,
+            handle,
+            mut sub,
+        } = of;
         let mut managers = self.managers.clone();
         let mut root = self.root_ca.subscribe();
         let mut keys = self.network_keys.subscribe();
@@ -143,17 +155,19 @@ impl Term {
 
     /// Sends the node's assignment changes, coalesced: a message goes out once no change came
     /// for [`BATCHING_WAIT`] or [`MODIFICATION_BATCH_LIMIT`] changes piled up.
-    #[allow(clippy::too_many_arguments)]
     pub async fn assignments_stream(
         self: Arc<Self>,
-        node_id: String,
-        session_id: String,
-        handle: SessionHandle,
-        mut sub: Subscription,
+        of: StreamOf,
         mut set: AssignmentSet,
         mut seq: Sequence,
         tx: StreamTx<api::AssignmentsMessage>,
     ) {
+        let StreamOf {
+            node_id,
+            session_id,
+            handle,
+            mut sub,
+        } = of;
         loop {
             let mut count = 0;
             let mut deadline: Option<Instant> = None;

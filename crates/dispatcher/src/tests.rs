@@ -784,3 +784,66 @@ async fn a_thousand_nodes_registering_at_once_cost_a_few_store_writes() {
         assert_eq!(f.node_state(&format!("n{i:04}")).0, NodeState::Ready as i32);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_term_invalidates_old_sessions_and_keeps_returning_nodes_ready() {
+    let f = start(vec![node("n1", NodeState::Ready)], vec![], exact()).await;
+    let (old, _s) = f.open("n1").await;
+    f.shutdown.cancel();
+    f.dispatcher.clone().wait_stopped().await;
+
+    // This manager leads again.
+    let term = CancellationToken::new();
+    let _guard = term.clone().drop_guard();
+    tokio::spawn(f.dispatcher.clone().run(term.clone()));
+    while !f.dispatcher.is_running() {
+        tokio::task::yield_now().await;
+    }
+    let err = f.dispatcher.heartbeat("n1", &old).expect_err("old session");
+    assert_eq!(err, DispatcherError::SessionInvalid);
+    f.wait_node("n1", NodeState::Unknown, PERIOD).await;
+    let (session, _s) = f.open("n1").await;
+    assert_ne!(session, old);
+    for _ in 0..10 {
+        f.dispatcher.heartbeat("n1", &session).expect("beat");
+        tokio::time::sleep(PERIOD).await;
+        assert_eq!(f.node_state("n1").0, NodeState::Ready as i32);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_assignments_reader_that_falls_behind_gets_a_complete_set_again() {
+    let tasks: Vec<_> = (0..50)
+        .map(|i| task(&format!("t{i:02}"), "n1", TaskState::Assigned))
+        .collect();
+    let f = start(vec![node("n1", NodeState::Ready)], tasks, exact()).await;
+    let (session, _s) = f.open("n1").await;
+    let mut stream = f.dispatcher.assignments("n1", &session).expect("stream");
+    assert_eq!(next(&mut stream).await.expect("complete").changes.len(), 50);
+
+    // Nobody reads: messages fill the stream, then events fill the routing channel.
+    for round in 0..40 {
+        f.store
+            .update(move |tx| {
+                for i in 0..50 {
+                    let mut t = tx.get_task(&format!("t{i:02}")).expect("task");
+                    t.desired_state = TaskState::Running as i32 + round % 2;
+                    tx.update_task(t)?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("update");
+        f.dispatcher.heartbeat("n1", &session).expect("beat");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut saw_complete = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+        let msg = msg.expect("message");
+        if msg.r#type == AssignmentsType::Complete as i32 {
+            assert_eq!(msg.changes.len(), 50, "the whole set");
+            saw_complete = true;
+        }
+    }
+    assert!(saw_complete, "no resynchronising COMPLETE message");
+}

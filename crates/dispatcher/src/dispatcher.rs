@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::DispatcherError;
 use crate::session::{Sequence, StreamOf, load_assignments};
@@ -185,7 +185,7 @@ impl Dispatcher {
             term.mark_nodes_unknown(nodes);
             *slot = Some(term.clone());
         }
-        let flusher = tokio::spawn(term.clone().flush_loop());
+        let flusher = tokio::spawn(term.clone().flush_loop().instrument(info_span!("flusher")));
         let result = loop {
             tokio::select! {
                 biased;
@@ -245,7 +245,8 @@ impl Dispatcher {
             handle,
             sub,
         };
-        tokio::spawn(term.session_stream(of, node, tx));
+        let span = info_span!("session", node.id = %node_id);
+        tokio::spawn(term.session_stream(of, node, tx).instrument(span));
         Ok(ReceiverStream::new(rx))
     }
 
@@ -349,7 +350,8 @@ impl Dispatcher {
             handle,
             sub,
         };
-        tokio::spawn(term.assignments_stream(of, set, seq, tx));
+        let span = info_span!("assignments", node.id = %node_id);
+        tokio::spawn(term.assignments_stream(of, set, seq, tx).instrument(span));
         Ok(ReceiverStream::new(rx))
     }
 

@@ -55,7 +55,6 @@ impl api::dispatcher_server::Dispatcher for DispatcherService {
     type TasksStream = DispatcherStream<api::TasksMessage>;
     type AssignmentsStream = DispatcherStream<api::AssignmentsMessage>;
 
-    #[tracing::instrument(skip_all, name = "session")]
     async fn session(
         &self,
         req: Request<api::SessionRequest>,

@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod cluster;
 mod daemon;
 mod orchestration;
 mod persistence;

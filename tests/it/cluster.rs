@@ -34,7 +34,13 @@ impl Cluster {
         args.extend_from_slice(manager_args);
         let manager = Swarmd::start_with(&args);
         manager
-            .ctl(&["cluster", "update", "default", "--heartbeatperiod", heartbeat])
+            .ctl(&[
+                "cluster",
+                "update",
+                "default",
+                "--heartbeatperiod",
+                heartbeat,
+            ])
             .ok();
         let mut c = Cluster {
             manager,
@@ -237,8 +243,15 @@ fn a_killed_worker_is_replaced_and_its_stale_tasks_stop_when_it_returns() {
         Duration::from_secs(3) + Duration::from_secs(1) + Duration::from_secs(5),
         |per| !per.contains_key("node-2"),
     );
-    eprintln!("tasks RUNNING elsewhere {:?} after SIGKILL", killed.elapsed());
-    assert_eq!(pids_with(&m).len(), 8, "the killed worker's 2 processes still run");
+    eprintln!(
+        "tasks RUNNING elsewhere {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    assert_eq!(
+        pids_with(&m).len(),
+        8,
+        "the killed worker's 2 processes still run"
+    );
 
     // Back: within a heartbeat of reconnecting its stale tasks are shut down, and no slot has
     // two tasks actually running.
@@ -263,8 +276,16 @@ fn an_agent_restart_reruns_nothing() {
     c.workers[1].kill9();
     c.workers[1].spawn_until("agent session registered", WAIT);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(pids_with(&m), before, "a task process was restarted or lost");
-    assert_eq!(c.tasks(), tasks_before, "tasks changed across an agent restart");
+    assert_eq!(
+        pids_with(&m),
+        before,
+        "a task process was restarted or lost"
+    );
+    assert_eq!(
+        c.tasks(),
+        tasks_before,
+        "tasks changed across an agent restart"
+    );
     c.stop();
     wait_processes(&m, 0);
 }
@@ -337,14 +358,25 @@ fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     // The live worker renews through its session; the down one holds the rotation up.
     std::thread::sleep(Duration::from_secs(5));
     let inspect = c.manager.ctl(&["cluster", "inspect", "default"]);
-    assert!(inspect.ok().contains("Root CA rotation: in progress"), "{}", inspect.stdout);
+    assert!(
+        inspect.ok().contains("Root CA rotation: in progress"),
+        "{}",
+        inspect.stdout
+    );
 
     c.workers[1].spawn_until("agent session registered", WAIT);
     wait_for("the rotation to complete", WAIT, || {
-        let text = c.manager.ctl(&["cluster", "inspect", "default"]).ok().to_string();
+        let text = c
+            .manager
+            .ctl(&["cluster", "inspect", "default"])
+            .ok()
+            .to_string();
         (!text.contains("rotation")).then_some(())
     });
-    eprintln!("root rotation with a worker down for part of it took {:?}", started.elapsed());
+    eprintln!(
+        "root rotation with a worker down for part of it took {:?}",
+        started.elapsed()
+    );
     let new_root = ca::KeyStore::new(&c.manager.state_dir())
         .load()
         .expect("load")

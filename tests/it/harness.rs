@@ -156,8 +156,21 @@ impl Swarmd {
     /// Starts swarmd (again) on the same state dir and waits for the control API.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "swarmd already running");
+        let skip = self.log().len();
         self.child = Some(self.command().spawn().expect("spawn swarmd"));
         self.wait_ready(Duration::from_secs(30));
+        // Its own agent registers right after: until then the dispatcher may still write the
+        // node (status, description), which a test's versioned node update would race with.
+        wait_for(
+            "the manager's agent session",
+            Duration::from_secs(30),
+            || {
+                self.log()
+                    .get(skip..)
+                    .is_some_and(|l| l.contains("agent session registered"))
+                    .then_some(())
+            },
+        );
     }
 
     fn wait_ready(&mut self, limit: Duration) {
@@ -245,8 +258,17 @@ fn unsafe_free_kill(pid: i32, signal: i32) -> i32 {
 }
 
 impl Drop for Swarmd {
+    /// A graceful stop first, so the node's agent shuts its tasks down, then SIGKILL if it hangs.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = unsafe_free_kill(child.id() as i32, 2);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -7,6 +7,7 @@ mod harness;
 mod cli;
 mod cluster;
 mod daemon;
+mod docker;
 mod orchestration;
 mod persistence;
 mod security;

@@ -1,6 +1,6 @@
-//! Orchestration through the real binaries on one node (no agent yet, so tasks stop at ASSIGNED):
+//! Orchestration through the real binaries on one node whose agent runs tasks as processes:
 //! the replicated and global orchestrators create tasks, the allocator and scheduler take them to
-//! ASSIGNED on the node, scaling down retires the highest slots, an unplaceable task explains itself
+//! the node, where its agent runs them; scaling down retires the highest slots, an unplaceable task explains itself
 //! and is placed once the node fits, draining shuts tasks down and keeps replacements pending.
 
 use std::time::Duration;
@@ -10,6 +10,14 @@ use crate::harness::{Swarmd, wait_for};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `task ls` (or `task ls -a`) rows as (service.slot, desired state, last state word, node).
+/// The command of every long-running task here; graceful stops (the harness's drop) end them.
+const SLEEP: &str = "-c,sleep 120 # swarmkit-it-orchestration";
+
+/// A manager whose agent runs tasks as processes.
+fn start() -> Swarmd {
+    Swarmd::start_with(&["--executor", "process"])
+}
+
 fn task_rows(d: &Swarmd, all: bool) -> Vec<(String, String, String, String)> {
     let args: &[&str] = if all {
         &["task", "ls", "-a"]
@@ -61,7 +69,7 @@ fn row(
 
 #[test]
 fn replicated_tasks_are_assigned_and_scaled_down_from_the_top() {
-    let d = Swarmd::start();
+    let d = start();
     d.ctl(&[
         "service",
         "create",
@@ -69,14 +77,18 @@ fn replicated_tasks_are_assigned_and_scaled_down_from_the_top() {
         "web",
         "--image",
         "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        SLEEP,
         "--replicas",
         "3",
     ])
     .ok();
     let want = vec![
-        row("web.1", "RUNNING", "ASSIGNED", "node-1"),
-        row("web.2", "RUNNING", "ASSIGNED", "node-1"),
-        row("web.3", "RUNNING", "ASSIGNED", "node-1"),
+        row("web.1", "RUNNING", "RUNNING", "node-1"),
+        row("web.2", "RUNNING", "RUNNING", "node-1"),
+        row("web.3", "RUNNING", "RUNNING", "node-1"),
     ];
     wait_rows(&d, "three tasks assigned", &want);
 
@@ -84,18 +96,17 @@ fn replicated_tasks_are_assigned_and_scaled_down_from_the_top() {
     wait_rows(
         &d,
         "slots 2 and 3 retired",
-        &[row("web.1", "RUNNING", "ASSIGNED", "node-1")],
+        &[row("web.1", "RUNNING", "RUNNING", "node-1")],
     );
-    let all = task_rows(&d, true);
-    assert!(
-        all.contains(&row("web.2", "REMOVE", "ASSIGNED", "node-1"))
-            && all.contains(&row("web.3", "REMOVE", "ASSIGNED", "node-1")),
-        "{all:?}"
-    );
+    // The retired slots are shut down (and then deleted by the reaper): none runs any more.
+    wait_for("retired slots stopped", WAIT, || {
+        let all = task_rows(&d, true);
+        all.iter()
+            .all(|r| r.0 == "web.1" || (r.1 == "REMOVE" && r.2 == "SHUTDOWN"))
+            .then_some(())
+    });
 
-    // Removing the service takes its tasks with it (they are not running: no agent yet, so the
-    // reaper may delete them once they are marked for removal and stopped; at least none stays
-    // desired RUNNING).
+    // Removing the service takes its tasks with it.
     d.ctl(&["service", "rm", "web"]).ok();
     wait_for("no task desired running", WAIT, || {
         task_rows(&d, false).is_empty().then_some(())
@@ -104,21 +115,32 @@ fn replicated_tasks_are_assigned_and_scaled_down_from_the_top() {
 
 #[test]
 fn global_service_gets_one_task_on_the_node() {
-    let d = Swarmd::start();
+    let d = start();
     d.ctl(&[
-        "service", "create", "--name", "glob", "--image", "busybox", "--mode", "global",
+        "service",
+        "create",
+        "--name",
+        "glob",
+        "--image",
+        "busybox",
+        "--mode",
+        "global",
+        "--command",
+        "/bin/sh",
+        "--args",
+        SLEEP,
     ])
     .ok();
     wait_rows(
         &d,
         "global task assigned",
-        &[row("glob.0", "RUNNING", "ASSIGNED", "node-1")],
+        &[row("glob.0", "RUNNING", "RUNNING", "node-1")],
     );
 }
 
 #[test]
 fn unplaceable_task_explains_why_and_is_placed_once_the_node_fits() {
-    let d = Swarmd::start();
+    let d = start();
     d.ctl(&[
         "service",
         "create",
@@ -126,6 +148,10 @@ fn unplaceable_task_explains_why_and_is_placed_once_the_node_fits() {
         "x4",
         "--image",
         "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        SLEEP,
         "--constraint",
         "node.labels.zone==east",
     ])
@@ -157,13 +183,13 @@ fn unplaceable_task_explains_why_and_is_placed_once_the_node_fits() {
     wait_rows(
         &d,
         "task placed after the label",
-        &[row("x4.1", "RUNNING", "ASSIGNED", "node-1")],
+        &[row("x4.1", "RUNNING", "RUNNING", "node-1")],
     );
 }
 
 #[test]
 fn drain_shuts_tasks_down_and_activate_places_replacements() {
-    let d = Swarmd::start();
+    let d = start();
     d.ctl(&[
         "service",
         "create",
@@ -171,12 +197,16 @@ fn drain_shuts_tasks_down_and_activate_places_replacements() {
         "web",
         "--image",
         "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        SLEEP,
         "--replicas",
         "2",
     ])
     .ok();
     wait_for("two tasks assigned", WAIT, || {
-        (task_rows(&d, false).len() == 2 && task_rows(&d, false).iter().all(|r| r.2 == "ASSIGNED"))
+        (task_rows(&d, false).len() == 2 && task_rows(&d, false).iter().all(|r| r.2 == "RUNNING"))
             .then_some(())
     });
 
@@ -215,24 +245,35 @@ fn drain_shuts_tasks_down_and_activate_places_replacements() {
         let all = task_rows(&d, true);
         let assigned = all
             .iter()
-            .filter(|r| r.1 != "SHUTDOWN" && r.2 == "ASSIGNED" && r.3 == "node-1")
+            .filter(|r| r.1 != "SHUTDOWN" && r.2 == "RUNNING" && r.3 == "node-1")
             .count();
         (assigned == 2).then_some(())
     });
 }
 
 /// `service update --image` starts a rolling update that `service inspect` reports; `--rollback`
-/// asks for the previous spec (the reference CLI has no such flag) and `--force` redeploys. With no
-/// agent the new tasks never run, so the updates stay in progress, which is what inspect shows.
+/// asks for the previous spec (the reference CLI has no such flag) and `--force` redeploys; each
+/// update is in progress for at least its 5 s monitor period, which is what inspect shows.
 #[test]
 fn update_rollback_and_force_show_in_inspect() {
-    let d = Swarmd::start();
-    d.ctl(&["service", "create", "--name", "web", "--image", "busybox:1"])
-        .ok();
+    let d = start();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        "busybox:1",
+        "--command",
+        "/bin/sh",
+        "--args",
+        SLEEP,
+    ])
+    .ok();
     wait_rows(
         &d,
         "task assigned",
-        &[row("web.1", "RUNNING", "ASSIGNED", "node-1")],
+        &[row("web.1", "RUNNING", "RUNNING", "node-1")],
     );
 
     d.ctl(&["service", "update", "web", "--image", "busybox:2"])
@@ -284,11 +325,11 @@ fn squash(text: &str) -> String {
 }
 
 /// Jobs (our `--mode replicated-job|global-job`): at most `--max-concurrent` tasks of a replicated
-/// job at once, slots from 0, desired COMPLETE (so only `task ls -a` lists them); a global job gets
-/// one task on the node.
+/// job at once, slots from 0, desired COMPLETE (so only `task ls -a` lists them), run to completion
+/// until `--total-completions`; a global job gets one task on the node.
 #[test]
 fn jobs_run_up_to_max_concurrent_tasks() {
-    let d = Swarmd::start();
+    let d = start();
     d.ctl(&[
         "service",
         "create",
@@ -296,6 +337,10 @@ fn jobs_run_up_to_max_concurrent_tasks() {
         "job",
         "--image",
         "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,sleep 1",
         "--mode",
         "replicated-job",
         "--total-completions",
@@ -311,16 +356,31 @@ fn jobs_run_up_to_max_concurrent_tasks() {
         "gj",
         "--image",
         "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,exit 0",
         "--mode",
         "global-job",
     ])
     .ok();
-    wait_for("job tasks assigned", WAIT, || {
+    // Never more than two job tasks at once.
+    let running = wait_for("two job tasks running", WAIT, || {
+        let rows = task_rows(&d, true);
+        let live = rows
+            .iter()
+            .filter(|r| r.0.starts_with("job.") && r.2 == "RUNNING")
+            .count();
+        (live > 0).then_some(live)
+    });
+    assert!(running <= 2, "{running} job tasks running at once");
+    wait_for("jobs completed", WAIT, || {
         (task_rows(&d, true)
             == vec![
-                row("gj.0", "COMPLETE", "ASSIGNED", "node-1"),
-                row("job.0", "COMPLETE", "ASSIGNED", "node-1"),
-                row("job.1", "COMPLETE", "ASSIGNED", "node-1"),
+                row("gj.0", "COMPLETE", "COMPLETE", "node-1"),
+                row("job.0", "COMPLETE", "COMPLETE", "node-1"),
+                row("job.1", "COMPLETE", "COMPLETE", "node-1"),
+                row("job.2", "COMPLETE", "COMPLETE", "node-1"),
             ])
         .then_some(())
     });

@@ -45,10 +45,6 @@ pub struct Config {
     pub batch_interval: Duration,
     /// After this long DOWN, a node's tasks in ASSIGNED to RUNNING become ORPHANED.
     pub node_down_period: Duration,
-    /// This manager's own node while no agent runs on it: it is not marked UNKNOWN when a term
-    /// starts, so it stays READY until it opens a session of its own.
-    // TODO(#agent): drop once the node runs an agent on managers too.
-    pub local_node: Option<String>,
 }
 
 impl Default for Config {
@@ -60,7 +56,6 @@ impl Default for Config {
             rate_limit_period: Duration::from_secs(8),
             batch_interval: Duration::from_millis(100),
             node_down_period: Duration::from_secs(24 * 60 * 60),
-            local_node: None,
         }
     }
 }

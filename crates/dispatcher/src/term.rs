@@ -304,9 +304,6 @@ impl Term {
     pub fn mark_nodes_unknown(self: &Arc<Self>, nodes: Vec<api::Node>) {
         let now = Instant::now();
         for node in nodes {
-            if self.config.local_node.as_deref() == Some(node.id.as_str()) {
-                continue;
-            }
             let state = node.status.as_ref().map_or(0, |s| s.state);
             if state == NodeState::Down as i32 {
                 self.track_down(&node.id);

@@ -145,11 +145,7 @@ impl Manager {
         let dispatcher = Dispatcher::new(
             store.clone(),
             config.bootstrap.node_id.clone(),
-            dispatcher::Config {
-                // Until the node runs an agent on managers, nothing else keeps this node READY.
-                local_node: Some(config.bootstrap.node_id.clone()),
-                ..dispatcher::Config::default()
-            },
+            dispatcher::Config::default(),
         );
         dispatcher.set_managers(vec![dispatcher::weighted_peer(
             &config.bootstrap.node_id,

@@ -104,10 +104,7 @@ pub(crate) async fn start() -> Cluster {
     let dispatcher = Dispatcher::new(
         store.clone(),
         node_id.clone(),
-        dispatcher::Config {
-            local_node: Some(node_id.clone()),
-            ..dispatcher::Config::default()
-        },
+        dispatcher::Config::default(),
     );
     dispatcher.set_managers(vec![dispatcher::weighted_peer(&node_id, &addr)]);
     tokio::spawn(dispatcher.clone().run(shutdown.clone()));

@@ -256,7 +256,18 @@ fn a_killed_worker_is_replaced_and_its_stale_tasks_stop_when_it_returns() {
     // Back: within a heartbeat of reconnecting its stale tasks are shut down, and no slot has
     // two tasks actually running.
     c.workers[0].spawn_until("agent session registered", WAIT);
+    let back = Instant::now();
     let pids = wait_processes(&m, 6);
+    // Heartbeat 1 s; the stale tasks' SIGTERM and the status round trip take the rest.
+    assert!(
+        back.elapsed() < Duration::from_secs(4),
+        "stale tasks stopped {:?} after reconnecting",
+        back.elapsed()
+    );
+    eprintln!(
+        "stale tasks stopped {:?} after reconnecting",
+        back.elapsed()
+    );
     assert!(pids.iter().filter(|p| before.contains(p)).count() >= 4);
     c.wait_running("converged", 6, WAIT, |per| per.len() == 2);
     c.stop();

@@ -27,6 +27,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most status updates in one UpdateTaskStatus call.
 const STATUS_BATCH: usize = 1024;
+/// How often the node is described again; a changed description re-registers the session.
+const DESCRIBE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Opens a (lazy) channel to a manager's remote API with this node's credentials.
 pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
@@ -163,7 +165,7 @@ impl Session<'_> {
         };
         let mut stream = match client
             .session(api::SessionRequest {
-                description,
+                description: description.clone(),
                 session_id: String::new(),
             })
             .await
@@ -191,6 +193,10 @@ impl Session<'_> {
             Err(s) => return fail(status_text(&s)),
         };
         let mut heartbeat = tokio::time::Instant::now();
+        let mut describe = tokio::time::interval_at(
+            tokio::time::Instant::now() + DESCRIBE_INTERVAL,
+            DESCRIBE_INTERVAL,
+        );
         loop {
             if !self.pending.is_empty()
                 && let Err(e) = self.flush(&mut client, &session_id).await
@@ -226,6 +232,13 @@ impl Session<'_> {
                     Ok(None) => return fail("the assignments stream ended".into()),
                     Err(s) => return fail(status_text(&s)),
                 },
+                _ = describe.tick() => {
+                    if let Ok(now) = self.config.executor.describe().await
+                        && Some(&now) != description.as_ref()
+                    {
+                        return fail("the node description changed: registering again".into());
+                    }
+                }
                 report = self.reports.recv() => {
                     if let Some((id, status)) = report {
                         self.pending.insert(id, status);

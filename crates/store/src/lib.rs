@@ -8,9 +8,11 @@
 
 mod by;
 mod error;
+mod hash;
 mod memory;
 mod object;
 mod proposer;
+mod shared;
 mod table;
 mod tx;
 mod watch;
@@ -20,6 +22,7 @@ pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use object::{Kind, StoreObject};
 pub use proposer::{ProposeError, Proposer};
+pub use shared::Shared;
 pub use tx::{ReadTx, Tx};
 pub use watch::{Event, EventKind, ObjectRef, WatchFilter, Watcher};
 

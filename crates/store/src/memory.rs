@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::error::StoreError;
 use crate::proposer::Proposer;
 use crate::table::Tables;
-use crate::tx::{Mode, ReadTx, Tx};
+use crate::tx::{Change, Mode, ReadTx, Tx};
 use crate::watch::{Event, Subscriber, WatchFilter, Watcher, subscribe};
 
 /// The manager's object store. Cheap to clone (all clones share one store); `Send + Sync`.
@@ -38,6 +38,9 @@ struct Inner {
 struct State {
     tables: Tables,
     last_index: u64,
+    /// Bumped by every change of `tables`: a local transaction's checks still hold while it is
+    /// what the transaction saw.
+    generation: u64,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -111,13 +114,13 @@ impl MemoryStore {
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
         let _serial = self.inner.update_lock.lock().await;
-        let (result, actions) = {
+        let (result, changes, seen) = {
             let state = self.read_state();
             let mut tx = Tx::new(&state.tables, Mode::Local);
             let result = f(&mut tx)?;
-            (result, tx.into_actions())
+            (result, tx.into_local_changes(), state.generation)
         };
-        if actions.is_empty() {
+        if changes.is_empty() {
             return Ok(result);
         }
         let proposer = self
@@ -128,6 +131,8 @@ impl MemoryStore {
             .clone();
         match proposer {
             Some(proposer) => {
+                let actions: Vec<api::StoreAction> =
+                    changes.into_iter().map(Change::into_action).collect();
                 let count = actions.len();
                 let index = proposer.propose(actions).await?;
                 debug!(index, actions = count, "store write committed");
@@ -141,7 +146,7 @@ impl MemoryStore {
             }
             None => {
                 let index = self.last_index() + 1;
-                self.apply_actions(index, actions.into_iter())?;
+                self.apply_changes(index, changes, Some(seen))?;
             }
         }
         Ok(result)
@@ -156,27 +161,43 @@ impl MemoryStore {
         index: u64,
         actions: &[api::StoreAction],
     ) -> Result<(), StoreError> {
-        self.apply_actions(index, actions.iter().cloned())
+        let changes = actions
+            .iter()
+            .map(Change::from_action)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.apply_changes(index, changes, None)
     }
 
-    /// [`MemoryStore::apply_committed`] taking the actions by value (the proposer-less write path
-    /// hands over what it built instead of copying it).
-    fn apply_actions(
+    /// [`MemoryStore::apply_committed`] of changes (the proposer-less write path hands over the
+    /// objects it built instead of copying them). `seen`: the generation of the tables the local
+    /// transaction that made the changes saw; while it is current, the transaction's checks still
+    /// hold and the changes go straight into the tables.
+    fn apply_changes(
         &self,
         index: u64,
-        actions: impl Iterator<Item = api::StoreAction>,
+        changes: Vec<Change>,
+        seen: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut state = self.write_state();
-        let mut any = false;
-        let (overlay, mut events) = {
-            let mut tx = Tx::new(&state.tables, Mode::Apply(index));
-            for action in actions {
-                any = true;
-                tx.apply_action(action)?;
+        let any = !changes.is_empty();
+        let mut events;
+        if seen == Some(state.generation) {
+            events = Vec::with_capacity(changes.len() + 1);
+            for change in changes {
+                change.apply_unchecked(&mut state.tables, index, &mut events);
             }
-            tx.into_changes()
-        };
-        overlay.commit(&mut state.tables);
+        } else {
+            let overlay;
+            (overlay, events) = {
+                let mut tx = Tx::new(&state.tables, Mode::Apply(index));
+                for change in changes {
+                    tx.apply(change)?;
+                }
+                tx.into_changes()
+            };
+            overlay.commit(&mut state.tables);
+        }
+        state.generation += 1;
         state.last_index = state.last_index.max(index);
         if any {
             events.push(Event::Commit { version: index });
@@ -244,6 +265,7 @@ impl MemoryStore {
             tx.into_changes()
         };
         overlay.commit(&mut state.tables);
+        state.generation += 1;
         state.last_index = index;
         events.push(Event::Commit { version: index });
         self.publish(&events);

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use api::generic_resource::Resource as Generic;
+use store::Shared;
 
 use crate::filter::Requirements;
 
@@ -62,8 +63,9 @@ pub(crate) fn is_active(desired_state: i32) -> bool {
 pub(crate) struct NodeInfo {
     /// The node's ID.
     pub(crate) id: String,
-    /// The stored node; `None` while tasks name a node the store does not hold.
-    node: Option<Box<api::Node>>,
+    /// The stored node (shared with the store); `None` while tasks name a node the store does
+    /// not hold.
+    node: Option<Shared<api::Node>>,
     ready: bool,
     nano_cpus: i64,
     memory_bytes: i64,
@@ -97,6 +99,12 @@ impl NodeInfo {
         self.node.as_deref()
     }
 
+    /// The node object as shared with the store.
+    #[cfg(test)]
+    pub(crate) fn shared_node(&self) -> Option<Shared<api::Node>> {
+        self.node.clone()
+    }
+
     /// Status READY and availability ACTIVE.
     pub(crate) fn is_ready(&self) -> bool {
         self.ready
@@ -104,13 +112,13 @@ impl NodeInfo {
 
     /// Installs a new version of the node object (or `None` once it is deleted) and recomputes the
     /// resources left from its description and its tasks.
-    pub(crate) fn set_node(&mut self, node: Option<api::Node>) {
+    pub(crate) fn set_node(&mut self, node: Option<Shared<api::Node>>) {
         self.ready = node.as_ref().is_some_and(|n| {
             n.status.as_ref().map_or(0, |s| s.state) == api::node_status::State::Ready as i32
                 && n.spec.as_ref().map_or(0, |s| s.availability)
                     == api::node_spec::Availability::Active as i32
         });
-        self.node = node.map(Box::new);
+        self.node = node;
         self.recompute_resources();
     }
 
@@ -296,7 +304,7 @@ mod tests {
 
     fn node_with(generic: Vec<api::GenericResource>) -> NodeInfo {
         let mut info = NodeInfo::placeholder("n");
-        info.set_node(Some(api::Node {
+        info.set_node(Some(Shared::new(api::Node {
             id: "n".into(),
             description: Some(api::NodeDescription {
                 resources: Some(api::Resources {
@@ -307,7 +315,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        }));
+        })));
         info
     }
 
@@ -372,7 +380,7 @@ mod tests {
     fn node_update_keeps_reservations_of_its_tasks() {
         let mut info = node_with(vec![discrete("ssd", 2)]);
         info.add_task("t1", task(vec![discrete("ssd", 1)]));
-        info.set_node(info.node().cloned());
+        info.set_node(info.shared_node());
         assert_eq!((info.nano_cpus, info.memory_bytes), (3, 90));
         assert!(!info.has_resources(&req(vec![("ssd", Some(2))])));
         assert_eq!(

@@ -13,6 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use store::Shared;
 use tokio::time::{Duration, Instant};
 
 use crate::filter::{StaticFilter, StaticKey};
@@ -107,7 +108,8 @@ impl NodeSet {
     }
 
     /// Adds or replaces a node object.
-    pub(crate) fn set_node(&mut self, node: api::Node) {
+    pub(crate) fn set_node(&mut self, node: impl Into<Shared<api::Node>>) {
+        let node = node.into();
         let idx = self.index_or_insert(&node.id);
         self.nodes[idx as usize].set_node(Some(node));
         self.refresh_static(idx);

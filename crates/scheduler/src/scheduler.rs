@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use store::{By, Event, EventKind, MemoryStore, StoreObject, WatchFilter};
+use store::{By, Event, EventKind, MemoryStore, Shared, StoreObject, WatchFilter};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -58,6 +58,13 @@ pub(crate) struct ServiceRequirements {
     pub(crate) versions: Vec<(u64, Arc<Requirements>)>,
 }
 
+/// What the scheduler starts from: the stored nodes, services and live tasks.
+pub(crate) type Snapshot = (
+    Vec<Shared<api::Node>>,
+    Vec<Shared<api::Service>>,
+    Vec<Shared<api::Task>>,
+);
+
 /// Places PENDING tasks on nodes. Runs on the leader only.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -106,9 +113,9 @@ impl Scheduler {
                 api::TaskState::Running,
             ];
             (
-                tx.find_nodes(By::All),
-                tx.find_services(By::All),
-                tx.find_tasks(By::Or(live.into_iter().map(By::TaskState).collect())),
+                tx.find_shared(By::All),
+                tx.find_shared(By::All),
+                tx.find_shared(By::Or(live.into_iter().map(By::TaskState).collect())),
             )
         });
         self.load(snapshot);
@@ -183,7 +190,7 @@ impl Scheduler {
     /// Builds the node set and the queues from the store's content.
     pub(crate) fn load(
         &mut self,
-        (nodes, services, tasks): (Vec<api::Node>, Vec<api::Service>, Vec<api::Task>),
+        (nodes, services, tasks): Snapshot,
     ) {
         let node_count = nodes.len();
         for node in nodes {
@@ -212,7 +219,7 @@ impl Scheduler {
             self.on_task(kind, task);
         } else if let Some(service) = api::Service::in_object(&object) {
             self.on_service(kind, service);
-        } else if let Some(node) = api::Node::in_object(&object).cloned() {
+        } else if let Some(node) = Shared::<api::Node>::from_object(object) {
             if kind == EventKind::Remove {
                 self.nodes.remove_node(&node.id);
             } else {

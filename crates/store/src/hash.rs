@@ -13,8 +13,8 @@ const FOLD: u64 = 0x9e37_79b9_7f4a_7c15;
 
 static SEED: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(0x5eed_u64));
 
-/// Builds [`IdHasher`]s. Public only so the hidden `StoreObject` methods can name it.
-#[doc(hidden)]
+/// Builds the store's fast hashers of object IDs (short strings) and small numbers; for callers'
+/// own maps keyed by IDs, too (`HashMap<String, V, IdHash>`). Seeded once per process.
 #[derive(Debug, Clone, Copy)]
 pub struct IdHash {
     seed: u64,
@@ -33,8 +33,7 @@ impl BuildHasher for IdHash {
     }
 }
 
-/// See the module documentation.
-#[doc(hidden)]
+/// The hasher [`IdHash`] builds: multiply-rotate over 8-byte words, folded at the end.
 #[derive(Debug)]
 pub struct IdHasher(u64);
 

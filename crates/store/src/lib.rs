@@ -19,6 +19,7 @@ mod watch;
 
 pub use by::By;
 pub use error::StoreError;
+pub use hash::IdHash;
 pub use memory::MemoryStore;
 pub use object::{Kind, StoreObject};
 pub use proposer::{ProposeError, Proposer};

@@ -1,10 +1,14 @@
 //! [`MemoryStore`]: the tables behind a lock, the write path (transaction -> actions -> proposer ->
 //! `apply_committed`), watch subscription, and snapshots (SwarmKit's `manager/state/store/memory.go`).
+//! Without a proposer a transaction's changes are applied at once, and straight into the tables when
+//! nothing else changed them since the transaction's view (`State::generation`), since its checks
+//! then still hold; otherwise, and always for `apply_committed`, through a checking `Tx`.
 //!
 //! Locks: `state` (tables and last index) is taken for reading by views and write transactions and for
-//! writing only by `apply_committed`/`restore`, which also hand events to the subscribers while still
-//! holding it. Subscribing happens under a read lock of `state`, so a watcher misses no event after its
-//! view and sees none that the view already contains. `update_lock` (async) serialises write
+//! writing only when changes are applied (`apply_committed`, the proposer-less write) or a snapshot is
+//! restored, which also hand events to the subscribers while still holding it. Subscribing happens
+//! under a read lock of `state`, so a watcher misses no event after its view and sees none that the
+//! view already contains. `update_lock` (async) serialises write
 //! transactions across their proposal. Order: `update_lock`, then `state`, then `subscribers`.
 
 use std::fmt;
@@ -274,5 +278,62 @@ impl MemoryStore {
     /// Highest index applied so far.
     pub fn last_index(&self) -> u64 {
         self.read_state().last_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreObject;
+
+    fn secret(id: &str, name: &str) -> api::Secret {
+        let name = name.into();
+        let annotations = Some(api::Annotations {
+            name,
+            ..Default::default()
+        });
+        let spec = Some(api::SecretSpec {
+            annotations,
+            ..Default::default()
+        });
+        let id = id.into();
+        api::Secret {
+            id,
+            spec,
+            ..Default::default()
+        }
+    }
+
+    /// Changes of a local transaction on the store as it is now, and the generation it saw.
+    fn local_changes(store: &MemoryStore, object: api::Secret) -> (Vec<Change>, u64) {
+        let state = store.read_state();
+        let mut tx = Tx::new(&state.tables, Mode::Local);
+        tx.create(object).expect("create in a fresh view");
+        (tx.into_local_changes(), state.generation)
+    }
+
+    #[test]
+    fn stale_local_changes_are_checked_again() {
+        let store = MemoryStore::new(None);
+        let (changes, seen) = local_changes(&store, secret("a", "one"));
+        // Someone else writes in between (raft applying an entry, say).
+        let other = api::StoreAction {
+            action: api::StoreActionKind::StoreActionCreate as i32,
+            target: Some(api::store_action::Target::Secret(secret("b", "one"))),
+        };
+        store.apply_committed(1, &[other]).expect("apply");
+        let err = store.apply_changes(2, changes, Some(seen));
+        assert!(
+            matches!(err, Err(StoreError::NameConflict { .. })),
+            "{err:?}"
+        );
+        assert_eq!(store.view(|tx| tx.count::<api::Secret>()), 1);
+        assert_eq!(store.last_index(), 1);
+
+        // A current view goes straight in.
+        let (changes, seen) = local_changes(&store, secret("c", "two"));
+        store.apply_changes(2, changes, Some(seen)).expect("apply");
+        let c = store.view(|tx| tx.get_secret("c")).expect("stored");
+        assert_eq!(c.version(), 2);
     }
 }

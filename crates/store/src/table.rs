@@ -1,7 +1,9 @@
 //! One generic indexed table per object kind ([`Table`]), the set of all ten ([`Tables`]) and the
-//! uncommitted changes of a transaction ([`Overlay`]). A table keeps objects by ID plus one ordered
-//! multimap of `(index, key) -> IDs`, which serves both exact and prefix lookups, like the radix
-//! trees of SwarmKit's go-memdb schema. What the keys are is decided per kind in `object.rs`.
+//! uncommitted changes of a transaction ([`Overlay`]), the counterpart of the radix trees of
+//! SwarmKit's go-memdb schema. A table keeps its objects ([`Shared`], so writes and events copy
+//! none) in a hash map by ID, the IDs in order (for listing and ID prefixes), and one hashed multimap
+//! `key -> rows` per index, a row being a small number standing for an ID; name prefixes walk the
+//! name index. What the keys are is decided per kind in `object.rs`.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;

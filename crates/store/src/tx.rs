@@ -1,7 +1,10 @@
 //! Transactions over the tables: [`ReadTx`] (a consistent view) and [`Tx`] (a write transaction that
 //! sees its own writes through an overlay and records them as `api::StoreAction`s). The same `Tx` code
 //! applies committed actions and restores snapshots, so checks and index maintenance exist once
-//! (SwarmKit's `tx.create/update/delete` in `memory.go`). Locking and proposing belong to `memory.rs`.
+//! (SwarmKit's `tx.create/update/delete` in `memory.go`); a local transaction's [`Change`]s can also
+//! be applied unchecked, when its checks are known to still hold. Objects are [`Shared`]: a write
+//! moves or copies-on-write one object version, which the overlay, the change, the table and the
+//! events then share. Locking and proposing belong to `memory.rs`.
 
 use std::collections::BTreeSet;
 use std::ops::Deref;

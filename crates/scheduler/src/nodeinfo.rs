@@ -4,12 +4,12 @@
 //! `api/genericresource`: discrete ones are counters, named ones are individual items handed to a
 //! task (`assigned_generic_resources`). Per-service counts and failures live in the node set.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use api::generic_resource::Resource as Generic;
 use store::Shared;
 
+use crate::IdMap;
 use crate::filter::Requirements;
 
 /// A task that holds resources on a node (observed state ASSIGNED..RUNNING).
@@ -71,11 +71,11 @@ pub(crate) struct NodeInfo {
     memory_bytes: i64,
     generic: Vec<api::GenericResource>,
     /// Tasks holding resources here, by task ID.
-    pub(crate) tasks: HashMap<String, TaskOnNode>,
+    pub(crate) tasks: IdMap<String, TaskOnNode>,
     /// Number of active tasks.
     pub(crate) active: u32,
     /// HOST-mode ports in use, with the number of tasks using each.
-    ports: HashMap<(i32, u32), u32>,
+    ports: IdMap<(i32, u32), u32>,
 }
 
 impl NodeInfo {
@@ -88,9 +88,9 @@ impl NodeInfo {
             nano_cpus: 0,
             memory_bytes: 0,
             generic: Vec::new(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             active: 0,
-            ports: HashMap::new(),
+            ports: IdMap::default(),
         }
     }
 

@@ -3,7 +3,6 @@
 //! commits (debounced) runs a pass. The pass itself is in `pass.rs`, filters in `filter.rs`, node
 //! bookkeeping in `nodeset.rs`/`nodeinfo.rs`, node choice in `placement.rs`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use store::{By, Event, EventKind, MemoryStore, Shared, StoreObject, WatchFilter};
@@ -11,6 +10,7 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::IdMap;
 use crate::error::Error;
 use crate::filter::Requirements;
 use crate::nodeinfo::TaskOnNode;
@@ -71,13 +71,13 @@ pub struct Scheduler {
     pub(crate) store: MemoryStore,
     pub(crate) nodes: NodeSet,
     /// PENDING tasks without a node.
-    pub(crate) unassigned: HashMap<String, PendingTask>,
+    pub(crate) unassigned: IdMap<String, PendingTask>,
     /// PENDING tasks with a preset node, checked at every pass until they fit.
-    pub(crate) preassigned: HashMap<String, PendingTask>,
+    pub(crate) preassigned: IdMap<String, PendingTask>,
     /// Spec version of every stored service (0 when unset).
-    pub(crate) services: HashMap<String, u64>,
+    pub(crate) services: IdMap<String, u64>,
     /// Requirements shared by the tasks of one service and spec version, by service ID.
-    pub(crate) requirements: HashMap<String, ServiceRequirements>,
+    pub(crate) requirements: IdMap<String, ServiceRequirements>,
     /// Something happened that may let an unassigned task fit now.
     pub(crate) tick_required: bool,
     /// (first commit of the current burst, when the pass is due), while commits are debounced.
@@ -90,10 +90,10 @@ impl Scheduler {
         Scheduler {
             store,
             nodes: NodeSet::default(),
-            unassigned: HashMap::new(),
-            preassigned: HashMap::new(),
-            services: HashMap::new(),
-            requirements: HashMap::new(),
+            unassigned: IdMap::default(),
+            preassigned: IdMap::default(),
+            services: IdMap::default(),
+            requirements: IdMap::default(),
             tick_required: false,
             debounce: None,
         }
@@ -188,10 +188,7 @@ impl Scheduler {
     }
 
     /// Builds the node set and the queues from the store's content.
-    pub(crate) fn load(
-        &mut self,
-        (nodes, services, tasks): Snapshot,
-    ) {
+    pub(crate) fn load(&mut self, (nodes, services, tasks): Snapshot) {
         let node_count = nodes.len();
         for node in nodes {
             self.nodes.set_node(node);

@@ -6,8 +6,8 @@
 //! - `preloaded`: nodes and PENDING tasks are in the store before the scheduler starts; the clock
 //!   runs from the start of `Scheduler::run` (snapshot included) to the last ASSIGNED event.
 //! - `live`: the scheduler runs on an empty store; the clock runs from the start of the one
-//!   transaction committing nodes and tasks (as SwarmKit's benchmark does) to the last ASSIGNED
-//!   event, so the store's commit of the objects is included.
+//!   transaction building and committing nodes and tasks (as SwarmKit's benchmark does) to the last
+//!   ASSIGNED event, so the store's commit of the objects is included.
 //!
 //! Run with `cargo bench -p scheduler --bench scheduler`; `-- <shape name>...` runs only those.
 

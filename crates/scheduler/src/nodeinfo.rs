@@ -4,6 +4,7 @@
 //! `api/genericresource`: discrete ones are counters, named ones are individual items handed to a
 //! task (`assigned_generic_resources`). Per-service counts and failures live in the node set.
 
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use api::generic_resource::Resource as Generic;
@@ -192,9 +193,9 @@ impl NodeInfo {
 
     /// Adds a task; false (and nothing changes) if it is already here.
     pub(crate) fn add_task(&mut self, id: &str, task: TaskOnNode) -> bool {
-        if self.tasks.contains_key(id) {
+        let Entry::Vacant(slot) = self.tasks.entry(id.to_string()) else {
             return false;
-        }
+        };
         self.nano_cpus -= task.nano_cpus;
         self.memory_bytes -= task.memory_bytes;
         api::genericresource::consume(&mut self.generic, &task.generic);
@@ -204,7 +205,7 @@ impl NodeInfo {
         if task.active {
             self.active += 1;
         }
-        self.tasks.insert(id.to_string(), task);
+        slot.insert(task);
         true
     }
 

@@ -52,11 +52,18 @@ const INDEXES: usize = Index::Config as usize + 1;
 /// so that index maintenance hashes no strings. Rows of removed objects are reused.
 type Row = u32;
 
-/// The rows under one index key; most keys (names) have one.
+/// A set of rows turns into a bitset once it holds at least one row in this many of the rows up to
+/// its highest (a bit per row then costs no more than a hashed entry per member), and back once it
+/// holds fewer than a quarter of that.
+const DENSE: usize = 64;
+
+/// The rows under one index key: most keys (names) have one; keys most objects share (a state, a
+/// service) are dense, and a bit per row keeps them small and their updates cheap.
 #[derive(Debug)]
 enum Rows {
     One(Row),
     Many(IdSet<Row>),
+    Bits { words: Vec<u64>, len: usize },
 }
 
 impl Rows {
@@ -71,6 +78,26 @@ impl Rows {
             }
             Rows::Many(set) => {
                 set.insert(row);
+                if set.len() >= DENSE && set.len() * DENSE >= row as usize {
+                    let mut bits = Rows::Bits {
+                        words: Vec::new(),
+                        len: 0,
+                    };
+                    for r in set.drain() {
+                        bits.insert(r);
+                    }
+                    *self = bits;
+                }
+            }
+            Rows::Bits { words, len } => {
+                let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
+                if words.len() <= word {
+                    words.resize(word + 1, 0);
+                }
+                if words[word] & bit == 0 {
+                    words[word] |= bit;
+                    *len += 1;
+                }
             }
         }
     }
@@ -83,15 +110,45 @@ impl Rows {
                 set.remove(&row);
                 set.is_empty()
             }
+            Rows::Bits { words, len } => {
+                let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
+                if let Some(w) = words.get_mut(word)
+                    && *w & bit != 0
+                {
+                    *w &= !bit;
+                    *len -= 1;
+                }
+                if *len == 0 {
+                    return true;
+                }
+                if *len * DENSE * 4 < words.len() * 64 {
+                    let mut set = IdSet::default();
+                    self.for_each(|r| {
+                        set.insert(r);
+                    });
+                    *self = Rows::Many(set);
+                }
+                false
+            }
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = Row> + '_ {
-        let (one, many) = match self {
-            Rows::One(row) => (Some(*row), None),
-            Rows::Many(set) => (None, Some(set.iter().copied())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
+    /// Calls `f` with every row.
+    fn for_each(&self, mut f: impl FnMut(Row)) {
+        match self {
+            Rows::One(row) => f(*row),
+            Rows::Many(set) => set.iter().copied().for_each(f),
+            Rows::Bits { words, .. } => {
+                for (i, &word) in words.iter().enumerate() {
+                    let mut rest = word;
+                    while rest != 0 {
+                        let bit = rest.trailing_zeros();
+                        rest &= rest - 1;
+                        f(Row::try_from(i * 64).expect("rows are u32") + bit);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -142,10 +199,20 @@ impl<T> Default for Table<T> {
 
 fn add_key(index: &mut [IndexMap; INDEXES], (i, key): (Index, Cow<'_, str>), row: Row) {
     let map = &mut index[i as usize];
-    match map.get_mut(&*key) {
-        Some(rows) => rows.insert(row),
-        None => {
-            map.insert(key.into_owned(), Rows::One(row));
+    match key {
+        // A key built for the object (a name, a slot) moves into the map if it is new there.
+        Cow::Owned(key) => {
+            map.entry(key)
+                .and_modify(|rows| rows.insert(row))
+                .or_insert(Rows::One(row));
+        }
+        // A borrowed one is only copied if it is new.
+        Cow::Borrowed(key) => {
+            if let Some(rows) = map.get_mut(key) {
+                rows.insert(row);
+            } else {
+                map.insert(key.to_owned(), Rows::One(row));
+            }
         }
     }
 }
@@ -243,7 +310,7 @@ impl<T: StoreObject> Table<T> {
 
     fn lookup_into(&self, query: &Query, out: &mut Vec<Arc<str>>) {
         let of_rows = |rows: &Rows, out: &mut Vec<Arc<str>>| {
-            out.extend(rows.iter().filter_map(|row| self.ids[row as usize].clone()));
+            rows.for_each(|row| out.extend(self.ids[row as usize].clone()));
         };
         match query {
             Query::All => out.extend(self.order.iter().cloned()),
@@ -388,6 +455,32 @@ mod tests {
             "empty entries are dropped"
         );
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn rows_turn_dense_and_back() {
+        let mut rows = Rows::One(5);
+        for r in 0..2000 {
+            rows.insert(r);
+        }
+        assert!(matches!(rows, Rows::Bits { len: 2000, .. }));
+        let mut seen = Vec::new();
+        rows.for_each(|r| seen.push(r));
+        assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+        assert!(!rows.remove(5));
+        assert!(!rows.remove(5), "removing twice changes nothing");
+        for r in 6..1999 {
+            assert!(!rows.remove(r));
+        }
+        assert!(matches!(rows, Rows::Many(_)), "sparse again");
+        let mut left = Vec::new();
+        rows.for_each(|r| left.push(r));
+        left.sort_unstable();
+        assert_eq!(left, [0, 1, 2, 3, 4, 1999]);
+        for r in [0, 1, 2, 3, 4] {
+            assert!(!rows.remove(r));
+        }
+        assert!(rows.remove(1999));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! uncommitted changes of a transaction ([`Overlay`]), the counterpart of the radix trees of
 //! SwarmKit's go-memdb schema. A table keeps its objects ([`Shared`], so writes and events copy
 //! none) in a hash map by ID, the IDs in order (for listing and ID prefixes), and one hashed multimap
-//! `key -> rows` per index, a row being a small number standing for an ID; name prefixes walk the
-//! name index. What the keys are is decided per kind in `object.rs`.
+//! `key -> rows` per index, a row being a small number standing for an ID (a key most objects share
+//! keeps a bitset of rows); name prefixes walk the name index. What the keys are is decided per kind in `object.rs`.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;

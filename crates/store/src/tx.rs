@@ -368,24 +368,12 @@ impl<'a> Tx<'a> {
                 id: id.to_string(),
             });
         };
-        let id: Arc<str> = Arc::from(id);
-        match self.mode {
-            Mode::Local => self.changes.push(Change {
-                action: api::StoreActionKind::StoreActionRemove,
-                object: old.into_object(),
-                id: Some(Arc::clone(&id)),
-            }),
-            Mode::Apply(_) | Mode::Restore => self.events.push(Event::Object {
-                kind: EventKind::Remove,
-                object: old.into_object(),
-                old: None,
-            }),
-        }
-        T::overlay_mut(&mut self.read.overlay).insert(id, None);
+        self.written(EventKind::Remove, old, None);
         Ok(())
     }
 
-    /// Records a created or updated object: as a change to propose, or as an event.
+    /// Records a write: as a change to propose (local) or as an event, and in the overlay. For a
+    /// removal, `object` is the object as it was deleted.
     fn written<T: StoreObject>(
         &mut self,
         kind: EventKind,
@@ -398,9 +386,8 @@ impl<'a> Tx<'a> {
             Mode::Local => {
                 let action = match kind {
                     EventKind::Create => api::StoreActionKind::StoreActionCreate,
-                    EventKind::Update | EventKind::Remove => {
-                        api::StoreActionKind::StoreActionUpdate
-                    }
+                    EventKind::Update => api::StoreActionKind::StoreActionUpdate,
+                    EventKind::Remove => api::StoreActionKind::StoreActionRemove,
                 };
                 self.changes.push(Change {
                     action,
@@ -414,7 +401,8 @@ impl<'a> Tx<'a> {
                 old: old.map(Shared::into_object),
             }),
         }
-        T::overlay_mut(&mut self.read.overlay).insert(id, Some(object));
+        let after = (kind != EventKind::Remove).then_some(object);
+        T::overlay_mut(&mut self.read.overlay).insert(id, after);
     }
 
     fn check_name<T: StoreObject>(&self, object: &T) -> Result<(), StoreError> {

@@ -107,7 +107,7 @@ impl Scheduler {
     /// debounce once the pass is over.
     pub(crate) async fn schedule(&mut self, mut watcher: Option<&mut Watcher>) {
         let now = Instant::now();
-        let mut decisions = Vec::new();
+        let mut decisions = Vec::with_capacity(self.unassigned.len() + self.preassigned.len());
         if !self.preassigned.is_empty() {
             self.confirm_preassigned(&mut decisions);
         }

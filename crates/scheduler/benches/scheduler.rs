@@ -6,8 +6,8 @@
 //! - `preloaded`: nodes and PENDING tasks are in the store before the scheduler starts; the clock
 //!   runs from the start of `Scheduler::run` (snapshot included) to the last ASSIGNED event.
 //! - `live`: the scheduler runs on an empty store; the clock runs from the start of the one
-//!   transaction committing nodes and tasks (as SwarmKit's benchmark does) to the last ASSIGNED
-//!   event, so the store's commit of the objects is included.
+//!   transaction building and committing nodes and tasks (as SwarmKit's benchmark does) to the last
+//!   ASSIGNED event, so the store's commit of the objects is included.
 //!
 //! Run with `cargo bench -p scheduler --bench scheduler`; `-- <shape name>...` runs only those.
 
@@ -130,17 +130,16 @@ fn task(i: usize, plugin: bool) -> api::Task {
     }
 }
 
-/// Commits the shape's nodes and tasks in one transaction (SwarmKit's benchmark does the same).
+/// Builds and commits the shape's nodes and tasks in one transaction (SwarmKit's benchmark does
+/// the same).
 async fn seed(store: &MemoryStore, shape: Shape) {
-    let nodes: Vec<api::Node> = (0..shape.nodes).map(|i| node(i, shape.plugin)).collect();
-    let tasks: Vec<api::Task> = (0..shape.tasks).map(|i| task(i, shape.plugin)).collect();
     store
         .update(move |tx| {
-            for n in nodes {
-                tx.create_node(n)?;
+            for i in 0..shape.nodes {
+                tx.create_node(node(i, shape.plugin))?;
             }
-            for t in tasks {
-                tx.create_task(t)?;
+            for i in 0..shape.tasks {
+                tx.create_task(task(i, shape.plugin))?;
             }
             Ok(())
         })

@@ -23,6 +23,11 @@ mod placement;
 mod scheduler;
 
 pub use error::Error;
+
+/// The scheduler's maps by ID (and by node index): the store's fast hasher instead of SipHash.
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, store::IdHash>;
+/// A set of the same kind.
+pub(crate) type IdSet<K> = std::collections::HashSet<K, store::IdHash>;
 pub use scheduler::{
     ASSIGNED_MESSAGE, COMMIT_DEBOUNCE_GAP, CONFIRMED_MESSAGE, MAX_LATENCY, Scheduler,
 };

@@ -4,11 +4,13 @@
 //! `api/genericresource`: discrete ones are counters, named ones are individual items handed to a
 //! task (`assigned_generic_resources`). Per-service counts and failures live in the node set.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use api::generic_resource::Resource as Generic;
+use store::Shared;
 
+use crate::IdMap;
 use crate::filter::Requirements;
 
 /// A task that holds resources on a node (observed state ASSIGNED..RUNNING).
@@ -62,18 +64,19 @@ pub(crate) fn is_active(desired_state: i32) -> bool {
 pub(crate) struct NodeInfo {
     /// The node's ID.
     pub(crate) id: String,
-    /// The stored node; `None` while tasks name a node the store does not hold.
-    node: Option<Box<api::Node>>,
+    /// The stored node (shared with the store); `None` while tasks name a node the store does
+    /// not hold.
+    node: Option<Shared<api::Node>>,
     ready: bool,
     nano_cpus: i64,
     memory_bytes: i64,
     generic: Vec<api::GenericResource>,
     /// Tasks holding resources here, by task ID.
-    pub(crate) tasks: HashMap<String, TaskOnNode>,
+    pub(crate) tasks: IdMap<String, TaskOnNode>,
     /// Number of active tasks.
     pub(crate) active: u32,
     /// HOST-mode ports in use, with the number of tasks using each.
-    ports: HashMap<(i32, u32), u32>,
+    ports: IdMap<(i32, u32), u32>,
 }
 
 impl NodeInfo {
@@ -86,15 +89,21 @@ impl NodeInfo {
             nano_cpus: 0,
             memory_bytes: 0,
             generic: Vec::new(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             active: 0,
-            ports: HashMap::new(),
+            ports: IdMap::default(),
         }
     }
 
     /// The node object, if the store holds one.
     pub(crate) fn node(&self) -> Option<&api::Node> {
         self.node.as_deref()
+    }
+
+    /// The node object as shared with the store.
+    #[cfg(test)]
+    pub(crate) fn shared_node(&self) -> Option<Shared<api::Node>> {
+        self.node.clone()
     }
 
     /// Status READY and availability ACTIVE.
@@ -104,13 +113,13 @@ impl NodeInfo {
 
     /// Installs a new version of the node object (or `None` once it is deleted) and recomputes the
     /// resources left from its description and its tasks.
-    pub(crate) fn set_node(&mut self, node: Option<api::Node>) {
+    pub(crate) fn set_node(&mut self, node: Option<Shared<api::Node>>) {
         self.ready = node.as_ref().is_some_and(|n| {
             n.status.as_ref().map_or(0, |s| s.state) == api::node_status::State::Ready as i32
                 && n.spec.as_ref().map_or(0, |s| s.availability)
                     == api::node_spec::Availability::Active as i32
         });
-        self.node = node.map(Box::new);
+        self.node = node;
         self.recompute_resources();
     }
 
@@ -184,9 +193,9 @@ impl NodeInfo {
 
     /// Adds a task; false (and nothing changes) if it is already here.
     pub(crate) fn add_task(&mut self, id: &str, task: TaskOnNode) -> bool {
-        if self.tasks.contains_key(id) {
+        let Entry::Vacant(slot) = self.tasks.entry(id.to_string()) else {
             return false;
-        }
+        };
         self.nano_cpus -= task.nano_cpus;
         self.memory_bytes -= task.memory_bytes;
         api::genericresource::consume(&mut self.generic, &task.generic);
@@ -196,7 +205,7 @@ impl NodeInfo {
         if task.active {
             self.active += 1;
         }
-        self.tasks.insert(id.to_string(), task);
+        slot.insert(task);
         true
     }
 
@@ -296,7 +305,7 @@ mod tests {
 
     fn node_with(generic: Vec<api::GenericResource>) -> NodeInfo {
         let mut info = NodeInfo::placeholder("n");
-        info.set_node(Some(api::Node {
+        info.set_node(Some(Shared::new(api::Node {
             id: "n".into(),
             description: Some(api::NodeDescription {
                 resources: Some(api::Resources {
@@ -307,7 +316,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        }));
+        })));
         info
     }
 
@@ -372,7 +381,7 @@ mod tests {
     fn node_update_keeps_reservations_of_its_tasks() {
         let mut info = node_with(vec![discrete("ssd", 2)]);
         info.add_task("t1", task(vec![discrete("ssd", 1)]));
-        info.set_node(info.node().cloned());
+        info.set_node(info.shared_node());
         assert_eq!((info.nano_cpus, info.memory_bytes), (3, 90));
         assert!(!info.has_resources(&req(vec![("ssd", Some(2))])));
         assert_eq!(

@@ -10,11 +10,13 @@
 //!
 //! Choosing among those nodes is `placement.rs`'s job.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use store::Shared;
 use tokio::time::{Duration, Instant};
 
+use crate::IdMap;
 use crate::filter::{StaticFilter, StaticKey};
 use crate::nodeinfo::{NodeInfo, TaskOnNode};
 
@@ -59,11 +61,11 @@ impl Eligible {
 pub(crate) struct NodeSet {
     nodes: Vec<NodeInfo>,
     free: Vec<NodeIdx>,
-    by_id: HashMap<String, NodeIdx>,
+    by_id: IdMap<String, NodeIdx>,
     /// Active tasks per service and node.
-    services: HashMap<Arc<str>, HashMap<NodeIdx, u32>>,
+    services: IdMap<Arc<str>, IdMap<NodeIdx, u32>>,
     /// Failure times per service version and node, oldest first.
-    failures: HashMap<ServiceVersion, HashMap<NodeIdx, Vec<Instant>>>,
+    failures: IdMap<ServiceVersion, IdMap<NodeIdx, Vec<Instant>>>,
     eligible: Vec<Eligible>,
     clock: u64,
 }
@@ -107,7 +109,8 @@ impl NodeSet {
     }
 
     /// Adds or replaces a node object.
-    pub(crate) fn set_node(&mut self, node: api::Node) {
+    pub(crate) fn set_node(&mut self, node: impl Into<Shared<api::Node>>) {
+        let node = node.into();
         let idx = self.index_or_insert(&node.id);
         self.nodes[idx as usize].set_node(Some(node));
         self.refresh_static(idx);

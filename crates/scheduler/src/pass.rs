@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use store::{Event, EventKind, StoreObject, Watcher};
+use store::{Event, EventKind, Shared, StoreObject, Watcher};
 use tokio::time::Instant;
 use tracing::{debug, error};
 
@@ -82,7 +82,7 @@ impl Decision {
 enum Written {
     Ok,
     /// The task changed since the scheduler read it (its current version when known).
-    Conflict(Option<Box<api::Task>>),
+    Conflict(Option<Shared<api::Task>>),
     /// The task is gone.
     Gone,
 }
@@ -107,7 +107,7 @@ impl Scheduler {
     /// debounce once the pass is over.
     pub(crate) async fn schedule(&mut self, mut watcher: Option<&mut Watcher>) {
         let now = Instant::now();
-        let mut decisions = Vec::new();
+        let mut decisions = Vec::with_capacity(self.unassigned.len() + self.preassigned.len());
         if !self.preassigned.is_empty() {
             self.confirm_preassigned(&mut decisions);
         }
@@ -356,16 +356,18 @@ impl Scheduler {
             .update(|tx| {
                 let mut written = Vec::with_capacity(batch.len());
                 for decision in &batch {
-                    let Some(mut task) = tx.get_task(&decision.task.id) else {
+                    let Some(mut task) = tx.get_shared::<api::Task>(&decision.task.id) else {
                         written.push(Written::Gone);
                         continue;
                     };
                     if task.version() != decision.task.version {
-                        written.push(Written::Conflict(Some(Box::new(task))));
+                        written.push(Written::Conflict(Some(task)));
                         continue;
                     }
-                    decision.apply(&mut task, now);
-                    written.push(match tx.update_task(task) {
+                    // The one copy of the task: the stored version stays as it is for readers
+                    // and for the update event's `old`.
+                    decision.apply(task.make_mut(), now);
+                    written.push(match tx.update_shared(task) {
                         Ok(()) => Written::Ok,
                         Err(e) => {
                             debug!(task.id = %decision.task.id, error = %e, "scheduler failed to update task; will retry");

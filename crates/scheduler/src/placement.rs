@@ -13,13 +13,14 @@
 //! has its own picker.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::ops::Bound;
 
 use tokio::time::Instant;
 
 use crate::filter::Requirements;
 use crate::nodeset::{MAX_FAILURES, NodeIdx, NodeSet, ServiceVersion};
+use crate::{IdMap, IdSet};
 
 /// What the group being placed needs, shared by its pickers.
 #[derive(Debug)]
@@ -42,11 +43,11 @@ type Rank = (u32, u32, u32, NodeIdx);
 pub(crate) struct Picker {
     heap: BinaryHeap<Reverse<Rank>>,
     /// Nodes the cursor must skip: ranked in the heap, or failing a dynamic filter.
-    seen: HashSet<NodeIdx>,
+    seen: IdSet<NodeIdx>,
     /// Walk over the static set's order; `None` for a tree leaf, whose nodes are all in the heap.
     cursor: Option<Cursor>,
     /// Failure counts of the penalised nodes (at least [`MAX_FAILURES`]).
-    penalised: HashMap<NodeIdx, u32>,
+    penalised: IdMap<NodeIdx, u32>,
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +67,7 @@ impl Picker {
             .collect();
         Picker {
             heap: BinaryHeap::new(),
-            seen: HashSet::new(),
+            seen: IdSet::default(),
             cursor,
             penalised,
         }

@@ -3,14 +3,14 @@
 //! commits (debounced) runs a pass. The pass itself is in `pass.rs`, filters in `filter.rs`, node
 //! bookkeeping in `nodeset.rs`/`nodeinfo.rs`, node choice in `placement.rs`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use store::{By, Event, EventKind, MemoryStore, StoreObject, WatchFilter};
+use store::{By, Event, EventKind, MemoryStore, Shared, StoreObject, WatchFilter};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::IdMap;
 use crate::error::Error;
 use crate::filter::Requirements;
 use crate::nodeinfo::TaskOnNode;
@@ -58,19 +58,26 @@ pub(crate) struct ServiceRequirements {
     pub(crate) versions: Vec<(u64, Arc<Requirements>)>,
 }
 
+/// What the scheduler starts from: the stored nodes, services and live tasks.
+pub(crate) type Snapshot = (
+    Vec<Shared<api::Node>>,
+    Vec<Shared<api::Service>>,
+    Vec<Shared<api::Task>>,
+);
+
 /// Places PENDING tasks on nodes. Runs on the leader only.
 #[derive(Debug)]
 pub struct Scheduler {
     pub(crate) store: MemoryStore,
     pub(crate) nodes: NodeSet,
     /// PENDING tasks without a node.
-    pub(crate) unassigned: HashMap<String, PendingTask>,
+    pub(crate) unassigned: IdMap<String, PendingTask>,
     /// PENDING tasks with a preset node, checked at every pass until they fit.
-    pub(crate) preassigned: HashMap<String, PendingTask>,
+    pub(crate) preassigned: IdMap<String, PendingTask>,
     /// Spec version of every stored service (0 when unset).
-    pub(crate) services: HashMap<String, u64>,
+    pub(crate) services: IdMap<String, u64>,
     /// Requirements shared by the tasks of one service and spec version, by service ID.
-    pub(crate) requirements: HashMap<String, ServiceRequirements>,
+    pub(crate) requirements: IdMap<String, ServiceRequirements>,
     /// Something happened that may let an unassigned task fit now.
     pub(crate) tick_required: bool,
     /// (first commit of the current burst, when the pass is due), while commits are debounced.
@@ -83,10 +90,10 @@ impl Scheduler {
         Scheduler {
             store,
             nodes: NodeSet::default(),
-            unassigned: HashMap::new(),
-            preassigned: HashMap::new(),
-            services: HashMap::new(),
-            requirements: HashMap::new(),
+            unassigned: IdMap::default(),
+            preassigned: IdMap::default(),
+            services: IdMap::default(),
+            requirements: IdMap::default(),
             tick_required: false,
             debounce: None,
         }
@@ -106,9 +113,9 @@ impl Scheduler {
                 api::TaskState::Running,
             ];
             (
-                tx.find_nodes(By::All),
-                tx.find_services(By::All),
-                tx.find_tasks(By::Or(live.into_iter().map(By::TaskState).collect())),
+                tx.find_shared(By::All),
+                tx.find_shared(By::All),
+                tx.find_shared(By::Or(live.into_iter().map(By::TaskState).collect())),
             )
         });
         self.load(snapshot);
@@ -181,10 +188,7 @@ impl Scheduler {
     }
 
     /// Builds the node set and the queues from the store's content.
-    pub(crate) fn load(
-        &mut self,
-        (nodes, services, tasks): (Vec<api::Node>, Vec<api::Service>, Vec<api::Task>),
-    ) {
+    pub(crate) fn load(&mut self, (nodes, services, tasks): Snapshot) {
         let node_count = nodes.len();
         for node in nodes {
             self.nodes.set_node(node);
@@ -212,7 +216,7 @@ impl Scheduler {
             self.on_task(kind, task);
         } else if let Some(service) = api::Service::in_object(&object) {
             self.on_service(kind, service);
-        } else if let Some(node) = api::Node::in_object(&object).cloned() {
+        } else if let Some(node) = Shared::<api::Node>::from_object(object) {
             if kind == EventKind::Remove {
                 self.nodes.remove_node(&node.id);
             } else {

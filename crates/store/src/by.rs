@@ -3,6 +3,8 @@
 //! nothing, because objects of that kind carry no keys in that index; SwarmKit returns
 //! `ErrInvalidFindBy` there instead, which its callers treat as an empty result too.
 
+use std::borrow::Cow;
+
 use crate::object::slot_key;
 use crate::table::Index;
 
@@ -89,12 +91,12 @@ impl By<'_> {
 impl Query {
     /// Whether an object with this ID and these index keys is selected; the same answer a table
     /// lookup gives, for objects that are not in a table yet (a transaction's own writes).
-    pub(crate) fn matches(&self, id: &str, keys: &[(Index, String)]) -> bool {
+    pub(crate) fn matches(&self, id: &str, keys: &[(Index, Cow<'_, str>)]) -> bool {
         match self {
             Query::All => true,
             Query::Id(want) => id == want,
             Query::IdPrefix(prefix) => id.starts_with(prefix.as_str()),
-            Query::Exact(index, want) => keys.iter().any(|(i, k)| i == index && k == want),
+            Query::Exact(index, want) => keys.iter().any(|(i, k)| i == index && **k == **want),
             Query::Prefix(index, prefix) => keys
                 .iter()
                 .any(|(i, k)| i == index && k.starts_with(prefix.as_str())),
@@ -123,12 +125,12 @@ mod tests {
     #[test]
     fn matches_agrees_with_keys() {
         let keys = vec![
-            (Index::Name, "web.1.x".to_string()),
+            (Index::Name, Cow::Borrowed("web.1.x")),
             (
                 Index::DesiredState,
-                (api::TaskState::Running as i32).to_string(),
+                Cow::Owned((api::TaskState::Running as i32).to_string()),
             ),
-            (Index::Slot, slot_key("s1", 1)),
+            (Index::Slot, Cow::Owned(slot_key("s1", 1))),
         ];
         assert!(By::NamePrefix("WEB.").query().matches("x", &keys));
         assert!(!By::Name("web").query().matches("x", &keys));

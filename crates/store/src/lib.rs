@@ -8,18 +8,22 @@
 
 mod by;
 mod error;
+mod hash;
 mod memory;
 mod object;
 mod proposer;
+mod shared;
 mod table;
 mod tx;
 mod watch;
 
 pub use by::By;
 pub use error::StoreError;
+pub use hash::IdHash;
 pub use memory::MemoryStore;
 pub use object::{Kind, StoreObject};
 pub use proposer::{ProposeError, Proposer};
+pub use shared::Shared;
 pub use tx::{ReadTx, Tx};
 pub use watch::{Event, EventKind, ObjectRef, WatchFilter, Watcher};
 

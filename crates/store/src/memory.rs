@@ -1,10 +1,14 @@
 //! [`MemoryStore`]: the tables behind a lock, the write path (transaction -> actions -> proposer ->
 //! `apply_committed`), watch subscription, and snapshots (SwarmKit's `manager/state/store/memory.go`).
+//! Without a proposer a transaction's changes are applied at once, and straight into the tables when
+//! nothing else changed them since the transaction's view (`State::generation`), since its checks
+//! then still hold; otherwise, and always for `apply_committed`, through a checking `Tx`.
 //!
 //! Locks: `state` (tables and last index) is taken for reading by views and write transactions and for
-//! writing only by `apply_committed`/`restore`, which also hand events to the subscribers while still
-//! holding it. Subscribing happens under a read lock of `state`, so a watcher misses no event after its
-//! view and sees none that the view already contains. `update_lock` (async) serialises write
+//! writing only when changes are applied (`apply_committed`, the proposer-less write) or a snapshot is
+//! restored, which also hand events to the subscribers while still holding it. Subscribing happens
+//! under a read lock of `state`, so a watcher misses no event after its view and sees none that the
+//! view already contains. `update_lock` (async) serialises write
 //! transactions across their proposal. Order: `update_lock`, then `state`, then `subscribers`.
 
 use std::fmt;
@@ -15,7 +19,7 @@ use tracing::{debug, warn};
 use crate::error::StoreError;
 use crate::proposer::Proposer;
 use crate::table::Tables;
-use crate::tx::{Mode, ReadTx, Tx};
+use crate::tx::{Change, Mode, ReadTx, Tx};
 use crate::watch::{Event, Subscriber, WatchFilter, Watcher, subscribe};
 
 /// The manager's object store. Cheap to clone (all clones share one store); `Send + Sync`.
@@ -38,6 +42,9 @@ struct Inner {
 struct State {
     tables: Tables,
     last_index: u64,
+    /// Bumped by every change of `tables`: a local transaction's checks still hold while it is
+    /// what the transaction saw.
+    generation: u64,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -111,13 +118,13 @@ impl MemoryStore {
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
         let _serial = self.inner.update_lock.lock().await;
-        let (result, actions) = {
+        let (result, changes, seen) = {
             let state = self.read_state();
             let mut tx = Tx::new(&state.tables, Mode::Local);
             let result = f(&mut tx)?;
-            (result, tx.into_actions())
+            (result, tx.into_local_changes(), state.generation)
         };
-        if actions.is_empty() {
+        if changes.is_empty() {
             return Ok(result);
         }
         let proposer = self
@@ -128,6 +135,8 @@ impl MemoryStore {
             .clone();
         match proposer {
             Some(proposer) => {
+                let actions: Vec<api::StoreAction> =
+                    changes.into_iter().map(Change::into_action).collect();
                 let count = actions.len();
                 let index = proposer.propose(actions).await?;
                 debug!(index, actions = count, "store write committed");
@@ -141,7 +150,7 @@ impl MemoryStore {
             }
             None => {
                 let index = self.last_index() + 1;
-                self.apply_actions(index, actions.into_iter())?;
+                self.apply_changes(index, changes, Some(seen))?;
             }
         }
         Ok(result)
@@ -156,27 +165,43 @@ impl MemoryStore {
         index: u64,
         actions: &[api::StoreAction],
     ) -> Result<(), StoreError> {
-        self.apply_actions(index, actions.iter().cloned())
+        let changes = actions
+            .iter()
+            .map(Change::from_action)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.apply_changes(index, changes, None)
     }
 
-    /// [`MemoryStore::apply_committed`] taking the actions by value (the proposer-less write path
-    /// hands over what it built instead of copying it).
-    fn apply_actions(
+    /// [`MemoryStore::apply_committed`] of changes (the proposer-less write path hands over the
+    /// objects it built instead of copying them). `seen`: the generation of the tables the local
+    /// transaction that made the changes saw; while it is current, the transaction's checks still
+    /// hold and the changes go straight into the tables.
+    fn apply_changes(
         &self,
         index: u64,
-        actions: impl Iterator<Item = api::StoreAction>,
+        changes: Vec<Change>,
+        seen: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut state = self.write_state();
-        let mut any = false;
-        let (overlay, mut events) = {
-            let mut tx = Tx::new(&state.tables, Mode::Apply(index));
-            for action in actions {
-                any = true;
-                tx.apply_action(action)?;
+        let any = !changes.is_empty();
+        let mut events;
+        if seen == Some(state.generation) {
+            events = Vec::with_capacity(changes.len() + 1);
+            for change in changes {
+                change.apply_unchecked(&mut state.tables, index, &mut events);
             }
-            tx.into_changes()
-        };
-        overlay.commit(&mut state.tables);
+        } else {
+            let overlay;
+            (overlay, events) = {
+                let mut tx = Tx::new(&state.tables, Mode::Apply(index));
+                for change in changes {
+                    tx.apply(change)?;
+                }
+                tx.into_changes()
+            };
+            overlay.commit(&mut state.tables);
+        }
+        state.generation += 1;
         state.last_index = state.last_index.max(index);
         if any {
             events.push(Event::Commit { version: index });
@@ -244,6 +269,7 @@ impl MemoryStore {
             tx.into_changes()
         };
         overlay.commit(&mut state.tables);
+        state.generation += 1;
         state.last_index = index;
         events.push(Event::Commit { version: index });
         self.publish(&events);
@@ -252,5 +278,62 @@ impl MemoryStore {
     /// Highest index applied so far.
     pub fn last_index(&self) -> u64 {
         self.read_state().last_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreObject;
+
+    fn secret(id: &str, name: &str) -> api::Secret {
+        let name = name.into();
+        let annotations = Some(api::Annotations {
+            name,
+            ..Default::default()
+        });
+        let spec = Some(api::SecretSpec {
+            annotations,
+            ..Default::default()
+        });
+        let id = id.into();
+        api::Secret {
+            id,
+            spec,
+            ..Default::default()
+        }
+    }
+
+    /// Changes of a local transaction on the store as it is now, and the generation it saw.
+    fn local_changes(store: &MemoryStore, object: api::Secret) -> (Vec<Change>, u64) {
+        let state = store.read_state();
+        let mut tx = Tx::new(&state.tables, Mode::Local);
+        tx.create(object).expect("create in a fresh view");
+        (tx.into_local_changes(), state.generation)
+    }
+
+    #[test]
+    fn stale_local_changes_are_checked_again() {
+        let store = MemoryStore::new(None);
+        let (changes, seen) = local_changes(&store, secret("a", "one"));
+        // Someone else writes in between (raft applying an entry, say).
+        let other = api::StoreAction {
+            action: api::StoreActionKind::StoreActionCreate as i32,
+            target: Some(api::store_action::Target::Secret(secret("b", "one"))),
+        };
+        store.apply_committed(1, &[other]).expect("apply");
+        let err = store.apply_changes(2, changes, Some(seen));
+        assert!(
+            matches!(err, Err(StoreError::NameConflict { .. })),
+            "{err:?}"
+        );
+        assert_eq!(store.view(|tx| tx.count::<api::Secret>()), 1);
+        assert_eq!(store.last_index(), 1);
+
+        // A current view goes straight in.
+        let (changes, seen) = local_changes(&store, secret("c", "two"));
+        store.apply_changes(2, changes, Some(seen)).expect("apply");
+        let c = store.view(|tx| tx.get_secret("c")).expect("stored");
+        assert_eq!(c.version(), 2);
     }
 }

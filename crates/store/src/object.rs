@@ -3,10 +3,14 @@
 //! the name an object is indexed under and its secondary index keys (SwarmKit's `nodes.go`,
 //! `services.go`, `tasks.go`, ... indexers). Index lookups themselves live in `table.rs` and `by.rs`.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 use api::{object, store_action};
 
+use crate::hash::IdMap;
+use crate::shared::Shared;
 use crate::table::{Index, Overlay, Table, Tables};
 
 /// The kind (table) of a stored object; displays as SwarmKit's table name.
@@ -116,6 +120,9 @@ pub trait StoreObject: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     fn from_object(object: api::Object) -> Option<Self>;
     /// Borrows the object held by an `api::Object`, if it is of this kind.
     fn in_object(object: &api::Object) -> Option<&Self>;
+    #[doc(hidden)]
+    /// Mutably borrows the object held by an `api::Object`, if it is of this kind.
+    fn in_object_mut(object: &mut api::Object) -> Option<&mut Self>;
     /// Wraps the object as the target of a `api::StoreAction`.
     fn into_target(self) -> store_action::Target;
 
@@ -127,18 +134,17 @@ pub trait StoreObject: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     }
 
     #[doc(hidden)]
-    /// Secondary index keys of the object (the name included, lower-cased).
-    fn index_keys(&self) -> Vec<(Index, String)>;
+    /// Secondary index keys of the object (the name included, lower-cased), borrowed from the
+    /// object where they can be.
+    fn index_keys(&self) -> Vec<(Index, Cow<'_, str>)>;
     #[doc(hidden)]
     fn table(tables: &Tables) -> &Table<Self>;
     #[doc(hidden)]
     fn table_mut(tables: &mut Tables) -> &mut Table<Self>;
     #[doc(hidden)]
-    fn overlay(overlay: &Overlay) -> &std::collections::BTreeMap<String, Option<Box<Self>>>;
+    fn overlay(overlay: &Overlay) -> &IdMap<Arc<str>, Option<Shared<Self>>>;
     #[doc(hidden)]
-    fn overlay_mut(
-        overlay: &mut Overlay,
-    ) -> &mut std::collections::BTreeMap<String, Option<Box<Self>>>;
+    fn overlay_mut(overlay: &mut Overlay) -> &mut IdMap<Arc<str>, Option<Shared<Self>>>;
 }
 
 /// Implements the boilerplate of [`StoreObject`]; `$name` and `$keys` are the per-kind functions.
@@ -158,7 +164,7 @@ macro_rules! store_object {
                 self.meta.get_or_insert_with(Default::default)
             }
             fn name(&self) -> String {
-                $name(self)
+                $name(self).into_owned()
             }
             fn into_object(self) -> api::Object {
                 api::Object {
@@ -177,14 +183,20 @@ macro_rules! store_object {
                     _ => None,
                 }
             }
+            fn in_object_mut(object: &mut api::Object) -> Option<&mut Self> {
+                match object.object.as_mut()? {
+                    object::Object::$ty(o) => Some(o),
+                    _ => None,
+                }
+            }
             fn into_target(self) -> store_action::Target {
                 store_action::Target::$ty(self)
             }
-            fn index_keys(&self) -> Vec<(Index, String)> {
-                let mut keys = Vec::new();
+            fn index_keys(&self) -> Vec<(Index, Cow<'_, str>)> {
+                let mut keys = Vec::with_capacity(8);
                 let name = $name(self);
                 if !name.is_empty() {
-                    keys.push((Index::Name, name.to_lowercase()));
+                    keys.push((Index::Name, lower_case(name)));
                 }
                 $keys(self, &mut keys);
                 keys
@@ -195,14 +207,10 @@ macro_rules! store_object {
             fn table_mut(tables: &mut Tables) -> &mut Table<Self> {
                 &mut tables.$field
             }
-            fn overlay(
-                overlay: &Overlay,
-            ) -> &std::collections::BTreeMap<String, Option<Box<Self>>> {
+            fn overlay(overlay: &Overlay) -> &IdMap<Arc<str>, Option<Shared<Self>>> {
                 &overlay.$field
             }
-            fn overlay_mut(
-                overlay: &mut Overlay,
-            ) -> &mut std::collections::BTreeMap<String, Option<Box<Self>>> {
+            fn overlay_mut(overlay: &mut Overlay) -> &mut IdMap<Arc<str>, Option<Shared<Self>>> {
                 &mut overlay.$field
             }
         }
@@ -220,92 +228,186 @@ store_object!(Resource, resources, unique: true, name: resource_name, keys: no_k
 store_object!(Extension, extensions, unique: true, name: extension_name, keys: no_keys);
 store_object!(Volume, volumes, unique: true, name: volume_name, keys: no_keys);
 
-fn annotations_name(a: Option<&api::Annotations>) -> String {
-    a.map(|a| a.name.clone()).unwrap_or_default()
+/// Runs `$body` with the type alias `$t` naming the object type of `Kind` `$kind`.
+macro_rules! with_kind {
+    ($kind:expr, $t:ident => $body:expr) => {
+        match $kind {
+            Kind::Node => {
+                type $t = api::Node;
+                $body
+            }
+            Kind::Service => {
+                type $t = api::Service;
+                $body
+            }
+            Kind::Task => {
+                type $t = api::Task;
+                $body
+            }
+            Kind::Network => {
+                type $t = api::Network;
+                $body
+            }
+            Kind::Cluster => {
+                type $t = api::Cluster;
+                $body
+            }
+            Kind::Secret => {
+                type $t = api::Secret;
+                $body
+            }
+            Kind::Config => {
+                type $t = api::Config;
+                $body
+            }
+            Kind::Resource => {
+                type $t = api::Resource;
+                $body
+            }
+            Kind::Extension => {
+                type $t = api::Extension;
+                $body
+            }
+            Kind::Volume => {
+                type $t = api::Volume;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_kind;
+
+/// Generates the conversions between the `api::Object` wrapper and the `api::StoreAction` target.
+macro_rules! target_conversions {
+    ($($ty:ident),*) => {
+        /// The object a store action targets, in the wrapper watch events carry.
+        pub(crate) fn target_into_object(target: store_action::Target) -> api::Object {
+            api::Object {
+                object: Some(match target {
+                    $(store_action::Target::$ty(o) => object::Object::$ty(o),)*
+                }),
+            }
+        }
+
+        /// The store action target of a wrapped object; `None` for an empty wrapper.
+        pub(crate) fn object_into_target(object: api::Object) -> Option<store_action::Target> {
+            Some(match object.object? {
+                $(object::Object::$ty(o) => store_action::Target::$ty(o),)*
+            })
+        }
+    };
+}
+
+target_conversions!(
+    Node, Service, Task, Network, Cluster, Secret, Config, Resource, Extension, Volume
+);
+
+fn annotations_name(a: Option<&api::Annotations>) -> Cow<'_, str> {
+    a.map_or(Cow::Borrowed(""), |a| Cow::Borrowed(a.name.as_str()))
+}
+
+/// Lower-cased, without a copy when it is already.
+fn lower_case(name: Cow<'_, str>) -> Cow<'_, str> {
+    if name.is_ascii() && !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name
+    } else {
+        Cow::Owned(name.to_lowercase())
+    }
+}
+
+/// Decimal numbers of the numeric index keys (states, roles, ...), written once.
+static NUMBERS: LazyLock<Vec<String>> =
+    LazyLock::new(|| (0..=1024).map(|n| n.to_string()).collect());
+
+/// An index key for a number.
+fn number_key(n: i32) -> Cow<'static, str> {
+    match usize::try_from(n).ok().and_then(|i| NUMBERS.get(i)) {
+        Some(s) => Cow::Borrowed(s.as_str()),
+        None => Cow::Owned(n.to_string()),
+    }
 }
 
 /// A node is found by its spec name when set, else by the hostname it reported.
-fn node_name(n: &api::Node) -> String {
+fn node_name(n: &api::Node) -> Cow<'_, str> {
     let name = annotations_name(n.spec.as_ref().and_then(|s| s.annotations.as_ref()));
     if !name.is_empty() {
         return name;
     }
     n.description
         .as_ref()
-        .map(|d| d.hostname.clone())
-        .unwrap_or_default()
+        .map_or(Cow::Borrowed(""), |d| Cow::Borrowed(d.hostname.as_str()))
 }
 
-fn service_name(s: &api::Service) -> String {
+fn service_name(s: &api::Service) -> Cow<'_, str> {
     annotations_name(s.spec.as_ref().and_then(|s| s.annotations.as_ref()))
 }
 
 /// A task's name is its own annotation when set, else `<service>.<slot or node>.<id>`.
-fn task_name(t: &api::Task) -> String {
+fn task_name(t: &api::Task) -> Cow<'_, str> {
     let own = annotations_name(t.annotations.as_ref());
     if !own.is_empty() {
         return own;
     }
     let service = annotations_name(t.service_annotations.as_ref());
-    api::naming::task_name(&service, t.slot, &t.node_id, &t.id)
+    Cow::Owned(api::naming::task_name(&service, t.slot, &t.node_id, &t.id))
 }
 
-fn network_name(n: &api::Network) -> String {
+fn network_name(n: &api::Network) -> Cow<'_, str> {
     annotations_name(n.spec.as_ref().and_then(|s| s.annotations.as_ref()))
 }
 
-fn cluster_name(c: &api::Cluster) -> String {
+fn cluster_name(c: &api::Cluster) -> Cow<'_, str> {
     annotations_name(c.spec.as_ref().and_then(|s| s.annotations.as_ref()))
 }
 
-fn secret_name(s: &api::Secret) -> String {
+fn secret_name(s: &api::Secret) -> Cow<'_, str> {
     annotations_name(s.spec.as_ref().and_then(|s| s.annotations.as_ref()))
 }
 
-fn config_name(c: &api::Config) -> String {
+fn config_name(c: &api::Config) -> Cow<'_, str> {
     annotations_name(c.spec.as_ref().and_then(|s| s.annotations.as_ref()))
 }
 
-fn resource_name(r: &api::Resource) -> String {
+fn resource_name(r: &api::Resource) -> Cow<'_, str> {
     annotations_name(r.annotations.as_ref())
 }
 
-fn extension_name(e: &api::Extension) -> String {
+fn extension_name(e: &api::Extension) -> Cow<'_, str> {
     annotations_name(e.annotations.as_ref())
 }
 
-fn volume_name(v: &api::Volume) -> String {
+fn volume_name(v: &api::Volume) -> Cow<'_, str> {
     annotations_name(v.spec.as_ref().and_then(|s| s.annotations.as_ref()))
 }
 
-fn no_keys<T>(_: &T, _: &mut Vec<(Index, String)>) {}
+fn no_keys<T>(_: &T, _: &mut Vec<(Index, Cow<'_, str>)>) {}
 
-fn node_keys(n: &api::Node, keys: &mut Vec<(Index, String)>) {
-    keys.push((Index::Role, n.role.to_string()));
+fn node_keys<'a>(n: &'a api::Node, keys: &mut Vec<(Index, Cow<'a, str>)>) {
+    keys.push((Index::Role, number_key(n.role)));
     let membership = n.spec.as_ref().map_or(0, |s| s.membership);
-    keys.push((Index::Membership, membership.to_string()));
+    keys.push((Index::Membership, number_key(membership)));
 }
 
 /// Secrets and configs referenced by a container runtime (SwarmKit indexes nothing for other runtimes).
-fn runtime_refs(spec: Option<&api::TaskSpec>, keys: &mut Vec<(Index, String)>) {
+fn runtime_refs<'a>(spec: Option<&'a api::TaskSpec>, keys: &mut Vec<(Index, Cow<'a, str>)>) {
     let Some(api::task_spec::Runtime::Container(c)) = spec.and_then(|s| s.runtime.as_ref()) else {
         return;
     };
     keys.extend(
         c.secrets
             .iter()
-            .map(|r| (Index::Secret, r.secret_id.clone())),
+            .map(|r| (Index::Secret, Cow::Borrowed(r.secret_id.as_str()))),
     );
     keys.extend(
         c.configs
             .iter()
-            .map(|r| (Index::Config, r.config_id.clone())),
+            .map(|r| (Index::Config, Cow::Borrowed(r.config_id.as_str()))),
     );
 }
 
 /// A service references the networks of its task spec, or the deprecated service-level ones when the
 /// task spec names none (SwarmKit's `serviceIndexerByNetwork`).
-fn service_keys(s: &api::Service, keys: &mut Vec<(Index, String)>) {
+fn service_keys<'a>(s: &'a api::Service, keys: &mut Vec<(Index, Cow<'a, str>)>) {
     let Some(spec) = s.spec.as_ref() else {
         return;
     };
@@ -319,22 +421,26 @@ fn service_keys(s: &api::Service, keys: &mut Vec<(Index, String)>) {
     } else {
         task_networks
     };
-    keys.extend(networks.iter().map(|n| (Index::Network, n.target.clone())));
+    keys.extend(
+        networks
+            .iter()
+            .map(|n| (Index::Network, Cow::Borrowed(n.target.as_str()))),
+    );
     runtime_refs(spec.task.as_ref(), keys);
 }
 
-fn task_keys(t: &api::Task, keys: &mut Vec<(Index, String)>) {
-    keys.push((Index::ServiceId, t.service_id.clone()));
-    keys.push((Index::NodeId, t.node_id.clone()));
-    keys.push((Index::Slot, slot_key(&t.service_id, t.slot)));
-    keys.push((Index::DesiredState, t.desired_state.to_string()));
+fn task_keys<'a>(t: &'a api::Task, keys: &mut Vec<(Index, Cow<'a, str>)>) {
+    keys.push((Index::ServiceId, Cow::Borrowed(t.service_id.as_str())));
+    keys.push((Index::NodeId, Cow::Borrowed(t.node_id.as_str())));
+    keys.push((Index::Slot, Cow::Owned(slot_key(&t.service_id, t.slot))));
+    keys.push((Index::DesiredState, number_key(t.desired_state)));
     let observed = t.status.as_ref().map_or(0, |s| s.state);
-    keys.push((Index::TaskState, observed.to_string()));
+    keys.push((Index::TaskState, number_key(observed)));
     if let Some(spec) = t.spec.as_ref() {
         keys.extend(
             spec.networks
                 .iter()
-                .map(|n| (Index::Network, n.target.clone())),
+                .map(|n| (Index::Network, Cow::Borrowed(n.target.as_str()))),
         );
     }
     runtime_refs(t.spec.as_ref(), keys);

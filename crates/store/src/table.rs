@@ -1,12 +1,21 @@
 //! One generic indexed table per object kind ([`Table`]), the set of all ten ([`Tables`]) and the
-//! uncommitted changes of a transaction ([`Overlay`]). A table keeps objects by ID plus one ordered
-//! multimap of `(index, key) -> IDs`, which serves both exact and prefix lookups, like the radix
-//! trees of SwarmKit's go-memdb schema. What the keys are is decided per kind in `object.rs`.
+//! uncommitted changes of a transaction ([`Overlay`]), the counterpart of the radix trees of
+//! SwarmKit's go-memdb schema. A table keeps its objects ([`Shared`], so writes and events copy
+//! none) in a hash map by ID, the IDs in order (for listing and ID prefixes), and one hashed multimap
+//! `key -> rows` per index, a row being a small number standing for an ID (a key most objects share
+//! keeps a bitset of rows); name prefixes walk the name index. What the keys are is decided per kind in `object.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::by::Query;
+use crate::hash::{IdMap, IdSet};
 use crate::object::StoreObject;
+use crate::shared::Shared;
 
 /// A secondary index of a table. Public only so the hidden `StoreObject` methods can name it.
 #[doc(hidden)]
@@ -36,33 +45,196 @@ pub enum Index {
     Config,
 }
 
-/// The objects of one kind with their index entries.
-#[doc(hidden)]
+/// Number of [`Index`] variants.
+const INDEXES: usize = Index::Config as usize + 1;
+
+/// Where an object sits in its table: a small number that stands for its ID in the index sets,
+/// so that index maintenance hashes no strings. Rows of removed objects are reused.
+type Row = u32;
+
+/// A set of rows turns into a bitset once it holds at least one row in this many of the rows up to
+/// its highest (a bit per row then costs no more than a hashed entry per member), and back once it
+/// holds fewer than a quarter of that.
+const DENSE: usize = 64;
+
+/// The rows under one index key: most keys (names) have one; keys most objects share (a state, a
+/// service) are dense, and a bit per row keeps them small and their updates cheap.
 #[derive(Debug)]
+enum Rows {
+    One(Row),
+    Many(IdSet<Row>),
+    Bits { words: Vec<u64>, len: usize },
+}
+
+impl Rows {
+    fn insert(&mut self, row: Row) {
+        match self {
+            Rows::One(one) if *one == row => {}
+            Rows::One(one) => {
+                let mut set = IdSet::default();
+                set.insert(*one);
+                set.insert(row);
+                *self = Rows::Many(set);
+            }
+            Rows::Many(set) => {
+                set.insert(row);
+                if set.len() >= DENSE && set.len() * DENSE >= row as usize {
+                    let mut bits = Rows::Bits {
+                        words: Vec::new(),
+                        len: 0,
+                    };
+                    for r in set.drain() {
+                        bits.insert(r);
+                    }
+                    *self = bits;
+                }
+            }
+            Rows::Bits { words, len } => {
+                let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
+                if words.len() <= word {
+                    words.resize(word + 1, 0);
+                }
+                if words[word] & bit == 0 {
+                    words[word] |= bit;
+                    *len += 1;
+                }
+            }
+        }
+    }
+
+    /// Removes `row`; true when no row is left.
+    fn remove(&mut self, row: Row) -> bool {
+        match self {
+            Rows::One(one) => *one == row,
+            Rows::Many(set) => {
+                set.remove(&row);
+                set.is_empty()
+            }
+            Rows::Bits { words, len } => {
+                let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
+                if let Some(w) = words.get_mut(word)
+                    && *w & bit != 0
+                {
+                    *w &= !bit;
+                    *len -= 1;
+                }
+                if *len == 0 {
+                    return true;
+                }
+                if *len * DENSE * 4 < words.len() * 64 {
+                    let mut set = IdSet::default();
+                    self.for_each(|r| {
+                        set.insert(r);
+                    });
+                    *self = Rows::Many(set);
+                }
+                false
+            }
+        }
+    }
+
+    /// Calls `f` with every row.
+    fn for_each(&self, mut f: impl FnMut(Row)) {
+        match self {
+            Rows::One(row) => f(*row),
+            Rows::Many(set) => set.iter().copied().for_each(f),
+            Rows::Bits { words, .. } => {
+                for (i, &word) in words.iter().enumerate() {
+                    let mut rest = word;
+                    while rest != 0 {
+                        let bit = rest.trailing_zeros();
+                        rest &= rest - 1;
+                        f(Row::try_from(i * 64).expect("rows are u32") + bit);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows by key, for one index. Hashed: exact lookups and writes are what is frequent; a prefix
+/// lookup (names, from the control API's list filters) walks the index's keys.
+type IndexMap = IdMap<String, Rows>;
+
+/// A stored object and its row.
+struct Stored<T> {
+    object: Shared<T>,
+    row: Row,
+}
+
+/// The objects of one kind with their index entries. Keys are looked up borrowed, so only a key
+/// new to its index is copied.
+#[doc(hidden)]
 pub struct Table<T> {
-    /// Boxed: a task is ~2 KB, and B-tree nodes shift their values on insert.
-    objects: BTreeMap<String, Box<T>>,
-    index: BTreeMap<(Index, String), BTreeSet<String>>,
+    objects: IdMap<Arc<str>, Stored<T>>,
+    /// The ID in each row; `None` for a free row.
+    ids: Vec<Option<Arc<str>>>,
+    free: Vec<Row>,
+    /// Every ID, for ordered and prefix lookups.
+    order: BTreeSet<Arc<str>>,
+    /// One multimap `key -> rows` per [`Index`], by `Index as usize`.
+    index: [IndexMap; INDEXES],
+}
+
+impl<T: StoreObject> fmt::Debug for Table<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("objects", &self.objects.len())
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            objects: BTreeMap::new(),
-            index: BTreeMap::new(),
+            objects: IdMap::default(),
+            ids: Vec::new(),
+            free: Vec::new(),
+            order: BTreeSet::new(),
+            index: Default::default(),
         }
+    }
+}
+
+fn add_key(index: &mut [IndexMap; INDEXES], (i, key): (Index, Cow<'_, str>), row: Row) {
+    let map = &mut index[i as usize];
+    match key {
+        // A key built for the object (a name, a slot) moves into the map if it is new there.
+        Cow::Owned(key) => {
+            map.entry(key)
+                .and_modify(|rows| rows.insert(row))
+                .or_insert(Rows::One(row));
+        }
+        // A borrowed one is only copied if it is new.
+        Cow::Borrowed(key) => {
+            if let Some(rows) = map.get_mut(key) {
+                rows.insert(row);
+            } else {
+                map.insert(key.to_owned(), Rows::One(row));
+            }
+        }
+    }
+}
+
+fn remove_key(index: &mut [IndexMap; INDEXES], (i, key): &(Index, Cow<'_, str>), row: Row) {
+    let map = &mut index[*i as usize];
+    if let Some(rows) = map.get_mut(&**key)
+        && rows.remove(row)
+    {
+        map.remove(&**key);
     }
 }
 
 impl<T: StoreObject> Table<T> {
     /// The object with this ID.
-    pub fn get(&self, id: &str) -> Option<&T> {
-        self.objects.get(id).map(|o| &**o)
+    pub fn get(&self, id: &str) -> Option<&Shared<T>> {
+        self.objects.get(id).map(|s| &s.object)
     }
 
     /// All objects, by ascending ID.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.objects.values().map(|o| &**o)
+    pub fn iter(&self) -> impl Iterator<Item = &Shared<T>> {
+        self.order.iter().filter_map(|id| self.get(id))
     }
 
     /// Number of objects.
@@ -70,82 +242,100 @@ impl<T: StoreObject> Table<T> {
         self.objects.len()
     }
 
-    /// Inserts or replaces an object, re-indexing it. A replacement keeps its map entry and only
-    /// touches the index keys that changed (most updates change none: a task's status, say).
-    pub fn insert(&mut self, object: T) {
-        let new_keys = object.index_keys();
-        if let Some(stored) = self.objects.get_mut(object.id()) {
-            let old_keys = stored.index_keys();
-            let id = object.id();
-            for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
-                if let Some(ids) = self.index.get_mut(key) {
-                    ids.remove(id);
-                    if ids.is_empty() {
-                        self.index.remove(key);
-                    }
+    /// Inserts or replaces the object with ID `id`, re-indexing it, and returns the replaced one.
+    /// A replacement only touches the index keys that changed (a task's status, say).
+    pub fn insert(&mut self, id: Arc<str>, object: Shared<T>) -> Option<Shared<T>> {
+        let Table {
+            objects,
+            ids,
+            free,
+            order,
+            index,
+        } = self;
+        match objects.entry(id) {
+            Entry::Occupied(mut entry) => {
+                let row = entry.get().row;
+                let old = std::mem::replace(&mut entry.get_mut().object, object);
+                let old_keys = old.index_keys();
+                let new_keys = entry.get().object.index_keys();
+                for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+                    remove_key(index, key, row);
                 }
+                for key in new_keys.into_iter().filter(|k| !old_keys.contains(k)) {
+                    add_key(index, key, row);
+                }
+                Some(old)
             }
-            for key in new_keys.into_iter().filter(|k| !old_keys.contains(k)) {
-                self.index.entry(key).or_default().insert(id.to_string());
+            Entry::Vacant(entry) => {
+                let id = Arc::clone(entry.key());
+                let row = match free.pop() {
+                    Some(row) => {
+                        ids[row as usize] = Some(Arc::clone(&id));
+                        row
+                    }
+                    None => {
+                        ids.push(Some(Arc::clone(&id)));
+                        Row::try_from(ids.len() - 1).expect("fewer than 4 billion objects")
+                    }
+                };
+                for key in object.index_keys() {
+                    add_key(index, key, row);
+                }
+                entry.insert(Stored { object, row });
+                order.insert(id);
+                None
             }
-            **stored = object;
-            return;
         }
-        let id = object.id().to_string();
-        for key in new_keys {
-            self.index.entry(key).or_default().insert(id.clone());
-        }
-        self.objects.insert(id, Box::new(object));
     }
 
     /// Removes an object and its index entries.
-    pub fn remove(&mut self, id: &str) -> Option<T> {
-        let old = self.objects.remove(id)?;
-        for key in old.index_keys() {
-            if let Some(ids) = self.index.get_mut(&key) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.index.remove(&key);
-                }
-            }
+    pub fn remove(&mut self, id: &str) -> Option<Shared<T>> {
+        let Stored { object, row } = self.objects.remove(id)?;
+        self.order.remove(id);
+        self.ids[row as usize] = None;
+        self.free.push(row);
+        for key in object.index_keys() {
+            remove_key(&mut self.index, &key, row);
         }
-        Some(*old)
+        Some(object)
     }
 
-    /// IDs of the objects the query selects.
-    pub fn lookup(&self, query: &Query) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
+    /// IDs of the objects the query selects, in no particular order and possibly repeated (for
+    /// `Or`).
+    pub fn lookup(&self, query: &Query) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
         self.lookup_into(query, &mut out);
         out
     }
 
-    fn lookup_into(&self, query: &Query, out: &mut BTreeSet<String>) {
+    fn lookup_into(&self, query: &Query, out: &mut Vec<Arc<str>>) {
+        let of_rows = |rows: &Rows, out: &mut Vec<Arc<str>>| {
+            rows.for_each(|row| out.extend(self.ids[row as usize].clone()));
+        };
         match query {
-            Query::All => out.extend(self.objects.keys().cloned()),
+            Query::All => out.extend(self.order.iter().cloned()),
             Query::Id(id) => {
-                if self.objects.contains_key(id) {
-                    out.insert(id.clone());
+                if let Some((id, _)) = self.objects.get_key_value(id.as_str()) {
+                    out.push(Arc::clone(id));
                 }
             }
             Query::IdPrefix(prefix) => out.extend(
-                self.objects
-                    .range(prefix.clone()..)
-                    .map(|(id, _)| id)
+                self.order
+                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                     .take_while(|id| id.starts_with(prefix.as_str()))
                     .cloned(),
             ),
             Query::Exact(index, key) => {
-                if let Some(ids) = self.index.get(&(*index, key.clone())) {
-                    out.extend(ids.iter().cloned());
+                if let Some(rows) = self.index[*index as usize].get(key.as_str()) {
+                    of_rows(rows, out);
                 }
             }
             Query::Prefix(index, prefix) => {
-                let entries = self
-                    .index
-                    .range((*index, prefix.clone())..)
-                    .take_while(|((i, key), _)| i == index && key.starts_with(prefix.as_str()));
-                for (_, ids) in entries {
-                    out.extend(ids.iter().cloned());
+                let entries = self.index[*index as usize]
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(prefix.as_str()));
+                for (_, rows) in entries {
+                    of_rows(rows, out);
                 }
             }
             Query::Or(queries) => {
@@ -173,14 +363,14 @@ macro_rules! tables {
         #[doc(hidden)]
         #[derive(Debug, Default)]
         pub struct Overlay {
-            $(pub(crate) $field: BTreeMap<String, Option<Box<api::$ty>>>,)*
+            $(pub(crate) $field: IdMap<Arc<str>, Option<Shared<api::$ty>>>,)*
         }
 
         impl Tables {
             /// Every object, by kind and ascending ID.
             pub(crate) fn save(&self) -> api::StoreSnapshot {
                 api::StoreSnapshot {
-                    $($field: self.$field.iter().cloned().collect(),)*
+                    $($field: self.$field.iter().map(|o| (**o).clone()).collect(),)*
                 }
             }
         }
@@ -196,7 +386,9 @@ macro_rules! tables {
                 $(
                     for (id, change) in self.$field {
                         match change {
-                            Some(object) => tables.$field.insert(*object),
+                            Some(object) => {
+                                tables.$field.insert(id, object);
+                            }
                             None => {
                                 tables.$field.remove(&id);
                             }
@@ -225,51 +417,84 @@ tables!(
 mod tests {
     use super::*;
 
-    fn task(id: &str, service: &str, slot: u64) -> api::Task {
-        api::Task {
+    fn insert(t: &mut Table<api::Task>, id: &str, service: &str, slot: u64) {
+        let task = api::Task {
             id: id.into(),
             service_id: service.into(),
             slot,
             ..Default::default()
-        }
+        };
+        t.insert(Arc::from(id), Shared::new(task));
+    }
+
+    fn ids(found: Vec<Arc<str>>) -> Vec<String> {
+        let mut ids: Vec<String> = found.iter().map(|id| id.to_string()).collect();
+        ids.sort_unstable();
+        ids
     }
 
     #[test]
     fn reinsert_moves_index_entries() {
         let mut t = Table::default();
-        t.insert(task("a", "s1", 1));
-        t.insert(task("b", "s1", 2));
+        insert(&mut t, "a", "s1", 1);
+        insert(&mut t, "b", "s1", 2);
         assert_eq!(
             t.lookup(&Query::Exact(Index::ServiceId, "s1".into())).len(),
             2
         );
-        t.insert(task("a", "s2", 1));
+        insert(&mut t, "a", "s2", 1);
         let s1 = t.lookup(&Query::Exact(Index::ServiceId, "s1".into()));
-        assert_eq!(s1.into_iter().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(ids(s1), ["b"]);
         assert!(t.remove("b").is_some());
         assert!(
             t.lookup(&Query::Exact(Index::ServiceId, "s1".into()))
                 .is_empty()
         );
         assert!(
-            !t.index.contains_key(&(Index::ServiceId, "s1".into())),
+            !t.index[Index::ServiceId as usize].contains_key("s1"),
             "empty entries are dropped"
         );
         assert_eq!(t.len(), 1);
     }
 
     #[test]
+    fn rows_turn_dense_and_back() {
+        let mut rows = Rows::One(5);
+        for r in 0..2000 {
+            rows.insert(r);
+        }
+        assert!(matches!(rows, Rows::Bits { len: 2000, .. }));
+        let mut seen = Vec::new();
+        rows.for_each(|r| seen.push(r));
+        assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+        assert!(!rows.remove(5));
+        assert!(!rows.remove(5), "removing twice changes nothing");
+        for r in 6..1999 {
+            assert!(!rows.remove(r));
+        }
+        assert!(matches!(rows, Rows::Many(_)), "sparse again");
+        let mut left = Vec::new();
+        rows.for_each(|r| left.push(r));
+        left.sort_unstable();
+        assert_eq!(left, [0, 1, 2, 3, 4, 1999]);
+        for r in [0, 1, 2, 3, 4] {
+            assert!(!rows.remove(r));
+        }
+        assert!(rows.remove(1999));
+    }
+
+    #[test]
     fn prefix_lookup_stays_inside_its_index() {
         let mut t = Table::default();
-        t.insert(task("abc", "ab", 1));
-        t.insert(task("abd", "zz", 1));
-        t.insert(task("b", "ab", 1));
-        let ids = t.lookup(&Query::IdPrefix("ab".into()));
-        assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["abc", "abd"]);
+        insert(&mut t, "abc", "ab", 1);
+        insert(&mut t, "abd", "zz", 1);
+        insert(&mut t, "b", "ab", 1);
+        let by_id = t.lookup(&Query::IdPrefix("ab".into()));
+        assert_eq!(ids(by_id), ["abc", "abd"]);
         // Service IDs start with "ab" too, but a name-prefix query must not see them.
         let by_name = t.lookup(&Query::Prefix(Index::Name, "zz".into()));
         assert!(by_name.is_empty());
         let by_service = t.lookup(&Query::Prefix(Index::ServiceId, "a".into()));
-        assert_eq!(by_service.into_iter().collect::<Vec<_>>(), ["abc", "b"]);
+        assert_eq!(ids(by_service), ["abc", "b"]);
     }
 }

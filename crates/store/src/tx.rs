@@ -1,17 +1,20 @@
 //! Transactions over the tables: [`ReadTx`] (a consistent view) and [`Tx`] (a write transaction that
 //! sees its own writes through an overlay and records them as `api::StoreAction`s). The same `Tx` code
 //! applies committed actions and restores snapshots, so checks and index maintenance exist once
-//! (SwarmKit's `tx.create/update/delete` in `memory.go`). Locking and proposing belong to `memory.rs`.
+//! (SwarmKit's `tx.create/update/delete` in `memory.go`); a local transaction's [`Change`]s can also
+//! be applied unchecked, when its checks are known to still hold. Objects are [`Shared`]: a write
+//! moves or copies-on-write one object version, which the overlay, the change, the table and the
+//! events then share. Locking and proposing belong to `memory.rs`.
 
 use std::collections::BTreeSet;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::SystemTime;
-
-use api::store_action::Target;
 
 use crate::by::{By, Query};
 use crate::error::StoreError;
-use crate::object::StoreObject;
+use crate::object::{Kind, StoreObject, object_into_target, target_into_object, with_kind};
+use crate::shared::Shared;
 use crate::table::{Overlay, Tables};
 use crate::watch::{Event, EventKind};
 
@@ -32,13 +35,18 @@ impl<'a> ReadTx<'a> {
 
     /// The object of type `T` with this ID: `tx.get::<api::Node>(id)`.
     pub fn get<T: StoreObject>(&self, id: &str) -> Option<T> {
+        self.get_ref::<T>(id).map(|o| T::clone(o))
+    }
+
+    /// Like [`ReadTx::get`], sharing the stored object instead of copying it.
+    pub fn get_shared<T: StoreObject>(&self, id: &str) -> Option<Shared<T>> {
         self.get_ref(id).cloned()
     }
 
     /// Like [`ReadTx::get`], borrowing instead of copying.
-    fn get_ref<T: StoreObject>(&self, id: &str) -> Option<&T> {
+    fn get_ref<T: StoreObject>(&self, id: &str) -> Option<&Shared<T>> {
         match T::overlay(&self.overlay).get(id) {
-            Some(change) => change.as_deref(),
+            Some(change) => change.as_ref(),
             None => T::table(self.base).get(id),
         }
     }
@@ -46,7 +54,19 @@ impl<'a> ReadTx<'a> {
     /// The objects of type `T` selected by `by`, sorted by ID ascending.
     pub fn find<T: StoreObject>(&self, by: By<'_>) -> Vec<T> {
         let ids = self.ids::<T>(&by.query());
-        ids.iter().filter_map(|id| self.get::<T>(id)).collect()
+        ids.iter()
+            .filter_map(|id| self.get_ref::<T>(id))
+            .map(|o| T::clone(o))
+            .collect()
+    }
+
+    /// Like [`ReadTx::find`], sharing the stored objects instead of copying them.
+    pub fn find_shared<T: StoreObject>(&self, by: By<'_>) -> Vec<Shared<T>> {
+        let ids = self.ids::<T>(&by.query());
+        ids.iter()
+            .filter_map(|id| self.get_ref::<T>(id))
+            .cloned()
+            .collect()
     }
 
     /// Number of objects of type `T`.
@@ -58,17 +78,21 @@ impl<'a> ReadTx<'a> {
         self.ids::<T>(&Query::All).len()
     }
 
-    /// IDs selected by `query`, with the overlay's changes taken into account.
-    fn ids<T: StoreObject>(&self, query: &Query) -> BTreeSet<String> {
+    /// IDs selected by `query`, with the overlay's changes taken into account, ascending.
+    fn ids<T: StoreObject>(&self, query: &Query) -> Vec<Arc<str>> {
         let mut ids = T::table(self.base).lookup(query);
-        for (id, change) in T::overlay(&self.overlay) {
-            ids.remove(id);
-            if let Some(object) = change
-                && query.matches(id, &object.index_keys())
-            {
-                ids.insert(id.clone());
-            }
+        let overlay = T::overlay(&self.overlay);
+        if !overlay.is_empty() {
+            ids.retain(|id| !overlay.contains_key(id));
+            ids.extend(overlay.iter().filter_map(|(id, change)| {
+                let object = change.as_ref()?;
+                query
+                    .matches(id, &object.index_keys())
+                    .then(|| Arc::clone(id))
+            }));
         }
+        ids.sort_unstable();
+        ids.dedup();
         ids
     }
 
@@ -78,7 +102,7 @@ impl<'a> ReadTx<'a> {
             return false;
         }
         let ids = self.ids::<T>(&By::Name(name).query());
-        ids.iter().any(|id| id != except_id)
+        ids.iter().any(|id| **id != *except_id)
     }
 }
 
@@ -132,12 +156,96 @@ kind_methods! {
 /// What a `Tx` is used for; decides which checks run and what is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// A caller's write: full checks, timestamps, actions recorded for the proposer.
+    /// A caller's write: full checks, timestamps, changes recorded for the proposer.
     Local,
     /// Applying committed actions at this raft index: version set, events recorded.
     Apply(u64),
     /// Replacing the content from a snapshot: no name checks, objects kept as given, events recorded.
     Restore,
+}
+
+/// One write of a local transaction: an `api::StoreAction` whose object is still shared with the
+/// transaction, so that applying it without a proposer copies nothing.
+#[derive(Debug)]
+pub(crate) struct Change {
+    action: api::StoreActionKind,
+    object: Arc<api::Object>,
+    /// The object's ID as the transaction's overlay held it (reused as the table key).
+    id: Option<Arc<str>>,
+}
+
+impl Change {
+    /// The store action, for the proposer (the object is moved out when nothing else holds it).
+    pub(crate) fn into_action(self) -> api::StoreAction {
+        let object = Arc::try_unwrap(self.object).unwrap_or_else(|shared| (*shared).clone());
+        api::StoreAction {
+            action: self.action as i32,
+            target: object_into_target(object),
+        }
+    }
+
+    /// A committed store action as a change to apply.
+    pub(crate) fn from_action(action: &api::StoreAction) -> Result<Change, StoreError> {
+        let Some(target) = action.target.clone() else {
+            return Err(StoreError::Invalid("store action has no target".into()));
+        };
+        let kind = api::StoreActionKind::try_from(action.action)
+            .map_err(|_| StoreError::Invalid(format!("unknown store action {}", action.action)))?;
+        Ok(Change {
+            action: kind,
+            object: Arc::new(target_into_object(target)),
+            id: None,
+        })
+    }
+
+    /// Applies the change at `index` straight to `tables`, with the events `Tx::apply` in
+    /// `Mode::Apply` would record. No check is made: only for the changes of a local transaction
+    /// whose view `tables` still is, whose checks therefore hold.
+    pub(crate) fn apply_unchecked(self, tables: &mut Tables, index: u64, events: &mut Vec<Event>) {
+        let Some(kind) = Kind::of_object(&self.object) else {
+            return;
+        };
+        with_kind!(kind, T => self.apply_unchecked_as::<T>(tables, index, events))
+    }
+
+    fn apply_unchecked_as<T: StoreObject>(
+        self,
+        tables: &mut Tables,
+        index: u64,
+        events: &mut Vec<Event>,
+    ) {
+        let Change { action, object, id } = self;
+        let Some(mut object) = Shared::<T>::from_object(object) else {
+            return;
+        };
+        let id = id.unwrap_or_else(|| Arc::from(object.id()));
+        let table = T::table_mut(tables);
+        let kind = match action {
+            api::StoreActionKind::StoreActionCreate => EventKind::Create,
+            api::StoreActionKind::StoreActionUpdate => EventKind::Update,
+            api::StoreActionKind::StoreActionRemove => {
+                if let Some(old) = table.remove(&id) {
+                    events.push(Event::Object {
+                        kind: EventKind::Remove,
+                        object: old.into_object(),
+                        old: None,
+                    });
+                }
+                return;
+            }
+            api::StoreActionKind::Unknown => return,
+        };
+        object.make_mut().meta_mut().version = Some(api::Version { index });
+        let shared = Arc::clone(object.as_object());
+        let old = table.insert(id, object);
+        events.push(Event::Object {
+            kind,
+            object: shared,
+            old: old
+                .filter(|_| kind == EventKind::Update)
+                .map(Shared::into_object),
+        });
+    }
 }
 
 /// A write transaction (see `MemoryStore::update`). Reads through `Deref` see its own writes.
@@ -146,7 +254,7 @@ pub struct Tx<'a> {
     read: ReadTx<'a>,
     mode: Mode,
     now: prost_types::Timestamp,
-    actions: Vec<api::StoreAction>,
+    changes: Vec<Change>,
     events: Vec<Event>,
 }
 
@@ -163,7 +271,7 @@ impl<'a> Tx<'a> {
             read: ReadTx::new(base),
             mode,
             now: prost_types::Timestamp::from(SystemTime::now()),
-            actions: Vec::new(),
+            changes: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -176,95 +284,129 @@ impl<'a> Tx<'a> {
     /// Creates an object. It must have a non-empty ID not used yet (`Exists`) and, for kinds with unique
     /// names, a name no other object of its kind has case-insensitively (`NameConflict`). Sets
     /// `meta.created_at = meta.updated_at = now`; `meta.version` is set when the write is applied.
-    pub fn create<T: StoreObject>(&mut self, mut object: T) -> Result<(), StoreError> {
-        let id = object.id().to_string();
-        if id.is_empty() {
+    pub fn create<T: StoreObject>(&mut self, object: T) -> Result<(), StoreError> {
+        self.create_shared(Shared::new(object))
+    }
+
+    fn create_shared<T: StoreObject>(&mut self, mut object: Shared<T>) -> Result<(), StoreError> {
+        if object.id().is_empty() {
             return Err(StoreError::Invalid(format!("{} has no ID", T::KIND)));
         }
-        if self.read.get_ref::<T>(&id).is_some() {
-            return Err(StoreError::Exists { kind: T::KIND, id });
+        if self.read.get_ref::<T>(object.id()).is_some() {
+            return Err(StoreError::Exists {
+                kind: T::KIND,
+                id: object.id().to_string(),
+            });
         }
-        self.check_name(&object)?;
+        self.check_name(&*object)?;
         match self.mode {
             Mode::Local => {
-                let meta = object.meta_mut();
+                let meta = object.make_mut().meta_mut();
                 meta.created_at = Some(self.now);
                 meta.updated_at = Some(self.now);
-                self.record(api::StoreActionKind::StoreActionCreate, object.clone());
             }
             Mode::Apply(index) => {
-                object.meta_mut().version = Some(api::Version { index });
-                self.events
-                    .push(Event::object(EventKind::Create, object.clone(), None));
+                object.make_mut().meta_mut().version = Some(api::Version { index });
             }
-            Mode::Restore => {
-                self.events
-                    .push(Event::object(EventKind::Create, object.clone(), None))
-            }
+            Mode::Restore => {}
         }
-        T::overlay_mut(&mut self.read.overlay).insert(id, Some(Box::new(object)));
+        self.written(EventKind::Create, object, None);
         Ok(())
     }
 
     /// Replaces an existing object (`NotFound` otherwise). `meta.version` must equal the stored one
     /// (`SequenceConflict`: the caller read a stale copy); the name is checked as in `create`.
     /// Sets `meta.updated_at = now`.
-    pub fn update<T: StoreObject>(&mut self, mut object: T) -> Result<(), StoreError> {
-        let id = object.id().to_string();
-        let Some(stored) = self.read.get_ref::<T>(&id) else {
-            return Err(StoreError::NotFound { kind: T::KIND, id });
+    pub fn update<T: StoreObject>(&mut self, object: T) -> Result<(), StoreError> {
+        self.update_shared(Shared::new(object))
+    }
+
+    /// [`Tx::update`] of an object got with [`ReadTx::get_shared`] and changed through
+    /// [`Shared::make_mut`] (which copied it once).
+    pub fn update_shared<T: StoreObject>(
+        &mut self,
+        mut object: Shared<T>,
+    ) -> Result<(), StoreError> {
+        let Some(stored) = self.read.get_ref::<T>(object.id()) else {
+            return Err(StoreError::NotFound {
+                kind: T::KIND,
+                id: object.id().to_string(),
+            });
         };
         if self.mode == Mode::Local && stored.version() != object.version() {
-            return Err(StoreError::SequenceConflict { kind: T::KIND, id });
+            return Err(StoreError::SequenceConflict {
+                kind: T::KIND,
+                id: object.id().to_string(),
+            });
         }
         let created_at = stored.meta().and_then(|m| m.created_at);
-        // Only events carry the previous version; a local write needs no copy of it.
+        // Only events carry the previous version.
         let old = (self.mode != Mode::Local).then(|| stored.clone());
-        self.check_name(&object)?;
+        self.check_name(&*object)?;
         match self.mode {
             Mode::Local => {
-                let meta = object.meta_mut();
+                let meta = object.make_mut().meta_mut();
                 meta.updated_at = Some(self.now);
                 if meta.created_at.is_none() {
                     meta.created_at = created_at;
                 }
-                self.record(api::StoreActionKind::StoreActionUpdate, object.clone());
             }
             Mode::Apply(index) => {
-                object.meta_mut().version = Some(api::Version { index });
-                self.events
-                    .push(Event::object(EventKind::Update, object.clone(), old));
+                object.make_mut().meta_mut().version = Some(api::Version { index });
             }
-            Mode::Restore => {
-                self.events
-                    .push(Event::object(EventKind::Update, object.clone(), old))
-            }
+            Mode::Restore => {}
         }
-        T::overlay_mut(&mut self.read.overlay).insert(id, Some(Box::new(object)));
+        self.written(EventKind::Update, object, old);
         Ok(())
     }
 
     /// Deletes an object (`NotFound` if absent).
     pub fn delete<T: StoreObject>(&mut self, id: &str) -> Result<(), StoreError> {
-        let Some(old) = self.read.get::<T>(id) else {
+        let Some(old) = self.read.get_ref::<T>(id).cloned() else {
             return Err(StoreError::NotFound {
                 kind: T::KIND,
                 id: id.to_string(),
             });
         };
-        match self.mode {
-            Mode::Local => self.record(api::StoreActionKind::StoreActionRemove, old),
-            Mode::Apply(_) | Mode::Restore => {
-                self.events
-                    .push(Event::object(EventKind::Remove, old, None))
-            }
-        }
-        T::overlay_mut(&mut self.read.overlay).insert(id.to_string(), None);
+        self.written(EventKind::Remove, old, None);
         Ok(())
     }
 
+    /// Records a write: as a change to propose (local) or as an event, and in the overlay. For a
+    /// removal, `object` is the object as it was deleted.
+    fn written<T: StoreObject>(
+        &mut self,
+        kind: EventKind,
+        object: Shared<T>,
+        old: Option<Shared<T>>,
+    ) {
+        let shared = Arc::clone(object.as_object());
+        let id: Arc<str> = Arc::from(object.id());
+        match self.mode {
+            Mode::Local => {
+                let action = match kind {
+                    EventKind::Create => api::StoreActionKind::StoreActionCreate,
+                    EventKind::Update => api::StoreActionKind::StoreActionUpdate,
+                    EventKind::Remove => api::StoreActionKind::StoreActionRemove,
+                };
+                self.changes.push(Change {
+                    action,
+                    object: shared,
+                    id: Some(Arc::clone(&id)),
+                });
+            }
+            Mode::Apply(_) | Mode::Restore => self.events.push(Event::Object {
+                kind,
+                object: shared,
+                old: old.map(Shared::into_object),
+            }),
+        }
+        let after = (kind != EventKind::Remove).then_some(object);
+        T::overlay_mut(&mut self.read.overlay).insert(id, after);
+    }
+
     fn check_name<T: StoreObject>(&self, object: &T) -> Result<(), StoreError> {
-        if self.mode == Mode::Restore {
+        if self.mode == Mode::Restore || !T::UNIQUE_NAME {
             return Ok(());
         }
         let name = object.name();
@@ -277,42 +419,25 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    fn record<T: StoreObject>(&mut self, action: api::StoreActionKind, object: T) {
-        self.actions.push(api::StoreAction {
-            action: action as i32,
-            target: Some(object.into_target()),
-        });
-    }
-
-    /// Applies one committed action (in `Mode::Apply`).
-    pub(crate) fn apply_action(&mut self, action: api::StoreAction) -> Result<(), StoreError> {
-        let Some(target) = action.target else {
+    /// Applies one change (in `Mode::Apply`).
+    pub(crate) fn apply(&mut self, change: Change) -> Result<(), StoreError> {
+        let Change { action, object, .. } = change;
+        let Some(kind) = Kind::of_object(&object) else {
             return Err(StoreError::Invalid("store action has no target".into()));
         };
-        let kind = api::StoreActionKind::try_from(action.action)
-            .map_err(|_| StoreError::Invalid(format!("unknown store action {}", action.action)))?;
-        match target {
-            Target::Node(o) => self.apply_one(kind, o),
-            Target::Service(o) => self.apply_one(kind, o),
-            Target::Task(o) => self.apply_one(kind, o),
-            Target::Network(o) => self.apply_one(kind, o),
-            Target::Cluster(o) => self.apply_one(kind, o),
-            Target::Secret(o) => self.apply_one(kind, o),
-            Target::Config(o) => self.apply_one(kind, o),
-            Target::Resource(o) => self.apply_one(kind, o),
-            Target::Extension(o) => self.apply_one(kind, o),
-            Target::Volume(o) => self.apply_one(kind, o),
-        }
+        with_kind!(kind, T => self.apply_one::<T>(action, object))
     }
 
     fn apply_one<T: StoreObject>(
         &mut self,
-        kind: api::StoreActionKind,
-        object: T,
+        action: api::StoreActionKind,
+        object: Arc<api::Object>,
     ) -> Result<(), StoreError> {
-        match kind {
-            api::StoreActionKind::StoreActionCreate => self.create(object),
-            api::StoreActionKind::StoreActionUpdate => self.update(object),
+        let object = Shared::<T>::from_object(object)
+            .ok_or_else(|| StoreError::Invalid(format!("store action target is no {}", T::KIND)))?;
+        match action {
+            api::StoreActionKind::StoreActionCreate => self.create_shared(object),
+            api::StoreActionKind::StoreActionUpdate => self.update_shared(object),
             api::StoreActionKind::StoreActionRemove => self.delete::<T>(object.id()),
             api::StoreActionKind::Unknown => {
                 Err(StoreError::Invalid("unknown store action 0".into()))
@@ -324,17 +449,22 @@ impl<'a> Tx<'a> {
     /// An object that cannot be stored (no ID) is skipped with a warning; of two with the same ID the
     /// later wins.
     pub(crate) fn restore_table<T: StoreObject>(&mut self, objects: Vec<T>) {
-        let wanted: BTreeSet<String> = objects.iter().map(|o| o.id().to_string()).collect();
-        let stale: Vec<T> = self.read.find::<T>(By::All);
-        for old in stale.iter().filter(|o| !wanted.contains(o.id())) {
-            if let Err(e) = self.delete::<T>(old.id()) {
-                tracing::warn!(kind = %T::KIND, id = old.id(), error = %e, "restore: cannot remove object");
+        let wanted: BTreeSet<&str> = objects.iter().map(|o| o.id()).collect();
+        let stale: Vec<Arc<str>> = self
+            .read
+            .ids::<T>(&Query::All)
+            .into_iter()
+            .filter(|id| !wanted.contains(&**id))
+            .collect();
+        for id in stale {
+            if let Err(e) = self.delete::<T>(&id) {
+                tracing::warn!(kind = %T::KIND, id = &*id, error = %e, "restore: cannot remove object");
             }
         }
         for object in objects {
             let id = object.id().to_string();
-            let result = match self.read.get::<T>(&id) {
-                Some(current) if current == object => Ok(()),
+            let result = match self.read.get_ref::<T>(&id) {
+                Some(current) if **current == object => Ok(()),
                 Some(_) => self.update(object),
                 None => self.create(object),
             };
@@ -344,9 +474,12 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// The actions to propose (for `Mode::Local`).
-    pub(crate) fn into_actions(self) -> Vec<api::StoreAction> {
-        self.actions
+    /// The changes to propose or apply (for `Mode::Local`). The transaction's own copies are
+    /// dropped first, so the changes hold the only reference to the objects they create or update.
+    pub(crate) fn into_local_changes(self) -> Vec<Change> {
+        let Tx { read, changes, .. } = self;
+        drop(read);
+        changes
     }
 
     /// The changes to commit and the events describing them (for `Apply` and `Restore`).

@@ -101,6 +101,7 @@ impl Event {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn object<T: StoreObject>(kind: EventKind, object: T, old: Option<T>) -> Event {
         Event::Object {
             kind,

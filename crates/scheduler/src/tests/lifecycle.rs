@@ -235,9 +235,9 @@ async fn a_conflicting_write_skips_only_that_task() {
     let mut scheduler = Scheduler::new(store.clone());
     let (snapshot, _watcher) = store.view_and_watch(WatchFilter::all(), |tx| {
         (
-            tx.find_nodes(By::All),
-            tx.find_services(By::All),
-            tx.find_tasks(By::All),
+            tx.find_shared(By::All),
+            tx.find_shared(By::All),
+            tx.find_shared(By::All),
         )
     });
     scheduler.load(snapshot);

@@ -497,3 +497,31 @@ fn root_rotation_on_a_single_manager_completes() {
     assert_eq!(material(&w.state_dir()).root_pem, after.root_pem);
     assert_eq!(node_ids(&m).len(), 2);
 }
+
+#[test]
+fn a_worker_restarted_with_another_cas_certificates_fails_to_start() {
+    let m = Swarmd::start();
+    let (worker_token, _) = tokens(&m);
+    let mut w = join_worker(&m, &worker_token);
+    w.stop();
+    // First a plain restart works.
+    assert_eq!(w.spawn_until(WORKER_READY, JOIN_LIMIT), None, "{}", w.log());
+    w.stop();
+
+    // Then its certificates are replaced by a worker's of another cluster (root, certificate and
+    // key), and it is started again against its manager.
+    let other = Swarmd::start();
+    let (other_token, _) = tokens(&other);
+    let stranger = join_worker(&other, &other_token);
+    let foreign = material(&stranger.state_dir());
+    ca::KeyStore::new(&w.state_dir())
+        .save(&foreign.root_pem, &foreign.cert_pem, &foreign.key_pem)
+        .expect("swap certificates");
+    let code = w.spawn_until(WORKER_READY, JOIN_LIMIT);
+    assert_eq!(code, Some(1), "{}", w.log());
+    assert!(
+        w.log().contains("certificate signed by unknown authority"),
+        "{}",
+        w.log()
+    );
+}

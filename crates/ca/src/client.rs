@@ -83,6 +83,29 @@ pub async fn download_root_ca(addr: &str, token: &ParsedToken) -> Result<Vec<u8>
     Err(last.expect("at least one attempt"))
 }
 
+/// Checks that the manager at `addr` presents a certificate that chains to the roots `cfg`
+/// trusts (SwarmKit fails a node's start when it does not: `certificate signed by unknown
+/// authority`). A manager that does not answer is not an error here: the node retries later.
+pub async fn check_manager_trust(
+    addr: &str,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(), CaError> {
+    let channel = tls_channel(addr, cfg, crate::MANAGER_ROLE)?;
+    let mut client = CaClient::new(channel);
+    let call = client.get_root_ca_certificate(api::GetRootCaCertificateRequest {});
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Err(_) | Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => {
+            let chain = format!("{status:?}");
+            if chain.contains("UnknownIssuer") || chain.contains("BadSignature") {
+                Err(CaError::UnknownAuthority(addr.to_string()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
 /// How a node proves it may have a certificate.
 pub enum Credential<'a> {
     /// A join token (first certificate); the role follows from which token it is.

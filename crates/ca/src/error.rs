@@ -56,6 +56,11 @@ pub enum CaError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// A manager's certificate does not chain to this node's root CA.
+    #[error(
+        "x509: certificate signed by unknown authority (the manager at {0} does not chain to this node's root CA)"
+    )]
+    UnknownAuthority(String),
     /// The root CA a manager sent is not the one the join token names.
     #[error("remote CA does not match fingerprint. Expected: {0}")]
     FingerprintMismatch(String),

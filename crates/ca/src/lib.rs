@@ -18,7 +18,9 @@ mod tls;
 mod token;
 
 pub use certinfo::CertInfo;
-pub use client::{Credential, IssuedCertificate, download_root_ca, request_certificate};
+pub use client::{
+    Credential, IssuedCertificate, check_manager_trust, download_root_ca, request_certificate,
+};
 pub use error::CaError;
 pub use key::NodeKey;
 pub use keystore::{KeyStore, NodeTlsMaterial};

@@ -305,6 +305,10 @@ impl Node {
                 "this worker knows no manager: give one with --join-addr".into(),
             ));
         }
+        if !fresh {
+            // Certificates of another cluster's CA make the start fail, as SwarmKit's does.
+            ca::check_manager_trust(&managers[0], security.client_config()?).await?;
+        }
         let node_id = security.info().node_id;
         let mut tasks = JoinSet::new();
         let renewer = Renewer::new(security.clone(), managers.clone());

@@ -1,4 +1,5 @@
-//! Compiles proto/*.proto (package docker.swarmkit.v1) with prost and tonic.
+//! Compiles proto/*.proto (package docker.swarmkit.v1, and this implementation's raft transport,
+//! swarmkit.raftrpc.v1) with prost and tonic.
 //! protoc comes from protoc-bin-vendored unless PROTOC names another one.
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ const FILES: &[&str] = &[
     "raft.proto",
     "resource.proto",
     "snapshot.proto",
+    "raftrpc.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

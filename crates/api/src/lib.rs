@@ -19,6 +19,13 @@ pub mod docker {
     }
 }
 
+/// `swarmkit.raftrpc.v1`: the raft transport between managers (this implementation's own
+/// package; its payloads are serialized openraft messages).
+#[allow(missing_docs, clippy::all)]
+pub mod raftrpc {
+    tonic::include_proto!("swarmkit.raftrpc.v1");
+}
+
 pub use docker::swarmkit::v1::*;
 
 pub mod constraint;

@@ -29,7 +29,7 @@ const MANAGERS: Access = Access::Roles(&[MANAGER_ROLE]);
 const NODES: Access = Access::Roles(&[WORKER_ROLE, MANAGER_ROLE]);
 
 /// Every method served on the remote API, by gRPC path, with who may call it. Services added
-/// later (Raft, LogBroker, ...) add their rows here.
+/// later (LogBroker, ...) add their rows here.
 pub const TABLE: &[(&str, Access)] = &[
     (
         "/docker.swarmkit.v1.CA/GetRootCACertificate",
@@ -94,10 +94,24 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/docker.swarmkit.v1.Control/UpdateVolume", MANAGERS),
     ("/docker.swarmkit.v1.Control/ListVolumes", MANAGERS),
     ("/docker.swarmkit.v1.Control/RemoveVolume", MANAGERS),
+    ("/swarmkit.raftrpc.v1.RaftTransport/AppendEntries", MANAGERS),
+    ("/swarmkit.raftrpc.v1.RaftTransport/Vote", MANAGERS),
+    (
+        "/swarmkit.raftrpc.v1.RaftTransport/InstallSnapshot",
+        MANAGERS,
+    ),
 ];
 
-/// The services the remote API serves: the unit test checks that each of their methods has a row.
-pub const SERVED_SERVICES: &[&str] = &["CA", "NodeCA", "Health", "Control", "Dispatcher"];
+/// The services the remote API serves, by full name (`package.Service`): the unit test checks
+/// that each of their methods has a row.
+pub const SERVED_SERVICES: &[&str] = &[
+    "docker.swarmkit.v1.CA",
+    "docker.swarmkit.v1.NodeCA",
+    "docker.swarmkit.v1.Health",
+    "docker.swarmkit.v1.Control",
+    "docker.swarmkit.v1.Dispatcher",
+    "swarmkit.raftrpc.v1.RaftTransport",
+];
 
 /// Who may call `path`; `None` for a method that is not in the table.
 pub fn access(path: &str) -> Option<Access> {
@@ -247,16 +261,22 @@ mod tests {
 
     use super::*;
 
-    /// `service -> methods` of every service in the proto files.
+    /// `package.Service -> methods` of every service in the proto files.
     fn proto_methods() -> BTreeMap<String, BTreeSet<String>> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for entry in std::fs::read_dir(dir).expect("proto dir") {
             let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+            let mut package = String::new();
             let mut service = None;
             for line in text.lines().map(str::trim) {
-                if let Some(rest) = line.strip_prefix("service ") {
-                    service = rest.split_whitespace().next().map(str::to_string);
+                if let Some(rest) = line.strip_prefix("package ") {
+                    package = rest.trim_end_matches(';').trim().to_string();
+                } else if let Some(rest) = line.strip_prefix("service ") {
+                    service = rest
+                        .split_whitespace()
+                        .next()
+                        .map(|s| format!("{package}.{s}"));
                 } else if let (Some(s), Some(rest)) = (&service, line.strip_prefix("rpc ")) {
                     let name = rest.split('(').next().expect("name").trim().to_string();
                     out.entry(s.clone()).or_default().insert(name);
@@ -269,16 +289,19 @@ mod tests {
     #[test]
     fn every_served_method_has_a_row_and_every_row_a_method() {
         let protos = proto_methods();
-        assert!(protos["Control"].len() > 40, "{protos:?}");
+        assert!(
+            protos["docker.swarmkit.v1.Control"].len() > 40,
+            "{protos:?}"
+        );
         for service in SERVED_SERVICES {
             for method in &protos[*service] {
-                let path = format!("/docker.swarmkit.v1.{service}/{method}");
+                let path = format!("/{service}/{method}");
                 assert!(access(&path).is_some(), "no authorization row for {path}");
             }
         }
         for (path, _) in TABLE {
             let (service, method) = path
-                .strip_prefix("/docker.swarmkit.v1.")
+                .strip_prefix('/')
                 .and_then(|p| p.split_once('/'))
                 .expect("path shape");
             assert!(
@@ -302,6 +325,11 @@ mod tests {
         );
         for (path, a) in TABLE {
             if path.contains(".Control/") || path.ends_with("GetUnlockKey") {
+                assert_eq!(*a, MANAGERS, "{path}");
+            }
+        }
+        for (path, a) in TABLE {
+            if path.starts_with("/swarmkit.raftrpc.v1.") {
                 assert_eq!(*a, MANAGERS, "{path}");
             }
         }

@@ -3,14 +3,14 @@
 //! (allocator, orchestrators, scheduler, task reaper, constraint enforcer, root CA rotation) are
 //! listed in [`leader_subsystems`]; the manager adds the CA signer, the role manager and the
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
-//! serves CA, NodeCA, Control, Health and Dispatcher behind the authorization table of
+//! serves CA, NodeCA, Control, Health, Dispatcher and the raft transport behind the authorization table of
 //! [`crate::authz`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dispatcher::{Dispatcher, DispatcherService};
-use raft::{RaftConfig, RaftNode};
+use raft::{NetworkFactory, RaftConfig, RaftNode};
 use store::MemoryStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -79,6 +79,16 @@ impl RaftMembers for LocalMembers {
     }
 }
 
+/// Raft peers are dialed over mutual TLS with this node's current certificate, expecting a
+/// manager certificate (`swarm-manager` SAN) on the other side.
+fn raft_network(security: &Arc<ca::SecurityConfig>) -> NetworkFactory {
+    let security = security.clone();
+    NetworkFactory::new(Arc::new(move |addr: &str| {
+        let cfg = security.client_config().map_err(|e| e.to_string())?;
+        ca::tls_channel(addr, cfg, ca::MANAGER_ROLE).map_err(|e| e.to_string())
+    }))
+}
+
 /// The subsystems that run on the raft leader only: the allocator moves NEW tasks to PENDING, the
 /// orchestrators create and retire tasks, the scheduler assigns PENDING tasks to nodes, the reaper
 /// bounds task history, the constraint enforcer rejects tasks whose node stopped fitting and the
@@ -123,8 +133,13 @@ impl Manager {
     /// serving. Returns once the control socket accepts connections.
     pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
         let store = MemoryStore::new(None);
-        let raft =
-            RaftNode::start(config.raft, store.clone(), config.advertise_addr.clone()).await?;
+        let raft = RaftNode::start(
+            config.raft,
+            store.clone(),
+            config.advertise_addr.clone(),
+            raft_network(&config.security),
+        )
+        .await?;
         bootstrap(&store, &config.bootstrap).await?;
         info!(
             "leadership changed from not yet part of a raft cluster to {:x}",
@@ -191,6 +206,7 @@ impl Manager {
                 ca: CaServer::new(store.clone(), auth.clone()),
                 health: HealthService::new("Raft"),
                 dispatcher: DispatcherService::remote(dispatcher),
+                raft: Some(raft.transport()),
                 auth,
             },
             shutdown.clone(),

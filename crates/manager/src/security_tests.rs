@@ -116,6 +116,7 @@ pub(crate) async fn start() -> Cluster {
             ca: CaServer::new(store.clone(), auth.clone()),
             health: HealthService::new("Raft"),
             dispatcher: dispatcher::DispatcherService::remote(dispatcher.clone()),
+            raft: None,
             auth,
         },
         shutdown.clone(),
@@ -470,4 +471,33 @@ async fn every_caller_is_authorized_by_role_cluster_and_membership() {
         "{}",
         err.message()
     );
+}
+
+#[tokio::test]
+async fn the_raft_transport_admits_manager_certificates_only() {
+    use api::raftrpc::RaftPayload;
+    use api::raftrpc::raft_transport_client::RaftTransportClient;
+    let c = start().await;
+    let worker = c.join(&c.tokens().worker).await.expect("join");
+    let wkey = worker.key.key_pem();
+    let vote = |client: Option<(&[u8], &[u8])>| {
+        let ch = c.channel(client);
+        async move {
+            RaftTransportClient::new(ch)
+                .vote(RaftPayload {
+                    data: b"{}".to_vec(),
+                })
+                .await
+        }
+    };
+    for who in [Some((worker.cert_pem.as_slice(), wkey.as_bytes())), None] {
+        let err = vote(who).await.expect_err("not a manager");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    // A manager gets past the authorization (this test server mounts no raft member).
+    let m = &c.manager;
+    let err = vote(Some((&m.cert_pem, &m.key_pem)))
+        .await
+        .expect_err("no member");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 }

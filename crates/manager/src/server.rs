@@ -81,6 +81,9 @@ pub struct RemoteServices {
     /// The dispatcher, for worker and manager certificates; it answers only while this manager
     /// leads (its term runs as a leader subsystem).
     pub dispatcher: DispatcherService,
+    /// The raft transport (`swarmkit.raftrpc.v1.RaftTransport`), for manager certificates only
+    /// (`None` serves no transport, for tests without a raft member).
+    pub raft: Option<raft::TransportService>,
     /// The authorization every call goes through first.
     pub auth: Arc<Authorizer>,
 }
@@ -101,6 +104,7 @@ pub async fn serve_remote(
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
+        .add_optional_service(services.raft.map(raft::TransportService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = res {

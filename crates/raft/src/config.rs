@@ -81,6 +81,9 @@ impl RaftConfig {
             election_timeout_min: election_min,
             election_timeout_max: election_min.saturating_mul(2),
             install_snapshot_timeout: election_min,
+            // serde_json spells bytes as number lists (about 4x), so keep a chunk well under
+            // the transport's message limit.
+            snapshot_max_chunk_size: 1 << 20,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
             max_in_snapshot_log_to_keep: self.log_entries_for_slow_followers,
             // A follower further behind than what the log still holds needs the snapshot.

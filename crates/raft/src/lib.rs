@@ -1,7 +1,8 @@
 //! openraft glue for a manager: the redb log storage (`log_store`), the state machine over the
 //! `MemoryStore` with snapshots (`state_machine`), the peer network seam (`network`), and
-//! `RaftNode`, which runs one member and implements `store::Proposer`. The transport serving
-//! peers' RPCs and membership changes belong to the HA work.
+//! `RaftNode`, which runs one member and implements `store::Proposer`, and the transport
+//! (`transport` serves peers' RPCs as `swarmkit.raftrpc.v1.RaftTransport`, `network` calls
+//! them).
 
 // openraft's `StorageError<u64>` is 224 bytes and every storage trait method returns it, so
 // clippy's `result_large_err` fires throughout; the trait signatures are openraft's, not ours.
@@ -16,12 +17,14 @@ mod log_store;
 mod network;
 mod node;
 mod state_machine;
+mod transport;
 mod types;
 
 pub use config::RaftConfig;
 pub use db::{DB_FILE, LogBounds};
-pub use network::{NetworkFactory, PeerClient};
+pub use network::{Dialer, NetworkFactory, PeerClient};
 pub use node::RaftNode;
+pub use transport::TransportService;
 pub use types::{
     Entry, LogId, NodeId, RaftMetrics, RaftRequest, RaftResponse, StorageError, TypeConfig,
 };

@@ -1,20 +1,63 @@
-//! The network seam between raft members. A single-voter manager has no peers, so every client
-//! answers `Unreachable`; the HA work replaces `NetworkFactory` with a tonic transport carrying
-//! the same openraft RPCs (append entries, vote, install snapshot) to other managers.
+//! The network between raft members: a client per peer carrying openraft's RPCs (append
+//! entries, vote, install snapshot) over gRPC, as `swarmkit.raftrpc.v1.RaftTransport` calls whose
+//! payloads are the serde_json form of openraft's request and of the peer's `Result`. How a
+//! channel to a peer's address is dialed (mutual TLS with this node's certificate) is the
+//! caller's business: it hands a [`Dialer`] to [`NetworkFactory::new`].
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::raftrpc::RaftPayload;
+use api::raftrpc::raft_transport_client::RaftTransportClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
 
 use crate::types::{NodeId, TypeConfig};
 
-/// Builds a client per raft peer. Today no peer can be reached.
-#[derive(Debug, Clone, Default)]
-pub struct NetworkFactory;
+/// Largest transport message sent or accepted: serde_json spells bytes as number lists, so an
+/// entry or snapshot chunk grows about fourfold on the wire.
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
+
+/// Opens a (lazy) gRPC channel to a peer's advertised `host:port`.
+pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+
+/// Builds a client per raft peer.
+#[derive(Clone, Default)]
+pub struct NetworkFactory {
+    dialer: Option<Dialer>,
+}
+
+impl NetworkFactory {
+    /// Peers are reached through channels from `dialer`.
+    pub fn new(dialer: Dialer) -> Self {
+        NetworkFactory {
+            dialer: Some(dialer),
+        }
+    }
+
+    /// No peer can be reached (a lone voter never needs one).
+    pub fn unconnected() -> Self {
+        NetworkFactory { dialer: None }
+    }
+}
+
+impl std::fmt::Debug for NetworkFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkFactory")
+            .field("connected", &self.dialer.is_some())
+            .finish()
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
@@ -23,52 +66,134 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerClient {
             target,
             addr: node.addr.clone(),
+            dialer: self.dialer.clone(),
+            client: None,
         }
     }
 }
 
-/// Client for one peer; every RPC fails as unreachable until a transport exists.
-#[derive(Debug, Clone)]
+/// Client for one peer. The channel is dialed on first use and dropped after a transport error,
+/// so the next RPC dials again (with the node's current certificate).
 pub struct PeerClient {
     target: NodeId,
     addr: String,
+    dialer: Option<Dialer>,
+    client: Option<RaftTransportClient<Channel>>,
 }
 
-impl PeerClient {
-    fn unreachable(&self) -> Unreachable {
-        Unreachable::new(&AnyError::error(format!(
-            "no raft transport to member {:x} at {}",
-            self.target, self.addr
-        )))
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClient")
+            .field("target", &format_args!("{:x}", self.target))
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
+}
+
+/// Which transport method a call uses.
+#[derive(Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
+impl PeerClient {
+    fn unreachable(&self, why: impl std::fmt::Display) -> Unreachable {
+        Unreachable::new(&AnyError::error(format!(
+            "raft member {:x} at {}: {why}",
+            self.target, self.addr
+        )))
+    }
+
+    fn client(&mut self) -> Result<RaftTransportClient<Channel>, Unreachable> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let Some(dialer) = &self.dialer else {
+            return Err(self.unreachable("no raft transport"));
+        };
+        let channel = dialer(&self.addr).map_err(|e| self.unreachable(e))?;
+        let client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = serde_json::to_vec(rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let ttl = option.hard_ttl().max(Duration::from_millis(1));
+        let mut req = tonic::Request::new(RaftPayload { data });
+        req.set_timeout(ttl);
+        let sent = async {
+            match method {
+                Method::AppendEntries => client.append_entries(req).await,
+                Method::Vote => client.vote(req).await,
+                Method::InstallSnapshot => client.install_snapshot(req).await,
+            }
+        };
+        let resp = match tokio::time::timeout(ttl, sent).await {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => {
+                self.client = None;
+                return Err(RPCError::Unreachable(self.unreachable(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                ))));
+            }
+            Err(_) => {
+                self.client = None;
+                return Err(RPCError::Unreachable(
+                    self.unreachable(format!("no answer within {ttl:?}")),
+                ));
+            }
+        };
+        let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&resp.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.call(Method::AppendEntries, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.call(Method::InstallSnapshot, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.call(Method::Vote, &rpc, &option).await
     }
 }
 
@@ -78,13 +203,13 @@ mod tests {
     use openraft::{CommittedLeaderId, Vote};
 
     #[tokio::test]
-    async fn every_rpc_reports_the_peer_unreachable() {
-        let mut client = NetworkFactory
+    async fn without_a_transport_every_rpc_reports_the_peer_unreachable() {
+        let mut client = NetworkFactory::unconnected()
             .new_client(0xabc, &BasicNode::new("10.0.0.2:4242"))
             .await;
         let vote = VoteRequest::new(Vote::new(1, 1), None);
         let err = client
-            .vote(vote, RPCOption::new(std::time::Duration::from_secs(1)))
+            .vote(vote, RPCOption::new(Duration::from_secs(1)))
             .await
             .expect_err("no transport");
         assert!(matches!(err, RPCError::Unreachable(_)));
@@ -99,9 +224,43 @@ mod tests {
             leader_commit: None,
         };
         let err = client
-            .append_entries(ae, RPCOption::new(std::time::Duration::from_secs(1)))
+            .append_entries(ae, RPCOption::new(Duration::from_secs(1)))
             .await
             .expect_err("no transport");
         assert!(matches!(err, RPCError::Unreachable(_)));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_answer_is_unreachable() {
+        // A listener that accepts and never speaks: the RPC must end within its TTL.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let dialer: Dialer = Arc::new(|addr: &str| {
+            Ok(Channel::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_lazy())
+        });
+        let mut client = NetworkFactory::new(dialer)
+            .new_client(7, &BasicNode::new(addr))
+            .await;
+        let started = std::time::Instant::now();
+        let err = client
+            .vote(
+                VoteRequest::new(Vote::new(1, 1), None),
+                RPCOption::new(Duration::from_millis(300)),
+            )
+            .await
+            .expect_err("silent peer");
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        hold.abort();
     }
 }

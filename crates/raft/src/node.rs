@@ -18,6 +18,7 @@ use crate::db::{self, LogBounds};
 use crate::log_store::LogStore;
 use crate::network::NetworkFactory;
 use crate::state_machine::StateMachine;
+use crate::transport::TransportService;
 use crate::types::{RaftMetrics, RaftRequest, TypeConfig};
 use crate::{RaftConfig, RaftError};
 
@@ -43,6 +44,7 @@ impl RaftNode {
         cfg: RaftConfig,
         store: MemoryStore,
         advertise_addr: String,
+        network: NetworkFactory,
     ) -> Result<Arc<RaftNode>, RaftError> {
         cfg.validate()?;
         let openraft_cfg = Arc::new(cfg.to_openraft()?);
@@ -56,7 +58,7 @@ impl RaftNode {
 
         let log_store = LogStore::new(db.clone());
         let sm = StateMachine::open(db.clone(), store.clone()).map_err(RaftError::storage)?;
-        let raft = Raft::new(id, openraft_cfg, NetworkFactory, log_store, sm)
+        let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
         let node = Arc::new(RaftNode {
@@ -134,6 +136,12 @@ impl RaftNode {
     /// The openraft instance, for the transport that serves peers' RPCs.
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
+    }
+
+    /// The gRPC service answering peers' raft RPCs for this member (mount it where only
+    /// managers can call it).
+    pub fn transport(&self) -> TransportService {
+        TransportService::new(self.raft.clone())
     }
 
     /// What the raft database holds by log index (compaction state).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use raft::{RaftConfig, RaftNode};
+use raft::{NetworkFactory, RaftConfig, RaftNode};
 use store::MemoryStore;
 
 /// Upper bound of any single wait in these tests.
@@ -30,7 +30,12 @@ fn config(dir: &Path, snapshot_interval: u64, keep: u64) -> RaftConfig {
 async fn start(cfg: RaftConfig, store: &MemoryStore) -> Arc<RaftNode> {
     tokio::time::timeout(
         WAIT,
-        RaftNode::start(cfg, store.clone(), "127.0.0.1:4242".into()),
+        RaftNode::start(
+            cfg,
+            store.clone(),
+            "127.0.0.1:4242".into(),
+            NetworkFactory::unconnected(),
+        ),
     )
     .await
     .expect("raft start within bound")

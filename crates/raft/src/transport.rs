@@ -1,0 +1,74 @@
+//! The server half of the raft transport: `swarmkit.raftrpc.v1.RaftTransport` handed to this
+//! member's openraft instance. The manager mounts it on the remote API (mutual TLS, manager
+//! certificates only); nothing outside this crate sees an openraft type.
+
+use api::raftrpc::RaftPayload;
+use api::raftrpc::raft_transport_server::{RaftTransport, RaftTransportServer};
+use openraft::Raft;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status};
+
+use crate::network::MAX_MESSAGE;
+use crate::types::{NodeId, TypeConfig};
+
+/// Serves peers' raft RPCs to one member.
+#[derive(Clone)]
+pub struct TransportService {
+    raft: Raft<TypeConfig>,
+}
+
+impl TransportService {
+    pub(crate) fn new(raft: Raft<TypeConfig>) -> Self {
+        TransportService { raft }
+    }
+
+    /// The gRPC service, with message limits fitting serde_json payloads.
+    pub fn into_server(self) -> RaftTransportServer<TransportService> {
+        RaftTransportServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+impl std::fmt::Debug for TransportService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportService").finish_non_exhaustive()
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
+    serde_json::from_slice(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+}
+
+fn encode<T: Serialize>(answer: &T) -> Result<Response<RaftPayload>, Status> {
+    serde_json::to_vec(answer)
+        .map(|data| Response::new(RaftPayload { data }))
+        .map_err(|e| Status::internal(format!("encoding raft answer: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(req)?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,104 @@
+//! The raft transport over a real gRPC server on localhost (plaintext here; the manager serves
+//! it behind mutual TLS): a peer's RPCs reach the member and its answers come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use openraft::{BasicNode, Vote};
+use raft::{Dialer, NetworkFactory, RaftConfig, RaftNode};
+use store::MemoryStore;
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(dir: &std::path::Path) -> RaftConfig {
+    RaftConfig {
+        dir: dir.to_path_buf(),
+        tick: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+fn plain_dialer() -> Dialer {
+    Arc::new(|addr: &str| {
+        Ok(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy(),
+        )
+    })
+}
+
+/// Serves `node`'s transport on a fresh localhost port; returns the address.
+async fn serve(node: &RaftNode) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let svc = node.transport().into_server();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .expect("serve");
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_vote_from_a_stale_candidate_is_answered_and_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = MemoryStore::new(None);
+    let node = tokio::time::timeout(
+        WAIT,
+        RaftNode::start(
+            config(dir.path()),
+            store,
+            "127.0.0.1:1".into(),
+            NetworkFactory::unconnected(),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("start");
+    let addr = serve(&node).await;
+    let mut client = NetworkFactory::new(plain_dialer())
+        .new_client(0x99, &BasicNode::new(addr))
+        .await;
+    let resp = tokio::time::timeout(
+        WAIT,
+        client.vote(
+            VoteRequest::new(Vote::new(0, 0x99), None),
+            RPCOption::new(Duration::from_secs(5)),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("the member answers");
+    assert!(
+        !resp.vote_granted,
+        "a term-0 candidate must not get the vote"
+    );
+    assert_eq!(resp.vote.leader_id().voted_for(), Some(node.raft_id()));
+
+    // An append from a stale leader is answered with the member's higher vote.
+    let resp = client
+        .append_entries(
+            AppendEntriesRequest {
+                vote: Vote::new_committed(0, 0x99),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            },
+            RPCOption::new(Duration::from_secs(5)),
+        )
+        .await
+        .expect("the member answers");
+    assert!(
+        matches!(resp, AppendEntriesResponse::HigherVote(_)),
+        "{resp:?}"
+    );
+    node.shutdown().await;
+}

@@ -187,35 +187,55 @@ fn bad_tokens_fail_with_swarmkit_messages_and_leave_no_node() {
 }
 
 #[test]
-fn manager_token_yields_a_manager_certificate_but_raft_join_is_not_there_yet() {
+fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
     let m = Swarmd::start();
     let (_, manager_token) = tokens(&m);
-    let log = join_fails_after_issue(&m, &manager_token);
-    assert!(
-        log.contains("not supported yet: joining an existing cluster as a manager"),
-        "{log}"
-    );
-}
-
-/// A manager-token join: the certificate is issued (a manager's), then the node refuses to run.
-fn join_fails_after_issue(m: &Swarmd, token: &str) -> String {
     let addr = m.remote_addr();
-    let (mut w, code) = Swarmd::start_node(
-        &["--join-addr", &addr, "--join-token", token],
-        WORKER_READY,
+    let (mut m2, code) = Swarmd::start_node(
+        &[
+            "--join-addr",
+            &addr,
+            "--join-token",
+            &manager_token,
+            "--hostname",
+            "node-2",
+        ],
+        "node is ready",
         JOIN_LIMIT,
     );
-    if code.is_none() {
-        let _ = w.signal_and_wait(9);
-        panic!("a manager join must not start a worker; log:\n{}", w.log());
+    if let Some(code) = code {
+        panic!("the joining manager exited with {code}; log:\n{}", m2.log());
     }
-    let log = w.log();
+    let log = m2.log();
     assert!(log.contains("node.role=swarm-manager"), "{log}");
-    // Its certificate is kept (a later start still refuses; the HA issue adds raft join).
-    let info = CertInfo::parse(&material(&w.state_dir()).cert_pem).expect("cert");
+    assert!(log.contains("joined the raft cluster"), "{log}");
+    let info = CertInfo::parse(&material(&m2.state_dir()).cert_pem).expect("cert");
     assert_eq!(info.ou, "swarm-manager");
-    assert!(info.dns_names.contains(&"swarm-ca".to_string()));
-    log
+
+    // Both are managers, reachable, the first one leads.
+    let ls = wait_for("two reachable managers", JOIN_LIMIT, || {
+        let out = m.ctl(&["node", "ls"]);
+        let text = out.ok().to_string();
+        (text.matches("REACHABLE").count() == 2).then_some(text)
+    });
+    let rows: Vec<&str> = ls.lines().filter(|l| l.contains("REACHABLE")).collect();
+    assert_eq!(rows.len(), 2, "{ls}");
+    let leaders: Vec<&&str> = rows.iter().filter(|l| l.ends_with("REACHABLE *")).collect();
+    assert_eq!(leaders.len(), 1, "{ls}");
+    assert!(leaders[0].contains("node-1"), "{ls}");
+
+    // A write on the leader shows on the follower's own control socket (reads there are
+    // answered from its replicated store, not forwarded).
+    m.ctl_stdin(&["config", "create", "replicated"], b"hello")
+        .ok();
+    wait_for("the config on the follower", JOIN_LIMIT, || {
+        let out = m2.ctl(&["config", "ls"]);
+        (out.code == 0 && out.stdout.contains("replicated")).then_some(())
+    });
+    // The follower sees both managers too.
+    let ls2 = m2.ctl(&["node", "ls"]);
+    assert_eq!(ls2.ok().matches("REACHABLE").count(), 2, "{ls2:?}");
+    assert_eq!(m2.stop(), Some(0), "{}", m2.log());
 }
 
 /// A CA and NodeCA server with a root the token does not name, counting certificate requests.

@@ -100,6 +100,7 @@ pub const TABLE: &[(&str, Access)] = &[
         "/swarmkit.raftrpc.v1.RaftTransport/InstallSnapshot",
         MANAGERS,
     ),
+    ("/swarmkit.raftrpc.v1.RaftJoin/Join", MANAGERS),
 ];
 
 /// The services the remote API serves, by full name (`package.Service`): the unit test checks
@@ -111,6 +112,7 @@ pub const SERVED_SERVICES: &[&str] = &[
     "docker.swarmkit.v1.Control",
     "docker.swarmkit.v1.Dispatcher",
     "swarmkit.raftrpc.v1.RaftTransport",
+    "swarmkit.raftrpc.v1.RaftJoin",
 ];
 
 /// Who may call `path`; `None` for a method that is not in the table.

@@ -20,9 +20,10 @@ use tracing::{error, info};
 use crate::authz::Authorizer;
 use crate::bootstrap::{BootstrapInfo, bootstrap};
 use crate::caserver::CaServer;
-use crate::controlapi::{ControlApi, RaftMembers};
+use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 use crate::leader::{self, Subsystem};
+use crate::raftjoin::{self, JoinService, StoreMembers};
 use crate::rolemanager::RoleManager;
 use crate::server::RemoteServices;
 use crate::signer::CaSigner;
@@ -46,6 +47,9 @@ pub struct ManagerConfig {
     pub cert_expiry_override: Option<std::time::Duration>,
     /// Objects to create when the cluster is new.
     pub bootstrap: BootstrapInfo,
+    /// Join the raft cluster through the manager at this address instead of starting (or
+    /// resuming) one: set on the first start of a node that joined with the manager token.
+    pub join_addr: Option<String>,
 }
 
 /// A running manager.
@@ -57,26 +61,40 @@ pub struct Manager {
     servers: JoinSet<()>,
 }
 
-/// Manager status of the nodes in the raft group; with a single voter that is this node alone.
-struct LocalMembers {
-    node_id: String,
-    addr: String,
-    raft: Arc<RaftNode>,
-}
+/// How long a joining manager waits to be a voter with the log applied, once the leader answered.
+const JOIN_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
 
-impl RaftMembers for LocalMembers {
-    fn manager_status(&self, node_id: &str) -> Option<api::ManagerStatus> {
-        (node_id == self.node_id).then(|| api::ManagerStatus {
-            raft_id: self.raft.raft_id(),
-            addr: self.addr.clone(),
-            leader: self.raft.is_leader(),
-            reachability: api::raft_member_status::Reachability::Reachable as i32,
+/// Records this manager's raft ID in its own Node object (the leader does it for managers that
+/// join), so other managers can map the node to its raft member.
+async fn record_own_raft_id(
+    store: &MemoryStore,
+    node_id: &str,
+    raft: &RaftNode,
+    addr: &str,
+) -> Result<(), store::StoreError> {
+    let (node_id, raft_id, addr) = (node_id.to_string(), raft.raft_id(), addr.to_string());
+    let known = store.view(|tx| {
+        tx.get_node(&node_id)
+            .and_then(|n| n.manager_status)
+            .is_some_and(|s| s.raft_id == raft_id && s.addr == addr)
+    });
+    if known {
+        return Ok(());
+    }
+    store
+        .update(move |tx| {
+            if let Some(mut node) = tx.get_node(&node_id) {
+                node.manager_status = Some(api::ManagerStatus {
+                    raft_id,
+                    addr,
+                    leader: true,
+                    reachability: api::raft_member_status::Reachability::Reachable as i32,
+                });
+                tx.update_node(node)?;
+            }
+            Ok(())
         })
-    }
-
-    fn is_member(&self, node_id: &str) -> bool {
-        node_id == self.node_id
-    }
+        .await
 }
 
 /// Raft peers are dialed over mutual TLS with this node's current certificate, expecting a
@@ -133,24 +151,41 @@ impl Manager {
     /// serving. Returns once the control socket accepts connections.
     pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
         let store = MemoryStore::new(None);
-        let raft = RaftNode::start(
-            config.raft,
-            store.clone(),
-            config.advertise_addr.clone(),
-            raft_network(&config.security),
-        )
-        .await?;
-        bootstrap(&store, &config.bootstrap).await?;
-        info!(
-            "leadership changed from not yet part of a raft cluster to {:x}",
-            raft.raft_id()
-        );
+        let network = raft_network(&config.security);
+        let raft_dir = config.raft.dir.clone();
+        let raft = match &config.join_addr {
+            None => {
+                let raft = RaftNode::start(
+                    config.raft,
+                    store.clone(),
+                    config.advertise_addr.clone(),
+                    network,
+                )
+                .await?;
+                if raft.is_leader() {
+                    bootstrap(&store, &config.bootstrap).await?;
+                    record_own_raft_id(
+                        &store,
+                        &config.bootstrap.node_id,
+                        &raft,
+                        &config.advertise_addr,
+                    )
+                    .await?;
+                    info!(
+                        "leadership changed from not yet part of a raft cluster to {:x}",
+                        raft.raft_id()
+                    );
+                }
+                raft
+            }
+            Some(_) => RaftNode::start_joining(config.raft, store.clone(), network).await?,
+        };
 
-        let members = Arc::new(LocalMembers {
-            node_id: config.bootstrap.node_id.clone(),
-            addr: config.advertise_addr.clone(),
-            raft: raft.clone(),
-        });
+        let members = Arc::new(StoreMembers::new(
+            config.bootstrap.node_id.clone(),
+            raft.clone(),
+            store.clone(),
+        ));
         let control = ControlApi::new(store.clone(), members.clone());
         let cluster_id = config.security.info().cluster_id;
         let auth = Authorizer::new(store.clone(), cluster_id.clone());
@@ -207,10 +242,43 @@ impl Manager {
                 health: HealthService::new("Raft"),
                 dispatcher: DispatcherService::remote(dispatcher),
                 raft: Some(raft.transport()),
+                join: Some(JoinService::new(raft.clone(), store.clone())),
                 auth,
             },
             shutdown.clone(),
         ));
+
+        if let Some(addr) = &config.join_addr {
+            // The remote API (and so this member's raft transport) is up: ask to be added.
+            let joined = async {
+                let leader = raftjoin::join(
+                    &config.security,
+                    addr,
+                    raft.raft_id(),
+                    &config.advertise_addr,
+                )
+                .await
+                .map_err(raft::RaftError::Raft)?;
+                raft.wait_joined(JOIN_CATCH_UP).await?;
+                Ok::<u64, raft::RaftError>(leader)
+            };
+            match joined.await {
+                Ok(leader) => info!(
+                    "joined the raft cluster as {:x}; leader is {leader:x}",
+                    raft.raft_id()
+                ),
+                Err(e) => {
+                    shutdown.cancel();
+                    while servers.join_next().await.is_some() {}
+                    raft.shutdown().await;
+                    let _ = std::fs::remove_file(&config.control_socket);
+                    // Not in the cluster: leave no raft data, so that a later start joins
+                    // again instead of resuming (and initializing) a cluster of its own.
+                    let _ = std::fs::remove_dir_all(&raft_dir);
+                    return Err(e.into());
+                }
+            }
+        }
 
         Ok(Manager {
             store,

@@ -117,6 +117,7 @@ pub(crate) async fn start() -> Cluster {
             health: HealthService::new("Raft"),
             dispatcher: dispatcher::DispatcherService::remote(dispatcher.clone()),
             raft: None,
+            join: None,
             auth,
         },
         shutdown.clone(),

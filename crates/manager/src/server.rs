@@ -84,6 +84,8 @@ pub struct RemoteServices {
     /// The raft transport (`swarmkit.raftrpc.v1.RaftTransport`), for manager certificates only
     /// (`None` serves no transport, for tests without a raft member).
     pub raft: Option<raft::TransportService>,
+    /// Raft joins (`swarmkit.raftrpc.v1.RaftJoin`), for manager certificates only.
+    pub join: Option<crate::raftjoin::JoinService>,
     /// The authorization every call goes through first.
     pub auth: Arc<Authorizer>,
 }
@@ -105,6 +107,7 @@ pub async fn serve_remote(
         .add_service(HealthServer::new(services.health))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
         .add_optional_service(services.raft.map(raft::TransportService::into_server))
+        .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = res {

@@ -2,7 +2,8 @@
 //! cluster: root CA, node and cluster IDs, this manager's certificate; the certificates reach
 //! the disk only after the cluster object holding the root CA key has been committed, so a crash
 //! in between leaves no half-made cluster behind (spec 2.3, 5.10). With `--join-addr` a first
-//! start joins instead (spec 2.4): a worker certificate makes a worker node, which runs no manager.
+//! start joins instead (spec 2.4): a worker certificate makes a worker node, which runs no manager;
+//! a manager certificate makes a manager that joins the raft cluster through the join address.
 
 use std::time::{Duration, SystemTime};
 
@@ -22,8 +23,9 @@ use crate::renewal::{self, Renewer};
 use crate::state::{ManagerPeer, StateDir};
 use crate::{NodeConfig, NodeError};
 
-/// Why a node holding a manager certificate but no raft data does not start.
-const MANAGER_JOIN_NOT_SUPPORTED: &str = "not supported yet: joining an existing cluster as a manager (the node has its manager certificate; raft membership comes with the HA issue)";
+/// Why a node holding a manager certificate but no raft data (and no join address to join raft
+/// through) does not start.
+const MANAGER_JOIN_NOT_SUPPORTED: &str = "not supported yet: a manager certificate without raft data and no --join-addr to join the raft cluster through";
 
 /// A running node.
 pub struct Node {
@@ -60,7 +62,10 @@ async fn load_or_create_identity(
 ) -> Result<Identity, NodeError> {
     if let Some(m) = keys.load()? {
         let info = CertInfo::parse(&m.cert_pem)?;
-        if info.role == api::NodeRole::Manager && !state.has_raft_data() {
+        if info.role == api::NodeRole::Manager
+            && !state.has_raft_data()
+            && config.join_addr.is_empty()
+        {
             return Err(NodeError::Config(MANAGER_JOIN_NOT_SUPPORTED.into()));
         }
         if info.not_after < SystemTime::now() {
@@ -159,11 +164,11 @@ impl Node {
         if id.info.role == api::NodeRole::Worker {
             return Self::start_worker(config, state, security, id.fresh, shutdown).await;
         }
-        if id.fresh && !config.join_addr.is_empty() {
-            // Joined with the manager token: the certificate is kept, raft membership is not
-            // there yet.
+        // Joined with the manager token (now or on an earlier start that did not get into raft):
+        // the certificate is kept and this manager joins raft through the join address.
+        let join_raft = !config.join_addr.is_empty() && !state.has_raft_data();
+        if join_raft {
             security.save()?;
-            return Err(NodeError::Config(MANAGER_JOIN_NOT_SUPPORTED.into()));
         }
 
         let listener = TcpListener::bind(&config.listen_remote_api)
@@ -227,6 +232,7 @@ impl Node {
             security: security.clone(),
             cert_expiry_override: config.cert_expiry_override,
             bootstrap,
+            join_addr: join_raft.then(|| config.join_addr.clone()),
         })
         .await?;
 

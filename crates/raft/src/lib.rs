@@ -23,7 +23,7 @@ mod types;
 pub use config::RaftConfig;
 pub use db::{DB_FILE, LogBounds};
 pub use network::{Dialer, NetworkFactory, PeerClient};
-pub use node::RaftNode;
+pub use node::{Member, RaftNode};
 pub use transport::TransportService;
 pub use types::{
     Entry, LogId, NodeId, RaftMetrics, RaftRequest, RaftResponse, StorageError, TypeConfig,

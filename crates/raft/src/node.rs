@@ -25,6 +25,17 @@ use crate::{RaftConfig, RaftError};
 /// How long `shutdown` waits for openraft's workers to let go of the database file.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
+/// One member of the raft cluster, as the membership configuration lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Raft ID.
+    pub raft_id: u64,
+    /// Advertised remote API address.
+    pub addr: String,
+    /// A voter, not (yet) a learner.
+    pub voter: bool,
+}
+
 /// A running raft member of this manager.
 pub struct RaftNode {
     raft: Raft<TypeConfig>,
@@ -46,6 +57,33 @@ impl RaftNode {
         advertise_addr: String,
         network: NetworkFactory,
     ) -> Result<Arc<RaftNode>, RaftError> {
+        let node = Self::open(&cfg, &store, network).await?;
+        if let Err(e) = node.become_ready(&cfg, advertise_addr).await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        store.set_proposer(node.clone());
+        Ok(node)
+    }
+
+    /// Starts a member that is in no cluster yet (a manager joining one): raft runs
+    /// uninitialized until the leader adds it (see [`RaftNode::add_member`]) and replicates the
+    /// log and snapshot into `store`. Wait for that with [`RaftNode::wait_joined`].
+    pub async fn start_joining(
+        cfg: RaftConfig,
+        store: MemoryStore,
+        network: NetworkFactory,
+    ) -> Result<Arc<RaftNode>, RaftError> {
+        let node = Self::open(&cfg, &store, network).await?;
+        store.set_proposer(node.clone());
+        Ok(node)
+    }
+
+    async fn open(
+        cfg: &RaftConfig,
+        store: &MemoryStore,
+        network: NetworkFactory,
+    ) -> Result<Arc<RaftNode>, RaftError> {
         cfg.validate()?;
         let openraft_cfg = Arc::new(cfg.to_openraft()?);
         let dir = cfg.dir.clone();
@@ -55,24 +93,17 @@ impl RaftNode {
             .map_err(|e| RaftError::Raft(format!("opening raft database: {e}")))??;
         let id = db::raft_id(&db, &path)?;
         tracing::info!(raft.id = %format!("{id:x}"), "starting raft member");
-
         let log_store = LogStore::new(db.clone());
         let sm = StateMachine::open(db.clone(), store.clone()).map_err(RaftError::storage)?;
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
-        let node = Arc::new(RaftNode {
+        Ok(Arc::new(RaftNode {
             raft,
             id,
             db_weak: Arc::downgrade(&db),
             db: Mutex::new(Some(db)),
-        });
-        if let Err(e) = node.become_ready(&cfg, advertise_addr).await {
-            node.shutdown().await;
-            return Err(e);
-        }
-        store.set_proposer(node.clone());
-        Ok(node)
+        }))
     }
 
     async fn become_ready(
@@ -89,25 +120,113 @@ impl RaftNode {
                 .await
                 .map_err(|e| RaftError::Raft(e.to_string()))?;
         }
-        // A lone voter elects itself at once; allow a few election rounds all the same.
+        // A lone voter elects itself at once; allow a few election rounds all the same. A member
+        // of a larger cluster waits for whichever member leads.
         let bound = Duration::from_secs(10).max(cfg.election_timeout() * 6);
         let id = self.id;
         let m = self
             .raft
             .wait(Some(bound))
             .metrics(
-                |m| m.current_leader == Some(id) && m.state == ServerState::Leader,
-                "this member leads",
+                |m| match m.current_leader {
+                    Some(l) if l == id => m.state == ServerState::Leader,
+                    Some(_) => true,
+                    None => false,
+                },
+                "a member leads",
             )
             .await
             .map_err(|e| RaftError::Timeout(e.to_string()))?;
-        self.raft
+        if m.current_leader == Some(id) {
+            self.raft
+                .wait(Some(bound))
+                .applied_index_at_least(m.last_log_index, "log applied")
+                .await
+                .map_err(|e| RaftError::Timeout(e.to_string()))?;
+            tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member is leader");
+        } else {
+            tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member follows");
+        }
+        Ok(())
+    }
+
+    /// Adds member `id` at `addr` (leader only): as a learner first, waiting (bounded by
+    /// `bound`) until it has caught up with the log, then as a voter.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: String,
+        bound: Duration,
+    ) -> Result<(), RaftError> {
+        let members = self.members();
+        if members.iter().any(|m| m.raft_id == id && m.voter) {
+            return Ok(());
+        }
+        let timeout = |what: &str| RaftError::Timeout(format!("{what} of member {id:x}"));
+        tracing::info!(raft.id = %format!("{id:x}"), %addr, "adding raft member as learner");
+        tokio::time::timeout(bound, self.raft.add_learner(id, BasicNode::new(addr), true))
+            .await
+            .map_err(|_| timeout("catching up"))?
+            .map_err(|e| RaftError::Raft(e.to_string()))?;
+        let mut voters: std::collections::BTreeSet<u64> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.voter)
+            .map(|m| m.raft_id)
+            .collect();
+        voters.insert(id);
+        tracing::info!(raft.id = %format!("{id:x}"), "promoting raft member to voter");
+        tokio::time::timeout(bound, self.raft.change_membership(voters, false))
+            .await
+            .map_err(|_| timeout("promotion"))?
+            .map_err(|e| RaftError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Waits (bounded) until this member is a voter of a cluster with a known leader and has
+    /// applied the log up to what it has received.
+    pub async fn wait_joined(&self, bound: Duration) -> Result<(), RaftError> {
+        let id = self.id;
+        let m = self
+            .raft
             .wait(Some(bound))
-            .applied_index_at_least(m.last_log_index, "log applied")
+            .metrics(
+                |m| {
+                    m.current_leader.is_some()
+                        && m.membership_config
+                            .membership()
+                            .get_joint_config()
+                            .iter()
+                            .any(|c| c.contains(&id))
+                },
+                "this member is a voter with a leader",
+            )
             .await
             .map_err(|e| RaftError::Timeout(e.to_string()))?;
-        tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member is leader");
+        if let Some(committed) = m.last_log_index {
+            self.raft
+                .wait(Some(bound))
+                .applied_index_at_least(Some(committed), "log applied")
+                .await
+                .map_err(|e| RaftError::Timeout(e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// The members of the current membership configuration, by raft ID.
+    pub fn members(&self) -> Vec<Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                raft_id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
     }
 
     /// This member's raft ID (random, persisted in the raft database).

@@ -1,0 +1,163 @@
+//! Adding managers to the raft cluster (spec 2.4; SwarmKit's RaftMembership.Join): the leader
+//! serves `swarmkit.raftrpc.v1.RaftJoin`, adds the calling manager as a learner, waits until it
+//! has caught up, promotes it to voter and records its raft ID in its Node object, so every
+//! manager can tell which node each raft member is ([`StoreMembers`]). The joining side is
+//! [`join`]. A Join that reaches a follower is refused, not forwarded to the leader (yet).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::raftrpc::raft_join_client::RaftJoinClient;
+use api::raftrpc::raft_join_server::{RaftJoin, RaftJoinServer};
+use api::raftrpc::{JoinRaftRequest, JoinRaftResponse};
+use raft::RaftNode;
+use store::MemoryStore;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::controlapi::RaftMembers;
+
+/// How long the leader waits for a joiner to catch up, and then for its promotion.
+const CATCH_UP: Duration = Duration::from_secs(30);
+/// How long a joiner waits for the leader's answer.
+const JOIN_WAIT: Duration = Duration::from_secs(75);
+
+/// The leader's side of a manager join.
+#[derive(Clone)]
+pub struct JoinService {
+    raft: Arc<RaftNode>,
+    store: MemoryStore,
+}
+
+impl JoinService {
+    /// Joins go into `raft`; raft IDs are recorded in `store`.
+    pub fn new(raft: Arc<RaftNode>, store: MemoryStore) -> Self {
+        JoinService { raft, store }
+    }
+
+    /// The gRPC service.
+    pub fn into_server(self) -> RaftJoinServer<JoinService> {
+        RaftJoinServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftJoin for JoinService {
+    async fn join(
+        &self,
+        req: Request<JoinRaftRequest>,
+    ) -> Result<Response<JoinRaftResponse>, Status> {
+        let node_id = ca::peer_cert_info(&req)
+            .map(|c| c.node_id)
+            .ok_or_else(|| Status::permission_denied("no client certificates in request"))?;
+        let JoinRaftRequest { raft_id, addr } = req.into_inner();
+        if raft_id == 0 || addr.is_empty() {
+            return Err(Status::invalid_argument("raft ID and address are required"));
+        }
+        if !self.raft.is_leader() {
+            return Err(Status::failed_precondition(
+                "this manager is not the raft leader; join through the leader",
+            ));
+        }
+        info!(node.id = %node_id, raft.id = %format!("{raft_id:x}"), %addr, "manager joining the raft cluster");
+        self.raft
+            .add_member(raft_id, addr.clone(), CATCH_UP)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let status = api::ManagerStatus {
+            raft_id,
+            addr,
+            leader: false,
+            reachability: api::raft_member_status::Reachability::Reachable as i32,
+        };
+        self.store
+            .update(move |tx| {
+                if let Some(mut node) = tx.get_node(&node_id) {
+                    node.manager_status = Some(status);
+                    tx.update_node(node)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(JoinRaftResponse {
+            leader_raft_id: self.raft.raft_id(),
+        }))
+    }
+}
+
+/// The joining side: asks the manager at `addr` (over mutual TLS with `security`) to add this
+/// member (`raft_id`, reachable at `advertise_addr`), bounded.
+pub async fn join(
+    security: &ca::SecurityConfig,
+    addr: &str,
+    raft_id: u64,
+    advertise_addr: &str,
+) -> Result<u64, String> {
+    let cfg = security.client_config().map_err(|e| e.to_string())?;
+    let channel = ca::tls_channel(addr, cfg, ca::MANAGER_ROLE).map_err(|e| e.to_string())?;
+    let mut req = Request::new(JoinRaftRequest {
+        raft_id,
+        addr: advertise_addr.to_string(),
+    });
+    req.set_timeout(JOIN_WAIT);
+    let resp = tokio::time::timeout(JOIN_WAIT, RaftJoinClient::new(channel).join(req))
+        .await
+        .map_err(|_| format!("raft join through {addr}: no answer within {JOIN_WAIT:?}"))?
+        .map_err(|s| format!("raft join through {addr}: {}", s.message()))?;
+    Ok(resp.into_inner().leader_raft_id)
+}
+
+/// Manager status of nodes from raft membership: a node's raft ID is this manager's own or the
+/// one its Node object records (written by the leader at join), and it counts while that ID is
+/// in the membership configuration.
+pub struct StoreMembers {
+    node_id: String,
+    raft: Arc<RaftNode>,
+    store: MemoryStore,
+}
+
+impl StoreMembers {
+    /// Members as `raft` sees them; `node_id` is this manager's node.
+    pub fn new(node_id: String, raft: Arc<RaftNode>, store: MemoryStore) -> Self {
+        StoreMembers {
+            node_id,
+            raft,
+            store,
+        }
+    }
+
+    fn raft_id_of(&self, node_id: &str) -> Option<u64> {
+        if node_id == self.node_id {
+            return Some(self.raft.raft_id());
+        }
+        self.store
+            .view(|tx| tx.get_node(node_id))
+            .and_then(|n| n.manager_status)
+            .map(|s| s.raft_id)
+            .filter(|id| *id != 0)
+    }
+}
+
+impl RaftMembers for StoreMembers {
+    fn manager_status(&self, node_id: &str) -> Option<api::ManagerStatus> {
+        let raft_id = self.raft_id_of(node_id)?;
+        let member = self
+            .raft
+            .members()
+            .into_iter()
+            .find(|m| m.raft_id == raft_id)?;
+        Some(api::ManagerStatus {
+            raft_id,
+            addr: member.addr,
+            leader: self.raft.leader_id() == Some(raft_id),
+            // Every member is reported reachable; per-peer health comes with the HA work.
+            reachability: api::raft_member_status::Reachability::Reachable as i32,
+        })
+    }
+
+    fn is_member(&self, node_id: &str) -> bool {
+        self.raft_id_of(node_id)
+            .is_some_and(|id| self.raft.members().iter().any(|m| m.raft_id == id))
+    }
+}

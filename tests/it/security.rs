@@ -232,9 +232,19 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
         let out = m2.ctl(&["config", "ls"]);
         (out.code == 0 && out.stdout.contains("replicated")).then_some(())
     });
-    // The follower sees both managers too.
-    let ls2 = m2.ctl(&["node", "ls"]);
-    assert_eq!(ls2.ok().matches("REACHABLE").count(), 2, "{ls2:?}");
+    // The follower sees both managers too, and its own agent reaches the leader's dispatcher.
+    wait_for(
+        "the follower's node READY on the follower",
+        JOIN_LIMIT,
+        || {
+            let out = m2.ctl(&["node", "ls"]);
+            let text = out.ok().to_string();
+            let ready = text
+                .lines()
+                .any(|l| l.contains("node-2") && l.contains(" READY ") && l.ends_with("REACHABLE"));
+            (ready && text.matches("REACHABLE").count() == 2).then_some(())
+        },
+    );
     assert_eq!(m2.stop(), Some(0), "{}", m2.log());
 }
 

@@ -262,11 +262,17 @@ impl Node {
             hostname_override(&config),
         )
         .await?;
+        // The dispatcher answers on the leader only and a follower does not forward sessions
+        // yet, so a manager's agent also tries the manager it joined through.
+        let mut agent_managers = vec![format!("127.0.0.1:{port}")];
+        if !config.join_addr.is_empty() {
+            agent_managers.push(config.join_addr.clone());
+        }
         agent::spawn(
             AgentSetup {
                 security: security.clone(),
                 state: state.clone(),
-                managers: vec![format!("127.0.0.1:{port}")],
+                managers: agent_managers,
                 executor,
                 renew: None,
                 remember_managers: false,

@@ -245,6 +245,20 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
             (ready && text.matches("REACHABLE").count() == 2).then_some(())
         },
     );
+
+    // Restarted, the follower resumes its membership (no new join) and still has the object.
+    assert_eq!(m2.stop(), Some(0), "{}", m2.log());
+    assert_eq!(
+        m2.spawn_until("node is ready", JOIN_LIMIT),
+        None,
+        "{}",
+        m2.log()
+    );
+    let log = m2.log();
+    assert!(log.contains("raft member follows"), "{log}");
+    assert_eq!(log.matches("joined the raft cluster").count(), 1, "{log}");
+    let out = m2.ctl(&["config", "ls"]);
+    assert!(out.ok().contains("replicated"), "{out:?}");
     assert_eq!(m2.stop(), Some(0), "{}", m2.log());
 }
 

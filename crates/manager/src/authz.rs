@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use ca::{CertInfo, MANAGER_ROLE};
+use ca::{CertInfo, MANAGER_ROLE, WORKER_ROLE};
 use store::{By, MemoryStore};
 use tonic::Status;
 use tonic::codegen::http;
@@ -26,9 +26,10 @@ pub enum Access {
 }
 
 const MANAGERS: Access = Access::Roles(&[MANAGER_ROLE]);
+const NODES: Access = Access::Roles(&[WORKER_ROLE, MANAGER_ROLE]);
 
 /// Every method served on the remote API, by gRPC path, with who may call it. Services added
-/// later (Dispatcher, Raft, LogBroker, ...) add their rows here.
+/// later (Raft, LogBroker, ...) add their rows here.
 pub const TABLE: &[(&str, Access)] = &[
     (
         "/docker.swarmkit.v1.CA/GetRootCACertificate",
@@ -44,6 +45,12 @@ pub const TABLE: &[(&str, Access)] = &[
         Access::Insecure,
     ),
     ("/docker.swarmkit.v1.Health/Check", MANAGERS),
+    ("/docker.swarmkit.v1.Dispatcher/Session", NODES),
+    ("/docker.swarmkit.v1.Dispatcher/Heartbeat", NODES),
+    ("/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus", NODES),
+    ("/docker.swarmkit.v1.Dispatcher/UpdateVolumeStatus", NODES),
+    ("/docker.swarmkit.v1.Dispatcher/Tasks", NODES),
+    ("/docker.swarmkit.v1.Dispatcher/Assignments", NODES),
     ("/docker.swarmkit.v1.Control/GetNode", MANAGERS),
     ("/docker.swarmkit.v1.Control/ListNodes", MANAGERS),
     ("/docker.swarmkit.v1.Control/UpdateNode", MANAGERS),
@@ -90,7 +97,7 @@ pub const TABLE: &[(&str, Access)] = &[
 ];
 
 /// The services the remote API serves: the unit test checks that each of their methods has a row.
-pub const SERVED_SERVICES: &[&str] = &["CA", "NodeCA", "Health", "Control"];
+pub const SERVED_SERVICES: &[&str] = &["CA", "NodeCA", "Health", "Control", "Dispatcher"];
 
 /// Who may call `path`; `None` for a method that is not in the table.
 pub fn access(path: &str) -> Option<Access> {
@@ -238,8 +245,6 @@ mod tests {
     use std::collections::BTreeSet;
     use std::time::SystemTime;
 
-    use ca::WORKER_ROLE;
-
     use super::*;
 
     /// `service -> methods` of every service in the proto files.
@@ -298,6 +303,11 @@ mod tests {
         for (path, a) in TABLE {
             if path.contains(".Control/") || path.ends_with("GetUnlockKey") {
                 assert_eq!(*a, MANAGERS, "{path}");
+            }
+        }
+        for (path, a) in TABLE {
+            if path.contains(".Dispatcher/") {
+                assert_eq!(*a, Access::Roles(&[WORKER_ROLE, MANAGER_ROLE]), "{path}");
             }
         }
         assert_eq!(access("/docker.swarmkit.v1.Control/Nope"), None);

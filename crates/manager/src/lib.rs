@@ -16,6 +16,8 @@ mod server;
 pub mod signer;
 
 #[cfg(test)]
+mod dispatcher_tests;
+#[cfg(test)]
 mod security_tests;
 
 pub use manager::{Manager, ManagerConfig, leader_subsystems};

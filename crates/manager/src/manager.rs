@@ -1,13 +1,15 @@
 //! One manager: the raft-backed store, the first-start bootstrap, and the gRPC servers (the
 //! control API on the unix socket, health on the remote port). Leader-only subsystems
 //! (allocator, orchestrators, scheduler, task reaper, constraint enforcer, root CA rotation) are
-//! listed in [`leader_subsystems`]; the manager adds the CA signer and the role manager, which need
-//! this manager's identity and raft membership. The remote port serves CA, NodeCA, Control and
-//! Health behind the authorization table of [`crate::authz`].
+//! listed in [`leader_subsystems`]; the manager adds the CA signer, the role manager and the
+//! dispatcher's term, which need this manager's identity and raft membership. The remote port
+//! serves CA, NodeCA, Control, Health and Dispatcher behind the authorization table of
+//! [`crate::authz`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use dispatcher::{Dispatcher, DispatcherService};
 use raft::{RaftConfig, RaftNode};
 use store::MemoryStore;
 use tokio::net::TcpListener;
@@ -140,6 +142,20 @@ impl Manager {
         let shutdown = CancellationToken::new();
         let mut servers = JoinSet::new();
 
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            config.bootstrap.node_id.clone(),
+            dispatcher::Config {
+                // Until the node runs an agent on managers, nothing else keeps this node READY.
+                local_node: Some(config.bootstrap.node_id.clone()),
+                ..dispatcher::Config::default()
+            },
+        );
+        dispatcher.set_managers(vec![dispatcher::weighted_peer(
+            &config.bootstrap.node_id,
+            &config.advertise_addr,
+        )]);
+
         let unix = server::bind_control_socket(&config.control_socket)?;
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
         servers.spawn(server::serve_control(
@@ -147,6 +163,7 @@ impl Manager {
             config.security.control_tls(),
             control.clone(),
             HealthService::new("ControlAPI"),
+            DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
             shutdown.clone(),
         ));
 
@@ -157,6 +174,10 @@ impl Manager {
         }));
         subsystems.push(Subsystem::new("role manager", move |store, shutdown| {
             RoleManager::new(store, members.clone()).run(shutdown)
+        }));
+        let term = dispatcher.clone();
+        subsystems.push(Subsystem::new("dispatcher", move |_, shutdown| {
+            term.clone().run(shutdown)
         }));
         servers.spawn(leader::run(
             raft.clone(),
@@ -173,6 +194,7 @@ impl Manager {
                 control,
                 ca: CaServer::new(store.clone(), auth.clone()),
                 health: HealthService::new("Raft"),
+                dispatcher: DispatcherService::remote(dispatcher),
                 auth,
             },
             shutdown.clone(),

@@ -8,6 +8,7 @@ use api::control_client::ControlClient;
 use api::control_server::Control;
 use api::node_ca_client::NodeCaClient;
 use ca::{CertInfo, Credential, KeyStore, NodeKey, NodeTlsMaterial, RootCa, SecurityConfig};
+use dispatcher::Dispatcher;
 use store::{By, MemoryStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use crate::server::{RemoteServices, serve_remote};
 use crate::signer::CaSigner;
 
 /// The one raft member is the manager itself.
-struct OnlyMe(String);
+pub(crate) struct OnlyMe(pub(crate) String);
 
 impl RaftMembers for OnlyMe {
     fn manager_status(&self, _: &str) -> Option<api::ManagerStatus> {
@@ -34,12 +35,14 @@ impl RaftMembers for OnlyMe {
     }
 }
 
-struct Cluster {
-    store: MemoryStore,
-    root: RootCa,
-    cluster_id: String,
-    addr: String,
-    manager: NodeTlsMaterial,
+pub(crate) struct Cluster {
+    pub(crate) store: MemoryStore,
+    pub(crate) root: RootCa,
+    pub(crate) cluster_id: String,
+    pub(crate) addr: String,
+    pub(crate) manager: NodeTlsMaterial,
+    pub(crate) manager_id: String,
+    pub(crate) dispatcher: Dispatcher,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -50,7 +53,7 @@ impl Drop for Cluster {
     }
 }
 
-fn material(root: &RootCa, id: &str, role: api::NodeRole, org: &str) -> NodeTlsMaterial {
+pub(crate) fn material(root: &RootCa, id: &str, role: api::NodeRole, org: &str) -> NodeTlsMaterial {
     let key = NodeKey::generate().expect("key");
     let cert = root
         .issue(
@@ -68,7 +71,7 @@ fn material(root: &RootCa, id: &str, role: api::NodeRole, org: &str) -> NodeTlsM
     }
 }
 
-async fn start() -> Cluster {
+pub(crate) async fn start() -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let root = RootCa::generate().expect("root");
     let (node_id, cluster_id) = (api::naming::new_id(), api::naming::new_id());
@@ -98,6 +101,16 @@ async fn start() -> Cluster {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let shutdown = CancellationToken::new();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        node_id.clone(),
+        dispatcher::Config {
+            local_node: Some(node_id.clone()),
+            ..dispatcher::Config::default()
+        },
+    );
+    dispatcher.set_managers(vec![dispatcher::weighted_peer(&node_id, &addr)]);
+    tokio::spawn(dispatcher.clone().run(shutdown.clone()));
     tokio::spawn(serve_remote(
         listener,
         security.remote_tls(),
@@ -105,6 +118,7 @@ async fn start() -> Cluster {
             control: ControlApi::new(store.clone(), members.clone()),
             ca: CaServer::new(store.clone(), auth.clone()),
             health: HealthService::new("Raft"),
+            dispatcher: dispatcher::DispatcherService::remote(dispatcher.clone()),
             auth,
         },
         shutdown.clone(),
@@ -117,13 +131,15 @@ async fn start() -> Cluster {
         cluster_id,
         addr,
         manager,
+        manager_id: node_id,
+        dispatcher,
         shutdown,
         _dir: dir,
     }
 }
 
 impl Cluster {
-    fn tokens(&self) -> api::JoinTokens {
+    pub(crate) fn tokens(&self) -> api::JoinTokens {
         self.cluster()
             .root_ca
             .and_then(|r| r.join_tokens)
@@ -141,7 +157,7 @@ impl Cluster {
         self.store.view(|tx| tx.find_nodes(By::All)).len()
     }
 
-    async fn join(&self, token: &str) -> Result<ca::IssuedCertificate, ca::CaError> {
+    pub(crate) async fn join(&self, token: &str) -> Result<ca::IssuedCertificate, ca::CaError> {
         ca::request_certificate(
             &self.addr,
             self.root.cert_pem(),
@@ -151,7 +167,7 @@ impl Cluster {
         .await
     }
 
-    fn channel(&self, client: Option<(&[u8], &[u8])>) -> tonic::transport::Channel {
+    pub(crate) fn channel(&self, client: Option<(&[u8], &[u8])>) -> tonic::transport::Channel {
         let cfg = ca::mtls_client_config(self.root.cert_pem(), client).expect("client cfg");
         ca::tls_channel(&self.addr, cfg, "swarm-manager").expect("channel")
     }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use api::ca_server::CaServer as CaServer_;
 use api::control_server::ControlServer;
+use api::dispatcher_server::DispatcherServer;
 use api::health_server::HealthServer;
 use api::node_ca_server::NodeCaServer;
+use dispatcher::DispatcherService;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -46,18 +48,21 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves Control and Health on the unix socket until `shutdown` fires.
+/// Serves Control, Health and the Dispatcher (as this manager's own node, for the agent of a
+/// manager) on the unix socket until `shutdown` fires.
 pub async fn serve_control(
     listener: UnixListener,
     tls: ca::ServerTls,
     control: ControlApi,
     health: HealthService,
+    dispatcher: DispatcherService,
     shutdown: CancellationToken,
 ) {
     let incoming = ca::serve_unix_tls(listener, tls);
     let res = Server::builder()
         .add_service(ControlServer::new(control).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(health))
+        .add_service(DispatcherServer::new(dispatcher).max_decoding_message_size(MAX_RECV))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = res {
@@ -73,6 +78,9 @@ pub struct RemoteServices {
     pub ca: CaServer,
     /// Health (`Raft` on the remote port, as SwarmKit).
     pub health: HealthService,
+    /// The dispatcher, for worker and manager certificates; it answers only while this manager
+    /// leads (its term runs as a leader subsystem).
+    pub dispatcher: DispatcherService,
     /// The authorization every call goes through first.
     pub auth: Arc<Authorizer>,
 }
@@ -92,6 +100,7 @@ pub async fn serve_remote(
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health))
+        .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = res {

@@ -1,0 +1,224 @@
+//! The two streams a node holds open: its session (the node object, the managers, the network
+//! bootstrap keys and the root CA, re-sent whenever one of them changes) and its assignments (a COMPLETE set, then INCREMENTAL
+//! changes coalesced as SwarmKit's dispatcher.go `Assignments`). Both end when the session's
+//! registration ends, and both re-read the store when their event channel overflowed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::assignments_message::Type as AssignmentsType;
+use store::{By, Event, EventKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::assignments::AssignmentSet;
+use crate::error::DispatcherError;
+use crate::nodes::SessionHandle;
+use crate::term::{Subscription, Term};
+
+/// Changes that make an assignments message go out at once.
+const MODIFICATION_BATCH_LIMIT: usize = 100;
+/// Quiet time after the last change before an assignments message goes out.
+const BATCHING_WAIT: Duration = Duration::from_millis(100);
+
+/// What a stream of one session keeps: whose it is, the registration that ends it, and its
+/// share of the event routing.
+pub(crate) struct StreamOf {
+    pub node_id: String,
+    pub session_id: String,
+    pub handle: SessionHandle,
+    pub sub: Subscription,
+}
+
+/// Sending half of a stream handed to gRPC.
+pub(crate) type StreamTx<T> = mpsc::Sender<Result<T, Status>>;
+
+/// Numbers consecutive assignments messages: each applies to the previous one's result.
+#[derive(Debug, Default)]
+pub(crate) struct Sequence {
+    last: u64,
+}
+
+impl Sequence {
+    pub fn message(
+        &mut self,
+        kind: AssignmentsType,
+        changes: Vec<api::AssignmentChange>,
+    ) -> api::AssignmentsMessage {
+        let applies_to = if self.last == 0 {
+            String::new()
+        } else {
+            self.last.to_string()
+        };
+        self.last += 1;
+        api::AssignmentsMessage {
+            r#type: kind as i32,
+            applies_to,
+            results_in: self.last.to_string(),
+            changes,
+        }
+    }
+}
+
+/// Every task of `node_id` as a fresh set.
+pub(crate) fn load_assignments(term: &Term, node_id: &str) -> AssignmentSet {
+    let tasks = term.store.view(|tx| tx.find_tasks(By::NodeId(node_id)));
+    let mut set = AssignmentSet::default();
+    for t in &tasks {
+        set.add_or_update(t);
+    }
+    set
+}
+
+fn version(node: &api::Node) -> u64 {
+    node.meta
+        .as_ref()
+        .and_then(|m| m.version.as_ref())
+        .map_or(0, |v| v.index)
+}
+
+impl Term {
+    pub fn session_message(
+        &self,
+        session_id: &str,
+        node: Option<api::Node>,
+    ) -> api::SessionMessage {
+        api::SessionMessage {
+            session_id: session_id.to_string(),
+            node,
+            managers: self.managers.borrow().clone(),
+            network_bootstrap_keys: self.network_keys.borrow().clone(),
+            root_ca: self.root_ca.borrow().clone(),
+        }
+    }
+
+    /// Sends a session message whenever the node object, the managers, the network keys or the
+    /// root CA change, until the session ends; when the dispatcher stops, a last message then
+    /// Aborted tells the node to find another manager.
+    pub async fn session_stream(
+        self: Arc<Self>,
+        of: StreamOf,
+        mut node: Option<api::Node>,
+        tx: StreamTx<api::SessionMessage>,
+    ) {
+        let StreamOf {
+            node_id,
+            session_id,
+            handle,
+            mut sub,
+        } = of;
+        let mut managers = self.managers.clone();
+        let mut root = self.root_ca.subscribe();
+        let mut keys = self.network_keys.subscribe();
+        managers.mark_unchanged();
+        root.mark_unchanged();
+        keys.mark_unchanged();
+        loop {
+            let mut disconnect = false;
+            tokio::select! {
+                biased;
+                () = self.token.cancelled() => disconnect = true,
+                () = handle.ended.cancelled() => {
+                    let err = self.session_error(&node_id, &session_id);
+                    let _ = tx.send(Err(err.into())).await;
+                    return;
+                }
+                () = tx.closed() => return,
+                res = managers.changed() => disconnect = res.is_err(),
+                res = root.changed() => disconnect = res.is_err(),
+                res = keys.changed() => disconnect = res.is_err(),
+                ev = sub.rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    let update = matches!(&ev, Event::Object { kind: EventKind::Create | EventKind::Update, .. });
+                    match ev.object_as::<api::Node>() {
+                        Some(n) if update && node.as_ref().is_none_or(|old| version(n) > version(old)) => {
+                            node = Some(n.clone());
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+            if sub.take_overflow() {
+                node = self.store.view(|tx| tx.get_node(&node_id));
+            }
+            let msg = self.session_message(&session_id, node.clone());
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+            if disconnect {
+                let _ = tx.send(Err(DispatcherError::Disconnect.into())).await;
+                return;
+            }
+        }
+    }
+
+    /// Sends the node's assignment changes, coalesced: a message goes out once no change came
+    /// for [`BATCHING_WAIT`] or [`MODIFICATION_BATCH_LIMIT`] changes piled up.
+    pub async fn assignments_stream(
+        self: Arc<Self>,
+        of: StreamOf,
+        mut set: AssignmentSet,
+        mut seq: Sequence,
+        tx: StreamTx<api::AssignmentsMessage>,
+    ) {
+        let StreamOf {
+            node_id,
+            session_id,
+            handle,
+            mut sub,
+        } = of;
+        loop {
+            let mut count = 0;
+            let mut deadline: Option<Instant> = None;
+            while count < MODIFICATION_BATCH_LIMIT {
+                let quiet = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = self.token.cancelled() => {
+                        let _ = tx.send(Err(DispatcherError::Stopped.into())).await;
+                        return;
+                    }
+                    () = handle.ended.cancelled() => {
+                        let err = self.session_error(&node_id, &session_id);
+                        let _ = tx.send(Err(err.into())).await;
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    ev = sub.rx.recv() => {
+                        let Some(ev) = ev else { return };
+                        let Some(task) = ev.object_as::<api::Task>() else { continue };
+                        let changed = match &ev {
+                            Event::Object { kind: EventKind::Remove, .. } => set.remove(&task.id),
+                            _ => set.add_or_update(task),
+                        };
+                        if changed {
+                            count += 1;
+                            deadline = Some(Instant::now() + BATCHING_WAIT);
+                        }
+                    }
+                    () = quiet => break,
+                }
+                if sub.overflow_pending() {
+                    break;
+                }
+            }
+            let msg = if sub.take_overflow() {
+                set = load_assignments(&self, &node_id);
+                seq.message(AssignmentsType::Complete, set.take_changes())
+            } else if count > 0 {
+                seq.message(AssignmentsType::Incremental, set.take_changes())
+            } else {
+                continue;
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -92,17 +92,17 @@ fn parse_args() -> Args {
     args
 }
 
-/// Raises the soft open-file limit to the hard one when `needed` descriptors would not fit.
-/// swarmd, spawned afterwards, inherits the raised limit.
-fn raise_nofile(needed: u64) -> u64 {
+/// Raises the soft open-file limit to the hard one when `needed` descriptors would not fit, and
+/// says what it was and is. swarmd, spawned afterwards, inherits the raised limit.
+fn raise_nofile(needed: u64) -> String {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let lim = getrlimit(Resource::Nofile);
     let soft = lim.current.unwrap_or(u64::MAX);
     if soft >= needed {
-        return soft;
+        return soft.to_string();
     }
-    let target = lim.maximum.unwrap_or(needed.max(soft));
-    match setrlimit(
+    let target = lim.maximum.unwrap_or(needed);
+    let now = match setrlimit(
         Resource::Nofile,
         Rlimit {
             current: Some(target),
@@ -114,7 +114,14 @@ fn raise_nofile(needed: u64) -> u64 {
             eprintln!("could not raise the open-file limit from {soft} to {target}: {e}");
             soft
         }
+    };
+    if now < needed {
+        eprintln!(
+            "warning: the open-file limit {now} is below the {needed} or so this run needs \
+             (raise the hard limit, `ulimit -Hn`, or run fewer nodes)"
+        );
     }
+    format!("{now} (raised from {soft})")
 }
 
 /// The remote API address from swarmd's `Listening for connections ... addr=127.0.0.1:NNNN`.
@@ -649,7 +656,7 @@ async fn bench(
     let deadline = Instant::now() + args.timeout;
     let (mut delivered_at, mut acked_at) = (None, None);
     let mut next_poll = Instant::now() + SLOW_POLL;
-    let running_at = loop {
+    let (running_at, last_poll) = loop {
         let delivered = shared.delivered.load(Ordering::Relaxed);
         let acked = shared.acked.load(Ordering::Relaxed);
         if delivered_at.is_none() && delivered >= replicas {
@@ -660,9 +667,10 @@ async fn bench(
             next_poll = Instant::now();
         }
         if Instant::now() >= next_poll {
+            let poll = Instant::now();
             let (running, total) = running_tasks(&mut control, &service.id).await;
             if running >= replicas {
-                break created.elapsed();
+                break (created.elapsed(), poll.elapsed());
             }
             let period = if acked_at.is_some() {
                 FAST_POLL
@@ -694,6 +702,11 @@ async fn bench(
         fmt(acked_at),
         running_at.as_secs_f64(),
         replicas as f64 / running_at.as_secs_f64()
+    );
+    println!(
+        "run: (the store is polled every {} ms once all reports are acknowledged; the last ListTasks took {:.0} ms)",
+        FAST_POLL.as_millis(),
+        last_poll.as_secs_f64() * 1e3
     );
     println!("run: {}", run_usage.report("manager"));
     println!("run: {}", own_run.report("hollow process"));

@@ -38,6 +38,8 @@ const STATUS_BATCH: usize = 1024;
 /// after. The slow poll keeps the bench's own ListTasks calls from weighing on the manager.
 const SLOW_POLL: Duration = Duration::from_secs(5);
 const FAST_POLL: Duration = Duration::from_millis(100);
+/// ListTasks calls made after the run to tell what one costs the manager.
+const POLL_COST_SAMPLES: u32 = 5;
 
 struct Args {
     nodes: usize,
@@ -656,6 +658,7 @@ async fn bench(
     let deadline = Instant::now() + args.timeout;
     let (mut delivered_at, mut acked_at) = (None, None);
     let mut next_poll = Instant::now() + SLOW_POLL;
+    let mut polls = 0u32;
     let (running_at, last_poll) = loop {
         let delivered = shared.delivered.load(Ordering::Relaxed);
         let acked = shared.acked.load(Ordering::Relaxed);
@@ -669,6 +672,7 @@ async fn bench(
         if Instant::now() >= next_poll {
             let poll = Instant::now();
             let (running, total) = running_tasks(&mut control, &service.id).await;
+            polls += 1;
             if running >= replicas {
                 break (created.elapsed(), poll.elapsed());
             }
@@ -694,6 +698,17 @@ async fn bench(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let manager_run = run_usage.report("manager");
+    let own_run = own_run.report("hollow process");
+    // What the bench's own polls cost the manager: a few more, now that it is idle.
+    let before = cpu_ticks(pid);
+    for _ in 0..POLL_COST_SAMPLES {
+        running_tasks(&mut control, &service.id).await;
+    }
+    let after = cpu_ticks(pid);
+    let poll_cpu = (after.0 + after.1).saturating_sub(before.0 + before.1) as f64
+        / tck
+        / f64::from(POLL_COST_SAMPLES);
     let fmt = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
     println!(
         "run: service create --replicas {replicas} on {} nodes: all tasks given to the nodes in {}, all RUNNING reports acknowledged in {}, all RUNNING in the store in {:.2} s ({:.0} tasks/s)",
@@ -703,13 +718,16 @@ async fn bench(
         running_at.as_secs_f64(),
         replicas as f64 / running_at.as_secs_f64()
     );
+    println!("run: {manager_run}");
+    println!("run: {own_run}");
     println!(
-        "run: (the store is polled every {} ms once all reports are acknowledged; the last ListTasks took {:.0} ms)",
+        "run: of that manager cpu, about {:.2} s went to the bench's {polls} ListTasks polls ({:.0} ms cpu each, {:.0} ms the last one's round trip; every {} s, then every {} ms once all reports were acknowledged)",
+        poll_cpu * f64::from(polls),
+        poll_cpu * 1e3,
+        last_poll.as_secs_f64() * 1e3,
+        SLOW_POLL.as_secs(),
         FAST_POLL.as_millis(),
-        last_poll.as_secs_f64() * 1e3
     );
-    println!("run: {}", run_usage.report("manager"));
-    println!("run: {}", own_run.report("hollow process"));
     let failures = shared.session_failures.load(Ordering::Relaxed);
     if failures > 0 {
         println!(

@@ -4,13 +4,18 @@
 //! worker token (CA certificate request), opens a Session with a small node description,
 //! heartbeats at the period the dispatcher gives, follows its Assignments stream (COMPLETE, then
 //! INCREMENTAL) and reports every task it is given with desired state RUNNING as RUNNING at once,
-//! one UpdateTaskStatus call per Assignments message. Printed: the join time of the N nodes, then
-//! the time from CreateService with R replicas to all R tasks RUNNING in the store (ListTasks on
-//! the control socket), with the manager's CPU seconds and peak RSS over each phase.
+//! one UpdateTaskStatus call per Assignments message. The manager's own node is drained first, as
+//! no agent runs its tasks. Printed: the join time of the N nodes (certificates, sessions, READY
+//! in the store; at most `--join-concurrency` joins at a time), then the time from CreateService
+//! with R replicas to all R tasks RUNNING in the store (ListTasks on the control socket), with the
+//! manager's CPU seconds (utime + stime from /proc) and peak RSS (VmHWM, reset through clear_refs
+//! at the start of each phase) over each phase, the same for this process, and what the bench's
+//! own ListTasks polls cost the manager.
 //!
 //! Run with `make bench` or `cargo bench --bench dispatcher` (1000 nodes, 10000 replicas); smaller
 //! with `cargo bench --bench dispatcher -- --nodes 50 --replicas 500` (or the environment
-//! variables `HOLLOW_NODES`, `HOLLOW_REPLICAS`, `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`).
+//! variables `HOLLOW_NODES`, `HOLLOW_REPLICAS`, `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`;
+//! a phase that does not finish within the timeout, 900 s by default, fails the bench).
 //! The bench raises its own open-file limit (and so swarmd's, which inherits it) to the hard
 //! limit when N nodes need more descriptors than the soft limit allows.
 

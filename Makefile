@@ -30,10 +30,12 @@ fix:
 	$(CARGO) clippy --workspace --all-targets --fix --allow-dirty -- -D warnings
 
 # Control API throughput/latency and raft commit rate vs raw fsync rate; scheduler throughput and
-# peak memory on SwarmKit's benchmark shapes (figures printed).
+# peak memory on SwarmKit's benchmark shapes; the dispatcher with 1000 hollow nodes running a
+# 10000-replica service (figures printed).
 bench:
 	$(CARGO) bench --bench control_api
 	$(CARGO) bench -p scheduler --bench scheduler
+	$(CARGO) bench --bench dispatcher
 
 clean:
 	$(CARGO) clean

@@ -3,78 +3,19 @@
 //! swarmd, and the raft commit rate next to the raw fsync rate of the same disk, measured in the
 //! same run. Run with `make bench` (or `cargo bench --bench control_api`).
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use api::control_client::ControlClient;
+use common::{SWARMD, connect, service_spec, start_swarmd};
 use tonic::transport::Channel;
 
-const SWARMD: &str = env!("CARGO_BIN_EXE_swarmd");
 /// Requests per concurrency level.
 const REQUESTS: usize = 640;
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_swarmd(dir: &Path) -> Daemon {
-    let child = Command::new(SWARMD)
-        .arg("-d")
-        .arg(dir.join("state"))
-        .arg("--listen-control-api")
-        .arg(dir.join("swarmd.sock"))
-        .args(["--listen-remote-api", "127.0.0.1:0", "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn swarmd");
-    Daemon(child)
-}
-
-fn spec(name: &str) -> api::ServiceSpec {
-    api::ServiceSpec {
-        annotations: Some(api::Annotations {
-            name: name.to_string(),
-            ..Default::default()
-        }),
-        task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                image: "busybox:latest".into(),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }),
-        mode: Some(api::service_spec::Mode::Replicated(
-            api::ReplicatedService { replicas: 1 },
-        )),
-        ..Default::default()
-    }
-}
-
-async fn connect(socket: &Path) -> ControlClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if socket.exists() {
-            let ch = ca::control_channel(socket).expect("channel");
-            let mut c = ControlClient::new(ch);
-            if c.list_clusters(api::ListClustersRequest::default())
-                .await
-                .is_ok()
-            {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "swarmd did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -111,7 +52,7 @@ async fn run_level(socket: &Path, clients: usize, level: usize) -> (f64, Duratio
                 let t = Instant::now();
                 client
                     .create_service(api::CreateServiceRequest {
-                        spec: Some(spec(&name)),
+                        spec: Some(service_spec(&name, 1)),
                     })
                     .await
                     .expect("create service");
@@ -158,7 +99,7 @@ fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
-    let _daemon = start_swarmd(dir.path());
+    let _daemon = start_swarmd(dir.path(), "warn", Stdio::inherit());
     let socket = dir.path().join("swarmd.sock");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -180,20 +180,19 @@ impl Authorizer {
         &self.cluster_id
     }
 
-    /// Node certificates that were removed from the cluster.
-    pub fn removed_nodes(&self) -> BTreeMap<String, api::BlacklistedCertificate> {
-        self.store.view(|tx| {
-            tx.find_clusters(By::Name(crate::bootstrap::DEFAULT_CLUSTER_NAME))
+    /// [`authorize`] against this cluster. The cluster object is read shared, not copied: this
+    /// runs on every remote call, heartbeats included.
+    pub fn authorize(&self, peer: Option<&CertInfo>, roles: &[&str]) -> Result<String, Status> {
+        let cluster = self.store.view(|tx| {
+            tx.find_shared::<api::Cluster>(By::Name(crate::bootstrap::DEFAULT_CLUSTER_NAME))
                 .into_iter()
                 .next()
-                .map(|c| c.blacklisted_certificates)
-                .unwrap_or_default()
-        })
-    }
-
-    /// [`authorize`] against this cluster.
-    pub fn authorize(&self, peer: Option<&CertInfo>, roles: &[&str]) -> Result<String, Status> {
-        authorize(peer, roles, &self.cluster_id, &self.removed_nodes())
+        });
+        let none = BTreeMap::new();
+        let removed = cluster
+            .as_deref()
+            .map_or(&none, |c| &c.blacklisted_certificates);
+        authorize(peer, roles, &self.cluster_id, removed)
     }
 
     fn check(&self, path: &str, ext: &http::Extensions) -> Result<(), Status> {

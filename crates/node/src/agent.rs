@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::NodeConfig;
 use crate::renewal::needs_renewal;
 use crate::state::{ManagerPeer, StateDir};
 
@@ -26,8 +27,6 @@ pub(crate) struct AgentSetup {
     pub state: StateDir,
     /// Managers to try first.
     pub managers: Vec<String>,
-    /// Runs the tasks.
-    pub executor: Arc<dyn agent::Executor>,
     /// Renews this node's certificate when the session asks for it (workers; a manager follows
     /// its own Node object in the local store instead).
     pub renew: Option<Arc<Notify>>,
@@ -36,13 +35,22 @@ pub(crate) struct AgentSetup {
     pub remember_managers: bool,
 }
 
-/// Starts the agent in `tasks`; it stops (shutting down and removing its tasks, as a graceful
-/// stop does) when `shutdown` fires.
-pub(crate) fn spawn(
+/// Starts the agent in `tasks`, with the executor `config` chooses; it stops (shutting down and
+/// removing its tasks, as a graceful stop does) when `shutdown` fires.
+pub(crate) async fn spawn(
+    config: &NodeConfig,
     setup: AgentSetup,
     tasks: &mut JoinSet<()>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::NodeError> {
+    let hostname = (!config.hostname.is_empty()).then(|| config.hostname.clone());
+    let executor = crate::executor::build(
+        config.executor,
+        &config.engine_addr,
+        setup.state.root(),
+        hostname,
+    )
+    .await?;
     let db = agent::TaskDb::open(&setup.state.worker_dir())
         .map_err(|e| crate::NodeError::Config(e.to_string()))?;
     let connect_security = setup.security.clone();
@@ -83,15 +91,15 @@ pub(crate) fn spawn(
             }
         }
     });
-    let config = agent::AgentConfig {
+    let agent_config = agent::AgentConfig {
         managers: setup.managers,
         connect,
-        executor: setup.executor,
+        executor,
         db,
         observer,
     };
     tasks.spawn(async move {
-        if let Err(e) = agent::run(config, shutdown, true).await {
+        if let Err(e) = agent::run(agent_config, shutdown, true).await {
             warn!("agent stopped: {e}");
         }
     });

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::agent::{self, AgentSetup};
-use crate::executor;
 use crate::renewal::{self, Renewer};
 use crate::state::{ManagerPeer, StateDir};
 use crate::{NodeConfig, NodeError};
@@ -43,10 +42,6 @@ struct Identity {
     key_pem: Vec<u8>,
     info: CertInfo,
     fresh: bool,
-}
-
-fn hostname_override(config: &NodeConfig) -> Option<String> {
-    (!config.hostname.is_empty()).then(|| config.hostname.clone())
 }
 
 fn os_hostname() -> String {
@@ -255,13 +250,6 @@ impl Node {
             shutdown.clone(),
         ));
         tasks.spawn(renewer.run(shutdown.clone()));
-        let executor = executor::build(
-            config.executor,
-            &config.engine_addr,
-            state.root(),
-            hostname_override(&config),
-        )
-        .await?;
         // The dispatcher answers on the leader only and a follower does not forward sessions
         // yet, so a manager's agent also tries the manager it joined through.
         let mut agent_managers = vec![format!("127.0.0.1:{port}")];
@@ -269,17 +257,18 @@ impl Node {
             agent_managers.push(config.join_addr.clone());
         }
         agent::spawn(
+            &config,
             AgentSetup {
                 security: security.clone(),
                 state: state.clone(),
                 managers: agent_managers,
-                executor,
                 renew: None,
                 remember_managers: false,
             },
             &mut tasks,
             shutdown.clone(),
-        )?;
+        )
+        .await?;
         info!(node.id = %node_id, "node is ready");
         Ok(Node {
             node_id,
@@ -326,25 +315,19 @@ impl Node {
         let renewer = Renewer::new(security.clone(), managers.clone());
         let renew = renewer.trigger();
         tasks.spawn(renewer.run(shutdown.clone()));
-        let executor = executor::build(
-            config.executor,
-            &config.engine_addr,
-            state.root(),
-            hostname_override(&config),
-        )
-        .await?;
         agent::spawn(
+            &config,
             AgentSetup {
                 security: security.clone(),
                 state: state.clone(),
                 managers,
-                executor,
                 renew: Some(renew),
                 remember_managers: true,
             },
             &mut tasks,
             shutdown.clone(),
-        )?;
+        )
+        .await?;
         info!(node.id = %node_id, "worker node is ready");
         Ok(Node {
             node_id,

@@ -34,6 +34,14 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// A controller for `task`, prepared and started.
+async fn started(executor: &dyn Executor, task: &api::Task) -> Box<dyn crate::Controller> {
+    let c = executor.controller(task, None).expect("controller");
+    bounded("prepare", c.prepare()).await.expect("prepare");
+    bounded("start", c.start()).await.expect("start");
+    c
+}
+
 /// Runs every check; panics on the first that fails.
 pub async fn run_all(executor: &dyn Executor, tasks: &dyn TaskFactory) {
     describes_the_node(executor).await;
@@ -92,9 +100,7 @@ pub async fn runs_to_completion_with_env(executor: &dyn Executor, tasks: &dyn Ta
 /// A task that exits 3 reports code 3 and SwarmKit's error text.
 pub async fn reports_a_non_zero_exit(executor: &dyn Executor, tasks: &dyn TaskFactory) {
     let task = tasks.task(&unique("exit3"), "exit 3", &[], Duration::from_secs(10));
-    let c = executor.controller(&task, None).expect("controller");
-    bounded("prepare", c.prepare()).await.expect("prepare");
-    bounded("start", c.start()).await.expect("start");
+    let c = started(executor, &task).await;
     let exit = bounded("wait", c.wait()).await.expect("wait");
     assert_eq!(exit.code, 3, "{exit:?}");
     assert_eq!(
@@ -154,9 +160,7 @@ pub async fn shutdown_stops_within_the_grace_period(
         &[],
         Duration::from_secs(30),
     );
-    let c = executor.controller(&task, None).expect("controller");
-    bounded("prepare", c.prepare()).await.expect("prepare");
-    bounded("start", c.start()).await.expect("start");
+    let c = started(executor, &task).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     bounded("shutdown", c.shutdown()).await.expect("shutdown");
@@ -183,9 +187,7 @@ pub async fn shutdown_kills_after_the_grace_period(
         &[],
         Duration::from_secs(2),
     );
-    let c = executor.controller(&task, None).expect("controller");
-    bounded("prepare", c.prepare()).await.expect("prepare");
-    bounded("start", c.start()).await.expect("start");
+    let c = started(executor, &task).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     bounded("shutdown", c.shutdown()).await.expect("shutdown");
@@ -209,9 +211,7 @@ pub async fn terminate_kills_at_once(executor: &dyn Executor, tasks: &dyn TaskFa
         &[],
         Duration::from_secs(30),
     );
-    let c = executor.controller(&task, None).expect("controller");
-    bounded("prepare", c.prepare()).await.expect("prepare");
-    bounded("start", c.start()).await.expect("start");
+    let c = started(executor, &task).await;
     let started = Instant::now();
     bounded("terminate", c.terminate())
         .await
@@ -234,9 +234,7 @@ pub async fn adopts_a_running_task_from_its_checkpoint(
         &[],
         Duration::from_secs(5),
     );
-    let first = executor.controller(&task, None).expect("controller");
-    bounded("prepare", first.prepare()).await.expect("prepare");
-    bounded("start", first.start()).await.expect("start");
+    let first = started(executor, &task).await;
     let checkpoint = first.checkpoint();
     drop(first);
     let second = executor

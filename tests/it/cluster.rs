@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ca::CertInfo;
 
-use crate::harness::{Swarmd, wait_for};
+use crate::harness::{Swarmd, node_cert, tls_material, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -309,19 +309,9 @@ fn renewal_while_a_service_runs_restarts_no_task() {
     c.wait_running("6 tasks spread", 6, WAIT, |per| per.len() == 3);
     let before = wait_processes(&m, 6);
     let tasks_before = c.tasks();
-    let cert = |w: &Swarmd| {
-        CertInfo::parse(
-            &ca::KeyStore::new(&w.state_dir())
-                .load()
-                .expect("load")
-                .expect("certs")
-                .cert_pem,
-        )
-        .expect("cert")
-    };
-    let first = cert(&c.workers[0]);
+    let first = node_cert(&c.workers[0].state_dir());
     wait_for("two renewals", Duration::from_secs(30), || {
-        let now = cert(&c.workers[0]);
+        let now = node_cert(&c.workers[0].state_dir());
         (now.not_after > first.not_after + Duration::from_secs(4)).then_some(())
     });
     assert_eq!(pids_with(&m), before);
@@ -335,15 +325,7 @@ fn renewal_while_a_service_runs_restarts_no_task() {
 fn a_promoted_worker_gets_a_manager_certificate() {
     let c = Cluster::start(1, &[], "1s");
     let w = &c.workers[0];
-    let id = CertInfo::parse(
-        &ca::KeyStore::new(&w.state_dir())
-            .load()
-            .expect("load")
-            .expect("certs")
-            .cert_pem,
-    )
-    .expect("cert")
-    .node_id;
+    let id = node_cert(&w.state_dir()).node_id;
     c.manager.ctl(&["node", "promote", &id]).ok();
     wait_for("a manager certificate", WAIT, || {
         let m = ca::KeyStore::new(&w.state_dir()).load().ok()??;
@@ -356,11 +338,7 @@ fn a_promoted_worker_gets_a_manager_certificate() {
 #[test]
 fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     let mut c = Cluster::start(2, &[], "1s");
-    let old_root = ca::KeyStore::new(&c.manager.state_dir())
-        .load()
-        .expect("load")
-        .expect("certs")
-        .root_pem;
+    let old_root = tls_material(&c.manager.state_dir()).root_pem;
     c.workers[1].stop();
     let started = Instant::now();
     c.manager
@@ -388,11 +366,7 @@ fn root_rotation_with_a_worker_down_completes_when_it_returns() {
         "root rotation with a worker down for part of it took {:?}",
         started.elapsed()
     );
-    let new_root = ca::KeyStore::new(&c.manager.state_dir())
-        .load()
-        .expect("load")
-        .expect("certs")
-        .root_pem;
+    let new_root = tls_material(&c.manager.state_dir()).root_pem;
     assert_ne!(new_root, old_root);
     for w in &c.workers {
         wait_for("the worker to trust the new root", WAIT, || {

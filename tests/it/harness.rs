@@ -313,6 +313,21 @@ pub fn ctl_at(socket: &Path, args: &[&str], input: Option<&[u8]>) -> Ctl {
     }
 }
 
+/// The certificates, key and roots in a node's state directory.
+#[allow(dead_code)]
+pub fn tls_material(state_dir: &Path) -> ca::NodeTlsMaterial {
+    ca::KeyStore::new(state_dir)
+        .load()
+        .expect("load certificates")
+        .expect("certificates present")
+}
+
+/// The certificate in a node's state directory, read.
+#[allow(dead_code)]
+pub fn node_cert(state_dir: &Path) -> ca::CertInfo {
+    ca::CertInfo::parse(&tls_material(state_dir).cert_pem).expect("node certificate")
+}
+
 /// Waits until `f` returns Some, or panics with `what` after `limit`.
 #[allow(dead_code)]
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use ca::{CertInfo, NodeTlsMaterial};
+use ca::CertInfo;
 
-use crate::harness::{Swarmd, wait_for};
+use crate::harness::{Swarmd, tls_material, wait_for};
 
 const JOIN_LIMIT: Duration = Duration::from_secs(30);
 const WORKER_READY: &str = "worker node is ready";
@@ -74,13 +74,6 @@ fn join_fails(addr: &str, token: &str) -> String {
     w.log()
 }
 
-fn material(dir: &Path) -> NodeTlsMaterial {
-    ca::KeyStore::new(dir)
-        .load()
-        .expect("load certificates")
-        .expect("certificates present")
-}
-
 #[test]
 fn worker_joins_with_a_certificate_the_ca_chose() {
     let m = Swarmd::start();
@@ -97,8 +90,8 @@ fn worker_joins_with_a_certificate_the_ca_chose() {
     assert_eq!(mode(&certs.join("swarm-node.key")), 0o600);
     assert_eq!(mode(&certs.join("swarm-node.crt")), 0o644);
     assert_eq!(mode(&certs.join("swarm-root-ca.crt")), 0o644);
-    let mine = material(&w.state_dir());
-    let theirs = material(&m.state_dir());
+    let mine = tls_material(&w.state_dir());
+    let theirs = tls_material(&m.state_dir());
     assert_eq!(
         mine.root_pem, theirs.root_pem,
         "the worker trusts the cluster's root"
@@ -182,7 +175,7 @@ fn bad_tokens_fail_with_swarmkit_messages_and_leave_no_node() {
 
     // The rotated token works.
     let w = join_worker(&m, &rotated);
-    let info = CertInfo::parse(&material(&w.state_dir()).cert_pem).expect("cert");
+    let info = CertInfo::parse(&tls_material(&w.state_dir()).cert_pem).expect("cert");
     assert_eq!(info.ou, "swarm-worker");
 }
 
@@ -209,7 +202,7 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
     let log = m2.log();
     assert!(log.contains("node.role=swarm-manager"), "{log}");
     assert!(log.contains("joined the raft cluster"), "{log}");
-    let info = CertInfo::parse(&material(&m2.state_dir()).cert_pem).expect("cert");
+    let info = CertInfo::parse(&tls_material(&m2.state_dir()).cert_pem).expect("cert");
     assert_eq!(info.ou, "swarm-manager");
 
     // Both are managers, reachable, the first one leads.
@@ -392,8 +385,8 @@ fn remote_control_api_is_for_manager_certificates_only() {
     let addr = m.remote_addr();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mgr = material(&m.state_dir());
-    let wrk = material(&w.state_dir());
+    let mgr = tls_material(&m.state_dir());
+    let wrk = tls_material(&w.state_dir());
 
     let n = list_nodes(
         &rt,
@@ -422,7 +415,7 @@ fn remote_control_api_is_for_manager_certificates_only() {
 
     // A certificate from another CA does not get through the handshake.
     let other = Swarmd::start();
-    let foreign = material(&other.state_dir());
+    let foreign = tls_material(&other.state_dir());
     let err = list_nodes(
         &rt,
         &addr,
@@ -455,14 +448,14 @@ fn renewal_with_a_short_test_expiry_keeps_the_node_id() {
     let m = Swarmd::start_with(&["--test-cert-expiry", "6s"]);
     let (worker_token, _) = tokens(&m);
     let w = join_worker(&m, &worker_token);
-    let first = CertInfo::parse(&material(&w.state_dir()).cert_pem).expect("cert");
+    let first = CertInfo::parse(&tls_material(&w.state_dir()).cert_pem).expect("cert");
     let validity = first
         .not_after
         .duration_since(first.not_before)
         .expect("order");
     assert!(validity < Duration::from_secs(8), "{validity:?}");
     let renewed = wait_for("a renewed certificate", Duration::from_secs(20), || {
-        let now = CertInfo::parse(&material(&w.state_dir()).cert_pem).ok()?;
+        let now = CertInfo::parse(&tls_material(&w.state_dir()).cert_pem).ok()?;
         (now.not_after > first.not_after).then_some(now)
     });
     assert_eq!(renewed.node_id, first.node_id);
@@ -473,7 +466,7 @@ fn renewal_with_a_short_test_expiry_keeps_the_node_id() {
     );
     // And again: renewal keeps going with the renewed certificate (mutual TLS with it).
     wait_for("a second renewal", Duration::from_secs(20), || {
-        let now = CertInfo::parse(&material(&w.state_dir()).cert_pem).ok()?;
+        let now = CertInfo::parse(&tls_material(&w.state_dir()).cert_pem).ok()?;
         (now.not_after > renewed.not_after).then_some(())
     });
     assert!(w.log().contains("node certificate renewed"));
@@ -484,7 +477,7 @@ fn renewal_with_a_short_test_expiry_keeps_the_node_id() {
 fn root_rotation_on_a_single_manager_completes() {
     let m = Swarmd::start();
     let (worker0, manager0) = tokens(&m);
-    let before = material(&m.state_dir());
+    let before = tls_material(&m.state_dir());
     let node_id = CertInfo::parse(&before.cert_pem).expect("cert").node_id;
 
     let started = std::time::Instant::now();
@@ -499,14 +492,14 @@ fn root_rotation_on_a_single_manager_completes() {
     // Done: the root swapped on disk and in the cluster, both tokens regenerated.
     let (worker1, manager1) = wait_for("the rotation to complete", Duration::from_secs(30), || {
         let text = m.ctl(&["cluster", "inspect", "default"]).ok().to_string();
-        let swapped = material(&m.state_dir()).root_pem != before.root_pem;
+        let swapped = tls_material(&m.state_dir()).root_pem != before.root_pem;
         (swapped && !text.contains("rotation")).then(|| tokens(&m))
     });
     eprintln!(
         "root rotation took {:?} with one manager",
         started.elapsed()
     );
-    let after = material(&m.state_dir());
+    let after = tls_material(&m.state_dir());
     let new_root = ca::RootCa::from_pem(&after.root_pem, None).expect("new root");
     for (old, new) in [(&worker0, &worker1), (&manager0, &manager1)] {
         assert_ne!(
@@ -538,7 +531,7 @@ fn root_rotation_on_a_single_manager_completes() {
     // new token, whose digest is the new root's.
     m.ctl(&["node", "ls"]).ok();
     let w = join_worker(&m, &worker1);
-    assert_eq!(material(&w.state_dir()).root_pem, after.root_pem);
+    assert_eq!(tls_material(&w.state_dir()).root_pem, after.root_pem);
     assert_eq!(node_ids(&m).len(), 2);
 }
 
@@ -557,7 +550,7 @@ fn a_worker_restarted_with_another_cas_certificates_fails_to_start() {
     let other = Swarmd::start();
     let (other_token, _) = tokens(&other);
     let stranger = join_worker(&other, &other_token);
-    let foreign = material(&stranger.state_dir());
+    let foreign = tls_material(&stranger.state_dir());
     ca::KeyStore::new(&w.state_dir())
         .save(&foreign.root_pem, &foreign.cert_pem, &foreign.key_pem)
         .expect("swap certificates");

@@ -218,7 +218,7 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
     assert!(leaders[0].contains("node-1"), "{ls}");
 
     // A write on the leader shows on the follower's own control socket (reads there are
-    // answered from its replicated store, not forwarded).
+    // forwarded to the leader, which serves them linearizably).
     m.ctl_stdin(&["config", "create", "replicated"], b"hello")
         .ok();
     wait_for("the config on the follower", JOIN_LIMIT, || {

@@ -4,7 +4,8 @@
 //! listed in [`leader_subsystems`]; the manager adds the CA signer, the role manager and the
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
 //! serves CA, NodeCA, Control, Health, Dispatcher and the raft transport behind the authorization table of
-//! [`crate::authz`].
+//! [`crate::authz`]; on both listeners a follower forwards what only the leader serves to it
+//! ([`crate::proxy`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -202,6 +203,7 @@ impl Manager {
             &config.advertise_addr,
         )]);
 
+        let forwarder = crate::proxy::Forwarder::new(raft.clone(), config.security.clone());
         let unix = server::bind_control_socket(&config.control_socket)?;
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
         servers.spawn(server::serve_control(
@@ -210,6 +212,7 @@ impl Manager {
             control.clone(),
             HealthService::new("ControlAPI"),
             DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
+            Some(forwarder.local_layer()),
             shutdown.clone(),
         ));
 
@@ -244,6 +247,7 @@ impl Manager {
                 raft: Some(raft.transport()),
                 join: Some(JoinService::new(raft.clone(), store.clone())),
                 auth,
+                proxy: Some(forwarder.remote_layer()),
             },
             shutdown.clone(),
         ));

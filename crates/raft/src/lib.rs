@@ -16,6 +16,7 @@ mod db;
 mod log_store;
 mod network;
 mod node;
+mod read;
 mod state_machine;
 mod transport;
 mod types;

@@ -11,9 +11,9 @@
 //! On the leader, every Control call is served only after raft confirms the leadership with a
 //! quorum ([`raft::RaftNode::ensure_linearizable`]): reads are linearizable, and a deposed or
 //! minority-side leader answers no read and no write; the answer is bounded by
-//! [`Forwarder::control_bound`] (under 2 x election timeout). Without a leader (none known, the
-//! known one unreachable, or no answer within the bound) the answer is SwarmKit's no-leader message
-//! (gRPC code Unknown, as SwarmKit's).
+//! [`Forwarder::control_bound`] (under 2 x election timeout). Without a leader (none known within an
+//! election timeout, the known one unreachable, or no answer within the bound) the answer is
+//! SwarmKit's no-leader message (gRPC code Unknown, as SwarmKit's).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -126,13 +126,21 @@ impl Forwarder {
         self.raft.election_timeout() * 7 / 4
     }
 
-    /// Sends `req` to the leader and returns its answer, or the status saying why not.
-    async fn forward<B>(&self, req: http::Request<B>, local: bool) -> http::Response<Body>
+    /// Sends `req` to the `leader` at `addr` and returns its answer (a Control call's by
+    /// `deadline`), or the status saying why not.
+    async fn forward<B>(
+        &self,
+        req: http::Request<B>,
+        local: bool,
+        leader: u64,
+        addr: String,
+        deadline: tokio::time::Instant,
+    ) -> http::Response<Body>
     where
         B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<StdError>,
     {
-        match self.try_forward(req, local).await {
+        match self.try_forward(req, local, leader, &addr, deadline).await {
             Ok(resp) => resp,
             Err(status) => status.into_http(),
         }
@@ -142,6 +150,9 @@ impl Forwarder {
         &self,
         req: http::Request<B>,
         local: bool,
+        leader: u64,
+        addr: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<http::Response<Body>, Status>
     where
         B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
@@ -153,9 +164,6 @@ impl Forwarder {
                 from.to_str().unwrap_or("?")
             )));
         }
-        let Some((leader, addr)) = self.raft.leader_addr() else {
-            return Err(no_leader());
-        };
         let path = req.uri().path().to_string();
         let (caller, from) = if local {
             (Some(self.security.info()), None)
@@ -183,11 +191,11 @@ impl Forwarder {
         // Nothing of this connection (TLS info, peer address) travels on.
         parts.extensions = http::Extensions::new();
         let req = http::Request::from_parts(parts, Body::new(body));
-        let channel = self.channel(&addr)?;
+        let channel = self.channel(addr)?;
         tracing::debug!(method = %path, leader = %format!("{leader:x}"), %addr, "forwarding to the leader");
         let call = channel.oneshot(req);
         let res = if path.starts_with(CONTROL) {
-            match tokio::time::timeout(self.control_bound(), call).await {
+            match tokio::time::timeout_at(deadline, call).await {
                 Ok(res) => res,
                 Err(_) => {
                     tracing::debug!(method = %path, %addr, "the leader did not answer in time");
@@ -199,7 +207,7 @@ impl Forwarder {
         };
         res.map_err(|e| {
             tracing::debug!(method = %path, %addr, "cannot reach the leader: {e}");
-            self.forget(&addr);
+            self.forget(addr);
             no_leader()
         })
     }
@@ -254,30 +262,39 @@ where
         if !forwarded(path) {
             return Box::pin(self.inner.call(req));
         }
-        if self.fwd.raft.is_leader() {
-            if !path.starts_with(CONTROL) {
-                return Box::pin(self.inner.call(req));
-            }
-            // A Control call: leadership is confirmed first (what makes a read linearizable, and
-            // a write on a leader cut off from its quorum fail fast instead of queueing behind
-            // other writes that cannot commit either), and the answer is bounded as a
-            // forwarded one is. The ready service serves the call; a clone stays.
-            let deadline = tokio::time::Instant::now() + self.fwd.control_bound();
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            let raft = self.fwd.raft.clone();
-            return Box::pin(async move {
-                if raft.ensure_linearizable().await.is_err() {
-                    return Ok(no_leader().into_http());
-                }
-                match tokio::time::timeout_at(deadline, inner.call(req)).await {
-                    Ok(res) => res,
-                    Err(_) => Ok(no_leader().into_http()),
-                }
-            });
-        }
+        let control = path.starts_with(CONTROL);
+        let deadline = tokio::time::Instant::now() + self.fwd.control_bound();
+        // The ready service serves the call if this manager leads; a clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let (fwd, local) = (self.fwd.clone(), self.local);
-        Box::pin(async move { Ok(fwd.forward(req, local).await) })
+        Box::pin(async move {
+            let raft = &fwd.raft;
+            if !raft.is_leader() {
+                // A member that just started may not know the leader yet: wait a little.
+                match raft.wait_leader(raft.election_timeout()).await {
+                    None => return Ok(no_leader().into_http()),
+                    Some((id, _)) if id == raft.raft_id() => {}
+                    Some((id, addr)) => {
+                        return Ok(fwd.forward(req, local, id, addr, deadline).await);
+                    }
+                }
+            }
+            if !control {
+                return inner.call(req).await;
+            }
+            // A Control call on the leader: leadership is confirmed first (what makes a read
+            // linearizable, and a write on a leader cut off from its quorum fail fast instead of
+            // queueing behind other writes that cannot commit either), and the answer is
+            // bounded as a forwarded one is.
+            if raft.ensure_linearizable().await.is_err() {
+                return Ok(no_leader().into_http());
+            }
+            match tokio::time::timeout_at(deadline, inner.call(req)).await {
+                Ok(res) => res,
+                Err(_) => Ok(no_leader().into_http()),
+            }
+        })
     }
 }
 

@@ -39,23 +39,52 @@ impl RaftNode {
             .map(|m| (leader, m.addr))
     }
 
+    /// The leader as [`RaftNode::leader_addr`], waiting up to `bound` for one to be known (a
+    /// member that just started, or a new election under way); `None` if none is by then.
+    pub async fn wait_leader(&self, bound: Duration) -> Option<(u64, String)> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut metrics = self.metrics();
+        loop {
+            if let Some(leader) = self.leader_addr() {
+                return Some(leader);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.leader_addr(),
+            }
+        }
+    }
+
     /// Confirms (bounded by [`RaftNode::read_bound`]) that this member still leads and that its
     /// store has applied everything committed before the call: a read served after this is
-    /// linearizable. Any failure, a timeout included, is the no-leader error.
+    /// linearizable. A quorum that does not answer is asked again every heartbeat until the
+    /// bound (a member that just came back may take a heartbeat or two); a member that learns
+    /// it no longer leads fails at once. Any failure is the no-leader error.
     pub async fn ensure_linearizable(&self) -> Result<(), ProposeError> {
-        if !self.is_leader() {
-            return Err(ProposeError::NoLeader);
-        }
-        match tokio::time::timeout(self.read_bound(), self.raft().ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "leadership not confirmed for a read");
-                Err(ProposeError::NoLeader)
+        use openraft::error::{CheckIsLeaderError, RaftError};
+        let deadline = tokio::time::Instant::now() + self.read_bound();
+        let retry = Duration::from_millis(self.raft().config().heartbeat_interval);
+        loop {
+            if !self.is_leader() {
+                return Err(ProposeError::NoLeader);
             }
-            Err(_) => {
-                tracing::debug!(bound = ?self.read_bound(), "leadership not confirmed in time for a read");
-                Err(ProposeError::NoLeader)
+            match tokio::time::timeout_at(deadline, self.raft().ensure_linearizable()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                    tracing::debug!(error = %e, "leadership not confirmed yet for a read");
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "leadership not confirmed for a read");
+                    return Err(ProposeError::NoLeader);
+                }
+                Err(_) => break,
             }
+            if tokio::time::Instant::now() + retry >= deadline {
+                break;
+            }
+            tokio::time::sleep(retry).await;
         }
+        tracing::debug!(bound = ?self.read_bound(), "leadership not confirmed in time for a read");
+        Err(ProposeError::NoLeader)
     }
 }

@@ -190,6 +190,24 @@ fn fails_without_leader(m: &Swarmd, args: &[&str]) -> Duration {
     took
 }
 
+/// Prints the slowest and the median answer of each kind (the figures of the HA note).
+fn report(what: &str, times: &[(&str, Duration)]) {
+    for kind in ["ls", "create"] {
+        let mut t: Vec<Duration> = times
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, d)| *d)
+            .collect();
+        t.sort();
+        eprintln!(
+            "{what}: {kind}: {} calls, median {:?}, max {:?}",
+            t.len(),
+            t[t.len() / 2],
+            t[t.len() - 1]
+        );
+    }
+}
+
 #[test]
 fn a_minority_leader_and_a_follower_without_leader_answer_no_leader_in_time() {
     // The leader left alone: it cannot confirm its leadership, so it serves no read and
@@ -214,7 +232,7 @@ fn a_minority_leader_and_a_follower_without_leader_answer_no_leader_in_time() {
         ));
         n += 1;
     }
-    eprintln!("minority leader, swarmctl round trips: {times:?}");
+    report("minority leader", &times);
     drop((m1, m2, m3));
 
     // A follower left alone: at first its leader is known but gone, then it has none.
@@ -236,5 +254,5 @@ fn a_minority_leader_and_a_follower_without_leader_answer_no_leader_in_time() {
         ));
         n += 1;
     }
-    eprintln!("follower without leader, swarmctl round trips: {times:?}");
+    report("follower without leader", &times);
 }

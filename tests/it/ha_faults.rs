@@ -489,6 +489,10 @@ fn ha_leader_sigkill_five_times_keeps_acknowledged_writes_and_linearizable_regis
     // Checked on the managers that run (all of them unless a restart failed).
     verify(&rt, &mut c, &history, t0);
     println!("failover times (short ticks, 100 ms): {failovers:?}");
+    // Fails today at about 3.3-4 s: openraft 0.9 makes followers refuse votes for a leader
+    // lease of `election_timeout_max` (crates/raft/src/config.rs sets it to twice the election
+    // timeout, 2 s here) after the last heartbeat, so the first candidate is usually refused
+    // and wins only on its second election timeout.
     for f in &failovers {
         assert!(
             *f < Duration::from_secs(3),
@@ -636,4 +640,109 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
     std::thread::sleep(Duration::from_secs(2));
     let (history, t0) = w.finish(&rt);
     verify(&rt, &mut c, &history, t0);
+}
+
+/// Config creates per second on `socket` by `clients` concurrent clients, `per_client` each.
+fn create_rate(
+    rt: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    clients: usize,
+    per_client: usize,
+    tag: &str,
+) -> f64 {
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for k in 0..clients {
+            let mut cl = client(socket);
+            let tag = tag.to_string();
+            handles.push(tokio::spawn(async move {
+                for i in 0..per_client {
+                    cl.create_config(api::CreateConfigRequest {
+                        spec: Some(config_spec(&format!("t{tag}-{k}-{i}"), None)),
+                    })
+                    .await
+                    .expect("create config");
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("client");
+        }
+        (clients * per_client) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Item 10's figures, printed (nothing asserted): failover time (leader SIGKILL to the next
+/// acknowledged write, a fresh 3-manager cluster per kill since a killed leader cannot restart
+/// yet, see `Cluster::restart`) with short and default ticks, and config-create throughput of
+/// 3 managers against 1. Run with
+/// `cargo nextest run --test it --run-ignored only ha_figures --no-capture`.
+#[test]
+#[ignore = "figures, run by hand"]
+fn ha_figures() {
+    let rt = runtime();
+    for (label, tick, kills) in [
+        ("short ticks (100 ms)", 100, 3),
+        ("default ticks (1 s)", 1000, 3),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..kills {
+            let mut c = Cluster::start(3, tick);
+            let regs = create_registers(&rt, &mut c);
+            let w = Workload::start(
+                &rt,
+                c.sockets(),
+                &regs,
+                &rotating(3, Duration::from_secs(5)),
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            let leader = c.leader(Duration::from_secs(120));
+            let t = Instant::now();
+            c.kill(leader);
+            let (acked, _) = crate::harness::wait_for(
+                "a write after the kill",
+                Duration::from_secs(120),
+                || w.first_write_ack_after(t, leader),
+            );
+            times.push(acked - t);
+            w.finish(&rt);
+        }
+        println!(
+            "FIGURE failover, {label}: median {:?} of {times:?}",
+            median(times.clone())
+        );
+    }
+    let mut rates = BTreeMap::new();
+    for n in [1usize, 3] {
+        let mut c = Cluster::start(n, 100);
+        let leader = c.leader(Duration::from_secs(60));
+        let socket = c.managers[leader].socket();
+        let mut seq = Vec::new();
+        let mut conc = Vec::new();
+        for round in 0..3 {
+            seq.push(create_rate(&rt, &socket, 1, 100, &format!("s{round}")));
+            conc.push(create_rate(&rt, &socket, 8, 25, &format!("c{round}")));
+        }
+        let med = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (s, cc) = (med(seq.clone()), med(conc.clone()));
+        println!(
+            "FIGURE throughput, {n} manager(s): sequential {s:.0}/s {seq:.0?}, 8 clients {cc:.0}/s {conc:.0?}"
+        );
+        rates.insert(n, (s, cc));
+    }
+    let (one, three) = (rates[&1], rates[&3]);
+    println!(
+        "FIGURE throughput ratio 3 vs 1 managers: sequential {:.2}, 8 clients {:.2}",
+        three.0 / one.0,
+        three.1 / one.1
+    );
 }

@@ -245,6 +245,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Netns {
     fn create(n: usize) -> Result<Netns, String> {
+        remove_stale_namespaces();
         let seq = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
         let tag = (std::process::id() * 7 + seq) % 250;
         let mut net = Netns {
@@ -331,6 +332,34 @@ impl Netns {
             }
         }
         Ok(())
+    }
+}
+
+/// Deletes `h6-<pid>-…` namespaces left by a test process that was killed before its Drop ran
+/// (nextest's timeout), when that process is gone and nothing runs inside them.
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("h6-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let empty = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .is_ok_and(|o| o.stdout.is_empty());
+        if !alive && empty {
+            let _ = ip(&["netns", "del", name]);
+        }
     }
 }
 

@@ -190,6 +190,30 @@ fn fails_without_leader(m: &Swarmd, args: &[&str]) -> Duration {
     took
 }
 
+/// The names of the services in `m`'s own store, read on its control socket with the
+/// local-read header (not forwarded, not confirmed by a leader).
+fn local_services(m: &Swarmd) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let channel = ca::control_channel(&m.socket()).expect("channel");
+        let mut req = tonic::Request::new(api::ListServicesRequest::default());
+        req.metadata_mut()
+            .insert("swarmd-local-read", "true".parse().expect("value"));
+        let resp = tokio::time::timeout(
+            Duration::from_secs(20),
+            api::control_client::ControlClient::new(channel).list_services(req),
+        )
+        .await
+        .expect("answer in time")
+        .expect("a local read answers without a leader");
+        resp.into_inner()
+            .services
+            .into_iter()
+            .filter_map(|s| s.spec?.annotations.map(|a| a.name))
+            .collect()
+    })
+}
+
 /// Prints the slowest and the median answer of each kind (the figures of the HA note).
 fn report(what: &str, times: &[(&str, Duration)]) {
     for kind in ["ls", "create"] {
@@ -233,10 +257,23 @@ fn a_minority_leader_and_a_follower_without_leader_answer_no_leader_in_time() {
         n += 1;
     }
     report("minority leader", &times);
+    // Its own store still answers a read that asks for it (ours: `swarmd-local-read`).
+    assert!(local_services(&m1).contains(&"before".to_string()));
     drop((m1, m2, m3));
 
     // A follower left alone: at first its leader is known but gone, then it has none.
     let (mut m1, mut m2, m3, _) = three_managers();
+    m1.ctl(&["service", "create", "--name", "before", "--image", "nginx"])
+        .ok();
+    wait_for(
+        "the service in the follower's own store",
+        JOIN_LIMIT,
+        || {
+            local_services(&m3)
+                .contains(&"before".to_string())
+                .then_some(())
+        },
+    );
     m1.kill9();
     m2.kill9();
     let mut times = Vec::new();
@@ -255,4 +292,5 @@ fn a_minority_leader_and_a_follower_without_leader_answer_no_leader_in_time() {
         n += 1;
     }
     report("follower without leader", &times);
+    assert!(local_services(&m3).contains(&"before".to_string()));
 }

@@ -8,6 +8,9 @@
 //! only from a manager of its cluster. A call that already carries a `redirect` header is not
 //! forwarded again, so requests cannot loop between managers.
 //!
+//! A Control read on the control socket carrying [`LOCAL_READ_KEY`] is answered from this
+//! manager's own store instead (ours, for tests and debugging).
+//!
 //! On the leader, every Control call is served only after raft confirms the leadership with a
 //! quorum ([`raft::RaftNode::ensure_linearizable`]): reads are linearizable, and a deposed or
 //! minority-side leader answers no read and no write; the answer is bounded by
@@ -46,6 +49,21 @@ pub fn forwarded(path: &str) -> bool {
 }
 
 const CONTROL: &str = "/docker.swarmkit.v1.Control/";
+
+/// Header (ours, not SwarmKit's) asking the control socket to answer a Control read from this
+/// manager's own store, neither forwarded nor confirmed by the leader: possibly stale, but it
+/// shows what this manager holds (tests comparing managers' stores, debugging a manager that has
+/// lost its quorum). Honoured on the control socket only.
+pub const LOCAL_READ_KEY: &str = "swarmd-local-read";
+
+/// Whether a Control call asks for (and may have) a local read: `Get*`/`List*` with
+/// [`LOCAL_READ_KEY`] = `true`.
+fn local_read(path: &str, headers: &http::HeaderMap) -> bool {
+    let read = path
+        .strip_prefix(CONTROL)
+        .is_some_and(|m| m.starts_with("Get") || m.starts_with("List"));
+    read && headers.get(LOCAL_READ_KEY).is_some_and(|v| v == "true")
+}
 
 /// SwarmKit's answer when no leader can serve a call. Its code is Unknown, as SwarmKit's (a plain
 /// error from its raft proxy; spec 8) and as a write that fails in the store for the same reason.
@@ -263,6 +281,9 @@ where
             return Box::pin(self.inner.call(req));
         }
         let control = path.starts_with(CONTROL);
+        if self.local && control && local_read(path, req.headers()) {
+            return Box::pin(self.inner.call(req));
+        }
         let deadline = tokio::time::Instant::now() + self.fwd.control_bound();
         // The ready service serves the call if this manager leads; a clone stays.
         let clone = self.inner.clone();
@@ -323,6 +344,13 @@ mod tests {
             assert!(!forwarded(path), "{path}");
         }
         assert_eq!(no_leader().code(), tonic::Code::Unknown);
+        let mut h = http::HeaderMap::new();
+        assert!(!local_read("/docker.swarmkit.v1.Control/ListServices", &h));
+        h.insert(LOCAL_READ_KEY, http::HeaderValue::from_static("true"));
+        assert!(local_read("/docker.swarmkit.v1.Control/ListServices", &h));
+        assert!(local_read("/docker.swarmkit.v1.Control/GetConfig", &h));
+        assert!(!local_read("/docker.swarmkit.v1.Control/CreateService", &h));
+        assert!(!local_read("/docker.swarmkit.v1.Dispatcher/Session", &h));
         assert!(
             no_leader()
                 .message()

@@ -29,7 +29,7 @@ const MANAGER_JOIN_NO_MANAGER: &str = "this node has a manager certificate but n
 /// A running node.
 pub struct Node {
     node_id: String,
-    roles: Arc<Roles>,
+    pub(crate) roles: Arc<Roles>,
     security: Arc<SecurityConfig>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,

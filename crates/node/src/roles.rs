@@ -35,8 +35,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const MANAGER_STOP_LIMIT: Duration = Duration::from_secs(15);
 
 /// The manager this node runs, with what runs beside it.
-struct Running {
-    manager: Manager,
+pub(crate) struct Running {
+    pub(crate) manager: Manager,
     /// Stops [`renewal::watch_own_node`] for this manager.
     watch: CancellationToken,
     watch_task: JoinHandle<()>,
@@ -47,9 +47,9 @@ pub(crate) struct Roles {
     config: NodeConfig,
     state: StateDir,
     security: Arc<SecurityConfig>,
-    known: Arc<KnownManagers>,
+    pub(crate) known: Arc<KnownManagers>,
     renew: Arc<tokio::sync::Notify>,
-    running: Mutex<Option<Running>>,
+    pub(crate) running: Mutex<Option<Running>>,
 }
 
 /// The remote API listener and the address this node advertises for it.
@@ -290,5 +290,108 @@ impl Roles {
         if let Some(running) = running {
             self.stop_running(running).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use store::By;
+
+    use super::*;
+    use crate::{ExecutorKind, Node};
+
+    fn config(dir: &Path, name: &str) -> NodeConfig {
+        NodeConfig {
+            state_dir: dir.join(name),
+            listen_control_api: dir.join(format!("{name}.sock")),
+            listen_remote_api: "127.0.0.1:0".into(),
+            hostname: name.into(),
+            tick: Duration::from_millis(100),
+            executor: ExecutorKind::Process,
+            ..NodeConfig::default()
+        }
+    }
+
+    async fn manager_of(node: &Node) -> (store::MemoryStore, Arc<raft::RaftNode>) {
+        let running = node.roles.running.lock().await;
+        let m = &running.as_ref().expect("a manager runs").manager;
+        (m.store().clone(), m.raft().clone())
+    }
+
+    /// The leader's side of a demotion is another change (the leader removes the member from
+    /// raft, then the role manager changes the role); here the member is removed through the
+    /// raft API directly, and the node side is what is checked: the manager stops, its control
+    /// socket closes and its raft data goes, while the agent goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manager_removed_from_raft_and_demoted_runs_on_as_a_worker() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let n1 = Node::start(config(tmp.path(), "node-1"))
+            .await
+            .expect("first manager");
+        let (store1, raft1) = manager_of(&n1).await;
+        let token = store1.view(|tx| {
+            tx.find_clusters(By::Name(manager::bootstrap::DEFAULT_CLUSTER_NAME))
+                .into_iter()
+                .next()
+                .and_then(|c| c.root_ca)
+                .and_then(|r| r.join_tokens)
+                .expect("join tokens")
+                .manager
+        });
+        let mut c2 = config(tmp.path(), "node-2");
+        c2.join_addr = n1.roles.known.all()[0].clone();
+        c2.join_token = token;
+        let n2 = Node::start(c2.clone()).await.expect("second manager");
+        assert!(n2.is_manager().await);
+        assert!(c2.listen_control_api.exists());
+        let raft_id2 = manager_of(&n2).await.1.raft_id();
+
+        let voters: BTreeSet<u64> = raft1
+            .members()
+            .iter()
+            .filter(|m| m.voter && m.raft_id != raft_id2)
+            .map(|m| m.raft_id)
+            .collect();
+        raft1
+            .raft()
+            .change_membership(voters, false)
+            .await
+            .expect("remove the member");
+        let id2 = n2.node_id().to_string();
+        store1
+            .update(move |tx| {
+                let mut node = tx.get_node(&id2).expect("node 2");
+                node.spec.as_mut().expect("spec").desired_role = api::NodeRole::Worker as i32;
+                tx.update_node(node)?;
+                Ok(())
+            })
+            .await
+            .expect("demote");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while n2.is_manager().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the demoted node still runs its manager"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(n2.security().info().role, api::NodeRole::Worker);
+        assert!(!c2.listen_control_api.exists(), "control socket closed");
+        let state2 = StateDir::open(&c2.state_dir).expect("state dir");
+        assert!(!state2.has_raft_data(), "raft data removed");
+        // The agent goes on: the leader still sees the node READY, now as a worker.
+        let id2 = n2.node_id().to_string();
+        let node = store1.view(|tx| tx.get_node(&id2)).expect("node 2");
+        assert_eq!(node.role, api::NodeRole::Worker as i32);
+        assert_eq!(
+            node.status.map(|s| s.state),
+            Some(api::node_status::State::Ready as i32)
+        );
+        n2.stop().await;
+        n1.stop().await;
     }
 }

@@ -201,12 +201,19 @@ impl Roles {
     }
 
     /// Starts or stops the manager if the certificate's role and what runs differ.
-    async fn reconcile(&self) -> Result<(), NodeError> {
+    async fn reconcile(self: &Arc<Self>) -> Result<(), NodeError> {
         let role = self.security.info().role;
         let running = self.is_manager().await;
         match (role, running) {
             (api::NodeRole::Manager, false) => self.promoted().await,
-            (api::NodeRole::Worker, true) => self.demoted().await,
+            (api::NodeRole::Worker, true) => {
+                // Run to the end even if the node stops meanwhile: a manager half stopped would
+                // keep its raft data and control socket.
+                let me = self.clone();
+                tokio::spawn(async move { me.demoted().await })
+                    .await
+                    .map_err(|e| NodeError::Config(format!("stopping the manager failed: {e}")))?
+            }
             _ => Ok(()),
         }
     }

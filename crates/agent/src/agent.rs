@@ -1,13 +1,14 @@
 //! The agent's session with a manager (spec 6, SwarmKit agent/agent.go and session.go): register
 //! with the Session stream, heartbeat at the period the dispatcher gives, follow the Assignments
 //! stream into the [`Worker`], and report task status changes in batches. When anything fails
-//! the agent backs off (100 ms, then 100 ms + 2 × the previous pause, at most 8 s, with a random
-//! part) and registers again with a manager picked by weight from the ones it knows
+//! the agent registers again with a manager picked by weight from the ones it has not tried since
+//! its last pause, and once it has tried them all it backs off (100 ms, then 100 ms + 2 × the
+//! previous pause, at most 8 s, with a random part) before the next round
 //! ([`Remotes`]): the failed one loses weight, so the next pick is very likely another manager,
 //! and each session message replaces the set with the managers the dispatcher lists. Its tasks
 //! keep running meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,19 +93,27 @@ pub async fn run(
     worker.resume();
     let mut pending: BTreeMap<String, api::TaskStatus> = BTreeMap::new();
     let mut managers = Remotes::new(config.managers.iter().cloned());
-    let mut backoff = Duration::ZERO;
+    // Managers whose session failed since the last pause: each round tries every known manager
+    // once (by weight) before pausing, so a live manager is found without waiting out a pause
+    // per manager that refuses (a follower's dispatcher, a manager that is gone).
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    let mut backoff = BACKOFF_MIN;
     loop {
-        if !backoff.is_zero() {
+        if managers.is_empty() {
+            managers = Remotes::new(config.managers.iter().cloned());
+        }
+        let mut pick = managers.select_excluding(&tried);
+        if pick.is_none() {
+            tried.clear();
             let pause = backoff.mul_f64(rand::random::<f64>());
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
             }
+            backoff = (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX);
+            pick = managers.select_excluding(&tried);
         }
-        if managers.is_empty() {
-            managers = Remotes::new(config.managers.iter().cloned());
-        }
-        let Some(addr) = managers.select() else {
+        let Some(addr) = pick else {
             return Err(AgentError::NoManager);
         };
         let mut session = Session {
@@ -122,11 +131,12 @@ pub async fn run(
             SessionEnd::Failed(why) => {
                 warn!(manager = %addr, "agent session failed: {why}");
                 managers.observe_if_exists(&addr, -DEFAULT_WEIGHT);
-                backoff = if registered || backoff.is_zero() {
-                    BACKOFF_MIN
-                } else {
-                    (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX)
-                };
+                if registered {
+                    // A session that worked ended: a new round, from the shortest pause.
+                    tried.clear();
+                    backoff = BACKOFF_MIN;
+                }
+                tried.insert(addr);
             }
         }
     }

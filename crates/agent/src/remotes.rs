@@ -5,7 +5,7 @@
 //! weight, so the next pick is very likely another manager; each session message observes the
 //! managers it lists at the weight the dispatcher gives and drops the ones it does not list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The weight a manager starts with and the size of a failure's observation.
 pub const DEFAULT_WEIGHT: i32 = 10;
@@ -63,12 +63,14 @@ impl Remotes {
         self.weights.retain(|a, _| keep(a));
     }
 
-    /// Picks a manager with probability proportional to its weight; `r` is uniform in [0, 1).
-    pub fn select_with(&self, r: f64) -> Option<String> {
+    /// Picks a manager not in `exclude` with probability proportional to its weight; `r` is
+    /// uniform in [0, 1).
+    pub fn select_with(&self, exclude: &BTreeSet<String>, r: f64) -> Option<String> {
         let mut cum = 0.0;
         let cdf: Vec<(f64, &String)> = self
             .weights
             .iter()
+            .filter(|(a, _)| !exclude.contains(*a))
             .map(|(a, &w)| {
                 cum += f64::from(w.max(0)) + BIAS;
                 (cum, a)
@@ -81,9 +83,14 @@ impl Remotes {
             .map(|(_, a)| (*a).clone())
     }
 
+    /// Picks a manager not in `exclude` at random by weight.
+    pub fn select_excluding(&self, exclude: &BTreeSet<String>) -> Option<String> {
+        self.select_with(exclude, rand::random::<f64>())
+    }
+
     /// Picks a manager at random by weight.
     pub fn select(&self) -> Option<String> {
-        self.select_with(rand::random::<f64>())
+        self.select_excluding(&BTreeSet::new())
     }
 }
 
@@ -108,6 +115,7 @@ mod tests {
 
     #[test]
     fn a_failed_manager_is_rarely_picked_but_never_unpickable() {
+        let none = BTreeSet::new();
         let mut r = Remotes::new(["a:1".to_string(), "b:1".to_string()]);
         for _ in 0..4 {
             r.observe("a:1", DEFAULT_WEIGHT);
@@ -117,9 +125,9 @@ mod tests {
         r.observe_if_exists("a:1", -DEFAULT_WEIGHT);
         assert!(r.weights()["a:1"] <= 0, "{r:?}");
         // Only the bias is left for a: a tiny slice at the start of [0, 1).
-        assert_eq!(r.select_with(0.0).as_deref(), Some("a:1"));
+        assert_eq!(r.select_with(&none, 0.0).as_deref(), Some("a:1"));
         for i in 1..1000 {
-            let pick = r.select_with(f64::from(i) / 1000.0);
+            let pick = r.select_with(&none, f64::from(i) / 1000.0);
             assert_eq!(pick.as_deref(), Some("b:1"), "at {i}");
         }
         let picks = (0..2000).filter(|_| r.select().as_deref() == Some("b:1"));
@@ -128,14 +136,19 @@ mod tests {
 
     #[test]
     fn picks_follow_weights_and_an_empty_set_picks_none() {
+        let none = BTreeSet::new();
         assert_eq!(Remotes::default().select(), None);
         let mut r = Remotes::default();
         r.observe("a:1", 20); // 10
         r.observe("b:1", 60); // 30
-        assert_eq!(r.select_with(0.2).as_deref(), Some("a:1"));
-        assert_eq!(r.select_with(0.3).as_deref(), Some("b:1"));
-        assert_eq!(r.select_with(0.999_999).as_deref(), Some("b:1"));
+        assert_eq!(r.select_with(&none, 0.2).as_deref(), Some("a:1"));
+        assert_eq!(r.select_with(&none, 0.3).as_deref(), Some("b:1"));
+        assert_eq!(r.select_with(&none, 0.999_999).as_deref(), Some("b:1"));
+        let b: BTreeSet<String> = ["b:1".to_string()].into();
+        assert_eq!(r.select_with(&b, 0.999).as_deref(), Some("a:1"));
+        let both: BTreeSet<String> = ["a:1".to_string(), "b:1".to_string()].into();
+        assert_eq!(r.select_with(&both, 0.5), None);
         r.retain(|a| a != "b:1");
-        assert_eq!(r.select_with(0.9).as_deref(), Some("a:1"));
+        assert_eq!(r.select_with(&none, 0.9).as_deref(), Some("a:1"));
     }
 }

@@ -11,6 +11,7 @@ mod docker;
 mod ha_cluster;
 mod ha_faults;
 mod history;
+mod ha_roles;
 mod orchestration;
 mod persistence;
 mod security;

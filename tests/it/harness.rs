@@ -120,6 +120,12 @@ impl Swarmd {
         (s, code)
     }
 
+    /// Replaces the extra flags later starts use (e.g. a restart without `--join-addr`).
+    #[allow(dead_code)]
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Starts swarmd (again) on the same state dir and waits for `ready` in its log or its exit.
     #[allow(dead_code)]
     pub fn spawn_until(&mut self, ready: &str, limit: Duration) -> Option<i32> {

@@ -12,6 +12,7 @@ mod ha_cluster;
 mod ha_faults;
 mod ha_proxy;
 mod history;
+mod ha_roles;
 mod orchestration;
 mod persistence;
 mod security;

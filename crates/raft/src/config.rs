@@ -24,6 +24,9 @@ pub struct RaftConfig {
     pub election_tick: u32,
     /// Ticks between leader heartbeats (SwarmKit default 1).
     pub heartbeat_tick: u32,
+    /// Before starting, rewrite the stored membership to this member alone, keeping the whole
+    /// log (`swarmd --force-new-cluster`); see `force`.
+    pub force_new_cluster: bool,
 }
 
 impl Default for RaftConfig {
@@ -35,6 +38,7 @@ impl Default for RaftConfig {
             tick: Duration::from_secs(1),
             election_tick: 10,
             heartbeat_tick: 1,
+            force_new_cluster: false,
         }
     }
 }

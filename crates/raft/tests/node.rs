@@ -24,6 +24,7 @@ fn config(dir: &Path, snapshot_interval: u64, keep: u64) -> RaftConfig {
         tick: Duration::from_millis(50),
         election_tick: 10,
         heartbeat_tick: 1,
+        force_new_cluster: false,
     }
 }
 

@@ -143,14 +143,32 @@ impl Swarmd {
         cmd.arg("-d")
             .arg(self.state_dir())
             .arg("--listen-control-api")
-            .arg(self.socket())
-            .args(["--listen-remote-api", "127.0.0.1:0"])
-            .args(["--raft-tick-ms", "100"]);
+            .arg(self.socket());
+        if !self.extra_args.iter().any(|a| a == "--listen-remote-api") {
+            cmd.args(["--listen-remote-api", "127.0.0.1:0"]);
+        }
+        cmd.args(["--raft-tick-ms", "100"]);
         if !self.extra_args.iter().any(|a| a == "--hostname") {
             cmd.args(["--hostname", "node-1"]);
         }
         cmd.args(&self.extra_args).stdout(Stdio::null()).stderr(log);
         cmd
+    }
+
+    /// Replaces the extra flags used by the next start.
+    #[allow(dead_code)]
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Starts swarmd (again) on the same state dir without waiting for anything; returns the
+    /// log length before the start, for reading only what this run logs.
+    #[allow(dead_code)]
+    pub fn spawn_detached(&mut self) -> usize {
+        assert!(self.child.is_none(), "swarmd already running");
+        let skip = self.log().len();
+        self.child = Some(self.command().spawn().expect("spawn swarmd"));
+        skip
     }
 
     /// Starts swarmd (again) on the same state dir and waits for the control API.

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod daemon;
 mod docker;
+mod ha_recovery;
 mod orchestration;
 mod persistence;
 mod security;

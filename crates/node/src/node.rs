@@ -50,6 +50,27 @@ fn os_hostname() -> String {
         .unwrap_or_default()
 }
 
+/// `--force-new-cluster` recovers a manager from what its state directory holds: refused on a
+/// worker and on a directory without certificates or raft data, before anything is written.
+fn check_force_new_cluster(state: &StateDir, keys: &KeyStore) -> Result<(), NodeError> {
+    let nothing = |what: &str| {
+        NodeError::Config(format!(
+            "--force-new-cluster: state directory {} holds no {what}: there is no cluster to recover",
+            state.root().display()
+        ))
+    };
+    let material = keys.load()?.ok_or_else(|| nothing("node certificate"))?;
+    if CertInfo::parse(&material.cert_pem)?.role != api::NodeRole::Manager {
+        return Err(NodeError::Config(
+            "--force-new-cluster can only be used on a manager: this node is a worker".into(),
+        ));
+    }
+    if !state.has_raft_data() {
+        return Err(nothing("raft data"));
+    }
+    Ok(())
+}
+
 async fn load_or_create_identity(
     config: &NodeConfig,
     state: &StateDir,
@@ -145,6 +166,9 @@ impl Node {
         config.validate()?;
         let state = StateDir::open(&config.state_dir)?;
         let keys = KeyStore::new(state.root());
+        if config.force_new_cluster {
+            check_force_new_cluster(&state, &keys)?;
+        }
         let id = load_or_create_identity(&config, &state, &keys).await?;
         let node_id = id.info.node_id.clone();
         let security = SecurityConfig::new(
@@ -214,10 +238,11 @@ impl Node {
         let raft = raft::RaftConfig {
             dir: state.raft_dir(),
             snapshot_interval: config.snapshot_interval,
+            log_entries_for_slow_followers: config.log_entries_for_slow_followers,
             tick: config.tick,
             election_tick: config.election_tick,
             heartbeat_tick: config.heartbeat_tick,
-            ..raft::RaftConfig::default()
+            force_new_cluster: config.force_new_cluster,
         };
         let manager = Manager::start(ManagerConfig {
             control_socket: config.listen_control_api.clone(),

@@ -99,7 +99,8 @@ impl RaftNode {
             .await
             .map_err(|e| RaftError::Raft(format!("opening raft database: {e}")))??;
         let id = db::raft_id(&db, &path)?;
-        tracing::info!(raft.id = %format!("{id:x}"), "starting raft member");
+        tracing::info!(raft.id = %format!("{id:x}"), election_timeout = ?cfg.election_timeout(),
+            heartbeat_interval = ?cfg.heartbeat_interval(), "starting raft member");
         if let Some(addr) = force_new_cluster_addr {
             let forced = crate::force::rewrite(&db, &path, id, addr)?;
             tracing::warn!(raft.id = %format!("{id:x}"), raft.index = forced.index, term = forced.term,

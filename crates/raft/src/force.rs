@@ -128,3 +128,85 @@ pub(crate) fn rewrite(
         removed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{KEY_COMMITTED, KEY_RAFT_ID};
+    use crate::types::RaftRequest;
+
+    #[test]
+    fn rewrite_keeps_every_entry_past_the_commit_index_and_leaves_one_member() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = crate::db::open(tmp.path()).expect("open");
+        let (a, b, c) = (0xa_u64, 0xb_u64, 0xc_u64);
+        let lid = |term, index| LogId::new(CommittedLeaderId::new(term, a), index);
+        let nodes = BTreeMap::from([a, b, c].map(|n| (n, BasicNode::new(format!("h{n}:1")))));
+        let mut entries = vec![Entry {
+            log_id: lid(1, 1),
+            payload: EntryPayload::Membership(Membership::from(nodes)),
+        }];
+        for i in 2..=5 {
+            entries.push(Entry {
+                log_id: lid(1, i),
+                payload: EntryPayload::Normal(RaftRequest {
+                    payload: vec![i as u8],
+                }),
+            });
+        }
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut logs = txn.open_table(LOGS).expect("logs");
+            for e in &entries {
+                logs.insert(e.log_id.index, encode_entry(e).expect("encode").as_slice())
+                    .expect("insert");
+            }
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(KEY_RAFT_ID, b.to_be_bytes().as_slice())
+                .expect("id");
+            let vote = to_json(&Vote::new_committed(1, a)).expect("json");
+            meta.insert(KEY_VOTE, vote.as_slice()).expect("vote");
+            // b knows only entry 2 to be committed; 3..5 may have been acknowledged all the same.
+            let committed = to_json(&Some(lid(1, 2))).expect("json");
+            meta.insert(KEY_COMMITTED, committed.as_slice())
+                .expect("committed");
+        }
+        txn.commit().expect("commit");
+
+        let forced = rewrite(&db, tmp.path(), b, "hb:1").expect("rewrite");
+        assert_eq!(forced.index, 6);
+        assert_eq!(forced.term, 2);
+        assert_eq!(forced.removed, vec![a, c]);
+
+        let txn = db.begin_read().expect("txn");
+        let logs = txn.open_table(LOGS).expect("logs");
+        let stored: Vec<Entry> = logs
+            .iter()
+            .expect("iter")
+            .map(|r| decode_entry(r.expect("row").1.value()).expect("decode"))
+            .collect();
+        assert_eq!(stored.len(), 6);
+        for (e, s) in entries.iter().zip(&stored) {
+            assert_eq!(e.log_id, s.log_id);
+            assert_eq!(format!("{:?}", e.payload), format!("{:?}", s.payload));
+        }
+        let EntryPayload::Membership(m) = &stored[5].payload else {
+            panic!("not a membership entry: {:?}", stored[5]);
+        };
+        assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![b]);
+        assert_eq!(m.nodes().count(), 1);
+        let meta = txn.open_table(META).expect("meta");
+        let vote: Vote<NodeId> = get_json(&meta, KEY_VOTE).expect("read").expect("vote");
+        assert_eq!(vote, Vote::new(2, b));
+    }
+
+    #[test]
+    fn rewrite_of_an_empty_database_is_refused_and_changes_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = crate::db::open(tmp.path()).expect("open");
+        let err = rewrite(&db, tmp.path(), 7, "h:1").expect_err("nothing to recover");
+        assert!(err.to_string().contains("holds no cluster state"), "{err}");
+        let bounds = crate::db::log_bounds(&db).expect("bounds");
+        assert_eq!(bounds, crate::db::LogBounds::default());
+    }
+}

@@ -230,7 +230,11 @@ impl Node {
                 ca::generate_join_token(&id.root),
             ),
             ca_cert_hash: id.root.cert_hash(),
-            raft: default_raft_config(config.election_tick, config.heartbeat_tick),
+            raft: api::RaftConfig {
+                snapshot_interval: config.snapshot_interval,
+                log_entries_for_slow_followers: config.log_entries_for_slow_followers,
+                ..default_raft_config(config.election_tick, config.heartbeat_tick)
+            },
             hostname,
             status_addr,
             node_cert: id.cert_pem.clone(),

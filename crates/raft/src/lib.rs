@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+mod compaction;
 mod config;
 mod db;
 mod force;

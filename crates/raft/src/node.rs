@@ -112,6 +112,11 @@ impl RaftNode {
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
+        tokio::spawn(crate::compaction::run(
+            raft.clone(),
+            store.clone(),
+            cfg.clone(),
+        ));
         Ok(Arc::new(RaftNode {
             raft,
             id,

@@ -155,6 +155,8 @@ async fn snapshot_compacts_the_log_and_restart_restores_it() {
         "{bounds:?}"
     );
     assert!(bounds.snapshot_index.expect("snapshot") >= bounds.last_purged_index.expect("purged"));
+    // No cluster object, so SwarmKit's default KeepOldSnapshots 0: only the latest snapshot.
+    assert!(bounds.old_snapshot_indexes.is_empty(), "{bounds:?}");
     let m = node.metrics().borrow().clone();
     assert!(m.snapshot.is_some() && m.purged.is_some(), "{m:?}");
     node.shutdown().await;

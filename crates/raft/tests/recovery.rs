@@ -276,3 +276,76 @@ async fn force_new_cluster_refuses_an_empty_raft_directory() {
     .expect_err("a joining member has nothing to recover");
     assert!(matches!(err, RaftError::ForceNewCluster(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_objects_raft_settings_drive_snapshots_and_compaction() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // The start-up values would not snapshot within this test.
+    let store = MemoryStore::new(None);
+    let node = start(config(dir.path()), &store, "127.0.0.1:1").await;
+    for i in 0..40 {
+        create_node(&store, &format!("before{i:02}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.log_bounds().expect("bounds").snapshot_index, None);
+
+    // As SwarmKit, the cluster object's Spec.Raft is read as entries are applied.
+    let cluster = api::Cluster {
+        id: "c1".into(),
+        spec: Some(api::ClusterSpec {
+            annotations: Some(api::Annotations {
+                name: "default".into(),
+                ..Default::default()
+            }),
+            raft: Some(api::RaftConfig {
+                snapshot_interval: 20,
+                log_entries_for_slow_followers: 5,
+                keep_old_snapshots: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store
+        .update(move |tx| tx.create_cluster(cluster))
+        .await
+        .expect("create cluster");
+    for i in 0..80 {
+        create_node(&store, &format!("after{i:02}")).await;
+    }
+    let last = store.view(|tx| {
+        tx.get_node("after79")
+            .and_then(|n| n.meta)
+            .and_then(|m| m.version)
+            .map(|v| v.index)
+            .expect("version")
+    });
+    wait_until(
+        "a snapshot within 20 entries of the end and the log purged behind it",
+        || {
+            let b = node.log_bounds().expect("bounds");
+            b.snapshot_index.is_some_and(|s| s + 20 >= last)
+                && b.last_purged_index
+                    .is_some_and(|p| p + 5 == b.snapshot_index.unwrap_or(0))
+        },
+    )
+    .await;
+    // KeepOldSnapshots 2: the two snapshots before the current one stay, older ones go.
+    wait_until("two old snapshots kept", || {
+        node.log_bounds()
+            .expect("bounds")
+            .old_snapshot_indexes
+            .len()
+            == 2
+    })
+    .await;
+    let b = node.log_bounds().expect("bounds");
+    assert!(
+        b.old_snapshot_indexes
+            .iter()
+            .all(|i| *i < b.snapshot_index.expect("snapshot")),
+        "{b:?}"
+    );
+    node.shutdown().await;
+}

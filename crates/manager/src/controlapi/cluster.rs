@@ -296,31 +296,6 @@ pub(super) async fn get(
     })
 }
 
-/// Running managers take their snapshot settings from swarmd's start, not from the cluster
-/// object: a change of them would not be applied, so it is refused rather than stored.
-fn refuse_raft_snapshot_changes(
-    old: Option<&api::ClusterSpec>,
-    new: &api::ClusterSpec,
-) -> Result<(), Status> {
-    let key = |r: Option<&api::RaftConfig>| {
-        r.map(|r| {
-            (
-                r.snapshot_interval,
-                r.keep_old_snapshots,
-                r.log_entries_for_slow_followers,
-            )
-        })
-    };
-    let before = key(old.and_then(|s| s.raft.as_ref()));
-    let after = key(new.raft.as_ref());
-    if after.is_some() && before != after {
-        return Err(Status::unimplemented(
-            "not supported yet: changing the raft snapshot settings (SnapshotInterval, KeepOldSnapshots, LogEntriesForSlowFollowers) of a running cluster",
-        ));
-    }
-    Ok(())
-}
-
 pub(super) async fn update(
     ctl: &ControlApi,
     req: api::UpdateClusterRequest,
@@ -333,7 +308,6 @@ pub(super) async fn update(
     let id = req.cluster_id;
     ctl.write(|tx| {
         let mut cluster = tx.get_cluster(&id).ok_or_else(|| not_found(&id))?;
-        refuse_raft_snapshot_changes(cluster.spec.as_ref(), &spec)?;
         set_version(&mut cluster.meta, version);
         cluster.spec = Some(spec);
         expire_blacklisted_certs(&mut cluster);

@@ -205,19 +205,3 @@ fn rotation_keys_are_redacted() {
     assert!(rotation.ca_key.is_empty());
     assert!(!rotation.ca_cert.is_empty() && !rotation.cross_signed_ca_cert.is_empty());
 }
-
-#[test]
-fn raft_snapshot_settings_cannot_be_changed_yet() {
-    let raft = |snapshot_interval| api::ClusterSpec {
-        raft: Some(api::RaftConfig {
-            snapshot_interval,
-            log_entries_for_slow_followers: 500,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    assert!(refuse_raft_snapshot_changes(Some(&raft(10_000)), &raft(10_000)).is_ok());
-    let err = refuse_raft_snapshot_changes(Some(&raft(10_000)), &raft(5)).expect_err("refused");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().starts_with("not supported yet: "), "{err}");
-}

@@ -12,6 +12,7 @@ mod ha_cluster;
 mod ha_faults;
 mod history;
 mod ha_roles;
+mod ha_recovery;
 mod orchestration;
 mod persistence;
 mod security;

@@ -145,7 +145,7 @@ fn force_new_cluster_refuses_a_worker_and_an_empty_state_dir() {
     );
     assert_eq!(code, None, "{}", w.log());
     w.kill9();
-    w.set_args(&["--hostname", "w1", "--force-new-cluster"]);
+    w.set_extra_args(&["--hostname", "w1", "--force-new-cluster"]);
     let code = w.spawn_until("node is ready", LIMIT);
     assert_eq!(code, Some(1), "{}", w.log());
     assert!(
@@ -221,7 +221,7 @@ fn force_new_cluster_on_the_survivor_keeps_every_object_and_takes_writes() {
 
     let m3 = &mut managers[2];
     m3.kill9();
-    m3.set_args(&refs(&manager_args(
+    m3.set_extra_args(&refs(&manager_args(
         "m3",
         &addrs[2],
         &["--force-new-cluster"],
@@ -246,7 +246,7 @@ fn force_new_cluster_on_the_survivor_keeps_every_object_and_takes_writes() {
     assert!(own.ends_with("REACHABLE *"), "{ls}");
     // A plain restart stays a one-member cluster with everything.
     assert_eq!(m3.stop(), Some(0), "{}", m3.log());
-    m3.set_args(&refs(&manager_args("m3", &addrs[2], &[])));
+    m3.set_extra_args(&refs(&manager_args("m3", &addrs[2], &[])));
     assert_eq!(m3.spawn_until("node is ready", LIMIT), None, "{}", m3.log());
     wait_configs(m3, "the restarted manager", &written);
     assert!(write_config(m3, "ha-force-restart"));
@@ -349,7 +349,7 @@ fn all_managers_killed_and_restarted_keep_every_write_and_the_workers_tasks() {
         } else {
             &["--executor", "process", "--election-tick", "40"]
         };
-        m.set_args(&refs(&manager_args(
+        m.set_extra_args(&refs(&manager_args(
             &format!("m{}", i + 1),
             &addrs[i],
             extra,
@@ -466,7 +466,7 @@ fn a_follower_down_during_a_snapshot_catches_up_from_it() {
             .then_some(())
     });
     let m3 = &mut managers[2];
-    m3.set_args(&refs(&manager_args("m3", &addrs[2], &extra)));
+    m3.set_extra_args(&refs(&manager_args("m3", &addrs[2], &extra)));
     let skip = m3.log().len();
     assert_eq!(m3.spawn_until("node is ready", LIMIT), None, "{}", m3.log());
     wait_configs(m3, "the restarted follower", &written);

@@ -188,12 +188,6 @@ impl Swarmd {
         cmd
     }
 
-    /// Replaces the extra flags used by the next start.
-    #[allow(dead_code)]
-    pub fn set_args(&mut self, args: &[&str]) {
-        self.extra_args = args.iter().map(|a| a.to_string()).collect();
-    }
-
     /// Starts swarmd (again) on the same state dir without waiting for anything; returns the
     /// log length before the start, for reading only what this run logs.
     #[allow(dead_code)]

@@ -72,20 +72,38 @@ impl RaftConfig {
         self.tick * self.heartbeat_tick
     }
 
-    /// Minimum election timeout: `tick * election_tick`; the maximum is twice that.
+    /// Election timeout: `tick * election_tick`. A follower that stops hearing its leader
+    /// campaigns between one and 1.2 election timeouts later (see `openraft_election_bounds`).
     pub fn election_timeout(&self) -> Duration {
         self.tick * self.election_tick
+    }
+
+    /// openraft's `(election_timeout_min, election_timeout_max)` in ms for the election timeout
+    /// E. openraft refuses votes for a leader lease of `election_timeout_max` after the last
+    /// heartbeat, and a follower that knew a leader campaigns only after that lease plus its own
+    /// random timeout in `[min, max)`. With min = 0.4 E and max = 0.6 E a follower campaigns
+    /// `[E, 1.2 E)` after the leader went silent, close to SwarmKit's (etcd's) `[E, 2 E)`;
+    /// openraft's own min = E, max = 2 E would make that `[3 E, 4 E)`. The minimum stays above
+    /// the heartbeat interval, as openraft requires.
+    fn openraft_election_bounds(&self) -> (u64, u64) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let e = ms(self.election_timeout());
+        let hb = ms(self.heartbeat_interval());
+        let min = (e / 5 * 2).max(hb.saturating_add(hb / 2).max(hb + 1));
+        let max = (e / 5 * 3).max(min + 1);
+        (min, max)
     }
 
     /// The openraft configuration for these settings.
     pub(crate) fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let election_min = ms(self.election_timeout());
+        let (lease_min, lease_max) = self.openraft_election_bounds();
         let cfg = openraft::Config {
             cluster_name: "swarmkit".to_string(),
             heartbeat_interval: ms(self.heartbeat_interval()),
-            election_timeout_min: election_min,
-            election_timeout_max: election_min.saturating_mul(2),
+            election_timeout_min: lease_min,
+            election_timeout_max: lease_max,
             install_snapshot_timeout: election_min,
             // serde_json spells bytes as number lists (about 4x), so keep a chunk well under
             // the transport's message limit.
@@ -128,8 +146,17 @@ mod tests {
     fn timings_map_to_openraft() {
         let o = cfg().to_openraft().expect("valid");
         assert_eq!(o.heartbeat_interval, 1_000);
-        assert_eq!(o.election_timeout_min, 10_000);
-        assert_eq!(o.election_timeout_max, 20_000);
+        // Lease (max) plus a random timeout in [min, max): campaigns 10-12 s after silence.
+        assert_eq!(o.election_timeout_min, 4_000);
+        assert_eq!(o.election_timeout_max, 6_000);
+        let short = RaftConfig {
+            election_tick: 2,
+            ..cfg()
+        }
+        .to_openraft()
+        .expect("valid");
+        assert!(short.election_timeout_min > short.heartbeat_interval);
+        assert!(short.election_timeout_max > short.election_timeout_min);
         // Snapshots and purges are `compaction`'s, never openraft's own.
         assert_eq!(o.snapshot_policy, SnapshotPolicy::Never);
         assert_eq!(o.max_in_snapshot_log_to_keep, u64::MAX);

@@ -188,6 +188,16 @@ impl Swarmd {
         cmd
     }
 
+    /// Starts swarmd (again) on the same state dir without waiting for anything; returns the
+    /// log length before the start, for reading only what this run logs.
+    #[allow(dead_code)]
+    pub fn spawn_detached(&mut self) -> usize {
+        assert!(self.child.is_none(), "swarmd already running");
+        let skip = self.log().len();
+        self.child = Some(self.command().spawn().expect("spawn swarmd"));
+        skip
+    }
+
     /// Starts swarmd (again) on the same state dir and waits for the control API.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "swarmd already running");

@@ -12,6 +12,7 @@ mod ha_cluster;
 mod ha_faults;
 mod ha_proxy;
 mod ha_roles;
+mod ha_recovery;
 mod history;
 mod orchestration;
 mod persistence;

@@ -44,6 +44,27 @@ struct Identity {
     fresh: bool,
 }
 
+/// `--force-new-cluster` recovers a manager from what its state directory holds: refused on a
+/// worker and on a directory without certificates or raft data, before anything is written.
+fn check_force_new_cluster(state: &StateDir, keys: &KeyStore) -> Result<(), NodeError> {
+    let nothing = |what: &str| {
+        NodeError::Config(format!(
+            "--force-new-cluster: state directory {} holds no {what}: there is no cluster to recover",
+            state.root().display()
+        ))
+    };
+    let material = keys.load()?.ok_or_else(|| nothing("node certificate"))?;
+    if CertInfo::parse(&material.cert_pem)?.role != api::NodeRole::Manager {
+        return Err(NodeError::Config(
+            "--force-new-cluster can only be used on a manager: this node is a worker".into(),
+        ));
+    }
+    if !state.has_raft_data() {
+        return Err(nothing("raft data"));
+    }
+    Ok(())
+}
+
 async fn load_or_create_identity(
     config: &NodeConfig,
     state: &StateDir,
@@ -141,6 +162,9 @@ impl Node {
         config.validate()?;
         let state = StateDir::open(&config.state_dir)?;
         let keys = KeyStore::new(state.root());
+        if config.force_new_cluster {
+            check_force_new_cluster(&state, &keys)?;
+        }
         let id = load_or_create_identity(&config, &state, &keys).await?;
         let node_id = id.info.node_id.clone();
         let security = SecurityConfig::new(

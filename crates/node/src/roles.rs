@@ -132,7 +132,11 @@ impl Roles {
             root_ca_key: root.key_pem().map(<[u8]>::to_vec),
             join_tokens: (ca::generate_join_token(root), ca::generate_join_token(root)),
             ca_cert_hash: root.cert_hash(),
-            raft: default_raft_config(config.election_tick, config.heartbeat_tick),
+            raft: api::RaftConfig {
+                snapshot_interval: config.snapshot_interval,
+                log_entries_for_slow_followers: config.log_entries_for_slow_followers,
+                ..default_raft_config(config.election_tick, config.heartbeat_tick)
+            },
             hostname,
             status_addr,
             node_cert: self.security.material().cert_pem,
@@ -140,10 +144,13 @@ impl Roles {
         let raft = raft::RaftConfig {
             dir: self.state.raft_dir(),
             snapshot_interval: config.snapshot_interval,
+            log_entries_for_slow_followers: config.log_entries_for_slow_followers,
             tick: config.tick,
             election_tick: config.election_tick,
             heartbeat_tick: config.heartbeat_tick,
-            ..raft::RaftConfig::default()
+            // Only a manager resuming from its own raft data (checked at node start); a join has
+            // none to recover.
+            force_new_cluster: config.force_new_cluster && join_addr.is_none(),
         };
         let manager = Manager::start(ManagerConfig {
             control_socket: config.listen_control_api.clone(),

@@ -14,9 +14,11 @@ use crate::RaftError;
 pub struct RaftConfig {
     /// Directory holding `raft.redb`; created with mode 0700.
     pub dir: PathBuf,
-    /// Entries applied since the last snapshot that trigger a new one (SwarmKit default 10000).
+    /// Entries applied since the last snapshot that trigger a new one (SwarmKit default 10000),
+    /// until the cluster object's `Spec.Raft` says otherwise.
     pub snapshot_interval: u64,
-    /// Entries already in a snapshot kept in the log for slow followers (SwarmKit default 500).
+    /// Entries already in a snapshot kept in the log for slow followers (SwarmKit default 500),
+    /// until the cluster object's `Spec.Raft` says otherwise.
     pub log_entries_for_slow_followers: u64,
     /// Raft tick (SwarmKit default 1s).
     pub tick: Duration,
@@ -24,6 +26,9 @@ pub struct RaftConfig {
     pub election_tick: u32,
     /// Ticks between leader heartbeats (SwarmKit default 1).
     pub heartbeat_tick: u32,
+    /// Before starting, rewrite the stored membership to this member alone, keeping the whole
+    /// log (`swarmd --force-new-cluster`); see `force`.
+    pub force_new_cluster: bool,
 }
 
 impl Default for RaftConfig {
@@ -35,6 +40,7 @@ impl Default for RaftConfig {
             tick: Duration::from_secs(1),
             election_tick: 10,
             heartbeat_tick: 1,
+            force_new_cluster: false,
         }
     }
 }
@@ -66,26 +72,45 @@ impl RaftConfig {
         self.tick * self.heartbeat_tick
     }
 
-    /// Minimum election timeout: `tick * election_tick`; the maximum is twice that.
+    /// Election timeout: `tick * election_tick`. A follower that stops hearing its leader
+    /// campaigns between one and 1.2 election timeouts later (see `openraft_election_bounds`).
     pub fn election_timeout(&self) -> Duration {
         self.tick * self.election_tick
+    }
+
+    /// openraft's `(election_timeout_min, election_timeout_max)` in ms for the election timeout
+    /// E. openraft refuses votes for a leader lease of `election_timeout_max` after the last
+    /// heartbeat, and a follower that knew a leader campaigns only after that lease plus its own
+    /// random timeout in `[min, max)`. With min = 0.4 E and max = 0.6 E a follower campaigns
+    /// `[E, 1.2 E)` after the leader went silent, close to SwarmKit's (etcd's) `[E, 2 E)`;
+    /// openraft's own min = E, max = 2 E would make that `[3 E, 4 E)`. The minimum stays above
+    /// the heartbeat interval, as openraft requires.
+    fn openraft_election_bounds(&self) -> (u64, u64) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let e = ms(self.election_timeout());
+        let hb = ms(self.heartbeat_interval());
+        let min = (e / 5 * 2).max(hb.saturating_add(hb / 2).max(hb + 1));
+        let max = (e / 5 * 3).max(min + 1);
+        (min, max)
     }
 
     /// The openraft configuration for these settings.
     pub(crate) fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let election_min = ms(self.election_timeout());
+        let (lease_min, lease_max) = self.openraft_election_bounds();
         let cfg = openraft::Config {
             cluster_name: "swarmkit".to_string(),
             heartbeat_interval: ms(self.heartbeat_interval()),
-            election_timeout_min: election_min,
-            election_timeout_max: election_min.saturating_mul(2),
+            election_timeout_min: lease_min,
+            election_timeout_max: lease_max,
             install_snapshot_timeout: election_min,
             // serde_json spells bytes as number lists (about 4x), so keep a chunk well under
             // the transport's message limit.
             snapshot_max_chunk_size: 1 << 20,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
-            max_in_snapshot_log_to_keep: self.log_entries_for_slow_followers,
+            // `compaction` triggers snapshots and purges the log from the cluster's settings.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
             // A follower further behind than what the log still holds needs the snapshot.
             replication_lag_threshold: self
                 .snapshot_interval
@@ -121,10 +146,20 @@ mod tests {
     fn timings_map_to_openraft() {
         let o = cfg().to_openraft().expect("valid");
         assert_eq!(o.heartbeat_interval, 1_000);
-        assert_eq!(o.election_timeout_min, 10_000);
-        assert_eq!(o.election_timeout_max, 20_000);
-        assert_eq!(o.snapshot_policy, SnapshotPolicy::LogsSinceLast(10_000));
-        assert_eq!(o.max_in_snapshot_log_to_keep, 500);
+        // Lease (max) plus a random timeout in [min, max): campaigns 10-12 s after silence.
+        assert_eq!(o.election_timeout_min, 4_000);
+        assert_eq!(o.election_timeout_max, 6_000);
+        let short = RaftConfig {
+            election_tick: 2,
+            ..cfg()
+        }
+        .to_openraft()
+        .expect("valid");
+        assert!(short.election_timeout_min > short.heartbeat_interval);
+        assert!(short.election_timeout_max > short.election_timeout_min);
+        // Snapshots and purges are `compaction`'s, never openraft's own.
+        assert_eq!(o.snapshot_policy, SnapshotPolicy::Never);
+        assert_eq!(o.max_in_snapshot_log_to_keep, u64::MAX);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 
 use std::path::PathBuf;
 
+mod compaction;
 mod config;
 mod db;
+mod force;
 mod log_store;
 mod network;
 mod node;
@@ -23,6 +25,7 @@ mod types;
 
 pub use config::RaftConfig;
 pub use db::{DB_FILE, LogBounds};
+pub use force::ForcedCluster;
 pub use network::{Dialer, NetworkFactory, PeerClient};
 pub use node::{Member, RaftNode};
 pub use transport::TransportService;
@@ -69,6 +72,9 @@ pub enum RaftError {
     /// A bounded wait ran out.
     #[error("raft: timed out: {0}")]
     Timeout(String),
+    /// `--force-new-cluster` cannot be done on this raft directory.
+    #[error("cannot force a new cluster: {0}")]
+    ForceNewCluster(String),
     /// The member was shut down.
     #[error("raft: node is stopped")]
     Stopped,

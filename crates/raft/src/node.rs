@@ -44,6 +44,8 @@ pub struct RaftNode {
     db: Mutex<Option<Arc<Database>>>,
     /// Sees when the last handle (openraft's workers hold some) is gone.
     db_weak: Weak<Database>,
+    /// `tick * election_tick`, the base of the request bounds in `read.rs`.
+    pub(crate) election_timeout: Duration,
 }
 
 impl RaftNode {
@@ -122,6 +124,7 @@ impl RaftNode {
             id,
             db_weak: Arc::downgrade(&db),
             db: Mutex::new(Some(db)),
+            election_timeout: cfg.election_timeout(),
         }))
     }
 

@@ -12,9 +12,10 @@ use store::ProposeError;
 use crate::node::RaftNode;
 
 impl RaftNode {
-    /// The minimum election timeout (`tick * election_tick`).
+    /// The election timeout E (`tick * election_tick`; openraft's own election bounds are
+    /// derived from it, see `config.rs`).
     pub fn election_timeout(&self) -> Duration {
-        Duration::from_millis(self.raft().config().election_timeout_min)
+        self.election_timeout
     }
 
     /// How long a read waits for leadership to be confirmed: one election timeout (a healthy

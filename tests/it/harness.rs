@@ -144,8 +144,10 @@ impl Swarmd {
             .arg(self.state_dir())
             .arg("--listen-control-api")
             .arg(self.socket())
-            .args(["--listen-remote-api", "127.0.0.1:0"])
             .args(["--raft-tick-ms", "100"]);
+        if !self.extra_args.iter().any(|a| a == "--listen-remote-api") {
+            cmd.args(["--listen-remote-api", "127.0.0.1:0"]);
+        }
         if !self.extra_args.iter().any(|a| a == "--hostname") {
             cmd.args(["--hostname", "node-1"]);
         }

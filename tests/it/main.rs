@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod daemon;
 mod docker;
+mod ha_members;
 mod orchestration;
 mod persistence;
 mod security;

@@ -197,10 +197,14 @@ impl Manager {
             config.bootstrap.node_id.clone(),
             dispatcher::Config::default(),
         );
-        dispatcher.set_managers(vec![dispatcher::weighted_peer(
-            &config.bootstrap.node_id,
-            &config.advertise_addr,
-        )]);
+        // Sessions tell agents every raft member, following membership changes.
+        servers.spawn(raftjoin::follow_managers(
+            raft.clone(),
+            store.clone(),
+            dispatcher.clone(),
+            config.bootstrap.node_id.clone(),
+            shutdown.clone(),
+        ));
 
         let unix = server::bind_control_socket(&config.control_socket)?;
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");

@@ -147,12 +147,17 @@ impl RaftMembers for StoreMembers {
             .members()
             .into_iter()
             .find(|m| m.raft_id == raft_id)?;
+        use api::raft_member_status::Reachability as R;
+        let reachability = match self.raft.reachability(raft_id) {
+            raft::Reachability::Reachable => R::Reachable,
+            raft::Reachability::Unreachable => R::Unreachable,
+            raft::Reachability::Unknown => R::Unknown,
+        };
         Some(api::ManagerStatus {
             raft_id,
             addr: member.addr,
             leader: self.raft.leader_id() == Some(raft_id),
-            // Every member is reported reachable; per-peer health comes with the HA work.
-            reachability: api::raft_member_status::Reachability::Reachable as i32,
+            reachability: reachability as i32,
         })
     }
 
@@ -160,4 +165,79 @@ impl RaftMembers for StoreMembers {
         self.raft_id_of(node_id)
             .is_some_and(|id| self.raft.members().iter().any(|m| m.raft_id == id))
     }
+
+    fn can_remove_member(&self, node_id: &str) -> bool {
+        self.raft_id_of(node_id)
+            .is_some_and(|id| self.raft.can_remove_member(id))
+    }
+
+    fn remove_member(
+        &self,
+        node_id: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let raft_id = self.raft_id_of(node_id);
+        let node_id = node_id.to_string();
+        Box::pin(async move {
+            let raft_id =
+                raft_id.ok_or_else(|| format!("node {node_id} has no raft member recorded"))?;
+            self.raft
+                .remove_member(raft_id, REMOVAL_WAIT)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// How long a removal from raft may take (SwarmKit's removalTimeout).
+const REMOVAL_WAIT: Duration = Duration::from_secs(5);
+
+/// Keeps the dispatcher's manager list (what sessions tell agents) equal to the raft membership:
+/// every member whose node is known (this manager, or a Node object recording its raft ID), with
+/// its advertised address, until `shutdown` fires.
+pub async fn follow_managers(
+    raft: Arc<RaftNode>,
+    store: MemoryStore,
+    dispatcher: dispatcher::Dispatcher,
+    node_id: String,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let mut nodes = store.watch(store::WatchFilter::none().nodes());
+    loop {
+        dispatcher.set_managers(manager_peers(&raft, &store, &node_id));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+            ev = nodes.recv() => if ev.is_none() { return },
+        }
+    }
+}
+
+/// The raft members as dispatcher peers, ordered by raft ID.
+pub fn manager_peers(
+    raft: &RaftNode,
+    store: &MemoryStore,
+    node_id: &str,
+) -> Vec<api::WeightedPeer> {
+    let own = raft.raft_id();
+    let by_raft_id: std::collections::HashMap<u64, String> = store.view(|tx| {
+        tx.find_nodes(store::By::All)
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.manager_status.as_ref()?.raft_id;
+                (id != 0).then_some((id, n.id))
+            })
+            .collect()
+    });
+    raft.members()
+        .into_iter()
+        .filter_map(|m| {
+            let node = if m.raft_id == own {
+                node_id.to_string()
+            } else {
+                by_raft_id.get(&m.raft_id)?.clone()
+            };
+            Some(dispatcher::weighted_peer(&node, &m.addr))
+        })
+        .collect()
 }

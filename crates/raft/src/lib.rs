@@ -14,6 +14,7 @@ use std::path::PathBuf;
 mod config;
 mod db;
 mod log_store;
+mod membership;
 mod network;
 mod node;
 mod state_machine;
@@ -22,6 +23,7 @@ mod types;
 
 pub use config::RaftConfig;
 pub use db::{DB_FILE, LogBounds};
+pub use membership::{ERR_ID_REMOVED, ERR_LOSS_OF_QUORUM, ERR_MEMBER_REMOVED, Reachability};
 pub use network::{Dialer, NetworkFactory, PeerClient};
 pub use node::{Member, RaftNode};
 pub use transport::TransportService;

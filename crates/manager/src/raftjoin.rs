@@ -63,7 +63,15 @@ impl RaftJoin for JoinService {
         self.raft
             .add_member(raft_id, addr.clone(), CATCH_UP)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| {
+                let msg = e.to_string();
+                // A removed raft ID never comes back: no retry will help.
+                if msg.contains(raft::ERR_ID_REMOVED) {
+                    Status::failed_precondition(msg)
+                } else {
+                    Status::unavailable(msg)
+                }
+            })?;
         let status = api::ManagerStatus {
             raft_id,
             addr,
@@ -240,4 +248,91 @@ pub fn manager_peers(
             Some(dispatcher::weighted_peer(&node, &m.addr))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use raft::{NetworkFactory, RaftConfig};
+
+    use super::*;
+
+    async fn lone_manager(dir: &std::path::Path, store: &MemoryStore) -> Arc<RaftNode> {
+        let cfg = RaftConfig {
+            dir: dir.to_path_buf(),
+            tick: Duration::from_millis(50),
+            ..Default::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            RaftNode::start(
+                cfg,
+                store.clone(),
+                "10.0.0.1:4242".into(),
+                NetworkFactory::unconnected(),
+            ),
+        )
+        .await
+        .expect("bounded")
+        .expect("start")
+    }
+
+    #[tokio::test]
+    async fn members_and_managers_list_follow_raft_membership_not_stored_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MemoryStore::new(None);
+        let raft = lone_manager(dir.path(), &store).await;
+        // A node whose stored record names a raft ID that is not (or no longer) a member.
+        let stale = api::Node {
+            id: "gone".into(),
+            manager_status: Some(api::ManagerStatus {
+                raft_id: 0xdead,
+                addr: "10.0.0.9:4242".into(),
+                leader: false,
+                reachability: api::raft_member_status::Reachability::Reachable as i32,
+            }),
+            ..Default::default()
+        };
+        let me = api::Node {
+            id: "me".into(),
+            ..Default::default()
+        };
+        store
+            .update(move |tx| {
+                tx.create_node(stale)?;
+                tx.create_node(me)
+            })
+            .await
+            .expect("write");
+        let members = StoreMembers::new("me".into(), raft.clone(), store.clone());
+
+        let status = members.manager_status("me").expect("a member");
+        assert_eq!(status.raft_id, raft.raft_id());
+        assert_eq!(status.addr, "10.0.0.1:4242");
+        assert!(status.leader);
+        assert_eq!(
+            status.reachability,
+            api::raft_member_status::Reachability::Reachable as i32
+        );
+        assert!(members.manager_status("gone").is_none());
+        assert!(!members.is_member("gone"));
+        // The only voter cannot leave: that is the quorum.
+        assert!(!members.can_remove_member("me"));
+        let err = members
+            .remove_member("me")
+            .await
+            .expect_err("last voter stays");
+        assert!(err.contains(raft::ERR_LOSS_OF_QUORUM), "{err}");
+        assert!(members.remove_member("gone").await.is_err());
+        assert_eq!(raft.members().len(), 1);
+
+        // Sessions are told the members only, with their raft addresses.
+        let peers = manager_peers(&raft, &store, "me");
+        assert_eq!(
+            peers,
+            vec![dispatcher::weighted_peer("me", "10.0.0.1:4242")]
+        );
+        raft.shutdown().await;
+    }
 }

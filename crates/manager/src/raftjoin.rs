@@ -211,12 +211,20 @@ pub async fn follow_managers(
 ) {
     let mut metrics = raft.metrics();
     let mut nodes = store.watch(store::WatchFilter::none().nodes());
+    let membership = |m: &raft::RaftMetrics| m.membership_config.log_id().map(|l| l.index);
     loop {
+        let seen = membership(&metrics.borrow_and_update());
         dispatcher.set_managers(manager_peers(&raft, &store, &node_id));
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-            ev = nodes.recv() => if ev.is_none() { return },
+        loop {
+            // Metrics change on every applied entry; only a new configuration matters here.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = metrics.changed() => {
+                    if changed.is_err() { return }
+                    if membership(&metrics.borrow_and_update()) != seen { break }
+                }
+                ev = nodes.recv() => if ev.is_none() { return } else { break },
+            }
         }
     }
 }

@@ -258,10 +258,86 @@ fn demotions_and_removals_change_raft_membership_safely() {
         "demoting the leader: node-2 listed as leader after {:?}",
         demoted.elapsed()
     );
-    wait_role_change(&m2, &id1);
+    wait_for("node-1's role changed to worker", LIMIT, || {
+        (role_changed(&m1, &id1) || role_changed(&m2, &id1)).then_some(())
+    });
     assert_eq!(manager_rows(&ls), 1, "{ls}");
     // The new leader accepts writes.
     m2.ctl_stdin(&["config", "create", "after-handover"], b"x")
         .ok();
     drop(worker);
+}
+
+#[test]
+fn a_demoted_leader_of_three_hands_over_to_a_follower() {
+    let m1 = Swarmd::start();
+    let (_, manager_token) = tokens(&m1);
+    let addr = m1.remote_addr();
+    let m2 = join(&addr, &manager_token, "node-2", "node is ready");
+    let m3 = join(&addr, &manager_token, "node-3", "node is ready");
+    let ls = wait_ls(&m1, "three reachable managers", |ls| {
+        ["node-1", "node-2", "node-3"]
+            .iter()
+            .all(|h| row(ls, h).is_some_and(|r| status(&r) == "REACHABLE"))
+    });
+    let id1 = node_id(&ls, "node-1");
+    m1.ctl_stdin(&["config", "create", "before-handover"], b"x")
+        .ok();
+
+    let demoted = Instant::now();
+    m1.ctl(&["node", "demote", &id1]).ok();
+    // A follower's own listing shows itself and its leader reachable; wait until one of them
+    // leads without node-1 in raft.
+    let (_, ls) = wait_for("a follower leads without node-1", LIMIT, || {
+        [&m2, &m3].into_iter().find_map(|m| {
+            let out = m.ctl(&["node", "ls"]);
+            let ls = out.stdout;
+            let leads = ls
+                .lines()
+                .any(|l| l.ends_with("REACHABLE *") && !l.contains(&id1));
+            let out_of_raft = row(&ls, "node-1").is_some_and(|r| status(&r).is_empty());
+            (out.code == 0 && leads && out_of_raft).then_some((m, ls))
+        })
+    });
+    eprintln!(
+        "demoting the leader of three: a follower listed as leader after {:?}",
+        demoted.elapsed()
+    );
+    assert_eq!(manager_rows(&ls), 2, "{ls}");
+    let new_leader = if row(&ls, "node-2").is_some_and(|r| r.ends_with("REACHABLE *")) {
+        &m2
+    } else {
+        &m3
+    };
+    // The new leader's role manager finishes the demotion.
+    let deadline = Instant::now() + LIMIT;
+    while !role_changed(new_leader, &id1) {
+        if Instant::now() >= deadline {
+            let pick = |m: &Swarmd| {
+                m.log()
+                    .lines()
+                    .filter(|l| l.contains("role") || l.contains("demot") || l.contains("leader"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "node-1's role never changed to worker\nm1:\n{}\nm2:\n{}\nm3:\n{}",
+                pick(&m1),
+                pick(&m2),
+                pick(&m3)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every acknowledged write is there and new ones commit on two voters.
+    assert!(
+        new_leader
+            .ctl(&["config", "ls"])
+            .ok()
+            .contains("before-handover")
+    );
+    new_leader
+        .ctl_stdin(&["config", "create", "after-handover"], b"x")
+        .ok();
 }

@@ -174,6 +174,10 @@ impl RaftMembers for StoreMembers {
             .is_some_and(|id| self.raft.members().iter().any(|m| m.raft_id == id))
     }
 
+    fn is_local(&self, node_id: &str) -> bool {
+        node_id == self.node_id
+    }
+
     fn can_remove_member(&self, node_id: &str) -> bool {
         self.raft_id_of(node_id)
             .is_some_and(|id| self.raft.can_remove_member(id))

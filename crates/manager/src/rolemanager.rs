@@ -117,8 +117,9 @@ impl RoleManager {
         match self.members.remove_member(id).await {
             Ok(()) => {
                 info!(node.id = %id, "demoted node removed from raft");
-                // Out of raft: the role can change now (on this leader, if it still leads).
-                false
+                // This leader removed itself and is stepping down: a write now could commit
+                // without its answer reaching us, so the next leader changes the role.
+                self.members.is_local(id)
             }
             Err(e) => {
                 warn!(node.id = %id, "can't demote the node at this time: {e}");

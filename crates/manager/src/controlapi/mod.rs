@@ -40,6 +40,11 @@ pub trait RaftMembers: Send + Sync + 'static {
         let _ = node_id;
         true
     }
+    /// Whether `node_id` is this manager's own node.
+    fn is_local(&self, node_id: &str) -> bool {
+        let _ = node_id;
+        false
+    }
     /// Removes `node_id` from raft (the role manager's half of a demotion; leader only). A
     /// leader removing itself hands leadership over. Defaults to refusing, loudly.
     fn remove_member(

@@ -79,6 +79,14 @@ struct Flags {
     /// Test option (ours): raft entries between snapshots, instead of the cluster default 10000.
     #[arg(long = "snapshot-interval", default_value_t = 10_000, hide = true)]
     snapshot_interval: u64,
+    /// Test option (ours): raft entries already in a snapshot kept for slow followers, instead
+    /// of the cluster default 500, so a follower can fall behind the compacted log quickly.
+    #[arg(
+        long = "log-entries-for-slow-followers",
+        default_value_t = 500,
+        hide = true
+    )]
+    log_entries_for_slow_followers: u64,
     /// Executor that runs tasks (ours): "docker" (the engine at --engine-addr) or "process"
     /// (child processes); by default Docker when its engine answers, processes otherwise
     #[arg(long = "executor", value_parser = clap::value_parser!(node::ExecutorKind))]
@@ -96,7 +104,6 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "listen-debug",
     "listen-metrics",
     "generic-node-resources",
-    "force-new-cluster",
     "external-ca",
     "autolock",
     "unlock-key",
@@ -156,12 +163,14 @@ fn main() -> ExitCode {
         heartbeat_tick: flags.heartbeat_tick,
         tick: Duration::from_millis(flags.raft_tick_ms),
         snapshot_interval: flags.snapshot_interval,
+        log_entries_for_slow_followers: flags.log_entries_for_slow_followers,
         join_addr: flags.join_addr,
         join_token: flags.join_token,
         availability: api::node_spec::Availability::Active,
         cert_expiry_override: flags.test_cert_expiry,
         executor: flags.executor.unwrap_or_default(),
         engine_addr: flags.engine_addr,
+        force_new_cluster: flags.force_new_cluster,
     };
     if let Err(e) = config.validate() {
         return fatal(&e.to_string());

@@ -19,7 +19,7 @@ pub struct Cluster {
     pub workers: Vec<Swarmd>,
 }
 
-fn worker_token(m: &Swarmd) -> String {
+pub fn worker_token(m: &Swarmd) -> String {
     let text = m.ctl(&["cluster", "inspect", "default"]).ok().to_string();
     text.lines()
         .find_map(|l| l.trim().strip_prefix("Worker:"))
@@ -54,7 +54,7 @@ impl Cluster {
         c
     }
 
-    fn join(&self, hostname: &str) -> Swarmd {
+    pub fn join(&self, hostname: &str) -> Swarmd {
         let addr = self.manager.remote_addr();
         let token = worker_token(&self.manager);
         let (w, code) = Swarmd::start_node(
@@ -149,7 +149,7 @@ impl Cluster {
 }
 
 /// PIDs of the processes whose command line contains `marker`.
-fn pids_with(marker: &str) -> BTreeSet<u32> {
+pub fn pids_with(marker: &str) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
     for entry in std::fs::read_dir("/proc").expect("/proc") {
         let Ok(entry) = entry else { continue };
@@ -169,11 +169,11 @@ fn pids_with(marker: &str) -> BTreeSet<u32> {
     out
 }
 
-fn marker(test: &str) -> String {
+pub fn marker(test: &str) -> String {
     format!("swarmkit-it-{test}-{}", std::process::id())
 }
 
-fn create_sleepers(c: &Cluster, name: &str, replicas: usize, marker: &str) {
+pub fn create_sleepers(c: &Cluster, name: &str, replicas: usize, marker: &str) {
     c.manager
         .ctl(&[
             "service",
@@ -194,7 +194,7 @@ fn create_sleepers(c: &Cluster, name: &str, replicas: usize, marker: &str) {
         .ok();
 }
 
-fn wait_processes(marker: &str, n: usize) -> BTreeSet<u32> {
+pub fn wait_processes(marker: &str, n: usize) -> BTreeSet<u32> {
     wait_for(&format!("{n} task processes"), WAIT, || {
         let pids = pids_with(marker);
         (pids.len() == n).then_some(pids)

@@ -72,7 +72,6 @@ fn flags_of_later_features_fail_loudly() {
         vec!["--listen-debug", "127.0.0.1:0"],
         vec!["--autolock"],
         vec!["--listen-metrics", "127.0.0.1:0"],
-        vec!["--force-new-cluster"],
     ] {
         let out = Command::new(SWARMD)
             .arg("-d")

@@ -13,6 +13,8 @@ pub struct Swarmd {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     extra_args: Vec<String>,
+    /// Network namespace swarmd runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 /// What a swarmctl run printed.
@@ -63,6 +65,7 @@ impl Swarmd {
             dir,
             child: None,
             extra_args: extra.iter().map(|a| a.to_string()).collect(),
+            netns: None,
         };
         s.spawn();
         s
@@ -94,14 +97,33 @@ impl Swarmd {
     /// in its log. Returns the handle and, if it exited, its exit code.
     #[allow(dead_code)]
     pub fn start_node(args: &[&str], ready: &str, limit: Duration) -> (Swarmd, Option<i32>) {
+        Self::start_node_in(None, args, ready, limit)
+    }
+
+    /// Like `start_node`, inside network namespace `netns` (`ip netns exec`, which execs swarmd
+    /// so the child PID is swarmd's) when given.
+    #[allow(dead_code)]
+    pub fn start_node_in(
+        netns: Option<&str>,
+        args: &[&str],
+        ready: &str,
+        limit: Duration,
+    ) -> (Swarmd, Option<i32>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Swarmd {
             dir,
             child: None,
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            netns: netns.map(str::to_string),
         };
         let code = s.spawn_until(ready, limit);
         (s, code)
+    }
+
+    /// Replaces the extra flags later starts use (e.g. a restart without `--join-addr`).
+    #[allow(dead_code)]
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Starts swarmd (again) on the same state dir and waits for `ready` in its log or its exit.
@@ -139,20 +161,47 @@ impl Swarmd {
             .append(true)
             .open(self.dir.path().join("swarmd.log"))
             .expect("log file");
-        let mut cmd = Command::new(SWARMD);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(SWARMD);
+                c
+            }
+            None => Command::new(SWARMD),
+        };
         cmd.arg("-d")
             .arg(self.state_dir())
             .arg("--listen-control-api")
-            .arg(self.socket())
-            .args(["--raft-tick-ms", "100"]);
-        if !self.extra_args.iter().any(|a| a == "--listen-remote-api") {
+            .arg(self.socket());
+        // Defaults unless the caller gave its own.
+        let has = |flag: &str| self.extra_args.iter().any(|a| a == flag);
+        if !has("--listen-remote-api") {
             cmd.args(["--listen-remote-api", "127.0.0.1:0"]);
         }
-        if !self.extra_args.iter().any(|a| a == "--hostname") {
+        if !has("--raft-tick-ms") {
+            cmd.args(["--raft-tick-ms", "100"]);
+        }
+        if !has("--hostname") {
             cmd.args(["--hostname", "node-1"]);
         }
         cmd.args(&self.extra_args).stdout(Stdio::null()).stderr(log);
         cmd
+    }
+
+    /// Replaces the extra flags used by the next start.
+    #[allow(dead_code)]
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Starts swarmd (again) on the same state dir without waiting for anything; returns the
+    /// log length before the start, for reading only what this run logs.
+    #[allow(dead_code)]
+    pub fn spawn_detached(&mut self) -> usize {
+        assert!(self.child.is_none(), "swarmd already running");
+        let skip = self.log().len();
+        self.child = Some(self.command().spawn().expect("spawn swarmd"));
+        skip
     }
 
     /// Starts swarmd (again) on the same state dir and waits for the control API.
@@ -209,8 +258,28 @@ impl Swarmd {
         ctl_at(&self.socket(), args, Some(input))
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Whether the process is still alive (a stopped one counts as running).
+    #[allow(dead_code)]
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGSTOP: the process freezes (sockets stay open, nothing answers).
+    #[allow(dead_code)]
+    pub fn pause(&self) {
+        assert_eq!(kill_named(self.pid(), "STOP"), 0, "SIGSTOP failed");
+    }
+
+    /// SIGCONT after `pause`.
+    #[allow(dead_code)]
+    pub fn resume(&self) {
+        assert_eq!(kill_named(self.pid(), "CONT"), 0, "SIGCONT failed");
     }
 
     /// Sends `signal` and waits (bounded) for the exit status code.
@@ -249,6 +318,16 @@ impl Swarmd {
     }
 }
 
+/// Sends the signal named `name` (`STOP`, `CONT`) with `kill(1)`.
+fn kill_named(pid: i32, name: &str) -> i32 {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    status.code().unwrap_or(-1)
+}
+
 /// Sends a signal with `kill(1)`, keeping this crate free of unsafe code.
 fn unsafe_free_kill(pid: i32, signal: i32) -> i32 {
     let status = Command::new("kill")
@@ -263,6 +342,8 @@ impl Drop for Swarmd {
     /// A graceful stop first, so the node's agent shuts its tasks down, then SIGKILL if it hangs.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused (SIGSTOP) process would not see the SIGINT.
+            let _ = kill_named(child.id() as i32, "CONT");
             let _ = unsafe_free_kill(child.id() as i32, 2);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(15) {

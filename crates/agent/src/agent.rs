@@ -1,10 +1,14 @@
 //! The agent's session with a manager (spec 6, SwarmKit agent/agent.go and session.go): register
 //! with the Session stream, heartbeat at the period the dispatcher gives, follow the Assignments
 //! stream into the [`Worker`], and report task status changes in batches. When anything fails
-//! the agent backs off (100 ms, then 100 ms + 2 × the previous pause, at most 8 s, with a random
-//! part) and registers again with the next manager it knows; its tasks keep running meanwhile.
+//! the agent registers again with a manager picked by weight from the ones it has not tried since
+//! its last pause, and once it has tried them all it backs off (100 ms, then 100 ms + 2 × the
+//! previous pause, at most 8 s, with a random part) before the next round
+//! ([`Remotes`]): the failed one loses weight, so the next pick is very likely another manager,
+//! and each session message replaces the set with the managers the dispatcher lists. Its tasks
+//! keep running meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::db::{DbError, TaskDb};
 use crate::executor::Executor;
+use crate::remotes::{DEFAULT_WEIGHT, Remotes};
 use crate::runner::StatusReport;
 use crate::worker::Worker;
 
@@ -38,7 +43,8 @@ pub type SessionObserver = Arc<dyn Fn(&api::SessionMessage) + Send + Sync>;
 
 /// What an agent needs.
 pub struct AgentConfig {
-    /// Manager addresses to try, in order (a session message replaces them).
+    /// Manager addresses to start from, each at the default weight (a session message replaces
+    /// them).
     pub managers: Vec<String>,
     /// How to reach a manager.
     pub connect: Connector,
@@ -86,19 +92,30 @@ pub async fn run(
     let mut worker = Worker::new(config.executor.clone(), config.db.clone(), reports_tx);
     worker.resume();
     let mut pending: BTreeMap<String, api::TaskStatus> = BTreeMap::new();
-    let mut managers = config.managers.clone();
-    let mut next = 0usize;
-    let mut backoff = Duration::ZERO;
+    let mut managers = Remotes::new(config.managers.iter().cloned());
+    // Managers whose session failed since the last pause: each round tries every known manager
+    // once (by weight) before pausing, so a live manager is found without waiting out a pause
+    // per manager that refuses (a follower's dispatcher, a manager that is gone).
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    let mut backoff = BACKOFF_MIN;
     loop {
-        if !backoff.is_zero() {
+        if managers.is_empty() {
+            managers = Remotes::new(config.managers.iter().cloned());
+        }
+        let mut pick = managers.select_excluding(&tried);
+        if pick.is_none() {
+            tried.clear();
             let pause = backoff.mul_f64(rand::random::<f64>());
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
             }
+            backoff = (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX);
+            pick = managers.select_excluding(&tried);
         }
-        let addr = managers[next % managers.len()].clone();
-        next += 1;
+        let Some(addr) = pick else {
+            return Err(AgentError::NoManager);
+        };
         let mut session = Session {
             config: &config,
             worker: &mut worker,
@@ -113,14 +130,13 @@ pub async fn run(
             SessionEnd::Shutdown => break,
             SessionEnd::Failed(why) => {
                 warn!(manager = %addr, "agent session failed: {why}");
-                backoff = if registered || backoff.is_zero() {
-                    BACKOFF_MIN
-                } else {
-                    (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX)
-                };
-                if managers.is_empty() {
-                    managers = config.managers.clone();
+                managers.observe_if_exists(&addr, -DEFAULT_WEIGHT);
+                if registered {
+                    // A session that worked ended: a new round, from the shortest pause.
+                    tried.clear();
+                    backoff = BACKOFF_MIN;
                 }
+                tried.insert(addr);
             }
         }
     }
@@ -136,7 +152,7 @@ struct Session<'a> {
     worker: &'a mut Worker,
     reports: &'a mut mpsc::UnboundedReceiver<StatusReport>,
     pending: &'a mut BTreeMap<String, api::TaskStatus>,
-    managers: &'a mut Vec<String>,
+    managers: &'a mut Remotes,
     registered: bool,
 }
 
@@ -253,15 +269,23 @@ impl Session<'_> {
     }
 
     fn observe(&mut self, msg: &api::SessionMessage) {
-        let addrs: Vec<String> = msg
+        let listed: Vec<(&str, i32)> = msg
             .managers
             .iter()
-            .filter_map(|w| w.peer.as_ref())
-            .map(|p| p.addr.clone())
-            .filter(|a| !a.is_empty())
+            .filter_map(|w| {
+                // Within ±256 after the clamp, so the cast is exact.
+                let weight = w.weight.clamp(-256, 256) as i32;
+                w.peer.as_ref().map(|p| (p.addr.as_str(), weight))
+            })
+            .filter(|(a, _)| !a.is_empty())
             .collect();
-        if !addrs.is_empty() {
-            *self.managers = addrs;
+        // An empty list leaves the set alone: the agent must always have a manager to try.
+        if !listed.is_empty() {
+            for (addr, weight) in &listed {
+                self.managers.observe(addr, *weight);
+            }
+            self.managers
+                .retain(|a| listed.iter().any(|(listed, _)| *listed == a));
         }
         (self.config.observer)(msg);
     }

@@ -6,6 +6,7 @@
 mod agent;
 pub mod db;
 pub mod executor;
+pub mod remotes;
 mod runner;
 mod worker;
 
@@ -18,3 +19,4 @@ pub mod conformance;
 pub use agent::{AgentConfig, AgentError, Connector, SessionObserver, run};
 pub use db::{StoredTask, TaskDb};
 pub use executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};
+pub use remotes::Remotes;

@@ -303,6 +303,11 @@ impl Manager {
         self.raft.raft_id()
     }
 
+    /// This manager's raft member (membership and leadership as it sees them).
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
+    }
+
     /// Graceful stop: servers drain, raft shuts down, the control socket is removed.
     pub async fn stop(mut self) {
         info!("Stopping manager");

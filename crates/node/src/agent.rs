@@ -1,9 +1,10 @@
 //! The node's agent: every node (managers too) runs one, talking to a manager's dispatcher over
 //! mutual TLS with this node's current certificate. What the session says about this node is
 //! acted on here: a role change or a ROTATE request triggers a certificate renewal, a new root CA
-//! is installed, and the managers it lists are remembered in `state.json` for the next start.
+//! is installed, and the managers it lists are remembered in `state.json` for the next start and
+//! in [`KnownManagers`] for renewals and for joining raft after a promotion.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use ca::SecurityConfig;
@@ -19,6 +20,63 @@ use crate::state::{ManagerPeer, StateDir};
 /// Longest a graceful stop waits for the agent to shut its tasks down.
 pub(crate) const LEAVE_LIMIT: Duration = Duration::from_secs(30);
 
+/// The managers this node knows right now: its own (while it runs one) and the ones the last
+/// session listed (at first: the join address, or those `state.json` remembers).
+#[derive(Debug, Default)]
+pub(crate) struct KnownManagers {
+    local: RwLock<Option<String>>,
+    remote: RwLock<Vec<String>>,
+}
+
+impl KnownManagers {
+    /// Starting from `remote`.
+    pub fn new(remote: Vec<String>) -> Arc<KnownManagers> {
+        Arc::new(KnownManagers {
+            local: RwLock::new(None),
+            remote: RwLock::new(remote),
+        })
+    }
+
+    /// This node's own manager (how this node reaches it), or none once it stopped.
+    pub fn set_local(&self, addr: Option<String>) {
+        *self.local.write().unwrap_or_else(PoisonError::into_inner) = addr;
+    }
+
+    /// Replaces the other managers (a session's list).
+    pub fn set_remote(&self, addrs: Vec<String>) {
+        *self.remote.write().unwrap_or_else(PoisonError::into_inner) = addrs;
+    }
+
+    /// The managers other than this node's own, in the order last given.
+    pub fn remote(&self) -> Vec<String> {
+        let local = self.local();
+        let remote = self.remote.read().unwrap_or_else(PoisonError::into_inner);
+        remote
+            .iter()
+            .filter(|a| Some(*a) != local.as_ref())
+            .cloned()
+            .collect()
+    }
+
+    fn local(&self) -> Option<String> {
+        self.local
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Its own manager first, then the others.
+    pub fn all(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.local().into_iter().collect();
+        for a in self.remote() {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
 /// What the agent of this node needs.
 pub(crate) struct AgentSetup {
     /// This node's identity, for the connections and for what the session tells.
@@ -27,12 +85,11 @@ pub(crate) struct AgentSetup {
     pub state: StateDir,
     /// Managers to try first.
     pub managers: Vec<String>,
-    /// Renews this node's certificate when the session asks for it (workers; a manager follows
-    /// its own Node object in the local store instead).
-    pub renew: Option<Arc<Notify>>,
-    /// Whether the managers a session names replace `state.json` (workers; a manager records
-    /// itself).
-    pub remember_managers: bool,
+    /// Renews this node's certificate when the session asks for it (a manager also follows its
+    /// own Node object in the local store).
+    pub renew: Arc<Notify>,
+    /// Updated with the managers each session names (which also replace `state.json`).
+    pub known: Arc<KnownManagers>,
 }
 
 /// Starts the agent in `tasks`, with the executor `config` chooses; it stops (shutting down and
@@ -63,9 +120,9 @@ pub(crate) async fn spawn(
     let security = setup.security.clone();
     let state = setup.state.clone();
     let renew = setup.renew.clone();
-    let remember = setup.remember_managers;
+    let known = setup.known.clone();
     let observer: agent::SessionObserver = Arc::new(move |msg: &api::SessionMessage| {
-        if let (Some(node), Some(renew)) = (&msg.node, &renew)
+        if let Some(node) = &msg.node
             && needs_renewal(node, security.info().role)
         {
             renew.notify_one();
@@ -76,17 +133,21 @@ pub(crate) async fn spawn(
                 Err(e) => warn!("failed to install the root CA the manager sent: {e}"),
             }
         }
-        if remember && !msg.managers.is_empty() {
-            let peers: Vec<ManagerPeer> = msg
-                .managers
-                .iter()
-                .filter_map(|w| w.peer.as_ref())
-                .map(|p| ManagerPeer {
-                    node_id: p.node_id.clone(),
-                    addr: p.addr.clone(),
-                })
-                .collect();
-            if let Err(e) = state.save_managers(&peers) {
+        let peers: Vec<ManagerPeer> = msg
+            .managers
+            .iter()
+            .filter_map(|w| w.peer.as_ref())
+            .filter(|p| !p.addr.is_empty())
+            .map(|p| ManagerPeer {
+                node_id: p.node_id.clone(),
+                addr: p.addr.clone(),
+            })
+            .collect();
+        if !peers.is_empty() {
+            known.set_remote(peers.iter().map(|p| p.addr.clone()).collect());
+            if state.load_managers().ok().as_ref() != Some(&peers)
+                && let Err(e) = state.save_managers(&peers)
+            {
                 warn!("failed to remember the managers: {e}");
             }
         }
@@ -104,4 +165,35 @@ pub(crate) async fn spawn(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_managers_put_the_own_manager_first_and_follow_sessions() {
+        let known = KnownManagers::new(vec!["10.0.0.1:4242".into()]);
+        assert_eq!(known.all(), vec!["10.0.0.1:4242".to_string()]);
+        known.set_local(Some("127.0.0.1:4242".into()));
+        known.set_remote(vec![
+            "10.0.0.2:4242".into(),
+            "127.0.0.1:4242".into(),
+            "10.0.0.3:4242".into(),
+        ]);
+        assert_eq!(
+            known.remote(),
+            vec!["10.0.0.2:4242".to_string(), "10.0.0.3:4242".to_string()]
+        );
+        assert_eq!(
+            known.all(),
+            vec![
+                "127.0.0.1:4242".to_string(),
+                "10.0.0.2:4242".to_string(),
+                "10.0.0.3:4242".to_string()
+            ]
+        );
+        known.set_local(None);
+        assert_eq!(known.all().len(), 3);
+    }
 }

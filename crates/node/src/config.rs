@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// Raft entries between snapshots.
     pub snapshot_interval: u64,
+    /// Raft entries already in a snapshot kept in the log for slow followers.
+    pub log_entries_for_slow_followers: u64,
     /// Manager to join on a first start (`--join-addr`); empty creates a new cluster.
     pub join_addr: String,
     /// Join token (`--join-token`); its role decides the node's.
@@ -39,6 +41,9 @@ pub struct NodeConfig {
     pub executor: crate::ExecutorKind,
     /// Docker Engine API endpoint (`--engine-addr`).
     pub engine_addr: String,
+    /// Restart this manager as the only member of a new raft cluster, keeping its state
+    /// (`--force-new-cluster`).
+    pub force_new_cluster: bool,
 }
 
 impl Default for NodeConfig {
@@ -53,12 +58,14 @@ impl Default for NodeConfig {
             heartbeat_tick: 1,
             tick: Duration::from_secs(1),
             snapshot_interval: 10_000,
+            log_entries_for_slow_followers: 500,
             join_addr: String::new(),
             join_token: String::new(),
             availability: api::node_spec::Availability::Active,
             cert_expiry_override: None,
             executor: crate::ExecutorKind::Auto,
             engine_addr: "unix:///var/run/docker.sock".into(),
+            force_new_cluster: false,
         }
     }
 }

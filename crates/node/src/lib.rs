@@ -7,6 +7,7 @@ mod config;
 mod executor;
 mod node;
 mod renewal;
+mod roles;
 mod state;
 
 pub use config::NodeConfig;

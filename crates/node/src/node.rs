@@ -4,32 +4,32 @@
 //! in between leaves no half-made cluster behind (spec 2.3, 5.10). With `--join-addr` a first
 //! start joins instead (spec 2.4): a worker certificate makes a worker node, which runs no manager;
 //! a manager certificate makes a manager that joins the raft cluster through the join address.
+//! Afterwards the node follows its certificate's role as it is renewed ([`crate::roles`]).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use std::sync::Arc;
 
 use ca::{CertInfo, KeyStore, NodeKey, NodeTlsMaterial, RootCa, SecurityConfig};
-use manager::bootstrap::{BootstrapInfo, DEFAULT_NODE_CERT_EXPIRY, default_raft_config};
-use manager::{Manager, ManagerConfig};
-use tokio::net::TcpListener;
+use manager::bootstrap::DEFAULT_NODE_CERT_EXPIRY;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::agent::{self, AgentSetup};
-use crate::renewal::{self, Renewer};
+use crate::agent::{self, AgentSetup, KnownManagers};
+use crate::renewal::Renewer;
+use crate::roles::Roles;
 use crate::state::{ManagerPeer, StateDir};
 use crate::{NodeConfig, NodeError};
 
-/// Why a node holding a manager certificate but no raft data (and no join address to join raft
-/// through) does not start.
-const MANAGER_JOIN_NOT_SUPPORTED: &str = "not supported yet: a manager certificate without raft data and no --join-addr to join the raft cluster through";
+/// Why a node holding a manager certificate but no raft data does not start when it knows no
+/// manager to join raft through.
+const MANAGER_JOIN_NO_MANAGER: &str = "this node has a manager certificate but no raft data and knows no manager to join the raft cluster through: give one with --join-addr";
 
 /// A running node.
 pub struct Node {
     node_id: String,
-    manager: Option<Manager>,
+    pub(crate) roles: Arc<Roles>,
     security: Arc<SecurityConfig>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -44,10 +44,25 @@ struct Identity {
     fresh: bool,
 }
 
-fn os_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+/// `--force-new-cluster` recovers a manager from what its state directory holds: refused on a
+/// worker and on a directory without certificates or raft data, before anything is written.
+fn check_force_new_cluster(state: &StateDir, keys: &KeyStore) -> Result<(), NodeError> {
+    let nothing = |what: &str| {
+        NodeError::Config(format!(
+            "--force-new-cluster: state directory {} holds no {what}: there is no cluster to recover",
+            state.root().display()
+        ))
+    };
+    let material = keys.load()?.ok_or_else(|| nothing("node certificate"))?;
+    if CertInfo::parse(&material.cert_pem)?.role != api::NodeRole::Manager {
+        return Err(NodeError::Config(
+            "--force-new-cluster can only be used on a manager: this node is a worker".into(),
+        ));
+    }
+    if !state.has_raft_data() {
+        return Err(nothing("raft data"));
+    }
+    Ok(())
 }
 
 async fn load_or_create_identity(
@@ -60,8 +75,9 @@ async fn load_or_create_identity(
         if info.role == api::NodeRole::Manager
             && !state.has_raft_data()
             && config.join_addr.is_empty()
+            && state.load_managers()?.is_empty()
         {
-            return Err(NodeError::Config(MANAGER_JOIN_NOT_SUPPORTED.into()));
+            return Err(NodeError::Config(MANAGER_JOIN_NO_MANAGER.into()));
         }
         if info.not_after < SystemTime::now() {
             return Err(NodeError::Config(
@@ -140,11 +156,15 @@ async fn join(config: &NodeConfig) -> Result<Identity, NodeError> {
 }
 
 impl Node {
-    /// Starts the node and returns once its control socket is serving.
+    /// Starts the node and returns once its control socket is serving (a manager) or its agent
+    /// runs (a worker).
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
         let state = StateDir::open(&config.state_dir)?;
         let keys = KeyStore::new(state.root());
+        if config.force_new_cluster {
+            check_force_new_cluster(&state, &keys)?;
+        }
         let id = load_or_create_identity(&config, &state, &keys).await?;
         let node_id = id.info.node_id.clone();
         let security = SecurityConfig::new(
@@ -156,186 +176,135 @@ impl Node {
             },
         )?;
         let shutdown = CancellationToken::new();
-        if id.info.role == api::NodeRole::Worker {
-            return Self::start_worker(config, state, security, id.fresh, shutdown).await;
-        }
-        // Joined with the manager token (now or on an earlier start that did not get into raft):
-        // the certificate is kept and this manager joins raft through the join address.
-        let join_raft = !config.join_addr.is_empty() && !state.has_raft_data();
-        if join_raft {
-            security.save()?;
-        }
-
-        let listener = TcpListener::bind(&config.listen_remote_api)
-            .await
-            .map_err(|source| NodeError::State {
-                path: config.listen_remote_api.clone().into(),
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| NodeError::State {
-                path: config.listen_remote_api.clone().into(),
-                source,
-            })?
-            .port();
-        let advertise_addr = if config.advertise_remote_api.is_empty() {
-            format!("0.0.0.0:{port}")
+        let remembered: Vec<String> = state.load_managers()?.into_iter().map(|p| p.addr).collect();
+        // As SwarmKit: a join address replaces the remembered managers.
+        let managers = if config.join_addr.is_empty() {
+            remembered
         } else {
-            config.advertise_remote_api.clone()
+            vec![config.join_addr.clone()]
         };
-        let hostname = if config.hostname.is_empty() {
-            os_hostname()
-        } else {
-            config.hostname.clone()
-        };
-        let status_addr = advertise_addr
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
-            .filter(|h| !h.is_empty() && *h != "0.0.0.0")
-            .unwrap_or("127.0.0.1")
-            .to_string();
-
-        let bootstrap = BootstrapInfo {
-            node_id: node_id.clone(),
-            cluster_id: id.info.cluster_id.clone(),
-            root_ca_cert: id.root.cert_pem().to_vec(),
-            root_ca_key: id.root.key_pem().map(<[u8]>::to_vec),
-            join_tokens: (
-                ca::generate_join_token(&id.root),
-                ca::generate_join_token(&id.root),
-            ),
-            ca_cert_hash: id.root.cert_hash(),
-            raft: default_raft_config(config.election_tick, config.heartbeat_tick),
-            hostname,
-            status_addr,
-            node_cert: id.cert_pem.clone(),
-        };
-        let raft = raft::RaftConfig {
-            dir: state.raft_dir(),
-            snapshot_interval: config.snapshot_interval,
-            tick: config.tick,
-            election_tick: config.election_tick,
-            heartbeat_tick: config.heartbeat_tick,
-            ..raft::RaftConfig::default()
-        };
-        let manager = Manager::start(ManagerConfig {
-            control_socket: config.listen_control_api.clone(),
-            remote_listener: listener,
-            advertise_addr: advertise_addr.clone(),
-            raft,
-            security: security.clone(),
-            cert_expiry_override: config.cert_expiry_override,
-            bootstrap,
-            join_addr: join_raft.then(|| config.join_addr.clone()),
-        })
-        .await?;
-
-        if id.fresh {
-            // Only now is the root CA key safe in the committed cluster object.
-            security.save()?;
-        }
-        state.save_managers(&[ManagerPeer {
-            node_id: node_id.clone(),
-            addr: advertise_addr,
-        }])?;
-
-        // The manager renews through its own remote port, as any node does.
-        let renewer = Renewer::new(security.clone(), vec![format!("127.0.0.1:{port}")]);
-        let mut tasks = JoinSet::new();
-        tasks.spawn(renewal::watch_own_node(
-            manager.store().clone(),
+        let known = KnownManagers::new(managers.clone());
+        let renewer = Renewer::new(security.clone(), known.clone());
+        let renew = renewer.trigger();
+        let roles = Roles::new(
+            config.clone(),
+            state.clone(),
             security.clone(),
-            renewer.trigger(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(renewer.run(shutdown.clone()));
-        // The dispatcher answers on the leader only and a follower does not forward sessions
-        // yet, so a manager's agent also tries the manager it joined through.
-        let mut agent_managers = vec![format!("127.0.0.1:{port}")];
-        if !config.join_addr.is_empty() {
-            agent_managers.push(config.join_addr.clone());
+            known.clone(),
+            renew.clone(),
+        );
+        let mut node = Node {
+            node_id: node_id.clone(),
+            roles: roles.clone(),
+            security: security.clone(),
+            shutdown: shutdown.clone(),
+            tasks: JoinSet::new(),
+        };
+        let mut agent_managers = managers.clone();
+        if id.info.role == api::NodeRole::Worker {
+            node.prepare_worker(&config, &state, id.fresh, &managers)
+                .await?;
+        } else {
+            // A manager certificate without raft data: joined with the manager token (now, or
+            // on an earlier start that did not get into raft), or promoted before a restart.
+            let creating = id.fresh && config.join_addr.is_empty();
+            let join_raft = !creating && !state.has_raft_data();
+            if join_raft && !id.fresh {
+                info!("manager certificate without raft data: joining the raft cluster");
+            }
+            if join_raft {
+                security.save()?;
+            }
+            let candidates: Vec<Option<String>> = if join_raft {
+                managers.iter().cloned().map(Some).collect()
+            } else {
+                vec![None]
+            };
+            let mut started = None;
+            let mut last = None;
+            for join in candidates {
+                match roles.start_manager(&id.root, join).await {
+                    Ok(addr) => {
+                        started = Some(addr);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let Some(advertise_addr) = started else {
+                return Err(
+                    last.unwrap_or_else(|| NodeError::Config(MANAGER_JOIN_NO_MANAGER.into()))
+                );
+            };
+            if id.fresh {
+                // Only now is the root CA key safe in the committed cluster object.
+                security.save()?;
+            }
+            if state.load_managers()?.is_empty() {
+                state.save_managers(&[ManagerPeer {
+                    node_id: node_id.clone(),
+                    addr: advertise_addr,
+                }])?;
+            }
+            // Its own manager first; then the ones it joined through or remembers.
+            agent_managers = known.all();
         }
+        node.tasks.spawn(renewer.run(shutdown.clone()));
+        node.tasks.spawn(roles.clone().supervise(shutdown.clone()));
         agent::spawn(
             &config,
             AgentSetup {
                 security: security.clone(),
                 state: state.clone(),
                 managers: agent_managers,
-                renew: None,
-                remember_managers: false,
+                renew,
+                known,
             },
-            &mut tasks,
+            &mut node.tasks,
             shutdown.clone(),
         )
         .await?;
-        info!(node.id = %node_id, "node is ready");
-        Ok(Node {
-            node_id,
-            manager: Some(manager),
-            security,
-            shutdown,
-            tasks,
-        })
+        if node.roles.is_manager().await {
+            info!(node.id = %node_id, "node is ready");
+        } else {
+            info!(node.id = %node_id, "worker node is ready");
+        }
+        Ok(node)
     }
 
     /// A worker: no raft and no control socket. It keeps its certificate renewed through the
     /// managers it knows; sessions and tasks come with the agent.
-    async fn start_worker(
-        config: NodeConfig,
-        state: StateDir,
-        security: Arc<SecurityConfig>,
+    async fn prepare_worker(
+        &mut self,
+        config: &NodeConfig,
+        state: &StateDir,
         fresh: bool,
-        shutdown: CancellationToken,
-    ) -> Result<Node, NodeError> {
+        managers: &[String],
+    ) -> Result<(), NodeError> {
         if fresh {
-            security.save()?;
+            self.security.save()?;
         }
-        let mut managers: Vec<String> =
-            state.load_managers()?.into_iter().map(|p| p.addr).collect();
         if !config.join_addr.is_empty() {
-            // As SwarmKit: a join address replaces the remembered managers.
-            managers = vec![config.join_addr.clone()];
             state.save_managers(&[ManagerPeer {
                 node_id: String::new(),
                 addr: config.join_addr.clone(),
             }])?;
         }
-        if managers.is_empty() {
+        let Some(first) = managers.first() else {
             return Err(NodeError::Config(
                 "this worker knows no manager: give one with --join-addr".into(),
             ));
+        };
+        if state.has_raft_data() {
+            // Demoted, and stopped before its raft data was removed.
+            warn!("removing the raft data of this node's earlier manager: it is a worker now");
+            state.clear_raft_data()?;
         }
         if !fresh {
             // Certificates of another cluster's CA make the start fail, as SwarmKit's does.
-            ca::check_manager_trust(&managers[0], security.client_config()?).await?;
+            ca::check_manager_trust(first, self.security.client_config()?).await?;
         }
-        let node_id = security.info().node_id;
-        let mut tasks = JoinSet::new();
-        let renewer = Renewer::new(security.clone(), managers.clone());
-        let renew = renewer.trigger();
-        tasks.spawn(renewer.run(shutdown.clone()));
-        agent::spawn(
-            &config,
-            AgentSetup {
-                security: security.clone(),
-                state: state.clone(),
-                managers,
-                renew: Some(renew),
-                remember_managers: true,
-            },
-            &mut tasks,
-            shutdown.clone(),
-        )
-        .await?;
-        info!(node.id = %node_id, "worker node is ready");
-        Ok(Node {
-            node_id,
-            manager: None,
-            security,
-            shutdown,
-            tasks,
-        })
+        Ok(())
     }
 
     /// This node's ID.
@@ -343,9 +312,9 @@ impl Node {
         &self.node_id
     }
 
-    /// The manager this node runs, if it is a manager.
-    pub fn manager(&self) -> Option<&Manager> {
-        self.manager.as_ref()
+    /// Whether this node runs a manager now (its role can change while it runs).
+    pub async fn is_manager(&self) -> bool {
+        self.roles.is_manager().await
     }
 
     /// This node's live TLS identity.
@@ -362,20 +331,12 @@ impl Node {
             .await
             .is_err()
         {
-            tracing::warn!(
+            warn!(
                 "the agent did not stop its tasks within {:?}",
                 crate::agent::LEAVE_LIMIT
             );
             self.tasks.abort_all();
         }
-        let Some(manager) = self.manager else {
-            return;
-        };
-        if tokio::time::timeout(Duration::from_secs(15), manager.stop())
-            .await
-            .is_err()
-        {
-            tracing::warn!("manager did not stop within 15s");
-        }
+        self.roles.stop().await;
     }
 }

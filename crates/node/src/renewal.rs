@@ -15,22 +15,24 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::agent::KnownManagers;
+
 /// First and longest pause between failed renewal attempts.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Shortest time between two renewals that are due by the clock.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Renews this node's certificate through the managers at `managers`.
+/// Renews this node's certificate through the managers this node knows at the time.
 pub struct Renewer {
     security: Arc<SecurityConfig>,
-    managers: Vec<String>,
+    managers: Arc<KnownManagers>,
     now: Arc<Notify>,
 }
 
 impl Renewer {
-    /// A renewer asking the managers at `managers` (tried in order).
-    pub fn new(security: Arc<SecurityConfig>, managers: Vec<String>) -> Renewer {
+    /// A renewer asking the managers in `managers` (its own manager first, if it runs one).
+    pub fn new(security: Arc<SecurityConfig>, managers: Arc<KnownManagers>) -> Renewer {
         Renewer {
             security,
             managers,
@@ -73,7 +75,7 @@ impl Renewer {
     async fn renew_once(&self) -> Result<(), ca::CaError> {
         let current = self.security.material();
         let mut last = None;
-        for addr in &self.managers {
+        for addr in &self.managers.all() {
             let credential = Credential::Certificate {
                 cert_pem: &current.cert_pem,
                 key_pem: &current.key_pem,

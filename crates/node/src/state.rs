@@ -79,6 +79,18 @@ impl StateDir {
         std::fs::read_dir(self.raft_dir()).is_ok_and(|mut d| d.next().is_some())
     }
 
+    /// Removes everything raft wrote (a demoted manager's log, vote and snapshots), leaving an
+    /// empty `raft/`: a later start runs as a worker or, promoted again, joins raft anew.
+    pub fn clear_raft_data(&self) -> Result<(), NodeError> {
+        let dir = self.raft_dir();
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        make_private_dir(&dir)
+    }
+
     /// The managers recorded by the last run; empty if none.
     pub fn load_managers(&self) -> Result<Vec<ManagerPeer>, NodeError> {
         let path = self.state_file();
@@ -138,5 +150,12 @@ mod tests {
         assert_eq!(dir.load_managers().expect("load"), peers);
         let raw = std::fs::read_to_string(dir.state_file()).expect("read");
         assert_eq!(raw, r#"[{"node_id":"abc","addr":"0.0.0.0:4242"}]"#);
+
+        std::fs::write(dir.raft_dir().join("raft.db"), b"x").expect("write");
+        assert!(dir.has_raft_data());
+        dir.clear_raft_data().expect("clear");
+        assert!(!dir.has_raft_data());
+        assert_eq!(mode(&dir.raft_dir()), 0o700);
+        dir.clear_raft_data().expect("clear again");
     }
 }

@@ -14,9 +14,11 @@ use crate::RaftError;
 pub struct RaftConfig {
     /// Directory holding `raft.redb`; created with mode 0700.
     pub dir: PathBuf,
-    /// Entries applied since the last snapshot that trigger a new one (SwarmKit default 10000).
+    /// Entries applied since the last snapshot that trigger a new one (SwarmKit default 10000),
+    /// until the cluster object's `Spec.Raft` says otherwise.
     pub snapshot_interval: u64,
-    /// Entries already in a snapshot kept in the log for slow followers (SwarmKit default 500).
+    /// Entries already in a snapshot kept in the log for slow followers (SwarmKit default 500),
+    /// until the cluster object's `Spec.Raft` says otherwise.
     pub log_entries_for_slow_followers: u64,
     /// Raft tick (SwarmKit default 1s).
     pub tick: Duration,
@@ -24,6 +26,9 @@ pub struct RaftConfig {
     pub election_tick: u32,
     /// Ticks between leader heartbeats (SwarmKit default 1).
     pub heartbeat_tick: u32,
+    /// Before starting, rewrite the stored membership to this member alone, keeping the whole
+    /// log (`swarmd --force-new-cluster`); see `force`.
+    pub force_new_cluster: bool,
 }
 
 impl Default for RaftConfig {
@@ -35,6 +40,7 @@ impl Default for RaftConfig {
             tick: Duration::from_secs(1),
             election_tick: 10,
             heartbeat_tick: 1,
+            force_new_cluster: false,
         }
     }
 }
@@ -84,8 +90,9 @@ impl RaftConfig {
             // serde_json spells bytes as number lists (about 4x), so keep a chunk well under
             // the transport's message limit.
             snapshot_max_chunk_size: 1 << 20,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
-            max_in_snapshot_log_to_keep: self.log_entries_for_slow_followers,
+            // `compaction` triggers snapshots and purges the log from the cluster's settings.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
             // A follower further behind than what the log still holds needs the snapshot.
             replication_lag_threshold: self
                 .snapshot_interval
@@ -123,8 +130,9 @@ mod tests {
         assert_eq!(o.heartbeat_interval, 1_000);
         assert_eq!(o.election_timeout_min, 10_000);
         assert_eq!(o.election_timeout_max, 20_000);
-        assert_eq!(o.snapshot_policy, SnapshotPolicy::LogsSinceLast(10_000));
-        assert_eq!(o.max_in_snapshot_log_to_keep, 500);
+        // Snapshots and purges are `compaction`'s, never openraft's own.
+        assert_eq!(o.snapshot_policy, SnapshotPolicy::Never);
+        assert_eq!(o.max_in_snapshot_log_to_keep, u64::MAX);
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// The latest snapshot: `meta` (JSON `SnapshotMeta`) and `data` (prost `api::StoreSnapshot`).
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
+/// Snapshots replaced by a newer one, kept as the cluster's `KeepOldSnapshots` says, by the last
+/// log index they cover; the value is `[meta length: u32 BE][JSON SnapshotMeta][data]`.
+pub(crate) const OLD_SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("old_snapshots");
+
 pub(crate) const KEY_RAFT_ID: &str = "raft_id";
 pub(crate) const KEY_VOTE: &str = "vote";
 pub(crate) const KEY_COMMITTED: &str = "committed";
@@ -74,6 +78,8 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, RaftError> {
         txn.open_table(LOGS).map_err(|e| db_err(&path, e))?;
         txn.open_table(META).map_err(|e| db_err(&path, e))?;
         txn.open_table(SNAPSHOT).map_err(|e| db_err(&path, e))?;
+        txn.open_table(OLD_SNAPSHOTS)
+            .map_err(|e| db_err(&path, e))?;
     }
     txn.commit().map_err(|e| db_err(&path, e))?;
     Ok(Arc::new(db))
@@ -128,16 +134,22 @@ pub(crate) fn log_bounds(db: &Database) -> Result<LogBounds, StorageError> {
     let snap = txn.open_table(SNAPSHOT).map_err(read_err)?;
     let snapshot_meta: Option<openraft::SnapshotMeta<u64, openraft::BasicNode>> =
         get_json(&snap, KEY_SNAPSHOT_META)?;
+    let old = txn.open_table(OLD_SNAPSHOTS).map_err(read_err)?;
+    let mut old_snapshot_indexes = Vec::new();
+    for row in old.iter().map_err(read_err)? {
+        old_snapshot_indexes.push(row.map_err(read_err)?.0.value());
+    }
     Ok(LogBounds {
         first_index,
         last_index,
         last_purged_index: last_purged.map(|l| l.index),
         snapshot_index: snapshot_meta.and_then(|m| m.last_log_id).map(|l| l.index),
+        old_snapshot_indexes,
     })
 }
 
 /// What the raft database holds, by log index (for operators and tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogBounds {
     /// Lowest log index still stored, if any.
     pub first_index: Option<u64>,
@@ -147,6 +159,8 @@ pub struct LogBounds {
     pub last_purged_index: Option<u64>,
     /// Last index covered by the stored snapshot, if any.
     pub snapshot_index: Option<u64>,
+    /// Last indexes covered by the older snapshots kept (`KeepOldSnapshots`), oldest first.
+    pub old_snapshot_indexes: Vec<u64>,
 }
 
 /// Reads a JSON record from a `&str -> &[u8]` table.

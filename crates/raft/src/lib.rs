@@ -11,8 +11,10 @@
 
 use std::path::PathBuf;
 
+mod compaction;
 mod config;
 mod db;
+mod force;
 mod log_store;
 mod membership;
 mod network;
@@ -23,6 +25,7 @@ mod types;
 
 pub use config::RaftConfig;
 pub use db::{DB_FILE, LogBounds};
+pub use force::ForcedCluster;
 pub use membership::{ERR_ID_REMOVED, ERR_LOSS_OF_QUORUM, ERR_MEMBER_REMOVED, Reachability};
 pub use network::{Dialer, NetworkFactory, PeerClient};
 pub use node::{Member, RaftNode};
@@ -70,6 +73,9 @@ pub enum RaftError {
     /// A bounded wait ran out.
     #[error("raft: timed out: {0}")]
     Timeout(String),
+    /// `--force-new-cluster` cannot be done on this raft directory.
+    #[error("cannot force a new cluster: {0}")]
+    ForceNewCluster(String),
     /// The member was shut down.
     #[error("raft: node is stopped")]
     Stopped,

@@ -65,7 +65,8 @@ impl RaftNode {
         advertise_addr: String,
         network: NetworkFactory,
     ) -> Result<Arc<RaftNode>, RaftError> {
-        let node = Self::open(&cfg, &store, network).await?;
+        let force = cfg.force_new_cluster.then_some(advertise_addr.as_str());
+        let node = Self::open(&cfg, &store, network, force).await?;
         if let Err(e) = node.become_ready(&cfg, advertise_addr).await {
             node.shutdown().await;
             return Err(e);
@@ -82,7 +83,12 @@ impl RaftNode {
         store: MemoryStore,
         network: NetworkFactory,
     ) -> Result<Arc<RaftNode>, RaftError> {
-        let node = Self::open(&cfg, &store, network).await?;
+        if cfg.force_new_cluster {
+            return Err(RaftError::ForceNewCluster(
+                "a manager joining a cluster has no raft state to recover".into(),
+            ));
+        }
+        let node = Self::open(&cfg, &store, network, None).await?;
         store.set_proposer(node.clone());
         Ok(node)
     }
@@ -91,6 +97,7 @@ impl RaftNode {
         cfg: &RaftConfig,
         store: &MemoryStore,
         network: NetworkFactory,
+        force_new_cluster_addr: Option<&str>,
     ) -> Result<Arc<RaftNode>, RaftError> {
         cfg.validate()?;
         let openraft_cfg = Arc::new(cfg.to_openraft()?);
@@ -100,7 +107,14 @@ impl RaftNode {
             .await
             .map_err(|e| RaftError::Raft(format!("opening raft database: {e}")))??;
         let id = db::raft_id(&db, &path)?;
-        tracing::info!(raft.id = %format!("{id:x}"), "starting raft member");
+        tracing::info!(raft.id = %format!("{id:x}"), election_timeout = ?cfg.election_timeout(),
+            heartbeat_interval = ?cfg.heartbeat_interval(), "starting raft member");
+        if let Some(addr) = force_new_cluster_addr {
+            let forced = crate::force::rewrite(&db, &path, id, addr)?;
+            tracing::warn!(raft.id = %format!("{id:x}"), raft.index = forced.index, term = forced.term,
+                removed = ?forced.removed.iter().map(|r| format!("{r:x}")).collect::<Vec<_>>(),
+                "forcing a new cluster: this manager is now the only raft member");
+        }
         let log_store = LogStore::new(db.clone());
         let sm = StateMachine::open(db.clone(), store.clone()).map_err(RaftError::storage)?;
         let removed = sm.removed();
@@ -115,6 +129,11 @@ impl RaftNode {
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
+        tokio::spawn(crate::compaction::run(
+            raft.clone(),
+            store.clone(),
+            cfg.clone(),
+        ));
         Ok(Arc::new(RaftNode {
             raft,
             id,

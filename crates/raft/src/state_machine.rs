@@ -12,11 +12,12 @@ use openraft::{
     AnyError, BasicNode, EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembership,
 };
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use store::MemoryStore;
 
 use crate::db::{
-    KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SNAPSHOT, get_json, read_err, to_json, write_err,
+    KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, OLD_SNAPSHOTS, SNAPSHOT, get_json, read_err, to_json,
+    write_err,
 };
 use crate::types::{Entry, LogId, NodeId, RaftResponse, StorageError, TypeConfig};
 
@@ -74,6 +75,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let keep_old = keep_old_snapshots(&self.content);
         let data = std::mem::take(&mut self.content).encode_to_vec();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -87,7 +89,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        write_snapshot(&self.db, &meta, data.clone(), false).await?;
+        write_snapshot(&self.db, &meta, data.clone(), false, keep_old).await?;
         tracing::info!(
             snapshot.index = meta.last_log_id.map_or(0, |l| l.index),
             bytes = data.len(),
@@ -163,7 +165,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let content = decode_snapshot(meta, &data)?;
         // Durable first: once the store shows this state, a restart must come back to it.
-        write_snapshot(&self.db, meta, data, true).await?;
+        let keep_old = keep_old_snapshots(&content);
+        write_snapshot(&self.db, meta, data, true, keep_old).await?;
         let index = meta.last_log_id.map_or(0, |l| l.index);
         tracing::info!(snapshot.index = index, "installing raft snapshot");
         self.store.restore(content, index);
@@ -184,6 +187,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// The cluster's `KeepOldSnapshots` as the snapshot's own content has it (SwarmKit default 0).
+fn keep_old_snapshots(content: &api::StoreSnapshot) -> u64 {
+    content
+        .clusters
+        .iter()
+        .filter_map(|c| c.spec.as_ref())
+        .find(|s| s.annotations.as_ref().is_some_and(|a| a.name == "default"))
+        .and_then(|s| s.raft.as_ref())
+        .map_or(0, |r| r.keep_old_snapshots)
 }
 
 fn decode_snapshot(meta: &Meta, data: &[u8]) -> Result<api::StoreSnapshot, StorageError> {
@@ -214,6 +228,7 @@ async fn write_snapshot(
     meta: &Meta,
     data: Vec<u8>,
     replace_newer: bool,
+    keep_old: u64,
 ) -> Result<(), StorageError> {
     let meta_json = to_json(meta)?;
     let last = meta.last_log_id;
@@ -225,8 +240,35 @@ async fn write_snapshot(
         {
             let mut table = txn.open_table(SNAPSHOT).map_err(write_err)?;
             let existing: Option<Meta> = get_json(&table, KEY_SNAPSHOT_META)?;
-            if !replace_newer && existing.is_some_and(|m| m.last_log_id > last) {
+            if !replace_newer && existing.as_ref().is_some_and(|m| m.last_log_id > last) {
                 return Ok(());
+            }
+            // The replaced snapshot joins the old ones, of which the newest `keep_old` stay.
+            let mut old = txn.open_table(OLD_SNAPSHOTS).map_err(write_err)?;
+            if let Some(prev) = existing.filter(|m| m.last_log_id < last) {
+                let prev_json = to_json(&prev)?;
+                let prev_data = table
+                    .get(KEY_SNAPSHOT_DATA)
+                    .map_err(write_err)?
+                    .map(|v| v.value().to_vec())
+                    .unwrap_or_default();
+                let len = u32::try_from(prev_json.len()).map_err(write_err)?;
+                let mut record = Vec::with_capacity(4 + prev_json.len() + prev_data.len());
+                record.extend_from_slice(&len.to_be_bytes());
+                record.extend_from_slice(&prev_json);
+                record.extend_from_slice(&prev_data);
+                let index = prev.last_log_id.map_or(0, |l| l.index);
+                old.insert(index, record.as_slice()).map_err(write_err)?;
+            }
+            let mut kept: Vec<u64> = Vec::new();
+            for row in old.iter().map_err(write_err)? {
+                kept.push(row.map_err(write_err)?.0.value());
+            }
+            let excess = kept
+                .len()
+                .saturating_sub(usize::try_from(keep_old).unwrap_or(usize::MAX));
+            for index in kept.into_iter().take(excess) {
+                old.remove(index).map_err(write_err)?;
             }
             table
                 .insert(KEY_SNAPSHOT_META, meta_json.as_slice())

@@ -24,6 +24,7 @@ fn config(dir: &Path, snapshot_interval: u64, keep: u64) -> RaftConfig {
         tick: Duration::from_millis(50),
         election_tick: 10,
         heartbeat_tick: 1,
+        force_new_cluster: false,
     }
 }
 
@@ -154,6 +155,8 @@ async fn snapshot_compacts_the_log_and_restart_restores_it() {
         "{bounds:?}"
     );
     assert!(bounds.snapshot_index.expect("snapshot") >= bounds.last_purged_index.expect("purged"));
+    // No cluster object, so SwarmKit's default KeepOldSnapshots 0: only the latest snapshot.
+    assert!(bounds.old_snapshot_indexes.is_empty(), "{bounds:?}");
     let m = node.metrics().borrow().clone();
     assert!(m.snapshot.is_some() && m.purged.is_some(), "{m:?}");
     node.shutdown().await;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use store::{Event, EventKind, Shared, StoreObject, Watcher};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 use tracing::{debug, error};
 
 use crate::filter::{FailureCounts, Requirements, no_suitable_node};
@@ -17,11 +17,11 @@ use crate::nodeinfo::{TaskOnNode, is_active};
 use crate::nodeset::{NodeIdx, NodeSet, ServiceVersion};
 use crate::placement::{Group, Picker, Tree, place_n};
 use crate::scheduler::{
-    ASSIGNED_MESSAGE, COMMIT_DEBOUNCE_GAP, CONFIRMED_MESSAGE, PendingTask, Scheduler,
+    ASSIGNED_MESSAGE, COMMIT_DEBOUNCE_GAP, CONFIRMED_MESSAGE, FULL_BATCH, PendingTask, Scheduler,
 };
 
 /// Most tasks written in one store transaction.
-const MAX_BATCH: usize = 200;
+pub(crate) const MAX_BATCH: usize = 200;
 
 const COMPLETE: i32 = api::TaskState::Complete as i32;
 
@@ -107,6 +107,7 @@ impl Scheduler {
     /// debounce once the pass is over.
     pub(crate) async fn schedule(&mut self, mut watcher: Option<&mut Watcher>) {
         let now = Instant::now();
+        self.fresh = 0;
         let mut decisions = Vec::with_capacity(self.unassigned.len() + self.preassigned.len());
         if !self.preassigned.is_empty() {
             self.confirm_preassigned(&mut decisions);
@@ -145,7 +146,13 @@ impl Scheduler {
         }
         if committed {
             let now = Instant::now();
-            self.debounce = Some((now, now + COMMIT_DEBOUNCE_GAP));
+            // A full batch queued meanwhile is due at once, as in `on_event`.
+            let gap = if self.fresh >= FULL_BATCH {
+                Duration::ZERO
+            } else {
+                COMMIT_DEBOUNCE_GAP
+            };
+            self.debounce = Some((now, now + gap));
         }
         // Forget the requirements no queued task uses any more.
         self.requirements.retain(|_, entry| {

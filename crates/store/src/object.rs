@@ -105,6 +105,11 @@ pub trait StoreObject: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     const KIND: Kind;
     /// Whether two objects of this kind may share a name (nodes and tasks may, the others may not).
     const UNIQUE_NAME: bool;
+    #[doc(hidden)]
+    /// Whether the table keeps a name index. Without one (tasks: their names are only looked up
+    /// by the control API's list filters, while every assignment of a slot-less task renames it),
+    /// a name lookup walks the objects.
+    const NAME_INDEXED: bool;
 
     /// The object's ID.
     fn id(&self) -> &str;
@@ -138,6 +143,15 @@ pub trait StoreObject: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     /// object where they can be.
     fn index_keys(&self) -> Vec<(Index, Cow<'_, str>)>;
     #[doc(hidden)]
+    /// The keys the object's table indexes it under: [`StoreObject::index_keys`] without the name
+    /// for kinds whose names are not indexed.
+    fn stored_keys(&self) -> Vec<(Index, Cow<'_, str>)>;
+    #[doc(hidden)]
+    /// The stored keys an update from `old` to `new` takes away and those it adds (the same sets
+    /// as diffing [`StoreObject::stored_keys`], built without the keys that did not change where a
+    /// kind knows cheaply which did).
+    fn changed_keys<'a>(old: &'a Self, new: &'a Self) -> KeyChanges<'a>;
+    #[doc(hidden)]
     fn table(tables: &Tables) -> &Table<Self>;
     #[doc(hidden)]
     fn table_mut(tables: &mut Tables) -> &mut Table<Self>;
@@ -149,10 +163,11 @@ pub trait StoreObject: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
 
 /// Implements the boilerplate of [`StoreObject`]; `$name` and `$keys` are the per-kind functions.
 macro_rules! store_object {
-    ($ty:ident, $field:ident, unique: $unique:expr, name: $name:path, keys: $keys:path) => {
+    ($ty:ident, $field:ident, unique: $unique:expr, indexed: $indexed:expr, name: $name:path, keys: $keys:path, diff: $diff:path) => {
         impl StoreObject for api::$ty {
             const KIND: Kind = Kind::$ty;
             const UNIQUE_NAME: bool = $unique;
+            const NAME_INDEXED: bool = $indexed;
 
             fn id(&self) -> &str {
                 &self.id
@@ -201,6 +216,17 @@ macro_rules! store_object {
                 $keys(self, &mut keys);
                 keys
             }
+            fn stored_keys(&self) -> Vec<(Index, Cow<'_, str>)> {
+                if !$indexed {
+                    let mut keys = Vec::with_capacity(8);
+                    $keys(self, &mut keys);
+                    return keys;
+                }
+                self.index_keys()
+            }
+            fn changed_keys<'a>(old: &'a Self, new: &'a Self) -> KeyChanges<'a> {
+                $diff(old, new)
+            }
             fn table(tables: &Tables) -> &Table<Self> {
                 &tables.$field
             }
@@ -217,16 +243,85 @@ macro_rules! store_object {
     };
 }
 
-store_object!(Node, nodes, unique: false, name: node_name, keys: node_keys);
-store_object!(Service, services, unique: true, name: service_name, keys: service_keys);
-store_object!(Task, tasks, unique: false, name: task_name, keys: task_keys);
-store_object!(Network, networks, unique: true, name: network_name, keys: no_keys);
-store_object!(Cluster, clusters, unique: true, name: cluster_name, keys: no_keys);
-store_object!(Secret, secrets, unique: true, name: secret_name, keys: no_keys);
-store_object!(Config, configs, unique: true, name: config_name, keys: no_keys);
-store_object!(Resource, resources, unique: true, name: resource_name, keys: no_keys);
-store_object!(Extension, extensions, unique: true, name: extension_name, keys: no_keys);
-store_object!(Volume, volumes, unique: true, name: volume_name, keys: no_keys);
+store_object!(Node, nodes, unique: false, indexed: true, name: node_name, keys: node_keys, diff: diff_keys);
+store_object!(Service, services, unique: true, indexed: true, name: service_name, keys: service_keys, diff: diff_keys);
+store_object!(Task, tasks, unique: false, indexed: false, name: task_name, keys: task_keys, diff: task_changed_keys);
+store_object!(Network, networks, unique: true, indexed: true, name: network_name, keys: no_keys, diff: diff_keys);
+store_object!(Cluster, clusters, unique: true, indexed: true, name: cluster_name, keys: no_keys, diff: diff_keys);
+store_object!(Secret, secrets, unique: true, indexed: true, name: secret_name, keys: no_keys, diff: diff_keys);
+store_object!(Config, configs, unique: true, indexed: true, name: config_name, keys: no_keys, diff: diff_keys);
+store_object!(Resource, resources, unique: true, indexed: true, name: resource_name, keys: no_keys, diff: diff_keys);
+store_object!(Extension, extensions, unique: true, indexed: true, name: extension_name, keys: no_keys, diff: diff_keys);
+store_object!(Volume, volumes, unique: true, indexed: true, name: volume_name, keys: no_keys, diff: diff_keys);
+
+/// Index keys as [`StoreObject::index_keys`] lists them.
+#[doc(hidden)]
+pub type Keys<'a> = Vec<(Index, Cow<'a, str>)>;
+/// (keys taken away, keys added) by an update.
+#[doc(hidden)]
+pub type KeyChanges<'a> = (Keys<'a>, Keys<'a>);
+
+/// The stored keys of `old` that `new` lacks and those of `new` that `old` lacks.
+fn diff_keys<'a, T: StoreObject>(old: &'a T, new: &'a T) -> KeyChanges<'a> {
+    diff_key_lists(old.stored_keys(), new.stored_keys())
+}
+
+fn diff_key_lists<'a>(old: Keys<'a>, new: Keys<'a>) -> KeyChanges<'a> {
+    let gone = old.iter().filter(|k| !new.contains(k)).cloned().collect();
+    let added = new.into_iter().filter(|k| !old.contains(k)).collect();
+    (gone, added)
+}
+
+/// [`diff_keys`] for tasks, key by key: an update usually changes the state and the node only, so
+/// the slot key and the references are only built when what they come from changed. (Task names
+/// are not indexed.)
+fn task_changed_keys<'a>(old: &'a api::Task, new: &'a api::Task) -> KeyChanges<'a> {
+    let mut gone = Vec::new();
+    let mut added = Vec::new();
+    let mut pair = |index: Index, o: Cow<'a, str>, n: Cow<'a, str>| {
+        if o != n {
+            gone.push((index, o));
+            added.push((index, n));
+        }
+    };
+    pair(
+        Index::ServiceId,
+        Cow::Borrowed(old.service_id.as_str()),
+        Cow::Borrowed(new.service_id.as_str()),
+    );
+    pair(
+        Index::NodeId,
+        Cow::Borrowed(old.node_id.as_str()),
+        Cow::Borrowed(new.node_id.as_str()),
+    );
+    if old.service_id != new.service_id || old.slot != new.slot {
+        pair(
+            Index::Slot,
+            Cow::Owned(slot_key(&old.service_id, old.slot)),
+            Cow::Owned(slot_key(&new.service_id, new.slot)),
+        );
+    }
+    pair(
+        Index::DesiredState,
+        number_key(old.desired_state),
+        number_key(new.desired_state),
+    );
+    let observed = |t: &api::Task| t.status.as_ref().map_or(0, |s| s.state);
+    pair(
+        Index::TaskState,
+        number_key(observed(old)),
+        number_key(observed(new)),
+    );
+    let (mut old_refs, mut new_refs) = (Vec::new(), Vec::new());
+    task_refs(old, &mut old_refs);
+    task_refs(new, &mut new_refs);
+    if old_refs != new_refs {
+        let (g, a) = diff_key_lists(old_refs, new_refs);
+        gone.extend(g);
+        added.extend(a);
+    }
+    (gone, added)
+}
 
 /// Runs `$body` with the type alias `$t` naming the object type of `Kind` `$kind`.
 macro_rules! with_kind {
@@ -436,6 +531,11 @@ fn task_keys<'a>(t: &'a api::Task, keys: &mut Vec<(Index, Cow<'a, str>)>) {
     keys.push((Index::DesiredState, number_key(t.desired_state)));
     let observed = t.status.as_ref().map_or(0, |s| s.state);
     keys.push((Index::TaskState, number_key(observed)));
+    task_refs(t, keys);
+}
+
+/// The networks, secrets and configs a task references, as index keys.
+fn task_refs<'a>(t: &'a api::Task, keys: &mut Vec<(Index, Cow<'a, str>)>) {
     if let Some(spec) = t.spec.as_ref() {
         keys.extend(
             spec.networks
@@ -536,6 +636,76 @@ mod tests {
         let keys = s.index_keys();
         assert!(keys.contains(&(Index::Network, "new".into())));
         assert!(!keys.contains(&(Index::Network, "old".into())));
+    }
+
+    /// Sorted, to compare key sets.
+    fn sorted(mut keys: Keys<'_>) -> Vec<(Index, String)> {
+        keys.dedup();
+        let mut keys: Vec<(Index, String)> =
+            keys.into_iter().map(|(i, k)| (i, k.into_owned())).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    #[test]
+    fn task_key_changes_are_those_of_the_whole_key_lists() {
+        let base = api::Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            slot: 0,
+            service_annotations: annotations("Web"),
+            desired_state: api::TaskState::Running as i32,
+            status: Some(api::TaskStatus {
+                state: api::TaskState::Pending as i32,
+                ..Default::default()
+            }),
+            spec: Some(api::TaskSpec {
+                networks: vec![api::NetworkAttachmentConfig {
+                    target: "net1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let changes: Vec<fn(&mut api::Task)> = vec![
+            |_| {},
+            |t| t.node_id = "n1".into(),
+            |t| {
+                t.node_id = "n1".into();
+                t.status.as_mut().unwrap().state = api::TaskState::Assigned as i32;
+            },
+            |t| t.slot = 4,
+            |t| t.service_id = "s2".into(),
+            |t| t.desired_state = api::TaskState::Shutdown as i32,
+            |t| t.status = None,
+            |t| t.annotations = annotations("Own"),
+            |t| t.annotations = annotations(""),
+            |t| t.service_annotations = None,
+            |t| t.spec.as_mut().unwrap().networks.clear(),
+            |t| t.spec.as_mut().unwrap().networks[0].target = "net2".into(),
+            |t| {
+                t.spec.as_mut().unwrap().runtime =
+                    Some(api::task_spec::Runtime::Container(api::ContainerSpec {
+                        secrets: vec![api::SecretReference {
+                            secret_id: "sec".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }))
+            },
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut new = base.clone();
+            change(&mut new);
+            for (old, new) in [(&base, &new), (&new, &base)] {
+                let (gone, added) = task_changed_keys(old, new);
+                let (want_gone, want_added) = diff_keys(old, new);
+                assert_eq!(sorted(gone), sorted(want_gone), "change {i}: keys gone");
+                assert_eq!(sorted(added), sorted(want_added), "change {i}: keys added");
+            }
+        }
     }
 
     #[test]

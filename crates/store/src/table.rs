@@ -3,7 +3,8 @@
 //! SwarmKit's go-memdb schema. A table keeps its objects ([`Shared`], so writes and events copy
 //! none) in a hash map by ID, the IDs in order (for listing and ID prefixes), and one hashed multimap
 //! `key -> rows` per index, a row being a small number standing for an ID (a key most objects share
-//! keeps a bitset of rows); name prefixes walk the name index. What the keys are is decided per kind in `object.rs`.
+//! keeps a bitset of rows); name prefixes walk the name index, and a kind without one (tasks) has
+//! its objects walked for names. What the keys are is decided per kind in `object.rs`.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -256,12 +257,11 @@ impl<T: StoreObject> Table<T> {
             Entry::Occupied(mut entry) => {
                 let row = entry.get().row;
                 let old = std::mem::replace(&mut entry.get_mut().object, object);
-                let old_keys = old.index_keys();
-                let new_keys = entry.get().object.index_keys();
-                for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+                let (gone, added) = T::changed_keys(&old, &entry.get().object);
+                for key in &gone {
                     remove_key(index, key, row);
                 }
-                for key in new_keys.into_iter().filter(|k| !old_keys.contains(k)) {
+                for key in added {
                     add_key(index, key, row);
                 }
                 Some(old)
@@ -278,7 +278,7 @@ impl<T: StoreObject> Table<T> {
                         Row::try_from(ids.len() - 1).expect("fewer than 4 billion objects")
                     }
                 };
-                for key in object.index_keys() {
+                for key in object.stored_keys() {
                     add_key(index, key, row);
                 }
                 entry.insert(Stored { object, row });
@@ -294,7 +294,7 @@ impl<T: StoreObject> Table<T> {
         self.order.remove(id);
         self.ids[row as usize] = None;
         self.free.push(row);
-        for key in object.index_keys() {
+        for key in object.stored_keys() {
             remove_key(&mut self.index, &key, row);
         }
         Some(object)
@@ -313,6 +313,20 @@ impl<T: StoreObject> Table<T> {
             rows.for_each(|row| out.extend(self.ids[row as usize].clone()));
         };
         match query {
+            Query::Exact(Index::Name, _) | Query::Prefix(Index::Name, _) if !T::NAME_INDEXED => {
+                // No name index: ask every object.
+                out.extend(
+                    self.order
+                        .iter()
+                        .filter(|id| {
+                            self.get(id).is_some_and(|o| {
+                                let keys = o.index_keys();
+                                query.matches(id, &keys)
+                            })
+                        })
+                        .cloned(),
+                );
+            }
             Query::All => out.extend(self.order.iter().cloned()),
             Query::Id(id) => {
                 if let Some((id, _)) = self.objects.get_key_value(id.as_str()) {

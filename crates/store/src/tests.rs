@@ -640,3 +640,41 @@ fn apply_committed_is_all_or_nothing() {
     store.apply_committed(5, &[]).expect("empty");
     assert_eq!(store.last_index(), 5);
 }
+
+/// Task names are not indexed (see `StoreObject::NAME_INDEXED`); lookups by name still find tasks
+/// by their current name, case-insensitively, by prefix, and inside a transaction.
+#[tokio::test]
+async fn task_names_are_found_without_an_index() {
+    let store = MemoryStore::new(None);
+    store
+        .update(|tx| {
+            tx.create_task(task("t1", "s1", 0, "", api::TaskState::Running))?;
+            tx.create_task(task("t2", "s1", 2, "", api::TaskState::Running))?;
+            // Seen by the transaction that wrote it.
+            assert_eq!(ids(&tx.find_tasks(By::Name("WEB.2.t2"))), ["t2"]);
+            Ok(())
+        })
+        .await
+        .expect("create");
+    store
+        .update(|tx| {
+            let mut t1 = tx.get_task("t1").expect("stored");
+            t1.node_id = "n1".into();
+            tx.update_task(t1)
+        })
+        .await
+        .expect("assign");
+    store.view(|tx| {
+        assert_eq!(ids(&tx.find_tasks(By::Name("web.n1.t1"))), ["t1"]);
+        assert!(tx.find_tasks(By::Name("web.0.t1")).is_empty(), "old name");
+        assert_eq!(ids(&tx.find_tasks(By::NamePrefix("Web."))), ["t1", "t2"]);
+        assert_eq!(ids(&tx.find_tasks(By::NamePrefix("web.2"))), ["t2"]);
+        let either = By::Or(vec![By::Name("web.2.t2"), By::NodeId("n1")]);
+        assert_eq!(ids(&tx.find_tasks(either)), ["t1", "t2"]);
+    });
+    store
+        .update(|tx| tx.delete_task("t2"))
+        .await
+        .expect("delete");
+    store.view(|tx| assert!(tx.find_tasks(By::Name("web.2.t2")).is_empty()));
+}

@@ -2,6 +2,8 @@
 
 use store::Event;
 
+use crate::COMMIT_DEBOUNCE_GAP;
+
 use super::*;
 
 #[tokio::test(start_paused = true)]
@@ -162,6 +164,35 @@ async fn large_groups_are_written_in_batches_of_200() {
     let commits = assigned_per_commit(&mut watcher, 450).await;
     let sizes: Vec<usize> = commits.iter().map(Vec::len).collect();
     assert_eq!(sizes, vec![200, 200, 50]);
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_commit_completing_a_full_batch_is_scheduled_without_the_debounce() {
+    let (store, running) = cluster(vec![node("n1"), node("n2")]).await;
+    let start = tokio::time::Instant::now();
+    put_tasks(&store, tasks("t", "s", crate::pass::MAX_BATCH)).await;
+    wait_service_assigned(&store, "s").await;
+    // The paused clock only moves while everything waits on a timer: the pass did not wait.
+    assert!(
+        start.elapsed() < COMMIT_DEBOUNCE_GAP,
+        "waited {:?}",
+        start.elapsed()
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fewer_new_tasks_than_a_batch_wait_for_the_debounce() {
+    let (store, running) = cluster(vec![node("n1"), node("n2")]).await;
+    let start = tokio::time::Instant::now();
+    put_tasks(&store, tasks("t", "s", crate::pass::MAX_BATCH - 1)).await;
+    wait_service_assigned(&store, "s").await;
+    assert!(
+        start.elapsed() >= COMMIT_DEBOUNCE_GAP,
+        "waited {:?}",
+        start.elapsed()
+    );
     running.stop().await;
 }
 

@@ -184,10 +184,14 @@ impl Manager {
             config.bootstrap.node_id.clone(),
             dispatcher::Config::default(),
         );
-        dispatcher.set_managers(vec![dispatcher::weighted_peer(
-            &config.bootstrap.node_id,
-            &config.advertise_addr,
-        )]);
+        // Sessions tell agents every raft member, following membership changes.
+        servers.spawn(raftjoin::follow_managers(
+            raft.clone(),
+            store.clone(),
+            dispatcher.clone(),
+            config.bootstrap.node_id.clone(),
+            shutdown.clone(),
+        ));
 
         // Peers reach this member's raft transport on the remote port, so serve it before
         // waiting for a leader: a restarted member hears the current leader only there.

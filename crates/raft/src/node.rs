@@ -44,6 +44,14 @@ pub struct RaftNode {
     db: Mutex<Option<Arc<Database>>>,
     /// Sees when the last handle (openraft's workers hold some) is gone.
     db_weak: Weak<Database>,
+    /// Peers' last answers (see `membership`).
+    pub(crate) contacts: crate::membership::Contacts,
+    /// Raft IDs removed from the cluster (see `membership`).
+    pub(crate) removed: crate::membership::Removed,
+    /// A peer silent for longer is unreachable.
+    pub(crate) election_timeout: Duration,
+    /// Serializes membership changes made through this member.
+    pub(crate) membership_change: tokio::sync::Mutex<()>,
 }
 
 impl RaftNode {
@@ -126,6 +134,15 @@ impl RaftNode {
         }
         let log_store = LogStore::new(db.clone());
         let sm = StateMachine::open(db.clone(), store.clone()).map_err(RaftError::storage)?;
+        let removed = sm.removed();
+        if removed.contains(id) {
+            return Err(RaftError::Raft(format!(
+                "{}: raft member {id:x} was removed from the cluster and cannot rejoin with its old raft ID; remove {} to join again",
+                crate::membership::ERR_MEMBER_REMOVED,
+                cfg.dir.display()
+            )));
+        }
+        let contacts = network.contacts();
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
@@ -139,6 +156,10 @@ impl RaftNode {
             id,
             db_weak: Arc::downgrade(&db),
             db: Mutex::new(Some(db)),
+            contacts,
+            removed,
+            election_timeout: cfg.election_timeout(),
+            membership_change: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -211,6 +232,13 @@ impl RaftNode {
         addr: String,
         bound: Duration,
     ) -> Result<(), RaftError> {
+        let _serial = self.membership_change.lock().await;
+        if self.removed.contains(id) {
+            return Err(RaftError::Raft(format!(
+                "{}: raft ID {id:x}",
+                crate::membership::ERR_ID_REMOVED
+            )));
+        }
         let members = self.members();
         if members.iter().any(|m| m.raft_id == id && m.voter) {
             return Ok(());
@@ -313,7 +341,7 @@ impl RaftNode {
     /// The gRPC service answering peers' raft RPCs for this member (mount it where only
     /// managers can call it).
     pub fn transport(&self) -> TransportService {
-        TransportService::new(self.raft.clone())
+        TransportService::new(self.raft.clone(), self.removed.clone())
     }
 
     /// What the raft database holds by log index (compaction state).

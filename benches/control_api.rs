@@ -14,6 +14,10 @@ use api::control_client::ControlClient;
 use common::{SWARMD, connect, service_spec, start_swarmd};
 use tonic::transport::Channel;
 
+/// mimalloc rather than glibc malloc (BUILDING.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Requests per concurrency level.
 const REQUESTS: usize = 640;
 

@@ -35,6 +35,10 @@ use common::{MAX_MESSAGE, SWARMD, connect, service_spec, start_swarmd};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::Channel;
 
+/// mimalloc rather than glibc malloc (BUILDING.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Deadline of each unary call to the dispatcher (as the agent's).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most status updates in one UpdateTaskStatus call (as the agent's).

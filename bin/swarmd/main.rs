@@ -11,6 +11,10 @@ use clap::Parser;
 use clap::parser::ValueSource;
 use tracing::{error, info};
 
+/// mimalloc rather than glibc malloc (BUILDING.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run a swarm control process
 #[derive(Parser, Debug)]
 #[command(name = "swarmd", disable_version_flag = true)]

@@ -28,6 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Maps become BTreeMaps so that labels and options iterate in a stable order.
     config.btree_map(["."]);
+    // The store keeps every version of an object as an `Arc<Object>`: unboxed, each `Object` is
+    // as large as its largest variant (Service, 3.4 KiB), so a stored Task (2 KiB) or Secret
+    // (0.3 KiB) would carry that size. Boxed, each version is only as large as its own kind.
+    config.boxed(".docker.swarmkit.v1.Object.Object");
     let wkt = protoc_bin_vendored::include_path()?;
     let files: Vec<PathBuf> = FILES.iter().map(|f| root.join(f)).collect();
     tonic_prost_build::configure().compile_with_config(config, &files, &[root.clone(), wkt])?;

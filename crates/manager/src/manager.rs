@@ -148,36 +148,23 @@ pub fn leader_subsystems() -> Vec<Subsystem> {
 }
 
 impl Manager {
-    /// Starts raft, waits for leadership, creates the initial objects if missing and starts
-    /// serving. Returns once the control socket accepts connections.
+    /// Opens raft, serves the remote API (raft transport included), waits (bounded) for a
+    /// leader, creates the initial objects if this manager leads and they are missing, then
+    /// serves the control socket and runs the leader subsystems. Returns once the control socket accepts connections.
     pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
         let store = MemoryStore::new(None);
         let network = raft_network(&config.security);
         let raft_dir = config.raft.dir.clone();
+        let raft_config = config.raft.clone();
         let raft = match &config.join_addr {
             None => {
-                let raft = RaftNode::start(
-                    config.raft,
+                RaftNode::open_member(
+                    &config.raft,
                     store.clone(),
                     config.advertise_addr.clone(),
                     network,
                 )
-                .await?;
-                if raft.is_leader() {
-                    bootstrap(&store, &config.bootstrap).await?;
-                    record_own_raft_id(
-                        &store,
-                        &config.bootstrap.node_id,
-                        &raft,
-                        &config.advertise_addr,
-                    )
-                    .await?;
-                    info!(
-                        "leadership changed from not yet part of a raft cluster to {:x}",
-                        raft.raft_id()
-                    );
-                }
-                raft
+                .await?
             }
             Some(_) => RaftNode::start_joining(config.raft, store.clone(), network).await?,
         };
@@ -198,12 +185,62 @@ impl Manager {
             config.bootstrap.node_id.clone(),
             dispatcher::Config::default(),
         );
-        dispatcher.set_managers(vec![dispatcher::weighted_peer(
-            &config.bootstrap.node_id,
-            &config.advertise_addr,
-        )]);
+        // Sessions tell agents every raft member, following membership changes.
+        servers.spawn(raftjoin::follow_managers(
+            raft.clone(),
+            store.clone(),
+            dispatcher.clone(),
+            config.bootstrap.node_id.clone(),
+            shutdown.clone(),
+        ));
 
+        // Peers reach this member's raft transport on the remote port, so serve it before
+        // waiting for a leader: a restarted member hears the current leader only there.
+        info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
         let forwarder = crate::proxy::Forwarder::new(raft.clone(), config.security.clone());
+        servers.spawn(server::serve_remote(
+            config.remote_listener,
+            config.security.remote_tls(),
+            RemoteServices {
+                control: control.clone(),
+                ca: CaServer::new(store.clone(), auth.clone()),
+                health: HealthService::new("Raft"),
+                dispatcher: DispatcherService::remote(dispatcher.clone()),
+                raft: Some(raft.transport()),
+                join: Some(JoinService::new(raft.clone(), store.clone())),
+                auth,
+                proxy: Some(forwarder.remote_layer()),
+            },
+            shutdown.clone(),
+        ));
+
+        if config.join_addr.is_none() {
+            let ready = async {
+                raft.become_ready(&raft_config).await?;
+                if raft.is_leader() {
+                    bootstrap(&store, &config.bootstrap).await?;
+                    record_own_raft_id(
+                        &store,
+                        &config.bootstrap.node_id,
+                        &raft,
+                        &config.advertise_addr,
+                    )
+                    .await?;
+                    info!(
+                        "leadership changed from not yet part of a raft cluster to {:x}",
+                        raft.raft_id()
+                    );
+                }
+                Ok::<(), ManagerError>(())
+            };
+            if let Err(e) = ready.await {
+                shutdown.cancel();
+                while servers.join_next().await.is_some() {}
+                raft.shutdown().await;
+                return Err(e);
+            }
+        }
+
         let unix = server::bind_control_socket(&config.control_socket)?;
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
         servers.spawn(server::serve_control(
@@ -232,23 +269,6 @@ impl Manager {
             raft.clone(),
             store.clone(),
             Arc::new(subsystems),
-            shutdown.clone(),
-        ));
-
-        info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
-        servers.spawn(server::serve_remote(
-            config.remote_listener,
-            config.security.remote_tls(),
-            RemoteServices {
-                control,
-                ca: CaServer::new(store.clone(), auth.clone()),
-                health: HealthService::new("Raft"),
-                dispatcher: DispatcherService::remote(dispatcher),
-                raft: Some(raft.transport()),
-                join: Some(JoinService::new(raft.clone(), store.clone())),
-                auth,
-                proxy: Some(forwarder.remote_layer()),
-            },
             shutdown.clone(),
         ));
 

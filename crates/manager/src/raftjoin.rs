@@ -65,7 +65,15 @@ impl RaftJoin for JoinService {
         self.raft
             .add_member(raft_id, addr.clone(), CATCH_UP)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| {
+                let msg = e.to_string();
+                // A removed raft ID never comes back: no retry will help.
+                if msg.contains(raft::ERR_ID_REMOVED) {
+                    Status::failed_precondition(msg)
+                } else {
+                    Status::unavailable(msg)
+                }
+            })?;
         let status = api::ManagerStatus {
             raft_id,
             addr,
@@ -149,17 +157,196 @@ impl RaftMembers for StoreMembers {
             .members()
             .into_iter()
             .find(|m| m.raft_id == raft_id)?;
+        use api::raft_member_status::Reachability as R;
+        let reachability = match self.raft.reachability(raft_id) {
+            raft::Reachability::Reachable => R::Reachable,
+            raft::Reachability::Unreachable => R::Unreachable,
+            raft::Reachability::Unknown => R::Unknown,
+        };
         Some(api::ManagerStatus {
             raft_id,
             addr: member.addr,
             leader: self.raft.leader_id() == Some(raft_id),
-            // Every member is reported reachable; per-peer health comes with the HA work.
-            reachability: api::raft_member_status::Reachability::Reachable as i32,
+            reachability: reachability as i32,
         })
     }
 
     fn is_member(&self, node_id: &str) -> bool {
         self.raft_id_of(node_id)
             .is_some_and(|id| self.raft.members().iter().any(|m| m.raft_id == id))
+    }
+
+    fn is_local(&self, node_id: &str) -> bool {
+        node_id == self.node_id
+    }
+
+    fn can_remove_member(&self, node_id: &str) -> bool {
+        self.raft_id_of(node_id)
+            .is_some_and(|id| self.raft.can_remove_member(id))
+    }
+
+    fn remove_member(
+        &self,
+        node_id: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let raft_id = self.raft_id_of(node_id);
+        let node_id = node_id.to_string();
+        Box::pin(async move {
+            let raft_id =
+                raft_id.ok_or_else(|| format!("node {node_id} has no raft member recorded"))?;
+            self.raft
+                .remove_member(raft_id, REMOVAL_WAIT)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// How long a removal from raft may take (SwarmKit's removalTimeout).
+const REMOVAL_WAIT: Duration = Duration::from_secs(5);
+
+/// Keeps the dispatcher's manager list (what sessions tell agents) equal to the raft membership:
+/// every member whose node is known (this manager, or a Node object recording its raft ID), with
+/// its advertised address, until `shutdown` fires.
+pub async fn follow_managers(
+    raft: Arc<RaftNode>,
+    store: MemoryStore,
+    dispatcher: dispatcher::Dispatcher,
+    node_id: String,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let mut nodes = store.watch(store::WatchFilter::none().nodes());
+    let membership = |m: &raft::RaftMetrics| m.membership_config.log_id().map(|l| l.index);
+    loop {
+        let seen = membership(&metrics.borrow_and_update());
+        dispatcher.set_managers(manager_peers(&raft, &store, &node_id));
+        loop {
+            // Metrics change on every applied entry; only a new configuration matters here.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = metrics.changed() => {
+                    if changed.is_err() { return }
+                    if membership(&metrics.borrow_and_update()) != seen { break }
+                }
+                ev = nodes.recv() => if ev.is_none() { return } else { break },
+            }
+        }
+    }
+}
+
+/// The raft members as dispatcher peers, ordered by raft ID.
+pub fn manager_peers(
+    raft: &RaftNode,
+    store: &MemoryStore,
+    node_id: &str,
+) -> Vec<api::WeightedPeer> {
+    let own = raft.raft_id();
+    let by_raft_id: std::collections::HashMap<u64, String> = store.view(|tx| {
+        tx.find_nodes(store::By::All)
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.manager_status.as_ref()?.raft_id;
+                (id != 0).then_some((id, n.id))
+            })
+            .collect()
+    });
+    raft.members()
+        .into_iter()
+        .filter_map(|m| {
+            let node = if m.raft_id == own {
+                node_id.to_string()
+            } else {
+                by_raft_id.get(&m.raft_id)?.clone()
+            };
+            Some(dispatcher::weighted_peer(&node, &m.addr))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use raft::{NetworkFactory, RaftConfig};
+
+    use super::*;
+
+    async fn lone_manager(dir: &std::path::Path, store: &MemoryStore) -> Arc<RaftNode> {
+        let cfg = RaftConfig {
+            dir: dir.to_path_buf(),
+            tick: Duration::from_millis(50),
+            ..Default::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            RaftNode::start(
+                cfg,
+                store.clone(),
+                "10.0.0.1:4242".into(),
+                NetworkFactory::unconnected(),
+            ),
+        )
+        .await
+        .expect("bounded")
+        .expect("start")
+    }
+
+    #[tokio::test]
+    async fn members_and_managers_list_follow_raft_membership_not_stored_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MemoryStore::new(None);
+        let raft = lone_manager(dir.path(), &store).await;
+        // A node whose stored record names a raft ID that is not (or no longer) a member.
+        let stale = api::Node {
+            id: "gone".into(),
+            manager_status: Some(api::ManagerStatus {
+                raft_id: 0xdead,
+                addr: "10.0.0.9:4242".into(),
+                leader: false,
+                reachability: api::raft_member_status::Reachability::Reachable as i32,
+            }),
+            ..Default::default()
+        };
+        let me = api::Node {
+            id: "me".into(),
+            ..Default::default()
+        };
+        store
+            .update(move |tx| {
+                tx.create_node(stale)?;
+                tx.create_node(me)
+            })
+            .await
+            .expect("write");
+        let members = StoreMembers::new("me".into(), raft.clone(), store.clone());
+
+        let status = members.manager_status("me").expect("a member");
+        assert_eq!(status.raft_id, raft.raft_id());
+        assert_eq!(status.addr, "10.0.0.1:4242");
+        assert!(status.leader);
+        assert_eq!(
+            status.reachability,
+            api::raft_member_status::Reachability::Reachable as i32
+        );
+        assert!(members.manager_status("gone").is_none());
+        assert!(!members.is_member("gone"));
+        // The only voter cannot leave: that is the quorum.
+        assert!(!members.can_remove_member("me"));
+        let err = members
+            .remove_member("me")
+            .await
+            .expect_err("last voter stays");
+        assert!(err.contains(raft::ERR_LOSS_OF_QUORUM), "{err}");
+        assert!(members.remove_member("gone").await.is_err());
+        assert_eq!(raft.members().len(), 1);
+
+        // Sessions are told the members only, with their raft addresses.
+        let peers = manager_peers(&raft, &store, "me");
+        assert_eq!(
+            peers,
+            vec![dispatcher::weighted_peer("me", "10.0.0.1:4242")]
+        );
+        raft.shutdown().await;
     }
 }

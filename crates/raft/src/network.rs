@@ -35,6 +35,7 @@ pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     dialer: Option<Dialer>,
+    contacts: crate::membership::Contacts,
 }
 
 impl NetworkFactory {
@@ -42,12 +43,21 @@ impl NetworkFactory {
     pub fn new(dialer: Dialer) -> Self {
         NetworkFactory {
             dialer: Some(dialer),
+            contacts: Default::default(),
         }
     }
 
     /// No peer can be reached (a lone voter never needs one).
     pub fn unconnected() -> Self {
-        NetworkFactory { dialer: None }
+        NetworkFactory {
+            dialer: None,
+            contacts: Default::default(),
+        }
+    }
+
+    /// When each peer last answered an RPC of this factory's clients (shared by all clones).
+    pub(crate) fn contacts(&self) -> crate::membership::Contacts {
+        self.contacts.clone()
     }
 }
 
@@ -68,6 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.addr.clone(),
             dialer: self.dialer.clone(),
             client: None,
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -79,6 +90,7 @@ pub struct PeerClient {
     addr: String,
     dialer: Option<Dialer>,
     client: Option<RaftTransportClient<Channel>>,
+    contacts: crate::membership::Contacts,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -151,6 +163,12 @@ impl PeerClient {
         let resp = match tokio::time::timeout(ttl, sent).await {
             Ok(Ok(resp)) => resp.into_inner(),
             Ok(Err(status)) => {
+                if status.code() == tonic::Code::NotFound
+                    && status.message() == crate::membership::ERR_MEMBER_REMOVED
+                {
+                    tracing::warn!(peer = %format!("{:x}", self.target), "a raft peer refused this member as removed from the cluster");
+                    self.contacts.told_removed();
+                }
                 self.client = None;
                 return Err(RPCError::Unreachable(self.unreachable(format!(
                     "{:?}: {}",
@@ -165,6 +183,8 @@ impl PeerClient {
                 ));
             }
         };
+        // The peer answered: it is reachable, whatever raft thinks of the request.
+        self.contacts.answered(self.target);
         let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&resp.data)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

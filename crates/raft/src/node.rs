@@ -44,24 +44,47 @@ pub struct RaftNode {
     db: Mutex<Option<Arc<Database>>>,
     /// Sees when the last handle (openraft's workers hold some) is gone.
     db_weak: Weak<Database>,
-    /// `tick * election_tick`, the base of the request bounds in `read.rs`.
+    /// Peers' last answers (see `membership`).
+    pub(crate) contacts: crate::membership::Contacts,
+    /// Raft IDs removed from the cluster (see `membership`).
+    pub(crate) removed: crate::membership::Removed,
+    /// A peer silent for longer is unreachable.
     pub(crate) election_timeout: Duration,
+    /// Serializes membership changes made through this member.
+    pub(crate) membership_change: tokio::sync::Mutex<()>,
 }
 
 impl RaftNode {
-    /// Starts this member over `cfg.dir`: opens or creates `raft.redb`, reads or draws this
-    /// member's raft ID, restores the latest snapshot into `store`, initializes a single-voter
-    /// cluster on the first start only, waits (bounded) until this member leads and has applied
-    /// its log, then installs itself as `store`'s proposer.
+    /// Starts this member over `cfg.dir` and waits for it to be ready: [`RaftNode::open_member`]
+    /// then [`RaftNode::become_ready`]. A manager serves the raft transport between the two
+    /// instead (peers must reach a restarted member before it can learn the leader).
     pub async fn start(
         cfg: RaftConfig,
         store: MemoryStore,
         advertise_addr: String,
         network: NetworkFactory,
     ) -> Result<Arc<RaftNode>, RaftError> {
+        let node = Self::open_member(&cfg, store, advertise_addr, network).await?;
+        if let Err(e) = node.become_ready(&cfg).await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    /// Opens this member without waiting for a leader: opens or creates `raft.redb`, reads or
+    /// draws this member's raft ID, restores the latest snapshot into `store`, initializes a
+    /// single-voter cluster on the first start only and installs itself as `store`'s proposer
+    /// (proposals fail with no leader until one is elected).
+    pub async fn open_member(
+        cfg: &RaftConfig,
+        store: MemoryStore,
+        advertise_addr: String,
+        network: NetworkFactory,
+    ) -> Result<Arc<RaftNode>, RaftError> {
         let force = cfg.force_new_cluster.then_some(advertise_addr.as_str());
-        let node = Self::open(&cfg, &store, network, force).await?;
-        if let Err(e) = node.become_ready(&cfg, advertise_addr).await {
+        let node = Self::open(cfg, &store, network, force).await?;
+        if let Err(e) = node.initialize_if_new(advertise_addr).await {
             node.shutdown().await;
             return Err(e);
         }
@@ -111,6 +134,15 @@ impl RaftNode {
         }
         let log_store = LogStore::new(db.clone());
         let sm = StateMachine::open(db.clone(), store.clone()).map_err(RaftError::storage)?;
+        let removed = sm.removed();
+        if removed.contains(id) {
+            return Err(RaftError::Raft(format!(
+                "{}: raft member {id:x} was removed from the cluster and cannot rejoin with its old raft ID; remove {} to join again",
+                crate::membership::ERR_MEMBER_REMOVED,
+                cfg.dir.display()
+            )));
+        }
+        let contacts = network.contacts();
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
@@ -124,15 +156,14 @@ impl RaftNode {
             id,
             db_weak: Arc::downgrade(&db),
             db: Mutex::new(Some(db)),
+            contacts,
+            removed,
             election_timeout: cfg.election_timeout(),
+            membership_change: tokio::sync::Mutex::new(()),
         }))
     }
 
-    async fn become_ready(
-        &self,
-        cfg: &RaftConfig,
-        advertise_addr: String,
-    ) -> Result<(), RaftError> {
+    async fn initialize_if_new(&self, advertise_addr: String) -> Result<(), RaftError> {
         let fatal = |e: Fatal<u64>| RaftError::Raft(e.to_string());
         if !self.raft.is_initialized().await.map_err(fatal)? {
             tracing::info!("initializing a new single-manager raft cluster");
@@ -142,32 +173,53 @@ impl RaftNode {
                 .await
                 .map_err(|e| RaftError::Raft(e.to_string()))?;
         }
-        // A lone voter elects itself at once; allow a few election rounds all the same. A member
-        // of a larger cluster waits for whichever member leads.
+        Ok(())
+    }
+
+    /// Waits (bounded) until this member leads with its log applied or follows a leader. A
+    /// member restored as leader of its old term (openraft resumes a committed vote as
+    /// leadership) that cannot commit its tail keeps waiting until it hears the newer leader.
+    /// A lone voter that elects no leader in time is an error; a member of a larger cluster
+    /// that finds none (no quorum yet, say every manager restarting) logs it and goes on: it
+    /// serves and follows whichever leader is elected later.
+    pub async fn become_ready(&self, cfg: &RaftConfig) -> Result<(), RaftError> {
         let bound = Duration::from_secs(10).max(cfg.election_timeout() * 6);
         let id = self.id;
-        let m = self
+        let waited = self
             .raft
             .wait(Some(bound))
             .metrics(
                 |m| match m.current_leader {
-                    Some(l) if l == id => m.state == ServerState::Leader,
-                    Some(_) => true,
+                    Some(l) if l == id => {
+                        m.state == ServerState::Leader
+                            && m.last_applied.map(|l| l.index) >= m.last_log_index
+                    }
+                    Some(_) => m.state != ServerState::Leader,
                     None => false,
                 },
-                "a member leads",
+                "a member leads and this member applied its log if it is the one",
             )
-            .await
-            .map_err(|e| RaftError::Timeout(e.to_string()))?;
-        if m.current_leader == Some(id) {
-            self.raft
-                .wait(Some(bound))
-                .applied_index_at_least(m.last_log_index, "log applied")
-                .await
-                .map_err(|e| RaftError::Timeout(e.to_string()))?;
-            tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member is leader");
-        } else {
-            tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member follows");
+            .await;
+        match waited {
+            Ok(m) if m.current_leader == Some(id) => {
+                tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member is leader");
+            }
+            Ok(m) => {
+                tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member follows");
+            }
+            Err(e) => {
+                let voters: Vec<u64> = self
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.voter)
+                    .map(|m| m.raft_id)
+                    .collect();
+                if voters == [id] {
+                    return Err(RaftError::Timeout(e.to_string()));
+                }
+                tracing::warn!(raft.id = %format!("{id:x}"), voters = voters.len(),
+                    "no raft leader after {bound:?}: serving and following whichever leader a quorum elects");
+            }
         }
         Ok(())
     }
@@ -180,6 +232,13 @@ impl RaftNode {
         addr: String,
         bound: Duration,
     ) -> Result<(), RaftError> {
+        let _serial = self.membership_change.lock().await;
+        if self.removed.contains(id) {
+            return Err(RaftError::Raft(format!(
+                "{}: raft ID {id:x}",
+                crate::membership::ERR_ID_REMOVED
+            )));
+        }
         let members = self.members();
         if members.iter().any(|m| m.raft_id == id && m.voter) {
             return Ok(());
@@ -282,7 +341,7 @@ impl RaftNode {
     /// The gRPC service answering peers' raft RPCs for this member (mount it where only
     /// managers can call it).
     pub fn transport(&self) -> TransportService {
-        TransportService::new(self.raft.clone())
+        TransportService::new(self.raft.clone(), self.removed.clone())
     }
 
     /// What the raft database holds by log index (compaction state).

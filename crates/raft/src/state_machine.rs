@@ -32,16 +32,20 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     /// Last membership applied, for openraft's bookkeeping.
     membership: Membership,
+    /// Raft IDs that left the membership (`membership::Removed`).
+    removed: crate::membership::Removed,
 }
 
 impl StateMachine {
     /// Opens the state machine: restores the latest stored snapshot, if any, into `store`.
     pub(crate) fn open(db: Arc<Database>, store: MemoryStore) -> Result<Self, StorageError> {
+        let removed = crate::membership::Removed::load(db.clone())?;
         let mut sm = StateMachine {
             db,
             store,
             last_applied: None,
             membership: Membership::default(),
+            removed,
         };
         if let Some((meta, data)) = read_snapshot(&sm.db)? {
             let snapshot = decode_snapshot(&meta, &data)?;
@@ -52,6 +56,11 @@ impl StateMachine {
             sm.membership = meta.last_membership;
         }
         Ok(sm)
+    }
+
+    /// The removed raft IDs this state machine records.
+    pub(crate) fn removed(&self) -> crate::membership::Removed {
+        self.removed.clone()
     }
 }
 
@@ -121,6 +130,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
                 EntryPayload::Membership(m) => {
+                    self.removed
+                        .observe(self.membership.membership(), &m)
+                        .await?;
                     self.membership = StoredMembership::new(Some(log_id), m);
                 }
             }
@@ -159,6 +171,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(snapshot.index = index, "installing raft snapshot");
         self.store.restore(content, index);
         self.last_applied = meta.last_log_id;
+        self.removed
+            .observe(
+                self.membership.membership(),
+                meta.last_membership.membership(),
+            )
+            .await?;
         self.membership = meta.last_membership.clone();
         Ok(())
     }

@@ -17,11 +17,23 @@ use crate::types::{NodeId, TypeConfig};
 #[derive(Clone)]
 pub struct TransportService {
     raft: Raft<TypeConfig>,
+    removed: crate::membership::Removed,
 }
 
 impl TransportService {
-    pub(crate) fn new(raft: Raft<TypeConfig>) -> Self {
-        TransportService { raft }
+    pub(crate) fn new(raft: Raft<TypeConfig>, removed: crate::membership::Removed) -> Self {
+        TransportService { raft, removed }
+    }
+
+    /// Refuses a message sent by a member removed from the cluster (SwarmKit answers NotFound).
+    fn check_sender(&self, vote: &openraft::Vote<NodeId>) -> Result<(), Status> {
+        match vote.leader_id().voted_for() {
+            Some(from) if self.removed.contains(from) => {
+                tracing::debug!(raft.id = %format!("{from:x}"), "refused a raft message from a removed member");
+                Err(Status::not_found(crate::membership::ERR_MEMBER_REMOVED))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The gRPC service, with message limits fitting serde_json payloads.
@@ -56,11 +68,13 @@ impl RaftTransport for TransportService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        self.check_sender(&rpc.vote)?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode(req)?;
+        self.check_sender(&rpc.vote)?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -69,6 +83,7 @@ impl RaftTransport for TransportService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        self.check_sender(&rpc.vote)?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }

@@ -9,6 +9,9 @@
 //!   transaction building and committing nodes and tasks (as SwarmKit's benchmark does) to the last
 //!   ASSIGNED event, so the store's commit of the objects is included.
 //!
+//! Each line also gives the CPU time all the child's threads ran in that interval, a steadier
+//! figure than the wall time when the machine is loaded.
+//!
 //! Run with `cargo bench -p scheduler --bench scheduler`; `-- <shape name>...` runs only those.
 
 use std::process::Command;
@@ -16,6 +19,10 @@ use std::time::{Duration, Instant};
 
 use store::{Event, MemoryStore, WatchFilter};
 use tokio_util::sync::CancellationToken;
+
+/// The allocator swarmd uses (BUILDING.md, "Allocator"), so the figures are those of the daemon.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Clone, Copy)]
 struct Shape {
@@ -196,6 +203,24 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this process's threads have run so far, in nanoseconds (the first field of each
+/// thread's `/proc/self/task/<tid>/schedstat`): a steadier figure than wall time on a loaded
+/// machine.
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// Runs one shape in this process and prints one result line.
 fn run_child(shape: Shape, mode: &str) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -206,15 +231,16 @@ fn run_child(shape: Shape, mode: &str) {
     runtime.block_on(async {
         let store = MemoryStore::new(None);
         let shutdown = CancellationToken::new();
-        let (start, before_kib, scheduler, counter, commit) = if mode == "preloaded" {
+        let (start, cpu_start, before_kib, scheduler, counter, commit) = if mode == "preloaded" {
             seed_in_batches(&store, shape).await;
             let watcher = store.watch(WatchFilter::none().tasks());
             let counter = tokio::spawn(count_assigned(watcher, shape.tasks));
             let before = vm_hwm_kib();
             let start = Instant::now();
+            let cpu_start = cpu_ns();
             let scheduler =
                 tokio::spawn(scheduler::Scheduler::new(store.clone()).run(shutdown.clone()));
-            (start, before, scheduler, counter, None)
+            (start, cpu_start, before, scheduler, counter, None)
         } else {
             let watcher = store.watch(WatchFilter::none().tasks());
             let counter = tokio::spawn(count_assigned(watcher, shape.tasks));
@@ -223,12 +249,14 @@ fn run_child(shape: Shape, mode: &str) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let before = vm_hwm_kib();
             let start = Instant::now();
+            let cpu_start = cpu_ns();
             seed(&store, shape).await;
             let commit = start.elapsed();
-            (start, before, scheduler, counter, Some(commit))
+            (start, cpu_start, before, scheduler, counter, Some(commit))
         };
         let done = counter.await.expect("counter");
         let elapsed = done - start;
+        let cpu = Duration::from_nanos(cpu_ns().saturating_sub(cpu_start));
         shutdown.cancel();
         scheduler
             .await
@@ -238,13 +266,14 @@ fn run_child(shape: Shape, mode: &str) {
             format!("  (of which the store commit {:.3} s)", c.as_secs_f64())
         });
         println!(
-            "{:<27} {:<9} {:>6} nodes {:>6} tasks {:>7.3} s {:>8.0} tasks/s  VmHWM {:>4} MiB (before start {:>3} MiB){commit}",
+            "{:<27} {:<9} {:>6} nodes {:>6} tasks {:>7.3} s {:>8.0} tasks/s  cpu {:>6.3} s  VmHWM {:>4} MiB (before start {:>3} MiB){commit}",
             shape.name,
             mode,
             shape.nodes,
             shape.tasks,
             elapsed.as_secs_f64(),
             shape.tasks as f64 / elapsed.as_secs_f64(),
+            cpu.as_secs_f64(),
             vm_hwm_kib() / 1024,
             before_kib / 1024,
         );

@@ -183,24 +183,24 @@ macro_rules! store_object {
             }
             fn into_object(self) -> api::Object {
                 api::Object {
-                    object: Some(object::Object::$ty(self)),
+                    object: Some(object::Object::$ty(Box::new(self))),
                 }
             }
             fn from_object(object: api::Object) -> Option<Self> {
                 match object.object? {
-                    object::Object::$ty(o) => Some(o),
+                    object::Object::$ty(o) => Some(*o),
                     _ => None,
                 }
             }
             fn in_object(object: &api::Object) -> Option<&Self> {
                 match object.object.as_ref()? {
-                    object::Object::$ty(o) => Some(o),
+                    object::Object::$ty(o) => Some(&**o),
                     _ => None,
                 }
             }
             fn in_object_mut(object: &mut api::Object) -> Option<&mut Self> {
                 match object.object.as_mut()? {
-                    object::Object::$ty(o) => Some(o),
+                    object::Object::$ty(o) => Some(&mut **o),
                     _ => None,
                 }
             }
@@ -379,7 +379,7 @@ macro_rules! target_conversions {
         pub(crate) fn target_into_object(target: store_action::Target) -> api::Object {
             api::Object {
                 object: Some(match target {
-                    $(store_action::Target::$ty(o) => object::Object::$ty(o),)*
+                    $(store_action::Target::$ty(o) => object::Object::$ty(Box::new(o)),)*
                 }),
             }
         }
@@ -387,7 +387,7 @@ macro_rules! target_conversions {
         /// The store action target of a wrapped object; `None` for an empty wrapper.
         pub(crate) fn object_into_target(object: api::Object) -> Option<store_action::Target> {
             Some(match object.object? {
-                $(object::Object::$ty(o) => store_action::Target::$ty(o),)*
+                $(object::Object::$ty(o) => store_action::Target::$ty(*o),)*
             })
         }
     };

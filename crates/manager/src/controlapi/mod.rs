@@ -40,6 +40,20 @@ pub trait RaftMembers: Send + Sync + 'static {
         let _ = node_id;
         true
     }
+    /// Whether `node_id` is this manager's own node.
+    fn is_local(&self, node_id: &str) -> bool {
+        let _ = node_id;
+        false
+    }
+    /// Removes `node_id` from raft (the role manager's half of a demotion; leader only). A
+    /// leader removing itself hands leadership over. Defaults to refusing, loudly.
+    fn remove_member(
+        &self,
+        node_id: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let msg = format!("not supported yet: removing node {node_id} from raft");
+        Box::pin(async move { Err(msg) })
+    }
 }
 
 /// The Control service: every call reads or writes `store`, in one transaction for writes.

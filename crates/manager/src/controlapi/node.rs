@@ -30,11 +30,11 @@ fn hostname(n: &api::Node) -> Option<&str> {
 }
 
 impl ControlApi {
-    /// Fills `manager_status` from raft membership, as SwarmKit does at read time.
+    /// Fills `manager_status` from raft membership, as SwarmKit does at read time: a node that
+    /// is not a raft member (never was, or was removed) shows none, whatever its stored record
+    /// (which keeps the raft ID the leader recorded at join) says.
     fn with_manager_status(&self, mut node: api::Node) -> api::Node {
-        if let Some(status) = self.members.manager_status(&node.id) {
-            node.manager_status = Some(status);
-        }
+        node.manager_status = self.members.manager_status(&node.id);
         node
     }
 }

@@ -57,6 +57,14 @@ impl Cluster {
     pub fn join(&self, hostname: &str) -> Swarmd {
         let addr = self.manager.remote_addr();
         let token = worker_token(&self.manager);
+        // A fixed remote port: a worker promoted to manager and restarted must come back at
+        // the address raft knows it by (a member's address is not updated yet, and with a new
+        // one a two-manager cluster has no quorum, so no read or write is served).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
         let (w, code) = Swarmd::start_node(
             &[
                 "--join-addr",
@@ -67,6 +75,8 @@ impl Cluster {
                 "process",
                 "--hostname",
                 hostname,
+                "--listen-remote-api",
+                &listen,
             ],
             "worker node is ready",
             WAIT,

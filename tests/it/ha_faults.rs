@@ -329,24 +329,38 @@ fn create_registers(rt: &tokio::runtime::Runtime, c: &mut Cluster) -> Vec<(Strin
     })
 }
 
+/// `msg` asking for a read of the called manager's own store (`swarmd-local-read`).
+fn local<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("swarmd-local-read", "true".parse().expect("value"));
+    req
+}
+
 /// A manager's configs and services (`config:<name>`, `service:<name>`) and register values,
-/// read on its own socket; None when it does not answer.
+/// read from its own store (the `swarmd-local-read` header: a plain read on any socket is
+/// answered by the leader); None when it does not answer.
 async fn store_view(socket: PathBuf) -> Option<(BTreeSet<String>, BTreeMap<String, String>)> {
     let mut cl = client(&socket);
     let limit = Duration::from_secs(10);
-    let configs = tokio::time::timeout(limit, cl.list_configs(api::ListConfigsRequest::default()))
-        .await
-        .ok()?
-        .ok()?
-        .into_inner()
-        .configs;
-    let services =
-        tokio::time::timeout(limit, cl.list_services(api::ListServicesRequest::default()))
-            .await
-            .ok()?
-            .ok()?
-            .into_inner()
-            .services;
+    let configs = tokio::time::timeout(
+        limit,
+        cl.list_configs(local(api::ListConfigsRequest::default())),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .into_inner()
+    .configs;
+    let services = tokio::time::timeout(
+        limit,
+        cl.list_services(local(api::ListServicesRequest::default())),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .into_inner()
+    .services;
     let name = |a: Option<&api::Annotations>| a.map(|a| a.name.clone()).unwrap_or_default();
     let mut set = BTreeSet::new();
     let mut regs = BTreeMap::new();

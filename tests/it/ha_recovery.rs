@@ -87,15 +87,33 @@ fn write_config(m: &Swarmd, name: &str) -> bool {
 
 /// Names of the configs this test wrote (prefix `ha-`) that `m` lists, or None if it does
 /// not answer.
+/// The `ha-` configs in `m`'s own store (a read with the `swarmd-local-read` header: a plain
+/// read on any manager's socket is answered by the leader); None when it does not answer.
 fn config_names(m: &Swarmd) -> Option<BTreeSet<String>> {
-    let out = m.ctl(&["config", "ls"]);
-    (out.code == 0).then(|| {
-        out.stdout
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|n| n.starts_with("ha-"))
-            .map(str::to_string)
-            .collect()
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = ca::control_channel(&m.socket()).ok()?;
+        let mut req = tonic::Request::new(api::ListConfigsRequest::default());
+        req.metadata_mut()
+            .insert("swarmd-local-read", "true".parse().expect("value"));
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            api::control_client::ControlClient::new(channel).list_configs(req),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(
+            resp.into_inner()
+                .configs
+                .into_iter()
+                .filter_map(|c| c.spec?.annotations.map(|a| a.name))
+                .filter(|n| n.starts_with("ha-"))
+                .collect(),
+        )
     })
 }
 

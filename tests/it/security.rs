@@ -195,6 +195,13 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
     let m = Swarmd::start();
     let (_, manager_token) = tokens(&m);
     let addr = m.remote_addr();
+    // A fixed remote port, so that the restart below comes back at the address raft knows
+    // (the second of two voters: without it the leader has no quorum and serves no read).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
     let (mut m2, code) = Swarmd::start_node(
         &[
             "--join-addr",
@@ -203,6 +210,8 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
             &manager_token,
             "--hostname",
             "node-2",
+            "--listen-remote-api",
+            &listen,
         ],
         "node is ready",
         JOIN_LIMIT,
@@ -229,7 +238,7 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
     assert!(leaders[0].contains("node-1"), "{ls}");
 
     // A write on the leader shows on the follower's own control socket (reads there are
-    // answered from its replicated store, not forwarded).
+    // forwarded to the leader, which serves them linearizably).
     m.ctl_stdin(&["config", "create", "replicated"], b"hello")
         .ok();
     wait_for("the config on the follower", JOIN_LIMIT, || {

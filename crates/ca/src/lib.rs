@@ -9,6 +9,7 @@
 mod certinfo;
 mod client;
 mod error;
+mod forward;
 mod key;
 mod keystore;
 mod root;
@@ -22,6 +23,10 @@ pub use client::{
     Credential, IssuedCertificate, check_manager_trust, download_root_ca, request_certificate,
 };
 pub use error::CaError;
+pub use forward::{
+    FORWARDED_CN_KEY, FORWARDED_KEY, FORWARDED_ORG_KEY, FORWARDED_OU_KEY, ForwardedPeer,
+    REDIRECT_KEY, REMOTE_ADDR_KEY, forwarded_peer, is_forwarded, set_forwarded, strip_forwarded,
+};
 pub use key::NodeKey;
 pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
@@ -29,8 +34,8 @@ pub use rotation::{MIN_ROOT_EXPIRY, SigningCa, normalize_pem, same_certificates}
 pub use security::SecurityConfig;
 pub use tls::{
     ServerTls, control_channel, control_server_config, insecure_client_config, mtls_client_config,
-    mtls_server_config, peer_addr_http, peer_cert_info, peer_cert_info_http, serve_tcp_tls,
-    serve_unix_tls, tls_channel,
+    mtls_server_config, peer_addr_http, peer_cert_info, peer_cert_info_http, peer_ip,
+    serve_tcp_tls, serve_unix_tls, tls_channel, tls_peer_cert_info_http,
 };
 pub use token::{ParsedToken, generate_join_token, tokens_equal};
 

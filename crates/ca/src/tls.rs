@@ -243,22 +243,41 @@ pub fn tls_channel(
     )
 }
 
-/// What the verified client certificate of a request's TLS connection (TCP or unix, as accepted
-/// by [`serve_tcp_tls`] / [`serve_unix_tls`]) says; `None` without one.
+/// Who called: the original caller of a request another manager forwarded (a
+/// [`crate::ForwardedPeer`] the authorization layer accepted), else what the verified client
+/// certificate of the request's TLS connection (TCP or unix, as accepted by [`serve_tcp_tls`] /
+/// [`serve_unix_tls`]) says; `None` without one.
 pub fn peer_cert_info<T>(req: &tonic::Request<T>) -> Option<CertInfo> {
-    let ext = req.extensions();
+    peer_cert_info_http(req.extensions())
+}
+
+/// [`peer_cert_info`] for middleware that sees the HTTP request under the gRPC one.
+pub fn peer_cert_info_http(ext: &tonic::codegen::http::Extensions) -> Option<CertInfo> {
+    if let Some(fwd) = ext.get::<crate::ForwardedPeer>() {
+        return fwd.cert.clone();
+    }
+    tls_peer_cert_info_http(ext)
+}
+
+/// The certificate of the request's own TLS connection, ignoring any forwarded caller (the
+/// forwarding manager, for a forwarded request).
+pub fn tls_peer_cert_info_http(ext: &tonic::codegen::http::Extensions) -> Option<CertInfo> {
     peer_of(
         ext.get::<TlsConnectInfo<TcpConnectInfo>>(),
         ext.get::<TlsConnectInfo<UdsConnectInfo>>(),
     )
 }
 
-/// [`peer_cert_info`] for middleware that sees the HTTP request under the gRPC one.
-pub fn peer_cert_info_http(ext: &tonic::codegen::http::Extensions) -> Option<CertInfo> {
-    peer_of(
-        ext.get::<TlsConnectInfo<TcpConnectInfo>>(),
-        ext.get::<TlsConnectInfo<UdsConnectInfo>>(),
-    )
+/// The caller's IP: the forwarded caller's address for a forwarded request, else the TCP peer's.
+pub fn peer_ip<T>(req: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+    if let Some(fwd) = req.extensions().get::<crate::ForwardedPeer>() {
+        return fwd
+            .remote_addr
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip());
+    }
+    req.remote_addr().map(|a| a.ip())
 }
 
 /// The TCP peer address of the HTTP request under a gRPC one, when it came over TCP.

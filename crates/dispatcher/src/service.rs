@@ -1,7 +1,7 @@
 //! The `docker.swarmkit.v1.Dispatcher` gRPC service over [`Dispatcher`]. On the remote port the
 //! caller's node ID is the CN of its verified client certificate (the authorization layer in
 //! front has already checked role, organisation and removal) and its address the connection's
-//! source IP; on the local control socket every call is this manager's own node, as SwarmKit
+//! source IP (for a call another manager forwarded, the original caller's: `ca::peer_cert_info`); on the local control socket every call is this manager's own node, as SwarmKit
 //! treats local requests.
 
 use tonic::{Request, Response, Status};
@@ -41,10 +41,7 @@ impl DispatcherService {
             return Ok((id.clone(), String::new()));
         }
         let cert = ca::peer_cert_info(req).ok_or(DispatcherError::NoIdentity)?;
-        let addr = req
-            .remote_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        let addr = ca::peer_ip(req).map(|a| a.to_string()).unwrap_or_default();
         Ok((cert.node_id, addr))
     }
 }

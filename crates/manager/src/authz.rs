@@ -3,7 +3,9 @@
 //! joining node has no certificate yet) or names the roles (certificate OUs) that may call it. A
 //! caller with a role must also present a certificate of this cluster (O) whose node (CN) was not
 //! removed. The check runs as a tower layer in front of every service on the remote port, so no
-//! handler can forget it; a method missing from the table is refused.
+//! handler can forget it; a method missing from the table is refused. For a call another manager
+//! forwarded to this leader ([`crate::proxy`]) the caller checked is the original one named in
+//! the forwarding headers, which only a manager certificate of this cluster may send.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -195,15 +197,43 @@ impl Authorizer {
         authorize(peer, roles, &self.cluster_id, removed)
     }
 
-    fn check(&self, path: &str, ext: &http::Extensions) -> Result<(), Status> {
+    /// Settles who the caller is (see [`Authorizer::resolve_forwarded`]), then checks it against
+    /// the method's row.
+    fn check<B>(&self, req: &mut http::Request<B>) -> Result<(), Status> {
+        self.resolve_forwarded(req);
+        let path = req.uri().path();
         match access(path) {
             None => Err(Status::unimplemented(format!("unknown method {path}"))),
             Some(Access::Insecure) => Ok(()),
             Some(Access::Roles(roles)) => {
-                let peer = ca::peer_cert_info_http(ext);
+                let peer = ca::peer_cert_info_http(req.extensions());
                 self.authorize(peer.as_ref(), roles).map(drop)
             }
         }
+    }
+
+    /// A request another manager forwarded (SwarmKit's AuthorizeForwardedRoleAndOrg): its
+    /// forwarding headers name the original caller, believed only when the connection's own
+    /// certificate is a manager of this cluster that was not removed; the caller is then recorded
+    /// as a [`ca::ForwardedPeer`] for the handlers. From anyone else the headers are stripped and
+    /// the connection's certificate is the caller.
+    pub fn resolve_forwarded<B>(&self, req: &mut http::Request<B>) {
+        req.extensions_mut().remove::<ca::ForwardedPeer>();
+        if !ca::is_forwarded(req.headers()) {
+            ca::strip_forwarded(req.headers_mut());
+            return;
+        }
+        let direct = ca::tls_peer_cert_info_http(req.extensions());
+        if self.authorize(direct.as_ref(), &[MANAGER_ROLE]).is_err() {
+            tracing::debug!(
+                method = req.uri().path(),
+                "ignoring forwarded identity from a caller that is not a manager of this cluster"
+            );
+            ca::strip_forwarded(req.headers_mut());
+            return;
+        }
+        let fwd = ca::forwarded_peer(req.headers());
+        req.extensions_mut().insert(fwd);
     }
 }
 
@@ -244,8 +274,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match self.auth.check(req.uri().path(), req.extensions()) {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.auth.check(&mut req) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
                 tracing::debug!(method = req.uri().path(), "refused: {}", status.message());

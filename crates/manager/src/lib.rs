@@ -10,6 +10,7 @@ pub mod controlapi;
 mod health;
 pub mod leader;
 mod manager;
+pub mod proxy;
 pub mod raftjoin;
 pub mod rolemanager;
 pub mod rootrotation;
@@ -18,6 +19,8 @@ pub mod signer;
 
 #[cfg(test)]
 mod dispatcher_tests;
+#[cfg(test)]
+mod proxy_tests;
 #[cfg(test)]
 mod security_tests;
 

@@ -4,7 +4,8 @@
 //! listed in [`leader_subsystems`]; the manager adds the CA signer, the role manager and the
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
 //! serves CA, NodeCA, Control, Health, Dispatcher and the raft transport behind the authorization table of
-//! [`crate::authz`].
+//! [`crate::authz`]; on both listeners a follower forwards what only the leader serves to it
+//! ([`crate::proxy`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -196,6 +197,7 @@ impl Manager {
         // Peers reach this member's raft transport on the remote port, so serve it before
         // waiting for a leader: a restarted member hears the current leader only there.
         info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
+        let forwarder = crate::proxy::Forwarder::new(raft.clone(), config.security.clone());
         servers.spawn(server::serve_remote(
             config.remote_listener,
             config.security.remote_tls(),
@@ -207,6 +209,7 @@ impl Manager {
                 raft: Some(raft.transport()),
                 join: Some(JoinService::new(raft.clone(), store.clone())),
                 auth,
+                proxy: Some(forwarder.remote_layer()),
             },
             shutdown.clone(),
         ));
@@ -246,6 +249,7 @@ impl Manager {
             control.clone(),
             HealthService::new("ControlAPI"),
             DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
+            Some(forwarder.local_layer()),
             shutdown.clone(),
         ));
 

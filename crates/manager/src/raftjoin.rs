@@ -2,7 +2,9 @@
 //! serves `swarmkit.raftrpc.v1.RaftJoin`, adds the calling manager as a learner, waits until it
 //! has caught up, promotes it to voter and records its raft ID in its Node object, so every
 //! manager can tell which node each raft member is ([`StoreMembers`]). The joining side is
-//! [`join`]. A Join that reaches a follower is refused, not forwarded to the leader (yet).
+//! [`join`]. A Join sent to a follower reaches the leader through the leader forwarding of
+//! [`crate::proxy`], with the joiner's identity; one that still lands on a non-leader (leadership
+//! changed in between) is refused.
 
 use std::sync::Arc;
 use std::time::Duration;

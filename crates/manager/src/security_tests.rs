@@ -119,6 +119,7 @@ pub(crate) async fn start() -> Cluster {
             raft: None,
             join: None,
             auth,
+            proxy: None,
         },
         shutdown.clone(),
     ));

@@ -22,6 +22,7 @@ use crate::authz::{AuthLayer, Authorizer};
 use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
+use crate::proxy::ProxyLayer;
 
 /// Largest message a client may send, as SwarmKit's 4 MiB gRPC default.
 const MAX_RECV: usize = 4 << 20;
@@ -49,17 +50,20 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Serves Control, Health and the Dispatcher (as this manager's own node, for the agent of a
-/// manager) on the unix socket until `shutdown` fires.
+/// manager) on the unix socket until `shutdown` fires; with `proxy`, calls that only the leader
+/// serves are forwarded to it from a follower (as this manager's own node).
 pub async fn serve_control(
     listener: UnixListener,
     tls: ca::ServerTls,
     control: ControlApi,
     health: HealthService,
     dispatcher: DispatcherService,
+    proxy: Option<ProxyLayer>,
     shutdown: CancellationToken,
 ) {
     let incoming = ca::serve_unix_tls(listener, tls);
     let res = Server::builder()
+        .layer(tower::util::option_layer(proxy))
         .add_service(ControlServer::new(control).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(health))
         .add_service(DispatcherServer::new(dispatcher).max_decoding_message_size(MAX_RECV))
@@ -88,6 +92,8 @@ pub struct RemoteServices {
     pub join: Option<crate::raftjoin::JoinService>,
     /// The authorization every call goes through first.
     pub auth: Arc<Authorizer>,
+    /// Forwarding to the leader, behind the authorization (`None`: every call is served here).
+    pub proxy: Option<ProxyLayer>,
 }
 
 /// Serves the remote API on TCP (mutual TLS; a client without a certificate gets in but only
@@ -101,6 +107,7 @@ pub async fn serve_remote(
     let incoming = ca::serve_tcp_tls(listener, tls);
     let res = Server::builder()
         .layer(AuthLayer(services.auth))
+        .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))

@@ -19,6 +19,7 @@ mod log_store;
 mod membership;
 mod network;
 mod node;
+mod read;
 mod state_machine;
 mod transport;
 mod types;

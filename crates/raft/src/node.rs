@@ -380,11 +380,14 @@ impl RaftNode {
 
     async fn propose_actions(&self, actions: Vec<api::StoreAction>) -> Result<u64, ProposeError> {
         use openraft::error::RaftError as E;
-        match self
-            .raft
-            .client_write(RaftRequest::from_actions(actions))
-            .await
-        {
+        // Bounded: a leader without a quorum never commits (see `read.rs`). The entry may still
+        // commit later if this member keeps leading; the caller is told it is not known to.
+        let write = self.raft.client_write(RaftRequest::from_actions(actions));
+        let Ok(res) = tokio::time::timeout(self.write_bound(), write).await else {
+            tracing::warn!(bound = ?self.write_bound(), "proposal not committed in time");
+            return Err(ProposeError::NoLeader);
+        };
+        match res {
             Ok(resp) => Ok(resp.data.index),
             Err(E::APIError(ClientWriteError::ForwardToLeader(f))) => Err(match f.leader_id {
                 None => ProposeError::NoLeader,

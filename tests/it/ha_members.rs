@@ -174,6 +174,49 @@ fn demotions_and_removals_change_raft_membership_safely() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Three managers, one stopped: it turns UNREACHABLE within a bound; demoting another would
+    // leave two members with one reachable (a loss of quorum) and is refused; removing any
+    // manager is refused; nothing changes.
+    m3.kill9();
+    let stopped = Instant::now();
+    wait_ls(&m1, "node-3 unreachable", |ls| {
+        row(ls, "node-3").is_some_and(|r| status(&r) == "UNREACHABLE")
+    });
+    let unreachable_after = stopped.elapsed();
+    // Election timeout is 1 s with the harness's 100 ms ticks.
+    assert!(
+        unreachable_after < Duration::from_secs(15),
+        "{unreachable_after:?}"
+    );
+    eprintln!("a killed manager showed UNREACHABLE after {unreachable_after:?}");
+    let out = m1.ctl(&["node", "demote", &id2]);
+    assert!(
+        out.err()
+            .contains("can't remove member from the raft: this would result in a loss of quorum"),
+        "{out:?}"
+    );
+    for id in [&id1, &id2, &id3] {
+        for force in [false, true] {
+            let args: Vec<&str> = if force {
+                vec!["node", "rm", "--force", id]
+            } else {
+                vec!["node", "rm", id]
+            };
+            let out = m1.ctl(&args);
+            let msg = format!(
+                "node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+            );
+            assert!(out.err().contains(&msg), "{args:?}: {out:?}");
+        }
+    }
+    assert_eq!(m3.spawn_until("node is ready", LIMIT), None, "{}", m3.log());
+    wait_ls(&m1, "three managers reachable again", |ls| {
+        ["node-1", "node-2", "node-3"]
+            .iter()
+            .all(|h| row(ls, h).is_some_and(|r| status(&r) == "REACHABLE"))
+    });
+    assert!(!role_changed(&m1, &id1) && !role_changed(&m1, &id2) && !role_changed(&m1, &id3));
+
     // Demoting a running follower leaves two raft members; it shows no manager status and its
     // role changes to worker.
     m1.ctl(&["node", "demote", &id3]).ok();
@@ -201,39 +244,16 @@ fn demotions_and_removals_change_raft_membership_safely() {
         .ok();
     m3.kill9();
 
-    // Two managers, one stopped: it turns UNREACHABLE within a bound; demoting the other would
-    // lose quorum; removing either is refused; nothing changes.
+    // Two managers, one stopped: the survivor is a minority and answers every call with the
+    // no-leader message (as SwarmKit's leader, which steps down without a quorum), changing
+    // nothing.
     m2.kill9();
-    let stopped = Instant::now();
-    wait_ls(&m1, "node-2 unreachable", |ls| {
-        row(ls, "node-2").is_some_and(|r| status(&r) == "UNREACHABLE")
-    });
-    let unreachable_after = stopped.elapsed();
-    // Election timeout is 1 s with the harness's 100 ms ticks.
-    assert!(
-        unreachable_after < Duration::from_secs(15),
-        "{unreachable_after:?}"
-    );
-    eprintln!("a killed manager showed UNREACHABLE after {unreachable_after:?}");
-    let out = m1.ctl(&["node", "demote", &id1]);
-    assert!(
-        out.err()
-            .contains("can't remove member from the raft: this would result in a loss of quorum"),
-        "{out:?}"
-    );
-    for id in [&id1, &id2] {
-        for force in [false, true] {
-            let args: Vec<&str> = if force {
-                vec!["node", "rm", "--force", id]
-            } else {
-                vec!["node", "rm", id]
-            };
-            let out = m1.ctl(&args);
-            let msg = format!(
-                "node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
-            );
-            assert!(out.err().contains(&msg), "{args:?}: {out:?}");
-        }
+    for args in [vec!["node", "ls"], vec!["node", "demote", id1.as_str()]] {
+        let out = m1.ctl(&args);
+        assert!(
+            out.err().contains("The swarm does not have a leader"),
+            "{args:?}: {out:?}"
+        );
     }
     assert_eq!(m2.spawn_until("node is ready", LIMIT), None, "{}", m2.log());
     wait_ls(&m1, "both managers back and reachable", |ls| {

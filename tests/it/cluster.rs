@@ -342,6 +342,12 @@ fn a_promoted_worker_gets_a_manager_certificate() {
         let info = CertInfo::parse(&m.cert_pem).ok()?;
         (info.ou == "swarm-manager" && info.node_id == id).then_some(())
     });
+    // The promoted node then starts its manager and joins raft; stop it once that is done.
+    wait_for("the promoted node's manager", WAIT, || {
+        w.log()
+            .contains("the promoted node runs its manager")
+            .then_some(())
+    });
     c.stop();
 }
 

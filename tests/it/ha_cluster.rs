@@ -30,15 +30,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn tokens(m: &Swarmd) -> String {
-    let out = m.ctl(&["cluster", "inspect", "default"]);
-    let text = out.ok();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Manager:"))
-        .map(|t| t.trim().to_string())
-        .unwrap_or_else(|| panic!("no manager token in {text}"))
-}
-
 impl Cluster {
     /// `n` managers on loopback with `tick_ms` raft ticks (election after 10).
     pub fn start(n: usize, tick_ms: u64) -> Cluster {
@@ -94,7 +85,7 @@ impl Cluster {
                 panic!("manager {hostname} exited with {code}; log:\n{}", m.log());
             }
             if i == 0 {
-                token = tokens(&m);
+                token = m.join_tokens().1;
             }
             c.managers.push(m);
             c.wait_reachable(i + 1, JOIN_LIMIT);

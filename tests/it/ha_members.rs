@@ -9,18 +9,6 @@ use crate::harness::{Swarmd, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn tokens(m: &Swarmd) -> (String, String) {
-    let out = m.ctl(&["cluster", "inspect", "default"]);
-    let text = out.ok();
-    let token = |role: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(role))
-            .map(|t| t.trim().to_string())
-            .unwrap_or_else(|| panic!("no {role} token in {text}"))
-    };
-    (token("Worker:"), token("Manager:"))
-}
-
 /// A localhost address on a port free just now: a manager restarted on the same state dir must
 /// keep its raft address (members are not re-addressed yet).
 fn fixed_listen_addr() -> String {
@@ -136,7 +124,7 @@ fn wait_role_change(leader: &Swarmd, node_id: &str) {
 #[test]
 fn demotions_and_removals_change_raft_membership_safely() {
     let m1 = Swarmd::start();
-    let (worker_token, manager_token) = tokens(&m1);
+    let (worker_token, manager_token) = m1.join_tokens();
     let addr = m1.remote_addr();
     let m2 = join(&addr, &manager_token, "node-2", "node is ready");
     let mut m2 = m2;
@@ -291,7 +279,7 @@ fn demotions_and_removals_change_raft_membership_safely() {
 #[test]
 fn a_demoted_leader_of_three_hands_over_to_a_follower() {
     let m1 = Swarmd::start();
-    let (_, manager_token) = tokens(&m1);
+    let (_, manager_token) = m1.join_tokens();
     let addr = m1.remote_addr();
     let m2 = join(&addr, &manager_token, "node-2", "node is ready");
     let m3 = join(&addr, &manager_token, "node-3", "node is ready");

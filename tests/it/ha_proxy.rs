@@ -14,18 +14,6 @@ const WORKER_READY: &str = "worker node is ready";
 const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
 
-fn tokens(m: &Swarmd) -> (String, String) {
-    let out = m.ctl(&["cluster", "inspect", "default"]);
-    let text = out.ok();
-    let token = |role: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(role))
-            .map(|t| t.trim().to_string())
-            .unwrap_or_else(|| panic!("no {role} token in {text}"))
-    };
-    (token("Worker:"), token("Manager:"))
-}
-
 /// A manager joining through `via` with the manager token, as `hostname`.
 fn join_manager(via: &Swarmd, token: &str, hostname: &str) -> Swarmd {
     let addr = via.remote_addr();
@@ -49,7 +37,7 @@ fn join_manager(via: &Swarmd, token: &str, hostname: &str) -> Swarmd {
 /// Three managers: node-1 leads, node-2 joined through it, node-3 through node-2 (a follower).
 fn three_managers() -> (Swarmd, Swarmd, Swarmd, String) {
     let m1 = Swarmd::start();
-    let (worker_token, manager_token) = tokens(&m1);
+    let (worker_token, manager_token) = m1.join_tokens();
     let m2 = join_manager(&m1, &manager_token, "node-2");
     let m3 = join_manager(&m2, &manager_token, "node-3");
     wait_for("three reachable managers", JOIN_LIMIT, || {

@@ -19,18 +19,6 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-fn tokens(m: &Swarmd) -> (String, String) {
-    let out = m.ctl(&["cluster", "inspect", "default"]);
-    let text = out.ok();
-    let token = |role: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(role))
-            .map(|t| t.trim().to_string())
-            .unwrap_or_else(|| panic!("no {role} token in {text}"))
-    };
-    (token("Worker:"), token("Manager:"))
-}
-
 /// The flags of manager `host` on `addr`, followed by `extra`.
 fn manager_args(host: &str, addr: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -59,7 +47,7 @@ fn three_managers(extra: &[&str]) -> (Vec<Swarmd>, Vec<String>) {
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let m1 = Swarmd::start_with(&refs(&manager_args("m1", &addrs[0], extra)));
-    let (_, manager_token) = tokens(&m1);
+    let (_, manager_token) = m1.join_tokens();
     let mut managers = vec![m1];
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         let mut args = manager_args(&format!("m{}", i + 1), addr, extra);
@@ -148,7 +136,7 @@ fn force_new_cluster_refuses_a_worker_and_an_empty_state_dir() {
     );
 
     let m = Swarmd::start();
-    let (worker_token, _) = tokens(&m);
+    let (worker_token, _) = m.join_tokens();
     let (mut w, code) = Swarmd::start_node(
         &[
             "--join-addr",
@@ -303,7 +291,7 @@ fn all_managers_killed_and_restarted_keep_every_write_and_the_workers_tasks() {
             (managers[0].ctl(&["node", "drain", host]).code == 0).then_some(())
         });
     }
-    let (worker_token, _) = tokens(&managers[0]);
+    let (worker_token, _) = managers[0].join_tokens();
     let (worker, code) = Swarmd::start_node(
         &[
             "--join-addr",

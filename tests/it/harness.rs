@@ -242,6 +242,19 @@ impl Swarmd {
         std::fs::read_to_string(self.dir.path().join("swarmd.log")).unwrap_or_default()
     }
 
+    /// The (worker, manager) join tokens, from `cluster inspect default`.
+    pub fn join_tokens(&self) -> (String, String) {
+        let out = self.ctl(&["cluster", "inspect", "default"]);
+        let text = out.ok();
+        let token = |role: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(role))
+                .map(|t| t.trim().to_string())
+                .unwrap_or_else(|| panic!("no {role} token in {text}"))
+        };
+        (token("Worker:"), token("Manager:"))
+    }
+
     /// Runs swarmctl against this manager.
     pub fn ctl(&self, args: &[&str]) -> Ctl {
         ctl_at(&self.socket(), args, None)

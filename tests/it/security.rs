@@ -23,18 +23,6 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
-fn tokens(m: &Swarmd) -> (String, String) {
-    let out = m.ctl(&["cluster", "inspect", "default"]);
-    let text = out.ok();
-    let token = |role: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(role))
-            .map(|t| t.trim().to_string())
-            .unwrap_or_else(|| panic!("no {role} token in {text}"))
-    };
-    (token("Worker:"), token("Manager:"))
-}
-
 fn node_ids(m: &Swarmd) -> Vec<String> {
     m.ctl(&["node", "ls", "-q"])
         .ok()
@@ -77,7 +65,7 @@ fn join_fails(addr: &str, token: &str) -> String {
 #[test]
 fn worker_joins_with_a_certificate_the_ca_chose() {
     let m = Swarmd::start();
-    let (worker_token, _) = tokens(&m);
+    let (worker_token, _) = m.join_tokens();
     let started = std::time::Instant::now();
     let w = join_worker(&m, &worker_token);
     eprintln!(
@@ -146,7 +134,7 @@ fn worker_joins_with_a_certificate_the_ca_chose() {
 fn bad_tokens_fail_with_swarmkit_messages_and_leave_no_node() {
     let m = Swarmd::start();
     let addr = m.remote_addr();
-    let (worker_token, manager_token) = tokens(&m);
+    let (worker_token, manager_token) = m.join_tokens();
     let before = node_ids(&m);
 
     let log = join_fails(&addr, "SWMTKN-1-nonsense");
@@ -173,7 +161,7 @@ fn bad_tokens_fail_with_swarmkit_messages_and_leave_no_node() {
         "worker",
     ])
     .ok();
-    let (rotated, manager_after) = tokens(&m);
+    let (rotated, manager_after) = m.join_tokens();
     assert_ne!(rotated, worker_token);
     assert_eq!(
         rotated[..rotated.len() - 25],
@@ -193,7 +181,7 @@ fn bad_tokens_fail_with_swarmkit_messages_and_leave_no_node() {
 #[test]
 fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
     let m = Swarmd::start();
-    let (_, manager_token) = tokens(&m);
+    let (_, manager_token) = m.join_tokens();
     let addr = m.remote_addr();
     // A fixed remote port, so that the restart below comes back at the address raft knows
     // (the second of two voters: without it the leader has no quorum and serves no read).
@@ -325,7 +313,7 @@ mod impostor {
 #[test]
 fn a_ca_not_matching_the_token_is_refused_before_the_secret_is_sent() {
     let m = Swarmd::start();
-    let (worker_token, _) = tokens(&m);
+    let (worker_token, _) = m.join_tokens();
     let expected = ca::ParsedToken::parse(&worker_token)
         .expect("token")
         .digest_hex();
@@ -400,7 +388,7 @@ fn list_nodes(
 #[test]
 fn remote_control_api_is_for_manager_certificates_only() {
     let m = Swarmd::start();
-    let (worker_token, _) = tokens(&m);
+    let (worker_token, _) = m.join_tokens();
     let w = join_worker(&m, &worker_token);
     let addr = m.remote_addr();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -466,7 +454,7 @@ fn remote_control_api_is_for_manager_certificates_only() {
 #[test]
 fn renewal_with_a_short_test_expiry_keeps_the_node_id() {
     let m = Swarmd::start_with(&["--test-cert-expiry", "6s"]);
-    let (worker_token, _) = tokens(&m);
+    let (worker_token, _) = m.join_tokens();
     let w = join_worker(&m, &worker_token);
     let first = CertInfo::parse(&tls_material(&w.state_dir()).cert_pem).expect("cert");
     let validity = first
@@ -496,7 +484,7 @@ fn renewal_with_a_short_test_expiry_keeps_the_node_id() {
 #[test]
 fn root_rotation_on_a_single_manager_completes() {
     let m = Swarmd::start();
-    let (worker0, manager0) = tokens(&m);
+    let (worker0, manager0) = m.join_tokens();
     let before = tls_material(&m.state_dir());
     let node_id = CertInfo::parse(&before.cert_pem).expect("cert").node_id;
 
@@ -513,7 +501,7 @@ fn root_rotation_on_a_single_manager_completes() {
     let (worker1, manager1) = wait_for("the rotation to complete", Duration::from_secs(30), || {
         let text = m.ctl(&["cluster", "inspect", "default"]).ok().to_string();
         let swapped = tls_material(&m.state_dir()).root_pem != before.root_pem;
-        (swapped && !text.contains("rotation")).then(|| tokens(&m))
+        (swapped && !text.contains("rotation")).then(|| m.join_tokens())
     });
     eprintln!(
         "root rotation took {:?} with one manager",
@@ -558,7 +546,7 @@ fn root_rotation_on_a_single_manager_completes() {
 #[test]
 fn a_worker_restarted_with_another_cas_certificates_fails_to_start() {
     let m = Swarmd::start();
-    let (worker_token, _) = tokens(&m);
+    let (worker_token, _) = m.join_tokens();
     let mut w = join_worker(&m, &worker_token);
     w.stop();
     // First a plain restart works.
@@ -568,7 +556,7 @@ fn a_worker_restarted_with_another_cas_certificates_fails_to_start() {
     // Then its certificates are replaced by a worker's of another cluster (root, certificate and
     // key), and it is started again against its manager.
     let other = Swarmd::start();
-    let (other_token, _) = tokens(&other);
+    let (other_token, _) = other.join_tokens();
     let stranger = join_worker(&other, &other_token);
     let foreign = tls_material(&stranger.state_dir());
     ca::KeyStore::new(&w.state_dir())

@@ -212,7 +212,15 @@ impl Roles {
         let role = self.security.info().role;
         let running = self.is_manager().await;
         match (role, running) {
-            (api::NodeRole::Manager, false) => self.promoted().await,
+            (api::NodeRole::Manager, false) => {
+                // Run to the end even if the node stops meanwhile: a join cancelled halfway
+                // could leave a raft voter that nobody stops (the leader then waits on it); the
+                // node's stop takes the started manager down gracefully afterwards.
+                let me = self.clone();
+                tokio::spawn(async move { me.promoted().await })
+                    .await
+                    .map_err(|e| NodeError::Config(format!("starting the manager failed: {e}")))?
+            }
             (api::NodeRole::Worker, true) => {
                 // Run to the end even if the node stops meanwhile: a manager half stopped would
                 // keep its raft data and control socket.

@@ -336,7 +336,7 @@ fn a_promoted_worker_gets_a_manager_certificate() {
     let c = Cluster::start(1, &[], "1s");
     let w = &c.workers[0];
     let id = node_cert(&w.state_dir()).node_id;
-    c.manager.ctl(&["node", "promote", &id]).ok();
+    c.manager.ctl_update(&["node", "promote", &id]).ok();
     wait_for("a manager certificate", WAIT, || {
         let m = ca::KeyStore::new(&w.state_dir()).load().ok()??;
         let info = CertInfo::parse(&m.cert_pem).ok()?;

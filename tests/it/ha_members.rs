@@ -177,7 +177,7 @@ fn demotions_and_removals_change_raft_membership_safely() {
         "{unreachable_after:?}"
     );
     eprintln!("a killed manager showed UNREACHABLE after {unreachable_after:?}");
-    let out = m1.ctl(&["node", "demote", &id2]);
+    let out = m1.ctl_update(&["node", "demote", &id2]);
     assert!(
         out.err()
             .contains("can't remove member from the raft: this would result in a loss of quorum"),
@@ -207,7 +207,7 @@ fn demotions_and_removals_change_raft_membership_safely() {
 
     // Demoting a running follower leaves two raft members; it shows no manager status and its
     // role changes to worker.
-    m1.ctl(&["node", "demote", &id3]).ok();
+    m1.ctl_update(&["node", "demote", &id3]).ok();
     let ls = wait_ls(&m1, "node-3 demoted and out of raft", |ls| {
         row(ls, "node-3").is_some_and(|r| status(&r).is_empty())
     });
@@ -237,7 +237,7 @@ fn demotions_and_removals_change_raft_membership_safely() {
     // nothing.
     m2.kill9();
     for args in [vec!["node", "ls"], vec!["node", "demote", id1.as_str()]] {
-        let out = m1.ctl(&args);
+        let out = m1.ctl_update(&args);
         assert!(
             out.err().contains("The swarm does not have a leader"),
             "{args:?}: {out:?}"
@@ -253,7 +253,7 @@ fn demotions_and_removals_change_raft_membership_safely() {
 
     // Demoting the leader: it leaves raft and the other manager leads.
     let demoted = Instant::now();
-    m1.ctl(&["node", "demote", &id1]).ok();
+    m1.ctl_update(&["node", "demote", &id1]).ok();
     let ls = wait_ls(
         &m2,
         "node-2 leads and node-1 is a worker out of raft",
@@ -293,7 +293,7 @@ fn a_demoted_leader_of_three_hands_over_to_a_follower() {
         .ok();
 
     let demoted = Instant::now();
-    m1.ctl(&["node", "demote", &id1]).ok();
+    m1.ctl_update(&["node", "demote", &id1]).ok();
     // A follower's own listing shows itself and its leader reachable; wait until one of them
     // leads without node-1 in raft.
     let (_, ls) = wait_for("a follower leads without node-1", LIMIT, || {

@@ -71,7 +71,7 @@ fn a_promoted_worker_runs_a_manager_and_keeps_its_task() {
     let id = node_cert(&w.state_dir()).node_id;
 
     let promoted = std::time::Instant::now();
-    c.manager.ctl(&["node", "promote", &id]).ok();
+    c.manager.ctl_update(&["node", "promote", &id]).ok();
     wait_for("the promoted node's manager", WAIT, || {
         w.log()
             .contains("the promoted node runs its manager")
@@ -234,7 +234,7 @@ fn a_demoted_manager_runs_as_a_worker_and_keeps_its_task() {
     let tasks_before = c.tasks();
     let id = node_cert(&c.workers[0].state_dir()).node_id;
 
-    c.manager.ctl(&["node", "demote", &id]).ok();
+    c.manager.ctl_update(&["node", "demote", &id]).ok();
     wait_for("the demoted node runs as a worker", WAIT, || {
         c.workers[0]
             .log()

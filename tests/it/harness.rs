@@ -255,6 +255,21 @@ impl Swarmd {
         (token("Worker:"), token("Manager:"))
     }
 
+    /// Runs a swarmctl read-modify-write command (`node promote`, `node demote`, ...) and runs
+    /// it again, a few times, when a concurrent change of the object (a node's own status
+    /// report, say) made it fail with `update out of sequence`, as an admin would.
+    pub fn ctl_update(&self, args: &[&str]) -> Ctl {
+        let mut out = self.ctl(args);
+        for _ in 0..10 {
+            if !out.stderr.contains("update out of sequence") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            out = self.ctl(args);
+        }
+        out
+    }
+
     /// Runs swarmctl against this manager.
     pub fn ctl(&self, args: &[&str]) -> Ctl {
         ctl_at(&self.socket(), args, None)

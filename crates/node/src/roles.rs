@@ -277,10 +277,7 @@ impl Roles {
         let bound = self.config.tick * self.config.election_tick * 2;
         let deadline = tokio::time::Instant::now() + bound;
         while raft.is_leader()
-            && raft
-                .members()
-                .iter()
-                .any(|m| m.raft_id == raft.raft_id() && m.voter)
+            && raft.voter_ids().contains(&raft.raft_id())
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(100)).await;

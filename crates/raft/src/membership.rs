@@ -199,12 +199,7 @@ impl RaftNode {
         if !self.is_leader() {
             return false;
         }
-        let voters: Vec<NodeId> = self
-            .members()
-            .into_iter()
-            .filter(|m| m.voter)
-            .map(|m| m.raft_id)
-            .collect();
+        let voters = self.voter_ids();
         if !voters.contains(&id) {
             // A learner does not count towards any quorum.
             return true;

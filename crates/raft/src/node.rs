@@ -208,13 +208,8 @@ impl RaftNode {
                 tracing::info!(raft.id = %format!("{id:x}"), term = m.current_term, "raft member follows");
             }
             Err(e) => {
-                let voters: Vec<u64> = self
-                    .members()
-                    .into_iter()
-                    .filter(|m| m.voter)
-                    .map(|m| m.raft_id)
-                    .collect();
-                if voters == [id] {
+                let voters = self.voter_ids();
+                if voters.len() == 1 && voters.contains(&id) {
                     return Err(RaftError::Timeout(e.to_string()));
                 }
                 tracing::warn!(raft.id = %format!("{id:x}"), voters = voters.len(),
@@ -239,8 +234,7 @@ impl RaftNode {
                 crate::membership::ERR_ID_REMOVED
             )));
         }
-        let members = self.members();
-        if members.iter().any(|m| m.raft_id == id && m.voter) {
+        if self.voter_ids().contains(&id) {
             return Ok(());
         }
         let timeout = |what: &str| RaftError::Timeout(format!("{what} of member {id:x}"));
@@ -249,12 +243,7 @@ impl RaftNode {
             .await
             .map_err(|_| timeout("catching up"))?
             .map_err(|e| RaftError::Raft(e.to_string()))?;
-        let mut voters: std::collections::BTreeSet<u64> = self
-            .members()
-            .into_iter()
-            .filter(|m| m.voter)
-            .map(|m| m.raft_id)
-            .collect();
+        let mut voters = self.voter_ids();
         voters.insert(id);
         tracing::info!(raft.id = %format!("{id:x}"), "promoting raft member to voter");
         tokio::time::timeout(bound, self.raft.change_membership(voters, false))
@@ -292,6 +281,13 @@ impl RaftNode {
                 .map_err(|e| RaftError::Timeout(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The raft IDs of the voters of the current membership configuration.
+    pub fn voter_ids(&self) -> std::collections::BTreeSet<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().collect()
     }
 
     /// The members of the current membership configuration, by raft ID.

@@ -45,6 +45,21 @@ fn manager_channel(c: &Cluster) -> Channel {
     c.channel(Some((&c.manager.cert_pem, &c.manager.key_pem)))
 }
 
+/// Calls ListNodes with `req` over `channel`, expecting PermissionDenied with a message ending in
+/// `want`.
+async fn assert_list_nodes_denied(
+    channel: &Channel,
+    req: tonic::Request<api::ListNodesRequest>,
+    want: &str,
+) {
+    let err = ControlClient::new(channel.clone())
+        .list_nodes(req)
+        .await
+        .expect_err(want);
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().ends_with(want), "{}", err.message());
+}
+
 async fn session_node(channel: Channel, req: tonic::Request<api::SessionRequest>) -> String {
     let mut stream = DispatcherClient::new(channel)
         .session(req)
@@ -74,17 +89,12 @@ async fn a_forged_forwarded_identity_from_a_worker_is_ignored() {
         &c.cluster_id,
         "10.9.9.9:1",
     );
-    let err = ControlClient::new(channel.clone())
-        .list_nodes(req)
-        .await
-        .expect_err("a worker reaches no Control call");
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(
-        err.message()
-            .ends_with("remote certificate not part of OUs: [swarm-manager]"),
-        "{}",
-        err.message()
-    );
+    assert_list_nodes_denied(
+        &channel,
+        req,
+        "remote certificate not part of OUs: [swarm-manager]",
+    )
+    .await;
 
     // Its session is its own node's, whatever node the headers name.
     let req = forwarded(
@@ -113,17 +123,12 @@ async fn a_manager_forwards_the_original_callers_identity() {
         &c.cluster_id,
         "10.1.2.3:4000",
     );
-    let err = ControlClient::new(channel.clone())
-        .list_nodes(req)
-        .await
-        .expect_err("the forwarded worker reaches no Control call");
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(
-        err.message()
-            .ends_with("remote certificate not part of OUs: [swarm-manager]"),
-        "{}",
-        err.message()
-    );
+    assert_list_nodes_denied(
+        &channel,
+        req,
+        "remote certificate not part of OUs: [swarm-manager]",
+    )
+    .await;
     // Forwarded for nobody (a joining node): refused as an anonymous caller.
     let req = forwarded(
         api::ListNodesRequest::default(),
@@ -132,15 +137,7 @@ async fn a_manager_forwards_the_original_callers_identity() {
         "",
         "10.1.2.3:4000",
     );
-    let err = ControlClient::new(channel.clone())
-        .list_nodes(req)
-        .await
-        .expect_err("anonymous");
-    assert!(
-        err.message().ends_with("no client certificates in request"),
-        "{}",
-        err.message()
-    );
+    assert_list_nodes_denied(&channel, req, "no client certificates in request").await;
     // Forwarded for a node of another cluster.
     let req = forwarded(
         api::ListNodesRequest::default(),
@@ -149,18 +146,11 @@ async fn a_manager_forwards_the_original_callers_identity() {
         "othercluster",
         "10.1.2.3:4000",
     );
-    let err = ControlClient::new(channel.clone())
-        .list_nodes(req)
-        .await
-        .expect_err("other org");
-    assert!(
-        err.message().ends_with(&format!(
-            "remote certificate not part of organization: {}",
-            c.cluster_id
-        )),
-        "{}",
-        err.message()
+    let want = format!(
+        "remote certificate not part of organization: {}",
+        c.cluster_id
     );
+    assert_list_nodes_denied(&channel, req, &want).await;
     // Forwarded for a manager of this cluster: served.
     let req = forwarded(
         api::ListNodesRequest::default(),

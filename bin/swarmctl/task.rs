@@ -258,7 +258,7 @@ pub fn render_summary(t: &api::Task, service: &str, node: &str) -> String {
     w.line(format!("Node\t: {node}"));
     w.line("Spec\t");
     let ctr = match t.spec.as_ref().and_then(|s| s.runtime.as_ref()) {
-        Some(api::task_spec::Runtime::Container(c)) => c.clone(),
+        Some(api::task_spec::Runtime::Container(c)) => api::ContainerSpec::clone(c),
         _ => api::ContainerSpec::default(),
     };
     if !ctr.image.is_empty() {

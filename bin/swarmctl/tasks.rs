@@ -145,10 +145,12 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
             spec: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                    image: image.into(),
-                    ..Default::default()
-                })),
+                runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                    api::ContainerSpec {
+                        image: image.into(),
+                        ..Default::default()
+                    },
+                ))),
                 ..Default::default()
             }),
             desired_state: desired as i32,

@@ -50,10 +50,12 @@ fn service_spec(name: &str) -> api::ServiceSpec {
             ..Default::default()
         }),
         task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                image: "busybox:latest".into(),
-                ..Default::default()
-            })),
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                api::ContainerSpec {
+                    image: "busybox:latest".into(),
+                    ..Default::default()
+                },
+            ))),
             ..Default::default()
         }),
         mode: Some(api::service_spec::Mode::Replicated(

@@ -261,9 +261,7 @@ pub fn new_create_spec() -> api::ServiceSpec {
     api::ServiceSpec {
         annotations: Some(api::Annotations::default()),
         task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(
-                api::ContainerSpec::default(),
-            )),
+            runtime: Some(api::task_spec::Runtime::Container(Box::default())),
             ..Default::default()
         }),
         mode: Some(Mode::Replicated(api::ReplicatedService { replicas: 1 })),
@@ -279,9 +277,7 @@ fn task(spec: &mut api::ServiceSpec) -> &mut api::TaskSpec {
 pub fn container(spec: &mut api::ServiceSpec) -> &mut api::ContainerSpec {
     let task = task(spec);
     if !matches!(task.runtime, Some(api::task_spec::Runtime::Container(_))) {
-        task.runtime = Some(api::task_spec::Runtime::Container(
-            api::ContainerSpec::default(),
-        ));
+        task.runtime = Some(api::task_spec::Runtime::Container(Box::default()));
     }
     match &mut task.runtime {
         Some(api::task_spec::Runtime::Container(c)) => c,

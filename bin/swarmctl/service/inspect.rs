@@ -299,13 +299,15 @@ mod tests {
                     ..Default::default()
                 }),
                 task: Some(api::TaskSpec {
-                    runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                        image: "nginx:latest".into(),
-                        command: vec!["/bin/sh".into()],
-                        args: vec!["x".into(), "y".into()],
-                        env: vec!["A=1".into(), "B=2".into()],
-                        ..Default::default()
-                    })),
+                    runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                        api::ContainerSpec {
+                            image: "nginx:latest".into(),
+                            command: vec!["/bin/sh".into()],
+                            args: vec!["x".into(), "y".into()],
+                            env: vec!["A=1".into(), "B=2".into()],
+                            ..Default::default()
+                        },
+                    ))),
                     placement: Some(api::Placement {
                         constraints: vec!["node.platform.os==linux".into()],
                         ..Default::default()
@@ -509,10 +511,12 @@ mod tests {
                     ..Default::default()
                 }),
                 task: Some(api::TaskSpec {
-                    runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                        image: "g:1".into(),
-                        ..Default::default()
-                    })),
+                    runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                        api::ContainerSpec {
+                            image: "g:1".into(),
+                            ..Default::default()
+                        },
+                    ))),
                     ..Default::default()
                 }),
                 mode: Some(Mode::Global(api::GlobalService {})),

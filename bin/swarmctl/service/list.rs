@@ -112,10 +112,10 @@ mod tests {
                 }),
                 task: Some(api::TaskSpec {
                     runtime: image.map(|i| {
-                        api::task_spec::Runtime::Container(api::ContainerSpec {
+                        api::task_spec::Runtime::Container(Box::new(api::ContainerSpec {
                             image: i.into(),
                             ..Default::default()
-                        })
+                        }))
                     }),
                     ..Default::default()
                 }),

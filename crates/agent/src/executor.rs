@@ -152,14 +152,16 @@ mod tests {
         assert_eq!(stop_settings(&task), (DEFAULT_STOP_GRACE, "SIGTERM".into()));
         let task = api::Task {
             spec: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                    stop_signal: "SIGINT".into(),
-                    stop_grace_period: Some(prost_types::Duration {
-                        seconds: 2,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                })),
+                runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                    api::ContainerSpec {
+                        stop_signal: "SIGINT".into(),
+                        stop_grace_period: Some(prost_types::Duration {
+                            seconds: 2,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    },
+                ))),
                 ..Default::default()
             }),
             ..Default::default()

@@ -225,10 +225,12 @@ mod tests {
         assert!(matches!(err, ExecutorError::Temporary(_)), "{err:?}");
         let task = api::Task {
             spec: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                    image: "swarmkit-test/busybox:latest".into(),
-                    ..Default::default()
-                })),
+                runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                    api::ContainerSpec {
+                        image: "swarmkit-test/busybox:latest".into(),
+                        ..Default::default()
+                    },
+                ))),
                 ..Default::default()
             }),
             ..Default::default()

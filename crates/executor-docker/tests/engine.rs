@@ -83,16 +83,18 @@ fn task(
             ..Default::default()
         }),
         spec: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                image: image.to_string(),
-                command: vec!["/bin/sh".into(), "-c".into(), script.to_string()],
-                env: env.iter().map(|e| e.to_string()).collect(),
-                stop_grace_period: Some(prost_types::Duration {
-                    seconds: i64::try_from(grace.as_secs()).expect("small grace"),
-                    nanos: i32::try_from(grace.subsec_nanos()).expect("below a second"),
-                }),
-                ..Default::default()
-            })),
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                api::ContainerSpec {
+                    image: image.to_string(),
+                    command: vec!["/bin/sh".into(), "-c".into(), script.to_string()],
+                    env: env.iter().map(|e| e.to_string()).collect(),
+                    stop_grace_period: Some(prost_types::Duration {
+                        seconds: i64::try_from(grace.as_secs()).expect("small grace"),
+                        nanos: i32::try_from(grace.subsec_nanos()).expect("below a second"),
+                    }),
+                    ..Default::default()
+                },
+            ))),
             ..Default::default()
         }),
         ..Default::default()

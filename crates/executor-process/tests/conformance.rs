@@ -24,7 +24,7 @@ impl TaskFactory for ShellTasks {
         api::Task {
             id: name.into(),
             spec: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(container)),
+                runtime: Some(api::task_spec::Runtime::Container(Box::new(container))),
                 ..Default::default()
             }),
             ..Default::default()

@@ -363,10 +363,12 @@ mod tests {
                     ..Default::default()
                 }),
                 task: Some(api::TaskSpec {
-                    runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                        image: image.into(),
-                        ..Default::default()
-                    })),
+                    runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                        api::ContainerSpec {
+                            image: image.into(),
+                            ..Default::default()
+                        },
+                    ))),
                     placement: Some(api::Placement {
                         constraints: constraints.iter().map(|c| c.to_string()).collect(),
                         ..Default::default()

@@ -610,17 +610,19 @@ mod tests {
             spec: Some(api::ServiceSpec {
                 networks: vec![net("old")],
                 task: Some(api::TaskSpec {
-                    runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                        secrets: vec![api::SecretReference {
-                            secret_id: "sec".into(),
+                    runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                        api::ContainerSpec {
+                            secrets: vec![api::SecretReference {
+                                secret_id: "sec".into(),
+                                ..Default::default()
+                            }],
+                            configs: vec![api::ConfigReference {
+                                config_id: "cfg".into(),
+                                ..Default::default()
+                            }],
                             ..Default::default()
-                        }],
-                        configs: vec![api::ConfigReference {
-                            config_id: "cfg".into(),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    })),
+                        },
+                    ))),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -686,14 +688,15 @@ mod tests {
             |t| t.spec.as_mut().unwrap().networks.clear(),
             |t| t.spec.as_mut().unwrap().networks[0].target = "net2".into(),
             |t| {
-                t.spec.as_mut().unwrap().runtime =
-                    Some(api::task_spec::Runtime::Container(api::ContainerSpec {
+                t.spec.as_mut().unwrap().runtime = Some(api::task_spec::Runtime::Container(
+                    Box::new(api::ContainerSpec {
                         secrets: vec![api::SecretReference {
                             secret_id: "sec".into(),
                             ..Default::default()
                         }],
                         ..Default::default()
-                    }))
+                    }),
+                ))
             },
         ];
         for (i, change) in changes.iter().enumerate() {

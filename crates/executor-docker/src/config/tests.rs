@@ -15,7 +15,7 @@ fn task_with(spec: api::ContainerSpec) -> api::Task {
             ..Default::default()
         }),
         spec: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(spec)),
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(spec))),
             ..Default::default()
         }),
         ..Default::default()

@@ -13,7 +13,7 @@ fn task(id: &str, command: &[&str], edit: impl FnOnce(&mut api::ContainerSpec)) 
     api::Task {
         id: id.into(),
         spec: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(container)),
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(container))),
             ..Default::default()
         }),
         ..Default::default()

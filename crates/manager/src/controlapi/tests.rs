@@ -67,9 +67,9 @@ fn service_spec(name: &str) -> api::ServiceSpec {
     api::ServiceSpec {
         annotations: annotations(name),
         task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(container(
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(container(
                 "nginx:latest",
-            ))),
+            )))),
             ..Default::default()
         }),
         mode: Some(api::service_spec::Mode::Replicated(

@@ -20,10 +20,12 @@ fn job(mode: api::service_spec::Mode) -> api::Service {
                 ..Default::default()
             }),
             task: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                    image: "busybox".into(),
-                    ..Default::default()
-                })),
+                runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                    api::ContainerSpec {
+                        image: "busybox".into(),
+                        ..Default::default()
+                    },
+                ))),
                 ..Default::default()
             }),
             mode: Some(mode),

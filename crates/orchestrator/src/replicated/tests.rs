@@ -41,10 +41,12 @@ pub(crate) fn service(id: &str, replicas: u64, image: &str) -> api::Service {
                 ..Default::default()
             }),
             task: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                    image: image.into(),
-                    ..Default::default()
-                })),
+                runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                    api::ContainerSpec {
+                        image: image.into(),
+                        ..Default::default()
+                    },
+                ))),
                 ..Default::default()
             }),
             mode: Some(api::service_spec::Mode::Replicated(

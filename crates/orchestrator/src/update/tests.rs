@@ -19,10 +19,12 @@ fn spec(image: &str, replicas: u64, update: Option<api::UpdateConfig>) -> api::S
             ..Default::default()
         }),
         task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                image: image.into(),
-                ..Default::default()
-            })),
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                api::ContainerSpec {
+                    image: image.into(),
+                    ..Default::default()
+                },
+            ))),
             ..Default::default()
         }),
         mode: Some(api::service_spec::Mode::Replicated(

@@ -124,10 +124,12 @@ pub(super) fn task(id: &str, service_id: &str) -> api::Task {
             ..Default::default()
         }),
         spec: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(api::ContainerSpec {
-                image: "busybox".into(),
-                ..Default::default()
-            })),
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                api::ContainerSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                },
+            ))),
             ..Default::default()
         }),
         ..Default::default()

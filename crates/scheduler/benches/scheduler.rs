@@ -12,6 +12,9 @@
 //! Each line also gives the CPU time all the child's threads ran in that interval, a steadier
 //! figure than the wall time when the machine is loaded.
 //!
+//! Each shape and mode runs once as a warm-up (printed, not counted), then `--runs=N` times (5 unless
+//! told), and the median is printed.
+//!
 //! Run with `cargo bench -p scheduler --bench scheduler`; `-- <shape name>...` runs only those.
 
 use std::process::Command;
@@ -250,8 +253,13 @@ fn run_child(shape: Shape, mode: &str) {
             let before = vm_hwm_kib();
             let start = Instant::now();
             let cpu_start = cpu_ns();
-            seed(&store, shape).await;
-            let commit = start.elapsed();
+            // On a runtime worker, where the daemon's writers (raft apply, orchestrators) run,
+            // not on the thread blocked in `block_on`.
+            let writer = store.clone();
+            tokio::spawn(async move { seed(&writer, shape).await })
+                .await
+                .expect("seed task");
+            let commit = (start.elapsed(), vm_hwm_kib());
             (start, cpu_start, before, scheduler, counter, Some(commit))
         };
         let done = counter.await.expect("counter");
@@ -262,8 +270,12 @@ fn run_child(shape: Shape, mode: &str) {
             .await
             .expect("scheduler task")
             .expect("scheduler ran");
-        let commit = commit.map_or(String::new(), |c| {
-            format!("  (of which the store commit {:.3} s)", c.as_secs_f64())
+        let commit = commit.map_or(String::new(), |(took, hwm_kib)| {
+            format!(
+                "  (of which the store commit {:.3} s, VmHWM after it {} MiB)",
+                took.as_secs_f64(),
+                hwm_kib / 1024
+            )
         });
         println!(
             "{:<27} {:<9} {:>6} nodes {:>6} tasks {:>7.3} s {:>8.0} tasks/s  cpu {:>6.3} s  VmHWM {:>4} MiB (before start {:>3} MiB){commit}",
@@ -280,6 +292,39 @@ fn run_child(shape: Shape, mode: &str) {
     });
 }
 
+/// Runs one shape in a child process; returns its result line.
+fn run_in_child(exe: &std::path::Path, shape: Shape, mode: &str) -> String {
+    let out = Command::new(exe)
+        .args(["--child", shape.name, mode])
+        .output()
+        .expect("run child");
+    assert!(
+        out.status.success(),
+        "{} {mode} failed: {}",
+        shape.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8 output")
+        .trim_end()
+        .to_string()
+}
+
+/// The number just before `unit` in a result line (`... 0.812 s 123100 tasks/s ...`).
+fn figure(line: &str, unit: &str) -> f64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1] == unit)
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or_else(|| panic!("no figure before {unit:?} in {line:?}"))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
@@ -289,21 +334,44 @@ fn main() {
         run_child(*shape, mode);
         return;
     }
+    let runs: usize = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--runs="))
+        .map_or(5, |n| n.parse().expect("--runs=N takes a number"))
+        .max(1);
     let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let exe = std::env::current_exe().expect("own path");
     println!(
         "scheduler benchmark: each line is one child process; time = until the last task is ASSIGNED in the store"
+    );
+    println!(
+        "each shape and mode: one warm-up run (not counted), then {runs} runs and their median"
     );
     for shape in SHAPES {
         if !wanted.is_empty() && !wanted.iter().any(|w| shape.name.contains(w.as_str())) {
             continue;
         }
         for mode in MODES {
-            let status = Command::new(&exe)
-                .args(["--child", shape.name, mode])
-                .status()
-                .expect("run child");
-            assert!(status.success(), "{} {mode} failed", shape.name);
+            let warm_up = run_in_child(&exe, shape, mode);
+            println!("  warm-up: {warm_up}");
+            let lines: Vec<String> = (0..runs)
+                .map(|_| {
+                    let line = run_in_child(&exe, shape, mode);
+                    println!("  {line}");
+                    line
+                })
+                .collect();
+            let rates: Vec<f64> = lines.iter().map(|l| figure(l, "tasks/s")).collect();
+            let lowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = rates.iter().copied().fold(0.0, f64::max);
+            let secs = median(lines.iter().map(|l| figure(l, "s")).collect());
+            println!(
+                "{:<27} {:<9} median of {runs}: {secs:.3} s {:.0} tasks/s (range {lowest:.0}-{highest:.0}), VmHWM median {:.0} MiB",
+                shape.name,
+                mode,
+                median(rates),
+                median(lines.iter().map(|l| figure(l, "MiB")).collect()),
+            );
         }
     }
 }

@@ -13,6 +13,11 @@ if ! docker info >/dev/null 2>&1; then
   exit 1
 fi
 
+# Test binaries run in parallel and each may call this script: one builds, the others wait for it
+# and then find the image.
+exec 9>"${TMPDIR:-/tmp}/swarmkit-test-image.lock"
+flock 9
+
 if docker image inspect "$image" >/dev/null 2>&1; then
   echo "test-image: $image already present"
   exit 0

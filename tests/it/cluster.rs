@@ -382,8 +382,11 @@ fn root_rotation_with_a_worker_down_completes_when_it_returns() {
         "root rotation with a worker down for part of it took {:?}",
         started.elapsed()
     );
-    let new_root = tls_material(&c.manager.state_dir()).root_pem;
-    assert_ne!(new_root, old_root);
+    // The cluster object swaps the root first; the manager installs it on disk when it sees that.
+    let new_root = wait_for("the manager to install the new root", WAIT, || {
+        let root = ca::KeyStore::new(&c.manager.state_dir()).load().ok()??.root_pem;
+        (root != old_root).then_some(root)
+    });
     for w in &c.workers {
         wait_for("the worker to trust the new root", WAIT, || {
             let m = ca::KeyStore::new(&w.state_dir()).load().ok()??;

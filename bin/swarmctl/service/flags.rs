@@ -324,10 +324,10 @@ pub fn merge_tail(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> {
                 None => options.insert(opt, String::new()),
             };
         }
-        task(spec).log_driver = Some(api::Driver {
+        task(spec).log_driver = Some(Box::new(api::Driver {
             name: name.clone(),
             options,
-        });
+        }));
     }
     Ok(())
 }
@@ -548,12 +548,12 @@ fn parse_port_spec(spec: &str) -> std::result::Result<(api::port_config::Protoco
 fn apply_restart(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> {
     use api::restart_policy::RestartCondition;
     let max_attempts = uint_flag(&f.restart_max_attempts, "--restart-max-attempts")?;
-    let restart = task(spec)
-        .restart
-        .get_or_insert_with(|| api::RestartPolicy {
+    let restart = task(spec).restart.get_or_insert_with(|| {
+        Box::new(api::RestartPolicy {
             condition: RestartCondition::Any as i32,
             ..Default::default()
-        });
+        })
+    });
     if let Some(cond) = &f.restart_condition {
         restart.condition = match cond.as_str() {
             "none" => RestartCondition::None,

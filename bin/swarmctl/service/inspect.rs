@@ -308,11 +308,11 @@ mod tests {
                             ..Default::default()
                         },
                     ))),
-                    placement: Some(api::Placement {
+                    placement: Some(Box::new(api::Placement {
                         constraints: vec!["node.platform.os==linux".into()],
                         ..Default::default()
-                    }),
-                    resources: Some(api::ResourceRequirements {
+                    })),
+                    resources: Some(Box::new(api::ResourceRequirements {
                         reservations: Some(api::Resources {
                             nano_cpus: 500_000_000,
                             ..Default::default()
@@ -322,7 +322,7 @@ mod tests {
                             ..Default::default()
                         }),
                         ..Default::default()
-                    }),
+                    })),
                     ..Default::default()
                 }),
                 mode: Some(Mode::Replicated(api::ReplicatedService { replicas: 3 })),
@@ -427,10 +427,10 @@ mod tests {
             target: "K4-id....................".into(),
             ..Default::default()
         }];
-        task.log_driver = Some(api::Driver {
+        task.log_driver = Some(Box::new(api::Driver {
             name: "json-file".into(),
             options: BTreeMap::from([("max-size".to_string(), "10m".to_string())]),
-        });
+        }));
         let c = container(&mut s);
         c.mounts = vec![
             mount(Type::Bind, "/src", "/dst"),
@@ -570,7 +570,7 @@ mod tests {
     fn generic_resources_and_log_options_without_value() {
         let mut s = web();
         let task = s.spec.as_mut().and_then(|s| s.task.as_mut()).expect("task");
-        task.resources = Some(api::ResourceRequirements {
+        task.resources = Some(Box::new(api::ResourceRequirements {
             reservations: Some(api::Resources {
                 nano_cpus: 1_500_000_000,
                 memory_bytes: 1 << 30,
@@ -584,14 +584,14 @@ mod tests {
                 }],
             }),
             ..Default::default()
-        });
-        task.log_driver = Some(api::Driver {
+        }));
+        task.log_driver = Some(Box::new(api::Driver {
             name: "syslog".into(),
             options: BTreeMap::from([
                 ("b".to_string(), String::new()),
                 ("a".to_string(), "1".to_string()),
             ]),
-        });
+        }));
         let out = render_summary(&s, 1, now());
         // The longest first cell, "      Generic Resources", widens the whole first block; the
         // log driver lines follow the port lines directly, so they share their block.

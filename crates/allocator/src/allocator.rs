@@ -318,7 +318,7 @@ impl Allocator {
                                 continue;
                             };
                             if service.endpoint.is_some() {
-                                task.endpoint = service.endpoint;
+                                task.endpoint = service.endpoint.map(Box::new);
                             }
                         }
                         task.status = Some(api::TaskStatus {

@@ -191,7 +191,7 @@ async fn ingress_port_is_reserved_and_task_moves_to_pending() {
     let status = t.status.expect("status");
     assert_eq!(status.message, "pending task scheduling");
     assert!(status.timestamp.is_some());
-    assert_eq!(t.endpoint, Some(endpoint));
+    assert_eq!(t.endpoint, Some(Box::new(endpoint)));
     allocator.stop().await;
 }
 
@@ -238,7 +238,7 @@ async fn conflicting_service_waits_until_the_port_is_freed() {
     wait_pending(&store, "b2").await;
     assert_eq!(
         published(&api::Service {
-            endpoint: b1.endpoint,
+            endpoint: b1.endpoint.map(|b| *b),
             ..Default::default()
         }),
         Some(vec![8080])
@@ -293,7 +293,7 @@ async fn host_mode_ports_are_copied_unallocated() {
         vec![host(80, 8080), ingress(82, 30000)]
     );
     let a1 = wait_pending(&store, "a1").await;
-    assert_eq!(a1.endpoint, a.endpoint);
+    assert_eq!(a1.endpoint, a.endpoint.map(Box::new));
     wait_pending(&store, "b1").await;
     allocator.stop().await;
 }

@@ -50,6 +50,7 @@ pub fn new_task(
             .and_then(|c| c.spec.as_ref())
             .and_then(|s| s.task_defaults.as_ref())
             .and_then(|d| d.log_driver.clone())
+            .map(Box::new)
     });
     api::Task {
         id: api::naming::new_id(),
@@ -65,10 +66,10 @@ pub fn new_task(
             message: "created".into(),
             ..Default::default()
         }),
-        endpoint: Some(api::Endpoint {
+        endpoint: Some(Box::new(api::Endpoint {
             spec: spec.endpoint.clone(),
             ..Default::default()
-        }),
+        })),
         desired_state: api::TaskState::Running as i32,
         log_driver,
         ..Default::default()
@@ -369,10 +370,10 @@ mod tests {
                             ..Default::default()
                         },
                     ))),
-                    placement: Some(api::Placement {
+                    placement: Some(Box::new(api::Placement {
                         constraints: constraints.iter().map(|c| c.to_string()).collect(),
                         ..Default::default()
-                    }),
+                    })),
                     ..Default::default()
                 }),
                 mode: Some(api::service_spec::Mode::Replicated(
@@ -526,7 +527,7 @@ mod tests {
         assert_eq!(restart_delay(&t), Duration::from_secs(5));
         assert_eq!(restart_max_attempts(&t), 0);
         assert_eq!(restart_window(&t), Duration::ZERO);
-        t.spec.as_mut().expect("spec").restart = Some(api::RestartPolicy {
+        t.spec.as_mut().expect("spec").restart = Some(Box::new(api::RestartPolicy {
             condition: RestartCondition::OnFailure as i32,
             delay: Some(prost_types::Duration {
                 seconds: 0,
@@ -537,7 +538,7 @@ mod tests {
                 seconds: 60,
                 nanos: 0,
             }),
-        });
+        }));
         assert_eq!(restart_condition(&t), RestartCondition::OnFailure);
         assert_eq!(restart_delay(&t), Duration::ZERO);
         assert_eq!(restart_max_attempts(&t), 3);

@@ -26,10 +26,10 @@ fn run(args: &[&str], start: api::ServiceSpec) -> Result<api::ServiceSpec> {
 /// The create spec after the client's unconditional defaults (a restart policy).
 fn base() -> api::ServiceSpec {
     let mut s = new_create_spec();
-    task(&mut s).restart = Some(api::RestartPolicy {
+    task(&mut s).restart = Some(Box::new(api::RestartPolicy {
         condition: api::restart_policy::RestartCondition::Any as i32,
         ..Default::default()
-    });
+    }));
     s
 }
 
@@ -315,7 +315,7 @@ fn memory_and_cpu() {
             "2",
         ],
         |s| {
-            task(s).resources = Some(api::ResourceRequirements {
+            task(s).resources = Some(Box::new(api::ResourceRequirements {
                 reservations: Some(api::Resources {
                     nano_cpus: 500_000_000,
                     memory_bytes: 512 << 20,
@@ -327,7 +327,7 @@ fn memory_and_cpu() {
                     generic: vec![],
                 }),
                 ..Default::default()
-            })
+            }))
         },
     );
     check_err(&["--memory-limit", "1q"], "invalid suffix: 'q'");
@@ -392,12 +392,12 @@ fn restart_policy() {
             "1m",
         ],
         |s| {
-            task(s).restart = Some(api::RestartPolicy {
+            task(s).restart = Some(Box::new(api::RestartPolicy {
                 condition: RestartCondition::OnFailure as i32,
                 delay: secs(10),
                 max_attempts: 3,
                 window: secs(60),
-            })
+            }))
         },
     );
     check(&["--restart-condition", "none"], |s| {
@@ -417,20 +417,20 @@ fn restart_policy() {
     check_err(&["--restart-window", "x"], "time: invalid duration \"x\"");
     // An existing policy is kept and only changed where asked.
     let mut start = new_create_spec();
-    task(&mut start).restart = Some(api::RestartPolicy {
+    task(&mut start).restart = Some(Box::new(api::RestartPolicy {
         condition: RestartCondition::None as i32,
         delay: secs(7),
         ..Default::default()
-    });
+    }));
     let got = run(&["--restart-max-attempts", "2"], start).expect("ok");
     assert_eq!(
         got.task.expect("set").restart,
-        Some(api::RestartPolicy {
+        Some(Box::new(api::RestartPolicy {
             condition: RestartCondition::None as i32,
             delay: secs(7),
             max_attempts: 2,
             window: None
-        })
+        }))
     );
 }
 
@@ -518,11 +518,11 @@ fn constraints_and_max_replicas() {
             "2",
         ],
         |s| {
-            task(s).placement = Some(api::Placement {
+            task(s).placement = Some(Box::new(api::Placement {
                 constraints: strings(&["node.role==manager", "node.labels.a!=b"]),
                 max_replicas: 2,
                 ..Default::default()
-            })
+            }))
         },
     );
     check_err(
@@ -677,13 +677,13 @@ fn log_driver() {
             "max-size=10m,compress",
         ],
         |s| {
-            task(s).log_driver = Some(api::Driver {
+            task(s).log_driver = Some(Box::new(api::Driver {
                 name: "json-file".into(),
                 options: BTreeMap::from([
                     ("max-size".to_string(), "10m".to_string()),
                     ("compress".to_string(), String::new()),
                 ]),
-            })
+            }))
         },
     );
     // Options without a driver are ignored, as in SwarmKit.

@@ -163,14 +163,14 @@ fn defaults_leave_the_image_settings_alone() {
 #[test]
 fn limits_become_memory_and_a_cpu_quota() {
     let mut task = task_with(busybox());
-    task.spec.as_mut().unwrap().resources = Some(api::ResourceRequirements {
+    task.spec.as_mut().unwrap().resources = Some(Box::new(api::ResourceRequirements {
         limits: Some(api::Resources {
             nano_cpus: 1_500_000_000,
             memory_bytes: 64 << 20,
             generic: Vec::new(),
         }),
         ..Default::default()
-    });
+    }));
     let hc = body(&task).host_config.unwrap();
     assert_eq!(hc.memory, Some(64 << 20));
     assert_eq!(hc.cpu_period, Some(100_000));

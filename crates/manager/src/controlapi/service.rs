@@ -239,11 +239,11 @@ fn insert_defaults(spec: &mut api::ServiceSpec) {
     task.resources.get_or_insert_with(Default::default);
     match &mut task.restart {
         None => {
-            task.restart = Some(api::RestartPolicy {
+            task.restart = Some(Box::new(api::RestartPolicy {
                 condition: api::restart_policy::RestartCondition::Any as i32,
                 delay: secs(5),
                 ..Default::default()
-            });
+            }));
         }
         Some(r) if r.delay.is_none() => r.delay = secs(5),
         Some(_) => {}

@@ -312,11 +312,11 @@ async fn service_durations_cannot_be_negative() {
     let ctl = control(&[]);
     let restart = |delay, window| {
         with_task(service_spec("web"), |t| {
-            t.restart = Some(api::RestartPolicy {
+            t.restart = Some(Box::new(api::RestartPolicy {
                 delay,
                 window,
                 ..Default::default()
-            })
+            }))
         })
     };
     check(
@@ -376,10 +376,10 @@ async fn service_resources_have_minimums() {
     let ctl = control(&[]);
     let limits = |r: api::Resources| {
         with_task(service_spec("web"), |t| {
-            t.resources = Some(api::ResourceRequirements {
+            t.resources = Some(Box::new(api::ResourceRequirements {
                 limits: Some(r),
                 ..Default::default()
-            })
+            }))
         })
     };
     check(
@@ -414,10 +414,10 @@ async fn service_constraints_must_parse() {
     let constraint = |c: &str| {
         let c = c.to_string();
         with_task(service_spec("web"), move |t| {
-            t.placement = Some(api::Placement {
+            t.placement = Some(Box::new(api::Placement {
                 constraints: vec![c],
                 ..Default::default()
-            })
+            }))
         })
     };
     check(

@@ -418,9 +418,9 @@ fn validate_config_refs(c: &api::ContainerSpec) -> Result<(), Status> {
 
 /// Validates a task spec (service.go `validateTaskSpec`).
 pub fn validate_task_spec(t: &api::TaskSpec) -> Result<(), Status> {
-    validate_resource_requirements(t.resources.as_ref())?;
-    validate_restart_policy(t.restart.as_ref())?;
-    validate_placement(t.placement.as_ref())?;
+    validate_resource_requirements(t.resources.as_deref())?;
+    validate_restart_policy(t.restart.as_deref())?;
+    validate_placement(t.placement.as_deref())?;
     if let Some(api::task_spec::Runtime::Container(c)) = &t.runtime {
         validate_secret_refs(c)?;
         validate_config_refs(c)?;

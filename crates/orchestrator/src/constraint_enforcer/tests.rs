@@ -37,10 +37,10 @@ fn service(id: &str, constraints: &[&str]) -> api::Service {
                 ..Default::default()
             }),
             task: Some(api::TaskSpec {
-                placement: Some(api::Placement {
+                placement: Some(Box::new(api::Placement {
                     constraints: constraints.iter().map(|c| c.to_string()).collect(),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             }),
             ..Default::default()
@@ -56,13 +56,13 @@ fn task(id: &str, service_id: &str, memory: i64, state: api::TaskState) -> api::
         node_id: "n1".into(),
         desired_state: api::TaskState::Running as i32,
         spec: Some(api::TaskSpec {
-            resources: Some(api::ResourceRequirements {
+            resources: Some(Box::new(api::ResourceRequirements {
                 reservations: Some(api::Resources {
                     memory_bytes: memory,
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         }),
         status: Some(api::TaskStatus {

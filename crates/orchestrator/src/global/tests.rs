@@ -20,10 +20,10 @@ fn global(id: &str, image: &str, constraints: &[&str]) -> api::Service {
     let mut s = crate::replicated::tests::service(id, 0, image);
     let spec = s.spec.as_mut().expect("spec");
     spec.mode = Some(api::service_spec::Mode::Global(api::GlobalService {}));
-    spec.task.as_mut().expect("task").placement = Some(api::Placement {
+    spec.task.as_mut().expect("task").placement = Some(Box::new(api::Placement {
         constraints: constraints.iter().map(|c| c.to_string()).collect(),
         ..Default::default()
-    });
+    }));
     s
 }
 

@@ -72,12 +72,12 @@ pub(crate) fn with_restart(
         .as_mut()
         .and_then(|s| s.task.as_mut())
         .expect("task spec");
-    task.restart = Some(api::RestartPolicy {
+    task.restart = Some(Box::new(api::RestartPolicy {
         condition: condition as i32,
         delay: Some(proto_duration(delay)),
         max_attempts,
         window: Some(proto_duration(window)),
-    });
+    }));
     s
 }
 

@@ -150,7 +150,7 @@ async fn generic_resources_are_claimed_by_name_or_count() {
     let (store, running) = cluster(vec![n1]).await;
     let wants_gpu = |id: &str| {
         let mut t = task(id, "s");
-        spec_mut(&mut t).resources = Some(api::ResourceRequirements {
+        spec_mut(&mut t).resources = Some(Box::new(api::ResourceRequirements {
             reservations: Some(api::Resources {
                 generic: vec![api::GenericResource {
                     resource: Some(api::generic_resource::Resource::DiscreteResourceSpec(
@@ -163,7 +163,7 @@ async fn generic_resources_are_claimed_by_name_or_count() {
                 ..Default::default()
             }),
             ..Default::default()
-        });
+        }));
         t
     };
     put_tasks(&store, vec![wants_gpu("a"), wants_gpu("b"), wants_gpu("c")]).await;
@@ -264,10 +264,10 @@ async fn log_driver_is_only_checked_on_nodes_reporting_log_plugins() {
     .await;
     let with_log = |id: &str, name: &str| {
         let mut t = task(id, "s");
-        spec_mut(&mut t).log_driver = Some(api::Driver {
+        spec_mut(&mut t).log_driver = Some(Box::new(api::Driver {
             name: name.into(),
             ..Default::default()
-        });
+        }));
         t
     };
     // n2 reports no log plugin at all, so it passes; n1 lacks gelf.

@@ -151,14 +151,14 @@ pub(super) fn placement_mut(t: &mut api::Task) -> &mut api::Placement {
 }
 
 pub(super) fn reserve(mut t: api::Task, nano_cpus: i64, memory_bytes: i64) -> api::Task {
-    spec_mut(&mut t).resources = Some(api::ResourceRequirements {
+    spec_mut(&mut t).resources = Some(Box::new(api::ResourceRequirements {
         reservations: Some(api::Resources {
             nano_cpus,
             memory_bytes,
             generic: Vec::new(),
         }),
         ..Default::default()
-    });
+    }));
     t
 }
 
@@ -168,7 +168,7 @@ pub(super) fn constraint(mut t: api::Task, expr: &str) -> api::Task {
 }
 
 pub(super) fn host_port(mut t: api::Task, published: u32) -> api::Task {
-    t.endpoint = Some(api::Endpoint {
+    t.endpoint = Some(Box::new(api::Endpoint {
         ports: vec![api::PortConfig {
             protocol: api::port_config::Protocol::Tcp as i32,
             target_port: 80,
@@ -177,7 +177,7 @@ pub(super) fn host_port(mut t: api::Task, published: u32) -> api::Task {
             ..Default::default()
         }],
         ..Default::default()
-    });
+    }));
     t
 }
 

@@ -384,7 +384,10 @@ fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     );
     // The cluster object swaps the root first; the manager installs it on disk when it sees that.
     let new_root = wait_for("the manager to install the new root", WAIT, || {
-        let root = ca::KeyStore::new(&c.manager.state_dir()).load().ok()??.root_pem;
+        let root = ca::KeyStore::new(&c.manager.state_dir())
+            .load()
+            .ok()??
+            .root_pem;
         (root != old_root).then_some(root)
     });
     for w in &c.workers {

@@ -13,7 +13,7 @@ use crate::RaftConfig;
 use crate::types::TypeConfig;
 
 /// The cluster object whose `Spec.Raft` holds the settings (SwarmKit's `store.DefaultClusterName`).
-const DEFAULT_CLUSTER_NAME: &str = "default";
+pub(crate) const DEFAULT_CLUSTER_NAME: &str = "default";
 
 /// The snapshot settings in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,31 +58,38 @@ pub(crate) async fn run(raft: Raft<TypeConfig>, store: MemoryStore, fallback: Ra
     // The applied index at the last trigger: no new trigger until a snapshot covers it.
     let mut requested: Option<u64> = None;
     let mut purged_for: Option<u64> = None;
+    // openraft publishes metrics on every pass of its loop (heartbeats, ticks); the decisions
+    // below depend on the applied and snapshot indexes only (a change of the cluster's
+    // `Spec.Raft` is itself an applied entry), so the store is read when one of them moved.
+    let mut seen = None;
     loop {
         let (applied, snapshot) = {
             let m = metrics.borrow_and_update();
             (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
         };
-        let s = settings(&store, &fallback);
-        if let Some(applied) = applied {
-            let since = applied.saturating_sub(snapshot.unwrap_or(0));
-            let pending = requested.is_some_and(|r| snapshot.is_none_or(|s| s < r));
-            if since >= s.snapshot_interval && !pending {
-                requested = Some(applied);
-                if raft.trigger().snapshot().await.is_err() {
-                    return;
+        if seen != Some((applied, snapshot)) {
+            seen = Some((applied, snapshot));
+            let s = settings(&store, &fallback);
+            if let Some(applied) = applied {
+                let since = applied.saturating_sub(snapshot.unwrap_or(0));
+                let pending = requested.is_some_and(|r| snapshot.is_none_or(|s| s < r));
+                if since >= s.snapshot_interval && !pending {
+                    requested = Some(applied);
+                    if raft.trigger().snapshot().await.is_err() {
+                        return;
+                    }
                 }
             }
-        }
-        if let Some(snap) = snapshot
-            && purged_for != Some(snap)
-        {
-            purged_for = Some(snap);
-            if let Some(upto) = snap.checked_sub(s.log_entries_for_slow_followers)
-                && upto > 0
-                && raft.trigger().purge_log(upto).await.is_err()
+            if let Some(snap) = snapshot
+                && purged_for != Some(snap)
             {
-                return;
+                purged_for = Some(snap);
+                if let Some(upto) = snap.checked_sub(s.log_entries_for_slow_followers)
+                    && upto > 0
+                    && raft.trigger().purge_log(upto).await.is_err()
+                {
+                    return;
+                }
             }
         }
         if metrics.changed().await.is_err() {

@@ -195,7 +195,11 @@ fn keep_old_snapshots(content: &api::StoreSnapshot) -> u64 {
         .clusters
         .iter()
         .filter_map(|c| c.spec.as_ref())
-        .find(|s| s.annotations.as_ref().is_some_and(|a| a.name == "default"))
+        .find(|s| {
+            s.annotations
+                .as_ref()
+                .is_some_and(|a| a.name == crate::compaction::DEFAULT_CLUSTER_NAME)
+        })
         .and_then(|s| s.raft.as_ref())
         .map_or(0, |r| r.keep_old_snapshots)
 }
@@ -243,9 +247,10 @@ async fn write_snapshot(
             if !replace_newer && existing.as_ref().is_some_and(|m| m.last_log_id > last) {
                 return Ok(());
             }
-            // The replaced snapshot joins the old ones, of which the newest `keep_old` stay.
+            // The replaced snapshot joins the old ones, of which the newest `keep_old` stay (none
+            // by default: then it is not copied only to be pruned below).
             let mut old = txn.open_table(OLD_SNAPSHOTS).map_err(write_err)?;
-            if let Some(prev) = existing.filter(|m| m.last_log_id < last) {
+            if let Some(prev) = existing.filter(|m| keep_old > 0 && m.last_log_id < last) {
                 let prev_json = to_json(&prev)?;
                 let prev_data = table
                     .get(KEY_SNAPSHOT_DATA)

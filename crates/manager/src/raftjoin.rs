@@ -229,7 +229,13 @@ pub async fn follow_managers(
                     if changed.is_err() { return }
                     if membership(&metrics.borrow_and_update()) != seen { break }
                 }
-                ev = nodes.recv() => if ev.is_none() { return } else { break },
+                ev = nodes.recv() => match ev {
+                    None => return,
+                    // A node changed; every commit (of any write) also comes as `Commit`,
+                    // which says nothing about nodes.
+                    Some(store::Event::Object { .. }) => break,
+                    Some(store::Event::Commit { .. }) => {}
+                },
             }
         }
     }
@@ -243,11 +249,11 @@ pub fn manager_peers(
 ) -> Vec<api::WeightedPeer> {
     let own = raft.raft_id();
     let by_raft_id: std::collections::HashMap<u64, String> = store.view(|tx| {
-        tx.find_nodes(store::By::All)
+        tx.find_shared::<api::Node>(store::By::All)
             .into_iter()
             .filter_map(|n| {
                 let id = n.manager_status.as_ref()?.raft_id;
-                (id != 0).then_some((id, n.id))
+                (id != 0).then(|| (id, n.id.clone()))
             })
             .collect()
     });

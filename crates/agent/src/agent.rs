@@ -98,10 +98,9 @@ pub async fn run(
     // per manager that refuses (a follower's dispatcher, a manager that is gone).
     let mut tried: BTreeSet<String> = BTreeSet::new();
     let mut backoff = BACKOFF_MIN;
+    // The set is never empty: it starts from a non-empty list, and a session's list replaces it
+    // only when that list is not empty.
     loop {
-        if managers.is_empty() {
-            managers = Remotes::new(config.managers.iter().cloned());
-        }
         let mut pick = managers.select_excluding(&tried);
         if pick.is_none() {
             tried.clear();

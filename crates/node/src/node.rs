@@ -177,6 +177,8 @@ impl Node {
         )?;
         let shutdown = CancellationToken::new();
         let remembered: Vec<String> = state.load_managers()?.into_iter().map(|p| p.addr).collect();
+        // Nothing below writes `state.json` before the manager branch records its own address.
+        let nothing_remembered = remembered.is_empty();
         // As SwarmKit: a join address replaces the remembered managers.
         let managers = if config.join_addr.is_empty() {
             remembered
@@ -215,32 +217,18 @@ impl Node {
             if join_raft {
                 security.save()?;
             }
-            let candidates: Vec<Option<String>> = if join_raft {
-                managers.iter().cloned().map(Some).collect()
+            let advertise_addr = if join_raft {
+                roles
+                    .join_raft_through(&id.root, managers.clone(), MANAGER_JOIN_NO_MANAGER)
+                    .await?
             } else {
-                vec![None]
-            };
-            let mut started = None;
-            let mut last = None;
-            for join in candidates {
-                match roles.start_manager(&id.root, join).await {
-                    Ok(addr) => {
-                        started = Some(addr);
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            let Some(advertise_addr) = started else {
-                return Err(
-                    last.unwrap_or_else(|| NodeError::Config(MANAGER_JOIN_NO_MANAGER.into()))
-                );
+                roles.start_manager(&id.root, None).await?
             };
             if id.fresh {
                 // Only now is the root CA key safe in the committed cluster object.
                 security.save()?;
             }
-            if state.load_managers()?.is_empty() {
+            if nothing_remembered {
                 state.save_managers(&[ManagerPeer {
                     node_id: node_id.clone(),
                     addr: advertise_addr,

@@ -242,26 +242,41 @@ impl Roles {
             "this node was promoted to manager: starting its manager, which joins raft"
         );
         let root = RootCa::from_pem(&self.security.material().root_pem, None)?;
+        let advertised = self
+            .join_raft_through(
+                &root,
+                candidates,
+                "a promoted node knows no manager to join raft through",
+            )
+            .await?;
+        info!(
+            addr = %advertised,
+            control = %self.config.listen_control_api.display(),
+            "the promoted node runs its manager; the agent and its tasks kept running"
+        );
+        Ok(())
+    }
+
+    /// Starts this node's manager joining raft through the first of `managers` that accepts the
+    /// join (the leader does; the others refuse it), trying them in turn; `none` is the error
+    /// when there is none to try. Returns the address it advertises.
+    pub async fn join_raft_through(
+        &self,
+        root: &RootCa,
+        managers: Vec<String>,
+        none: &str,
+    ) -> Result<String, NodeError> {
         let mut last = None;
-        for addr in candidates {
-            match self.start_manager(&root, Some(addr.clone())).await {
-                Ok(advertised) => {
-                    info!(
-                        addr = %advertised,
-                        control = %self.config.listen_control_api.display(),
-                        "the promoted node runs its manager; the agent and its tasks kept running"
-                    );
-                    return Ok(());
-                }
+        for addr in managers {
+            match self.start_manager(root, Some(addr.clone())).await {
+                Ok(advertised) => return Ok(advertised),
                 Err(e) => {
                     warn!(manager = %addr, "joining raft through this manager failed: {e}");
                     last = Some(e);
                 }
             }
         }
-        Err(last.unwrap_or_else(|| {
-            NodeError::Config("a promoted node knows no manager to join raft through".into())
-        }))
+        Err(last.unwrap_or_else(|| NodeError::Config(none.into())))
     }
 
     /// The certificate says worker and a manager runs: this member has left raft (see the

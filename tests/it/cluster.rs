@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ca::CertInfo;
 
-use crate::harness::{Swarmd, node_cert, tls_material, wait_for};
+use crate::harness::{Swarmd, free_port, node_cert, tls_material, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -17,14 +17,6 @@ const WAIT: Duration = Duration::from_secs(60);
 pub struct Cluster {
     pub manager: Swarmd,
     pub workers: Vec<Swarmd>,
-}
-
-pub fn worker_token(m: &Swarmd) -> String {
-    let text = m.ctl(&["cluster", "inspect", "default"]).ok().to_string();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Worker:"))
-        .map(|t| t.trim().to_string())
-        .unwrap_or_else(|| panic!("no worker token in {text}"))
 }
 
 impl Cluster {
@@ -56,15 +48,11 @@ impl Cluster {
 
     pub fn join(&self, hostname: &str) -> Swarmd {
         let addr = self.manager.remote_addr();
-        let token = worker_token(&self.manager);
+        let token = self.manager.join_tokens().0;
         // A fixed remote port: a worker promoted to manager and restarted must come back at
         // the address raft knows it by (a member's address is not updated yet, and with a new
         // one a two-manager cluster has no quorum, so no read or write is served).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", free_port());
         let (w, code) = Swarmd::start_node(
             &[
                 "--join-addr",

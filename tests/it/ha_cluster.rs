@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Swarmd, wait_for};
+use crate::harness::{Swarmd, free_port, wait_for};
 
 /// Bound for a manager to start or join.
 pub const JOIN_LIMIT: Duration = Duration::from_secs(90);
@@ -20,14 +20,6 @@ pub struct Cluster {
     /// Managers currently SIGSTOPped or cut off: never asked anything by `leader`.
     pub unreachable: Vec<usize>,
     net: Option<Netns>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 impl Cluster {

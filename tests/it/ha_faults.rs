@@ -19,6 +19,7 @@ use api::control_client::ControlClient;
 use tonic::transport::Channel;
 
 use crate::ha_cluster::Cluster;
+use crate::harness::local_read;
 use crate::history::{self, Op, OpKind, Outcome};
 
 const REGISTERS: usize = 3;
@@ -331,14 +332,6 @@ fn create_registers(rt: &tokio::runtime::Runtime, c: &mut Cluster) -> Vec<(Strin
     })
 }
 
-/// `msg` asking for a read of the called manager's own store (`swarmd-local-read`).
-fn local<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("swarmd-local-read", "true".parse().expect("value"));
-    req
-}
-
 /// A manager's configs and services (`config:<name>`, `service:<name>`) and register values,
 /// read from its own store (the `swarmd-local-read` header: a plain read on any socket is
 /// answered by the leader); None when it does not answer.
@@ -347,7 +340,7 @@ async fn store_view(socket: PathBuf) -> Option<(BTreeSet<String>, BTreeMap<Strin
     let limit = Duration::from_secs(10);
     let configs = tokio::time::timeout(
         limit,
-        cl.list_configs(local(api::ListConfigsRequest::default())),
+        cl.list_configs(local_read(api::ListConfigsRequest::default())),
     )
     .await
     .ok()?
@@ -356,7 +349,7 @@ async fn store_view(socket: PathBuf) -> Option<(BTreeSet<String>, BTreeMap<Strin
     .configs;
     let services = tokio::time::timeout(
         limit,
-        cl.list_services(local(api::ListServicesRequest::default())),
+        cl.list_services(local_read(api::ListServicesRequest::default())),
     )
     .await
     .ok()?

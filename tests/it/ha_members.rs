@@ -5,19 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Swarmd, wait_for};
+use crate::harness::{Swarmd, free_port, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A localhost address on a port free just now: a manager restarted on the same state dir must
-/// keep its raft address (members are not re-addressed yet).
-fn fixed_listen_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
 fn join(addr: &str, token: &str, hostname: &str, ready: &str) -> Swarmd {
-    let listen = fixed_listen_addr();
+    // A manager restarted on the same state dir must keep its raft address.
+    let listen = format!("127.0.0.1:{}", free_port());
     let (m, code) = Swarmd::start_node(
         &[
             "--join-addr",
@@ -115,6 +109,13 @@ fn role_changed(leader: &Swarmd, node_id: &str) -> bool {
     })
 }
 
+/// Every one of `hosts` is a manager and REACHABLE in a `node ls`.
+fn all_reachable(ls: &str, hosts: &[&str]) -> bool {
+    hosts
+        .iter()
+        .all(|h| row(ls, h).is_some_and(|r| status(&r) == "REACHABLE"))
+}
+
 fn wait_role_change(leader: &Swarmd, node_id: &str) {
     wait_for("the node's role changed to worker", LIMIT, || {
         role_changed(leader, node_id).then_some(())
@@ -126,13 +127,10 @@ fn demotions_and_removals_change_raft_membership_safely() {
     let m1 = Swarmd::start();
     let (worker_token, manager_token) = m1.join_tokens();
     let addr = m1.remote_addr();
-    let m2 = join(&addr, &manager_token, "node-2", "node is ready");
-    let mut m2 = m2;
+    let mut m2 = join(&addr, &manager_token, "node-2", "node is ready");
     let mut m3 = join(&addr, &manager_token, "node-3", "node is ready");
     let ls = wait_ls(&m1, "three reachable managers", |ls| {
-        ["node-1", "node-2", "node-3"]
-            .iter()
-            .all(|h| row(ls, h).is_some_and(|r| status(&r) == "REACHABLE"))
+        all_reachable(ls, &["node-1", "node-2", "node-3"])
     });
     assert!(
         row(&ls, "node-1").expect("node-1").ends_with("REACHABLE *"),
@@ -199,9 +197,7 @@ fn demotions_and_removals_change_raft_membership_safely() {
     }
     assert_eq!(m3.spawn_until("node is ready", LIMIT), None, "{}", m3.log());
     wait_ls(&m1, "three managers reachable again", |ls| {
-        ["node-1", "node-2", "node-3"]
-            .iter()
-            .all(|h| row(ls, h).is_some_and(|r| status(&r) == "REACHABLE"))
+        all_reachable(ls, &["node-1", "node-2", "node-3"])
     });
     assert!(!role_changed(&m1, &id1) && !role_changed(&m1, &id2) && !role_changed(&m1, &id3));
 
@@ -245,9 +241,7 @@ fn demotions_and_removals_change_raft_membership_safely() {
     }
     assert_eq!(m2.spawn_until("node is ready", LIMIT), None, "{}", m2.log());
     wait_ls(&m1, "both managers back and reachable", |ls| {
-        ["node-1", "node-2"]
-            .iter()
-            .all(|h| row(ls, h).is_some_and(|r| status(&r) == "REACHABLE"))
+        all_reachable(ls, &["node-1", "node-2"])
     });
     assert!(!role_changed(&m1, &id1) && !role_changed(&m1, &id2));
 
@@ -284,9 +278,7 @@ fn a_demoted_leader_of_three_hands_over_to_a_follower() {
     let m2 = join(&addr, &manager_token, "node-2", "node is ready");
     let m3 = join(&addr, &manager_token, "node-3", "node is ready");
     let ls = wait_ls(&m1, "three reachable managers", |ls| {
-        ["node-1", "node-2", "node-3"]
-            .iter()
-            .all(|h| row(ls, h).is_some_and(|r| status(&r) == "REACHABLE"))
+        all_reachable(ls, &["node-1", "node-2", "node-3"])
     });
     let id1 = node_id(&ls, "node-1");
     m1.ctl_stdin(&["config", "create", "before-handover"], b"x")

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Swarmd, tls_material, wait_for};
+use crate::harness::{Swarmd, local_read, tls_material, wait_for};
 
 const JOIN_LIMIT: Duration = Duration::from_secs(60);
 const WORKER_READY: &str = "worker node is ready";
@@ -184,9 +184,7 @@ fn local_services(m: &Swarmd) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let channel = ca::control_channel(&m.socket()).expect("channel");
-        let mut req = tonic::Request::new(api::ListServicesRequest::default());
-        req.metadata_mut()
-            .insert("swarmd-local-read", "true".parse().expect("value"));
+        let req = local_read(api::ListServicesRequest::default());
         let resp = tokio::time::timeout(
             Duration::from_secs(20),
             api::control_client::ControlClient::new(channel).list_services(req),

@@ -7,17 +7,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::harness::{SWARMD, Swarmd, wait_for};
+use crate::cluster::pids_with;
+use crate::harness::{SWARMD, Swarmd, free_port, local_read, wait_for};
 
 /// Bound of every wait for a start, a join or a convergence (the machine is shared).
 const LIMIT: Duration = Duration::from_secs(90);
 /// One raft tick in these tests (`--raft-tick-ms`, the harness's) times the default 10 ticks.
 const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 /// The flags of manager `host` on `addr`, followed by `extra`.
 fn manager_args(host: &str, addr: &str, extra: &[&str]) -> Vec<String> {
@@ -73,8 +69,6 @@ fn write_config(m: &Swarmd, name: &str) -> bool {
         == 0
 }
 
-/// Names of the configs this test wrote (prefix `ha-`) that `m` lists, or None if it does
-/// not answer.
 /// The `ha-` configs in `m`'s own store (a read with the `swarmd-local-read` header: a plain
 /// read on any manager's socket is answered by the leader); None when it does not answer.
 fn config_names(m: &Swarmd) -> Option<BTreeSet<String>> {
@@ -84,9 +78,7 @@ fn config_names(m: &Swarmd) -> Option<BTreeSet<String>> {
         .expect("runtime");
     rt.block_on(async {
         let channel = ca::control_channel(&m.socket()).ok()?;
-        let mut req = tonic::Request::new(api::ListConfigsRequest::default());
-        req.metadata_mut()
-            .insert("swarmd-local-read", "true".parse().expect("value"));
+        let req = local_read(api::ListConfigsRequest::default());
         let resp = tokio::time::timeout(
             Duration::from_secs(10),
             api::control_client::ControlClient::new(channel).list_configs(req),
@@ -258,23 +250,6 @@ fn force_new_cluster_on_the_survivor_keeps_every_object_and_takes_writes() {
     assert!(write_config(m3, "ha-force-restart"));
 }
 
-/// Process IDs of processes whose command line contains `marker`.
-fn pids_with(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmd).contains(marker)
-        {
-            pids.push(pid);
-        }
-    }
-    pids.sort();
-    pids
-}
-
 /// `task ls -q` IDs of the tasks desired running.
 fn task_ids(m: &Swarmd) -> Option<Vec<String>> {
     let out = m.ctl(&["task", "ls", "-q"]);
@@ -322,14 +297,10 @@ fn all_managers_killed_and_restarted_keep_every_write_and_the_workers_tasks() {
             &format!("-c,sleep 600 # {marker}"),
         ])
         .ok();
-    let pid = wait_for(
-        "the task's process on the worker",
-        LIMIT,
-        || match pids_with(&marker).as_slice() {
-            [pid] => Some(*pid),
-            _ => None,
-        },
-    );
+    let pid = wait_for("the task's process on the worker", LIMIT, || {
+        let pids = pids_with(&marker);
+        (pids.len() == 1).then(|| *pids.first().expect("one"))
+    });
     let task = wait_for("one task", LIMIT, || {
         task_ids(&managers[0]).filter(|t| t.len() == 1)
     });
@@ -431,7 +402,11 @@ fn all_managers_killed_and_restarted_keep_every_write_and_the_workers_tasks() {
     }
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(task_ids(&managers[0]), Some(task));
-    assert_eq!(pids_with(&marker), vec![pid], "the task's process changed");
+    assert_eq!(
+        pids_with(&marker),
+        BTreeSet::from([pid]),
+        "the task's process changed"
+    );
     let ls = managers[0].ctl(&["task", "ls"]).ok().to_string();
     assert!(ls.contains("RUNNING") && ls.contains("w1"), "{ls}");
 }

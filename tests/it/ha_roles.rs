@@ -11,14 +11,6 @@ use crate::harness::{Swarmd, node_cert, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn manager_token(m: &Swarmd) -> String {
-    let text = m.ctl(&["cluster", "inspect", "default"]).ok().to_string();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Manager:"))
-        .map(|t| t.trim().to_string())
-        .unwrap_or_else(|| panic!("no manager token in {text}"))
-}
-
 /// A second manager (`hostname`) joining `m`'s raft with the manager token.
 fn join_manager(m: &Swarmd, hostname: &str) -> Swarmd {
     let (m2, code) = Swarmd::start_node(
@@ -26,7 +18,7 @@ fn join_manager(m: &Swarmd, hostname: &str) -> Swarmd {
             "--join-addr",
             &m.remote_addr(),
             "--join-token",
-            &manager_token(m),
+            &m.join_tokens().1,
             "--executor",
             "process",
             "--hostname",

@@ -295,20 +295,19 @@ impl Swarmd {
     /// SIGSTOP: the process freezes (sockets stay open, nothing answers).
     #[allow(dead_code)]
     pub fn pause(&self) {
-        assert_eq!(kill_named(self.pid(), "STOP"), 0, "SIGSTOP failed");
+        assert_eq!(kill(self.pid(), "STOP"), 0, "SIGSTOP failed");
     }
 
     /// SIGCONT after `pause`.
     #[allow(dead_code)]
     pub fn resume(&self) {
-        assert_eq!(kill_named(self.pid(), "CONT"), 0, "SIGCONT failed");
+        assert_eq!(kill(self.pid(), "CONT"), 0, "SIGCONT failed");
     }
 
     /// Sends `signal` and waits (bounded) for the exit status code.
     pub fn signal_and_wait(&mut self, signal: i32) -> Option<i32> {
         let pid = self.pid();
-        // SAFETY-free: kill(2) through the libc crate only sends a signal to our own child.
-        let rc = unsafe_free_kill(pid, signal);
+        let rc = kill(pid, signal);
         assert_eq!(rc, 0, "kill {pid} failed");
         let mut child = self.child.take().expect("running");
         let start = Instant::now();
@@ -340,18 +339,9 @@ impl Swarmd {
     }
 }
 
-/// Sends the signal named `name` (`STOP`, `CONT`) with `kill(1)`.
-fn kill_named(pid: i32, name: &str) -> i32 {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    status.code().unwrap_or(-1)
-}
-
-/// Sends a signal with `kill(1)`, keeping this crate free of unsafe code.
-fn unsafe_free_kill(pid: i32, signal: i32) -> i32 {
+/// Sends a signal, by number or by name (`STOP`, `CONT`), with `kill(1)`, keeping this crate free
+/// of unsafe code.
+fn kill(pid: i32, signal: impl std::fmt::Display) -> i32 {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
@@ -365,8 +355,8 @@ impl Drop for Swarmd {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // A paused (SIGSTOP) process would not see the SIGINT.
-            let _ = kill_named(child.id() as i32, "CONT");
-            let _ = unsafe_free_kill(child.id() as i32, 2);
+            let _ = kill(child.id() as i32, "CONT");
+            let _ = kill(child.id() as i32, 2);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(15) {
                 if child.try_wait().ok().flatten().is_some() {
@@ -419,6 +409,26 @@ pub fn ctl_at(socket: &Path, args: &[&str], input: Option<&[u8]>) -> Ctl {
 }
 
 /// The certificates, key and roots in a node's state directory.
+/// `msg` asking for a read of the called manager's own store (`swarmd-local-read`, ours): a
+/// plain read on any manager's socket is answered by the leader.
+#[allow(dead_code)]
+pub fn local_read<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("swarmd-local-read", "true".parse().expect("value"));
+    req
+}
+
+/// A port free on 127.0.0.1 just now, for a node that must come back at the same address when
+/// restarted (raft does not re-address a member yet).
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 #[allow(dead_code)]
 pub fn tls_material(state_dir: &Path) -> ca::NodeTlsMaterial {
     ca::KeyStore::new(state_dir)

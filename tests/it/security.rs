@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use ca::CertInfo;
 
-use crate::harness::{Swarmd, tls_material, wait_for};
+use crate::harness::{Swarmd, free_port, tls_material, wait_for};
 
 const JOIN_LIMIT: Duration = Duration::from_secs(30);
 const WORKER_READY: &str = "worker node is ready";
@@ -185,11 +185,7 @@ fn a_second_manager_joins_raft_and_follows_the_leaders_store() {
     let addr = m.remote_addr();
     // A fixed remote port, so that the restart below comes back at the address raft knows
     // (the second of two voters: without it the leader has no quorum and serves no read).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let (mut m2, code) = Swarmd::start_node(
         &[
             "--join-addr",

@@ -9,32 +9,13 @@ use std::time::{Duration, Instant};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
 use openraft::{BasicNode, Vote};
-use raft::{Dialer, NetworkFactory, RaftConfig, RaftNode, Reachability};
+use raft::{RaftNode, Reachability};
 use store::MemoryStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-const WAIT: Duration = Duration::from_secs(30);
-const TICK: Duration = Duration::from_millis(50);
-
-fn config(dir: &std::path::Path) -> RaftConfig {
-    RaftConfig {
-        dir: dir.to_path_buf(),
-        tick: TICK,
-        ..Default::default()
-    }
-}
-
-fn plain_dialer() -> Dialer {
-    Arc::new(|addr: &str| {
-        Ok(
-            tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy(),
-        )
-    })
-}
+mod common;
+use common::{WAIT, config, network, wait_until};
 
 /// One member with its store and the server of its transport.
 struct Member {
@@ -72,15 +53,6 @@ fn serve(node: &RaftNode, listener: TcpListener) -> oneshot::Sender<()> {
     tx
 }
 
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `WAIT`.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A leader and two members added through it, all voters.
 async fn cluster() -> Vec<Member> {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,12 +61,7 @@ async fn cluster() -> Vec<Member> {
     let addr = listener.local_addr().expect("addr").to_string();
     let node = tokio::time::timeout(
         WAIT,
-        RaftNode::start(
-            config(dir.path()),
-            store.clone(),
-            addr.clone(),
-            NetworkFactory::new(plain_dialer()),
-        ),
+        RaftNode::start(config(dir.path()), store.clone(), addr.clone(), network()),
     )
     .await
     .expect("bounded")
@@ -110,13 +77,9 @@ async fn cluster() -> Vec<Member> {
     for _ in 0..2 {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = MemoryStore::new(None);
-        let node = RaftNode::start_joining(
-            config(dir.path()),
-            store.clone(),
-            NetworkFactory::new(plain_dialer()),
-        )
-        .await
-        .expect("start joining");
+        let node = RaftNode::start_joining(config(dir.path()), store.clone(), network())
+            .await
+            .expect("start joining");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let stop_server = Some(serve(&node, listener));
@@ -150,7 +113,7 @@ async fn write(store: &MemoryStore, id: &str) -> Result<(), store::StoreError> {
 async fn a_removed_follower_leaves_two_voters_and_its_raft_id_is_refused_for_good() {
     let mut m = cluster().await;
     let (leader, gone) = (m[0].node.clone(), m[2].node.raft_id());
-    eventually("every peer answers the leader", || {
+    wait_until("every peer answers the leader", || {
         leader.reachability(m[1].node.raft_id()) == Reachability::Reachable
             && leader.reachability(gone) == Reachability::Reachable
     })
@@ -162,7 +125,7 @@ async fn a_removed_follower_leaves_two_voters_and_its_raft_id_is_refused_for_goo
     assert!(!ids.contains(&gone));
     assert!(leader.is_removed_id(gone));
     let follower = m[1].node.clone();
-    eventually("the follower applies the removal", || {
+    wait_until("the follower applies the removal", || {
         follower.is_removed_id(gone) && follower.members().len() == 2
     })
     .await;
@@ -178,7 +141,7 @@ async fn a_removed_follower_leaves_two_voters_and_its_raft_id_is_refused_for_goo
     assert_eq!(leader.members().len(), 2);
 
     // Messages from the removed member are refused by the remaining members.
-    let mut client = NetworkFactory::new(plain_dialer())
+    let mut client = network()
         .new_client(follower.raft_id(), &BasicNode::new(m[1].addr.clone()))
         .await;
     let err = client
@@ -193,13 +156,10 @@ async fn a_removed_follower_leaves_two_voters_and_its_raft_id_is_refused_for_goo
 
     // The record is durable: a restarted member still knows the ID was removed.
     m[1].stop().await;
-    let again = RaftNode::start_joining(
-        config(m[1]._dir.path()),
-        MemoryStore::new(None),
-        NetworkFactory::new(plain_dialer()),
-    )
-    .await
-    .expect("restart");
+    let again =
+        RaftNode::start_joining(config(m[1]._dir.path()), MemoryStore::new(None), network())
+            .await
+            .expect("restart");
     assert!(again.is_removed_id(gone));
     assert!(!again.is_removed());
     again.shutdown().await;
@@ -214,14 +174,14 @@ async fn a_stopped_member_is_unreachable_and_removing_another_voter_would_lose_q
     let mut m = cluster().await;
     let leader = m[0].node.clone();
     let (up, down) = (m[1].node.raft_id(), m[2].node.raft_id());
-    eventually("both peers answer", || {
+    wait_until("both peers answer", || {
         leader.reachability(up) == Reachability::Reachable
             && leader.reachability(down) == Reachability::Reachable
     })
     .await;
     m[2].stop().await;
     let stopped = Instant::now();
-    eventually("the stopped member turns unreachable", || {
+    wait_until("the stopped member turns unreachable", || {
         leader.reachability(down) == Reachability::Unreachable
     })
     .await;
@@ -262,7 +222,7 @@ async fn a_stopped_member_is_unreachable_and_removing_another_voter_would_lose_q
 async fn a_leader_that_removes_itself_hands_leadership_to_a_remaining_voter() {
     let mut m = cluster().await;
     let old = m[0].node.clone();
-    eventually("both peers answer", || {
+    wait_until("both peers answer", || {
         old.reachability(m[1].node.raft_id()) == Reachability::Reachable
             && old.reachability(m[2].node.raft_id()) == Reachability::Reachable
     })
@@ -273,14 +233,14 @@ async fn a_leader_that_removes_itself_hands_leadership_to_a_remaining_voter() {
         .await
         .expect("leader removes itself");
     let (a, b) = (m[1].node.clone(), m[2].node.clone());
-    eventually("a remaining voter leads", || a.is_leader() || b.is_leader()).await;
+    wait_until("a remaining voter leads", || a.is_leader() || b.is_leader()).await;
     let handover = started.elapsed();
     let new = if a.is_leader() { 1 } else { 2 };
     let members: Vec<u64> = m[new].node.members().iter().map(|x| x.raft_id).collect();
     assert_eq!(members.len(), 2, "{members:?}");
     assert!(!members.contains(&old.raft_id()));
     assert!(m[new].node.is_removed_id(old.raft_id()));
-    eventually("the old leader steps down", || !old.is_leader()).await;
+    wait_until("the old leader steps down", || !old.is_leader()).await;
     // The new leader holds every acknowledged write and accepts new ones.
     assert!(
         m[new]

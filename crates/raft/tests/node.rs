@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use raft::{NetworkFactory, RaftConfig, RaftNode};
 use store::MemoryStore;
 
-/// Upper bound of any single wait in these tests.
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+use common::{WAIT, create_node, wait_until};
 
 fn config(dir: &Path, snapshot_interval: u64, keep: u64) -> RaftConfig {
     RaftConfig {
@@ -43,30 +43,11 @@ async fn start(cfg: RaftConfig, store: &MemoryStore) -> Arc<RaftNode> {
     .expect("raft starts")
 }
 
-async fn create_node(store: &MemoryStore, id: &str) {
-    let node = api::Node {
-        id: id.to_string(),
-        ..Default::default()
-    };
-    tokio::time::timeout(WAIT, store.update(move |tx| tx.create_node(node)))
-        .await
-        .expect("write within bound")
-        .expect("write succeeds");
-}
-
 fn version(store: &MemoryStore, id: &str) -> Option<u64> {
     store.view(|tx| {
         tx.get_node(id)
             .map(|n| n.meta.and_then(|m| m.version).map_or(0, |v| v.index))
     })
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,33 +4,14 @@
 //! one-member cluster that keeps every entry of its log.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use raft::{Dialer, NetworkFactory, RaftConfig, RaftError, RaftNode};
+use raft::{NetworkFactory, RaftConfig, RaftError, RaftNode};
 use store::MemoryStore;
 use tokio::net::TcpListener;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn config(dir: &std::path::Path) -> RaftConfig {
-    RaftConfig {
-        dir: dir.to_path_buf(),
-        tick: Duration::from_millis(50),
-        ..Default::default()
-    }
-}
-
-fn network() -> NetworkFactory {
-    let dialer: Dialer = Arc::new(|addr: &str| {
-        Ok(
-            tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy(),
-        )
-    });
-    NetworkFactory::new(dialer)
-}
+mod common;
+use common::{WAIT, config, create_node, network, wait_until};
 
 /// A localhost address that was free a moment ago.
 async fn free_addr() -> String {
@@ -50,17 +31,6 @@ async fn serve_at(node: &RaftNode, addr: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn create_node(store: &MemoryStore, id: &str) {
-    let node = api::Node {
-        id: id.to_string(),
-        ..Default::default()
-    };
-    tokio::time::timeout(WAIT, store.update(move |tx| tx.create_node(node)))
-        .await
-        .expect("write within bound")
-        .expect("write succeeds");
-}
-
 fn node_ids(store: &MemoryStore) -> Vec<String> {
     let mut ids: Vec<String> = store.view(|tx| {
         tx.find_nodes(store::By::All)
@@ -70,14 +40,6 @@ fn node_ids(store: &MemoryStore) -> Vec<String> {
     });
     ids.sort();
     ids
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn start(cfg: RaftConfig, store: &MemoryStore, addr: &str) -> Arc<RaftNode> {

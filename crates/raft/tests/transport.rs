@@ -1,36 +1,19 @@
 //! The raft transport over a real gRPC server on localhost (plaintext here; the manager serves
 //! it behind mutual TLS): a peer's RPCs reach the member and its answers come back.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::{BasicNode, Vote};
-use raft::{Dialer, NetworkFactory, RaftConfig, RaftNode};
+use raft::{NetworkFactory, RaftNode};
 use store::MemoryStore;
 use tokio::net::TcpListener;
 
+mod common;
+use common::{config, plain_dialer};
+
 const WAIT: Duration = Duration::from_secs(20);
-
-fn config(dir: &std::path::Path) -> RaftConfig {
-    RaftConfig {
-        dir: dir.to_path_buf(),
-        tick: Duration::from_millis(50),
-        ..Default::default()
-    }
-}
-
-fn plain_dialer() -> Dialer {
-    Arc::new(|addr: &str| {
-        Ok(
-            tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy(),
-        )
-    })
-}
 
 /// Serves `node`'s transport on a fresh localhost port; returns the address.
 async fn serve(node: &RaftNode) -> String {

@@ -45,7 +45,7 @@ pub(crate) fn rewrite(
 ) -> Result<ForcedCluster, RaftError> {
     let err = |what: String| RaftError::ForceNewCluster(format!("{}: {what}", path.display()));
     let storage = |e: crate::types::StorageError| err(e.to_string());
-    let (vote, last_purged, snapshot, last_entry, last_membership) = {
+    let (vote, last_purged, snapshot, last_log, last_membership) = {
         let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
         let meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
         let vote: Option<Vote<NodeId>> = get_json(&meta, KEY_VOTE).map_err(storage)?;
@@ -54,25 +54,21 @@ pub(crate) fn rewrite(
         let snapshot: Option<SnapshotMeta<NodeId, BasicNode>> =
             get_json(&snap, KEY_SNAPSHOT_META).map_err(storage)?;
         let logs = txn.open_table(LOGS).map_err(|e| err(e.to_string()))?;
-        let mut last_entry: Option<Entry> = None;
+        // From the newest entry back to the newest membership change.
+        let mut last_log: Option<LogId> = None;
         let mut last_membership: Option<Membership<NodeId, BasicNode>> = None;
         for row in logs.iter().map_err(|e| err(e.to_string()))?.rev() {
             let (_, v) = row.map_err(|e| err(e.to_string()))?;
             let entry = decode_entry(v.value()).map_err(|e| err(e.to_string()))?;
-            if let EntryPayload::Membership(m) = &entry.payload {
-                last_membership = Some(m.clone());
-            }
-            let found_membership = last_membership.is_some();
-            if last_entry.is_none() {
-                last_entry = Some(entry);
-            }
-            if found_membership {
+            last_log.get_or_insert(entry.log_id);
+            if let EntryPayload::Membership(m) = entry.payload {
+                last_membership = Some(m);
                 break;
             }
         }
-        (vote, last_purged, snapshot, last_entry, last_membership)
+        (vote, last_purged, snapshot, last_log, last_membership)
     };
-    let last_in_log = last_entry.map(|e| e.log_id).or(last_purged);
+    let last_in_log = last_log.or(last_purged);
     let snapshot_last = snapshot.as_ref().and_then(|s| s.last_log_id);
     // A snapshot installed from the leader may cover more than the log if the member stopped
     // before the log behind it was purged: then the log restarts after the snapshot.

@@ -86,9 +86,8 @@ impl RaftConfig {
     /// openraft's own min = E, max = 2 E would make that `[3 E, 4 E)`. The minimum stays above
     /// the heartbeat interval, as openraft requires.
     fn openraft_election_bounds(&self) -> (u64, u64) {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let e = ms(self.election_timeout());
-        let hb = ms(self.heartbeat_interval());
+        let e = millis(self.election_timeout());
+        let hb = millis(self.heartbeat_interval());
         let min = (e / 5 * 2).max(hb.saturating_add(hb / 2).max(hb + 1));
         let max = (e / 5 * 3).max(min + 1);
         (min, max)
@@ -96,15 +95,13 @@ impl RaftConfig {
 
     /// The openraft configuration for these settings.
     pub(crate) fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let election_min = ms(self.election_timeout());
         let (lease_min, lease_max) = self.openraft_election_bounds();
         let cfg = openraft::Config {
             cluster_name: "swarmkit".to_string(),
-            heartbeat_interval: ms(self.heartbeat_interval()),
+            heartbeat_interval: millis(self.heartbeat_interval()),
             election_timeout_min: lease_min,
             election_timeout_max: lease_max,
-            install_snapshot_timeout: election_min,
+            install_snapshot_timeout: millis(self.election_timeout()),
             // serde_json spells bytes as number lists (about 4x), so keep a chunk well under
             // the transport's message limit.
             snapshot_max_chunk_size: 1 << 20,
@@ -120,6 +117,11 @@ impl RaftConfig {
         cfg.validate()
             .map_err(|e| RaftError::InvalidConfig(e.to_string()))
     }
+}
+
+/// `d` in whole milliseconds, as openraft's settings take them.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

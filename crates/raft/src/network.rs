@@ -43,16 +43,13 @@ impl NetworkFactory {
     pub fn new(dialer: Dialer) -> Self {
         NetworkFactory {
             dialer: Some(dialer),
-            contacts: Default::default(),
+            ..Default::default()
         }
     }
 
     /// No peer can be reached (a lone voter never needs one).
     pub fn unconnected() -> Self {
-        NetworkFactory {
-            dialer: None,
-            contacts: Default::default(),
-        }
+        Self::default()
     }
 
     /// When each peer last answered an RPC of this factory's clients (shared by all clones).

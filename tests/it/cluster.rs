@@ -146,6 +146,16 @@ impl Cluster {
     }
 }
 
+/// The task processes marked `marker` are still `before`: none was restarted or lost.
+#[track_caller]
+pub fn assert_same_processes(marker: &str, before: &BTreeSet<u32>) {
+    assert_eq!(
+        &pids_with(marker),
+        before,
+        "a task process was restarted or lost"
+    );
+}
+
 /// PIDs of the processes whose command line contains `marker`.
 pub fn pids_with(marker: &str) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
@@ -285,11 +295,7 @@ fn an_agent_restart_reruns_nothing() {
     c.workers[1].kill9();
     c.workers[1].spawn_until("agent session registered", WAIT);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        pids_with(&m),
-        before,
-        "a task process was restarted or lost"
-    );
+    assert_same_processes(&m, &before);
     assert_eq!(
         c.tasks(),
         tasks_before,

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Cluster, create_sleepers, marker, pids_with, wait_processes};
+use crate::cluster::{
+    Cluster, assert_same_processes, create_sleepers, marker, pids_with, wait_processes,
+};
 use crate::harness::{Swarmd, node_cert, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -90,11 +92,7 @@ fn a_promoted_worker_runs_a_manager_and_keeps_its_task() {
         assert!(rows.iter().any(|r| r.contains("node-2")), "{rows:?}");
     }
     // Nothing was restarted: same processes, same tasks; the node stays READY.
-    assert_eq!(
-        pids_with(&m),
-        before,
-        "a task process was restarted or lost"
-    );
+    assert_same_processes(&m, &before);
     assert_eq!(
         c.tasks(),
         tasks_before,
@@ -114,11 +112,7 @@ fn a_promoted_worker_runs_a_manager_and_keeps_its_task() {
     assert!(w.ctl(&["node", "ls"]).ok().contains("node-2"));
     assert!(w.log().contains("raft member follows"), "{}", w.log());
     c.wait_running("the tasks still run", 2, WAIT, |per| per.len() == 2);
-    assert_eq!(
-        pids_with(&m),
-        before,
-        "a task process was restarted or lost"
-    );
+    assert_same_processes(&m, &before);
     c.stop();
     wait_processes(&m, 0);
 }
@@ -191,11 +185,7 @@ fn a_worker_finds_the_manager_that_serves_it_among_those_it_remembers() {
         );
     }
     c.wait_ready(3);
-    assert_eq!(
-        pids_with(&m),
-        before,
-        "a task process was restarted or lost"
-    );
+    assert_same_processes(&m, &before);
     assert_eq!(c.tasks(), tasks_before, "tasks changed across the failover");
     // What the session listed (the leader's list, also through the follower) replaced the
     // remembered managers.
@@ -241,11 +231,7 @@ fn a_demoted_manager_runs_as_a_worker_and_keeps_its_task() {
     wait_for("one manager", WAIT, || {
         (manager_rows(&c.manager).len() == 1).then_some(())
     });
-    assert_eq!(
-        pids_with(&m),
-        before,
-        "a task process was restarted or lost"
-    );
+    assert_same_processes(&m, &before);
     assert_eq!(c.tasks(), tasks_before, "tasks changed across the demotion");
     c.wait_ready(2);
 
@@ -259,11 +245,7 @@ fn a_demoted_manager_runs_as_a_worker_and_keeps_its_task() {
     );
     assert!(!c.workers[0].socket().exists());
     c.wait_ready(2);
-    assert_eq!(
-        pids_with(&m),
-        before,
-        "a task process was restarted or lost"
-    );
+    assert_same_processes(&m, &before);
     c.stop();
     wait_processes(&m, 0);
 }

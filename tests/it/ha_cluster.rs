@@ -147,14 +147,9 @@ impl Cluster {
 
     /// Starts manager `i` again on its state dir and address; Err with its log when it exits.
     ///
-    /// Known bug this exposes (crates/manager/src/manager.rs `Manager::start` with
-    /// crates/raft/src/node.rs `become_ready`): a restarted manager waits (10 s at most) for a
-    /// raft leader BEFORE it serves its remote API, which carries the raft transport. A follower
-    /// whose committed vote names a live leader passes at once; but a manager whose last known
-    /// leader is gone (a SIGKILLed leader: openraft restores it as leader of its old term, it
-    /// waits for its uncommitted tail to apply, sees the newer term and steps down) never hears
-    /// the new leader, whose AppendEntries cannot reach an unserved port, and swarmd exits with
-    /// `raft: timed out ... log applied` or `... a member leads`.
+    /// A killed leader restarts as leader of its old term while the others have a newer one:
+    /// `Manager::start` serves the remote API (the raft transport) before `become_ready` waits to
+    /// hear the new leader, whose AppendEntries must reach it.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {
         let m = &mut self.managers[i];
         let skip = m.log().len();

@@ -498,19 +498,16 @@ fn ha_leader_sigkill_five_times_keeps_acknowledged_writes_and_linearizable_regis
     // Checked on the managers that run (all of them unless a restart failed).
     verify(&rt, &mut c, &history, t0);
     println!("failover times (short ticks, 100 ms): {failovers:?}");
-    // Fails today at about 3.3-4 s: openraft 0.9 makes followers refuse votes for a leader
-    // lease of `election_timeout_max` (crates/raft/src/config.rs sets it to twice the election
-    // timeout, 2 s here) after the last heartbeat, so the first candidate is usually refused
-    // and wins only on its second election timeout.
+    // Within three election timeouts (1 s here): a follower campaigns 1-1.2 election timeouts
+    // after its leader went silent (openraft's leader lease included, crates/raft/src/config.rs).
     for f in &failovers {
         assert!(
             *f < Duration::from_secs(3),
             "a new leader acknowledged a write only {f:?} after the kill: {failovers:?}"
         );
     }
-    // Fails while the restart bug described at `Cluster::restart` is there (crates/manager
-    // `Manager::start` waits for a raft leader before serving the raft transport): a SIGKILLed
-    // leader must come back on its state dir while the others have a newer leader.
+    // A SIGKILLed leader comes back on its state dir while the others have a newer leader (see
+    // `Cluster::restart`).
     assert!(
         restart_bug.is_none(),
         "a killed leader could not restart (after {} of 5 kills): {}",

@@ -17,6 +17,8 @@ mod keystore;
 mod root;
 mod rotation;
 mod security;
+#[cfg(any(test, feature = "test-client"))]
+pub mod test_client;
 mod tls;
 mod token;
 

@@ -9,11 +9,11 @@ use api::health_client::HealthClient;
 use api::health_server::{Health, HealthServer};
 use api::{HealthCheckRequest, HealthCheckResponse};
 use hyper_util::rt::TokioIo;
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 
 use super::*;
+use crate::test_client::{OpenSslClient, Target};
 use crate::{NodeKey, RootCa, control_channel, mtls_client_config, tls_channel};
 
 /// SERVING to a client whose certificate says worker `w1` of cluster `c1`, NOT_SERVING to one
@@ -110,89 +110,6 @@ async fn check(addr: &str, cfg: Arc<rustls::ClientConfig>, name: &str) -> Result
     check_on(tls_channel(addr, cfg, name).expect("channel")).await
 }
 
-/// Where the OpenSSL client connects.
-#[derive(Clone)]
-enum Target {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-/// An OpenSSL client as grpc-go behaves: it sends `sni` (any string) as the server name,
-/// offers `alpn` (wire format), verifies nothing and presents `cert` (cert PEM, key PEM) when
-/// given.
-#[derive(Clone)]
-struct OpenSslClient {
-    sni: Option<String>,
-    alpn: &'static [u8],
-    cert: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl OpenSslClient {
-    fn new(sni: &str) -> OpenSslClient {
-        OpenSslClient {
-            sni: Some(sni.to_string()),
-            alpn: ALPN_H2,
-            cert: None,
-        }
-    }
-
-    fn with_cert(mut self, cert: &(Vec<u8>, Vec<u8>)) -> OpenSslClient {
-        self.cert = Some(cert.clone());
-        self
-    }
-
-    /// The client side of the handshake over `target`.
-    async fn connect(
-        &self,
-        target: &Target,
-    ) -> io::Result<SslStream<Box<dyn Io>>> {
-        let stream: Box<dyn Io> = match target {
-            Target::Unix(path) => Box::new(UnixStream::connect(path).await?),
-            Target::Tcp(addr) => Box::new(TcpStream::connect(addr).await?),
-        };
-        let mut b = SslConnector::builder(SslMethod::tls_client())?;
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_alpn_protos(self.alpn)?;
-        if let Some((cert, key)) = &self.cert {
-            let (cert, key) = (X509::from_pem(cert)?, PKey::private_key_from_pem(key)?);
-            b.set_certificate(&cert)?;
-            b.set_private_key(&key)?;
-        }
-        let mut ssl = b
-            .build()
-            .configure()?
-            .use_server_name_indication(false)
-            .verify_hostname(false)
-            .into_ssl("")?;
-        if let Some(sni) = &self.sni {
-            ssl.set_hostname(sni)?;
-        }
-        let mut tls = SslStream::new(ssl, stream)?;
-        Pin::new(&mut tls).connect().await.map_err(io::Error::other)?;
-        Ok(tls)
-    }
-
-    /// A lazy gRPC channel whose connections this client makes.
-    fn channel(&self, target: &Target) -> Channel {
-        let (client, target) = (self.clone(), target.clone());
-        Endpoint::from_static("http://x").connect_with_connector_lazy(tower::service_fn(
-            move |_: Uri| {
-                let (client, target) = (client.clone(), target.clone());
-                async move { Ok::<_, io::Error>(TokioIo::new(client.connect(&target).await?)) }
-            },
-        ))
-    }
-
-    /// A Health check on a fresh connection.
-    async fn check(&self, target: &Target) -> Result<i32, Status> {
-        check_on(self.channel(target)).await
-    }
-}
-
-/// The stream under the OpenSSL client: a unix or a TCP socket.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-
 #[tokio::test]
 async fn grpc_over_tls_on_unix_socket() {
     let root = RootCa::generate().expect("root");
@@ -238,13 +155,13 @@ async fn control_socket_accepts_any_server_name() {
         let client = OpenSslClient::new(sni);
         let tls = client.connect(&target).await.expect(sni);
         assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]), "{sni}");
-        assert_eq!(client.check(&target).await.expect(sni), ANONYMOUS, "{sni}");
+        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
     }
     let no_sni = OpenSslClient {
         sni: None,
         ..OpenSslClient::new("")
     };
-    assert_eq!(no_sni.check(&target).await.expect("no SNI"), ANONYMOUS);
+    assert_eq!(check_on(no_sni.channel(&target)).await.expect("no SNI"), ANONYMOUS);
 
     // h2 or nothing: a client offering only HTTP/1.1 is refused in the handshake.
     let http1 = OpenSslClient {
@@ -271,10 +188,10 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
     let target = Target::Tcp(addr);
     for sni in names {
         let client = OpenSslClient::new(sni);
-        let with_cert = client.clone().with_cert(&worker).check(&target).await;
+        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
         assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert_eq!(client.check(&target).await.expect(sni), ANONYMOUS, "{sni}");
-        let refused = client.with_cert(&stranger).check(&target).await;
+        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
+        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
         assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
     }
     let _ = stop.send(());
@@ -285,10 +202,10 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
     let target = Target::Tcp(addr);
     for sni in names {
         let client = OpenSslClient::new(sni);
-        let with_cert = client.clone().with_cert(&worker).check(&target).await;
+        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
         assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert!(client.check(&target).await.is_err(), "{sni}: no certificate");
-        let refused = client.with_cert(&stranger).check(&target).await;
+        assert!(check_on(client.channel(&target)).await.is_err(), "{sni}: no certificate");
+        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
         assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
     }
     let _ = stop.send(());
@@ -380,9 +297,9 @@ async fn remote_api_follows_root_rotation() {
     tx.send_replace(mtls_server_config(&mcert2, &mkey2, next.cert_pem(), false).expect("cfg"));
     let target = Target::Tcp(addr);
     let bare = OpenSslClient::new("127.0.0.1").with_cert(&(leaf, wkey));
-    assert_eq!(bare.check(&target).await.expect("next root"), SERVING);
+    assert_eq!(check_on(bare.channel(&target)).await.expect("next root"), SERVING);
     let old = node_cert(&current, "w1", api::NodeRole::Worker);
     let old = OpenSslClient::new("127.0.0.1").with_cert(&old);
-    assert!(old.check(&target).await.is_err(), "old root still trusted");
+    assert!(check_on(old.channel(&target)).await.is_err(), "old root still trusted");
     let _ = stop.send(());
 }

@@ -18,3 +18,4 @@ mod history;
 mod orchestration;
 mod persistence;
 mod security;
+mod tls;

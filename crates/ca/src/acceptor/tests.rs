@@ -151,17 +151,34 @@ async fn control_socket_accepts_any_server_name() {
     let target = Target::Unix(sock.clone());
     let path = sock.to_str().expect("utf-8 path").to_string();
 
-    for sni in [path.as_str(), "127.0.0.1", "::1", "swarm-manager", "not a_dns name!"] {
+    for sni in [
+        path.as_str(),
+        "127.0.0.1",
+        "::1",
+        "swarm-manager",
+        "not a_dns name!",
+    ] {
         let client = OpenSslClient::new(sni);
         let tls = client.connect(&target).await.expect(sni);
-        assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]), "{sni}");
-        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
+        assert_eq!(
+            tls.ssl().selected_alpn_protocol(),
+            Some(&b"h2"[..]),
+            "{sni}"
+        );
+        assert_eq!(
+            check_on(client.channel(&target)).await.expect(sni),
+            ANONYMOUS,
+            "{sni}"
+        );
     }
     let no_sni = OpenSslClient {
         sni: None,
         ..OpenSslClient::new("")
     };
-    assert_eq!(check_on(no_sni.channel(&target)).await.expect("no SNI"), ANONYMOUS);
+    assert_eq!(
+        check_on(no_sni.channel(&target)).await.expect("no SNI"),
+        ANONYMOUS
+    );
 
     // h2 or nothing: a client offering only HTTP/1.1 is refused in the handshake.
     let http1 = OpenSslClient {
@@ -180,7 +197,12 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
     let worker = node_cert(&root, "w1", api::NodeRole::Worker);
     let stranger = node_cert(&other, "w1", api::NodeRole::Worker);
     let root_pem = root.cert_pem();
-    let names = ["127.0.0.1", "/var/run/swarmd.sock", "swarm-manager", "not a_dns name!"];
+    let names = [
+        "127.0.0.1",
+        "/var/run/swarmd.sock",
+        "swarm-manager",
+        "not a_dns name!",
+    ];
 
     // Client certificates optional, as on a manager's remote port.
     let cfg = mtls_server_config(&mcert, &mkey, root_pem, false).expect("server cfg");
@@ -190,9 +212,16 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
         let client = OpenSslClient::new(sni);
         let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
         assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
+        assert_eq!(
+            check_on(client.channel(&target)).await.expect(sni),
+            ANONYMOUS,
+            "{sni}"
+        );
         let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
-        assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
+        assert!(
+            refused.is_err(),
+            "{sni}: a certificate of another CA was accepted"
+        );
     }
     let _ = stop.send(());
 
@@ -204,9 +233,15 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
         let client = OpenSslClient::new(sni);
         let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
         assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert!(check_on(client.channel(&target)).await.is_err(), "{sni}: no certificate");
+        assert!(
+            check_on(client.channel(&target)).await.is_err(),
+            "{sni}: no certificate"
+        );
         let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
-        assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
+        assert!(
+            refused.is_err(),
+            "{sni}: a certificate of another CA was accepted"
+        );
     }
     let _ = stop.send(());
 }
@@ -297,9 +332,15 @@ async fn remote_api_follows_root_rotation() {
     tx.send_replace(mtls_server_config(&mcert2, &mkey2, next.cert_pem(), false).expect("cfg"));
     let target = Target::Tcp(addr);
     let bare = OpenSslClient::new("127.0.0.1").with_cert(&(leaf, wkey));
-    assert_eq!(check_on(bare.channel(&target)).await.expect("next root"), SERVING);
+    assert_eq!(
+        check_on(bare.channel(&target)).await.expect("next root"),
+        SERVING
+    );
     let old = node_cert(&current, "w1", api::NodeRole::Worker);
     let old = OpenSslClient::new("127.0.0.1").with_cert(&old);
-    assert!(check_on(old.channel(&target)).await.is_err(), "old root still trusted");
+    assert!(
+        check_on(old.channel(&target)).await.is_err(),
+        "old root still trusted"
+    );
     let _ = stop.send(());
 }

@@ -61,37 +61,40 @@ fn node_cert(root: &RootCa, id: &str, role: api::NodeRole) -> (Vec<u8>, Vec<u8>)
     (cert, key.key_pem().into_bytes())
 }
 
-/// Serves [`PeerCheck`] on a fresh unix socket; dropping the sender stops it.
+/// Serves [`PeerCheck`] on the connections of `incoming`; sending on (or dropping) the
+/// returned sender stops it.
+fn serve_peer_check<S>(
+    incoming: ReceiverStream<io::Result<TlsConnection<S>>>,
+) -> tokio::sync::oneshot::Sender<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(PeerCheck))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            }),
+    );
+    stop_tx
+}
+
+/// Serves [`PeerCheck`] on a fresh unix socket in `dir`.
 fn start_unix(
     dir: &Path,
     tls: impl Into<ServerTls>,
 ) -> (PathBuf, tokio::sync::oneshot::Sender<()>) {
     let sock = dir.join("s.sock");
     let listener = UnixListener::bind(&sock).expect("bind");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(HealthServer::new(PeerCheck))
-            .serve_with_incoming_shutdown(serve_unix_tls(listener, tls), async {
-                let _ = stop_rx.await;
-            }),
-    );
-    (sock, stop_tx)
+    (sock, serve_peer_check(serve_unix_tls(listener, tls)))
 }
 
-/// Serves [`PeerCheck`] on 127.0.0.1; dropping the sender stops it.
+/// Serves [`PeerCheck`] on 127.0.0.1.
 async fn start_tcp(tls: impl Into<ServerTls>) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(HealthServer::new(PeerCheck))
-            .serve_with_incoming_shutdown(serve_tcp_tls(listener, tls), async {
-                let _ = stop_rx.await;
-            }),
-    );
-    (addr, stop_tx)
+    (addr, serve_peer_check(serve_tcp_tls(listener, tls)))
 }
 
 /// One Health check on `channel`, bounded.
@@ -204,46 +207,29 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
         "not a_dns name!",
     ];
 
-    // Client certificates optional, as on a manager's remote port.
-    let cfg = mtls_server_config(&mcert, &mkey, root_pem, false).expect("server cfg");
-    let (addr, stop) = start_tcp(cfg).await;
-    let target = Target::Tcp(addr);
-    for sni in names {
-        let client = OpenSslClient::new(sni);
-        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
-        assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert_eq!(
-            check_on(client.channel(&target)).await.expect(sni),
-            ANONYMOUS,
-            "{sni}"
-        );
-        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
-        assert!(
-            refused.is_err(),
-            "{sni}: a certificate of another CA was accepted"
-        );
+    // Client certificates optional (as on a manager's remote port), then required.
+    for required in [false, true] {
+        let cfg = mtls_server_config(&mcert, &mkey, root_pem, required).expect("server cfg");
+        let (addr, stop) = start_tcp(cfg).await;
+        let target = Target::Tcp(addr);
+        for sni in names {
+            let client = OpenSslClient::new(sni);
+            let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
+            assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
+            let anonymous = check_on(client.channel(&target)).await;
+            if required {
+                assert!(anonymous.is_err(), "{sni}: let in without a certificate");
+            } else {
+                assert_eq!(anonymous.expect(sni), ANONYMOUS, "{sni}");
+            }
+            let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
+            assert!(
+                refused.is_err(),
+                "{sni}: a certificate of another CA was accepted"
+            );
+        }
+        let _ = stop.send(());
     }
-    let _ = stop.send(());
-
-    // Client certificates required.
-    let cfg = mtls_server_config(&mcert, &mkey, root_pem, true).expect("server cfg");
-    let (addr, stop) = start_tcp(cfg).await;
-    let target = Target::Tcp(addr);
-    for sni in names {
-        let client = OpenSslClient::new(sni);
-        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
-        assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert!(
-            check_on(client.channel(&target)).await.is_err(),
-            "{sni}: no certificate"
-        );
-        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
-        assert!(
-            refused.is_err(),
-            "{sni}: a certificate of another CA was accepted"
-        );
-    }
-    let _ = stop.send(());
 }
 
 #[tokio::test]

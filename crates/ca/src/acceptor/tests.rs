@@ -17,8 +17,11 @@ use crate::test_client::{OpenSslClient, Target};
 use crate::{NodeKey, RootCa, control_channel, mtls_client_config, tls_channel};
 
 /// SERVING to a client whose certificate says worker `w1` of cluster `c1`, NOT_SERVING to one
-/// without a certificate, PermissionDenied to any other identity.
-struct PeerCheck;
+/// without a certificate, PermissionDenied to any other identity; Internal when the caller's
+/// address is not what the listener says (loopback over TCP, none on a unix socket).
+struct PeerCheck {
+    tcp: bool,
+}
 
 #[tonic::async_trait]
 impl Health for PeerCheck {
@@ -26,6 +29,16 @@ impl Health for PeerCheck {
         &self,
         req: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        let ip = peer_ip(&req);
+        let addr = peer_addr_http(req.extensions());
+        let expected = if self.tcp {
+            ip.is_some_and(|ip| ip.is_loopback()) && addr.map(|a| a.ip()) == ip
+        } else {
+            ip.is_none() && addr.is_none()
+        };
+        if !expected {
+            return Err(Status::internal(format!("peer address {addr:?}")));
+        }
         let status = match peer_cert_info(&req) {
             Some(info)
                 if info.node_id == "w1"
@@ -65,6 +78,7 @@ fn node_cert(root: &RootCa, id: &str, role: api::NodeRole) -> (Vec<u8>, Vec<u8>)
 /// returned sender stops it.
 fn serve_peer_check<S>(
     incoming: ReceiverStream<io::Result<TlsConnection<S>>>,
+    tcp: bool,
 ) -> tokio::sync::oneshot::Sender<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -72,7 +86,7 @@ where
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(HealthServer::new(PeerCheck))
+            .add_service(HealthServer::new(PeerCheck { tcp }))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             }),
@@ -87,14 +101,14 @@ fn start_unix(
 ) -> (PathBuf, tokio::sync::oneshot::Sender<()>) {
     let sock = dir.join("s.sock");
     let listener = UnixListener::bind(&sock).expect("bind");
-    (sock, serve_peer_check(serve_unix_tls(listener, tls)))
+    (sock, serve_peer_check(serve_unix_tls(listener, tls), false))
 }
 
 /// Serves [`PeerCheck`] on 127.0.0.1.
 async fn start_tcp(tls: impl Into<ServerTls>) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    (addr, serve_peer_check(serve_tcp_tls(listener, tls)))
+    (addr, serve_peer_check(serve_tcp_tls(listener, tls), true))
 }
 
 /// One Health check on `channel`, bounded.

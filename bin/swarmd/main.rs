@@ -206,7 +206,7 @@ async fn run(config: node::NodeConfig) -> ExitCode {
         (Ok(i), Ok(t)) => (i, t),
         _ => return fatal("cannot install signal handlers"),
     };
-    let node = tokio::select! {
+    let mut node = tokio::select! {
         res = node::Node::start(config) => match res {
             Ok(node) => node,
             Err(e) => return fatal(&e.to_string()),
@@ -224,6 +224,13 @@ async fn run(config: node::NodeConfig) -> ExitCode {
             // SwarmKit exits at once on SIGTERM: tasks keep running and the socket stays.
             // Acknowledged writes are already durable, so nothing is lost.
             std::process::exit(143)
+        }
+        e = node.failed() => {
+            // A node whose raft, servers or agent died must not run on half-dead: exit at once
+            // (as on SIGTERM, tasks keep running for the next start to adopt) so that a
+            // supervisor restarts it. No graceful stop: it could hang on what failed.
+            fatal(&e.to_string());
+            std::process::exit(1)
         }
     }
 }

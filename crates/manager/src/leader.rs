@@ -183,7 +183,10 @@ async fn supervise(store: &MemoryStore, subsystems: &[Subsystem], term: &Cancell
         }
         let name = subsystems[idx].name;
         let pause = restarts.pause(idx, started);
-        error!(subsystem = name, "leader subsystem {outcome}; restarting in {pause:?}");
+        error!(
+            subsystem = name,
+            "leader subsystem {outcome}; restarting in {pause:?}"
+        );
         restarts.spawn(&mut set, idx, &subsystems[idx], store, term, pause);
     }
     let drain = async { while set.join_next().await.is_some() {} };
@@ -284,7 +287,8 @@ mod tests {
     async fn a_panicking_failing_or_exiting_subsystem_is_restarted_with_backoff() {
         let runs = vec![Duration::ZERO; 3];
         let (panics, panic_starts) = faulty("injected panic", runs.clone(), || panic!("injected"));
-        let (fails, fail_starts) = faulty("injected error", runs.clone(), || Err("injected".into()));
+        let (fails, fail_starts) =
+            faulty("injected error", runs.clone(), || Err("injected".into()));
         let (exits, exit_starts) = faulty("injected exit", runs.clone(), || Ok(()));
         let (healthy, healthy_starts) = faulty("healthy", vec![], || Ok(()));
         let subsystems = vec![panics, fails, exits, healthy];
@@ -296,7 +300,11 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
             for starts in [&panic_starts, &fail_starts, &exit_starts] {
-                assert_eq!(starts.lock().expect("starts").len(), 4, "no restart once healthy");
+                assert_eq!(
+                    starts.lock().expect("starts").len(),
+                    4,
+                    "no restart once healthy"
+                );
             }
             assert_eq!(healthy_starts.lock().expect("starts").len(), 1);
         })
@@ -312,7 +320,9 @@ mod tests {
             Err("injected".into())
         });
         let late_runs = vec![quick, quick, quick, HEALTHY_RUN, quick];
-        let (late, late_starts) = faulty("injected late panic", late_runs.clone(), || panic!("injected"));
+        let (late, late_starts) = faulty("injected late panic", late_runs.clone(), || {
+            panic!("injected")
+        });
         let ms = Duration::from_millis;
         with_term(vec![crashes, late], async {
             wait_starts(&quick_starts, 10).await;

@@ -236,21 +236,24 @@ impl Manager {
         // waiting for a leader: a restarted member hears the current leader only there.
         info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
         let forwarder = crate::proxy::Forwarder::new(raft.clone(), config.security.clone());
-        servers.spawn("remote API server", server::serve_remote(
-            config.remote_listener,
-            config.security.remote_tls(),
-            RemoteServices {
-                control: control.clone(),
-                ca: CaServer::new(store.clone(), auth.clone()),
-                health: HealthService::new("Raft"),
-                dispatcher: DispatcherService::remote(dispatcher.clone()),
-                raft: Some(raft.transport()),
-                join: Some(JoinService::new(raft.clone(), store.clone())),
-                auth,
-                proxy: Some(forwarder.remote_layer()),
-            },
-            shutdown.clone(),
-        ));
+        servers.spawn(
+            "remote API server",
+            server::serve_remote(
+                config.remote_listener,
+                config.security.remote_tls(),
+                RemoteServices {
+                    control: control.clone(),
+                    ca: CaServer::new(store.clone(), auth.clone()),
+                    health: HealthService::new("Raft"),
+                    dispatcher: DispatcherService::remote(dispatcher.clone()),
+                    raft: Some(raft.transport()),
+                    join: Some(JoinService::new(raft.clone(), store.clone())),
+                    auth,
+                    proxy: Some(forwarder.remote_layer()),
+                },
+                shutdown.clone(),
+            ),
+        );
 
         let stop_servers = async |servers: &mut TaskSet| {
             shutdown.cancel();
@@ -284,15 +287,18 @@ impl Manager {
 
         let unix = server::bind_control_socket(&config.control_socket)?;
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
-        servers.spawn("control API server", server::serve_control(
-            unix,
-            config.security.control_tls(),
-            control.clone(),
-            HealthService::new("ControlAPI"),
-            DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
-            Some(forwarder.local_layer()),
-            shutdown.clone(),
-        ));
+        servers.spawn(
+            "control API server",
+            server::serve_control(
+                unix,
+                config.security.control_tls(),
+                control.clone(),
+                HealthService::new("ControlAPI"),
+                DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
+                Some(forwarder.local_layer()),
+                shutdown.clone(),
+            ),
+        );
 
         let mut subsystems = leader_subsystems();
         let expiry = config.cert_expiry_override;
@@ -306,12 +312,15 @@ impl Manager {
         subsystems.push(Subsystem::new("dispatcher", move |_, shutdown| {
             term.clone().run(shutdown)
         }));
-        servers.spawn("leader lifecycle", leader::run(
-            raft.clone(),
-            store.clone(),
-            Arc::new(subsystems),
-            shutdown.clone(),
-        ));
+        servers.spawn(
+            "leader lifecycle",
+            leader::run(
+                raft.clone(),
+                store.clone(),
+                Arc::new(subsystems),
+                shutdown.clone(),
+            ),
+        );
 
         if let Some(addr) = &config.join_addr {
             // The remote API (and so this member's raft transport) is up: ask to be added.

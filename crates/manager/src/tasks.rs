@@ -132,8 +132,7 @@ mod tests {
             );
         }
         // The long runner never ends on its own.
-        let waited =
-            tokio::time::timeout(Duration::from_millis(50), tasks.next_ended()).await;
+        let waited = tokio::time::timeout(Duration::from_millis(50), tasks.next_ended()).await;
         assert!(waited.is_err(), "{waited:?}");
         tasks.drain(Duration::from_millis(50)).await;
     }

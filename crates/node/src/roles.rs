@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use ca::{RootCa, SecurityConfig};
 use manager::bootstrap::{BootstrapInfo, default_raft_config};
-use manager::{Manager, ManagerConfig};
+use manager::{Manager, ManagerConfig, ManagerFailure};
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -37,7 +37,7 @@ const MANAGER_STOP_LIMIT: Duration = Duration::from_secs(15);
 /// The manager this node runs, with what runs beside it.
 pub(crate) struct Running {
     pub(crate) manager: Manager,
-    /// Stops [`renewal::watch_own_node`] for this manager.
+    /// Stops [`renewal::watch_own_node`] for this manager and the forwarding of its failure.
     watch: CancellationToken,
     watch_task: JoinHandle<()>,
 }
@@ -50,6 +50,8 @@ pub(crate) struct Roles {
     pub(crate) known: Arc<KnownManagers>,
     renew: Arc<tokio::sync::Notify>,
     pub(crate) running: Mutex<Option<Running>>,
+    /// Where a running manager's failure goes (the node's [`crate::Node::failed`]).
+    failures: mpsc::UnboundedSender<ManagerFailure>,
 }
 
 /// The remote API listener and the address this node advertises for it.
@@ -83,6 +85,7 @@ impl Roles {
         security: Arc<SecurityConfig>,
         known: Arc<KnownManagers>,
         renew: Arc<tokio::sync::Notify>,
+        failures: mpsc::UnboundedSender<ManagerFailure>,
     ) -> Arc<Roles> {
         Arc::new(Roles {
             config,
@@ -91,6 +94,7 @@ impl Roles {
             known,
             renew,
             running: Mutex::new(None),
+            failures,
         })
     }
 
@@ -166,12 +170,24 @@ impl Roles {
         // The node reaches its own manager (renewals, its agent) on loopback.
         self.known.set_local(Some(format!("127.0.0.1:{port}")));
         let watch = CancellationToken::new();
-        let watch_task = tokio::spawn(renewal::watch_own_node(
+        let own_node = renewal::watch_own_node(
             manager.store().clone(),
             self.security.clone(),
             self.renew.clone(),
             watch.clone(),
-        ));
+        );
+        // Until this manager is stopped on purpose (demotion, node stop), its failure is the
+        // node's.
+        let (failed, failures, stopped) = (manager.failed(), self.failures.clone(), watch.clone());
+        let forward = async move {
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                f = failed => { let _ = failures.send(f); }
+            }
+        };
+        let watch_task = tokio::spawn(async move {
+            tokio::join!(own_node, forward);
+        });
         *running = Some(Running {
             manager,
             watch,

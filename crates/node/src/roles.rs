@@ -444,4 +444,27 @@ mod tests {
         n2.stop().await;
         n1.stop().await;
     }
+
+    /// The raft core stopping under a running manager (openraft shut down behind the manager's
+    /// back, as a storage error stops it) is the node's failure, naming raft and its database,
+    /// rather than a manager that serves on with a dead raft.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raft_stopping_under_a_running_manager_is_the_nodes_failure() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut n1 = Node::start(config(tmp.path(), "node-1"))
+            .await
+            .expect("manager");
+        let (_, raft1) = manager_of(&n1).await;
+        let quiet = tokio::time::timeout(Duration::from_millis(300), n1.failed()).await;
+        assert!(quiet.is_err(), "a healthy node failed: {quiet:?}");
+        raft1.raft().shutdown().await.expect("stop the raft core");
+        let failed = tokio::time::timeout(Duration::from_secs(30), n1.failed())
+            .await
+            .expect("the node reports the failure");
+        let text = failed.to_string();
+        assert!(matches!(failed, NodeError::Manager(_)), "{text}");
+        assert!(text.starts_with("raft stopped"), "{text}");
+        assert!(text.contains("raft.redb"), "{text}");
+        n1.stop().await;
+    }
 }

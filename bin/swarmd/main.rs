@@ -1,5 +1,6 @@
-//! `swarmd`: the node daemon. Parses flags (spec 2.1), sets up logging, starts the node and
-//! handles signals (spec 2.5). Everything else lives in the `node` crate and below.
+//! `swarmd`: the node daemon. Parses flags (spec 2.1), sets up logging, starts the node,
+//! handles signals (spec 2.5) and exits 1 with one fatal line when the node fails (its raft,
+//! servers or agent died). Everything else lives in the `node` crate and below.
 
 mod logfmt;
 

@@ -394,7 +394,7 @@ mod tests {
         let mut c2 = config(tmp.path(), "node-2");
         c2.join_addr = n1.roles.known.all()[0].clone();
         c2.join_token = token;
-        let n2 = Node::start(c2.clone()).await.expect("second manager");
+        let mut n2 = Node::start(c2.clone()).await.expect("second manager");
         assert!(n2.is_manager().await);
         assert!(c2.listen_control_api.exists());
         let raft_id2 = manager_of(&n2).await.1.raft_id();
@@ -440,6 +440,12 @@ mod tests {
         assert_eq!(
             node.status.map(|s| s.state),
             Some(api::node_status::State::Ready as i32)
+        );
+        // Its manager was stopped on purpose: that is no failure of the node.
+        let failed = tokio::time::timeout(Duration::from_millis(500), n2.failed()).await;
+        assert!(
+            failed.is_err(),
+            "the demotion was taken for a failure: {failed:?}"
         );
         n2.stop().await;
         n1.stop().await;

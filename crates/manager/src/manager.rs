@@ -5,7 +5,9 @@
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
 //! serves CA, NodeCA, Control, Health, Dispatcher and the raft transport behind the authorization table of
 //! [`crate::authz`]; on both listeners a follower forwards what only the leader serves to it
-//! ([`crate::proxy`]).
+//! ([`crate::proxy`]). A watchdog follows the servers, the leader lifecycle and raft: the first of
+//! them to die before [`Manager::stop`] is the manager's failure ([`Manager::failed`]); nothing
+//! here restarts them, as a manager with a dead raft or server must not serve on.
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! `swarmd`: the node daemon. Parses flags (spec 2.1), sets up logging, starts the node and
-//! handles signals (spec 2.5). Everything else lives in the `node` crate and below.
+//! `swarmd`: the node daemon. Parses flags (spec 2.1), sets up logging, starts the node,
+//! handles signals (spec 2.5) and exits 1 with one fatal line when the node fails (its raft,
+//! servers or agent died). Everything else lives in the `node` crate and below.
 
 mod logfmt;
 
@@ -206,7 +207,7 @@ async fn run(config: node::NodeConfig) -> ExitCode {
         (Ok(i), Ok(t)) => (i, t),
         _ => return fatal("cannot install signal handlers"),
     };
-    let node = tokio::select! {
+    let mut node = tokio::select! {
         res = node::Node::start(config) => match res {
             Ok(node) => node,
             Err(e) => return fatal(&e.to_string()),
@@ -224,6 +225,13 @@ async fn run(config: node::NodeConfig) -> ExitCode {
             // SwarmKit exits at once on SIGTERM: tasks keep running and the socket stays.
             // Acknowledged writes are already durable, so nothing is lost.
             std::process::exit(143)
+        }
+        e = node.failed() => {
+            // A node whose raft, servers or agent died must not run on half-dead: exit at once
+            // (as on SIGTERM, tasks keep running for the next start to adopt) so that a
+            // supervisor restarts it. No graceful stop: it could hang on what failed.
+            fatal(&e.to_string());
+            std::process::exit(1)
         }
     }
 }

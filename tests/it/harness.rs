@@ -60,15 +60,20 @@ impl Swarmd {
 
     /// Like `start` with extra swarmd flags.
     pub fn start_with(extra: &[&str]) -> Swarmd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Swarmd {
-            dir,
+        let mut s = Self::unstarted(extra);
+        s.spawn();
+        s
+    }
+
+    /// A handle on a new temp dir with extra swarmd flags, not started yet (`spawn` starts it),
+    /// so a test can prepare the state directory first (mount a filesystem there, say).
+    pub fn unstarted(extra: &[&str]) -> Swarmd {
+        Swarmd {
+            dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             extra_args: extra.iter().map(|a| a.to_string()).collect(),
             netns: None,
-        };
-        s.spawn();
-        s
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod daemon;
 mod docker;
+mod faults;
 mod ha_cluster;
 mod ha_faults;
 mod ha_members;

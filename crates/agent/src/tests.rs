@@ -301,3 +301,53 @@ async fn a_desired_ready_task_waits_and_a_restart_resumes_without_rerunning() {
         "leaving removes every task"
     );
 }
+
+/// The agent's half of "reconnect or exit, never neither": with every manager unreachable (the
+/// connector injects the failure) it keeps trying, with its backoff, and does not return until
+/// it is told to stop; then it returns at once.
+#[tokio::test(start_paused = true)]
+async fn the_agent_keeps_reconnecting_while_no_manager_answers_and_stops_only_when_told() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let seen = attempts.clone();
+    let connect: crate::Connector = Arc::new(move |addr: &str| {
+        seen.lock()
+            .expect("attempts")
+            .push((addr.to_string(), tokio::time::Instant::now()));
+        Err("injected: manager unreachable".to_string())
+    });
+    let config = crate::AgentConfig {
+        managers: vec!["10.0.0.1:4242".into(), "10.0.0.2:4242".into()],
+        connect,
+        executor: Arc::new(FakeExecutor(Arc::new(Fake::default()))),
+        db: TaskDb::open(dir.path()).expect("db"),
+        observer: Arc::new(|_: &api::SessionMessage| {}),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(crate::run(config, shutdown.clone(), false));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        !agent.is_finished(),
+        "the agent gave up while managers were unreachable"
+    );
+    let attempts = attempts.lock().expect("attempts").clone();
+    // Both managers tried in each round; pauses grow to 8 s at most, so 120 s hold many rounds.
+    assert!(attempts.len() >= 2 * 15, "only {} attempts", attempts.len());
+    for addr in ["10.0.0.1:4242", "10.0.0.2:4242"] {
+        assert!(
+            attempts.iter().any(|(a, _)| a == addr),
+            "{addr} never tried"
+        );
+    }
+    let last = attempts.last().expect("an attempt").1;
+    assert!(
+        last.elapsed() <= Duration::from_secs(8),
+        "no attempt in the last 8 s"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(1), agent)
+        .await
+        .expect("the agent stops when told")
+        .expect("no panic")
+        .expect("a clean stop");
+}

@@ -16,6 +16,7 @@ pub mod rolemanager;
 pub mod rootrotation;
 mod server;
 pub mod signer;
+pub mod tasks;
 
 #[cfg(test)]
 mod dispatcher_tests;
@@ -41,4 +42,19 @@ pub enum ManagerError {
     /// A listener could not be set up.
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The running manager failed (see [`Manager::failed`]).
+    #[error(transparent)]
+    Failed(#[from] ManagerFailure),
+}
+
+/// Why a running manager cannot go on ([`Manager::failed`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ManagerFailure {
+    /// Its raft member stopped on its own: a storage error (disk full, read-only or corrupt raft
+    /// database) or a panic; raft's own message, naming the database.
+    #[error("{0}")]
+    Raft(String),
+    /// One of its servers or tasks ended.
+    #[error("manager {0}")]
+    Task(#[from] tasks::TaskEnded),
 }

@@ -5,8 +5,11 @@
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
 //! serves CA, NodeCA, Control, Health, Dispatcher and the raft transport behind the authorization table of
 //! [`crate::authz`]; on both listeners a follower forwards what only the leader serves to it
-//! ([`crate::proxy`]).
+//! ([`crate::proxy`]). A watchdog follows the servers, the leader lifecycle and raft: the first of
+//! them to die before [`Manager::stop`] is the manager's failure ([`Manager::failed`]); nothing
+//! here restarts them, as a manager with a dead raft or server must not serve on.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,9 +17,10 @@ use dispatcher::{Dispatcher, DispatcherService};
 use raft::{NetworkFactory, RaftConfig, RaftNode};
 use store::MemoryStore;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::authz::Authorizer;
 use crate::bootstrap::{BootstrapInfo, bootstrap};
@@ -28,7 +32,8 @@ use crate::raftjoin::{self, JoinService, StoreMembers};
 use crate::rolemanager::RoleManager;
 use crate::server::RemoteServices;
 use crate::signer::CaSigner;
-use crate::{ManagerError, server};
+use crate::tasks::TaskSet;
+use crate::{ManagerError, ManagerFailure, server};
 
 /// Everything a manager needs; paths and listeners are passed in so tests can use temp dirs
 /// and port 0.
@@ -59,7 +64,39 @@ pub struct Manager {
     raft: Arc<RaftNode>,
     control_socket: PathBuf,
     shutdown: CancellationToken,
-    servers: JoinSet<()>,
+    /// Watches the servers and raft until `shutdown`, then stops the servers ([`watch_tasks`]).
+    watchdog: JoinHandle<()>,
+    /// The first failure [`watch_tasks`] saw, once it saw one.
+    failure: watch::Receiver<Option<ManagerFailure>>,
+}
+
+/// How long the manager's servers get to stop before they are aborted.
+const SERVERS_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Until `shutdown`: the first of raft stopping on its own and a task of `tasks` ending is the
+/// manager's failure, sent to `failure` (a task that ended because raft stopped, as the leader
+/// lifecycle and the manager list end when raft's metrics close, is reported as raft's failure,
+/// which names the cause). Then stops the tasks within their grace.
+async fn watch_tasks(
+    mut tasks: TaskSet,
+    raft: Arc<RaftNode>,
+    shutdown: CancellationToken,
+    failure: watch::Sender<Option<ManagerFailure>>,
+) {
+    let failed = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        e = raft.failed() => Some(ManagerFailure::Raft(e.to_string())),
+        ended = tasks.next_ended() => Some(match raft.stopped_error() {
+            Some(e) => ManagerFailure::Raft(e.to_string()),
+            None => ManagerFailure::Task(ended),
+        }),
+    };
+    if let Some(f) = failed {
+        let _ = failure.send(Some(f));
+    }
+    shutdown.cancelled().await;
+    tasks.drain(SERVERS_STOP_GRACE).await;
 }
 
 /// How long a joining manager waits to be a voter with the log applied, once the leader answered.
@@ -178,7 +215,7 @@ impl Manager {
         let cluster_id = config.security.info().cluster_id;
         let auth = Authorizer::new(store.clone(), cluster_id.clone());
         let shutdown = CancellationToken::new();
-        let mut servers = JoinSet::new();
+        let mut servers = TaskSet::new();
 
         let dispatcher = Dispatcher::new(
             store.clone(),
@@ -186,34 +223,45 @@ impl Manager {
             dispatcher::Config::default(),
         );
         // Sessions tell agents every raft member, following membership changes.
-        servers.spawn(raftjoin::follow_managers(
-            raft.clone(),
-            store.clone(),
-            dispatcher.clone(),
-            config.bootstrap.node_id.clone(),
-            shutdown.clone(),
-        ));
+        servers.spawn_unit(
+            "manager list",
+            raftjoin::follow_managers(
+                raft.clone(),
+                store.clone(),
+                dispatcher.clone(),
+                config.bootstrap.node_id.clone(),
+                shutdown.clone(),
+            ),
+        );
 
         // Peers reach this member's raft transport on the remote port, so serve it before
         // waiting for a leader: a restarted member hears the current leader only there.
         info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
         let forwarder = crate::proxy::Forwarder::new(raft.clone(), config.security.clone());
-        servers.spawn(server::serve_remote(
-            config.remote_listener,
-            config.security.remote_tls(),
-            RemoteServices {
-                control: control.clone(),
-                ca: CaServer::new(store.clone(), auth.clone()),
-                health: HealthService::new("Raft"),
-                dispatcher: DispatcherService::remote(dispatcher.clone()),
-                raft: Some(raft.transport()),
-                join: Some(JoinService::new(raft.clone(), store.clone())),
-                auth,
-                proxy: Some(forwarder.remote_layer()),
-            },
-            shutdown.clone(),
-        ));
+        servers.spawn(
+            "remote API server",
+            server::serve_remote(
+                config.remote_listener,
+                config.security.remote_tls(),
+                RemoteServices {
+                    control: control.clone(),
+                    ca: CaServer::new(store.clone(), auth.clone()),
+                    health: HealthService::new("Raft"),
+                    dispatcher: DispatcherService::remote(dispatcher.clone()),
+                    raft: Some(raft.transport()),
+                    join: Some(JoinService::new(raft.clone(), store.clone())),
+                    auth,
+                    proxy: Some(forwarder.remote_layer()),
+                },
+                shutdown.clone(),
+            ),
+        );
 
+        let stop_servers = async |servers: &mut TaskSet| {
+            shutdown.cancel();
+            servers.drain(SERVERS_STOP_GRACE).await;
+            raft.shutdown().await;
+        };
         if config.join_addr.is_none() {
             let ready = async {
                 raft.become_ready(&raft_config).await?;
@@ -234,24 +282,25 @@ impl Manager {
                 Ok::<(), ManagerError>(())
             };
             if let Err(e) = ready.await {
-                shutdown.cancel();
-                while servers.join_next().await.is_some() {}
-                raft.shutdown().await;
+                stop_servers(&mut servers).await;
                 return Err(e);
             }
         }
 
         let unix = server::bind_control_socket(&config.control_socket)?;
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
-        servers.spawn(server::serve_control(
-            unix,
-            config.security.control_tls(),
-            control.clone(),
-            HealthService::new("ControlAPI"),
-            DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
-            Some(forwarder.local_layer()),
-            shutdown.clone(),
-        ));
+        servers.spawn(
+            "control API server",
+            server::serve_control(
+                unix,
+                config.security.control_tls(),
+                control.clone(),
+                HealthService::new("ControlAPI"),
+                DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
+                Some(forwarder.local_layer()),
+                shutdown.clone(),
+            ),
+        );
 
         let mut subsystems = leader_subsystems();
         let expiry = config.cert_expiry_override;
@@ -265,12 +314,15 @@ impl Manager {
         subsystems.push(Subsystem::new("dispatcher", move |_, shutdown| {
             term.clone().run(shutdown)
         }));
-        servers.spawn(leader::run(
-            raft.clone(),
-            store.clone(),
-            Arc::new(subsystems),
-            shutdown.clone(),
-        ));
+        servers.spawn(
+            "leader lifecycle",
+            leader::run(
+                raft.clone(),
+                store.clone(),
+                Arc::new(subsystems),
+                shutdown.clone(),
+            ),
+        );
 
         if let Some(addr) = &config.join_addr {
             // The remote API (and so this member's raft transport) is up: ask to be added.
@@ -292,9 +344,7 @@ impl Manager {
                     raft.raft_id()
                 ),
                 Err(e) => {
-                    shutdown.cancel();
-                    while servers.join_next().await.is_some() {}
-                    raft.shutdown().await;
+                    stop_servers(&mut servers).await;
                     let _ = std::fs::remove_file(&config.control_socket);
                     // Not in the cluster: leave no raft data, so that a later start joins
                     // again instead of resuming (and initializing) a cluster of its own.
@@ -304,13 +354,41 @@ impl Manager {
             }
         }
 
+        let (failure_tx, failure) = watch::channel(None);
+        let watchdog = tokio::spawn(watch_tasks(
+            servers,
+            raft.clone(),
+            shutdown.clone(),
+            failure_tx,
+        ));
         Ok(Manager {
             store,
             raft,
             control_socket: config.control_socket,
             shutdown,
-            servers,
+            watchdog,
+            failure,
         })
+    }
+
+    /// Waits until this manager cannot go on and says why: its raft member stopped on its own (a
+    /// storage error: disk full, read-only or corrupt state) or one of its servers or tasks
+    /// ended. Never returns once [`Manager::stop`] began. Whoever runs the manager should end
+    /// the process: a manager with a dead raft or server must not keep serving half-dead.
+    pub fn failed(&self) -> impl Future<Output = ManagerFailure> + Send + 'static {
+        let mut failure = self.failure.clone();
+        async move {
+            let seen = failure
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|f| f.clone());
+            match seen {
+                Some(f) => f,
+                // The watchdog ended without a failure: the manager was stopped.
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// The replicated store.
@@ -329,21 +407,12 @@ impl Manager {
     }
 
     /// Graceful stop: servers drain, raft shuts down, the control socket is removed.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         info!("Stopping manager");
         self.shutdown.cancel();
-        let drain = async {
-            while let Some(res) = self.servers.join_next().await {
-                if let Err(e) = res {
-                    error!("server task failed: {e}");
-                }
-            }
-        };
-        if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
-            .await
-            .is_err()
-        {
-            self.servers.abort_all();
+        // The watchdog drains the servers within their grace.
+        if let Err(e) = self.watchdog.await {
+            tracing::error!("the manager's watchdog failed: {e}");
         }
         self.raft.shutdown().await;
         let _ = std::fs::remove_file(&self.control_socket);

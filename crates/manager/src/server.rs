@@ -16,7 +16,6 @@ use dispatcher::DispatcherService;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tracing::error;
 
 use crate::authz::{AuthLayer, Authorizer};
 use crate::caserver::CaServer;
@@ -51,7 +50,8 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
 
 /// Serves Control, Health and the Dispatcher (as this manager's own node, for the agent of a
 /// manager) on the unix socket until `shutdown` fires; with `proxy`, calls that only the leader
-/// serves are forwarded to it from a follower (as this manager's own node).
+/// serves are forwarded to it from a follower (as this manager's own node). An error: the server
+/// failed.
 pub async fn serve_control(
     listener: UnixListener,
     tls: ca::ServerTls,
@@ -60,7 +60,7 @@ pub async fn serve_control(
     dispatcher: DispatcherService,
     proxy: Option<ProxyLayer>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), String> {
     let incoming = ca::serve_unix_tls(listener, tls);
     let res = Server::builder()
         .layer(tower::util::option_layer(proxy))
@@ -69,9 +69,7 @@ pub async fn serve_control(
         .add_service(DispatcherServer::new(dispatcher).max_decoding_message_size(MAX_RECV))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
-    if let Err(e) = res {
-        error!("control API server failed: {e}");
-    }
+    res.map_err(|e| e.to_string())
 }
 
 /// What the remote API serves.
@@ -97,13 +95,14 @@ pub struct RemoteServices {
 }
 
 /// Serves the remote API on TCP (mutual TLS; a client without a certificate gets in but only
-/// reaches what the authorization table lets anyone call) until `shutdown` fires.
+/// reaches what the authorization table lets anyone call) until `shutdown` fires (an error: the
+/// server failed).
 pub async fn serve_remote(
     listener: TcpListener,
     tls: ca::ServerTls,
     services: RemoteServices,
     shutdown: CancellationToken,
-) {
+) -> Result<(), String> {
     let incoming = ca::serve_tcp_tls(listener, tls);
     let res = Server::builder()
         .layer(AuthLayer(services.auth))
@@ -117,7 +116,5 @@ pub async fn serve_remote(
         .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
-    if let Err(e) = res {
-        error!("remote API server failed: {e}");
-    }
+    res.map_err(|e| e.to_string())
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use ca::SecurityConfig;
+use manager::tasks::TaskSet;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -93,11 +93,12 @@ pub(crate) struct AgentSetup {
 }
 
 /// Starts the agent in `tasks`, with the executor `config` chooses; it stops (shutting down and
-/// removing its tasks, as a graceful stop does) when `shutdown` fires.
+/// removing its tasks, as a graceful stop does) when `shutdown` fires. It never ends before:
+/// it reconnects to a manager until then, so its ending earlier is a failure of the node.
 pub(crate) async fn spawn(
     config: &NodeConfig,
     setup: AgentSetup,
-    tasks: &mut JoinSet<()>,
+    tasks: &mut TaskSet,
     shutdown: CancellationToken,
 ) -> Result<(), crate::NodeError> {
     let hostname = (!config.hostname.is_empty()).then(|| config.hostname.clone());
@@ -159,10 +160,10 @@ pub(crate) async fn spawn(
         db,
         observer,
     };
-    tasks.spawn(async move {
-        if let Err(e) = agent::run(agent_config, shutdown, true).await {
-            warn!("agent stopped: {e}");
-        }
+    tasks.spawn("agent", async move {
+        agent::run(agent_config, shutdown, true)
+            .await
+            .map_err(|e| e.to_string())
     });
     Ok(())
 }

@@ -35,4 +35,7 @@ pub enum NodeError {
     /// The manager failed.
     #[error(transparent)]
     Manager(#[from] manager::ManagerError),
+    /// One of the node's tasks (agent, certificate renewal, role changes) ended while it ran.
+    #[error("node {0}")]
+    Task(manager::tasks::TaskEnded),
 }

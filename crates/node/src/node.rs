@@ -11,8 +11,10 @@ use std::time::SystemTime;
 use std::sync::Arc;
 
 use ca::{CertInfo, KeyStore, NodeKey, NodeTlsMaterial, RootCa, SecurityConfig};
+use manager::ManagerFailure;
 use manager::bootstrap::DEFAULT_NODE_CERT_EXPIRY;
-use tokio::task::JoinSet;
+use manager::tasks::TaskSet;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -32,7 +34,10 @@ pub struct Node {
     pub(crate) roles: Arc<Roles>,
     security: Arc<SecurityConfig>,
     shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    /// The agent, certificate renewal and role changes: none may end before `shutdown`.
+    tasks: TaskSet,
+    /// Failures of the manager this node runs, as [`Roles`] forwards them.
+    manager_failed: mpsc::UnboundedReceiver<ManagerFailure>,
 }
 
 /// Certificates for this run, and whether they are new (and so still to be saved).
@@ -188,19 +193,22 @@ impl Node {
         let known = KnownManagers::new(managers.clone());
         let renewer = Renewer::new(security.clone(), known.clone());
         let renew = renewer.trigger();
+        let (manager_failure, manager_failed) = mpsc::unbounded_channel();
         let roles = Roles::new(
             config.clone(),
             state.clone(),
             security.clone(),
             known.clone(),
             renew.clone(),
+            manager_failure,
         );
         let mut node = Node {
             node_id: node_id.clone(),
             roles: roles.clone(),
             security: security.clone(),
             shutdown: shutdown.clone(),
-            tasks: JoinSet::new(),
+            tasks: TaskSet::new(),
+            manager_failed,
         };
         let mut agent_managers = managers.clone();
         if id.info.role == api::NodeRole::Worker {
@@ -237,8 +245,12 @@ impl Node {
             // Its own manager first; then the ones it joined through or remembers.
             agent_managers = known.all();
         }
-        node.tasks.spawn(renewer.run(shutdown.clone()));
-        node.tasks.spawn(roles.clone().supervise(shutdown.clone()));
+        node.tasks
+            .spawn_unit("certificate renewal", renewer.run(shutdown.clone()));
+        node.tasks.spawn_unit(
+            "role supervision",
+            roles.clone().supervise(shutdown.clone()),
+        );
         agent::spawn(
             &config,
             AgentSetup {
@@ -310,21 +322,23 @@ impl Node {
         &self.security
     }
 
+    /// Waits until this node cannot go on and says why: its manager failed (raft stopped on a
+    /// storage error such as a full disk or a read-only or corrupt state directory, or one of its
+    /// servers ended) or one of its own tasks (the agent, certificate renewal, role changes)
+    /// ended. The process should then exit non-zero, so that a supervisor restarts it rather
+    /// than it serving half-dead. Cancel-safe.
+    pub async fn failed(&mut self) -> NodeError {
+        tokio::select! {
+            Some(f) = self.manager_failed.recv() => NodeError::Manager(f.into()),
+            ended = self.tasks.next_ended() => NodeError::Task(ended),
+        }
+    }
+
     /// Graceful stop (SIGINT): renewal stops, the manager drains and removes its control socket.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         // The agent shuts its tasks down on the way out; bounded, as a stop must end.
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(crate::agent::LEAVE_LIMIT, drain)
-            .await
-            .is_err()
-        {
-            warn!(
-                "the agent did not stop its tasks within {:?}",
-                crate::agent::LEAVE_LIMIT
-            );
-            self.tasks.abort_all();
-        }
+        self.tasks.drain(crate::agent::LEAVE_LIMIT).await;
         self.roles.stop().await;
     }
 }

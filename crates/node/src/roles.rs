@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use ca::{RootCa, SecurityConfig};
 use manager::bootstrap::{BootstrapInfo, default_raft_config};
-use manager::{Manager, ManagerConfig};
+use manager::{Manager, ManagerConfig, ManagerFailure};
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -37,7 +37,7 @@ const MANAGER_STOP_LIMIT: Duration = Duration::from_secs(15);
 /// The manager this node runs, with what runs beside it.
 pub(crate) struct Running {
     pub(crate) manager: Manager,
-    /// Stops [`renewal::watch_own_node`] for this manager.
+    /// Stops [`renewal::watch_own_node`] for this manager and the forwarding of its failure.
     watch: CancellationToken,
     watch_task: JoinHandle<()>,
 }
@@ -50,6 +50,8 @@ pub(crate) struct Roles {
     pub(crate) known: Arc<KnownManagers>,
     renew: Arc<tokio::sync::Notify>,
     pub(crate) running: Mutex<Option<Running>>,
+    /// Where a running manager's failure goes (the node's [`crate::Node::failed`]).
+    failures: mpsc::UnboundedSender<ManagerFailure>,
 }
 
 /// The remote API listener and the address this node advertises for it.
@@ -83,6 +85,7 @@ impl Roles {
         security: Arc<SecurityConfig>,
         known: Arc<KnownManagers>,
         renew: Arc<tokio::sync::Notify>,
+        failures: mpsc::UnboundedSender<ManagerFailure>,
     ) -> Arc<Roles> {
         Arc::new(Roles {
             config,
@@ -91,6 +94,7 @@ impl Roles {
             known,
             renew,
             running: Mutex::new(None),
+            failures,
         })
     }
 
@@ -166,12 +170,24 @@ impl Roles {
         // The node reaches its own manager (renewals, its agent) on loopback.
         self.known.set_local(Some(format!("127.0.0.1:{port}")));
         let watch = CancellationToken::new();
-        let watch_task = tokio::spawn(renewal::watch_own_node(
+        let own_node = renewal::watch_own_node(
             manager.store().clone(),
             self.security.clone(),
             self.renew.clone(),
             watch.clone(),
-        ));
+        );
+        // Until this manager is stopped on purpose (demotion, node stop), its failure is the
+        // node's.
+        let (failed, failures, stopped) = (manager.failed(), self.failures.clone(), watch.clone());
+        let forward = async move {
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                f = failed => { let _ = failures.send(f); }
+            }
+        };
+        let watch_task = tokio::spawn(async move {
+            tokio::join!(own_node, forward);
+        });
         *running = Some(Running {
             manager,
             watch,
@@ -378,7 +394,7 @@ mod tests {
         let mut c2 = config(tmp.path(), "node-2");
         c2.join_addr = n1.roles.known.all()[0].clone();
         c2.join_token = token;
-        let n2 = Node::start(c2.clone()).await.expect("second manager");
+        let mut n2 = Node::start(c2.clone()).await.expect("second manager");
         assert!(n2.is_manager().await);
         assert!(c2.listen_control_api.exists());
         let raft_id2 = manager_of(&n2).await.1.raft_id();
@@ -425,7 +441,36 @@ mod tests {
             node.status.map(|s| s.state),
             Some(api::node_status::State::Ready as i32)
         );
+        // Its manager was stopped on purpose: that is no failure of the node.
+        let failed = tokio::time::timeout(Duration::from_millis(500), n2.failed()).await;
+        assert!(
+            failed.is_err(),
+            "the demotion was taken for a failure: {failed:?}"
+        );
         n2.stop().await;
+        n1.stop().await;
+    }
+
+    /// The raft core stopping under a running manager (openraft shut down behind the manager's
+    /// back, as a storage error stops it) is the node's failure, naming raft and its database,
+    /// rather than a manager that serves on with a dead raft.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raft_stopping_under_a_running_manager_is_the_nodes_failure() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut n1 = Node::start(config(tmp.path(), "node-1"))
+            .await
+            .expect("manager");
+        let (_, raft1) = manager_of(&n1).await;
+        let quiet = tokio::time::timeout(Duration::from_millis(300), n1.failed()).await;
+        assert!(quiet.is_err(), "a healthy node failed: {quiet:?}");
+        raft1.raft().shutdown().await.expect("stop the raft core");
+        let failed = tokio::time::timeout(Duration::from_secs(30), n1.failed())
+            .await
+            .expect("the node reports the failure");
+        let text = failed.to_string();
+        assert!(matches!(failed, NodeError::Manager(_)), "{text}");
+        assert!(text.starts_with("raft stopped"), "{text}");
+        assert!(text.contains("raft.redb"), "{text}");
         n1.stop().await;
     }
 }

@@ -80,6 +80,15 @@ pub enum RaftError {
     /// The member was shut down.
     #[error("raft: node is stopped")]
     Stopped,
+    /// The raft core stopped on its own while the member was running: a storage error (disk
+    /// full, read-only or corrupt raft database) or a panic. The member cannot go on.
+    #[error("raft stopped: {why} (raft database {})", path.display())]
+    Fatal {
+        /// The raft database file.
+        path: PathBuf,
+        /// openraft's fatal error.
+        why: String,
+    },
 }
 
 impl RaftError {

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,10 @@ pub struct RaftNode {
     db: Mutex<Option<Arc<Database>>>,
     /// Sees when the last handle (openraft's workers hold some) is gone.
     db_weak: Weak<Database>,
+    /// The database file, named when raft stops on a storage error.
+    db_path: PathBuf,
+    /// Set by `shutdown`: the core stopping afterwards is no failure.
+    stopping: AtomicBool,
     /// Peers' last answers (see `membership`).
     pub(crate) contacts: crate::membership::Contacts,
     /// Raft IDs removed from the cluster (see `membership`).
@@ -156,6 +162,8 @@ impl RaftNode {
             id,
             db_weak: Arc::downgrade(&db),
             db: Mutex::new(Some(db)),
+            db_path: path,
+            stopping: AtomicBool::new(false),
             contacts,
             removed,
             election_timeout: cfg.election_timeout(),
@@ -351,9 +359,53 @@ impl RaftNode {
         db::log_bounds(&db).map_err(RaftError::storage)
     }
 
+    /// Why the raft core stopped on its own, if it did: openraft stops it on a storage error
+    /// (disk full, read-only or corrupt raft database) and a panic ends its task. `None` while it
+    /// runs and once [`RaftNode::shutdown`] was called, as a stop that was asked for is no failure.
+    pub fn stopped_error(&self) -> Option<RaftError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        let rx = self.raft.metrics();
+        let why = match &rx.borrow().running_state {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => None,
+        };
+        // The core records why it stopped before it drops the metrics sender; a panic drops the
+        // sender without a word.
+        let why = why.or_else(|| {
+            rx.has_changed()
+                .is_err()
+                .then(|| "the raft core task ended without a result (panicked)".to_string())
+        });
+        why.map(|why| RaftError::Fatal {
+            path: self.db_path.clone(),
+            why,
+        })
+    }
+
+    /// Waits until the raft core stops on its own and says why (see
+    /// [`RaftNode::stopped_error`]); never returns once [`RaftNode::shutdown`] was called. A
+    /// manager whose raft stopped cannot serve: its process should end.
+    pub async fn failed(&self) -> RaftError {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(e) = self.stopped_error() {
+                return e;
+            }
+            if metrics.changed().await.is_err() {
+                return match self.stopped_error() {
+                    Some(e) => e,
+                    None => std::future::pending().await,
+                };
+            }
+        }
+    }
+
     /// Stops raft and releases the database file (bounded wait). Proposals made afterwards fail.
     /// Calling it again does nothing.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft core ended abnormally");
         }

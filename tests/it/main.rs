@@ -10,6 +10,7 @@ mod daemon;
 mod docker;
 mod ha_cluster;
 mod ha_faults;
+mod ha_hosts;
 mod ha_members;
 mod ha_proxy;
 mod ha_recovery;

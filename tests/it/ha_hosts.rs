@@ -54,7 +54,10 @@ fn session_manager(log: &str) -> Option<String> {
     log.lines()
         .rev()
         .filter(|l| l.contains("agent session registered"))
-        .find_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("manager=")))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("manager="))
+        })
         .map(str::to_string)
 }
 
@@ -144,7 +147,10 @@ fn nodes_on_separate_hosts_reach_every_manager_at_the_address_it_was_seen_at() {
     let killed = (0..3)
         .find(|&i| addr(i) == current)
         .unwrap_or_else(|| panic!("the worker's manager {current} is none of {managers:?}"));
-    eprintln!("the worker's session is with node-{}: killing it", killed + 1);
+    eprintln!(
+        "the worker's session is with node-{}: killing it",
+        killed + 1
+    );
     if killed == 0 {
         // `c.manager` answers the checks below: make it a manager that stays.
         std::mem::swap(&mut c.manager, &mut c.workers[0]);

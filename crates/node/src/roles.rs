@@ -374,6 +374,37 @@ mod tests {
         (m.store().clone(), m.raft().clone())
     }
 
+    #[tokio::test]
+    async fn a_manager_advertises_the_flag_else_its_listen_address_else_a_wildcard() {
+        let mut c = NodeConfig {
+            listen_remote_api: "127.0.0.1:0".into(),
+            ..NodeConfig::default()
+        };
+        let (l, own, advertised) = bind_remote(&c).await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert_eq!(own, format!("127.0.0.1:{port}"));
+        assert_eq!(advertised, own);
+
+        // A wildcard listener: raft's leader resolves the host; the node dials itself on loopback.
+        c.listen_remote_api = "0.0.0.0:0".into();
+        let (l, own, advertised) = bind_remote(&c).await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert_eq!(own, format!("127.0.0.1:{port}"));
+        assert_eq!(advertised, format!("0.0.0.0:{port}"));
+        c.listen_remote_api = "[::]:0".into();
+        if let Ok((l, own, advertised)) = bind_remote(&c).await {
+            let port = l.local_addr().expect("addr").port();
+            assert_eq!(own, format!("[::1]:{port}"));
+            assert_eq!(advertised, format!("0.0.0.0:{port}"));
+        }
+
+        c.listen_remote_api = "127.0.0.1:0".into();
+        c.advertise_remote_api = "192.0.2.1:4242".into();
+        let (_l, own, advertised) = bind_remote(&c).await.expect("bind");
+        assert!(own.starts_with("127.0.0.1:"), "{own}");
+        assert_eq!(advertised, "192.0.2.1:4242");
+    }
+
     /// The leader's side of a demotion is another change (the leader removes the member from
     /// raft, then the role manager changes the role); here the member is removed through the
     /// raft API directly, and the node side is what is checked: the manager stops, its control

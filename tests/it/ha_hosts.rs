@@ -26,17 +26,21 @@ fn start_in(ns: &str, args: &[&str], ready: &str) -> Swarmd {
     node
 }
 
-/// The raft address `node inspect` shows for `name` under "Manager status".
-fn raft_addr(on: &Swarmd, name: &str) -> Option<String> {
+/// The `Address` that `node inspect` shows for `name` in `section` ("Status:" for the node's
+/// IP, "Manager status:" for its raft address).
+fn inspect_addr(on: &Swarmd, name: &str, section: &str) -> Option<String> {
     let out = on.ctl(&["node", "inspect", name]);
     if out.code != 0 {
         return None;
     }
     out.stdout
         .lines()
-        .skip_while(|l| !l.starts_with("Manager status:"))
+        .skip_while(|l| !l.starts_with(section))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
         .find_map(|l| l.trim().strip_prefix("Address"))
         .map(|rest| rest.trim_start_matches([' ', ':']).trim().to_string())
+        .filter(|a| !a.is_empty())
 }
 
 /// The manager addresses the worker's sessions gave it (what `state.json` remembers).
@@ -130,9 +134,17 @@ fn nodes_on_separate_hosts_reach_every_manager_at_the_address_it_was_seen_at() {
     for i in 0..3 {
         let name = format!("node-{}", i + 1);
         let recorded = wait_for(&format!("{name}'s raft address"), WAIT, || {
-            raft_addr(&c.manager, &name)
+            inspect_addr(&c.manager, &name, "Manager status:")
         });
         assert_eq!(recorded, addr(i), "{name}'s raft address");
+    }
+    // And every node's IP is the one it has on its host.
+    for i in 0..4 {
+        let name = format!("node-{}", i + 1);
+        let ip = wait_for(&format!("{name}'s address"), WAIT, || {
+            inspect_addr(&c.manager, &name, "Status:")
+        });
+        assert_eq!(ip, net.addr(i), "{name}'s address");
     }
     // Each manager's own agent talks to it over the local connection.
     for m in std::iter::once(&c.manager).chain(&c.workers[..2]) {

@@ -146,6 +146,19 @@ impl Cluster {
     }
 }
 
+/// Waits until `on`'s `node ls` shows node `hostname` READY.
+pub fn wait_node_ready(on: &Swarmd, hostname: &str, limit: Duration) {
+    wait_for(&format!("{hostname} READY"), limit, || {
+        let out = on.ctl(&["node", "ls"]);
+        (out.code == 0
+            && out
+                .stdout
+                .lines()
+                .any(|l| l.contains(hostname) && l.contains(" READY ")))
+        .then_some(())
+    });
+}
+
 /// The task processes marked `marker` are still `before`: none was restarted or lost.
 #[track_caller]
 pub fn assert_same_processes(marker: &str, before: &BTreeSet<u32>) {

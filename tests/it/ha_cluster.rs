@@ -201,7 +201,7 @@ static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Namespaces `names[i]`, each with address `addr(i)` on its loopback and a veth pair to every
 /// other one (a full mesh: no bridge, so the host's FORWARD policy does not matter).
-struct Netns {
+pub struct Netns {
     names: Vec<String>,
     subnet: u32,
 }
@@ -222,7 +222,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    fn create(n: usize) -> Result<Netns, String> {
+    /// `n` namespaces; Err says why they cannot be made here.
+    pub fn create(n: usize) -> Result<Netns, String> {
         remove_stale_namespaces();
         let seq = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
         let tag = (std::process::id() * 7 + seq) % 250;
@@ -269,8 +270,14 @@ impl Netns {
         Ok(net)
     }
 
-    fn addr(&self, i: usize) -> String {
+    /// The address of namespace `i` (not loopback: other namespaces reach it over veth).
+    pub fn addr(&self, i: usize) -> String {
         format!("10.213.{}.{}", self.subnet, i + 1)
+    }
+
+    /// The name of namespace `i`, for `ip netns exec`.
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
     }
 
     /// The interface in namespace `a` leading to `b`.

@@ -78,7 +78,7 @@ fn wait_ls(m: &Swarmd, what: &str, f: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// The port of `host:port` (managers advertise `0.0.0.0:<port>` unless told an address).
+/// The port of `host:port` (the host a manager is known by depends on how it listens).
 fn port(addr: &str) -> String {
     addr.rsplit_once(':').map_or("", |(_, p)| p).to_string()
 }

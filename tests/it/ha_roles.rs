@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use crate::cluster::{
-    Cluster, assert_same_processes, create_sleepers, marker, pids_with, wait_processes,
+    Cluster, assert_same_processes, create_sleepers, marker, pids_with, wait_node_ready,
+    wait_processes,
 };
 use crate::harness::{Swarmd, node_cert, wait_for};
 
@@ -296,15 +297,7 @@ fn a_worker_moves_to_the_new_leader_when_the_leader_dies() {
     );
     // The worker is READY on the new leader and none of the processes that ran is gone.
     let survivor = &c.workers[0];
-    wait_for("the worker READY on the new leader", WAIT, || {
-        let out = survivor.ctl(&["node", "ls"]);
-        (out.code == 0
-            && out
-                .stdout
-                .lines()
-                .any(|l| l.contains("node-4") && l.contains(" READY ")))
-        .then_some(())
-    });
+    wait_node_ready(survivor, "node-4", WAIT);
     assert!(
         before.is_subset(&pids_with(&m)),
         "a task process was restarted or lost"

@@ -11,6 +11,7 @@ mod docker;
 mod faults;
 mod ha_cluster;
 mod ha_faults;
+mod ha_hosts;
 mod ha_members;
 mod ha_proxy;
 mod ha_recovery;

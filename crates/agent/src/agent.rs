@@ -6,7 +6,10 @@
 //! previous pause, at most 8 s, with a random part) before the next round
 //! ([`Remotes`]): the failed one loses weight, so the next pick is very likely another manager,
 //! and each session message replaces the set with the managers the dispatcher lists. Its tasks
-//! keep running meanwhile.
+//! keep running meanwhile. On a node that runs a manager the agent talks to that manager only,
+//! over a local connection ([`LocalManager`]; SwarmKit's connection broker), whatever address
+//! its remote API listens on: that manager forwards to the leader, and a failed session is
+//! retried with it after a pause.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +41,13 @@ const DESCRIBE_INTERVAL: Duration = Duration::from_secs(20);
 /// Opens a (lazy) channel to a manager's remote API with this node's credentials.
 pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 
+/// This node's own manager while the node runs one: a (lazy) channel to it over a local
+/// connection, or `None` (a worker, or a manager that stopped).
+pub type LocalManager = Arc<dyn Fn() -> Option<Channel> + Send + Sync>;
+
+/// What the logs call a session with [`LocalManager`].
+const LOCAL: &str = "local";
+
 /// Told about every SessionMessage (node object, managers, root CA).
 pub type SessionObserver = Arc<dyn Fn(&api::SessionMessage) + Send + Sync>;
 
@@ -48,6 +58,8 @@ pub struct AgentConfig {
     pub managers: Vec<String>,
     /// How to reach a manager.
     pub connect: Connector,
+    /// This node's own manager, preferred to every other while it exists.
+    pub local: LocalManager,
     /// Runs the tasks.
     pub executor: Arc<dyn Executor>,
     /// The worker's task database.
@@ -98,22 +110,36 @@ pub async fn run(
     // per manager that refuses (a follower's dispatcher, a manager that is gone).
     let mut tried: BTreeSet<String> = BTreeSet::new();
     let mut backoff = BACKOFF_MIN;
+    // Whether the last session was with the local manager and failed: the next one with it
+    // waits a pause first, as there is no other manager to try meanwhile.
+    let mut local_failed = false;
     // The set is never empty: it starts from a non-empty list, and a session's list replaces it
     // only when that list is not empty.
     loop {
-        let mut pick = managers.select_excluding(&tried);
-        if pick.is_none() {
-            tried.clear();
-            let pause = backoff.mul_f64(rand::random::<f64>());
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(pause) => {}
+        if local_failed && (config.local)().is_some() {
+            if !pause(backoff, &shutdown).await {
+                break;
             }
-            backoff = (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX);
-            pick = managers.select_excluding(&tried);
+            backoff = next_backoff(backoff);
         }
-        let Some(addr) = pick else {
-            return Err(AgentError::NoManager);
+        let (addr, local, channel) = match (config.local)() {
+            Some(channel) => (LOCAL.to_string(), true, Ok(channel)),
+            None => {
+                let mut pick = managers.select_excluding(&tried);
+                if pick.is_none() {
+                    tried.clear();
+                    if !pause(backoff, &shutdown).await {
+                        break;
+                    }
+                    backoff = next_backoff(backoff);
+                    pick = managers.select_excluding(&tried);
+                }
+                let Some(addr) = pick else {
+                    return Err(AgentError::NoManager);
+                };
+                let channel = (config.connect)(&addr);
+                (addr, false, channel)
+            }
         };
         let mut session = Session {
             config: &config,
@@ -123,19 +149,25 @@ pub async fn run(
             managers: &mut managers,
             registered: false,
         };
-        let end = session.run(&addr, &shutdown).await;
+        let end = match channel {
+            Ok(channel) => session.run(&addr, channel, &shutdown).await,
+            Err(e) => SessionEnd::Failed(e),
+        };
         let registered = session.registered;
         match end {
             SessionEnd::Shutdown => break,
             SessionEnd::Failed(why) => {
                 warn!(manager = %addr, "agent session failed: {why}");
-                managers.observe_if_exists(&addr, -DEFAULT_WEIGHT);
                 if registered {
                     // A session that worked ended: a new round, from the shortest pause.
                     tried.clear();
                     backoff = BACKOFF_MIN;
                 }
-                tried.insert(addr);
+                local_failed = local;
+                if !local {
+                    managers.observe_if_exists(&addr, -DEFAULT_WEIGHT);
+                    tried.insert(addr);
+                }
             }
         }
     }
@@ -144,6 +176,20 @@ pub async fn run(
         worker.leave().await;
     }
     Ok(())
+}
+
+/// Waits a random part of `backoff`; false when `shutdown` fired meanwhile.
+async fn pause(backoff: Duration, shutdown: &CancellationToken) -> bool {
+    let pause = backoff.mul_f64(rand::random::<f64>());
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(pause) => true,
+    }
+}
+
+/// The pause after `backoff`: 100 ms + twice it, at most [`BACKOFF_MAX`].
+fn next_backoff(backoff: Duration) -> Duration {
+    (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX)
 }
 
 struct Session<'a> {
@@ -156,20 +202,21 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn run(&mut self, addr: &str, shutdown: &CancellationToken) -> SessionEnd {
+    async fn run(
+        &mut self,
+        addr: &str,
+        channel: Channel,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => SessionEnd::Shutdown,
-            end = self.serve(addr) => end,
+            end = self.serve(addr, channel) => end,
         }
     }
 
-    async fn serve(&mut self, addr: &str) -> SessionEnd {
+    async fn serve(&mut self, addr: &str, channel: Channel) -> SessionEnd {
         let fail = SessionEnd::Failed;
-        let channel = match (self.config.connect)(addr) {
-            Ok(c) => c,
-            Err(e) => return fail(e),
-        };
         let mut client = DispatcherClient::new(channel);
         let description = match self.config.executor.describe().await {
             Ok(d) => Some(d),

@@ -16,7 +16,7 @@ mod tests;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use agent::{AgentConfig, AgentError, Connector, SessionObserver, run};
+pub use agent::{AgentConfig, AgentError, Connector, LocalManager, SessionObserver, run};
 pub use db::{StoredTask, TaskDb};
 pub use executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};
 pub use remotes::Remotes;

@@ -3,9 +3,10 @@
 //! Control, Dispatcher, NodeCA, CA.GetUnlockKey or RaftJoin is forwarded as raw gRPC over HTTP/2
 //! (unary and streaming alike) to the leader's remote address from the raft membership, over
 //! mutual TLS with this manager's own certificate, on one channel cached per leader address. The
-//! original caller travels in the forwarding headers of [`ca::set_forwarded`] (on the control
-//! socket the caller is this manager's own node); the leader's authorization layer believes them
-//! only from a manager of its cluster. A call that already carries a `redirect` header is not
+//! original caller travels in the forwarding headers of [`ca::set_forwarded`], which the leader's
+//! authorization layer believes only from a manager of its cluster; a control socket call, whose
+//! caller is this manager's own node, goes without them as this manager's own call (SwarmKit's
+//! forwardAsOwnRequest), so the leader sees it at the address this manager connects from. A call that already carries a `redirect` header is not
 //! forwarded again, so requests cannot loop between managers.
 //!
 //! A Control read on the control socket carrying [`LOCAL_READ_KEY`] is answered from this
@@ -183,8 +184,11 @@ impl Forwarder {
             )));
         }
         let path = req.uri().path().to_string();
+        // A control socket call is this manager's own: it goes on as a call of this manager
+        // (SwarmKit's forwardAsOwnRequest), whom the leader identifies by its certificate and
+        // sees at the address it connects from, which a session of this node's agent records.
         let (caller, from) = if local {
-            (Some(self.security.info()), None)
+            (None, None)
         } else {
             let from = ca::peer_addr_http(req.extensions()).map(|a| a.to_string());
             (ca::peer_cert_info_http(req.extensions()), from)
@@ -199,7 +203,11 @@ impl Forwarder {
         ] {
             parts.headers.remove(hop);
         }
-        ca::set_forwarded(&mut parts.headers, caller.as_ref(), from.as_deref());
+        if local {
+            ca::strip_forwarded(&mut parts.headers);
+        } else {
+            ca::set_forwarded(&mut parts.headers, caller.as_ref(), from.as_deref());
+        }
         let redirect = from.as_deref().unwrap_or("local");
         parts.headers.insert(
             ca::REDIRECT_KEY,

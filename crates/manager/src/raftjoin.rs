@@ -4,8 +4,11 @@
 //! manager can tell which node each raft member is ([`StoreMembers`]). The joining side is
 //! [`join`]. A Join sent to a follower reaches the leader through the leader forwarding of
 //! [`crate::proxy`], with the joiner's identity; one that still lands on a non-leader (leadership
-//! changed in between) is refused.
+//! changed in between) is refused. A joiner that does not know its own address sends a wildcard
+//! host (`0.0.0.0:<port>`), and the leader records it at the address it sees the call come from,
+//! with that port (SwarmKit's Join does the same), so managers on other hosts can reach it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,10 +55,12 @@ impl RaftJoin for JoinService {
         let node_id = ca::peer_cert_info(&req)
             .map(|c| c.node_id)
             .ok_or_else(|| Status::permission_denied("no client certificates in request"))?;
+        let seen = ca::peer_ip(&req);
         let JoinRaftRequest { raft_id, addr } = req.into_inner();
         if raft_id == 0 || addr.is_empty() {
             return Err(Status::invalid_argument("raft ID and address are required"));
         }
+        let addr = joiner_addr(&addr, seen)?;
         if !self.raft.is_leader() {
             return Err(Status::failed_precondition(
                 "this manager is not the raft leader; join through the leader",
@@ -94,6 +99,31 @@ impl RaftJoin for JoinService {
             leader_raft_id: self.raft.raft_id(),
         }))
     }
+}
+
+/// The address to record for a joiner that sent `addr` and whose call came from `seen` (the
+/// original caller's address for a call a follower forwarded): `addr`, unless its host is a
+/// wildcard IP, which is replaced with `seen`.
+fn joiner_addr(addr: &str, seen: Option<IpAddr>) -> Result<String, Status> {
+    let invalid =
+        || Status::invalid_argument(format!("invalid address {addr} in raft join request"));
+    let (host, port) = match addr.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").ok_or_else(invalid)?,
+        None => addr
+            .rsplit_once(':')
+            .filter(|(h, _)| !h.contains(':'))
+            .ok_or_else(invalid)?,
+    };
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if !host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Ok(addr.to_string());
+    }
+    let seen = seen.ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "the raft join request gives the address {addr} and the address it came from is unknown"
+        ))
+    })?;
+    Ok(SocketAddr::new(seen, port).to_string())
 }
 
 /// The joining side: asks the manager at `addr` (over mutual TLS with `security`) to add this
@@ -296,6 +326,45 @@ mod tests {
         .await
         .expect("bounded")
         .expect("start")
+    }
+
+    #[test]
+    fn a_joiner_sending_a_wildcard_host_is_recorded_where_it_was_seen() {
+        let seen: IpAddr = "192.0.2.7".parse().expect("ip");
+        let check = |addr: &str, seen: Option<IpAddr>| joiner_addr(addr, seen);
+        assert_eq!(
+            check("0.0.0.0:4242", Some(seen)).expect("ok"),
+            "192.0.2.7:4242"
+        );
+        assert_eq!(
+            check("[::]:4242", Some(seen)).expect("ok"),
+            "192.0.2.7:4242"
+        );
+        let seen6: IpAddr = "2001:db8::7".parse().expect("ip");
+        assert_eq!(
+            check("0.0.0.0:4242", Some(seen6)).expect("ok"),
+            "[2001:db8::7]:4242"
+        );
+        // A joiner that knows its address keeps it, wherever the call came from.
+        for kept in ["10.0.0.2:4242", "[2001:db8::2]:4242", "manager-2:4242"] {
+            assert_eq!(check(kept, Some(seen)).expect("ok"), kept);
+        }
+        for bad in [
+            "0.0.0.0",
+            "::1:4242",
+            "0.0.0.0:port",
+            "[::]4242",
+            "10.0.0.2:99999",
+        ] {
+            let err = check(bad, Some(seen)).expect_err(bad);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert_eq!(
+                err.message(),
+                format!("invalid address {bad} in raft join request")
+            );
+        }
+        let err = check("0.0.0.0:4242", None).expect_err("nowhere seen");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
-//! The node's agent: every node (managers too) runs one, talking to a manager's dispatcher over
-//! mutual TLS with this node's current certificate. What the session says about this node is
+//! The node's agent: every node (managers too) runs one. A worker's talks to a manager's
+//! dispatcher over mutual TLS with this node's current certificate; a manager's talks to its own
+//! manager over the control socket (as SwarmKit's does over its local connection), so it does
+//! not depend on the address the remote API listens on. What the session says about this node is
 //! acted on here: a role change or a ROTATE request triggers a certificate renewal, a new root CA
 //! is installed, and the managers it lists are remembered in `state.json` for the next start and
 //! in [`KnownManagers`] for renewals and for joining raft after a promotion.
@@ -58,7 +60,8 @@ impl KnownManagers {
             .collect()
     }
 
-    fn local(&self) -> Option<String> {
+    /// How this node reaches its own manager's remote API, while it runs one.
+    pub fn local(&self) -> Option<String> {
         self.local
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -118,6 +121,14 @@ pub(crate) async fn spawn(
             .map_err(|e| e.to_string())?;
         ca::tls_channel(addr, cfg, ca::MANAGER_ROLE).map_err(|e| e.to_string())
     });
+    let local_known = setup.known.clone();
+    let socket = config.listen_control_api.clone();
+    let local: agent::LocalManager = Arc::new(move || {
+        local_known.local()?;
+        ca::control_channel(&socket)
+            .map_err(|e| warn!("cannot open the control socket for the agent: {e}"))
+            .ok()
+    });
     let security = setup.security.clone();
     let state = setup.state.clone();
     let renew = setup.renew.clone();
@@ -156,6 +167,7 @@ pub(crate) async fn spawn(
     let agent_config = agent::AgentConfig {
         managers: setup.managers,
         connect,
+        local,
         executor,
         db,
         observer,

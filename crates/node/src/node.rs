@@ -237,10 +237,21 @@ impl Node {
                 security.save()?;
             }
             if nothing_remembered {
-                state.save_managers(&[ManagerPeer {
-                    node_id: node_id.clone(),
-                    addr: advertise_addr,
-                }])?;
+                // A manager that joined remembers the one it joined through, as a worker does
+                // (its own address may be a wildcard one only the leader resolved); sessions
+                // replace it with every manager.
+                let first = if config.join_addr.is_empty() {
+                    ManagerPeer {
+                        node_id: node_id.clone(),
+                        addr: advertise_addr,
+                    }
+                } else {
+                    ManagerPeer {
+                        node_id: String::new(),
+                        addr: config.join_addr.clone(),
+                    }
+                };
+                state.save_managers(&[first])?;
             }
             // Its own manager first; then the ones it joined through or remembers.
             agent_managers = known.all();

@@ -11,6 +11,7 @@
 //! then this member is out of raft, even though it may never hear so itself (a removed member
 //! receives nothing more from the leader).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +55,13 @@ pub(crate) struct Roles {
     failures: mpsc::UnboundedSender<ManagerFailure>,
 }
 
-/// The remote API listener and the address this node advertises for it.
-async fn bind_remote(config: &NodeConfig) -> Result<(TcpListener, u16, String), NodeError> {
+/// The remote API listener, the address this node dials to reach it, and the address it
+/// advertises for it: `--advertise-remote-api`, else the address it listens on, or
+/// `0.0.0.0:<port>` when that is a wildcard one (as SwarmKit's: the raft leader records a
+/// joining manager that sends it at the address it sees the join come from). SwarmKit advertises
+/// `0.0.0.0:<port>` for a specific listening address too (unless the port is 0), which leaves a
+/// first manager without a usable address; the address it listens on is the one it is reachable at.
+async fn bind_remote(config: &NodeConfig) -> Result<(TcpListener, String, String), NodeError> {
     let err = |source| NodeError::State {
         path: config.listen_remote_api.clone().into(),
         source,
@@ -63,13 +69,26 @@ async fn bind_remote(config: &NodeConfig) -> Result<(TcpListener, u16, String), 
     let listener = TcpListener::bind(&config.listen_remote_api)
         .await
         .map_err(err)?;
-    let port = listener.local_addr().map_err(err)?.port();
-    let advertise = if config.advertise_remote_api.is_empty() {
-        format!("0.0.0.0:{port}")
-    } else {
+    let listening = listener.local_addr().map_err(err)?;
+    let advertise = if !config.advertise_remote_api.is_empty() {
         config.advertise_remote_api.clone()
+    } else if listening.ip().is_unspecified() {
+        format!("0.0.0.0:{}", listening.port())
+    } else {
+        listening.to_string()
     };
-    Ok((listener, port, advertise))
+    Ok((listener, own_dial_addr(listening), advertise))
+}
+
+/// How this node dials its own remote API listening at `listening`: that address, or loopback
+/// for a wildcard one.
+fn own_dial_addr(listening: SocketAddr) -> String {
+    let ip = match listening.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listening.port()).to_string()
 }
 
 fn os_hostname() -> String {
@@ -116,7 +135,7 @@ impl Roles {
             return Err(NodeError::Config("this node already runs a manager".into()));
         }
         let config = &self.config;
-        let (listener, port, advertise_addr) = bind_remote(config).await?;
+        let (listener, own_addr, advertise_addr) = bind_remote(config).await?;
         let info = self.security.info();
         let hostname = if config.hostname.is_empty() {
             os_hostname()
@@ -167,8 +186,8 @@ impl Roles {
             join_addr,
         })
         .await?;
-        // The node reaches its own manager (renewals, its agent) on loopback.
-        self.known.set_local(Some(format!("127.0.0.1:{port}")));
+        // The node's renewals reach its own manager there; its agent uses the control socket.
+        self.known.set_local(Some(own_addr));
         let watch = CancellationToken::new();
         let own_node = renewal::watch_own_node(
             manager.store().clone(),
@@ -369,6 +388,37 @@ mod tests {
         let running = node.roles.running.lock().await;
         let m = &running.as_ref().expect("a manager runs").manager;
         (m.store().clone(), m.raft().clone())
+    }
+
+    #[tokio::test]
+    async fn a_manager_advertises_the_flag_else_its_listen_address_else_a_wildcard() {
+        let mut c = NodeConfig {
+            listen_remote_api: "127.0.0.1:0".into(),
+            ..NodeConfig::default()
+        };
+        let (l, own, advertised) = bind_remote(&c).await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert_eq!(own, format!("127.0.0.1:{port}"));
+        assert_eq!(advertised, own);
+
+        // A wildcard listener: raft's leader resolves the host; the node dials itself on loopback.
+        c.listen_remote_api = "0.0.0.0:0".into();
+        let (l, own, advertised) = bind_remote(&c).await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert_eq!(own, format!("127.0.0.1:{port}"));
+        assert_eq!(advertised, format!("0.0.0.0:{port}"));
+        c.listen_remote_api = "[::]:0".into();
+        if let Ok((l, own, advertised)) = bind_remote(&c).await {
+            let port = l.local_addr().expect("addr").port();
+            assert_eq!(own, format!("[::1]:{port}"));
+            assert_eq!(advertised, format!("0.0.0.0:{port}"));
+        }
+
+        c.listen_remote_api = "127.0.0.1:0".into();
+        c.advertise_remote_api = "192.0.2.1:4242".into();
+        let (_l, own, advertised) = bind_remote(&c).await.expect("bind");
+        assert!(own.starts_with("127.0.0.1:"), "{own}");
+        assert_eq!(advertised, "192.0.2.1:4242");
     }
 
     /// The leader's side of a demotion is another change (the leader removes the member from

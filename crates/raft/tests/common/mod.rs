@@ -2,6 +2,7 @@
 //! plaintext transport dialer (the manager serves the transport behind mutual TLS), bounded
 //! waits and a store write.
 
+// Each test binary compiles this module and uses only some of it.
 #![allow(dead_code)]
 
 use std::sync::Arc;

@@ -46,19 +46,9 @@ fn service(id: &str, ports: Vec<api::PortConfig>) -> api::Service {
 }
 
 fn task(id: &str, service_id: &str) -> api::Task {
-    api::Task {
-        id: id.into(),
-        service_id: service_id.into(),
-        slot: 1,
-        desired_state: api::TaskState::Running as i32,
-        status: Some(api::TaskStatus {
-            state: api::TaskState::New as i32,
-            message: "created".into(),
-            ..Default::default()
-        }),
-        spec: Some(api::TaskSpec::default()),
-        ..Default::default()
-    }
+    let mut t = testkit::fixtures::task(id, service_id, api::TaskState::New);
+    t.status.as_mut().expect("status").message = "created".into();
+    t
 }
 
 async fn create_service(store: &MemoryStore, s: api::Service) {

@@ -10,6 +10,7 @@ use api::node_status::State as NodeState;
 use store::MemoryStore;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use testkit::fixtures::node_in_state as node;
 use tonic::{Code, Status};
 
 use crate::{Config, Dispatcher, DispatcherError, DispatcherStream, weighted_peer};
@@ -30,28 +31,10 @@ impl Drop for Fixture {
     }
 }
 
-fn node(id: &str, state: NodeState) -> api::Node {
-    api::Node {
-        id: id.into(),
-        status: Some(api::NodeStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn task(id: &str, node_id: &str, state: TaskState) -> api::Task {
     api::Task {
-        id: id.into(),
         node_id: node_id.into(),
-        service_id: "svc".into(),
-        status: Some(api::TaskStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        desired_state: TaskState::Running as i32,
-        ..Default::default()
+        ..testkit::fixtures::task(id, "svc", state)
     }
 }
 

@@ -58,3 +58,28 @@ pub fn service_spec(name: &str, replicas: u64, image: &str) -> api::ServiceSpec 
         ..Default::default()
     }
 }
+
+/// Task `id` of service `service_id` in slot 1, desired RUNNING, observed `state`, of container
+/// image `busybox`, on no node.
+pub fn task(id: &str, service_id: &str, state: api::TaskState) -> api::Task {
+    api::Task {
+        id: id.into(),
+        service_id: service_id.into(),
+        slot: 1,
+        desired_state: api::TaskState::Running as i32,
+        status: Some(api::TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        spec: Some(api::TaskSpec {
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                api::ContainerSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                },
+            ))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -93,28 +93,10 @@ pub(super) fn service(id: &str) -> api::Service {
 }
 
 pub(super) fn task(id: &str, service_id: &str) -> api::Task {
-    api::Task {
-        id: id.into(),
-        service_id: service_id.into(),
-        spec_version: Some(api::Version { index: 1 }),
-        slot: 1,
-        desired_state: api::TaskState::Running as i32,
-        status: Some(api::TaskStatus {
-            state: api::TaskState::Pending as i32,
-            message: "pending task scheduling".into(),
-            ..Default::default()
-        }),
-        spec: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                api::ContainerSpec {
-                    image: "busybox".into(),
-                    ..Default::default()
-                },
-            ))),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut t = testkit::fixtures::task(id, service_id, api::TaskState::Pending);
+    t.spec_version = Some(api::Version { index: 1 });
+    t.status.as_mut().expect("status").message = "pending task scheduling".into();
+    t
 }
 
 pub(super) fn tasks(prefix: &str, service_id: &str, n: usize) -> Vec<api::Task> {

@@ -285,6 +285,15 @@ impl Workload {
             .min_by_key(|(end, _)| *end)
     }
 
+    /// Waits (bounded) until a write is acknowledged after now, by any manager: the workload
+    /// makes progress.
+    fn wait_progress(&self, what: &str) {
+        let t = Instant::now();
+        crate::harness::wait_for(what, Duration::from_secs(30), || {
+            self.first_write_ack_after(t, usize::MAX)
+        });
+    }
+
     fn finish(self, rt: &tokio::runtime::Runtime) -> (Vec<Op>, Instant) {
         self.stop.store(true, Ordering::Relaxed);
         rt.block_on(async {
@@ -468,13 +477,14 @@ fn kill_leader_rounds(
             by + 1
         );
         failovers.push(failover);
+        // The fault itself: the cluster runs on the others for a while before the restart.
         std::thread::sleep(Duration::from_millis(500));
         if let Err(e) = c.restart(leader) {
             println!("BUG: {e}");
             return (failovers, Some(e));
         }
         c.wait_reachable(c.managers.len(), bound);
-        std::thread::sleep(Duration::from_secs(1));
+        w.wait_progress("a write acknowledged with every manager back");
     }
     (failovers, None)
 }
@@ -491,9 +501,9 @@ fn ha_leader_sigkill_five_times_keeps_acknowledged_writes_and_linearizable_regis
         &regs,
         &rotating(3, Duration::from_secs(5)),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    w.wait_progress("the workload's first acknowledged write");
     let (failovers, restart_bug) = kill_leader_rounds(&mut c, &w, 5);
-    std::thread::sleep(Duration::from_secs(1));
+    w.wait_progress("a write acknowledged after the last restart");
     let (history, t0) = w.finish(&rt);
     // Checked on the managers that run (all of them unless a restart failed).
     verify(&rt, &mut c, &history, t0);
@@ -530,10 +540,11 @@ fn ha_leader_paused_for_three_election_timeouts_acknowledges_nothing_it_should_n
         timeout: Duration::from_secs(10),
     });
     let w = Workload::start(&rt, c.sockets(), &regs, &clients);
-    std::thread::sleep(Duration::from_secs(2));
+    w.wait_progress("the workload's first acknowledged write");
     c.managers[leader].pause();
     c.unreachable.push(leader);
     let t_pause = Instant::now();
+    // The fault itself: paused for three election timeouts.
     std::thread::sleep(c.election_timeout() * 3);
     let new_leader = c.leader(Duration::from_secs(30));
     assert_ne!(new_leader, leader);
@@ -546,7 +557,16 @@ fn ha_leader_paused_for_three_election_timeouts_acknowledges_nothing_it_should_n
     c.managers[leader].resume();
     c.unreachable.retain(|&u| u != leader);
     let t_resume = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    crate::harness::wait_for(
+        "the old leader answering again after SIGCONT",
+        Duration::from_secs(30),
+        || {
+            w.snapshot()
+                .iter()
+                .any(|op| op.target == leader && op.start > t_resume)
+                .then_some(())
+        },
+    );
     c.wait_reachable(3, Duration::from_secs(60));
     let (history, t0) = w.finish(&rt);
     let by_old: Vec<&Op> = history
@@ -586,13 +606,14 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
         });
     }
     let w = Workload::start(&rt, c.sockets(), &regs, &clients);
-    std::thread::sleep(Duration::from_secs(2));
+    w.wait_progress("the workload's first acknowledged write");
 
     // A follower cut off: the majority goes on.
     let leader = c.leader(Duration::from_secs(30));
     let follower = (leader + 1) % 3;
     c.isolate(follower);
     let t1 = Instant::now();
+    // The fault itself: the follower stays cut off for three election timeouts.
     std::thread::sleep(et * 3);
     crate::harness::wait_for(
         "the majority acknowledges with a follower cut off",
@@ -620,6 +641,8 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
         new_leader + 1,
         acked - t2
     );
+    // The fault itself: the old leader stays in the minority for three election timeouts, in
+    // which it must acknowledge nothing.
     std::thread::sleep(et * 3);
     let t3 = Instant::now();
     let during = w.snapshot();
@@ -643,7 +666,7 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
         "the isolated old leader acknowledged: {acked_by_minority:#?}"
     );
     c.wait_reachable(3, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(2));
+    w.wait_progress("a write acknowledged after the heal");
     let (history, t0) = w.finish(&rt);
     verify(&rt, &mut c, &history, t0);
 }

@@ -157,20 +157,19 @@ impl Fixture {
             .map_or(-1, |s| s.state)
     }
 
-    /// Waits (bounded) until `node_id` is in `state`; fails with the last state seen.
+    /// Waits (bounded, re-checking at every store commit) until `node_id` is in `state`; fails
+    /// with the last state seen.
     async fn wait_node(&self, node_id: &str, state: NodeState, within: Duration) {
-        let until = tokio::time::Instant::now() + within;
-        loop {
-            let seen = self.node_state(node_id);
-            if seen.0 == state as i32 {
-                return;
+        let what = format!("node {node_id} {state:?}");
+        testkit::wait_for(within, &self.store, &what, |tx| {
+            let seen = tx.get_node(node_id).and_then(|n| n.status).unwrap_or_default();
+            if seen.state == state as i32 {
+                Ok(())
+            } else {
+                Err(format!("last seen {:?}", (seen.state, seen.message)))
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "node {node_id} not {state:?} within {within:?}; last seen {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     async fn open(&self, node_id: &str) -> (String, DispatcherStream<api::SessionMessage>) {

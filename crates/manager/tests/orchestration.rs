@@ -197,28 +197,17 @@ impl TestCluster {
             .expect("update node");
     }
 
-    /// Waits (virtual time) until `settled` holds for the store's contents, or panics with `what`
-    /// and the last reason it gave.
+    /// Waits (virtual time, re-checking after every store commit) until `settled` holds for the
+    /// store's contents, or panics with `what` and the last reason it gave.
     async fn wait_until(
         &self,
         what: &str,
         mut settled: impl FnMut(&Snapshot) -> Result<(), String>,
     ) {
-        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
-        loop {
-            let snap = Snapshot::take(&self.store);
-            let reason = match settled(&snap) {
-                Ok(()) => return,
-                Err(reason) => reason,
-            };
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "{what}: not settled after {SETTLE_LIMIT:?}: {reason}\n{}",
-                    snap.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        testkit::wait_for(SETTLE_LIMIT, &self.store, what, |tx| {
+            settled(&Snapshot::of(tx))
+        })
+        .await;
     }
 }
 
@@ -248,11 +237,15 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(store: &MemoryStore) -> Snapshot {
-        store.view(|tx| Snapshot {
+        store.view(Snapshot::of)
+    }
+
+    fn of(tx: &store::ReadTx<'_>) -> Snapshot {
+        Snapshot {
             services: tx.find_services(By::All),
             tasks: tx.find_tasks(By::All),
             nodes: tx.find_nodes(By::All),
-        })
+        }
     }
 
     fn availability(&self, node_id: &str) -> Option<Availability> {

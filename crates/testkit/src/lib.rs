@@ -13,4 +13,4 @@ pub mod fixtures;
 pub mod wait;
 
 pub use agent::FakeAgent;
-pub use wait::{poll_until, wait_for};
+pub use wait::{Outcome, poll_until, wait_for};

@@ -7,25 +7,46 @@ use std::time::Duration;
 
 use store::{By, MemoryStore, ReadTx, WatchFilter};
 
-/// Waits until `check` returns `Some` on a view of `store`, re-checking after every store commit;
-/// panics after `limit`, naming `what` and listing the store's nodes, services and tasks.
-pub async fn wait_for<T>(
+/// What a condition of [`wait_for`] returns: `Option<T>` (`None`: not yet), or `Result<T, String>`
+/// whose error says why not yet, which a timed-out wait prints.
+pub trait Outcome<T> {
+    /// The found value, or why there is none yet.
+    fn into_result(self) -> Result<T, String>;
+}
+
+impl<T> Outcome<T> for Option<T> {
+    fn into_result(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T> Outcome<T> for Result<T, String> {
+    fn into_result(self) -> Result<T, String> {
+        self
+    }
+}
+
+/// Waits until `check` returns a value on a view of `store`, re-checking after every store
+/// commit; panics after `limit`, naming `what`, the last reason `check` gave and the store's nodes,
+/// services and tasks.
+pub async fn wait_for<T, O: Outcome<T>>(
     limit: Duration,
     store: &MemoryStore,
     what: &str,
-    mut check: impl FnMut(&ReadTx<'_>) -> Option<T>,
+    mut check: impl FnMut(&ReadTx<'_>) -> O,
 ) -> T {
     let mut watcher = store.watch(WatchFilter::all());
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Some(found) = store.view(&mut check) {
-            return found;
-        }
+        let reason = match store.view(|tx| check(tx).into_result()) {
+            Ok(found) => return found,
+            Err(reason) => reason,
+        };
         match tokio::time::timeout_at(deadline, watcher.recv()).await {
             Ok(Some(_)) => {}
             Ok(None) => panic!("store closed while waiting for {what}"),
             Err(_) => panic!(
-                "timed out after {limit:?} waiting for {what}; {}",
+                "timed out after {limit:?} waiting for {what}: {reason}\n{}",
                 store.view(describe)
             ),
         }
@@ -33,7 +54,12 @@ pub async fn wait_for<T>(
 }
 
 /// Polls `cond` every `every` until it holds; panics after `limit`, naming `what`.
-pub async fn poll_until(limit: Duration, every: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub async fn poll_until(
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
         assert!(
@@ -44,8 +70,8 @@ pub async fn poll_until(limit: Duration, every: Duration, what: &str, mut cond: 
     }
 }
 
-/// The nodes (state), services (published ports) and tasks (slot, node, desired and observed
-/// state, error) of a store view, one per line: what a timed-out wait prints.
+/// The nodes (state), services (spec version, update state, published ports) and tasks (service,
+/// slot, node, desired and observed state, error, spec version) of a store view, one per line: what a timed-out wait prints.
 pub fn describe(tx: &ReadTx<'_>) -> String {
     let mut out = String::from("nodes:");
     for n in tx.find_nodes(By::All) {
@@ -58,7 +84,13 @@ pub fn describe(tx: &ReadTx<'_>) -> String {
             .endpoint
             .as_ref()
             .map(|e| e.ports.iter().map(|p| p.published_port).collect());
-        let _ = write!(out, "\n  {} published={published:?}", s.id);
+        let _ = write!(
+            out,
+            "\n  {} spec_version={:?} update={:?} published={published:?}",
+            s.id,
+            s.spec_version.as_ref().map(|v| v.index),
+            s.update_status.as_ref().map(|u| u.state)
+        );
     }
     out.push_str("\ntasks:");
     for t in tx.find_tasks(By::All) {
@@ -68,8 +100,13 @@ pub fn describe(tx: &ReadTx<'_>) -> String {
             .map_or((0, ""), |s| (s.state, s.err.as_str()));
         let _ = write!(
             out,
-            "\n  {} slot={} node={:?} desired={} observed={state} err={err:?}",
-            t.id, t.slot, t.node_id, t.desired_state
+            "\n  {} service={} slot={} node={:?} desired={} observed={state} err={err:?} spec_version={:?}",
+            t.id,
+            t.service_id,
+            t.slot,
+            t.node_id,
+            t.desired_state,
+            t.spec_version.as_ref().map(|v| v.index)
         );
     }
     out

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::control_client::ControlClient;
+use testkit::fixtures::service_spec;
 use tonic::transport::Channel;
 
 use crate::ha_cluster::Cluster;
@@ -40,28 +41,6 @@ fn config_spec(name: &str, counter: Option<&str>) -> api::ConfigSpec {
             ..Default::default()
         }),
         data: b"v".to_vec(),
-        ..Default::default()
-    }
-}
-
-fn service_spec(name: &str) -> api::ServiceSpec {
-    api::ServiceSpec {
-        annotations: Some(api::Annotations {
-            name: name.to_string(),
-            ..Default::default()
-        }),
-        task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                api::ContainerSpec {
-                    image: "busybox:latest".into(),
-                    ..Default::default()
-                },
-            ))),
-            ..Default::default()
-        }),
-        mode: Some(api::service_spec::Mode::Replicated(
-            api::ReplicatedService { replicas: 0 },
-        )),
         ..Default::default()
     }
 }
@@ -128,7 +107,7 @@ async fn run_client(
                 tokio::time::timeout(
                     cfg.timeout,
                     c.create_service(api::CreateServiceRequest {
-                        spec: Some(service_spec(&name)),
+                        spec: Some(service_spec(&name, 0, "busybox:latest")),
                     }),
                 )
                 .await

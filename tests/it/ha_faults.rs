@@ -434,6 +434,7 @@ fn rotating(n: usize, timeout: Duration) -> Vec<ClientCfg> {
 /// time from each SIGKILL to the next acknowledged write, and the restart error that ended the
 /// rounds early if one did (see `Cluster::restart`).
 fn kill_leader_rounds(
+    rt: &tokio::runtime::Runtime,
     c: &mut Cluster,
     w: &Workload,
     kills: usize,
@@ -463,7 +464,25 @@ fn kill_leader_rounds(
             return (failovers, Some(e));
         }
         c.wait_reachable(c.managers.len(), bound);
-        w.wait_progress("a write acknowledged with every manager back");
+        // The restarted member has caught up: its own store holds a create acknowledged after it
+        // came back (a leader killed before that fails over more slowly).
+        let t = Instant::now();
+        let created = crate::harness::wait_for(
+            "a create acknowledged with every manager back",
+            bound,
+            || {
+                w.snapshot().into_iter().find_map(|op| match op.kind {
+                    OpKind::Create(name) if op.outcome == Outcome::Ack && op.end > t => Some(name),
+                    _ => None,
+                })
+            },
+        );
+        let socket = c.managers[leader].socket();
+        crate::harness::wait_for("the restarted member's store to catch up", bound, || {
+            rt.block_on(store_view(socket.clone()))
+                .filter(|(set, _)| set.contains(&created))
+                .map(|_| ())
+        });
     }
     (failovers, None)
 }
@@ -481,7 +500,7 @@ fn ha_leader_sigkill_five_times_keeps_acknowledged_writes_and_linearizable_regis
         &rotating(3, Duration::from_secs(5)),
     );
     w.wait_progress("the workload's first acknowledged write");
-    let (failovers, restart_bug) = kill_leader_rounds(&mut c, &w, 5);
+    let (failovers, restart_bug) = kill_leader_rounds(&rt, &mut c, &w, 5);
     w.wait_progress("a write acknowledged after the last restart");
     let (history, t0) = w.finish(&rt);
     // Checked on the managers that run (all of them unless a restart failed).

@@ -8,9 +8,9 @@ use api::assignment_change::AssignmentAction;
 use api::assignments_message::Type as AssignmentsType;
 use api::node_status::State as NodeState;
 use store::MemoryStore;
+use testkit::fixtures::node_in_state as node;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use testkit::fixtures::node_in_state as node;
 use tonic::{Code, Status};
 
 use crate::{Config, Dispatcher, DispatcherError, DispatcherStream, weighted_peer};
@@ -162,7 +162,10 @@ impl Fixture {
     async fn wait_node(&self, node_id: &str, state: NodeState, within: Duration) {
         let what = format!("node {node_id} {state:?}");
         testkit::wait_for(within, &self.store, &what, |tx| {
-            let seen = tx.get_node(node_id).and_then(|n| n.status).unwrap_or_default();
+            let seen = tx
+                .get_node(node_id)
+                .and_then(|n| n.status)
+                .unwrap_or_default();
             if seen.state == state as i32 {
                 Ok(())
             } else {

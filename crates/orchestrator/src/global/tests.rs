@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::GlobalOrchestrator;
 use crate::replicated::tests::{
-    REMOVE, RUNNING, SHUTDOWN, create_nodes, create_service, image, set_availability,
-    set_node_down, set_state, settle, tasks_of, update_node, update_service, wait_for, WAIT,
+    REMOVE, RUNNING, SHUTDOWN, WAIT, create_nodes, create_service, image, set_availability,
+    set_node_down, set_state, settle, tasks_of, update_node, update_service, wait_for,
     with_restart,
 };
 

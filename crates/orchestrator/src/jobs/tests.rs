@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use testkit::fixtures::node_in_state as node;
 
 use super::JobsOrchestrator;
-use crate::replicated::tests::{observed, set_state, wait_for, WAIT};
+use crate::replicated::tests::{WAIT, observed, set_state, wait_for};
 
 const COMPLETE: i32 = api::TaskState::Complete as i32;
 

@@ -7,7 +7,7 @@ use store::{By, MemoryStore};
 
 use super::{BATCHING_INTERVAL, MAX_DIRTY};
 use crate::replicated::tests::{
-    REMOVE, create_service, service, set_state, start_reaper, wait_for, WAIT, with_restart,
+    REMOVE, WAIT, create_service, service, set_state, start_reaper, wait_for, with_restart,
 };
 use crate::task::new_task;
 

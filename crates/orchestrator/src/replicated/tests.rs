@@ -266,15 +266,20 @@ pub(crate) fn fake_cluster(store: MemoryStore) -> JoinHandle<()> {
 
 async fn running_tasks(store: &MemoryStore, id: &str, n: usize) -> BTreeMap<u64, api::Task> {
     let id = id.to_string();
-    wait_for(WAIT, store, &format!("{n} running tasks of {id}"), move |tx| {
-        let live: BTreeMap<u64, api::Task> = tx
-            .find_tasks(By::ServiceId(&id))
-            .into_iter()
-            .filter(|t| t.desired_state == RUNNING && observed(t) == RUNNING)
-            .map(|t| (t.slot, t))
-            .collect();
-        (live.len() == n).then_some(live)
-    })
+    wait_for(
+        WAIT,
+        store,
+        &format!("{n} running tasks of {id}"),
+        move |tx| {
+            let live: BTreeMap<u64, api::Task> = tx
+                .find_tasks(By::ServiceId(&id))
+                .into_iter()
+                .filter(|t| t.desired_state == RUNNING && observed(t) == RUNNING)
+                .map(|t| (t.slot, t))
+                .collect();
+            (live.len() == n).then_some(live)
+        },
+    )
     .await
 }
 

@@ -8,8 +8,8 @@ use store::{By, MemoryStore};
 
 use super::{OLD_TASK_TIMEOUT, RestartSupervisor, newest_task};
 use crate::replicated::tests::{
-    READY, RUNNING, SHUTDOWN, create_nodes, create_service, observed, service, set_availability,
-    set_node_down, set_state, wait_for, WAIT, with_restart,
+    READY, RUNNING, SHUTDOWN, WAIT, create_nodes, create_service, observed, service,
+    set_availability, set_node_down, set_state, wait_for, with_restart,
 };
 use crate::task::{new_task, state};
 

@@ -8,7 +8,7 @@ use api::update_status::UpdateState;
 use store::{By, MemoryStore};
 
 use super::{Slot, UpdateSupervisor};
-use crate::replicated::tests::{image, observed, set_state, wait_for, WAIT};
+use crate::replicated::tests::{WAIT, image, observed, set_state, wait_for};
 
 const RUNNING: api::TaskState = api::TaskState::Running;
 

@@ -141,3 +141,86 @@ impl FakeAgent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(node_id: &str, desired: api::TaskState, observed: api::TaskState) -> api::Task {
+        api::Task {
+            node_id: node_id.into(),
+            desired_state: desired as i32,
+            ..crate::fixtures::task("t", "svc", observed)
+        }
+    }
+
+    #[test]
+    fn step_plays_what_a_real_agent_reports() {
+        use api::TaskState::*;
+        let agent = FakeAgent::new("fail");
+        assert_eq!(
+            agent.step(&task("n", Running, Assigned), false),
+            Some(Running)
+        );
+        assert_eq!(
+            agent.step(&task("n", Shutdown, Running), false),
+            Some(Shutdown)
+        );
+        assert_eq!(agent.step(&task("n", Running, Running), false), None);
+        assert_eq!(agent.step(&task("n", Ready, Assigned), false), None);
+        assert_eq!(agent.step(&task("n", Shutdown, Failed), false), None);
+        // Unassigned, or on a DOWN node: a real agent knows nothing of it.
+        assert_eq!(agent.step(&task("", Running, Pending), false), None);
+        assert_eq!(agent.step(&task("n", Running, Assigned), true), None);
+        let mut failing = task("n", Running, Assigned);
+        failing.spec = Some(
+            crate::fixtures::service_spec("s", 1, "fail:2")
+                .task
+                .expect("task"),
+        );
+        assert_eq!(agent.step(&failing, false), Some(Failed));
+        // Without a scheduler, tasks no node holds are played too.
+        let alone = agent.without_scheduler();
+        assert_eq!(alone.step(&task("", Running, New), false), Some(Running));
+        assert_eq!(
+            alone.step(&task("", Shutdown, Pending), false),
+            Some(Shutdown)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spawn_runs_assigned_tasks_and_stops_them() {
+        let store = MemoryStore::new(None);
+        let t = task("n1", api::TaskState::Running, api::TaskState::Assigned);
+        store
+            .update(move |tx| {
+                tx.create_node(crate::fixtures::node("n1"))?;
+                tx.create_task(t)
+            })
+            .await
+            .expect("seed");
+        let shutdown = CancellationToken::new();
+        FakeAgent::new("fail").spawn(store.clone(), shutdown.clone());
+        let observed = |tx: &store::ReadTx<'_>| tx.get_task("t").and_then(|t| t.status);
+        let limit = std::time::Duration::from_secs(10);
+        let running = crate::wait_for(limit, &store, "t running", |tx| {
+            observed(tx).filter(|s| s.state == RUNNING)
+        })
+        .await;
+        assert_eq!(running.message, "started");
+        store
+            .update(|tx| {
+                let mut t = tx.get_task("t").expect("t");
+                t.desired_state = api::TaskState::Shutdown as i32;
+                tx.update_task(t)
+            })
+            .await
+            .expect("stop");
+        let stopped = crate::wait_for(limit, &store, "t shut down", |tx| {
+            observed(tx).filter(|s| s.state == api::TaskState::Shutdown as i32)
+        })
+        .await;
+        assert_eq!(stopped.message, "shutdown");
+        shutdown.cancel();
+    }
+}

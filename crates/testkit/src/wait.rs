@@ -111,3 +111,33 @@ pub fn describe(tx: &ReadTx<'_>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_sees_a_later_commit() {
+        let store = MemoryStore::new(None);
+        let writer = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            writer
+                .update(|tx| tx.create_node(crate::fixtures::node("n1")))
+                .await
+                .expect("write");
+        });
+        let node = wait_for(Duration::from_secs(5), &store, "n1", |tx| tx.get_node("n1")).await;
+        assert_eq!(node.id, "n1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "timed out after 5s waiting for n1: not there")]
+    async fn wait_for_fails_with_the_last_reason() {
+        let store = MemoryStore::new(None);
+        wait_for(Duration::from_secs(5), &store, "n1", |tx| {
+            tx.get_node("n1").ok_or_else(|| "not there".to_string())
+        })
+        .await;
+    }
+}

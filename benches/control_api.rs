@@ -11,7 +11,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use api::control_client::ControlClient;
-use common::{SWARMD, connect, service_spec, start_swarmd};
+use common::{SWARMD, connect, start_swarmd};
+use testkit::fixtures::service_spec;
 use tonic::transport::Channel;
 
 /// mimalloc rather than glibc malloc (BUILDING.md, "Allocator").
@@ -56,7 +57,7 @@ async fn run_level(socket: &Path, clients: usize, level: usize) -> (f64, Duratio
                 let t = Instant::now();
                 client
                     .create_service(api::CreateServiceRequest {
-                        spec: Some(service_spec(&name, 1)),
+                        spec: Some(service_spec(&name, 1, "busybox:latest")),
                     })
                     .await
                     .expect("create service");

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 use api::TaskState;
 use api::control_client::ControlClient;
 use api::dispatcher_client::DispatcherClient;
-use common::{MAX_MESSAGE, SWARMD, connect, service_spec, start_swarmd};
+use common::{MAX_MESSAGE, SWARMD, connect, start_swarmd};
+use testkit::fixtures::service_spec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::Channel;
 
@@ -656,7 +657,7 @@ async fn bench(
     let created = Instant::now();
     let service = control
         .create_service(api::CreateServiceRequest {
-            spec: Some(service_spec("hollow", args.replicas)),
+            spec: Some(service_spec("hollow", args.replicas, "busybox:latest")),
         })
         .await
         .expect("create service")

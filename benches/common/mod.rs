@@ -1,5 +1,5 @@
-//! What the benches that drive a real swarmd share: starting it on a temp dir (killed on drop),
-//! connecting to its control socket, and a minimal replicated service spec.
+//! What the benches that drive a real swarmd share: starting it on a temp dir (killed on drop) and
+//! connecting to its control socket. Their service spec is `testkit::fixtures::service_spec`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -59,28 +59,5 @@ pub async fn connect(socket: &Path) -> ControlClient<Channel> {
         }
         assert!(Instant::now() < deadline, "swarmd did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A replicated busybox service named `name`.
-pub fn service_spec(name: &str, replicas: u64) -> api::ServiceSpec {
-    api::ServiceSpec {
-        annotations: Some(api::Annotations {
-            name: name.to_string(),
-            ..Default::default()
-        }),
-        task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                api::ContainerSpec {
-                    image: "busybox:latest".into(),
-                    ..Default::default()
-                },
-            ))),
-            ..Default::default()
-        }),
-        mode: Some(api::service_spec::Mode::Replicated(
-            api::ReplicatedService { replicas },
-        )),
-        ..Default::default()
     }
 }

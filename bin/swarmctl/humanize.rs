@@ -4,12 +4,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `ts` relative to now: "now", "4 seconds ago", "2 weeks from now"...
-#[allow(dead_code)] // part of the helpers promised to `service/`; its commands may use it
-pub fn relative_time(ts: &prost_types::Timestamp) -> String {
-    relative_time_at(ts, SystemTime::now())
-}
-
 const SECOND: i128 = 1_000_000_000;
 const MINUTE: i128 = 60 * SECOND;
 const HOUR: i128 = 60 * MINUTE;
@@ -41,7 +35,7 @@ const MAGNITUDES: &[(i128, &str, i128)] = &[
     (i128::MAX, "a long while %s", 1),
 ];
 
-/// `ts` relative to `now` (testable core of [`relative_time`]).
+/// `ts` relative to `now`: "now", "4 seconds ago", "2 weeks from now"...
 pub fn relative_time_at(ts: &prost_types::Timestamp, now: SystemTime) -> String {
     let then = i128::from(ts.seconds) * SECOND + i128::from(ts.nanos);
     let now = match now.duration_since(UNIX_EPOCH) {

@@ -307,6 +307,7 @@ fn an_agent_restart_reruns_nothing() {
     // Restart one worker (SIGKILL, then start again) well within the heartbeat grace.
     c.workers[1].kill9();
     c.workers[1].spawn_until("agent session registered", WAIT);
+    // Nothing may happen here: the time a restarted agent would need to re-run its tasks.
     std::thread::sleep(Duration::from_secs(3));
     assert_same_processes(&m, &before);
     assert_eq!(
@@ -362,13 +363,16 @@ fn a_promoted_worker_gets_a_manager_certificate() {
 fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     let mut c = Cluster::start(2, &[], "1s");
     let old_root = tls_material(&c.manager.state_dir()).root_pem;
+    let live_cert = tls_material(&c.workers[0].state_dir()).cert_pem;
     c.workers[1].stop();
     let started = Instant::now();
     c.manager
         .ctl(&["cluster", "update", "default", "--rotate-ca"])
         .ok();
     // The live worker renews through its session; the down one holds the rotation up.
-    std::thread::sleep(Duration::from_secs(5));
+    wait_for("the live worker's renewed certificate", WAIT, || {
+        (tls_material(&c.workers[0].state_dir()).cert_pem != live_cert).then_some(())
+    });
     let inspect = c.manager.ctl(&["cluster", "inspect", "default"]);
     assert!(
         inspect.ok().contains("Root CA rotation: in progress"),

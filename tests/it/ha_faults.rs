@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::control_client::ControlClient;
+use testkit::fixtures::service_spec;
 use tonic::transport::Channel;
 
 use crate::ha_cluster::Cluster;
@@ -40,28 +41,6 @@ fn config_spec(name: &str, counter: Option<&str>) -> api::ConfigSpec {
             ..Default::default()
         }),
         data: b"v".to_vec(),
-        ..Default::default()
-    }
-}
-
-fn service_spec(name: &str) -> api::ServiceSpec {
-    api::ServiceSpec {
-        annotations: Some(api::Annotations {
-            name: name.to_string(),
-            ..Default::default()
-        }),
-        task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                api::ContainerSpec {
-                    image: "busybox:latest".into(),
-                    ..Default::default()
-                },
-            ))),
-            ..Default::default()
-        }),
-        mode: Some(api::service_spec::Mode::Replicated(
-            api::ReplicatedService { replicas: 0 },
-        )),
         ..Default::default()
     }
 }
@@ -128,7 +107,7 @@ async fn run_client(
                 tokio::time::timeout(
                     cfg.timeout,
                     c.create_service(api::CreateServiceRequest {
-                        spec: Some(service_spec(&name)),
+                        spec: Some(service_spec(&name, 0, "busybox:latest")),
                     }),
                 )
                 .await
@@ -283,6 +262,15 @@ impl Workload {
             .filter(|op| !matches!(op.kind, OpKind::Read { .. }))
             .map(|op| (op.end, op.target))
             .min_by_key(|(end, _)| *end)
+    }
+
+    /// Waits (bounded) until a write is acknowledged after now, by any manager: the workload
+    /// makes progress.
+    fn wait_progress(&self, what: &str) {
+        let t = Instant::now();
+        crate::harness::wait_for(what, Duration::from_secs(30), || {
+            self.first_write_ack_after(t, usize::MAX)
+        });
     }
 
     fn finish(self, rt: &tokio::runtime::Runtime) -> (Vec<Op>, Instant) {
@@ -446,6 +434,7 @@ fn rotating(n: usize, timeout: Duration) -> Vec<ClientCfg> {
 /// time from each SIGKILL to the next acknowledged write, and the restart error that ended the
 /// rounds early if one did (see `Cluster::restart`).
 fn kill_leader_rounds(
+    rt: &tokio::runtime::Runtime,
     c: &mut Cluster,
     w: &Workload,
     kills: usize,
@@ -468,13 +457,32 @@ fn kill_leader_rounds(
             by + 1
         );
         failovers.push(failover);
+        // The fault itself: the cluster runs on the others for a while before the restart.
         std::thread::sleep(Duration::from_millis(500));
         if let Err(e) = c.restart(leader) {
             println!("BUG: {e}");
             return (failovers, Some(e));
         }
         c.wait_reachable(c.managers.len(), bound);
-        std::thread::sleep(Duration::from_secs(1));
+        // The restarted member has caught up: its own store holds a create acknowledged after it
+        // came back (a leader killed before that fails over more slowly).
+        let t = Instant::now();
+        let created = crate::harness::wait_for(
+            "a create acknowledged with every manager back",
+            bound,
+            || {
+                w.snapshot().into_iter().find_map(|op| match op.kind {
+                    OpKind::Create(name) if op.outcome == Outcome::Ack && op.end > t => Some(name),
+                    _ => None,
+                })
+            },
+        );
+        let socket = c.managers[leader].socket();
+        crate::harness::wait_for("the restarted member's store to catch up", bound, || {
+            rt.block_on(store_view(socket.clone()))
+                .filter(|(set, _)| set.contains(&created))
+                .map(|_| ())
+        });
     }
     (failovers, None)
 }
@@ -491,9 +499,9 @@ fn ha_leader_sigkill_five_times_keeps_acknowledged_writes_and_linearizable_regis
         &regs,
         &rotating(3, Duration::from_secs(5)),
     );
-    std::thread::sleep(Duration::from_secs(2));
-    let (failovers, restart_bug) = kill_leader_rounds(&mut c, &w, 5);
-    std::thread::sleep(Duration::from_secs(1));
+    w.wait_progress("the workload's first acknowledged write");
+    let (failovers, restart_bug) = kill_leader_rounds(&rt, &mut c, &w, 5);
+    w.wait_progress("a write acknowledged after the last restart");
     let (history, t0) = w.finish(&rt);
     // Checked on the managers that run (all of them unless a restart failed).
     verify(&rt, &mut c, &history, t0);
@@ -530,10 +538,11 @@ fn ha_leader_paused_for_three_election_timeouts_acknowledges_nothing_it_should_n
         timeout: Duration::from_secs(10),
     });
     let w = Workload::start(&rt, c.sockets(), &regs, &clients);
-    std::thread::sleep(Duration::from_secs(2));
+    w.wait_progress("the workload's first acknowledged write");
     c.managers[leader].pause();
     c.unreachable.push(leader);
     let t_pause = Instant::now();
+    // The fault itself: paused for three election timeouts.
     std::thread::sleep(c.election_timeout() * 3);
     let new_leader = c.leader(Duration::from_secs(30));
     assert_ne!(new_leader, leader);
@@ -546,7 +555,16 @@ fn ha_leader_paused_for_three_election_timeouts_acknowledges_nothing_it_should_n
     c.managers[leader].resume();
     c.unreachable.retain(|&u| u != leader);
     let t_resume = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    crate::harness::wait_for(
+        "the old leader answering again after SIGCONT",
+        Duration::from_secs(30),
+        || {
+            w.snapshot()
+                .iter()
+                .any(|op| op.target == leader && op.start > t_resume)
+                .then_some(())
+        },
+    );
     c.wait_reachable(3, Duration::from_secs(60));
     let (history, t0) = w.finish(&rt);
     let by_old: Vec<&Op> = history
@@ -586,13 +604,14 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
         });
     }
     let w = Workload::start(&rt, c.sockets(), &regs, &clients);
-    std::thread::sleep(Duration::from_secs(2));
+    w.wait_progress("the workload's first acknowledged write");
 
     // A follower cut off: the majority goes on.
     let leader = c.leader(Duration::from_secs(30));
     let follower = (leader + 1) % 3;
     c.isolate(follower);
     let t1 = Instant::now();
+    // The fault itself: the follower stays cut off for three election timeouts.
     std::thread::sleep(et * 3);
     crate::harness::wait_for(
         "the majority acknowledges with a follower cut off",
@@ -620,6 +639,8 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
         new_leader + 1,
         acked - t2
     );
+    // The fault itself: the old leader stays in the minority for three election timeouts, in
+    // which it must acknowledge nothing.
     std::thread::sleep(et * 3);
     let t3 = Instant::now();
     let during = w.snapshot();
@@ -643,7 +664,7 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
         "the isolated old leader acknowledged: {acked_by_minority:#?}"
     );
     c.wait_reachable(3, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(2));
+    w.wait_progress("a write acknowledged after the heal");
     let (history, t0) = w.finish(&rt);
     verify(&rt, &mut c, &history, t0);
 }

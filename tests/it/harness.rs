@@ -85,7 +85,6 @@ impl Swarmd {
     }
 
     /// The manager's remote API address, from its `Listening for connections` log line.
-    #[allow(dead_code)]
     pub fn remote_addr(&self) -> String {
         let log = self.log();
         log.lines()
@@ -100,14 +99,12 @@ impl Swarmd {
 
     /// Starts swarmd with `args` on a new state dir and waits until it exits or `ready` appears
     /// in its log. Returns the handle and, if it exited, its exit code.
-    #[allow(dead_code)]
     pub fn start_node(args: &[&str], ready: &str, limit: Duration) -> (Swarmd, Option<i32>) {
         Self::start_node_in(None, args, ready, limit)
     }
 
     /// Like `start_node`, inside network namespace `netns` (`ip netns exec`, which execs swarmd
     /// so the child PID is swarmd's) when given.
-    #[allow(dead_code)]
     pub fn start_node_in(
         netns: Option<&str>,
         args: &[&str],
@@ -126,13 +123,11 @@ impl Swarmd {
     }
 
     /// Replaces the extra flags later starts use (e.g. a restart without `--join-addr`).
-    #[allow(dead_code)]
     pub fn set_extra_args(&mut self, args: &[&str]) {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Starts swarmd (again) on the same state dir and waits for `ready` in its log or its exit.
-    #[allow(dead_code)]
     pub fn spawn_until(&mut self, ready: &str, limit: Duration) -> Option<i32> {
         assert!(self.child.is_none(), "swarmd already running");
         let skip = self.log().len();
@@ -195,7 +190,6 @@ impl Swarmd {
 
     /// Starts swarmd (again) on the same state dir without waiting for anything; returns the
     /// log length before the start, for reading only what this run logs.
-    #[allow(dead_code)]
     pub fn spawn_detached(&mut self) -> usize {
         assert!(self.child.is_none(), "swarmd already running");
         let skip = self.log().len();
@@ -290,7 +284,6 @@ impl Swarmd {
     }
 
     /// Whether the process is still alive (a stopped one counts as running).
-    #[allow(dead_code)]
     pub fn running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -298,13 +291,11 @@ impl Swarmd {
     }
 
     /// SIGSTOP: the process freezes (sockets stay open, nothing answers).
-    #[allow(dead_code)]
     pub fn pause(&self) {
         assert_eq!(kill(self.pid(), "STOP"), 0, "SIGSTOP failed");
     }
 
     /// SIGCONT after `pause`.
-    #[allow(dead_code)]
     pub fn resume(&self) {
         assert_eq!(kill(self.pid(), "CONT"), 0, "SIGCONT failed");
     }
@@ -331,7 +322,6 @@ impl Swarmd {
     }
 
     /// Graceful stop (SIGINT), bounded; returns the exit code.
-    #[allow(dead_code)]
     pub fn stop(&mut self) -> Option<i32> {
         self.signal_and_wait(2)
     }
@@ -416,7 +406,6 @@ pub fn ctl_at(socket: &Path, args: &[&str], input: Option<&[u8]>) -> Ctl {
 /// The certificates, key and roots in a node's state directory.
 /// `msg` asking for a read of the called manager's own store (`swarmd-local-read`, ours): a
 /// plain read on any manager's socket is answered by the leader.
-#[allow(dead_code)]
 pub fn local_read<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut()
@@ -426,7 +415,6 @@ pub fn local_read<T>(msg: T) -> tonic::Request<T> {
 
 /// A port free on 127.0.0.1 just now, for a node that must come back at the same address when
 /// restarted (raft does not re-address a member yet).
-#[allow(dead_code)]
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -434,7 +422,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-#[allow(dead_code)]
 pub fn tls_material(state_dir: &Path) -> ca::NodeTlsMaterial {
     ca::KeyStore::new(state_dir)
         .load()
@@ -480,13 +467,11 @@ pub fn impostor_cert() -> (ca::RootCa, Vec<u8>, ca::NodeKey) {
 }
 
 /// The certificate in a node's state directory, read.
-#[allow(dead_code)]
 pub fn node_cert(state_dir: &Path) -> ca::CertInfo {
     ca::CertInfo::parse(&tls_material(state_dir).cert_pem).expect("node certificate")
 }
 
 /// Waits until `f` returns Some, or panics with `what` after `limit`.
-#[allow(dead_code)]
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {

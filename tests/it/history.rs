@@ -32,7 +32,7 @@ pub enum OpKind {
 #[derive(Debug, Clone)]
 pub struct Op {
     /// Which client issued it (read through Debug when a check prints ops).
-    #[allow(dead_code)]
+    #[allow(dead_code)] // only Debug reads it, which dead-code analysis ignores
     pub client: usize,
     /// Index of the manager whose socket the client used.
     pub target: usize,

@@ -101,6 +101,7 @@ pub fn render_list(services: &[api::Service], running: &HashMap<String, usize>) 
 mod tests {
     use super::*;
     use api::service_spec::Mode;
+    use testkit::fixtures::node_in_state as node;
 
     fn service(id: &str, name: &str, image: Option<&str>, mode: Mode) -> api::Service {
         api::Service {
@@ -120,17 +121,6 @@ mod tests {
                     ..Default::default()
                 }),
                 mode: Some(mode),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn node(id: &str, state: api::node_status::State) -> api::Node {
-        api::Node {
-            id: id.into(),
-            status: Some(api::NodeStatus {
-                state: state as i32,
                 ..Default::default()
             }),
             ..Default::default()

@@ -272,6 +272,7 @@ async fn a_desired_ready_task_waits_and_a_restart_resumes_without_rerunning() {
     ]));
     until(&mut rx, "r", TaskState::Ready).await;
     until(&mut rx, "run", TaskState::Running).await;
+    // Nothing may happen here: the time a runner would need to start "r" by mistake.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         !fake.calls.lock().expect("lock")["r"].contains(&"start"),
@@ -287,6 +288,7 @@ async fn a_desired_ready_task_waits_and_a_restart_resumes_without_rerunning() {
         task("run", "svc", TaskState::Running),
     ]));
     until(&mut rx, "r", TaskState::Running).await;
+    // Nothing may happen here: the time a resumed runner would need to re-run "run" by mistake.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let calls = fake.calls.lock().expect("lock").clone();
     assert_eq!(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use api::port_config::PublishMode;
-use store::{By, Event, MemoryStore, ReadTx, WatchFilter};
+use store::{By, Event, MemoryStore, WatchFilter};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -46,19 +46,9 @@ fn service(id: &str, ports: Vec<api::PortConfig>) -> api::Service {
 }
 
 fn task(id: &str, service_id: &str) -> api::Task {
-    api::Task {
-        id: id.into(),
-        service_id: service_id.into(),
-        slot: 1,
-        desired_state: api::TaskState::Running as i32,
-        status: Some(api::TaskStatus {
-            state: api::TaskState::New as i32,
-            message: "created".into(),
-            ..Default::default()
-        }),
-        spec: Some(api::TaskSpec::default()),
-        ..Default::default()
-    }
+    let mut t = testkit::fixtures::task(id, service_id, api::TaskState::New);
+    t.status.as_mut().expect("status").message = "created".into();
+    t
 }
 
 async fn create_service(store: &MemoryStore, s: api::Service) {
@@ -97,37 +87,6 @@ impl Running {
     }
 }
 
-/// What the store holds, for timeout messages.
-fn describe(tx: &ReadTx<'_>) -> String {
-    let services: Vec<String> = tx
-        .find_services(By::All)
-        .iter()
-        .map(|s| format!("{}={:?}", s.id, published(s)))
-        .collect();
-    let tasks: Vec<String> = tx
-        .find_tasks(By::All)
-        .iter()
-        .map(|t| format!("{}={}", t.id, state(t)))
-        .collect();
-    format!("services {services:?}, tasks {tasks:?}")
-}
-
-/// Waits until `f` returns `Some` on a view of the store, re-checking at every store commit.
-async fn wait_for<T>(store: &MemoryStore, what: &str, f: impl Fn(&ReadTx<'_>) -> Option<T>) -> T {
-    let mut watcher = store.watch(WatchFilter::all());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = store.view(&f) {
-            return v;
-        }
-        match tokio::time::timeout_at(deadline, watcher.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("store closed while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}; {}", store.view(describe)),
-        }
-    }
-}
-
 fn published(s: &api::Service) -> Option<Vec<u32>> {
     s.endpoint
         .as_ref()
@@ -140,7 +99,7 @@ fn state(t: &api::Task) -> i32 {
 
 async fn wait_published(store: &MemoryStore, id: &str, expected: Vec<u32>) -> api::Service {
     let what = format!("service {id} published on {expected:?}");
-    wait_for(store, &what, |tx| {
+    testkit::wait_for(WAIT, store, &what, |tx| {
         tx.get_service(id)
             .filter(|s| published(s).as_ref() == Some(&expected))
     })
@@ -148,7 +107,7 @@ async fn wait_published(store: &MemoryStore, id: &str, expected: Vec<u32>) -> ap
 }
 
 async fn wait_pending(store: &MemoryStore, id: &str) -> api::Task {
-    wait_for(store, &format!("task {id} pending"), |tx| {
+    testkit::wait_for(WAIT, store, &format!("task {id} pending"), |tx| {
         tx.get_task(id)
             .filter(|t| state(t) == api::TaskState::Pending as i32)
     })

@@ -8,6 +8,7 @@ use api::assignment_change::AssignmentAction;
 use api::assignments_message::Type as AssignmentsType;
 use api::node_status::State as NodeState;
 use store::MemoryStore;
+use testkit::fixtures::node_in_state as node;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -30,28 +31,10 @@ impl Drop for Fixture {
     }
 }
 
-fn node(id: &str, state: NodeState) -> api::Node {
-    api::Node {
-        id: id.into(),
-        status: Some(api::NodeStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn task(id: &str, node_id: &str, state: TaskState) -> api::Task {
     api::Task {
-        id: id.into(),
         node_id: node_id.into(),
-        service_id: "svc".into(),
-        status: Some(api::TaskStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        desired_state: TaskState::Running as i32,
-        ..Default::default()
+        ..testkit::fixtures::task(id, "svc", state)
     }
 }
 
@@ -174,20 +157,22 @@ impl Fixture {
             .map_or(-1, |s| s.state)
     }
 
-    /// Waits (bounded) until `node_id` is in `state`; fails with the last state seen.
+    /// Waits (bounded, re-checking at every store commit) until `node_id` is in `state`; fails
+    /// with the last state seen.
     async fn wait_node(&self, node_id: &str, state: NodeState, within: Duration) {
-        let until = tokio::time::Instant::now() + within;
-        loop {
-            let seen = self.node_state(node_id);
-            if seen.0 == state as i32 {
-                return;
+        let what = format!("node {node_id} {state:?}");
+        testkit::wait_for(within, &self.store, &what, |tx| {
+            let seen = tx
+                .get_node(node_id)
+                .and_then(|n| n.status)
+                .unwrap_or_default();
+            if seen.state == state as i32 {
+                Ok(())
+            } else {
+                Err(format!("last seen {:?}", (seen.state, seen.message)))
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "node {node_id} not {state:?} within {within:?}; last seen {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     async fn open(&self, node_id: &str) -> (String, DispatcherStream<api::SessionMessage>) {

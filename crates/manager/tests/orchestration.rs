@@ -15,13 +15,11 @@ use api::node_spec::Availability;
 use api::update_config::{FailureAction, UpdateOrder};
 use api::update_status::UpdateState;
 use manager::controlapi::{ControlApi, RaftMembers};
-use store::{By, Event, MemoryStore, WatchFilter};
+use store::{By, MemoryStore};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
 const RUNNING: i32 = api::TaskState::Running as i32;
-const ASSIGNED: i32 = api::TaskState::Assigned as i32;
-const SHUTDOWN: i32 = api::TaskState::Shutdown as i32;
 
 /// Images whose tasks fail as soon as they start.
 const FAILING_IMAGE_PREFIX: &str = "fail";
@@ -140,7 +138,7 @@ impl TestCluster {
         for sub in manager::leader_subsystems() {
             tokio::spawn((sub.start)(store.clone(), shutdown.child_token()));
         }
-        tokio::spawn(fake_agent(store.clone(), shutdown.child_token()));
+        testkit::FakeAgent::new(FAILING_IMAGE_PREFIX).spawn(store.clone(), shutdown.child_token());
         TestCluster {
             ctl: ControlApi::new(store.clone(), Arc::new(NoMembers)),
             store,
@@ -150,25 +148,7 @@ impl TestCluster {
     }
 
     async fn create_service(&self, name: &str, image: &str, replicas: u64) -> String {
-        let spec = api::ServiceSpec {
-            annotations: Some(api::Annotations {
-                name: name.into(),
-                ..Default::default()
-            }),
-            task: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                    api::ContainerSpec {
-                        image: image.into(),
-                        ..Default::default()
-                    },
-                ))),
-                ..Default::default()
-            }),
-            mode: Some(api::service_spec::Mode::Replicated(
-                api::ReplicatedService { replicas },
-            )),
-            ..Default::default()
-        };
+        let spec = testkit::fixtures::service_spec(name, replicas, image);
         let resp = self
             .ctl
             .create_service(Request::new(api::CreateServiceRequest { spec: Some(spec) }))
@@ -217,28 +197,17 @@ impl TestCluster {
             .expect("update node");
     }
 
-    /// Waits (virtual time) until `settled` holds for the store's contents, or panics with `what`
-    /// and the last reason it gave.
+    /// Waits (virtual time, re-checking after every store commit) until `settled` holds for the
+    /// store's contents, or panics with `what` and the last reason it gave.
     async fn wait_until(
         &self,
         what: &str,
         mut settled: impl FnMut(&Snapshot) -> Result<(), String>,
     ) {
-        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
-        loop {
-            let snap = Snapshot::take(&self.store);
-            let reason = match settled(&snap) {
-                Ok(()) => return,
-                Err(reason) => reason,
-            };
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "{what}: not settled after {SETTLE_LIMIT:?}: {reason}\n{}",
-                    snap.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        testkit::wait_for(SETTLE_LIMIT, &self.store, what, |tx| {
+            settled(&Snapshot::of(tx))
+        })
+        .await;
     }
 }
 
@@ -259,78 +228,6 @@ fn set_image(spec: &mut api::ServiceSpec, image: String) {
     }
 }
 
-/// What the fake agent does with a task the scheduler assigned: run it (or fail it, for a failing
-/// image), and stop it once the orchestrators want it down. `None` = nothing to change.
-fn agent_step(task: &api::Task) -> Option<(i32, &'static str)> {
-    let state = task.status.as_ref().map_or(0, |s| s.state);
-    if task.node_id.is_empty() || !(ASSIGNED..=RUNNING).contains(&state) {
-        return None;
-    }
-    if task.desired_state >= SHUTDOWN {
-        return Some((SHUTDOWN, "shutdown"));
-    }
-    if task.desired_state == RUNNING && state < RUNNING {
-        if image_of(task.spec.as_ref()).starts_with(FAILING_IMAGE_PREFIX) {
-            return Some((api::TaskState::Failed as i32, "started"));
-        }
-        return Some((RUNNING, "started"));
-    }
-    None
-}
-
-/// Plays every node's agent: watches tasks and applies [`agent_step`] at each commit.
-async fn fake_agent(store: MemoryStore, shutdown: CancellationToken) {
-    let (initial, mut watcher) = store.view_and_watch(WatchFilter::none().tasks(), |tx| {
-        tx.find_tasks(By::All)
-            .into_iter()
-            .map(|t| t.id)
-            .collect::<BTreeSet<_>>()
-    });
-    let mut dirty = initial;
-    loop {
-        while !dirty.is_empty() {
-            let batch: Vec<String> = dirty.iter().take(200).cloned().collect();
-            for id in &batch {
-                dirty.remove(id);
-            }
-            let result = store
-                .update(move |tx| {
-                    for id in &batch {
-                        let Some(mut task) = tx.get_task(id) else {
-                            continue;
-                        };
-                        if let Some((state, message)) = agent_step(&task) {
-                            let status = task.status.get_or_insert_with(Default::default);
-                            status.state = state;
-                            status.message = message.into();
-                            if state == api::TaskState::Failed as i32 {
-                                status.err = "task: non-zero exit (1)".into();
-                            }
-                            tx.update_task(task)?;
-                        }
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = result {
-                panic!("fake agent write failed: {e}");
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            event = watcher.recv() => match event {
-                Some(Event::Object { object, .. }) => {
-                    if let Some(api::object::Object::Task(t)) = &object.object {
-                        dirty.insert(t.id.clone());
-                    }
-                }
-                Some(Event::Commit { .. }) => {}
-                None => return,
-            },
-        }
-    }
-}
-
 /// A consistent copy of what the properties look at.
 struct Snapshot {
     services: Vec<api::Service>,
@@ -340,11 +237,15 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(store: &MemoryStore) -> Snapshot {
-        store.view(|tx| Snapshot {
+        store.view(Snapshot::of)
+    }
+
+    fn of(tx: &store::ReadTx<'_>) -> Snapshot {
+        Snapshot {
             services: tx.find_services(By::All),
             tasks: tx.find_tasks(By::All),
             nodes: tx.find_nodes(By::All),
-        })
+        }
     }
 
     fn availability(&self, node_id: &str) -> Option<Availability> {

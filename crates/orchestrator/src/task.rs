@@ -356,31 +356,14 @@ mod tests {
     use super::*;
 
     fn service(image: &str, constraints: &[&str]) -> api::Service {
+        let mut spec = testkit::fixtures::service_spec("web", 1, image);
+        spec.task.as_mut().expect("task").placement = Some(Box::new(api::Placement {
+            constraints: constraints.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        }));
         api::Service {
             id: "svc".into(),
-            spec: Some(api::ServiceSpec {
-                annotations: Some(api::Annotations {
-                    name: "web".into(),
-                    ..Default::default()
-                }),
-                task: Some(api::TaskSpec {
-                    runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                        api::ContainerSpec {
-                            image: image.into(),
-                            ..Default::default()
-                        },
-                    ))),
-                    placement: Some(Box::new(api::Placement {
-                        constraints: constraints.iter().map(|c| c.to_string()).collect(),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }),
-                mode: Some(api::service_spec::Mode::Replicated(
-                    api::ReplicatedService { replicas: 1 },
-                )),
-                ..Default::default()
-            }),
+            spec: Some(spec),
             spec_version: Some(api::Version { index: 1 }),
             ..Default::default()
         }

@@ -115,14 +115,6 @@ impl UpdateSupervisor {
         });
     }
 
-    /// Whether an update of `service_id` is running (tests and diagnostics).
-    pub fn is_updating(&self, service_id: &str) -> bool {
-        self.updates
-            .lock()
-            .expect("update registry lock poisoned")
-            .contains_key(service_id)
-    }
-
     /// Cancels the running update of `service_id`, if any (its service was deleted).
     pub fn cancel(&self, service_id: &str) {
         if let Some(running) = self

@@ -106,11 +106,6 @@ impl Removed {
         self.lock().contains(&id)
     }
 
-    /// Every removed ID.
-    pub(crate) fn all(&self) -> BTreeSet<NodeId> {
-        self.lock().clone()
-    }
-
     /// Records the nodes of `prev` missing from `next` (one applied membership change), durably
     /// before returning.
     pub(crate) async fn observe(
@@ -247,11 +242,6 @@ impl RaftNode {
     /// Whether `id` was removed from this cluster (such an ID is never added again).
     pub fn is_removed_id(&self, id: NodeId) -> bool {
         self.removed.contains(id)
-    }
-
-    /// The raft IDs removed during the cluster's lifetime, as this member has applied them.
-    pub fn removed_ids(&self) -> BTreeSet<NodeId> {
-        self.removed.all()
     }
 
     /// Whether this member knows it was removed from the cluster: it applied its own removal,

@@ -248,6 +248,7 @@ async fn the_cluster_objects_raft_settings_drive_snapshots_and_compaction() {
     for i in 0..40 {
         create_node(&store, &format!("before{i:02}")).await;
     }
+    // Nothing may happen here: the time a (wrong) snapshot would need to show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.log_bounds().expect("bounds").snapshot_index, None);
 

@@ -142,18 +142,10 @@ async fn a_joining_member_becomes_a_voter_and_receives_the_store() {
     s1.update(move |tx| tx.create_node(after))
         .await
         .expect("write with two voters");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let seen = s2.view(|tx| tx.get_node("before").is_some() && tx.get_node("after").is_some());
-        if seen {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "follower store never caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::wait_for(WAIT, &s2, "the follower store to catch up", |tx| {
+        (tx.get_node("before").is_some() && tx.get_node("after").is_some()).then_some(())
+    })
+    .await;
     // The follower cannot propose.
     let x = api::Node {
         id: "x".into(),

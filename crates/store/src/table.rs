@@ -390,11 +390,6 @@ macro_rules! tables {
         }
 
         impl Overlay {
-            /// Whether nothing was changed.
-            pub(crate) fn is_empty(&self) -> bool {
-                true $(&& self.$field.is_empty())*
-            }
-
             /// Writes the changes into `tables`.
             pub(crate) fn commit(self, tables: &mut Tables) {
                 $(

@@ -276,11 +276,6 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Whether the transaction changed anything so far.
-    pub fn has_changes(&self) -> bool {
-        !self.read.overlay.is_empty()
-    }
-
     /// Creates an object. It must have a non-empty ID not used yet (`Exists`) and, for kinds with unique
     /// names, a name no other object of its kind has case-insensitively (`NameConflict`). Sets
     /// `meta.created_at = meta.updated_at = now`; `meta.version` is set when the write is applied.

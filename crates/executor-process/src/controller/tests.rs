@@ -84,9 +84,16 @@ fn probe_tells_a_live_process_from_a_reused_pid() {
     assert_eq!(reused.probe().expect("probe"), Probe::Gone);
     child.kill().expect("kill");
     // Our child: probing reaps it and gives the real status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         match live.probe().expect("probe") {
-            Probe::Running => std::thread::sleep(POLL),
+            Probe::Running => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the killed child still runs"
+                );
+                std::thread::sleep(POLL);
+            }
             other => break other,
         }
     };
@@ -260,15 +267,20 @@ async fn shutdown_reaches_the_whole_process_group() {
     c.prepare().await.expect("prepare");
     c.start().await.expect("start");
     let pid_file = state.path().join("grandchild");
-    let grandchild: i32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            break pid;
+    let written = async {
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            tokio::time::sleep(POLL).await;
         }
-        tokio::time::sleep(POLL).await;
     };
+    let grandchild: i32 = tokio::time::timeout(Duration::from_secs(10), written)
+        .await
+        .expect("the child wrote its grandchild's pid");
     c.shutdown().await.expect("shutdown");
     match c.inspect().await {
         Ok(RuntimeState::Exited(e)) => assert_eq!(e.signal, Some(15), "{e:?}"),

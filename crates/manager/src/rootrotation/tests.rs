@@ -160,15 +160,8 @@ async fn sign_requests(store: &MemoryStore) {
 /// Waits (virtual time, checked after every store commit) until `pred` holds; fails after a
 /// virtual minute, naming `what`.
 async fn wait_until(store: &MemoryStore, what: &str, pred: impl Fn(&MemoryStore) -> bool) {
-    let mut watch = store.watch(WatchFilter::all());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pred(store) {
-        match tokio::time::timeout_at(deadline, watch.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("store closed while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
+    let minute = Duration::from_secs(60);
+    testkit::wait_for(minute, store, what, |_| pred(store).then_some(())).await;
 }
 
 #[tokio::test(start_paused = true)]

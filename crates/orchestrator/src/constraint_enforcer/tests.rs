@@ -50,27 +50,16 @@ fn service(id: &str, constraints: &[&str]) -> api::Service {
 }
 
 fn task(id: &str, service_id: &str, memory: i64, state: api::TaskState) -> api::Task {
-    api::Task {
-        id: id.into(),
-        service_id: service_id.into(),
-        node_id: "n1".into(),
-        desired_state: api::TaskState::Running as i32,
-        spec: Some(api::TaskSpec {
-            resources: Some(Box::new(api::ResourceRequirements {
-                reservations: Some(api::Resources {
-                    memory_bytes: memory,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }),
-        status: Some(api::TaskStatus {
-            state: state as i32,
+    let mut t = testkit::fixtures::task(id, service_id, state);
+    t.node_id = "n1".into();
+    t.spec.as_mut().expect("spec").resources = Some(Box::new(api::ResourceRequirements {
+        reservations: Some(api::Resources {
+            memory_bytes: memory,
             ..Default::default()
         }),
         ..Default::default()
-    }
+    }));
+    t
 }
 
 async fn seeded(

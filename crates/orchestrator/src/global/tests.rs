@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::GlobalOrchestrator;
 use crate::replicated::tests::{
-    REMOVE, RUNNING, SHUTDOWN, create_nodes, create_service, image, set_availability,
+    REMOVE, RUNNING, SHUTDOWN, WAIT, create_nodes, create_service, image, set_availability,
     set_node_down, set_state, settle, tasks_of, update_node, update_service, wait_for,
     with_restart,
 };
@@ -47,7 +47,7 @@ fn live_nodes(store: &MemoryStore, service_id: &str) -> Vec<String> {
 async fn wait_live_nodes(store: &MemoryStore, service_id: &str, want: &[&str]) {
     let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     let what = format!("live tasks on {want:?}");
-    wait_for(store, &what, |_| {
+    wait_for(WAIT, store, &what, |_| {
         (live_nodes(store, service_id) == want).then_some(())
     })
     .await;
@@ -117,7 +117,7 @@ async fn nodes_joining_draining_and_leaving() {
         .update(|tx| tx.delete_node("n3"))
         .await
         .expect("delete node");
-    wait_for(&store, "tasks of n3 deleted", |_| {
+    wait_for(WAIT, &store, "tasks of n3 deleted", |_| {
         (!tasks_of(&store, "g").iter().any(|t| t.node_id == "n3")).then_some(())
     })
     .await;
@@ -171,7 +171,7 @@ async fn stopped_task_is_restarted_on_its_node() {
     let first = tasks_of(&store, "g").remove(0);
     set_state(&store, &first.id, api::TaskState::Running).await;
     set_state(&store, &first.id, api::TaskState::Failed).await;
-    let replacement = wait_for(&store, "replacement started", |tx| {
+    let replacement = wait_for(WAIT, &store, "replacement started", |tx| {
         tx.find_tasks(store::By::ServiceId("g"))
             .into_iter()
             .find(|t| t.id != first.id && t.desired_state == RUNNING)
@@ -195,7 +195,7 @@ async fn removed_service_tasks_get_desired_remove() {
         .update(|tx| tx.delete_service("g"))
         .await
         .expect("delete service");
-    wait_for(&store, "tasks desired REMOVE", |_| {
+    wait_for(WAIT, &store, "tasks desired REMOVE", |_| {
         tasks_of(&store, "g")
             .iter()
             .all(|t| t.desired_state == REMOVE)

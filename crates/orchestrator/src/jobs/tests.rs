@@ -6,8 +6,10 @@ use std::time::Duration;
 use store::{By, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
+use testkit::fixtures::node_in_state as node;
+
 use super::JobsOrchestrator;
-use crate::replicated::tests::{observed, set_state, wait_for};
+use crate::replicated::tests::{WAIT, observed, set_state, wait_for};
 
 const COMPLETE: i32 = api::TaskState::Complete as i32;
 
@@ -40,17 +42,6 @@ fn job(mode: api::service_spec::Mode) -> api::Service {
     }
 }
 
-fn node(id: &str, state: api::node_status::State) -> api::Node {
-    api::Node {
-        id: id.into(),
-        status: Some(api::NodeStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 async fn start(store: &MemoryStore) -> CancellationToken {
     let shutdown = CancellationToken::new();
     let orchestrator = JobsOrchestrator::new(store.clone());
@@ -76,7 +67,7 @@ async fn replicated_job_runs_total_completions_at_most_max_concurrent_at_once() 
     let shutdown = start(&store).await;
 
     for done in 0..5 {
-        wait_for(&store, "a job task in progress", |tx| {
+        wait_for(WAIT, &store, "a job task in progress", |tx| {
             let active: Vec<_> = tx
                 .find_tasks(By::ServiceId("job"))
                 .into_iter()
@@ -122,12 +113,12 @@ async fn failed_job_task_is_restarted_after_the_delay() {
         .await
         .expect("seed");
     let shutdown = start(&store).await;
-    let first = wait_for(&store, "first task", |tx| {
+    let first = wait_for(WAIT, &store, "first task", |tx| {
         tx.find_tasks(By::ServiceId("job")).into_iter().next()
     })
     .await;
     set_state(&store, &first.id, api::TaskState::Failed).await;
-    let replacement = wait_for(&store, "replacement desired READY", |tx| {
+    let replacement = wait_for(WAIT, &store, "replacement desired READY", |tx| {
         tx.find_tasks(By::ServiceId("job"))
             .into_iter()
             .find(|t| t.id != first.id)
@@ -139,7 +130,7 @@ async fn failed_job_task_is_restarted_after_the_delay() {
     assert_eq!(old.desired_state, api::TaskState::Shutdown as i32);
     let started = tokio::time::Instant::now();
     let id = replacement.id.clone();
-    wait_for(&store, "replacement desired COMPLETE", |tx| {
+    wait_for(WAIT, &store, "replacement desired COMPLETE", |tx| {
         tx.get_task(&id).filter(|t| t.desired_state == COMPLETE)
     })
     .await;
@@ -167,7 +158,7 @@ async fn global_job_runs_one_task_per_eligible_node() {
         .await
         .expect("seed");
     let shutdown = start(&store).await;
-    let on = wait_for(&store, "tasks on both ready nodes", |tx| {
+    let on = wait_for(WAIT, &store, "tasks on both ready nodes", |tx| {
         let mut nodes: Vec<String> = tx
             .find_tasks(By::ServiceId("job"))
             .into_iter()
@@ -192,7 +183,7 @@ async fn global_job_runs_one_task_per_eligible_node() {
         .update(|tx| tx.create_node(node("n4", api::node_status::State::Ready)))
         .await
         .expect("new node");
-    wait_for(&store, "task on n4", |tx| {
+    wait_for(WAIT, &store, "task on n4", |tx| {
         tx.find_tasks(By::NodeId("n4")).into_iter().next()
     })
     .await;
@@ -213,7 +204,7 @@ async fn job_iteration_bump_restarts_the_job_and_removes_old_tasks() {
         .await
         .expect("seed");
     let shutdown = start(&store).await;
-    let old = wait_for(&store, "two tasks of iteration 0", |tx| {
+    let old = wait_for(WAIT, &store, "two tasks of iteration 0", |tx| {
         let t = tx.find_tasks(By::ServiceId("job"));
         (t.len() == 2).then_some(t)
     })
@@ -234,7 +225,7 @@ async fn job_iteration_bump_restarts_the_job_and_removes_old_tasks() {
         .await
         .expect("bump");
 
-    let new = wait_for(&store, "two tasks of iteration 1", |tx| {
+    let new = wait_for(WAIT, &store, "two tasks of iteration 1", |tx| {
         let t: Vec<_> = tx
             .find_tasks(By::ServiceId("job"))
             .into_iter()

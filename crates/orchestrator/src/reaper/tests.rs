@@ -7,7 +7,7 @@ use store::{By, MemoryStore};
 
 use super::{BATCHING_INTERVAL, MAX_DIRTY};
 use crate::replicated::tests::{
-    REMOVE, create_service, service, set_state, start_reaper, wait_for, with_restart,
+    REMOVE, WAIT, create_service, service, set_state, start_reaper, wait_for, with_restart,
 };
 use crate::task::new_task;
 
@@ -106,7 +106,7 @@ fn ids(store: &MemoryStore, service_id: &str) -> Vec<String> {
 
 async fn wait_for_count(store: &MemoryStore, service_id: &str, n: usize) {
     let id = service_id.to_string();
-    wait_for(store, &format!("{n} tasks of {id}"), move |tx| {
+    wait_for(WAIT, store, &format!("{n} tasks of {id}"), move |tx| {
         (tx.find_tasks(By::ServiceId(&id)).len() == n).then_some(())
     })
     .await;
@@ -247,7 +247,7 @@ async fn live_tasks_are_never_trimmed() {
         )],
     )
     .await;
-    wait_for(&store, "the stopped task trimmed", |tx| {
+    wait_for(WAIT, &store, "the stopped task trimmed", |tx| {
         tx.get_task(&running_id).is_none().then_some(())
     })
     .await;
@@ -330,7 +330,7 @@ async fn removed_tasks_are_deleted_once_not_running() {
         })
         .await
         .expect("remove");
-    wait_for(&store, "the unassigned task deleted", |tx| {
+    wait_for(WAIT, &store, "the unassigned task deleted", |tx| {
         tx.get_task(&unassigned_id).is_none().then_some(())
     })
     .await;
@@ -340,7 +340,7 @@ async fn removed_tasks_are_deleted_once_not_running() {
         .expect("running task kept until stopped");
     assert_eq!(t.desired_state, REMOVE);
     set_state(&store, &running_id, api::TaskState::Shutdown).await;
-    wait_for(&store, "the stopped task deleted", |tx| {
+    wait_for(WAIT, &store, "the stopped task deleted", |tx| {
         tx.get_task(&running_id).is_none().then_some(())
     })
     .await;
@@ -438,7 +438,7 @@ async fn start_up_deletes_serviceless_orphans_and_stopped_removed_tasks() {
     create_tasks(&store, vec![orphan, service_orphan, removed, removing]).await;
 
     let _reaper = start_reaper(&store).await;
-    wait_for(&store, "two tasks left", |tx| {
+    wait_for(WAIT, &store, "two tasks left", |tx| {
         (tx.find_tasks(By::All).len() == 2).then_some(())
     })
     .await;

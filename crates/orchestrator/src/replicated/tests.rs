@@ -20,6 +20,12 @@ pub(crate) const READY: i32 = api::TaskState::Ready as i32;
 pub(crate) const SHUTDOWN: i32 = api::TaskState::Shutdown as i32;
 pub(crate) const REMOVE: i32 = api::TaskState::Remove as i32;
 
+/// Bound of every wait on the store in the orchestrator's tests (virtual time).
+pub(crate) const WAIT: Duration = Duration::from_secs(300);
+
+pub(crate) use testkit::fixtures::node;
+pub(crate) use testkit::wait_for;
+
 pub(crate) fn observed(t: &api::Task) -> i32 {
     t.status.as_ref().map_or(0, |s| s.state)
 }
@@ -35,25 +41,7 @@ pub(crate) fn image(t: &api::Task) -> String {
 pub(crate) fn service(id: &str, replicas: u64, image: &str) -> api::Service {
     api::Service {
         id: id.into(),
-        spec: Some(api::ServiceSpec {
-            annotations: Some(api::Annotations {
-                name: id.into(),
-                ..Default::default()
-            }),
-            task: Some(api::TaskSpec {
-                runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                    api::ContainerSpec {
-                        image: image.into(),
-                        ..Default::default()
-                    },
-                ))),
-                ..Default::default()
-            }),
-            mode: Some(api::service_spec::Mode::Replicated(
-                api::ReplicatedService { replicas },
-            )),
-            ..Default::default()
-        }),
+        spec: Some(testkit::fixtures::service_spec(id, replicas, image)),
         spec_version: Some(api::Version { index: 0 }),
         ..Default::default()
     }
@@ -83,19 +71,6 @@ pub(crate) fn with_restart(
 
 pub(crate) fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).expect("duration fits")
-}
-
-/// A READY, ACTIVE node.
-pub(crate) fn node(id: &str) -> api::Node {
-    api::Node {
-        id: id.into(),
-        spec: Some(api::NodeSpec::default()),
-        status: Some(api::NodeStatus {
-            state: api::node_status::State::Ready as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 pub(crate) async fn create_service(store: &MemoryStore, s: api::Service) {
@@ -221,43 +196,6 @@ pub(crate) fn live_by_slot(store: &MemoryStore, service_id: &str) -> BTreeMap<u6
         .collect()
 }
 
-/// Waits until `pred` holds on the store (checked after every commit), failing after 5 virtual
-/// minutes with `what`.
-pub(crate) async fn wait_for<T>(
-    store: &MemoryStore,
-    what: &str,
-    mut pred: impl FnMut(&store::ReadTx<'_>) -> Option<T>,
-) -> T {
-    let mut watch = store.watch(WatchFilter::all());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(v) = store.view(&mut pred) {
-            return v;
-        }
-        match tokio::time::timeout_at(deadline, watch.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("store closed while waiting for {what}"),
-            Err(_) => {
-                let tasks = store.view(|tx| tx.find_tasks(By::All));
-                let seen: Vec<String> = tasks
-                    .iter()
-                    .map(|t| {
-                        format!(
-                            "{} slot {} node {:?} desired {} observed {}",
-                            t.id,
-                            t.slot,
-                            t.node_id,
-                            t.desired_state,
-                            observed(t)
-                        )
-                    })
-                    .collect();
-                panic!("timed out waiting for {what}; tasks: {seen:#?}")
-            }
-        }
-    }
-}
-
 /// Lets every spawned task run until all wait on timers or events: a short virtual sleep.
 pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -285,6 +223,8 @@ pub(crate) async fn start_reaper(store: &MemoryStore) -> CancellationToken {
 pub(crate) fn fake_cluster(store: MemoryStore) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut watch = store.watch(WatchFilter::none().tasks().nodes());
+        // The scheduler's part is above: the agent also plays tasks stopped before assignment.
+        let agent = testkit::FakeAgent::new("bad").without_scheduler();
         loop {
             let (tasks, nodes) = store.view(|tx| (tx.find_tasks(By::All), tx.find_nodes(By::All)));
             let mut load: BTreeMap<String, usize> = nodes
@@ -307,23 +247,13 @@ pub(crate) fn fake_cluster(store: MemoryStore) -> JoinHandle<()> {
                 })
             };
             for t in tasks {
-                let state = observed(&t);
-                if t.desired_state > RUNNING {
-                    if state <= RUNNING && !down(&t.node_id) {
-                        set_state(&store, &t.id, api::TaskState::Shutdown).await;
-                    }
-                } else if t.node_id.is_empty() {
+                if t.desired_state <= RUNNING && t.node_id.is_empty() {
                     if let Some((node_id, l)) = load.iter_mut().min_by_key(|(_, l)| **l) {
                         *l += 1;
                         let node_id = node_id.clone();
                         assign(&store, &t.id, &node_id).await;
                     }
-                } else if t.desired_state == RUNNING && state < RUNNING && !down(&t.node_id) {
-                    let next = if image(&t) == "bad" {
-                        api::TaskState::Failed
-                    } else {
-                        api::TaskState::Running
-                    };
+                } else if let Some(next) = agent.step(&t, down(&t.node_id)) {
                     set_state(&store, &t.id, next).await;
                 }
             }
@@ -336,15 +266,20 @@ pub(crate) fn fake_cluster(store: MemoryStore) -> JoinHandle<()> {
 
 async fn running_tasks(store: &MemoryStore, id: &str, n: usize) -> BTreeMap<u64, api::Task> {
     let id = id.to_string();
-    wait_for(store, &format!("{n} running tasks of {id}"), move |tx| {
-        let live: BTreeMap<u64, api::Task> = tx
-            .find_tasks(By::ServiceId(&id))
-            .into_iter()
-            .filter(|t| t.desired_state == RUNNING && observed(t) == RUNNING)
-            .map(|t| (t.slot, t))
-            .collect();
-        (live.len() == n).then_some(live)
-    })
+    wait_for(
+        WAIT,
+        store,
+        &format!("{n} running tasks of {id}"),
+        move |tx| {
+            let live: BTreeMap<u64, api::Task> = tx
+                .find_tasks(By::ServiceId(&id))
+                .into_iter()
+                .filter(|t| t.desired_state == RUNNING && observed(t) == RUNNING)
+                .map(|t| (t.slot, t))
+                .collect();
+            (live.len() == n).then_some(live)
+        },
+    )
     .await
 }
 
@@ -354,7 +289,7 @@ async fn creates_one_task_per_slot_named_after_the_service() {
     create_service(&store, service("web", 3, "nginx")).await;
     let _orchestrator = start_orchestrator(&store);
 
-    let tasks = wait_for(&store, "3 tasks", |tx| {
+    let tasks = wait_for(WAIT, &store, "3 tasks", |tx| {
         let t = tx.find_tasks(By::ServiceId("web"));
         (t.len() == 3).then_some(t)
     })
@@ -390,7 +325,7 @@ async fn ignores_global_services_and_jobs() {
     create_service(&store, job).await;
     create_service(&store, service("web", 1, "nginx")).await;
     let _orchestrator = start_orchestrator(&store);
-    wait_for(&store, "a web task", |tx| {
+    wait_for(WAIT, &store, "a web task", |tx| {
         (!tx.find_tasks(By::ServiceId("web")).is_empty()).then_some(())
     })
     .await;
@@ -404,7 +339,7 @@ async fn scale_up_fills_the_lowest_free_slots() {
     let store = MemoryStore::new(None);
     create_service(&store, service("web", 2, "nginx")).await;
     let _orchestrator = start_orchestrator(&store);
-    wait_for(&store, "2 tasks", |tx| {
+    wait_for(WAIT, &store, "2 tasks", |tx| {
         (tx.find_tasks(By::ServiceId("web")).len() == 2).then_some(())
     })
     .await;
@@ -414,7 +349,7 @@ async fn scale_up_fills_the_lowest_free_slots() {
         .update(move |tx| tx.delete_task(&slot1))
         .await
         .expect("delete");
-    let refilled = wait_for(&store, "slot 1 refilled", |tx| {
+    let refilled = wait_for(WAIT, &store, "slot 1 refilled", |tx| {
         tx.find_tasks(By::Slot {
             service_id: "web",
             slot: 1,
@@ -426,7 +361,7 @@ async fn scale_up_fills_the_lowest_free_slots() {
     assert_eq!(refilled.desired_state, RUNNING);
 
     set_replicas(&store, "web", 4).await;
-    wait_for(&store, "4 tasks", |tx| {
+    wait_for(WAIT, &store, "4 tasks", |tx| {
         (tx.find_tasks(By::ServiceId("web")).len() == 4).then_some(())
     })
     .await;
@@ -440,7 +375,7 @@ async fn scale_down_keeps_running_low_and_evenly_spread_slots() {
     create_nodes(&store, &["n1", "n2"]).await;
     create_service(&store, service("web", 6, "nginx")).await;
     let _orchestrator = start_orchestrator(&store);
-    let tasks = wait_for(&store, "6 tasks", |tx| {
+    let tasks = wait_for(WAIT, &store, "6 tasks", |tx| {
         let t = tx.find_tasks(By::ServiceId("web"));
         (t.len() == 6).then_some(t)
     })
@@ -455,7 +390,7 @@ async fn scale_down_keeps_running_low_and_evenly_spread_slots() {
     }
 
     set_replicas(&store, "web", 3).await;
-    let removed = wait_for(&store, "3 tasks desired REMOVE", |tx| {
+    let removed = wait_for(WAIT, &store, "3 tasks desired REMOVE", |tx| {
         let mut r: Vec<u64> = tx
             .find_tasks(By::ServiceId("web"))
             .into_iter()
@@ -486,7 +421,7 @@ async fn failed_task_is_replaced_in_its_slot_after_the_restart_delay() {
     let failed = before[&2].clone();
     set_state(&store, &failed.id, api::TaskState::Failed).await;
     let started = Instant::now();
-    let replacement = wait_for(&store, "a replacement in slot 2", |tx| {
+    let replacement = wait_for(WAIT, &store, "a replacement in slot 2", |tx| {
         tx.find_tasks(By::Slot {
             service_id: "web",
             slot: 2,
@@ -504,7 +439,7 @@ async fn failed_task_is_replaced_in_its_slot_after_the_restart_delay() {
     assert_eq!(old.desired_state, SHUTDOWN);
 
     let id = replacement.id.clone();
-    wait_for(&store, "replacement started", |tx| {
+    wait_for(WAIT, &store, "replacement started", |tx| {
         tx.get_task(&id)
             .filter(|t| t.desired_state == RUNNING)
             .map(drop)
@@ -534,7 +469,7 @@ async fn restart_condition_none_leaves_the_slot_occupied_by_the_stopped_task() {
     let _cluster = fake_cluster(store.clone());
     let before = running_tasks(&store, "web", 2).await;
     set_state(&store, &before[&1].id, api::TaskState::Complete).await;
-    wait_for(&store, "the completed task shut down", |tx| {
+    wait_for(WAIT, &store, "the completed task shut down", |tx| {
         tx.get_task(&before[&1].id)
             .filter(|t| t.desired_state == SHUTDOWN)
             .map(drop)
@@ -542,7 +477,7 @@ async fn restart_condition_none_leaves_the_slot_occupied_by_the_stopped_task() {
     .await;
     // A later reconcile (scale up) must not refill slot 1.
     set_replicas(&store, "web", 3).await;
-    wait_for(&store, "slot 3", |tx| {
+    wait_for(WAIT, &store, "slot 3", |tx| {
         (tx.find_tasks(By::ServiceId("web")).len() == 3).then_some(())
     })
     .await;
@@ -569,7 +504,7 @@ async fn restart_on_failure_replaces_failed_but_not_completed_tasks() {
     let before = running_tasks(&store, "web", 2).await;
     set_state(&store, &before[&1].id, api::TaskState::Complete).await;
     set_state(&store, &before[&2].id, api::TaskState::Failed).await;
-    let now = wait_for(&store, "slot 2 running again", |tx| {
+    let now = wait_for(WAIT, &store, "slot 2 running again", |tx| {
         tx.find_tasks(By::Slot {
             service_id: "web",
             slot: 2,
@@ -603,7 +538,7 @@ async fn max_attempts_stops_restarting_a_slot() {
     let _orchestrator = start_orchestrator(&store);
     let _cluster = fake_cluster(store.clone());
     // The first task and two restarts fail; then the slot stays with its last failed task.
-    wait_for(&store, "3 failed tasks", |tx| {
+    wait_for(WAIT, &store, "3 failed tasks", |tx| {
         let failed = tx
             .find_tasks(By::ServiceId("web"))
             .into_iter()
@@ -654,7 +589,7 @@ async fn drained_node_tasks_are_replaced_without_delay_once_stopped() {
 
     let started = Instant::now();
     set_availability(&store, "n1", api::node_spec::Availability::Drain).await;
-    let after = wait_for(&store, "both slots running on n2", |tx| {
+    let after = wait_for(WAIT, &store, "both slots running on n2", |tx| {
         let live: BTreeMap<u64, api::Task> = tx
             .find_tasks(By::ServiceId("web"))
             .into_iter()
@@ -693,7 +628,7 @@ async fn down_node_tasks_are_replaced_after_the_delay() {
 
     let started = Instant::now();
     set_node_down(&store, "n1").await;
-    let after = wait_for(&store, "replacement running on n2", |tx| {
+    let after = wait_for(WAIT, &store, "replacement running on n2", |tx| {
         tx.find_tasks(By::Slot {
             service_id: "web",
             slot: on_n1.slot,
@@ -731,7 +666,7 @@ async fn deleted_node_tasks_are_replaced_but_paused_node_tasks_stay() {
         .update(|tx| tx.delete_node("n2"))
         .await
         .expect("delete node");
-    wait_for(&store, "replacement of the n2 task running", |tx| {
+    wait_for(WAIT, &store, "replacement of the n2 task running", |tx| {
         tx.find_tasks(By::Slot {
             service_id: "web",
             slot: on_n2.slot,
@@ -752,7 +687,7 @@ async fn deleted_service_tasks_are_removed_then_reaped() {
     create_service(&store, service("web", 3, "nginx")).await;
     let _orchestrator = start_orchestrator(&store);
     let _reaper = start_reaper(&store).await;
-    wait_for(&store, "3 tasks", |tx| {
+    wait_for(WAIT, &store, "3 tasks", |tx| {
         (tx.find_tasks(By::ServiceId("web")).len() == 3).then_some(())
     })
     .await;
@@ -767,7 +702,7 @@ async fn deleted_service_tasks_are_removed_then_reaped() {
         .update(|tx| tx.delete_service("web"))
         .await
         .expect("delete service");
-    wait_for(&store, "running tasks desired REMOVE", |tx| {
+    wait_for(WAIT, &store, "running tasks desired REMOVE", |tx| {
         let t = tx.find_tasks(By::ServiceId("web"));
         (t.len() == 2 && t.iter().all(|t| t.desired_state == REMOVE)).then_some(())
     })
@@ -777,7 +712,7 @@ async fn deleted_service_tasks_are_removed_then_reaped() {
     assert_eq!(tasks_of(&store, "web").len(), 2);
     set_state(&store, &tasks[&1].id, api::TaskState::Shutdown).await;
     set_state(&store, &tasks[&2].id, api::TaskState::Complete).await;
-    wait_for(&store, "all tasks deleted", |tx| {
+    wait_for(WAIT, &store, "all tasks deleted", |tx| {
         tx.find_tasks(By::ServiceId("web")).is_empty().then_some(())
     })
     .await;
@@ -806,7 +741,7 @@ async fn spec_change_rolls_out_new_tasks_through_the_updater() {
         }
     })
     .await;
-    wait_for(&store, "update completed", |tx| {
+    wait_for(WAIT, &store, "update completed", |tx| {
         tx.get_service("web")
             .and_then(|s| s.update_status)
             .filter(|u| u.state == UpdateState::Completed as i32)
@@ -853,7 +788,7 @@ async fn start_up_restarts_tasks_that_failed_while_no_leader_watched() {
         .expect("seed");
 
     let _orchestrator = start_orchestrator(&store);
-    let replacement = wait_for(&store, "slot 1 replaced", |tx| {
+    let replacement = wait_for(WAIT, &store, "slot 1 replaced", |tx| {
         tx.find_tasks(By::Slot {
             service_id: "web",
             slot: 1,
@@ -863,7 +798,7 @@ async fn start_up_restarts_tasks_that_failed_while_no_leader_watched() {
     })
     .await;
     assert_eq!(replacement.desired_state, READY);
-    wait_for(&store, "held task started", |tx| {
+    wait_for(WAIT, &store, "held task started", |tx| {
         tx.get_task(&held_id)
             .filter(|t| t.desired_state == RUNNING)
             .map(drop)
@@ -880,13 +815,13 @@ async fn stops_on_shutdown_and_cancels_delayed_starts() {
     create_service(&store, service("web", 1, "nginx")).await;
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(ReplicatedOrchestrator::new(store.clone()).run(shutdown.clone()));
-    let task = wait_for(&store, "a task", |tx| {
+    let task = wait_for(WAIT, &store, "a task", |tx| {
         tx.find_tasks(By::ServiceId("web")).into_iter().next()
     })
     .await;
     assign(&store, &task.id, "n1").await;
     set_state(&store, &task.id, api::TaskState::Failed).await;
-    let replacement = wait_for(&store, "a replacement", |tx| {
+    let replacement = wait_for(WAIT, &store, "a replacement", |tx| {
         tx.find_tasks(By::ServiceId("web"))
             .into_iter()
             .find(|t| t.desired_state == READY)

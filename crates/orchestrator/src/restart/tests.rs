@@ -8,8 +8,8 @@ use store::{By, MemoryStore};
 
 use super::{OLD_TASK_TIMEOUT, RestartSupervisor, newest_task};
 use crate::replicated::tests::{
-    READY, RUNNING, SHUTDOWN, create_nodes, create_service, observed, service, set_availability,
-    set_node_down, set_state, wait_for, with_restart,
+    READY, RUNNING, SHUTDOWN, WAIT, create_nodes, create_service, observed, service,
+    set_availability, set_node_down, set_state, wait_for, with_restart,
 };
 use crate::task::{new_task, state};
 
@@ -140,7 +140,7 @@ async fn job_replacement_keeps_the_iteration_and_is_started_to_complete() {
         .expect("replacement");
     assert_eq!(new.job_iteration, Some(api::Version { index: 3 }));
     let id = new.id.clone();
-    wait_for(&store, "job task started", |tx| {
+    wait_for(WAIT, &store, "job task started", |tx| {
         tx.get_task(&id)
             .filter(|t| t.desired_state == COMPLETE)
             .map(drop)
@@ -377,7 +377,7 @@ async fn restarting_a_replacement_in_its_delay_waits_for_the_delay() {
     assert!(restart(&supervisor, &store, &new.id).await.is_none());
     assert_eq!(desired(&store, &new.id), READY, "left alone for now");
 
-    let third = wait_for(&store, "a second replacement", |tx| {
+    let third = wait_for(WAIT, &store, "a second replacement", |tx| {
         tx.find_tasks(By::Slot {
             service_id: "web",
             slot: 1,

@@ -5,33 +5,17 @@ use std::time::Duration;
 
 use api::update_config::{FailureAction, UpdateOrder};
 use api::update_status::UpdateState;
-use store::{By, MemoryStore, WatchFilter};
+use store::{By, MemoryStore};
 
 use super::{Slot, UpdateSupervisor};
-use crate::replicated::tests::{image, observed, set_state, wait_for};
+use crate::replicated::tests::{WAIT, image, observed, set_state, wait_for};
 
 const RUNNING: api::TaskState = api::TaskState::Running;
 
 fn spec(image: &str, replicas: u64, update: Option<api::UpdateConfig>) -> api::ServiceSpec {
     api::ServiceSpec {
-        annotations: Some(api::Annotations {
-            name: "web".into(),
-            ..Default::default()
-        }),
-        task: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                api::ContainerSpec {
-                    image: image.into(),
-                    ..Default::default()
-                },
-            ))),
-            ..Default::default()
-        }),
-        mode: Some(api::service_spec::Mode::Replicated(
-            api::ReplicatedService { replicas },
-        )),
         update,
-        ..Default::default()
+        ..testkit::fixtures::service_spec("web", replicas, image)
     }
 }
 
@@ -99,33 +83,12 @@ fn update_status(tx: &store::ReadTx<'_>) -> Option<api::UpdateStatus> {
     tx.get_service("svc").and_then(|s| s.update_status)
 }
 
-/// Runs tasks desired RUNNING (failing those of image `bad`) and stops tasks desired stopped.
+/// Runs tasks desired RUNNING (failing those of image `bad`) and stops tasks desired stopped;
+/// no scheduler runs here, so it plays tasks that no node holds too.
 fn fake_agent(store: MemoryStore) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut watch = store.watch(WatchFilter::none().tasks());
-        loop {
-            let tasks = store.view(|tx| tx.find_tasks(By::All));
-            for t in tasks {
-                let next = if t.desired_state == RUNNING as i32 && observed(&t) < RUNNING as i32 {
-                    Some(if image(&t) == "bad" {
-                        api::TaskState::Failed
-                    } else {
-                        RUNNING
-                    })
-                } else if t.desired_state > RUNNING as i32 && observed(&t) <= RUNNING as i32 {
-                    Some(api::TaskState::Shutdown)
-                } else {
-                    None
-                };
-                if let Some(state) = next {
-                    set_state(&store, &t.id, state).await;
-                }
-            }
-            if watch.recv().await.is_none() {
-                return;
-            }
-        }
-    })
+    testkit::FakeAgent::new("bad")
+        .without_scheduler()
+        .spawn(store, tokio_util::sync::CancellationToken::new())
 }
 
 #[tokio::test(start_paused = true)]
@@ -135,7 +98,7 @@ async fn parallelism_one_replaces_one_slot_at_a_time_and_completes() {
     let supervisor = UpdateSupervisor::new(store.clone());
     supervisor.update(None, &service, slots(&store));
 
-    let status = wait_for(&store, "update in progress", update_status).await;
+    let status = wait_for(WAIT, &store, "update in progress", update_status).await;
     assert_eq!(status.state, UpdateState::Updating as i32);
     assert_eq!(status.message, "update in progress");
     assert!(status.started_at.is_some());
@@ -143,7 +106,7 @@ async fn parallelism_one_replaces_one_slot_at_a_time_and_completes() {
     let mut done_slots = Vec::new();
     for round in 1..=3 {
         // Exactly one new task, desired READY, its slot's old task being shut down.
-        let new = wait_for(&store, "a new v2 task", |tx| {
+        let new = wait_for(WAIT, &store, "a new v2 task", |tx| {
             tx.find_tasks(By::ServiceId("svc"))
                 .into_iter()
                 .find(|t| image(t) == "v2" && observed(t) < RUNNING as i32)
@@ -163,7 +126,7 @@ async fn parallelism_one_replaces_one_slot_at_a_time_and_completes() {
         // Stop-first: the new task starts once the old one stopped.
         set_state(&store, &old.id, api::TaskState::Shutdown).await;
         let id = new.id.clone();
-        wait_for(&store, "new task desired RUNNING", |tx| {
+        wait_for(WAIT, &store, "new task desired RUNNING", |tx| {
             tx.get_task(&id)
                 .filter(|t| t.desired_state == RUNNING as i32)
         })
@@ -181,7 +144,7 @@ async fn parallelism_one_replaces_one_slot_at_a_time_and_completes() {
         done_slots.push(new.slot);
     }
 
-    let status = wait_for(&store, "update completed", |tx| {
+    let status = wait_for(WAIT, &store, "update completed", |tx| {
         update_status(tx).filter(|s| s.state == UpdateState::Completed as i32)
     })
     .await;
@@ -219,7 +182,7 @@ async fn failure_with_pause_action_pauses_the_update() {
     let supervisor = UpdateSupervisor::new(store.clone());
     supervisor.update(None, &service, slots(&store));
 
-    let status = wait_for(&store, "update paused", |tx| {
+    let status = wait_for(WAIT, &store, "update paused", |tx| {
         update_status(tx).filter(|s| s.state == UpdateState::Paused as i32)
     })
     .await;
@@ -280,7 +243,7 @@ async fn failure_with_rollback_action_restores_the_previous_spec() {
     let supervisor = UpdateSupervisor::new(store.clone());
     supervisor.update(None, &service, slots(&store));
 
-    let rolled = wait_for(&store, "rollback started", |tx| {
+    let rolled = wait_for(WAIT, &store, "rollback started", |tx| {
         tx.get_service("svc").filter(|s| {
             s.update_status
                 .as_ref()
@@ -307,7 +270,7 @@ async fn failure_with_rollback_action_restores_the_previous_spec() {
 
     // The orchestrator sees the new spec and hands the slots to the updater again.
     supervisor.update(None, &rolled, slots(&store));
-    let status = wait_for(&store, "rollback completed", |tx| {
+    let status = wait_for(WAIT, &store, "rollback completed", |tx| {
         update_status(tx).filter(|s| s.state == UpdateState::RollbackCompleted as i32)
     })
     .await;
@@ -335,7 +298,7 @@ async fn start_first_starts_the_new_task_before_stopping_the_old_one() {
     let supervisor = UpdateSupervisor::new(store.clone());
     supervisor.update(None, &service, slots(&store));
 
-    let new = wait_for(&store, "new task desired RUNNING", |tx| {
+    let new = wait_for(WAIT, &store, "new task desired RUNNING", |tx| {
         tx.find_tasks(By::ServiceId("svc"))
             .into_iter()
             .find(|t| image(t) == "v2" && t.desired_state == RUNNING as i32)
@@ -346,12 +309,12 @@ async fn start_first_starts_the_new_task_before_stopping_the_old_one() {
 
     set_state(&store, &new.id, RUNNING).await;
     let id = old.id.clone();
-    wait_for(&store, "old task shut down", |tx| {
+    wait_for(WAIT, &store, "old task shut down", |tx| {
         tx.get_task(&id)
             .filter(|t| t.desired_state == api::TaskState::Shutdown as i32)
     })
     .await;
-    let status = wait_for(&store, "update completed", |tx| {
+    let status = wait_for(WAIT, &store, "update completed", |tx| {
         update_status(tx).filter(|s| s.state == UpdateState::Completed as i32)
     })
     .await;
@@ -368,7 +331,7 @@ async fn parallelism_zero_updates_all_slots_at_once() {
     let service = seed(&store, 3, Some(config)).await;
     let supervisor = UpdateSupervisor::new(store.clone());
     supervisor.update(None, &service, slots(&store));
-    wait_for(&store, "three new tasks at once", |tx| {
+    wait_for(WAIT, &store, "three new tasks at once", |tx| {
         (tx.find_tasks(By::ServiceId("svc"))
             .into_iter()
             .filter(|t| image(t) == "v2")
@@ -386,7 +349,7 @@ async fn force_update_makes_every_task_dirty() {
     let _agent = fake_agent(store.clone());
     let supervisor = UpdateSupervisor::new(store.clone());
     supervisor.update(None, &service, slots(&store));
-    wait_for(&store, "update completed", |tx| {
+    wait_for(WAIT, &store, "update completed", |tx| {
         update_status(tx).filter(|s| s.state == UpdateState::Completed as i32)
     })
     .await;
@@ -407,13 +370,13 @@ async fn force_update_makes_every_task_dirty() {
         .expect("force update");
     let service = store.view(|tx| tx.get_service("svc")).expect("service");
     supervisor.update(None, &service, slots(&store));
-    wait_for(&store, "forced replacement", |tx| {
+    wait_for(WAIT, &store, "forced replacement", |tx| {
         tx.find_tasks(By::ServiceId("svc")).into_iter().find(|t| {
             t.spec.as_ref().is_some_and(|s| s.force_update == 1) && observed(t) == RUNNING as i32
         })
     })
     .await;
-    wait_for(&store, "forced update completed", |tx| {
+    wait_for(WAIT, &store, "forced update completed", |tx| {
         update_status(tx).filter(|s| s.state == UpdateState::Completed as i32)
     })
     .await;

@@ -2,10 +2,11 @@
 //! plaintext transport dialer (the manager serves the transport behind mutual TLS), bounded
 //! waits and a store write.
 
+// Each test binary compiles this module and uses only some of it.
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raft::{Dialer, NetworkFactory, RaftConfig};
 use store::MemoryStore;
@@ -40,12 +41,8 @@ pub fn network() -> NetworkFactory {
 }
 
 /// Polls `cond` every 20 ms until it holds; panics with `what` after [`WAIT`].
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    testkit::poll_until(WAIT, Duration::from_millis(20), what, cond).await;
 }
 
 /// Creates an empty Node `id` through `store`, within [`WAIT`].

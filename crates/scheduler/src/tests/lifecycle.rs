@@ -36,7 +36,7 @@ async fn stale_pending_task_desired_shutdown_is_shut_down() {
     removed.desired_state = api::TaskState::Remove as i32;
     put_tasks(&store, vec![t, removed, task("live", "s")]).await;
     wait_assigned(&store, &["live"]).await;
-    wait_until(&store, "stale tasks shut down", |tx| {
+    wait_for(WAIT, &store, "stale tasks shut down", |tx| {
         let shut = |id: &str| {
             tx.get_task(id).is_some_and(|t| {
                 state(&t) == api::TaskState::Shutdown as i32 && t.node_id.is_empty()

@@ -11,39 +11,20 @@ mod spread;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use store::{By, MemoryStore, ReadTx, WatchFilter};
+use store::{By, MemoryStore, WatchFilter};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Scheduler};
+
+pub(super) use testkit::fixtures::node;
+pub(super) use testkit::wait_for;
 
 pub(super) const WAIT: Duration = Duration::from_secs(10);
 pub(super) const GIB: i64 = 1 << 30;
 pub(super) const CPU: i64 = 1_000_000_000;
 
 // --- objects -------------------------------------------------------------------------------
-
-pub(super) fn node(id: &str) -> api::Node {
-    api::Node {
-        id: id.into(),
-        spec: Some(api::NodeSpec {
-            annotations: Some(api::Annotations {
-                name: id.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        description: Some(api::NodeDescription {
-            hostname: id.into(),
-            ..Default::default()
-        }),
-        status: Some(api::NodeStatus {
-            state: api::node_status::State::Ready as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 pub(super) fn down(mut n: api::Node) -> api::Node {
     n.status.as_mut().unwrap().state = api::node_status::State::Down as i32;
@@ -112,28 +93,10 @@ pub(super) fn service(id: &str) -> api::Service {
 }
 
 pub(super) fn task(id: &str, service_id: &str) -> api::Task {
-    api::Task {
-        id: id.into(),
-        service_id: service_id.into(),
-        spec_version: Some(api::Version { index: 1 }),
-        slot: 1,
-        desired_state: api::TaskState::Running as i32,
-        status: Some(api::TaskStatus {
-            state: api::TaskState::Pending as i32,
-            message: "pending task scheduling".into(),
-            ..Default::default()
-        }),
-        spec: Some(api::TaskSpec {
-            runtime: Some(api::task_spec::Runtime::Container(Box::new(
-                api::ContainerSpec {
-                    image: "busybox".into(),
-                    ..Default::default()
-                },
-            ))),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut t = testkit::fixtures::task(id, service_id, api::TaskState::Pending);
+    t.spec_version = Some(api::Version { index: 1 });
+    t.status.as_mut().expect("status").message = "pending task scheduling".into();
+    t
 }
 
 pub(super) fn tasks(prefix: &str, service_id: &str, n: usize) -> Vec<api::Task> {
@@ -281,45 +244,9 @@ pub(super) fn is_assigned(t: &api::Task) -> bool {
     state(t) == api::TaskState::Assigned as i32
 }
 
-/// Waits until `check` returns `Some` on a view of the store, re-checking after every commit.
-pub(super) async fn wait_until<T>(
-    store: &MemoryStore,
-    what: &str,
-    check: impl Fn(&ReadTx<'_>) -> Option<T>,
-) -> T {
-    let mut watcher = store.watch(WatchFilter::all());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(found) = store.view(&check) {
-            return found;
-        }
-        match tokio::time::timeout_at(deadline, watcher.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("store closed while waiting for {what}"),
-            Err(_) => {
-                let tasks: Vec<String> = store.view(|tx| {
-                    tx.find_tasks(By::All)
-                        .iter()
-                        .map(|t| {
-                            format!(
-                                "{} node={} state={} err={}",
-                                t.id,
-                                t.node_id,
-                                state(t),
-                                err(t)
-                            )
-                        })
-                        .collect()
-                });
-                panic!("timed out waiting for {what}; tasks: {tasks:#?}");
-            }
-        }
-    }
-}
-
 /// Waits until every task in `ids` is ASSIGNED; returns task ID -> node ID.
 pub(super) async fn wait_assigned(store: &MemoryStore, ids: &[&str]) -> BTreeMap<String, String> {
-    wait_until(store, &format!("{ids:?} assigned"), |tx| {
+    wait_for(WAIT, store, &format!("{ids:?} assigned"), |tx| {
         let mut out = BTreeMap::new();
         for id in ids {
             let t = tx.get_task(id)?;
@@ -339,7 +266,7 @@ pub(super) async fn wait_service_assigned(
     store: &MemoryStore,
     service: &str,
 ) -> BTreeMap<String, usize> {
-    wait_until(store, &format!("tasks of {service} assigned"), |tx| {
+    wait_for(WAIT, store, &format!("tasks of {service} assigned"), |tx| {
         let mut per_node = BTreeMap::new();
         for t in tx.find_tasks(By::ServiceId(service)) {
             let on_node = (api::TaskState::Assigned as i32..=api::TaskState::Running as i32)
@@ -356,7 +283,7 @@ pub(super) async fn wait_service_assigned(
 
 /// Waits until task `id` carries this `status.err`, still PENDING and without a node.
 pub(super) async fn wait_err(store: &MemoryStore, id: &str, expected: &str) {
-    wait_until(store, &format!("{id} err {expected:?}"), |tx| {
+    wait_for(WAIT, store, &format!("{id} err {expected:?}"), |tx| {
         let t = tx.get_task(id)?;
         (err(&t) == expected).then_some(())
     })

@@ -18,7 +18,7 @@ async fn preassigned_tasks_are_only_checked_against_their_node() {
     assert_eq!(placed["g1"], "n1");
     let g1 = get_task(&store, "g1");
     assert_eq!(g1.status.as_ref().unwrap().message, CONFIRMED_MESSAGE);
-    wait_until(&store, "g2 explained", |tx| {
+    wait_for(WAIT, &store, "g2 explained", |tx| {
         let t = tx.get_task("g2")?;
         (err(&t) == "no suitable node (1 node not available for new tasks)").then_some(())
     })
@@ -47,7 +47,7 @@ async fn preassigned_tasks_need_resources_too() {
         )],
     )
     .await;
-    wait_until(&store, "g explained", |tx| {
+    wait_for(WAIT, &store, "g explained", |tx| {
         let t = tx.get_task("g")?;
         (err(&t) == "no suitable node (insufficient resources on 1 node)").then_some(())
     })

@@ -321,6 +321,7 @@ async fn the_agent_keeps_reconnecting_while_no_manager_answers_and_stops_only_wh
     let config = crate::AgentConfig {
         managers: vec!["10.0.0.1:4242".into(), "10.0.0.2:4242".into()],
         connect,
+        local: Arc::new(|| None),
         executor: Arc::new(FakeExecutor(Arc::new(Fake::default()))),
         db: TaskDb::open(dir.path()).expect("db"),
         observer: Arc::new(|_: &api::SessionMessage| {}),

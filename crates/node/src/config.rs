@@ -14,7 +14,8 @@ pub struct NodeConfig {
     pub listen_control_api: PathBuf,
     /// Remote API listen address, `host:port` (port 0 picks one).
     pub listen_remote_api: String,
-    /// Address advertised to other nodes; empty means `0.0.0.0:<listen port>` as SwarmKit does.
+    /// Address advertised to other nodes; empty means `0.0.0.0:<listen port>` (the address the
+    /// OS bound for a listen port of 0) as SwarmKit does.
     pub advertise_remote_api: String,
     /// Hostname to report; empty means the OS hostname.
     pub hostname: String,

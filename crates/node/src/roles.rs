@@ -61,13 +61,27 @@ async fn bind_remote(config: &NodeConfig) -> Result<(TcpListener, u16, String), 
     let listener = TcpListener::bind(&config.listen_remote_api)
         .await
         .map_err(err)?;
-    let port = listener.local_addr().map_err(err)?.port();
-    let advertise = if config.advertise_remote_api.is_empty() {
-        format!("0.0.0.0:{port}")
+    let bound = listener.local_addr().map_err(err)?;
+    let advertise = advertised(
+        &config.listen_remote_api,
+        &config.advertise_remote_api,
+        bound,
+    );
+    Ok((listener, bound.port(), advertise))
+}
+
+/// The remote API address a manager advertises, as SwarmKit's `Manager.BindRemote` picks it:
+/// the `--advertise-remote-api` address when given; else, for a listen port of 0, the address
+/// the OS bound; else `0.0.0.0:<port>`, a wildcard the other managers replace with the address
+/// they see the connection come from.
+fn advertised(listen: &str, advertise: &str, bound: std::net::SocketAddr) -> String {
+    if !advertise.is_empty() {
+        advertise.to_string()
+    } else if listen.rsplit_once(':').is_some_and(|(_, port)| port == "0") {
+        bound.to_string()
     } else {
-        config.advertise_remote_api.clone()
-    };
-    Ok((listener, port, advertise))
+        format!("0.0.0.0:{}", bound.port())
+    }
 }
 
 fn os_hostname() -> String {
@@ -347,6 +361,18 @@ mod tests {
             executor: ExecutorKind::Process,
             ..NodeConfig::default()
         }
+    }
+
+    #[test]
+    fn advertised_address_follows_swarmkit() {
+        let bound: std::net::SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        assert_eq!(advertised("127.0.0.1:0", "", bound), "127.0.0.1:40001");
+        assert_eq!(advertised("127.0.0.1:40001", "", bound), "0.0.0.0:40001");
+        assert_eq!(advertised("0.0.0.0:4242", "", bound), "0.0.0.0:40001");
+        assert_eq!(
+            advertised("127.0.0.1:0", "10.0.0.1:4242", bound),
+            "10.0.0.1:4242"
+        );
     }
 
     async fn manager_of(node: &Node) -> (store::MemoryStore, Arc<raft::RaftNode>) {

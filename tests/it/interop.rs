@@ -169,11 +169,15 @@ const SCRIPT: &[Step] = &[
     run("service create --name noimage"),
     run(
         "service create --name mounts --image busybox:latest --replicas 0 --bind /tmp:/data \
-         --tmpfs /scratch --ulimit nofile=1024:2048 \
-         --log-driver json-file --log-opt max-size=1m --replicas-max-per-node 2",
+         --tmpfs /scratch --ulimit nofile=1024:2048 --replicas-max-per-node 2",
     ),
     run("service inspect mounts"),
-    run("service create --name ports --image busybox:latest --replicas 0 --ports web:8080:80/tcp"),
+    // The log driver goes on a service never updated: SwarmKit's swarmctl drops it on any
+    // `service update` without `--log-driver` (ours keeps it).
+    run(
+        "service create --name ports --image busybox:latest --replicas 0 --ports web:8080:80/tcp \
+         --log-driver json-file --log-opt max-size=1m",
+    ),
     run("service inspect ports"),
     run("service ls"),
     run("service update web --replicas 3"),

@@ -19,3 +19,4 @@ mod interop;
 mod orchestration;
 mod persistence;
 mod security;
+mod tls;

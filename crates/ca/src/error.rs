@@ -48,6 +48,9 @@ pub enum CaError {
     /// TLS configuration failed.
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
+    /// OpenSSL refused a server configuration (certificate, key, roots or settings).
+    #[error("tls: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
     /// A file of the key store could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -1,11 +1,13 @@
 //! The cluster's certificate authority and everything TLS: the root CA, node keys and CSRs,
 //! issuing node certificates (the CA, never the CSR, decides the subject), join tokens, the
-//! key files in the state directory, the rustls configurations of the control socket and the
-//! remote API, a node's live (renewable) TLS identity, the node side of joining and renewal, and
-//! the certificate work of root CA rotation (cross-signing, telling which root issued a certificate).
+//! key files in the state directory, the TLS configurations of the control socket and the
+//! remote API (servers on OpenSSL, clients on rustls), a node's live (renewable) TLS identity,
+//! the node side of joining and renewal, and the certificate work of root CA rotation
+//! (cross-signing, telling which root issued a certificate).
 //! No store here: the CA signing server that reads and writes Node objects is a manager
 //! subsystem (STYLE.md).
 
+mod acceptor;
 mod certinfo;
 mod client;
 mod error;
@@ -15,6 +17,8 @@ mod keystore;
 mod root;
 mod rotation;
 mod security;
+#[cfg(any(test, feature = "test-client"))]
+pub mod test_client;
 mod tls;
 mod token;
 
@@ -32,11 +36,12 @@ pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
 pub use rotation::{MIN_ROOT_EXPIRY, SigningCa, normalize_pem, same_certificates};
 pub use security::SecurityConfig;
-pub use tls::{
-    ServerTls, control_channel, control_server_config, insecure_client_config, mtls_client_config,
-    mtls_server_config, peer_addr_http, peer_cert_info, peer_cert_info_http, peer_ip,
-    serve_tcp_tls, serve_unix_tls, tls_channel, tls_peer_cert_info_http,
+pub use acceptor::{
+    ServerConfig, ServerTls, TlsConnection, TlsPeer, control_server_config, mtls_server_config,
+    peer_addr_http, peer_cert_info, peer_cert_info_http, peer_ip, serve_tcp_tls, serve_unix_tls,
+    tls_peer_cert_info_http,
 };
+pub use tls::{control_channel, insecure_client_config, mtls_client_config, tls_channel};
 pub use token::{ParsedToken, generate_join_token, tokens_equal};
 
 /// OU of manager certificates.

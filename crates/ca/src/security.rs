@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::{
-    CaError, CertInfo, KeyStore, NodeTlsMaterial, ServerTls, control_server_config,
+    CaError, CertInfo, KeyStore, NodeTlsMaterial, ServerConfig, ServerTls, control_server_config,
     mtls_client_config, mtls_server_config,
 };
 
@@ -26,8 +26,8 @@ struct Current {
 pub struct SecurityConfig {
     keys: KeyStore,
     current: RwLock<Current>,
-    control: watch::Sender<Arc<rustls::ServerConfig>>,
-    remote: watch::Sender<Arc<rustls::ServerConfig>>,
+    control: watch::Sender<ServerConfig>,
+    remote: watch::Sender<ServerConfig>,
     changed: watch::Sender<u64>,
 }
 
@@ -128,7 +128,7 @@ impl SecurityConfig {
 
 fn server_configs(
     m: &NodeTlsMaterial,
-) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>), CaError> {
+) -> Result<(ServerConfig, ServerConfig), CaError> {
     Ok((
         control_server_config(&m.cert_pem, &m.key_pem)?,
         mtls_server_config(&m.cert_pem, &m.key_pem, &m.root_pem, false)?,
@@ -206,14 +206,18 @@ mod tests {
         assert_eq!(keys.load().expect("load"), Some(first.clone()));
         let mut remote = sec.remote.subscribe();
         let changed = sec.subscribe();
-        let before = remote.borrow_and_update().clone();
+        remote.borrow_and_update();
 
         let second = material(&root, "n1", crate::MIN_NODE_CERT_EXPIRY);
         sec.install(second.clone()).expect("install");
         assert_eq!(keys.load().expect("load"), Some(second.clone()));
         assert_eq!(sec.material(), second);
         assert!(remote.has_changed().expect("open"));
-        assert!(!Arc::ptr_eq(&before, &remote.borrow()));
+        assert_eq!(
+            remote.borrow().certificate_der(),
+            Some(pem::parse(&second.cert_pem).expect("pem").into_contents()),
+            "the remote API presents the new certificate"
+        );
         assert_eq!(*changed.borrow(), 1);
 
         // Same root again: nothing to do.

@@ -1,0 +1,368 @@
+//! The server side of TLS, on OpenSSL, for the control socket and the remote API: the server
+//! configurations (the control socket presents the node certificate and asks for none, as SwarmKit
+//! serves it; the remote API verifies client certificates against the root CA, optional so that a
+//! joining node can reach the CA), a config that can be swapped at run time, the accept loops that
+//! turn a listener into a stream of TLS connections for tonic, and what a request's connection
+//! says about its peer. Our clients are rustls (`tls.rs`).
+//!
+//! Why OpenSSL here (BUILDING.md "TLS"): grpc-go clients, SwarmKit's swarmctl among them, send
+//! their dial target as the SNI (a socket path on the control socket), and rustls 0.23 answers a
+//! server name that is not a DNS name with an `illegal_parameter` alert. The SNI carries no
+//! meaning for us: any name, or none, is accepted and ignored.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    AlpnError, Ssl, SslAcceptor, SslAcceptorBuilder, SslMethod, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion, select_next_proto,
+};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::verify::X509VerifyFlags;
+use openssl::x509::{X509, X509VerifyResult};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_openssl::SslStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tracing::debug;
+
+use crate::tls::{cert_and_key, root_certs};
+use crate::{CaError, CertInfo};
+
+/// A handshake that takes longer than this is dropped, so a stalled client cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections accepted but not yet taken by the server; beyond this, accepting waits.
+const PENDING_CONNECTIONS: usize = 64;
+/// The one application protocol offered, in ALPN wire format: `h2` (recent grpc-go clients
+/// require it). A client offering others but not `h2` is refused.
+const ALPN_H2: &[u8] = b"\x02h2";
+/// TLS 1.2 suites: ECDHE with an AEAD cipher, the ones our rustls clients offer. The TLS 1.3
+/// suites are OpenSSL's defaults (AES-GCM and ChaCha20-Poly1305, as rustls).
+const TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:\
+     ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:\
+     ECDHE-RSA-CHACHA20-POLY1305";
+/// Key exchange groups, those of rustls with ring.
+const GROUPS: &str = "X25519:P-256:P-384";
+
+/// A TLS server configuration: an OpenSSL context shared by the connections accepted with it
+/// (cloning is cheap).
+#[derive(Clone)]
+pub struct ServerConfig(SslAcceptor);
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+impl ServerConfig {
+    /// The certificate this config presents, as DER.
+    pub(crate) fn certificate_der(&self) -> Option<Vec<u8>> {
+        self.0.context().certificate()?.to_der().ok()
+    }
+}
+
+/// TLS 1.2 and 1.3, presenting `cert_chain_pem` with `key_pem`, ALPN `h2`, any SNI.
+fn server_builder(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<SslAcceptorBuilder, CaError> {
+    let (chain, key) = cert_and_key(cert_chain_pem, key_pem)?;
+    let mut chain = chain
+        .iter()
+        .map(|c| X509::from_der(c))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let leaf = chain
+        .next()
+        .ok_or_else(|| CaError::Parse("certificate chain: no certificate".into()))?;
+    let key = PKey::private_key_from_der(key.secret_der())?;
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_cipher_list(TLS12_CIPHERS)?;
+    b.set_groups_list(GROUPS)?;
+    b.set_certificate(&leaf)?;
+    for cert in chain {
+        b.add_extra_chain_cert(cert)?;
+    }
+    b.set_private_key(&key)?;
+    b.check_private_key()?;
+    // No session resumption: every connection makes a full handshake, so its client certificate
+    // is verified against the roots of the config current at its accept, and nothing of a
+    // session outlives a swapped config (renewal, root rotation).
+    b.set_session_cache_mode(SslSessionCacheMode::OFF);
+    b.set_num_tickets(0)?;
+    b.set_options(SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION);
+    b.set_alpn_select_callback(|_, offered| {
+        select_next_proto(ALPN_H2, offered).ok_or(AlpnError::ALERT_FATAL)
+    });
+    Ok(b)
+}
+
+/// Server config presenting `cert_chain_pem` with `key_pem` and asking for no client
+/// certificate: the control socket's.
+pub fn control_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<ServerConfig, CaError> {
+    Ok(ServerConfig(server_builder(cert_chain_pem, key_pem)?.build()))
+}
+
+/// Server config for the remote (TCP) API: presents `cert_chain_pem`, verifies client
+/// certificates against `root_pem` (every certificate in it is a trust anchor, as for our rustls
+/// clients; a chain the client sends supplies the intermediates, such as a cross-signed root
+/// during a root rotation). With `require_client_cert` false a client without a certificate is
+/// let in (a joining node asking the CA for its first certificate), but a certificate that does
+/// not chain to the roots is refused.
+pub fn mtls_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+    root_pem: &[u8],
+    require_client_cert: bool,
+) -> Result<ServerConfig, CaError> {
+    let mut b = server_builder(cert_chain_pem, key_pem)?;
+    let mut store = X509StoreBuilder::new()?;
+    for root in root_certs(root_pem)? {
+        let root = X509::from_der(&root)?;
+        // Named in the certificate request, as Go's and rustls' servers do: Go clients send
+        // their certificate only when it chains to one of these names.
+        b.add_client_ca(&root)?;
+        store.add_cert(root)?;
+    }
+    store.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
+    b.set_verify_cert_store(store.build())?;
+    let mode = if require_client_cert {
+        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT
+    } else {
+        SslVerifyMode::PEER
+    };
+    b.set_verify(mode);
+    Ok(ServerConfig(b.build()))
+}
+
+/// What a request's TLS connection says about the peer: its TCP address (none on a unix socket)
+/// and its verified client certificate (none when it sent none). Tonic puts it in the
+/// extensions of every request on the connection.
+#[derive(Clone, Debug)]
+pub struct TlsPeer {
+    remote_addr: Option<SocketAddr>,
+    cert: Option<CertInfo>,
+}
+
+/// A TLS connection accepted by [`serve_unix_tls`] or [`serve_tcp_tls`], for tonic's server.
+pub struct TlsConnection<S> {
+    stream: SslStream<S>,
+    peer: TlsPeer,
+}
+
+impl<S> Connected for TlsConnection<S> {
+    type ConnectInfo = TlsPeer;
+    fn connect_info(&self) -> TlsPeer {
+        self.peer.clone()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConnection<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Who called: the original caller of a request another manager forwarded (a
+/// [`crate::ForwardedPeer`] the authorization layer accepted), else what the verified client
+/// certificate of the request's TLS connection says; `None` without one.
+pub fn peer_cert_info<T>(req: &tonic::Request<T>) -> Option<CertInfo> {
+    peer_cert_info_http(req.extensions())
+}
+
+/// [`peer_cert_info`] for middleware that sees the HTTP request under the gRPC one.
+pub fn peer_cert_info_http(ext: &tonic::codegen::http::Extensions) -> Option<CertInfo> {
+    if let Some(fwd) = ext.get::<crate::ForwardedPeer>() {
+        return fwd.cert.clone();
+    }
+    tls_peer_cert_info_http(ext)
+}
+
+/// The certificate of the request's own TLS connection, ignoring any forwarded caller (the
+/// forwarding manager, for a forwarded request).
+pub fn tls_peer_cert_info_http(ext: &tonic::codegen::http::Extensions) -> Option<CertInfo> {
+    ext.get::<TlsPeer>()?.cert.clone()
+}
+
+/// The caller's IP: the forwarded caller's address for a forwarded request, else the TCP peer's.
+pub fn peer_ip<T>(req: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+    if let Some(fwd) = req.extensions().get::<crate::ForwardedPeer>() {
+        return fwd
+            .remote_addr
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map(|a| a.ip());
+    }
+    peer_addr_http(req.extensions()).map(|a| a.ip())
+}
+
+/// The TCP peer address of the HTTP request under a gRPC one, when it came over TCP.
+pub fn peer_addr_http(ext: &tonic::codegen::http::Extensions) -> Option<SocketAddr> {
+    ext.get::<TlsPeer>()?.remote_addr
+}
+
+/// A listener whose connections the TLS accept loop can take.
+trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection and, over TCP, the peer's address.
+    fn accept_one(
+        &self,
+    ) -> impl Future<Output = io::Result<(Self::Stream, Option<SocketAddr>)>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_one(&self) -> io::Result<(UnixStream, Option<SocketAddr>)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, None))
+    }
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> io::Result<(TcpStream, Option<SocketAddr>)> {
+        let (s, peer) = self.accept().await?;
+        Ok((s, Some(peer)))
+    }
+}
+
+/// The server config an accept loop uses: fixed, or replaced at run time (a renewed certificate,
+/// a new root CA) through the sending side of a watch channel. Each new connection takes the
+/// config current at its accept; live connections keep theirs.
+#[derive(Clone, Debug)]
+pub struct ServerTls(watch::Receiver<ServerConfig>);
+
+impl ServerTls {
+    /// A config that follows `rx`.
+    pub fn reloadable(rx: watch::Receiver<ServerConfig>) -> ServerTls {
+        ServerTls(rx)
+    }
+
+    fn current(&self) -> ServerConfig {
+        self.0.borrow().clone()
+    }
+}
+
+impl From<ServerConfig> for ServerTls {
+    fn from(cfg: ServerConfig) -> ServerTls {
+        // The sender is dropped: the receiver keeps the last value forever.
+        ServerTls(watch::channel(cfg).1)
+    }
+}
+
+/// The server side of the handshake on `stream` with `cfg`.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    cfg: &ServerConfig,
+    stream: S,
+    remote_addr: Option<SocketAddr>,
+) -> io::Result<TlsConnection<S>> {
+    let mut stream = SslStream::new(Ssl::new(cfg.0.context())?, stream)?;
+    Pin::new(&mut stream).accept().await.map_err(io::Error::other)?;
+    let ssl = stream.ssl();
+    // With SslVerifyMode::PEER a certificate that does not verify ends the handshake; this only
+    // makes sure no certificate is taken from a connection where verification did not pass.
+    if ssl.verify_result() != X509VerifyResult::OK {
+        return Err(io::Error::other(format!(
+            "client certificate: {}",
+            ssl.verify_result()
+        )));
+    }
+    let cert = match ssl.peer_certificate() {
+        Some(cert) => CertInfo::parse_der(&cert.to_der()?).ok(),
+        None => None,
+    };
+    Ok(TlsConnection {
+        stream,
+        peer: TlsPeer { remote_addr, cert },
+    })
+}
+
+/// Runs the accept loop: every connection is handshaken in its own task (bounded by
+/// [`HANDSHAKE_TIMEOUT`]) and handed over when done; the loop ends when the stream is dropped.
+fn tls_incoming<L: Accept>(
+    listener: L,
+    tls: ServerTls,
+) -> ReceiverStream<io::Result<TlsConnection<L::Stream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(PENDING_CONNECTIONS);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                res = listener.accept_one() => res,
+            };
+            let (stream, remote_addr) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (cfg, tx) = (tls.current(), tx.clone());
+            tokio::spawn(async move {
+                let peer = remote_addr.map_or_else(|| "unix".to_string(), |a| a.to_string());
+                let accepted =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&cfg, stream, remote_addr));
+                match accepted.await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// TLS connections accepted on a unix socket, for `Server::serve_with_incoming_shutdown`.
+pub fn serve_unix_tls(
+    listener: UnixListener,
+    tls: impl Into<ServerTls>,
+) -> ReceiverStream<io::Result<TlsConnection<UnixStream>>> {
+    tls_incoming(listener, tls.into())
+}
+
+/// TLS connections accepted on a TCP listener, for `Server::serve_with_incoming_shutdown`.
+pub fn serve_tcp_tls(
+    listener: TcpListener,
+    tls: impl Into<ServerTls>,
+) -> ReceiverStream<io::Result<TlsConnection<TcpStream>>> {
+    tls_incoming(listener, tls.into())
+}
+
+#[cfg(test)]
+mod tests;

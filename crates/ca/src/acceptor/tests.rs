@@ -1,0 +1,305 @@
+//! The TLS servers with real gRPC calls: our rustls clients, and an OpenSSL client that sends
+//! the server names grpc-go sends (a socket path, an IP address), which rustls clients cannot.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use api::health_check_response::ServingStatus;
+use api::health_client::HealthClient;
+use api::health_server::{Health, HealthServer};
+use api::{HealthCheckRequest, HealthCheckResponse};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status};
+
+use super::*;
+use crate::test_client::{OpenSslClient, Target};
+use crate::{NodeKey, RootCa, control_channel, mtls_client_config, tls_channel};
+
+/// SERVING to a client whose certificate says worker `w1` of cluster `c1`, NOT_SERVING to one
+/// without a certificate, PermissionDenied to any other identity.
+struct PeerCheck;
+
+#[tonic::async_trait]
+impl Health for PeerCheck {
+    async fn check(
+        &self,
+        req: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let status = match peer_cert_info(&req) {
+            Some(info)
+                if info.node_id == "w1"
+                    && info.role == api::NodeRole::Worker
+                    && info.cluster_id == "c1" =>
+            {
+                ServingStatus::Serving
+            }
+            Some(info) => return Err(Status::permission_denied(info.node_id)),
+            None => ServingStatus::NotServing,
+        };
+        Ok(Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+}
+
+const SERVING: i32 = ServingStatus::Serving as i32;
+const ANONYMOUS: i32 = ServingStatus::NotServing as i32;
+
+/// A key and a certificate for it signed by `root`: (cert PEM, key PEM).
+fn node_cert(root: &RootCa, id: &str, role: api::NodeRole) -> (Vec<u8>, Vec<u8>) {
+    let key = NodeKey::generate().expect("key");
+    let cert = root
+        .issue(
+            key.csr_pem().expect("csr").as_bytes(),
+            id,
+            role,
+            "c1",
+            crate::MIN_NODE_CERT_EXPIRY,
+        )
+        .expect("cert");
+    (cert, key.key_pem().into_bytes())
+}
+
+/// Serves [`PeerCheck`] on a fresh unix socket; dropping the sender stops it.
+fn start_unix(
+    dir: &Path,
+    tls: impl Into<ServerTls>,
+) -> (PathBuf, tokio::sync::oneshot::Sender<()>) {
+    let sock = dir.join("s.sock");
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(PeerCheck))
+            .serve_with_incoming_shutdown(serve_unix_tls(listener, tls), async {
+                let _ = stop_rx.await;
+            }),
+    );
+    (sock, stop_tx)
+}
+
+/// Serves [`PeerCheck`] on 127.0.0.1; dropping the sender stops it.
+async fn start_tcp(tls: impl Into<ServerTls>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(PeerCheck))
+            .serve_with_incoming_shutdown(serve_tcp_tls(listener, tls), async {
+                let _ = stop_rx.await;
+            }),
+    );
+    (addr, stop_tx)
+}
+
+/// One Health check on `channel`, bounded.
+async fn check_on(channel: Channel) -> Result<i32, Status> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        HealthClient::new(channel).check(HealthCheckRequest::default()),
+    )
+    .await
+    .expect("no hang")
+    .map(|r| r.into_inner().status)
+}
+
+/// A Health check from our rustls client for the remote API.
+async fn check(addr: &str, cfg: Arc<rustls::ClientConfig>, name: &str) -> Result<i32, Status> {
+    check_on(tls_channel(addr, cfg, name).expect("channel")).await
+}
+
+#[tokio::test]
+async fn grpc_over_tls_on_unix_socket() {
+    let root = RootCa::generate().expect("root");
+    let (cert, key) = node_cert(&root, "m1", api::NodeRole::Manager);
+    let cfg = control_server_config(&cert, &key).expect("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, stop) = start_unix(dir.path(), cfg);
+
+    // Our swarmctl's client: no certificate, so no identity.
+    let ours = control_channel(&sock).expect("channel");
+    assert_eq!(check_on(ours).await.expect("check over TLS"), ANONYMOUS);
+
+    // A plaintext client cannot talk to it.
+    let sock2 = sock.clone();
+    let plain = Endpoint::from_static("http://x")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = sock2.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }))
+        .await;
+    if let Ok(ch) = plain {
+        assert!(check_on(ch).await.is_err(), "plaintext call succeeded");
+    }
+
+    // A missing socket fails at the first call, not before.
+    let missing = control_channel(&dir.path().join("nope.sock")).expect("lazy channel");
+    assert!(check_on(missing).await.is_err());
+    let _ = stop.send(());
+}
+
+/// What grpc-go (SwarmKit's swarmctl) does: the socket path as the server name.
+#[tokio::test]
+async fn control_socket_accepts_any_server_name() {
+    let root = RootCa::generate().expect("root");
+    let (cert, key) = node_cert(&root, "m1", api::NodeRole::Manager);
+    let cfg = control_server_config(&cert, &key).expect("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, stop) = start_unix(dir.path(), cfg);
+    let target = Target::Unix(sock.clone());
+    let path = sock.to_str().expect("utf-8 path").to_string();
+
+    for sni in [path.as_str(), "127.0.0.1", "::1", "swarm-manager", "not a_dns name!"] {
+        let client = OpenSslClient::new(sni);
+        let tls = client.connect(&target).await.expect(sni);
+        assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]), "{sni}");
+        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
+    }
+    let no_sni = OpenSslClient {
+        sni: None,
+        ..OpenSslClient::new("")
+    };
+    assert_eq!(check_on(no_sni.channel(&target)).await.expect("no SNI"), ANONYMOUS);
+
+    // h2 or nothing: a client offering only HTTP/1.1 is refused in the handshake.
+    let http1 = OpenSslClient {
+        alpn: b"\x08http/1.1",
+        ..OpenSslClient::new(&path)
+    };
+    assert!(http1.connect(&target).await.is_err());
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
+    let root = RootCa::generate().expect("root");
+    let other = RootCa::generate().expect("other root");
+    let (mcert, mkey) = node_cert(&root, "m1", api::NodeRole::Manager);
+    let worker = node_cert(&root, "w1", api::NodeRole::Worker);
+    let stranger = node_cert(&other, "w1", api::NodeRole::Worker);
+    let root_pem = root.cert_pem();
+    let names = ["127.0.0.1", "/var/run/swarmd.sock", "swarm-manager", "not a_dns name!"];
+
+    // Client certificates optional, as on a manager's remote port.
+    let cfg = mtls_server_config(&mcert, &mkey, root_pem, false).expect("server cfg");
+    let (addr, stop) = start_tcp(cfg).await;
+    let target = Target::Tcp(addr);
+    for sni in names {
+        let client = OpenSslClient::new(sni);
+        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
+        assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
+        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
+        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
+        assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
+    }
+    let _ = stop.send(());
+
+    // Client certificates required.
+    let cfg = mtls_server_config(&mcert, &mkey, root_pem, true).expect("server cfg");
+    let (addr, stop) = start_tcp(cfg).await;
+    let target = Target::Tcp(addr);
+    for sni in names {
+        let client = OpenSslClient::new(sni);
+        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
+        assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
+        assert!(check_on(client.channel(&target)).await.is_err(), "{sni}: no certificate");
+        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
+        assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
+    }
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn mutual_tls_over_tcp() {
+    let root = RootCa::generate().expect("root");
+    let other = RootCa::generate().expect("other root");
+    let (mcert, mkey) = node_cert(&root, "m1", api::NodeRole::Manager);
+    let (wcert, wkey) = node_cert(&root, "w1", api::NodeRole::Worker);
+    let (xcert, xkey) = node_cert(&other, "w1", api::NodeRole::Worker);
+    let root_pem = root.cert_pem();
+
+    // Client certificates optional, as on a manager's remote port.
+    let cfg = mtls_server_config(&mcert, &mkey, root_pem, false).expect("server cfg");
+    let (addr, stop) = start_tcp(cfg).await;
+    let worker = mtls_client_config(root_pem, Some((&wcert, &wkey))).expect("client cfg");
+    for name in ["swarm-ca", "swarm-manager", "m1"] {
+        assert_eq!(
+            check(&addr, worker.clone(), name).await.expect(name),
+            SERVING,
+            "{name}"
+        );
+    }
+    // The server's certificate does not name this host.
+    assert!(check(&addr, worker.clone(), "evil.example").await.is_err());
+    // Anonymous: let in, but without an identity.
+    let anon = mtls_client_config(root_pem, None).expect("anon cfg");
+    assert_eq!(
+        check(&addr, anon, "swarm-ca").await.expect("anonymous"),
+        ANONYMOUS
+    );
+    // A certificate of another CA is refused.
+    let stranger = mtls_client_config(root_pem, Some((&xcert, &xkey))).expect("cfg");
+    assert!(check(&addr, stranger, "swarm-ca").await.is_err());
+    // A client trusting another root refuses this server.
+    let distrust = mtls_client_config(other.cert_pem(), Some((&wcert, &wkey))).expect("cfg");
+    assert!(check(&addr, distrust, "swarm-ca").await.is_err());
+    let _ = stop.send(());
+
+    // Client certificates required.
+    let cfg = mtls_server_config(&mcert, &mkey, root_pem, true).expect("server cfg");
+    let (addr, stop) = start_tcp(cfg).await;
+    assert_eq!(
+        check(&addr, worker, "swarm-manager").await.expect("worker"),
+        SERVING
+    );
+    let anon = mtls_client_config(root_pem, None).expect("anon cfg");
+    assert!(check(&addr, anon, "swarm-manager").await.is_err());
+    let _ = stop.send(());
+
+    assert!(mtls_client_config(b"", None).is_err());
+    assert!(mtls_server_config(&mcert, &mkey, b"junk", false).is_err());
+    assert!(mtls_server_config(&mcert, &xkey, root_pem, false).is_err());
+    assert!(control_server_config(b"", &mkey).is_err());
+}
+
+/// Root rotation as the remote port sees it: a leaf of the next root travels with the next
+/// root cross-signed by the current one, and a server trusting only the current root accepts
+/// it; a swapped config (trusting the next root) applies to new connections.
+#[tokio::test]
+async fn remote_api_follows_root_rotation() {
+    let current = RootCa::generate().expect("current root");
+    let next = RootCa::generate().expect("next root");
+    let (mcert, mkey) = node_cert(&current, "m1", api::NodeRole::Manager);
+    let (leaf, wkey) = node_cert(&next, "w1", api::NodeRole::Worker);
+    let cross = current.cross_sign(next.cert_pem()).expect("cross-sign");
+    let chain = [leaf.clone(), cross].concat();
+
+    let cfg = mtls_server_config(&mcert, &mkey, current.cert_pem(), false).expect("cfg");
+    let (tx, rx) = watch::channel(cfg);
+    let (addr, stop) = start_tcp(ServerTls::reloadable(rx)).await;
+    let rustls_client = |pem: &[u8]| {
+        mtls_client_config(current.cert_pem(), Some((pem, &wkey))).expect("client cfg")
+    };
+    let cross_signed = check(&addr, rustls_client(&chain), "swarm-manager").await;
+    assert_eq!(cross_signed.expect("cross-signed chain"), SERVING);
+    assert!(
+        check(&addr, rustls_client(&leaf), "swarm-manager")
+            .await
+            .is_err(),
+        "a leaf of the next root without the cross-signed intermediate was accepted"
+    );
+
+    // The server now trusts the next root only: the bare leaf gets in, a leaf of the old root
+    // no longer does.
+    let (mcert2, mkey2) = node_cert(&next, "m1", api::NodeRole::Manager);
+    tx.send_replace(mtls_server_config(&mcert2, &mkey2, next.cert_pem(), false).expect("cfg"));
+    let target = Target::Tcp(addr);
+    let bare = OpenSslClient::new("127.0.0.1").with_cert(&(leaf, wkey));
+    assert_eq!(check_on(bare.channel(&target)).await.expect("next root"), SERVING);
+    let old = node_cert(&current, "w1", api::NodeRole::Worker);
+    let old = OpenSslClient::new("127.0.0.1").with_cert(&old);
+    assert!(check_on(old.channel(&target)).await.is_err(), "old root still trusted");
+    let _ = stop.send(());
+}

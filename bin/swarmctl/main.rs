@@ -406,8 +406,12 @@ mod tests {
         );
         // pflag shows no default for a list flag whose default is empty.
         for cmd in ["create", "update"] {
-            let u = usage::usage_string(&root, "swarmctl", &args(&["service", cmd]), DEFAULT_SOCKET);
-            let ulimit = u.lines().find(|l| l.contains("--ulimit")).expect("--ulimit");
+            let u =
+                usage::usage_string(&root, "swarmctl", &args(&["service", cmd]), DEFAULT_SOCKET);
+            let ulimit = u
+                .lines()
+                .find(|l| l.contains("--ulimit"))
+                .expect("--ulimit");
             assert!(ulimit.ends_with("ulimit options"), "{ulimit}");
         }
         let h = usage::help_string(&root, "swarmctl", &args(&["cluster"]), DEFAULT_SOCKET);

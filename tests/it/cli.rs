@@ -361,7 +361,11 @@ fn rotate_ca_starts_a_root_rotation() {
 #[test]
 fn unlock_key_is_read_on_the_control_socket() {
     let d = Swarmd::start();
-    let key = || d.ctl(&["cluster", "unlock-key", "default"]).ok().to_string();
+    let key = || {
+        d.ctl(&["cluster", "unlock-key", "default"])
+            .ok()
+            .to_string()
+    };
     // SwarmKit's swarmctl prints both sentences when autolock is off (it does not return after
     // the first); ours does the same.
     assert_eq!(
@@ -374,7 +378,8 @@ fn unlock_key_is_read_on_the_control_socket() {
         .strip_prefix("Managers auto-locked.  Unlock key: SWMKEY-1-")
         .unwrap_or_else(|| panic!("{locked}"));
     assert!(k.trim_end().len() > 20, "{locked}");
-    d.ctl(&["cluster", "update", "default", "--autolock=false"]).ok();
+    d.ctl(&["cluster", "update", "default", "--autolock=false"])
+        .ok();
 }
 
 #[test]

@@ -224,7 +224,9 @@ const SCRIPT: &[Step] = &[
     ),
     run("network create --name net2"),
     run("network create --name net1"),
-    run("network create --name net3 --subnet 10.30.0.0/24 --subnet 10.31.0.0/24 --gateway 10.30.0.1"),
+    run(
+        "network create --name net3 --subnet 10.30.0.0/24 --subnet 10.31.0.0/24 --gateway 10.30.0.1",
+    ),
     run("network create --driver overlay"),
     run("network ls"),
     run("network inspect net1"),
@@ -251,7 +253,9 @@ const SCRIPT: &[Step] = &[
     run("service inspect secsvc"),
     run("secret rm sec1"),
     run("service update secsvc --rm-secret sec1"),
-    until("service inspect secsvc", |o| one_task_desired_running(&o.stdout)),
+    until("service inspect secsvc", |o| {
+        one_task_desired_running(&o.stdout)
+    }),
     run("secret rm sec1"),
     run("secret inspect nosuch"),
     run("secret rm nosuch"),
@@ -262,7 +266,9 @@ const SCRIPT: &[Step] = &[
     run("config ls"),
     run("config inspect cfg1"),
     run("service update secsvc --add-config cfg1"),
-    until("service inspect secsvc", |o| one_task_desired_running(&o.stdout)),
+    until("service inspect secsvc", |o| {
+        one_task_desired_running(&o.stdout)
+    }),
     run("config rm cfg1"),
     run("service update secsvc --rm-config cfg1"),
     run("config rm cfg1"),
@@ -335,10 +341,7 @@ fn resolve(arg: &str, ctl: &impl Fn(&[String], Option<&str>) -> Ctl) -> String {
             _ => arg.to_string(),
         };
     }
-    if let Some(slot) = arg
-        .strip_prefix("{task:")
-        .and_then(|s| s.strip_suffix('}'))
-    {
+    if let Some(slot) = arg.strip_prefix("{task:").and_then(|s| s.strip_suffix('}')) {
         let ls = ctl(&["task".into(), "ls".into()], None);
         return rows(&ls.stdout)
             .iter()
@@ -403,7 +406,7 @@ fn without_config_payload(text: &str) -> String {
             break;
         }
         let garbage = line.starts_with("&{0x");
-        if !garbage && !(after_garbage && line.is_empty()) {
+        if !(garbage || after_garbage && line.is_empty()) {
             out.push(line);
         }
         after_garbage = garbage;
@@ -414,8 +417,7 @@ fn without_config_payload(text: &str) -> String {
 /// Runs of `key = value` lines (network driver options, labels) sorted: Go prints a map in a
 /// random order.
 fn sort_map_lines(text: &str) -> String {
-    static ENTRY: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"^ +\S+ = ").expect("regex"));
+    static ENTRY: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^ +\S+ = ").expect("regex"));
     let mut out: Vec<&str> = Vec::new();
     let mut run = Vec::new();
     for line in text.lines() {
@@ -470,7 +472,7 @@ fn without_network_allocation(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let end = lines
         .iter()
-        .position(|l| *l == "Driver:" || *l == "IPAM:")
+        .position(|l| matches!(l.trim_end(), "Driver:" | "IPAM:"))
         .unwrap_or(lines.len());
     lines[..end].join("\n") + "\n"
 }
@@ -494,7 +496,8 @@ fn sort_table_rows(text: &str) -> String {
     let mut i = 0;
     while i < lines.len() {
         out.push(lines[i].to_string());
-        let underline = lines[i].starts_with("--") && lines[i].chars().all(|c| c == '-' || c == ' ');
+        let underline =
+            lines[i].starts_with("--") && lines[i].chars().all(|c| c == '-' || c == ' ');
         i += 1;
         if underline {
             let start = i;
@@ -625,7 +628,12 @@ fn a_swarmkit_worker_joins_our_manager_and_is_ready() {
         "node is ready",
         WAIT,
     );
-    assert_eq!(code, None, "SwarmKit's worker exited; log:\n{}", worker.log());
+    assert_eq!(
+        code,
+        None,
+        "SwarmKit's worker exited; log:\n{}",
+        worker.log()
+    );
     let ls = wait_nodes_ready(Path::new(SWARMCTL), &manager, 2);
     println!("{ls}");
     // The worker is no manager: one row has an empty manager status.
@@ -693,8 +701,18 @@ fn our_worker_joins_a_swarmkit_manager_and_runs_its_tasks_as_processes() {
     let ctl = |args: &[&str]| ctl_with(&swarmctl, &manager.socket(), args, None);
     let name = format!("interop{}", std::process::id());
     ctl(&[
-        "service", "create", "--name", &name, "--image", "busybox:latest", "--replicas", "2",
-        "--command", "sleep", "--args", "300",
+        "service",
+        "create",
+        "--name",
+        &name,
+        "--image",
+        "busybox:latest",
+        "--replicas",
+        "2",
+        "--command",
+        "sleep",
+        "--args",
+        "300",
     ])
     .ok();
     wait_for("2 tasks RUNNING on our worker", WAIT, || {

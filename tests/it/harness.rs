@@ -477,6 +477,43 @@ pub fn tls_material(state_dir: &Path) -> ca::NodeTlsMaterial {
         .expect("certificates present")
 }
 
+/// Control.ListNodes on the channel `channel` makes (inside the runtime, as a lazy channel needs),
+/// bounded: the number of nodes.
+#[allow(dead_code)]
+pub fn list_nodes_on(
+    rt: &tokio::runtime::Runtime,
+    channel: impl FnOnce() -> tonic::transport::Channel,
+) -> Result<usize, tonic::Status> {
+    rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            api::control_client::ControlClient::new(channel())
+                .list_nodes(api::ListNodesRequest::default()),
+        )
+        .await
+        .expect("no hang")
+        .map(|r| r.into_inner().nodes.len())
+    })
+}
+
+/// A root CA no cluster trusts and a manager certificate it issued for node `impostor` of
+/// cluster `impostor`: (root, certificate PEM, key).
+#[allow(dead_code)]
+pub fn impostor_cert() -> (ca::RootCa, Vec<u8>, ca::NodeKey) {
+    let root = ca::RootCa::generate().expect("impostor root");
+    let key = ca::NodeKey::generate().expect("key");
+    let cert = root
+        .issue(
+            key.csr_pem().expect("csr").as_bytes(),
+            "impostor",
+            api::NodeRole::Manager,
+            "impostor",
+            ca::MIN_NODE_CERT_EXPIRY,
+        )
+        .expect("cert");
+    (root, cert, key)
+}
+
 /// The certificate in a node's state directory, read.
 #[allow(dead_code)]
 pub fn node_cert(state_dir: &Path) -> ca::CertInfo {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use ca::CertInfo;
 
-use crate::harness::{Swarmd, free_port, tls_material, wait_for};
+use crate::harness::{Swarmd, free_port, impostor_cert, list_nodes_on, tls_material, wait_for};
 
 const JOIN_LIMIT: Duration = Duration::from_secs(30);
 const WORKER_READY: &str = "worker node is ready";
@@ -316,17 +316,7 @@ fn a_ca_not_matching_the_token_is_refused_before_the_secret_is_sent() {
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = ca::RootCa::generate().expect("impostor root");
-    let key = ca::NodeKey::generate().expect("key");
-    let cert = root
-        .issue(
-            key.csr_pem().expect("csr").as_bytes(),
-            "impostor",
-            api::NodeRole::Manager,
-            "impostor",
-            ca::MIN_NODE_CERT_EXPIRY,
-        )
-        .expect("cert");
+    let (root, cert, key) = impostor_cert();
     let cfg = ca::mtls_server_config(&cert, key.key_pem().as_bytes(), root.cert_pem(), false)
         .expect("server cfg");
     let impostor = impostor::Impostor {
@@ -368,16 +358,8 @@ fn list_nodes(
     client: Option<(&[u8], &[u8])>,
 ) -> Result<usize, tonic::Status> {
     let cfg = ca::mtls_client_config(root_pem, client).expect("client cfg");
-    rt.block_on(async {
-        let channel = ca::tls_channel(addr, cfg, "swarm-manager").expect("channel");
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            api::control_client::ControlClient::new(channel)
-                .list_nodes(api::ListNodesRequest::default()),
-        )
-        .await
-        .expect("no hang")
-        .map(|r| r.into_inner().nodes.len())
+    list_nodes_on(rt, || {
+        ca::tls_channel(addr, cfg, "swarm-manager").expect("channel")
     })
 }
 

@@ -5,12 +5,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use ca::test_client::{OpenSslClient, Target};
 use tracing::info;
 
-use crate::harness::{Swarmd, tls_material};
+use crate::harness::{Swarmd, impostor_cert, list_nodes_on, tls_material};
 
 /// Runs `openssl s_client` with `args` and no input (it leaves right after the handshake);
 /// panics unless the handshake succeeded with ALPN `h2`.
@@ -39,17 +38,7 @@ fn list_nodes(
     client: &OpenSslClient,
     target: &Target,
 ) -> Result<usize, tonic::Status> {
-    rt.block_on(async {
-        let channel = client.channel(target);
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            api::control_client::ControlClient::new(channel)
-                .list_nodes(api::ListNodesRequest::default()),
-        )
-        .await
-        .expect("no hang")
-        .map(|r| r.into_inner().nodes.len())
-    })
+    list_nodes_on(rt, || client.channel(target))
 }
 
 fn path_str(p: &Path) -> &str {
@@ -88,17 +77,7 @@ fn any_server_name_is_accepted_on_the_control_socket_and_the_remote_port() {
     info!("--- and still: no certificate is anonymous, a certificate of another CA is refused");
     let err = list_nodes(&rt, &OpenSslClient::new(sock), &remote).expect_err("anonymous");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
-    let other = ca::RootCa::generate().expect("root");
-    let key = ca::NodeKey::generate().expect("key");
-    let cert = other
-        .issue(
-            key.csr_pem().expect("csr").as_bytes(),
-            "impostor",
-            api::NodeRole::Manager,
-            "impostor",
-            ca::MIN_NODE_CERT_EXPIRY,
-        )
-        .expect("cert");
+    let (_, cert, key) = impostor_cert();
     let impostor = OpenSslClient::new("127.0.0.1").with_cert(&(cert, key.key_pem().into_bytes()));
     let err = list_nodes(&rt, &impostor, &remote).expect_err("another CA");
     // Refused in the handshake, never answered: under TLS 1.3 the client learns it after its

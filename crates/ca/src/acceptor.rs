@@ -110,7 +110,9 @@ pub fn control_server_config(
     cert_chain_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<ServerConfig, CaError> {
-    Ok(ServerConfig(server_builder(cert_chain_pem, key_pem)?.build()))
+    Ok(ServerConfig(
+        server_builder(cert_chain_pem, key_pem)?.build(),
+    ))
 }
 
 /// Server config for the remote (TCP) API: presents `cert_chain_pem`, verifies client
@@ -289,7 +291,10 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     remote_addr: Option<SocketAddr>,
 ) -> io::Result<TlsConnection<S>> {
     let mut stream = SslStream::new(Ssl::new(cfg.0.context())?, stream)?;
-    Pin::new(&mut stream).accept().await.map_err(io::Error::other)?;
+    Pin::new(&mut stream)
+        .accept()
+        .await
+        .map_err(io::Error::other)?;
     let ssl = stream.ssl();
     // With SslVerifyMode::PEER a certificate that does not verify ends the handshake; this only
     // makes sure no certificate is taken from a connection where verification did not pass.

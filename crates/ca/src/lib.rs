@@ -22,6 +22,11 @@ pub mod test_client;
 mod tls;
 mod token;
 
+pub use acceptor::{
+    ServerConfig, ServerTls, TlsConnection, TlsPeer, control_server_config, mtls_server_config,
+    peer_addr_http, peer_cert_info, peer_cert_info_http, peer_ip, serve_tcp_tls, serve_unix_tls,
+    tls_peer_cert_info_http,
+};
 pub use certinfo::CertInfo;
 pub use client::{
     Credential, IssuedCertificate, check_manager_trust, download_root_ca, request_certificate,
@@ -36,11 +41,6 @@ pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
 pub use rotation::{MIN_ROOT_EXPIRY, SigningCa, normalize_pem, same_certificates};
 pub use security::SecurityConfig;
-pub use acceptor::{
-    ServerConfig, ServerTls, TlsConnection, TlsPeer, control_server_config, mtls_server_config,
-    peer_addr_http, peer_cert_info, peer_cert_info_http, peer_ip, serve_tcp_tls, serve_unix_tls,
-    tls_peer_cert_info_http,
-};
 pub use tls::{control_channel, insecure_client_config, mtls_client_config, tls_channel};
 pub use token::{ParsedToken, generate_join_token, tokens_equal};
 

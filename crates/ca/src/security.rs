@@ -126,9 +126,7 @@ impl SecurityConfig {
     }
 }
 
-fn server_configs(
-    m: &NodeTlsMaterial,
-) -> Result<(ServerConfig, ServerConfig), CaError> {
+fn server_configs(m: &NodeTlsMaterial) -> Result<(ServerConfig, ServerConfig), CaError> {
     Ok((
         control_server_config(&m.cert_pem, &m.key_pem)?,
         mtls_server_config(&m.cert_pem, &m.key_pem, &m.root_pem, false)?,

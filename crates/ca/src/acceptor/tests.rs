@@ -17,8 +17,11 @@ use crate::test_client::{OpenSslClient, Target};
 use crate::{NodeKey, RootCa, control_channel, mtls_client_config, tls_channel};
 
 /// SERVING to a client whose certificate says worker `w1` of cluster `c1`, NOT_SERVING to one
-/// without a certificate, PermissionDenied to any other identity.
-struct PeerCheck;
+/// without a certificate, PermissionDenied to any other identity; Internal when the caller's
+/// address is not what the listener says (loopback over TCP, none on a unix socket).
+struct PeerCheck {
+    tcp: bool,
+}
 
 #[tonic::async_trait]
 impl Health for PeerCheck {
@@ -26,6 +29,16 @@ impl Health for PeerCheck {
         &self,
         req: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        let ip = peer_ip(&req);
+        let addr = peer_addr_http(req.extensions());
+        let expected = if self.tcp {
+            ip.is_some_and(|ip| ip.is_loopback()) && addr.map(|a| a.ip()) == ip
+        } else {
+            ip.is_none() && addr.is_none()
+        };
+        if !expected {
+            return Err(Status::internal(format!("peer address {addr:?}")));
+        }
         let status = match peer_cert_info(&req) {
             Some(info)
                 if info.node_id == "w1"
@@ -61,37 +74,41 @@ fn node_cert(root: &RootCa, id: &str, role: api::NodeRole) -> (Vec<u8>, Vec<u8>)
     (cert, key.key_pem().into_bytes())
 }
 
-/// Serves [`PeerCheck`] on a fresh unix socket; dropping the sender stops it.
+/// Serves [`PeerCheck`] on the connections of `incoming`; sending on (or dropping) the
+/// returned sender stops it.
+fn serve_peer_check<S>(
+    incoming: ReceiverStream<io::Result<TlsConnection<S>>>,
+    tcp: bool,
+) -> tokio::sync::oneshot::Sender<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(PeerCheck { tcp }))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            }),
+    );
+    stop_tx
+}
+
+/// Serves [`PeerCheck`] on a fresh unix socket in `dir`.
 fn start_unix(
     dir: &Path,
     tls: impl Into<ServerTls>,
 ) -> (PathBuf, tokio::sync::oneshot::Sender<()>) {
     let sock = dir.join("s.sock");
     let listener = UnixListener::bind(&sock).expect("bind");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(HealthServer::new(PeerCheck))
-            .serve_with_incoming_shutdown(serve_unix_tls(listener, tls), async {
-                let _ = stop_rx.await;
-            }),
-    );
-    (sock, stop_tx)
+    (sock, serve_peer_check(serve_unix_tls(listener, tls), false))
 }
 
-/// Serves [`PeerCheck`] on 127.0.0.1; dropping the sender stops it.
+/// Serves [`PeerCheck`] on 127.0.0.1.
 async fn start_tcp(tls: impl Into<ServerTls>) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(HealthServer::new(PeerCheck))
-            .serve_with_incoming_shutdown(serve_tcp_tls(listener, tls), async {
-                let _ = stop_rx.await;
-            }),
-    );
-    (addr, stop_tx)
+    (addr, serve_peer_check(serve_tcp_tls(listener, tls), true))
 }
 
 /// One Health check on `channel`, bounded.
@@ -151,17 +168,34 @@ async fn control_socket_accepts_any_server_name() {
     let target = Target::Unix(sock.clone());
     let path = sock.to_str().expect("utf-8 path").to_string();
 
-    for sni in [path.as_str(), "127.0.0.1", "::1", "swarm-manager", "not a_dns name!"] {
+    for sni in [
+        path.as_str(),
+        "127.0.0.1",
+        "::1",
+        "swarm-manager",
+        "not a_dns name!",
+    ] {
         let client = OpenSslClient::new(sni);
         let tls = client.connect(&target).await.expect(sni);
-        assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]), "{sni}");
-        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
+        assert_eq!(
+            tls.ssl().selected_alpn_protocol(),
+            Some(&b"h2"[..]),
+            "{sni}"
+        );
+        assert_eq!(
+            check_on(client.channel(&target)).await.expect(sni),
+            ANONYMOUS,
+            "{sni}"
+        );
     }
     let no_sni = OpenSslClient {
         sni: None,
         ..OpenSslClient::new("")
     };
-    assert_eq!(check_on(no_sni.channel(&target)).await.expect("no SNI"), ANONYMOUS);
+    assert_eq!(
+        check_on(no_sni.channel(&target)).await.expect("no SNI"),
+        ANONYMOUS
+    );
 
     // h2 or nothing: a client offering only HTTP/1.1 is refused in the handshake.
     let http1 = OpenSslClient {
@@ -180,35 +214,36 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
     let worker = node_cert(&root, "w1", api::NodeRole::Worker);
     let stranger = node_cert(&other, "w1", api::NodeRole::Worker);
     let root_pem = root.cert_pem();
-    let names = ["127.0.0.1", "/var/run/swarmd.sock", "swarm-manager", "not a_dns name!"];
+    let names = [
+        "127.0.0.1",
+        "/var/run/swarmd.sock",
+        "swarm-manager",
+        "not a_dns name!",
+    ];
 
-    // Client certificates optional, as on a manager's remote port.
-    let cfg = mtls_server_config(&mcert, &mkey, root_pem, false).expect("server cfg");
-    let (addr, stop) = start_tcp(cfg).await;
-    let target = Target::Tcp(addr);
-    for sni in names {
-        let client = OpenSslClient::new(sni);
-        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
-        assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert_eq!(check_on(client.channel(&target)).await.expect(sni), ANONYMOUS, "{sni}");
-        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
-        assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
+    // Client certificates optional (as on a manager's remote port), then required.
+    for required in [false, true] {
+        let cfg = mtls_server_config(&mcert, &mkey, root_pem, required).expect("server cfg");
+        let (addr, stop) = start_tcp(cfg).await;
+        let target = Target::Tcp(addr);
+        for sni in names {
+            let client = OpenSslClient::new(sni);
+            let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
+            assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
+            let anonymous = check_on(client.channel(&target)).await;
+            if required {
+                assert!(anonymous.is_err(), "{sni}: let in without a certificate");
+            } else {
+                assert_eq!(anonymous.expect(sni), ANONYMOUS, "{sni}");
+            }
+            let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
+            assert!(
+                refused.is_err(),
+                "{sni}: a certificate of another CA was accepted"
+            );
+        }
+        let _ = stop.send(());
     }
-    let _ = stop.send(());
-
-    // Client certificates required.
-    let cfg = mtls_server_config(&mcert, &mkey, root_pem, true).expect("server cfg");
-    let (addr, stop) = start_tcp(cfg).await;
-    let target = Target::Tcp(addr);
-    for sni in names {
-        let client = OpenSslClient::new(sni);
-        let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
-        assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
-        assert!(check_on(client.channel(&target)).await.is_err(), "{sni}: no certificate");
-        let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
-        assert!(refused.is_err(), "{sni}: a certificate of another CA was accepted");
-    }
-    let _ = stop.send(());
 }
 
 #[tokio::test]
@@ -297,9 +332,15 @@ async fn remote_api_follows_root_rotation() {
     tx.send_replace(mtls_server_config(&mcert2, &mkey2, next.cert_pem(), false).expect("cfg"));
     let target = Target::Tcp(addr);
     let bare = OpenSslClient::new("127.0.0.1").with_cert(&(leaf, wkey));
-    assert_eq!(check_on(bare.channel(&target)).await.expect("next root"), SERVING);
+    assert_eq!(
+        check_on(bare.channel(&target)).await.expect("next root"),
+        SERVING
+    );
     let old = node_cert(&current, "w1", api::NodeRole::Worker);
     let old = OpenSslClient::new("127.0.0.1").with_cert(&old);
-    assert!(check_on(old.channel(&target)).await.is_err(), "old root still trusted");
+    assert!(
+        check_on(old.channel(&target)).await.is_err(),
+        "old root still trusted"
+    );
     let _ = stop.send(());
 }

@@ -78,7 +78,8 @@ fn wait_ls(m: &Swarmd, what: &str, f: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// The port of `host:port` (managers advertise `0.0.0.0:<port>` unless told an address).
+/// The port of `host:port` (managers on a fixed port advertise `0.0.0.0:<port>` unless told an
+/// address).
 fn port(addr: &str) -> String {
     addr.rsplit_once(':').map_or("", |(_, p)| p).to_string()
 }

@@ -166,6 +166,16 @@ const SCRIPT: &[Step] = &[
     run("service create --name mem --image busybox:latest --memory-limit lots"),
     run("service create --name cond --image busybox:latest --restart-condition sometimes"),
     run("service create --image busybox:latest"),
+    run("service create --name badc --image busybox:latest --constraint node.role --replicas 0"),
+    run(
+        "service create --name badc --image busybox:latest --constraint node.bogus==x --replicas 0",
+    ),
+    run("service create --name badenv --image busybox:latest --replicas 0 --env =x"),
+    run("service create --name badport --image busybox:latest --ports 80:bogus --replicas 0"),
+    run("service create --name badsecret --image busybox:latest --secret nosuch --replicas 0"),
+    run("service create --name gres --image busybox:latest --replicas 0 --generic-resources gpu=2"),
+    run("service inspect gres"),
+    run("service rm gres"),
     run("service create --name noimage"),
     run(
         "service create --name mounts --image busybox:latest --replicas 0 --bind /tmp:/data \
@@ -248,6 +258,11 @@ const SCRIPT: &[Step] = &[
     with_input("secret create sec1", "again"),
     with_input("secret create 'bad name'", "x"),
     run("secret create"),
+    run("secret create empty -f /dev/null"),
+    run("secret create missing -f /nonexistent/file"),
+    run("secret create drv -d vault"),
+    run("secret inspect drv"),
+    run("secret rm drv"),
     run("secret ls"),
     run("secret ls -q"),
     run("secret inspect sec1"),
@@ -265,7 +280,9 @@ const SCRIPT: &[Step] = &[
     // Configs.
     with_input("config create cfg1", "key=value\n"),
     with_input("config create cfg1", "again"),
+    run("config create cfgfile -f /dev/null"),
     run("config ls"),
+    run("config rm cfgfile"),
     run("config inspect cfg1"),
     run("service update secsvc --add-config cfg1"),
     until("service inspect secsvc", |o| {
@@ -299,6 +316,11 @@ const SCRIPT: &[Step] = &[
     run("cluster update default --autolock=false"),
     run("cluster unlock-key default"),
     run("cluster inspect nosuch"),
+    run("cluster update default --external-ca protocol=cfssl,url=https://ca.example.com"),
+    run("cluster inspect default"),
+    run("cluster update default --external-ca url=https://ca.example.com"),
+    run("cluster update nosuch --taskhistory 1"),
+    run("cluster update default --heartbeatperiod bogus"),
     // The end: nothing left.
     run("service rm web"),
     until("task ls -a", |o| rows(&o.stdout).is_empty()),
@@ -321,7 +343,11 @@ fn transcript(swarmctl: &Path, d: &Swarmd) -> Vec<(String, String)> {
         let start = Instant::now();
         let mut res = ctl(&args, step.input);
         while let Some(cond) = step.until {
-            if cond(&res) || start.elapsed() > STEP_WAIT {
+            if cond(&res) {
+                break;
+            }
+            if start.elapsed() > STEP_WAIT {
+                println!("{}: condition not met after {STEP_WAIT:?}", step.args);
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -67,7 +67,8 @@ pub struct UpdateArgs {
     )]
     rotate_unlock_key: Option<String>,
     /// Number of historic task entries to retain per slot or node
-    #[arg(long, value_name = "int")]
+    // pflag takes `--taskhistory -2` as the flag's value; the control API judges it.
+    #[arg(long, value_name = "int", allow_negative_numbers = true)]
     taskhistory: Option<String>,
     #[command(flatten)]
     pos: Positionals,
@@ -611,6 +612,17 @@ mod tests {
         };
         let flags = check_flags(&a).expect("flags");
         update_request(&a, flags, cluster).expect("request")
+    }
+
+    #[test]
+    fn taskhistory_takes_a_negative_value() {
+        let req = request_for(&["--taskhistory", "-2"], &cluster());
+        let history = req
+            .spec
+            .and_then(|s| s.orchestration)
+            .expect("orchestration")
+            .task_history_retention_limit;
+        assert_eq!(history, -2);
     }
 
     fn ca_config(req: &api::UpdateClusterRequest) -> api::CaConfig {

@@ -404,6 +404,16 @@ mod tests {
              -n, --no-resolve      Do not try to map IDs to Names when displaying them\n  \
              -s, --socket string   Socket to connect to the Swarm manager (default \"/var/run/swarmd.sock\")\n"
         );
+        // pflag shows no default for a list flag whose default is empty.
+        for cmd in ["create", "update"] {
+            let u =
+                usage::usage_string(&root, "swarmctl", &args(&["service", cmd]), DEFAULT_SOCKET);
+            let ulimit = u
+                .lines()
+                .find(|l| l.contains("--ulimit"))
+                .expect("--ulimit");
+            assert!(ulimit.ends_with("ulimit options"), "{ulimit}");
+        }
         let h = usage::help_string(&root, "swarmctl", &args(&["cluster"]), DEFAULT_SOCKET);
         assert!(
             h.starts_with(

@@ -356,6 +356,32 @@ fn rotate_ca_starts_a_root_rotation() {
     assert_eq!(tokens(&before), tokens(&during));
 }
 
+/// The control socket serves the CA service as SwarmKit's does: `cluster unlock-key` reads the
+/// key there (it failed with an empty `Error:` while only Control was served).
+#[test]
+fn unlock_key_is_read_on_the_control_socket() {
+    let d = Swarmd::start();
+    let key = || {
+        d.ctl(&["cluster", "unlock-key", "default"])
+            .ok()
+            .to_string()
+    };
+    // SwarmKit's swarmctl prints both sentences when autolock is off (it does not return after
+    // the first); ours does the same.
+    assert_eq!(
+        key(),
+        "Managers not auto-lockedManagers auto-locked.  Unlock key: SWMKEY-1-\n"
+    );
+    d.ctl(&["cluster", "update", "default", "--autolock"]).ok();
+    let locked = key();
+    let k = locked
+        .strip_prefix("Managers auto-locked.  Unlock key: SWMKEY-1-")
+        .unwrap_or_else(|| panic!("{locked}"));
+    assert!(k.trim_end().len() > 20, "{locked}");
+    d.ctl(&["cluster", "update", "default", "--autolock=false"])
+        .ok();
+}
+
 #[test]
 fn missing_socket_is_a_dial_error() {
     let out = ctl_at(

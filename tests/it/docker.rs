@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::harness::{Swarmd, wait_for};
 
-const IMAGE: &str = "swarmkit-test/busybox:latest";
+pub(crate) const IMAGE: &str = "swarmkit-test/busybox:latest";
 const IMAGE2: &str = "swarmkit-test/busybox:v2";
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -20,7 +20,7 @@ fn docker(args: &[&str]) -> Option<String> {
 }
 
 /// Whether an engine answers and the test image can be had; prints why not.
-fn engine_ready() -> bool {
+pub(crate) fn engine_ready() -> bool {
     if docker(&["info", "--format", "{{.ServerVersion}}"]).is_none() {
         println!("skipped: no Docker engine answers (docker info failed)");
         return false;
@@ -36,7 +36,7 @@ fn engine_ready() -> bool {
 }
 
 /// IDs of the containers (running or not) of service `name`, by SwarmKit's label.
-fn containers(name: &str) -> Vec<String> {
+pub(crate) fn containers(name: &str) -> Vec<String> {
     docker(&[
         "ps",
         "-a",
@@ -51,7 +51,7 @@ fn containers(name: &str) -> Vec<String> {
 }
 
 /// Images of the running containers of `name`.
-fn running_images(name: &str) -> Vec<String> {
+pub(crate) fn running_images(name: &str) -> Vec<String> {
     let mut images: Vec<String> = docker(&[
         "ps",
         "--format",

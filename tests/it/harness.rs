@@ -15,6 +15,9 @@ pub struct Swarmd {
     extra_args: Vec<String>,
     /// Network namespace swarmd runs in (`ip netns exec`), if any.
     netns: Option<String>,
+    /// SwarmKit's own build folder (holding its `swarmd` and `swarmctl`) when this is SwarmKit's
+    /// swarmd rather than ours (the interop tests).
+    swarmkit: Option<PathBuf>,
 }
 
 /// What a swarmctl run printed.
@@ -68,11 +71,37 @@ impl Swarmd {
     /// A handle on a new temp dir with extra swarmd flags, not started yet (`spawn` starts it),
     /// so a test can prepare the state directory first (mount a filesystem there, say).
     pub fn unstarted(extra: &[&str]) -> Swarmd {
+        Self::unstarted_in(extra, None, None)
+    }
+
+    /// Starts SwarmKit's own swarmd, from folder `bin`, with `extra` flags, and waits until its
+    /// control API answers and its agent is registered.
+    pub fn start_swarmkit(bin: &Path, extra: &[&str]) -> Swarmd {
+        let mut s = Self::unstarted_in(extra, None, Some(bin));
+        s.spawn();
+        s
+    }
+
+    /// Like `start_node` for SwarmKit's own swarmd, from folder `bin`.
+    pub fn start_swarmkit_node(
+        bin: &Path,
+        args: &[&str],
+        ready: &str,
+        limit: Duration,
+    ) -> (Swarmd, Option<i32>) {
+        let mut s = Self::unstarted_in(args, None, Some(bin));
+        let code = s.spawn_until(ready, limit);
+        (s, code)
+    }
+
+    /// A handle on a new temp dir, nothing started yet.
+    fn unstarted_in(args: &[&str], netns: Option<&str>, swarmkit: Option<&Path>) -> Swarmd {
         Swarmd {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
-            extra_args: extra.iter().map(|a| a.to_string()).collect(),
-            netns: None,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            netns: netns.map(str::to_string),
+            swarmkit: swarmkit.map(Path::to_path_buf),
         }
     }
 
@@ -111,13 +140,7 @@ impl Swarmd {
         ready: &str,
         limit: Duration,
     ) -> (Swarmd, Option<i32>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Swarmd {
-            dir,
-            child: None,
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
-            netns: netns.map(str::to_string),
-        };
+        let mut s = Self::unstarted_in(args, netns, None);
         let code = s.spawn_until(ready, limit);
         (s, code)
     }
@@ -161,13 +184,17 @@ impl Swarmd {
             .append(true)
             .open(self.dir.path().join("swarmd.log"))
             .expect("log file");
+        let program = match &self.swarmkit {
+            Some(bin) => bin.join("swarmd"),
+            None => PathBuf::from(SWARMD),
+        };
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(SWARMD);
+                c.args(["netns", "exec", ns]).arg(program);
                 c
             }
-            None => Command::new(SWARMD),
+            None => Command::new(program),
         };
         cmd.arg("-d")
             .arg(self.state_dir())
@@ -178,7 +205,8 @@ impl Swarmd {
         if !has("--listen-remote-api") {
             cmd.args(["--listen-remote-api", "127.0.0.1:0"]);
         }
-        if !has("--raft-tick-ms") {
+        // SwarmKit's swarmd has no such flag (its tick is one second).
+        if !has("--raft-tick-ms") && self.swarmkit.is_none() {
             cmd.args(["--raft-tick-ms", "100"]);
         }
         if !has("--hostname") {
@@ -205,13 +233,18 @@ impl Swarmd {
         self.wait_ready(Duration::from_secs(30));
         // Its own agent registers right after: until then the dispatcher may still write the
         // node (status, description), which a test's versioned node update would race with.
+        // SwarmKit's dispatcher logs `worker <id> was successfully registered` instead.
+        let registered = match self.swarmkit {
+            Some(_) => "was successfully registered",
+            None => "agent session registered",
+        };
         wait_for(
             "the manager's agent session",
             Duration::from_secs(30),
             || {
                 self.log()
                     .get(skip..)
-                    .is_some_and(|l| l.contains("agent session registered"))
+                    .is_some_and(|l| l.contains(registered))
                     .then_some(())
             },
         );
@@ -367,8 +400,14 @@ impl Drop for Swarmd {
 
 /// Runs swarmctl against `socket` with a bounded run time.
 pub fn ctl_at(socket: &Path, args: &[&str], input: Option<&[u8]>) -> Ctl {
+    ctl_with(Path::new(SWARMCTL), socket, args, input)
+}
+
+/// Runs the swarmctl binary `swarmctl` (ours or SwarmKit's) against `socket` with a bounded run
+/// time.
+pub fn ctl_with(swarmctl: &Path, socket: &Path, args: &[&str], input: Option<&[u8]>) -> Ctl {
     use std::io::Write;
-    let mut child = Command::new(SWARMCTL)
+    let mut child = Command::new(swarmctl)
         .arg("-s")
         .arg(socket)
         .args(args)

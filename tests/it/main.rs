@@ -17,6 +17,7 @@ mod ha_proxy;
 mod ha_recovery;
 mod ha_roles;
 mod history;
+mod interop;
 mod orchestration;
 mod persistence;
 mod security;

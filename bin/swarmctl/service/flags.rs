@@ -104,7 +104,7 @@ pub struct ServiceFlags {
     /// user defined resources request (e.g. gpu=3,fpga=1)
     #[arg(long, value_name = "string", allow_hyphen_values = true)]
     pub generic_resources: Option<String>,
-    /// ulimit options (default [])
+    /// ulimit options
     #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     pub ulimit: Option<Vec<String>>,
     /// task update parallelism (0 = all at once)

@@ -30,7 +30,7 @@ use crate::health::HealthService;
 use crate::leader::{self, Subsystem};
 use crate::raftjoin::{self, JoinService, StoreMembers};
 use crate::rolemanager::RoleManager;
-use crate::server::RemoteServices;
+use crate::server::{LocalServices, RemoteServices};
 use crate::signer::CaSigner;
 use crate::tasks::TaskSet;
 use crate::{ManagerError, ManagerFailure, server};
@@ -238,6 +238,7 @@ impl Manager {
         // waiting for a leader: a restarted member hears the current leader only there.
         info!(addr = %config.remote_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), proto = "tcp", "Listening for connections");
         let forwarder = crate::proxy::Forwarder::new(raft.clone(), config.security.clone());
+        let ca_server = CaServer::new(store.clone(), auth.clone());
         servers.spawn(
             "remote API server",
             server::serve_remote(
@@ -245,7 +246,7 @@ impl Manager {
                 config.security.remote_tls(),
                 RemoteServices {
                     control: control.clone(),
-                    ca: CaServer::new(store.clone(), auth.clone()),
+                    ca: ca_server.clone(),
                     health: HealthService::new("Raft"),
                     dispatcher: DispatcherService::remote(dispatcher.clone()),
                     raft: Some(raft.transport()),
@@ -294,10 +295,16 @@ impl Manager {
             server::serve_control(
                 unix,
                 config.security.control_tls(),
-                control.clone(),
-                HealthService::new("ControlAPI"),
-                DispatcherService::local(dispatcher.clone(), config.bootstrap.node_id.clone()),
-                Some(forwarder.local_layer()),
+                LocalServices {
+                    control: control.clone(),
+                    ca: ca_server,
+                    health: HealthService::new("ControlAPI"),
+                    dispatcher: DispatcherService::local(
+                        dispatcher.clone(),
+                        config.bootstrap.node_id.clone(),
+                    ),
+                    proxy: Some(forwarder.local_layer()),
+                },
                 shutdown.clone(),
             ),
         );

@@ -48,25 +48,40 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves Control, Health and the Dispatcher (as this manager's own node, for the agent of a
-/// manager) on the unix socket until `shutdown` fires; with `proxy`, calls that only the leader
-/// serves are forwarded to it from a follower (as this manager's own node). An error: the server
-/// failed.
+/// What the control socket serves, as SwarmKit's local server: Control, CA and NodeCA (so that
+/// `swarmctl cluster unlock-key` reads the unlock key here), Health and the Dispatcher (as this
+/// manager's own node, for the agent of a manager).
+pub struct LocalServices {
+    /// The control API.
+    pub control: ControlApi,
+    /// CA and NodeCA.
+    pub ca: CaServer,
+    /// Health (`ControlAPI` on the socket, as SwarmKit).
+    pub health: HealthService,
+    /// The dispatcher, as this manager's own node.
+    pub dispatcher: DispatcherService,
+    /// Forwarding of calls only the leader serves, from a follower (`None`: every call is
+    /// served here).
+    pub proxy: Option<ProxyLayer>,
+}
+
+/// Serves `services` on the unix socket until `shutdown` fires; with `services.proxy`, calls
+/// that only the leader serves are forwarded to it from a follower (as this manager's own
+/// node). An error: the server failed.
 pub async fn serve_control(
     listener: UnixListener,
     tls: ca::ServerTls,
-    control: ControlApi,
-    health: HealthService,
-    dispatcher: DispatcherService,
-    proxy: Option<ProxyLayer>,
+    services: LocalServices,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let incoming = ca::serve_unix_tls(listener, tls);
     let res = Server::builder()
-        .layer(tower::util::option_layer(proxy))
-        .add_service(ControlServer::new(control).max_decoding_message_size(MAX_RECV))
-        .add_service(HealthServer::new(health))
-        .add_service(DispatcherServer::new(dispatcher).max_decoding_message_size(MAX_RECV))
+        .layer(tower::util::option_layer(services.proxy))
+        .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
+        .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
+        .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
+        .add_service(HealthServer::new(services.health))
+        .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     res.map_err(|e| e.to_string())

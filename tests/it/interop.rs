@@ -157,7 +157,11 @@ const SCRIPT: &[Step] = &[
     until("task ls", |o| pending(o, 2)),
     run("service ls"),
     run("service inspect web"),
-    run("task inspect {task:web.1}"),
+    // Once the scheduler has explained why it places nothing (both schedulers write it, each at
+    // its own pace).
+    until("task inspect {task:web.1}", |o| {
+        o.stdout.contains("no suitable node")
+    }),
     run("service create --name web --image busybox:latest"),
     run("service create --name glob --mode global --image busybox:latest"),
     // Not `--mode bogus`: SwarmKit's swarmctl creates a replicated service for an unknown mode,

@@ -1,15 +1,13 @@
 //! `swarmctl cluster`: ls, inspect, update and unlock-key (SwarmKit's
 //! `swarmd/cmd/swarmctl/cluster`). Rendering is done by pure functions so tests need no server.
 
-use std::time::Duration;
-
+use api::gofmt::format_duration_proto;
 use clap::{Args, Subcommand};
 
 use crate::common::{
-    CmdResult, Ctx, ListArgs, Positionals, emit, get_cluster, go_bool, go_duration_flag, one_arg,
-    print_header, string_slice, usage_err,
+    CmdResult, Ctx, ListArgs, Positionals, emit, flag_value_error, get_cluster, go_bool,
+    go_duration_flag, go_int64, one_arg, print_header, string_slice, usage_err,
 };
-use crate::humanize::go_duration_proto;
 use crate::tabwriter::TabWriter;
 
 /// Cluster management
@@ -154,7 +152,7 @@ pub fn render_summary(c: &api::Cluster) -> String {
         w.line("Dispatcher settings:");
         w.line(format!(
             "  Dispatcher heartbeat period: {}",
-            go_duration_proto(hb)
+            format_duration_proto(hb)
         ));
     }
     w.line("Certificate Authority settings:");
@@ -162,7 +160,7 @@ pub fn render_summary(c: &api::Cluster) -> String {
     if let Some(exp) = &ca.node_cert_expiry {
         w.line(format!(
             "  Certificate Validity Duration: {}",
-            go_duration_proto(exp)
+            format_duration_proto(exp)
         ));
     }
     if !ca.external_cas.is_empty() {
@@ -287,28 +285,6 @@ fn parse_external_ca(value: &str) -> Result<api::ExternalCa, String> {
     Ok(ca)
 }
 
-/// Go's `strconv.ParseInt` for an int64 flag.
-fn go_int64(flag: &str, v: &str) -> Result<i64, crate::common::CliError> {
-    v.parse::<i64>().map_err(|e| {
-        let why = match e.kind() {
-            std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
-                "value out of range"
-            }
-            _ => "invalid syntax",
-        };
-        usage_err(format!(
-            "invalid argument \"{v}\" for \"--{flag}\" flag: strconv.ParseInt: parsing \"{v}\": {why}"
-        ))
-    })
-}
-
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// The log driver of `--log-driver`/`--log-opt` (SwarmKit's `ParseLogDriverFlags`).
 pub fn log_driver_flags(
     driver: Option<&str>,
@@ -333,8 +309,8 @@ pub fn log_driver_flags(
 /// The values of `cluster update`'s flags, checked before any RPC as pflag does while parsing.
 #[derive(Debug)]
 struct CheckedFlags {
-    certexpiry: Option<Duration>,
-    heartbeat: Option<Duration>,
+    certexpiry: Option<prost_types::Duration>,
+    heartbeat: Option<prost_types::Duration>,
     history: Option<i64>,
     autolock: Option<bool>,
     rotate_unlock: bool,
@@ -363,11 +339,8 @@ fn check_flags(a: &UpdateArgs) -> Result<CheckedFlags, crate::common::CliError> 
             .external_ca
             .iter()
             .map(|v| {
-                parse_external_ca(v).map_err(|e| {
-                    usage_err(format!(
-                        "invalid argument \"{v}\" for \"--external-ca\" flag: {e}"
-                    ))
-                })
+                parse_external_ca(v)
+                    .map_err(|e| usage_err(flag_value_error(v, "--external-ca", &e)))
             })
             .collect::<Result<Vec<_>, _>>()?,
     })
@@ -384,7 +357,7 @@ fn update_request(
     if let Some(d) = flags.certexpiry {
         spec.ca_config
             .get_or_insert_with(Default::default)
-            .node_cert_expiry = Some(proto_duration(d));
+            .node_cert_expiry = Some(d);
     }
     if !a.external_ca.is_empty() {
         spec.ca_config
@@ -408,7 +381,7 @@ fn update_request(
     if let Some(d) = flags.heartbeat {
         spec.dispatcher
             .get_or_insert_with(Default::default)
-            .heartbeat_period = Some(proto_duration(d));
+            .heartbeat_period = Some(d);
     }
     if let Some(which) = &a.rotate_join_token {
         match which.to_lowercase().as_str() {

@@ -5,9 +5,9 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
+use api::gofmt::{format_g, quote};
 use clap::Args;
 
-use super::goparse::{format_g, go_quote};
 use super::replicas_text;
 use crate::common::{CmdResult, Ctx, emit, get_service, usage_err};
 use crate::humanize::{iec_bytes, relative_time_at};
@@ -147,7 +147,7 @@ pub fn render_summary(service: &api::Service, running: usize, now: SystemTime) -
         }
         let command = c.command.join(" ");
         if !command.is_empty() {
-            let _ = writeln!(raw, "  Command\t: {}", go_quote(&command));
+            let _ = writeln!(raw, "  Command\t: {}", quote(&command));
         }
         let args = c.args.join(", ");
         if !args.is_empty() {

@@ -6,7 +6,7 @@
 
 mod create;
 mod flags;
-mod goparse;
+pub(crate) mod goparse;
 mod inspect;
 mod list;
 mod logs;

@@ -127,7 +127,7 @@ fn command_args_env_are_csv_lists() {
     check(&["--env", ""], |s| c(s).env = vec![]);
     check_err(
         &["--env", "a\"b"],
-        "invalid argument \"a\\\"b\" for \"--env\" flag: parse error on line 1, column 2: bare \" in non-quoted field",
+        "invalid argument \"a\\\"b\" for \"--env\" flag: parse error on line 1, column 2: bare \" in non-quoted-field",
     );
 }
 

@@ -35,26 +35,34 @@ pub struct UpdateArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     autolock: Option<String>,
     /// Duration node certificates will be valid for (default 2160h0m0s)
-    #[arg(long, value_name = "duration")]
+    #[arg(long, value_name = "duration", allow_hyphen_values = true)]
     certexpiry: Option<String>,
     /// Specifications of one or more certificate signing endpoints
-    #[arg(long = "external-ca", value_name = "external-ca")]
+    #[arg(
+        long = "external-ca",
+        value_name = "external-ca",
+        allow_hyphen_values = true
+    )]
     external_ca: Vec<String>,
     /// Period when heartbeat is expected to receive from agent
-    #[arg(long, value_name = "duration")]
+    #[arg(long, value_name = "duration", allow_hyphen_values = true)]
     heartbeatperiod: Option<String>,
     /// Set default log driver for cluster
-    #[arg(long = "log-driver", value_name = "string")]
+    #[arg(long = "log-driver", value_name = "string", allow_hyphen_values = true)]
     log_driver: Option<String>,
     /// Set options for default log driver
-    #[arg(long = "log-opt", value_name = "strings")]
+    #[arg(long = "log-opt", value_name = "strings", allow_hyphen_values = true)]
     log_opt: Vec<String>,
     /// Rotate the root CA: a new root is generated, every node renews its certificate under it,
     /// then it replaces the old one (not in the reference CLI: it bumps `force_rotate`)
     #[arg(long = "rotate-ca")]
     rotate_ca: bool,
     /// Rotate join token for worker or manager
-    #[arg(long = "rotate-join-token", value_name = "string")]
+    #[arg(
+        long = "rotate-join-token",
+        value_name = "string",
+        allow_hyphen_values = true
+    )]
     rotate_join_token: Option<String>,
     /// Rotate manager unlock key
     #[arg(
@@ -65,7 +73,7 @@ pub struct UpdateArgs {
     )]
     rotate_unlock_key: Option<String>,
     /// Number of historic task entries to retain per slot or node
-    #[arg(long, value_name = "int")]
+    #[arg(long, value_name = "int", allow_hyphen_values = true)]
     taskhistory: Option<String>,
     #[command(flatten)]
     pos: Positionals,
@@ -325,13 +333,27 @@ fn given<T>(
     value.as_deref().map(parse).transpose()
 }
 
+/// `--taskhistory`: an int64, and not negative. SwarmKit stores a negative limit, which makes
+/// the task reaper keep every task forever; a `-5` typed here is refused instead.
+fn task_history(v: &str) -> Result<i64, crate::common::CliError> {
+    let n = go_int64("taskhistory", v)?;
+    if n < 0 {
+        return Err(usage_err(flag_value_error(
+            v,
+            "--taskhistory",
+            "the number of task history entries cannot be negative",
+        )));
+    }
+    Ok(n)
+}
+
 fn check_flags(a: &UpdateArgs) -> Result<CheckedFlags, crate::common::CliError> {
     Ok(CheckedFlags {
         certexpiry: given(&a.certexpiry, |v| go_duration_flag("certexpiry", v))?,
         heartbeat: given(&a.heartbeatperiod, |v| {
             go_duration_flag("heartbeatperiod", v)
         })?,
-        history: given(&a.taskhistory, |v| go_int64("taskhistory", v))?,
+        history: given(&a.taskhistory, task_history)?,
         autolock: given(&a.autolock, |v| go_bool("autolock", v))?,
         rotate_unlock: given(&a.rotate_unlock_key, |v| go_bool("rotate-unlock-key", v))?
             .unwrap_or(false),
@@ -633,6 +655,50 @@ mod tests {
                 seconds: 600,
                 nanos: 0
             })
+        );
+    }
+
+    #[test]
+    fn negative_values_are_values() {
+        // pflag takes the next argument as the value even when it starts with '-'.
+        let req = request_for(
+            &["--heartbeatperiod", "-1s", "--certexpiry", "-1h"],
+            &cluster(),
+        );
+        let spec = req.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.dispatcher.as_ref().and_then(|d| d.heartbeat_period),
+            Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            ca_config(&req).node_cert_expiry,
+            Some(prost_types::Duration {
+                seconds: -3600,
+                nanos: 0
+            })
+        );
+        let req = request_for(&["--taskhistory", "0"], &cluster());
+        let orch = req
+            .spec
+            .and_then(|s| s.orchestration)
+            .expect("orchestration");
+        assert_eq!(orch.task_history_retention_limit, 0);
+    }
+
+    #[test]
+    fn negative_task_history_is_refused() {
+        use clap::Parser;
+        let argv = ["cluster", "update", "default", "--taskhistory", "-5"];
+        let cmd = Cli::try_parse_from(argv).expect("-5 parses as a value");
+        let ClusterCommand::Update(a) = cmd.cmd else {
+            panic!("not an update");
+        };
+        assert_eq!(
+            check_flags(&a).map(|_| ()).map_err(|e| e.to_string()),
+            Err("invalid argument \"-5\" for \"--taskhistory\" flag: the number of task history entries cannot be negative".to_string())
         );
     }
 

@@ -43,7 +43,13 @@ const DEFAULT_SOCKET: &str = "/var/run/swarmd.sock";
 )]
 struct Cli {
     /// Socket to connect to the Swarm manager
-    #[arg(short = 's', long = "socket", global = true, value_name = "string")]
+    #[arg(
+        short = 's',
+        long = "socket",
+        global = true,
+        value_name = "string",
+        allow_hyphen_values = true
+    )]
     socket: Option<String>,
     /// Do not try to map IDs to Names when displaying them
     #[arg(short = 'n', long = "no-resolve", global = true)]

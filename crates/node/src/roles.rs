@@ -54,8 +54,8 @@ pub(crate) struct Roles {
 
 /// The remote API listener and the address this node advertises for it.
 async fn bind_remote(config: &NodeConfig) -> Result<(TcpListener, u16, String), NodeError> {
-    let err = |source| NodeError::State {
-        path: config.listen_remote_api.clone().into(),
+    let err = |source| NodeError::ListenRemote {
+        addr: config.listen_remote_api.clone(),
         source,
     };
     let listener = TcpListener::bind(&config.listen_remote_api)

@@ -444,6 +444,7 @@ fn apply_container(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> 
         c.init = Some(init);
     }
     if let Some(oom) = oom {
+        api::limits::check_oom_score_adj(oom)?;
         c.oom_score_adj = oom;
     }
     Ok(())

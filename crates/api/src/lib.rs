@@ -32,4 +32,5 @@ pub use docker::swarmkit::v1::*;
 pub mod constraint;
 pub mod genericresource;
 pub mod gofmt;
+pub mod limits;
 pub mod naming;

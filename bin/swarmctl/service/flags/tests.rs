@@ -152,6 +152,18 @@ fn oom_score_adj() {
         &["--oom-score-adj", "x"],
         "invalid argument \"x\" for \"--oom-score-adj\" flag: strconv.ParseInt: parsing \"x\": invalid syntax",
     );
+    check(&["--oom-score-adj", "-1000"], |s| {
+        c(s).oom_score_adj = -1000
+    });
+    check(&["--oom-score-adj", "1000"], |s| c(s).oom_score_adj = 1000);
+    check_err(
+        &["--oom-score-adj", "5000"],
+        "Invalid value 5000, range for oom score adj is [-1000, 1000]",
+    );
+    check_err(
+        &["--oom-score-adj", "-1001"],
+        "Invalid value -1001, range for oom score adj is [-1000, 1000]",
+    );
 }
 
 #[test]

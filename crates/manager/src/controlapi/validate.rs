@@ -291,6 +291,8 @@ fn validate_health_check(hc: Option<&api::HealthConfig>) -> Result<(), Status> {
 fn validate_container_spec(c: &api::ContainerSpec) -> Result<(), Status> {
     validate_image(&c.image)?;
     validate_mounts(&c.mounts)?;
+    api::limits::check_oom_score_adj(c.oom_score_adj)
+        .map_err(|e| Status::invalid_argument(format!("ContainerSpec: {e}")))?;
     validate_health_check(c.healthcheck.as_ref())
 }
 

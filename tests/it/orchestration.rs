@@ -385,6 +385,22 @@ fn jobs_run_up_to_max_concurrent_tasks() {
         .then_some(())
     });
     assert!(task_rows(&d, false).is_empty());
+    // `service ls` gives the jobs' counts (ListServiceStatuses), not an empty Replicas column.
+    let replicas = |name: &str| -> String {
+        let out = d.ctl(&["service", "ls"]).ok().to_string();
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{out}"))
+            .to_string();
+        line.split_whitespace()
+            .skip(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // A replicated job desires its max-concurrent tasks, as SwarmKit counts it.
+    assert_eq!(replicas("job"), "0/2 (3/3 completed)");
+    assert_eq!(replicas("gj"), "0/0 (1/1 completed)");
 }
 
 /// The value of `task inspect`'s `field` line (`  Pid   : 123`), if it has one.

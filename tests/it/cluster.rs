@@ -345,6 +345,17 @@ fn a_promoted_worker_gets_a_manager_certificate() {
     c.stop();
 }
 
+/// Waits until `cluster inspect` on `manager` shows no root rotation in progress.
+fn wait_rotation_done(manager: &Swarmd, limit: Duration) {
+    wait_for("the root rotation to complete", limit, || {
+        let text = manager
+            .ctl(&["cluster", "inspect", "default"])
+            .ok()
+            .to_string();
+        (!text.contains("rotation")).then_some(())
+    });
+}
+
 #[test]
 fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     let mut c = Cluster::start(2, &[], "1s");
@@ -364,14 +375,7 @@ fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     );
 
     c.workers[1].spawn_until("agent session registered", WAIT);
-    wait_for("the rotation to complete", WAIT, || {
-        let text = c
-            .manager
-            .ctl(&["cluster", "inspect", "default"])
-            .ok()
-            .to_string();
-        (!text.contains("rotation")).then_some(())
-    });
+    wait_rotation_done(&c.manager, WAIT);
     eprintln!(
         "root rotation with a worker down for part of it took {:?}",
         started.elapsed()
@@ -404,18 +408,7 @@ fn second_root_rotation_supersedes_the_first() {
             .ok();
     }
     // One rotation alone takes a few seconds; the second must not hold the first up.
-    wait_for(
-        "both rotations to complete",
-        Duration::from_secs(20),
-        || {
-            let text = c
-                .manager
-                .ctl(&["cluster", "inspect", "default"])
-                .ok()
-                .to_string();
-            (!text.contains("rotation")).then_some(())
-        },
-    );
+    wait_rotation_done(&c.manager, Duration::from_secs(20));
     eprintln!(
         "two root rotations back to back took {:?}",
         started.elapsed()

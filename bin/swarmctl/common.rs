@@ -9,7 +9,7 @@ use api::control_client::ControlClient;
 use api::gofmt::{duration_proto, parse_duration, quote};
 use tonic::transport::Channel;
 
-use crate::service::goparse::{parse_bool, parse_int};
+use crate::goparse::{parse_bool, parse_int, read_csv_record};
 
 /// One invocation's connection and caches.
 pub struct Ctx {
@@ -130,87 +130,11 @@ pub fn string_slice(flag: &str, values: &[String]) -> Result<Vec<String>, CliErr
             continue;
         }
         out.extend(
-            csv_record(v).map_err(|e| usage_err(flag_value_error(v, &format!("--{flag}"), &e)))?,
+            read_csv_record(v)
+                .map_err(|e| usage_err(flag_value_error(v, &format!("--{flag}"), &e)))?,
         );
     }
     Ok(out)
-}
-
-/// One line of CSV as Go's `encoding/csv` reads it (comma separated, `"` quoting).
-fn csv_record(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    let mut col = 0usize;
-    loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            col += 1;
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        col += 2;
-                        field.push('"');
-                    }
-                    Some('"') => {
-                        col += 1;
-                        break;
-                    }
-                    Some(c) => {
-                        col += 1;
-                        field.push(c);
-                    }
-                    None => {
-                        return Err(format!(
-                            "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                            col + 1
-                        ));
-                    }
-                }
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(',') => {
-                    col += 1;
-                    fields.push(field);
-                    continue;
-                }
-                Some(_) => {
-                    return Err(format!(
-                        "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                        col + 1
-                    ));
-                }
-            }
-        }
-        loop {
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(',') => {
-                    col += 1;
-                    fields.push(field);
-                    break;
-                }
-                Some('"') => {
-                    return Err(format!(
-                        "parse error on line 1, column {}: bare \" in non-quoted-field",
-                        col + 1
-                    ));
-                }
-                Some(c) => {
-                    col += 1;
-                    field.push(c);
-                }
-            }
-        }
-    }
 }
 
 /// pflag's words for a flag value its type rejects; `flag` includes the dashes.

@@ -6,6 +6,7 @@
 mod cluster;
 mod common;
 mod config;
+mod goparse;
 mod humanize;
 mod network;
 mod node;

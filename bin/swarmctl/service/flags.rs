@@ -14,7 +14,7 @@ use clap::Args;
 
 use crate::common::flag_value_error;
 
-use super::goparse::{
+use crate::goparse::{
     parse_bool, parse_cpu, parse_generic_resources, parse_int, parse_uint, parse_ulimit,
     ram_in_bytes, read_csv_record,
 };

@@ -1,12 +1,11 @@
 //! `swarmctl service` (alias `svc`, set by main): the clap subcommands and their dispatch, plus
 //! what several service commands share (replica text, secret/config lookups, stdout). Flag
-//! parsing into a spec lives in `flags.rs`, Go-compatible value parsing in `goparse.rs`, one
-//! file per command for the rest. Errors, lookups by argument, tables and time formatting are
-//! main's (`common`, `tabwriter`, `humanize`, `tasks`).
+//! parsing into a spec lives in `flags.rs`, one file per command for the rest. Errors, lookups by
+//! argument, Go-compatible value parsing, tables and time formatting are main's (`common`,
+//! `goparse`, `tabwriter`, `humanize`, `tasks`).
 
 mod create;
 mod flags;
-pub(crate) mod goparse;
 mod inspect;
 mod list;
 mod logs;

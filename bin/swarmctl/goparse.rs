@@ -1,8 +1,8 @@
-//! Go-compatible parsers for service flag values, so that `swarmctl service` accepts the same
-//! input as SwarmKit's Go client and fails with the same words: `strconv` integers and booleans,
-//! `encoding/csv` lists (pflag's `StringSlice`), go-units sizes and ulimits,
-//! `big.Rat` CPU amounts and SwarmKit's generic resources. Pure functions; the flag-to-spec
-//! mapping lives in `flags.rs`.
+//! Go-compatible parsers for flag values, so that swarmctl accepts the same input as SwarmKit's
+//! Go client (pflag) and fails with the same words: `strconv` integers and booleans,
+//! `encoding/csv` lists (pflag's `StringSlice`), go-units sizes and ulimits, `big.Rat` CPU
+//! amounts and SwarmKit's generic resources. Pure functions; durations, `%g` and `%q` are
+//! `api::gofmt`'s, the service flag-to-spec mapping is `service/flags.rs`.
 
 use std::collections::BTreeMap;
 

@@ -1,15 +1,13 @@
 //! `swarmctl cluster`: ls, inspect, update and unlock-key (SwarmKit's
 //! `swarmd/cmd/swarmctl/cluster`). Rendering is done by pure functions so tests need no server.
 
-use std::time::Duration;
-
+use api::gofmt::format_duration_proto;
 use clap::{Args, Subcommand};
 
 use crate::common::{
-    CmdResult, Ctx, ListArgs, Positionals, emit, get_cluster, go_bool, go_duration_flag, one_arg,
-    print_header, string_slice, usage_err,
+    CmdResult, Ctx, ListArgs, Positionals, emit, flag_value_error, get_cluster, go_bool,
+    go_duration_flag, go_int64, one_arg, print_header, string_slice, usage_err,
 };
-use crate::humanize::go_duration_proto;
 use crate::tabwriter::TabWriter;
 
 /// Cluster management
@@ -37,26 +35,34 @@ pub struct UpdateArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     autolock: Option<String>,
     /// Duration node certificates will be valid for (default 2160h0m0s)
-    #[arg(long, value_name = "duration")]
+    #[arg(long, value_name = "duration", allow_hyphen_values = true)]
     certexpiry: Option<String>,
     /// Specifications of one or more certificate signing endpoints
-    #[arg(long = "external-ca", value_name = "external-ca")]
+    #[arg(
+        long = "external-ca",
+        value_name = "external-ca",
+        allow_hyphen_values = true
+    )]
     external_ca: Vec<String>,
     /// Period when heartbeat is expected to receive from agent
-    #[arg(long, value_name = "duration")]
+    #[arg(long, value_name = "duration", allow_hyphen_values = true)]
     heartbeatperiod: Option<String>,
     /// Set default log driver for cluster
-    #[arg(long = "log-driver", value_name = "string")]
+    #[arg(long = "log-driver", value_name = "string", allow_hyphen_values = true)]
     log_driver: Option<String>,
     /// Set options for default log driver
-    #[arg(long = "log-opt", value_name = "strings")]
+    #[arg(long = "log-opt", value_name = "strings", allow_hyphen_values = true)]
     log_opt: Vec<String>,
     /// Rotate the root CA: a new root is generated, every node renews its certificate under it,
     /// then it replaces the old one (not in the reference CLI: it bumps `force_rotate`)
     #[arg(long = "rotate-ca")]
     rotate_ca: bool,
     /// Rotate join token for worker or manager
-    #[arg(long = "rotate-join-token", value_name = "string")]
+    #[arg(
+        long = "rotate-join-token",
+        value_name = "string",
+        allow_hyphen_values = true
+    )]
     rotate_join_token: Option<String>,
     /// Rotate manager unlock key
     #[arg(
@@ -67,8 +73,7 @@ pub struct UpdateArgs {
     )]
     rotate_unlock_key: Option<String>,
     /// Number of historic task entries to retain per slot or node
-    // pflag takes `--taskhistory -2` as the flag's value; the control API judges it.
-    #[arg(long, value_name = "int", allow_negative_numbers = true)]
+    #[arg(long, value_name = "int", allow_hyphen_values = true)]
     taskhistory: Option<String>,
     #[command(flatten)]
     pos: Positionals,
@@ -155,7 +160,7 @@ pub fn render_summary(c: &api::Cluster) -> String {
         w.line("Dispatcher settings:");
         w.line(format!(
             "  Dispatcher heartbeat period: {}",
-            go_duration_proto(hb)
+            format_duration_proto(hb)
         ));
     }
     w.line("Certificate Authority settings:");
@@ -163,7 +168,7 @@ pub fn render_summary(c: &api::Cluster) -> String {
     if let Some(exp) = &ca.node_cert_expiry {
         w.line(format!(
             "  Certificate Validity Duration: {}",
-            go_duration_proto(exp)
+            format_duration_proto(exp)
         ));
     }
     if !ca.external_cas.is_empty() {
@@ -288,28 +293,6 @@ fn parse_external_ca(value: &str) -> Result<api::ExternalCa, String> {
     Ok(ca)
 }
 
-/// Go's `strconv.ParseInt` for an int64 flag.
-fn go_int64(flag: &str, v: &str) -> Result<i64, crate::common::CliError> {
-    v.parse::<i64>().map_err(|e| {
-        let why = match e.kind() {
-            std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
-                "value out of range"
-            }
-            _ => "invalid syntax",
-        };
-        usage_err(format!(
-            "invalid argument \"{v}\" for \"--{flag}\" flag: strconv.ParseInt: parsing \"{v}\": {why}"
-        ))
-    })
-}
-
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// The log driver of `--log-driver`/`--log-opt` (SwarmKit's `ParseLogDriverFlags`).
 pub fn log_driver_flags(
     driver: Option<&str>,
@@ -334,8 +317,8 @@ pub fn log_driver_flags(
 /// The values of `cluster update`'s flags, checked before any RPC as pflag does while parsing.
 #[derive(Debug)]
 struct CheckedFlags {
-    certexpiry: Option<Duration>,
-    heartbeat: Option<Duration>,
+    certexpiry: Option<prost_types::Duration>,
+    heartbeat: Option<prost_types::Duration>,
     history: Option<i64>,
     autolock: Option<bool>,
     rotate_unlock: bool,
@@ -350,13 +333,27 @@ fn given<T>(
     value.as_deref().map(parse).transpose()
 }
 
+/// `--taskhistory`: an int64, and not negative. SwarmKit stores a negative limit, which makes
+/// the task reaper keep every task forever; a `-5` typed here is refused instead.
+fn task_history(v: &str) -> Result<i64, crate::common::CliError> {
+    let n = go_int64("taskhistory", v)?;
+    if n < 0 {
+        return Err(usage_err(flag_value_error(
+            v,
+            "--taskhistory",
+            "the number of task history entries cannot be negative",
+        )));
+    }
+    Ok(n)
+}
+
 fn check_flags(a: &UpdateArgs) -> Result<CheckedFlags, crate::common::CliError> {
     Ok(CheckedFlags {
         certexpiry: given(&a.certexpiry, |v| go_duration_flag("certexpiry", v))?,
         heartbeat: given(&a.heartbeatperiod, |v| {
             go_duration_flag("heartbeatperiod", v)
         })?,
-        history: given(&a.taskhistory, |v| go_int64("taskhistory", v))?,
+        history: given(&a.taskhistory, task_history)?,
         autolock: given(&a.autolock, |v| go_bool("autolock", v))?,
         rotate_unlock: given(&a.rotate_unlock_key, |v| go_bool("rotate-unlock-key", v))?
             .unwrap_or(false),
@@ -364,11 +361,8 @@ fn check_flags(a: &UpdateArgs) -> Result<CheckedFlags, crate::common::CliError> 
             .external_ca
             .iter()
             .map(|v| {
-                parse_external_ca(v).map_err(|e| {
-                    usage_err(format!(
-                        "invalid argument \"{v}\" for \"--external-ca\" flag: {e}"
-                    ))
-                })
+                parse_external_ca(v)
+                    .map_err(|e| usage_err(flag_value_error(v, "--external-ca", &e)))
             })
             .collect::<Result<Vec<_>, _>>()?,
     })
@@ -385,7 +379,7 @@ fn update_request(
     if let Some(d) = flags.certexpiry {
         spec.ca_config
             .get_or_insert_with(Default::default)
-            .node_cert_expiry = Some(proto_duration(d));
+            .node_cert_expiry = Some(d);
     }
     if !a.external_ca.is_empty() {
         spec.ca_config
@@ -409,7 +403,7 @@ fn update_request(
     if let Some(d) = flags.heartbeat {
         spec.dispatcher
             .get_or_insert_with(Default::default)
-            .heartbeat_period = Some(proto_duration(d));
+            .heartbeat_period = Some(d);
     }
     if let Some(which) = &a.rotate_join_token {
         match which.to_lowercase().as_str() {
@@ -614,17 +608,6 @@ mod tests {
         update_request(&a, flags, cluster).expect("request")
     }
 
-    #[test]
-    fn taskhistory_takes_a_negative_value() {
-        let req = request_for(&["--taskhistory", "-2"], &cluster());
-        let history = req
-            .spec
-            .and_then(|s| s.orchestration)
-            .expect("orchestration")
-            .task_history_retention_limit;
-        assert_eq!(history, -2);
-    }
-
     fn ca_config(req: &api::UpdateClusterRequest) -> api::CaConfig {
         req.spec
             .as_ref()
@@ -672,6 +655,50 @@ mod tests {
                 seconds: 600,
                 nanos: 0
             })
+        );
+    }
+
+    #[test]
+    fn negative_values_are_values() {
+        // pflag takes the next argument as the value even when it starts with '-'.
+        let req = request_for(
+            &["--heartbeatperiod", "-1s", "--certexpiry", "-1h"],
+            &cluster(),
+        );
+        let spec = req.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.dispatcher.as_ref().and_then(|d| d.heartbeat_period),
+            Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            ca_config(&req).node_cert_expiry,
+            Some(prost_types::Duration {
+                seconds: -3600,
+                nanos: 0
+            })
+        );
+        let req = request_for(&["--taskhistory", "0"], &cluster());
+        let orch = req
+            .spec
+            .and_then(|s| s.orchestration)
+            .expect("orchestration");
+        assert_eq!(orch.task_history_retention_limit, 0);
+    }
+
+    #[test]
+    fn negative_task_history_is_refused() {
+        use clap::Parser;
+        let argv = ["cluster", "update", "default", "--taskhistory", "-5"];
+        let cmd = Cli::try_parse_from(argv).expect("-5 parses as a value");
+        let ClusterCommand::Update(a) = cmd.cmd else {
+            panic!("not an update");
+        };
+        assert_eq!(
+            check_flags(&a).map(|_| ()).map_err(|e| e.to_string()),
+            Err("invalid argument \"-5\" for \"--taskhistory\" flag: the number of task history entries cannot be negative".to_string())
         );
     }
 

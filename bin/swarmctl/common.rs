@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 
 use api::control_client::ControlClient;
+use api::gofmt::{duration_proto, parse_duration, quote};
 use tonic::transport::Channel;
+
+use crate::goparse::{parse_bool, parse_int, read_csv_record};
 
 /// One invocation's connection and caches.
 pub struct Ctx {
@@ -126,118 +129,38 @@ pub fn string_slice(flag: &str, values: &[String]) -> Result<Vec<String>, CliErr
         if v.is_empty() {
             continue;
         }
-        out.extend(csv_record(v).map_err(|e| {
-            usage_err(format!(
-                "invalid argument \"{v}\" for \"--{flag}\" flag: {e}"
-            ))
-        })?);
+        out.extend(
+            read_csv_record(v)
+                .map_err(|e| usage_err(flag_value_error(v, &format!("--{flag}"), &e)))?,
+        );
     }
     Ok(out)
 }
 
-/// One line of CSV as Go's `encoding/csv` reads it (comma separated, `"` quoting).
-fn csv_record(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    let mut col = 0usize;
-    loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            col += 1;
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        col += 2;
-                        field.push('"');
-                    }
-                    Some('"') => {
-                        col += 1;
-                        break;
-                    }
-                    Some(c) => {
-                        col += 1;
-                        field.push(c);
-                    }
-                    None => {
-                        return Err(format!(
-                            "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                            col + 1
-                        ));
-                    }
-                }
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(',') => {
-                    col += 1;
-                    fields.push(field);
-                    continue;
-                }
-                Some(_) => {
-                    return Err(format!(
-                        "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                        col + 1
-                    ));
-                }
-            }
-        }
-        loop {
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(',') => {
-                    col += 1;
-                    fields.push(field);
-                    break;
-                }
-                Some('"') => {
-                    return Err(format!(
-                        "parse error on line 1, column {}: bare \" in non-quoted-field",
-                        col + 1
-                    ));
-                }
-                Some(c) => {
-                    col += 1;
-                    field.push(c);
-                }
-            }
-        }
-    }
+/// pflag's words for a flag value its type rejects; `flag` includes the dashes.
+pub fn flag_value_error(value: &str, flag: &str, err: &str) -> String {
+    format!(
+        "invalid argument {} for {} flag: {err}",
+        quote(value),
+        quote(flag)
+    )
 }
 
-/// Go's `strconv.ParseBool` for a pflag bool flag given as `--flag` or `--flag=value`.
+/// A pflag bool flag given as `--flag` or `--flag=value` (Go's `strconv.ParseBool`).
 pub fn go_bool(flag: &str, v: &str) -> Result<bool, CliError> {
-    match v {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(usage_err(format!(
-            "invalid argument \"{v}\" for \"--{flag}\" flag: strconv.ParseBool: parsing \"{v}\": invalid syntax"
-        ))),
-    }
+    parse_bool(v).map_err(|e| usage_err(flag_value_error(v, &format!("--{flag}"), &e)))
 }
 
-/// A pflag duration flag (Go syntax, read with humantime); errors as pflag words them.
-pub fn go_duration_flag(flag: &str, v: &str) -> Result<std::time::Duration, CliError> {
-    if v == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    humantime::parse_duration(v).map_err(|_| {
-        let why = if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            format!("time: missing unit in duration \"{v}\"")
-        } else {
-            format!("time: invalid duration \"{v}\"")
-        };
-        usage_err(format!(
-            "invalid argument \"{v}\" for \"--{flag}\" flag: {why}"
-        ))
-    })
+/// A pflag int64 flag (Go's `strconv.ParseInt(v, 0, 64)`).
+pub fn go_int64(flag: &str, v: &str) -> Result<i64, CliError> {
+    parse_int(v, 0, 64).map_err(|e| usage_err(flag_value_error(v, &format!("--{flag}"), &e)))
+}
+
+/// A pflag duration flag (Go's `time.ParseDuration`), as the wire's duration.
+pub fn go_duration_flag(flag: &str, v: &str) -> Result<prost_types::Duration, CliError> {
+    parse_duration(v)
+        .map(duration_proto)
+        .map_err(|e| usage_err(flag_value_error(v, &format!("--{flag}"), &e)))
 }
 
 /// Go's text for an OS error (`syscall.Errno.Error()`), e.g. "no such file or directory".
@@ -500,7 +423,28 @@ mod tests {
         );
         assert_eq!(
             go_duration_flag("certexpiry", "2160h0m0s").expect("duration"),
-            std::time::Duration::from_secs(2160 * 3600)
+            prost_types::Duration {
+                seconds: 2160 * 3600,
+                nanos: 0
+            }
+        );
+        // Go's syntax has no spaces; negative durations are values for the manager to judge.
+        assert_eq!(
+            go_duration_flag("certexpiry", "1h 30m").map_err(|e| e.to_string()),
+            Err("invalid argument \"1h 30m\" for \"--certexpiry\" flag: time: unknown unit \"h \" in duration \"1h 30m\"".to_string())
+        );
+        assert_eq!(
+            go_duration_flag("heartbeatperiod", "-1s").expect("duration"),
+            prost_types::Duration {
+                seconds: -1,
+                nanos: 0
+            }
+        );
+        assert_eq!(go_int64("taskhistory", "-5").expect("int"), -5);
+        assert_eq!(go_int64("taskhistory", "0x10").expect("int"), 16);
+        assert_eq!(
+            go_int64("taskhistory", "9223372036854775808").map_err(|e| e.to_string()),
+            Err("invalid argument \"9223372036854775808\" for \"--taskhistory\" flag: strconv.ParseInt: parsing \"9223372036854775808\": value out of range".to_string())
         );
         assert_eq!(
             go_duration_flag("certexpiry", "5").map_err(|e| e.to_string()),

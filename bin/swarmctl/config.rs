@@ -45,7 +45,7 @@ pub struct ListArgs {
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Rather than read the config from STDIN, read from the given file
-    #[arg(short = 'f', long, value_name = "string")]
+    #[arg(short = 'f', long, value_name = "string", allow_hyphen_values = true)]
     file: Option<String>,
     #[command(flatten)]
     pos: Positionals,

@@ -1,8 +1,8 @@
 //! Human-readable renderings that must match the reference client character for character:
-//! go-humanize relative times and IEC sizes, Go's RFC 3339 timestamps with nanoseconds and Go's
-//! `time.Duration` text (spec 1.1 "Relative times", "Sizes", "Timestamps").
+//! go-humanize relative times and IEC sizes and Go's RFC 3339 timestamps with nanoseconds (spec 1.1
+//! "Relative times", "Sizes", "Timestamps"); Go's duration text is `api::gofmt`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECOND: i128 = 1_000_000_000;
 const MINUTE: i128 = 60 * SECOND;
@@ -112,58 +112,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Go's `time.Duration.String()`: `2160h0m0s`, `1m30s`, `5s`, `1.5s`, `300ms`, `0s`.
-pub fn go_duration(d: Duration) -> String {
-    let ns = d.as_nanos();
-    if ns == 0 {
-        return "0s".to_string();
-    }
-    if ns < 1_000_000_000 {
-        let (unit, div) = if ns < 1_000 {
-            ("ns", 1)
-        } else if ns < 1_000_000 {
-            ("µs", 1_000)
-        } else {
-            ("ms", 1_000_000)
-        };
-        return format!("{}{unit}", fixed_point(ns, div));
-    }
-    let hours = ns / 3_600_000_000_000;
-    let minutes = (ns / 60_000_000_000) % 60;
-    let seconds = fixed_point(ns % 60_000_000_000, 1_000_000_000);
-    if hours > 0 {
-        format!("{hours}h{minutes}m{seconds}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds}s")
-    } else {
-        format!("{seconds}s")
-    }
-}
-
-/// A protobuf duration as Go prints it (negative durations get a leading '-').
-pub fn go_duration_proto(d: &prost_types::Duration) -> String {
-    let total = i128::from(d.seconds) * 1_000_000_000 + i128::from(d.nanos);
-    let abs = Duration::from_nanos(total.unsigned_abs().min(u128::from(u64::MAX)) as u64);
-    if total < 0 {
-        format!("-{}", go_duration(abs))
-    } else {
-        go_duration(abs)
-    }
-}
-
-/// `v / div` with the fraction's trailing zeros removed.
-fn fixed_point(v: u128, div: u128) -> String {
-    let (whole, frac) = (v / div, v % div);
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let digits = div.ilog10() as usize;
-    let frac = format!("{frac:0digits$}");
-    format!("{whole}.{}", frac.trim_end_matches('0'))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ago(diff_ns: i128) -> String {
@@ -249,28 +201,5 @@ mod tests {
             "2000-02-29T00:00:00.5Z"
         );
         assert_eq!(rfc3339_nanos(&ts(-1, 10)), "1969-12-31T23:59:59.00000001Z");
-    }
-
-    #[test]
-    fn go_duration_matches_go() {
-        let cases: &[(Duration, &str)] = &[
-            (Duration::ZERO, "0s"),
-            (Duration::from_nanos(1), "1ns"),
-            (Duration::from_nanos(1_500), "1.5µs"),
-            (Duration::from_millis(300), "300ms"),
-            (Duration::from_secs(5), "5s"),
-            (Duration::from_millis(1_500), "1.5s"),
-            (Duration::from_secs(60), "1m0s"),
-            (Duration::from_secs(90), "1m30s"),
-            (Duration::from_secs(3600), "1h0m0s"),
-            (Duration::from_secs(2160 * 3600), "2160h0m0s"),
-            (Duration::from_nanos(3_600_000_000_001), "1h0m0.000000001s"),
-        ];
-        for &(d, want) in cases {
-            assert_eq!(go_duration(d), want);
-        }
-        let p = |seconds, nanos| prost_types::Duration { seconds, nanos };
-        assert_eq!(go_duration_proto(&p(5, 0)), "5s");
-        assert_eq!(go_duration_proto(&p(-5, 0)), "-5s");
     }
 }

@@ -6,6 +6,7 @@
 mod cluster;
 mod common;
 mod config;
+mod goparse;
 mod humanize;
 mod network;
 mod node;
@@ -43,7 +44,13 @@ const DEFAULT_SOCKET: &str = "/var/run/swarmd.sock";
 )]
 struct Cli {
     /// Socket to connect to the Swarm manager
-    #[arg(short = 's', long = "socket", global = true, value_name = "string")]
+    #[arg(
+        short = 's',
+        long = "socket",
+        global = true,
+        value_name = "string",
+        allow_hyphen_values = true
+    )]
     socket: Option<String>,
     /// Do not try to map IDs to Names when displaying them
     #[arg(short = 'n', long = "no-resolve", global = true)]

@@ -32,25 +32,29 @@ pub enum NetworkCommand {
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Network driver
-    #[arg(long, value_name = "string")]
+    #[arg(long, value_name = "string", allow_hyphen_values = true)]
     driver: Option<String>,
     /// Gateway IP addresses for network segments
-    #[arg(long, value_name = "strings")]
+    #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     gateway: Vec<String>,
     /// IP ranges to allocate from within the subnets
-    #[arg(long = "ip-range", value_name = "strings")]
+    #[arg(long = "ip-range", value_name = "strings", allow_hyphen_values = true)]
     ip_range: Vec<String>,
     /// IPAM driver
-    #[arg(long = "ipam-driver", value_name = "string")]
+    #[arg(
+        long = "ipam-driver",
+        value_name = "string",
+        allow_hyphen_values = true
+    )]
     ipam_driver: Option<String>,
     /// Network name
-    #[arg(long, value_name = "string")]
+    #[arg(long, value_name = "string", allow_hyphen_values = true)]
     name: Option<String>,
     /// Network driver options
-    #[arg(long, value_name = "strings")]
+    #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     opts: Vec<String>,
     /// Subnets in CIDR format that represents a network segments
-    #[arg(long, value_name = "strings")]
+    #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     subnet: Vec<String>,
     #[command(flatten)]
     pos: Positionals,

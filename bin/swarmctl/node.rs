@@ -66,7 +66,7 @@ pub struct RemoveArgs {
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
     /// node label (key=value)
-    #[arg(long = "label", value_name = "strings")]
+    #[arg(long = "label", value_name = "strings", allow_hyphen_values = true)]
     label: Vec<String>,
     #[command(flatten)]
     pos: Positionals,

@@ -44,10 +44,10 @@ pub struct ListArgs {
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Rather than read the secret from STDIN, read the value from an external secret driver
-    #[arg(short = 'd', long, value_name = "string")]
+    #[arg(short = 'd', long, value_name = "string", allow_hyphen_values = true)]
     driver: Option<String>,
     /// Rather than read the secret from STDIN, read from the given file
-    #[arg(short = 'f', long, value_name = "string")]
+    #[arg(short = 'f', long, value_name = "string", allow_hyphen_values = true)]
     file: Option<String>,
     #[command(flatten)]
     pos: Positionals,

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+use api::gofmt::quote;
 use clap::{Args, Subcommand};
 
 use crate::common::{
@@ -162,37 +163,6 @@ pub fn render_list(
     w.render()
 }
 
-/// Go's `%q` of a string: double-quoted with Go escapes.
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_control() => {
-                if (c as u32) <= 0xffff {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08x}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The status block of `task inspect`.
 fn status_lines(w: &mut TabWriter, t: &api::Task) {
     let status = t.status.clone().unwrap_or_default();
@@ -267,7 +237,7 @@ pub fn render_summary(t: &api::Task, service: &str, node: &str) -> String {
     // The reference tests the joined value for emptiness, not the formatted line.
     let command = ctr.command.join(" ");
     if !command.is_empty() {
-        w.line(format!("  Command\t: {}", go_quote(&command)));
+        w.line(format!("  Command\t: {}", quote(&command)));
     }
     if !ctr.args.is_empty() {
         w.line(format!("  Args\t: [{}]", ctr.args.join(", ")));
@@ -432,12 +402,5 @@ mod tests {
         );
         assert!(!out.contains("Command"), "{out}");
         assert!(!out.contains("Timestamp"), "{out}");
-    }
-
-    #[test]
-    fn go_quote_escapes() {
-        assert_eq!(go_quote(""), "\"\"");
-        assert_eq!(go_quote("a \"b\"\\\n"), "\"a \\\"b\\\"\\\\\\n\"");
-        assert_eq!(go_quote("é"), "\"é\"");
     }
 }

@@ -99,8 +99,16 @@ struct Flags {
     /// Test option (ours): validity of the node certificates this manager's CA issues (e.g.
     /// `30s`), instead of the cluster's NodeCertExpiry and below its 1h minimum, so that renewal
     /// can be watched in seconds. Never for production.
-    #[arg(long = "test-cert-expiry", hide = true, value_parser = humantime::parse_duration)]
+    #[arg(long = "test-cert-expiry", hide = true, value_parser = go_duration)]
     test_cert_expiry: Option<Duration>,
+}
+
+/// A non-negative duration in Go's syntax (`time.ParseDuration`).
+fn go_duration(s: &str) -> Result<Duration, String> {
+    let nanos = api::gofmt::parse_duration(s)?;
+    u64::try_from(nanos)
+        .map(Duration::from_nanos)
+        .map_err(|_| format!("{s} is a negative duration"))
 }
 
 /// Flags that parse but whose feature comes with a later issue: naming one is an error rather

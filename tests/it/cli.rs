@@ -239,14 +239,45 @@ fn error_catalogue() {
             "Error: --rotate-join-token flag must be followed by 'worker' or 'manager'",
         ),
         (&["network", "create"], "Error: --name is required"),
+        // Negative values are values (pflag), judged by the manager as SwarmKit's does.
+        (
+            &["cluster", "update", "default", "--certexpiry", "-1h"],
+            "Error: minimum certificate expiry time is: 1h0m0s",
+        ),
+        (
+            &["cluster", "update", "default", "--heartbeatperiod", "-1s"],
+            "Error: heartbeat time period cannot be a negative duration",
+        ),
+        (
+            &["cluster", "update", "default", "--taskhistory", "-5"],
+            "Error: invalid argument \"-5\" for \"--taskhistory\" flag: the number of task history entries cannot be negative",
+        ),
+        (
+            &[
+                "cluster",
+                "update",
+                "default",
+                "--heartbeatperiod",
+                "1h 30m",
+            ],
+            "Error: invalid argument \"1h 30m\" for \"--heartbeatperiod\" flag: time: unknown unit \"h \" in duration \"1h 30m\"",
+        ),
     ];
     for (args, want) in cases {
         let out = d.ctl(args);
         let first = out.err().lines().next().unwrap_or("").to_string();
         assert_eq!(first, *want, "swarmctl {args:?}");
     }
-    // Nothing was created by the rejected requests.
+    // Nothing was created or changed by the rejected requests.
     assert_eq!(d.ctl(&["service", "ls", "-q"]).ok().lines().count(), 1);
+    let cluster = d.ctl(&["cluster", "inspect", "default"]).ok().to_string();
+    for line in [
+        "Task history entries: 5",
+        "Dispatcher heartbeat period: 5s",
+        "Certificate Validity Duration: 2160h0m0s",
+    ] {
+        assert!(cluster.contains(line), "{line} in {cluster}");
+    }
 }
 
 #[test]

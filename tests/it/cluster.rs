@@ -359,6 +359,17 @@ fn a_promoted_worker_gets_a_manager_certificate() {
     c.stop();
 }
 
+/// Waits until `cluster inspect` on `manager` shows no root rotation in progress.
+fn wait_rotation_done(manager: &Swarmd, limit: Duration) {
+    wait_for("the root rotation to complete", limit, || {
+        let text = manager
+            .ctl(&["cluster", "inspect", "default"])
+            .ok()
+            .to_string();
+        (!text.contains("rotation")).then_some(())
+    });
+}
+
 #[test]
 fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     let mut c = Cluster::start(2, &[], "1s");
@@ -381,14 +392,7 @@ fn root_rotation_with_a_worker_down_completes_when_it_returns() {
     );
 
     c.workers[1].spawn_until("agent session registered", WAIT);
-    wait_for("the rotation to complete", WAIT, || {
-        let text = c
-            .manager
-            .ctl(&["cluster", "inspect", "default"])
-            .ok()
-            .to_string();
-        (!text.contains("rotation")).then_some(())
-    });
+    wait_rotation_done(&c.manager, WAIT);
     eprintln!(
         "root rotation with a worker down for part of it took {:?}",
         started.elapsed()
@@ -408,5 +412,39 @@ fn root_rotation_with_a_worker_down_completes_when_it_returns() {
         });
     }
     c.wait_ready(3);
+    c.stop();
+}
+
+#[test]
+fn second_root_rotation_supersedes_the_first() {
+    let c = Cluster::start(1, &[], "1s");
+    let started = Instant::now();
+    for _ in 0..2 {
+        c.manager
+            .ctl(&["cluster", "update", "default", "--rotate-ca"])
+            .ok();
+    }
+    // One rotation alone takes a few seconds; the second must not hold the first up.
+    wait_rotation_done(&c.manager, Duration::from_secs(20));
+    eprintln!(
+        "two root rotations back to back took {:?}",
+        started.elapsed()
+    );
+    let root = wait_for("the manager to install the new root", WAIT, || {
+        let m = ca::KeyStore::new(&c.manager.state_dir()).load().ok()??;
+        let issued_by_root = ca::RootCa::from_pem(&m.root_pem, None)
+            .ok()?
+            .has_issued(&m.cert_pem);
+        issued_by_root.then_some(m.root_pem)
+    });
+    wait_for("the worker to trust the new root", WAIT, || {
+        let m = ca::KeyStore::new(&c.workers[0].state_dir()).load().ok()??;
+        (m.root_pem == root).then_some(())
+    });
+    for node in [&c.manager, &c.workers[0]] {
+        let log = node.log();
+        assert!(!log.contains("failed to install"), "{log}");
+    }
+    c.wait_ready(2);
     c.stop();
 }

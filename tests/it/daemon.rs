@@ -127,3 +127,52 @@ fn loopback_remote_api_prints_warning() {
         "{stdout}"
     );
 }
+
+#[test]
+fn listen_errors_name_the_flag_and_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr").to_string();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"").expect("write");
+    let bad_socket = not_a_dir.join("swarmd.sock");
+    let cases = [
+        (
+            vec!["--listen-remote-api".to_string(), "notanaddr".to_string()],
+            "Error: failed to listen on remote API address notanaddr (--listen-remote-api): "
+                .to_string(),
+        ),
+        (
+            vec!["--listen-remote-api".to_string(), taken.clone()],
+            format!(
+                "Error: failed to listen on remote API address {taken} (--listen-remote-api): Address already in use"
+            ),
+        ),
+        (
+            vec![
+                "--listen-control-api".to_string(),
+                bad_socket.display().to_string(),
+            ],
+            format!(
+                "Error: failed to listen on control API socket {} (--listen-control-api): ",
+                bad_socket.display()
+            ),
+        ),
+    ];
+    for (i, (args, want)) in cases.iter().enumerate() {
+        let mut cmd = Command::new(SWARMD);
+        cmd.arg("-d").arg(dir.path().join(format!("s{i}")));
+        if args[0] != "--listen-control-api" {
+            cmd.arg("--listen-control-api")
+                .arg(dir.path().join(format!("sock{i}")));
+        }
+        if args[0] != "--listen-remote-api" {
+            cmd.args(["--listen-remote-api", "127.0.0.1:0"]);
+        }
+        let out = cmd.args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want.as_str()), "{args:?}: {err}");
+        assert!(!err.contains("state directory"), "{args:?}: {err}");
+    }
+}

@@ -385,4 +385,74 @@ fn jobs_run_up_to_max_concurrent_tasks() {
         .then_some(())
     });
     assert!(task_rows(&d, false).is_empty());
+    // `service ls` gives the jobs' counts (ListServiceStatuses), not an empty Replicas column.
+    let replicas = |name: &str| -> String {
+        let out = d.ctl(&["service", "ls"]).ok().to_string();
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{out}"))
+            .to_string();
+        line.split_whitespace()
+            .skip(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // A replicated job desires its max-concurrent tasks, as SwarmKit counts it.
+    assert_eq!(replicas("job"), "0/2 (3/3 completed)");
+    assert_eq!(replicas("gj"), "0/0 (1/1 completed)");
+}
+
+/// The value of `task inspect`'s `field` line (`  Pid   : 123`), if it has one.
+fn inspect_field(d: &Swarmd, task: &str, field: &str) -> Option<String> {
+    let out = d.ctl(&["task", "inspect", task]).ok().to_string();
+    out.lines()
+        .find(|l| l.trim_start().starts_with(field))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+#[test]
+fn task_inspect_shows_the_pid_and_the_exit_code() {
+    let d = start();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "ender",
+        "--image",
+        "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        "-c,sleep 2; exit 3",
+        "--restart-condition",
+        "none",
+    ])
+    .ok();
+    let id = wait_for("the task to run", WAIT, || {
+        let id = d.ctl(&["task", "ls", "-q"]).ok().trim().to_string();
+        (!id.is_empty()
+            && task_rows(&d, false)
+                .first()
+                .is_some_and(|r| r.2 == "RUNNING"))
+        .then_some(id)
+    });
+    // While it runs: the PID of a live process (the process executor has no container ID).
+    let pid: i32 = inspect_field(&d, &id, "Pid")
+        .unwrap_or_else(|| panic!("no Pid line for {id}"))
+        .parse()
+        .expect("a PID");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "PID {pid} is not a live process"
+    );
+    // Once it failed: its exit code, and no PID any more.
+    let code = wait_for("the task to fail", WAIT, || {
+        inspect_field(&d, &id, "Last State")
+            .filter(|s| s == "FAILED")
+            .and_then(|_| inspect_field(&d, &id, "ExitCode"))
+    });
+    assert_eq!(code, "3");
+    assert_eq!(inspect_field(&d, &id, "Pid"), None);
 }

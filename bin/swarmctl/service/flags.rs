@@ -8,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use api::gofmt::{duration_proto, parse_duration, quote};
 use api::service_spec::Mode;
 use clap::Args;
 
-use super::goparse::{
-    duration_proto, go_quote, parse_bool, parse_cpu, parse_duration, parse_generic_resources,
-    parse_int, parse_uint, parse_ulimit, ram_in_bytes, read_csv_record,
+use crate::common::flag_value_error;
+
+use crate::goparse::{
+    parse_bool, parse_cpu, parse_generic_resources, parse_int, parse_uint, parse_ulimit,
+    ram_in_bytes, read_csv_record,
 };
 
 /// A client-side error of a service command: printed as `Error: <msg>` followed by the usage.
@@ -174,11 +177,7 @@ pub struct ServiceFlags {
 
 /// pflag's wrapper around a value that its type rejects.
 fn invalid_arg(value: &str, flag: &str, err: String) -> FlagError {
-    FlagError(format!(
-        "invalid argument {} for {} flag: {err}",
-        go_quote(value),
-        go_quote(flag)
-    ))
+    FlagError(flag_value_error(value, flag, &err))
 }
 
 /// A `uint` (uint64) flag: Go's `strconv.ParseUint(s, 0, 64)`.
@@ -445,6 +444,7 @@ fn apply_container(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> 
         c.init = Some(init);
     }
     if let Some(oom) = oom {
+        api::limits::check_oom_score_adj(oom)?;
         c.oom_score_adj = oom;
     }
     Ok(())
@@ -685,13 +685,13 @@ fn apply_mounts(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> {
     let mut mounts = Vec::new();
     for b in list_flag(&f.bind, "--bind")?.unwrap_or_default() {
         let Some((src, dst)) = b.split_once(':') else {
-            return Err(format!("bind format {} not supported", go_quote(&b)).into());
+            return Err(format!("bind format {} not supported", quote(&b)).into());
         };
         mounts.push(mount(Type::Bind, src, dst));
     }
     for v in list_flag(&f.volume, "--volume")?.unwrap_or_default() {
         if v.contains(':') {
-            return Err(format!("volume format {} not supported", go_quote(&v)).into());
+            return Err(format!("volume format {} not supported", quote(&v)).into());
         }
         mounts.push(mount(Type::Volume, "", &v));
     }
@@ -700,7 +700,7 @@ fn apply_mounts(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> {
     }
     for n in list_flag(&f.npipe, "--npipe")?.unwrap_or_default() {
         let Some((src, dst)) = n.split_once(':') else {
-            return Err(format!("npipe format {} not supported", go_quote(&n)).into());
+            return Err(format!("npipe format {} not supported", quote(&n)).into());
         };
         mounts.push(mount(Type::Npipe, src, dst));
     }

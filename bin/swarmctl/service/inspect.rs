@@ -5,10 +5,10 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
+use api::gofmt::{format_g, quote};
 use clap::Args;
 
-use super::goparse::{format_g, go_quote};
-use super::replicas_text;
+use super::{ServiceStatus, job_statuses, replicas_text};
 use crate::common::{CmdResult, Ctx, emit, get_service, usage_err};
 use crate::humanize::{iec_bytes, relative_time_at};
 use crate::tabwriter::TabWriter;
@@ -44,7 +44,8 @@ pub async fn run(a: InspectArgs, ctx: &mut Ctx) -> CmdResult {
         .iter()
         .filter(|t| t.status.as_ref().map_or(0, |s| s.state) == api::TaskState::Running as i32)
         .count();
-    let mut out = render_summary(&service, running, SystemTime::now());
+    let jobs = job_statuses(ctx, std::slice::from_ref(&service)).await?;
+    let mut out = render_summary(&service, running, jobs.get(&service.id), SystemTime::now());
     if !tasks.is_empty() {
         out.push('\n');
         print_task_table(ctx, &mut out, &tasks, a.all).await;
@@ -92,9 +93,15 @@ fn print_resources(raw: &mut String, r: &api::Resources) {
     }
 }
 
-/// The summary part of `service inspect`; `running` = tasks of the service in RUNNING, `now`
+/// The summary part of `service inspect`; `running` = tasks of the service in RUNNING, `job` a
+/// job's task counts, `now`
 /// the time relative update timestamps are measured from.
-pub fn render_summary(service: &api::Service, running: usize, now: SystemTime) -> String {
+pub fn render_summary(
+    service: &api::Service,
+    running: usize,
+    job: Option<&ServiceStatus>,
+    now: SystemTime,
+) -> String {
     let mut raw = String::new();
     let default_spec = api::ServiceSpec::default();
     let spec = service.spec.as_ref().unwrap_or(&default_spec);
@@ -114,7 +121,7 @@ pub fn render_summary(service: &api::Service, running: usize, now: SystemTime) -
             let _ = writeln!(raw, "  {k}\t: {v}");
         }
     }
-    let replicas = replicas_text(service, running);
+    let replicas = replicas_text(service, running, job);
     if !replicas.is_empty() {
         let _ = writeln!(raw, "Replicas\t: {replicas}");
     }
@@ -147,7 +154,7 @@ pub fn render_summary(service: &api::Service, running: usize, now: SystemTime) -
         }
         let command = c.command.join(" ");
         if !command.is_empty() {
-            let _ = writeln!(raw, "  Command\t: {}", go_quote(&command));
+            let _ = writeln!(raw, "  Command\t: {}", quote(&command));
         }
         let args = c.args.join(", ");
         if !args.is_empty() {
@@ -357,7 +364,7 @@ mod tests {
     #[test]
     fn plain_service_has_blank_line_before_ports() {
         assert_eq!(
-            render_summary(&web(), 3, now()),
+            render_summary(&web(), 3, None, now()),
             lines(&[
                 "ID                       : S1-id....................",
                 "Name                     : web",
@@ -396,7 +403,7 @@ mod tests {
             completed_at: Some(ago(1)),
             message: "update in progress".into(),
         });
-        let out = render_summary(&s, 3, now());
+        let out = render_summary(&s, 3, None, now());
         assert!(
             out.contains(&lines(&[
                 "Replicas                 : 3/3",
@@ -448,7 +455,7 @@ mod tests {
             target: Some(api::config_reference::Target::File(file("mycfg"))),
         }];
         assert_eq!(
-            render_summary(&s, 3, now()),
+            render_summary(&s, 3, None, now()),
             lines(&[
                 "ID                       : S1-id....................",
                 "Name                     : web",
@@ -525,7 +532,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            render_summary(&s, 3, now()),
+            render_summary(&s, 3, None, now()),
             lines(&[
                 "ID                : S3-id....................",
                 "Name              : glob",
@@ -556,12 +563,12 @@ mod tests {
             },
         ];
         assert!(
-            render_summary(&s, 0, now())
+            render_summary(&s, 0, None, now())
                 .ends_with("      Memory             : 256 MiB\n  Networks: K1 K2")
         );
         container(&mut s).mounts = vec![mount(api::mount::Type::Volume, "", "/v")];
         assert!(
-            render_summary(&s, 0, now())
+            render_summary(&s, 0, None, now())
                 .contains("\n  Networks: K1 K2  Mounts:\n    - target = /v\n")
         );
     }
@@ -592,7 +599,7 @@ mod tests {
                 ("a".to_string(), "1".to_string()),
             ]),
         }));
-        let out = render_summary(&s, 1, now());
+        let out = render_summary(&s, 1, None, now());
         // The longest first cell, "      Generic Resources", widens the whole first block; the
         // log driver lines follow the port lines directly, so they share their block.
         let w = |k: &str| format!("{k:<31}");
@@ -621,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn job_without_container_prints_template_only() {
+    fn job_without_container_prints_its_counts_and_template() {
         let s = api::Service {
             id: "S9".into(),
             spec: Some(api::ServiceSpec {
@@ -634,11 +641,18 @@ mod tests {
             }),
             ..Default::default()
         };
+        let status = ServiceStatus {
+            service_id: "S9".into(),
+            desired_tasks: 1,
+            running_tasks: 0,
+            completed_tasks: 2,
+        };
         assert_eq!(
-            render_summary(&s, 0, now()),
+            render_summary(&s, 0, Some(&status), now()),
             lines(&[
                 "ID              : S9",
                 "Name            : job",
+                "Replicas        : 0/1 (2/3 completed)",
                 "Template        "
             ])
         );

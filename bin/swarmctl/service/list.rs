@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use clap::Args;
 
-use super::replicas_text;
+use super::{ServiceStatus, job_statuses, replicas_text};
 use crate::common::{CmdResult, Ctx, emit, usage_err};
 use crate::tabwriter::TabWriter;
 
@@ -52,7 +52,12 @@ pub async fn run(a: ListArgs, ctx: &mut Ctx) -> CmdResult {
         .await?
         .into_inner()
         .tasks;
-    emit(&render_list(&services, &count_running(&tasks, &nodes)));
+    let jobs = job_statuses(ctx, &services).await?;
+    emit(&render_list(
+        &services,
+        &count_running(&tasks, &nodes),
+        &jobs,
+    ));
     Ok(())
 }
 
@@ -75,7 +80,11 @@ pub fn count_running(tasks: &[api::Task], nodes: &[api::Node]) -> HashMap<String
 }
 
 /// The `service ls` table, services in the order the manager returned them.
-pub fn render_list(services: &[api::Service], running: &HashMap<String, usize>) -> String {
+pub fn render_list(
+    services: &[api::Service],
+    running: &HashMap<String, usize>,
+    jobs: &HashMap<String, ServiceStatus>,
+) -> String {
     let mut w = TabWriter::new(0, 4, 2);
     w.line("ID\tName\tImage\tReplicas");
     w.line("--\t----\t-----\t--------");
@@ -91,7 +100,7 @@ pub fn render_list(services: &[api::Service], running: &HashMap<String, usize>) 
             Some(api::task_spec::Runtime::Container(c)) => c.image.as_str(),
             _ => "",
         };
-        let replicas = replicas_text(s, running.get(&s.id).copied().unwrap_or(0));
+        let replicas = replicas_text(s, running.get(&s.id).copied().unwrap_or(0), jobs.get(&s.id));
         w.line(format!("{}\t{name}\t{image}\t{replicas}", s.id));
     }
     w.render()
@@ -185,18 +194,37 @@ mod tests {
                 Some("nginx:1.25"),
                 Mode::Replicated(api::ReplicatedService { replicas: 3 }),
             ),
+            service(
+                "S4-id....................",
+                "batch",
+                Some("b"),
+                Mode::ReplicatedJob(api::ReplicatedJob {
+                    max_concurrent: 2,
+                    total_completions: 6,
+                }),
+            ),
         ];
         let running = HashMap::from([
             ("S1-id....................".to_string(), 3),
             ("S3-id....................".to_string(), 3),
         ]);
+        let jobs = HashMap::from([(
+            "S4-id....................".to_string(),
+            ServiceStatus {
+                service_id: "S4-id....................".into(),
+                desired_tasks: 2,
+                running_tasks: 2,
+                completed_tasks: 4,
+            },
+        )]);
         assert_eq!(
-            render_list(&services, &running),
-            "ID                         Name  Image       Replicas\n\
-             --                         ----  -----       --------\n\
-             S2-id....................  x4    y           0/1\n\
-             S3-id....................  glob  g:1         global\n\
-             S1-id....................  web   nginx:1.25  3/3\n"
+            render_list(&services, &running, &jobs),
+            "ID                         Name   Image       Replicas\n\
+             --                         ----   -----       --------\n\
+             S2-id....................  x4     y           0/1\n\
+             S3-id....................  glob   g:1         global\n\
+             S1-id....................  web    nginx:1.25  3/3\n\
+             S4-id....................  batch  b           2/2 (4/6 completed)\n"
         );
     }
 
@@ -209,7 +237,7 @@ mod tests {
             Mode::Replicated(api::ReplicatedService { replicas: 2 }),
         )];
         assert_eq!(
-            render_list(&services, &HashMap::new()),
+            render_list(&services, &HashMap::new(), &HashMap::new()),
             "ID  Name  Image  Replicas\n--  ----  -----  --------\nS1  gen          0/2\n"
         );
     }

@@ -1,19 +1,18 @@
 //! `swarmctl service` (alias `svc`, set by main): the clap subcommands and their dispatch, plus
 //! what several service commands share (replica text, secret/config lookups, stdout). Flag
-//! parsing into a spec lives in `flags.rs`, Go-compatible value parsing in `goparse.rs`, one
-//! file per command for the rest. Errors, lookups by argument, tables and time formatting are
-//! main's (`common`, `tabwriter`, `humanize`, `tasks`).
+//! parsing into a spec lives in `flags.rs`, one file per command for the rest. Errors, lookups by
+//! argument, Go-compatible value parsing, tables and time formatting are main's (`common`,
+//! `goparse`, `tabwriter`, `humanize`, `tasks`).
 
 mod create;
 mod flags;
-mod goparse;
 mod inspect;
 mod list;
 mod logs;
 mod remove;
 mod update;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use api::service_spec::Mode;
 use clap::Subcommand;
@@ -64,14 +63,65 @@ impl From<flags::FlagError> for CliError {
     }
 }
 
-/// The Replicas column: `running/desired` for replicated services, `global` for global ones, and
-/// nothing for jobs (as SwarmKit's client).
-pub fn replicas_text(service: &api::Service, running: usize) -> String {
+/// The task counts SwarmKit reports for a service (`ListServiceStatuses`).
+pub type ServiceStatus = api::list_service_statuses_response::ServiceStatus;
+
+/// The Replicas column: `running/desired` for replicated services, `global` for global ones (as
+/// SwarmKit's client), and for jobs, which SwarmKit's client cannot make, what the manager's
+/// `ListServiceStatuses` says in Docker's form: `running/desired (completed/total completed)`,
+/// where a global job's total is what completed plus what is still desired.
+pub fn replicas_text(
+    service: &api::Service,
+    running: usize,
+    job: Option<&ServiceStatus>,
+) -> String {
+    let job = job.cloned().unwrap_or_default();
     match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
         Some(Mode::Global(_)) => "global".to_string(),
         Some(Mode::Replicated(r)) => format!("{running}/{}", r.replicas),
-        _ => String::new(),
+        Some(Mode::ReplicatedJob(r)) => format!(
+            "{}/{} ({}/{} completed)",
+            job.running_tasks, job.desired_tasks, job.completed_tasks, r.total_completions
+        ),
+        Some(Mode::GlobalJob(_)) => format!(
+            "{}/{} ({}/{} completed)",
+            job.running_tasks,
+            job.desired_tasks,
+            job.completed_tasks,
+            job.completed_tasks + job.desired_tasks
+        ),
+        None => String::new(),
     }
+}
+
+/// The task counts of the job services among `services`, by service ID (no call without jobs).
+pub async fn job_statuses(
+    ctx: &mut Ctx,
+    services: &[api::Service],
+) -> Result<HashMap<String, ServiceStatus>, CliError> {
+    let jobs: Vec<String> = services
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.spec.as_ref().and_then(|s| s.mode.as_ref()),
+                Some(Mode::ReplicatedJob(_) | Mode::GlobalJob(_))
+            )
+        })
+        .map(|s| s.id.clone())
+        .collect();
+    if jobs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let req = api::ListServiceStatusesRequest { services: jobs };
+    Ok(ctx
+        .client
+        .list_service_statuses(req)
+        .await?
+        .into_inner()
+        .statuses
+        .into_iter()
+        .map(|s| (s.service_id.clone(), s))
+        .collect())
 }
 
 /// Parses `name[:target]` items of a secret or config flag (`kind` = "secret" or "config").
@@ -222,16 +272,28 @@ mod tests {
     #[test]
     fn replicas_text_by_mode() {
         let r = service(Mode::Replicated(api::ReplicatedService { replicas: 3 }));
-        assert_eq!(replicas_text(&r, 2), "2/3");
+        assert_eq!(replicas_text(&r, 2, None), "2/3");
         assert_eq!(
-            replicas_text(&service(Mode::Global(api::GlobalService {})), 5),
+            replicas_text(&service(Mode::Global(api::GlobalService {})), 5, None),
             "global"
         );
         let job = service(Mode::ReplicatedJob(api::ReplicatedJob {
             max_concurrent: 1,
-            total_completions: 2,
+            total_completions: 5,
         }));
-        assert_eq!(replicas_text(&job, 1), "");
-        assert_eq!(replicas_text(&api::Service::default(), 0), "");
+        let status = ServiceStatus {
+            service_id: String::new(),
+            desired_tasks: 1,
+            running_tasks: 1,
+            completed_tasks: 3,
+        };
+        assert_eq!(replicas_text(&job, 0, Some(&status)), "1/1 (3/5 completed)");
+        assert_eq!(replicas_text(&job, 0, None), "0/0 (0/5 completed)");
+        let global_job = service(Mode::GlobalJob(api::GlobalJob {}));
+        assert_eq!(
+            replicas_text(&global_job, 0, Some(&status)),
+            "1/1 (3/4 completed)"
+        );
+        assert_eq!(replicas_text(&api::Service::default(), 0, None), "");
     }
 }

@@ -47,6 +47,7 @@ pub async fn run_all(executor: &dyn Executor, tasks: &dyn TaskFactory) {
     describes_the_node(executor).await;
     runs_to_completion_with_env(executor, tasks).await;
     reports_a_non_zero_exit(executor, tasks).await;
+    reports_its_runtime_status(executor, tasks).await;
     steps_are_idempotent(executor, tasks).await;
     shutdown_stops_within_the_grace_period(executor, tasks).await;
     shutdown_kills_after_the_grace_period(executor, tasks).await;
@@ -109,6 +110,39 @@ pub async fn reports_a_non_zero_exit(executor: &dyn Executor, tasks: &dyn TaskFa
     );
     // Waiting again gives the same answer.
     assert_eq!(bounded("wait again", c.wait()).await, Ok(exit));
+    bounded("remove", c.remove()).await.expect("remove");
+}
+
+/// The runtime status names nothing before prepare, the PID while the task runs (and the same
+/// container ID throughout, where there is one), and the exit code once it ended.
+pub async fn reports_its_runtime_status(executor: &dyn Executor, tasks: &dyn TaskFactory) {
+    let task = tasks.task(
+        &unique("status"),
+        "sleep 0.5; exit 4",
+        &[],
+        Duration::from_secs(10),
+    );
+    let c = executor.controller(&task, None).expect("controller");
+    assert_eq!(
+        bounded("runtime status", c.runtime_status()).await,
+        Ok(None)
+    );
+    bounded("prepare", c.prepare()).await.expect("prepare");
+    bounded("start", c.start()).await.expect("start");
+    let running = bounded("runtime status", c.runtime_status())
+        .await
+        .expect("runtime status")
+        .expect("a running task has a runtime status");
+    assert!(running.pid > 0, "{running:?}");
+    let exit = bounded("wait", c.wait()).await.expect("wait");
+    assert_eq!(exit.code, 4, "{exit:?}");
+    let ended = bounded("runtime status", c.runtime_status())
+        .await
+        .expect("runtime status")
+        .expect("an ended task has a runtime status");
+    assert_eq!(ended.exit_code, 4, "{ended:?}");
+    assert_eq!(ended.pid, 0, "{ended:?}");
+    assert_eq!(ended.container_id, running.container_id);
     bounded("remove", c.remove()).await.expect("remove");
 }
 

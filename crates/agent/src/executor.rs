@@ -98,6 +98,10 @@ pub trait Controller: Send + Sync {
     async fn remove(&self) -> Result<(), ExecutorError>;
     /// Where the task stands now.
     async fn inspect(&self) -> Result<RuntimeState, ExecutorError>;
+    /// What a task's status reports of its runtime object (SwarmKit's `ContainerStatus`): the
+    /// container's ID where there is a container, the PID while it runs and the exit code once
+    /// it ended; `None` while there is no runtime object.
+    async fn runtime_status(&self) -> Result<Option<api::ContainerStatus>, ExecutorError>;
     /// What a later swarmd process needs to adopt this task; `None` when nothing is needed.
     fn checkpoint(&self) -> Option<Checkpoint>;
 }

@@ -121,7 +121,10 @@ impl Runner {
             }
             let step = self.step().await;
             match step {
-                Step::To(state, message) => self.set(state, message, String::new(), None),
+                Step::To(state, message) => {
+                    let runtime = self.runtime(None).await;
+                    self.set(state, message, String::new(), runtime);
+                }
                 Step::Failed(err, exit) => {
                     let state = if state_of(&self.status) < TaskState::Starting as i32 {
                         TaskState::Rejected
@@ -129,15 +132,19 @@ impl Runner {
                         TaskState::Failed
                     };
                     let message = self.status.message.clone();
-                    self.set_owned(state, message, err, exit);
+                    let runtime = self.runtime(exit).await;
+                    self.set_owned(state, message, err, runtime);
                 }
-                Step::Exited(exit) => match exit.error_message() {
-                    None => self.set(TaskState::Complete, "finished", String::new(), Some(exit)),
-                    Some(err) => {
-                        let message = self.status.message.clone();
-                        self.set_owned(TaskState::Failed, message, err, Some(exit));
+                Step::Exited(exit) => {
+                    let runtime = self.runtime(Some(exit)).await;
+                    match exit.error_message() {
+                        None => self.set(TaskState::Complete, "finished", String::new(), runtime),
+                        Some(err) => {
+                            let message = self.status.message.clone();
+                            self.set_owned(TaskState::Failed, message, err, runtime);
+                        }
                     }
-                },
+                }
                 Step::Idle => {
                     tokio::select! {
                         () = self.removing.cancelled() => {}
@@ -222,8 +229,37 @@ impl Runner {
         }
     }
 
-    fn set(&mut self, state: TaskState, message: &str, err: String, exit: Option<ExitStatus>) {
-        self.set_owned(state, message.to_string(), err, exit);
+    /// The runtime object's status to report with a new state (as SwarmKit's `Do` does at every
+    /// transition); `exit`, when the runner saw the task end, is the exit code that counts.
+    async fn runtime(&self, exit: Option<ExitStatus>) -> Option<api::ContainerStatus> {
+        let reported = match self.controller.runtime_status().await {
+            Ok(status) => status,
+            Err(e) => {
+                debug!(task.id = %self.task_id(), "runtime status unavailable: {e}");
+                None
+            }
+        };
+        match (reported, exit) {
+            (Some(status), Some(e)) => Some(api::ContainerStatus {
+                exit_code: e.code,
+                ..status
+            }),
+            (None, Some(e)) => Some(api::ContainerStatus {
+                exit_code: e.code,
+                ..Default::default()
+            }),
+            (status, None) => status,
+        }
+    }
+
+    fn set(
+        &mut self,
+        state: TaskState,
+        message: &str,
+        err: String,
+        runtime: Option<api::ContainerStatus>,
+    ) {
+        self.set_owned(state, message.to_string(), err, runtime);
     }
 
     fn set_owned(
@@ -231,7 +267,7 @@ impl Runner {
         state: TaskState,
         message: String,
         err: String,
-        exit: Option<ExitStatus>,
+        runtime: Option<api::ContainerStatus>,
     ) {
         let id = self.task_id();
         let status = api::TaskStatus {
@@ -239,12 +275,7 @@ impl Runner {
             state: state as i32,
             message,
             err,
-            runtime_status: exit.map(|e| {
-                api::task_status::RuntimeStatus::Container(api::ContainerStatus {
-                    exit_code: e.code,
-                    ..Default::default()
-                })
-            }),
+            runtime_status: runtime.map(api::task_status::RuntimeStatus::Container),
             ..Default::default()
         };
         if is_terminal(state as i32) || state == TaskState::Running {

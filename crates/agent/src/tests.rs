@@ -91,6 +91,25 @@ impl Controller for FakeController {
             .get(&self.id)
             .unwrap_or(&RuntimeState::Absent))
     }
+    async fn runtime_status(&self) -> Result<Option<api::ContainerStatus>, ExecutorError> {
+        Ok(match self.inspect().await? {
+            RuntimeState::Absent => None,
+            RuntimeState::Created => Some(api::ContainerStatus {
+                container_id: format!("ctr-{}", self.id),
+                ..Default::default()
+            }),
+            RuntimeState::Running => Some(api::ContainerStatus {
+                container_id: format!("ctr-{}", self.id),
+                pid: 42,
+                ..Default::default()
+            }),
+            RuntimeState::Exited(e) => Some(api::ContainerStatus {
+                container_id: format!("ctr-{}", self.id),
+                exit_code: e.code,
+                ..Default::default()
+            }),
+        })
+    }
     fn checkpoint(&self) -> Option<Checkpoint> {
         Some(b"cp".to_vec())
     }
@@ -211,6 +230,17 @@ async fn tasks_walk_the_states_and_shut_down_and_go() {
     let stored = db.load().expect("load");
     assert_eq!(stored[0].status.state, TaskState::Running as i32);
     assert_eq!(stored[0].checkpoint.as_deref(), Some(&b"cp"[..]));
+    // The status carries what the controller reports of the runtime object.
+    assert_eq!(
+        stored[0].status.runtime_status,
+        Some(api::task_status::RuntimeStatus::Container(
+            api::ContainerStatus {
+                container_id: "ctr-t1".into(),
+                pid: 42,
+                exit_code: 0
+            }
+        ))
+    );
 
     // Desired SHUTDOWN: shut down, reported SHUTDOWN.
     worker.apply(changes(
@@ -240,7 +270,7 @@ async fn exits_fail_or_complete_and_refusals_reject() {
     let db = TaskDb::open(dir.path()).expect("db");
     let fake = Arc::new(Fake::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut worker = Worker::new(Arc::new(FakeExecutor(fake)), db, tx);
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake)), db.clone(), tx);
     worker.apply(complete(vec![
         task("ok", "0", TaskState::Running),
         task("bad", "3", TaskState::Running),
@@ -257,6 +287,13 @@ async fn exits_fail_or_complete_and_refusals_reject() {
         (last.1.as_str(), last.2.as_str()),
         ("started", "task: non-zero exit (3)")
     );
+    // The exit code the runner saw is reported with the container's ID.
+    let stored = db.load().expect("load");
+    let bad = stored.iter().find(|t| t.task.id == "bad").expect("bad");
+    let Some(api::task_status::RuntimeStatus::Container(c)) = &bad.status.runtime_status else {
+        panic!("no runtime status: {:?}", bad.status);
+    };
+    assert_eq!((c.container_id.as_str(), c.exit_code), ("ctr-bad", 3));
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The `docker.swarmkit.v1` wire types and gRPC services generated from `proto/`, plus the
-//! pure helpers every other crate shares: object IDs and naming. No I/O happens here.
+//! pure helpers every other crate shares: object IDs and naming, and Go's text formats
+//! (`gofmt`). No I/O happens here.
 
 #![allow(
     clippy::large_enum_variant,
@@ -30,4 +31,6 @@ pub use docker::swarmkit::v1::*;
 
 pub mod constraint;
 pub mod genericresource;
+pub mod gofmt;
+pub mod limits;
 pub mod naming;

@@ -138,7 +138,7 @@ pub async fn request_certificate(
     let mut client = NodeCaClient::new(tls_channel(addr, cfg, CA_CN)?);
     // `role` is deprecated on the wire: the CA decides the role (from the token or the node).
     let request = api::IssueNodeCertificateRequest {
-        csr,
+        csr: csr.clone(),
         token,
         availability: availability as i32,
         ..Default::default()
@@ -158,9 +158,15 @@ pub async fn request_certificate(
         .await;
         match status {
             Ok(resp) => {
+                use api::issuance_status::State;
                 let state = resp.status.as_ref().map_or(0, |s| s.state);
                 let cert = resp.certificate.unwrap_or_default();
-                if state == api::issuance_status::State::Issued as i32 {
+                // ROTATE means issued, and then asked to rotate again (a root rotation that
+                // started meanwhile): the certificate is still ours to take, as in SwarmKit. A
+                // certificate for another CSR is the one before ours: wait for ours.
+                if (state == State::Issued as i32 || state == State::Rotate as i32)
+                    && cert.csr == csr
+                {
                     check_issued(&cert, &node_id, &key)?;
                     return Ok(IssuedCertificate {
                         node_id,
@@ -168,7 +174,7 @@ pub async fn request_certificate(
                         key,
                     });
                 }
-                if state == api::issuance_status::State::Failed as i32 {
+                if state == State::Failed as i32 {
                     let err = resp.status.map(|s| s.err).unwrap_or_default();
                     return Err(CaError::IssuanceFailed(err));
                 }

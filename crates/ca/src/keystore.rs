@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::CaError;
 
@@ -78,7 +79,13 @@ impl KeyStore {
 
     fn write_atomic(&self, name: &str, data: &[u8], mode: u32) -> Result<(), CaError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
+        // A name of its own per write, so that two writers (two processes on one state
+        // directory, say) never truncate or rename each other's temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -89,9 +96,15 @@ impl KeyStore {
         // The mode given to open() is filtered by the umask; set it exactly.
         f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(io(&tmp))?;
-        f.write_all(data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        let written = f
+            .write_all(data)
+            .and_then(|()| f.sync_all())
+            .map_err(io(&tmp))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io(&path)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Reads the three files; `None` when none exists yet. A partial set is an error.

@@ -1,9 +1,12 @@
 //! A node's live TLS identity: its certificate, key and trusted roots, the server configs built
 //! from them (control socket and remote API), and the client config its outgoing connections use.
 //! Installing a renewed certificate or a new root writes the key store first and then replaces the
-//! configs, so new connections use the new identity at once and nothing has to restart.
+//! configs, so new connections use the new identity at once and nothing has to restart. Installs
+//! are serialized, and each one that changes part of the identity (a renewed certificate, new
+//! roots) starts from what the previous one left, so a renewal and a root change that cross never
+//! undo each other nor write the key store at the same time.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -25,6 +28,8 @@ struct Current {
 /// The node's identity, shared by everything that speaks TLS for it.
 pub struct SecurityConfig {
     keys: KeyStore,
+    /// Held from reading the identity an install starts from to publishing the new one.
+    installing: Mutex<()>,
     current: RwLock<Current>,
     control: watch::Sender<ServerConfig>,
     remote: watch::Sender<ServerConfig>,
@@ -46,6 +51,7 @@ impl SecurityConfig {
         let (control, remote) = server_configs(&material)?;
         Ok(Arc::new(SecurityConfig {
             keys,
+            installing: Mutex::new(()),
             current: RwLock::new(Current { material, info }),
             control: watch::channel(control).0,
             remote: watch::channel(remote).0,
@@ -55,6 +61,7 @@ impl SecurityConfig {
 
     /// Writes the material to the key store (the first time, or again).
     pub fn save(&self) -> Result<(), CaError> {
+        let _installing = self.lock_installs();
         let m = self.material();
         self.keys.save(&m.root_pem, &m.cert_pem, &m.key_pem)
     }
@@ -67,6 +74,12 @@ impl SecurityConfig {
     /// What the current certificate says.
     pub fn info(&self) -> CertInfo {
         self.read().info.clone()
+    }
+
+    fn lock_installs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.installing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
@@ -98,6 +111,23 @@ impl SecurityConfig {
     /// Installs a renewed certificate and its key (and, when given, new roots): saved to disk
     /// first, then used by every new connection.
     pub fn install(&self, material: NodeTlsMaterial) -> Result<(), CaError> {
+        let _installing = self.lock_installs();
+        self.install_locked(material)
+    }
+
+    /// Installs a renewed certificate and its key, keeping the trusted roots current at the time
+    /// of the install (not those of when the renewal started).
+    pub fn install_certificate(&self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<(), CaError> {
+        let _installing = self.lock_installs();
+        let root_pem = self.material().root_pem;
+        self.install_locked(NodeTlsMaterial {
+            root_pem,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    fn install_locked(&self, material: NodeTlsMaterial) -> Result<(), CaError> {
         let info = CertInfo::parse(&material.cert_pem)?;
         let (control, remote) = server_configs(&material)?;
         self.keys
@@ -111,12 +141,13 @@ impl SecurityConfig {
 
     /// Installs new trusted roots, keeping the certificate and key.
     pub fn install_root(&self, root_pem: Vec<u8>) -> Result<(), CaError> {
+        let _installing = self.lock_installs();
         let mut m = self.material();
         if m.root_pem == root_pem {
             return Ok(());
         }
         m.root_pem = root_pem;
-        self.install(m)
+        self.install_locked(m)
     }
 
     /// How long until the current certificate is due for renewal: a random point between 50%
@@ -227,5 +258,60 @@ mod tests {
         bad.cert_pem = b"junk".to_vec();
         assert!(sec.install(bad).is_err());
         assert_eq!(sec.material(), second);
+    }
+
+    #[test]
+    fn renewals_and_root_changes_that_cross_keep_both() {
+        // A root bundle is any set of roots; two roots make two distinct bundles.
+        let root = RootCa::generate().expect("root");
+        let other = RootCa::generate().expect("other root");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = KeyStore::new(dir.path());
+        let first = material(&root, "n1", crate::MIN_NODE_CERT_EXPIRY);
+        let sec = SecurityConfig::new(keys.clone(), first.clone()).expect("security");
+        sec.save().expect("save");
+        let renewed: Vec<NodeTlsMaterial> = (0..8)
+            .map(|_| material(&root, "n1", crate::MIN_NODE_CERT_EXPIRY))
+            .collect();
+        let bundles: Vec<Vec<u8>> = (0..8)
+            .map(|i| {
+                let mut b = root.cert_pem().to_vec();
+                if i % 2 == 1 {
+                    b.extend_from_slice(other.cert_pem());
+                }
+                b
+            })
+            .collect();
+        // Renewals on one thread, root changes (the agent's session and the manager's own store
+        // watch both install roots) on two others, all writing the key store at once.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for m in &renewed {
+                    sec.install_certificate(m.cert_pem.clone(), m.key_pem.clone())
+                        .expect("install certificate");
+                }
+            });
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for b in &bundles {
+                        sec.install_root(b.clone()).expect("install root");
+                    }
+                });
+            }
+        });
+        let last = renewed.last().expect("renewals");
+        let want = NodeTlsMaterial {
+            root_pem: bundles.last().expect("bundles").clone(),
+            cert_pem: last.cert_pem.clone(),
+            key_pem: last.key_pem.clone(),
+        };
+        assert_eq!(sec.material(), want);
+        assert_eq!(keys.load().expect("load"), Some(want));
+        let leftovers: Vec<_> = std::fs::read_dir(keys.dir())
+            .expect("read dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

@@ -273,8 +273,28 @@ impl Controller for DockerController {
         self.state(&docker).await
     }
 
+    async fn runtime_status(&self) -> Result<Option<api::ContainerStatus>, ExecutorError> {
+        let docker = self.engine.client().await?;
+        Ok(self
+            .inspect_container(&docker)
+            .await?
+            .as_ref()
+            .map(container_status))
+    }
+
     fn checkpoint(&self) -> Option<Checkpoint> {
         None
+    }
+}
+
+/// The ID, PID (0 unless it runs, as the engine reports) and exit code of an inspected container.
+pub(crate) fn container_status(c: &ContainerInspectResponse) -> api::ContainerStatus {
+    let state = c.state.as_ref();
+    let narrow = |v: Option<i64>| v.map_or(0, |v| i32::try_from(v).unwrap_or(i32::MAX));
+    api::ContainerStatus {
+        container_id: c.id.clone().unwrap_or_default(),
+        pid: narrow(state.and_then(|s| s.pid)),
+        exit_code: narrow(state.and_then(|s| s.exit_code)),
     }
 }
 
@@ -347,6 +367,31 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn inspected_containers_report_id_pid_and_exit_code() {
+        let mut running = with(ContainerStateStatusEnum::RUNNING, 0);
+        running.id = Some("c0ffee".into());
+        running.state.as_mut().expect("state").pid = Some(4242);
+        assert_eq!(
+            container_status(&running),
+            api::ContainerStatus {
+                container_id: "c0ffee".into(),
+                pid: 4242,
+                exit_code: 0
+            }
+        );
+        let mut exited = with(ContainerStateStatusEnum::EXITED, 3);
+        exited.id = Some("c0ffee".into());
+        assert_eq!(
+            container_status(&exited),
+            api::ContainerStatus {
+                container_id: "c0ffee".into(),
+                pid: 0,
+                exit_code: 3
+            }
+        );
     }
 
     #[test]

@@ -484,6 +484,21 @@ impl Controller for ProcessController {
         })
     }
 
+    async fn runtime_status(&self) -> Result<Option<api::ContainerStatus>, ExecutorError> {
+        // A process has no container ID; its PID while it runs, its exit code once it ended.
+        Ok(match self.poll()? {
+            Phase::Absent | Phase::Created => None,
+            Phase::Running(launched) => Some(api::ContainerStatus {
+                pid: launched.pid,
+                ..Default::default()
+            }),
+            Phase::Exited(status) => Some(api::ContainerStatus {
+                exit_code: status.code,
+                ..Default::default()
+            }),
+        })
+    }
+
     fn checkpoint(&self) -> Option<agent::Checkpoint> {
         self.lock().launched.map(|l| l.encode())
     }

@@ -39,9 +39,17 @@ pub enum ManagerError {
     /// TLS material was unusable.
     #[error(transparent)]
     Ca(#[from] ca::CaError),
-    /// A listener could not be set up.
-    #[error("control socket: {0}")]
-    Io(#[from] std::io::Error),
+    /// The control socket could not be set up.
+    #[error(
+        "failed to listen on control API socket {} (--listen-control-api): {source}",
+        .path.display()
+    )]
+    ControlSocket {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
     /// The running manager failed (see [`Manager::failed`]).
     #[error(transparent)]
     Failed(#[from] ManagerFailure),

@@ -288,7 +288,12 @@ impl Manager {
             }
         }
 
-        let unix = server::bind_control_socket(&config.control_socket)?;
+        let unix = server::bind_control_socket(&config.control_socket).map_err(|source| {
+            ManagerError::ControlSocket {
+                path: config.control_socket.clone(),
+                source,
+            }
+        })?;
         info!(addr = %config.control_socket.display(), proto = "unix", "Listening for local connections");
         servers.spawn(
             "control API server",

@@ -29,6 +29,14 @@ pub enum NodeError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The remote API's listener could not be set up.
+    #[error("failed to listen on remote API address {addr} (--listen-remote-api): {source}")]
+    ListenRemote {
+        /// The address asked for.
+        addr: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
     /// Certificates could not be created or loaded.
     #[error(transparent)]
     Ca(#[from] ca::CaError),

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ca::{Credential, NodeTlsMaterial, SecurityConfig};
+use ca::{Credential, SecurityConfig};
 use store::{By, Event, MemoryStore, WatchFilter};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -94,12 +94,9 @@ impl Renewer {
                     continue;
                 }
             };
-            // Roots may have changed while we waited; keep whatever is current now.
-            self.security.install(NodeTlsMaterial {
-                root_pem: self.security.material().root_pem,
-                cert_pem: issued.cert_pem,
-                key_pem: issued.key.key_pem().into_bytes(),
-            })?;
+            // Roots may have changed while we waited; the install keeps whatever is current.
+            self.security
+                .install_certificate(issued.cert_pem, issued.key.key_pem().into_bytes())?;
             let info = self.security.info();
             info!(
                 node.id = %info.node_id,

@@ -62,8 +62,8 @@ pub(crate) struct Roles {
 /// `0.0.0.0:<port>` for a specific listening address too (unless the port is 0), which leaves a
 /// first manager without a usable address; the address it listens on is the one it is reachable at.
 async fn bind_remote(config: &NodeConfig) -> Result<(TcpListener, String, String), NodeError> {
-    let err = |source| NodeError::State {
-        path: config.listen_remote_api.clone().into(),
+    let err = |source| NodeError::ListenRemote {
+        addr: config.listen_remote_api.clone(),
         source,
     };
     let listener = TcpListener::bind(&config.listen_remote_api)

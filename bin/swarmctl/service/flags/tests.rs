@@ -127,7 +127,7 @@ fn command_args_env_are_csv_lists() {
     check(&["--env", ""], |s| c(s).env = vec![]);
     check_err(
         &["--env", "a\"b"],
-        "invalid argument \"a\\\"b\" for \"--env\" flag: parse error on line 1, column 2: bare \" in non-quoted field",
+        "invalid argument \"a\\\"b\" for \"--env\" flag: parse error on line 1, column 2: bare \" in non-quoted-field",
     );
 }
 
@@ -151,6 +151,18 @@ fn oom_score_adj() {
     check_err(
         &["--oom-score-adj", "x"],
         "invalid argument \"x\" for \"--oom-score-adj\" flag: strconv.ParseInt: parsing \"x\": invalid syntax",
+    );
+    check(&["--oom-score-adj", "-1000"], |s| {
+        c(s).oom_score_adj = -1000
+    });
+    check(&["--oom-score-adj", "1000"], |s| c(s).oom_score_adj = 1000);
+    check_err(
+        &["--oom-score-adj", "5000"],
+        "Invalid value 5000, range for oom score adj is [-1000, 1000]",
+    );
+    check_err(
+        &["--oom-score-adj", "-1001"],
+        "Invalid value -1001, range for oom score adj is [-1000, 1000]",
     );
 }
 

@@ -53,8 +53,10 @@ fn check_networks(tx: &Tx<'_>, spec: &api::ServiceSpec) -> Result<(), Status> {
             && is_ingress_network(&n)
         {
             return Err(Status::invalid_argument(format!(
-                "Service cannot be explicitly attached to the ingress network {:?}",
-                name_of(&n.spec.as_ref().and_then(|s| s.annotations.clone()))
+                "Service cannot be explicitly attached to the ingress network {}",
+                api::gofmt::quote(name_of(
+                    &n.spec.as_ref().and_then(|s| s.annotations.clone())
+                ))
             )));
         }
     }

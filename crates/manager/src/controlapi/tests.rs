@@ -463,6 +463,15 @@ async fn service_mounts_and_ports_are_checked() {
     check(
         create_service(
             &ctl,
+            with_container(service_spec("web"), |c| c.oom_score_adj = 5000),
+        )
+        .await,
+        Code::InvalidArgument,
+        "ContainerSpec: Invalid value 5000, range for oom score adj is [-1000, 1000]",
+    );
+    check(
+        create_service(
+            &ctl,
             ports(
                 service_spec("web"),
                 &[(8080, PublishMode::Host), (8080, PublishMode::Host)],

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
+use api::gofmt::{format_g, quote};
 use regex::Regex;
 use tonic::Status;
 
@@ -62,30 +63,13 @@ pub fn duration_nanos(d: &prost_types::Duration) -> i128 {
     i128::from(d.seconds) * 1_000_000_000 + i128::from(d.nanos)
 }
 
-/// Formats a float like Go's `%g` (shortest representation, exponent form below 1e-4 or from 1e21).
-pub fn go_float_g(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
-        return format!("{v}");
-    }
-    let exp = v.abs().log10().floor() as i32;
-    if !(-4..21).contains(&exp) {
-        let s = format!("{v:e}");
-        let (mantissa, e) = s.split_once('e').expect("exponent form has an e");
-        let e: i32 = e.parse().expect("exponent is an integer");
-        let sign = if e < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", e.abs())
-    } else {
-        format!("{v}")
-    }
-}
-
 fn validate_resources(r: Option<&api::Resources>) -> Result<(), Status> {
     let Some(r) = r else { return Ok(()) };
     if r.nano_cpus != 0 && r.nano_cpus < 1_000_000 {
         return Err(Status::invalid_argument(format!(
             "invalid cpu value {}: Must be at least {}",
-            go_float_g(r.nano_cpus as f64 / 1e9),
-            go_float_g(1e6 / 1e9)
+            format_g(r.nano_cpus as f64 / 1e9),
+            format_g(1e6 / 1e9)
         )));
     }
     if r.memory_bytes != 0 && r.memory_bytes < 4 * 1024 * 1024 {
@@ -254,7 +238,8 @@ fn validate_image(image: &str) -> Result<(), Status> {
     }
     if parse_normalized_named(image).is_err() {
         return Err(Status::invalid_argument(format!(
-            "ContainerSpec: {image:?} is not a valid repository/tag"
+            "ContainerSpec: {} is not a valid repository/tag",
+            quote(image)
         )));
     }
     Ok(())
@@ -306,20 +291,22 @@ fn validate_health_check(hc: Option<&api::HealthConfig>) -> Result<(), Status> {
 fn validate_container_spec(c: &api::ContainerSpec) -> Result<(), Status> {
     validate_image(&c.image)?;
     validate_mounts(&c.mounts)?;
+    api::limits::check_oom_score_adj(c.oom_score_adj)
+        .map_err(|e| Status::invalid_argument(format!("ContainerSpec: {e}")))?;
     validate_health_check(c.healthcheck.as_ref())
 }
 
 fn validate_generic_runtime_spec(g: &api::GenericRuntimeSpec) -> Result<(), Status> {
     if g.kind.len() < 3 {
         return Err(Status::invalid_argument(format!(
-            "Generic runtime: Invalid name {:?}",
-            g.kind
+            "Generic runtime: Invalid name {}",
+            quote(&g.kind)
         )));
     }
     if ["container", "attachment"].contains(&g.kind.to_lowercase().as_str()) {
         return Err(Status::invalid_argument(format!(
-            "Generic runtime: {:?} is a reserved name",
-            g.kind
+            "Generic runtime: {} is a reserved name",
+            quote(&g.kind)
         )));
     }
     let Some(payload) = &g.payload else {
@@ -555,14 +542,6 @@ mod tests {
         ] {
             check_reference(bad, false);
         }
-    }
-
-    #[test]
-    fn go_g_formatting() {
-        assert_eq!(go_float_g(0.0001), "0.0001");
-        assert_eq!(go_float_g(0.001), "0.001");
-        assert_eq!(go_float_g(1e-9), "1e-09");
-        assert_eq!(go_float_g(0.5), "0.5");
     }
 
     fn check_constraint(expr: &str, expected: Result<(), &str>) {

@@ -1,56 +1,12 @@
-//! Go-compatible parsers for service flag values, so that `swarmctl service` accepts the same
-//! input as SwarmKit's Go client and fails with the same words: `strconv` integers and booleans,
-//! `encoding/csv` lists (pflag's `StringSlice`), `time.ParseDuration`, go-units sizes and ulimits,
-//! `big.Rat` CPU amounts and SwarmKit's generic resources. Pure functions; the flag-to-spec
-//! mapping lives in `flags.rs`.
+//! Go-compatible parsers for flag values, so that swarmctl accepts the same input as SwarmKit's
+//! Go client (pflag) and fails with the same words: `strconv` integers and booleans,
+//! `encoding/csv` lists (pflag's `StringSlice`), go-units sizes and ulimits, `big.Rat` CPU
+//! amounts and SwarmKit's generic resources. Pure functions; durations, `%g` and `%q` are
+//! `api::gofmt`'s, the service flag-to-spec mapping is `service/flags.rs`.
 
 use std::collections::BTreeMap;
 
-/// Go's `strconv.Quote` for the characters a command line realistically holds.
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The `time` package's own quoting: non-ASCII and control bytes become `\xNN`.
-fn time_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if (c as u32) < 0x20 || !c.is_ascii() {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("\\x{b:02x}"));
-            }
-        } else {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-    }
-    out.push('"');
-    out
-}
+use api::gofmt::quote;
 
 /// Checks Go's rule for `_` in base-prefixed literals: only between digits or after the prefix.
 fn underscores_ok(s: &str) -> bool {
@@ -177,7 +133,7 @@ fn num_error(func: &str, s: &str, e: IntErr) -> String {
         IntErr::Syntax => "invalid syntax",
         IntErr::Range => "value out of range",
     };
-    format!("strconv.{func}: parsing {}: {what}", go_quote(s))
+    format!("strconv.{func}: parsing {}: {what}", quote(s))
 }
 
 /// `strconv.ParseBool`.
@@ -187,7 +143,7 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         _ => Err(format!(
             "strconv.ParseBool: parsing {}: invalid syntax",
-            go_quote(s)
+            quote(s)
         )),
     }
 }
@@ -200,7 +156,7 @@ fn parse_float(s: &str) -> Result<f64, String> {
         Ok(v) if !is_word => Ok(v),
         _ => Err(format!(
             "strconv.ParseFloat: parsing {}: invalid syntax",
-            go_quote(s)
+            quote(s)
         )),
     }
 }
@@ -264,7 +220,7 @@ pub fn read_csv_record(val: &str) -> Result<Vec<String>, String> {
                 return Err(csv_error(
                     line,
                     pos - col_base + j + 1,
-                    "bare \" in non-quoted field",
+                    "bare \" in non-quoted-field",
                 ));
             }
             fields.push(field.trim_end_matches('\r').to_string());
@@ -281,134 +237,6 @@ const QUOTE_ERR: &str = "extraneous or missing \" in quoted-field";
 
 fn csv_error(line: usize, col: usize, what: &str) -> String {
     format!("parse error on line {line}, column {col}: {what}")
-}
-
-/// `time.ParseDuration`: returns nanoseconds.
-pub fn parse_duration(orig: &str) -> Result<i64, String> {
-    let invalid = || format!("time: invalid duration {}", time_quote(orig));
-    let mut s = orig.as_bytes();
-    let mut neg = false;
-    if let Some(&c) = s.first()
-        && (c == b'-' || c == b'+')
-    {
-        neg = c == b'-';
-        s = &s[1..];
-    }
-    if s == b"0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    const LIMIT: u64 = 1 << 63;
-    let mut d: u64 = 0;
-    while !s.is_empty() {
-        if !(s[0] == b'.' || s[0].is_ascii_digit()) {
-            return Err(invalid());
-        }
-        // Integer part.
-        let mut v: u64 = 0;
-        let mut i = 0;
-        while i < s.len() && s[i].is_ascii_digit() {
-            if v > LIMIT / 10 {
-                return Err(invalid());
-            }
-            v = v * 10 + u64::from(s[i] - b'0');
-            if v > LIMIT {
-                return Err(invalid());
-            }
-            i += 1;
-        }
-        let pre = i > 0;
-        s = &s[i..];
-        // Fraction.
-        let mut f: u64 = 0;
-        let mut scale = 1.0f64;
-        let mut post = false;
-        if s.first() == Some(&b'.') {
-            s = &s[1..];
-            let mut i = 0;
-            let mut overflow = false;
-            while i < s.len() && s[i].is_ascii_digit() {
-                if !overflow {
-                    if f > (LIMIT - 1) / 10 {
-                        overflow = true;
-                    } else {
-                        let y = f * 10 + u64::from(s[i] - b'0');
-                        if y > LIMIT {
-                            overflow = true;
-                        } else {
-                            f = y;
-                            scale *= 10.0;
-                        }
-                    }
-                }
-                i += 1;
-            }
-            post = i > 0;
-            s = &s[i..];
-        }
-        if !pre && !post {
-            return Err(invalid());
-        }
-        // Unit.
-        let i = s
-            .iter()
-            .position(|&c| c == b'.' || c.is_ascii_digit())
-            .unwrap_or(s.len());
-        if i == 0 {
-            return Err(format!(
-                "time: missing unit in duration {}",
-                time_quote(orig)
-            ));
-        }
-        let u = std::str::from_utf8(&s[..i]).expect("unit ends at an ASCII byte of a str");
-        s = &s[i..];
-        let unit: u64 = match u {
-            "ns" => 1,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60 * 1_000_000_000,
-            "h" => 3600 * 1_000_000_000,
-            _ => {
-                return Err(format!(
-                    "time: unknown unit {} in duration {}",
-                    time_quote(u),
-                    time_quote(orig)
-                ));
-            }
-        };
-        if v > LIMIT / unit {
-            return Err(invalid());
-        }
-        v *= unit;
-        if f > 0 {
-            v += (f as f64 * (unit as f64 / scale)) as u64;
-            if v > LIMIT {
-                return Err(invalid());
-            }
-        }
-        d += v;
-        if d > LIMIT {
-            return Err(invalid());
-        }
-    }
-    if neg {
-        return Ok((d as i64).wrapping_neg());
-    }
-    if d > LIMIT - 1 {
-        return Err(invalid());
-    }
-    Ok(d as i64)
-}
-
-/// Nanoseconds as the wire's `google.protobuf.Duration` (gogo's `DurationProto`).
-pub fn duration_proto(nanos: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: nanos / 1_000_000_000,
-        nanos: (nanos % 1_000_000_000) as i32,
-    }
 }
 
 /// go-units `RAMInBytes`: `512m`, `1.5GiB`, `4 kb`, bytes without suffix.
@@ -636,30 +464,6 @@ pub fn parse_generic_resources(cmd: &str) -> Result<Vec<api::GenericResource>, S
         )));
     }
     Ok(out)
-}
-
-/// Go's `%g` for a float64 (shortest representation; exponent form below 1e-4 or from 1e6).
-pub fn format_g(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    if !v.is_finite() {
-        return if v.is_nan() {
-            "NaN".into()
-        } else if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        };
-    }
-    let sci = format!("{v:e}"); // e.g. "-1.5e-7", shortest round-trip digits
-    let (mant, exp) = sci.split_once('e').expect("{:e} always has an exponent");
-    let exp: i32 = exp.parse().expect("exponent is an integer");
-    if !(-4..6).contains(&exp) {
-        let sign = if exp < 0 { '-' } else { '+' };
-        return format!("{mant}e{sign}{:02}", exp.abs());
-    }
-    format!("{v}")
 }
 
 #[cfg(test)]

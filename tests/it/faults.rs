@@ -2,14 +2,15 @@
 //! turns read-only while it runs (an ext4 loop mount with `errors=remount-ro`, made to fail
 //! through ext4's `trigger_fs_error` test hook), or holds a corrupt raft database at start. Each
 //! time swarmd must exit non-zero with one `level=fatal` line naming the cause and the raft
-//! database, instead of serving on with a dead raft. Mounting needs root (CAP_SYS_ADMIN) and,
+//! database, instead of serving on with a dead raft. A worker whose state directory turns
+//! read-only exits the same way, naming its task database, when it must store a task. Mounting needs root (CAP_SYS_ADMIN) and,
 //! for ext4, a loop device: without them a test prints `skipped: <reason>` and returns.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::Swarmd;
+use crate::harness::{Swarmd, wait_for};
 
 /// A filesystem mounted for one test, lazily unmounted when dropped (a loop device goes with
 /// its mount).
@@ -91,6 +92,13 @@ fn skipped(why: String) {
     println!("skipped: {why}");
 }
 
+/// The exit code of `d` once it has exited (it then counts as stopped), `None` while it runs.
+fn exit_code(d: &mut Swarmd) -> Option<i32> {
+    let status = d.child.as_mut()?.try_wait().expect("wait")?;
+    d.child = None;
+    Some(status.code().unwrap_or(-1))
+}
+
 /// Creates 100 KB secrets, one after the other, until swarmd exits; returns its exit code and
 /// how many creates succeeded. Panics if it still runs after `limit`.
 fn create_secrets_until_exit(d: &mut Swarmd, limit: Duration) -> (i32, usize) {
@@ -103,9 +111,8 @@ fn create_secrets_until_exit(d: &mut Swarmd, limit: Duration) -> (i32, usize) {
     let start = Instant::now();
     let mut created = 0;
     for i in 0.. {
-        if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().expect("wait")) {
-            d.child = None;
-            return (status.code().unwrap_or(-1), created);
+        if let Some(code) = exit_code(d) {
+            return (code, created);
         }
         assert!(
             start.elapsed() < limit,
@@ -220,4 +227,74 @@ fn a_corrupt_raft_database_makes_swarmd_exit_nonzero_at_start() {
     assert_eq!(code, Some(1), "exit code; log:\n{log}");
     assert_one_fatal_line(&log, &[db.to_str().expect("utf-8")]);
     assert!(!log.contains("Listening for local connections"), "{log}");
+}
+
+/// A worker's state directory turns read-only while it runs: the agent cannot store the task it
+/// is assigned (it stores every task and status before reporting it), so the worker exits 1 with
+/// one fatal line naming its task database, instead of running on without persisting.
+#[test]
+fn a_workers_state_dir_turned_read_only_makes_it_exit_nonzero_when_a_task_arrives() {
+    let m = Swarmd::start_with(&["--executor", "process"]);
+    let token = m.join_tokens().0;
+    let addr = m.remote_addr();
+    let mut w = Swarmd::unstarted(&[
+        "--join-addr",
+        &addr,
+        "--join-token",
+        &token,
+        "--executor",
+        "process",
+        "--hostname",
+        "ro-worker",
+    ]);
+    let state = w.state_dir();
+    let image = w.dir.path().join("state.ext4");
+    let mount = match Mount::ext4(&image, &state) {
+        Ok(m) => m,
+        Err(e) => return skipped(format!("cannot loop-mount ext4: {e}")),
+    };
+    let code = w.spawn_until("worker node is ready", Duration::from_secs(60));
+    assert_eq!(code, None, "worker exited; log:\n{}", w.log());
+    let ls = wait_for("the worker READY", Duration::from_secs(60), || {
+        let ls = m.ctl(&["node", "ls"]);
+        let ready = ls.ok().lines().filter(|l| l.contains(" READY ")).count();
+        (ready == 2).then_some(ls)
+    });
+    // Only the worker may take the task: drain the manager's node (the other row of `node ls`).
+    let node_id = ls
+        .ok()
+        .lines()
+        .skip(2)
+        .find(|l| !l.contains("ro-worker"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the manager's node")
+        .to_string();
+    assert_eq!(m.ctl(&["node", "drain", &node_id]).code, 0);
+    if let Err(e) = mount.fail_ext4_read_only() {
+        return skipped(format!("cannot make ext4 fail: {e}"));
+    }
+    let ctl = m.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        "busybox",
+        "--command",
+        "sleep",
+        "--args",
+        "300",
+    ]);
+    assert_eq!(ctl.code, 0, "{ctl:?}");
+    let code = wait_for("the worker to exit", Duration::from_secs(60), || {
+        exit_code(&mut w)
+    });
+    let log = w.log();
+    assert_eq!(code, 1, "exit code; log:\n{log}");
+    let db = state.join("worker/tasks.db");
+    assert_one_fatal_line(
+        &log,
+        &["Read-only file system", db.to_str().expect("utf-8")],
+    );
+    drop(mount);
 }

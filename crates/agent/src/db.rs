@@ -38,6 +38,9 @@ pub struct StoredTask {
 pub struct TaskDb {
     db: Arc<Database>,
     path: PathBuf,
+    /// The first write that failed (a full or read-only disk): the agent cannot keep its promise
+    /// to store a status before reporting it, so the node stops ([`TaskDb::failed`]).
+    failure: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl TaskDb {
@@ -66,7 +69,22 @@ impl TaskDb {
         Ok(TaskDb {
             db: Arc::new(db),
             path,
+            failure: Arc::new(tokio::sync::watch::Sender::new(None)),
         })
+    }
+
+    /// Resolves once a write has failed, with that write's error; never otherwise.
+    pub async fn failed(&self) -> DbError {
+        let mut rx = self.failure.subscribe();
+        let message = rx.wait_for(Option::is_some).await.map(|m| m.clone());
+        match message {
+            Ok(message) => DbError {
+                path: self.path.clone(),
+                message: message.unwrap_or_default(),
+            },
+            // The sender lives as long as `self`.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     fn err(&self, e: impl std::fmt::Display) -> DbError {
@@ -145,15 +163,65 @@ impl TaskDb {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), DbError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        f(&txn).map_err(|e| self.err(e))?;
-        txn.commit().map_err(|e| self.err(e))
+        let res = self
+            .db
+            .begin_write()
+            .map_err(redb::Error::from)
+            .and_then(|txn| {
+                f(&txn)?;
+                txn.commit().map_err(redb::Error::from)
+            });
+        res.map_err(|e| {
+            let e = self.err(e);
+            self.failure.send_if_modified(|first| {
+                let unset = first.is_none();
+                if unset {
+                    *first = Some(e.message.clone());
+                }
+                unset
+            });
+            e
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_write_is_reported_once_and_the_first_error_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = TaskDb::open(dir.path()).expect("open");
+        let failed = tokio::spawn({
+            let db = db.clone();
+            async move { db.failed().await }
+        });
+        db.put_status("t1", &api::TaskStatus::default())
+            .expect("a good write");
+        tokio::task::yield_now().await;
+        assert!(!failed.is_finished(), "a good write is no failure");
+        let injected = |what: &str| {
+            let what = what.to_string();
+            move |_: &redb::WriteTransaction| Err(redb::Error::Io(std::io::Error::other(what)))
+        };
+        let err = db
+            .write(injected("No space left on device"))
+            .expect_err("injected");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        db.write(injected("second")).expect_err("injected");
+        let reported = tokio::time::timeout(std::time::Duration::from_secs(5), failed)
+            .await
+            .expect("failed() resolves")
+            .expect("join");
+        let text = reported.to_string();
+        assert!(
+            text.contains("tasks.db") && text.contains("No space left on device"),
+            "{text}"
+        );
+        // A later waiter sees the same first failure at once.
+        assert_eq!(db.failed().await.to_string(), text);
+    }
 
     #[test]
     fn tasks_status_and_checkpoints_survive_reopening() {

@@ -164,6 +164,7 @@ pub(crate) async fn spawn(
             }
         }
     });
+    let db_failed = db.clone();
     let agent_config = agent::AgentConfig {
         managers: setup.managers,
         connect,
@@ -172,10 +173,13 @@ pub(crate) async fn spawn(
         db,
         observer,
     };
+    // A task database that cannot be written (a full or read-only disk) ends the agent: it
+    // stores every status before reporting it, and a node that cannot is the node's failure.
     tasks.spawn("agent", async move {
-        agent::run(agent_config, shutdown, true)
-            .await
-            .map_err(|e| e.to_string())
+        tokio::select! {
+            res = agent::run(agent_config, shutdown, true) => res.map_err(|e| e.to_string()),
+            e = db_failed.failed() => Err(e.to_string()),
+        }
     });
     Ok(())
 }

@@ -58,6 +58,32 @@ pub struct RaftNode {
     pub(crate) election_timeout: Duration,
     /// Serializes membership changes made through this member.
     pub(crate) membership_change: tokio::sync::Mutex<()>,
+    /// Set if the compaction task (snapshots and log purges) panicked: raft would go on
+    /// without ever compacting its log, so that is a failure of the member like the core's.
+    compaction_failure: watch::Receiver<Option<String>>,
+}
+
+/// Watches a spawned task: the receiver holds a message once it panicked (a task that returns
+/// or is cancelled leaves it empty).
+fn watch_for_panic(
+    name: &'static str,
+    task: tokio::task::JoinHandle<()>,
+) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        if let Err(e) = task.await
+            && e.is_panic()
+        {
+            let payload = e.into_panic();
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            tx.send_replace(Some(format!("the raft {name} task panicked: {why}")));
+        }
+    });
+    rx
 }
 
 impl RaftNode {
@@ -152,11 +178,12 @@ impl RaftNode {
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
-        tokio::spawn(crate::compaction::run(
+        let compaction = tokio::spawn(crate::compaction::run(
             raft.clone(),
             store.clone(),
             cfg.clone(),
         ));
+        let compaction_failure = watch_for_panic("compaction", compaction);
         Ok(Arc::new(RaftNode {
             raft,
             id,
@@ -168,6 +195,7 @@ impl RaftNode {
             removed,
             election_timeout: cfg.election_timeout(),
             membership_change: tokio::sync::Mutex::new(()),
+            compaction_failure,
         }))
     }
 
@@ -378,6 +406,7 @@ impl RaftNode {
                 .is_err()
                 .then(|| "the raft core task ended without a result (panicked)".to_string())
         });
+        let why = why.or_else(|| self.compaction_failure.borrow().clone());
         why.map(|why| RaftError::Fatal {
             path: self.db_path.clone(),
             why,
@@ -389,15 +418,24 @@ impl RaftNode {
     /// manager whose raft stopped cannot serve: its process should end.
     pub async fn failed(&self) -> RaftError {
         let mut metrics = self.raft.metrics();
+        let mut compaction = self.compaction_failure.clone();
+        let mut compaction_open = true;
         loop {
             if let Some(e) = self.stopped_error() {
                 return e;
             }
-            if metrics.changed().await.is_err() {
-                return match self.stopped_error() {
-                    Some(e) => e,
-                    None => std::future::pending().await,
-                };
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() {
+                    return match self.stopped_error() {
+                        Some(e) => e,
+                        None => std::future::pending().await,
+                    };
+                },
+                // A compaction task that ended without panicking closes this: nothing more to
+                // watch there (raft stopping is seen through the metrics).
+                changed = compaction.changed(), if compaction_open => {
+                    compaction_open = changed.is_ok();
+                }
             }
         }
     }
@@ -466,5 +504,35 @@ impl std::fmt::Debug for RaftNode {
         f.debug_struct("RaftNode")
             .field("raft_id", &format_args!("{:x}", self.id))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watched_task_that_panics_is_reported_and_one_that_returns_is_not() {
+        let mut panicked = watch_for_panic(
+            "test",
+            tokio::spawn(async { panic!("injected: compaction broke") }),
+        );
+        let why = tokio::time::timeout(Duration::from_secs(5), panicked.wait_for(Option::is_some))
+            .await
+            .expect("reported in time")
+            .expect("the watcher sent it")
+            .clone();
+        assert_eq!(
+            why.as_deref(),
+            Some("the raft test task panicked: injected: compaction broke")
+        );
+
+        let mut returned = watch_for_panic("test", tokio::spawn(async {}));
+        // The watcher closes the channel without a value once the task returned.
+        let closed = tokio::time::timeout(Duration::from_secs(5), returned.changed())
+            .await
+            .expect("closed in time");
+        assert!(closed.is_err(), "a task that returned is no failure");
+        assert!(returned.borrow().is_none());
     }
 }

@@ -1,8 +1,10 @@
-//! The [`Allocator`] loop (SwarmKit's `manager/allocator/allocator.go` and `network.go`, ports part):
-//! it rebuilds the port map from the store on start, allocates services' endpoints as they are
-//! created and updated, frees their ports when they go, and at each store commit moves the NEW tasks
-//! seen since then to PENDING in batches. What cannot be allocated waits and is retried when something
-//! is freed or every [`RETRY_INTERVAL`]. Port bookkeeping itself lives in `ports.rs`.
+//! The [`Allocator`] loop (SwarmKit's `manager/allocator/allocator.go` and `network.go`, the network
+//! driver state and ports parts): on start it rebuilds the VXLAN IDs and ports in use from the store,
+//! then gives networks their driver state as they are created (freeing their VXLAN IDs when they
+//! go), allocates services' endpoints as they are created and updated, frees their ports when they
+//! go, and at each store commit moves the NEW tasks seen since then to PENDING in batches. What
+//! cannot be allocated waits and is retried when something is freed or every [`RETRY_INTERVAL`].
+//! The bookkeeping itself lives in `networks.rs` and `ports.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::error::Error;
+use crate::networks::NetworkDrivers;
 use crate::ports::{ServicePorts, is_service_allocated};
 
 /// How often unallocated services and tasks are retried when nothing was freed in between
@@ -28,10 +31,14 @@ const MAX_BATCH: usize = 200;
 /// Task ID -> service ID (empty for a task without service).
 type TaskSet = BTreeMap<String, String>;
 
-/// Leader-only subsystem that allocates services' published ports and moves NEW tasks to PENDING.
+/// Leader-only subsystem that allocates networks' driver state and services' published ports, and
+/// moves NEW tasks to PENDING.
 #[derive(Debug)]
 pub struct Allocator {
     store: MemoryStore,
+    networks: NetworkDrivers,
+    /// Networks whose driver state could not be allocated, retried with the services.
+    unallocated_networks: BTreeSet<String>,
     ports: ServicePorts,
     /// Services whose ports could not be allocated; their tasks stay NEW until they are.
     unallocated_services: BTreeSet<String>,
@@ -50,6 +57,8 @@ impl Allocator {
     pub fn new(store: MemoryStore) -> Self {
         Allocator {
             store,
+            networks: NetworkDrivers::default(),
+            unallocated_networks: BTreeSet::new(),
             ports: ServicePorts::default(),
             unallocated_services: BTreeSet::new(),
             pending_tasks: TaskSet::new(),
@@ -61,15 +70,20 @@ impl Allocator {
 
     /// Runs until `shutdown` fires; an `Err` means the allocator cannot go on (its watch ended).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let ((services, tasks), mut watcher) = self
-            .store
-            .view_and_watch(WatchFilter::none().services().tasks(), |tx| {
-                (tx.find_services(By::All), tx.find_tasks(By::All))
-            });
+        let ((networks, services, tasks), mut watcher) = self.store.view_and_watch(
+            WatchFilter::none().networks().services().tasks(),
+            |tx| {
+                (
+                    tx.find_networks(By::All),
+                    tx.find_services(By::All),
+                    tx.find_tasks(By::All),
+                )
+            },
+        );
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            () = self.init(services, tasks) => {}
+            () = self.init(networks, services, tasks) => {}
         }
         loop {
             let retry_at = self.last_retry + RETRY_INTERVAL;
@@ -97,9 +111,30 @@ impl Allocator {
         }
     }
 
-    /// Rebuilds the port map from the endpoints already stored (so a new leader never hands out a
-    /// port twice), then allocates what is not allocated yet and moves the waiting NEW tasks on.
-    async fn init(&mut self, services: Vec<api::Service>, tasks: Vec<api::Task>) {
+    /// Rebuilds the VXLAN IDs and the port map from the driver states and endpoints already stored
+    /// (so a new leader never hands out one twice), then allocates what is not allocated yet and
+    /// moves the waiting NEW tasks on.
+    async fn init(
+        &mut self,
+        networks: Vec<api::Network>,
+        services: Vec<api::Service>,
+        tasks: Vec<api::Task>,
+    ) {
+        let mut networks_to_allocate = Vec::new();
+        for network in &networks {
+            if network.driver_state.is_none() {
+                networks_to_allocate.push(network.id.clone());
+            } else if let Err(e) = self.networks.allocate(network) {
+                error!(network.id = %network.id, error = %e, "failed restoring the allocation of a network");
+                self.unallocated_networks.insert(network.id.clone());
+            }
+        }
+        info!(
+            networks = networks.len(),
+            to_allocate = networks_to_allocate.len(),
+            "allocator restored networks"
+        );
+        self.allocate_networks(networks_to_allocate).await;
         for service in &services {
             if !self.ports.restore(service) {
                 self.unallocated_services.insert(service.id.clone());
@@ -132,12 +167,102 @@ impl Allocator {
         match &event {
             Event::Commit { .. } => self.on_commit().await,
             Event::Object { kind, .. } => {
-                if let Some(service) = event.object_as::<api::Service>() {
+                if let Some(network) = event.object_as::<api::Network>() {
+                    self.on_network(*kind, network).await;
+                } else if let Some(service) = event.object_as::<api::Service>() {
                     self.on_service(*kind, service).await;
                 } else if let Some(task) = event.object_as::<api::Task>() {
                     self.on_task(*kind, task);
                 }
             }
+        }
+    }
+
+    /// A created network gets its driver state; a removed one frees it. Updates change nothing
+    /// (the control API cannot update a network; the allocator's own writes are updates).
+    async fn on_network(&mut self, kind: EventKind, network: &api::Network) {
+        match kind {
+            EventKind::Create => self.allocate_networks(vec![network.id.clone()]).await,
+            EventKind::Remove => {
+                if self.networks.deallocate(&network.id) {
+                    debug!(network.id = %network.id, "freed the driver state of a removed network");
+                    self.something_was_deallocated = true;
+                }
+                self.unallocated_networks.remove(&network.id);
+            }
+            EventKind::Update => {}
+        }
+    }
+
+    /// Allocates the driver state of the networks `ids` (latest stored versions) that have none
+    /// yet and stores it, one transaction per batch; a failure is remembered for a retry.
+    async fn allocate_networks(&mut self, ids: Vec<String>) {
+        let networks: Vec<api::Network> = self
+            .store
+            .view(|tx| ids.iter().filter_map(|id| tx.get_network(id)).collect());
+        let mut allocated = Vec::new();
+        for network in networks {
+            if self.networks.is_allocated(&network.id) {
+                continue;
+            }
+            match self.networks.allocate(&network) {
+                Ok(driver) => allocated.push((network.id, driver)),
+                Err(e) => {
+                    if self.unallocated_networks.insert(network.id.clone()) {
+                        error!(network.id = %network.id, error = %e, "failed allocation for network");
+                    } else {
+                        debug!(network.id = %network.id, error = %e, "network still cannot be allocated");
+                    }
+                }
+            }
+        }
+        while !allocated.is_empty() {
+            let rest = allocated.split_off(allocated.len().min(MAX_BATCH));
+            let batch = std::mem::replace(&mut allocated, rest);
+            self.commit_networks(batch).await;
+        }
+    }
+
+    async fn commit_networks(&mut self, batch: Vec<(String, api::Driver)>) {
+        let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+        let result = self
+            .store
+            .update(move |tx| {
+                let mut gone = Vec::new();
+                for (id, driver) in batch {
+                    let Some(mut network) = tx.get_network(&id) else {
+                        gone.push(id);
+                        continue;
+                    };
+                    network.driver_state = Some(driver);
+                    if let Err(e) = tx.update_network(network) {
+                        error!(network.id = %id, error = %e, "failed to store the allocation of a network");
+                        gone.push(id);
+                    }
+                }
+                Ok(gone)
+            })
+            .await;
+        let failed = match result {
+            Ok(gone) => gone,
+            Err(e) => {
+                error!(error = %e, "failed to store network allocations");
+                ids.clone()
+            }
+        };
+        for id in ids {
+            if failed.contains(&id) {
+                // A network removed meanwhile is forgotten; any other failure is retried.
+                self.networks.deallocate(&id);
+                if self.store.view(|tx| tx.get_network(&id)).is_some() {
+                    self.unallocated_networks.insert(id);
+                } else {
+                    self.unallocated_networks.remove(&id);
+                }
+                continue;
+            }
+            debug!(network.id = %id, "allocated network driver state");
+            self.unallocated_networks.remove(&id);
         }
     }
 
@@ -177,10 +302,14 @@ impl Allocator {
         }
     }
 
-    /// Tries again what could not be allocated: services first, then the tasks waiting on them.
+    /// Tries again what could not be allocated: networks, services, then the tasks waiting on them.
     async fn retry(&mut self) {
         self.last_retry = Instant::now();
         self.something_was_deallocated = false;
+        if !self.unallocated_networks.is_empty() {
+            let ids: Vec<String> = self.unallocated_networks.iter().cloned().collect();
+            self.allocate_networks(ids).await;
+        }
         if !self.unallocated_services.is_empty() {
             let ids: Vec<String> = self.unallocated_services.iter().cloned().collect();
             self.allocate_services(ids).await;

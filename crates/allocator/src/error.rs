@@ -1,7 +1,9 @@
-//! The crate's error type: what can make a port allocation fail, and what stops the allocator.
+//! The crate's error type: what can make a port or network allocation fail, and what stops the
+//! allocator.
 
 use store::StoreError;
 
+use crate::networks::{VXLAN_ID_END, VXLAN_ID_START};
 use crate::ports::{DYNAMIC_PORT_END, DYNAMIC_PORT_START};
 
 /// Why an allocation failed, or why the allocator cannot go on.
@@ -32,6 +34,33 @@ pub enum Error {
         /// The published port.
         port: u32,
     },
+    /// A network driver that needs a plugin, which swarmd has not.
+    #[error("could not resolve network driver {name}")]
+    UnknownNetworkDriver {
+        /// The driver's name.
+        name: String,
+    },
+    /// A network that already holds its driver state.
+    #[error("network {id} already allocated")]
+    NetworkAlreadyAllocated {
+        /// The network's ID.
+        id: String,
+    },
+    /// A VNI given in the options that another network holds.
+    #[error("could not assign vxlan id {vni}: it is already in use")]
+    VxlanIdInUse {
+        /// The VNI.
+        vni: u32,
+    },
+    /// A VNI in the options that is not a 24-bit number.
+    #[error("invalid vxlan id value {value:?} passed")]
+    InvalidVxlanId {
+        /// The value as written.
+        value: String,
+    },
+    /// Every VNI of the range is taken.
+    #[error("no free vxlan id left in {VXLAN_ID_START}-{VXLAN_ID_END}")]
+    VxlanIdsExhausted,
     /// A store write failed.
     #[error(transparent)]
     Store(#[from] StoreError),

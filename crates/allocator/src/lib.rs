@@ -10,10 +10,12 @@
 
 mod allocator;
 mod error;
+mod networks;
 mod ports;
 
 pub use allocator::{Allocator, RETRY_INTERVAL};
 pub use error::Error;
+pub use networks::{DEFAULT_DRIVER, VXLAN_ID_LIST_OPTION, VXLAN_ID_START};
 pub use ports::{DYNAMIC_PORT_END, DYNAMIC_PORT_START, check_port_conflicts};
 
 #[cfg(test)]

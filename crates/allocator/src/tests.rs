@@ -350,3 +350,161 @@ async fn restart_rebuilds_the_port_map() {
     wait_published(&store, "e", vec![30002]).await;
     second.stop().await;
 }
+
+fn network(id: &str, driver: &str, vnis: Option<&str>) -> api::Network {
+    api::Network {
+        id: id.into(),
+        spec: Some(api::NetworkSpec {
+            annotations: Some(api::Annotations {
+                name: format!("net-{id}"),
+                ..Default::default()
+            }),
+            driver_config: Some(api::Driver {
+                name: driver.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        driver_state: vnis.map(|v| api::Driver {
+            name: "overlay".into(),
+            options: [(crate::VXLAN_ID_LIST_OPTION.to_string(), v.to_string())].into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The networks bootstrap creates: ingress (VNI 4096) and the predefined bridge and host.
+fn bootstrap_networks() -> Vec<api::Network> {
+    let mut ingress = network("ingress", "", Some("4096"));
+    ingress.spec.as_mut().expect("spec").ingress = true;
+    let predefined = |name: &str| {
+        let mut n = network(name, name, None);
+        let spec = n.spec.as_mut().expect("spec");
+        spec.annotations.as_mut().expect("annotations").labels =
+            [("com.docker.swarm.predefined".to_string(), "true".to_string())].into();
+        n.driver_state = Some(api::Driver {
+            name: name.into(),
+            ..Default::default()
+        });
+        n
+    };
+    vec![ingress, predefined("bridge"), predefined("host")]
+}
+
+async fn create_networks(store: &MemoryStore, networks: Vec<api::Network>) {
+    store
+        .update(|tx| networks.into_iter().try_for_each(|n| tx.create_network(n)))
+        .await
+        .expect("create networks");
+}
+
+/// Waits for the network's driver state and returns its driver name and VNI list.
+async fn wait_driver_state(store: &MemoryStore, id: &str) -> (String, String) {
+    testkit::wait_for(WAIT, store, &format!("network {id} allocated"), |tx| {
+        tx.get_network(id).and_then(|n| n.driver_state)
+    })
+    .await
+    .pipe(|d| {
+        let vnis = d
+            .options
+            .get(crate::VXLAN_ID_LIST_OPTION)
+            .cloned()
+            .unwrap_or_default();
+        (d.name, vnis)
+    })
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+fn overlay(name: &str, vnis: &str) -> (String, String) {
+    (name.to_string(), vnis.to_string())
+}
+
+#[tokio::test]
+async fn created_networks_get_distinct_vxlan_ids_after_ingress_and_predefined_ones_are_untouched() {
+    let store = MemoryStore::new(None);
+    create_networks(&store, bootstrap_networks()).await;
+    let before = store.view(|tx| tx.find_networks(By::All));
+    let allocator = start(&store);
+    // No driver named: the default, overlay.
+    create_networks(&store, vec![network("a", "", None)]).await;
+    assert_eq!(wait_driver_state(&store, "a").await, overlay("overlay", "4097"));
+    create_networks(&store, vec![network("b", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "b").await, overlay("overlay", "4098"));
+    // A node-local driver gets its name only.
+    create_networks(&store, vec![network("m", "macvlan", None)]).await;
+    assert_eq!(wait_driver_state(&store, "m").await, overlay("macvlan", ""));
+    barrier(&store, "sync").await;
+    for n in before {
+        assert_eq!(
+            store.view(|tx| tx.get_network(&n.id)),
+            Some(n),
+            "bootstrap networks are left as they are"
+        );
+    }
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn without_ingress_the_first_network_gets_4096() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create_networks(&store, vec![network("a", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "a").await, overlay("overlay", "4096"));
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_networks_vxlan_id_is_handed_out_again() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create_networks(&store, vec![network("a", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "a").await.1, "4096");
+    create_networks(&store, vec![network("b", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "b").await.1, "4097");
+    store
+        .update(|tx| tx.delete_network("a"))
+        .await
+        .expect("delete a");
+    // Serially, as SwarmKit's overlay driver: the next one first, the freed one after a wrap.
+    create_networks(&store, vec![network("c", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "c").await.1, "4098");
+    // A new leader starts from the lowest free ID: 4096, freed above.
+    allocator.stop().await;
+    let allocator = start(&store);
+    create_networks(&store, vec![network("d", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "d").await.1, "4096");
+    create_networks(&store, vec![network("e", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "e").await.1, "4099");
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn ids_in_the_store_at_start_are_not_handed_out_again() {
+    let store = MemoryStore::new(None);
+    create_networks(
+        &store,
+        vec![
+            network("held", "overlay", Some("4096,4097")),
+            network("far", "overlay", Some("4099")),
+            network("waiting", "overlay", None),
+            network("plugin", "weave", None),
+        ],
+    )
+    .await;
+    let allocator = start(&store);
+    // Allocated at start, as are those created after.
+    assert_eq!(wait_driver_state(&store, "waiting").await.1, "4098");
+    create_networks(&store, vec![network("new", "overlay", None)]).await;
+    assert_eq!(wait_driver_state(&store, "new").await.1, "4100");
+    barrier(&store, "sync").await;
+    // A driver swarmd has no plugin for is not allocated, and nothing else waits for it.
+    let plugin = store.view(|tx| tx.get_network("plugin")).expect("plugin");
+    assert_eq!(plugin.driver_state, None);
+    allocator.stop().await;
+}

@@ -1,10 +1,12 @@
-//! The allocator, after SwarmKit's `manager/allocator`: a leader-only subsystem that reserves the
-//! cluster-wide published ports of services (INGRESS mode; HOST-mode ports are only recorded) and then
-//! moves NEW tasks of allocated services to PENDING for the scheduler. Networks, IPAM, virtual IPs and
-//! node attachments are not allocated here yet: tasks that reference networks move on regardless.
+//! The allocator, after SwarmKit's `manager/allocator`: a leader-only subsystem that gives networks
+//! their driver state (the driver's name and, for overlay networks, VXLAN IDs from 4096 up),
+//! reserves the cluster-wide published ports of services (INGRESS mode; HOST-mode ports are only
+//! recorded) and then moves NEW tasks of allocated services to PENDING for the scheduler. IPAM
+//! (subnets, gateways), virtual IPs and network attachments are not allocated here yet: tasks that
+//! reference networks move on regardless.
 //!
-//! `ports` holds the pure port bookkeeping and the control API's conflict check; `allocator` holds the
-//! store-watching loop.
+//! `networks` holds the pure driver state and VXLAN ID bookkeeping, `ports` the port bookkeeping
+//! and the control API's conflict check; `allocator` holds the store-watching loop.
 
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,6 @@
-//! Tests of the allocator loop over a raft-less store: ports reserved, freed and rebuilt after a
-//! restart, and NEW tasks moved to PENDING. The pure port logic is tested in `ports.rs`.
+//! Tests of the allocator loop over a raft-less store: networks' driver state and ports reserved,
+//! freed and rebuilt after a restart, and NEW tasks moved to PENDING. The pure VXLAN ID and port
+//! logic is tested in `networks.rs` and `ports.rs`.
 
 use std::time::Duration;
 
@@ -400,26 +401,17 @@ async fn create_networks(store: &MemoryStore, networks: Vec<api::Network>) {
 
 /// Waits for the network's driver state and returns its driver name and VNI list.
 async fn wait_driver_state(store: &MemoryStore, id: &str) -> (String, String) {
-    testkit::wait_for(WAIT, store, &format!("network {id} allocated"), |tx| {
+    let driver = testkit::wait_for(WAIT, store, &format!("network {id} allocated"), |tx| {
         tx.get_network(id).and_then(|n| n.driver_state)
     })
-    .await
-    .pipe(|d| {
-        let vnis = d
-            .options
-            .get(crate::VXLAN_ID_LIST_OPTION)
-            .cloned()
-            .unwrap_or_default();
-        (d.name, vnis)
-    })
+    .await;
+    let vnis = driver
+        .options
+        .get(crate::VXLAN_ID_LIST_OPTION)
+        .cloned()
+        .unwrap_or_default();
+    (driver.name, vnis)
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 fn overlay(name: &str, vnis: &str) -> (String, String) {
     (name.to_string(), vnis.to_string())

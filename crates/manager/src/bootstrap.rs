@@ -183,8 +183,9 @@ fn ingress_network() -> api::Network {
             ingress: true,
             ..Default::default()
         }),
-        // The allocator (a later issue) will own driver state; until then the ingress network
-        // carries what SwarmKit's allocator gives the first overlay network, VNI 4096.
+        // What SwarmKit's allocator gives the first overlay network, VNI 4096, set here so that the
+        // network is complete from the first read; the allocator rebuilds its VXLAN IDs in use
+        // from it.
         driver_state: Some(api::Driver {
             name: "overlay".into(),
             options: [(

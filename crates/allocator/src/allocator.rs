@@ -70,16 +70,15 @@ impl Allocator {
 
     /// Runs until `shutdown` fires; an `Err` means the allocator cannot go on (its watch ended).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let ((networks, services, tasks), mut watcher) = self.store.view_and_watch(
-            WatchFilter::none().networks().services().tasks(),
-            |tx| {
-                (
-                    tx.find_networks(By::All),
-                    tx.find_services(By::All),
-                    tx.find_tasks(By::All),
-                )
-            },
-        );
+        let ((networks, services, tasks), mut watcher) =
+            self.store
+                .view_and_watch(WatchFilter::none().networks().services().tasks(), |tx| {
+                    (
+                        tx.find_networks(By::All),
+                        tx.find_services(By::All),
+                        tx.find_tasks(By::All),
+                    )
+                });
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),

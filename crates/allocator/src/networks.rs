@@ -256,7 +256,11 @@ mod tests {
     fn one_vni_per_ipv4_subnet_and_the_other_options_copied() {
         let mut d = NetworkDrivers::default();
         let a = d
-            .allocate(&overlay("a", &[("com.docker.network.driver.mtu", "1400")], 0))
+            .allocate(&overlay(
+                "a",
+                &[("com.docker.network.driver.mtu", "1400")],
+                0,
+            ))
             .expect("a");
         assert_eq!(a.name, "overlay");
         assert_eq!(vnis(&a), "4096");
@@ -313,12 +317,26 @@ mod tests {
     fn node_local_drivers_get_their_name_only_and_plugins_are_unknown() {
         let mut d = NetworkDrivers::default();
         let mut bridge = overlay("br", &[("x", "y")], 0);
-        bridge.spec.as_mut().unwrap().driver_config.as_mut().unwrap().name = "bridge".into();
+        bridge
+            .spec
+            .as_mut()
+            .unwrap()
+            .driver_config
+            .as_mut()
+            .unwrap()
+            .name = "bridge".into();
         let state = d.allocate(&bridge).expect("bridge");
         assert_eq!(state.name, "bridge");
         assert!(state.options.is_empty());
         let mut plugin = overlay("p", &[], 0);
-        plugin.spec.as_mut().unwrap().driver_config.as_mut().unwrap().name = "weave".into();
+        plugin
+            .spec
+            .as_mut()
+            .unwrap()
+            .driver_config
+            .as_mut()
+            .unwrap()
+            .name = "weave".into();
         assert!(matches!(
             d.allocate(&plugin),
             Err(Error::UnknownNetworkDriver { .. })

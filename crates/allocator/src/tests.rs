@@ -381,8 +381,11 @@ fn bootstrap_networks() -> Vec<api::Network> {
     let predefined = |name: &str| {
         let mut n = network(name, name, None);
         let spec = n.spec.as_mut().expect("spec");
-        spec.annotations.as_mut().expect("annotations").labels =
-            [("com.docker.swarm.predefined".to_string(), "true".to_string())].into();
+        spec.annotations.as_mut().expect("annotations").labels = [(
+            "com.docker.swarm.predefined".to_string(),
+            "true".to_string(),
+        )]
+        .into();
         n.driver_state = Some(api::Driver {
             name: name.into(),
             ..Default::default()
@@ -425,9 +428,15 @@ async fn created_networks_get_distinct_vxlan_ids_after_ingress_and_predefined_on
     let allocator = start(&store);
     // No driver named: the default, overlay.
     create_networks(&store, vec![network("a", "", None)]).await;
-    assert_eq!(wait_driver_state(&store, "a").await, overlay("overlay", "4097"));
+    assert_eq!(
+        wait_driver_state(&store, "a").await,
+        overlay("overlay", "4097")
+    );
     create_networks(&store, vec![network("b", "overlay", None)]).await;
-    assert_eq!(wait_driver_state(&store, "b").await, overlay("overlay", "4098"));
+    assert_eq!(
+        wait_driver_state(&store, "b").await,
+        overlay("overlay", "4098")
+    );
     // A node-local driver gets its name only.
     create_networks(&store, vec![network("m", "macvlan", None)]).await;
     assert_eq!(wait_driver_state(&store, "m").await, overlay("macvlan", ""));
@@ -447,7 +456,10 @@ async fn without_ingress_the_first_network_gets_4096() {
     let store = MemoryStore::new(None);
     let allocator = start(&store);
     create_networks(&store, vec![network("a", "overlay", None)]).await;
-    assert_eq!(wait_driver_state(&store, "a").await, overlay("overlay", "4096"));
+    assert_eq!(
+        wait_driver_state(&store, "a").await,
+        overlay("overlay", "4096")
+    );
     allocator.stop().await;
 }
 

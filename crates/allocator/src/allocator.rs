@@ -215,9 +215,7 @@ impl Allocator {
                 }
             }
         }
-        while !allocated.is_empty() {
-            let rest = allocated.split_off(allocated.len().min(MAX_BATCH));
-            let batch = std::mem::replace(&mut allocated, rest);
+        for batch in into_batches(allocated) {
             self.commit_networks(batch).await;
         }
     }
@@ -341,9 +339,7 @@ impl Allocator {
                 }
             }
         }
-        while !allocated.is_empty() {
-            let rest = allocated.split_off(allocated.len().min(MAX_BATCH));
-            let batch = std::mem::replace(&mut allocated, rest);
+        for batch in into_batches(allocated) {
             self.commit_services(batch).await;
         }
     }
@@ -479,6 +475,16 @@ impl Allocator {
             }
         }
     }
+}
+
+/// `items` in store transactions of at most [`MAX_BATCH`], in order.
+fn into_batches<T>(mut items: Vec<T>) -> Vec<Vec<T>> {
+    let mut batches = Vec::new();
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(MAX_BATCH));
+        batches.push(std::mem::replace(&mut items, rest));
+    }
+    batches
 }
 
 /// A task the allocator still has to move on.

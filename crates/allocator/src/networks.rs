@@ -248,6 +248,13 @@ mod tests {
         }
     }
 
+    fn with_driver(mut network: api::Network, name: &str) -> api::Network {
+        if let Some(d) = network.spec.as_mut().and_then(|s| s.driver_config.as_mut()) {
+            d.name = name.into();
+        }
+        network
+    }
+
     fn vnis(driver: &api::Driver) -> &str {
         &driver.options[VXLAN_ID_LIST_OPTION]
     }
@@ -316,27 +323,11 @@ mod tests {
     #[test]
     fn node_local_drivers_get_their_name_only_and_plugins_are_unknown() {
         let mut d = NetworkDrivers::default();
-        let mut bridge = overlay("br", &[("x", "y")], 0);
-        bridge
-            .spec
-            .as_mut()
-            .unwrap()
-            .driver_config
-            .as_mut()
-            .unwrap()
-            .name = "bridge".into();
+        let bridge = with_driver(overlay("br", &[("x", "y")], 0), "bridge");
         let state = d.allocate(&bridge).expect("bridge");
         assert_eq!(state.name, "bridge");
         assert!(state.options.is_empty());
-        let mut plugin = overlay("p", &[], 0);
-        plugin
-            .spec
-            .as_mut()
-            .unwrap()
-            .driver_config
-            .as_mut()
-            .unwrap()
-            .name = "weave".into();
+        let plugin = with_driver(overlay("p", &[], 0), "weave");
         assert!(matches!(
             d.allocate(&plugin),
             Err(Error::UnknownNetworkDriver { .. })

@@ -13,6 +13,25 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The command of every long-running task here; graceful stops (the harness's drop) end them.
 const SLEEP: &str = "-c,sleep 120 # swarmkit-it-orchestration";
 
+/// Creates the replicated service `web` of `replicas` long-running sleepers.
+fn create_web(d: &Swarmd, replicas: &str) {
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        SLEEP,
+        "--replicas",
+        replicas,
+    ])
+    .ok();
+}
+
 /// A manager whose agent runs tasks as processes.
 fn start() -> Swarmd {
     Swarmd::start_with(&["--executor", "process"])
@@ -70,21 +89,7 @@ fn row(
 #[test]
 fn replicated_tasks_are_assigned_and_scaled_down_from_the_top() {
     let d = start();
-    d.ctl(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--image",
-        "busybox",
-        "--command",
-        "/bin/sh",
-        "--args",
-        SLEEP,
-        "--replicas",
-        "3",
-    ])
-    .ok();
+    create_web(&d, "3");
     let want = vec![
         row("web.1", "RUNNING", "RUNNING", "node-1"),
         row("web.2", "RUNNING", "RUNNING", "node-1"),
@@ -190,21 +195,7 @@ fn unplaceable_task_explains_why_and_is_placed_once_the_node_fits() {
 #[test]
 fn drain_shuts_tasks_down_and_activate_places_replacements() {
     let d = start();
-    d.ctl(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--image",
-        "busybox",
-        "--command",
-        "/bin/sh",
-        "--args",
-        SLEEP,
-        "--replicas",
-        "2",
-    ])
-    .ok();
+    create_web(&d, "2");
     wait_for("two tasks assigned", WAIT, || {
         (task_rows(&d, false).len() == 2 && task_rows(&d, false).iter().all(|r| r.2 == "RUNNING"))
             .then_some(())
@@ -248,6 +239,41 @@ fn drain_shuts_tasks_down_and_activate_places_replacements() {
             .filter(|r| r.1 != "SHUTDOWN" && r.2 == "RUNNING" && r.3 == "node-1")
             .count();
         (assigned == 2).then_some(())
+    });
+}
+
+/// The sequence SwarmKit strands tasks with: six replicas, scaled to two and the node drained
+/// right after the create (the scale bumps the service's spec version without making its tasks
+/// dirty, and the drain's replacements are made of the older version), then activated: both
+/// replacements are explained while drained and end RUNNING (SwarmKit's scheduler drops them as
+/// "an old revision of their service" and they stay PENDING for good, as ours did).
+#[test]
+fn scale_drain_activate_leaves_no_task_pending() {
+    let d = start();
+    create_web(&d, "6");
+    d.ctl(&["service", "update", "web", "--replicas", "2"]).ok();
+    d.ctl(&["node", "drain", "node-1"]).ok();
+    wait_for("two replacements pending and explained", WAIT, || {
+        let listing = d.ctl(&["task", "ls"]).ok().to_string();
+        let pending: Vec<String> = listing
+            .lines()
+            .filter(|l| l.contains(" PENDING "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        let explained = pending
+            .iter()
+            .filter(|id| {
+                d.ctl(&["task", "inspect", id])
+                    .ok()
+                    .contains("no suitable node")
+            })
+            .count();
+        (pending.len() == 2 && explained == 2).then_some(())
+    });
+    d.ctl(&["node", "activate", "node-1"]).ok();
+    wait_for("two tasks running after activate", WAIT, || {
+        let rows = task_rows(&d, false);
+        (rows.len() == 2 && rows.iter().all(|r| r.2 == "RUNNING" && r.3 == "node-1")).then_some(())
     });
 }
 

@@ -383,7 +383,105 @@ async fn scaling_keeps_slots_unique_and_spread_even() {
     }
 }
 
-/// Random scale / update / drain / pause / activate sequences over three services.
+/// Applies one random operation (scale, update, drain, activate or pause) of step `step` to one of
+/// `services` (ID, replicas), recording it in `log`. Drain and pause keep one node taking tasks,
+/// so every service can settle.
+async fn random_op(
+    c: &TestCluster,
+    rng: &mut Rng,
+    services: &mut [(String, u64)],
+    step: u64,
+    log: &mut Vec<String>,
+) {
+    let pick = rng.below(services.len() as u64) as usize;
+    let (id, replicas) = services[pick].clone();
+    let active = || {
+        let snap = Snapshot::take(&c.store);
+        c.nodes
+            .iter()
+            .filter(|n| snap.availability(n) == Some(Availability::Active))
+            .count()
+    };
+    match rng.below(5) {
+        0 => {
+            let n = rng.below(9);
+            services[pick].1 = n;
+            log.push(format!("scale {pick} to {n}"));
+            c.update_service(&id, |spec| {
+                spec.mode = Some(api::service_spec::Mode::Replicated(
+                    api::ReplicatedService { replicas: n },
+                ));
+            })
+            .await;
+        }
+        1 => {
+            let parallelism = rng.below(3);
+            let order = if rng.below(2) == 0 {
+                UpdateOrder::StopFirst
+            } else {
+                UpdateOrder::StartFirst
+            };
+            let image = format!("busybox:{}", 2 + step);
+            log.push(format!(
+                "update {pick} ({replicas} replicas) to {image}, parallelism {parallelism}, {order:?}"
+            ));
+            c.update_service(&id, |spec| {
+                set_image(spec, image);
+                spec.update = Some(api::UpdateConfig {
+                    parallelism,
+                    order: order as i32,
+                    monitor: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                });
+            })
+            .await;
+        }
+        2 => {
+            if active() > 1 {
+                let n = &c.nodes[rng.below(c.nodes.len() as u64) as usize];
+                log.push(format!("drain {n}"));
+                c.set_availability(n, Availability::Drain).await;
+            }
+        }
+        3 => {
+            let n = &c.nodes[rng.below(c.nodes.len() as u64) as usize];
+            log.push(format!("activate {n}"));
+            c.set_availability(n, Availability::Active).await;
+        }
+        _ => {
+            if active() > 1 {
+                let n = &c.nodes[rng.below(c.nodes.len() as u64) as usize];
+                log.push(format!("pause {n}"));
+                c.set_availability(n, Availability::Pause).await;
+            }
+        }
+    }
+}
+
+/// The settled cluster after random operations: every service settled at its replicas, no
+/// desired-RUNNING task on a drained node, each slot's history within the retention limit.
+fn all_settled(snap: &Snapshot, services: &[(String, u64)]) -> Result<(), String> {
+    for (id, replicas) in services {
+        snap.service_settled(id, *replicas)?;
+    }
+    for t in snap.tasks.iter().filter(|t| t.desired_state == RUNNING) {
+        if snap.availability(&t.node_id) == Some(Availability::Drain) {
+            return Err(format!("task {} on drained node {}", t.id, t.node_id));
+        }
+    }
+    for (id, _) in services {
+        if let Some((slot, n)) = snap.history_per_slot(id).into_iter().find(|(_, n)| *n > 5) {
+            return Err(format!("slot {slot} of {id} keeps {n} tasks"));
+        }
+    }
+    Ok(())
+}
+
+/// Random scale / update / drain / pause / activate sequences over three services, settling
+/// after each operation.
 #[tokio::test(start_paused = true)]
 async fn random_sequences_keep_the_invariants() {
     for seed in 1..=8u64 {
@@ -399,101 +497,39 @@ async fn random_sequences_keep_the_invariants() {
         }
         let mut log = Vec::new();
         for step in 0..20 {
-            let pick = rng.below(services.len() as u64) as usize;
-            let (id, replicas) = services[pick].clone();
-            match rng.below(5) {
-                0 => {
-                    let n = rng.below(9);
-                    services[pick].1 = n;
-                    log.push(format!("scale {pick} to {n}"));
-                    c.update_service(&id, |spec| {
-                        spec.mode = Some(api::service_spec::Mode::Replicated(
-                            api::ReplicatedService { replicas: n },
-                        ));
-                    })
-                    .await;
-                }
-                1 => {
-                    let parallelism = rng.below(3);
-                    let order = if rng.below(2) == 0 {
-                        UpdateOrder::StopFirst
-                    } else {
-                        UpdateOrder::StartFirst
-                    };
-                    let image = format!("busybox:{}", 2 + step);
-                    log.push(format!(
-                        "update {pick} ({replicas} replicas) to {image}, parallelism {parallelism}, {order:?}"
-                    ));
-                    c.update_service(&id, |spec| {
-                        set_image(spec, image);
-                        spec.update = Some(api::UpdateConfig {
-                            parallelism,
-                            order: order as i32,
-                            monitor: Some(prost_types::Duration {
-                                seconds: 1,
-                                nanos: 0,
-                            }),
-                            ..Default::default()
-                        });
-                    })
-                    .await;
-                }
-                2 => {
-                    let snap = Snapshot::take(&c.store);
-                    let active = c
-                        .nodes
-                        .iter()
-                        .filter(|n| snap.availability(n) == Some(Availability::Active))
-                        .count();
-                    // Keep at least one node taking tasks, so every service can settle.
-                    if active > 1 {
-                        let n = &c.nodes[rng.below(c.nodes.len() as u64) as usize];
-                        log.push(format!("drain {n}"));
-                        c.set_availability(n, Availability::Drain).await;
-                    }
-                }
-                3 => {
-                    let n = &c.nodes[rng.below(c.nodes.len() as u64) as usize];
-                    log.push(format!("activate {n}"));
-                    c.set_availability(n, Availability::Active).await;
-                }
-                _ => {
-                    let snap = Snapshot::take(&c.store);
-                    let active = c
-                        .nodes
-                        .iter()
-                        .filter(|n| snap.availability(n) == Some(Availability::Active))
-                        .count();
-                    if active > 1 {
-                        let n = &c.nodes[rng.below(c.nodes.len() as u64) as usize];
-                        log.push(format!("pause {n}"));
-                        c.set_availability(n, Availability::Pause).await;
-                    }
-                }
-            }
+            random_op(&c, &mut rng, &mut services, step, &mut log).await;
             let what = format!("seed {seed} after {log:?}");
-            let expect = services.clone();
-            c.wait_until(&what, |snap| {
-                for (id, replicas) in &expect {
-                    snap.service_settled(id, *replicas)?;
-                }
-                // A drained node ends with no desired-RUNNING task of any service.
-                for t in snap.tasks.iter().filter(|t| t.desired_state == RUNNING) {
-                    if snap.availability(&t.node_id) == Some(Availability::Drain) {
-                        return Err(format!("task {} on drained node {}", t.id, t.node_id));
-                    }
-                }
-                // The reaper bounds each slot's history at the retention limit.
-                for (id, _) in &expect {
-                    if let Some((slot, n)) =
-                        snap.history_per_slot(id).into_iter().find(|(_, n)| *n > 5)
-                    {
-                        return Err(format!("slot {slot} of {id} keeps {n} tasks"));
-                    }
-                }
-                Ok(())
-            })
-            .await;
+            c.wait_until(&what, |snap| all_settled(snap, &services))
+                .await;
+        }
+    }
+}
+
+/// The same operations in bursts of one to four with no pause in between, so each lands while
+/// the orchestrators and the scheduler are still acting on the previous ones (tasks of an older
+/// spec version still PENDING, say): every desired-RUNNING task still ends RUNNING.
+#[tokio::test(start_paused = true)]
+async fn random_bursts_never_strand_a_task() {
+    for seed in 1..=8u64 {
+        let mut rng = Rng::new(seed * 104_729);
+        let c = TestCluster::start(3).await;
+        let mut services: Vec<(String, u64)> = Vec::new();
+        for name in ["a", "b"] {
+            let replicas = 1 + rng.below(6);
+            services.push((
+                c.create_service(name, "busybox:1", replicas).await,
+                replicas,
+            ));
+        }
+        let mut log = Vec::new();
+        for burst in 0..10 {
+            for i in 0..1 + rng.below(4) {
+                random_op(&c, &mut rng, &mut services, burst * 4 + i, &mut log).await;
+            }
+            log.push("--".to_string());
+            let what = format!("seed {seed} after {log:?}");
+            c.wait_until(&what, |snap| all_settled(snap, &services))
+                .await;
         }
     }
 }

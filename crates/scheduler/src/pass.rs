@@ -259,7 +259,6 @@ impl Scheduler {
         };
         let req = first.req.clone();
         let key: ServiceVersion = (first.service.clone(), first.spec_version.unwrap_or(0));
-        let spec_version = first.spec_version;
         let memo_key: FitKey = (req.clone(), (req.max_replicas > 0).then(|| key.0.clone()));
         let count = tasks.len();
         let mut queue = tasks.into_iter();
@@ -296,18 +295,16 @@ impl Scheduler {
         if rest.is_empty() {
             return;
         }
-        match self.services.get(&*key.0) {
-            None => {
-                debug!(service.id = %key.0, tasks = rest.len(), "removing tasks of a deleted service from the scheduler");
-                return;
-            }
-            Some(current) if spec_version.is_some_and(|v| *current > v) => {
-                // The updater replaces tasks of an old spec; nothing to place or explain.
-                debug!(service.id = %key.0, tasks = rest.len(), "tasks belong to an old revision of their service");
-                return;
-            }
-            Some(_) => {}
+        if !self.services.contains_key(&*key.0) {
+            debug!(service.id = %key.0, tasks = rest.len(), "removing tasks of a deleted service from the scheduler");
+            return;
         }
+        // Tasks of an older spec version stay queued with their explanation, like any other.
+        // SwarmKit drops them here, trusting the updater to replace them; but a change that
+        // leaves the task spec alone (a scale) bumps the service's version without making its
+        // tasks dirty, so nothing would ever replace them and they stayed PENDING for good. A
+        // task the updater does replace leaves the queue when its desired state moves past
+        // RUNNING.
         let err = match memo.infeasible.get(&memo_key) {
             Some((at, err)) if *at == memo.placements => err.clone(),
             _ => {

@@ -71,15 +71,27 @@ async fn tasks_of_deleted_services_are_not_explained() {
     running.stop().await;
 }
 
+/// A task of an older spec version than its service's (a scale bumps the version without making
+/// its tasks dirty, so no updater replaces them) is explained and placed like any other once a
+/// node fits. SwarmKit's scheduler drops such tasks: they stayed PENDING for good.
 #[tokio::test(start_paused = true)]
-async fn unschedulable_tasks_of_an_old_spec_version_are_left_to_the_updater() {
-    let (store, running) = cluster(vec![]).await;
+async fn unschedulable_tasks_of_an_old_spec_version_are_explained_and_placed_later() {
+    use api::node_spec::Availability;
+    let (store, running) = cluster(vec![availability(node("n1"), Availability::Drain)]).await;
     edit_service_version(&store, "s", 2).await;
     let mut current = task("current", "s");
     current.spec_version = Some(api::Version { index: 2 });
     put_tasks(&store, vec![task("old", "s"), current]).await;
-    wait_err(&store, "current", "no suitable node").await;
-    assert_eq!(err(&get_task(&store, "old")), "", "not explained");
+    let drained = "no suitable node (1 node not available for new tasks)";
+    wait_err(&store, "current", drained).await;
+    wait_err(&store, "old", drained).await;
+    edit_node(&store, "n1", |n| {
+        n.spec.as_mut().unwrap().availability = Availability::Active as i32;
+    })
+    .await;
+    let placed = wait_assigned(&store, &["old", "current"]).await;
+    assert_eq!(placed["old"], "n1");
+    assert_eq!(placed["current"], "n1");
     running.stop().await;
 }
 

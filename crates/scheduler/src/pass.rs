@@ -295,7 +295,7 @@ impl Scheduler {
         if rest.is_empty() {
             return;
         }
-        if !self.services.contains_key(&*key.0) {
+        if !self.services.contains(&*key.0) {
             debug!(service.id = %key.0, tasks = rest.len(), "removing tasks of a deleted service from the scheduler");
             return;
         }

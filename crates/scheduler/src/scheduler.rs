@@ -78,8 +78,8 @@ pub struct Scheduler {
     pub(crate) unassigned: IdMap<String, PendingTask>,
     /// PENDING tasks with a preset node, checked at every pass until they fit.
     pub(crate) preassigned: IdMap<String, PendingTask>,
-    /// Spec version of every stored service (0 when unset).
-    pub(crate) services: IdMap<String, u64>,
+    /// The IDs of the stored services (tasks of a deleted one are dropped from the queue).
+    pub(crate) services: std::collections::HashSet<String, store::IdHash>,
     /// Requirements shared by the tasks of one service and spec version, by service ID.
     pub(crate) requirements: IdMap<String, ServiceRequirements>,
     /// Something happened that may let an unassigned task fit now.
@@ -98,7 +98,7 @@ impl Scheduler {
             nodes: NodeSet::default(),
             unassigned: IdMap::default(),
             preassigned: IdMap::default(),
-            services: IdMap::default(),
+            services: Default::default(),
             requirements: IdMap::default(),
             tick_required: false,
             debounce: None,
@@ -242,8 +242,7 @@ impl Scheduler {
             self.services.remove(&service.id);
             self.requirements.remove(&service.id);
         } else {
-            let version = service.spec_version.as_ref().map_or(0, |v| v.index);
-            self.services.insert(service.id.clone(), version);
+            self.services.insert(service.id.clone());
         }
     }
 

@@ -122,7 +122,13 @@ impl Runner {
             let step = self.step().await;
             match step {
                 Step::To(state, message) => {
-                    let runtime = self.runtime(None).await;
+                    // As SwarmKit's agent: a container has a status to report only from STARTING
+                    // on, so the executor is not asked before (for Docker, an inspect each time).
+                    let runtime = if state >= TaskState::Starting {
+                        self.runtime(None).await
+                    } else {
+                        None
+                    };
                     self.set(state, message, String::new(), runtime);
                 }
                 Step::Failed(err, exit) => {

@@ -116,13 +116,16 @@ pub async fn run(
     // The set is never empty: it starts from a non-empty list, and a session's list replaces it
     // only when that list is not empty.
     loop {
-        if local_failed && (config.local)().is_some() {
+        let mut local_channel = (config.local)();
+        if local_failed && local_channel.is_some() {
             if !pause(backoff, &shutdown).await {
                 break;
             }
             backoff = next_backoff(backoff);
+            // The node may have stopped its manager meanwhile (a demotion).
+            local_channel = (config.local)();
         }
-        let (addr, local, channel) = match (config.local)() {
+        let (addr, local, channel) = match local_channel {
             Some(channel) => (LOCAL.to_string(), true, Ok(channel)),
             None => {
                 let mut pick = managers.select_excluding(&tried);

@@ -225,33 +225,37 @@ impl Allocator {
         let result = self
             .store
             .update(move |tx| {
-                let mut gone = Vec::new();
+                let (mut removed, mut failed) = (BTreeSet::new(), BTreeSet::new());
                 for (id, driver) in batch {
                     let Some(mut network) = tx.get_network(&id) else {
-                        gone.push(id);
+                        removed.insert(id);
                         continue;
                     };
                     network.driver_state = Some(driver);
                     if let Err(e) = tx.update_network(network) {
                         error!(network.id = %id, error = %e, "failed to store the allocation of a network");
-                        gone.push(id);
+                        failed.insert(id);
                     }
                 }
-                Ok(gone)
+                Ok((removed, failed))
             })
             .await;
-        let failed = match result {
-            Ok(gone) => gone,
+        let (removed, failed) = match result {
+            Ok(outcome) => outcome,
             Err(e) => {
                 error!(error = %e, "failed to store network allocations");
-                ids.clone()
+                self.store.view(|tx| {
+                    ids.iter()
+                        .cloned()
+                        .partition(|id| tx.get_network(id).is_none())
+                })
             }
         };
         for id in ids {
-            if failed.contains(&id) {
+            if removed.contains(&id) || failed.contains(&id) {
                 // A network removed meanwhile is forgotten; any other failure is retried.
                 self.networks.deallocate(&id);
-                if self.store.view(|tx| tx.get_network(&id)).is_some() {
+                if failed.contains(&id) {
                     self.unallocated_networks.insert(id);
                 } else {
                     self.unallocated_networks.remove(&id);

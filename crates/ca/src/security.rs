@@ -108,9 +108,10 @@ impl SecurityConfig {
         self.changed.subscribe()
     }
 
-    /// Installs a renewed certificate and its key (and, when given, new roots): saved to disk
-    /// first, then used by every new connection.
-    pub fn install(&self, material: NodeTlsMaterial) -> Result<(), CaError> {
+    /// Installs a whole identity (certificate, key and roots) at once, for tests; the node
+    /// changes one part at a time (`install_certificate`, `install_root`).
+    #[cfg(test)]
+    fn install(&self, material: NodeTlsMaterial) -> Result<(), CaError> {
         let _installing = self.lock_installs();
         self.install_locked(material)
     }

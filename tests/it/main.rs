@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod assignments;
 mod cli;
 mod cluster;
 mod daemon;

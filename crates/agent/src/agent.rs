@@ -35,6 +35,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most status updates in one UpdateTaskStatus call.
 const STATUS_BATCH: usize = 1024;
+/// Largest message the agent accepts from a manager, as SwarmKit's agent (gRPC's 4 MiB default
+/// would fail the session for good on a large node object or assignment).
+const MAX_RECV: usize = i32::MAX as usize;
 /// How often the node is described again; a changed description re-registers the session.
 const DESCRIBE_INTERVAL: Duration = Duration::from_secs(20);
 
@@ -181,6 +184,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens the Assignments stream of a session.
+async fn open_assignments(
+    client: &mut DispatcherClient<Channel>,
+    session_id: &str,
+) -> Result<tonic::Streaming<api::AssignmentsMessage>, String> {
+    client
+        .assignments(api::AssignmentsRequest {
+            session_id: session_id.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| status_text(&s))
+}
+
 /// Waits a random part of `backoff`; false when `shutdown` fired meanwhile.
 async fn pause(backoff: Duration, shutdown: &CancellationToken) -> bool {
     let pause = backoff.mul_f64(rand::random::<f64>());
@@ -220,7 +237,9 @@ impl Session<'_> {
 
     async fn serve(&mut self, addr: &str, channel: Channel) -> SessionEnd {
         let fail = SessionEnd::Failed;
-        let mut client = DispatcherClient::new(channel);
+        let mut client = DispatcherClient::new(channel).max_decoding_message_size(MAX_RECV);
+        // A set cut short with the last session is not completed by this one.
+        self.worker.abandon_partial();
         let description = match self.config.executor.describe().await {
             Ok(d) => Some(d),
             Err(e) => {
@@ -248,15 +267,12 @@ impl Session<'_> {
         self.observe(&first);
         info!(manager = %addr, session.id = %session_id, "agent session registered");
 
-        let mut assignments = match client
-            .assignments(api::AssignmentsRequest {
-                session_id: session_id.clone(),
-            })
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) => return fail(status_text(&s)),
+        let mut assignments = match open_assignments(&mut client, &session_id).await {
+            Ok(stream) => stream,
+            Err(e) => return fail(e),
         };
+        // The `results_in` of the last assignments message: the next one applies to it.
+        let mut last_result = String::new();
         let mut heartbeat = tokio::time::Instant::now();
         let mut describe = tokio::time::interval_at(
             tokio::time::Instant::now() + DESCRIBE_INTERVAL,
@@ -292,6 +308,18 @@ impl Session<'_> {
                 msg = assignments.message() => match msg {
                     Ok(Some(m)) => {
                         debug!(changes = m.changes.len(), r#type = m.r#type, "assignments");
+                        if !last_result.is_empty() && m.applies_to != last_result {
+                            // A gap in the chain: start over from a COMPLETE set, as SwarmKit's agent.
+                            warn!(applies_to = %m.applies_to, expected = %last_result, "assignments out of sequence: resynchronising");
+                            self.worker.abandon_partial();
+                            last_result.clear();
+                            assignments = match open_assignments(&mut client, &session_id).await {
+                                Ok(stream) => stream,
+                                Err(e) => return fail(e),
+                            };
+                            continue;
+                        }
+                        last_result.clone_from(&m.results_in);
                         self.worker.apply(m);
                     }
                     Ok(None) => return fail("the assignments stream ended".into()),

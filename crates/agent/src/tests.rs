@@ -391,3 +391,73 @@ async fn the_agent_keeps_reconnecting_while_no_manager_answers_and_stops_only_wh
         .expect("no panic")
         .expect("a clean stop");
 }
+
+/// A message of a split set: `results_in` `seq`, marked when more parts follow.
+fn part(
+    ty: api::assignments_message::Type,
+    tasks: Vec<api::Task>,
+    seq: u64,
+    more: bool,
+) -> api::AssignmentsMessage {
+    api::AssignmentsMessage {
+        applies_to: if seq > 1 {
+            api::assignment_parts::results_in(seq - 1, true)
+        } else {
+            String::new()
+        },
+        results_in: api::assignment_parts::results_in(seq, more),
+        ..changes(ty, tasks, false)
+    }
+}
+
+/// A COMPLETE set split over three messages (the dispatcher's COMPLETE then INCREMENTAL parts):
+/// tasks in later parts keep running while the first arrives, and what the set leaves out is
+/// removed only with the last part; a set cut short removes nothing.
+#[tokio::test]
+async fn a_split_complete_set_removes_only_once_it_is_whole() {
+    use api::assignments_message::Type;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    let run = |id: &str| task(id, "svc", TaskState::Running);
+    worker.apply(complete(vec![run("t1"), run("t2"), run("t3"), run("t4")]));
+    for id in ["t1", "t2", "t3", "t4"] {
+        until(&mut rx, id, TaskState::Running).await;
+    }
+
+    worker.apply(part(Type::Complete, vec![run("t1")], 1, true));
+    worker.apply(part(Type::Incremental, vec![run("t2")], 2, true));
+    // Not whole yet: t2 to t4 untouched, and a new task of the set starts.
+    worker.apply(part(Type::Incremental, vec![run("t3"), run("t5")], 3, true));
+    until(&mut rx, "t5", TaskState::Running).await;
+    assert_eq!(db.load().expect("load").len(), 5);
+    // The last part: t4 is not in the set, so it goes now.
+    worker.apply(part(Type::Incremental, vec![], 4, false));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while db.load().expect("load").len() != 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("t4 forgotten");
+    let calls = fake.calls.lock().expect("lock").clone();
+    assert!(calls["t4"].contains(&"remove"), "{:?}", calls["t4"]);
+    for id in ["t1", "t2", "t3"] {
+        assert_eq!(calls[id], vec!["prepare", "start"], "{id} kept running");
+    }
+
+    // A set cut short (its stream failed) removes nothing, and a later plain INCREMENTAL
+    // does not complete it.
+    worker.apply(part(Type::Complete, vec![run("t1")], 1, true));
+    worker.abandon_partial();
+    worker.apply(changes(Type::Incremental, vec![run("t6")], false));
+    until(&mut rx, "t6", TaskState::Running).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(db.load().expect("load").len(), 5);
+    let calls = fake.calls.lock().expect("lock").clone();
+    for id in ["t2", "t3", "t5"] {
+        assert_eq!(calls[id], vec!["prepare", "start"], "{id} kept running");
+    }
+}

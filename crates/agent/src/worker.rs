@@ -1,14 +1,18 @@
 //! The worker (SwarmKit agent/worker.go): the set of tasks assigned to this node, one runner
 //! each. A COMPLETE assignment set replaces the local set (tasks missing from it are shut down,
-//! removed and forgotten); an INCREMENTAL one applies its updates and removals. On start it
+//! removed and forgotten); an INCREMENTAL one applies its updates and removals. A COMPLETE set
+//! the dispatcher split over several messages (`api::assignment_parts`) is applied as it
+//! arrives, but what it leaves out is removed only once its last part arrived: a set cut short
+//! (the stream failed) removes nothing. On start it
 //! resumes every task in the task database from its stored status and checkpoint, so a restart
 //! re-runs nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use api::assignment_change::AssignmentAction;
+use api::assignment_parts;
 use api::assignments_message::Type as AssignmentsType;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -24,8 +28,10 @@ pub struct Worker {
     runners: HashMap<String, RunnerHandle>,
     removing: Vec<RunnerHandle>,
     /// Tasks the executor refused (already reported REJECTED).
-    refused: std::collections::HashSet<String>,
+    refused: HashSet<String>,
     reports: mpsc::UnboundedSender<StatusReport>,
+    /// The tasks of a split COMPLETE set received so far, until its last part.
+    partial: Option<HashSet<String>>,
 }
 
 impl Worker {
@@ -43,6 +49,7 @@ impl Worker {
             removing: Vec::new(),
             refused: Default::default(),
             reports,
+            partial: None,
         }
     }
 
@@ -68,6 +75,8 @@ impl Worker {
 
     /// Applies one message of the Assignments stream.
     pub fn apply(&mut self, msg: api::AssignmentsMessage) {
+        let more = assignment_parts::more_parts_follow(&msg.results_in);
+        let complete = msg.r#type == AssignmentsType::Complete as i32;
         let tasks = msg.changes.into_iter().filter_map(|c| {
             let task = match c.assignment?.item? {
                 api::assignment::Item::Task(t) => t,
@@ -76,12 +85,24 @@ impl Worker {
             };
             Some((c.action, task))
         });
-        if msg.r#type == AssignmentsType::Complete as i32 {
-            let mut keep = std::collections::HashSet::new();
-            for (_, task) in tasks {
-                keep.insert(task.id.clone());
+        if complete {
+            // A new set supersedes one still arriving.
+            self.partial = Some(HashSet::new());
+        }
+        for (action, task) in tasks {
+            if action == AssignmentAction::Remove as i32 {
+                if let Some(set) = &mut self.partial {
+                    set.remove(&task.id);
+                }
+                self.remove(&task.id);
+            } else {
+                if let Some(set) = &mut self.partial {
+                    set.insert(task.id.clone());
+                }
                 self.upsert(task);
             }
+        }
+        if !more && let Some(keep) = self.partial.take() {
             let gone: Vec<String> = self
                 .runners
                 .keys()
@@ -92,16 +113,14 @@ impl Worker {
             for id in gone {
                 self.remove(&id);
             }
-        } else {
-            for (action, task) in tasks {
-                if action == AssignmentAction::Remove as i32 {
-                    self.remove(&task.id);
-                } else {
-                    self.upsert(task);
-                }
-            }
         }
         self.removing.retain(|r| !r.is_finished());
+    }
+
+    /// Forgets a split COMPLETE set whose last part will not come (its stream ended): it
+    /// removes nothing.
+    pub fn abandon_partial(&mut self) {
+        self.partial = None;
     }
 
     fn upsert(&mut self, task: api::Task) {

@@ -29,6 +29,7 @@ pub mod raftrpc {
 
 pub use docker::swarmkit::v1::*;
 
+pub mod assignment_parts;
 pub mod constraint;
 pub mod genericresource;
 pub mod gofmt;

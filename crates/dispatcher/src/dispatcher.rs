@@ -15,7 +15,7 @@ use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::DispatcherError;
-use crate::session::{Sequence, StreamOf, load_assignments};
+use crate::session::{StreamOf, load_assignments};
 use crate::term::{HEARTBEAT_FAILURE, Term, lock, replace_if_changed};
 
 /// Weight of a manager in the session's list, as SwarmKit's remotes.DefaultObservationWeight.
@@ -25,6 +25,10 @@ const CLUSTER_NAME: &str = "default";
 /// Messages queued for one node's gRPC stream; a slow reader makes its own stream wait, never
 /// the dispatcher.
 const STREAM_CAPACITY: usize = 16;
+/// Assignments messages queued for one node's stream: each may be up to
+/// `api::assignment_parts::MAX_MESSAGE_BYTES`, and the next is built only when there is room, so
+/// this bounds what a node that reads slowly (or not at all) holds in the dispatcher.
+const ASSIGNMENTS_CAPACITY: usize = 2;
 
 /// A gRPC server stream of the dispatcher.
 pub type DispatcherStream<T> = ReceiverStream<Result<T, Status>>;
@@ -333,12 +337,8 @@ impl Dispatcher {
             .handle();
         // Subscribe before reading, so no change falls between the two.
         let sub = term.task_router.subscribe(node_id);
-        let mut set = load_assignments(&term, node_id);
-        let mut seq = Sequence::default();
-        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-        let first = seq.message(api::assignments_message::Type::Complete, set.take_changes());
-        tx.try_send(Ok(first))
-            .expect("a new channel has room for the first message");
+        let set = load_assignments(&term, node_id);
+        let (tx, rx) = mpsc::channel(ASSIGNMENTS_CAPACITY);
         let of = StreamOf {
             node_id: node_id.to_string(),
             session_id: session_id.to_string(),
@@ -346,7 +346,7 @@ impl Dispatcher {
             sub,
         };
         let span = info_span!("assignments", node.id = %node_id);
-        tokio::spawn(term.assignments_stream(of, set, seq, tx).instrument(span));
+        tokio::spawn(term.assignments_stream(of, set, tx).instrument(span));
         Ok(ReceiverStream::new(rx))
     }
 

@@ -1,18 +1,20 @@
 //! The two streams a node holds open: its session (the node object, the managers, the network
 //! bootstrap keys and the root CA, re-sent whenever one of them changes) and its assignments (a COMPLETE set, then INCREMENTAL
-//! changes coalesced as SwarmKit's dispatcher.go `Assignments`). Both end when the session's
-//! registration ends, and both re-read the store when their event channel overflowed.
+//! changes coalesced as SwarmKit's dispatcher.go `Assignments`, each split over several
+//! messages when it is too large for one). Both end when the session's registration ends, and
+//! both re-read the store when their event channel overflowed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::assignment_parts;
 use api::assignments_message::Type as AssignmentsType;
-use store::{By, Event, EventKind};
+use store::{By, Event, EventKind, Shared};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::assignments::AssignmentSet;
+use crate::assignments::{AssignmentSet, Outgoing, PART_BUDGET};
 use crate::error::DispatcherError;
 use crate::nodes::SessionHandle;
 use crate::term::{Subscription, Term};
@@ -37,25 +39,25 @@ pub(crate) type StreamTx<T> = mpsc::Sender<Result<T, Status>>;
 /// Numbers consecutive assignments messages: each applies to the previous one's result.
 #[derive(Debug, Default)]
 pub(crate) struct Sequence {
-    last: u64,
+    count: u64,
+    last: String,
 }
 
 impl Sequence {
+    /// The next message; `more` marks a part of a set that further parts complete.
     pub fn message(
         &mut self,
         kind: AssignmentsType,
         changes: Vec<api::AssignmentChange>,
+        more: bool,
     ) -> api::AssignmentsMessage {
-        let applies_to = if self.last == 0 {
-            String::new()
-        } else {
-            self.last.to_string()
-        };
-        self.last += 1;
+        self.count += 1;
+        let results_in = assignment_parts::results_in(self.count, more);
+        let applies_to = std::mem::replace(&mut self.last, results_in.clone());
         api::AssignmentsMessage {
             r#type: kind as i32,
             applies_to,
-            results_in: self.last.to_string(),
+            results_in,
             changes,
         }
     }
@@ -63,9 +65,11 @@ impl Sequence {
 
 /// Every task of `node_id` as a fresh set.
 pub(crate) fn load_assignments(term: &Term, node_id: &str) -> AssignmentSet {
-    let tasks = term.store.view(|tx| tx.find_tasks(By::NodeId(node_id)));
+    let tasks = term
+        .store
+        .view(|tx| tx.find_shared::<api::Task>(By::NodeId(node_id)));
     let mut set = AssignmentSet::default();
-    for t in &tasks {
+    for t in tasks {
         set.add_or_update(t);
     }
     set
@@ -153,13 +157,14 @@ impl Term {
         }
     }
 
-    /// Sends the node's assignment changes, coalesced: a message goes out once no change came
-    /// for [`BATCHING_WAIT`] or [`MODIFICATION_BATCH_LIMIT`] changes piled up.
+    /// Sends the node's assignments: the whole set first, then its changes, coalesced: a
+    /// message goes out once no change came for [`BATCHING_WAIT`] or
+    /// [`MODIFICATION_BATCH_LIMIT`] changes piled up. A set or batch too large for one message
+    /// goes out in parts ([`Term::send_parts`]).
     pub async fn assignments_stream(
         self: Arc<Self>,
         of: StreamOf,
         mut set: AssignmentSet,
-        mut seq: Sequence,
         tx: StreamTx<api::AssignmentsMessage>,
     ) {
         let StreamOf {
@@ -168,6 +173,14 @@ impl Term {
             handle,
             mut sub,
         } = of;
+        let mut seq = Sequence::default();
+        let first = set.take_complete();
+        if !self
+            .send_parts(&mut seq, AssignmentsType::Complete, first, &tx, &handle)
+            .await
+        {
+            return;
+        }
         loop {
             let mut count = 0;
             let mut deadline: Option<Instant> = None;
@@ -192,9 +205,10 @@ impl Term {
                     () = tx.closed() => return,
                     ev = sub.rx.recv() => {
                         let Some(ev) = ev else { return };
-                        let Some(task) = ev.object_as::<api::Task>() else { continue };
-                        let changed = match &ev {
-                            Event::Object { kind: EventKind::Remove, .. } => set.remove(&task.id),
+                        let Event::Object { kind, object, .. } = &ev else { continue };
+                        let Some(task) = Shared::<api::Task>::from_object(object.clone()) else { continue };
+                        let changed = match kind {
+                            EventKind::Remove => set.remove(&task.id),
                             _ => set.add_or_update(task),
                         };
                         if changed {
@@ -208,17 +222,63 @@ impl Term {
                     break;
                 }
             }
-            let msg = if sub.take_overflow() {
+            let sent = if sub.take_overflow() {
                 set = load_assignments(&self, &node_id);
-                seq.message(AssignmentsType::Complete, set.take_changes())
+                let all = set.take_complete();
+                self.send_parts(&mut seq, AssignmentsType::Complete, all, &tx, &handle)
+                    .await
             } else if count > 0 {
-                seq.message(AssignmentsType::Incremental, set.take_changes())
+                let changes = set.take_changes();
+                self.send_parts(
+                    &mut seq,
+                    AssignmentsType::Incremental,
+                    changes,
+                    &tx,
+                    &handle,
+                )
+                .await
             } else {
                 continue;
             };
-            if tx.send(Ok(msg)).await.is_err() {
+            if !sent {
                 return;
             }
+        }
+    }
+
+    /// Sends `out` as one message of `kind`, or as several when its changes exceed
+    /// [`PART_BUDGET`]: a COMPLETE set as a COMPLETE message then INCREMENTAL ones, every part
+    /// but the last marked (`api::assignment_parts`); a batch of changes as several INCREMENTAL
+    /// messages. Each part is built only when the stream has room for it, so a node costs the
+    /// dispatcher at most the stream's few queued messages. False when the stream is gone or the
+    /// session or term ended meanwhile.
+    async fn send_parts(
+        &self,
+        seq: &mut Sequence,
+        kind: AssignmentsType,
+        mut out: Outgoing,
+        tx: &StreamTx<api::AssignmentsMessage>,
+        handle: &SessionHandle,
+    ) -> bool {
+        let complete = kind == AssignmentsType::Complete;
+        let mut kind = kind;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = self.token.cancelled() => return false,
+                () = handle.ended.cancelled() => return false,
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return false,
+                },
+            };
+            let changes = out.next_part(PART_BUDGET);
+            let more = !out.is_empty();
+            permit.send(Ok(seq.message(kind, changes, complete && more)));
+            if !more {
+                return true;
+            }
+            kind = AssignmentsType::Incremental;
         }
     }
 }

@@ -27,6 +27,8 @@ use crate::nodes::{NodeTable, SessionHandle};
 const MAX_BATCH_ITEMS: usize = 10_000;
 /// Objects written per store transaction (a raft entry stays small; spec 5.1's 200-change batch).
 const WRITE_CHUNK: usize = 200;
+/// Bytes of tasks one status transaction rewrites, at most (a single larger task goes alone).
+const WRITE_BYTES: usize = 1 << 20;
 /// Events queued for one stream before it is told to re-read the store instead.
 const SUB_CAPACITY: usize = 512;
 
@@ -45,7 +47,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A status (and maybe description) to write to a node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct NodeUpdate {
     status: api::NodeStatus,
     description: Option<api::NodeDescription>,
@@ -527,8 +529,10 @@ impl Term {
         };
         let mut tasks = tasks.into_iter().peekable();
         while tasks.peek().is_some() {
-            self.write_tasks(tasks.by_ref().take(WRITE_CHUNK).collect())
-                .await;
+            let chunk: Vec<_> = tasks.by_ref().take(WRITE_CHUNK).collect();
+            for chunk in self.by_size(chunk) {
+                self.write_tasks(chunk).await;
+            }
         }
         let mut nodes = nodes.into_iter().peekable();
         while nodes.peek().is_some() {
@@ -538,11 +542,63 @@ impl Term {
         self.flushed.send_replace(batch);
     }
 
-    /// Writes task status reports that move a task forward (dispatcher.go processUpdates).
+    /// Splits status writes so that the tasks one transaction rewrites stay within
+    /// [`WRITE_BYTES`] (a task is written whole, however small its status: a few large tasks
+    /// would otherwise make a raft entry too large for every report in the same batch).
+    fn by_size(
+        &self,
+        updates: Vec<(String, api::TaskStatus)>,
+    ) -> Vec<Vec<(String, api::TaskStatus)>> {
+        let sizes: Vec<usize> = self.store.view(|tx| {
+            updates
+                .iter()
+                .map(|(id, _)| {
+                    tx.get_shared::<api::Task>(id)
+                        .map_or(0, |t| prost::Message::encoded_len(&*t))
+                })
+                .collect()
+        });
+        let mut chunks = Vec::new();
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for (update, size) in updates.into_iter().zip(sizes) {
+            if !chunk.is_empty() && bytes + size > WRITE_BYTES {
+                chunks.push(std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(update);
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        chunks
+    }
+
+    /// Writes task status reports that move a task forward (dispatcher.go processUpdates). If
+    /// the transaction fails, each report is written alone, so that a task that cannot be
+    /// written (too large for a raft entry, say) loses only its own report, not the other
+    /// nodes'.
     async fn write_tasks(&self, updates: Vec<(String, api::TaskStatus)>) {
+        let many = updates.len() > 1;
+        let retry = if many { updates.clone() } else { Vec::new() };
+        if let Err(e) = self.try_write_tasks(updates).await {
+            warn!("dispatcher task status write failed: {e}");
+            for update in retry {
+                let id = update.0.clone();
+                if let Err(e) = self.try_write_tasks(vec![update]).await {
+                    warn!(task.id = %id, "dispatcher task status write failed: {e}");
+                }
+            }
+        }
+    }
+
+    async fn try_write_tasks(
+        &self,
+        updates: Vec<(String, api::TaskStatus)>,
+    ) -> Result<(), store::StoreError> {
         let applied_by = self.manager_id.clone();
-        let res = self
-            .store
+        self.store
             .update(move |tx| {
                 for (id, status) in updates {
                     let Some(mut task) = tx.get_task(&id) else {
@@ -569,15 +625,30 @@ impl Term {
                 }
                 Ok(())
             })
-            .await;
-        if let Err(e) = res {
-            warn!("dispatcher task status write failed: {e}");
+            .await
+    }
+
+    /// Writes node status (and descriptions); if the transaction fails, each node alone, so
+    /// that one node's data (a description too large to store, say) costs only its own write.
+    async fn write_nodes(&self, updates: Vec<(String, NodeUpdate)>) {
+        let many = updates.len() > 1;
+        let retry = if many { updates.clone() } else { Vec::new() };
+        if let Err(e) = self.try_write_nodes(updates).await {
+            warn!("dispatcher node status write failed: {e}");
+            for update in retry {
+                let id = update.0.clone();
+                if let Err(e) = self.try_write_nodes(vec![update]).await {
+                    warn!(node.id = %id, "dispatcher node status write failed: {e}");
+                }
+            }
         }
     }
 
-    async fn write_nodes(&self, updates: Vec<(String, NodeUpdate)>) {
-        let res = self
-            .store
+    async fn try_write_nodes(
+        &self,
+        updates: Vec<(String, NodeUpdate)>,
+    ) -> Result<(), store::StoreError> {
+        self.store
             .update(move |tx| {
                 for (id, update) in updates {
                     let Some(mut node) = tx.get_node(&id) else {
@@ -599,10 +670,7 @@ impl Term {
                 }
                 Ok(())
             })
-            .await;
-        if let Err(e) = res {
-            warn!("dispatcher node status write failed: {e}");
-        }
+            .await
     }
 
     /// Why the streams of a session whose registration ended must stop.

@@ -486,11 +486,12 @@ async fn assignments_start_complete_then_follow_changes() {
         (complete.applies_to.as_str(), complete.results_in.as_str()),
         ("", "1")
     );
+    // The tasks the agent already reported on first.
     assert_eq!(
         changes(&complete),
         vec![
-            ("t1".to_string(), AssignmentAction::Update),
-            ("t4".to_string(), AssignmentAction::Update)
+            ("t4".to_string(), AssignmentAction::Update),
+            ("t1".to_string(), AssignmentAction::Update)
         ]
     );
 
@@ -825,4 +826,200 @@ async fn an_assignments_reader_that_falls_behind_gets_a_complete_set_again() {
         }
     }
     assert!(saw_complete, "no resynchronising COMPLETE message");
+}
+
+/// A task of `node_id` whose encoded size is about `bytes` (one large environment variable).
+fn big_task(id: &str, node_id: &str, state: TaskState, bytes: usize) -> api::Task {
+    let mut t = task(id, node_id, state);
+    t.spec = Some(api::TaskSpec {
+        runtime: Some(api::task_spec::Runtime::Container(Box::new(
+            api::ContainerSpec {
+                command: vec!["/bin/sleep".into()],
+                env: vec![format!("E={}", "x".repeat(bytes))],
+                ..Default::default()
+            },
+        ))),
+        ..Default::default()
+    });
+    t
+}
+
+/// Reads messages until one is not marked as followed by more parts; checks each is under the
+/// bound and chained to the one before. Returns the messages.
+async fn read_set(
+    stream: &mut DispatcherStream<api::AssignmentsMessage>,
+    last: &mut String,
+) -> Vec<api::AssignmentsMessage> {
+    let mut msgs = Vec::new();
+    loop {
+        let msg = next(stream).await.expect("message");
+        let len = prost::Message::encoded_len(&msg);
+        assert!(
+            len <= api::assignment_parts::MAX_MESSAGE_BYTES,
+            "a message of {len} bytes"
+        );
+        assert_eq!(&msg.applies_to, last, "chained");
+        last.clone_from(&msg.results_in);
+        let more = api::assignment_parts::more_parts_follow(&msg.results_in);
+        msgs.push(msg);
+        if !more {
+            return msgs;
+        }
+    }
+}
+
+/// The repro, scaled up: a COMPLETE set of tasks far over gRPC's 4 MiB goes out as a
+/// COMPLETE part then INCREMENTAL parts, chained and marked, none over the bound; a change of
+/// every task goes out as several INCREMENTAL messages, unmarked.
+#[tokio::test(start_paused = true)]
+async fn a_set_too_large_for_one_message_is_split_and_chained() {
+    let mut tasks: Vec<_> = (0..6)
+        .map(|i| big_task(&format!("big{i}"), "n1", TaskState::Assigned, 1_400_000))
+        .collect();
+    tasks[4].status.get_or_insert_default().state = TaskState::Running as i32;
+    tasks.push(task("small", "n1", TaskState::Running));
+    let f = start(vec![node("n1", NodeState::Ready)], tasks, exact()).await;
+    let (session, _s) = f.open("n1").await;
+    let mut stream = f.dispatcher.assignments("n1", &session).expect("stream");
+    let mut last = String::new();
+    let set = read_set(&mut stream, &mut last).await;
+    assert!(set.len() >= 3, "{} messages", set.len());
+    assert_eq!(set[0].r#type, AssignmentsType::Complete as i32);
+    assert_eq!(set[0].results_in, "1+");
+    assert!(
+        set[1..]
+            .iter()
+            .all(|m| m.r#type == AssignmentsType::Incremental as i32),
+        "the rest of the set must not replace the first part in a SwarmKit agent"
+    );
+    let mut ids: Vec<String> = set.iter().flat_map(changes).map(|(id, _)| id).collect();
+    // What the agent runs comes first.
+    assert_eq!(ids[..2], ["big4".to_string(), "small".to_string()]);
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["big0", "big1", "big2", "big3", "big4", "big5", "small"]
+    );
+
+    // Every big task changes at once: several INCREMENTAL messages, each complete in itself.
+    f.store
+        .update(|tx| {
+            for i in 0..6 {
+                let mut t = tx.get_task(&format!("big{i}")).expect("task");
+                t.desired_state = TaskState::Shutdown as i32;
+                tx.update_task(t)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("update");
+    let mut updated = 0;
+    while updated < 6 {
+        let msg = next(&mut stream).await.expect("incremental");
+        assert!(prost::Message::encoded_len(&msg) <= api::assignment_parts::MAX_MESSAGE_BYTES);
+        assert_eq!(msg.r#type, AssignmentsType::Incremental as i32);
+        assert_eq!(msg.applies_to, last, "chained");
+        assert!(!api::assignment_parts::more_parts_follow(&msg.results_in));
+        last.clone_from(&msg.results_in);
+        updated += msg.changes.len();
+    }
+    assert_eq!(updated, 6);
+}
+
+/// Applies proposals at once, except one that writes task `poison` (as raft refuses an entry
+/// too large to replicate).
+struct RefusePoison {
+    store: std::sync::Mutex<Option<MemoryStore>>,
+    index: std::sync::atomic::AtomicU64,
+}
+
+impl store::Proposer for RefusePoison {
+    fn propose(
+        &self,
+        actions: Vec<api::StoreAction>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<u64, store::ProposeError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            let poisoned = actions.iter().any(|a| {
+                matches!(&a.target, Some(api::store_action::Target::Task(t)) if t.id == "poison")
+            });
+            if poisoned {
+                return Err(store::ProposeError::Other(
+                    "raft: raft message is too large and can't be sent".into(),
+                ));
+            }
+            let index = self
+                .index
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1000;
+            let store = self.store.lock().expect("lock").clone().expect("store");
+            store
+                .apply_committed(index, &actions)
+                .map_err(|e| store::ProposeError::Other(e.to_string()))?;
+            Ok(index)
+        })
+    }
+}
+
+/// One node's task that cannot be written (its raft entry is refused) fails only its own
+/// status report: the other reports of the same batch, another node's among them, are written.
+#[tokio::test(start_paused = true)]
+async fn an_unwritable_task_costs_only_its_own_status_report() {
+    let f = start(
+        vec![node("n1", NodeState::Ready), node("n2", NodeState::Ready)],
+        vec![
+            task("poison", "n1", TaskState::Assigned),
+            task("t1", "n1", TaskState::Assigned),
+            task("t2", "n2", TaskState::Assigned),
+        ],
+        exact(),
+    )
+    .await;
+    let (s1, _a) = f.open("n1").await;
+    let (s2, _b) = f.open("n2").await;
+    let proposer = std::sync::Arc::new(RefusePoison {
+        store: std::sync::Mutex::new(Some(f.store.clone())),
+        index: Default::default(),
+    });
+    f.store.set_proposer(proposer);
+    let report = |id: &str| api::update_task_status_request::TaskStatusUpdate {
+        task_id: id.into(),
+        status: Some(api::TaskStatus {
+            state: TaskState::Running as i32,
+            message: "started".into(),
+            ..Default::default()
+        }),
+    };
+    // Both in the same batch (one flush window).
+    f.dispatcher
+        .update_task_status(
+            "n1",
+            api::UpdateTaskStatusRequest {
+                session_id: s1,
+                updates: vec![report("poison"), report("t1")],
+            },
+        )
+        .expect("n1");
+    f.dispatcher
+        .update_task_status(
+            "n2",
+            api::UpdateTaskStatusRequest {
+                session_id: s2,
+                updates: vec![report("t2")],
+            },
+        )
+        .expect("n2");
+    for _ in 0..40 {
+        if f.task_state("t1") == TaskState::Running as i32
+            && f.task_state("t2") == TaskState::Running as i32
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.task_state("t1"), TaskState::Running as i32);
+    assert_eq!(f.task_state("t2"), TaskState::Running as i32);
+    assert_eq!(f.task_state("poison"), TaskState::Assigned as i32);
+    assert!(!f.run.is_finished());
 }

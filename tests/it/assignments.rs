@@ -71,7 +71,7 @@ fn running_tasks(rt: &tokio::runtime::Runtime, m: &Swarmd, name: &str) -> BTreeM
 #[test]
 fn a_node_whose_assignments_exceed_one_message_runs_them_all() {
     let marker = crate::cluster::marker("bigassign");
-    let c = Cluster::start(2, &[], "1s");
+    let mut c = Cluster::start(2, &[], "1s");
     let m = &c.manager;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let start_rss = rss_kib(m.pid());
@@ -172,6 +172,23 @@ fn a_node_whose_assignments_exceed_one_message_runs_them_all() {
         !c.workers[0].log().contains("rate limit"),
         "the big node's agent re-registered in a loop"
     );
+
+    // The worker restarts: its new session gets the whole set (over 4 MiB) again, in parts, and
+    // keeps every task running, none restarted.
+    let before = pids_with(&marker);
+    let worker = &mut c.workers[0];
+    worker.kill9();
+    worker.spawn_until("agent session registered", WAIT);
+    // An absence to check: the time a restarted agent would need to stop or re-run a task.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pids_with(&marker),
+        before,
+        "a task process was restarted or lost"
+    );
+    assert!(!worker.log().contains("decoded message length too large"));
+    let ls = m.ctl(&["node", "ls"]);
+    assert_eq!(ls.ok().matches(" READY ").count(), 3, "{}", ls.stdout);
 
     for name in ["big", "small"] {
         m.ctl(&["service", "rm", name]).ok();

@@ -189,10 +189,16 @@ async fn open_assignments(
     client: &mut DispatcherClient<Channel>,
     session_id: &str,
 ) -> Result<tonic::Streaming<api::AssignmentsMessage>, String> {
+    let mut req = tonic::Request::new(api::AssignmentsRequest {
+        session_id: session_id.to_string(),
+    });
+    // The worker applies a COMPLETE set split over several messages.
+    req.metadata_mut().insert(
+        api::assignment_parts::SPLIT_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     client
-        .assignments(api::AssignmentsRequest {
-            session_id: session_id.to_string(),
-        })
+        .assignments(req)
         .await
         .map(tonic::Response::into_inner)
         .map_err(|s| status_text(&s))

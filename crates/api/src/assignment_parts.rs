@@ -2,11 +2,21 @@
 //! `AssignmentsMessage`s, so that no message reaches gRPC's default 4 MiB receive limit.
 //!
 //! The stream stays a chain: every message's `applies_to` is the `results_in` of the one before,
-//! which SwarmKit's agent compares as opaque strings. A COMPLETE set too large for one message goes
-//! out as a COMPLETE message followed by INCREMENTAL ones that carry the rest of the set; every
-//! part but the last has a `results_in` ending in [`MORE_PARTS`]. An agent that knows the mark
-//! removes the tasks missing from the set only once the last part arrived; one that does not (a
-//! SwarmKit agent) still gets every task, the tasks it already runs first.
+//! which SwarmKit's agent compares as opaque strings. A batch of INCREMENTAL changes too large for
+//! one message goes out as several INCREMENTAL messages, which any agent applies one by one.
+//!
+//! A COMPLETE set is different: SwarmKit's agent applies every COMPLETE message at once as the
+//! whole set, stopping and removing the tasks it leaves out, so a set split over several messages
+//! would restart the tasks of its later parts. The set is therefore split only for an agent whose
+//! Assignments request carries [`SPLIT_HEADER`] (ours): it goes out as a COMPLETE message followed
+//! by INCREMENTAL ones that carry the rest of the set, every part but the last with a `results_in`
+//! ending in [`MORE_PARTS`], and the agent removes what the set leaves out only once the last part
+//! arrived. Any other agent gets the set in one message, as SwarmKit's dispatcher sends it (its
+//! agent accepts messages up to 2 GiB).
+
+/// Request header (value `true`) with which an agent asks for COMPLETE sets split over several
+/// messages.
+pub const SPLIT_HEADER: &str = "swarmd-split-assignments";
 
 /// Suffix of the `results_in` of a part that more parts of the same set follow.
 pub const MORE_PARTS: &str = "+";

@@ -324,12 +324,24 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// The assignments stream of `node_id`'s session: first every task of the node in state
-    /// ASSIGNED or later (COMPLETE), then the changes (INCREMENTAL).
+    /// The assignments stream of `node_id`'s session for an agent that applies split COMPLETE
+    /// sets (ours): [`Dispatcher::assignments_for`].
     pub fn assignments(
         &self,
         node_id: &str,
         session_id: &str,
+    ) -> Result<DispatcherStream<api::AssignmentsMessage>, DispatcherError> {
+        self.assignments_for(node_id, session_id, true)
+    }
+
+    /// The assignments stream of `node_id`'s session: first every task of the node in state
+    /// ASSIGNED or later (COMPLETE), then the changes (INCREMENTAL). A COMPLETE set is split over
+    /// several messages only with `split_complete` (see `api::assignment_parts`).
+    pub fn assignments_for(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        split_complete: bool,
     ) -> Result<DispatcherStream<api::AssignmentsMessage>, DispatcherError> {
         let term = self.term()?;
         let handle = lock(&term.nodes)
@@ -346,7 +358,10 @@ impl Dispatcher {
             sub,
         };
         let span = info_span!("assignments", node.id = %node_id);
-        tokio::spawn(term.assignments_stream(of, set, tx).instrument(span));
+        tokio::spawn(
+            term.assignments_stream(of, set, split_complete, tx)
+                .instrument(span),
+        );
         Ok(ReceiverStream::new(rx))
     }
 

@@ -108,9 +108,13 @@ impl api::dispatcher_server::Dispatcher for DispatcherService {
         req: Request<api::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let (node_id, _) = self.caller(&req)?;
+        let split = req
+            .metadata()
+            .get(api::assignment_parts::SPLIT_HEADER)
+            .is_some_and(|v| v == "true");
         let stream = self
             .dispatcher
-            .assignments(&node_id, &req.get_ref().session_id)?;
+            .assignments_for(&node_id, &req.get_ref().session_id, split)?;
         Ok(Response::new(stream))
     }
 }

@@ -159,12 +159,13 @@ impl Term {
 
     /// Sends the node's assignments: the whole set first, then its changes, coalesced: a
     /// message goes out once no change came for [`BATCHING_WAIT`] or
-    /// [`MODIFICATION_BATCH_LIMIT`] changes piled up. A set or batch too large for one message
-    /// goes out in parts ([`Term::send_parts`]).
+    /// [`MODIFICATION_BATCH_LIMIT`] changes piled up. A batch too large for one message goes out
+    /// in parts ([`Term::send_parts`]), and so does the set with `split_complete`.
     pub async fn assignments_stream(
         self: Arc<Self>,
         of: StreamOf,
         mut set: AssignmentSet,
+        split_complete: bool,
         tx: StreamTx<api::AssignmentsMessage>,
     ) {
         let StreamOf {
@@ -174,9 +175,21 @@ impl Term {
             mut sub,
         } = of;
         let mut seq = Sequence::default();
+        let complete_budget = if split_complete {
+            PART_BUDGET
+        } else {
+            usize::MAX
+        };
         let first = set.take_complete();
         if !self
-            .send_parts(&mut seq, AssignmentsType::Complete, first, &tx, &handle)
+            .send_parts(
+                &mut seq,
+                AssignmentsType::Complete,
+                first,
+                complete_budget,
+                &tx,
+                &handle,
+            )
             .await
         {
             return;
@@ -225,14 +238,22 @@ impl Term {
             let sent = if sub.take_overflow() {
                 set = load_assignments(&self, &node_id);
                 let all = set.take_complete();
-                self.send_parts(&mut seq, AssignmentsType::Complete, all, &tx, &handle)
-                    .await
+                self.send_parts(
+                    &mut seq,
+                    AssignmentsType::Complete,
+                    all,
+                    complete_budget,
+                    &tx,
+                    &handle,
+                )
+                .await
             } else if count > 0 {
                 let changes = set.take_changes();
                 self.send_parts(
                     &mut seq,
                     AssignmentsType::Incremental,
                     changes,
+                    PART_BUDGET,
                     &tx,
                     &handle,
                 )
@@ -246,8 +267,8 @@ impl Term {
         }
     }
 
-    /// Sends `out` as one message of `kind`, or as several when its changes exceed
-    /// [`PART_BUDGET`]: a COMPLETE set as a COMPLETE message then INCREMENTAL ones, every part
+    /// Sends `out` as one message of `kind`, or as several when its changes exceed `budget`
+    /// bytes: a COMPLETE set as a COMPLETE message then INCREMENTAL ones, every part
     /// but the last marked (`api::assignment_parts`); a batch of changes as several INCREMENTAL
     /// messages. Each part is built only when the stream has room for it, so a node costs the
     /// dispatcher at most the stream's few queued messages. False when the stream is gone or the
@@ -257,6 +278,7 @@ impl Term {
         seq: &mut Sequence,
         kind: AssignmentsType,
         mut out: Outgoing,
+        budget: usize,
         tx: &StreamTx<api::AssignmentsMessage>,
         handle: &SessionHandle,
     ) -> bool {
@@ -272,7 +294,7 @@ impl Term {
                     Err(_) => return false,
                 },
             };
-            let changes = out.next_part(PART_BUDGET);
+            let changes = out.next_part(budget);
             let more = !out.is_empty();
             permit.send(Ok(seq.message(kind, changes, complete && more)));
             if !more {

@@ -1023,3 +1023,38 @@ async fn an_unwritable_task_costs_only_its_own_status_report() {
     assert_eq!(f.task_state("poison"), TaskState::Assigned as i32);
     assert!(!f.run.is_finished());
 }
+
+/// An agent that did not ask for split sets (SwarmKit's, which applies each COMPLETE message as
+/// the whole set) gets the COMPLETE set in one message, as SwarmKit's dispatcher sends it; its
+/// INCREMENTAL batches are still split.
+#[tokio::test(start_paused = true)]
+async fn a_complete_set_is_split_only_for_an_agent_that_asked() {
+    let tasks: Vec<_> = (0..4)
+        .map(|i| big_task(&format!("big{i}"), "n1", TaskState::Running, 1_400_000))
+        .collect();
+    let f = start(vec![node("n1", NodeState::Ready)], tasks, exact()).await;
+    let (session, _s) = f.open("n1").await;
+    let mut stream = f
+        .dispatcher
+        .assignments_for("n1", &session, false)
+        .expect("stream");
+    let complete = next(&mut stream).await.expect("complete");
+    assert_eq!(complete.r#type, AssignmentsType::Complete as i32);
+    assert_eq!(complete.results_in, "1");
+    assert_eq!(complete.changes.len(), 4, "the whole set in one message");
+    f.store
+        .update(|tx| {
+            for i in 0..4 {
+                let mut t = tx.get_task(&format!("big{i}")).expect("task");
+                t.desired_state = TaskState::Shutdown as i32;
+                tx.update_task(t)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("update");
+    let inc = next(&mut stream).await.expect("incremental");
+    assert_eq!(inc.applies_to, "1");
+    assert!(inc.changes.len() < 4, "the batch is split");
+    assert!(prost::Message::encoded_len(&inc) <= api::assignment_parts::MAX_MESSAGE_BYTES);
+}

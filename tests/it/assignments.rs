@@ -68,6 +68,42 @@ fn running_tasks(rt: &tokio::runtime::Runtime, m: &Swarmd, name: &str) -> BTreeM
     })
 }
 
+/// `service create` arguments for service `name` of `replicas` tasks of ~1.5 MB each (fifteen
+/// 100 KB variables), on node `hostname`, running `command` (program, then swarmctl's `--args`).
+fn big_service(
+    name: &str,
+    image: &str,
+    replicas: &str,
+    hostname: &str,
+    command: &[&str],
+) -> Vec<String> {
+    let value = "x".repeat(100_000);
+    let mut args: Vec<String> = [
+        "service",
+        "create",
+        "--name",
+        name,
+        "--image",
+        image,
+        "--replicas",
+        replicas,
+        "--constraint",
+        &format!("node.hostname=={hostname}"),
+        "--command",
+        command[0],
+        "--args",
+        command[1],
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for i in 0..15 {
+        args.push("--env".into());
+        args.push(format!("E{i}={value}"));
+    }
+    args
+}
+
 #[test]
 fn a_node_whose_assignments_exceed_one_message_runs_them_all() {
     let marker = crate::cluster::marker("bigassign");
@@ -76,30 +112,8 @@ fn a_node_whose_assignments_exceed_one_message_runs_them_all() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let start_rss = rss_kib(m.pid());
 
-    let value = "x".repeat(100_000);
-    let mut args: Vec<String> = [
-        "service",
-        "create",
-        "--name",
-        "big",
-        "--image",
-        "busybox",
-        "--replicas",
-        "3",
-        "--constraint",
-        "node.hostname==node-2",
-        "--command",
-        "/bin/sh",
-        "--args",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!("-c,sleep 300 # {marker}-big"));
-    for i in 0..15 {
-        args.push("--env".into());
-        args.push(format!("E{i}={value}"));
-    }
+    let big = format!("-c,sleep 300 # {marker}-big");
+    let args = big_service("big", "busybox", "3", "node-2", &["/bin/sh", &big]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     m.ctl(&refs).ok();
     for (name, node) in [("small", "node-2"), ("other", "node-3")] {

@@ -1024,21 +1024,52 @@ async fn an_unwritable_task_costs_only_its_own_status_report() {
     assert!(!f.run.is_finished());
 }
 
-/// An agent that did not ask for split sets (SwarmKit's, which applies each COMPLETE message as
-/// the whole set) gets the COMPLETE set in one message, as SwarmKit's dispatcher sends it; its
-/// INCREMENTAL batches are still split.
+/// Through the gRPC service: an agent that did not ask for split sets (SwarmKit's, which
+/// applies each COMPLETE message as the whole set) gets the COMPLETE set in one message, as
+/// SwarmKit's dispatcher sends it, and its INCREMENTAL batches split; one whose request carries
+/// the header (ours) gets the set in parts.
 #[tokio::test(start_paused = true)]
 async fn a_complete_set_is_split_only_for_an_agent_that_asked() {
+    use api::dispatcher_server::Dispatcher as _;
     let tasks: Vec<_> = (0..4)
         .map(|i| big_task(&format!("big{i}"), "n1", TaskState::Running, 1_400_000))
         .collect();
     let f = start(vec![node("n1", NodeState::Ready)], tasks, exact()).await;
-    let (session, _s) = f.open("n1").await;
-    let mut stream = f
-        .dispatcher
-        .assignments_for("n1", &session, false)
-        .expect("stream");
-    let complete = next(&mut stream).await.expect("complete");
+    let service = crate::DispatcherService::local(f.dispatcher.clone(), "n1".into());
+    let mut session = service
+        .session(tonic::Request::new(api::SessionRequest::default()))
+        .await
+        .expect("session")
+        .into_inner();
+    let session_id = next(&mut session).await.expect("first").session_id;
+    let open = |split: bool| {
+        let mut req = tonic::Request::new(api::AssignmentsRequest {
+            session_id: session_id.clone(),
+        });
+        if split {
+            req.metadata_mut().insert(
+                api::assignment_parts::SPLIT_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        let service = service.clone();
+        async move {
+            service
+                .assignments(req)
+                .await
+                .expect("assignments")
+                .into_inner()
+        }
+    };
+
+    let mut ours = open(true).await;
+    let mut last = String::new();
+    let parts = read_set(&mut ours, &mut last).await;
+    assert!(parts.len() >= 2, "{} parts", parts.len());
+    drop(ours);
+
+    let mut theirs = open(false).await;
+    let complete = next(&mut theirs).await.expect("complete");
     assert_eq!(complete.r#type, AssignmentsType::Complete as i32);
     assert_eq!(complete.results_in, "1");
     assert_eq!(complete.changes.len(), 4, "the whole set in one message");
@@ -1053,7 +1084,7 @@ async fn a_complete_set_is_split_only_for_an_agent_that_asked() {
         })
         .await
         .expect("update");
-    let inc = next(&mut stream).await.expect("incremental");
+    let inc = next(&mut theirs).await.expect("incremental");
     assert_eq!(inc.applies_to, "1");
     assert!(inc.changes.len() < 4, "the batch is split");
     assert!(prost::Message::encoded_len(&inc) <= api::assignment_parts::MAX_MESSAGE_BYTES);

@@ -22,9 +22,10 @@ use crate::term::{HEARTBEAT_FAILURE, Term, lock, replace_if_changed};
 pub const DEFAULT_MANAGER_WEIGHT: i64 = 10;
 /// Name of the cluster object whose settings the dispatcher follows.
 const CLUSTER_NAME: &str = "default";
-/// Messages queued for one node's gRPC stream; a slow reader makes its own stream wait, never
-/// the dispatcher.
-const STREAM_CAPACITY: usize = 16;
+/// Session messages queued for one node's gRPC stream; a slow reader makes its own stream wait,
+/// never the dispatcher. A message carries the node object (its description up to a request's
+/// 4 MiB), so a few of them bound what a node that does not read holds here.
+const STREAM_CAPACITY: usize = 4;
 /// Assignments messages queued for one node's stream: each may be up to
 /// `api::assignment_parts::MAX_MESSAGE_BYTES`, and the next is built only when there is room, so
 /// this bounds what a node that reads slowly (or not at all) holds in the dispatcher.

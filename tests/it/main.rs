@@ -21,4 +21,5 @@ mod interop;
 mod orchestration;
 mod persistence;
 mod security;
+mod slow_clients;
 mod tls;

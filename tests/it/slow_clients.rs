@@ -4,6 +4,7 @@
 //! connection that never sends the HTTP/2 preface is closed at SwarmKit's 120 s (ignored: it
 //! waits that long; the mechanism is tested with a short bound in `ca`'s acceptor tests).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ca::test_client::{Io, OpenSslClient, Target};
@@ -17,6 +18,28 @@ use crate::harness::{Swarmd, wait_for};
 const PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
 /// The start of a TLS record holding a ClientHello, and nothing more.
 const PARTIAL_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS.
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+/// Reads the server's first frame, which must be SETTINGS: its settings.
+async fn server_settings(c: &mut (impl AsyncReadExt + Unpin)) -> HashMap<u16, u32> {
+    let mut header = [0u8; 9];
+    c.read_exact(&mut header).await.expect("frame header");
+    assert_eq!(header[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    c.read_exact(&mut payload).await.expect("SETTINGS payload");
+    payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect()
+}
 
 /// swarmd's resident set, KiB.
 fn rss_kib(pid: i32) -> u64 {
@@ -97,13 +120,15 @@ fn half_open_flood_leaves_swarmctl_answering_and_idle_connections_cost_little() 
         for _ in 0..PER_LISTENER {
             let mut c = client.connect(&control).await.expect("TLS");
             c.write_all(PREFACE_AND_SETTINGS).await.expect("write");
-            // The server's SETTINGS: the connection is served.
-            let mut buf = [0u8; 9];
-            tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut buf))
+            // The server's SETTINGS: the connection is served, with its bound on streams.
+            let settings = tokio::time::timeout(Duration::from_secs(10), server_settings(&mut c))
                 .await
-                .expect("server SETTINGS in time")
-                .expect("server SETTINGS");
-            assert_eq!(buf[3], 0x4, "the server's first frame is SETTINGS");
+                .expect("server SETTINGS in time");
+            assert_eq!(
+                settings.get(&MAX_CONCURRENT_STREAMS),
+                Some(&1024),
+                "streams per connection on the control socket: {settings:?}"
+            );
             held.push(c);
         }
         held

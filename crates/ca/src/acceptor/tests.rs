@@ -548,3 +548,31 @@ async fn connections_per_client_are_bounded() {
     assert!(answered, "no room again after one connection closed");
     let _ = stop.send(());
 }
+
+/// Accepted and dialled TCP sockets probe a silent peer: keepalive on, first probe after 15 s
+/// of silence, then every 15 s, 9 of them; no delay.
+#[tokio::test]
+async fn tcp_sockets_keep_alive() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let s = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let before = socket2::SockRef::from(&s);
+    assert!(
+        !before.keepalive().expect("SO_KEEPALIVE"),
+        "on before tuning"
+    );
+    tune_tcp(&s).expect("tune");
+    let sock = socket2::SockRef::from(&s);
+    assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+    assert_eq!(sock.tcp_keepalive_time().expect("idle"), TCP_KEEPALIVE);
+    assert_eq!(
+        sock.tcp_keepalive_interval().expect("interval"),
+        TCP_KEEPALIVE
+    );
+    assert_eq!(
+        sock.tcp_keepalive_retries().expect("count"),
+        TCP_KEEPALIVE_PROBES
+    );
+    assert!(s.nodelay().expect("nodelay"));
+}

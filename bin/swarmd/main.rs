@@ -126,6 +126,24 @@ fn explicitly_given(matches: &clap::ArgMatches, id: &str) -> bool {
     matches.value_source(id) == Some(ValueSource::CommandLine)
 }
 
+/// Raises the soft limit on open files to the hard one, as Go's runtime does at start (and so
+/// SwarmKit's swarmd): every connection is a descriptor, and the accept loops' bounds assume
+/// more than the usual soft 1024.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!("could not raise the open file limit: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let matches = <Flags as clap::CommandFactory>::command().get_matches();
     let flags =
@@ -141,6 +159,7 @@ fn main() -> ExitCode {
         eprintln!("Error: {msg}");
         return ExitCode::from(1);
     }
+    raise_open_file_limit();
     let ids: Vec<String> = NOT_SUPPORTED_YET
         .iter()
         .map(|f| f.replace('-', "_"))

@@ -22,4 +22,5 @@ mod interop;
 mod orchestration;
 mod persistence;
 mod security;
+mod slow_clients;
 mod tls;

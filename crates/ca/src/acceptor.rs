@@ -10,24 +10,26 @@
 //! server name that is not a DNS name with an `illegal_parameter` alert. The SNI carries no
 //! meaning for us: any name, or none, is accepted and ignored.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    AlpnError, Ssl, SslAcceptor, SslAcceptorBuilder, SslMethod, SslOptions, SslSessionCacheMode,
-    SslVerifyMode, SslVersion, select_next_proto,
+    AlpnError, Ssl, SslAcceptor, SslAcceptorBuilder, SslMethod, SslMode, SslOptions,
+    SslSessionCacheMode, SslVerifyMode, SslVersion, select_next_proto,
 };
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509VerifyResult};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_openssl::SslStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -36,10 +38,36 @@ use tracing::debug;
 use crate::tls::{cert_and_key, root_certs};
 use crate::{CaError, CertInfo};
 
-/// A handshake that takes longer than this is dropped, so a stalled client cannot pile up.
+/// A TLS handshake that takes longer than this is dropped, so a stalled client cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections accepted but not yet taken by the server; beyond this, accepting waits.
+/// From accept to the client's HTTP/2 preface and first SETTINGS frame, TLS included: a
+/// connection that has not got that far by then is closed (grpc-go's server ConnectionTimeout,
+/// whose default SwarmKit keeps).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connections of one listener being set up (TLS handshake, then the HTTP/2 preface) at once. A
+/// connection accepted beyond it drops the oldest one still setting up: a flood of half-open
+/// handshakes costs at most this many sockets and tasks, and never keeps a newcomer out.
+const MAX_SETTING_UP: usize = 512;
+/// Set-up connections per client: per source IP on TCP, in all on a unix socket (whose clients are
+/// this host's). A connection beyond it is closed at accept. The TCP bound leaves room for many
+/// nodes behind one address (the dispatcher benchmark runs 1000 from loopback).
+const MAX_CONNECTIONS_PER_CLIENT: usize = 2048;
+/// TCP keepalive on accepted sockets, as Go's listeners (and so SwarmKit's) set it: the first
+/// probe after this much silence, then one each interval, the peer dropped after
+/// [`TCP_KEEPALIVE_PROBES`] unanswered.
+pub(crate) const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Unanswered keepalive probes after which the kernel drops a TCP connection (Go's count).
+pub(crate) const TCP_KEEPALIVE_PROBES: u32 = 9;
+/// Connections set up but not yet taken by the server; beyond this, set-up connections wait.
 const PENDING_CONNECTIONS: usize = 64;
+/// The HTTP/2 client preface (RFC 9113 3.4), before the client's first SETTINGS frame.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The frame header: 24-bit length, type, flags, 31-bit stream ID.
+const FRAME_HEADER: usize = 9;
+/// The SETTINGS frame type.
+const SETTINGS: u8 = 0x4;
+/// Largest first SETTINGS payload taken (the default maximum frame size).
+const MAX_SETTINGS_LEN: usize = 16_384;
 /// The one application protocol offered, in ALPN wire format: `h2` (recent grpc-go clients
 /// require it). A client offering others but not `h2` is refused.
 const ALPN_H2: &[u8] = b"\x02h2";
@@ -98,6 +126,8 @@ fn server_builder(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<SslAcceptorBu
     b.set_session_cache_mode(SslSessionCacheMode::OFF);
     b.set_num_tickets(0)?;
     b.set_options(SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION);
+    // An idle connection keeps no TLS read or write buffer (some 16 KiB each otherwise).
+    b.set_mode(SslMode::RELEASE_BUFFERS);
     b.set_alpn_select_callback(|_, offered| {
         select_next_proto(ALPN_H2, offered).ok_or(AlpnError::ALERT_FATAL)
     });
@@ -156,10 +186,17 @@ pub struct TlsPeer {
     cert: Option<CertInfo>,
 }
 
-/// A TLS connection accepted by [`serve_unix_tls`] or [`serve_tcp_tls`], for tonic's server.
+/// A TLS connection accepted by [`serve_unix_tls`] or [`serve_tcp_tls`], for tonic's server:
+/// its TLS handshake is done and the client's HTTP/2 preface and first SETTINGS frame are in
+/// (read to see them, and given back to the server first).
 pub struct TlsConnection<S> {
     stream: SslStream<S>,
     peer: TlsPeer,
+    /// The preface and SETTINGS frame read during set-up, not yet given to the server.
+    replay: Vec<u8>,
+    replayed: usize,
+    /// The connection's place in its client's bound, given back when it closes.
+    _slot: Option<ClientSlot>,
 }
 
 impl<S> Connected for TlsConnection<S> {
@@ -175,7 +212,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConnection<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.replayed < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replayed);
+            buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -256,7 +304,92 @@ impl Accept for TcpListener {
     type Stream = TcpStream;
     async fn accept_one(&self) -> io::Result<(TcpStream, Option<SocketAddr>)> {
         let (s, peer) = self.accept().await?;
+        if let Err(e) = tune_tcp(&s) {
+            debug!(%peer, "TCP options: {e}");
+        }
         Ok((s, Some(peer)))
+    }
+}
+
+/// No delay (as Go's sockets) and keepalive probes that find a peer gone without a word (its
+/// host down, the network cut) within [`TCP_KEEPALIVE`] x (1 + [`TCP_KEEPALIVE_PROBES`]).
+pub(crate) fn tune_tcp(s: &TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    socket2::SockRef::from(s).set_tcp_keepalive(&keepalive)
+}
+
+/// The bounds of an accept loop ([`Limits::DEFAULT`] in production; tests shorten them).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The TLS handshake's bound.
+    pub handshake: Duration,
+    /// From accept to the HTTP/2 preface and first SETTINGS frame.
+    pub connection: Duration,
+    /// Connections setting up at once.
+    pub setting_up: usize,
+    /// Connections per client (source IP; a unix socket's clients count as one).
+    pub per_client: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        handshake: HANDSHAKE_TIMEOUT,
+        connection: CONNECTION_TIMEOUT,
+        setting_up: MAX_SETTING_UP,
+        per_client: MAX_CONNECTIONS_PER_CLIENT,
+    };
+}
+
+/// What an accept loop counts: the connections setting up, oldest first, each with the sender
+/// whose drop tells its task to give up; the connections of each client.
+#[derive(Default)]
+struct Tracker {
+    next: u64,
+    setting_up: BTreeMap<u64, oneshot::Sender<()>>,
+    clients: HashMap<Option<IpAddr>, usize>,
+}
+
+type SharedTracker = Arc<Mutex<Tracker>>;
+
+fn lock(t: &SharedTracker) -> std::sync::MutexGuard<'_, Tracker> {
+    t.lock().expect("accept tracker mutex is never poisoned")
+}
+
+/// One connection of a client, from accept until it closes.
+struct ClientSlot {
+    tracker: SharedTracker,
+    client: Option<IpAddr>,
+}
+
+impl ClientSlot {
+    /// A slot for `client`, unless it already holds `max`.
+    fn take(tracker: &SharedTracker, client: Option<IpAddr>, max: usize) -> Option<ClientSlot> {
+        let mut t = lock(tracker);
+        let n = t.clients.entry(client).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            tracker: tracker.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut t = lock(&self.tracker);
+        if let Some(n) = t.clients.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                t.clients.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -311,16 +444,63 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(TlsConnection {
         stream,
         peer: TlsPeer { remote_addr, cert },
+        replay: Vec::new(),
+        replayed: 0,
+        _slot: None,
     })
 }
 
-/// Runs the accept loop: every connection is handshaken in its own task (bounded by
-/// [`HANDSHAKE_TIMEOUT`]) and handed over when done; the loop ends when the stream is dropped.
+/// Reads the client's HTTP/2 preface and its first frame, which must be SETTINGS; returns the
+/// bytes read, for the server.
+async fn read_preface<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+    let start = PREFACE.len() + FRAME_HEADER;
+    let mut buf = vec![0; start];
+    r.read_exact(&mut buf).await?;
+    if buf[..PREFACE.len()] != PREFACE[..] {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no HTTP/2 client preface",
+        ));
+    }
+    let header = &buf[PREFACE.len()..];
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    if header[3] != SETTINGS || len > MAX_SETTINGS_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the HTTP/2 client preface is not followed by SETTINGS",
+        ));
+    }
+    buf.resize(start + len, 0);
+    r.read_exact(&mut buf[start..]).await?;
+    Ok(buf)
+}
+
+/// Sets a connection up: the TLS handshake (within `limits.handshake`), then the client's HTTP/2
+/// preface and SETTINGS. The caller bounds the whole by `limits.connection`.
+async fn set_up<S: AsyncRead + AsyncWrite + Unpin>(
+    cfg: &ServerConfig,
+    stream: S,
+    remote_addr: Option<SocketAddr>,
+    limits: Limits,
+) -> io::Result<TlsConnection<S>> {
+    let mut conn = tokio::time::timeout(limits.handshake, handshake(cfg, stream, remote_addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    conn.replay = read_preface(&mut conn.stream).await?;
+    Ok(conn)
+}
+
+/// Runs the accept loop: a connection beyond its client's bound is closed at once; every other
+/// one is set up in its own task ([`set_up`], bounded by `limits.connection` from accept, and
+/// given up for a newer one when `limits.setting_up` are setting up) and handed over when done.
+/// The loop ends when the stream is dropped.
 fn tls_incoming<L: Accept>(
     listener: L,
     tls: ServerTls,
+    limits: Limits,
 ) -> ReceiverStream<io::Result<TlsConnection<L::Stream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(PENDING_CONNECTIONS);
+    let tracker = SharedTracker::default();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -335,17 +515,46 @@ fn tls_incoming<L: Accept>(
                     continue;
                 }
             };
-            let (cfg, tx) = (tls.current(), tx.clone());
+            let deadline = tokio::time::Instant::now() + limits.connection;
+            let peer = remote_addr.map_or_else(|| "unix".to_string(), |a| a.to_string());
+            let client = remote_addr.map(|a| a.ip());
+            let Some(slot) = ClientSlot::take(&tracker, client, limits.per_client) else {
+                debug!(%peer, "connection closed: the client has {} already", limits.per_client);
+                continue;
+            };
+            let (id, given_up) = {
+                let mut t = lock(&tracker);
+                if t.setting_up.len() >= limits.setting_up {
+                    // Dropping the sender tells the oldest one's task to give up.
+                    t.setting_up.pop_first();
+                    debug!(
+                        "{} connections setting up: the oldest closed",
+                        limits.setting_up
+                    );
+                }
+                let (give_up, given_up) = oneshot::channel();
+                let id = t.next;
+                t.next += 1;
+                t.setting_up.insert(id, give_up);
+                (id, given_up)
+            };
+            let (cfg, tx, tracker) = (tls.current(), tx.clone(), tracker.clone());
             tokio::spawn(async move {
-                let peer = remote_addr.map_or_else(|| "unix".to_string(), |a| a.to_string());
-                let accepted =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&cfg, stream, remote_addr));
-                match accepted.await {
-                    Ok(Ok(conn)) => {
+                let res = tokio::select! {
+                    _ = given_up => Err("given up for newer connections".to_string()),
+                    res = tokio::time::timeout_at(deadline, set_up(&cfg, stream, remote_addr, limits)) => match res {
+                        Ok(Ok(conn)) => Ok(conn),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("no HTTP/2 preface within {:?}", limits.connection)),
+                    },
+                };
+                lock(&tracker).setting_up.remove(&id);
+                match res {
+                    Ok(mut conn) => {
+                        conn._slot = Some(slot);
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    Err(e) => debug!(%peer, "connection closed while setting up: {e}"),
                 }
             });
         }
@@ -358,7 +567,7 @@ pub fn serve_unix_tls(
     listener: UnixListener,
     tls: impl Into<ServerTls>,
 ) -> ReceiverStream<io::Result<TlsConnection<UnixStream>>> {
-    tls_incoming(listener, tls.into())
+    tls_incoming(listener, tls.into(), Limits::DEFAULT)
 }
 
 /// TLS connections accepted on a TCP listener, for `Server::serve_with_incoming_shutdown`.
@@ -366,7 +575,7 @@ pub fn serve_tcp_tls(
     listener: TcpListener,
     tls: impl Into<ServerTls>,
 ) -> ReceiverStream<io::Result<TlsConnection<TcpStream>>> {
-    tls_incoming(listener, tls.into())
+    tls_incoming(listener, tls.into(), Limits::DEFAULT)
 }
 
 #[cfg(test)]

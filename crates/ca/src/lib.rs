@@ -23,9 +23,9 @@ mod tls;
 mod token;
 
 pub use acceptor::{
-    ServerConfig, ServerTls, TlsConnection, TlsPeer, control_server_config, mtls_server_config,
-    peer_addr_http, peer_cert_info, peer_cert_info_http, peer_ip, serve_tcp_tls, serve_unix_tls,
-    tls_peer_cert_info_http,
+    CONNECTION_TIMEOUT, ServerConfig, ServerTls, TlsConnection, TlsPeer, control_server_config,
+    mtls_server_config, peer_addr_http, peer_cert_info, peer_cert_info_http, peer_ip,
+    serve_tcp_tls, serve_unix_tls, tls_peer_cert_info_http,
 };
 pub use certinfo::CertInfo;
 pub use client::{

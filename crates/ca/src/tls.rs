@@ -21,6 +21,24 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::{CaError, MANAGER_ROLE};
 
+/// HTTP/2 pings on a connection with calls in flight, so a call to a manager that stopped
+/// answering (paused, or gone where TCP does not tell) fails instead of hanging: one after this
+/// much silence. Not shorter: grpc-go servers (SwarmKit's) close a connection pinged more often
+/// than every 5 minutes while they send nothing (their keepalive enforcement's default).
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(300);
+/// How long a ping may go unanswered before the connection is closed (grpc-go's default).
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The endpoint every channel of ours is made from: a dial bounded by 10 s, HTTP/2 keepalive
+/// while calls are in flight.
+fn endpoint() -> Endpoint {
+    Endpoint::from_static("http://swarm-manager")
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(HTTP2_KEEPALIVE)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false)
+}
+
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -101,10 +119,8 @@ pub fn control_channel(path: &Path) -> Result<Channel, CaError> {
     let server_name = ServerName::try_from(MANAGER_ROLE)
         .map_err(|e| CaError::Transport(e.to_string()))?
         .to_owned();
-    let endpoint =
-        Endpoint::from_static("http://swarm-manager").connect_timeout(Duration::from_secs(10));
     Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        endpoint().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let (connector, path, server_name) =
                 (connector.clone(), path.clone(), server_name.clone());
             async move {
@@ -179,15 +195,13 @@ pub fn tls_channel(
     let addr = addr.to_string();
     let server_name = ServerName::try_from(server_name.to_string())
         .map_err(|e| CaError::Transport(e.to_string()))?;
-    let endpoint =
-        Endpoint::from_static("http://swarm-manager").connect_timeout(Duration::from_secs(10));
     Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        endpoint().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let (connector, addr, server_name) =
                 (connector.clone(), addr.clone(), server_name.clone());
             async move {
                 let stream = TcpStream::connect(&addr).await?;
-                stream.set_nodelay(true)?;
+                crate::acceptor::tune_tcp(&stream)?;
                 let tls = connector.connect(server_name, stream).await?;
                 Ok::<_, io::Error>(TokioIo::new(tls))
             }

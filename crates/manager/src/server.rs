@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::ca_server::CaServer as CaServer_;
 use api::control_server::ControlServer;
@@ -25,6 +26,28 @@ use crate::proxy::ProxyLayer;
 
 /// Largest message a client may send, as SwarmKit's 4 MiB gRPC default.
 const MAX_RECV: usize = 4 << 20;
+/// Streams one connection may have open at once on the control socket (this manager's agent and
+/// swarmctl: a handful each; calls beyond it wait for a stream to end).
+const MAX_STREAMS_LOCAL: u32 = 1024;
+/// The same on the remote port, higher: a follower forwards the Session and Assignments streams
+/// of every agent connected to it to the leader over one connection (grpc-go has no bound).
+const MAX_STREAMS_REMOTE: u32 = 16_384;
+/// An HTTP/2 ping to a client after this much silence, the connection closed when it goes
+/// unanswered for [`HTTP2_KEEPALIVE_TIMEOUT`]: grpc-go's server defaults, which SwarmKit keeps
+/// (TCP keepalive, set by the accept loop, finds a vanished host sooner).
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(2 * 60 * 60);
+/// See [`HTTP2_KEEPALIVE`].
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server with the HTTP/2 bounds both listeners share and `max_streams` streams per connection.
+/// The accept loops (`ca::serve_unix_tls`, `ca::serve_tcp_tls`) bound the connections: set-up
+/// time, connections setting up, connections per client.
+fn builder(max_streams: u32) -> Server {
+    Server::builder()
+        .max_concurrent_streams(max_streams)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+}
 
 /// Creates the socket's parent directory (0700) if needed, removes a stale socket and binds with
 /// mode 0600.
@@ -75,7 +98,7 @@ pub async fn serve_control(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let incoming = ca::serve_unix_tls(listener, tls);
-    let res = Server::builder()
+    let res = builder(MAX_STREAMS_LOCAL)
         .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
@@ -119,7 +142,7 @@ pub async fn serve_remote(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let incoming = ca::serve_tcp_tls(listener, tls);
-    let res = Server::builder()
+    let res = builder(MAX_STREAMS_REMOTE)
         .layer(AuthLayer(services.auth))
         .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))

@@ -14,7 +14,10 @@ use tonic::{Request, Response, Status};
 
 use super::*;
 use crate::test_client::{OpenSslClient, Target};
-use crate::{NodeKey, RootCa, control_channel, mtls_client_config, tls_channel};
+use crate::{
+    NodeKey, RootCa, control_channel, insecure_client_config, mtls_client_config, tls_channel,
+};
+use tokio::io::AsyncWriteExt;
 
 /// SERVING to a client whose certificate says worker `w1` of cluster `c1`, NOT_SERVING to one
 /// without a certificate, PermissionDenied to any other identity; Internal when the caller's
@@ -343,4 +346,233 @@ async fn remote_api_follows_root_rotation() {
         "old root still trusted"
     );
     let _ = stop.send(());
+}
+
+/// A control socket config (certificate of manager `m1`).
+fn control_cfg() -> ServerConfig {
+    let root = RootCa::generate().expect("root");
+    let (cert, key) = node_cert(&root, "m1", api::NodeRole::Manager);
+    control_server_config(&cert, &key).expect("config")
+}
+
+/// Serves [`PeerCheck`] on a fresh unix socket in `dir`, with `limits`.
+fn start_unix_limited(dir: &Path, limits: Limits) -> (PathBuf, tokio::sync::oneshot::Sender<()>) {
+    let sock = dir.join("s.sock");
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let incoming = tls_incoming(listener, control_cfg().into(), limits);
+    (sock, serve_peer_check(incoming, false))
+}
+
+/// A SETTINGS frame with no setting: the rest of an HTTP/2 client's handshake after the preface.
+const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+
+/// Whether the peer closes `s` within `bound` (whatever it sends before is read and dropped).
+async fn closed_within(s: &mut (impl AsyncRead + Unpin), bound: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(bound, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// TLS done, then nothing: the connection is closed once the connection timeout (shortened
+/// here) has passed since accept, not before; so is one that sends the preface but no SETTINGS.
+/// A client that completes the HTTP/2 handshake is served, and its connection stays open past it.
+#[tokio::test]
+async fn connection_without_http2_preface_is_closed() {
+    let limits = Limits {
+        connection: Duration::from_millis(800),
+        ..Limits::DEFAULT
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, stop) = start_unix_limited(dir.path(), limits);
+    let target = Target::Unix(sock.clone());
+    let client = OpenSslClient::new("swarm-manager");
+
+    let started = std::time::Instant::now();
+    let mut silent = client.connect(&target).await.expect("TLS");
+    let mut preface_only = client.connect(&target).await.expect("TLS");
+    preface_only.write_all(PREFACE).await.expect("write");
+    let mut complete = client.connect(&target).await.expect("TLS");
+    complete.write_all(PREFACE).await.expect("write");
+    complete.write_all(EMPTY_SETTINGS).await.expect("write");
+
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "silent one left open"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "closed after {waited:?}, before the bound"
+    );
+    assert!(
+        closed_within(&mut preface_only, Duration::from_secs(10)).await,
+        "preface only left open"
+    );
+    assert!(
+        !closed_within(&mut complete, Duration::from_millis(1500)).await,
+        "a connection that completed the HTTP/2 handshake was closed"
+    );
+    // The preface read during set-up reached the server: real calls work.
+    assert_eq!(
+        check_on(control_channel(&sock).expect("channel"))
+            .await
+            .expect("check"),
+        ANONYMOUS
+    );
+    let _ = stop.send(());
+}
+
+/// Something else than HTTP/2 after TLS is closed at once.
+#[tokio::test]
+async fn preface_must_be_http2_then_settings() {
+    let mut ok: &[u8] = &[
+        PREFACE.as_slice(),
+        &[0, 0, 6, SETTINGS, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0xff],
+    ]
+    .concat();
+    assert_eq!(
+        read_preface(&mut ok).await.expect("preface").len(),
+        24 + 9 + 6
+    );
+    assert_eq!(ok, &[0xff], "nothing past the SETTINGS frame is read");
+    let mut http1: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nmore bytes here";
+    assert!(read_preface(&mut http1).await.is_err());
+    let mut ping_first: &[u8] = &[PREFACE.as_slice(), &[0, 0, 8, 6, 0, 0, 0, 0, 0]].concat();
+    assert!(read_preface(&mut ping_first).await.is_err());
+    let mut short: &[u8] = &PREFACE[..10];
+    assert!(read_preface(&mut short).await.is_err());
+}
+
+/// A flood of half-open connections (TCP only, a partial ClientHello, TLS without preface) on
+/// the control socket: at most `setting_up` of them stay open, the oldest being closed for the
+/// newer ones, and a client still gets its answer at once.
+#[tokio::test]
+async fn handshake_flood_leaves_the_socket_answering() {
+    let limits = Limits {
+        setting_up: 16,
+        ..Limits::DEFAULT
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, stop) = start_unix_limited(dir.path(), limits);
+    let mut flood: Vec<Box<dyn crate::test_client::Io>> = Vec::new();
+    for i in 0..150 {
+        let mut s = UnixStream::connect(&sock).await.expect("connect");
+        if i % 3 == 1 {
+            // The start of a TLS record holding a ClientHello, and nothing more.
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .expect("write");
+        }
+        if i % 3 == 2 {
+            let tls = OpenSslClient::new("x")
+                .connect(&Target::Unix(sock.clone()))
+                .await
+                .expect("TLS");
+            flood.push(Box::new(tls));
+        }
+        flood.push(Box::new(s));
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(
+        check_on(control_channel(&sock).expect("channel"))
+            .await
+            .expect("check"),
+        ANONYMOUS
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the check took {took:?}");
+
+    let mut probes = tokio::task::JoinSet::new();
+    for mut s in flood {
+        probes.spawn(async move { closed_within(&mut s, Duration::from_secs(2)).await });
+    }
+    let open = probes
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|closed| !closed)
+        .count();
+    assert!(open <= 16, "{open} half-open connections still open");
+    assert!(
+        open > 0,
+        "even the newest half-open connections were closed"
+    );
+    let _ = stop.send(());
+}
+
+/// A client with `per_client` connections (set up or not) has its next one closed at accept,
+/// and gets one again once it closes one. Over TCP the bound is per source IP.
+#[tokio::test]
+async fn connections_per_client_are_bounded() {
+    let limits = Limits {
+        per_client: 4,
+        ..Limits::DEFAULT
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let stop = serve_peer_check(tls_incoming(listener, control_cfg().into(), limits), true);
+    let target = Target::Tcp(addr.clone());
+    let client = OpenSslClient::new("127.0.0.1");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = client.connect(&target).await.expect("TLS");
+        c.write_all(PREFACE).await.expect("write");
+        c.write_all(EMPTY_SETTINGS).await.expect("write");
+        held.push(c);
+    }
+    let raw = TcpStream::connect(&addr).await.expect("connect");
+    // The fifth is closed before TLS: the handshake fails.
+    let fifth = tokio::time::timeout(Duration::from_secs(10), client.connect(&target)).await;
+    assert!(matches!(fifth, Ok(Err(_))), "a fifth connection got in");
+    drop(raw);
+    let cfg = insecure_client_config().expect("client config");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let answered = loop {
+        let channel = tls_channel(&addr, cfg.clone(), "swarm-manager").expect("channel");
+        if check_on(channel).await.is_ok() {
+            break true;
+        }
+        if std::time::Instant::now() > until {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(answered, "no room again after one connection closed");
+    let _ = stop.send(());
+}
+
+/// Accepted and dialled TCP sockets probe a silent peer: keepalive on, first probe after 15 s
+/// of silence, then every 15 s, 9 of them; no delay.
+#[tokio::test]
+async fn tcp_sockets_keep_alive() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let s = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let before = socket2::SockRef::from(&s);
+    assert!(
+        !before.keepalive().expect("SO_KEEPALIVE"),
+        "on before tuning"
+    );
+    tune_tcp(&s).expect("tune");
+    let sock = socket2::SockRef::from(&s);
+    assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+    assert_eq!(sock.tcp_keepalive_time().expect("idle"), TCP_KEEPALIVE);
+    assert_eq!(
+        sock.tcp_keepalive_interval().expect("interval"),
+        TCP_KEEPALIVE
+    );
+    assert_eq!(
+        sock.tcp_keepalive_retries().expect("count"),
+        TCP_KEEPALIVE_PROBES
+    );
+    assert!(s.nodelay().expect("nodelay"));
 }

@@ -33,7 +33,7 @@ fn not_found(id: &str) -> Status {
 
 /// A duration Go's DurationFromProto accepts: nanos in range with the sign of seconds.
 fn valid_duration(d: &prost_types::Duration) -> bool {
-    d.nanos.abs() < 1_000_000_000
+    d.nanos.unsigned_abs() < 1_000_000_000
         && !(d.seconds > 0 && d.nanos < 0)
         && !(d.seconds < 0 && d.nanos > 0)
         && d.seconds.unsigned_abs() <= 9_223_372_036

@@ -19,6 +19,8 @@ use api::control_server::ControlServer;
 use http_body_util::{BodyExt, Full};
 use manager::controlapi::{ControlApi, RaftMembers};
 use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 use store::{By, MemoryStore};
 use tonic::codegen::{Bytes, http};
 use tonic::{Code, Status};
@@ -58,18 +60,15 @@ impl RaftMembers for Members {
     }
 }
 
-/// A small deterministic generator (xorshift64*) so a failing case can be replayed by seed.
-struct Rng(u64);
+/// A seeded generator, so a failing case can be replayed by seed.
+struct Rng(StdRng);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Rng(StdRng::seed_from_u64(seed))
     }
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -686,6 +685,49 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
             }
         };
     }
+    // Filters on the usual fields (names, ID prefixes, labels, name prefixes) and `extra`, or none.
+    macro_rules! filters {
+        ($($seg:ident)::+ { $($extra:tt)* }) => {
+            rng.chance(2).then(|| $($seg)::+ {
+                names: some_strings(rng, &w),
+                id_prefixes: some_strings(rng, &w),
+                labels: some_labels(rng),
+                name_prefixes: some_strings(rng, &w),
+                $($extra)*
+            })
+        };
+    }
+    // An update of the labels of a secret or config (the rest of its spec as stored).
+    macro_rules! update_labels {
+        ($table:ident, $req:ident, $id:ident, $version:ident) => {{
+            let o = obj!($table);
+            let mut spec = o.spec.clone().unwrap_or_default();
+            spec.data.clear();
+            if let Some(a) = spec.annotations.as_mut() {
+                a.labels.insert("v".into(), fresh.clone());
+            }
+            api::$req {
+                $id: o.id.clone(),
+                $version: version(&o.meta),
+                spec: Some(spec),
+            }
+            .encode_to_vec()
+        }};
+    }
+    // A new secret or config of a few random bytes.
+    macro_rules! create_data {
+        ($req:ident, $spec:ident) => {{
+            let n = 1 + rng.below(64);
+            api::$req {
+                spec: Some(api::$spec {
+                    annotations: annotations(&fresh),
+                    data: rng.bytes(n),
+                    ..Default::default()
+                }),
+            }
+            .encode_to_vec()
+        }};
+    }
     macro_rules! obj {
         ($table:ident) => {
             rng.pick(&snap.$table).cloned().unwrap_or_default()
@@ -697,14 +739,10 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
         }
         .encode_to_vec(),
         "ListNodes" => api::ListNodesRequest {
-            filters: rng.chance(2).then(|| api::list_nodes_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
+            filters: filters!(api::list_nodes_request::Filters {
                 node_labels: some_labels(rng),
                 memberships: (0..rng.below(2)).map(|_| rng.below(3) as i32).collect(),
                 roles: (0..rng.below(2)).map(|_| rng.below(3) as i32).collect(),
-                name_prefixes: some_strings(rng, &w),
             }),
         }
         .encode_to_vec(),
@@ -732,16 +770,12 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
         }
         .encode_to_vec(),
         "ListTasks" => api::ListTasksRequest {
-            filters: rng.chance(2).then(|| api::list_tasks_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
+            filters: filters!(api::list_tasks_request::Filters {
                 service_ids: some_strings(rng, &w),
                 node_ids: some_strings(rng, &w),
                 desired_states: (0..rng.below(2))
                     .map(|_| 64 * rng.below(10) as i32)
                     .collect(),
-                name_prefixes: some_strings(rng, &w),
                 runtimes: if rng.chance(2) {
                     vec!["container".to_string()]
                 } else {
@@ -761,11 +795,7 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
         }
         .encode_to_vec(),
         "ListServices" => api::ListServicesRequest {
-            filters: rng.chance(2).then(|| api::list_services_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
-                name_prefixes: some_strings(rng, &w),
+            filters: filters!(api::list_services_request::Filters {
                 runtimes: if rng.chance(2) {
                     vec!["container".to_string()]
                 } else {
@@ -817,12 +847,7 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
         .encode_to_vec(),
         "ListNetworks" => api::ListNetworksRequest {
             appdata: None,
-            filters: rng.chance(2).then(|| api::list_networks_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
-                name_prefixes: some_strings(rng, &w),
-            }),
+            filters: filters!(api::list_networks_request::Filters {}),
         }
         .encode_to_vec(),
         "CreateNetwork" => api::CreateNetworkRequest {
@@ -839,12 +864,7 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
         }
         .encode_to_vec(),
         "ListClusters" => api::ListClustersRequest {
-            filters: rng.chance(2).then(|| api::list_clusters_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
-                name_prefixes: some_strings(rng, &w),
-            }),
+            filters: filters!(api::list_clusters_request::Filters {}),
         }
         .encode_to_vec(),
         "UpdateCluster" => {
@@ -879,40 +899,12 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
             secret_id: id_of!(secrets),
         }
         .encode_to_vec(),
-        "UpdateSecret" => {
-            let s: api::Secret = obj!(secrets);
-            let mut spec = s.spec.clone().unwrap_or_default();
-            spec.data.clear();
-            if let Some(a) = spec.annotations.as_mut() {
-                a.labels.insert("v".into(), fresh.clone());
-            }
-            api::UpdateSecretRequest {
-                secret_id: s.id.clone(),
-                secret_version: version(&s.meta),
-                spec: Some(spec),
-            }
-            .encode_to_vec()
-        }
+        "UpdateSecret" => update_labels!(secrets, UpdateSecretRequest, secret_id, secret_version),
         "ListSecrets" => api::ListSecretsRequest {
-            filters: rng.chance(2).then(|| api::list_secrets_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
-                name_prefixes: some_strings(rng, &w),
-            }),
+            filters: filters!(api::list_secrets_request::Filters {}),
         }
         .encode_to_vec(),
-        "CreateSecret" => api::CreateSecretRequest {
-            spec: Some(api::SecretSpec {
-                annotations: annotations(&fresh),
-                data: {
-                    let n = 1 + rng.below(64);
-                    rng.bytes(n)
-                },
-                ..Default::default()
-            }),
-        }
-        .encode_to_vec(),
+        "CreateSecret" => create_data!(CreateSecretRequest, SecretSpec),
         "RemoveSecret" => api::RemoveSecretRequest {
             secret_id: id_of!(secrets),
         }
@@ -921,39 +913,12 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
             config_id: id_of!(configs),
         }
         .encode_to_vec(),
-        "UpdateConfig" => {
-            let c: api::Config = obj!(configs);
-            let mut spec = c.spec.clone().unwrap_or_default();
-            if let Some(a) = spec.annotations.as_mut() {
-                a.labels.insert("v".into(), fresh.clone());
-            }
-            api::UpdateConfigRequest {
-                config_id: c.id.clone(),
-                config_version: version(&c.meta),
-                spec: Some(spec),
-            }
-            .encode_to_vec()
-        }
+        "UpdateConfig" => update_labels!(configs, UpdateConfigRequest, config_id, config_version),
         "ListConfigs" => api::ListConfigsRequest {
-            filters: rng.chance(2).then(|| api::list_configs_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
-                name_prefixes: some_strings(rng, &w),
-            }),
+            filters: filters!(api::list_configs_request::Filters {}),
         }
         .encode_to_vec(),
-        "CreateConfig" => api::CreateConfigRequest {
-            spec: Some(api::ConfigSpec {
-                annotations: annotations(&fresh),
-                data: {
-                    let n = 1 + rng.below(64);
-                    rng.bytes(n)
-                },
-                ..Default::default()
-            }),
-        }
-        .encode_to_vec(),
+        "CreateConfig" => create_data!(CreateConfigRequest, ConfigSpec),
         "RemoveConfig" => api::RemoveConfigRequest {
             config_id: id_of!(configs),
         }
@@ -993,11 +958,7 @@ fn valid_request(method: &str, rng: &mut Rng, store: &MemoryStore) -> Vec<u8> {
             .encode_to_vec()
         }
         "ListResources" => api::ListResourcesRequest {
-            filters: rng.chance(2).then(|| api::list_resources_request::Filters {
-                names: some_strings(rng, &w),
-                id_prefixes: some_strings(rng, &w),
-                labels: some_labels(rng),
-                name_prefixes: some_strings(rng, &w),
+            filters: filters!(api::list_resources_request::Filters {
                 kind: if rng.chance(2) {
                     "ext1".to_string()
                 } else {

@@ -1430,7 +1430,7 @@ fn every_control_method_has_a_generator() {
 #[tokio::test(flavor = "current_thread")]
 async fn control_requests_fail_cleanly_and_change_nothing_on_error() {
     let seed = env_u64("CONTROL_FUZZ_SEED").unwrap_or(0x5eed_0014);
-    let cases = env_u64("CONTROL_FUZZ_CASES").unwrap_or(120) as usize;
+    let cases = env_u64("CONTROL_FUZZ_CASES").unwrap_or(100) as usize;
     let methods = method_table();
     assert_eq!(methods.len(), proto_methods().len());
     let seeded = seeded().await;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use store::By;
 use tonic::Status;
 
-use super::validate::{duration_nanos, invalid_argument};
+use super::validate::{duration_error, duration_nanos, invalid_argument};
 use super::{
     ControlApi, any_of, filter_contains, filter_contains_prefix, filter_match_labels, labels_of,
     name_of, set_version,
@@ -31,12 +31,9 @@ fn not_found(id: &str) -> Status {
     Status::not_found(format!("cluster {id} not found"))
 }
 
-/// A duration Go's DurationFromProto accepts: nanos in range with the sign of seconds.
+/// A duration Go's DurationFromProto accepts ([`duration_error`]).
 fn valid_duration(d: &prost_types::Duration) -> bool {
-    d.nanos.abs() < 1_000_000_000
-        && !(d.seconds > 0 && d.nanos < 0)
-        && !(d.seconds < 0 && d.nanos > 0)
-        && d.seconds.unsigned_abs() <= 9_223_372_036
+    duration_error(d).is_none()
 }
 
 fn validate_cluster_spec(spec: Option<&api::ClusterSpec>) -> Result<&api::ClusterSpec, Status> {

@@ -63,6 +63,32 @@ pub fn duration_nanos(d: &prost_types::Duration) -> i128 {
     i128::from(d.seconds) * 1_000_000_000 + i128::from(d.nanos)
 }
 
+/// Why `d` is no duration SwarmKit accepts, if it is not (gogo's `DurationFromProto`: nanos
+/// within a second and of the seconds' sign, the whole an int64 of nanoseconds).
+pub fn duration_error(d: &prost_types::Duration) -> Option<&'static str> {
+    if d.nanos.unsigned_abs() >= 1_000_000_000 {
+        return Some("nanos out of range");
+    }
+    if (d.seconds < 0 && d.nanos > 0) || (d.seconds > 0 && d.nanos < 0) {
+        return Some("seconds and nanos have different signs");
+    }
+    if i64::try_from(duration_nanos(d)).is_err() {
+        return Some("out of range for time.Duration");
+    }
+    None
+}
+
+/// Refuses an invalid duration `field` (SwarmKit fails to convert it and refuses the spec).
+fn check_duration(field: &str, d: Option<&prost_types::Duration>) -> Result<(), Status> {
+    match d.and_then(|d| duration_error(d).map(|reason| (d, reason))) {
+        Some((d, reason)) => Err(Status::invalid_argument(format!(
+            "{field}: duration seconds:{} nanos:{}: {reason}",
+            d.seconds, d.nanos
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn validate_resources(r: Option<&api::Resources>) -> Result<(), Status> {
     let Some(r) = r else { return Ok(()) };
     if r.nano_cpus != 0 && r.nano_cpus < 1_000_000 {
@@ -89,6 +115,8 @@ fn validate_resource_requirements(r: Option<&api::ResourceRequirements>) -> Resu
 
 fn validate_restart_policy(rp: Option<&api::RestartPolicy>) -> Result<(), Status> {
     let Some(rp) = rp else { return Ok(()) };
+    check_duration("TaskSpec: restart-delay", rp.delay.as_ref())?;
+    check_duration("TaskSpec: restart-window", rp.window.as_ref())?;
     if rp.delay.as_ref().is_some_and(|d| duration_nanos(d) < 0) {
         return Err(Status::invalid_argument(
             "TaskSpec: restart-delay cannot be negative",
@@ -105,6 +133,8 @@ fn validate_restart_policy(rp: Option<&api::RestartPolicy>) -> Result<(), Status
 /// Validates an update (or rollback) config of a non-job service.
 fn validate_update(uc: Option<&api::UpdateConfig>) -> Result<(), Status> {
     let Some(uc) = uc else { return Ok(()) };
+    check_duration("TaskSpec: update-delay", uc.delay.as_ref())?;
+    check_duration("TaskSpec: update-monitor", uc.monitor.as_ref())?;
     if uc.delay.as_ref().is_some_and(|d| duration_nanos(d) < 0) {
         return Err(Status::invalid_argument(
             "TaskSpec: update-delay cannot be negative",
@@ -272,6 +302,10 @@ fn validate_health_check(hc: Option<&api::HealthConfig>) -> Result<(), Status> {
         ("StartPeriod", &hc.start_period),
         ("StartInterval", &hc.start_interval),
     ] {
+        check_duration(
+            &format!("ContainerSpec: {field} in HealthConfig"),
+            d.as_ref(),
+        )?;
         if too_short(d) {
             return Err(Status::invalid_argument(format!(
                 "ContainerSpec: {field} in HealthConfig cannot be less than 1ms"
@@ -542,6 +576,80 @@ mod tests {
         ] {
             check_reference(bad, false);
         }
+    }
+
+    /// Found by tests/control_fuzz.rs: durations SwarmKit cannot convert (so refuses) were
+    /// stored (i64::MAX seconds of restart delay: billions of years for the orchestrator).
+    #[test]
+    fn invalid_durations_are_refused() {
+        let spec = |f: fn(&mut api::ServiceSpec, Option<prost_types::Duration>)| {
+            move |seconds, nanos| {
+                let mut s = api::ServiceSpec {
+                    annotations: Some(api::Annotations {
+                        name: "web".into(),
+                        ..Default::default()
+                    }),
+                    task: Some(api::TaskSpec {
+                        runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                            api::ContainerSpec {
+                                image: "nginx".into(),
+                                ..Default::default()
+                            },
+                        ))),
+                        ..Default::default()
+                    }),
+                    mode: Some(api::service_spec::Mode::Replicated(
+                        api::ReplicatedService { replicas: 1 },
+                    )),
+                    ..Default::default()
+                };
+                f(&mut s, Some(prost_types::Duration { seconds, nanos }));
+                validate_service_spec(Some(&s)).map(|_| ())
+            }
+        };
+        let restart_delay = spec(|s, d| {
+            s.task.as_mut().expect("task").restart = Some(Box::new(api::RestartPolicy {
+                delay: d,
+                ..Default::default()
+            }))
+        });
+        let update_monitor = spec(|s, d| {
+            s.update = Some(api::UpdateConfig {
+                monitor: d,
+                ..Default::default()
+            })
+        });
+        let health_timeout = spec(|s, d| {
+            if let Some(api::task_spec::Runtime::Container(c)) =
+                s.task.as_mut().and_then(|t| t.runtime.as_mut())
+            {
+                c.healthcheck = Some(api::HealthConfig {
+                    timeout: d,
+                    ..Default::default()
+                });
+            }
+        });
+        let refused = |r: Result<(), Status>, message: &str| {
+            let e = r.expect_err(message);
+            assert_eq!(
+                (e.code(), e.message()),
+                (tonic::Code::InvalidArgument, message)
+            );
+        };
+        refused(
+            restart_delay(1, -5),
+            "TaskSpec: restart-delay: duration seconds:1 nanos:-5: seconds and nanos have different signs",
+        );
+        refused(
+            update_monitor(0, 1_000_000_000),
+            "TaskSpec: update-monitor: duration seconds:0 nanos:1000000000: nanos out of range",
+        );
+        refused(
+            health_timeout(i64::MAX, 0),
+            "ContainerSpec: Timeout in HealthConfig: duration seconds:9223372036854775807 nanos:0: out of range for time.Duration",
+        );
+        assert!(restart_delay(9_223_372_036, 854_775_807).is_ok());
+        assert!(restart_delay(-1, -5).is_err(), "negative, still refused");
     }
 
     fn check_constraint(expr: &str, expected: Result<(), &str>) {

@@ -205,3 +205,39 @@ fn rotation_keys_are_redacted() {
     assert!(rotation.ca_key.is_empty());
     assert!(!rotation.ca_cert.is_empty() && !rotation.cross_signed_ca_cert.is_empty());
 }
+
+/// Found by tests/control_fuzz.rs: `i32::MIN` nanoseconds overflowed the validity check
+/// (a panic in debug builds) instead of being refused as an invalid duration.
+#[test]
+fn durations_with_the_lowest_nanos_are_refused() {
+    let min_nanos = |seconds| {
+        Some(prost_types::Duration {
+            seconds,
+            nanos: i32::MIN,
+        })
+    };
+    let mut spec = api::ClusterSpec {
+        annotations: Some(api::Annotations {
+            name: "default".into(),
+            ..Default::default()
+        }),
+        ca_config: Some(api::CaConfig {
+            node_cert_expiry: min_nanos(7_776_000),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let refused = |spec: &api::ClusterSpec| {
+        let e = validate_cluster_spec(Some(spec)).expect_err("refused");
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::InvalidArgument, "invalid argument")
+        );
+    };
+    refused(&spec);
+    spec.ca_config = None;
+    spec.dispatcher = Some(api::DispatcherConfig {
+        heartbeat_period: min_nanos(-5),
+    });
+    refused(&spec);
+}

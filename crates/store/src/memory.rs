@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use tracing::{debug, warn};
 
 use crate::error::StoreError;
-use crate::proposer::Proposer;
+use crate::proposer::{ProposeError, Proposer};
 use crate::table::Tables;
 use crate::tx::{Change, Mode, ReadTx, Tx};
 use crate::watch::{Event, Subscriber, WatchFilter, Watcher, subscribe};
@@ -118,14 +118,70 @@ impl MemoryStore {
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
         let _serial = self.inner.update_lock.lock().await;
-        let (result, changes, seen) = {
+        let (result, written) = {
             let state = self.read_state();
             let mut tx = Tx::new(&state.tables, Mode::Local);
             let result = f(&mut tx)?;
-            (result, tx.into_local_changes(), state.generation)
+            (result, Written::of(tx, state.generation))
         };
+        self.commit(written).await?;
+        Ok(result)
+    }
+
+    /// Writes `items` in as few transactions as SwarmKit's batch limits allow (SwarmKit's
+    /// `Batch`): `write` is called for each item in order, and a transaction is committed once it
+    /// holds [`crate::MAX_CHANGES_PER_TRANSACTION`] writes or [`crate::BATCH_BYTES`]. Unlike
+    /// SwarmKit's, a batch never grows past [`crate::MAX_TRANSACTION_BYTES`] by its last item: that
+    /// item goes to the next transaction, so only an item too large on its own is refused. An item
+    /// whose `write` fails is left out (its error is returned, in item order, with those of
+    /// transactions that failed as a whole); the others are written.
+    pub async fn batch<T: Sync>(
+        &self,
+        items: &[T],
+        write: impl Fn(&mut Tx<'_>, &T) -> Result<(), StoreError> + Send + Sync,
+    ) -> Vec<StoreError> {
+        let mut errors = Vec::new();
+        let mut start = 0;
+        while start < items.len() {
+            let _serial = self.inner.update_lock.lock().await;
+            let (end, written) = {
+                let state = self.read_state();
+                match fill_batch(&state.tables, &items[start..], &write) {
+                    Filled::Failed(e) => {
+                        errors.push(e);
+                        (start + 1, None)
+                    }
+                    Filled::Batch(n, tx) => (start + n, Some(Written::of(tx, state.generation))),
+                }
+            };
+            start = end;
+            if let Some(written) = written
+                && let Err(e) = self.commit(written).await
+            {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// Proposes (or, without a proposer, applies) what a local transaction wrote, after
+    /// refusing an entry larger than SwarmKit's limit.
+    async fn commit(&self, written: Written) -> Result<(), StoreError> {
+        let Written {
+            changes,
+            proposal_len,
+            seen,
+        } = written;
         if changes.is_empty() {
-            return Ok(result);
+            return Ok(());
+        }
+        if proposal_len > crate::limits::MAX_TRANSACTION_BYTES {
+            debug!(
+                bytes = proposal_len,
+                limit = crate::limits::MAX_TRANSACTION_BYTES,
+                "store write refused: too large"
+            );
+            return Err(ProposeError::TooLarge.into());
         }
         let proposer = self
             .inner
@@ -153,7 +209,7 @@ impl MemoryStore {
                 self.apply_changes(index, changes, Some(seen))?;
             }
         }
-        Ok(result)
+        Ok(())
     }
 
     /// Applies committed actions at raft `index` (raft state machine, and replay after restart): all of
@@ -278,6 +334,70 @@ impl MemoryStore {
     /// Highest index applied so far.
     pub fn last_index(&self) -> u64 {
         self.read_state().last_index
+    }
+}
+
+/// What a local transaction wrote, ready to commit.
+struct Written {
+    changes: Vec<Change>,
+    proposal_len: usize,
+    /// The generation of the tables the transaction saw.
+    seen: u64,
+}
+
+impl Written {
+    fn of(tx: Tx<'_>, seen: u64) -> Self {
+        let proposal_len = tx.proposal_len();
+        Written {
+            changes: tx.into_local_changes(),
+            proposal_len,
+            seen,
+        }
+    }
+}
+
+/// The first transaction of a batch.
+enum Filled<'a> {
+    /// The first item's write failed: it is left out.
+    Failed(StoreError),
+    /// A transaction holding the writes of this many items.
+    Batch(usize, Tx<'a>),
+}
+
+/// Writes items into one transaction until it is full ([`Tx::batch_full`]), the items run out,
+/// or an item fails or would take the entry past the limit; the transaction then holds only the
+/// items before that one (it is written again without it: a `Tx` cannot take back a write).
+fn fill_batch<'a, T>(
+    tables: &'a Tables,
+    items: &[T],
+    write: &impl Fn(&mut Tx<'_>, &T) -> Result<(), StoreError>,
+) -> Filled<'a> {
+    let mut limit = items.len();
+    loop {
+        let mut tx = Tx::new(tables, Mode::Local);
+        let mut done = 0;
+        let mut cut = None;
+        while done < limit {
+            if let Err(e) = write(&mut tx, &items[done]) {
+                if done == 0 {
+                    return Filled::Failed(e);
+                }
+                cut = Some(done);
+                break;
+            }
+            done += 1;
+            if done > 1 && tx.proposal_len() > crate::limits::MAX_TRANSACTION_BYTES {
+                cut = Some(done - 1);
+                break;
+            }
+            if tx.batch_full() {
+                break;
+            }
+        }
+        match cut {
+            Some(n) => limit = n,
+            None => return Filled::Batch(done, tx),
+        }
     }
 }
 

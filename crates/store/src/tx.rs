@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use crate::by::{By, Query};
 use crate::error::StoreError;
+use crate::limits;
 use crate::object::{Kind, StoreObject, object_into_target, target_into_object, with_kind};
 use crate::shared::Shared;
 use crate::table::{Overlay, Tables};
@@ -255,6 +256,8 @@ pub struct Tx<'a> {
     mode: Mode,
     now: prost_types::Timestamp,
     changes: Vec<Change>,
+    /// Encoded size of the raft entry `changes` make (`Mode::Local`).
+    proposal_len: usize,
     events: Vec<Event>,
 }
 
@@ -272,6 +275,7 @@ impl<'a> Tx<'a> {
             mode,
             now: prost_types::Timestamp::from(SystemTime::now()),
             changes: Vec::new(),
+            proposal_len: crate::limits::REQUEST_ID_BYTES,
             events: Vec::new(),
         }
     }
@@ -384,6 +388,7 @@ impl<'a> Tx<'a> {
                     EventKind::Update => api::StoreActionKind::StoreActionUpdate,
                     EventKind::Remove => api::StoreActionKind::StoreActionRemove,
                 };
+                self.proposal_len += limits::framed_len(limits::action_len(&shared));
                 self.changes.push(Change {
                     action,
                     object: shared,
@@ -467,6 +472,34 @@ impl<'a> Tx<'a> {
                 tracing::warn!(kind = %T::KIND, id, error = %e, "restore: snapshot object skipped");
             }
         }
+    }
+
+    /// Encoded size of the raft entry this (local) transaction's writes make so far: what
+    /// [`crate::MAX_TRANSACTION_BYTES`] bounds.
+    pub fn proposal_len(&self) -> usize {
+        self.proposal_len
+    }
+
+    /// Number of writes this (local) transaction made so far.
+    pub fn change_count(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether a batch should commit this transaction before writing more: SwarmKit's batch
+    /// limits, [`crate::MAX_CHANGES_PER_TRANSACTION`] writes or [`crate::BATCH_BYTES`].
+    pub fn batch_full(&self) -> bool {
+        self.changes.len() >= limits::MAX_CHANGES_PER_TRANSACTION
+            || self.proposal_len >= limits::BATCH_BYTES
+    }
+
+    /// Whether a batch may still write `object` into this transaction, `slack` bytes larger than it
+    /// is now: the transaction is empty, or it is not [full](Tx::batch_full) and the object would
+    /// not take it past [`crate::MAX_TRANSACTION_BYTES`].
+    pub fn has_room_for(&self, object: &impl prost::Message, slack: usize) -> bool {
+        self.changes.is_empty()
+            || (!self.batch_full()
+                && self.proposal_len + limits::write_len(object.encoded_len() + slack)
+                    <= limits::MAX_TRANSACTION_BYTES)
     }
 
     /// The changes to propose or apply (for `Mode::Local`). The transaction's own copies are

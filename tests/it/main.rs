@@ -18,6 +18,7 @@ mod ha_recovery;
 mod ha_roles;
 mod history;
 mod interop;
+mod limits;
 mod orchestration;
 mod persistence;
 mod security;

@@ -220,7 +220,8 @@ impl Session<'_> {
 
     async fn serve(&mut self, addr: &str, channel: Channel) -> SessionEnd {
         let fail = SessionEnd::Failed;
-        let mut client = DispatcherClient::new(channel);
+        let mut client =
+            DispatcherClient::new(channel).max_decoding_message_size(api::CLIENT_MAX_RECV);
         let description = match self.config.executor.describe().await {
             Ok(d) => Some(d),
             Err(e) => {

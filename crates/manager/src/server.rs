@@ -23,8 +23,7 @@ use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 use crate::proxy::ProxyLayer;
 
-/// Largest message a client may send, as SwarmKit's 4 MiB gRPC default.
-const MAX_RECV: usize = 4 << 20;
+use crate::msgsize::{MAX_RECV, MessageSizeLayer};
 
 /// Creates the socket's parent directory (0700) if needed, removes a stale socket and binds with
 /// mode 0600.
@@ -76,11 +75,12 @@ pub async fn serve_control(
 ) -> Result<(), String> {
     let incoming = ca::serve_unix_tls(listener, tls);
     let res = Server::builder()
+        .layer(MessageSizeLayer)
         .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
-        .add_service(HealthServer::new(services.health))
+        .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
@@ -120,12 +120,13 @@ pub async fn serve_remote(
 ) -> Result<(), String> {
     let incoming = ca::serve_tcp_tls(listener, tls);
     let res = Server::builder()
+        .layer(MessageSizeLayer)
         .layer(AuthLayer(services.auth))
         .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
-        .add_service(HealthServer::new(services.health))
+        .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
         .add_optional_service(services.raft.map(raft::TransportService::into_server))
         .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))

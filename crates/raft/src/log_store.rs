@@ -154,7 +154,36 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         Ok(out)
     }
+
+    /// What replication sends in one AppendEntries: the entries of `[start, end)` up to
+    /// [`REPLICATION_BYTES`] of stored records (at least one entry), so that a follower catching
+    /// up on large entries gets them in messages the transport carries.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let logs = txn.open_table(LOGS).map_err(read_err)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for row in logs.range::<u64>(start..end).map_err(read_err)? {
+            let (_, value) = row.map_err(read_err)?;
+            let record = value.value();
+            if !out.is_empty() && bytes + record.len() > REPLICATION_BYTES {
+                break;
+            }
+            bytes += record.len();
+            out.push(decode_entry(record).map_err(read_err)?);
+        }
+        Ok(out)
+    }
 }
+
+/// Stored bytes of log entries sent in one AppendEntries. serde_json spells bytes as numbers,
+/// up to four characters each, so a message stays well under the transport's limit
+/// ([`crate::network::MAX_MESSAGE`]); a single entry is at most SwarmKit's transaction limit.
+pub(crate) const REPLICATION_BYTES: usize = 4 << 20;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;

@@ -256,3 +256,86 @@ async fn a_leader_that_removes_itself_hands_leadership_to_a_remaining_voter() {
         x.stop().await;
     }
 }
+
+/// A config whose store action is `len` bytes of data.
+fn big_config(id: &str, len: usize) -> api::Config {
+    api::Config {
+        id: id.into(),
+        spec: Some(api::ConfigSpec {
+            data: vec![b'x'; len],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_on_large_entries_in_messages_the_transport_carries() {
+    let mut members = cluster().await;
+    // Cut the third member off: the other two keep committing.
+    if let Some(tx) = members[2].stop_server.take() {
+        let _ = tx.send(());
+    }
+    // 20 entries of 1.4 MB: sent at once they would pass the transport's 64 MiB (serde_json
+    // spells each byte as up to four characters).
+    for i in 0..20 {
+        let config = big_config(&format!("c{i:02}"), 1_400_000);
+        members[0]
+            .store
+            .update(move |tx| tx.create_config(config))
+            .await
+            .expect("large write within the limit");
+    }
+    // Serve it again at the same address: it catches up on every entry.
+    let listener = TcpListener::bind(&members[2].addr).await.expect("rebind");
+    members[2].stop_server = Some(serve(&members[2].node, listener));
+    let follower = members[2].store.clone();
+    wait_until("the follower holds all 20 configs", || {
+        follower.view(|tx| tx.count::<api::Config>()) == 20
+    })
+    .await;
+    for m in &mut members {
+        m.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_refuses_a_proposal_over_the_transaction_limit() {
+    use store::Proposer;
+    let mut members = cluster().await;
+    let action = |len: usize| api::StoreAction {
+        action: api::StoreActionKind::StoreActionCreate as i32,
+        target: Some(api::store_action::Target::Config(big_config("c", len))),
+    };
+    // The data length whose entry is exactly the limit.
+    let mut len = store::MAX_TRANSACTION_BYTES;
+    while store::proposal_len(&[action(len)]) > store::MAX_TRANSACTION_BYTES {
+        len -= 1;
+    }
+    assert_eq!(
+        store::proposal_len(&[action(len)]),
+        store::MAX_TRANSACTION_BYTES
+    );
+    let leader = &members[0];
+    let before = leader.store.last_index();
+    let err = leader
+        .node
+        .propose(vec![action(len + 1)])
+        .await
+        .expect_err("one byte over");
+    assert_eq!(err, store::ProposeError::TooLarge);
+    assert_eq!(
+        err.to_string(),
+        "raft: raft message is too large and can't be sent"
+    );
+    assert_eq!(leader.store.last_index(), before, "nothing proposed");
+    leader
+        .node
+        .propose(vec![action(len)])
+        .await
+        .expect("exactly the limit");
+    assert_eq!(leader.store.view(|tx| tx.count::<api::Config>()), 1);
+    for m in &mut members {
+        m.stop().await;
+    }
+}

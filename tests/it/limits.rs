@@ -128,7 +128,14 @@ async fn huge_create(socket: &Path) -> tonic::Status {
         )),
         ..Default::default()
     };
-    let channel = ca::control_channel(socket).expect("channel");
+    refused_create(ca::control_channel(socket).expect("channel"), spec).await
+}
+
+/// CreateService of `spec` on `channel`, which must fail: the status it answers.
+async fn refused_create(
+    channel: tonic::transport::Channel,
+    spec: api::ServiceSpec,
+) -> tonic::Status {
     tokio::time::timeout(
         Duration::from_secs(20),
         api::control_client::ControlClient::new(channel)
@@ -136,7 +143,7 @@ async fn huge_create(socket: &Path) -> tonic::Status {
     )
     .await
     .expect("answer in time")
-    .expect_err("over the limit")
+    .expect_err("a refused request")
 }
 
 #[test]
@@ -182,14 +189,7 @@ async fn oversized_create(channel: tonic::transport::Channel) -> tonic::Status {
         }),
         ..Default::default()
     };
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        api::control_client::ControlClient::new(channel)
-            .create_service(api::CreateServiceRequest { spec: Some(spec) }),
-    )
-    .await
-    .expect("answer in time")
-    .expect_err("oversized request")
+    refused_create(channel, spec).await
 }
 
 fn assert_resource_exhausted(status: &tonic::Status) {

@@ -4,12 +4,12 @@
 //! in front of every service of both listeners, rewrites tonic's answer into grpc-go's and leaves
 //! every other response alone.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tonic::Status;
 use tonic::codegen::http;
+
+use crate::authz::BoxFuture;
 
 /// Largest request message a client may send to any service (grpc-go's default receive limit,
 /// which SwarmKit's servers keep: `transport.GRPCMaxMsgSize`).
@@ -52,8 +52,6 @@ impl<S> tower::Layer<S> for MessageSizeLayer {
 pub struct MessageSizeService<S> {
     inner: S,
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for MessageSizeService<S>
 where

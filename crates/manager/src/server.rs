@@ -21,9 +21,8 @@ use crate::authz::{AuthLayer, Authorizer};
 use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
-use crate::proxy::ProxyLayer;
-
 use crate::msgsize::{MAX_RECV, MessageSizeLayer};
+use crate::proxy::ProxyLayer;
 
 /// Creates the socket's parent directory (0700) if needed, removes a stale socket and binds with
 /// mode 0600.

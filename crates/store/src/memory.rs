@@ -132,9 +132,10 @@ impl MemoryStore {
     /// `Batch`): `write` is called for each item in order, and a transaction is committed once it
     /// holds [`crate::MAX_CHANGES_PER_TRANSACTION`] writes or [`crate::BATCH_BYTES`]. Unlike
     /// SwarmKit's, a batch never grows past [`crate::MAX_TRANSACTION_BYTES`] by its last item: that
-    /// item goes to the next transaction, so only an item too large on its own is refused. An item
-    /// whose `write` fails is left out (its error is returned, in item order, with those of
-    /// transactions that failed as a whole); the others are written.
+    /// item's writes are rolled back and it is written again in the next transaction (so `write`
+    /// may run twice for an item; only its store writes count), and only an item too large on its
+    /// own is refused. An item whose `write` fails is rolled back alone (its error is returned,
+    /// with those of transactions that failed as a whole); the others are written.
     pub async fn batch<T: Sync>(
         &self,
         items: &[T],
@@ -144,20 +145,14 @@ impl MemoryStore {
         let mut start = 0;
         while start < items.len() {
             let _serial = self.inner.update_lock.lock().await;
-            let (end, written) = {
+            let (consumed, written) = {
                 let state = self.read_state();
-                match fill_batch(&state.tables, &items[start..], &write) {
-                    Filled::Failed(e) => {
-                        errors.push(e);
-                        (start + 1, None)
-                    }
-                    Filled::Batch(n, tx) => (start + n, Some(Written::of(tx, state.generation))),
-                }
+                let (consumed, tx) =
+                    fill_batch(&state.tables, &items[start..], &write, &mut errors);
+                (consumed, Written::of(tx, state.generation))
             };
-            start = end;
-            if let Some(written) = written
-                && let Err(e) = self.commit(written).await
-            {
+            start += consumed;
+            if let Err(e) = self.commit(written).await {
                 errors.push(e);
             }
         }
@@ -356,49 +351,36 @@ impl Written {
     }
 }
 
-/// The first transaction of a batch.
-enum Filled<'a> {
-    /// The first item's write failed: it is left out.
-    Failed(StoreError),
-    /// A transaction holding the writes of this many items.
-    Batch(usize, Tx<'a>),
-}
-
-/// Writes items into one transaction until it is full ([`Tx::batch_full`]), the items run out,
-/// or an item fails or would take the entry past the limit; the transaction then holds only the
-/// items before that one (it is written again without it: a `Tx` cannot take back a write).
+/// Writes items into one transaction until it is full ([`Tx::batch_full`]) or the items run out;
+/// returns how many items it took. An item whose write fails is rolled back and its error kept;
+/// an item that would take a transaction holding earlier writes past the limit is rolled back and
+/// left for the next transaction.
 fn fill_batch<'a, T>(
     tables: &'a Tables,
     items: &[T],
     write: &impl Fn(&mut Tx<'_>, &T) -> Result<(), StoreError>,
-) -> Filled<'a> {
-    let mut limit = items.len();
-    loop {
-        let mut tx = Tx::new(tables, Mode::Local);
-        let mut done = 0;
-        let mut cut = None;
-        while done < limit {
-            if let Err(e) = write(&mut tx, &items[done]) {
-                if done == 0 {
-                    return Filled::Failed(e);
-                }
-                cut = Some(done);
-                break;
-            }
+    errors: &mut Vec<StoreError>,
+) -> (usize, Tx<'a>) {
+    let mut tx = Tx::new(tables, Mode::Local);
+    let mut done = 0;
+    while done < items.len() {
+        let mark = tx.mark();
+        if let Err(e) = write(&mut tx, &items[done]) {
+            tx.rollback_to(mark);
+            errors.push(e);
             done += 1;
-            if done > 1 && tx.proposal_len() > crate::limits::MAX_TRANSACTION_BYTES {
-                cut = Some(done - 1);
-                break;
-            }
-            if tx.batch_full() {
-                break;
-            }
+            continue;
         }
-        match cut {
-            Some(n) => limit = n,
-            None => return Filled::Batch(done, tx),
+        if mark.had_writes() && tx.proposal_len() > crate::limits::MAX_TRANSACTION_BYTES {
+            tx.rollback_to(mark);
+            break;
+        }
+        done += 1;
+        if tx.batch_full() {
+            break;
         }
     }
+    (done, tx)
 }
 
 #[cfg(test)]

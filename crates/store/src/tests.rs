@@ -873,17 +873,27 @@ async fn a_batch_leaves_out_only_the_items_that_fail_or_are_too_large_alone() {
     let items: Vec<(&str, usize)> = vec![
         ("a", 10),
         ("taken", 10),
+        ("pair", 10),
         ("b", 10),
+        ("p1", 10),
         ("huge", MAX_TRANSACTION_BYTES),
         ("c", 10),
     ];
     let errors = store
-        .batch(&items, |tx, (id, len)| tx.create_config(config(id, *len)))
+        .batch(&items, |tx, (id, len)| {
+            if *id == "pair" {
+                // Writes p1, then fails: p1 is taken back with it.
+                tx.create_config(config("p1", 10))?;
+                return tx.create_config(config("taken", 10));
+            }
+            tx.create_config(config(id, *len))
+        })
         .await;
     let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(
         messages,
         [
+            "object already exists",
             "object already exists",
             "raft: raft message is too large and can't be sent"
         ]
@@ -891,5 +901,5 @@ async fn a_batch_leaves_out_only_the_items_that_fail_or_are_too_large_alone() {
     let mut ids: Vec<String> =
         store.view(|tx| tx.find_configs(By::All).into_iter().map(|c| c.id).collect());
     ids.sort();
-    assert_eq!(ids, ["a", "b", "c", "taken"]);
+    assert_eq!(ids, ["a", "b", "c", "p1", "taken"]);
 }

@@ -185,6 +185,23 @@ impl Change {
         }
     }
 
+    /// Puts the object as this change left it into `overlay` (what `Tx::written` did).
+    fn replay_into(&self, overlay: &mut Overlay) {
+        let Some(kind) = Kind::of_object(&self.object) else {
+            return;
+        };
+        with_kind!(kind, T => self.replay_as::<T>(overlay))
+    }
+
+    fn replay_as<T: StoreObject>(&self, overlay: &mut Overlay) {
+        let Some(object) = Shared::<T>::from_object(Arc::clone(&self.object)) else {
+            return;
+        };
+        let id = self.id.clone().unwrap_or_else(|| Arc::from(object.id()));
+        let after = (self.action != api::StoreActionKind::StoreActionRemove).then_some(object);
+        T::overlay_mut(overlay).insert(id, after);
+    }
+
     /// A committed store action as a change to apply.
     pub(crate) fn from_action(action: &api::StoreAction) -> Result<Change, StoreError> {
         let Some(target) = action.target.clone() else {
@@ -246,6 +263,20 @@ impl Change {
                 .filter(|_| kind == EventKind::Update)
                 .map(Shared::into_object),
         });
+    }
+}
+
+/// A point of a local transaction ([`Tx::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    changes: usize,
+    proposal_len: usize,
+}
+
+impl Mark {
+    /// Whether the transaction had written anything at this point.
+    pub(crate) fn had_writes(&self) -> bool {
+        self.changes > 0
     }
 }
 
@@ -471,6 +502,28 @@ impl<'a> Tx<'a> {
             if let Err(e) = result {
                 tracing::warn!(kind = %T::KIND, id, error = %e, "restore: snapshot object skipped");
             }
+        }
+    }
+
+    /// The point this (local) transaction has reached, for [`Tx::rollback_to`].
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            changes: self.changes.len(),
+            proposal_len: self.proposal_len,
+        }
+    }
+
+    /// Takes back every write made since `mark` (a batch item that failed or did not fit): the
+    /// overlay is rebuilt from the writes kept, which it only ever reflects.
+    pub(crate) fn rollback_to(&mut self, mark: Mark) {
+        if self.changes.len() == mark.changes {
+            return;
+        }
+        self.changes.truncate(mark.changes);
+        self.proposal_len = mark.proposal_len;
+        self.read.overlay = Overlay::default();
+        for change in &self.changes {
+            change.replay_into(&mut self.read.overlay);
         }
     }
 

@@ -123,7 +123,7 @@ impl GlobalOrchestrator {
         let cluster = self.cluster.clone();
         let this = &*self;
         in_batches(&self.store, ids, "restart global tasks", move |tx, id| {
-            let Some(task) = tx.get_task(&id) else {
+            let Some(task) = tx.get_task(id) else {
                 return Ok(());
             };
             if task.desired_state > state(api::TaskState::Running) {
@@ -139,7 +139,7 @@ impl GlobalOrchestrator {
                 return Ok(());
             };
             if is_paused(node) || !entry.fits(node) {
-                return set_desired(tx, &id, api::TaskState::Shutdown).map(drop);
+                return set_desired(tx, id, api::TaskState::Shutdown).map(drop);
             }
             restarts.restart(tx, cluster.as_ref(), &service, &task)
         })
@@ -273,8 +273,8 @@ async fn apply(store: &MemoryStore, writes: Vec<Write>, what: &str) {
             }
             Ok(())
         }
-        Write::Shutdown(id) => set_desired(tx, &id, api::TaskState::Shutdown).map(drop),
-        Write::Delete(id) => delete_task_if_present(tx, &id),
+        Write::Shutdown(id) => set_desired(tx, id, api::TaskState::Shutdown).map(drop),
+        Write::Delete(id) => delete_task_if_present(tx, id),
     })
     .await;
 }

@@ -233,7 +233,7 @@ impl TaskReaper {
             &self.store,
             delete.into_iter().collect(),
             "delete tasks",
-            |tx, id| delete_task_if_present(tx, &id),
+            |tx, id| delete_task_if_present(tx, id),
         )
         .await;
     }

@@ -176,8 +176,8 @@ impl ReplicatedOrchestrator {
             "reconcile replicated service",
             |tx, write| match write {
                 Write::Create(task) => tx.create_task((**task).clone()),
-                Write::Remove(id) => set_desired(tx, &id, api::TaskState::Remove).map(drop),
-                Write::Delete(id) => delete_task_if_present(tx, &id),
+                Write::Remove(id) => set_desired(tx, id, api::TaskState::Remove).map(drop),
+                Write::Delete(id) => delete_task_if_present(tx, id),
             },
         )
         .await;
@@ -265,7 +265,7 @@ pub(crate) async fn remove_service_tasks(store: &MemoryStore, service_id: &str) 
         store,
         ids,
         "set tasks of a deleted service to REMOVE",
-        |tx, id| set_desired(tx, &id, api::TaskState::Remove).map(drop),
+        |tx, id| set_desired(tx, id, api::TaskState::Remove).map(drop),
     )
     .await;
 }
@@ -333,7 +333,7 @@ impl Reconciler for ReplicatedOrchestrator {
             &self.store,
             orphans,
             "delete tasks of deleted services",
-            |tx, id| delete_task_if_present(tx, &id),
+            |tx, id| delete_task_if_present(tx, id),
         )
         .await;
         self.restarts.resume_delayed_starts(held).await;
@@ -389,7 +389,7 @@ impl Reconciler for ReplicatedOrchestrator {
             let restarts = self.restarts.clone();
             let cluster = self.cluster.clone();
             in_batches(&self.store, ids, "restart tasks", move |tx, id| {
-                let Some(task) = tx.get_task(&id) else {
+                let Some(task) = tx.get_task(id) else {
                     return Ok(());
                 };
                 if task.desired_state > state(api::TaskState::Running) {

@@ -517,7 +517,7 @@ impl RestartSupervisor {
             &self.store,
             task_ids,
             "resume delayed task starts",
-            move |tx, id| match tx.get_task(&id) {
+            move |tx, id| match tx.get_task(id) {
                 Some(t) => restarts.resume_delayed_start(tx, &t),
                 None => Ok(()),
             },

@@ -29,7 +29,8 @@ impl Ctx {
     /// A context over `channel`.
     pub fn new(channel: Channel, no_resolve: bool) -> Self {
         Ctx {
-            client: ControlClient::new(channel.clone()),
+            client: ControlClient::new(channel.clone())
+                .max_decoding_message_size(api::CLIENT_MAX_RECV),
             channel,
             no_resolve,
             node_names: HashMap::new(),

@@ -19,6 +19,7 @@ mod ha_recovery;
 mod ha_roles;
 mod history;
 mod interop;
+mod limits;
 mod orchestration;
 mod persistence;
 mod security;

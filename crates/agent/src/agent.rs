@@ -35,9 +35,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most status updates in one UpdateTaskStatus call.
 const STATUS_BATCH: usize = 1024;
-/// Largest message the agent accepts from a manager, as SwarmKit's agent (gRPC's 4 MiB default
-/// would fail the session for good on a large node object or assignment).
-const MAX_RECV: usize = i32::MAX as usize;
 /// How often the node is described again; a changed description re-registers the session.
 const DESCRIBE_INTERVAL: Duration = Duration::from_secs(20);
 
@@ -243,7 +240,8 @@ impl Session<'_> {
 
     async fn serve(&mut self, addr: &str, channel: Channel) -> SessionEnd {
         let fail = SessionEnd::Failed;
-        let mut client = DispatcherClient::new(channel).max_decoding_message_size(MAX_RECV);
+        let mut client =
+            DispatcherClient::new(channel).max_decoding_message_size(api::CLIENT_MAX_RECV);
         // A set cut short with the last session is not completed by this one.
         self.worker.abandon_partial();
         let description = match self.config.executor.describe().await {

@@ -423,59 +423,53 @@ impl Allocator {
         let pending: Vec<(String, String)> = std::mem::take(&mut self.pending_tasks)
             .into_iter()
             .collect();
-        for batch in pending.chunks(MAX_BATCH) {
-            let unallocated = &self.unallocated_services;
-            let result = self
-                .store
-                .update(|tx| {
-                    let mut waiting = Vec::new();
-                    for (task_id, _) in batch {
-                        let Some(mut task) = tx.get_task(task_id) else {
-                            continue;
-                        };
-                        if !is_new(&task) {
-                            continue;
-                        }
-                        if !task.service_id.is_empty() {
-                            let ready = tx
-                                .get_service(&task.service_id)
-                                .filter(|s| !unallocated.contains(&s.id) && is_service_allocated(s));
-                            let Some(service) = ready else {
-                                debug!(task.id = %task.id, service.id = %task.service_id, "task waits for its service to be allocated");
-                                waiting.push(task_id.clone());
-                                continue;
-                            };
-                            if service.endpoint.is_some() {
-                                task.endpoint = service.endpoint.map(Box::new);
-                            }
-                        }
-                        task.status = Some(api::TaskStatus {
-                            state: api::TaskState::Pending as i32,
-                            message: ALLOCATED_STATUS_MESSAGE.to_string(),
-                            timestamp: Some(prost_types::Timestamp::from(SystemTime::now())),
-                            ..Default::default()
-                        });
-                        let id = task.id.clone();
-                        if let Err(e) = tx.update_task(task) {
-                            error!(task.id = %id, error = %e, "failed to move task to pending");
-                            waiting.push(id);
-                        }
+        let unallocated = &self.unallocated_services;
+        let errors = self
+            .store
+            .batch(&pending, |tx, (task_id, _)| {
+                let Some(mut task) = tx.get_task(task_id) else {
+                    return Ok(());
+                };
+                if !is_new(&task) {
+                    return Ok(());
+                }
+                if !task.service_id.is_empty() {
+                    let ready = tx
+                        .get_service(&task.service_id)
+                        .filter(|s| !unallocated.contains(&s.id) && is_service_allocated(s));
+                    let Some(service) = ready else {
+                        debug!(task.id = %task.id, service.id = %task.service_id, "task waits for its service to be allocated");
+                        return Ok(());
+                    };
+                    if service.endpoint.is_some() {
+                        task.endpoint = service.endpoint.map(Box::new);
                     }
-                    Ok(waiting)
+                }
+                task.status = Some(api::TaskStatus {
+                    state: api::TaskState::Pending as i32,
+                    message: ALLOCATED_STATUS_MESSAGE.to_string(),
+                    timestamp: Some(prost_types::Timestamp::from(SystemTime::now())),
+                    ..Default::default()
+                });
+                tx.update_task(task)
+            })
+            .await;
+        for e in errors {
+            error!(error = %e, "failed to move task to pending");
+        }
+        // What is still NEW (its service not allocated yet, or its write failed) waits.
+        let waiting: Vec<bool> = self.store.view(|tx| {
+            pending
+                .iter()
+                .map(|(task_id, _)| {
+                    tx.get_shared::<api::Task>(task_id)
+                        .is_some_and(|t| is_new(&t))
                 })
-                .await;
-            let waiting: BTreeSet<String> = match result {
-                Ok(waiting) => waiting.into_iter().collect(),
-                Err(e) => {
-                    error!(error = %e, "failed to store task allocations");
-                    batch.iter().map(|(t, _)| t.clone()).collect()
-                }
-            };
-            for (task_id, service_id) in batch {
-                if waiting.contains(task_id) {
-                    self.unallocated_tasks
-                        .insert(task_id.clone(), service_id.clone());
-                }
+                .collect()
+        });
+        for ((task_id, service_id), waits) in pending.into_iter().zip(waiting) {
+            if waits {
+                self.unallocated_tasks.insert(task_id, service_id);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! One leadership term of the dispatcher: the registered nodes and their heartbeat watchdogs, the
 //! batched writes of node and task status (SwarmKit's processUpdates: a flush 100 ms after the
-//! first queued write or at 10 000 pending items, written in store transactions of at most
-//! [`WRITE_CHUNK`] objects), and the
+//! first queued write or at 10 000 pending items, written by `MemoryStore::batch`, in
+//! transactions of at most 200 objects or 3/4 of SwarmKit's transaction size), and the
 //! routing of store events to the streams of each node. One store watcher feeds every session, so
 //! a burst of events costs one pass however many nodes are connected; each stream gets its events
 //! through a bounded channel and, if it falls behind, re-reads the store instead of stalling the
@@ -25,10 +25,6 @@ use crate::nodes::{NodeTable, SessionHandle};
 
 /// Pending writes that trigger a flush before the interval is up.
 const MAX_BATCH_ITEMS: usize = 10_000;
-/// Objects written per store transaction (a raft entry stays small; spec 5.1's 200-change batch).
-const WRITE_CHUNK: usize = 200;
-/// Bytes of tasks one status transaction rewrites, at most (a single larger task goes alone).
-const WRITE_BYTES: usize = 1 << 20;
 /// Events queued for one stream before it is told to re-read the store instead.
 const SUB_CAPACITY: usize = 512;
 
@@ -47,7 +43,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A status (and maybe description) to write to a node.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct NodeUpdate {
     status: api::NodeStatus,
     description: Option<api::NodeDescription>,
@@ -437,28 +433,22 @@ impl Term {
             })
             .map(|t| t.id)
             .collect();
-        for chunk in ids.chunks(WRITE_CHUNK) {
-            let chunk = chunk.to_vec();
-            let res = self
-                .store
-                .update(move |tx| {
-                    for id in chunk {
-                        let Some(mut task) = tx.get_task(&id) else {
-                            continue;
-                        };
-                        let status = task.status.get_or_insert_with(Default::default);
-                        if status.state > api::TaskState::Running as i32 {
-                            continue;
-                        }
-                        status.state = api::TaskState::Orphaned as i32;
-                        tx.update_task(task)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = res {
-                warn!(node.id = %node_id, r#"failed to move tasks to "ORPHANED" state: {e}"#);
-            }
+        let errors = self
+            .store
+            .batch(&ids, |tx, id| {
+                let Some(mut task) = tx.get_task(id) else {
+                    return Ok(());
+                };
+                let status = task.status.get_or_insert_with(Default::default);
+                if status.state > api::TaskState::Running as i32 {
+                    return Ok(());
+                }
+                status.state = api::TaskState::Orphaned as i32;
+                tx.update_task(task)
+            })
+            .await;
+        for e in errors {
+            warn!(node.id = %node_id, r#"failed to move tasks to "ORPHANED" state: {e}"#);
         }
     }
 
@@ -527,150 +517,66 @@ impl Term {
                 pending.taken,
             )
         };
-        let mut tasks = tasks.into_iter().peekable();
-        while tasks.peek().is_some() {
-            let chunk: Vec<_> = tasks.by_ref().take(WRITE_CHUNK).collect();
-            for chunk in self.by_size(chunk) {
-                self.write_tasks(chunk).await;
-            }
-        }
-        let mut nodes = nodes.into_iter().peekable();
-        while nodes.peek().is_some() {
-            self.write_nodes(nodes.by_ref().take(WRITE_CHUNK).collect())
-                .await;
-        }
+        self.write_tasks(tasks.into_iter().collect()).await;
+        self.write_nodes(nodes.into_iter().collect()).await;
         self.flushed.send_replace(batch);
     }
 
-    /// Splits status writes so that the tasks one transaction rewrites stay within
-    /// [`WRITE_BYTES`] (a task is written whole, however small its status: a few large tasks
-    /// would otherwise make a raft entry too large for every report in the same batch).
-    fn by_size(
-        &self,
-        updates: Vec<(String, api::TaskStatus)>,
-    ) -> Vec<Vec<(String, api::TaskStatus)>> {
-        let sizes: Vec<usize> = self.store.view(|tx| {
-            updates
-                .iter()
-                .map(|(id, _)| {
-                    tx.get_shared::<api::Task>(id)
-                        .map_or(0, |t| prost::Message::encoded_len(&*t))
-                })
-                .collect()
-        });
-        let mut chunks = Vec::new();
-        let mut chunk = Vec::new();
-        let mut bytes = 0;
-        for (update, size) in updates.into_iter().zip(sizes) {
-            if !chunk.is_empty() && bytes + size > WRITE_BYTES {
-                chunks.push(std::mem::take(&mut chunk));
-                bytes = 0;
-            }
-            bytes += size;
-            chunk.push(update);
-        }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
-        chunks
-    }
-
-    /// Writes task status reports that move a task forward (dispatcher.go processUpdates). If
-    /// the transaction fails, each report is written alone, so that a task that cannot be
-    /// written (too large for a raft entry, say) loses only its own report, not the other
-    /// nodes'.
+    /// Writes task status reports that move a task forward (dispatcher.go processUpdates).
     async fn write_tasks(&self, updates: Vec<(String, api::TaskStatus)>) {
-        let many = updates.len() > 1;
-        let retry = if many { updates.clone() } else { Vec::new() };
-        if let Err(e) = self.try_write_tasks(updates).await {
-            warn!("dispatcher task status write failed: {e}");
-            for update in retry {
-                let id = update.0.clone();
-                if let Err(e) = self.try_write_tasks(vec![update]).await {
-                    warn!(task.id = %id, "dispatcher task status write failed: {e}");
+        let applied_by = &self.manager_id;
+        let errors = self
+            .store
+            .batch(&updates, |tx, (id, status)| {
+                let Some(mut task) = tx.get_task(id) else {
+                    debug!(task.id = %id, "cannot find target task in store");
+                    return Ok(());
+                };
+                let current = task.status.clone().unwrap_or_default();
+                if current == *status {
+                    debug!(task.id = %id, "task status identical, ignoring");
+                    return Ok(());
                 }
-            }
+                if current.state > status.state {
+                    debug!(task.id = %id, "task status invalid transition");
+                    return Ok(());
+                }
+                task.status = Some(api::TaskStatus {
+                    applied_by: applied_by.clone(),
+                    applied_at: Some(timestamp_now()),
+                    ..status.clone()
+                });
+                tx.update_task(task)
+            })
+            .await;
+        for e in errors {
+            warn!("failed to update task status: {e}");
         }
     }
 
-    async fn try_write_tasks(
-        &self,
-        updates: Vec<(String, api::TaskStatus)>,
-    ) -> Result<(), store::StoreError> {
-        let applied_by = self.manager_id.clone();
-        self.store
-            .update(move |tx| {
-                for (id, status) in updates {
-                    let Some(mut task) = tx.get_task(&id) else {
-                        debug!(task.id = %id, "cannot find target task in store");
-                        continue;
-                    };
-                    let current = task.status.clone().unwrap_or_default();
-                    if current == status {
-                        debug!(task.id = %id, "task status identical, ignoring");
-                        continue;
-                    }
-                    if current.state > status.state {
-                        debug!(task.id = %id, "task status invalid transition");
-                        continue;
-                    }
-                    task.status = Some(api::TaskStatus {
-                        applied_by: applied_by.clone(),
-                        applied_at: Some(timestamp_now()),
-                        ..status
-                    });
-                    if let Err(e) = tx.update_task(task) {
-                        warn!(task.id = %id, "failed to update task status: {e}");
-                    }
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    /// Writes node status (and descriptions); if the transaction fails, each node alone, so
-    /// that one node's data (a description too large to store, say) costs only its own write.
     async fn write_nodes(&self, updates: Vec<(String, NodeUpdate)>) {
-        let many = updates.len() > 1;
-        let retry = if many { updates.clone() } else { Vec::new() };
-        if let Err(e) = self.try_write_nodes(updates).await {
-            warn!("dispatcher node status write failed: {e}");
-            for update in retry {
-                let id = update.0.clone();
-                if let Err(e) = self.try_write_nodes(vec![update]).await {
-                    warn!(node.id = %id, "dispatcher node status write failed: {e}");
+        let errors = self
+            .store
+            .batch(&updates, |tx, (id, update)| {
+                let Some(mut node) = tx.get_node(id) else {
+                    debug!(node.id = %id, "node unavailable");
+                    return Ok(());
+                };
+                let status = node.status.get_or_insert_with(Default::default);
+                status.state = update.status.state;
+                status.message.clone_from(&update.status.message);
+                if !update.status.addr.is_empty() {
+                    status.addr.clone_from(&update.status.addr);
                 }
-            }
-        }
-    }
-
-    async fn try_write_nodes(
-        &self,
-        updates: Vec<(String, NodeUpdate)>,
-    ) -> Result<(), store::StoreError> {
-        self.store
-            .update(move |tx| {
-                for (id, update) in updates {
-                    let Some(mut node) = tx.get_node(&id) else {
-                        debug!(node.id = %id, "node unavailable");
-                        continue;
-                    };
-                    let status = node.status.get_or_insert_with(Default::default);
-                    status.state = update.status.state;
-                    status.message = update.status.message;
-                    if !update.status.addr.is_empty() {
-                        status.addr = update.status.addr;
-                    }
-                    if let Some(description) = update.description {
-                        node.description = Some(description);
-                    }
-                    if let Err(e) = tx.update_node(node) {
-                        warn!(node.id = %id, "failed to update node status: {e}");
-                    }
+                if let Some(description) = &update.description {
+                    node.description = Some(description.clone());
                 }
-                Ok(())
+                tx.update_node(node)
             })
-            .await
+            .await;
+        for e in errors {
+            warn!("failed to update node status: {e}");
+        }
     }
 
     /// Why the streams of a session whose registration ended must stop.

@@ -54,19 +54,11 @@ fn description(hostname: &str) -> api::NodeDescription {
     }
 }
 
+/// Writes `nodes` and `tasks` in batches (large tasks would not fit one raft entry together).
 async fn seed(store: &MemoryStore, nodes: Vec<api::Node>, tasks: Vec<api::Task>) {
-    store
-        .update(move |tx| {
-            for n in nodes {
-                tx.create_node(n)?;
-            }
-            for t in tasks {
-                tx.create_task(t)?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("seed");
+    let mut errors = store.batch(&nodes, |tx, n| tx.create_node(n.clone())).await;
+    errors.extend(store.batch(&tasks, |tx, t| tx.create_task(t.clone())).await);
+    assert!(errors.is_empty(), "seed: {errors:?}");
 }
 
 /// A store with the cluster (1 s heartbeat period) and `nodes`, and a running dispatcher.
@@ -868,6 +860,19 @@ async fn read_set(
     }
 }
 
+/// Sets tasks `big0`..`big<n>` desired SHUTDOWN, in as many transactions as their size needs.
+async fn shut_down(store: &MemoryStore, n: usize) {
+    let ids: Vec<String> = (0..n).map(|i| format!("big{i}")).collect();
+    let errors = store
+        .batch(&ids, |tx, id| {
+            let mut t = tx.get_task(id).expect("task");
+            t.desired_state = TaskState::Shutdown as i32;
+            tx.update_task(t)
+        })
+        .await;
+    assert!(errors.is_empty(), "shut down: {errors:?}");
+}
+
 /// The repro, scaled up: a COMPLETE set of tasks far over gRPC's 4 MiB goes out as a
 /// COMPLETE part then INCREMENTAL parts, chained and marked, none over the bound; a change of
 /// every task goes out as several INCREMENTAL messages, unmarked.
@@ -902,17 +907,7 @@ async fn a_set_too_large_for_one_message_is_split_and_chained() {
     );
 
     // Every big task changes at once: several INCREMENTAL messages, each complete in itself.
-    f.store
-        .update(|tx| {
-            for i in 0..6 {
-                let mut t = tx.get_task(&format!("big{i}")).expect("task");
-                t.desired_state = TaskState::Shutdown as i32;
-                tx.update_task(t)?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("update");
+    shut_down(&f.store, 6).await;
     let mut updated = 0;
     while updated < 6 {
         let msg = next(&mut stream).await.expect("incremental");
@@ -926,44 +921,9 @@ async fn a_set_too_large_for_one_message_is_split_and_chained() {
     assert_eq!(updated, 6);
 }
 
-/// Applies proposals at once, except one that writes task `poison` (as raft refuses an entry
-/// too large to replicate).
-struct RefusePoison {
-    store: std::sync::Mutex<Option<MemoryStore>>,
-    index: std::sync::atomic::AtomicU64,
-}
-
-impl store::Proposer for RefusePoison {
-    fn propose(
-        &self,
-        actions: Vec<api::StoreAction>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<u64, store::ProposeError>> + Send + '_>,
-    > {
-        Box::pin(async move {
-            let poisoned = actions.iter().any(|a| {
-                matches!(&a.target, Some(api::store_action::Target::Task(t)) if t.id == "poison")
-            });
-            if poisoned {
-                return Err(store::ProposeError::Other(
-                    "raft: raft message is too large and can't be sent".into(),
-                ));
-            }
-            let index = self
-                .index
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1000;
-            let store = self.store.lock().expect("lock").clone().expect("store");
-            store
-                .apply_committed(index, &actions)
-                .map_err(|e| store::ProposeError::Other(e.to_string()))?;
-            Ok(index)
-        })
-    }
-}
-
-/// One node's task that cannot be written (its raft entry is refused) fails only its own
-/// status report: the other reports of the same batch, another node's among them, are written.
+/// One node's status report that cannot be written (the task with it would make a raft entry
+/// over the limit) fails alone: the other reports of the same batch, another node's among them,
+/// are written.
 #[tokio::test(start_paused = true)]
 async fn an_unwritable_task_costs_only_its_own_status_report() {
     let f = start(
@@ -978,16 +938,15 @@ async fn an_unwritable_task_costs_only_its_own_status_report() {
     .await;
     let (s1, _a) = f.open("n1").await;
     let (s2, _b) = f.open("n2").await;
-    let proposer = std::sync::Arc::new(RefusePoison {
-        store: std::sync::Mutex::new(Some(f.store.clone())),
-        index: Default::default(),
-    });
-    f.store.set_proposer(proposer);
     let report = |id: &str| api::update_task_status_request::TaskStatusUpdate {
         task_id: id.into(),
         status: Some(api::TaskStatus {
             state: TaskState::Running as i32,
-            message: "started".into(),
+            message: if id == "poison" {
+                "x".repeat(store::MAX_TRANSACTION_BYTES)
+            } else {
+                "started".into()
+            },
             ..Default::default()
         }),
     };
@@ -1073,17 +1032,7 @@ async fn a_complete_set_is_split_only_for_an_agent_that_asked() {
     assert_eq!(complete.r#type, AssignmentsType::Complete as i32);
     assert_eq!(complete.results_in, "1");
     assert_eq!(complete.changes.len(), 4, "the whole set in one message");
-    f.store
-        .update(|tx| {
-            for i in 0..4 {
-                let mut t = tx.get_task(&format!("big{i}")).expect("task");
-                t.desired_state = TaskState::Shutdown as i32;
-                tx.update_task(t)?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("update");
+    shut_down(&f.store, 4).await;
     let inc = next(&mut theirs).await.expect("incremental");
     assert_eq!(inc.applies_to, "1");
     assert!(inc.changes.len() < 4, "the batch is split");

@@ -10,6 +10,7 @@ pub mod controlapi;
 mod health;
 pub mod leader;
 mod manager;
+pub mod msgsize;
 pub mod proxy;
 pub mod raftjoin;
 pub mod rolemanager;

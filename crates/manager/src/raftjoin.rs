@@ -42,7 +42,7 @@ impl JoinService {
 
     /// The gRPC service.
     pub fn into_server(self) -> RaftJoinServer<JoinService> {
-        RaftJoinServer::new(self)
+        RaftJoinServer::new(self).max_decoding_message_size(crate::msgsize::MAX_RECV)
     }
 }
 

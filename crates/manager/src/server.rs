@@ -22,10 +22,9 @@ use crate::authz::{AuthLayer, Authorizer};
 use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
+use crate::msgsize::{MAX_RECV, MessageSizeLayer};
 use crate::proxy::ProxyLayer;
 
-/// Largest message a client may send, as SwarmKit's 4 MiB gRPC default.
-const MAX_RECV: usize = 4 << 20;
 /// Streams one connection may have open at once on the control socket (this manager's agent and
 /// swarmctl: a handful each; calls beyond it wait for a stream to end).
 const MAX_STREAMS_LOCAL: u32 = 1024;
@@ -99,11 +98,12 @@ pub async fn serve_control(
 ) -> Result<(), String> {
     let incoming = ca::serve_unix_tls(listener, tls);
     let res = builder(MAX_STREAMS_LOCAL)
+        .layer(MessageSizeLayer)
         .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
-        .add_service(HealthServer::new(services.health))
+        .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
@@ -143,12 +143,13 @@ pub async fn serve_remote(
 ) -> Result<(), String> {
     let incoming = ca::serve_tcp_tls(listener, tls);
     let res = builder(MAX_STREAMS_REMOTE)
+        .layer(MessageSizeLayer)
         .layer(AuthLayer(services.auth))
         .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
-        .add_service(HealthServer::new(services.health))
+        .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
         .add_optional_service(services.raft.map(raft::TransportService::into_server))
         .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))

@@ -18,9 +18,6 @@ pub const REJECTED_MESSAGE: &str = "task rejected by constraint enforcer";
 /// Status error of a task rejected here.
 pub const REJECTED_ERR: &str = "assigned node no longer meets constraints";
 
-/// Most tasks rejected in one store transaction.
-const MAX_BATCH: usize = 200;
-
 /// Leader-only subsystem that rejects assigned tasks whose node stopped fitting them.
 #[derive(Debug)]
 pub struct ConstraintEnforcer {
@@ -82,31 +79,25 @@ impl ConstraintEnforcer {
             tasks = noncompliant.len(),
             "node no longer meets the constraints of its tasks: rejecting them"
         );
-        for chunk in noncompliant.chunks(MAX_BATCH) {
-            let ids = chunk.to_vec();
-            let result = self
-                .store
-                .update(move |tx| {
-                    for id in &ids {
-                        let Some(mut task) = tx.get_task(id) else {
-                            continue;
-                        };
-                        if task.desired_state > api::TaskState::Complete as i32 {
-                            continue;
-                        }
-                        let status = task.status.get_or_insert_with(Default::default);
-                        status.state = api::TaskState::Rejected as i32;
-                        status.message = REJECTED_MESSAGE.to_string();
-                        status.err = REJECTED_ERR.to_string();
-                        status.timestamp = Some(SystemTime::now().into());
-                        tx.update_task(task)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = result {
-                error!(node.id = %node.id, "failed to reject noncompliant tasks: {e}");
-            }
+        let errors = self
+            .store
+            .batch(&noncompliant, |tx, id| {
+                let Some(mut task) = tx.get_task(id) else {
+                    return Ok(());
+                };
+                if task.desired_state > api::TaskState::Complete as i32 {
+                    return Ok(());
+                }
+                let status = task.status.get_or_insert_with(Default::default);
+                status.state = api::TaskState::Rejected as i32;
+                status.message = REJECTED_MESSAGE.to_string();
+                status.err = REJECTED_ERR.to_string();
+                status.timestamp = Some(SystemTime::now().into());
+                tx.update_task(task)
+            })
+            .await;
+        for e in errors {
+            error!(node.id = %node.id, "failed to reject noncompliant tasks: {e}");
         }
     }
 }

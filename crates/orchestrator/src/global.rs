@@ -26,9 +26,6 @@ use crate::task::{
 };
 use crate::update::{Slot, UpdateSupervisor};
 
-/// Objects a restart writes (the old task and its replacement).
-const RESTART_WRITES: usize = 2;
-
 /// A global service with its placement constraints parsed once.
 struct GlobalService {
     service: api::Service,
@@ -125,33 +122,27 @@ impl GlobalOrchestrator {
         let restarts = self.restarts.clone();
         let cluster = self.cluster.clone();
         let this = &*self;
-        in_batches(
-            &self.store,
-            ids,
-            RESTART_WRITES,
-            "restart global tasks",
-            move |tx, id| {
-                let Some(task) = tx.get_task(&id) else {
-                    return Ok(());
-                };
-                if task.desired_state > state(api::TaskState::Running) {
-                    return Ok(());
-                }
-                let (Some(node), Some(entry)) = (
-                    this.nodes.get(&task.node_id),
-                    this.services.get(&task.service_id),
-                ) else {
-                    return Ok(());
-                };
-                let Some(service) = tx.get_service(&task.service_id) else {
-                    return Ok(());
-                };
-                if is_paused(node) || !entry.fits(node) {
-                    return set_desired(tx, &id, api::TaskState::Shutdown).map(drop);
-                }
-                restarts.restart(tx, cluster.as_ref(), &service, &task)
-            },
-        )
+        in_batches(&self.store, ids, "restart global tasks", move |tx, id| {
+            let Some(task) = tx.get_task(id) else {
+                return Ok(());
+            };
+            if task.desired_state > state(api::TaskState::Running) {
+                return Ok(());
+            }
+            let (Some(node), Some(entry)) = (
+                this.nodes.get(&task.node_id),
+                this.services.get(&task.service_id),
+            ) else {
+                return Ok(());
+            };
+            let Some(service) = tx.get_service(&task.service_id) else {
+                return Ok(());
+            };
+            if is_paused(node) || !entry.fits(node) {
+                return set_desired(tx, id, api::TaskState::Shutdown).map(drop);
+            }
+            restarts.restart(tx, cluster.as_ref(), &service, &task)
+        })
         .await;
     }
 
@@ -275,15 +266,15 @@ async fn apply(store: &MemoryStore, writes: Vec<Write>, what: &str) {
     if writes.is_empty() {
         return;
     }
-    in_batches(store, writes, 1, what, |tx, write| match write {
+    in_batches(store, writes, what, |tx, write| match write {
         Write::Create(task) => {
             if tx.get_service(&task.service_id).is_some() {
-                tx.create_task(*task)?;
+                tx.create_task((**task).clone())?;
             }
             Ok(())
         }
-        Write::Shutdown(id) => set_desired(tx, &id, api::TaskState::Shutdown).map(drop),
-        Write::Delete(id) => delete_task_if_present(tx, &id),
+        Write::Shutdown(id) => set_desired(tx, id, api::TaskState::Shutdown).map(drop),
+        Write::Delete(id) => delete_task_if_present(tx, id),
     })
     .await;
 }

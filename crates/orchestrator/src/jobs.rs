@@ -287,20 +287,26 @@ impl JobsOrchestrator {
 
     /// A deleted job's tasks all get desired REMOVE.
     async fn remove_service_tasks(&self, service_id: &str) {
-        let id = service_id.to_string();
-        let result = self
+        let ids: Vec<String> = self.store.view(|tx| {
+            tx.find_tasks(By::ServiceId(service_id))
+                .into_iter()
+                .map(|t| t.id)
+                .collect()
+        });
+        let errors = self
             .store
-            .update(move |tx| {
-                for mut t in tx.find_tasks(By::ServiceId(&id)) {
-                    if t.desired_state != st(api::TaskState::Remove) {
-                        t.desired_state = st(api::TaskState::Remove);
-                        tx.update_task(t)?;
-                    }
+            .batch(&ids, |tx, id| {
+                let Some(mut t) = tx.get_task(id) else {
+                    return Ok(());
+                };
+                if t.desired_state == st(api::TaskState::Remove) {
+                    return Ok(());
                 }
-                Ok(())
+                t.desired_state = st(api::TaskState::Remove);
+                tx.update_task(t)
             })
             .await;
-        if let Err(e) = result {
+        for e in errors {
             error!(service.id = %service_id, error = %e, "failed to remove tasks of deleted job");
         }
     }

@@ -232,9 +232,8 @@ impl TaskReaper {
         in_batches(
             &self.store,
             delete.into_iter().collect(),
-            1,
             "delete tasks",
-            |tx, id| delete_task_if_present(tx, &id),
+            |tx, id| delete_task_if_present(tx, id),
         )
         .await;
     }

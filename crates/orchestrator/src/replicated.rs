@@ -26,9 +26,6 @@ use crate::task::{
 };
 use crate::update::{Slot, UpdateSupervisor};
 
-/// Objects a restart writes (the old task and its replacement).
-const RESTART_WRITES: usize = 2;
-
 /// Reconciles replicated services with their tasks.
 pub struct ReplicatedOrchestrator {
     store: MemoryStore,
@@ -176,12 +173,11 @@ impl ReplicatedOrchestrator {
         in_batches(
             &self.store,
             writes,
-            1,
             "reconcile replicated service",
             |tx, write| match write {
-                Write::Create(task) => tx.create_task(*task),
-                Write::Remove(id) => set_desired(tx, &id, api::TaskState::Remove).map(drop),
-                Write::Delete(id) => delete_task_if_present(tx, &id),
+                Write::Create(task) => tx.create_task((**task).clone()),
+                Write::Remove(id) => set_desired(tx, id, api::TaskState::Remove).map(drop),
+                Write::Delete(id) => delete_task_if_present(tx, id),
             },
         )
         .await;
@@ -268,9 +264,8 @@ pub(crate) async fn remove_service_tasks(store: &MemoryStore, service_id: &str) 
     in_batches(
         store,
         ids,
-        1,
         "set tasks of a deleted service to REMOVE",
-        |tx, id| set_desired(tx, &id, api::TaskState::Remove).map(drop),
+        |tx, id| set_desired(tx, id, api::TaskState::Remove).map(drop),
     )
     .await;
 }
@@ -337,9 +332,8 @@ impl Reconciler for ReplicatedOrchestrator {
         in_batches(
             &self.store,
             orphans,
-            1,
             "delete tasks of deleted services",
-            |tx, id| delete_task_if_present(tx, &id),
+            |tx, id| delete_task_if_present(tx, id),
         )
         .await;
         self.restarts.resume_delayed_starts(held).await;
@@ -394,26 +388,20 @@ impl Reconciler for ReplicatedOrchestrator {
                 .collect();
             let restarts = self.restarts.clone();
             let cluster = self.cluster.clone();
-            in_batches(
-                &self.store,
-                ids,
-                RESTART_WRITES,
-                "restart tasks",
-                move |tx, id| {
-                    let Some(task) = tx.get_task(&id) else {
-                        return Ok(());
-                    };
-                    if task.desired_state > state(api::TaskState::Running) {
-                        return Ok(());
+            in_batches(&self.store, ids, "restart tasks", move |tx, id| {
+                let Some(task) = tx.get_task(id) else {
+                    return Ok(());
+                };
+                if task.desired_state > state(api::TaskState::Running) {
+                    return Ok(());
+                }
+                match tx.get_service(&task.service_id) {
+                    Some(service) if is_replicated(&service) => {
+                        restarts.restart(tx, cluster.as_ref(), &service, &task)
                     }
-                    match tx.get_service(&task.service_id) {
-                        Some(service) if is_replicated(&service) => {
-                            restarts.restart(tx, cluster.as_ref(), &service, &task)
-                        }
-                        _ => Ok(()),
-                    }
-                },
-            )
+                    _ => Ok(()),
+                }
+            })
             .await;
         }
         for id in std::mem::take(&mut self.reconcile_services) {

@@ -516,9 +516,8 @@ impl RestartSupervisor {
         in_batches(
             &self.store,
             task_ids,
-            1,
             "resume delayed task starts",
-            move |tx, id| match tx.get_task(&id) {
+            move |tx, id| match tx.get_task(id) {
                 Some(t) => restarts.resume_delayed_start(tx, &t),
                 None => Ok(()),
             },

@@ -319,35 +319,17 @@ pub fn delete_task_if_present(tx: &mut store::Tx<'_>, task_id: &str) -> Result<(
     Ok(())
 }
 
-/// Most object writes per store transaction (SwarmKit's store batches 200 changes).
-pub const MAX_BATCH_WRITES: usize = 200;
-
-/// Applies `write` to every item in as few transactions as the batch limit allows
-/// (`writes_per_item` = the most objects one item writes). A failed transaction is logged with
-/// `what` and its items are skipped; the other batches go on.
-pub(crate) async fn in_batches<T: Send>(
+/// Applies `write` to every item in as few transactions as the store's batch limits allow
+/// ([`MemoryStore::batch`]: 200 writes or 3/4 of SwarmKit's transaction size). An item whose write
+/// fails is logged with `what` and skipped; the others are written.
+pub(crate) async fn in_batches<T: Sync>(
     store: &MemoryStore,
     items: Vec<T>,
-    writes_per_item: usize,
     what: &str,
-    write: impl Fn(&mut store::Tx<'_>, T) -> Result<(), StoreError> + Send + Sync,
+    write: impl Fn(&mut store::Tx<'_>, &T) -> Result<(), StoreError> + Send + Sync,
 ) {
-    let per_batch = (MAX_BATCH_WRITES / writes_per_item.max(1)).max(1);
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        let chunk: Vec<T> = items.by_ref().take(per_batch).collect();
-        let write = &write;
-        let result = store
-            .update(move |tx| {
-                for item in chunk {
-                    write(tx, item)?;
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = result {
-            error!(error = %e, "failed to {what}");
-        }
+    for e in store.batch(&items, write).await {
+        error!(error = %e, "failed to {what}");
     }
 }
 

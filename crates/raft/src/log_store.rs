@@ -154,7 +154,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         Ok(out)
     }
+
+    /// What replication sends in one AppendEntries: the entries of `[start, end)` up to
+    /// [`REPLICATION_BYTES`] of stored records (at least one entry), so that a follower catching
+    /// up on large entries gets them in messages the transport carries.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let logs = txn.open_table(LOGS).map_err(read_err)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for row in logs.range::<u64>(start..end).map_err(read_err)? {
+            let (_, value) = row.map_err(read_err)?;
+            let record = value.value();
+            if !out.is_empty() && bytes + record.len() > REPLICATION_BYTES {
+                break;
+            }
+            bytes += record.len();
+            out.push(decode_entry(record).map_err(read_err)?);
+        }
+        Ok(out)
+    }
 }
+
+/// Stored bytes of log entries sent in one AppendEntries (more only for a single larger entry,
+/// at most SwarmKit's 1.5 MiB transaction limit). serde_json spells bytes as numbers, up to four
+/// characters each, so a message stays far under the transport's limit
+/// ([`crate::network::MAX_MESSAGE`]) and is sent within openraft's AppendEntries timeout (one
+/// heartbeat interval).
+pub(crate) const REPLICATION_BYTES: usize = 512 << 10;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
@@ -280,6 +311,46 @@ mod tests {
             assert_eq!(back.log_id, e.log_id);
             assert_eq!(format!("{:?}", back.payload), format!("{:?}", e.payload));
         }
+    }
+
+    #[tokio::test]
+    async fn replication_reads_a_bounded_run_of_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(dir.path()).expect("open");
+        let entry = |index: u64, len: usize| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(RaftRequest {
+                payload: vec![b'x'; len],
+            }),
+        };
+        // 1-10: 200 kB each; 11: one entry over the budget; 12-311: 1 kB each.
+        let sizes = (1..=10)
+            .map(|i| (i, 200_000))
+            .chain([(11, 1_500_000)])
+            .chain((12..=311).map(|i| (i, 1_000)));
+        let txn = db.begin_write().expect("write");
+        {
+            let mut logs = txn.open_table(LOGS).expect("table");
+            for (index, len) in sizes {
+                let bytes = encode_entry(&entry(index, len)).expect("encode");
+                logs.insert(index, bytes.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+        let mut store = LogStore::new(db);
+        let indexes =
+            |entries: Vec<Entry>| -> Vec<u64> { entries.iter().map(|e| e.log_id.index).collect() };
+        // Two 200 kB entries fit in 512 KiB, a third does not.
+        let run = store.limited_get_log_entries(1, 312).await.expect("read");
+        assert_eq!(indexes(run), [1, 2]);
+        // An entry larger than the budget goes alone.
+        let run = store.limited_get_log_entries(10, 312).await.expect("read");
+        assert_eq!(indexes(run), [10]);
+        let run = store.limited_get_log_entries(11, 312).await.expect("read");
+        assert_eq!(indexes(run), [11]);
+        // Small entries: the whole range asked for.
+        let run = store.limited_get_log_entries(12, 312).await.expect("read");
+        assert_eq!(run.len(), 300);
     }
 
     #[test]

@@ -468,7 +468,12 @@ impl RaftNode {
         use openraft::error::RaftError as E;
         // Bounded: a leader without a quorum never commits (see `read.rs`). The entry may still
         // commit later if this member keeps leading; the caller is told it is not known to.
-        let write = self.raft.client_write(RaftRequest::from_actions(actions));
+        let request = RaftRequest::from_actions(actions);
+        // The store refuses larger writes already; this bounds anything else that proposes.
+        if request.payload.len() > store::MAX_TRANSACTION_BYTES {
+            return Err(ProposeError::TooLarge);
+        }
+        let write = self.raft.client_write(request);
         let Ok(res) = tokio::time::timeout(self.write_bound(), write).await else {
             tracing::warn!(bound = ?self.write_bound(), "proposal not committed in time");
             return Err(ProposeError::NoLeader);

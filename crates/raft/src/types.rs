@@ -39,10 +39,12 @@ pub struct RaftRequest {
 }
 
 impl RaftRequest {
-    /// Encodes store actions under a random request ID.
+    /// Encodes store actions under a random request ID. The ID's top bit is set, so its field
+    /// always takes [`store::REQUEST_ID_BYTES`] and the entry is exactly
+    /// [`store::proposal_len`] bytes.
     pub fn from_actions(actions: Vec<api::StoreAction>) -> Self {
         let req = api::InternalRaftRequest {
-            id: rand::random::<u64>(),
+            id: rand::random::<u64>() | 1 << 63,
             action: actions,
         };
         RaftRequest {

@@ -242,3 +242,47 @@ fn run_writer(dir: &Path) {
         }
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_refuses_a_proposal_over_the_transaction_limit() {
+    use store::Proposer;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let store = MemoryStore::new(None);
+    let node = start(config(&tmp.path().join("raft"), 10_000, 500), &store).await;
+    let action = |len: usize| api::StoreAction {
+        action: api::StoreActionKind::StoreActionCreate as i32,
+        target: Some(api::store_action::Target::Config(api::Config {
+            id: "c".into(),
+            spec: Some(api::ConfigSpec {
+                data: vec![b'x'; len],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    // The data length whose entry is exactly the limit.
+    let mut len = store::MAX_TRANSACTION_BYTES;
+    while store::proposal_len(&[action(len)]) > store::MAX_TRANSACTION_BYTES {
+        len -= 1;
+    }
+    assert_eq!(
+        store::proposal_len(&[action(len)]),
+        store::MAX_TRANSACTION_BYTES
+    );
+    let before = store.last_index();
+    let err = node
+        .propose(vec![action(len + 1)])
+        .await
+        .expect_err("one byte over");
+    assert_eq!(err, store::ProposeError::TooLarge);
+    assert_eq!(
+        err.to_string(),
+        "raft: raft message is too large and can't be sent"
+    );
+    assert_eq!(store.last_index(), before, "nothing proposed");
+    node.propose(vec![action(len)])
+        .await
+        .expect("exactly the limit");
+    assert_eq!(store.view(|tx| tx.count::<api::Config>()), 1);
+    node.shutdown().await;
+}

@@ -23,6 +23,10 @@ use crate::scheduler::{
 /// Most tasks written in one store transaction.
 pub(crate) const MAX_BATCH: usize = 200;
 
+/// Bytes a decision may add to a task (node ID, status message, an explanation), for deciding
+/// whether the task still fits in a transaction.
+const DECISION_SLACK: usize = 1024;
+
 const COMPLETE: i32 = api::TaskState::Complete as i32;
 
 /// What a pass decided for one task.
@@ -121,12 +125,14 @@ impl Scheduler {
         let decide_time = now.elapsed();
         let mut committed = false;
         let mut decisions = decisions.into_iter();
+        let mut carried = Vec::new();
         loop {
-            let batch: Vec<Decision> = decisions.by_ref().take(MAX_BATCH).collect();
+            let mut batch: Vec<Decision> = std::mem::take(&mut carried);
+            batch.extend(decisions.by_ref().take(MAX_BATCH - batch.len()));
             if batch.is_empty() {
                 break;
             }
-            self.write(batch).await;
+            carried = self.write(batch).await;
             if let Some(watcher) = watcher.as_deref_mut() {
                 while let Some(event) = watcher.try_recv() {
                     match event {
@@ -351,9 +357,10 @@ impl Scheduler {
         (counts, passing)
     }
 
-    /// Writes one batch of decisions in one transaction and settles the bookkeeping of those that
-    /// could not be written.
-    async fn write(&mut self, batch: Vec<Decision>) {
+    /// Writes a batch of decisions in one transaction and settles the bookkeeping of those that
+    /// could not be written. The transaction ends early once it is full by the store's batch
+    /// limits (large tasks); the decisions left out are returned, for the next transaction.
+    async fn write(&mut self, mut batch: Vec<Decision>) -> Vec<Decision> {
         let now = prost_types::Timestamp::from(SystemTime::now());
         let result = self
             .store
@@ -364,6 +371,9 @@ impl Scheduler {
                         written.push(Written::Gone);
                         continue;
                     };
+                    if !tx.has_room_for(&*task, DECISION_SLACK) {
+                        break;
+                    }
                     if task.version() != decision.task.version {
                         written.push(Written::Conflict(Some(task)));
                         continue;
@@ -386,9 +396,11 @@ impl Scheduler {
             error!(error = %e, "scheduler tick transaction failed");
             batch.iter().map(|_| Written::Conflict(None)).collect()
         });
+        let rest = batch.split_off(written.len());
         for (decision, written) in batch.into_iter().zip(written) {
             self.settle(decision, written);
         }
+        rest
     }
 
     fn settle(&mut self, decision: Decision, written: Written) {

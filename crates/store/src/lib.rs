@@ -9,6 +9,7 @@
 mod by;
 mod error;
 mod hash;
+mod limits;
 mod memory;
 mod object;
 mod proposer;
@@ -20,6 +21,9 @@ mod watch;
 pub use by::By;
 pub use error::StoreError;
 pub use hash::IdHash;
+pub use limits::{
+    BATCH_BYTES, MAX_CHANGES_PER_TRANSACTION, MAX_TRANSACTION_BYTES, REQUEST_ID_BYTES, proposal_len,
+};
 pub use memory::MemoryStore;
 pub use object::{Kind, StoreObject};
 pub use proposer::{ProposeError, Proposer};

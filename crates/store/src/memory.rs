@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use tracing::{debug, warn};
 
 use crate::error::StoreError;
-use crate::proposer::Proposer;
+use crate::proposer::{ProposeError, Proposer};
 use crate::table::Tables;
 use crate::tx::{Change, Mode, ReadTx, Tx};
 use crate::watch::{Event, Subscriber, WatchFilter, Watcher, subscribe};
@@ -118,14 +118,65 @@ impl MemoryStore {
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
         let _serial = self.inner.update_lock.lock().await;
-        let (result, changes, seen) = {
+        let (result, written) = {
             let state = self.read_state();
             let mut tx = Tx::new(&state.tables, Mode::Local);
             let result = f(&mut tx)?;
-            (result, tx.into_local_changes(), state.generation)
+            (result, Written::of(tx, state.generation))
         };
+        self.commit(written).await?;
+        Ok(result)
+    }
+
+    /// Writes `items` in as few transactions as SwarmKit's batch limits allow (SwarmKit's
+    /// `Batch`): `write` is called for each item in order, and a transaction is committed once it
+    /// holds [`crate::MAX_CHANGES_PER_TRANSACTION`] writes or [`crate::BATCH_BYTES`]. Unlike
+    /// SwarmKit's, a batch never grows past [`crate::MAX_TRANSACTION_BYTES`] by its last item: that
+    /// item's writes are rolled back and it is written again in the next transaction (so `write`
+    /// may run twice for an item; only its store writes count), and only an item too large on its
+    /// own is refused. An item whose `write` fails is rolled back alone (its error is returned,
+    /// with those of transactions that failed as a whole); the others are written.
+    pub async fn batch<T: Sync>(
+        &self,
+        items: &[T],
+        write: impl Fn(&mut Tx<'_>, &T) -> Result<(), StoreError> + Send + Sync,
+    ) -> Vec<StoreError> {
+        let mut errors = Vec::new();
+        let mut start = 0;
+        while start < items.len() {
+            let _serial = self.inner.update_lock.lock().await;
+            let (consumed, written) = {
+                let state = self.read_state();
+                let (consumed, tx) =
+                    fill_batch(&state.tables, &items[start..], &write, &mut errors);
+                (consumed, Written::of(tx, state.generation))
+            };
+            start += consumed;
+            if let Err(e) = self.commit(written).await {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// Proposes (or, without a proposer, applies) what a local transaction wrote, after
+    /// refusing an entry larger than SwarmKit's limit.
+    async fn commit(&self, written: Written) -> Result<(), StoreError> {
+        let Written {
+            changes,
+            proposal_len,
+            seen,
+        } = written;
         if changes.is_empty() {
-            return Ok(result);
+            return Ok(());
+        }
+        if proposal_len > crate::limits::MAX_TRANSACTION_BYTES {
+            debug!(
+                bytes = proposal_len,
+                limit = crate::limits::MAX_TRANSACTION_BYTES,
+                "store write refused: too large"
+            );
+            return Err(ProposeError::TooLarge.into());
         }
         let proposer = self
             .inner
@@ -153,7 +204,7 @@ impl MemoryStore {
                 self.apply_changes(index, changes, Some(seen))?;
             }
         }
-        Ok(result)
+        Ok(())
     }
 
     /// Applies committed actions at raft `index` (raft state machine, and replay after restart): all of
@@ -279,6 +330,57 @@ impl MemoryStore {
     pub fn last_index(&self) -> u64 {
         self.read_state().last_index
     }
+}
+
+/// What a local transaction wrote, ready to commit.
+struct Written {
+    changes: Vec<Change>,
+    proposal_len: usize,
+    /// The generation of the tables the transaction saw.
+    seen: u64,
+}
+
+impl Written {
+    fn of(tx: Tx<'_>, seen: u64) -> Self {
+        let proposal_len = tx.proposal_len();
+        Written {
+            changes: tx.into_local_changes(),
+            proposal_len,
+            seen,
+        }
+    }
+}
+
+/// Writes items into one transaction until it is full ([`Tx::batch_full`]) or the items run out;
+/// returns how many items it took. An item whose write fails is rolled back and its error kept;
+/// an item that would take a transaction holding earlier writes past the limit is rolled back and
+/// left for the next transaction.
+fn fill_batch<'a, T>(
+    tables: &'a Tables,
+    items: &[T],
+    write: &impl Fn(&mut Tx<'_>, &T) -> Result<(), StoreError>,
+    errors: &mut Vec<StoreError>,
+) -> (usize, Tx<'a>) {
+    let mut tx = Tx::new(tables, Mode::Local);
+    let mut done = 0;
+    while done < items.len() {
+        let mark = tx.mark();
+        if let Err(e) = write(&mut tx, &items[done]) {
+            tx.rollback_to(mark);
+            errors.push(e);
+            done += 1;
+            continue;
+        }
+        if mark.had_writes() && tx.proposal_len() > crate::limits::MAX_TRANSACTION_BYTES {
+            tx.rollback_to(mark);
+            break;
+        }
+        done += 1;
+        if tx.batch_full() {
+            break;
+        }
+    }
+    (done, tx)
 }
 
 #[cfg(test)]

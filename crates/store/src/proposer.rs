@@ -27,6 +27,10 @@ pub enum ProposeError {
     /// Leadership was lost while the proposal was in flight.
     #[error("raft: failed to process the request: node lost leader status")]
     LostLeadership,
+    /// The write's raft entry is larger than [`crate::MAX_TRANSACTION_BYTES`]: refused before it
+    /// is proposed, so nothing changes.
+    #[error("raft: raft message is too large and can't be sent")]
+    TooLarge,
     /// Anything else, already worded for users.
     #[error("{0}")]
     Other(String),

@@ -678,3 +678,228 @@ async fn task_names_are_found_without_an_index() {
         .expect("delete");
     store.view(|tx| assert!(tx.find_tasks(By::Name("web.2.t2")).is_empty()));
 }
+
+/// A store whose writes go through a [`RecordingProposer`].
+fn recorded_store() -> (MemoryStore, Arc<RecordingProposer>) {
+    let proposer = Arc::new(RecordingProposer {
+        store: Mutex::new(None),
+        proposals: Mutex::new(Vec::new()),
+        next_index: Mutex::new(0),
+    });
+    let store = MemoryStore::new(Some(proposer.clone()));
+    *proposer.store.lock().expect("lock") = Some(store.clone());
+    (store, proposer)
+}
+
+/// A config whose data is `len` bytes.
+fn config(id: &str, len: usize) -> api::Config {
+    api::Config {
+        id: id.into(),
+        spec: Some(api::ConfigSpec {
+            annotations: annotations(id),
+            data: vec![b'x'; len],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What creating `config(id, len)` makes the transaction's entry, without writing it.
+async fn entry_len_of_create(store: &MemoryStore, id: &str, len: usize) -> usize {
+    let mut measured = 0;
+    let probe = store
+        .update(|tx| {
+            tx.create_config(config(id, len))?;
+            measured = tx.proposal_len();
+            Err::<(), _>(StoreError::Invalid("probe".into()))
+        })
+        .await;
+    assert!(probe.is_err());
+    measured
+}
+
+/// The data length whose create makes an entry of exactly `target` bytes.
+async fn data_len_for_entry(store: &MemoryStore, id: &str, target: usize) -> usize {
+    let base = entry_len_of_create(store, id, 0).await;
+    let mut len = target - base;
+    // Length prefixes grow with the data: step down until the entry is exact.
+    while entry_len_of_create(store, id, len).await > target {
+        len -= 1;
+    }
+    assert_eq!(entry_len_of_create(store, id, len).await, target);
+    len
+}
+
+#[tokio::test]
+async fn the_entry_size_a_transaction_counts_is_the_encoded_raft_request() {
+    let (store, proposer) = recorded_store();
+    let mut counted = 0;
+    store
+        .update(|tx| {
+            tx.create_config(config("a", 1000))?;
+            tx.create_service(service("s", "web"))?;
+            tx.create_task(task("t", "s", 1, "", api::TaskState::Running))?;
+            counted = tx.proposal_len();
+            Ok(())
+        })
+        .await
+        .expect("write");
+    store
+        .update(|tx| {
+            let mut t = tx.get_task("t").expect("stored");
+            t.node_id = "n".into();
+            tx.update_task(t)?;
+            tx.delete_config("a")
+        })
+        .await
+        .expect("write");
+    let proposals = proposer.proposals.lock().expect("lock").clone();
+    assert_eq!(proposals.len(), 2);
+    // The raft crate draws request IDs with the top bit set: the widest varint.
+    let encoded = |action: &Vec<api::StoreAction>| {
+        prost::Message::encoded_len(&api::InternalRaftRequest {
+            id: 1 << 63,
+            action: action.clone(),
+        })
+    };
+    assert_eq!(counted, encoded(&proposals[0]));
+    assert_eq!(proposal_len(&proposals[0]), encoded(&proposals[0]));
+    assert_eq!(proposal_len(&proposals[1]), encoded(&proposals[1]));
+}
+
+#[tokio::test]
+async fn a_write_over_the_transaction_limit_is_refused_and_changes_nothing() {
+    assert_eq!(MAX_TRANSACTION_BYTES, 1_572_864);
+    let (store, proposer) = recorded_store();
+    let at_limit = data_len_for_entry(&store, "big", MAX_TRANSACTION_BYTES).await;
+    let mut watcher = store.watch(WatchFilter::all());
+
+    // One byte over: refused before it is proposed, with SwarmKit's message.
+    let err = store
+        .update(|tx| tx.create_config(config("big", at_limit + 1)))
+        .await
+        .expect_err("over the limit");
+    assert!(
+        matches!(err, StoreError::Propose(ProposeError::TooLarge)),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "raft: raft message is too large and can't be sent"
+    );
+    assert!(proposer.proposals.lock().expect("lock").is_empty());
+    assert_eq!(store.view(|tx| tx.count::<api::Config>()), 0);
+    assert_eq!(store.last_index(), 0);
+    assert_eq!(watcher.try_recv(), None);
+
+    // Exactly at the limit: written.
+    store
+        .update(|tx| tx.create_config(config("big", at_limit)))
+        .await
+        .expect("at the limit");
+    let proposals = proposer.proposals.lock().expect("lock").clone();
+    assert_eq!(proposals.len(), 1);
+    assert_eq!(proposal_len(&proposals[0]), MAX_TRANSACTION_BYTES);
+
+    // Two objects that fit alone but not together in one write: refused as a whole.
+    let half = at_limit / 2 + 16;
+    let err = store
+        .update(|tx| {
+            tx.create_config(config("h1", half))?;
+            tx.create_config(config("h2", half))
+        })
+        .await
+        .expect_err("together over the limit");
+    assert!(matches!(err, StoreError::Propose(ProposeError::TooLarge)));
+    assert_eq!(store.view(|tx| tx.count::<api::Config>()), 1);
+
+    // Without a proposer the limit holds as well.
+    let local = MemoryStore::new(None);
+    let err = local
+        .update(|tx| tx.create_config(config("big", at_limit + 1)))
+        .await
+        .expect_err("over the limit");
+    assert!(matches!(err, StoreError::Propose(ProposeError::TooLarge)));
+    assert_eq!(local.last_index(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_is_cut_by_size_and_never_refused_for_items_that_fit_alone() {
+    let (store, proposer) = recorded_store();
+    // 0.9 MB each: two would pass 3/4 of the limit only together, and exceed the limit then.
+    let sizes = [900_000, 900_000, 100, 600_000, 600_000, 600_000, 100, 100];
+    let items: Vec<(String, usize)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, len)| (format!("c{i}"), *len))
+        .collect();
+    let errors = store
+        .batch(&items, |tx, (id, len)| tx.create_config(config(id, *len)))
+        .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(store.view(|tx| tx.count::<api::Config>()), items.len());
+    let proposals = proposer.proposals.lock().expect("lock").clone();
+    let sizes: Vec<usize> = proposals.iter().map(|p| proposal_len(p)).collect();
+    assert!(
+        sizes.iter().all(|s| *s <= MAX_TRANSACTION_BYTES),
+        "entries {sizes:?}"
+    );
+    // [0.9] (a second 0.9 would pass the limit), [0.9 + 100 + 0.6] (past 3/4 of it),
+    // [0.6 + 0.6] (past 3/4), [100 + 100].
+    let counts: Vec<usize> = proposals.iter().map(Vec::len).collect();
+    assert_eq!(counts, [1, 3, 2, 2], "entries {sizes:?}");
+
+    // Many small writes: 200 changes per transaction, as SwarmKit's batch.
+    let small: Vec<String> = (0..450).map(|i| format!("s{i:03}")).collect();
+    let before = proposer.proposals.lock().expect("lock").len();
+    let errors = store
+        .batch(&small, |tx, id| tx.create_config(config(id, 10)))
+        .await;
+    assert!(errors.is_empty());
+    let counts: Vec<usize> = proposer.proposals.lock().expect("lock")[before..]
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(counts, [200, 200, 50]);
+}
+
+#[tokio::test]
+async fn a_batch_leaves_out_only_the_items_that_fail_or_are_too_large_alone() {
+    let (store, _proposer) = recorded_store();
+    store
+        .update(|tx| tx.create_config(config("taken", 1)))
+        .await
+        .expect("seed");
+    let items: Vec<(&str, usize)> = vec![
+        ("a", 10),
+        ("taken", 10),
+        ("pair", 10),
+        ("b", 10),
+        ("p1", 10),
+        ("huge", MAX_TRANSACTION_BYTES),
+        ("c", 10),
+    ];
+    let errors = store
+        .batch(&items, |tx, (id, len)| {
+            if *id == "pair" {
+                // Writes p1, then fails: p1 is taken back with it.
+                tx.create_config(config("p1", 10))?;
+                return tx.create_config(config("taken", 10));
+            }
+            tx.create_config(config(id, *len))
+        })
+        .await;
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "object already exists",
+            "object already exists",
+            "raft: raft message is too large and can't be sent"
+        ]
+    );
+    let mut ids: Vec<String> =
+        store.view(|tx| tx.find_configs(By::All).into_iter().map(|c| c.id).collect());
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c", "p1", "taken"]);
+}

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use crate::by::{By, Query};
 use crate::error::StoreError;
+use crate::limits;
 use crate::object::{Kind, StoreObject, object_into_target, target_into_object, with_kind};
 use crate::shared::Shared;
 use crate::table::{Overlay, Tables};
@@ -184,6 +185,23 @@ impl Change {
         }
     }
 
+    /// Puts the object as this change left it into `overlay` (what `Tx::written` did).
+    fn replay_into(&self, overlay: &mut Overlay) {
+        let Some(kind) = Kind::of_object(&self.object) else {
+            return;
+        };
+        with_kind!(kind, T => self.replay_as::<T>(overlay))
+    }
+
+    fn replay_as<T: StoreObject>(&self, overlay: &mut Overlay) {
+        let Some(object) = Shared::<T>::from_object(Arc::clone(&self.object)) else {
+            return;
+        };
+        let id = self.id.clone().unwrap_or_else(|| Arc::from(object.id()));
+        let after = (self.action != api::StoreActionKind::StoreActionRemove).then_some(object);
+        T::overlay_mut(overlay).insert(id, after);
+    }
+
     /// A committed store action as a change to apply.
     pub(crate) fn from_action(action: &api::StoreAction) -> Result<Change, StoreError> {
         let Some(target) = action.target.clone() else {
@@ -248,6 +266,20 @@ impl Change {
     }
 }
 
+/// A point of a local transaction ([`Tx::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    changes: usize,
+    proposal_len: usize,
+}
+
+impl Mark {
+    /// Whether the transaction had written anything at this point.
+    pub(crate) fn had_writes(&self) -> bool {
+        self.changes > 0
+    }
+}
+
 /// A write transaction (see `MemoryStore::update`). Reads through `Deref` see its own writes.
 #[derive(Debug)]
 pub struct Tx<'a> {
@@ -255,6 +287,8 @@ pub struct Tx<'a> {
     mode: Mode,
     now: prost_types::Timestamp,
     changes: Vec<Change>,
+    /// Encoded size of the raft entry `changes` make (`Mode::Local`).
+    proposal_len: usize,
     events: Vec<Event>,
 }
 
@@ -272,6 +306,7 @@ impl<'a> Tx<'a> {
             mode,
             now: prost_types::Timestamp::from(SystemTime::now()),
             changes: Vec::new(),
+            proposal_len: crate::limits::REQUEST_ID_BYTES,
             events: Vec::new(),
         }
     }
@@ -384,6 +419,7 @@ impl<'a> Tx<'a> {
                     EventKind::Update => api::StoreActionKind::StoreActionUpdate,
                     EventKind::Remove => api::StoreActionKind::StoreActionRemove,
                 };
+                self.proposal_len += limits::framed_len(limits::action_len(&shared));
                 self.changes.push(Change {
                     action,
                     object: shared,
@@ -467,6 +503,56 @@ impl<'a> Tx<'a> {
                 tracing::warn!(kind = %T::KIND, id, error = %e, "restore: snapshot object skipped");
             }
         }
+    }
+
+    /// The point this (local) transaction has reached, for [`Tx::rollback_to`].
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            changes: self.changes.len(),
+            proposal_len: self.proposal_len,
+        }
+    }
+
+    /// Takes back every write made since `mark` (a batch item that failed or did not fit): the
+    /// overlay is rebuilt from the writes kept, which it only ever reflects.
+    pub(crate) fn rollback_to(&mut self, mark: Mark) {
+        if self.changes.len() == mark.changes {
+            return;
+        }
+        self.changes.truncate(mark.changes);
+        self.proposal_len = mark.proposal_len;
+        self.read.overlay = Overlay::default();
+        for change in &self.changes {
+            change.replay_into(&mut self.read.overlay);
+        }
+    }
+
+    /// Encoded size of the raft entry this (local) transaction's writes make so far: what
+    /// [`crate::MAX_TRANSACTION_BYTES`] bounds.
+    pub fn proposal_len(&self) -> usize {
+        self.proposal_len
+    }
+
+    /// Number of writes this (local) transaction made so far.
+    pub fn change_count(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether a batch should commit this transaction before writing more: SwarmKit's batch
+    /// limits, [`crate::MAX_CHANGES_PER_TRANSACTION`] writes or [`crate::BATCH_BYTES`].
+    pub fn batch_full(&self) -> bool {
+        self.changes.len() >= limits::MAX_CHANGES_PER_TRANSACTION
+            || self.proposal_len >= limits::BATCH_BYTES
+    }
+
+    /// Whether a batch may still write `object` into this transaction, `slack` bytes larger than it
+    /// is now: the transaction is empty, or it is not [full](Tx::batch_full) and the object would
+    /// not take it past [`crate::MAX_TRANSACTION_BYTES`].
+    pub fn has_room_for(&self, object: &impl prost::Message, slack: usize) -> bool {
+        self.changes.is_empty()
+            || (!self.batch_full()
+                && self.proposal_len + limits::write_len(object.encoded_len() + slack)
+                    <= limits::MAX_TRANSACTION_BYTES)
     }
 
     /// The changes to propose or apply (for `Mode::Local`). The transaction's own copies are

@@ -379,14 +379,9 @@ pub(super) async fn remove(
         if tx.get_service(&id).is_none() {
             return Err(not_found(&id).into());
         }
-        // The orchestrator stops these and the task reaper deletes them once they are down
-        // (orchestrator.SetServiceTasksRemove; desired states never go backwards).
-        for mut task in tx.find_tasks(By::ServiceId(&id)) {
-            if task.desired_state < TaskState::Remove as i32 {
-                task.desired_state = TaskState::Remove as i32;
-                tx.update_task(task)?;
-            }
-        }
+        // Only the service, as SwarmKit: its orchestrator gives the tasks desired REMOVE in
+        // batches (one transaction could not hold many or large tasks) and the task reaper
+        // deletes them once they are down.
         tx.delete_service(&id)?;
         Ok(())
     })

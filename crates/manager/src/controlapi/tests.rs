@@ -809,7 +809,7 @@ async fn service_lifecycle() {
         .is_empty()
     );
 
-    // Removal marks the tasks for removal in the same transaction.
+    // Removal deletes the service alone: its orchestrator marks the tasks for removal.
     let task = api::Task {
         id: "task1".into(),
         service_id: svc.id.clone(),
@@ -828,7 +828,7 @@ async fn service_lifecycle() {
         .store
         .view(|tx| tx.get_task("task1"))
         .expect("task stays until reaped");
-    assert_eq!(task.desired_state, api::TaskState::Remove as i32);
+    assert_eq!(task.desired_state, api::TaskState::Running as i32);
 }
 
 #[tokio::test]
@@ -1910,4 +1910,87 @@ async fn removed_node_certificate_is_blacklisted_until_expiry() {
         .get("w1")
         .expect("blacklisted");
     assert_eq!(entry.expiry, Some(prost_types::Timestamp::from(expected)));
+}
+
+/// `service_spec(name)` with a label of `len` bytes.
+fn labelled_spec(name: &str, len: usize) -> api::ServiceSpec {
+    let mut spec = service_spec(name);
+    spec.annotations
+        .as_mut()
+        .expect("annotations")
+        .labels
+        .insert("big".into(), "x".repeat(len));
+    spec
+}
+
+#[tokio::test]
+async fn a_service_whose_raft_entry_passes_swarmkits_limit_is_refused() {
+    let ctl = control(&[]);
+    // The entry of a stored service, measured as it was proposed (no version yet).
+    let probe = create_service(&ctl, labelled_spec("svc-a", 1_500_000))
+        .await
+        .expect("well under the limit");
+    let mut proposed = probe.clone();
+    proposed.meta.as_mut().expect("meta").version = None;
+    let entry = store::proposal_len(&[api::StoreAction {
+        action: api::StoreActionKind::StoreActionCreate as i32,
+        target: Some(api::store_action::Target::Service(proposed)),
+    }]);
+    // Label sizes that make the same entry `delta` bytes off the limit (timestamps vary by a few).
+    let len_for = |delta: isize| {
+        (1_500_000 + store::MAX_TRANSACTION_BYTES as isize - entry as isize + delta) as usize
+    };
+
+    let refused = create_service(&ctl, labelled_spec("svc-b", len_for(16))).await;
+    check(
+        refused,
+        Code::Unknown,
+        "raft: raft message is too large and can't be sent",
+    );
+    let listed = ctl
+        .list_services(Request::new(api::ListServicesRequest::default()))
+        .await
+        .expect("list")
+        .into_inner()
+        .services;
+    assert_eq!(listed.len(), 1, "nothing stored by the refused write");
+
+    create_service(&ctl, labelled_spec("svc-c", len_for(-16)))
+        .await
+        .expect("just under the limit");
+
+    // An update that keeps the previous spec doubles the entry: refused, the service unchanged.
+    let current = ctl
+        .get_service(Request::new(api::GetServiceRequest {
+            service_id: probe.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("get")
+        .into_inner()
+        .service
+        .expect("service");
+    let update = ctl
+        .update_service(Request::new(api::UpdateServiceRequest {
+            service_id: probe.id.clone(),
+            service_version: current.meta.as_ref().and_then(|m| m.version),
+            spec: Some(labelled_spec("svc-a", 1_400_000)),
+            ..Default::default()
+        }))
+        .await;
+    check(
+        update,
+        Code::Unknown,
+        "raft: raft message is too large and can't be sent",
+    );
+    let after = ctl
+        .get_service(Request::new(api::GetServiceRequest {
+            service_id: probe.id,
+            ..Default::default()
+        }))
+        .await
+        .expect("get")
+        .into_inner()
+        .service;
+    assert_eq!(after, Some(current));
 }

@@ -180,6 +180,27 @@ async fn large_groups_are_written_in_batches_of_200() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn large_tasks_are_written_in_transactions_under_the_size_limit() {
+    let (store, running) = cluster(vec![node("n1"), node("n2")]).await;
+    let mut watcher = store.watch(WatchFilter::none().tasks());
+    // 0.9 MB each: two in one transaction would pass SwarmKit's 1.5 MiB and be refused.
+    for i in 0..3 {
+        let mut t = task(&format!("big{i}"), "s");
+        let container = api::ContainerSpec {
+            image: "busybox".into(),
+            env: vec![format!("E={}", "x".repeat(900_000))],
+            ..Default::default()
+        };
+        spec_mut(&mut t).runtime = Some(api::task_spec::Runtime::Container(Box::new(container)));
+        put_tasks(&store, vec![t]).await;
+    }
+    let commits = assigned_per_commit(&mut watcher, 3).await;
+    let sizes: Vec<usize> = commits.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![1, 1, 1]);
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_commit_completing_a_full_batch_is_scheduled_without_the_debounce() {
     let (store, running) = cluster(vec![node("n1"), node("n2")]).await;
     let start = tokio::time::Instant::now();

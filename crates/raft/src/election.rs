@@ -71,32 +71,57 @@ fn random_below(d: Duration) -> Duration {
 
 #[derive(Debug)]
 struct State {
-    /// Last time a leader was heard (or a vote granted, or a campaign started).
+    timing: Timing,
+    /// Last time the timer restarted: a leader heard, a vote granted or a campaign started.
     heard: Instant,
+    /// Last time a leader was heard (this member's own leadership included).
+    leader_heard: Instant,
     /// Campaign once this passes without hearing a leader.
     deadline: Instant,
     /// Highest term of a candidate this member refused for its shorter log.
     refused_term: Option<u64>,
 }
 
-/// The election timer of one member, restarted by its transport (shared by clones).
+/// The election timer of one member, restarted by its transport and told of refusals by its
+/// network (shared by clones).
 #[derive(Debug, Clone)]
 pub(crate) struct Clock {
-    timing: Timing,
     state: Arc<Mutex<State>>,
+}
+
+impl Default for Clock {
+    /// SwarmKit's default timings until [`Clock::configure`].
+    fn default() -> Self {
+        Clock::new(Timing::new(
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(6),
+        ))
+    }
 }
 
 impl Clock {
     pub(crate) fn new(timing: Timing) -> Clock {
         let now = Instant::now();
         Clock {
-            timing,
             state: Arc::new(Mutex::new(State {
+                timing,
                 heard: now,
+                leader_heard: now,
                 deadline: now + timing.draw(),
                 refused_term: None,
             })),
         }
+    }
+
+    /// Sets the timings (a member's, once its settings are known) and restarts.
+    pub(crate) fn configure(&self, timing: Timing) {
+        self.lock().timing = timing;
+        self.restart();
+    }
+
+    fn timing(&self) -> Timing {
+        self.lock().timing
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -105,26 +130,33 @@ impl Clock {
             .expect("election clock mutex is never poisoned")
     }
 
-    /// A leader was heard (or a vote granted, or a campaign started): restart with a new draw.
+    /// A leader was heard (this member's own leadership too): restart with a new draw.
+    pub(crate) fn leader_heard(&self) {
+        self.lock().leader_heard = Instant::now();
+        self.restart();
+    }
+
+    /// A vote was granted or a campaign started: restart with a new draw.
     pub(crate) fn restart(&self) {
         let now = Instant::now();
         let mut s = self.lock();
         s.heard = now;
-        s.deadline = now + self.timing.draw();
+        s.deadline = now + s.timing.draw();
         s.refused_term = None;
     }
 
-    /// This member refused a candidate of `term` (above its own) for its shorter log. Without a
-    /// leader heard for a lease, it campaigns soon, above `term`; while a leader was heard it
-    /// leaves the candidate alone (the lease refused it too).
+    /// This member refused a candidate of `term` (above its own) for its shorter log, or a
+    /// member with a shorter log refused this one's campaign holding a vote of `term` (a split at
+    /// one term). Without a leader heard for a lease, it campaigns soon, above `term`; while a
+    /// leader was heard it leaves things alone (the lease refused the candidate too).
     pub(crate) fn refused(&self, term: u64) {
         let now = Instant::now();
         let mut s = self.lock();
-        if now.duration_since(s.heard) < self.timing.lease {
+        if now.duration_since(s.leader_heard) < s.timing.lease {
             return;
         }
         s.refused_term = Some(s.refused_term.map_or(term, |t| t.max(term)));
-        let soon = now + random_below(self.timing.refusal_jitter);
+        let soon = now + random_below(s.timing.refusal_jitter);
         if soon < s.deadline {
             s.deadline = soon;
         }
@@ -141,7 +173,7 @@ impl Clock {
 pub(crate) async fn run(raft: Raft<TypeConfig>, id: u64, clock: Clock) {
     let metrics = raft.metrics();
     loop {
-        tokio::time::sleep(clock.timing.poll).await;
+        tokio::time::sleep(clock.timing().poll).await;
         if metrics.has_changed().is_err() {
             return;
         }
@@ -238,10 +270,15 @@ mod tests {
         let c = Clock::new(t);
         // A leader was just heard: the refusal changes nothing.
         c.refused(7);
+        std::thread::sleep(Duration::from_millis(40));
+        c.leader_heard();
+        c.refused(7);
         let (d, refused) = c.due();
         assert_eq!(refused, None);
         assert!(d >= Instant::now() + Duration::from_secs(9));
+        // A campaign of its own since is no leader heard: once the lease passed, it counts.
         std::thread::sleep(Duration::from_millis(40));
+        c.restart();
         c.refused(7);
         c.refused(5);
         let (d, refused) = c.due();

@@ -177,6 +177,7 @@ impl RaftNode {
             )));
         }
         let contacts = network.contacts();
+        let clock = network.clock();
         let lease = Duration::from_millis(openraft_cfg.election_timeout_max);
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
@@ -187,7 +188,8 @@ impl RaftNode {
             cfg.clone(),
         ));
         let compaction_failure = watch_for_panic("compaction", compaction);
-        let election_clock = crate::election::Clock::new(crate::election::Timing::new(
+        let election_clock = clock;
+        election_clock.configure(crate::election::Timing::new(
             cfg.election_timeout(),
             cfg.heartbeat_interval(),
             lease,

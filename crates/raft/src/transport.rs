@@ -84,7 +84,7 @@ impl RaftTransport for TransportService {
         let answer = self.raft.append_entries(rpc).await;
         // Anything but a refusal of its term comes from the leader this member follows.
         if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.clock.restart();
+            self.clock.leader_heard();
         }
         encode(&answer)
     }
@@ -114,7 +114,7 @@ impl RaftTransport for TransportService {
         let vote = rpc.vote;
         let answer = self.raft.install_snapshot(rpc).await;
         if matches!(&answer, Ok(r) if r.vote == vote) {
-            self.clock.restart();
+            self.clock.leader_heard();
         }
         encode(&answer)
     }

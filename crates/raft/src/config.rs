@@ -73,18 +73,18 @@ impl RaftConfig {
     }
 
     /// Election timeout: `tick * election_tick`. A follower that stops hearing its leader
-    /// campaigns between one and 1.2 election timeouts later (see `openraft_election_bounds`).
+    /// campaigns between one and 1.5 election timeouts later, drawn afresh each time (see
+    /// `election`).
     pub fn election_timeout(&self) -> Duration {
         self.tick * self.election_tick
     }
 
     /// openraft's `(election_timeout_min, election_timeout_max)` in ms for the election timeout
-    /// E. openraft refuses votes for a leader lease of `election_timeout_max` after the last
-    /// heartbeat, and a follower that knew a leader campaigns only after that lease plus its own
-    /// random timeout in `[min, max)`. With min = 0.4 E and max = 0.6 E a follower campaigns
-    /// `[E, 1.2 E)` after the leader went silent, close to SwarmKit's (etcd's) `[E, 2 E)`;
-    /// openraft's own min = E, max = 2 E would make that `[3 E, 4 E)`. The minimum stays above
-    /// the heartbeat interval, as openraft requires.
+    /// E. openraft's own election timer is off (`election` decides when to campaign), so these
+    /// set only its leader lease (max: a member that heard a leader this recently refuses
+    /// votes, 0.6 E, below the earliest campaign at E) and its vote RPC timeout (min, 0.4 E,
+    /// so a vote request to a dead or blackholed peer ends well before the next campaign). The
+    /// minimum stays above the heartbeat interval, as openraft requires.
     fn openraft_election_bounds(&self) -> (u64, u64) {
         let e = millis(self.election_timeout());
         let hb = millis(self.heartbeat_interval());
@@ -101,6 +101,8 @@ impl RaftConfig {
             heartbeat_interval: millis(self.heartbeat_interval()),
             election_timeout_min: lease_min,
             election_timeout_max: lease_max,
+            // `election` campaigns instead (openraft's timer stalls failovers: see there).
+            enable_elect: false,
             install_snapshot_timeout: millis(self.election_timeout()),
             // serde_json spells bytes as number lists (about 4x), so keep a chunk well under
             // the transport's message limit.
@@ -148,9 +150,11 @@ mod tests {
     fn timings_map_to_openraft() {
         let o = cfg().to_openraft().expect("valid");
         assert_eq!(o.heartbeat_interval, 1_000);
-        // Lease (max) plus a random timeout in [min, max): campaigns 10-12 s after silence.
+        // Vote RPC timeout (min) and leader lease (max), both under the election timeout;
+        // `election` campaigns, never openraft's own timer.
         assert_eq!(o.election_timeout_min, 4_000);
         assert_eq!(o.election_timeout_max, 6_000);
+        assert!(!o.enable_elect);
         let short = RaftConfig {
             election_tick: 2,
             ..cfg()

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 mod compaction;
 mod config;
 mod db;
+mod election;
 mod force;
 mod log_store;
 mod membership;

@@ -36,6 +36,7 @@ pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 pub struct NetworkFactory {
     dialer: Option<Dialer>,
     contacts: crate::membership::Contacts,
+    clock: crate::election::Clock,
 }
 
 impl NetworkFactory {
@@ -55,6 +56,11 @@ impl NetworkFactory {
     /// When each peer last answered an RPC of this factory's clients (shared by all clones).
     pub(crate) fn contacts(&self) -> crate::membership::Contacts {
         self.contacts.clone()
+    }
+
+    /// The member's election timer, told when a peer with a shorter log refuses a campaign.
+    pub(crate) fn clock(&self) -> crate::election::Clock {
+        self.clock.clone()
     }
 }
 
@@ -76,6 +82,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             dialer: self.dialer.clone(),
             client: None,
             contacts: self.contacts.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -88,6 +95,7 @@ pub struct PeerClient {
     dialer: Option<Dialer>,
     client: Option<RaftTransportClient<Channel>>,
     contacts: crate::membership::Contacts,
+    clock: crate::election::Clock,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -210,7 +218,21 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.call(Method::Vote, &rpc, &option).await
+        let answer: RpcResult<VoteResponse<NodeId>> = self.call(Method::Vote, &rpc, &option).await;
+        // Refused by a peer with a shorter log that holds a vote of this term or a later one
+        // (it campaigned too): this member is the better candidate, so it campaigns again
+        // soon above that term instead of waiting out a whole timeout.
+        if let Ok(r) = &answer {
+            let held = r.vote.leader_id().term;
+            if !r.vote_granted
+                && r.vote != rpc.vote
+                && held >= rpc.vote.leader_id().term
+                && r.last_log_id < rpc.last_log_id
+            {
+                self.clock.refused(held);
+            }
+        }
+        answer
     }
 }
 

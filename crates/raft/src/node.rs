@@ -56,6 +56,8 @@ pub struct RaftNode {
     pub(crate) removed: crate::membership::Removed,
     /// A peer silent for longer is unreachable.
     pub(crate) election_timeout: Duration,
+    /// When this member campaigns (see `election`); its transport restarts it.
+    election_clock: crate::election::Clock,
     /// Serializes membership changes made through this member.
     pub(crate) membership_change: tokio::sync::Mutex<()>,
     /// Set if the compaction task (snapshots and log purges) panicked: raft would go on
@@ -175,6 +177,8 @@ impl RaftNode {
             )));
         }
         let contacts = network.contacts();
+        let clock = network.clock();
+        let lease = Duration::from_millis(openraft_cfg.election_timeout_max);
         let raft = Raft::new(id, openraft_cfg, network, log_store, sm)
             .await
             .map_err(|e| RaftError::Raft(e.to_string()))?;
@@ -184,6 +188,17 @@ impl RaftNode {
             cfg.clone(),
         ));
         let compaction_failure = watch_for_panic("compaction", compaction);
+        let election_clock = clock;
+        election_clock.configure(crate::election::Timing::new(
+            cfg.election_timeout(),
+            cfg.heartbeat_interval(),
+            lease,
+        ));
+        tokio::spawn(crate::election::run(
+            raft.clone(),
+            id,
+            election_clock.clone(),
+        ));
         Ok(Arc::new(RaftNode {
             raft,
             id,
@@ -194,6 +209,7 @@ impl RaftNode {
             contacts,
             removed,
             election_timeout: cfg.election_timeout(),
+            election_clock,
             membership_change: tokio::sync::Mutex::new(()),
             compaction_failure,
         }))
@@ -373,7 +389,11 @@ impl RaftNode {
     /// The gRPC service answering peers' raft RPCs for this member (mount it where only
     /// managers can call it).
     pub fn transport(&self) -> TransportService {
-        TransportService::new(self.raft.clone(), self.removed.clone())
+        TransportService::new(
+            self.raft.clone(),
+            self.removed.clone(),
+            self.election_clock.clone(),
+        )
     }
 
     /// What the raft database holds by log index (compaction state).

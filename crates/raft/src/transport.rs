@@ -5,7 +5,9 @@
 use api::raftrpc::RaftPayload;
 use api::raftrpc::raft_transport_server::{RaftTransport, RaftTransportServer};
 use openraft::Raft;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
@@ -18,11 +20,21 @@ use crate::types::{NodeId, TypeConfig};
 pub struct TransportService {
     raft: Raft<TypeConfig>,
     removed: crate::membership::Removed,
+    /// Restarted by what the leader sends and by granted votes (see `election`).
+    clock: crate::election::Clock,
 }
 
 impl TransportService {
-    pub(crate) fn new(raft: Raft<TypeConfig>, removed: crate::membership::Removed) -> Self {
-        TransportService { raft, removed }
+    pub(crate) fn new(
+        raft: Raft<TypeConfig>,
+        removed: crate::membership::Removed,
+        clock: crate::election::Clock,
+    ) -> Self {
+        TransportService {
+            raft,
+            removed,
+            clock,
+        }
     }
 
     /// Refuses a message sent by a member removed from the cluster (SwarmKit answers NotFound).
@@ -69,13 +81,28 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
         self.check_sender(&rpc.vote)?;
-        encode(&self.raft.append_entries(rpc).await)
+        let answer = self.raft.append_entries(rpc).await;
+        // Anything but a refusal of its term comes from the leader this member follows.
+        if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.clock.leader_heard();
+        }
+        encode(&answer)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode(req)?;
         self.check_sender(&rpc.vote)?;
-        encode(&self.raft.vote(rpc).await)
+        let (term, last) = (rpc.vote.leader_id().term, rpc.last_log_id);
+        let answer = self.raft.vote(rpc).await;
+        if let Ok(r) = &answer {
+            if r.vote_granted {
+                self.clock.restart();
+            } else if r.vote.leader_id().term < term && r.last_log_id > last {
+                // Refused for its shorter log while this member stays at an older term.
+                self.clock.refused(term);
+            }
+        }
+        encode(&answer)
     }
 
     async fn install_snapshot(
@@ -84,6 +111,11 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         self.check_sender(&rpc.vote)?;
-        encode(&self.raft.install_snapshot(rpc).await)
+        let vote = rpc.vote;
+        let answer = self.raft.install_snapshot(rpc).await;
+        if matches!(&answer, Ok(r) if r.vote == vote) {
+            self.clock.leader_heard();
+        }
+        encode(&answer)
     }
 }

@@ -3,7 +3,6 @@
 //! check over reachable voters, the leader removing itself (leadership handover), and removed raft
 //! IDs refused afterwards.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -11,95 +10,9 @@ use openraft::raft::VoteRequest;
 use openraft::{BasicNode, Vote};
 use raft::{RaftNode, Reachability};
 use store::MemoryStore;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 mod common;
-use common::{WAIT, config, network, wait_until};
-
-/// One member with its store and the server of its transport.
-struct Member {
-    node: Arc<RaftNode>,
-    store: MemoryStore,
-    addr: String,
-    stop_server: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Member {
-    /// Stops serving and shuts raft down (a member that went away).
-    async fn stop(&mut self) {
-        if let Some(tx) = self.stop_server.take() {
-            let _ = tx.send(());
-        }
-        self.node.shutdown().await;
-    }
-}
-
-fn serve(node: &RaftNode, listener: TcpListener) -> oneshot::Sender<()> {
-    let (tx, rx) = oneshot::channel::<()>();
-    let svc = node.transport().into_server();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = rx.await;
-                },
-            )
-            .await;
-    });
-    tx
-}
-
-/// A leader and two members added through it, all voters.
-async fn cluster() -> Vec<Member> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = MemoryStore::new(None);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let node = tokio::time::timeout(
-        WAIT,
-        RaftNode::start(config(dir.path()), store.clone(), addr.clone(), network()),
-    )
-    .await
-    .expect("bounded")
-    .expect("start");
-    let stop_server = Some(serve(&node, listener));
-    let mut members = vec![Member {
-        node,
-        store,
-        addr,
-        stop_server,
-        _dir: dir,
-    }];
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = MemoryStore::new(None);
-        let node = RaftNode::start_joining(config(dir.path()), store.clone(), network())
-            .await
-            .expect("start joining");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let stop_server = Some(serve(&node, listener));
-        members[0]
-            .node
-            .add_member(node.raft_id(), addr.clone(), WAIT)
-            .await
-            .expect("add member");
-        node.wait_joined(WAIT).await.expect("joined");
-        members.push(Member {
-            node,
-            store,
-            addr,
-            stop_server,
-            _dir: dir,
-        });
-    }
-    assert_eq!(members[0].node.members().len(), 3);
-    members
-}
+use common::{WAIT, cluster, config, network, wait_until};
 
 async fn write(store: &MemoryStore, id: &str) -> Result<(), store::StoreError> {
     let node = api::Node {
@@ -156,10 +69,9 @@ async fn a_removed_follower_leaves_two_voters_and_its_raft_id_is_refused_for_goo
 
     // The record is durable: a restarted member still knows the ID was removed.
     m[1].stop().await;
-    let again =
-        RaftNode::start_joining(config(m[1]._dir.path()), MemoryStore::new(None), network())
-            .await
-            .expect("restart");
+    let again = RaftNode::start_joining(config(m[1].dir.path()), MemoryStore::new(None), network())
+        .await
+        .expect("restart");
     assert!(again.is_removed_id(gone));
     assert!(!again.is_removed());
     again.shutdown().await;

@@ -8,8 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::{Dialer, NetworkFactory, RaftConfig};
+use raft::{Dialer, NetworkFactory, RaftConfig, RaftNode};
 use store::MemoryStore;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 /// Bound of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -55,4 +57,93 @@ pub async fn create_node(store: &MemoryStore, id: &str) {
         .await
         .expect("write within bound")
         .expect("write succeeds");
+}
+
+/// One member with its store and the server of its transport.
+pub struct Member {
+    pub node: Arc<RaftNode>,
+    pub store: MemoryStore,
+    pub addr: String,
+    pub stop_server: Option<oneshot::Sender<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Member {
+    /// Stops serving and shuts raft down (a member that went away).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop_server.take() {
+            let _ = tx.send(());
+        }
+        self.node.shutdown().await;
+    }
+}
+
+pub fn serve(node: &RaftNode, listener: TcpListener) -> oneshot::Sender<()> {
+    let (tx, rx) = oneshot::channel::<()>();
+    let svc = node.transport().into_server();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = rx.await;
+                },
+            )
+            .await;
+    });
+    tx
+}
+
+/// A leader and two members added through it, all voters, with 50 ms ticks.
+pub async fn cluster() -> Vec<Member> {
+    cluster_with(config).await
+}
+
+/// [`cluster`] with each member's configuration from `config`.
+pub async fn cluster_with(config: fn(&std::path::Path) -> RaftConfig) -> Vec<Member> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = MemoryStore::new(None);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let node = tokio::time::timeout(
+        WAIT,
+        RaftNode::start(config(dir.path()), store.clone(), addr.clone(), network()),
+    )
+    .await
+    .expect("bounded")
+    .expect("start");
+    let stop_server = Some(serve(&node, listener));
+    let mut members = vec![Member {
+        node,
+        store,
+        addr,
+        stop_server,
+        dir,
+    }];
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MemoryStore::new(None);
+        let node = RaftNode::start_joining(config(dir.path()), store.clone(), network())
+            .await
+            .expect("start joining");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let stop_server = Some(serve(&node, listener));
+        members[0]
+            .node
+            .add_member(node.raft_id(), addr.clone(), WAIT)
+            .await
+            .expect("add member");
+        node.wait_joined(WAIT).await.expect("joined");
+        members.push(Member {
+            node,
+            store,
+            addr,
+            stop_server,
+            dir,
+        });
+    }
+    assert_eq!(members[0].node.members().len(), 3);
+    members
 }

@@ -26,7 +26,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const STEP_WAIT: Duration = Duration::from_secs(20);
 
 /// SwarmKit's build folder, or None after printing why the test is skipped.
-fn swarmkit_bin() -> Option<PathBuf> {
+pub(crate) fn swarmkit_bin() -> Option<PathBuf> {
     match std::env::var_os("SWARMKIT_REF_BIN") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);

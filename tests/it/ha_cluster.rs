@@ -144,9 +144,13 @@ impl Cluster {
                 }
                 let out = self.managers[i].ctl(&["node", "ls"]);
                 let me = format!("node-{}", i + 1);
+                // SwarmKit's nodes may list no name (its agent cannot describe a node whose
+                // Docker engine is newer than its client): its node ID names it too.
+                let id = crate::harness::node_cert(&self.managers[i].state_dir()).node_id;
                 let claims = out.code == 0
                     && out.stdout.lines().any(|l| {
-                        l.trim_end().ends_with(" *") && l.split_whitespace().any(|w| w == me)
+                        l.trim_end().ends_with(" *")
+                            && l.split_whitespace().any(|w| w == me || w == id)
                     });
                 if claims {
                     return Some(i);

@@ -135,18 +135,19 @@ impl Figures {
 /// 4 writers on a follower's socket (moved to another follower when theirs is about to lead),
 /// 5 leader SIGKILLs (each restarted once a write went through without it) and 2 leader
 /// SIGSTOPs of 15 s.
-fn failover_run(rt: &tokio::runtime::Runtime, mut c: Cluster, label: &str) -> Figures {
+fn failover_run(
+    rt: &tokio::runtime::Runtime,
+    mut c: Cluster,
+    label: &str,
+    pause_for: Duration,
+    timeout: Duration,
+) -> Figures {
     let n = c.managers.len();
     let bound = Duration::from_secs(180);
     let regs = create_registers(rt, &mut c);
     let leader = c.leader(bound);
     let follow = Arc::new(AtomicUsize::new((leader + 1) % n));
-    let w = Workload::start(
-        rt,
-        c.sockets(),
-        &regs,
-        &writers(4, &follow, Duration::from_secs(30)),
-    );
+    let w = Workload::start(rt, c.sockets(), &regs, &writers(4, &follow, timeout));
     w.wait_progress("the workload's first acknowledged write");
     let mut failovers = Vec::new();
     for round in 0..7 {
@@ -175,8 +176,8 @@ fn failover_run(rt: &tokio::runtime::Runtime, mut c: Cluster, label: &str) -> Fi
             acked - t
         );
         if pause {
-            // The fault itself: 15 s paused.
-            std::thread::sleep(Duration::from_secs(15).saturating_sub(t.elapsed()));
+            // The fault itself: paused for `pause_for`.
+            std::thread::sleep(pause_for.saturating_sub(t.elapsed()));
             c.managers[leader].resume();
             c.unreachable.retain(|&u| u != leader);
         } else {
@@ -221,12 +222,25 @@ fn failover_run(rt: &tokio::runtime::Runtime, mut c: Cluster, label: &str) -> Fi
 #[ignore = "figures, run by hand"]
 fn ha_ride_figures() {
     let rt = runtime();
-    let mut runs = vec![("ours", failover_run(&rt, Cluster::start(3, 1000), "ours"))];
+    let (pause, timeout) = (Duration::from_secs(15), Duration::from_secs(30));
+    let mut runs = vec![(
+        "ours",
+        failover_run(&rt, Cluster::start(3, 1000), "ours", pause, timeout),
+    )];
+    print_figures(&runs);
     if let Some(bin) = crate::interop::swarmkit_bin() {
         let c = Cluster::start_swarmkit(3, &bin);
-        runs.push(("SwarmKit", failover_run(&rt, c, "SwarmKit")));
+        runs.push(("SwarmKit", failover_run(&rt, c, "SwarmKit", pause, timeout)));
+        print_figures(&runs[1..]);
     }
-    for (label, f) in &runs {
+    if let Err(e) = &runs[0].1.history {
+        panic!("our history does not check out: {e}");
+    }
+}
+
+/// Prints each run's figures.
+fn print_figures(runs: &[(&str, Figures)]) {
+    for (label, f) in runs {
         println!(
             "FIGURE ride-through, {label}: {} writes, {} failed ({}), {} lost CAS races (update out of sequence); time to the next acknowledged write per fault {:?}; history: {}",
             f.writes,
@@ -243,8 +257,5 @@ fn ha_ride_figures() {
                 Err(e) => e.chars().take(300).collect(),
             }
         );
-    }
-    if let Err(e) = &runs[0].1.history {
-        panic!("our history does not check out: {e}");
     }
 }

@@ -433,7 +433,15 @@ impl Forwarder {
                 return Ok(not_applied(no_leader()));
             }
             if raft.is_leader() {
-                match tokio::time::timeout_at(deadline, raft.ensure_linearizable()).await {
+                // A call a follower forwarded is refused soon when leadership is not confirmed
+                // (an old leader that was paused hears of its successor only after a while):
+                // the follower sends it again to the leader it knows.
+                let confirm_by = if hop {
+                    deadline.min(Instant::now() + raft.election_timeout() / 4)
+                } else {
+                    deadline
+                };
+                match tokio::time::timeout_at(confirm_by, raft.ensure_linearizable()).await {
                     Ok(Ok(())) => {
                         let req = match (unread.take(), &held) {
                             (Some(req), _) => req,
@@ -449,7 +457,8 @@ impl Forwarder {
                             Err(_) => Ok(no_leader().into_http()),
                         };
                     }
-                    // Still leading but without a quorum (a minority leader), or out of time.
+                    // Still leading but without a quorum (a minority leader), or not confirmed
+                    // in time.
                     Ok(Err(_)) if raft.is_leader() || hop => return Ok(not_applied(no_leader())),
                     Err(_) => return Ok(not_applied(no_leader())),
                     // Leadership lost before the call ran: find the next leader.

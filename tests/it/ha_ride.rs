@@ -158,6 +158,10 @@ fn failover_run(
         if pause {
             c.managers[leader].pause();
             c.unreachable.push(leader);
+            // The fault itself: paused for `pause_for` whatever happens meanwhile.
+            std::thread::sleep(pause_for);
+            c.managers[leader].resume();
+            c.unreachable.retain(|&u| u != leader);
         } else {
             c.kill(leader);
         }
@@ -175,12 +179,7 @@ fn failover_run(
             by + 1,
             acked - t
         );
-        if pause {
-            // The fault itself: paused for `pause_for`.
-            std::thread::sleep(pause_for.saturating_sub(t.elapsed()));
-            c.managers[leader].resume();
-            c.unreachable.retain(|&u| u != leader);
-        } else {
+        if !pause {
             // The fault itself: the cluster runs on the others for a while.
             std::thread::sleep(Duration::from_millis(500));
             if let Err(e) = c.restart(leader) {

@@ -676,4 +676,70 @@ mod tests {
                 .starts_with("The swarm does not have a leader.")
         );
     }
+
+    #[test]
+    fn a_clients_deadline_is_read_and_passed_on_in_grpc_timeout_units() {
+        let deadline = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(deadline("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(deadline("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(deadline("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(deadline("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "10", "10x", "-1S", "123456789S", "1.5S"] {
+            assert_eq!(deadline(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+        assert_eq!(grpc_timeout_value(Duration::from_millis(2500)), "2500m");
+        assert_eq!(grpc_timeout_value(Duration::ZERO), "1m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200_000)), "200000S");
+        assert!(is_read("/docker.swarmkit.v1.Control/GetConfig"));
+        assert!(is_read("/docker.swarmkit.v1.Control/ListServices"));
+        assert!(!is_read("/docker.swarmkit.v1.Control/UpdateConfig"));
+        assert!(!is_read("/docker.swarmkit.v1.Dispatcher/GetThing"));
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_never_made_counts_as_never_sent() {
+        // Nothing listens on a port just freed: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let req = http::Request::builder()
+            .uri(format!("http://127.0.0.1:{port}{CONTROL}ListNodes"))
+            .body(Body::empty())
+            .unwrap();
+        let err = channel.oneshot(req).await.expect_err("refused");
+        assert!(never_sent(&err), "{err:?}");
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!never_sent(&other));
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_body_is_held_whole_and_an_oversized_one_refused() {
+        let small = http::Request::new(Body::new(Full::new(Bytes::from_static(b"\0\0\0\0\x01x"))));
+        let (_, body) = hold(small).await.expect("held");
+        assert_eq!(&body[..], b"\0\0\0\0\x01x");
+        let mut big = vec![0u8; MAX_MESSAGE + 6];
+        big[1..5].copy_from_slice(&((MAX_MESSAGE + 1) as u32).to_be_bytes());
+        let big = http::Request::new(Body::new(Full::new(Bytes::from(big))));
+        let status = hold(big).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            format!(
+                "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
+                MAX_MESSAGE + 1
+            )
+        );
+    }
 }

@@ -105,6 +105,14 @@ fn not_applied(status: Status) -> http::Response<Body> {
     resp
 }
 
+/// SwarmKit's refusal of a call a manager already forwarded once (`from` its `redirect` header).
+fn second_redirect(from: &http::HeaderValue) -> Status {
+    Status::resource_exhausted(format!(
+        "more than one redirect to leader from: [{}]",
+        from.to_str().unwrap_or("?")
+    ))
+}
+
 /// Whether a Control method only reads (sending it twice changes nothing).
 fn is_read(path: &str) -> bool {
     path.strip_prefix(CONTROL)
@@ -300,10 +308,7 @@ impl Forwarder {
             maybe_run: false,
         };
         if let Some(from) = req.headers().get(ca::REDIRECT_KEY) {
-            return Err(not_sent(Status::resource_exhausted(format!(
-                "more than one redirect to leader from: [{}]",
-                from.to_str().unwrap_or("?")
-            ))));
+            return Err(not_sent(second_redirect(from)));
         }
         let path = req.uri().path().to_string();
         // A control socket call is this manager's own: it goes on as a call of this manager
@@ -422,7 +427,7 @@ impl Forwarder {
         let deadline = client_deadline.unwrap_or_else(|| Instant::now() + self.call_bound());
         // A call a follower forwarded is served here or refused as not run; never forwarded
         // again (that follower looks for the next leader itself).
-        let hop = req.headers().contains_key(ca::REDIRECT_KEY);
+        let hop = req.headers().get(ca::REDIRECT_KEY).cloned();
         if !raft.is_leader() && self.leaderless_for() > self.lost_quorum_bound() {
             return Ok(not_applied(no_leader()));
         }
@@ -436,7 +441,7 @@ impl Forwarder {
                 // A call a follower forwarded is refused soon when leadership is not confirmed
                 // (an old leader that was paused hears of its successor only after a while):
                 // the follower sends it again to the leader it knows.
-                let confirm_by = if hop {
+                let confirm_by = if hop.is_some() {
                     deadline.min(Instant::now() + raft.election_timeout() / 4)
                 } else {
                     deadline
@@ -459,14 +464,23 @@ impl Forwarder {
                     }
                     // Still leading but without a quorum (a minority leader), or not confirmed
                     // in time.
-                    Ok(Err(_)) if raft.is_leader() || hop => return Ok(not_applied(no_leader())),
+                    Ok(Err(_)) if raft.is_leader() || hop.is_some() => {
+                        return Ok(not_applied(no_leader()));
+                    }
                     Err(_) => return Ok(not_applied(no_leader())),
                     // Leadership lost before the call ran: find the next leader.
                     Ok(Err(_)) => continue,
                 }
             }
-            if hop {
-                return Ok(not_applied(no_leader()));
+            if let Some(from) = &hop {
+                // Another manager leads: SwarmKit refuses the second hop; none does: no leader.
+                let other = raft.leader_id().is_some_and(|id| id != raft.raft_id());
+                let status = if other {
+                    second_redirect(from)
+                } else {
+                    no_leader()
+                };
+                return Ok(not_applied(status));
             }
             let Some((id, addr)) = raft.leader_addr().filter(|(id, _)| *id != raft.raft_id())
             else {

@@ -28,7 +28,16 @@ impl Cluster {
         let addrs = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        Self::start_on(n, tick_ms, addrs, None)
+        Self::start_on(n, tick_ms, addrs, None, None)
+    }
+
+    /// `n` of SwarmKit's own managers (its build in folder `bin`) on loopback, with its default
+    /// raft ticks (1 s, election after 10).
+    pub fn start_swarmkit(n: usize, bin: &std::path::Path) -> Cluster {
+        let addrs = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        Self::start_on(n, 1000, addrs, None, Some(bin))
     }
 
     /// `n` managers, each in its own network namespace; None (with the reason printed) when
@@ -42,10 +51,16 @@ impl Cluster {
             }
         };
         let addrs = (0..n).map(|i| format!("{}:4242", net.addr(i))).collect();
-        Some(Self::start_on(n, tick_ms, addrs, Some(net)))
+        Some(Self::start_on(n, tick_ms, addrs, Some(net), None))
     }
 
-    fn start_on(n: usize, tick_ms: u64, addrs: Vec<String>, net: Option<Netns>) -> Cluster {
+    fn start_on(
+        n: usize,
+        tick_ms: u64,
+        addrs: Vec<String>,
+        net: Option<Netns>,
+        swarmkit: Option<&std::path::Path>,
+    ) -> Cluster {
         let mut c = Cluster {
             managers: Vec::new(),
             tick_ms,
@@ -64,15 +79,19 @@ impl Cluster {
                 &c.addrs[i],
                 "--advertise-remote-api",
                 &c.addrs[i],
-                "--raft-tick-ms",
-                &tick,
             ];
+            // SwarmKit's swarmd has no such flag (its tick is one second).
+            if swarmkit.is_none() {
+                args.extend(["--raft-tick-ms", &tick]);
+            }
             if i > 0 {
                 args.extend(["--join-addr", &c.addrs[0], "--join-token", &token]);
             }
             let ns = c.net.as_ref().map(|n| n.names[i].clone());
-            let (m, code) =
-                Swarmd::start_node_in(ns.as_deref(), &args, "node is ready", JOIN_LIMIT);
+            let (m, code) = match swarmkit {
+                Some(bin) => Swarmd::start_swarmkit_node(bin, &args, "node is ready", JOIN_LIMIT),
+                None => Swarmd::start_node_in(ns.as_deref(), &args, "node is ready", JOIN_LIMIT),
+            };
             if let Some(code) = code {
                 panic!("manager {hostname} exited with {code}; log:\n{}", m.log());
             }
@@ -125,9 +144,13 @@ impl Cluster {
                 }
                 let out = self.managers[i].ctl(&["node", "ls"]);
                 let me = format!("node-{}", i + 1);
+                // SwarmKit's nodes may list no name (its agent cannot describe a node whose
+                // Docker engine is newer than its client): its node ID names it too.
+                let id = crate::harness::node_cert(&self.managers[i].state_dir()).node_id;
                 let claims = out.code == 0
                     && out.stdout.lines().any(|l| {
-                        l.trim_end().ends_with(" *") && l.split_whitespace().any(|w| w == me)
+                        l.trim_end().ends_with(" *")
+                            && l.split_whitespace().any(|w| w == me || w == id)
                     });
                 if claims {
                     return Some(i);

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,11 +27,11 @@ const REGISTERS: usize = 3;
 const INITIAL: &str = "0";
 const COUNTER: &str = "counter";
 
-fn client(socket: &std::path::Path) -> ControlClient<Channel> {
+pub(crate) fn client(socket: &std::path::Path) -> ControlClient<Channel> {
     ControlClient::new(ca::control_channel(socket).expect("control channel"))
 }
 
-fn config_spec(name: &str, counter: Option<&str>) -> api::ConfigSpec {
+pub(crate) fn config_spec(name: &str, counter: Option<&str>) -> api::ConfigSpec {
     api::ConfigSpec {
         annotations: Some(api::Annotations {
             name: name.to_string(),
@@ -55,15 +55,19 @@ fn counter_of(c: &api::Config) -> String {
 }
 
 /// How a client behaves.
-#[derive(Clone)]
-struct ClientCfg {
+#[derive(Clone, Default)]
+pub(crate) struct ClientCfg {
     /// Always this manager (to see what it acknowledges), else the next one after a failure.
-    pinned: Option<usize>,
-    timeout: Duration,
+    pub pinned: Option<usize>,
+    /// Always the manager this names at the time of each op (overrides `pinned`).
+    pub follow: Option<Arc<AtomicUsize>>,
+    pub timeout: Duration,
+    /// Sends `timeout` as the request's deadline (`grpc-timeout`) too.
+    pub deadline: bool,
 }
 
 /// Client tasks running on a runtime until `finish`.
-struct Workload {
+pub(crate) struct Workload {
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Op>>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
@@ -76,6 +80,15 @@ fn classify(status: &tonic::Status) -> Outcome {
     } else {
         Outcome::Unknown(format!("{:?}: {}", status.code(), status.message()))
     }
+}
+
+/// `msg` as a request, with the client's deadline if it sends one.
+fn request<T>(cfg: &ClientCfg, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if cfg.deadline {
+        req.set_timeout(cfg.timeout);
+    }
+    req
 }
 
 /// One client's loop: creates and register read-then-write cycles.
@@ -94,6 +107,9 @@ async fn run_client(
     let record = |op: Op| log.lock().expect("log").push(op);
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
+        if let Some(follow) = &cfg.follow {
+            target = follow.load(Ordering::Relaxed);
+        }
         let mut c = clients[target].clone();
         let start = Instant::now();
         let ok = if !seq.is_multiple_of(3) {
@@ -106,18 +122,24 @@ async fn run_client(
             let res = if service {
                 tokio::time::timeout(
                     cfg.timeout,
-                    c.create_service(api::CreateServiceRequest {
-                        spec: Some(service_spec(&name, 0, "busybox:latest")),
-                    }),
+                    c.create_service(request(
+                        &cfg,
+                        api::CreateServiceRequest {
+                            spec: Some(service_spec(&name, 0, "busybox:latest")),
+                        },
+                    )),
                 )
                 .await
                 .map(|r| r.map(|_| ()))
             } else {
                 tokio::time::timeout(
                     cfg.timeout,
-                    c.create_config(api::CreateConfigRequest {
-                        spec: Some(config_spec(&name, None)),
-                    }),
+                    c.create_config(request(
+                        &cfg,
+                        api::CreateConfigRequest {
+                            spec: Some(config_spec(&name, None)),
+                        },
+                    )),
                 )
                 .await
                 .map(|r| r.map(|_| ()))
@@ -142,9 +164,12 @@ async fn run_client(
             let (reg, reg_id) = &regs[(seq / 3 + id) % regs.len()];
             let read = tokio::time::timeout(
                 cfg.timeout,
-                c.get_config(api::GetConfigRequest {
-                    config_id: reg_id.clone(),
-                }),
+                c.get_config(request(
+                    &cfg,
+                    api::GetConfigRequest {
+                        config_id: reg_id.clone(),
+                    },
+                )),
             )
             .await;
             let read_end = Instant::now();
@@ -161,11 +186,14 @@ async fn run_client(
                     let wstart = Instant::now();
                     let res = tokio::time::timeout(
                         cfg.timeout,
-                        c.update_config(api::UpdateConfigRequest {
-                            config_id: reg_id.clone(),
-                            config_version: config.meta.and_then(|m| m.version),
-                            spec: Some(spec),
-                        }),
+                        c.update_config(request(
+                            &cfg,
+                            api::UpdateConfigRequest {
+                                config_id: reg_id.clone(),
+                                config_version: config.meta.and_then(|m| m.version),
+                                spec: Some(spec),
+                            },
+                        )),
                     )
                     .await;
                     let outcome = match res {
@@ -218,7 +246,7 @@ async fn run_client(
 }
 
 impl Workload {
-    fn start(
+    pub(crate) fn start(
         rt: &tokio::runtime::Runtime,
         sockets: Vec<PathBuf>,
         regs: &[(String, String)],
@@ -249,7 +277,7 @@ impl Workload {
     }
 
     /// The ops recorded so far.
-    fn snapshot(&self) -> Vec<Op> {
+    pub(crate) fn snapshot(&self) -> Vec<Op> {
         self.log.lock().expect("log").clone()
     }
 
@@ -257,7 +285,11 @@ impl Workload {
     /// on another manager than `not_by` (whose answers sent before `t` may still be read after).
     /// One started before `t` may have been committed before it (a follower's forward to the
     /// leader killed at `t`, answered just after): no sign of a new leader.
-    fn first_write_ack_after(&self, t: Instant, not_by: usize) -> Option<(Instant, usize)> {
+    pub(crate) fn first_write_ack_after(
+        &self,
+        t: Instant,
+        not_by: usize,
+    ) -> Option<(Instant, usize)> {
         self.snapshot()
             .iter()
             .filter(|op| op.outcome == Outcome::Ack && op.start > t && op.target != not_by)
@@ -268,14 +300,14 @@ impl Workload {
 
     /// Waits (bounded) until a write is acknowledged after now, by any manager: the workload
     /// makes progress.
-    fn wait_progress(&self, what: &str) {
+    pub(crate) fn wait_progress(&self, what: &str) {
         let t = Instant::now();
         crate::harness::wait_for(what, Duration::from_secs(30), || {
             self.first_write_ack_after(t, usize::MAX)
         });
     }
 
-    fn finish(self, rt: &tokio::runtime::Runtime) -> (Vec<Op>, Instant) {
+    pub(crate) fn finish(self, rt: &tokio::runtime::Runtime) -> (Vec<Op>, Instant) {
         self.stop.store(true, Ordering::Relaxed);
         rt.block_on(async {
             for h in self.handles {
@@ -290,7 +322,7 @@ impl Workload {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -299,7 +331,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Creates the registers on the leader: (name, config id).
-fn create_registers(rt: &tokio::runtime::Runtime, c: &mut Cluster) -> Vec<(String, String)> {
+pub(crate) fn create_registers(
+    rt: &tokio::runtime::Runtime,
+    c: &mut Cluster,
+) -> Vec<(String, String)> {
     let leader = c.leader(Duration::from_secs(30));
     let socket = c.managers[leader].socket();
     rt.block_on(async {
@@ -366,7 +401,20 @@ async fn store_view(socket: PathBuf) -> Option<(BTreeSet<String>, BTreeMap<Strin
 }
 
 /// Waits (bounded) until every manager holds the same store, then checks the history against it.
-fn verify(rt: &tokio::runtime::Runtime, c: &mut Cluster, history: &[Op], t0: Instant) {
+pub(crate) fn verify(rt: &tokio::runtime::Runtime, c: &mut Cluster, history: &[Op], t0: Instant) {
+    if let Err(e) = check(rt, c, history, t0) {
+        panic!("{e}");
+    }
+}
+
+/// What `verify` checks, as an error instead of a panic (for a cluster whose history is only
+/// reported, as SwarmKit's).
+pub(crate) fn check(
+    rt: &tokio::runtime::Runtime,
+    c: &mut Cluster,
+    history: &[Op],
+    t0: Instant,
+) -> Result<(), String> {
     let running = c.running();
     let sockets: Vec<PathBuf> = running.iter().map(|&i| c.managers[i].socket()).collect();
     let start = Instant::now();
@@ -382,20 +430,21 @@ fn verify(rt: &tokio::runtime::Runtime, c: &mut Cluster, history: &[Op], t0: Ins
         if all_equal {
             break views.into_iter().flatten().collect::<Vec<_>>();
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "managers' stores still differ after 60s: {:?}",
-            views
-                .iter()
-                .map(|v| v.as_ref().map(|(s, r)| (s.len(), r.clone())))
-                .collect::<Vec<_>>()
-        );
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "managers' stores still differ after 60s: {:?}",
+                views
+                    .iter()
+                    .map(|v| v.as_ref().map(|(s, r)| (s.len(), r.clone())))
+                    .collect::<Vec<_>>()
+            ));
+        }
         std::thread::sleep(Duration::from_millis(500));
     };
     println!("history: {}", history::summary(history));
     let scope = |n: &str| n.starts_with("config:c") || n.starts_with("service:s");
     for (i, (set, _)) in views.iter().enumerate() {
-        history::check_creates(history, set, scope).unwrap_or_else(|e| panic!("manager {i}: {e}"));
+        history::check_creates(history, set, scope).map_err(|e| format!("manager {i}: {e}"))?;
     }
     // The final values, read once everything settled, close each register's history.
     let now = Instant::now();
@@ -417,16 +466,17 @@ fn verify(rt: &tokio::runtime::Runtime, c: &mut Cluster, history: &[Op], t0: Ins
         let reg = format!("reg-{k}");
         let ops = history::register_ops(&full, &reg, t0);
         history::check_register(INITIAL, &ops)
-            .unwrap_or_else(|e| panic!("register {reg} is not linearizable: {e}"));
+            .map_err(|e| format!("register {reg} is not linearizable: {e}"))?;
         println!("register {reg}: {} ops linearizable", ops.len());
     }
+    Ok(())
 }
 
 fn rotating(n: usize, timeout: Duration) -> Vec<ClientCfg> {
     vec![
         ClientCfg {
-            pinned: None,
             timeout,
+            ..Default::default()
         };
         n
     ]
@@ -548,6 +598,7 @@ fn ha_leader_paused_for_three_election_timeouts_acknowledges_nothing_it_should_n
     clients.push(ClientCfg {
         pinned: Some(leader),
         timeout: Duration::from_secs(10),
+        ..Default::default()
     });
     let w = Workload::start(&rt, c.sockets(), &regs, &clients);
     w.wait_progress("the workload's first acknowledged write");
@@ -613,6 +664,7 @@ fn ha_partitioned_minority_acknowledges_nothing_and_stores_converge_after_heal()
         clients.push(ClientCfg {
             pinned: Some(i),
             timeout: Duration::from_secs(3),
+            ..Default::default()
         });
     }
     let w = Workload::start(&rt, c.sockets(), &regs, &clients);

@@ -16,6 +16,7 @@ mod ha_hosts;
 mod ha_members;
 mod ha_proxy;
 mod ha_recovery;
+mod ha_ride;
 mod ha_roles;
 mod history;
 mod interop;

@@ -14,10 +14,19 @@
 //!
 //! On the leader, every Control call is served only after raft confirms the leadership with a
 //! quorum ([`raft::RaftNode::ensure_linearizable`]): reads are linearizable, and a deposed or
-//! minority-side leader answers no read and no write; the answer is bounded by
-//! [`Forwarder::control_bound`] (under 2 x election timeout). Without a leader (none known within an
-//! election timeout, the known one unreachable, or no answer within the bound) the answer is
-//! SwarmKit's no-leader message (gRPC code Unknown, as SwarmKit's).
+//! minority-side leader answers no read and no write.
+//!
+//! A Control call rides through an election (SwarmKit's raft proxy and `LeaderConn`): while this
+//! manager knows no leader, or the leader it knows cannot be reached, the call waits for the
+//! next leader and then is served here or forwarded there. The wait is bounded by the client's
+//! `grpc-timeout` if it sent one, else by [`Forwarder::call_bound`]; as in SwarmKit, a manager
+//! that has had no leader for longer than its lost-quorum timeout (10 ticks, one election
+//! timeout) answers SwarmKit's no-leader message (gRPC code Unknown, as SwarmKit's) at once,
+//! and a call without a deadline gives up then too. A forwarded call is sent again to the next
+//! leader only when it cannot have been run: its connection was never made, or the manager it
+//! reached answered with [`NOT_APPLIED_KEY`] (it refused the call before running it); a write
+//! that may have reached a leader that then died is answered with the no-leader error, never
+//! sent twice. A read is sent again after any failure.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,8 +34,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Full};
+
 use raft::RaftNode;
 use store::ProposeError;
+use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Bytes, StdError, http};
@@ -66,10 +78,125 @@ fn local_read(path: &str, headers: &http::HeaderMap) -> bool {
     read && headers.get(LOCAL_READ_KEY).is_some_and(|v| v == "true")
 }
 
+/// Response header (ours, not SwarmKit's) on a Control answer that a manager gave without
+/// running the method (no leader, leadership not confirmed, a second hop refused): a follower
+/// that forwarded the call may send it to the next leader.
+pub const NOT_APPLIED_KEY: &str = "swarmd-not-applied";
+
+/// Largest Control request message a follower holds to forward (and send again): SwarmKit's
+/// 4 MiB limit, which the leader would enforce anyway.
+const MAX_MESSAGE: usize = 4 << 20;
+
+/// How often a follower tries a leader it knows but cannot reach (SwarmKit's raft proxy polls
+/// every 500 ms for a new leader connection).
+const RETRY: Duration = Duration::from_millis(500);
+
 /// SwarmKit's answer when no leader can serve a call. Its code is Unknown, as SwarmKit's (a plain
 /// error from its raft proxy; spec 8) and as a write that fails in the store for the same reason.
 pub fn no_leader() -> Status {
     Status::unknown(ProposeError::NoLeader.to_string())
+}
+
+/// The no-leader answer of a call that was not run (see [`NOT_APPLIED_KEY`]).
+fn not_applied(status: Status) -> http::Response<Body> {
+    let mut resp = status.into_http();
+    resp.headers_mut()
+        .insert(NOT_APPLIED_KEY, http::HeaderValue::from_static("true"));
+    resp
+}
+
+/// SwarmKit's refusal of a call a manager already forwarded once (`from` its `redirect` header).
+fn second_redirect(from: &http::HeaderValue) -> Status {
+    Status::resource_exhausted(format!(
+        "more than one redirect to leader from: [{}]",
+        from.to_str().unwrap_or("?")
+    ))
+}
+
+/// Whether a Control method only reads (sending it twice changes nothing).
+fn is_read(path: &str) -> bool {
+    path.strip_prefix(CONTROL)
+        .is_some_and(|m| m.starts_with("Get") || m.starts_with("List"))
+}
+
+/// The client's deadline from its `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits
+/// and a unit), if it sent a valid one.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `left` as a `grpc-timeout` value (milliseconds, or seconds when that needs more than 8
+/// digits).
+fn grpc_timeout_value(left: Duration) -> http::HeaderValue {
+    let ms = left.as_millis().max(1);
+    let text = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", left.as_secs().min(99_999_999))
+    };
+    http::HeaderValue::from_str(&text).expect("digits and a unit are a valid header value")
+}
+
+/// Whether a failed forwarding never sent the request: the connection to the leader could not
+/// be made (refused, unreachable, TLS handshake failed).
+fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Why a forwarding gave no answer.
+struct Failure {
+    status: Status,
+    /// The leader may have run the call (sent, then no answer).
+    maybe_run: bool,
+}
+
+/// Watches raft for the time this member has had no leader (SwarmKit's ticks with no leader).
+fn track_leaderless(raft: &RaftNode) -> Arc<Mutex<Option<Instant>>> {
+    let since = Arc::new(Mutex::new(None));
+    let mut metrics = raft.metrics();
+    let tracked = since.clone();
+    tokio::spawn(async move {
+        loop {
+            let leaderless = metrics.borrow_and_update().current_leader.is_none();
+            {
+                let mut slot = tracked.lock().expect("leaderless mutex is never poisoned");
+                match (leaderless, slot.is_some()) {
+                    (true, false) => *slot = Some(Instant::now()),
+                    (false, true) => *slot = None,
+                    _ => {}
+                }
+            }
+            // Closed when raft stops.
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    since
 }
 
 /// What both listeners' layers share: the raft member, this manager's TLS identity and the
@@ -78,12 +205,16 @@ pub struct Forwarder {
     raft: Arc<RaftNode>,
     security: Arc<ca::SecurityConfig>,
     channel: Mutex<Option<(String, Channel)>>,
+    /// Since when this member has known no leader (`None`: it knows one).
+    leaderless_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Forwarder {
-    /// Forwards to `raft`'s leader with `security`'s certificate.
+    /// Forwards to `raft`'s leader with `security`'s certificate (within a tokio runtime: it
+    /// follows raft's leadership in a task of its own).
     pub fn new(raft: Arc<RaftNode>, security: Arc<ca::SecurityConfig>) -> Arc<Forwarder> {
         Arc::new(Forwarder {
+            leaderless_since: track_leaderless(&raft),
             raft,
             security,
             channel: Mutex::new(None),
@@ -139,49 +270,45 @@ impl Forwarder {
         }
     }
 
-    /// How long a Control call may take to answer, on the leader and through a follower:
-    /// under twice the election timeout.
-    pub fn control_bound(&self) -> Duration {
-        self.raft.election_timeout() * 7 / 4
-    }
-
-    /// Sends `req` to the `leader` at `addr` and returns its answer (a Control call's by
-    /// `deadline`), or the status saying why not.
+    /// Sends `req` to the `leader` at `addr` and returns its answer, or the status saying why
+    /// not.
     async fn forward<B>(
         &self,
         req: http::Request<B>,
         local: bool,
         leader: u64,
         addr: String,
-        deadline: tokio::time::Instant,
     ) -> http::Response<Body>
     where
         B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<StdError>,
     {
-        match self.try_forward(req, local, leader, &addr, deadline).await {
+        match self.try_forward(req, local, leader, &addr, None).await {
             Ok(resp) => resp,
-            Err(status) => status.into_http(),
+            Err(f) => f.status.into_http(),
         }
     }
 
+    /// Sends `req` to the `leader` at `addr` and returns its answer (by `deadline` if given), or
+    /// why not and whether the leader may have run it.
     async fn try_forward<B>(
         &self,
         req: http::Request<B>,
         local: bool,
         leader: u64,
         addr: &str,
-        deadline: tokio::time::Instant,
-    ) -> Result<http::Response<Body>, Status>
+        deadline: Option<Instant>,
+    ) -> Result<http::Response<Body>, Failure>
     where
         B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<StdError>,
     {
+        let not_sent = |status| Failure {
+            status,
+            maybe_run: false,
+        };
         if let Some(from) = req.headers().get(ca::REDIRECT_KEY) {
-            return Err(Status::resource_exhausted(format!(
-                "more than one redirect to leader from: [{}]",
-                from.to_str().unwrap_or("?")
-            )));
+            return Err(not_sent(second_redirect(from)));
         }
         let path = req.uri().path().to_string();
         // A control socket call is this manager's own: it goes on as a call of this manager
@@ -217,26 +344,236 @@ impl Forwarder {
         // Nothing of this connection (TLS info, peer address) travels on.
         parts.extensions = http::Extensions::new();
         let req = http::Request::from_parts(parts, Body::new(body));
-        let channel = self.channel(addr)?;
+        let channel = self.channel(addr).map_err(not_sent)?;
         tracing::debug!(method = %path, leader = %format!("{leader:x}"), %addr, "forwarding to the leader");
         let call = channel.oneshot(req);
-        let res = if path.starts_with(CONTROL) {
-            match tokio::time::timeout_at(deadline, call).await {
+        let res = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
                 Ok(res) => res,
                 Err(_) => {
                     tracing::debug!(method = %path, %addr, "the leader did not answer in time");
-                    return Err(no_leader());
+                    return Err(Failure {
+                        status: no_leader(),
+                        maybe_run: true,
+                    });
                 }
-            }
-        } else {
-            call.await
+            },
+            None => call.await,
         };
         res.map_err(|e| {
-            tracing::debug!(method = %path, %addr, "cannot reach the leader: {e}");
+            let sent = !never_sent(&e);
+            tracing::debug!(method = %path, %addr, sent, "cannot reach the leader: {e}");
             self.forget(addr);
-            no_leader()
+            Failure {
+                status: no_leader(),
+                maybe_run: sent,
+            }
         })
     }
+
+    /// How long a Control call may take to answer once served by the leader (here or through a
+    /// follower): under twice the election timeout.
+    pub fn control_bound(&self) -> Duration {
+        self.raft.election_timeout() * 7 / 4
+    }
+
+    /// How long a Control call whose client set no deadline may wait for a leader and its
+    /// answer, in all: three election timeouts (a failover takes 1-1.5; SwarmKit sets none, so
+    /// it waits as long as its lost-quorum rule lets it).
+    pub fn call_bound(&self) -> Duration {
+        self.raft.election_timeout() * 3
+    }
+
+    /// SwarmKit's lost-quorum timeout: a member with no leader for longer answers at once.
+    fn lost_quorum_bound(&self) -> Duration {
+        self.raft.election_timeout()
+    }
+
+    /// How long this member has had no leader (zero while it knows one).
+    fn leaderless_for(&self) -> Duration {
+        self.leaderless_since
+            .lock()
+            .expect("leaderless mutex is never poisoned")
+            .map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// Waits until the leader this member knows is no longer `from`, or `until`.
+    async fn wait_leader_change(&self, from: Option<u64>, until: Instant) {
+        let mut metrics = self.raft.metrics();
+        while self.raft.leader_id() == from {
+            match tokio::time::timeout_at(until, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Serves a Control call: on the leader once leadership is confirmed, else forwarded to the
+    /// leader, waiting for one (bounded) while there is none or the known one fails.
+    async fn control<S, B>(
+        self: Arc<Self>,
+        mut inner: S,
+        req: http::Request<B>,
+        local: bool,
+    ) -> Result<http::Response<Body>, S::Error>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+        B: tonic::codegen::Body<Data = Bytes> + From<Body> + Send + 'static,
+        B::Error: Into<StdError>,
+    {
+        let raft = self.raft.clone();
+        let read = is_read(req.uri().path());
+        let client_deadline = grpc_timeout(req.headers()).map(|t| Instant::now() + t);
+        let deadline = client_deadline.unwrap_or_else(|| Instant::now() + self.call_bound());
+        // A call a follower forwarded is served here or refused as not run; never forwarded
+        // again (that follower looks for the next leader itself).
+        let hop = req.headers().get(ca::REDIRECT_KEY).cloned();
+        if !raft.is_leader() && self.leaderless_for() > self.lost_quorum_bound() {
+            return Ok(not_applied(no_leader()));
+        }
+        let mut unread = Some(req);
+        let mut held: Option<(http::request::Parts, Bytes)> = None;
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(not_applied(no_leader()));
+            }
+            if raft.is_leader() {
+                // A call a follower forwarded is refused soon when leadership is not confirmed
+                // (an old leader that was paused hears of its successor only after a while):
+                // the follower sends it again to the leader it knows.
+                let confirm_by = if hop.is_some() {
+                    deadline.min(Instant::now() + raft.election_timeout() / 4)
+                } else {
+                    deadline
+                };
+                match tokio::time::timeout_at(confirm_by, raft.ensure_linearizable()).await {
+                    Ok(Ok(())) => {
+                        let req = match (unread.take(), &held) {
+                            (Some(req), _) => req,
+                            (None, Some((parts, body))) => {
+                                rebuild(parts, body.clone()).map(B::from)
+                            }
+                            (None, None) => unreachable!("a call's request is unread or held"),
+                        };
+                        // Bounded as a forwarded answer is; past it the write may still commit.
+                        let bound = deadline.min(Instant::now() + self.control_bound());
+                        return match tokio::time::timeout_at(bound, inner.call(req)).await {
+                            Ok(res) => res,
+                            Err(_) => Ok(no_leader().into_http()),
+                        };
+                    }
+                    // Still leading but without a quorum (a minority leader), or not confirmed
+                    // in time.
+                    Ok(Err(_)) if raft.is_leader() || hop.is_some() => {
+                        return Ok(not_applied(no_leader()));
+                    }
+                    Err(_) => return Ok(not_applied(no_leader())),
+                    // Leadership lost before the call ran: find the next leader.
+                    Ok(Err(_)) => continue,
+                }
+            }
+            if let Some(from) = &hop {
+                // Another manager leads: SwarmKit refuses the second hop; none does: no leader.
+                let other = raft.leader_id().is_some_and(|id| id != raft.raft_id());
+                let status = if other {
+                    second_redirect(from)
+                } else {
+                    no_leader()
+                };
+                return Ok(not_applied(status));
+            }
+            let Some((id, addr)) = raft.leader_addr().filter(|(id, _)| *id != raft.raft_id())
+            else {
+                // No leader (an election under way): wait for one, without a deadline of the
+                // client's no longer than SwarmKit's lost-quorum rule allows.
+                let mut until = deadline;
+                if client_deadline.is_none() {
+                    let left = self
+                        .lost_quorum_bound()
+                        .saturating_sub(self.leaderless_for());
+                    if raft.leader_id().is_none() && left.is_zero() {
+                        return Ok(not_applied(no_leader()));
+                    }
+                    until = until.min(Instant::now() + left.max(Duration::from_millis(10)));
+                }
+                // A leader known but not in the membership yet, or this member taking over:
+                // look again shortly.
+                let known = raft.leader_id();
+                if known.is_some() {
+                    until = until.min(Instant::now() + RETRY);
+                }
+                self.wait_leader_change(known, until).await;
+                continue;
+            };
+            if held.is_none() {
+                let req = unread.take().expect("a call's request is unread or held");
+                match hold(req).await {
+                    Ok(parts_body) => held = Some(parts_body),
+                    Err(status) => return Ok(status.into_http()),
+                }
+            }
+            let (parts, body) = held.as_ref().expect("held above");
+            let mut attempt = rebuild(parts, body.clone());
+            if client_deadline.is_some() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                attempt
+                    .headers_mut()
+                    .insert("grpc-timeout", grpc_timeout_value(left));
+            }
+            let last = match self
+                .try_forward(attempt, local, id, &addr, Some(deadline))
+                .await
+            {
+                Ok(resp) if !resp.headers().contains_key(NOT_APPLIED_KEY) => return Ok(resp),
+                Ok(resp) => resp,
+                Err(f) if f.maybe_run && !read => return Ok(f.status.into_http()),
+                Err(f) => f.status.into_http(),
+            };
+            // The call did not run: try again once the leader changed, or in a while.
+            let until = deadline.min(Instant::now() + RETRY);
+            self.wait_leader_change(Some(id), until).await;
+            if Instant::now() >= deadline {
+                return Ok(last);
+            }
+        }
+    }
+}
+
+/// Reads a Control request's body (bounded) so that it can be sent more than once; a body
+/// over the message limit is refused as gRPC servers refuse it.
+async fn hold<B>(req: http::Request<B>) -> Result<(http::request::Parts, Bytes), Status>
+where
+    B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError>,
+{
+    let (parts, body) = req.into_parts();
+    let mut body = std::pin::pin!(body);
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::from_error(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > MAX_MESSAGE + 5 {
+                // The gRPC frame header: a compression flag, then the message length.
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                return Err(Status::resource_exhausted(format!(
+                    "grpc: received message larger than max ({len} vs. {MAX_MESSAGE})"
+                )));
+            }
+        }
+    }
+    Ok((parts, Bytes::from(buf)))
+}
+
+/// A request with `parts`' method, URI, version and headers and `body`.
+fn rebuild(parts: &http::request::Parts, body: Bytes) -> http::Request<Body> {
+    let mut req = http::Request::new(Body::new(Full::new(body)));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req
 }
 
 /// Tower layer putting [`ProxyService`] in front of the gRPC routes.
@@ -272,7 +609,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    B: tonic::codegen::Body<Data = Bytes> + From<Body> + Send + 'static,
     B::Error: Into<StdError>,
 {
     type Response = http::Response<Body>;
@@ -292,11 +629,14 @@ where
         if self.local && control && local_read(path, req.headers()) {
             return Box::pin(self.inner.call(req));
         }
-        let deadline = tokio::time::Instant::now() + self.fwd.control_bound();
         // The ready service serves the call if this manager leads; a clone stays.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let (fwd, local) = (self.fwd.clone(), self.local);
+        if control {
+            return Box::pin(fwd.control(inner, req, local));
+        }
+        let mut inner = inner;
         Box::pin(async move {
             let raft = &fwd.raft;
             if !raft.is_leader() {
@@ -304,25 +644,10 @@ where
                 match raft.wait_leader(raft.election_timeout()).await {
                     None => return Ok(no_leader().into_http()),
                     Some((id, _)) if id == raft.raft_id() => {}
-                    Some((id, addr)) => {
-                        return Ok(fwd.forward(req, local, id, addr, deadline).await);
-                    }
+                    Some((id, addr)) => return Ok(fwd.forward(req, local, id, addr).await),
                 }
             }
-            if !control {
-                return inner.call(req).await;
-            }
-            // A Control call on the leader: leadership is confirmed first (what makes a read
-            // linearizable, and a write on a leader cut off from its quorum fail fast instead of
-            // queueing behind other writes that cannot commit either), and the answer is
-            // bounded as a forwarded one is.
-            if raft.ensure_linearizable().await.is_err() {
-                return Ok(no_leader().into_http());
-            }
-            match tokio::time::timeout_at(deadline, inner.call(req)).await {
-                Ok(res) => res,
-                Err(_) => Ok(no_leader().into_http()),
-            }
+            inner.call(req).await
         })
     }
 }
@@ -363,6 +688,72 @@ mod tests {
             no_leader()
                 .message()
                 .starts_with("The swarm does not have a leader.")
+        );
+    }
+
+    #[test]
+    fn a_clients_deadline_is_read_and_passed_on_in_grpc_timeout_units() {
+        let deadline = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(deadline("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(deadline("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(deadline("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(deadline("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "10", "10x", "-1S", "123456789S", "1.5S"] {
+            assert_eq!(deadline(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+        assert_eq!(grpc_timeout_value(Duration::from_millis(2500)), "2500m");
+        assert_eq!(grpc_timeout_value(Duration::ZERO), "1m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200_000)), "200000S");
+        assert!(is_read("/docker.swarmkit.v1.Control/GetConfig"));
+        assert!(is_read("/docker.swarmkit.v1.Control/ListServices"));
+        assert!(!is_read("/docker.swarmkit.v1.Control/UpdateConfig"));
+        assert!(!is_read("/docker.swarmkit.v1.Dispatcher/GetThing"));
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_never_made_counts_as_never_sent() {
+        // Nothing listens on a port just freed: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let req = http::Request::builder()
+            .uri(format!("http://127.0.0.1:{port}{CONTROL}ListNodes"))
+            .body(Body::empty())
+            .unwrap();
+        let err = channel.oneshot(req).await.expect_err("refused");
+        assert!(never_sent(&err), "{err:?}");
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!never_sent(&other));
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_body_is_held_whole_and_an_oversized_one_refused() {
+        let small = http::Request::new(Body::new(Full::new(Bytes::from_static(b"\0\0\0\0\x01x"))));
+        let (_, body) = hold(small).await.expect("held");
+        assert_eq!(&body[..], b"\0\0\0\0\x01x");
+        let mut big = vec![0u8; MAX_MESSAGE + 6];
+        big[1..5].copy_from_slice(&((MAX_MESSAGE + 1) as u32).to_be_bytes());
+        let big = http::Request::new(Body::new(Full::new(Bytes::from(big))));
+        let status = hold(big).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            format!(
+                "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
+                MAX_MESSAGE + 1
+            )
         );
     }
 }

@@ -6,8 +6,8 @@
 //! Clients write to one manager and move to the next one when it fails, so they find the leader
 //! whether or not followers forward writes. A register op is a read then a compare-and-set on the
 //! version read; the read is kept in the history only when that write was accepted on the same
-//! socket (so the value read was current then): a follower answers reads from its local store
-//! today.
+//! socket (so the value read was current then), a rule older than the forwarding of reads to the
+//! leader that still costs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

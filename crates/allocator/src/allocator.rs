@@ -205,7 +205,11 @@ impl Allocator {
                 continue;
             }
             match self.networks.allocate(&network) {
-                Ok(driver) => allocated.push((network.id, driver)),
+                Ok(driver) => {
+                    let size = prost::Message::encoded_len(&network)
+                        + prost::Message::encoded_len(&driver);
+                    allocated.push(((network.id, driver), size));
+                }
                 Err(e) => {
                     if self.unallocated_networks.insert(network.id.clone()) {
                         error!(network.id = %network.id, error = %e, "failed allocation for network");
@@ -333,7 +337,10 @@ impl Allocator {
                 continue;
             }
             match self.ports.allocate(&service) {
-                Ok(allocation) => allocated.push((service.id, allocation)),
+                Ok(allocation) => {
+                    let size = prost::Message::encoded_len(&service);
+                    allocated.push(((service.id, allocation), size));
+                }
                 Err(e) => {
                     if self.unallocated_services.insert(service.id.clone()) {
                         warn!(service.id = %service.id, error = %e, "failed allocation for service");
@@ -475,12 +482,23 @@ impl Allocator {
     }
 }
 
-/// `items` in store transactions of at most [`MAX_BATCH`], in order.
-fn into_batches<T>(mut items: Vec<T>) -> Vec<Vec<T>> {
+/// `items`, each with the encoded size of the object its write rewrites, in store transactions
+/// of at most [`MAX_BATCH`] writes and [`store::BATCH_BYTES`] (an item larger alone goes alone), in
+/// order: a batch over the raft entry limit would be refused whole, and again at every retry.
+fn into_batches<T>(items: Vec<(T, usize)>) -> Vec<Vec<T>> {
     let mut batches = Vec::new();
-    while !items.is_empty() {
-        let rest = items.split_off(items.len().min(MAX_BATCH));
-        batches.push(std::mem::replace(&mut items, rest));
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for (item, size) in items {
+        if !batch.is_empty() && (batch.len() == MAX_BATCH || bytes + size > store::BATCH_BYTES) {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(item);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
     }
     batches
 }

@@ -352,6 +352,37 @@ async fn restart_rebuilds_the_port_map() {
     second.stop().await;
 }
 
+/// Services that need allocation and together exceed one raft entry (each fits alone) are
+/// allocated in several transactions: written as one, every retry would be refused again.
+#[tokio::test]
+async fn large_services_are_allocated_in_transactions_that_fit() {
+    let store = MemoryStore::new(None);
+    let ids = ["big-a", "big-b", "big-c"];
+    for id in ids {
+        let mut s = service(id, vec![ingress(80, 0)]);
+        let annotations = s.spec.as_mut().and_then(|spec| spec.annotations.as_mut());
+        annotations.expect("annotations").labels.insert(
+            "payload".into(),
+            "x".repeat(store::MAX_TRANSACTION_BYTES * 2 / 5),
+        );
+        create_service(&store, s).await;
+    }
+    // Allocated together at start: 3 x 0.4 of the limit would not fit one transaction.
+    let running = start(&store);
+    let mut ports = Vec::new();
+    for id in ids {
+        let what = format!("service {id} allocated");
+        let s = testkit::wait_for(WAIT, &store, &what, |tx| {
+            tx.get_service(id).filter(|s| published(s).is_some())
+        })
+        .await;
+        ports.extend(published(&s).expect("published"));
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, [30000, 30001, 30002]);
+    running.stop().await;
+}
+
 fn network(id: &str, driver: &str, vnis: Option<&str>) -> api::Network {
     api::Network {
         id: id.into(),

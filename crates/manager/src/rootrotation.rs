@@ -124,43 +124,44 @@ impl RootRotation {
         Progress::Rotating
     }
 
-    /// Sets the nodes of `ids` that still hold a certificate from another root to ROTATE.
+    /// Sets the nodes of `ids` that still hold a certificate from another root to ROTATE, in as
+    /// many transactions as their size needs (`MemoryStore::batch`): a node that cannot be written
+    /// costs only itself, and is asked again at the next pass.
     async fn request_rotation(&self, ids: Vec<String>, next: &ca::RootCa) {
-        let result = self
+        let requested = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let errors = self
             .store
-            .update(|tx| {
-                let mut requested = Vec::new();
-                for id in &ids {
-                    let Some(mut node) = tx.get_node(id) else {
-                        continue;
-                    };
-                    if converged(&node, next) || !should_request(&node) {
-                        continue;
-                    }
-                    let certificate = node.certificate.get_or_insert_with(Default::default);
-                    certificate
-                        .status
-                        .get_or_insert_with(Default::default)
-                        .state = api::issuance_status::State::Rotate as i32;
-                    match tx.update_node(node) {
-                        Ok(()) => requested.push(id.clone()),
-                        Err(e) => {
-                            error!(node.id = %id, "unable to request a certificate rotation: {e}")
-                        }
-                    }
+            .batch(&ids, |tx, id| {
+                let Some(mut node) = tx.get_node(id) else {
+                    return Ok(());
+                };
+                if converged(&node, next) || !should_request(&node) {
+                    return Ok(());
                 }
-                Ok(requested)
+                let certificate = node.certificate.get_or_insert_with(Default::default);
+                certificate
+                    .status
+                    .get_or_insert_with(Default::default)
+                    .state = api::issuance_status::State::Rotate as i32;
+                tx.update_node(node)?;
+                requested
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id.clone());
+                Ok(())
             })
             .await;
-        match result {
-            Ok(requested) if !requested.is_empty() => {
-                info!(nodes = ?requested, "root rotation: asked nodes to renew their certificates");
-            }
-            Ok(_) => {}
-            Err(e) => error!(
-                "store error when trying to request certificate rotation of {} nodes: {e}",
-                ids.len()
-            ),
+        for e in &errors {
+            error!("unable to request a certificate rotation: {e}");
+        }
+        let requested = requested
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if errors.is_empty() && !requested.is_empty() {
+            info!(nodes = ?requested, "root rotation: asked nodes to renew their certificates");
+        } else if !requested.is_empty() {
+            info!(nodes = ?requested, failed = errors.len(),
+                "root rotation: asked nodes to renew their certificates, some writes failed");
         }
     }
 

@@ -45,6 +45,8 @@ use tonic::codegen::{Bytes, StdError, http};
 use tonic::transport::Channel;
 use tower::ServiceExt;
 
+use crate::msgsize::{MAX_RECV, too_large};
+
 /// Whether calls of `path` go to the leader (every method SwarmKit registers through a raft
 /// proxy). CA.GetRootCACertificate and Health are answered by any manager; the raft transport
 /// talks to its addressee.
@@ -82,10 +84,6 @@ fn local_read(path: &str, headers: &http::HeaderMap) -> bool {
 /// running the method (no leader, leadership not confirmed, a second hop refused): a follower
 /// that forwarded the call may send it to the next leader.
 pub const NOT_APPLIED_KEY: &str = "swarmd-not-applied";
-
-/// Largest Control request message a follower holds to forward (and send again): SwarmKit's
-/// 4 MiB limit, which the leader would enforce anyway.
-const MAX_MESSAGE: usize = 4 << 20;
 
 /// How often a follower tries a leader it knows but cannot reach (SwarmKit's raft proxy polls
 /// every 500 ms for a new leader connection).
@@ -553,12 +551,11 @@ where
         let frame = frame.map_err(|e| Status::from_error(e.into()))?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
-            if buf.len() > MAX_MESSAGE + 5 {
+            // A follower holds at most what the leader would read (`msgsize::MAX_RECV`).
+            if buf.len() > MAX_RECV + 5 {
                 // The gRPC frame header: a compression flag, then the message length.
                 let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-                return Err(Status::resource_exhausted(format!(
-                    "grpc: received message larger than max ({len} vs. {MAX_MESSAGE})"
-                )));
+                return Err(too_large(len as usize, MAX_RECV));
             }
         }
     }
@@ -743,16 +740,16 @@ mod tests {
         let small = http::Request::new(Body::new(Full::new(Bytes::from_static(b"\0\0\0\0\x01x"))));
         let (_, body) = hold(small).await.expect("held");
         assert_eq!(&body[..], b"\0\0\0\0\x01x");
-        let mut big = vec![0u8; MAX_MESSAGE + 6];
-        big[1..5].copy_from_slice(&((MAX_MESSAGE + 1) as u32).to_be_bytes());
+        let mut big = vec![0u8; MAX_RECV + 6];
+        big[1..5].copy_from_slice(&((MAX_RECV + 1) as u32).to_be_bytes());
         let big = http::Request::new(Body::new(Full::new(Bytes::from(big))));
         let status = hold(big).await.expect_err("refused");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert_eq!(
             status.message(),
             format!(
-                "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
-                MAX_MESSAGE + 1
+                "grpc: received message larger than max ({} vs. {MAX_RECV})",
+                MAX_RECV + 1
             )
         );
     }

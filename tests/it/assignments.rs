@@ -77,7 +77,6 @@ fn big_service(
     hostname: &str,
     command: &[&str],
 ) -> Vec<String> {
-    let value = "x".repeat(100_000);
     let mut args: Vec<String> = [
         "service",
         "create",
@@ -97,10 +96,7 @@ fn big_service(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for i in 0..15 {
-        args.push("--env".into());
-        args.push(format!("E{i}={value}"));
-    }
+    args.extend(crate::limits::large_env(15));
     args
 }
 

@@ -33,11 +33,16 @@ fn big_service_args(name: &str, envs: usize, replicas: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for i in 0..envs {
-        args.push("--env".into());
-        args.push(format!("E{i}={}", "x".repeat(100_000)));
-    }
+    args.extend(large_env(envs));
     args
+}
+
+/// `--env E<i>=<100 kB>` arguments for `count` variables: the way to a large task.
+pub(crate) fn large_env(count: usize) -> Vec<String> {
+    let value = "x".repeat(100_000);
+    (0..count)
+        .flat_map(|i| ["--env".to_string(), format!("E{i}={value}")])
+        .collect()
 }
 
 fn run(swarmctl: &Path, d: &Swarmd, args: &[String]) -> crate::harness::Ctl {

@@ -31,7 +31,8 @@ fix:
 
 # Control API throughput/latency and raft commit rate vs raw fsync rate; scheduler throughput and
 # peak memory on SwarmKit's benchmark shapes; the dispatcher with 1000 hollow nodes running a
-# 10000-replica service (figures printed).
+# 10000-replica service (figures printed). With SWARMKIT_REF_BIN set, control_api and dispatcher
+# measure SwarmKit's swarmd in the same run and print ratios against the targets (BUILDING.md).
 bench:
 	$(CARGO) bench --bench control_api
 	$(CARGO) bench -p scheduler --bench scheduler

@@ -1,17 +1,38 @@
-//! Benchmark (figures printed, nothing asserted): Control API CreateService throughput and
-//! latency percentiles with 1, 8 and 64 concurrent clients over the control socket of a real
-//! swarmd, and the raft commit rate next to the raw fsync rate of the same disk, measured in the
-//! same run. Run with `make bench` (or `cargo bench --bench control_api`).
+//! Benchmark (figures printed, nothing asserted): CreateService of a 1-replica service over the
+//! control socket from a tonic client (TLS over the unix socket), every node drained first so that
+//! tasks stay PENDING, against our swarmd and, when `SWARMKIT_REF_BIN` names SwarmKit's build
+//! folder, against SwarmKit's: each side alone on the machine, one after the other, in one run.
+//!
+//! Phases (`BENCH_PHASES`, a comma-separated subset of `single,growth,ha`; all by default):
+//! - single: one manager; 1, 8 and 64 clients making `BENCH_REQUESTS` creates each (1000):
+//!   creates/s, p50, p99 and the manager's CPU per create (utime + stime from /proc over the
+//!   level and until the manager is idle again); at 64 clients the raft entries/s (the raft index
+//!   is the services' meta.version) and creates per entry, next to the raw rate of 4 KiB write +
+//!   fdatasync on the same disk, measured in the same run. `BENCH_STRACE=1` also counts the
+//!   manager's fsync and fdatasync calls over the 64-client level with strace (which slows it).
+//! - growth: serial creates on a new manager up to `BENCH_GROWTH_SERVICES` services (10000; 0
+//!   skips the phase): the p50 of the last 100 creates over the p50 of the first 100.
+//! - ha: three managers on loopback; serial and 8 clients (`BENCH_HA_REQUESTS` creates, 300) on
+//!   the leader's socket, then on a follower's, which forwards to the leader.
+//!
+//! Each figure is the median of `BENCH_RUNS` runs (2), each on new managers. Last comes a table:
+//! metric | ours | SwarmKit | ratio (ours / SwarmKit) | target (the issue's) | met?.
+//! `BENCH_PERF=<file>` records a perf profile (call graphs) of our manager over the serial level
+//! of the first run (BUILDING.md, "Benchmarks").
+//!
+//! Run with `make bench` or `SWARMKIT_REF_BIN=/work/ref/bin cargo bench --bench control_api`.
 
 mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::control_client::ControlClient;
-use common::{SWARMD, connect, start_swarmd};
+use common::{
+    Cluster, Figures, Flavor, Row, Target, Usage, connect, env_u64, print_table, runs, settle,
+};
 use testkit::fixtures::service_spec;
 use tonic::transport::Channel;
 
@@ -19,15 +40,35 @@ use tonic::transport::Channel;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Requests per concurrency level.
-const REQUESTS: usize = 640;
+/// Concurrent clients of the single-manager levels.
+const LEVELS: [usize; 3] = [1, 8, 64];
+/// Concurrent clients of the three-manager levels.
+const HA_LEVELS: [usize; 2] = [1, 8];
+/// Creates whose p50 the growth phase compares, at its start and at its end.
+const GROWTH_WINDOW: usize = 100;
+/// Target of the growth ratio: within 10 %.
+const GROWTH_TARGET: f64 = 1.10;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
+struct Config {
+    requests: usize,
+    ha_requests: usize,
+    growth_services: usize,
+    strace: bool,
+    perf: Option<PathBuf>,
 }
 
-/// Highest raft index seen in the services' versions.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1e3
+}
+
+fn p50(lat: &[Duration]) -> f64 {
+    let mut sorted = lat.to_vec();
+    sorted.sort();
+    percentile(&sorted, 0.5)
+}
+
+/// Highest raft index among the services' versions.
 async fn max_index(client: &mut ControlClient<Channel>) -> u64 {
     let resp = client
         .list_services(api::ListServicesRequest::default())
@@ -41,24 +82,31 @@ async fn max_index(client: &mut ControlClient<Channel>) -> u64 {
         .unwrap_or(0)
 }
 
-async fn run_level(socket: &Path, clients: usize, level: usize) -> (f64, Duration, Duration, f64) {
-    let mut probe = connect(socket).await;
-    let index_before = max_index(&mut probe).await;
-    let per_client = REQUESTS / clients;
+/// `total` CreateService calls spread over `clients` clients on `socket` (each connected before
+/// the clock starts), services named `prefix-<client>-<i>`: their latencies, client by client in
+/// call order, and the wall time.
+async fn creates(
+    socket: &Path,
+    clients: usize,
+    total: usize,
+    prefix: &str,
+) -> (Vec<Duration>, Duration) {
+    let mut connected = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connected.push(connect(socket).await);
+    }
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for c in 0..clients {
-        let socket = socket.to_path_buf();
+    let mut handles = Vec::with_capacity(clients);
+    for (c, mut client) in connected.into_iter().enumerate() {
+        let n = total / clients + usize::from(c < total % clients);
+        let prefix = format!("{prefix}-{c}");
         handles.push(tokio::spawn(async move {
-            let mut client = connect(&socket).await;
-            let mut lat = Vec::with_capacity(per_client);
-            for i in 0..per_client {
-                let name = format!("b{level}-{c}-{i}");
+            let mut lat = Vec::with_capacity(n);
+            for i in 0..n {
+                let spec = service_spec(&format!("{prefix}-{i}"), 1, "busybox:latest");
                 let t = Instant::now();
                 client
-                    .create_service(api::CreateServiceRequest {
-                        spec: Some(service_spec(&name, 1, "busybox:latest")),
-                    })
+                    .create_service(api::CreateServiceRequest { spec: Some(spec) })
                     .await
                     .expect("create service");
                 lat.push(t.elapsed());
@@ -66,26 +114,16 @@ async fn run_level(socket: &Path, clients: usize, level: usize) -> (f64, Duratio
             lat
         }));
     }
-    let mut all = Vec::new();
+    let mut all = Vec::with_capacity(total);
     for h in handles {
         all.extend(h.await.expect("client task"));
     }
-    let elapsed = start.elapsed();
-    let index_after = max_index(&mut probe).await;
-    all.sort();
-    let throughput = all.len() as f64 / elapsed.as_secs_f64();
-    let commits = (index_after - index_before) as f64 / elapsed.as_secs_f64();
-    (
-        throughput,
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
-        commits,
-    )
+    (all, start.elapsed())
 }
 
 /// Raw rate of 4 KiB write + fdatasync on the disk holding `dir`, for `secs` seconds.
 fn fsync_rate(dir: &Path, secs: f64) -> f64 {
-    let path: PathBuf = dir.join("fsync-probe");
+    let path = dir.join(format!("fsync-probe-{}", std::process::id()));
     let mut f = std::fs::File::create(&path).expect("probe file");
     let block = vec![0u8; 4096];
     let start = Instant::now();
@@ -100,34 +138,390 @@ fn fsync_rate(dir: &Path, secs: f64) -> f64 {
     rate
 }
 
+/// A tracer (strace, perf) attached to a process over one level, stopped with SIGINT as at a
+/// terminal, so that it writes its summary or data.
+struct Tracer {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Tracer {
+    /// Starts `program args`, and waits (5 s at most) until `ready` says it is attached.
+    fn start(program: &str, args: &[&str], dir: &Path, ready: impl Fn(&str) -> bool) -> Tracer {
+        let stderr = dir.join(format!("{program}.err"));
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("tracer log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && !ready(&std::fs::read_to_string(&stderr).unwrap_or_default())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tracer { child, stderr }
+    }
+
+    /// SIGINT, then waits for it to exit (60 s at most, then SIGKILL); returns its stderr.
+    fn stop(mut self) -> String {
+        use rustix::process::{Pid, Signal, kill_process};
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, Signal::INT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// fsync and fdatasync calls in an `strace -c` summary.
+fn strace_syncs(summary: &str) -> u64 {
+    summary
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.last() {
+                Some(&"fsync") | Some(&"fdatasync") => f.get(3)?.parse::<u64>().ok(),
+                _ => None,
+            }
+        })
+        .sum()
+}
+
+fn level_name(managers: &str, clients: usize) -> String {
+    let s = if clients == 1 { "" } else { "s" };
+    format!("{managers}, {clients} client{s}")
+}
+
+/// One manager: the creates of each level, then the manager's CPU over all of them.
+async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures) {
+    let cluster = Cluster::start(flavor, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", flavor.name()));
+    let m = &cluster.managers[0];
+    let pid = m.pid();
+    let mut probe = connect(&m.socket).await;
+    let (mut cpu_total, mut creates_total) = (0.0, 0);
+    for clients in LEVELS {
+        let name = level_name("1 manager", clients);
+        let index_before = max_index(&mut probe).await;
+        let strace = (cfg.strace && clients == 64).then(|| {
+            let out = cluster.dir.path().join("strace.out");
+            let args = ["-c", "-f", "-e", "trace=fsync,fdatasync", "-p", &pid, "-o"];
+            let mut args: Vec<&str> = args.to_vec();
+            let out_str = out.to_string_lossy().into_owned();
+            args.push(&out_str);
+            let t = Tracer::start("strace", &args, cluster.dir.path(), |e| {
+                e.contains("attached")
+            });
+            (t, out)
+        });
+        let perf = (perf && clients == 1).then(|| {
+            let out = cfg.perf.clone().expect("perf output");
+            let out_str = out.to_string_lossy().into_owned();
+            let args = [
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf",
+                "-p",
+                &pid,
+                "-o",
+                &out_str,
+            ];
+            let out_check = out.clone();
+            let _ = std::fs::remove_file(&out);
+            Tracer::start("perf", &args, cluster.dir.path(), move |_| {
+                out_check.exists()
+            })
+        });
+        let usage = Usage::begin(&pid);
+        let (lat, elapsed) =
+            creates(&m.socket, clients, cfg.requests, &format!("s{clients}")).await;
+        let index_after = max_index(&mut probe).await;
+        settle(&pid).await;
+        let cpu = usage.end().cpu();
+        if let Some(t) = perf {
+            let err = t.stop();
+            let out = cfg.perf.as_ref().expect("perf output");
+            println!(
+                "  perf profile of the serial level: {} (perf report -i {} --no-children){}",
+                out.display(),
+                out.display(),
+                if out.exists() {
+                    String::new()
+                } else {
+                    format!("; perf failed: {err}")
+                }
+            );
+        }
+        let n = lat.len();
+        let mut sorted = lat;
+        sorted.sort();
+        let rate = n as f64 / elapsed.as_secs_f64();
+        let (p50, p99) = (percentile(&sorted, 0.5), percentile(&sorted, 0.99));
+        let cpu_ms = cpu * 1e3 / n as f64;
+        cpu_total += cpu;
+        creates_total += n;
+        figures.add(flavor, &format!("{name}: creates/s"), rate);
+        figures.add(flavor, &format!("{name}: p50 ms"), p50);
+        figures.add(flavor, &format!("{name}: p99 ms"), p99);
+        figures.add(flavor, &format!("{name}: manager CPU ms/create"), cpu_ms);
+        let mut line = format!(
+            "  {}, {name}: {rate:.1} creates/s, p50 {p50:.2} ms, p99 {p99:.2} ms, manager CPU {cpu_ms:.3} ms/create",
+            flavor.name()
+        );
+        if clients == 64 {
+            let entries = index_after.saturating_sub(index_before).max(1) as f64;
+            let per_s = entries / elapsed.as_secs_f64();
+            figures.add(flavor, &format!("{name}: raft entries/s"), per_s);
+            figures.add(
+                flavor,
+                &format!("{name}: creates per raft entry"),
+                n as f64 / entries,
+            );
+            line += &format!(
+                ", {per_s:.1} raft entries/s, {:.2} creates per entry",
+                n as f64 / entries
+            );
+            if let Some((t, out)) = strace {
+                let err = t.stop();
+                let summary = std::fs::read_to_string(&out).unwrap_or_default();
+                let syncs = strace_syncs(&summary);
+                if syncs == 0 {
+                    line += &format!(", strace counted no fsync ({})", err.trim());
+                } else {
+                    let (syncs, n) = (syncs as f64, n as f64);
+                    figures.add(
+                        flavor,
+                        &format!("{name}: creates per fsync (strace)"),
+                        n / syncs,
+                    );
+                    let per_fsync = entries / syncs;
+                    figures.add(
+                        flavor,
+                        &format!("{name}: raft entries per fsync (strace)"),
+                        per_fsync,
+                    );
+                    line += &format!(", {syncs} fsync+fdatasync calls (strace)");
+                }
+            }
+        }
+        println!("{line}");
+    }
+    figures.add(
+        flavor,
+        "1 manager, all levels: manager CPU ms/create",
+        cpu_total * 1e3 / creates_total as f64,
+    );
+}
+
+/// Serial creates on a new manager up to `cfg.growth_services` services.
+async fn growth(cfg: &Config, flavor: &Flavor, figures: &mut Figures) {
+    let cluster = Cluster::start(flavor, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", flavor.name()));
+    let total = cfg.growth_services;
+    let (lat, elapsed) = creates(&cluster.managers[0].socket, 1, total, "g").await;
+    let window = GROWTH_WINDOW.min(total);
+    let first = p50(&lat[..window]);
+    let last = p50(&lat[total - window..]);
+    figures.add(flavor, &growth_metric("first"), first);
+    figures.add(flavor, &growth_metric("last"), last);
+    figures.add(flavor, &growth_metric("ratio"), last / first);
+    println!(
+        "  {}, growth to {total} services in {:.1} s: p50 {first:.2} ms of the first {window}, {last:.2} ms of the last {window} ({:.2}x)",
+        flavor.name(),
+        elapsed.as_secs_f64(),
+        last / first
+    );
+}
+
+fn growth_metric(which: &str) -> String {
+    let total = env_u64("BENCH_GROWTH_SERVICES", 10_000);
+    match which {
+        "first" => format!("growth: p50 ms of creates 1-{GROWTH_WINDOW}"),
+        "last" => format!(
+            "growth: p50 ms of creates {}-{total}",
+            total.saturating_sub(GROWTH_WINDOW as u64) + 1
+        ),
+        _ => "growth: last / first p50".into(),
+    }
+}
+
+/// Three managers: each level on the leader's socket, then on a follower's.
+async fn ha(cfg: &Config, flavor: &Flavor, figures: &mut Figures) {
+    let cluster = Cluster::start(flavor, 3)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", flavor.name()));
+    let mut control = connect(&cluster.managers[0].socket).await;
+    let leader = cluster
+        .leader(&mut control)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", flavor.name()));
+    let follower = (leader + 1) % cluster.managers.len();
+    for (role, idx) in [("leader", leader), ("follower", follower)] {
+        for clients in HA_LEVELS {
+            let name = level_name(&format!("3 managers, {role}"), clients);
+            let socket = &cluster.managers[idx].socket;
+            let (mut lat, elapsed) = creates(
+                socket,
+                clients,
+                cfg.ha_requests,
+                &format!("{role}{clients}"),
+            )
+            .await;
+            lat.sort();
+            let rate = lat.len() as f64 / elapsed.as_secs_f64();
+            let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+            figures.add(flavor, &format!("{name}: creates/s"), rate);
+            figures.add(flavor, &format!("{name}: p50 ms"), p50);
+            println!(
+                "  {}, {name}: {rate:.1} creates/s, p50 {p50:.2} ms, p99 {p99:.2} ms",
+                flavor.name()
+            );
+        }
+    }
+}
+
+fn rows(cfg: &Config, phases: &[String], fsync: Option<f64>) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if phases.iter().any(|p| p == "single") {
+        for (clients, target) in LEVELS.into_iter().zip([1.5, 2.0, 3.0]) {
+            let name = level_name("1 manager", clients);
+            rows.push(Row::new(
+                format!("{name}: creates/s"),
+                Target::RatioAtLeast(target),
+            ));
+            rows.push(Row::new(format!("{name}: p50 ms"), Target::None));
+            rows.push(Row::new(format!("{name}: p99 ms"), Target::None));
+            rows.push(Row::new(
+                format!("{name}: manager CPU ms/create"),
+                Target::None,
+            ));
+        }
+        rows.push(Row::new(
+            "1 manager, all levels: manager CPU ms/create",
+            Target::RatioAtMost(0.7),
+        ));
+        let name = level_name("1 manager", 64);
+        let commits = fsync.map_or(Target::None, |f| Target::OursAtLeast(0.8 * f));
+        rows.push(Row::new(format!("{name}: raft entries/s"), commits));
+        rows.push(Row::new(
+            format!("{name}: creates per raft entry"),
+            Target::None,
+        ));
+        if cfg.strace {
+            rows.push(Row::new(
+                format!("{name}: creates per fsync (strace)"),
+                Target::None,
+            ));
+            rows.push(Row::new(
+                format!("{name}: raft entries per fsync (strace)"),
+                Target::None,
+            ));
+        }
+        rows.push(Row::new(FSYNC_METRIC, Target::None));
+    }
+    if phases.iter().any(|p| p == "growth") && cfg.growth_services > 0 {
+        rows.push(Row::new(growth_metric("first"), Target::None));
+        rows.push(Row::new(growth_metric("last"), Target::None));
+        rows.push(Row::new(
+            growth_metric("ratio"),
+            Target::OursAtMost(GROWTH_TARGET),
+        ));
+    }
+    if phases.iter().any(|p| p == "ha") {
+        for role in ["leader", "follower"] {
+            for (clients, target) in HA_LEVELS.into_iter().zip([1.5, 2.0]) {
+                let name = level_name(&format!("3 managers, {role}"), clients);
+                rows.push(Row::new(
+                    format!("{name}: creates/s"),
+                    Target::RatioAtLeast(target),
+                ));
+                rows.push(Row::new(format!("{name}: p50 ms"), Target::None));
+            }
+        }
+    }
+    rows
+}
+
+const FSYNC_METRIC: &str = "raw 4 KiB write + fdatasync /s (same disk)";
+
 fn main() {
-    // `cargo bench` passes --bench; nothing else to parse.
+    // `cargo bench` passes --bench; the environment variables above are the knobs.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
-    let _daemon = start_swarmd(dir.path(), "warn", Stdio::inherit());
-    let socket = dir.path().join("swarmd.sock");
+    let flavors = Flavor::all();
+    let runs = runs();
+    let phases: Vec<String> = std::env::var("BENCH_PHASES")
+        .unwrap_or_else(|_| "single,growth,ha".into())
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for p in &phases {
+        assert!(
+            ["single", "growth", "ha"].contains(&p.as_str()),
+            "BENCH_PHASES: unknown phase {p} (known: single, growth, ha)"
+        );
+    }
+    let perf = std::env::var_os("BENCH_PERF")
+        .filter(|p| !p.is_empty())
+        .map(|p| std::path::absolute(PathBuf::from(p)).expect("BENCH_PERF path"));
+    let cfg = Config {
+        requests: env_u64("BENCH_REQUESTS", 1000).max(1) as usize,
+        ha_requests: env_u64("BENCH_HA_REQUESTS", 300).max(1) as usize,
+        growth_services: env_u64("BENCH_GROWTH_SERVICES", 10_000) as usize,
+        strace: std::env::var("BENCH_STRACE").is_ok_and(|v| v == "1"),
+        perf,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-
-    println!("control_api benchmark: {REQUESTS} CreateService calls per level, swarmd {SWARMD}");
-    let fsync_before = fsync_rate(dir.path(), 2.0);
     println!(
-        "{:>8} {:>12} {:>10} {:>10} {:>16}",
-        "clients", "creates/s", "p50", "p99", "raft commits/s"
+        "control_api benchmark: CreateService of 1-replica services, nodes drained; {} run(s) of phases {} ({} creates per single-manager level, {} per three-manager level, growth to {} services); ours: {}",
+        runs,
+        phases.join(","),
+        cfg.requests,
+        cfg.ha_requests,
+        cfg.growth_services,
+        common::SWARMD
     );
-    for (level, clients) in [1usize, 8, 64].into_iter().enumerate() {
-        let (tput, p50, p99, commits) = rt.block_on(run_level(&socket, clients, level));
-        println!(
-            "{clients:>8} {tput:>12.1} {:>10} {:>10} {commits:>16.1}",
-            format!("{:.2}ms", p50.as_secs_f64() * 1e3),
-            format!("{:.2}ms", p99.as_secs_f64() * 1e3),
-        );
+    let mut figures = Figures::default();
+    for phase in &phases {
+        if phase == "growth" && cfg.growth_services == 0 {
+            println!("growth: skipped (BENCH_GROWTH_SERVICES=0)");
+            continue;
+        }
+        for run in 0..runs {
+            println!("{phase}, run {}/{runs}:", run + 1);
+            if phase == "single" {
+                let rate = fsync_rate(&std::env::temp_dir(), 2.0);
+                figures.add(&Flavor::Ours, FSYNC_METRIC, rate);
+                println!("  raw 4 KiB write + fdatasync: {rate:.1}/s");
+            }
+            for flavor in &flavors {
+                match phase.as_str() {
+                    "single" => rt.block_on(single(
+                        &cfg,
+                        flavor,
+                        run == 0 && *flavor == Flavor::Ours && cfg.perf.is_some(),
+                        &mut figures,
+                    )),
+                    "growth" => rt.block_on(growth(&cfg, flavor, &mut figures)),
+                    _ => rt.block_on(ha(&cfg, flavor, &mut figures)),
+                }
+            }
+        }
     }
-    let fsync_after = fsync_rate(dir.path(), 2.0);
-    println!(
-        "raw fsync rate (4 KiB write + fdatasync, same disk): {:.1}/s before, {:.1}/s after",
-        fsync_before, fsync_after
-    );
+    let fsync = figures.median("ours", FSYNC_METRIC);
+    print_table(&figures, &rows(&cfg, &phases, fsync));
 }

@@ -1,29 +1,32 @@
 //! Benchmark (figures printed, nothing asserted): the dispatcher under many nodes. One process
 //! hosts N simulated agents ("hollow nodes") that speak the real Dispatcher protocol over mutual
-//! TLS to one real manager, a swarmd child on a temp state dir. Each hollow node joins with the
-//! worker token (CA certificate request), opens a Session with a small node description,
-//! heartbeats at the period the dispatcher gives, follows its Assignments stream (COMPLETE, then
-//! INCREMENTAL) and reports every task it is given with desired state RUNNING as RUNNING at once,
-//! one UpdateTaskStatus call per Assignments message. The manager's own node is drained first, as
-//! no agent runs its tasks. Printed: the join time of the N nodes (certificates, sessions, READY
-//! in the store; at most `--join-concurrency` joins at a time), then the time from CreateService
-//! with R replicas to all R tasks RUNNING in the store (ListTasks on the control socket), with the
+//! TLS to one real manager, a swarmd child on a temp state dir: ours, and SwarmKit's too when
+//! `SWARMKIT_REF_BIN` names its build folder (each alone on the machine, one after the other).
+//! Each hollow node joins with the worker token (NodeCA.IssueNodeCertificate, then
+//! NodeCertificateStatus until issued, against the root CA from CA.GetRootCACertificate checked
+//! against the token's digest), opens a Session with a small node description, heartbeats at the
+//! period the dispatcher gives, follows its Assignments stream (COMPLETE, then INCREMENTAL) and
+//! reports every task it is given with desired state RUNNING as RUNNING at once, one
+//! UpdateTaskStatus call per Assignments message. The manager's own node is drained first, as no
+//! agent runs its tasks. Printed: the join time of the N nodes (certificates, sessions, READY in
+//! the store; at most `--join-concurrency` joins at a time), then the time from CreateService with
+//! R replicas to all R tasks RUNNING in the store (ListTasks on the control socket), with the
 //! manager's CPU seconds (utime + stime from /proc) and peak RSS (VmHWM, reset through clear_refs
 //! at the start of each phase) over each phase, the same for this process, and what the bench's
-//! own ListTasks polls cost the manager.
+//! own ListTasks polls cost the manager. Last comes a table of the medians of `BENCH_RUNS` runs
+//! (2): metric | ours | SwarmKit | ratio | target (the issue's) | met?.
 //!
-//! Run with `make bench` or `cargo bench --bench dispatcher` (1000 nodes, 10000 replicas); smaller
-//! with `cargo bench --bench dispatcher -- --nodes 50 --replicas 500` (or the environment
-//! variables `HOLLOW_NODES`, `HOLLOW_REPLICAS`, `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`;
-//! a phase that does not finish within the timeout, 900 s by default, fails the bench).
-//! The bench raises its own open-file limit (and so swarmd's, which inherits it) to the hard
-//! limit when N nodes need more descriptors than the soft limit allows.
+//! Run with `make bench` or `SWARMKIT_REF_BIN=/work/ref/bin cargo bench --bench dispatcher` (1000
+//! nodes, 10000 replicas); smaller with `cargo bench --bench dispatcher -- --nodes 50 --replicas
+//! 500` (or the environment variables `HOLLOW_NODES`, `HOLLOW_REPLICAS`,
+//! `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`; a phase that does not finish within the
+//! timeout, 900 s by default, fails the bench). The bench raises its own open-file limit (and so
+//! swarmd's, which inherits it) to the hard limit when N nodes need more descriptors than the soft
+//! limit allows.
 
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,7 +34,9 @@ use std::time::{Duration, Instant, SystemTime};
 use api::TaskState;
 use api::control_client::ControlClient;
 use api::dispatcher_client::DispatcherClient;
-use common::{MAX_MESSAGE, SWARMD, connect, start_swarmd};
+use common::{
+    Cluster, Figures, Flavor, MAX_MESSAGE, Row, Target, Usage, connect, env_u64, print_table, runs,
+};
 use testkit::fixtures::service_spec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::Channel;
@@ -59,20 +64,11 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let env = |name: &str, default: u64| -> u64 {
-        std::env::var(name)
-            .ok()
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
-            })
-            .unwrap_or(default)
-    };
     let mut args = Args {
-        nodes: env("HOLLOW_NODES", 1000) as usize,
-        replicas: env("HOLLOW_REPLICAS", 10_000),
-        join_concurrency: env("HOLLOW_JOIN_CONCURRENCY", 32) as usize,
-        timeout: Duration::from_secs(env("HOLLOW_TIMEOUT_SECS", 900)),
+        nodes: env_u64("HOLLOW_NODES", 1000) as usize,
+        replicas: env_u64("HOLLOW_REPLICAS", 10_000),
+        join_concurrency: env_u64("HOLLOW_JOIN_CONCURRENCY", 32) as usize,
+        timeout: Duration::from_secs(env_u64("HOLLOW_TIMEOUT_SECS", 900)),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -134,106 +130,6 @@ fn raise_nofile(needed: u64) -> String {
         );
     }
     format!("{now} (raised from {soft})")
-}
-
-/// The remote API address from swarmd's `Listening for connections ... addr=127.0.0.1:NNNN`.
-fn remote_addr(log: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines() {
-            if line.contains("Listening for connections")
-                && line.contains("tcp")
-                && let Some((_, rest)) = line.split_once(" addr=")
-            {
-                let addr: String = rest
-                    .trim_start_matches('"')
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                if !addr.is_empty() {
-                    return addr;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "swarmd logged no remote listener; its log:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// CPU time (utime, stime) of process `pid` in clock ticks.
-fn cpu_ticks(pid: &str) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (field(14), field(15))
-}
-
-/// A `kB` line of /proc/`pid`/status, in KiB.
-fn status_kib(pid: &str, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Resets the process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0).
-fn reset_peak_rss(pid: &str) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// CPU seconds and peak RSS of a process over one phase of the bench.
-struct Usage {
-    pid: String,
-    tck: f64,
-    start: (u64, u64),
-    peak_reset: bool,
-}
-
-impl Usage {
-    fn begin(pid: &str, tck: f64) -> Usage {
-        Usage {
-            pid: pid.to_string(),
-            tck,
-            start: cpu_ticks(pid),
-            peak_reset: reset_peak_rss(pid),
-        }
-    }
-
-    fn report(&self, who: &str) -> String {
-        let (u, s) = cpu_ticks(&self.pid);
-        let (du, ds) = (
-            u.saturating_sub(self.start.0) as f64 / self.tck,
-            s.saturating_sub(self.start.1) as f64 / self.tck,
-        );
-        let peak = status_kib(&self.pid, "VmHWM") as f64 / 1024.0;
-        let rss = status_kib(&self.pid, "VmRSS") as f64 / 1024.0;
-        let since = if self.peak_reset {
-            "since the phase began"
-        } else {
-            "of the whole process: clear_refs failed"
-        };
-        format!(
-            "{who} cpu {:.2} s (user {du:.2} + sys {ds:.2}), peak RSS {peak:.1} MiB ({since}), RSS now {rss:.1} MiB",
-            du + ds
-        )
-    }
 }
 
 /// What the hollow nodes share with the driver: counters, and when each milestone was reached.
@@ -485,28 +381,6 @@ fn secs(us: u64) -> f64 {
     us as f64 / 1e6
 }
 
-/// Drains the manager's own node so that no task lands where no hollow agent runs it.
-async fn drain_managers(control: &mut ControlClient<Channel>) {
-    let nodes = control
-        .list_nodes(api::ListNodesRequest::default())
-        .await
-        .expect("list nodes")
-        .into_inner()
-        .nodes;
-    for node in nodes {
-        let mut spec = node.spec.clone().unwrap_or_default();
-        spec.availability = api::node_spec::Availability::Drain as i32;
-        control
-            .update_node(api::UpdateNodeRequest {
-                node_id: node.id.clone(),
-                node_version: node.meta.and_then(|m| m.version),
-                spec: Some(spec),
-            })
-            .await
-            .expect("drain the manager node");
-    }
-}
-
 /// Hollow nodes the store shows READY.
 async fn ready_nodes(control: &mut ControlClient<Channel>) -> usize {
     let nodes = match control.list_nodes(api::ListNodesRequest::default()).await {
@@ -548,34 +422,42 @@ async fn running_tasks(control: &mut ControlClient<Channel>, service_id: &str) -
     (running, tasks.len())
 }
 
-async fn bench(
-    args: &Args,
-    socket: &Path,
-    addr: String,
-    pid: &str,
-    tck: f64,
-) -> Result<(), String> {
-    let mut control = connect(socket).await;
-    let cluster = control
+/// Targets of the issue: join in at most half SwarmKit's time, all RUNNING within 2 s, the
+/// manager's peak RSS at most 160 MB.
+const JOIN_RATIO: f64 = 0.5;
+const RUNNING_SECS: f64 = 2.0;
+const PEAK_MB: f64 = 160.0;
+
+/// One run against one manager: the join of the N nodes, then R replicas to RUNNING.
+async fn bench(args: &Args, flavor: &Flavor, figures: &mut Figures) -> Result<(), String> {
+    let cluster = Cluster::start(flavor, 1).await?;
+    let manager = &cluster.managers[0];
+    let (pid, addr) = (manager.pid(), manager.addr.clone());
+    let who = flavor.name();
+    println!(
+        "  {who}: swarmd {} (pid {pid}, remote API {addr})",
+        flavor.program().display()
+    );
+    let mut control = connect(&manager.socket).await;
+    let cluster_obj = control
         .list_clusters(api::ListClustersRequest::default())
         .await
-        .expect("list clusters")
+        .map_err(|s| format!("list clusters: {s}"))?
         .into_inner()
         .clusters
         .into_iter()
         .next()
-        .expect("a cluster");
-    let token = cluster
+        .ok_or("no cluster")?;
+    let token = cluster_obj
         .root_ca
         .and_then(|r| r.join_tokens)
         .map(|t| t.worker)
         .filter(|t| !t.is_empty())
-        .expect("the cluster's worker join token");
-    let parsed = ca::ParsedToken::parse(&token).expect("worker token");
+        .ok_or("no worker join token")?;
+    let parsed = ca::ParsedToken::parse(&token).map_err(|e| format!("worker token: {e}"))?;
     let root = ca::download_root_ca(&addr, &parsed)
         .await
-        .expect("download the root CA");
-    drain_managers(&mut control).await;
+        .map_err(|e| format!("download the root CA: {e}"))?;
 
     let shared = Arc::new(Shared {
         addr,
@@ -593,10 +475,11 @@ async fn bench(
     });
 
     // Phase 1: N nodes join (certificate, session registered), then the store has them READY.
-    let join_usage = Usage::begin(pid, tck);
-    let own_join = Usage::begin("self", tck);
+    let join_usage = Usage::begin(&pid);
+    let own_join = Usage::begin("self");
     let sem = Arc::new(Semaphore::new(args.join_concurrency));
     let token = Arc::new(token);
+    // Dropped (every hollow node aborted) before the cluster, so that none sees its session fail.
     let mut nodes = tokio::task::JoinSet::new();
     for idx in 0..args.nodes {
         nodes.spawn(hollow_node(idx, token.clone(), shared.clone(), sem.clone()));
@@ -638,21 +521,24 @@ async fn bench(
         }
         tokio::time::sleep(FAST_POLL).await;
     }
-    let ready_at = shared.start.elapsed();
+    let ready_at = shared.start.elapsed().as_secs_f64();
+    let certs_at = secs(shared.certs_done_us.load(Ordering::Relaxed));
     println!(
-        "join: {} nodes ({} at a time): all certificates issued in {:.2} s, all sessions registered in {:.2} s, all READY in the store in {:.2} s",
+        "  {who}, join: {} nodes ({} at a time): all certificates issued in {certs_at:.2} s, all sessions registered in {:.2} s, all READY in the store in {ready_at:.2} s",
         args.nodes,
         args.join_concurrency,
-        secs(shared.certs_done_us.load(Ordering::Relaxed)),
         secs(shared.registered_done_us.load(Ordering::Relaxed)),
-        ready_at.as_secs_f64()
     );
-    println!("join: {}", join_usage.report("manager"));
-    println!("join: {}", own_join.report("hollow process"));
+    let manager_join = join_usage.end();
+    println!("  {who}, join: {}", manager_join.describe("manager"));
+    println!(
+        "  {who}, join: {}",
+        own_join.end().describe("hollow process")
+    );
 
     // Phase 2: CreateService with R replicas until all R tasks are RUNNING in the store.
-    let run_usage = Usage::begin(pid, tck);
-    let own_run = Usage::begin("self", tck);
+    let run_usage = Usage::begin(&pid);
+    let own_run = Usage::begin("self");
     let failures_before = shared.session_failures.load(Ordering::Relaxed);
     let created = Instant::now();
     let service = control
@@ -660,10 +546,10 @@ async fn bench(
             spec: Some(service_spec("hollow", args.replicas, "busybox:latest")),
         })
         .await
-        .expect("create service")
+        .map_err(|s| format!("create service: {s}"))?
         .into_inner()
         .service
-        .expect("the created service");
+        .ok_or("no service in the answer")?;
     let replicas = args.replicas as usize;
     let deadline = Instant::now() + args.timeout;
     let (mut delivered_at, mut acked_at) = (None, None);
@@ -708,30 +594,27 @@ async fn bench(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let manager_run = run_usage.report("manager");
-    let own_run = own_run.report("hollow process");
+    let manager_run = run_usage.end();
+    let own_run = own_run.end();
     // What the bench's own polls cost the manager: a few more, now that it is idle.
-    let before = cpu_ticks(pid);
+    let poll_usage = Usage::begin(&pid);
     for _ in 0..POLL_COST_SAMPLES {
         running_tasks(&mut control, &service.id).await;
     }
-    let after = cpu_ticks(pid);
-    let poll_cpu = (after.0 + after.1).saturating_sub(before.0 + before.1) as f64
-        / tck
-        / f64::from(POLL_COST_SAMPLES);
+    let poll_cpu = poll_usage.end().cpu() / f64::from(POLL_COST_SAMPLES);
     let fmt = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+    let running_s = running_at.as_secs_f64();
     println!(
-        "run: service create --replicas {replicas} on {} nodes: all tasks given to the nodes in {}, all RUNNING reports acknowledged in {}, all RUNNING in the store in {:.2} s ({:.0} tasks/s)",
+        "  {who}, run: service create --replicas {replicas} on {} nodes: all tasks given to the nodes in {}, all RUNNING reports acknowledged in {}, all RUNNING in the store in {running_s:.2} s ({:.0} tasks/s)",
         args.nodes,
         fmt(delivered_at),
         fmt(acked_at),
-        running_at.as_secs_f64(),
-        replicas as f64 / running_at.as_secs_f64()
+        replicas as f64 / running_s
     );
-    println!("run: {manager_run}");
-    println!("run: {own_run}");
+    println!("  {who}, run: {}", manager_run.describe("manager"));
+    println!("  {who}, run: {}", own_run.describe("hollow process"));
     println!(
-        "run: of that manager cpu, about {:.2} s went to the bench's {polls} ListTasks polls ({:.0} ms cpu each, {:.0} ms the last one's round trip; every {} s, then every {} ms once all reports were acknowledged)",
+        "  {who}, run: of that manager cpu, about {:.2} s went to the bench's {polls} ListTasks polls ({:.0} ms cpu each, {:.0} ms the last one's round trip; every {} s, then every {} ms once all reports were acknowledged)",
         poll_cpu * f64::from(polls),
         poll_cpu * 1e3,
         last_poll.as_secs_f64() * 1e3,
@@ -741,42 +624,74 @@ async fn bench(
     let failures = shared.session_failures.load(Ordering::Relaxed);
     if failures > 0 {
         println!(
-            "note: {failures} hollow sessions failed and re-registered; last error: {}",
+            "  {who}, note: {failures} hollow sessions failed and re-registered; last error: {}",
             shared.last_error()
         );
     }
     nodes.abort_all();
+    while nodes.join_next().await.is_some() {}
+
+    let m = metrics(args);
+    figures.add(flavor, &m[0], ready_at);
+    figures.add(flavor, &m[1], certs_at);
+    figures.add(flavor, &m[2], manager_join.cpu());
+    figures.add(flavor, &m[3], running_s);
+    figures.add(flavor, &m[4], manager_run.cpu());
+    figures.add(flavor, &m[5], manager_join.peak_mb.max(manager_run.peak_mb));
     Ok(())
+}
+
+/// The table's metrics, in the order `bench` records them.
+fn metrics(args: &Args) -> [String; 6] {
+    let (n, r) = (args.nodes, args.replicas);
+    [
+        format!("join of {n} nodes: all READY, s"),
+        format!("join of {n} nodes: all certificates issued, s"),
+        format!("join of {n} nodes: manager CPU s"),
+        format!("{r} replicas on {n} nodes: all RUNNING, s"),
+        format!("{r} replicas on {n} nodes: manager CPU s"),
+        "manager peak RSS over join and run, MB".to_string(),
+    ]
 }
 
 fn main() {
     let args = parse_args();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let flavors = Flavor::all();
+    let runs = runs();
     // Per node: one connection here and one in swarmd, plus those of joins in flight.
     let nofile = raise_nofile(args.nodes as u64 + 2 * args.join_concurrency as u64 + 256);
-    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
-    let log = dir.path().join("swarmd.log");
-    let file = std::fs::File::create(&log).expect("swarmd log file");
-    // At info, for the line that tells the remote API's port.
-    let daemon = start_swarmd(dir.path(), "info", file);
-    let pid = daemon.0.id().to_string();
-    let addr = remote_addr(&log);
-    let tck = clk_tck();
     println!(
-        "dispatcher benchmark: {} hollow nodes, {} replicas, swarmd {SWARMD} (pid {pid}, remote API {addr}), open-file limit {nofile}",
+        "dispatcher benchmark: {} hollow nodes, {} replicas, {runs} run(s), open-file limit {nofile}",
         args.nodes, args.replicas
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let socket = dir.path().join("swarmd.sock");
-    let result = rt.block_on(bench(&args, &socket, addr, &pid, tck));
-    // The hollow nodes go before the manager, so that none sees its session fail.
-    drop(rt);
-    drop(daemon);
-    if let Err(e) = result {
-        eprintln!("dispatcher benchmark failed: {e}");
-        std::process::exit(1);
+    let mut figures = Figures::default();
+    for run in 0..runs {
+        println!("run {}/{runs}:", run + 1);
+        for flavor in &flavors {
+            if let Err(e) = rt.block_on(bench(&args, flavor, &mut figures)) {
+                eprintln!("dispatcher benchmark failed ({}): {e}", flavor.name());
+                std::process::exit(1);
+            }
+        }
     }
+    let m = metrics(&args);
+    let targets = [
+        Target::RatioAtMost(JOIN_RATIO),
+        Target::None,
+        Target::None,
+        Target::OursAtMost(RUNNING_SECS),
+        Target::None,
+        Target::OursAtMost(PEAK_MB),
+    ];
+    let rows: Vec<Row> = m
+        .into_iter()
+        .zip(targets)
+        .map(|(m, t)| Row::new(m, t))
+        .collect();
+    print_table(&figures, &rows);
 }

@@ -1,8 +1,15 @@
-//! What the benches that drive a real swarmd share: starting it on a temp dir (killed on drop) and
-//! connecting to its control socket. Their service spec is `testkit::fixtures::service_spec`.
+//! What the benches that drive real managers share: ours or SwarmKit's swarmd (SwarmKit's build
+//! folder in `SWARMKIT_REF_BIN`), a cluster of one or three managers on loopback with every node
+//! drained, the control client, a process's CPU time and peak RSS from /proc, the medians of
+//! several runs, and the final table of ours against SwarmKit's next to the targets.
+//! Their service spec is `testkit::fixtures::service_spec`.
 
-use std::path::Path;
+// Each bench uses only a part of this module.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use api::control_client::ControlClient;
@@ -11,41 +18,157 @@ use tonic::transport::Channel;
 pub const SWARMD: &str = env!("CARGO_BIN_EXE_swarmd");
 /// Largest response a bench accepts (ListTasks of 10 000 tasks is over tonic's 4 MiB default).
 pub const MAX_MESSAGE: usize = 256 << 20;
+/// Bound for a manager to come up, for a joining one to be listed reachable, and for draining.
+const START_LIMIT: Duration = Duration::from_secs(120);
 
-/// A swarmd child process, killed and reaped on drop.
-pub struct Daemon(pub Child);
+/// Whose swarmd a figure is of.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Flavor {
+    Ours,
+    /// SwarmKit's Go build: the folder holding its `swarmd`.
+    SwarmKit(PathBuf),
+}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Flavor {
+    /// Ours, then SwarmKit's when `SWARMKIT_REF_BIN` names its build folder; otherwise says that
+    /// the SwarmKit figures are skipped.
+    pub fn all() -> Vec<Flavor> {
+        let mut all = vec![Flavor::Ours];
+        match std::env::var_os("SWARMKIT_REF_BIN").filter(|d| !d.is_empty()) {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                assert!(
+                    dir.join("swarmd").is_file(),
+                    "SWARMKIT_REF_BIN={} holds no swarmd",
+                    dir.display()
+                );
+                all.push(Flavor::SwarmKit(dir));
+            }
+            None => println!("skipped: SWARMKIT_REF_BIN not set (SwarmKit figures)"),
+        }
+        all
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Flavor::Ours => "ours",
+            Flavor::SwarmKit(_) => "SwarmKit",
+        }
+    }
+
+    pub fn program(&self) -> PathBuf {
+        match self {
+            Flavor::Ours => PathBuf::from(SWARMD),
+            Flavor::SwarmKit(dir) => dir.join("swarmd"),
+        }
     }
 }
 
-/// Starts swarmd with its state in `dir/state`, its control socket at `dir/swarmd.sock` and the
-/// remote API on a free loopback port, logging at `log_level` to `stderr`.
-pub fn start_swarmd(dir: &Path, log_level: &str, stderr: impl Into<Stdio>) -> Daemon {
-    let child = Command::new(SWARMD)
-        .arg("-d")
-        .arg(dir.join("state"))
-        .arg("--listen-control-api")
-        .arg(dir.join("swarmd.sock"))
-        .args([
-            "--listen-remote-api",
-            "127.0.0.1:0",
-            "--log-level",
-            log_level,
-        ])
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn swarmd");
-    Daemon(child)
+/// An unsigned number from environment variable `name`, or `default` when unset.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v}: not a number")),
+        _ => default,
+    }
+}
+
+/// Runs per figure (`BENCH_RUNS`, 2 by default); the table shows their median.
+pub fn runs() -> usize {
+    env_u64("BENCH_RUNS", 2).max(1) as usize
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One swarmd process with its state, control socket and log in its own folder; killed and
+/// reaped on drop.
+pub struct Manager {
+    child: Child,
+    pub socket: PathBuf,
+    /// Its remote API address (listened on and advertised).
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl Manager {
+    /// Starts `flavor`'s swarmd in `dir`, joining the manager at `join` (address, token) if given.
+    /// `BENCH_LOG_LEVEL` (warn by default) sets its log level.
+    fn spawn(flavor: &Flavor, dir: &Path, hostname: &str, join: Option<(&str, &str)>) -> Manager {
+        std::fs::create_dir_all(dir).expect("manager dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let socket = dir.join("swarmd.sock");
+        let log = dir.join("swarmd.log");
+        let level = std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+        let mut cmd = Command::new(flavor.program());
+        cmd.arg("-d")
+            .arg(dir.join("state"))
+            .arg("--listen-control-api")
+            .arg(&socket)
+            .args(["--listen-remote-api", &addr])
+            .args(["--advertise-remote-api", &addr])
+            .args(["--hostname", hostname, "--log-level", &level]);
+        if let Some((join_addr, token)) = join {
+            cmd.args(["--join-addr", join_addr, "--join-token", token]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", flavor.program().display()));
+        Manager {
+            child,
+            socket,
+            addr,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Why the manager is of no use: it exited, with the end of its log.
+    fn check_running(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "swarmd ({}) exited with {status}; end of its log:\n{}",
+                self.addr,
+                self.log_tail()
+            )),
+            Err(e) => Err(format!("swarmd ({}): {e}", self.addr)),
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A Control API client on `socket`, once swarmd answers there (30 s at most).
 pub async fn connect(socket: &Path) -> ControlClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    try_connect(socket, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("no control API on {}", socket.display()))
+}
+
+async fn try_connect(socket: &Path, limit: Duration) -> Option<ControlClient<Channel>> {
+    let deadline = Instant::now() + limit;
     loop {
         if socket.exists() {
             let ch = ca::control_channel(socket).expect("channel");
@@ -54,10 +177,399 @@ pub async fn connect(socket: &Path) -> ControlClient<Channel> {
                 .await
                 .is_ok()
             {
-                return c;
+                return Some(c);
             }
         }
-        assert!(Instant::now() < deadline, "swarmd did not come up");
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `n` managers of one flavor on loopback, every node drained (UpdateNode availability DRAIN, as
+/// `swarmctl node update --availability drain` does) so that tasks stay PENDING. Managers are
+/// killed when it drops, before their folder goes.
+pub struct Cluster {
+    pub managers: Vec<Manager>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the first manager, then each other one joining it with the manager token (from
+    /// ListClusters) once the one before is listed as a reachable manager, then drains all nodes.
+    pub async fn start(flavor: &Flavor, n: usize) -> Result<Cluster, String> {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+        let mut c = Cluster {
+            managers: vec![Manager::spawn(
+                flavor,
+                &dir.path().join("m1"),
+                "node-1",
+                None,
+            )],
+            dir,
+        };
+        let mut control = match try_connect(&c.managers[0].socket, START_LIMIT).await {
+            Some(control) => control,
+            None => {
+                c.managers[0].check_running()?;
+                return Err("the first manager's control API did not answer".into());
+            }
+        };
+        c.wait_managers(&mut control, 1).await?;
+        if n > 1 {
+            let token = control
+                .list_clusters(api::ListClustersRequest::default())
+                .await
+                .map_err(|s| format!("list clusters: {s}"))?
+                .into_inner()
+                .clusters
+                .into_iter()
+                .next()
+                .and_then(|cl| cl.root_ca?.join_tokens)
+                .map(|t| t.manager)
+                .filter(|t| !t.is_empty())
+                .ok_or("no manager join token")?;
+            let first = c.managers[0].addr.clone();
+            for i in 1..n {
+                let name = format!("node-{}", i + 1);
+                let m = Manager::spawn(
+                    flavor,
+                    &c.dir.path().join(format!("m{}", i + 1)),
+                    &name,
+                    Some((&first, &token)),
+                );
+                c.managers.push(m);
+                c.wait_managers(&mut control, i + 1).await?;
+            }
+        }
+        c.drain(&mut control, n).await?;
+        Ok(c)
+    }
+
+    /// Waits until ListNodes shows `count` managers REACHABLE, one of them the leader.
+    async fn wait_managers(
+        &mut self,
+        control: &mut ControlClient<Channel>,
+        count: usize,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            for m in &mut self.managers {
+                m.check_running()?;
+            }
+            if let Ok(resp) = control.list_nodes(api::ListNodesRequest::default()).await {
+                let statuses: Vec<api::ManagerStatus> = resp
+                    .into_inner()
+                    .nodes
+                    .into_iter()
+                    .filter_map(|n| n.manager_status)
+                    .collect();
+                let reachable = statuses
+                    .iter()
+                    .filter(|s| {
+                        s.reachability == api::raft_member_status::Reachability::Reachable as i32
+                    })
+                    .count();
+                if reachable >= count && statuses.iter().any(|s| s.leader) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{count} managers not all reachable within {START_LIMIT:?}; end of the last one's log:\n{}",
+                    self.managers
+                        .last()
+                        .map(Manager::log_tail)
+                        .unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Drains every node until `count` nodes are listed DRAIN. An update can lose the race with
+    /// the dispatcher writing the node (its registration): it is retried at the next version.
+    async fn drain(
+        &self,
+        control: &mut ControlClient<Channel>,
+        count: usize,
+    ) -> Result<(), String> {
+        let drain = api::node_spec::Availability::Drain as i32;
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            let nodes = control
+                .list_nodes(api::ListNodesRequest::default())
+                .await
+                .map_err(|s| format!("list nodes: {s}"))?
+                .into_inner()
+                .nodes;
+            let mut drained = 0;
+            for node in nodes {
+                let mut spec = node.spec.clone().unwrap_or_default();
+                if spec.availability == drain {
+                    drained += 1;
+                    continue;
+                }
+                spec.availability = drain;
+                let update = control.update_node(api::UpdateNodeRequest {
+                    node_id: node.id.clone(),
+                    node_version: node.meta.and_then(|m| m.version),
+                    spec: Some(spec),
+                });
+                if update.await.is_ok() {
+                    drained += 1;
+                }
+            }
+            if drained >= count {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("only {drained} of {count} nodes drained"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of the manager ListNodes shows as the leader (by its address).
+    pub async fn leader(&self, control: &mut ControlClient<Channel>) -> Result<usize, String> {
+        let nodes = control
+            .list_nodes(api::ListNodesRequest::default())
+            .await
+            .map_err(|s| format!("list nodes: {s}"))?
+            .into_inner()
+            .nodes;
+        let addr = nodes
+            .iter()
+            .filter_map(|n| n.manager_status.as_ref())
+            .find(|s| s.leader)
+            .map(|s| s.addr.clone())
+            .ok_or("no leader listed")?;
+        self.managers
+            .iter()
+            .position(|m| m.addr == addr)
+            .ok_or_else(|| format!("the leader's address {addr} is none of the managers'"))
+    }
+}
+
+/// CPU time (utime, stime) of process `pid` (or "self") in clock ticks.
+fn cpu_ticks(pid: &str) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (field(14), field(15))
+}
+
+/// A `kB` line of /proc/`pid`/status, in KiB.
+fn status_kib(pid: &str, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0).
+fn reset_peak_rss(pid: &str) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clk_tck() -> f64 {
+    static TCK: OnceLock<f64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Waits (3 s at most) until process `pid` is idle: under one clock tick of CPU in 200 ms. A
+/// phase's CPU time then includes the work its requests left behind (tasks to create).
+pub async fn settle(pid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = cpu_ticks(pid);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = cpu_ticks(pid);
+        if now.0 + now.1 <= last.0 + last.1 + 1 {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// CPU time and peak RSS of a process over one phase of a bench.
+pub struct Usage {
+    pid: String,
+    start: (u64, u64),
+    peak_reset: bool,
+}
+
+/// What a [`Usage`] measured.
+pub struct UsageFigures {
+    pub user: f64,
+    pub sys: f64,
+    /// Peak RSS since the phase began (or of the whole process when it could not be reset), MB.
+    pub peak_mb: f64,
+    pub rss_mb: f64,
+    peak_reset: bool,
+}
+
+impl Usage {
+    /// Starts measuring process `pid` ("self" for this one), resetting its peak RSS.
+    pub fn begin(pid: &str) -> Usage {
+        Usage {
+            pid: pid.to_string(),
+            start: cpu_ticks(pid),
+            peak_reset: reset_peak_rss(pid),
+        }
+    }
+
+    pub fn end(&self) -> UsageFigures {
+        let (u, s) = cpu_ticks(&self.pid);
+        let tck = clk_tck();
+        let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
+        UsageFigures {
+            user: u.saturating_sub(self.start.0) as f64 / tck,
+            sys: s.saturating_sub(self.start.1) as f64 / tck,
+            peak_mb: mb(status_kib(&self.pid, "VmHWM")),
+            rss_mb: mb(status_kib(&self.pid, "VmRSS")),
+            peak_reset: self.peak_reset,
+        }
+    }
+}
+
+impl UsageFigures {
+    pub fn cpu(&self) -> f64 {
+        self.user + self.sys
+    }
+
+    pub fn describe(&self, who: &str) -> String {
+        let since = if self.peak_reset {
+            "since the phase began"
+        } else {
+            "of the whole process: clear_refs failed"
+        };
+        format!(
+            "{who} cpu {:.2} s (user {:.2} + sys {:.2}), peak RSS {:.1} MB ({since}), RSS now {:.1} MB",
+            self.cpu(),
+            self.user,
+            self.sys,
+            self.peak_mb,
+            self.rss_mb
+        )
+    }
+}
+
+/// Figures of several runs, by flavor and metric; the table shows their medians.
+#[derive(Default)]
+pub struct Figures(Vec<(&'static str, String, f64)>);
+
+impl Figures {
+    pub fn add(&mut self, flavor: &Flavor, metric: &str, value: f64) {
+        self.0.push((flavor.name(), metric.to_string(), value));
+    }
+
+    /// The median of `flavor`'s figures of `metric` (None when there are none).
+    pub fn median(&self, flavor: &str, metric: &str) -> Option<f64> {
+        let mut v: Vec<f64> = self
+            .0
+            .iter()
+            .filter(|(f, m, _)| *f == flavor && m == metric)
+            .map(|(_, _, v)| *v)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        Some(if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        })
+    }
+}
+
+/// What a row of the final table is held to (the targets); ratios are ours / SwarmKit's.
+#[derive(Clone, Copy)]
+pub enum Target {
+    None,
+    RatioAtLeast(f64),
+    RatioAtMost(f64),
+    OursAtLeast(f64),
+    OursAtMost(f64),
+}
+
+/// One row of the final table: a metric (its unit in its name) and its target.
+pub struct Row {
+    pub metric: String,
+    pub target: Target,
+}
+
+impl Row {
+    pub fn new(metric: impl Into<String>, target: Target) -> Row {
+        Row {
+            metric: metric.into(),
+            target,
+        }
+    }
+}
+
+fn number(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.3}"),
+    }
+}
+
+/// Prints `metric | ours | SwarmKit | ratio | target | met?` with the medians of `figures`.
+pub fn print_table(figures: &Figures, rows: &[Row]) {
+    let width = rows
+        .iter()
+        .map(|r| r.metric.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "\n{:<width$} | {:>9} | {:>9} | {:>6} | {:<18} | met?",
+        "metric", "ours", "SwarmKit", "ratio", "target"
+    );
+    println!("{}", "-".repeat(width + 63));
+    for row in rows {
+        let ours = figures.median("ours", &row.metric);
+        let theirs = figures.median("SwarmKit", &row.metric);
+        let ratio = ours.zip(theirs).map(|(o, t)| o / t);
+        let (target, met) = match row.target {
+            Target::None => (String::new(), None),
+            Target::RatioAtLeast(x) => (format!("ratio >= {x}"), ratio.map(|r| r >= x)),
+            Target::RatioAtMost(x) => (format!("ratio <= {x}"), ratio.map(|r| r <= x)),
+            Target::OursAtLeast(x) => {
+                (format!("ours >= {}", number(Some(x))), ours.map(|o| o >= x))
+            }
+            Target::OursAtMost(x) => (format!("ours <= {}", number(Some(x))), ours.map(|o| o <= x)),
+        };
+        let met = match met {
+            None if target.is_empty() => "",
+            None => "-",
+            Some(true) => "yes",
+            Some(false) => "NO",
+        };
+        println!(
+            "{:<width$} | {:>9} | {:>9} | {:>6} | {target:<18} | {met}",
+            row.metric,
+            number(ours),
+            number(theirs),
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+        );
     }
 }

@@ -7,8 +7,9 @@
 //! - single: one manager; 1, 8 and 64 clients making `BENCH_REQUESTS` creates each (1000):
 //!   creates/s, p50, p99 and the manager's CPU per create (utime + stime from /proc over the
 //!   level and until the manager is idle again); at 64 clients the raft entries/s (the raft index
-//!   is the services' meta.version) and creates per entry, next to the raw rate of 4 KiB write +
-//!   fdatasync on the same disk, measured in the same run. `BENCH_STRACE=1` also counts the
+//!   is the services' meta.version; entries carry the orchestrator's and allocator's writes too)
+//!   and creates per entry, next to the raw rate of 4 KiB write + fdatasync on the same disk,
+//!   measured in the same run. `BENCH_STRACE=1` also counts the
 //!   manager's fsync and fdatasync calls over the 64-client level with strace (which slows it).
 //! - growth: serial creates on a new manager up to `BENCH_GROWTH_SERVICES` services (10000; 0
 //!   skips the phase): the p50 of the last 100 creates over the p50 of the first 100.
@@ -248,20 +249,16 @@ async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures
         let index_after = max_index(&mut probe).await;
         settle(&pid).await;
         let cpu = usage.end().cpu();
-        if let Some(t) = perf {
+        // Stopped now, so that it records none of the next level; said after the level's line.
+        let perf_note = perf.map(|t| {
             let err = t.stop();
-            let out = cfg.perf.as_ref().expect("perf output");
-            println!(
-                "  perf profile of the serial level: {} (perf report -i {} --no-children){}",
-                out.display(),
-                out.display(),
-                if out.exists() {
-                    String::new()
-                } else {
-                    format!("; perf failed: {err}")
-                }
-            );
-        }
+            let out = cfg.perf.as_ref().expect("perf output").display();
+            if cfg.perf.as_ref().is_some_and(|p| p.exists()) {
+                format!("  perf profile of that level: {out} (BUILDING.md, \"Benchmarks\")")
+            } else {
+                format!("  perf failed: {err}")
+            }
+        });
         let n = lat.len();
         let mut sorted = lat;
         sorted.sort();
@@ -315,6 +312,9 @@ async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures
             }
         }
         println!("{line}");
+        if let Some(note) = perf_note {
+            println!("{note}");
+        }
     }
     figures.add(
         flavor,

@@ -25,8 +25,9 @@
 //! restored, which also hand events to the subscribers while still holding it. Subscribing happens
 //! under a read lock of `state`, so a watcher misses no event after its view and sees none that the
 //! view already contains. `update_lock` (async) serialises the write transactions of a store without
-//! proposer across their commit; `pipeline` (sync) serialises those of a group commit. Order:
-//! `update_lock` or `pipeline`, then `state`, then `subscribers`.
+//! proposer across their commit, and gives the writers of a group commit their turn (the closure
+//! then runs under `pipeline`, a sync lock the committer takes briefly too). Order: `update_lock`,
+//! `pipeline`, `state`, `subscribers`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -53,7 +54,8 @@ pub struct MemoryStore {
 struct Inner {
     state: RwLock<State>,
     /// Without a proposer: held across a whole write (transaction and commit), so checks made in
-    /// the transaction still hold when its changes are applied.
+    /// the transaction still hold when its changes are applied. With one: the writers' turn to
+    /// run their transaction.
     update_lock: tokio::sync::Mutex<()>,
     /// With a proposer: the group commit.
     pipeline: Mutex<Pipeline>,
@@ -312,7 +314,12 @@ impl MemoryStore {
             let settled = self.inner.settled.notified();
             let mut settled = std::pin::pin!(settled);
             settled.as_mut().enable();
-            match self.enqueue(&mut f) {
+            // Writers take turns here without holding a thread; the pipeline lock is then only
+            // contended by the committer.
+            let turn = self.inner.update_lock.lock().await;
+            let enqueued = self.enqueue(&mut f);
+            drop(turn);
+            match enqueued {
                 Enqueued::Wait => settled.await,
                 Enqueued::Done(result) => return result,
                 Enqueued::Queued(result, answer) => break (result, answer),

@@ -4,22 +4,45 @@
 //! nothing else changed them since the transaction's view (`State::generation`), since its checks
 //! then still hold; otherwise, and always for `apply_committed`, through a checking `Tx`.
 //!
+//!
+//! With a proposer, writes are group-committed: transactions run one at a time (under the
+//! `pipeline` lock, never across an await), each over the committed tables plus the changes of the
+//! writers before it that are not applied yet (the batch in flight and the open batch, through the
+//! overlay they leave, [`crate::tx::Parts`]), so it sees what it would have seen had they committed
+//! first, and its checks hold when the batch is applied in that order. A transaction that fails is
+//! rolled back to where it began and fails alone. A committer task proposes the open batch as soon
+//! as nothing is in flight, so one raft entry (and one fsync) carries every write that queued while
+//! the previous one was being committed, and a lone write is proposed at once. A batch larger than
+//! one raft entry is cut between writers into entries proposed in order. When an entry fails,
+//! its writers, those after it, and the whole open batch (which read them) fail, and the open
+//! changes are dropped: a write that fails is not applied. Objects written by a pending write carry
+//! the [`crate::tx::PENDING`] version until applied. Once the tables changed while a batch is in
+//! flight (it or something before it was applied), new writers wait for the committer to settle
+//! it, so a transaction never reads a pending write that the tables already hold.
+//!
 //! Locks: `state` (tables and last index) is taken for reading by views and write transactions and for
 //! writing only when changes are applied (`apply_committed`, the proposer-less write) or a snapshot is
 //! restored, which also hand events to the subscribers while still holding it. Subscribing happens
 //! under a read lock of `state`, so a watcher misses no event after its view and sees none that the
-//! view already contains. `update_lock` (async) serialises write
-//! transactions across their proposal. Order: `update_lock`, then `state`, then `subscribers`.
+//! view already contains. `update_lock` (async) serialises the write transactions of a store without
+//! proposer across their commit, and gives the writers of a group commit their turn (the closure
+//! then runs under `pipeline`, a sync lock the committer takes briefly too). Order: `update_lock`,
+//! `pipeline`, `state`, `subscribers`.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, warn};
 
 use crate::error::StoreError;
+use crate::limits::{MAX_TRANSACTION_BYTES, REQUEST_ID_BYTES};
+use crate::object::Kind;
 use crate::proposer::{ProposeError, Proposer};
 use crate::table::Tables;
-use crate::tx::{Change, Mode, ReadTx, Tx};
+use crate::tx::{Change, Mode, Parts, ReadTx, Tx, forget};
 use crate::watch::{Event, Subscriber, WatchFilter, Watcher, subscribe};
 
 /// The manager's object store. Cheap to clone (all clones share one store); `Send + Sync`.
@@ -30,9 +53,14 @@ pub struct MemoryStore {
 
 struct Inner {
     state: RwLock<State>,
-    /// Held across a whole write (transaction and proposal), so checks made in the transaction still
-    /// hold when its actions are applied.
+    /// Without a proposer: held across a whole write (transaction and commit), so checks made in
+    /// the transaction still hold when its changes are applied. With one: the writers' turn to
+    /// run their transaction.
     update_lock: tokio::sync::Mutex<()>,
+    /// With a proposer: the group commit.
+    pipeline: Mutex<Pipeline>,
+    /// Told when the committer has settled a batch in flight.
+    settled: Notify,
     proposer: RwLock<Option<Arc<dyn Proposer>>>,
     /// Sending ends of the live watchers; dropped watchers are pruned on the next send.
     subscribers: Mutex<Vec<Subscriber>>,
@@ -45,6 +73,39 @@ struct State {
     /// Bumped by every change of `tables`: a local transaction's checks still hold while it is
     /// what the transaction saw.
     generation: u64,
+}
+
+/// The state of the group commit (see the module doc).
+#[derive(Default)]
+struct Pipeline {
+    /// The open batch (changes not proposed yet), its size, and an overlay of it over the batch
+    /// in flight.
+    parts: Parts,
+    /// The writers of the open batch, in order.
+    writers: Vec<Waiter>,
+    /// While a batch is in flight: the generation of the tables it was proposed over.
+    in_flight: Option<u64>,
+    /// Whether a committer task is running.
+    committer: bool,
+}
+
+/// What [`MemoryStore::enqueue`] did with a transaction.
+enum Enqueued<R> {
+    /// Nothing yet: wait until the batch in flight is settled, then try again.
+    Wait,
+    /// Failed, or needs no commit.
+    Done(Result<R, StoreError>),
+    /// Queued: the answer comes once its entry is committed.
+    Queued(R, oneshot::Receiver<Result<(), StoreError>>),
+}
+
+/// A writer of the open batch waiting for its answer.
+struct Waiter {
+    /// End of its changes in the batch.
+    end: usize,
+    /// Size of the raft entry the batch's changes up to `end` would make.
+    len: usize,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -70,6 +131,8 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 state: RwLock::new(State::default()),
                 update_lock: tokio::sync::Mutex::new(()),
+                pipeline: Mutex::new(Pipeline::default()),
+                settled: Notify::new(),
                 proposer: RwLock::new(proposer),
                 subscribers: Mutex::new(Vec::new()),
             }),
@@ -94,6 +157,22 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn pipeline(&self) -> MutexGuard<'_, Pipeline> {
+        // A panicking transaction is caught and rolled back before the lock is let go.
+        self.inner
+            .pipeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn proposer(&self) -> Option<Arc<dyn Proposer>> {
+        self.inner
+            .proposer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
         self.inner
             .state
@@ -112,11 +191,15 @@ impl MemoryStore {
     /// returns Ok and made changes, the changes become `api::StoreAction`s, go through the proposer (or
     /// straight to `apply_committed`), and `update` returns after they are applied. Err from `f`, or
     /// from the proposal, = nothing changes. Like `view`, `f` runs under the read lock and must not call
-    /// back into the store.
+    /// back into the store. With a proposer, concurrent writes are committed together (see the
+    /// module doc); `f` then sees the writes queued before it as if they were committed.
     pub async fn update<R: Send>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
+        if self.proposer().is_some() {
+            return self.group_write(f).await;
+        }
         let _serial = self.inner.update_lock.lock().await;
         let (result, written) = {
             let state = self.read_state();
@@ -143,12 +226,29 @@ impl MemoryStore {
     ) -> Vec<StoreError> {
         let mut errors = Vec::new();
         let mut start = 0;
+        if self.proposer().is_some() {
+            while start < items.len() {
+                let mut consumed = 0;
+                let written = self
+                    .group_write(|tx| {
+                        consumed = fill_batch(tx, &items[start..], &write, &mut errors);
+                        Ok(())
+                    })
+                    .await;
+                // A transaction that failed as a whole is not written; go on after its items.
+                start += consumed.max(1);
+                if let Err(e) = written {
+                    errors.push(e);
+                }
+            }
+            return errors;
+        }
         while start < items.len() {
             let _serial = self.inner.update_lock.lock().await;
             let (consumed, written) = {
                 let state = self.read_state();
-                let (consumed, tx) =
-                    fill_batch(&state.tables, &items[start..], &write, &mut errors);
+                let mut tx = Tx::new(&state.tables, Mode::Local);
+                let consumed = fill_batch(&mut tx, &items[start..], &write, &mut errors);
                 (consumed, Written::of(tx, state.generation))
             };
             start += consumed;
@@ -170,21 +270,15 @@ impl MemoryStore {
         if changes.is_empty() {
             return Ok(());
         }
-        if proposal_len > crate::limits::MAX_TRANSACTION_BYTES {
+        if proposal_len > MAX_TRANSACTION_BYTES {
             debug!(
                 bytes = proposal_len,
-                limit = crate::limits::MAX_TRANSACTION_BYTES,
+                limit = MAX_TRANSACTION_BYTES,
                 "store write refused: too large"
             );
             return Err(ProposeError::TooLarge.into());
         }
-        let proposer = self
-            .inner
-            .proposer
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match proposer {
+        match self.proposer() {
             Some(proposer) => {
                 let actions: Vec<api::StoreAction> =
                     changes.into_iter().map(Change::into_action).collect();
@@ -205,6 +299,223 @@ impl MemoryStore {
             }
         }
         Ok(())
+    }
+
+    /// A write of the group commit (see the module doc): runs `f` after the writers queued before
+    /// it, over what they wrote, and waits until the entry holding its changes is committed and
+    /// applied. Dropping the future leaves the changes queued (later writers may have read them);
+    /// only the answer is lost.
+    async fn group_write<R: Send>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
+    ) -> Result<R, StoreError> {
+        let mut f = Some(f);
+        let (result, answer) = loop {
+            let settled = self.inner.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            settled.as_mut().enable();
+            // Writers take turns here without holding a thread; the pipeline lock is then only
+            // contended by the committer.
+            let turn = self.inner.update_lock.lock().await;
+            let enqueued = self.enqueue(&mut f);
+            drop(turn);
+            match enqueued {
+                Enqueued::Wait => settled.await,
+                Enqueued::Done(result) => return result,
+                Enqueued::Queued(result, answer) => break (result, answer),
+            }
+        };
+        match answer.await {
+            Ok(Ok(())) => Ok(result),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ProposeError::Other("store committer stopped".to_string()).into()),
+        }
+    }
+
+    /// Runs the transaction `f` of [`MemoryStore::group_write`] after the queued writers and
+    /// queues its changes, unless it must wait for the batch in flight to be settled first.
+    fn enqueue<R>(
+        &self,
+        f: &mut Option<impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>>,
+    ) -> Enqueued<R> {
+        let mut pipeline = self.pipeline();
+        let state = self.read_state();
+        if pipeline
+            .in_flight
+            .is_some_and(|seen| seen != state.generation)
+        {
+            // The batch in flight may be applied already, and the overlay would then hide the
+            // versions it got.
+            return Enqueued::Wait;
+        }
+        let f = f.take().expect("the transaction runs once");
+        let mut tx = Tx::resume(&state.tables, std::mem::take(&mut pipeline.parts));
+        let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut tx)));
+        let outcome = match outcome {
+            Ok(Ok(_)) if tx.proposal_len() > MAX_TRANSACTION_BYTES => {
+                debug!(
+                    bytes = tx.proposal_len(),
+                    limit = MAX_TRANSACTION_BYTES,
+                    "store write refused: too large"
+                );
+                Ok(Err(ProposeError::TooLarge.into()))
+            }
+            outcome => outcome,
+        };
+        let result = match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                tx.rollback_to(tx.start());
+                pipeline.parts = tx.into_parts();
+                return Enqueued::Done(Err(e));
+            }
+            Err(panic) => {
+                tx.rollback_to(tx.start());
+                pipeline.parts = tx.into_parts();
+                drop(state);
+                drop(pipeline);
+                resume_unwind(panic);
+            }
+        };
+        let pending = pipeline.in_flight.is_some() || !pipeline.writers.is_empty();
+        if tx.change_count() == 0 && !pending {
+            // Read nothing uncommitted and wrote nothing.
+            pipeline.parts = tx.into_parts();
+            return Enqueued::Done(Ok(result));
+        }
+        tx.seal();
+        pipeline.parts = tx.into_parts();
+        let (reply, answer) = oneshot::channel();
+        let waiter = Waiter {
+            end: pipeline.parts.changes.len(),
+            len: pipeline.parts.proposal_len,
+            reply,
+        };
+        pipeline.writers.push(waiter);
+        if !pipeline.committer {
+            pipeline.committer = true;
+            tokio::spawn(self.clone().run_committer());
+        }
+        Enqueued::Queued(result, answer)
+    }
+
+    /// The committer of the group commit: proposes the open batch whenever nothing is in flight,
+    /// until no writer waits. A task of its own, so that a writer's future being dropped stops no
+    /// proposal half-way.
+    async fn run_committer(self) {
+        let mut guard = CommitterGuard {
+            store: &self,
+            armed: true,
+        };
+        loop {
+            let (changes, writers, in_flight) = {
+                let mut pipeline = self.pipeline();
+                if pipeline.writers.is_empty() {
+                    pipeline.committer = false;
+                    guard.armed = false;
+                    return;
+                }
+                pipeline.in_flight = Some(self.read_state().generation);
+                let changes = std::mem::take(&mut pipeline.parts.changes);
+                let in_flight: Vec<(Kind, Arc<str>)> =
+                    changes.iter().filter_map(Change::key).collect();
+                pipeline.parts.proposal_len = REQUEST_ID_BYTES;
+                (changes, std::mem::take(&mut pipeline.writers), in_flight)
+            };
+            let (committed, failure) = self.propose_batch(changes, &writers).await;
+            {
+                let mut pipeline = self.pipeline();
+                pipeline.in_flight = None;
+                match &failure {
+                    None => {
+                        // What was in flight is in the tables now: the overlay keeps what the
+                        // open changes wrote.
+                        let open: HashSet<(Kind, Arc<str>)> = pipeline
+                            .parts
+                            .changes
+                            .iter()
+                            .filter_map(Change::key)
+                            .collect();
+                        for key in in_flight {
+                            if !open.contains(&key) {
+                                forget(&mut pipeline.parts.overlay, key.0, &key.1);
+                            }
+                        }
+                    }
+                    Some(e) => {
+                        // The open batch read what failed.
+                        for waiter in std::mem::take(&mut pipeline.writers) {
+                            let _ = waiter.reply.send(Err(e.clone().into()));
+                        }
+                        pipeline.parts = Parts::default();
+                    }
+                }
+            }
+            for (i, waiter) in writers.into_iter().enumerate() {
+                let answer = match &failure {
+                    Some(e) if i >= committed => Err(e.clone().into()),
+                    _ => Ok(()),
+                };
+                // A writer that stopped waiting does not want its answer.
+                let _ = waiter.reply.send(answer);
+            }
+            self.inner.settled.notify_waiters();
+        }
+    }
+
+    /// Proposes the changes of `writers` in order, in as few entries as the size limit allows
+    /// (cut between writers). Returns how many writers' changes were committed and, if an entry
+    /// failed, why (the writers from the first of that entry on are not committed).
+    async fn propose_batch(
+        &self,
+        changes: Vec<Change>,
+        writers: &[Waiter],
+    ) -> (usize, Option<ProposeError>) {
+        let Some(proposer) = self.proposer() else {
+            return (0, Some(ProposeError::Other("no proposer".to_string())));
+        };
+        let mut changes = changes.into_iter();
+        let (mut first, mut taken, mut base_len) = (0, 0, REQUEST_ID_BYTES);
+        while first < writers.len() {
+            let mut last = first;
+            while writers
+                .get(last + 1)
+                .is_some_and(|next| next.len - base_len + REQUEST_ID_BYTES <= MAX_TRANSACTION_BYTES)
+            {
+                last += 1;
+            }
+            let end = writers[last].end;
+            let actions: Vec<api::StoreAction> = changes
+                .by_ref()
+                .take(end - taken)
+                .map(Change::into_action)
+                .collect();
+            taken = end;
+            base_len = writers[last].len;
+            if !actions.is_empty() {
+                let count = actions.len();
+                match proposer.propose(actions).await {
+                    Ok(index) => {
+                        debug!(
+                            index,
+                            actions = count,
+                            writers = last + 1 - first,
+                            "store writes committed"
+                        );
+                        if self.last_index() < index {
+                            warn!(
+                                index,
+                                last = self.last_index(),
+                                "proposer returned before applying the write"
+                            );
+                        }
+                    }
+                    Err(e) => return (first, Some(e)),
+                }
+            }
+            first = last + 1;
+        }
+        (writers.len(), None)
     }
 
     /// Applies committed actions at raft `index` (raft state machine, and replay after restart): all of
@@ -326,9 +637,42 @@ impl MemoryStore {
         self.publish(&events);
     }
 
+    /// Writers of the open batch of the group commit (for tests).
+    #[cfg(test)]
+    pub(crate) fn queued_writers(&self) -> usize {
+        self.pipeline().writers.len()
+    }
+
     /// Highest index applied so far.
     pub fn last_index(&self) -> u64 {
         self.read_state().last_index
+    }
+}
+
+/// Unwinds the group commit if the committer task is dropped half-way (its runtime shutting down):
+/// the waiting writers are failed and the pipeline is left free.
+struct CommitterGuard<'a> {
+    store: &'a MemoryStore,
+    armed: bool,
+}
+
+impl Drop for CommitterGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut pipeline = self.store.pipeline();
+        for waiter in std::mem::take(&mut pipeline.writers) {
+            let _ = waiter.reply.send(Err(ProposeError::Other(
+                "store committer stopped".to_string(),
+            )
+            .into()));
+        }
+        pipeline.parts = Parts::default();
+        pipeline.in_flight = None;
+        pipeline.committer = false;
+        drop(pipeline);
+        self.store.inner.settled.notify_waiters();
     }
 }
 
@@ -351,27 +695,26 @@ impl Written {
     }
 }
 
-/// Writes items into one transaction until it is full ([`Tx::batch_full`]) or the items run out;
-/// returns how many items it took. An item whose write fails is rolled back and its error kept;
-/// an item that would take a transaction holding earlier writes past the limit is rolled back and
-/// left for the next transaction.
-fn fill_batch<'a, T>(
-    tables: &'a Tables,
+/// Writes items into `tx` until it is full ([`Tx::batch_full`]) or the items run out; returns how
+/// many items it took. An item whose write fails is rolled back and its error kept; an item that
+/// would take a transaction holding earlier writes past the limit is rolled back and left for the
+/// next transaction.
+fn fill_batch<T>(
+    tx: &mut Tx<'_>,
     items: &[T],
     write: &impl Fn(&mut Tx<'_>, &T) -> Result<(), StoreError>,
     errors: &mut Vec<StoreError>,
-) -> (usize, Tx<'a>) {
-    let mut tx = Tx::new(tables, Mode::Local);
+) -> usize {
     let mut done = 0;
     while done < items.len() {
         let mark = tx.mark();
-        if let Err(e) = write(&mut tx, &items[done]) {
+        if let Err(e) = write(tx, &items[done]) {
             tx.rollback_to(mark);
             errors.push(e);
             done += 1;
             continue;
         }
-        if mark.had_writes() && tx.proposal_len() > crate::limits::MAX_TRANSACTION_BYTES {
+        if tx.had_writes_at(mark) && tx.proposal_len() > MAX_TRANSACTION_BYTES {
             tx.rollback_to(mark);
             break;
         }
@@ -380,7 +723,7 @@ fn fill_batch<'a, T>(
             break;
         }
     }
-    (done, tx)
+    done
 }
 
 #[cfg(test)]

@@ -903,3 +903,562 @@ async fn a_batch_leaves_out_only_the_items_that_fail_or_are_too_large_alone() {
     ids.sort();
     assert_eq!(ids, ["a", "b", "c", "p1", "taken"]);
 }
+
+/// A proposer that holds every proposal until the test lets it go (`release`), records what it
+/// was given, and fails the proposals the test asks it to; it applies the others at increasing
+/// indexes, as raft would.
+struct GatedProposer {
+    store: std::sync::OnceLock<MemoryStore>,
+    proposals: Mutex<Vec<Vec<api::StoreAction>>>,
+    /// Proposals that arrived so far (held or not).
+    arrived: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+    /// Numbers (from 1) of the proposals to fail.
+    fail: Mutex<BTreeSet<usize>>,
+}
+
+impl GatedProposer {
+    fn store() -> (Arc<GatedProposer>, MemoryStore) {
+        let proposer = Arc::new(GatedProposer {
+            store: std::sync::OnceLock::new(),
+            proposals: Mutex::new(Vec::new()),
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            fail: Mutex::new(BTreeSet::new()),
+        });
+        let store = MemoryStore::new(Some(proposer.clone()));
+        proposer.store.set(store.clone()).expect("set once");
+        (proposer, store)
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets every proposal through from now on.
+    fn open(&self) {
+        self.gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Sizes (in actions) of the proposals made so far.
+    fn sizes(&self) -> Vec<usize> {
+        let proposals = self.proposals.lock().expect("lock");
+        proposals.iter().map(Vec::len).collect()
+    }
+}
+
+impl Proposer for GatedProposer {
+    fn propose(
+        &self,
+        actions: Vec<api::StoreAction>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send + '_>> {
+        Box::pin(async move {
+            let number = self
+                .arrived
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            self.gate.acquire().await.expect("gate open").forget();
+            if self.fail.lock().expect("lock").contains(&number) {
+                return Err(ProposeError::LostLeadership);
+            }
+            let store = self.store.get().expect("store set");
+            let index = store.last_index() + 1;
+            self.proposals.lock().expect("lock").push(actions.clone());
+            store
+                .apply_committed(index, &actions)
+                .map_err(|e| ProposeError::Other(e.to_string()))?;
+            Ok(index)
+        })
+    }
+}
+
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..5000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+type Writes = Vec<tokio::task::JoinHandle<Result<(), StoreError>>>;
+
+/// Starts a write that creates a secret `id` named `name`.
+fn create_secret(
+    store: &MemoryStore,
+    id: &str,
+    name: &str,
+) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+    let (store, secret) = (store.clone(), secret_named(id, name));
+    tokio::spawn(async move { store.update(|tx| tx.create_secret(secret)).await })
+}
+
+fn secret_named(id: &str, name: &str) -> api::Secret {
+    api::Secret {
+        id: id.into(),
+        spec: Some(api::SecretSpec {
+            annotations: annotations(name),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Starts one write.
+type Start<'a> = Box<dyn FnOnce() -> tokio::task::JoinHandle<Result<(), StoreError>> + 'a>;
+
+/// [`Start`]s of the writes given, in order.
+macro_rules! starts {
+    ($($write:expr),* $(,)?) => {
+        vec![$(Box::new(|| $write) as Start<'_>),*]
+    };
+}
+
+/// A first write held in flight by the gate, then `starts` started one after the other while it
+/// is, each once the one before queued behind it (or failed, as a write refused by its own checks
+/// answers at once).
+async fn queue_behind_first(
+    proposer: &GatedProposer,
+    store: &MemoryStore,
+    starts: Vec<Start<'_>>,
+) -> (tokio::task::JoinHandle<Result<(), StoreError>>, Writes) {
+    let before = proposer.arrived();
+    let first = create_secret(store, "first", "first");
+    until("the first proposal", || proposer.arrived() == before + 1).await;
+    let mut writes: Writes = Vec::new();
+    for start in starts {
+        writes.push(start());
+        until("the writer to queue or fail", || {
+            let failed = writes.iter().filter(|w| w.is_finished()).count();
+            store.queued_writers() + failed == writes.len()
+        })
+        .await;
+    }
+    (first, writes)
+}
+
+/// Lets the proposals go and expects the first write and `writes` committed.
+async fn commit_all(
+    proposer: &GatedProposer,
+    first: tokio::task::JoinHandle<Result<(), StoreError>>,
+    writes: Writes,
+) {
+    proposer.open();
+    first.await.expect("ran").expect("committed");
+    for answer in answers(writes).await {
+        answer.expect("committed");
+    }
+}
+
+async fn answers(writes: Writes) -> Vec<Result<(), StoreError>> {
+    let mut answers = Vec::new();
+    for w in writes {
+        answers.push(w.await.expect("writer ran"));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_one_proposal() {
+    let (proposer, store) = GatedProposer::store();
+    let (first, writes) = queue_behind_first(&proposer, &store, {
+        let store = &store;
+        (0..8)
+            .map(|i| {
+                Box::new(move || create_secret(store, &format!("s{i}"), &format!("secret-{i}")))
+                    as Start<'_>
+            })
+            .collect()
+    })
+    .await;
+    proposer.open();
+    first.await.expect("ran").expect("first committed");
+    for answer in answers(writes).await {
+        answer.expect("committed");
+    }
+    assert_eq!(
+        proposer.sizes(),
+        [1, 8],
+        "the 8 queued writes share one entry"
+    );
+    assert_eq!(store.view(|tx| tx.count::<api::Secret>()), 9);
+    // Each write got its own object version: the index of the entry that carried it.
+    let s0 = store.view(|tx| tx.get_secret("s0")).expect("stored");
+    assert_eq!(s0.version(), 2);
+
+    // Serial writes: one entry each, proposed at once.
+    for i in 0..3 {
+        create_secret(&store, &format!("later{i}"), &format!("later-{i}"))
+            .await
+            .expect("ran")
+            .expect("committed");
+    }
+    assert_eq!(proposer.sizes(), [1, 8, 1, 1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_write_fails_alone() {
+    let (proposer, store) = GatedProposer::store();
+    let (first, writes) = queue_behind_first(
+        &proposer,
+        &store,
+        starts![
+            create_secret(&store, "a", "shared-name"),
+            // Same name as the queued, uncommitted "a": refused as if "a" were committed.
+            create_secret(&store, "b", "SHARED-name"),
+            create_secret(&store, "c", "other"),
+            // Same ID as the secret in flight.
+            create_secret(&store, "first", "yet-another"),
+        ],
+    )
+    .await;
+    proposer.open();
+    first.await.expect("ran").expect("committed");
+    let answers = answers(writes).await;
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+    assert!(
+        matches!(answers[1], Err(StoreError::NameConflict { .. })),
+        "{:?}",
+        answers[1]
+    );
+    assert!(answers[2].is_ok(), "{:?}", answers[2]);
+    assert!(
+        matches!(answers[3], Err(StoreError::Exists { .. })),
+        "{:?}",
+        answers[3]
+    );
+    assert_eq!(proposer.sizes(), [1, 2]);
+    let names: BTreeSet<String> = store
+        .view(|tx| tx.find_secrets(By::All))
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["first".into(), "shared-name".into(), "other".into()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_proposal_fails_its_writers_and_those_that_read_them() {
+    let (proposer, store) = GatedProposer::store();
+    proposer.fail.lock().expect("lock").insert(1);
+    let mut watcher = store.watch(WatchFilter::all());
+    let (first, writes) = queue_behind_first(
+        &proposer,
+        &store,
+        starts![
+            create_secret(&store, "a", "a"),
+            // Reads the secret in flight: must not outlive it.
+            {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .update(|tx| {
+                            let mut s = tx.get_secret("first").ok_or(StoreError::NotFound {
+                                kind: Kind::Secret,
+                                id: "first".into(),
+                            })?;
+                            s.spec.as_mut().expect("spec").data = b"changed".to_vec();
+                            tx.update_secret(s)
+                        })
+                        .await
+                })
+            },
+        ],
+    )
+    .await;
+    proposer.open();
+    let lost = first.await.expect("ran").expect_err("proposal failed");
+    assert!(
+        matches!(lost, StoreError::Propose(ProposeError::LostLeadership)),
+        "{lost:?}"
+    );
+    for answer in answers(writes).await {
+        let err = answer.expect_err("read a failed write");
+        assert!(
+            matches!(err, StoreError::Propose(ProposeError::LostLeadership)),
+            "{err:?}"
+        );
+    }
+    assert_eq!(proposer.sizes(), Vec::<usize>::new(), "nothing was applied");
+    assert_eq!(store.view(|tx| tx.count::<api::Secret>()), 0);
+    assert_eq!(watcher.try_recv(), None);
+    assert_eq!(store.last_index(), 0);
+
+    // The pipeline goes on, over the committed state only.
+    create_secret(&store, "a", "a")
+        .await
+        .expect("ran")
+        .expect("committed");
+    assert_eq!(store.view(|tx| tx.count::<api::Secret>()), 1);
+    assert_eq!(proposer.sizes(), [1]);
+}
+
+/// "Delete secret S if no service uses it" and "create a service using S", concurrently: never
+/// both, whichever comes first in the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referential_checks_hold_across_a_group() {
+    for delete_first in [true, false] {
+        let (proposer, store) = GatedProposer::store();
+        proposer.open();
+        create_secret(&store, "s", "s")
+            .await
+            .expect("ran")
+            .expect("seeded");
+        proposer.gate.forget_permits(usize::MAX);
+        let delete_unused = || {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .update(|tx| {
+                        if !tx.find_services(By::ReferencedSecret("s")).is_empty() {
+                            return Err(StoreError::Invalid("secret in use".into()));
+                        }
+                        tx.delete_secret("s")
+                    })
+                    .await
+            })
+        };
+        let use_it = || {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .update(|tx| {
+                        if tx.get_secret("s").is_none() {
+                            return Err(StoreError::NotFound {
+                                kind: Kind::Secret,
+                                id: "s".into(),
+                            });
+                        }
+                        let mut svc = service("svc", "svc");
+                        let spec = svc.spec.as_mut().expect("spec");
+                        spec.task = Some(api::TaskSpec {
+                            runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                                api::ContainerSpec {
+                                    secrets: vec![api::SecretReference {
+                                        secret_id: "s".into(),
+                                        ..Default::default()
+                                    }],
+                                    ..Default::default()
+                                },
+                            ))),
+                            ..Default::default()
+                        });
+                        tx.create_service(svc)
+                    })
+                    .await
+            })
+        };
+        let (first, writes) = queue_behind_first(
+            &proposer,
+            &store,
+            if delete_first {
+                starts![delete_unused(), use_it()]
+            } else {
+                starts![use_it(), delete_unused()]
+            },
+        )
+        .await;
+        proposer.open();
+        first.await.expect("ran").expect("committed");
+        let answers = answers(writes).await;
+        assert!(
+            answers[0].is_ok(),
+            "the first of the group wins: {answers:?}"
+        );
+        assert!(answers[1].is_err(), "never both: {answers:?}");
+        let used = !delete_first;
+        assert_eq!(proposer.sizes(), [1, 1, 1], "one entry for the group");
+        let (secret, services) = store.view(|tx| {
+            (
+                tx.get_secret("s").is_some(),
+                tx.find_services(By::ReferencedSecret("s")).len(),
+            )
+        });
+        assert_eq!((secret, services), (used, usize::from(used)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_stops_waiting_loses_no_other_answer() {
+    let (proposer, store) = GatedProposer::store();
+    let (first, mut writes) = queue_behind_first(
+        &proposer,
+        &store,
+        starts![
+            create_secret(&store, "a", "a"),
+            create_secret(&store, "b", "b"),
+            create_secret(&store, "c", "c"),
+        ],
+    )
+    .await;
+    let dropped = writes.remove(1);
+    dropped.abort();
+    assert!(dropped.await.expect_err("aborted").is_cancelled());
+    commit_all(&proposer, first, writes).await;
+    // The abandoned write was queued, and later ones may have read it: it is committed too.
+    assert_eq!(proposer.sizes(), [1, 3]);
+    assert!(store.view(|tx| tx.get_secret("b")).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_transaction_does_not_wedge_the_group() {
+    let (proposer, store) = GatedProposer::store();
+    let (first, writes) =
+        queue_behind_first(&proposer, &store, starts![create_secret(&store, "a", "a")]).await;
+    let panicking = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .update(|tx| {
+                    tx.create_secret(secret_named("p", "p"))?;
+                    if tx.get_secret("p").is_some() {
+                        panic!("injected: transaction panics after a write");
+                    }
+                    Ok(())
+                })
+                .await
+        })
+    };
+    assert!(panicking.await.expect_err("panicked").is_panic());
+    let after = create_secret(&store, "c", "c");
+    until("the later writer to queue", || store.queued_writers() == 2).await;
+    commit_all(&proposer, first, writes).await;
+    after.await.expect("ran").expect("committed");
+    assert_eq!(proposer.sizes(), [1, 2]);
+    assert!(store.view(|tx| tx.get_secret("p")).is_none(), "rolled back");
+    create_secret(&store, "d", "d")
+        .await
+        .expect("ran")
+        .expect("still writable");
+}
+
+/// A client holding the committed version of an object that a queued write changed is refused,
+/// as it would be once that write committed; a writer that read the queued version may write it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_update_moves_the_version_on() {
+    let (proposer, store) = GatedProposer::store();
+    proposer.open();
+    create_secret(&store, "s", "s")
+        .await
+        .expect("ran")
+        .expect("seeded");
+    let committed = store.view(|tx| tx.get_secret("s")).expect("stored");
+    proposer.gate.forget_permits(usize::MAX);
+    let change = |data: &'static [u8], from: Option<api::Secret>| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .update(move |tx| {
+                    let mut s = match from {
+                        Some(s) => s,
+                        None => tx.get_secret("s").expect("stored"),
+                    };
+                    s.spec.as_mut().expect("spec").data = data.to_vec();
+                    tx.update_secret(s)
+                })
+                .await
+        })
+    };
+    let (first, writes) = queue_behind_first(
+        &proposer,
+        &store,
+        starts![
+            change(b"one", Some(committed.clone())),
+            // Stale: the first queued update moved the version on.
+            change(b"two", Some(committed.clone())),
+            change(b"three", None),
+        ],
+    )
+    .await;
+    proposer.open();
+    first.await.expect("ran").expect("committed");
+    let answers = answers(writes).await;
+    assert!(answers[0].is_ok(), "{answers:?}");
+    assert!(
+        matches!(answers[1], Err(StoreError::SequenceConflict { .. })),
+        "{answers:?}"
+    );
+    assert!(answers[2].is_ok(), "{answers:?}");
+    assert_eq!(proposer.sizes(), [1, 1, 2]);
+    let s = store.view(|tx| tx.get_secret("s")).expect("stored");
+    assert_eq!(s.spec.as_ref().expect("spec").data, b"three");
+    assert_eq!(s.version(), store.last_index());
+}
+
+/// Queued writes too large together for one raft entry are cut between writers into entries
+/// proposed in order; a failing entry fails its writers and the ones after it, not those before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_larger_than_an_entry_is_cut_between_writers() {
+    let (proposer, store) = GatedProposer::store();
+    // Entries: 1 = the first write; 2 and 3 = the group cut in two; 3 fails.
+    proposer.fail.lock().expect("lock").insert(3);
+    let big = |id: &str| {
+        let (store, id) = (store.clone(), id.to_string());
+        tokio::spawn(async move {
+            let mut secret = secret_named(&id, &id);
+            secret.spec.as_mut().expect("spec").data = vec![7; MAX_TRANSACTION_BYTES * 2 / 5];
+            store.update(|tx| tx.create_secret(secret)).await
+        })
+    };
+    let (first, writes) =
+        queue_behind_first(&proposer, &store, starts![big("a"), big("b"), big("c")]).await;
+    proposer.open();
+    first.await.expect("ran").expect("committed");
+    let answers = answers(writes).await;
+    assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+    assert!(
+        matches!(
+            answers[2],
+            Err(StoreError::Propose(ProposeError::LostLeadership))
+        ),
+        "{answers:?}"
+    );
+    assert_eq!(proposer.sizes(), [1, 2]);
+    let proposals = proposer.proposals.lock().expect("lock").clone();
+    assert!(
+        proposals
+            .iter()
+            .all(|p| proposal_len(p) <= MAX_TRANSACTION_BYTES)
+    );
+    assert!(store.view(|tx| tx.get_secret("c")).is_none());
+}
+
+/// `MemoryStore::batch` joins the group commit: its transactions count their limits from where
+/// they begin, and share entries with concurrent writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_joins_the_group() {
+    let (proposer, store) = GatedProposer::store();
+    let (first, writes) =
+        queue_behind_first(&proposer, &store, starts![create_secret(&store, "a", "a")]).await;
+    let batch = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let items: Vec<usize> = (0..MAX_CHANGES_PER_TRANSACTION + 10).collect();
+            store
+                .batch(&items, |tx, i| {
+                    tx.create_secret(secret_named(&format!("b{i}"), &format!("b-{i}")))
+                })
+                .await
+        })
+    };
+    until("the batch to queue", || store.queued_writers() == 2).await;
+    commit_all(&proposer, first, writes).await;
+    let errors = batch.await.expect("ran");
+    assert!(errors.is_empty(), "{errors:?}");
+    let sizes = proposer.sizes();
+    assert_eq!(
+        sizes[..2],
+        [1, 1 + MAX_CHANGES_PER_TRANSACTION],
+        "{sizes:?}"
+    );
+    assert_eq!(sizes[2..], [10]);
+    assert_eq!(
+        store.view(|tx| tx.count::<api::Secret>()),
+        2 + MAX_CHANGES_PER_TRANSACTION + 10
+    );
+}

@@ -185,21 +185,51 @@ impl Change {
         }
     }
 
-    /// Puts the object as this change left it into `overlay` (what `Tx::written` did).
-    fn replay_into(&self, overlay: &mut Overlay) {
+    /// See [`Tx::seal`]: the overlay gets a copy of the object with the [`PENDING`] version if it
+    /// still holds this change's (no later write of the transaction replaced it). The change keeps
+    /// the object as written, so the entry's size is what the transaction counted.
+    fn seal_as<T: StoreObject>(&self, overlay: &mut Overlay) {
+        let Some(id) = &self.id else {
+            return;
+        };
+        let Some(Some(current)) = T::overlay_mut(overlay).get_mut(&**id) else {
+            return;
+        };
+        if !Arc::ptr_eq(current.as_object(), &self.object) {
+            return;
+        }
+        let mut sealed = current.clone();
+        sealed.make_mut().meta_mut().version = Some(PENDING);
+        *current = sealed;
+    }
+
+    /// The kind and ID of the object this (local) change writes.
+    pub(crate) fn key(&self) -> Option<(Kind, Arc<str>)> {
+        Some((Kind::of_object(&self.object)?, self.id.clone()?))
+    }
+
+    /// Puts back what the overlay held for this change's object before it (see [`Undo`]).
+    fn undo(&self, overlay: &mut Overlay, before: Undo) {
         let Some(kind) = Kind::of_object(&self.object) else {
             return;
         };
-        with_kind!(kind, T => self.replay_as::<T>(overlay))
+        with_kind!(kind, T => self.undo_as::<T>(overlay, before))
     }
 
-    fn replay_as<T: StoreObject>(&self, overlay: &mut Overlay) {
-        let Some(object) = Shared::<T>::from_object(Arc::clone(&self.object)) else {
+    fn undo_as<T: StoreObject>(&self, overlay: &mut Overlay, before: Undo) {
+        let Some(id) = self.id.clone() else {
             return;
         };
-        let id = self.id.clone().unwrap_or_else(|| Arc::from(object.id()));
-        let after = (self.action != api::StoreActionKind::StoreActionRemove).then_some(object);
-        T::overlay_mut(overlay).insert(id, after);
+        let overlay = T::overlay_mut(overlay);
+        match before {
+            None => {
+                overlay.remove(&id);
+            }
+            Some(before) => {
+                let before = before.and_then(Shared::<T>::from_object);
+                overlay.insert(id, before);
+            }
+        }
     }
 
     /// A committed store action as a change to apply.
@@ -273,12 +303,38 @@ pub(crate) struct Mark {
     proposal_len: usize,
 }
 
-impl Mark {
-    /// Whether the transaction had written anything at this point.
-    pub(crate) fn had_writes(&self) -> bool {
-        self.changes > 0
+/// The version a write of a group commit gives the objects it creates or updates until they are
+/// applied (and get their raft index): a later writer of the same group that read such an object
+/// writes it back with this version and passes the sequence check, while a caller holding the
+/// committed version (or an older one) fails it, as it would have once the earlier write committed.
+pub(crate) const PENDING: api::Version = api::Version { index: u64::MAX };
+
+/// What a local transaction leaves for the next writer of a group commit ([`Tx::resume`]): the
+/// changes not yet proposed and what they (and the ones in flight) make the overlay.
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub(crate) overlay: Overlay,
+    pub(crate) changes: Vec<Change>,
+    /// Encoded size of the raft entry `changes` would make.
+    pub(crate) proposal_len: usize,
+    /// Spare allocation of the undo log.
+    undo: Vec<Undo>,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            overlay: Overlay::default(),
+            changes: Vec::new(),
+            proposal_len: limits::REQUEST_ID_BYTES,
+            undo: Vec::new(),
+        }
     }
 }
+
+/// What the overlay held for the object of a change before the change (`None`: nothing), for
+/// [`Tx::rollback_to`].
+type Undo = Option<Option<Arc<api::Object>>>;
 
 /// A write transaction (see `MemoryStore::update`). Reads through `Deref` see its own writes.
 #[derive(Debug)]
@@ -287,8 +343,13 @@ pub struct Tx<'a> {
     mode: Mode,
     now: prost_types::Timestamp,
     changes: Vec<Change>,
+    /// One entry per change since `start` (`Mode::Local`).
+    undo: Vec<Undo>,
     /// Encoded size of the raft entry `changes` make (`Mode::Local`).
     proposal_len: usize,
+    /// Where this transaction began: in a group commit, `changes` starts with those of the
+    /// writers before it, which this one may read but neither takes back nor counts as its own.
+    start: Mark,
     events: Vec<Event>,
 }
 
@@ -306,8 +367,80 @@ impl<'a> Tx<'a> {
             mode,
             now: prost_types::Timestamp::from(SystemTime::now()),
             changes: Vec::new(),
-            proposal_len: crate::limits::REQUEST_ID_BYTES,
+            undo: Vec::new(),
+            proposal_len: limits::REQUEST_ID_BYTES,
+            start: Mark {
+                changes: 0,
+                proposal_len: limits::REQUEST_ID_BYTES,
+            },
             events: Vec::new(),
+        }
+    }
+
+    /// A local transaction over `base` that continues where the writers of a group commit left
+    /// `parts`: it reads their changes (and those in flight, which `parts.overlay` holds too) and
+    /// adds its own after them.
+    pub(crate) fn resume(base: &'a Tables, parts: Parts) -> Self {
+        let Parts {
+            overlay,
+            changes,
+            proposal_len,
+            mut undo,
+        } = parts;
+        undo.clear();
+        let start = Mark {
+            changes: changes.len(),
+            proposal_len,
+        };
+        Tx {
+            read: ReadTx { base, overlay },
+            mode: Mode::Local,
+            now: prost_types::Timestamp::from(SystemTime::now()),
+            changes,
+            undo,
+            proposal_len,
+            start,
+            events: Vec::new(),
+        }
+    }
+
+    /// What [`Tx::resume`] takes, for the next writer.
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            overlay: self.read.overlay,
+            changes: self.changes,
+            proposal_len: self.proposal_len,
+            undo: self.undo,
+        }
+    }
+
+    /// Where this transaction began ([`Tx::rollback_to`] it to take back all its writes).
+    pub(crate) fn start(&self) -> Mark {
+        self.start
+    }
+
+    /// Whether this transaction had written anything at `mark`.
+    pub(crate) fn had_writes_at(&self, mark: Mark) -> bool {
+        mark.changes > self.start.changes
+    }
+
+    /// Makes the next writers of a group commit read the objects this transaction created or
+    /// updated with the [`PENDING`] version (a copy of each, in the overlay).
+    pub(crate) fn seal(&mut self) {
+        let Tx {
+            read,
+            changes,
+            start,
+            ..
+        } = self;
+        for change in &changes[start.changes..] {
+            if change.action == api::StoreActionKind::StoreActionRemove {
+                continue;
+            }
+            let Some(kind) = Kind::of_object(&change.object) else {
+                continue;
+            };
+            with_kind!(kind, T => change.seal_as::<T>(&mut read.overlay));
         }
     }
 
@@ -433,7 +566,11 @@ impl<'a> Tx<'a> {
             }),
         }
         let after = (kind != EventKind::Remove).then_some(object);
-        T::overlay_mut(&mut self.read.overlay).insert(id, after);
+        let before = T::overlay_mut(&mut self.read.overlay).insert(id, after);
+        if self.mode == Mode::Local {
+            self.undo
+                .push(before.map(|before| before.map(Shared::into_object)));
+        }
     }
 
     fn check_name<T: StoreObject>(&self, object: &T) -> Result<(), StoreError> {
@@ -513,45 +650,46 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Takes back every write made since `mark` (a batch item that failed or did not fit): the
-    /// overlay is rebuilt from the writes kept, which it only ever reflects.
+    /// Takes back every write made since `mark` (a batch item that failed or did not fit, a
+    /// writer of a group commit that failed), newest first, putting back what the overlay held
+    /// before each.
     pub(crate) fn rollback_to(&mut self, mark: Mark) {
-        if self.changes.len() == mark.changes {
-            return;
+        let keep = mark.changes.max(self.start.changes);
+        while self.changes.len() > keep {
+            let (Some(change), Some(before)) = (self.changes.pop(), self.undo.pop()) else {
+                break;
+            };
+            change.undo(&mut self.read.overlay, before);
         }
-        self.changes.truncate(mark.changes);
-        self.proposal_len = mark.proposal_len;
-        self.read.overlay = Overlay::default();
-        for change in &self.changes {
-            change.replay_into(&mut self.read.overlay);
-        }
+        self.proposal_len = mark.proposal_len.max(self.start.proposal_len);
     }
 
     /// Encoded size of the raft entry this (local) transaction's writes make so far: what
-    /// [`crate::MAX_TRANSACTION_BYTES`] bounds.
+    /// [`crate::MAX_TRANSACTION_BYTES`] bounds. In a group commit, only this transaction's own
+    /// writes count.
     pub fn proposal_len(&self) -> usize {
-        self.proposal_len
+        self.proposal_len - self.start.proposal_len + limits::REQUEST_ID_BYTES
     }
 
     /// Number of writes this (local) transaction made so far.
     pub fn change_count(&self) -> usize {
-        self.changes.len()
+        self.changes.len() - self.start.changes
     }
 
     /// Whether a batch should commit this transaction before writing more: SwarmKit's batch
     /// limits, [`crate::MAX_CHANGES_PER_TRANSACTION`] writes or [`crate::BATCH_BYTES`].
     pub fn batch_full(&self) -> bool {
-        self.changes.len() >= limits::MAX_CHANGES_PER_TRANSACTION
-            || self.proposal_len >= limits::BATCH_BYTES
+        self.change_count() >= limits::MAX_CHANGES_PER_TRANSACTION
+            || self.proposal_len() >= limits::BATCH_BYTES
     }
 
     /// Whether a batch may still write `object` into this transaction, `slack` bytes larger than it
     /// is now: the transaction is empty, or it is not [full](Tx::batch_full) and the object would
     /// not take it past [`crate::MAX_TRANSACTION_BYTES`].
     pub fn has_room_for(&self, object: &impl prost::Message, slack: usize) -> bool {
-        self.changes.is_empty()
+        self.change_count() == 0
             || (!self.batch_full()
-                && self.proposal_len + limits::write_len(object.encoded_len() + slack)
+                && self.proposal_len() + limits::write_len(object.encoded_len() + slack)
                     <= limits::MAX_TRANSACTION_BYTES)
     }
 
@@ -567,4 +705,11 @@ impl<'a> Tx<'a> {
     pub(crate) fn into_changes(self) -> (Overlay, Vec<Event>) {
         (self.read.overlay, self.events)
     }
+}
+
+/// Drops what `overlay` holds for the object `id` of `kind`.
+pub(crate) fn forget(overlay: &mut Overlay, kind: Kind, id: &str) {
+    with_kind!(kind, T => {
+        T::overlay_mut(overlay).remove(id);
+    })
 }

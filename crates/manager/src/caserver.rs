@@ -1,7 +1,8 @@
 //! The CA and NodeCA services of the remote API (spec 5.10, SwarmKit ca/server.go): the root CA
 //! certificate for joiners, certificate requests (a join token creates a Node object, a valid
 //! node certificate renews for that node) and the status call that waits until the CA signer has
-//! answered a request. Signing itself is the leader's [`crate::signer::CaSigner`].
+//! answered a request. Signing itself is the leader's [`crate::signer::CaSigner`]. The Node objects
+//! of joins arriving together are created together (`creates.rs`).
 
 use std::sync::Arc;
 
@@ -14,6 +15,10 @@ use tracing::{debug, info};
 use crate::authz::Authorizer;
 use crate::bootstrap::DEFAULT_CLUSTER_NAME;
 
+mod creates;
+
+use creates::{Created, Creates};
+
 /// Times a freshly drawn node ID may collide before the request fails.
 const ID_RETRIES: usize = 3;
 
@@ -22,6 +27,8 @@ const ID_RETRIES: usize = 3;
 pub struct CaServer {
     store: MemoryStore,
     auth: Arc<Authorizer>,
+    /// The Node objects of joins, written together when several arrive at once.
+    creates: Creates,
 }
 
 fn code_only(code: tonic::Code) -> Status {
@@ -52,7 +59,11 @@ fn store_error(e: StoreError) -> Status {
 impl CaServer {
     /// Serves `store`'s cluster, checking renewing callers with `auth`.
     pub fn new(store: MemoryStore, auth: Arc<Authorizer>) -> CaServer {
-        CaServer { store, auth }
+        CaServer {
+            creates: Creates::new(store.clone()),
+            store,
+            auth,
+        }
     }
 
     fn cluster(&self) -> Option<api::Cluster> {
@@ -160,18 +171,24 @@ impl CaServer {
                 vxlanudp_port: cluster.vxlanudp_port,
                 ..Default::default()
             };
-            match self.store.update(move |tx| tx.create_node(node)).await {
-                Ok(()) => {
+            match self.creates.create(node).await {
+                Created::Yes => {
                     info!(node.id = %node_id, node.role = ca::role_ou(role), "new node joined: certificate requested");
                     return Ok(api::IssueNodeCertificateResponse {
                         node_id,
                         node_membership: api::node_spec::Membership::Accepted as i32,
                     });
                 }
-                Err(StoreError::Exists { .. }) if attempt < ID_RETRIES => {
+                Created::IdTaken if attempt < ID_RETRIES => {
                     debug!("randomly drawn node ID collided with an existing one, drawing again");
                 }
-                Err(e) => return Err(store_error(e)),
+                Created::IdTaken => {
+                    return Err(store_error(StoreError::Exists {
+                        kind: store::Kind::Node,
+                        id: node_id,
+                    }));
+                }
+                Created::Failed(status) => return Err(status),
             }
         }
         unreachable!("the loop returns on its last attempt")
@@ -280,5 +297,182 @@ impl api::node_ca_server::NodeCa for CaServer {
                 None => return Err(Status::unavailable("the store stopped")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use api::node_ca_server::NodeCa;
+
+    use super::*;
+
+    fn pending(id: &str) -> api::Node {
+        api::Node {
+            id: id.into(),
+            certificate: Some(api::Certificate {
+                csr: b"csr".to_vec(),
+                status: Some(api::IssuanceStatus {
+                    state: IssuanceState::Pending as i32,
+                    err: String::new(),
+                }),
+                cn: id.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// On tokio's paused clock, time moves only when every task waits on a timer: an answer
+    /// that came from a poll or a debounce would show as virtual time passed.
+    #[tokio::test(start_paused = true)]
+    async fn status_answers_when_the_certificate_is_committed() {
+        let store = MemoryStore::new(None);
+        for id in ["n1", "n2"] {
+            let node = pending(id);
+            store
+                .update(|tx| tx.create_node(node))
+                .await
+                .expect("create");
+        }
+        let server = CaServer::new(store.clone(), Authorizer::new(store.clone(), "c".into()));
+        let call = tokio::spawn(async move {
+            server
+                .node_certificate_status(Request::new(api::NodeCertificateStatusRequest {
+                    node_id: "n1".into(),
+                }))
+                .await
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished(), "a pending request is not answered");
+        let answer = |id: &'static str, state: IssuanceState| {
+            store.update(move |tx| {
+                let mut node = tx.get_node(id).expect("node");
+                let cert = node.certificate.as_mut().expect("entry");
+                cert.certificate = b"signed".to_vec();
+                cert.status = Some(api::IssuanceStatus {
+                    state: state as i32,
+                    err: String::new(),
+                });
+                tx.update_node(node)
+            })
+        };
+        // Another node's answer is not this one's.
+        answer("n2", IssuanceState::Issued)
+            .await
+            .expect("answer n2");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished(), "answered with another node's entry");
+
+        answer("n1", IssuanceState::Issued)
+            .await
+            .expect("answer n1");
+        let committed = tokio::time::Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("answered")
+            .expect("no panic")
+            .expect("status")
+            .into_inner();
+        assert_eq!(
+            committed.elapsed(),
+            Duration::ZERO,
+            "the answer waited for a timer after the commit"
+        );
+        assert_eq!(
+            resp.status.map(|s| s.state),
+            Some(IssuanceState::Issued as i32)
+        );
+        assert_eq!(
+            resp.certificate.map(|c| c.certificate),
+            Some(b"signed".to_vec())
+        );
+    }
+
+    fn worker_token(store: &MemoryStore) -> String {
+        store
+            .view(|tx| tx.find_clusters(By::All))
+            .pop()
+            .and_then(|c| c.root_ca)
+            .and_then(|r| r.join_tokens)
+            .map(|t| t.worker)
+            .expect("worker token")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_joins_are_created_together_each_with_its_own_node() {
+        let f = crate::signer::tests::fixture().await;
+        let proposer = crate::signer::tests::SlowProposer::install(&f.store);
+        let server = CaServer::new(
+            f.store.clone(),
+            Authorizer::new(f.store.clone(), "c".into()),
+        );
+        let token = worker_token(&f.store);
+        let joins: Vec<_> = (0..24)
+            .map(|i| {
+                let (server, token) = (server.clone(), token.clone());
+                tokio::spawn(async move {
+                    let req = api::IssueNodeCertificateRequest {
+                        csr: format!("csr {i}").into_bytes(),
+                        token,
+                        ..Default::default()
+                    };
+                    server.issue_node_certificate(Request::new(req)).await
+                })
+            })
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        for (i, join) in joins.into_iter().enumerate() {
+            let resp = join.await.expect("no panic").expect("joined").into_inner();
+            let node = f.store.view(|tx| tx.get_node(&resp.node_id)).expect("node");
+            assert_eq!(cert_state(&node), IssuanceState::Pending as i32);
+            let cert = node.certificate.expect("entry");
+            assert_eq!(cert.csr, format!("csr {i}").into_bytes(), "its own node");
+            ids.insert(resp.node_id);
+        }
+        assert_eq!(ids.len(), 24);
+        let creates = proposer.creates();
+        assert_eq!(creates.iter().sum::<usize>(), 24);
+        assert!(
+            creates.len() < 24,
+            "24 joins created in {} raft entries ({creates:?}): none was batched",
+            creates.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_id_is_taken_fails_alone() {
+        let store = MemoryStore::new(None);
+        let taken = pending("taken");
+        store
+            .update(|tx| tx.create_node(taken))
+            .await
+            .expect("create");
+        let creates = Creates::new(store.clone());
+        // On this one thread the three are queued before the writer they start runs, so they
+        // are written in one batch.
+        let calls: Vec<_> = ["taken", "a", "b"]
+            .into_iter()
+            .map(|id| {
+                let (creates, mut node) = (creates.clone(), pending(id));
+                node.spec = Some(api::NodeSpec::default());
+                tokio::spawn(async move { creates.create(node).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.expect("no panic"));
+        }
+        assert!(matches!(outcomes[0], Created::IdTaken), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Created::Yes), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Created::Yes), "{outcomes:?}");
+        let stored = store.view(|tx| tx.get_node("taken")).expect("kept");
+        assert_eq!(stored.spec, None, "the existing node is untouched");
+        assert!(store.view(|tx| tx.get_node("a").is_some() && tx.get_node("b").is_some()));
     }
 }

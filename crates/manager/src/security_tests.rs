@@ -71,27 +71,34 @@ pub(crate) fn material(root: &RootCa, id: &str, role: api::NodeRole, org: &str) 
     }
 }
 
+/// What a new cluster of `root` is bootstrapped with, the manager `node_id` holding `node_cert`.
+pub(crate) fn bootstrap_info(
+    root: &RootCa,
+    node_id: &str,
+    cluster_id: &str,
+    node_cert: Vec<u8>,
+) -> BootstrapInfo {
+    BootstrapInfo {
+        node_id: node_id.into(),
+        cluster_id: cluster_id.into(),
+        root_ca_cert: root.cert_pem().to_vec(),
+        root_ca_key: root.key_pem().map(<[u8]>::to_vec),
+        join_tokens: (ca::generate_join_token(root), ca::generate_join_token(root)),
+        ca_cert_hash: root.cert_hash(),
+        raft: default_raft_config(10, 1),
+        hostname: "m1".into(),
+        status_addr: "127.0.0.1".into(),
+        node_cert,
+    }
+}
+
 pub(crate) async fn start() -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let root = RootCa::generate().expect("root");
     let (node_id, cluster_id) = (api::naming::new_id(), api::naming::new_id());
     let manager = material(&root, &node_id, api::NodeRole::Manager, &cluster_id);
     let store = MemoryStore::new(None);
-    let info = BootstrapInfo {
-        node_id: node_id.clone(),
-        cluster_id: cluster_id.clone(),
-        root_ca_cert: root.cert_pem().to_vec(),
-        root_ca_key: root.key_pem().map(<[u8]>::to_vec),
-        join_tokens: (
-            ca::generate_join_token(&root),
-            ca::generate_join_token(&root),
-        ),
-        ca_cert_hash: root.cert_hash(),
-        raft: default_raft_config(10, 1),
-        hostname: "m1".into(),
-        status_addr: "127.0.0.1".into(),
-        node_cert: manager.cert_pem.clone(),
-    };
+    let info = bootstrap_info(&root, &node_id, &cluster_id, manager.cert_pem.clone());
     bootstrap(&store, &info).await.expect("bootstrap");
     let dir = tempfile::tempdir().expect("tempdir");
     let security =

@@ -4,11 +4,21 @@
 //! the certificate as ISSUED, or FAILED with the reason. During a root rotation it signs with the
 //! new root's key and appends the cross-signed intermediate, so that nodes still trusting the old
 //! root accept the new certificates.
+//!
+//! Unlike SwarmKit's, which signs and writes one request at a time, many nodes joining at once are
+//! answered in parallel: signing (the CPU cost) runs on blocking threads, as many at a time as
+//! there are cores, never under a store lock, and the certificates signed while the previous write
+//! was being committed are recorded together by one [`MemoryStore::batch`], so a burst of joins
+//! costs a few raft entries instead of one each.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use api::issuance_status::State as IssuanceState;
-use store::{By, Event, MemoryStore, WatchFilter};
+use store::{By, Event, EventKind, MemoryStore, StoreError, Tx, WatchFilter};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -17,9 +27,12 @@ use crate::bootstrap::{DEFAULT_CLUSTER_NAME, DEFAULT_NODE_CERT_EXPIRY};
 /// Leader subsystem that signs pending certificate requests.
 pub struct CaSigner {
     store: MemoryStore,
-    cluster_id: String,
+    cluster_id: Arc<str>,
     /// Validity for every certificate instead of the cluster's (swarmd's test option).
     expiry_override: Option<Duration>,
+    /// Requests signed at once, each on a blocking thread: signing is CPU work, so more threads
+    /// than cores would only queue behind each other.
+    workers: usize,
 }
 
 /// A request the signer can answer, read from a Node.
@@ -43,6 +56,83 @@ fn proto_duration(d: &prost_types::Duration) -> Option<Duration> {
     Duration::try_from(*d).ok()
 }
 
+/// What signs new certificates, read from the cluster object: kept until the cluster changes.
+type Material = Arc<Result<(ca::SigningCa, Duration), String>>;
+
+/// The answer to one request, to be recorded in its node.
+struct Signed {
+    req: Request,
+    state: IssuanceState,
+    certificate: Vec<u8>,
+    err: String,
+    /// Set when the batch wrote it (false when the node no longer waits for this CSR).
+    written: AtomicBool,
+}
+
+impl Signed {
+    fn new(material: &Material, req: Request, cluster_id: &str) -> Signed {
+        let signed = match material.as_ref() {
+            Ok((signer, expiry)) => signer
+                .issue(&req.csr, &req.node_id, req.role, cluster_id, *expiry)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        let (state, certificate, err) = match signed {
+            Ok(chain) => (IssuanceState::Issued, chain, String::new()),
+            Err(e) => {
+                warn!(node.id = %req.node_id, "failed to sign CSR: {e}");
+                (IssuanceState::Failed, Vec::new(), e)
+            }
+        };
+        Signed {
+            req,
+            state,
+            certificate,
+            err,
+            written: AtomicBool::new(false),
+        }
+    }
+
+    /// Records the answer if the node still waits for this very request: a newer CSR waits for
+    /// its own turn, and an answered or deleted node is left alone.
+    fn record(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        let Some(mut node) = tx.get_node(&self.req.node_id) else {
+            return Ok(());
+        };
+        let Some(cert) = node
+            .certificate
+            .as_mut()
+            .filter(|c| c.csr == self.req.csr && pending_request_state(c).is_some())
+        else {
+            return Ok(());
+        };
+        cert.certificate = self.certificate.clone();
+        cert.status = Some(api::IssuanceStatus {
+            state: self.state as i32,
+            err: self.err.clone(),
+        });
+        tx.update_node(node)?;
+        self.written.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Records `batch` in as few transactions as the store's limits allow; returns it, written.
+async fn record(store: MemoryStore, batch: Vec<Signed>) -> Vec<Signed> {
+    let errors = store.batch(&batch, |tx, s| s.record(tx)).await;
+    for e in &errors {
+        error!("recording signed certificates failed: {e}");
+    }
+    if errors.is_empty() {
+        for s in batch.iter().filter(|s| s.written.load(Ordering::Relaxed)) {
+            if s.state == IssuanceState::Issued {
+                info!(node.id = %s.req.node_id, node.role = ca::role_ou(s.req.role), "certificate issued");
+            }
+        }
+    }
+    batch
+}
+
 impl CaSigner {
     /// A signer for the cluster `cluster_id` in `store`.
     pub fn new(
@@ -52,8 +142,9 @@ impl CaSigner {
     ) -> CaSigner {
         CaSigner {
             store,
-            cluster_id,
+            cluster_id: cluster_id.into(),
             expiry_override,
+            workers: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }
 
@@ -61,21 +152,52 @@ impl CaSigner {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
         let (nodes, mut watcher) = self
             .store
-            .view_and_watch(WatchFilter::none().nodes(), |tx| tx.find_nodes(By::All));
+            .view_and_watch(WatchFilter::none().nodes().clusters(), |tx| {
+                tx.find_nodes(By::All)
+            });
+        let mut work = Work::default();
         for req in nodes.iter().filter_map(pending_request) {
-            self.sign(req).await;
+            work.want(req);
         }
+        let mut material: Option<Material> = None;
+        // Signing jobs, at most `workers`, and the one batch being recorded.
+        let mut signing = JoinSet::new();
+        let mut recording = JoinSet::new();
         loop {
-            let event = tokio::select! {
+            while signing.len() < self.workers
+                && let Some(req) = work.queue.pop_front()
+            {
+                let material = material
+                    .get_or_insert_with(|| Arc::new(self.signing_material()))
+                    .clone();
+                let cluster_id = self.cluster_id.clone();
+                let span = tracing::Span::current();
+                signing.spawn_blocking(move || {
+                    span.in_scope(|| Signed::new(&material, req, &cluster_id))
+                });
+            }
+            if recording.is_empty() && !work.signed.is_empty() {
+                recording.spawn(record(self.store.clone(), std::mem::take(&mut work.signed)));
+            }
+            tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                ev = watcher.recv() => ev.ok_or("store watch closed")?,
-            };
-            if let Event::Object { kind, .. } = &event
-                && *kind != store::EventKind::Remove
-                && let Some(req) = event.object_as::<api::Node>().and_then(pending_request)
-            {
-                self.sign(req).await;
+                Some(done) = recording.join_next() => {
+                    let done = done.map_err(|e| format!("recording certificates failed: {e}"))?;
+                    work.done(&done);
+                }
+                Some(signed) = signing.join_next() => {
+                    work.signed.push(signed.map_err(|e| format!("signing failed: {e}"))?);
+                }
+                ev = watcher.recv() => match ev.ok_or("store watch closed")? {
+                    Event::Object { kind: EventKind::Remove, .. } | Event::Commit { .. } => {}
+                    ev if ev.object_as::<api::Cluster>().is_some() => material = None,
+                    ev => {
+                        if let Some(req) = ev.object_as::<api::Node>().and_then(pending_request) {
+                            work.want(req);
+                        }
+                    }
+                },
             }
         }
     }
@@ -104,49 +226,35 @@ impl CaSigner {
         });
         Ok((signer, expiry))
     }
+}
 
-    async fn sign(&self, req: Request) {
-        let signed = self.signing_material().and_then(|(signer, expiry)| {
-            signer
-                .issue(&req.csr, &req.node_id, req.role, &self.cluster_id, expiry)
-                .map_err(|e| e.to_string())
-        });
-        let (state, certificate, err) = match signed {
-            Ok(chain) => (IssuanceState::Issued, chain, String::new()),
-            Err(e) => {
-                warn!(node.id = %req.node_id, "failed to sign CSR: {e}");
-                (IssuanceState::Failed, Vec::new(), e)
+/// Requests between their node's event and the commit of their answer.
+#[derive(Default)]
+struct Work {
+    /// Waiting for a signing thread.
+    queue: VecDeque<Request>,
+    /// Signed, waiting for the next batch write.
+    signed: Vec<Signed>,
+    /// The CSR of each node being answered (queued, signing, signed or being recorded), so that
+    /// the node's own events meanwhile (the create, an update of its spec) do not sign it twice.
+    taken: HashMap<String, Vec<u8>>,
+}
+
+impl Work {
+    fn want(&mut self, req: Request) {
+        if self.taken.get(&req.node_id) == Some(&req.csr) {
+            return;
+        }
+        self.taken.insert(req.node_id.clone(), req.csr.clone());
+        self.queue.push_back(req);
+    }
+
+    /// `batch` is committed (or failed, and is logged): its nodes' later events are new requests.
+    fn done(&mut self, batch: &[Signed]) {
+        for s in batch {
+            if self.taken.get(&s.req.node_id) == Some(&s.req.csr) {
+                self.taken.remove(&s.req.node_id);
             }
-        };
-        let (node_id, role) = (req.node_id.clone(), req.role);
-        let result = self
-            .store
-            .update(move |tx| {
-                let Some(mut node) = tx.get_node(&req.node_id) else {
-                    return Ok(false);
-                };
-                // Answer only the request we signed: a newer CSR waits for its own turn.
-                let Some(cert) = node.certificate.as_mut().filter(|c| c.csr == req.csr) else {
-                    return Ok(false);
-                };
-                if pending_request_state(cert).is_none() {
-                    return Ok(false);
-                }
-                cert.certificate = certificate;
-                cert.status = Some(api::IssuanceStatus {
-                    state: state as i32,
-                    err,
-                });
-                tx.update_node(node)?;
-                Ok(true)
-            })
-            .await;
-        match result {
-            Ok(true) if state == IssuanceState::Issued => {
-                info!(node.id = %node_id, node.role = ca::role_ou(role), "certificate issued")
-            }
-            Ok(_) => {}
-            Err(e) => error!(node.id = %node_id, "recording the signed certificate failed: {e}"),
         }
     }
 }
@@ -156,3 +264,6 @@ fn pending_request_state(cert: &api::Certificate) -> Option<i32> {
     (state == IssuanceState::Pending as i32 || state == IssuanceState::Renew as i32)
         .then_some(state)
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

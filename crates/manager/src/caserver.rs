@@ -2,7 +2,7 @@
 //! certificate for joiners, certificate requests (a join token creates a Node object, a valid
 //! node certificate renews for that node) and the status call that waits until the CA signer has
 //! answered a request. Signing itself is the leader's [`crate::signer::CaSigner`]. The Node objects
-//! of joins arriving together are created together (`creates.rs`).
+//! of joins arriving together share raft entries through the store's group commit.
 
 use std::sync::Arc;
 
@@ -15,10 +15,6 @@ use tracing::{debug, info};
 use crate::authz::Authorizer;
 use crate::bootstrap::DEFAULT_CLUSTER_NAME;
 
-mod creates;
-
-use creates::{Created, Creates};
-
 /// Times a freshly drawn node ID may collide before the request fails.
 const ID_RETRIES: usize = 3;
 
@@ -27,8 +23,6 @@ const ID_RETRIES: usize = 3;
 pub struct CaServer {
     store: MemoryStore,
     auth: Arc<Authorizer>,
-    /// The Node objects of joins, written together when several arrive at once.
-    creates: Creates,
 }
 
 fn code_only(code: tonic::Code) -> Status {
@@ -59,11 +53,7 @@ fn store_error(e: StoreError) -> Status {
 impl CaServer {
     /// Serves `store`'s cluster, checking renewing callers with `auth`.
     pub fn new(store: MemoryStore, auth: Arc<Authorizer>) -> CaServer {
-        CaServer {
-            creates: Creates::new(store.clone()),
-            store,
-            auth,
-        }
+        CaServer { store, auth }
     }
 
     fn cluster(&self) -> Option<api::Cluster> {
@@ -171,24 +161,18 @@ impl CaServer {
                 vxlanudp_port: cluster.vxlanudp_port,
                 ..Default::default()
             };
-            match self.creates.create(node).await {
-                Created::Yes => {
+            match self.store.update(move |tx| tx.create_node(node)).await {
+                Ok(()) => {
                     info!(node.id = %node_id, node.role = ca::role_ou(role), "new node joined: certificate requested");
                     return Ok(api::IssueNodeCertificateResponse {
                         node_id,
                         node_membership: api::node_spec::Membership::Accepted as i32,
                     });
                 }
-                Created::IdTaken if attempt < ID_RETRIES => {
+                Err(StoreError::Exists { .. }) if attempt < ID_RETRIES => {
                     debug!("randomly drawn node ID collided with an existing one, drawing again");
                 }
-                Created::IdTaken => {
-                    return Err(store_error(StoreError::Exists {
-                        kind: store::Kind::Node,
-                        id: node_id,
-                    }));
-                }
-                Created::Failed(status) => return Err(status),
+                Err(e) => return Err(store_error(e)),
             }
         }
         unreachable!("the loop returns on its last attempt")
@@ -443,36 +427,5 @@ mod tests {
             "24 joins created in {} raft entries ({creates:?}): none was batched",
             creates.len()
         );
-    }
-
-    #[tokio::test]
-    async fn a_create_whose_id_is_taken_fails_alone() {
-        let store = MemoryStore::new(None);
-        let taken = pending("taken");
-        store
-            .update(|tx| tx.create_node(taken))
-            .await
-            .expect("create");
-        let creates = Creates::new(store.clone());
-        // On this one thread the three are queued before the writer they start runs, so they
-        // are written in one batch.
-        let calls: Vec<_> = ["taken", "a", "b"]
-            .into_iter()
-            .map(|id| {
-                let (creates, mut node) = (creates.clone(), pending(id));
-                node.spec = Some(api::NodeSpec::default());
-                tokio::spawn(async move { creates.create(node).await })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for call in calls {
-            outcomes.push(call.await.expect("no panic"));
-        }
-        assert!(matches!(outcomes[0], Created::IdTaken), "{outcomes:?}");
-        assert!(matches!(outcomes[1], Created::Yes), "{outcomes:?}");
-        assert!(matches!(outcomes[2], Created::Yes), "{outcomes:?}");
-        let stored = store.view(|tx| tx.get_node("taken")).expect("kept");
-        assert_eq!(stored.spec, None, "the existing node is untouched");
-        assert!(store.view(|tx| tx.get_node("a").is_some() && tx.get_node("b").is_some()));
     }
 }

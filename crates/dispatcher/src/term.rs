@@ -1,6 +1,7 @@
 //! One leadership term of the dispatcher: the registered nodes and their heartbeat watchdogs, the
 //! batched writes of node and task status (SwarmKit's processUpdates: a flush 100 ms after the
-//! first queued write or at 10 000 pending items, written by `MemoryStore::batch`, in
+//! first queued write or at 10 000 pending items, and at once when a full transaction of them, 200,
+//! is already pending; written by `MemoryStore::batch`, in
 //! transactions of at most 200 objects or 3/4 of SwarmKit's transaction size), and the
 //! routing of store events to the streams of each node. One store watcher feeds every session, so
 //! a burst of events costs one pass however many nodes are connected; each stream gets its events
@@ -486,7 +487,9 @@ impl Term {
     }
 
     /// Flushes the pending writes one interval after the first of them was queued, or sooner
-    /// when they pile up.
+    /// when they pile up. Writes that already fill a store transaction (they came in while the
+    /// previous flush was writing, or in one large report) are flushed at once: the window is
+    /// there to gather a batch, and a full one only waits longer in it.
     pub async fn flush_loop(self: Arc<Self>) {
         loop {
             tokio::select! {
@@ -494,11 +497,18 @@ impl Term {
                 () = self.token.cancelled() => return,
                 () = self.queued.notified() => {}
             }
-            tokio::select! {
-                biased;
-                () = self.token.cancelled() => return,
-                () = self.flush_now.notified() => {}
-                () = tokio::time::sleep(self.config.batch_interval) => {}
+            let queued = lock(&self.pending).len();
+            // A wake-up left by writes that an earlier flush already took.
+            if queued == 0 {
+                continue;
+            }
+            if queued < store::MAX_CHANGES_PER_TRANSACTION {
+                tokio::select! {
+                    biased;
+                    () = self.token.cancelled() => return,
+                    () = self.flush_now.notified() => {}
+                    () = tokio::time::sleep(self.config.batch_interval) => {}
+                }
             }
             self.flush().await;
         }

@@ -983,6 +983,74 @@ async fn an_unwritable_task_costs_only_its_own_status_report() {
     assert!(!f.run.is_finished());
 }
 
+/// Reports that fill a store transaction are written at once; fewer wait for the batch window
+/// to gather more.
+#[tokio::test(start_paused = true)]
+async fn a_full_transaction_of_reports_skips_the_batch_window() {
+    let full = store::MAX_CHANGES_PER_TRANSACTION;
+    let tasks = (0..full)
+        .map(|i| task(&format!("t{i}"), "n1", TaskState::Assigned))
+        .collect();
+    let f = start(vec![node("n1", NodeState::Ready)], tasks, exact()).await;
+    let (session, _a) = f.open("n1").await;
+    let report = |id: String| api::update_task_status_request::TaskStatusUpdate {
+        task_id: id,
+        status: Some(api::TaskStatus {
+            state: TaskState::Running as i32,
+            message: "started".into(),
+            ..Default::default()
+        }),
+    };
+    let window = Config::default().batch_interval;
+    let running = |f: &Fixture, n: usize| {
+        (0..n).all(|i| f.task_state(&format!("t{i}")) == TaskState::Running as i32)
+    };
+    let wait = async |f: &Fixture, n: usize| {
+        let from = tokio::time::Instant::now();
+        for _ in 0..100 {
+            if running(f, n) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(running(f, n), "the reports are written");
+        from.elapsed()
+    };
+    // One report: written when the window closes.
+    f.dispatcher
+        .update_task_status(
+            "n1",
+            api::UpdateTaskStatusRequest {
+                session_id: session.clone(),
+                updates: vec![report("t0".into())],
+            },
+        )
+        .expect("one report");
+    let took = wait(&f, 1).await;
+    assert!(
+        took >= window,
+        "a lone report waits for the window (written after {took:?})"
+    );
+    // A full transaction's worth: written without waiting for it.
+    f.dispatcher
+        .update_task_status(
+            "n1",
+            api::UpdateTaskStatusRequest {
+                session_id: session,
+                updates: (1..full)
+                    .chain([0])
+                    .map(|i| report(format!("t{i}")))
+                    .collect(),
+            },
+        )
+        .expect("a full batch");
+    let took = wait(&f, full).await;
+    assert!(
+        took < window,
+        "a full batch skips the window (written after {took:?})"
+    );
+}
+
 /// Through the gRPC service: an agent that did not ask for split sets (SwarmKit's, which
 /// applies each COMPLETE message as the whole set) gets the COMPLETE set in one message, as
 /// SwarmKit's dispatcher sends it, and its INCREMENTAL batches split; one whose request carries

@@ -35,6 +35,12 @@ pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 pub(crate) const KEY_SNAPSHOT_META: &str = "meta";
 pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
 
+/// redb's page cache for the raft database. redb moves every page it writes into this cache, and
+/// its default (1 GiB) lets a long-running manager's memory grow with its raft file (log entries,
+/// snapshots) up to that much; what is read back is the log's tail (replication to a follower
+/// catching up, replay at start) and the snapshot, for which a few MiB serve as well.
+pub(crate) const CACHE_BYTES: usize = 16 << 20;
+
 /// How long `open` keeps retrying while a previous instance in this process still holds the
 /// file (openraft's workers drop their storage handles shortly after `Raft::shutdown`).
 const OPEN_RETRY: Duration = Duration::from_secs(10);
@@ -65,7 +71,10 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, RaftError> {
 
     let deadline = Instant::now() + OPEN_RETRY;
     let db = loop {
-        match Database::create(&path) {
+        match Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+        {
             Ok(db) => break db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));

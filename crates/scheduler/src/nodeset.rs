@@ -68,12 +68,21 @@ pub(crate) struct NodeSet {
     failures: IdMap<ServiceVersion, IdMap<NodeIdx, Vec<Instant>>>,
     eligible: Vec<Eligible>,
     clock: u64,
+    /// Bumped by every change that can change whether a task fits a node, or why not (a node
+    /// object, a task taken or given back, a task starting or stopping to count as active).
+    generation: u64,
 }
 
 impl NodeSet {
     /// The node at `idx`.
     pub(crate) fn info(&self, idx: NodeIdx) -> &NodeInfo {
         &self.nodes[idx as usize]
+    }
+
+    /// What [`NodeSet::generation`] counts: verdicts and explanations made at one generation hold
+    /// while it lasts.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The index of a node ID, if known.
@@ -114,6 +123,7 @@ impl NodeSet {
         let idx = self.index_or_insert(&node.id);
         self.nodes[idx as usize].set_node(Some(node));
         self.refresh_static(idx);
+        self.generation += 1;
     }
 
     /// Forgets a deleted node (its tasks stay accounted until they go).
@@ -124,6 +134,7 @@ impl NodeSet {
         self.nodes[idx as usize].set_node(None);
         self.refresh_static(idx);
         self.release_if_unused(idx);
+        self.generation += 1;
     }
 
     fn release_if_unused(&mut self, idx: NodeIdx) {
@@ -212,6 +223,7 @@ impl NodeSet {
         if !info.add_task(task_id, task) {
             return false;
         }
+        self.generation += 1;
         if let Some(service) = service {
             self.count_service(&service, idx, true);
         }
@@ -231,6 +243,7 @@ impl NodeSet {
         let info = &mut self.nodes[idx as usize];
         let before = info.active;
         let task = info.remove_task(task_id)?;
+        self.generation += 1;
         if task.active {
             self.count_service(&task.service, idx, false);
         }
@@ -249,6 +262,7 @@ impl NodeSet {
         let Some(active) = info.set_desired(task_id, desired_state) else {
             return;
         };
+        self.generation += 1;
         let service = info.tasks[task_id].service.clone();
         self.count_service(&service, idx, active);
         self.reorder(idx, before);

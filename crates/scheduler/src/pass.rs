@@ -108,17 +108,18 @@ struct PassMemo {
 impl Scheduler {
     /// One scheduling pass. Events that arrive while its writes are under way are taken from
     /// `watcher` between transactions, so they do not pile up; a commit among them starts a new
-    /// debounce once the pass is over.
-    pub(crate) async fn schedule(&mut self, mut watcher: Option<&mut Watcher>) {
+    /// debounce once the pass is over. Returns how many unassigned tasks the pass examined.
+    pub(crate) async fn schedule(&mut self, mut watcher: Option<&mut Watcher>) -> usize {
         let now = Instant::now();
         self.fresh = 0;
         let mut decisions = Vec::with_capacity(self.unassigned.len() + self.preassigned.len());
         if !self.preassigned.is_empty() {
             self.confirm_preassigned(&mut decisions);
         }
+        let mut examined = 0;
         if self.tick_required {
             self.tick_required = false;
-            self.tick(now, &mut decisions);
+            examined = self.tick(now, &mut decisions);
             self.nodes.prune_failures(now);
         }
         let decided = decisions.len();
@@ -145,6 +146,7 @@ impl Scheduler {
         if decided > 0 {
             debug!(
                 decisions = decided,
+                examined,
                 decide = ?decide_time,
                 total = ?now.elapsed(),
                 "scheduling pass done"
@@ -165,6 +167,7 @@ impl Scheduler {
             entry.versions.retain(|(_, req)| Arc::strong_count(req) > 1);
             !entry.versions.is_empty()
         });
+        examined
     }
 
     /// Checks the tasks whose node the orchestrator chose against that node only.
@@ -219,11 +222,25 @@ impl Scheduler {
         }
     }
 
-    /// Places the unassigned tasks, one group per service and spec version.
-    fn tick(&mut self, now: Instant, decisions: &mut Vec<Decision>) {
+    /// Places the unassigned tasks, one group per service and spec version: all of them, or only
+    /// those not examined yet while the node set is as it was when the others were found to fit
+    /// nowhere (see `Scheduler::settled_at`). Returns how many tasks it examined.
+    fn tick(&mut self, now: Instant, decisions: &mut Vec<Decision>) -> usize {
+        let generation = self.nodes.generation();
+        let queue: Vec<PendingTask> = if self.settled_at == Some(generation) {
+            let unassigned = &mut self.unassigned;
+            self.unexamined
+                .drain()
+                .filter_map(|id| unassigned.remove(&id))
+                .collect()
+        } else {
+            self.unexamined.clear();
+            self.unassigned.drain().map(|(_, task)| task).collect()
+        };
+        let examined = queue.len();
         let mut groups: BTreeMap<(Arc<str>, u64), Vec<PendingTask>> = BTreeMap::new();
         let mut one_offs = Vec::new();
-        for (_, task) in self.unassigned.drain() {
+        for task in queue {
             if task.desired > COMPLETE {
                 decisions.push(Decision {
                     task,
@@ -249,6 +266,11 @@ impl Scheduler {
         for task in one_offs {
             self.schedule_group(vec![task], now, &mut memo, decisions);
         }
+        // Nothing placed: what stays queued fits nowhere at this generation. Once something is
+        // placed, the explanations given before it may no longer hold, so the next pass looks
+        // at every task again.
+        self.settled_at = (self.nodes.generation() == generation).then_some(generation);
+        examined
     }
 
     /// Places a group of tasks with the same requirements; what cannot be placed stays queued with
@@ -422,7 +444,10 @@ impl Scheduler {
                 match current {
                     // Start over from what the store holds now.
                     Some(current) => self.on_task(EventKind::Update, &current),
-                    None => self.requeue(task),
+                    None => {
+                        self.unexamined.insert(task.id.clone());
+                        self.requeue(task);
+                    }
                 }
             }
         }

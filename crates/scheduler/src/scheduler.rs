@@ -10,11 +10,11 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::IdMap;
 use crate::error::Error;
 use crate::filter::Requirements;
 use crate::nodeinfo::TaskOnNode;
 use crate::nodeset::{MAX_FAILURES, NodeSet, ServiceVersion};
+use crate::{IdMap, IdSet};
 
 /// Quiet time after a commit before a pass runs, so a burst of commits makes one pass
 /// (SwarmKit's `commitDebounceGap`).
@@ -76,6 +76,13 @@ pub struct Scheduler {
     pub(crate) nodes: NodeSet,
     /// PENDING tasks without a node.
     pub(crate) unassigned: IdMap<String, PendingTask>,
+    /// The unassigned tasks queued or changed since a pass last examined them.
+    pub(crate) unexamined: IdSet<String>,
+    /// The node set generation at which every unassigned task not in `unexamined` was found to
+    /// fit no node (with the explanation it holds). While the node set stays at that generation
+    /// such a task still fits none, for the same reason, and a pass leaves it aside (SwarmKit
+    /// rescans the whole queue at every pass); `None` = the next pass examines the whole queue.
+    pub(crate) settled_at: Option<u64>,
     /// PENDING tasks with a preset node, checked at every pass until they fit.
     pub(crate) preassigned: IdMap<String, PendingTask>,
     /// The IDs of the stored services (tasks of a deleted one are dropped from the queue).
@@ -97,6 +104,8 @@ impl Scheduler {
             store,
             nodes: NodeSet::default(),
             unassigned: IdMap::default(),
+            unexamined: IdSet::default(),
+            settled_at: None,
             preassigned: IdMap::default(),
             services: Default::default(),
             requirements: IdMap::default(),
@@ -130,7 +139,7 @@ impl Scheduler {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            () = self.schedule(Some(&mut watcher)) => {}
+            _ = self.schedule(Some(&mut watcher)) => {}
         }
         loop {
             let due = self.debounce.map(|(_, due)| due);
@@ -154,7 +163,7 @@ impl Scheduler {
                         tokio::select! {
                             biased;
                             () = shutdown.cancelled() => return Ok(()),
-                            () = self.schedule(Some(&mut watcher)) => {}
+                            _ = self.schedule(Some(&mut watcher)) => {}
                         }
                     }
                 }
@@ -163,7 +172,7 @@ impl Scheduler {
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => return Ok(()),
-                        () = self.schedule(Some(&mut watcher)) => {}
+                        _ = self.schedule(Some(&mut watcher)) => {}
                     }
                 }
             }
@@ -288,6 +297,9 @@ impl Scheduler {
             });
             self.tick_required |= changed;
             self.fresh += usize::from(changed);
+            if changed {
+                self.unexamined.insert(task.id.clone());
+            }
             self.unassigned.insert(task.id.clone(), pending);
             return;
         }

@@ -1,6 +1,6 @@
 //! The queue's life: retries, stale and orphaned tasks, debouncing, batching, failure penalty and write conflicts.
 
-use store::Event;
+use store::{Event, Watcher};
 
 use crate::COMMIT_DEBOUNCE_GAP;
 
@@ -287,6 +287,28 @@ async fn edit_service_version(store: &MemoryStore, id: &str, index: u64) {
         .expect("update service");
 }
 
+/// A scheduler loaded from `store` but not running, and a watcher that starts at its snapshot.
+fn loaded(store: &MemoryStore) -> (Scheduler, Watcher) {
+    let mut scheduler = Scheduler::new(store.clone());
+    let (snapshot, watcher) = store.view_and_watch(WatchFilter::all(), |tx| {
+        (
+            tx.find_shared(By::All),
+            tx.find_shared(By::All),
+            tx.find_shared(By::All),
+        )
+    });
+    scheduler.load(snapshot);
+    (scheduler, watcher)
+}
+
+/// Hands `scheduler` the events `watcher` holds, then runs a pass; how many tasks it examined.
+async fn pass(scheduler: &mut Scheduler, watcher: &mut Watcher) -> usize {
+    while let Some(event) = watcher.try_recv() {
+        scheduler.handle(event);
+    }
+    scheduler.schedule(Some(watcher)).await
+}
+
 // --- writes --------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
@@ -296,15 +318,7 @@ async fn a_conflicting_write_skips_only_that_task() {
     put_nodes(&store, vec![node("n1")]).await;
     put_tasks(&store, tasks("t", "s", 3)).await;
 
-    let mut scheduler = Scheduler::new(store.clone());
-    let (snapshot, _watcher) = store.view_and_watch(WatchFilter::all(), |tx| {
-        (
-            tx.find_shared(By::All),
-            tx.find_shared(By::All),
-            tx.find_shared(By::All),
-        )
-    });
-    scheduler.load(snapshot);
+    let (mut scheduler, _watcher) = loaded(&store);
     // Someone changes t001 after the scheduler read it.
     edit_task(&store, "t001", |t| {
         t.annotations = Some(api::Annotations::default())
@@ -334,4 +348,94 @@ async fn a_conflicting_write_skips_only_that_task() {
         "queued again as the store now has it"
     );
     assert!(scheduler.tick_required);
+}
+
+/// Tasks that fit no node are not examined again at every pass: a new task makes a pass examine
+/// only itself (it gets the same explanation), until the nodes change.
+#[tokio::test(start_paused = true)]
+async fn unschedulable_tasks_are_left_aside_until_the_nodes_change() {
+    use api::node_spec::Availability;
+    let store = new_store();
+    put_services(&store, vec![service("s")]).await;
+    put_nodes(&store, vec![availability(node("n1"), Availability::Drain)]).await;
+    put_tasks(&store, tasks("t", "s", 3)).await;
+    let (mut scheduler, mut watcher) = loaded(&store);
+    let drained = "no suitable node (1 node not available for new tasks)";
+
+    assert_eq!(
+        pass(&mut scheduler, &mut watcher).await,
+        3,
+        "the first pass examines all"
+    );
+    for t in tasks("t", "s", 3) {
+        assert_eq!(err(&get_task(&store, &t.id)), drained);
+    }
+    put_tasks(&store, vec![task("t003", "s")]).await;
+    assert_eq!(
+        pass(&mut scheduler, &mut watcher).await,
+        1,
+        "only the new task is examined"
+    );
+    assert_eq!(err(&get_task(&store, "t003")), drained, "same explanation");
+    assert_eq!(
+        pass(&mut scheduler, &mut watcher).await,
+        0,
+        "nothing new, nothing examined"
+    );
+    assert_eq!(scheduler.unassigned.len(), 4, "all four stay queued");
+
+    edit_node(&store, "n1", |n| {
+        n.spec.as_mut().unwrap().availability = Availability::Active as i32;
+    })
+    .await;
+    assert_eq!(
+        pass(&mut scheduler, &mut watcher).await,
+        4,
+        "a node change examines all"
+    );
+    for t in tasks("t", "s", 4) {
+        assert!(is_assigned(&get_task(&store, &t.id)), "{} placed", t.id);
+    }
+}
+
+/// A pass that placed tasks may have changed why the others fit nowhere: the next pass examines
+/// every queued task again and rewrites explanations that changed.
+#[tokio::test(start_paused = true)]
+async fn a_pass_that_placed_tasks_makes_the_next_examine_all() {
+    let store = new_store();
+    put_services(&store, vec![service("s"), service("big")]).await;
+    put_nodes(&store, vec![resources(node("n1"), 2 * CPU, GIB)]).await;
+    // Fits nowhere for its constraint, then also for its reservation once n1 is full.
+    let stuck = constraint(
+        reserve(task("stuck", "big"), 2 * CPU, 0),
+        "node.labels.x==y",
+    );
+    put_tasks(&store, vec![stuck]).await;
+    let (mut scheduler, mut watcher) = loaded(&store);
+    assert_eq!(pass(&mut scheduler, &mut watcher).await, 1);
+    assert_eq!(
+        err(&get_task(&store, "stuck")),
+        "no suitable node (scheduling constraints not satisfied on 1 node)"
+    );
+    put_tasks(&store, vec![reserve(task("a", "s"), CPU, 0)]).await;
+    assert_eq!(
+        pass(&mut scheduler, &mut watcher).await,
+        1,
+        "only the new task"
+    );
+    assert!(is_assigned(&get_task(&store, "a")));
+    // n1 has 1 CPU left now: "stuck" fails on resources first, which the next pass says.
+    let stuck_too = |id| constraint(reserve(task(id, "big"), 2 * CPU, 0), "node.labels.x==y");
+    put_tasks(&store, vec![stuck_too("b")]).await;
+    assert_eq!(
+        pass(&mut scheduler, &mut watcher).await,
+        2,
+        "the placement makes it examine all"
+    );
+    let resources = "no suitable node (insufficient resources on 1 node)";
+    assert_eq!(err(&get_task(&store, "stuck")), resources);
+    assert_eq!(err(&get_task(&store, "b")), resources);
+    put_tasks(&store, vec![stuck_too("c")]).await;
+    assert_eq!(pass(&mut scheduler, &mut watcher).await, 1, "settled again");
+    assert_eq!(err(&get_task(&store, "c")), resources);
 }

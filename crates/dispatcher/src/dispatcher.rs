@@ -46,8 +46,6 @@ pub struct Config {
     pub grace_multiplier: u32,
     /// More than three registrations of a node within this period are refused.
     pub rate_limit_period: Duration,
-    /// Node and task status writes are batched for this long.
-    pub batch_interval: Duration,
     /// After this long DOWN, a node's tasks in ASSIGNED to RUNNING become ORPHANED.
     pub node_down_period: Duration,
 }
@@ -59,7 +57,6 @@ impl Default for Config {
             heartbeat_epsilon: Duration::from_millis(500),
             grace_multiplier: 3,
             rate_limit_period: Duration::from_secs(8),
-            batch_interval: Duration::from_millis(100),
             node_down_period: Duration::from_secs(24 * 60 * 60),
         }
     }
@@ -76,9 +73,6 @@ impl Config {
         }
         if self.grace_multiplier == 0 {
             return Err("dispatcher: grace multiplier must be positive".into());
-        }
-        if self.batch_interval.is_zero() {
-            return Err("dispatcher: batch interval must be positive".into());
         }
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! One leadership term of the dispatcher: the registered nodes and their heartbeat watchdogs, the
-//! batched writes of node and task status (SwarmKit's processUpdates: a flush 100 ms after the
-//! first queued write or at 10 000 pending items, and at once when a full transaction of them, 200,
-//! is already pending; written by `MemoryStore::batch`, in
-//! transactions of at most 200 objects or 3/4 of SwarmKit's transaction size), and the
+//! batched writes of node and task status (SwarmKit's processUpdates batches on a 100 ms timer;
+//! ours writes at once what was queued while the previous flush was writing, by
+//! `MemoryStore::batch`, in transactions of at most 200 objects or 3/4 of SwarmKit's transaction
+//! size, so a lone report waits for no timer and a burst is still written in large batches), and the
 //! routing of store events to the streams of each node. One store watcher feeds every session, so
 //! a burst of events costs one pass however many nodes are connected; each stream gets its events
 //! through a bounded channel and, if it falls behind, re-reads the store instead of stalling the
@@ -24,8 +24,6 @@ use crate::Config;
 use crate::error::DispatcherError;
 use crate::nodes::{NodeTable, SessionHandle};
 
-/// Pending writes that trigger a flush before the interval is up.
-const MAX_BATCH_ITEMS: usize = 10_000;
 /// Events queued for one stream before it is told to re-read the store instead.
 const SUB_CAPACITY: usize = 512;
 
@@ -174,10 +172,8 @@ pub(crate) struct Term {
     down: Mutex<HashMap<String, CancellationToken>>,
     /// The last batch written (see [`Pending::taken`]).
     flushed: watch::Sender<u64>,
-    /// Something was queued: the flusher opens a batch window (it sleeps while there is none).
+    /// Something was queued: the flusher writes it (it sleeps while there is nothing).
     queued: Notify,
-    /// The pending writes reached [`MAX_BATCH_ITEMS`]: flush before the window is over.
-    flush_now: Notify,
 }
 
 /// Replaces the value of `tx` if it differs, waking its receivers only then.
@@ -221,7 +217,6 @@ impl Term {
             down: Mutex::default(),
             flushed: watch::channel(0).0,
             queued: Notify::new(),
-            flush_now: Notify::new(),
         };
         if let Some(c) = cluster {
             term.cluster_changed(c);
@@ -387,9 +382,6 @@ impl Term {
             },
         );
         self.queued.notify_one();
-        if pending.len() >= MAX_BATCH_ITEMS {
-            self.flush_now.notify_one();
-        }
         pending.taken + 1
     }
 
@@ -481,34 +473,18 @@ impl Term {
         let mut pending = lock(&self.pending);
         pending.tasks.extend(updates);
         self.queued.notify_one();
-        if pending.len() >= MAX_BATCH_ITEMS {
-            self.flush_now.notify_one();
-        }
     }
 
-    /// Flushes the pending writes one interval after the first of them was queued, or sooner
-    /// when they pile up. Writes that already fill a store transaction (they came in while the
-    /// previous flush was writing, or in one large report) are flushed at once: the window is
-    /// there to gather a batch, and a full one only waits longer in it.
+    /// Writes the pending writes as soon as there are any and no flush is writing: what is
+    /// queued while one writes goes in the next, so a burst is written in a few large batches
+    /// (and the store's group commit puts concurrent batches in shared raft entries) without a
+    /// lone report waiting for a window to close.
     pub async fn flush_loop(self: Arc<Self>) {
         loop {
             tokio::select! {
                 biased;
                 () = self.token.cancelled() => return,
                 () = self.queued.notified() => {}
-            }
-            let queued = lock(&self.pending).len();
-            // A wake-up left by writes that an earlier flush already took.
-            if queued == 0 {
-                continue;
-            }
-            if queued < store::MAX_CHANGES_PER_TRANSACTION {
-                tokio::select! {
-                    biased;
-                    () = self.token.cancelled() => return,
-                    () = self.flush_now.notified() => {}
-                    () = tokio::time::sleep(self.config.batch_interval) => {}
-                }
             }
             self.flush().await;
         }

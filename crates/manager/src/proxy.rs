@@ -12,9 +12,12 @@
 //! A Control read on the control socket carrying [`LOCAL_READ_KEY`] is answered from this
 //! manager's own store instead (ours, for tests and debugging).
 //!
-//! On the leader, every Control call is served only after raft confirms the leadership with a
-//! quorum ([`raft::RaftNode::ensure_linearizable`]): reads are linearizable, and a deposed or
-//! minority-side leader answers no read and no write.
+//! On the leader, a Control read is served only after raft confirms the leadership with a
+//! quorum ([`raft::RaftNode::ensure_linearizable`], one round shared by concurrent reads), so
+//! reads are linearizable; a write needs no such round, since its commit proves the leadership,
+//! and waits only for what this leader knows locally ([`raft::RaftNode::ensure_writable`]: its
+//! store holds every entry of earlier terms, and a quorum answered it recently, else it confirms
+//! as a read does). A deposed or minority-side leader answers no read and no write.
 //!
 //! A Control call rides through an election (SwarmKit's raft proxy and `LeaderConn`): while this
 //! manager knows no leader, or the leader it knows cannot be reached, the call waits for the
@@ -406,8 +409,8 @@ impl Forwarder {
         }
     }
 
-    /// Serves a Control call: on the leader once leadership is confirmed, else forwarded to the
-    /// leader, waiting for one (bounded) while there is none or the known one fails.
+    /// Serves a Control call: on the leader once it may (a read once leadership is confirmed, a
+    /// write once this leader's store is current), else forwarded to the leader, waiting for one (bounded) while there is none or the known one fails.
     async fn control<S, B>(
         self: Arc<Self>,
         mut inner: S,
@@ -444,7 +447,14 @@ impl Forwarder {
                 } else {
                     deadline
                 };
-                match tokio::time::timeout_at(confirm_by, raft.ensure_linearizable()).await {
+                let ready = async {
+                    if read {
+                        raft.ensure_linearizable().await
+                    } else {
+                        raft.ensure_writable().await
+                    }
+                };
+                match tokio::time::timeout_at(confirm_by, ready).await {
                     Ok(Ok(())) => {
                         let req = match (unread.take(), &held) {
                             (Some(req), _) => req,

@@ -104,8 +104,7 @@ impl RaftConfig {
             // `election` campaigns instead (openraft's timer stalls failovers: see there).
             enable_elect: false,
             install_snapshot_timeout: millis(self.election_timeout()),
-            // serde_json spells bytes as number lists (about 4x), so keep a chunk well under
-            // the transport's message limit.
+            // A chunk well under the transport's message limit, sent within the timeout above.
             snapshot_max_chunk_size: 1 << 20,
             // `compaction` triggers snapshots and purges the log from the cluster's settings.
             snapshot_policy: SnapshotPolicy::Never,

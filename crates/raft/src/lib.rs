@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+mod codec;
 mod compaction;
 mod config;
 mod db;

@@ -181,10 +181,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
 }
 
 /// Stored bytes of log entries sent in one AppendEntries (more only for a single larger entry,
-/// at most SwarmKit's 1.5 MiB transaction limit). serde_json spells bytes as numbers, up to four
-/// characters each, so a message stays far under the transport's limit
-/// ([`crate::network::MAX_MESSAGE`]) and is sent within openraft's AppendEntries timeout (one
-/// heartbeat interval).
+/// at most SwarmKit's 1.5 MiB transaction limit), so a message stays far under the transport's
+/// limit ([`crate::network::MAX_MESSAGE`]) and is sent within openraft's AppendEntries timeout
+/// (one heartbeat interval).
 pub(crate) const REPLICATION_BYTES: usize = 512 << 10;
 
 impl RaftLogStorage<TypeConfig> for LogStore {

@@ -63,7 +63,7 @@ impl Contacts {
         self.lock().told_removed = true;
     }
 
-    fn last(&self, peer: NodeId) -> Option<Instant> {
+    pub(crate) fn last(&self, peer: NodeId) -> Option<Instant> {
         self.lock().last.get(&peer).copied()
     }
 

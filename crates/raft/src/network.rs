@@ -1,10 +1,14 @@
 //! The network between raft members: a client per peer carrying openraft's RPCs (append
 //! entries, vote, install snapshot) over gRPC, as `swarmkit.raftrpc.v1.RaftTransport` calls whose
-//! payloads are the serde_json form of openraft's request and of the peer's `Result`. How a
-//! channel to a peer's address is dialed (mutual TLS with this node's certificate) is the
-//! caller's business: it hands a [`Dialer`] to [`NetworkFactory::new`].
+//! payloads are the protobuf form (`codec`) of openraft's request and of the peer's `Result`.
+//! How a channel to a peer's address is dialed (mutual TLS with this node's certificate) is the
+//! caller's business: it hands a [`Dialer`] to [`NetworkFactory::new`]. One channel per address
+//! is shared by every client of the factory: openraft makes a client per replication stream and
+//! another per leadership confirmation, which must not cost a TLS handshake each.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::raftrpc::RaftPayload;
@@ -18,14 +22,13 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
+use crate::codec::Wire;
 use crate::types::{NodeId, TypeConfig};
 
-/// Largest transport message sent or accepted: serde_json spells bytes as number lists, so an
-/// entry or snapshot chunk grows about fourfold on the wire.
+/// Largest transport message sent or accepted: far above what replication sends at once (512
+/// KiB of entries, or one entry of at most 1.5 MiB) and a snapshot chunk (`config.rs`).
 pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 
 /// Opens a (lazy) gRPC channel to a peer's advertised `host:port`.
@@ -35,8 +38,54 @@ pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     dialer: Option<Dialer>,
+    channels: Channels,
     contacts: crate::membership::Contacts,
     clock: crate::election::Clock,
+}
+
+/// The channel to each peer address, shared by all clients (and clones) of a factory; each
+/// dialed channel is numbered so that a client that saw it fail drops that one only.
+#[derive(Clone, Default)]
+struct Channels {
+    open: Arc<Mutex<HashMap<String, Numbered>>>,
+    dialed: Arc<AtomicU64>,
+}
+
+/// A client on a dialed channel and the channel's number.
+type Numbered = (u64, RaftTransportClient<Channel>);
+
+impl Channels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Numbered>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The channel open to `addr`, or a new one from `dial`.
+    fn get_or_dial(
+        &self,
+        addr: &str,
+        dial: impl FnOnce() -> Result<Channel, String>,
+    ) -> Result<Numbered, String> {
+        let mut open = self.lock();
+        if let Some(c) = open.get(addr) {
+            return Ok(c.clone());
+        }
+        let client = RaftTransportClient::new(dial()?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let id = self.dialed.fetch_add(1, Ordering::Relaxed);
+        open.insert(addr.to_string(), (id, client.clone()));
+        Ok((id, client))
+    }
+
+    /// Drops channel `id` to `addr` after it failed (a newer one stays).
+    fn failed(&self, addr: &str, id: u64) {
+        let mut open = self.lock();
+        if open.get(addr).is_some_and(|(open_id, _)| *open_id == id) {
+            open.remove(addr);
+        }
+    }
 }
 
 impl NetworkFactory {
@@ -80,6 +129,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.addr.clone(),
             dialer: self.dialer.clone(),
+            channels: self.channels.clone(),
             client: None,
             contacts: self.contacts.clone(),
             clock: self.clock.clone(),
@@ -87,13 +137,16 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-/// Client for one peer. The channel is dialed on first use and dropped after a transport error,
-/// so the next RPC dials again (with the node's current certificate).
+/// Client for one peer. The channel (shared by the factory's clients) is dialed on first use and
+/// dropped after a transport error, so the next RPC dials again (with the node's current
+/// certificate).
 pub struct PeerClient {
     target: NodeId,
     addr: String,
     dialer: Option<Dialer>,
-    client: Option<RaftTransportClient<Channel>>,
+    channels: Channels,
+    /// The shared channel this client uses, by its number.
+    client: Option<Numbered>,
     contacts: crate::membership::Contacts,
     clock: crate::election::Clock,
 }
@@ -127,33 +180,39 @@ impl PeerClient {
     }
 
     fn client(&mut self) -> Result<RaftTransportClient<Channel>, Unreachable> {
-        if let Some(c) = &self.client {
+        if let Some((_, c)) = &self.client {
             return Ok(c.clone());
         }
         let Some(dialer) = &self.dialer else {
             return Err(self.unreachable("no raft transport"));
         };
-        let channel = dialer(&self.addr).map_err(|e| self.unreachable(e))?;
-        let client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        self.client = Some(client.clone());
+        let (id, client) = self
+            .channels
+            .get_or_dial(&self.addr, || dialer(&self.addr))
+            .map_err(|e| self.unreachable(e))?;
+        self.client = Some((id, client.clone()));
         Ok(client)
+    }
+
+    /// Forgets the channel after a transport error: the next RPC dials again.
+    fn drop_channel(&mut self) {
+        if let Some((id, _)) = self.client.take() {
+            self.channels.failed(&self.addr, id);
+        }
     }
 
     async fn call<Req, Resp, E>(
         &mut self,
         method: Method,
-        rpc: &Req,
+        rpc: Req,
         option: &RPCOption,
     ) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        Req: Wire,
+        Result<Resp, RaftError<NodeId, E>>: Wire,
+        E: std::error::Error,
     {
-        let data = serde_json::to_vec(rpc)
-            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
+        let data = rpc.into_wire();
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let ttl = option.hard_ttl().max(Duration::from_millis(1));
         let mut req = tonic::Request::new(RaftPayload { data });
@@ -174,7 +233,7 @@ impl PeerClient {
                     tracing::warn!(peer = %format!("{:x}", self.target), "a raft peer refused this member as removed from the cluster");
                     self.contacts.told_removed();
                 }
-                self.client = None;
+                self.drop_channel();
                 return Err(RPCError::Unreachable(self.unreachable(format!(
                     "{:?}: {}",
                     status.code(),
@@ -182,7 +241,7 @@ impl PeerClient {
                 ))));
             }
             Err(_) => {
-                self.client = None;
+                self.drop_channel();
                 return Err(RPCError::Unreachable(
                     self.unreachable(format!("no answer within {ttl:?}")),
                 ));
@@ -190,7 +249,7 @@ impl PeerClient {
         };
         // The peer answered: it is reachable, whatever raft thinks of the request.
         self.contacts.answered(self.target);
-        let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&resp.data)
+        let answer = Result::<Resp, RaftError<NodeId, E>>::from_wire(&resp.data)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -202,7 +261,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call(Method::AppendEntries, &rpc, &option).await
+        self.call(Method::AppendEntries, rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -210,7 +269,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Method::InstallSnapshot, &rpc, &option).await
+        self.call(Method::InstallSnapshot, rpc, &option).await
     }
 
     async fn vote(
@@ -218,16 +277,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let answer: RpcResult<VoteResponse<NodeId>> = self.call(Method::Vote, &rpc, &option).await;
+        let (vote, last_log_id) = (rpc.vote, rpc.last_log_id);
+        let answer: RpcResult<VoteResponse<NodeId>> = self.call(Method::Vote, rpc, &option).await;
         // Refused by a peer with a shorter log that holds a vote of this term or a later one
         // (it campaigned too): this member is the better candidate, so it campaigns again
         // soon above that term instead of waiting out a whole timeout.
         if let Ok(r) = &answer {
             let held = r.vote.leader_id().term;
             if !r.vote_granted
-                && r.vote != rpc.vote
-                && held >= rpc.vote.leader_id().term
-                && r.last_log_id < rpc.last_log_id
+                && r.vote != vote
+                && held >= vote.leader_id().term
+                && r.last_log_id < last_log_id
             {
                 self.clock.refused(held);
             }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::db::{self, LogBounds};
 use crate::log_store::LogStore;
 use crate::network::NetworkFactory;
+use crate::read::{Confirmation, Confirmations, confirm_round};
 use crate::state_machine::StateMachine;
 use crate::transport::TransportService;
 use crate::types::{RaftMetrics, RaftRequest, TypeConfig};
@@ -63,6 +64,8 @@ pub struct RaftNode {
     /// Set if the compaction task (snapshots and log purges) panicked: raft would go on
     /// without ever compacting its log, so that is a failure of the member like the core's.
     compaction_failure: watch::Receiver<Option<String>>,
+    /// Leadership confirmations shared by concurrent reads (see `read`).
+    pub(crate) reads: Arc<Confirmations<Confirmation>>,
 }
 
 /// Watches a spawned task: the receiver holds a message once it panicked (a task that returns
@@ -199,7 +202,12 @@ impl RaftNode {
             id,
             election_clock.clone(),
         ));
+        let reads = {
+            let raft = raft.clone();
+            Confirmations::new(move || confirm_round(raft.clone()))
+        };
         Ok(Arc::new(RaftNode {
+            reads,
             raft,
             id,
             db_weak: Arc::downgrade(&db),

@@ -8,10 +8,9 @@ use openraft::Raft;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use crate::codec::Wire;
 use crate::network::MAX_MESSAGE;
 use crate::types::{NodeId, TypeConfig};
 
@@ -48,7 +47,7 @@ impl TransportService {
         }
     }
 
-    /// The gRPC service, with message limits fitting serde_json payloads.
+    /// The gRPC service, with the transport's message limits.
     pub fn into_server(self) -> RaftTransportServer<TransportService> {
         RaftTransportServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE)
@@ -62,15 +61,14 @@ impl std::fmt::Debug for TransportService {
     }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+fn decode<T: Wire>(req: Request<RaftPayload>) -> Result<T, Status> {
+    T::from_wire(&req.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn encode<T: Serialize>(answer: &T) -> Result<Response<RaftPayload>, Status> {
-    serde_json::to_vec(answer)
-        .map(|data| Response::new(RaftPayload { data }))
-        .map_err(|e| Status::internal(format!("encoding raft answer: {e}")))
+fn encode<T: Wire>(answer: T) -> Result<Response<RaftPayload>, Status> {
+    Ok(Response::new(RaftPayload {
+        data: answer.into_wire(),
+    }))
 }
 
 #[tonic::async_trait]
@@ -86,7 +84,7 @@ impl RaftTransport for TransportService {
         if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
             self.clock.leader_heard();
         }
-        encode(&answer)
+        encode(answer)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -102,7 +100,7 @@ impl RaftTransport for TransportService {
                 self.clock.refused(term);
             }
         }
-        encode(&answer)
+        encode(answer)
     }
 
     async fn install_snapshot(
@@ -116,6 +114,6 @@ impl RaftTransport for TransportService {
         if matches!(&answer, Ok(r) if r.vote == vote) {
             self.clock.leader_heard();
         }
-        encode(&answer)
+        encode(answer)
     }
 }

@@ -29,6 +29,17 @@ pub use object::{Kind, StoreObject};
 pub use proposer::{ProposeError, Proposer};
 pub use shared::Shared;
 pub use tx::{ReadTx, Tx};
+
+/// The version a client names for an object it read, as the store compares it: the version the
+/// store gives queued writes of a group commit is no version a client can have read, so it
+/// becomes 0, which no stored object has, and the write is out of sequence.
+pub fn client_version(version: api::Version) -> api::Version {
+    if version == tx::PENDING {
+        api::Version::default()
+    } else {
+        version
+    }
+}
 pub use watch::{Event, EventKind, ObjectRef, WatchFilter, Watcher};
 
 #[cfg(test)]

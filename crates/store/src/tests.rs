@@ -1372,6 +1372,13 @@ async fn a_queued_update_moves_the_version_on() {
             // Stale: the first queued update moved the version on.
             change(b"two", Some(committed.clone())),
             change(b"three", None),
+            // A client naming the queued version, which it cannot have read.
+            change(b"four", {
+                let mut s = committed.clone();
+                s.meta.as_mut().expect("meta").version =
+                    Some(crate::client_version(api::Version { index: u64::MAX }));
+                Some(s)
+            }),
         ],
     )
     .await;
@@ -1384,6 +1391,10 @@ async fn a_queued_update_moves_the_version_on() {
         "{answers:?}"
     );
     assert!(answers[2].is_ok(), "{answers:?}");
+    assert!(
+        matches!(answers[3], Err(StoreError::SequenceConflict { .. })),
+        "{answers:?}"
+    );
     assert_eq!(proposer.sizes(), [1, 1, 2]);
     let s = store.view(|tx| tx.get_secret("s")).expect("stored");
     assert_eq!(s.spec.as_ref().expect("spec").data, b"three");

@@ -307,6 +307,9 @@ pub(crate) struct Mark {
 /// applied (and get their raft index): a later writer of the same group that read such an object
 /// writes it back with this version and passes the sequence check, while a caller holding the
 /// committed version (or an older one) fails it, as it would have once the earlier write committed.
+/// No committed object has it (raft indexes never get there), so a caller outside the store that
+/// is handed a version by a client turns this one into a version no object has
+/// ([`crate::client_version`]).
 pub(crate) const PENDING: api::Version = api::Version { index: u64::MAX };
 
 /// What a local transaction leaves for the next writer of a group commit ([`Tx::resume`]): the

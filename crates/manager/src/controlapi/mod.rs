@@ -174,7 +174,7 @@ fn version_of(meta: &Option<api::Meta>) -> Option<api::Version> {
 
 /// Sets the version the client read, so the store refuses the write if it is stale.
 fn set_version(meta: &mut Option<api::Meta>, version: api::Version) {
-    meta.get_or_insert_with(Default::default).version = Some(version);
+    meta.get_or_insert_with(Default::default).version = Some(store::client_version(version));
 }
 
 macro_rules! delegate {

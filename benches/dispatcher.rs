@@ -439,18 +439,8 @@ async fn bench(args: &Args, flavor: &Flavor, figures: &mut Figures) -> Result<()
         flavor.program().display()
     );
     let mut control = connect(&manager.socket).await;
-    let cluster_obj = control
-        .list_clusters(api::ListClustersRequest::default())
-        .await
-        .map_err(|s| format!("list clusters: {s}"))?
-        .into_inner()
-        .clusters
-        .into_iter()
-        .next()
-        .ok_or("no cluster")?;
-    let token = cluster_obj
-        .root_ca
-        .and_then(|r| r.join_tokens)
+    let token = common::join_tokens(&mut control)
+        .await?
         .map(|t| t.worker)
         .filter(|t| !t.is_empty())
         .ok_or("no worker join token")?;

@@ -218,15 +218,8 @@ impl Cluster {
         };
         c.wait_managers(&mut control, 1).await?;
         if n > 1 {
-            let token = control
-                .list_clusters(api::ListClustersRequest::default())
-                .await
-                .map_err(|s| format!("list clusters: {s}"))?
-                .into_inner()
-                .clusters
-                .into_iter()
-                .next()
-                .and_then(|cl| cl.root_ca?.join_tokens)
+            let token = join_tokens(&mut control)
+                .await?
                 .map(|t| t.manager)
                 .filter(|t| !t.is_empty())
                 .ok_or("no manager join token")?;
@@ -298,12 +291,7 @@ impl Cluster {
         let drain = api::node_spec::Availability::Drain as i32;
         let deadline = Instant::now() + START_LIMIT;
         loop {
-            let nodes = control
-                .list_nodes(api::ListNodesRequest::default())
-                .await
-                .map_err(|s| format!("list nodes: {s}"))?
-                .into_inner()
-                .nodes;
+            let nodes = list_nodes(control).await?;
             let mut drained = 0;
             for node in nodes {
                 let mut spec = node.spec.clone().unwrap_or_default();
@@ -333,12 +321,7 @@ impl Cluster {
 
     /// The index of the manager ListNodes shows as the leader (by its address).
     pub async fn leader(&self, control: &mut ControlClient<Channel>) -> Result<usize, String> {
-        let nodes = control
-            .list_nodes(api::ListNodesRequest::default())
-            .await
-            .map_err(|s| format!("list nodes: {s}"))?
-            .into_inner()
-            .nodes;
+        let nodes = list_nodes(control).await?;
         let addr = nodes
             .iter()
             .filter_map(|n| n.manager_status.as_ref())
@@ -572,4 +555,29 @@ pub fn print_table(figures: &Figures, rows: &[Row]) {
             ratio.map_or("-".into(), |r| format!("{r:.2}")),
         );
     }
+}
+
+/// Every node, as ListNodes answers.
+async fn list_nodes(control: &mut ControlClient<Channel>) -> Result<Vec<api::Node>, String> {
+    Ok(control
+        .list_nodes(api::ListNodesRequest::default())
+        .await
+        .map_err(|s| format!("list nodes: {s}"))?
+        .into_inner()
+        .nodes)
+}
+
+/// The cluster's join tokens, as ListClusters answers (`None` if it shows none).
+pub async fn join_tokens(
+    control: &mut ControlClient<Channel>,
+) -> Result<Option<api::JoinTokens>, String> {
+    Ok(control
+        .list_clusters(api::ListClustersRequest::default())
+        .await
+        .map_err(|s| format!("list clusters: {s}"))?
+        .into_inner()
+        .clusters
+        .into_iter()
+        .next()
+        .and_then(|cl| cl.root_ca?.join_tokens))
 }

@@ -1092,3 +1092,219 @@ async fn a_complete_set_is_split_only_for_an_agent_that_asked() {
     assert!(inc.changes.len() < 4, "the batch is split");
     assert!(prost::Message::encoded_len(&inc) <= api::assignment_parts::MAX_MESSAGE_BYTES);
 }
+
+/// Each change of `msg` as (kind, ID, action, data): the data of a secret or config, empty for a
+/// task or a removal.
+fn items(msg: &api::AssignmentsMessage) -> Vec<(&'static str, String, AssignmentAction, Vec<u8>)> {
+    use api::assignment::Item;
+    msg.changes
+        .iter()
+        .map(|c| {
+            let (kind, id, data) = match c.assignment.as_ref().and_then(|a| a.item.as_ref()) {
+                Some(Item::Task(t)) => ("task", t.id.clone(), Vec::new()),
+                Some(Item::Secret(s)) => (
+                    "secret",
+                    s.id.clone(),
+                    s.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
+                ),
+                Some(Item::Config(x)) => (
+                    "config",
+                    x.id.clone(),
+                    x.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
+                ),
+                _ => panic!("unexpected assignment"),
+            };
+            let action = AssignmentAction::try_from(c.action).expect("action");
+            (kind, id, action, data)
+        })
+        .collect()
+}
+
+fn up(
+    kind: &'static str,
+    id: &str,
+    data: &[u8],
+) -> (&'static str, String, AssignmentAction, Vec<u8>) {
+    (
+        kind,
+        id.to_string(),
+        AssignmentAction::Update,
+        data.to_vec(),
+    )
+}
+
+fn rm(kind: &'static str, id: &str) -> (&'static str, String, AssignmentAction, Vec<u8>) {
+    (kind, id.to_string(), AssignmentAction::Remove, Vec::new())
+}
+
+/// Task `id` of `node_id`, its container referencing `secrets` and `configs` by ID.
+fn task_using(
+    id: &str,
+    node_id: &str,
+    state: TaskState,
+    secrets: &[&str],
+    configs: &[&str],
+) -> api::Task {
+    let mut t = task(id, node_id, state);
+    if let Some(api::task_spec::Runtime::Container(c)) =
+        t.spec.as_mut().and_then(|s| s.runtime.as_mut())
+    {
+        c.secrets = secrets
+            .iter()
+            .map(|s| api::SecretReference {
+                secret_id: s.to_string(),
+                secret_name: s.to_string(),
+                target: Some(api::secret_reference::Target::File(api::FileTarget {
+                    name: s.to_string(),
+                    mode: 0o444,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        c.configs = configs
+            .iter()
+            .map(|s| api::ConfigReference {
+                config_id: s.to_string(),
+                config_name: s.to_string(),
+                target: Some(api::config_reference::Target::File(api::FileTarget {
+                    name: s.to_string(),
+                    mode: 0o444,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+    }
+    t
+}
+
+/// Issue 16: node A's assignments carry the secret and the config its tasks reference, with
+/// their data, each once however many tasks share it, before the tasks; each is removed (after
+/// the task changes) when its last user ends or goes. Node B, whose tasks reference neither,
+/// never receives either.
+#[tokio::test(start_paused = true)]
+async fn secrets_and_configs_reach_only_the_nodes_whose_tasks_use_them() {
+    let f = start(
+        vec![node("a", NodeState::Ready), node("b", NodeState::Ready)],
+        vec![
+            task_using("t1", "a", TaskState::Running, &["sec"], &["cfg"]),
+            task_using("t2", "a", TaskState::Assigned, &["sec"], &[]),
+            task("t3", "b", TaskState::Running),
+        ],
+        exact(),
+    )
+    .await;
+    f.store
+        .update(|tx| {
+            tx.create_secret(api::Secret {
+                id: "sec".into(),
+                spec: Some(api::SecretSpec {
+                    data: b"top secret".to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })?;
+            tx.create_config(api::Config {
+                id: "cfg".into(),
+                spec: Some(api::ConfigSpec {
+                    data: b"key=value".to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("secret and config");
+    let (session_a, _sa) = f.open("a").await;
+    let (session_b, _sb) = f.open("b").await;
+    let mut a = f.dispatcher.assignments("a", &session_a).expect("stream a");
+    let mut b = f.dispatcher.assignments("b", &session_b).expect("stream b");
+    let never_for_b = |msg: &api::AssignmentsMessage| {
+        assert!(
+            items(msg).iter().all(|(kind, ..)| *kind == "task"),
+            "node b got a dependency: {:?}",
+            items(msg)
+        );
+    };
+
+    let complete = next(&mut a).await.expect("complete a");
+    assert_eq!(
+        items(&complete),
+        vec![
+            up("secret", "sec", b"top secret"),
+            up("config", "cfg", b"key=value"),
+            up("task", "t1", b""),
+            up("task", "t2", b""),
+        ]
+    );
+    let complete_b = next(&mut b).await.expect("complete b");
+    never_for_b(&complete_b);
+    assert_eq!(items(&complete_b), vec![up("task", "t3", b"")]);
+
+    // t1 ends: the config was only its own; the secret stays for t2.
+    let report = |id: &'static str, state: TaskState| {
+        let store = f.store.clone();
+        async move {
+            store
+                .update(move |tx| {
+                    let mut t = tx.get_task(id).expect("task");
+                    t.status.get_or_insert_default().state = state as i32;
+                    tx.update_task(t)
+                })
+                .await
+                .expect("report");
+        }
+    };
+    report("t1", TaskState::Complete).await;
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("config", "cfg")]
+    );
+
+    // t2 is removed: the secret goes after it.
+    f.store
+        .update(|tx| tx.delete_task("t2"))
+        .await
+        .expect("delete");
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("task", "t2"), rm("secret", "sec")]
+    );
+
+    // Two new tasks sharing the secret: sent once, before them; removed after the last one.
+    seed(
+        &f.store,
+        vec![],
+        vec![
+            task_using("t4", "a", TaskState::Assigned, &["sec"], &[]),
+            task_using("t5", "a", TaskState::Assigned, &["sec"], &[]),
+            task("t6", "b", TaskState::Assigned),
+        ],
+    )
+    .await;
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![
+            up("secret", "sec", b"top secret"),
+            up("task", "t4", b""),
+            up("task", "t5", b""),
+        ]
+    );
+    report("t4", TaskState::Failed).await;
+    f.store
+        .update(|tx| tx.delete_task("t4"))
+        .await
+        .expect("delete");
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("task", "t4")]
+    );
+    report("t5", TaskState::Shutdown).await;
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("secret", "sec")]
+    );
+
+    let inc_b = next(&mut b).await.expect("inc b");
+    never_for_b(&inc_b);
+    assert_eq!(items(&inc_b), vec![up("task", "t6", b"")]);
+}

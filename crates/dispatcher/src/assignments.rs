@@ -451,6 +451,7 @@ pub(crate) const PART_BUDGET: usize = MAX_MESSAGE_BYTES;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testkit::fixtures::{AssignmentItem, assignment_items};
 
     fn task(id: &str, state: TaskState, index: u64, image: &str) -> Shared<api::Task> {
         Shared::new(api::Task {
@@ -571,48 +572,21 @@ mod tests {
         Shared::new(t)
     }
 
-    /// Each change as (kind, ID, action, data): the data of a secret or config update, empty
-    /// otherwise.
-    fn what(changes: &[api::AssignmentChange]) -> Vec<(&'static str, String, i32, Vec<u8>)> {
-        use api::assignment::Item;
-        changes
-            .iter()
-            .map(|c| {
-                let item = c.assignment.as_ref().and_then(|a| a.item.as_ref());
-                let (kind, id, data) = match item.expect("an item") {
-                    Item::Task(t) => ("task", t.id.clone(), Vec::new()),
-                    Item::Secret(s) => (
-                        "secret",
-                        s.id.clone(),
-                        s.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
-                    ),
-                    Item::Config(x) => (
-                        "config",
-                        x.id.clone(),
-                        x.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
-                    ),
-                    Item::Volume(_) => panic!("a volume"),
-                };
-                (kind, id, c.action, data)
-            })
-            .collect()
-    }
-
-    fn all_changes(set: &mut AssignmentSet) -> Vec<(&'static str, String, i32, Vec<u8>)> {
+    fn all_changes(set: &mut AssignmentSet) -> Vec<AssignmentItem> {
         let mut out = set.take_changes();
         let all = out.next_part(usize::MAX);
         assert!(out.is_empty());
-        what(&all)
+        assignment_items(&all)
     }
 
     const UPDATE: i32 = AssignmentAction::Update as i32;
     const REMOVE: i32 = AssignmentAction::Remove as i32;
 
-    fn update(kind: &'static str, id: &str, data: &str) -> (&'static str, String, i32, Vec<u8>) {
+    fn update(kind: &'static str, id: &str, data: &str) -> AssignmentItem {
         (kind, id.to_string(), UPDATE, data.as_bytes().to_vec())
     }
 
-    fn remove(kind: &'static str, id: &str) -> (&'static str, String, i32, Vec<u8>) {
+    fn remove(kind: &'static str, id: &str) -> AssignmentItem {
         (kind, id.to_string(), REMOVE, Vec::new())
     }
 
@@ -715,7 +689,7 @@ mod tests {
         assert_eq!(all_changes(&mut set), vec![update("task", "t2", "")]);
         let mut complete = set.take_complete();
         assert_eq!(
-            what(&complete.next_part(usize::MAX)),
+            assignment_items(&complete.next_part(usize::MAX)),
             vec![update("task", "t2", "")]
         );
     }
@@ -742,7 +716,7 @@ mod tests {
         ));
         let mut complete = set.take_complete();
         assert_eq!(
-            what(&complete.next_part(usize::MAX)),
+            assignment_items(&complete.next_part(usize::MAX)),
             vec![update("secret", "s1", "s1-data"), update("task", "old", "")]
         );
         for i in 0..4 {
@@ -754,7 +728,7 @@ mod tests {
         let mut out = set.take_changes();
         let mut parts = Vec::new();
         while !out.is_empty() {
-            parts.push(what(&out.next_part(PART_BUDGET)));
+            parts.push(assignment_items(&out.next_part(PART_BUDGET)));
         }
         // 4 MB of secrets alone need two messages: the tasks follow in the second.
         assert_eq!(parts.len(), 2, "{} parts", parts.len());

@@ -8,7 +8,7 @@ use api::assignment_change::AssignmentAction;
 use api::assignments_message::Type as AssignmentsType;
 use api::node_status::State as NodeState;
 use store::MemoryStore;
-use testkit::fixtures::node_in_state as node;
+use testkit::fixtures::{AssignmentItem, assignment_items, node_in_state as node};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -1093,48 +1093,26 @@ async fn a_complete_set_is_split_only_for_an_agent_that_asked() {
     assert!(prost::Message::encoded_len(&inc) <= api::assignment_parts::MAX_MESSAGE_BYTES);
 }
 
-/// Each change of `msg` as (kind, ID, action, data): the data of a secret or config, empty for a
-/// task or a removal.
-fn items(msg: &api::AssignmentsMessage) -> Vec<(&'static str, String, AssignmentAction, Vec<u8>)> {
-    use api::assignment::Item;
-    msg.changes
-        .iter()
-        .map(|c| {
-            let (kind, id, data) = match c.assignment.as_ref().and_then(|a| a.item.as_ref()) {
-                Some(Item::Task(t)) => ("task", t.id.clone(), Vec::new()),
-                Some(Item::Secret(s)) => (
-                    "secret",
-                    s.id.clone(),
-                    s.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
-                ),
-                Some(Item::Config(x)) => (
-                    "config",
-                    x.id.clone(),
-                    x.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
-                ),
-                _ => panic!("unexpected assignment"),
-            };
-            let action = AssignmentAction::try_from(c.action).expect("action");
-            (kind, id, action, data)
-        })
-        .collect()
+fn items(msg: &api::AssignmentsMessage) -> Vec<AssignmentItem> {
+    assignment_items(&msg.changes)
 }
 
-fn up(
-    kind: &'static str,
-    id: &str,
-    data: &[u8],
-) -> (&'static str, String, AssignmentAction, Vec<u8>) {
+fn up(kind: &'static str, id: &str, data: &[u8]) -> AssignmentItem {
     (
         kind,
         id.to_string(),
-        AssignmentAction::Update,
+        AssignmentAction::Update as i32,
         data.to_vec(),
     )
 }
 
-fn rm(kind: &'static str, id: &str) -> (&'static str, String, AssignmentAction, Vec<u8>) {
-    (kind, id.to_string(), AssignmentAction::Remove, Vec::new())
+fn rm(kind: &'static str, id: &str) -> AssignmentItem {
+    (
+        kind,
+        id.to_string(),
+        AssignmentAction::Remove as i32,
+        Vec::new(),
+    )
 }
 
 /// Task `id` of `node_id`, its container referencing `secrets` and `configs` by ID.

@@ -421,6 +421,10 @@ fn mask(swarmctl: &Path, text: &str) -> String {
                 r"code = Unimplemented desc = secret drivers are not supported yet \(plugin getter is nil\)",
                 "code = Unknown desc = plugin getter is nil",
             ),
+            (
+                r"secret drivers are not supported yet \(plugin getter is nil\)",
+                "plugin getter is nil",
+            ),
         ]
         .into_iter()
         .map(|(re, with)| (Regex::new(re).expect("mask regex"), with))

@@ -783,15 +783,25 @@ async fn a_new_term_invalidates_old_sessions_and_keeps_returning_nodes_ready() {
     }
 }
 
+/// The resynchronising COMPLETE set lists the secret the tasks use too.
 #[tokio::test(start_paused = true)]
 async fn an_assignments_reader_that_falls_behind_gets_a_complete_set_again() {
     let tasks: Vec<_> = (0..50)
-        .map(|i| task(&format!("t{i:02}"), "n1", TaskState::Assigned))
+        .map(|i| {
+            task_using(
+                &format!("t{i:02}"),
+                "n1",
+                TaskState::Assigned,
+                &["sec"],
+                &[],
+            )
+        })
         .collect();
     let f = start(vec![node("n1", NodeState::Ready)], tasks, exact()).await;
+    create_secret(&f.store, "sec", b"top secret").await;
     let (session, _s) = f.open("n1").await;
     let mut stream = f.dispatcher.assignments("n1", &session).expect("stream");
-    assert_eq!(next(&mut stream).await.expect("complete").changes.len(), 50);
+    assert_eq!(next(&mut stream).await.expect("complete").changes.len(), 51);
 
     // Nobody reads: messages fill the stream, then events fill the routing channel.
     for round in 0..40 {
@@ -813,7 +823,8 @@ async fn an_assignments_reader_that_falls_behind_gets_a_complete_set_again() {
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
         let msg = msg.expect("message");
         if msg.r#type == AssignmentsType::Complete as i32 {
-            assert_eq!(msg.changes.len(), 50, "the whole set");
+            assert_eq!(msg.changes.len(), 51, "the whole set");
+            assert_eq!(items(&msg)[0], up("secret", "sec", b"top secret"));
             saw_complete = true;
         }
     }
@@ -1115,6 +1126,21 @@ fn rm(kind: &'static str, id: &str) -> AssignmentItem {
     )
 }
 
+async fn create_secret(store: &MemoryStore, id: &str, data: &[u8]) {
+    let secret = api::Secret {
+        id: id.into(),
+        spec: Some(api::SecretSpec {
+            data: data.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store
+        .update(move |tx| tx.create_secret(secret))
+        .await
+        .expect("secret");
+}
+
 /// Task `id` of `node_id`, its container referencing `secrets` and `configs` by ID.
 fn task_using(
     id: &str,
@@ -1171,16 +1197,9 @@ async fn secrets_and_configs_reach_only_the_nodes_whose_tasks_use_them() {
         exact(),
     )
     .await;
+    create_secret(&f.store, "sec", b"top secret").await;
     f.store
         .update(|tx| {
-            tx.create_secret(api::Secret {
-                id: "sec".into(),
-                spec: Some(api::SecretSpec {
-                    data: b"top secret".to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })?;
             tx.create_config(api::Config {
                 id: "cfg".into(),
                 spec: Some(api::ConfigSpec {

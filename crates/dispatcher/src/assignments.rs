@@ -10,9 +10,9 @@
 //! objects copied into it) only when it is sent, one part at a time: a set or a batch of changes
 //! larger than [`MAX_MESSAGE_BYTES`] goes out in several messages (see `api::assignment_parts`).
 //! Within what goes out, dependencies come before the tasks that need them and their removals
-//! after the task changes, across parts too, so an agent never runs a task whose secret it has not
-//! been given. Nothing here prints a secret: the types holding them have no `Debug`, and a missing
-//! one is logged by ID.
+//! after the task changes, across parts too, so an agent applying the changes in order has a
+//! task's secrets before the task and drops them only after it. Nothing here prints a secret: the
+//! types holding them have no `Debug`, and a missing one is logged by its ID.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 

@@ -106,6 +106,13 @@ pub trait Controller: Send + Sync {
     async fn terminate(&self) -> Result<(), ExecutorError>;
     /// Removes what the task left (container, files); stops it first if it still runs.
     async fn remove(&self) -> Result<(), ExecutorError>;
+    /// The task reached a terminal state: drops what only a live task needs, its secret and
+    /// config files (as moby drops a container's secrets when it stops), while what it left for
+    /// inspection (container, log) stays until [`Controller::remove`]. Called once per runner,
+    /// for a task resumed in a terminal state too.
+    async fn release(&self) -> Result<(), ExecutorError> {
+        Ok(())
+    }
     /// Where the task stands now.
     async fn inspect(&self) -> Result<RuntimeState, ExecutorError>;
     /// What a task's status reports of its runtime object (SwarmKit's `ContainerStatus`): the

@@ -114,10 +114,17 @@ impl Runner {
     }
 
     async fn run(mut self) {
+        let mut released = false;
         loop {
             if self.removing.is_cancelled() {
                 self.remove().await;
                 return;
+            }
+            if !released && is_terminal(state_of(&self.status)) {
+                released = true;
+                if let Err(e) = self.controller.release().await {
+                    warn!(task.id = %self.task_id(), "dropping the ended task's files failed: {e}");
+                }
             }
             let step = self.step().await;
             match step {

@@ -82,6 +82,10 @@ impl Controller for FakeController {
     async fn terminate(&self) -> Result<(), ExecutorError> {
         Ok(())
     }
+    async fn release(&self) -> Result<(), ExecutorError> {
+        self.log("release");
+        Ok(())
+    }
     async fn remove(&self) -> Result<(), ExecutorError> {
         self.log("remove");
         self.set(RuntimeState::Absent);
@@ -275,7 +279,10 @@ async fn tasks_walk_the_states_and_shut_down_and_go() {
     .await
     .expect("task forgotten");
     let calls = fake.calls.lock().expect("lock")["t1"].clone();
-    assert_eq!(calls, vec!["prepare", "start", "shutdown", "remove"]);
+    assert_eq!(
+        calls,
+        vec!["prepare", "start", "shutdown", "release", "remove"]
+    );
 }
 
 #[tokio::test]
@@ -718,5 +725,50 @@ async fn a_task_that_never_ran_is_removed_through_its_controller() {
     .await
     .expect("task forgotten");
     let calls = fake.calls.lock().expect("lock")["x"].clone();
-    assert_eq!(calls, vec!["shutdown", "remove"]);
+    assert_eq!(calls, vec!["shutdown", "release", "remove"]);
+}
+
+/// A task that ends drops its files at once (release), not only when the manager removes it; a
+/// task resumed in a terminal state releases again, since swarmd may have died before it did.
+#[tokio::test]
+async fn an_ended_task_releases_its_files_once_per_runner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let calls = |id: &str| fake.calls.lock().expect("lock")[id].clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    worker.apply(complete(vec![
+        task("ok", "0", TaskState::Running),
+        task("bad", "3", TaskState::Running),
+        task("live", "svc", TaskState::Running),
+    ]));
+    until(&mut rx, "ok", TaskState::Complete).await;
+    until(&mut rx, "bad", TaskState::Failed).await;
+    until(&mut rx, "live", TaskState::Running).await;
+    let released = |id: &str| calls(id).iter().filter(|c| **c == "release").count();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while released("ok") == 0 || released("bad") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("ended tasks released");
+    assert_eq!(calls("ok"), vec!["prepare", "start", "release"]);
+    assert_eq!(calls("bad"), vec!["prepare", "start", "release"]);
+    assert_eq!(released("live"), 0, "a running task keeps its files");
+
+    drop(worker);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut again = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    again.resume();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while released("ok") < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a resumed ended task released again");
+    assert_eq!(released("live"), 0);
+    again.leave().await;
 }

@@ -303,6 +303,10 @@ impl Controller for DockerController {
         }
     }
 
+    async fn release(&self) -> Result<(), ExecutorError> {
+        self.files.remove()
+    }
+
     async fn inspect(&self) -> Result<RuntimeState, ExecutorError> {
         let docker = self.engine.client().await?;
         self.state(&docker).await

@@ -494,6 +494,10 @@ impl Controller for ProcessController {
         Ok(())
     }
 
+    async fn release(&self) -> Result<(), ExecutorError> {
+        self.files.remove()
+    }
+
     async fn inspect(&self) -> Result<RuntimeState, ExecutorError> {
         Ok(match self.poll()? {
             Phase::Absent => RuntimeState::Absent,

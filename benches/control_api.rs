@@ -27,12 +27,12 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::control_client::ControlClient;
 use common::{
-    Cluster, Figures, Flavor, Row, Target, Usage, connect, env_u64, print_table, runs, settle,
+    Cluster, Figures, Flavor, Row, Target, Tracer, Usage, connect, env_u64, print_table, runs,
+    settle,
 };
 use testkit::fixtures::service_spec;
 use tonic::transport::Channel;
@@ -139,48 +139,6 @@ fn fsync_rate(dir: &Path, secs: f64) -> f64 {
     rate
 }
 
-/// A tracer (strace, perf) attached to a process over one level, stopped with SIGINT as at a
-/// terminal, so that it writes its summary or data.
-struct Tracer {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Tracer {
-    /// Starts `program args`, and waits (5 s at most) until `ready` says it is attached.
-    fn start(program: &str, args: &[&str], dir: &Path, ready: impl Fn(&str) -> bool) -> Tracer {
-        let stderr = dir.join(format!("{program}.err"));
-        let child = Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("tracer log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && !ready(&std::fs::read_to_string(&stderr).unwrap_or_default())
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Tracer { child, stderr }
-    }
-
-    /// SIGINT, then waits for it to exit (60 s at most, then SIGKILL); returns its stderr.
-    fn stop(mut self) -> String {
-        use rustix::process::{Pid, Signal, kill_process};
-        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
-            let _ = kill_process(pid, Signal::INT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
 /// fsync and fdatasync calls in an `strace -c` summary.
 fn strace_syncs(summary: &str) -> u64 {
     summary
@@ -224,24 +182,11 @@ async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures
             (t, out)
         });
         let perf = (perf && clients == 1).then(|| {
-            let out = cfg.perf.clone().expect("perf output");
-            let out_str = out.to_string_lossy().into_owned();
-            let args = [
-                "record",
-                "-F",
-                "499",
-                "--call-graph",
-                "dwarf",
-                "-p",
+            common::perf_record(
                 &pid,
-                "-o",
-                &out_str,
-            ];
-            let out_check = out.clone();
-            let _ = std::fs::remove_file(&out);
-            Tracer::start("perf", &args, cluster.dir.path(), move |_| {
-                out_check.exists()
-            })
+                cfg.perf.as_ref().expect("perf output"),
+                cluster.dir.path(),
+            )
         });
         let usage = Usage::begin(&pid);
         let (lat, elapsed) =
@@ -250,15 +195,8 @@ async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures
         settle(&pid).await;
         let cpu = usage.end().cpu();
         // Stopped now, so that it records none of the next level; said after the level's line.
-        let perf_note = perf.map(|t| {
-            let err = t.stop();
-            let out = cfg.perf.as_ref().expect("perf output").display();
-            if cfg.perf.as_ref().is_some_and(|p| p.exists()) {
-                format!("  perf profile of that level: {out} (BUILDING.md, \"Benchmarks\")")
-            } else {
-                format!("  perf failed: {err}")
-            }
-        });
+        let perf_note =
+            perf.map(|t| t.stop_perf(cfg.perf.as_ref().expect("perf output"), "that level"));
         let n = lat.len();
         let mut sorted = lat;
         sorted.sort();

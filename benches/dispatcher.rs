@@ -22,11 +22,13 @@
 //! `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`; a phase that does not finish within the
 //! timeout, 900 s by default, fails the bench). The bench raises its own open-file limit (and so
 //! swarmd's, which inherits it) to the hard limit when N nodes need more descriptors than the soft
-//! limit allows.
+//! limit allows. `BENCH_PERF=<file>` records a perf profile (call graphs) of our manager over the
+//! join of the first run (BUILDING.md, "Benchmarks").
 
 mod common;
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -61,6 +63,8 @@ struct Args {
     replicas: u64,
     join_concurrency: usize,
     timeout: Duration,
+    /// Where to record a perf profile of our manager's join phase (`BENCH_PERF`).
+    perf: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -69,6 +73,9 @@ fn parse_args() -> Args {
         replicas: env_u64("HOLLOW_REPLICAS", 10_000),
         join_concurrency: env_u64("HOLLOW_JOIN_CONCURRENCY", 32) as usize,
         timeout: Duration::from_secs(env_u64("HOLLOW_TIMEOUT_SECS", 900)),
+        perf: std::env::var_os("BENCH_PERF")
+            .filter(|p| !p.is_empty())
+            .map(|p| std::path::absolute(PathBuf::from(p)).expect("BENCH_PERF path")),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -428,8 +435,14 @@ const JOIN_RATIO: f64 = 0.5;
 const RUNNING_SECS: f64 = 2.0;
 const PEAK_MB: f64 = 160.0;
 
-/// One run against one manager: the join of the N nodes, then R replicas to RUNNING.
-async fn bench(args: &Args, flavor: &Flavor, figures: &mut Figures) -> Result<(), String> {
+/// One run against one manager: the join of the N nodes (recorded by perf into `perf` when
+/// given), then R replicas to RUNNING.
+async fn bench(
+    args: &Args,
+    flavor: &Flavor,
+    perf: Option<&Path>,
+    figures: &mut Figures,
+) -> Result<(), String> {
     let cluster = Cluster::start(flavor, 1).await?;
     let manager = &cluster.managers[0];
     let (pid, addr) = (manager.pid(), manager.addr.clone());
@@ -465,6 +478,7 @@ async fn bench(args: &Args, flavor: &Flavor, figures: &mut Figures) -> Result<()
     });
 
     // Phase 1: N nodes join (certificate, session registered), then the store has them READY.
+    let tracer = perf.map(|out| common::perf_record(&pid, out, cluster.dir.path()));
     let join_usage = Usage::begin(&pid);
     let own_join = Usage::begin("self");
     let sem = Arc::new(Semaphore::new(args.join_concurrency));
@@ -521,6 +535,9 @@ async fn bench(args: &Args, flavor: &Flavor, figures: &mut Figures) -> Result<()
     );
     let manager_join = join_usage.end();
     println!("  {who}, join: {}", manager_join.describe("manager"));
+    if let (Some(t), Some(out)) = (tracer, perf) {
+        println!("{}", t.stop_perf(out, "the join"));
+    }
     println!(
         "  {who}, join: {}",
         own_join.end().describe("hollow process")
@@ -663,7 +680,11 @@ fn main() {
     for run in 0..runs {
         println!("run {}/{runs}:", run + 1);
         for flavor in &flavors {
-            if let Err(e) = rt.block_on(bench(&args, flavor, &mut figures)) {
+            let perf = args
+                .perf
+                .as_deref()
+                .filter(|_| run == 0 && *flavor == Flavor::Ours);
+            if let Err(e) = rt.block_on(bench(&args, flavor, perf, &mut figures)) {
                 eprintln!("dispatcher benchmark failed ({}): {e}", flavor.name());
                 std::process::exit(1);
             }

@@ -335,6 +335,83 @@ impl Cluster {
     }
 }
 
+/// A tracer (strace, perf) attached to a process over one phase of a bench, stopped with SIGINT as at a
+/// terminal, so that it writes its summary or data.
+pub struct Tracer {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Tracer {
+    /// Starts `program args`, and waits (5 s at most) until `ready` says it is attached.
+    pub fn start(program: &str, args: &[&str], dir: &Path, ready: impl Fn(&str) -> bool) -> Tracer {
+        let stderr = dir.join(format!("{program}.err"));
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("tracer log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && !ready(&std::fs::read_to_string(&stderr).unwrap_or_default())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tracer { child, stderr }
+    }
+
+    /// SIGINT, then waits for it to exit (60 s at most, then SIGKILL); returns its stderr.
+    pub fn stop(mut self) -> String {
+        use rustix::process::{Pid, Signal, kill_process};
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, Signal::INT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// `perf record` of process `pid` into `out`, with call graphs by DWARF unwinding (so a release
+/// build without debug info will do), until [`Tracer::stop_perf`].
+pub fn perf_record(pid: &str, out: &Path, dir: &Path) -> Tracer {
+    let out_str = out.to_string_lossy().into_owned();
+    let args = [
+        "record",
+        "-F",
+        "499",
+        "--call-graph",
+        "dwarf",
+        "-p",
+        pid,
+        "-o",
+        &out_str,
+    ];
+    let _ = std::fs::remove_file(out);
+    let out_check = out.to_path_buf();
+    Tracer::start("perf", &args, dir, move |_| out_check.exists())
+}
+
+impl Tracer {
+    /// Stops a [`perf_record`] into `out`; says where the profile of `what` is, or why perf failed.
+    pub fn stop_perf(self, out: &Path, what: &str) -> String {
+        let err = self.stop();
+        if out.exists() {
+            format!(
+                "  perf profile of {what}: {} (BUILDING.md, \"Benchmarks\")",
+                out.display()
+            )
+        } else {
+            format!("  perf failed: {err}")
+        }
+    }
+}
+
 /// CPU time (utime, stime) of process `pid` (or "self") in clock ticks.
 fn cpu_ticks(pid: &str) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -261,13 +261,34 @@ pub async fn follow_managers(
                 }
                 ev = nodes.recv() => match ev {
                     None => return,
-                    // A node changed; every commit (of any write) also comes as `Commit`,
-                    // which says nothing about nodes.
-                    Some(store::Event::Object { .. }) => break,
-                    Some(store::Event::Commit { .. }) => {}
+                    // Only a node whose recorded raft ID changed (created or removed with one,
+                    // or updated to another) changes the list: reading every node again for
+                    // each of the many writes to worker nodes (joins, sessions, heartbeats)
+                    // would cost a scan of all nodes per write. Every commit (of any write)
+                    // also comes as `Commit`, which says nothing about nodes.
+                    Some(ev) if raft_id_changed(&ev) => break,
+                    Some(_) => {}
                 },
             }
         }
+    }
+}
+
+/// The raft ID a Node object records (0: none).
+fn recorded_raft_id(node: Option<&api::Node>) -> u64 {
+    node.and_then(|n| n.manager_status.as_ref())
+        .map_or(0, |s| s.raft_id)
+}
+
+/// Whether `ev` changes which node a raft ID belongs to: the only part of the store
+/// [`manager_peers`] reads.
+fn raft_id_changed(ev: &store::Event) -> bool {
+    match ev {
+        store::Event::Object { .. } => {
+            recorded_raft_id(ev.object_as::<api::Node>())
+                != recorded_raft_id(ev.old_as::<api::Node>())
+        }
+        store::Event::Commit { .. } => false,
     }
 }
 
@@ -423,5 +444,54 @@ mod tests {
             vec![dispatcher::weighted_peer("me", "10.0.0.1:4242")]
         );
         raft.shutdown().await;
+    }
+
+    /// The manager list is read again for a change of which node holds a raft ID, not for the
+    /// writes to worker nodes a join makes, which would cost a scan of all nodes each.
+    #[test]
+    fn only_raft_id_changes_refresh_the_manager_list() {
+        use std::sync::Arc;
+        use store::{Event, EventKind, StoreObject};
+        let node = |raft_id: u64| {
+            let manager_status = (raft_id != 0).then(|| api::ManagerStatus {
+                raft_id,
+                ..Default::default()
+            });
+            Arc::new(
+                api::Node {
+                    id: "n".into(),
+                    manager_status,
+                    ..Default::default()
+                }
+                .into_object(),
+            )
+        };
+        let ev = |kind, new: u64, old: Option<u64>| Event::Object {
+            kind,
+            object: node(new),
+            old: old.map(node),
+        };
+        assert!(
+            !raft_id_changed(&ev(EventKind::Create, 0, None)),
+            "a worker joins"
+        );
+        assert!(
+            !raft_id_changed(&ev(EventKind::Update, 0, Some(0))),
+            "a worker's status"
+        );
+        assert!(
+            !raft_id_changed(&ev(EventKind::Remove, 0, None)),
+            "a worker removed"
+        );
+        assert!(
+            !raft_id_changed(&ev(EventKind::Update, 7, Some(7))),
+            "a manager's status"
+        );
+        assert!(raft_id_changed(&ev(EventKind::Create, 7, None)));
+        assert!(raft_id_changed(&ev(EventKind::Update, 7, Some(0))));
+        assert!(raft_id_changed(&ev(EventKind::Update, 0, Some(7))));
+        assert!(raft_id_changed(&ev(EventKind::Update, 8, Some(7))));
+        assert!(raft_id_changed(&ev(EventKind::Remove, 7, None)));
+        assert!(!raft_id_changed(&Event::Commit { version: 3 }));
     }
 }

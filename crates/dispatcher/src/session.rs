@@ -34,8 +34,8 @@ pub(crate) struct StreamOf {
     pub sub: Subscription,
 }
 
-/// Sending half of a stream handed to gRPC.
-pub(crate) type StreamTx<T> = mpsc::Sender<Result<T, Status>>;
+/// Sending half of a stream handed to gRPC (each message boxed: see `DispatcherStream`).
+pub(crate) type StreamTx<T> = mpsc::Sender<Box<Result<T, Status>>>;
 
 /// Numbers consecutive assignments messages: each applies to the previous one's result.
 #[derive(Debug, Default)]
@@ -125,7 +125,7 @@ impl Term {
                 () = self.token.cancelled() => disconnect = true,
                 () = handle.ended.cancelled() => {
                     let err = self.session_error(&node_id, &session_id);
-                    let _ = tx.send(Err(err.into())).await;
+                    let _ = tx.send(Box::new(Err(err.into()))).await;
                     return;
                 }
                 () = tx.closed() => return,
@@ -147,11 +147,13 @@ impl Term {
                 node = self.store.view(|tx| tx.get_node(&node_id));
             }
             let msg = self.session_message(&session_id, node.clone());
-            if tx.send(Ok(msg)).await.is_err() {
+            if tx.send(Box::new(Ok(msg))).await.is_err() {
                 return;
             }
             if disconnect {
-                let _ = tx.send(Err(DispatcherError::Disconnect.into())).await;
+                let _ = tx
+                    .send(Box::new(Err(DispatcherError::Disconnect.into())))
+                    .await;
                 return;
             }
         }
@@ -207,12 +209,12 @@ impl Term {
                 tokio::select! {
                     biased;
                     () = self.token.cancelled() => {
-                        let _ = tx.send(Err(DispatcherError::Stopped.into())).await;
+                        let _ = tx.send(Box::new(Err(DispatcherError::Stopped.into()))).await;
                         return;
                     }
                     () = handle.ended.cancelled() => {
                         let err = self.session_error(&node_id, &session_id);
-                        let _ = tx.send(Err(err.into())).await;
+                        let _ = tx.send(Box::new(Err(err.into()))).await;
                         return;
                     }
                     () = tx.closed() => return,
@@ -296,7 +298,7 @@ impl Term {
             };
             let changes = out.next_part(budget);
             let more = !out.is_empty();
-            permit.send(Ok(seq.message(kind, changes, complete && more)));
+            permit.send(Box::new(Ok(seq.message(kind, changes, complete && more))));
             if !more {
                 return true;
             }

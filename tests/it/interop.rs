@@ -411,10 +411,19 @@ fn mask(swarmctl: &Path, text: &str) -> String {
                 "one of replicated, global",
             ),
             // Flags of our swarmctl that SwarmKit's has not (jobs, rollback, OOM score, CA
-            // rotation), in the usage text printed with an error.
+            // rotation, configs at create), in the usage text printed with an error.
             (
-                r"(?m)^ +--(rollback|total-completions|max-concurrent|oom-score-adj|rotate-ca) .*\n",
+                r"(?m)^ +--(rollback|total-completions|max-concurrent|oom-score-adj|rotate-ca|config) .*\n",
                 "",
+            ),
+            // Our swarmd says a secret driver is not supported, with SwarmKit's words in it.
+            (
+                r"code = Unimplemented desc = secret drivers are not supported yet \(plugin getter is nil\)",
+                "code = Unknown desc = plugin getter is nil",
+            ),
+            (
+                r"secret drivers are not supported yet \(plugin getter is nil\)",
+                "plugin getter is nil",
             ),
         ]
         .into_iter()

@@ -1,10 +1,11 @@
-//! `swarmctl service create`: builds a spec from the service flags (plus `--mode` and
-//! `--secret`), resolves the network and secrets, calls `CreateService` and prints the new ID.
+//! `swarmctl service create`: builds a spec from the service flags (plus `--mode`, `--secret`
+//! and, ours, `--config`), resolves the network, secrets and configs, calls `CreateService` and
+//! prints the new ID.
 
 use clap::Args;
 
-use super::flags::{self, ServiceFlags, list_flag};
-use super::{add_secrets, resolve_network};
+use super::flags::{self, ServiceFlags, record_flag};
+use super::{add_configs, add_secrets, resolve_network};
 use crate::common::{CmdResult, Ctx, emit, usage_err};
 
 /// Arguments of `service create`.
@@ -18,6 +19,9 @@ pub struct CreateArgs {
     /// add a secret from swarm
     #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     secret: Option<Vec<String>>,
+    /// add a config from swarm
+    #[arg(long, value_name = "strings", allow_hyphen_values = true)]
+    config: Option<Vec<String>>,
     /// Positional arguments are refused with SwarmKit's message rather than clap's.
     #[arg(hide = true)]
     extra: Vec<String>,
@@ -26,7 +30,8 @@ pub struct CreateArgs {
 /// Runs `service create`.
 pub async fn run(a: CreateArgs, ctx: &mut Ctx) -> CmdResult {
     a.flags.check_syntax()?;
-    let secrets = list_flag(&a.secret, "--secret")?;
+    let secrets = record_flag(&a.secret, "--secret")?;
+    let configs = record_flag(&a.config, "--config")?;
     if !a.extra.is_empty() {
         return Err(usage_err("create command takes no arguments"));
     }
@@ -41,6 +46,9 @@ pub async fn run(a: CreateArgs, ctx: &mut Ctx) -> CmdResult {
     flags::merge_tail(&a.flags, &mut spec)?;
     if let Some(secrets) = secrets {
         add_secrets(ctx, &mut spec, &secrets).await?;
+    }
+    if let Some(configs) = configs {
+        add_configs(ctx, &mut spec, &configs).await?;
     }
     let resp = ctx
         .client

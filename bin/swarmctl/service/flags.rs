@@ -203,14 +203,19 @@ pub fn bool_flag(v: &Option<String>, flag: &str) -> Result<Option<bool>> {
 
 /// A `strings` flag: every occurrence is a CSV record, occurrences are concatenated.
 pub fn list_flag(v: &Option<Vec<String>>, flag: &str) -> Result<Option<Vec<String>>> {
+    Ok(record_flag(v, flag)?.map(|records| records.into_iter().flatten().collect()))
+}
+
+/// A `strings` flag whose occurrences stay apart: the CSV fields of each.
+pub fn record_flag(v: &Option<Vec<String>>, flag: &str) -> Result<Option<Vec<Vec<String>>>> {
     let Some(occurrences) = v else {
         return Ok(None);
     };
-    let mut out = Vec::new();
-    for occ in occurrences {
-        out.extend(read_csv_record(occ).map_err(|e| invalid_arg(occ, flag, e))?);
-    }
-    Ok(Some(out))
+    occurrences
+        .iter()
+        .map(|occ| read_csv_record(occ).map_err(|e| invalid_arg(occ, flag, e)))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 impl ServiceFlags {
@@ -776,6 +781,7 @@ pub fn parse_reference(s: &str, kind: &str) -> Result<(String, String)> {
     Ok((name, target))
 }
 
+/// A file target as SwarmKit's swarmctl makes it: mode 0444, uid and gid left to the executor.
 fn file_target(name: String) -> api::FileTarget {
     api::FileTarget {
         name,
@@ -785,24 +791,115 @@ fn file_target(name: String) -> api::FileTarget {
     }
 }
 
-/// Appends secret references for `name[:target]` items; `found` maps secret names (as listed by
-/// `ListSecrets` with those names) to IDs.
+/// One item of `--secret`/`--config`/`--add-secret`/`--add-config`: the secret or config to look
+/// up by name, and the file the task sees it as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub name: String,
+    pub file: api::FileTarget,
+}
+
+/// The references of a secret or config flag's occurrences (`kind` = "secret" or "config").
+/// An occurrence with `key=value` fields is one reference in the long form
+/// `source=<name>,target=<t>,uid=<n>,gid=<n>,mode=<octal>` (ours; names cannot contain `=`, so
+/// this is unambiguous), any other is a list of SwarmKit's `name[:target]`. Targets that would
+/// leave the secrets (configs) directory are refused here, with the control API's words.
+pub fn parse_references(records: &[Vec<String>], kind: &str) -> Result<Vec<Reference>> {
+    let mut refs = Vec::new();
+    for fields in records {
+        if fields.iter().any(|f| f.contains('=')) {
+            refs.push(parse_long_reference(fields, kind)?);
+            continue;
+        }
+        for field in fields {
+            let (name, target) = parse_reference(field, kind)?;
+            refs.push(Reference {
+                name,
+                file: file_target(target),
+            });
+        }
+    }
+    for r in &refs {
+        let checked = match kind {
+            "secret" => api::limits::check_secret_target(&r.file.name),
+            _ => api::limits::check_config_target(&r.file.name),
+        };
+        checked.map_err(|why| {
+            format!("malformed file {kind} reference, invalid target file name provided: {why}")
+        })?;
+    }
+    Ok(refs)
+}
+
+/// `source=<name>[,target=<t>][,uid=<n>][,gid=<n>][,mode=<octal>]`; the defaults are the short
+/// form's (target = name, mode 0444).
+fn parse_long_reference(fields: &[String], kind: &str) -> Result<Reference> {
+    let mut name = String::new();
+    let mut file = file_target(String::new());
+    let mut target = None;
+    for field in fields {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(format!(
+                "invalid field '{field}' in a {kind} reference: expected key=value"
+            )
+            .into());
+        };
+        let value = value.trim();
+        match key.trim() {
+            "source" | "src" => name = value.to_string(),
+            "target" => target = Some(value.to_string()),
+            "uid" => file.uid = id_value(value, "uid", kind)?,
+            "gid" => file.gid = id_value(value, "gid", kind)?,
+            "mode" => {
+                file.mode = u32::from_str_radix(value.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        format!("invalid mode '{value}' in a {kind} reference: expected octal permissions up to 0777")
+                    })?;
+            }
+            other => {
+                return Err(format!(
+                    "invalid field '{other}' in a {kind} reference: expected source, target, uid, gid or mode"
+                )
+                .into());
+            }
+        }
+    }
+    if name.is_empty() {
+        return Err(format!("invalid {kind} name provided").into());
+    }
+    file.name = match target {
+        Some(t) if t.is_empty() => return Err("invalid presentation name provided".into()),
+        Some(t) => t,
+        None => name.clone(),
+    };
+    Ok(Reference { name, file })
+}
+
+/// A uid or gid of a reference: a number, kept as the string the API carries.
+fn id_value(value: &str, key: &str, kind: &str) -> Result<String> {
+    value.parse::<u32>().map(|n| n.to_string()).map_err(|_| {
+        format!("invalid {key} '{value}' in a {kind} reference: expected a number").into()
+    })
+}
+
+/// Appends secret references; `found` maps secret names (as listed by `ListSecrets` with those
+/// names) to IDs.
 pub fn add_secrets(
     spec: &mut api::ServiceSpec,
-    items: &[(String, String)],
+    items: &[Reference],
     found: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mut refs = Vec::with_capacity(items.len());
-    for (name, target) in items {
-        let Some(id) = found.get(name) else {
-            return Err(format!("secret not found: {name}").into());
+    for r in items {
+        let Some(id) = found.get(&r.name) else {
+            return Err(format!("secret not found: {}", r.name).into());
         };
         refs.push(api::SecretReference {
             secret_id: id.clone(),
-            secret_name: name.clone(),
-            target: Some(api::secret_reference::Target::File(file_target(
-                target.clone(),
-            ))),
+            secret_name: r.name.clone(),
+            target: Some(api::secret_reference::Target::File(r.file.clone())),
         });
     }
     container(spec).secrets.extend(refs);
@@ -816,23 +913,21 @@ pub fn remove_secrets(spec: &mut api::ServiceSpec, names: &[String]) {
         .retain(|r| !names.contains(&r.secret_name));
 }
 
-/// Appends config references for `name[:target]` items; `found` maps config names to IDs.
+/// Appends config references; `found` maps config names to IDs.
 pub fn add_configs(
     spec: &mut api::ServiceSpec,
-    items: &[(String, String)],
+    items: &[Reference],
     found: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mut refs = Vec::with_capacity(items.len());
-    for (name, target) in items {
-        let Some(id) = found.get(name) else {
-            return Err(format!("config not found: {name}").into());
+    for r in items {
+        let Some(id) = found.get(&r.name) else {
+            return Err(format!("config not found: {}", r.name).into());
         };
         refs.push(api::ConfigReference {
             config_id: id.clone(),
-            config_name: name.clone(),
-            target: Some(api::config_reference::Target::File(file_target(
-                target.clone(),
-            ))),
+            config_name: r.name.clone(),
+            target: Some(api::config_reference::Target::File(r.file.clone())),
         });
     }
     container(spec).configs.extend(refs);

@@ -124,18 +124,15 @@ pub async fn job_statuses(
         .collect())
 }
 
-/// Parses `name[:target]` items of a secret or config flag (`kind` = "secret" or "config").
-fn parse_references(items: &[String], kind: &str) -> Result<Vec<(String, String)>, CliError> {
-    items
-        .iter()
-        .map(|s| flags::parse_reference(s, kind).map_err(CliError::from))
-        .collect()
-}
-
-/// Adds references to the named secrets, looked up with `ListSecrets` by name.
-async fn add_secrets(ctx: &mut Ctx, spec: &mut api::ServiceSpec, items: &[String]) -> CmdResult {
-    let items = parse_references(items, "secret")?;
-    let names = items.iter().map(|(n, _)| n.clone()).collect();
+/// Adds references to the secrets of a flag's occurrences (`flags::parse_references`), looked
+/// up with `ListSecrets` by name.
+async fn add_secrets(
+    ctx: &mut Ctx,
+    spec: &mut api::ServiceSpec,
+    records: &[Vec<String>],
+) -> CmdResult {
+    let items = flags::parse_references(records, "secret")?;
+    let names = items.iter().map(|r| r.name.clone()).collect();
     let req = api::ListSecretsRequest {
         filters: Some(api::list_secrets_request::Filters {
             names,
@@ -161,10 +158,14 @@ async fn add_secrets(ctx: &mut Ctx, spec: &mut api::ServiceSpec, items: &[String
     Ok(())
 }
 
-/// Adds references to the named configs, looked up with `ListConfigs` by name.
-async fn add_configs(ctx: &mut Ctx, spec: &mut api::ServiceSpec, items: &[String]) -> CmdResult {
-    let items = parse_references(items, "config")?;
-    let names = items.iter().map(|(n, _)| n.clone()).collect();
+/// Adds references to the configs of a flag's occurrences, looked up with `ListConfigs` by name.
+async fn add_configs(
+    ctx: &mut Ctx,
+    spec: &mut api::ServiceSpec,
+    records: &[Vec<String>],
+) -> CmdResult {
+    let items = flags::parse_references(records, "config")?;
+    let names = items.iter().map(|r| r.name.clone()).collect();
     let req = api::ListConfigsRequest {
         filters: Some(api::list_configs_request::Filters {
             names,

@@ -5,7 +5,7 @@
 
 use clap::Args;
 
-use super::flags::{self, ServiceFlags, bool_flag, list_flag};
+use super::flags::{self, ServiceFlags, bool_flag, list_flag, record_flag};
 use super::{add_configs, add_secrets, resolve_network};
 use crate::common::{CmdResult, Ctx, emit, get_service, usage_err};
 
@@ -64,9 +64,9 @@ impl UpdateArgs {
 /// Runs `service update`.
 pub async fn run(a: UpdateArgs, ctx: &mut Ctx) -> CmdResult {
     a.flags.check_syntax()?;
-    let add_secret = list_flag(&a.add_secret, "--add-secret")?;
+    let add_secret = record_flag(&a.add_secret, "--add-secret")?;
     let rm_secret = list_flag(&a.rm_secret, "--rm-secret")?;
-    let add_config = list_flag(&a.add_config, "--add-config")?;
+    let add_config = record_flag(&a.add_config, "--add-config")?;
     let rm_config = list_flag(&a.rm_config, "--rm-config")?;
     let add_cap = list_flag(&a.add_capability, "--add-capability")?;
     let rm_cap = list_flag(&a.rm_capability, "--rm-capability")?;

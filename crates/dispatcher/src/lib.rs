@@ -1,9 +1,10 @@
 //! The dispatcher (spec 5.7, after SwarmKit's `manager/dispatcher`): the leader's end of the agent
 //! protocol. Nodes open a session (registration, READY with their description), beat to stay
 //! READY (else DOWN `heartbeat failure`), receive their task assignments as a COMPLETE set then
-//! INCREMENTAL changes, and report task status, which is written in batches. It talks to the rest
-//! of the manager only through the store; deciding what runs where is the orchestrators' and the
-//! scheduler's, running it the agent's. Secrets, configs and volumes are not dispatched yet.
+//! INCREMENTAL changes (with the secrets and configs those tasks reference, and no others), and
+//! report task status, which is written in batches. It talks to the rest of the manager only
+//! through the store; deciding what runs where is the orchestrators' and the scheduler's, running
+//! it the agent's. Volumes are not dispatched yet.
 
 #![forbid(unsafe_code)]
 

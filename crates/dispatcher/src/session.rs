@@ -1,5 +1,6 @@
 //! The two streams a node holds open: its session (the node object, the managers, the network
-//! bootstrap keys and the root CA, re-sent whenever one of them changes) and its assignments (a COMPLETE set, then INCREMENTAL
+//! bootstrap keys and the root CA, re-sent whenever one of them changes) and its assignments (a
+//! COMPLETE set of its tasks and the secrets and configs they reference, then INCREMENTAL
 //! changes coalesced as SwarmKit's dispatcher.go `Assignments`, each split over several
 //! messages when it is too large for one). Both end when the session's registration ends, and
 //! both re-read the store when their event channel overflowed.
@@ -63,16 +64,15 @@ impl Sequence {
     }
 }
 
-/// Every task of `node_id` as a fresh set.
+/// Every task of `node_id` and the secrets and configs they need, from one view, as a fresh set.
 pub(crate) fn load_assignments(term: &Term, node_id: &str) -> AssignmentSet {
-    let tasks = term
-        .store
-        .view(|tx| tx.find_shared::<api::Task>(By::NodeId(node_id)));
-    let mut set = AssignmentSet::default();
-    for t in tasks {
-        set.add_or_update(t);
-    }
-    set
+    term.store.view(|tx| {
+        let mut set = AssignmentSet::default();
+        for t in tx.find_shared::<api::Task>(By::NodeId(node_id)) {
+            set.add_or_update(tx, t);
+        }
+        set
+    })
 }
 
 fn version(node: &api::Node) -> u64 {
@@ -222,7 +222,7 @@ impl Term {
                         let Some(task) = Shared::<api::Task>::from_object(object.clone()) else { continue };
                         let changed = match kind {
                             EventKind::Remove => set.remove(&task.id),
-                            _ => set.add_or_update(task),
+                            _ => set.add_or_update(&self.store, task),
                         };
                         if changed {
                             count += 1;

@@ -8,7 +8,7 @@ use api::assignment_change::AssignmentAction;
 use api::assignments_message::Type as AssignmentsType;
 use api::node_status::State as NodeState;
 use store::MemoryStore;
-use testkit::fixtures::node_in_state as node;
+use testkit::fixtures::{AssignmentItem, assignment_items, node_in_state as node};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -783,15 +783,25 @@ async fn a_new_term_invalidates_old_sessions_and_keeps_returning_nodes_ready() {
     }
 }
 
+/// The resynchronising COMPLETE set lists the secret the tasks use too.
 #[tokio::test(start_paused = true)]
 async fn an_assignments_reader_that_falls_behind_gets_a_complete_set_again() {
     let tasks: Vec<_> = (0..50)
-        .map(|i| task(&format!("t{i:02}"), "n1", TaskState::Assigned))
+        .map(|i| {
+            task_using(
+                &format!("t{i:02}"),
+                "n1",
+                TaskState::Assigned,
+                &["sec"],
+                &[],
+            )
+        })
         .collect();
     let f = start(vec![node("n1", NodeState::Ready)], tasks, exact()).await;
+    create_secret(&f.store, "sec", b"top secret").await;
     let (session, _s) = f.open("n1").await;
     let mut stream = f.dispatcher.assignments("n1", &session).expect("stream");
-    assert_eq!(next(&mut stream).await.expect("complete").changes.len(), 50);
+    assert_eq!(next(&mut stream).await.expect("complete").changes.len(), 51);
 
     // Nobody reads: messages fill the stream, then events fill the routing channel.
     for round in 0..40 {
@@ -813,7 +823,8 @@ async fn an_assignments_reader_that_falls_behind_gets_a_complete_set_again() {
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
         let msg = msg.expect("message");
         if msg.r#type == AssignmentsType::Complete as i32 {
-            assert_eq!(msg.changes.len(), 50, "the whole set");
+            assert_eq!(msg.changes.len(), 51, "the whole set");
+            assert_eq!(items(&msg)[0], up("secret", "sec", b"top secret"));
             saw_complete = true;
         }
     }
@@ -1091,4 +1102,206 @@ async fn a_complete_set_is_split_only_for_an_agent_that_asked() {
     assert_eq!(inc.applies_to, "1");
     assert!(inc.changes.len() < 4, "the batch is split");
     assert!(prost::Message::encoded_len(&inc) <= api::assignment_parts::MAX_MESSAGE_BYTES);
+}
+
+fn items(msg: &api::AssignmentsMessage) -> Vec<AssignmentItem> {
+    assignment_items(&msg.changes)
+}
+
+fn up(kind: &'static str, id: &str, data: &[u8]) -> AssignmentItem {
+    (
+        kind,
+        id.to_string(),
+        AssignmentAction::Update as i32,
+        data.to_vec(),
+    )
+}
+
+fn rm(kind: &'static str, id: &str) -> AssignmentItem {
+    (
+        kind,
+        id.to_string(),
+        AssignmentAction::Remove as i32,
+        Vec::new(),
+    )
+}
+
+async fn create_secret(store: &MemoryStore, id: &str, data: &[u8]) {
+    let secret = api::Secret {
+        id: id.into(),
+        spec: Some(api::SecretSpec {
+            data: data.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store
+        .update(move |tx| tx.create_secret(secret))
+        .await
+        .expect("secret");
+}
+
+/// Task `id` of `node_id`, its container referencing `secrets` and `configs` by ID.
+fn task_using(
+    id: &str,
+    node_id: &str,
+    state: TaskState,
+    secrets: &[&str],
+    configs: &[&str],
+) -> api::Task {
+    let mut t = task(id, node_id, state);
+    if let Some(api::task_spec::Runtime::Container(c)) =
+        t.spec.as_mut().and_then(|s| s.runtime.as_mut())
+    {
+        c.secrets = secrets
+            .iter()
+            .map(|s| api::SecretReference {
+                secret_id: s.to_string(),
+                secret_name: s.to_string(),
+                target: Some(api::secret_reference::Target::File(api::FileTarget {
+                    name: s.to_string(),
+                    mode: 0o444,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        c.configs = configs
+            .iter()
+            .map(|s| api::ConfigReference {
+                config_id: s.to_string(),
+                config_name: s.to_string(),
+                target: Some(api::config_reference::Target::File(api::FileTarget {
+                    name: s.to_string(),
+                    mode: 0o444,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+    }
+    t
+}
+
+/// Issue 16: node A's assignments carry the secret and the config its tasks reference, with
+/// their data, each once however many tasks share it, before the tasks; each is removed (after
+/// the task changes) when its last user ends or goes. Node B, whose tasks reference neither,
+/// never receives either.
+#[tokio::test(start_paused = true)]
+async fn secrets_and_configs_reach_only_the_nodes_whose_tasks_use_them() {
+    let f = start(
+        vec![node("a", NodeState::Ready), node("b", NodeState::Ready)],
+        vec![
+            task_using("t1", "a", TaskState::Running, &["sec"], &["cfg"]),
+            task_using("t2", "a", TaskState::Assigned, &["sec"], &[]),
+            task("t3", "b", TaskState::Running),
+        ],
+        exact(),
+    )
+    .await;
+    create_secret(&f.store, "sec", b"top secret").await;
+    f.store
+        .update(|tx| {
+            tx.create_config(api::Config {
+                id: "cfg".into(),
+                spec: Some(api::ConfigSpec {
+                    data: b"key=value".to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("secret and config");
+    let (session_a, _sa) = f.open("a").await;
+    let (session_b, _sb) = f.open("b").await;
+    let mut a = f.dispatcher.assignments("a", &session_a).expect("stream a");
+    let mut b = f.dispatcher.assignments("b", &session_b).expect("stream b");
+    let never_for_b = |msg: &api::AssignmentsMessage| {
+        assert!(
+            items(msg).iter().all(|(kind, ..)| *kind == "task"),
+            "node b got a dependency: {:?}",
+            items(msg)
+        );
+    };
+
+    let complete = next(&mut a).await.expect("complete a");
+    assert_eq!(
+        items(&complete),
+        vec![
+            up("secret", "sec", b"top secret"),
+            up("config", "cfg", b"key=value"),
+            up("task", "t1", b""),
+            up("task", "t2", b""),
+        ]
+    );
+    let complete_b = next(&mut b).await.expect("complete b");
+    never_for_b(&complete_b);
+    assert_eq!(items(&complete_b), vec![up("task", "t3", b"")]);
+
+    // t1 ends: the config was only its own; the secret stays for t2.
+    let report = |id: &'static str, state: TaskState| {
+        let store = f.store.clone();
+        async move {
+            store
+                .update(move |tx| {
+                    let mut t = tx.get_task(id).expect("task");
+                    t.status.get_or_insert_default().state = state as i32;
+                    tx.update_task(t)
+                })
+                .await
+                .expect("report");
+        }
+    };
+    report("t1", TaskState::Complete).await;
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("config", "cfg")]
+    );
+
+    // t2 is removed: the secret goes after it.
+    f.store
+        .update(|tx| tx.delete_task("t2"))
+        .await
+        .expect("delete");
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("task", "t2"), rm("secret", "sec")]
+    );
+
+    // Two new tasks sharing the secret: sent once, before them; removed after the last one.
+    seed(
+        &f.store,
+        vec![],
+        vec![
+            task_using("t4", "a", TaskState::Assigned, &["sec"], &[]),
+            task_using("t5", "a", TaskState::Assigned, &["sec"], &[]),
+            task("t6", "b", TaskState::Assigned),
+        ],
+    )
+    .await;
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![
+            up("secret", "sec", b"top secret"),
+            up("task", "t4", b""),
+            up("task", "t5", b""),
+        ]
+    );
+    report("t4", TaskState::Failed).await;
+    f.store
+        .update(|tx| tx.delete_task("t4"))
+        .await
+        .expect("delete");
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("task", "t4")]
+    );
+    report("t5", TaskState::Shutdown).await;
+    assert_eq!(
+        items(&next(&mut a).await.expect("inc")),
+        vec![rm("secret", "sec")]
+    );
+
+    let inc_b = next(&mut b).await.expect("inc b");
+    never_for_b(&inc_b);
+    assert_eq!(items(&inc_b), vec![up("task", "t6", b"")]);
 }

@@ -39,8 +39,6 @@ const SWARMKIT_UNKNOWN: &[&str] = &[
     "constraint expected one operator",
     "key '",
     "value '",
-    // drivers.NewSecretDriver without a plugin getter
-    "plugin getter is nil",
 ];
 
 /// The raft members of the fixture: `mgr1` and `mgr2`.

@@ -16,6 +16,7 @@ use api::update_config::{FailureAction, UpdateOrder};
 use api::update_status::UpdateState;
 use manager::controlapi::{ControlApi, RaftMembers};
 use store::{By, MemoryStore};
+use testkit::fixtures::{AssignmentItem, assignment_items};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
@@ -690,4 +691,278 @@ async fn manual_rollback_restores_the_previous_spec() {
         }
     })
     .await;
+}
+
+/// One node's assignments stream and every change it delivered so far.
+struct Assigned {
+    stream: dispatcher::DispatcherStream<api::AssignmentsMessage>,
+    seen: Vec<AssignmentItem>,
+}
+
+impl Assigned {
+    async fn open(d: &dispatcher::Dispatcher, node: &api::Node) -> Assigned {
+        use tokio_stream::StreamExt;
+        let mut session = d
+            .session(
+                &node.id,
+                "10.0.0.9",
+                api::SessionRequest {
+                    description: node.description.clone(),
+                    session_id: String::new(),
+                },
+            )
+            .await
+            .expect("session");
+        let first = session.next().await.expect("a message").expect("session");
+        // The session stream stays open in the background.
+        tokio::spawn(async move { while session.next().await.is_some() {} });
+        let stream = d
+            .assignments(&node.id, &first.session_id)
+            .expect("assignments");
+        Assigned {
+            stream,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads messages until `done` holds for everything delivered (bounded in virtual time).
+    async fn until(&mut self, what: &str, done: impl Fn(&[AssignmentItem]) -> bool) {
+        use tokio_stream::StreamExt;
+        while !done(&self.seen) {
+            let msg = tokio::time::timeout(SETTLE_LIMIT, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not delivered; saw {:?}", self.seen))
+                .expect("stream open")
+                .expect("message");
+            self.seen.extend(assignment_items(&msg.changes));
+        }
+    }
+
+    /// Position of the first change of `kind` `id` with `action`.
+    fn position(&self, kind: &str, id: &str, action: i32) -> Option<usize> {
+        self.seen
+            .iter()
+            .position(|(k, i, a, _)| *k == kind && i == id && *a == action)
+    }
+}
+
+/// Issue 16 through the leader subsystems: a service referencing a secret and a config runs on
+/// node0 only; node0's assignments carry both with their data, node1's never carry either. An
+/// update changing the secret reference replaces the task with one referencing the new secret
+/// (sent before it; the old one removed once its task ended); scaling to 0 removes both.
+#[tokio::test(start_paused = true)]
+async fn secrets_and_configs_follow_the_tasks_that_use_them() {
+    const UPDATE: i32 = api::assignment_change::AssignmentAction::Update as i32;
+    const REMOVE: i32 = api::assignment_change::AssignmentAction::Remove as i32;
+    let c = TestCluster::start(2).await;
+    let d = dispatcher::Dispatcher::new(
+        c.store.clone(),
+        "mgr".into(),
+        dispatcher::Config {
+            // No heartbeat deadline passes while the cluster settles in virtual time.
+            default_heartbeat_period: Duration::from_secs(24 * 3600),
+            ..dispatcher::Config::default()
+        },
+    );
+    d.set_managers(vec![dispatcher::weighted_peer("mgr", "10.0.0.1:4242")]);
+    tokio::spawn(d.clone().run(c.shutdown.child_token()));
+    testkit::poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        "dispatcher running",
+        || d.is_running(),
+    )
+    .await;
+    // The new term marks the nodes UNKNOWN: they take tasks again once registered.
+    let nodes = Snapshot::take(&c.store).nodes;
+    let mut a = Assigned::open(&d, &nodes[0]).await;
+    let mut b = Assigned::open(&d, &nodes[1]).await;
+
+    let secret = |name: &str, data: &[u8]| {
+        c.ctl.create_secret(Request::new(api::CreateSecretRequest {
+            spec: Some(api::SecretSpec {
+                annotations: Some(api::Annotations {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                data: data.to_vec(),
+                ..Default::default()
+            }),
+        }))
+    };
+    let pw = secret("pw", b"hunter2")
+        .await
+        .expect("pw")
+        .into_inner()
+        .secret
+        .expect("pw");
+    let pw2 = secret("pw2", b"correct horse")
+        .await
+        .expect("pw2")
+        .into_inner()
+        .secret
+        .expect("pw2");
+    let conf = c
+        .ctl
+        .create_config(Request::new(api::CreateConfigRequest {
+            spec: Some(api::ConfigSpec {
+                annotations: Some(api::Annotations {
+                    name: "conf".into(),
+                    ..Default::default()
+                }),
+                data: b"a=1".to_vec(),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("conf")
+        .into_inner()
+        .config
+        .expect("conf");
+    let file = |name: &str| api::FileTarget {
+        name: name.into(),
+        mode: 0o444,
+        ..Default::default()
+    };
+    let secret_ref = |s: &api::Secret| api::SecretReference {
+        secret_id: s.id.clone(),
+        secret_name: s
+            .spec
+            .as_ref()
+            .and_then(|s| s.annotations.as_ref())
+            .map(|a| a.name.clone())
+            .unwrap_or_default(),
+        target: Some(api::secret_reference::Target::File(file("pw"))),
+    };
+    let mut spec = testkit::fixtures::service_spec("web", 1, "busybox:1");
+    let task_spec = spec.task.as_mut().expect("task");
+    task_spec.placement = Some(Box::new(api::Placement {
+        constraints: vec!["node.hostname == node0".into()],
+        ..Default::default()
+    }));
+    if let Some(api::task_spec::Runtime::Container(ct)) = task_spec.runtime.as_mut() {
+        ct.secrets = vec![secret_ref(&pw)];
+        ct.configs = vec![api::ConfigReference {
+            config_id: conf.id.clone(),
+            config_name: "conf".into(),
+            target: Some(api::config_reference::Target::File(file("conf"))),
+        }];
+    }
+    let id = c
+        .ctl
+        .create_service(Request::new(api::CreateServiceRequest { spec: Some(spec) }))
+        .await
+        .expect("create")
+        .into_inner()
+        .service
+        .expect("service")
+        .id;
+    c.wait_until("created", |s| s.service_settled(&id, 1)).await;
+    let first_task = Snapshot::take(&c.store)
+        .desired_running(&id)
+        .next()
+        .expect("task")
+        .id
+        .clone();
+
+    a.until("the first set", |seen| {
+        seen.iter().any(|(k, ..)| *k == "task")
+    })
+    .await;
+    assert!(
+        a.seen
+            .contains(&("secret", pw.id.clone(), UPDATE, b"hunter2".to_vec())),
+        "{:?}",
+        a.seen
+    );
+    assert!(
+        a.seen
+            .contains(&("config", conf.id.clone(), UPDATE, b"a=1".to_vec())),
+        "{:?}",
+        a.seen
+    );
+    assert!(a.position("secret", &pw.id, UPDATE) < a.position("task", &first_task, UPDATE));
+
+    // The update references pw2 instead: a new task, pw2 before it, pw removed after the old
+    // task ended.
+    c.update_service(&id, |spec| {
+        if let Some(api::task_spec::Runtime::Container(ct)) =
+            spec.task.as_mut().and_then(|t| t.runtime.as_mut())
+        {
+            ct.secrets = vec![secret_ref(&pw2)];
+        }
+    })
+    .await;
+    c.wait_until("updated", |s| {
+        s.service_settled(&id, 1)?;
+        let t = s.desired_running(&id).next().ok_or("no task")?;
+        let Some(api::task_spec::Runtime::Container(ct)) =
+            t.spec.as_ref().and_then(|s| s.runtime.as_ref())
+        else {
+            return Err("no container".into());
+        };
+        if t.id == first_task || ct.secrets.iter().map(|r| &r.secret_id).ne([&pw2.id]) {
+            return Err(format!("task {} references {:?}", t.id, ct.secrets));
+        }
+        Ok(())
+    })
+    .await;
+    let second_task = Snapshot::take(&c.store)
+        .desired_running(&id)
+        .next()
+        .expect("task")
+        .id
+        .clone();
+    a.until("pw2 given, pw taken back", |seen| {
+        seen.iter()
+            .any(|(k, i, a, _)| *k == "secret" && *i == pw.id && *a == REMOVE)
+            && seen
+                .iter()
+                .any(|(k, i, ..)| *k == "task" && *i == second_task)
+    })
+    .await;
+    assert!(
+        a.seen
+            .contains(&("secret", pw2.id.clone(), UPDATE, b"correct horse".to_vec()))
+    );
+    assert!(a.position("secret", &pw2.id, UPDATE) < a.position("task", &second_task, UPDATE));
+    assert!(
+        a.position("config", &conf.id, REMOVE).is_none(),
+        "the config is still used"
+    );
+
+    // Scaled to 0: both go.
+    c.update_service(&id, |spec| {
+        spec.mode = Some(api::service_spec::Mode::Replicated(
+            api::ReplicatedService { replicas: 0 },
+        ));
+    })
+    .await;
+    a.until("everything taken back", |seen| {
+        seen.iter()
+            .any(|(k, i, a, _)| *k == "secret" && *i == pw2.id && *a == REMOVE)
+            && seen
+                .iter()
+                .any(|(k, i, a, _)| *k == "config" && *i == conf.id && *a == REMOVE)
+    })
+    .await;
+
+    // node1 ran nothing of it: its stream holds its (empty) set and never a dependency.
+    let mut messages = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio_stream::StreamExt::next(&mut b.stream),
+    )
+    .await
+    {
+        b.seen
+            .extend(assignment_items(&msg.expect("message").changes));
+        messages += 1;
+    }
+    assert!(messages >= 1, "node1's set");
+    assert!(
+        b.seen.iter().all(|(k, ..)| *k == "task"),
+        "node1 got {:?}",
+        b.seen
+    );
 }

@@ -83,3 +83,33 @@ pub fn task(id: &str, service_id: &str, state: api::TaskState) -> api::Task {
         ..Default::default()
     }
 }
+
+/// One change of an assignments message as tests compare it: kind (`task`, `secret`, `config`,
+/// `volume`), object ID, action, and the data of a secret or config (empty otherwise).
+pub type AssignmentItem = (&'static str, String, i32, Vec<u8>);
+
+/// The changes of an assignments message as [`AssignmentItem`]s.
+pub fn assignment_items(changes: &[api::AssignmentChange]) -> Vec<AssignmentItem> {
+    use api::assignment::Item;
+    changes
+        .iter()
+        .map(|c| {
+            let (kind, id, data) = match c.assignment.as_ref().and_then(|a| a.item.as_ref()) {
+                Some(Item::Task(t)) => ("task", t.id.clone(), Vec::new()),
+                Some(Item::Secret(s)) => (
+                    "secret",
+                    s.id.clone(),
+                    s.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
+                ),
+                Some(Item::Config(x)) => (
+                    "config",
+                    x.id.clone(),
+                    x.spec.as_ref().map(|s| s.data.clone()).unwrap_or_default(),
+                ),
+                Some(Item::Volume(v)) => ("volume", v.id.clone(), Vec::new()),
+                None => ("none", String::new(), Vec::new()),
+            };
+            (kind, id, c.action, data)
+        })
+        .collect()
+}

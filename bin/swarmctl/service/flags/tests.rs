@@ -752,11 +752,115 @@ fn references() {
     );
 }
 
+/// The references of flag occurrences written as on the command line.
+fn refs(occurrences: &[&str], kind: &str) -> Result<Vec<Reference>> {
+    let given = Some(strings(occurrences));
+    let records = record_flag(&given, "--flag")?.expect("given");
+    parse_references(&records, kind)
+}
+
+fn reference(name: &str, target: &str, uid: &str, gid: &str, mode: u32) -> Reference {
+    Reference {
+        name: name.into(),
+        file: api::FileTarget {
+            name: target.into(),
+            uid: uid.into(),
+            gid: gid.into(),
+            mode,
+        },
+    }
+}
+
+#[test]
+fn references_short_and_long() {
+    // SwarmKit's form: a CSV list of name[:target], mode 0444, uid and gid unset.
+    assert_eq!(
+        refs(&["a,b:t.txt", "c"], "secret"),
+        Ok(vec![
+            reference("a", "a", "", "", 0o444),
+            reference("b", "t.txt", "", "", 0o444),
+            reference("c", "c", "", "", 0o444),
+        ])
+    );
+    // Ours: one reference per occurrence with key=value fields, the short form's defaults.
+    assert_eq!(
+        refs(
+            &[
+                "source=a,target=/etc/a.pem,uid=1000,gid=50,mode=0400",
+                "src=b",
+                "c:x"
+            ],
+            "secret"
+        ),
+        Ok(vec![
+            reference("a", "/etc/a.pem", "1000", "50", 0o400),
+            reference("b", "b", "", "", 0o444),
+            reference("c", "x", "", "", 0o444),
+        ])
+    );
+    assert_eq!(
+        refs(&["source=cfg,mode=644"], "config"),
+        Ok(vec![reference("cfg", "cfg", "", "", 0o644)])
+    );
+    for (given, err) in [
+        (&["target=x"][..], "invalid secret name provided"),
+        (&["source=a,target="], "invalid presentation name provided"),
+        (
+            &["a,source=b"],
+            "invalid field 'a' in a secret reference: expected key=value",
+        ),
+        (
+            &["source=a,owner=me"],
+            "invalid field 'owner' in a secret reference: expected source, target, uid, gid or mode",
+        ),
+        (
+            &["source=a,uid=root"],
+            "invalid uid 'root' in a secret reference: expected a number",
+        ),
+        (
+            &["source=a,gid=-1"],
+            "invalid gid '-1' in a secret reference: expected a number",
+        ),
+        (
+            &["source=a,mode=0999"],
+            "invalid mode '0999' in a secret reference: expected octal permissions up to 0777",
+        ),
+        (
+            &["source=a,mode=4755"],
+            "invalid mode '4755' in a secret reference: expected octal permissions up to 0777",
+        ),
+        (
+            &["a:../x"],
+            "malformed file secret reference, invalid target file name provided: '../x' contains a '..' component",
+        ),
+        (
+            &["source=a,target=/run/../x"],
+            "malformed file secret reference, invalid target file name provided: '/run/../x' contains a '..' component",
+        ),
+    ] {
+        assert_eq!(refs(given, "secret"), Err(err.into()), "{given:?}");
+    }
+    assert_eq!(
+        refs(&["c:a/../../x"], "config"),
+        Err("malformed file config reference, invalid target file name provided: 'a/../../x' leaves the configs directory".into())
+    );
+    assert_eq!(
+        refs(&["c:a/../x", "source=d,target=/etc/../x"], "config").map(|r| r.len()),
+        Ok(2),
+        "a config target may go up inside its directory, an absolute one anywhere"
+    );
+}
+
 #[test]
 fn secrets_resolve_by_name() {
     let mut s = base();
     let found = BTreeMap::from([("db".to_string(), "X1".to_string())]);
-    add_secrets(&mut s, &[("db".into(), "target.txt".into())], &found).expect("found");
+    add_secrets(
+        &mut s,
+        &[reference("db", "target.txt", "", "", 0o444)],
+        &found,
+    )
+    .expect("found");
     assert_eq!(
         c(&mut s).secrets,
         vec![api::SecretReference {
@@ -771,7 +875,7 @@ fn secrets_resolve_by_name() {
         }]
     );
     assert_eq!(
-        add_secrets(&mut s, &[("nope".into(), "nope".into())], &found),
+        add_secrets(&mut s, &[reference("nope", "nope", "", "", 0o444)], &found),
         Err("secret not found: nope".into())
     );
     remove_secrets(&mut s, &["db".into()]);
@@ -782,11 +886,20 @@ fn secrets_resolve_by_name() {
 fn configs_resolve_by_name() {
     let mut s = base();
     let found = BTreeMap::from([("cfg".to_string(), "C1".to_string())]);
-    add_configs(&mut s, &[("cfg".into(), "cfg".into())], &found).expect("found");
+    add_configs(&mut s, &[reference("cfg", "cfg", "1", "2", 0o440)], &found).expect("found");
     assert_eq!(c(&mut s).configs.len(), 1);
     assert_eq!(c(&mut s).configs[0].config_id, "C1");
     assert_eq!(
-        add_configs(&mut s, &[("x".into(), "x".into())], &found),
+        c(&mut s).configs[0].target,
+        Some(api::config_reference::Target::File(api::FileTarget {
+            name: "cfg".into(),
+            uid: "1".into(),
+            gid: "2".into(),
+            mode: 0o440,
+        }))
+    );
+    assert_eq!(
+        add_configs(&mut s, &[reference("x", "x", "", "", 0o444)], &found),
         Err("config not found: x".into())
     );
     remove_configs(&mut s, &["other".into()]);

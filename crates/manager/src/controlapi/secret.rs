@@ -1,7 +1,8 @@
 //! Control API calls on secrets (SwarmKit manager/controlapi/secret.go): create with name and
 //! size checks, label-only updates, get and list that never return the data (and never list
 //! internal secrets), and removal refused while a service references the secret. Secret data is
-//! never logged. External secret drivers need a plugin getter, which swarmd does not have.
+//! never logged. External secret drivers need plugins, which swarmd does not have: creating a
+//! secret with one is refused as not supported (Unimplemented).
 
 use store::{By, StoreError};
 use tonic::Status;
@@ -127,8 +128,11 @@ pub(super) async fn create(
 ) -> Result<api::CreateSecretResponse, Status> {
     let spec = validate_secret_spec(req.spec.as_ref())?.clone();
     if spec.driver.is_some() {
-        // drivers.NewSecretDriver without a plugin getter; a plain error, so gRPC says Unknown.
-        return Err(Status::unknown("plugin getter is nil"));
+        // SwarmKit's drivers.NewSecretDriver fails so without plugins; its words stay in ours
+        // for scripts that look for them.
+        return Err(Status::unimplemented(
+            "secret drivers are not supported yet (plugin getter is nil)",
+        ));
     }
     let name = name_of(&spec.annotations).to_string();
     let id = api::naming::new_id();

@@ -1509,8 +1509,8 @@ async fn secret_rules() {
     };
     check(
         create_secret(&ctl, driven).await,
-        Code::Unknown,
-        "plugin getter is nil",
+        Code::Unimplemented,
+        "secret drivers are not supported yet (plugin getter is nil)",
     );
 
     let got = ctl
@@ -1665,6 +1665,233 @@ async fn config_rules() {
         Code::NotFound,
         &format!("config {} not found", config.id),
     );
+}
+
+fn secret_ref(secret: &api::Secret, target: &str) -> api::SecretReference {
+    api::SecretReference {
+        secret_id: secret.id.clone(),
+        secret_name: name_of(&secret.spec.as_ref().and_then(|s| s.annotations.clone())).into(),
+        target: Some(api::secret_reference::Target::File(api::FileTarget {
+            name: target.into(),
+            mode: 0o444,
+            ..Default::default()
+        })),
+    }
+}
+
+fn config_ref(config: &api::Config, target: &str) -> api::ConfigReference {
+    api::ConfigReference {
+        config_id: config.id.clone(),
+        config_name: name_of(&config.spec.as_ref().and_then(|s| s.annotations.clone())).into(),
+        target: Some(api::config_reference::Target::File(api::FileTarget {
+            name: target.into(),
+            mode: 0o444,
+            ..Default::default()
+        })),
+    }
+}
+
+async fn create_config(ctl: &ControlApi, name: &str, data: &[u8]) -> Result<api::Config, Status> {
+    ctl.create_config(Request::new(api::CreateConfigRequest {
+        spec: Some(api::ConfigSpec {
+            annotations: annotations(name),
+            data: data.to_vec(),
+            ..Default::default()
+        }),
+    }))
+    .await
+    .map(|r| r.into_inner().config.expect("config"))
+}
+
+/// Issue 16, item 6: every bad secret or config input is InvalidArgument with a clear message
+/// and changes nothing: a reference to a missing one, a target given twice, a target that would
+/// leave the secrets (configs) directory, empty names, oversize data.
+#[tokio::test]
+async fn bad_secret_and_config_input_is_refused_and_changes_nothing() {
+    let ctl = control(&[]);
+    let secret = create_secret(&ctl, secret_spec("pw", b"hunter2"))
+        .await
+        .expect("secret");
+    let other = create_secret(&ctl, secret_spec("key", b"k"))
+        .await
+        .expect("secret");
+    let config = create_config(&ctl, "app.conf", b"a=1")
+        .await
+        .expect("config");
+    let other_config = create_config(&ctl, "log.conf", b"l=1")
+        .await
+        .expect("config");
+    let svc = create_service(
+        &ctl,
+        with_container(service_spec("web"), |c| {
+            c.secrets = vec![secret_ref(&secret, "pw")];
+            c.configs = vec![config_ref(&config, "app.conf")];
+        }),
+    )
+    .await
+    .expect("a service with a secret and a config");
+    let before = (ctl.store.last_index(), ctl.store.save());
+
+    let with_refs = |secrets: Vec<api::SecretReference>, configs: Vec<api::ConfigReference>| {
+        with_container(service_spec("api"), |c| {
+            c.secrets = secrets;
+            c.configs = configs;
+        })
+    };
+    let refused = [
+        (
+            with_refs(
+                vec![api::SecretReference {
+                    secret_id: "nosuch".into(),
+                    ..secret_ref(&secret, "pw")
+                }],
+                vec![],
+            ),
+            "secret not found: pw",
+        ),
+        (
+            with_refs(
+                vec![],
+                vec![api::ConfigReference {
+                    config_id: "nosuch".into(),
+                    ..config_ref(&config, "c")
+                }],
+            ),
+            "config not found: app.conf",
+        ),
+        (
+            with_refs(
+                vec![secret_ref(&secret, "same"), secret_ref(&other, "same")],
+                vec![],
+            ),
+            "secret references 'pw' and 'key' have a conflicting target: 'same'",
+        ),
+        (
+            with_refs(
+                vec![],
+                vec![
+                    config_ref(&config, "same"),
+                    config_ref(&other_config, "same"),
+                ],
+            ),
+            "config references 'app.conf' and 'log.conf' have a conflicting target: 'same'",
+        ),
+        (
+            with_refs(vec![secret_ref(&secret, "../x")], vec![]),
+            "malformed file secret reference, invalid target file name provided: '../x' contains a '..' component",
+        ),
+        (
+            with_refs(vec![secret_ref(&secret, "a/../b")], vec![]),
+            "malformed file secret reference, invalid target file name provided: 'a/../b' contains a '..' component",
+        ),
+        (
+            with_refs(vec![secret_ref(&secret, "/run/../etc/shadow")], vec![]),
+            "malformed file secret reference, invalid target file name provided: '/run/../etc/shadow' contains a '..' component",
+        ),
+        (
+            with_refs(vec![], vec![config_ref(&config, "../x")]),
+            "malformed file config reference, invalid target file name provided: '../x' leaves the configs directory",
+        ),
+        (
+            with_refs(vec![], vec![config_ref(&config, "a/../../x")]),
+            "malformed file config reference, invalid target file name provided: 'a/../../x' leaves the configs directory",
+        ),
+    ];
+    for (spec, message) in refused {
+        check(
+            create_service(&ctl, spec.clone()).await,
+            Code::InvalidArgument,
+            message,
+        );
+        let spec = api::ServiceSpec {
+            annotations: annotations("web"),
+            ..spec
+        };
+        check(
+            update_service(&ctl, &svc, spec, false).await,
+            Code::InvalidArgument,
+            message,
+        );
+    }
+
+    for (spec, message) in [
+        (secret_spec("", b"x"), "name must be provided"),
+        (
+            secret_spec("big", &vec![0u8; 512_000]),
+            "secret data must be larger than 0 and less than 512000 bytes",
+        ),
+        (
+            secret_spec("empty", b""),
+            "secret data must be larger than 0 and less than 512000 bytes",
+        ),
+    ] {
+        check(
+            create_secret(&ctl, spec).await,
+            Code::InvalidArgument,
+            message,
+        );
+    }
+    for (name, data, message) in [
+        ("", &b"x"[..], "name must be provided"),
+        (
+            "big",
+            &vec![0u8; 1_024_000][..],
+            "config data must be larger than 0 and less than 1024000 bytes",
+        ),
+        (
+            "empty",
+            &b""[..],
+            "config data must be larger than 0 and less than 1024000 bytes",
+        ),
+    ] {
+        check(
+            create_config(&ctl, name, data).await,
+            Code::InvalidArgument,
+            message,
+        );
+    }
+    // In use: neither can be removed.
+    check(
+        ctl.remove_secret(Request::new(api::RemoveSecretRequest {
+            secret_id: secret.id.clone(),
+        }))
+        .await,
+        Code::InvalidArgument,
+        "secret 'pw' is in use by the following service: web",
+    );
+    check(
+        ctl.remove_config(Request::new(api::RemoveConfigRequest {
+            config_id: config.id.clone(),
+        }))
+        .await,
+        Code::InvalidArgument,
+        "config 'app.conf' is in use by the following service: web",
+    );
+    assert_eq!((ctl.store.last_index(), ctl.store.save()), before);
+
+    // What stays allowed: absolute targets, a config target that stays in its directory, the
+    // largest data.
+    create_service(
+        &ctl,
+        with_refs(
+            vec![
+                secret_ref(&secret, "/etc/app/pw"),
+                secret_ref(&other, "sub/key"),
+            ],
+            vec![
+                config_ref(&config, "/etc/app.conf"),
+                config_ref(&other_config, "a/../log.conf"),
+            ],
+        ),
+    )
+    .await
+    .expect("allowed targets");
+    create_secret(&ctl, secret_spec("largest", &vec![0u8; 511_999]))
+        .await
+        .expect("largest secret");
+    create_config(&ctl, "largest", &vec![0u8; 1_023_999])
+        .await
+        .expect("largest config");
 }
 
 // ---------------------------------------------------------------- extensions, resources, volumes

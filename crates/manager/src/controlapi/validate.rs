@@ -377,6 +377,11 @@ fn validate_secret_refs(c: &api::ContainerSpec) -> Result<(), Status> {
                 "malformed file secret reference, invalid target file name provided",
             ));
         }
+        api::limits::check_secret_target(&file.name).map_err(|why| {
+            Status::invalid_argument(format!(
+                "malformed file secret reference, invalid target file name provided: {why}"
+            ))
+        })?;
         if let Some(prev) = targets.insert(&file.name, &r.secret_name) {
             return Err(Status::invalid_argument(format!(
                 "secret references '{prev}' and '{}' have a conflicting target: '{}'",
@@ -415,6 +420,11 @@ fn validate_config_refs(c: &api::ContainerSpec) -> Result<(), Status> {
                         "malformed file config reference, invalid target file name provided",
                     ));
                 }
+                api::limits::check_config_target(&file.name).map_err(|why| {
+                    Status::invalid_argument(format!(
+                        "malformed file config reference, invalid target file name provided: {why}"
+                    ))
+                })?;
                 if let Some(prev) = targets.insert(&file.name, &r.config_name) {
                     return Err(Status::invalid_argument(format!(
                         "config references '{prev}' and '{}' have a conflicting target: '{}'",

@@ -342,7 +342,7 @@ const REFERENCE_FLAGS: [&str; 6] = [
     "--secret",
     "db",
     "--secret",
-    "\"source=db,target=/etc/db.key,uid=1000,gid=1000,mode=0400\"",
+    "source=db,target=/etc/db.key,uid=1000,gid=1000,mode=0400",
     "--config",
     "appcfg:etc/app.conf",
 ];

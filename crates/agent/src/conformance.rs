@@ -2,11 +2,14 @@
 //! the executor's dev-dependencies and call [`run_all`] from one test). The executor's test gives
 //! a [`TaskFactory`] that makes a task running a shell command, in whatever form that executor
 //! needs (an image for Docker, a command for processes); the suite checks the behaviour the task
-//! runner relies on.
+//! runner relies on. It also holds the fixtures of the executors' own tests of secret and config
+//! files, whose layout differs between executors.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{Executor, RuntimeState};
+use crate::dependencies::Dependencies;
+use crate::{DependencyGetter, Executor, RuntimeState};
 
 /// Makes a task for the executor under test: `name` (unique per call), a shell script to run
 /// with `/bin/sh -c`, environment `KEY=value` entries, and the stop grace period.
@@ -36,7 +39,9 @@ fn unique(prefix: &str) -> String {
 
 /// A controller for `task`, prepared and started.
 async fn started(executor: &dyn Executor, task: &api::Task) -> Box<dyn crate::Controller> {
-    let c = executor.controller(task, None).expect("controller");
+    let c = executor
+        .controller(task, None, DependencyGetter::none())
+        .expect("controller");
     bounded("prepare", c.prepare()).await.expect("prepare");
     bounded("start", c.start()).await.expect("start");
     c
@@ -75,7 +80,9 @@ pub async fn runs_to_completion_with_env(executor: &dyn Executor, tasks: &dyn Ta
         &["GREETING=hello"],
         Duration::from_secs(10),
     );
-    let c = executor.controller(&task, None).expect("controller");
+    let c = executor
+        .controller(&task, None, DependencyGetter::none())
+        .expect("controller");
     assert_eq!(
         bounded("inspect", c.inspect()).await,
         Ok(RuntimeState::Absent)
@@ -122,7 +129,9 @@ pub async fn reports_its_runtime_status(executor: &dyn Executor, tasks: &dyn Tas
         &[],
         Duration::from_secs(10),
     );
-    let c = executor.controller(&task, None).expect("controller");
+    let c = executor
+        .controller(&task, None, DependencyGetter::none())
+        .expect("controller");
     assert_eq!(
         bounded("runtime status", c.runtime_status()).await,
         Ok(None)
@@ -149,7 +158,9 @@ pub async fn reports_its_runtime_status(executor: &dyn Executor, tasks: &dyn Tas
 /// Prepare and start may be called again; a second start does not run the task twice.
 pub async fn steps_are_idempotent(executor: &dyn Executor, tasks: &dyn TaskFactory) {
     let task = tasks.task(&unique("idem"), "sleep 30", &[], Duration::from_secs(5));
-    let c = executor.controller(&task, None).expect("controller");
+    let c = executor
+        .controller(&task, None, DependencyGetter::none())
+        .expect("controller");
     bounded("prepare", c.prepare()).await.expect("prepare");
     bounded("prepare again", c.prepare())
         .await
@@ -272,7 +283,7 @@ pub async fn adopts_a_running_task_from_its_checkpoint(
     let checkpoint = first.checkpoint();
     drop(first);
     let second = executor
-        .controller(&task, checkpoint)
+        .controller(&task, checkpoint, DependencyGetter::none())
         .expect("controller from checkpoint");
     assert_eq!(
         bounded("inspect", second.inspect()).await,
@@ -284,4 +295,66 @@ pub async fn adopts_a_running_task_from_its_checkpoint(
     let exit = bounded("wait adopted", second.wait()).await.expect("wait");
     assert_eq!(exit.code, 4, "the adopted task's own exit: {exit:?}");
     bounded("remove", second.remove()).await.expect("remove");
+}
+
+/// The data of the secret [`dependencies`] holds.
+pub const SECRET_DATA: &[u8] = b"s3cr3t-pass";
+/// The data of the config [`dependencies`] holds.
+pub const CONFIG_DATA: &[u8] = b"level=debug";
+
+/// A node's secrets and configs: secret `s1` holding [`SECRET_DATA`] and config `c1` holding
+/// [`CONFIG_DATA`].
+pub fn dependencies() -> Arc<Dependencies> {
+    let all = Arc::new(Dependencies::default());
+    all.put_secret(api::Secret {
+        id: "s1".into(),
+        spec: Some(api::SecretSpec {
+            data: SECRET_DATA.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    all.put_config(api::Config {
+        id: "c1".into(),
+        spec: Some(api::ConfigSpec {
+            data: CONFIG_DATA.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    all
+}
+
+/// A file target.
+pub fn target(name: &str, uid: &str, gid: &str, mode: u32) -> api::FileTarget {
+    api::FileTarget {
+        name: name.into(),
+        uid: uid.into(),
+        gid: gid.into(),
+        mode,
+    }
+}
+
+/// `task` (a container task) referencing secret `s1` (named `db_pass`) at `secret` and config
+/// `c1` (named `app_conf`) at `config`.
+pub fn with_files(
+    mut task: api::Task,
+    secret: api::FileTarget,
+    config: api::FileTarget,
+) -> api::Task {
+    if let Some(api::task_spec::Runtime::Container(c)) =
+        task.spec.as_mut().and_then(|s| s.runtime.as_mut())
+    {
+        c.secrets = vec![api::SecretReference {
+            secret_id: "s1".into(),
+            secret_name: "db_pass".into(),
+            target: Some(api::secret_reference::Target::File(secret)),
+        }];
+        c.configs = vec![api::ConfigReference {
+            config_id: "c1".into(),
+            config_name: "app_conf".into(),
+            target: Some(api::config_reference::Target::File(config)),
+        }];
+    }
+    task
 }

@@ -8,7 +8,10 @@
 //! already done succeeds at once), because the runner retries after errors and restarts after a
 //! swarmd restart; `wait` must be cancel-safe, since the runner drops it to call `shutdown`.
 
+use std::collections::HashSet;
 use std::time::Duration;
+
+use crate::dependencies::DependencyGetter;
 
 /// What an executor keeps for a task so that a later swarmd process can adopt it (for instance a
 /// child process's PID and start time). The agent stores it in the worker database after `start`
@@ -71,13 +74,20 @@ pub trait Executor: Send + Sync + 'static {
     async fn describe(&self) -> Result<api::NodeDescription, ExecutorError>;
 
     /// A controller for `task`. `checkpoint` is what a controller of the same task returned from
-    /// [`Controller::checkpoint`] in an earlier swarmd process, if anything. A task this executor
+    /// [`Controller::checkpoint`] in an earlier swarmd process, if anything; `dependencies`
+    /// gives the secrets and configs the task references, and nothing else. A task this executor
     /// can never run (say, a process task without a command) is a [`ExecutorError::Fatal`] here.
     fn controller(
         &self,
         task: &api::Task,
         checkpoint: Option<Checkpoint>,
+        dependencies: DependencyGetter,
     ) -> Result<Box<dyn Controller>, ExecutorError>;
+
+    /// Removes what tasks this node no longer has left behind (say, their secret files after
+    /// swarmd was killed); `known` are the tasks of the worker database. Called once as the agent
+    /// starts, before any controller is made.
+    fn remove_orphans(&self, _known: &HashSet<String>) {}
 }
 
 /// Takes one task through its life on this node.

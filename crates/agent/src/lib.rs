@@ -5,9 +5,11 @@
 
 mod agent;
 pub mod db;
+pub mod dependencies;
 pub mod executor;
 pub mod remotes;
 mod runner;
+pub mod taskfiles;
 mod worker;
 
 #[cfg(test)]
@@ -18,5 +20,7 @@ pub mod conformance;
 
 pub use agent::{AgentConfig, AgentError, Connector, LocalManager, SessionObserver, run};
 pub use db::{StoredTask, TaskDb};
+pub use dependencies::{DependencyError, DependencyGetter, Secret};
 pub use executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};
 pub use remotes::Remotes;
+pub use taskfiles::{TaskFileSet, TaskFiles};

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::db::TaskDb;
-use crate::executor::{Controller, ExecutorError, ExitStatus, RuntimeState};
+use crate::executor::{Controller, ExecutorError, ExitStatus};
 
 /// Pause before a step that failed with a temporary error is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -296,13 +296,12 @@ impl Runner {
         let _ = self.reports.send((id, status));
     }
 
-    /// The manager dropped the task: stop it if it runs, remove what it left, forget it.
+    /// The manager dropped the task: stop it if it runs, remove what it left, forget it. The
+    /// controller's remove runs even when its runtime object is absent: the task may have left
+    /// files (secrets) without one.
     async fn remove(&mut self) {
         let id = self.task_id();
         for _ in 0..3 {
-            if let Ok(RuntimeState::Absent) = self.controller.inspect().await {
-                break;
-            }
             match self.controller.remove().await {
                 Ok(()) => break,
                 Err(e) => {

@@ -1,7 +1,7 @@
-//! The worker and its runners against a fake executor: state walk, shutdown, removal, rejection
-//! and resumption from the task database.
+//! The worker and its runners against a fake executor: state walk, shutdown, removal, rejection,
+//! resumption from the task database, and the secrets and configs each task may see.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use api::TaskState;
 use tokio::sync::{Notify, mpsc};
 
 use crate::db::TaskDb;
+use crate::dependencies::{DependencyError, DependencyGetter};
 use crate::executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};
 use crate::runner::StatusReport;
 use crate::worker::Worker;
@@ -19,6 +20,10 @@ struct Fake {
     calls: Mutex<HashMap<String, Vec<&'static str>>>,
     running: Mutex<HashMap<String, RuntimeState>>,
     exit: Arc<Notify>,
+    /// The getter each task's controller was given.
+    getters: Mutex<HashMap<String, DependencyGetter>>,
+    /// The tasks the worker said it knows when it swept orphans.
+    known: Mutex<Option<HashSet<String>>>,
 }
 
 struct FakeController {
@@ -126,15 +131,24 @@ impl Executor for FakeExecutor {
         &self,
         task: &api::Task,
         _: Option<Checkpoint>,
+        dependencies: DependencyGetter,
     ) -> Result<Box<dyn Controller>, ExecutorError> {
         if task.service_id == "refuse" {
             return Err(ExecutorError::Fatal("no command".into()));
         }
+        self.0
+            .getters
+            .lock()
+            .expect("lock")
+            .insert(task.id.clone(), dependencies);
         Ok(Box::new(FakeController {
             id: task.id.clone(),
             exit_code: task.service_id.parse().ok(),
             fake: self.0.clone(),
         }))
+    }
+    fn remove_orphans(&self, known: &HashSet<String>) {
+        *self.0.known.lock().expect("lock") = Some(known.clone());
     }
 }
 
@@ -320,6 +334,11 @@ async fn a_desired_ready_task_waits_and_a_restart_resumes_without_rerunning() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut again = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
     again.resume();
+    assert_eq!(
+        fake.known.lock().expect("lock").clone(),
+        Some(HashSet::from(["r".to_string(), "run".to_string()])),
+        "orphans are swept against the database's tasks"
+    );
     again.apply(complete(vec![
         task("r", "svc", TaskState::Running),
         task("run", "svc", TaskState::Running),
@@ -460,4 +479,221 @@ async fn a_split_complete_set_removes_only_once_it_is_whole() {
     for id in ["t2", "t3", "t5"] {
         assert_eq!(calls[id], vec!["prepare", "start"], "{id} kept running");
     }
+}
+
+/// A task referencing `secrets` and `configs` (by ID, with file targets).
+fn task_using(id: &str, secrets: &[&str], configs: &[&str]) -> api::Task {
+    let target = |name: &str| api::FileTarget {
+        name: name.into(),
+        mode: 0o444,
+        ..Default::default()
+    };
+    api::Task {
+        spec: Some(api::TaskSpec {
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(
+                api::ContainerSpec {
+                    secrets: secrets
+                        .iter()
+                        .map(|s| api::SecretReference {
+                            secret_id: s.to_string(),
+                            secret_name: s.to_string(),
+                            target: Some(api::secret_reference::Target::File(target(s))),
+                        })
+                        .collect(),
+                    configs: configs
+                        .iter()
+                        .map(|c| api::ConfigReference {
+                            config_id: c.to_string(),
+                            config_name: c.to_string(),
+                            target: Some(api::config_reference::Target::File(target(c))),
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            ))),
+            ..Default::default()
+        }),
+        ..task(id, "svc", TaskState::Running)
+    }
+}
+
+fn secret_change(id: &str, data: &[u8], remove: bool) -> api::AssignmentChange {
+    let secret = api::Secret {
+        id: id.into(),
+        // A removal carries only the ID.
+        spec: (!remove).then(|| api::SecretSpec {
+            data: data.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    change(api::assignment::Item::Secret(secret), remove)
+}
+
+fn config_change(id: &str, data: &[u8], remove: bool) -> api::AssignmentChange {
+    let config = api::Config {
+        id: id.into(),
+        spec: (!remove).then(|| api::ConfigSpec {
+            data: data.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    change(api::assignment::Item::Config(config), remove)
+}
+
+fn change(item: api::assignment::Item, remove: bool) -> api::AssignmentChange {
+    api::AssignmentChange {
+        assignment: Some(api::Assignment { item: Some(item) }),
+        action: if remove {
+            api::assignment_change::AssignmentAction::Remove as i32
+        } else {
+            api::assignment_change::AssignmentAction::Update as i32
+        },
+    }
+}
+
+/// A message of `ty` whose changes are `deps` (secrets, configs) followed by `tasks`.
+fn with_deps(
+    ty: api::assignments_message::Type,
+    deps: Vec<api::AssignmentChange>,
+    tasks: Vec<api::Task>,
+) -> api::AssignmentsMessage {
+    let mut msg = changes(ty, tasks, false);
+    msg.changes.splice(0..0, deps);
+    msg
+}
+
+fn getter(fake: &Fake, id: &str) -> DependencyGetter {
+    fake.getters.lock().expect("lock")[id].clone()
+}
+
+/// Each task's controller sees only the secrets and configs its spec references; updates and
+/// removals reach it; the worker database never holds a secret's bytes.
+#[tokio::test]
+async fn a_task_sees_only_its_own_secrets_and_configs_and_none_reach_the_database() {
+    use api::assignments_message::Type;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    const ONE: &[u8] = b"first-secret-bytes-0f9a1c";
+    const TWO: &[u8] = b"second-secret-bytes-77e2d0";
+    worker.apply(with_deps(
+        Type::Complete,
+        vec![
+            secret_change("s1", ONE, false),
+            secret_change("s2", TWO, false),
+            config_change("c1", b"conf", false),
+        ],
+        vec![
+            task_using("t1", &["s1"], &["c1"]),
+            task_using("t2", &["s2"], &[]),
+        ],
+    ));
+    until(&mut rx, "t1", TaskState::Running).await;
+    until(&mut rx, "t2", TaskState::Running).await;
+    let (g1, g2) = (getter(&fake, "t1"), getter(&fake, "t2"));
+    assert_eq!(g1.secret("s1").expect("t1 uses s1").data(), ONE);
+    assert_eq!(
+        g1.config("c1")
+            .expect("t1 uses c1")
+            .spec
+            .clone()
+            .expect("spec")
+            .data,
+        b"conf"
+    );
+    assert!(matches!(
+        g1.secret("s2"),
+        Err(DependencyError::NotAuthorized { .. })
+    ));
+    assert_eq!(g2.secret("s2").expect("t2 uses s2").data(), TWO);
+    assert!(matches!(
+        g2.secret("s1"),
+        Err(DependencyError::NotAuthorized { .. })
+    ));
+    assert!(matches!(
+        g2.config("c1"),
+        Err(DependencyError::NotAuthorized { .. })
+    ));
+
+    // The database file holds the tasks (with their references) but no secret bytes.
+    let raw = std::fs::read(dir.path().join("tasks.db")).expect("read db");
+    let holds = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+    assert!(holds(b"t1") && holds(b"s1"), "the tasks are stored");
+    assert!(
+        !holds(ONE) && !holds(TWO),
+        "secret bytes in the task database"
+    );
+
+    // INCREMENTAL: an update is seen, a removal too.
+    worker.apply(with_deps(
+        Type::Incremental,
+        vec![
+            secret_change("s2", b"rotated", false),
+            secret_change("s1", b"", true),
+        ],
+        vec![],
+    ));
+    assert_eq!(g2.secret("s2").expect("s2").data(), b"rotated");
+    assert!(matches!(
+        g1.secret("s1"),
+        Err(DependencyError::NotFound { .. })
+    ));
+}
+
+/// A COMPLETE set replaces the node's secrets and configs, but only once its last part arrived;
+/// one cut short drops nothing.
+#[tokio::test]
+async fn a_complete_set_replaces_secrets_and_configs_once_whole() {
+    use api::assignments_message::Type;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    worker.apply(with_deps(
+        Type::Complete,
+        vec![
+            secret_change("s1", b"one", false),
+            secret_change("s2", b"two", false),
+            config_change("c1", b"conf", false),
+        ],
+        vec![task_using("t1", &["s1", "s2"], &["c1"])],
+    ));
+    until(&mut rx, "t1", TaskState::Running).await;
+    let g = getter(&fake, "t1");
+
+    let mut first = with_deps(
+        Type::Complete,
+        vec![secret_change("s1", b"one", false)],
+        vec![task_using("t1", &["s1", "s2"], &["c1"])],
+    );
+    first.results_in = api::assignment_parts::results_in(1, true);
+    worker.apply(first);
+    // Not whole yet: what it has not named stays.
+    assert!(g.secret("s2").is_ok() && g.config("c1").is_ok());
+    let mut last = with_deps(
+        Type::Incremental,
+        vec![config_change("c1", b"conf", false)],
+        vec![],
+    );
+    last.applies_to = api::assignment_parts::results_in(1, true);
+    last.results_in = api::assignment_parts::results_in(2, false);
+    worker.apply(last);
+    assert!(g.secret("s1").is_ok() && g.config("c1").is_ok());
+    assert!(
+        matches!(g.secret("s2"), Err(DependencyError::NotFound { .. })),
+        "s2 was left out of the set"
+    );
+
+    // A set cut short drops nothing.
+    let mut cut = with_deps(Type::Complete, vec![], vec![task_using("t1", &["s1"], &[])]);
+    cut.results_in = api::assignment_parts::results_in(1, true);
+    worker.apply(cut);
+    worker.abandon_partial();
+    worker.apply(changes(Type::Incremental, vec![], false));
+    assert!(g.secret("s1").is_ok() && g.config("c1").is_ok());
 }

@@ -5,7 +5,12 @@
 //! arrives, but what it leaves out is removed only once its last part arrived: a set cut short
 //! (the stream failed) removes nothing. On start it
 //! resumes every task in the task database from its stored status and checkpoint, so a restart
-//! re-runs nothing.
+//! re-runs nothing, and has the executor remove what tasks it no longer knows left behind.
+//!
+//! Secrets and configs come in the same messages, before the tasks that need them, and follow
+//! the same rules (SwarmKit's reconcileSecrets/reconcileConfigs): a COMPLETE set replaces the
+//! node's (once whole), an INCREMENTAL one updates and removes. They live in memory only
+//! ([`Dependencies`]); each task's controller sees only those its spec references.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::db::TaskDb;
+use crate::dependencies::Dependencies;
 use crate::executor::Executor;
 use crate::runner::{self, RunnerHandle, StatusReport};
 
@@ -30,8 +36,18 @@ pub struct Worker {
     /// Tasks the executor refused (already reported REJECTED).
     refused: HashSet<String>,
     reports: mpsc::UnboundedSender<StatusReport>,
-    /// The tasks of a split COMPLETE set received so far, until its last part.
-    partial: Option<HashSet<String>>,
+    /// The secrets and configs of this node, in memory only.
+    dependencies: Arc<Dependencies>,
+    /// What a split COMPLETE set has named so far, until its last part.
+    partial: Option<Partial>,
+}
+
+/// The IDs a COMPLETE set named, by kind.
+#[derive(Default)]
+struct Partial {
+    tasks: HashSet<String>,
+    secrets: HashSet<String>,
+    configs: HashSet<String>,
 }
 
 impl Worker {
@@ -49,6 +65,7 @@ impl Worker {
             removing: Vec::new(),
             refused: Default::default(),
             reports,
+            dependencies: Arc::default(),
             partial: None,
         }
     }
@@ -68,46 +85,61 @@ impl Worker {
                 "resuming tasks from the worker database"
             );
         }
+        let known: HashSet<String> = stored.iter().map(|r| r.task.id.clone()).collect();
+        self.executor.remove_orphans(&known);
         for row in stored {
             self.start_runner(row.task, row.status, row.checkpoint);
         }
     }
 
-    /// Applies one message of the Assignments stream.
+    /// Applies one message of the Assignments stream: secrets and configs first, then tasks,
+    /// so that a task never starts before what it needs.
     pub fn apply(&mut self, msg: api::AssignmentsMessage) {
         let more = assignment_parts::more_parts_follow(&msg.results_in);
-        let complete = msg.r#type == AssignmentsType::Complete as i32;
-        let tasks = msg.changes.into_iter().filter_map(|c| {
-            let task = match c.assignment?.item? {
-                api::assignment::Item::Task(t) => t,
-                // Secrets, configs and volumes are not supported yet.
-                _ => return None,
-            };
-            Some((c.action, task))
-        });
-        if complete {
+        if msg.r#type == AssignmentsType::Complete as i32 {
             // A new set supersedes one still arriving.
-            self.partial = Some(HashSet::new());
+            self.partial = Some(Partial::default());
         }
-        for (action, task) in tasks {
-            if action == AssignmentAction::Remove as i32 {
-                if let Some(set) = &mut self.partial {
-                    set.remove(&task.id);
+        let mut tasks = Vec::new();
+        for c in msg.changes {
+            let remove = c.action == AssignmentAction::Remove as i32;
+            match c.assignment.and_then(|a| a.item) {
+                Some(api::assignment::Item::Task(t)) => tasks.push((remove, t)),
+                Some(api::assignment::Item::Secret(secret)) => {
+                    self.track(|p| &mut p.secrets, remove, &secret.id);
+                    if remove {
+                        self.dependencies.remove_secret(&secret.id);
+                    } else {
+                        self.dependencies.put_secret(secret);
+                    }
                 }
+                Some(api::assignment::Item::Config(config)) => {
+                    self.track(|p| &mut p.configs, remove, &config.id);
+                    if remove {
+                        self.dependencies.remove_config(&config.id);
+                    } else {
+                        self.dependencies.put_config(config);
+                    }
+                }
+                // Volumes are not supported yet.
+                _ => {}
+            }
+        }
+        for (remove, task) in tasks {
+            self.track(|p| &mut p.tasks, remove, &task.id);
+            if remove {
                 self.remove(&task.id);
             } else {
-                if let Some(set) = &mut self.partial {
-                    set.insert(task.id.clone());
-                }
                 self.upsert(task);
             }
         }
         if !more && let Some(keep) = self.partial.take() {
+            self.dependencies.retain(&keep.secrets, &keep.configs);
             let gone: Vec<String> = self
                 .runners
                 .keys()
                 .chain(self.refused.iter())
-                .filter(|id| !keep.contains(*id))
+                .filter(|id| !keep.tasks.contains(*id))
                 .cloned()
                 .collect();
             for id in gone {
@@ -115,6 +147,23 @@ impl Worker {
             }
         }
         self.removing.retain(|r| !r.is_finished());
+    }
+
+    /// Records in the COMPLETE set arriving, if any, that `id` is in it (or, removed, not).
+    fn track(
+        &mut self,
+        kind: impl FnOnce(&mut Partial) -> &mut HashSet<String>,
+        remove: bool,
+        id: &str,
+    ) {
+        if let Some(partial) = &mut self.partial {
+            let set = kind(partial);
+            if remove {
+                set.remove(id);
+            } else {
+                set.insert(id.to_string());
+            }
+        }
     }
 
     /// Forgets a split COMPLETE set whose last part will not come (its stream ended): it
@@ -145,7 +194,8 @@ impl Worker {
         checkpoint: Option<Vec<u8>>,
     ) {
         let id = task.id.clone();
-        match self.executor.controller(&task, checkpoint) {
+        let dependencies = self.dependencies.restrict(&task);
+        match self.executor.controller(&task, checkpoint, dependencies) {
             Ok(controller) => {
                 let handle = runner::spawn(
                     task,

@@ -1,10 +1,12 @@
 //! What a task's container looks like to the engine: its name, its `com.docker.swarm.*` labels and
 //! the create request built from the task's container spec, following SwarmKit's
 //! swarmd/dockerexec/container.go. Pure: no engine is involved, so all of it is unit-tested.
-//! Networks, secrets, configs, generic-resource environment and spec templates are not mapped
-//! (the agent gives this executor no network attachments or secrets yet).
+//! Secret and config files become read-only bind mounts of the host files the controller writes
+//! (moby mounts them the same way). Networks, generic-resource environment and spec templates
+//! are not mapped (the agent gives this executor no network attachments yet).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use agent::ExecutorError;
@@ -100,8 +102,9 @@ impl ContainerConfig {
         labels
     }
 
-    /// The body of the engine's container create request.
-    pub fn create_body(&self) -> ContainerCreateBody {
+    /// The body of the engine's container create request; `files` are the task's secret and
+    /// config files as (host path, path in the container), mounted read-only.
+    pub fn create_body(&self, files: &[(PathBuf, PathBuf)]) -> ContainerCreateBody {
         let spec = self.spec();
         let (entrypoint, cmd) = command_line(spec);
         ContainerCreateBody {
@@ -119,12 +122,12 @@ impl ContainerConfig {
             tty: Some(spec.tty),
             open_stdin: Some(spec.open_stdin),
             healthcheck: spec.healthcheck.as_ref().map(healthcheck),
-            host_config: Some(self.host_config()),
+            host_config: Some(self.host_config(files)),
             ..Default::default()
         }
     }
 
-    fn host_config(&self) -> HostConfig {
+    fn host_config(&self, files: &[(PathBuf, PathBuf)]) -> HostConfig {
         let spec = self.spec();
         let mut hc = HostConfig {
             mounts: non_empty(
@@ -132,6 +135,7 @@ impl ContainerConfig {
                     .iter()
                     .filter(|m| m.r#type != api::mount::Type::Tmpfs as i32)
                     .map(mount)
+                    .chain(files.iter().map(|(host, target)| file_mount(host, target)))
                     .collect(),
             ),
             tmpfs: non_empty_map(
@@ -273,6 +277,17 @@ fn mount(m: &api::Mount) -> Mount {
                 }),
             subpath: non_empty_str(&v.subpath),
         }),
+        ..Default::default()
+    }
+}
+
+/// A secret or config file: the host file, bound read-only at its target.
+fn file_mount(host: &std::path::Path, target: &std::path::Path) -> Mount {
+    Mount {
+        typ: Some(MountType::BIND),
+        source: Some(host.display().to_string()),
+        target: Some(target.display().to_string()),
+        read_only: Some(true),
         ..Default::default()
     }
 }

@@ -5,10 +5,14 @@
 //!
 //! Unlike SwarmKit, which always pulls to refresh mutable tags and only logs a failed pull,
 //! `prepare` pulls only an image the engine lacks and fails when that pull fails.
+//!
+//! The task's secret and config files are written at `prepare`, before the container that
+//! bind-mounts them is created, and removed with the container, or when `prepare` fails. Secrets
+//! are written only on a tmpfs: without one the task fails rather than put a secret on disk.
 
 use std::time::Duration;
 
-use agent::{Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState};
+use agent::{Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
@@ -30,12 +34,53 @@ const POLL: Duration = Duration::from_millis(200);
 pub struct DockerController {
     engine: Engine,
     config: ContainerConfig,
+    /// The task's secret and config files.
+    files: TaskFileSet,
 }
 
 impl DockerController {
-    /// A controller for the container `config` describes, on `engine`.
-    pub(crate) fn new(engine: Engine, config: ContainerConfig) -> Self {
-        Self { engine, config }
+    /// A controller for the container `config` describes, on `engine`, with the task's `files`.
+    pub(crate) fn new(engine: Engine, config: ContainerConfig, files: TaskFileSet) -> Self {
+        Self {
+            engine,
+            config,
+            files,
+        }
+    }
+
+    /// Writes the task's files (again: after a restart they may be gone), refusing to put a
+    /// secret anywhere but on a tmpfs.
+    fn write_files(&self) -> Result<(), ExecutorError> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        if self.files.has_secrets()
+            && let Some(why) = self.files.files().not_tmpfs()
+        {
+            return Err(ExecutorError::Fatal(format!(
+                "dockerexec: secrets need a tmpfs on this node and none is usable ({why}); not writing them to {}",
+                self.files.files().base().display()
+            )));
+        }
+        self.files.write(None)
+    }
+
+    /// Creates the container (pulling its image first if needed) unless it exists.
+    async fn create(&self, docker: &Docker) -> Result<(), ExecutorError> {
+        if self.inspect_container(docker).await?.is_some() {
+            return Ok(());
+        }
+        self.ensure_image(docker).await?;
+        let options = CreateContainerOptionsBuilder::new()
+            .name(self.name())
+            .build();
+        let body = self.config.create_body(&self.files.mounts());
+        match docker.create_container(Some(options), body).await {
+            Ok(_) => Ok(()),
+            // Created by an earlier, interrupted call.
+            Err(e) if status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(classify("creating container failed", e)),
+        }
     }
 
     fn name(&self) -> &str {
@@ -141,22 +186,12 @@ impl DockerController {
 impl Controller for DockerController {
     async fn prepare(&self) -> Result<(), ExecutorError> {
         let docker = self.engine.client().await?;
-        if self.inspect_container(&docker).await?.is_some() {
-            return Ok(());
+        self.write_files()?;
+        let created = self.create(&docker).await;
+        if created.is_err() {
+            let _ = self.files.remove();
         }
-        self.ensure_image(&docker).await?;
-        let options = CreateContainerOptionsBuilder::new()
-            .name(self.name())
-            .build();
-        match docker
-            .create_container(Some(options), self.config.create_body())
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Created by an earlier, interrupted call.
-            Err(e) if status(&e) == Some(409) => Ok(()),
-            Err(e) => Err(classify("creating container failed", e)),
-        }
+        created
     }
 
     async fn start(&self) -> Result<(), ExecutorError> {
@@ -260,8 +295,8 @@ impl Controller for DockerController {
             .v(true)
             .build();
         match docker.remove_container(self.name(), Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(()) => self.files.remove(),
+            Err(e) if is_not_found(&e) => self.files.remove(),
             // "removal of container ... is already in progress": done soon, try again.
             Err(e) if status(&e) == Some(409) => Err(ExecutorError::Temporary(e.to_string())),
             Err(e) => Err(classify("removing container failed", e)),

@@ -1,9 +1,10 @@
 //! [`DockerExecutor`]: describes the node from the engine's `info` and plugin list, and makes a
 //! [`DockerController`] per task (SwarmKit's swarmd/dockerexec/executor.go).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
-use agent::{Checkpoint, Controller, Executor, ExecutorError};
+use agent::{Checkpoint, Controller, DependencyGetter, Executor, ExecutorError, TaskFiles};
 use bollard::models::Plugin;
 
 use crate::config::ContainerConfig;
@@ -14,21 +15,26 @@ use crate::error::classify;
 /// Runs tasks as containers of one Docker Engine.
 pub struct DockerExecutor {
     engine: Engine,
+    /// Where tasks' secret and config files go, to be bind-mounted.
+    files: Arc<TaskFiles>,
     hostname_override: Option<String>,
 }
 
 impl DockerExecutor {
     /// An executor for the engine at `engine_addr` (`unix:///var/run/docker.sock`,
-    /// `tcp://127.0.0.1:2375`). `hostname_override` replaces the engine's name in the node
-    /// description (swarmd's `--hostname`; empty means none). Only the address is checked: a
-    /// missing unix socket is [`ExecutorError::Temporary`], an address bollard cannot dial is
-    /// [`ExecutorError::Fatal`].
+    /// `tcp://127.0.0.1:2375`), which must run on this host: tasks' secret and config files are
+    /// written in `files` and bind-mounted from there. `hostname_override` replaces the
+    /// engine's name in the node description (swarmd's `--hostname`; empty means none). Only
+    /// the address is checked: a missing unix socket is [`ExecutorError::Temporary`], an
+    /// address bollard cannot dial is [`ExecutorError::Fatal`].
     pub fn connect(
         engine_addr: &str,
+        files: Arc<TaskFiles>,
         hostname_override: Option<String>,
     ) -> Result<Self, ExecutorError> {
         Ok(Self {
             engine: Engine::new(engine_addr)?,
+            files,
             // swarmd's `--hostname` defaults to empty, which means "the engine's name".
             hostname_override: hostname_override.filter(|h| !h.is_empty()),
         })
@@ -87,11 +93,24 @@ impl Executor for DockerExecutor {
         &self,
         task: &api::Task,
         _checkpoint: Option<Checkpoint>,
+        dependencies: DependencyGetter,
     ) -> Result<Box<dyn Controller>, ExecutorError> {
         // No checkpoint is needed: the container name identifies the task's container, so a
         // controller made after a restart finds (adopts) the container by name.
         let config = ContainerConfig::new(task)?;
-        Ok(Box::new(DockerController::new(self.engine.clone(), config)))
+        let files = self
+            .files
+            .for_task(task, dependencies)
+            .map_err(|e| ExecutorError::Fatal(format!("dockerexec: {e}")))?;
+        Ok(Box::new(DockerController::new(
+            self.engine.clone(),
+            config,
+            files,
+        )))
+    }
+
+    fn remove_orphans(&self, known: &HashSet<String>) {
+        self.files.remove_orphans(known);
     }
 }
 
@@ -150,6 +169,12 @@ pub(crate) fn plugin_list(
 mod tests {
     use super::*;
 
+    /// Task files under `dir`, on disk (these tests write none).
+    fn files(dir: &std::path::Path) -> Arc<TaskFiles> {
+        let none = std::path::Path::new("/nonexistent");
+        Arc::new(TaskFiles::open_with(dir, none, none).expect("task files"))
+    }
+
     #[test]
     fn labels_split_at_the_first_equals_sign() {
         let labels = engine_labels(vec![
@@ -203,12 +228,13 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_temporary_and_a_bad_scheme_fatal() {
+        let dir = tempfile::tempdir().expect("temp dir");
         assert!(matches!(
-            DockerExecutor::connect("unix:///nonexistent/docker.sock", None),
+            DockerExecutor::connect("unix:///nonexistent/docker.sock", files(dir.path()), None),
             Err(ExecutorError::Temporary(_))
         ));
         assert!(matches!(
-            DockerExecutor::connect("gopher://engine", None),
+            DockerExecutor::connect("gopher://engine", files(dir.path()), None),
             Err(ExecutorError::Fatal(_))
         ));
     }
@@ -219,11 +245,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("docker.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
-        let ex = DockerExecutor::connect(&format!("unix://{}", path.display()), None)
-            .expect("the socket file exists");
+        let ex = DockerExecutor::connect(
+            &format!("unix://{}", path.display()),
+            files(dir.path()),
+            None,
+        )
+        .expect("the socket file exists");
         let err = ex.describe().await.expect_err("nothing answers");
         assert!(matches!(err, ExecutorError::Temporary(_)), "{err:?}");
         let task = api::Task {
+            id: "t1".into(),
             spec: Some(api::TaskSpec {
                 runtime: Some(api::task_spec::Runtime::Container(Box::new(
                     api::ContainerSpec {
@@ -235,7 +266,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let c = ex.controller(&task, None).expect("controller");
+        let c = ex
+            .controller(&task, None, DependencyGetter::none())
+            .expect("controller");
         assert!(matches!(
             c.prepare().await,
             Err(ExecutorError::Temporary(_))

@@ -4,7 +4,8 @@
 //! the task's name, which is all a controller needs to find it again after a swarmd restart.
 //!
 //! The task runner, the states it reports and the retries belong to the agent; this crate only
-//! talks to the engine. Networks, secrets, configs and logs are not handled yet.
+//! talks to the engine, and writes the task's secret and config files (`agent::taskfiles`) that its
+//! container bind-mounts. Networks and logs are not handled yet.
 
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,6 @@
 //! The Docker executor against the real engine: the agent's conformance suite, a missing image,
-//! adoption by a second executor (as after a swarmd restart), and no container left behind.
+//! adoption by a second executor (as after a swarmd restart), secrets and configs bind-mounted
+//! from a tmpfs, and no container left behind.
 //!
 //! The engine is `DOCKER_HOST` when it names a unix socket or tcp address, otherwise
 //! `unix:///var/run/docker.sock`. Without an engine each test prints `skipped: no Docker engine
@@ -8,12 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::conformance::{self, TaskFactory};
-use agent::{Executor, ExecutorError, RuntimeState};
-use bollard::query_parameters::ListContainersOptionsBuilder;
+use agent::conformance::{self, TaskFactory, dependencies, target, with_files};
+use agent::{DependencyGetter, Executor, ExecutorError, RuntimeState, TaskFiles};
+use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
 use executor_docker::{DockerExecutor, SERVICE_NAME_LABEL};
+use tokio_stream::StreamExt;
 
 const IMAGE: &str = "swarmkit-test/busybox:latest";
 
@@ -24,10 +27,22 @@ fn engine_addr() -> String {
     }
 }
 
+/// Task files for tests whose tasks have none: on disk, under cargo's scratch directory.
+fn no_files() -> Arc<TaskFiles> {
+    let state = Path::new(env!("CARGO_TARGET_TMPDIR")).join("executor-docker-engine");
+    let none = Path::new("/nonexistent");
+    Arc::new(TaskFiles::open_with(&state, none, none).expect("task files"))
+}
+
 /// The executor, or `None` (after saying so) when no engine answers.
 async fn executor() -> Option<DockerExecutor> {
+    executor_with(no_files()).await
+}
+
+/// The executor writing task files to `files`, or `None` when no engine answers.
+async fn executor_with(files: Arc<TaskFiles>) -> Option<DockerExecutor> {
     let addr = engine_addr();
-    let answers = match DockerExecutor::connect(&addr, None) {
+    let answers = match DockerExecutor::connect(&addr, files, None) {
         Ok(ex) => match tokio::time::timeout(Duration::from_secs(10), ex.describe()).await {
             Ok(Ok(_)) => Some(ex),
             _ => None,
@@ -162,7 +177,9 @@ async fn a_missing_image_that_cannot_be_pulled_is_fatal_quickly() {
         &[],
         Duration::from_secs(1),
     );
-    let c = executor.controller(&t, None).expect("controller");
+    let c = executor
+        .controller(&t, None, DependencyGetter::none())
+        .expect("controller");
     let started = Instant::now();
     let err = tokio::time::timeout(Duration::from_secs(60), c.prepare())
         .await
@@ -204,18 +221,23 @@ async fn a_new_executor_adopts_a_running_container_by_name() {
         &[],
         Duration::from_secs(5),
     );
-    let c = first.controller(&t, None).expect("controller");
+    let c = first
+        .controller(&t, None, DependencyGetter::none())
+        .expect("controller");
     c.prepare().await.expect("prepare");
     c.start().await.expect("start");
     drop((c, first));
 
     // A second connection with no checkpoint, as a restarted swarmd would make.
-    let second = DockerExecutor::connect(&engine_addr(), Some("renamed".into())).expect("connect");
+    let second = DockerExecutor::connect(&engine_addr(), no_files(), Some("renamed".into()))
+        .expect("connect");
     assert_eq!(
         second.describe().await.expect("describe").hostname,
         "renamed"
     );
-    let c = second.controller(&t, None).expect("controller");
+    let c = second
+        .controller(&t, None, DependencyGetter::none())
+        .expect("controller");
     assert_eq!(c.inspect().await, Ok(RuntimeState::Running));
     c.prepare().await.expect("prepare of an existing container");
     c.start().await.expect("start of a running container");
@@ -253,7 +275,11 @@ async fn start_waits_for_the_healthcheck() {
     };
 
     let healthy = executor
-        .controller(&with_check("healthy", "true"), None)
+        .controller(
+            &with_check("healthy", "true"),
+            None,
+            DependencyGetter::none(),
+        )
         .expect("controller");
     healthy.prepare().await.expect("prepare");
     tokio::time::timeout(Duration::from_secs(30), healthy.start())
@@ -265,7 +291,7 @@ async fn start_waits_for_the_healthcheck() {
     healthy.remove().await.expect("remove");
 
     let sick = executor
-        .controller(&with_check("sick", "false"), None)
+        .controller(&with_check("sick", "false"), None, DependencyGetter::none())
         .expect("controller");
     sick.prepare().await.expect("prepare");
     let err = tokio::time::timeout(Duration::from_secs(30), sick.start())
@@ -299,7 +325,9 @@ async fn a_created_container_that_never_started_shuts_down_and_is_removed() {
         &[],
         Duration::from_secs(5),
     );
-    let c = executor.controller(&t, None).expect("controller");
+    let c = executor
+        .controller(&t, None, DependencyGetter::none())
+        .expect("controller");
     c.prepare().await.expect("prepare");
     assert_eq!(c.inspect().await, Ok(RuntimeState::Created));
     c.shutdown().await.expect("shutdown of a created container");
@@ -313,4 +341,153 @@ async fn a_created_container_that_never_started_shuts_down_and_is_removed() {
         "start without a container"
     );
     assert_nothing_left(&service).await;
+}
+
+/// What the container `name` wrote to its stdout.
+async fn output(name: &str) -> String {
+    let docker = bollard::Docker::connect_with_host(&engine_addr())
+        .expect("engine address")
+        .negotiate_version()
+        .await
+        .expect("engine answers");
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+    let mut logs = docker.logs(name, Some(options));
+    let mut text = String::new();
+    while let Some(chunk) = logs.next().await {
+        text.push_str(&chunk.expect("logs").to_string());
+    }
+    text
+}
+
+/// Removes the node's base directory (on a tmpfs, outside the test's state directory).
+struct Cleanup(Arc<TaskFiles>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.base());
+    }
+}
+
+#[tokio::test]
+async fn secrets_and_configs_are_read_only_files_with_their_owner_and_mode() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let files = Arc::new(TaskFiles::open(state.path()).expect("task files"));
+    let _cleanup = Cleanup(files.clone());
+    if let Some(why) = files.not_tmpfs() {
+        println!("skipped: no tmpfs for secrets on this host ({why})");
+        return;
+    }
+    let Some(executor) = executor_with(files.clone()).await else {
+        return;
+    };
+    ensure_test_image();
+    let service = unique_service("secrets");
+    // Relative secret under /run/secrets, relative config under /; the mount is read-only.
+    let script = "ls -ln /run/secrets/db_pass /app.conf; cat /run/secrets/db_pass; echo; \
+                  cat /app.conf; echo; echo x 2>/dev/null > /run/secrets/db_pass || echo read-only";
+    let t = with_files(
+        task(
+            &service,
+            "reader",
+            IMAGE,
+            script,
+            &[],
+            Duration::from_secs(1),
+        ),
+        target("db_pass", "65534", "65534", 0o440),
+        target("app.conf", "", "", 0o444),
+    );
+    let all = dependencies();
+    let c = executor
+        .controller(&t, None, all.restrict(&t))
+        .expect("controller");
+    c.prepare().await.expect("prepare");
+    c.start().await.expect("start");
+    let exit = tokio::time::timeout(Duration::from_secs(30), c.wait())
+        .await
+        .expect("ends in time")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    let text = output(&executor_docker::container_name(&t)).await;
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    // `ls -ln`: mode, links, uid, gid, size, date (3 fields), path; sorted by path.
+    assert_eq!(
+        (lines[0][0], lines[0][2], lines[0][3], lines[0][8]),
+        ("-r--r--r--", "0", "0", "/app.conf"),
+        "{text}"
+    );
+    assert_eq!(
+        (lines[1][0], lines[1][2], lines[1][3], lines[1][8]),
+        ("-r--r-----", "65534", "65534", "/run/secrets/db_pass"),
+        "{text}"
+    );
+    assert_eq!(
+        &lines[2..],
+        [["s3cr3t-pass"], ["level=debug"], ["read-only"]]
+    );
+    let root = files.base().join("reader");
+    assert!(root.join("run/secrets/db_pass").exists());
+    c.remove().await.expect("remove");
+    assert!(!root.exists(), "the task's files outlived its container");
+    assert_nothing_left(&service).await;
+}
+
+#[tokio::test]
+async fn without_a_tmpfs_a_task_with_secrets_fails_and_writes_nothing() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    let service = unique_service("no-tmpfs");
+    let t = with_files(
+        task(&service, "disk", IMAGE, "true", &[], Duration::from_secs(1)),
+        target("db_pass", "", "", 0o400),
+        target("app.conf", "", "", 0o444),
+    );
+    let all = dependencies();
+    let c = executor
+        .controller(&t, None, all.restrict(&t))
+        .expect("controller");
+    let err = c.prepare().await.expect_err("secrets on disk");
+    let ExecutorError::Fatal(message) = err else {
+        panic!("not fatal: {err:?}");
+    };
+    assert!(
+        message.starts_with("dockerexec: secrets need a tmpfs on this node and none is usable"),
+        "{message}"
+    );
+    let base = no_files();
+    assert!(!base.base().join("disk").exists(), "a secret was written");
+    assert_eq!(c.inspect().await, Ok(RuntimeState::Absent));
+    assert_nothing_left(&service).await;
+}
+
+#[tokio::test]
+async fn a_dotdot_target_is_refused() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    let t = with_files(
+        task(
+            "dotdot",
+            "escape",
+            IMAGE,
+            "true",
+            &[],
+            Duration::from_secs(1),
+        ),
+        target("../../etc/shadow", "", "", 0o400),
+        target("app.conf", "", "", 0o444),
+    );
+    match executor.controller(&t, None, dependencies().restrict(&t)) {
+        Err(ExecutorError::Fatal(m)) => assert_eq!(
+            m,
+            "dockerexec: secret db_pass: target \"../../etc/shadow\" contains a '..' component"
+        ),
+        Err(e) => panic!("not fatal: {e:?}"),
+        Ok(_) => panic!("a '..' target was accepted"),
+    }
 }

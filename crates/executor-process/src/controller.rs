@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use agent::{Controller, ExecutorError, ExitStatus, RuntimeState};
+use agent::{Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::signal::parse_signal;
 use crate::user::{self, User};
-use crate::{Error, procfs};
+use crate::{Error, SECRETS_DIR_ENV, TASK_ROOT_ENV, procfs};
 
 /// How often a running process is checked for its end.
 const POLL: Duration = Duration::from_millis(50);
@@ -175,7 +175,8 @@ impl Launch {
         })
     }
 
-    fn command(&self, user: Option<User>, log: &File) -> io::Result<Command> {
+    /// The command, with `root` as its task root.
+    fn command(&self, user: Option<User>, log: &File, root: &Path) -> io::Result<Command> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).env_clear().env("PATH", DEFAULT_PATH);
         for entry in &self.env {
@@ -184,6 +185,9 @@ impl Launch {
                 None => cmd.env_remove(entry),
             };
         }
+        // After the spec's own: where its files are is not the spec's to say.
+        cmd.env(TASK_ROOT_ENV, root)
+            .env(SECRETS_DIR_ENV, root.join(agent::taskfiles::SECRETS_DIR));
         if let Some(dir) = &self.dir {
             cmd.current_dir(dir);
         }
@@ -227,17 +231,21 @@ pub struct ProcessController {
     grace: Duration,
     log_dir: PathBuf,
     log_path: PathBuf,
+    /// Its secret and config files.
+    files: TaskFileSet,
     inner: Mutex<Inner>,
 }
 
 impl ProcessController {
-    /// A controller for `task`, logging to `<log_dir>/<task id>.log`; with a `checkpoint` it
-    /// adopts the process the checkpoint names (Running if it still lives, Exited if it is gone
-    /// or its PID was reused; it is never started again).
+    /// A controller for `task`, logging to `<log_dir>/<task id>.log`, writing its secret and
+    /// config `files` at prepare; with a `checkpoint` it adopts the process the checkpoint
+    /// names (Running if it still lives, Exited if it is gone or its PID was reused; it is
+    /// never started again).
     pub fn new(
         task: &api::Task,
         log_dir: &Path,
         checkpoint: Option<&[u8]>,
+        files: TaskFileSet,
     ) -> Result<ProcessController, Error> {
         let valid_id = !task.id.is_empty()
             && !task.id.starts_with('.')
@@ -269,6 +277,7 @@ impl ProcessController {
             grace,
             log_dir: log_dir.to_path_buf(),
             log_path: log_dir.join(format!("{}.log", task.id)),
+            files,
             inner: Mutex::new(Inner {
                 // `poll` finds out whether an adopted process still runs.
                 phase: launched.map_or(Phase::Absent, Phase::Running),
@@ -281,6 +290,11 @@ impl ProcessController {
     /// The task's log file (stdout and stderr, appended).
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// The task's root: its secret and config files are laid out under it.
+    pub fn task_root(&self) -> &Path {
+        self.files.root()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -321,7 +335,8 @@ impl ProcessController {
         }
     }
 
-    /// Resolves the user, checks the working directory and creates the log file.
+    /// Resolves the user, checks the working directory, creates the log file and writes the
+    /// task's files (its directory owned by the task's user).
     fn prepare_locked(&self, inner: &mut Inner) -> Result<(), Error> {
         if inner.phase != Phase::Absent {
             return Ok(());
@@ -345,6 +360,9 @@ impl ProcessController {
             .create(&self.log_dir)
             .map_err(Error::io(format!("creating {}", self.log_dir.display())))?;
         self.open_log()?;
+        self.files
+            .write(inner.user.map(|u| (u.uid, u.gid)))
+            .map_err(Error::TaskFiles)?;
         inner.phase = Phase::Created;
         Ok(())
     }
@@ -366,7 +384,7 @@ impl ProcessController {
         let log = self.open_log()?;
         let child = self
             .launch
-            .command(inner.user, &log)
+            .command(inner.user, &log, self.files.root())
             .and_then(|mut cmd| cmd.spawn())
             .map_err(spawn_error)?;
         let pid = i32::try_from(child.id()).expect("Linux PIDs fit in an i32");
@@ -470,6 +488,7 @@ impl Controller for ProcessController {
                 e,
             ))?,
         }
+        self.files.remove()?;
         inner.phase = Phase::Absent;
         inner.launched = None;
         Ok(())

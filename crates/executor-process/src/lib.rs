@@ -1,8 +1,13 @@
 //! An [`agent::Executor`] that runs each task's container spec `command` + `args` as a plain
 //! child process, for nodes with no Docker engine (our addition beyond SwarmKit). The spec's
 //! `env`, `dir`, `user`, `stop_signal` and `stop_grace_period` apply; the image is not pulled
-//! or used (it stays in the spec as a label only), and networks, mounts, secrets and resource
-//! limits are not applied. The task runner, task states and the worker database are the agent's.
+//! or used (it stays in the spec as a label only), and networks, mounts and resource limits are
+//! not applied. The task runner, task states and the worker database are the agent's.
+//!
+//! Secrets and configs become files in the task's directory ([`agent::TaskFiles`], on a tmpfs
+//! when the node has one), laid out as a container would see them under a task root that the
+//! process is told in its environment: [`TASK_ROOT_ENV`] names that root and
+//! [`SECRETS_DIR_ENV`] its `run/secrets`, where a secret with a relative target is.
 //!
 //! [`ProcessExecutor`] describes the node and builds one [`ProcessController`] per task (in
 //! `controller.rs`); `signal.rs`, `user.rs` and `procfs.rs` parse stop signals, users and /proc.
@@ -10,10 +15,12 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use agent::{Checkpoint, Controller, Executor, ExecutorError};
+use agent::{Checkpoint, Controller, DependencyGetter, Executor, ExecutorError, TaskFiles};
 
 mod controller;
 pub mod procfs;
@@ -25,6 +32,14 @@ pub use controller::{Launched, Probe, ProcessController, UNKNOWN_EXIT_CODE};
 /// The engine label every process node reports, so that placement constraints can pick such
 /// nodes (`engine.labels.executor==process`).
 pub const ENGINE_LABEL: (&str, &str) = ("executor", "process");
+
+/// The environment variable naming a task's root: its secret and config files are laid out
+/// under it as a container would see them under `/`.
+pub const TASK_ROOT_ENV: &str = "SWARM_TASK_ROOT";
+
+/// The environment variable naming `<task root>/run/secrets`, where a secret with a relative
+/// target is.
+pub const SECRETS_DIR_ENV: &str = "SWARM_SECRETS_DIR";
 
 /// Why a step of the process executor failed; turned into an [`ExecutorError`] in one place.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +84,9 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The task's secret and config files could not be written.
+    #[error("process executor: {0}")]
+    TaskFiles(ExecutorError),
     /// Some other I/O failed (log files, /proc, signals).
     #[error("process executor: {what}: {source}")]
     Io {
@@ -89,6 +107,7 @@ impl Error {
 impl From<Error> for ExecutorError {
     fn from(e: Error) -> Self {
         let temporary = match &e {
+            Error::TaskFiles(inner) => matches!(inner, ExecutorError::Temporary(_)),
             // A program that is missing or not executable stays so; running out of processes or
             // memory may pass.
             Error::Spawn { source, .. } => matches!(
@@ -112,16 +131,23 @@ impl From<Error> for ExecutorError {
 pub struct ProcessExecutor {
     /// `<state_dir>/process`: one log file per task (mode 0700, files 0600).
     log_dir: PathBuf,
+    /// Where tasks' secret and config files go.
+    files: Arc<TaskFiles>,
     /// The hostname to report instead of the OS's (`--hostname`).
     hostname_override: Option<String>,
 }
 
 impl ProcessExecutor {
-    /// An executor keeping its files under `state_dir` and reporting `hostname_override`, if
-    /// given, as the node's hostname.
-    pub fn new(state_dir: PathBuf, hostname_override: Option<String>) -> Self {
+    /// An executor keeping its logs under `state_dir`, tasks' secret and config files in
+    /// `files`, and reporting `hostname_override`, if given, as the node's hostname.
+    pub fn new(
+        state_dir: PathBuf,
+        files: Arc<TaskFiles>,
+        hostname_override: Option<String>,
+    ) -> Self {
         ProcessExecutor {
             log_dir: state_dir.join("process"),
+            files,
             hostname_override,
         }
     }
@@ -167,9 +193,18 @@ impl Executor for ProcessExecutor {
         &self,
         task: &api::Task,
         checkpoint: Option<Checkpoint>,
+        dependencies: DependencyGetter,
     ) -> Result<Box<dyn Controller>, ExecutorError> {
-        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref())?;
+        let files = self
+            .files
+            .for_task(task, dependencies)
+            .map_err(Error::TaskFiles)?;
+        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref(), files)?;
         Ok(Box::new(controller))
+    }
+
+    fn remove_orphans(&self, known: &HashSet<String>) {
+        self.files.remove_orphans(known);
     }
 }
 

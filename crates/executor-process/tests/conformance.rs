@@ -3,9 +3,19 @@
 
 use std::time::Duration;
 
-use agent::Executor;
+use std::path::Path;
+use std::sync::Arc;
+
 use agent::conformance::{TaskFactory, run_all};
+use agent::{DependencyGetter, Executor, TaskFiles};
 use executor_process::{ENGINE_LABEL, ProcessExecutor};
+
+/// An executor with its logs and task files under `state` (the suite's tasks have no files).
+fn executor(state: &Path, hostname: Option<String>) -> ProcessExecutor {
+    let none = Path::new("/nonexistent");
+    let files = TaskFiles::open_with(state, none, none).expect("task files");
+    ProcessExecutor::new(state.to_path_buf(), Arc::new(files), hostname)
+}
 
 struct ShellTasks;
 
@@ -35,19 +45,21 @@ impl TaskFactory for ShellTasks {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_executor_conforms() {
     let state = tempfile::tempdir().expect("tempdir");
-    let executor = ProcessExecutor::new(state.path().to_path_buf(), None);
+    let executor = executor(state.path(), None);
     run_all(&executor, &ShellTasks).await;
-    // Every task the suite ran was removed, and its log with it.
-    let left: Vec<_> = std::fs::read_dir(state.path().join("process"))
-        .expect("log dir")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    // Every task the suite ran was removed, and its log and task directory with it.
+    for dir in ["process", "taskfiles"] {
+        let left: Vec<_> = std::fs::read_dir(state.path().join(dir))
+            .expect("dir")
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
 }
 
 #[tokio::test]
 async fn describe_reports_the_override_and_the_engine_label() {
     let state = tempfile::tempdir().expect("tempdir");
-    let executor = ProcessExecutor::new(state.path().to_path_buf(), Some("worker-7".into()));
+    let executor = executor(state.path(), Some("worker-7".into()));
     let d = executor.describe().await.expect("describe");
     assert_eq!(d.hostname, "worker-7");
     let p = d.platform.expect("platform");
@@ -67,14 +79,14 @@ async fn describe_reports_the_override_and_the_engine_label() {
 #[test]
 fn a_task_without_a_command_is_fatal() {
     let state = tempfile::tempdir().expect("tempdir");
-    let executor = ProcessExecutor::new(state.path().to_path_buf(), None);
+    let executor = executor(state.path(), None);
     let mut task = ShellTasks.task("nocmd", "true", &[], Duration::from_secs(1));
     if let Some(api::task_spec::Runtime::Container(c)) =
         task.spec.as_mut().and_then(|s| s.runtime.as_mut())
     {
         c.command.clear();
     }
-    match executor.controller(&task, None) {
+    match executor.controller(&task, None, DependencyGetter::none()) {
         Err(agent::ExecutorError::Fatal(m)) => assert_eq!(
             m,
             "process executor: the task has no command; it needs a command to run as a process"

@@ -1,9 +1,13 @@
 //! Which executor runs this node's tasks: Docker through the engine at `--engine-addr`, or plain
 //! processes (ours, beyond SwarmKit). With neither chosen, Docker is used when its engine answers,
-//! and otherwise the process executor, which swarmd says in one log line.
+//! and otherwise the process executor, which swarmd says in one log line. Either writes tasks'
+//! secret and config files under the base [`agent::TaskFiles`] chooses once for the state
+//! directory.
 
 use std::path::Path;
 use std::sync::Arc;
+
+use agent::TaskFiles;
 
 use tracing::info;
 
@@ -41,33 +45,41 @@ pub async fn build(
     state_dir: &Path,
     hostname: Option<String>,
 ) -> Result<Arc<dyn agent::Executor>, NodeError> {
+    let files = Arc::new(
+        TaskFiles::open(state_dir).map_err(|source| NodeError::State {
+            path: state_dir.to_path_buf(),
+            source,
+        })?,
+    );
     let process = || -> Arc<dyn agent::Executor> {
         Arc::new(executor_process::ProcessExecutor::new(
             state_dir.join("worker"),
+            files.clone(),
             hostname.clone(),
         ))
     };
+    let docker =
+        || executor_docker::DockerExecutor::connect(engine_addr, files.clone(), hostname.clone());
     match kind {
         ExecutorKind::Process => Ok(process()),
         ExecutorKind::Docker => {
-            let docker = executor_docker::DockerExecutor::connect(engine_addr, hostname.clone())
+            let docker = docker()
                 .map_err(|e| NodeError::Config(format!("--engine-addr {engine_addr}: {e}")))?;
             Ok(Arc::new(docker))
         }
         ExecutorKind::Auto => {
-            let answered =
-                match executor_docker::DockerExecutor::connect(engine_addr, hostname.clone()) {
-                    Ok(docker) => {
-                        match tokio::time::timeout(PROBE_LIMIT, agent::Executor::describe(&docker))
-                            .await
-                        {
-                            Ok(Ok(_)) => Ok(docker),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err(format!("no answer within {PROBE_LIMIT:?}")),
-                        }
+            let answered = match docker() {
+                Ok(docker) => {
+                    match tokio::time::timeout(PROBE_LIMIT, agent::Executor::describe(&docker))
+                        .await
+                    {
+                        Ok(Ok(_)) => Ok(docker),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("no answer within {PROBE_LIMIT:?}")),
                     }
-                    Err(e) => Err(e.to_string()),
-                };
+                }
+                Err(e) => Err(e.to_string()),
+            };
             match answered {
                 Ok(docker) => {
                     info!(engine.addr = %engine_addr, "using the Docker executor");

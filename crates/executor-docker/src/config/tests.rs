@@ -32,7 +32,7 @@ fn busybox() -> api::ContainerSpec {
 fn body(task: &api::Task) -> ContainerCreateBody {
     ContainerConfig::new(task)
         .expect("valid task")
-        .create_body()
+        .create_body(&[])
 }
 
 #[test]
@@ -225,6 +225,36 @@ fn bind_volume_and_tmpfs_mounts() {
             "mode=1777,size=64m,noexec".to_string()
         )]))
     );
+}
+
+#[test]
+fn task_files_become_read_only_binds_after_the_spec_mounts() {
+    let mut spec = busybox();
+    spec.mounts = vec![api::Mount {
+        r#type: api::mount::Type::Volume as i32,
+        source: "cache".into(),
+        target: "/cache".into(),
+        ..Default::default()
+    }];
+    let files = [(
+        PathBuf::from("/dev/shm/swarmd-0/abc/t1/run/secrets/db"),
+        PathBuf::from("/run/secrets/db"),
+    )];
+    let config = ContainerConfig::new(&task_with(spec)).expect("valid task");
+    let mounts = config
+        .create_body(&files)
+        .host_config
+        .unwrap()
+        .mounts
+        .unwrap();
+    assert_eq!(mounts.len(), 2);
+    assert_eq!(mounts[1].typ, Some(MountType::BIND));
+    assert_eq!(
+        mounts[1].source.as_deref(),
+        Some("/dev/shm/swarmd-0/abc/t1/run/secrets/db")
+    );
+    assert_eq!(mounts[1].target.as_deref(), Some("/run/secrets/db"));
+    assert_eq!(mounts[1].read_only, Some(true));
 }
 
 #[test]

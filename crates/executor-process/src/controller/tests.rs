@@ -1,7 +1,28 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::sync::Arc;
+
+use agent::{DependencyGetter, TaskFiles};
 
 use super::*;
+
+/// The files of `task` (which references none), kept under `dir/state`, on disk.
+fn files(task: &api::Task, dir: &Path) -> TaskFileSet {
+    let none = Path::new("/nonexistent");
+    let files = TaskFiles::open_with(&dir.join("state"), none, none).expect("task files");
+    Arc::new(files)
+        .for_task(task, DependencyGetter::none())
+        .expect("a valid task")
+}
+
+/// A controller for `task` logging to `log_dir`.
+fn controller(
+    task: &api::Task,
+    log_dir: &Path,
+    checkpoint: Option<&[u8]>,
+) -> Result<ProcessController, Error> {
+    ProcessController::new(task, log_dir, checkpoint, files(task, log_dir))
+}
 
 fn task(id: &str, command: &[&str], edit: impl FnOnce(&mut api::ContainerSpec)) -> api::Task {
     let mut container = api::ContainerSpec {
@@ -56,7 +77,7 @@ fn checkpoints_round_trip() {
 #[test]
 fn a_garbled_checkpoint_is_fatal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = ProcessController::new(&sh("t1", "true"), dir.path(), Some(b"{")).unwrap_err();
+    let err = controller(&sh("t1", "true"), dir.path(), Some(b"{")).unwrap_err();
     assert!(
         err.to_string()
             .starts_with("process executor: unreadable checkpoint of task t1"),
@@ -123,7 +144,7 @@ async fn a_process_that_is_not_our_child_ends_with_an_unknown_code() {
         start_time: start_time(pid),
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = ProcessController::new(
+    let c = controller(
         &sh("orphan", "exit 0"),
         dir.path(),
         Some(&launched.encode()),
@@ -151,8 +172,8 @@ async fn a_checkpoint_whose_pid_was_reused_is_exited_and_not_started_again() {
         pid: me,
         start_time: start_time(me) + 1,
     };
-    let c = ProcessController::new(&sh("stale", "exit 0"), dir.path(), Some(&stale.encode()))
-        .expect("controller");
+    let c =
+        controller(&sh("stale", "exit 0"), dir.path(), Some(&stale.encode())).expect("controller");
     assert_eq!(c.inspect().await, Ok(RuntimeState::Exited(UNKNOWN_EXIT)));
     c.prepare().await.expect("prepare");
     c.start().await.expect("start");
@@ -164,24 +185,29 @@ async fn a_checkpoint_whose_pid_was_reused_is_exited_and_not_started_again() {
 #[test]
 fn tasks_without_a_command_or_with_a_bad_stop_signal_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = ProcessController::new(&task("t", &[], |_| {}), dir.path(), None).unwrap_err();
+    let err = controller(&task("t", &[], |_| {}), dir.path(), None).unwrap_err();
     assert_eq!(
         err.to_string(),
         "process executor: the task has no command; it needs a command to run as a process"
     );
     let args_only = task("t", &[], |c| c.args = vec!["-c".into()]);
     assert!(matches!(
-        ProcessController::new(&args_only, dir.path(), None),
+        controller(&args_only, dir.path(), None),
         Err(Error::NoCommand)
     ));
     let bad_signal = task("t", &["true"], |c| c.stop_signal = "SIGNOPE".into());
     assert!(matches!(
-        ProcessController::new(&bad_signal, dir.path(), None),
+        controller(&bad_signal, dir.path(), None),
         Err(Error::InvalidSignal(s)) if s == "SIGNOPE"
     ));
     let bad_id = sh("../escape", "true");
     assert!(matches!(
-        ProcessController::new(&bad_id, dir.path(), None),
+        ProcessController::new(
+            &bad_id,
+            dir.path(),
+            None,
+            files(&sh("valid", "true"), dir.path())
+        ),
         Err(Error::InvalidTaskId(_))
     ));
 }
@@ -190,8 +216,7 @@ fn tasks_without_a_command_or_with_a_bad_stop_signal_are_refused() {
 async fn output_goes_to_a_private_log_file_per_task() {
     let state = tempfile::tempdir().expect("tempdir");
     let log_dir = state.path().join("process");
-    let c = ProcessController::new(&sh("logs", "echo out; echo err >&2"), &log_dir, None)
-        .expect("controller");
+    let c = controller(&sh("logs", "echo out; echo err >&2"), &log_dir, None).expect("controller");
     assert!(run_to_end(&c).await.success());
     assert_eq!(c.log_path(), log_dir.join("logs.log"));
     let text = std::fs::read_to_string(c.log_path()).expect("log");
@@ -215,7 +240,7 @@ async fn env_dir_and_user_apply() {
         c.dir = work.path().display().to_string();
         c.user = format!("{uid}:{gid}");
     });
-    let c = ProcessController::new(&t, state.path(), None).expect("controller");
+    let c = controller(&t, state.path(), None).expect("controller");
     assert!(run_to_end(&c).await.success());
     let text = std::fs::read_to_string(c.log_path()).expect("log");
     let dir = work.path().canonicalize().expect("canonical");
@@ -231,7 +256,7 @@ async fn env_dir_and_user_apply() {
 #[tokio::test]
 async fn a_missing_program_or_dir_is_fatal() {
     let state = tempfile::tempdir().expect("tempdir");
-    let c = ProcessController::new(
+    let c = controller(
         &task("missing", &["/no/such/program"], |_| {}),
         state.path(),
         None,
@@ -241,7 +266,7 @@ async fn a_missing_program_or_dir_is_fatal() {
     assert!(
         matches!(c.start().await, Err(ExecutorError::Fatal(m)) if m.contains("/no/such/program"))
     );
-    let c = ProcessController::new(
+    let c = controller(
         &task("nodir", &["true"], |c| c.dir = "/no/such/dir".into()),
         state.path(),
         None,
@@ -263,7 +288,7 @@ async fn shutdown_reaches_the_whole_process_group() {
     let t = task("group", &["/bin/sh", "-c", script], |c| {
         c.dir = state.path().display().to_string();
     });
-    let c = ProcessController::new(&t, state.path(), None).expect("controller");
+    let c = controller(&t, state.path(), None).expect("controller");
     c.prepare().await.expect("prepare");
     c.start().await.expect("start");
     let pid_file = state.path().join("grandchild");

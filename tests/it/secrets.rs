@@ -90,15 +90,18 @@ fn tmpfs_files_containing(needles: &[Vec<u8>]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Asserts that the only files of the tmpfs bases holding `needles` (the data of a `what`) are
-/// under task root `root`.
+/// Asserts that the files of the tmpfs bases holding `needles` (the data of a `what`) are under
+/// task root `root`, and that there is one (the scan does see what the task was given).
 #[track_caller]
 fn assert_only_under(root: &Path, needles: &[Vec<u8>], what: &str) {
-    let stray: Vec<PathBuf> = tmpfs_files_containing(needles)
+    let (inside, stray): (Vec<PathBuf>, Vec<PathBuf>) = tmpfs_files_containing(needles)
         .into_iter()
-        .filter(|p| !p.starts_with(root))
-        .collect();
+        .partition(|p| p.starts_with(root));
     assert!(stray.is_empty(), "{what} bytes outside the task: {stray:?}");
+    assert!(
+        !inside.is_empty(),
+        "the scan found no {what} file in the task"
+    );
 }
 
 /// Whether the current process runs as root (files are then chowned to a reference's uid/gid).
@@ -289,11 +292,16 @@ struct ReapTasks(String);
 impl Drop for ReapTasks {
     fn drop(&mut self) {
         for pid in pids_with(&self.0) {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
+            kill_group(pid);
         }
     }
+}
+
+/// SIGKILL to the process group `pid` leads (a task's shell and its `sleep`).
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status();
 }
 
 /// Checks a task's report of `PROCESS_PROBES` against the secret and config it references.
@@ -362,6 +370,8 @@ fn create_pinned(m: &Swarmd, name: &str, node: &str, refs: &[&str], script: &str
         "1",
         "--constraint",
         &constraint,
+        "--restart-delay",
+        "1s",
         "--command",
         "/bin/sh",
         "--args",
@@ -510,7 +520,7 @@ fn docker_tasks_read_their_secrets_from_read_only_mounts() {
     ];
     cmd.extend_from_slice(&REFERENCE_FLAGS);
     m.ctl(&cmd).ok();
-    wait_running_task(&m, &name, &[]);
+    let task = wait_running_task(&m, &name, &[]);
     let container = wait_for("the task's container", WAIT, || {
         match &docker::containers(&name)[..] {
             [id] => Some(id.clone()),
@@ -573,12 +583,19 @@ fn docker_tasks_read_their_secrets_from_read_only_mounts() {
         assert_eq!(fs_type(Path::new(source)), "tmpfs", "{source}");
         sources.push(PathBuf::from(source));
     }
+    let root = sources[0]
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == task.id.as_str()))
+        .unwrap_or_else(|| panic!("{sources:?} not in a dir of task {}", task.id))
+        .to_path_buf();
+    assert!(sources.iter().all(|s| s.starts_with(&root)), "{sources:?}");
+    let needles = leak_forms(&secret_token);
+    assert_only_under(&root, &needles, "secret");
     let inspect = docker::docker(&["inspect", &container]).expect("docker inspect");
     assert!(
         !inspect.contains(&secret_token),
         "secret in the container's config"
     );
-    let needles = leak_forms(&secret_token);
     assert_not_logged(&[&m], &needles);
 
     // Scaled to 0: container and host files gone.
@@ -792,13 +809,22 @@ fn a_restarted_worker_keeps_its_task_files_and_sweeps_the_others() {
     let needles = leak_forms(&token);
     let found = files_containing(&c.workers[0].state_dir(), &needles);
     assert!(found.is_empty(), "secret bytes in the state dir: {found:?}");
+
+    // The restarted agent knows the secret again (from its new session): when the kept task's
+    // process dies, its replacement gets the same bytes.
+    kill_group(*kept_pids.first().expect("pid"));
+    let replacement = wait_running_task(m, "kept", &[&kept.id]);
+    let again = Report::wait(out.path(), &replacement.id);
+    assert_eq!(again.data("secret").as_deref(), Some(&secret[..]));
     assert_not_logged(&[m, &c.workers[0]], &needles);
 
     m.ctl(&["service", "rm", "kept"]).ok();
     m.ctl(&["service", "rm", "dropped"]).ok();
-    wait_for("the kept task's dir removed", WAIT, || {
-        (!kept_root.exists()).then_some(())
-    });
+    for root in [kept_root, again.root()] {
+        wait_for("the kept tasks' dirs removed", WAIT, || {
+            (!root.exists()).then_some(())
+        });
+    }
     wait_processes(&mark, 0);
     c.stop();
 }

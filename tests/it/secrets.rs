@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, marker, pids_with, wait_processes};
 use crate::docker::{self, IMAGE, docker_bytes, engine_ready};
@@ -304,6 +304,38 @@ fn kill_group(pid: u32) {
         .status();
 }
 
+/// What the tests of one secret share: secret `db` around a fresh token, a directory for the
+/// tasks' reports, the marker of their processes (killed at the end) and the script reporting
+/// the secret.
+struct OneSecret {
+    token: String,
+    secret: Vec<u8>,
+    out: tempfile::TempDir,
+    mark: String,
+    script: String,
+    _reap: ReapTasks,
+}
+
+impl OneSecret {
+    /// Creates secret `db` on manager `m`, for test `test` (the marker's prefix).
+    fn create(m: &Swarmd, test: &str) -> OneSecret {
+        let token = token();
+        let secret = payload(&token);
+        create_from_file(m, "secret", "db", &secret);
+        let out = tempfile::tempdir().expect("tempdir");
+        let mark = marker(test);
+        let script = report_script(out.path(), &PROCESS_PROBES[..1], &mark);
+        OneSecret {
+            token,
+            secret,
+            out,
+            _reap: ReapTasks(mark.clone()),
+            mark,
+            script,
+        }
+    }
+}
+
 /// Checks a task's report of `PROCESS_PROBES` against the secret and config it references.
 #[track_caller]
 fn assert_delivered(report: &Report, secret: &[u8], config: &[u8]) {
@@ -355,9 +387,8 @@ const REFERENCE_FLAGS: [&str; 6] = [
     "appcfg:etc/app.conf",
 ];
 
-/// Creates service `name` of one replica pinned to `node`, running `script`, with `refs`.
-fn create_pinned(m: &Swarmd, name: &str, node: &str, refs: &[&str], script: &str) {
-    let constraint = format!("node.hostname=={node}");
+/// Creates service `name` of one replica placed by `constraint`, running `script`, with `refs`.
+fn create_placed(m: &Swarmd, name: &str, constraint: &str, refs: &[&str], script: &str) {
     let args = format!("-c,{script}");
     let mut cmd = vec![
         "service",
@@ -369,7 +400,7 @@ fn create_pinned(m: &Swarmd, name: &str, node: &str, refs: &[&str], script: &str
         "--replicas",
         "1",
         "--constraint",
-        &constraint,
+        constraint,
         "--restart-delay",
         "1s",
         "--command",
@@ -397,7 +428,7 @@ fn process_tasks_get_their_secrets_and_configs_and_nothing_leaks() {
     let _reap = ReapTasks(mark.clone());
     let svc = "secsvc";
     let script = report_script(out.path(), &PROCESS_PROBES, &mark);
-    create_pinned(m, svc, "node-2", &REFERENCE_FLAGS, &script);
+    create_placed(m, svc, "node.hostname==node-2", &REFERENCE_FLAGS, &script);
     let first = wait_running_task(m, svc, &[]);
     assert_eq!(first.node, "node-2");
     let report = Report::wait(out.path(), &first.id);
@@ -460,6 +491,47 @@ fn process_tasks_get_their_secrets_and_configs_and_nothing_leaks() {
     assert_not_logged(&[m, a, b], &needles);
     let left = tmpfs_files_containing(&needles);
     assert!(left.is_empty(), "secret bytes left behind: {left:?}");
+    c.stop();
+}
+
+#[test]
+fn a_drained_node_keeps_no_copy_of_the_secret() {
+    let c = Cluster::start(2, &[], "5s");
+    let m = &c.manager;
+    let one = OneSecret::create(m, "secrets-drain");
+    let svc = "moved";
+    create_placed(
+        m,
+        svc,
+        "node.hostname!=node-1",
+        &["--secret", "db"],
+        &one.script,
+    );
+    let first = wait_running_task(m, svc, &[]);
+    Report::wait(one.out.path(), &first.id);
+
+    // Drained, the node's task stops and a new one starts on the other worker, with the secret.
+    m.ctl(&["node", "drain", &first.node]).ok();
+    let moved = wait_running_task(m, svc, &[&first.id]);
+    assert_ne!(moved.node, first.node);
+    let report = Report::wait(one.out.path(), &moved.id);
+    assert_eq!(report.data("secret").as_deref(), Some(&one.secret[..]));
+
+    // The drained node runs nothing that references the secret any more: its copy goes (the
+    // stopped task's record stays, as history, but its files have no one to serve).
+    let root = report.root();
+    let needles = leak_forms(&one.token);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && tmpfs_files_containing(&needles)
+            .iter()
+            .any(|p| !p.starts_with(&root))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_only_under(&root, &needles, "secret");
+    m.ctl(&["service", "rm", svc]).ok();
+    wait_processes(&one.mark, 0);
     c.stop();
 }
 
@@ -758,23 +830,29 @@ fn a_restarted_worker_keeps_its_task_files_and_sweeps_the_others() {
     // tasks would be replaced).
     let mut c = Cluster::start(1, &[], "10s");
     let m = &c.manager;
-    let token = token();
-    let secret = payload(&token);
-    create_from_file(m, "secret", "db", &secret);
-    let out = tempfile::tempdir().expect("tempdir");
-    let mark = marker("secrets-restart");
-    let _reap = ReapTasks(mark.clone());
-    let script = report_script(out.path(), &PROCESS_PROBES[..1], &mark);
-    create_pinned(m, "kept", "node-2", &["--secret", "db"], &script);
-    create_pinned(m, "dropped", "node-2", &["--secret", "db"], &script);
+    let one = OneSecret::create(m, "secrets-restart");
+    create_placed(
+        m,
+        "kept",
+        "node.hostname==node-2",
+        &["--secret", "db"],
+        &one.script,
+    );
+    create_placed(
+        m,
+        "dropped",
+        "node.hostname==node-2",
+        &["--secret", "db"],
+        &one.script,
+    );
     let kept = wait_running_task(m, "kept", &[]);
     let dropped = wait_running_task(m, "dropped", &[]);
     let (kept_report, dropped_report) = (
-        Report::wait(out.path(), &kept.id),
-        Report::wait(out.path(), &dropped.id),
+        Report::wait(one.out.path(), &kept.id),
+        Report::wait(one.out.path(), &dropped.id),
     );
     let (kept_root, dropped_root) = (kept_report.root(), dropped_report.root());
-    let pids = wait_processes(&mark, 2);
+    let pids = wait_processes(&one.mark, 2);
 
     // Down: one service scaled to 0 meanwhile, and a per-task dir of a task that never existed.
     c.workers[0].kill9();
@@ -795,7 +873,7 @@ fn a_restarted_worker_keeps_its_task_files_and_sweeps_the_others() {
         (!dropped_root.exists()).then_some(())
     });
     // The running task is the same process, same task, and its files are still there.
-    let kept_pids: std::collections::BTreeSet<u32> = pids_with(&mark);
+    let kept_pids: std::collections::BTreeSet<u32> = pids_with(&one.mark);
     assert_eq!(kept_pids.len(), 1, "{kept_pids:?}");
     assert!(kept_pids.is_subset(&pids), "the kept task was restarted");
     assert_eq!(wait_running_task(m, "kept", &[]), kept);
@@ -803,10 +881,10 @@ fn a_restarted_worker_keeps_its_task_files_and_sweeps_the_others() {
         std::fs::read(kept_root.join("run/secrets/db"))
             .ok()
             .as_deref(),
-        Some(&secret[..]),
+        Some(&one.secret[..]),
         "the running task's secret after the restart"
     );
-    let needles = leak_forms(&token);
+    let needles = leak_forms(&one.token);
     let found = files_containing(&c.workers[0].state_dir(), &needles);
     assert!(found.is_empty(), "secret bytes in the state dir: {found:?}");
 
@@ -814,8 +892,8 @@ fn a_restarted_worker_keeps_its_task_files_and_sweeps_the_others() {
     // process dies, its replacement gets the same bytes.
     kill_group(*kept_pids.first().expect("pid"));
     let replacement = wait_running_task(m, "kept", &[&kept.id]);
-    let again = Report::wait(out.path(), &replacement.id);
-    assert_eq!(again.data("secret").as_deref(), Some(&secret[..]));
+    let again = Report::wait(one.out.path(), &replacement.id);
+    assert_eq!(again.data("secret").as_deref(), Some(&one.secret[..]));
     assert_not_logged(&[m, &c.workers[0]], &needles);
 
     m.ctl(&["service", "rm", "kept"]).ok();
@@ -825,6 +903,6 @@ fn a_restarted_worker_keeps_its_task_files_and_sweeps_the_others() {
             (!root.exists()).then_some(())
         });
     }
-    wait_processes(&mark, 0);
+    wait_processes(&one.mark, 0);
     c.stop();
 }

@@ -697,3 +697,26 @@ async fn a_complete_set_replaces_secrets_and_configs_once_whole() {
     worker.apply(changes(Type::Incremental, vec![], false));
     assert!(g.secret("s1").is_ok() && g.config("c1").is_ok());
 }
+
+/// A task removed before anything ran still has its controller's remove called: it may have left
+/// files (secrets) without a runtime object.
+#[tokio::test]
+async fn a_task_that_never_ran_is_removed_through_its_controller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    worker.apply(complete(vec![task("x", "svc", TaskState::Shutdown)]));
+    until(&mut rx, "x", TaskState::Shutdown).await;
+    worker.apply(complete(vec![]));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !db.load().expect("load").is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("task forgotten");
+    let calls = fake.calls.lock().expect("lock")["x"].clone();
+    assert_eq!(calls, vec!["shutdown", "remove"]);
+}

@@ -4,7 +4,9 @@
 //! `SWARM_SECRETS_DIR`, files on a tmpfs) and the Docker executor's (`/run/secrets/<target>`,
 //! read-only bind mounts) are checked from inside the task; bad references fail in swarmctl with
 //! SwarmKit's messages and change nothing; a worker killed and restarted keeps its running task's
-//! files and sweeps per-task directories of tasks it no longer has.
+//! files and sweeps per-task directories of tasks it no longer has; a drained node keeps no copy
+//! once its task stopped. Every test makes its secret around a fresh random token and searches
+//! for that token where the secret must not be.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -285,8 +287,8 @@ fn expected_stat(mode: &str, uid: u32, gid: u32) -> String {
     }
 }
 
-/// Kills, by process group, the task processes marked `0` still running when a test ends early
-/// (a worker killed with SIGKILL leaves its tasks running).
+/// Kills, by process group, the task processes carrying marker `.0` that still run when a test
+/// ends early (a worker killed with SIGKILL leaves its tasks running).
 struct ReapTasks(String);
 
 impl Drop for ReapTasks {

@@ -476,6 +476,10 @@ fn process_tasks_get_their_secrets_and_configs_and_nothing_leaks() {
         !rolled.root().join("run/secrets/db").exists(),
         "the new task's secret file exists"
     );
+    // No task references the secret any more: the stopped task's copy goes too.
+    wait_for("no copy of the dropped secret left", WAIT, || {
+        tmpfs_files_containing(&needles).is_empty().then_some(())
+    });
 
     // Scaled to 0: the task's files go with it, and so does its process.
     m.ctl(&["service", "update", svc, "--replicas", "0"]).ok();
@@ -485,7 +489,7 @@ fn process_tasks_get_their_secrets_and_configs_and_nothing_leaks() {
     });
     wait_processes(&mark, 0);
 
-    // Removing the service removes the first task too (kept until then as history).
+    // Removing the service removes the first task's directory (its record stayed as history).
     m.ctl(&["service", "rm", svc]).ok();
     wait_for("the first task's files removed", WAIT, || {
         (!root.exists()).then_some(())
@@ -652,13 +656,13 @@ fn docker_tasks_read_their_secrets_from_read_only_mounts() {
 
     // Outside: read-only bind mounts of files on a tmpfs; no secret in the container's config
     // nor in swarmd's log.
-    let mounts = mounts(&container);
+    let mounted = mounts(&container);
     let mut sources = Vec::new();
     for dest in ["/run/secrets/db", "/etc/db.key", "/etc/app.conf"] {
-        let (_, source, rw) = mounts
+        let (_, source, rw) = mounted
             .iter()
             .find(|(d, _, _)| d == dest)
-            .unwrap_or_else(|| panic!("no mount at {dest}: {mounts:?}"));
+            .unwrap_or_else(|| panic!("no mount at {dest}: {mounted:?}"));
         assert_eq!(rw, "false", "{dest} mounted read-write");
         assert_eq!(fs_type(Path::new(source)), "tmpfs", "{source}");
         sources.push(PathBuf::from(source));
@@ -678,12 +682,39 @@ fn docker_tasks_read_their_secrets_from_read_only_mounts() {
     );
     assert_not_logged(&[&m], &needles);
 
-    // Scaled to 0: container and host files gone.
+    // Dropping the secret rolls the task: the stopped container's secret files go at once.
+    m.ctl(&["service", "update", &name, "--rm-secret", "db"])
+        .ok();
+    wait_running_task(&m, &name, &[&task.id]);
+    wait_for("the stopped container's secret files removed", WAIT, || {
+        (sources[..2].iter().all(|s| !s.exists()) && tmpfs_files_containing(&needles).is_empty())
+            .then_some(())
+    });
+    let rolled = wait_for(
+        "the new task's container",
+        WAIT,
+        || match &docker::containers(&name)[..] {
+            [a, b] => Some(if *a == container { b } else { a }.clone()),
+            _ => None,
+        },
+    );
+    sources.extend(
+        mounts(&rolled)
+            .into_iter()
+            .map(|(_, s, _)| PathBuf::from(s)),
+    );
+
+    // Scaled to 0: the running container and every host file gone (the stopped container stays
+    // as its task's history until the service goes).
     m.ctl(&["service", "update", &name, "--replicas", "0"]).ok();
-    wait_for("the container and its secret files removed", WAIT, || {
-        (docker::containers(&name).is_empty() && sources.iter().all(|s| !s.exists())).then_some(())
+    wait_for("the container and its files removed", WAIT, || {
+        (!docker::containers(&name).contains(&rolled) && sources.iter().all(|s| !s.exists()))
+            .then_some(())
     });
     m.ctl(&["service", "rm", &name]).ok();
+    wait_for("no container of the service left", WAIT, || {
+        docker::containers(&name).is_empty().then_some(())
+    });
     assert_not_logged(&[&m], &needles);
 }
 

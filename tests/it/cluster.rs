@@ -22,6 +22,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the manager with `manager_args`, sets the heartbeat period, joins `workers`.
     pub fn start(workers: usize, manager_args: &[&str], heartbeat: &str) -> Cluster {
+        Self::start_with(workers, manager_args, &[], heartbeat)
+    }
+
+    /// Like `start`, each worker started with the extra flags `worker_args` too.
+    pub fn start_with(
+        workers: usize,
+        manager_args: &[&str],
+        worker_args: &[&str],
+        heartbeat: &str,
+    ) -> Cluster {
         let mut args = vec!["--executor", "process"];
         args.extend_from_slice(manager_args);
         let manager = Swarmd::start_with(&args);
@@ -39,7 +49,7 @@ impl Cluster {
             workers: Vec::new(),
         };
         for i in 0..workers {
-            let w = c.join(&format!("node-{}", i + 2));
+            let w = c.join_with(&format!("node-{}", i + 2), worker_args);
             c.workers.push(w);
         }
         c.wait_ready(workers + 1);
@@ -47,28 +57,31 @@ impl Cluster {
     }
 
     pub fn join(&self, hostname: &str) -> Swarmd {
+        self.join_with(hostname, &[])
+    }
+
+    /// Joins worker `hostname` started with the extra flags `extra`.
+    pub fn join_with(&self, hostname: &str, extra: &[&str]) -> Swarmd {
         let addr = self.manager.remote_addr();
         let token = self.manager.join_tokens().0;
         // A fixed remote port: a worker promoted to manager and restarted must come back at
         // the address raft knows it by (a member's address is not updated yet, and with a new
         // one a two-manager cluster has no quorum, so no read or write is served).
         let listen = format!("127.0.0.1:{}", free_port());
-        let (w, code) = Swarmd::start_node(
-            &[
-                "--join-addr",
-                &addr,
-                "--join-token",
-                &token,
-                "--executor",
-                "process",
-                "--hostname",
-                hostname,
-                "--listen-remote-api",
-                &listen,
-            ],
-            "worker node is ready",
-            WAIT,
-        );
+        let mut args = vec![
+            "--join-addr",
+            &addr,
+            "--join-token",
+            &token,
+            "--executor",
+            "process",
+            "--hostname",
+            hostname,
+            "--listen-remote-api",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        let (w, code) = Swarmd::start_node(&args, "worker node is ready", WAIT);
         assert_eq!(code, None, "worker exited; log:\n{}", w.log());
         w
     }

@@ -12,11 +12,15 @@ pub(crate) const IMAGE: &str = "swarmkit-test/busybox:latest";
 const IMAGE2: &str = "swarmkit-test/busybox:v2";
 const WAIT: Duration = Duration::from_secs(90);
 
-fn docker(args: &[&str]) -> Option<String> {
+/// What `docker <args>` printed, when it succeeded.
+pub(crate) fn docker(args: &[&str]) -> Option<String> {
+    docker_bytes(args).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The exact bytes `docker <args>` printed, when it succeeded (a file `docker exec` cats).
+pub(crate) fn docker_bytes(args: &[&str]) -> Option<Vec<u8>> {
     let out = Command::new("docker").args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then_some(out.stdout)
 }
 
 /// Whether an engine answers and the test image can be had; prints why not.

@@ -23,6 +23,7 @@ mod interop;
 mod limits;
 mod orchestration;
 mod persistence;
+mod secrets;
 mod security;
 mod slow_clients;
 mod tls;

@@ -6,7 +6,10 @@
 //! The base is chosen once per node, in memory-backed storage so that no secret reaches a disk:
 //! `/run/swarmd/<h>` when /run is a tmpfs this process may write (root), else
 //! `/dev/shm/swarmd-<uid>/<h>` when /dev/shm is a tmpfs, where `<h>` is a short hash of the
-//! canonical state directory (several swarmd may share a machine). Failing both, the files go
+//! canonical state directory (several swarmd may share a machine). When another user took
+//! `/run/swarmd` or `/dev/shm/swarmd-<uid>` (anyone may create names in /dev/shm), the base is
+//! a new directory `<that name>-<random>` on the same tmpfs, made with create-new semantics and
+//! recorded in `<state dir>/taskfiles-base` so that the next start uses it again. Failing both, the files go
 //! to `<state dir>/taskfiles`, on disk, with one warning saying why ([`TaskFiles::not_tmpfs`]
 //! tells executors that must refuse that). Base directories are 0711 (traversable, not
 //! listable), a task's directory 0700, files the reference's mode (0400 when it gives none),
@@ -15,7 +18,7 @@
 use std::collections::HashSet;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +31,10 @@ use crate::executor::ExecutorError;
 
 /// `f_type` of a tmpfs in `statfs`.
 const TMPFS_MAGIC: i128 = 0x0102_1994;
+
+/// The file in the state directory recording the private base directory made on a tmpfs
+/// whose usual name someone else had taken, so that the next start uses (and sweeps) it again.
+const PRIVATE_BASE_FILE: &str = "taskfiles-base";
 
 /// Mode of base directories: others may pass through to their task's directory, not list.
 const BASE_MODE: u32 = 0o711;
@@ -65,23 +72,12 @@ impl TaskFiles {
             .create(state_dir)?;
         let hash = short_hash(&state_dir.canonicalize()?);
         let uid = rustix::process::geteuid().as_raw();
-        let candidates = [
-            (
-                run,
-                vec![run.join("swarmd"), run.join("swarmd").join(&hash)],
-            ),
-            (
-                shm,
-                vec![
-                    shm.join(format!("swarmd-{uid}")),
-                    shm.join(format!("swarmd-{uid}")).join(&hash),
-                ],
-            ),
-        ];
+        let remembered = state_dir.join(PRIVATE_BASE_FILE);
+        let candidates = [(run, "swarmd".to_string()), (shm, format!("swarmd-{uid}"))];
         let mut why = Vec::new();
-        for (mount, dirs) in candidates {
-            match tmpfs_base(mount, &dirs) {
-                Ok(()) => {
+        for (mount, name) in candidates {
+            match tmpfs_base(mount, &name, &hash, &remembered) {
+                Ok(dirs) => {
                     return Ok(TaskFiles {
                         dirs,
                         not_tmpfs: None,
@@ -176,17 +172,74 @@ fn short_hash(state_dir: &Path) -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Creates `dirs` on the tmpfs `mount`, or says why it cannot.
-fn tmpfs_base(mount: &Path, dirs: &[PathBuf]) -> Result<(), String> {
+/// Chooses and creates the base on the tmpfs `mount`: the private directory `remembered` names
+/// when it is still there, else `<mount>/<name>/<hash>`, else, when someone else took
+/// `<mount>/<name>`, a new private directory; or says why it cannot.
+fn tmpfs_base(
+    mount: &Path,
+    name: &str,
+    hash: &str,
+    remembered: &Path,
+) -> Result<Vec<PathBuf>, String> {
     let fs = rustix::fs::statfs(mount).map_err(|e| format!("{}: {e}", mount.display()))?;
     if i128::from(fs.f_type) != TMPFS_MAGIC {
         return Err(format!("{} is not a tmpfs", mount.display()));
     }
-    make_base_dirs(dirs).map_err(|e| e.to_string())
+    if let Some(private) = remembered_base(mount, remembered) {
+        return Ok(vec![private]);
+    }
+    let dirs = vec![mount.join(name), mount.join(name).join(hash)];
+    match make_base_dirs(&dirs) {
+        Ok(()) => Ok(dirs),
+        // Squatted: going to disk instead would put secrets there at anyone's asking.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let private = private_base(mount, name, remembered).map_err(|e| e.to_string())?;
+            warn!(dir = %private.display(), "{e}: task files go to a private directory instead");
+            Ok(vec![private])
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The private base directory recorded in `remembered` when it is a directory of this user
+/// directly in `mount`.
+fn remembered_base(mount: &Path, remembered: &Path) -> Option<PathBuf> {
+    let path = PathBuf::from(std::ffi::OsString::from_vec(
+        std::fs::read(remembered).ok()?,
+    ));
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    (path.parent() == Some(mount) && is_ours(&meta)).then_some(path)
+}
+
+/// Makes a directory named `<name>-<random>` in `mount` (with create-new semantics, so that no
+/// one can have made it before) and records its path in `remembered` for the next start.
+fn private_base(mount: &Path, name: &str, remembered: &Path) -> io::Result<PathBuf> {
+    for _ in 0..8 {
+        let dir = mount.join(format!("{name}-{:016x}", rand::random::<u64>()));
+        match DirBuilder::new().mode(BASE_MODE).create(&dir) {
+            Ok(()) => {
+                std::fs::set_permissions(&dir, Permissions::from_mode(BASE_MODE))?;
+                std::fs::write(remembered, dir.as_os_str().as_bytes())?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+        }
+    }
+    Err(io::Error::other(format!(
+        "{}: no free name for a private directory",
+        mount.display()
+    )))
+}
+
+/// Whether `meta` (not followed) is a directory of this user.
+fn is_ours(meta: &std::fs::Metadata) -> bool {
+    meta.is_dir() && meta.uid() == rustix::process::geteuid().as_raw()
 }
 
 /// Creates each of `dirs` (each inside the one before; mode 0711) unless it exists; an
-/// existing one must be a directory of this user, not a link (/dev/shm is everyone's).
+/// existing one must be a directory of this user, not a link (/dev/shm is everyone's): else
+/// the error is `AlreadyExists`.
 fn make_base_dirs(dirs: &[PathBuf]) -> io::Result<()> {
     for dir in dirs {
         let fail = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
@@ -196,8 +249,9 @@ fn make_base_dirs(dirs: &[PathBuf]) -> io::Result<()> {
             Err(e) => return Err(fail(e)),
         }
         let meta = std::fs::symlink_metadata(dir).map_err(fail)?;
-        if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
-            return Err(fail(io::Error::other(
+        if !is_ours(&meta) {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::AlreadyExists,
                 "exists and is not a directory of this user",
             )));
         }

@@ -99,13 +99,21 @@ fn without_a_tmpfs_the_state_dir_is_used_and_the_reason_kept() {
     );
 }
 
+/// /dev/shm when it is a tmpfs, for the tests that need one; else says they are skipped.
+fn shm_tmpfs() -> Option<&'static Path> {
+    let shm = Path::new("/dev/shm");
+    let tmpfs = rustix::fs::statfs(shm).is_ok_and(|s| i128::from(s.f_type) == TMPFS_MAGIC);
+    if !tmpfs {
+        println!("skipped: /dev/shm is not a tmpfs here");
+    }
+    tmpfs.then_some(shm)
+}
+
 #[test]
 fn the_base_is_a_tmpfs_directory_per_state_dir() {
-    let shm = Path::new("/dev/shm");
-    if !rustix::fs::statfs(shm).is_ok_and(|s| i128::from(s.f_type) == TMPFS_MAGIC) {
-        println!("skipped: /dev/shm is not a tmpfs here");
+    let Some(shm) = shm_tmpfs() else {
         return;
-    }
+    };
     // A tmpfs directory stands in for /run.
     let run = tempfile::tempdir_in(shm).expect("tempdir on tmpfs");
     let state = tempfile::tempdir().expect("tempdir");
@@ -134,6 +142,75 @@ fn the_base_is_a_tmpfs_directory_per_state_dir() {
     let base = c.base().to_path_buf();
     drop(c);
     assert!(!base.exists());
+}
+
+#[test]
+fn a_squatted_name_on_a_tmpfs_gives_a_private_directory_not_the_disk() {
+    let Some(real_shm) = shm_tmpfs() else {
+        return;
+    };
+    let uid = rustix::process::geteuid().as_raw();
+    let usual = format!("swarmd-{uid}");
+    // A squatting directory of another user (as root), a file otherwise; and a link.
+    let squat_dir = |at: &Path| {
+        if is_root() {
+            std::fs::create_dir(at).expect("squat");
+            std::os::unix::fs::chown(at, Some(65534), Some(65534)).expect("chown");
+        } else {
+            std::fs::write(at, b"").expect("squat");
+        }
+    };
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let squat_link = |at: &Path| std::os::unix::fs::symlink(elsewhere.path(), at).expect("link");
+    for squat in [&squat_dir as &dyn Fn(&Path), &squat_link] {
+        // A tmpfs directory stands in for /dev/shm.
+        let shm = tempfile::tempdir_in(real_shm).expect("tempdir on tmpfs");
+        squat(&shm.path().join(&usual));
+        let state = tempfile::tempdir().expect("tempdir");
+        let files = Arc::new(
+            TaskFiles::open_with(state.path(), Path::new("/proc"), shm.path()).expect("open"),
+        );
+        assert_eq!(files.not_tmpfs(), None);
+        let base = files.base().to_path_buf();
+        assert_eq!(base.parent(), Some(shm.path()));
+        let name = base
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.starts_with(&format!("{usual}-")) && name.len() == usual.len() + 17,
+            "{name}"
+        );
+        assert_eq!(mode(&base), 0o711);
+        assert_eq!(owner(&base).0, uid);
+        assert!(
+            std::fs::read_dir(elsewhere.path())
+                .expect("list")
+                .next()
+                .is_none()
+        );
+        // The next start finds it again, and sweeps what it holds.
+        let t = task("t1", vec![], vec![]);
+        files
+            .for_task(&t, DependencyGetter::none())
+            .expect("valid")
+            .write(None)
+            .expect("write");
+        drop(files);
+        let again =
+            TaskFiles::open_with(state.path(), Path::new("/proc"), shm.path()).expect("open");
+        assert_eq!(again.base(), base);
+        again.remove_orphans(&HashSet::new());
+        assert!(!base.join("t1").exists());
+        // Once empty it goes with the node; the next start makes another.
+        drop(again);
+        assert!(!base.exists());
+        let next =
+            TaskFiles::open_with(state.path(), Path::new("/proc"), shm.path()).expect("open");
+        assert_ne!(next.base(), base);
+        assert_eq!(next.base().parent(), Some(shm.path()));
+    }
 }
 
 #[test]

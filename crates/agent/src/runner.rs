@@ -305,7 +305,8 @@ impl Runner {
 
     /// The manager dropped the task: stop it if it runs, remove what it left, forget it. The
     /// controller's remove runs even when its runtime object is absent: the task may have left
-    /// files (secrets) without one.
+    /// files (secrets) without one. The files are released whatever became of the removal, since
+    /// the task is forgotten after a few tries and nothing would remove them later.
     async fn remove(&mut self) {
         let id = self.task_id();
         for _ in 0..3 {
@@ -316,6 +317,9 @@ impl Runner {
                     tokio::time::sleep(RETRY).await;
                 }
             }
+        }
+        if let Err(e) = self.controller.release().await {
+            warn!(task.id = %id, "dropping the removed task's files failed: {e}");
         }
         if let Err(e) = self.db.delete(&id) {
             warn!(task.id = %id, "forgetting the task failed: {e}");

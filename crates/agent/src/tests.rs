@@ -29,6 +29,8 @@ struct Fake {
 struct FakeController {
     id: String,
     exit_code: Option<i32>,
+    /// Its remove always fails (service "unremovable").
+    unremovable: bool,
     fake: Arc<Fake>,
 }
 
@@ -88,6 +90,9 @@ impl Controller for FakeController {
     }
     async fn remove(&self) -> Result<(), ExecutorError> {
         self.log("remove");
+        if self.unremovable {
+            return Err(ExecutorError::Temporary("the engine is away".into()));
+        }
         self.set(RuntimeState::Absent);
         Ok(())
     }
@@ -148,6 +153,7 @@ impl Executor for FakeExecutor {
         Ok(Box::new(FakeController {
             id: task.id.clone(),
             exit_code: task.service_id.parse().ok(),
+            unremovable: task.service_id == "unremovable",
             fake: self.0.clone(),
         }))
     }
@@ -219,6 +225,17 @@ async fn until(
     seen
 }
 
+/// Waits until the task database holds no task (removed tasks are forgotten), for up to 30 s.
+async fn forgotten(db: &TaskDb) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !db.load().expect("load").is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("task forgotten");
+}
+
 fn states(seen: &[(i32, String, String)]) -> Vec<(TaskState, &str)> {
     seen.iter()
         .map(|(s, m, _)| (TaskState::try_from(*s).expect("state"), m.as_str()))
@@ -271,17 +288,13 @@ async fn tasks_walk_the_states_and_shut_down_and_go() {
 
     // A COMPLETE set without it: removed and forgotten.
     worker.apply(complete(vec![]));
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !db.load().expect("load").is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("task forgotten");
+    forgotten(&db).await;
     let calls = fake.calls.lock().expect("lock")["t1"].clone();
     assert_eq!(
         calls,
-        vec!["prepare", "start", "shutdown", "release", "remove"]
+        vec![
+            "prepare", "start", "shutdown", "release", "remove", "release"
+        ]
     );
 }
 
@@ -717,15 +730,29 @@ async fn a_task_that_never_ran_is_removed_through_its_controller() {
     worker.apply(complete(vec![task("x", "svc", TaskState::Shutdown)]));
     until(&mut rx, "x", TaskState::Shutdown).await;
     worker.apply(complete(vec![]));
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !db.load().expect("load").is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("task forgotten");
+    forgotten(&db).await;
     let calls = fake.calls.lock().expect("lock")["x"].clone();
-    assert_eq!(calls, vec!["shutdown", "release", "remove"]);
+    assert_eq!(calls, vec!["shutdown", "release", "remove", "release"]);
+}
+
+/// A removal that keeps failing still drops the task's files before the task is forgotten:
+/// nothing would remove them later.
+#[tokio::test(start_paused = true)]
+async fn a_task_whose_removal_fails_still_releases_its_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TaskDb::open(dir.path()).expect("db");
+    let fake = Arc::new(Fake::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
+    worker.apply(complete(vec![task("x", "unremovable", TaskState::Running)]));
+    until(&mut rx, "x", TaskState::Running).await;
+    worker.apply(complete(vec![]));
+    forgotten(&db).await;
+    let calls = fake.calls.lock().expect("lock")["x"].clone();
+    assert_eq!(
+        calls,
+        vec!["prepare", "start", "remove", "remove", "remove", "release"]
+    );
 }
 
 /// A task that ends drops its files at once (release), not only when the manager removes it; a

@@ -285,6 +285,9 @@ impl Controller for DockerController {
     }
 
     async fn remove(&self) -> Result<(), ExecutorError> {
+        // The files go whatever becomes of the container (a running one keeps the inodes it
+        // has mounted): a removal that keeps failing must not leave secrets behind.
+        let files = self.files.remove();
         let docker = self.engine.client().await?;
         if let Err(e) = self.shutdown().await {
             // Forced removal below kills it anyway.
@@ -295,8 +298,8 @@ impl Controller for DockerController {
             .v(true)
             .build();
         match docker.remove_container(self.name(), Some(options)).await {
-            Ok(()) => self.files.remove(),
-            Err(e) if is_not_found(&e) => self.files.remove(),
+            Ok(()) => files,
+            Err(e) if is_not_found(&e) => files,
             // "removal of container ... is already in progress": done soon, try again.
             Err(e) if status(&e) == Some(409) => Err(ExecutorError::Temporary(e.to_string())),
             Err(e) => Err(classify("removing container failed", e)),

@@ -239,21 +239,18 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn an_engine_that_refuses_connections_is_temporary() {
-        // A socket file nobody listens on any more: connecting is refused.
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("docker.sock");
+    /// An executor for an engine whose socket file nobody listens on any more: connecting is
+    /// refused. Task files go under `dir`.
+    fn refusing_engine(dir: &std::path::Path) -> DockerExecutor {
+        let path = dir.join("docker.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
-        let ex = DockerExecutor::connect(
-            &format!("unix://{}", path.display()),
-            files(dir.path()),
-            None,
-        )
-        .expect("the socket file exists");
-        let err = ex.describe().await.expect_err("nothing answers");
-        assert!(matches!(err, ExecutorError::Temporary(_)), "{err:?}");
-        let task = api::Task {
+        DockerExecutor::connect(&format!("unix://{}", path.display()), files(dir), None)
+            .expect("the socket file exists")
+    }
+
+    /// A task `t1` running the test image.
+    fn task() -> api::Task {
+        api::Task {
             id: "t1".into(),
             spec: Some(api::TaskSpec {
                 runtime: Some(api::task_spec::Runtime::Container(Box::new(
@@ -265,9 +262,17 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_refuses_connections_is_temporary() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ex = refusing_engine(dir.path());
+        let err = ex.describe().await.expect_err("nothing answers");
+        assert!(matches!(err, ExecutorError::Temporary(_)), "{err:?}");
         let c = ex
-            .controller(&task, None, DependencyGetter::none())
+            .controller(&task(), None, DependencyGetter::none())
             .expect("controller");
         assert!(matches!(
             c.prepare().await,
@@ -277,5 +282,21 @@ mod tests {
             c.inspect().await,
             Err(ExecutorError::Temporary(_))
         ));
+    }
+
+    /// A removal the engine does not answer still takes the task's files: the runner forgets the
+    /// task after a few tries, and nothing would remove them later.
+    #[tokio::test]
+    async fn a_failed_removal_still_removes_the_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ex = refusing_engine(dir.path());
+        let c = ex
+            .controller(&task(), None, DependencyGetter::none())
+            .expect("controller");
+        // What a prepare that got as far as the files left.
+        let root = ex.files.base().join("t1");
+        std::fs::create_dir_all(root.join("run/secrets")).expect("mkdir");
+        assert!(matches!(c.remove().await, Err(ExecutorError::Temporary(_))));
+        assert!(!root.exists(), "the files outlived a failed removal");
     }
 }

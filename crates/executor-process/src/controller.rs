@@ -479,7 +479,11 @@ impl Controller for ProcessController {
     }
 
     async fn remove(&self) -> Result<(), ExecutorError> {
-        self.shutdown().await?;
+        // The files go whatever becomes of the process (after its grace period, which it may
+        // need them for): a removal that keeps failing must not leave secrets behind.
+        let stopped = self.shutdown().await;
+        let files = self.files.remove();
+        stopped?;
         let mut inner = self.lock();
         match std::fs::remove_file(&self.log_path) {
             Ok(()) => {}
@@ -488,7 +492,7 @@ impl Controller for ProcessController {
                 e,
             ))?,
         }
-        self.files.remove()?;
+        files?;
         inner.phase = Phase::Absent;
         inner.launched = None;
         Ok(())

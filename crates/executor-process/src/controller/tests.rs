@@ -324,3 +324,23 @@ async fn shutdown_reaches_the_whole_process_group() {
         .await
         .expect("the grandchild got the stop signal too");
 }
+
+/// A removal that fails still takes the task's files with it: the runner forgets the task after a
+/// few tries, and nothing would remove them later.
+#[tokio::test]
+async fn a_failed_removal_still_removes_the_files() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let log_dir = state.path().join("process");
+    let c = controller(&sh("stuck", "true"), &log_dir, None).expect("controller");
+    c.prepare().await.expect("prepare");
+    assert!(c.files.root().is_dir());
+    // A non-empty directory where the log file goes: removing the log fails.
+    let _ = std::fs::remove_file(c.log_path());
+    std::fs::create_dir_all(c.log_path().join("x")).expect("mkdir");
+    let err = c.remove().await.expect_err("the log cannot go");
+    assert!(err.to_string().contains("stuck.log"), "{err}");
+    assert!(
+        !c.files.root().exists(),
+        "the files outlived a failed removal"
+    );
+}

@@ -200,7 +200,8 @@ impl Controller for DockerController {
             RuntimeState::Absent => return Err(self.no_such_container()),
             // Started before (by us or by an earlier swarmd): never start it twice.
             RuntimeState::Running | RuntimeState::Exited(_) => return Ok(()),
-            RuntimeState::Created => {}
+            // Its files may be gone with the tmpfs they were on (a reboot since prepare).
+            RuntimeState::Created => self.write_files()?,
         }
         tracing::debug!(
             task.id = self.config.task_id(),

@@ -402,6 +402,10 @@ async fn secrets_and_configs_are_read_only_files_with_their_owner_and_mode() {
         .controller(&t, None, all.restrict(&t))
         .expect("controller");
     c.prepare().await.expect("prepare");
+    // The files go as with the tmpfs at a reboot between prepare and start: start writes them
+    // again for the container it finds created.
+    let root = files.base().join("reader");
+    std::fs::remove_dir_all(&root).expect("drop the files");
     c.start().await.expect("start");
     let exit = tokio::time::timeout(Duration::from_secs(30), c.wait())
         .await
@@ -429,7 +433,6 @@ async fn secrets_and_configs_are_read_only_files_with_their_owner_and_mode() {
         &lines[2..],
         [["s3cr3t-pass"], ["level=debug"], ["read-only"]]
     );
-    let root = files.base().join("reader");
     assert!(root.join("run/secrets/db_pass").exists());
     c.remove().await.expect("remove");
     assert!(!root.exists(), "the task's files outlived its container");

@@ -6,6 +6,7 @@
 //! it (removed from the set, replaced by a newer version, or the set replaced).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use zeroize::Zeroize;
@@ -50,24 +51,30 @@ pub enum DependencyError {
         /// Its ID.
         id: String,
     },
-    /// The node has not received it (yet: after a swarmd restart, a resumed task may ask before
-    /// the first assignments arrive).
+    /// The node does not hold it.
     #[error("{kind} {id} not found")]
     NotFound {
         /// `secret` or `config`.
         kind: &'static str,
         /// Its ID.
         id: String,
+        /// Whether the node had applied a whole COMPLETE set when it looked: then the manager
+        /// did not send it and it will not come; before (after a swarmd restart, a resumed task
+        /// may ask before the first assignments arrive) it may.
+        synced: bool,
     },
 }
 
 impl From<DependencyError> for crate::ExecutorError {
-    /// A reference the task does not make is a bug that no retry mends; a missing one comes with
-    /// the assignments, so it is worth waiting for.
+    /// A reference the task does not make is a bug that no retry mends, and so is one the
+    /// manager did not send; one missing before the first COMPLETE set comes with it, so it is
+    /// worth waiting for.
     fn from(e: DependencyError) -> Self {
         match e {
-            DependencyError::NotAuthorized { .. } => crate::ExecutorError::Fatal(e.to_string()),
-            DependencyError::NotFound { .. } => crate::ExecutorError::Temporary(e.to_string()),
+            DependencyError::NotFound { synced: false, .. } => {
+                crate::ExecutorError::Temporary(e.to_string())
+            }
+            _ => crate::ExecutorError::Fatal(e.to_string()),
         }
     }
 }
@@ -77,6 +84,8 @@ impl From<DependencyError> for crate::ExecutorError {
 pub struct Dependencies {
     secrets: RwLock<HashMap<String, Arc<Secret>>>,
     configs: RwLock<HashMap<String, Arc<api::Config>>>,
+    /// Whether a whole COMPLETE set has been applied since this node started.
+    synced: AtomicBool,
 }
 
 /// Reads a lock whose holders never panic while holding it; a poisoned one is still consistent.
@@ -110,10 +119,12 @@ impl Dependencies {
         write(&self.configs).remove(id);
     }
 
-    /// Keeps only the secrets and configs whose IDs are given: the end of a COMPLETE set.
+    /// Keeps only the secrets and configs whose IDs are given: the end of a COMPLETE set, after
+    /// which one the node does not hold is one the manager did not send.
     pub fn retain(&self, secrets: &HashSet<String>, configs: &HashSet<String>) {
         write(&self.secrets).retain(|id, _| secrets.contains(id));
         write(&self.configs).retain(|id, _| configs.contains(id));
+        self.synced.store(true, Ordering::Release);
     }
 
     /// How many secrets and configs the node holds.
@@ -167,34 +178,38 @@ impl DependencyGetter {
 
     /// The secret `id`, if the task references it and the node holds it.
     pub fn secret(&self, id: &str) -> Result<Arc<Secret>, DependencyError> {
-        lookup(&self.all.secrets, &self.secrets, "secret", id)
+        self.lookup(&self.all.secrets, &self.secrets, "secret", id)
     }
 
     /// The config `id`, if the task references it and the node holds it.
     pub fn config(&self, id: &str) -> Result<Arc<api::Config>, DependencyError> {
-        lookup(&self.all.configs, &self.configs, "config", id)
+        self.lookup(&self.all.configs, &self.configs, "config", id)
     }
-}
 
-fn lookup<T>(
-    all: &RwLock<HashMap<String, Arc<T>>>,
-    allowed: &HashSet<String>,
-    kind: &'static str,
-    id: &str,
-) -> Result<Arc<T>, DependencyError> {
-    if !allowed.contains(id) {
-        return Err(DependencyError::NotAuthorized {
-            kind,
-            id: id.to_string(),
-        });
+    fn lookup<T>(
+        &self,
+        all: &RwLock<HashMap<String, Arc<T>>>,
+        allowed: &HashSet<String>,
+        kind: &'static str,
+        id: &str,
+    ) -> Result<Arc<T>, DependencyError> {
+        if !allowed.contains(id) {
+            return Err(DependencyError::NotAuthorized {
+                kind,
+                id: id.to_string(),
+            });
+        }
+        // Read before the lookup: a COMPLETE set that ends in between did not send it either.
+        let synced = self.all.synced.load(Ordering::Acquire);
+        read(all)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DependencyError::NotFound {
+                kind,
+                id: id.to_string(),
+                synced,
+            })
     }
-    read(all)
-        .get(id)
-        .cloned()
-        .ok_or_else(|| DependencyError::NotFound {
-            kind,
-            id: id.to_string(),
-        })
 }
 
 #[cfg(test)]
@@ -261,7 +276,8 @@ pub(crate) mod tests {
             getter.secret("s3").err(),
             Some(DependencyError::NotFound {
                 kind: "secret",
-                id: "s3".into()
+                id: "s3".into(),
+                synced: false
             })
         );
         assert_eq!(getter.config("c1").expect("c1").id, "c1");
@@ -286,6 +302,17 @@ pub(crate) mod tests {
             crate::ExecutorError::from(getter.secret("s2").err().expect("unreferenced")),
             crate::ExecutorError::Fatal(_)
         ));
+        // Once a whole COMPLETE set has been applied, missing is final: the manager did not
+        // send it.
+        all.retain(&HashSet::new(), &HashSet::new());
+        assert_eq!(
+            crate::ExecutorError::from(getter.secret("s3").err().expect("missing")),
+            crate::ExecutorError::Fatal("secret s3 not found".into())
+        );
+        assert_eq!(
+            crate::ExecutorError::from(getter.config("c1").expect_err("missing")),
+            crate::ExecutorError::Fatal("config c1 not found".into())
+        );
     }
 
     #[test]

@@ -335,8 +335,9 @@ fn bad_targets_and_references_are_refused() {
     );
 }
 
+/// Before the first COMPLETE set (a task resumed after a restart), a missing secret may come.
 #[test]
-fn a_missing_secret_is_worth_a_retry_and_leaves_nothing() {
+fn a_missing_secret_is_worth_a_retry_before_the_first_complete_set_and_leaves_nothing() {
     let state = tempfile::tempdir().expect("tempdir");
     let files = on_disk(state.path());
     let all = Arc::new(Dependencies::default());
@@ -368,6 +369,35 @@ fn a_missing_secret_is_worth_a_retry_and_leaves_nothing() {
         ))
     );
     assert!(!set.root().exists());
+}
+
+/// Once a whole COMPLETE set has been applied, a missing secret or config is one the manager did
+/// not send: fatal, so the task is REJECTED and replaced, with SwarmKit's message.
+#[test]
+fn a_missing_secret_or_config_after_a_complete_set_is_fatal_and_leaves_nothing() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let files = on_disk(state.path());
+    let all = Arc::new(Dependencies::default());
+    all.put_config(config("c1", b"conf"));
+    all.retain(&HashSet::new(), &HashSet::from(["c1".to_string()]));
+    let with_secret = task(
+        "t1",
+        vec![secret_ref("s1", file("x", "", "", 0o444))],
+        vec![config_ref("c1", file("c", "", "", 0o444))],
+    );
+    let with_config = task(
+        "t2",
+        vec![],
+        vec![config_ref("c2", file("c", "", "", 0o444))],
+    );
+    for (t, missing) in [(with_secret, "secret s1"), (with_config, "config c2")] {
+        let set = files.for_task(&t, all.restrict(&t)).expect("valid");
+        assert_eq!(
+            set.write(None),
+            Err(ExecutorError::Fatal(format!("{missing} not found")))
+        );
+        assert!(!set.root().exists(), "a failed write leaves nothing");
+    }
 }
 
 #[test]

@@ -736,17 +736,20 @@ async fn a_task_that_never_ran_is_removed_through_its_controller() {
 }
 
 /// A removal that keeps failing still drops the task's files before the task is forgotten:
-/// nothing would remove them later.
+/// nothing would remove them later. The task sent again meanwhile is ignored: that runner's end
+/// would delete the new runner's files and database row.
 #[tokio::test(start_paused = true)]
-async fn a_task_whose_removal_fails_still_releases_its_files() {
+async fn a_task_whose_removal_fails_still_releases_its_files_and_is_not_rerun_meanwhile() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = TaskDb::open(dir.path()).expect("db");
     let fake = Arc::new(Fake::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut worker = Worker::new(Arc::new(FakeExecutor(fake.clone())), db.clone(), tx);
-    worker.apply(complete(vec![task("x", "unremovable", TaskState::Running)]));
+    let x = task("x", "unremovable", TaskState::Running);
+    worker.apply(complete(vec![x.clone()]));
     until(&mut rx, "x", TaskState::Running).await;
     worker.apply(complete(vec![]));
+    worker.apply(complete(vec![x]));
     forgotten(&db).await;
     let calls = fake.calls.lock().expect("lock")["x"].clone();
     assert_eq!(

@@ -5,7 +5,8 @@
 //! arrives, but what it leaves out is removed only once its last part arrived: a set cut short
 //! (the stream failed) removes nothing. On start it
 //! resumes every task in the task database from its stored status and checkpoint, so a restart
-//! re-runs nothing, and has the executor remove what tasks it no longer knows left behind.
+//! re-runs nothing, and has the executor remove what tasks it no longer knows left behind. A
+//! task sent while its earlier runner is still being removed waits for a later message.
 //!
 //! Secrets and configs come in the same messages, before the tasks that need them, and follow
 //! the same rules (SwarmKit's reconcileSecrets/reconcileConfigs): a COMPLETE set replaces the
@@ -20,7 +21,7 @@ use api::assignment_change::AssignmentAction;
 use api::assignment_parts;
 use api::assignments_message::Type as AssignmentsType;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::db::TaskDb;
 use crate::dependencies::Dependencies;
@@ -32,7 +33,8 @@ pub struct Worker {
     executor: Arc<dyn Executor>,
     db: TaskDb,
     runners: HashMap<String, RunnerHandle>,
-    removing: Vec<RunnerHandle>,
+    /// Runners being removed, by task ID.
+    removing: HashMap<String, RunnerHandle>,
     /// Tasks the executor refused (already reported REJECTED).
     refused: HashSet<String>,
     reports: mpsc::UnboundedSender<StatusReport>,
@@ -62,7 +64,7 @@ impl Worker {
             executor,
             db,
             runners: HashMap::new(),
-            removing: Vec::new(),
+            removing: HashMap::new(),
             refused: Default::default(),
             reports,
             dependencies: Arc::default(),
@@ -146,7 +148,7 @@ impl Worker {
                 self.remove(&id);
             }
         }
-        self.removing.retain(|r| !r.is_finished());
+        self.removing.retain(|_, r| !r.is_finished());
     }
 
     /// Records in the COMPLETE set arriving, if any, that `id` is in it (or, removed, not).
@@ -172,8 +174,19 @@ impl Worker {
         self.partial = None;
     }
 
+    /// Updates a task's runner, or starts one. A task whose earlier runner is still being
+    /// removed is left for a later message: that runner's end would delete the new one's files
+    /// and database row.
     fn upsert(&mut self, task: api::Task) {
         if self.refused.contains(&task.id) {
+            return;
+        }
+        if self
+            .removing
+            .get(&task.id)
+            .is_some_and(|r| !r.is_finished())
+        {
+            debug!(task.id = %task.id, "ignoring the task while its earlier runner is being removed");
             return;
         }
         if let Err(e) = self.db.put_task(&task) {
@@ -229,7 +242,7 @@ impl Worker {
         self.refused.remove(id);
         if let Some(runner) = self.runners.remove(id) {
             runner.remove();
-            self.removing.push(runner);
+            self.removing.insert(id.to_string(), runner);
         } else if let Err(e) = self.db.delete(id) {
             warn!(task.id = %id, "forgetting the task failed: {e}");
         }
@@ -241,7 +254,7 @@ impl Worker {
         for id in ids {
             self.remove(&id);
         }
-        for runner in self.removing.drain(..) {
+        for (_, runner) in self.removing.drain() {
             runner.join().await;
         }
     }

@@ -821,9 +821,34 @@ fn bad_secret_and_config_references_change_nothing() {
         assert_refused(&m, &create(&["--secret", target]), escaping, false);
         assert_refused(&m, &update(&["--add-secret", target]), escaping, false);
     }
-    for target in ["appcfg:../x", "appcfg:a/../../x"] {
+    for target in ["appcfg:../x", "appcfg:a/../../x", "appcfg:a/../b"] {
         let escaping = target.trim_start_matches("appcfg:");
         assert_refused(&m, &create(&["--config", target]), escaping, false);
+    }
+    for (flag, target) in [("--secret", "db:."), ("--config", "appcfg:/")] {
+        let named = target.split_once(':').expect("name:target").1;
+        let nothing = format!("'{named}' names no file");
+        assert_refused(&m, &create(&[flag, target]), &nothing, false);
+    }
+    // Two targets naming one file in the task, as the agent sees them: refused by the API.
+    for (other, (kind, name, target)) in [
+        (
+            "other:/run/secrets/x",
+            ("secret", "other", "/run/secrets/x"),
+        ),
+        (
+            "appcfg:run/secrets/x",
+            ("config", "appcfg", "run/secrets/x"),
+        ),
+    ] {
+        let flag = format!("--{kind}");
+        let same_file = format!(
+            "Error: secret reference 'db' (target 'x') and {kind} reference '{name}' \
+             (target '{target}') name the same file in the task: '/run/secrets/x'"
+        );
+        let cmd = create(&["--secret", "db:x"]);
+        let cmd: Vec<&str> = cmd.into_iter().chain([flag.as_str(), other]).collect();
+        assert_refused(&m, &cmd, &same_file, true);
     }
     assert_refused(
         &m,

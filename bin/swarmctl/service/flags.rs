@@ -799,15 +799,23 @@ pub struct Reference {
     pub file: api::FileTarget,
 }
 
+/// The keys of the long form of a reference.
+const LONG_REFERENCE_KEYS: [&str; 6] = ["source", "src", "target", "uid", "gid", "mode"];
+
 /// The references of a secret or config flag's occurrences (`kind` = "secret" or "config").
-/// An occurrence with `key=value` fields is one reference in the long form
-/// `source=<name>,target=<t>,uid=<n>,gid=<n>,mode=<octal>` (ours; names cannot contain `=`, so
-/// this is unambiguous), any other is a list of SwarmKit's `name[:target]`. Targets that would
-/// leave the secrets (configs) directory are refused here, with the control API's words.
+/// An occurrence with a field `<key>=` of [`LONG_REFERENCE_KEYS`] is one reference in
+/// the long form `source=<name>,target=<t>,uid=<n>,gid=<n>,mode=<octal>` (ours; names cannot
+/// contain `=`, so this is unambiguous), any other is a list of SwarmKit's `name[:target]`,
+/// whose target may hold a `=` (`s:a=b`). Targets the agent could not place are refused here,
+/// with the control API's words ([`api::limits::file_target_path`]).
 pub fn parse_references(records: &[Vec<String>], kind: &str) -> Result<Vec<Reference>> {
     let mut refs = Vec::new();
     for fields in records {
-        if fields.iter().any(|f| f.contains('=')) {
+        let long = |f: &String| {
+            f.split_once('=')
+                .is_some_and(|(key, _)| LONG_REFERENCE_KEYS.contains(&key.trim()))
+        };
+        if fields.iter().any(long) {
             refs.push(parse_long_reference(fields, kind)?);
             continue;
         }
@@ -820,11 +828,11 @@ pub fn parse_references(records: &[Vec<String>], kind: &str) -> Result<Vec<Refer
         }
     }
     for r in &refs {
-        let checked = match kind {
-            "secret" => api::limits::check_secret_target(&r.file.name),
-            _ => api::limits::check_config_target(&r.file.name),
+        let file_kind = match kind {
+            "secret" => api::limits::FileKind::Secret,
+            _ => api::limits::FileKind::Config,
         };
-        checked.map_err(|why| {
+        api::limits::file_target_path(file_kind, &r.file.name).map_err(|why| {
             format!("malformed file {kind} reference, invalid target file name provided: {why}")
         })?;
     }

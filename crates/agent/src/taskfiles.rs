@@ -20,7 +20,7 @@ use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::Digest;
@@ -360,31 +360,17 @@ fn file_ref(kind: Kind, id: &str, name: &str, file: &api::FileTarget) -> Result<
     })
 }
 
-/// Where a reference's target appears in the task: a relative secret target under
-/// `/run/secrets`, a relative config target under `/`, an absolute one as it is.
+/// Where a reference's target appears in the task, as the control API checked it
+/// ([`api::limits::file_target_path`]); checked again here since a task may come from a manager
+/// that did not.
 fn target_path(kind: Kind, name: &str) -> Result<PathBuf, String> {
-    let given = Path::new(name);
-    let mut path = PathBuf::from("/");
-    if kind == Kind::Secret && given.is_relative() {
-        path.push(SECRETS_DIR);
-    }
-    let mut names_a_file = false;
-    for c in given.components() {
-        match c {
-            Component::Normal(part) => {
-                path.push(part);
-                names_a_file = true;
-            }
-            Component::ParentDir => {
-                return Err(format!("target {name:?} contains a '..' component"));
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    if !names_a_file {
-        return Err(format!("target {name:?} names no file"));
-    }
-    Ok(path)
+    let kind = match kind {
+        Kind::Secret => api::limits::FileKind::Secret,
+        Kind::Config => api::limits::FileKind::Config,
+    };
+    api::limits::file_target_path(kind, name)
+        .map(PathBuf::from)
+        .map_err(|why| format!("target {why}"))
 }
 
 /// One task's files: where they go, and what writes and removes them.

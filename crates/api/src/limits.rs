@@ -1,7 +1,8 @@
-//! Ranges of spec fields that SwarmKit leaves to the engine or the kernel, and secret and config
-//! targets that would leave their directory, checked where a spec is made (swarmctl's flags) and
-//! where it is accepted (the control API), so that a value that can never run (or must never run)
-//! is refused at once instead of failing every task.
+//! Ranges of spec fields that SwarmKit leaves to the engine or the kernel, and where a secret's
+//! or config's file target lands in its task (refusing targets the agent cannot place), checked
+//! where a spec is made (swarmctl's flags), where it is accepted (the control API) and where it
+//! is used (the agent), so that a value that can never run (or must never run) is refused at
+//! once instead of failing every task.
 
 use std::ops::RangeInclusive;
 
@@ -20,35 +21,53 @@ pub fn check_oom_score_adj(v: i64) -> Result<(), String> {
     ))
 }
 
-/// Why a secret's file target cannot be used: a `..` component, which could reach outside the
-/// directory the agent puts secrets in (absolute targets are allowed, as in SwarmKit).
-pub fn check_secret_target(target: &str) -> Result<(), String> {
-    if target.split('/').any(|c| c == "..") {
-        return Err(format!("'{target}' contains a '..' component"));
-    }
-    Ok(())
+/// Where a secret with a relative target appears in its task.
+pub const SECRETS_DIR: &str = "/run/secrets";
+
+/// What a file target belongs to; the two put relative targets in different directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Secret,
+    Config,
 }
 
-/// Why a config's file target cannot be used: a relative target that does not name a file below
-/// the directory the agent puts configs in (`../x`, `a/../../x`, `a/..`); absolute targets are
-/// allowed, as in SwarmKit.
-pub fn check_config_target(target: &str) -> Result<(), String> {
-    if target.starts_with('/') {
-        return Ok(());
+impl FileKind {
+    /// "secret" or "config", for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Secret => "secret",
+            FileKind::Config => "config",
+        }
     }
-    let mut depth = 0usize;
+}
+
+/// The file a secret's or config's target names as the task sees it, normalised (`x`, `./x` and
+/// `/run/secrets/x` are one secret file): a relative secret target under [`SECRETS_DIR`], a
+/// relative config target under `/`, an absolute one as it is (as in SwarmKit). Refused: a `..`
+/// component anywhere (the agent never resolves one, so it could only fail every task) and a
+/// target naming no file (`.`, `/`). The control API, swarmctl and the agent all use this, so a
+/// target the API accepts is one the agent can place.
+pub fn file_target_path(kind: FileKind, target: &str) -> Result<String, String> {
+    let mut path = match kind {
+        FileKind::Secret if !target.starts_with('/') => SECRETS_DIR.to_string(),
+        _ => String::new(),
+    };
+    let mut names_a_file = false;
     for component in target.split('/') {
         match component {
             "" | "." => {}
-            ".." if depth == 0 => return Err(format!("'{target}' leaves the configs directory")),
-            ".." => depth -= 1,
-            _ => depth += 1,
+            ".." => return Err(format!("'{target}' contains a '..' component")),
+            name => {
+                path.push('/');
+                path.push_str(name);
+                names_a_file = true;
+            }
         }
     }
-    if depth == 0 {
-        return Err(format!("'{target}' names no file in the configs directory"));
+    if !names_a_file {
+        return Err(format!("'{target}' names no file"));
     }
-    Ok(())
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -56,33 +75,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secret_targets_never_go_up() {
-        for ok in ["x", "a/b", "/run/secrets/x", "..x", "a/..b", "x.."] {
-            assert_eq!(check_secret_target(ok), Ok(()), "{ok}");
+    fn file_targets_normalise_where_the_task_sees_them() {
+        use FileKind::{Config, Secret};
+        for (kind, target, path) in [
+            (Secret, "x", "/run/secrets/x"),
+            (Secret, "./x", "/run/secrets/x"),
+            (Secret, "a//b/./c/", "/run/secrets/a/b/c"),
+            (Secret, "/run/secrets/x", "/run/secrets/x"),
+            (Secret, "/etc/x", "/etc/x"),
+            (Secret, "..x", "/run/secrets/..x"),
+            (Secret, "a=b", "/run/secrets/a=b"),
+            (Config, "x", "/x"),
+            (Config, "./etc/x", "/etc/x"),
+            (Config, "/etc/x", "/etc/x"),
+            (Config, "x..", "/x.."),
+        ] {
+            assert_eq!(file_target_path(kind, target), Ok(path.into()), "{target}");
         }
-        for bad in ["..", "../x", "a/../../x", "a/../b", "/a/../b"] {
-            assert_eq!(
-                check_secret_target(bad),
-                Err(format!("'{bad}' contains a '..' component"))
-            );
+        for kind in [Secret, Config] {
+            for bad in [
+                "..",
+                "../x",
+                "a/../b",
+                "a/../../x",
+                "/a/../b",
+                "./../x",
+                "a/..",
+            ] {
+                assert_eq!(
+                    file_target_path(kind, bad),
+                    Err(format!("'{bad}' contains a '..' component"))
+                );
+            }
+            for none in ["", ".", "/", "./", "//", "/./."] {
+                assert_eq!(
+                    file_target_path(kind, none),
+                    Err(format!("'{none}' names no file"))
+                );
+            }
         }
-    }
-
-    #[test]
-    fn relative_config_targets_stay_in_their_directory() {
-        for ok in ["x", "a/../b", "./x", "/etc/x", "/a/../../x", "..x"] {
-            assert_eq!(check_config_target(ok), Ok(()), "{ok}");
-        }
-        for bad in ["..", "../x", "a/../../x", "./../x"] {
-            assert_eq!(
-                check_config_target(bad),
-                Err(format!("'{bad}' leaves the configs directory"))
-            );
-        }
-        assert_eq!(
-            check_config_target("a/.."),
-            Err("'a/..' names no file in the configs directory".into())
-        );
     }
 
     #[test]

@@ -294,7 +294,7 @@ fn bad_targets_and_references_are_refused() {
     let one_secret = |target: api::FileTarget| task("t1", vec![secret_ref("s1", target)], vec![]);
     assert_eq!(
         refused(one_secret(file("../../etc/passwd", "", "", 0o444))),
-        "secret s1-name: target \"../../etc/passwd\" contains a '..' component"
+        "secret s1-name: target '../../etc/passwd' contains a '..' component"
     );
     assert_eq!(
         refused(task(
@@ -302,11 +302,11 @@ fn bad_targets_and_references_are_refused() {
             vec![],
             vec![config_ref("c1", file("/app/../etc/x", "", "", 0o444))]
         )),
-        "config c1-name: target \"/app/../etc/x\" contains a '..' component"
+        "config c1-name: target '/app/../etc/x' contains a '..' component"
     );
     assert_eq!(
         refused(one_secret(file("/", "", "", 0o444))),
-        "secret s1-name: target \"/\" names no file"
+        "secret s1-name: target '/' names no file"
     );
     assert_eq!(
         refused(one_secret(file("x", "root", "", 0o444))),

@@ -1790,11 +1790,36 @@ async fn bad_secret_and_config_input_is_refused_and_changes_nothing() {
         ),
         (
             with_refs(vec![], vec![config_ref(&config, "../x")]),
-            "malformed file config reference, invalid target file name provided: '../x' leaves the configs directory",
+            "malformed file config reference, invalid target file name provided: '../x' contains a '..' component",
         ),
         (
-            with_refs(vec![], vec![config_ref(&config, "a/../../x")]),
-            "malformed file config reference, invalid target file name provided: 'a/../../x' leaves the configs directory",
+            with_refs(vec![], vec![config_ref(&config, "a/../b")]),
+            "malformed file config reference, invalid target file name provided: 'a/../b' contains a '..' component",
+        ),
+        (
+            with_refs(vec![secret_ref(&secret, "./")], vec![]),
+            "malformed file secret reference, invalid target file name provided: './' names no file",
+        ),
+        (
+            with_refs(vec![], vec![config_ref(&config, "/")]),
+            "malformed file config reference, invalid target file name provided: '/' names no file",
+        ),
+        (
+            with_refs(
+                vec![
+                    secret_ref(&secret, "x"),
+                    secret_ref(&other, "/run/secrets/x"),
+                ],
+                vec![],
+            ),
+            "secret reference 'pw' (target 'x') and secret reference 'key' (target '/run/secrets/x') name the same file in the task: '/run/secrets/x'",
+        ),
+        (
+            with_refs(
+                vec![secret_ref(&secret, "app.conf")],
+                vec![config_ref(&config, "./run/secrets/app.conf")],
+            ),
+            "secret reference 'pw' (target 'app.conf') and config reference 'app.conf' (target './run/secrets/app.conf') name the same file in the task: '/run/secrets/app.conf'",
         ),
     ];
     for (spec, message) in refused {
@@ -1869,8 +1894,8 @@ async fn bad_secret_and_config_input_is_refused_and_changes_nothing() {
     );
     assert_eq!((ctl.store.last_index(), ctl.store.save()), before);
 
-    // What stays allowed: absolute targets, a config target that stays in its directory, the
-    // largest data.
+    // What stays allowed: absolute targets, a secret and a config of one relative target (they
+    // land in different directories), the largest data.
     create_service(
         &ctl,
         with_refs(
@@ -1880,7 +1905,7 @@ async fn bad_secret_and_config_input_is_refused_and_changes_nothing() {
             ],
             vec![
                 config_ref(&config, "/etc/app.conf"),
-                config_ref(&other_config, "a/../log.conf"),
+                config_ref(&other_config, "sub/key"),
             ],
         ),
     )

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use api::gofmt::{format_g, quote};
+use api::limits::FileKind;
 use regex::Regex;
 use tonic::Status;
 
@@ -361,7 +362,38 @@ fn validate_generic_runtime_spec(g: &api::GenericRuntimeSpec) -> Result<(), Stat
     Ok(())
 }
 
-fn validate_secret_refs(c: &api::ContainerSpec) -> Result<(), Status> {
+/// The files a container spec's secret and config file targets name, by where the task sees
+/// them ([`api::limits::file_target_path`]). Beyond SwarmKit's check of the same target string
+/// twice in one kind: two targets naming one file (`x` and `./x`, or a secret and a config)
+/// would make the agent reject every task.
+#[derive(Default)]
+struct TaskFiles<'a>(HashMap<String, (&'static str, &'a str, &'a str)>);
+
+impl<'a> TaskFiles<'a> {
+    /// Adds the `kind` reference to `name` at `target`: a target the agent cannot place, or a
+    /// file another reference already names, is an invalid argument.
+    fn add(&mut self, kind: FileKind, name: &'a str, target: &'a str) -> Result<(), Status> {
+        let what = kind.name();
+        let path = api::limits::file_target_path(kind, target).map_err(|why| {
+            Status::invalid_argument(format!(
+                "malformed file {what} reference, invalid target file name provided: {why}"
+            ))
+        })?;
+        if let Some((prev_what, prev_name, prev_target)) =
+            self.0.insert(path.clone(), (what, name, target))
+        {
+            return Err(Status::invalid_argument(format!(
+                "{prev_what} reference '{prev_name}' (target '{prev_target}') and {what} reference '{name}' (target '{target}') name the same file in the task: '{path}'"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn validate_secret_refs<'a>(
+    c: &'a api::ContainerSpec,
+    files: &mut TaskFiles<'a>,
+) -> Result<(), Status> {
     let mut targets: HashMap<&str, &str> = HashMap::new();
     for r in &c.secrets {
         if r.secret_id.is_empty() || r.secret_name.is_empty() {
@@ -377,22 +409,21 @@ fn validate_secret_refs(c: &api::ContainerSpec) -> Result<(), Status> {
                 "malformed file secret reference, invalid target file name provided",
             ));
         }
-        api::limits::check_secret_target(&file.name).map_err(|why| {
-            Status::invalid_argument(format!(
-                "malformed file secret reference, invalid target file name provided: {why}"
-            ))
-        })?;
         if let Some(prev) = targets.insert(&file.name, &r.secret_name) {
             return Err(Status::invalid_argument(format!(
                 "secret references '{prev}' and '{}' have a conflicting target: '{}'",
                 r.secret_name, file.name
             )));
         }
+        files.add(FileKind::Secret, &r.secret_name, &file.name)?;
     }
     Ok(())
 }
 
-fn validate_config_refs(c: &api::ContainerSpec) -> Result<(), Status> {
+fn validate_config_refs<'a>(
+    c: &'a api::ContainerSpec,
+    files: &mut TaskFiles<'a>,
+) -> Result<(), Status> {
     let cred_spec_config = c
         .privileges
         .as_ref()
@@ -420,17 +451,13 @@ fn validate_config_refs(c: &api::ContainerSpec) -> Result<(), Status> {
                         "malformed file config reference, invalid target file name provided",
                     ));
                 }
-                api::limits::check_config_target(&file.name).map_err(|why| {
-                    Status::invalid_argument(format!(
-                        "malformed file config reference, invalid target file name provided: {why}"
-                    ))
-                })?;
                 if let Some(prev) = targets.insert(&file.name, &r.config_name) {
                     return Err(Status::invalid_argument(format!(
                         "config references '{prev}' and '{}' have a conflicting target: '{}'",
                         r.config_name, file.name
                     )));
                 }
+                files.add(FileKind::Config, &r.config_name, &file.name)?;
             }
             Some(api::config_reference::Target::Runtime(_)) => {
                 if r.config_id == cred_spec_config {
@@ -453,8 +480,9 @@ pub fn validate_task_spec(t: &api::TaskSpec) -> Result<(), Status> {
     validate_restart_policy(t.restart.as_deref())?;
     validate_placement(t.placement.as_deref())?;
     if let Some(api::task_spec::Runtime::Container(c)) = &t.runtime {
-        validate_secret_refs(c)?;
-        validate_config_refs(c)?;
+        let mut files = TaskFiles::default();
+        validate_secret_refs(c, &mut files)?;
+        validate_config_refs(c, &mut files)?;
     }
     match &t.runtime {
         None => Err(Status::invalid_argument("TaskSpec: missing runtime")),
@@ -585,6 +613,107 @@ mod tests {
             "foo:bar:baz",
         ] {
             check_reference(bad, false);
+        }
+    }
+
+    /// A container spec referencing secrets and configs at these file targets.
+    fn spec_with_targets(secrets: &[&str], configs: &[&str]) -> api::TaskSpec {
+        let file = |name: &str| api::FileTarget {
+            name: name.into(),
+            mode: 0o444,
+            ..Default::default()
+        };
+        let container = api::ContainerSpec {
+            image: "nginx".into(),
+            secrets: (secrets.iter().enumerate())
+                .map(|(i, t)| api::SecretReference {
+                    secret_id: format!("s{i}"),
+                    secret_name: format!("secret{i}"),
+                    target: Some(api::secret_reference::Target::File(file(t))),
+                })
+                .collect(),
+            configs: (configs.iter().enumerate())
+                .map(|(i, t)| api::ConfigReference {
+                    config_id: format!("c{i}"),
+                    config_name: format!("config{i}"),
+                    target: Some(api::config_reference::Target::File(file(t))),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        api::TaskSpec {
+            runtime: Some(api::task_spec::Runtime::Container(Box::new(container))),
+            ..Default::default()
+        }
+    }
+
+    /// The control API accepts exactly the secret and config targets the agent can place, so no
+    /// accepted service has every task rejected.
+    #[test]
+    fn file_targets_agree_with_the_agent() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let files = std::sync::Arc::new(
+            agent::taskfiles::TaskFiles::open_with(
+                state.path(),
+                std::path::Path::new("/nonexistent/run"),
+                std::path::Path::new("/proc"),
+            )
+            .expect("open"),
+        );
+        let fine = ["x", "./x", "a/b", "a//b/", "/etc/x", "a=b", "..x", "x.."];
+        let refused = [
+            "",
+            ".",
+            "./",
+            "/",
+            "//",
+            "..",
+            "../x",
+            "a/..",
+            "a/../b",
+            "/a/../b",
+            "/a/../../x",
+        ];
+        let mut table: Vec<(Vec<&str>, Vec<&str>, bool)> = Vec::new();
+        for (targets, ok) in [(&fine[..], true), (&refused[..], false)] {
+            for &t in targets {
+                table.push((vec![t], vec![], ok));
+                table.push((vec![], vec![t], ok));
+            }
+        }
+        table.extend([
+            (vec!["x", "x"], vec![], false),
+            (vec!["x", "./x"], vec![], false),
+            (vec!["x", "/run/secrets/x"], vec![], false),
+            (vec![], vec!["/a", "a"], false),
+            (vec![], vec!["a", "./a/"], false),
+            (vec!["x"], vec!["run/secrets/x"], false),
+            (vec!["/etc/x"], vec!["etc/x"], false),
+            (vec!["x"], vec!["x"], true),
+            (vec!["x", "y"], vec!["x", "run/secrets/y/z"], true),
+        ]);
+        for (secrets, configs, ok) in table {
+            let spec = spec_with_targets(&secrets, &configs);
+            let task = api::Task {
+                id: "t1".into(),
+                spec: Some(spec.clone()),
+                ..Default::default()
+            };
+            let api_says = validate_task_spec(&spec).map_err(|s| s.message().to_string());
+            let agent_says = files
+                .for_task(&task, agent::dependencies::DependencyGetter::none())
+                .map(drop)
+                .map_err(|e| e.to_string());
+            assert_eq!(
+                api_says.is_ok(),
+                ok,
+                "{secrets:?} {configs:?}: API {api_says:?}"
+            );
+            assert_eq!(
+                agent_says.is_ok(),
+                ok,
+                "{secrets:?} {configs:?}: agent {agent_says:?}"
+            );
         }
     }
 

@@ -54,11 +54,12 @@ pub(crate) fn settings(store: &MemoryStore, fallback: &RaftConfig) -> Settings {
 /// entries were applied after the last one, and after each new snapshot purges the log up to
 /// `log_entries_for_slow_followers` entries behind it.
 pub(crate) async fn run(raft: Raft<TypeConfig>, store: MemoryStore, fallback: RaftConfig) {
-    let mut metrics = raft.metrics();
+    // The log's metrics: published only when they change, not on every pass of the core.
+    let mut metrics = raft.data_metrics();
     // The applied index at the last trigger: no new trigger until a snapshot covers it.
     let mut requested: Option<u64> = None;
     let mut purged_for: Option<u64> = None;
-    // openraft publishes metrics on every pass of its loop (heartbeats, ticks); the decisions
+    // Those metrics still change with replication and quorum acknowledgements; the decisions
     // below depend on the applied and snapshot indexes only (a change of the cluster's
     // `Spec.Raft` is itself an applied entry), so the store is read when one of them moved.
     let mut seen = None;

@@ -392,6 +392,23 @@ mod tests {
         assert_eq!(run.len(), 300);
     }
 
+    #[tokio::test]
+    async fn the_committed_hint_waits_for_the_next_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(dir.path()).expect("open");
+        let mut store = LogStore::new(db.clone());
+        let committed = LogId::new(CommittedLeaderId::new(2, 1), 5);
+        store.save_committed(Some(committed)).await.expect("save");
+        // Reported but not written: this handle knows it, the database does not yet.
+        assert_eq!(store.read_committed().await.expect("read"), Some(committed));
+        let mut fresh = LogStore::new(db.clone());
+        assert_eq!(fresh.read_committed().await.expect("read"), None);
+        // Any write takes it along.
+        store.save_vote(&Vote::new(2, 1)).await.expect("vote");
+        let mut fresh = LogStore::new(db);
+        assert_eq!(fresh.read_committed().await.expect("read"), Some(committed));
+    }
+
     #[test]
     fn truncated_record_is_rejected() {
         assert!(matches!(

@@ -27,11 +27,12 @@ pub(crate) struct Settings {
 /// The settings of the cluster object in `store`, or `fallback`'s. A zero interval in the
 /// cluster spec (never valid there) keeps the fallback's interval.
 pub(crate) fn settings(store: &MemoryStore, fallback: &RaftConfig) -> Settings {
+    // Borrowed, not copied: this runs on every applied entry, and the cluster object carries
+    // the CA's certificates and join tokens.
     let spec = store.view(|tx| {
-        tx.find_clusters(store::By::Name(DEFAULT_CLUSTER_NAME))
-            .into_iter()
-            .next()
-            .and_then(|c| c.spec)
+        tx.find_shared::<api::Cluster>(store::By::Name(DEFAULT_CLUSTER_NAME))
+            .first()
+            .and_then(|c| c.spec.as_ref())
             .and_then(|s| s.raft)
     });
     match spec {

@@ -281,7 +281,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             records.push((entry.log_id.index, bytes));
         }
         // On this thread (see the module doc): every other writer of the database runs on the
-        // blocking pool, so waiting for one of them here cannot deadlock.
+        // blocking pool, so waiting for one of them here cannot deadlock. The tasks this thread
+        // has queued (the answer to the writer of the entry just applied, say) run first, so
+        // they do not wait through this fsync.
+        tokio::task::yield_now().await;
         self.write_now(|txn| {
             let mut logs = txn.open_table(LOGS).map_err(write_err)?;
             for (index, bytes) in &records {

@@ -67,7 +67,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     const METRICS_CLOSED: &str = "raft's metrics closed: the raft member stopped";
-    let mut metrics = raft.metrics();
+    // Leadership only: `is_leader` reads these same metrics, published before it is woken.
+    let mut metrics = raft.server_metrics();
     loop {
         if raft.is_leader() {
             info!("becoming leader: starting leader subsystems");

@@ -178,7 +178,7 @@ struct Failure {
 /// Watches raft for the time this member has had no leader (SwarmKit's ticks with no leader).
 fn track_leaderless(raft: &RaftNode) -> Arc<Mutex<Option<Instant>>> {
     let since = Arc::new(Mutex::new(None));
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     let tracked = since.clone();
     tokio::spawn(async move {
         loop {

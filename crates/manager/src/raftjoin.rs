@@ -245,14 +245,15 @@ pub async fn follow_managers(
     node_id: String,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     let mut nodes = store.watch(store::WatchFilter::none().nodes());
-    let membership = |m: &raft::RaftMetrics| m.membership_config.log_id().map(|l| l.index);
+    let membership = |m: &raft::RaftServerMetrics| m.membership_config.log_id().map(|l| l.index);
     loop {
         let seen = membership(&metrics.borrow_and_update());
         dispatcher.set_managers(manager_peers(&raft, &store, &node_id));
         loop {
-            // Metrics change on every applied entry; only a new configuration matters here.
+            // The role's metrics change with leadership too; only a new configuration matters
+            // here.
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = metrics.changed() => {

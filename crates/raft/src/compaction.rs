@@ -27,11 +27,12 @@ pub(crate) struct Settings {
 /// The settings of the cluster object in `store`, or `fallback`'s. A zero interval in the
 /// cluster spec (never valid there) keeps the fallback's interval.
 pub(crate) fn settings(store: &MemoryStore, fallback: &RaftConfig) -> Settings {
+    // Borrowed, not copied: this runs on every applied entry, and the cluster object carries
+    // the CA's certificates and join tokens.
     let spec = store.view(|tx| {
-        tx.find_clusters(store::By::Name(DEFAULT_CLUSTER_NAME))
-            .into_iter()
-            .next()
-            .and_then(|c| c.spec)
+        tx.find_shared::<api::Cluster>(store::By::Name(DEFAULT_CLUSTER_NAME))
+            .first()
+            .and_then(|c| c.spec.as_ref())
             .and_then(|s| s.raft)
     });
     match spec {
@@ -54,11 +55,12 @@ pub(crate) fn settings(store: &MemoryStore, fallback: &RaftConfig) -> Settings {
 /// entries were applied after the last one, and after each new snapshot purges the log up to
 /// `log_entries_for_slow_followers` entries behind it.
 pub(crate) async fn run(raft: Raft<TypeConfig>, store: MemoryStore, fallback: RaftConfig) {
-    let mut metrics = raft.metrics();
+    // The log's metrics: published only when they change, not on every pass of the core.
+    let mut metrics = raft.data_metrics();
     // The applied index at the last trigger: no new trigger until a snapshot covers it.
     let mut requested: Option<u64> = None;
     let mut purged_for: Option<u64> = None;
-    // openraft publishes metrics on every pass of its loop (heartbeats, ticks); the decisions
+    // Those metrics still change with replication and quorum acknowledgements; the decisions
     // below depend on the applied and snapshot indexes only (a change of the cluster's
     // `Spec.Raft` is itself an applied entry), so the store is read when one of them moved.
     let mut seen = None;

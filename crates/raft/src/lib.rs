@@ -34,7 +34,8 @@ pub use network::{Dialer, NetworkFactory, PeerClient};
 pub use node::{Member, RaftNode};
 pub use transport::TransportService;
 pub use types::{
-    Entry, LogId, NodeId, RaftMetrics, RaftRequest, RaftResponse, StorageError, TypeConfig,
+    Entry, LogId, NodeId, RaftMetrics, RaftRequest, RaftResponse, RaftServerMetrics, StorageError,
+    TypeConfig,
 };
 
 /// Errors of starting and running a raft member.

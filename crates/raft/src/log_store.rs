@@ -1,11 +1,17 @@
 //! The raft log on redb: entries, vote, committed and last purged log IDs, all in
 //! `raft.redb` (see `db`). Every write commits durably (fsync) before openraft is told it is done;
 //! the committed log ID is the one exception, written lazily because it is only a hint for faster
-//! replay after a restart and is flushed by the next durable commit.
+//! replay after a restart: it is kept in memory and goes to disk with the next write (the next
+//! append, as a rule), so a commit costs no database transaction of its own.
+//!
+//! Appends, which every store write waits on, run their redb transaction and fsync on the raft
+//! core's own thread rather than tokio's blocking pool: the core awaits the append's completion
+//! anyway, and the round trip through the pool cost two thread wake-ups per entry. The rarer
+//! writes (vote, truncation, purge) still go through the pool.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, BasicNode, EntryPayload, LogState, Membership, RaftLogReader, Vote};
@@ -17,32 +23,59 @@ use crate::db::{
 };
 use crate::types::{Entry, LogId, NodeId, RaftRequest, StorageError, TypeConfig};
 
-/// Log storage over the shared raft database. Cheap to clone: clones share the database.
+/// Log storage over the shared raft database. Cheap to clone: clones share the database and
+/// the unsaved committed log ID.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The committed log ID openraft last reported, while no write has saved it yet.
+    unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 
 impl LogStore {
     /// A log store over an open raft database.
     pub(crate) fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            unsaved_committed: Arc::default(),
+        }
     }
 
-    /// Runs `f` in a write transaction on the blocking pool and commits it with `durability`.
-    async fn write<F>(&self, durability: Durability, f: F) -> Result<(), StorageError>
+    fn unsaved_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
+        // Only ever replaced whole: a poisoned lock still holds a consistent value.
+        self.unsaved_committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in a durable write transaction on the blocking pool (see [`LogStore::write_now`]).
+    async fn write<F>(&self, f: F) -> Result<(), StorageError>
     where
         F: FnOnce(&WriteTransaction) -> Result<(), StorageError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut txn = db.begin_write().map_err(write_err)?;
-            txn.set_durability(durability).map_err(write_err)?;
-            f(&txn)?;
-            txn.commit().map_err(write_err)
-        })
-        .await
-        .map_err(write_err)?
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_now(f))
+            .await
+            .map_err(write_err)?
+    }
+
+    /// Runs `f` in a write transaction on this thread, saves the unsaved committed log ID with it,
+    /// and commits durably (fsync) before returning.
+    fn write_now<F>(&self, f: F) -> Result<(), StorageError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), StorageError>,
+    {
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(write_err)?;
+        f(&txn)?;
+        // Taken only now, so that a later report is never overwritten by this older one.
+        if let Some(committed) = self.unsaved_committed().take() {
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.insert(KEY_COMMITTED, to_json(&Some(committed))?.as_slice())
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -56,12 +89,11 @@ impl LogStore {
 
     async fn write_meta<T: Serialize>(
         &self,
-        durability: Durability,
         key: &'static str,
         value: &T,
     ) -> Result<(), StorageError> {
         let bytes = to_json(value)?;
-        self.write(durability, move |txn| {
+        self.write(move |txn| {
             let mut meta = txn.open_table(META).map_err(write_err)?;
             meta.insert(key, bytes.as_slice()).map_err(write_err)?;
             Ok(())
@@ -208,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_meta(Durability::Immediate, KEY_VOTE, vote).await
+        self.write_meta(KEY_VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -216,12 +248,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // A hint only: losing it costs a later commit, never correctness, so no fsync of its own.
-        self.write_meta(Durability::None, KEY_COMMITTED, &committed)
-            .await
+        // A hint only: losing it (a kill before the next write) costs replaying the entries after
+        // the saved one once a leader commits again, never correctness; so it waits for the next
+        // write instead of paying a transaction of its own on every commit.
+        if committed.is_some() {
+            *self.unsaved_committed() = committed;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(committed) = *self.unsaved_committed() {
+            return Ok(Some(committed));
+        }
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
@@ -241,14 +280,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })?;
             records.push((entry.log_id.index, bytes));
         }
-        self.write(Durability::Immediate, move |txn| {
+        // On this thread (see the module doc): every other writer of the database runs on the
+        // blocking pool, so waiting for one of them here cannot deadlock. The tasks this thread
+        // has queued (the answer to the writer of the entry just applied, say) run first, so
+        // they do not wait through this fsync.
+        tokio::task::yield_now().await;
+        self.write_now(|txn| {
             let mut logs = txn.open_table(LOGS).map_err(write_err)?;
             for (index, bytes) in &records {
                 logs.insert(*index, bytes.as_slice()).map_err(write_err)?;
             }
             Ok(())
-        })
-        .await?;
+        })?;
         // The batch is on disk: only now may raft count it (a leader commits on this signal).
         callback.log_io_completed(Ok(()));
         Ok(())
@@ -256,7 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating raft log");
-        self.write(Durability::Immediate, move |txn| {
+        self.write(move |txn| {
             let mut logs = txn.open_table(LOGS).map_err(write_err)?;
             logs.retain_in::<u64, _>(log_id.index.., |_, _| false)
                 .map_err(write_err)?;
@@ -268,7 +311,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purging raft log");
         let purged = to_json(&log_id)?;
-        self.write(Durability::Immediate, move |txn| {
+        self.write(move |txn| {
             let mut meta = txn.open_table(META).map_err(write_err)?;
             meta.insert(KEY_LAST_PURGED, purged.as_slice())
                 .map_err(write_err)?;
@@ -350,6 +393,23 @@ mod tests {
         // Small entries: the whole range asked for.
         let run = store.limited_get_log_entries(12, 312).await.expect("read");
         assert_eq!(run.len(), 300);
+    }
+
+    #[tokio::test]
+    async fn the_committed_hint_waits_for_the_next_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(dir.path()).expect("open");
+        let mut store = LogStore::new(db.clone());
+        let committed = LogId::new(CommittedLeaderId::new(2, 1), 5);
+        store.save_committed(Some(committed)).await.expect("save");
+        // Reported but not written: this handle knows it, the database does not yet.
+        assert_eq!(store.read_committed().await.expect("read"), Some(committed));
+        let mut fresh = LogStore::new(db.clone());
+        assert_eq!(fresh.read_committed().await.expect("read"), None);
+        // Any write takes it along.
+        store.save_vote(&Vote::new(2, 1)).await.expect("vote");
+        let mut fresh = LogStore::new(db);
+        assert_eq!(fresh.read_committed().await.expect("read"), Some(committed));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::network::NetworkFactory;
 use crate::read::{Confirmation, Confirmations, confirm_round};
 use crate::state_machine::StateMachine;
 use crate::transport::TransportService;
-use crate::types::{RaftMetrics, RaftRequest, TypeConfig};
+use crate::types::{RaftMetrics, RaftRequest, RaftServerMetrics, TypeConfig};
 use crate::{RaftConfig, RaftError};
 
 /// How long `shutdown` waits for openraft's workers to let go of the database file.
@@ -345,14 +345,14 @@ impl RaftNode {
 
     /// The raft IDs of the voters of the current membership configuration.
     pub fn voter_ids(&self) -> std::collections::BTreeSet<u64> {
-        let m = self.raft.metrics();
+        let m = self.server_metrics();
         let m = m.borrow();
         m.membership_config.membership().voter_ids().collect()
     }
 
     /// The members of the current membership configuration, by raft ID.
     pub fn members(&self) -> Vec<Member> {
-        let m = self.raft.metrics();
+        let m = self.server_metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -373,20 +373,30 @@ impl RaftNode {
 
     /// Whether this member currently leads the cluster.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
+        let m = self.server_metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
     /// The raft ID of the current leader, if one is known.
     pub fn leader_id(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        self.server_metrics().borrow().current_leader
     }
 
     /// Raft metrics: `.borrow()` for the current values, `.changed()` to follow them
-    /// (leadership changes, applied index, snapshots).
+    /// (leadership changes, applied index, snapshots). They are published on every pass of the
+    /// raft core, several times per entry: a task that follows only leadership or membership
+    /// follows [`RaftNode::server_metrics`] instead.
     pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
         self.raft.metrics()
+    }
+
+    /// The metrics of this member's role (vote, state, leader, membership), which change only
+    /// when one of those does. They are published before [`RaftNode::metrics`], so a task woken
+    /// by them reads them, not the others. [`RaftNode::is_leader`], [`RaftNode::leader_id`],
+    /// [`RaftNode::voter_ids`] and [`RaftNode::members`] read them. Closed once the core stopped.
+    pub fn server_metrics(&self) -> watch::Receiver<RaftServerMetrics> {
+        self.raft.server_metrics()
     }
 
     /// The openraft instance, for the transport that serves peers' RPCs.
@@ -445,7 +455,8 @@ impl RaftNode {
     /// [`RaftNode::stopped_error`]); never returns once [`RaftNode::shutdown`] was called. A
     /// manager whose raft stopped cannot serve: its process should end.
     pub async fn failed(&self) -> RaftError {
-        let mut metrics = self.raft.metrics();
+        // Only their closing matters here: the role's metrics wake this seldom.
+        let mut metrics = self.server_metrics();
         let mut compaction = self.compaction_failure.clone();
         let mut compaction_open = true;
         loop {

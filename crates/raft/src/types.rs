@@ -28,6 +28,8 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 /// Metrics published by the raft core.
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+/// The part of [`RaftMetrics`] about this member's role: vote, state, leader, membership.
+pub type RaftServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;
 
 /// The application payload of a normal log entry: a prost-encoded `api::InternalRaftRequest`.
 /// Kept as bytes so that the entry crosses the network and the disk in the same form that

@@ -197,8 +197,8 @@ impl MemoryStore {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
-        if self.proposer().is_some() {
-            return self.group_write(f).await;
+        if let Some(proposer) = self.proposer() {
+            return self.group_write(&proposer, f).await;
         }
         let _serial = self.inner.update_lock.lock().await;
         let (result, written) = {
@@ -207,7 +207,7 @@ impl MemoryStore {
             let result = f(&mut tx)?;
             (result, Written::of(tx, state.generation))
         };
-        self.commit(written).await?;
+        self.commit(written)?;
         Ok(result)
     }
 
@@ -226,11 +226,11 @@ impl MemoryStore {
     ) -> Vec<StoreError> {
         let mut errors = Vec::new();
         let mut start = 0;
-        if self.proposer().is_some() {
+        if let Some(proposer) = self.proposer() {
             while start < items.len() {
                 let mut consumed = 0;
                 let written = self
-                    .group_write(|tx| {
+                    .group_write(&proposer, |tx| {
                         consumed = fill_batch(tx, &items[start..], &write, &mut errors);
                         Ok(())
                     })
@@ -252,16 +252,17 @@ impl MemoryStore {
                 (consumed, Written::of(tx, state.generation))
             };
             start += consumed;
-            if let Err(e) = self.commit(written).await {
+            if let Err(e) = self.commit(written) {
                 errors.push(e);
             }
         }
         errors
     }
 
-    /// Proposes (or, without a proposer, applies) what a local transaction wrote, after
-    /// refusing an entry larger than SwarmKit's limit.
-    async fn commit(&self, written: Written) -> Result<(), StoreError> {
+    /// Applies what a local transaction of a store without proposer wrote, after refusing an
+    /// entry larger than SwarmKit's limit (as a proposer would). With a proposer, writes go
+    /// through [`MemoryStore::group_write`] instead.
+    fn commit(&self, written: Written) -> Result<(), StoreError> {
         let Written {
             changes,
             proposal_len,
@@ -278,35 +279,18 @@ impl MemoryStore {
             );
             return Err(ProposeError::TooLarge.into());
         }
-        match self.proposer() {
-            Some(proposer) => {
-                let actions: Vec<api::StoreAction> =
-                    changes.into_iter().map(Change::into_action).collect();
-                let count = actions.len();
-                let index = proposer.propose(actions).await?;
-                debug!(index, actions = count, "store write committed");
-                if self.last_index() < index {
-                    warn!(
-                        index,
-                        last = self.last_index(),
-                        "proposer returned before applying the write"
-                    );
-                }
-            }
-            None => {
-                let index = self.last_index() + 1;
-                self.apply_changes(index, changes, Some(seen))?;
-            }
-        }
-        Ok(())
+        let index = self.last_index() + 1;
+        self.apply_changes(index, changes, Some(seen))
     }
 
     /// A write of the group commit (see the module doc): runs `f` after the writers queued before
     /// it, over what they wrote, and waits until the entry holding its changes is committed and
     /// applied. Dropping the future leaves the changes queued (later writers may have read them);
-    /// only the answer is lost.
+    /// only the answer is lost. `proposer` is the store's, read once by the caller: a committer
+    /// this write starts proposes through it.
     async fn group_write<R: Send>(
         &self,
+        proposer: &Arc<dyn Proposer>,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
         let mut f = Some(f);
@@ -317,7 +301,7 @@ impl MemoryStore {
             // Writers take turns here without holding a thread; the pipeline lock is then only
             // contended by the committer.
             let turn = self.inner.update_lock.lock().await;
-            let enqueued = self.enqueue(&mut f);
+            let enqueued = self.enqueue(proposer, &mut f);
             drop(turn);
             match enqueued {
                 Enqueued::Wait => settled.await,
@@ -336,6 +320,7 @@ impl MemoryStore {
     /// queues its changes, unless it must wait for the batch in flight to be settled first.
     fn enqueue<R>(
         &self,
+        proposer: &Arc<dyn Proposer>,
         f: &mut Option<impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>>,
     ) -> Enqueued<R> {
         let mut pipeline = self.pipeline();
@@ -394,7 +379,7 @@ impl MemoryStore {
         pipeline.writers.push(waiter);
         if !pipeline.committer {
             pipeline.committer = true;
-            tokio::spawn(self.clone().run_committer());
+            tokio::spawn(self.clone().run_committer(proposer.clone()));
         }
         Enqueued::Queued(result, answer)
     }
@@ -402,7 +387,7 @@ impl MemoryStore {
     /// The committer of the group commit: proposes the open batch whenever nothing is in flight,
     /// until no writer waits. A task of its own, so that a writer's future being dropped stops no
     /// proposal half-way.
-    async fn run_committer(self) {
+    async fn run_committer(self, proposer: Arc<dyn Proposer>) {
         let mut guard = CommitterGuard {
             store: &self,
             armed: true,
@@ -422,7 +407,7 @@ impl MemoryStore {
                 pipeline.parts.proposal_len = REQUEST_ID_BYTES;
                 (changes, std::mem::take(&mut pipeline.writers), in_flight)
             };
-            let (committed, failure) = self.propose_batch(changes, &writers).await;
+            let (committed, failure) = self.propose_batch(&*proposer, changes, &writers).await;
             {
                 let mut pipeline = self.pipeline();
                 pipeline.in_flight = None;
@@ -468,12 +453,10 @@ impl MemoryStore {
     /// failed, why (the writers from the first of that entry on are not committed).
     async fn propose_batch(
         &self,
+        proposer: &dyn Proposer,
         changes: Vec<Change>,
         writers: &[Waiter],
     ) -> (usize, Option<ProposeError>) {
-        let Some(proposer) = self.proposer() else {
-            return (0, Some(ProposeError::Other("no proposer".to_string())));
-        };
         let mut changes = changes.into_iter();
         let (mut first, mut taken, mut base_len) = (0, 0, REQUEST_ID_BYTES);
         while first < writers.len() {

@@ -488,7 +488,7 @@ async fn a_dotdot_target_is_refused() {
     match executor.controller(&t, None, dependencies().restrict(&t)) {
         Err(ExecutorError::Fatal(m)) => assert_eq!(
             m,
-            "dockerexec: secret db_pass: target \"../../etc/shadow\" contains a '..' component"
+            "dockerexec: secret db_pass: target '../../etc/shadow' contains a '..' component"
         ),
         Err(e) => panic!("not fatal: {e:?}"),
         Ok(_) => panic!("a '..' target was accepted"),

@@ -169,7 +169,7 @@ async fn dotdot_targets_are_refused_and_orphans_swept() {
     match executor.controller(&t, None, all.restrict(&t)) {
         Err(ExecutorError::Fatal(m)) => assert_eq!(
             m,
-            "process executor: secret db_pass: target \"../../etc/shadow\" contains a '..' component"
+            "process executor: secret db_pass: target '../../etc/shadow' contains a '..' component"
         ),
         Err(e) => panic!("not fatal: {e:?}"),
         Ok(_) => panic!("a '..' target was accepted"),

@@ -375,12 +375,19 @@ impl RaftNode {
     pub fn is_leader(&self) -> bool {
         let m = self.server_metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        m.state == ServerState::Leader && m.current_leader == Some(self.id) && !self.core_stopped()
     }
 
     /// The raft ID of the current leader, if one is known.
     pub fn leader_id(&self) -> Option<u64> {
-        self.server_metrics().borrow().current_leader
+        let leader = self.server_metrics().borrow().current_leader;
+        leader.filter(|_| !self.core_stopped())
+    }
+
+    /// Whether openraft's core has stopped (shutdown, or a fatal storage error): it marks only
+    /// the full metrics so, and the role's metrics keep their last values after it.
+    fn core_stopped(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Shutdown
     }
 
     /// Raft metrics: `.borrow()` for the current values, `.changed()` to follow them

@@ -78,6 +78,9 @@ async fn restart_replays_the_log_into_a_fresh_store() {
         "versions increase: {before:?}"
     );
     node.shutdown().await;
+    // A stopped core leads nothing, although its role's metrics keep their last values.
+    assert!(!node.is_leader());
+    assert_eq!(node.leader_id(), None);
 
     let err = tokio::time::timeout(
         WAIT,

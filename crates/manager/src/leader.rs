@@ -70,6 +70,10 @@ pub async fn run(
     // Leadership only: `is_leader` reads these same metrics, published before it is woken.
     let mut metrics = raft.server_metrics();
     loop {
+        // Two role changes can reach this task as one wake (a step-down, then leadership of a
+        // later term): the subsystems of one term never serve another, so a new term restarts
+        // them. Read (and marked seen) before `is_leader`, so a change after it wakes the loop.
+        let led_term = metrics.borrow_and_update().vote.leader_id().term;
         if raft.is_leader() {
             info!("becoming leader: starting leader subsystems");
             let term = shutdown.child_token();
@@ -83,7 +87,8 @@ pub async fn run(
                         if changed.is_err() {
                             break true;
                         }
-                        if !raft.is_leader() {
+                        let now = metrics.borrow_and_update().vote.leader_id().term;
+                        if !raft.is_leader() || now != led_term {
                             break false;
                         }
                     }
@@ -98,7 +103,8 @@ pub async fn run(
             if closed {
                 return Err(METRICS_CLOSED.into());
             }
-            info!("lost leadership: leader subsystems stopped");
+            info!("leadership of this term ended: leader subsystems stopped");
+            continue;
         }
         tokio::select! {
             biased;

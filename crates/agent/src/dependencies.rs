@@ -135,7 +135,7 @@ impl Dependencies {
 
     /// A getter for `task`: only the secrets and configs its container spec references.
     pub fn restrict(self: &Arc<Self>, task: &api::Task) -> DependencyGetter {
-        let (secrets, configs) = match container(task) {
+        let (secrets, configs) = match task.container() {
             Some(c) => (
                 c.secrets.iter().map(|r| r.secret_id.clone()).collect(),
                 c.configs.iter().map(|r| r.config_id.clone()).collect(),
@@ -147,13 +147,6 @@ impl Dependencies {
             secrets,
             configs,
         }
-    }
-}
-
-fn container(task: &api::Task) -> Option<&api::ContainerSpec> {
-    match task.spec.as_ref()?.runtime.as_ref()? {
-        api::task_spec::Runtime::Container(c) => Some(c),
-        _ => None,
     }
 }
 

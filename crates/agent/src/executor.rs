@@ -125,10 +125,7 @@ pub trait Controller: Send + Sync {
 
 /// The grace period and stop signal of `task`'s container spec (defaults: 10 s, `SIGTERM`).
 pub fn stop_settings(task: &api::Task) -> (Duration, String) {
-    let container = task.spec.as_ref().and_then(|s| match &s.runtime {
-        Some(api::task_spec::Runtime::Container(c)) => Some(c),
-        _ => None,
-    });
+    let container = task.container();
     let grace = container
         .and_then(|c| c.stop_grace_period)
         .and_then(|d| Duration::try_from(d).ok())

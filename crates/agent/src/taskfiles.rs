@@ -293,9 +293,7 @@ struct FileRef {
 
 /// The file references of `task`'s container spec (configs with a runtime target have no file).
 fn file_refs(task: &api::Task) -> Result<Vec<FileRef>, String> {
-    let Some(api::task_spec::Runtime::Container(c)) =
-        task.spec.as_ref().and_then(|s| s.runtime.as_ref())
-    else {
+    let Some(c) = task.container() else {
         return Ok(Vec::new());
     };
     let mut refs = Vec::new();

@@ -39,3 +39,13 @@ pub mod genericresource;
 pub mod gofmt;
 pub mod limits;
 pub mod naming;
+
+impl Task {
+    /// The container spec of this task, if it runs a container.
+    pub fn container(&self) -> Option<&ContainerSpec> {
+        match self.spec.as_ref()?.runtime.as_ref()? {
+            task_spec::Runtime::Container(c) => Some(c),
+            _ => None,
+        }
+    }
+}

@@ -150,7 +150,7 @@ fn references(t: &api::Task) -> BTreeSet<DepKey> {
             }
         };
     }
-    if let Some(api::task_spec::Runtime::Container(c)) = &spec.runtime {
+    if let Some(c) = t.container() {
         keys.extend(
             c.secrets
                 .iter()

@@ -40,7 +40,7 @@ impl ContainerConfig {
     /// Checks that `task` is something this executor can run (a container runtime with an image)
     /// and names its container.
     pub fn new(task: &api::Task) -> Result<Self, ExecutorError> {
-        let Some(spec) = container_spec(task) else {
+        let Some(spec) = task.container() else {
             return Err(ExecutorError::Fatal("unsupported runtime".into()));
         };
         if spec.image.is_empty() {
@@ -73,7 +73,9 @@ impl ContainerConfig {
     }
 
     fn spec(&self) -> &api::ContainerSpec {
-        container_spec(&self.task).expect("checked in ContainerConfig::new")
+        self.task
+            .container()
+            .expect("checked in ContainerConfig::new")
     }
 
     /// The container's labels: the spec's, then the task's annotation labels, then SwarmKit's
@@ -193,14 +195,6 @@ impl ContainerConfig {
             }
         }
         hc
-    }
-}
-
-/// The container spec of `task`, if it runs a container.
-fn container_spec(task: &api::Task) -> Option<&api::ContainerSpec> {
-    match task.spec.as_ref()?.runtime.as_ref()? {
-        api::task_spec::Runtime::Container(c) => Some(c),
-        _ => None,
     }
 }
 

@@ -47,6 +47,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         config.boxed(field);
     }
+    // Key material must not reach a log through `{:?}`: lib.rs gives EncryptionKey (network
+    // bootstrap and unlock keys) a Debug that leaves the key bytes out.
+    config.skip_debug([".docker.swarmkit.v1.EncryptionKey"]);
     let wkt = protoc_bin_vendored::include_path()?;
     let files: Vec<PathBuf> = FILES.iter().map(|f| root.join(f)).collect();
     tonic_prost_build::configure().compile_with_config(config, &files, &[root.clone(), wkt])?;

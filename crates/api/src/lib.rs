@@ -49,3 +49,16 @@ impl Task {
         }
     }
 }
+
+/// Shows everything of a key but its bytes (their length only), so that no log line carries
+/// key material.
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionKey")
+            .field("subsystem", &self.subsystem)
+            .field("algorithm", &self.algorithm)
+            .field("key", &format_args!("<{} bytes redacted>", self.key.len()))
+            .field("lamport_time", &self.lamport_time)
+            .finish()
+    }
+}

@@ -1,13 +1,14 @@
 //! The manager role: the control API, the first-start bootstrap of cluster objects, the root CA
-//! rotation subsystem, and the lifecycle that serves them over the control socket and the remote
-//! port. It owns no I/O format of its own: the store is `store`, replication is `raft`,
-//! certificates are `ca`.
+//! rotation and network key subsystems, and the lifecycle that serves them over the control
+//! socket and the remote port. It owns no I/O format of its own: the store is `store`,
+//! replication is `raft`, certificates are `ca`.
 
 pub mod authz;
 pub mod bootstrap;
 pub mod caserver;
 pub mod controlapi;
 mod health;
+pub mod keymanager;
 pub mod leader;
 mod manager;
 pub mod msgsize;

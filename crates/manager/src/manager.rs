@@ -148,7 +148,8 @@ fn raft_network(security: &Arc<ca::SecurityConfig>) -> NetworkFactory {
 /// The subsystems that run on the raft leader only: the allocator moves NEW tasks to PENDING, the
 /// orchestrators create and retire tasks, the scheduler assigns PENDING tasks to nodes, the reaper
 /// bounds task history, the constraint enforcer rejects tasks whose node stopped fitting and the
-/// root CA rotation asks nodes to renew under a new root, then swaps the root. They talk only
+/// root CA rotation asks nodes to renew under a new root, then swaps the root, and the key manager
+/// creates and rotates the network bootstrap keys in the cluster object. They talk only
 /// through the store, so their order does not matter.
 pub fn leader_subsystems() -> Vec<Subsystem> {
     use orchestrator::constraint_enforcer::ConstraintEnforcer;
@@ -180,6 +181,9 @@ pub fn leader_subsystems() -> Vec<Subsystem> {
         }),
         Subsystem::new("root CA rotation", |store, shutdown| {
             crate::rootrotation::RootRotation::new(store).run(shutdown)
+        }),
+        Subsystem::new("key manager", |store, shutdown| {
+            crate::keymanager::KeyManager::new(store).run(shutdown)
         }),
     ]
 }

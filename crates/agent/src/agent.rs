@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::db::{DbError, TaskDb};
 use crate::executor::Executor;
+use crate::networkkeys::HeldKeys;
 use crate::remotes::{DEFAULT_WEIGHT, Remotes};
 use crate::runner::StatusReport;
 use crate::worker::Worker;
@@ -48,7 +49,8 @@ pub type LocalManager = Arc<dyn Fn() -> Option<Channel> + Send + Sync>;
 /// What the logs call a session with [`LocalManager`].
 const LOCAL: &str = "local";
 
-/// Told about every SessionMessage (node object, managers, root CA).
+/// Told about every SessionMessage (node object, managers, root CA; the network bootstrap keys
+/// are the executor's, [`Executor::set_network_bootstrap_keys`]).
 pub type SessionObserver = Arc<dyn Fn(&api::SessionMessage) + Send + Sync>;
 
 /// What an agent needs.
@@ -105,6 +107,8 @@ pub async fn run(
     worker.resume();
     let mut pending: BTreeMap<String, api::TaskStatus> = BTreeMap::new();
     let mut managers = Remotes::new(config.managers.iter().cloned());
+    // The latest network bootstrap keys, kept across sessions as SwarmKit's agent keeps them.
+    let mut keys = HeldKeys::default();
     // Managers whose session failed since the last pause: each round tries every known manager
     // once (by weight) before pausing, so a live manager is found without waiting out a pause
     // per manager that refuses (a follower's dispatcher, a manager that is gone).
@@ -150,6 +154,7 @@ pub async fn run(
             reports: &mut reports_rx,
             pending: &mut pending,
             managers: &mut managers,
+            keys: &mut keys,
             registered: false,
         };
         let end = match channel {
@@ -221,6 +226,7 @@ struct Session<'a> {
     reports: &'a mut mpsc::UnboundedReceiver<StatusReport>,
     pending: &'a mut BTreeMap<String, api::TaskStatus>,
     managers: &'a mut Remotes,
+    keys: &'a mut HeldKeys,
     registered: bool,
 }
 
@@ -268,7 +274,7 @@ impl Session<'_> {
         };
         let session_id = first.session_id.clone();
         self.registered = true;
-        self.observe(&first);
+        self.observe(first);
         info!(manager = %addr, session.id = %session_id, "agent session registered");
 
         let mut assignments = match open_assignments(&mut client, &session_id).await {
@@ -305,7 +311,7 @@ impl Session<'_> {
                     }
                 }
                 msg = stream.message() => match msg {
-                    Ok(Some(m)) => self.observe(&m),
+                    Ok(Some(m)) => self.observe(m),
                     Ok(None) => return fail("the manager ended the session".into()),
                     Err(s) => return fail(status_text(&s)),
                 },
@@ -349,7 +355,7 @@ impl Session<'_> {
         }
     }
 
-    fn observe(&mut self, msg: &api::SessionMessage) {
+    fn observe(&mut self, mut msg: api::SessionMessage) {
         let listed: Vec<(&str, i32)> = msg
             .managers
             .iter()
@@ -368,7 +374,20 @@ impl Session<'_> {
             self.managers
                 .retain(|a| listed.iter().any(|(listed, _)| *listed == a));
         }
-        (self.config.observer)(msg);
+        (self.config.observer)(&msg);
+        if let Some(keys) = self
+            .keys
+            .take(std::mem::take(&mut msg.network_bootstrap_keys))
+        {
+            let count = keys.len();
+            match self.config.executor.set_network_bootstrap_keys(keys) {
+                Ok(()) => debug!(
+                    keys = count,
+                    "network bootstrap keys handed to the executor"
+                ),
+                Err(e) => warn!("configuring network key failed: {e}"),
+            }
+        }
     }
 
     /// Sends the pending status updates; what was sent is no longer pending.

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::dependencies::DependencyGetter;
+use crate::networkkeys::NetworkKeys;
 
 /// What an executor keeps for a task so that a later swarmd process can adopt it (for instance a
 /// child process's PID and start time). The agent stores it in the worker database after `start`
@@ -88,6 +89,15 @@ pub trait Executor: Send + Sync + 'static {
     /// swarmd was killed); `known` are the tasks of the worker database. Called once as the agent
     /// starts, before any controller is made.
     fn remove_orphans(&self, _known: &HashSet<String>) {}
+
+    /// The network bootstrap keys the managers sent (spec 5.9), for the data plane to secure
+    /// gossip and overlay traffic with: called with the whole set each time a session message
+    /// brings a key the agent did not hold. The executor may keep the set (its bytes are zeroed
+    /// once the last holder drops it) but must never log or store the bytes. An error is logged
+    /// and the set stays the agent's latest. The default ignores them.
+    fn set_network_bootstrap_keys(&self, _keys: NetworkKeys) -> Result<(), ExecutorError> {
+        Ok(())
+    }
 }
 
 /// Takes one task through its life on this node.

@@ -1,5 +1,6 @@
 //! The agent every node runs (spec 6): the [`Executor`] trait that executors implement, the
-//! session with a manager's dispatcher ([`run`]), the worker's task database ([`TaskDb`]) and
+//! session with a manager's dispatcher ([`run`]), the network bootstrap keys it hands the
+//! executor ([`NetworkKeys`]), the worker's task database ([`TaskDb`]) and
 //! one runner per task that walks it through its states. The agent never imports the store: it knows the cluster only through the Dispatcher
 //! API.
 
@@ -7,6 +8,7 @@ mod agent;
 pub mod db;
 pub mod dependencies;
 pub mod executor;
+pub mod networkkeys;
 pub mod remotes;
 mod runner;
 pub mod taskfiles;
@@ -22,5 +24,6 @@ pub use agent::{AgentConfig, AgentError, Connector, LocalManager, SessionObserve
 pub use db::{StoredTask, TaskDb};
 pub use dependencies::{DependencyError, DependencyGetter, Secret};
 pub use executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};
+pub use networkkeys::{NetworkKey, NetworkKeys};
 pub use remotes::Remotes;
 pub use taskfiles::{TaskFileSet, TaskFiles};

@@ -259,3 +259,141 @@ async fn anonymous_removed_and_storming_nodes_are_refused() {
     );
     assert!(c.dispatcher.is_running());
 }
+
+/// Records the key sets the agent hands over: (subsystem, lamport time, bytes) of each key.
+#[derive(Default)]
+struct KeyRecorder {
+    sets: std::sync::Mutex<Vec<KeySet>>,
+}
+
+impl KeyRecorder {
+    fn last(&self) -> Option<KeySet> {
+        self.sets.lock().expect("sets").last().cloned()
+    }
+}
+
+#[tonic::async_trait]
+impl agent::Executor for KeyRecorder {
+    async fn describe(&self) -> Result<api::NodeDescription, agent::ExecutorError> {
+        Ok(description())
+    }
+    fn controller(
+        &self,
+        _: &api::Task,
+        _: Option<agent::Checkpoint>,
+        _: agent::DependencyGetter,
+    ) -> Result<Box<dyn agent::Controller>, agent::ExecutorError> {
+        Err(agent::ExecutorError::Fatal("runs no tasks".into()))
+    }
+    fn set_network_bootstrap_keys(
+        &self,
+        keys: agent::NetworkKeys,
+    ) -> Result<(), agent::ExecutorError> {
+        let set = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.subsystem().to_string(),
+                    k.lamport_time(),
+                    k.key().to_vec(),
+                )
+            })
+            .collect();
+        self.sets.lock().expect("sets").push(set);
+        Ok(())
+    }
+}
+
+/// The cluster's keys as the recorder shows them.
+fn stored_keys(c: &Cluster) -> KeySet {
+    c.store
+        .view(|tx| tx.find_clusters(store::By::All))
+        .pop()
+        .expect("cluster")
+        .network_bootstrap_keys
+        .into_iter()
+        .map(|k| (k.subsystem, k.lamport_time, k.key))
+        .collect()
+}
+
+type KeySet = Vec<(String, u64, Vec<u8>)>;
+
+/// Waits until the executor's last set is the cluster's six keys and satisfies `f`.
+async fn wait_for_set(
+    c: &Cluster,
+    recorder: &KeyRecorder,
+    what: &str,
+    f: impl Fn(&KeySet) -> bool,
+) -> KeySet {
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(set) = recorder.last()
+            && set.len() == 6
+            && set == stored_keys(c)
+            && f(&set)
+        {
+            return set;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: the executor has {:?}",
+            recorder
+                .last()
+                .map(|s| s.iter().map(|k| k.1).collect::<Vec<_>>())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The key manager's keys reach a worker's agent over its session (real mutual TLS, the real
+/// dispatcher), and so does each rotation: the executor is handed the cluster's whole set.
+#[tokio::test]
+async fn a_worker_agent_hands_the_cluster_keys_and_their_rotations_to_its_executor() {
+    let c = start().await;
+    let interval = Duration::from_secs(2);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(
+        crate::keymanager::KeyManager::with_interval(c.store.clone(), interval)
+            .run(shutdown.clone()),
+    );
+    let issued = c.join(&c.tokens().worker).await.expect("join");
+    let (root, cert) = (c.root.cert_pem().to_vec(), issued.cert_pem.clone());
+    let key = issued.key.key_pem().into_bytes();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recorder = Arc::new(KeyRecorder::default());
+    let config = agent::AgentConfig {
+        managers: vec![c.addr.clone()],
+        connect: Arc::new(move |addr: &str| {
+            let cfg =
+                ca::mtls_client_config(&root, Some((&cert, &key))).map_err(|e| e.to_string())?;
+            ca::tls_channel(addr, cfg, "swarm-manager").map_err(|e| e.to_string())
+        }),
+        local: Arc::new(|| None),
+        executor: recorder.clone(),
+        db: agent::TaskDb::open(dir.path()).expect("db"),
+        observer: Arc::new(|_: &api::SessionMessage| {}),
+    };
+    tokio::spawn(agent::run(config, shutdown.clone(), false));
+
+    let first = wait_for_set(&c, &recorder, "the created keys", |_| true).await;
+    let subsystems: Vec<&str> = first.iter().map(|k| k.0.as_str()).collect();
+    let grouped: Vec<&str> = crate::keymanager::SUBSYSTEMS
+        .iter()
+        .flat_map(|s| [*s; crate::keymanager::KEYRING_SIZE])
+        .collect();
+    assert_eq!(subsystems, grouped);
+    assert!(first.iter().all(|k| k.2.len() == 16));
+    let newest = first.iter().map(|k| k.1).max().expect("a key");
+    let rotated = wait_for_set(&c, &recorder, "a rotation", |set| {
+        set.iter().any(|k| k.1 > newest)
+    })
+    .await;
+    // One key per subsystem replaced: the two oldest gone, two new ones.
+    assert_eq!(
+        rotated.iter().filter(|k| k.1 > newest).count(),
+        2,
+        "{rotated:?}"
+    );
+    assert_eq!(rotated.iter().filter(|k| first.contains(k)).count(), 4);
+    shutdown.cancel();
+}

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use store::{By, Event, EventKind, MemoryStore, StoreError, WatchFilter};
+use store::{By, MemoryStore, StoreError, WatchFilter};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -72,16 +72,15 @@ impl KeyManager {
     /// Creates the missing keys (once the cluster object exists), then rotates them every
     /// interval until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KeyManagerError> {
-        // Watch before the first look, so a cluster created in between is not missed.
+        // Watch before the first look, so a cluster created in between is not missed; a
+        // transaction that changes nothing proposes nothing, so trying on each event is cheap.
         let mut watcher = self.store.watch(WatchFilter::none().clusters());
         while !self.ensure_keys().await? {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                event = watcher.recv() => match event {
-                    None => return Err(KeyManagerError::WatchClosed),
-                    Some(Event::Object { kind: EventKind::Create, .. }) => {}
-                    Some(_) => continue,
+                event = watcher.recv() => if event.is_none() {
+                    return Err(KeyManagerError::WatchClosed);
                 },
             }
         }

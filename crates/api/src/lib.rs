@@ -50,6 +50,14 @@ impl Task {
     }
 }
 
+/// prost's `skip_debug` on EncryptionKey also drops the Debug of the enum nested in it; the enum
+/// holds no secret, so it gets its name back.
+impl std::fmt::Debug for encryption_key::Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str_name())
+    }
+}
+
 /// Shows everything of a key but its bytes (their length only), so that no log line carries
 /// key material.
 impl std::fmt::Debug for EncryptionKey {

@@ -87,28 +87,41 @@ impl KeyManager {
         drop(watcher);
         let mut ticks = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut retry: Option<Instant> = None;
+        // A failed rotation is retried with the clock it started from, so a write that did
+        // commit although its answer was an error is not followed by a second rotation.
+        let mut retry: Option<(Instant, u64)> = None;
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                _ = ticks.tick() => retry = self.rotate_or_retry().await,
-                () = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
-                    retry = self.rotate_or_retry().await;
+                _ = ticks.tick() => retry = self.rotate_or_retry(self.clock()).await,
+                () = tokio::time::sleep_until(retry.map_or_else(Instant::now, |r| r.0)), if retry.is_some() => {
+                    let seen = retry.map(|r| r.1);
+                    retry = self.rotate_or_retry(seen).await;
                 }
             }
         }
     }
 
-    /// Rotates; on failure logs it and answers when to try again.
-    async fn rotate_or_retry(&self) -> Option<Instant> {
-        match self.rotate().await {
+    /// The stored key clock (None without a cluster object).
+    fn clock(&self) -> Option<u64> {
+        self.store.view(|tx| {
+            tx.find_clusters(By::Name(DEFAULT_CLUSTER_NAME))
+                .first()
+                .map(|c| KeyRing::of(c).clock)
+        })
+    }
+
+    /// Rotates unless the clock moved on from `seen`; on failure logs it and answers when to try
+    /// again, with the clock the attempt started from.
+    async fn rotate_or_retry(&self, seen: Option<u64>) -> Option<(Instant, u64)> {
+        match self.rotate(seen).await {
             Ok(()) => None,
             Err(e) => {
                 error!(
                     "rotating the network bootstrap keys failed: {e}; retrying in {RETRY_AFTER:?}"
                 );
-                Some(Instant::now() + RETRY_AFTER)
+                seen.map(|clock| (Instant::now() + RETRY_AFTER, clock))
             }
         }
     }
@@ -129,9 +142,19 @@ impl KeyManager {
         })
     }
 
-    /// Replaces the oldest key of each subsystem with a new one.
-    async fn rotate(&self) -> Result<(), KeyManagerError> {
-        if let Some((_, clock)) = self.change(KeyRing::rotate).await? {
+    /// Replaces the oldest key of each subsystem with a new one, if the clock is still `seen`
+    /// (a ring whose clock moved on was rotated already).
+    async fn rotate(&self, seen: Option<u64>) -> Result<(), KeyManagerError> {
+        let rotate = move |ring: &mut KeyRing| {
+            if Some(ring.clock) == seen {
+                ring.rotate()
+            } else {
+                0
+            }
+        };
+        if let Some((rotated, clock)) = self.change(rotate).await?
+            && rotated > 0
+        {
             info!(lamport_clock = clock, "rotated the network bootstrap keys");
         }
         Ok(())
@@ -141,7 +164,7 @@ impl KeyManager {
     /// added and the clock after, or None when there is no cluster object.
     async fn change(
         &self,
-        f: fn(&mut KeyRing) -> usize,
+        f: impl FnOnce(&mut KeyRing) -> usize + Send,
     ) -> Result<Option<(usize, u64)>, StoreError> {
         self.store
             .update(|tx| {

@@ -9,13 +9,20 @@
 //! The task's secret and config files are written at `prepare`, before the container that
 //! bind-mounts them is created, and removed with the container, or when `prepare` fails. Secrets
 //! are written only on a tmpfs: without one the task fails rather than put a secret on disk.
+//!
+//! A task attached to swarm networks gets its local networks at `prepare` (`network.rs`): the
+//! container is created on the first with its allocated address and aliases, and connected to
+//! the others before `prepare` ends; `remove` takes away each of them that no container uses
+//! any more.
 
 use std::time::Duration;
 
 use agent::{Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum, NetworkConnectRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -25,6 +32,7 @@ use tokio_stream::StreamExt;
 use crate::config::{ContainerConfig, whole_seconds};
 use crate::engine::{Engine, REQUEST_TIMEOUT};
 use crate::error::{classify, is_not_found, status};
+use crate::network::LocalNetworks;
 
 /// How often a container that is not running yet (created, or starting its healthcheck) is
 /// looked at again; the engine's wait only covers running containers.
@@ -36,15 +44,24 @@ pub struct DockerController {
     config: ContainerConfig,
     /// The task's secret and config files.
     files: TaskFileSet,
+    /// The node's local networks, shared with the executor's other controllers.
+    networks: LocalNetworks,
 }
 
 impl DockerController {
-    /// A controller for the container `config` describes, on `engine`, with the task's `files`.
-    pub(crate) fn new(engine: Engine, config: ContainerConfig, files: TaskFileSet) -> Self {
+    /// A controller for the container `config` describes, on `engine`, with the task's `files`
+    /// and the executor's `networks`.
+    pub(crate) fn new(
+        engine: Engine,
+        config: ContainerConfig,
+        files: TaskFileSet,
+        networks: LocalNetworks,
+    ) -> Self {
         Self {
             engine,
             config,
             files,
+            networks,
         }
     }
 
@@ -65,22 +82,122 @@ impl DockerController {
         self.files.write(None)
     }
 
-    /// Creates the container (pulling its image first if needed) unless it exists.
+    /// Creates the container (pulling its image first if needed) unless it exists, on the task's
+    /// local networks (made if missing), and connects it to those it is not on yet.
     async fn create(&self, docker: &Docker) -> Result<(), ExecutorError> {
-        if self.inspect_container(docker).await?.is_some() {
-            return Ok(());
+        let existing = self.inspect_container(docker).await?;
+        if existing.is_none() {
+            self.ensure_image(docker).await?;
         }
-        self.ensure_image(docker).await?;
+        if self.config.attachments().is_empty() {
+            if existing.is_some() {
+                return Ok(());
+            }
+            return self
+                .create_container(docker, None)
+                .await
+                .map_err(|e| classify("creating container failed", e));
+        }
+        // Nothing removes a network between its making and the container joining it.
+        let _guard = self.networks.lock().await;
+        let mut names = self.ensure_networks().await?;
+        if existing.is_none() {
+            match self
+                .create_container(docker, names.first().map(String::as_str))
+                .await
+            {
+                Ok(()) => {}
+                // The network went meanwhile (removed by another swarmd on this engine).
+                Err(e) if is_not_found(&e) => {
+                    tracing::debug!(error = %e, "network gone at container create; making it again");
+                    names = self.ensure_networks().await?;
+                    self.create_container(docker, names.first().map(String::as_str))
+                        .await
+                        .map_err(|e| classify("creating container failed", e))?;
+                }
+                Err(e) => return Err(classify("creating container failed", e)),
+            }
+        }
+        self.connect(docker, &names).await
+    }
+
+    /// Sends the create request; a container that exists by now (an earlier, interrupted call)
+    /// is success.
+    async fn create_container(
+        &self,
+        docker: &Docker,
+        network: Option<&str>,
+    ) -> Result<(), EngineError> {
         let options = CreateContainerOptionsBuilder::new()
             .name(self.name())
             .build();
-        let body = self.config.create_body(&self.files.mounts());
+        let body = self.config.create_body(&self.files.mounts(), network);
         match docker.create_container(Some(options), body).await {
             Ok(_) => Ok(()),
-            // Created by an earlier, interrupted call.
             Err(e) if status(&e) == Some(409) => Ok(()),
-            Err(e) => Err(classify("creating container failed", e)),
+            Err(e) => Err(e),
         }
+    }
+
+    /// The local network of each attachment, made if missing; their names in the task's order.
+    async fn ensure_networks(&self) -> Result<Vec<String>, ExecutorError> {
+        let mut names = Vec::with_capacity(self.config.attachments().len());
+        for a in self.config.attachments() {
+            names.push(self.networks.ensure(a).await?);
+        }
+        Ok(names)
+    }
+
+    /// Connects the container to each local network in `names` it is not on yet.
+    async fn connect(&self, docker: &Docker, names: &[String]) -> Result<(), ExecutorError> {
+        let Some(c) = self.inspect_container(docker).await? else {
+            return Err(self.no_such_container());
+        };
+        let joined = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref());
+        for (a, name) in self.config.attachments().iter().zip(names) {
+            if joined.is_some_and(|j| j.contains_key(name)) {
+                continue;
+            }
+            let request = NetworkConnectRequest {
+                container: self.name().to_string(),
+                endpoint_config: Some(a.endpoint_settings()),
+            };
+            match docker.connect_network(name, request).await {
+                Ok(()) => {}
+                // Joined meanwhile: the engine refuses a second endpoint by one name.
+                Err(e) if matches!(status(&e), Some(403 | 409)) => {
+                    tracing::debug!(error = %e, network = name, "already connected");
+                }
+                Err(e) => {
+                    return Err(match classify("connecting container failed", e) {
+                        ExecutorError::Fatal(m) => ExecutorError::Fatal(format!(
+                            "dockerexec: connecting to network {} failed: {m}",
+                            a.network_name
+                        )),
+                        t => t,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes each of the task's local networks that no container uses any more.
+    async fn remove_unused_networks(&self) -> Result<(), ExecutorError> {
+        if self.config.attachments().is_empty() {
+            return Ok(());
+        }
+        let docker = self.engine.client().await?;
+        let _guard = self.networks.lock().await;
+        for a in self.config.attachments() {
+            if let Some(name) = self.networks.find(&docker, &a.network_id).await? {
+                self.networks.remove_if_unused(&name).await?;
+            }
+        }
+        Ok(())
     }
 
     fn name(&self) -> &str {
@@ -299,12 +416,16 @@ impl Controller for DockerController {
             .v(true)
             .build();
         match docker.remove_container(self.name(), Some(options)).await {
-            Ok(()) => files,
-            Err(e) if is_not_found(&e) => files,
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             // "removal of container ... is already in progress": done soon, try again.
-            Err(e) if status(&e) == Some(409) => Err(ExecutorError::Temporary(e.to_string())),
-            Err(e) => Err(classify("removing container failed", e)),
+            Err(e) if status(&e) == Some(409) => {
+                return Err(ExecutorError::Temporary(e.to_string()));
+            }
+            Err(e) => return Err(classify("removing container failed", e)),
         }
+        self.remove_unused_networks().await?;
+        files
     }
 
     async fn release(&self) -> Result<(), ExecutorError> {

@@ -701,6 +701,66 @@ async fn two_tasks_on_one_network_reach_each_other_and_share_one_local_network()
     assert_nothing_left(&service).await;
 }
 
+/// A task on two swarm networks is created on the first and connected to the second before it
+/// starts, with its address on each; both networks go with it.
+#[tokio::test]
+async fn a_task_on_two_networks_has_its_address_on_each() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    ensure_test_image();
+    let service = unique_service("twonets");
+    let (front_id, n) = unique_network();
+    let back_id = format!("{front_id}b");
+    let back_n = (n + 1) % 250 + 1;
+    let front = executor_docker::local_network_name("front", &front_id);
+    let back = executor_docker::local_network_name("back", &back_id);
+    let mut t = attached(
+        task(
+            &service,
+            "both",
+            IMAGE,
+            "ip -o -4 addr; trap 'exit 0' TERM; sleep 60 & wait",
+            &[],
+            Duration::from_secs(1),
+        ),
+        &front_id,
+        "front",
+        n,
+        4,
+    );
+    let second = attached(t.clone(), &back_id, "back", back_n, 5).networks;
+    t.networks.extend(second);
+    let name = executor_docker::container_name(&t);
+    let _cleanup = RemoveOnPanic {
+        containers: vec![name.clone()],
+        network: front.clone(),
+    };
+    let _cleanup_back = RemoveOnPanic {
+        containers: Vec::new(),
+        network: back.clone(),
+    };
+    let c = executor
+        .controller(&t, None, DependencyGetter::none())
+        .expect("controller");
+    c.prepare().await.expect("prepare");
+    // A second prepare (a restarted task runner) finds everything in place.
+    c.prepare().await.expect("prepare again");
+    c.start().await.expect("start");
+    assert_eq!(
+        address_on(&name, &front).await.as_deref(),
+        Some(format!("10.213.{n}.4").as_str())
+    );
+    assert_eq!(
+        address_on(&name, &back).await.as_deref(),
+        Some(format!("10.213.{back_n}.5").as_str())
+    );
+    c.remove().await.expect("remove");
+    assert!(local_networks(&front_id).await.is_empty(), "front left");
+    assert!(local_networks(&back_id).await.is_empty(), "back left");
+    assert_nothing_left(&service).await;
+}
+
 /// A HOST-mode published port is bound on the node: the container answers on 127.0.0.1.
 #[tokio::test]
 async fn a_host_mode_port_is_published_on_the_node() {

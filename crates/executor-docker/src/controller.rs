@@ -446,9 +446,58 @@ impl Controller for DockerController {
             .map(container_status))
     }
 
+    async fn port_status(&self) -> Result<Option<api::PortStatus>, ExecutorError> {
+        let docker = self.engine.client().await?;
+        Ok(self
+            .inspect_container(&docker)
+            .await?
+            .as_ref()
+            .map(port_status))
+    }
+
     fn checkpoint(&self) -> Option<Checkpoint> {
         None
     }
+}
+
+/// The published ports of an inspected container as SwarmKit reports them: each bound port in
+/// HOST mode with the host port the engine bound (one entry per port, though the engine lists a
+/// binding per address family), sorted; the name is not known to the engine.
+pub(crate) fn port_status(c: &ContainerInspectResponse) -> api::PortStatus {
+    use api::port_config::{Protocol, PublishMode};
+    let mut ports: Vec<api::PortConfig> = Vec::new();
+    let bound = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
+    for (key, bindings) in bound.into_iter().flatten() {
+        let Some((port, proto)) = key.split_once('/') else {
+            continue;
+        };
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            _ => continue,
+        };
+        let Ok(target) = port.parse::<u16>() else {
+            continue;
+        };
+        for b in bindings.iter().flatten() {
+            let Some(Ok(published)) = b.host_port.as_deref().map(str::parse::<u16>) else {
+                continue;
+            };
+            let p = api::PortConfig {
+                name: String::new(),
+                protocol: protocol as i32,
+                target_port: u32::from(target),
+                published_port: u32::from(published),
+                publish_mode: PublishMode::Host as i32,
+            };
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+    }
+    ports.sort_by_key(|p| (p.target_port, p.protocol, p.published_port));
+    api::PortStatus { ports }
 }
 
 /// The ID, PID (0 unless it runs, as the engine reports) and exit code of an inspected container.
@@ -499,6 +548,7 @@ pub(crate) fn split_reference(image: &str) -> (&str, Option<&str>) {
 mod tests {
     use super::*;
     use bollard::models::ContainerState;
+    use std::collections::HashMap;
 
     #[test]
     fn references_split_into_repository_and_tag() {
@@ -555,6 +605,52 @@ mod tests {
                 pid: 0,
                 exit_code: 3
             }
+        );
+    }
+
+    #[test]
+    fn bound_ports_are_reported_once_each_in_host_mode() {
+        use bollard::models::{NetworkSettings, PortBinding};
+        let binding = |ip: &str, port: &str| PortBinding {
+            host_ip: Some(ip.into()),
+            host_port: Some(port.into()),
+        };
+        let mut c = with(ContainerStateStatusEnum::RUNNING, 0);
+        c.network_settings = Some(NetworkSettings {
+            ports: Some(HashMap::from([
+                (
+                    "80/tcp".to_string(),
+                    Some(vec![binding("0.0.0.0", "9090"), binding("::", "9090")]),
+                ),
+                (
+                    "53/udp".to_string(),
+                    Some(vec![binding("0.0.0.0", "32768")]),
+                ),
+                // Exposed and not bound.
+                ("7/tcp".to_string(), None),
+            ])),
+            ..Default::default()
+        });
+        let port =
+            |proto: api::port_config::Protocol, target: u32, published: u32| api::PortConfig {
+                name: String::new(),
+                protocol: proto as i32,
+                target_port: target,
+                published_port: published,
+                publish_mode: api::port_config::PublishMode::Host as i32,
+            };
+        use api::port_config::Protocol;
+        assert_eq!(
+            port_status(&c).ports,
+            [
+                port(Protocol::Udp, 53, 32768),
+                port(Protocol::Tcp, 80, 9090)
+            ]
+        );
+        assert!(
+            port_status(&with(ContainerStateStatusEnum::CREATED, 0))
+                .ports
+                .is_empty()
         );
     }
 

@@ -816,6 +816,20 @@ async fn a_host_mode_port_is_published_on_the_node() {
         }
     };
     assert_eq!(answer.trim(), "hello");
+    // The task's status reports the port as bound.
+    let bound = c
+        .port_status()
+        .await
+        .expect("port status")
+        .expect("a container");
+    assert_eq!(
+        bound
+            .ports
+            .iter()
+            .map(|p| (p.target_port, p.published_port))
+            .collect::<Vec<_>>(),
+        [(8080, published)]
+    );
     c.remove().await.expect("remove");
     assert_nothing_left(&service).await;
 }

@@ -187,6 +187,15 @@ fn a_host_mode_published_port_answers_on_the_node() {
         read_from(&addr)
     });
     assert_eq!(text.trim(), "hello");
+    // The task's status reports the binding, as `task inspect` shows it.
+    let task = d.ctl(&["task", "ls", "-q"]).ok().trim().to_string();
+    let want = format!("0.0.0.0:{port}->8080/tcp");
+    wait_for("the bound port in the task's status", WAIT, || {
+        let out = d.ctl(&["task", "inspect", &task]).ok().to_string();
+        out.lines()
+            .any(|l| l.starts_with("Ports") && l.ends_with(&want))
+            .then_some(())
+    });
     d.ctl(&["service", "rm", &name]).ok();
     wait_for("no container of ours left", WAIT, || {
         containers(&name).is_empty().then_some(())

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the local image the Docker executor's tests run: swarmkit-test/busybox:latest, a rootfs
 # holding only Debian's static busybox and its applet links. There is no registry to pull from,
-# so the image is made with `docker import`. Does nothing when the image already exists.
+# so the image is made with `docker import`. Does nothing when the image already exists with the
+# applets listed below (its `swarmkit-test.applets` label); an image with other applets is rebuilt.
 # Usage: scripts/test-image.sh
 set -euo pipefail
 
 image=swarmkit-test/busybox:latest
-applets="sh sleep echo cat true false env test kill ls ps id printenv pwd hostname wc grep"
+applets="sh sleep echo cat true false env test kill ls ps id printenv pwd hostname wc grep nc ip timeout"
 
 if ! docker info >/dev/null 2>&1; then
   echo "test-image: no Docker engine answers (docker info failed); start one or set DOCKER_HOST" >&2
@@ -18,7 +19,8 @@ fi
 exec 9>"${TMPDIR:-/tmp}/swarmkit-test-image.lock"
 flock 9
 
-if docker image inspect "$image" >/dev/null 2>&1; then
+have=$(docker image inspect --format '{{index .Config.Labels "swarmkit-test.applets"}}' "$image" 2>/dev/null || true)
+if [ "$have" = "$applets" ]; then
   echo "test-image: $image already present"
   exit 0
 fi
@@ -51,5 +53,6 @@ echo 'nobody:x:65534:65534:nobody:/:/bin/false' >>"$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 
 tar -C "$root" -cf - . |
-  docker import --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin' - "$image" >/dev/null
+  docker import --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin' \
+    --change "LABEL swarmkit-test.applets=\"$applets\"" - "$image" >/dev/null
 echo "test-image: built $image"

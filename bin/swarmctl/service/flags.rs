@@ -541,7 +541,8 @@ pub fn parse_port_config(config: &str) -> Result<api::PortConfig> {
 fn parse_port_spec(spec: &str) -> std::result::Result<(api::port_config::Protocol, u32), String> {
     use api::port_config::Protocol;
     let parts: Vec<&str> = spec.split('/').collect();
-    let port = parse_uint(parts[0], 10, 32)? as u32;
+    // A port is 16 bits: SwarmKit's swarmctl parses 32 and lets the node fail later.
+    let port = parse_uint(parts[0], 10, 16)? as u32;
     let Some(proto) = parts.get(1) else {
         return Ok((Protocol::Tcp, port));
     };

@@ -129,6 +129,12 @@ pub trait Controller: Send + Sync {
     /// container's ID where there is a container, the PID while it runs and the exit code once
     /// it ended; `None` while there is no runtime object.
     async fn runtime_status(&self) -> Result<Option<api::ContainerStatus>, ExecutorError>;
+    /// The ports the task has on the node (SwarmKit's `PortStatus`): for Docker, the bindings of
+    /// its published ports as the engine made them, which tells a port the engine picked.
+    /// `None` (the default) when the executor binds none itself.
+    async fn port_status(&self) -> Result<Option<api::PortStatus>, ExecutorError> {
+        Ok(None)
+    }
     /// What a later swarmd process needs to adopt this task; `None` when nothing is needed.
     fn checkpoint(&self) -> Option<Checkpoint>;
 }

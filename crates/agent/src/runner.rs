@@ -92,6 +92,14 @@ fn is_terminal(state: i32) -> bool {
     state >= TaskState::Complete as i32
 }
 
+/// What a status reports of the task's runtime object: the container's status and the ports
+/// it has on the node (SwarmKit's `RuntimeStatus` and `PortStatus`).
+#[derive(Default)]
+struct Runtime {
+    container: Option<api::ContainerStatus>,
+    ports: Option<api::PortStatus>,
+}
+
 /// What one step led to.
 enum Step {
     /// Move to this state with this message.
@@ -134,7 +142,7 @@ impl Runner {
                     let runtime = if state >= TaskState::Starting {
                         self.runtime(None).await
                     } else {
-                        None
+                        Runtime::default()
                     };
                     self.set(state, message, String::new(), runtime);
                 }
@@ -243,8 +251,9 @@ impl Runner {
     }
 
     /// The runtime object's status to report with a new state (as SwarmKit's `Do` does at every
-    /// transition); `exit`, when the runner saw the task end, is the exit code that counts.
-    async fn runtime(&self, exit: Option<ExitStatus>) -> Option<api::ContainerStatus> {
+    /// transition); `exit`, when the runner saw the task end, is the exit code that counts. The
+    /// ports the executor bound on the node come with it.
+    async fn runtime(&self, exit: Option<ExitStatus>) -> Runtime {
         let reported = match self.controller.runtime_status().await {
             Ok(status) => status,
             Err(e) => {
@@ -252,7 +261,7 @@ impl Runner {
                 None
             }
         };
-        match (reported, exit) {
+        let container = match (reported, exit) {
             (Some(status), Some(e)) => Some(api::ContainerStatus {
                 exit_code: e.code,
                 ..status
@@ -262,33 +271,32 @@ impl Runner {
                 ..Default::default()
             }),
             (status, None) => status,
-        }
+        };
+        let ports = match self.controller.port_status().await {
+            Ok(ports) => ports,
+            Err(e) => {
+                debug!(task.id = %self.task_id(), "port status unavailable: {e}");
+                None
+            }
+        };
+        Runtime { container, ports }
     }
 
-    fn set(
-        &mut self,
-        state: TaskState,
-        message: &str,
-        err: String,
-        runtime: Option<api::ContainerStatus>,
-    ) {
+    fn set(&mut self, state: TaskState, message: &str, err: String, runtime: Runtime) {
         self.set_owned(state, message.to_string(), err, runtime);
     }
 
-    fn set_owned(
-        &mut self,
-        state: TaskState,
-        message: String,
-        err: String,
-        runtime: Option<api::ContainerStatus>,
-    ) {
+    fn set_owned(&mut self, state: TaskState, message: String, err: String, runtime: Runtime) {
         let id = self.task_id();
         let status = api::TaskStatus {
             timestamp: Some(SystemTime::now().into()),
             state: state as i32,
             message,
             err,
-            runtime_status: runtime.map(api::task_status::RuntimeStatus::Container),
+            runtime_status: runtime
+                .container
+                .map(api::task_status::RuntimeStatus::Container),
+            port_status: runtime.ports,
             ..Default::default()
         };
         if is_terminal(state as i32) || state == TaskState::Running {

@@ -124,8 +124,26 @@ impl Controller for FakeController {
             }),
         })
     }
+    async fn port_status(&self) -> Result<Option<api::PortStatus>, ExecutorError> {
+        Ok(match self.inspect().await? {
+            RuntimeState::Running => Some(api::PortStatus {
+                ports: vec![fake_port()],
+            }),
+            _ => None,
+        })
+    }
     fn checkpoint(&self) -> Option<Checkpoint> {
         Some(b"cp".to_vec())
+    }
+}
+
+/// The port a running fake task reports as bound.
+fn fake_port() -> api::PortConfig {
+    api::PortConfig {
+        target_port: 80,
+        published_port: 9090,
+        publish_mode: api::port_config::PublishMode::Host as i32,
+        ..Default::default()
     }
 }
 
@@ -275,6 +293,13 @@ async fn tasks_walk_the_states_and_shut_down_and_go() {
                 exit_code: 0
             }
         ))
+    );
+    // And the ports it bound on the node.
+    assert_eq!(
+        stored[0].status.port_status,
+        Some(api::PortStatus {
+            ports: vec![fake_port()]
+        })
     );
 
     // Desired SHUTDOWN: shut down, reported SHUTDOWN.

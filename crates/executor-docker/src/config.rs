@@ -2,8 +2,10 @@
 //! the create request built from the task's container spec, following SwarmKit's
 //! swarmd/dockerexec/container.go. Pure: no engine is involved, so all of it is unit-tested.
 //! Secret and config files become read-only bind mounts of the host files the controller writes
-//! (moby mounts them the same way). Networks, generic-resource environment and spec templates
-//! are not mapped (the agent gives this executor no network attachments yet).
+//! (moby mounts them the same way). The task's network attachments become the container's
+//! endpoints on the node's local networks (`network.rs`), and its HOST-mode published ports
+//! become port bindings on the node, as SwarmKit's dockerapi executor binds them. Generic-resource
+//! environment and spec templates are not mapped.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,8 +15,10 @@ use agent::ExecutorError;
 use bollard::models::{
     ContainerCreateBody, HealthConfig, HostConfig, HostConfigLogConfig, Mount, MountBindOptions,
     MountBindOptionsPropagationEnum, MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig,
-    ResourcesUlimits,
+    NetworkingConfig, PortBinding, PortMap, ResourcesUlimits,
 };
+
+use crate::network::Attachment;
 
 /// Prefix of the labels SwarmKit puts on every task container; they override the spec's own.
 pub const SYSTEM_LABEL_PREFIX: &str = "com.docker.swarm";
@@ -34,6 +38,8 @@ const CPU_PERIOD_MICROS: i64 = 100_000;
 pub struct ContainerConfig {
     task: api::Task,
     name: String,
+    /// The swarm networks the container joins, in the task's order.
+    attachments: Vec<Attachment>,
 }
 
 impl ContainerConfig {
@@ -46,10 +52,49 @@ impl ContainerConfig {
         if spec.image.is_empty() {
             return Err(ExecutorError::Fatal("dockerexec: image required".into()));
         }
+        let name = container_name(task);
+        let service = task
+            .service_annotations
+            .as_ref()
+            .map(|a| a.name.as_str())
+            .unwrap_or_default();
+        let attachments = task
+            .networks
+            .iter()
+            .map(|na| Attachment::new(na, service, &name))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             task: task.clone(),
-            name: container_name(task),
+            name,
+            attachments,
         })
+    }
+
+    /// The swarm networks the container joins, in the task's order; the first is the one it is
+    /// created on, the others are connected before it starts.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// The HOST-mode ports the task publishes on the node, from its endpoint (the allocator's
+    /// copy of the service's), as (protocol, target port, published port; 0 lets the engine
+    /// pick one).
+    pub fn host_ports(&self) -> Vec<(api::port_config::Protocol, u32, u32)> {
+        self.task
+            .endpoint
+            .as_ref()
+            .map(|e| {
+                e.ports
+                    .iter()
+                    .filter(|p| p.publish_mode == api::port_config::PublishMode::Host as i32)
+                    .map(|p| {
+                        let proto = api::port_config::Protocol::try_from(p.protocol)
+                            .unwrap_or(api::port_config::Protocol::Tcp);
+                        (proto, p.target_port, p.published_port)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The container name, which is also the task name (see [`container_name`]).
@@ -105,11 +150,35 @@ impl ContainerConfig {
     }
 
     /// The body of the engine's container create request; `files` are the task's secret and
-    /// config files as (host path, path in the container), mounted read-only.
-    pub fn create_body(&self, files: &[(PathBuf, PathBuf)]) -> ContainerCreateBody {
+    /// config files as (host path, path in the container), mounted read-only; `network` is the
+    /// name of the local network of the first attachment, which the container is created on.
+    pub fn create_body(
+        &self,
+        files: &[(PathBuf, PathBuf)],
+        network: Option<&str>,
+    ) -> ContainerCreateBody {
         let spec = self.spec();
         let (entrypoint, cmd) = command_line(spec);
+        let mut host_config = self.host_config(files);
+        let mut networking_config = None;
+        if let (Some(local), Some(first)) = (network, self.attachments.first()) {
+            host_config.network_mode = Some(local.to_string());
+            networking_config = Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    local.to_string(),
+                    first.endpoint_settings(),
+                )])),
+            });
+        }
+        let ports = self.host_ports();
         ContainerCreateBody {
+            exposed_ports: non_empty(
+                ports
+                    .iter()
+                    .map(|(proto, target, _)| port_key(*proto, *target))
+                    .collect(),
+            ),
+            networking_config,
             image: Some(spec.image.clone()),
             labels: Some(self.labels()),
             entrypoint,
@@ -124,7 +193,7 @@ impl ContainerConfig {
             tty: Some(spec.tty),
             open_stdin: Some(spec.open_stdin),
             healthcheck: spec.healthcheck.as_ref().map(healthcheck),
-            host_config: Some(self.host_config(files)),
+            host_config: Some(host_config),
             ..Default::default()
         }
     }
@@ -166,6 +235,7 @@ impl ContainerConfig {
                     .collect(),
             ),
             extra_hosts: non_empty(spec.hosts.iter().filter_map(|h| extra_host(h)).collect()),
+            port_bindings: self.port_bindings(),
             ..Default::default()
         };
         if let Some(dns) = &spec.dns_config {
@@ -196,6 +266,37 @@ impl ContainerConfig {
         }
         hc
     }
+}
+
+impl ContainerConfig {
+    /// The HOST-mode ports bound on the node: each target port to its published port on every
+    /// address of the node (an empty host IP, as SwarmKit leaves it), or to a port the engine
+    /// picks when none is published.
+    fn port_bindings(&self) -> Option<PortMap> {
+        let ports = self.host_ports();
+        (!ports.is_empty()).then(|| {
+            ports
+                .into_iter()
+                .map(|(proto, target, published)| {
+                    let binding = PortBinding {
+                        host_ip: None,
+                        host_port: (published != 0).then(|| published.to_string()),
+                    };
+                    (port_key(proto, target), Some(vec![binding]))
+                })
+                .collect()
+        })
+    }
+}
+
+/// The engine's name of a container port: `80/tcp`.
+fn port_key(proto: api::port_config::Protocol, port: u32) -> String {
+    let proto = match proto {
+        api::port_config::Protocol::Tcp => "tcp",
+        api::port_config::Protocol::Udp => "udp",
+        api::port_config::Protocol::Sctp => "sctp",
+    };
+    format!("{port}/{proto}")
 }
 
 /// The name of `task`'s container: the task's annotated name when the orchestrator set one,

@@ -9,13 +9,20 @@
 //! The task's secret and config files are written at `prepare`, before the container that
 //! bind-mounts them is created, and removed with the container, or when `prepare` fails. Secrets
 //! are written only on a tmpfs: without one the task fails rather than put a secret on disk.
+//!
+//! A task attached to swarm networks gets its local networks at `prepare` (`network.rs`): the
+//! container is created on the first with its allocated address and aliases, and connected to
+//! the others before `prepare` ends; `remove` takes away each of them that no container uses
+//! any more.
 
 use std::time::Duration;
 
 use agent::{Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum, NetworkConnectRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -25,6 +32,7 @@ use tokio_stream::StreamExt;
 use crate::config::{ContainerConfig, whole_seconds};
 use crate::engine::{Engine, REQUEST_TIMEOUT};
 use crate::error::{classify, is_not_found, status};
+use crate::network::LocalNetworks;
 
 /// How often a container that is not running yet (created, or starting its healthcheck) is
 /// looked at again; the engine's wait only covers running containers.
@@ -36,15 +44,24 @@ pub struct DockerController {
     config: ContainerConfig,
     /// The task's secret and config files.
     files: TaskFileSet,
+    /// The node's local networks, shared with the executor's other controllers.
+    networks: LocalNetworks,
 }
 
 impl DockerController {
-    /// A controller for the container `config` describes, on `engine`, with the task's `files`.
-    pub(crate) fn new(engine: Engine, config: ContainerConfig, files: TaskFileSet) -> Self {
+    /// A controller for the container `config` describes, on `engine`, with the task's `files`
+    /// and the executor's `networks`.
+    pub(crate) fn new(
+        engine: Engine,
+        config: ContainerConfig,
+        files: TaskFileSet,
+        networks: LocalNetworks,
+    ) -> Self {
         Self {
             engine,
             config,
             files,
+            networks,
         }
     }
 
@@ -65,22 +82,122 @@ impl DockerController {
         self.files.write(None)
     }
 
-    /// Creates the container (pulling its image first if needed) unless it exists.
+    /// Creates the container (pulling its image first if needed) unless it exists, on the task's
+    /// local networks (made if missing), and connects it to those it is not on yet.
     async fn create(&self, docker: &Docker) -> Result<(), ExecutorError> {
-        if self.inspect_container(docker).await?.is_some() {
-            return Ok(());
+        let existing = self.inspect_container(docker).await?;
+        if existing.is_none() {
+            self.ensure_image(docker).await?;
         }
-        self.ensure_image(docker).await?;
+        if self.config.attachments().is_empty() {
+            if existing.is_some() {
+                return Ok(());
+            }
+            return self
+                .create_container(docker, None)
+                .await
+                .map_err(|e| classify("creating container failed", e));
+        }
+        // Nothing removes a network between its making and the container joining it.
+        let _guard = self.networks.lock().await;
+        let mut names = self.ensure_networks().await?;
+        if existing.is_none() {
+            match self
+                .create_container(docker, names.first().map(String::as_str))
+                .await
+            {
+                Ok(()) => {}
+                // The network went meanwhile (removed by another swarmd on this engine).
+                Err(e) if is_not_found(&e) => {
+                    tracing::debug!(error = %e, "network gone at container create; making it again");
+                    names = self.ensure_networks().await?;
+                    self.create_container(docker, names.first().map(String::as_str))
+                        .await
+                        .map_err(|e| classify("creating container failed", e))?;
+                }
+                Err(e) => return Err(classify("creating container failed", e)),
+            }
+        }
+        self.connect(docker, &names).await
+    }
+
+    /// Sends the create request; a container that exists by now (an earlier, interrupted call)
+    /// is success.
+    async fn create_container(
+        &self,
+        docker: &Docker,
+        network: Option<&str>,
+    ) -> Result<(), EngineError> {
         let options = CreateContainerOptionsBuilder::new()
             .name(self.name())
             .build();
-        let body = self.config.create_body(&self.files.mounts());
+        let body = self.config.create_body(&self.files.mounts(), network);
         match docker.create_container(Some(options), body).await {
             Ok(_) => Ok(()),
-            // Created by an earlier, interrupted call.
             Err(e) if status(&e) == Some(409) => Ok(()),
-            Err(e) => Err(classify("creating container failed", e)),
+            Err(e) => Err(e),
         }
+    }
+
+    /// The local network of each attachment, made if missing; their names in the task's order.
+    async fn ensure_networks(&self) -> Result<Vec<String>, ExecutorError> {
+        let mut names = Vec::with_capacity(self.config.attachments().len());
+        for a in self.config.attachments() {
+            names.push(self.networks.ensure(a).await?);
+        }
+        Ok(names)
+    }
+
+    /// Connects the container to each local network in `names` it is not on yet.
+    async fn connect(&self, docker: &Docker, names: &[String]) -> Result<(), ExecutorError> {
+        let Some(c) = self.inspect_container(docker).await? else {
+            return Err(self.no_such_container());
+        };
+        let joined = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref());
+        for (a, name) in self.config.attachments().iter().zip(names) {
+            if joined.is_some_and(|j| j.contains_key(name)) {
+                continue;
+            }
+            let request = NetworkConnectRequest {
+                container: self.name().to_string(),
+                endpoint_config: Some(a.endpoint_settings()),
+            };
+            match docker.connect_network(name, request).await {
+                Ok(()) => {}
+                // Joined meanwhile: the engine refuses a second endpoint by one name.
+                Err(e) if matches!(status(&e), Some(403 | 409)) => {
+                    tracing::debug!(error = %e, network = name, "already connected");
+                }
+                Err(e) => {
+                    return Err(match classify("connecting container failed", e) {
+                        ExecutorError::Fatal(m) => ExecutorError::Fatal(format!(
+                            "dockerexec: connecting to network {} failed: {m}",
+                            a.network_name
+                        )),
+                        t => t,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes each of the task's local networks that no container uses any more.
+    async fn remove_unused_networks(&self) -> Result<(), ExecutorError> {
+        if self.config.attachments().is_empty() {
+            return Ok(());
+        }
+        let docker = self.engine.client().await?;
+        let _guard = self.networks.lock().await;
+        for a in self.config.attachments() {
+            if let Some(name) = self.networks.find(&docker, &a.network_id).await? {
+                self.networks.remove_if_unused(&name).await?;
+            }
+        }
+        Ok(())
     }
 
     fn name(&self) -> &str {
@@ -299,12 +416,16 @@ impl Controller for DockerController {
             .v(true)
             .build();
         match docker.remove_container(self.name(), Some(options)).await {
-            Ok(()) => files,
-            Err(e) if is_not_found(&e) => files,
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             // "removal of container ... is already in progress": done soon, try again.
-            Err(e) if status(&e) == Some(409) => Err(ExecutorError::Temporary(e.to_string())),
-            Err(e) => Err(classify("removing container failed", e)),
+            Err(e) if status(&e) == Some(409) => {
+                return Err(ExecutorError::Temporary(e.to_string()));
+            }
+            Err(e) => return Err(classify("removing container failed", e)),
         }
+        self.remove_unused_networks().await?;
+        files
     }
 
     async fn release(&self) -> Result<(), ExecutorError> {
@@ -325,9 +446,58 @@ impl Controller for DockerController {
             .map(container_status))
     }
 
+    async fn port_status(&self) -> Result<Option<api::PortStatus>, ExecutorError> {
+        let docker = self.engine.client().await?;
+        Ok(self
+            .inspect_container(&docker)
+            .await?
+            .as_ref()
+            .map(port_status))
+    }
+
     fn checkpoint(&self) -> Option<Checkpoint> {
         None
     }
+}
+
+/// The published ports of an inspected container as SwarmKit reports them: each bound port in
+/// HOST mode with the host port the engine bound (one entry per port, though the engine lists a
+/// binding per address family), sorted; the name is not known to the engine.
+pub(crate) fn port_status(c: &ContainerInspectResponse) -> api::PortStatus {
+    use api::port_config::{Protocol, PublishMode};
+    let mut ports: Vec<api::PortConfig> = Vec::new();
+    let bound = c.network_settings.as_ref().and_then(|n| n.ports.as_ref());
+    for (key, bindings) in bound.into_iter().flatten() {
+        let Some((port, proto)) = key.split_once('/') else {
+            continue;
+        };
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            _ => continue,
+        };
+        let Ok(target) = port.parse::<u16>() else {
+            continue;
+        };
+        for b in bindings.iter().flatten() {
+            let Some(Ok(published)) = b.host_port.as_deref().map(str::parse::<u16>) else {
+                continue;
+            };
+            let p = api::PortConfig {
+                name: String::new(),
+                protocol: protocol as i32,
+                target_port: u32::from(target),
+                published_port: u32::from(published),
+                publish_mode: PublishMode::Host as i32,
+            };
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+    }
+    ports.sort_by_key(|p| (p.target_port, p.protocol, p.published_port));
+    api::PortStatus { ports }
 }
 
 /// The ID, PID (0 unless it runs, as the engine reports) and exit code of an inspected container.
@@ -378,6 +548,7 @@ pub(crate) fn split_reference(image: &str) -> (&str, Option<&str>) {
 mod tests {
     use super::*;
     use bollard::models::ContainerState;
+    use std::collections::HashMap;
 
     #[test]
     fn references_split_into_repository_and_tag() {
@@ -434,6 +605,52 @@ mod tests {
                 pid: 0,
                 exit_code: 3
             }
+        );
+    }
+
+    #[test]
+    fn bound_ports_are_reported_once_each_in_host_mode() {
+        use bollard::models::{NetworkSettings, PortBinding};
+        let binding = |ip: &str, port: &str| PortBinding {
+            host_ip: Some(ip.into()),
+            host_port: Some(port.into()),
+        };
+        let mut c = with(ContainerStateStatusEnum::RUNNING, 0);
+        c.network_settings = Some(NetworkSettings {
+            ports: Some(HashMap::from([
+                (
+                    "80/tcp".to_string(),
+                    Some(vec![binding("0.0.0.0", "9090"), binding("::", "9090")]),
+                ),
+                (
+                    "53/udp".to_string(),
+                    Some(vec![binding("0.0.0.0", "32768")]),
+                ),
+                // Exposed and not bound.
+                ("7/tcp".to_string(), None),
+            ])),
+            ..Default::default()
+        });
+        let port =
+            |proto: api::port_config::Protocol, target: u32, published: u32| api::PortConfig {
+                name: String::new(),
+                protocol: proto as i32,
+                target_port: target,
+                published_port: published,
+                publish_mode: api::port_config::PublishMode::Host as i32,
+            };
+        use api::port_config::Protocol;
+        assert_eq!(
+            port_status(&c).ports,
+            [
+                port(Protocol::Udp, 53, 32768),
+                port(Protocol::Tcp, 80, 9090)
+            ]
+        );
+        assert!(
+            port_status(&with(ContainerStateStatusEnum::CREATED, 0))
+                .ports
+                .is_empty()
         );
     }
 

@@ -11,6 +11,7 @@ use crate::config::ContainerConfig;
 use crate::controller::DockerController;
 use crate::engine::Engine;
 use crate::error::classify;
+use crate::network::LocalNetworks;
 
 /// Runs tasks as containers of one Docker Engine.
 pub struct DockerExecutor {
@@ -18,6 +19,8 @@ pub struct DockerExecutor {
     /// Where tasks' secret and config files go, to be bind-mounted.
     files: Arc<TaskFiles>,
     hostname_override: Option<String>,
+    /// The node's local networks, one per swarm network its tasks use.
+    networks: LocalNetworks,
 }
 
 impl DockerExecutor {
@@ -32,12 +35,20 @@ impl DockerExecutor {
         files: Arc<TaskFiles>,
         hostname_override: Option<String>,
     ) -> Result<Self, ExecutorError> {
+        let engine = Engine::new(engine_addr)?;
         Ok(Self {
-            engine: Engine::new(engine_addr)?,
+            networks: LocalNetworks::new(engine.clone()),
+            engine,
             files,
             // swarmd's `--hostname` defaults to empty, which means "the engine's name".
             hostname_override: hostname_override.filter(|h| !h.is_empty()),
         })
+    }
+
+    /// Removes every local network of this executor's kind that no container uses; what
+    /// [`Executor::remove_orphans`] starts in the background.
+    pub async fn sweep_networks(&self) -> Result<(), ExecutorError> {
+        self.networks.sweep().await
     }
 
     /// The engine address this executor was made for.
@@ -106,11 +117,22 @@ impl Executor for DockerExecutor {
             self.engine.clone(),
             config,
             files,
+            self.networks.clone(),
         )))
     }
 
     fn remove_orphans(&self, known: &HashSet<String>) {
         self.files.remove_orphans(known);
+        // Local networks left by tasks removed while swarmd was down: removed in the background
+        // (the engine may be slow or away), under the lock that keeps new tasks' networks safe.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let networks = self.networks.clone();
+            runtime.spawn(async move {
+                if let Err(e) = networks.sweep().await {
+                    tracing::warn!(error = %e, "sweeping unused local networks failed");
+                }
+            });
+        }
     }
 }
 

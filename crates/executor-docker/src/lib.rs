@@ -5,7 +5,8 @@
 //!
 //! The task runner, the states it reports and the retries belong to the agent; this crate only
 //! talks to the engine, and writes the task's secret and config files (`agent::taskfiles`) that its
-//! container bind-mounts. Networks and logs are not handled yet.
+//! container bind-mounts, and keeps the node's local networks (`network.rs`): one bridge network
+//! per swarm network its tasks use, with the swarm network's subnet. Logs are not handled yet.
 
 #![forbid(unsafe_code)]
 
@@ -14,9 +15,13 @@ mod controller;
 mod engine;
 mod error;
 mod executor;
+mod network;
 
 pub use config::{
     ContainerConfig, SERVICE_NAME_LABEL, SYSTEM_LABEL_PREFIX, TASK_ID_LABEL, container_name,
 };
 pub use controller::DockerController;
 pub use executor::DockerExecutor;
+pub use network::{
+    Attachment, LOCAL_NETWORK_LABEL, NETWORK_ID_LABEL, NETWORK_NAME_LABEL, local_network_name,
+};

@@ -27,6 +27,15 @@ fn engine_addr() -> String {
     }
 }
 
+/// A client of the test engine.
+async fn engine() -> bollard::Docker {
+    bollard::Docker::connect_with_host(&engine_addr())
+        .expect("engine address")
+        .negotiate_version()
+        .await
+        .expect("engine answers")
+}
+
 /// Task files for tests whose tasks have none: on disk, under cargo's scratch directory.
 fn no_files() -> Arc<TaskFiles> {
     let state = Path::new(env!("CARGO_TARGET_TMPDIR")).join("executor-docker-engine");
@@ -128,11 +137,7 @@ impl TaskFactory for Busybox {
 
 /// Fails if any container labelled with `service` still exists, running or not.
 async fn assert_nothing_left(service: &str) {
-    let docker = bollard::Docker::connect_with_host(&engine_addr())
-        .expect("engine address")
-        .negotiate_version()
-        .await
-        .expect("engine answers");
+    let docker = engine().await;
     let filters = HashMap::from([("label", vec![format!("{SERVICE_NAME_LABEL}={service}")])]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
@@ -345,11 +350,7 @@ async fn a_created_container_that_never_started_shuts_down_and_is_removed() {
 
 /// What the container `name` wrote to its stdout.
 async fn output(name: &str) -> String {
-    let docker = bollard::Docker::connect_with_host(&engine_addr())
-        .expect("engine address")
-        .negotiate_version()
-        .await
-        .expect("engine answers");
+    let docker = engine().await;
     let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
     let mut logs = docker.logs(name, Some(options));
     let mut text = String::new();
@@ -493,4 +494,403 @@ async fn a_dotdot_target_is_refused() {
         Err(e) => panic!("not fatal: {e:?}"),
         Ok(_) => panic!("a '..' target was accepted"),
     }
+}
+
+/// The Docker IDs of our local networks standing for the swarm network `network_id`.
+async fn local_networks(network_id: &str) -> Vec<String> {
+    use bollard::query_parameters::ListNetworksOptionsBuilder;
+    let filters = HashMap::from([(
+        "label",
+        vec![format!(
+            "{}={network_id}",
+            executor_docker::NETWORK_ID_LABEL
+        )],
+    )]);
+    let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+    engine()
+        .await
+        .list_networks(Some(options))
+        .await
+        .expect("listing networks")
+        .into_iter()
+        .filter_map(|n| n.id)
+        .collect()
+}
+
+/// A swarm network ID and a /24 no other test run uses (10.213.<n>.0/24).
+fn unique_network() -> (String, u32) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos();
+    (
+        format!("dnet{}x{nanos}", std::process::id()),
+        1 + nanos % 250,
+    )
+}
+
+/// `t` attached to the swarm network `id` named `name` with the subnet 10.213.`n`.0/24 at the
+/// address 10.213.`n`.`host`.
+fn attached(mut t: api::Task, id: &str, name: &str, n: u32, host: u32) -> api::Task {
+    t.networks = vec![api::NetworkAttachment {
+        network: Some(api::Network {
+            id: id.to_string(),
+            spec: Some(api::NetworkSpec {
+                annotations: Some(api::Annotations {
+                    name: name.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ipam: Some(api::IpamOptions {
+                configs: vec![api::IpamConfig {
+                    family: api::ipam_config::AddressFamily::Ipv4 as i32,
+                    subnet: format!("10.213.{n}.0/24"),
+                    gateway: format!("10.213.{n}.1"),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        addresses: vec![format!("10.213.{n}.{host}/24")],
+        ..Default::default()
+    }];
+    t
+}
+
+/// The container's address on the local network `local`.
+async fn address_on(container: &str, local: &str) -> Option<String> {
+    engine()
+        .await
+        .inspect_container(container, None)
+        .await
+        .expect("inspect")
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(local).cloned())
+        .and_then(|e| e.ip_address)
+}
+
+/// Removes containers and a network with the docker CLI when a test panics before it removed them.
+struct RemoveOnPanic {
+    containers: Vec<String>,
+    network: String,
+}
+
+impl Drop for RemoveOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let docker = |args: &[&str]| {
+                let _ = std::process::Command::new("docker")
+                    .args(args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            };
+            for c in &self.containers {
+                docker(&["rm", "-f", c]);
+            }
+            docker(&["network", "rm", &self.network]);
+        }
+    }
+}
+
+/// Two tasks of one service on one swarm network: each container has its allocated address on
+/// the node's local network for it (made once, found again by a new executor), one reaches the
+/// other by address and by task-name alias over TCP, and the network goes with the last task.
+#[tokio::test]
+async fn two_tasks_on_one_network_reach_each_other_and_share_one_local_network() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    ensure_test_image();
+    let service = unique_service("dataplane");
+    let (net_id, n) = unique_network();
+    let local = executor_docker::local_network_name("backend", &net_id);
+    let grace = Duration::from_secs(1);
+    // The server answers every connection with a line naming itself.
+    let server = attached(
+        task(
+            &service,
+            "server",
+            IMAGE,
+            "trap 'exit 0' TERM; while true; do echo pong | nc -l -p 7000; done & wait",
+            &[],
+            grace,
+        ),
+        &net_id,
+        "backend",
+        n,
+        2,
+    );
+    let server_name = executor_docker::container_name(&server);
+    let client_script = format!(
+        "ip -o -4 addr show eth0; i=0; while [ $i -lt 100 ]; do \
+           a=$(nc -w 1 10.213.{n}.2 7000 </dev/null); b=$(nc -w 1 {server_name} 7000 </dev/null); \
+           if [ \"$a\" = pong ] && [ \"$b\" = pong ]; then echo reached; exit 0; fi; \
+           i=$((i+1)); sleep 0.2; \
+         done; echo unreachable; exit 1"
+    );
+    let mut client = attached(
+        task(&service, "client", IMAGE, &client_script, &[], grace),
+        &net_id,
+        "backend",
+        n,
+        3,
+    );
+    client.slot = 2;
+    let client_name = executor_docker::container_name(&client);
+    let _cleanup = RemoveOnPanic {
+        containers: vec![server_name.clone(), client_name.clone()],
+        network: local.clone(),
+    };
+
+    let s = executor
+        .controller(&server, None, DependencyGetter::none())
+        .expect("server controller");
+    let c = executor
+        .controller(&client, None, DependencyGetter::none())
+        .expect("client controller");
+    // Both prepare at once: one creates the network, the other finds it.
+    let (ps, pc) = tokio::join!(s.prepare(), c.prepare());
+    ps.expect("prepare server");
+    pc.expect("prepare client");
+    let networks = local_networks(&net_id).await;
+    assert_eq!(networks.len(), 1, "one local network: {networks:?}");
+    s.start().await.expect("start server");
+    c.start().await.expect("start client");
+    assert_eq!(
+        address_on(&server_name, &local).await.as_deref(),
+        Some(format!("10.213.{n}.2").as_str())
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(60), c.wait())
+        .await
+        .expect("the client ends in time")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}: {}", output(&client_name).await);
+    // The client saw its own address (it may have ended before the engine could be asked).
+    let text = output(&client_name).await;
+    assert!(
+        text.contains(&format!("inet 10.213.{n}.3/24")),
+        "the client's address: {text}"
+    );
+    assert_eq!(text.lines().last(), Some("reached"), "{text}");
+
+    // A new executor (a restarted swarmd) finds the same network, by its labels.
+    let again = DockerExecutor::connect(&engine_addr(), no_files(), None).expect("connect");
+    let s2 = again
+        .controller(&server, None, DependencyGetter::none())
+        .expect("controller");
+    s2.prepare().await.expect("prepare again");
+    assert_eq!(local_networks(&net_id).await, networks);
+    assert_eq!(s2.inspect().await, Ok(RuntimeState::Running));
+
+    // The stopped client still refers to the network: removing the server keeps it.
+    s2.remove().await.expect("remove server");
+    assert_eq!(
+        local_networks(&net_id).await,
+        networks,
+        "removed while in use"
+    );
+    c.remove().await.expect("remove client");
+    assert!(
+        local_networks(&net_id).await.is_empty(),
+        "the local network outlived its last task"
+    );
+    assert_nothing_left(&service).await;
+}
+
+/// A task on two swarm networks is created on the first and connected to the second before it
+/// starts, with its address on each; both networks go with it.
+#[tokio::test]
+async fn a_task_on_two_networks_has_its_address_on_each() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    ensure_test_image();
+    let service = unique_service("twonets");
+    let (front_id, n) = unique_network();
+    let back_id = format!("{front_id}b");
+    let back_n = (n + 1) % 250 + 1;
+    let front = executor_docker::local_network_name("front", &front_id);
+    let back = executor_docker::local_network_name("back", &back_id);
+    let mut t = attached(
+        task(
+            &service,
+            "both",
+            IMAGE,
+            "ip -o -4 addr; trap 'exit 0' TERM; sleep 60 & wait",
+            &[],
+            Duration::from_secs(1),
+        ),
+        &front_id,
+        "front",
+        n,
+        4,
+    );
+    let second = attached(t.clone(), &back_id, "back", back_n, 5).networks;
+    t.networks.extend(second);
+    let name = executor_docker::container_name(&t);
+    let _cleanup = RemoveOnPanic {
+        containers: vec![name.clone()],
+        network: front.clone(),
+    };
+    let _cleanup_back = RemoveOnPanic {
+        containers: Vec::new(),
+        network: back.clone(),
+    };
+    let c = executor
+        .controller(&t, None, DependencyGetter::none())
+        .expect("controller");
+    c.prepare().await.expect("prepare");
+    // A second prepare (a restarted task runner) finds everything in place.
+    c.prepare().await.expect("prepare again");
+    c.start().await.expect("start");
+    assert_eq!(
+        address_on(&name, &front).await.as_deref(),
+        Some(format!("10.213.{n}.4").as_str())
+    );
+    assert_eq!(
+        address_on(&name, &back).await.as_deref(),
+        Some(format!("10.213.{back_n}.5").as_str())
+    );
+    c.remove().await.expect("remove");
+    assert!(local_networks(&front_id).await.is_empty(), "front left");
+    assert!(local_networks(&back_id).await.is_empty(), "back left");
+    assert_nothing_left(&service).await;
+}
+
+/// A HOST-mode published port is bound on the node: the container answers on 127.0.0.1.
+#[tokio::test]
+async fn a_host_mode_port_is_published_on_the_node() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    ensure_test_image();
+    let service = unique_service("published");
+    let published = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        u32::from(l.local_addr().expect("address").port())
+    };
+    let mut t = task(
+        &service,
+        "web",
+        IMAGE,
+        "trap 'exit 0' TERM; while true; do echo hello | nc -l -p 8080; done & wait",
+        &[],
+        Duration::from_secs(1),
+    );
+    t.endpoint = Some(Box::new(api::Endpoint {
+        ports: vec![api::PortConfig {
+            name: "web".into(),
+            protocol: api::port_config::Protocol::Tcp as i32,
+            target_port: 8080,
+            published_port: published,
+            publish_mode: api::port_config::PublishMode::Host as i32,
+        }],
+        ..Default::default()
+    }));
+    let c = executor
+        .controller(&t, None, DependencyGetter::none())
+        .expect("controller");
+    c.prepare().await.expect("prepare");
+    c.start().await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let got = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let addr = format!("127.0.0.1:{published}");
+            let mut s = std::net::TcpStream::connect(&addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            Some(text)
+        })
+        .await
+        .expect("join");
+        match got {
+            Some(text) if !text.is_empty() => break text,
+            _ if Instant::now() > deadline => panic!("nothing answered on port {published}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(answer.trim(), "hello");
+    // The task's status reports the port as bound.
+    let bound = c
+        .port_status()
+        .await
+        .expect("port status")
+        .expect("a container");
+    assert_eq!(
+        bound
+            .ports
+            .iter()
+            .map(|p| (p.target_port, p.published_port))
+            .collect::<Vec<_>>(),
+        [(8080, published)]
+    );
+    c.remove().await.expect("remove");
+    assert_nothing_left(&service).await;
+}
+
+/// The sweep at executor start removes our local networks that no container uses, and no other.
+#[tokio::test]
+async fn the_sweep_removes_unused_local_networks_only() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    let (net_id, n) = unique_network();
+    let docker = engine().await;
+    let mut labels = HashMap::from([
+        (
+            executor_docker::NETWORK_ID_LABEL.to_string(),
+            net_id.clone(),
+        ),
+        (
+            executor_docker::LOCAL_NETWORK_LABEL.to_string(),
+            "true".to_string(),
+        ),
+    ]);
+    let create = |name: String, labels: HashMap<String, String>, subnet: String| {
+        bollard::models::NetworkCreateRequest {
+            name,
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            ipam: Some(bollard::models::Ipam {
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(subnet),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    let ours = format!("swarmd-left-{net_id}");
+    docker
+        .create_network(create(
+            ours.clone(),
+            labels.clone(),
+            format!("10.213.{n}.0/24"),
+        ))
+        .await
+        .expect("create ours");
+    // Not ours (no marker): left alone even though nothing uses it.
+    labels.remove(executor_docker::LOCAL_NETWORK_LABEL);
+    let theirs = format!("other-{net_id}");
+    docker
+        .create_network(create(theirs.clone(), labels, format!("10.214.{n}.0/24")))
+        .await
+        .expect("create theirs");
+    executor.sweep_networks().await.expect("sweep");
+    let left = local_networks(&net_id).await;
+    let theirs_id = docker
+        .inspect_network(&theirs, None)
+        .await
+        .expect("theirs is still there")
+        .id
+        .expect("id");
+    docker.remove_network(&theirs).await.expect("remove theirs");
+    assert_eq!(left, [theirs_id], "ours should be gone, theirs kept");
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::signal::parse_signal;
 use crate::user::{self, User};
-use crate::{Error, SECRETS_DIR_ENV, TASK_ROOT_ENV, procfs};
+use crate::{Error, PORT_ENV_PREFIX, SECRETS_DIR_ENV, TASK_ROOT_ENV, procfs};
 
 /// How often a running process is checked for its end.
 const POLL: Duration = Duration::from_millis(50);
@@ -139,6 +139,29 @@ fn exit_status(code: Option<i32>, signal: Option<i32>) -> Option<ExitStatus> {
     }
 }
 
+/// The variables passing `task` its HOST-mode published ports (see [`PORT_ENV_PREFIX`]), from
+/// its endpoint (the allocator's copy of the service's ports).
+fn port_env(task: &api::Task) -> Vec<(String, String)> {
+    use api::port_config::{Protocol, PublishMode};
+    let Some(endpoint) = &task.endpoint else {
+        return Vec::new();
+    };
+    endpoint
+        .ports
+        .iter()
+        .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
+        .map(|p| {
+            let proto = Protocol::try_from(p.protocol)
+                .unwrap_or(Protocol::Tcp)
+                .as_str_name();
+            (
+                format!("{PORT_ENV_PREFIX}{}_{proto}", p.target_port),
+                p.published_port.to_string(),
+            )
+        })
+        .collect()
+}
+
 /// What to run, from the task's container spec.
 #[derive(Debug, Clone)]
 struct Launch {
@@ -152,6 +175,9 @@ struct Launch {
     dir: Option<PathBuf>,
     /// `user` as written, resolved at prepare.
     user: Option<String>,
+    /// The HOST-mode published ports, as the variables that pass them (`SWARM_PORT_80_TCP`,
+    /// `9090`).
+    ports: Vec<(String, String)>,
     /// Only logged: nothing is pulled.
     image: String,
 }
@@ -171,6 +197,7 @@ impl Launch {
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
             user: Some(&container.user).filter(|u| !u.is_empty()).cloned(),
+            ports: port_env(task),
             image: container.image.clone(),
         })
     }
@@ -185,9 +212,11 @@ impl Launch {
                 None => cmd.env_remove(entry),
             };
         }
-        // After the spec's own: where its files are is not the spec's to say.
+        // After the spec's own: where its files are and which ports it has are not the spec's
+        // to say.
         cmd.env(TASK_ROOT_ENV, root)
-            .env(SECRETS_DIR_ENV, root.join(agent::taskfiles::SECRETS_DIR));
+            .env(SECRETS_DIR_ENV, root.join(agent::taskfiles::SECRETS_DIR))
+            .envs(self.ports.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.dir {
             cmd.current_dir(dir);
         }

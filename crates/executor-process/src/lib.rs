@@ -4,6 +4,12 @@
 //! or used (it stays in the spec as a label only), and networks, mounts and resource limits are
 //! not applied. The task runner, task states and the worker database are the agent's.
 //!
+//! Tasks stay on the host's network: a swarm network attachment gives them no address of their
+//! own. A HOST-mode published port is passed to the task, which must listen on it itself (there
+//! is no translation from the target port): [`PORT_ENV_PREFIX`]`<target>_<PROTO>` holds the
+//! published port (`SWARM_PORT_80_TCP=9090`). The scheduler keeps one task per published port
+//! per node, so two such tasks never share one.
+//!
 //! Secrets and configs become files in the task's directory ([`agent::TaskFiles`], on a tmpfs
 //! when the node has one), laid out as a container would see them under a task root that the
 //! process is told in its environment: [`TASK_ROOT_ENV`] names that root and
@@ -40,6 +46,11 @@ pub const TASK_ROOT_ENV: &str = "SWARM_TASK_ROOT";
 /// The environment variable naming `<task root>/run/secrets`, where a secret with a relative
 /// target is.
 pub const SECRETS_DIR_ENV: &str = "SWARM_SECRETS_DIR";
+
+/// Prefix of the environment variables passing a task its HOST-mode published ports:
+/// `SWARM_PORT_<target port>_<TCP|UDP|SCTP>=<published port>`. A port with no published port
+/// (the engine would pick one) gets none.
+pub const PORT_ENV_PREFIX: &str = "SWARM_PORT_";
 
 /// Why a step of the process executor failed; turned into an [`ExecutorError`] in one place.
 #[derive(Debug, thiserror::Error)]

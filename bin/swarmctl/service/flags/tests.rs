@@ -311,6 +311,14 @@ fn ports() {
         &["--ports", "http:99999999999"],
         "failed to parse port: strconv.ParseUint: parsing \"99999999999\": value out of range",
     );
+    check_err(
+        &["--ports", "web:80:70000"],
+        "failed to parse node port: strconv.ParseUint: parsing \"70000\": value out of range",
+    );
+    check_err(
+        &["--ports", "web:65536"],
+        "failed to parse port: strconv.ParseUint: parsing \"65536\": value out of range",
+    );
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn busybox() -> api::ContainerSpec {
 fn body(task: &api::Task) -> ContainerCreateBody {
     ContainerConfig::new(task)
         .expect("valid task")
-        .create_body(&[])
+        .create_body(&[], None)
 }
 
 #[test]
@@ -242,7 +242,7 @@ fn task_files_become_read_only_binds_after_the_spec_mounts() {
     )];
     let config = ContainerConfig::new(&task_with(spec)).expect("valid task");
     let mounts = config
-        .create_body(&files)
+        .create_body(&files, None)
         .host_config
         .unwrap()
         .mounts
@@ -270,4 +270,128 @@ fn grace_periods_round_up_to_whole_seconds() {
     assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
     assert_eq!(whole_seconds(Duration::from_millis(500)), 1);
     assert_eq!(whole_seconds(Duration::ZERO), 0);
+}
+
+fn port(
+    proto: api::port_config::Protocol,
+    target: u32,
+    published: u32,
+    host: bool,
+) -> api::PortConfig {
+    api::PortConfig {
+        name: "p".into(),
+        protocol: proto as i32,
+        target_port: target,
+        published_port: published,
+        publish_mode: if host {
+            api::port_config::PublishMode::Host
+        } else {
+            api::port_config::PublishMode::Ingress
+        } as i32,
+    }
+}
+
+#[test]
+fn host_mode_ports_are_exposed_and_bound_on_the_node() {
+    use api::port_config::Protocol;
+    let mut task = task_with(busybox());
+    task.endpoint = Some(Box::new(api::Endpoint {
+        ports: vec![
+            port(Protocol::Tcp, 80, 9090, true),
+            port(Protocol::Udp, 53, 5353, true),
+            port(Protocol::Sctp, 7, 0, true),
+            // Ingress ports are the routing mesh's, not bound by the container.
+            port(Protocol::Tcp, 443, 8443, false),
+        ],
+        ..Default::default()
+    }));
+    let b = body(&task);
+    let mut exposed = b.exposed_ports.clone().expect("exposed ports");
+    exposed.sort();
+    assert_eq!(exposed, ["53/udp", "7/sctp", "80/tcp"]);
+    let bindings = b
+        .host_config
+        .and_then(|h| h.port_bindings)
+        .expect("port bindings");
+    let bound = |key: &str| {
+        bindings[key]
+            .as_ref()
+            .expect("a binding")
+            .iter()
+            .map(|p| (p.host_ip.clone(), p.host_port.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bindings.len(), 3);
+    assert_eq!(bound("80/tcp"), [(None, Some("9090".to_string()))]);
+    assert_eq!(bound("53/udp"), [(None, Some("5353".to_string()))]);
+    // No published port: the engine picks one.
+    assert_eq!(bound("7/sctp"), [(None, None)]);
+}
+
+#[test]
+fn a_task_without_ports_or_networks_keeps_the_default_network() {
+    let b = body(&task_with(busybox()));
+    assert_eq!(b.exposed_ports, None);
+    assert_eq!(b.networking_config, None);
+    let hc = b.host_config.expect("host config");
+    assert_eq!(hc.port_bindings, None);
+    assert_eq!(hc.network_mode, None);
+}
+
+#[test]
+fn the_container_is_created_on_its_first_network_with_its_address_and_aliases() {
+    let mut task = task_with(busybox());
+    let network = |id: &str, name: &str| api::Network {
+        id: id.into(),
+        spec: Some(api::NetworkSpec {
+            annotations: Some(api::Annotations {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    task.networks = vec![
+        api::NetworkAttachment {
+            network: Some(network("netid1", "front")),
+            addresses: vec!["10.0.1.5/24".into()],
+            aliases: vec!["www".into()],
+            ..Default::default()
+        },
+        api::NetworkAttachment {
+            network: Some(network("netid2", "back")),
+            addresses: vec!["10.0.2.5/24".into()],
+            ..Default::default()
+        },
+    ];
+    let config = ContainerConfig::new(&task).expect("valid task");
+    let names: Vec<&str> = config
+        .attachments()
+        .iter()
+        .map(|a| a.local_name.as_str())
+        .collect();
+    assert_eq!(names, ["swarmd-front-netid1", "swarmd-back-netid2"]);
+    let b = config.create_body(&[], Some("swarmd-front-netid1"));
+    assert_eq!(
+        b.host_config.and_then(|h| h.network_mode).as_deref(),
+        Some("swarmd-front-netid1")
+    );
+    let endpoints = b
+        .networking_config
+        .and_then(|n| n.endpoints_config)
+        .expect("endpoints");
+    // One endpoint at create (engines before API 1.44 take no more); the others are connected.
+    assert_eq!(endpoints.len(), 1);
+    let ep = &endpoints["swarmd-front-netid1"];
+    assert_eq!(
+        ep.ipam_config
+            .as_ref()
+            .and_then(|c| c.ipv4_address.as_deref()),
+        Some("10.0.1.5")
+    );
+    assert_eq!(
+        ep.aliases.clone().expect("aliases"),
+        ["www", "web", "web.2.t1"].map(String::from)
+    );
 }

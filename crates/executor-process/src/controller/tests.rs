@@ -229,6 +229,34 @@ async fn output_goes_to_a_private_log_file_per_task() {
 }
 
 #[tokio::test]
+async fn host_mode_published_ports_are_passed_in_the_environment() {
+    use api::port_config::{Protocol, PublishMode};
+    let state = tempfile::tempdir().expect("tempdir");
+    let port = |proto: Protocol, target: u32, published: u32, mode: PublishMode| api::PortConfig {
+        name: "p".into(),
+        protocol: proto as i32,
+        target_port: target,
+        published_port: published,
+        publish_mode: mode as i32,
+    };
+    let mut t = sh("ports", "env | grep ^SWARM_PORT_ | sort");
+    t.endpoint = Some(Box::new(api::Endpoint {
+        ports: vec![
+            port(Protocol::Tcp, 80, 9090, PublishMode::Host),
+            port(Protocol::Udp, 53, 5353, PublishMode::Host),
+            // No published port, or not bound by the task: nothing to pass.
+            port(Protocol::Tcp, 81, 0, PublishMode::Host),
+            port(Protocol::Tcp, 443, 8443, PublishMode::Ingress),
+        ],
+        ..Default::default()
+    }));
+    let c = controller(&t, state.path(), None).expect("controller");
+    assert!(run_to_end(&c).await.success());
+    let text = std::fs::read_to_string(c.log_path()).expect("log");
+    assert_eq!(text, "SWARM_PORT_53_UDP=5353\nSWARM_PORT_80_TCP=9090\n");
+}
+
+#[tokio::test]
 async fn env_dir_and_user_apply() {
     let state = tempfile::tempdir().expect("tempdir");
     let work = tempfile::tempdir().expect("workdir");

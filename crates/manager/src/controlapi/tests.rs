@@ -144,6 +144,19 @@ async fn update_service(
     .map(|r| r.into_inner().service.expect("updated service"))
 }
 
+/// The stored service `id`, without defaults filled in.
+async fn get_service(ctl: &ControlApi, id: &str) -> api::Service {
+    ctl.get_service(Request::new(api::GetServiceRequest {
+        service_id: id.to_string(),
+        insert_defaults: false,
+    }))
+    .await
+    .expect("get")
+    .into_inner()
+    .service
+    .expect("service")
+}
+
 async fn create_network(ctl: &ControlApi, spec: api::NetworkSpec) -> Result<api::Network, Status> {
     ctl.create_network(Request::new(api::CreateNetworkRequest { spec: Some(spec) }))
         .await
@@ -492,6 +505,55 @@ async fn service_mounts_and_ports_are_checked() {
     );
 }
 
+/// Ports beyond 65535 are refused (SwarmKit accepts them) on create and update, changing nothing.
+#[tokio::test]
+async fn ports_out_of_range_are_refused() {
+    let ctl = control(&[]);
+    check(
+        create_service(
+            &ctl,
+            ports(service_spec("web"), &[(70000, PublishMode::Host)]),
+        )
+        .await,
+        Code::InvalidArgument,
+        "EndpointSpec: published port 70000 is out of range (0-65535)",
+    );
+    let mut target = ports(service_spec("web"), &[(8080, PublishMode::Host)]);
+    target.endpoint.as_mut().expect("endpoint").ports[0].target_port = 65536;
+    check(
+        create_service(&ctl, target).await,
+        Code::InvalidArgument,
+        "EndpointSpec: target port 65536 is out of range (0-65535)",
+    );
+    let services = ctl
+        .list_services(Request::new(api::ListServicesRequest::default()))
+        .await
+        .expect("list")
+        .into_inner()
+        .services;
+    assert!(services.is_empty(), "a refused create wrote {services:?}");
+
+    let svc = create_service(
+        &ctl,
+        ports(service_spec("web"), &[(65535, PublishMode::Host)]),
+    )
+    .await
+    .expect("65535 is a port");
+    check(
+        update_service(
+            &ctl,
+            &svc,
+            ports(service_spec("web"), &[(70000, PublishMode::Host)]),
+            false,
+        )
+        .await,
+        Code::InvalidArgument,
+        "EndpointSpec: published port 70000 is out of range (0-65535)",
+    );
+    let after = get_service(&ctl, &svc.id).await;
+    assert_eq!(after, svc, "a refused update changed the service");
+}
+
 #[tokio::test]
 async fn service_cannot_attach_to_ingress_explicitly() {
     let ctl = control(&[]);
@@ -693,16 +755,7 @@ async fn service_lifecycle() {
     assert!(version_of(&svc.meta).is_some_and(|v| v.index > 0));
     assert!(svc.job_status.is_none() && svc.previous_spec.is_none());
 
-    let got = ctl
-        .get_service(Request::new(api::GetServiceRequest {
-            service_id: svc.id.clone(),
-            insert_defaults: false,
-        }))
-        .await
-        .expect("get")
-        .into_inner()
-        .service
-        .expect("service");
+    let got = get_service(&ctl, &svc.id).await;
     assert_eq!(got, svc);
 
     // Defaults are filled in only when asked for, and never stored.
@@ -2212,16 +2265,7 @@ async fn a_service_whose_raft_entry_passes_swarmkits_limit_is_refused() {
         .expect("just under the limit");
 
     // An update that keeps the previous spec doubles the entry: refused, the service unchanged.
-    let current = ctl
-        .get_service(Request::new(api::GetServiceRequest {
-            service_id: probe.id.clone(),
-            ..Default::default()
-        }))
-        .await
-        .expect("get")
-        .into_inner()
-        .service
-        .expect("service");
+    let current = get_service(&ctl, &probe.id).await;
     let update = ctl
         .update_service(Request::new(api::UpdateServiceRequest {
             service_id: probe.id.clone(),
@@ -2235,14 +2279,5 @@ async fn a_service_whose_raft_entry_passes_swarmkits_limit_is_refused() {
         Code::Unknown,
         "raft: raft message is too large and can't be sent",
     );
-    let after = ctl
-        .get_service(Request::new(api::GetServiceRequest {
-            service_id: probe.id,
-            ..Default::default()
-        }))
-        .await
-        .expect("get")
-        .into_inner()
-        .service;
-    assert_eq!(after, Some(current));
+    assert_eq!(get_service(&ctl, &probe.id).await, current);
 }

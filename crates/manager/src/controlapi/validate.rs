@@ -494,11 +494,19 @@ pub fn validate_task_spec(t: &api::TaskSpec) -> Result<(), Status> {
     }
 }
 
-/// Validates the endpoint spec: no ingress ports with DNSRR, no duplicate published ports.
+/// Validates the endpoint spec: ports within 0-65535 (SwarmKit accepts any 32-bit number and
+/// leaves the node to fail), no ingress ports with DNSRR, no duplicate published ports.
 pub fn validate_endpoint_spec(ep: Option<&api::EndpointSpec>) -> Result<(), Status> {
     let Some(ep) = ep else { return Ok(()) };
     let mut seen = HashSet::new();
     for p in &ep.ports {
+        for (what, port) in [("target", p.target_port), ("published", p.published_port)] {
+            if port > u32::from(u16::MAX) {
+                return Err(Status::invalid_argument(format!(
+                    "EndpointSpec: {what} port {port} is out of range (0-65535)"
+                )));
+            }
+        }
         if ep.mode == api::endpoint_spec::ResolutionMode::Dnsrr as i32
             && p.publish_mode == api::port_config::PublishMode::Ingress as i32
         {

@@ -61,6 +61,9 @@ pub enum Error {
     /// Every VNI of the range is taken.
     #[error("no free vxlan id left in {VXLAN_ID_START}-{VXLAN_ID_END}")]
     VxlanIdsExhausted,
+    /// An IPAM request failed (subnets, gateways, addresses).
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
     /// A store write failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -5,13 +5,15 @@
 //! (subnets, gateways), virtual IPs and network attachments are not allocated here yet: tasks that
 //! reference networks move on regardless.
 //!
-//! `networks` holds the pure driver state and VXLAN ID bookkeeping, `ports` the port bookkeeping
-//! and the control API's conflict check; `allocator` holds the store-watching loop.
+//! `networks` holds the pure driver state and VXLAN ID bookkeeping, `ipam` the pure subnet and
+//! address bookkeeping (and the control API's network check), `ports` the port bookkeeping and the
+//! control API's conflict check; `allocator` holds the store-watching loop.
 
 #![forbid(unsafe_code)]
 
 mod allocator;
 mod error;
+pub mod ipam;
 mod networks;
 mod ports;
 

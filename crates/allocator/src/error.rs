@@ -64,6 +64,12 @@ pub enum Error {
     /// An IPAM request failed (subnets, gateways, addresses).
     #[error(transparent)]
     Ipam(#[from] crate::ipam::IpamError),
+    /// An attachment or VIP on a network that is not allocated yet (or is gone).
+    #[error("network {id} not allocated yet")]
+    NetworkNotAllocated {
+        /// The network's ID.
+        id: String,
+    },
     /// A store write failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 mod allocator;
+mod attachments;
+mod endpoints;
 mod error;
 pub mod ipam;
 mod networks;
@@ -22,5 +24,7 @@ pub use error::Error;
 pub use networks::{DEFAULT_DRIVER, VXLAN_ID_LIST_OPTION, VXLAN_ID_START};
 pub use ports::{DYNAMIC_PORT_END, DYNAMIC_PORT_START, check_port_conflicts};
 
+#[cfg(test)]
+mod attachment_tests;
 #[cfg(test)]
 mod tests;

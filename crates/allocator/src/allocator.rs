@@ -1,10 +1,11 @@
-//! The [`Allocator`] loop (SwarmKit's `manager/allocator/allocator.go` and `network.go`, the network
-//! driver state and ports parts): on start it rebuilds the VXLAN IDs and ports in use from the store,
-//! then gives networks their driver state as they are created (freeing their VXLAN IDs when they
-//! go), allocates services' endpoints as they are created and updated, frees their ports when they
-//! go, and at each store commit moves the NEW tasks seen since then to PENDING in batches. What
-//! cannot be allocated waits and is retried when something is freed or every [`RETRY_INTERVAL`].
-//! The bookkeeping itself lives in `networks.rs` and `ports.rs`.
+//! The [`Allocator`] loop (SwarmKit's `manager/allocator/allocator.go` and `network.go`, the network,
+//! IPAM and ports parts): on start it rebuilds the subnets, gateways, VXLAN IDs and ports in use
+//! from the store, then gives networks their IPAM state and driver state as they are created, in
+//! one write (freeing their subnets and VXLAN IDs when they go), allocates services' endpoints as
+//! they are created and updated, frees their ports when they go, and at each store commit moves the
+//! NEW tasks seen since then to PENDING in batches. What cannot be allocated waits and is retried
+//! when something is freed or every [`RETRY_INTERVAL`]. The bookkeeping itself lives in
+//! `networks.rs`, `ipam.rs` and `ports.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
@@ -20,7 +21,7 @@ use crate::attachments::{
 };
 use crate::endpoints::{ServiceVips, VipAllocation};
 use crate::error::Error;
-use crate::ipam::{Ipam, IpamError};
+use crate::ipam::{Ipam, IpamError, PoolConfig};
 use crate::networks::NetworkDrivers;
 use crate::ports::{ServicePorts, is_service_allocated};
 
@@ -37,12 +38,17 @@ const MAX_BATCH: usize = 200;
 /// Task ID -> service ID (empty for a task without service).
 type TaskSet = BTreeMap<String, String>;
 
+/// A network's allocation waiting to be stored: its ID, IPAM state and driver state.
+type NetworkAllocation = (String, api::IpamOptions, api::Driver);
+
 /// Leader-only subsystem that allocates networks' driver state and services' published ports, and
 /// moves NEW tasks to PENDING.
 #[derive(Debug)]
 pub struct Allocator {
     store: MemoryStore,
     networks: NetworkDrivers,
+    /// Subnets and addresses of the networks allocated so far.
+    ipam: Ipam,
     /// Networks whose driver state could not be allocated, retried with the services.
     unallocated_networks: BTreeSet<String>,
     ports: ServicePorts,
@@ -56,8 +62,6 @@ pub struct Allocator {
     last_retry: Instant,
     /// Something was freed since the last retry, so waiting objects may fit now.
     something_was_deallocated: bool,
-    /// Subnets and addresses of the networks.
-    ipam: Ipam,
     /// The ingress network's ID, while there is one.
     ingress: Option<String>,
     /// The VIP addresses services hold.
@@ -116,6 +120,7 @@ impl Allocator {
         Allocator {
             store,
             networks: NetworkDrivers::default(),
+            ipam: Ipam::default(),
             unallocated_networks: BTreeSet::new(),
             ports: ServicePorts::default(),
             unallocated_services: BTreeSet::new(),
@@ -123,7 +128,6 @@ impl Allocator {
             unallocated_tasks: TaskSet::new(),
             last_retry: Instant::now(),
             something_was_deallocated: false,
-            ipam: Ipam::default(),
             ingress: None,
             vips: ServiceVips::default(),
             task_addresses: TaskAddresses::default(),
@@ -136,10 +140,11 @@ impl Allocator {
 
     /// Runs until `shutdown` fires; an `Err` means the allocator cannot go on (its watch ended).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let ((networks, services, tasks, nodes), mut watcher) = self.store.view_and_watch(
+        let ((cluster, networks, services, tasks, nodes), mut watcher) = self.store.view_and_watch(
             WatchFilter::none().networks().services().tasks().nodes(),
             |tx| {
                 (
+                    tx.find_clusters(By::All).into_iter().next(),
                     tx.find_networks(By::All),
                     tx.find_services(By::All),
                     tx.find_tasks(By::All),
@@ -147,6 +152,7 @@ impl Allocator {
                 )
             },
         );
+        self.ipam = Ipam::new(address_pool(cluster.as_ref()));
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
@@ -178,9 +184,10 @@ impl Allocator {
         }
     }
 
-    /// Rebuilds the VXLAN IDs and the port map from the driver states and endpoints already stored
-    /// (so a new leader never hands out one twice), then allocates what is not allocated yet and
-    /// moves the waiting NEW tasks on.
+    /// Rebuilds the subnets, gateways, VXLAN IDs and the port map from the IPAM states, driver
+    /// states and endpoints already stored (so a new leader never hands out one twice), then
+    /// allocates what is not allocated yet (ingress first, as SwarmKit does, so that it gets the
+    /// first free subnet) and moves the waiting NEW tasks on.
     async fn init(
         &mut self,
         networks: Vec<api::Network>,
@@ -190,17 +197,18 @@ impl Allocator {
     ) {
         let mut networks_to_allocate = Vec::new();
         for network in &networks {
-            if network.driver_state.is_none() || network.ipam.is_none() {
+            if !is_network_allocated(network) {
                 networks_to_allocate.push(network.id.clone());
-            } else if let Err(e) = self
-                .networks
-                .allocate(network)
-                .and_then(|_| Ok(self.ipam.restore_network(network)?))
-            {
+            } else if let Err(e) = self.restore_network(network) {
                 error!(network.id = %network.id, error = %e, "failed restoring the allocation of a network");
                 self.unallocated_networks.insert(network.id.clone());
             }
         }
+        networks_to_allocate.sort_by_key(|id| {
+            !networks
+                .iter()
+                .any(|n| &n.id == id && n.spec.as_ref().is_some_and(|s| s.ingress))
+        });
         info!(
             networks = networks.len(),
             to_allocate = networks_to_allocate.len(),
@@ -296,8 +304,8 @@ impl Allocator {
         }
     }
 
-    /// A created network gets its driver state; a removed one frees it. Updates change nothing
-    /// (the control API cannot update a network; the allocator's own writes are updates).
+    /// A created network gets its IPAM and driver state; a removed one frees them. Updates change
+    /// nothing (the control API cannot update a network; the allocator's own writes are updates).
     async fn on_network(&mut self, kind: EventKind, network: &api::Network) {
         match kind {
             EventKind::Create => {
@@ -314,11 +322,11 @@ impl Allocator {
                 self.something_was_deallocated = true;
             }
             EventKind::Remove => {
-                if self.networks.deallocate(&network.id) {
-                    debug!(network.id = %network.id, "freed the driver state of a removed network");
+                let had_subnets = self.ipam.release_network(&network.id);
+                if self.networks.deallocate(&network.id) || had_subnets {
+                    debug!(network.id = %network.id, "freed the subnets and driver state of a removed network");
                     self.something_was_deallocated = true;
                 }
-                self.ipam.release_network(&network.id);
                 self.unallocated_networks.remove(&network.id);
                 if self.ingress.as_deref() == Some(network.id.as_str()) {
                     self.ingress = None;
@@ -333,8 +341,8 @@ impl Allocator {
         }
     }
 
-    /// Allocates the driver state of the networks `ids` (latest stored versions) that have none
-    /// yet and stores it, one transaction per batch; a failure is remembered for a retry.
+    /// Allocates the IPAM and driver state of the networks `ids` (latest stored versions) that have
+    /// none yet and stores them, one transaction per batch; a failure is remembered for a retry.
     async fn allocate_networks(&mut self, ids: Vec<String>) {
         let networks: Vec<api::Network> = self
             .store
@@ -344,21 +352,13 @@ impl Allocator {
             if self.networks.is_allocated(&network.id) {
                 continue;
             }
-            match self.networks.allocate(&network) {
-                Ok(driver) => match self.ipam.allocate_network(&network) {
-                    Ok(ipam) => {
-                        let size = prost::Message::encoded_len(&network)
-                            + prost::Message::encoded_len(&driver)
-                            + prost::Message::encoded_len(&ipam);
-                        allocated.push(((network.id, (driver, ipam)), size));
-                    }
-                    Err(e) => {
-                        self.networks.deallocate(&network.id);
-                        if self.unallocated_networks.insert(network.id.clone()) {
-                            error!(network.id = %network.id, error = %e, "failed allocation for network");
-                        }
-                    }
-                },
+            match self.allocate_network(&network) {
+                Ok((ipam, driver)) => {
+                    let size = prost::Message::encoded_len(&network)
+                        + prost::Message::encoded_len(&ipam)
+                        + prost::Message::encoded_len(&driver);
+                    allocated.push(((network.id, ipam, driver), size));
+                }
                 Err(e) => {
                     if self.unallocated_networks.insert(network.id.clone()) {
                         error!(network.id = %network.id, error = %e, "failed allocation for network");
@@ -373,19 +373,49 @@ impl Allocator {
         }
     }
 
-    async fn commit_networks(&mut self, batch: Vec<(String, (api::Driver, api::IpamOptions))>) {
-        let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+    /// The IPAM state (subnets first: the VXLAN IDs count its IPv4 subnets) and driver state of a
+    /// network; on error it holds nothing.
+    fn allocate_network(
+        &mut self,
+        network: &api::Network,
+    ) -> Result<(api::IpamOptions, api::Driver), Error> {
+        let ipam = self.ipam.allocate_network(network)?;
+        let with_ipam = api::Network {
+            ipam: Some(ipam.clone()),
+            ..network.clone()
+        };
+        match self.networks.allocate(&with_ipam) {
+            Ok(driver) => Ok((ipam, driver)),
+            Err(e) => {
+                self.ipam.release_network(&network.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes back what a stored, allocated network holds; on error it holds nothing.
+    fn restore_network(&mut self, network: &api::Network) -> Result<(), Error> {
+        self.ipam.restore_network(network)?;
+        if let Err(e) = self.networks.allocate(network) {
+            self.ipam.release_network(&network.id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn commit_networks(&mut self, batch: Vec<NetworkAllocation>) {
+        let ids: Vec<String> = batch.iter().map(|(id, ..)| id.clone()).collect();
         let result = self
             .store
             .update(move |tx| {
                 let (mut removed, mut failed) = (BTreeSet::new(), BTreeSet::new());
-                for (id, (driver, ipam)) in batch {
+                for (id, ipam, driver) in batch {
                     let Some(mut network) = tx.get_network(&id) else {
                         removed.insert(id);
                         continue;
                     };
-                    network.driver_state = Some(driver);
                     network.ipam = Some(ipam);
+                    network.driver_state = Some(driver);
                     if let Err(e) = tx.update_network(network) {
                         error!(network.id = %id, error = %e, "failed to store the allocation of a network");
                         failed.insert(id);
@@ -417,7 +447,7 @@ impl Allocator {
                 }
                 continue;
             }
-            debug!(network.id = %id, "allocated network driver state");
+            debug!(network.id = %id, "allocated network subnets and driver state");
             self.unallocated_networks.remove(&id);
         }
     }
@@ -1010,6 +1040,25 @@ fn into_batches<T>(items: Vec<(T, usize)>) -> Vec<Vec<T>> {
         batches.push(batch);
     }
     batches
+}
+
+/// Whether a stored network holds its allocation: driver state and IPAM state (an empty one for a
+/// node-local network), written together.
+fn is_network_allocated(network: &api::Network) -> bool {
+    network.driver_state.is_some() && network.ipam.is_some()
+}
+
+/// The cluster's default address pool; the built-in one when there is no cluster object yet or
+/// its pool is not valid (swarmd checks the pool before it creates the cluster, so only a damaged
+/// store has one).
+fn address_pool(cluster: Option<&api::Cluster>) -> PoolConfig {
+    let Some(cluster) = cluster else {
+        return PoolConfig::default();
+    };
+    PoolConfig::from_cluster(cluster).unwrap_or_else(|e| {
+        error!(error = %e, "the cluster's default address pool is not valid, using {}", crate::ipam::DEFAULT_ADDRESS_POOL);
+        PoolConfig::default()
+    })
 }
 
 /// A task the allocator still has to move on.

@@ -62,7 +62,7 @@ pub enum IpamError {
         pool: String,
     },
     /// A subnet size the default address pool cannot be cut into.
-    #[error("invalid pools size: {size} (default address pool {pool})")]
+    #[error("invalid pools size: default address pool {pool} cannot be cut into /{size} subnets")]
     InvalidSubnetSize {
         /// The pool as written.
         pool: String,

@@ -168,17 +168,17 @@ fn bad_default_pools_are_refused() {
     check(
         &["10.0.0.0/16"],
         8,
-        "invalid pools size: 8 (default address pool 10.0.0.0/16)",
+        "invalid pools size: default address pool 10.0.0.0/16 cannot be cut into /8 subnets",
     );
     check(
         &["10.0.0.0/16"],
         33,
-        "invalid pools size: 33 (default address pool 10.0.0.0/16)",
+        "invalid pools size: default address pool 10.0.0.0/16 cannot be cut into /33 subnets",
     );
     check(
         &["0.0.0.0/0"],
         32,
-        "invalid pools size: 32 (default address pool 0.0.0.0/0)",
+        "invalid pools size: default address pool 0.0.0.0/0 cannot be cut into /32 subnets",
     );
     check(&[], 24, "invalid base pool \"\"");
     // 0 means 24, as Docker's swarm init has it.

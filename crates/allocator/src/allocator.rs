@@ -2,10 +2,11 @@
 //! IPAM and ports parts): on start it rebuilds the subnets, gateways, VXLAN IDs and ports in use
 //! from the store, then gives networks their IPAM state and driver state as they are created, in
 //! one write (freeing their subnets and VXLAN IDs when they go), allocates services' endpoints as
-//! they are created and updated, frees their ports when they go, and at each store commit moves the
-//! NEW tasks seen since then to PENDING in batches. What cannot be allocated waits and is retried
-//! when something is freed or every [`RETRY_INTERVAL`]. The bookkeeping itself lives in
-//! `networks.rs`, `ipam.rs` and `ports.rs`.
+//! they are created and updated (ports and virtual IPs), frees them when they go, and at each store
+//! commit moves the NEW tasks seen since then to PENDING in batches with their network attachments,
+//! then brings the attachments of the nodes whose needs changed in line. What cannot be allocated
+//! waits and is retried when something is freed or every [`RETRY_INTERVAL`]. The bookkeeping itself
+//! lives in `networks.rs`, `ipam.rs`, `ports.rs`, `endpoints.rs` and `attachments.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;

@@ -1,13 +1,14 @@
 //! The allocator, after SwarmKit's `manager/allocator`: a leader-only subsystem that gives networks
 //! their driver state (the driver's name and, for overlay networks, VXLAN IDs from 4096 up),
 //! reserves the cluster-wide published ports of services (INGRESS mode; HOST-mode ports are only
-//! recorded) and then moves NEW tasks of allocated services to PENDING for the scheduler. IPAM
-//! (subnets, gateways), virtual IPs and network attachments are not allocated here yet: tasks that
-//! reference networks move on regardless.
+//! recorded), gives services their virtual IPs, tasks and nodes their network attachments with an
+//! address on each overlay network, and then moves NEW tasks of allocated services to PENDING for
+//! the scheduler.
 //!
 //! `networks` holds the pure driver state and VXLAN ID bookkeeping, `ipam` the pure subnet and
 //! address bookkeeping (and the control API's network check), `ports` the port bookkeeping and the
-//! control API's conflict check; `allocator` holds the store-watching loop.
+//! control API's conflict check, `endpoints` the services' VIPs, `attachments` those of tasks and
+//! nodes; `allocator` holds the store-watching loop.
 
 #![forbid(unsafe_code)]
 

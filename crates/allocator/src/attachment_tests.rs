@@ -592,3 +592,34 @@ async fn removed_network_takes_node_attachments_with_it() {
     .await;
     allocator.stop().await;
 }
+
+/// Growth check (issue 17, item 7): 1,000 VIP-mode services on one network, created in rounds of
+/// 250; prints the time each round took to get its VIPs. Run by hand:
+/// `cargo nextest run -p allocator --run-ignored only vip_allocation_time --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn vip_allocation_time_does_not_grow_with_the_services() {
+    let store = MemoryStore::new(None);
+    let allocator = start(&store);
+    create(&store, vec![overlay("big", "10.8.0.0/16")], Vec::new()).await;
+    let mut rounds = Vec::new();
+    for round in 0..4 {
+        let started = std::time::Instant::now();
+        for i in 0..250 {
+            let s = vip_service(&format!("s{round}-{i:03}"), &["big"]);
+            create(&store, Vec::new(), vec![s]).await;
+        }
+        // Only this round's services are read, so the wait costs the same every round.
+        wait_until(&store, &format!("round {round} with its VIPs"), |tx| {
+            (0..250).all(|i| {
+                tx.get_service(&format!("s{round}-{i:03}"))
+                    .is_some_and(|s| vips(&s).len() == 1)
+            })
+        })
+        .await;
+        rounds.push(started.elapsed());
+    }
+    println!("time per round of 250 services (create + VIP): {rounds:?}");
+    assert_eq!(assert_unique(&store).len(), 1000);
+    allocator.stop().await;
+}

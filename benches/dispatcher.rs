@@ -19,8 +19,9 @@
 //! Run with `make bench` or `SWARMKIT_REF_BIN=/work/ref/bin cargo bench --bench dispatcher` (1000
 //! nodes, 10000 replicas); smaller with `cargo bench --bench dispatcher -- --nodes 50 --replicas
 //! 500` (or the environment variables `HOLLOW_NODES`, `HOLLOW_REPLICAS`,
-//! `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`; a phase that does not finish within the
-//! timeout, 900 s by default, fails the bench). The bench raises its own open-file limit (and so
+//! `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`; `--overlay 1` or `HOLLOW_OVERLAY=1` attaches
+//! the service to an overlay network on 10.128.0.0/16 created first; a phase that does not finish
+//! within the timeout, 900 s by default, fails the bench). The bench raises its own open-file limit (and so
 //! swarmd's, which inherits it) to the hard limit when N nodes need more descriptors than the soft
 //! limit allows. `BENCH_PERF=<file>` records a perf profile (call graphs) of our manager over the
 //! join of the first run (BUILDING.md, "Benchmarks").
@@ -63,6 +64,9 @@ struct Args {
     replicas: u64,
     join_concurrency: usize,
     timeout: Duration,
+    /// Attach the service to an overlay network (10.128.0.0/16) created first (`--overlay 1`,
+    /// `HOLLOW_OVERLAY=1`): the cost of VIPs and task and node attachments (issue 17, item 7).
+    overlay: bool,
     /// Where to record a perf profile of our manager's join phase (`BENCH_PERF`).
     perf: Option<PathBuf>,
 }
@@ -73,6 +77,7 @@ fn parse_args() -> Args {
         replicas: env_u64("HOLLOW_REPLICAS", 10_000),
         join_concurrency: env_u64("HOLLOW_JOIN_CONCURRENCY", 32) as usize,
         timeout: Duration::from_secs(env_u64("HOLLOW_TIMEOUT_SECS", 900)),
+        overlay: env_u64("HOLLOW_OVERLAY", 0) != 0,
         perf: std::env::var_os("BENCH_PERF")
             .filter(|p| !p.is_empty())
             .map(|p| std::path::absolute(PathBuf::from(p)).expect("BENCH_PERF path")),
@@ -95,8 +100,9 @@ fn parse_args() -> Args {
             "--replicas" => args.replicas = value(),
             "--join-concurrency" => args.join_concurrency = value() as usize,
             "--timeout-secs" => args.timeout = Duration::from_secs(value()),
+            "--overlay" => args.overlay = value() != 0,
             other if other.starts_with('-') => panic!(
-                "unknown flag {other} (known: --nodes, --replicas, --join-concurrency, --timeout-secs)"
+                "unknown flag {other} (known: --nodes, --replicas, --join-concurrency, --timeout-secs, --overlay)"
             ),
             // A bench name filter from `cargo bench NAME`: nothing to filter here.
             _ => {}
@@ -547,11 +553,40 @@ async fn bench(
     let run_usage = Usage::begin(&pid);
     let own_run = Usage::begin("self");
     let failures_before = shared.session_failures.load(Ordering::Relaxed);
+    let mut spec = service_spec("hollow", args.replicas, "busybox:latest");
+    if args.overlay {
+        let network = control
+            .create_network(api::CreateNetworkRequest {
+                spec: Some(api::NetworkSpec {
+                    annotations: Some(api::Annotations {
+                        name: "hollow-net".into(),
+                        ..Default::default()
+                    }),
+                    ipam: Some(api::IpamOptions {
+                        driver: None,
+                        configs: vec![api::IpamConfig {
+                            subnet: "10.128.0.0/16".into(),
+                            ..Default::default()
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| format!("create network: {s}"))?
+            .into_inner()
+            .network
+            .ok_or("no network in the answer")?;
+        if let Some(task) = spec.task.as_mut() {
+            task.networks = vec![api::NetworkAttachmentConfig {
+                target: network.id,
+                ..Default::default()
+            }];
+        }
+    }
     let created = Instant::now();
     let service = control
-        .create_service(api::CreateServiceRequest {
-            spec: Some(service_spec("hollow", args.replicas, "busybox:latest")),
-        })
+        .create_service(api::CreateServiceRequest { spec: Some(spec) })
         .await
         .map_err(|s| format!("create service: {s}"))?
         .into_inner()

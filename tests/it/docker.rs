@@ -220,7 +220,6 @@ fn addresses(id: &str) -> String {
 /// the network's subnet on the node's local network for it, and one reaches the other's address
 /// over TCP. The local network goes with the service.
 #[test]
-#[ignore = "needs the allocator's network attachments (h/attach, issue 17 items 1-2); passes with them merged"]
 fn two_replicas_on_a_network_reach_each_other() {
     if !engine_ready() {
         return;

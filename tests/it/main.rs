@@ -21,6 +21,7 @@ mod ha_roles;
 mod history;
 mod interop;
 mod limits;
+mod networks;
 mod orchestration;
 mod persistence;
 mod secrets;

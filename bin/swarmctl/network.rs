@@ -38,8 +38,9 @@ pub struct CreateArgs {
     #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     gateway: Vec<String>,
     /// Create the cluster's ingress (routing mesh) network (ours; SwarmKit's API allows it,
-    /// its swarmctl has no flag): remove the default one first
-    #[arg(long)]
+    /// its swarmctl has no flag): remove the default one first. Hidden so that the usage text
+    /// stays SwarmKit's; the README lists it
+    #[arg(long, hide = true)]
     ingress: bool,
     /// IP ranges to allocate from within the subnets
     #[arg(long = "ip-range", value_name = "strings", allow_hyphen_values = true)]

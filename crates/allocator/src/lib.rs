@@ -1,9 +1,10 @@
 //! The allocator, after SwarmKit's `manager/allocator`: a leader-only subsystem that gives networks
-//! their driver state (the driver's name and, for overlay networks, VXLAN IDs from 4096 up),
+//! their IPAM state (subnets and gateways, from the user's configs or the cluster's default address
+//! pool) and driver state (the driver's name and, for overlay networks, VXLAN IDs from 4096 up),
 //! reserves the cluster-wide published ports of services (INGRESS mode; HOST-mode ports are only
-//! recorded) and then moves NEW tasks of allocated services to PENDING for the scheduler. IPAM
-//! (subnets, gateways), virtual IPs and network attachments are not allocated here yet: tasks that
-//! reference networks move on regardless.
+//! recorded) and then moves NEW tasks of allocated services to PENDING for the scheduler.
+//! Services' virtual IPs and the network attachments of tasks and nodes are not allocated yet:
+//! tasks that reference networks move on regardless.
 //!
 //! `networks` holds the pure driver state and VXLAN ID bookkeeping, `ipam` the pure subnet and
 //! address bookkeeping (and the control API's network check), `ports` the port bookkeeping and the

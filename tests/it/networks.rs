@@ -114,15 +114,15 @@ fn a_default_address_pool_flag_gives_ingress_and_networks_larger_subnets() {
         "--default-addr-pool",
         "10.20.0.0/16",
         "--default-addr-pool-mask-length",
-        "20",
+        "19",
     ]);
-    // 4094 addresses: enough for the ingress addresses of thousands of nodes.
+    // 8190 addresses: an ingress address for each of 5000 nodes, and the services' VIPs.
     assert_eq!(
         wait_subnet(&d, "ingress"),
-        pair("10.20.0.0/20", "10.20.0.1")
+        pair("10.20.0.0/19", "10.20.0.1")
     );
     d.ctl(&["network", "create", "--name", "n1"]).ok();
-    assert_eq!(wait_subnet(&d, "n1"), pair("10.20.16.0/20", "10.20.16.1"));
+    assert_eq!(wait_subnet(&d, "n1"), pair("10.20.32.0/19", "10.20.32.1"));
 }
 
 #[test]

@@ -37,6 +37,11 @@ pub struct CreateArgs {
     /// Gateway IP addresses for network segments
     #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     gateway: Vec<String>,
+    /// Create the cluster's ingress (routing mesh) network (ours; SwarmKit's API allows it,
+    /// its swarmctl has no flag): remove the default one first. Hidden so that the usage text
+    /// stays SwarmKit's; the README lists it
+    #[arg(long, hide = true)]
+    ingress: bool,
     /// IP ranges to allocate from within the subnets
     #[arg(long = "ip-range", value_name = "strings", allow_hyphen_values = true)]
     ip_range: Vec<String>,
@@ -151,6 +156,7 @@ fn create_spec(a: &CreateArgs) -> Result<api::NetworkSpec, CliError> {
             &string_slice("gateway", &a.gateway)?,
             &string_slice("ip-range", &a.ip_range)?,
         )?,
+        ingress: a.ingress,
         ..Default::default()
     })
 }
@@ -234,7 +240,19 @@ fn ipam_options(
         }),
         ..Default::default()
     });
+    // SwarmKit's swarmctl drops a gateway or range that lies in none of the subnets; ours says so.
+    let unattached = |kind: &str, value: &str| {
+        usage_err(format!(
+            "--{kind} {value} is in none of the subnets given with --subnet"
+        ))
+    };
     if subnets.is_empty() {
+        if let Some(g) = gateways.first() {
+            return Err(unattached("gateway", g));
+        }
+        if let Some(r) = ranges.first() {
+            return Err(unattached("ip-range", r));
+        }
         return Ok(ipam);
     }
     let mut gateways = gateways.to_vec();
@@ -272,6 +290,12 @@ fn ipam_options(
             gateway,
             ..Default::default()
         });
+    }
+    if let Some(g) = gateways.first() {
+        return Err(unattached("gateway", g));
+    }
+    if let Some(r) = ranges.first() {
+        return Err(unattached("ip-range", r));
     }
     ipam.get_or_insert_with(Default::default).configs = configs;
     Ok(ipam)
@@ -495,6 +519,7 @@ mod tests {
         let mut a = CreateArgs {
             driver: Some("overlay".into()),
             gateway: vec![],
+            ingress: false,
             ip_range: vec![],
             ipam_driver: None,
             name: None,

@@ -435,7 +435,6 @@ fn mask(swarmctl: &Path, text: &str) -> String {
         text = re.replace_all(&text, *with).into_owned();
     }
     let text = without_config_payload(&without_node_description(&mask_ids(&text)));
-    let text = without_network_ipam(&text);
     sort_map_lines(&sort_table_rows(&collapse_blanks(&text)))
 }
 
@@ -497,25 +496,6 @@ fn without_node_description(text: &str) -> String {
         out.push(line.replace(" node-1 ", "  "));
     }
     out.join("\n") + "\n"
-}
-
-/// Our allocator allocates no IPAM yet (crates/allocator says so): a created network has no IPAM
-/// results (its inspect's `IPAM:` section, SwarmKit's default pool subnet, gateways), which are
-/// dropped for the networks the script creates (`net1`...). Their driver state (`network ls`'s
-/// `Driver` column, inspect's `Driver:` section with the VXLAN IDs) is compared.
-fn without_network_ipam(text: &str) -> String {
-    let created = text
-        .lines()
-        .any(|l| l.starts_with("Name") && l.contains(": net"));
-    if !created {
-        return text.to_string();
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    let end = lines
-        .iter()
-        .position(|l| l.trim_end() == "IPAM:")
-        .unwrap_or(lines.len());
-    lines[..end].join("\n") + "\n"
 }
 
 /// Runs of blanks shortened to two and trailing blanks dropped: masking changes the width of a

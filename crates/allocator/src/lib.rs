@@ -1,5 +1,6 @@
 //! The allocator, after SwarmKit's `manager/allocator`: a leader-only subsystem that gives networks
-//! their driver state (the driver's name and, for overlay networks, VXLAN IDs from 4096 up),
+//! their IPAM state (subnets and gateways, from the user's configs or the cluster's default address
+//! pool) and driver state (the driver's name and, for overlay networks, VXLAN IDs from 4096 up),
 //! reserves the cluster-wide published ports of services (INGRESS mode; HOST-mode ports are only
 //! recorded), gives services their virtual IPs, tasks and nodes their network attachments with an
 //! address on each overlay network, and then moves NEW tasks of allocated services to PENDING for

@@ -2,7 +2,7 @@
 //! manager side, libnetwork's `ovmanager`): which driver a network uses, and for overlay networks
 //! the VXLAN IDs (VNIs), one per IPv4 subnet, handed out from [`VXLAN_ID_START`] up. Node-local
 //! drivers (bridge, host, macvlan, ipvlan) get their name only: nothing of theirs is cluster-wide.
-//! IPAM (subnets, gateways) is not allocated here yet.
+//! Subnets and gateways are `ipam.rs`'s; the VNIs count the IPv4 subnets it gave.
 
 use std::collections::{BTreeMap, BTreeSet};
 

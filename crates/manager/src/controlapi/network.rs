@@ -2,10 +2,14 @@
 //! spec validation (names, built-in drivers only since swarmd has no plugin getter, IPAM subnets,
 //! ranges and gateways, the ingress rules), create, get, list and remove with the predefined,
 //! in-use and ingress refusals. Allocation (driver state, IPAM pools, VXLAN IDs) is the
-//! allocator's job.
+//! allocator's job; unlike SwarmKit, which accepts a network it will never allocate (an
+//! overlapping subnet, a gateway on a reserved address, an exhausted default pool) and only logs
+//! the allocator's error, create refuses it, asking the allocator's IPAM about the stored networks
+//! (`allocator::ipam::check_network`).
 
 use std::net::IpAddr;
 
+use allocator::ipam::{IpamError, PoolConfig, check_network};
 use api::TaskState;
 use store::By;
 use tonic::Status;
@@ -202,6 +206,15 @@ pub(super) async fn create(
             ))
             .into());
         }
+        let existing = tx.find_networks(By::All);
+        let pools = tx
+            .find_clusters(By::All)
+            .first()
+            .and_then(|c| PoolConfig::from_cluster(c).ok())
+            .unwrap_or_default();
+        if let Err(e) = check_network(&pools, &existing, &network) {
+            return Err(ipam_refusal(e, &existing).into());
+        }
         tx.create_network(network)?;
         Ok(())
     })
@@ -209,6 +222,26 @@ pub(super) async fn create(
     tracing::info!(network.id = %id, "network created");
     let network = ctl.store.view(|tx| tx.get_network(&id));
     Ok(api::CreateNetworkResponse { network })
+}
+
+/// The refusal of a network the allocator could not allocate next to `existing`.
+fn ipam_refusal(e: IpamError, existing: &[api::Network]) -> Status {
+    let message = match &e {
+        IpamError::PoolExhausted => return Status::invalid_argument(e.to_string()),
+        IpamError::SubnetOverlap {
+            subnet,
+            other,
+            network_id,
+        } => match existing.iter().find(|n| &n.id == network_id) {
+            Some(n) => format!(
+                "subnet {subnet} overlaps with subnet {other} of network {} ({network_id})",
+                name_of(&annotations(n))
+            ),
+            None => format!("subnet {subnet} overlaps with subnet {other} of the same network"),
+        },
+        _ => e.to_string(),
+    };
+    Status::invalid_argument(format!("ipam configuration: {message}"))
 }
 
 pub(super) async fn get(

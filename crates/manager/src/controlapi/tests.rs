@@ -1184,6 +1184,135 @@ async fn node_get_list_update_and_demotion() {
 
 // ---------------------------------------------------------------- networks
 
+/// A network spec asking for `(subnet, range, gateway)` configs.
+fn subnets_spec(name: &str, configs: &[(&str, &str, &str)]) -> api::NetworkSpec {
+    api::NetworkSpec {
+        ipam: Some(api::IpamOptions {
+            driver: None,
+            configs: configs
+                .iter()
+                .map(|(subnet, range, gateway)| api::IpamConfig {
+                    subnet: subnet.to_string(),
+                    range: range.to_string(),
+                    gateway: gateway.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        ..network_spec(name)
+    }
+}
+
+#[tokio::test]
+async fn networks_the_allocator_could_not_allocate_are_refused_and_nothing_is_stored() {
+    let ctl = control(&[]);
+    // A cluster whose default pool holds three /24s.
+    ctl.store
+        .update(|tx| {
+            tx.create_cluster(api::Cluster {
+                id: "cluster".into(),
+                default_address_pool: vec!["10.9.0.0/23".into(), "10.9.2.0/24".into()],
+                subnet_size: 24,
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("cluster");
+    let user = create_network(&ctl, subnets_spec("user", &[("10.1.0.0/16", "", "")]))
+        .await
+        .expect("user subnet");
+    let ids = |ctl: &ControlApi| -> Vec<String> {
+        ctl.store
+            .view(|tx| tx.find_networks(store::By::All))
+            .into_iter()
+            .map(|n| n.id)
+            .collect()
+    };
+    let before = ids(&ctl);
+    let refused = [
+        (
+            subnets_spec("a", &[("10.1.2.0/24", "", "")]),
+            format!(
+                "ipam configuration: subnet 10.1.2.0/24 overlaps with subnet 10.1.0.0/16 of network user ({})",
+                user.id
+            ),
+        ),
+        (
+            subnets_spec("a", &[("10.0.0.0/8", "", "")]),
+            format!(
+                "ipam configuration: subnet 10.0.0.0/8 overlaps with subnet 10.1.0.0/16 of network user ({})",
+                user.id
+            ),
+        ),
+        (
+            subnets_spec("a", &[("10.2.0.0/16", "", ""), ("10.2.3.0/24", "", "")]),
+            "ipam configuration: subnet 10.2.3.0/24 overlaps with subnet 10.2.0.0/16 of the same network".to_string(),
+        ),
+        (
+            subnets_spec("a", &[("10.3.0.0/16", "", "10.4.0.1")]),
+            "ipam configuration: subnet 10.3.0.0/16 does not contain gateway 10.4.0.1".to_string(),
+        ),
+        (
+            subnets_spec("a", &[("10.3.0.0/16", "10.4.0.0/24", "")]),
+            "ipam configuration: subnet 10.3.0.0/16 does not contain range 10.4.0.0/24".to_string(),
+        ),
+        (
+            subnets_spec("a", &[("10.3.0.0/16", "10.3.0.0/8", "")]),
+            "ipam configuration: subnet 10.3.0.0/16 does not contain range 10.3.0.0/8".to_string(),
+        ),
+        (
+            subnets_spec("a", &[("10.3.0.0/16", "", "10.3.255.255")]),
+            "ipam configuration: gateway 10.3.255.255 is the network or broadcast address of subnet 10.3.0.0/16".to_string(),
+        ),
+    ];
+    for (spec, message) in refused {
+        check(
+            create_network(&ctl, spec).await,
+            Code::InvalidArgument,
+            &message,
+        );
+        assert_eq!(ids(&ctl), before, "{message}: nothing stored");
+    }
+    let ipam_driver = api::NetworkSpec {
+        ipam: Some(api::IpamOptions {
+            driver: Some(api::Driver {
+                name: "weave".into(),
+                ..Default::default()
+            }),
+            configs: Vec::new(),
+        }),
+        ..network_spec("a")
+    };
+    check(
+        create_network(&ctl, ipam_driver).await,
+        Code::InvalidArgument,
+        "plugin weave not supported",
+    );
+    // Three default subnets: two networks waiting for the allocator and one allocated count.
+    create_network(&ctl, network_spec("d1")).await.expect("d1");
+    create_network(&ctl, network_spec("d2")).await.expect("d2");
+    create_network(&ctl, network_spec("d3")).await.expect("d3");
+    let before = ids(&ctl);
+    check(
+        create_network(&ctl, network_spec("d4")).await,
+        Code::InvalidArgument,
+        "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network",
+    );
+    assert_eq!(ids(&ctl), before);
+    // A user subnet outside the pool still fits, and so does a node-local network.
+    create_network(&ctl, subnets_spec("u2", &[("192.168.0.0/24", "", "")]))
+        .await
+        .expect("user subnet outside the pool");
+    let bridge = api::NetworkSpec {
+        driver_config: Some(api::Driver {
+            name: "bridge".into(),
+            ..Default::default()
+        }),
+        ..network_spec("b")
+    };
+    create_network(&ctl, bridge).await.expect("node-local");
+}
+
 #[tokio::test]
 async fn network_rules() {
     let ctl = control(&[]);

@@ -1,0 +1,151 @@
+//! Overlay network IPAM through swarmctl against a real swarmd: subnets from the default pool or
+//! the user's, what `network create` refuses (with nothing stored), and a cluster whose ingress
+//! network is larger than a /24 (swarmd's default address pool flags, or `network create
+//! --ingress` after removing the default one).
+
+use std::time::Duration;
+
+use crate::harness::{Swarmd, wait_for};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The `Subnet` and `Gateway` lines of a network's inspect, once the allocator has written them.
+fn wait_subnet(d: &Swarmd, network: &str) -> (String, String) {
+    wait_for(&format!("network {network} allocated"), LIMIT, || {
+        let out = d.ctl(&["network", "inspect", network]).ok().to_string();
+        let field = |name: &str| {
+            out.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .and_then(|l| l.split_once(": "))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        Some((field("Subnet")?, field("Gateway")?))
+    })
+}
+
+fn pair(subnet: &str, gateway: &str) -> (String, String) {
+    (subnet.to_string(), gateway.to_string())
+}
+
+#[test]
+fn network_create_refuses_what_could_never_be_allocated_and_stores_nothing() {
+    let d = Swarmd::start();
+    assert_eq!(wait_subnet(&d, "ingress"), pair("10.0.0.0/24", "10.0.0.1"));
+    d.ctl(&[
+        "network",
+        "create",
+        "--name",
+        "n1",
+        "--subnet",
+        "10.1.0.0/16",
+    ])
+    .ok();
+    assert_eq!(wait_subnet(&d, "n1"), pair("10.1.0.0/16", "10.1.0.1"));
+    d.ctl(&["network", "create", "--name", "n2"]).ok();
+    assert_eq!(wait_subnet(&d, "n2"), pair("10.0.1.0/24", "10.0.1.1"));
+    let n1 = d.ctl(&["network", "ls", "-q"]).ok().to_string();
+    let before = d.ctl(&["network", "ls"]).ok().to_string();
+    let n1_id = d
+        .ctl(&["network", "inspect", "n1"])
+        .ok()
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(": "))
+        .map(|(_, id)| id.trim().to_string())
+        .expect("n1's ID");
+    assert!(n1.contains(&n1_id));
+    let cases: &[(&[&str], String)] = &[
+        (
+            &["--subnet", "10.1.2.0/24"],
+            format!(
+                "Error: ipam configuration: subnet 10.1.2.0/24 overlaps with subnet 10.1.0.0/16 of network n1 ({n1_id})"
+            ),
+        ),
+        (
+            &["--subnet", "10.0.0.128/25"],
+            "Error: ipam configuration: subnet 10.0.0.128/25 overlaps with subnet 10.0.0.0/24 of network ingress"
+                .to_string(),
+        ),
+        (
+            &["--subnet", "10.3.0.0/16", "--gateway", "10.4.0.1"],
+            "Error: --gateway 10.4.0.1 is in none of the subnets given with --subnet".to_string(),
+        ),
+        (
+            // Wider than its subnet: its network address 10.0.0.0 is outside (the control API
+            // refuses such a range too, `ipam configuration: subnet ... does not contain range`).
+            &["--subnet", "10.3.0.0/16", "--ip-range", "10.3.0.0/8"],
+            "Error: --ip-range 10.3.0.0/8 is in none of the subnets given with --subnet".to_string(),
+        ),
+        (
+            &["--subnet", "10.3.0.0/16", "--ip-range", "10.4.0.0/24"],
+            "Error: --ip-range 10.4.0.0/24 is in none of the subnets given with --subnet".to_string(),
+        ),
+        (
+            &["--subnet", "10.3.0.0/16", "--gateway", "10.3.0.0"],
+            "Error: ipam configuration: gateway 10.3.0.0 is the network or broadcast address of subnet 10.3.0.0/16"
+                .to_string(),
+        ),
+        (
+            &["--driver", "weave"],
+            "Error: plugin weave not supported".to_string(),
+        ),
+        (
+            &["--ipam-driver", "weave"],
+            "Error: plugin weave not supported".to_string(),
+        ),
+    ];
+    for (flags, want) in cases {
+        let mut args = vec!["network", "create", "--name", "bad"];
+        args.extend_from_slice(flags);
+        let out = d.ctl(&args);
+        let first = out.err().lines().next().unwrap_or("").to_string();
+        // The ingress overlap names the ingress network's ID too.
+        assert!(
+            first.starts_with(want.as_str()),
+            "swarmctl {args:?}: {first}"
+        );
+    }
+    assert_eq!(d.ctl(&["network", "ls"]).ok(), before, "nothing was stored");
+}
+
+#[test]
+fn a_default_address_pool_flag_gives_ingress_and_networks_larger_subnets() {
+    let d = Swarmd::start_with(&[
+        "--default-addr-pool",
+        "10.20.0.0/16",
+        "--default-addr-pool-mask-length",
+        "19",
+    ]);
+    // 8190 addresses: an ingress address for each of 5000 nodes, and the services' VIPs.
+    assert_eq!(
+        wait_subnet(&d, "ingress"),
+        pair("10.20.0.0/19", "10.20.0.1")
+    );
+    d.ctl(&["network", "create", "--name", "n1"]).ok();
+    assert_eq!(wait_subnet(&d, "n1"), pair("10.20.32.0/19", "10.20.32.1"));
+}
+
+#[test]
+fn ingress_can_be_recreated_with_a_larger_subnet() {
+    let d = Swarmd::start();
+    assert_eq!(wait_subnet(&d, "ingress"), pair("10.0.0.0/24", "10.0.0.1"));
+    d.ctl(&["network", "rm", "ingress"]).ok();
+    d.ctl(&[
+        "network",
+        "create",
+        "--name",
+        "ingress",
+        "--ingress",
+        "--subnet",
+        "10.255.0.0/16",
+    ])
+    .ok();
+    assert_eq!(
+        wait_subnet(&d, "ingress"),
+        pair("10.255.0.0/16", "10.255.0.1")
+    );
+    // The default pool's first /24 is free again for the next network.
+    d.ctl(&["network", "create", "--name", "n1"]).ok();
+    let (subnet, _) = wait_subnet(&d, "n1");
+    assert!(subnet.starts_with("10.0."), "{subnet}");
+}

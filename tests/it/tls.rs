@@ -1,6 +1,7 @@
 //! TLS as SwarmKit's Go clients speak it: grpc-go sends its dial target as the server name (the
 //! socket path for swarmctl on the control socket, an IP address or a name on the remote port),
-//! which our servers accept and ignore. Checked with Debian's `openssl s_client` (the handshake
+//! which our servers accept and ignore (the control socket any name, the remote port, served by
+//! rustls, a DNS name, an IP address or none). Checked with Debian's `openssl s_client` (the handshake
 //! and ALPN `h2`) and with gRPC calls on connections that sent such names (`ca::test_client`).
 
 use std::path::Path;
@@ -46,7 +47,7 @@ fn path_str(p: &Path) -> &str {
 }
 
 #[test]
-fn any_server_name_is_accepted_on_the_control_socket_and_the_remote_port() {
+fn grpc_go_server_names_are_accepted_on_the_control_socket_and_the_remote_port() {
     let m = Swarmd::start();
     let sock = m.socket();
     let sock = path_str(&sock);
@@ -55,27 +56,32 @@ fn any_server_name_is_accepted_on_the_control_socket_and_the_remote_port() {
 
     info!("--- openssl s_client: the socket path as server name, ALPN h2");
     s_client_handshake(&["-unix", sock, "-servername", sock, "-alpn", "h2"]);
-    for sni in ["127.0.0.1", sock, "swarm-manager"] {
+    for sni in ["127.0.0.1", "swarm-manager", "swarm-ca"] {
         s_client_handshake(&["-connect", &addr, "-servername", sni, "-alpn", "h2"]);
     }
+    s_client_handshake(&["-connect", &addr, "-noservername", "-alpn", "h2"]);
 
     info!("--- a gRPC call on a control socket connection that sent the socket path");
     let control = Target::Unix(m.socket());
     let nodes = list_nodes(&rt, &OpenSslClient::new(sock), &control);
     assert_eq!(nodes.expect("ListNodes over the control socket"), 1);
 
-    info!("--- the remote port: the manager's certificate with an IP or a path as server name");
+    info!("--- the remote port: the manager's certificate with an IP or a name as server name");
     let remote = Target::Tcp(addr.clone());
     let mgr = tls_material(&m.state_dir());
     let mgr = (mgr.cert_pem, mgr.key_pem);
-    for sni in ["127.0.0.1", sock] {
+    for sni in ["127.0.0.1", "swarm-manager"] {
         let client = OpenSslClient::new(sni).with_cert(&mgr);
         let nodes = list_nodes(&rt, &client, &remote);
         assert_eq!(nodes.expect(sni), 1, "{sni}");
     }
+    // No grpc-go client sends a path over TCP; rustls refuses a name that is no DNS name.
+    let path = OpenSslClient::new(sock).with_cert(&mgr);
+    assert!(rt.block_on(path.connect(&remote)).is_err(), "a path as SNI");
 
     info!("--- and still: no certificate is anonymous, a certificate of another CA is refused");
-    let err = list_nodes(&rt, &OpenSslClient::new(sock), &remote).expect_err("anonymous");
+    let anonymous = OpenSslClient::new("swarm-manager");
+    let err = list_nodes(&rt, &anonymous, &remote).expect_err("anonymous");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     let (_, cert, key) = impostor_cert();
     let impostor = OpenSslClient::new("127.0.0.1").with_cert(&(cert, key.key_pem().into_bytes()));

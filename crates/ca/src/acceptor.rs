@@ -1,14 +1,18 @@
-//! The server side of TLS, on OpenSSL, for the control socket and the remote API: the server
-//! configurations (the control socket presents the node certificate and asks for none, as SwarmKit
-//! serves it; the remote API verifies client certificates against the root CA, optional so that a
-//! joining node can reach the CA), a config that can be swapped at run time, the accept loops that
-//! turn a listener into a stream of TLS connections for tonic, and what a request's connection
-//! says about its peer. Our clients are rustls (`tls.rs`).
+//! The server side of TLS for the control socket and the remote API: the server configurations
+//! (the control socket presents the node certificate and asks for none, as SwarmKit serves it;
+//! the remote API verifies client certificates against the root CA, optional so that a joining
+//! node can reach the CA), a config that can be swapped at run time, the accept loops that turn a
+//! listener into a stream of TLS connections for tonic, and what a request's connection says
+//! about its peer. Our clients are rustls (`tls.rs`).
 //!
-//! Why OpenSSL here (BUILDING.md "TLS"): grpc-go clients, SwarmKit's swarmctl among them, send
-//! their dial target as the SNI (a socket path on the control socket), and rustls 0.23 answers a
-//! server name that is not a DNS name with an `illegal_parameter` alert. The SNI carries no
-//! meaning for us: any name, or none, is accepted and ignored.
+//! Two TLS stacks (BUILDING.md "TLS"): the control socket is served by OpenSSL because grpc-go
+//! clients, SwarmKit's swarmctl among them, send their dial target as the SNI (there a socket
+//! path), and rustls 0.23 answers a server name that is not a DNS name with an
+//! `illegal_parameter` alert; OpenSSL accepts any name. The remote API is served by rustls: its
+//! clients dial `host:port`, so they send a DNS name (SwarmKit's agents send `swarm-manager` or
+//! `swarm-ca`), an IP address (which rustls ignores) or nothing, and a rustls handshake costs the
+//! manager a fraction of an OpenSSL 3 one (every joining node makes two). Either way the SNI
+//! means nothing to us: the same certificate is presented whatever it says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,20 +26,20 @@ use std::time::Duration;
 use openssl::pkey::PKey;
 use openssl::ssl::{
     AlpnError, Ssl, SslAcceptor, SslAcceptorBuilder, SslMethod, SslMode, SslOptions,
-    SslSessionCacheMode, SslVerifyMode, SslVersion, select_next_proto,
+    SslSessionCacheMode, SslVersion, select_next_proto,
 };
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509VerifyResult};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch};
 use tokio_openssl::SslStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::debug;
 
-use crate::tls::{cert_and_key, root_certs};
+use crate::tls::{VERSIONS, cert_and_key, provider, root_store};
 use crate::{CaError, CertInfo};
 
 /// A TLS handshake that takes longer than this is dropped, so a stalled client cannot pile up.
@@ -71,22 +75,42 @@ const MAX_SETTINGS_LEN: usize = 16_384;
 /// The one application protocol offered, in ALPN wire format: `h2` (recent grpc-go clients
 /// require it). A client offering others but not `h2` is refused.
 const ALPN_H2: &[u8] = b"\x02h2";
-/// TLS 1.2 suites: ECDHE with an AEAD cipher, the ones our rustls clients offer. The TLS 1.3
-/// suites are OpenSSL's defaults (AES-GCM and ChaCha20-Poly1305, as rustls).
+/// TLS 1.2 suites of the OpenSSL server: ECDHE with an AEAD cipher, the ones rustls (our
+/// clients, the remote API's server) has. The TLS 1.3 suites are OpenSSL's defaults (AES-GCM and
+/// ChaCha20-Poly1305, as rustls).
 const TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:\
      ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:\
      ECDHE-RSA-CHACHA20-POLY1305";
-/// Key exchange groups, those of rustls with ring.
+/// Key exchange groups of the OpenSSL server, those of rustls with ring.
 const GROUPS: &str = "X25519:P-256:P-384";
 
-/// A TLS server configuration: an OpenSSL context shared by the connections accepted with it
-/// (cloning is cheap).
+/// A TLS server configuration, shared by the connections accepted with it (cloning is cheap).
 #[derive(Clone)]
-pub struct ServerConfig(SslAcceptor);
+pub struct ServerConfig(Engine);
+
+/// The TLS stack that serves a config (see the module's header for why two).
+#[derive(Clone)]
+enum Engine {
+    /// The control socket's: OpenSSL, which accepts any server name.
+    OpenSsl(SslAcceptor),
+    /// The remote API's: rustls.
+    Rustls {
+        config: Arc<rustls::ServerConfig>,
+        /// The certificate presented, as DER (rustls keeps it behind its resolver).
+        #[cfg(test)]
+        leaf: Arc<Vec<u8>>,
+    },
+}
 
 impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerConfig").finish_non_exhaustive()
+        let engine = match self.0 {
+            Engine::OpenSsl(_) => "OpenSSL",
+            Engine::Rustls { .. } => "rustls",
+        };
+        f.debug_struct("ServerConfig")
+            .field("engine", &engine)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,11 +118,14 @@ impl std::fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// The certificate this config presents, as DER.
     pub(crate) fn certificate_der(&self) -> Option<Vec<u8>> {
-        self.0.context().certificate()?.to_der().ok()
+        match &self.0 {
+            Engine::OpenSsl(a) => a.context().certificate()?.to_der().ok(),
+            Engine::Rustls { leaf, .. } => Some(leaf.to_vec()),
+        }
     }
 }
 
-/// TLS 1.2 and 1.3, presenting `cert_chain_pem` with `key_pem`, ALPN `h2`, any SNI.
+/// OpenSSL: TLS 1.2 and 1.3, presenting `cert_chain_pem` with `key_pem`, ALPN `h2`, any SNI.
 fn server_builder(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<SslAcceptorBuilder, CaError> {
     let (chain, key) = cert_and_key(cert_chain_pem, key_pem)?;
     let mut chain = chain
@@ -140,41 +167,53 @@ pub fn control_server_config(
     cert_chain_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<ServerConfig, CaError> {
-    Ok(ServerConfig(
+    Ok(ServerConfig(Engine::OpenSsl(
         server_builder(cert_chain_pem, key_pem)?.build(),
-    ))
+    )))
 }
 
-/// Server config for the remote (TCP) API: presents `cert_chain_pem`, verifies client
-/// certificates against `root_pem` (every certificate in it is a trust anchor, as for our rustls
-/// clients; a chain the client sends supplies the intermediates, such as a cross-signed root
-/// during a root rotation). With `require_client_cert` false a client without a certificate is
-/// let in (a joining node asking the CA for its first certificate), but a certificate that does
-/// not chain to the roots is refused.
+/// Server config for the remote (TCP) API, on rustls: TLS 1.2 and 1.3 with the provider's suites
+/// and groups (as our clients), presents `cert_chain_pem`, ALPN `h2`, verifies client
+/// certificates against `root_pem` (every certificate in it is a trust anchor; a chain the
+/// client sends supplies the intermediates, such as a cross-signed root during a root rotation)
+/// and names those roots in its certificate request (Go clients send their certificate only when
+/// it chains to one of these names). With `require_client_cert` false a client without a
+/// certificate is let in (a joining node asking the CA for its first certificate), but a
+/// certificate that does not chain to the roots is refused. The server name must be a DNS name,
+/// an IP address or absent (see the module's header).
 pub fn mtls_server_config(
     cert_chain_pem: &[u8],
     key_pem: &[u8],
     root_pem: &[u8],
     require_client_cert: bool,
 ) -> Result<ServerConfig, CaError> {
-    let mut b = server_builder(cert_chain_pem, key_pem)?;
-    let mut store = X509StoreBuilder::new()?;
-    for root in root_certs(root_pem)? {
-        let root = X509::from_der(&root)?;
-        // Named in the certificate request, as Go's and rustls' servers do: Go clients send
-        // their certificate only when it chains to one of these names.
-        b.add_client_ca(&root)?;
-        store.add_cert(root)?;
+    let (chain, key) = cert_and_key(cert_chain_pem, key_pem)?;
+    #[cfg(test)]
+    let leaf = chain.first().map(|c| c.to_vec()).unwrap_or_default();
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(root_pem)?, provider());
+    if !require_client_cert {
+        verifier = verifier.allow_unauthenticated();
     }
-    store.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
-    b.set_verify_cert_store(store.build())?;
-    let mode = if require_client_cert {
-        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT
-    } else {
-        SslVerifyMode::PEER
-    };
-    b.set_verify(mode);
-    Ok(ServerConfig(b.build()))
+    let verifier = verifier
+        .build()
+        .map_err(|e| CaError::Parse(format!("client verifier: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    // A client offering other protocols but not `h2` is refused (rustls's
+    // no_application_protocol alert); one offering none is served.
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption, as on the OpenSSL side: no session cache, no TLS 1.3 tickets
+    // (rustls's default ticketer makes none for TLS 1.2).
+    cfg.session_storage = Arc::new(NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(ServerConfig(Engine::Rustls {
+        config: Arc::new(cfg),
+        #[cfg(test)]
+        leaf: Arc::new(leaf),
+    }))
 }
 
 /// What a request's TLS connection says about the peer: its TCP address (none on a unix socket)
@@ -190,13 +229,78 @@ pub struct TlsPeer {
 /// its TLS handshake is done and the client's HTTP/2 preface and first SETTINGS frame are in
 /// (read to see them, and given back to the server first).
 pub struct TlsConnection<S> {
-    stream: SslStream<S>,
+    stream: TlsStream<S>,
     peer: TlsPeer,
     /// The preface and SETTINGS frame read during set-up, not yet given to the server.
     replay: Vec<u8>,
     replayed: usize,
     /// The connection's place in its client's bound, given back when it closes.
     _slot: Option<ClientSlot>,
+}
+
+/// A TLS stream of either stack.
+enum TlsStream<S> {
+    OpenSsl(SslStream<S>),
+    // Boxed: rustls's connection state is several times the size of OpenSSL's handle.
+    Rustls(Box<tokio_rustls::server::TlsStream<S>>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::OpenSsl(s) => Pin::new(s).poll_read(cx, buf),
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TlsStream::OpenSsl(s) => Pin::new(s).poll_write(cx, buf),
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TlsStream::OpenSsl(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TlsStream::OpenSsl(s) => s.is_write_vectored(),
+            TlsStream::Rustls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::OpenSsl(s) => Pin::new(s).poll_flush(cx),
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::OpenSsl(s) => Pin::new(s).poll_shutdown(cx),
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl<S> Connected for TlsConnection<S> {
@@ -234,6 +338,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -423,23 +539,40 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     remote_addr: Option<SocketAddr>,
 ) -> io::Result<TlsConnection<S>> {
-    let mut stream = SslStream::new(Ssl::new(cfg.0.context())?, stream)?;
-    Pin::new(&mut stream)
-        .accept()
-        .await
-        .map_err(io::Error::other)?;
-    let ssl = stream.ssl();
-    // With SslVerifyMode::PEER a certificate that does not verify ends the handshake; this only
-    // makes sure no certificate is taken from a connection where verification did not pass.
-    if ssl.verify_result() != X509VerifyResult::OK {
-        return Err(io::Error::other(format!(
-            "client certificate: {}",
-            ssl.verify_result()
-        )));
-    }
-    let cert = match ssl.peer_certificate() {
-        Some(cert) => CertInfo::parse_der(&cert.to_der()?).ok(),
-        None => None,
+    let (stream, cert) = match &cfg.0 {
+        Engine::OpenSsl(acceptor) => {
+            let mut stream = SslStream::new(Ssl::new(acceptor.context())?, stream)?;
+            Pin::new(&mut stream)
+                .accept()
+                .await
+                .map_err(io::Error::other)?;
+            let ssl = stream.ssl();
+            // The OpenSSL configs ask for no client certificate; should one be taken anyway,
+            // it counts only when it verified.
+            let cert = match ssl.peer_certificate() {
+                Some(_) if ssl.verify_result() != X509VerifyResult::OK => {
+                    return Err(io::Error::other(format!(
+                        "client certificate: {}",
+                        ssl.verify_result()
+                    )));
+                }
+                Some(cert) => CertInfo::parse_der(&cert.to_der()?).ok(),
+                None => None,
+            };
+            (TlsStream::OpenSsl(stream), cert)
+        }
+        Engine::Rustls { config, .. } => {
+            // A client certificate that does not verify ends the handshake: one that is there
+            // afterwards is verified.
+            let stream = TlsAcceptor::from(config.clone()).accept(stream).await?;
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| CertInfo::parse_der(leaf).ok());
+            (TlsStream::Rustls(Box::new(stream)), cert)
+        }
     };
     Ok(TlsConnection {
         stream,

@@ -1,9 +1,9 @@
 //! The cluster's certificate authority and everything TLS: the root CA, node keys and CSRs,
 //! issuing node certificates (the CA, never the CSR, decides the subject), join tokens, the
 //! key files in the state directory, the TLS configurations of the control socket and the
-//! remote API (servers on OpenSSL, clients on rustls), a node's live (renewable) TLS identity,
-//! the node side of joining and renewal, and the certificate work of root CA rotation
-//! (cross-signing, telling which root issued a certificate).
+//! remote API (the control socket's server on OpenSSL, the rest on rustls), a node's live
+//! (renewable) TLS identity, the node side of joining and renewal, and the certificate work of
+//! root CA rotation (cross-signing, telling which root issued a certificate).
 //! No store here: the CA signing server that reads and writes Node objects is a manager
 //! subsystem (STYLE.md).
 

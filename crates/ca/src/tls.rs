@@ -2,7 +2,7 @@
 //! it (no client certificate, no server verification: it trusts the socket's file mode instead,
 //! but still checks the handshake signatures), the mutual TLS client of the remote (TCP) API that
 //! verifies the server against the root CA, and the gRPC channels over them. The servers are in
-//! `acceptor.rs` (OpenSSL).
+//! `acceptor.rs` (OpenSSL for the control socket, rustls for the remote API).
 
 use std::io;
 use std::path::Path;
@@ -43,7 +43,8 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+/// TLS 1.3 and 1.2, for our clients and the remote API's server.
+pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// Accepts any server certificate but verifies handshake signatures, like Go's
@@ -141,7 +142,7 @@ pub(crate) fn root_store(root_pem: &[u8]) -> Result<Arc<RootCertStore>, CaError>
 }
 
 /// The certificates of `root_pem`, at least one.
-pub(crate) fn root_certs(root_pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
+fn root_certs(root_pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
     let certs = CertificateDer::pem_slice_iter(root_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CaError::Parse(format!("root certificate: {e}")))?;

@@ -1,5 +1,7 @@
 //! The TLS servers with real gRPC calls: our rustls clients, and an OpenSSL client that sends
 //! the server names grpc-go sends (a socket path, an IP address), which rustls clients cannot.
+//! The control socket (OpenSSL) takes any name; the remote API (rustls) DNS names, IP addresses
+//! or none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -209,35 +211,48 @@ async fn control_socket_accepts_any_server_name() {
     let _ = stop.send(());
 }
 
+/// What grpc-go clients dialling `host:port` send (a DNS name, an IP address, nothing) is
+/// accepted on the remote API, and client certificates are still verified; a server name that
+/// is neither a DNS name nor an IP address (a socket path) is refused by rustls, as is a client
+/// offering application protocols but not `h2`.
 #[tokio::test]
-async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
+async fn remote_api_accepts_dns_names_and_ip_addresses_and_still_verifies_clients() {
     let root = RootCa::generate().expect("root");
     let other = RootCa::generate().expect("other root");
     let (mcert, mkey) = node_cert(&root, "m1", api::NodeRole::Manager);
     let worker = node_cert(&root, "w1", api::NodeRole::Worker);
     let stranger = node_cert(&other, "w1", api::NodeRole::Worker);
     let root_pem = root.cert_pem();
-    let names = [
+    let no_sni = OpenSslClient {
+        sni: None,
+        ..OpenSslClient::new("")
+    };
+    let clients = [
         "127.0.0.1",
-        "/var/run/swarmd.sock",
+        "::1",
         "swarm-manager",
-        "not a_dns name!",
-    ];
+        "swarm-ca",
+        "other.example",
+    ]
+    .map(OpenSslClient::new)
+    .into_iter()
+    .chain([no_sni])
+    .collect::<Vec<_>>();
 
     // Client certificates optional (as on a manager's remote port), then required.
     for required in [false, true] {
         let cfg = mtls_server_config(&mcert, &mkey, root_pem, required).expect("server cfg");
         let (addr, stop) = start_tcp(cfg).await;
         let target = Target::Tcp(addr);
-        for sni in names {
-            let client = OpenSslClient::new(sni);
+        for client in clients.iter().cloned() {
+            let sni = format!("{:?}", client.sni);
             let with_cert = check_on(client.clone().with_cert(&worker).channel(&target)).await;
-            assert_eq!(with_cert.expect(sni), SERVING, "{sni}");
+            assert_eq!(with_cert.expect(&sni), SERVING, "{sni}");
             let anonymous = check_on(client.channel(&target)).await;
             if required {
                 assert!(anonymous.is_err(), "{sni}: let in without a certificate");
             } else {
-                assert_eq!(anonymous.expect(sni), ANONYMOUS, "{sni}");
+                assert_eq!(anonymous.expect(&sni), ANONYMOUS, "{sni}");
             }
             let refused = check_on(client.with_cert(&stranger).channel(&target)).await;
             assert!(
@@ -245,8 +260,52 @@ async fn remote_api_accepts_any_server_name_and_still_verifies_clients() {
                 "{sni}: a certificate of another CA was accepted"
             );
         }
+        for sni in ["/var/run/swarmd.sock", "not a_dns name!"] {
+            let client = OpenSslClient::new(sni).with_cert(&worker);
+            assert!(client.connect(&target).await.is_err(), "{sni}");
+        }
+        let http1 = OpenSslClient {
+            alpn: b"\x08http/1.1",
+            ..OpenSslClient::new("swarm-manager")
+        };
+        assert!(http1.connect(&target).await.is_err(), "ALPN without h2");
+        let h2 = OpenSslClient::new("swarm-manager").connect(&target).await;
+        let h2 = h2.expect("handshake");
+        assert_eq!(h2.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
         let _ = stop.send(());
     }
+}
+
+/// No session resumption on the remote API: a rustls client that would resume (its default
+/// session store) makes a full handshake every time, so each connection's client certificate
+/// is verified against the roots current at its accept.
+#[tokio::test]
+async fn remote_api_resumes_no_session() {
+    let root = RootCa::generate().expect("root");
+    let (mcert, mkey) = node_cert(&root, "m1", api::NodeRole::Manager);
+    let (wcert, wkey) = node_cert(&root, "w1", api::NodeRole::Worker);
+    let cfg = mtls_server_config(&mcert, &mkey, root.cert_pem(), false).expect("server cfg");
+    let (addr, stop) = start_tcp(cfg).await;
+    let client = mtls_client_config(root.cert_pem(), Some((&wcert, &wkey))).expect("client");
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let name = rustls::pki_types::ServerName::try_from("swarm-manager").expect("name");
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(&addr).await.expect("connect");
+        let mut tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .expect("handshake");
+        // Under TLS 1.3 a ticket would come after the handshake: let the client read it.
+        tls.write_all(PREFACE).await.expect("preface");
+        tls.write_all(EMPTY_SETTINGS).await.expect("settings");
+        let mut buf = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await;
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+    }
+    let _ = stop.send(());
 }
 
 #[tokio::test]

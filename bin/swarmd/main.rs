@@ -77,6 +77,14 @@ struct Flags {
     /// Unlock this manager using this key
     #[arg(long = "unlock-key", default_value = "")]
     unlock_key: String,
+    /// Default address pool in CIDR format of a new cluster, the subnets of overlay networks are
+    /// cut from (ours, Docker's swarm init flag; repeatable or comma-separated; default 10.0.0.0/8)
+    #[arg(long = "default-addr-pool", value_delimiter = ',')]
+    default_addr_pool: Vec<String>,
+    /// Subnet mask length of the subnets cut from the default address pool (ours, Docker's swarm
+    /// init flag; default 24)
+    #[arg(long = "default-addr-pool-mask-length", value_parser = clap::value_parser!(u32).range(1..=32))]
+    default_addr_pool_mask_length: Option<u32>,
     /// Test and benchmark option (ours, not SwarmKit's): length of one raft tick in
     /// milliseconds instead of 1000, so elections happen in fractions of a second.
     #[arg(long = "raft-tick-ms", default_value_t = 1000, hide = true)]
@@ -203,6 +211,8 @@ fn main() -> ExitCode {
         executor: flags.executor.unwrap_or_default(),
         engine_addr: flags.engine_addr,
         force_new_cluster: flags.force_new_cluster,
+        default_addr_pool: flags.default_addr_pool,
+        default_addr_pool_mask_length: flags.default_addr_pool_mask_length.unwrap_or(0),
     };
     if let Err(e) = config.validate() {
         return fatal(&e.to_string());

@@ -10,6 +10,7 @@ mod cluster;
 mod daemon;
 mod docker;
 mod faults;
+mod ha_addresses;
 mod ha_cluster;
 mod ha_faults;
 mod ha_hosts;

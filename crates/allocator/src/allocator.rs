@@ -1,12 +1,14 @@
-//! The [`Allocator`] loop (SwarmKit's `manager/allocator/allocator.go` and `network.go`, the network
-//! driver state and ports parts): on start it rebuilds the VXLAN IDs and ports in use from the store,
-//! then gives networks their driver state as they are created (freeing their VXLAN IDs when they
-//! go), allocates services' endpoints as they are created and updated, frees their ports when they
-//! go, and at each store commit moves the NEW tasks seen since then to PENDING in batches. What
-//! cannot be allocated waits and is retried when something is freed or every [`RETRY_INTERVAL`].
-//! The bookkeeping itself lives in `networks.rs` and `ports.rs`.
+//! The [`Allocator`] loop (SwarmKit's `manager/allocator/allocator.go` and `network.go`, the network,
+//! IPAM and ports parts): on start it rebuilds the subnets, gateways, VXLAN IDs and ports in use
+//! from the store, then gives networks their IPAM state and driver state as they are created, in
+//! one write (freeing their subnets and VXLAN IDs when they go), allocates services' endpoints as
+//! they are created and updated (ports and virtual IPs), frees them when they go, and at each store
+//! commit moves the NEW tasks seen since then to PENDING in batches with their network attachments,
+//! then brings the attachments of the nodes whose needs changed in line. What cannot be allocated
+//! waits and is retried when something is freed or every [`RETRY_INTERVAL`]. The bookkeeping itself
+//! lives in `networks.rs`, `ipam.rs`, `ports.rs`, `endpoints.rs` and `attachments.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use store::{By, Event, EventKind, MemoryStore, WatchFilter};
@@ -14,7 +16,13 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::attachments::{
+    AddressSpace, AttachError, Held, NodeAttachments, TaskAddresses, held_addresses,
+    is_ingress_network, release_all, restore_addresses, task_attachments,
+};
+use crate::endpoints::{ServiceVips, VipAllocation};
 use crate::error::Error;
+use crate::ipam::{Ipam, IpamError, PoolConfig};
 use crate::networks::NetworkDrivers;
 use crate::ports::{ServicePorts, is_service_allocated};
 
@@ -31,12 +39,17 @@ const MAX_BATCH: usize = 200;
 /// Task ID -> service ID (empty for a task without service).
 type TaskSet = BTreeMap<String, String>;
 
+/// A network's allocation waiting to be stored: its ID, IPAM state and driver state.
+type NetworkAllocation = (String, api::IpamOptions, api::Driver);
+
 /// Leader-only subsystem that allocates networks' driver state and services' published ports, and
 /// moves NEW tasks to PENDING.
 #[derive(Debug)]
 pub struct Allocator {
     store: MemoryStore,
     networks: NetworkDrivers,
+    /// Subnets and addresses of the networks allocated so far.
+    ipam: Ipam,
     /// Networks whose driver state could not be allocated, retried with the services.
     unallocated_networks: BTreeSet<String>,
     ports: ServicePorts,
@@ -50,6 +63,56 @@ pub struct Allocator {
     last_retry: Instant,
     /// Something was freed since the last retry, so waiting objects may fit now.
     something_was_deallocated: bool,
+    /// The ingress network's ID, while there is one.
+    ingress: Option<String>,
+    /// The VIP addresses services hold.
+    vips: ServiceVips,
+    /// The addresses tasks at or below RUNNING hold.
+    task_addresses: TaskAddresses,
+    /// The attachments nodes hold and the networks they need.
+    nodes: NodeAttachments,
+    /// Nodes an attachment could not be allocated for, retried with the services.
+    unallocated_nodes: BTreeSet<String>,
+    /// The error last stored in each waiting NEW task, so it is written once.
+    task_errors: HashMap<String, String>,
+    /// Networks whose lack of free addresses was logged already: once per network, not per task.
+    exhausted: BTreeSet<String>,
+}
+
+impl AddressSpace for Ipam {
+    fn allocate(&mut self, network_id: &str, requested: Option<&str>) -> Result<String, Error> {
+        Ok(self.allocate_address(network_id, requested)?)
+    }
+
+    fn reserve(&mut self, network_id: &str, address: &str) -> Result<(), Error> {
+        Ok(self.reserve_address(network_id, address)?)
+    }
+
+    fn release(&mut self, network_id: &str, address: &str) {
+        self.release_address(network_id, address);
+    }
+}
+
+/// Whether `error` says a network has no free address left.
+fn is_exhausted(error: &Error) -> bool {
+    matches!(error, Error::Ipam(IpamError::NoAvailableAddress { .. }))
+}
+
+/// A task ready to move to PENDING: its attachments with their addresses and its service's
+/// endpoint.
+struct ReadyTask {
+    task_id: String,
+    endpoint: Option<api::Endpoint>,
+    attachments: Option<Vec<api::NetworkAttachment>>,
+    taken: Vec<Held>,
+}
+
+/// What the allocator writes into a NEW task.
+enum TaskWrite {
+    /// Attachments, endpoint and PENDING.
+    Allocated(ReadyTask),
+    /// It stays NEW: why.
+    Waits { task_id: String, err: String },
 }
 
 impl Allocator {
@@ -58,6 +121,7 @@ impl Allocator {
         Allocator {
             store,
             networks: NetworkDrivers::default(),
+            ipam: Ipam::default(),
             unallocated_networks: BTreeSet::new(),
             ports: ServicePorts::default(),
             unallocated_services: BTreeSet::new(),
@@ -65,24 +129,35 @@ impl Allocator {
             unallocated_tasks: TaskSet::new(),
             last_retry: Instant::now(),
             something_was_deallocated: false,
+            ingress: None,
+            vips: ServiceVips::default(),
+            task_addresses: TaskAddresses::default(),
+            nodes: NodeAttachments::default(),
+            unallocated_nodes: BTreeSet::new(),
+            task_errors: HashMap::new(),
+            exhausted: BTreeSet::new(),
         }
     }
 
     /// Runs until `shutdown` fires; an `Err` means the allocator cannot go on (its watch ended).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let ((networks, services, tasks), mut watcher) =
-            self.store
-                .view_and_watch(WatchFilter::none().networks().services().tasks(), |tx| {
-                    (
-                        tx.find_networks(By::All),
-                        tx.find_services(By::All),
-                        tx.find_tasks(By::All),
-                    )
-                });
+        let ((cluster, networks, services, tasks, nodes), mut watcher) = self.store.view_and_watch(
+            WatchFilter::none().networks().services().tasks().nodes(),
+            |tx| {
+                (
+                    tx.find_clusters(By::All).into_iter().next(),
+                    tx.find_networks(By::All),
+                    tx.find_services(By::All),
+                    tx.find_tasks(By::All),
+                    tx.find_nodes(By::All),
+                )
+            },
+        );
+        self.ipam = Ipam::new(address_pool(cluster.as_ref()));
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            () = self.init(networks, services, tasks) => {}
+            () = self.init(networks, services, tasks, nodes) => {}
         }
         loop {
             let retry_at = self.last_retry + RETRY_INTERVAL;
@@ -110,29 +185,41 @@ impl Allocator {
         }
     }
 
-    /// Rebuilds the VXLAN IDs and the port map from the driver states and endpoints already stored
-    /// (so a new leader never hands out one twice), then allocates what is not allocated yet and
-    /// moves the waiting NEW tasks on.
+    /// Rebuilds the subnets, gateways, VXLAN IDs and the port map from the IPAM states, driver
+    /// states and endpoints already stored (so a new leader never hands out one twice), then
+    /// allocates what is not allocated yet (ingress first, as SwarmKit does, so that it gets the
+    /// first free subnet) and moves the waiting NEW tasks on.
     async fn init(
         &mut self,
         networks: Vec<api::Network>,
         services: Vec<api::Service>,
         tasks: Vec<api::Task>,
+        nodes: Vec<api::Node>,
     ) {
         let mut networks_to_allocate = Vec::new();
         for network in &networks {
-            if network.driver_state.is_none() {
+            if !is_network_allocated(network) {
                 networks_to_allocate.push(network.id.clone());
-            } else if let Err(e) = self.networks.allocate(network) {
+            } else if let Err(e) = self.restore_network(network) {
                 error!(network.id = %network.id, error = %e, "failed restoring the allocation of a network");
                 self.unallocated_networks.insert(network.id.clone());
             }
         }
+        networks_to_allocate.sort_by_key(|id| {
+            !networks
+                .iter()
+                .any(|n| &n.id == id && n.spec.as_ref().is_some_and(|s| s.ingress))
+        });
         info!(
             networks = networks.len(),
             to_allocate = networks_to_allocate.len(),
             "allocator restored networks"
         );
+        self.ingress = networks
+            .iter()
+            .find(|n| is_ingress_network(n))
+            .map(|n| n.id.clone());
+        self.restore_addresses(&services, &tasks, &nodes);
         self.allocate_networks(networks_to_allocate).await;
         for service in &services {
             if !self.ports.restore(service) {
@@ -155,11 +242,50 @@ impl Allocator {
                 .insert(task.id.clone(), task.service_id.clone());
         }
         self.process_pending_tasks().await;
+        for node in &nodes {
+            self.nodes.mark_dirty(&node.id);
+        }
+        self.process_nodes().await;
         self.last_retry = Instant::now();
     }
 
+    /// Takes every address stored objects hold (node attachments, service VIPs, the attachments
+    /// of tasks at or below RUNNING) before anything new is handed out, so a new leader never
+    /// gives one twice, and learns which networks each node's tasks use.
+    fn restore_addresses(
+        &mut self,
+        services: &[api::Service],
+        tasks: &[api::Task],
+        nodes: &[api::Node],
+    ) {
+        for node in nodes {
+            self.nodes.restore(&mut self.ipam, node);
+        }
+        for service in services {
+            self.vips.restore(&mut self.ipam, service);
+        }
+        let mut restored = 0;
+        for task in tasks {
+            self.nodes.track_task(task);
+            if is_past_running(task) {
+                continue;
+            }
+            let held = restore_addresses(&mut self.ipam, &task.id, held_addresses(&task.networks));
+            restored += held.len();
+            self.task_addresses.hold(&task.id, held);
+        }
+        info!(tasks = restored, "allocator restored network addresses");
+    }
+
     fn needs_allocation(&self, service: &api::Service) -> bool {
-        self.unallocated_services.contains(&service.id) || !is_service_allocated(service)
+        if self.unallocated_services.contains(&service.id) || !is_service_allocated(service) {
+            return true;
+        }
+        let ingress = self.ingress.as_deref();
+        !self.store.view(|tx| {
+            self.vips
+                .is_allocated(service, ingress, |id| tx.get_network(id))
+        })
     }
 
     async fn handle(&mut self, event: Event) {
@@ -172,29 +298,52 @@ impl Allocator {
                     self.on_service(*kind, service).await;
                 } else if let Some(task) = event.object_as::<api::Task>() {
                     self.on_task(*kind, task);
+                } else if let Some(node) = event.object_as::<api::Node>() {
+                    self.on_node(*kind, node);
                 }
             }
         }
     }
 
-    /// A created network gets its driver state; a removed one frees it. Updates change nothing
-    /// (the control API cannot update a network; the allocator's own writes are updates).
+    /// A created network gets its IPAM and driver state; a removed one frees them. Updates change
+    /// nothing (the control API cannot update a network; the allocator's own writes are updates).
     async fn on_network(&mut self, kind: EventKind, network: &api::Network) {
         match kind {
-            EventKind::Create => self.allocate_networks(vec![network.id.clone()]).await,
+            EventKind::Create => {
+                if is_ingress_network(network) && self.ingress.is_none() {
+                    self.ingress = Some(network.id.clone());
+                    // Every node needs an attachment on it.
+                    let nodes = self.store.view(|tx| tx.find_shared::<api::Node>(By::All));
+                    for node in nodes {
+                        self.nodes.mark_dirty(&node.id);
+                    }
+                }
+                self.allocate_networks(vec![network.id.clone()]).await;
+                // What waited for this network may go on now.
+                self.something_was_deallocated = true;
+            }
             EventKind::Remove => {
-                if self.networks.deallocate(&network.id) {
-                    debug!(network.id = %network.id, "freed the driver state of a removed network");
+                let had_subnets = self.ipam.release_network(&network.id);
+                if self.networks.deallocate(&network.id) || had_subnets {
+                    debug!(network.id = %network.id, "freed the subnets and driver state of a removed network");
                     self.something_was_deallocated = true;
                 }
                 self.unallocated_networks.remove(&network.id);
+                if self.ingress.as_deref() == Some(network.id.as_str()) {
+                    self.ingress = None;
+                }
+                // Its address space went with it: forget who held addresses there.
+                self.vips.forget_network(&network.id);
+                self.task_addresses.forget_network(&network.id);
+                self.nodes.forget_network(&network.id);
+                self.exhausted.remove(&network.id);
             }
             EventKind::Update => {}
         }
     }
 
-    /// Allocates the driver state of the networks `ids` (latest stored versions) that have none
-    /// yet and stores it, one transaction per batch; a failure is remembered for a retry.
+    /// Allocates the IPAM and driver state of the networks `ids` (latest stored versions) that have
+    /// none yet and stores them, one transaction per batch; a failure is remembered for a retry.
     async fn allocate_networks(&mut self, ids: Vec<String>) {
         let networks: Vec<api::Network> = self
             .store
@@ -204,11 +353,12 @@ impl Allocator {
             if self.networks.is_allocated(&network.id) {
                 continue;
             }
-            match self.networks.allocate(&network) {
-                Ok(driver) => {
+            match self.allocate_network(&network) {
+                Ok((ipam, driver)) => {
                     let size = prost::Message::encoded_len(&network)
+                        + prost::Message::encoded_len(&ipam)
                         + prost::Message::encoded_len(&driver);
-                    allocated.push(((network.id, driver), size));
+                    allocated.push(((network.id, ipam, driver), size));
                 }
                 Err(e) => {
                     if self.unallocated_networks.insert(network.id.clone()) {
@@ -224,17 +374,48 @@ impl Allocator {
         }
     }
 
-    async fn commit_networks(&mut self, batch: Vec<(String, api::Driver)>) {
-        let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+    /// The IPAM state (subnets first: the VXLAN IDs count its IPv4 subnets) and driver state of a
+    /// network; on error it holds nothing.
+    fn allocate_network(
+        &mut self,
+        network: &api::Network,
+    ) -> Result<(api::IpamOptions, api::Driver), Error> {
+        let ipam = self.ipam.allocate_network(network)?;
+        let with_ipam = api::Network {
+            ipam: Some(ipam.clone()),
+            ..network.clone()
+        };
+        match self.networks.allocate(&with_ipam) {
+            Ok(driver) => Ok((ipam, driver)),
+            Err(e) => {
+                self.ipam.release_network(&network.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes back what a stored, allocated network holds; on error it holds nothing.
+    fn restore_network(&mut self, network: &api::Network) -> Result<(), Error> {
+        self.ipam.restore_network(network)?;
+        if let Err(e) = self.networks.allocate(network) {
+            self.ipam.release_network(&network.id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn commit_networks(&mut self, batch: Vec<NetworkAllocation>) {
+        let ids: Vec<String> = batch.iter().map(|(id, ..)| id.clone()).collect();
         let result = self
             .store
             .update(move |tx| {
                 let (mut removed, mut failed) = (BTreeSet::new(), BTreeSet::new());
-                for (id, driver) in batch {
+                for (id, ipam, driver) in batch {
                     let Some(mut network) = tx.get_network(&id) else {
                         removed.insert(id);
                         continue;
                     };
+                    network.ipam = Some(ipam);
                     network.driver_state = Some(driver);
                     if let Err(e) = tx.update_network(network) {
                         error!(network.id = %id, error = %e, "failed to store the allocation of a network");
@@ -259,6 +440,7 @@ impl Allocator {
             if removed.contains(&id) || failed.contains(&id) {
                 // A network removed meanwhile is forgotten; any other failure is retried.
                 self.networks.deallocate(&id);
+                self.ipam.release_network(&id);
                 if failed.contains(&id) {
                     self.unallocated_networks.insert(id);
                 } else {
@@ -266,7 +448,7 @@ impl Allocator {
                 }
                 continue;
             }
-            debug!(network.id = %id, "allocated network driver state");
+            debug!(network.id = %id, "allocated network subnets and driver state");
             self.unallocated_networks.remove(&id);
         }
     }
@@ -275,6 +457,9 @@ impl Allocator {
         if kind == EventKind::Remove {
             if self.ports.release(&service.id) {
                 debug!(service.id = %service.id, "freed the ports of a removed service");
+            }
+            if self.vips.release(&mut self.ipam, &service.id) {
+                debug!(service.id = %service.id, "freed the virtual IPs of a removed service");
             }
             self.unallocated_services.remove(&service.id);
             self.something_was_deallocated = true;
@@ -290,7 +475,19 @@ impl Allocator {
     }
 
     fn on_task(&mut self, kind: EventKind, task: &api::Task) {
+        if kind == EventKind::Remove {
+            self.nodes.forget_task(&task.id);
+        } else {
+            self.nodes.track_task(task);
+        }
+        if (kind == EventKind::Remove || is_past_running(task))
+            && self.task_addresses.release(&mut self.ipam, &task.id)
+        {
+            debug!(task.id = %task.id, "freed the network addresses of a task");
+            self.something_was_deallocated = true;
+        }
         if kind == EventKind::Remove || !is_new(task) {
+            self.task_errors.remove(&task.id);
             self.pending_tasks.remove(&task.id);
             self.unallocated_tasks.remove(&task.id);
             return;
@@ -300,8 +497,29 @@ impl Allocator {
             .insert(task.id.clone(), task.service_id.clone());
     }
 
+    /// A created node needs its ingress attachment, an updated one whose stored attachments are
+    /// not what it holds is put right, a removed one gives its addresses back.
+    fn on_node(&mut self, kind: EventKind, node: &api::Node) {
+        match kind {
+            EventKind::Remove => {
+                if self.nodes.release_node(&mut self.ipam, &node.id) {
+                    debug!(node.id = %node.id, "freed the network attachments of a removed node");
+                    self.something_was_deallocated = true;
+                }
+                self.unallocated_nodes.remove(&node.id);
+            }
+            EventKind::Create => self.nodes.mark_dirty(&node.id),
+            EventKind::Update => {
+                if !self.nodes.matches_stored(node) {
+                    self.nodes.mark_dirty(&node.id);
+                }
+            }
+        }
+    }
+
     async fn on_commit(&mut self) {
         self.process_pending_tasks().await;
+        self.process_nodes().await;
         if self.something_was_deallocated || Instant::now() >= self.last_retry + RETRY_INTERVAL {
             self.retry().await;
         }
@@ -322,6 +540,10 @@ impl Allocator {
         let waiting = std::mem::take(&mut self.unallocated_tasks);
         self.pending_tasks.extend(waiting);
         self.process_pending_tasks().await;
+        for node in std::mem::take(&mut self.unallocated_nodes) {
+            self.nodes.mark_dirty(&node);
+        }
+        self.process_nodes().await;
     }
 
     /// Allocates the endpoints of the services `ids` (latest stored versions) and stores them, one
@@ -336,12 +558,25 @@ impl Allocator {
             if !self.needs_allocation(&service) {
                 continue;
             }
-            match self.ports.allocate(&service) {
-                Ok(allocation) => {
-                    let size = prost::Message::encoded_len(&service);
-                    allocated.push(((service.id, allocation), size));
+            match self.allocate_service(&service) {
+                Ok((mut allocation, vips)) => {
+                    if !vips.vips.is_empty() || allocation.endpoint.is_some() {
+                        allocation
+                            .endpoint
+                            .get_or_insert_with(Default::default)
+                            .virtual_ips = vips.vips.clone();
+                    }
+                    let size = prost::Message::encoded_len(&service)
+                        + allocation
+                            .endpoint
+                            .as_ref()
+                            .map_or(0, prost::Message::encoded_len);
+                    allocated.push(((service.id, allocation, vips), size));
                 }
                 Err(e) => {
+                    if let Error::Ipam(IpamError::NoAvailableAddress { network_id }) = &e {
+                        self.warn_exhausted(network_id, &e);
+                    }
                     if self.unallocated_services.insert(service.id.clone()) {
                         warn!(service.id = %service.id, error = %e, "failed allocation for service");
                     } else {
@@ -355,10 +590,37 @@ impl Allocator {
         }
     }
 
-    async fn commit_services(&mut self, batch: Vec<(String, crate::ports::Allocation)>) {
+    /// The ports and the virtual IPs of `service`'s endpoint; on failure nothing stays taken.
+    fn allocate_service(
+        &mut self,
+        service: &api::Service,
+    ) -> Result<(crate::ports::Allocation, VipAllocation), Error> {
+        let allocation = self.ports.allocate(service)?;
+        let ingress = self.ingress.as_deref();
+        let (store, ipam, vips) = (&self.store, &mut self.ipam, &self.vips);
+        let networks = network_copies(
+            store,
+            crate::attachments::service_networks(service)
+                .iter()
+                .map(|c| c.target.as_str())
+                .chain(ingress),
+        );
+        match vips.allocate(ipam, service, ingress, |id| networks.get(id).cloned()) {
+            Ok(vips) => Ok((allocation, vips)),
+            Err(e) => {
+                self.ports.undo(&service.id, allocation.previous);
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_services(
+        &mut self,
+        batch: Vec<(String, crate::ports::Allocation, VipAllocation)>,
+    ) {
         let endpoints: Vec<(String, Option<api::Endpoint>)> = batch
             .iter()
-            .map(|(id, a)| (id.clone(), a.endpoint.clone()))
+            .map(|(id, a, _)| (id.clone(), a.endpoint.clone()))
             .collect();
         let result = self
             .store
@@ -385,15 +647,19 @@ impl Allocator {
             .await;
         match result {
             Ok(gone) => {
-                for (id, allocation) in batch {
+                for (id, allocation, vips) in batch {
                     if gone.contains(&id) {
                         self.ports.undo(&id, allocation.previous);
+                        self.vips.abort(&mut self.ipam, &vips);
                         self.unallocated_services.remove(&id);
                         continue;
                     }
                     debug!(service.id = %id, "allocated service endpoint");
-                    if self.ports.freed_any(&id, &allocation.previous) {
-                        // Ports given up by a spec change may be what another service waits for.
+                    if self.ports.freed_any(&id, &allocation.previous)
+                        | self.vips.commit(&mut self.ipam, &id, &vips)
+                    {
+                        // Ports or addresses given up by a spec change may be what another
+                        // service waits for.
                         self.something_was_deallocated = true;
                     }
                     self.unallocated_services.remove(&id);
@@ -402,8 +668,9 @@ impl Allocator {
             }
             Err(e) => {
                 error!(error = %e, "failed to store service allocations");
-                for (id, allocation) in batch {
+                for (id, allocation, vips) in batch {
                     self.ports.undo(&id, allocation.previous);
+                    self.vips.abort(&mut self.ipam, &vips);
                     self.unallocated_services.insert(id);
                 }
             }
@@ -424,62 +691,335 @@ impl Allocator {
         }
     }
 
-    /// Moves the pending NEW tasks whose service is allocated to PENDING, copying the service
-    /// endpoint into them, one transaction per batch; the others wait in `unallocated_tasks`.
+    /// Moves the pending NEW tasks whose service is allocated to PENDING, with their network
+    /// attachments (an address on each overlay network) and a copy of the service endpoint, in
+    /// batches; the others wait in `unallocated_tasks`, a task whose attachments cannot be
+    /// allocated with the reason in its status error.
     async fn process_pending_tasks(&mut self) {
+        if self.pending_tasks.is_empty() {
+            return;
+        }
         let pending: Vec<(String, String)> = std::mem::take(&mut self.pending_tasks)
             .into_iter()
             .collect();
-        let unallocated = &self.unallocated_services;
+        let mut writes = Vec::new();
+        let mut waiting = Vec::new();
+        for chunk in pending.chunks(MAX_BATCH) {
+            self.prepare_tasks(chunk, &mut writes, &mut waiting);
+        }
         let errors = self
             .store
-            .batch(&pending, |tx, (task_id, _)| {
+            .batch(&writes, |tx, write| {
+                let task_id = match write {
+                    TaskWrite::Allocated(t) => &t.task_id,
+                    TaskWrite::Waits { task_id, .. } => task_id,
+                };
                 let Some(mut task) = tx.get_task(task_id) else {
                     return Ok(());
                 };
                 if !is_new(&task) {
                     return Ok(());
                 }
-                if !task.service_id.is_empty() {
-                    let ready = tx
-                        .get_service(&task.service_id)
-                        .filter(|s| !unallocated.contains(&s.id) && is_service_allocated(s));
-                    let Some(service) = ready else {
-                        debug!(task.id = %task.id, service.id = %task.service_id, "task waits for its service to be allocated");
-                        return Ok(());
-                    };
-                    if service.endpoint.is_some() {
-                        task.endpoint = service.endpoint.map(Box::new);
+                match write {
+                    TaskWrite::Allocated(ready) => {
+                        if let Some(attachments) = &ready.attachments {
+                            task.networks.clone_from(attachments);
+                        }
+                        if let Some(endpoint) = &ready.endpoint {
+                            task.endpoint = Some(Box::new(endpoint.clone()));
+                        }
+                        task.status = Some(api::TaskStatus {
+                            state: api::TaskState::Pending as i32,
+                            message: ALLOCATED_STATUS_MESSAGE.to_string(),
+                            timestamp: Some(prost_types::Timestamp::from(SystemTime::now())),
+                            ..Default::default()
+                        });
+                    }
+                    TaskWrite::Waits { err, .. } => {
+                        let status = task.status.get_or_insert_with(Default::default);
+                        if status.err == *err {
+                            return Ok(());
+                        }
+                        status.err.clone_from(err);
                     }
                 }
-                task.status = Some(api::TaskStatus {
-                    state: api::TaskState::Pending as i32,
-                    message: ALLOCATED_STATUS_MESSAGE.to_string(),
-                    timestamp: Some(prost_types::Timestamp::from(SystemTime::now())),
-                    ..Default::default()
-                });
                 tx.update_task(task)
             })
             .await;
         for e in errors {
             error!(error = %e, "failed to move task to pending");
         }
-        // What is still NEW (its service not allocated yet, or its write failed) waits.
-        let waiting: Vec<bool> = self.store.view(|tx| {
-            pending
+        // A task stored with its attachments holds their addresses; one that was not (removed,
+        // moved on meanwhile, or its write failed) gives them back, and waits if still NEW.
+        let stored: Vec<Option<(bool, Vec<Held>)>> = self.store.view(|tx| {
+            writes
                 .iter()
-                .map(|(task_id, _)| {
-                    tx.get_shared::<api::Task>(task_id)
-                        .is_some_and(|t| is_new(&t))
+                .map(|w| {
+                    let id = match w {
+                        TaskWrite::Allocated(t) => &t.task_id,
+                        TaskWrite::Waits { task_id, .. } => task_id,
+                    };
+                    tx.get_shared::<api::Task>(id)
+                        .map(|t| (is_new(&t), held_addresses(&t.networks)))
                 })
                 .collect()
         });
-        for ((task_id, service_id), waits) in pending.into_iter().zip(waiting) {
-            if waits {
-                self.unallocated_tasks.insert(task_id, service_id);
+        for (write, stored) in writes.into_iter().zip(stored) {
+            match write {
+                TaskWrite::Allocated(ready) => match stored {
+                    Some((false, held)) if same_addresses(&held, &ready.taken) => {
+                        self.task_errors.remove(&ready.task_id);
+                        self.task_addresses.hold(&ready.task_id, ready.taken);
+                    }
+                    other => {
+                        release_all(&mut self.ipam, &ready.taken);
+                        if other.is_some_and(|(new, _)| new) {
+                            waiting.push(ready.task_id);
+                        }
+                    }
+                },
+                TaskWrite::Waits { task_id, err } => {
+                    if stored.is_some_and(|(new, _)| new) {
+                        self.task_errors.insert(task_id.clone(), err);
+                        waiting.push(task_id);
+                    }
+                }
+            }
+        }
+        for task_id in waiting {
+            let service_id = pending
+                .iter()
+                .find(|(t, _)| *t == task_id)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
+            self.unallocated_tasks.insert(task_id, service_id);
+        }
+    }
+
+    /// Works out what to write into each of the pending tasks `chunk`: attachments and addresses
+    /// for the tasks whose service is allocated, the reason for those whose addresses cannot be
+    /// had; the tasks whose service is not allocated yet go to `waiting`.
+    fn prepare_tasks(
+        &mut self,
+        chunk: &[(String, String)],
+        writes: &mut Vec<TaskWrite>,
+        waiting: &mut Vec<String>,
+    ) {
+        let ingress_id = self.ingress.clone();
+        let unallocated = &self.unallocated_services;
+        let vips = &self.vips;
+        let held = &self.task_addresses;
+        // Read under the store's lock, allocate after it.
+        let (tasks, networks) = self.store.view(|tx| {
+            let mut networks: HashMap<String, api::Network> = HashMap::new();
+            let fetch = |id: &str, networks: &mut HashMap<String, api::Network>| {
+                if !networks.contains_key(id)
+                    && let Some(n) = tx.get_network(id)
+                {
+                    networks.insert(id.to_string(), n);
+                }
+                networks.get(id).cloned()
+            };
+            let ingress = ingress_id.as_deref().and_then(|id| fetch(id, &mut networks));
+            let mut tasks = Vec::with_capacity(chunk.len());
+            for (task_id, _) in chunk {
+                let Some(task) = tx.get_shared::<api::Task>(task_id) else {
+                    continue;
+                };
+                if !is_new(&task) {
+                    continue;
+                }
+                let mut service = None;
+                if !task.service_id.is_empty() {
+                    let ready = tx.get_shared::<api::Service>(&task.service_id).filter(|s| {
+                        !unallocated.contains(&s.id)
+                            && is_service_allocated(s)
+                            && vips.is_allocated(s, ingress_id.as_deref(), |id| {
+                                fetch(id, &mut networks)
+                            })
+                    });
+                    let Some(s) = ready else {
+                        debug!(task.id = %task.id, service.id = %task.service_id, "task waits for its service to be allocated");
+                        waiting.push(task.id.clone());
+                        continue;
+                    };
+                    service = Some(s);
+                }
+                let attachments = if held.holds(&task.id) {
+                    // Restored with its addresses: nothing to allocate.
+                    None
+                } else if !task.networks.is_empty() {
+                    Some(task.networks.clone())
+                } else {
+                    let s = service.as_deref();
+                    Some(task_attachments(&task, s, ingress.as_ref(), |id| {
+                        fetch(id, &mut networks)
+                    }))
+                };
+                if let Some(attachments) = &attachments {
+                    for a in attachments.iter().filter_map(|a| a.network.as_ref()) {
+                        fetch(&a.id, &mut networks);
+                    }
+                }
+                let endpoint = service.and_then(|s| s.endpoint.clone());
+                tasks.push((task.id.clone(), endpoint, attachments));
+            }
+            (tasks, networks)
+        });
+        for (task_id, endpoint, attachments) in tasks {
+            let mut ready = ReadyTask {
+                task_id,
+                endpoint,
+                attachments,
+                taken: Vec::new(),
+            };
+            let Some(attachments) = ready.attachments.as_mut().filter(|a| !a.is_empty()) else {
+                writes.push(TaskWrite::Allocated(ready));
+                continue;
+            };
+            let current = |id: &str| networks.get(id).cloned();
+            match crate::attachments::allocate_attachments(&mut self.ipam, attachments, current) {
+                Ok(taken) => {
+                    ready.taken = taken;
+                    writes.push(TaskWrite::Allocated(ready));
+                }
+                Err(AttachError { network_id, error }) => {
+                    if is_exhausted(&error) {
+                        self.warn_exhausted(&network_id, &error);
+                    } else {
+                        debug!(task.id = %ready.task_id, network.id = %network_id, error = %error, "task allocation failure");
+                    }
+                    // SwarmKit's words (it logs them; the task keeps them here).
+                    let err = format!(
+                        "failed to allocate network IP for task {} network {network_id}: {error}",
+                        ready.task_id
+                    );
+                    writes.push(TaskWrite::Waits {
+                        task_id: ready.task_id,
+                        err,
+                    });
+                }
             }
         }
     }
+
+    /// Logs, once per network, that `network_id` has no free address left.
+    fn warn_exhausted(&mut self, network_id: &str, error: &Error) {
+        if self.exhausted.insert(network_id.to_string()) {
+            warn!(
+                network.id = %network_id,
+                error = %error,
+                "could not find an available IP: tasks, services and nodes needing an address on this network wait until one is freed; give the network a larger subnet (this is logged once per network)"
+            );
+        } else {
+            debug!(network.id = %network_id, error = %error, "network still has no free address");
+        }
+    }
+
+    /// Brings the attachments of the nodes marked dirty in line with the networks they need,
+    /// in batches; a node whose attachment could not be allocated is retried.
+    async fn process_nodes(&mut self) {
+        let dirty = self.nodes.take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        let ingress = self.ingress.clone();
+        let mut plans = Vec::new();
+        for chunk in dirty.chunks(MAX_BATCH) {
+            let (nodes, networks) = self.store.view(|tx| {
+                let nodes: Vec<_> = chunk
+                    .iter()
+                    .filter_map(|id| tx.get_shared::<api::Node>(id))
+                    .collect();
+                let mut ids: BTreeSet<String> = ingress.iter().cloned().collect();
+                for node in &nodes {
+                    ids.extend(self.nodes.wanted(&node.id, None));
+                }
+                let networks: HashMap<String, api::Network> = ids
+                    .into_iter()
+                    .filter_map(|id| tx.get_network(&id).map(|n| (id, n)))
+                    .collect();
+                (nodes, networks)
+            });
+            for node in nodes {
+                let current = |id: &str| networks.get(id).cloned();
+                let Some(plan) =
+                    self.nodes
+                        .plan(&mut self.ipam, &node, ingress.as_deref(), current)
+                else {
+                    continue;
+                };
+                for AttachError { network_id, error } in &plan.failed {
+                    if is_exhausted(error) {
+                        self.warn_exhausted(network_id, error);
+                    } else {
+                        debug!(node.id = %node.id, network.id = %network_id, error = %error, "node attachment cannot be allocated");
+                    }
+                    self.unallocated_nodes.insert(node.id.clone());
+                }
+                plans.push(plan);
+            }
+        }
+        let errors = self
+            .store
+            .batch(&plans, |tx, plan| {
+                let Some(mut node) = tx.get_node(&plan.node_id) else {
+                    return Ok(());
+                };
+                if node.attachments == plan.attachments {
+                    return Ok(());
+                }
+                node.attachments.clone_from(&plan.attachments);
+                tx.update_node(node)
+            })
+            .await;
+        for e in errors {
+            error!(error = %e, "failed to store node network attachments");
+        }
+        let stored: Vec<Option<bool>> = self.store.view(|tx| {
+            plans
+                .iter()
+                .map(|p| {
+                    tx.get_shared::<api::Node>(&p.node_id)
+                        .map(|n| n.attachments == p.attachments)
+                })
+                .collect()
+        });
+        for (plan, stored) in plans.into_iter().zip(stored) {
+            match stored {
+                Some(true) => {
+                    if self.nodes.commit(&mut self.ipam, &plan) {
+                        self.something_was_deallocated = true;
+                    }
+                }
+                Some(false) => {
+                    release_all(&mut self.ipam, &plan.taken);
+                    self.unallocated_nodes.insert(plan.node_id);
+                }
+                None => release_all(&mut self.ipam, &plan.taken),
+            }
+        }
+    }
+}
+
+/// Copies of the stored networks `ids` (those that exist).
+fn network_copies<'a>(
+    store: &MemoryStore,
+    ids: impl Iterator<Item = &'a str>,
+) -> HashMap<String, api::Network> {
+    store.view(|tx| {
+        ids.filter_map(|id| tx.get_network(id).map(|n| (id.to_string(), n)))
+            .collect()
+    })
+}
+
+/// Whether two lists of held addresses hold the same ones.
+fn same_addresses(a: &[Held], b: &[Held]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }
 
 /// `items`, each with the encoded size of the object its write rewrites, in store transactions
@@ -503,7 +1043,31 @@ fn into_batches<T>(items: Vec<(T, usize)>) -> Vec<Vec<T>> {
     batches
 }
 
+/// Whether a stored network holds its allocation: driver state and IPAM state (an empty one for a
+/// node-local network), written together.
+fn is_network_allocated(network: &api::Network) -> bool {
+    network.driver_state.is_some() && network.ipam.is_some()
+}
+
+/// The cluster's default address pool; the built-in one when there is no cluster object yet or
+/// its pool is not valid (swarmd checks the pool before it creates the cluster, so only a damaged
+/// store has one).
+fn address_pool(cluster: Option<&api::Cluster>) -> PoolConfig {
+    let Some(cluster) = cluster else {
+        return PoolConfig::default();
+    };
+    PoolConfig::from_cluster(cluster).unwrap_or_else(|e| {
+        error!(error = %e, "the cluster's default address pool is not valid, using {}", crate::ipam::DEFAULT_ADDRESS_POOL);
+        PoolConfig::default()
+    })
+}
+
 /// A task the allocator still has to move on.
 fn is_new(task: &api::Task) -> bool {
     task.status.as_ref().map_or(0, |s| s.state) < api::TaskState::Pending as i32
+}
+
+/// A task that stopped running (or never will): it holds no address any more.
+fn is_past_running(task: &api::Task) -> bool {
+    task.status.as_ref().map_or(0, |s| s.state) > api::TaskState::Running as i32
 }

@@ -61,6 +61,15 @@ pub enum Error {
     /// Every VNI of the range is taken.
     #[error("no free vxlan id left in {VXLAN_ID_START}-{VXLAN_ID_END}")]
     VxlanIdsExhausted,
+    /// An IPAM request failed (subnets, gateways, addresses).
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
+    /// An attachment or VIP on a network that is not allocated yet (or is gone).
+    #[error("network {id} not allocated yet")]
+    NetworkNotAllocated {
+        /// The network's ID.
+        id: String,
+    },
     /// A store write failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -57,6 +57,12 @@ pub(crate) fn driver_name(network: &api::Network) -> &str {
         .unwrap_or(DEFAULT_DRIVER)
 }
 
+/// Whether the network's driver is node-local (bridge, host, macvlan, ipvlan): nothing of it is
+/// allocated cluster-wide but the driver's name.
+pub(crate) fn is_node_local(network: &api::Network) -> bool {
+    NODE_LOCAL_DRIVERS.contains(&driver_name(network))
+}
+
 /// How many IPv4 subnets the network has: one per IPv4 IPAM config (of its allocated IPAM state,
 /// else of its spec), or the single default subnet when it has none.
 fn ipv4_subnets(network: &api::Network) -> usize {
@@ -114,7 +120,7 @@ impl NetworkDrivers {
             });
         }
         let name = driver_name(network).to_string();
-        if NODE_LOCAL_DRIVERS.contains(&name.as_str()) {
+        if is_node_local(network) {
             self.networks.insert(network.id.clone(), Vec::new());
             return Ok(api::Driver {
                 name,

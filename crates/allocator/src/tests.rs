@@ -1,6 +1,6 @@
-//! Tests of the allocator loop over a raft-less store: networks' driver state and ports reserved,
-//! freed and rebuilt after a restart, and NEW tasks moved to PENDING. The pure VXLAN ID and port
-//! logic is tested in `networks.rs` and `ports.rs`.
+//! Tests of the allocator loop over a raft-less store: networks' subnets, driver state and ports
+//! reserved, freed and rebuilt after a restart, and NEW tasks moved to PENDING. The pure IPAM,
+//! VXLAN ID and port logic is tested in `ipam/tests.rs`, `networks.rs` and `ports.rs`.
 
 use std::time::Duration;
 
@@ -405,10 +405,31 @@ fn network(id: &str, driver: &str, vnis: Option<&str>) -> api::Network {
     }
 }
 
-/// The networks bootstrap creates: ingress (VNI 4096) and the predefined bridge and host.
+/// The IPAM state of a network with the given `(subnet, gateway)` configs.
+fn ipam_state(configs: &[(&str, &str)]) -> api::IpamOptions {
+    api::IpamOptions {
+        driver: Some(api::Driver {
+            name: "default".into(),
+            ..Default::default()
+        }),
+        configs: configs
+            .iter()
+            .map(|(subnet, gateway)| api::IpamConfig {
+                family: api::ipam_config::AddressFamily::Ipv4 as i32,
+                subnet: subnet.to_string(),
+                gateway: gateway.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// The networks bootstrap creates: ingress (10.0.0.0/24, VNI 4096) and the predefined bridge
+/// and host.
 fn bootstrap_networks() -> Vec<api::Network> {
     let mut ingress = network("ingress", "", Some("4096"));
     ingress.spec.as_mut().expect("spec").ingress = true;
+    ingress.ipam = Some(ipam_state(&[("10.0.0.0/24", "10.0.0.1")]));
     let predefined = |name: &str| {
         let mut n = network(name, name, None);
         let spec = n.spec.as_mut().expect("spec");
@@ -420,6 +441,10 @@ fn bootstrap_networks() -> Vec<api::Network> {
         n.driver_state = Some(api::Driver {
             name: name.into(),
             ..Default::default()
+        });
+        n.ipam = Some(api::IpamOptions {
+            driver: Some(api::Driver::default()),
+            configs: Vec::new(),
         });
         n
     };
@@ -541,5 +566,152 @@ async fn ids_in_the_store_at_start_are_not_handed_out_again() {
     // A driver swarmd has no plugin for is not allocated, and nothing else waits for it.
     let plugin = store.view(|tx| tx.get_network("plugin")).expect("plugin");
     assert_eq!(plugin.driver_state, None);
+    allocator.stop().await;
+}
+
+/// Waits for the network's IPAM state and returns its `(subnet, gateway)` configs.
+async fn wait_subnets(store: &MemoryStore, id: &str) -> Vec<(String, String)> {
+    let network = testkit::wait_for(WAIT, store, &format!("network {id} allocated"), |tx| {
+        tx.get_network(id).filter(|n| n.ipam.is_some())
+    })
+    .await;
+    // The driver state is written in the same transaction.
+    assert!(network.driver_state.is_some(), "{network:?}");
+    let ipam = network.ipam.expect("ipam");
+    // Node-local networks get the empty state SwarmKit gives them.
+    let driver = if ipam.configs.is_empty() {
+        ""
+    } else {
+        "default"
+    };
+    assert_eq!(ipam.driver.expect("driver").name, driver);
+    ipam.configs
+        .into_iter()
+        .map(|c| (c.subnet, c.gateway))
+        .collect()
+}
+
+fn subnet(subnet: &str, gateway: &str) -> Vec<(String, String)> {
+    vec![(subnet.to_string(), gateway.to_string())]
+}
+
+fn with_subnets(mut n: api::Network, configs: &[(&str, &str)]) -> api::Network {
+    n.spec.as_mut().expect("spec").ipam = Some(api::IpamOptions {
+        driver: None,
+        configs: ipam_state(configs).configs,
+    });
+    n
+}
+
+#[tokio::test]
+async fn created_networks_get_subnets_from_the_default_pool_or_their_own() {
+    let store = MemoryStore::new(None);
+    create_networks(&store, bootstrap_networks()).await;
+    let allocator = start(&store);
+    create_networks(&store, vec![network("a", "overlay", None)]).await;
+    assert_eq!(
+        wait_subnets(&store, "a").await,
+        subnet("10.0.1.0/24", "10.0.1.1"),
+        "ingress holds 10.0.0.0/24"
+    );
+    let user = with_subnets(
+        network("u", "overlay", None),
+        &[("10.1.0.0/16", ""), ("10.2.0.0/16", "10.2.0.9")],
+    );
+    create_networks(&store, vec![user]).await;
+    assert_eq!(
+        wait_subnets(&store, "u").await,
+        [
+            ("10.1.0.0/16".to_string(), "10.1.0.1".to_string()),
+            ("10.2.0.0/16".to_string(), "10.2.0.9".to_string())
+        ]
+    );
+    // One VXLAN ID per IPv4 subnet.
+    assert_eq!(wait_driver_state(&store, "u").await.1, "4098,4099");
+    // Node-local networks get an empty IPAM state, as SwarmKit's.
+    create_networks(&store, vec![network("m", "macvlan", None)]).await;
+    assert_eq!(wait_subnets(&store, "m").await, []);
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_pool_waits_for_a_removed_networks_subnet_and_a_restart_keeps_them() {
+    let store = MemoryStore::new(None);
+    // A cluster whose default pool holds two /24s.
+    store
+        .update(|tx| {
+            tx.create_cluster(api::Cluster {
+                id: "cluster".into(),
+                default_address_pool: vec!["10.9.0.0/23".into()],
+                subnet_size: 24,
+                ..Default::default()
+            })
+        })
+        .await
+        .expect("cluster");
+    let allocator = start(&store);
+    create_networks(&store, vec![network("a", "overlay", None)]).await;
+    assert_eq!(
+        wait_subnets(&store, "a").await,
+        subnet("10.9.0.0/24", "10.9.0.1")
+    );
+    create_networks(&store, vec![network("b", "overlay", None)]).await;
+    assert_eq!(
+        wait_subnets(&store, "b").await,
+        subnet("10.9.1.0/24", "10.9.1.1")
+    );
+    create_networks(&store, vec![network("c", "overlay", None)]).await;
+    barrier(&store, "sync").await;
+    let c = store.view(|tx| tx.get_network("c")).expect("c");
+    assert_eq!(
+        (c.ipam, c.driver_state),
+        (None, None),
+        "no subnet left for c"
+    );
+    store
+        .update(|tx| tx.delete_network("a"))
+        .await
+        .expect("delete a");
+    assert_eq!(
+        wait_subnets(&store, "c").await,
+        subnet("10.9.0.0/24", "10.9.0.1")
+    );
+    // A new leader takes back what the store holds: nothing is left for d.
+    allocator.stop().await;
+    let allocator = start(&store);
+    create_networks(&store, vec![network("d", "overlay", None)]).await;
+    barrier(&store, "sync2").await;
+    let d = store.view(|tx| tx.get_network("d")).expect("d");
+    assert_eq!(
+        d.ipam, None,
+        "the restored subnets are not handed out again"
+    );
+    store
+        .update(|tx| tx.delete_network("b"))
+        .await
+        .expect("delete b");
+    assert_eq!(
+        wait_subnets(&store, "d").await,
+        subnet("10.9.1.0/24", "10.9.1.1")
+    );
+    allocator.stop().await;
+}
+
+#[tokio::test]
+async fn at_start_ingress_is_allocated_first() {
+    let store = MemoryStore::new(None);
+    let mut ingress = network("z-ingress", "", None);
+    ingress.spec.as_mut().expect("spec").ingress = true;
+    create_networks(&store, vec![network("a", "overlay", None), ingress]).await;
+    let allocator = start(&store);
+    assert_eq!(
+        wait_subnets(&store, "z-ingress").await,
+        subnet("10.0.0.0/24", "10.0.0.1")
+    );
+    assert_eq!(wait_driver_state(&store, "z-ingress").await.1, "4096");
+    assert_eq!(
+        wait_subnets(&store, "a").await,
+        subnet("10.0.1.0/24", "10.0.1.1")
+    );
     allocator.stop().await;
 }

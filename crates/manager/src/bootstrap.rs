@@ -1,12 +1,16 @@
-//! The objects a fresh cluster starts with: the `default` Cluster (with the root CA key and both
-//! join tokens), this manager's Node, the `ingress` network and the predefined `bridge` and `host`
-//! networks (SwarmKit's manager.go becomeLeader). Run on every leadership gain; objects that already
-//! exist are left alone, so a restart changes nothing.
+//! The objects a fresh cluster starts with: the `default` Cluster (with the root CA key, both
+//! join tokens and the default address pool when swarmd was given one), this manager's Node, the
+//! `ingress` network and the predefined `bridge` and `host` networks (SwarmKit's manager.go
+//! becomeLeader). Run on every leadership gain; objects that already exist are left alone, so a
+//! restart changes nothing. Unlike SwarmKit, the networks are written allocated, as the allocator
+//! would allocate them first: ingress with the first subnet of the cluster's default pool and VNI
+//! 4096, bridge and host with their driver's name and an empty IPAM state.
 
 use std::time::Duration;
 
+use allocator::ipam::{Ipam, IpamError, PoolConfig};
 use store::{By, MemoryStore, StoreError};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Label that marks the networks every node has locally (SwarmKit's networkallocator.PredefinedLabel).
 pub const PREDEFINED_LABEL: &str = "com.docker.swarm.predefined";
@@ -43,6 +47,26 @@ pub struct BootstrapInfo {
     /// This manager's certificate chain PEM, recorded in its Node object as the CA signer records
     /// every certificate it issues (a root rotation tells from it which root issued it).
     pub node_cert: Vec<u8>,
+    /// The default address pool of a new cluster (`--default-addr-pool`, checked with
+    /// [`address_pool`]); empty: the built-in 10.0.0.0/8.
+    pub default_address_pool: Vec<String>,
+    /// The length of the subnets cut from it (`--default-addr-pool-mask-length`); 0: 24.
+    pub subnet_size: u32,
+}
+
+/// The default address pool a new cluster records: `pools` (the built-in one when empty) cut
+/// into `/mask_length` subnets (24 when 0); `None` when neither is set, as the cluster then
+/// records none (SwarmKit's control API shows the built-in values).
+pub fn address_pool(pools: &[String], mask_length: u32) -> Result<Option<PoolConfig>, IpamError> {
+    if pools.is_empty() && mask_length == 0 {
+        return Ok(None);
+    }
+    let pools = if pools.is_empty() {
+        vec![allocator::ipam::DEFAULT_ADDRESS_POOL.to_string()]
+    } else {
+        pools.to_vec()
+    };
+    PoolConfig::new(&pools, mask_length).map(Some)
 }
 
 impl std::fmt::Debug for BootstrapInfo {
@@ -75,7 +99,19 @@ fn duration(d: Duration) -> prost_types::Duration {
 }
 
 fn default_cluster(info: &BootstrapInfo, ca_key: Vec<u8>) -> api::Cluster {
+    let (default_address_pool, subnet_size) =
+        match address_pool(&info.default_address_pool, info.subnet_size) {
+            Ok(Some(pool)) => (pool.pools(), pool.subnet_size()),
+            Ok(None) => (Vec::new(), 0),
+            // swarmd checks the flags before it starts; a bad pool cannot reach here.
+            Err(e) => {
+                warn!(error = %e, "not recording the default address pool");
+                (Vec::new(), 0)
+            }
+        };
     api::Cluster {
+        default_address_pool,
+        subnet_size,
         id: info.cluster_id.clone(),
         spec: Some(api::ClusterSpec {
             annotations: Some(api::Annotations {
@@ -167,8 +203,25 @@ fn total_memory_bytes() -> Option<i64> {
     Some(kib * 1024)
 }
 
-fn ingress_network() -> api::Network {
-    api::Network {
+/// A default address pool asked for on a manager whose cluster exists already is not applied:
+/// the cluster keeps the pool it was created with.
+fn warn_if_pool_differs(cluster: &api::Cluster, info: &BootstrapInfo) {
+    let Ok(Some(asked)) = address_pool(&info.default_address_pool, info.subnet_size) else {
+        return;
+    };
+    if PoolConfig::from_cluster(cluster).ok().as_ref() != Some(&asked) {
+        warn!(
+            pool = ?cluster.default_address_pool,
+            subnet_size = cluster.subnet_size,
+            "the cluster keeps its default address pool: --default-addr-pool applies only when a cluster is created"
+        );
+    }
+}
+
+/// The ingress network, allocated: the first free subnet of the cluster's default pool next to
+/// the networks already stored (none on a fresh cluster) and VNI 4096.
+fn ingress_network(cluster: Option<&api::Cluster>, existing: &[api::Network]) -> api::Network {
+    let mut network = api::Network {
         id: api::naming::new_id(),
         spec: Some(api::NetworkSpec {
             annotations: Some(api::Annotations {
@@ -195,7 +248,26 @@ fn ingress_network() -> api::Network {
             .into(),
         }),
         ..Default::default()
+    };
+    let pool = cluster
+        .map(PoolConfig::from_cluster)
+        .transpose()
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "the cluster's default address pool is not valid");
+            None
+        })
+        .unwrap_or_default();
+    let mut ipam = Ipam::new(pool);
+    for n in existing {
+        // What cannot be restored holds nothing for the allocator either.
+        let _ = ipam.restore_network(n);
     }
+    match ipam.allocate_network(&network) {
+        Ok(state) => network.ipam = Some(state),
+        // Left to the allocator, which logs and retries.
+        Err(e) => warn!(error = %e, "could not allocate the ingress network's subnet"),
+    }
+    network
 }
 
 fn predefined_network(name: &str, driver: &str) -> api::Network {
@@ -217,6 +289,11 @@ fn predefined_network(name: &str, driver: &str) -> api::Network {
             name: driver.into(),
             ..Default::default()
         }),
+        // What SwarmKit's allocator gives node-local networks.
+        ipam: Some(api::IpamOptions {
+            driver: Some(api::Driver::default()),
+            configs: Vec::new(),
+        }),
         ..Default::default()
     }
 }
@@ -226,7 +303,9 @@ pub async fn bootstrap(store: &MemoryStore, info: &BootstrapInfo) -> Result<(), 
     let info = info.clone();
     store
         .update(move |tx| {
-            if tx.get_cluster(&info.cluster_id).is_none() {
+            if let Some(cluster) = tx.get_cluster(&info.cluster_id) {
+                warn_if_pool_differs(&cluster, &info);
+            } else {
                 let Some(key) = info.root_ca_key.clone() else {
                     return Err(StoreError::Invalid(format!(
                         "cluster {} has no cluster object and the root CA key is unknown",
@@ -238,7 +317,9 @@ pub async fn bootstrap(store: &MemoryStore, info: &BootstrapInfo) -> Result<(), 
             if tx.get_node(&info.node_id).is_none() {
                 tx.create_node(manager_node(&info))?;
                 info!("Creating default ingress network");
-                tx.create_network(ingress_network())?;
+                let cluster = tx.get_cluster(&info.cluster_id);
+                let existing = tx.find_networks(By::All);
+                tx.create_network(ingress_network(cluster.as_ref(), &existing))?;
             }
             for (name, driver) in [("bridge", "bridge"), ("host", "host")] {
                 if tx.find_networks(By::Name(name)).is_empty() {

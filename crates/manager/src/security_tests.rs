@@ -89,6 +89,8 @@ pub(crate) fn bootstrap_info(
         hostname: "m1".into(),
         status_addr: "127.0.0.1".into(),
         node_cert,
+        default_address_pool: Vec::new(),
+        subnet_size: 0,
     }
 }
 

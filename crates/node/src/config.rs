@@ -46,6 +46,12 @@ pub struct NodeConfig {
     /// Restart this manager as the only member of a new raft cluster, keeping its state
     /// (`--force-new-cluster`).
     pub force_new_cluster: bool,
+    /// Default address pool of a new cluster (`--default-addr-pool`, Docker's `swarm init`
+    /// flag): the subnets overlay networks without one of their own are cut from; empty means
+    /// 10.0.0.0/8. Recorded in the cluster object when this node creates the cluster.
+    pub default_addr_pool: Vec<String>,
+    /// Length of the subnets cut from it (`--default-addr-pool-mask-length`); 0 means 24.
+    pub default_addr_pool_mask_length: u32,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +74,8 @@ impl Default for NodeConfig {
             executor: crate::ExecutorKind::Auto,
             engine_addr: "unix:///var/run/docker.sock".into(),
             force_new_cluster: false,
+            default_addr_pool: Vec::new(),
+            default_addr_pool_mask_length: 0,
         }
     }
 }
@@ -92,6 +100,19 @@ impl NodeConfig {
             return Err(NodeError::Config(
                 "snapshot interval must be positive".into(),
             ));
+        }
+        let pool_given =
+            !self.default_addr_pool.is_empty() || self.default_addr_pool_mask_length != 0;
+        if pool_given && !self.join_addr.is_empty() {
+            return Err(NodeError::Config(
+                "--default-addr-pool and --default-addr-pool-mask-length apply only to a new cluster, not with --join-addr".into(),
+            ));
+        }
+        if let Err(e) = manager::bootstrap::address_pool(
+            &self.default_addr_pool,
+            self.default_addr_pool_mask_length,
+        ) {
+            return Err(NodeError::Config(format!("--default-addr-pool: {e}")));
         }
         if self.cert_expiry_override.is_some_and(|d| d.is_zero()) {
             return Err(NodeError::Config(

@@ -163,6 +163,8 @@ impl Roles {
             hostname,
             status_addr,
             node_cert: self.security.material().cert_pem,
+            default_address_pool: config.default_addr_pool.clone(),
+            subnet_size: config.default_addr_pool_mask_length,
         };
         let raft = raft::RaftConfig {
             dir: self.state.raft_dir(),

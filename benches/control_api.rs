@@ -12,7 +12,10 @@
 //!   measured in the same run. `BENCH_STRACE=1` also counts the
 //!   manager's fsync and fdatasync calls over the 64-client level with strace (which slows it).
 //! - growth: serial creates on a new manager up to `BENCH_GROWTH_SERVICES` services (10000; 0
-//!   skips the phase): the p50 of the last 100 creates over the p50 of the first 100.
+//!   skips the phase): the p50 of the last 100 creates over the p50 of the first 100. With
+//!   `BENCH_GROWTH_NETWORK=1` every service is attached to one overlay network made first
+//!   (CreateNetwork, driver overlay, 10.128.0.0/16 or larger when needed) with endpoint mode
+//!   VIP, so each gets a VIP; at the end it says how many services have one.
 //! - ha: three managers on loopback; serial and 8 clients (`BENCH_HA_REQUESTS` creates, 300) on
 //!   the leader's socket, then on a follower's, which forwards to the leader.
 //!
@@ -54,6 +57,9 @@ struct Config {
     requests: usize,
     ha_requests: usize,
     growth_services: usize,
+    /// Growth with every service attached to one overlay network, so each gets a VIP
+    /// (`BENCH_GROWTH_NETWORK=1`).
+    growth_network: bool,
     strace: bool,
     perf: Option<PathBuf>,
 }
@@ -84,13 +90,14 @@ async fn max_index(client: &mut ControlClient<Channel>) -> u64 {
 }
 
 /// `total` CreateService calls spread over `clients` clients on `socket` (each connected before
-/// the clock starts), services named `prefix-<client>-<i>`: their latencies, client by client in
-/// call order, and the wall time.
+/// the clock starts), services named `prefix-<client>-<i>`, attached to `network` when given:
+/// their latencies, client by client in call order, and the wall time.
 async fn creates(
     socket: &Path,
     clients: usize,
     total: usize,
     prefix: &str,
+    network: Option<&str>,
 ) -> (Vec<Duration>, Duration) {
     let mut connected = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -101,10 +108,14 @@ async fn creates(
     for (c, mut client) in connected.into_iter().enumerate() {
         let n = total / clients + usize::from(c < total % clients);
         let prefix = format!("{prefix}-{c}");
+        let network = network.map(str::to_string);
         handles.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(n);
             for i in 0..n {
-                let spec = service_spec(&format!("{prefix}-{i}"), 1, "busybox:latest");
+                let mut spec = service_spec(&format!("{prefix}-{i}"), 1, "busybox:latest");
+                if let Some(network) = &network {
+                    spec = common::attached(spec, network);
+                }
                 let t = Instant::now();
                 client
                     .create_service(api::CreateServiceRequest { spec: Some(spec) })
@@ -189,8 +200,14 @@ async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures
             )
         });
         let usage = Usage::begin(&pid);
-        let (lat, elapsed) =
-            creates(&m.socket, clients, cfg.requests, &format!("s{clients}")).await;
+        let (lat, elapsed) = creates(
+            &m.socket,
+            clients,
+            cfg.requests,
+            &format!("s{clients}"),
+            None,
+        )
+        .await;
         let index_after = max_index(&mut probe).await;
         settle(&pid).await;
         let cpu = usage.end().cpu();
@@ -261,36 +278,84 @@ async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures
     );
 }
 
-/// Serial creates on a new manager up to `cfg.growth_services` services.
+/// Serial creates on a new manager up to `cfg.growth_services` services, each attached to one
+/// overlay network when `cfg.growth_network` (created first, with room for a VIP and a task
+/// address per service: a /16, or larger when needed).
 async fn growth(cfg: &Config, flavor: &Flavor, figures: &mut Figures) {
     let cluster = Cluster::start(flavor, 1)
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", flavor.name()));
     let total = cfg.growth_services;
-    let (lat, elapsed) = creates(&cluster.managers[0].socket, 1, total, "g").await;
+    let socket = &cluster.managers[0].socket;
+    let mut control = connect(socket).await;
+    let network = if cfg.growth_network {
+        let prefix = common::prefix_for(2 * total as u64, 16).max(9);
+        let subnet = format!("10.128.0.0/{prefix}");
+        let id = common::create_overlay(&mut control, "growth-net", Some(&subnet), false)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", flavor.name()));
+        println!(
+            "  {}, growth: every service attached to overlay network {id} on {subnet}",
+            flavor.name()
+        );
+        Some(id)
+    } else {
+        None
+    };
+    let (lat, elapsed) = creates(socket, 1, total, "g", network.as_deref()).await;
     let window = GROWTH_WINDOW.min(total);
     let first = p50(&lat[..window]);
     let last = p50(&lat[total - window..]);
-    figures.add(flavor, &growth_metric("first"), first);
-    figures.add(flavor, &growth_metric("last"), last);
-    figures.add(flavor, &growth_metric("ratio"), last / first);
+    figures.add(flavor, &growth_metric(cfg, "first"), first);
+    figures.add(flavor, &growth_metric(cfg, "last"), last);
+    figures.add(flavor, &growth_metric(cfg, "ratio"), last / first);
     println!(
         "  {}, growth to {total} services in {:.1} s: p50 {first:.2} ms of the first {window}, {last:.2} ms of the last {window} ({:.2}x)",
         flavor.name(),
         elapsed.as_secs_f64(),
         last / first
     );
+    if let Some(id) = &network {
+        // What the allocator made of them, once it is idle: the services with a VIP on it.
+        settle(&cluster.managers[0].pid()).await;
+        let services = control
+            .list_services(api::ListServicesRequest::default())
+            .await
+            .expect("list services")
+            .into_inner()
+            .services;
+        let with_vip = services
+            .iter()
+            .filter(|s| {
+                s.endpoint.as_ref().is_some_and(|e| {
+                    e.virtual_ips
+                        .iter()
+                        .any(|v| &v.network_id == id && !v.addr.is_empty())
+                })
+            })
+            .count();
+        println!(
+            "  {}, growth: {with_vip} of {} services have a VIP on the network",
+            flavor.name(),
+            services.len()
+        );
+    }
 }
 
-fn growth_metric(which: &str) -> String {
-    let total = env_u64("BENCH_GROWTH_SERVICES", 10_000);
+fn growth_metric(cfg: &Config, which: &str) -> String {
+    let total = cfg.growth_services;
+    let vip = if cfg.growth_network {
+        " (a VIP each)"
+    } else {
+        ""
+    };
     match which {
-        "first" => format!("growth: p50 ms of creates 1-{GROWTH_WINDOW}"),
+        "first" => format!("growth{vip}: p50 ms of creates 1-{GROWTH_WINDOW}"),
         "last" => format!(
-            "growth: p50 ms of creates {}-{total}",
-            total.saturating_sub(GROWTH_WINDOW as u64) + 1
+            "growth{vip}: p50 ms of creates {}-{total}",
+            total.saturating_sub(GROWTH_WINDOW) + 1
         ),
-        _ => "growth: last / first p50".into(),
+        _ => format!("growth{vip}: last / first p50"),
     }
 }
 
@@ -314,6 +379,7 @@ async fn ha(cfg: &Config, flavor: &Flavor, figures: &mut Figures) {
                 clients,
                 cfg.ha_requests,
                 &format!("{role}{clients}"),
+                None,
             )
             .await;
             lat.sort();
@@ -369,10 +435,10 @@ fn rows(cfg: &Config, phases: &[String], fsync: Option<f64>) -> Vec<Row> {
         rows.push(Row::new(FSYNC_METRIC, Target::None));
     }
     if phases.iter().any(|p| p == "growth") && cfg.growth_services > 0 {
-        rows.push(Row::new(growth_metric("first"), Target::None));
-        rows.push(Row::new(growth_metric("last"), Target::None));
+        rows.push(Row::new(growth_metric(cfg, "first"), Target::None));
+        rows.push(Row::new(growth_metric(cfg, "last"), Target::None));
         rows.push(Row::new(
-            growth_metric("ratio"),
+            growth_metric(cfg, "ratio"),
             Target::OursAtMost(GROWTH_TARGET),
         ));
     }
@@ -417,6 +483,7 @@ fn main() {
         requests: env_u64("BENCH_REQUESTS", 1000).max(1) as usize,
         ha_requests: env_u64("BENCH_HA_REQUESTS", 300).max(1) as usize,
         growth_services: env_u64("BENCH_GROWTH_SERVICES", 10_000) as usize,
+        growth_network: env_u64("BENCH_GROWTH_NETWORK", 0) != 0,
         strace: std::env::var("BENCH_STRACE").is_ok_and(|v| v == "1"),
         perf,
     };
@@ -425,12 +492,17 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "control_api benchmark: CreateService of 1-replica services, nodes drained; {} run(s) of phases {} ({} creates per single-manager level, {} per three-manager level, growth to {} services); ours: {}",
+        "control_api benchmark: CreateService of 1-replica services, nodes drained; {} run(s) of phases {} ({} creates per single-manager level, {} per three-manager level, growth to {} services{}); ours: {}",
         runs,
         phases.join(","),
         cfg.requests,
         cfg.ha_requests,
         cfg.growth_services,
+        if cfg.growth_network {
+            " attached to one overlay network"
+        } else {
+            ""
+        },
         common::SWARMD
     );
     let mut figures = Figures::default();

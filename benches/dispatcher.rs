@@ -4,27 +4,52 @@
 //! `SWARMKIT_REF_BIN` names its build folder (each alone on the machine, one after the other).
 //! Each hollow node joins with the worker token (NodeCA.IssueNodeCertificate, then
 //! NodeCertificateStatus until issued, against the root CA from CA.GetRootCACertificate checked
-//! against the token's digest), opens a Session with a small node description, heartbeats at the
-//! period the dispatcher gives, follows its Assignments stream (COMPLETE, then INCREMENTAL) and
-//! reports every task it is given with desired state RUNNING as RUNNING at once, one
-//! UpdateTaskStatus call per Assignments message. The manager's own node is drained first, as no
-//! agent runs its tasks. Printed: the join time of the N nodes (certificates, sessions, READY in
-//! the store; at most `--join-concurrency` joins at a time), then the time from CreateService with
-//! R replicas to all R tasks RUNNING in the store (ListTasks on the control socket), with the
-//! manager's CPU seconds (utime + stime from /proc) and peak RSS (VmHWM, reset through clear_refs
-//! at the start of each phase) over each phase, the same for this process, and what the bench's
-//! own ListTasks polls cost the manager. Last comes a table of the medians of `BENCH_RUNS` runs
-//! (2): metric | ours | SwarmKit | ratio | target (the issue's) | met?.
+//! against the token's digest), opens a Session with a small node description (whose engine lists
+//! the plugins a Docker engine reports, overlay among them: SwarmKit's scheduler places a task on
+//! a network only on such a node), heartbeats at the period the dispatcher gives, follows its
+//! Assignments stream (COMPLETE, then INCREMENTAL) and reports every task it is given with
+//! desired state RUNNING as RUNNING at once, one UpdateTaskStatus call per Assignments message.
+//! The manager's own node is drained first, as no agent runs its tasks. Printed: the join time of
+//! the N nodes (certificates, sessions, READY in the store; at most `--join-concurrency` joins at
+//! a time), then the time from CreateService with R replicas to all R tasks RUNNING in the store
+//! (ListTasks on the control socket), with the manager's CPU seconds (utime + stime from /proc)
+//! and peak RSS (VmHWM, reset through clear_refs at the start of each phase) over each phase, the
+//! same for this process, and what the bench's own ListTasks polls cost the manager.
+//!
+//! Each run does that twice, each time on a new manager: once with a service attached to no
+//! network, then (unless `--no-network` or `BENCH_NETWORK=0`) with the service attached to an
+//! overlay network made through CreateNetwork (driver overlay, subnet 10.128.0.0/16, larger when
+//! the replicas and nodes need more addresses) with a VIP on it (endpoint mode VIP); the table
+//! shows both times and their ratio, against the issue's target (at most 1.5). The network run
+//! also prints what the allocator gave: the service's VIPs, and how many tasks and nodes have an
+//! address on the network.
+//!
+//! The attachments mode (`--attachments`, not part of the default run) runs no service: the N
+//! nodes join a manager whose ingress network was replaced (RemoveNetwork, then CreateNetwork
+//! with `ingress` set, as SwarmKit's API allows) by one on `--ingress-subnet` (the default
+//! ingress, a /24 as SwarmKit's, when not given), then ListNodes is polled
+//! (`--attach-timeout-secs`, 120, at most) until every node, the manager's included, has an
+//! address on the ingress network (`node.attachments`), or as many as the subnet holds. Then the
+//! manager's log is watched for 10 s more and its lines holding `HOLLOW_EXHAUSTED_PATTERN`
+//! ("could not find an available IP") are counted: the table expects all N + 1 nodes attached
+//! and no such line when the subnet has room, else as many as it holds and one line (SwarmKit
+//! logs one per node it could not attach, again at every retry). The manager's log level is
+//! `BENCH_LOG_LEVEL` (warn).
+//!
+//! Last comes a table of the medians of `BENCH_RUNS` runs (2): metric | ours | SwarmKit | ratio |
+//! target (the issue's) | met?.
 //!
 //! Run with `make bench` or `SWARMKIT_REF_BIN=/work/ref/bin cargo bench --bench dispatcher` (1000
 //! nodes, 10000 replicas); smaller with `cargo bench --bench dispatcher -- --nodes 50 --replicas
 //! 500` (or the environment variables `HOLLOW_NODES`, `HOLLOW_REPLICAS`,
-//! `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`; `--overlay 1` or `HOLLOW_OVERLAY=1` attaches
-//! the service to an overlay network on 10.128.0.0/16 created first; a phase that does not finish
-//! within the timeout, 900 s by default, fails the bench). The bench raises its own open-file limit (and so
-//! swarmd's, which inherits it) to the hard limit when N nodes need more descriptors than the soft
-//! limit allows. `BENCH_PERF=<file>` records a perf profile (call graphs) of our manager over the
-//! join of the first run (BUILDING.md, "Benchmarks").
+//! `HOLLOW_JOIN_CONCURRENCY`, `HOLLOW_TIMEOUT_SECS`; a phase that does not finish within the
+//! timeout, 900 s by default, fails the bench). The attachments mode: `cargo bench --bench
+//! dispatcher -- --attachments --nodes 5000 --ingress-subnet 10.128.0.0/19` (or
+//! `HOLLOW_ATTACHMENTS=1`, `HOLLOW_INGRESS_SUBNET`, `HOLLOW_ATTACH_TIMEOUT_SECS`). The bench
+//! raises its own open-file limit (and so swarmd's, which inherits it) to the hard limit when N
+//! nodes need more descriptors than the soft limit allows. `BENCH_PERF=<file>` records a perf
+//! profile (call graphs) of our manager over the join of the first run (BUILDING.md,
+//! "Benchmarks").
 
 mod common;
 
@@ -64,20 +89,36 @@ struct Args {
     replicas: u64,
     join_concurrency: usize,
     timeout: Duration,
-    /// Attach the service to an overlay network (10.128.0.0/16) created first (`--overlay 1`,
-    /// `HOLLOW_OVERLAY=1`): the cost of VIPs and task and node attachments (issue 17, item 7).
-    overlay: bool,
+    /// Whether each run also runs the R replicas attached to an overlay network (`BENCH_NETWORK`,
+    /// 1 by default; `--network`, `--no-network`).
+    network: bool,
+    /// The attachments mode (`--attachments`): N nodes join, then every node should get an
+    /// address on the ingress network; no service runs.
+    attachments: bool,
+    /// The subnet of the ingress network that replaces the default one in the attachments mode
+    /// (`--ingress-subnet`, `HOLLOW_INGRESS_SUBNET`; the default ingress when unset).
+    ingress_subnet: Option<String>,
+    /// Bound of the wait for the attachments after the join (`--attach-timeout-secs`).
+    attach_timeout: Duration,
+    /// What the manager logs when a network has no address left (`HOLLOW_EXHAUSTED_PATTERN`).
+    exhausted_pattern: String,
     /// Where to record a perf profile of our manager's join phase (`BENCH_PERF`).
     perf: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
+    let text = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut args = Args {
         nodes: env_u64("HOLLOW_NODES", 1000) as usize,
         replicas: env_u64("HOLLOW_REPLICAS", 10_000),
         join_concurrency: env_u64("HOLLOW_JOIN_CONCURRENCY", 32) as usize,
         timeout: Duration::from_secs(env_u64("HOLLOW_TIMEOUT_SECS", 900)),
-        overlay: env_u64("HOLLOW_OVERLAY", 0) != 0,
+        network: env_u64("BENCH_NETWORK", 1) != 0,
+        attachments: env_u64("HOLLOW_ATTACHMENTS", 0) != 0,
+        ingress_subnet: text("HOLLOW_INGRESS_SUBNET"),
+        attach_timeout: Duration::from_secs(env_u64("HOLLOW_ATTACH_TIMEOUT_SECS", 120)),
+        exhausted_pattern: text("HOLLOW_EXHAUSTED_PATTERN")
+            .unwrap_or_else(|| "could not find an available IP".into()),
         perf: std::env::var_os("BENCH_PERF")
             .filter(|p| !p.is_empty())
             .map(|p| std::path::absolute(PathBuf::from(p)).expect("BENCH_PERF path")),
@@ -88,8 +129,9 @@ fn parse_args() -> Args {
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
             None => (arg.clone(), None),
         };
+        let mut text = || inline.clone().or_else(|| it.next()).unwrap_or_default();
         let mut value = || -> u64 {
-            let v = inline.clone().or_else(|| it.next()).unwrap_or_default();
+            let v = text();
             v.parse()
                 .unwrap_or_else(|_| panic!("{flag} wants a number, got {v:?}"))
         };
@@ -100,17 +142,35 @@ fn parse_args() -> Args {
             "--replicas" => args.replicas = value(),
             "--join-concurrency" => args.join_concurrency = value() as usize,
             "--timeout-secs" => args.timeout = Duration::from_secs(value()),
-            "--overlay" => args.overlay = value() != 0,
+            "--network" => args.network = true,
+            "--no-network" => args.network = false,
+            "--attachments" => args.attachments = true,
+            "--ingress-subnet" => args.ingress_subnet = Some(text()),
+            "--attach-timeout-secs" => args.attach_timeout = Duration::from_secs(value()),
             other if other.starts_with('-') => panic!(
-                "unknown flag {other} (known: --nodes, --replicas, --join-concurrency, --timeout-secs, --overlay)"
+                "unknown flag {other} (known: --nodes, --replicas, --join-concurrency, --timeout-secs, \
+                 --network, --no-network, --attachments, --ingress-subnet, --attach-timeout-secs)"
             ),
             // A bench name filter from `cargo bench NAME`: nothing to filter here.
             _ => {}
         }
     }
     assert!(args.nodes > 0, "--nodes must be at least 1");
+    if let Some(subnet) = &args.ingress_subnet {
+        assert!(
+            prefix_len(subnet).is_some(),
+            "--ingress-subnet wants an IPv4 subnet such as 10.128.0.0/20, got {subnet:?}"
+        );
+    }
     args.join_concurrency = args.join_concurrency.max(1);
     args
+}
+
+/// The prefix length of IPv4 subnet `a.b.c.d/p`.
+fn prefix_len(subnet: &str) -> Option<u32> {
+    let (ip, len) = subnet.split_once('/')?;
+    ip.parse::<std::net::Ipv4Addr>().ok()?;
+    len.parse().ok().filter(|l| *l <= 32)
 }
 
 /// Raises the soft open-file limit to the hard one when `needed` descriptors would not fit, and
@@ -186,6 +246,19 @@ fn status_text(s: &tonic::Status) -> String {
     format!("code = {:?} desc = {}", s.code(), s.message())
 }
 
+/// The plugins a Docker engine reports of itself: SwarmKit's scheduler places a task on a network
+/// only on a node whose engine lists the network's driver.
+const ENGINE_PLUGINS: [(&str, &str); 8] = [
+    ("Volume", "local"),
+    ("Network", "bridge"),
+    ("Network", "host"),
+    ("Network", "ipvlan"),
+    ("Network", "macvlan"),
+    ("Network", "null"),
+    ("Network", "overlay"),
+    ("Log", "json-file"),
+];
+
 fn description(idx: usize) -> api::NodeDescription {
     api::NodeDescription {
         hostname: format!("hollow-{idx}"),
@@ -200,6 +273,13 @@ fn description(idx: usize) -> api::NodeDescription {
         }),
         engine: Some(api::EngineDescription {
             engine_version: "hollow".into(),
+            plugins: ENGINE_PLUGINS
+                .iter()
+                .map(|(kind, name)| api::PluginDescription {
+                    r#type: kind.to_string(),
+                    name: name.to_string(),
+                })
+                .collect(),
             ..Default::default()
         }),
         ..Default::default()
@@ -436,28 +516,59 @@ async fn running_tasks(control: &mut ControlClient<Channel>, service_id: &str) -
 }
 
 /// Targets of the issue: join in at most half SwarmKit's time, all RUNNING within 2 s, the
-/// manager's peak RSS at most 160 MB.
+/// manager's peak RSS at most 160 MB, on an overlay network all RUNNING within 1.5 times the time
+/// without one.
 const JOIN_RATIO: f64 = 0.5;
 const RUNNING_SECS: f64 = 2.0;
 const PEAK_MB: f64 = 160.0;
+const NETWORK_RATIO: f64 = 1.5;
+/// Subnet of the overlay network of the network run: a /16, or larger when the replicas and
+/// nodes need more addresses.
+const NETWORK_BASE: &str = "10.128.0.0";
+const NETWORK_PREFIX: u32 = 16;
+/// How long the attachments mode watches the manager's log once the attachments are done, for
+/// the message of an exhausted network to come back.
+const LOG_WATCH: Duration = Duration::from_secs(10);
+/// ListNodes period of the attachments mode.
+const ATTACH_POLL: Duration = Duration::from_secs(1);
+
+/// What one run measures after the join.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// R replicas, attached to no network.
+    Plain,
+    /// R replicas attached to an overlay network (created through the control API).
+    Network,
+    /// No service: every node's address on the ingress network.
+    Attachments,
+}
 
 /// One run against one manager: the join of the N nodes (recorded by perf into `perf` when
-/// given), then R replicas to RUNNING.
+/// given), then what `kind` measures. Returns the time to all RUNNING (the run kinds).
 async fn bench(
     args: &Args,
     flavor: &Flavor,
+    kind: Kind,
     perf: Option<&Path>,
     figures: &mut Figures,
-) -> Result<(), String> {
+) -> Result<f64, String> {
     let cluster = Cluster::start(flavor, 1).await?;
     let manager = &cluster.managers[0];
     let (pid, addr) = (manager.pid(), manager.addr.clone());
-    let who = flavor.name();
+    let who = match kind {
+        Kind::Plain => flavor.name().to_string(),
+        Kind::Network => format!("{}, overlay network", flavor.name()),
+        Kind::Attachments => format!("{}, attachments", flavor.name()),
+    };
     println!(
         "  {who}: swarmd {} (pid {pid}, remote API {addr})",
         flavor.program().display()
     );
     let mut control = connect(&manager.socket).await;
+    if let (Kind::Attachments, Some(subnet)) = (kind, &args.ingress_subnet) {
+        let id = common::replace_ingress(&mut control, subnet).await?;
+        println!("  {who}: the ingress network is now {id} on {subnet}");
+    }
     let token = common::join_tokens(&mut control)
         .await?
         .map(|t| t.worker)
@@ -548,42 +659,36 @@ async fn bench(
         "  {who}, join: {}",
         own_join.end().describe("hollow process")
     );
+    // The join figures are those of the runs without a network: the network runs join alike.
+    if kind != Kind::Network {
+        let m = join_metrics(args);
+        figures.add(flavor, &m[0], ready_at);
+        figures.add(flavor, &m[1], certs_at);
+        figures.add(flavor, &m[2], manager_join.cpu());
+    }
+    if kind == Kind::Attachments {
+        let result = attachments(args, flavor, &who, manager, &mut control, figures).await;
+        nodes.abort_all();
+        while nodes.join_next().await.is_some() {}
+        return result.map(|()| 0.0);
+    }
 
     // Phase 2: CreateService with R replicas until all R tasks are RUNNING in the store.
+    let mut spec = service_spec("hollow", args.replicas, "busybox:latest");
+    if kind == Kind::Network {
+        // Room for a task address per replica, a node address per node and the VIP.
+        let need = args.replicas + args.nodes as u64 + 1;
+        let subnet = format!(
+            "{NETWORK_BASE}/{}",
+            common::prefix_for(need, NETWORK_PREFIX).max(9)
+        );
+        let id = common::create_overlay(&mut control, "hollow-net", Some(&subnet), false).await?;
+        println!("  {who}: overlay network {id} on {subnet}; the service has a VIP on it");
+        spec = common::attached(spec, &id);
+    }
     let run_usage = Usage::begin(&pid);
     let own_run = Usage::begin("self");
     let failures_before = shared.session_failures.load(Ordering::Relaxed);
-    let mut spec = service_spec("hollow", args.replicas, "busybox:latest");
-    if args.overlay {
-        let network = control
-            .create_network(api::CreateNetworkRequest {
-                spec: Some(api::NetworkSpec {
-                    annotations: Some(api::Annotations {
-                        name: "hollow-net".into(),
-                        ..Default::default()
-                    }),
-                    ipam: Some(api::IpamOptions {
-                        driver: None,
-                        configs: vec![api::IpamConfig {
-                            subnet: "10.128.0.0/16".into(),
-                            ..Default::default()
-                        }],
-                    }),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|s| format!("create network: {s}"))?
-            .into_inner()
-            .network
-            .ok_or("no network in the answer")?;
-        if let Some(task) = spec.task.as_mut() {
-            task.networks = vec![api::NetworkAttachmentConfig {
-                target: network.id,
-                ..Default::default()
-            }];
-        }
-    }
     let created = Instant::now();
     let service = control
         .create_service(api::CreateServiceRequest { spec: Some(spec) })
@@ -663,6 +768,12 @@ async fn bench(
         SLOW_POLL.as_secs(),
         FAST_POLL.as_millis(),
     );
+    if kind == Kind::Network {
+        println!(
+            "  {who}, run: {}",
+            network_allocation(&mut control, &service.id).await?
+        );
+    }
     let failures = shared.session_failures.load(Ordering::Relaxed);
     if failures > 0 {
         println!(
@@ -673,26 +784,215 @@ async fn bench(
     nodes.abort_all();
     while nodes.join_next().await.is_some() {}
 
-    let m = metrics(args);
-    figures.add(flavor, &m[0], ready_at);
-    figures.add(flavor, &m[1], certs_at);
-    figures.add(flavor, &m[2], manager_join.cpu());
-    figures.add(flavor, &m[3], running_s);
-    figures.add(flavor, &m[4], manager_run.cpu());
-    figures.add(flavor, &m[5], manager_join.peak_mb.max(manager_run.peak_mb));
+    let m = run_metrics(args, kind);
+    figures.add(flavor, &m[0], running_s);
+    figures.add(flavor, &m[1], manager_run.cpu());
+    figures.add(flavor, &m[2], manager_join.peak_mb.max(manager_run.peak_mb));
+    Ok(running_s)
+}
+
+/// Nodes with an address on a network that `on` accepts (`node.attachments`).
+fn with_address(nodes: &[api::Node], on: impl Fn(&api::Network) -> bool) -> usize {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.attachments
+                .iter()
+                .any(|a| !a.addresses.is_empty() && a.network.as_ref().is_some_and(&on))
+        })
+        .count()
+}
+
+/// What the allocator gave the service of the network run: its VIPs, and how many of its tasks
+/// and of the nodes have an address on the network.
+async fn network_allocation(
+    control: &mut ControlClient<Channel>,
+    service_id: &str,
+) -> Result<String, String> {
+    let service = control
+        .get_service(api::GetServiceRequest {
+            service_id: service_id.to_string(),
+            insert_defaults: false,
+        })
+        .await
+        .map_err(|s| format!("get service: {s}"))?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let vips: Vec<String> = service
+        .endpoint
+        .map(|e| e.virtual_ips.into_iter().map(|v| v.addr).collect())
+        .unwrap_or_default();
+    let request = api::ListTasksRequest {
+        filters: Some(api::list_tasks_request::Filters {
+            service_ids: vec![service_id.to_string()],
+            ..Default::default()
+        }),
+    };
+    let tasks = control
+        .list_tasks(request)
+        .await
+        .map_err(|s| format!("list tasks: {s}"))?
+        .into_inner()
+        .tasks;
+    let addressed = tasks
+        .iter()
+        .filter(|t| t.networks.iter().any(|a| !a.addresses.is_empty()))
+        .count();
+    let nodes = common::list_nodes(control).await?;
+    let attached = with_address(&nodes, |n| n.spec.as_ref().is_some_and(|s| !s.ingress));
+    Ok(format!(
+        "the service's VIPs: {vips:?}; {addressed} of {} tasks and {attached} of {} nodes have an address on a non-ingress network",
+        tasks.len(),
+        nodes.len()
+    ))
+}
+
+/// The attachments mode after the join: waits (`--attach-timeout-secs` at most) until every node,
+/// the manager's included, has an address on the ingress network, or as many as its subnet holds,
+/// then watches the manager's log for `LOG_WATCH` and counts the lines saying that a network has
+/// no address left.
+async fn attachments(
+    args: &Args,
+    flavor: &Flavor,
+    who: &str,
+    manager: &common::Manager,
+    control: &mut ControlClient<Channel>,
+    figures: &mut Figures,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let wanted = args.nodes as u64 + 1;
+    let deadline = started + args.attach_timeout;
+    let mut last_print = Instant::now();
+    let (ingress, subnet, attached, done) = loop {
+        let ingress = common::ingress_network(control)
+            .await?
+            .ok_or("no ingress network")?;
+        // The allocated subnet (the network's IPAM), else the one its spec asks for.
+        let subnet = ingress
+            .ipam
+            .iter()
+            .chain(ingress.spec.as_ref().and_then(|s| s.ipam.as_ref()))
+            .flat_map(|i| i.configs.iter())
+            .map(|c| c.subnet.clone())
+            .find(|s| !s.is_empty());
+        let capacity = subnet
+            .as_deref()
+            .and_then(prefix_len)
+            .map(common::subnet_capacity);
+        let expected = capacity.map_or(wanted, |c| c.min(wanted));
+        let nodes = common::list_nodes(control).await?;
+        let attached = with_address(&nodes, |n| n.id == ingress.id) as u64;
+        if attached >= expected || Instant::now() >= deadline {
+            break (ingress, subnet, attached, attached >= expected);
+        }
+        if last_print.elapsed() >= SLOW_POLL {
+            last_print = Instant::now();
+            eprintln!(
+                "  {:.1} s: {attached} of {wanted} nodes have an ingress address (subnet {}, room for {})",
+                started.elapsed().as_secs_f64(),
+                subnet.as_deref().unwrap_or("unknown"),
+                capacity.map_or("?".into(), |c| c.to_string())
+            );
+        }
+        tokio::time::sleep(ATTACH_POLL).await;
+    };
+    let attached_at = started.elapsed().as_secs_f64();
+    let capacity = subnet
+        .as_deref()
+        .and_then(prefix_len)
+        .map(common::subnet_capacity);
+    let exhausted = capacity.is_some_and(|c| c < wanted);
+    // The message may come after the last attachment: wait for it (bounded), then watch.
+    let pattern = &args.exhausted_pattern;
+    if exhausted {
+        while manager.log_count(pattern) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(FAST_POLL).await;
+        }
+    }
+    tokio::time::sleep(LOG_WATCH).await;
+    let messages = manager.log_count(pattern);
+    let when = if done {
+        format!("{attached_at:.2} s after all were READY")
+    } else {
+        format!("when the wait ended, {attached_at:.0} s after all were READY")
+    };
+    println!(
+        "  {who}: {attached} of {wanted} nodes (the manager's included) have an address on ingress {} (subnet {}, room for {}) {when}",
+        ingress.id,
+        subnet.as_deref().unwrap_or("unknown"),
+        capacity.map_or("?".into(), |c| c.to_string())
+    );
+    println!(
+        "  {who}: {messages} manager log lines hold {pattern:?} ({:.0} s after the attachments; log level {})",
+        LOG_WATCH.as_secs_f64(),
+        std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into())
+    );
+    let m = attach_metrics(args);
+    figures.add(flavor, &m[0], attached as f64);
+    if done {
+        figures.add(flavor, &m[1], attached_at);
+    }
+    figures.add(flavor, &m[2], messages as f64);
     Ok(())
 }
 
-/// The table's metrics, in the order `bench` records them.
-fn metrics(args: &Args) -> [String; 6] {
-    let (n, r) = (args.nodes, args.replicas);
+/// The join rows of the table, in the order `bench` records them.
+fn join_metrics(args: &Args) -> [String; 3] {
+    let n = args.nodes;
     [
         format!("join of {n} nodes: all READY, s"),
         format!("join of {n} nodes: all certificates issued, s"),
         format!("join of {n} nodes: manager CPU s"),
-        format!("{r} replicas on {n} nodes: all RUNNING, s"),
-        format!("{r} replicas on {n} nodes: manager CPU s"),
-        "manager peak RSS over join and run, MB".to_string(),
+    ]
+}
+
+/// The rows of a run of `kind`, in the order `bench` records them.
+fn run_metrics(args: &Args, kind: Kind) -> [String; 3] {
+    let (n, r) = (args.nodes, args.replicas);
+    let on = if kind == Kind::Network {
+        ", overlay network"
+    } else {
+        ""
+    };
+    [
+        format!("{r} replicas on {n} nodes{on}: all RUNNING, s"),
+        format!("{r} replicas on {n} nodes{on}: manager CPU s"),
+        format!("manager peak RSS over join and run{on}, MB"),
+    ]
+}
+
+const NETWORK_RATIO_METRIC: &str = "all RUNNING: overlay network / none";
+
+/// The rows of the attachments mode, in the order `attachments` records them.
+fn attach_metrics(args: &Args) -> [String; 3] {
+    [
+        format!("nodes with an ingress address, of {}", args.nodes + 1),
+        "ingress addresses: s after all READY".into(),
+        format!("manager log lines {:?}", args.exhausted_pattern),
+    ]
+}
+
+/// The attachments mode's expectations: every node attached, or as many as the asked subnet
+/// holds, and then the message of an exhausted network once.
+fn attach_rows(args: &Args) -> Vec<Row> {
+    let wanted = args.nodes as u64 + 1;
+    let capacity = args
+        .ingress_subnet
+        .as_deref()
+        .and_then(prefix_len)
+        .map(common::subnet_capacity);
+    // The default ingress is a /24, as SwarmKit's.
+    let capacity = capacity.unwrap_or(common::subnet_capacity(24));
+    let m = attach_metrics(args);
+    let messages = if capacity < wanted { 1.0 } else { 0.0 };
+    vec![
+        Row::new(
+            m[0].clone(),
+            Target::OursExactly(capacity.min(wanted) as f64),
+        ),
+        Row::new(m[1].clone(), Target::None),
+        Row::new(m[2].clone(), Target::OursExactly(messages)),
     ]
 }
 
@@ -703,9 +1003,29 @@ fn main() {
     let runs = runs();
     // Per node: one connection here and one in swarmd, plus those of joins in flight.
     let nofile = raise_nofile(args.nodes as u64 + 2 * args.join_concurrency as u64 + 256);
+    let kinds: &[Kind] = if args.attachments {
+        &[Kind::Attachments]
+    } else if args.network {
+        &[Kind::Plain, Kind::Network]
+    } else {
+        &[Kind::Plain]
+    };
+    let what = if args.attachments {
+        format!(
+            "attachments on ingress {}",
+            args.ingress_subnet.as_deref().unwrap_or("(the default)")
+        )
+    } else if args.network {
+        format!(
+            "{} replicas without a network, then on an overlay network",
+            args.replicas
+        )
+    } else {
+        format!("{} replicas", args.replicas)
+    };
     println!(
-        "dispatcher benchmark: {} hollow nodes, {} replicas, {runs} run(s), open-file limit {nofile}",
-        args.nodes, args.replicas
+        "dispatcher benchmark: {} hollow nodes, {what}, {runs} run(s), open-file limit {nofile}",
+        args.nodes
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -715,29 +1035,61 @@ fn main() {
     for run in 0..runs {
         println!("run {}/{runs}:", run + 1);
         for flavor in &flavors {
-            let perf = args
-                .perf
-                .as_deref()
-                .filter(|_| run == 0 && *flavor == Flavor::Ours);
-            if let Err(e) = rt.block_on(bench(&args, flavor, perf, &mut figures)) {
-                eprintln!("dispatcher benchmark failed ({}): {e}", flavor.name());
-                std::process::exit(1);
+            let mut plain = None;
+            for &kind in kinds {
+                let perf = args
+                    .perf
+                    .as_deref()
+                    .filter(|_| run == 0 && *flavor == Flavor::Ours && kind != Kind::Network);
+                match rt.block_on(bench(&args, flavor, kind, perf, &mut figures)) {
+                    Ok(secs) if kind == Kind::Plain => plain = Some(secs),
+                    Ok(secs) if kind == Kind::Network => {
+                        if let Some(plain) = plain {
+                            figures.add(flavor, NETWORK_RATIO_METRIC, secs / plain);
+                        }
+                    }
+                    Ok(_) => {}
+                    // SwarmKit's figures with a network are a comparison: the bench goes on
+                    // without them.
+                    Err(e) if kind == Kind::Network && *flavor != Flavor::Ours => {
+                        println!("  {}, overlay network: no figures: {e}", flavor.name());
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "dispatcher benchmark failed ({}, {kind:?}): {e}",
+                            flavor.name()
+                        );
+                        std::process::exit(1);
+                    }
+                }
             }
         }
     }
-    let m = metrics(&args);
-    let targets = [
-        Target::RatioAtMost(JOIN_RATIO),
-        Target::None,
-        Target::None,
-        Target::OursAtMost(RUNNING_SECS),
-        Target::None,
-        Target::OursAtMost(PEAK_MB),
-    ];
-    let rows: Vec<Row> = m
+    let mut rows: Vec<Row> = join_metrics(&args)
         .into_iter()
-        .zip(targets)
+        .zip([Target::RatioAtMost(JOIN_RATIO), Target::None, Target::None])
         .map(|(m, t)| Row::new(m, t))
         .collect();
+    if args.attachments {
+        rows.extend(attach_rows(&args));
+    } else {
+        let targets = [
+            Target::OursAtMost(RUNNING_SECS),
+            Target::None,
+            Target::OursAtMost(PEAK_MB),
+        ];
+        for (m, t) in run_metrics(&args, Kind::Plain).into_iter().zip(targets) {
+            rows.push(Row::new(m, t));
+        }
+        if args.network {
+            for m in run_metrics(&args, Kind::Network) {
+                rows.push(Row::new(m, Target::None));
+            }
+            rows.push(Row::new(
+                NETWORK_RATIO_METRIC,
+                Target::OursAtMost(NETWORK_RATIO),
+            ));
+        }
+    }
     print_table(&figures, &rows);
 }

@@ -146,6 +146,15 @@ impl Manager {
         }
     }
 
+    /// Lines of its log so far that contain `pattern`.
+    pub fn log_count(&self, pattern: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(pattern))
+            .count()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -566,6 +575,7 @@ pub enum Target {
     RatioAtMost(f64),
     OursAtLeast(f64),
     OursAtMost(f64),
+    OursExactly(f64),
 }
 
 /// One row of the final table: a metric (its unit in its name) and its target.
@@ -617,6 +627,7 @@ pub fn print_table(figures: &Figures, rows: &[Row]) {
                 (format!("ours >= {}", number(Some(x))), ours.map(|o| o >= x))
             }
             Target::OursAtMost(x) => (format!("ours <= {}", number(Some(x))), ours.map(|o| o <= x)),
+            Target::OursExactly(x) => (format!("ours = {}", number(Some(x))), ours.map(|o| o == x)),
         };
         let met = match met {
             None if target.is_empty() => "",
@@ -634,8 +645,108 @@ pub fn print_table(figures: &Figures, rows: &[Row]) {
     }
 }
 
+/// Creates an overlay network named `name` (an ingress network when `ingress`) whose one IPAM
+/// config is `subnet` (the default pool's next one when `None`); returns its ID.
+pub async fn create_overlay(
+    control: &mut ControlClient<Channel>,
+    name: &str,
+    subnet: Option<&str>,
+    ingress: bool,
+) -> Result<String, String> {
+    let ipam = subnet.map(|subnet| api::IpamOptions {
+        driver: None,
+        configs: vec![api::IpamConfig {
+            subnet: subnet.to_string(),
+            ..Default::default()
+        }],
+    });
+    let spec = api::NetworkSpec {
+        annotations: Some(api::Annotations {
+            name: name.into(),
+            ..Default::default()
+        }),
+        driver_config: Some(api::Driver {
+            name: "overlay".into(),
+            ..Default::default()
+        }),
+        ipam,
+        ingress,
+        ..Default::default()
+    };
+    control
+        .create_network(api::CreateNetworkRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| format!("create network {name}: {s}"))?
+        .into_inner()
+        .network
+        .map(|n| n.id)
+        .ok_or_else(|| format!("create network {name}: no network in the answer"))
+}
+
+/// The ingress network, as ListNetworks answers (`None` when there is none).
+pub async fn ingress_network(
+    control: &mut ControlClient<Channel>,
+) -> Result<Option<api::Network>, String> {
+    Ok(control
+        .list_networks(api::ListNetworksRequest::default())
+        .await
+        .map_err(|s| format!("list networks: {s}"))?
+        .into_inner()
+        .networks
+        .into_iter()
+        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress)))
+}
+
+/// Replaces the cluster's ingress network by one named `ingress` on `subnet`, as SwarmKit's API
+/// allows (RemoveNetwork, then CreateNetwork with `ingress` set) while no service uses it.
+pub async fn replace_ingress(
+    control: &mut ControlClient<Channel>,
+    subnet: &str,
+) -> Result<String, String> {
+    if let Some(old) = ingress_network(control).await? {
+        control
+            .remove_network(api::RemoveNetworkRequest {
+                network_id: old.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("remove the ingress network {}: {s}", old.id))?;
+    }
+    create_overlay(control, "ingress", Some(subnet), true).await
+}
+
+/// `spec` attached to network `network_id` with a virtual IP (endpoint mode VIP).
+pub fn attached(mut spec: api::ServiceSpec, network_id: &str) -> api::ServiceSpec {
+    if let Some(task) = spec.task.as_mut() {
+        task.networks.push(api::NetworkAttachmentConfig {
+            target: network_id.to_string(),
+            ..Default::default()
+        });
+    }
+    spec.endpoint = Some(api::EndpointSpec {
+        mode: api::endpoint_spec::ResolutionMode::Vip as i32,
+        ports: Vec::new(),
+    });
+    spec
+}
+
+/// The longest IPv4 prefix, `at_most` or shorter, whose subnet holds `addresses` besides its
+/// network, broadcast and gateway addresses (a /8 when none does).
+pub fn prefix_for(addresses: u64, at_most: u32) -> u32 {
+    (8..=at_most)
+        .rev()
+        .find(|p| subnet_capacity(*p) >= addresses)
+        .unwrap_or(8)
+}
+
+/// Addresses an IPv4 /`prefix` has for tasks, nodes and VIPs: all but its network, broadcast and
+/// gateway addresses.
+pub fn subnet_capacity(prefix: u32) -> u64 {
+    (1u64 << (32 - prefix.min(32))).saturating_sub(3)
+}
+
 /// Every node, as ListNodes answers.
-async fn list_nodes(control: &mut ControlClient<Channel>) -> Result<Vec<api::Node>, String> {
+pub async fn list_nodes(control: &mut ControlClient<Channel>) -> Result<Vec<api::Node>, String> {
     Ok(control
         .list_nodes(api::ListNodesRequest::default())
         .await

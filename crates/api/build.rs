@@ -52,7 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.skip_debug([".docker.swarmkit.v1.EncryptionKey"]);
     let wkt = protoc_bin_vendored::include_path()?;
     let files: Vec<PathBuf> = FILES.iter().map(|f| root.join(f)).collect();
-    tonic_prost_build::configure().compile_with_config(config, &files, &[root.clone(), wkt])?;
+    // Our codec: tonic-prost's with smaller first buffers (src/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ProtoCodec")
+        .compile_with_config(config, &files, &[root.clone(), wkt])?;
     println!("cargo:rerun-if-changed={}", root.display());
     println!("cargo:rerun-if-env-changed=PROTOC");
     Ok(())

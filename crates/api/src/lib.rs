@@ -30,6 +30,7 @@ pub mod raftrpc {
 pub use docker::swarmkit::v1::*;
 
 pub mod assignment_parts;
+pub mod codec;
 /// Largest answer our gRPC clients read (swarmctl, the agent): grpc-go's `math.MaxInt32`, which
 /// SwarmKit's agent and node set as their receive limit, so any answer a server sends is read.
 pub const CLIENT_MAX_RECV: usize = i32::MAX as usize;

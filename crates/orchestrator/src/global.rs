@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use store::{By, Event, EventKind, MemoryStore};
+use store::{By, Event, EventKind, MemoryStore, ReadTx};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -282,6 +282,20 @@ async fn apply(store: &MemoryStore, writes: Vec<Write>, what: &str) {
 impl Reconciler for GlobalOrchestrator {
     fn store(&self) -> &MemoryStore {
         &self.store
+    }
+
+    /// Every removal (it may leave a node without its task, and cancels a delayed start), and the
+    /// creates and updates of tasks that stopped while still wanted, the only ones `handle` restarts.
+    fn wants(event: &Event, _: &ReadTx<'_>) -> bool {
+        let Event::Object { kind, .. } = event else {
+            return true;
+        };
+        let Some(task) = event.object_as::<api::Task>() else {
+            return true;
+        };
+        *kind == EventKind::Remove
+            || (task.desired_state <= state(api::TaskState::Running)
+                && observed(task) > state(api::TaskState::Running))
     }
 
     fn set_cluster(&mut self, cluster: Option<api::Cluster>) {

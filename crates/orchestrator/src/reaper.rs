@@ -56,6 +56,26 @@ fn orphaned_serviceless(task: &api::Task) -> bool {
     task.service_id.is_empty() && observed(task) >= state(api::TaskState::Orphaned)
 }
 
+/// The task events [`TaskReaper::handle`] acts on (the store drops the others as it publishes them,
+/// so a reaper busy deleting does not hold every task version meanwhile): creates, and updates of
+/// tasks that became deletable.
+fn wants(event: &Event, _: &store::ReadTx<'_>) -> bool {
+    let Some(task) = event.object_as::<api::Task>() else {
+        return true;
+    };
+    match event {
+        Event::Object {
+            kind: EventKind::Create,
+            ..
+        } => true,
+        Event::Object {
+            kind: EventKind::Update,
+            ..
+        } => orphaned_serviceless(task) || removable(task),
+        _ => false,
+    }
+}
+
 impl TaskReaper {
     /// A reaper over `store`; nothing happens until [`TaskReaper::run`].
     pub fn new(store: MemoryStore) -> Self {
@@ -71,7 +91,7 @@ impl TaskReaper {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         let ((cluster, orphaned, removed), mut events) =
             self.store
-                .view_and_watch(WatchFilter::none().tasks().clusters(), |tx| {
+                .view_and_watch(WatchFilter::none().tasks().clusters().select(wants), |tx| {
                     (
                         tx.find_clusters(By::All).into_iter().next(),
                         tx.find_tasks(By::TaskState(api::TaskState::Orphaned)),

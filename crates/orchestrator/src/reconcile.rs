@@ -2,19 +2,26 @@
 //! services, tasks and nodes with a watch started at the same point, `init` on the snapshot, then
 //! `handle` on every task, service and node change (cluster changes go to `set_cluster`) and
 //! `tick` at every commit, so a batch of changes is acted on once, until shutdown. Both
-//! supervisors' background work is cancelled when the loop ends.
+//! supervisors' background work is cancelled when the loop ends. Task events the orchestrator
+//! would ignore are dropped by the store as they are published (`Reconciler::wants`): while `tick`
+//! writes thousands of tasks, the other subsystems move them on, and the queue otherwise kept every
+//! version of every task until `tick` returned.
 
 use std::future::Future;
 
-use store::{By, Event, EventKind, MemoryStore, WatchFilter};
+use store::{By, Event, EventKind, MemoryStore, ReadTx, WatchFilter};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
 /// What an orchestrator plugs into [`run`].
-pub(crate) trait Reconciler: Send {
+pub(crate) trait Reconciler: Send + 'static {
     /// The store watched.
     fn store(&self) -> &MemoryStore;
+    /// Whether [`Reconciler::handle`] may act on a task event; `tx` is the store as the event's raft
+    /// entry left it. False only for events `handle` provably ignores, whatever happens later (run
+    /// by the store as it publishes events: [`WatchFilter::select`]).
+    fn wants(event: &Event, tx: &ReadTx<'_>) -> bool;
     /// Keeps the cluster object (task defaults), at start and whenever it changes.
     fn set_cluster(&mut self, cluster: Option<api::Cluster>);
     /// Start-up work on the snapshot.
@@ -44,7 +51,12 @@ pub(crate) async fn run<R: Reconciler>(
 
 async fn run_loop<R: Reconciler>(r: &mut R, shutdown: &CancellationToken) -> Result<(), Error> {
     let ((cluster, services, tasks, nodes), mut events) = r.store().view_and_watch(
-        WatchFilter::none().tasks().services().nodes().clusters(),
+        WatchFilter::none()
+            .tasks()
+            .services()
+            .nodes()
+            .clusters()
+            .select(|event, tx| event.object_as::<api::Task>().is_none() || R::wants(event, tx)),
         |tx| {
             (
                 tx.find_clusters(By::All).into_iter().next(),

@@ -14,6 +14,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use store::{By, Event, EventKind, MemoryStore, ReadTx};
+
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -273,6 +274,24 @@ pub(crate) async fn remove_service_tasks(store: &MemoryStore, service_id: &str) 
 impl Reconciler for ReplicatedOrchestrator {
     fn store(&self) -> &MemoryStore {
         &self.store
+    }
+
+    /// Every removal (it may free a slot, and cancels a delayed start), and the creates and updates
+    /// of tasks [`needs_restart`] could hold for when `handle` reads the store: stopped ones, and
+    /// ones whose node is invalid now. A task on a node valid now is left out: should the node turn
+    /// DOWN, DRAIN or go later, its event comes after this one and restarts the node's tasks.
+    fn wants(event: &Event, tx: &ReadTx<'_>) -> bool {
+        let Event::Object { kind, .. } = event else {
+            return true;
+        };
+        let Some(task) = event.object_as::<api::Task>() else {
+            return true;
+        };
+        *kind == EventKind::Remove
+            || (task.desired_state <= state(api::TaskState::Running)
+                && (observed(task) > state(api::TaskState::Running)
+                    || (!task.node_id.is_empty()
+                        && invalid_node(tx.get_shared::<api::Node>(&task.node_id).as_deref()))))
     }
 
     fn set_cluster(&mut self, cluster: Option<api::Cluster>) {

@@ -40,7 +40,7 @@ pub fn client_version(version: api::Version) -> api::Version {
         version
     }
 }
-pub use watch::{Event, EventKind, ObjectRef, WatchFilter, Watcher};
+pub use watch::{Event, EventKind, ObjectRef, Selector, WatchFilter, Watcher};
 
 #[cfg(test)]
 mod tests;

@@ -550,19 +550,21 @@ impl MemoryStore {
         state.last_index = state.last_index.max(index);
         if any {
             events.push(Event::Commit { version: index });
-            self.publish(&events);
+            self.publish(&events, &state.tables);
         }
         Ok(())
     }
 
-    /// Hands events to every subscriber; called with `state` write-locked so batches never interleave.
-    fn publish(&self, events: &[Event]) {
+    /// Hands events to every subscriber; called with `state` write-locked so batches never
+    /// interleave, and after `tables` took the changes, which subscribers' selectors read.
+    fn publish(&self, events: &[Event], tables: &Tables) {
+        let tx = ReadTx::new(tables);
         let mut subscribers = self
             .inner
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        subscribers.retain(|s| s.send(events));
+        subscribers.retain(|s| s.send(events, &tx));
     }
 
     /// Atomic snapshot + subscription: returns the result of `f` on a view and a `Watcher` receiving
@@ -617,7 +619,7 @@ impl MemoryStore {
         state.generation += 1;
         state.last_index = index;
         events.push(Event::Commit { version: index });
-        self.publish(&events);
+        self.publish(&events, &state.tables);
     }
 
     /// Writers of the open batch of the group commit (for tests).

@@ -296,6 +296,40 @@ async fn failed_closure_changes_nothing() {
     assert_eq!(watcher.try_recv(), None);
 }
 
+/// A selector sees the tables as the whole entry left them (a node created in the same write as
+/// its task, gone after a later one) and drops only the object events it refuses.
+#[tokio::test]
+async fn selector_reads_the_store_as_each_entry_left_it() {
+    let store = MemoryStore::new(None);
+    // Task events pass only while their node exists.
+    let mut watcher = store.watch(WatchFilter::none().tasks().nodes().select(|ev, tx| {
+        ev.object_as::<api::Task>()
+            .is_none_or(|t| tx.get_shared::<api::Node>(&t.node_id).is_some())
+    }));
+    store
+        .update(|tx| {
+            tx.create_task(task("t1", "s", 1, "n1", api::TaskState::Running))?;
+            tx.create_node(node("n1", "h1", api::NodeRole::Worker))
+        })
+        .await
+        .expect("task and node");
+    store
+        .update(|tx| {
+            tx.create_task(task("t2", "s", 2, "n2", api::TaskState::Running))?;
+            tx.delete_node("n1")
+        })
+        .await
+        .expect("task without node");
+    let mut seen = Vec::new();
+    while let Some(ev) = watcher.try_recv() {
+        seen.push(match ev.object_ref() {
+            Some(r) => format!("{:?} {}", r.kind, r.id),
+            None => "commit".to_string(),
+        });
+    }
+    assert_eq!(seen, ["Task t1", "Node n1", "commit", "Node n1", "commit"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_gets_snapshot_then_every_later_event_without_gap() {
     const WRITERS: usize = 4;

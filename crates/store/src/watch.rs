@@ -1,13 +1,18 @@
 //! Change notification: the [`Event`]s emitted when committed actions are applied, the per-subscriber
 //! [`WatchFilter`], and the [`Watcher`] receiving end. Channels are unbounded so a slow watcher can
-//! never stall `apply_committed` (and with it raft); it only costs memory until it catches up.
+//! never stall `apply_committed` (and with it raft); it only costs memory until it catches up, which
+//! is why a filter can also drop, as they are published, the object events its watcher would ignore
+//! ([`WatchFilter::select`]): a watcher busy writing thousands of objects otherwise holds every
+//! version they pass through until it reads its queue again.
 //! Registering a watcher atomically with a view is `MemoryStore`'s job.
 
+use std::fmt;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::object::{Kind, StoreObject};
+use crate::tx::ReadTx;
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,10 +116,25 @@ impl Event {
     }
 }
 
-/// Which object kinds a watcher receives; `Commit` events are always delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The test of [`WatchFilter::select`]: whether a watcher wants an object event, given the store as
+/// the raft entry carrying the event left it.
+pub type Selector = dyn Fn(&Event, &ReadTx<'_>) -> bool + Send + Sync;
+
+/// Which object kinds a watcher receives, and optionally which of their events; `Commit` events are
+/// always delivered.
+#[derive(Clone)]
 pub struct WatchFilter {
     kinds: u16,
+    select: Option<Arc<Selector>>,
+}
+
+impl fmt::Debug for WatchFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchFilter")
+            .field("kinds", &format_args!("{:#06x}", self.kinds))
+            .field("select", &self.select.is_some())
+            .finish()
+    }
 }
 
 impl Default for WatchFilter {
@@ -155,12 +175,16 @@ impl WatchFilter {
     pub fn all() -> Self {
         WatchFilter {
             kinds: Kind::ALL.iter().fold(0, |acc, k| acc | k.bit()),
+            select: None,
         }
     }
 
     /// No object events (only `Commit`); add kinds with the builder methods.
     pub fn none() -> Self {
-        WatchFilter { kinds: 0 }
+        WatchFilter {
+            kinds: 0,
+            select: None,
+        }
     }
 
     /// Also receive events of `kind`.
@@ -169,10 +193,25 @@ impl WatchFilter {
         self
     }
 
-    /// Whether `event` passes the filter.
-    pub fn accepts(&self, event: &Event) -> bool {
+    /// Receive only the object events (of the chosen kinds) for which `select` holds. The store
+    /// runs it while it publishes the event, with the tables as the raft entry carrying the event
+    /// left them (later changes are later events), and queues nothing for the watcher when it
+    /// is false. It must be cheap (it runs under the store's write lock, on raft's apply path) and
+    /// return false only for events the watcher provably ignores, whatever it reads afterwards.
+    pub fn select(
+        mut self,
+        select: impl Fn(&Event, &ReadTx<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.select = Some(Arc::new(select));
+        self
+    }
+
+    /// Whether `event` passes the filter, with `tx` the store as the event's entry left it.
+    pub fn accepts(&self, event: &Event, tx: &ReadTx<'_>) -> bool {
         match event.object_kind() {
-            Some(kind) => self.kinds & kind.bit() != 0,
+            Some(kind) => {
+                self.kinds & kind.bit() != 0 && self.select.as_ref().is_none_or(|s| s(event, tx))
+            }
             None => matches!(event, Event::Commit { .. }),
         }
     }
@@ -210,11 +249,12 @@ pub(crate) fn subscribe(filter: WatchFilter) -> (Subscriber, Watcher) {
 }
 
 impl Subscriber {
-    /// Sends the events this subscriber wants; false once its watcher was dropped.
-    pub(crate) fn send(&self, events: &[Event]) -> bool {
+    /// Sends the events this subscriber wants (`tx`: the store after them); false once its
+    /// watcher was dropped.
+    pub(crate) fn send(&self, events: &[Event], tx: &ReadTx<'_>) -> bool {
         events
             .iter()
-            .filter(|e| self.filter.accepts(e))
+            .filter(|e| self.filter.accepts(e, tx))
             .all(|e| self.tx.send(e.clone()).is_ok())
     }
 }
@@ -222,6 +262,7 @@ impl Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::Tables;
 
     #[test]
     fn filter_passes_chosen_kinds_and_commits() {
@@ -242,12 +283,14 @@ mod tests {
             None,
         );
         let commit = Event::Commit { version: 3 };
+        let tables = Tables::default();
+        let tx = ReadTx::new(&tables);
         let f = WatchFilter::none().tasks();
-        assert!(f.accepts(&task));
-        assert!(!f.accepts(&node));
-        assert!(f.accepts(&commit));
-        assert!(WatchFilter::none().accepts(&commit));
-        assert!(WatchFilter::all().accepts(&node));
+        assert!(f.accepts(&task, &tx));
+        assert!(!f.accepts(&node, &tx));
+        assert!(f.accepts(&commit, &tx));
+        assert!(WatchFilter::none().accepts(&commit, &tx));
+        assert!(WatchFilter::all().accepts(&node, &tx));
         assert_eq!(
             node.object_ref(),
             Some(ObjectRef {
@@ -263,11 +306,47 @@ mod tests {
     }
 
     #[test]
+    fn selector_drops_only_object_events_it_refuses() {
+        let task = |id: &str| {
+            Event::object(
+                EventKind::Update,
+                api::Task {
+                    id: id.into(),
+                    ..Default::default()
+                },
+                None,
+            )
+        };
+        let tables = Tables::default();
+        let tx = ReadTx::new(&tables);
+        let f = WatchFilter::none()
+            .tasks()
+            .select(|ev, _| ev.object_as::<api::Task>().is_some_and(|t| t.id == "keep"));
+        assert!(f.accepts(&task("keep"), &tx));
+        assert!(!f.accepts(&task("drop"), &tx));
+        assert!(f.accepts(&Event::Commit { version: 1 }, &tx));
+        // The kinds still come first: a selector never lets in a kind the filter leaves out.
+        let nodes_only = WatchFilter::none().nodes().select(|_, _| true);
+        assert!(!nodes_only.accepts(&task("keep"), &tx));
+
+        let (sub, mut watcher) = subscribe(f);
+        assert!(sub.send(
+            &[task("drop"), task("keep"), Event::Commit { version: 2 }],
+            &tx
+        ));
+        assert_eq!(watcher.try_recv(), Some(task("keep")));
+        assert_eq!(watcher.try_recv(), Some(Event::Commit { version: 2 }));
+        assert_eq!(watcher.try_recv(), None);
+    }
+
+    #[test]
     fn dropped_watcher_is_reported() {
+        let tables = Tables::default();
+        let tx = ReadTx::new(&tables);
         let (sub, mut watcher) = subscribe(WatchFilter::all());
-        assert!(sub.send(&[Event::Commit { version: 1 }]));
+        assert!(sub.send(&[Event::Commit { version: 1 }], &tx));
         assert_eq!(watcher.try_recv(), Some(Event::Commit { version: 1 }));
         drop(watcher);
-        assert!(!sub.send(&[Event::Commit { version: 2 }]));
+        assert!(!sub.send(&[Event::Commit { version: 2 }], &tx));
     }
 }

@@ -841,3 +841,55 @@ async fn stops_on_shutdown_and_cancels_delayed_starts() {
         "delayed start cancelled with the leader"
     );
 }
+
+/// The task events the store may drop before the orchestrator reads them: only those `handle`
+/// ignores whatever it reads later (tasks not yet on a node, tasks on a node valid when the event
+/// was published, tasks no longer wanted), never a removal, a stopped task or a task whose node is
+/// invalid.
+#[tokio::test]
+async fn store_drops_only_task_events_the_orchestrator_ignores() {
+    use crate::reconcile::Reconciler;
+    use store::{Event, EventKind};
+
+    let store = MemoryStore::new(None);
+    create_nodes(&store, &["up", "paused", "down", "drained"]).await;
+    set_availability(&store, "paused", api::node_spec::Availability::Pause).await;
+    set_node_down(&store, "down").await;
+    set_availability(&store, "drained", api::node_spec::Availability::Drain).await;
+    let check = |kind: EventKind, state: api::TaskState, node: &str, desired: i32, want: bool| {
+        let mut task = testkit::fixtures::task("t", "web", state);
+        task.node_id = node.into();
+        task.desired_state = desired;
+        let event = Event::Object {
+            kind,
+            object: std::sync::Arc::new(api::Object {
+                object: Some(api::object::Object::Task(Box::new(task))),
+            }),
+            old: None,
+        };
+        let wanted = store.view(|tx| ReplicatedOrchestrator::wants(&event, tx));
+        assert_eq!(
+            wanted, want,
+            "{kind:?} of a task {state:?} on node {node:?}, desired {desired}"
+        );
+    };
+    use EventKind::{Create, Remove, Update};
+    use api::TaskState::{Assigned, Failed, New, Pending, Running as Run, Shutdown};
+    check(Create, New, "", RUNNING, false);
+    check(Update, Pending, "", RUNNING, false);
+    check(Update, Assigned, "up", RUNNING, false);
+    check(Update, Run, "up", RUNNING, false);
+    check(Update, Run, "paused", RUNNING, false);
+    check(Update, Run, "up", SHUTDOWN, false);
+    check(Update, Failed, "up", SHUTDOWN, false);
+    check(Update, Run, "up", READY, false);
+
+    check(Remove, Run, "up", RUNNING, true);
+    check(Remove, Shutdown, "up", SHUTDOWN, true);
+    check(Update, Failed, "up", RUNNING, true);
+    check(Update, Failed, "", RUNNING, true);
+    check(Create, Failed, "", READY, true);
+    check(Update, Run, "down", RUNNING, true);
+    check(Update, Assigned, "drained", RUNNING, true);
+    check(Update, Run, "gone", RUNNING, true);
+}

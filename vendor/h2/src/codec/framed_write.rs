@@ -169,6 +169,13 @@ where
             }
         }
 
+        // swarmkit-rs patch: everything buffered is written, so the write buffer goes back to the
+        // allocator rather than sitting with each idle connection (16 KiB per connection; a
+        // manager holds one per agent). `buffer` allocates it again for the next frame.
+        if self.encoder.next.is_none() && self.encoder.buf.get_ref().is_empty() {
+            *self.encoder.buf.get_mut() = BytesMut::new();
+        }
+
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -223,6 +230,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // swarmkit-rs patch: the buffer released by the last complete flush.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +318,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // swarmkit-rs patch: no buffer (released after a complete flush) means an empty one.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

@@ -18,7 +18,9 @@
 
 use std::time::Duration;
 
-use agent::{Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
+use agent::{
+    Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, Statuses, TaskFileSet,
+};
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
@@ -487,6 +489,21 @@ impl Controller for DockerController {
             .await?
             .as_ref()
             .map(port_status))
+    }
+
+    /// Both from one inspect.
+    async fn statuses(&self) -> Statuses {
+        let inspected = match self.engine.client().await {
+            Ok(docker) => self.inspect_container(&docker).await,
+            Err(e) => Err(e),
+        };
+        match inspected {
+            Ok(c) => (
+                Ok(c.as_ref().map(container_status)),
+                Ok(c.as_ref().map(port_status)),
+            ),
+            Err(e) => (Err(e.clone()), Err(e)),
+        }
     }
 
     fn checkpoint(&self) -> Option<Checkpoint> {

@@ -872,6 +872,11 @@ async fn a_host_mode_port_is_published_on_the_node() {
         .await
         .expect("port status")
         .expect("a container");
+    // Both statuses from one inspect say the same as each alone.
+    assert_eq!(
+        c.statuses().await,
+        (c.runtime_status().await, Ok(Some(bound.clone())))
+    );
     let ports: Vec<(u32, u32)> = bound
         .ports
         .iter()

@@ -22,6 +22,12 @@ pub type Checkpoint = Vec<u8>;
 /// Grace period before a task that was asked to stop is killed, when its spec gives none.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// What [`Controller::statuses`] answers: the runtime status and the port status.
+pub type Statuses = (
+    Result<Option<api::ContainerStatus>, ExecutorError>,
+    Result<Option<api::PortStatus>, ExecutorError>,
+);
+
 /// Why an executor step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExecutorError {
@@ -134,6 +140,12 @@ pub trait Controller: Send + Sync {
     /// `None` (the default) when the executor binds none itself.
     async fn port_status(&self) -> Result<Option<api::PortStatus>, ExecutorError> {
         Ok(None)
+    }
+    /// [`Self::runtime_status`] and [`Self::port_status`] together, each with its own outcome,
+    /// as the task runner reports them with every state; an executor that reads both from one
+    /// look at its runtime object (Docker's inspect) answers both from it.
+    async fn statuses(&self) -> Statuses {
+        (self.runtime_status().await, self.port_status().await)
     }
     /// What a later swarmd process needs to adopt this task; `None` when nothing is needed.
     fn checkpoint(&self) -> Option<Checkpoint>;

@@ -23,7 +23,9 @@ pub mod conformance;
 pub use agent::{AgentConfig, AgentError, Connector, LocalManager, SessionObserver, run};
 pub use db::{StoredTask, TaskDb};
 pub use dependencies::{DependencyError, DependencyGetter, Secret};
-pub use executor::{Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState};
+pub use executor::{
+    Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState, Statuses,
+};
 pub use networkkeys::{NetworkKey, NetworkKeys};
 pub use remotes::Remotes;
 pub use taskfiles::{TaskFileSet, TaskFiles};

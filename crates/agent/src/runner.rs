@@ -254,7 +254,8 @@ impl Runner {
     /// transition); `exit`, when the runner saw the task end, is the exit code that counts. The
     /// ports the executor bound on the node come with it.
     async fn runtime(&self, exit: Option<ExitStatus>) -> Runtime {
-        let reported = match self.controller.runtime_status().await {
+        let (reported, ports) = self.controller.statuses().await;
+        let reported = match reported {
             Ok(status) => status,
             Err(e) => {
                 debug!(task.id = %self.task_id(), "runtime status unavailable: {e}");
@@ -272,7 +273,7 @@ impl Runner {
             }),
             (status, None) => status,
         };
-        let ports = match self.controller.port_status().await {
+        let ports = match ports {
             Ok(ports) => ports,
             Err(e) => {
                 debug!(task.id = %self.task_id(), "port status unavailable: {e}");

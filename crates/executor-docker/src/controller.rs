@@ -12,12 +12,15 @@
 //!
 //! A task attached to swarm networks gets its local networks at `prepare` (`network.rs`): the
 //! container is created on the first with its allocated address and aliases, and connected to
-//! the others before `prepare` ends; `remove` takes away each of them that no container uses
-//! any more.
+//! the others before `prepare` ends; `start` makes any of them again that went meanwhile;
+//! `remove` takes away each of them that no container uses any more (best effort: the task's
+//! removal does not fail for a network left behind).
 
 use std::time::Duration;
 
-use agent::{Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
+use agent::{
+    Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, Statuses, TaskFileSet,
+};
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
@@ -185,19 +188,35 @@ impl DockerController {
         Ok(())
     }
 
-    /// Removes each of the task's local networks that no container uses any more.
-    async fn remove_unused_networks(&self) -> Result<(), ExecutorError> {
+    /// Removes each of the task's local networks that no container uses any more, as far as it
+    /// can: the task's own removal has succeeded by then, so a network that cannot be removed
+    /// is logged and left to a later removal or the next sweep.
+    async fn remove_unused_networks(&self) {
         if self.config.attachments().is_empty() {
-            return Ok(());
+            return;
         }
-        let docker = self.engine.client().await?;
+        let docker = match self.engine.client().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "removing the task's local networks failed");
+                return;
+            }
+        };
         let _guard = self.networks.lock().await;
         for a in self.config.attachments() {
-            if let Some(name) = self.networks.find(&docker, &a.network_id).await? {
-                self.networks.remove_if_unused(&name).await?;
+            let removed = match self.networks.find(&docker, &a.network_id).await {
+                Ok(Some(name)) => self.networks.remove_if_unused(&name).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(
+                    network = a.network_name,
+                    error = %e,
+                    "removing an unused local network failed"
+                );
             }
         }
-        Ok(())
     }
 
     fn name(&self) -> &str {
@@ -325,15 +344,32 @@ impl Controller for DockerController {
             container = self.name(),
             "starting container"
         );
-        docker
-            .start_container(self.name(), None)
-            .await
-            .map_err(|e| match classify("starting container failed", e) {
+        // A network the container was created on may have gone since prepare (a sweep or a
+        // removal by another swarmd on this engine): made again, it serves, since a container
+        // that never ran joins its networks by name. The lock keeps this executor's removals
+        // off them until the container runs on them.
+        let guard = if self.config.attachments().is_empty() {
+            None
+        } else {
+            let guard = self.networks.lock().await;
+            self.ensure_networks().await?;
+            Some(guard)
+        };
+        let started = docker.start_container(self.name(), None).await;
+        drop(guard);
+        started.map_err(|e| {
+            let network_gone = is_not_found(&e);
+            match classify("starting container failed", e) {
+                // Gone again after it was ensured: the task fails and is replaced.
+                ExecutorError::Fatal(m) if network_gone => ExecutorError::Fatal(format!(
+                    "starting container failed: a network of the container is gone: {m}"
+                )),
                 ExecutorError::Fatal(m) => {
                     ExecutorError::Fatal(format!("starting container failed: {m}"))
                 }
                 t => t,
-            })?;
+            }
+        })?;
         self.wait_healthy(&docker).await
     }
 
@@ -424,7 +460,7 @@ impl Controller for DockerController {
             }
             Err(e) => return Err(classify("removing container failed", e)),
         }
-        self.remove_unused_networks().await?;
+        self.remove_unused_networks().await;
         files
     }
 
@@ -453,6 +489,21 @@ impl Controller for DockerController {
             .await?
             .as_ref()
             .map(port_status))
+    }
+
+    /// Both from one inspect.
+    async fn statuses(&self) -> Statuses {
+        let inspected = match self.engine.client().await {
+            Ok(docker) => self.inspect_container(&docker).await,
+            Err(e) => Err(e),
+        };
+        match inspected {
+            Ok(c) => (
+                Ok(c.as_ref().map(container_status)),
+                Ok(c.as_ref().map(port_status)),
+            ),
+            Err(e) => (Err(e.clone()), Err(e)),
+        }
     }
 
     fn checkpoint(&self) -> Option<Checkpoint> {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent::{Checkpoint, Controller, DependencyGetter, Executor, ExecutorError, TaskFiles};
 use bollard::models::Plugin;
@@ -11,7 +12,7 @@ use crate::config::ContainerConfig;
 use crate::controller::DockerController;
 use crate::engine::Engine;
 use crate::error::classify;
-use crate::network::LocalNetworks;
+use crate::network::{LocalNetworks, SWEEP_MIN_AGE};
 
 /// Runs tasks as containers of one Docker Engine.
 pub struct DockerExecutor {
@@ -45,10 +46,22 @@ impl DockerExecutor {
         })
     }
 
-    /// Removes every local network of this executor's kind that no container uses; what
-    /// [`Executor::remove_orphans`] starts in the background.
+    /// Removes every local network of swarmd's making created more than [`SWEEP_MIN_AGE`] ago
+    /// that no container refers to; what [`Executor::remove_orphans`] starts in the background.
+    /// It may take another node's networks on a shared engine, but none in use and none just
+    /// made (see the `network` module). Only failing to list the networks is an error.
     pub async fn sweep_networks(&self) -> Result<(), ExecutorError> {
-        self.networks.sweep().await
+        self.networks.sweep(SWEEP_MIN_AGE, None).await
+    }
+
+    /// [`Self::sweep_networks`] with another minimum age, for networks that also carry the
+    /// label `label` (`key=value`), when given.
+    pub async fn sweep_networks_where(
+        &self,
+        min_age: Duration,
+        label: Option<&str>,
+    ) -> Result<(), ExecutorError> {
+        self.networks.sweep(min_age, label).await
     }
 
     /// The engine address this executor was made for.
@@ -124,11 +137,12 @@ impl Executor for DockerExecutor {
     fn remove_orphans(&self, known: &HashSet<String>) {
         self.files.remove_orphans(known);
         // Local networks left by tasks removed while swarmd was down: removed in the background
-        // (the engine may be slow or away), under the lock that keeps new tasks' networks safe.
+        // (the engine may be slow or away), under the lock that keeps new tasks' networks safe;
+        // only those old enough that no other swarmd on the engine can be making a task on them.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let networks = self.networks.clone();
             runtime.spawn(async move {
-                if let Err(e) = networks.sweep().await {
+                if let Err(e) = networks.sweep(SWEEP_MIN_AGE, None).await {
                     tracing::warn!(error = %e, "sweeping unused local networks failed");
                 }
             });

@@ -23,5 +23,6 @@ pub use config::{
 pub use controller::DockerController;
 pub use executor::DockerExecutor;
 pub use network::{
-    Attachment, LOCAL_NETWORK_LABEL, NETWORK_ID_LABEL, NETWORK_NAME_LABEL, local_network_name,
+    Attachment, LOCAL_NETWORK_LABEL, NETWORK_ID_LABEL, NETWORK_NAME_LABEL, SWEEP_MIN_AGE,
+    local_network_name,
 };

@@ -13,14 +13,29 @@
 //! task's container is created and not started): when a task is removed, and by a sweep when
 //! the executor starts.
 //!
-//! One lock per executor orders the steps that make a network, attach a container to it and
-//! remove it, so that a removal never takes a network between its creation and the container
-//! that needs it. Another node on the same engine (two swarmd sharing one engine) is not under
-//! that lock: a create that finds its network gone ensures it again once.
+//! One lock per executor orders the steps that make a network, attach a container to it, start
+//! a container on it and remove it, so that a removal never takes a network between its
+//! creation and the container that needs it.
+//!
+//! Other swarmd on the same engine (several nodes sharing one engine, as in tests) are not under
+//! that lock, and the rules below keep them apart:
+//! - A network counts as used while any container refers to it, running or not. The engine's
+//!   own list on the network holds running containers only, so containers are also listed by
+//!   the network's ID *and* name: a container created and never started refers to its networks
+//!   by name only.
+//! - The startup sweep takes only networks created more than [`SWEEP_MIN_AGE`] ago, so it does
+//!   not take a network another process has just made and not yet put a container on.
+//! - A create that loses a race (the engine answers 409, or 403 "Pool overlaps" since an engine
+//!   without a duplicate check makes a second network of the same name on the same subnet)
+//!   finds the winner's network by its labels; a container create that finds its network gone
+//!   ensures it again once; `start` ensures the task's networks before it starts the container
+//!   (a created container joins its networks by name when it starts, so a network made again
+//!   under the same name serves).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use agent::ExecutorError;
 use bollard::Docker;
@@ -42,6 +57,14 @@ pub const NETWORK_NAME_LABEL: &str = "com.docker.swarm.network.name";
 /// The label marking a local network as made by swarmd's Docker executor (value `true`), so that
 /// only ours are ever reused or removed.
 pub const LOCAL_NETWORK_LABEL: &str = "swarmd.local-network";
+
+/// How old one of our networks must be before the startup sweep may remove it: younger ones may
+/// belong to a task another swarmd on this engine is creating.
+pub const SWEEP_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// How many times, and how far apart, a create that lost a race looks for the winner's network.
+const RACE_LOOKS: u32 = 20;
+const RACE_LOOK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The driver of every local network.
 const DRIVER: &str = "bridge";
@@ -246,14 +269,28 @@ impl LocalNetworks {
                 );
                 Ok(a.local_name.clone())
             }
-            // Made meanwhile by another swarmd on this engine: use it if it is ours.
-            Err(e) if status(&e) == Some(409) => match self.find(&docker, &a.network_id).await? {
-                Some(name) => Ok(name),
-                None => Err(ExecutorError::Fatal(format!(
-                    "dockerexec: a network named {} exists and is not swarmd's",
-                    a.local_name
-                ))),
-            },
+            // Made meanwhile by another swarmd on this engine: use it if it is ours. The engine
+            // refuses the name (409), or, checking no duplicate names, the subnet (403), which
+            // it may do while the winner's create has not ended: look a few times.
+            Err(e) if matches!(status(&e), Some(403 | 409)) => {
+                for _ in 0..RACE_LOOKS {
+                    if let Some(name) = self.find(&docker, &a.network_id).await? {
+                        return Ok(name);
+                    }
+                    tokio::time::sleep(RACE_LOOK_INTERVAL).await;
+                }
+                Err(ExecutorError::Fatal(if status(&e) == Some(409) {
+                    format!(
+                        "dockerexec: a network named {} exists and is not swarmd's",
+                        a.local_name
+                    )
+                } else {
+                    format!(
+                        "dockerexec: creating network {} for {} failed: {e}",
+                        a.local_name, a.network_name
+                    )
+                }))
+            }
             Err(e) => Err(match classify("creating network failed", e) {
                 ExecutorError::Fatal(m) => ExecutorError::Fatal(format!(
                     "dockerexec: creating network {} for {} failed: {m}",
@@ -264,9 +301,10 @@ impl LocalNetworks {
         }
     }
 
-    /// Removes our local network `name` if no container is attached to it. Call under
-    /// [`Self::lock`]. Whether it went is logged; an engine that does not answer is the only
-    /// error, since the next sweep removes what is left.
+    /// Removes our local network `name` if no container refers to it, running or not. Call
+    /// under [`Self::lock`]. Whether it went is logged; an error is the engine's failure to
+    /// answer (temporary) or an answer that left the question open (fatal), and the network is
+    /// then left for a later removal or sweep.
     pub(crate) async fn remove_if_unused(&self, name: &str) -> Result<(), ExecutorError> {
         let docker = self.engine.client().await?;
         let network = match docker.inspect_network(name, None).await {
@@ -281,10 +319,13 @@ impl LocalNetworks {
         if !ours || network.containers.as_ref().is_some_and(|c| !c.is_empty()) {
             return Ok(());
         }
-        // The network's own list holds running containers only: one created and not started
-        // yet (a task prepared), or stopped and not removed, still needs the network.
-        let id = network.id.unwrap_or_else(|| name.to_string());
-        let filters = HashMap::from([("network", vec![id])]);
+        // The network's own list holds running containers only. The engine's `network` filter
+        // matches a container's network by name, or by a prefix of the ID it joined with, which
+        // a container created and never started (a prepared task) does not have yet: ask for
+        // both (the values are OR'd).
+        let mut refs = vec![network.name.clone().unwrap_or_else(|| name.to_string())];
+        refs.extend(network.id.clone());
+        let filters = HashMap::from([("network", refs)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -307,32 +348,59 @@ impl LocalNetworks {
                 tracing::debug!(local = name, error = %e, "local network still in use");
                 Ok(())
             }
-            Err(e) => match classify("removing network failed", e) {
-                ExecutorError::Fatal(m) => {
-                    tracing::warn!(local = name, error = m, "removing local network failed");
-                    Ok(())
-                }
-                t => Err(t),
-            },
+            Err(e) => Err(classify("removing network failed", e)),
         }
     }
 
-    /// Removes every local network of ours that no container uses (left by tasks removed while
-    /// swarmd was down, or by a removal that failed).
-    pub(crate) async fn sweep(&self) -> Result<(), ExecutorError> {
+    /// Removes every local network of ours created more than `min_age` ago that no container
+    /// refers to (left by tasks removed while swarmd was down, or by a removal that failed);
+    /// `label`, when given (`key=value`), narrows the sweep to networks that carry it. One
+    /// network that cannot be removed is logged and the sweep goes on; only failing to list
+    /// the networks is an error.
+    pub(crate) async fn sweep(
+        &self,
+        min_age: Duration,
+        label: Option<&str>,
+    ) -> Result<(), ExecutorError> {
         let docker = self.engine.client().await?;
-        let filters = HashMap::from([("label", vec![format!("{LOCAL_NETWORK_LABEL}=true")])]);
+        let mut labels = vec![format!("{LOCAL_NETWORK_LABEL}=true")];
+        labels.extend(label.map(str::to_string));
+        let filters = HashMap::from([("label", labels)]);
         let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
         let ours = docker
             .list_networks(Some(options))
             .await
             .map_err(|e| classify("listing networks failed", e))?;
+        let now = SystemTime::now();
         let _guard = self.lock().await;
-        for name in ours.into_iter().filter_map(|n| n.name) {
-            self.remove_if_unused(&name).await?;
+        for n in ours {
+            let Some(name) = n.name else { continue };
+            if !old_enough(n.created.as_deref(), now, min_age) {
+                tracing::debug!(local = name, "local network too young to sweep");
+                continue;
+            }
+            if let Err(e) = self.remove_if_unused(&name).await {
+                tracing::warn!(local = name, error = %e, "sweeping local network failed");
+            }
         }
         Ok(())
     }
+}
+
+/// Whether a network the engine says was `created` (RFC 3339) is at least `min_age` old at
+/// `now`. A time that does not parse is young unless `min_age` is zero: the sweep leaves alone
+/// what it cannot date.
+fn old_enough(created: Option<&str>, now: SystemTime, min_age: Duration) -> bool {
+    if min_age.is_zero() {
+        return true;
+    }
+    let Some(created) = created.and_then(|c| {
+        time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+    }) else {
+        return false;
+    };
+    let created = SystemTime::from(created);
+    now.duration_since(created).is_ok_and(|age| age >= min_age)
 }
 
 #[cfg(test)]
@@ -426,6 +494,47 @@ mod tests {
             Attachment::new(&none, "web", "web.1.t1"),
             Err(ExecutorError::Fatal(_))
         ));
+    }
+
+    #[test]
+    fn only_networks_older_than_the_minimum_age_are_swept() {
+        let created = "2026-12-07T08:30:00.123456789Z";
+        let at = |s: &str| {
+            SystemTime::from(
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .expect("time"),
+            )
+        };
+        let minute = Duration::from_secs(60);
+        assert!(!old_enough(
+            Some(created),
+            at("2026-12-07T08:31:00Z"),
+            minute
+        ));
+        assert!(old_enough(
+            Some(created),
+            at("2026-12-07T08:31:01Z"),
+            minute
+        ));
+        // An offset other than Z, as an engine outside UTC writes it.
+        assert!(old_enough(
+            Some("2026-12-07T09:30:00+01:00"),
+            at("2026-12-07T08:31:00Z"),
+            minute
+        ));
+        // A clock behind the engine's, or no date at all: left alone.
+        assert!(!old_enough(
+            Some(created),
+            at("2026-12-07T08:00:00Z"),
+            minute
+        ));
+        assert!(!old_enough(None, at("2026-12-07T08:31:00Z"), minute));
+        assert!(!old_enough(
+            Some("yesterday"),
+            at("2026-12-07T08:31:00Z"),
+            minute
+        ));
+        assert!(old_enough(None, at("2026-12-07T08:31:00Z"), Duration::ZERO));
     }
 
     #[test]

@@ -496,8 +496,9 @@ async fn a_dotdot_target_is_refused() {
     }
 }
 
-/// The Docker IDs of our local networks standing for the swarm network `network_id`.
-async fn local_networks(network_id: &str) -> Vec<String> {
+/// The (name, Docker ID) of each network on the engine labelled with the swarm network ID
+/// `network_id`, sorted.
+async fn labelled_networks(network_id: &str) -> Vec<(String, String)> {
     use bollard::query_parameters::ListNetworksOptionsBuilder;
     let filters = HashMap::from([(
         "label",
@@ -507,31 +508,66 @@ async fn local_networks(network_id: &str) -> Vec<String> {
         )],
     )]);
     let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
-    engine()
+    let mut found: Vec<(String, String)> = engine()
         .await
         .list_networks(Some(options))
         .await
         .expect("listing networks")
         .into_iter()
-        .filter_map(|n| n.id)
+        .map(|n| (n.name.unwrap_or_default(), n.id.unwrap_or_default()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The Docker IDs of the networks standing for the swarm network `network_id`.
+async fn local_networks(network_id: &str) -> Vec<String> {
+    labelled_networks(network_id)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
         .collect()
 }
 
-/// A swarm network ID and a /24 no other test run uses (10.213.<n>.0/24).
-fn unique_network() -> (String, u32) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
-    (
-        format!("dnet{}x{nanos}", std::process::id()),
-        1 + nanos % 250,
-    )
+/// The names of the networks standing for the swarm network `network_id`, sorted.
+async fn networks_named(network_id: &str) -> Vec<String> {
+    labelled_networks(network_id)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
 }
 
-/// `t` attached to the swarm network `id` named `name` with the subnet 10.213.`n`.0/24 at the
-/// address 10.213.`n`.`host`.
-fn attached(mut t: api::Task, id: &str, name: &str, n: u32, host: u32) -> api::Task {
+/// A swarm network ID and the first three octets (`10.x.y`) of a /24 that no network on the
+/// engine has and no other test process picks: the process ID chooses `x` and `y` (distinct for
+/// the PIDs of processes alive at once), a per-process counter moves on from there, and subnets
+/// the engine already has (networks leaked by killed runs) are skipped.
+async fn unique_network() -> (String, String) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let taken: Vec<String> = engine()
+        .await
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .expect("listing networks")
+        .into_iter()
+        .flat_map(|n| n.ipam.and_then(|i| i.config).unwrap_or_default())
+        .filter_map(|c| c.subnet)
+        .collect();
+    let pid = std::process::id();
+    loop {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let slot = pid.wrapping_add(k.wrapping_mul(7919)) % (32 * 256);
+        let prefix = format!("10.{}.{}", 220 + slot / 256, slot % 256);
+        if !taken.iter().any(|t| t == &format!("{prefix}.0/24")) {
+            return (format!("dnet{pid}x{k}"), prefix);
+        }
+    }
+}
+
+/// `t` attached to the swarm network `id` named `name` with the subnet `n`.0/24 (`n` is `10.x.y`)
+/// at the address `n`.`host`.
+fn attached(mut t: api::Task, id: &str, name: &str, n: &str, host: u32) -> api::Task {
     t.networks = vec![api::NetworkAttachment {
         network: Some(api::Network {
             id: id.to_string(),
@@ -545,15 +581,15 @@ fn attached(mut t: api::Task, id: &str, name: &str, n: u32, host: u32) -> api::T
             ipam: Some(api::IpamOptions {
                 configs: vec![api::IpamConfig {
                     family: api::ipam_config::AddressFamily::Ipv4 as i32,
-                    subnet: format!("10.213.{n}.0/24"),
-                    gateway: format!("10.213.{n}.1"),
+                    subnet: format!("{n}.0/24"),
+                    gateway: format!("{n}.1"),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
             ..Default::default()
         }),
-        addresses: vec![format!("10.213.{n}.{host}/24")],
+        addresses: vec![format!("{n}.{host}/24")],
         ..Default::default()
     }];
     t
@@ -572,10 +608,11 @@ async fn address_on(container: &str, local: &str) -> Option<String> {
         .and_then(|e| e.ip_address)
 }
 
-/// Removes containers and a network with the docker CLI when a test panics before it removed them.
+/// Removes containers, then networks, with the docker CLI when a test panics before it removed
+/// them.
 struct RemoveOnPanic {
     containers: Vec<String>,
-    network: String,
+    networks: Vec<String>,
 }
 
 impl Drop for RemoveOnPanic {
@@ -591,7 +628,9 @@ impl Drop for RemoveOnPanic {
             for c in &self.containers {
                 docker(&["rm", "-f", c]);
             }
-            docker(&["network", "rm", &self.network]);
+            for n in &self.networks {
+                docker(&["network", "rm", n]);
+            }
         }
     }
 }
@@ -606,7 +645,7 @@ async fn two_tasks_on_one_network_reach_each_other_and_share_one_local_network()
     };
     ensure_test_image();
     let service = unique_service("dataplane");
-    let (net_id, n) = unique_network();
+    let (net_id, n) = unique_network().await;
     let local = executor_docker::local_network_name("backend", &net_id);
     let grace = Duration::from_secs(1);
     // The server answers every connection with a line naming itself.
@@ -621,13 +660,13 @@ async fn two_tasks_on_one_network_reach_each_other_and_share_one_local_network()
         ),
         &net_id,
         "backend",
-        n,
+        &n,
         2,
     );
     let server_name = executor_docker::container_name(&server);
     let client_script = format!(
         "ip -o -4 addr show eth0; i=0; while [ $i -lt 100 ]; do \
-           a=$(nc -w 1 10.213.{n}.2 7000 </dev/null); b=$(nc -w 1 {server_name} 7000 </dev/null); \
+           a=$(nc -w 1 {n}.2 7000 </dev/null); b=$(nc -w 1 {server_name} 7000 </dev/null); \
            if [ \"$a\" = pong ] && [ \"$b\" = pong ]; then echo reached; exit 0; fi; \
            i=$((i+1)); sleep 0.2; \
          done; echo unreachable; exit 1"
@@ -636,23 +675,25 @@ async fn two_tasks_on_one_network_reach_each_other_and_share_one_local_network()
         task(&service, "client", IMAGE, &client_script, &[], grace),
         &net_id,
         "backend",
-        n,
+        &n,
         3,
     );
     client.slot = 2;
     let client_name = executor_docker::container_name(&client);
     let _cleanup = RemoveOnPanic {
         containers: vec![server_name.clone(), client_name.clone()],
-        network: local.clone(),
+        networks: vec![local.clone()],
     };
 
+    // Two executors (two swarmd on one engine, not under one lock) prepare at once: one
+    // creates the network, the other finds it.
+    let other = DockerExecutor::connect(&engine_addr(), no_files(), None).expect("connect");
     let s = executor
         .controller(&server, None, DependencyGetter::none())
         .expect("server controller");
-    let c = executor
+    let c = other
         .controller(&client, None, DependencyGetter::none())
         .expect("client controller");
-    // Both prepare at once: one creates the network, the other finds it.
     let (ps, pc) = tokio::join!(s.prepare(), c.prepare());
     ps.expect("prepare server");
     pc.expect("prepare client");
@@ -662,7 +703,7 @@ async fn two_tasks_on_one_network_reach_each_other_and_share_one_local_network()
     c.start().await.expect("start client");
     assert_eq!(
         address_on(&server_name, &local).await.as_deref(),
-        Some(format!("10.213.{n}.2").as_str())
+        Some(format!("{n}.2").as_str())
     );
     let exit = tokio::time::timeout(Duration::from_secs(60), c.wait())
         .await
@@ -672,7 +713,7 @@ async fn two_tasks_on_one_network_reach_each_other_and_share_one_local_network()
     // The client saw its own address (it may have ended before the engine could be asked).
     let text = output(&client_name).await;
     assert!(
-        text.contains(&format!("inet 10.213.{n}.3/24")),
+        text.contains(&format!("inet {n}.3/24")),
         "the client's address: {text}"
     );
     assert_eq!(text.lines().last(), Some("reached"), "{text}");
@@ -710,9 +751,8 @@ async fn a_task_on_two_networks_has_its_address_on_each() {
     };
     ensure_test_image();
     let service = unique_service("twonets");
-    let (front_id, n) = unique_network();
-    let back_id = format!("{front_id}b");
-    let back_n = (n + 1) % 250 + 1;
+    let (front_id, n) = unique_network().await;
+    let (back_id, back_n) = unique_network().await;
     let front = executor_docker::local_network_name("front", &front_id);
     let back = executor_docker::local_network_name("back", &back_id);
     let mut t = attached(
@@ -726,19 +766,15 @@ async fn a_task_on_two_networks_has_its_address_on_each() {
         ),
         &front_id,
         "front",
-        n,
+        &n,
         4,
     );
-    let second = attached(t.clone(), &back_id, "back", back_n, 5).networks;
+    let second = attached(t.clone(), &back_id, "back", &back_n, 5).networks;
     t.networks.extend(second);
     let name = executor_docker::container_name(&t);
     let _cleanup = RemoveOnPanic {
         containers: vec![name.clone()],
-        network: front.clone(),
-    };
-    let _cleanup_back = RemoveOnPanic {
-        containers: Vec::new(),
-        network: back.clone(),
+        networks: vec![front.clone(), back.clone()],
     };
     let c = executor
         .controller(&t, None, DependencyGetter::none())
@@ -749,11 +785,11 @@ async fn a_task_on_two_networks_has_its_address_on_each() {
     c.start().await.expect("start");
     assert_eq!(
         address_on(&name, &front).await.as_deref(),
-        Some(format!("10.213.{n}.4").as_str())
+        Some(format!("{n}.4").as_str())
     );
     assert_eq!(
         address_on(&name, &back).await.as_deref(),
-        Some(format!("10.213.{back_n}.5").as_str())
+        Some(format!("{back_n}.5").as_str())
     );
     c.remove().await.expect("remove");
     assert!(local_networks(&front_id).await.is_empty(), "front left");
@@ -761,7 +797,8 @@ async fn a_task_on_two_networks_has_its_address_on_each() {
     assert_nothing_left(&service).await;
 }
 
-/// A HOST-mode published port is bound on the node: the container answers on 127.0.0.1.
+/// A HOST-mode published port is bound on the node: the container answers on 127.0.0.1; a port
+/// published as 0 gets one the engine picks, which the task's port status reports.
 #[tokio::test]
 async fn a_host_mode_port_is_published_on_the_node() {
     let Some(executor) = executor().await else {
@@ -782,15 +819,28 @@ async fn a_host_mode_port_is_published_on_the_node() {
         Duration::from_secs(1),
     );
     t.endpoint = Some(Box::new(api::Endpoint {
-        ports: vec![api::PortConfig {
-            name: "web".into(),
-            protocol: api::port_config::Protocol::Tcp as i32,
-            target_port: 8080,
-            published_port: published,
-            publish_mode: api::port_config::PublishMode::Host as i32,
-        }],
+        ports: vec![
+            api::PortConfig {
+                name: "web".into(),
+                protocol: api::port_config::Protocol::Tcp as i32,
+                target_port: 8080,
+                published_port: published,
+                publish_mode: api::port_config::PublishMode::Host as i32,
+            },
+            api::PortConfig {
+                name: "any".into(),
+                protocol: api::port_config::Protocol::Udp as i32,
+                target_port: 5353,
+                published_port: 0,
+                publish_mode: api::port_config::PublishMode::Host as i32,
+            },
+        ],
         ..Default::default()
     }));
+    let _cleanup = RemoveOnPanic {
+        containers: vec![executor_docker::container_name(&t)],
+        networks: Vec::new(),
+    };
     let c = executor
         .controller(&t, None, DependencyGetter::none())
         .expect("controller");
@@ -822,25 +872,76 @@ async fn a_host_mode_port_is_published_on_the_node() {
         .await
         .expect("port status")
         .expect("a container");
+    // Both statuses from one inspect say the same as each alone.
     assert_eq!(
-        bound
-            .ports
+        c.statuses().await,
+        (c.runtime_status().await, Ok(Some(bound.clone())))
+    );
+    let ports: Vec<(u32, u32)> = bound
+        .ports
+        .iter()
+        .map(|p| (p.target_port, p.published_port))
+        .collect();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_eq!(ports[1], (8080, published));
+    // The engine's choice for the port published as 0, as the engine reports it.
+    let (target, chosen) = ports[0];
+    assert_eq!(target, 5353);
+    assert_ne!(chosen, 0, "no port chosen");
+    let engine_view = engine()
+        .await
+        .inspect_container(&executor_docker::container_name(&t), None)
+        .await
+        .expect("inspect")
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get("5353/udp").cloned().flatten())
+        .unwrap_or_default();
+    assert!(
+        engine_view
             .iter()
-            .map(|p| (p.target_port, p.published_port))
-            .collect::<Vec<_>>(),
-        [(8080, published)]
+            .any(|b| b.host_port.as_deref() == Some(chosen.to_string().as_str())),
+        "{engine_view:?}"
     );
     c.remove().await.expect("remove");
     assert_nothing_left(&service).await;
 }
 
-/// The sweep at executor start removes our local networks that no container uses, and no other.
+/// Runs the docker CLI, which must succeed.
+fn docker_cli(args: &[&str]) {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sweep removes our local networks that are old enough and that no container refers to,
+/// and no other: not one just made (another swarmd on the engine may be about to put a
+/// container on it), not one a created and never started container refers to (a prepared
+/// task), not one without our marker. It sweeps only this test's networks (by their label), so
+/// the tests beside it keep theirs.
 #[tokio::test]
 async fn the_sweep_removes_unused_local_networks_only() {
     let Some(executor) = executor().await else {
         return;
     };
-    let (net_id, n) = unique_network();
+    ensure_test_image();
+    let (net_id, n) = unique_network().await;
+    let (_, used_n) = unique_network().await;
+    let (_, theirs_n) = unique_network().await;
+    let ours = format!("swarmd-left-{net_id}");
+    let used = format!("swarmd-used-{net_id}");
+    let theirs = format!("other-{net_id}");
+    let holder = format!("holder-{net_id}");
+    let _cleanup = RemoveOnPanic {
+        containers: vec![holder.clone()],
+        networks: vec![ours.clone(), used.clone(), theirs.clone()],
+    };
     let docker = engine().await;
     let mut labels = HashMap::from([
         (
@@ -867,30 +968,124 @@ async fn the_sweep_removes_unused_local_networks_only() {
             ..Default::default()
         }
     };
-    let ours = format!("swarmd-left-{net_id}");
-    docker
-        .create_network(create(
-            ours.clone(),
-            labels.clone(),
-            format!("10.213.{n}.0/24"),
-        ))
-        .await
-        .expect("create ours");
+    for (name, prefix) in [(&ours, &n), (&used, &used_n)] {
+        docker
+            .create_network(create(
+                name.clone(),
+                labels.clone(),
+                format!("{prefix}.0/24"),
+            ))
+            .await
+            .expect("create ours");
+    }
     // Not ours (no marker): left alone even though nothing uses it.
     labels.remove(executor_docker::LOCAL_NETWORK_LABEL);
-    let theirs = format!("other-{net_id}");
     docker
-        .create_network(create(theirs.clone(), labels, format!("10.214.{n}.0/24")))
+        .create_network(create(theirs.clone(), labels, format!("{theirs_n}.0/24")))
         .await
         .expect("create theirs");
-    executor.sweep_networks().await.expect("sweep");
-    let left = local_networks(&net_id).await;
-    let theirs_id = docker
-        .inspect_network(&theirs, None)
+    docker_cli(&[
+        "create",
+        "--name",
+        &holder,
+        "--network",
+        &used,
+        IMAGE,
+        "true",
+    ]);
+    let label = format!("{}={net_id}", executor_docker::NETWORK_ID_LABEL);
+    let mut all = vec![ours.clone(), used.clone(), theirs.clone()];
+    all.sort();
+
+    // At executor start: all too young.
+    executor
+        .sweep_networks_where(executor_docker::SWEEP_MIN_AGE, Some(&label))
         .await
-        .expect("theirs is still there")
-        .id
-        .expect("id");
-    docker.remove_network(&theirs).await.expect("remove theirs");
-    assert_eq!(left, [theirs_id], "ours should be gone, theirs kept");
+        .expect("sweep");
+    assert_eq!(networks_named(&net_id).await, all, "a young network went");
+    // Old enough: only the unused one of ours goes.
+    executor
+        .sweep_networks_where(Duration::ZERO, Some(&label))
+        .await
+        .expect("sweep");
+    let left = networks_named(&net_id).await;
+    docker_cli(&["rm", "-f", &holder]);
+    docker_cli(&["network", "rm", &used, &theirs]);
+    let mut want = vec![used, theirs];
+    want.sort();
+    assert_eq!(
+        left, want,
+        "ours should be gone, the used one and theirs kept"
+    );
+}
+
+/// A task prepared (its container created, not started) on a network keeps it when another
+/// task on it is removed, and starts on it. Should the network go all the same (the engine
+/// lets it: nothing runs on it), start makes it again and the task has its address.
+#[tokio::test]
+async fn a_prepared_task_keeps_its_network_and_starts() {
+    let Some(executor) = executor().await else {
+        return;
+    };
+    ensure_test_image();
+    let service = unique_service("prepared");
+    let (net_id, n) = unique_network().await;
+    let local = executor_docker::local_network_name("backend", &net_id);
+    let script = "trap 'exit 0' TERM; sleep 60 & wait";
+    let grace = Duration::from_secs(1);
+    let a = attached(
+        task(&service, "a", IMAGE, script, &[], grace),
+        &net_id,
+        "backend",
+        &n,
+        2,
+    );
+    let mut b = attached(
+        task(&service, "b", IMAGE, script, &[], grace),
+        &net_id,
+        "backend",
+        &n,
+        3,
+    );
+    b.slot = 2;
+    let a_name = executor_docker::container_name(&a);
+    let _cleanup = RemoveOnPanic {
+        containers: vec![a_name.clone(), executor_docker::container_name(&b)],
+        networks: vec![local.clone()],
+    };
+    let ca = executor
+        .controller(&a, None, DependencyGetter::none())
+        .expect("controller");
+    let cb = executor
+        .controller(&b, None, DependencyGetter::none())
+        .expect("controller");
+    ca.prepare().await.expect("prepare a");
+    cb.prepare().await.expect("prepare b");
+    cb.start().await.expect("start b");
+    cb.remove().await.expect("remove b");
+    assert_eq!(
+        networks_named(&net_id).await,
+        std::slice::from_ref(&local),
+        "the prepared task's network went"
+    );
+    ca.start().await.expect("start a");
+    assert_eq!(ca.inspect().await, Ok(RuntimeState::Running));
+    ca.remove().await.expect("remove a");
+    assert!(networks_named(&net_id).await.is_empty(), "network left");
+
+    // Prepared again, and its network removed behind the executor's back.
+    ca.prepare().await.expect("prepare a again");
+    engine()
+        .await
+        .remove_network(&local)
+        .await
+        .expect("the engine lets a network with no running container go");
+    ca.start().await.expect("start a on its network made again");
+    assert_eq!(
+        address_on(&a_name, &local).await.as_deref(),
+        Some(format!("{n}.2").as_str())
+    );
+    ca.remove().await.expect("remove a");
+    assert!(networks_named(&net_id).await.is_empty(), "network left");
+    assert_nothing_left(&service).await;
 }

@@ -23,6 +23,8 @@ pub struct Ctx {
     pub(crate) node_names: HashMap<String, String>,
     /// Service ID -> service name, same reason.
     pub(crate) service_names: HashMap<String, String>,
+    /// Network ID -> network name, same reason.
+    pub(crate) network_names: HashMap<String, String>,
 }
 
 impl Ctx {
@@ -35,6 +37,7 @@ impl Ctx {
             no_resolve,
             node_names: HashMap::new(),
             service_names: HashMap::new(),
+            network_names: HashMap::new(),
         }
     }
 }
@@ -362,6 +365,28 @@ pub fn print_header(w: &mut crate::tabwriter::TabWriter, columns: &[&str]) {
     w.line(columns.join("\t"));
     let dashes: Vec<String> = columns.iter().map(|c| "-".repeat(c.len())).collect();
     w.line(dashes.join("\t"));
+}
+
+/// Ours, not SwarmKit's: network attachments (a task's or a node's) under the tab-less `header`,
+/// one `  <network name>\t: <addresses>` line each (the name from the attachment's copy of the
+/// network) and its aliases below it, if any. Nothing without attachments. The tab-less header
+/// ends the column block above it, so the lines before keep their alignment.
+pub fn attachment_lines(
+    w: &mut crate::tabwriter::TabWriter,
+    header: &str,
+    attachments: &[api::NetworkAttachment],
+) {
+    if attachments.is_empty() {
+        return;
+    }
+    w.line(header);
+    for a in attachments {
+        let name = a.network.as_ref().map_or("", crate::resolve::network_name);
+        w.line(format!("  {name}\t: {}", a.addresses.join(", ")));
+        if !a.aliases.is_empty() {
+            w.line(format!("    Aliases\t: {}", a.aliases.join(", ")));
+        }
+    }
 }
 
 #[cfg(test)]

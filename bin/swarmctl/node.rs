@@ -371,6 +371,7 @@ pub fn render_summary(node: &api::Node) -> String {
             w.line(format!("Engine Labels\t:{}", labels_text(&e.labels)));
         }
     }
+    crate::common::attachment_lines(&mut w, "Network attachments:", &node.attachments);
     w.render()
 }
 
@@ -527,6 +528,25 @@ mod tests {
         assert_eq!(
             parse_labels(&["novalue".to_string()]).map_err(|e| e.to_string()),
             Err("malformed label for node novalue".to_string())
+        );
+    }
+
+    #[test]
+    fn inspect_ends_with_the_network_attachments() {
+        let mut n = node("N3", "node-3", None);
+        let without = render_summary(&n);
+        n.attachments = vec![crate::task::tests::attachment(
+            "ingress",
+            &["10.0.0.2/24"],
+            &[],
+        )];
+        let with = render_summary(&n);
+        check(
+            with.strip_prefix(&without)
+                .expect("the same lines first")
+                .to_string(),
+            "Network attachments:\n  \
+               ingress        : 10.0.0.2/24\n",
         );
     }
 }

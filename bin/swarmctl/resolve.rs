@@ -1,5 +1,5 @@
-//! ID to name resolution for display (spec 1.1 "Name resolution"): node and service names,
-//! looked up once per invocation and cached on the [`Ctx`]; `-n` turns it off. Any lookup
+//! ID to name resolution for display (spec 1.1 "Name resolution"): node, service and network
+//! names, looked up once per invocation and cached on the [`Ctx`]; `-n` turns it off. Any lookup
 //! error prints the raw ID. `node ls` does not use this (it has the names already).
 
 use crate::common::Ctx;
@@ -52,6 +52,37 @@ impl Ctx {
         self.service_names.insert(id.to_string(), name.clone());
         name
     }
+
+    /// The network's spec name, else its ID (ours: SwarmKit's swarmctl resolves no networks).
+    pub async fn network_name(&mut self, id: &str) -> String {
+        if self.no_resolve {
+            return id.to_string();
+        }
+        if let Some(name) = self.network_names.get(id) {
+            return name.clone();
+        }
+        let req = api::GetNetworkRequest {
+            network_id: id.to_string(),
+            ..Default::default()
+        };
+        let name = match self.client.get_network(req).await {
+            Ok(r) => r
+                .into_inner()
+                .network
+                .map(|n| network_name(&n).to_string())
+                .unwrap_or_else(|| id.to_string()),
+            Err(_) => id.to_string(),
+        };
+        self.network_names.insert(id.to_string(), name.clone());
+        name
+    }
+}
+
+/// A network's spec name, else its ID.
+pub fn network_name(n: &api::Network) -> &str {
+    let name =
+        crate::common::annotations_name(n.spec.as_ref().and_then(|s| s.annotations.as_ref()));
+    if name.is_empty() { &n.id } else { name }
 }
 
 /// How the resolver names a node (as SwarmKit's: a description without hostname gives "").

@@ -265,11 +265,12 @@ pub fn render_summary(t: &api::Task, service: &str, node: &str) -> String {
             w.line(format!("    [{mode}] {}:{target}", c.config_name));
         }
     }
+    crate::common::attachment_lines(&mut w, "Networks:", &t.networks);
     w.render()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tasks::tests::{now, task};
     use api::TaskState::{Pending, Rejected, Running};
@@ -402,5 +403,55 @@ mod tests {
         );
         assert!(!out.contains("Command"), "{out}");
         assert!(!out.contains("Timestamp"), "{out}");
+    }
+
+    /// An attachment to a copy of the network `name` (ID `<name>-id`).
+    pub(crate) fn attachment(
+        name: &str,
+        addresses: &[&str],
+        aliases: &[&str],
+    ) -> api::NetworkAttachment {
+        api::NetworkAttachment {
+            network: Some(api::Network {
+                id: format!("{name}-id"),
+                spec: Some(api::NetworkSpec {
+                    annotations: Some(api::Annotations {
+                        name: name.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn summary_ends_with_the_attachments_aligned_on_their_own() {
+        let mut t = task("T1", "web", 1, "img", Running, Pending, 0, "");
+        t.status.as_mut().expect("status").timestamp = None;
+        let without = render_summary(&t, "web", "");
+        t.networks = vec![
+            attachment("ingress", &["10.0.0.5/24"], &[]),
+            attachment("backend", &["10.0.1.3/24", "fd00::3/64"], &["db", "cache"]),
+        ];
+        // A copy of a network without a name shows its ID.
+        let mut unnamed = attachment("", &["10.0.2.4/24"], &[]);
+        unnamed.network.as_mut().expect("network").id = "K9".into();
+        t.networks.push(unnamed);
+        let with = render_summary(&t, "web", "");
+        check(
+            with.strip_prefix(&without)
+                .expect("the same lines first")
+                .to_string(),
+            "Networks:\n  \
+               ingress          : 10.0.0.5/24\n  \
+               backend          : 10.0.1.3/24, fd00::3/64\n    \
+                 Aliases        : db, cache\n  \
+               K9               : 10.0.2.4/24\n",
+        );
     }
 }

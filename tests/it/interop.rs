@@ -431,11 +431,24 @@ fn mask(swarmctl: &Path, text: &str) -> String {
         .collect()
     });
     let mut text = text.replace(&swarmctl.display().to_string(), "swarmctl");
+    text = without_our_addresses(&text);
     for (re, with) in MASKS.iter() {
         text = re.replace_all(&text, *with).into_owned();
     }
     let text = without_config_payload(&without_node_description(&mask_ids(&text)));
     sort_map_lines(&sort_table_rows(&collapse_blanks(&text)))
+}
+
+/// Our swarmctl's inspect outputs end their summaries with the addresses SwarmKit's does not
+/// print: `service inspect`'s VIPs (a block that opens with a newline, so that removing it
+/// restores an open `Networks:` line), the network attachments of `task inspect` and
+/// `node inspect`. All three are dropped.
+fn without_our_addresses(text: &str) -> String {
+    static BLOCKS: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"\nVirtual IPs:\n(  .*\n)+|(?m)^(Networks|Network attachments):\n(  .*\n)+")
+            .expect("regex")
+    });
+    BLOCKS.replace_all(text, "").into_owned()
 }
 
 /// SwarmKit's `config inspect` prints its tab writer's internals (`&{0x...}`) where the payload

@@ -1,7 +1,8 @@
 //! Overlay network IPAM through swarmctl against a real swarmd: subnets from the default pool or
 //! the user's, what `network create` refuses (with nothing stored), and a cluster whose ingress
 //! network is larger than a /24 (swarmd's default address pool flags, or `network create
-//! --ingress` after removing the default one).
+//! --ingress` after removing the default one); the addresses `service inspect`, `task inspect`
+//! and `node inspect` show.
 
 use std::time::Duration;
 
@@ -148,4 +149,158 @@ fn ingress_can_be_recreated_with_a_larger_subnet() {
     d.ctl(&["network", "create", "--name", "n1"]).ok();
     let (subnet, _) = wait_subnet(&d, "n1");
     assert!(subnet.starts_with("10.0."), "{subnet}");
+}
+
+/// What the control API holds once service `web` on `net1` is allocated: its VIPs, its task's ID
+/// and attachments, and the node's ID and attachments (ingress); as (network name, addresses)
+/// pairs, the addresses joined with ", ".
+type Pairs = Vec<(String, String)>;
+
+fn read_web_addresses(d: &Swarmd) -> Option<(Pairs, String, Pairs, String, Pairs)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = ca::control_channel(&d.socket()).ok()?;
+        let mut client = api::control_client::ControlClient::new(channel);
+        let services = client
+            .list_services(api::ListServicesRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .services;
+        let networks = client
+            .list_networks(api::ListNetworksRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .networks;
+        let network_name = |id: &str| {
+            networks
+                .iter()
+                .find(|n| n.id == id)
+                .and_then(|n| n.spec.as_ref()?.annotations.as_ref())
+                .map(|a| a.name.clone())
+        };
+        let attachment_pairs = |attachments: &[api::NetworkAttachment]| -> Pairs {
+            attachments
+                .iter()
+                .map(|a| {
+                    let network = a.network.as_ref().expect("a copy of the network");
+                    let name = network_name(&network.id).unwrap_or_default();
+                    (name, a.addresses.join(", "))
+                })
+                .collect()
+        };
+        let vips: Pairs = services
+            .first()?
+            .endpoint
+            .as_ref()?
+            .virtual_ips
+            .iter()
+            .map(|v| {
+                (
+                    network_name(&v.network_id).unwrap_or_default(),
+                    v.addr.clone(),
+                )
+            })
+            .collect();
+        let task = client
+            .list_tasks(api::ListTasksRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .tasks
+            .into_iter()
+            .find(|t| !t.networks.is_empty())?;
+        let node = client
+            .list_nodes(api::ListNodesRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .nodes
+            .pop()?;
+        if vips.is_empty() || node.attachments.is_empty() {
+            return None;
+        }
+        Some((
+            vips,
+            task.id.clone(),
+            attachment_pairs(&task.networks),
+            node.id.clone(),
+            attachment_pairs(&node.attachments),
+        ))
+    })
+}
+
+/// The `  <name> : <value>` lines of the block under the line `header` of `out`.
+fn block(out: &str, header: &str) -> Pairs {
+    out.lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("    "))
+        .filter_map(|l| l.split_once(" : "))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The process executor's node reports no network plugin, so the task stays PENDING unscheduled,
+/// with its address on net1 (the node's own attachment is ingress's).
+#[test]
+fn inspect_outputs_show_the_vips_and_addresses_the_control_api_holds() {
+    let d = Swarmd::start_with(&["--executor", "process"]);
+    d.ctl(&[
+        "network",
+        "create",
+        "--name",
+        "net1",
+        "--subnet",
+        "10.20.0.0/24",
+    ])
+    .ok();
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--image",
+        "img",
+        "--network",
+        "net1",
+        "--command",
+        "sleep",
+        "--args",
+        "1000",
+    ])
+    .ok();
+    let (vips, task, task_pairs, node, node_pairs) =
+        wait_for("web's addresses on net1", LIMIT, || read_web_addresses(&d));
+    let on_net1 = |pairs: &Pairs| {
+        pairs.len() == 1
+            && pairs[0].0 == "net1"
+            && pairs[0].1.starts_with("10.20.0.")
+            && pairs[0].1.ends_with("/24")
+    };
+    assert!(on_net1(&vips), "{vips:?}");
+    assert!(on_net1(&task_pairs), "{task_pairs:?}");
+    assert_eq!(node_pairs.len(), 1, "{node_pairs:?}");
+    assert_eq!(node_pairs[0].0, "ingress");
+
+    let service = d.ctl(&["service", "inspect", "web"]).ok().to_string();
+    assert_eq!(block(&service, "Virtual IPs:"), vips, "{service}");
+    let task_out = d.ctl(&["task", "inspect", &task]).ok().to_string();
+    assert_eq!(block(&task_out, "Networks:"), task_pairs, "{task_out}");
+    let node_out = d.ctl(&["node", "inspect", &node]).ok().to_string();
+    assert_eq!(
+        block(&node_out, "Network attachments:"),
+        node_pairs,
+        "{node_out}"
+    );
+    // Objects without addresses print none of the blocks: a service on no network.
+    d.ctl(&["service", "create", "--name", "plain", "--image", "img"])
+        .ok();
+    let plain = d.ctl(&["service", "inspect", "plain"]).ok().to_string();
+    assert!(!plain.contains("Virtual IPs:"), "{plain}");
 }

@@ -1,6 +1,7 @@
 //! `swarmctl service inspect`: the summary block of spec 1.3 (ID, name, labels, replicas, update
 //! status, template with container, resources, networks, ports, mounts, secrets, configs, log
-//! driver) followed by the service's task table (main's `tasks::print_task_table`).
+//! driver), then (ours) the VIPs, followed by the service's task table (main's
+//! `tasks::print_task_table`).
 
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -46,6 +47,11 @@ pub async fn run(a: InspectArgs, ctx: &mut Ctx) -> CmdResult {
         .count();
     let jobs = job_statuses(ctx, std::slice::from_ref(&service)).await?;
     let mut out = render_summary(&service, running, jobs.get(&service.id), SystemTime::now());
+    let mut vips = Vec::new();
+    for vip in service.endpoint.iter().flat_map(|e| &e.virtual_ips) {
+        vips.push((ctx.network_name(&vip.network_id).await, vip.addr.clone()));
+    }
+    out.push_str(&render_virtual_ips(&vips));
     if !tasks.is_empty() {
         out.push('\n');
         print_task_table(ctx, &mut out, &tasks, a.all).await;
@@ -254,6 +260,21 @@ pub fn render_summary(
         }
     }
     tabulate(&raw)
+}
+
+/// Ours, not SwarmKit's: the service's VIPs, (network name, address) each, after the summary as
+/// a block of its own, `Virtual IPs:` and one `  <network>\t: <addr>` line per VIP; nothing
+/// without VIPs. Its leading newline ends a `Networks:` line left open, or else leaves a blank
+/// line, as the `Ports:` block's does.
+pub fn render_virtual_ips(vips: &[(String, String)]) -> String {
+    if vips.is_empty() {
+        return String::new();
+    }
+    let mut w = TabWriter::new(8, 8, 8);
+    for (network, addr) in vips {
+        w.line(format!("  {network}\t: {addr}"));
+    }
+    format!("\nVirtual IPs:\n{}", w.render())
 }
 
 #[cfg(test)]
@@ -544,24 +565,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn networks_line_stays_open_without_ports() {
+    /// `web` without ports, its tasks on the networks `targets`.
+    fn web_on_networks_without_ports(targets: &[&str]) -> api::Service {
         let mut s = web();
         s.endpoint = None;
         s.spec
             .as_mut()
             .and_then(|s| s.task.as_mut())
             .expect("task")
-            .networks = vec![
-            api::NetworkAttachmentConfig {
-                target: "K1".into(),
+            .networks = targets
+            .iter()
+            .map(|t| api::NetworkAttachmentConfig {
+                target: t.to_string(),
                 ..Default::default()
-            },
-            api::NetworkAttachmentConfig {
-                target: "K2".into(),
-                ..Default::default()
-            },
-        ];
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn networks_line_stays_open_without_ports() {
+        let mut s = web_on_networks_without_ports(&["K1", "K2"]);
         assert!(
             render_summary(&s, 0, None, now())
                 .ends_with("      Memory             : 256 MiB\n  Networks: K1 K2")
@@ -655,6 +679,38 @@ mod tests {
                 "Replicas        : 0/1 (2/3 completed)",
                 "Template        "
             ])
+        );
+    }
+
+    #[test]
+    fn virtual_ips_close_an_open_networks_line_and_nothing_without_them() {
+        assert_eq!(render_virtual_ips(&[]), "");
+        let s = web_on_networks_without_ports(&["K1"]);
+        let vips = [
+            ("net1".to_string(), "10.20.0.2/24".to_string()),
+            ("backend-net".to_string(), "10.0.1.2/24".to_string()),
+        ];
+        let out = render_summary(&s, 0, None, now()) + &render_virtual_ips(&vips);
+        assert!(
+            out.ends_with(&lines(&[
+                "      Memory             : 256 MiB",
+                "  Networks: K1",
+                "Virtual IPs:",
+                "  net1               : 10.20.0.2/24",
+                "  backend-net        : 10.0.1.2/24",
+            ])),
+            "{out}"
+        );
+        // After complete lines (the ports), a blank line first, as before `Ports:`.
+        let out = render_summary(&web(), 0, None, now()) + &render_virtual_ips(&vips[..1]);
+        assert!(
+            out.ends_with(&lines(&[
+                "      SwarmPort        = 8080",
+                "",
+                "Virtual IPs:",
+                "  net1        : 10.20.0.2/24",
+            ])),
+            "{out}"
         );
     }
 }

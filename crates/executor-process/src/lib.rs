@@ -168,9 +168,11 @@ impl ProcessExecutor {
 impl Executor for ProcessExecutor {
     /// Hostname (the override or the kernel's), platform as Rust names it (`linux`, `x86_64` or
     /// `aarch64`, which the scheduler's platform filter takes for `amd64`/`arm64`), CPUs × 10⁹
-    /// nano CPUs, MemTotal, and an engine with no version, no plugins and the label
-    /// [`ENGINE_LABEL`]. Reporting an engine without plugins keeps tasks that need network or
-    /// volume plugins off this node, which can attach neither.
+    /// nano CPUs, MemTotal, and an engine with no version, the label [`ENGINE_LABEL`] and one
+    /// plugin, the `overlay` network driver: tasks on swarm (overlay) networks, ingress included,
+    /// are placed here and run on the host's network (their addresses are allocated, not
+    /// configured, until the overlay data plane). No volume or other network plugin is reported,
+    /// which keeps tasks that need one off this node.
     async fn describe(&self) -> Result<api::NodeDescription, ExecutorError> {
         let hostname = match &self.hostname_override {
             Some(name) => name.clone(),
@@ -194,7 +196,10 @@ impl Executor for ProcessExecutor {
             engine: Some(api::EngineDescription {
                 engine_version: String::new(),
                 labels: BTreeMap::from([(ENGINE_LABEL.0.to_string(), ENGINE_LABEL.1.to_string())]),
-                plugins: Vec::new(),
+                plugins: vec![api::PluginDescription {
+                    r#type: "Network".into(),
+                    name: "overlay".into(),
+                }],
             }),
             ..Default::default()
         })

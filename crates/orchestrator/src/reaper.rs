@@ -57,8 +57,9 @@ fn orphaned_serviceless(task: &api::Task) -> bool {
 }
 
 /// The task events [`TaskReaper::handle`] acts on (the store drops the others as it publishes them,
-/// so a reaper busy deleting does not hold every task version meanwhile): creates, and updates of
-/// tasks that became deletable.
+/// so a reaper busy deleting does not hold every task version meanwhile): creates, updates of
+/// tasks that became deletable, and updates that take a task past RUNNING (observed or desired):
+/// they wake the reaper, whose pass trims a slot it left dirty while its old task still ran.
 fn wants(event: &Event, _: &store::ReadTx<'_>) -> bool {
     let Some(task) = event.object_as::<api::Task>() else {
         return true;
@@ -71,9 +72,19 @@ fn wants(event: &Event, _: &store::ReadTx<'_>) -> bool {
         Event::Object {
             kind: EventKind::Update,
             ..
-        } => orphaned_serviceless(task) || removable(task),
+        } => orphaned_serviceless(task) || removable(task) || stopped_now(event, task),
         _ => false,
     }
+}
+
+/// Whether this update took the task's observed or desired state past RUNNING.
+fn stopped_now(event: &Event, task: &api::Task) -> bool {
+    let running = state(api::TaskState::Running);
+    let Some(old) = event.old_as::<api::Task>() else {
+        return true;
+    };
+    (observed(old) <= running && observed(task) > running)
+        || (old.desired_state <= running && task.desired_state > running)
 }
 
 impl TaskReaper {

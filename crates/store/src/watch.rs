@@ -196,8 +196,11 @@ impl WatchFilter {
     /// Receive only the object events (of the chosen kinds) for which `select` holds. The store
     /// runs it while it publishes the event, with the tables as the raft entry carrying the event
     /// left them (later changes are later events), and queues nothing for the watcher when it
-    /// is false. It must be cheap (it runs under the store's write lock, on raft's apply path) and
-    /// return false only for events the watcher provably ignores, whatever it reads afterwards.
+    /// is false. It must be cheap (it runs under the store's write lock, on raft's apply path),
+    /// must not call into any `MemoryStore` (view, watch, update: the locks it holds are not
+    /// re-entrant, so that would deadlock the apply path; it reads only the `ReadTx` it is given),
+    /// and must return false only for events the watcher provably ignores, whatever it reads
+    /// afterwards.
     pub fn select(
         mut self,
         select: impl Fn(&Event, &ReadTx<'_>) -> bool + Send + Sync + 'static,

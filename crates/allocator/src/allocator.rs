@@ -786,12 +786,9 @@ impl Allocator {
                 }
             }
         }
+        let mut services: HashMap<String, String> = pending.into_iter().collect();
         for task_id in waiting {
-            let service_id = pending
-                .iter()
-                .find(|(t, _)| *t == task_id)
-                .map(|(_, s)| s.clone())
-                .unwrap_or_default();
+            let service_id = services.remove(&task_id).unwrap_or_default();
             self.unallocated_tasks.insert(task_id, service_id);
         }
     }

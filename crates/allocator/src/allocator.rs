@@ -626,6 +626,7 @@ impl Allocator {
             .store
             .update(move |tx| {
                 let mut gone = Vec::new();
+                let mut failed = Vec::new();
                 for (id, endpoint) in endpoints {
                     // Writing on top of the latest version: the spec may have changed since the
                     // allocation, in which case its update event allocates again.
@@ -639,19 +640,25 @@ impl Allocator {
                     service.endpoint = endpoint;
                     if let Err(e) = tx.update_service(service) {
                         error!(service.id = %id, error = %e, "failed to store the allocation of a service");
-                        gone.push(id);
+                        failed.push(id);
                     }
                 }
-                Ok(gone)
+                Ok((gone, failed))
             })
             .await;
         match result {
-            Ok(gone) => {
+            Ok((gone, failed)) => {
                 for (id, allocation, vips) in batch {
-                    if gone.contains(&id) {
+                    let removed = gone.contains(&id);
+                    if removed || failed.contains(&id) {
                         self.ports.undo(&id, allocation.previous);
                         self.vips.abort(&mut self.ipam, &vips);
-                        self.unallocated_services.remove(&id);
+                        // A removed service is done with; one whose write failed is tried again.
+                        if removed {
+                            self.unallocated_services.remove(&id);
+                        } else {
+                            self.unallocated_services.insert(id);
+                        }
                         continue;
                     }
                     debug!(service.id = %id, "allocated service endpoint");

@@ -533,12 +533,14 @@ impl Allocator {
             let ids: Vec<String> = self.unallocated_networks.iter().cloned().collect();
             self.allocate_networks(ids).await;
         }
+        // Every waiting task is queued again, before the services: so a service that becomes
+        // allocated here finds none of its tasks left to re-queue.
+        let waiting = std::mem::take(&mut self.unallocated_tasks);
+        self.pending_tasks.extend(waiting);
         if !self.unallocated_services.is_empty() {
             let ids: Vec<String> = self.unallocated_services.iter().cloned().collect();
             self.allocate_services(ids).await;
         }
-        let waiting = std::mem::take(&mut self.unallocated_tasks);
-        self.pending_tasks.extend(waiting);
         self.process_pending_tasks().await;
         for node in std::mem::take(&mut self.unallocated_nodes) {
             self.nodes.mark_dirty(&node);
@@ -686,6 +688,9 @@ impl Allocator {
 
     /// Queues the waiting tasks of a service that just became allocated.
     fn requeue_tasks_of(&mut self, service_id: &str) {
+        if self.unallocated_tasks.is_empty() {
+            return;
+        }
         let ready: Vec<String> = self
             .unallocated_tasks
             .iter()

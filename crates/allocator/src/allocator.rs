@@ -73,8 +73,6 @@ pub struct Allocator {
     nodes: NodeAttachments,
     /// Nodes an attachment could not be allocated for, retried with the services.
     unallocated_nodes: BTreeSet<String>,
-    /// The error last stored in each waiting NEW task, so it is written once.
-    task_errors: HashMap<String, String>,
     /// Networks whose lack of free addresses was logged already: once per network, not per task.
     exhausted: BTreeSet<String>,
 }
@@ -134,7 +132,6 @@ impl Allocator {
             task_addresses: TaskAddresses::default(),
             nodes: NodeAttachments::default(),
             unallocated_nodes: BTreeSet::new(),
-            task_errors: HashMap::new(),
             exhausted: BTreeSet::new(),
         }
     }
@@ -487,7 +484,6 @@ impl Allocator {
             self.something_was_deallocated = true;
         }
         if kind == EventKind::Remove || !is_new(task) {
-            self.task_errors.remove(&task.id);
             self.pending_tasks.remove(&task.id);
             self.unallocated_tasks.remove(&task.id);
             return;
@@ -780,7 +776,6 @@ impl Allocator {
             match write {
                 TaskWrite::Allocated(ready) => match stored {
                     Some((false, held)) if same_addresses(&held, &ready.taken) => {
-                        self.task_errors.remove(&ready.task_id);
                         self.task_addresses.hold(&ready.task_id, ready.taken);
                     }
                     other => {
@@ -790,9 +785,8 @@ impl Allocator {
                         }
                     }
                 },
-                TaskWrite::Waits { task_id, err } => {
+                TaskWrite::Waits { task_id, .. } => {
                     if stored.is_some_and(|(new, _)| new) {
-                        self.task_errors.insert(task_id.clone(), err);
                         waiting.push(task_id);
                     }
                 }
@@ -914,6 +908,10 @@ impl Allocator {
 
     /// Logs, once per network, that `network_id` has no free address left.
     fn warn_exhausted(&mut self, network_id: &str, error: &Error) {
+        // A network that had an address freed since its last warning is warned about again.
+        for freed in self.ipam.take_freed() {
+            self.exhausted.remove(&freed);
+        }
         if self.exhausted.insert(network_id.to_string()) {
             warn!(
                 network.id = %network_id,

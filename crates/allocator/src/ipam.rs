@@ -23,7 +23,7 @@ mod prefix;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use intervals::Intervals;
 use prefix::{Family, Prefix, parse_ip};
@@ -367,6 +367,8 @@ pub struct Ipam {
     subnets: [BTreeMap<u128, Pool>; 2],
     /// Network ID -> its subnets, in the order of its IPAM configs.
     networks: BTreeMap<String, Vec<Prefix>>,
+    /// Networks an address was freed on since [`Ipam::take_freed`] was last called.
+    freed: BTreeSet<String>,
 }
 
 /// Whether the network's subnets and addresses are allocated here: overlay networks are, node-local
@@ -662,7 +664,16 @@ impl Ipam {
             return false;
         };
         let pool = self.pool_mut(&prefix);
-        !pool.reserved.contains(&offset) && pool.used.remove(offset)
+        let freed = !pool.reserved.contains(&offset) && pool.used.remove(offset);
+        if freed {
+            self.freed.insert(network_id.to_string());
+        }
+        freed
+    }
+
+    /// The networks an address was freed on since the last call.
+    pub fn take_freed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.freed)
     }
 
     /// The subnet of the network holding `address` and the address's offset in it.

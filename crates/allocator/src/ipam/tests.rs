@@ -352,6 +352,20 @@ fn addresses_are_serial_wrap_around_and_never_the_reserved_ones() {
 }
 
 #[test]
+fn the_networks_an_address_was_freed_on_are_reported_once() {
+    let mut ipam = Ipam::default();
+    ipam.allocate_network(&overlay("n")).expect("n");
+    ipam.allocate_network(&overlay("m")).expect("m");
+    let a = ipam.allocate_address("n", None).expect("a");
+    assert!(ipam.take_freed().is_empty());
+    assert!(!ipam.release_address("m", "10.0.1.9"));
+    assert!(ipam.take_freed().is_empty());
+    assert!(ipam.release_address("n", &a));
+    assert_eq!(ipam.take_freed(), BTreeSet::from(["n".to_string()]));
+    assert!(ipam.take_freed().is_empty());
+}
+
+#[test]
 fn a_released_address_waits_until_the_search_wraps() {
     let mut ipam = Ipam::default();
     ipam.allocate_network(&overlay("n")).expect("n");

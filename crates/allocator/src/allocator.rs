@@ -73,6 +73,9 @@ pub struct Allocator {
     nodes: NodeAttachments,
     /// Nodes an attachment could not be allocated for, retried with the services.
     unallocated_nodes: BTreeSet<String>,
+    /// Stored networks whose allocation could not be restored: when one is allocated again (from
+    /// its stored IPAM state), the addresses stored objects hold on it are reserved first.
+    unrestored: BTreeSet<String>,
     /// Networks whose lack of free addresses was logged already: once per network, not per task.
     exhausted: BTreeSet<String>,
 }
@@ -132,6 +135,7 @@ impl Allocator {
             task_addresses: TaskAddresses::default(),
             nodes: NodeAttachments::default(),
             unallocated_nodes: BTreeSet::new(),
+            unrestored: BTreeSet::new(),
             exhausted: BTreeSet::new(),
         }
     }
@@ -200,6 +204,7 @@ impl Allocator {
             } else if let Err(e) = self.restore_network(network) {
                 error!(network.id = %network.id, error = %e, "failed restoring the allocation of a network");
                 self.unallocated_networks.insert(network.id.clone());
+                self.unrestored.insert(network.id.clone());
             }
         }
         networks_to_allocate.sort_by_key(|id| {
@@ -255,23 +260,58 @@ impl Allocator {
         tasks: &[api::Task],
         nodes: &[api::Node],
     ) {
-        for node in nodes {
-            self.nodes.restore(&mut self.ipam, node);
-        }
-        for service in services {
-            self.vips.restore(&mut self.ipam, service);
-        }
-        let mut restored = 0;
         for task in tasks {
             self.nodes.track_task(task);
-            if is_past_running(task) {
-                continue;
-            }
-            let held = restore_addresses(&mut self.ipam, &task.id, held_addresses(&task.networks));
-            restored += held.len();
-            self.task_addresses.hold(&task.id, held);
         }
+        let restored = self.reserve_stored_addresses(services, tasks, nodes, None);
         info!(tasks = restored, "allocator restored network addresses");
+    }
+
+    /// Reserves the addresses stored node attachments, service VIPs and the attachments of tasks at
+    /// or below RUNNING hold (only those on `only` if given), as theirs. Returns how many addresses
+    /// tasks got.
+    fn reserve_stored_addresses(
+        &mut self,
+        services: &[api::Service],
+        tasks: &[api::Task],
+        nodes: &[api::Node],
+        only: Option<&str>,
+    ) -> usize {
+        for node in nodes {
+            self.nodes.restore(&mut self.ipam, node, only);
+        }
+        for service in services {
+            self.vips.restore(&mut self.ipam, service, only);
+        }
+        let mut restored = 0;
+        for task in tasks.iter().filter(|t| !is_past_running(t)) {
+            let stored = held_addresses(&task.networks)
+                .into_iter()
+                .filter(|(n, _)| only.is_none_or(|o| o == n))
+                .collect();
+            let held = restore_addresses(&mut self.ipam, &task.id, stored);
+            restored += held.len();
+            self.task_addresses.add(&task.id, held);
+        }
+        restored
+    }
+
+    /// A network whose stored allocation could not be restored at start-up was just allocated
+    /// again from that state: the addresses the store says are held on it are taken back before
+    /// anything new is handed out there, so none is handed out twice.
+    fn reserve_addresses_on(&mut self, network_id: &str) {
+        if !self.unrestored.remove(network_id) {
+            return;
+        }
+        let (services, tasks, nodes) = self.store.view(|tx| {
+            (
+                tx.find_services(By::All),
+                tx.find_tasks(By::All),
+                tx.find_nodes(By::All),
+            )
+        });
+        let restored = self.reserve_stored_addresses(&services, &tasks, &nodes, Some(network_id));
+        info!(network.id = %network_id, tasks = restored, "allocator restored the addresses of a network allocated late");
     }
 
     fn needs_allocation(&self, service: &api::Service) -> bool {
@@ -334,6 +374,7 @@ impl Allocator {
                 self.task_addresses.forget_network(&network.id);
                 self.nodes.forget_network(&network.id);
                 self.exhausted.remove(&network.id);
+                self.unrestored.remove(&network.id);
             }
             EventKind::Update => {}
         }
@@ -446,6 +487,7 @@ impl Allocator {
                 continue;
             }
             debug!(network.id = %id, "allocated network subnets and driver state");
+            self.reserve_addresses_on(&id);
             self.unallocated_networks.remove(&id);
         }
     }

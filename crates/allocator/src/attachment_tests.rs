@@ -573,6 +573,71 @@ async fn restart_keeps_every_address_and_hands_none_out_twice() {
 }
 
 #[tokio::test]
+async fn a_network_restored_late_takes_back_the_addresses_stored_on_it() {
+    let store = MemoryStore::new(None);
+    let first = start(&store);
+    let web = vip_service("web", &["net"]);
+    create(
+        &store,
+        vec![
+            ingress_network("10.255.0.0/24"),
+            overlay("net", "10.7.0.0/24"),
+        ],
+        vec![web.clone()],
+    )
+    .await;
+    create_nodes(&store, &["n1"]).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("a{i:02}")).collect();
+    create_tasks(&store, ids.iter().map(|id| task(id, &web)).collect()).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_pending(&store, &refs).await;
+    set_task(&store, "a00", "n1", api::TaskState::Running).await;
+    wait_until(&store, "n1 on net", |tx| {
+        node_networks(tx, "n1") == set(&["ingress", "net"])
+    })
+    .await;
+    let before = assert_unique(&store);
+    first.stop().await;
+
+    // A damaged store: another network holds the same stored allocation and is restored first,
+    // so "net" cannot be restored and the addresses on it are not taken back at start-up.
+    let mut blocker = store.view(|tx| tx.get_network("net")).expect("net");
+    blocker.id = "a-blocker".into();
+    blocker.spec.as_mut().expect("spec").annotations = Some(api::Annotations {
+        name: "a-blocker".into(),
+        ..Default::default()
+    });
+    store
+        .update(|tx| tx.create_network(blocker))
+        .await
+        .expect("create blocker");
+    let second = start(&store);
+    let more: Vec<String> = (0..5).map(|i| format!("b{i:02}")).collect();
+    create_tasks(&store, more.iter().map(|id| task(id, &web)).collect()).await;
+    // The new allocator has started once a new node gets its ingress attachment.
+    create_nodes(&store, &["n2"]).await;
+    wait_until(&store, "n2 on ingress", |tx| {
+        node_networks(tx, "n2") == set(&["ingress"])
+    })
+    .await;
+    // Once the blocker goes, "net" is allocated again from its stored state: what the store says
+    // is held on it must be taken back before the new tasks get addresses there.
+    store
+        .update(|tx| tx.delete_network("a-blocker"))
+        .await
+        .expect("delete blocker");
+    let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+    wait_pending(&store, &refs).await;
+    let after = assert_unique(&store);
+    // The tasks and the VIP keep theirs (a node's attachment on a network it cannot be restored
+    // is planned again meanwhile, so it may move).
+    for (address, owner) in before.iter().filter(|(_, o)| o.as_str() != "n1") {
+        assert_eq!(after.get(address), Some(owner), "{address:?} moved");
+    }
+    second.stop().await;
+}
+
+#[tokio::test]
 async fn removed_network_takes_node_attachments_with_it() {
     let store = MemoryStore::new(None);
     let allocator = start(&store);

@@ -524,13 +524,12 @@ async fn exhausted_network_keeps_tasks_new_with_the_reason_until_an_address_is_f
     allocator.stop().await;
 }
 
-#[tokio::test]
-async fn restart_keeps_every_address_and_hands_none_out_twice() {
-    let store = MemoryStore::new(None);
-    let first = start(&store);
+/// Ingress, network "net" on 10.7.0.0/24, VIP service "web" on it, `nodes`, and `count` tasks
+/// a00.. of web, PENDING, a00 RUNNING on n1 (which then has an attachment on net).
+async fn web_running_on_n1(store: &MemoryStore, nodes: &[&str], count: usize) -> api::Service {
     let web = vip_service("web", &["net"]);
     create(
-        &store,
+        store,
         vec![
             ingress_network("10.255.0.0/24"),
             overlay("net", "10.7.0.0/24"),
@@ -538,15 +537,26 @@ async fn restart_keeps_every_address_and_hands_none_out_twice() {
         vec![web.clone()],
     )
     .await;
-    create_nodes(&store, &["n1", "n2"]).await;
-    let ids: Vec<String> = (0..20).map(|i| format!("a{i:02}")).collect();
-    create_tasks(&store, ids.iter().map(|id| task(id, &web)).collect()).await;
+    create_nodes(store, nodes).await;
+    let ids: Vec<String> = (0..count).map(|i| format!("a{i:02}")).collect();
+    create_tasks(store, ids.iter().map(|id| task(id, &web)).collect()).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_pending(&store, &refs).await;
-    set_task(&store, "a00", "n1", api::TaskState::Running).await;
-    wait_until(&store, "n1 on net", |tx| {
+    wait_pending(store, &refs).await;
+    set_task(store, "a00", "n1", api::TaskState::Running).await;
+    wait_until(store, "n1 on net", |tx| {
         node_networks(tx, "n1") == set(&["ingress", "net"])
-            && node_networks(tx, "n2") == set(&["ingress"])
+    })
+    .await;
+    web
+}
+
+#[tokio::test]
+async fn restart_keeps_every_address_and_hands_none_out_twice() {
+    let store = MemoryStore::new(None);
+    let first = start(&store);
+    let web = web_running_on_n1(&store, &["n1", "n2"], 20).await;
+    wait_until(&store, "n2 on ingress only", |tx| {
+        node_networks(tx, "n2") == set(&["ingress"])
     })
     .await;
     let before = assert_unique(&store);
@@ -576,26 +586,7 @@ async fn restart_keeps_every_address_and_hands_none_out_twice() {
 async fn a_network_restored_late_takes_back_the_addresses_stored_on_it() {
     let store = MemoryStore::new(None);
     let first = start(&store);
-    let web = vip_service("web", &["net"]);
-    create(
-        &store,
-        vec![
-            ingress_network("10.255.0.0/24"),
-            overlay("net", "10.7.0.0/24"),
-        ],
-        vec![web.clone()],
-    )
-    .await;
-    create_nodes(&store, &["n1"]).await;
-    let ids: Vec<String> = (0..5).map(|i| format!("a{i:02}")).collect();
-    create_tasks(&store, ids.iter().map(|id| task(id, &web)).collect()).await;
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_pending(&store, &refs).await;
-    set_task(&store, "a00", "n1", api::TaskState::Running).await;
-    wait_until(&store, "n1 on net", |tx| {
-        node_networks(tx, "n1") == set(&["ingress", "net"])
-    })
-    .await;
+    let web = web_running_on_n1(&store, &["n1"], 5).await;
     let before = assert_unique(&store);
     first.stop().await;
 

@@ -73,8 +73,9 @@ pub struct Allocator {
     nodes: NodeAttachments,
     /// Nodes an attachment could not be allocated for, retried with the services.
     unallocated_nodes: BTreeSet<String>,
-    /// The error last stored in each waiting NEW task, so it is written once.
-    task_errors: HashMap<String, String>,
+    /// Stored networks whose allocation could not be restored: when one is allocated again (from
+    /// its stored IPAM state), the addresses stored objects hold on it are reserved first.
+    unrestored: BTreeSet<String>,
     /// Networks whose lack of free addresses was logged already: once per network, not per task.
     exhausted: BTreeSet<String>,
 }
@@ -134,7 +135,7 @@ impl Allocator {
             task_addresses: TaskAddresses::default(),
             nodes: NodeAttachments::default(),
             unallocated_nodes: BTreeSet::new(),
-            task_errors: HashMap::new(),
+            unrestored: BTreeSet::new(),
             exhausted: BTreeSet::new(),
         }
     }
@@ -203,6 +204,7 @@ impl Allocator {
             } else if let Err(e) = self.restore_network(network) {
                 error!(network.id = %network.id, error = %e, "failed restoring the allocation of a network");
                 self.unallocated_networks.insert(network.id.clone());
+                self.unrestored.insert(network.id.clone());
             }
         }
         networks_to_allocate.sort_by_key(|id| {
@@ -258,23 +260,58 @@ impl Allocator {
         tasks: &[api::Task],
         nodes: &[api::Node],
     ) {
-        for node in nodes {
-            self.nodes.restore(&mut self.ipam, node);
-        }
-        for service in services {
-            self.vips.restore(&mut self.ipam, service);
-        }
-        let mut restored = 0;
         for task in tasks {
             self.nodes.track_task(task);
-            if is_past_running(task) {
-                continue;
-            }
-            let held = restore_addresses(&mut self.ipam, &task.id, held_addresses(&task.networks));
-            restored += held.len();
-            self.task_addresses.hold(&task.id, held);
         }
+        let restored = self.reserve_stored_addresses(services, tasks, nodes, None);
         info!(tasks = restored, "allocator restored network addresses");
+    }
+
+    /// Reserves the addresses stored node attachments, service VIPs and the attachments of tasks at
+    /// or below RUNNING hold (only those on `only` if given), as theirs. Returns how many addresses
+    /// tasks got.
+    fn reserve_stored_addresses(
+        &mut self,
+        services: &[api::Service],
+        tasks: &[api::Task],
+        nodes: &[api::Node],
+        only: Option<&str>,
+    ) -> usize {
+        for node in nodes {
+            self.nodes.restore(&mut self.ipam, node, only);
+        }
+        for service in services {
+            self.vips.restore(&mut self.ipam, service, only);
+        }
+        let mut restored = 0;
+        for task in tasks.iter().filter(|t| !is_past_running(t)) {
+            let stored = held_addresses(&task.networks)
+                .into_iter()
+                .filter(|(n, _)| only.is_none_or(|o| o == n))
+                .collect();
+            let held = restore_addresses(&mut self.ipam, &task.id, stored);
+            restored += held.len();
+            self.task_addresses.add(&task.id, held);
+        }
+        restored
+    }
+
+    /// A network whose stored allocation could not be restored at start-up was just allocated
+    /// again from that state: the addresses the store says are held on it are taken back before
+    /// anything new is handed out there, so none is handed out twice.
+    fn reserve_addresses_on(&mut self, network_id: &str) {
+        if !self.unrestored.remove(network_id) {
+            return;
+        }
+        let (services, tasks, nodes) = self.store.view(|tx| {
+            (
+                tx.find_services(By::All),
+                tx.find_tasks(By::All),
+                tx.find_nodes(By::All),
+            )
+        });
+        let restored = self.reserve_stored_addresses(&services, &tasks, &nodes, Some(network_id));
+        info!(network.id = %network_id, tasks = restored, "allocator restored the addresses of a network allocated late");
     }
 
     fn needs_allocation(&self, service: &api::Service) -> bool {
@@ -337,6 +374,7 @@ impl Allocator {
                 self.task_addresses.forget_network(&network.id);
                 self.nodes.forget_network(&network.id);
                 self.exhausted.remove(&network.id);
+                self.unrestored.remove(&network.id);
             }
             EventKind::Update => {}
         }
@@ -449,6 +487,7 @@ impl Allocator {
                 continue;
             }
             debug!(network.id = %id, "allocated network subnets and driver state");
+            self.reserve_addresses_on(&id);
             self.unallocated_networks.remove(&id);
         }
     }
@@ -487,7 +526,6 @@ impl Allocator {
             self.something_was_deallocated = true;
         }
         if kind == EventKind::Remove || !is_new(task) {
-            self.task_errors.remove(&task.id);
             self.pending_tasks.remove(&task.id);
             self.unallocated_tasks.remove(&task.id);
             return;
@@ -533,12 +571,14 @@ impl Allocator {
             let ids: Vec<String> = self.unallocated_networks.iter().cloned().collect();
             self.allocate_networks(ids).await;
         }
+        // Every waiting task is queued again, before the services: so a service that becomes
+        // allocated here finds none of its tasks left to re-queue.
+        let waiting = std::mem::take(&mut self.unallocated_tasks);
+        self.pending_tasks.extend(waiting);
         if !self.unallocated_services.is_empty() {
             let ids: Vec<String> = self.unallocated_services.iter().cloned().collect();
             self.allocate_services(ids).await;
         }
-        let waiting = std::mem::take(&mut self.unallocated_tasks);
-        self.pending_tasks.extend(waiting);
         self.process_pending_tasks().await;
         for node in std::mem::take(&mut self.unallocated_nodes) {
             self.nodes.mark_dirty(&node);
@@ -626,6 +666,7 @@ impl Allocator {
             .store
             .update(move |tx| {
                 let mut gone = Vec::new();
+                let mut failed = Vec::new();
                 for (id, endpoint) in endpoints {
                     // Writing on top of the latest version: the spec may have changed since the
                     // allocation, in which case its update event allocates again.
@@ -639,19 +680,25 @@ impl Allocator {
                     service.endpoint = endpoint;
                     if let Err(e) = tx.update_service(service) {
                         error!(service.id = %id, error = %e, "failed to store the allocation of a service");
-                        gone.push(id);
+                        failed.push(id);
                     }
                 }
-                Ok(gone)
+                Ok((gone, failed))
             })
             .await;
         match result {
-            Ok(gone) => {
+            Ok((gone, failed)) => {
                 for (id, allocation, vips) in batch {
-                    if gone.contains(&id) {
+                    let removed = gone.contains(&id);
+                    if removed || failed.contains(&id) {
                         self.ports.undo(&id, allocation.previous);
                         self.vips.abort(&mut self.ipam, &vips);
-                        self.unallocated_services.remove(&id);
+                        // A removed service is done with; one whose write failed is tried again.
+                        if removed {
+                            self.unallocated_services.remove(&id);
+                        } else {
+                            self.unallocated_services.insert(id);
+                        }
                         continue;
                     }
                     debug!(service.id = %id, "allocated service endpoint");
@@ -679,6 +726,9 @@ impl Allocator {
 
     /// Queues the waiting tasks of a service that just became allocated.
     fn requeue_tasks_of(&mut self, service_id: &str) {
+        if self.unallocated_tasks.is_empty() {
+            return;
+        }
         let ready: Vec<String> = self
             .unallocated_tasks
             .iter()
@@ -768,7 +818,6 @@ impl Allocator {
             match write {
                 TaskWrite::Allocated(ready) => match stored {
                     Some((false, held)) if same_addresses(&held, &ready.taken) => {
-                        self.task_errors.remove(&ready.task_id);
                         self.task_addresses.hold(&ready.task_id, ready.taken);
                     }
                     other => {
@@ -778,20 +827,16 @@ impl Allocator {
                         }
                     }
                 },
-                TaskWrite::Waits { task_id, err } => {
+                TaskWrite::Waits { task_id, .. } => {
                     if stored.is_some_and(|(new, _)| new) {
-                        self.task_errors.insert(task_id.clone(), err);
                         waiting.push(task_id);
                     }
                 }
             }
         }
+        let mut services: HashMap<String, String> = pending.into_iter().collect();
         for task_id in waiting {
-            let service_id = pending
-                .iter()
-                .find(|(t, _)| *t == task_id)
-                .map(|(_, s)| s.clone())
-                .unwrap_or_default();
+            let service_id = services.remove(&task_id).unwrap_or_default();
             self.unallocated_tasks.insert(task_id, service_id);
         }
     }
@@ -905,6 +950,10 @@ impl Allocator {
 
     /// Logs, once per network, that `network_id` has no free address left.
     fn warn_exhausted(&mut self, network_id: &str, error: &Error) {
+        // A network that had an address freed since its last warning is warned about again.
+        for freed in self.ipam.take_freed() {
+            self.exhausted.remove(&freed);
+        }
         if self.exhausted.insert(network_id.to_string()) {
             warn!(
                 network.id = %network_id,

@@ -524,13 +524,12 @@ async fn exhausted_network_keeps_tasks_new_with_the_reason_until_an_address_is_f
     allocator.stop().await;
 }
 
-#[tokio::test]
-async fn restart_keeps_every_address_and_hands_none_out_twice() {
-    let store = MemoryStore::new(None);
-    let first = start(&store);
+/// Ingress, network "net" on 10.7.0.0/24, VIP service "web" on it, `nodes`, and `count` tasks
+/// a00.. of web, PENDING, a00 RUNNING on n1 (which then has an attachment on net).
+async fn web_running_on_n1(store: &MemoryStore, nodes: &[&str], count: usize) -> api::Service {
     let web = vip_service("web", &["net"]);
     create(
-        &store,
+        store,
         vec![
             ingress_network("10.255.0.0/24"),
             overlay("net", "10.7.0.0/24"),
@@ -538,15 +537,26 @@ async fn restart_keeps_every_address_and_hands_none_out_twice() {
         vec![web.clone()],
     )
     .await;
-    create_nodes(&store, &["n1", "n2"]).await;
-    let ids: Vec<String> = (0..20).map(|i| format!("a{i:02}")).collect();
-    create_tasks(&store, ids.iter().map(|id| task(id, &web)).collect()).await;
+    create_nodes(store, nodes).await;
+    let ids: Vec<String> = (0..count).map(|i| format!("a{i:02}")).collect();
+    create_tasks(store, ids.iter().map(|id| task(id, &web)).collect()).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_pending(&store, &refs).await;
-    set_task(&store, "a00", "n1", api::TaskState::Running).await;
-    wait_until(&store, "n1 on net", |tx| {
+    wait_pending(store, &refs).await;
+    set_task(store, "a00", "n1", api::TaskState::Running).await;
+    wait_until(store, "n1 on net", |tx| {
         node_networks(tx, "n1") == set(&["ingress", "net"])
-            && node_networks(tx, "n2") == set(&["ingress"])
+    })
+    .await;
+    web
+}
+
+#[tokio::test]
+async fn restart_keeps_every_address_and_hands_none_out_twice() {
+    let store = MemoryStore::new(None);
+    let first = start(&store);
+    let web = web_running_on_n1(&store, &["n1", "n2"], 20).await;
+    wait_until(&store, "n2 on ingress only", |tx| {
+        node_networks(tx, "n2") == set(&["ingress"])
     })
     .await;
     let before = assert_unique(&store);
@@ -569,6 +579,52 @@ async fn restart_keeps_every_address_and_hands_none_out_twice() {
         assert_eq!(after.get(address), Some(owner), "{address:?} moved");
     }
     assert_eq!(after.len(), before.len() + 21);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_network_restored_late_takes_back_the_addresses_stored_on_it() {
+    let store = MemoryStore::new(None);
+    let first = start(&store);
+    let web = web_running_on_n1(&store, &["n1"], 5).await;
+    let before = assert_unique(&store);
+    first.stop().await;
+
+    // A damaged store: another network holds the same stored allocation and is restored first,
+    // so "net" cannot be restored and the addresses on it are not taken back at start-up.
+    let mut blocker = store.view(|tx| tx.get_network("net")).expect("net");
+    blocker.id = "a-blocker".into();
+    blocker.spec.as_mut().expect("spec").annotations = Some(api::Annotations {
+        name: "a-blocker".into(),
+        ..Default::default()
+    });
+    store
+        .update(|tx| tx.create_network(blocker))
+        .await
+        .expect("create blocker");
+    let second = start(&store);
+    let more: Vec<String> = (0..5).map(|i| format!("b{i:02}")).collect();
+    create_tasks(&store, more.iter().map(|id| task(id, &web)).collect()).await;
+    // The new allocator has started once a new node gets its ingress attachment.
+    create_nodes(&store, &["n2"]).await;
+    wait_until(&store, "n2 on ingress", |tx| {
+        node_networks(tx, "n2") == set(&["ingress"])
+    })
+    .await;
+    // Once the blocker goes, "net" is allocated again from its stored state: what the store says
+    // is held on it must be taken back before the new tasks get addresses there.
+    store
+        .update(|tx| tx.delete_network("a-blocker"))
+        .await
+        .expect("delete blocker");
+    let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+    wait_pending(&store, &refs).await;
+    let after = assert_unique(&store);
+    // The tasks and the VIP keep theirs (a node's attachment on a network it cannot be restored
+    // is planned again meanwhile, so it may move).
+    for (address, owner) in before.iter().filter(|(_, o)| o.as_str() != "n1") {
+        assert_eq!(after.get(address), Some(owner), "{address:?} moved");
+    }
     second.stop().await;
 }
 

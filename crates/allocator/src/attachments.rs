@@ -265,6 +265,16 @@ impl TaskAddresses {
         }
     }
 
+    /// Adds `held` to what `task_id` holds.
+    pub(crate) fn add(&mut self, task_id: &str, held: Vec<Held>) {
+        if !held.is_empty() {
+            self.held
+                .entry(task_id.to_string())
+                .or_default()
+                .extend(held);
+        }
+    }
+
     pub(crate) fn holds(&self, task_id: &str) -> bool {
         self.held.contains_key(task_id)
     }
@@ -403,11 +413,19 @@ impl NodeAttachments {
     }
 
     /// Takes the addresses `node`'s stored attachments hold (allocator start-up).
-    pub(crate) fn restore(&mut self, space: &mut dyn AddressSpace, node: &api::Node) {
-        let taken = restore_addresses(space, &node.id, held_addresses(&node.attachments));
+    pub(crate) fn restore(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        node: &api::Node,
+        only: Option<&str>,
+    ) {
+        let stored = held_addresses(&node.attachments)
+            .into_iter()
+            .filter(|(n, _)| only.is_none_or(|o| o == n))
+            .collect();
+        let taken = restore_addresses(space, &node.id, stored);
         if !taken.is_empty() {
-            self.held
-                .insert(node.id.clone(), taken.into_iter().collect());
+            self.held.entry(node.id.clone()).or_default().extend(taken);
         }
     }
 

@@ -66,15 +66,23 @@ pub(crate) struct ServiceVips {
 
 impl ServiceVips {
     /// Takes the VIP addresses `service` stores (allocator start-up).
-    pub(crate) fn restore(&mut self, space: &mut dyn AddressSpace, service: &api::Service) {
+    pub(crate) fn restore(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        service: &api::Service,
+        only: Option<&str>,
+    ) {
         let stored: Vec<Held> = stored_vips(service)
             .iter()
-            .filter(|v| !v.addr.is_empty())
+            .filter(|v| !v.addr.is_empty() && only.is_none_or(|n| n == v.network_id))
             .map(|v| (v.network_id.clone(), v.addr.clone()))
             .collect();
         let taken = restore_addresses(space, &service.id, stored);
         if !taken.is_empty() {
-            self.held.insert(service.id.clone(), taken);
+            self.held
+                .entry(service.id.clone())
+                .or_default()
+                .extend(taken);
         }
     }
 

@@ -23,7 +23,7 @@ mod prefix;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use intervals::Intervals;
 use prefix::{Family, Prefix, parse_ip};
@@ -44,6 +44,15 @@ const MAX_SUBNETS_PER_POOL_BITS: u8 = 24;
 
 /// `IPAMConfig.AddressFamily` IPV4.
 const FAMILY_IPV4: i32 = api::ipam_config::AddressFamily::Ipv4 as i32;
+const FAMILY_IPV6: i32 = api::ipam_config::AddressFamily::Ipv6 as i32;
+
+/// The config family of addresses of `family`.
+fn family_number(family: Family) -> i32 {
+    match family {
+        Family::V4 => FAMILY_IPV4,
+        Family::V6 => FAMILY_IPV6,
+    }
+}
 
 /// Why an IPAM request failed. The texts name the value at fault; SwarmKit's words where it has
 /// them.
@@ -74,6 +83,17 @@ pub enum IpamError {
     UnknownDriver {
         /// The driver's name.
         name: String,
+    },
+    /// An IPv6 config without a subnet: the default pool is IPv4 only.
+    #[error("an IPv6 configuration needs a subnet")]
+    Ipv6NeedsSubnet,
+    /// A config whose family is not that of its subnet.
+    #[error("subnet {subnet} is not {family}")]
+    FamilyMismatch {
+        /// The subnet as written.
+        subnet: String,
+        /// The family the config names.
+        family: &'static str,
     },
     /// A subnet that does not parse.
     #[error("invalid subnet {subnet}")]
@@ -367,6 +387,8 @@ pub struct Ipam {
     subnets: [BTreeMap<u128, Pool>; 2],
     /// Network ID -> its subnets, in the order of its IPAM configs.
     networks: BTreeMap<String, Vec<Prefix>>,
+    /// Networks an address was freed on since [`Ipam::take_freed`] was last called.
+    freed: BTreeSet<String>,
 }
 
 /// Whether the network's subnets and addresses are allocated here: overlay networks are, node-local
@@ -537,6 +559,8 @@ impl Ipam {
         if config.subnet.is_empty() {
             config.subnet = prefix.to_string();
         }
+        // The family is that of the subnet, whatever the config named.
+        config.family = family_number(prefix.family);
         self.subnets[prefix.family.index()].insert(prefix.first, pool);
         Ok(prefix)
     }
@@ -662,7 +686,16 @@ impl Ipam {
             return false;
         };
         let pool = self.pool_mut(&prefix);
-        !pool.reserved.contains(&offset) && pool.used.remove(offset)
+        let freed = !pool.reserved.contains(&offset) && pool.used.remove(offset);
+        if freed {
+            self.freed.insert(network_id.to_string());
+        }
+        freed
+    }
+
+    /// The networks an address was freed on since the last call.
+    pub fn take_freed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.freed)
     }
 
     /// The subnet of the network holding `address` and the address's offset in it.
@@ -701,6 +734,15 @@ pub fn check_network(
     existing: &[api::Network],
     network: &api::Network,
 ) -> Result<(), IpamError> {
+    let configs = network
+        .spec
+        .as_ref()
+        .and_then(|s| s.ipam.as_ref())
+        .map(|i| i.configs.as_slice())
+        .unwrap_or_default();
+    for config in configs {
+        check_family(config)?;
+    }
     let mut ipam = Ipam::new(pools.clone());
     let managed = || existing.iter().filter(|n| is_ipam_managed(n));
     for n in managed().filter(|n| n.ipam.is_some()) {
@@ -720,4 +762,36 @@ pub fn check_network(
         let _ = ipam.allocate_network(n);
     }
     ipam.allocate_network(network).map(|_| ())
+}
+
+/// Refuses an IPv6 config without a subnet (default subnets are IPv4) and a config naming a family
+/// its subnet is not of; an unset family takes the subnet's.
+fn check_family(config: &api::IpamConfig) -> Result<(), IpamError> {
+    if config.subnet.is_empty() {
+        return if config.family == FAMILY_IPV6 {
+            Err(IpamError::Ipv6NeedsSubnet)
+        } else {
+            Ok(())
+        };
+    }
+    let Some((_, prefix)) = Prefix::parse_cidr(&config.subnet) else {
+        return Err(IpamError::InvalidSubnet {
+            subnet: config.subnet.clone(),
+        });
+    };
+    let family = match config.family {
+        FAMILY_IPV4 => Family::V4,
+        FAMILY_IPV6 => Family::V6,
+        _ => return Ok(()),
+    };
+    if family == prefix.family {
+        return Ok(());
+    }
+    Err(IpamError::FamilyMismatch {
+        subnet: config.subnet.clone(),
+        family: match family {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        },
+    })
 }

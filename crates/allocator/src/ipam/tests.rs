@@ -352,6 +352,20 @@ fn addresses_are_serial_wrap_around_and_never_the_reserved_ones() {
 }
 
 #[test]
+fn the_networks_an_address_was_freed_on_are_reported_once() {
+    let mut ipam = Ipam::default();
+    ipam.allocate_network(&overlay("n")).expect("n");
+    ipam.allocate_network(&overlay("m")).expect("m");
+    let a = ipam.allocate_address("n", None).expect("a");
+    assert!(ipam.take_freed().is_empty());
+    assert!(!ipam.release_address("m", "10.0.1.9"));
+    assert!(ipam.take_freed().is_empty());
+    assert!(ipam.release_address("n", &a));
+    assert_eq!(ipam.take_freed(), BTreeSet::from(["n".to_string()]));
+    assert!(ipam.take_freed().is_empty());
+}
+
+#[test]
 fn a_released_address_waits_until_the_search_wraps() {
     let mut ipam = Ipam::default();
     ipam.allocate_network(&overlay("n")).expect("n");
@@ -566,4 +580,44 @@ fn check_network_counts_stored_and_pending_networks() {
         check_network(&pools, &existing, &overlay("new")),
         Err(IpamError::PoolExhausted)
     );
+}
+
+#[test]
+fn check_network_refuses_a_family_its_subnet_is_not_and_ipv6_without_subnet() {
+    let pools = PoolConfig::default();
+    let with_family = |subnet: &str, family: i32| {
+        let mut n = user("new", &[(subnet, "", "")]);
+        n.spec.as_mut().unwrap().ipam.as_mut().unwrap().configs[0].family = family;
+        n
+    };
+    assert_eq!(
+        check_network(&pools, &[], &with_family("", FAMILY_IPV6)),
+        Err(IpamError::Ipv6NeedsSubnet)
+    );
+    assert_eq!(
+        check_network(&pools, &[], &with_family("10.1.0.0/24", FAMILY_IPV6)),
+        Err(IpamError::FamilyMismatch {
+            subnet: "10.1.0.0/24".into(),
+            family: "IPv6"
+        })
+    );
+    assert_eq!(
+        check_network(&pools, &[], &with_family("fd00::/64", FAMILY_IPV4)),
+        Err(IpamError::FamilyMismatch {
+            subnet: "fd00::/64".into(),
+            family: "IPv4"
+        })
+    );
+    check_network(&pools, &[], &with_family("fd00::/64", FAMILY_IPV6)).expect("v6");
+    check_network(&pools, &[], &with_family("", 0)).expect("default");
+    // The allocator names the family of the subnet it gave, whatever the config said.
+    let mut ipam = Ipam::default();
+    let v6 = ipam
+        .allocate_network(&with_family("fd00::/64", 0))
+        .expect("v6");
+    assert_eq!(v6.configs[0].family, FAMILY_IPV6);
+    let mut n = with_family("", 0);
+    n.id = "other".into();
+    let v4 = ipam.allocate_network(&n).expect("v4");
+    assert_eq!(v4.configs[0].family, FAMILY_IPV4);
 }

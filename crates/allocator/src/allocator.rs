@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::attachments::{
-    AddressSpace, AttachError, Held, NodeAttachments, TaskAddresses, held_addresses,
+    AddressSpace, AttachError, Held, HeldAddresses, NodeAttachments, held_addresses,
     is_ingress_network, release_all, restore_addresses, task_attachments,
 };
 use crate::endpoints::{ServiceVips, VipAllocation};
@@ -68,7 +68,7 @@ pub struct Allocator {
     /// The VIP addresses services hold.
     vips: ServiceVips,
     /// The addresses tasks at or below RUNNING hold.
-    task_addresses: TaskAddresses,
+    task_addresses: HeldAddresses,
     /// The attachments nodes hold and the networks they need.
     nodes: NodeAttachments,
     /// Nodes an attachment could not be allocated for, retried with the services.
@@ -132,7 +132,7 @@ impl Allocator {
             something_was_deallocated: false,
             ingress: None,
             vips: ServiceVips::default(),
-            task_addresses: TaskAddresses::default(),
+            task_addresses: HeldAddresses::default(),
             nodes: NodeAttachments::default(),
             unallocated_nodes: BTreeSet::new(),
             unrestored: BTreeSet::new(),

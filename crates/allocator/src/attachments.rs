@@ -250,19 +250,33 @@ pub(crate) fn restore_addresses(
     taken
 }
 
-/// The addresses every task holds: those of tasks at or below RUNNING (a task past RUNNING, or
-/// removed, gives them back).
+/// The addresses each owner holds, by owner ID: the allocator's tasks (those at or below RUNNING:
+/// a task past RUNNING, or removed, gives them back) and, inside `ServiceVips`, services' VIPs.
 #[derive(Debug, Default)]
-pub(crate) struct TaskAddresses {
+pub(crate) struct HeldAddresses {
     held: HashMap<String, Vec<Held>>,
 }
 
-impl TaskAddresses {
+impl HeldAddresses {
     /// Records what `task_id` holds from now on.
     pub(crate) fn hold(&mut self, task_id: &str, held: Vec<Held>) {
         if !held.is_empty() {
             self.held.insert(task_id.to_string(), held);
         }
+    }
+
+    /// Records that `id` holds exactly `held` from now on (nothing when it is empty).
+    pub(crate) fn set(&mut self, id: &str, held: Vec<Held>) {
+        if held.is_empty() {
+            self.held.remove(id);
+        } else {
+            self.held.insert(id.to_string(), held);
+        }
+    }
+
+    /// What `id` holds.
+    pub(crate) fn get(&self, id: &str) -> Option<&Vec<Held>> {
+        self.held.get(id)
     }
 
     /// Adds `held` to what `task_id` holds.

@@ -4,13 +4,11 @@
 //! publishes INGRESS-mode ports; a DNSRR service gets none. A VIP on a node-local network has no
 //! address, as in SwarmKit. Nothing in this file touches the store.
 
-use std::collections::HashMap;
-
 use api::endpoint::VirtualIp;
 
 use crate::attachments::{
-    AddressSpace, Addressing, Held, addressing, ingress_needed, release_all, restore_addresses,
-    service_networks,
+    AddressSpace, Addressing, Held, HeldAddresses, addressing, ingress_needed, release_all,
+    restore_addresses, service_networks,
 };
 use crate::error::Error;
 
@@ -61,7 +59,7 @@ pub(crate) struct VipAllocation {
 /// The VIP addresses every service holds.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceVips {
-    held: HashMap<String, Vec<Held>>,
+    held: HeldAddresses,
 }
 
 impl ServiceVips {
@@ -78,12 +76,7 @@ impl ServiceVips {
             .map(|v| (v.network_id.clone(), v.addr.clone()))
             .collect();
         let taken = restore_addresses(space, &service.id, stored);
-        if !taken.is_empty() {
-            self.held
-                .entry(service.id.clone())
-                .or_default()
-                .extend(taken);
-        }
+        self.held.add(&service.id, taken);
     }
 
     /// Whether `service`'s stored VIPs are those its spec asks for and hold addresses this
@@ -193,11 +186,7 @@ impl ServiceVips {
             .filter(|v| !v.addr.is_empty())
             .map(|v| (v.network_id.clone(), v.addr.clone()))
             .collect();
-        if held.is_empty() {
-            self.held.remove(service_id);
-        } else {
-            self.held.insert(service_id.to_string(), held);
-        }
+        self.held.set(service_id, held);
         !allocation.freed.is_empty()
     }
 
@@ -208,20 +197,11 @@ impl ServiceVips {
 
     /// Gives back the VIPs of a removed service; true if it held any.
     pub(crate) fn release(&mut self, space: &mut dyn AddressSpace, service_id: &str) -> bool {
-        match self.held.remove(service_id) {
-            Some(held) => {
-                release_all(space, &held);
-                true
-            }
-            None => false,
-        }
+        self.held.release(space, service_id)
     }
 
     /// Forgets the VIPs on `network_id`, a network removed with its address space.
     pub(crate) fn forget_network(&mut self, network_id: &str) {
-        self.held.retain(|_, held| {
-            held.retain(|(n, _)| n != network_id);
-            !held.is_empty()
-        });
+        self.held.forget_network(network_id);
     }
 }

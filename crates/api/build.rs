@@ -1,5 +1,6 @@
 //! Compiles proto/*.proto (package docker.swarmkit.v1, and this implementation's raft transport,
-//! swarmkit.raftrpc.v1) with prost and tonic.
+//! swarmkit.raftrpc.v1, and its data plane's control channel, swarmkit.netplane.v1) with prost and
+//! tonic.
 //! protoc comes from protoc-bin-vendored unless PROTOC names another one.
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ const FILES: &[&str] = &[
     "resource.proto",
     "snapshot.proto",
     "raftrpc.proto",
+    "netplane.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -104,6 +104,17 @@ pub trait Executor: Send + Sync + 'static {
     fn set_network_bootstrap_keys(&self, _keys: NetworkKeys) -> Result<(), ExecutorError> {
         Ok(())
     }
+
+    /// What this node's data plane announces when it asks the managers for its view of the swarm
+    /// networks (`swarmkit.netplane.v1.NetworkPlane/Watch`); `None` (the default): the executor
+    /// has no data plane and the agent does not ask.
+    fn network_plane_request(&self) -> Option<api::netplane::WatchRequest> {
+        None
+    }
+
+    /// The leader's latest view of the networks this node takes part in, for the data plane to
+    /// match (called with each view the stream brings, in order). The default ignores it.
+    fn set_network_view(&self, _view: api::netplane::NodeView) {}
 }
 
 /// Takes one task through its life on this node.

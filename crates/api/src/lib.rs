@@ -27,6 +27,13 @@ pub mod raftrpc {
     tonic::include_proto!("swarmkit.raftrpc.v1");
 }
 
+/// `swarmkit.netplane.v1`: the leader's view of the swarm networks each node takes part in, for
+/// the node's data plane (this implementation's own package; proto/netplane.proto).
+#[allow(missing_docs, clippy::all)]
+pub mod netplane {
+    tonic::include_proto!("swarmkit.netplane.v1");
+}
+
 pub use docker::swarmkit::v1::*;
 
 pub mod assignment_parts;

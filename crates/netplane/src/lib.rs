@@ -1,0 +1,53 @@
+//! A node's data plane for swarm networks (Linux): what SwarmKit leaves to the Docker engine's
+//! libnetwork, done by swarmd itself for both executors.
+//!
+//! The leader sends each node a [`NodeView`] (proto/netplane.proto) of the networks it takes part
+//! in; [`Dataplane::apply`] makes the kernel match it:
+//! - `overlay`: per network a bridge and a VXLAN device with the network's VNI, static forwarding
+//!   and neighbour entries for the other nodes' addresses (no flooding, no learning);
+//! - `sandbox`: a network namespace per process task on networks, a veth on each bridge;
+//! - `dns`: the resolver tasks use as their nameserver (`<service>`, `tasks.<service>`, aliases,
+//!   task names; other names forwarded to the node's own resolvers);
+//! - `lb`: connections to a virtual IP spread over the service's running tasks, and the routing
+//!   mesh (INGRESS-mode published ports answering on every node).
+//!
+//! Everything it makes in the kernel carries a name or tag of its own, so a start after a crash
+//! removes what the last run left, and a clean stop removes all of it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub use api::netplane::NodeView;
+
+/// What the data plane could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kernel request (netlink, namespace, sysctl) failed.
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the node's data plane is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The IP address VXLAN packets leave from and arrive at; `None`: the address of the route
+    /// towards the manager.
+    pub data_path_addr: Option<IpAddr>,
+    /// The UDP port of VXLAN (4789, the IANA port, unless a test runs several nodes in one
+    /// namespace).
+    pub vxlan_port: u16,
+    /// The node's state directory, for what must survive a restart.
+    pub state_dir: PathBuf,
+}
+
+pub mod dns;
+pub mod lb;
+
+/// A network namespace a task runs in, named by a path the kernel resolves (`/run/netns/<name>`
+/// for a process task's, `/proc/<pid>/ns/net` for a container's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NetnsPath(pub PathBuf);

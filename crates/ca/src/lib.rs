@@ -41,7 +41,9 @@ pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
 pub use rotation::{MIN_ROOT_EXPIRY, SigningCa, normalize_pem, same_certificates};
 pub use security::SecurityConfig;
-pub use tls::{control_channel, insecure_client_config, mtls_client_config, tls_channel};
+pub use tls::{
+    control_channel, insecure_client_config, mtls_client_config, tls_channel, tls_channel_from,
+};
 pub use token::{ParsedToken, generate_join_token, tokens_equal};
 
 /// OU of manager certificates.

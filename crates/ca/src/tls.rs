@@ -5,6 +5,7 @@
 //! `acceptor.rs` (OpenSSL for the control socket, rustls for the remote API).
 
 use std::io;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,6 +193,18 @@ pub fn tls_channel(
     cfg: Arc<rustls::ClientConfig>,
     server_name: &str,
 ) -> Result<Channel, CaError> {
+    tls_channel_from(addr, cfg, server_name, None)
+}
+
+/// [`tls_channel`] whose connections leave from `local` (any port), for a client that must not
+/// share its source address with others: a server counts connections per client address, so
+/// thousands of simulated nodes on one host each take an address of their own (127.x.y.z).
+pub fn tls_channel_from(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    local: Option<IpAddr>,
+) -> Result<Channel, CaError> {
     let connector = TlsConnector::from(cfg);
     let addr = addr.to_string();
     let server_name = ServerName::try_from(server_name.to_string())
@@ -201,11 +214,38 @@ pub fn tls_channel(
             let (connector, addr, server_name) =
                 (connector.clone(), addr.clone(), server_name.clone());
             async move {
-                let stream = TcpStream::connect(&addr).await?;
+                let stream = match local {
+                    None => TcpStream::connect(&addr).await?,
+                    Some(local) => connect_from(local, &addr).await?,
+                };
                 crate::acceptor::tune_tcp(&stream)?;
                 let tls = connector.connect(server_name, stream).await?;
                 Ok::<_, io::Error>(TokioIo::new(tls))
             }
         })),
     )
+}
+
+/// A TCP connection to the first address `addr` resolves to of `local`'s family, bound to `local`.
+async fn connect_from(local: IpAddr, addr: &str) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        format!("{addr} has no address of the family of {local}"),
+    );
+    for remote in tokio::net::lookup_host(addr).await? {
+        if remote.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(remote).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

@@ -1,39 +1,288 @@
-//! Virtual IP load balancing and the routing mesh.
+//! Virtual IP load balancing and the routing mesh, as nftables NAT rules programmed through
+//! netlink (`lb/nft.rs` encodes them).
 //!
-//! SKELETON (the `lb` helper replaces it): the interface `plane.rs` calls.
+//! - In each task's namespace (process tasks' `swt-*`, containers'), table `swarmd` (inet)
+//!   sends a new connection to a service's virtual IP to one of the service's running tasks on
+//!   that network: an `output` NAT rule per VIP, `dnat to numgen inc mod n map { i : backend }`
+//!   (round robin over new connections). Conntrack keeps every packet of a connection, TCP or
+//!   UDP, on the backend its first packet got.
+//! - In the node's own namespace, table `swarmd` makes every INGRESS-mode published port answer
+//!   on every local address: `prerouting` (connections from outside) and `output` (connections
+//!   from the node itself) translate it to a running task's ingress address and target port, on
+//!   any node, and `postrouting` translates the source of those connections to this node's own
+//!   ingress address (`node_addr`), so that replies come back through this node.
+//!
+//! Each apply rebuilds the whole table from the view in one nf_tables transaction: a backend
+//! the view no longer marks running is gone from the next connection on, and no packet sees a
+//! half-made table. The sandbox's namespace, its devices and the view's plumbing are other
+//! files' business (`plane.rs`, `sandbox.rs`, `overlay.rs`).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use api::netplane::NetworkView;
+use tracing::debug;
 
 use crate::{Error, NetnsPath, NodeView};
+
+mod nft;
+
+use nft::{Chain, Expr, Hook, L4, Table};
+
+/// The nftables table (family inet) swarmd owns, in task namespaces and the node's.
+pub const TABLE: &str = "swarmd";
 
 /// Programs the kernel's packet filter: in each task's namespace, connections to a service's
 /// virtual IP go to one of its running tasks; in the node's own namespace, INGRESS-mode
 /// published ports go to a running task of their service on any node.
 #[derive(Debug, Default)]
-pub struct Balancer {}
+pub struct Balancer {
+    /// The node's namespace when it is not this process's own (tests run several nodes in
+    /// one process).
+    node_netns: Option<NetnsPath>,
+}
 
 impl Balancer {
-    /// A balancer that has programmed nothing yet.
+    /// A balancer that has programmed nothing yet, for the namespace this process runs in.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`.
-    pub async fn apply_node(&self, _view: &NodeView) -> Result<(), Error> {
-        Ok(())
+    /// A balancer whose node rules go to the namespace `netns` instead of this process's.
+    pub fn in_netns(netns: NetnsPath) -> Self {
+        Balancer {
+            node_netns: Some(netns),
+        }
+    }
+
+    fn node_netns(&self) -> Option<PathBuf> {
+        self.node_netns.as_ref().map(|n| n.0.clone())
+    }
+
+    /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`; turns
+    /// IPv4 forwarding on when there is any. A view with none removes the table.
+    pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
+        let table = node_table(view);
+        let netns = self.node_netns();
+        debug!(rules = ?table, "routing mesh");
+        blocking("programming the routing mesh", move || {
+            nft::in_netns(netns.as_deref(), move || {
+                if table.is_some() {
+                    enable_forwarding()?;
+                }
+                nft::Socket::open(None)?.replace_table(TABLE, table.as_ref())
+            })
+        })
+        .await
     }
 
     /// Virtual IP balancing inside one task's namespace, for the networks in `networks` (IDs).
     pub async fn apply_sandbox(
         &self,
-        _netns: &NetnsPath,
-        _networks: &[String],
-        _view: &NodeView,
+        netns: &NetnsPath,
+        networks: &[String],
+        view: &NodeView,
     ) -> Result<(), Error> {
-        Ok(())
+        let table = sandbox_table(networks, view);
+        let path = netns.0.clone();
+        debug!(netns = %path.display(), rules = ?table, "virtual IPs");
+        blocking(
+            &format!("programming virtual IPs in {}", netns.0.display()),
+            move || nft::Socket::open(Some(&path))?.replace_table(TABLE, table.as_ref()),
+        )
+        .await
     }
 
     /// Removes every rule this balancer (or an earlier process's, after a crash) made in the
     /// node's own namespace.
     pub async fn remove_node_rules(&self) -> Result<(), Error> {
-        Ok(())
+        let netns = self.node_netns();
+        blocking("removing the routing mesh", move || {
+            nft::Socket::open(netns.as_deref())?.replace_table(TABLE, None)
+        })
+        .await
+    }
+
+    /// Whether the node's namespace has swarmd's table (for tests and diagnostics).
+    pub async fn node_rules_present(&self) -> Result<bool, Error> {
+        let netns = self.node_netns();
+        blocking("looking up the routing mesh", move || {
+            nft::Socket::open(netns.as_deref())?.table_exists(TABLE)
+        })
+        .await
     }
 }
+
+/// Runs netlink and namespace work off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    let kernel = |source| Error::Kernel {
+        what: what.to_owned(),
+        source,
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| kernel(io::Error::other(e)))?
+        .map_err(kernel)
+}
+
+/// The routing mesh forwards between the node's addresses and the ingress network.
+fn enable_forwarding() -> io::Result<()> {
+    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
+    if std::fs::read_to_string(path)?.trim() != "1" {
+        std::fs::write(path, "1")?;
+    }
+    Ok(())
+}
+
+/// An address of the view ("10.0.0.5/24", or plain), when it is IPv4.
+fn ipv4(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = cidr.split_once('/').unwrap_or((cidr, "32"));
+    Some((
+        addr.parse().ok()?,
+        prefix.parse().ok().filter(|p| *p <= 32)?,
+    ))
+}
+
+/// The running tasks' addresses of each service on `net`, sorted (so that equal views make
+/// equal tables).
+fn backends(net: &NetworkView) -> BTreeMap<&str, Vec<Ipv4Addr>> {
+    let mut by_service: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+    for e in net.endpoints.iter().filter(|e| e.running) {
+        if let Some((addr, _)) = ipv4(&e.addr) {
+            by_service.entry(&e.service_id).or_default().push(addr);
+        }
+    }
+    for addrs in by_service.values_mut() {
+        addrs.sort();
+        addrs.dedup();
+    }
+    by_service
+}
+
+/// Adds a map of `addrs` to `table` and returns the rule action spreading over it.
+fn spread(table: &mut Table, addrs: Vec<Ipv4Addr>, port: Option<u16>) -> Expr {
+    let set = format!("backends{}", table.maps.len());
+    let size = u32::try_from(addrs.len()).expect("fewer than 2^32 backends");
+    table.maps.push((set.clone(), addrs));
+    Expr::DnatSpread { set, size, port }
+}
+
+/// Table `swarmd` of a task's namespace: one rule per virtual IP of the networks it is on
+/// (IDs in `networks`), for services with a running task; `None` when there is none.
+fn sandbox_table(networks: &[String], view: &NodeView) -> Option<Table> {
+    let mut table = Table::default();
+    let mut rules = Vec::new();
+    for net in view.networks.iter().filter(|n| networks.contains(&n.id)) {
+        let mut backends = backends(net);
+        for svc in net.services.iter().filter(|s| !s.dnsrr) {
+            let Some((vip, _)) = ipv4(&svc.vip) else {
+                continue;
+            };
+            let Some(addrs) = backends.remove(svc.id.as_str()) else {
+                continue;
+            };
+            let action = spread(&mut table, addrs, None);
+            rules.push(vec![Expr::Ipv4, Expr::Daddr(vip), action]);
+        }
+    }
+    if rules.is_empty() {
+        return None;
+    }
+    table.chains.push(Chain {
+        name: "vip".into(),
+        hook: Hook::Output,
+        priority: nft::PRIORITY_DSTNAT,
+        rules,
+    });
+    Some(table)
+}
+
+/// Table `swarmd` of the node's namespace: the routing mesh for the INGRESS ports of the
+/// ingress network; `None` when there is nothing to publish (or no ingress address yet).
+fn node_table(view: &NodeView) -> Option<Table> {
+    let net = view.networks.iter().find(|n| n.ingress)?;
+    let Some((node_addr, _)) = ipv4(&net.node_addr) else {
+        debug!(network.id = %net.id, "no ingress address on this node yet: no routing mesh");
+        return None;
+    };
+    let mut table = Table::default();
+    let mut dnat = Vec::new();
+    let mut backends = backends(net);
+    for svc in &net.services {
+        let Some(addrs) = backends.remove(svc.id.as_str()) else {
+            continue;
+        };
+        for port in &svc.ingress_ports {
+            let l4 = match port.protocol.as_str() {
+                "tcp" | "" => L4::Tcp,
+                "udp" => L4::Udp,
+                "sctp" => L4::Sctp,
+                other => {
+                    debug!(service.id = %svc.id, protocol = other, "unknown protocol: not published");
+                    continue;
+                }
+            };
+            let (Ok(published), Ok(target)) = (
+                u16::try_from(port.published_port),
+                u16::try_from(port.target_port),
+            ) else {
+                continue;
+            };
+            if published == 0 {
+                continue;
+            }
+            let action = spread(&mut table, addrs.clone(), Some(target));
+            dnat.push(vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(l4, published),
+                action,
+            ]);
+        }
+    }
+    if dnat.is_empty() {
+        return None;
+    }
+    let snat = net
+        .subnets
+        .iter()
+        .filter_map(|s| ipv4(&s.cidr))
+        .map(|(subnet, prefix)| {
+            vec![
+                Expr::Ipv4,
+                Expr::CtDnat,
+                Expr::DaddrIn(subnet, prefix),
+                Expr::Snat(node_addr),
+            ]
+        })
+        .collect();
+    table.chains = vec![
+        Chain {
+            name: "mesh-in".into(),
+            hook: Hook::Prerouting,
+            priority: nft::PRIORITY_DSTNAT,
+            rules: dnat.clone(),
+        },
+        Chain {
+            name: "mesh-local".into(),
+            hook: Hook::Output,
+            priority: nft::PRIORITY_DSTNAT,
+            rules: dnat,
+        },
+        Chain {
+            name: "mesh-source".into(),
+            hook: Hook::Postrouting,
+            priority: nft::PRIORITY_SRCNAT,
+            rules: snat,
+        },
+    ];
+    Some(table)
+}
+
+#[cfg(test)]
+mod tests;

@@ -65,12 +65,17 @@ impl Balancer {
     /// IPv4 forwarding on when there is any. A view with none removes the table.
     pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
         let table = node_table(view);
+        let bridge = view
+            .networks
+            .iter()
+            .find(|n| n.ingress)
+            .map(|n| format!("swbr-{}", n.vni));
         let netns = self.node_netns();
         debug!(rules = ?table, "routing mesh");
         blocking("programming the routing mesh", move || {
             nft::in_netns(netns.as_deref(), move || {
                 if table.is_some() {
-                    enable_forwarding()?;
+                    enable_forwarding(bridge.as_deref())?;
                 }
                 nft::Socket::open(None)?.replace_table(TABLE, table.as_ref())
             })
@@ -130,9 +135,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(kernel)
 }
 
-/// The routing mesh forwards between the node's addresses and the ingress network.
-fn enable_forwarding() -> io::Result<()> {
-    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
+/// The routing mesh forwards between the node's addresses and the ingress network. A
+/// connection to a published port on 127.0.0.1 leaves through the ingress bridge (`bridge`,
+/// when this node has it) with a loopback source until its source is translated, and its
+/// replies come back to one: the kernel drops both unless the bridge allows it.
+fn enable_forwarding(bridge: Option<&str>) -> io::Result<()> {
+    set_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"))?;
+    if let Some(bridge) = bridge {
+        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
+        if path.exists() {
+            set_sysctl(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets a boolean sysctl (of the calling thread's network namespace) to 1.
+fn set_sysctl(path: &Path) -> io::Result<()> {
     if std::fs::read_to_string(path)?.trim() != "1" {
         std::fs::write(path, "1")?;
     }

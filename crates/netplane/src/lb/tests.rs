@@ -117,6 +117,7 @@ fn ingress_view(node_addr: &str, backends: &[(&str, bool)]) -> NodeView {
         version: 1,
         networks: vec![NetworkView {
             ingress: true,
+            vni: 4096,
             node_addr: node_addr.into(),
             subnets: vec![Subnet {
                 cidr: "10.255.0.0/16".into(),
@@ -294,11 +295,17 @@ impl Drop for Netns {
 
 /// A veth pair between `a` and `b`, with the addresses given (CIDR) on each side, both up.
 fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) {
-    let (ea, eb) = (unique("a"), unique("b"));
+    link_named(a, &unique("a"), a_addrs, b, b_addrs);
+}
+
+/// As [`link`], with the name of `a`'s end given (devices are named per namespace: the pair
+/// is made right in its two namespaces).
+fn link_named(a: &Netns, ea: &str, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) {
+    let eb = unique("b");
     sh_ip(&[
-        "link", "add", &ea, "netns", &a.name, "type", "veth", "peer", "name", &eb, "netns", &b.name,
+        "link", "add", ea, "netns", &a.name, "type", "veth", "peer", "name", &eb, "netns", &b.name,
     ]);
-    for (ns, dev, addrs) in [(a, &ea, a_addrs), (b, &eb, b_addrs)] {
+    for (ns, dev, addrs) in [(a, ea, a_addrs), (b, eb.as_str(), b_addrs)] {
         for addr in addrs {
             ns.ip(&["addr", "add", addr, "dev", dev]);
         }
@@ -516,7 +523,14 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     let client = Netns::new("c");
     let task = Netns::new("t");
     link(&client, &["10.232.0.2/24"], &node, &["10.232.0.1/24"]);
-    link(&node, &["10.255.0.2/16"], &task, &["10.255.0.9/16"]);
+    // The node's end stands for the ingress network's bridge (VNI 4096).
+    link_named(
+        &node,
+        "swbr-4096",
+        &["10.255.0.2/16"],
+        &task,
+        &["10.255.0.9/16"],
+    );
     tcp_server(&task, "10.255.0.9:8080".parse().unwrap(), "web");
     udp_server(&task, "10.255.0.9:5353".parse().unwrap(), "web");
     let balancer = Balancer::in_netns(node.path());
@@ -540,6 +554,8 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     assert_eq!(udp_answers(&client, published_udp, 3), vec!["web"; 3]);
     // --- from the node itself
     assert_eq!(tcp_answers(&node, published, 1), vec!["web 10.255.0.2"]);
+    let localhost: SocketAddr = "127.0.0.1:30080".parse().unwrap();
+    assert_eq!(tcp_answers(&node, localhost, 1), vec!["web 10.255.0.2"]);
 
     // --- the task stops: nothing answers on the published port any more
     balancer

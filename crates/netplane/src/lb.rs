@@ -14,13 +14,15 @@
 //!
 //! Each apply rebuilds the whole table from the view in one nf_tables transaction: a backend
 //! the view no longer marks running is gone from the next connection on, and no packet sees a
-//! half-made table. The sandbox's namespace, its devices and the view's plumbing are other
+//! half-made table. Connections already translated to it are forgotten too (their conntrack
+//! entries, found by the mark the rule gave them), so a UDP flow moves at once. The sandbox's namespace, its devices and the view's plumbing are other
 //! files' business (`plane.rs`, `sandbox.rs`, `overlay.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use api::netplane::NetworkView;
 use tracing::debug;
@@ -42,6 +44,9 @@ pub struct Balancer {
     /// The node's namespace when it is not this process's own (tests run several nodes in
     /// one process).
     node_netns: Option<NetnsPath>,
+    /// The backends each namespace's table last balanced over (`None`: the node's), so that
+    /// the connections to one that is left out can be forgotten.
+    balanced: Mutex<HashMap<Option<PathBuf>, BTreeSet<Ipv4Addr>>>,
 }
 
 impl Balancer {
@@ -54,6 +59,7 @@ impl Balancer {
     pub fn in_netns(netns: NetnsPath) -> Self {
         Balancer {
             node_netns: Some(netns),
+            ..Self::default()
         }
     }
 
@@ -65,6 +71,7 @@ impl Balancer {
     /// IPv4 forwarding on when there is any. A view with none removes the table.
     pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
         let table = node_table(view);
+        let new = table.as_ref().map(Table::backends).unwrap_or_default();
         let bridge = view
             .networks
             .iter()
@@ -72,15 +79,18 @@ impl Balancer {
             .map(|n| format!("swbr-{}", n.vni));
         let netns = self.node_netns();
         debug!(rules = ?table, "routing mesh");
-        blocking("programming the routing mesh", move || {
+        let socket = blocking("programming the routing mesh", move || {
             nft::in_netns(netns.as_deref(), move || {
                 if table.is_some() {
                     enable_forwarding(bridge.as_deref())?;
                 }
-                nft::Socket::open(None)?.replace_table(TABLE, table.as_ref())
+                let socket = nft::Socket::open(None)?;
+                socket.replace_table(TABLE, table.as_ref())?;
+                Ok(socket)
             })
         })
-        .await
+        .await?;
+        self.forget_removed(None, socket, new).await
     }
 
     /// Virtual IP balancing inside one task's namespace, for the networks in `networks` (IDs).
@@ -91,12 +101,49 @@ impl Balancer {
         view: &NodeView,
     ) -> Result<(), Error> {
         let table = sandbox_table(networks, view);
+        let new = table.as_ref().map(Table::backends).unwrap_or_default();
         let path = netns.0.clone();
         debug!(netns = %path.display(), rules = ?table, "virtual IPs");
-        blocking(
+        let socket = blocking(
             &format!("programming virtual IPs in {}", netns.0.display()),
-            move || nft::Socket::open(Some(&path))?.replace_table(TABLE, table.as_ref()),
+            move || {
+                let socket = nft::Socket::open(Some(&path))?;
+                socket.replace_table(TABLE, table.as_ref())?;
+                Ok(socket)
+            },
         )
+        .await?;
+        self.forget_removed(Some(netns.0.clone()), socket, new)
+            .await
+    }
+
+    /// Drops the conntrack entries of the backends namespace `netns` balanced over before and
+    /// no longer does, and remembers `now` for the next time.
+    async fn forget_removed(
+        &self,
+        netns: Option<PathBuf>,
+        socket: nft::Socket,
+        now: BTreeSet<Ipv4Addr>,
+    ) -> Result<(), Error> {
+        let removed: Vec<Ipv4Addr> = {
+            let mut balanced = self.balanced.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = match now.is_empty() {
+                true => balanced.remove(&netns),
+                false => balanced.insert(netns, now.clone()),
+            };
+            before
+                .unwrap_or_default()
+                .difference(&now)
+                .copied()
+                .collect()
+        };
+        if removed.is_empty() {
+            return Ok(());
+        }
+        debug!(?removed, "forgetting connections to backends that are gone");
+        blocking("forgetting connections to removed backends", move || {
+            removed.iter().try_for_each(|b| socket.forget_backend(*b))
+        })
         .await
     }
 

@@ -7,6 +7,7 @@
 //! Why not a crate: the kernel here has no IPVS, `rustables` is GPL-3.0 and needs libclang to
 //! build, and the handful of messages below is smaller than either (see BUILDING.md).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
@@ -30,6 +31,12 @@ const NLA_F_NESTED: u16 = 1 << 15;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+
+// nfnetlink_conntrack.h
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_MARK: u16 = 8;
+const CTA_MARK_MASK: u16 = 21;
 
 // nf_tables_msg_types
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -142,6 +149,16 @@ pub struct Table {
     pub maps: Vec<(String, Vec<Ipv4Addr>)>,
 }
 
+impl Table {
+    /// Every address its maps translate to.
+    pub fn backends(&self) -> BTreeSet<Ipv4Addr> {
+        self.maps
+            .iter()
+            .flat_map(|(_, a)| a.iter().copied())
+            .collect()
+    }
+}
+
 /// A NAT base chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -176,18 +193,41 @@ impl Batch {
         self
     }
 
-    /// One message: a netlink header, a `nfgenmsg` for the inet family, then `attrs`.
+    /// One nf_tables message of `kind` (`NFT_MSG_*`, or a batch marker), acknowledged unless it
+    /// is a batch marker.
     fn message(&mut self, kind: u16, family: u8, flags: u16, attrs: impl FnOnce(&mut Attrs)) {
-        let batch_control = kind == NFNL_MSG_BATCH_BEGIN || kind == NFNL_MSG_BATCH_END;
-        let (kind, flags) = if batch_control {
-            (kind, NLM_F_REQUEST)
+        if kind == NFNL_MSG_BATCH_BEGIN || kind == NFNL_MSG_BATCH_END {
+            // The resource ID of a batch marker names the subsystem the batch is for.
+            self.raw(kind, NLM_F_REQUEST, family, NFNL_SUBSYS_NFTABLES, |_| {});
         } else {
+            let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+            self.raw(kind, NLM_F_REQUEST | NLM_F_ACK | flags, family, 0, attrs);
+        }
+    }
+
+    /// A ctnetlink flush of the IPv4 conntrack entries whose mark is `mark`.
+    fn conntrack_delete(&mut self, mark: u32) {
+        let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+        let family = NFPROTO_IPV4 as u8;
+        self.raw(kind, NLM_F_REQUEST | NLM_F_ACK, family, 0, |a| {
+            a.u32(CTA_MARK, mark);
+            a.u32(CTA_MARK_MASK, u32::MAX);
+        });
+    }
+
+    /// One message: a netlink header, a `nfgenmsg` (family, version 0, resource ID), then
+    /// `attrs`.
+    fn raw(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+        attrs: impl FnOnce(&mut Attrs),
+    ) {
+        if flags & NLM_F_ACK != 0 {
             self.acks += 1;
-            (
-                (NFNL_SUBSYS_NFTABLES << 8) | kind,
-                NLM_F_REQUEST | NLM_F_ACK | flags,
-            )
-        };
+        }
         self.seq += 1;
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set below
@@ -195,14 +235,8 @@ impl Batch {
         self.buf.extend_from_slice(&flags.to_ne_bytes());
         self.buf.extend_from_slice(&self.seq.to_ne_bytes());
         self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-        // nfgenmsg: family, version 0, resource id (the subsystem, for the batch markers).
         self.buf.push(family);
         self.buf.push(0);
-        let res_id = if batch_control {
-            NFNL_SUBSYS_NFTABLES
-        } else {
-            0
-        };
         self.buf.extend_from_slice(&res_id.to_be_bytes());
         attrs(&mut Attrs { buf: &mut self.buf });
         let len = u32::try_from(self.buf.len() - start).expect("a message is far below 4 GiB");
@@ -290,6 +324,12 @@ impl Batch {
     }
 }
 
+/// The conntrack mark of a connection translated to `backend`: its address, as the register
+/// holding it reads as a host-order integer.
+fn backend_mark(backend: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(backend.octets())
+}
+
 /// Appends the expressions of `e` to a rule's expression list.
 fn expr(a: &mut Attrs, e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) {
     match e {
@@ -353,6 +393,12 @@ fn expr(a: &mut Attrs, e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) {
                 a.u32(NFTA_LOOKUP_DREG, REG_1);
                 a.u32(NFTA_LOOKUP_SET_ID, id);
             });
+            // The connection remembers its backend in its mark, so that its conntrack entry
+            // can be flushed once the backend is gone (see `Socket::forget_backend`).
+            one(a, "ct", |a| {
+                a.u32(NFTA_CT_KEY, CT_MARK);
+                a.u32(NFTA_CT_SREG, REG_1);
+            });
             if let Some(port) = port {
                 immediate(a, REG_2, &port.to_be_bytes());
             }
@@ -395,7 +441,9 @@ const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_SREG: u16 = 4;
 const CT_STATUS: u32 = 2;
+const CT_MARK: u32 = 3;
 /// `IPS_DST_NAT` in the conntrack status bits.
 const IPS_DST_NAT: u32 = 1 << 5;
 const NFTA_NG_DREG: u16 = 1;
@@ -579,6 +627,19 @@ impl Socket {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Drops the conntrack entries of connections translated to `backend` (their mark, see
+    /// [`Expr::DnatSpread`]), so that packets of a flow that went there (a UDP client reusing
+    /// its socket) are balanced anew instead of going to a task that is gone.
+    pub fn forget_backend(&self, backend: Ipv4Addr) -> io::Result<()> {
+        let mut msg = Batch {
+            buf: Vec::new(),
+            seq: 0,
+            acks: 0,
+        };
+        msg.conntrack_delete(backend_mark(backend));
+        self.commit(msg)
     }
 
     /// Sends `batch` and reads the kernel's answers until every message is acknowledged; the

@@ -459,6 +459,34 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
     let counts = tally(&udp_answers(&task, vip_udp, 30));
     assert_eq!(counts.keys().collect::<Vec<_>>(), ["b1", "b3"]);
 
+    // --- a UDP flow (one client socket) whose backend goes out moves to another at once:
+    // its conntrack entry is dropped with the backend
+    balancer
+        .apply_sandbox(&task.path(), &nets, &vip_view([true; 3]))
+        .await
+        .expect("programming the VIP");
+    let flow = task.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(WAIT))?;
+        Ok(s)
+    });
+    let ask = |s: &UdpSocket| {
+        s.send_to(b"?", vip_udp).expect("sending");
+        let mut buf = [0u8; 64];
+        let (len, _) = s.recv_from(&mut buf).expect("an answer");
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    };
+    let first = ask(&flow);
+    assert_eq!(ask(&flow), first, "a flow stays on its backend");
+    let running = ["b1", "b2", "b3"].map(|b| b != first);
+    balancer
+        .apply_sandbox(&task.path(), &nets, &vip_view(running))
+        .await
+        .expect("programming the VIP");
+    let moved = ask(&flow);
+    assert_ne!(moved, first, "the flow left {first}");
+    assert_eq!(ask(&flow), moved, "and stays where it moved");
+
     // --- figures: connection setup through the VIP against straight to a backend
     let setup = |to: SocketAddr| {
         task.run(move || {

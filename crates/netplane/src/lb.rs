@@ -5,7 +5,8 @@
 //!   sends a new connection to a service's virtual IP to one of the service's running tasks on
 //!   that network: an `output` NAT rule per VIP, `dnat to numgen inc mod n map { i : backend }`
 //!   (round robin over new connections). Conntrack keeps every packet of a connection, TCP or
-//!   UDP, on the backend its first packet got.
+//!   UDP, on the backend its first packet got. A VIP with no running task refuses connections
+//!   (ICMP port unreachable) instead of leaving them unanswered.
 //! - In the node's own namespace, table `swarmd` makes every INGRESS-mode published port answer
 //!   on every local address: `prerouting` (connections from outside) and `output` (connections
 //!   from the node itself) translate it to a running task's ingress address and target port, on
@@ -239,32 +240,48 @@ fn spread(table: &mut Table, addrs: Vec<Ipv4Addr>, port: Option<u16>) -> Expr {
 }
 
 /// Table `swarmd` of a task's namespace: one rule per virtual IP of the networks it is on
-/// (IDs in `networks`), for services with a running task; `None` when there is none.
+/// (IDs in `networks`), balancing over the service's running tasks or refusing connections
+/// when it has none; `None` when there is no virtual IP.
 fn sandbox_table(networks: &[String], view: &NodeView) -> Option<Table> {
     let mut table = Table::default();
     let mut rules = Vec::new();
+    let mut closed = Vec::new();
     for net in view.networks.iter().filter(|n| networks.contains(&n.id)) {
         let mut backends = backends(net);
         for svc in net.services.iter().filter(|s| !s.dnsrr) {
             let Some((vip, _)) = ipv4(&svc.vip) else {
                 continue;
             };
+            // No running task: refused at once, rather than left to time out unanswered.
             let Some(addrs) = backends.remove(svc.id.as_str()) else {
+                closed.push(vec![Expr::Ipv4, Expr::Daddr(vip), Expr::Reject]);
                 continue;
             };
             let action = spread(&mut table, addrs, None);
             rules.push(vec![Expr::Ipv4, Expr::Daddr(vip), action]);
         }
     }
-    if rules.is_empty() {
+    if rules.is_empty() && closed.is_empty() {
         return None;
     }
-    table.chains.push(Chain {
-        name: "vip".into(),
-        hook: Hook::Output,
-        priority: nft::PRIORITY_DSTNAT,
-        rules,
-    });
+    if !closed.is_empty() {
+        table.chains.push(Chain {
+            name: "vip-closed".into(),
+            nat: false,
+            hook: Hook::Output,
+            priority: nft::PRIORITY_FILTER,
+            rules: closed,
+        });
+    }
+    if !rules.is_empty() {
+        table.chains.push(Chain {
+            name: "vip".into(),
+            nat: true,
+            hook: Hook::Output,
+            priority: nft::PRIORITY_DSTNAT,
+            rules,
+        });
+    }
     Some(table)
 }
 
@@ -330,18 +347,21 @@ fn node_table(view: &NodeView) -> Option<Table> {
     table.chains = vec![
         Chain {
             name: "mesh-in".into(),
+            nat: true,
             hook: Hook::Prerouting,
             priority: nft::PRIORITY_DSTNAT,
             rules: dnat.clone(),
         },
         Chain {
             name: "mesh-local".into(),
+            nat: true,
             hook: Hook::Output,
             priority: nft::PRIORITY_DSTNAT,
             rules: dnat,
         },
         Chain {
             name: "mesh-source".into(),
+            nat: true,
             hook: Hook::Postrouting,
             priority: nft::PRIORITY_SRCNAT,
             rules: snat,

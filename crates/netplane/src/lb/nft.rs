@@ -103,8 +103,9 @@ pub enum Hook {
     Postrouting = 4,
 }
 
-/// The priorities of NAT base chains, as nft names them `dstnat` and `srcnat`.
+/// The priorities of base chains, as nft names them `dstnat`, `filter` and `srcnat`.
 pub const PRIORITY_DSTNAT: i32 = -100;
+pub const PRIORITY_FILTER: i32 = 0;
 pub const PRIORITY_SRCNAT: i32 = 100;
 
 /// A transport protocol a published port is for (IP protocol number).
@@ -139,6 +140,9 @@ pub enum Expr {
     },
     /// Source NAT to this address.
     Snat(Ipv4Addr),
+    /// Refuse the packet with an ICMP port unreachable (a TCP connect fails with "connection
+    /// refused" at once); filter chains only.
+    Reject,
 }
 
 /// What one table holds: base chains with their rules, and the maps rules spread over (key
@@ -159,10 +163,12 @@ impl Table {
     }
 }
 
-/// A NAT base chain.
+/// A base chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub name: String,
+    /// NAT (`nat`: its rules see a connection's first packet only) or not (`filter`).
+    pub nat: bool,
     pub hook: Hook,
     pub priority: i32,
     pub rules: Vec<Vec<Expr>>,
@@ -267,7 +273,7 @@ impl Batch {
                     a.u32(NFTA_HOOK_PRIORITY, chain.priority as u32);
                 });
                 a.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-                a.str(NFTA_CHAIN_TYPE, "nat");
+                a.str(NFTA_CHAIN_TYPE, if chain.nat { "nat" } else { "filter" });
             });
             for rule in &chain.rules {
                 self.message(
@@ -408,6 +414,10 @@ fn expr(a: &mut Attrs, e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) {
             immediate(a, REG_1, &addr.octets());
             nat(a, NAT_SNAT, false);
         }
+        Expr::Reject => one(a, "reject", |a| {
+            a.u32(NFTA_REJECT_TYPE, REJECT_ICMPX_UNREACH);
+            a.bytes(NFTA_REJECT_ICMP_CODE, &[REJECT_ICMPX_PORT_UNREACH]);
+        }),
     }
 }
 
@@ -461,6 +471,10 @@ const NFTA_NAT_TYPE: u16 = 1;
 const NFTA_NAT_FAMILY: u16 = 2;
 const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
 const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_REJECT_TYPE: u16 = 1;
+const NFTA_REJECT_ICMP_CODE: u16 = 2;
+const REJECT_ICMPX_UNREACH: u32 = 2;
+const REJECT_ICMPX_PORT_UNREACH: u8 = 1;
 const NAT_SNAT: u32 = 0;
 const NAT_DNAT: u32 = 1;
 

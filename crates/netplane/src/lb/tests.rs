@@ -47,12 +47,13 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().expect("a test address")
 }
 
-/// The (VIP, backends) pairs a sandbox table balances.
+/// The (VIP, backends) pairs a sandbox table balances; no backends: refused.
 fn vips(table: &Table) -> Vec<(Ipv4Addr, Vec<Ipv4Addr>)> {
     let maps: BTreeMap<_, _> = table.maps.iter().cloned().collect();
-    table.chains[0]
-        .rules
+    let mut vips: Vec<_> = table
+        .chains
         .iter()
+        .flat_map(|c| &c.rules)
         .map(|rule| match rule.as_slice() {
             [
                 Expr::Ipv4,
@@ -66,9 +67,12 @@ fn vips(table: &Table) -> Vec<(Ipv4Addr, Vec<Ipv4Addr>)> {
                 assert_eq!(*size as usize, maps[set].len());
                 (*vip, maps[set].clone())
             }
+            [Expr::Ipv4, Expr::Daddr(vip), Expr::Reject] => (*vip, Vec::new()),
             other => panic!("unexpected rule {other:?}"),
         })
-        .collect()
+        .collect();
+    vips.sort();
+    vips
 }
 
 #[test]
@@ -104,11 +108,15 @@ fn sandbox_table_balances_each_vip_over_running_tasks_of_its_networks() {
     let table = sandbox_table(&["n1".into()], &view).expect("web has running tasks");
     assert_eq!(
         vips(&table),
-        vec![(ip("10.0.1.2"), vec![ip("10.0.1.7"), ip("10.0.1.8")])],
-        "stopped tasks, DNSRR services and other networks' services are left out"
+        vec![
+            (ip("10.0.1.2"), vec![ip("10.0.1.7"), ip("10.0.1.8")]),
+            (ip("10.0.1.3"), vec![]),
+        ],
+        "stopped tasks, DNSRR services and other networks' services are left out; a VIP \
+         with no running task refuses"
     );
     let both = sandbox_table(&["n1".into(), "n2".into()], &view).expect("rules");
-    assert_eq!(vips(&both).len(), 2);
+    assert_eq!(vips(&both).len(), 3);
     assert_eq!(sandbox_table(&["n3".into()], &view), None);
 }
 
@@ -532,13 +540,26 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
         took.iter().max().expect("20 samples")
     );
 
-    // --- no running backend: the table goes
+    // --- no running backend: connections are refused at once
     balancer
         .apply_sandbox(&task.path(), &nets, &vip_view([false; 3]))
         .await
         .expect("programming the VIP");
+    let refused = task.run(move || {
+        let start = Instant::now();
+        let err = TcpStream::connect_timeout(&vip_tcp, WAIT).expect_err("nothing to reach");
+        Ok((err.kind(), start.elapsed()))
+    });
+    assert_eq!(refused.0, io::ErrorKind::ConnectionRefused, "{refused:?}");
+    assert!(refused.1 < Duration::from_secs(1), "{refused:?}");
+
+    // --- no virtual IP on the task's networks: no table
+    balancer
+        .apply_sandbox(&task.path(), &["other".to_owned()], &vip_view([true; 3]))
+        .await
+        .expect("programming the VIP");
     let present = task.run(|| nft::Socket::open(None)?.table_exists(TABLE));
-    assert!(!present, "no VIP with a backend: no table");
+    assert!(!present, "no VIP: no table");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,10 +148,23 @@ impl Balancer {
         .await
     }
 
+    /// Forgets what it knew of a task namespace that is gone (call when the sandbox is
+    /// destroyed; its rules went with the namespace).
+    pub fn forget_sandbox(&self, netns: &NetnsPath) {
+        self.balanced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&Some(netns.0.clone()));
+    }
+
     /// Removes every rule this balancer (or an earlier process's, after a crash) made in the
     /// node's own namespace.
     pub async fn remove_node_rules(&self) -> Result<(), Error> {
         let netns = self.node_netns();
+        self.balanced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&None);
         blocking("removing the routing mesh", move || {
             nft::Socket::open(netns.as_deref())?.replace_table(TABLE, None)
         })

@@ -560,6 +560,13 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
         .expect("programming the VIP");
     let present = task.run(|| nft::Socket::open(None)?.table_exists(TABLE));
     assert!(!present, "no VIP: no table");
+    balancer
+        .apply_sandbox(&task.path(), &nets, &vip_view([true; 3]))
+        .await
+        .expect("programming the VIP");
+    assert_eq!(balancer.balanced.lock().unwrap().len(), 1);
+    balancer.forget_sandbox(&task.path());
+    assert!(balancer.balanced.lock().unwrap().is_empty(), "forgotten");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

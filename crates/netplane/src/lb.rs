@@ -308,6 +308,7 @@ fn node_table(view: &NodeView) -> Option<Table> {
     };
     let mut table = Table::default();
     let mut dnat = Vec::new();
+    let mut published_ports = Vec::new();
     let mut backends = backends(net);
     for svc in &net.services {
         let Some(addrs) = backends.remove(svc.id.as_str()) else {
@@ -333,6 +334,7 @@ fn node_table(view: &NodeView) -> Option<Table> {
                 continue;
             }
             let action = spread(&mut table, addrs.clone(), Some(target));
+            published_ports.push((l4, published));
             dnat.push(vec![
                 Expr::Ipv4,
                 Expr::DaddrLocal,
@@ -344,17 +346,21 @@ fn node_table(view: &NodeView) -> Option<Table> {
     if dnat.is_empty() {
         return None;
     }
-    let snat = net
-        .subnets
+    // Only the mesh's own connections: translated, first sent to a published port, now to the
+    // ingress network (the Docker executor's own HOST-mode translations keep their source).
+    let subnets: Vec<_> = net.subnets.iter().filter_map(|s| ipv4(&s.cidr)).collect();
+    let snat = published_ports
         .iter()
-        .filter_map(|s| ipv4(&s.cidr))
-        .map(|(subnet, prefix)| {
-            vec![
-                Expr::Ipv4,
-                Expr::CtDnat,
-                Expr::DaddrIn(subnet, prefix),
-                Expr::Snat(node_addr),
-            ]
+        .flat_map(|&(l4, port)| {
+            subnets.iter().map(move |&(subnet, prefix)| {
+                vec![
+                    Expr::Ipv4,
+                    Expr::CtDnat,
+                    Expr::CtOriginalDport(l4, port),
+                    Expr::DaddrIn(subnet, prefix),
+                    Expr::Snat(node_addr),
+                ]
+            })
         })
         .collect();
     table.chains = vec![

@@ -131,6 +131,9 @@ pub enum Expr {
     Dport(L4, u16),
     /// The connection's destination was translated (`ct status dnat`).
     CtDnat,
+    /// The transport protocol, and the destination port the connection's first packet had,
+    /// before any translation (`ct original proto-dst`).
+    CtOriginalDport(L4, u16),
     /// Destination NAT to the map `set`'s entry for `numgen inc mod <its size>`, keeping the
     /// port, or to `port` when given.
     DnatSpread {
@@ -381,6 +384,16 @@ fn expr(a: &mut Attrs, e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) {
                 a.nested(NFTA_CMP_DATA, |a| a.bytes(NFTA_DATA_VALUE, &[0; 4]));
             });
         }
+        Expr::CtOriginalDport(l4, port) => {
+            meta(a, META_L4PROTO);
+            cmp_eq(a, REG_1, &[*l4 as u8]);
+            one(a, "ct", |a| {
+                a.u32(NFTA_CT_DREG, REG_1);
+                a.u32(NFTA_CT_KEY, CT_PROTO_DST);
+                a.bytes(NFTA_CT_DIRECTION, &[CT_DIR_ORIGINAL]);
+            });
+            cmp_eq(a, REG_1, &port.to_be_bytes());
+        }
         Expr::DnatSpread { set, size, port } => {
             let id = maps
                 .iter()
@@ -451,7 +464,10 @@ const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_DIRECTION: u16 = 3;
 const NFTA_CT_SREG: u16 = 4;
+const CT_PROTO_DST: u32 = 12;
+const CT_DIR_ORIGINAL: u8 = 0;
 const CT_STATUS: u32 = 2;
 const CT_MARK: u32 = 3;
 /// `IPS_DST_NAT` in the conntrack status bits.

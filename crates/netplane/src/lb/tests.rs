@@ -198,14 +198,18 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
             },
         ]
     );
-    assert_eq!(
-        table.chains[2].rules,
-        vec![vec![
+    let snat = |l4, port| {
+        vec![
             Expr::Ipv4,
             Expr::CtDnat,
+            Expr::CtOriginalDport(l4, port),
             Expr::DaddrIn(ip("10.255.0.0"), 16),
             Expr::Snat(ip("10.255.0.2")),
-        ]]
+        ]
+    };
+    assert_eq!(
+        table.chains[2].rules,
+        vec![snat(L4::Tcp, 30080), snat(L4::Udp, 30053)]
     );
 
     let none_running = ingress_view("10.255.0.2/16", &[("10.255.0.9/16", false)]);

@@ -177,40 +177,54 @@ pub struct Chain {
     pub rules: Vec<Vec<Expr>>,
 }
 
-/// A batch of messages making one transaction.
+/// Netlink messages sent together: a batch of nf_tables messages making one transaction, or
+/// a single request. Only the last message asks for an acknowledgement: the kernel reports
+/// every failing message anyway, and one answer per message would overflow the socket's
+/// receive buffer on a large view.
 struct Batch {
     buf: Vec<u8>,
     seq: u32,
-    /// Messages that asked for an acknowledgement, so that [`Socket::commit`] knows how many
-    /// answers to wait for.
-    acks: usize,
+    /// Where the last message starts.
+    last: usize,
 }
 
 impl Batch {
-    fn new() -> Batch {
-        let mut b = Batch {
+    fn empty() -> Batch {
+        Batch {
             buf: Vec::new(),
             seq: 0,
-            acks: 0,
-        };
+            last: 0,
+        }
+    }
+
+    /// A batch for one nf_tables transaction; [`Batch::finish`] closes it.
+    fn new() -> Batch {
+        let mut b = Batch::empty();
         b.message(NFNL_MSG_BATCH_BEGIN, 0, 0, |_| {});
         b
     }
 
     fn finish(mut self) -> Batch {
+        self.ack_last();
         self.message(NFNL_MSG_BATCH_END, 0, 0, |_| {});
         self
     }
 
-    /// One nf_tables message of `kind` (`NFT_MSG_*`, or a batch marker), acknowledged unless it
-    /// is a batch marker.
+    /// Asks for an acknowledgement of the last message, which ends the kernel's answer.
+    fn ack_last(&mut self) {
+        let at = self.last + 6;
+        let flags = u16::from_ne_bytes(self.buf[at..at + 2].try_into().expect("2 bytes"));
+        self.buf[at..at + 2].copy_from_slice(&(flags | NLM_F_ACK).to_ne_bytes());
+    }
+
+    /// One nf_tables message of `kind` (`NFT_MSG_*`, or a batch marker).
     fn message(&mut self, kind: u16, family: u8, flags: u16, attrs: impl FnOnce(&mut Attrs)) {
         if kind == NFNL_MSG_BATCH_BEGIN || kind == NFNL_MSG_BATCH_END {
             // The resource ID of a batch marker names the subsystem the batch is for.
             self.raw(kind, NLM_F_REQUEST, family, NFNL_SUBSYS_NFTABLES, |_| {});
         } else {
             let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
-            self.raw(kind, NLM_F_REQUEST | NLM_F_ACK | flags, family, 0, attrs);
+            self.raw(kind, NLM_F_REQUEST | flags, family, 0, attrs);
         }
     }
 
@@ -218,7 +232,7 @@ impl Batch {
     fn conntrack_delete(&mut self, mark: u32) {
         let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
         let family = NFPROTO_IPV4 as u8;
-        self.raw(kind, NLM_F_REQUEST | NLM_F_ACK, family, 0, |a| {
+        self.raw(kind, NLM_F_REQUEST, family, 0, |a| {
             a.u32(CTA_MARK, mark);
             a.u32(CTA_MARK_MASK, u32::MAX);
         });
@@ -234,11 +248,9 @@ impl Batch {
         res_id: u16,
         attrs: impl FnOnce(&mut Attrs),
     ) {
-        if flags & NLM_F_ACK != 0 {
-            self.acks += 1;
-        }
         self.seq += 1;
         let start = self.buf.len();
+        self.last = start;
         self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set below
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(&flags.to_ne_bytes());
@@ -603,6 +615,9 @@ impl Attrs<'_> {
     }
 }
 
+/// A batch up to this size fits any netlink socket's default send buffer.
+const SMALL_BATCH: usize = 64 * 1024;
+
 /// How long the kernel may take to answer a transaction before the socket gives up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -644,12 +659,9 @@ impl Socket {
 
     /// Whether table `name` (family inet) exists.
     pub fn table_exists(&self, name: &str) -> io::Result<bool> {
-        let mut get = Batch {
-            buf: Vec::new(),
-            seq: 0,
-            acks: 0,
-        };
+        let mut get = Batch::empty();
         get.table_message(NFT_MSG_GETTABLE, 0, name);
+        get.ack_last();
         match self.commit(get) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {
@@ -663,18 +675,23 @@ impl Socket {
     /// [`Expr::DnatSpread`]), so that packets of a flow that went there (a UDP client reusing
     /// its socket) are balanced anew instead of going to a task that is gone.
     pub fn forget_backend(&self, backend: Ipv4Addr) -> io::Result<()> {
-        let mut msg = Batch {
-            buf: Vec::new(),
-            seq: 0,
-            acks: 0,
-        };
+        let mut msg = Batch::empty();
         msg.conntrack_delete(backend_mark(backend));
+        msg.ack_last();
         self.commit(msg)
     }
 
-    /// Sends `batch` and reads the kernel's answers until every message is acknowledged; the
-    /// first error fails the whole transaction (the kernel has then applied none of it).
+    /// Sends `batch` and reads the kernel's answers until the last message is acknowledged;
+    /// the first error fails the whole transaction (the kernel has then applied none of it).
     fn commit(&self, batch: Batch) -> io::Result<()> {
+        // The kernel takes a batch in one piece: the send buffer must hold it (nft does the
+        // same). Forcing it past the system's limit needs CAP_NET_ADMIN, which programming
+        // nf_tables needs anyway.
+        if batch.buf.len() > SMALL_BATCH {
+            let size = batch.buf.len();
+            rustix::net::sockopt::set_socket_send_buffer_size_force(&self.fd, size)
+                .or_else(|_| rustix::net::sockopt::set_socket_send_buffer_size(&self.fd, size))?;
+        }
         let sent = rustix::net::send(&self.fd, &batch.buf, SendFlags::empty())?;
         if sent != batch.buf.len() {
             return Err(io::Error::other(format!(
@@ -682,9 +699,9 @@ impl Socket {
                 batch.buf.len()
             )));
         }
-        let mut acked = 0;
+        let mut acked = false;
         let mut buf = vec![0u8; 64 * 1024];
-        while acked < batch.acks {
+        while !acked {
             let (n, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
             let mut rest = &buf[..n];
             while rest.len() >= 16 {
@@ -698,7 +715,7 @@ impl Socket {
                     if code != 0 {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
-                    acked += 1;
+                    acked = true;
                 }
                 // Other answers (a GETTABLE's table) carry nothing we need; an acknowledgement
                 // follows them.

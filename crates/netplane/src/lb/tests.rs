@@ -640,3 +640,74 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
         .await
         .expect("removing twice is harmless");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_with_many_services_is_one_transaction() {
+    require_namespaces!();
+    let task = Netns::new("m");
+    let services = (0..1000u32)
+        .map(|i| {
+            service(
+                &format!("s{i}"),
+                &format!("10.{}.{}.1/8", 100 + i / 250, i % 250),
+            )
+        })
+        .collect();
+    let endpoints = (0..1000u32)
+        .flat_map(|i| {
+            (1..=3).map(move |j| {
+                let addr = format!("10.{}.{}.{}/8", 100 + i / 250, i % 250, 1 + j);
+                endpoint(&format!("t{i}.{j}"), &format!("s{i}"), &addr, true)
+            })
+        })
+        .collect();
+    let view = NodeView {
+        version: 1,
+        networks: vec![network("net", services, endpoints)],
+    };
+    let balancer = Balancer::new();
+    let start = Instant::now();
+    balancer
+        .apply_sandbox(&task.path(), &["net".to_owned()], &view)
+        .await
+        .expect("programming 1000 VIPs");
+    println!(
+        "figure: one view with 1000 VIPs x 3 tasks programmed in {:?}",
+        start.elapsed()
+    );
+    let present = task.run(|| nft::Socket::open(None)?.table_exists(TABLE));
+    assert!(present);
+}
+
+#[test]
+fn a_failed_transaction_leaves_the_previous_rules_in_place() {
+    require_namespaces!();
+    let ns = Netns::new("x");
+    let view = vip_view([true; 3]);
+    let good = sandbox_table(&["net".to_owned()], &view).expect("rules");
+    // Source translation is refused in an output chain: the whole transaction fails.
+    let mut bad = good.clone();
+    bad.chains[0].rules.push(vec![Expr::Snat(ip("10.0.0.1"))]);
+    let (first, second, after) = ns.run(move || {
+        let socket = nft::Socket::open(None)?;
+        let first = socket.replace_table(TABLE, Some(&good));
+        let second = socket.replace_table(TABLE, Some(&bad));
+        Ok((first, second, socket.table_exists(TABLE)?))
+    });
+    first.expect("a valid table");
+    let err = second.expect_err("an invalid table");
+    assert!(err.raw_os_error().is_some(), "the kernel's error: {err}");
+    assert!(after, "the table from before is still there");
+    // Its content too, when the nft command is here to show it.
+    if let Ok(out) = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "nft", "list", "table", "inet", TABLE,
+        ])
+        .output()
+        && out.status.success()
+    {
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.contains("ip daddr 10.231.0.100"), "{listing}");
+        assert!(!listing.contains("snat"), "{listing}");
+    }
+}

@@ -457,22 +457,26 @@ fn allocator_publishes_service_ports() {
     );
 }
 
+/// `service inspect <name>` when it shows a virtual IP on the ingress network (the allocator
+/// gives one only for INGRESS-mode ports).
+pub(crate) fn ingress_vip(d: &Swarmd, name: &str) -> Option<String> {
+    let out = d.ctl(&["service", "inspect", name]).ok().to_string();
+    let first_vip = out
+        .split("Virtual IPs:\n")
+        .nth(1)
+        .and_then(|b| b.lines().next());
+    first_vip
+        .is_some_and(|l| l.trim_start().starts_with("ingress "))
+        .then_some(out)
+}
+
 /// `--publish-mode ingress` (ours) reaches the control API: the allocator gives the service a
 /// virtual IP on the ingress network, as it does only for INGRESS-mode ports; an update with
 /// the mode alone switches a HOST-mode service over.
 #[test]
 fn publish_mode_ingress_puts_the_service_on_the_ingress_network() {
     let d = Swarmd::start();
-    let ingress_vip = |name: &str| {
-        let out = d.ctl(&["service", "inspect", name]).ok().to_string();
-        let first_vip = out
-            .split("Virtual IPs:\n")
-            .nth(1)
-            .and_then(|b| b.lines().next());
-        first_vip
-            .is_some_and(|l| l.trim_start().starts_with("ingress "))
-            .then_some(out)
-    };
+    let ingress_vip = |name: &str| ingress_vip(&d, name);
     let create = |name: &str, ports: &str, extra: &[&str]| {
         let mut args = vec!["service", "create", "--name", name, "--image", "nginx"];
         args.extend_from_slice(&["--replicas", "0", "--ports", ports]);

@@ -16,14 +16,17 @@
 //! Each apply rebuilds the whole table from the view in one nf_tables transaction: a backend
 //! the view no longer marks running is gone from the next connection on, and no packet sees a
 //! half-made table. Connections already translated to it are forgotten too (their conntrack
-//! entries, found by the mark the rule gave them), so a UDP flow moves at once. The sandbox's namespace, its devices and the view's plumbing are other
+//! entries, found by the mark the rule gave them), so a UDP flow moves at once. A table equal to
+//! the one last made there, still carrying the token written into it, is not sent again. The sandbox's namespace, its devices and the view's plumbing are other
 //! files' business (`plane.rs`, `sandbox.rs`, `overlay.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::netplane::NetworkView;
 use tracing::debug;
@@ -45,9 +48,37 @@ pub struct Balancer {
     /// The node's namespace when it is not this process's own (tests run several nodes in
     /// one process).
     node_netns: Option<NetnsPath>,
-    /// The backends each namespace's table last balanced over (`None`: the node's), so that
-    /// the connections to one that is left out can be forgotten.
-    balanced: Mutex<HashMap<Option<PathBuf>, BTreeSet<Ipv4Addr>>>,
+    /// What each namespace's table was last made from (`None`: the node's): an unchanged table
+    /// is not sent again (a view changes for every task on any network, most task namespaces'
+    /// tables do not), and the connections to a backend left out are forgotten.
+    applied: Mutex<HashMap<Option<PathBuf>, Applied>>,
+}
+
+/// A table as last programmed in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    /// The token the table carries (`None`: no table): a table with another one, or none, is
+    /// not the one programmed (removed since, or a new namespace at the same path, as a
+    /// container's `/proc/<pid>/ns/net` after its PID is reused).
+    token: Option<Vec<u8>>,
+    table: Option<Table>,
+}
+
+impl Applied {
+    fn backends(&self) -> BTreeSet<Ipv4Addr> {
+        self.table.as_ref().map(Table::backends).unwrap_or_default()
+    }
+}
+
+/// A token no other table of any namespace carries: this process, the time, a counter.
+fn new_token() -> Vec<u8> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("swarmd {} {nanos} {n}", std::process::id()).into_bytes()
 }
 
 impl Balancer {
@@ -72,26 +103,27 @@ impl Balancer {
     /// IPv4 forwarding on when there is any. A view with none removes the table.
     pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
         let table = node_table(view);
-        let new = table.as_ref().map(Table::backends).unwrap_or_default();
         let bridge = view
             .networks
             .iter()
             .find(|n| n.ingress)
             .map(|n| format!("swbr-{}", n.vni));
-        let netns = self.node_netns();
         debug!(rules = ?table, "routing mesh");
-        let socket = blocking("programming the routing mesh", move || {
-            nft::in_netns(netns.as_deref(), move || {
-                if table.is_some() {
+        let forwarding = table.is_some();
+        let netns = self.node_netns();
+        self.apply(
+            None,
+            netns,
+            table,
+            "programming the routing mesh",
+            move || {
+                if forwarding {
                     enable_forwarding(bridge.as_deref())?;
                 }
-                let socket = nft::Socket::open(None)?;
-                socket.replace_table(TABLE, table.as_ref())?;
-                Ok(socket)
-            })
-        })
-        .await?;
-        self.forget_removed(None, socket, new).await
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// Virtual IP balancing inside one task's namespace, for the networks in `networks` (IDs).
@@ -102,42 +134,57 @@ impl Balancer {
         view: &NodeView,
     ) -> Result<(), Error> {
         let table = sandbox_table(networks, view);
-        let new = table.as_ref().map(Table::backends).unwrap_or_default();
         let path = netns.0.clone();
         debug!(netns = %path.display(), rules = ?table, "virtual IPs");
-        let socket = blocking(
-            &format!("programming virtual IPs in {}", netns.0.display()),
-            move || {
-                let socket = nft::Socket::open(Some(&path))?;
-                socket.replace_table(TABLE, table.as_ref())?;
-                Ok(socket)
-            },
-        )
-        .await?;
-        self.forget_removed(Some(netns.0.clone()), socket, new)
+        let what = format!("programming virtual IPs in {}", path.display());
+        self.apply(Some(path.clone()), Some(path), table, &what, || Ok(()))
             .await
     }
 
-    /// Drops the conntrack entries of the backends namespace `netns` balanced over before and
-    /// no longer does, and remembers `now` for the next time.
-    async fn forget_removed(
+    /// Makes table `swarmd` of the namespace at `path` (`None`: this process's) hold `table`,
+    /// after `prepare` ran there, unless it already does; then forgets the connections to the
+    /// backends it no longer has. `key` names the namespace in `applied`.
+    async fn apply(
         &self,
-        netns: Option<PathBuf>,
-        socket: nft::Socket,
-        now: BTreeSet<Ipv4Addr>,
+        key: Option<PathBuf>,
+        path: Option<PathBuf>,
+        table: Option<Table>,
+        what: &str,
+        prepare: impl FnOnce() -> io::Result<()> + Send + 'static,
     ) -> Result<(), Error> {
-        let removed: Vec<Ipv4Addr> = {
-            let mut balanced = self.balanced.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = match now.is_empty() {
-                true => balanced.remove(&netns),
-                false => balanced.insert(netns, now.clone()),
-            };
-            before
-                .unwrap_or_default()
-                .difference(&now)
-                .copied()
-                .collect()
-        };
+        let before = self.lock_applied().get(&key).cloned();
+        let wanted = table;
+        let (socket, now) = blocking(what, move || {
+            nft::in_netns(path.as_deref(), move || {
+                let socket = nft::Socket::open(None)?;
+                let token = socket.table_token(TABLE)?;
+                if let Some(b) = before
+                    .as_ref()
+                    .filter(|b| b.token == token && b.table == wanted)
+                {
+                    return Ok((socket, b.clone()));
+                }
+                prepare()?;
+                let token = new_token();
+                socket.replace_table(TABLE, wanted.as_ref(), &token)?;
+                let token = wanted.is_some().then_some(token);
+                Ok((
+                    socket,
+                    Applied {
+                        token,
+                        table: wanted,
+                    },
+                ))
+            })
+        })
+        .await?;
+        let before = self.lock_applied().insert(key, now.clone());
+        let removed: Vec<Ipv4Addr> = before
+            .map(|b| b.backends())
+            .unwrap_or_default()
+            .difference(&now.backends())
+            .copied()
+            .collect();
         if removed.is_empty() {
             return Ok(());
         }
@@ -148,25 +195,23 @@ impl Balancer {
         .await
     }
 
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, HashMap<Option<PathBuf>, Applied>> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Forgets what it knew of a task namespace that is gone (call when the sandbox is
     /// destroyed; its rules went with the namespace).
     pub fn forget_sandbox(&self, netns: &NetnsPath) {
-        self.balanced
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&Some(netns.0.clone()));
+        self.lock_applied().remove(&Some(netns.0.clone()));
     }
 
     /// Removes every rule this balancer (or an earlier process's, after a crash) made in the
     /// node's own namespace.
     pub async fn remove_node_rules(&self) -> Result<(), Error> {
         let netns = self.node_netns();
-        self.balanced
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&None);
+        self.lock_applied().remove(&None);
         blocking("removing the routing mesh", move || {
-            nft::Socket::open(netns.as_deref())?.replace_table(TABLE, None)
+            nft::Socket::open(netns.as_deref())?.replace_table(TABLE, None, &[])
         })
         .await
     }

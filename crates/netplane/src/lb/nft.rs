@@ -53,6 +53,7 @@ const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u32 = 2;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -270,11 +271,19 @@ impl Batch {
 
     /// Makes `table` hold exactly `content`, replacing what it held (or removing it when
     /// `content` is `None`). Creating it first makes the deletion valid when it did not exist.
-    fn replace(&mut self, table: &str, content: Option<&Table>) {
+    fn replace(&mut self, table: &str, content: Option<&Table>, token: &[u8]) {
         self.table_message(NFT_MSG_NEWTABLE, NLM_F_CREATE, table);
         self.table_message(NFT_MSG_DELTABLE, 0, table);
         let Some(content) = content else { return };
-        self.table_message(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, table);
+        self.message(
+            NFT_MSG_NEWTABLE,
+            NFPROTO_INET,
+            NLM_F_CREATE | NLM_F_EXCL,
+            |a| {
+                a.str(NFTA_TABLE_NAME, table);
+                a.bytes(NFTA_TABLE_USERDATA, token);
+            },
+        );
         for (id, (name, addrs)) in content.maps.iter().enumerate() {
             let id = u32::try_from(id).expect("fewer than 2^32 maps");
             self.map(table, name, id, addrs);
@@ -651,24 +660,51 @@ impl Socket {
 
     /// Makes table `name` (family inet) hold exactly `content` in one transaction, or removes
     /// it when `content` is `None` (nothing happens when it is absent).
-    pub fn replace_table(&self, name: &str, content: Option<&Table>) -> io::Result<()> {
+    /// The new table carries `token` (its user data), which [`Socket::table_token`] reads back.
+    pub fn replace_table(
+        &self,
+        name: &str,
+        content: Option<&Table>,
+        token: &[u8],
+    ) -> io::Result<()> {
         let mut batch = Batch::new();
-        batch.replace(name, content);
-        self.commit(batch.finish())
+        batch.replace(name, content, token);
+        self.commit(batch.finish()).map(drop)
     }
 
     /// Whether table `name` (family inet) exists.
     pub fn table_exists(&self, name: &str) -> io::Result<bool> {
+        Ok(self.table_token(name)?.is_some())
+    }
+
+    /// The token [`Socket::replace_table`] wrote into table `name` (empty when it has none),
+    /// or `None` when there is no such table.
+    pub fn table_token(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         let mut get = Batch::empty();
         get.table_message(NFT_MSG_GETTABLE, 0, name);
         get.ack_last();
-        match self.commit(get) {
-            Ok(()) => Ok(true),
+        let answers = match self.commit(get) {
+            Ok(answers) => answers,
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {
-                Ok(false)
+                return Ok(None);
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        // After the nfgenmsg header, the table's attributes.
+        let mut attrs = answers.first().map(|a| a.get(4..).unwrap_or_default());
+        let mut token = Vec::new();
+        while let Some(rest) = attrs.filter(|r| r.len() >= 4) {
+            let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+            let kind = u16::from_ne_bytes([rest[2], rest[3]]) & !NLA_F_NESTED;
+            if len < 4 || len > rest.len() {
+                break;
+            }
+            if kind == NFTA_TABLE_USERDATA {
+                token = rest[4..len].to_vec();
+            }
+            attrs = rest.get(len.next_multiple_of(4)..);
         }
+        Ok(Some(token))
     }
 
     /// Drops the conntrack entries of connections translated to `backend` (their mark, see
@@ -678,12 +714,12 @@ impl Socket {
         let mut msg = Batch::empty();
         msg.conntrack_delete(backend_mark(backend));
         msg.ack_last();
-        self.commit(msg)
+        self.commit(msg).map(drop)
     }
 
     /// Sends `batch` and reads the kernel's answers until the last message is acknowledged;
     /// the first error fails the whole transaction (the kernel has then applied none of it).
-    fn commit(&self, batch: Batch) -> io::Result<()> {
+    fn commit(&self, batch: Batch) -> io::Result<Vec<Vec<u8>>> {
         // The kernel takes a batch in one piece: the send buffer must hold it (nft does the
         // same). Forcing it past the system's limit needs CAP_NET_ADMIN, which programming
         // nf_tables needs anyway.
@@ -700,6 +736,7 @@ impl Socket {
             )));
         }
         let mut acked = false;
+        let mut answers = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         while !acked {
             let (n, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
@@ -716,13 +753,14 @@ impl Socket {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
                     acked = true;
+                } else {
+                    // An object asked for (a GETTABLE's table); the acknowledgement follows.
+                    answers.push(rest[16..len].to_vec());
                 }
-                // Other answers (a GETTABLE's table) carry nothing we need; an acknowledgement
-                // follows them.
                 rest = &rest[len.next_multiple_of(4).min(rest.len())..];
             }
         }
-        Ok(())
+        Ok(answers)
     }
 }
 

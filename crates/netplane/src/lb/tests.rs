@@ -568,9 +568,9 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
         .apply_sandbox(&task.path(), &nets, &vip_view([true; 3]))
         .await
         .expect("programming the VIP");
-    assert_eq!(balancer.balanced.lock().unwrap().len(), 1);
+    assert_eq!(balancer.applied.lock().unwrap().len(), 1);
     balancer.forget_sandbox(&task.path());
-    assert!(balancer.balanced.lock().unwrap().is_empty(), "forgotten");
+    assert!(balancer.applied.lock().unwrap().is_empty(), "forgotten");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,8 +690,8 @@ fn a_failed_transaction_leaves_the_previous_rules_in_place() {
     bad.chains[0].rules.push(vec![Expr::Snat(ip("10.0.0.1"))]);
     let (first, second, after) = ns.run(move || {
         let socket = nft::Socket::open(None)?;
-        let first = socket.replace_table(TABLE, Some(&good));
-        let second = socket.replace_table(TABLE, Some(&bad));
+        let first = socket.replace_table(TABLE, Some(&good), b"t1");
+        let second = socket.replace_table(TABLE, Some(&bad), b"t2");
         Ok((first, second, socket.table_exists(TABLE)?))
     });
     first.expect("a valid table");
@@ -710,4 +710,48 @@ fn a_failed_transaction_leaves_the_previous_rules_in_place() {
         assert!(listing.contains("ip daddr 10.231.0.100"), "{listing}");
         assert!(!listing.contains("snat"), "{listing}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_table_is_not_sent_again_unless_it_is_gone() {
+    require_namespaces!();
+    let ns = Netns::new("u");
+    let nets = ["net".to_owned()];
+    let balancer = Balancer::new();
+    let token = |ns: &Netns| ns.run(|| nft::Socket::open(None)?.table_token(TABLE));
+    let apply = |ns: &Netns, running| {
+        let path = ns.path();
+        let balancer = &balancer;
+        let nets = &nets;
+        async move {
+            balancer
+                .apply_sandbox(&path, nets, &vip_view(running))
+                .await
+                .expect("programming")
+        }
+    };
+    apply(&ns, [true; 3]).await;
+    let first = token(&ns).expect("a table");
+    apply(&ns, [true; 3]).await;
+    assert_eq!(
+        token(&ns),
+        Some(first.clone()),
+        "the same table is not sent again"
+    );
+    apply(&ns, [true, true, false]).await;
+    let second = token(&ns).expect("a table");
+    assert_ne!(second, first, "a changed one is");
+
+    // Taken away behind the balancer's back: the next apply puts it back.
+    ns.run(|| nft::Socket::open(None)?.replace_table(TABLE, None, &[]));
+    apply(&ns, [true, true, false]).await;
+    assert!(token(&ns).is_some(), "restored");
+
+    // A new namespace at the same path gets its table from an unchanged view.
+    let name = ns.name.clone();
+    drop(ns);
+    sh_ip(&["netns", "add", &name]);
+    let again = Netns { name };
+    apply(&again, [true, true, false]).await;
+    assert!(token(&again).is_some(), "a new namespace is programmed");
 }

@@ -1,5 +1,5 @@
-//! Virtual IP load balancing and the routing mesh, as nftables NAT rules programmed through
-//! netlink (`lb/nft.rs` encodes them).
+//! Virtual IP load balancing and the routing mesh, as nftables NAT rules applied by `nft`
+//! from JSON batches (`lb/nft.rs`, through the `nftables` crate).
 //!
 //! - In each task's namespace (process tasks' `swt-*`, containers'), table `swarmd` (inet)
 //!   sends a new connection to a service's virtual IP to one of the service's running tasks on
@@ -13,12 +13,14 @@
 //!   any node, and `postrouting` translates the source of those connections to this node's own
 //!   ingress address (`node_addr`), so that replies come back through this node.
 //!
-//! Each apply rebuilds the whole table from the view in one nf_tables transaction: a backend
-//! the view no longer marks running is gone from the next connection on, and no packet sees a
-//! half-made table. Connections already translated to it are forgotten too (their conntrack
-//! entries, found by the mark the rule gave them), so a UDP flow moves at once. A table equal to
-//! the one last made there, still carrying the token written into it, is not sent again. The sandbox's namespace, its devices and the view's plumbing are other
-//! files' business (`plane.rs`, `sandbox.rs`, `overlay.rs`).
+//! Each apply rebuilds the whole table from the view in one nf_tables transaction (one `nft -f`
+//! of a JSON batch, run from a thread inside the namespace): a backend the view no longer marks
+//! running is gone from the next connection on, and no packet sees a half-made table.
+//! Connections already translated to it are forgotten too (their conntrack entries, found by
+//! the mark the rule gave them; `lb/conntrack.rs`), so a UDP flow moves at once. A table equal
+//! to the one last made there, still carrying the token written into it, is not sent again.
+//! The sandbox's namespace, its devices and the view's plumbing are other files' business
+//! (`plane.rs`, `sandbox.rs`, `overlay.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -33,6 +35,7 @@ use tracing::debug;
 
 use crate::{Error, NetnsPath, NodeView};
 
+mod conntrack;
 mod nft;
 
 use nft::{Chain, Expr, Hook, L4, Table};
@@ -78,7 +81,7 @@ fn new_token() -> Vec<u8> {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("swarmd {} {nanos} {n}", std::process::id()).into_bytes()
+    format!("{}-{nanos}-{n}", std::process::id()).into_bytes()
 }
 
 impl Balancer {
@@ -154,27 +157,23 @@ impl Balancer {
     ) -> Result<(), Error> {
         let before = self.lock_applied().get(&key).cloned();
         let wanted = table;
-        let (socket, now) = blocking(what, move || {
-            nft::in_netns(path.as_deref(), move || {
-                let socket = nft::Socket::open(None)?;
-                let token = socket.table_token(TABLE)?;
-                if let Some(b) = before
-                    .as_ref()
-                    .filter(|b| b.token == token && b.table == wanted)
+        let netns = path.clone();
+        let now = blocking(what, move || {
+            nft::in_netns(netns.as_deref(), move || {
+                // Asking nft for the token costs a process: only when it could spare one.
+                if let Some(b) = before.as_ref().filter(|b| b.table == wanted)
+                    && nft::table_token(TABLE)? == b.token
                 {
-                    return Ok((socket, b.clone()));
+                    return Ok(b.clone());
                 }
                 prepare()?;
                 let token = new_token();
-                socket.replace_table(TABLE, wanted.as_ref(), &token)?;
+                nft::replace_table(TABLE, wanted.as_ref(), &token)?;
                 let token = wanted.is_some().then_some(token);
-                Ok((
-                    socket,
-                    Applied {
-                        token,
-                        table: wanted,
-                    },
-                ))
+                Ok(Applied {
+                    token,
+                    table: wanted,
+                })
             })
         })
         .await?;
@@ -190,7 +189,11 @@ impl Balancer {
         }
         debug!(?removed, "forgetting connections to backends that are gone");
         blocking("forgetting connections to removed backends", move || {
-            removed.iter().try_for_each(|b| socket.forget_backend(*b))
+            nft::in_netns(path.as_deref(), move || {
+                removed
+                    .iter()
+                    .try_for_each(|b| conntrack::forget_backend(*b))
+            })
         })
         .await
     }
@@ -211,7 +214,7 @@ impl Balancer {
         let netns = self.node_netns();
         self.lock_applied().remove(&None);
         blocking("removing the routing mesh", move || {
-            nft::Socket::open(netns.as_deref())?.replace_table(TABLE, None, &[])
+            nft::in_netns(netns.as_deref(), || nft::replace_table(TABLE, None, &[]))
         })
         .await
     }
@@ -220,13 +223,13 @@ impl Balancer {
     pub async fn node_rules_present(&self) -> Result<bool, Error> {
         let netns = self.node_netns();
         blocking("looking up the routing mesh", move || {
-            nft::Socket::open(netns.as_deref())?.table_exists(TABLE)
+            nft::in_netns(netns.as_deref(), || nft::table_exists(TABLE))
         })
         .await
     }
 }
 
-/// Runs netlink and namespace work off the async threads.
+/// Runs nft, netlink and namespace work off the async threads.
 async fn blocking<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,

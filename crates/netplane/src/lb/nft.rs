@@ -10,9 +10,11 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io;
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use nftables::expr::{
     CT, CTDir, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression, NgMode,
@@ -131,7 +133,33 @@ pub fn replace_table(name: &str, content: Option<&Table>, token: &[u8]) -> io::R
     let batch = Nftables {
         objects: Cow::Owned(replace(name, content, token)),
     };
-    helper::apply_ruleset(&batch).map_err(nft_error)
+    apply(&batch)
+}
+
+/// Runs `nft -j -f -` on `batch`, as the crate's `helper::apply_ruleset` does, but keeping
+/// nft's error message (the crate lets it go to our stderr and reports only that nft failed).
+fn apply(batch: &Nftables) -> io::Result<()> {
+    let json = serde_json::to_vec(batch).map_err(io::Error::other)?;
+    let mut nft = Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("running nft: {e}")))?;
+    let mut stdin = nft.stdin.take().expect("a piped stdin");
+    let written = stdin.write_all(&json);
+    drop(stdin);
+    let out = nft.wait_with_output()?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(io::Error::other(format!(
+            "nft failed ({}): {}",
+            out.status,
+            stderr.trim()
+        )));
+    }
+    written
 }
 
 /// Whether table `name` (family inet) exists.

@@ -698,7 +698,10 @@ fn a_failed_transaction_leaves_the_previous_rules_in_place() {
     });
     first.expect("a valid table");
     let err = second.expect_err("an invalid table");
-    assert!(err.to_string().contains("nft failed"), "nft's error: {err}");
+    assert!(
+        err.to_string().contains("Could not process rule"),
+        "nft's error, with its reason: {err}"
+    );
     assert_eq!(
         after,
         Some(b"t1".to_vec()),

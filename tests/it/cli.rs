@@ -456,3 +456,71 @@ fn allocator_publishes_service_ports() {
         "{inspect}"
     );
 }
+
+/// `service inspect <name>` when it shows a virtual IP on the ingress network (the allocator
+/// gives one only for INGRESS-mode ports).
+pub(crate) fn ingress_vip(d: &Swarmd, name: &str) -> Option<String> {
+    let out = d.ctl(&["service", "inspect", name]).ok().to_string();
+    let first_vip = out
+        .split("Virtual IPs:\n")
+        .nth(1)
+        .and_then(|b| b.lines().next());
+    first_vip
+        .is_some_and(|l| l.trim_start().starts_with("ingress "))
+        .then_some(out)
+}
+
+/// `--publish-mode ingress` (ours) reaches the control API: the allocator gives the service a
+/// virtual IP on the ingress network, as it does only for INGRESS-mode ports; an update with
+/// the mode alone switches a HOST-mode service over.
+#[test]
+fn publish_mode_ingress_puts_the_service_on_the_ingress_network() {
+    let d = Swarmd::start();
+    let ingress_vip = |name: &str| ingress_vip(&d, name);
+    let create = |name: &str, ports: &str, extra: &[&str]| {
+        let mut args = vec!["service", "create", "--name", name, "--image", "nginx"];
+        args.extend_from_slice(&["--replicas", "0", "--ports", ports]);
+        args.extend_from_slice(extra);
+        d.ctl(&args)
+    };
+    create("mesh", "http:80:8080", &["--publish-mode", "ingress"]).ok();
+    crate::harness::wait_for(
+        "an ingress VIP for mesh",
+        std::time::Duration::from_secs(10),
+        || ingress_vip("mesh"),
+    );
+
+    // HOST mode, the default: ports allocated, no ingress VIP.
+    // A published port is the cluster's: a second service cannot have it, in either mode.
+    let taken = create("again", "http:80:8080", &[]);
+    assert!(
+        taken
+            .err()
+            .contains("port '8080' is already in use by service 'mesh'"),
+        "{taken:?}"
+    );
+    create("host", "http:80:8081", &[]).ok();
+    crate::harness::wait_for(
+        "host's ports allocated",
+        std::time::Duration::from_secs(10),
+        || {
+            let out = d.ctl(&["service", "inspect", "host"]).ok().to_string();
+            out.contains("Ports:").then_some(())
+        },
+    );
+    assert_eq!(ingress_vip("host"), None);
+
+    d.ctl_update(&["service", "update", "host", "--publish-mode", "ingress"])
+        .ok();
+    crate::harness::wait_for(
+        "an ingress VIP for host after the update",
+        std::time::Duration::from_secs(10),
+        || ingress_vip("host"),
+    );
+    let bad = d.ctl(&["service", "update", "host", "--publish-mode", "mesh"]);
+    assert!(
+        bad.err().contains("invalid publish mode \"mesh\""),
+        "{}",
+        bad.err()
+    );
+}

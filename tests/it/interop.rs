@@ -844,3 +844,48 @@ fn our_worker_runs_a_swarmkit_managers_tasks_in_docker_where_swarmkits_agent_can
     });
     drop(worker);
 }
+
+/// SwarmKit's swarmctl publishes `--ports` in HOST mode, as ours does by default: against our
+/// manager, neither service gets a virtual IP on the ingress network. It has no
+/// `--publish-mode` (ours), which switches its service to INGRESS mode.
+#[test]
+fn swarmkit_swarmctl_publishes_in_host_mode_as_ours_does_by_default() {
+    let Some(bin) = swarmkit_bin() else { return };
+    let theirs = bin.join("swarmctl");
+    let d = Swarmd::start();
+    let create = |swarmctl: &Path, name: &str, published: &str| {
+        let ports = format!("http:80:{published}");
+        let args = [
+            "service",
+            "create",
+            "--name",
+            name,
+            "--image",
+            "nginx",
+            "--replicas",
+            "0",
+            "--ports",
+            &ports,
+        ];
+        ctl_with(swarmctl, &d.socket(), &args, None).ok();
+    };
+    create(&theirs, "theirs", "8080");
+    create(Path::new(SWARMCTL), "ours", "8081");
+    for name in ["theirs", "ours"] {
+        wait_for(&format!("{name}'s ports allocated"), WAIT, || {
+            let out = d.ctl(&["service", "inspect", name]).ok().to_string();
+            out.contains("SwarmPort        = 808").then_some(())
+        });
+        assert_eq!(crate::cli::ingress_vip(&d, name), None, "{name}: HOST mode");
+    }
+    let update = ["service", "update", "theirs", "--publish-mode", "ingress"];
+    let refused = ctl_with(&theirs, &d.socket(), &update, None);
+    assert!(
+        refused.err().contains("unknown flag: --publish-mode"),
+        "{refused:?}"
+    );
+    d.ctl_update(&update).ok();
+    wait_for("theirs on the ingress network", WAIT, || {
+        crate::cli::ingress_vip(&d, "theirs")
+    });
+}

@@ -89,6 +89,9 @@ pub struct ServiceFlags {
     /// ports
     #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     pub ports: Option<Vec<String>>,
+    /// how --ports are published: "host" (only on nodes running a task) or "ingress" (on every node, through the routing mesh) (ours)
+    #[arg(long, value_name = "string", allow_hyphen_values = true)]
+    pub publish_mode: Option<String>,
     /// network name
     #[arg(long, value_name = "string", allow_hyphen_values = true)]
     pub network: Option<String>,
@@ -497,22 +500,44 @@ fn apply_resources(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> 
     Ok(())
 }
 
+/// `--ports` replaces the published ports; `--publish-mode` (ours) sets the mode of every port
+/// the spec then has, so that an update with the mode alone switches the existing ones.
 fn apply_ports(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> {
-    let Some(configs) = list_flag(&f.ports, "--ports")? else {
-        return Ok(());
-    };
-    let mut ports = Vec::with_capacity(configs.len());
-    for c in &configs {
-        ports.push(parse_port_config(c)?);
+    let mode = f
+        .publish_mode
+        .as_deref()
+        .map(parse_publish_mode)
+        .transpose()?;
+    if let Some(configs) = list_flag(&f.ports, "--ports")? {
+        let mut ports = Vec::with_capacity(configs.len());
+        for c in &configs {
+            ports.push(parse_port_config(c)?);
+        }
+        spec.endpoint = Some(api::EndpointSpec {
+            ports,
+            ..Default::default()
+        });
     }
-    spec.endpoint = Some(api::EndpointSpec {
-        ports,
-        ..Default::default()
-    });
+    if let (Some(mode), Some(endpoint)) = (mode, spec.endpoint.as_mut()) {
+        for port in &mut endpoint.ports {
+            port.publish_mode = mode as i32;
+        }
+    }
     Ok(())
 }
 
-/// `name:port[/proto][:published[/proto]]`, always published in host mode.
+/// `--publish-mode`'s value: `host` (SwarmKit swarmctl's only mode, our default) or `ingress`.
+fn parse_publish_mode(mode: &str) -> Result<api::port_config::PublishMode> {
+    use api::port_config::PublishMode;
+    match mode.to_ascii_lowercase().as_str() {
+        "host" => Ok(PublishMode::Host),
+        "ingress" => Ok(PublishMode::Ingress),
+        _ => Err(format!("invalid publish mode {mode:?}: want \"host\" or \"ingress\"").into()),
+    }
+}
+
+/// `name:port[/proto][:published[/proto]]`, published in host mode (`--publish-mode` may change
+/// it).
 pub fn parse_port_config(config: &str) -> Result<api::PortConfig> {
     let parts: Vec<&str> = config.split(':').collect();
     if parts.len() < 2 {

@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use agent::{Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
+use api::port_config::{Protocol, PublishMode};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
 use serde::{Deserialize, Serialize};
@@ -139,27 +140,60 @@ fn exit_status(code: Option<i32>, signal: Option<i32>) -> Option<ExitStatus> {
     }
 }
 
-/// The variables passing `task` its HOST-mode published ports (see [`PORT_ENV_PREFIX`]), from
-/// its endpoint (the allocator's copy of the service's ports).
-fn port_env(task: &api::Task) -> Vec<(String, String)> {
-    use api::port_config::{Protocol, PublishMode};
-    let Some(endpoint) = &task.endpoint else {
-        return Vec::new();
-    };
-    endpoint
-        .ports
+/// `task`'s HOST-mode ports with a published port, from its endpoint (the allocator's copy of
+/// the service's ports), with their protocol.
+fn published_host_ports(task: &api::Task) -> impl Iterator<Item = (Protocol, &api::PortConfig)> {
+    task.endpoint
         .iter()
+        .flat_map(|e| &e.ports)
         .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
-        .map(|p| {
-            let proto = Protocol::try_from(p.protocol)
-                .unwrap_or(Protocol::Tcp)
-                .as_str_name();
+        .map(|p| (Protocol::try_from(p.protocol).unwrap_or(Protocol::Tcp), p))
+}
+
+/// The variables passing `task` its HOST-mode published ports (see [`PORT_ENV_PREFIX`]).
+fn port_env(task: &api::Task) -> Vec<(String, String)> {
+    published_host_ports(task)
+        .map(|(proto, p)| {
             (
-                format!("{PORT_ENV_PREFIX}{}_{proto}", p.target_port),
+                format!("{PORT_ENV_PREFIX}{}_{}", p.target_port, proto.as_str_name()),
                 p.published_port.to_string(),
             )
         })
         .collect()
+}
+
+/// The HOST-mode published ports of `task` this node must have free for it: the TCP and UDP
+/// ones (SCTP ones cannot be checked from std).
+fn host_ports(task: &api::Task) -> Vec<(Protocol, u16)> {
+    published_host_ports(task)
+        .filter(|(proto, _)| matches!(proto, Protocol::Tcp | Protocol::Udp))
+        .filter_map(|(proto, p)| Some((proto, u16::try_from(p.published_port).ok()?)))
+        .collect()
+}
+
+/// Fails when something on this node already listens on one of `ports`: the task would start
+/// and then fail to bind, or worse, another program would answer for it. A port freed between
+/// this check and the task's own bind is the task's to take.
+fn check_host_ports_free(ports: &[(Protocol, u16)]) -> Result<(), Error> {
+    let any = std::net::Ipv4Addr::UNSPECIFIED;
+    for &(proto, port) in ports {
+        let bound = match proto {
+            Protocol::Udp => std::net::UdpSocket::bind((any, port)).map(drop),
+            _ => std::net::TcpListener::bind((any, port)).map(drop),
+        };
+        match bound {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(Error::HostPortInUse {
+                    port,
+                    protocol: proto.as_str_name().to_ascii_lowercase(),
+                });
+            }
+            // Binding may be refused for other reasons (a privileged port, as non-root) that do
+            // not stop the task from binding it.
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// What to run, from the task's container spec.
@@ -178,6 +212,8 @@ struct Launch {
     /// The HOST-mode published ports, as the variables that pass them (`SWARM_PORT_80_TCP`,
     /// `9090`).
     ports: Vec<(String, String)>,
+    /// The same ports, checked free before the process starts.
+    host_ports: Vec<(Protocol, u16)>,
     /// Only logged: nothing is pulled.
     image: String,
 }
@@ -198,6 +234,7 @@ impl Launch {
                 .map(PathBuf::from),
             user: Some(&container.user).filter(|u| !u.is_empty()).cloned(),
             ports: port_env(task),
+            host_ports: host_ports(task),
             image: container.image.clone(),
         })
     }
@@ -410,6 +447,7 @@ impl ProcessController {
             program: self.launch.program.clone(),
             source,
         };
+        check_host_ports_free(&self.launch.host_ports)?;
         let log = self.open_log()?;
         let child = self
             .launch

@@ -8,7 +8,8 @@
 //! own. A HOST-mode published port is passed to the task, which must listen on it itself (there
 //! is no translation from the target port): [`PORT_ENV_PREFIX`]`<target>_<PROTO>` holds the
 //! published port (`SWARM_PORT_80_TCP=9090`). The scheduler keeps one task per published port
-//! per node, so two such tasks never share one.
+//! per node, so two such tasks never share one; a TCP or UDP one that something else on the node
+//! holds fails the task at start ([`Error::HostPortInUse`]).
 //!
 //! Secrets and configs become files in the task's directory ([`agent::TaskFiles`], on a tmpfs
 //! when the node has one), laid out as a container would see them under a task root that the
@@ -87,6 +88,14 @@ pub enum Error {
     /// `wait` on a task that was never started.
     #[error("process executor: task {0} was not started")]
     NotStarted(String),
+    /// A HOST-mode published port of the task is taken on this node.
+    #[error("process executor: host port {port}/{protocol} is already in use on this node")]
+    HostPortInUse {
+        /// The published port.
+        port: u16,
+        /// `tcp` or `udp`.
+        protocol: String,
+    },
     /// The program could not be started.
     #[error("process executor: starting {program}: {source}")]
     Spawn {

@@ -1,39 +1,441 @@
-//! Virtual IP load balancing and the routing mesh.
+//! Virtual IP load balancing and the routing mesh, as nftables NAT rules applied by `nft`
+//! from JSON batches (`lb/nft.rs`, through the `nftables` crate).
 //!
-//! SKELETON (the `lb` helper replaces it): the interface `plane.rs` calls.
+//! - In each task's namespace (process tasks' `swt-*`, containers'), table `swarmd` (inet)
+//!   sends a new connection to a service's virtual IP to one of the service's running tasks on
+//!   that network: an `output` NAT rule per VIP, `dnat to numgen inc mod n map { i : backend }`
+//!   (round robin over new connections). Conntrack keeps every packet of a connection, TCP or
+//!   UDP, on the backend its first packet got. A VIP with no running task refuses connections
+//!   (ICMP port unreachable) instead of leaving them unanswered.
+//! - In the node's own namespace, table `swarmd` makes every INGRESS-mode published port answer
+//!   on every local address: `prerouting` (connections from outside) and `output` (connections
+//!   from the node itself) translate it to a running task's ingress address and target port, on
+//!   any node, and `postrouting` translates the source of those connections to this node's own
+//!   ingress address (`node_addr`), so that replies come back through this node.
+//!
+//! Each apply rebuilds the whole table from the view in one nf_tables transaction (one `nft -f`
+//! of a JSON batch, run from a thread inside the namespace): a backend the view no longer marks
+//! running is gone from the next connection on, and no packet sees a half-made table.
+//! Connections already translated to it are forgotten too (their conntrack entries, found by
+//! the mark the rule gave them; `lb/conntrack.rs`), so a UDP flow moves at once. A table equal
+//! to the one last made there, still carrying the token written into it, is not sent again.
+//! The sandbox's namespace, its devices and the view's plumbing are other files' business
+//! (`plane.rs`, `sandbox.rs`, `overlay.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use api::netplane::NetworkView;
+use tracing::debug;
 
 use crate::{Error, NetnsPath, NodeView};
+
+mod conntrack;
+mod nft;
+
+use nft::{Chain, Expr, Hook, L4, Table};
+
+/// The nftables table (family inet) swarmd owns, in task namespaces and the node's.
+pub const TABLE: &str = "swarmd";
 
 /// Programs the kernel's packet filter: in each task's namespace, connections to a service's
 /// virtual IP go to one of its running tasks; in the node's own namespace, INGRESS-mode
 /// published ports go to a running task of their service on any node.
 #[derive(Debug, Default)]
-pub struct Balancer {}
+pub struct Balancer {
+    /// The node's namespace when it is not this process's own (tests run several nodes in
+    /// one process).
+    node_netns: Option<NetnsPath>,
+    /// What each namespace's table was last made from (`None`: the node's): an unchanged table
+    /// is not sent again (a view changes for every task on any network, most task namespaces'
+    /// tables do not), and the connections to a backend left out are forgotten.
+    applied: Mutex<HashMap<Option<PathBuf>, Applied>>,
+}
+
+/// A table as last programmed in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    /// The token the table carries (`None`: no table): a table with another one, or none, is
+    /// not the one programmed (removed since, or a new namespace at the same path, as a
+    /// container's `/proc/<pid>/ns/net` after its PID is reused).
+    token: Option<Vec<u8>>,
+    table: Option<Table>,
+}
+
+impl Applied {
+    fn backends(&self) -> BTreeSet<Ipv4Addr> {
+        self.table.as_ref().map(Table::backends).unwrap_or_default()
+    }
+}
+
+/// A token no other table of any namespace carries: this process, the time, a counter.
+fn new_token() -> Vec<u8> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{nanos}-{n}", std::process::id()).into_bytes()
+}
 
 impl Balancer {
-    /// A balancer that has programmed nothing yet.
+    /// A balancer that has programmed nothing yet, for the namespace this process runs in.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`.
-    pub async fn apply_node(&self, _view: &NodeView) -> Result<(), Error> {
-        Ok(())
+    /// A balancer whose node rules go to the namespace `netns` instead of this process's.
+    pub fn in_netns(netns: NetnsPath) -> Self {
+        Balancer {
+            node_netns: Some(netns),
+            ..Self::default()
+        }
+    }
+
+    fn node_netns(&self) -> Option<PathBuf> {
+        self.node_netns.as_ref().map(|n| n.0.clone())
+    }
+
+    /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`; turns
+    /// IPv4 forwarding on when there is any. A view with none removes the table.
+    pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
+        let table = node_table(view);
+        let bridge = view
+            .networks
+            .iter()
+            .find(|n| n.ingress)
+            .map(|n| format!("swbr-{}", n.vni));
+        debug!(rules = ?table, "routing mesh");
+        let forwarding = table.is_some();
+        let netns = self.node_netns();
+        self.apply(
+            None,
+            netns,
+            table,
+            "programming the routing mesh",
+            move || {
+                if forwarding {
+                    enable_forwarding(bridge.as_deref())?;
+                }
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// Virtual IP balancing inside one task's namespace, for the networks in `networks` (IDs).
     pub async fn apply_sandbox(
         &self,
-        _netns: &NetnsPath,
-        _networks: &[String],
-        _view: &NodeView,
+        netns: &NetnsPath,
+        networks: &[String],
+        view: &NodeView,
     ) -> Result<(), Error> {
-        Ok(())
+        let table = sandbox_table(networks, view);
+        let path = netns.0.clone();
+        debug!(netns = %path.display(), rules = ?table, "virtual IPs");
+        let what = format!("programming virtual IPs in {}", path.display());
+        self.apply(Some(path.clone()), Some(path), table, &what, || Ok(()))
+            .await
+    }
+
+    /// Makes table `swarmd` of the namespace at `path` (`None`: this process's) hold `table`,
+    /// after `prepare` ran there, unless it already does; then forgets the connections to the
+    /// backends it no longer has. `key` names the namespace in `applied`.
+    async fn apply(
+        &self,
+        key: Option<PathBuf>,
+        path: Option<PathBuf>,
+        table: Option<Table>,
+        what: &str,
+        prepare: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let before = self.lock_applied().get(&key).cloned();
+        let wanted = table;
+        let netns = path.clone();
+        let now = blocking(what, move || {
+            nft::in_netns(netns.as_deref(), move || {
+                // Asking nft for the token costs a process: only when it could spare one.
+                if let Some(b) = before.as_ref().filter(|b| b.table == wanted)
+                    && nft::table_token(TABLE)? == b.token
+                {
+                    return Ok(b.clone());
+                }
+                prepare()?;
+                let token = new_token();
+                nft::replace_table(TABLE, wanted.as_ref(), &token)?;
+                let token = wanted.is_some().then_some(token);
+                Ok(Applied {
+                    token,
+                    table: wanted,
+                })
+            })
+        })
+        .await?;
+        let before = self.lock_applied().insert(key, now.clone());
+        let removed: Vec<Ipv4Addr> = before
+            .map(|b| b.backends())
+            .unwrap_or_default()
+            .difference(&now.backends())
+            .copied()
+            .collect();
+        if removed.is_empty() {
+            return Ok(());
+        }
+        debug!(?removed, "forgetting connections to backends that are gone");
+        blocking("forgetting connections to removed backends", move || {
+            nft::in_netns(path.as_deref(), move || {
+                removed
+                    .iter()
+                    .try_for_each(|b| conntrack::forget_backend(*b))
+            })
+        })
+        .await
+    }
+
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, HashMap<Option<PathBuf>, Applied>> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets what it knew of a task namespace that is gone (call when the sandbox is
+    /// destroyed; its rules went with the namespace).
+    pub fn forget_sandbox(&self, netns: &NetnsPath) {
+        self.lock_applied().remove(&Some(netns.0.clone()));
     }
 
     /// Removes every rule this balancer (or an earlier process's, after a crash) made in the
     /// node's own namespace.
     pub async fn remove_node_rules(&self) -> Result<(), Error> {
-        Ok(())
+        let netns = self.node_netns();
+        self.lock_applied().remove(&None);
+        blocking("removing the routing mesh", move || {
+            nft::in_netns(netns.as_deref(), || nft::replace_table(TABLE, None, &[]))
+        })
+        .await
+    }
+
+    /// Whether the node's namespace has swarmd's table (for tests and diagnostics).
+    pub async fn node_rules_present(&self) -> Result<bool, Error> {
+        let netns = self.node_netns();
+        blocking("looking up the routing mesh", move || {
+            nft::in_netns(netns.as_deref(), || nft::table_exists(TABLE))
+        })
+        .await
     }
 }
+
+/// Runs nft, netlink and namespace work off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    let kernel = |source| Error::Kernel {
+        what: what.to_owned(),
+        source,
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| kernel(io::Error::other(e)))?
+        .map_err(kernel)
+}
+
+/// The routing mesh forwards between the node's addresses and the ingress network. A
+/// connection to a published port on 127.0.0.1 leaves through the ingress bridge (`bridge`,
+/// when this node has it) with a loopback source until its source is translated, and its
+/// replies come back to one: the kernel drops both unless the bridge allows it.
+fn enable_forwarding(bridge: Option<&str>) -> io::Result<()> {
+    set_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"))?;
+    if let Some(bridge) = bridge {
+        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
+        if path.exists() {
+            set_sysctl(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets a boolean sysctl (of the calling thread's network namespace) to 1.
+fn set_sysctl(path: &Path) -> io::Result<()> {
+    if std::fs::read_to_string(path)?.trim() != "1" {
+        std::fs::write(path, "1")?;
+    }
+    Ok(())
+}
+
+/// An address of the view ("10.0.0.5/24", or plain), when it is IPv4.
+fn ipv4(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = cidr.split_once('/').unwrap_or((cidr, "32"));
+    Some((
+        addr.parse().ok()?,
+        prefix.parse().ok().filter(|p| *p <= 32)?,
+    ))
+}
+
+/// The running tasks' addresses of each service on `net`, sorted (so that equal views make
+/// equal tables).
+fn backends(net: &NetworkView) -> BTreeMap<&str, Vec<Ipv4Addr>> {
+    let mut by_service: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+    for e in net.endpoints.iter().filter(|e| e.running) {
+        if let Some((addr, _)) = ipv4(&e.addr) {
+            by_service.entry(&e.service_id).or_default().push(addr);
+        }
+    }
+    for addrs in by_service.values_mut() {
+        addrs.sort();
+        addrs.dedup();
+    }
+    by_service
+}
+
+/// Adds a map of `addrs` to `table` and returns the rule action spreading over it.
+fn spread(table: &mut Table, addrs: Vec<Ipv4Addr>, port: Option<u16>) -> Expr {
+    let set = format!("backends{}", table.maps.len());
+    let size = u32::try_from(addrs.len()).expect("fewer than 2^32 backends");
+    table.maps.push((set.clone(), addrs));
+    Expr::DnatSpread { set, size, port }
+}
+
+/// Table `swarmd` of a task's namespace: one rule per virtual IP of the networks it is on
+/// (IDs in `networks`), balancing over the service's running tasks or refusing connections
+/// when it has none; `None` when there is no virtual IP.
+fn sandbox_table(networks: &[String], view: &NodeView) -> Option<Table> {
+    let mut table = Table::default();
+    let mut rules = Vec::new();
+    let mut closed = Vec::new();
+    for net in view.networks.iter().filter(|n| networks.contains(&n.id)) {
+        let mut backends = backends(net);
+        for svc in net.services.iter().filter(|s| !s.dnsrr) {
+            let Some((vip, _)) = ipv4(&svc.vip) else {
+                continue;
+            };
+            // No running task: refused at once, rather than left to time out unanswered.
+            let Some(addrs) = backends.remove(svc.id.as_str()) else {
+                closed.push(vec![Expr::Ipv4, Expr::Daddr(vip), Expr::Reject]);
+                continue;
+            };
+            let action = spread(&mut table, addrs, None);
+            rules.push(vec![Expr::Ipv4, Expr::Daddr(vip), action]);
+        }
+    }
+    if rules.is_empty() && closed.is_empty() {
+        return None;
+    }
+    if !closed.is_empty() {
+        table.chains.push(Chain {
+            name: "vip-closed".into(),
+            nat: false,
+            hook: Hook::Output,
+            priority: nft::PRIORITY_FILTER,
+            rules: closed,
+        });
+    }
+    if !rules.is_empty() {
+        table.chains.push(Chain {
+            name: "vip".into(),
+            nat: true,
+            hook: Hook::Output,
+            priority: nft::PRIORITY_DSTNAT,
+            rules,
+        });
+    }
+    Some(table)
+}
+
+/// Table `swarmd` of the node's namespace: the routing mesh for the INGRESS ports of the
+/// ingress network; `None` when there is nothing to publish (or no ingress address yet).
+fn node_table(view: &NodeView) -> Option<Table> {
+    let net = view.networks.iter().find(|n| n.ingress)?;
+    let Some((node_addr, _)) = ipv4(&net.node_addr) else {
+        debug!(network.id = %net.id, "no ingress address on this node yet: no routing mesh");
+        return None;
+    };
+    let mut table = Table::default();
+    let mut dnat = Vec::new();
+    let mut published_ports = Vec::new();
+    let mut backends = backends(net);
+    for svc in &net.services {
+        let Some(addrs) = backends.remove(svc.id.as_str()) else {
+            continue;
+        };
+        for port in &svc.ingress_ports {
+            let l4 = match port.protocol.as_str() {
+                "tcp" | "" => L4::Tcp,
+                "udp" => L4::Udp,
+                "sctp" => L4::Sctp,
+                other => {
+                    debug!(service.id = %svc.id, protocol = other, "unknown protocol: not published");
+                    continue;
+                }
+            };
+            let (Ok(published), Ok(target)) = (
+                u16::try_from(port.published_port),
+                u16::try_from(port.target_port),
+            ) else {
+                continue;
+            };
+            if published == 0 {
+                continue;
+            }
+            let action = spread(&mut table, addrs.clone(), Some(target));
+            published_ports.push((l4, published));
+            dnat.push(vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(l4, published),
+                action,
+            ]);
+        }
+    }
+    if dnat.is_empty() {
+        return None;
+    }
+    // Only the mesh's own connections: translated, first sent to a published port, now to the
+    // ingress network (the Docker executor's own HOST-mode translations keep their source).
+    let subnets: Vec<_> = net.subnets.iter().filter_map(|s| ipv4(&s.cidr)).collect();
+    let snat = published_ports
+        .iter()
+        .flat_map(|&(l4, port)| {
+            subnets.iter().map(move |&(subnet, prefix)| {
+                vec![
+                    Expr::Ipv4,
+                    Expr::CtDnat,
+                    Expr::CtOriginalDport(l4, port),
+                    Expr::DaddrIn(subnet, prefix),
+                    Expr::Snat(node_addr),
+                ]
+            })
+        })
+        .collect();
+    table.chains = vec![
+        Chain {
+            name: "mesh-in".into(),
+            nat: true,
+            hook: Hook::Prerouting,
+            priority: nft::PRIORITY_DSTNAT,
+            rules: dnat.clone(),
+        },
+        Chain {
+            name: "mesh-local".into(),
+            nat: true,
+            hook: Hook::Output,
+            priority: nft::PRIORITY_DSTNAT,
+            rules: dnat,
+        },
+        Chain {
+            name: "mesh-source".into(),
+            nat: true,
+            hook: Hook::Postrouting,
+            priority: nft::PRIORITY_SRCNAT,
+            rules: snat,
+        },
+    ];
+    Some(table)
+}
+
+#[cfg(test)]
+mod tests;

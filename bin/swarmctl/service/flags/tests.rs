@@ -322,6 +322,49 @@ fn ports() {
 }
 
 #[test]
+fn publish_mode_sets_every_port() {
+    use api::port_config::{Protocol, PublishMode};
+    let port = |target: u32, published: u32, mode: PublishMode| api::PortConfig {
+        name: "p".into(),
+        protocol: Protocol::Tcp as i32,
+        target_port: target,
+        published_port: published,
+        publish_mode: mode as i32,
+    };
+    let endpoint = |ports| {
+        Some(api::EndpointSpec {
+            ports,
+            ..Default::default()
+        })
+    };
+    check(
+        &["--ports", "p:80:8080,p:81", "--publish-mode", "ingress"],
+        |s| {
+            s.endpoint = endpoint(vec![
+                port(80, 8080, PublishMode::Ingress),
+                port(81, 0, PublishMode::Ingress),
+            ])
+        },
+    );
+    check(&["--ports", "p:80:8080", "--publish-mode", "host"], |s| {
+        s.endpoint = endpoint(vec![port(80, 8080, PublishMode::Host)])
+    });
+    // An update with the mode alone switches the ports the service has.
+    let mut published = new_create_spec();
+    published.endpoint = endpoint(vec![port(80, 8080, PublishMode::Host)]);
+    let updated = run(&["--publish-mode", "INGRESS"], published).expect("valid flags");
+    assert_eq!(
+        updated.endpoint,
+        endpoint(vec![port(80, 8080, PublishMode::Ingress)])
+    );
+    check(&["--publish-mode", "ingress"], |_| {});
+    check_err(
+        &["--ports", "p:80", "--publish-mode", "global"],
+        "invalid publish mode \"global\": want \"host\" or \"ingress\"",
+    );
+}
+
+#[test]
 fn memory_and_cpu() {
     check(
         &[

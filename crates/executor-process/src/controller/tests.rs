@@ -257,6 +257,46 @@ async fn host_mode_published_ports_are_passed_in_the_environment() {
 }
 
 #[tokio::test]
+async fn a_host_port_in_use_on_the_node_fails_the_task() {
+    use api::port_config::{Protocol, PublishMode};
+    let state = tempfile::tempdir().expect("tempdir");
+    // Something else on the node holds the port (any free one, taken for the test).
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").expect("a free port");
+    let port = taken.local_addr().expect("bound").port();
+    let marker = state.path().join("started");
+    let mut t = sh("busy", &format!("touch {}", marker.display()));
+    let published = |mode: PublishMode| api::PortConfig {
+        name: "web".into(),
+        protocol: Protocol::Tcp as i32,
+        target_port: 80,
+        published_port: port.into(),
+        publish_mode: mode as i32,
+    };
+    t.endpoint = Some(Box::new(api::Endpoint {
+        ports: vec![published(PublishMode::Host)],
+        ..Default::default()
+    }));
+    let c = controller(&t, state.path(), None).expect("controller");
+    c.prepare().await.expect("prepare");
+    assert_eq!(
+        c.start().await,
+        Err(ExecutorError::Fatal(format!(
+            "process executor: host port {port}/tcp is already in use on this node"
+        )))
+    );
+    assert!(!marker.exists(), "the process never started");
+
+    // An INGRESS-mode port is the routing mesh's, never bound on the node for the task.
+    t.endpoint = Some(Box::new(api::Endpoint {
+        ports: vec![published(PublishMode::Ingress)],
+        ..Default::default()
+    }));
+    let c = controller(&t, state.path(), None).expect("controller");
+    assert!(run_to_end(&c).await.success());
+    assert!(marker.exists());
+}
+
+#[tokio::test]
 async fn env_dir_and_user_apply() {
     let state = tempfile::tempdir().expect("tempdir");
     let work = tempfile::tempdir().expect("workdir");

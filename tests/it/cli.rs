@@ -491,7 +491,8 @@ fn publish_mode_ingress_puts_the_service_on_the_ingress_network() {
     );
 
     // HOST mode, the default: ports allocated, no ingress VIP.
-    // A published port is the cluster's: a second service cannot have it, in either mode.
+    // An INGRESS-mode port is the cluster's: no other service can publish it (two HOST-mode
+    // services may share a port, on different nodes).
     let taken = create("again", "http:80:8080", &[]);
     assert!(
         taken

@@ -501,25 +501,45 @@ fn apply_resources(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> 
 }
 
 /// `--ports` replaces the published ports; `--publish-mode` (ours) sets the mode of every port
-/// the spec then has, so that an update with the mode alone switches the existing ones.
+/// the spec then has, so that an update with the mode alone switches the existing ones. Without
+/// `--publish-mode`, new ports keep the mode the spec's ports shared (an update of an INGRESS
+/// service's ports stays INGRESS), else HOST. `--publish-mode` with no port to apply to is
+/// refused rather than ignored.
 fn apply_ports(f: &ServiceFlags, spec: &mut api::ServiceSpec) -> Result<()> {
     let mode = f
         .publish_mode
         .as_deref()
         .map(parse_publish_mode)
         .transpose()?;
+    let previous = spec.endpoint.as_ref().and_then(|e| {
+        let first = e.ports.first()?.publish_mode;
+        e.ports
+            .iter()
+            .all(|p| p.publish_mode == first)
+            .then_some(first)
+    });
     if let Some(configs) = list_flag(&f.ports, "--ports")? {
         let mut ports = Vec::with_capacity(configs.len());
         for c in &configs {
-            ports.push(parse_port_config(c)?);
+            let mut port = parse_port_config(c)?;
+            if let Some(previous) = previous {
+                port.publish_mode = previous;
+            }
+            ports.push(port);
         }
         spec.endpoint = Some(api::EndpointSpec {
             ports,
             ..Default::default()
         });
     }
-    if let (Some(mode), Some(endpoint)) = (mode, spec.endpoint.as_mut()) {
-        for port in &mut endpoint.ports {
+    if let Some(mode) = mode {
+        let ports = spec
+            .endpoint
+            .as_mut()
+            .map(|e| &mut e.ports)
+            .filter(|p| !p.is_empty())
+            .ok_or("--publish-mode needs published ports (--ports)")?;
+        for port in ports {
             port.publish_mode = mode as i32;
         }
     }

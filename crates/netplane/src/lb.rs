@@ -397,6 +397,12 @@ fn node_table(view: &NodeView) -> Option<Table> {
     // Only the mesh's own connections: translated, first sent to a published port, now to the
     // ingress network (the Docker executor's own HOST-mode translations keep their source).
     let subnets: Vec<_> = net.subnets.iter().filter_map(|s| ipv4(&s.cidr)).collect();
+    if subnets.is_empty() {
+        // Without its source translated, a reply from a task on another node would take that
+        // node's own way back: no mesh rather than a mesh whose connections hang.
+        debug!(network.id = %net.id, "ingress network without an IPv4 subnet: no routing mesh");
+        return None;
+    }
     let snat = published_ports
         .iter()
         .flat_map(|&(l4, port)| {

@@ -357,7 +357,19 @@ fn publish_mode_sets_every_port() {
         updated.endpoint,
         endpoint(vec![port(80, 8080, PublishMode::Ingress)])
     );
-    check(&["--publish-mode", "ingress"], |_| {});
+    // New ports of an update keep the mode the service's ports had.
+    let mut ingress = new_create_spec();
+    ingress.endpoint = endpoint(vec![port(80, 8080, PublishMode::Ingress)]);
+    let updated = run(&["--ports", "p:81:9090"], ingress).expect("valid flags");
+    assert_eq!(
+        updated.endpoint,
+        endpoint(vec![port(81, 9090, PublishMode::Ingress)])
+    );
+    // The mode with no port to apply to is refused, not ignored.
+    check_err(
+        &["--publish-mode", "ingress"],
+        "--publish-mode needs published ports (--ports)",
+    );
     check_err(
         &["--ports", "p:80", "--publish-mode", "global"],
         "invalid publish mode \"global\": want \"host\" or \"ingress\"",

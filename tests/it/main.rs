@@ -30,3 +30,4 @@ mod secrets;
 mod security;
 mod slow_clients;
 mod tls;
+mod watch;

@@ -96,6 +96,7 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/docker.swarmkit.v1.Control/UpdateVolume", MANAGERS),
     ("/docker.swarmkit.v1.Control/ListVolumes", MANAGERS),
     ("/docker.swarmkit.v1.Control/RemoveVolume", MANAGERS),
+    ("/docker.swarmkit.v1.Watch/Watch", MANAGERS),
     ("/swarmkit.raftrpc.v1.RaftTransport/AppendEntries", MANAGERS),
     ("/swarmkit.raftrpc.v1.RaftTransport/Vote", MANAGERS),
     (
@@ -113,6 +114,7 @@ pub const SERVED_SERVICES: &[&str] = &[
     "docker.swarmkit.v1.Health",
     "docker.swarmkit.v1.Control",
     "docker.swarmkit.v1.Dispatcher",
+    "docker.swarmkit.v1.Watch",
     "swarmkit.raftrpc.v1.RaftTransport",
     "swarmkit.raftrpc.v1.RaftJoin",
 ];

@@ -19,6 +19,7 @@ pub mod rootrotation;
 mod server;
 pub mod signer;
 pub mod tasks;
+pub mod watchapi;
 
 #[cfg(test)]
 mod dispatcher_tests;

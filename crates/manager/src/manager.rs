@@ -3,7 +3,7 @@
 //! (allocator, orchestrators, scheduler, task reaper, constraint enforcer, root CA rotation) are
 //! listed in [`leader_subsystems`]; the manager adds the CA signer, the role manager and the
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
-//! serves CA, NodeCA, Control, Health, Dispatcher and the raft transport behind the authorization table of
+//! serves CA, NodeCA, Control, Health, Dispatcher, Watch and the raft transport behind the authorization table of
 //! [`crate::authz`]; on both listeners a follower forwards what only the leader serves to it
 //! ([`crate::proxy`]). A watchdog follows the servers, the leader lifecycle and raft: the first of
 //! them to die before [`Manager::stop`] is the manager's failure ([`Manager::failed`]); nothing
@@ -33,6 +33,7 @@ use crate::rolemanager::RoleManager;
 use crate::server::{LocalServices, RemoteServices};
 use crate::signer::CaSigner;
 use crate::tasks::TaskSet;
+use crate::watchapi::WatchService;
 use crate::{ManagerError, ManagerFailure, server};
 
 /// Everything a manager needs; paths and listeners are passed in so tests can use temp dirs
@@ -220,6 +221,7 @@ impl Manager {
         let auth = Authorizer::new(store.clone(), cluster_id.clone());
         let shutdown = CancellationToken::new();
         let mut servers = TaskSet::new();
+        let watch = WatchService::new(store.clone(), Some(raft.clone()), shutdown.clone());
 
         let dispatcher = Dispatcher::new(
             store.clone(),
@@ -253,6 +255,7 @@ impl Manager {
                     ca: ca_server.clone(),
                     health: HealthService::new("Raft"),
                     dispatcher: DispatcherService::remote(dispatcher.clone()),
+                    watch: watch.clone(),
                     raft: Some(raft.transport()),
                     join: Some(JoinService::new(raft.clone(), store.clone())),
                     auth,
@@ -312,6 +315,7 @@ impl Manager {
                         dispatcher.clone(),
                         config.bootstrap.node_id.clone(),
                     ),
+                    watch,
                     proxy: Some(forwarder.local_layer()),
                 },
                 shutdown.clone(),

@@ -60,6 +60,9 @@ pub fn forwarded(path: &str) -> bool {
         "/docker.swarmkit.v1.NodeCA/",
         "/docker.swarmkit.v1.LogBroker/",
         "/docker.swarmkit.v1.Logs/",
+        // Served by every manager in SwarmKit, each from its own store; ours from the leader's,
+        // after a read index, so a watch misses nothing committed before it was asked for.
+        "/docker.swarmkit.v1.Watch/",
     ];
     PREFIXES.iter().any(|p| path.starts_with(p))
         || path == "/docker.swarmkit.v1.CA/GetUnlockKey"
@@ -672,6 +675,7 @@ mod tests {
             "/docker.swarmkit.v1.NodeCA/IssueNodeCertificate",
             "/docker.swarmkit.v1.CA/GetUnlockKey",
             "/swarmkit.raftrpc.v1.RaftJoin/Join",
+            "/docker.swarmkit.v1.Watch/Watch",
         ] {
             assert!(forwarded(path), "{path}");
         }

@@ -125,6 +125,7 @@ pub(crate) async fn start() -> Cluster {
             ca: CaServer::new(store.clone(), auth.clone()),
             health: HealthService::new("Raft"),
             dispatcher: dispatcher::DispatcherService::remote(dispatcher.clone()),
+            watch: crate::watchapi::WatchService::new(store.clone(), None, shutdown.clone()),
             raft: None,
             join: None,
             auth,

@@ -42,6 +42,18 @@ pub enum StoreError {
     /// The write could not be replicated.
     #[error(transparent)]
     Propose(#[from] ProposeError),
+    /// A watch asked to resume from a version older than the history kept (SwarmKit's raft log
+    /// answers the same when the entries are compacted away).
+    #[error("requested index is unavailable due to compaction")]
+    Compacted {
+        /// The version asked for.
+        version: u64,
+        /// The oldest version a watch can resume from.
+        oldest: u64,
+    },
+    /// A watch asked to resume from a version the store has not reached.
+    #[error("versions are out of order")]
+    VersionsOutOfOrder,
     /// The request itself is malformed (an object without ID, an action without target, ...).
     #[error("{0}")]
     Invalid(String),

@@ -9,6 +9,7 @@
 mod by;
 mod error;
 mod hash;
+mod history;
 mod limits;
 mod memory;
 mod object;
@@ -21,6 +22,7 @@ mod watch;
 pub use by::By;
 pub use error::StoreError;
 pub use hash::IdHash;
+pub use history::HISTORY_EVENTS;
 pub use limits::{
     BATCH_BYTES, MAX_CHANGES_PER_TRANSACTION, MAX_TRANSACTION_BYTES, REQUEST_ID_BYTES, proposal_len,
 };

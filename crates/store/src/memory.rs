@@ -38,6 +38,7 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{debug, warn};
 
 use crate::error::StoreError;
+use crate::history::History;
 use crate::limits::{MAX_TRANSACTION_BYTES, REQUEST_ID_BYTES};
 use crate::object::Kind;
 use crate::proposer::{ProposeError, Proposer};
@@ -73,6 +74,8 @@ struct State {
     /// Bumped by every change of `tables`: a local transaction's checks still hold while it is
     /// what the transaction saw.
     generation: u64,
+    /// The last commits' events, for watches that resume from a version.
+    history: History,
 }
 
 /// The state of the group commit (see the module doc).
@@ -551,6 +554,7 @@ impl MemoryStore {
         if any {
             events.push(Event::Commit { version: index });
             self.publish(&events, &state.tables);
+            state.history.record(index, events);
         }
         Ok(())
     }
@@ -574,21 +578,55 @@ impl MemoryStore {
         filter: WatchFilter,
         f: impl FnOnce(&ReadTx<'_>) -> R,
     ) -> (R, Watcher) {
+        let viewed = self.subscribe_under(filter, |state, _| {
+            Ok::<R, std::convert::Infallible>(f(&ReadTx::new(&state.tables)))
+        });
+        match viewed {
+            Ok(viewed) => viewed,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Registers a watcher of `filter` under the read lock of `state`, once `before` (the view
+    /// it starts from, or the replay of earlier commits it gets first) ran there without error:
+    /// no commit can be applied in between.
+    fn subscribe_under<R, E>(
+        &self,
+        filter: WatchFilter,
+        before: impl FnOnce(&State, &Subscriber) -> Result<R, E>,
+    ) -> Result<(R, Watcher), E> {
         let state = self.read_state();
-        let result = f(&ReadTx::new(&state.tables));
         let (subscriber, watcher) = subscribe(filter);
+        let result = before(&state, &subscriber)?;
         self.inner
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(subscriber);
         drop(state);
-        (result, watcher)
+        Ok((result, watcher))
     }
 
     /// A watcher of every event committed from now on.
     pub fn watch(&self, filter: WatchFilter) -> Watcher {
         self.view_and_watch(filter, |_| ()).1
+    }
+
+    /// A watcher that first receives the events of every commit after index `from` that the
+    /// store still remembers (see [`crate::HISTORY_EVENTS`]), each closed by its
+    /// `Event::Commit`, then every event committed from now on, with no gap and nothing twice
+    /// (SwarmKit's `WatchFrom`). `filter` is applied to the replayed events too; its selector
+    /// then reads the tables as they are now, not as the replayed commit left them. Fails
+    /// ([`StoreError::Compacted`]) when `from` is older than the history, or
+    /// ([`StoreError::VersionsOutOfOrder`]) newer than the last applied index.
+    pub fn watch_from(&self, filter: WatchFilter, from: u64) -> Result<Watcher, StoreError> {
+        let ((), watcher) = self.subscribe_under(filter, |state, subscriber| {
+            let replay = state.history.since(from, state.last_index)?;
+            // The watcher is not dropped yet, so its channel takes everything.
+            subscriber.send_iter(replay, &ReadTx::new(&state.tables));
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(watcher)
     }
 
     /// Whole content, for raft snapshots.
@@ -620,6 +658,7 @@ impl MemoryStore {
         state.last_index = index;
         events.push(Event::Commit { version: index });
         self.publish(&events, &state.tables);
+        state.history.reset(index);
     }
 
     /// Writers of the open batch of the group commit (for tests).

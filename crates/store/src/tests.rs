@@ -330,6 +330,83 @@ async fn selector_reads_the_store_as_each_entry_left_it() {
     assert_eq!(seen, ["Task t1", "Node n1", "commit", "Node n1", "commit"]);
 }
 
+#[tokio::test]
+async fn watch_from_replays_the_commits_after_a_version_then_goes_on() {
+    let store = MemoryStore::new(None);
+    for i in 0..5 {
+        let t = task(&format!("t{i}"), "s", i, "", api::TaskState::Running);
+        store.update(|tx| tx.create_task(t)).await.expect("create");
+    }
+    store
+        .update(|tx| tx.create_node(node("n1", "h", api::NodeRole::Worker)))
+        .await
+        .expect("node");
+    // Versions 1..=5 created one task each, 6 a node.
+    let mut watcher = store
+        .watch_from(WatchFilter::none().tasks(), 3)
+        .expect("within the history");
+    store
+        .update(|tx| tx.delete_task("t0"))
+        .await
+        .expect("delete");
+    let mut seen = Vec::new();
+    while let Some(ev) = watcher.try_recv() {
+        seen.push(match (&ev, ev.object_ref()) {
+            (Event::Commit { version }, _) => format!("commit {version}"),
+            (Event::Object { kind, .. }, Some(r)) => format!("{kind:?} {}", r.id),
+            _ => unreachable!(),
+        });
+    }
+    assert_eq!(
+        seen,
+        [
+            "Create t3",
+            "commit 4",
+            "Create t4",
+            "commit 5",
+            "commit 6",
+            "Remove t0",
+            "commit 7"
+        ]
+    );
+    // Resuming from the last version replays nothing; a version the store has not reached is
+    // refused with SwarmKit's words.
+    let mut watcher = store.watch_from(WatchFilter::all(), 7).expect("current");
+    assert!(watcher.try_recv().is_none());
+    let err = store.watch_from(WatchFilter::all(), 8).expect_err("future");
+    assert_eq!(err.to_string(), "versions are out of order");
+}
+
+#[tokio::test]
+async fn watch_from_refuses_a_version_older_than_the_history() {
+    let store = MemoryStore::new(None);
+    let n = crate::HISTORY_EVENTS as u64 + 10;
+    let tasks: Vec<api::Task> = (0..n)
+        .map(|i| task(&format!("t{i}"), "s", i, "", api::TaskState::Running))
+        .collect();
+    for t in tasks {
+        store.update(|tx| tx.create_task(t)).await.expect("create");
+    }
+    let err = store
+        .watch_from(WatchFilter::all(), 5)
+        .expect_err("forgotten");
+    assert!(
+        matches!(err, StoreError::Compacted { version: 5, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "requested index is unavailable due to compaction"
+    );
+    let mut watcher = store.watch_from(WatchFilter::all(), n - 1).expect("recent");
+    assert!(matches!(watcher.try_recv(), Some(Event::Object { .. })));
+    assert_eq!(watcher.try_recv(), Some(Event::Commit { version: n }));
+    // A snapshot restore starts the history afresh: only its index and later can be resumed.
+    store.restore(store.save(), n + 5);
+    assert!(store.watch_from(WatchFilter::all(), n).is_err());
+    assert!(store.watch_from(WatchFilter::all(), n + 5).is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_gets_snapshot_then_every_later_event_without_gap() {
     const WRITERS: usize = 4;

@@ -255,8 +255,16 @@ impl Subscriber {
     /// Sends the events this subscriber wants (`tx`: the store after them); false once its
     /// watcher was dropped.
     pub(crate) fn send(&self, events: &[Event], tx: &ReadTx<'_>) -> bool {
+        self.send_iter(events.iter(), tx)
+    }
+
+    /// [`Subscriber::send`] of the events `events` yields.
+    pub(crate) fn send_iter<'e>(
+        &self,
+        events: impl Iterator<Item = &'e Event>,
+        tx: &ReadTx<'_>,
+    ) -> bool {
         events
-            .iter()
             .filter(|e| self.filter.accepts(e, tx))
             .all(|e| self.tx.send(e.clone()).is_ok())
     }

@@ -3,8 +3,8 @@
 //!
 //! - In each task's namespace (process tasks' `swt-*`, containers'), table `swarmd` (inet)
 //!   sends a new connection to a service's virtual IP to one of the service's running tasks on
-//!   that network: an `output` NAT rule per VIP, `dnat to numgen inc mod n map { i : backend }`
-//!   (round robin over new connections). Conntrack keeps every packet of a connection, TCP or
+//!   that network: an `output` NAT rule per VIP, `dnat to numgen random mod n map { i : backend }`
+//!   (a backend at random for each new connection). Conntrack keeps every packet of a connection, TCP or
 //!   UDP, on the backend its first packet got. A VIP with no running task refuses connections
 //!   (ICMP port unreachable) instead of leaving them unanswered.
 //! - In the node's own namespace, table `swarmd` makes every INGRESS-mode published port answer
@@ -26,12 +26,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::netplane::NetworkView;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{Error, NetnsPath, NodeView};
 
@@ -55,6 +55,13 @@ pub struct Balancer {
     /// is not sent again (a view changes for every task on any network, most task namespaces'
     /// tables do not), and the connections to a backend left out are forgotten.
     applied: Mutex<HashMap<Option<PathBuf>, Applied>>,
+    /// One lock per namespace, held from reading what was applied there to storing what is
+    /// now: two applies for one namespace never interleave.
+    locks: Mutex<HashMap<Option<PathBuf>, Arc<tokio::sync::Mutex<()>>>>,
+    /// The sysctls the mesh changed in the node's namespace, with their values before.
+    saved_sysctls: Arc<Mutex<Vec<(PathBuf, String)>>>,
+    /// Set by `remove_node_rules`: later `apply_node` calls do nothing.
+    stopped: AtomicBool,
 }
 
 /// A table as last programmed in a namespace.
@@ -65,6 +72,8 @@ struct Applied {
     /// container's `/proc/<pid>/ns/net` after its PID is reused).
     token: Option<Vec<u8>>,
     table: Option<Table>,
+    /// The version of the view it was made from (an older view is ignored).
+    version: u64,
 }
 
 impl Applied {
@@ -103,8 +112,12 @@ impl Balancer {
     }
 
     /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`; turns
-    /// IPv4 forwarding on when there is any. A view with none removes the table.
+    /// IPv4 forwarding on while there is any (and puts the sysctls back as they were when there
+    /// is none). A view with none removes the table. Does nothing after `remove_node_rules`.
     pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let table = node_table(view);
         let bridge = view
             .networks
@@ -114,14 +127,23 @@ impl Balancer {
         debug!(rules = ?table, "routing mesh");
         let forwarding = table.is_some();
         let netns = self.node_netns();
+        let saved = Arc::clone(&self.saved_sysctls);
         self.apply(
             None,
             netns,
             table,
+            view.version,
             "programming the routing mesh",
             move || {
-                if forwarding {
-                    enable_forwarding(bridge.as_deref())?;
+                // On every apply, not only when the table changes (a bridge made since needs
+                // its own); a failure leaves the mesh without forwarding, not without rules.
+                let done = if forwarding {
+                    enable_forwarding(bridge.as_deref(), &saved)
+                } else {
+                    restore_sysctls(&saved)
+                };
+                if let Err(e) = done {
+                    warn!(error = %e, "setting the forwarding sysctls for the routing mesh");
                 }
                 Ok(())
             },
@@ -140,39 +162,58 @@ impl Balancer {
         let path = netns.0.clone();
         debug!(netns = %path.display(), rules = ?table, "virtual IPs");
         let what = format!("programming virtual IPs in {}", path.display());
-        self.apply(Some(path.clone()), Some(path), table, &what, || Ok(()))
-            .await
+        self.apply(
+            Some(path.clone()),
+            Some(path),
+            table,
+            view.version,
+            &what,
+            || Ok(()),
+        )
+        .await
     }
 
     /// Makes table `swarmd` of the namespace at `path` (`None`: this process's) hold `table`,
-    /// after `prepare` ran there, unless it already does; then forgets the connections to the
-    /// backends it no longer has. `key` names the namespace in `applied`.
+    /// after `prepare` ran there (always), unless it already does; then forgets the connections
+    /// to the backends it no longer has. `key` names the namespace in `applied`; a `version`
+    /// older than the one last applied there is ignored.
     async fn apply(
         &self,
         key: Option<PathBuf>,
         path: Option<PathBuf>,
         table: Option<Table>,
+        version: u64,
         what: &str,
         prepare: impl FnOnce() -> io::Result<()> + Send + 'static,
     ) -> Result<(), Error> {
+        let lock = self.lock_of(&key);
+        let _held = lock.lock().await;
         let before = self.lock_applied().get(&key).cloned();
+        if before.as_ref().is_some_and(|b| b.version > version) {
+            debug!(version, "a view older than the one applied: ignored");
+            return Ok(());
+        }
         let wanted = table;
         let netns = path.clone();
         let now = blocking(what, move || {
             nft::in_netns(netns.as_deref(), move || {
+                prepare()?;
                 // Asking nft for the token costs a process: only when it could spare one.
                 if let Some(b) = before.as_ref().filter(|b| b.table == wanted)
                     && nft::table_token(TABLE)? == b.token
                 {
-                    return Ok(b.clone());
+                    return Ok(Applied {
+                        version,
+                        ..b.clone()
+                    });
                 }
-                prepare()?;
                 let token = new_token();
                 nft::replace_table(TABLE, wanted.as_ref(), &token)?;
                 let token = wanted.is_some().then_some(token);
                 Ok(Applied {
                     token,
                     table: wanted,
+                    version,
                 })
             })
         })
@@ -198,6 +239,12 @@ impl Balancer {
         .await
     }
 
+    /// The lock of the namespace `key` names.
+    fn lock_of(&self, key: &Option<PathBuf>) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(key.clone()).or_default())
+    }
+
     fn lock_applied(&self) -> std::sync::MutexGuard<'_, HashMap<Option<PathBuf>, Applied>> {
         self.applied.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -205,16 +252,29 @@ impl Balancer {
     /// Forgets what it knew of a task namespace that is gone (call when the sandbox is
     /// destroyed; its rules went with the namespace).
     pub fn forget_sandbox(&self, netns: &NetnsPath) {
-        self.lock_applied().remove(&Some(netns.0.clone()));
+        let key = Some(netns.0.clone());
+        self.lock_applied().remove(&key);
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
     }
 
     /// Removes every rule this balancer (or an earlier process's, after a crash) made in the
-    /// node's own namespace.
+    /// node's own namespace, and puts back the sysctls it changed; later `apply_node` calls
+    /// do nothing.
     pub async fn remove_node_rules(&self) -> Result<(), Error> {
+        self.stopped.store(true, Ordering::SeqCst);
+        let lock = self.lock_of(&None);
+        let _held = lock.lock().await;
         let netns = self.node_netns();
         self.lock_applied().remove(&None);
+        let saved = Arc::clone(&self.saved_sysctls);
         blocking("removing the routing mesh", move || {
-            nft::in_netns(netns.as_deref(), || nft::replace_table(TABLE, None, &[]))
+            nft::in_netns(netns.as_deref(), move || {
+                nft::replace_table(TABLE, None, &[])?;
+                restore_sysctls(&saved)
+            })
         })
         .await
     }
@@ -248,21 +308,43 @@ async fn blocking<T: Send + 'static>(
 /// connection to a published port on 127.0.0.1 leaves through the ingress bridge (`bridge`,
 /// when this node has it) with a loopback source until its source is translated, and its
 /// replies come back to one: the kernel drops both unless the bridge allows it.
-fn enable_forwarding(bridge: Option<&str>) -> io::Result<()> {
-    set_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"))?;
+/// The values they had before are kept in `saved` (the first change of each only).
+fn enable_forwarding(
+    bridge: Option<&str>,
+    saved: &Mutex<Vec<(PathBuf, String)>>,
+) -> io::Result<()> {
+    set_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"), saved)?;
     if let Some(bridge) = bridge {
         let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
         if path.exists() {
-            set_sysctl(&path)?;
+            set_sysctl(&path, saved)?;
         }
     }
     Ok(())
 }
 
-/// Sets a boolean sysctl (of the calling thread's network namespace) to 1.
-fn set_sysctl(path: &Path) -> io::Result<()> {
-    if std::fs::read_to_string(path)?.trim() != "1" {
+/// Sets a boolean sysctl (of the calling thread's network namespace) to 1, noting in `saved`
+/// what it was when this is its first change.
+fn set_sysctl(path: &Path, saved: &Mutex<Vec<(PathBuf, String)>>) -> io::Result<()> {
+    let was = std::fs::read_to_string(path)?.trim().to_owned();
+    if was != "1" {
         std::fs::write(path, "1")?;
+        let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
+        if !saved.iter().any(|(p, _)| p == path) {
+            saved.push((path.to_owned(), was));
+        }
+    }
+    Ok(())
+}
+
+/// Puts the sysctls `saved` lists back to their values (a bridge gone since has none to put
+/// back); forgets them.
+fn restore_sysctls(saved: &Mutex<Vec<(PathBuf, String)>>) -> io::Result<()> {
+    let saved = std::mem::take(&mut *saved.lock().unwrap_or_else(PoisonError::into_inner));
+    for (path, was) in saved {
+        if path.exists() {
+            std::fs::write(&path, was)?;
+        }
     }
     Ok(())
 }
@@ -439,8 +521,42 @@ fn node_table(view: &NodeView) -> Option<Table> {
             priority: nft::PRIORITY_SRCNAT,
             rules: snat,
         },
+        isolation(view),
     ];
     Some(table)
+}
+
+/// The `forward` filter chain of the node's table: the mesh turns IPv4 forwarding on for the
+/// whole namespace, which must not let a task reach another network, or the outside, through
+/// the node. A connection the mesh translated, and the packets of an accepted one, pass;
+/// otherwise nothing is routed from a network's bridge to another interface, nor to a bridge
+/// from another interface. Traffic between tasks of one network (VXLAN included) is bridged,
+/// not routed, and is not seen here (with `br_netfilter`, it is seen from the bridge to itself).
+fn isolation(view: &NodeView) -> Chain {
+    let mut rules = vec![
+        vec![Expr::CtDnat, Expr::Accept],
+        vec![Expr::CtEstablished, Expr::Accept],
+    ];
+    for net in &view.networks {
+        let bridge = format!("swbr-{}", net.vni);
+        rules.push(vec![
+            Expr::Iifname(bridge.clone(), true),
+            Expr::Oifname(bridge.clone(), false),
+            Expr::Drop,
+        ]);
+        rules.push(vec![
+            Expr::Oifname(bridge.clone(), true),
+            Expr::Iifname(bridge, false),
+            Expr::Drop,
+        ]);
+    }
+    Chain {
+        name: "isolation".into(),
+        nat: false,
+        hook: Hook::Forward,
+        priority: nft::PRIORITY_FILTER,
+        rules,
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ pub struct Balancer {
     saved_sysctls: Arc<Mutex<Vec<(PathBuf, String)>>>,
     /// Set by `remove_node_rules`: later `apply_node` calls do nothing.
     stopped: AtomicBool,
+    /// Ports swarmd itself uses on the node's addresses (the VXLAN port): never published.
+    reserved_ports: Mutex<Vec<u16>>,
 }
 
 /// A table as last programmed in a namespace.
@@ -107,6 +109,22 @@ impl Balancer {
         }
     }
 
+    /// Ports the routing mesh must leave alone (swarmd's own: the VXLAN port); a published port
+    /// among them is skipped with a warning.
+    pub fn set_reserved_ports(&self, ports: Vec<u16>) {
+        *self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ports;
+    }
+
+    fn lock_reserved(&self) -> Vec<u16> {
+        self.reserved_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn node_netns(&self) -> Option<PathBuf> {
         self.node_netns.as_ref().map(|n| n.0.clone())
     }
@@ -118,14 +136,14 @@ impl Balancer {
         if self.stopped.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let table = node_table(view);
+        let table = node_table(view, &self.lock_reserved());
         let bridge = view
             .networks
             .iter()
             .find(|n| n.ingress)
             .map(|n| format!("swbr-{}", n.vni));
         debug!(rules = ?table, "routing mesh");
-        let forwarding = table.is_some();
+        let forwarding = table.as_ref().is_some_and(|t| !t.maps.is_empty());
         let netns = self.node_netns();
         let saved = Arc::clone(&self.saved_sysctls);
         self.apply(
@@ -430,7 +448,9 @@ fn sandbox_table(networks: &[String], view: &NodeView) -> Option<Table> {
 
 /// Table `swarmd` of the node's namespace: the routing mesh for the INGRESS ports of the
 /// ingress network; `None` when there is nothing to publish (or no ingress address yet).
-fn node_table(view: &NodeView) -> Option<Table> {
+/// Published ports in `reserved` (swarmd's own) are left out; the networks' gateways are not
+/// part of the mesh; a published port whose service has no running task is refused.
+fn node_table(view: &NodeView, reserved: &[u16]) -> Option<Table> {
     let net = view.networks.iter().find(|n| n.ingress)?;
     let Some((node_addr, _)) = ipv4(&net.node_addr) else {
         debug!(network.id = %net.id, "no ingress address on this node yet: no routing mesh");
@@ -440,10 +460,9 @@ fn node_table(view: &NodeView) -> Option<Table> {
     let mut dnat = Vec::new();
     let mut published_ports = Vec::new();
     let mut backends = backends(net);
+    let mut closed = Vec::new();
     for svc in &net.services {
-        let Some(addrs) = backends.remove(svc.id.as_str()) else {
-            continue;
-        };
+        let addrs = backends.remove(svc.id.as_str());
         for port in &svc.ingress_ports {
             let l4 = match port.protocol.as_str() {
                 "tcp" | "" => L4::Tcp,
@@ -463,6 +482,20 @@ fn node_table(view: &NodeView) -> Option<Table> {
             if published == 0 {
                 continue;
             }
+            if reserved.contains(&published) {
+                warn!(service.id = %svc.id, port = published, "a published port swarmd itself uses: not published");
+                continue;
+            }
+            let Some(addrs) = &addrs else {
+                // No running task: refused, rather than reaching what the host has there.
+                closed.push(vec![
+                    Expr::Ipv4,
+                    Expr::DaddrLocal,
+                    Expr::Dport(l4, published),
+                    Expr::Reject,
+                ]);
+                continue;
+            };
             let action = spread(&mut table, addrs.clone(), Some(target));
             published_ports.push((l4, published));
             dnat.push(vec![
@@ -473,9 +506,38 @@ fn node_table(view: &NodeView) -> Option<Table> {
             ]);
         }
     }
+    let closed_chains = |gateways: &[Vec<Expr>]| {
+        [Hook::Input, Hook::Output].map(|hook| Chain {
+            name: format!(
+                "mesh-closed-{}",
+                if hook == Hook::Input { "in" } else { "local" }
+            ),
+            nat: false,
+            hook,
+            priority: nft::PRIORITY_FILTER,
+            rules: gateways
+                .iter()
+                .cloned()
+                .chain(closed.iter().cloned())
+                .collect(),
+        })
+    };
+    // The gateways of the node's networks (where its resolver listens) are not the mesh's.
+    let gateways: Vec<Vec<Expr>> = view
+        .networks
+        .iter()
+        .flat_map(|n| &n.subnets)
+        .filter_map(|s| ipv4(&s.gateway))
+        .map(|(gw, _)| vec![Expr::Ipv4, Expr::Daddr(gw), Expr::Return])
+        .collect();
     if dnat.is_empty() {
-        return None;
+        if closed.is_empty() {
+            return None;
+        }
+        table.chains = closed_chains(&gateways).into();
+        return Some(table);
     }
+    let dnat: Vec<_> = gateways.iter().cloned().chain(dnat).collect();
     // Only the mesh's own connections: translated, first sent to a published port, now to the
     // ingress network (the Docker executor's own HOST-mode translations keep their source).
     let subnets: Vec<_> = net.subnets.iter().filter_map(|s| ipv4(&s.cidr)).collect();
@@ -523,6 +585,9 @@ fn node_table(view: &NodeView) -> Option<Table> {
         },
         isolation(view),
     ];
+    if !closed.is_empty() {
+        table.chains.extend(closed_chains(&gateways));
+    }
     Some(table)
 }
 

@@ -29,6 +29,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    Input,
     Forward,
     Output,
     Postrouting,
@@ -96,6 +97,8 @@ pub enum Expr {
     Accept,
     /// Drop the packet.
     Drop,
+    /// Leave this chain (the packet goes on as if it had not matched any of its rules).
+    Return,
     /// Refuse the packet with an ICMP port unreachable (a TCP connect fails with "connection
     /// refused" at once); filter chains only.
     Reject,
@@ -250,6 +253,7 @@ fn replace(table: &str, content: Option<&Table>, token: &[u8]) -> Vec<NfObject<'
             }),
             hook: Some(match chain.hook {
                 Hook::Prerouting => NfHook::Prerouting,
+                Hook::Input => NfHook::Input,
                 Hook::Forward => NfHook::Forward,
                 Hook::Output => NfHook::Output,
                 Hook::Postrouting => NfHook::Postrouting,
@@ -370,6 +374,7 @@ fn statements(e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) -> Vec<Statement<'stat
         Expr::Oifname(name, is) => vec![ifname(MetaKey::Oifname, name, *is)],
         Expr::Accept => vec![Statement::Accept(None)],
         Expr::Drop => vec![Statement::Drop(None)],
+        Expr::Return => vec![Statement::Return(None)],
         Expr::CtOriginalDport(l4, port) => vec![
             eq(meta(MetaKey::L4proto), string(l4.name())),
             eq(

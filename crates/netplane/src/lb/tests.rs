@@ -164,7 +164,7 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         "10.255.0.2/16",
         &[("10.255.0.9/16", true), ("10.255.0.8/16", false)],
     );
-    let table = node_table(&view).expect("a published port with a running task");
+    let table = node_table(&view, &[]).expect("a published port with a running task");
     assert_eq!(
         table.maps,
         vec![
@@ -187,7 +187,12 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         ]
     );
     assert_eq!(
-        table.chains[0].rules[1],
+        table.chains[0].rules[0],
+        vec![Expr::Ipv4, Expr::Daddr(ip("10.255.0.1")), Expr::Return],
+        "the gateway (the resolver's address) is not the mesh's"
+    );
+    assert_eq!(
+        table.chains[0].rules[2],
         vec![
             Expr::Ipv4,
             Expr::DaddrLocal,
@@ -213,10 +218,35 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         vec![snat(L4::Tcp, 30080), snat(L4::Udp, 30053)]
     );
 
+    // No running task: the published ports are refused (not left to what the host has there),
+    // nothing is translated.
     let none_running = ingress_view("10.255.0.2/16", &[("10.255.0.9/16", false)]);
-    assert_eq!(node_table(&none_running), None);
+    let closed = node_table(&none_running, &[]).expect("refusing rules");
+    assert!(closed.maps.is_empty(), "{closed:?}");
+    let hooks: Vec<_> = closed.chains.iter().map(|c| (c.hook, c.nat)).collect();
+    assert_eq!(hooks, vec![(Hook::Input, false), (Hook::Output, false)]);
+    assert_eq!(
+        closed.chains[0].rules[1..],
+        [
+            vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(L4::Tcp, 30080),
+                Expr::Reject
+            ],
+            vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(L4::Udp, 30053),
+                Expr::Reject
+            ],
+        ]
+    );
     let no_node_addr = ingress_view("", &[("10.255.0.9/16", true)]);
-    assert_eq!(node_table(&no_node_addr), None);
+    assert_eq!(node_table(&no_node_addr, &[]), None);
+    // A published port swarmd uses itself (the VXLAN port) is left out.
+    let reserved = node_table(&view, &[30053]).expect("the TCP port");
+    assert_eq!(reserved.maps.len(), 1, "{reserved:?}");
 }
 
 // ---- Namespaces ------------------------------------------------------------------------------
@@ -637,13 +667,23 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     balancer.apply_node(&old).await.expect("ignored");
     assert_eq!(tcp_answers(&client, published, 1), vec!["web 10.255.0.2"]);
 
-    // --- the task stops: nothing answers on the published port any more
+    // --- the task stops: the published port is refused, even with something of the host's
+    // listening on it
+    tcp_server(&node, "0.0.0.0:30080".parse().unwrap(), "host");
     balancer
         .apply_node(&ingress_view("10.255.0.2/16", &[("10.255.0.9/16", false)]))
         .await
         .expect("programming the routing mesh");
-    let refused = client.run(move || Ok(TcpStream::connect_timeout(&published, WAIT).is_err()));
-    assert!(refused, "no running task: the port is closed");
+    let refused = client.run(move || {
+        Ok(TcpStream::connect_timeout(&published, WAIT)
+            .err()
+            .map(|e| e.kind()))
+    });
+    assert_eq!(
+        refused,
+        Some(io::ErrorKind::ConnectionRefused),
+        "no running task: the port is refused"
+    );
 
     // --- remove_node_rules leaves nothing behind
     balancer
@@ -653,8 +693,11 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     assert!(balancer.node_rules_present().await.expect("lookup"));
     balancer.remove_node_rules().await.expect("removing");
     assert!(!balancer.node_rules_present().await.expect("lookup"));
-    let refused = client.run(move || Ok(TcpStream::connect_timeout(&published, WAIT).is_err()));
-    assert!(refused, "rules gone: the port is closed");
+    assert_eq!(
+        tcp_answers(&client, published, 1),
+        vec!["host 10.232.0.2"],
+        "rules gone: the host's own listener has its port back"
+    );
     assert_eq!(
         node.sysctl("net.ipv4.ip_forward"),
         "0",

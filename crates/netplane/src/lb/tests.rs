@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use api::netplane::{Endpoint, NetworkView, PublishedPort, ServiceView, Subnet};
 
 use super::*;
+use netlink_packet_netfilter::conntrack::Protocol as conntrack_proto;
 
 fn endpoint(task: &str, service: &str, addr: &str, running: bool) -> Endpoint {
     Endpoint {
@@ -524,11 +525,33 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
     };
     let first = ask(&flow);
     assert_eq!(ask(&flow), first, "a flow stays on its backend");
+    // TCP connections kept open meanwhile, some on `first` (random: all 20 miss it with a
+    // chance of (2/3)^20, about 3e-4)
+    let held = task.run(move || {
+        (0..20)
+            .map(|_| TcpStream::connect_timeout(&vip_tcp, WAIT))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    let first_addr = ip(match first.as_str() {
+        "b1" => "10.231.0.11",
+        "b2" => "10.231.0.12",
+        _ => "10.231.0.13",
+    });
+    let on_first = move || conntrack::marked_protocols(first_addr);
+    let before = task.run(on_first);
+    assert!(before.contains(&conntrack_proto::Tcp), "{before:?}");
+    assert!(before.contains(&conntrack_proto::Udp), "{before:?}");
     let running = ["b1", "b2", "b3"].map(|b| b != first);
     balancer
         .apply_sandbox(&task.path(), &nets, &vip_view(running))
         .await
         .expect("programming the VIP");
+    let after = task.run(on_first);
+    assert!(
+        after.iter().all(|p| *p == conntrack_proto::Tcp) && !after.is_empty(),
+        "only the UDP flows are forgotten, TCP connections stay: {after:?}"
+    );
+    drop(held);
     let moved = ask(&flow);
     assert_ne!(moved, first, "the flow left {first}");
     assert_eq!(ask(&flow), moved, "and stays where it moved");

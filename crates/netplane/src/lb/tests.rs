@@ -660,6 +660,13 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
         .await
         .expect("programming the routing mesh");
     assert_eq!(node.sysctl("net.ipv4.ip_forward"), "1");
+    // Forwarding is set on every apply, also when the table is unchanged and not sent again.
+    node.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"));
+    balancer
+        .apply_node(&ingress_view("10.255.0.2/16", &[("10.255.0.9/16", true)]))
+        .await
+        .expect("programming the routing mesh");
+    assert_eq!(node.sysctl("net.ipv4.ip_forward"), "1");
 
     // --- from outside the node
     let answers = tcp_answers(&client, published, 3);
@@ -856,4 +863,41 @@ async fn an_unchanged_table_is_not_sent_again_unless_it_is_gone() {
     let again = Netns { name };
     apply(&again, [true, true, false]).await;
     assert!(token(&again).is_some(), "a new namespace is programmed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_applies_to_one_namespace_end_with_the_newest_view() {
+    require_namespaces!();
+    let ns = Netns::new("r");
+    let nets = ["net".to_owned()];
+    let balancer = Balancer::new();
+    let key = Some(ns.path().0);
+    for round in 0..5u64 {
+        // Two views at once, the newer one either first or second.
+        let newer = NodeView {
+            version: 2 * round + 2,
+            ..vip_view([true, round % 2 == 0, true])
+        };
+        let older = NodeView {
+            version: 2 * round + 1,
+            ..vip_view([false, true, round % 2 == 1])
+        };
+        let (a, b) = if round % 2 == 0 {
+            (&newer, &older)
+        } else {
+            (&older, &newer)
+        };
+        let path = ns.path();
+        let (ra, rb) = tokio::join!(
+            balancer.apply_sandbox(&path, &nets, a),
+            balancer.apply_sandbox(&path, &nets, b)
+        );
+        ra.expect("programming");
+        rb.expect("programming");
+        let applied = balancer.applied.lock().unwrap()[&key].clone();
+        assert_eq!(applied.version, newer.version, "round {round}");
+        assert_eq!(applied.table, sandbox_table(&nets, &newer), "round {round}");
+        let token = ns.run(|| nft::table_token(TABLE));
+        assert_eq!(token, applied.token, "the kernel has what was stored");
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! - In each task's namespace (process tasks' `swt-*`, containers'), table `swarmd` (inet)
 //!   sends a new connection to a service's virtual IP to one of the service's running tasks on
-//!   that network: an `output` NAT rule per VIP, `dnat to numgen inc mod n map { i : backend }`
-//!   (round robin over new connections). Conntrack keeps every packet of a connection, TCP or
+//!   that network: an `output` NAT rule per VIP, `dnat to numgen random mod n map { i : backend }`
+//!   (a backend at random for each new connection). Conntrack keeps every packet of a connection, TCP or
 //!   UDP, on the backend its first packet got. A VIP with no running task refuses connections
 //!   (ICMP port unreachable) instead of leaving them unanswered.
 //! - In the node's own namespace, table `swarmd` makes every INGRESS-mode published port answer
@@ -26,12 +26,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::netplane::NetworkView;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{Error, NetnsPath, NodeView};
 
@@ -55,6 +55,15 @@ pub struct Balancer {
     /// is not sent again (a view changes for every task on any network, most task namespaces'
     /// tables do not), and the connections to a backend left out are forgotten.
     applied: Mutex<HashMap<Option<PathBuf>, Applied>>,
+    /// One lock per namespace, held from reading what was applied there to storing what is
+    /// now: two applies for one namespace never interleave.
+    locks: Mutex<HashMap<Option<PathBuf>, Arc<tokio::sync::Mutex<()>>>>,
+    /// The sysctls the mesh changed in the node's namespace, with their values before.
+    saved_sysctls: Arc<Mutex<Vec<(PathBuf, String)>>>,
+    /// Set by `remove_node_rules`: later `apply_node` calls do nothing.
+    stopped: AtomicBool,
+    /// Ports swarmd itself uses on the node's addresses (the VXLAN port): never published.
+    reserved_ports: Mutex<Vec<u16>>,
 }
 
 /// A table as last programmed in a namespace.
@@ -65,6 +74,8 @@ struct Applied {
     /// container's `/proc/<pid>/ns/net` after its PID is reused).
     token: Option<Vec<u8>>,
     table: Option<Table>,
+    /// The version of the view it was made from (an older view is ignored).
+    version: u64,
 }
 
 impl Applied {
@@ -98,30 +109,59 @@ impl Balancer {
         }
     }
 
+    /// Ports the routing mesh must leave alone (swarmd's own: the VXLAN port); a published port
+    /// among them is skipped with a warning.
+    pub fn set_reserved_ports(&self, ports: Vec<u16>) {
+        *self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ports;
+    }
+
+    fn lock_reserved(&self) -> Vec<u16> {
+        self.reserved_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn node_netns(&self) -> Option<PathBuf> {
         self.node_netns.as_ref().map(|n| n.0.clone())
     }
 
     /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`; turns
-    /// IPv4 forwarding on when there is any. A view with none removes the table.
+    /// IPv4 forwarding on while there is any (and puts the sysctls back as they were when there
+    /// is none). A view with none removes the table. Does nothing after `remove_node_rules`.
     pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
-        let table = node_table(view);
+        if self.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let table = node_table(view, &self.lock_reserved());
         let bridge = view
             .networks
             .iter()
             .find(|n| n.ingress)
             .map(|n| format!("swbr-{}", n.vni));
         debug!(rules = ?table, "routing mesh");
-        let forwarding = table.is_some();
+        let forwarding = table.as_ref().is_some_and(|t| !t.maps.is_empty());
         let netns = self.node_netns();
+        let saved = Arc::clone(&self.saved_sysctls);
         self.apply(
             None,
             netns,
             table,
+            view.version,
             "programming the routing mesh",
             move || {
-                if forwarding {
-                    enable_forwarding(bridge.as_deref())?;
+                // On every apply, not only when the table changes (a bridge made since needs
+                // its own); a failure leaves the mesh without forwarding, not without rules.
+                let done = if forwarding {
+                    enable_forwarding(bridge.as_deref(), &saved)
+                } else {
+                    restore_sysctls(&saved)
+                };
+                if let Err(e) = done {
+                    warn!(error = %e, "setting the forwarding sysctls for the routing mesh");
                 }
                 Ok(())
             },
@@ -140,39 +180,58 @@ impl Balancer {
         let path = netns.0.clone();
         debug!(netns = %path.display(), rules = ?table, "virtual IPs");
         let what = format!("programming virtual IPs in {}", path.display());
-        self.apply(Some(path.clone()), Some(path), table, &what, || Ok(()))
-            .await
+        self.apply(
+            Some(path.clone()),
+            Some(path),
+            table,
+            view.version,
+            &what,
+            || Ok(()),
+        )
+        .await
     }
 
     /// Makes table `swarmd` of the namespace at `path` (`None`: this process's) hold `table`,
-    /// after `prepare` ran there, unless it already does; then forgets the connections to the
-    /// backends it no longer has. `key` names the namespace in `applied`.
+    /// after `prepare` ran there (always), unless it already does; then forgets the connections
+    /// to the backends it no longer has. `key` names the namespace in `applied`; a `version`
+    /// older than the one last applied there is ignored.
     async fn apply(
         &self,
         key: Option<PathBuf>,
         path: Option<PathBuf>,
         table: Option<Table>,
+        version: u64,
         what: &str,
         prepare: impl FnOnce() -> io::Result<()> + Send + 'static,
     ) -> Result<(), Error> {
+        let lock = self.lock_of(&key);
+        let _held = lock.lock().await;
         let before = self.lock_applied().get(&key).cloned();
+        if before.as_ref().is_some_and(|b| b.version > version) {
+            debug!(version, "a view older than the one applied: ignored");
+            return Ok(());
+        }
         let wanted = table;
         let netns = path.clone();
         let now = blocking(what, move || {
             nft::in_netns(netns.as_deref(), move || {
+                prepare()?;
                 // Asking nft for the token costs a process: only when it could spare one.
                 if let Some(b) = before.as_ref().filter(|b| b.table == wanted)
                     && nft::table_token(TABLE)? == b.token
                 {
-                    return Ok(b.clone());
+                    return Ok(Applied {
+                        version,
+                        ..b.clone()
+                    });
                 }
-                prepare()?;
                 let token = new_token();
                 nft::replace_table(TABLE, wanted.as_ref(), &token)?;
                 let token = wanted.is_some().then_some(token);
                 Ok(Applied {
                     token,
                     table: wanted,
+                    version,
                 })
             })
         })
@@ -198,6 +257,12 @@ impl Balancer {
         .await
     }
 
+    /// The lock of the namespace `key` names.
+    fn lock_of(&self, key: &Option<PathBuf>) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(key.clone()).or_default())
+    }
+
     fn lock_applied(&self) -> std::sync::MutexGuard<'_, HashMap<Option<PathBuf>, Applied>> {
         self.applied.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -205,16 +270,29 @@ impl Balancer {
     /// Forgets what it knew of a task namespace that is gone (call when the sandbox is
     /// destroyed; its rules went with the namespace).
     pub fn forget_sandbox(&self, netns: &NetnsPath) {
-        self.lock_applied().remove(&Some(netns.0.clone()));
+        let key = Some(netns.0.clone());
+        self.lock_applied().remove(&key);
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
     }
 
     /// Removes every rule this balancer (or an earlier process's, after a crash) made in the
-    /// node's own namespace.
+    /// node's own namespace, and puts back the sysctls it changed; later `apply_node` calls
+    /// do nothing.
     pub async fn remove_node_rules(&self) -> Result<(), Error> {
+        self.stopped.store(true, Ordering::SeqCst);
+        let lock = self.lock_of(&None);
+        let _held = lock.lock().await;
         let netns = self.node_netns();
         self.lock_applied().remove(&None);
+        let saved = Arc::clone(&self.saved_sysctls);
         blocking("removing the routing mesh", move || {
-            nft::in_netns(netns.as_deref(), || nft::replace_table(TABLE, None, &[]))
+            nft::in_netns(netns.as_deref(), move || {
+                nft::replace_table(TABLE, None, &[])?;
+                restore_sysctls(&saved)
+            })
         })
         .await
     }
@@ -248,21 +326,43 @@ async fn blocking<T: Send + 'static>(
 /// connection to a published port on 127.0.0.1 leaves through the ingress bridge (`bridge`,
 /// when this node has it) with a loopback source until its source is translated, and its
 /// replies come back to one: the kernel drops both unless the bridge allows it.
-fn enable_forwarding(bridge: Option<&str>) -> io::Result<()> {
-    set_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"))?;
+/// The values they had before are kept in `saved` (the first change of each only).
+fn enable_forwarding(
+    bridge: Option<&str>,
+    saved: &Mutex<Vec<(PathBuf, String)>>,
+) -> io::Result<()> {
+    set_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"), saved)?;
     if let Some(bridge) = bridge {
         let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
         if path.exists() {
-            set_sysctl(&path)?;
+            set_sysctl(&path, saved)?;
         }
     }
     Ok(())
 }
 
-/// Sets a boolean sysctl (of the calling thread's network namespace) to 1.
-fn set_sysctl(path: &Path) -> io::Result<()> {
-    if std::fs::read_to_string(path)?.trim() != "1" {
+/// Sets a boolean sysctl (of the calling thread's network namespace) to 1, noting in `saved`
+/// what it was when this is its first change.
+fn set_sysctl(path: &Path, saved: &Mutex<Vec<(PathBuf, String)>>) -> io::Result<()> {
+    let was = std::fs::read_to_string(path)?.trim().to_owned();
+    if was != "1" {
         std::fs::write(path, "1")?;
+        let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
+        if !saved.iter().any(|(p, _)| p == path) {
+            saved.push((path.to_owned(), was));
+        }
+    }
+    Ok(())
+}
+
+/// Puts the sysctls `saved` lists back to their values (a bridge gone since has none to put
+/// back); forgets them.
+fn restore_sysctls(saved: &Mutex<Vec<(PathBuf, String)>>) -> io::Result<()> {
+    let saved = std::mem::take(&mut *saved.lock().unwrap_or_else(PoisonError::into_inner));
+    for (path, was) in saved {
+        if path.exists() {
+            std::fs::write(&path, was)?;
+        }
     }
     Ok(())
 }
@@ -348,7 +448,9 @@ fn sandbox_table(networks: &[String], view: &NodeView) -> Option<Table> {
 
 /// Table `swarmd` of the node's namespace: the routing mesh for the INGRESS ports of the
 /// ingress network; `None` when there is nothing to publish (or no ingress address yet).
-fn node_table(view: &NodeView) -> Option<Table> {
+/// Published ports in `reserved` (swarmd's own) are left out; the networks' gateways are not
+/// part of the mesh; a published port whose service has no running task is refused.
+fn node_table(view: &NodeView, reserved: &[u16]) -> Option<Table> {
     let net = view.networks.iter().find(|n| n.ingress)?;
     let Some((node_addr, _)) = ipv4(&net.node_addr) else {
         debug!(network.id = %net.id, "no ingress address on this node yet: no routing mesh");
@@ -358,10 +460,9 @@ fn node_table(view: &NodeView) -> Option<Table> {
     let mut dnat = Vec::new();
     let mut published_ports = Vec::new();
     let mut backends = backends(net);
+    let mut closed = Vec::new();
     for svc in &net.services {
-        let Some(addrs) = backends.remove(svc.id.as_str()) else {
-            continue;
-        };
+        let addrs = backends.remove(svc.id.as_str());
         for port in &svc.ingress_ports {
             let l4 = match port.protocol.as_str() {
                 "tcp" | "" => L4::Tcp,
@@ -381,6 +482,20 @@ fn node_table(view: &NodeView) -> Option<Table> {
             if published == 0 {
                 continue;
             }
+            if reserved.contains(&published) {
+                warn!(service.id = %svc.id, port = published, "a published port swarmd itself uses: not published");
+                continue;
+            }
+            let Some(addrs) = &addrs else {
+                // No running task: refused, rather than reaching what the host has there.
+                closed.push(vec![
+                    Expr::Ipv4,
+                    Expr::DaddrLocal,
+                    Expr::Dport(l4, published),
+                    Expr::Reject,
+                ]);
+                continue;
+            };
             let action = spread(&mut table, addrs.clone(), Some(target));
             published_ports.push((l4, published));
             dnat.push(vec![
@@ -391,9 +506,38 @@ fn node_table(view: &NodeView) -> Option<Table> {
             ]);
         }
     }
+    let closed_chains = |gateways: &[Vec<Expr>]| {
+        [Hook::Input, Hook::Output].map(|hook| Chain {
+            name: format!(
+                "mesh-closed-{}",
+                if hook == Hook::Input { "in" } else { "local" }
+            ),
+            nat: false,
+            hook,
+            priority: nft::PRIORITY_FILTER,
+            rules: gateways
+                .iter()
+                .cloned()
+                .chain(closed.iter().cloned())
+                .collect(),
+        })
+    };
+    // The gateways of the node's networks (where its resolver listens) are not the mesh's.
+    let gateways: Vec<Vec<Expr>> = view
+        .networks
+        .iter()
+        .flat_map(|n| &n.subnets)
+        .filter_map(|s| ipv4(&s.gateway))
+        .map(|(gw, _)| vec![Expr::Ipv4, Expr::Daddr(gw), Expr::Return])
+        .collect();
     if dnat.is_empty() {
-        return None;
+        if closed.is_empty() {
+            return None;
+        }
+        table.chains = closed_chains(&gateways).into();
+        return Some(table);
     }
+    let dnat: Vec<_> = gateways.iter().cloned().chain(dnat).collect();
     // Only the mesh's own connections: translated, first sent to a published port, now to the
     // ingress network (the Docker executor's own HOST-mode translations keep their source).
     let subnets: Vec<_> = net.subnets.iter().filter_map(|s| ipv4(&s.cidr)).collect();
@@ -439,8 +583,45 @@ fn node_table(view: &NodeView) -> Option<Table> {
             priority: nft::PRIORITY_SRCNAT,
             rules: snat,
         },
+        isolation(view),
     ];
+    if !closed.is_empty() {
+        table.chains.extend(closed_chains(&gateways));
+    }
     Some(table)
+}
+
+/// The `forward` filter chain of the node's table: the mesh turns IPv4 forwarding on for the
+/// whole namespace, which must not let a task reach another network, or the outside, through
+/// the node. A connection the mesh translated, and the packets of an accepted one, pass;
+/// otherwise nothing is routed from a network's bridge to another interface, nor to a bridge
+/// from another interface. Traffic between tasks of one network (VXLAN included) is bridged,
+/// not routed, and is not seen here (with `br_netfilter`, it is seen from the bridge to itself).
+fn isolation(view: &NodeView) -> Chain {
+    let mut rules = vec![
+        vec![Expr::CtDnat, Expr::Accept],
+        vec![Expr::CtEstablished, Expr::Accept],
+    ];
+    for net in &view.networks {
+        let bridge = format!("swbr-{}", net.vni);
+        rules.push(vec![
+            Expr::Iifname(bridge.clone(), true),
+            Expr::Oifname(bridge.clone(), false),
+            Expr::Drop,
+        ]);
+        rules.push(vec![
+            Expr::Oifname(bridge.clone(), true),
+            Expr::Iifname(bridge, false),
+            Expr::Drop,
+        ]);
+    }
+    Chain {
+        name: "isolation".into(),
+        nat: false,
+        hook: Hook::Forward,
+        priority: nft::PRIORITY_FILTER,
+        rules,
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    Input,
+    Forward,
     Output,
     Postrouting,
 }
@@ -74,8 +76,9 @@ pub enum Expr {
     /// The transport protocol, and the destination port the connection's first packet had,
     /// before any translation (`ct original proto-dst`).
     CtOriginalDport(L4, u16),
-    /// Destination NAT to one of the addresses of the table's list `set`, in turn over new
-    /// connections (`numgen inc mod <size>`), keeping the port, or to `port` when given.
+    /// Destination NAT to one of the addresses of the table's list `set`, chosen at random for
+    /// each new connection (`numgen random mod <size>`: a counter would restart at 0 with each
+    /// rebuilt table and favour the first backend), keeping the port, or to `port` when given.
     DnatSpread {
         set: String,
         size: u32,
@@ -83,6 +86,19 @@ pub enum Expr {
     },
     /// Source NAT to this address.
     Snat(Ipv4Addr),
+    /// The connection is established or related to one (`ct state established,related`).
+    CtEstablished,
+    /// The packet came in on an interface whose name matches (`iifname`, `*` as a wildcard at
+    /// the end), or (`false`) does not.
+    Iifname(String, bool),
+    /// The packet goes out on an interface whose name matches, or (`false`) does not.
+    Oifname(String, bool),
+    /// Accept the packet (end of this chain).
+    Accept,
+    /// Drop the packet.
+    Drop,
+    /// Leave this chain (the packet goes on as if it had not matched any of its rules).
+    Return,
     /// Refuse the packet with an ICMP port unreachable (a TCP connect fails with "connection
     /// refused" at once); filter chains only.
     Reject,
@@ -237,6 +253,8 @@ fn replace(table: &str, content: Option<&Table>, token: &[u8]) -> Vec<NfObject<'
             }),
             hook: Some(match chain.hook {
                 Hook::Prerouting => NfHook::Prerouting,
+                Hook::Input => NfHook::Input,
+                Hook::Forward => NfHook::Forward,
                 Hook::Output => NfHook::Output,
                 Hook::Postrouting => NfHook::Postrouting,
             }),
@@ -298,6 +316,15 @@ fn meta(key: MetaKey) -> Expression<'static> {
     named(NamedExpression::Meta(Meta { key }))
 }
 
+/// `iifname`/`oifname` equal (`is`) or not to `name`.
+fn ifname(key: MetaKey, name: &str, is: bool) -> Statement<'static> {
+    Statement::Match(Match {
+        left: meta(key),
+        right: string(name),
+        op: if is { Operator::EQ } else { Operator::NEQ },
+    })
+}
+
 /// `key map { k : v, ... }` with an anonymous map.
 fn map(
     key: Expression<'static>,
@@ -338,6 +365,16 @@ fn statements(e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) -> Vec<Statement<'stat
             right: string("dnat"),
             op: Operator::IN,
         })],
+        Expr::CtEstablished => vec![Statement::Match(Match {
+            left: ct("state", None),
+            right: Expression::List(vec![string("established"), string("related")]),
+            op: Operator::IN,
+        })],
+        Expr::Iifname(name, is) => vec![ifname(MetaKey::Iifname, name, *is)],
+        Expr::Oifname(name, is) => vec![ifname(MetaKey::Oifname, name, *is)],
+        Expr::Accept => vec![Statement::Accept(None)],
+        Expr::Drop => vec![Statement::Drop(None)],
+        Expr::Return => vec![Statement::Return(None)],
         Expr::CtOriginalDport(l4, port) => vec![
             eq(meta(MetaKey::L4proto), string(l4.name())),
             eq(
@@ -356,7 +393,7 @@ fn statements(e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) -> Vec<Statement<'stat
             // translation reads the address back from the mark: one `numgen` per rule.
             let index_to_mark = map(
                 named(NamedExpression::Numgen(Numgen {
-                    mode: NgMode::Inc,
+                    mode: NgMode::Random,
                     ng_mod: *size,
                     offset: None,
                 })),

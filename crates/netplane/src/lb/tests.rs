@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use api::netplane::{Endpoint, NetworkView, PublishedPort, ServiceView, Subnet};
 
 use super::*;
+use netlink_packet_netfilter::conntrack::Protocol as conntrack_proto;
 
 fn endpoint(task: &str, service: &str, addr: &str, running: bool) -> Endpoint {
     Endpoint {
@@ -164,7 +165,7 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         "10.255.0.2/16",
         &[("10.255.0.9/16", true), ("10.255.0.8/16", false)],
     );
-    let table = node_table(&view).expect("a published port with a running task");
+    let table = node_table(&view, &[]).expect("a published port with a running task");
     assert_eq!(
         table.maps,
         vec![
@@ -182,11 +183,17 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         vec![
             ("mesh-in", Hook::Prerouting),
             ("mesh-local", Hook::Output),
-            ("mesh-source", Hook::Postrouting)
+            ("mesh-source", Hook::Postrouting),
+            ("isolation", Hook::Forward),
         ]
     );
     assert_eq!(
-        table.chains[0].rules[1],
+        table.chains[0].rules[0],
+        vec![Expr::Ipv4, Expr::Daddr(ip("10.255.0.1")), Expr::Return],
+        "the gateway (the resolver's address) is not the mesh's"
+    );
+    assert_eq!(
+        table.chains[0].rules[2],
         vec![
             Expr::Ipv4,
             Expr::DaddrLocal,
@@ -212,10 +219,35 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         vec![snat(L4::Tcp, 30080), snat(L4::Udp, 30053)]
     );
 
+    // No running task: the published ports are refused (not left to what the host has there),
+    // nothing is translated.
     let none_running = ingress_view("10.255.0.2/16", &[("10.255.0.9/16", false)]);
-    assert_eq!(node_table(&none_running), None);
+    let closed = node_table(&none_running, &[]).expect("refusing rules");
+    assert!(closed.maps.is_empty(), "{closed:?}");
+    let hooks: Vec<_> = closed.chains.iter().map(|c| (c.hook, c.nat)).collect();
+    assert_eq!(hooks, vec![(Hook::Input, false), (Hook::Output, false)]);
+    assert_eq!(
+        closed.chains[0].rules[1..],
+        [
+            vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(L4::Tcp, 30080),
+                Expr::Reject
+            ],
+            vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(L4::Udp, 30053),
+                Expr::Reject
+            ],
+        ]
+    );
     let no_node_addr = ingress_view("", &[("10.255.0.9/16", true)]);
-    assert_eq!(node_table(&no_node_addr), None);
+    assert_eq!(node_table(&no_node_addr, &[]), None);
+    // A published port swarmd uses itself (the VXLAN port) is left out.
+    let reserved = node_table(&view, &[30053]).expect("the TCP port");
+    assert_eq!(reserved.maps.len(), 1, "{reserved:?}");
 }
 
 // ---- Namespaces ------------------------------------------------------------------------------
@@ -441,7 +473,8 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
     let balancer = Balancer::new();
     let nets = ["net".to_owned()];
 
-    // --- all three running: 30 connections reach each of them
+    // --- all three running: 30 connections reach each of them (chosen at random: all three
+    // are missed by one of them with a chance of 3 * (2/3)^30, about 1.5e-5)
     balancer
         .apply_sandbox(&task.path(), &nets, &vip_view([true; 3]))
         .await
@@ -452,7 +485,6 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
         3,
         "every backend answers over TCP: {counts:?}"
     );
-    assert!(counts.values().all(|&n| n == 10), "evenly: {counts:?}");
     let counts = tally(&udp_answers(&task, vip_udp, 30));
     assert_eq!(
         counts.len(),
@@ -493,11 +525,33 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
     };
     let first = ask(&flow);
     assert_eq!(ask(&flow), first, "a flow stays on its backend");
+    // TCP connections kept open meanwhile, some on `first` (random: all 20 miss it with a
+    // chance of (2/3)^20, about 3e-4)
+    let held = task.run(move || {
+        (0..20)
+            .map(|_| TcpStream::connect_timeout(&vip_tcp, WAIT))
+            .collect::<io::Result<Vec<_>>>()
+    });
+    let first_addr = ip(match first.as_str() {
+        "b1" => "10.231.0.11",
+        "b2" => "10.231.0.12",
+        _ => "10.231.0.13",
+    });
+    let on_first = move || conntrack::marked_protocols(first_addr);
+    let before = task.run(on_first);
+    assert!(before.contains(&conntrack_proto::Tcp), "{before:?}");
+    assert!(before.contains(&conntrack_proto::Udp), "{before:?}");
     let running = ["b1", "b2", "b3"].map(|b| b != first);
     balancer
         .apply_sandbox(&task.path(), &nets, &vip_view(running))
         .await
         .expect("programming the VIP");
+    let after = task.run(on_first);
+    assert!(
+        after.iter().all(|p| *p == conntrack_proto::Tcp) && !after.is_empty(),
+        "only the UDP flows are forgotten, TCP connections stay: {after:?}"
+    );
+    drop(held);
     let moved = ask(&flow);
     assert_ne!(moved, first, "the flow left {first}");
     assert_eq!(ask(&flow), moved, "and stays where it moved");
@@ -600,12 +654,15 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     let published: SocketAddr = "10.232.0.1:30080".parse().unwrap();
     let published_udp: SocketAddr = "10.232.0.1:30053".parse().unwrap();
 
-    node.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"));
-    balancer
-        .apply_node(&ingress_view("10.255.0.2/16", &[("10.255.0.9/16", true)]))
-        .await
-        .expect("programming the routing mesh");
-    assert_eq!(node.sysctl("net.ipv4.ip_forward"), "1");
+    // Forwarding is set on every apply, also the second, whose unchanged table is not sent.
+    for _ in 0..2 {
+        node.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"));
+        balancer
+            .apply_node(&ingress_view("10.255.0.2/16", &[("10.255.0.9/16", true)]))
+            .await
+            .expect("programming the routing mesh");
+        assert_eq!(node.sysctl("net.ipv4.ip_forward"), "1");
+    }
 
     // --- from outside the node
     let answers = tcp_answers(&client, published, 3);
@@ -620,13 +677,39 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     let localhost: SocketAddr = "127.0.0.1:30080".parse().unwrap();
     assert_eq!(tcp_answers(&node, localhost, 1), vec!["web 10.255.0.2"]);
 
-    // --- the task stops: nothing answers on the published port any more
+    // --- forwarding is on, but only for the mesh: a connection routed straight from outside
+    // to the task's address (both sides have a route) is dropped by the node
+    client.ip(&["route", "add", "10.255.0.0/16", "via", "10.232.0.1"]);
+    task.ip(&["route", "add", "10.232.0.0/24", "via", "10.255.0.2"]);
+    let direct: SocketAddr = "10.255.0.9:8080".parse().unwrap();
+    let short = Duration::from_millis(500);
+    let passed = client.run(move || Ok(TcpStream::connect_timeout(&direct, short).is_ok()));
+    assert!(!passed, "no routing into the network's bridge");
+    assert_eq!(tcp_answers(&client, published, 1), vec!["web 10.255.0.2"]);
+
+    // --- a view older than the one applied is ignored
+    let mut old = ingress_view("10.255.0.2/16", &[("10.255.0.9/16", false)]);
+    old.version = 0;
+    balancer.apply_node(&old).await.expect("ignored");
+    assert_eq!(tcp_answers(&client, published, 1), vec!["web 10.255.0.2"]);
+
+    // --- the task stops: the published port is refused, even with something of the host's
+    // listening on it
+    tcp_server(&node, "0.0.0.0:30080".parse().unwrap(), "host");
     balancer
         .apply_node(&ingress_view("10.255.0.2/16", &[("10.255.0.9/16", false)]))
         .await
         .expect("programming the routing mesh");
-    let refused = client.run(move || Ok(TcpStream::connect_timeout(&published, WAIT).is_err()));
-    assert!(refused, "no running task: the port is closed");
+    let refused = client.run(move || {
+        Ok(TcpStream::connect_timeout(&published, WAIT)
+            .err()
+            .map(|e| e.kind()))
+    });
+    assert_eq!(
+        refused,
+        Some(io::ErrorKind::ConnectionRefused),
+        "no running task: the port is refused"
+    );
 
     // --- remove_node_rules leaves nothing behind
     balancer
@@ -636,12 +719,27 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     assert!(balancer.node_rules_present().await.expect("lookup"));
     balancer.remove_node_rules().await.expect("removing");
     assert!(!balancer.node_rules_present().await.expect("lookup"));
-    let refused = client.run(move || Ok(TcpStream::connect_timeout(&published, WAIT).is_err()));
-    assert!(refused, "rules gone: the port is closed");
+    assert_eq!(
+        tcp_answers(&client, published, 1),
+        vec!["host 10.232.0.2"],
+        "rules gone: the host's own listener has its port back"
+    );
+    assert_eq!(
+        node.sysctl("net.ipv4.ip_forward"),
+        "0",
+        "forwarding is put back as it was"
+    );
     balancer
         .remove_node_rules()
         .await
         .expect("removing twice is harmless");
+    // --- stopped: a late view programs nothing
+    balancer
+        .apply_node(&ingress_view("10.255.0.2/16", &[("10.255.0.9/16", true)]))
+        .await
+        .expect("nothing to do");
+    assert!(!balancer.node_rules_present().await.expect("lookup"));
+    assert_eq!(node.sysctl("net.ipv4.ip_forward"), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -761,4 +859,41 @@ async fn an_unchanged_table_is_not_sent_again_unless_it_is_gone() {
     let again = Netns { name };
     apply(&again, [true, true, false]).await;
     assert!(token(&again).is_some(), "a new namespace is programmed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_applies_to_one_namespace_end_with_the_newest_view() {
+    require_namespaces!();
+    let ns = Netns::new("r");
+    let nets = ["net".to_owned()];
+    let balancer = Balancer::new();
+    let key = Some(ns.path().0);
+    for round in 0..5u64 {
+        // Two views at once, the newer one either first or second.
+        let newer = NodeView {
+            version: 2 * round + 2,
+            ..vip_view([true, round % 2 == 0, true])
+        };
+        let older = NodeView {
+            version: 2 * round + 1,
+            ..vip_view([false, true, round % 2 == 1])
+        };
+        let (a, b) = if round % 2 == 0 {
+            (&newer, &older)
+        } else {
+            (&older, &newer)
+        };
+        let path = ns.path();
+        let (ra, rb) = tokio::join!(
+            balancer.apply_sandbox(&path, &nets, a),
+            balancer.apply_sandbox(&path, &nets, b)
+        );
+        ra.expect("programming");
+        rb.expect("programming");
+        let applied = balancer.applied.lock().unwrap()[&key].clone();
+        assert_eq!(applied.version, newer.version, "round {round}");
+        assert_eq!(applied.table, sandbox_table(&nets, &newer), "round {round}");
+        let token = ns.run(|| nft::table_token(TABLE));
+        assert_eq!(token, applied.token, "the kernel has what was stored");
+    }
 }

@@ -3,7 +3,7 @@
 //! (allocator, orchestrators, scheduler, task reaper, constraint enforcer, root CA rotation) are
 //! listed in [`leader_subsystems`]; the manager adds the CA signer, the role manager and the
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
-//! serves CA, NodeCA, Control, Health, Dispatcher and the raft transport behind the authorization table of
+//! serves CA, NodeCA, Control, Health, Dispatcher, the network plane and the raft transport behind the authorization table of
 //! [`crate::authz`]; on both listeners a follower forwards what only the leader serves to it
 //! ([`crate::proxy`]). A watchdog follows the servers, the leader lifecycle and raft: the first of
 //! them to die before [`Manager::stop`] is the manager's failure ([`Manager::failed`]); nothing
@@ -28,6 +28,7 @@ use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 use crate::leader::{self, Subsystem};
+use crate::netplane::{NetworkPlane, NetworkPlaneService};
 use crate::raftjoin::{self, JoinService, StoreMembers};
 use crate::rolemanager::RoleManager;
 use crate::server::{LocalServices, RemoteServices};
@@ -226,6 +227,7 @@ impl Manager {
             config.bootstrap.node_id.clone(),
             dispatcher::Config::default(),
         );
+        let netplane = NetworkPlane::new(store.clone());
         // Sessions tell agents every raft member, following membership changes.
         servers.spawn_unit(
             "manager list",
@@ -253,6 +255,7 @@ impl Manager {
                     ca: ca_server.clone(),
                     health: HealthService::new("Raft"),
                     dispatcher: DispatcherService::remote(dispatcher.clone()),
+                    netplane: NetworkPlaneService::remote(netplane.clone()),
                     raft: Some(raft.transport()),
                     join: Some(JoinService::new(raft.clone(), store.clone())),
                     auth,
@@ -312,6 +315,10 @@ impl Manager {
                         dispatcher.clone(),
                         config.bootstrap.node_id.clone(),
                     ),
+                    netplane: NetworkPlaneService::local(
+                        netplane.clone(),
+                        config.bootstrap.node_id.clone(),
+                    ),
                     proxy: Some(forwarder.local_layer()),
                 },
                 shutdown.clone(),
@@ -329,6 +336,9 @@ impl Manager {
         let term = dispatcher.clone();
         subsystems.push(Subsystem::new("dispatcher", move |_, shutdown| {
             term.clone().run(shutdown)
+        }));
+        subsystems.push(Subsystem::new("network plane", move |_, shutdown| {
+            netplane.clone().run(shutdown)
         }));
         servers.spawn(
             "leader lifecycle",

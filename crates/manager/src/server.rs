@@ -23,6 +23,7 @@ use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 use crate::msgsize::{MAX_RECV, MessageSizeLayer};
+use crate::netplane::NetworkPlaneService;
 use crate::proxy::ProxyLayer;
 
 /// Streams one connection may have open at once on the control socket (this manager's agent and
@@ -71,8 +72,8 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// What the control socket serves, as SwarmKit's local server: Control, CA and NodeCA (so that
-/// `swarmctl cluster unlock-key` reads the unlock key here), Health and the Dispatcher (as this
-/// manager's own node, for the agent of a manager).
+/// `swarmctl cluster unlock-key` reads the unlock key here), Health, the Dispatcher and the
+/// network plane (as this manager's own node, for the agent of a manager).
 pub struct LocalServices {
     /// The control API.
     pub control: ControlApi,
@@ -82,6 +83,8 @@ pub struct LocalServices {
     pub health: HealthService,
     /// The dispatcher, as this manager's own node.
     pub dispatcher: DispatcherService,
+    /// The network plane (`swarmkit.netplane.v1`), as this manager's own node.
+    pub netplane: NetworkPlaneService,
     /// Forwarding of calls only the leader serves, from a follower (`None`: every call is
     /// served here).
     pub proxy: Option<ProxyLayer>,
@@ -105,6 +108,7 @@ pub async fn serve_control(
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
+        .add_service(services.netplane.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     res.map_err(|e| e.to_string())
@@ -121,6 +125,9 @@ pub struct RemoteServices {
     /// The dispatcher, for worker and manager certificates; it answers only while this manager
     /// leads (its term runs as a leader subsystem).
     pub dispatcher: DispatcherService,
+    /// The network plane (`swarmkit.netplane.v1`), for worker and manager certificates; it too
+    /// answers only while this manager leads.
+    pub netplane: NetworkPlaneService,
     /// The raft transport (`swarmkit.raftrpc.v1.RaftTransport`), for manager certificates only
     /// (`None` serves no transport, for tests without a raft member).
     pub raft: Option<raft::TransportService>,
@@ -151,6 +158,7 @@ pub async fn serve_remote(
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
+        .add_service(services.netplane.into_server())
         .add_optional_service(services.raft.map(raft::TransportService::into_server))
         .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -10,12 +10,19 @@
 //! over a local connection ([`LocalManager`]; SwarmKit's connection broker), whatever address
 //! its remote API listens on: that manager forwards to the leader, and a failed session is
 //! retried with it after a pause.
+//!
+//! When the executor has a data plane ([`Executor::network_plane_request`]), each session also
+//! keeps a `swarmkit.netplane.v1.NetworkPlane/Watch` stream open to the same manager
+//! ([`PlaneWatch`]) and hands every view it brings, in order, to
+//! [`Executor::set_network_view`]; a stream that fails is opened again after the session's
+//! backoff, without ending the session.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::dispatcher_client::DispatcherClient;
+use api::netplane::network_plane_client::NetworkPlaneClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -220,6 +227,66 @@ fn next_backoff(backoff: Duration) -> Duration {
     (BACKOFF_MIN + backoff * 2).min(BACKOFF_MAX)
 }
 
+/// A session's Watch stream of its node's network views (`swarmkit.netplane.v1`), to the
+/// session's manager: opened with the session, opened again after a failure once a pause of the
+/// session's backoff has passed.
+struct PlaneWatch {
+    client: NetworkPlaneClient<Channel>,
+    request: api::netplane::WatchRequest,
+    stream: Option<tonic::Streaming<api::netplane::NodeView>>,
+    /// The next pause after a failure.
+    backoff: Duration,
+    /// Whether the last attempt failed (the next one waits first).
+    failed: bool,
+}
+
+impl PlaneWatch {
+    fn new(channel: Channel, request: api::netplane::WatchRequest) -> PlaneWatch {
+        PlaneWatch {
+            client: NetworkPlaneClient::new(channel)
+                .max_decoding_message_size(api::CLIENT_MAX_RECV),
+            request,
+            stream: None,
+            backoff: BACKOFF_MIN,
+            failed: false,
+        }
+    }
+
+    /// The next view, opening the stream (again) as needed. Cancel-safe: a call dropped while
+    /// opening opens again on the next.
+    async fn next(&mut self) -> api::netplane::NodeView {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                if self.failed {
+                    let mut pause = self.backoff.mul_f64(rand::random::<f64>());
+                    pause = pause.max(Duration::from_millis(10));
+                    tokio::time::sleep(pause).await;
+                    self.backoff = next_backoff(self.backoff);
+                }
+                match self.client.watch(self.request.clone()).await {
+                    Ok(resp) => self.stream = Some(resp.into_inner()),
+                    Err(s) => {
+                        debug!("network plane watch refused: {}", status_text(&s));
+                        self.failed = true;
+                    }
+                }
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(view)) => {
+                    self.failed = false;
+                    self.backoff = BACKOFF_MIN;
+                    return view;
+                }
+                Ok(None) => debug!("network plane watch ended: opening it again"),
+                Err(s) => debug!("network plane watch failed: {}", status_text(&s)),
+            }
+            self.stream = None;
+            self.failed = true;
+        }
+    }
+}
+
 struct Session<'a> {
     config: &'a AgentConfig,
     worker: &'a mut Worker,
@@ -247,7 +314,7 @@ impl Session<'_> {
     async fn serve(&mut self, addr: &str, channel: Channel) -> SessionEnd {
         let fail = SessionEnd::Failed;
         let mut client =
-            DispatcherClient::new(channel).max_decoding_message_size(api::CLIENT_MAX_RECV);
+            DispatcherClient::new(channel.clone()).max_decoding_message_size(api::CLIENT_MAX_RECV);
         // A set cut short with the last session is not completed by this one.
         self.worker.abandon_partial();
         let description = match self.config.executor.describe().await {
@@ -281,6 +348,11 @@ impl Session<'_> {
             Ok(stream) => stream,
             Err(e) => return fail(e),
         };
+        let mut plane = self
+            .config
+            .executor
+            .network_plane_request()
+            .map(|request| PlaneWatch::new(channel.clone(), request));
         // The `results_in` of the last assignments message: the next one applies to it.
         let mut last_result = String::new();
         let mut heartbeat = tokio::time::Instant::now();
@@ -335,6 +407,15 @@ impl Session<'_> {
                     Ok(None) => return fail("the assignments stream ended".into()),
                     Err(s) => return fail(status_text(&s)),
                 },
+                view = async {
+                    match plane.as_mut() {
+                        Some(p) => p.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    debug!(version = view.version, networks = view.networks.len(), "network view received");
+                    self.config.executor.set_network_view(view);
+                }
                 _ = describe.tick() => {
                     if let Ok(now) = self.config.executor.describe().await
                         && Some(&now) != description.as_ref()

@@ -243,6 +243,9 @@ impl ContainerConfig {
             hc.dns_search = non_empty(dns.search.clone());
             hc.dns_options = non_empty(dns.options.clone());
         }
+        if hc.dns.is_none() {
+            hc.dns = self.resolver().map(|gw| vec![gw]);
+        }
         if let Some(driver) = &self.task.log_driver {
             hc.log_config = Some(HostConfigLogConfig {
                 typ: Some(driver.name.clone()),
@@ -269,6 +272,23 @@ impl ContainerConfig {
 }
 
 impl ContainerConfig {
+    /// The node's resolver for swarm services (netplane's `dns`), which listens on the gateway of
+    /// each swarm network: the gateway of the task's first overlay network other than ingress
+    /// (which has no names to resolve), if it has one. Names of that network are answered there,
+    /// the others forwarded to the node's own resolvers, as Docker's embedded server does; a spec
+    /// that names its own nameservers keeps them.
+    fn resolver(&self) -> Option<String> {
+        self.task
+            .networks
+            .iter()
+            .filter_map(|na| na.network.as_ref())
+            .filter(|n| !n.spec.as_ref().is_some_and(|s| s.ingress))
+            .filter(|n| n.driver_state.as_ref().is_some_and(|d| d.name == "overlay"))
+            .flat_map(|n| n.ipam.iter().flat_map(|i| &i.configs))
+            .map(|c| c.gateway.clone())
+            .find(|gw| !gw.is_empty())
+    }
+
     /// The HOST-mode ports bound on the node: each target port to its published port on every
     /// address of the node (an empty host IP, as SwarmKit leaves it), or to a port the engine
     /// picks when none is published.

@@ -53,6 +53,7 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/docker.swarmkit.v1.Dispatcher/UpdateVolumeStatus", NODES),
     ("/docker.swarmkit.v1.Dispatcher/Tasks", NODES),
     ("/docker.swarmkit.v1.Dispatcher/Assignments", NODES),
+    ("/swarmkit.netplane.v1.NetworkPlane/Watch", NODES),
     ("/docker.swarmkit.v1.Control/GetNode", MANAGERS),
     ("/docker.swarmkit.v1.Control/ListNodes", MANAGERS),
     ("/docker.swarmkit.v1.Control/UpdateNode", MANAGERS),
@@ -115,6 +116,7 @@ pub const SERVED_SERVICES: &[&str] = &[
     "docker.swarmkit.v1.Control",
     "docker.swarmkit.v1.Dispatcher",
     "docker.swarmkit.v1.Watch",
+    "swarmkit.netplane.v1.NetworkPlane",
     "swarmkit.raftrpc.v1.RaftTransport",
     "swarmkit.raftrpc.v1.RaftJoin",
 ];
@@ -368,7 +370,7 @@ mod tests {
             }
         }
         for (path, a) in TABLE {
-            if path.contains(".Dispatcher/") {
+            if path.contains(".Dispatcher/") || path.starts_with("/swarmkit.netplane.v1.") {
                 assert_eq!(*a, Access::Roles(&[WORKER_ROLE, MANAGER_ROLE]), "{path}");
             }
         }

@@ -260,20 +260,51 @@ async fn anonymous_removed_and_storming_nodes_are_refused() {
     assert!(c.dispatcher.is_running());
 }
 
-/// Records the key sets the agent hands over: (subsystem, lamport time, bytes) of each key.
-#[derive(Default)]
-struct KeyRecorder {
-    sets: std::sync::Mutex<Vec<KeySet>>,
+/// An agent of the worker `issued` talking to `c` over mutual TLS with `executor`, its
+/// database in `dir`.
+fn agent_config(
+    c: &Cluster,
+    issued: &ca::IssuedCertificate,
+    executor: Arc<dyn agent::Executor>,
+    dir: &std::path::Path,
+) -> agent::AgentConfig {
+    let (root, cert) = (c.root.cert_pem().to_vec(), issued.cert_pem.clone());
+    let key = issued.key.key_pem().into_bytes();
+    agent::AgentConfig {
+        managers: vec![c.addr.clone()],
+        connect: Arc::new(move |addr: &str| {
+            let cfg =
+                ca::mtls_client_config(&root, Some((&cert, &key))).map_err(|e| e.to_string())?;
+            ca::tls_channel(addr, cfg, "swarm-manager").map_err(|e| e.to_string())
+        }),
+        local: Arc::new(|| None),
+        executor,
+        db: agent::TaskDb::open(dir).expect("db"),
+        observer: Arc::new(|_: &api::SessionMessage| {}),
+    }
 }
 
-impl KeyRecorder {
+/// Records the key sets the agent hands over ((subsystem, lamport time, bytes) of each key) and
+/// the network views, when it announces a data path address (`plane`).
+#[derive(Default)]
+struct Recorder {
+    sets: std::sync::Mutex<Vec<KeySet>>,
+    plane: Option<String>,
+    views: std::sync::Mutex<Vec<api::netplane::NodeView>>,
+}
+
+impl Recorder {
     fn last(&self) -> Option<KeySet> {
         self.sets.lock().expect("sets").last().cloned()
+    }
+
+    fn views(&self) -> Vec<api::netplane::NodeView> {
+        self.views.lock().expect("views").clone()
     }
 }
 
 #[tonic::async_trait]
-impl agent::Executor for KeyRecorder {
+impl agent::Executor for Recorder {
     async fn describe(&self) -> Result<api::NodeDescription, agent::ExecutorError> {
         Ok(description())
     }
@@ -302,6 +333,15 @@ impl agent::Executor for KeyRecorder {
         self.sets.lock().expect("sets").push(set);
         Ok(())
     }
+    fn network_plane_request(&self) -> Option<api::netplane::WatchRequest> {
+        self.plane.as_ref().map(|addr| api::netplane::WatchRequest {
+            data_path_addr: addr.clone(),
+            wireguard_public_key: Vec::new(),
+        })
+    }
+    fn set_network_view(&self, view: api::netplane::NodeView) {
+        self.views.lock().expect("views").push(view);
+    }
 }
 
 /// The cluster's keys as the recorder shows them.
@@ -321,7 +361,7 @@ type KeySet = Vec<(String, u64, Vec<u8>)>;
 /// Waits until the executor's last set is the cluster's six keys and satisfies `f`.
 async fn wait_for_set(
     c: &Cluster,
-    recorder: &KeyRecorder,
+    recorder: &Recorder,
     what: &str,
     f: impl Fn(&KeySet) -> bool,
 ) -> KeySet {
@@ -357,22 +397,9 @@ async fn a_worker_agent_hands_the_cluster_keys_and_their_rotations_to_its_execut
             .run(shutdown.clone()),
     );
     let issued = c.join(&c.tokens().worker).await.expect("join");
-    let (root, cert) = (c.root.cert_pem().to_vec(), issued.cert_pem.clone());
-    let key = issued.key.key_pem().into_bytes();
     let dir = tempfile::tempdir().expect("tempdir");
-    let recorder = Arc::new(KeyRecorder::default());
-    let config = agent::AgentConfig {
-        managers: vec![c.addr.clone()],
-        connect: Arc::new(move |addr: &str| {
-            let cfg =
-                ca::mtls_client_config(&root, Some((&cert, &key))).map_err(|e| e.to_string())?;
-            ca::tls_channel(addr, cfg, "swarm-manager").map_err(|e| e.to_string())
-        }),
-        local: Arc::new(|| None),
-        executor: recorder.clone(),
-        db: agent::TaskDb::open(dir.path()).expect("db"),
-        observer: Arc::new(|_: &api::SessionMessage| {}),
-    };
+    let recorder = Arc::new(Recorder::default());
+    let config = agent_config(&c, &issued, recorder.clone(), dir.path());
     tokio::spawn(agent::run(config, shutdown.clone(), false));
 
     let first = wait_for_set(&c, &recorder, "the created keys", |_| true).await;
@@ -420,5 +447,132 @@ async fn a_worker_agent_hands_the_cluster_keys_and_their_rotations_to_its_execut
             "{subsystem}: kept {kept:?} of {before:?} after {rotations} rotation(s)"
         );
     }
+    shutdown.cancel();
+}
+
+/// Waits until the recorder's last view satisfies `f`.
+async fn wait_for_view(
+    recorder: &Recorder,
+    what: &str,
+    f: impl Fn(&api::netplane::NodeView) -> bool,
+) -> api::netplane::NodeView {
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(view) = recorder.views().pop()
+            && f(&view)
+        {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: the executor has {:?}",
+            recorder.views()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An overlay network `id` with VXLAN ID `vni`.
+fn overlay_network(id: &str, vni: u32) -> api::Network {
+    api::Network {
+        id: id.into(),
+        driver_state: Some(api::Driver {
+            name: "overlay".into(),
+            options: [(
+                "com.docker.network.driver.overlay.vxlanid_list".to_string(),
+                vni.to_string(),
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Gives node `id` an attachment on `net` at `addr` (as the allocator does).
+async fn attach(c: &Cluster, id: &str, net: api::Network, addr: &str) {
+    let (id, addr) = (id.to_string(), addr.to_string());
+    c.store
+        .update(move |tx| {
+            if tx.get_network(&net.id).is_none() {
+                tx.create(net.clone())?;
+            }
+            let mut node = tx.get_node(&id).expect("node");
+            node.attachments.push(api::NetworkAttachment {
+                network: Some(net),
+                addresses: vec![addr],
+                ..Default::default()
+            });
+            tx.update(node)
+        })
+        .await
+        .expect("attach");
+}
+
+/// A worker's agent opens the network plane's Watch next to its session (real mutual TLS, the
+/// real service), hands each view to its executor in order, announces its data path address to
+/// its peers, and opens the stream again when the plane's term ends and a new one starts.
+#[tokio::test]
+async fn a_worker_agent_hands_its_network_views_to_its_executor_and_watches_again() {
+    let c = start().await;
+    let issued = c.join(&c.tokens().worker).await.expect("join");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recorder = Arc::new(Recorder {
+        plane: Some("198.51.100.7".into()),
+        ..Default::default()
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = agent_config(&c, &issued, recorder.clone(), dir.path());
+    tokio::spawn(agent::run(config, shutdown.clone(), false));
+    wait_for_view(&recorder, "a first, empty view", |v| v.networks.is_empty()).await;
+
+    let worker = issued.node_id.clone();
+    attach(&c, &worker, overlay_network("n1", 4200), "10.0.20.2/24").await;
+    // The manager's node on the same network: the worker sees it as a peer at its status
+    // address, and the manager's view lists the worker at its announced address.
+    attach(
+        &c,
+        &c.manager_id,
+        overlay_network("n1", 4200),
+        "10.0.20.3/24",
+    )
+    .await;
+    let c_manager_id = c.manager_id.clone();
+    c.store
+        .update(move |tx| {
+            let mut node = tx.get_node(&c_manager_id).expect("manager node");
+            node.status.get_or_insert_with(Default::default).addr = "192.0.2.1".into();
+            tx.update(node)
+        })
+        .await
+        .expect("manager address");
+    let view = wait_for_view(&recorder, "n1 with the manager as peer", |v| {
+        v.networks
+            .first()
+            .is_some_and(|n| n.peers.iter().any(|p| p.data_path_addr == "192.0.2.1"))
+    })
+    .await;
+    assert_eq!(view.networks[0].node_addr, "10.0.20.2/24");
+    let mut managers_view = c.netplane.watch(&c.manager_id, None).expect("watch");
+    let mv = tokio::time::timeout(WAIT, managers_view.next())
+        .await
+        .expect("in time")
+        .expect("a view")
+        .expect("ok");
+    assert_eq!(mv.networks[0].peers[0].node_id, worker);
+    assert_eq!(mv.networks[0].peers[0].data_path_addr, "198.51.100.7");
+    let versions: Vec<u64> = recorder.views().iter().map(|v| v.version).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {versions:?}"
+    );
+
+    // A new term: the stream ends, the agent opens it again and gets the next changes.
+    c.netplane_term.cancel();
+    tokio::spawn(c.netplane.clone().run(c.shutdown.child_token()));
+    attach(&c, &worker, overlay_network("n2", 4201), "10.0.21.2/24").await;
+    wait_for_view(&recorder, "n2 after the new term", |v| {
+        v.networks.len() == 2
+    })
+    .await;
     shutdown.cancel();
 }

@@ -12,6 +12,7 @@ pub mod keymanager;
 pub mod leader;
 mod manager;
 pub mod msgsize;
+pub mod netplane;
 pub mod proxy;
 pub mod raftjoin;
 pub mod rolemanager;

@@ -3,7 +3,7 @@
 //! (allocator, orchestrators, scheduler, task reaper, constraint enforcer, root CA rotation) are
 //! listed in [`leader_subsystems`]; the manager adds the CA signer, the role manager and the
 //! dispatcher's term, which need this manager's identity and raft membership. The remote port
-//! serves CA, NodeCA, Control, Health, Dispatcher, Watch and the raft transport behind the authorization table of
+//! serves CA, NodeCA, Control, Health, Dispatcher, Watch, the network plane and the raft transport behind the authorization table of
 //! [`crate::authz`]; on both listeners a follower forwards what only the leader serves to it
 //! ([`crate::proxy`]). A watchdog follows the servers, the leader lifecycle and raft: the first of
 //! them to die before [`Manager::stop`] is the manager's failure ([`Manager::failed`]); nothing
@@ -28,6 +28,7 @@ use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 use crate::leader::{self, Subsystem};
+use crate::netplane::{NetworkPlane, NetworkPlaneService};
 use crate::raftjoin::{self, JoinService, StoreMembers};
 use crate::rolemanager::RoleManager;
 use crate::server::{LocalServices, RemoteServices};
@@ -228,6 +229,7 @@ impl Manager {
             config.bootstrap.node_id.clone(),
             dispatcher::Config::default(),
         );
+        let netplane = NetworkPlane::new(store.clone());
         // Sessions tell agents every raft member, following membership changes.
         servers.spawn_unit(
             "manager list",
@@ -256,6 +258,7 @@ impl Manager {
                     health: HealthService::new("Raft"),
                     dispatcher: DispatcherService::remote(dispatcher.clone()),
                     watch: watch.clone(),
+                    netplane: NetworkPlaneService::remote(netplane.clone()),
                     raft: Some(raft.transport()),
                     join: Some(JoinService::new(raft.clone(), store.clone())),
                     auth,
@@ -316,6 +319,10 @@ impl Manager {
                         config.bootstrap.node_id.clone(),
                     ),
                     watch,
+                    netplane: NetworkPlaneService::local(
+                        netplane.clone(),
+                        config.bootstrap.node_id.clone(),
+                    ),
                     proxy: Some(forwarder.local_layer()),
                 },
                 shutdown.clone(),
@@ -333,6 +340,9 @@ impl Manager {
         let term = dispatcher.clone();
         subsystems.push(Subsystem::new("dispatcher", move |_, shutdown| {
             term.clone().run(shutdown)
+        }));
+        subsystems.push(Subsystem::new("network plane", move |_, shutdown| {
+            netplane.clone().run(shutdown)
         }));
         servers.spawn(
             "leader lifecycle",

@@ -2,7 +2,8 @@
 //! front of the gRPC routes of both listeners. On a manager that is not the raft leader, a call of
 //! Control, Dispatcher, NodeCA, CA.GetUnlockKey or RaftJoin is forwarded as raw gRPC over HTTP/2
 //! (unary and streaming alike) to the leader's remote address from the raft membership, over
-//! mutual TLS with this manager's own certificate, on one channel cached per leader address. The
+//! mutual TLS with this manager's own certificate, on one channel cached per leader address; so is
+//! our own `swarmkit.netplane.v1.NetworkPlane/Watch` stream. The
 //! original caller travels in the forwarding headers of [`ca::set_forwarded`], which the leader's
 //! authorization layer believes only from a manager of its cluster; a control socket call, whose
 //! caller is this manager's own node, goes without them as this manager's own call (SwarmKit's
@@ -63,6 +64,8 @@ pub fn forwarded(path: &str) -> bool {
         // Served by every manager in SwarmKit, each from its own store; ours from the leader's,
         // after a read index, so a watch misses nothing committed before it was asked for.
         "/docker.swarmkit.v1.Watch/",
+        // Ours: the data plane's views come from the leader's store, as the dispatcher's streams.
+        "/swarmkit.netplane.v1.NetworkPlane/",
     ];
     PREFIXES.iter().any(|p| path.starts_with(p))
         || path == "/docker.swarmkit.v1.CA/GetUnlockKey"
@@ -676,6 +679,7 @@ mod tests {
             "/docker.swarmkit.v1.CA/GetUnlockKey",
             "/swarmkit.raftrpc.v1.RaftJoin/Join",
             "/docker.swarmkit.v1.Watch/Watch",
+            "/swarmkit.netplane.v1.NetworkPlane/Watch",
         ] {
             assert!(forwarded(path), "{path}");
         }

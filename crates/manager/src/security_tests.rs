@@ -43,7 +43,10 @@ pub(crate) struct Cluster {
     pub(crate) manager: NodeTlsMaterial,
     pub(crate) manager_id: String,
     pub(crate) dispatcher: Dispatcher,
-    shutdown: CancellationToken,
+    pub(crate) netplane: crate::netplane::NetworkPlane,
+    /// Ends the network plane's term.
+    pub(crate) netplane_term: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
@@ -117,6 +120,10 @@ pub(crate) async fn start() -> Cluster {
     );
     dispatcher.set_managers(vec![dispatcher::weighted_peer(&node_id, &addr)]);
     tokio::spawn(dispatcher.clone().run(shutdown.clone()));
+    let netplane =
+        crate::netplane::NetworkPlane::with_debounce(store.clone(), Duration::from_millis(10));
+    let netplane_term = shutdown.child_token();
+    tokio::spawn(netplane.clone().run(netplane_term.clone()));
     tokio::spawn(serve_remote(
         listener,
         security.remote_tls(),
@@ -126,6 +133,7 @@ pub(crate) async fn start() -> Cluster {
             health: HealthService::new("Raft"),
             dispatcher: dispatcher::DispatcherService::remote(dispatcher.clone()),
             watch: crate::watchapi::WatchService::new(store.clone(), None, shutdown.clone()),
+            netplane: crate::netplane::NetworkPlaneService::remote(netplane.clone()),
             raft: None,
             join: None,
             auth,
@@ -143,6 +151,8 @@ pub(crate) async fn start() -> Cluster {
         manager,
         manager_id: node_id,
         dispatcher,
+        netplane,
+        netplane_term,
         shutdown,
         _dir: dir,
     }
@@ -512,4 +522,71 @@ async fn the_raft_transport_admits_manager_certificates_only() {
         .await
         .expect_err("no member");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+}
+
+#[tokio::test]
+async fn node_certificates_watch_their_network_view_and_others_are_refused() {
+    use api::netplane::network_plane_client::NetworkPlaneClient;
+    let c = start().await;
+    let worker = c.join(&c.tokens().worker).await.expect("join");
+    let wkey = worker.key.key_pem();
+    // The worker's node gets an attachment on an overlay network, as the allocator gives one.
+    let network = api::Network {
+        id: "netw".into(),
+        spec: Some(api::NetworkSpec {
+            annotations: Some(api::Annotations {
+                name: "front".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        driver_state: Some(api::Driver {
+            name: "overlay".into(),
+            options: [(
+                "com.docker.network.driver.overlay.vxlanid_list".to_string(),
+                "4100".to_string(),
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    };
+    let node_id = worker.node_id.clone();
+    c.store
+        .update(move |tx| {
+            tx.create(network.clone())?;
+            let mut node = tx.get_node(&node_id).expect("worker node");
+            node.attachments = vec![api::NetworkAttachment {
+                network: Some(network),
+                addresses: vec!["10.0.9.2/24".into()],
+                ..Default::default()
+            }];
+            tx.update(node)
+        })
+        .await
+        .expect("attachment");
+    let watch = |client: Option<(&[u8], &[u8])>| {
+        let ch = c.channel(client);
+        async move {
+            let mut stream = NetworkPlaneClient::new(ch)
+                .watch(api::netplane::WatchRequest::default())
+                .await?
+                .into_inner();
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no view"))?
+        }
+    };
+    let view = watch(Some((&worker.cert_pem, wkey.as_bytes())))
+        .await
+        .expect("worker watches")
+        .expect("a view");
+    assert_eq!(view.networks.len(), 1, "{view:?}");
+    assert_eq!(view.networks[0].vni, 4100);
+    assert_eq!(view.networks[0].node_addr, "10.0.9.2/24");
+    let m = &c.manager;
+    watch(Some((&m.cert_pem, &m.key_pem)))
+        .await
+        .expect("a manager watches too");
+    let err = watch(None).await.expect_err("anonymous");
+    assert_eq!(err.code(), Code::PermissionDenied);
 }

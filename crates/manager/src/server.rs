@@ -23,6 +23,7 @@ use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 use crate::msgsize::{MAX_RECV, MessageSizeLayer};
+use crate::netplane::NetworkPlaneService;
 use crate::proxy::ProxyLayer;
 use crate::watchapi::WatchService;
 
@@ -72,8 +73,8 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// What the control socket serves, as SwarmKit's local server: Control, CA and NodeCA (so that
-/// `swarmctl cluster unlock-key` reads the unlock key here), Health, Watch and the Dispatcher (as
-/// this manager's own node, for the agent of a manager).
+/// `swarmctl cluster unlock-key` reads the unlock key here), Health, Watch, the Dispatcher and the
+/// network plane (those two as this manager's own node, for the agent of a manager).
 pub struct LocalServices {
     /// The control API.
     pub control: ControlApi,
@@ -85,6 +86,8 @@ pub struct LocalServices {
     pub dispatcher: DispatcherService,
     /// The Watch API.
     pub watch: WatchService,
+    /// The network plane (`swarmkit.netplane.v1`), as this manager's own node.
+    pub netplane: NetworkPlaneService,
     /// Forwarding of calls only the leader serves, from a follower (`None`: every call is
     /// served here).
     pub proxy: Option<ProxyLayer>,
@@ -114,6 +117,7 @@ pub async fn serve_control(
                 .into_server()
                 .max_decoding_message_size(MAX_RECV),
         )
+        .add_service(services.netplane.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     res.map_err(|e| e.to_string())
@@ -132,6 +136,9 @@ pub struct RemoteServices {
     pub dispatcher: DispatcherService,
     /// The Watch API, for manager certificates only.
     pub watch: WatchService,
+    /// The network plane (`swarmkit.netplane.v1`), for worker and manager certificates; it too
+    /// answers only while this manager leads.
+    pub netplane: NetworkPlaneService,
     /// The raft transport (`swarmkit.raftrpc.v1.RaftTransport`), for manager certificates only
     /// (`None` serves no transport, for tests without a raft member).
     pub raft: Option<raft::TransportService>,
@@ -168,6 +175,7 @@ pub async fn serve_remote(
                 .into_server()
                 .max_decoding_message_size(MAX_RECV),
         )
+        .add_service(services.netplane.into_server())
         .add_optional_service(services.raft.map(raft::TransportService::into_server))
         .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -395,3 +395,67 @@ fn the_container_is_created_on_its_first_network_with_its_address_and_aliases() 
         ["www", "web", "web.2.t1"].map(String::from)
     );
 }
+
+/// A network attachment of the kind the allocator makes: `driver` state, `ingress` or not, one
+/// subnet with `gateway`.
+fn attached(id: &str, driver: &str, ingress: bool, gateway: &str) -> api::NetworkAttachment {
+    api::NetworkAttachment {
+        network: Some(api::Network {
+            id: id.into(),
+            spec: Some(api::NetworkSpec {
+                annotations: Some(api::Annotations {
+                    name: id.into(),
+                    ..Default::default()
+                }),
+                ingress,
+                ..Default::default()
+            }),
+            driver_state: Some(api::Driver {
+                name: driver.into(),
+                ..Default::default()
+            }),
+            ipam: Some(api::IpamOptions {
+                configs: vec![api::IpamConfig {
+                    subnet: "10.0.9.0/24".into(),
+                    gateway: gateway.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        addresses: vec!["10.0.9.5/24".into()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn containers_on_swarm_networks_use_the_nodes_resolver_on_the_first_gateway() {
+    let mut task = task_with(busybox());
+    task.networks = vec![
+        attached("ingress", "overlay", true, "10.255.0.1"),
+        attached("front", "overlay", false, "10.0.1.1"),
+        attached("back", "overlay", false, "10.0.2.1"),
+    ];
+    let hc = body(&task).host_config.expect("host config");
+    assert_eq!(hc.dns, Some(vec!["10.0.1.1".to_string()]));
+
+    // Ingress alone, or no network: the engine's default.
+    task.networks.truncate(1);
+    assert_eq!(body(&task).host_config.expect("hc").dns, None);
+    task.networks.clear();
+    assert_eq!(body(&task).host_config.expect("hc").dns, None);
+
+    // The spec's own nameservers win.
+    let mut spec = busybox();
+    spec.dns_config = Some(api::container_spec::DnsConfig {
+        nameservers: vec!["9.9.9.9".into()],
+        ..Default::default()
+    });
+    let mut task = task_with(spec);
+    task.networks = vec![attached("front", "overlay", false, "10.0.1.1")];
+    assert_eq!(
+        body(&task).host_config.expect("hc").dns,
+        Some(vec!["9.9.9.9".to_string()])
+    );
+}

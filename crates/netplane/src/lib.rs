@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-pub use api::netplane::NodeView;
+pub use api::netplane::{NetworkView, NodeView};
 
 /// What the data plane could not do.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,12 @@ pub struct Config {
 
 pub mod dns;
 pub mod lb;
+mod netlink;
+pub mod overlay;
+mod plane;
+pub mod sandbox;
+
+pub use plane::{Dataplane, SandboxError};
 
 /// A network namespace a task runs in, named by a path the kernel resolves (`/run/netns/<name>`
 /// for a process task's, `/proc/<pid>/ns/net` for a container's).

@@ -52,6 +52,7 @@ mod plane;
 pub mod sandbox;
 
 pub use plane::{Dataplane, SandboxError};
+pub use sandbox::TaskNet;
 
 /// A network namespace a task runs in, named by a path the kernel resolves (`/run/netns/<name>`
 /// for a process task's, `/proc/<pid>/ns/net` for a container's).

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Arc;
 
 use rtnetlink::Handle;
@@ -19,7 +18,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::netlink::kernel;
 use crate::overlay::{Cidr, NetSpec, Overlay};
-use crate::sandbox::{Attachment, Sandbox};
+use crate::sandbox::{Attachment, Sandbox, TaskNet};
 use crate::{Config, Error, NetnsPath, NodeView, dns, lb};
 
 #[derive(Debug, Default)]
@@ -235,16 +234,13 @@ impl Dataplane {
 
     /// Makes task `task`'s sandbox if it has networks (`None` if it has none: it stays on the
     /// node's network). The error says why the task cannot run here.
-    pub async fn create_sandbox(
-        &self,
-        task: &api::Task,
-    ) -> Result<Option<NetnsPath>, SandboxError> {
+    pub async fn create_sandbox(&self, task: &api::Task) -> Result<Option<TaskNet>, SandboxError> {
         if task.networks.is_empty() {
             return Ok(None);
         }
         let mut state = self.state.lock().await;
         if let Some(s) = state.sandboxes.get(&task.id) {
-            return Ok(Some(s.netns.clone()));
+            return Ok(Some(s.task_net()));
         }
         let mut attachments = Vec::new();
         for a in &task.networks {
@@ -285,30 +281,25 @@ impl Dataplane {
         .await;
         match made {
             Ok(sandbox) => {
-                let netns = sandbox.netns.clone();
+                let net = sandbox.task_net();
                 let networks = sandbox.networks.clone();
                 state.sandboxes.insert(task.id.clone(), sandbox);
                 let view = state.view.clone();
                 drop(state);
-                if let Err(e) = self.balancer.apply_sandbox(&netns, &networks, &view).await {
+                if let Err(e) = self
+                    .balancer
+                    .apply_sandbox(&net.netns, &networks, &view)
+                    .await
+                {
                     tracing::warn!(task.id = %task.id, "balancing in the task's namespace: {e}");
                 }
-                Ok(Some(netns))
+                Ok(Some(net))
             }
             Err(e) => {
                 let _ = self.remove_unused(&mut state).await;
                 Err(SandboxError(format!("task network namespace: {e}")))
             }
         }
-    }
-
-    /// Starts `cmd` in task `task_id`'s sandbox (network namespace, resolv.conf).
-    pub async fn spawn(&self, task_id: &str, cmd: &mut Command) -> std::io::Result<Child> {
-        let state = self.state.lock().await;
-        let sandbox = state.sandboxes.get(task_id).ok_or_else(|| {
-            std::io::Error::other(format!("task {task_id} has no network namespace"))
-        })?;
-        sandbox.spawn(cmd)
     }
 
     /// Removes task `task_id`'s sandbox (and its networks' devices if nothing else uses them).

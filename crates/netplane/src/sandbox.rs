@@ -60,6 +60,41 @@ pub struct Attachment {
     pub bridge: u32,
 }
 
+/// Where a task runs on its networks: its network namespace and the resolv.conf it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskNet {
+    pub netns: NetnsPath,
+    pub resolv_conf: PathBuf,
+}
+
+impl TaskNet {
+    /// Starts `cmd` inside the sandbox: in its network namespace, and in a mount namespace of
+    /// its own where the sandbox's resolv.conf is bound over `/etc/resolv.conf`.
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
+        let netns = &self.netns.0;
+        let resolv = &self.resolv_conf;
+        netlink::in_netns(netns, || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            nix::mount::mount(
+                Some(resolv),
+                "/etc/resolv.conf",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| io::Error::other(format!("binding /etc/resolv.conf: {e}")))?;
+            cmd.spawn()
+        })
+    }
+}
+
 /// A task's network namespace and what goes with it.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -219,30 +254,12 @@ impl Sandbox {
         self.dir.join("resolv.conf")
     }
 
-    /// Starts `cmd` inside the sandbox: in its network namespace, and in a mount namespace of
-    /// its own where the sandbox's resolv.conf is bound over `/etc/resolv.conf`.
-    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
-        let netns = &self.netns.0;
-        let resolv = self.resolv_conf();
-        netlink::in_netns(netns, || {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
-            nix::mount::mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )?;
-            nix::mount::mount(
-                Some(&resolv),
-                "/etc/resolv.conf",
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| io::Error::other(format!("binding /etc/resolv.conf: {e}")))?;
-            cmd.spawn()
-        })
+    /// What a task's process needs to start inside the sandbox.
+    pub fn task_net(&self) -> TaskNet {
+        TaskNet {
+            netns: self.netns.clone(),
+            resolv_conf: self.resolv_conf(),
+        }
     }
 
     /// Removes the sandbox: its veths (both sides go together), its namespace and its record.

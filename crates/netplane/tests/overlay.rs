@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use api::netplane::{Endpoint, NetworkView, Peer, Subnet};
-use netplane::{Config, Dataplane, NetnsPath, NodeView};
+use netplane::{Config, Dataplane, NetnsPath, NodeView, TaskNet};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -249,7 +249,7 @@ fn task_ids(h: &Hosts) -> [String; 2] {
 }
 
 /// A data plane on each host, with the view of a task on each and that task's sandbox.
-async fn task_on_each(h: &Hosts) -> ([Arc<Dataplane>; 2], Vec<NetnsPath>) {
+async fn task_on_each(h: &Hosts) -> ([Arc<Dataplane>; 2], Vec<TaskNet>) {
     let [ta, tb] = task_ids(h);
     let tasks = [
         (ta.as_str(), "10.77.0.10/24"),
@@ -275,12 +275,33 @@ async fn task_on_each(h: &Hosts) -> ([Arc<Dataplane>; 2], Vec<NetnsPath>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_on_one_host_reaches_a_task_on_the_other_and_the_network_goes_with_its_last_task() {
     let h = hosts_or_skip!();
-    let (planes, sandboxes) = task_on_each(&h).await;
+    let (planes, nets) = task_on_each(&h).await;
+    let sandboxes: Vec<NetnsPath> = nets.iter().map(|n| n.netns.clone()).collect();
     let ta = task_ids(&h)[0].clone();
     for i in 0..2 {
         assert!(h.has_link(i, &format!("swbr-{VNI}")), "bridge on host {i}");
         assert!(h.has_link(i, &format!("swvx-{VNI}")), "vxlan on host {i}");
     }
+
+    // A process started in the sandbox sees its interfaces and the gateway as its nameserver,
+    // while the host's resolv.conf stays as it was.
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let out = nets[0]
+        .spawn(
+            Command::new("/bin/sh")
+                .args(["-c", "cat /etc/resolv.conf /proc/net/dev"])
+                .stdout(std::process::Stdio::piped()),
+        )
+        .expect("spawn in the sandbox")
+        .wait_with_output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(seen.contains("nameserver 10.77.0.1\n"), "{seen}");
+    assert!(seen.contains("eth0:") && !seen.contains("ovu"), "{seen}");
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_resolv
+    );
 
     let addr: SocketAddr = "10.77.0.11:7000".parse().unwrap();
     let reply = echo_across(&sandboxes[1].0, &sandboxes[0].0, addr).expect("TCP across");
@@ -329,7 +350,8 @@ async fn a_start_after_a_crash_removes_what_the_crashed_run_left() {
         .create_sandbox(&task(&ta, "10.77.0.10/24"))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .netns;
     assert!(ns.0.exists());
     // The "crash": the data plane goes without a stop.
     drop(plane);
@@ -413,7 +435,8 @@ fn throughput(server_ns: &Path, client_ns: &Path, addr: SocketAddr, secs: u64) -
 #[ignore = "a measurement, run by hand"]
 async fn throughput_across_the_overlay_against_the_plain_veth() {
     let h = hosts_or_skip!();
-    let (planes, sandboxes) = task_on_each(&h).await;
+    let (planes, nets) = task_on_each(&h).await;
+    let sandboxes: Vec<NetnsPath> = nets.into_iter().map(|n| n.netns).collect();
     // Alternated, best of three each: the machine is shared.
     let (mut plain, mut overlay) = (0f64, 0f64);
     for round in 0..3 {

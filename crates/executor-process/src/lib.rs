@@ -1,14 +1,18 @@
 //! An [`agent::Executor`] that runs each task's container spec `command` + `args` as a plain
 //! child process, for nodes with no Docker engine (our addition beyond SwarmKit). The spec's
 //! `env`, `dir`, `user`, `stop_signal` and `stop_grace_period` apply; the image is not pulled
-//! or used (it stays in the spec as a label only), and networks, mounts and resource limits are
-//! not applied. The task runner, task states and the worker database are the agent's.
+//! or used (it stays in the spec as a label only), and mounts and resource limits are not
+//! applied. The task runner, task states and the worker database are the agent's.
 //!
-//! Tasks stay on the host's network: a swarm network attachment gives them no address of their
-//! own. A HOST-mode published port is passed to the task, which must listen on it itself (there
-//! is no translation from the target port): [`PORT_ENV_PREFIX`]`<target>_<PROTO>` holds the
-//! published port (`SWARM_PORT_80_TCP=9090`). The scheduler keeps one task per published port
-//! per node, so two such tasks never share one.
+//! With a data plane ([`ProcessExecutor::with_data_plane`]), a task on swarm networks runs in a
+//! network namespace of its own (`netplane`'s sandbox: a veth on each network's bridge with its
+//! allocated address, the first network's gateway as its route and nameserver); a network the
+//! node cannot set up rejects the task with the reason. Tasks without networks, and every task
+//! of an executor without a data plane, stay on the host's network. A HOST-mode published port
+//! is passed to the task, which must listen on it itself (there is no translation from the
+//! target port): [`PORT_ENV_PREFIX`]`<target>_<PROTO>` holds the published port
+//! (`SWARM_PORT_80_TCP=9090`). The scheduler keeps one task per published port per node, so two
+//! such tasks never share one.
 //!
 //! Secrets and configs become files in the task's directory ([`agent::TaskFiles`], on a tmpfs
 //! when the node has one), laid out as a container would see them under a task root that the
@@ -95,6 +99,9 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The task's networks cannot be set up on this node.
+    #[error("process executor: {0}")]
+    Network(String),
     /// The task's secret and config files could not be written.
     #[error("process executor: {0}")]
     TaskFiles(ExecutorError),
@@ -146,7 +153,13 @@ pub struct ProcessExecutor {
     files: Arc<TaskFiles>,
     /// The hostname to report instead of the OS's (`--hostname`).
     hostname_override: Option<String>,
+    /// The node's data plane, or why it could not start; `None`: tasks stay on the host's
+    /// network.
+    plane: Option<DataPlane>,
 }
+
+/// The node's data plane as the executor holds it: running, or why it is not.
+pub type DataPlane = Result<Arc<netplane::Dataplane>, String>;
 
 impl ProcessExecutor {
     /// An executor keeping its logs under `state_dir`, tasks' secret and config files in
@@ -160,7 +173,15 @@ impl ProcessExecutor {
             log_dir: state_dir.join("process"),
             files,
             hostname_override,
+            plane: None,
         }
+    }
+
+    /// The same executor running tasks on swarm networks in their own namespaces through
+    /// `plane`; when it is an error, such tasks are rejected with it.
+    pub fn with_data_plane(mut self, plane: DataPlane) -> Self {
+        self.plane = Some(plane);
+        self
     }
 }
 
@@ -215,12 +236,26 @@ impl Executor for ProcessExecutor {
             .files
             .for_task(task, dependencies)
             .map_err(Error::TaskFiles)?;
-        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref(), files)?;
+        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref(), files)?
+            .with_data_plane(self.plane.clone());
         Ok(Box::new(controller))
     }
 
     fn remove_orphans(&self, known: &HashSet<String>) {
         self.files.remove_orphans(known);
+    }
+
+    fn network_plane_request(&self) -> Option<api::netplane::WatchRequest> {
+        match &self.plane {
+            Some(Ok(plane)) => Some(plane.watch_request()),
+            _ => None,
+        }
+    }
+
+    fn set_network_view(&self, view: api::netplane::NodeView) {
+        if let Some(Ok(plane)) = &self.plane {
+            plane.set_view(view);
+        }
     }
 }
 

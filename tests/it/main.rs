@@ -25,6 +25,7 @@ mod limits;
 mod network_keys;
 mod networks;
 mod orchestration;
+mod overlay;
 mod persistence;
 mod secrets;
 mod security;

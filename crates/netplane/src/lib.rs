@@ -31,6 +31,9 @@ pub enum Error {
     },
 }
 
+/// VXLAN's IANA port, which every node uses.
+pub const VXLAN_PORT: u16 = 4789;
+
 /// How the node's data plane is set up.
 #[derive(Debug, Clone)]
 pub struct Config {

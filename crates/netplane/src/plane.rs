@@ -162,6 +162,11 @@ impl Dataplane {
             }
         }
         self.remove_unused(&mut state).await?;
+        tracing::info!(
+            version = view.version,
+            networks = view.networks.len(),
+            "network view applied"
+        );
         let sandboxes: Vec<(NetnsPath, Vec<String>)> = state
             .sandboxes
             .values()

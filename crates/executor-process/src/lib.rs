@@ -191,9 +191,8 @@ impl Executor for ProcessExecutor {
     /// `aarch64`, which the scheduler's platform filter takes for `amd64`/`arm64`), CPUs × 10⁹
     /// nano CPUs, MemTotal, and an engine with no version, the label [`ENGINE_LABEL`] and one
     /// plugin, the `overlay` network driver: tasks on swarm (overlay) networks, ingress included,
-    /// are placed here and run on the host's network (their addresses are allocated, not
-    /// configured, until the overlay data plane). No volume or other network plugin is reported,
-    /// which keeps tasks that need one off this node.
+    /// are placed here and run in their data plane sandbox. No volume or other network plugin is
+    /// reported, which keeps tasks that need one off this node.
     async fn describe(&self) -> Result<api::NodeDescription, ExecutorError> {
         let hostname = match &self.hostname_override {
             Some(name) => name.clone(),

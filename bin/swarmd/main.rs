@@ -41,6 +41,11 @@ struct Flags {
     /// Advertise address for remote API
     #[arg(long = "advertise-remote-api", default_value = "")]
     advertise_remote_api: String,
+    /// IP address VXLAN traffic of swarm networks leaves from and arrives at (ours, Docker's
+    /// swarm init flag; default: the IP of --advertise-remote-api, else the address the managers
+    /// see this node at)
+    #[arg(long = "data-path-addr")]
+    data_path_addr: Option<std::net::IpAddr>,
     /// Listen address for remote API
     #[arg(long = "listen-remote-api", default_value = "0.0.0.0:4242")]
     listen_remote_api: String,
@@ -198,6 +203,7 @@ fn main() -> ExitCode {
         listen_control_api: flags.listen_control_api,
         listen_remote_api: flags.listen_remote_api,
         advertise_remote_api: flags.advertise_remote_api,
+        data_path_addr: flags.data_path_addr,
         hostname: flags.hostname,
         election_tick: flags.election_tick,
         heartbeat_tick: flags.heartbeat_tick,

@@ -26,6 +26,7 @@ mod netplane;
 mod network_keys;
 mod networks;
 mod orchestration;
+mod overlay;
 mod persistence;
 mod secrets;
 mod security;

@@ -286,6 +286,8 @@ struct Inner {
     launched: Option<Launched>,
     /// `user` resolved at prepare.
     user: Option<User>,
+    /// Its network sandbox, once made.
+    net: Option<netplane::TaskNet>,
 }
 
 /// Takes one task through its life as a child process (see the module docs).
@@ -299,6 +301,10 @@ pub struct ProcessController {
     log_path: PathBuf,
     /// Its secret and config files.
     files: TaskFileSet,
+    /// The node's data plane (or why it has none), when it has one.
+    plane: Option<crate::DataPlane>,
+    /// The task as given (for its networks).
+    task: api::Task,
     inner: Mutex<Inner>,
 }
 
@@ -344,13 +350,64 @@ impl ProcessController {
             log_dir: log_dir.to_path_buf(),
             log_path: log_dir.join(format!("{}.log", task.id)),
             files,
+            plane: None,
+            task: task.clone(),
             inner: Mutex::new(Inner {
                 // `poll` finds out whether an adopted process still runs.
                 phase: launched.map_or(Phase::Absent, Phase::Running),
                 launched,
                 user: None,
+                net: None,
             }),
         })
+    }
+
+    /// The same controller, running the task in a sandbox of `plane` if it is on networks.
+    pub fn with_data_plane(mut self, plane: Option<crate::DataPlane>) -> Self {
+        self.plane = plane;
+        self
+    }
+
+    /// Makes the task's network sandbox (once; nothing for a task without networks or a node
+    /// without a data plane, or once it was started).
+    async fn ensure_network(&self) -> Result<(), Error> {
+        let Some(plane) = &self.plane else {
+            return Ok(());
+        };
+        if self.task.networks.is_empty() {
+            return Ok(());
+        }
+        {
+            let inner = self.lock();
+            if inner.net.is_some() || !matches!(inner.phase, Phase::Absent | Phase::Created) {
+                return Ok(());
+            }
+        }
+        let plane = plane.as_ref().map_err(|why| {
+            Error::Network(format!(
+                "the node's overlay data plane is unavailable: {why}"
+            ))
+        })?;
+        let net = plane
+            .create_sandbox(&self.task)
+            .await
+            .map_err(|e| Error::Network(e.to_string()))?;
+        self.lock().net = net;
+        Ok(())
+    }
+
+    /// Removes the task's network sandbox, if it may have one.
+    async fn remove_network(&self) -> Result<(), Error> {
+        if let Some(Ok(plane)) = &self.plane
+            && !self.task.networks.is_empty()
+        {
+            self.lock().net = None;
+            plane
+                .destroy_sandbox(&self.task_id)
+                .await
+                .map_err(|e| Error::Network(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The task's log file (stdout and stderr, appended).
@@ -449,10 +506,14 @@ impl ProcessController {
         };
         check_host_ports_free(&self.launch.host_ports)?;
         let log = self.open_log()?;
+        let net = inner.net.clone();
         let child = self
             .launch
             .command(inner.user, &log, self.files.root())
-            .and_then(|mut cmd| cmd.spawn())
+            .and_then(|mut cmd| match &net {
+                Some(net) => net.spawn(&mut cmd),
+                None => cmd.spawn(),
+            })
             .map_err(spawn_error)?;
         let pid = i32::try_from(child.id()).expect("Linux PIDs fit in an i32");
         // The child is unreaped until we wait for it, so its stat is there even if it has exited.
@@ -498,11 +559,13 @@ fn read_or_empty(path: &str) -> Result<String, Error> {
 #[tonic::async_trait]
 impl Controller for ProcessController {
     async fn prepare(&self) -> Result<(), ExecutorError> {
+        self.ensure_network().await?;
         let mut inner = self.lock();
         Ok(self.prepare_locked(&mut inner)?)
     }
 
     async fn start(&self) -> Result<(), ExecutorError> {
+        self.ensure_network().await?;
         let mut inner = self.lock();
         match inner.phase {
             Phase::Absent => {
@@ -551,6 +614,7 @@ impl Controller for ProcessController {
         let stopped = self.shutdown().await;
         let files = self.files.remove();
         stopped?;
+        self.remove_network().await?;
         let mut inner = self.lock();
         match std::fs::remove_file(&self.log_path) {
             Ok(()) => {}
@@ -566,7 +630,9 @@ impl Controller for ProcessController {
     }
 
     async fn release(&self) -> Result<(), ExecutorError> {
-        self.files.remove()
+        let files = self.files.remove();
+        self.remove_network().await?;
+        files
     }
 
     async fn inspect(&self) -> Result<RuntimeState, ExecutorError> {

@@ -1,15 +1,19 @@
 //! An [`agent::Executor`] that runs each task's container spec `command` + `args` as a plain
 //! child process, for nodes with no Docker engine (our addition beyond SwarmKit). The spec's
 //! `env`, `dir`, `user`, `stop_signal` and `stop_grace_period` apply; the image is not pulled
-//! or used (it stays in the spec as a label only), and networks, mounts and resource limits are
-//! not applied. The task runner, task states and the worker database are the agent's.
+//! or used (it stays in the spec as a label only), and mounts and resource limits are not
+//! applied. The task runner, task states and the worker database are the agent's.
 //!
-//! Tasks stay on the host's network: a swarm network attachment gives them no address of their
-//! own. A HOST-mode published port is passed to the task, which must listen on it itself (there
-//! is no translation from the target port): [`PORT_ENV_PREFIX`]`<target>_<PROTO>` holds the
-//! published port (`SWARM_PORT_80_TCP=9090`). The scheduler keeps one task per published port
-//! per node, so two such tasks never share one; a TCP or UDP one that something else on the node
-//! holds fails the task at start ([`Error::HostPortInUse`]).
+//! With a data plane ([`ProcessExecutor::with_data_plane`]), a task on swarm networks runs in a
+//! network namespace of its own (`netplane`'s sandbox: a veth on each network's bridge with its
+//! allocated address, the first network's gateway as its route and nameserver); a network the
+//! node cannot set up rejects the task with the reason. Tasks without networks, and every task
+//! of an executor without a data plane, stay on the host's network. A HOST-mode published port
+//! is passed to the task, which must listen on it itself (there is no translation from the
+//! target port): [`PORT_ENV_PREFIX`]`<target>_<PROTO>` holds the published port
+//! (`SWARM_PORT_80_TCP=9090`). The scheduler keeps one task per published port per node, so two
+//! such tasks never share one; a TCP or UDP one that something else on the node holds fails the
+//! task at start ([`Error::HostPortInUse`]).
 //!
 //! Secrets and configs become files in the task's directory ([`agent::TaskFiles`], on a tmpfs
 //! when the node has one), laid out as a container would see them under a task root that the
@@ -104,6 +108,9 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The task's networks cannot be set up on this node.
+    #[error("process executor: {0}")]
+    Network(String),
     /// The task's secret and config files could not be written.
     #[error("process executor: {0}")]
     TaskFiles(ExecutorError),
@@ -155,7 +162,13 @@ pub struct ProcessExecutor {
     files: Arc<TaskFiles>,
     /// The hostname to report instead of the OS's (`--hostname`).
     hostname_override: Option<String>,
+    /// The node's data plane, or why it could not start; `None`: tasks stay on the host's
+    /// network.
+    plane: Option<DataPlane>,
 }
+
+/// The node's data plane as the executor holds it: running, or why it is not.
+pub type DataPlane = Result<Arc<netplane::Dataplane>, String>;
 
 impl ProcessExecutor {
     /// An executor keeping its logs under `state_dir`, tasks' secret and config files in
@@ -169,7 +182,15 @@ impl ProcessExecutor {
             log_dir: state_dir.join("process"),
             files,
             hostname_override,
+            plane: None,
         }
+    }
+
+    /// The same executor running tasks on swarm networks in their own namespaces through
+    /// `plane`; when it is an error, such tasks are rejected with it.
+    pub fn with_data_plane(mut self, plane: DataPlane) -> Self {
+        self.plane = Some(plane);
+        self
     }
 }
 
@@ -179,9 +200,8 @@ impl Executor for ProcessExecutor {
     /// `aarch64`, which the scheduler's platform filter takes for `amd64`/`arm64`), CPUs × 10⁹
     /// nano CPUs, MemTotal, and an engine with no version, the label [`ENGINE_LABEL`] and one
     /// plugin, the `overlay` network driver: tasks on swarm (overlay) networks, ingress included,
-    /// are placed here and run on the host's network (their addresses are allocated, not
-    /// configured, until the overlay data plane). No volume or other network plugin is reported,
-    /// which keeps tasks that need one off this node.
+    /// are placed here and run in their data plane sandbox. No volume or other network plugin is
+    /// reported, which keeps tasks that need one off this node.
     async fn describe(&self) -> Result<api::NodeDescription, ExecutorError> {
         let hostname = match &self.hostname_override {
             Some(name) => name.clone(),
@@ -224,12 +244,26 @@ impl Executor for ProcessExecutor {
             .files
             .for_task(task, dependencies)
             .map_err(Error::TaskFiles)?;
-        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref(), files)?;
+        let controller = ProcessController::new(task, &self.log_dir, checkpoint.as_deref(), files)?
+            .with_data_plane(self.plane.clone());
         Ok(Box::new(controller))
     }
 
     fn remove_orphans(&self, known: &HashSet<String>) {
         self.files.remove_orphans(known);
+    }
+
+    fn network_plane_request(&self) -> Option<api::netplane::WatchRequest> {
+        match &self.plane {
+            Some(Ok(plane)) => Some(plane.watch_request()),
+            _ => None,
+        }
+    }
+
+    fn set_network_view(&self, view: api::netplane::NodeView) {
+        if let Some(Ok(plane)) = &self.plane {
+            plane.set_view(view);
+        }
     }
 }
 

@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-pub use api::netplane::NodeView;
+pub use api::netplane::{NetworkView, NodeView};
 
 /// What the data plane could not do.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+/// VXLAN's IANA port, which every node uses.
+pub const VXLAN_PORT: u16 = 4789;
 
 /// How the node's data plane is set up.
 #[derive(Debug, Clone)]
@@ -46,6 +49,13 @@ pub struct Config {
 
 pub mod dns;
 pub mod lb;
+mod netlink;
+pub mod overlay;
+mod plane;
+pub mod sandbox;
+
+pub use plane::{Dataplane, SandboxError};
+pub use sandbox::TaskNet;
 
 /// A network namespace a task runs in, named by a path the kernel resolves (`/run/netns/<name>`
 /// for a process task's, `/proc/<pid>/ns/net` for a container's).

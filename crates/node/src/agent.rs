@@ -105,11 +105,12 @@ pub(crate) async fn spawn(
     shutdown: CancellationToken,
 ) -> Result<(), crate::NodeError> {
     let hostname = (!config.hostname.is_empty()).then(|| config.hostname.clone());
-    let executor = crate::executor::build(
+    let (executor, plane) = crate::executor::build(
         config.executor,
         &config.engine_addr,
         setup.state.root(),
         hostname,
+        config.data_path_ip(),
     )
     .await?;
     let db = agent::TaskDb::open(&setup.state.worker_dir())
@@ -176,10 +177,17 @@ pub(crate) async fn spawn(
     // A task database that cannot be written (a full or read-only disk) ends the agent: it
     // stores every status before reporting it, and a node that cannot is the node's failure.
     tasks.spawn("agent", async move {
-        tokio::select! {
+        let res = tokio::select! {
             res = agent::run(agent_config, shutdown, true) => res.map_err(|e| e.to_string()),
             e = db_failed.failed() => Err(e.to_string()),
+        };
+        // The agent has removed its tasks: the data plane removes what is left of it.
+        if let Some(plane) = plane
+            && let Err(e) = plane.stop().await
+        {
+            warn!("removing the overlay data plane: {e}");
         }
+        res
     });
     Ok(())
 }

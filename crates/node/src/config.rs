@@ -18,6 +18,10 @@ pub struct NodeConfig {
     /// for a wildcard one, which the raft leader replaces with the address it sees a joining
     /// manager at (as SwarmKit does).
     pub advertise_remote_api: String,
+    /// The IP address this node's VXLAN traffic leaves from and arrives at
+    /// (`--data-path-addr`); `None`: the IP of `advertise_remote_api` if it has one, else the
+    /// address the managers see the node at.
+    pub data_path_addr: Option<std::net::IpAddr>,
     /// Hostname to report; empty means the OS hostname.
     pub hostname: String,
     /// Raft ticks without a leader before an election.
@@ -54,6 +58,20 @@ pub struct NodeConfig {
     pub default_addr_pool_mask_length: u32,
 }
 
+impl NodeConfig {
+    /// The data path address to announce: `--data-path-addr`, else the IP of
+    /// `--advertise-remote-api` when it names a specific one.
+    pub fn data_path_ip(&self) -> Option<std::net::IpAddr> {
+        self.data_path_addr.or_else(|| {
+            let (host, _) = self.advertise_remote_api.rsplit_once(':')?;
+            host.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        })
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -61,6 +79,7 @@ impl Default for NodeConfig {
             listen_control_api: PathBuf::from("/var/run/swarmd.sock"),
             listen_remote_api: "0.0.0.0:4242".into(),
             advertise_remote_api: String::new(),
+            data_path_addr: None,
             hostname: String::new(),
             election_tick: 10,
             heartbeat_tick: 1,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use agent::TaskFiles;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::NodeError;
 
@@ -38,34 +38,56 @@ impl std::str::FromStr for ExecutorKind {
     }
 }
 
-/// Builds the executor `kind` names for a node whose state directory is `state_dir`.
+/// An executor, and the data plane it runs tasks' networks with (stopped after the agent).
+pub type Built = (Arc<dyn agent::Executor>, Option<Arc<netplane::Dataplane>>);
+
+/// Builds the executor `kind` names for a node whose state directory is `state_dir`. The
+/// process executor gets the node's data plane (`data_path_addr`: the node's VXLAN address, if
+/// known); when it cannot start (no CAP_NET_ADMIN, no VXLAN), swarmd says why and tasks on swarm
+/// networks are rejected with that reason.
 pub async fn build(
     kind: ExecutorKind,
     engine_addr: &str,
     state_dir: &Path,
     hostname: Option<String>,
-) -> Result<Arc<dyn agent::Executor>, NodeError> {
+    data_path_addr: Option<std::net::IpAddr>,
+) -> Result<Built, NodeError> {
     let files = Arc::new(
         TaskFiles::open(state_dir).map_err(|source| NodeError::State {
             path: state_dir.to_path_buf(),
             source,
         })?,
     );
-    let process = || -> Arc<dyn agent::Executor> {
-        Arc::new(executor_process::ProcessExecutor::new(
-            state_dir.join("worker"),
-            files.clone(),
-            hostname.clone(),
-        ))
+    let process = async || -> Built {
+        let config = netplane::Config {
+            data_path_addr,
+            vxlan_port: netplane::VXLAN_PORT,
+            state_dir: state_dir.to_path_buf(),
+        };
+        let plane = netplane::Dataplane::start(config).await.map_err(|e| {
+            warn!(
+                "no overlay data plane on this node, tasks on swarm networks will be rejected: {e}"
+            );
+            e.to_string()
+        });
+        let executor: Arc<dyn agent::Executor> = Arc::new(
+            executor_process::ProcessExecutor::new(
+                state_dir.join("worker"),
+                files.clone(),
+                hostname.clone(),
+            )
+            .with_data_plane(plane.clone()),
+        );
+        (executor, plane.ok())
     };
     let docker =
         || executor_docker::DockerExecutor::connect(engine_addr, files.clone(), hostname.clone());
     match kind {
-        ExecutorKind::Process => Ok(process()),
+        ExecutorKind::Process => Ok(process().await),
         ExecutorKind::Docker => {
             let docker = docker()
                 .map_err(|e| NodeError::Config(format!("--engine-addr {engine_addr}: {e}")))?;
-            Ok(Arc::new(docker))
+            Ok((Arc::new(docker), None))
         }
         ExecutorKind::Auto => {
             let answered = match docker() {
@@ -83,11 +105,11 @@ pub async fn build(
             match answered {
                 Ok(docker) => {
                     info!(engine.addr = %engine_addr, "using the Docker executor");
-                    Ok(Arc::new(docker))
+                    Ok((Arc::new(docker), None))
                 }
                 Err(why) => {
                     info!(engine.addr = %engine_addr, "no Docker engine answers ({why}): using the process executor");
-                    Ok(process())
+                    Ok(process().await)
                 }
             }
         }

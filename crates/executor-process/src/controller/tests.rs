@@ -412,3 +412,105 @@ async fn a_failed_removal_still_removes_the_files() {
         "the files outlived a failed removal"
     );
 }
+
+/// `t` attached to one overlay network (VNI `vni`, 10.78.0.0/24) at `addr`.
+fn on_network(mut t: api::Task, vni: u32, addr: &str) -> api::Task {
+    let network = api::Network {
+        id: "procnet1".into(),
+        driver_state: Some(api::Driver {
+            name: "overlay".into(),
+            options: [(
+                "com.docker.network.driver.overlay.vxlanid_list".to_string(),
+                vni.to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        }),
+        ipam: Some(api::IpamOptions {
+            configs: vec![api::IpamConfig {
+                subnet: "10.78.0.0/24".into(),
+                gateway: "10.78.0.1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    t.networks = vec![api::NetworkAttachment {
+        network: Some(network),
+        addresses: vec![addr.into()],
+        ..Default::default()
+    }];
+    t
+}
+
+#[tokio::test]
+async fn a_task_on_networks_is_rejected_with_the_reason_when_the_node_has_no_data_plane() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plane: crate::DataPlane = Err("no CAP_NET_ADMIN".into());
+    let t = on_network(sh("netrej1", "true"), 4100, "10.78.0.5/24");
+    let c = controller(&t, dir.path(), None)
+        .unwrap()
+        .with_data_plane(Some(plane.clone()));
+    match c.prepare().await {
+        Err(ExecutorError::Fatal(m)) => assert!(
+            m.contains("overlay data plane is unavailable: no CAP_NET_ADMIN"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A task without networks is not affected.
+    let c = controller(&sh("netrej2", "true"), dir.path(), None)
+        .unwrap()
+        .with_data_plane(Some(plane));
+    assert!(run_to_end(&c).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_a_network_runs_in_its_own_namespace_which_goes_with_it() {
+    let ns = format!("ovlp-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &ns]).output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        println!("skipped: cannot create a network namespace (not root?)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let netns = netplane::NetnsPath(Path::new("/run/netns").join(&ns));
+    let config = netplane::Config {
+        data_path_addr: None,
+        vxlan_port: 4789,
+        state_dir: dir.path().join("plane"),
+    };
+    let plane = match netplane::Dataplane::start_in(config, &netns).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            println!("skipped: no data plane here: {e}");
+            return;
+        }
+    };
+    let id = format!("ovlp{}t", std::process::id());
+    let t = on_network(
+        sh(&id, "cat /proc/net/dev /etc/resolv.conf"),
+        4101,
+        "10.78.0.7/24",
+    );
+    let c = controller(&t, dir.path(), None)
+        .unwrap()
+        .with_data_plane(Some(Ok(plane.clone())));
+    let status = run_to_end(&c).await;
+    let log = std::fs::read_to_string(c.log_path()).unwrap();
+    let sandbox = Path::new("/run/netns").join(netplane::sandbox::netns_name(&id));
+    let existed = sandbox.exists();
+    c.release().await.expect("release");
+    let gone = !sandbox.exists();
+    plane.stop().await.expect("stop");
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("eth0:"), "{log}");
+    assert!(log.contains("nameserver 10.78.0.1"), "{log}");
+    assert!(
+        existed && gone,
+        "the sandbox exists while the task runs, then goes"
+    );
+}

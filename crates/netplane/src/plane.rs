@@ -1,0 +1,378 @@
+//! [`Dataplane`]: the node's data plane as a whole. It starts by removing what a crashed run left
+//! (the sandboxes and networks recorded in its state directory), makes the kernel match each
+//! [`NodeView`] it is given (the networks' devices and entries, then the resolver and the
+//! balancer), makes and removes process tasks' sandboxes, and removes everything on a clean stop.
+//!
+//! A network's devices exist while the view lists it or a local sandbox uses it: a task's
+//! sandbox may be made before the first view naming its network arrives (the devices are then
+//! made from the network object the task carries), and a stale view must not pull the bridge
+//! from under a running task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rtnetlink::Handle;
+use tokio::sync::{Mutex, watch};
+
+use crate::netlink::kernel;
+use crate::overlay::{Cidr, NetSpec, Overlay};
+use crate::sandbox::{Attachment, Sandbox, TaskNet};
+use crate::{Config, Error, NetnsPath, NodeView, dns, lb};
+
+#[derive(Debug, Default)]
+struct State {
+    view: NodeView,
+    /// Network ID -> its devices.
+    networks: HashMap<String, Overlay>,
+    /// Task ID -> its sandbox.
+    sandboxes: HashMap<String, Sandbox>,
+    stopped: bool,
+}
+
+/// The node's data plane (see the module docs).
+#[derive(Debug)]
+pub struct Dataplane {
+    config: Config,
+    nl: Handle,
+    /// `<state_dir>/netplane`: records of the sandboxes and networks made.
+    records: PathBuf,
+    state: Mutex<State>,
+    resolver: dns::Resolver,
+    balancer: lb::Balancer,
+    /// The latest view handed to [`Dataplane::set_view`], applied in order by a task of its own.
+    views: watch::Sender<Option<NodeView>>,
+}
+
+/// Why a task cannot have its sandbox: the message a REJECTED task reports.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SandboxError(pub String);
+
+impl Dataplane {
+    /// The data plane of the caller's network namespace, after removing what a crashed run of
+    /// this node left in it.
+    pub async fn start(config: Config) -> Result<Arc<Dataplane>, Error> {
+        Self::start_with(config, None).await
+    }
+
+    /// The same, working in the network namespace at `netns` instead (tests run several nodes'
+    /// data planes in one process).
+    pub async fn start_in(config: Config, netns: &NetnsPath) -> Result<Arc<Dataplane>, Error> {
+        Self::start_with(config, Some(netns.0.as_path())).await
+    }
+
+    async fn start_with(config: Config, netns: Option<&Path>) -> Result<Arc<Dataplane>, Error> {
+        let nl = crate::netlink::connect(netns)?;
+        let records = config.state_dir.join("netplane");
+        for sub in ["sandboxes", "networks"] {
+            let dir = records.join(sub);
+            fs::create_dir_all(&dir).map_err(kernel(format!("creating {}", dir.display())))?;
+        }
+        let (views, rx) = watch::channel(None);
+        let plane = Arc::new(Dataplane {
+            config,
+            nl,
+            records,
+            state: Mutex::new(State::default()),
+            resolver: dns::Resolver::new(),
+            balancer: lb::Balancer::new(),
+            views,
+        });
+        plane.remove_leftovers().await?;
+        tokio::spawn(apply_views(Arc::downgrade(&plane), rx));
+        Ok(plane)
+    }
+
+    /// What the node announces when it asks for its view.
+    pub fn watch_request(&self) -> api::netplane::WatchRequest {
+        api::netplane::WatchRequest {
+            data_path_addr: self
+                .config
+                .data_path_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            wireguard_public_key: Vec::new(),
+        }
+    }
+
+    /// Hands over a new view, applied in the background (only the latest one counts); failures
+    /// are logged and retried with the next view.
+    pub fn set_view(&self, view: NodeView) {
+        self.views.send_replace(Some(view));
+    }
+
+    /// Removes the sandboxes and networks an earlier run of this node recorded, and its rules.
+    async fn remove_leftovers(&self) -> Result<(), Error> {
+        let sandboxes = self.records.join("sandboxes");
+        for entry in read_dir(&sandboxes)? {
+            tracing::info!(sandbox = %entry.display(), "removing a sandbox an earlier run left");
+            crate::sandbox::remove_recorded(&self.nl, &entry).await?;
+        }
+        let networks = self.records.join("networks");
+        for entry in read_dir(&networks)? {
+            let vni = entry.file_name().and_then(|n| n.to_str()?.parse().ok());
+            for name in vni.into_iter().flat_map(|v| {
+                [
+                    crate::overlay::vxlan_name(v),
+                    crate::overlay::bridge_name(v),
+                ]
+            }) {
+                if let Some(idx) = crate::netlink::link_index(&self.nl, &name).await? {
+                    tracing::info!(link = %name, "removing a device an earlier run left");
+                    crate::netlink::del_link(&self.nl, idx, &name).await?;
+                }
+            }
+            let _ = fs::remove_file(&entry);
+        }
+        self.balancer.remove_node_rules().await
+    }
+
+    /// Makes the kernel match `view`: devices for every network it lists (and the ones local
+    /// sandboxes use), entries for its remote addresses, then the resolver and the balancer.
+    pub async fn apply(&self, view: NodeView) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        if state.stopped {
+            return Ok(());
+        }
+        state.view = view.clone();
+        let mut first_error = None;
+        for n in &view.networks {
+            let spec = match NetSpec::from_view(n) {
+                Ok(spec) => spec,
+                Err(why) => {
+                    tracing::warn!(network = %n.name, "{why}");
+                    continue;
+                }
+            };
+            let result = async {
+                let overlay = self.ensure_network(&mut state, &spec).await?;
+                overlay
+                    .set_node_addr(&self.nl, n.node_addr.parse::<Cidr>().ok())
+                    .await?;
+                overlay
+                    .sync(&self.nl, &crate::overlay::remote_entries(n))
+                    .await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(network = %n.name, "setting up the network: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.remove_unused(&mut state).await?;
+        tracing::info!(
+            version = view.version,
+            networks = view.networks.len(),
+            "network view applied"
+        );
+        let sandboxes: Vec<(NetnsPath, Vec<String>)> = state
+            .sandboxes
+            .values()
+            .map(|s| (s.netns.clone(), s.networks.clone()))
+            .collect();
+        drop(state);
+        self.resolver.update(&view).await?;
+        self.balancer.apply_node(&view).await?;
+        for (netns, networks) in sandboxes {
+            self.balancer
+                .apply_sandbox(&netns, &networks, &view)
+                .await?;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The devices of network `spec`, made if missing.
+    async fn ensure_network<'a>(
+        &self,
+        state: &'a mut State,
+        spec: &NetSpec,
+    ) -> Result<&'a mut Overlay, Error> {
+        let stale = state
+            .networks
+            .get(&spec.id)
+            .is_some_and(|o| o.spec != *spec);
+        if stale && let Some(old) = state.networks.remove(&spec.id) {
+            old.remove(&self.nl).await?;
+        }
+        if !state.networks.contains_key(&spec.id) {
+            let record = self.records.join("networks").join(spec.vni.to_string());
+            fs::write(&record, &spec.id)
+                .map_err(kernel(format!("writing {}", record.display())))?;
+            let overlay = Overlay::ensure(
+                &self.nl,
+                spec,
+                self.config.data_path_addr,
+                self.config.vxlan_port,
+            )
+            .await
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&record);
+            })?;
+            state.networks.insert(spec.id.clone(), overlay);
+        }
+        Ok(state.networks.get_mut(&spec.id).expect("just made"))
+    }
+
+    /// Removes the devices of networks neither the view nor a sandbox uses.
+    async fn remove_unused(&self, state: &mut State) -> Result<(), Error> {
+        let unused: Vec<String> = state
+            .networks
+            .keys()
+            .filter(|id| {
+                !state.view.networks.iter().any(|n| &n.id == *id)
+                    && !state.sandboxes.values().any(|s| s.networks.contains(id))
+            })
+            .cloned()
+            .collect();
+        for id in unused {
+            if let Some(overlay) = state.networks.remove(&id) {
+                tracing::info!(network.id = %id, vni = overlay.spec.vni, "removing the network's devices: no task uses it");
+                let vni = overlay.spec.vni;
+                overlay.remove(&self.nl).await?;
+                let _ = fs::remove_file(self.records.join("networks").join(vni.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes task `task`'s sandbox if it has networks (`None` if it has none: it stays on the
+    /// node's network). The error says why the task cannot run here.
+    pub async fn create_sandbox(&self, task: &api::Task) -> Result<Option<TaskNet>, SandboxError> {
+        if task.networks.is_empty() {
+            return Ok(None);
+        }
+        let mut state = self.state.lock().await;
+        if let Some(s) = state.sandboxes.get(&task.id) {
+            return Ok(Some(s.task_net()));
+        }
+        let mut attachments = Vec::new();
+        for a in &task.networks {
+            let network = a
+                .network
+                .as_ref()
+                .ok_or_else(|| SandboxError("a network attachment has no network".into()))?;
+            let spec = NetSpec::from_network(network).map_err(SandboxError)?;
+            let addr: Cidr = a
+                .addresses
+                .iter()
+                .find_map(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    SandboxError(format!("no IPv4 address allocated on network {}", spec.id))
+                })?;
+            let gateway = spec
+                .gateways
+                .iter()
+                .find(|g| g.prefix == addr.prefix && same_subnet(g, &addr))
+                .map(|g| g.addr);
+            let overlay = self
+                .ensure_network(&mut state, &spec)
+                .await
+                .map_err(|e| SandboxError(format!("overlay network {}: {e}", spec.id)))?;
+            attachments.push(Attachment {
+                network_id: spec.id.clone(),
+                addr,
+                gateway,
+                bridge: overlay.bridge,
+            });
+        }
+        let made = Sandbox::create(
+            &self.nl,
+            &self.records.join("sandboxes"),
+            &task.id,
+            &attachments,
+        )
+        .await;
+        match made {
+            Ok(sandbox) => {
+                let net = sandbox.task_net();
+                let networks = sandbox.networks.clone();
+                state.sandboxes.insert(task.id.clone(), sandbox);
+                let view = state.view.clone();
+                drop(state);
+                if let Err(e) = self
+                    .balancer
+                    .apply_sandbox(&net.netns, &networks, &view)
+                    .await
+                {
+                    tracing::warn!(task.id = %task.id, "balancing in the task's namespace: {e}");
+                }
+                Ok(Some(net))
+            }
+            Err(e) => {
+                let _ = self.remove_unused(&mut state).await;
+                Err(SandboxError(format!("task network namespace: {e}")))
+            }
+        }
+    }
+
+    /// Removes task `task_id`'s sandbox (and its networks' devices if nothing else uses them).
+    pub async fn destroy_sandbox(&self, task_id: &str) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        let dir = self
+            .records
+            .join("sandboxes")
+            .join(crate::sandbox::netns_name(task_id));
+        match state.sandboxes.remove(task_id) {
+            Some(sandbox) => sandbox.remove(&self.nl).await?,
+            None => crate::sandbox::remove_recorded(&self.nl, &dir).await?,
+        }
+        self.remove_unused(&mut state).await
+    }
+
+    /// Removes everything: sandboxes, networks, rules, and stops the resolver. Views handed over
+    /// afterwards are ignored.
+    pub async fn stop(&self) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        state.stopped = true;
+        state.view = NodeView::default();
+        for (_, sandbox) in state.sandboxes.drain() {
+            sandbox.remove(&self.nl).await?;
+        }
+        drop(state);
+        self.resolver.stop().await;
+        let mut state = self.state.lock().await;
+        self.remove_unused(&mut state).await?;
+        drop(state);
+        self.remove_leftovers().await
+    }
+
+    /// The IDs of the networks whose devices exist now (tests).
+    pub async fn networks(&self) -> BTreeMap<String, u32> {
+        let state = self.state.lock().await;
+        state
+            .networks
+            .iter()
+            .map(|(id, o)| (id.clone(), o.spec.vni))
+            .collect()
+    }
+}
+
+fn same_subnet(a: &Cidr, b: &Cidr) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(a.prefix)).unwrap_or(0);
+    u32::from(a.addr) & mask == u32::from(b.addr) & mask
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()).map(|e| e.path()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(kernel(format!("reading {}", dir.display()))(e)),
+    }
+}
+
+/// Applies each view handed over, in order, until the data plane is dropped.
+async fn apply_views(plane: std::sync::Weak<Dataplane>, mut rx: watch::Receiver<Option<NodeView>>) {
+    while rx.changed().await.is_ok() {
+        let Some(view) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let Some(plane) = plane.upgrade() else {
+            return;
+        };
+        if let Err(e) = plane.apply(view).await {
+            tracing::warn!("applying the network view: {e}");
+        }
+    }
+}

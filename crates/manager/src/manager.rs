@@ -30,6 +30,7 @@ use crate::health::HealthService;
 use crate::leader::{self, Subsystem};
 use crate::raftjoin::{self, JoinService, StoreMembers};
 use crate::rolemanager::RoleManager;
+use crate::logbroker::{LogBroker, LogBrokerService};
 use crate::server::{LocalServices, RemoteServices};
 use crate::signer::CaSigner;
 use crate::tasks::TaskSet;
@@ -226,6 +227,7 @@ impl Manager {
             config.bootstrap.node_id.clone(),
             dispatcher::Config::default(),
         );
+        let log_broker = LogBroker::new(store.clone());
         // Sessions tell agents every raft member, following membership changes.
         servers.spawn_unit(
             "manager list",
@@ -253,6 +255,7 @@ impl Manager {
                     ca: ca_server.clone(),
                     health: HealthService::new("Raft"),
                     dispatcher: DispatcherService::remote(dispatcher.clone()),
+                    logs: LogBrokerService::remote(log_broker.clone()),
                     raft: Some(raft.transport()),
                     join: Some(JoinService::new(raft.clone(), store.clone())),
                     auth,
@@ -312,6 +315,10 @@ impl Manager {
                         dispatcher.clone(),
                         config.bootstrap.node_id.clone(),
                     ),
+                    logs: LogBrokerService::local(
+                        log_broker.clone(),
+                        config.bootstrap.node_id.clone(),
+                    ),
                     proxy: Some(forwarder.local_layer()),
                 },
                 shutdown.clone(),
@@ -329,6 +336,9 @@ impl Manager {
         let term = dispatcher.clone();
         subsystems.push(Subsystem::new("dispatcher", move |_, shutdown| {
             term.clone().run(shutdown)
+        }));
+        subsystems.push(Subsystem::new("log broker", move |_, shutdown| {
+            log_broker.clone().run(shutdown)
         }));
         servers.spawn(
             "leader lifecycle",

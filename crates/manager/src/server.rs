@@ -22,6 +22,7 @@ use crate::authz::{AuthLayer, Authorizer};
 use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
+use crate::logbroker::LogBrokerService;
 use crate::msgsize::{MAX_RECV, MessageSizeLayer};
 use crate::proxy::ProxyLayer;
 
@@ -71,8 +72,8 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// What the control socket serves, as SwarmKit's local server: Control, CA and NodeCA (so that
-/// `swarmctl cluster unlock-key` reads the unlock key here), Health and the Dispatcher (as this
-/// manager's own node, for the agent of a manager).
+/// `swarmctl cluster unlock-key` reads the unlock key here), Health, the Dispatcher and the
+/// LogBroker (as this manager's own node, for the agent of a manager) and Logs (swarmctl).
 pub struct LocalServices {
     /// The control API.
     pub control: ControlApi,
@@ -82,6 +83,8 @@ pub struct LocalServices {
     pub health: HealthService,
     /// The dispatcher, as this manager's own node.
     pub dispatcher: DispatcherService,
+    /// Logs (swarmctl) and LogBroker (this manager's own agent).
+    pub logs: LogBrokerService,
     /// Forwarding of calls only the leader serves, from a follower (`None`: every call is
     /// served here).
     pub proxy: Option<ProxyLayer>,
@@ -105,6 +108,8 @@ pub async fn serve_control(
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
+        .add_service(services.logs.logs_server())
+        .add_service(services.logs.broker_server())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     res.map_err(|e| e.to_string())
@@ -121,6 +126,8 @@ pub struct RemoteServices {
     /// The dispatcher, for worker and manager certificates; it answers only while this manager
     /// leads (its term runs as a leader subsystem).
     pub dispatcher: DispatcherService,
+    /// Logs (managers) and LogBroker (agents), served by the leader's broker.
+    pub logs: LogBrokerService,
     /// The raft transport (`swarmkit.raftrpc.v1.RaftTransport`), for manager certificates only
     /// (`None` serves no transport, for tests without a raft member).
     pub raft: Option<raft::TransportService>,
@@ -151,6 +158,8 @@ pub async fn serve_remote(
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
         .add_service(DispatcherServer::new(services.dispatcher).max_decoding_message_size(MAX_RECV))
+        .add_service(services.logs.logs_server())
+        .add_service(services.logs.broker_server())
         .add_optional_service(services.raft.map(raft::TransportService::into_server))
         .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

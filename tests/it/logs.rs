@@ -35,7 +35,10 @@ impl Follower {
             .expect("spawn swarmctl");
         let (tx, lines) = mpsc::channel();
         for (tag, out) in [
-            ("O ", Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>),
+            (
+                "O ",
+                Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            ),
             ("E ", Box::new(child.stderr.take().expect("stderr"))),
         ] {
             let tx = tx.clone();
@@ -131,10 +134,15 @@ fn process_task_logs_with_and_without_follow_across_a_restart() {
     let tail = c.manager.ctl(&["service", "logs", "--tail", "1", "logs-p"]);
     assert_eq!(tail.code, 0, "{tail:?}");
     assert_eq!(tail.stdout.lines().count(), 2, "{tail:?}");
-    assert!(tail.stdout.lines().all(|l| l.ends_with("❯ out-b")), "{tail:?}");
+    assert!(
+        tail.stdout.lines().all(|l| l.ends_with("❯ out-b")),
+        "{tail:?}"
+    );
     assert_eq!(tail.stderr, "", "{tail:?}");
     // --since now: nothing written since.
-    let since = c.manager.ctl(&["service", "logs", "--since", "0s", "logs-p"]);
+    let since = c
+        .manager
+        .ctl(&["service", "logs", "--since", "0s", "logs-p"]);
     assert_eq!(since.code, 0, "{since:?}");
     assert_eq!(since.stdout, "", "{since:?}");
 
@@ -153,12 +161,19 @@ fn process_task_logs_with_and_without_follow_across_a_restart() {
         runs.dedup();
         runs.len() >= 2
     });
-    assert!(f.seen.iter().all(|l| l.starts_with("O logs-r.1@")), "{:?}", f.seen);
+    assert!(
+        f.seen.iter().all(|l| l.starts_with("O logs-r.1@")),
+        "{:?}",
+        f.seen
+    );
     drop(f);
 
     // Bad input.
     let out = c.manager.ctl(&["service", "logs"]);
-    assert!(out.err().starts_with("Error: missing service IDs"), "{out:?}");
+    assert!(
+        out.err().starts_with("Error: missing service IDs"),
+        "{out:?}"
+    );
     let out = c.manager.ctl(&["service", "logs", "nope"]);
     assert!(out.err().contains("service nope not found"), "{out:?}");
     c.stop();
@@ -186,7 +201,13 @@ fn a_node_going_away_ends_its_part() {
 #[test]
 fn a_publisher_may_not_send_another_nodes_task() {
     let c = Cluster::start(1, &[], "1s");
-    create(&c.manager, "logs-own", "1", "echo mine;sleep 600", &["--constraint", "node.role==manager"]);
+    create(
+        &c.manager,
+        "logs-own",
+        "1",
+        "echo mine;sleep 600",
+        &["--constraint", "node.role==manager"],
+    );
     c.wait_running("logs-own running", 1, WAIT, |_| true);
     let worker = tls_material(&c.workers[0].state_dir());
     let worker_id = crate::harness::node_cert(&c.workers[0].state_dir()).node_id;
@@ -218,11 +239,9 @@ fn a_publisher_may_not_send_another_nodes_task() {
             .await
             .expect("subscribe")
             .into_inner();
-        let cfg = ca::mtls_client_config(
-            &worker.root_pem,
-            Some((&worker.cert_pem, &worker.key_pem)),
-        )
-        .expect("client config");
+        let cfg =
+            ca::mtls_client_config(&worker.root_pem, Some((&worker.cert_pem, &worker.key_pem)))
+                .expect("client config");
         let channel =
             ca::tls_channel(&c.manager.remote_addr(), cfg, "swarm-manager").expect("channel");
         let mut broker = api::log_broker_client::LogBrokerClient::new(channel);
@@ -270,12 +289,20 @@ fn a_publisher_may_not_send_another_nodes_task() {
         assert!(!seen.iter().any(|d| d == b"forged\n"), "{seen:?}");
         (as_worker, as_manager)
     });
-    assert_eq!(denied_task.code(), tonic::Code::PermissionDenied, "{denied_task:?}");
+    assert_eq!(
+        denied_task.code(),
+        tonic::Code::PermissionDenied,
+        "{denied_task:?}"
+    );
     assert!(
         denied_task.message().starts_with("invalid TaskID: task "),
         "{denied_task:?}"
     );
-    assert_eq!(denied_node.code(), tonic::Code::PermissionDenied, "{denied_node:?}");
+    assert_eq!(
+        denied_node.code(),
+        tonic::Code::PermissionDenied,
+        "{denied_node:?}"
+    );
     assert!(
         denied_node
             .message()
@@ -310,7 +337,10 @@ fn docker_task_logs() {
     f.wait_until("lines of two runs", |seen| {
         let mut runs: Vec<&String> = seen.iter().filter(|l| l.contains("❯ run-")).collect();
         runs.dedup();
-        runs.len() >= 2 && seen.iter().any(|l| l.starts_with("E ") && l.ends_with("❯ err-d"))
+        runs.len() >= 2
+            && seen
+                .iter()
+                .any(|l| l.starts_with("E ") && l.ends_with("❯ err-d"))
     });
     drop(f);
     let out = d.ctl(&["service", "logs", "logs-docker"]);
@@ -319,6 +349,8 @@ fn docker_task_logs() {
     assert!(out.stderr.contains("❯ err-d"), "{out:?}");
     d.ctl(&["service", "rm", "logs-docker"]).ok();
     wait_for("containers gone", WAIT, || {
-        crate::docker::containers("logs-docker").is_empty().then_some(())
+        crate::docker::containers("logs-docker")
+            .is_empty()
+            .then_some(())
     });
 }

@@ -92,7 +92,8 @@ pub async fn run(a: LogsArgs, ctx: &mut Ctx) -> CmdResult {
     for arg in &a.services {
         service_ids.push(get_service(ctx, arg).await?.id);
     }
-    let mut client = LogsClient::new(ctx.channel.clone()).max_decoding_message_size(api::CLIENT_MAX_RECV);
+    let mut client =
+        LogsClient::new(ctx.channel.clone()).max_decoding_message_size(api::CLIENT_MAX_RECV);
     let req = api::SubscribeLogsRequest {
         selector: Some(api::LogSelector {
             service_ids,

@@ -292,10 +292,7 @@ impl Session<'_> {
             Err(e) => return fail(e),
         };
         // Log subscriptions live as long as the session (SwarmKit's session.logSubscriptions).
-        let logs = tokio::spawn(crate::logs::listen(
-            logs_channel,
-            self.worker.log_sources(),
-        ));
+        let logs = tokio::spawn(crate::logs::listen(logs_channel, self.worker.log_sources()));
         let _logs = AbortOnDrop(logs);
         // The `results_in` of the last assignments message: the next one applies to it.
         let mut last_result = String::new();

@@ -314,6 +314,8 @@ async fn publish(
         Ok(Err(s)) => warn!(subscription.id = %sub.id, "publishing logs: {}", s.message()),
         Err(e) => warn!(subscription.id = %sub.id, "publishing logs: {e}"),
     }
+    // Done: the listener forgets it.
+    token.cancel();
 }
 
 /// Has `source`'s controller send its task's log into `tx`.

@@ -19,15 +19,15 @@
 use std::time::Duration;
 
 use agent::{
-    Checkpoint, Controller, ExecutorError, ExitStatus, LogOptions, LogSink, RuntimeState,
-    Statuses, TaskFileSet,
+    Checkpoint, Controller, ExecutorError, ExitStatus, LogOptions, LogSink, RuntimeState, Statuses,
+    TaskFileSet,
 };
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
     ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum, NetworkConnectRequest,
 };
-use bollard::container::LogOutput;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -333,8 +333,8 @@ fn log_frame(frame: &LogOutput) -> Option<(std::time::SystemTime, api::LogStream
     };
     let space = bytes.iter().position(|b| *b == b' ')?;
     let ts = std::str::from_utf8(&bytes[..space]).ok()?;
-    let at = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-        .ok()?;
+    let at =
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
     Some((at.into(), stream, bytes[space + 1..].to_vec()))
 }
 
@@ -688,8 +688,16 @@ mod tests {
         assert_eq!(stream, api::LogStream::Stderr);
         assert_eq!(data, b"oops\n");
         let since = at.duration_since(std::time::UNIX_EPOCH).expect("after");
-        assert_eq!((since.as_secs(), since.subsec_nanos()), (1_704_164_645, 123_456_789));
-        assert!(log_frame(&LogOutput::StdOut { message: "no-time".into() }).is_none());
+        assert_eq!(
+            (since.as_secs(), since.subsec_nanos()),
+            (1_704_164_645, 123_456_789)
+        );
+        assert!(
+            log_frame(&LogOutput::StdOut {
+                message: "no-time".into()
+            })
+            .is_none()
+        );
     }
 
     #[test]

@@ -424,10 +424,10 @@ impl ProcessController {
             source,
         };
         self.open_log()?;
-        let (ends, readers) = self
-            .output
-            .open_pipes()
-            .map_err(Error::io(format!("making the output pipes of {}", self.task_id)))?;
+        let (ends, readers) = self.output.open_pipes().map_err(Error::io(format!(
+            "making the output pipes of {}",
+            self.task_id
+        )))?;
         let child = self
             .launch
             .command(inner.user, ends, self.files.root())

@@ -87,10 +87,7 @@ fn parse(line: &[u8]) -> Line {
     };
     let at = std::str::from_utf8(ts).ok().and_then(|ts| {
         let (secs, nanos) = ts.split_once('.')?;
-        Some(
-            SystemTime::UNIX_EPOCH
-                + Duration::new(secs.parse().ok()?, nanos.parse().ok()?),
-        )
+        Some(SystemTime::UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?))
     });
     let (Some(at), [tag]) = (at, tag) else {
         return fallback();
@@ -115,7 +112,9 @@ fn parse(line: &[u8]) -> Line {
 
 /// The bytes of one record.
 fn encode(at: SystemTime, tag: u8, data: &[u8]) -> Vec<u8> {
-    let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let mut out = format!("{}.{:09} ", since.as_secs(), since.subsec_nanos()).into_bytes();
     out.push(tag);
     out.push(b' ');
@@ -197,9 +196,8 @@ impl Output {
         if self.copying.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let is_fifo = |p: &Path| {
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo())
-        };
+        let is_fifo =
+            |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo());
         if !is_fifo(&self.stdout) || !is_fifo(&self.stderr) {
             return Ok(());
         }

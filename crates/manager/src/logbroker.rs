@@ -59,7 +59,12 @@ struct State {
 
 impl State {
     fn send_to_node(&self, node: &str, message: &api::SubscriptionMessage) {
-        for tx in self.listeners.get(node).into_iter().flat_map(|l| l.values()) {
+        for tx in self
+            .listeners
+            .get(node)
+            .into_iter()
+            .flat_map(|l| l.values())
+        {
             let _ = tx.send(message.clone());
         }
     }
@@ -92,7 +97,9 @@ fn disconnected(node: &str) -> String {
 fn validate_selector(selector: Option<&api::LogSelector>) -> Result<&api::LogSelector, Status> {
     let selector =
         selector.ok_or_else(|| Status::invalid_argument("log selector must be provided"))?;
-    if selector.service_ids.is_empty() && selector.task_ids.is_empty() && selector.node_ids.is_empty()
+    if selector.service_ids.is_empty()
+        && selector.task_ids.is_empty()
+        && selector.node_ids.is_empty()
     {
         return Err(Status::invalid_argument("log selector must not be empty"));
     }
@@ -116,7 +123,10 @@ impl LogBroker {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Serves for one leadership term, until `shutdown`: then every stream ends.
@@ -166,8 +176,8 @@ impl LogBroker {
             for sid in &selector.service_ids {
                 for t in tx.find::<api::Task>(By::ServiceId(sid)) {
                     // Without follow, tasks that never ran have nothing to show.
-                    if !follow && t.status.as_ref().map_or(0, |s| s.state)
-                        < api::TaskState::Running as i32
+                    if !follow
+                        && t.status.as_ref().map_or(0, |s| s.state) < api::TaskState::Running as i32
                     {
                         continue;
                     }
@@ -376,7 +386,11 @@ impl LogBroker {
             }
         };
         if let Some(id) = current {
-            self.mark_done(&id, node, result.as_ref().err().map(|s| s.message().to_string()));
+            self.mark_done(
+                &id,
+                node,
+                result.as_ref().err().map(|s| s.message().to_string()),
+            );
         }
         result.map(|()| api::PublishLogsResponse {})
     }

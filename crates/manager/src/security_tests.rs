@@ -125,9 +125,9 @@ pub(crate) async fn start() -> Cluster {
             ca: CaServer::new(store.clone(), auth.clone()),
             health: HealthService::new("Raft"),
             dispatcher: dispatcher::DispatcherService::remote(dispatcher.clone()),
-            logs: crate::logbroker::LogBrokerService::remote(
-                crate::logbroker::LogBroker::new(store.clone()),
-            ),
+            logs: crate::logbroker::LogBrokerService::remote(crate::logbroker::LogBroker::new(
+                store.clone(),
+            )),
             raft: None,
             join: None,
             auth,

@@ -341,15 +341,19 @@ fn log_frame(frame: &LogOutput) -> Option<(std::time::SystemTime, api::LogStream
 impl DockerController {
     /// The container's log as `options` ask, from the engine (SwarmKit's dockerexec `Logs`):
     /// with timestamps, the streams asked, `since` to the second at the engine and exactly
-    /// here, a negative tail as the engine's and a positive one skipped here. Without a
-    /// container there is nothing to send; with follow, the container is waited for.
+    /// here, a negative tail as the engine's and a positive one skipped here. Before the
+    /// container started there is nothing to send; with follow, its start is waited for.
     async fn container_logs(
         &self,
         options: &LogOptions,
         sink: &LogSink,
     ) -> Result<(), ExecutorError> {
         let docker = self.engine.client().await?;
-        while self.state(&docker).await? == RuntimeState::Absent {
+        // The engine follows only a started container's log (SwarmKit waits for it too).
+        while matches!(
+            self.state(&docker).await?,
+            RuntimeState::Absent | RuntimeState::Created
+        ) {
             if !options.follow {
                 return Ok(());
             }

@@ -23,6 +23,7 @@ mod history;
 mod interop;
 mod limits;
 mod netplane;
+mod logs;
 mod network_keys;
 mod networks;
 mod orchestration;

@@ -193,6 +193,15 @@ pub async fn run(
     Ok(())
 }
 
+/// Aborts a task when dropped (the session's helpers end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Opens the Assignments stream of a session.
 async fn open_assignments(
     client: &mut DispatcherClient<Channel>,
@@ -313,6 +322,7 @@ impl Session<'_> {
 
     async fn serve(&mut self, addr: &str, channel: Channel) -> SessionEnd {
         let fail = SessionEnd::Failed;
+        let logs_channel = channel.clone();
         let mut client =
             DispatcherClient::new(channel.clone()).max_decoding_message_size(api::CLIENT_MAX_RECV);
         // A set cut short with the last session is not completed by this one.
@@ -353,6 +363,9 @@ impl Session<'_> {
             .executor
             .network_plane_request()
             .map(|request| PlaneWatch::new(channel.clone(), request));
+        // Log subscriptions live as long as the session (SwarmKit's session.logSubscriptions).
+        let logs = tokio::spawn(crate::logs::listen(logs_channel, self.worker.log_sources()));
+        let _logs = AbortOnDrop(logs);
         // The `results_in` of the last assignments message: the next one applies to it.
         let mut last_result = String::new();
         let mut heartbeat = tokio::time::Instant::now();

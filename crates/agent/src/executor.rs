@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::dependencies::DependencyGetter;
+use crate::logs::{LogOptions, LogSink};
 use crate::networkkeys::NetworkKeys;
 
 /// What an executor keeps for a task so that a later swarmd process can adopt it (for instance a
@@ -157,6 +158,15 @@ pub trait Controller: Send + Sync {
     /// look at its runtime object (Docker's inspect) answers both from it.
     async fn statuses(&self) -> Statuses {
         (self.runtime_status().await, self.port_status().await)
+    }
+    /// Sends the task's output to `sink` as `options` ask (SwarmKit's `ControllerLogs`): the
+    /// lines written so far (from `since`, cut by `tail`), then with `follow` what the task
+    /// writes until it ends. It returns when done, or with an error once the sink is closed.
+    /// The default: this executor keeps no logs.
+    async fn logs(&self, _options: &LogOptions, _sink: &LogSink) -> Result<(), ExecutorError> {
+        Err(ExecutorError::Fatal(
+            "logs are not supported by this executor".into(),
+        ))
     }
     /// What a later swarmd process needs to adopt this task; `None` when nothing is needed.
     fn checkpoint(&self) -> Option<Checkpoint>;

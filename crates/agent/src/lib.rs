@@ -8,6 +8,7 @@ mod agent;
 pub mod db;
 pub mod dependencies;
 pub mod executor;
+pub mod logs;
 pub mod networkkeys;
 pub mod remotes;
 mod runner;
@@ -26,6 +27,7 @@ pub use dependencies::{DependencyError, DependencyGetter, Secret};
 pub use executor::{
     Checkpoint, Controller, Executor, ExecutorError, ExitStatus, RuntimeState, Statuses,
 };
+pub use logs::{LogOptions, LogSink};
 pub use networkkeys::{NetworkKey, NetworkKeys};
 pub use remotes::Remotes;
 pub use taskfiles::{TaskFileSet, TaskFiles};

@@ -4,6 +4,7 @@
 //! SHUTDOWN or later, and removes it when the manager no longer assigns it. Each new status is
 //! written to the task database first and then handed to the reporter.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use api::TaskState;
@@ -54,7 +55,7 @@ impl RunnerHandle {
 pub fn spawn(
     task: api::Task,
     status: api::TaskStatus,
-    controller: Box<dyn Controller>,
+    controller: Arc<dyn Controller>,
     db: TaskDb,
     reports: mpsc::UnboundedSender<StatusReport>,
 ) -> RunnerHandle {
@@ -78,7 +79,7 @@ pub fn spawn(
 struct Runner {
     task: watch::Receiver<api::Task>,
     status: api::TaskStatus,
-    controller: Box<dyn Controller>,
+    controller: Arc<dyn Controller>,
     db: TaskDb,
     reports: mpsc::UnboundedSender<StatusReport>,
     removing: CancellationToken,

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::db::TaskDb;
 use crate::dependencies::Dependencies;
 use crate::executor::Executor;
+use crate::logs::LogSources;
 use crate::runner::{self, RunnerHandle, StatusReport};
 
 /// The tasks of this node and their runners.
@@ -42,6 +43,8 @@ pub struct Worker {
     dependencies: Arc<Dependencies>,
     /// What a split COMPLETE set has named so far, until its last part.
     partial: Option<Partial>,
+    /// The runners' tasks and controllers, for log subscriptions.
+    log_sources: LogSources,
 }
 
 /// The IDs a COMPLETE set named, by kind.
@@ -69,6 +72,7 @@ impl Worker {
             reports,
             dependencies: Arc::default(),
             partial: None,
+            log_sources: LogSources::new(),
         }
     }
 
@@ -168,6 +172,11 @@ impl Worker {
         }
     }
 
+    /// The tasks log subscriptions read from.
+    pub(crate) fn log_sources(&self) -> LogSources {
+        self.log_sources.clone()
+    }
+
     /// Forgets a split COMPLETE set whose last part will not come (its stream ended): it
     /// removes nothing.
     pub fn abandon_partial(&mut self) {
@@ -210,6 +219,8 @@ impl Worker {
         let dependencies = self.dependencies.restrict(&task);
         match self.executor.controller(&task, checkpoint, dependencies) {
             Ok(controller) => {
+                let controller: Arc<dyn crate::executor::Controller> = Arc::from(controller);
+                self.log_sources.add(task.clone(), controller.clone());
                 let handle = runner::spawn(
                     task,
                     status,
@@ -240,6 +251,7 @@ impl Worker {
 
     fn remove(&mut self, id: &str) {
         self.refused.remove(id);
+        self.log_sources.remove(id);
         if let Some(runner) = self.runners.remove(id) {
             runner.remove();
             self.removing.insert(id.to_string(), runner);

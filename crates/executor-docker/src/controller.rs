@@ -19,16 +19,19 @@
 use std::time::Duration;
 
 use agent::{
-    Checkpoint, Controller, ExecutorError, ExitStatus, RuntimeState, Statuses, TaskFileSet,
+    Checkpoint, Controller, ExecutorError, ExitStatus, LogOptions, LogSink, RuntimeState, Statuses,
+    TaskFileSet,
 };
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
     ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum, NetworkConnectRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use tokio_stream::StreamExt;
 
@@ -318,6 +321,81 @@ impl DockerController {
     }
 }
 
+/// One frame of the engine's log stream with timestamps: `<RFC 3339 time> <bytes>`, as a
+/// line's time, stream and bytes (a TTY's output counts as stdout).
+fn log_frame(frame: &LogOutput) -> Option<(std::time::SystemTime, api::LogStream, Vec<u8>)> {
+    let (stream, bytes) = match frame {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+            (api::LogStream::Stdout, message)
+        }
+        LogOutput::StdErr { message } => (api::LogStream::Stderr, message),
+        LogOutput::StdIn { .. } => return None,
+    };
+    let space = bytes.iter().position(|b| *b == b' ')?;
+    let ts = std::str::from_utf8(&bytes[..space]).ok()?;
+    let at =
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((at.into(), stream, bytes[space + 1..].to_vec()))
+}
+
+impl DockerController {
+    /// The container's log as `options` ask, from the engine (SwarmKit's dockerexec `Logs`):
+    /// with timestamps, the streams asked, `since` to the second at the engine and exactly
+    /// here, a negative tail as the engine's and a positive one skipped here. Before the
+    /// container started there is nothing to send; with follow, its start is waited for.
+    async fn container_logs(
+        &self,
+        options: &LogOptions,
+        sink: &LogSink,
+    ) -> Result<(), ExecutorError> {
+        let docker = self.engine.client().await?;
+        // The engine follows only a started container's log (SwarmKit waits for it too).
+        while matches!(
+            self.state(&docker).await?,
+            RuntimeState::Absent | RuntimeState::Created
+        ) {
+            if !options.follow {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let mut query = LogsOptionsBuilder::new()
+            .follow(options.follow)
+            .stdout(options.stdout)
+            .stderr(options.stderr)
+            .timestamps(true);
+        if let Some(since) = options.since {
+            let secs = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            query = query.since(i32::try_from(secs).unwrap_or(i32::MAX));
+        }
+        let mut skip = 0u64;
+        match options.tail {
+            0 => {}
+            n if n < 0 => query = query.tail(&(-(n + 1)).to_string()),
+            n => skip = n.unsigned_abs(),
+        }
+        let reader = self.engine.long_client().await?;
+        let mut frames = reader.logs(self.name(), Some(query.build()));
+        while let Some(frame) = frames.next().await {
+            let frame = frame.map_err(|e| classify("reading container logs failed", e))?;
+            let Some((at, stream, data)) = log_frame(&frame) else {
+                continue;
+            };
+            if !options.wants(stream, at) {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            sink.send(at, stream, data).await?;
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Controller for DockerController {
     async fn prepare(&self) -> Result<(), ExecutorError> {
@@ -506,6 +584,10 @@ impl Controller for DockerController {
         }
     }
 
+    async fn logs(&self, options: &LogOptions, sink: &LogSink) -> Result<(), ExecutorError> {
+        self.container_logs(options, sink).await
+    }
+
     fn checkpoint(&self) -> Option<Checkpoint> {
         None
     }
@@ -600,6 +682,27 @@ mod tests {
     use super::*;
     use bollard::models::ContainerState;
     use std::collections::HashMap;
+
+    #[test]
+    fn log_frames_carry_time_stream_and_bytes() {
+        let frame = LogOutput::StdErr {
+            message: "2024-01-02T03:04:05.123456789Z oops\n".into(),
+        };
+        let (at, stream, data) = log_frame(&frame).expect("a line");
+        assert_eq!(stream, api::LogStream::Stderr);
+        assert_eq!(data, b"oops\n");
+        let since = at.duration_since(std::time::UNIX_EPOCH).expect("after");
+        assert_eq!(
+            (since.as_secs(), since.subsec_nanos()),
+            (1_704_164_645, 123_456_789)
+        );
+        assert!(
+            log_frame(&LogOutput::StdOut {
+                message: "no-time".into()
+            })
+            .is_none()
+        );
+    }
 
     #[test]
     fn references_split_into_repository_and_tag() {

@@ -8,22 +8,25 @@
 //! std's `Command` spawns, not `tokio::process`: tokio's orphan reaper would reap a child whose
 //! handle was dropped (as an adopting controller's first incarnation is) and lose its status.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use agent::{Controller, ExecutorError, ExitStatus, RuntimeState, TaskFileSet};
+use agent::{
+    Controller, ExecutorError, ExitStatus, LogOptions, LogSink, RuntimeState, TaskFileSet,
+};
 use api::port_config::{Protocol, PublishMode};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::output::Output;
 use crate::signal::parse_signal;
 use crate::user::{self, User};
 use crate::{Error, PORT_ENV_PREFIX, SECRETS_DIR_ENV, TASK_ROOT_ENV, procfs};
@@ -240,7 +243,12 @@ impl Launch {
     }
 
     /// The command, with `root` as its task root.
-    fn command(&self, user: Option<User>, log: &File, root: &Path) -> io::Result<Command> {
+    fn command(
+        &self,
+        user: Option<User>,
+        (stdout, stderr): (File, File),
+        root: &Path,
+    ) -> io::Result<Command> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).env_clear().env("PATH", DEFAULT_PATH);
         for entry in &self.env {
@@ -262,8 +270,8 @@ impl Launch {
             cmd.uid(user.uid).gid(user.gid);
         }
         cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?)
+            .stdout(stdout)
+            .stderr(stderr)
             // Its own process group, so that stop signals reach its children too.
             .process_group(0);
         Ok(cmd)
@@ -298,7 +306,8 @@ pub struct ProcessController {
     stop_signal: Signal,
     grace: Duration,
     log_dir: PathBuf,
-    log_path: PathBuf,
+    /// Its output: the log and the FIFOs the process writes into.
+    output: Output,
     /// Its secret and config files.
     files: TaskFileSet,
     /// The node's data plane (or why it has none), when it has one.
@@ -339,8 +348,15 @@ impl ProcessController {
                 })
             })
             .transpose()?;
+        let output = Output::new(log_dir, &task.id);
         if let Some(l) = launched {
             tracing::info!(task.id = %task.id, pid = l.pid, "adopting the task's process");
+            // Its output waits in the FIFOs until someone reads them again.
+            if tokio::runtime::Handle::try_current().is_ok()
+                && let Err(e) = output.resume_copy()
+            {
+                tracing::warn!(task.id = %task.id, "reading the adopted process's output failed: {e}");
+            }
         }
         Ok(ProcessController {
             task_id: task.id.clone(),
@@ -348,7 +364,7 @@ impl ProcessController {
             stop_signal,
             grace,
             log_dir: log_dir.to_path_buf(),
-            log_path: log_dir.join(format!("{}.log", task.id)),
+            output,
             files,
             plane: None,
             task: task.clone(),
@@ -410,9 +426,9 @@ impl ProcessController {
         Ok(())
     }
 
-    /// The task's log file (stdout and stderr, appended).
+    /// The task's log file (its stdout and stderr lines as records: `output.rs`).
     pub fn log_path(&self) -> &Path {
-        &self.log_path
+        self.output.log_path()
     }
 
     /// The task's root: its secret and config files are laid out under it.
@@ -491,12 +507,9 @@ impl ProcessController {
     }
 
     fn open_log(&self) -> Result<File, Error> {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.log_path)
-            .map_err(Error::io(format!("opening {}", self.log_path.display())))
+        self.output
+            .create_log()
+            .map_err(Error::io(format!("opening {}", self.log_path().display())))
     }
 
     fn spawn_locked(&self, inner: &mut Inner) -> Result<(), Error> {
@@ -505,16 +518,24 @@ impl ProcessController {
             source,
         };
         check_host_ports_free(&self.launch.host_ports)?;
-        let log = self.open_log()?;
+        self.open_log()?;
+        let (ends, readers) = self.output.open_pipes().map_err(Error::io(format!(
+            "making the output pipes of {}",
+            self.task_id
+        )))?;
         let net = inner.net.clone();
         let child = self
             .launch
-            .command(inner.user, &log, self.files.root())
+            .command(inner.user, ends, self.files.root())
             .and_then(|mut cmd| match &net {
                 Some(net) => net.spawn(&mut cmd),
                 None => cmd.spawn(),
             })
             .map_err(spawn_error)?;
+        // The child holds the writing ends now (ours went with the command).
+        if let Err(e) = self.output.copy(readers) {
+            tracing::warn!(task.id = %self.task_id, "copying the task's output failed: {e}");
+        }
         let pid = i32::try_from(child.id()).expect("Linux PIDs fit in an i32");
         // The child is unreaped until we wait for it, so its stat is there even if it has exited.
         let stat = match procfs::read_stat(pid) {
@@ -616,13 +637,9 @@ impl Controller for ProcessController {
         stopped?;
         self.remove_network().await?;
         let mut inner = self.lock();
-        match std::fs::remove_file(&self.log_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => Err(Error::io(format!("removing {}", self.log_path.display()))(
-                e,
-            ))?,
-        }
+        self.output
+            .remove()
+            .map_err(Error::io(format!("removing {}", self.log_path().display())))?;
         files?;
         inner.phase = Phase::Absent;
         inner.launched = None;
@@ -657,6 +674,10 @@ impl Controller for ProcessController {
                 ..Default::default()
             }),
         })
+    }
+
+    async fn logs(&self, options: &LogOptions, sink: &LogSink) -> Result<(), ExecutorError> {
+        self.output.read(options, sink).await
     }
 
     fn checkpoint(&self) -> Option<agent::Checkpoint> {

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use agent::{Checkpoint, Controller, DependencyGetter, Executor, ExecutorError, TaskFiles};
 
 mod controller;
+pub mod output;
 pub mod procfs;
 pub mod signal;
 pub mod user;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::conformance::{dependencies, target, with_files};
-use agent::{Controller, Executor, ExecutorError, TaskFiles};
+use agent::{Controller, Executor, ExecutorError, LogOptions, LogSink, TaskFiles};
 use executor_process::ProcessExecutor;
 
 const STEP: Duration = Duration::from_secs(20);
@@ -46,7 +46,7 @@ fn file(name: &str, uid: &str, mode: u32) -> api::FileTarget {
 
 /// A node whose task files are on the host's tmpfs (when it has one); its base goes with it.
 struct Node {
-    state: tempfile::TempDir,
+    _state: tempfile::TempDir,
     files: Arc<TaskFiles>,
     executor: ProcessExecutor,
 }
@@ -62,7 +62,7 @@ impl Node {
         );
         let executor = ProcessExecutor::new(state.path().to_path_buf(), files.clone(), None);
         Node {
-            state,
+            _state: state,
             files,
             executor,
         }
@@ -77,8 +77,21 @@ impl Node {
         bounded("prepare", c.prepare()).await.expect("prepare");
         bounded("start", c.start()).await.expect("start");
         let exit = bounded("wait", c.wait()).await.expect("wait");
-        let log = self.state.path().join(format!("process/{}.log", t.id));
-        let log = std::fs::read_to_string(log).expect("log");
+        // The output as the log broker gets it, once both streams ended.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let sink = LogSink::new(t, tx);
+        let all = LogOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        bounded("logs", c.logs(&all, &sink)).await.expect("logs");
+        drop(sink);
+        let mut log = String::new();
+        while let Some(m) = rx.recv().await {
+            log.push_str(&String::from_utf8_lossy(&m.data));
+        }
         assert!(exit.success(), "{exit:?}: {log}");
         (c, log)
     }

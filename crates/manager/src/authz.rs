@@ -31,7 +31,7 @@ const MANAGERS: Access = Access::Roles(&[MANAGER_ROLE]);
 const NODES: Access = Access::Roles(&[WORKER_ROLE, MANAGER_ROLE]);
 
 /// Every method served on the remote API, by gRPC path, with who may call it. Services added
-/// later (LogBroker, ...) add their rows here.
+/// later add their rows here.
 pub const TABLE: &[(&str, Access)] = &[
     (
         "/docker.swarmkit.v1.CA/GetRootCACertificate",
@@ -54,6 +54,9 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/docker.swarmkit.v1.Dispatcher/Tasks", NODES),
     ("/docker.swarmkit.v1.Dispatcher/Assignments", NODES),
     ("/swarmkit.netplane.v1.NetworkPlane/Watch", NODES),
+    ("/docker.swarmkit.v1.Logs/SubscribeLogs", MANAGERS),
+    ("/docker.swarmkit.v1.LogBroker/ListenSubscriptions", NODES),
+    ("/docker.swarmkit.v1.LogBroker/PublishLogs", NODES),
     ("/docker.swarmkit.v1.Control/GetNode", MANAGERS),
     ("/docker.swarmkit.v1.Control/ListNodes", MANAGERS),
     ("/docker.swarmkit.v1.Control/UpdateNode", MANAGERS),
@@ -117,6 +120,8 @@ pub const SERVED_SERVICES: &[&str] = &[
     "docker.swarmkit.v1.Dispatcher",
     "docker.swarmkit.v1.Watch",
     "swarmkit.netplane.v1.NetworkPlane",
+    "docker.swarmkit.v1.Logs",
+    "docker.swarmkit.v1.LogBroker",
     "swarmkit.raftrpc.v1.RaftTransport",
     "swarmkit.raftrpc.v1.RaftJoin",
 ];

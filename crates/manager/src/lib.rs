@@ -10,6 +10,7 @@ pub mod controlapi;
 mod health;
 pub mod keymanager;
 pub mod leader;
+pub mod logbroker;
 mod manager;
 pub mod msgsize;
 pub mod netplane;

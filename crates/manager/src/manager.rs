@@ -29,6 +29,7 @@ use crate::controlapi::ControlApi;
 use crate::health::HealthService;
 use crate::leader::{self, Subsystem};
 use crate::netplane::{NetworkPlane, NetworkPlaneService};
+use crate::logbroker::{LogBroker, LogBrokerService};
 use crate::raftjoin::{self, JoinService, StoreMembers};
 use crate::rolemanager::RoleManager;
 use crate::server::{LocalServices, RemoteServices};
@@ -230,6 +231,7 @@ impl Manager {
             dispatcher::Config::default(),
         );
         let netplane = NetworkPlane::new(store.clone());
+        let log_broker = LogBroker::new(store.clone());
         // Sessions tell agents every raft member, following membership changes.
         servers.spawn_unit(
             "manager list",
@@ -259,6 +261,7 @@ impl Manager {
                     dispatcher: DispatcherService::remote(dispatcher.clone()),
                     watch: watch.clone(),
                     netplane: NetworkPlaneService::remote(netplane.clone()),
+                    logs: LogBrokerService::remote(log_broker.clone()),
                     raft: Some(raft.transport()),
                     join: Some(JoinService::new(raft.clone(), store.clone())),
                     auth,
@@ -323,6 +326,10 @@ impl Manager {
                         netplane.clone(),
                         config.bootstrap.node_id.clone(),
                     ),
+                    logs: LogBrokerService::local(
+                        log_broker.clone(),
+                        config.bootstrap.node_id.clone(),
+                    ),
                     proxy: Some(forwarder.local_layer()),
                 },
                 shutdown.clone(),
@@ -343,6 +350,9 @@ impl Manager {
         }));
         subsystems.push(Subsystem::new("network plane", move |_, shutdown| {
             netplane.clone().run(shutdown)
+        }));
+        subsystems.push(Subsystem::new("log broker", move |_, shutdown| {
+            log_broker.clone().run(shutdown)
         }));
         servers.spawn(
             "leader lifecycle",

@@ -134,6 +134,9 @@ pub(crate) async fn start() -> Cluster {
             dispatcher: dispatcher::DispatcherService::remote(dispatcher.clone()),
             watch: crate::watchapi::WatchService::new(store.clone(), None, shutdown.clone()),
             netplane: crate::netplane::NetworkPlaneService::remote(netplane.clone()),
+            logs: crate::logbroker::LogBrokerService::remote(crate::logbroker::LogBroker::new(
+                store.clone(),
+            )),
             raft: None,
             join: None,
             auth,

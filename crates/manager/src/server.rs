@@ -22,6 +22,7 @@ use crate::authz::{AuthLayer, Authorizer};
 use crate::caserver::CaServer;
 use crate::controlapi::ControlApi;
 use crate::health::HealthService;
+use crate::logbroker::LogBrokerService;
 use crate::msgsize::{MAX_RECV, MessageSizeLayer};
 use crate::netplane::NetworkPlaneService;
 use crate::proxy::ProxyLayer;
@@ -73,8 +74,9 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// What the control socket serves, as SwarmKit's local server: Control, CA and NodeCA (so that
-/// `swarmctl cluster unlock-key` reads the unlock key here), Health, Watch, the Dispatcher and the
-/// network plane (those two as this manager's own node, for the agent of a manager).
+/// `swarmctl cluster unlock-key` reads the unlock key here), Health, Watch, Logs (swarmctl), the
+/// Dispatcher, the LogBroker and the network plane (those three as this manager's own node, for
+/// the agent of a manager).
 pub struct LocalServices {
     /// The control API.
     pub control: ControlApi,
@@ -88,6 +90,8 @@ pub struct LocalServices {
     pub watch: WatchService,
     /// The network plane (`swarmkit.netplane.v1`), as this manager's own node.
     pub netplane: NetworkPlaneService,
+    /// Logs (swarmctl) and LogBroker (this manager's own agent).
+    pub logs: LogBrokerService,
     /// Forwarding of calls only the leader serves, from a follower (`None`: every call is
     /// served here).
     pub proxy: Option<ProxyLayer>,
@@ -118,6 +122,8 @@ pub async fn serve_control(
                 .max_decoding_message_size(MAX_RECV),
         )
         .add_service(services.netplane.into_server())
+        .add_service(services.logs.logs_server())
+        .add_service(services.logs.broker_server())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     res.map_err(|e| e.to_string())
@@ -139,6 +145,8 @@ pub struct RemoteServices {
     /// The network plane (`swarmkit.netplane.v1`), for worker and manager certificates; it too
     /// answers only while this manager leads.
     pub netplane: NetworkPlaneService,
+    /// Logs (managers) and LogBroker (agents), served by the leader's broker.
+    pub logs: LogBrokerService,
     /// The raft transport (`swarmkit.raftrpc.v1.RaftTransport`), for manager certificates only
     /// (`None` serves no transport, for tests without a raft member).
     pub raft: Option<raft::TransportService>,
@@ -176,6 +184,8 @@ pub async fn serve_remote(
                 .max_decoding_message_size(MAX_RECV),
         )
         .add_service(services.netplane.into_server())
+        .add_service(services.logs.logs_server())
+        .add_service(services.logs.broker_server())
         .add_optional_service(services.raft.map(raft::TransportService::into_server))
         .add_optional_service(services.join.map(crate::raftjoin::JoinService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

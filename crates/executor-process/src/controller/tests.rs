@@ -1,6 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use agent::{DependencyGetter, TaskFiles};
 
@@ -50,6 +51,41 @@ fn start_time(pid: i32) -> u64 {
         .expect("read stat")
         .expect("process exists")
         .start_time
+}
+
+/// What `c.logs` sends with `options`, as (stream, bytes) pairs, once it returns.
+async fn log_lines(c: &ProcessController, options: &LogOptions) -> Vec<(api::LogStream, String)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(10_000);
+    let sink = LogSink::new(&api::Task::default(), tx);
+    tokio::time::timeout(Duration::from_secs(20), c.logs(options, &sink))
+        .await
+        .expect("logs in time")
+        .expect("logs");
+    drop(sink);
+    let mut out = Vec::new();
+    while let Some(m) = rx.recv().await {
+        let stream = api::LogStream::try_from(m.stream).expect("stream");
+        out.push((stream, String::from_utf8(m.data).expect("utf-8")));
+    }
+    out
+}
+
+fn all_streams(follow: bool) -> LogOptions {
+    LogOptions {
+        follow,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    }
+}
+
+/// The task's whole output once both its streams ended, stdout and stderr as read.
+async fn output(c: &ProcessController) -> String {
+    log_lines(c, &all_streams(true))
+        .await
+        .into_iter()
+        .map(|(_, line)| line)
+        .collect()
 }
 
 async fn run_to_end(c: &ProcessController) -> ExitStatus {
@@ -219,13 +255,16 @@ async fn output_goes_to_a_private_log_file_per_task() {
     let c = controller(&sh("logs", "echo out; echo err >&2"), &log_dir, None).expect("controller");
     assert!(run_to_end(&c).await.success());
     assert_eq!(c.log_path(), log_dir.join("logs.log"));
-    let text = std::fs::read_to_string(c.log_path()).expect("log");
+    let text = output(&c).await;
     assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&log_dir), 0o700);
     assert_eq!(mode(c.log_path()), 0o600);
+    assert_eq!(mode(&log_dir.join("logs.stdout")), 0o600);
+    assert_eq!(mode(&log_dir.join("logs.stderr")), 0o600);
     c.remove().await.expect("remove");
     assert!(!c.log_path().exists());
+    assert!(!log_dir.join("logs.stdout").exists() && !log_dir.join("logs.stderr").exists());
 }
 
 #[tokio::test]
@@ -252,7 +291,7 @@ async fn host_mode_published_ports_are_passed_in_the_environment() {
     }));
     let c = controller(&t, state.path(), None).expect("controller");
     assert!(run_to_end(&c).await.success());
-    let text = std::fs::read_to_string(c.log_path()).expect("log");
+    let text = output(&c).await;
     assert_eq!(text, "SWARM_PORT_53_UDP=5353\nSWARM_PORT_80_TCP=9090\n");
 }
 
@@ -310,7 +349,7 @@ async fn env_dir_and_user_apply() {
     });
     let c = controller(&t, state.path(), None).expect("controller");
     assert!(run_to_end(&c).await.success());
-    let text = std::fs::read_to_string(c.log_path()).expect("log");
+    let text = output(&c).await;
     let dir = work.path().canonicalize().expect("canonical");
     assert_eq!(
         text.trim(),
@@ -513,4 +552,120 @@ async fn a_task_on_a_network_runs_in_its_own_namespace_which_goes_with_it() {
         existed && gone,
         "the sandbox exists while the task runs, then goes"
     );
+}
+
+#[tokio::test]
+async fn logs_keep_streams_apart_and_honour_tail_and_since() {
+    use api::LogStream::{Stderr, Stdout};
+    let state = tempfile::tempdir().expect("tempdir");
+    let script = "echo one; sleep 0.2; echo two >&2; sleep 0.2; printf 'three'";
+    let c = controller(&sh("lines", script), state.path(), None).expect("controller");
+    assert!(run_to_end(&c).await.success());
+    let all = log_lines(&c, &all_streams(true)).await;
+    assert_eq!(
+        all,
+        vec![
+            (Stdout, "one\n".to_string()),
+            (Stderr, "two\n".to_string()),
+            // No newline at the end: sent as written.
+            (Stdout, "three".to_string()),
+        ]
+    );
+    // Not followed: what is there, at once.
+    assert_eq!(log_lines(&c, &all_streams(false)).await, all);
+    let only_err = LogOptions {
+        stdout: false,
+        ..all_streams(false)
+    };
+    assert_eq!(
+        log_lines(&c, &only_err).await,
+        vec![(Stderr, "two\n".to_string())]
+    );
+    let last_two = LogOptions {
+        tail: -3,
+        ..all_streams(false)
+    };
+    assert_eq!(log_lines(&c, &last_two).await, all[1..].to_vec());
+    let later = LogOptions {
+        since: Some(SystemTime::now()),
+        ..all_streams(false)
+    };
+    assert_eq!(log_lines(&c, &later).await, vec![]);
+}
+
+#[tokio::test]
+async fn followed_logs_go_on_until_the_process_ends() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = state.path().join("go");
+    let script = format!(
+        "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+        marker.display()
+    );
+    let c = Arc::new(controller(&sh("follow", &script), state.path(), None).expect("controller"));
+    c.prepare().await.expect("prepare");
+    c.start().await.expect("start");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let reader = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let sink = LogSink::new(&api::Task::default(), tx);
+            c.logs(&all_streams(true), &sink).await
+        })
+    };
+    let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("first line in time")
+        .expect("a line");
+    assert_eq!(first.data, b"first\n");
+    assert!(!reader.is_finished(), "a followed log waits for more");
+    std::fs::write(&marker, b"").expect("marker");
+    let second = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("second line in time")
+        .expect("a line");
+    assert_eq!(second.data, b"second\n");
+    tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("ends with the process")
+        .expect("join")
+        .expect("logs");
+}
+
+/// A process adopted by a new controller (a swarmd restart) keeps its output: what it wrote while
+/// nobody read waits in the FIFO, and what it writes later is copied too.
+#[tokio::test]
+async fn an_adopted_process_keeps_its_output() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let marker = state.path().join("go");
+    let script = format!(
+        "echo before; while [ ! -e {} ]; do sleep 0.05; done; echo after",
+        marker.display()
+    );
+    let t = sh("adopt", &script);
+    let first = controller(&t, state.path(), None).expect("controller");
+    first.prepare().await.expect("prepare");
+    first.start().await.expect("start");
+    let checkpoint = first.checkpoint().expect("checkpoint");
+    let mut lines = log_lines(&first, &all_streams(false)).await;
+    while lines.is_empty() {
+        tokio::task::yield_now().await;
+        lines = log_lines(&first, &all_streams(false)).await;
+    }
+    assert_eq!(
+        lines,
+        vec![(api::LogStream::Stdout, "before\n".to_string())]
+    );
+    // The first controller's copier goes with a new runtime's controller in real life; here
+    // both live, and the new one must not copy twice.
+    drop(first);
+    let second = controller(&t, state.path(), Some(&checkpoint)).expect("adopting controller");
+    std::fs::write(&marker, b"").expect("marker");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), second.wait())
+            .await
+            .expect("ends in time")
+            .is_ok()
+    );
+    let text = output(&second).await;
+    assert_eq!(text, "before\nafter\n");
 }

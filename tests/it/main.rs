@@ -22,6 +22,7 @@ mod ha_roles;
 mod history;
 mod interop;
 mod limits;
+mod metrics;
 mod network_keys;
 mod networks;
 mod orchestration;

@@ -115,8 +115,8 @@ fn metrics_have_swarmkit_names_and_follow_services_and_debug_state_is_json() {
     );
     assert_eq!(
         value(&s, "swarm_manager_networks_total", &[]),
-        Some(1.0),
-        "ingress"
+        Some(3.0),
+        "ingress, bridge, host"
     );
     assert!(observations(&s, "swarm_raft_transaction_latency_seconds", &[]) > 0);
     assert!(observations(&s, "swarm_store_write_tx_latency_seconds", &[]) > 0);
@@ -194,7 +194,7 @@ fn metrics_have_swarmkit_names_and_follow_services_and_debug_state_is_json() {
     tracing_line("--- a refused call is handled with its code");
     m.ctl(&["service", "rm", "no-such-service"]);
     let s = scrape(&metrics);
-    let get = [
+    let get_service = [
         ("grpc_service", "docker.swarmkit.v1.Control"),
         ("grpc_method", "GetService"),
     ];
@@ -202,7 +202,7 @@ fn metrics_have_swarmkit_names_and_follow_services_and_debug_state_is_json() {
         value(
             &s,
             "grpc_server_handled_total",
-            &[get[0], get[1], ("grpc_code", "NotFound")]
+            &[get_service[0], get_service[1], ("grpc_code", "NotFound")]
         )
         .is_some_and(|v| v >= 1.0),
         "swarmctl looked the name up"

@@ -94,7 +94,8 @@ impl EncodeMetric for NodeInfo {
     ) -> Result<(), std::fmt::Error> {
         let info = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((swarm, node)) = info {
-            let labels = [("swarm_id", swarm.as_str()), ("node_id", node.as_str())];
+            // Labels in name order, as Go's registry writes them.
+            let labels = [("node_id", node.as_str()), ("swarm_id", swarm.as_str())];
             encoder.encode_family(&labels)?.encode_gauge(&1i64)?;
         }
         Ok(())

@@ -87,28 +87,38 @@ fn apply(event: &Event) {
         EventKind::Remove => -1,
         EventKind::Update => 0,
     };
+    let old = old.as_ref().and_then(|o| o.object.as_ref());
     match object.object.as_ref() {
         Some(O::Task(t)) => {
-            if let Some(Some(O::Task(before))) = old.as_ref().map(|o| o.object.as_ref()) {
-                add_task(task_state(before), -1);
-                add_task(task_state(t), 1);
-            } else {
-                add_task(task_state(t), d);
-            }
+            let before = match old {
+                Some(O::Task(before)) => Some(task_state(before)),
+                _ => None,
+            };
+            moved(before, task_state(t), d, add_task);
         }
         Some(O::Node(n)) => {
-            if let Some(Some(O::Node(before))) = old.as_ref().map(|o| o.object.as_ref()) {
-                add_node(node_state(before), -1);
-                add_node(node_state(n), 1);
-            } else {
-                add_node(node_state(n), d);
-            }
+            let before = match old {
+                Some(O::Node(before)) => Some(node_state(before)),
+                _ => None,
+            };
+            moved(before, node_state(n), d, add_node);
         }
         Some(O::Service(_)) => MANAGER_SERVICES.add(d),
         Some(O::Network(_)) => MANAGER_NETWORKS.add(d),
         Some(O::Secret(_)) => MANAGER_SECRETS.add(d),
         Some(O::Config(_)) => MANAGER_CONFIGS.add(d),
         _ => {}
+    }
+}
+
+/// Moves a state gauge for an object now in `state`: from `before` on an update, else by `d`.
+fn moved(before: Option<i32>, state: i32, d: i64, add: fn(i32, i64)) {
+    match before {
+        Some(before) => {
+            add(before, -1);
+            add(state, 1);
+        }
+        None => add(state, d),
     }
 }
 
@@ -169,7 +179,95 @@ fn count(n: usize) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use testkit::fixtures;
+
     use super::*;
+
+    fn service(id: &str) -> api::Service {
+        api::Service {
+            id: id.into(),
+            spec: Some(fixtures::service_spec(id, 1, "busybox")),
+            ..Default::default()
+        }
+    }
+
+    fn tasks(state: &str) -> i64 {
+        MANAGER_TASKS.get(state).expect("a task state").get()
+    }
+
+    async fn until(what: &str, cond: impl FnMut() -> bool) {
+        testkit::poll_until(
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            what,
+            cond,
+        )
+        .await;
+    }
+
+    /// nextest runs each test in its own process, so the process-wide gauges are this test's.
+    #[tokio::test]
+    async fn counts_start_from_the_store_and_follow_its_events_and_reset_on_stop() {
+        let store = MemoryStore::new(None);
+        store
+            .update(|tx| {
+                tx.create(fixtures::node_in_state(
+                    "n1",
+                    api::node_status::State::Ready,
+                ))?;
+                tx.create(service("s1"))?;
+                tx.create(fixtures::task("t1", "s1", api::TaskState::Running))
+            })
+            .await
+            .expect("seed");
+        let shutdown = CancellationToken::new();
+        let collector = tokio::spawn(run(store.clone(), shutdown.clone()));
+        until("the store's counts", || {
+            MANAGER_SERVICES.get() == 1
+                && tasks("running") == 1
+                && MANAGER_NODES.get("ready").expect("ready").get() == 1
+        })
+        .await;
+
+        store
+            .update(|tx| {
+                tx.create(service("s2"))?;
+                tx.create(fixtures::task("t2", "s2", api::TaskState::New))?;
+                tx.create(fixtures::node_in_state("n2", api::node_status::State::Down))
+            })
+            .await
+            .expect("creates");
+        until("two services, a new task, a down node", || {
+            MANAGER_SERVICES.get() == 2
+                && tasks("new") == 1
+                && MANAGER_NODES.get("down").expect("down").get() == 1
+        })
+        .await;
+
+        store
+            .update(|tx| {
+                let mut t = tx.get_task("t2").expect("t2");
+                t.status.get_or_insert_default().state = api::TaskState::Running as i32;
+                tx.update(t)?;
+                let mut t = tx.get_task("t1").expect("t1");
+                t.desired_state = api::TaskState::Shutdown as i32;
+                tx.update(t)?;
+                tx.delete::<api::Service>("s1")
+            })
+            .await
+            .expect("updates");
+        until("a task moved to running, a service removed", || {
+            MANAGER_SERVICES.get() == 1 && tasks("new") == 0 && tasks("running") == 2
+        })
+        .await;
+
+        shutdown.cancel();
+        collector.await.expect("no panic").expect("a clean stop");
+        assert_eq!(MANAGER_SERVICES.get(), 0);
+        assert_eq!(tasks("running"), 0);
+    }
 
     #[test]
     fn task_and_node_labels_are_swarmkit_state_names() {

@@ -158,12 +158,19 @@ fn metrics_have_swarmkit_names_and_follow_services_and_debug_state_is_json() {
         ])
         .ok();
     }
-    let s = wait_for("2 services, 4 running tasks", WAIT, || {
-        let s = scrape(&metrics);
-        (value(&s, "swarm_manager_services_total", &[]) == Some(2.0)
-            && value(&s, "swarm_manager_tasks_total", &[("state", "running")]) == Some(4.0))
-        .then_some(s)
-    });
+    // The dispatcher records a task's scheduling delay once its RUNNING write is stored, just
+    // after the store's watchers (the counts) saw it: wait for both.
+    let s = wait_for(
+        "2 services, 4 running tasks, their scheduling delays",
+        WAIT,
+        || {
+            let s = scrape(&metrics);
+            (value(&s, "swarm_manager_services_total", &[]) == Some(2.0)
+                && value(&s, "swarm_manager_tasks_total", &[("state", "running")]) == Some(4.0)
+                && observations(&s, "swarm_dispatcher_scheduling_delay_seconds", &[]) >= 4)
+                .then_some(s)
+        },
+    );
     assert_eq!(value(&s, "grpc_server_started_total", &create), Some(2.0));
     assert_eq!(
         value(
@@ -179,10 +186,6 @@ fn metrics_have_swarmkit_names_and_follow_services_and_debug_state_is_json() {
         "one answer each"
     );
     assert_eq!(observations(&s, "grpc_server_handling_seconds", &create), 2);
-    assert!(
-        observations(&s, "swarm_dispatcher_scheduling_delay_seconds", &[]) >= 4,
-        "each task that went RUNNING"
-    );
     let session = [
         ("grpc_service", "docker.swarmkit.v1.Dispatcher"),
         ("grpc_method", "Session"),

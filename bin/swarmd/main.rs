@@ -52,7 +52,8 @@ struct Flags {
     /// Listen socket for control API
     #[arg(long = "listen-control-api", default_value = "/var/run/swarmd.sock")]
     listen_control_api: PathBuf,
-    /// Bind the debug server on the provided address
+    /// Bind the debug server on the provided address (ours: GET /debug/state answers the
+    /// node's state as JSON)
     #[arg(long = "listen-debug", default_value = "")]
     listen_debug: String,
     /// Listen address for metrics
@@ -127,8 +128,6 @@ fn go_duration(s: &str) -> Result<Duration, String> {
 /// Flags that parse but whose feature comes with a later issue: naming one is an error rather
 /// than being ignored.
 const NOT_SUPPORTED_YET: &[&str] = &[
-    "listen-debug",
-    "listen-metrics",
     "generic-node-resources",
     "external-ca",
     "autolock",
@@ -224,6 +223,28 @@ fn main() -> ExitCode {
         return fatal(&e.to_string());
     }
 
+    let mut endpoints = Vec::new();
+    for (flag, addr, endpoint) in [
+        (
+            "listen-metrics",
+            &flags.listen_metrics,
+            telemetry::http::Endpoint::Metrics,
+        ),
+        (
+            "listen-debug",
+            &flags.listen_debug,
+            telemetry::http::Endpoint::Debug,
+        ),
+    ] {
+        if addr.is_empty() {
+            continue;
+        }
+        match bind_endpoint(addr) {
+            Ok(listener) => endpoints.push((listener, endpoint)),
+            Err(e) => return fatal(&format!("failed to listen on {addr} (--{flag}): {e}")),
+        }
+    }
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -231,7 +252,19 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fatal(&format!("starting the runtime: {e}")),
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, endpoints))
+}
+
+/// Binds the listener of `--listen-metrics` or `--listen-debug` before anything starts, so an
+/// address in use stops swarmd at once. Go's `:port` (every address) is accepted.
+fn bind_endpoint(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    let addr = match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(&addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 fn fatal(msg: &str) -> ExitCode {
@@ -240,9 +273,22 @@ fn fatal(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-async fn run(config: node::NodeConfig) -> ExitCode {
+async fn run(
+    config: node::NodeConfig,
+    endpoints: Vec<(std::net::TcpListener, telemetry::http::Endpoint)>,
+) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     let _ = rustls::crypto::ring::default_provider().install_default();
+    for (listener, endpoint) in endpoints {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => return fatal(&format!("serving {endpoint:?}: {e}")),
+        };
+        if let Ok(addr) = listener.local_addr() {
+            info!(addr = %addr, ?endpoint, "Listening for HTTP connections");
+        }
+        tokio::spawn(telemetry::http::serve(listener, endpoint));
+    }
     let (mut sigint, mut sigterm) = match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),

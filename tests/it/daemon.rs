@@ -65,9 +65,8 @@ fn version_flag_prints_version() {
 fn flags_of_later_features_fail_loudly() {
     let dir = tempfile::tempdir().expect("tempdir");
     for args in [
-        vec!["--listen-debug", "127.0.0.1:0"],
         vec!["--autolock"],
-        vec!["--listen-metrics", "127.0.0.1:0"],
+        vec!["--external-ca", "protocol=cfssl,url=https://ca.example"],
     ] {
         let out = Command::new(SWARMD)
             .arg("-d")

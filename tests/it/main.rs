@@ -24,6 +24,7 @@ mod interop;
 mod limits;
 mod netplane;
 mod logs;
+mod metrics;
 mod network_keys;
 mod networks;
 mod orchestration;

@@ -45,6 +45,7 @@ pub const CLIENT_MAX_RECV: usize = i32::MAX as usize;
 pub mod constraint;
 pub mod genericresource;
 pub mod gofmt;
+pub mod grpcmethods;
 pub mod limits;
 pub mod naming;
 

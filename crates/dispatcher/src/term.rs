@@ -511,6 +511,8 @@ impl Term {
     /// Writes task status reports that move a task forward (dispatcher.go processUpdates).
     async fn write_tasks(&self, updates: Vec<(String, api::TaskStatus)>) {
         let applied_by = &self.manager_id;
+        // Creation times of the tasks written RUNNING, by ID (a batch may run an item twice).
+        let started = Mutex::new(HashMap::new());
         let errors = self
             .store
             .batch(&updates, |tx, (id, status)| {
@@ -527,6 +529,11 @@ impl Term {
                     debug!(task.id = %id, "task status invalid transition");
                     return Ok(());
                 }
+                if status.state == api::TaskState::Running as i32
+                    && let Some(created) = task.meta.as_ref().and_then(|m| m.created_at)
+                {
+                    lock(&started).insert(id.clone(), created);
+                }
                 task.status = Some(api::TaskStatus {
                     applied_by: applied_by.clone(),
                     applied_at: Some(timestamp_now()),
@@ -537,6 +544,16 @@ impl Term {
             .await;
         for e in errors {
             warn!("failed to update task status: {e}");
+        }
+        // SwarmKit's scheduling delay: from the task's creation (NEW) to RUNNING, as the leader's
+        // clock sees it (dispatcher.go processUpdates).
+        let now = std::time::SystemTime::now();
+        for created in lock(&started).values() {
+            if let Ok(at) = std::time::SystemTime::try_from(*created)
+                && let Ok(delay) = now.duration_since(at)
+            {
+                telemetry::swarm::DISPATCHER_SCHEDULING_DELAY.observe(delay);
+            }
         }
     }
 

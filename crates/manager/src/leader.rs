@@ -76,6 +76,7 @@ pub async fn run(
         let led_term = metrics.borrow_and_update().vote.leader_id().term;
         if raft.is_leader() {
             info!("becoming leader: starting leader subsystems");
+            telemetry::swarm::MANAGER_LEADER.set(1);
             let term = shutdown.child_token();
             let supervised = supervise(&store, &subsystems, &term);
             tokio::pin!(supervised);
@@ -96,6 +97,7 @@ pub async fn run(
                 }
             };
             term.cancel();
+            telemetry::swarm::MANAGER_LEADER.set(0);
             supervised.await;
             if shutdown.is_cancelled() {
                 return Ok(());

@@ -6,6 +6,7 @@
 pub mod authz;
 pub mod bootstrap;
 pub mod caserver;
+pub mod collector;
 pub mod controlapi;
 mod health;
 pub mod keymanager;

@@ -71,6 +71,57 @@ pub struct Manager {
     watchdog: JoinHandle<()>,
     /// The first failure [`watch_tasks`] saw, once it saw one.
     failure: watch::Receiver<Option<ManagerFailure>>,
+    /// This manager's part of the debug state (`--listen-debug`), shown while it runs.
+    debug: Option<telemetry::debug::Section>,
+}
+
+/// The debug state of a manager: its raft member as it sees it and its store's contents by kind.
+/// Reads what raft and the store keep (the log bounds are one short read of the raft database).
+fn debug_section(
+    node_id: String,
+    raft: &Arc<RaftNode>,
+    store: &MemoryStore,
+) -> telemetry::debug::Section {
+    let raft = Arc::downgrade(raft);
+    let store = store.clone();
+    telemetry::debug::section("manager", move || {
+        let raft_state = raft.upgrade().map(|raft| {
+            let members: Vec<serde_json::Value> = raft
+                .members()
+                .into_iter()
+                .map(|m| serde_json::json!({"raft_id": format!("{:x}", m.raft_id), "addr": m.addr, "voter": m.voter}))
+                .collect();
+            let log = raft.log_bounds().ok().map(|b| {
+                serde_json::json!({
+                    "first_index": b.first_index,
+                    "last_index": b.last_index,
+                    "snapshot_index": b.snapshot_index,
+                })
+            });
+            serde_json::json!({
+                "raft_id": format!("{:x}", raft.raft_id()),
+                "leader": raft.is_leader(),
+                "leader_id": raft.leader_id().map(|id| format!("{id:x}")),
+                "members": members,
+                "log": log,
+            })
+        });
+        let objects = store.view(|tx| {
+            serde_json::json!({
+                "nodes": tx.count::<api::Node>(),
+                "services": tx.count::<api::Service>(),
+                "tasks": tx.count::<api::Task>(),
+                "networks": tx.count::<api::Network>(),
+                "secrets": tx.count::<api::Secret>(),
+                "configs": tx.count::<api::Config>(),
+            })
+        });
+        serde_json::json!({
+            "node_id": node_id,
+            "raft": raft_state,
+            "store": {"last_index": store.last_index(), "objects": objects},
+        })
+    })
 }
 
 /// How long the manager's servers get to stop before they are aborted.
@@ -394,6 +445,11 @@ impl Manager {
             }
         }
 
+        servers.spawn(
+            "metrics collector",
+            crate::collector::run(store.clone(), shutdown.clone()),
+        );
+        let debug = debug_section(config.bootstrap.node_id.clone(), &raft, &store);
         let (failure_tx, failure) = watch::channel(None);
         let watchdog = tokio::spawn(watch_tasks(
             servers,
@@ -408,6 +464,7 @@ impl Manager {
             shutdown,
             watchdog,
             failure,
+            debug: Some(debug),
         })
     }
 
@@ -447,8 +504,9 @@ impl Manager {
     }
 
     /// Graceful stop: servers drain, raft shuts down, the control socket is removed.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         info!("Stopping manager");
+        self.debug = None;
         self.shutdown.cancel();
         // The watchdog drains the servers within their grace.
         if let Err(e) = self.watchdog.await {

@@ -1,6 +1,7 @@
 //! Serving gRPC: the control socket (TLS with the node certificate over a unix socket, as
 //! SwarmKit serves it; no client certificate asked) and the remote TCP port (mutual TLS, every
-//! call authorized by [`crate::authz`]).
+//! call authorized by [`crate::authz`]). Both count their calls per method for the metrics
+//! endpoint (`telemetry::grpc`), in front of everything else.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -14,6 +15,7 @@ use api::dispatcher_server::DispatcherServer;
 use api::health_server::HealthServer;
 use api::node_ca_server::NodeCaServer;
 use dispatcher::DispatcherService;
+use telemetry::grpc::GrpcMetricsLayer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -73,6 +75,16 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The services [`serve_control`] serves, by full name (their methods show in the gRPC metrics
+/// before their first call).
+const LOCAL_SERVICES: &[&str] = &[
+    "docker.swarmkit.v1.Control",
+    "docker.swarmkit.v1.CA",
+    "docker.swarmkit.v1.NodeCA",
+    "docker.swarmkit.v1.Health",
+    "docker.swarmkit.v1.Dispatcher",
+];
+
 /// What the control socket serves, as SwarmKit's local server: Control, CA and NodeCA (so that
 /// `swarmctl cluster unlock-key` reads the unlock key here), Health, Watch, Logs (swarmctl), the
 /// Dispatcher, the LogBroker and the network plane (those three as this manager's own node, for
@@ -108,6 +120,7 @@ pub async fn serve_control(
 ) -> Result<(), String> {
     let incoming = ca::serve_unix_tls(listener, tls);
     let res = builder(MAX_STREAMS_LOCAL)
+        .layer(GrpcMetricsLayer::new(LOCAL_SERVICES))
         .layer(MessageSizeLayer)
         .layer(tower::util::option_layer(services.proxy))
         .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
@@ -169,6 +182,7 @@ pub async fn serve_remote(
 ) -> Result<(), String> {
     let incoming = ca::serve_tcp_tls(listener, tls);
     let res = builder(MAX_STREAMS_REMOTE)
+        .layer(GrpcMetricsLayer::new(crate::authz::SERVED_SERVICES))
         .layer(MessageSizeLayer)
         .layer(AuthLayer(services.auth))
         .layer(tower::util::option_layer(services.proxy))

@@ -38,6 +38,26 @@ pub struct Node {
     tasks: TaskSet,
     /// Failures of the manager this node runs, as [`Roles`] forwards them.
     manager_failed: mpsc::UnboundedReceiver<ManagerFailure>,
+    /// This node's part of the debug state (`--listen-debug`).
+    _debug: telemetry::debug::Section,
+}
+
+/// The node's debug state: its identity as its current certificate says, and whether it runs a
+/// manager now.
+fn debug_section(security: &Arc<SecurityConfig>) -> telemetry::debug::Section {
+    let security = Arc::downgrade(security);
+    telemetry::debug::section("node", move || {
+        let Some(security) = security.upgrade() else {
+            return serde_json::Value::Null;
+        };
+        let info = security.info();
+        serde_json::json!({
+            "node_id": info.node_id,
+            "cluster_id": info.cluster_id,
+            "certificate_role": info.ou,
+            "runs_manager": telemetry::swarm::NODE_MANAGER.get() == 1,
+        })
+    })
 }
 
 /// Certificates for this run, and whether they are new (and so still to be saved).
@@ -202,7 +222,9 @@ impl Node {
             renew.clone(),
             manager_failure,
         );
+        telemetry::swarm::NODE_INFO.set(&id.info.cluster_id, &node_id);
         let mut node = Node {
+            _debug: debug_section(&security),
             node_id: node_id.clone(),
             roles: roles.clone(),
             security: security.clone(),

@@ -214,6 +214,7 @@ impl Roles {
             watch,
             watch_task,
         });
+        telemetry::swarm::NODE_MANAGER.set(1);
         Ok(advertise_addr)
     }
 
@@ -345,6 +346,7 @@ impl Roles {
     }
 
     async fn stop_running(&self, running: Running) {
+        telemetry::swarm::NODE_MANAGER.set(0);
         running.watch.cancel();
         let _ = running.watch_task.await;
         if tokio::time::timeout(MANAGER_STOP_LIMIT, running.manager.stop())

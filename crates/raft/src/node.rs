@@ -512,6 +512,7 @@ impl RaftNode {
 
     async fn propose_actions(&self, actions: Vec<api::StoreAction>) -> Result<u64, ProposeError> {
         use openraft::error::RaftError as E;
+        let _timer = telemetry::swarm::RAFT_TRANSACTION_LATENCY.start();
         // Bounded: a leader without a quorum never commits (see `read.rs`). The entry may still
         // commit later if this member keeps leading; the caller is told it is not known to.
         let request = RaftRequest::from_actions(actions);

@@ -75,6 +75,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _timer = telemetry::swarm::RAFT_SNAPSHOT_LATENCY.start();
         let keep_old = keep_old_snapshots(&self.content);
         let data = std::mem::take(&mut self.content).encode_to_vec();
         let nanos = SystemTime::now()

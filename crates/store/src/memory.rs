@@ -186,6 +186,7 @@ impl MemoryStore {
     /// Consistent read-only view; the closure runs under a read lock (keep it short, sync, and do not
     /// call back into the store from it: a waiting `apply_committed` would deadlock with it).
     pub fn view<R>(&self, f: impl FnOnce(&ReadTx<'_>) -> R) -> R {
+        let _timer = telemetry::swarm::STORE_READ_TX_LATENCY.start();
         let state = self.read_state();
         f(&ReadTx::new(&state.tables))
     }
@@ -200,10 +201,12 @@ impl MemoryStore {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
+        let _timer = telemetry::swarm::STORE_WRITE_TX_LATENCY.start();
         if let Some(proposer) = self.proposer() {
             return self.group_write(&proposer, f).await;
         }
         let _serial = self.inner.update_lock.lock().await;
+        let _held = telemetry::swarm::STORE_LOCK_DURATION.start();
         let (result, written) = {
             let state = self.read_state();
             let mut tx = Tx::new(&state.tables, Mode::Local);
@@ -227,6 +230,7 @@ impl MemoryStore {
         items: &[T],
         write: impl Fn(&mut Tx<'_>, &T) -> Result<(), StoreError> + Send + Sync,
     ) -> Vec<StoreError> {
+        let _timer = telemetry::swarm::STORE_BATCH_LATENCY.start();
         let mut errors = Vec::new();
         let mut start = 0;
         if let Some(proposer) = self.proposer() {
@@ -248,6 +252,7 @@ impl MemoryStore {
         }
         while start < items.len() {
             let _serial = self.inner.update_lock.lock().await;
+            let _held = telemetry::swarm::STORE_LOCK_DURATION.start();
             let (consumed, written) = {
                 let state = self.read_state();
                 let mut tx = Tx::new(&state.tables, Mode::Local);
@@ -304,7 +309,9 @@ impl MemoryStore {
             // Writers take turns here without holding a thread; the pipeline lock is then only
             // contended by the committer.
             let turn = self.inner.update_lock.lock().await;
+            let held = telemetry::swarm::STORE_LOCK_DURATION.start();
             let enqueued = self.enqueue(proposer, &mut f);
+            drop(held);
             drop(turn);
             match enqueued {
                 Enqueued::Wait => settled.await,

@@ -68,6 +68,9 @@ impl std::fmt::Debug for StoredDataKeys {
 pub(crate) struct Kek {
     key: Option<Zeroizing<Vec<u8>>>,
     version: u64,
+    /// Headers saved before the key file exists (a new cluster's raft opens before its first
+    /// manager writes its key): written with the key by the first `KeyStore::save`.
+    pub(crate) unsaved: Option<Headers>,
 }
 
 impl std::fmt::Debug for Kek {
@@ -95,6 +98,7 @@ impl Kek {
         Kek {
             key: key.map(Zeroizing::new),
             version: 0,
+            unsaved: None,
         }
     }
 
@@ -111,7 +115,9 @@ impl Kek {
         match std::fs::read(path) {
             // A file that is no PEM holds no headers (whoever uses the key says what is wrong).
             Ok(bytes) => Ok(split_file(&bytes).map(|(_, h)| h).unwrap_or_default()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Headers::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(self.unsaved.clone().unwrap_or_default())
+            }
             Err(source) => Err(CaError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -276,20 +282,22 @@ impl KeyStore {
 
     /// Replaces the raft data keys in the key file's headers, durably.
     pub fn save_data_keys(&self, keys: &StoredDataKeys) -> Result<(), CaError> {
-        let kek = self.kek();
-        self.rewrite(&kek, |headers| {
+        let mut kek = self.kek();
+        let mut wanted: Headers = Vec::new();
+        if let Some(c) = &keys.current {
+            wanted.push((HEADER_DEK.into(), kek.wrap(HEADER_DEK, c)));
+        }
+        if let Some(p) = &keys.pending {
+            wanted.push((HEADER_DEK_PENDING.into(), kek.wrap(HEADER_DEK_PENDING, p)));
+        }
+        if keys.needs_rotation {
+            wanted.push((HEADER_DEK_ROTATE.into(), "true".into()));
+        }
+        self.rewrite(&mut kek, |headers| {
             headers.retain(|(k, _)| {
                 ![HEADER_DEK, HEADER_DEK_PENDING, HEADER_DEK_ROTATE].contains(&k.as_str())
             });
-            if let Some(c) = &keys.current {
-                headers.push((HEADER_DEK.into(), kek.wrap(HEADER_DEK, c)));
-            }
-            if let Some(p) = &keys.pending {
-                headers.push((HEADER_DEK_PENDING.into(), kek.wrap(HEADER_DEK_PENDING, p)));
-            }
-            if keys.needs_rotation {
-                headers.push((HEADER_DEK_ROTATE.into(), "true".into()));
-            }
+            headers.extend(wanted);
             Ok(())
         })
     }
@@ -333,6 +341,7 @@ impl KeyStore {
         let new = Kek {
             key: unlock_key.map(Zeroizing::new),
             version,
+            unsaved: None,
         };
         let mut out: Headers = unwrapped
             .into_iter()
@@ -363,18 +372,25 @@ impl KeyStore {
     /// Rewrites the key file's headers with `change`, keeping its key and KEK.
     fn rewrite(
         &self,
-        kek: &Kek,
+        kek: &mut Kek,
         change: impl FnOnce(&mut Headers) -> Result<(), CaError>,
     ) -> Result<(), CaError> {
         let path = self.key_path();
-        let file = std::fs::read(&path).map_err(|source| CaError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let file = match std::fs::read(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut headers = kek.unsaved.take().unwrap_or_default();
+                change(&mut headers)?;
+                kek.unsaved = Some(headers);
+                return Ok(());
+            }
+            Err(source) => return Err(CaError::Io { path, source }),
+        };
         let (_, mut headers) = split_file(&file)?;
         let mut scratch = Kek {
             key: kek.key.clone(),
             version: kek.version,
+            unsaved: None,
         };
         let plain_pem = Zeroizing::new(scratch.open_key_file(&file)?);
         change(&mut headers)?;

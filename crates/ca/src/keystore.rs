@@ -95,11 +95,12 @@ impl KeyStore {
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(&self.dir))?;
         {
-            let kek = self.kek();
+            let mut kek = self.kek();
             // The headers (data keys) stay with the key; the new key body is wrapped as the old.
             let headers = kek.read_headers(&self.key_path())?;
             let file = kek.seal_key_file(key_pem, &headers)?;
             self.write_atomic(KEY_FILE, file.as_bytes(), 0o600)?;
+            kek.unsaved = None;
         }
         self.write_atomic(CERT_FILE, cert_pem, 0o644)?;
         self.write_atomic(ROOT_FILE, root_pem, 0o644)?;

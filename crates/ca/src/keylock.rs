@@ -82,6 +82,12 @@ impl std::fmt::Debug for Kek {
     }
 }
 
+/// The PKCS#8 passphrase for an unlock key: its hex form, as OpenSSL reads a passphrase up to
+/// its first NUL byte and a random key holds one about every eighth time.
+fn passphrase(kek: &[u8]) -> Zeroizing<String> {
+    Zeroizing::new(hex::encode(kek))
+}
+
 /// The key file's headers other than `kek-version`, in order.
 pub(crate) type Headers = Vec<(String, String)>;
 
@@ -143,7 +149,7 @@ impl Kek {
                 let pkey = openssl::pkey::PKey::private_key_from_der(plain.contents())?;
                 let der = pkey.private_key_to_pkcs8_passphrase(
                     openssl::symm::Cipher::aes_256_cbc(),
-                    kek.as_slice(),
+                    passphrase(kek).as_bytes(),
                 )?;
                 (TAG_ENCRYPTED, Zeroizing::new(der))
             }
@@ -174,9 +180,11 @@ impl Kek {
         let der = match block.tag() {
             TAG_ENCRYPTED => {
                 let kek = self.key.as_ref().ok_or_else(locked)?;
-                let pkey =
-                    openssl::pkey::PKey::private_key_from_pkcs8_passphrase(block.contents(), kek)
-                        .map_err(|_| locked())?;
+                let pkey = openssl::pkey::PKey::private_key_from_pkcs8_passphrase(
+                    block.contents(),
+                    passphrase(kek).as_bytes(),
+                )
+                .map_err(|_| locked())?;
                 Zeroizing::new(pkey.private_key_to_pkcs8()?)
             }
             _ if block.headers().iter().next().is_none() => return Ok(file.to_vec()),
@@ -479,7 +487,8 @@ mod tests {
         let (ks, _) = store_with_key(tmp.path(), None);
         ks.save_data_keys(&keys(1)).expect("save keys");
         let plain = ks.load().expect("load").expect("present").key_pem;
-        let kek = vec![9u8; 32];
+        let mut kek = vec![9u8; 32];
+        kek[3] = 0;
         assert!(ks.set_unlock_key(Some(kek.clone()), 5).expect("lock"));
         assert!(ks.is_locked_on_disk().expect("read"));
         let file = std::fs::read_to_string(ks.key_path()).expect("read");
@@ -492,7 +501,12 @@ mod tests {
         assert!(!ks.set_unlock_key(None, 4).expect("older"));
 
         let cold = |k: Option<Vec<u8>>| KeyStore::with_unlock_key(tmp.path(), k);
-        for wrong in [None, Some(vec![8u8; 32]), Some(vec![9u8; 3])] {
+        for wrong in [
+            None,
+            Some(vec![8u8; 32]),
+            Some(vec![0u8; 32]),
+            Some(vec![9u8; 3]),
+        ] {
             let e = cold(wrong).load().expect_err("locked");
             assert_eq!(e.to_string(), ERR_LOCKED);
         }

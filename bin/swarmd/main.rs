@@ -130,8 +130,6 @@ fn go_duration(s: &str) -> Result<Duration, String> {
 const NOT_SUPPORTED_YET: &[&str] = &[
     "generic-node-resources",
     "external-ca",
-    "autolock",
-    "unlock-key",
 ];
 
 fn explicitly_given(matches: &clap::ArgMatches, id: &str) -> bool {
@@ -197,7 +195,18 @@ fn main() -> ExitCode {
         }
     }
 
+    // SwarmKit's swarmd parses the key before anything else, with the same message.
+    let unlock_key = if flags.unlock_key.is_empty() {
+        None
+    } else {
+        match ca::parse_unlock_key(&flags.unlock_key) {
+            Ok(k) => Some(node::UnlockKey(k)),
+            Err(e) => return fatal(&e.to_string()),
+        }
+    };
     let config = node::NodeConfig {
+        autolock: flags.autolock,
+        unlock_key,
         state_dir: flags.state_dir,
         listen_control_api: flags.listen_control_api,
         listen_remote_api: flags.listen_remote_api,

@@ -5,6 +5,7 @@
 mod harness;
 
 mod assignments;
+mod atrest;
 mod cli;
 mod cluster;
 mod daemon;

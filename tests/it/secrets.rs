@@ -21,7 +21,7 @@ use crate::harness::{Ctl, Swarmd, wait_for};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Random hex, distinctive enough that finding it anywhere means the data it is part of is there.
-fn token() -> String {
+pub(crate) fn token() -> String {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -31,7 +31,7 @@ fn token() -> String {
 
 /// Data around `token` with a newline, a NUL and bytes that are not UTF-8, so that only a
 /// byte-exact delivery passes.
-fn payload(token: &str) -> Vec<u8> {
+pub(crate) fn payload(token: &str) -> Vec<u8> {
     let mut data = b"-----BEGIN KEY-----\n".to_vec();
     data.extend_from_slice(token.as_bytes());
     data.extend_from_slice(b"\n\xff\xfe\x00\x80 end\n");
@@ -40,7 +40,7 @@ fn payload(token: &str) -> Vec<u8> {
 
 /// The forms `token` would take wherever something wrote it out: as is, and as the `Debug`
 /// rendering of its bytes (`[52, 97, ...]`, how a `Vec<u8>` field prints).
-fn leak_forms(token: &str) -> Vec<Vec<u8>> {
+pub(crate) fn leak_forms(token: &str) -> Vec<Vec<u8>> {
     let debug = format!("{:?}", &token.as_bytes()[..12]);
     vec![
         token.as_bytes().to_vec(),
@@ -54,7 +54,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Regular files under `root` (symlinks not followed) holding any of `needles`. Files that vanish
 /// or cannot be read while walking are skipped: other nodes may be changing their trees.
-fn files_containing(root: &Path, needles: &[Vec<u8>]) -> Vec<PathBuf> {
+pub(crate) fn files_containing(root: &Path, needles: &[Vec<u8>]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {
         return found;
@@ -139,7 +139,7 @@ fn assert_not_logged(nodes: &[&Swarmd], needles: &[Vec<u8>]) {
 
 /// Creates secret or config (`kind`) `name` with `data` through `swarmctl <kind> create -f` from a
 /// file outside every state directory; returns its ID.
-fn create_from_file(m: &Swarmd, kind: &str, name: &str, data: &[u8]) -> String {
+pub(crate) fn create_from_file(m: &Swarmd, kind: &str, name: &str, data: &[u8]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("data");
     std::fs::write(&file, data).expect("write data");

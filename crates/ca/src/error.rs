@@ -74,6 +74,12 @@ pub enum CaError {
     /// The CA answered but did not give this node a usable certificate.
     #[error("certificate issuance failed: {0}")]
     IssuanceFailed(String),
+    /// The node key is locked (autolock) and no unlock key, or a wrong one, was given.
+    #[error("node is locked, and needs a valid unlock key")]
+    Locked,
+    /// An unlock key that is not `SWMKEY-1-` and unpadded base64.
+    #[error("invalid key string")]
+    InvalidUnlockKey,
     /// A gRPC endpoint could not be built.
     #[error("{0}")]
     Transport(String),

@@ -1,6 +1,12 @@
 //! The node's TLS files under `<state dir>/certificates/` (spec 2.2): `swarm-root-ca.crt` and
 //! `swarm-node.crt` (0644) and `swarm-node.key` (0600), in a 0700 directory. Each file is
 //! replaced atomically (temp file, fsync, rename, fsync of the directory).
+//!
+//! The key file carries PEM headers as SwarmKit's does (spec 5.11): `kek-version` and, on a
+//! manager, the raft data keys (`raft-dek`, `raft-dek-pending`, `raft-dek-needs-rotation`; see
+//! [`crate::keylock`]). With an unlock key (autolock) the key is PKCS#8-encrypted with it
+//! (`ENCRYPTED PRIVATE KEY`) and the data keys are wrapped by it. What the rest of the node sees
+//! (`NodeTlsMaterial::key_pem`) is always the plain key without headers.
 
 use std::fmt;
 use std::io::Write;
@@ -35,10 +41,12 @@ impl fmt::Debug for NodeTlsMaterial {
     }
 }
 
-/// The `certificates/` directory of a state dir.
+/// The `certificates/` directory of a state dir. Clones share the unlock key and serialize their
+/// writes of the key file.
 #[derive(Clone, Debug)]
 pub struct KeyStore {
     dir: PathBuf,
+    lock: std::sync::Arc<std::sync::Mutex<crate::keylock::Kek>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
@@ -51,9 +59,25 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
 impl KeyStore {
     /// The key store of the state directory `state_dir`.
     pub fn new(state_dir: &Path) -> KeyStore {
+        KeyStore::with_unlock_key(state_dir, None)
+    }
+
+    /// The key store of `state_dir`, whose key is (or is to be) locked with `unlock_key`.
+    pub fn with_unlock_key(state_dir: &Path, unlock_key: Option<Vec<u8>>) -> KeyStore {
         KeyStore {
             dir: state_dir.join("certificates"),
+            lock: std::sync::Arc::new(std::sync::Mutex::new(crate::keylock::Kek::new(unlock_key))),
         }
+    }
+
+    pub(crate) fn kek(&self) -> std::sync::MutexGuard<'_, crate::keylock::Kek> {
+        self.lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn key_path(&self) -> PathBuf {
+        self.dir.join(KEY_FILE)
     }
 
     /// The `certificates/` directory.
@@ -70,9 +94,23 @@ impl KeyStore {
             .map_err(io(&self.dir))?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(&self.dir))?;
-        self.write_atomic(KEY_FILE, key_pem, 0o600)?;
+        {
+            let mut kek = self.kek();
+            // The headers (data keys) stay with the key; the new key body is wrapped as the old.
+            let headers = kek.read_headers(&self.key_path())?;
+            let file = kek.seal_key_file(key_pem, &headers)?;
+            self.write_atomic(KEY_FILE, file.as_bytes(), 0o600)?;
+            kek.unsaved = None;
+        }
         self.write_atomic(CERT_FILE, cert_pem, 0o644)?;
         self.write_atomic(ROOT_FILE, root_pem, 0o644)?;
+        let dir = std::fs::File::open(&self.dir).map_err(io(&self.dir))?;
+        dir.sync_all().map_err(io(&self.dir))
+    }
+
+    /// Replaces the key file with `file` durably (the directory synced too).
+    pub(crate) fn write_key_file(&self, file: &str) -> Result<(), CaError> {
+        self.write_atomic(KEY_FILE, file.as_bytes(), 0o600)?;
         let dir = std::fs::File::open(&self.dir).map_err(io(&self.dir))?;
         dir.sync_all().map_err(io(&self.dir))
     }
@@ -119,10 +157,10 @@ impl KeyStore {
         };
         match (read(ROOT_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?) {
             (None, None, None) => Ok(None),
-            (Some(root_pem), Some(cert_pem), Some(key_pem)) => Ok(Some(NodeTlsMaterial {
+            (Some(root_pem), Some(cert_pem), Some(key_file)) => Ok(Some(NodeTlsMaterial {
                 root_pem,
                 cert_pem,
-                key_pem,
+                key_pem: self.kek().open_key_file(&key_file)?,
             })),
             _ => Err(CaError::Io {
                 path: self.dir.clone(),

@@ -13,6 +13,7 @@ mod client;
 mod error;
 mod forward;
 mod key;
+mod keylock;
 mod keystore;
 mod root;
 mod rotation;
@@ -37,6 +38,7 @@ pub use forward::{
     REDIRECT_KEY, REMOTE_ADDR_KEY, forwarded_peer, is_forwarded, set_forwarded, strip_forwarded,
 };
 pub use key::NodeKey;
+pub use keylock::{ERR_LOCKED, StoredDataKeys, format_unlock_key, parse_unlock_key};
 pub use keystore::{KeyStore, NodeTlsMaterial};
 pub use root::{MIN_NODE_CERT_EXPIRY, RootCa};
 pub use rotation::{MIN_ROOT_EXPIRY, SigningCa, normalize_pem, same_certificates};

@@ -66,6 +66,11 @@ impl SecurityConfig {
         self.keys.save(&m.root_pem, &m.cert_pem, &m.key_pem)
     }
 
+    /// The key store this identity is written to.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
     /// The current certificate, key and roots.
     pub fn material(&self) -> NodeTlsMaterial {
         self.read().material.clone()

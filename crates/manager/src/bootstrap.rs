@@ -52,6 +52,9 @@ pub struct BootstrapInfo {
     pub default_address_pool: Vec<String>,
     /// The length of the subnets cut from it (`--default-addr-pool-mask-length`); 0: 24.
     pub subnet_size: u32,
+    /// The managers' unlock key of a cluster created autolocked (`swarmd --autolock`): recorded
+    /// with autolock on, as the key this manager's key file is already locked with.
+    pub unlock_key: Option<Vec<u8>>,
 }
 
 /// The default address pool a new cluster records: `pools` (the built-in one when empty) cut
@@ -79,6 +82,7 @@ impl std::fmt::Debug for BootstrapInfo {
                 &self.root_ca_key.as_ref().map(|_| "<redacted>"),
             )
             .field("join_tokens", &"<redacted>")
+            .field("autolock", &self.unlock_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -129,9 +133,20 @@ fn default_cluster(info: &BootstrapInfo, ca_key: Vec<u8>) -> api::Cluster {
                 node_cert_expiry: Some(duration(DEFAULT_NODE_CERT_EXPIRY)),
                 ..Default::default()
             }),
-            encryption_config: Some(api::EncryptionConfig::default()),
+            encryption_config: Some(api::EncryptionConfig {
+                auto_lock_managers: info.unlock_key.is_some(),
+            }),
             ..Default::default()
         }),
+        unlock_keys: info
+            .unlock_key
+            .iter()
+            .map(|key| api::EncryptionKey {
+                subsystem: ca::MANAGER_ROLE.to_string(),
+                key: key.clone(),
+                ..Default::default()
+            })
+            .collect(),
         root_ca: Some(api::RootCa {
             ca_key,
             ca_cert: info.root_ca_cert.clone(),

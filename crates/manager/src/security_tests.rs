@@ -94,6 +94,7 @@ pub(crate) fn bootstrap_info(
         node_cert,
         default_address_pool: Vec::new(),
         subnet_size: 0,
+        unlock_key: None,
     }
 }
 

@@ -56,6 +56,20 @@ pub struct NodeConfig {
     pub default_addr_pool: Vec<String>,
     /// Length of the subnets cut from it (`--default-addr-pool-mask-length`); 0 means 24.
     pub default_addr_pool_mask_length: u32,
+    /// Create the cluster with autolock on (`--autolock`; ignored once the cluster exists).
+    pub autolock: bool,
+    /// The key this manager's key file is locked with (`--unlock-key`, parsed).
+    pub unlock_key: Option<UnlockKey>,
+}
+
+/// An unlock key's bytes; `Debug` leaves them out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UnlockKey(pub Vec<u8>);
+
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnlockKey(<redacted>)")
+    }
 }
 
 impl NodeConfig {
@@ -95,6 +109,8 @@ impl Default for NodeConfig {
             force_new_cluster: false,
             default_addr_pool: Vec::new(),
             default_addr_pool_mask_length: 0,
+            autolock: false,
+            unlock_key: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! crate takes a plain [`NodeConfig`].
 
 mod agent;
+mod autolock;
 mod config;
 mod executor;
 mod node;
@@ -10,7 +11,7 @@ mod renewal;
 mod roles;
 mod state;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, UnlockKey};
 pub use executor::ExecutorKind;
 pub use node::Node;
 pub use state::{ManagerPeer, StateDir};

@@ -183,14 +183,31 @@ async fn join(config: &NodeConfig) -> Result<Identity, NodeError> {
 impl Node {
     /// Starts the node and returns once its control socket is serving (a manager) or its agent
     /// runs (a worker).
-    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    pub async fn start(mut config: NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
         let state = StateDir::open(&config.state_dir)?;
-        let keys = KeyStore::new(state.root());
+        // A locked key file needs its unlock key (a missing or wrong one fails the load below
+        // with SwarmKit's message, before anything is written); an unlocked one is not locked
+        // by a key given anyway: only the cluster's autolock setting locks it.
+        let locked = KeyStore::new(state.root()).is_locked_on_disk()?;
+        if !locked && config.unlock_key.is_some() {
+            warn!("this node is not locked: --unlock-key is ignored");
+        }
+        let unlock_key = config.unlock_key.clone().filter(|_| locked);
+        let mut keys = KeyStore::with_unlock_key(state.root(), unlock_key.map(|k| k.0));
         if config.force_new_cluster {
             check_force_new_cluster(&state, &keys)?;
         }
         let id = load_or_create_identity(&config, &state, &keys).await?;
+        if id.fresh && config.join_addr.is_empty() && config.autolock {
+            // A new cluster created locked: its unlock key locks this key file from the first
+            // write, and the cluster object records it (`BootstrapInfo::unlock_key`).
+            let key = rand::random::<[u8; 32]>().to_vec();
+            keys = KeyStore::with_unlock_key(state.root(), Some(key.clone()));
+            config.unlock_key = Some(crate::config::UnlockKey(key));
+        } else {
+            config.autolock = false;
+        }
         let node_id = id.info.node_id.clone();
         let security = SecurityConfig::new(
             keys.clone(),

@@ -165,6 +165,11 @@ impl Roles {
             node_cert: self.security.material().cert_pem,
             default_address_pool: config.default_addr_pool.clone(),
             subnet_size: config.default_addr_pool_mask_length,
+            unlock_key: config
+                .unlock_key
+                .clone()
+                .filter(|_| config.autolock)
+                .map(|k| k.0),
         };
         let raft = raft::RaftConfig {
             dir: self.state.raft_dir(),
@@ -176,6 +181,9 @@ impl Roles {
             // Only a manager resuming from its own raft data (checked at node start); a join has
             // none to recover.
             force_new_cluster: config.force_new_cluster && join_addr.is_none(),
+            keys: raft::KeySource(Some(Arc::new(crate::autolock::KeyFileDeks(
+                self.security.keys().clone(),
+            )))),
         };
         let manager = Manager::start(ManagerConfig {
             control_socket: config.listen_control_api.clone(),
@@ -206,8 +214,14 @@ impl Roles {
                 f = failed => { let _ = failures.send(f); }
             }
         };
+        let unlock_key = crate::autolock::follow_unlock_key(
+            manager.store().clone(),
+            self.security.keys().clone(),
+            manager.raft().clone(),
+            watch.clone(),
+        );
         let watch_task = tokio::spawn(async move {
-            tokio::join!(own_node, forward);
+            tokio::join!(own_node, forward, unlock_key);
         });
         *running = Some(Running {
             manager,

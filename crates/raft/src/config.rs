@@ -29,6 +29,9 @@ pub struct RaftConfig {
     /// Before starting, rewrite the stored membership to this member alone, keeping the whole
     /// log (`swarmd --force-new-cluster`); see `force`.
     pub force_new_cluster: bool,
+    /// Where the data encryption keys of the raft database live (the node key's headers); none
+    /// leaves the database plain (tests and tools; a manager always gives one).
+    pub keys: crate::encryption::KeySource,
 }
 
 impl Default for RaftConfig {
@@ -41,6 +44,7 @@ impl Default for RaftConfig {
             election_tick: 10,
             heartbeat_tick: 1,
             force_new_cluster: false,
+            keys: crate::encryption::KeySource::default(),
         }
     }
 }

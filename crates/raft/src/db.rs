@@ -94,6 +94,16 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, RaftError> {
     Ok(Arc::new(db))
 }
 
+/// Fsyncs the directory `dir`, so a rename in it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), RaftError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| RaftError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
 /// Reads this member's raft ID, or draws a random non-zero one and stores it durably.
 pub(crate) fn raft_id(db: &Database, path: &Path) -> Result<u64, RaftError> {
     let txn = db.begin_write().map_err(|e| db_err(path, e))?;

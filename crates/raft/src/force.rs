@@ -20,6 +20,7 @@ use crate::RaftError;
 use crate::db::{
     KEY_LAST_PURGED, KEY_SNAPSHOT_META, KEY_VOTE, LOGS, META, SNAPSHOT, get_json, to_json,
 };
+use crate::encryption::{Keyring, Place};
 use crate::log_store::{decode_entry, encode_entry};
 use crate::types::{Entry, LogId, NodeId};
 
@@ -42,6 +43,7 @@ pub(crate) fn rewrite(
     path: &std::path::Path,
     id: NodeId,
     addr: &str,
+    ring: &Keyring,
 ) -> Result<ForcedCluster, RaftError> {
     let err = |what: String| RaftError::ForceNewCluster(format!("{}: {what}", path.display()));
     let storage = |e: crate::types::StorageError| err(e.to_string());
@@ -58,8 +60,11 @@ pub(crate) fn rewrite(
         let mut last_log: Option<LogId> = None;
         let mut last_membership: Option<Membership<NodeId, BasicNode>> = None;
         for row in logs.iter().map_err(|e| err(e.to_string()))?.rev() {
-            let (_, v) = row.map_err(|e| err(e.to_string()))?;
-            let entry = decode_entry(v.value()).map_err(|e| err(e.to_string()))?;
+            let (k, v) = row.map_err(|e| err(e.to_string()))?;
+            let plain = ring
+                .open(Place::Log(k.value()), v.value())
+                .map_err(|e| err(e.to_string()))?;
+            let entry = decode_entry(&plain).map_err(|e| err(e.to_string()))?;
             last_log.get_or_insert(entry.log_id);
             if let EntryPayload::Membership(m) = entry.payload {
                 last_membership = Some(m);
@@ -96,6 +101,7 @@ pub(crate) fn rewrite(
         )]))),
     };
     let record = encode_entry(&entry).map_err(|e| err(e.to_string()))?;
+    let record = ring.seal(Place::Log(entry.log_id.index), &record);
     let vote = to_json(&Vote::new(term, id)).map_err(storage)?;
     let mut txn = db.begin_write().map_err(|e| err(e.to_string()))?;
     txn.set_durability(Durability::Immediate)
@@ -169,7 +175,7 @@ mod tests {
         }
         txn.commit().expect("commit");
 
-        let forced = rewrite(&db, tmp.path(), b, "hb:1").expect("rewrite");
+        let forced = rewrite(&db, tmp.path(), b, "hb:1", &Keyring::plain()).expect("rewrite");
         assert_eq!(forced.index, 6);
         assert_eq!(forced.term, 2);
         assert_eq!(forced.removed, vec![a, c]);
@@ -200,7 +206,8 @@ mod tests {
     fn rewrite_of_an_empty_database_is_refused_and_changes_nothing() {
         let tmp = tempfile::tempdir().expect("tmp");
         let db = crate::db::open(tmp.path()).expect("open");
-        let err = rewrite(&db, tmp.path(), 7, "h:1").expect_err("nothing to recover");
+        let err =
+            rewrite(&db, tmp.path(), 7, "h:1", &Keyring::plain()).expect_err("nothing to recover");
         assert!(err.to_string().contains("holds no cluster state"), "{err}");
         let bounds = crate::db::log_bounds(&db).expect("bounds");
         assert_eq!(bounds, crate::db::LogBounds::default());

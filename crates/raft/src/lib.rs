@@ -16,6 +16,7 @@ mod compaction;
 mod config;
 mod db;
 mod election;
+mod encryption;
 mod force;
 mod log_store;
 mod membership;
@@ -28,6 +29,7 @@ mod types;
 
 pub use config::RaftConfig;
 pub use db::{DB_FILE, LogBounds};
+pub use encryption::{DataKey, DataKeys, DekStore, KeySource, SealError};
 pub use force::ForcedCluster;
 pub use membership::{ERR_ID_REMOVED, ERR_LOSS_OF_QUORUM, ERR_MEMBER_REMOVED, Reachability};
 pub use network::{Dialer, NetworkFactory, PeerClient};
@@ -116,8 +118,9 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = crate::db::open(&dir.path().join("raft")).expect("open raft database");
-            let sm = StateMachine::open(db.clone(), MemoryStore::new(None))?;
-            Ok((dir, LogStore::new(db), sm))
+            let ring = crate::encryption::tests::ring();
+            let sm = StateMachine::open(db.clone(), MemoryStore::new(None), ring.clone())?;
+            Ok((dir, LogStore::new(db, ring), sm))
         }
     }
 

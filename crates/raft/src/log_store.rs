@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::{
     KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOGS, META, get_json, read_err, to_json, write_err,
 };
+use crate::encryption::{Keyring, Place};
 use crate::types::{Entry, LogId, NodeId, RaftRequest, StorageError, TypeConfig};
 
 /// Log storage over the shared raft database. Cheap to clone: clones share the database and
@@ -28,15 +29,18 @@ use crate::types::{Entry, LogId, NodeId, RaftRequest, StorageError, TypeConfig};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Seals and opens the entry records (`encryption`).
+    ring: Keyring,
     /// The committed log ID openraft last reported, while no write has saved it yet.
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 
 impl LogStore {
     /// A log store over an open raft database.
-    pub(crate) fn new(db: Arc<Database>) -> Self {
+    pub(crate) fn new(db: Arc<Database>, ring: Keyring) -> Self {
         LogStore {
             db,
+            ring,
             unsaved_committed: Arc::default(),
         }
     }
@@ -76,6 +80,12 @@ impl LogStore {
                 .map_err(write_err)?;
         }
         txn.commit().map_err(write_err)
+    }
+
+    /// The entry of the stored record at `index`.
+    fn decode_stored(&self, index: u64, stored: &[u8]) -> Result<Entry, StorageError> {
+        let plain = self.ring.open_or_read_err(Place::Log(index), stored)?;
+        decode_entry(&plain).map_err(read_err)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -181,8 +191,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let logs = txn.open_table(LOGS).map_err(read_err)?;
         let mut out = Vec::new();
         for row in logs.range::<u64>(range).map_err(read_err)? {
-            let (_, value) = row.map_err(read_err)?;
-            out.push(decode_entry(value.value()).map_err(read_err)?);
+            let (key, value) = row.map_err(read_err)?;
+            out.push(self.decode_stored(key.value(), value.value())?);
         }
         Ok(out)
     }
@@ -200,13 +210,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         let mut bytes = 0;
         for row in logs.range::<u64>(start..end).map_err(read_err)? {
-            let (_, value) = row.map_err(read_err)?;
+            let (key, value) = row.map_err(read_err)?;
             let record = value.value();
             if !out.is_empty() && bytes + record.len() > REPLICATION_BYTES {
                 break;
             }
             bytes += record.len();
-            out.push(decode_entry(record).map_err(read_err)?);
+            out.push(self.decode_stored(key.value(), record)?);
         }
         Ok(out)
     }
@@ -226,7 +236,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let txn = self.db.begin_read().map_err(read_err)?;
         let logs = txn.open_table(LOGS).map_err(read_err)?;
         let last = match logs.last().map_err(read_err)? {
-            Some((_, v)) => Some(decode_entry(v.value()).map_err(read_err)?.log_id),
+            Some((k, v)) => Some(self.decode_stored(k.value(), v.value())?.log_id),
             None => None,
         };
         Ok(LogState {
@@ -278,7 +288,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode_entry(&entry).map_err(|e| {
                 openraft::StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
             })?;
-            records.push((entry.log_id.index, bytes));
+            let sealed = self.ring.seal(Place::Log(entry.log_id.index), &bytes);
+            records.push((entry.log_id.index, sealed));
         }
         // On this thread (see the module doc): every other writer of the database runs on the
         // blocking pool, so waiting for one of them here cannot deadlock. The tasks this thread
@@ -379,7 +390,7 @@ mod tests {
             }
         }
         txn.commit().expect("commit");
-        let mut store = LogStore::new(db);
+        let mut store = LogStore::new(db, Keyring::plain());
         let indexes =
             |entries: Vec<Entry>| -> Vec<u64> { entries.iter().map(|e| e.log_id.index).collect() };
         // Two 200 kB entries fit in 512 KiB, a third does not.
@@ -399,16 +410,16 @@ mod tests {
     async fn the_committed_hint_waits_for_the_next_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = crate::db::open(dir.path()).expect("open");
-        let mut store = LogStore::new(db.clone());
+        let mut store = LogStore::new(db.clone(), Keyring::plain());
         let committed = LogId::new(CommittedLeaderId::new(2, 1), 5);
         store.save_committed(Some(committed)).await.expect("save");
         // Reported but not written: this handle knows it, the database does not yet.
         assert_eq!(store.read_committed().await.expect("read"), Some(committed));
-        let mut fresh = LogStore::new(db.clone());
+        let mut fresh = LogStore::new(db.clone(), Keyring::plain());
         assert_eq!(fresh.read_committed().await.expect("read"), None);
         // Any write takes it along.
         store.save_vote(&Vote::new(2, 1)).await.expect("vote");
-        let mut fresh = LogStore::new(db);
+        let mut fresh = LogStore::new(db, Keyring::plain());
         assert_eq!(fresh.read_committed().await.expect("read"), Some(committed));
     }
 

@@ -66,6 +66,8 @@ pub struct RaftNode {
     compaction_failure: watch::Receiver<Option<String>>,
     /// Leadership confirmations shared by concurrent reads (see `read`).
     pub(crate) reads: Arc<Confirmations<Confirmation>>,
+    /// The data keys of the raft database (see `encryption`).
+    encryption: crate::encryption::Encryption,
 }
 
 /// Watches a spawned task: the receiver holds a message once it panicked (a task that returns
@@ -160,17 +162,31 @@ impl RaftNode {
         let db = tokio::task::spawn_blocking(move || db::open(&dir))
             .await
             .map_err(|e| RaftError::Raft(format!("opening raft database: {e}")))??;
+        let encryption =
+            crate::encryption::Encryption::load(&cfg.keys).map_err(|e| RaftError::Corrupt {
+                path: path.clone(),
+                what: format!("raft data encryption keys: {e}"),
+            })?;
+        let ring = encryption.keyring();
+        let db = {
+            let dir = cfg.dir.clone();
+            let ring = ring.clone();
+            tokio::task::spawn_blocking(move || crate::encryption::prepare(&dir, db, &ring))
+                .await
+                .map_err(|e| RaftError::Raft(format!("opening raft database: {e}")))??
+        };
         let id = db::raft_id(&db, &path)?;
         tracing::info!(raft.id = %format!("{id:x}"), election_timeout = ?cfg.election_timeout(),
             heartbeat_interval = ?cfg.heartbeat_interval(), "starting raft member");
         if let Some(addr) = force_new_cluster_addr {
-            let forced = crate::force::rewrite(&db, &path, id, addr)?;
+            let forced = crate::force::rewrite(&db, &path, id, addr, &ring)?;
             tracing::warn!(raft.id = %format!("{id:x}"), raft.index = forced.index, term = forced.term,
                 removed = ?forced.removed.iter().map(|r| format!("{r:x}")).collect::<Vec<_>>(),
                 "forcing a new cluster: this manager is now the only raft member");
         }
-        let log_store = LogStore::new(db.clone());
-        let sm = StateMachine::open(db.clone(), store.clone()).map_err(RaftError::storage)?;
+        let log_store = LogStore::new(db.clone(), ring.clone());
+        let sm = StateMachine::open(db.clone(), store.clone(), ring.clone())
+            .map_err(RaftError::storage)?;
         let removed = sm.removed();
         if removed.contains(id) {
             return Err(RaftError::Raft(format!(
@@ -206,7 +222,7 @@ impl RaftNode {
             let raft = raft.clone();
             Confirmations::new(move || confirm_round(raft.clone()))
         };
-        Ok(Arc::new(RaftNode {
+        let node = Arc::new(RaftNode {
             reads,
             raft,
             id,
@@ -220,7 +236,30 @@ impl RaftNode {
             election_clock,
             membership_change: tokio::sync::Mutex::new(()),
             compaction_failure,
-        }))
+            encryption,
+        });
+        if node.encryption.rotation_due() {
+            tracing::info!("resuming the rotation of the raft data key");
+            node.spawn_rotation();
+        }
+        Ok(node)
+    }
+
+    /// Rotates the raft database's data key in the background (see `encryption`): writes go on
+    /// meanwhile, and a rotation cut short by a stop resumes when the member opens again.
+    pub fn rotate_data_key(&self) -> tokio::task::JoinHandle<Result<(), String>> {
+        self.spawn_rotation()
+    }
+
+    fn spawn_rotation(&self) -> tokio::task::JoinHandle<Result<(), String>> {
+        let (encryption, db) = (self.encryption.clone(), self.db_weak.clone());
+        tokio::spawn(async move {
+            let result = encryption.rotate(&db).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "raft data key rotation stopped; it resumes at the next start");
+            }
+            result
+        })
     }
 
     async fn initialize_if_new(&self, advertise_addr: String) -> Result<(), RaftError> {

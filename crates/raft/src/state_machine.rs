@@ -19,6 +19,7 @@ use crate::db::{
     KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, OLD_SNAPSHOTS, SNAPSHOT, get_json, read_err, to_json,
     write_err,
 };
+use crate::encryption::{Keyring, Place};
 use crate::types::{Entry, LogId, NodeId, RaftResponse, StorageError, TypeConfig};
 
 type Meta = SnapshotMeta<NodeId, BasicNode>;
@@ -27,6 +28,8 @@ type Membership = StoredMembership<NodeId, BasicNode>;
 /// State machine over the manager's `MemoryStore`.
 pub struct StateMachine {
     db: Arc<Database>,
+    /// Seals and opens snapshot data (`encryption`).
+    ring: Keyring,
     store: MemoryStore,
     /// Last entry applied to `store` (or covered by the snapshot it was restored from).
     last_applied: Option<LogId>,
@@ -38,16 +41,21 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Opens the state machine: restores the latest stored snapshot, if any, into `store`.
-    pub(crate) fn open(db: Arc<Database>, store: MemoryStore) -> Result<Self, StorageError> {
+    pub(crate) fn open(
+        db: Arc<Database>,
+        store: MemoryStore,
+        ring: Keyring,
+    ) -> Result<Self, StorageError> {
         let removed = crate::membership::Removed::load(db.clone())?;
         let mut sm = StateMachine {
             db,
+            ring,
             store,
             last_applied: None,
             membership: Membership::default(),
             removed,
         };
-        if let Some((meta, data)) = read_snapshot(&sm.db)? {
+        if let Some((meta, data)) = read_snapshot(&sm.db, &sm.ring)? {
             let snapshot = decode_snapshot(&meta, &data)?;
             let index = meta.last_log_id.map_or(0, |l| l.index);
             tracing::info!(snapshot.index = index, "restoring store from raft snapshot");
@@ -68,6 +76,7 @@ impl StateMachine {
 /// state machine keeps applying while the copy is encoded and written.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    ring: Keyring,
     content: api::StoreSnapshot,
     last_applied: Option<LogId>,
     membership: Membership,
@@ -90,7 +99,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        write_snapshot(&self.db, &meta, data.clone(), false, keep_old).await?;
+        write_snapshot(&self.db, &self.ring, &meta, data.clone(), false, keep_old).await?;
         tracing::info!(
             snapshot.index = meta.last_log_id.map_or(0, |l| l.index),
             bytes = data.len(),
@@ -148,6 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            ring: self.ring.clone(),
             content: self.store.save(),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -167,7 +177,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let content = decode_snapshot(meta, &data)?;
         // Durable first: once the store shows this state, a restart must come back to it.
         let keep_old = keep_old_snapshots(&content);
-        write_snapshot(&self.db, meta, data, true, keep_old).await?;
+        write_snapshot(&self.db, &self.ring, meta, data, true, keep_old).await?;
         let index = meta.last_log_id.map_or(0, |l| l.index);
         tracing::info!(snapshot.index = index, "installing raft snapshot");
         self.store.restore(content, index);
@@ -183,10 +193,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(read_snapshot(&self.db)?.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(
+            read_snapshot(&self.db, &self.ring)?.map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }),
+        )
     }
 }
 
@@ -211,17 +223,16 @@ fn decode_snapshot(meta: &Meta, data: &[u8]) -> Result<api::StoreSnapshot, Stora
     })
 }
 
-fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, StorageError> {
+fn read_snapshot(db: &Database, ring: &Keyring) -> Result<Option<(Meta, Vec<u8>)>, StorageError> {
     let txn = db.begin_read().map_err(read_err)?;
     let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
     let Some(meta) = get_json::<Meta, _>(&table, KEY_SNAPSHOT_META)? else {
         return Ok(None);
     };
-    let data = table
-        .get(KEY_SNAPSHOT_DATA)
-        .map_err(read_err)?
-        .map(|v| v.value().to_vec())
-        .unwrap_or_default();
+    let data = match table.get(KEY_SNAPSHOT_DATA).map_err(read_err)? {
+        Some(v) => ring.open_or_read_err(Place::Snapshot, v.value())?,
+        None => Vec::new(),
+    };
     Ok(Some((meta, data)))
 }
 
@@ -230,6 +241,7 @@ fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, StorageError>
 /// snapshot may have written while it was being built.
 async fn write_snapshot(
     db: &Arc<Database>,
+    ring: &Keyring,
     meta: &Meta,
     data: Vec<u8>,
     replace_newer: bool,
@@ -237,8 +249,9 @@ async fn write_snapshot(
 ) -> Result<(), StorageError> {
     let meta_json = to_json(meta)?;
     let last = meta.last_log_id;
-    let db = db.clone();
+    let (db, ring) = (db.clone(), ring.clone());
     tokio::task::spawn_blocking(move || {
+        let data = ring.seal(Place::Snapshot, &data);
         let mut txn = db.begin_write().map_err(write_err)?;
         txn.set_durability(Durability::Immediate)
             .map_err(write_err)?;
@@ -253,17 +266,17 @@ async fn write_snapshot(
             let mut old = txn.open_table(OLD_SNAPSHOTS).map_err(write_err)?;
             if let Some(prev) = existing.filter(|m| keep_old > 0 && m.last_log_id < last) {
                 let prev_json = to_json(&prev)?;
-                let prev_data = table
-                    .get(KEY_SNAPSHOT_DATA)
-                    .map_err(write_err)?
-                    .map(|v| v.value().to_vec())
-                    .unwrap_or_default();
+                let prev_data = match table.get(KEY_SNAPSHOT_DATA).map_err(write_err)? {
+                    Some(v) => ring.open_or_read_err(Place::Snapshot, v.value())?,
+                    None => Vec::new(),
+                };
                 let len = u32::try_from(prev_json.len()).map_err(write_err)?;
                 let mut record = Vec::with_capacity(4 + prev_json.len() + prev_data.len());
                 record.extend_from_slice(&len.to_be_bytes());
                 record.extend_from_slice(&prev_json);
                 record.extend_from_slice(&prev_data);
                 let index = prev.last_log_id.map_or(0, |l| l.index);
+                let record = ring.seal(Place::OldSnapshot(index), &record);
                 old.insert(index, record.as_slice()).map_err(write_err)?;
             }
             let mut kept: Vec<u64> = Vec::new();

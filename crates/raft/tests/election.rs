@@ -17,6 +17,7 @@ fn config(dir: &std::path::Path) -> RaftConfig {
     RaftConfig {
         dir: dir.to_path_buf(),
         tick: Duration::from_millis(100),
+        keys: common::keys(dir),
         ..Default::default()
     }
 }

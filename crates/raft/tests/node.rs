@@ -25,6 +25,7 @@ fn config(dir: &Path, snapshot_interval: u64, keep: u64) -> RaftConfig {
         election_tick: 10,
         heartbeat_tick: 1,
         force_new_cluster: false,
+        keys: common::keys(dir),
     }
 }
 

@@ -59,6 +59,7 @@ async fn join(leader: &RaftNode, dir: &std::path::Path, cfg: RaftConfig) -> Join
     let node = RaftNode::start_joining(
         RaftConfig {
             dir: dir.to_path_buf(),
+            keys: common::keys(dir),
             ..cfg
         },
         store.clone(),
@@ -171,6 +172,7 @@ async fn force_new_cluster_makes_a_follower_lead_alone_with_every_entry() {
         RaftConfig {
             dir: d2.path().to_path_buf(),
             force_new_cluster: true,
+            keys: common::keys(d2.path()),
             ..cfg.clone()
         },
         &store,
@@ -195,6 +197,7 @@ async fn force_new_cluster_makes_a_follower_lead_alone_with_every_entry() {
     let node = start(
         RaftConfig {
             dir: d2.path().to_path_buf(),
+            keys: common::keys(d2.path()),
             ..cfg
         },
         &again,

@@ -16,13 +16,53 @@ use tokio::sync::oneshot;
 /// Bound of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A member over `dir` with 50 ms ticks.
+/// A member over `dir` with 50 ms ticks, its raft database encrypted (see [`keys`]).
 pub fn config(dir: &std::path::Path) -> RaftConfig {
     RaftConfig {
         dir: dir.to_path_buf(),
         tick: Duration::from_millis(50),
+        keys: keys(dir),
         ..Default::default()
     }
+}
+
+/// Data keys kept in a file next to the database (the node keeps them in its key file's
+/// headers): `current` and `pending` as 32 bytes each, then a byte for `needs_rotation`.
+struct FileKeys(std::path::PathBuf);
+
+impl raft::DekStore for FileKeys {
+    fn load(&self) -> Result<Option<raft::DataKeys>, String> {
+        let bytes = match std::fs::read(&self.0) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let key = |b: &[u8]| raft::DataKey::from_bytes(b).ok_or("bad key file");
+        Ok(Some(raft::DataKeys {
+            current: key(&bytes[..32])?,
+            pending: (bytes.len() > 33)
+                .then(|| key(&bytes[32..64]))
+                .transpose()?,
+            needs_rotation: bytes.last() == Some(&1),
+        }))
+    }
+
+    fn save(&self, keys: &raft::DataKeys) -> Result<(), String> {
+        let mut out = keys.current.as_bytes().to_vec();
+        if let Some(p) = &keys.pending {
+            out.extend_from_slice(p.as_bytes());
+        }
+        out.push(u8::from(keys.needs_rotation));
+        if let Some(parent) = self.0.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&self.0, out).map_err(|e| e.to_string())
+    }
+}
+
+/// The data keys of the member over `dir`.
+pub fn keys(dir: &std::path::Path) -> raft::KeySource {
+    raft::KeySource(Some(Arc::new(FileKeys(dir.join("test-data-keys")))))
 }
 
 /// Dials peers over plaintext HTTP/2.

@@ -155,6 +155,8 @@ pub struct ProcessExecutor {
     files: Arc<TaskFiles>,
     /// The hostname to report instead of the OS's (`--hostname`).
     hostname_override: Option<String>,
+    /// The generic resources the node advertises (`--generic-node-resources`).
+    generic: Vec<api::GenericResource>,
 }
 
 impl ProcessExecutor {
@@ -169,7 +171,14 @@ impl ProcessExecutor {
             log_dir: state_dir.join("process"),
             files,
             hostname_override,
+            generic: Vec::new(),
         }
+    }
+
+    /// The same executor advertising `generic` in its node description.
+    pub fn with_generic_resources(mut self, generic: Vec<api::GenericResource>) -> Self {
+        self.generic = generic;
+        self
     }
 }
 
@@ -200,7 +209,7 @@ impl Executor for ProcessExecutor {
             resources: Some(api::Resources {
                 nano_cpus: i64::try_from(cpus).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000,
                 memory_bytes,
-                generic: Vec::new(),
+                generic: self.generic.clone(),
             }),
             engine: Some(api::EngineDescription {
                 engine_version: String::new(),

@@ -110,6 +110,7 @@ pub(crate) async fn spawn(
         &config.engine_addr,
         setup.state.root(),
         hostname,
+        &config.generic_resources,
     )
     .await?;
     let db = agent::TaskDb::open(&setup.state.worker_dir())

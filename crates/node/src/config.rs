@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub default_addr_pool: Vec<String>,
     /// Length of the subnets cut from it (`--default-addr-pool-mask-length`); 0 means 24.
     pub default_addr_pool_mask_length: u32,
+    /// Generic resources this node advertises to the scheduler (`--generic-node-resources`,
+    /// parsed by `api::genericresource::parse_cmd`).
+    pub generic_resources: Vec<api::GenericResource>,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +79,7 @@ impl Default for NodeConfig {
             force_new_cluster: false,
             default_addr_pool: Vec::new(),
             default_addr_pool_mask_length: 0,
+            generic_resources: Vec::new(),
         }
     }
 }

@@ -44,6 +44,7 @@ pub async fn build(
     engine_addr: &str,
     state_dir: &Path,
     hostname: Option<String>,
+    generic: &[api::GenericResource],
 ) -> Result<Arc<dyn agent::Executor>, NodeError> {
     let files = Arc::new(
         TaskFiles::open(state_dir).map_err(|source| NodeError::State {
@@ -52,14 +53,19 @@ pub async fn build(
         })?,
     );
     let process = || -> Arc<dyn agent::Executor> {
-        Arc::new(executor_process::ProcessExecutor::new(
-            state_dir.join("worker"),
-            files.clone(),
-            hostname.clone(),
-        ))
+        Arc::new(
+            executor_process::ProcessExecutor::new(
+                state_dir.join("worker"),
+                files.clone(),
+                hostname.clone(),
+            )
+            .with_generic_resources(generic.to_vec()),
+        )
     };
-    let docker =
-        || executor_docker::DockerExecutor::connect(engine_addr, files.clone(), hostname.clone());
+    let docker = || {
+        executor_docker::DockerExecutor::connect(engine_addr, files.clone(), hostname.clone())
+            .map(|d| d.with_generic_resources(generic.to_vec()))
+    };
     match kind {
         ExecutorKind::Process => Ok(process()),
         ExecutorKind::Docker => {

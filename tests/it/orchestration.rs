@@ -1,7 +1,8 @@
 //! Orchestration through the real binaries on one node whose agent runs tasks as processes:
 //! the replicated and global orchestrators create tasks, the allocator and scheduler take them to
 //! the node, where its agent runs them; scaling down retires the highest slots, an unplaceable task explains itself
-//! and is placed once the node fits, draining shuts tasks down and keeps replacements pending.
+//! and is placed once the node fits, draining shuts tasks down and keeps replacements pending, and
+//! the node's `--generic-node-resources` show in `node inspect` and take reservations that fit.
 
 use std::time::Duration;
 

@@ -9,7 +9,8 @@ use api::control_client::ControlClient;
 use api::gofmt::{duration_proto, parse_duration, quote};
 use tonic::transport::Channel;
 
-use crate::goparse::{parse_bool, parse_int, read_csv_record};
+use crate::goparse::{parse_bool, parse_int};
+use api::gofmt::read_csv_record;
 
 /// One invocation's connection and caches.
 pub struct Ctx {

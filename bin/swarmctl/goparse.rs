@@ -1,10 +1,9 @@
 //! Go-compatible parsers for flag values, so that swarmctl accepts the same input as SwarmKit's
-//! Go client (pflag) and fails with the same words: `strconv` integers and booleans,
-//! `encoding/csv` lists (pflag's `StringSlice`), go-units sizes and ulimits, `big.Rat` CPU
-//! amounts and SwarmKit's generic resources. Pure functions; durations, `%g` and `%q` are
-//! `api::gofmt`'s, the service flag-to-spec mapping is `service/flags.rs`.
-
-use std::collections::BTreeMap;
+//! Go client (pflag) and fails with the same words: `strconv` integers and booleans, go-units
+//! sizes and ulimits, `big.Rat` CPU amounts and the task side of SwarmKit's generic resources.
+//! Pure functions; durations, `%g`, `%q` and `encoding/csv` records (pflag's `StringSlice`) are
+//! `api::gofmt`'s, the generic resource syntax `api::genericresource`'s, the service
+//! flag-to-spec mapping is `service/flags.rs`.
 
 use api::gofmt::quote;
 
@@ -159,84 +158,6 @@ fn parse_float(s: &str) -> Result<f64, String> {
             quote(s)
         )),
     }
-}
-
-/// One record of `encoding/csv` (what pflag's `StringSlice` does with each occurrence of a flag).
-/// The empty string is the empty list.
-pub fn read_csv_record(val: &str) -> Result<Vec<String>, String> {
-    if val.is_empty() {
-        return Ok(Vec::new());
-    }
-    // csv reads one line per record; a quoted field may span lines.
-    let bytes = val.as_bytes();
-    let mut fields = Vec::new();
-    let mut pos = 0usize; // byte offset in val
-    let mut line = 1usize;
-    let mut col_base = 0usize; // offset of the current line's first byte
-    loop {
-        if pos < bytes.len() && bytes[pos] == b'"' {
-            // Quoted field.
-            let mut field = String::new();
-            pos += 1;
-            loop {
-                match val[pos..].find(['"', '\n']) {
-                    Some(i) if bytes[pos + i] == b'\n' => {
-                        field.push_str(&val[pos..=pos + i]);
-                        pos += i + 1;
-                        line += 1;
-                        col_base = pos;
-                    }
-                    Some(i) => {
-                        field.push_str(&val[pos..pos + i]);
-                        pos += i + 1;
-                        match bytes.get(pos) {
-                            Some(b'"') => {
-                                field.push('"');
-                                pos += 1;
-                            }
-                            Some(b',') => {
-                                pos += 1;
-                                fields.push(field);
-                                break;
-                            }
-                            None | Some(b'\n') => {
-                                fields.push(field);
-                                return Ok(fields);
-                            }
-                            Some(_) => {
-                                return Err(csv_error(line, pos - col_base + 1, QUOTE_ERR));
-                            }
-                        }
-                    }
-                    None => {
-                        return Err(csv_error(line, val.len() - col_base + 1, QUOTE_ERR));
-                    }
-                }
-            }
-        } else {
-            let end = val[pos..].find([',', '\n']).map_or(val.len(), |i| pos + i);
-            let field = &val[pos..end];
-            if let Some(j) = field.find('"') {
-                return Err(csv_error(
-                    line,
-                    pos - col_base + j + 1,
-                    "bare \" in non-quoted-field",
-                ));
-            }
-            fields.push(field.trim_end_matches('\r').to_string());
-            if end < val.len() && bytes[end] == b',' {
-                pos = end + 1;
-            } else {
-                return Ok(fields);
-            }
-        }
-    }
-}
-
-const QUOTE_ERR: &str = "extraneous or missing \" in quoted-field";
-
-fn csv_error(line: usize, col: usize, what: &str) -> String {
-    format!("parse error on line {line}, column {col}: {what}")
 }
 
 /// go-units `RAMInBytes`: `512m`, `1.5GiB`, `4 kb`, bytes without suffix.
@@ -409,61 +330,18 @@ pub fn parse_cpu(s: &str) -> Result<i64, String> {
 }
 
 /// SwarmKit's `genericresource.ParseCmd` followed by `ValidateTask` (tasks may only ask for
-/// discrete amounts): `gpu=2,fpga=1`. Kinds keep the order of their first appearance.
+/// discrete amounts): `gpu=2,fpga=1`.
 pub fn parse_generic_resources(cmd: &str) -> Result<Vec<api::GenericResource>, String> {
     use api::generic_resource::Resource;
-    let perr = |m: String| format!("could not parse GenericResource: {m}");
-    if cmd.contains('\n') {
-        return Err(perr("unexpected '\\n' character".into()));
+    let parsed = api::genericresource::parse_cmd(cmd)?;
+    if let Some(Resource::NamedResourceSpec(n)) = parsed.iter().find_map(|r| {
+        r.resource
+            .as_ref()
+            .filter(|r| matches!(r, Resource::NamedResourceSpec(_)))
+    }) {
+        return Err(format!("invalid argument for resource {}", n.kind));
     }
-    if cmd.is_empty() {
-        return Err(perr("found multiple records while parsing cmd []".into()));
-    }
-    let terms = read_csv_record(cmd).map_err(perr)?;
-    let mut order: Vec<String> = Vec::new();
-    let mut tokens: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for term in &terms {
-        let kva: Vec<&str> = term.split('=').collect();
-        if kva.len() != 2 {
-            return Err(perr(format!(
-                "incorrect term {term}, missing '=' or malformed expression"
-            )));
-        }
-        let key = kva[0].trim().to_string();
-        if !tokens.contains_key(&key) {
-            order.push(key.clone());
-        }
-        tokens
-            .entry(key)
-            .or_default()
-            .push(kva[1].trim().to_string());
-    }
-    let mut out = Vec::new();
-    for kind in order {
-        let vals = &tokens[&kind];
-        let discrete = |v: &str| parse_int(v, 10, 64).ok();
-        if let ([v], Some(n)) = (vals.as_slice(), vals.first().and_then(|v| discrete(v))) {
-            let _ = v;
-            if n < 0 {
-                return Err(perr(format!("cannot ask for negative resource {kind}")));
-            }
-            out.push(api::GenericResource {
-                resource: Some(Resource::DiscreteResourceSpec(
-                    api::DiscreteGenericResource { kind, value: n },
-                )),
-            });
-            continue;
-        }
-        if vals.iter().all(|v| discrete(v).is_none()) {
-            // Named resources parse, but a task may not request them.
-            return Err(format!("invalid argument for resource {kind}"));
-        }
-        return Err(perr(format!(
-            "mixed discrete and named resources in expression '{kind}=[{}]'",
-            vals.join(" ")
-        )));
-    }
-    Ok(out)
+    Ok(parsed)
 }
 
 #[cfg(test)]

@@ -63,8 +63,8 @@ struct Flags {
     #[arg(long = "join-addr", default_value = "")]
     join_addr: String,
     /// user defined resources (e.g. fpga=2,gpu=UUID1,gpu=UUID2,gpu=UUID3)
-    #[arg(long = "generic-node-resources", default_value = "")]
-    generic_node_resources: String,
+    #[arg(long = "generic-node-resources")]
+    generic_node_resources: Option<String>,
     /// Force the creation of a new cluster from data directory
     #[arg(long = "force-new-cluster")]
     force_new_cluster: bool,
@@ -127,10 +127,7 @@ fn go_duration(s: &str) -> Result<Duration, String> {
 
 /// Flags that parse but whose feature comes with a later issue: naming one is an error rather
 /// than being ignored.
-const NOT_SUPPORTED_YET: &[&str] = &[
-    "generic-node-resources",
-    "external-ca",
-];
+const NOT_SUPPORTED_YET: &[&str] = &["external-ca"];
 
 fn explicitly_given(matches: &clap::ArgMatches, id: &str) -> bool {
     matches.value_source(id) == Some(ValueSource::CommandLine)
@@ -179,6 +176,14 @@ fn main() -> ExitCode {
             return fatal(&format!("not supported yet: --{flag}"));
         }
     }
+    // SwarmKit parses the flag only when it is given, so an explicit empty value is an error.
+    let generic_resources = match flags.generic_node_resources.as_deref() {
+        None => Vec::new(),
+        Some(cmd) => match api::genericresource::parse_cmd(cmd) {
+            Ok(r) => r,
+            Err(e) => return fatal(&e),
+        },
+    };
     if flags.raft_tick_ms == 0 {
         return fatal("--raft-tick-ms must be positive");
     }
@@ -227,6 +232,7 @@ fn main() -> ExitCode {
         force_new_cluster: flags.force_new_cluster,
         default_addr_pool: flags.default_addr_pool,
         default_addr_pool_mask_length: flags.default_addr_pool_mask_length.unwrap_or(0),
+        generic_resources,
     };
     if let Err(e) = config.validate() {
         return fatal(&e.to_string());

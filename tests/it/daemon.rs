@@ -89,6 +89,42 @@ fn flags_of_later_features_fail_loudly() {
 }
 
 #[test]
+fn bad_generic_node_resources_stop_swarmd_with_swarmkits_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = "Error: could not parse GenericResource: ";
+    for (arg, err) in [
+        (
+            "gpu",
+            "incorrect term gpu, missing '=' or malformed expression",
+        ),
+        (
+            "gpu=1,gpu=UUID1",
+            "mixed discrete and named resources in expression 'gpu=[1 UUID1]'",
+        ),
+        ("ssd=-2", "cannot ask for negative resource ssd"),
+        ("", "found multiple records while parsing cmd []"),
+    ] {
+        let out = Command::new(SWARMD)
+            .arg("-d")
+            .arg(dir.path().join("s"))
+            .arg("--listen-control-api")
+            .arg(dir.path().join("sock"))
+            .args(["--listen-remote-api", "127.0.0.1:0"])
+            .args(["--executor", "process", "--generic-node-resources", arg])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{arg:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{prefix}{err}\n")),
+            "{arg:?}: {stderr}"
+        );
+        assert!(!dir.path().join("sock").exists(), "nothing may start");
+        assert!(!dir.path().join("s").exists(), "nothing may be written");
+    }
+}
+
+#[test]
 fn sigint_stops_gracefully_and_removes_socket() {
     let mut d = Swarmd::start();
     let code = d.signal_and_wait(2);

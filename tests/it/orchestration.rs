@@ -1,7 +1,8 @@
 //! Orchestration through the real binaries on one node whose agent runs tasks as processes:
 //! the replicated and global orchestrators create tasks, the allocator and scheduler take them to
 //! the node, where its agent runs them; scaling down retires the highest slots, an unplaceable task explains itself
-//! and is placed once the node fits, draining shuts tasks down and keeps replacements pending.
+//! and is placed once the node fits, draining shuts tasks down and keeps replacements pending, and
+//! the node's `--generic-node-resources` show in `node inspect` and take reservations that fit.
 
 use std::time::Duration;
 
@@ -481,4 +482,77 @@ fn task_inspect_shows_the_pid_and_the_exit_code() {
     });
     assert_eq!(code, "3");
     assert_eq!(inspect_field(&d, &id, "Pid"), None);
+}
+
+/// The lines of `node inspect`'s "Generic Resources" section, whitespace collapsed.
+fn generic_lines(d: &Swarmd) -> Vec<String> {
+    let out = d.ctl(&["node", "inspect", "node-1"]).ok().to_string();
+    out.lines()
+        .skip_while(|l| !l.trim_start().starts_with("Generic Resources:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// Creates the sleeper service `name` reserving `gpu=<n>`.
+fn create_gpu_service(d: &Swarmd, name: &str, gpus: &str) {
+    d.ctl(&[
+        "service",
+        "create",
+        "--name",
+        name,
+        "--image",
+        "busybox",
+        "--command",
+        "/bin/sh",
+        "--args",
+        SLEEP,
+        "--generic-resources",
+        &format!("gpu={gpus}"),
+    ])
+    .ok();
+}
+
+#[test]
+fn generic_node_resources_are_advertised_and_scheduled() {
+    let d = Swarmd::start_with(&[
+        "--executor",
+        "process",
+        "--generic-node-resources",
+        "gpu=UUID1,gpu=UUID2,ssd=1",
+    ]);
+    let want = ["gpu : UUID1", "gpu : UUID2", "ssd : 1"];
+    wait_for("generic resources in node inspect", WAIT, || {
+        (generic_lines(&d) == want).then_some(())
+    });
+
+    create_gpu_service(&d, "gpu1", "1");
+    wait_rows(
+        &d,
+        "gpu=1 task placed",
+        &[row("gpu1.1", "RUNNING", "RUNNING", "node-1")],
+    );
+
+    create_gpu_service(&d, "gpu3", "3");
+    let id = wait_for(
+        "gpu=3 task pending with the scheduler's reason",
+        WAIT,
+        || {
+            let out = d.ctl(&["task", "ls", "-q"]).ok().to_string();
+            out.lines().map(str::trim).find_map(|id| {
+            let inspect = d.ctl(&["task", "inspect", id]).ok().to_string();
+            (inspect.contains("Service                : gpu3\n")
+                && inspect.contains(
+                    "  Error                : no suitable node (insufficient resources on 1 node)\n",
+                ))
+            .then(|| id.to_string())
+        })
+        },
+    );
+    let inspect = d.ctl(&["task", "inspect", &id]).ok().to_string();
+    assert!(
+        inspect.contains("  Last State           : PENDING\n"),
+        "{inspect}"
+    );
 }

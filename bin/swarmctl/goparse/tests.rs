@@ -63,40 +63,6 @@ fn bools() {
     );
 }
 
-fn csv(s: &str) -> Result<Vec<String>, String> {
-    read_csv_record(s)
-}
-
-#[test]
-fn csv_records() {
-    assert_eq!(csv(""), Ok(vec![]));
-    assert_eq!(csv("a"), Ok(vec!["a".to_string()]));
-    assert_eq!(csv("a,b"), Ok(vec!["a".to_string(), "b".to_string()]));
-    assert_eq!(
-        csv("a,,b,"),
-        Ok(vec!["a".into(), "".into(), "b".into(), "".into()])
-    );
-    assert_eq!(
-        csv("\"a,b\",c"),
-        Ok(vec!["a,b".to_string(), "c".to_string()])
-    );
-    assert_eq!(
-        csv("\"say \"\"hi\"\"\""),
-        Ok(vec!["say \"hi\"".to_string()])
-    );
-    assert_eq!(csv(" a , b"), Ok(vec![" a ".to_string(), " b".to_string()]));
-    assert_eq!(csv("a\nb"), Ok(vec!["a".to_string()]));
-    assert_eq!(
-        csv("a\"b"),
-        Err("parse error on line 1, column 2: bare \" in non-quoted-field".into())
-    );
-    assert_eq!(
-        csv("x,\"a\"b"),
-        Err("parse error on line 1, column 6: extraneous or missing \" in quoted-field".into())
-    );
-    assert!(csv("\"abc").is_err());
-}
-
 #[test]
 fn ram_sizes() {
     assert_eq!(ram_in_bytes("512m"), Ok(512 << 20));

@@ -16,8 +16,9 @@ use crate::common::flag_value_error;
 
 use crate::goparse::{
     parse_bool, parse_cpu, parse_generic_resources, parse_int, parse_uint, parse_ulimit,
-    ram_in_bytes, read_csv_record,
+    ram_in_bytes,
 };
+use api::gofmt::read_csv_record;
 
 /// A client-side error of a service command: printed as `Error: <msg>` followed by the usage.
 #[derive(Debug, Clone, PartialEq, Eq)]

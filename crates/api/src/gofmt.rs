@@ -1,7 +1,8 @@
 //! Go's text formats where SwarmKit's users see them, in one place for swarmctl and the control
 //! API alike: `time.ParseDuration` and `time.Duration.String`, `strconv.FormatFloat(v, 'g', -1,
-//! 64)` (what `%g` prints) and `strconv.Quote` (what `%q` prints). Pure functions; the test
-//! tables are Go's own.
+//! 64)` (what `%g` prints), `strconv.Quote` (what `%q` prints) and one `encoding/csv` record
+//! (pflag's `StringSlice`, SwarmKit's generic resource lists). Pure functions; the test tables
+//! are Go's own.
 
 use unicode_general_category::{GeneralCategory, get_general_category};
 
@@ -303,6 +304,84 @@ fn shortest_sci(v: f64) -> String {
     } else {
         sci
     }
+}
+
+/// One record of `encoding/csv` (what pflag's `StringSlice` does with each occurrence of a flag).
+/// The empty string is the empty list.
+pub fn read_csv_record(val: &str) -> Result<Vec<String>, String> {
+    if val.is_empty() {
+        return Ok(Vec::new());
+    }
+    // csv reads one line per record; a quoted field may span lines.
+    let bytes = val.as_bytes();
+    let mut fields = Vec::new();
+    let mut pos = 0usize; // byte offset in val
+    let mut line = 1usize;
+    let mut col_base = 0usize; // offset of the current line's first byte
+    loop {
+        if pos < bytes.len() && bytes[pos] == b'"' {
+            // Quoted field.
+            let mut field = String::new();
+            pos += 1;
+            loop {
+                match val[pos..].find(['"', '\n']) {
+                    Some(i) if bytes[pos + i] == b'\n' => {
+                        field.push_str(&val[pos..=pos + i]);
+                        pos += i + 1;
+                        line += 1;
+                        col_base = pos;
+                    }
+                    Some(i) => {
+                        field.push_str(&val[pos..pos + i]);
+                        pos += i + 1;
+                        match bytes.get(pos) {
+                            Some(b'"') => {
+                                field.push('"');
+                                pos += 1;
+                            }
+                            Some(b',') => {
+                                pos += 1;
+                                fields.push(field);
+                                break;
+                            }
+                            None | Some(b'\n') => {
+                                fields.push(field);
+                                return Ok(fields);
+                            }
+                            Some(_) => {
+                                return Err(csv_error(line, pos - col_base + 1, QUOTE_ERR));
+                            }
+                        }
+                    }
+                    None => {
+                        return Err(csv_error(line, val.len() - col_base + 1, QUOTE_ERR));
+                    }
+                }
+            }
+        } else {
+            let end = val[pos..].find([',', '\n']).map_or(val.len(), |i| pos + i);
+            let field = &val[pos..end];
+            if let Some(j) = field.find('"') {
+                return Err(csv_error(
+                    line,
+                    pos - col_base + j + 1,
+                    "bare \" in non-quoted-field",
+                ));
+            }
+            fields.push(field.trim_end_matches('\r').to_string());
+            if end < val.len() && bytes[end] == b',' {
+                pos = end + 1;
+            } else {
+                return Ok(fields);
+            }
+        }
+    }
+}
+
+const QUOTE_ERR: &str = "extraneous or missing \" in quoted-field";
+
+fn csv_error(line: usize, col: usize, what: &str) -> String {
+    format!("parse error on line {line}, column {col}: {what}")
 }
 
 #[cfg(test)]

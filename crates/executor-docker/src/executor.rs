@@ -22,6 +22,8 @@ pub struct DockerExecutor {
     hostname_override: Option<String>,
     /// The node's local networks, one per swarm network its tasks use.
     networks: LocalNetworks,
+    /// The generic resources the node advertises (`--generic-node-resources`).
+    generic: Vec<api::GenericResource>,
 }
 
 impl DockerExecutor {
@@ -43,7 +45,14 @@ impl DockerExecutor {
             files,
             // swarmd's `--hostname` defaults to empty, which means "the engine's name".
             hostname_override: hostname_override.filter(|h| !h.is_empty()),
+            generic: Vec::new(),
         })
+    }
+
+    /// The same executor advertising `generic` in its node description.
+    pub fn with_generic_resources(mut self, generic: Vec<api::GenericResource>) -> Self {
+        self.generic = generic;
+        self
     }
 
     /// Removes every local network of swarmd's making created more than [`SWEEP_MIN_AGE`] ago
@@ -102,7 +111,7 @@ impl Executor for DockerExecutor {
             resources: Some(api::Resources {
                 nano_cpus: info.ncpu.unwrap_or_default() * 1_000_000_000,
                 memory_bytes: info.mem_total.unwrap_or_default(),
-                generic: Vec::new(),
+                generic: self.generic.clone(),
             }),
             engine: Some(api::EngineDescription {
                 engine_version: info.server_version.unwrap_or_default(),

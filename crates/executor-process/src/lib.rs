@@ -166,6 +166,8 @@ pub struct ProcessExecutor {
     /// The node's data plane, or why it could not start; `None`: tasks stay on the host's
     /// network.
     plane: Option<DataPlane>,
+    /// The generic resources the node advertises (`--generic-node-resources`).
+    generic: Vec<api::GenericResource>,
 }
 
 /// The node's data plane as the executor holds it: running, or why it is not.
@@ -184,7 +186,14 @@ impl ProcessExecutor {
             files,
             hostname_override,
             plane: None,
+            generic: Vec::new(),
         }
+    }
+
+    /// The same executor advertising `generic` in its node description.
+    pub fn with_generic_resources(mut self, generic: Vec<api::GenericResource>) -> Self {
+        self.generic = generic;
+        self
     }
 
     /// The same executor running tasks on swarm networks in their own namespaces through
@@ -221,7 +230,7 @@ impl Executor for ProcessExecutor {
             resources: Some(api::Resources {
                 nano_cpus: i64::try_from(cpus).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000,
                 memory_bytes,
-                generic: Vec::new(),
+                generic: self.generic.clone(),
             }),
             engine: Some(api::EngineDescription {
                 engine_version: String::new(),

@@ -76,6 +76,16 @@ async fn describe_reports_the_override_and_the_engine_label() {
     );
 }
 
+#[tokio::test]
+async fn describe_reports_the_generic_resources_given() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let generic = api::genericresource::parse_cmd("gpu=UUID1,gpu=UUID2,ssd=1").expect("parse");
+    assert_eq!(generic.len(), 3);
+    let executor = executor(state.path(), None).with_generic_resources(generic.clone());
+    let d = executor.describe().await.expect("describe");
+    assert_eq!(d.resources.expect("resources").generic, generic);
+}
+
 #[test]
 fn a_task_without_a_command_is_fatal() {
     let state = tempfile::tempdir().expect("tempdir");

@@ -111,6 +111,7 @@ pub(crate) async fn spawn(
         setup.state.root(),
         hostname,
         config.data_path_ip(),
+        &config.generic_resources,
     )
     .await?;
     let db = agent::TaskDb::open(&setup.state.worker_dir())

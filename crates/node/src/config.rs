@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub autolock: bool,
     /// The key this manager's key file is locked with (`--unlock-key`, parsed).
     pub unlock_key: Option<UnlockKey>,
+    /// Generic resources this node advertises to the scheduler (`--generic-node-resources`,
+    /// parsed by `api::genericresource::parse_cmd`).
+    pub generic_resources: Vec<api::GenericResource>,
 }
 
 /// An unlock key's bytes; `Debug` leaves them out.
@@ -111,6 +114,7 @@ impl Default for NodeConfig {
             default_addr_pool_mask_length: 0,
             autolock: false,
             unlock_key: None,
+            generic_resources: Vec::new(),
         }
     }
 }

@@ -51,6 +51,7 @@ pub async fn build(
     state_dir: &Path,
     hostname: Option<String>,
     data_path_addr: Option<std::net::IpAddr>,
+    generic: &[api::GenericResource],
 ) -> Result<Built, NodeError> {
     let files = Arc::new(
         TaskFiles::open(state_dir).map_err(|source| NodeError::State {
@@ -76,12 +77,15 @@ pub async fn build(
                 files.clone(),
                 hostname.clone(),
             )
-            .with_data_plane(plane.clone()),
+            .with_data_plane(plane.clone())
+            .with_generic_resources(generic.to_vec()),
         );
         (executor, plane.ok())
     };
-    let docker =
-        || executor_docker::DockerExecutor::connect(engine_addr, files.clone(), hostname.clone());
+    let docker = || {
+        executor_docker::DockerExecutor::connect(engine_addr, files.clone(), hostname.clone())
+            .map(|d| d.with_generic_resources(generic.to_vec()))
+    };
     match kind {
         ExecutorKind::Process => Ok(process().await),
         ExecutorKind::Docker => {

@@ -283,6 +283,16 @@ impl Balancer {
     /// do nothing.
     pub async fn remove_node_rules(&self) -> Result<(), Error> {
         self.stopped.store(true, Ordering::SeqCst);
+        self.remove_table().await
+    }
+
+    /// Removes table `swarmd` an earlier process left in the node's namespace (a start after a
+    /// crash); unlike [`Balancer::remove_node_rules`], later views are still applied.
+    pub async fn remove_leftover_rules(&self) -> Result<(), Error> {
+        self.remove_table().await
+    }
+
+    async fn remove_table(&self) -> Result<(), Error> {
         let lock = self.lock_of(&None);
         let _held = lock.lock().await;
         let netns = self.node_netns();

@@ -77,9 +77,16 @@ impl Dataplane {
             records,
             state: Mutex::new(State::default()),
             resolver: dns::Resolver::new(),
-            balancer: lb::Balancer::new(),
+            balancer: match netns {
+                Some(netns) => lb::Balancer::in_netns(NetnsPath(netns.to_path_buf())),
+                None => lb::Balancer::new(),
+            },
             views,
         });
+        // The mesh must not take swarmd's own VXLAN traffic.
+        plane
+            .balancer
+            .set_reserved_ports(vec![plane.config.vxlan_port]);
         plane.remove_leftovers().await?;
         tokio::spawn(apply_views(Arc::downgrade(&plane), rx));
         Ok(plane)
@@ -126,7 +133,7 @@ impl Dataplane {
             }
             let _ = fs::remove_file(&entry);
         }
-        self.balancer.remove_node_rules().await
+        self.balancer.remove_leftover_rules().await
     }
 
     /// Makes the kernel match `view`: devices for every network it lists (and the ones local
@@ -315,7 +322,10 @@ impl Dataplane {
             .join("sandboxes")
             .join(crate::sandbox::netns_name(task_id));
         match state.sandboxes.remove(task_id) {
-            Some(sandbox) => sandbox.remove(&self.nl).await?,
+            Some(sandbox) => {
+                self.balancer.forget_sandbox(&sandbox.netns);
+                sandbox.remove(&self.nl).await?
+            }
             None => crate::sandbox::remove_recorded(&self.nl, &dir).await?,
         }
         self.remove_unused(&mut state).await
@@ -328,6 +338,7 @@ impl Dataplane {
         state.stopped = true;
         state.view = NodeView::default();
         for (_, sandbox) in state.sandboxes.drain() {
+            self.balancer.forget_sandbox(&sandbox.netns);
             sandbox.remove(&self.nl).await?;
         }
         drop(state);
@@ -335,7 +346,8 @@ impl Dataplane {
         let mut state = self.state.lock().await;
         self.remove_unused(&mut state).await?;
         drop(state);
-        self.remove_leftovers().await
+        self.remove_leftovers().await?;
+        self.balancer.remove_node_rules().await
     }
 
     /// The IDs of the networks whose devices exist now (tests).

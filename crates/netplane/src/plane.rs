@@ -39,7 +39,9 @@ pub struct Dataplane {
     /// `<state_dir>/netplane`: records of the sandboxes and networks made.
     records: PathBuf,
     state: Mutex<State>,
-    resolver: dns::Resolver,
+    /// The resolver; `None` for a data plane working in another namespace ([`Dataplane::start_in`],
+    /// for tests), whose gateways this process's sockets cannot bind.
+    resolver: Option<dns::Resolver>,
     balancer: lb::Balancer,
     /// The latest view handed to [`Dataplane::set_view`], applied in order by a task of its own.
     views: watch::Sender<Option<NodeView>>,
@@ -76,7 +78,7 @@ impl Dataplane {
             nl,
             records,
             state: Mutex::new(State::default()),
-            resolver: dns::Resolver::new(),
+            resolver: netns.is_none().then(dns::Resolver::new),
             balancer: match netns {
                 Some(netns) => lb::Balancer::in_netns(NetnsPath(netns.to_path_buf())),
                 None => lb::Balancer::new(),
@@ -180,7 +182,9 @@ impl Dataplane {
             .map(|s| (s.netns.clone(), s.networks.clone()))
             .collect();
         drop(state);
-        self.resolver.update(&view).await?;
+        if let Some(resolver) = &self.resolver {
+            resolver.update(&view).await?;
+        }
         self.balancer.apply_node(&view).await?;
         for (netns, networks) in sandboxes {
             self.balancer
@@ -342,7 +346,9 @@ impl Dataplane {
             sandbox.remove(&self.nl).await?;
         }
         drop(state);
-        self.resolver.stop().await;
+        if let Some(resolver) = &self.resolver {
+            resolver.stop().await;
+        }
         let mut state = self.state.lock().await;
         self.remove_unused(&mut state).await?;
         drop(state);

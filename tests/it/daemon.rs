@@ -72,7 +72,7 @@ fn flags_of_later_features_fail_loudly() {
             .arg("--listen-control-api")
             .arg(dir.path().join("sock"))
             .args(["--listen-remote-api", "127.0.0.1:0"])
-            .args(&args)
+            .args(args)
             .output()
             .expect("run");
         assert_eq!(out.status.code(), Some(1), "{args:?}");

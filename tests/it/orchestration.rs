@@ -16,21 +16,25 @@ const SLEEP: &str = "-c,sleep 120 # swarmkit-it-orchestration";
 
 /// Creates the replicated service `web` of `replicas` long-running sleepers.
 fn create_web(d: &Swarmd, replicas: &str) {
-    d.ctl(&[
+    create_sleepers(d, "web", &["--replicas", replicas]);
+}
+
+/// Creates service `name` of long-running sleepers, with `extra` flags.
+fn create_sleepers(d: &Swarmd, name: &str, extra: &[&str]) {
+    let mut args = vec![
         "service",
         "create",
         "--name",
-        "web",
+        name,
         "--image",
         "busybox",
         "--command",
         "/bin/sh",
         "--args",
         SLEEP,
-        "--replicas",
-        replicas,
-    ])
-    .ok();
+    ];
+    args.extend(extra);
+    d.ctl(&args).ok();
 }
 
 /// A manager whose agent runs tasks as processes.
@@ -497,21 +501,7 @@ fn generic_lines(d: &Swarmd) -> Vec<String> {
 
 /// Creates the sleeper service `name` reserving `gpu=<n>`.
 fn create_gpu_service(d: &Swarmd, name: &str, gpus: &str) {
-    d.ctl(&[
-        "service",
-        "create",
-        "--name",
-        name,
-        "--image",
-        "busybox",
-        "--command",
-        "/bin/sh",
-        "--args",
-        SLEEP,
-        "--generic-resources",
-        &format!("gpu={gpus}"),
-    ])
-    .ok();
+    create_sleepers(d, name, &["--generic-resources", &format!("gpu={gpus}")]);
 }
 
 #[test]

@@ -11,24 +11,6 @@ use telemetry::swarm::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// Task states in the order of [`telemetry::swarm::TASK_STATES`].
-const TASK_STATES: [api::TaskState; 14] = [
-    api::TaskState::New,
-    api::TaskState::Pending,
-    api::TaskState::Assigned,
-    api::TaskState::Accepted,
-    api::TaskState::Preparing,
-    api::TaskState::Ready,
-    api::TaskState::Starting,
-    api::TaskState::Running,
-    api::TaskState::Complete,
-    api::TaskState::Shutdown,
-    api::TaskState::Failed,
-    api::TaskState::Rejected,
-    api::TaskState::Remove,
-    api::TaskState::Orphaned,
-];
-
 fn task_state(t: &api::Task) -> i32 {
     t.status.as_ref().map_or(0, |s| s.state)
 }
@@ -37,8 +19,16 @@ fn node_state(n: &api::Node) -> i32 {
     n.status.as_ref().map_or(0, |s| s.state)
 }
 
+/// Moves the gauge of task state `state`, found by its name among SwarmKit's labels
+/// ([`telemetry::swarm::TASK_STATES`]: the proto's names in lower case).
 fn add_task(state: i32, d: i64) {
-    if let Some(i) = TASK_STATES.iter().position(|s| *s as i32 == state)
+    let Ok(state) = api::TaskState::try_from(state) else {
+        return;
+    };
+    let name = state.as_str_name();
+    if let Some(i) = telemetry::swarm::TASK_STATES
+        .iter()
+        .position(|label| label.eq_ignore_ascii_case(name))
         && let Some(g) = MANAGER_TASKS.at(i)
     {
         g.add(d);
@@ -271,8 +261,9 @@ mod tests {
 
     #[test]
     fn task_and_node_labels_are_swarmkit_state_names() {
-        for (state, label) in TASK_STATES.iter().zip(telemetry::swarm::TASK_STATES) {
-            assert_eq!(state.as_str_name().to_lowercase(), label);
+        for label in telemetry::swarm::TASK_STATES {
+            let state = api::TaskState::from_str_name(&label.to_uppercase());
+            assert!(state.is_some(), "{label} is no task state");
         }
         for (i, label) in telemetry::swarm::NODE_STATES.iter().enumerate() {
             let state = api::node_status::State::try_from(i as i32).expect("a node state");

@@ -20,6 +20,8 @@ struct Follower {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// The swarmd it talks to (its socket), for the tasks and log shown when a wait fails.
+    socket: std::path::PathBuf,
 }
 
 impl Follower {
@@ -55,6 +57,7 @@ impl Follower {
             child,
             lines,
             seen: Vec::new(),
+            socket: socket.to_path_buf(),
         }
     }
 
@@ -65,9 +68,29 @@ impl Follower {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
-                Err(_) => panic!("{what}: not seen in {WAIT:?}; lines: {:#?}", self.seen),
+                Err(_) => panic!(
+                    "{what}: not seen in {WAIT:?}; lines: {:#?}\n{}",
+                    self.seen,
+                    self.diagnostics()
+                ),
             }
         }
+    }
+}
+
+impl Follower {
+    /// The tasks and the end of the log of the swarmd followed (when the socket is in its
+    /// directory, as the harness puts it), to tell a hang apart from a slow engine.
+    fn diagnostics(&self) -> String {
+        let tasks = crate::harness::ctl_at(&self.socket, &["task", "ls"], None);
+        let log = self
+            .socket
+            .parent()
+            .and_then(|d| std::fs::read_to_string(d.join("swarmd.log")).ok())
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("task ls: {tasks:?}\nswarmd.log (end):\n{}", tail.join("\n"))
     }
 }
 

@@ -222,8 +222,9 @@ fn addresses(id: &str) -> String {
 }
 
 /// Two replicas of a service on a swarm network, on one node: each container has an address of
-/// the network's subnet on the node's local network for it, and one reaches the other's address
-/// over TCP. The local network goes with the service.
+/// the network's subnet on the node's local network for it, and one reaches the other over TCP
+/// at its address, by its task name and by the service name (the engine's embedded DNS answers
+/// the aliases the executor gives). The local network goes with the service.
 #[test]
 fn two_replicas_on_a_network_reach_each_other() {
     if !engine_ready() {
@@ -283,6 +284,34 @@ fn two_replicas_on_a_network_reach_each_other() {
         docker(&["exec", from, "nc", "-w", "2", to_ip, "7000"]).filter(|a| !a.trim().is_empty())
     });
     assert_eq!(answer.trim(), to_host.trim());
+    // By name too: the other's task name (`<service>.<slot>.<task id>`, one of its aliases on
+    // the network) is the other; the service name is one replica or the other.
+    let aliases = docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{range .Aliases}}{{.}} {{end}}{{end}}",
+        to,
+    ])
+    .expect("aliases");
+    let task_name = aliases
+        .split_whitespace()
+        .find(|a| a.starts_with(&format!("{name}.")) && a.split('.').count() == 3)
+        .unwrap_or_else(|| panic!("no task name among the aliases {aliases:?}"))
+        .to_string();
+    let by_task_name = wait_for("one replica reaching the other by task name", WAIT, || {
+        docker(&["exec", from, "nc", "-w", "2", &task_name, "7000"])
+            .filter(|a| !a.trim().is_empty())
+    });
+    assert_eq!(by_task_name.trim(), to_host.trim(), "{task_name}");
+    let from_host =
+        docker(&["inspect", "--format", "{{.Config.Hostname}}", from]).expect("hostname");
+    let by_service = wait_for("a replica reached by the service name", WAIT, || {
+        docker(&["exec", from, "nc", "-w", "2", &name, "7000"]).filter(|a| !a.trim().is_empty())
+    });
+    assert!(
+        [to_host.trim(), from_host.trim()].contains(&by_service.trim()),
+        "{by_service:?} is neither replica"
+    );
     d.ctl(&["service", "rm", &name]).ok();
     wait_for("no container of ours left", WAIT, || {
         containers(&name).is_empty().then_some(())

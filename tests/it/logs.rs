@@ -377,3 +377,55 @@ fn docker_task_logs() {
             .then_some(())
     });
 }
+
+/// Three managers, each running a task: `service logs` on a follower's socket (forwarded to the
+/// leader's broker) gets the lines of the tasks on every node, the leader's and the followers'
+/// agents all publishing, with and without follow.
+#[test]
+fn a_followers_socket_serves_logs_of_every_node() {
+    let mut c = crate::ha_cluster::Cluster::start_with(3, 100, &["--executor", "process"]);
+    let leader = c.leader(WAIT);
+    let follower = (leader + 1) % 3;
+    create(
+        &c.managers[leader],
+        "logs-ha",
+        "3",
+        "echo line-$(cat /proc/sys/kernel/random/uuid);sleep 600",
+        &[],
+    );
+    let nodes_in = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| l.contains("❯ line-"))
+            .filter_map(|l| {
+                l.split_once('@')?
+                    .1
+                    .split_once('❯')
+                    .map(|(n, _)| n.to_string())
+            })
+            .collect()
+    };
+    let mut last = None;
+    let deadline = std::time::Instant::now() + WAIT;
+    let out = loop {
+        let out = c.managers[follower].ctl(&["service", "logs", "logs-ha"]);
+        if out.code == 0 && nodes_in(&out.stdout).len() == 3 {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lines from the three nodes: last {last:?}; tasks {:?}",
+            c.managers[leader].ctl(&["task", "ls"])
+        );
+        last = Some(out);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
+    let mut f = Follower::start(
+        &c.managers[follower].socket(),
+        &["service", "logs", "-f", "logs-ha"],
+    );
+    f.wait_until("followed lines from the three nodes", |seen| {
+        nodes_in(&seen.join("\n")).len() == 3
+    });
+    drop(f);
+}

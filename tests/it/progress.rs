@@ -1,7 +1,7 @@
 //! `swarmctl service create|update --detach=false` (ours): the command returns once the service
 //! has converged, printing one line per change on a pipe and redrawing a progress display on a
-//! terminal; an update whose new tasks fail ends with the paused update's reason. A `--detach`
-//! value that is no bool is refused.
+//! terminal; an update whose new tasks fail ends with the paused update's reason, or the
+//! rolled-back update's. A `--detach` value that is no bool is refused.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -84,7 +84,7 @@ fn create_with_detach_false_waits_until_converged_and_prints_lines_on_a_pipe() {
 }
 
 #[test]
-fn update_with_detach_false_fails_with_the_reason_of_a_paused_update() {
+fn update_with_detach_false_fails_with_the_reason_of_a_paused_or_rolled_back_update() {
     let d = start();
     d.ctl(&create_args("web", "2", &["--detach=false"])).ok();
     let out = d.ctl(&[
@@ -121,6 +121,31 @@ fn update_with_detach_false_fails_with_the_reason_of_a_paused_update() {
     assert_eq!(
         out.ok().lines().last(),
         Some("verify: Service converged"),
+        "{out:?}"
+    );
+
+    // Failing again with rollback as the failure action: the manager rolls back, which the
+    // command reports as a failure with the reason the rollback started.
+    let out = d.ctl(&[
+        "service",
+        "update",
+        "web",
+        "--args",
+        "-c,exit 1",
+        "--update-on-failure",
+        "rollback",
+        "--detach=false",
+    ]);
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(
+        out.stderr.starts_with(
+            "Error: service rolled back: update rolled back due to failure or early termination of task "
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("overall progress: rolling back update: "),
         "{out:?}"
     );
 }

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{SWARMCTL, Swarmd};
+use crate::harness::{Ctl, SWARMCTL, Swarmd};
 use crate::orchestration::{SLEEP, sleepers_args};
 
 /// A manager whose agent runs tasks as processes.
@@ -83,20 +83,19 @@ fn create_with_detach_false_waits_until_converged_and_prints_lines_on_a_pipe() {
     }
 }
 
+/// `service update web <args> --detach=false`.
+fn update_and_wait(d: &Swarmd, args: &[&str]) -> Ctl {
+    let mut all = vec!["service", "update", "web"];
+    all.extend(args);
+    all.push("--detach=false");
+    d.ctl(&all)
+}
+
 #[test]
 fn update_with_detach_false_fails_with_the_reason_of_a_paused_or_rolled_back_update() {
     let d = start();
     d.ctl(&create_args("web", "2", &["--detach=false"])).ok();
-    let out = d.ctl(&[
-        "service",
-        "update",
-        "web",
-        "--args",
-        "-c,exit 1",
-        "--update-on-failure",
-        "pause",
-        "--detach=false",
-    ]);
+    let out = update_and_wait(&d, &["--args", "-c,exit 1", "--update-on-failure", "pause"]);
     assert_eq!(out.code, 255, "{out:?}");
     assert!(
         out.stderr
@@ -107,17 +106,8 @@ fn update_with_detach_false_fails_with_the_reason_of_a_paused_or_rolled_back_upd
     let inspect = d.ctl(&["service", "inspect", "web"]).ok().to_string();
     assert!(inspect.contains("paused"), "{inspect}");
 
-    // An update that changes nothing but replicas converges.
-    let out = d.ctl(&[
-        "service",
-        "update",
-        "web",
-        "--args",
-        SLEEP,
-        "--replicas",
-        "1",
-        "--detach=false",
-    ]);
+    // An update back to sleepers (one of them) converges.
+    let out = update_and_wait(&d, &["--args", SLEEP, "--replicas", "1"]);
     assert_eq!(
         out.ok().lines().last(),
         Some("verify: Service converged"),
@@ -126,16 +116,10 @@ fn update_with_detach_false_fails_with_the_reason_of_a_paused_or_rolled_back_upd
 
     // Failing again with rollback as the failure action: the manager rolls back, which the
     // command reports as a failure with the reason the rollback started.
-    let out = d.ctl(&[
-        "service",
-        "update",
-        "web",
-        "--args",
-        "-c,exit 1",
-        "--update-on-failure",
-        "rollback",
-        "--detach=false",
-    ]);
+    let out = update_and_wait(
+        &d,
+        &["--args", "-c,exit 1", "--update-on-failure", "rollback"],
+    );
     assert_eq!(out.code, 255, "{out:?}");
     assert!(
         out.stderr.starts_with(

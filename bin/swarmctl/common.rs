@@ -50,6 +50,8 @@ pub enum CliError {
     Grpc(tonic::Status),
     /// A client-side error: the message is followed by the usage block of the command.
     Usage(String),
+    /// A command that ran and failed (a service update that paused): the message alone.
+    Failed(String),
 }
 
 impl From<tonic::Status> for CliError {
@@ -62,7 +64,7 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Grpc(s) => f.write_str(s.message()),
-            CliError::Usage(m) => f.write_str(m),
+            CliError::Usage(m) | CliError::Failed(m) => f.write_str(m),
         }
     }
 }
@@ -259,6 +261,12 @@ pub async fn get_service(ctx: &mut Ctx, arg: &str) -> Result<api::Service, CliEr
     };
     let hits = ctx.client.list_services(req).await?.into_inner().services;
     single(hits, "service", arg)
+}
+
+/// Every node of the cluster.
+pub async fn all_nodes(ctx: &mut Ctx) -> Result<Vec<api::Node>, CliError> {
+    let req = api::ListNodesRequest::default();
+    Ok(ctx.client.list_nodes(req).await?.into_inner().nodes)
 }
 
 /// A node by full ID, else by hostname.

@@ -142,6 +142,9 @@ impl Invocation {
                 let _ = writeln!(stderr, "Error: {msg}");
                 let _ = writeln!(stderr, "{}", self.usage());
             }
+            CliError::Failed(msg) => {
+                let _ = writeln!(stderr, "Error: {msg}");
+            }
         }
         ExitCode::from(255)
     }

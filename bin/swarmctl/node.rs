@@ -4,8 +4,8 @@
 use clap::{Args, Subcommand};
 
 use crate::common::{
-    CliError, CmdResult, Ctx, ListArgs, Positionals, annotations_name, emit, enum_name, get_node,
-    one_arg, print_header, string_slice, usage_err,
+    CliError, CmdResult, Ctx, ListArgs, Positionals, all_nodes, annotations_name, emit, enum_name,
+    get_node, one_arg, print_header, string_slice, usage_err,
 };
 use crate::humanize::iec_bytes;
 use crate::tabwriter::TabWriter;
@@ -80,12 +80,7 @@ pub async fn run(cmd: NodeCommand, ctx: &mut Ctx) -> CmdResult {
             if !a.pos.args.is_empty() {
                 return Err(usage_err("ls command takes no arguments"));
             }
-            let nodes = ctx
-                .client
-                .list_nodes(api::ListNodesRequest::default())
-                .await?
-                .into_inner()
-                .nodes;
+            let nodes = all_nodes(ctx).await?;
             emit(&render_list(&nodes, a.quiet));
             Ok(())
         }

@@ -412,9 +412,9 @@ fn mask(swarmctl: &Path, text: &str) -> String {
                 "one of replicated, global",
             ),
             // Flags of our swarmctl that SwarmKit's has not (jobs, rollback, OOM score, CA
-            // rotation, configs at create), in the usage text printed with an error.
+            // rotation, configs at create, detach), in the usage text printed with an error.
             (
-                r"(?m)^ +--(rollback|total-completions|max-concurrent|oom-score-adj|rotate-ca|config) .*\n",
+                r"(?m)^ +--(rollback|total-completions|max-concurrent|oom-score-adj|rotate-ca|config|detach) .*\n",
                 "",
             ),
             // Our swarmd says a secret driver is not supported, with SwarmKit's words in it.

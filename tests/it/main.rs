@@ -31,6 +31,7 @@ mod networks;
 mod orchestration;
 mod overlay;
 mod persistence;
+mod progress;
 mod secrets;
 mod security;
 mod slow_clients;

@@ -121,6 +121,8 @@ fn metrics_have_swarmkit_names_and_follow_services_and_debug_state_is_json() {
     assert!(observations(&s, "swarm_raft_transaction_latency_seconds", &[]) > 0);
     assert!(observations(&s, "swarm_store_write_tx_latency_seconds", &[]) > 0);
     assert!(observations(&s, "swarm_store_read_tx_latency_seconds", &[]) > 0);
+    // Creating the cluster object and the node looked their IDs up first.
+    assert!(observations(&s, "swarm_store_lookup_latency_seconds", &[]) > 0);
     for name in [
         "swarm_raft_snapshot_latency_seconds",
         "swarm_store_batch_latency_seconds",

@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// `task ls` (or `task ls -a`) rows as (service.slot, desired state, last state word, node).
 /// The command of every long-running task here; graceful stops (the harness's drop) end them.
-const SLEEP: &str = "-c,sleep 120 # swarmkit-it-orchestration";
+pub const SLEEP: &str = "-c,sleep 120 # swarmkit-it-orchestration";
 
 /// Creates the replicated service `web` of `replicas` long-running sleepers.
 fn create_web(d: &Swarmd, replicas: &str) {
@@ -21,6 +21,12 @@ fn create_web(d: &Swarmd, replicas: &str) {
 
 /// Creates service `name` of long-running sleepers, with `extra` flags.
 fn create_sleepers(d: &Swarmd, name: &str, extra: &[&str]) {
+    d.ctl(&sleepers_args(name, extra)).ok();
+}
+
+/// The `service create` arguments of [`create_sleepers`] (tests/it/progress.rs adds its own
+/// flags to them).
+pub fn sleepers_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "service",
         "create",
@@ -34,7 +40,7 @@ fn create_sleepers(d: &Swarmd, name: &str, extra: &[&str]) {
         SLEEP,
     ];
     args.extend(extra);
-    d.ctl(&args).ok();
+    args
 }
 
 /// A manager whose agent runs tasks as processes.

@@ -1,10 +1,12 @@
 //! `swarmctl service create`: builds a spec from the service flags (plus `--mode`, `--secret`
 //! and, ours, `--config`), resolves the network, secrets and configs, calls `CreateService` and
-//! prints the new ID.
+//! prints the new ID; with `--detach=false` (ours) it then follows the service until it converges
+//! (`progress.rs`).
 
 use clap::Args;
 
 use super::flags::{self, ServiceFlags, record_flag};
+use super::progress::{self, DetachArg};
 use super::{add_configs, add_secrets, resolve_network};
 use crate::common::{CmdResult, Ctx, emit, usage_err};
 
@@ -22,6 +24,8 @@ pub struct CreateArgs {
     /// add a config from swarm
     #[arg(long, value_name = "strings", allow_hyphen_values = true)]
     config: Option<Vec<String>>,
+    #[command(flatten)]
+    detach: DetachArg,
     /// Positional arguments are refused with SwarmKit's message rather than clap's.
     #[arg(hide = true)]
     extra: Vec<String>,
@@ -32,6 +36,7 @@ pub async fn run(a: CreateArgs, ctx: &mut Ctx) -> CmdResult {
     a.flags.check_syntax()?;
     let secrets = record_flag(&a.secret, "--secret")?;
     let configs = record_flag(&a.config, "--config")?;
+    let wait = a.detach.wait()?;
     if !a.extra.is_empty() {
         return Err(usage_err("create command takes no arguments"));
     }
@@ -55,9 +60,10 @@ pub async fn run(a: CreateArgs, ctx: &mut Ctx) -> CmdResult {
         .create_service(api::CreateServiceRequest { spec: Some(spec) })
         .await?
         .into_inner();
-    emit(&format!(
-        "{}\n",
-        resp.service.map(|s| s.id).unwrap_or_default()
-    ));
+    let id = resp.service.map(|s| s.id).unwrap_or_default();
+    emit(&format!("{id}\n"));
+    if wait {
+        progress::follow(ctx, &id, progress::Request::Change).await?;
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use clap::Args;
 
 use super::{ServiceStatus, job_statuses, replicas_text};
-use crate::common::{CmdResult, Ctx, emit, usage_err};
+use crate::common::{CmdResult, Ctx, all_nodes, emit, usage_err};
 use crate::tabwriter::TabWriter;
 
 /// Arguments of `service ls`.
@@ -31,12 +31,7 @@ pub async fn run(a: ListArgs, ctx: &mut Ctx) -> CmdResult {
         .await?
         .into_inner()
         .services;
-    let nodes = ctx
-        .client
-        .list_nodes(api::ListNodesRequest::default())
-        .await?
-        .into_inner()
-        .nodes;
+    let nodes = all_nodes(ctx).await?;
     if a.quiet {
         emit(
             &services

@@ -9,6 +9,7 @@ mod flags;
 mod inspect;
 mod list;
 mod logs;
+mod progress;
 mod remove;
 mod update;
 

@@ -1,11 +1,13 @@
 //! `swarmctl service update`: starts from the current spec, applies only the flags that were
 //! given (plus secret/config/capability edits and `--force`), refuses an unchanged spec and sends
 //! the result with the service's `meta.version`. `--rollback` (ours) asks the manager to go back
-//! to the previous spec instead.
+//! to the previous spec instead. With `--detach=false` (ours) it then follows the service until
+//! it converges (`progress.rs`).
 
 use clap::Args;
 
 use super::flags::{self, ServiceFlags, bool_flag, list_flag, record_flag};
+use super::progress::{self, DetachArg};
 use super::{add_configs, add_secrets, resolve_network};
 use crate::common::{CmdResult, Ctx, emit, get_service, usage_err};
 
@@ -41,6 +43,8 @@ pub struct UpdateArgs {
     /// roll the service back to its previous spec
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "bool")]
     rollback: Option<String>,
+    #[command(flatten)]
+    detach: DetachArg,
 }
 
 impl UpdateArgs {
@@ -72,6 +76,7 @@ pub async fn run(a: UpdateArgs, ctx: &mut Ctx) -> CmdResult {
     let rm_cap = list_flag(&a.rm_capability, "--rm-capability")?;
     let force = bool_flag(&a.force, "--force")?.unwrap_or(false);
     let rollback = bool_flag(&a.rollback, "--rollback")?.unwrap_or(false);
+    let wait = a.detach.wait()?;
     match a.service.len() {
         0 => return Err(usage_err("service ID missing")),
         1 => {}
@@ -124,10 +129,16 @@ pub async fn run(a: UpdateArgs, ctx: &mut Ctx) -> CmdResult {
         } as i32,
     };
     let resp = ctx.client.update_service(request).await?.into_inner();
-    emit(&format!(
-        "{}\n",
-        resp.service.map(|s| s.id).unwrap_or_default()
-    ));
+    let id = resp.service.map(|s| s.id).unwrap_or_default();
+    emit(&format!("{id}\n"));
+    if wait {
+        let request = if rollback {
+            progress::Request::Rollback
+        } else {
+            progress::Request::Change
+        };
+        progress::follow(ctx, &id, request).await?;
+    }
     Ok(())
 }
 

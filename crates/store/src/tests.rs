@@ -84,6 +84,19 @@ async fn seeded() -> MemoryStore {
 }
 
 #[tokio::test]
+async fn a_read_by_id_is_timed_as_a_lookup() {
+    let store = seeded().await;
+    let lookups = || telemetry::swarm::STORE_LOOKUP_LATENCY.count();
+    let before = lookups();
+    store.view(|tx| {
+        assert!(tx.get_service("s1").is_some());
+        assert!(tx.get_node("nope").is_none());
+    });
+    // Other tests of this process may look up too: at least these two were counted.
+    assert!(lookups() >= before + 2, "{before} -> {}", lookups());
+}
+
+#[tokio::test]
 async fn indexes_select_the_right_objects() {
     let store = seeded().await;
     store.view(|tx| {

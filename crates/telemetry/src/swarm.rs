@@ -60,6 +60,9 @@ pub static RAFT_SNAPSHOT_LATENCY: Timer = Timer::new();
 pub static STORE_WRITE_TX_LATENCY: Timer = Timer::new();
 /// `swarm_store_read_tx_latency_seconds`: one `MemoryStore::view`.
 pub static STORE_READ_TX_LATENCY: Timer = Timer::new();
+/// `swarm_store_lookup_latency_seconds`: one read of an object by its ID (`get`, and the
+/// existence checks of `create`, `update` and `delete`).
+pub static STORE_LOOKUP_LATENCY: Timer = Timer::new();
 /// `swarm_store_batch_latency_seconds`: one `MemoryStore::batch`.
 pub static STORE_BATCH_LATENCY: Timer = Timer::new();
 /// `swarm_store_memory_store_lock_duration_seconds`: how long a writer held the store's write
@@ -176,6 +179,11 @@ static ROWS: &[Row] = &[
         "swarm_store_batch_latency_seconds",
         "Raft store batch latency.",
         &STORE_BATCH_LATENCY,
+    ),
+    (
+        "swarm_store_lookup_latency_seconds",
+        "Raft store read latency.",
+        &STORE_LOOKUP_LATENCY,
     ),
     (
         "swarm_store_memory_store_lock_duration_seconds",

@@ -412,9 +412,10 @@ fn mask(swarmctl: &Path, text: &str) -> String {
                 "one of replicated, global",
             ),
             // Flags of our swarmctl that SwarmKit's has not (jobs, rollback, OOM score, CA
-            // rotation, configs at create, detach), in the usage text printed with an error.
+            // rotation, configs at create, detach, publish mode), in the usage text printed
+            // with an error.
             (
-                r"(?m)^ +--(rollback|total-completions|max-concurrent|oom-score-adj|rotate-ca|config|detach) .*\n",
+                r"(?m)^ +--(rollback|total-completions|max-concurrent|oom-score-adj|rotate-ca|config|detach|publish-mode) .*\n",
                 "",
             ),
             // Our swarmd says a secret driver is not supported, with SwarmKit's words in it.

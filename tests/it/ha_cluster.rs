@@ -25,10 +25,16 @@ pub struct Cluster {
 impl Cluster {
     /// `n` managers on loopback with `tick_ms` raft ticks (election after 10).
     pub fn start(n: usize, tick_ms: u64) -> Cluster {
+        Self::start_with(n, tick_ms, &[])
+    }
+
+    /// Like `start`, every manager with the extra swarmd flags `extra` (`--autolock`, say: the
+    /// first manager creates the cluster locked, the others ignore it as they join).
+    pub fn start_with(n: usize, tick_ms: u64, extra: &[&str]) -> Cluster {
         let addrs = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        Self::start_on(n, tick_ms, addrs, None, None)
+        Self::start_on(n, tick_ms, addrs, None, None, extra)
     }
 
     /// `n` of SwarmKit's own managers (its build in folder `bin`) on loopback, with its default
@@ -37,7 +43,7 @@ impl Cluster {
         let addrs = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        Self::start_on(n, 1000, addrs, None, Some(bin))
+        Self::start_on(n, 1000, addrs, None, Some(bin), &[])
     }
 
     /// `n` managers, each in its own network namespace; None (with the reason printed) when
@@ -51,7 +57,7 @@ impl Cluster {
             }
         };
         let addrs = (0..n).map(|i| format!("{}:4242", net.addr(i))).collect();
-        Some(Self::start_on(n, tick_ms, addrs, Some(net), None))
+        Some(Self::start_on(n, tick_ms, addrs, Some(net), None, &[]))
     }
 
     fn start_on(
@@ -60,6 +66,7 @@ impl Cluster {
         addrs: Vec<String>,
         net: Option<Netns>,
         swarmkit: Option<&std::path::Path>,
+        extra: &[&str],
     ) -> Cluster {
         let mut c = Cluster {
             managers: Vec::new(),
@@ -87,6 +94,7 @@ impl Cluster {
             if i > 0 {
                 args.extend(["--join-addr", &c.addrs[0], "--join-token", &token]);
             }
+            args.extend(extra);
             let ns = c.net.as_ref().map(|n| n.names[i].clone());
             let (m, code) = match swarmkit {
                 Some(bin) => Swarmd::start_swarmkit_node(bin, &args, "node is ready", JOIN_LIMIT),

@@ -2,8 +2,9 @@
 //! stopped manager needs its unlock key to come back (none or a wrong one changes nothing on
 //! its disk) and then catches up; one that was down while the key was rotated comes back with
 //! the key its file is locked with, the old one, and re-locks with the new one; one that was
-//! down while autolock was turned off still needs its key once, then none; and a kill -9 of
-//! every manager loses no acknowledged write.
+//! down while autolock was turned off still needs its key once, then none (and one down while
+//! it was turned back on needs none once, then the new key); and a kill -9 of every manager
+//! loses no acknowledged write.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,17 @@ fn wait_all(c: &mut Cluster, want: bool) {
     }
 }
 
+/// Stops manager `down` and runs `swarmctl cluster update default <flag>` on the leader, whose
+/// index it returns.
+fn update_while_down(c: &mut Cluster, down: usize, flag: &str) -> usize {
+    assert_eq!(c.managers[down].stop(), Some(0));
+    let l = c.leader(JOIN_LIMIT);
+    c.managers[l]
+        .ctl(&["cluster", "update", "default", flag])
+        .ok();
+    l
+}
+
 #[test]
 fn a_locked_manager_comes_back_only_with_its_key_and_catches_up() {
     let mut c = Cluster::start_with(3, TICK_MS, &["--autolock"]);
@@ -118,11 +130,7 @@ fn a_locked_manager_comes_back_only_with_its_key_and_catches_up() {
     // The unlock key rotated while it is down: its file is still locked with the old key, so
     // the new one is refused and the old one taken (as SwarmKit); once back it re-locks with
     // the new key, and then the old one is refused.
-    assert_eq!(c.managers[down].stop(), Some(0));
-    let l = c.leader(JOIN_LIMIT);
-    c.managers[l]
-        .ctl(&["cluster", "update", "default", "--rotate-unlock-key"])
-        .ok();
+    let l = update_while_down(&mut c, down, "--rotate-unlock-key");
     let new = unlock_key(&c.managers[l]);
     assert_ne!(new, key);
     refused_with(&mut c, down, &["--unlock-key", &new], LOCKED);
@@ -138,11 +146,7 @@ fn a_locked_manager_comes_back_only_with_its_key_and_catches_up() {
 
     // Autolock turned off while it is down: the others unlock their files; it still needs its
     // key once, then unlocks its file too and starts without one afterwards, as do the others.
-    assert_eq!(c.managers[down].stop(), Some(0));
-    let l = c.leader(JOIN_LIMIT);
-    c.managers[l]
-        .ctl(&["cluster", "update", "default", "--autolock=false"])
-        .ok();
+    update_while_down(&mut c, down, "--autolock=false");
     wait_all(&mut c, false);
     refused_with(&mut c, down, &[], LOCKED);
     restart(&mut c, down, &["--unlock-key", &new]);
@@ -153,6 +157,16 @@ fn a_locked_manager_comes_back_only_with_its_key_and_catches_up() {
     }
     c.wait_reachable(3, JOIN_LIMIT);
     assert!(local_services(&c.managers[down]).contains(&"while-down".to_string()));
+
+    // Autolock turned back on while it is down: its file is plain, so it starts without a key,
+    // then locks it with the cluster's new key, which it needs from then on.
+    let l = update_while_down(&mut c, down, "--autolock=true");
+    let latest = unlock_key(&c.managers[l]);
+    restart(&mut c, down, &[]);
+    wait_all(&mut c, true);
+    assert_eq!(c.managers[down].stop(), Some(0));
+    refused_with(&mut c, down, &["--unlock-key", &new], LOCKED);
+    restart(&mut c, down, &["--unlock-key", &latest]);
 }
 
 #[test]

@@ -959,4 +959,17 @@ fn bad_unlock_keys_fail_as_on_swarmkits_swarmd() {
         assert_eq!(expected.0, Some(1), "SwarmKit started with {args:?}");
         assert_eq!(start_outcome(&mut ours, args), expected, "{args:?}");
     }
+    // On a stopped manager that is not locked, a key is refused as a wrong one.
+    let mut theirs = Swarmd::start_swarmkit(&bin, &[]);
+    let mut ours = Swarmd::start();
+    assert_eq!(theirs.stop(), Some(0));
+    assert_eq!(ours.stop(), Some(0));
+    let args = ["--unlock-key", &wrong];
+    let expected = start_outcome(&mut theirs, &args);
+    assert_eq!(
+        expected,
+        (Some(1), format!("Error: {}", ca::ERR_LOCKED)),
+        "SwarmKit"
+    );
+    assert_eq!(start_outcome(&mut ours, &args), expected);
 }

@@ -81,8 +81,9 @@ struct Flags {
     #[arg(long = "autolock")]
     autolock: bool,
     /// Unlock this manager using this key
-    #[arg(long = "unlock-key", default_value = "")]
-    unlock_key: String,
+    // Given empty, it is SwarmKit's `invalid key string`, as any other malformed key.
+    #[arg(long = "unlock-key")]
+    unlock_key: Option<String>,
     /// Default address pool in CIDR format of a new cluster, the subnets of overlay networks are
     /// cut from (ours, Docker's swarm init flag; repeatable or comma-separated; default 10.0.0.0/8)
     #[arg(long = "default-addr-pool", value_delimiter = ',')]
@@ -201,13 +202,11 @@ fn main() -> ExitCode {
     }
 
     // SwarmKit's swarmd parses the key before anything else, with the same message.
-    let unlock_key = if flags.unlock_key.is_empty() {
-        None
-    } else {
-        match ca::parse_unlock_key(&flags.unlock_key) {
-            Ok(k) => Some(node::UnlockKey(k)),
-            Err(e) => return fatal(&e.to_string()),
-        }
+    // Given at all (even empty), it must parse.
+    let unlock_key = match flags.unlock_key.as_deref().map(ca::parse_unlock_key) {
+        None => None,
+        Some(Ok(k)) => Some(node::UnlockKey(k)),
+        Some(Err(e)) => return fatal(&e.to_string()),
     };
     let config = node::NodeConfig {
         autolock: flags.autolock,

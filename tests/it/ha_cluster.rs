@@ -28,7 +28,8 @@ impl Cluster {
         Self::start_with(n, tick_ms, &[])
     }
 
-    /// The same, every manager also given `extra` flags (e.g. `--executor process`).
+    /// Like `start`, every manager with the extra swarmd flags `extra` (`--autolock`, say: the
+    /// first manager creates the cluster locked, the others ignore it as they join).
     pub fn start_with(n: usize, tick_ms: u64, extra: &[&str]) -> Cluster {
         let addrs = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -93,7 +94,7 @@ impl Cluster {
             if i > 0 {
                 args.extend(["--join-addr", &c.addrs[0], "--join-token", &token]);
             }
-            args.extend_from_slice(extra);
+            args.extend(extra);
             let ns = c.net.as_ref().map(|n| n.names[i].clone());
             let (m, code) = match swarmkit {
                 Some(bin) => Swarmd::start_swarmkit_node(bin, &args, "node is ready", JOIN_LIMIT),

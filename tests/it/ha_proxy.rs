@@ -180,7 +180,7 @@ fn fails_without_leader(m: &Swarmd, args: &[&str], bound: u32) -> Duration {
 
 /// The names of the services in `m`'s own store, read on its control socket with the
 /// local-read header (not forwarded, not confirmed by a leader).
-fn local_services(m: &Swarmd) -> Vec<String> {
+pub(crate) fn local_services(m: &Swarmd) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let channel = ca::control_channel(&m.socket()).expect("channel");

@@ -505,9 +505,12 @@ pub fn impostor_cert() -> (ca::RootCa, Vec<u8>, ca::NodeKey) {
     (root, cert, key)
 }
 
-/// The certificate in a node's state directory, read.
+/// The certificate in a node's state directory, read (its key file, locked by autolock or not,
+/// is left alone).
 pub fn node_cert(state_dir: &Path) -> ca::CertInfo {
-    ca::CertInfo::parse(&tls_material(state_dir).cert_pem).expect("node certificate")
+    let pem =
+        std::fs::read(state_dir.join("certificates/swarm-node.crt")).expect("node certificate");
+    ca::CertInfo::parse(&pem).expect("node certificate")
 }
 
 /// Waits until `f` returns Some, or panics with `what` after `limit`.

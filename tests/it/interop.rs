@@ -891,3 +891,86 @@ fn swarmkit_swarmctl_publishes_in_host_mode_as_ours_does_by_default() {
         crate::cli::ingress_vip(&d, "theirs")
     });
 }
+
+/// The last `Error: ...` line `d` logged after byte `skip` (swarmd's message on a failed start).
+fn error_line(d: &Swarmd, skip: usize) -> String {
+    d.log()[skip..]
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A start of `d` with `args` on its state dir: the exit code (None: it started, and was
+/// stopped) and its `Error:` line; its state dir must be unchanged either way.
+fn start_outcome(d: &mut Swarmd, args: &[&str]) -> (Option<i32>, String) {
+    let before = crate::atrest::tree(&d.state_dir());
+    d.set_extra_args(args);
+    let skip = d.log().len();
+    let code = d.spawn_until("node is ready", WAIT);
+    if code.is_none() {
+        d.stop();
+    }
+    assert!(
+        crate::atrest::tree(&d.state_dir()) == before,
+        "{args:?} changed the state dir; log:\n{}",
+        d.log()
+    );
+    (code, error_line(d, skip))
+}
+
+#[test]
+fn bad_unlock_keys_fail_as_on_swarmkits_swarmd() {
+    let Some(bin) = swarmkit_bin() else { return };
+    let wrong = format!("SWMKEY-1-{}", "A".repeat(43));
+    let cases: [&[&str]; 9] = [
+        &[],
+        &["--autolock"],
+        &["--unlock-key", &wrong],
+        // Another length: a wrong key, not a malformed one.
+        &["--unlock-key", "SWMKEY-1-AAAA"],
+        // Go's base64 ignores the last character's unused bits: a wrong key too.
+        &["--unlock-key", "SWMKEY-1-AB"],
+        &["--unlock-key", "SWMKEY-1-AAAA="],
+        &["--unlock-key", "SWMKEY-1-not base64!"],
+        &["--unlock-key", "not-a-key"],
+        &["--unlock-key", ""],
+    ];
+    // A malformed key is refused before anything is written, on a new state dir too.
+    for args in &cases[5..] {
+        let (theirs, their_code) = Swarmd::start_swarmkit_node(&bin, args, "node is ready", WAIT);
+        let (ours, our_code) = Swarmd::start_node(args, "node is ready", WAIT);
+        let their_error = error_line(&theirs, 0);
+        assert_eq!(
+            (their_code, their_error.as_str()),
+            (Some(1), "Error: invalid key string"),
+            "{args:?}"
+        );
+        assert_eq!((our_code, error_line(&ours, 0)), (their_code, their_error));
+        assert!(!ours.state_dir().exists(), "{args:?} created a state dir");
+    }
+    // On a stopped locked manager: the same code and message, nothing changed on disk.
+    let mut theirs = Swarmd::start_swarmkit(&bin, &["--autolock"]);
+    let mut ours = Swarmd::start_with(&["--autolock"]);
+    assert_eq!(theirs.stop(), Some(0));
+    assert_eq!(ours.stop(), Some(0));
+    for args in cases {
+        let expected = start_outcome(&mut theirs, args);
+        assert_eq!(expected.0, Some(1), "SwarmKit started with {args:?}");
+        assert_eq!(start_outcome(&mut ours, args), expected, "{args:?}");
+    }
+    // On a stopped manager that is not locked, a key is refused as a wrong one.
+    let mut theirs = Swarmd::start_swarmkit(&bin, &[]);
+    let mut ours = Swarmd::start();
+    assert_eq!(theirs.stop(), Some(0));
+    assert_eq!(ours.stop(), Some(0));
+    let args = ["--unlock-key", &wrong];
+    let expected = start_outcome(&mut theirs, &args);
+    assert_eq!(
+        expected,
+        (Some(1), format!("Error: {}", ca::ERR_LOCKED)),
+        "SwarmKit"
+    );
+    assert_eq!(start_outcome(&mut ours, &args), expected);
+}

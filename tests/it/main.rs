@@ -6,6 +6,7 @@ mod harness;
 
 mod assignments;
 mod atrest;
+mod atrest_ha;
 mod cli;
 mod cluster;
 mod daemon;

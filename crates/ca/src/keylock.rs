@@ -8,8 +8,11 @@
 
 use std::path::Path;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{
+    GeneralPurpose, GeneralPurposeConfig, STANDARD, STANDARD_NO_PAD,
+};
+use base64::{Engine, alphabet};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
@@ -34,13 +37,26 @@ pub fn format_unlock_key(key: &[u8]) -> String {
     format!("{UNLOCK_KEY_PREFIX}{}", STANDARD_NO_PAD.encode(key))
 }
 
+/// Unpadded standard base64 decoded as Go's `base64.RawStdEncoding` does, which SwarmKit's
+/// `swarmd` uses: the unused low bits of the last character need not be zero.
+const GO_RAW_STD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
+
 /// The bytes of a `SWMKEY-1-...` key; SwarmKit's `invalid key string` for anything else.
 /// Any length is accepted here, as SwarmKit does: a key of the wrong length simply unlocks
-/// nothing.
+/// nothing. As Go's decoder, line breaks inside the base64 are skipped and the last
+/// character's unused bits ignored, so a key SwarmKit's `swarmd` takes is taken here too.
 pub fn parse_unlock_key(text: &str) -> Result<Vec<u8>, CaError> {
     let invalid = || CaError::InvalidUnlockKey;
     let rest = text.strip_prefix(UNLOCK_KEY_PREFIX).ok_or_else(invalid)?;
-    STANDARD_NO_PAD.decode(rest).map_err(|_| invalid())
+    let rest: Zeroizing<String> =
+        Zeroizing::new(rest.chars().filter(|c| !matches!(c, '\r' | '\n')).collect());
+    GO_RAW_STD.decode(rest.as_bytes()).map_err(|_| invalid())
 }
 
 /// The raft data keys as the key file's headers hold them, unwrapped.
@@ -453,6 +469,12 @@ mod tests {
         }
         // A well-formed key of another length parses; it unlocks nothing.
         assert_eq!(parse_unlock_key("SWMKEY-1-AAAA").expect("short").len(), 3);
+        // As Go's RawStdEncoding (SwarmKit's swarmd takes both and unlocks with them): the last
+        // character's unused bits are ignored, line breaks skipped, a lone last character is not.
+        assert_eq!(parse_unlock_key("SWMKEY-1-AB").expect("trailing bits"), [0]);
+        let split = format!("{}\r\n{}", &text[..20], &text[20..]);
+        assert_eq!(parse_unlock_key(&split).expect("line break"), k);
+        assert!(parse_unlock_key("SWMKEY-1-AAAAA").is_err());
     }
 
     #[test]

@@ -191,6 +191,13 @@ impl Node {
         // by a key given anyway: only the cluster's autolock setting locks it.
         let locked = KeyStore::new(state.root()).is_locked_on_disk()?;
         if !locked && config.unlock_key.is_some() {
+            // As SwarmKit, whose key reader opens the raft data key headers with the key given
+            // and fails on plain ones: a manager that is not locked refuses a key as a wrong
+            // one. A node without them (a worker, a new node) goes on without it.
+            let deks = KeyStore::new(state.root()).data_keys()?;
+            if deks.current.is_some() || deks.pending.is_some() {
+                return Err(ca::CaError::Locked.into());
+            }
             warn!("this node is not locked: --unlock-key is ignored");
         }
         let unlock_key = config.unlock_key.clone().filter(|_| locked);

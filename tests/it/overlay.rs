@@ -720,14 +720,25 @@ fn an_ingress_port_answers_on_a_node_that_runs_no_task_of_it() {
     let web = wait_web(m, 2, &[mesh.node_id(1)]);
     mesh.wait_views(&[0, 1, 2]);
     let replicas: BTreeSet<String> = web.iter().flat_map(|r| r.addrs.clone()).collect();
-    for node in [0, 2] {
-        let to = mesh.net.addr(node);
-        let heard = wait_for(&format!("web's answer at {to}:30080"), WAIT, || {
-            let out = mesh.exec_in(3, &[BUSYBOX, "nc", "-w", "2", &to, "30080"]);
-            let heard = replica_addrs(&String::from_utf8_lossy(&out.stdout));
-            (!heard.is_disjoint(&replicas)).then_some(heard)
-        });
-        println!("node-{} port 30080 answered by {heard:?}", node + 1);
+    // From the client outside to node-1 and node-3, and on node-1 from the node itself, at its
+    // address and at 127.0.0.1.
+    let (node1, node3) = (mesh.net.addr(0), mesh.net.addr(2));
+    for (from, to) in [
+        (3, &node1),
+        (3, &node3),
+        (0, &node1),
+        (0, &"127.0.0.1".to_string()),
+    ] {
+        let heard = wait_for(
+            &format!("web's answer at {to}:30080 from namespace {from}"),
+            WAIT,
+            || {
+                let out = mesh.exec_in(from, &[BUSYBOX, "nc", "-w", "2", to, "30080"]);
+                let heard = replica_addrs(&String::from_utf8_lossy(&out.stdout));
+                (!heard.is_disjoint(&replicas)).then_some(heard)
+            },
+        );
+        println!("{to}:30080 from namespace {from} answered by {heard:?}");
     }
     mesh.stop_clean();
 }

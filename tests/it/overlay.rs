@@ -258,18 +258,17 @@ fn probe_from(d: &Swarmd, on: &Swarmd, net: &str, constraint: &str, addrs: &[Str
     }
 }
 
-/// What the service probe of [`probe_web`] saw in one round.
-#[derive(Debug, Default, Clone)]
-struct Round {
+/// One answer the probe of [`probe_web`] printed.
+#[derive(Debug, Clone)]
+struct Sample {
+    /// When it was printed, or for a connection when it started (seconds since the epoch).
     at: f64,
-    /// `nslookup web`'s addresses.
-    web: BTreeSet<String>,
-    /// `nslookup tasks.web`'s addresses.
-    tasks: BTreeSet<String>,
-    /// The addresses of the replica that answered at `web:7000`, empty if none did.
-    by_name: BTreeSet<String>,
-    /// The same at the VIP.
-    by_vip: BTreeSet<String>,
+    /// `web` or `tasks.web` (a lookup of that name), `byname` or `byvip` (a connection to
+    /// `web:7000` or to the VIP).
+    what: String,
+    /// The addresses the lookup answered, or those of the replica that answered the connection
+    /// (empty if none did).
+    addrs: BTreeSet<String>,
 }
 
 /// The addresses in `nslookup`'s answer (its lines joined): those after `Address:` (the server's
@@ -297,18 +296,19 @@ fn replica_addrs(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Creates service `probe` on `net` on node-1, which asks its resolver for `web` and `tasks.web`
-/// and connects to `web:7000` and to `vip:7000` in rounds, each about 0.1 s after the last
-/// ([`rounds`] reads them).
+/// Creates service `probe` on `net` on node-1, which in one loop asks its resolver for `web` and
+/// `tasks.web`, and in another connects to `web:7000` and to `vip:7000` (a connection that hangs
+/// delays no lookup), each round about 0.1 s after the last ([`samples`] reads them).
 fn probe_web(d: &Swarmd, net: &str, vip: &str) {
     let lookup = |name: &str| {
         format!("echo {name} $({BUSYBOX} nslookup -type=a {name} 2>&1 | {BUSYBOX} tr '\\n' ' ')")
     };
     let connect = |tag: &str, to: &str| {
-        format!("echo {tag} $({BUSYBOX} nc -w 1 {to} {WEB_PORT} </dev/null 2>&1)")
+        format!("echo {tag}-start; echo {tag} $({BUSYBOX} nc -w 1 {to} {WEB_PORT} </dev/null 2>&1)")
     };
+    let pause = format!("{BUSYBOX} usleep 100000");
     let script = format!(
-        "while true; do {}; {}; {}; {}; echo end; {BUSYBOX} usleep 100000; done",
+        "while true; do {}; {}; {pause}; done & while true; do {}; {}; {pause}; done",
         lookup("web"),
         lookup("tasks.web"),
         connect("byname", "web"),
@@ -317,25 +317,42 @@ fn probe_web(d: &Swarmd, net: &str, vip: &str) {
     create_probe(d, net, "node.hostname==node-1", &script);
 }
 
-/// The rounds the probe of [`probe_web`] on node `on` printed so far.
-fn rounds(on: &Swarmd) -> Vec<Round> {
-    let mut rounds = Vec::new();
-    let mut round = Round::default();
-    for line in task_lines(on) {
-        let (tag, rest) = line.text.split_once(' ').unwrap_or((&line.text, ""));
-        match tag {
-            "web" => round.web = answer_addrs(rest),
-            "tasks.web" => round.tasks = answer_addrs(rest),
-            "byname" => round.by_name = replica_addrs(rest),
-            "byvip" => round.by_vip = replica_addrs(rest),
-            "end" => {
-                round.at = line.at;
-                rounds.push(std::mem::take(&mut round));
+/// The answers the probe of [`probe_web`] on node `on` printed so far; a connection's at the time
+/// it started (the `<tag>-start` line before it), as a failed one ends a second later.
+fn samples(on: &Swarmd) -> Vec<Sample> {
+    let mut started = std::collections::HashMap::new();
+    task_lines(on)
+        .into_iter()
+        .filter_map(|line| {
+            let (what, rest) = line.text.split_once(' ').unwrap_or((&line.text, ""));
+            if let Some(tag) = what.strip_suffix("-start") {
+                started.insert(tag.to_string(), line.at);
+                return None;
             }
-            _ => {}
-        }
-    }
-    rounds
+            let (at, addrs) = match what {
+                "web" | "tasks.web" => (line.at, answer_addrs(rest)),
+                "byname" | "byvip" => (
+                    started.get(what).copied().unwrap_or(line.at),
+                    replica_addrs(rest),
+                ),
+                _ => return None,
+            };
+            Some(Sample {
+                at,
+                what: what.to_string(),
+                addrs,
+            })
+        })
+        .collect()
+}
+
+/// The samples of any kind in `what` (`web|tasks.web`), after `since`.
+fn of(samples: &[Sample], what: &str, since: f64) -> Vec<Sample> {
+    samples
+        .iter()
+        .filter(|x| what.split('|').any(|w| w == x.what) && x.at > since)
+        .cloned()
+        .collect()
 }
 
 /// `n` nodes, each swarmd in a network namespace of its own with its data path on the
@@ -535,19 +552,21 @@ fn web_with_probe(replicas: usize) -> Option<(Mesh, Vec<Replica>, String)> {
     probe_web(m, "ovmesh", &vip);
     let start = Instant::now();
     loop {
-        let seen = rounds(m);
-        let by_vip: BTreeSet<&String> = seen.iter().flat_map(|r| &r.by_vip).collect();
-        let done = seen.iter().any(|r| r.web == BTreeSet::from([vip.clone()]))
-            && seen.iter().any(|r| r.tasks == addrs)
-            && seen.iter().any(|r| !r.by_name.is_empty())
-            && addrs.iter().all(|a| by_vip.contains(a));
+        let seen = samples(m);
+        let any = |what: &str, f: &dyn Fn(&BTreeSet<String>) -> bool| {
+            of(&seen, what, 0.0).iter().any(|x| f(&x.addrs))
+        };
+        let done = any("web", &|a| *a == BTreeSet::from([vip.clone()]))
+            && any("tasks.web", &|a| *a == addrs)
+            && any("byname", &|a| !a.is_empty())
+            && addrs.iter().all(|addr| any("byvip", &|a| a.contains(addr)));
         if done {
             return Some((mesh, web, vip));
         }
         assert!(
             start.elapsed() < WAIT,
-            "the probe did not find web at {vip} and all of {addrs:?}; last rounds:\n{:#?}\nnode log:\n{}",
-            &seen[seen.len().saturating_sub(5)..],
+            "the probe did not find web at {vip} and all of {addrs:?}; last answers:\n{:#?}\nnode log:\n{}",
+            &seen[seen.len().saturating_sub(12)..],
             m.log()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -562,19 +581,20 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// The PIDs of `pid`'s children (from /proc: a process task is its swarmd's child and leads a
-/// process group of its own).
-fn children(pid: i32) -> Vec<i32> {
-    let parent = pid.to_string();
+/// The process tasks `swarmd` started: its children that lead a process group of their own (not
+/// an `nft` it may be running), from /proc.
+fn task_processes(swarmd: i32) -> Vec<i32> {
+    let parent = swarmd.to_string();
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|e| {
             let child: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
-            // `pid (comm) state ppid …`: the comm may hold spaces, not a `)`-then-space.
-            let ppid = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?;
-            (ppid == parent).then_some(child)
+            // `pid (comm) state ppid pgrp …`: the comm may hold spaces, not a `) `.
+            let mut fields = stat.rsplit_once(") ")?.1.split_whitespace().skip(1);
+            let (ppid, group) = (fields.next()?, fields.next()?);
+            (ppid == parent && group == child.to_string()).then_some(child)
         })
         .collect()
 }
@@ -601,28 +621,25 @@ fn a_task_finds_web_by_name_and_reaches_every_replica_through_its_vip() {
         .iter()
         .map(|r| r.addrs.iter().cloned().collect())
         .collect();
-    let seen = rounds(mesh.manager());
+    let seen = samples(mesh.manager());
     let mut hits = vec![0; replicas.len()];
-    for r in &seen {
-        assert!(
-            r.web.is_empty() || r.web == BTreeSet::from([vip.clone()]),
-            "{r:?}"
-        );
-        for reply in [&r.by_name, &r.by_vip] {
-            if reply.is_empty() {
-                continue;
+    for x in &seen {
+        match x.what.as_str() {
+            "web" => assert!(
+                x.addrs.is_empty() || x.addrs == BTreeSet::from([vip.clone()]),
+                "{x:?}"
+            ),
+            "byname" | "byvip" if !x.addrs.is_empty() => {
+                let i = replicas
+                    .iter()
+                    .position(|addrs| *addrs == x.addrs)
+                    .unwrap_or_else(|| panic!("an answer from no replica of {replicas:?}: {x:?}"));
+                hits[i] += 1;
             }
-            let i = replicas
-                .iter()
-                .position(|addrs| addrs == reply)
-                .unwrap_or_else(|| panic!("an answer from no replica of {replicas:?}: {r:?}"));
-            hits[i] += 1;
+            _ => {}
         }
     }
-    println!(
-        "{} probe rounds; answers per replica (by name and VIP): {hits:?}",
-        seen.len()
-    );
+    println!("answers per replica (by name and VIP): {hits:?}");
     mesh.stop_clean();
 }
 
@@ -638,7 +655,7 @@ fn a_dead_nodes_tasks_leave_the_names_and_the_vip() {
         .map(|r| r.addrs[0].clone())
         .collect();
     let swarmd = mesh.nodes[2].pid();
-    let tasks = children(swarmd);
+    let tasks = task_processes(swarmd);
     assert_eq!(tasks.len(), dead.len(), "node-3's task processes {tasks:?}");
 
     // Node-3 dies: its swarmd, then its tasks (a process task outlives a killed swarmd, as a
@@ -654,13 +671,14 @@ fn a_dead_nodes_tasks_leave_the_names_and_the_vip() {
         kill_group(group);
     }
 
-    // Until both the names and the VIP have left node-3's tasks for good: ten rounds in a row
-    // with no answer naming one (`tasks.web`) and no connection to the VIP failing or reaching
-    // one.
+    // Until both the names and the VIP have left node-3's tasks for good: ten answers in a row
+    // to `tasks.web` naming none of them, and ten connections to the VIP (by name or address) in
+    // a row none of which failed or reached one.
     const STEADY: usize = 10;
     let m = mesh.manager();
     let mut down_at = None;
-    let (dns, vip_last_bad, vip) = wait_for(
+    let bad = |x: &Sample| x.addrs.is_empty() || !x.addrs.is_disjoint(&dead);
+    let (dns, vip) = wait_for(
         "node-3's tasks out of tasks.web and of the VIP",
         Duration::from_secs(120),
         || {
@@ -672,28 +690,26 @@ fn a_dead_nodes_tasks_leave_the_names_and_the_vip() {
             {
                 down_at = Some(now() - killed_at);
             }
-            let after: Vec<Round> = rounds(m).into_iter().filter(|r| r.at > killed_at).collect();
-            let dns_from = after
-                .iter()
-                .rposition(|r| r.tasks.is_empty() || !r.tasks.is_disjoint(&dead))
-                .map_or(0, |i| i + 1);
-            let vip_bad = after
-                .iter()
-                .rposition(|r| r.by_vip.is_empty() || !r.by_vip.is_disjoint(&dead));
-            let vip_from = vip_bad.map_or(0, |i| i + 1);
-            (after.len() >= dns_from + STEADY && after.len() >= vip_from + STEADY).then(|| {
-                (
-                    after[dns_from].at - killed_at,
-                    vip_bad.map_or(0.0, |i| after[i].at - killed_at),
-                    after[vip_from].at - killed_at,
-                )
-            })
+            let seen = samples(m);
+            // (last bad answer, first of the good ones after it), since the kill.
+            let settled = |what: &str| {
+                let after = of(&seen, what, killed_at);
+                let last_bad = after.iter().rposition(bad);
+                let from = last_bad.map_or(0, |i| i + 1);
+                (after.len() >= from + STEADY).then(|| {
+                    let last = last_bad.map_or(0.0, |i| after[i].at - killed_at);
+                    (last, after[from].at - killed_at)
+                })
+            };
+            Some((settled("tasks.web")?, settled("byname|byvip")?))
         },
     );
     let down = down_at.map_or("not seen".to_string(), |t| format!("{t:.1} s"));
     println!(
-        "kill -9 of node-3 -> its tasks out of tasks.web: {dns:.1} s; out of the VIP: {vip:.1} s \
-         (last failed or node-3 answer at {vip_last_bad:.1} s); node-3 DOWN in node ls: {down}"
+        "kill -9 of node-3 -> its tasks out of tasks.web: {:.1} s (last listed at {:.1} s); \
+         out of the VIP: {:.1} s (last connection failing or reaching one at {:.1} s); \
+         node-3 DOWN in node ls by {down}",
+        dns.1, dns.0, vip.1, vip.0
     );
 
     // Node-3 comes back: it removes what its killed run left (the sandboxes of its dead tasks),

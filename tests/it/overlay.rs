@@ -71,6 +71,7 @@ fn service_named<'a>(services: &'a [api::Service], name: &str) -> Option<&'a api
 /// networks, in the task's order.
 #[derive(Debug, Clone)]
 struct Replica {
+    id: String,
     node: String,
     addrs: Vec<String>,
 }
@@ -88,6 +89,7 @@ fn running(d: &Swarmd, name: &str) -> Vec<Replica> {
                 && t.status.as_ref().map(|s| s.state) == Some(api::TaskState::Running as i32)
         })
         .map(|t| Replica {
+            id: t.id,
             node: t.node_id,
             addrs: t
                 .networks
@@ -712,8 +714,14 @@ fn a_dead_nodes_tasks_leave_the_names_and_the_vip() {
         dns.1, dns.0, vip.1, vip.0
     );
 
-    // Node-3 comes back: it removes what its killed run left (the sandboxes of its dead tasks),
-    // and the clean stop checks that nothing stays.
+    // Node-3 comes back: it removes what its killed run left (the mount points of its dead
+    // tasks' sandboxes, still here), and the clean stop checks that nothing stays.
+    let left: Vec<String> = web
+        .iter()
+        .filter(|r| r.node == node3)
+        .map(|r| format!("/run/netns/swt-{}", &r.id[..12]))
+        .collect();
+    assert!(left.iter().all(|p| Path::new(p).exists()), "{left:?}");
     let back = mesh.nodes[2].spawn_until("worker node is ready", WAIT);
     assert_eq!(back, None, "node-3 restarts; log:\n{}", mesh.nodes[2].log());
     mesh.stop_clean();

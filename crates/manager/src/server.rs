@@ -83,6 +83,10 @@ const LOCAL_SERVICES: &[&str] = &[
     "docker.swarmkit.v1.NodeCA",
     "docker.swarmkit.v1.Health",
     "docker.swarmkit.v1.Dispatcher",
+    "docker.swarmkit.v1.Watch",
+    "swarmkit.netplane.v1.NetworkPlane",
+    "docker.swarmkit.v1.Logs",
+    "docker.swarmkit.v1.LogBroker",
 ];
 
 /// What the control socket serves, as SwarmKit's local server: Control, CA and NodeCA (so that

@@ -3,7 +3,8 @@
 //! its disk) and then catches up; one that was down while the key was rotated comes back with
 //! the key its file is locked with, the old one, and re-locks with the new one; one that was
 //! down while autolock was turned off still needs its key once, then none (and one down while
-//! it was turned back on needs none once, then the new key); and a kill -9 of every manager
+//! it was turned back on needs none once, then the new key); no file of any of the three
+//! managers holds a secret's bytes, with autolock on and off; and a kill -9 of every manager
 //! loses no acknowledged write.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use crate::atrest::{key_file, refused, unlock_key};
 use crate::ha_cluster::{Cluster, JOIN_LIMIT};
 use crate::ha_proxy::local_services;
 use crate::harness::{ctl_at, wait_for};
+use crate::secrets::{create_from_file, files_containing, leak_forms, payload, token};
 
 const TICK_MS: u64 = 100;
 const WAIT: Duration = Duration::from_secs(60);
@@ -94,11 +96,37 @@ fn update_while_down(c: &mut Cluster, down: usize, flag: &str) -> usize {
     l
 }
 
+/// No file of any manager's state dir holds a byte form of the secrets' `needles`.
+#[track_caller]
+fn no_secret_on_any_disk(c: &Cluster, needles: &[Vec<u8>], when: &str) {
+    for (i, m) in c.managers.iter().enumerate() {
+        let found = files_containing(&m.state_dir(), needles);
+        assert!(
+            found.is_empty(),
+            "secret bytes on node-{}'s disk ({when}): {found:?}",
+            i + 1
+        );
+    }
+}
+
 #[test]
 fn a_locked_manager_comes_back_only_with_its_key_and_catches_up() {
-    let mut c = Cluster::start_with(3, TICK_MS, &["--autolock"]);
+    // Small snapshot interval: the secrets reach the followers in snapshots as well as entries.
+    let mut c = Cluster::start_with(3, TICK_MS, &["--autolock", "--snapshot-interval", "3"]);
     let key = unlock_key(&c.managers[0]);
     wait_all(&mut c, true);
+    let tok = token();
+    let needles = leak_forms(&tok);
+    let l = c.leader(JOIN_LIMIT);
+    for i in 0..6 {
+        create_from_file(&c.managers[l], "secret", &format!("ha-{i}"), &payload(&tok));
+    }
+    for m in &c.managers {
+        wait_for("the secrets in every manager's store", WAIT, || {
+            (m.ctl(&["secret", "ls"]).ok().matches("ha-").count() == 6).then_some(())
+        });
+    }
+    no_secret_on_any_disk(&c, &needles, "autolock on");
     let l = c.leader(JOIN_LIMIT);
     let down = (l + 1) % 3;
 
@@ -157,6 +185,7 @@ fn a_locked_manager_comes_back_only_with_its_key_and_catches_up() {
     }
     c.wait_reachable(3, JOIN_LIMIT);
     assert!(local_services(&c.managers[down]).contains(&"while-down".to_string()));
+    no_secret_on_any_disk(&c, &needles, "autolock off");
 
     // Autolock turned back on while it is down: its file is plain, so it starts without a key,
     // then locks it with the cluster's new key, which it needs from then on.

@@ -16,7 +16,9 @@
 //!
 //! A node's data path address is what its stream announced (`WatchRequest.data_path_addr`), else
 //! the source IP the stream came from (the original caller's through a follower), else the
-//! node's `status.addr`; a peer is listed only once its address is known.
+//! node's `status.addr`; a peer is listed only once its address is known. Its WireGuard public key
+//! (for encrypted networks) is the one its latest stream announced, if any: streams are
+//! authenticated by node certificates, so a peer's listed key is that node's own.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -298,6 +300,8 @@ pub(crate) struct Model {
     svc_tasks: HashMap<String, BTreeSet<String>>,
     /// Data path addresses nodes' streams announced (or came from).
     announced: HashMap<String, IpAddr>,
+    /// WireGuard public keys nodes' streams announced.
+    keys: HashMap<String, Vec<u8>>,
     /// Networks whose shared view must be computed again.
     dirty_nets: HashSet<String>,
     /// Nodes whose own set of networks or addresses changed.
@@ -384,6 +388,7 @@ impl Model {
     fn remove_node(&mut self, id: &str) {
         let old = self.nodes.remove(id);
         self.announced.remove(id);
+        self.keys.remove(id);
         self.node_changed(id, old.as_ref(), None);
     }
 
@@ -473,6 +478,22 @@ impl Model {
         }
     }
 
+    /// Records the WireGuard public key a node's stream announced (empty: none); its peers'
+    /// views change if it differs from the one known.
+    pub(crate) fn announce_key(&mut self, node_id: &str, key: Vec<u8>) {
+        if self.keys.get(node_id).map_or(&[][..], Vec::as_slice) == key.as_slice() {
+            return;
+        }
+        if key.is_empty() {
+            self.keys.remove(node_id);
+        } else {
+            self.keys.insert(node_id.to_string(), key);
+        }
+        if let Some(info) = self.nodes.get(node_id) {
+            self.dirty_nets.extend(info.networks().map(str::to_string));
+        }
+    }
+
     /// The data path address of a node, if known.
     fn data_path_addr(&self, node_id: &str) -> Option<IpAddr> {
         self.announced
@@ -528,7 +549,7 @@ impl Model {
                     node_id: node.clone(),
                     data_path_addr: addr.to_string(),
                     node_addr,
-                    wireguard_public_key: Vec::new(),
+                    wireguard_public_key: self.keys.get(node).cloned().unwrap_or_default(),
                 })
             })
             .collect();
@@ -625,6 +646,7 @@ fn task_event_matters(event: &Event) -> bool {
 struct Register {
     node_id: String,
     addr: Option<IpAddr>,
+    key: Vec<u8>,
     tx: watch::Sender<Option<Arc<NodeView>>>,
 }
 
@@ -732,6 +754,7 @@ impl NetworkPlane {
                     if let Some(addr) = reg.addr {
                         model.announce(&reg.node_id, addr);
                     }
+                    model.announce_key(&reg.node_id, reg.key);
                     // Everything pending goes out first, so the new stream starts from the
                     // same state as the node's other streams.
                     publish(&mut model, &mut streams, version);
@@ -762,6 +785,16 @@ impl NetworkPlane {
 
     /// Opens a stream of `node_id`'s views; `addr` is its data path address if known.
     pub fn watch(&self, node_id: &str, addr: Option<IpAddr>) -> Result<ViewStream, Status> {
+        self.watch_with_key(node_id, addr, Vec::new())
+    }
+
+    /// The same, for a node announcing WireGuard public key `key` (empty: none).
+    pub fn watch_with_key(
+        &self,
+        node_id: &str,
+        addr: Option<IpAddr>,
+        key: Vec<u8>,
+    ) -> Result<ViewStream, Status> {
         let slot = lock(&self.inner.term);
         let term = slot
             .as_ref()
@@ -772,6 +805,7 @@ impl NetworkPlane {
             .send(Register {
                 node_id: node_id.to_string(),
                 addr,
+                key,
                 tx,
             })
             .map_err(|_| Status::unavailable("the network plane is stopped"))?;
@@ -908,7 +942,16 @@ impl api::netplane::network_plane_server::NetworkPlane for NetworkPlaneService {
             }
         };
         let addr = requested_addr(&req.get_ref().data_path_addr, source)?;
-        self.plane.watch(&node_id, addr).map(Response::new)
+        let key = req.into_inner().wireguard_public_key;
+        if !key.is_empty() && key.len() != 32 {
+            return Err(Status::invalid_argument(format!(
+                "a WireGuard public key has 32 bytes, not {}",
+                key.len()
+            )));
+        }
+        self.plane
+            .watch_with_key(&node_id, addr, key)
+            .map(Response::new)
     }
 }
 

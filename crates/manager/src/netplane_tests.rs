@@ -384,6 +384,35 @@ async fn a_peer_is_listed_at_its_announced_address_else_its_status_address() {
 }
 
 #[tokio::test]
+async fn a_peer_is_listed_with_the_wireguard_key_its_stream_announced() {
+    let store = seeded_store().await;
+    let mut m = model_of(&store);
+    m.refresh();
+    assert!(
+        net(&m.node_view("a", 1), "n1").peers[0]
+            .wireguard_public_key
+            .is_empty()
+    );
+    m.announce_key("b", vec![7; 32]);
+    let affected = m.refresh();
+    assert!(affected.contains("a"), "{affected:?}");
+    assert_eq!(
+        net(&m.node_view("a", 1), "n1").peers[0].wireguard_public_key,
+        vec![7; 32]
+    );
+    // The same key again changes nothing; a stream without one takes it away.
+    m.announce_key("b", vec![7; 32]);
+    assert!(!m.is_dirty());
+    m.announce_key("b", Vec::new());
+    m.refresh();
+    assert!(
+        net(&m.node_view("a", 1), "n1").peers[0]
+            .wireguard_public_key
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn a_change_touches_only_the_nodes_on_its_network() {
     let store = seeded_store().await;
     let mut m = model_of(&store);

@@ -5,6 +5,7 @@
 //! in; [`Dataplane::apply`] makes the kernel match it:
 //! - `overlay`: per network a bridge and a VXLAN device with the network's VNI, static forwarding
 //!   and neighbour entries for the other nodes' addresses (no flooding, no learning);
+//! - `tunnel`: the userspace WireGuard tunnel encrypted networks' VXLAN packets go through;
 //! - `sandbox`: a network namespace per process task on networks, a veth on each bridge;
 //! - `dns`: the resolver tasks use as their nameserver (`<service>`, `tasks.<service>`, aliases,
 //!   task names; other names forwarded to the node's own resolvers);
@@ -29,6 +30,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An encrypted network, on a node whose WireGuard tunnel could not start: its traffic is
+    /// never sent in clear instead.
+    #[error("network {network} is encrypted and this node cannot encrypt: {why}")]
+    CannotEncrypt { network: String, why: String },
 }
 
 /// VXLAN's IANA port, which every node uses.
@@ -45,6 +50,12 @@ pub struct Config {
     pub vxlan_port: u16,
     /// The node's state directory, for what must survive a restart.
     pub state_dir: PathBuf,
+    /// The UDP port WireGuard packets of encrypted networks leave from and arrive at
+    /// ([`tunnel::WIREGUARD_PORT`] unless a test runs several nodes in one namespace).
+    pub wireguard_port: u16,
+    /// The VXLAN port of encrypted networks' devices, routed into the tunnel, never on the wire
+    /// ([`tunnel::ENCRYPTED_VXLAN_PORT`] likewise).
+    pub encrypted_vxlan_port: u16,
 }
 
 pub mod dns;
@@ -53,6 +64,7 @@ mod netlink;
 pub mod overlay;
 mod plane;
 pub mod sandbox;
+pub mod tunnel;
 
 pub use plane::{Dataplane, SandboxError};
 pub use sandbox::TaskNet;

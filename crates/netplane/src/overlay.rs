@@ -4,6 +4,10 @@
 //! attachment, a task on another node) it holds a neighbour entry (IP -> MAC) and a forwarding
 //! entry (MAC -> that node's data path address). MACs are derived from the IPs ([`mac_of`]), so
 //! the view needs to carry only addresses.
+//!
+//! An encrypted network's VXLAN device uses the encrypted VXLAN port, which a routing rule sends
+//! into the node's WireGuard tunnel ([`crate::tunnel`]), and a smaller MTU
+//! ([`ENCRYPTED_OVERLAY_MTU`]) leaving room for WireGuard's headers.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,6 +24,13 @@ use crate::{Error, NetworkView};
 
 /// MTU inside the overlay: a 1500-byte underlay less VXLAN's 50 bytes of headers.
 pub const OVERLAY_MTU: u32 = 1450;
+
+/// MTU inside an encrypted overlay: the tunnel's MTU less VXLAN's 50 bytes of headers.
+pub const ENCRYPTED_OVERLAY_MTU: u32 = crate::tunnel::TUNNEL_MTU - 50;
+
+/// The driver option asking for a network's traffic between nodes to be encrypted
+/// (`network create --opt encrypted`).
+pub const ENCRYPTED: &str = "encrypted";
 
 /// The bridge of the network with VXLAN ID `vni`.
 pub fn bridge_name(vni: u32) -> String {
@@ -61,12 +72,13 @@ impl FromStr for Cidr {
 }
 
 /// What it takes to make a network's devices: its ID, VNI and gateways (with their subnets'
-/// prefix lengths).
+/// prefix lengths), and whether its traffic between nodes goes through the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
     pub id: String,
     pub vni: u32,
     pub gateways: Vec<Cidr>,
+    pub encrypted: bool,
 }
 
 /// The option of a network's driver state listing its VXLAN IDs.
@@ -100,11 +112,22 @@ impl NetSpec {
             id: n.id.clone(),
             vni: n.vni,
             gateways,
+            encrypted: n.encrypted,
         })
     }
 
+    /// The MTU of the network's devices and its tasks' interfaces.
+    pub fn mtu(&self) -> u32 {
+        if self.encrypted {
+            ENCRYPTED_OVERLAY_MTU
+        } else {
+            OVERLAY_MTU
+        }
+    }
+
     /// From the network object a task's attachment carries (its driver state's first VXLAN ID,
-    /// its IPAM configs' subnets and gateways).
+    /// its IPAM configs' subnets and gateways, the `encrypted` option of its spec's driver or of
+    /// its driver state).
     pub fn from_network(n: &api::Network) -> Result<NetSpec, String> {
         let name = n
             .spec
@@ -126,10 +149,19 @@ impl NetSpec {
             .filter(|c| !c.gateway.is_empty() && !c.subnet.contains(':'))
             .map(|c| gateway(&c.subnet, &c.gateway))
             .collect::<Result<_, String>>()?;
+        let encrypted = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.driver_config.as_ref())
+            .is_some_and(|d| d.options.contains_key(ENCRYPTED))
+            || n.driver_state
+                .as_ref()
+                .is_some_and(|d| d.options.contains_key(ENCRYPTED));
         Ok(NetSpec {
             id: n.id.clone(),
             vni,
             gateways,
+            encrypted,
         })
     }
 }
@@ -202,7 +234,7 @@ impl Overlay {
         let vx_name = vxlan_name(spec.vni);
         let bridge = netlink::add_link(
             nl,
-            LinkBridge::new(&br_name).mtu(OVERLAY_MTU).build(),
+            LinkBridge::new(&br_name).mtu(spec.mtu()).build(),
             &br_name,
         )
         .await?;
@@ -210,7 +242,7 @@ impl Overlay {
             .port(port)
             .learning(false)
             .proxy(true)
-            .mtu(OVERLAY_MTU);
+            .mtu(spec.mtu());
         if let Some(IpAddr::V4(local)) = local {
             vxlan = vxlan.local(local);
         }

@@ -3,6 +3,11 @@
 //! [`NodeView`] it is given (the networks' devices and entries, then the resolver and the
 //! balancer), makes and removes process tasks' sandboxes, and removes everything on a clean stop.
 //!
+//! Encrypted networks' VXLAN packets go through the node's WireGuard tunnel ([`Tunnel`]), whose
+//! peers are the other nodes of the encrypted networks in the view. A node whose tunnel could not
+//! start refuses encrypted networks ([`Error::CannotEncrypt`]: their tasks are rejected) rather
+//! than carry them in clear.
+//!
 //! A network's devices exist while the view lists it or a local sandbox uses it: a task's
 //! sandbox may be made before the first view naming its network arrives (the devices are then
 //! made from the network object the task carries), and a stale view must not pull the bridge
@@ -19,6 +24,7 @@ use tokio::sync::{Mutex, watch};
 use crate::netlink::kernel;
 use crate::overlay::{Cidr, NetSpec, Overlay};
 use crate::sandbox::{Attachment, Sandbox, TaskNet};
+use crate::tunnel::{Tunnel, TunnelStats};
 use crate::{Config, Error, NetnsPath, NodeView, dns, lb};
 
 #[derive(Debug, Default)]
@@ -45,6 +51,8 @@ pub struct Dataplane {
     balancer: lb::Balancer,
     /// The latest view handed to [`Dataplane::set_view`], applied in order by a task of its own.
     views: watch::Sender<Option<NodeView>>,
+    /// The WireGuard tunnel of encrypted networks, or why it could not start.
+    tunnel: Result<Tunnel, String>,
 }
 
 /// Why a task cannot have its sandbox: the message a REJECTED task reports.
@@ -73,6 +81,22 @@ impl Dataplane {
             fs::create_dir_all(&dir).map_err(kernel(format!("creating {}", dir.display())))?;
         }
         let (views, rx) = watch::channel(None);
+        for port in [config.vxlan_port, config.encrypted_vxlan_port] {
+            crate::tunnel::remove_leftover_rules(&nl, port).await?;
+        }
+        let tunnel = Tunnel::start(
+            &nl,
+            netns,
+            config.wireguard_port,
+            config.encrypted_vxlan_port,
+        )
+        .await
+        .map_err(|e| e.to_string())
+        .inspect_err(|why| {
+            tracing::warn!(
+                "no WireGuard tunnel: tasks on encrypted networks will be rejected: {why}"
+            );
+        });
         let plane = Arc::new(Dataplane {
             config,
             nl,
@@ -84,11 +108,14 @@ impl Dataplane {
                 None => lb::Balancer::new(),
             },
             views,
+            tunnel,
         });
-        // The mesh must not take swarmd's own VXLAN traffic.
-        plane
-            .balancer
-            .set_reserved_ports(vec![plane.config.vxlan_port]);
+        // The mesh must not take swarmd's own VXLAN and WireGuard traffic.
+        plane.balancer.set_reserved_ports(vec![
+            plane.config.vxlan_port,
+            plane.config.encrypted_vxlan_port,
+            plane.config.wireguard_port,
+        ]);
         plane.remove_leftovers().await?;
         tokio::spawn(apply_views(Arc::downgrade(&plane), rx));
         Ok(plane)
@@ -102,8 +129,17 @@ impl Dataplane {
                 .data_path_addr
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            wireguard_public_key: Vec::new(),
+            wireguard_public_key: self
+                .tunnel
+                .as_ref()
+                .map(|t| t.public_key().to_vec())
+                .unwrap_or_default(),
         }
+    }
+
+    /// What the WireGuard tunnel did so far (`None` without one).
+    pub fn tunnel_stats(&self) -> Option<TunnelStats> {
+        self.tunnel.as_ref().ok().map(Tunnel::stats)
     }
 
     /// Hands over a new view, applied in the background (only the latest one counts); failures
@@ -147,6 +183,27 @@ impl Dataplane {
         }
         state.view = view.clone();
         let mut first_error = None;
+        let mut keys = HashMap::new();
+        for n in view.networks.iter().filter(|n| n.encrypted) {
+            for p in &n.peers {
+                let Ok(addr) = p.data_path_addr.parse() else {
+                    continue;
+                };
+                match <[u8; 32]>::try_from(p.wireguard_public_key.as_slice()) {
+                    Ok(key) => {
+                        keys.insert(addr, key);
+                    }
+                    Err(_) => tracing::warn!(
+                        network = %n.name,
+                        node.id = %p.node_id,
+                        "the node has announced no WireGuard key: the network's packets to it are dropped"
+                    ),
+                }
+            }
+        }
+        if let Ok(tunnel) = &self.tunnel {
+            tunnel.set_peers(&keys);
+        }
         for n in &view.networks {
             let spec = match NetSpec::from_view(n) {
                 Ok(spec) => spec,
@@ -207,6 +264,14 @@ impl Dataplane {
         if stale && let Some(old) = state.networks.remove(&spec.id) {
             old.remove(&self.nl).await?;
         }
+        if spec.encrypted
+            && let Err(why) = &self.tunnel
+        {
+            return Err(Error::CannotEncrypt {
+                network: spec.id.clone(),
+                why: why.clone(),
+            });
+        }
         if !state.networks.contains_key(&spec.id) {
             let record = self.records.join("networks").join(spec.vni.to_string());
             fs::write(&record, &spec.id)
@@ -215,7 +280,11 @@ impl Dataplane {
                 &self.nl,
                 spec,
                 self.config.data_path_addr,
-                self.config.vxlan_port,
+                if spec.encrypted {
+                    self.config.encrypted_vxlan_port
+                } else {
+                    self.config.vxlan_port
+                },
             )
             .await
             .inspect_err(|_| {
@@ -286,6 +355,7 @@ impl Dataplane {
                 addr,
                 gateway,
                 bridge: overlay.bridge,
+                mtu: spec.mtu(),
             });
         }
         let made = Sandbox::create(
@@ -353,6 +423,9 @@ impl Dataplane {
         self.remove_unused(&mut state).await?;
         drop(state);
         self.remove_leftovers().await?;
+        if let Ok(tunnel) = &self.tunnel {
+            tunnel.remove(&self.nl).await?;
+        }
         self.balancer.remove_node_rules().await
     }
 

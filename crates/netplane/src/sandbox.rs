@@ -19,7 +19,7 @@ use nix::sched::CloneFlags;
 use rtnetlink::{Handle, LinkVeth};
 
 use crate::netlink::{self, kernel};
-use crate::overlay::{Cidr, OVERLAY_MTU, mac_of};
+use crate::overlay::{Cidr, mac_of};
 use crate::{Error, NetnsPath};
 
 /// Where named network namespaces are bound (as `ip netns` does).
@@ -58,6 +58,8 @@ pub struct Attachment {
     pub gateway: Option<Ipv4Addr>,
     /// The index of the network's bridge.
     pub bridge: u32,
+    /// The network's MTU.
+    pub mtu: u32,
 }
 
 /// Where a task runs on its networks: its network namespace and the resolv.conf it sees.
@@ -195,12 +197,9 @@ impl Sandbox {
         let inner = netlink::connect(Some(path))?;
         for (i, a) in attachments.iter().enumerate() {
             let (host, peer) = veth_names(&self.task_id, &a.network_id);
-            let host_idx = netlink::add_link(
-                nl,
-                LinkVeth::new(&host, &peer).mtu(OVERLAY_MTU).build(),
-                &host,
-            )
-            .await?;
+            let host_idx =
+                netlink::add_link(nl, LinkVeth::new(&host, &peer).mtu(a.mtu).build(), &host)
+                    .await?;
             let peer_idx = netlink::link_index(nl, &peer).await?.ok_or_else(|| {
                 kernel(format!("creating veth {host}"))(io::Error::other("no peer"))
             })?;
@@ -227,7 +226,7 @@ impl Sandbox {
                 netlink::change(idx)
                     .name(eth.clone())
                     .address(mac_of(a.addr.addr).to_vec())
-                    .mtu(OVERLAY_MTU)
+                    .mtu(a.mtu)
                     .build(),
                 &format!("naming {eth}"),
             )

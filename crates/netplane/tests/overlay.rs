@@ -1,8 +1,10 @@
 //! Two "hosts" on one machine: network namespaces joined by a veth (the underlay), a
 //! [`Dataplane`] working in each, fed hand-written views. A task sandbox on host A reaches one on
 //! host B over the VXLAN; the devices go when the view drops the network; a restart after a
-//! crash removes what the crashed run left; and (ignored, run by hand) the throughput across the
-//! overlay against the plain veth.
+//! crash removes what the crashed run left; an encrypted network's traffic crosses the underlay
+//! sealed by the WireGuard tunnel (an AF_PACKET capture of the underlay finds a marker of a plain
+//! network and not of an encrypted one); and (ignored, run by hand) the throughput across the
+//! overlay and the encrypted overlay against the plain veth.
 //!
 //! Needs root and VXLAN: otherwise each test prints `skipped: <reason>` and passes.
 
@@ -98,6 +100,8 @@ impl Hosts {
             data_path_addr: Some(self.underlay[i].into()),
             vxlan_port: 4789,
             state_dir: self.state.path().join(&self.names[i]),
+            wireguard_port: netplane::tunnel::WIREGUARD_PORT,
+            encrypted_vxlan_port: netplane::tunnel::ENCRYPTED_VXLAN_PORT,
         }
     }
 
@@ -105,6 +109,11 @@ impl Hosts {
         Dataplane::start_in(self.config(i), &self.netns(i))
             .await
             .expect("data plane starts")
+    }
+
+    /// Host `i`'s end of the underlay veth.
+    fn underlay_link(&self, i: usize) -> String {
+        format!("ovu{}{}", self.tag, ["a", "b"][i])
     }
 
     fn has_link(&self, i: usize, name: &str) -> bool {
@@ -136,23 +145,48 @@ macro_rules! hosts_or_skip {
 const NET: &str = "netovl1";
 const VNI: u32 = 4242;
 
+/// A swarm network of the tests: subnet 10.<octet>.0.0/24.
+#[derive(Debug, Clone, Copy)]
+struct Net {
+    id: &'static str,
+    vni: u32,
+    octet: u8,
+    encrypted: bool,
+}
+
+const PLAIN: Net = Net {
+    id: NET,
+    vni: VNI,
+    octet: 77,
+    encrypted: false,
+};
+
+const SEALED: Net = Net {
+    id: "netovl2",
+    vni: 4243,
+    octet: 78,
+    encrypted: true,
+};
+
 /// The network object a task's attachment carries.
-fn network() -> api::Network {
+fn network_of(net: Net) -> api::Network {
+    let mut options = HashMap::from([(
+        "com.docker.network.driver.overlay.vxlanid_list".to_string(),
+        net.vni.to_string(),
+    )]);
+    if net.encrypted {
+        options.insert("encrypted".into(), String::new());
+    }
     api::Network {
-        id: NET.into(),
+        id: net.id.into(),
         driver_state: Some(api::Driver {
             name: "overlay".into(),
-            options: HashMap::from([(
-                "com.docker.network.driver.overlay.vxlanid_list".to_string(),
-                VNI.to_string(),
-            )])
-            .into_iter()
-            .collect(),
+            options: options.into_iter().collect(),
         }),
         ipam: Some(api::IpamOptions {
             configs: vec![api::IpamConfig {
-                subnet: "10.77.0.0/24".into(),
-                gateway: "10.77.0.1".into(),
+                subnet: format!("10.{}.0.0/24", net.octet),
+                gateway: format!("10.{}.0.1", net.octet),
                 ..Default::default()
             }],
             ..Default::default()
@@ -162,10 +196,14 @@ fn network() -> api::Network {
 }
 
 fn task(id: &str, addr: &str) -> api::Task {
+    task_on(PLAIN, id, addr)
+}
+
+fn task_on(net: Net, id: &str, addr: &str) -> api::Task {
     api::Task {
         id: id.into(),
         networks: vec![api::NetworkAttachment {
-            network: Some(network()),
+            network: Some(network_of(net)),
             addresses: vec![addr.into()],
             ..Default::default()
         }],
@@ -175,24 +213,36 @@ fn task(id: &str, addr: &str) -> api::Task {
 
 /// Host `me`'s view: two nodes, one task on each.
 fn view(h: &Hosts, me: usize, tasks: &[(&str, &str)]) -> NodeView {
+    view_of(h, me, PLAIN, tasks, &[Vec::new(), Vec::new()])
+}
+
+/// Host `me`'s view of `net`: two nodes (with WireGuard public keys `keys`), one task on each.
+fn view_of(
+    h: &Hosts,
+    me: usize,
+    net: Net,
+    tasks: &[(&str, &str)],
+    keys: &[Vec<u8>; 2],
+) -> NodeView {
     let other = 1 - me;
-    let node_addr = |i: usize| format!("10.77.0.{}/24", 2 + i);
+    let node_addr = |i: usize| format!("10.{}.0.{}/24", net.octet, 2 + i);
     NodeView {
         version: 1,
         networks: vec![NetworkView {
-            id: NET.into(),
+            id: net.id.into(),
             name: "ovl".into(),
-            vni: VNI,
+            vni: net.vni,
             subnets: vec![Subnet {
-                cidr: "10.77.0.0/24".into(),
-                gateway: "10.77.0.1".into(),
+                cidr: format!("10.{}.0.0/24", net.octet),
+                gateway: format!("10.{}.0.1", net.octet),
             }],
+            encrypted: net.encrypted,
             node_addr: node_addr(me),
             peers: vec![Peer {
                 node_id: format!("node{other}"),
                 data_path_addr: h.underlay[other].to_string(),
                 node_addr: node_addr(other),
-                ..Default::default()
+                wireguard_public_key: keys[other].clone(),
             }],
             endpoints: tasks
                 .iter()
@@ -225,18 +275,28 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> 
 
 /// Listens on `addr` in `server_ns`, connects from `client_ns`, sends a line and reads it back.
 fn echo_across(server_ns: &Path, client_ns: &Path, addr: SocketAddr) -> io::Result<String> {
+    echo_line(server_ns, client_ns, addr, "hello across the overlay")
+}
+
+/// The same with line `line`.
+fn echo_line(
+    server_ns: &Path,
+    client_ns: &Path,
+    addr: SocketAddr,
+    line: &str,
+) -> io::Result<String> {
     let listener = in_netns(server_ns, || TcpListener::bind(addr))?;
     let server = std::thread::spawn(move || -> io::Result<()> {
         let (mut conn, _) = listener.accept()?;
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 256];
         let n = conn.read(&mut buf)?;
         conn.write_all(&buf[..n])
     });
     let reply = in_netns(client_ns, || {
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        conn.write_all(b"hello across the overlay")?;
-        let mut buf = [0u8; 64];
+        conn.write_all(line.as_bytes())?;
+        let mut buf = [0u8; 256];
         let n = conn.read(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
     });
@@ -250,20 +310,30 @@ fn task_ids(h: &Hosts) -> [String; 2] {
 
 /// A data plane on each host, with the view of a task on each and that task's sandbox.
 async fn task_on_each(h: &Hosts) -> ([Arc<Dataplane>; 2], Vec<TaskNet>) {
+    task_on_each_of(h, PLAIN).await
+}
+
+/// The same on network `net` (with each host's WireGuard key in the other's view).
+async fn task_on_each_of(h: &Hosts, net: Net) -> ([Arc<Dataplane>; 2], Vec<TaskNet>) {
     let [ta, tb] = task_ids(h);
+    let addrs = [
+        format!("10.{}.0.10/24", net.octet),
+        format!("10.{}.0.11/24", net.octet),
+    ];
     let tasks = [
-        (ta.as_str(), "10.77.0.10/24"),
-        (tb.as_str(), "10.77.0.11/24"),
+        (ta.as_str(), addrs[0].as_str()),
+        (tb.as_str(), addrs[1].as_str()),
     ];
     let planes = [h.plane(0).await, h.plane(1).await];
+    let keys = [0, 1].map(|i| planes[i].watch_request().wireguard_public_key);
     let mut sandboxes = Vec::new();
     for i in 0..2 {
         planes[i]
-            .apply(view(h, i, &tasks))
+            .apply(view_of(h, i, net, &tasks, &keys))
             .await
             .expect("view applied");
         let ns = planes[i]
-            .create_sandbox(&task(tasks[i].0, tasks[i].1))
+            .create_sandbox(&task_on(net, tasks[i].0, tasks[i].1))
             .await
             .expect("sandbox")
             .expect("a task with networks gets a namespace");
@@ -393,12 +463,153 @@ async fn a_network_that_cannot_be_set_up_is_a_clear_sandbox_error() {
     assert!(err.to_string().contains("swvx-16777216"), "{err}");
     // Nothing is left behind, and a good task still gets its sandbox.
     assert!(!h.has_link(0, "swbr-16777216"));
-    let ok = plane
-        .create_sandbox(&task(&format!("ovl{}te", h.tag), "10.77.0.14/24"))
-        .await
-        .expect("the other network still works");
-    assert!(ok.is_some());
+    a_plain_task_still_gets_its_sandbox(&h, &plane, "te").await;
     plane.stop().await.unwrap();
+}
+
+async fn a_plain_task_still_gets_its_sandbox(h: &Hosts, plane: &Dataplane, suffix: &str) {
+    let ok = plane
+        .create_sandbox(&task(&format!("ovl{}{suffix}", h.tag), "10.77.0.14/24"))
+        .await
+        .expect("a plain network still works");
+    assert!(ok.is_some());
+}
+
+/// Captures every frame link `link` (in the namespace at `netns`) sends or receives, with an
+/// AF_PACKET socket, until the returned stop function is called; it returns the frames' bytes.
+fn capture(netns: &Path, link: &str) -> impl FnOnce() -> Vec<u8> + use<> {
+    use nix::sys::socket::{
+        AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType, recvfrom, setsockopt, socket,
+        sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::AtomicBool;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (netns, link, halt) = (netns.to_path_buf(), link.to_string(), stop.clone());
+    let thread = std::thread::spawn(move || -> io::Result<Vec<u8>> {
+        let file = File::open(&netns)?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let index = nix::net::if_::if_nametoindex(link.as_str())? as usize;
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::EthAll,
+        )?;
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 50_000),
+        )?;
+        let _ = ready_tx.send(());
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        while !halt.load(Ordering::Relaxed) {
+            match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
+                Ok((n, Some(from))) if from.ifindex() == index => {
+                    frames.extend_from_slice(&buf[..n])
+                }
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(frames)
+    });
+    ready
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the capture starts");
+    move || {
+        stop.store(true, Ordering::Relaxed);
+        thread.join().expect("capture thread").expect("capture")
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Sends a marker line from the task on host A to the one on host B and back over `net` while
+/// capturing host A's underlay link; whether the marker was seen there, and the bytes captured.
+async fn marker_on_the_wire(net: Net) -> Option<(bool, usize, [Arc<Dataplane>; 2])> {
+    let h = Hosts::create()
+        .inspect_err(|reason| println!("skipped: {reason}"))
+        .ok()?;
+    let (planes, nets) = task_on_each_of(&h, net).await;
+    let marker = format!("SWARMKIT-PLAINTEXT-MARKER-{}-{}", h.tag, net.vni);
+    let stop = capture(&h.netns(0).0, &h.underlay_link(0));
+    let addr = SocketAddr::new([10, net.octet, 0, 11].into(), 7300);
+    let reply = echo_line(&nets[1].netns.0, &nets[0].netns.0, addr, &marker)
+        .expect("TCP across the network");
+    assert_eq!(reply, marker);
+    let frames = stop();
+    let seen = contains(&frames, marker.as_bytes());
+    for p in &planes {
+        p.stop().await.expect("stop");
+    }
+    drop(h);
+    Some((seen, frames.len(), planes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_network_carries_tasks_traffic_with_no_plaintext_on_the_wire() {
+    // The capture sees the marker of a plain network: it would see a leak.
+    let Some((seen, bytes, _)) = marker_on_the_wire(PLAIN).await else {
+        return;
+    };
+    assert!(
+        seen,
+        "the plain network's marker is on the wire ({bytes} bytes captured)"
+    );
+
+    let Some((seen, bytes, planes)) = marker_on_the_wire(SEALED).await else {
+        return;
+    };
+    assert!(
+        bytes > 0,
+        "the encrypted network's packets crossed the underlay"
+    );
+    assert!(
+        !seen,
+        "no plaintext marker on the wire ({bytes} bytes captured)"
+    );
+    for p in &planes {
+        let stats = p.tunnel_stats().expect("a tunnel");
+        assert!(stats.sealed > 0 && stats.opened > 0, "{stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
+    let h = hosts_or_skip!();
+    let first = h.plane(0).await;
+    assert!(
+        first.tunnel_stats().is_some(),
+        "the first data plane has a tunnel"
+    );
+    // A second data plane in the same namespace: the tunnel's device and port are taken.
+    let mut config = h.config(0);
+    config.state_dir = h.state.path().join("second");
+    config.vxlan_port = 4790;
+    let second = Dataplane::start_in(config, &h.netns(0))
+        .await
+        .expect("data plane starts without a tunnel");
+    assert!(second.tunnel_stats().is_none());
+    assert!(second.watch_request().wireguard_public_key.is_empty());
+    let err = second
+        .create_sandbox(&task_on(
+            SEALED,
+            &format!("ovl{}tf", h.tag),
+            "10.78.0.12/24",
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot encrypt"), "{err}");
+    assert!(!h.has_link(0, &format!("swbr-{}", SEALED.vni)));
+    // Plain networks still work there.
+    a_plain_task_still_gets_its_sandbox(&h, &second, "tg").await;
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
 }
 
 /// Sends for `secs` seconds from `client_ns` to `addr` in `server_ns`; bits per second.
@@ -437,8 +648,12 @@ async fn throughput_across_the_overlay_against_the_plain_veth() {
     let h = hosts_or_skip!();
     let (planes, nets) = task_on_each(&h).await;
     let sandboxes: Vec<NetnsPath> = nets.into_iter().map(|n| n.netns).collect();
+    // The encrypted network on a second pair of hosts.
+    let h2 = hosts_or_skip!();
+    let (sealed_planes, nets) = task_on_each_of(&h2, SEALED).await;
+    let sealed_boxes: Vec<NetnsPath> = nets.into_iter().map(|n| n.netns).collect();
     // Alternated, best of three each: the machine is shared.
-    let (mut plain, mut overlay) = (0f64, 0f64);
+    let (mut plain, mut overlay, mut sealed) = (0f64, 0f64, 0f64);
     for round in 0..3 {
         plain = plain.max(throughput(
             &h.netns(1).0,
@@ -452,14 +667,23 @@ async fn throughput_across_the_overlay_against_the_plain_veth() {
             SocketAddr::new([10, 77, 0, 11].into(), 7200 + round),
             3,
         ));
+        sealed = sealed.max(throughput(
+            &sealed_boxes[1].0,
+            &sealed_boxes[0].0,
+            SocketAddr::new([10, 78, 0, 11].into(), 7300 + round),
+            3,
+        ));
     }
     println!(
-        "plain veth: {:.2} Gbit/s; overlay task to task: {:.2} Gbit/s; ratio {:.2}",
+        "plain veth: {:.2} Gbit/s; overlay task to task: {:.2} Gbit/s (ratio {:.2}); encrypted \
+         overlay task to task: {:.3} Gbit/s (ratio to the overlay {:.3})",
         plain / 1e9,
         overlay / 1e9,
-        overlay / plain
+        overlay / plain,
+        sealed / 1e9,
+        sealed / overlay
     );
-    for p in planes {
+    for p in planes.into_iter().chain(sealed_planes) {
         p.stop().await.unwrap();
     }
 }

@@ -64,6 +64,8 @@ pub async fn build(
             data_path_addr,
             vxlan_port: netplane::VXLAN_PORT,
             state_dir: state_dir.to_path_buf(),
+            wireguard_port: netplane::tunnel::WIREGUARD_PORT,
+            encrypted_vxlan_port: netplane::tunnel::ENCRYPTED_VXLAN_PORT,
         };
         let plane = netplane::Dataplane::start(config).await.map_err(|e| {
             warn!(

@@ -519,6 +519,8 @@ async fn a_task_on_a_network_runs_in_its_own_namespace_which_goes_with_it() {
         data_path_addr: None,
         vxlan_port: 4789,
         state_dir: dir.path().join("plane"),
+        wireguard_port: netplane::tunnel::WIREGUARD_PORT,
+        encrypted_vxlan_port: netplane::tunnel::ENCRYPTED_VXLAN_PORT,
     };
     let plane = match netplane::Dataplane::start_in(config, &netns).await {
         Ok(p) => p,

@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::{Error, NetnsPath, NodeView};
 
 mod conntrack;
-mod nft;
+pub(crate) mod nft;
 
 use nft::{Chain, Expr, Hook, L4, Table};
 

@@ -81,9 +81,7 @@ impl Dataplane {
             fs::create_dir_all(&dir).map_err(kernel(format!("creating {}", dir.display())))?;
         }
         let (views, rx) = watch::channel(None);
-        for port in [config.vxlan_port, config.encrypted_vxlan_port] {
-            crate::tunnel::remove_leftover_rules(&nl, port).await?;
-        }
+        crate::tunnel::remove_leftovers(&nl, netns, config.encrypted_vxlan_port).await?;
         let tunnel = Tunnel::start(
             &nl,
             netns,

@@ -18,13 +18,17 @@
 //! only (a restart makes a new one), and announces the public half on its network plane stream;
 //! the leader lists each peer's public key in the views (proto/netplane.proto).
 //!
-//! The TUN device goes with the process (it is not persistent); the rule and its table are
-//! removed by [`Tunnel::remove`] and, after a crash, by [`remove_leftover_rules`].
+//! The encrypted VXLAN port must not take packets from the wire either: an nftables table
+//! `swarmd-wg-<port>` drops UDP to it that did not come out of the TUN device, so nobody on the
+//! underlay can slip a frame into an encrypted network in clear.
+//!
+//! The TUN device goes with the process (it is not persistent); the rule, its table and the
+//! nftables table are removed by [`Tunnel::remove`] and, after a crash, by [`remove_leftovers`].
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -118,6 +122,8 @@ impl Shared {
 /// The node's tunnel (see the module docs).
 pub struct Tunnel {
     public: [u8; 32],
+    /// The network namespace it works in (`None`: the process's).
+    netns: Option<PathBuf>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -181,7 +187,12 @@ impl Tunnel {
         let index = netlink::link_index(nl, &name).await?.ok_or_else(|| {
             kernel(format!("creating TUN device {name}"))(io::Error::other("it vanished at once"))
         })?;
-        route_into(nl, index, vxlan_port).await?;
+        remove_leftovers(nl, netns, vxlan_port).await?;
+        set_guard(netns, vxlan_port, Some(name.clone())).await?;
+        if let Err(e) = route_into(nl, index, vxlan_port).await {
+            let _ = remove_leftovers(nl, netns, vxlan_port).await;
+            return Err(e);
+        }
 
         let mut key = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
@@ -207,6 +218,7 @@ impl Tunnel {
         tracing::info!(tun = %name, wireguard_port = wg_port, "WireGuard tunnel started");
         Ok(Tunnel {
             public,
+            netns: netns.map(Path::to_path_buf),
             shared,
             tasks,
         })
@@ -266,14 +278,13 @@ impl Tunnel {
         for t in &self.tasks {
             t.abort();
         }
-        remove_leftover_rules(nl, self.shared.vxlan_port).await
+        remove_leftovers(nl, self.netns.as_deref(), self.shared.vxlan_port).await
     }
 }
 
 /// The rule sending UDP to `vxlan_port` to its table, and the table's route into link `index`.
 async fn route_into(nl: &Handle, index: u32, vxlan_port: u16) -> Result<(), Error> {
     let table = table_of(vxlan_port);
-    remove_leftover_rules(nl, vxlan_port).await?;
     let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
         .output_interface(index)
         .table_id(table)
@@ -307,8 +318,59 @@ async fn route_into(nl: &Handle, index: u32, vxlan_port: u16) -> Result<(), Erro
     })
 }
 
-/// Removes the rules routing `vxlan_port` into a tunnel (an earlier run's, after a crash).
-pub async fn remove_leftover_rules(nl: &Handle, vxlan_port: u16) -> Result<(), Error> {
+/// The nftables table guarding the encrypted VXLAN port `vxlan_port`.
+fn guard_table(vxlan_port: u16) -> String {
+    format!("swarmd-wg-{vxlan_port}")
+}
+
+/// Makes the guard of `vxlan_port` drop UDP to it not coming in on `tun` (`None`: removes it).
+async fn set_guard(
+    netns: Option<&Path>,
+    vxlan_port: u16,
+    tun: Option<String>,
+) -> Result<(), Error> {
+    use crate::lb::nft;
+    let name = guard_table(vxlan_port);
+    let content = tun.map(|tun| nft::Table {
+        chains: vec![nft::Chain {
+            name: "in".into(),
+            nat: false,
+            hook: nft::Hook::Input,
+            priority: nft::PRIORITY_FILTER,
+            rules: vec![vec![
+                nft::Expr::Dport(nft::L4::Udp, vxlan_port),
+                nft::Expr::Iifname(tun, false),
+                nft::Expr::Drop,
+            ]],
+        }],
+        maps: Vec::new(),
+    });
+    let netns = netns.map(Path::to_path_buf);
+    let what = format!("the nftables table {name} guarding UDP port {vxlan_port}");
+    tokio::task::spawn_blocking(move || {
+        nft::in_netns(netns.as_deref(), move || {
+            nft::replace_table(&name, content.as_ref(), b"1")
+        })
+    })
+    .await
+    .map_err(io::Error::other)
+    .and_then(|r| r)
+    .map_err(kernel(what))
+}
+
+/// Removes what routes `vxlan_port` into a tunnel and guards it (an earlier run's, after a
+/// crash).
+pub async fn remove_leftovers(
+    nl: &Handle,
+    netns: Option<&Path>,
+    vxlan_port: u16,
+) -> Result<(), Error> {
+    remove_leftover_rules(nl, vxlan_port).await?;
+    set_guard(netns, vxlan_port, None).await
+}
+
+/// Removes the rules routing `vxlan_port` into a tunnel.
+async fn remove_leftover_rules(nl: &Handle, vxlan_port: u16) -> Result<(), Error> {
     let table = table_of(vxlan_port);
     let rules: Vec<RuleMessage> = nl
         .rule()

@@ -579,6 +579,88 @@ async fn an_encrypted_network_carries_tasks_traffic_with_no_plaintext_on_the_wir
     }
 }
 
+/// A VXLAN packet's payload as a host on the underlay could forge it: VNI `vni`, carrying a UDP
+/// datagram `payload` from `src` to `dst`:`port` inside the overlay.
+fn forged_vxlan(vni: u32, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    p.extend_from_slice(&netplane::overlay::mac_of(dst));
+    p.extend_from_slice(&netplane::overlay::mac_of(src));
+    p.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&9999u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Host B sends a forged VXLAN packet of `net` to host A's `vxlan_port` straight over the
+/// underlay; whether the task on A received its datagram.
+async fn forged_packet_arrives(net: Net, vxlan_port: u16) -> Option<bool> {
+    let h = Hosts::create()
+        .inspect_err(|reason| println!("skipped: {reason}"))
+        .ok()?;
+    let (planes, nets) = task_on_each_of(&h, net).await;
+    let task_a = Ipv4Addr::new(10, net.octet, 0, 10);
+    let socket = in_netns(&nets[0].netns.0, || {
+        let s = std::net::UdpSocket::bind((task_a, 7400))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(s)
+    })
+    .expect("a UDP socket in task A");
+    let forged = forged_vxlan(
+        net.vni,
+        Ipv4Addr::new(10, net.octet, 0, 11),
+        task_a,
+        7400,
+        b"forged in clear",
+    );
+    // Host B's own data plane would route the packet into its tunnel: it goes, as if B were a
+    // stranger on the underlay.
+    planes[1].stop().await.expect("stop");
+    let target = SocketAddr::new(h.underlay[0].into(), vxlan_port);
+    in_netns(&h.netns(1).0, || {
+        let s = std::net::UdpSocket::bind((h.underlay[1], 0))?;
+        s.send_to(&forged, target).map(|_| ())
+    })
+    .expect("sending the forged packet");
+    let mut buf = [0u8; 64];
+    let arrived = matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == b"forged in clear");
+    planes[0].stop().await.expect("stop");
+    Some(arrived)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vxlan_packet_in_clear_from_the_underlay_does_not_enter_an_encrypted_network() {
+    // The forged packet is good: a plain network takes it.
+    let Some(arrived) = forged_packet_arrives(PLAIN, 4789).await else {
+        return;
+    };
+    assert!(
+        arrived,
+        "a plain network takes a VXLAN packet from the underlay"
+    );
+    let Some(arrived) = forged_packet_arrives(SEALED, netplane::tunnel::ENCRYPTED_VXLAN_PORT).await
+    else {
+        return;
+    };
+    assert!(!arrived, "an encrypted network drops it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
     let h = hosts_or_skip!();

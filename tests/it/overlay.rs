@@ -4,8 +4,9 @@
 //! network namespace of its own) over VXLAN; a task finds a service by name through its node's
 //! resolver (`web`: the VIP; `tasks.web`: every replica), connections to the VIP spread over
 //! every replica, a dead node's tasks leave the names and the VIP (the time it takes is printed),
-//! and an ingress port answers on a node that runs no task of the service (the routing mesh).
-//! Each test ends with a clean stop of every node and checks that none left a device or rule in
+//! and an ingress port answers on a node that runs no task of the service (the routing mesh);
+//! on an encrypted network (`--opts encrypted=true`, issue 18 item 5) the traffic goes through
+//! both nodes' WireGuard tunnels (their TUN devices' counters). Each test ends with a clean stop of every node and checks that none left a device or rule in
 //! its namespace. Tasks are Debian's busybox-static (`nc`, `nslookup`, `ip`). Skipped, saying
 //! why, without root, network namespaces or busybox-static.
 
@@ -120,8 +121,23 @@ fn vip(d: &Swarmd, name: &str) -> Option<String> {
 /// (`pong 127.0.0.1/8 10.0.1.3/24 …`), so a client knows which replica it reached; `extra`
 /// flags go to `service create`.
 fn create_web(d: &Swarmd, net: &str, replicas: usize, constraint: &str, extra: &[&str]) {
-    d.ctl(&["network", "create", "--name", net, "--driver", "overlay"])
-        .ok();
+    create_web_on(d, (net, &[]), replicas, constraint, extra);
+}
+
+/// The same on a network created with driver options `net.1` (`k=v`).
+fn create_web_on(
+    d: &Swarmd,
+    net: (&str, &[&str]),
+    replicas: usize,
+    constraint: &str,
+    extra: &[&str],
+) {
+    let (net, opts) = net;
+    let mut network = vec!["network", "create", "--name", net, "--driver", "overlay"];
+    for o in opts {
+        network.extend(["--opts", o]);
+    }
+    d.ctl(&network).ok();
     let answer = format!("echo pong $({BUSYBOX} ip -o -4 addr | {BUSYBOX} awk '{{print $4}}')");
     let args = format!("nc,-ll,-p,{WEB_PORT},-e,{BUSYBOX},sh,-c,{answer}");
     let replicas = replicas.to_string();
@@ -458,19 +474,35 @@ impl Mesh {
     }
 
     /// What the data plane may leave in namespace `i`: its devices (`swbr-`, `swvx-`, `swv`
-    /// veths) and nftables table `swarmd`, one per line.
+    /// veths, the WireGuard tunnel's `swwg-`), nftables tables `swarmd` and `swarmd-wg-<port>`,
+    /// and the routing rules of the tunnel, one per line.
     fn leftovers(&self, i: usize) -> Vec<String> {
         let links = self.exec_in(i, &["ip", "-o", "link", "show"]);
         let tables = self.exec_in(i, &["nft", "list", "tables"]);
+        let rules = self.exec_in(i, &["ip", "rule", "show"]);
         let mut left: Vec<String> = String::from_utf8_lossy(&links.stdout)
             .lines()
-            .filter(|l| l.contains(": swbr-") || l.contains(": swvx-") || l.contains(": swv"))
+            .filter(|l| {
+                [": swbr-", ": swvx-", ": swv", ": swwg-"]
+                    .iter()
+                    .any(|p| l.contains(p))
+            })
             .map(str::to_string)
             .collect();
         left.extend(
             String::from_utf8_lossy(&tables.stdout)
                 .lines()
-                .filter(|l| l.split_whitespace().last() == Some("swarmd"))
+                .filter(|l| {
+                    l.split_whitespace()
+                        .last()
+                        .is_some_and(|t| t == "swarmd" || t.starts_with("swarmd-wg-"))
+                })
+                .map(str::to_string),
+        );
+        left.extend(
+            String::from_utf8_lossy(&rules.stdout)
+                .lines()
+                .filter(|l| l.contains("port 4788"))
                 .map(str::to_string),
         );
         left
@@ -763,6 +795,53 @@ fn an_ingress_port_answers_on_a_node_that_runs_no_task_of_it() {
             },
         );
         println!("{to}:30080 from namespace {from} answered by {heard:?}");
+    }
+    mesh.stop_clean();
+}
+
+/// The packets the kernel sent into the WireGuard TUN device of node `i` (to be sealed) and the
+/// ones swarmd wrote into it (opened): its TX and RX counters.
+fn tunnel_packets(mesh: &Mesh, i: usize) -> (u64, u64) {
+    let out = mesh.exec_in(i, &["ip", "-s", "link", "show", "swwg-51820"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let after = |header: &str| -> u64 {
+        lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(header))
+            .and_then(|i| lines.get(i + 1)?.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (after("TX:"), after("RX:"))
+}
+
+#[test]
+fn an_encrypted_network_carries_tasks_across_nodes_through_the_wireguard_tunnel() {
+    let Some(mut mesh) = Mesh::start(2, 0) else {
+        return;
+    };
+    let m = mesh.manager();
+    create_web_on(
+        m,
+        ("ovsealed", &["encrypted=true"]),
+        1,
+        "node.hostname==node-2",
+        &[],
+    );
+    let web = wait_web(m, 1, &[mesh.node_id(1)]);
+    mesh.wait_views(&[1]);
+    let before: Vec<(u64, u64)> = (0..2).map(|i| tunnel_packets(&mesh, i)).collect();
+    let addrs: Vec<String> = web.into_iter().map(|r| r.addrs[0].clone()).collect();
+    probe_from(m, m, "ovsealed", "node.hostname==node-1", &addrs);
+    // The probe's packets went through both nodes' tunnels, sealed and opened.
+    for (i, (tx, rx)) in before.into_iter().enumerate() {
+        let (tx2, rx2) = tunnel_packets(&mesh, i);
+        assert!(
+            tx2 > tx && rx2 > rx,
+            "node-{}: TUN TX {tx} -> {tx2}, RX {rx} -> {rx2}\n{}",
+            i + 1,
+            mesh.nodes[i].log()
+        );
     }
     mesh.stop_clean();
 }

@@ -295,27 +295,34 @@ async fn route_into(nl: &Handle, index: u32, vxlan_port: u16) -> Result<(), Erro
         .execute()
         .await
         .map_err(|e| kernel(format!("adding the route of table {table:#x}"))(to_io(e)))?;
-    let mut rule = nl
-        .rule()
-        .add()
-        .v4()
-        .table_id(table)
-        .action(RuleAction::ToTable)
-        .priority(RULE_PRIORITY);
-    rule.message_mut()
-        .attributes
-        .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
-    rule.message_mut()
-        .attributes
-        .push(RuleAttribute::DestinationPortRange(RulePortRange {
-            start: vxlan_port,
-            end: vxlan_port,
-        }));
-    rule.execute().await.map_err(|e| {
-        kernel(format!(
-            "adding the rule routing UDP port {vxlan_port} into the tunnel"
-        ))(to_io(e))
-    })
+    // UDP to the port goes into the tunnel; and UDP from it, which only the reverse-path check
+    // of what the tunnel delivers asks about (the kernel swaps the ports for it): under a strict
+    // `rp_filter` the delivered packets would be dropped otherwise.
+    let range = RulePortRange {
+        start: vxlan_port,
+        end: vxlan_port,
+    };
+    for port in [
+        RuleAttribute::DestinationPortRange(range),
+        RuleAttribute::SourcePortRange(range),
+    ] {
+        let mut rule = nl
+            .rule()
+            .add()
+            .v4()
+            .table_id(table)
+            .action(RuleAction::ToTable)
+            .priority(RULE_PRIORITY);
+        let attributes = &mut rule.message_mut().attributes;
+        attributes.push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+        attributes.push(port);
+        rule.execute().await.map_err(|e| {
+            kernel(format!(
+                "adding a rule routing UDP port {vxlan_port} into the tunnel"
+            ))(to_io(e))
+        })?;
+    }
+    Ok(())
 }
 
 /// The nftables table guarding the encrypted VXLAN port `vxlan_port`.

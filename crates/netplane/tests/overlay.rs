@@ -63,6 +63,15 @@ impl Hosts {
         for n in &names {
             ip(&["netns", "add", n])?;
             ip(&["-n", n, "link", "set", "lo", "up"])?;
+            // Strict reverse-path filtering, as many hosts have it: what the WireGuard tunnel
+            // delivers must pass it.
+            in_netns(&Path::new("/run/netns").join(n), || {
+                for k in ["all", "default"] {
+                    std::fs::write(format!("/proc/sys/net/ipv4/conf/{k}/rp_filter"), "1")?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("strict rp_filter in {n}: {e}"))?;
         }
         let (va, vb) = (format!("ovu{tag}a"), format!("ovu{tag}b"));
         ip(&[
@@ -299,9 +308,10 @@ fn echo_line(
         let mut buf = [0u8; 256];
         let n = conn.read(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    });
+    })?;
+    // (Not joined when the client failed: the server would wait for it forever.)
     server.join().expect("server thread")?;
-    reply
+    Ok(reply)
 }
 
 fn task_ids(h: &Hosts) -> [String; 2] {

@@ -81,7 +81,6 @@ impl Dataplane {
             fs::create_dir_all(&dir).map_err(kernel(format!("creating {}", dir.display())))?;
         }
         let (views, rx) = watch::channel(None);
-        crate::tunnel::remove_leftovers(&nl, netns, config.encrypted_vxlan_port).await?;
         let tunnel = Tunnel::start(
             &nl,
             netns,

@@ -20,7 +20,11 @@
 //!
 //! The encrypted VXLAN port must not take packets from the wire either: an nftables table
 //! `swarmd-wg-<port>` drops UDP to it that did not come out of the TUN device, so nobody on the
-//! underlay can slip a frame into an encrypted network in clear.
+//! underlay can slip a frame into an encrypted network in clear; and it drops UDP to it leaving
+//! by any other device, so that should the rules go (removed by hand, or by a second swarmd in
+//! the same namespace) those packets are lost rather than sent in clear. A data plane removes an
+//! earlier run's rules and table only once it holds the TUN device, which a live process would
+//! still hold.
 //!
 //! The TUN device goes with the process (it is not persistent); the rule, its table and the
 //! nftables table are removed by [`Tunnel::remove`] and, after a crash, by [`remove_leftovers`].
@@ -330,7 +334,9 @@ fn guard_table(vxlan_port: u16) -> String {
     format!("swarmd-wg-{vxlan_port}")
 }
 
-/// Makes the guard of `vxlan_port` drop UDP to it not coming in on `tun` (`None`: removes it).
+/// Makes the guard of `vxlan_port` drop UDP to it not coming in on `tun`, and UDP to it going
+/// out elsewhere (were the rules gone, encrypted networks' packets would leave in clear), or
+/// (`None`) removes it.
 async fn set_guard(
     netns: Option<&Path>,
     vxlan_port: u16,
@@ -338,18 +344,26 @@ async fn set_guard(
 ) -> Result<(), Error> {
     use crate::lb::nft;
     let name = guard_table(vxlan_port);
+    let chain = |name: &str, hook, interface| nft::Chain {
+        name: name.into(),
+        nat: false,
+        hook,
+        priority: nft::PRIORITY_FILTER,
+        rules: vec![vec![
+            nft::Expr::Dport(nft::L4::Udp, vxlan_port),
+            interface,
+            nft::Expr::Drop,
+        ]],
+    };
     let content = tun.map(|tun| nft::Table {
-        chains: vec![nft::Chain {
-            name: "in".into(),
-            nat: false,
-            hook: nft::Hook::Input,
-            priority: nft::PRIORITY_FILTER,
-            rules: vec![vec![
-                nft::Expr::Dport(nft::L4::Udp, vxlan_port),
-                nft::Expr::Iifname(tun, false),
-                nft::Expr::Drop,
-            ]],
-        }],
+        chains: vec![
+            chain(
+                "in",
+                nft::Hook::Input,
+                nft::Expr::Iifname(tun.clone(), false),
+            ),
+            chain("out", nft::Hook::Output, nft::Expr::Oifname(tun, false)),
+        ],
         maps: Vec::new(),
     });
     let netns = netns.map(Path::to_path_buf);

@@ -672,6 +672,38 @@ async fn a_vxlan_packet_in_clear_from_the_underlay_does_not_enter_an_encrypted_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_network_whose_rules_are_gone_sends_nothing_in_clear() {
+    let h = hosts_or_skip!();
+    let (planes, nets) = task_on_each_of(&h, SEALED).await;
+    // The rules routing the encrypted VXLAN port into the tunnel go (as a second swarmd in the
+    // namespace, or a hand, could do).
+    while ip(&["-n", &h.names[0], "rule", "del", "pref", "30000"]).is_ok() {}
+    let marker = format!("SWARMKIT-RULES-GONE-MARKER-{}", h.tag);
+    let stop = capture(&h.netns(0).0, &h.underlay_link(0));
+    in_netns(&nets[0].netns.0, || {
+        let s = std::net::UdpSocket::bind((Ipv4Addr::new(10, SEALED.octet, 0, 10), 0))?;
+        for _ in 0..5 {
+            s.send_to(
+                marker.as_bytes(),
+                (Ipv4Addr::new(10, SEALED.octet, 0, 11), 7500),
+            )?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })
+    .expect("sending from task A");
+    let frames = stop();
+    assert!(
+        !contains(&frames, marker.as_bytes()),
+        "the marker left in clear ({} bytes captured)",
+        frames.len()
+    );
+    for p in &planes {
+        p.stop().await.expect("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
     let h = hosts_or_skip!();
     let first = h.plane(0).await;

@@ -58,6 +58,9 @@ pub const ENCRYPTED_VXLAN_PORT: u16 = 4788;
 /// and WireGuard's data header and tag (32).
 pub const TUNNEL_MTU: u32 = 1440;
 
+/// The WireGuard socket's receive and send buffers.
+const SOCKET_BUFFER: usize = 8 << 20;
+
 /// How often each peer's handshake and keepalive timers are looked at (boringtun's advice).
 const TIMER_TICK: Duration = Duration::from_millis(250);
 
@@ -179,6 +182,11 @@ impl Tunnel {
                 io::Error::new(e.kind(), format!("binding WireGuard port {wg_port}: {e}"))
             })?;
             udp.set_nonblocking(true)?;
+            // Room for bursts while the task opening packets is behind: a full buffer drops
+            // datagrams, which TCP inside takes for congestion. Forced past `rmem_max` (swarmd
+            // has CAP_NET_ADMIN); a failure only leaves the default.
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&udp, SOCKET_BUFFER);
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(&udp, SOCKET_BUFFER);
             Ok((tun, udp))
         };
         let (tun, udp) = match netns {

@@ -807,6 +807,10 @@ async fn throughput_across_the_overlay_against_the_plain_veth() {
         sealed / 1e9,
         sealed / overlay
     );
+    for (i, p) in sealed_planes.iter().enumerate() {
+        let tun = ip(&["-n", &h2.names[i], "-s", "link", "show", "swwg-51820"]).unwrap_or_default();
+        println!("host {i}: {:?}\n{tun}", p.tunnel_stats());
+    }
     for p in planes.into_iter().chain(sealed_planes) {
         p.stop().await.unwrap();
     }

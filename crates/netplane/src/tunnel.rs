@@ -508,7 +508,9 @@ async fn inbound(shared: Arc<Shared>) {
         let (n, from) = match shared.udp.recv_from(&mut datagram).await {
             Ok(x) => x,
             Err(e) => {
+                // (Not a busy loop should the error last.)
                 tracing::warn!("reading the WireGuard socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };

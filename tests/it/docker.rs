@@ -221,48 +221,41 @@ fn addresses(id: &str) -> String {
     .expect("docker inspect")
 }
 
-/// Two replicas of a service on a swarm network, on one node: each container has an address of
-/// the network's subnet on the node's local network for it, and one reaches the other over TCP
-/// at its address, by its task name and by the service name (the engine's embedded DNS answers
-/// the aliases the executor gives). The local network goes with the service.
-#[test]
-fn two_replicas_on_a_network_reach_each_other() {
-    if !engine_ready() {
-        return;
-    }
-    let name = format!("itnet{}", std::process::id());
-    let network = format!("itnet{}n", std::process::id());
-    let subnet_third = 1 + std::process::id() % 250;
-    let d = Swarmd::start_with(&["--executor", "docker"]);
-    d.ctl(&[
-        "network",
-        "create",
-        "--name",
-        &network,
-        "--subnet",
-        &format!("10.215.{subnet_third}.0/24"),
-    ])
-    .ok();
+/// Creates network `network` on `subnet` and a service `name` of two replicas on it, each
+/// answering its hostname on TCP port 7000; the two containers' IDs and addresses on the
+/// network once both have one.
+fn two_listening_replicas(
+    d: &Swarmd,
+    name: &str,
+    network: &str,
+    subnet: &str,
+) -> Vec<(String, String)> {
+    d.ctl(&["network", "create", "--name", network, "--subnet", subnet])
+        .ok();
     d.ctl(&[
         "service",
         "create",
         "--name",
-        &name,
+        name,
         "--image",
         IMAGE,
         "--replicas",
         "2",
         "--network",
-        &network,
+        network,
         "--command",
         "/bin/sh",
         "--args",
         "-c,trap 'exit 0' TERM; while true; do hostname | nc -l -p 7000; done & wait",
     ])
     .ok();
-    let prefix = format!("10.215.{subnet_third}.");
+    let prefix = subnet
+        .rsplit_once(".0/")
+        .map_or(subnet, |(p, _)| p)
+        .to_string()
+        + ".";
     let ips: Vec<(String, String)> = wait_for("2 containers with addresses", WAIT, || {
-        let found: Vec<(String, String)> = containers(&name)
+        let found: Vec<(String, String)> = containers(name)
             .into_iter()
             .filter_map(|id| {
                 let lines = addresses(&id);
@@ -277,6 +270,44 @@ fn two_replicas_on_a_network_reach_each_other() {
         (found.len() == 2).then_some(found)
     });
     assert_ne!(ips[0].1, ips[1].1, "two tasks, one address: {ips:?}");
+    ips
+}
+
+/// Removes service `name` and waits for its containers and the local network of `network` to go.
+fn remove_service_and_network(d: &Swarmd, name: &str, network: &str) {
+    d.ctl(&["service", "rm", name]).ok();
+    wait_for("no container of ours left", WAIT, || {
+        containers(name).is_empty().then_some(())
+    });
+    wait_for("the local network removed", WAIT, || {
+        docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            "label=swarmd.local-network=true",
+            "--filter",
+            &format!("name=swarmd-{network}-"),
+        ])
+        .filter(|out| out.trim().is_empty())
+    });
+}
+
+/// Two replicas of a service on a swarm network, on one node: each container has an address of
+/// the network's subnet on the node's local network for it, and one reaches the other over TCP
+/// at its address, by its task name (an alias the executor gives the engine's embedded DNS) and
+/// by the service name (the node's resolver's virtual IP, balanced over both). The local
+/// network goes with the service.
+#[test]
+fn two_replicas_on_a_network_reach_each_other() {
+    if !engine_ready() {
+        return;
+    }
+    let name = format!("itnet{}", std::process::id());
+    let network = format!("itnet{}n", std::process::id());
+    let subnet_third = 1 + std::process::id() % 250;
+    let d = Swarmd::start_with(&["--executor", "docker"]);
+    let ips = two_listening_replicas(&d, &name, &network, &format!("10.215.{subnet_third}.0/24"));
     let (from, _) = &ips[0];
     let (to, to_ip) = &ips[1];
     let to_host = docker(&["inspect", "--format", "{{.Config.Hostname}}", to]).expect("hostname");
@@ -284,8 +315,8 @@ fn two_replicas_on_a_network_reach_each_other() {
         docker(&["exec", from, "nc", "-w", "2", to_ip, "7000"]).filter(|a| !a.trim().is_empty())
     });
     assert_eq!(answer.trim(), to_host.trim());
-    // By name too: the other's task name (`<service>.<slot>.<task id>`, one of its aliases on
-    // the network) is the other; the service name is one replica or the other.
+    // By name too: the other's task name (`<service>.<slot>.<task id>`, its one alias on the
+    // network) is the other; the service name is one replica or the other.
     let aliases = docker(&[
         "inspect",
         "--format",
@@ -312,20 +343,127 @@ fn two_replicas_on_a_network_reach_each_other() {
         [to_host.trim(), from_host.trim()].contains(&by_service.trim()),
         "{by_service:?} is neither replica"
     );
-    d.ctl(&["service", "rm", &name]).ok();
-    wait_for("no container of ours left", WAIT, || {
-        containers(&name).is_empty().then_some(())
+    remove_service_and_network(&d, &name, &network);
+}
+
+/// The service's virtual IP on `network`, from `swarmctl service inspect`'s "Virtual IPs" list
+/// (`<network> : <ip>/<prefix>`), without the prefix length.
+fn virtual_ip(d: &Swarmd, service: &str, network: &str) -> Option<String> {
+    let out = d.ctl(&["service", "inspect", service]).ok().to_string();
+    out.lines()
+        .skip_while(|l| !l.starts_with("Virtual IPs"))
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim() == network)
+        .map(|(_, ip)| ip.trim().split('/').next().unwrap_or_default().to_string())
+}
+
+/// The addresses `busybox nslookup <host>` printed for `host`, run in container `id` (through
+/// the engine's embedded DNS, which forwards what it does not know to the nameserver the
+/// executor gave: the node's resolver).
+fn lookup(id: &str, host: &str) -> Option<Vec<String>> {
+    let out = docker(&["exec", id, "busybox", "nslookup", host])?;
+    let mut addrs: Vec<String> = out
+        .split(&format!("Name:\t{host}"))
+        .skip(1)
+        .filter_map(|answer| {
+            let line = answer.lines().find(|l| l.starts_with("Address:"))?;
+            Some(line.trim_start_matches("Address:").trim().to_string())
+        })
+        .collect();
+    addrs.sort();
+    Some(addrs)
+}
+
+/// Containers on a swarm network are on the node's data plane (issue 18): the local network is
+/// made on the data plane's bridge for it (`swbr-<vni>`, where the network's VXLAN device is),
+/// the service name resolves to the service's virtual IP and `tasks.<service>` to both
+/// replicas (the node's resolver, which the engine's embedded DNS forwards to), a connection to
+/// the virtual IP reaches a replica, and the bridge goes when the node stops.
+#[test]
+fn replicas_on_a_network_reach_the_service_at_its_virtual_ip() {
+    if !engine_ready() {
+        return;
+    }
+    let name = format!("itvip{}", std::process::id());
+    let network = format!("itvip{}n", std::process::id());
+    let subnet_third = 1 + std::process::id() % 250;
+    let mut d = Swarmd::start_with(&["--executor", "docker"]);
+    let ips = two_listening_replicas(&d, &name, &network, &format!("10.216.{subnet_third}.0/24"));
+    let vip = wait_for("the service's virtual IP", WAIT, || {
+        virtual_ip(&d, &name, &network)
     });
-    wait_for("the local network removed", WAIT, || {
-        docker(&[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            "label=swarmd.local-network=true",
-            "--filter",
-            &format!("name=swarmd-{network}-"),
-        ])
-        .filter(|out| out.trim().is_empty())
+    assert!(
+        !ips.iter().any(|(_, ip)| *ip == vip),
+        "the VIP {vip} is a replica's address: {ips:?}"
+    );
+    let local = docker(&[
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}}",
+        "--filter",
+        &format!("name=swarmd-{network}-"),
+    ])
+    .expect("docker network ls");
+    let bridge = docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+        local.trim(),
+    ])
+    .expect("docker network inspect");
+    let bridge = bridge.trim().to_string();
+    let vni = bridge
+        .strip_prefix("swbr-")
+        .unwrap_or_else(|| panic!("local network {local:?} is on bridge {bridge:?}"));
+    let ports = Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge])
+        .output()
+        .expect("ip link");
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    assert!(
+        ports.contains(&format!("swvx-{vni}")),
+        "no VXLAN device on {bridge}: {ports}"
+    );
+    let (from, _) = &ips[0];
+    let vip_answer = wait_for("the service name answering its virtual IP", WAIT, || {
+        lookup(from, &name).filter(|a| !a.is_empty())
     });
+    assert_eq!(vip_answer, std::slice::from_ref(&vip), "{name}");
+    let mut replicas: Vec<String> = ips.iter().map(|(_, ip)| ip.clone()).collect();
+    replicas.sort();
+    let tasks = wait_for("tasks.<service> answering both replicas", WAIT, || {
+        lookup(from, &format!("tasks.{name}")).filter(|a| *a == replicas)
+    });
+    assert_eq!(tasks, replicas);
+    let hosts: Vec<String> = ips
+        .iter()
+        .map(|(id, _)| {
+            docker(&["inspect", "--format", "{{.Config.Hostname}}", id])
+                .expect("hostname")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for target in [vip.as_str(), name.as_str()] {
+        let answer = wait_for("a replica answering at the virtual IP", WAIT, || {
+            docker(&["exec", from, "nc", "-w", "2", target, "7000"])
+                .filter(|a| !a.trim().is_empty())
+        });
+        assert!(
+            hosts.contains(&answer.trim().to_string()),
+            "{target} answered {answer:?}, neither replica {hosts:?}"
+        );
+    }
+    remove_service_and_network(&d, &name, &network);
+    d.stop();
+    let left = Command::new("ip")
+        .args(["link", "show", &bridge])
+        .output()
+        .expect("ip link");
+    assert!(
+        !left.status.success(),
+        "{bridge} left after the node stopped"
+    );
 }

@@ -1,6 +1,7 @@
 //! The Docker executor through the real binaries: a service of the locally built test image
 //! (`scripts/test-image.sh`; no registry here) runs, updates its image, scales, and leaves no
-//! container behind once removed. Skipped, saying why, where no Docker engine answers; CI makes a
+//! container behind once removed; containers on a swarm network are on the node's data plane
+//! (service names answer virtual IPs, a process task on another node reaches them over VXLAN). Skipped, saying why, where no Docker engine answers; CI makes a
 //! missing engine a failure before the tests run (`.ci/run`).
 
 use std::process::Command;
@@ -210,7 +211,8 @@ fn a_host_mode_published_port_answers_on_the_node() {
     });
 }
 
-/// The address of the container `id` on each of its networks, as `network=ip` lines.
+/// The address of the container `id` on each of its networks, as `network=ip` lines (none for
+/// a container gone since it was listed: its failed task's, replaced).
 fn addresses(id: &str) -> String {
     docker(&[
         "inspect",
@@ -218,7 +220,7 @@ fn addresses(id: &str) -> String {
         "{{range $n, $e := .NetworkSettings.Networks}}{{$n}}={{$e.IPAddress}}\n{{end}}",
         id,
     ])
-    .expect("docker inspect")
+    .unwrap_or_default()
 }
 
 /// Creates network `network` on `subnet` and a service `name` of two replicas on it, each
@@ -232,38 +234,12 @@ fn two_listening_replicas(
 ) -> Vec<(String, String)> {
     d.ctl(&["network", "create", "--name", network, "--subnet", subnet])
         .ok();
-    d.ctl(&[
-        "service",
-        "create",
-        "--name",
-        name,
-        "--image",
-        IMAGE,
-        "--replicas",
-        "2",
-        "--network",
-        network,
-        "--command",
-        "/bin/sh",
-        "--args",
-        "-c,trap 'exit 0' TERM; while true; do hostname | nc -l -p 7000; done & wait",
-    ])
-    .ok();
-    let prefix = subnet
-        .rsplit_once(".0/")
-        .map_or(subnet, |(p, _)| p)
-        .to_string()
-        + ".";
+    create_listener(d, name, network, "hostname", &["--replicas", "2"]);
     let ips: Vec<(String, String)> = wait_for("2 containers with addresses", WAIT, || {
         let found: Vec<(String, String)> = containers(name)
             .into_iter()
             .filter_map(|id| {
-                let lines = addresses(&id);
-                let ip = lines
-                    .lines()
-                    .filter_map(|l| l.split_once('='))
-                    .find(|(n, ip)| n.starts_with("swarmd-") && ip.starts_with(&prefix))
-                    .map(|(_, ip)| ip.to_string())?;
+                let ip = address_in(&id, subnet)?;
                 Some((id, ip))
             })
             .collect();
@@ -271,6 +247,41 @@ fn two_listening_replicas(
     });
     assert_ne!(ips[0].1, ips[1].1, "two tasks, one address: {ips:?}");
     ips
+}
+
+/// Creates service `name` on `network` (with the `extra` flags), whose containers answer what
+/// the shell command `reply` prints on TCP port 7000.
+fn create_listener(d: &Swarmd, name: &str, network: &str, reply: &str, extra: &[&str]) {
+    let args =
+        format!("-c,trap 'exit 0' TERM; while true; do {reply} | nc -l -p 7000; done & wait");
+    let mut cmd = vec![
+        "service",
+        "create",
+        "--name",
+        name,
+        "--image",
+        IMAGE,
+        "--network",
+        network,
+    ];
+    cmd.extend_from_slice(extra);
+    cmd.extend(["--command", "/bin/sh", "--args", &args]);
+    d.ctl(&cmd).ok();
+}
+
+/// The address of container `id` on its local network for the swarm network on `subnet`
+/// (`a.b.c.0/24`).
+fn address_in(id: &str, subnet: &str) -> Option<String> {
+    let prefix = subnet
+        .rsplit_once(".0/")
+        .map_or(subnet, |(p, _)| p)
+        .to_string()
+        + ".";
+    addresses(id)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(n, ip)| n.starts_with("swarmd-") && ip.starts_with(&prefix))
+        .map(|(_, ip)| ip.to_string())
 }
 
 /// Removes service `name` and waits for its containers and the local network of `network` to go.
@@ -466,4 +477,154 @@ fn replicas_on_a_network_reach_the_service_at_its_virtual_ip() {
         !left.status.success(),
         "{bridge} left after the node stopped"
     );
+}
+
+/// A network namespace `dx-<pid>` joined to this one by a veth: 192.168.<x>.1 here, .2 there;
+/// removed on drop.
+struct Peer {
+    name: String,
+    here: String,
+    there: String,
+}
+
+impl Peer {
+    fn create() -> Result<Peer, String> {
+        let pid = std::process::id();
+        let x = 20 + pid % 200;
+        let peer = Peer {
+            name: format!("dx-{pid}"),
+            here: format!("192.168.{x}.1"),
+            there: format!("192.168.{x}.2"),
+        };
+        let (h, t) = (format!("dxh{pid}"), format!("dxn{pid}"));
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        };
+        ip(&["netns", "add", &peer.name])?;
+        ip(&["-n", &peer.name, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &h, "type", "veth", "peer", "name", &t, "netns", &peer.name,
+        ])?;
+        ip(&["addr", "add", &format!("{}/24", peer.here), "dev", &h])?;
+        ip(&["link", "set", &h, "up"])?;
+        ip(&[
+            "-n",
+            &peer.name,
+            "addr",
+            "add",
+            &format!("{}/24", peer.there),
+            "dev",
+            &t,
+        ])?;
+        ip(&["-n", &peer.name, "link", "set", &t, "up"])?;
+        Ok(peer)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // The veth goes with the namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A container on one node and a process task on another (issue 18): the process task, on a
+/// worker in a network namespace of its own, reaches the container on the Docker node over the
+/// VXLAN, at its address and at its service's virtual IP.
+#[test]
+fn a_process_task_on_another_node_reaches_a_container_across_the_overlay() {
+    if !engine_ready() || !crate::overlay::busybox_ready() {
+        return;
+    }
+    let peer = match Peer::create() {
+        Ok(p) => p,
+        Err(reason) => {
+            println!("skipped: no network namespace: {reason}");
+            return;
+        }
+    };
+    let port = crate::harness::free_port().to_string();
+    let listen = format!("{}:{port}", peer.here);
+    let (m, code) = Swarmd::start_node_in(
+        None,
+        &[
+            "--executor",
+            "docker",
+            "--hostname",
+            "dock",
+            "--listen-remote-api",
+            &listen,
+            "--data-path-addr",
+            &peer.here,
+        ],
+        "node is ready",
+        WAIT,
+    );
+    assert_eq!(code, None, "{}", m.log());
+    let token = m.join_tokens().0;
+    let worker_listen = format!("{}:{port}", peer.there);
+    let (w, code) = Swarmd::start_node_in(
+        Some(&peer.name),
+        &[
+            "--executor",
+            "process",
+            "--hostname",
+            "proc",
+            "--listen-remote-api",
+            &worker_listen,
+            "--data-path-addr",
+            &peer.there,
+            "--join-addr",
+            &listen,
+            "--join-token",
+            &token,
+        ],
+        "worker node is ready",
+        WAIT,
+    );
+    assert_eq!(code, None, "{}", w.log());
+    wait_for("2 nodes ready", WAIT, || {
+        (m.ctl(&["node", "ls"]).ok().matches("READY").count() == 2).then_some(())
+    });
+    let name = format!("itx{}", std::process::id());
+    let network = format!("itx{}n", std::process::id());
+    let subnet_third = 1 + std::process::id() % 250;
+    let subnet = format!("10.218.{subnet_third}.0/24");
+    m.ctl(&[
+        "network", "create", "--name", &network, "--driver", "overlay", "--subnet", &subnet,
+    ])
+    .ok();
+    create_listener(
+        &m,
+        &name,
+        &network,
+        "echo pong",
+        &["--constraint", "node.hostname==dock"],
+    );
+    let container_ip = wait_for("the container's address", WAIT, || {
+        containers(&name)
+            .into_iter()
+            .find_map(|id| address_in(&id, &subnet))
+    });
+    let vip = wait_for("the service's virtual IP", WAIT, || {
+        virtual_ip(&m, &name, &network)
+    });
+    crate::overlay::probe_from(
+        &m,
+        &w,
+        &network,
+        "node.hostname==proc",
+        &[container_ip, vip],
+    );
+    m.ctl(&["service", "rm", "client"]).ok();
+    remove_service_and_network(&m, &name, &network);
 }

@@ -15,7 +15,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const PORT: u16 = 4242;
 
 /// Whether busybox-static is here; prints why not.
-fn busybox_ready() -> bool {
+pub(crate) fn busybox_ready() -> bool {
     if Path::new(BUSYBOX).exists() {
         return true;
     }
@@ -96,7 +96,7 @@ fn create_web(d: &Swarmd, net: &str, replicas: usize, constraint: &str) {
 /// Creates service `client` on `net` (placed by `constraint`, on node `on`), which asks each of
 /// `addrs` on port 7000 once a second and prints what it heard; returns once its log shows that
 /// every address answered.
-fn probe_from(d: &Swarmd, on: &Swarmd, net: &str, constraint: &str, addrs: &[String]) {
+pub(crate) fn probe_from(d: &Swarmd, on: &Swarmd, net: &str, constraint: &str, addrs: &[String]) {
     let probes: Vec<String> = addrs
         .iter()
         .map(|a| format!("echo to-{a}; {BUSYBOX} nc -w 2 {a} 7000 </dev/null"))

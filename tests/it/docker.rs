@@ -389,7 +389,9 @@ fn lookup(id: &str, host: &str) -> Option<Vec<String>> {
 /// made on the data plane's bridge for it (`swbr-<vni>`, where the network's VXLAN device is),
 /// the service name resolves to the service's virtual IP and `tasks.<service>` to both
 /// replicas (the node's resolver, which the engine's embedded DNS forwards to), a connection to
-/// the virtual IP reaches a replica, and the bridge goes when the node stops.
+/// the virtual IP reaches a replica, one replica still reaches the other after swarmd is killed
+/// and started again (the containers it adopts are put back on the bridge made again), and the
+/// bridge goes when the node stops.
 #[test]
 fn replicas_on_a_network_reach_the_service_at_its_virtual_ip() {
     if !engine_ready() {
@@ -467,6 +469,18 @@ fn replicas_on_a_network_reach_the_service_at_its_virtual_ip() {
             "{target} answered {answer:?}, neither replica {hosts:?}"
         );
     }
+    // swarmd exits at once on SIGTERM, leaving the containers running; the next start removes
+    // the devices the last run left and makes them again, and the containers it adopts are put
+    // back on the new bridge.
+    assert_eq!(d.signal_and_wait(15), Some(143));
+    d.spawn();
+    // The other replica, not the VIP: the VIP may pick the asking replica itself, which needs
+    // no bridge.
+    let other = &ips[1].1;
+    let answer = wait_for("the other replica answering after a restart", WAIT, || {
+        docker(&["exec", from, "nc", "-w", "2", other, "7000"]).filter(|a| !a.trim().is_empty())
+    });
+    assert_eq!(answer.trim(), hosts[1], "after the restart");
     remove_service_and_network(&d, &name, &network);
     d.stop();
     let left = Command::new("ip")

@@ -428,11 +428,102 @@ impl Dataplane {
         c.netns = Some((netns.clone(), ino));
         let networks = c.networks.clone();
         let view = state.view.clone();
+        let bridges: Vec<(Cidr, u32)> = networks
+            .iter()
+            .filter_map(|id| state.networks.get(id))
+            .flat_map(|o| o.spec.gateways.iter().map(|g| (*g, o.bridge)))
+            .collect();
         drop(state);
+        if let Err(e) = self.replug(&netns, &bridges).await {
+            tracing::warn!(task.id = %task.id, "putting the container's interfaces back on their bridges: {e}");
+        }
         self.balancer
             .apply_sandbox(&netns, &networks, &view)
             .await
             .map_err(|e| SandboxError(format!("balancing in the container's namespace: {e}")))
+    }
+
+    /// Puts each interface of the namespace `netns` whose peer (a veth's other end, in the
+    /// node's namespace) is on no bridge or another one back on the bridge of the network its
+    /// address is in (`bridges`: gateway with the subnet's prefix, bridge index). A container
+    /// adopted after a restart needs it: the start removed the devices the last run left, and
+    /// the bridge made again has none of the veths the engine had put on the old one.
+    async fn replug(&self, netns: &NetnsPath, bridges: &[(Cidr, u32)]) -> Result<(), Error> {
+        use futures_util::TryStreamExt;
+        use rtnetlink::packet_route::address::AddressAttribute;
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let what = |w: &str| kernel(format!("{w} in {}", netns.0.display()));
+        let inner = crate::netlink::connect(Some(&netns.0))?;
+        let links: Vec<_> = inner
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| what("listing links")(crate::netlink::to_io(e)))?;
+        for link in links {
+            let Some(peer) = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(i) => Some(*i),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let addrs: Vec<_> = inner
+                .address()
+                .get()
+                .set_link_index_filter(link.header.index)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| what("listing addresses")(crate::netlink::to_io(e)))?;
+            let bridge = addrs
+                .iter()
+                .flat_map(|a| &a.attributes)
+                .find_map(|a| match a {
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => {
+                        bridges.iter().find_map(|(gw, bridge)| {
+                            let addr = Cidr {
+                                addr: *ip,
+                                prefix: gw.prefix,
+                            };
+                            same_subnet(gw, &addr).then_some(*bridge)
+                        })
+                    }
+                    _ => None,
+                });
+            let Some(bridge) = bridge else { continue };
+            let host_side: Vec<_> = self
+                .nl
+                .link()
+                .get()
+                .match_index(peer)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| kernel(format!("looking up link {peer}"))(crate::netlink::to_io(e)))?;
+            let on = host_side
+                .iter()
+                .flat_map(|l| &l.attributes)
+                .find_map(|a| match a {
+                    LinkAttribute::Controller(i) => Some(*i),
+                    _ => None,
+                });
+            if host_side.is_empty() || on == Some(bridge) {
+                continue;
+            }
+            tracing::info!(
+                link = peer,
+                bridge,
+                "putting a container's interface back on its bridge"
+            );
+            crate::netlink::set_link(
+                &self.nl,
+                crate::netlink::change(peer).controller(bridge).build(),
+                &format!("putting link {peer} on bridge {bridge}"),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Lets go of task `task_id`'s container (removed): its networks' devices go when nothing

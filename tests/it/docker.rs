@@ -1,6 +1,7 @@
 //! The Docker executor through the real binaries: a service of the locally built test image
 //! (`scripts/test-image.sh`; no registry here) runs, updates its image, scales, and leaves no
-//! container behind once removed. Skipped, saying why, where no Docker engine answers; CI makes a
+//! container behind once removed; containers on a swarm network are on the node's data plane
+//! (service names answer virtual IPs, a process task on another node reaches them over VXLAN). Skipped, saying why, where no Docker engine answers; CI makes a
 //! missing engine a failure before the tests run (`.ci/run`).
 
 use std::process::Command;
@@ -210,7 +211,8 @@ fn a_host_mode_published_port_answers_on_the_node() {
     });
 }
 
-/// The address of the container `id` on each of its networks, as `network=ip` lines.
+/// The address of the container `id` on each of its networks, as `network=ip` lines (none for
+/// a container gone since it was listed: its failed task's, replaced).
 fn addresses(id: &str) -> String {
     docker(&[
         "inspect",
@@ -218,13 +220,95 @@ fn addresses(id: &str) -> String {
         "{{range $n, $e := .NetworkSettings.Networks}}{{$n}}={{$e.IPAddress}}\n{{end}}",
         id,
     ])
-    .expect("docker inspect")
+    .unwrap_or_default()
+}
+
+/// Creates network `network` on `subnet` and a service `name` of two replicas on it, each
+/// answering its hostname on TCP port 7000; the two containers' IDs and addresses on the
+/// network once both have one.
+fn two_listening_replicas(
+    d: &Swarmd,
+    name: &str,
+    network: &str,
+    subnet: &str,
+) -> Vec<(String, String)> {
+    d.ctl(&["network", "create", "--name", network, "--subnet", subnet])
+        .ok();
+    create_listener(d, name, network, "hostname", &["--replicas", "2"]);
+    let ips: Vec<(String, String)> = wait_for("2 containers with addresses", WAIT, || {
+        let found: Vec<(String, String)> = containers(name)
+            .into_iter()
+            .filter_map(|id| {
+                let ip = address_in(&id, subnet)?;
+                Some((id, ip))
+            })
+            .collect();
+        (found.len() == 2).then_some(found)
+    });
+    assert_ne!(ips[0].1, ips[1].1, "two tasks, one address: {ips:?}");
+    ips
+}
+
+/// Creates service `name` on `network` (with the `extra` flags), whose containers answer what
+/// the shell command `reply` prints on TCP port 7000.
+fn create_listener(d: &Swarmd, name: &str, network: &str, reply: &str, extra: &[&str]) {
+    let args =
+        format!("-c,trap 'exit 0' TERM; while true; do {reply} | nc -l -p 7000; done & wait");
+    let mut cmd = vec![
+        "service",
+        "create",
+        "--name",
+        name,
+        "--image",
+        IMAGE,
+        "--network",
+        network,
+    ];
+    cmd.extend_from_slice(extra);
+    cmd.extend(["--command", "/bin/sh", "--args", &args]);
+    d.ctl(&cmd).ok();
+}
+
+/// The address of container `id` on its local network for the swarm network on `subnet`
+/// (`a.b.c.0/24`).
+fn address_in(id: &str, subnet: &str) -> Option<String> {
+    let prefix = subnet
+        .rsplit_once(".0/")
+        .map_or(subnet, |(p, _)| p)
+        .to_string()
+        + ".";
+    addresses(id)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(n, ip)| n.starts_with("swarmd-") && ip.starts_with(&prefix))
+        .map(|(_, ip)| ip.to_string())
+}
+
+/// Removes service `name` and waits for its containers and the local network of `network` to go.
+fn remove_service_and_network(d: &Swarmd, name: &str, network: &str) {
+    d.ctl(&["service", "rm", name]).ok();
+    wait_for("no container of ours left", WAIT, || {
+        containers(name).is_empty().then_some(())
+    });
+    wait_for("the local network removed", WAIT, || {
+        docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            "label=swarmd.local-network=true",
+            "--filter",
+            &format!("name=swarmd-{network}-"),
+        ])
+        .filter(|out| out.trim().is_empty())
+    });
 }
 
 /// Two replicas of a service on a swarm network, on one node: each container has an address of
 /// the network's subnet on the node's local network for it, and one reaches the other over TCP
-/// at its address, by its task name and by the service name (the engine's embedded DNS answers
-/// the aliases the executor gives). The local network goes with the service.
+/// at its address, by its task name (an alias the executor gives the engine's embedded DNS) and
+/// by the service name (the node's resolver's virtual IP, balanced over both). The local
+/// network goes with the service.
 #[test]
 fn two_replicas_on_a_network_reach_each_other() {
     if !engine_ready() {
@@ -234,49 +318,7 @@ fn two_replicas_on_a_network_reach_each_other() {
     let network = format!("itnet{}n", std::process::id());
     let subnet_third = 1 + std::process::id() % 250;
     let d = Swarmd::start_with(&["--executor", "docker"]);
-    d.ctl(&[
-        "network",
-        "create",
-        "--name",
-        &network,
-        "--subnet",
-        &format!("10.215.{subnet_third}.0/24"),
-    ])
-    .ok();
-    d.ctl(&[
-        "service",
-        "create",
-        "--name",
-        &name,
-        "--image",
-        IMAGE,
-        "--replicas",
-        "2",
-        "--network",
-        &network,
-        "--command",
-        "/bin/sh",
-        "--args",
-        "-c,trap 'exit 0' TERM; while true; do hostname | nc -l -p 7000; done & wait",
-    ])
-    .ok();
-    let prefix = format!("10.215.{subnet_third}.");
-    let ips: Vec<(String, String)> = wait_for("2 containers with addresses", WAIT, || {
-        let found: Vec<(String, String)> = containers(&name)
-            .into_iter()
-            .filter_map(|id| {
-                let lines = addresses(&id);
-                let ip = lines
-                    .lines()
-                    .filter_map(|l| l.split_once('='))
-                    .find(|(n, ip)| n.starts_with("swarmd-") && ip.starts_with(&prefix))
-                    .map(|(_, ip)| ip.to_string())?;
-                Some((id, ip))
-            })
-            .collect();
-        (found.len() == 2).then_some(found)
-    });
-    assert_ne!(ips[0].1, ips[1].1, "two tasks, one address: {ips:?}");
+    let ips = two_listening_replicas(&d, &name, &network, &format!("10.215.{subnet_third}.0/24"));
     let (from, _) = &ips[0];
     let (to, to_ip) = &ips[1];
     let to_host = docker(&["inspect", "--format", "{{.Config.Hostname}}", to]).expect("hostname");
@@ -284,8 +326,8 @@ fn two_replicas_on_a_network_reach_each_other() {
         docker(&["exec", from, "nc", "-w", "2", to_ip, "7000"]).filter(|a| !a.trim().is_empty())
     });
     assert_eq!(answer.trim(), to_host.trim());
-    // By name too: the other's task name (`<service>.<slot>.<task id>`, one of its aliases on
-    // the network) is the other; the service name is one replica or the other.
+    // By name too: the other's task name (`<service>.<slot>.<task id>`, its one alias on the
+    // network) is the other; the service name is one replica or the other.
     let aliases = docker(&[
         "inspect",
         "--format",
@@ -312,20 +354,291 @@ fn two_replicas_on_a_network_reach_each_other() {
         [to_host.trim(), from_host.trim()].contains(&by_service.trim()),
         "{by_service:?} is neither replica"
     );
-    d.ctl(&["service", "rm", &name]).ok();
-    wait_for("no container of ours left", WAIT, || {
-        containers(&name).is_empty().then_some(())
+    remove_service_and_network(&d, &name, &network);
+}
+
+/// The service's virtual IP on `network`, from `swarmctl service inspect`'s "Virtual IPs" list
+/// (`<network> : <ip>/<prefix>`), without the prefix length.
+fn virtual_ip(d: &Swarmd, service: &str, network: &str) -> Option<String> {
+    let out = d.ctl(&["service", "inspect", service]).ok().to_string();
+    out.lines()
+        .skip_while(|l| !l.starts_with("Virtual IPs"))
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim() == network)
+        .map(|(_, ip)| ip.trim().split('/').next().unwrap_or_default().to_string())
+}
+
+/// The addresses `busybox nslookup <host>` printed for `host`, run in container `id` (through
+/// the engine's embedded DNS, which forwards what it does not know to the nameserver the
+/// executor gave: the node's resolver).
+fn lookup(id: &str, host: &str) -> Option<Vec<String>> {
+    let out = docker(&["exec", id, "busybox", "nslookup", host])?;
+    let mut addrs: Vec<String> = out
+        .split(&format!("Name:\t{host}"))
+        .skip(1)
+        .filter_map(|answer| {
+            let line = answer.lines().find(|l| l.starts_with("Address:"))?;
+            Some(line.trim_start_matches("Address:").trim().to_string())
+        })
+        .collect();
+    addrs.sort();
+    Some(addrs)
+}
+
+/// Containers on a swarm network are on the node's data plane (issue 18): the local network is
+/// made on the data plane's bridge for it (`swbr-<vni>`, where the network's VXLAN device is),
+/// the service name resolves to the service's virtual IP and `tasks.<service>` to both
+/// replicas (the node's resolver, which the engine's embedded DNS forwards to), a connection to
+/// the virtual IP reaches a replica, one replica still reaches the other after swarmd is killed
+/// and started again (the containers it adopts are put back on the bridge made again), and the
+/// bridge goes when the node stops.
+#[test]
+fn replicas_on_a_network_reach_the_service_at_its_virtual_ip() {
+    if !engine_ready() {
+        return;
+    }
+    let name = format!("itvip{}", std::process::id());
+    let network = format!("itvip{}n", std::process::id());
+    let subnet_third = 1 + std::process::id() % 250;
+    let mut d = Swarmd::start_with(&["--executor", "docker"]);
+    let ips = two_listening_replicas(&d, &name, &network, &format!("10.216.{subnet_third}.0/24"));
+    let vip = wait_for("the service's virtual IP", WAIT, || {
+        virtual_ip(&d, &name, &network)
     });
-    wait_for("the local network removed", WAIT, || {
-        docker(&[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            "label=swarmd.local-network=true",
-            "--filter",
-            &format!("name=swarmd-{network}-"),
-        ])
-        .filter(|out| out.trim().is_empty())
+    assert!(
+        !ips.iter().any(|(_, ip)| *ip == vip),
+        "the VIP {vip} is a replica's address: {ips:?}"
+    );
+    let local = docker(&[
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}}",
+        "--filter",
+        &format!("name=swarmd-{network}-"),
+    ])
+    .expect("docker network ls");
+    let bridge = docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+        local.trim(),
+    ])
+    .expect("docker network inspect");
+    let bridge = bridge.trim().to_string();
+    let vni = bridge
+        .strip_prefix("swbr-")
+        .unwrap_or_else(|| panic!("local network {local:?} is on bridge {bridge:?}"));
+    let ports = Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge])
+        .output()
+        .expect("ip link");
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    assert!(
+        ports.contains(&format!("swvx-{vni}")),
+        "no VXLAN device on {bridge}: {ports}"
+    );
+    let (from, _) = &ips[0];
+    let vip_answer = wait_for("the service name answering its virtual IP", WAIT, || {
+        lookup(from, &name).filter(|a| !a.is_empty())
     });
+    assert_eq!(vip_answer, std::slice::from_ref(&vip), "{name}");
+    let mut replicas: Vec<String> = ips.iter().map(|(_, ip)| ip.clone()).collect();
+    replicas.sort();
+    let tasks = wait_for("tasks.<service> answering both replicas", WAIT, || {
+        lookup(from, &format!("tasks.{name}")).filter(|a| *a == replicas)
+    });
+    assert_eq!(tasks, replicas);
+    let hosts: Vec<String> = ips
+        .iter()
+        .map(|(id, _)| {
+            docker(&["inspect", "--format", "{{.Config.Hostname}}", id])
+                .expect("hostname")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for target in [vip.as_str(), name.as_str()] {
+        let answer = wait_for("a replica answering at the virtual IP", WAIT, || {
+            docker(&["exec", from, "nc", "-w", "2", target, "7000"])
+                .filter(|a| !a.trim().is_empty())
+        });
+        assert!(
+            hosts.contains(&answer.trim().to_string()),
+            "{target} answered {answer:?}, neither replica {hosts:?}"
+        );
+    }
+    // swarmd exits at once on SIGTERM, leaving the containers running; the next start removes
+    // the devices the last run left and makes them again, and the containers it adopts are put
+    // back on the new bridge.
+    assert_eq!(d.signal_and_wait(15), Some(143));
+    d.spawn();
+    // The other replica, not the VIP: the VIP may pick the asking replica itself, which needs
+    // no bridge.
+    let other = &ips[1].1;
+    let answer = wait_for("the other replica answering after a restart", WAIT, || {
+        docker(&["exec", from, "nc", "-w", "2", other, "7000"]).filter(|a| !a.trim().is_empty())
+    });
+    assert_eq!(answer.trim(), hosts[1], "after the restart");
+    remove_service_and_network(&d, &name, &network);
+    d.stop();
+    let left = Command::new("ip")
+        .args(["link", "show", &bridge])
+        .output()
+        .expect("ip link");
+    assert!(
+        !left.status.success(),
+        "{bridge} left after the node stopped"
+    );
+}
+
+/// A network namespace `dx-<pid>` joined to this one by a veth: 192.168.<x>.1 here, .2 there;
+/// removed on drop.
+struct Peer {
+    name: String,
+    here: String,
+    there: String,
+}
+
+impl Peer {
+    fn create() -> Result<Peer, String> {
+        let pid = std::process::id();
+        let x = 20 + pid % 200;
+        let peer = Peer {
+            name: format!("dx-{pid}"),
+            here: format!("192.168.{x}.1"),
+            there: format!("192.168.{x}.2"),
+        };
+        let (h, t) = (format!("dxh{pid}"), format!("dxn{pid}"));
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        };
+        ip(&["netns", "add", &peer.name])?;
+        ip(&["-n", &peer.name, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &h, "type", "veth", "peer", "name", &t, "netns", &peer.name,
+        ])?;
+        ip(&["addr", "add", &format!("{}/24", peer.here), "dev", &h])?;
+        ip(&["link", "set", &h, "up"])?;
+        ip(&[
+            "-n",
+            &peer.name,
+            "addr",
+            "add",
+            &format!("{}/24", peer.there),
+            "dev",
+            &t,
+        ])?;
+        ip(&["-n", &peer.name, "link", "set", &t, "up"])?;
+        Ok(peer)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // The veth goes with the namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A container on one node and a process task on another (issue 18): the process task, on a
+/// worker in a network namespace of its own, reaches the container on the Docker node over the
+/// VXLAN, at its address and at its service's virtual IP.
+#[test]
+fn a_process_task_on_another_node_reaches_a_container_across_the_overlay() {
+    if !engine_ready() || !crate::overlay::busybox_ready() {
+        return;
+    }
+    let peer = match Peer::create() {
+        Ok(p) => p,
+        Err(reason) => {
+            println!("skipped: no network namespace: {reason}");
+            return;
+        }
+    };
+    let port = crate::harness::free_port().to_string();
+    let listen = format!("{}:{port}", peer.here);
+    let (m, code) = Swarmd::start_node_in(
+        None,
+        &[
+            "--executor",
+            "docker",
+            "--hostname",
+            "dock",
+            "--listen-remote-api",
+            &listen,
+            "--data-path-addr",
+            &peer.here,
+        ],
+        "node is ready",
+        WAIT,
+    );
+    assert_eq!(code, None, "{}", m.log());
+    let token = m.join_tokens().0;
+    let worker_listen = format!("{}:{port}", peer.there);
+    let (w, code) = Swarmd::start_node_in(
+        Some(&peer.name),
+        &[
+            "--executor",
+            "process",
+            "--hostname",
+            "proc",
+            "--listen-remote-api",
+            &worker_listen,
+            "--data-path-addr",
+            &peer.there,
+            "--join-addr",
+            &listen,
+            "--join-token",
+            &token,
+        ],
+        "worker node is ready",
+        WAIT,
+    );
+    assert_eq!(code, None, "{}", w.log());
+    wait_for("2 nodes ready", WAIT, || {
+        (m.ctl(&["node", "ls"]).ok().matches("READY").count() == 2).then_some(())
+    });
+    let name = format!("itx{}", std::process::id());
+    let network = format!("itx{}n", std::process::id());
+    let subnet_third = 1 + std::process::id() % 250;
+    let subnet = format!("10.218.{subnet_third}.0/24");
+    m.ctl(&[
+        "network", "create", "--name", &network, "--driver", "overlay", "--subnet", &subnet,
+    ])
+    .ok();
+    create_listener(
+        &m,
+        &name,
+        &network,
+        "echo pong",
+        &["--constraint", "node.hostname==dock"],
+    );
+    let container_ip = wait_for("the container's address", WAIT, || {
+        containers(&name)
+            .into_iter()
+            .find_map(|id| address_in(&id, &subnet))
+    });
+    let vip = wait_for("the service's virtual IP", WAIT, || {
+        virtual_ip(&m, &name, &network)
+    });
+    crate::overlay::probe_from(
+        &m,
+        &w,
+        &network,
+        "node.hostname==proc",
+        &[container_ip, vip],
+    );
+    m.ctl(&["service", "rm", "probe"]).ok();
+    remove_service_and_network(&m, &name, &network);
 }

@@ -26,7 +26,7 @@ const PORT: u16 = 4242;
 const WEB_PORT: u16 = 7000;
 
 /// Whether busybox-static is here; prints why not.
-fn busybox_ready() -> bool {
+pub(crate) fn busybox_ready() -> bool {
     if Path::new(BUSYBOX).exists() {
         return true;
     }
@@ -242,10 +242,10 @@ fn tail(lines: &[Line]) -> String {
         .collect()
 }
 
-/// Creates service `client` on `net` (placed by `constraint`, on node `on`), which asks each of
+/// Creates service `probe` on `net` (placed by `constraint`, on node `on`), which asks each of
 /// `addrs` on [`WEB_PORT`] once a second and prints what it heard; returns once its output shows
 /// that every address answered.
-fn probe_from(d: &Swarmd, on: &Swarmd, net: &str, constraint: &str, addrs: &[String]) {
+pub(crate) fn probe_from(d: &Swarmd, on: &Swarmd, net: &str, constraint: &str, addrs: &[String]) {
     let probes: Vec<String> = addrs
         .iter()
         .map(|a| format!("echo to-{a} $({BUSYBOX} nc -w 2 {a} {WEB_PORT} </dev/null)"))

@@ -70,6 +70,39 @@ impl ContainerConfig {
         })
     }
 
+    /// The same container on the node's data plane: each swarm network with a VXLAN ID gets
+    /// its local network on the data plane's bridge for it ([`Attachment::on_bridge`]).
+    pub fn on_data_plane(mut self) -> Self {
+        let bridges: Vec<Option<String>> = self
+            .task
+            .networks
+            .iter()
+            .map(|na| {
+                let spec = netplane::overlay::NetSpec::from_network(na.network.as_ref()?).ok()?;
+                Some(netplane::overlay::bridge_name(spec.vni))
+            })
+            .collect();
+        self.attachments = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .zip(bridges)
+            .map(|(a, bridge)| match bridge {
+                Some(bridge) => a.on_bridge(bridge),
+                None => a,
+            })
+            .collect();
+        self
+    }
+
+    /// Whether any of the container's networks is on the node's data plane.
+    pub fn uses_data_plane(&self) -> bool {
+        self.attachments.iter().any(|a| a.bridge.is_some())
+    }
+
+    /// The task the container runs.
+    pub fn task(&self) -> &api::Task {
+        &self.task
+    }
+
     /// The swarm networks the container joins, in the task's order; the first is the one it is
     /// created on, the others are connected before it starts.
     pub fn attachments(&self) -> &[Attachment] {

@@ -14,8 +14,11 @@
 //! container is created on the first with its allocated address and aliases, and connected to
 //! the others before `prepare` ends; `start` makes any of them again that went meanwhile;
 //! `remove` takes away each of them that no container uses any more (best effort: the task's
-//! removal does not fail for a network left behind).
+//! removal does not fail for a network left behind). On the node's data plane, `prepare` and
+//! `start` first have it keep the networks' bridges, the running container's namespace is
+//! handed to it for the task's virtual IPs, and `remove` lets go of the networks last.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent::{
@@ -52,6 +55,8 @@ pub struct DockerController {
     files: TaskFileSet,
     /// The node's local networks, shared with the executor's other controllers.
     networks: LocalNetworks,
+    /// The node's data plane, when the container's networks are on its bridges.
+    plane: Option<Arc<netplane::Dataplane>>,
 }
 
 impl DockerController {
@@ -68,6 +73,46 @@ impl DockerController {
             config,
             files,
             networks,
+            plane: None,
+        }
+    }
+
+    /// The same controller with the container's swarm networks on `plane` (if any of them
+    /// is: see [`ContainerConfig::on_data_plane`]).
+    pub(crate) fn with_data_plane(mut self, plane: Option<Arc<netplane::Dataplane>>) -> Self {
+        self.plane = plane.filter(|_| self.config.uses_data_plane());
+        self
+    }
+
+    /// Has the data plane keep the devices of the task's networks (made if missing) before the
+    /// engine puts the container on their bridges; one that cannot fails the task.
+    async fn attach_to_plane(&self) -> Result<(), ExecutorError> {
+        if let Some(plane) = &self.plane {
+            plane
+                .attach_container(self.config.task())
+                .await
+                .map_err(|e| ExecutorError::Fatal(format!("dockerexec: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the running container's namespace to the data plane, which balances the task's
+    /// virtual IPs there (again at every view). A failure is logged: the container runs, and
+    /// the next view tries again.
+    async fn plane_running(&self, docker: &Docker) {
+        let Some(plane) = &self.plane else { return };
+        let pid = match self.inspect_container(docker).await {
+            Ok(Some(c)) => c.state.and_then(|s| s.pid).filter(|p| *p > 0),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "inspecting the container for its namespace failed");
+                None
+            }
+        };
+        let Some(pid) = pid else { return };
+        let netns = netplane::NetnsPath(format!("/proc/{pid}/ns/net").into());
+        if let Err(e) = plane.container_running(self.config.task(), netns).await {
+            tracing::warn!(task.id = self.config.task_id(), error = %e, "virtual IPs in the container");
         }
     }
 
@@ -106,6 +151,7 @@ impl DockerController {
         }
         // Nothing removes a network between its making and the container joining it.
         let _guard = self.networks.lock().await;
+        self.attach_to_plane().await?;
         let mut names = self.ensure_networks().await?;
         if existing.is_none() {
             match self
@@ -207,7 +253,11 @@ impl DockerController {
         };
         let _guard = self.networks.lock().await;
         for a in self.config.attachments() {
-            let removed = match self.networks.find(&docker, &a.network_id).await {
+            let removed = match self
+                .networks
+                .find(&docker, &a.network_id, a.bridge.as_deref())
+                .await
+            {
                 Ok(Some(name)) => self.networks.remove_if_unused(&name).await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
@@ -430,6 +480,7 @@ impl Controller for DockerController {
             None
         } else {
             let guard = self.networks.lock().await;
+            self.attach_to_plane().await?;
             self.ensure_networks().await?;
             Some(guard)
         };
@@ -448,6 +499,7 @@ impl Controller for DockerController {
                 t => t,
             }
         })?;
+        self.plane_running(&docker).await;
         self.wait_healthy(&docker).await
     }
 
@@ -455,6 +507,7 @@ impl Controller for DockerController {
         let docker = self.engine.client().await?;
         let waiter = self.engine.long_client().await?;
         let mut seen = false;
+        let mut balanced = false;
         loop {
             match self.state(&docker).await? {
                 RuntimeState::Absent if seen => {
@@ -466,6 +519,12 @@ impl Controller for DockerController {
                 RuntimeState::Exited(exit) => return Ok(exit),
                 RuntimeState::Created => tokio::time::sleep(POLL).await,
                 RuntimeState::Running => {
+                    // A container adopted after a restart, or started elsewhere: its virtual
+                    // IPs follow the views from now on.
+                    if !balanced {
+                        balanced = true;
+                        self.plane_running(&docker).await;
+                    }
                     let options = WaitContainerOptionsBuilder::new()
                         .condition("not-running")
                         .build();
@@ -539,6 +598,11 @@ impl Controller for DockerController {
             Err(e) => return Err(classify("removing container failed", e)),
         }
         self.remove_unused_networks().await;
+        if let Some(plane) = &self.plane
+            && let Err(e) = plane.detach_container(self.config.task_id()).await
+        {
+            tracing::warn!(error = %e, "releasing the task's data plane networks failed");
+        }
         files
     }
 

@@ -24,6 +24,9 @@ pub struct DockerExecutor {
     networks: LocalNetworks,
     /// The generic resources the node advertises (`--generic-node-resources`).
     generic: Vec<api::GenericResource>,
+    /// The node's data plane, whose bridges the local networks of swarm networks are made on;
+    /// `None`: they are the engine's own bridges and reach this node only.
+    plane: Option<Arc<netplane::Dataplane>>,
 }
 
 impl DockerExecutor {
@@ -46,7 +49,16 @@ impl DockerExecutor {
             // swarmd's `--hostname` defaults to empty, which means "the engine's name".
             hostname_override: hostname_override.filter(|h| !h.is_empty()),
             generic: Vec::new(),
+            plane: None,
         })
+    }
+
+    /// The same executor putting containers on swarm networks on `plane`'s bridges: they reach
+    /// tasks on other nodes over its VXLAN devices, their service names resolve to virtual IPs
+    /// through its resolver, and those are balanced in their namespaces.
+    pub fn with_data_plane(mut self, plane: Arc<netplane::Dataplane>) -> Self {
+        self.plane = Some(plane);
+        self
     }
 
     /// The same executor advertising `generic` in its node description.
@@ -130,17 +142,28 @@ impl Executor for DockerExecutor {
     ) -> Result<Box<dyn Controller>, ExecutorError> {
         // No checkpoint is needed: the container name identifies the task's container, so a
         // controller made after a restart finds (adopts) the container by name.
-        let config = ContainerConfig::new(task)?;
+        let mut config = ContainerConfig::new(task)?;
+        if self.plane.is_some() {
+            config = config.on_data_plane();
+        }
         let files = self
             .files
             .for_task(task, dependencies)
             .map_err(|e| ExecutorError::Fatal(format!("dockerexec: {e}")))?;
-        Ok(Box::new(DockerController::new(
-            self.engine.clone(),
-            config,
-            files,
-            self.networks.clone(),
-        )))
+        Ok(Box::new(
+            DockerController::new(self.engine.clone(), config, files, self.networks.clone())
+                .with_data_plane(self.plane.clone()),
+        ))
+    }
+
+    fn network_plane_request(&self) -> Option<api::netplane::WatchRequest> {
+        self.plane.as_ref().map(|p| p.watch_request())
+    }
+
+    fn set_network_view(&self, view: api::netplane::NodeView) {
+        if let Some(plane) = &self.plane {
+            plane.set_view(view);
+        }
     }
 
     fn remove_orphans(&self, known: &HashSet<String>) {

@@ -3,7 +3,9 @@
 //! A plain engine cannot create overlay networks (SwarmKit's own dockerapi executor fails there),
 //! so each swarm network a task is attached to becomes a local `bridge` network with the subnet
 //! and gateway the allocator gave the swarm network. Containers of one node on one swarm network
-//! reach each other by their allocated addresses; nothing crosses nodes.
+//! reach each other by their allocated addresses. With the node's data plane the local network
+//! is made on the data plane's bridge for the swarm network ([`Attachment::on_bridge`]), where
+//! its VXLAN device reaches the other nodes; without it, nothing crosses nodes.
 //!
 //! A local network is named `swarmd-<network name>-<first 12 characters of its ID>` and labelled
 //! [`NETWORK_ID_LABEL`] (the swarm network's ID) and [`LOCAL_NETWORK_LABEL`] (ours), and is always
@@ -58,6 +60,17 @@ pub const NETWORK_NAME_LABEL: &str = "com.docker.swarm.network.name";
 /// only ours are ever reused or removed.
 pub const LOCAL_NETWORK_LABEL: &str = "swarmd.local-network";
 
+/// The label holding the data plane bridge a local network is made on (absent: the engine's
+/// own bridge): a network found for an attachment must be on the bridge the attachment wants.
+pub const BRIDGE_LABEL: &str = "swarmd.bridge";
+
+/// The bridge driver's option naming the Linux bridge (one that exists is taken as it is, with
+/// its devices and addresses, and left in place when the network is removed).
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+/// The bridge driver's option setting the containers' interfaces' MTU.
+const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
 /// How old one of our networks must be before the startup sweep may remove it: younger ones may
 /// belong to a task another swarmd on this engine is creating.
 pub const SWEEP_MIN_AGE: Duration = Duration::from_secs(60);
@@ -85,8 +98,13 @@ pub struct Attachment {
     /// The container's IPv6 address on it, without the prefix length.
     pub ipv6: Option<String>,
     /// The names the container answers to on it: the attachment's aliases, then the service
-    /// name and the task name.
+    /// name and the task name (on the data plane, the task name only: see
+    /// [`Attachment::on_bridge`]).
     pub aliases: Vec<String>,
+    /// The node's data plane bridge of the network (`swbr-<vni>`), when the local network is
+    /// made on it; `None`: a bridge of the engine's own, reaching this node only.
+    pub bridge: Option<String>,
+    task_name: String,
 }
 
 impl Attachment {
@@ -145,16 +163,32 @@ impl Attachment {
             ipv4,
             ipv6,
             aliases,
+            bridge: None,
+            task_name: task_name.to_string(),
         })
+    }
+
+    /// The same attachment on the node's data plane, whose bridge for the network is `bridge`:
+    /// the local network is made on that bridge (where the network's VXLAN device is), and the
+    /// engine's embedded DNS is given the task name only, so that the service name and the
+    /// network aliases reach the node's resolver and answer its virtual IP, as SwarmKit's do.
+    pub fn on_bridge(mut self, bridge: String) -> Self {
+        self.bridge = Some(bridge);
+        self.aliases = vec![self.task_name.clone()];
+        self
     }
 
     /// The labels of the local network.
     pub fn labels(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut labels = HashMap::from([
             (NETWORK_ID_LABEL.to_string(), self.network_id.clone()),
             (NETWORK_NAME_LABEL.to_string(), self.network_name.clone()),
             (LOCAL_NETWORK_LABEL.to_string(), "true".to_string()),
-        ])
+        ]);
+        if let Some(bridge) = &self.bridge {
+            labels.insert(BRIDGE_LABEL.to_string(), bridge.clone());
+        }
+        labels
     }
 
     /// The engine's create request for the local network.
@@ -182,6 +216,15 @@ impl Attachment {
                         .collect(),
                 ),
                 ..Default::default()
+            }),
+            options: self.bridge.as_ref().map(|bridge| {
+                HashMap::from([
+                    (BRIDGE_NAME_OPTION.to_string(), bridge.clone()),
+                    (
+                        MTU_OPTION.to_string(),
+                        netplane::overlay::OVERLAY_MTU.to_string(),
+                    ),
+                ])
             }),
             ..Default::default()
         }
@@ -230,11 +273,13 @@ impl LocalNetworks {
         self.lock.lock().await
     }
 
-    /// The name of our local network for the swarm network `network_id`, if there is one.
+    /// The name of our local network for the swarm network `network_id` on the data plane
+    /// bridge `bridge` (`None`: on a bridge of the engine's), if there is one.
     pub(crate) async fn find(
         &self,
         docker: &Docker,
         network_id: &str,
+        bridge: Option<&str>,
     ) -> Result<Option<String>, ExecutorError> {
         let filters = HashMap::from([(
             "label",
@@ -248,7 +293,17 @@ impl LocalNetworks {
             .list_networks(Some(options))
             .await
             .map_err(|e| classify("listing networks failed", e))?;
-        let mut names: Vec<String> = found.into_iter().filter_map(|n| n.name).collect();
+        let mut names: Vec<String> = found
+            .into_iter()
+            .filter(|n| {
+                n.labels
+                    .as_ref()
+                    .and_then(|l| l.get(BRIDGE_LABEL))
+                    .map(String::as_str)
+                    == bridge
+            })
+            .filter_map(|n| n.name)
+            .collect();
         names.sort();
         Ok(names.into_iter().next())
     }
@@ -256,7 +311,10 @@ impl LocalNetworks {
     /// The local network for `a`, created unless it exists; its name. Call under [`Self::lock`].
     pub(crate) async fn ensure(&self, a: &Attachment) -> Result<String, ExecutorError> {
         let docker = self.engine.client().await?;
-        if let Some(name) = self.find(&docker, &a.network_id).await? {
+        if let Some(name) = self
+            .find(&docker, &a.network_id, a.bridge.as_deref())
+            .await?
+        {
             return Ok(name);
         }
         match docker.create_network(a.create_request()).await {
@@ -274,7 +332,10 @@ impl LocalNetworks {
             // it may do while the winner's create has not ended: look a few times.
             Err(e) if matches!(status(&e), Some(403 | 409)) => {
                 for _ in 0..RACE_LOOKS {
-                    if let Some(name) = self.find(&docker, &a.network_id).await? {
+                    if let Some(name) = self
+                        .find(&docker, &a.network_id, a.bridge.as_deref())
+                        .await?
+                    {
                         return Ok(name);
                     }
                     tokio::time::sleep(RACE_LOOK_INTERVAL).await;
@@ -476,6 +537,29 @@ mod tests {
         assert_eq!(config[0].subnet.as_deref(), Some("10.0.7.0/24"));
         assert_eq!(config[0].gateway.as_deref(), Some("10.0.7.1"));
         assert_eq!(config[0].ip_range, None);
+    }
+
+    #[test]
+    fn on_the_data_plane_the_network_is_on_its_bridge_and_only_the_task_name_is_an_alias() {
+        let a = Attachment::new(&attachment(&["10.0.7.3/24"], &["db"]), "web", "web.1.t1")
+            .expect("attachment")
+            .on_bridge("swbr-4097".into());
+        assert_eq!(a.aliases, ["web.1.t1"]);
+        assert_eq!(
+            a.endpoint_settings().aliases.expect("aliases"),
+            ["web.1.t1"].map(String::from)
+        );
+        let req = a.create_request();
+        let options = req.options.expect("driver options");
+        assert_eq!(options[BRIDGE_NAME_OPTION], "swbr-4097");
+        assert_eq!(options[MTU_OPTION], "1450");
+        assert_eq!(req.labels.expect("labels")[BRIDGE_LABEL], "swbr-4097");
+        // Off the data plane: the engine's own bridge, no such label.
+        let local = Attachment::new(&attachment(&["10.0.7.3/24"], &[]), "web", "web.1.t1")
+            .expect("attachment");
+        let req = local.create_request();
+        assert_eq!(req.options, None);
+        assert!(!req.labels.expect("labels").contains_key(BRIDGE_LABEL));
     }
 
     #[test]

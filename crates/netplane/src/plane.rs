@@ -34,7 +34,25 @@ struct State {
     networks: HashMap<String, Overlay>,
     /// Task ID -> its sandbox.
     sandboxes: HashMap<String, Sandbox>,
+    /// Task ID -> a container on the networks' bridges (Docker executor).
+    containers: HashMap<String, Container>,
     stopped: bool,
+}
+
+/// A task's container that another runtime (the Docker engine) put on the networks' bridges:
+/// the networks it keeps, and its namespace once it runs, where its virtual IPs are balanced.
+#[derive(Debug, Default)]
+struct Container {
+    networks: Vec<String>,
+    /// The namespace's path (`/proc/<pid>/ns/net`) and inode: a path whose inode is another
+    /// (the container ended and its PID was reused) is not the container's any more.
+    netns: Option<(NetnsPath, u64)>,
+}
+
+/// The inode of the namespace at `path`, if there is one.
+fn netns_inode(path: &NetnsPath) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(&path.0).ok().map(|m| m.ino())
 }
 
 /// The node's data plane (see the module docs).
@@ -235,6 +253,14 @@ impl Dataplane {
             .values()
             .map(|s| (s.netns.clone(), s.networks.clone()))
             .collect();
+        let containers: Vec<(String, NetnsPath, u64, Vec<String>)> = state
+            .containers
+            .iter()
+            .filter_map(|(task, c)| {
+                let (netns, ino) = c.netns.clone()?;
+                Some((task.clone(), netns, ino, c.networks.clone()))
+            })
+            .collect();
         drop(state);
         if let Some(resolver) = &self.resolver {
             resolver.update(&view).await?;
@@ -244,6 +270,23 @@ impl Dataplane {
             self.balancer
                 .apply_sandbox(&netns, &networks, &view)
                 .await?;
+        }
+        // A container's namespace goes when it ends, before its task is removed: one gone is
+        // let go of, one that fails does not keep the others from their views.
+        for (task, netns, ino, networks) in containers {
+            if netns_inode(&netns) != Some(ino) {
+                self.balancer.forget_sandbox(&netns);
+                let mut state = self.state.lock().await;
+                if let Some(c) = state.containers.get_mut(&task)
+                    && c.netns.as_ref().is_some_and(|(_, i)| *i == ino)
+                {
+                    c.netns = None;
+                }
+                continue;
+            }
+            if let Err(e) = self.balancer.apply_sandbox(&netns, &networks, &view).await {
+                tracing::warn!(task.id = %task, "virtual IPs in the container's namespace: {e}");
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -300,6 +343,7 @@ impl Dataplane {
             .filter(|id| {
                 !state.view.networks.iter().any(|n| &n.id == *id)
                     && !state.sandboxes.values().any(|s| s.networks.contains(id))
+                    && !state.containers.values().any(|c| c.networks.contains(id))
             })
             .cloned()
             .collect();
@@ -326,11 +370,7 @@ impl Dataplane {
         }
         let mut attachments = Vec::new();
         for a in &task.networks {
-            let network = a
-                .network
-                .as_ref()
-                .ok_or_else(|| SandboxError("a network attachment has no network".into()))?;
-            let spec = NetSpec::from_network(network).map_err(SandboxError)?;
+            let spec = attachment_spec(a)?;
             let addr: Cidr = a
                 .addresses
                 .iter()
@@ -402,12 +442,180 @@ impl Dataplane {
         self.remove_unused(&mut state).await
     }
 
+    /// Makes (or keeps) the devices of task `task`'s networks for a container another runtime
+    /// puts on their bridges, and keeps them while the task is attached (until
+    /// [`Dataplane::detach_container`]); the bridges' names, in the order of `task.networks`.
+    /// The error says why the task cannot run here.
+    pub async fn attach_container(&self, task: &api::Task) -> Result<Vec<String>, SandboxError> {
+        let mut state = self.state.lock().await;
+        if state.stopped {
+            return Err(SandboxError("the node's data plane is stopped".into()));
+        }
+        let mut bridges = Vec::new();
+        let mut networks = Vec::new();
+        for a in &task.networks {
+            let spec = attachment_spec(a)?;
+            let overlay = self.ensure_network(&mut state, &spec).await;
+            if let Err(e) = overlay {
+                let _ = self.remove_unused(&mut state).await;
+                return Err(SandboxError(format!("overlay network {}: {e}", spec.id)));
+            }
+            bridges.push(crate::overlay::bridge_name(spec.vni));
+            networks.push(spec.id);
+        }
+        let entry = state.containers.entry(task.id.clone()).or_default();
+        entry.networks = networks;
+        Ok(bridges)
+    }
+
+    /// Balances task `task`'s virtual IPs in its running container's namespace `netns`
+    /// (`/proc/<pid>/ns/net`), now and at every view; attaches the task first if it is not.
+    pub async fn container_running(
+        &self,
+        task: &api::Task,
+        netns: NetnsPath,
+    ) -> Result<(), SandboxError> {
+        self.attach_container(task).await?;
+        let ino = netns_inode(&netns)
+            .ok_or_else(|| SandboxError(format!("no namespace at {}", netns.0.display())))?;
+        if netns_inode(&NetnsPath("/proc/self/ns/net".into())) == Some(ino) {
+            return Err(SandboxError(
+                "the container shares the node's network namespace".into(),
+            ));
+        }
+        let mut state = self.state.lock().await;
+        let Some(c) = state.containers.get_mut(&task.id) else {
+            return Ok(());
+        };
+        if let Some((old, old_ino)) = c.netns.take()
+            && (old != netns || old_ino != ino)
+        {
+            self.balancer.forget_sandbox(&old);
+        }
+        c.netns = Some((netns.clone(), ino));
+        let networks = c.networks.clone();
+        let view = state.view.clone();
+        let bridges: Vec<(Cidr, u32)> = networks
+            .iter()
+            .filter_map(|id| state.networks.get(id))
+            .flat_map(|o| o.spec.gateways.iter().map(|g| (*g, o.bridge)))
+            .collect();
+        drop(state);
+        if let Err(e) = self.replug(&netns, &bridges).await {
+            tracing::warn!(task.id = %task.id, "putting the container's interfaces back on their bridges: {e}");
+        }
+        self.balancer
+            .apply_sandbox(&netns, &networks, &view)
+            .await
+            .map_err(|e| SandboxError(format!("balancing in the container's namespace: {e}")))
+    }
+
+    /// Puts each interface of the namespace `netns` whose peer (a veth's other end, in the
+    /// node's namespace) is on no bridge or another one back on the bridge of the network its
+    /// address is in (`bridges`: gateway with the subnet's prefix, bridge index). A container
+    /// adopted after a restart needs it: the start removed the devices the last run left, and
+    /// the bridge made again has none of the veths the engine had put on the old one.
+    async fn replug(&self, netns: &NetnsPath, bridges: &[(Cidr, u32)]) -> Result<(), Error> {
+        use futures_util::TryStreamExt;
+        use rtnetlink::packet_route::address::AddressAttribute;
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let what = |w: &str| kernel(format!("{w} in {}", netns.0.display()));
+        let inner = crate::netlink::connect(Some(&netns.0))?;
+        let links: Vec<_> = inner
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| what("listing links")(crate::netlink::to_io(e)))?;
+        for link in links {
+            let Some(peer) = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(i) => Some(*i),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let addrs: Vec<_> = inner
+                .address()
+                .get()
+                .set_link_index_filter(link.header.index)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| what("listing addresses")(crate::netlink::to_io(e)))?;
+            let bridge = addrs
+                .iter()
+                .flat_map(|a| &a.attributes)
+                .find_map(|a| match a {
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => {
+                        bridges.iter().find_map(|(gw, bridge)| {
+                            let addr = Cidr {
+                                addr: *ip,
+                                prefix: gw.prefix,
+                            };
+                            same_subnet(gw, &addr).then_some(*bridge)
+                        })
+                    }
+                    _ => None,
+                });
+            let Some(bridge) = bridge else { continue };
+            let host_side: Vec<_> = self
+                .nl
+                .link()
+                .get()
+                .match_index(peer)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| kernel(format!("looking up link {peer}"))(crate::netlink::to_io(e)))?;
+            let on = host_side
+                .iter()
+                .flat_map(|l| &l.attributes)
+                .find_map(|a| match a {
+                    LinkAttribute::Controller(i) => Some(*i),
+                    _ => None,
+                });
+            if host_side.is_empty() || on == Some(bridge) {
+                continue;
+            }
+            tracing::info!(
+                link = peer,
+                bridge,
+                "putting a container's interface back on its bridge"
+            );
+            crate::netlink::set_link(
+                &self.nl,
+                crate::netlink::change(peer).controller(bridge).build(),
+                &format!("putting link {peer} on bridge {bridge}"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of task `task_id`'s container (removed): its networks' devices go when nothing
+    /// else uses them.
+    pub async fn detach_container(&self, task_id: &str) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        if let Some(c) = state.containers.remove(task_id)
+            && let Some((netns, _)) = &c.netns
+        {
+            self.balancer.forget_sandbox(netns);
+        }
+        self.remove_unused(&mut state).await
+    }
+
     /// Removes everything: sandboxes, networks, rules, and stops the resolver. Views handed over
-    /// afterwards are ignored.
+    /// afterwards are ignored. Containers on the bridges lose them.
     pub async fn stop(&self) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         state.stopped = true;
         state.view = NodeView::default();
+        for (_, c) in state.containers.drain() {
+            if let Some((netns, _)) = &c.netns {
+                self.balancer.forget_sandbox(netns);
+            }
+        }
         for (_, sandbox) in state.sandboxes.drain() {
             self.balancer.forget_sandbox(&sandbox.netns);
             sandbox.remove(&self.nl).await?;
@@ -435,6 +643,15 @@ impl Dataplane {
             .map(|(id, o)| (id.clone(), o.spec.vni))
             .collect()
     }
+}
+
+/// The network of a task's attachment `a`, as its devices are made.
+fn attachment_spec(a: &api::NetworkAttachment) -> Result<NetSpec, SandboxError> {
+    let network = a
+        .network
+        .as_ref()
+        .ok_or_else(|| SandboxError("a network attachment has no network".into()))?;
+    NetSpec::from_network(network).map_err(SandboxError)
 }
 
 fn same_subnet(a: &Cidr, b: &Cidr) -> bool {

@@ -1,10 +1,11 @@
 //! Two "hosts" on one machine: network namespaces joined by a veth (the underlay), a
 //! [`Dataplane`] working in each, fed hand-written views. A task sandbox on host A reaches one on
 //! host B over the VXLAN; the devices go when the view drops the network; a restart after a
-//! crash removes what the crashed run left; an encrypted network's traffic crosses the underlay
-//! sealed by the WireGuard tunnel (an AF_PACKET capture of the underlay finds a marker of a plain
-//! network and not of an encrypted one); and (ignored, run by hand) the throughput across the
-//! overlay and the encrypted overlay against the plain veth.
+//! crash removes what the crashed run left; a container's networks (another runtime's namespace)
+//! stay while it is attached; an encrypted network's traffic crosses the underlay sealed by the
+//! WireGuard tunnel (an AF_PACKET capture of the underlay finds a marker of a plain network and
+//! not of an encrypted one); and (ignored, run by hand) the throughput across the overlay and the
+//! encrypted overlay against the plain veth.
 //!
 //! Needs root and VXLAN: otherwise each test prints `skipped: <reason>` and passes.
 
@@ -415,6 +416,77 @@ async fn a_task_on_one_host_reaches_a_task_on_the_other_and_the_network_goes_wit
     assert!(!sandboxes[1].0.exists());
     let links = ip(&["-n", &h.names[1], "-o", "link", "show"]).unwrap();
     assert!(!links.contains("swv"), "{links}");
+}
+
+/// Whether table `swarmd` (the virtual IPs) exists in the namespace named `netns`.
+fn has_vip_table(netns: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", netns, "nft", "list", "table", "inet", "swarmd",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_networks_stay_while_it_is_attached_and_its_namespace_goes_with_it() {
+    let h = hosts_or_skip!();
+    let [ta, _] = task_ids(&h);
+    let plane = h.plane(0).await;
+    let t = task(&ta, "10.77.0.10/24");
+    // Before any view: the devices are made from the task's network, the bridge is named.
+    let bridges = plane.attach_container(&t).await.expect("attached");
+    assert_eq!(bridges, [format!("swbr-{VNI}")]);
+    assert!(h.has_link(0, &format!("swbr-{VNI}")));
+    assert!(h.has_link(0, &format!("swvx-{VNI}")));
+
+    // The container runs in a namespace of its own (here one made by hand on host A); a
+    // service with a virtual IP and no running task gets its refusing rule there.
+    let container = format!("ovl-{}-c", h.tag);
+    ip(&["netns", "add", &container]).expect("container namespace");
+    let netns = NetnsPath(PathBuf::from("/run/netns").join(&container));
+    let mut v = view(&h, 0, &[(ta.as_str(), "10.77.0.10/24")]);
+    v.networks[0].services.push(api::netplane::ServiceView {
+        id: "svcweb".into(),
+        name: "web".into(),
+        vip: "10.77.0.100/24".into(),
+        ..Default::default()
+    });
+    plane.apply(v.clone()).await.expect("view applied");
+    // The node's own namespace is never taken for a container's.
+    assert!(
+        plane
+            .container_running(&t, NetnsPath("/proc/self/ns/net".into()))
+            .await
+            .is_err()
+    );
+    plane
+        .container_running(&t, netns.clone())
+        .await
+        .expect("virtual IPs in the container");
+    assert!(has_vip_table(&container));
+
+    // The container ends: a later view lets its namespace go and still applies.
+    ip(&["netns", "del", &container]).expect("container namespace removed");
+    v.version = 2;
+    plane
+        .apply(v)
+        .await
+        .expect("a view after the container ended");
+
+    // A view without the network keeps its devices while the container is attached.
+    plane
+        .apply(NodeView {
+            version: 3,
+            networks: Vec::new(),
+        })
+        .await
+        .expect("empty view");
+    assert!(h.has_link(0, &format!("swbr-{VNI}")));
+    plane.detach_container(&ta).await.expect("detached");
+    assert!(!h.has_link(0, &format!("swbr-{VNI}")));
+    assert!(!h.has_link(0, &format!("swvx-{VNI}")));
+    plane.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

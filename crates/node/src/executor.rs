@@ -41,10 +41,11 @@ impl std::str::FromStr for ExecutorKind {
 /// An executor, and the data plane it runs tasks' networks with (stopped after the agent).
 pub type Built = (Arc<dyn agent::Executor>, Option<Arc<netplane::Dataplane>>);
 
-/// Builds the executor `kind` names for a node whose state directory is `state_dir`. The
-/// process executor gets the node's data plane (`data_path_addr`: the node's VXLAN address, if
-/// known); when it cannot start (no CAP_NET_ADMIN, no VXLAN), swarmd says why and tasks on swarm
-/// networks are rejected with that reason.
+/// Builds the executor `kind` names for a node whose state directory is `state_dir`. Either
+/// executor gets the node's data plane (`data_path_addr`: the node's VXLAN address, if known).
+/// When it cannot start (no CAP_NET_ADMIN, no VXLAN), swarmd says why; the process executor then
+/// rejects tasks on swarm networks with that reason, and the Docker executor keeps their
+/// containers on local bridges of the engine's (this node only).
 pub async fn build(
     kind: ExecutorKind,
     engine_addr: &str,
@@ -59,7 +60,7 @@ pub async fn build(
             source,
         })?,
     );
-    let process = async || -> Built {
+    let start_plane = async || {
         let config = netplane::Config {
             data_path_addr,
             vxlan_port: netplane::VXLAN_PORT,
@@ -67,7 +68,10 @@ pub async fn build(
             wireguard_port: netplane::tunnel::WIREGUARD_PORT,
             encrypted_vxlan_port: netplane::tunnel::ENCRYPTED_VXLAN_PORT,
         };
-        let plane = netplane::Dataplane::start(config).await.map_err(|e| {
+        netplane::Dataplane::start(config).await
+    };
+    let process = async || -> Built {
+        let plane = start_plane().await.map_err(|e| {
             warn!(
                 "no overlay data plane on this node, tasks on swarm networks will be rejected: {e}"
             );
@@ -88,12 +92,27 @@ pub async fn build(
         executor_docker::DockerExecutor::connect(engine_addr, files.clone(), hostname.clone())
             .map(|d| d.with_generic_resources(generic.to_vec()))
     };
+    // The Docker executor's containers on swarm networks join the data plane's bridges; without
+    // one they stay on bridges of the engine's, which reach this node's containers only.
+    let with_plane = async |docker: executor_docker::DockerExecutor| -> Built {
+        let (docker, plane) = match start_plane().await {
+            Ok(plane) => (docker.with_data_plane(plane.clone()), Some(plane)),
+            Err(e) => {
+                warn!(
+                    "no overlay data plane on this node: containers on swarm networks reach only this node's containers, without virtual IPs or service names: {e}"
+                );
+                (docker, None)
+            }
+        };
+        let executor: Arc<dyn agent::Executor> = Arc::new(docker);
+        (executor, plane)
+    };
     match kind {
         ExecutorKind::Process => Ok(process().await),
         ExecutorKind::Docker => {
             let docker = docker()
                 .map_err(|e| NodeError::Config(format!("--engine-addr {engine_addr}: {e}")))?;
-            Ok((Arc::new(docker), None))
+            Ok(with_plane(docker).await)
         }
         ExecutorKind::Auto => {
             let answered = match docker() {
@@ -111,7 +130,7 @@ pub async fn build(
             match answered {
                 Ok(docker) => {
                     info!(engine.addr = %engine_addr, "using the Docker executor");
-                    Ok((Arc::new(docker), None))
+                    Ok(with_plane(docker).await)
                 }
                 Err(why) => {
                     info!(engine.addr = %engine_addr, "no Docker engine answers ({why}): using the process executor");

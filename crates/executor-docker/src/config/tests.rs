@@ -459,3 +459,28 @@ fn containers_on_swarm_networks_use_the_nodes_resolver_on_the_first_gateway() {
         Some(vec!["9.9.9.9".to_string()])
     );
 }
+
+#[test]
+fn on_the_data_plane_networks_with_a_vxlan_id_go_on_its_bridges() {
+    let mut task = task_with(busybox());
+    let mut front = attached("front", "overlay", false, "10.0.1.1");
+    if let Some(d) = front.network.as_mut().and_then(|n| n.driver_state.as_mut()) {
+        d.options.insert(
+            "com.docker.network.driver.overlay.vxlanid_list".into(),
+            "4101".into(),
+        );
+    }
+    // No VXLAN ID: left on a bridge of the engine's.
+    let back = attached("back", "overlay", false, "10.0.2.1");
+    task.networks = vec![front, back];
+    let config = ContainerConfig::new(&task).expect("config");
+    assert!(!config.uses_data_plane());
+    let config = config.on_data_plane();
+    assert!(config.uses_data_plane());
+    let bridges: Vec<Option<&str>> = config
+        .attachments()
+        .iter()
+        .map(|a| a.bridge.as_deref())
+        .collect();
+    assert_eq!(bridges, [Some("swbr-4101"), None]);
+}

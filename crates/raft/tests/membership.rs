@@ -97,7 +97,7 @@ async fn a_stopped_member_is_unreachable_and_removing_another_voter_would_lose_q
         leader.reachability(down) == Reachability::Unreachable
     })
     .await;
-    // Election timeout is 10 ticks (500 ms); allow for heartbeat spacing and a loaded machine.
+    // Election timeout is 10 ticks (1 s); allow for heartbeat spacing and a loaded machine.
     assert!(
         stopped.elapsed() < Duration::from_secs(10),
         "{:?}",

@@ -16,11 +16,14 @@ use tokio::sync::oneshot;
 /// Bound of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A member over `dir` with 50 ms ticks, its raft database encrypted (see [`keys`]).
+/// A member over `dir` with 100 ms ticks (election timeout 1 s), its raft database encrypted
+/// (see [`keys`]). With 50 ms ticks a member being added to a cluster on a loaded CI machine
+/// (two such tests at once, each with three members) sometimes heard no heartbeat for 500 ms,
+/// campaigned in the middle of the next member's addition and made it fail.
 pub fn config(dir: &std::path::Path) -> RaftConfig {
     RaftConfig {
         dir: dir.to_path_buf(),
-        tick: Duration::from_millis(50),
+        tick: Duration::from_millis(100),
         keys: keys(dir),
         ..Default::default()
     }
@@ -135,7 +138,7 @@ pub fn serve(node: &RaftNode, listener: TcpListener) -> oneshot::Sender<()> {
     tx
 }
 
-/// A leader and two members added through it, all voters, with 50 ms ticks.
+/// A leader and two members added through it, all voters, with 100 ms ticks.
 pub async fn cluster() -> Vec<Member> {
     cluster_with(config).await
 }

@@ -185,8 +185,9 @@ impl Place {
 }
 
 struct Ring {
-    /// Seals new records; `None`: the database is plain.
-    write: Option<(DataKey, LessSafeKey)>,
+    /// Seals new records, with the ID of its key (a digest, computed once here rather than per
+    /// record); `None`: the database is plain.
+    write: Option<([u8; ID_LEN], LessSafeKey)>,
     /// Every key a record may be sealed with.
     read: Vec<([u8; ID_LEN], LessSafeKey)>,
 }
@@ -212,7 +213,7 @@ impl Keyring {
 
     /// Seals with the pending key if any, else the current one; opens with both.
     fn install(&self, keys: &DataKeys) {
-        let write = keys.pending.clone().unwrap_or_else(|| keys.current.clone());
+        let write = keys.pending.as_ref().unwrap_or(&keys.current);
         let cipher = |k: &DataKey| {
             LessSafeKey::new(
                 UnboundKey::new(&CHACHA20_POLY1305, k.0.as_slice())
@@ -224,7 +225,7 @@ impl Keyring {
             read.push((p.id(), cipher(p)));
         }
         let mut ring = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        ring.write = Some((write.clone(), cipher(&write)));
+        ring.write = Some((write.id(), cipher(write)));
         ring.read = read;
     }
 
@@ -238,19 +239,19 @@ impl Keyring {
 
     fn write_id(&self) -> Option<[u8; ID_LEN]> {
         let ring = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        ring.write.as_ref().map(|(k, _)| k.id())
+        ring.write.as_ref().map(|(id, _)| *id)
     }
 
     /// `plain` as stored at `place`: sealed, or unchanged for a plain database.
     pub(crate) fn seal(&self, place: Place, plain: &[u8]) -> Vec<u8> {
         let ring = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let Some((key, cipher)) = &ring.write else {
+        let Some((id, cipher)) = &ring.write else {
             return plain.to_vec();
         };
         let nonce: [u8; NONCE_LEN] = rand::random();
         let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + TAG_LEN);
         out.push(MAGIC);
-        out.extend_from_slice(&key.id());
+        out.extend_from_slice(id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
         let tag = cipher

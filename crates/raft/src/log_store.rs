@@ -1,8 +1,9 @@
 //! The raft log on redb: entries, vote, committed and last purged log IDs, all in
 //! `raft.redb` (see `db`). Every write commits durably (fsync) before openraft is told it is done;
 //! the committed log ID is the one exception, written lazily because it is only a hint for faster
-//! replay after a restart: it is kept in memory and goes to disk with the next write (the next
-//! append, as a rule), so a commit costs no database transaction of its own.
+//! replay after a restart: it is kept in memory and goes to disk with the next vote, truncation or
+//! purge, or with an append once it is `HINT_EVERY` entries past the saved one, so a commit costs
+//! no database transaction of its own and most appends do not rewrite the `META` table's page.
 //!
 //! Appends, which every store write waits on, run their redb transaction and fsync on the raft
 //! core's own thread rather than tokio's blocking pool: the core awaits the append's completion
@@ -31,9 +32,23 @@ pub struct LogStore {
     db: Arc<Database>,
     /// Seals and opens the entry records (`encryption`).
     ring: Keyring,
-    /// The committed log ID openraft last reported, while no write has saved it yet.
-    unsaved_committed: Arc<Mutex<Option<LogId>>>,
+    /// The committed log ID openraft last reported, while no write has saved it yet, and the
+    /// index of the one saved last.
+    unsaved_committed: Arc<Mutex<Hint>>,
 }
+
+/// The committed log ID waiting to be saved, and the index of the last one saved.
+#[derive(Default)]
+struct Hint {
+    unsaved: Option<LogId>,
+    saved: Option<u64>,
+}
+
+/// An append saves the committed hint only once it is this many entries past the saved one: the
+/// hint is a page of its own in the database (the `META` table), and writing it with every
+/// append cost each entry's commit that page and its freed-page record. A restart replays at most
+/// this many committed entries later (once a leader commits again) than it would otherwise.
+const HINT_EVERY: u64 = 64;
 
 impl LogStore {
     /// A log store over an open raft database.
@@ -45,7 +60,7 @@ impl LogStore {
         }
     }
 
-    fn unsaved_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
+    fn unsaved_committed(&self) -> std::sync::MutexGuard<'_, Hint> {
         // Only ever replaced whole: a poisoned lock still holds a consistent value.
         self.unsaved_committed
             .lock()
@@ -58,14 +73,15 @@ impl LogStore {
         F: FnOnce(&WriteTransaction) -> Result<(), StorageError> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_now(f))
+        tokio::task::spawn_blocking(move || store.write_now(false, f))
             .await
             .map_err(write_err)?
     }
 
-    /// Runs `f` in a write transaction on this thread, saves the unsaved committed log ID with it,
-    /// and commits durably (fsync) before returning.
-    fn write_now<F>(&self, f: F) -> Result<(), StorageError>
+    /// Runs `f` in a write transaction on this thread, saves the unsaved committed log ID with it
+    /// (an append: only once it is [`HINT_EVERY`] entries past the saved one), and commits durably
+    /// (fsync) before returning.
+    fn write_now<F>(&self, append: bool, f: F) -> Result<(), StorageError>
     where
         F: FnOnce(&WriteTransaction) -> Result<(), StorageError>,
     {
@@ -74,7 +90,21 @@ impl LogStore {
             .map_err(write_err)?;
         f(&txn)?;
         // Taken only now, so that a later report is never overwritten by this older one.
-        if let Some(committed) = self.unsaved_committed().take() {
+        let take = {
+            let mut hint = self.unsaved_committed();
+            let due = hint.unsaved.is_some_and(|c| {
+                !append
+                    || hint
+                        .saved
+                        .is_none_or(|s| c.index >= s.saturating_add(HINT_EVERY))
+            });
+            let take = if due { hint.unsaved.take() } else { None };
+            if let Some(c) = take {
+                hint.saved = Some(c.index);
+            }
+            take
+        };
+        if let Some(committed) = take {
             let mut meta = txn.open_table(META).map_err(write_err)?;
             meta.insert(KEY_COMMITTED, to_json(&Some(committed))?.as_slice())
                 .map_err(write_err)?;
@@ -262,13 +292,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // the saved one once a leader commits again, never correctness; so it waits for the next
         // write instead of paying a transaction of its own on every commit.
         if committed.is_some() {
-            *self.unsaved_committed() = committed;
+            self.unsaved_committed().unsaved = committed;
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        if let Some(committed) = *self.unsaved_committed() {
+        if let Some(committed) = self.unsaved_committed().unsaved {
             return Ok(Some(committed));
         }
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
@@ -296,7 +326,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // has queued (the answer to the writer of the entry just applied, say) run first, so
         // they do not wait through this fsync.
         tokio::task::yield_now().await;
-        self.write_now(|txn| {
+        self.write_now(true, |txn| {
             let mut logs = txn.open_table(LOGS).map_err(write_err)?;
             for (index, bytes) in &records {
                 logs.insert(*index, bytes.as_slice()).map_err(write_err)?;
@@ -421,6 +451,41 @@ mod tests {
         store.save_vote(&Vote::new(2, 1)).await.expect("vote");
         let mut fresh = LogStore::new(db, Keyring::plain());
         assert_eq!(fresh.read_committed().await.expect("read"), Some(committed));
+    }
+
+    #[tokio::test]
+    async fn appends_save_the_committed_hint_once_per_hint_every_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(dir.path()).expect("open");
+        let mut store = LogStore::new(db.clone(), Keyring::plain());
+        let at = |index| LogId::new(CommittedLeaderId::new(2, 1), index);
+        let on_disk = || async {
+            let mut fresh = LogStore::new(db.clone(), Keyring::plain());
+            fresh.read_committed().await.expect("read")
+        };
+        // (committed index reported, then the one on disk after an append): the first append
+        // saves it, the next ones only once it is HINT_EVERY entries past the saved one.
+        let steps = [
+            (5, 5),
+            (4 + HINT_EVERY, 5),
+            (5 + HINT_EVERY, 5 + HINT_EVERY),
+            (6 + HINT_EVERY, 5 + HINT_EVERY),
+        ];
+        for (reported, saved) in steps {
+            store
+                .save_committed(Some(at(reported)))
+                .await
+                .expect("save");
+            store.write_now(true, |_| Ok(())).expect("append");
+            assert_eq!(on_disk().await, Some(at(saved)), "reported {reported}");
+            assert_eq!(
+                store.read_committed().await.expect("read"),
+                Some(at(reported))
+            );
+        }
+        // Any other write takes it along at once.
+        store.save_vote(&Vote::new(2, 1)).await.expect("vote");
+        assert_eq!(on_disk().await, Some(at(6 + HINT_EVERY)));
     }
 
     #[test]

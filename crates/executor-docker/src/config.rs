@@ -73,20 +73,20 @@ impl ContainerConfig {
     /// The same container on the node's data plane: each swarm network with a VXLAN ID gets
     /// its local network on the data plane's bridge for it ([`Attachment::on_bridge`]).
     pub fn on_data_plane(mut self) -> Self {
-        let bridges: Vec<Option<String>> = self
+        let bridges: Vec<Option<(String, u32)>> = self
             .task
             .networks
             .iter()
             .map(|na| {
                 let spec = netplane::overlay::NetSpec::from_network(na.network.as_ref()?).ok()?;
-                Some(netplane::overlay::bridge_name(spec.vni))
+                Some((netplane::overlay::bridge_name(spec.vni), spec.mtu()))
             })
             .collect();
         self.attachments = std::mem::take(&mut self.attachments)
             .into_iter()
             .zip(bridges)
             .map(|(a, bridge)| match bridge {
-                Some(bridge) => a.on_bridge(bridge),
+                Some((bridge, mtu)) => a.on_bridge(bridge, mtu),
                 None => a,
             })
             .collect();

@@ -104,6 +104,9 @@ pub struct Attachment {
     /// The node's data plane bridge of the network (`swbr-<vni>`), when the local network is
     /// made on it; `None`: a bridge of the engine's own, reaching this node only.
     pub bridge: Option<String>,
+    /// The MTU of the containers' interfaces on that bridge: the data plane's for the network
+    /// (smaller on an encrypted network, whose frames cross the WireGuard tunnel).
+    mtu: u32,
     task_name: String,
 }
 
@@ -164,6 +167,7 @@ impl Attachment {
             ipv6,
             aliases,
             bridge: None,
+            mtu: netplane::overlay::OVERLAY_MTU,
             task_name: task_name.to_string(),
         })
     }
@@ -172,8 +176,10 @@ impl Attachment {
     /// the local network is made on that bridge (where the network's VXLAN device is), and the
     /// engine's embedded DNS is given the task name only, so that the service name and the
     /// network aliases reach the node's resolver and answer its virtual IP, as SwarmKit's do.
-    pub fn on_bridge(mut self, bridge: String) -> Self {
+    /// `mtu` is the MTU of the network's devices there (`NetSpec::mtu`).
+    pub fn on_bridge(mut self, bridge: String, mtu: u32) -> Self {
         self.bridge = Some(bridge);
+        self.mtu = mtu;
         self.aliases = vec![self.task_name.clone()];
         self
     }
@@ -220,10 +226,7 @@ impl Attachment {
             options: self.bridge.as_ref().map(|bridge| {
                 HashMap::from([
                     (BRIDGE_NAME_OPTION.to_string(), bridge.clone()),
-                    (
-                        MTU_OPTION.to_string(),
-                        netplane::overlay::OVERLAY_MTU.to_string(),
-                    ),
+                    (MTU_OPTION.to_string(), self.mtu.to_string()),
                 ])
             }),
             ..Default::default()
@@ -543,7 +546,7 @@ mod tests {
     fn on_the_data_plane_the_network_is_on_its_bridge_and_only_the_task_name_is_an_alias() {
         let a = Attachment::new(&attachment(&["10.0.7.3/24"], &["db"]), "web", "web.1.t1")
             .expect("attachment")
-            .on_bridge("swbr-4097".into());
+            .on_bridge("swbr-4097".into(), netplane::overlay::OVERLAY_MTU);
         assert_eq!(a.aliases, ["web.1.t1"]);
         assert_eq!(
             a.endpoint_settings().aliases.expect("aliases"),

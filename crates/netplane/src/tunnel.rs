@@ -159,13 +159,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Tunnel {
     /// Makes the TUN device and the WireGuard socket (in the network namespace at `netns`, else
     /// the caller's), the rule and table routing `vxlan_port` into the device, and a fresh key
-    /// pair; then starts moving packets. On an error nothing is left behind.
+    /// pair; then starts moving packets. The guard table is replaced in one transaction, never
+    /// removed here: VXLAN devices a crashed run left (still bridged to containers that outlived
+    /// it) must not send in clear for a moment. On an error nothing else is left behind.
     pub async fn start(
         nl: &Handle,
         netns: Option<&Path>,
         wg_port: u16,
         vxlan_port: u16,
     ) -> Result<Tunnel, Error> {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
+            |_| kernel("making the WireGuard key")(io::Error::other("no system randomness")),
+        )?;
+        let secret = StaticSecret::from(key);
+        zeroize::Zeroize::zeroize(&mut key);
+        let public = PublicKey::from(&secret).to_bytes();
         let runtime = tokio::runtime::Handle::current();
         let name = tun_name(wg_port);
         let open = || -> io::Result<(tokio_tun::Tun, UdpSocket)> {
@@ -199,19 +208,13 @@ impl Tunnel {
         let index = netlink::link_index(nl, &name).await?.ok_or_else(|| {
             kernel(format!("creating TUN device {name}"))(io::Error::other("it vanished at once"))
         })?;
-        remove_leftovers(nl, netns, vxlan_port).await?;
+        remove_leftover_rules(nl, vxlan_port).await?;
         set_guard(netns, vxlan_port, Some(name.clone())).await?;
         if let Err(e) = route_into(nl, index, vxlan_port).await {
-            let _ = remove_leftovers(nl, netns, vxlan_port).await;
+            // The guard stays: it only drops what would otherwise leave in clear.
+            let _ = remove_leftover_rules(nl, vxlan_port).await;
             return Err(e);
         }
-
-        let mut key = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
-            |_| kernel("making the WireGuard key")(io::Error::other("no system randomness")),
-        )?;
-        let secret = StaticSecret::from(key);
-        let public = PublicKey::from(&secret).to_bytes();
         let shared = Arc::new(Shared {
             secret,
             tun,
@@ -440,8 +443,11 @@ async fn outbound(shared: Arc<Shared>) {
         let n = match shared.tun.recv(&mut packet).await {
             Ok(n) => n,
             Err(e) => {
+                // Retried, not given up: a tunnel that stopped reading while the node still
+                // announces its key would drop every encrypted packet for good.
                 tracing::warn!("reading the WireGuard TUN device: {e}");
-                return;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
         };
         if n < 20 || packet[0] >> 4 != 4 {

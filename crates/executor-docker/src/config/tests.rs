@@ -483,4 +483,23 @@ fn on_the_data_plane_networks_with_a_vxlan_id_go_on_its_bridges() {
         .map(|a| a.bridge.as_deref())
         .collect();
     assert_eq!(bridges, [Some("swbr-4101"), None]);
+    let mtu = |config: &ContainerConfig| {
+        config.attachments()[0]
+            .create_request()
+            .options
+            .expect("driver options")["com.docker.network.driver.mtu"]
+            .clone()
+    };
+    assert_eq!(mtu(&config), "1450");
+
+    // An encrypted network's frames cross the WireGuard tunnel: its smaller MTU.
+    if let Some(d) = task.networks[0]
+        .network
+        .as_mut()
+        .and_then(|n| n.driver_state.as_mut())
+    {
+        d.options.insert("encrypted".into(), String::new());
+    }
+    let config = ContainerConfig::new(&task).expect("config").on_data_plane();
+    assert_eq!(mtu(&config), "1390");
 }

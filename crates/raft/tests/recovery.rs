@@ -95,13 +95,9 @@ async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     );
-    // Longer ticks than the other tests (election timeout 1.5 s): under a loaded CI machine a
-    // 500 ms stall while the new member installs the snapshot let it campaign and take over in
-    // the middle of its own promotion, which this test is not about.
     let cfg = RaftConfig {
         snapshot_interval: 20,
         log_entries_for_slow_followers: 5,
-        tick: Duration::from_millis(150),
         ..config(d1.path())
     };
     let leader_store = MemoryStore::new(None);

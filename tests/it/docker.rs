@@ -252,21 +252,10 @@ fn two_listening_replicas(
 /// Creates service `name` on `network` (with the `extra` flags), whose containers answer what
 /// the shell command `reply` prints on TCP port 7000.
 fn create_listener(d: &Swarmd, name: &str, network: &str, reply: &str, extra: &[&str]) {
-    let args =
-        format!("-c,trap 'exit 0' TERM; while true; do {reply} | nc -l -p 7000; done & wait");
-    let mut cmd = vec![
-        "service",
-        "create",
-        "--name",
-        name,
-        "--image",
-        IMAGE,
-        "--network",
-        network,
-    ];
-    cmd.extend_from_slice(extra);
-    cmd.extend(["--command", "/bin/sh", "--args", &args]);
-    d.ctl(&cmd).ok();
+    let script = format!("trap 'exit 0' TERM; while true; do {reply} | nc -l -p 7000; done & wait");
+    let mut flags = vec!["--image", IMAGE, "--network", network];
+    flags.extend_from_slice(extra);
+    d.create_shell_service(name, &flags, &script);
 }
 
 /// The address of container `id` on its local network for the swarm network on `subnet`

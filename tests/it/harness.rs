@@ -307,6 +307,16 @@ impl Swarmd {
         ctl_at(&self.socket(), args, None)
     }
 
+    /// Creates service `name` with `flags` (its image among them) whose tasks run `/bin/sh -c
+    /// <script>`; swarmctl must succeed.
+    pub fn create_shell_service(&self, name: &str, flags: &[&str], script: &str) {
+        let script = format!("-c,{script}");
+        let mut args = vec!["service", "create", "--name", name];
+        args.extend_from_slice(flags);
+        args.extend(["--command", "/bin/sh", "--args", &script]);
+        self.ctl(&args).ok();
+    }
+
     /// Runs swarmctl with `input` on stdin.
     pub fn ctl_stdin(&self, args: &[&str], input: &[u8]) -> Ctl {
         ctl_at(&self.socket(), args, Some(input))

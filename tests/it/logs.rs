@@ -102,23 +102,9 @@ impl Drop for Follower {
 }
 
 fn create(d: &Swarmd, name: &str, replicas: &str, script: &str, extra: &[&str]) {
-    let mut args = vec![
-        "service",
-        "create",
-        "--name",
-        name,
-        "--image",
-        "busybox",
-        "--replicas",
-        replicas,
-        "--command",
-        "/bin/sh",
-        "--args",
-    ];
-    let script = format!("-c,{script}");
-    args.push(&script);
-    args.extend_from_slice(extra);
-    d.ctl(&args).ok();
+    let mut flags = vec!["--image", "busybox", "--replicas", replicas];
+    flags.extend_from_slice(extra);
+    d.create_shell_service(name, &flags, script);
 }
 
 #[test]

@@ -144,21 +144,11 @@ fn metrics_have_swarmkit_names_and_follow_services_and_debug_state_is_json() {
 
     tracing_line("--- two services of two tasks: the counts move");
     for name in ["metrics-a", "metrics-b"] {
-        m.ctl(&[
-            "service",
-            "create",
-            "--name",
+        m.create_shell_service(
             name,
-            "--image",
-            "busybox",
-            "--replicas",
-            "2",
-            "--command",
-            "/bin/sh",
-            "--args",
-            "-c,sleep 120 # swarmkit-it-metrics",
-        ])
-        .ok();
+            &["--image", "busybox", "--replicas", "2"],
+            "sleep 120 # swarmkit-it-metrics",
+        );
     }
     // The dispatcher records a task's scheduling delay once its RUNNING write is stored, just
     // after the store's watchers (the counts) saw it: wait for both.

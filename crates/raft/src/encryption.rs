@@ -645,49 +645,43 @@ fn migrate_into(src: &Database, dst: &std::path::Path, ring: &Keyring) -> Result
     let mut wtxn = out.begin_write().map_err(|x| e(&x))?;
     wtxn.set_durability(Durability::Immediate)
         .map_err(|x| e(&x))?;
-    {
-        let logs = rtxn.open_table(LOGS).map_err(|x| e(&x))?;
-        let mut new_logs = wtxn.open_table(LOGS).map_err(|x| e(&x))?;
-        for row in logs.iter().map_err(|x| e(&x))? {
-            let (k, v) = row.map_err(|x| e(&x))?;
-            let sealed = ring.seal(Place::Log(k.value()), v.value());
-            new_logs
-                .insert(k.value(), sealed.as_slice())
-                .map_err(|x| e(&x))?;
+    copy_table(&rtxn, &wtxn, LOGS, |k, v| ring.seal(Place::Log(*k), v))?;
+    copy_table(&rtxn, &wtxn, OLD_SNAPSHOTS, |k, v| {
+        ring.seal(Place::OldSnapshot(*k), v)
+    })?;
+    copy_table(&rtxn, &wtxn, SNAPSHOT, |k, v| {
+        if *k == crate::db::KEY_SNAPSHOT_DATA {
+            ring.seal(Place::Snapshot, v)
+        } else {
+            v.to_vec()
         }
-        let old = rtxn.open_table(OLD_SNAPSHOTS).map_err(|x| e(&x))?;
-        let mut new_old = wtxn.open_table(OLD_SNAPSHOTS).map_err(|x| e(&x))?;
-        for row in old.iter().map_err(|x| e(&x))? {
-            let (k, v) = row.map_err(|x| e(&x))?;
-            let sealed = ring.seal(Place::OldSnapshot(k.value()), v.value());
-            new_old
-                .insert(k.value(), sealed.as_slice())
-                .map_err(|x| e(&x))?;
-        }
-        let snap = rtxn.open_table(SNAPSHOT).map_err(|x| e(&x))?;
-        let mut new_snap = wtxn.open_table(SNAPSHOT).map_err(|x| e(&x))?;
-        for row in snap.iter().map_err(|x| e(&x))? {
-            let (k, v) = row.map_err(|x| e(&x))?;
-            let value = if k.value() == crate::db::KEY_SNAPSHOT_DATA {
-                ring.seal(Place::Snapshot, v.value())
-            } else {
-                v.value().to_vec()
-            };
-            new_snap
-                .insert(k.value(), value.as_slice())
-                .map_err(|x| e(&x))?;
-        }
-        let meta = rtxn.open_table(META).map_err(|x| e(&x))?;
-        let mut new_meta = wtxn.open_table(META).map_err(|x| e(&x))?;
-        for row in meta.iter().map_err(|x| e(&x))? {
-            let (k, v) = row.map_err(|x| e(&x))?;
-            new_meta.insert(k.value(), v.value()).map_err(|x| e(&x))?;
-        }
-        new_meta
-            .insert(KEY_ENCRYPTION, ENCRYPTION_V1)
-            .map_err(|x| e(&x))?;
-    }
+    })?;
+    copy_table(&rtxn, &wtxn, META, |_, v| v.to_vec())?;
+    wtxn.open_table(META)
+        .map_err(|x| e(&x))?
+        .insert(KEY_ENCRYPTION, ENCRYPTION_V1)
+        .map_err(|x| e(&x))?;
     wtxn.commit().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// Copies every row of `table` from `rtxn` into the same table of `wtxn`, each value as
+/// `value` makes it from the row's key and stored bytes.
+fn copy_table<K: redb::Key + 'static>(
+    rtxn: &redb::ReadTransaction,
+    wtxn: &redb::WriteTransaction,
+    table: redb::TableDefinition<K, &[u8]>,
+    value: impl Fn(&K::SelfType<'_>, &[u8]) -> Vec<u8>,
+) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let from = rtxn.open_table(table).map_err(|x| e(&x))?;
+    let mut to = wtxn.open_table(table).map_err(|x| e(&x))?;
+    for row in from.iter().map_err(|x| e(&x))? {
+        let (k, v) = row.map_err(|x| e(&x))?;
+        let key = k.value();
+        let new = value(&key, v.value());
+        to.insert(&key, new.as_slice()).map_err(|x| e(&x))?;
+    }
     Ok(())
 }
 

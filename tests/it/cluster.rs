@@ -208,24 +208,19 @@ pub fn marker(test: &str) -> String {
 }
 
 pub fn create_sleepers(c: &Cluster, name: &str, replicas: usize, marker: &str) {
-    c.manager
-        .ctl(&[
-            "service",
-            "create",
-            "--name",
-            name,
+    let replicas = replicas.to_string();
+    c.manager.create_shell_service(
+        name,
+        &[
             "--image",
             "busybox",
             "--replicas",
-            &replicas.to_string(),
+            &replicas,
             "--restart-delay",
             "1s",
-            "--command",
-            "/bin/sh",
-            "--args",
-            &format!("-c,sleep 120 # {marker}"),
-        ])
-        .ok();
+        ],
+        &format!("sleep 120 # {marker}"),
+    );
 }
 
 pub fn wait_processes(marker: &str, n: usize) -> BTreeSet<u32> {

@@ -392,12 +392,7 @@ const REFERENCE_FLAGS: [&str; 6] = [
 
 /// Creates service `name` of one replica placed by `constraint`, running `script`, with `refs`.
 fn create_placed(m: &Swarmd, name: &str, constraint: &str, refs: &[&str], script: &str) {
-    let args = format!("-c,{script}");
-    let mut cmd = vec![
-        "service",
-        "create",
-        "--name",
-        name,
+    let mut flags = vec![
         "--image",
         "busybox",
         "--replicas",
@@ -406,13 +401,9 @@ fn create_placed(m: &Swarmd, name: &str, constraint: &str, refs: &[&str], script
         constraint,
         "--restart-delay",
         "1s",
-        "--command",
-        "/bin/sh",
-        "--args",
-        &args,
     ];
-    cmd.extend_from_slice(refs);
-    m.ctl(&cmd).ok();
+    flags.extend_from_slice(refs);
+    m.create_shell_service(name, &flags, script);
 }
 
 #[test]

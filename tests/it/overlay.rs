@@ -4,7 +4,8 @@
 //! network namespace of its own) over VXLAN; a task finds a service by name through its node's
 //! resolver (`web`: the VIP; `tasks.web`: every replica), connections to the VIP spread over
 //! every replica, a dead node's tasks leave the names and the VIP (the time it takes is printed),
-//! and an ingress port answers on a node that runs no task of the service (the routing mesh);
+//! and an ingress port answers on a node that runs no task of the service (the routing mesh),
+//! a HOST-mode port only on the node its task runs on, forwarded into its sandbox (item 4);
 //! on an encrypted network (`--opts encrypted=true`, issue 18 item 5) the traffic goes through
 //! both nodes' WireGuard tunnels (their TUN devices' counters). Each test ends with a clean stop of every node and checks that none left a device or rule in
 //! its namespace. Tasks are Debian's busybox-static (`nc`, `nslookup`, `ip`). Skipped, saying
@@ -795,6 +796,128 @@ fn an_ingress_port_answers_on_a_node_that_runs_no_task_of_it() {
             },
         );
         println!("{to}:30080 from namespace {from} answered by {heard:?}");
+    }
+    mesh.stop_clean();
+}
+
+/// A child process killed (and reaped) when dropped, also when a test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a TCP connection from namespace `from` to `to:port` is refused (busybox nc's
+/// message), and nc's output when it is not.
+fn refused(mesh: &Mesh, from: usize, to: &str, port: u16) -> Result<(), String> {
+    let out = mesh.exec_in(from, &[BUSYBOX, "nc", "-w", "2", to, &port.to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("refused") {
+        Ok(())
+    } else {
+        Err(format!(
+            "stdout {:?}, stderr {err:?}",
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    }
+}
+
+#[test]
+fn a_host_port_answers_only_on_the_node_running_its_task_until_it_goes() {
+    // Namespace 3 is a client outside the swarm.
+    let Some(mut mesh) = Mesh::start(3, 1) else {
+        return;
+    };
+    let m = mesh.manager();
+    println!("--- something on node-2 holds the published port: the task fails there");
+    let holder = KillOnDrop(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                mesh.net.name(1),
+                BUSYBOX,
+                "nc",
+                "-l",
+                "-p",
+                "30090",
+            ])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("a listener on node-2"),
+    );
+    wait_for("the listener on node-2", WAIT, || {
+        mesh.exec_in(1, &[BUSYBOX, "netstat", "-ltn"])
+            .stdout
+            .windows(6)
+            .any(|w| w == b":30090")
+            .then_some(())
+    });
+    // HOST mode is swarmctl's default; the task listens on its target port in its sandbox.
+    create_web(
+        m,
+        "ovhost",
+        1,
+        "node.hostname==node-2",
+        &["--ports", "web:7000:30090"],
+    );
+    let err = wait_for("a web task failing on the taken port", WAIT, || {
+        let (_, tasks) = services_and_tasks(m);
+        tasks
+            .iter()
+            .filter_map(|t| t.status.as_ref())
+            .find(|s| s.err.contains("30090"))
+            .map(|s| s.err.clone())
+    });
+    assert!(
+        err.contains("host port 30090/tcp is already in use on this node"),
+        "{err}"
+    );
+    drop(holder);
+    let web = wait_web(m, 1, &[mesh.node_id(1)]);
+    let replicas: BTreeSet<String> = web.iter().flat_map(|r| r.addrs.clone()).collect();
+    // Another service keeps a task on the network once web is gone (for the clean stop).
+    create_probe(
+        m,
+        "ovhost",
+        "node.hostname==node-2",
+        "while true; do sleep 1; done",
+    );
+    let (node1, node2, node3) = (mesh.net.addr(0), mesh.net.addr(1), mesh.net.addr(2));
+    let localhost = "127.0.0.1".to_string();
+
+    println!("--- node-2 answers, from outside and from itself at 127.0.0.1");
+    for (from, to) in [(3, &node2), (1, &node2), (1, &localhost)] {
+        let heard = wait_for(
+            &format!("web's answer at {to}:30090 from namespace {from}"),
+            WAIT,
+            || {
+                let out = mesh.exec_in(from, &[BUSYBOX, "nc", "-w", "2", to, "30090"]);
+                let heard = replica_addrs(&String::from_utf8_lossy(&out.stdout));
+                (!heard.is_disjoint(&replicas)).then_some(heard)
+            },
+        );
+        println!("{to}:30090 from namespace {from} answered by {heard:?}");
+    }
+
+    println!("--- node-1 and node-3 run no task of web: refused there");
+    for (from, to) in [(3, &node1), (3, &node3), (0, &localhost), (2, &localhost)] {
+        if let Err(got) = refused(&mesh, from, to, 30090) {
+            panic!("{to}:30090 from namespace {from} is not refused: {got}");
+        }
+    }
+
+    println!("--- web is removed: node-2 refuses too");
+    m.ctl(&["service", "rm", "web"]).ok();
+    for (from, to) in [(3, &node2), (1, &localhost)] {
+        wait_for(
+            &format!("{to}:30090 refused from namespace {from}"),
+            WAIT,
+            || refused(&mesh, from, to, 30090).ok(),
+        );
     }
     mesh.stop_clean();
 }

@@ -153,14 +153,55 @@ fn published_host_ports(task: &api::Task) -> impl Iterator<Item = (Protocol, &ap
         .map(|p| (Protocol::try_from(p.protocol).unwrap_or(Protocol::Tcp), p))
 }
 
-/// The variables passing `task` its HOST-mode published ports (see [`PORT_ENV_PREFIX`]).
-fn port_env(task: &api::Task) -> Vec<(String, String)> {
+/// A HOST-mode published port of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostPortMap {
+    protocol: Protocol,
+    target: u32,
+    published: u32,
+}
+
+/// `task`'s HOST-mode ports with a published port.
+fn host_port_maps(task: &api::Task) -> Vec<HostPortMap> {
     published_host_ports(task)
-        .map(|(proto, p)| {
+        .map(|(protocol, p)| HostPortMap {
+            protocol,
+            target: p.target_port,
+            published: p.published_port,
+        })
+        .collect()
+}
+
+/// The variables passing a task its HOST-mode published `ports` (see [`PORT_ENV_PREFIX`]): the
+/// port it must listen on, the target port in a sandbox (the node's published port is
+/// forwarded to it there), the published port on the host's network.
+fn port_env(ports: &[HostPortMap], sandboxed: bool) -> Vec<(String, String)> {
+    ports
+        .iter()
+        .map(|p| {
             (
-                format!("{PORT_ENV_PREFIX}{}_{}", p.target_port, proto.as_str_name()),
-                p.published_port.to_string(),
+                format!("{PORT_ENV_PREFIX}{}_{}", p.target, p.protocol.as_str_name()),
+                if sandboxed { p.target } else { p.published }.to_string(),
             )
+        })
+        .collect()
+}
+
+/// The forwards the data plane makes for a task in a sandbox: every one of `ports` (a port out
+/// of range, refused by the manager, is left out).
+fn forwards(ports: &[HostPortMap]) -> Vec<netplane::lb::HostPort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some(netplane::lb::HostPort {
+                protocol: match p.protocol {
+                    Protocol::Udp => netplane::lb::L4::Udp,
+                    Protocol::Sctp => netplane::lb::L4::Sctp,
+                    _ => netplane::lb::L4::Tcp,
+                },
+                published: u16::try_from(p.published).ok()?,
+                target: u16::try_from(p.target).ok()?,
+            })
         })
         .collect()
 }
@@ -212,9 +253,9 @@ struct Launch {
     dir: Option<PathBuf>,
     /// `user` as written, resolved at prepare.
     user: Option<String>,
-    /// The HOST-mode published ports, as the variables that pass them (`SWARM_PORT_80_TCP`,
-    /// `9090`).
-    ports: Vec<(String, String)>,
+    /// The HOST-mode published ports, passed in variables (`SWARM_PORT_80_TCP`), forwarded
+    /// from the node to a task in a sandbox.
+    ports: Vec<HostPortMap>,
     /// The same ports, checked free before the process starts.
     host_ports: Vec<(Protocol, u16)>,
     /// Only logged: nothing is pulled.
@@ -236,18 +277,19 @@ impl Launch {
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
             user: Some(&container.user).filter(|u| !u.is_empty()).cloned(),
-            ports: port_env(task),
+            ports: host_port_maps(task),
             host_ports: host_ports(task),
             image: container.image.clone(),
         })
     }
 
-    /// The command, with `root` as its task root.
+    /// The command, with `root` as its task root, run in a sandbox or not (`sandboxed`).
     fn command(
         &self,
         user: Option<User>,
         (stdout, stderr): (File, File),
         root: &Path,
+        sandboxed: bool,
     ) -> io::Result<Command> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).env_clear().env("PATH", DEFAULT_PATH);
@@ -261,7 +303,7 @@ impl Launch {
         // to say.
         cmd.env(TASK_ROOT_ENV, root)
             .env(SECRETS_DIR_ENV, root.join(agent::taskfiles::SECRETS_DIR))
-            .envs(self.ports.iter().map(|(k, v)| (k, v)));
+            .envs(port_env(&self.ports, sandboxed));
         if let Some(dir) = &self.dir {
             cmd.current_dir(dir);
         }
@@ -426,6 +468,31 @@ impl ProcessController {
         Ok(())
     }
 
+    /// Makes the node forward the task's HOST-mode ports to it, when it runs in a sandbox.
+    async fn publish_ports(&self) -> Result<(), Error> {
+        if let Some(Ok(plane)) = &self.plane
+            && self.lock().net.is_some()
+        {
+            plane
+                .publish_host_ports(&self.task_id, forwards(&self.launch.ports))
+                .await
+                .map_err(|e| Error::Network(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Stops forwarding the task's HOST-mode ports (its process has ended); a failure is
+    /// logged, the sandbox's removal takes them away again.
+    async fn unpublish_ports(&self) {
+        if let Some(Ok(plane)) = &self.plane
+            && !self.task.networks.is_empty()
+            && !self.launch.ports.is_empty()
+            && let Err(e) = plane.unpublish_host_ports(&self.task_id).await
+        {
+            tracing::warn!(task.id = %self.task_id, "removing the task's host ports: {e}");
+        }
+    }
+
     /// The task's log file (its stdout and stderr lines as records: `output.rs`).
     pub fn log_path(&self) -> &Path {
         self.output.log_path()
@@ -517,7 +584,6 @@ impl ProcessController {
             program: self.launch.program.clone(),
             source,
         };
-        check_host_ports_free(&self.launch.host_ports)?;
         self.open_log()?;
         let (ends, readers) = self.output.open_pipes().map_err(Error::io(format!(
             "making the output pipes of {}",
@@ -526,7 +592,7 @@ impl ProcessController {
         let net = inner.net.clone();
         let child = self
             .launch
-            .command(inner.user, ends, self.files.root())
+            .command(inner.user, ends, self.files.root(), net.is_some())
             .and_then(|mut cmd| match &net {
                 Some(net) => net.spawn(&mut cmd),
                 None => cmd.spawn(),
@@ -560,6 +626,26 @@ impl ProcessController {
         Ok(())
     }
 
+    /// Sends the stop signal, then SIGKILL after the grace period if the process still runs.
+    async fn shutdown_process(&self) -> Result<(), ExecutorError> {
+        if !self.signal_if_running(self.stop_signal)? {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.grace;
+        loop {
+            if !matches!(self.poll()?, Phase::Running(_)) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(POLL.min(deadline - now)).await;
+        }
+        tracing::info!(task.id = %self.task_id, grace = ?self.grace, "task process outlived its grace period; killing it");
+        self.terminate().await
+    }
+
     /// Sends `signal` to the process group if the process still runs; whether it did.
     fn signal_if_running(&self, signal: Signal) -> Result<bool, Error> {
         match self.poll()? {
@@ -587,39 +673,40 @@ impl Controller for ProcessController {
 
     async fn start(&self) -> Result<(), ExecutorError> {
         self.ensure_network().await?;
-        let mut inner = self.lock();
-        match inner.phase {
-            Phase::Absent => {
-                self.prepare_locked(&mut inner)?;
-                Ok(self.spawn_locked(&mut inner)?)
-            }
-            Phase::Created => Ok(self.spawn_locked(&mut inner)?),
-            // Already started, or adopted: a task is never run twice.
-            Phase::Running(_) | Phase::Exited(_) => Ok(()),
+        // Already started, or adopted: a task is never run twice.
+        if matches!(self.lock().phase, Phase::Running(_) | Phase::Exited(_)) {
+            return Ok(());
         }
+        check_host_ports_free(&self.launch.host_ports)?;
+        self.publish_ports().await?;
+        let started = {
+            let mut inner = self.lock();
+            match inner.phase {
+                Phase::Absent => self
+                    .prepare_locked(&mut inner)
+                    .and_then(|()| self.spawn_locked(&mut inner)),
+                Phase::Created => self.spawn_locked(&mut inner),
+                Phase::Running(_) | Phase::Exited(_) => Ok(()),
+            }
+        };
+        if started.is_err() {
+            self.unpublish_ports().await;
+        }
+        Ok(started?)
     }
 
     async fn wait(&self) -> Result<ExitStatus, ExecutorError> {
-        Ok(self.wait_exit().await?)
+        let status = self.wait_exit().await?;
+        self.unpublish_ports().await;
+        Ok(status)
     }
 
     async fn shutdown(&self) -> Result<(), ExecutorError> {
-        if !self.signal_if_running(self.stop_signal)? {
-            return Ok(());
+        let stopped = self.shutdown_process().await;
+        if stopped.is_ok() {
+            self.unpublish_ports().await;
         }
-        let deadline = Instant::now() + self.grace;
-        loop {
-            if !matches!(self.poll()?, Phase::Running(_)) {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            tokio::time::sleep(POLL.min(deadline - now)).await;
-        }
-        tracing::info!(task.id = %self.task_id, grace = ?self.grace, "task process outlived its grace period; killing it");
-        self.terminate().await
+        stopped
     }
 
     async fn terminate(&self) -> Result<(), ExecutorError> {

@@ -9,11 +9,14 @@
 //! allocated address, the first network's gateway as its route and nameserver); a network the
 //! node cannot set up rejects the task with the reason. Tasks without networks, and every task
 //! of an executor without a data plane, stay on the host's network. A HOST-mode published port
-//! is passed to the task, which must listen on it itself (there is no translation from the
-//! target port): [`PORT_ENV_PREFIX`]`<target>_<PROTO>` holds the published port
-//! (`SWARM_PORT_80_TCP=9090`). The scheduler keeps one task per published port per node, so two
-//! such tasks never share one; a TCP or UDP one that something else on the node holds fails the
-//! task at start ([`Error::HostPortInUse`]).
+//! is passed to the task as the port it must listen on, [`PORT_ENV_PREFIX`]`<target>_<PROTO>`:
+//! on the host's network the published port (`SWARM_PORT_80_TCP=9090`), there is no
+//! translation; in a sandbox the target port (`SWARM_PORT_80_TCP=80`), and the data plane
+//! forwards the node's published port to the task's address and target port from its start
+//! until its process ends (`netplane::Dataplane::publish_host_ports`), as Docker maps a
+//! container's. The scheduler keeps one task per published port per node, so two such tasks
+//! never share one; a TCP or UDP one that something else on the node holds fails the task at
+//! start, sandbox or not ([`Error::HostPortInUse`]).
 //!
 //! Secrets and configs become files in the task's directory ([`agent::TaskFiles`], on a tmpfs
 //! when the node has one), laid out as a container would see them under a task root that the
@@ -54,8 +57,9 @@ pub const TASK_ROOT_ENV: &str = "SWARM_TASK_ROOT";
 pub const SECRETS_DIR_ENV: &str = "SWARM_SECRETS_DIR";
 
 /// Prefix of the environment variables passing a task its HOST-mode published ports:
-/// `SWARM_PORT_<target port>_<TCP|UDP|SCTP>=<published port>`. A port with no published port
-/// (the engine would pick one) gets none.
+/// `SWARM_PORT_<target port>_<TCP|UDP|SCTP>=<port to listen on>`, the published port on the
+/// host's network, the target port in a sandbox (the node forwards the published one to it). A
+/// port with no published port (the engine would pick one) gets none.
 pub const PORT_ENV_PREFIX: &str = "SWARM_PORT_";
 
 /// Why a step of the process executor failed; turned into an [`ExecutorError`] in one place.

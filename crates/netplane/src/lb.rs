@@ -12,6 +12,12 @@
 //!   from the node itself) translate it to a running task's ingress address and target port, on
 //!   any node, and `postrouting` translates the source of those connections to this node's own
 //!   ingress address (`node_addr`), so that replies come back through this node.
+//! - In the same table, a HOST-mode published port of a task running in a sandbox on this node
+//!   ([`Balancer::set_host_forward`]) answers on every local address as well, translated to the
+//!   task's address on its first network and the target port (as Docker maps a container's
+//!   port): the same `prerouting` and `output` chains, the client's source kept, but for a
+//!   connection from the node's loopback, whose source becomes the network's gateway (the
+//!   node's address on that bridge) so that the task's reply comes back to it.
 //!
 //! Each apply rebuilds the whole table from the view in one nf_tables transaction (one `nft -f`
 //! of a JSON batch, run from a thread inside the namespace): a backend the view no longer marks
@@ -38,7 +44,8 @@ use crate::{Error, NetnsPath, NodeView};
 mod conntrack;
 pub(crate) mod nft;
 
-use nft::{Chain, Expr, Hook, L4, Table};
+pub use nft::L4;
+use nft::{Chain, Expr, Hook, Table};
 
 /// The nftables table (family inet) swarmd owns, in task namespaces and the node's.
 pub const TABLE: &str = "swarmd";
@@ -64,6 +71,35 @@ pub struct Balancer {
     stopped: AtomicBool,
     /// Ports swarmd itself uses on the node's addresses (the VXLAN port): never published.
     reserved_ports: Mutex<Vec<u16>>,
+    /// The latest view given to `apply_node`: the node's table is made again from it when a
+    /// host forward comes or goes.
+    node_view: Mutex<NodeView>,
+    /// Task ID -> the HOST-mode ports of that task, running in a sandbox on this node.
+    host_forwards: Mutex<BTreeMap<String, HostForward>>,
+}
+
+/// A HOST-mode published port of a task in a sandbox: node port -> task port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub protocol: L4,
+    /// The port on every address of the node.
+    pub published: u16,
+    /// The port the task listens on, at its address.
+    pub target: u16,
+}
+
+/// Where a sandboxed task's HOST-mode published ports go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostForward {
+    /// The task's address on its first network (the one its default route goes through, so
+    /// that its replies come back through the node).
+    pub addr: Ipv4Addr,
+    /// That network's gateway, the node's address on its bridge: the source of connections
+    /// made from the node's loopback. `None`: those are not forwarded.
+    pub gateway: Option<Ipv4Addr>,
+    /// That network's bridge (`swbr-<vni>`), where loopback-sourced packets leave.
+    pub bridge: String,
+    pub ports: Vec<HostPort>,
 }
 
 /// A table as last programmed in a namespace.
@@ -129,24 +165,85 @@ impl Balancer {
         self.node_netns.as_ref().map(|n| n.0.clone())
     }
 
-    /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`; turns
-    /// IPv4 forwarding on while there is any (and puts the sysctls back as they were when there
-    /// is none). A view with none removes the table. Does nothing after `remove_node_rules`.
+    /// The routing mesh in the node's own namespace, for the INGRESS ports of `view`, and the
+    /// host forwards ([`Balancer::set_host_forward`]); turns IPv4 forwarding on while there is
+    /// any (and puts the sysctls back as they were when there is none). With neither, the
+    /// table is removed. A view older than the last one is ignored. Does nothing after
+    /// `remove_node_rules`.
     pub async fn apply_node(&self, view: &NodeView) -> Result<(), Error> {
+        {
+            let mut last = self
+                .node_view
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.version > view.version {
+                debug!(
+                    version = view.version,
+                    "a view older than the one applied: ignored"
+                );
+                return Ok(());
+            }
+            *last = view.clone();
+        }
+        self.apply_node_now().await
+    }
+
+    /// Makes task `task_id`'s HOST-mode ports go to `forward` on this node, or (`None`) no
+    /// more; the node's table is made again at once from the latest view.
+    pub async fn set_host_forward(
+        &self,
+        task_id: &str,
+        forward: Option<HostForward>,
+    ) -> Result<(), Error> {
+        {
+            let mut forwards = self
+                .host_forwards
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let changed = match forward {
+                Some(f) => forwards.insert(task_id.to_owned(), f.clone()) != Some(f),
+                None => forwards.remove(task_id).is_some(),
+            };
+            if !changed {
+                return Ok(());
+            }
+        }
+        self.apply_node_now().await
+    }
+
+    /// Makes the node's table from the latest view and host forwards, read under the
+    /// namespace's lock (so that the last apply has the last of both).
+    async fn apply_node_now(&self) -> Result<(), Error> {
         if self.stopped.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let table = node_table(view, &self.lock_reserved());
-        let bridge = view
+        let lock = self.lock_of(&None);
+        let _held = lock.lock().await;
+        let view = self
+            .node_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let forwards = self
+            .host_forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let table = node_table(&view, &forwards, &self.lock_reserved());
+        // Where a connection from the node's loopback may leave: the ingress bridge and the
+        // host forwards' bridges.
+        let bridges: Vec<String> = view
             .networks
             .iter()
-            .find(|n| n.ingress)
-            .map(|n| format!("swbr-{}", n.vni));
-        debug!(rules = ?table, "routing mesh");
+            .filter(|n| n.ingress)
+            .map(|n| format!("swbr-{}", n.vni))
+            .chain(forwards.values().map(|f| f.bridge.clone()))
+            .collect();
+        debug!(rules = ?table, "routing mesh and host ports");
         let forwarding = table.as_ref().is_some_and(|t| !t.maps.is_empty());
         let netns = self.node_netns();
         let saved = Arc::clone(&self.saved_sysctls);
-        self.apply(
+        self.apply_locked(
             None,
             netns,
             table,
@@ -156,7 +253,7 @@ impl Balancer {
                 // On every apply, not only when the table changes (a bridge made since needs
                 // its own); a failure leaves the mesh without forwarding, not without rules.
                 let done = if forwarding {
-                    enable_forwarding(bridge.as_deref(), &saved)
+                    enable_forwarding(&bridges, &saved)
                 } else {
                     restore_sysctls(&saved)
                 };
@@ -180,22 +277,19 @@ impl Balancer {
         let path = netns.0.clone();
         debug!(netns = %path.display(), rules = ?table, "virtual IPs");
         let what = format!("programming virtual IPs in {}", path.display());
-        self.apply(
-            Some(path.clone()),
-            Some(path),
-            table,
-            view.version,
-            &what,
-            || Ok(()),
-        )
-        .await
+        let key = Some(path.clone());
+        let lock = self.lock_of(&key);
+        let _held = lock.lock().await;
+        self.apply_locked(key, Some(path), table, view.version, &what, || Ok(()))
+            .await
     }
 
     /// Makes table `swarmd` of the namespace at `path` (`None`: this process's) hold `table`,
     /// after `prepare` ran there (always), unless it already does; then forgets the connections
-    /// to the backends it no longer has. `key` names the namespace in `applied`; a `version`
-    /// older than the one last applied there is ignored.
-    async fn apply(
+    /// to the backends it no longer has. `key` names the namespace in `applied`, whose lock
+    /// ([`Balancer::lock_of`]) the caller holds; a `version` older than the one last applied
+    /// there is ignored.
+    async fn apply_locked(
         &self,
         key: Option<PathBuf>,
         path: Option<PathBuf>,
@@ -204,8 +298,6 @@ impl Balancer {
         what: &str,
         prepare: impl FnOnce() -> io::Result<()> + Send + 'static,
     ) -> Result<(), Error> {
-        let lock = self.lock_of(&key);
-        let _held = lock.lock().await;
         let before = self.lock_applied().get(&key).cloned();
         if before.as_ref().is_some_and(|b| b.version > version) {
             debug!(version, "a view older than the one applied: ignored");
@@ -332,17 +424,15 @@ async fn blocking<T: Send + 'static>(
         .map_err(kernel)
 }
 
-/// The routing mesh forwards between the node's addresses and the ingress network. A
-/// connection to a published port on 127.0.0.1 leaves through the ingress bridge (`bridge`,
-/// when this node has it) with a loopback source until its source is translated, and its
+/// The routing mesh forwards between the node's addresses and the ingress network, a host
+/// forward between them and a task's network. A connection to a published port on 127.0.0.1
+/// leaves through the ingress bridge or the task's network's bridge (`bridges`, those this
+/// node has) with a loopback source until its source is translated, and its
 /// replies come back to one: the kernel drops both unless the bridge allows it.
 /// The values they had before are kept in `saved` (the first change of each only).
-fn enable_forwarding(
-    bridge: Option<&str>,
-    saved: &Mutex<Vec<(PathBuf, String)>>,
-) -> io::Result<()> {
+fn enable_forwarding(bridges: &[String], saved: &Mutex<Vec<(PathBuf, String)>>) -> io::Result<()> {
     set_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"), saved)?;
-    if let Some(bridge) = bridge {
+    for bridge in bridges {
         let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
         if path.exists() {
             set_sysctl(&path, saved)?;
@@ -456,67 +546,41 @@ fn sandbox_table(networks: &[String], view: &NodeView) -> Option<Table> {
     Some(table)
 }
 
-/// Table `swarmd` of the node's namespace: the routing mesh for the INGRESS ports of the
-/// ingress network; `None` when there is nothing to publish (or no ingress address yet).
-/// Published ports in `reserved` (swarmd's own) are left out; the networks' gateways are not
-/// part of the mesh; a published port whose service has no running task is refused.
-fn node_table(view: &NodeView, reserved: &[u16]) -> Option<Table> {
-    let net = view.networks.iter().find(|n| n.ingress)?;
-    let Some((node_addr, _)) = ipv4(&net.node_addr) else {
-        debug!(network.id = %net.id, "no ingress address on this node yet: no routing mesh");
-        return None;
-    };
-    let mut table = Table::default();
-    let mut dnat = Vec::new();
-    let mut published_ports = Vec::new();
-    let mut backends = backends(net);
-    let mut closed = Vec::new();
-    for svc in &net.services {
-        let addrs = backends.remove(svc.id.as_str());
-        for port in &svc.ingress_ports {
-            let l4 = match port.protocol.as_str() {
-                "tcp" | "" => L4::Tcp,
-                "udp" => L4::Udp,
-                "sctp" => L4::Sctp,
-                other => {
-                    debug!(service.id = %svc.id, protocol = other, "unknown protocol: not published");
-                    continue;
-                }
-            };
-            let (Ok(published), Ok(target)) = (
-                u16::try_from(port.published_port),
-                u16::try_from(port.target_port),
-            ) else {
-                continue;
-            };
-            if published == 0 {
-                continue;
-            }
-            if reserved.contains(&published) {
-                warn!(service.id = %svc.id, port = published, "a published port swarmd itself uses: not published");
-                continue;
-            }
-            let Some(addrs) = &addrs else {
-                // No running task: refused, rather than reaching what the host has there.
-                closed.push(vec![
-                    Expr::Ipv4,
-                    Expr::DaddrLocal,
-                    Expr::Dport(l4, published),
-                    Expr::Reject,
-                ]);
-                continue;
-            };
-            let action = spread(&mut table, addrs.clone(), Some(target));
-            published_ports.push((l4, published));
-            dnat.push(vec![
-                Expr::Ipv4,
-                Expr::DaddrLocal,
-                Expr::Dport(l4, published),
-                action,
-            ]);
-        }
+/// The rules of the node's table, by chain, before they are put together.
+#[derive(Debug, Default)]
+struct NodeRules {
+    /// Destination NAT (`prerouting` and `output`).
+    dnat: Vec<Vec<Expr>>,
+    /// Source NAT (`postrouting`).
+    snat: Vec<Vec<Expr>>,
+    /// Refused published ports (`input` and `output` filters).
+    closed: Vec<Vec<Expr>>,
+}
+
+/// The transport protocol of a view's published port (`""`: TCP), `None` when unknown.
+fn l4_of(protocol: &str) -> Option<L4> {
+    match protocol {
+        "tcp" | "" => Some(L4::Tcp),
+        "udp" => Some(L4::Udp),
+        "sctp" => Some(L4::Sctp),
+        _ => None,
     }
-    let closed_chains = |gateways: &[Vec<Expr>]| {
+}
+
+/// Table `swarmd` of the node's namespace: the routing mesh for the INGRESS ports of the
+/// ingress network, and the HOST-mode ports of tasks in sandboxes here (`forwards`); `None`
+/// when there is nothing to publish. Published ports in `reserved` (swarmd's own) are left
+/// out; the networks' gateways are not part of the mesh; a published INGRESS port whose
+/// service has no running task is refused.
+fn node_table(
+    view: &NodeView,
+    forwards: &BTreeMap<String, HostForward>,
+    reserved: &[u16],
+) -> Option<Table> {
+    let mut table = Table::default();
+    let mut rules = mesh_rules(view, reserved, &mut table);
+    host_rules(forwards, reserved, &mut table, &mut rules);
+    let closed_chains = |gateways: &[Vec<Expr>], closed: &[Vec<Expr>]| {
         [Hook::Input, Hook::Output].map(|hook| Chain {
             name: format!(
                 "mesh-closed-{}",
@@ -525,11 +589,7 @@ fn node_table(view: &NodeView, reserved: &[u16]) -> Option<Table> {
             nat: false,
             hook,
             priority: nft::PRIORITY_FILTER,
-            rules: gateways
-                .iter()
-                .cloned()
-                .chain(closed.iter().cloned())
-                .collect(),
+            rules: gateways.iter().chain(closed).cloned().collect(),
         })
     };
     // The gateways of the node's networks (where its resolver listens) are not the mesh's.
@@ -540,37 +600,16 @@ fn node_table(view: &NodeView, reserved: &[u16]) -> Option<Table> {
         .filter_map(|s| ipv4(&s.gateway))
         .map(|(gw, _)| vec![Expr::Ipv4, Expr::Daddr(gw), Expr::Return])
         .collect();
+    let NodeRules { dnat, snat, closed } = rules;
     if dnat.is_empty() {
         if closed.is_empty() {
             return None;
         }
-        table.chains = closed_chains(&gateways).into();
+        table.chains = closed_chains(&gateways, &closed).into();
         return Some(table);
     }
     let dnat: Vec<_> = gateways.iter().cloned().chain(dnat).collect();
-    // Only the mesh's own connections: translated, first sent to a published port, now to the
-    // ingress network (the Docker executor's own HOST-mode translations keep their source).
-    let subnets: Vec<_> = net.subnets.iter().filter_map(|s| ipv4(&s.cidr)).collect();
-    if subnets.is_empty() {
-        // Without its source translated, a reply from a task on another node would take that
-        // node's own way back: no mesh rather than a mesh whose connections hang.
-        debug!(network.id = %net.id, "ingress network without an IPv4 subnet: no routing mesh");
-        return None;
-    }
-    let snat = published_ports
-        .iter()
-        .flat_map(|&(l4, port)| {
-            subnets.iter().map(move |&(subnet, prefix)| {
-                vec![
-                    Expr::Ipv4,
-                    Expr::CtDnat,
-                    Expr::CtOriginalDport(l4, port),
-                    Expr::DaddrIn(subnet, prefix),
-                    Expr::Snat(node_addr),
-                ]
-            })
-        })
-        .collect();
+    let bridges: BTreeSet<String> = forwards.values().map(|f| f.bridge.clone()).collect();
     table.chains = vec![
         Chain {
             name: "mesh-in".into(),
@@ -593,27 +632,150 @@ fn node_table(view: &NodeView, reserved: &[u16]) -> Option<Table> {
             priority: nft::PRIORITY_SRCNAT,
             rules: snat,
         },
-        isolation(view),
+        isolation(view, &bridges),
     ];
     if !closed.is_empty() {
-        table.chains.extend(closed_chains(&gateways));
+        table.chains.extend(closed_chains(&gateways, &closed));
     }
     Some(table)
 }
 
-/// The `forward` filter chain of the node's table: the mesh turns IPv4 forwarding on for the
+/// The routing mesh's rules for the INGRESS ports of the ingress network (none without one, or
+/// without an ingress address on this node yet); their backend lists go into `table`.
+fn mesh_rules(view: &NodeView, reserved: &[u16], table: &mut Table) -> NodeRules {
+    let mut rules = NodeRules::default();
+    let Some(net) = view.networks.iter().find(|n| n.ingress) else {
+        return rules;
+    };
+    let Some((node_addr, _)) = ipv4(&net.node_addr) else {
+        debug!(network.id = %net.id, "no ingress address on this node yet: no routing mesh");
+        return rules;
+    };
+    // Only the mesh's own connections: translated, first sent to a published port, now to the
+    // ingress network (HOST-mode translations keep their source).
+    let subnets: Vec<_> = net.subnets.iter().filter_map(|s| ipv4(&s.cidr)).collect();
+    let mut backends = backends(net);
+    for svc in &net.services {
+        let addrs = backends.remove(svc.id.as_str());
+        for port in &svc.ingress_ports {
+            let Some(l4) = l4_of(&port.protocol) else {
+                debug!(service.id = %svc.id, protocol = %port.protocol, "unknown protocol: not published");
+                continue;
+            };
+            let (Ok(published), Ok(target)) = (
+                u16::try_from(port.published_port),
+                u16::try_from(port.target_port),
+            ) else {
+                continue;
+            };
+            if published == 0 {
+                continue;
+            }
+            if reserved.contains(&published) {
+                warn!(service.id = %svc.id, port = published, "a published port swarmd itself uses: not published");
+                continue;
+            }
+            let Some(addrs) = &addrs else {
+                // No running task: refused, rather than reaching what the host has there.
+                rules.closed.push(vec![
+                    Expr::Ipv4,
+                    Expr::DaddrLocal,
+                    Expr::Dport(l4, published),
+                    Expr::Reject,
+                ]);
+                continue;
+            };
+            if subnets.is_empty() {
+                // Without its source translated, a reply from a task on another node would
+                // take that node's own way back: not published rather than a port whose
+                // connections hang.
+                debug!(network.id = %net.id, "ingress network without an IPv4 subnet: no routing mesh");
+                continue;
+            }
+            let action = spread(table, addrs.clone(), Some(target));
+            rules.dnat.push(vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(l4, published),
+                action,
+            ]);
+            rules.snat.extend(subnets.iter().map(|&(subnet, prefix)| {
+                vec![
+                    Expr::Ipv4,
+                    Expr::CtDnat,
+                    Expr::CtOriginalDport(l4, published),
+                    Expr::DaddrIn(subnet, prefix),
+                    Expr::Snat(node_addr),
+                ]
+            }));
+        }
+    }
+    rules
+}
+
+/// Adds to `rules` the HOST-mode ports of the tasks in sandboxes here: each published port,
+/// on every local address, to the task's address and target port; a connection from the
+/// node's loopback also gets the network's gateway as its source (the task could not answer
+/// 127.0.0.1). Their backend lists go into `table`.
+fn host_rules(
+    forwards: &BTreeMap<String, HostForward>,
+    reserved: &[u16],
+    table: &mut Table,
+    rules: &mut NodeRules,
+) {
+    for (task, f) in forwards {
+        for port in &f.ports {
+            if port.published == 0 || reserved.contains(&port.published) {
+                warn!(task.id = %task, port = port.published, "a published port swarmd itself uses: not published");
+                continue;
+            }
+            let action = spread(table, vec![f.addr], Some(port.target));
+            rules.dnat.push(vec![
+                Expr::Ipv4,
+                Expr::DaddrLocal,
+                Expr::Dport(port.protocol, port.published),
+                action,
+            ]);
+            if let Some(gateway) = f.gateway {
+                rules.snat.push(vec![
+                    Expr::Ipv4,
+                    Expr::CtDnat,
+                    Expr::CtOriginalDport(port.protocol, port.published),
+                    Expr::Daddr(f.addr),
+                    Expr::SaddrIn(Ipv4Addr::new(127, 0, 0, 0), 8),
+                    Expr::Snat(gateway),
+                ]);
+            }
+        }
+    }
+}
+
+/// The `forward` filter chain of the node's table: the mesh (or a host forward) turns IPv4 forwarding on for the
 /// whole namespace, which must not let a task reach another network, or the outside, through
 /// the node. A connection the mesh translated, and the packets of an accepted one, pass;
 /// otherwise nothing is routed from a network's bridge to another interface, nor to a bridge
 /// from another interface. Traffic between tasks of one network (VXLAN included) is bridged,
 /// not routed, and is not seen here (with `br_netfilter`, it is seen from the bridge to itself).
-fn isolation(view: &NodeView) -> Chain {
+/// `bridges`: the host forwards' bridges, which the view may not list yet. A host forward's
+/// connections are translated ones, so they pass.
+fn isolation(view: &NodeView, bridges: &BTreeSet<String>) -> Chain {
     let mut rules = vec![
         vec![Expr::CtDnat, Expr::Accept],
         vec![Expr::CtEstablished, Expr::Accept],
     ];
-    for net in &view.networks {
-        let bridge = format!("swbr-{}", net.vni);
+    let mut all: Vec<String> = view
+        .networks
+        .iter()
+        .map(|n| format!("swbr-{}", n.vni))
+        .collect();
+    all.extend(
+        bridges
+            .iter()
+            .filter(|b| !all.contains(b))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    for bridge in all {
         rules.push(vec![
             Expr::Iifname(bridge.clone(), true),
             Expr::Oifname(bridge.clone(), false),

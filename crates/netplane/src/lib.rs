@@ -9,8 +9,9 @@
 //! - `sandbox`: a network namespace per process task on networks, a veth on each bridge;
 //! - `dns`: the resolver tasks use as their nameserver (`<service>`, `tasks.<service>`, aliases,
 //!   task names; other names forwarded to the node's own resolvers);
-//! - `lb`: connections to a virtual IP spread over the service's running tasks, and the routing
-//!   mesh (INGRESS-mode published ports answering on every node).
+//! - `lb`: connections to a virtual IP spread over the service's running tasks, the routing
+//!   mesh (INGRESS-mode published ports answering on every node), and the HOST-mode ports of
+//!   sandboxed tasks forwarded from their node ([`Dataplane::publish_host_ports`]).
 //!
 //! Everything it makes in the kernel carries a name or tag of its own, so a start after a crash
 //! removes what the last run left, and a clean stop removes all of it.

@@ -1,7 +1,8 @@
 //! [`Dataplane`]: the node's data plane as a whole. It starts by removing what a crashed run left
 //! (the sandboxes and networks recorded in its state directory), makes the kernel match each
 //! [`NodeView`] it is given (the networks' devices and entries, then the resolver and the
-//! balancer), makes and removes process tasks' sandboxes, and removes everything on a clean stop.
+//! balancer), makes and removes process tasks' sandboxes (and forwards their HOST-mode ports from
+//! the node), and removes everything on a clean stop.
 //!
 //! Encrypted networks' VXLAN packets go through the node's WireGuard tunnel ([`Tunnel`]), whose
 //! peers are the other nodes of the encrypted networks in the view. A node whose tunnel could not
@@ -425,9 +426,68 @@ impl Dataplane {
         }
     }
 
-    /// Removes task `task_id`'s sandbox (and its networks' devices if nothing else uses them).
+    /// Makes task `task_id`'s HOST-mode `ports` answer on every address of this node, forwarded
+    /// to the task in its sandbox (its address on its first network, the target port), until
+    /// [`Dataplane::unpublish_host_ports`] or the sandbox goes. The error says why the task
+    /// cannot have them.
+    pub async fn publish_host_ports(
+        &self,
+        task_id: &str,
+        ports: Vec<lb::HostPort>,
+    ) -> Result<(), SandboxError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let state = self.state.lock().await;
+        if state.stopped {
+            return Err(SandboxError("the node's data plane is stopped".into()));
+        }
+        let primary = state
+            .sandboxes
+            .get(task_id)
+            .and_then(|s| s.primary.clone())
+            .ok_or_else(|| {
+                SandboxError(format!("task {task_id} has no sandbox to publish ports to"))
+            })?;
+        let bridge = state
+            .networks
+            .get(&primary.network_id)
+            .map(|o| crate::overlay::bridge_name(o.spec.vni))
+            .ok_or_else(|| {
+                SandboxError(format!(
+                    "network {} has no devices here",
+                    primary.network_id
+                ))
+            })?;
+        let forward = lb::HostForward {
+            addr: primary.addr.addr,
+            gateway: primary.gateway,
+            bridge,
+            ports,
+        };
+        // Held across the apply: a concurrent destroy_sandbox removes the forward after it.
+        self.balancer
+            .set_host_forward(task_id, Some(forward))
+            .await
+            .map_err(|e| SandboxError(format!("publishing the task's host ports: {e}")))?;
+        drop(state);
+        Ok(())
+    }
+
+    /// Stops forwarding task `task_id`'s HOST-mode ports (nothing when it has none).
+    pub async fn unpublish_host_ports(&self, task_id: &str) -> Result<(), Error> {
+        let _state = self.state.lock().await;
+        self.balancer.set_host_forward(task_id, None).await
+    }
+
+    /// Removes task `task_id`'s sandbox (and its networks' devices if nothing else uses them),
+    /// and the forwarding of its HOST-mode ports.
     pub async fn destroy_sandbox(&self, task_id: &str) -> Result<(), Error> {
         let mut state = self.state.lock().await;
+        // Forgotten even when the apply fails: the next view's apply leaves it out.
+        if let Err(e) = self.balancer.set_host_forward(task_id, None).await {
+            tracing::warn!(task.id = %task_id, "removing the task's host ports: {e}");
+        }
         let dir = self
             .records
             .join("sandboxes")

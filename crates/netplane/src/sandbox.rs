@@ -106,6 +106,8 @@ pub struct Sandbox {
     dir: PathBuf,
     /// The network IDs, in the task's order.
     pub networks: Vec<String>,
+    /// The first network's attachment, which the default route goes through.
+    pub primary: Option<Attachment>,
 }
 
 /// Creates a named network namespace at `path` from a thread of its own.
@@ -162,6 +164,7 @@ impl Sandbox {
             netns: NetnsPath(path.clone()),
             dir: dir.clone(),
             networks: attachments.iter().map(|a| a.network_id.clone()).collect(),
+            primary: attachments.first().cloned(),
         };
         // A sandbox of this task from an earlier attempt is made again from scratch.
         sandbox.remove(nl).await?;

@@ -671,3 +671,43 @@ async fn an_adopted_process_keeps_its_output() {
     let text = output(&second).await;
     assert_eq!(text, "before\nafter\n");
 }
+
+#[test]
+fn a_sandboxed_task_is_told_its_target_port_and_a_host_network_one_its_published_port() {
+    let ports = [
+        HostPortMap {
+            protocol: Protocol::Tcp,
+            target: 80,
+            published: 9090,
+        },
+        HostPortMap {
+            protocol: Protocol::Udp,
+            target: 53,
+            published: 70000,
+        },
+    ];
+    let env = |sandboxed| port_env(&ports, sandboxed);
+    assert_eq!(
+        env(false),
+        [
+            ("SWARM_PORT_80_TCP".to_owned(), "9090".to_owned()),
+            ("SWARM_PORT_53_UDP".to_owned(), "70000".to_owned()),
+        ]
+    );
+    assert_eq!(
+        env(true),
+        [
+            ("SWARM_PORT_80_TCP".to_owned(), "80".to_owned()),
+            ("SWARM_PORT_53_UDP".to_owned(), "53".to_owned()),
+        ]
+    );
+    // The node forwards each published port to the target; one out of range is left out.
+    assert_eq!(
+        forwards(&ports),
+        [netplane::lb::HostPort {
+            protocol: netplane::lb::L4::Tcp,
+            published: 9090,
+            target: 80,
+        }]
+    );
+}

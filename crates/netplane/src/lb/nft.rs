@@ -69,6 +69,8 @@ pub enum Expr {
     Daddr(Ipv4Addr),
     /// The IPv4 destination is inside this network.
     DaddrIn(Ipv4Addr, u8),
+    /// The IPv4 source is inside this network.
+    SaddrIn(Ipv4Addr, u8),
     /// The transport protocol and destination port.
     Dport(L4, u16),
     /// The connection's destination was translated (`ct status dnat`).
@@ -351,6 +353,13 @@ fn statements(e: &Expr, maps: &[(String, Vec<Ipv4Addr>)]) -> Vec<Statement<'stat
         Expr::Daddr(addr) => vec![eq(payload("ip", "daddr"), string(addr.to_string()))],
         Expr::DaddrIn(net, prefix) => vec![eq(
             payload("ip", "daddr"),
+            named(NamedExpression::Prefix(Prefix {
+                addr: Box::new(string(net.to_string())),
+                len: u32::from(*prefix),
+            })),
+        )],
+        Expr::SaddrIn(net, prefix) => vec![eq(
+            payload("ip", "saddr"),
             named(NamedExpression::Prefix(Prefix {
                 addr: Box::new(string(net.to_string())),
                 len: u32::from(*prefix),

@@ -165,7 +165,8 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         "10.255.0.2/16",
         &[("10.255.0.9/16", true), ("10.255.0.8/16", false)],
     );
-    let table = node_table(&view, &[]).expect("a published port with a running task");
+    let table =
+        node_table(&view, &BTreeMap::new(), &[]).expect("a published port with a running task");
     assert_eq!(
         table.maps,
         vec![
@@ -222,7 +223,7 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
     // No running task: the published ports are refused (not left to what the host has there),
     // nothing is translated.
     let none_running = ingress_view("10.255.0.2/16", &[("10.255.0.9/16", false)]);
-    let closed = node_table(&none_running, &[]).expect("refusing rules");
+    let closed = node_table(&none_running, &BTreeMap::new(), &[]).expect("refusing rules");
     assert!(closed.maps.is_empty(), "{closed:?}");
     let hooks: Vec<_> = closed.chains.iter().map(|c| (c.hook, c.nat)).collect();
     assert_eq!(hooks, vec![(Hook::Input, false), (Hook::Output, false)]);
@@ -244,10 +245,95 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
         ]
     );
     let no_node_addr = ingress_view("", &[("10.255.0.9/16", true)]);
-    assert_eq!(node_table(&no_node_addr, &[]), None);
+    assert_eq!(node_table(&no_node_addr, &BTreeMap::new(), &[]), None);
     // A published port swarmd uses itself (the VXLAN port) is left out.
-    let reserved = node_table(&view, &[30053]).expect("the TCP port");
+    let reserved = node_table(&view, &BTreeMap::new(), &[30053]).expect("the TCP port");
     assert_eq!(reserved.maps.len(), 1, "{reserved:?}");
+}
+
+/// Task `t1`'s HOST-mode ports 30090/tcp -> 8080 and 30053/udp -> 5353, at 10.233.0.5 on the
+/// network of bridge `swbr-4097` (gateway 10.233.0.1).
+fn host_forwards() -> BTreeMap<String, HostForward> {
+    BTreeMap::from([(
+        "t1".to_owned(),
+        HostForward {
+            addr: ip("10.233.0.5"),
+            gateway: Some(ip("10.233.0.1")),
+            bridge: "swbr-4097".into(),
+            ports: vec![
+                HostPort {
+                    protocol: L4::Tcp,
+                    published: 30090,
+                    target: 8080,
+                },
+                HostPort {
+                    protocol: L4::Udp,
+                    published: 30053,
+                    target: 5353,
+                },
+            ],
+        },
+    )])
+}
+
+#[test]
+fn node_table_forwards_host_ports_to_the_task_keeping_the_source_but_loopbacks() {
+    let table = node_table(&NodeView::default(), &host_forwards(), &[])
+        .expect("host ports without any network in the view");
+    assert_eq!(
+        table.maps,
+        vec![
+            ("backends0".to_owned(), vec![ip("10.233.0.5")]),
+            ("backends1".to_owned(), vec![ip("10.233.0.5")]),
+        ]
+    );
+    let names: Vec<_> = table.chains.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["mesh-in", "mesh-local", "mesh-source", "isolation"]);
+    assert_eq!(
+        table.chains[0].rules[0],
+        vec![
+            Expr::Ipv4,
+            Expr::DaddrLocal,
+            Expr::Dport(L4::Tcp, 30090),
+            Expr::DnatSpread {
+                set: "backends0".into(),
+                size: 1,
+                port: Some(8080)
+            },
+        ]
+    );
+    assert_eq!(
+        table.chains[2].rules[1],
+        vec![
+            Expr::Ipv4,
+            Expr::CtDnat,
+            Expr::CtOriginalDport(L4::Udp, 30053),
+            Expr::Daddr(ip("10.233.0.5")),
+            Expr::SaddrIn(ip("127.0.0.0"), 8),
+            Expr::Snat(ip("10.233.0.1")),
+        ],
+        "only a connection from the loopback gets the gateway as its source"
+    );
+    assert!(
+        table.chains[3]
+            .rules
+            .iter()
+            .any(|r| r.contains(&Expr::Iifname("swbr-4097".into(), true))),
+        "the task's network is isolated like the view's: {:?}",
+        table.chains[3]
+    );
+    // With the routing mesh: both in one table.
+    let view = ingress_view("10.255.0.2/16", &[("10.255.0.9/16", true)]);
+    let both = node_table(&view, &host_forwards(), &[]).expect("both");
+    assert_eq!(both.maps.len(), 4, "{both:?}");
+    // A port swarmd uses itself is left out.
+    assert_eq!(
+        node_table(&NodeView::default(), &host_forwards(), &[30053])
+            .expect("the TCP port")
+            .maps
+            .len(),
+        1
+    );
 }
 
 // ---- Namespaces ------------------------------------------------------------------------------
@@ -358,6 +444,26 @@ fn link_named(a: &Netns, ea: &str, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]
         }
         ns.ip(&["link", "set", dev, "up"]);
     }
+}
+
+/// Namespaces `node`, `client` and `task`: the client (10.232.0.2) linked to the node
+/// (10.232.0.1), the task linked to the node's end named `bridge` (standing for a network's
+/// bridge), with `node_addr` and `task_addr` (CIDR) on either side; the task answers on its
+/// address, TCP port 8080 and UDP port 5353, as `web`.
+fn node_client_task(bridge: &str, node_addr: &str, task_addr: &str) -> (Netns, Netns, Netns) {
+    let node = Netns::new("n");
+    let client = Netns::new("c");
+    let task = Netns::new("t");
+    link(&client, &["10.232.0.2/24"], &node, &["10.232.0.1/24"]);
+    link_named(&node, bridge, &[node_addr], &task, &[task_addr]);
+    let addr: Ipv4Addr = task_addr
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an IPv4 address");
+    tcp_server(&task, SocketAddr::from((addr, 8080)), "web");
+    udp_server(&task, SocketAddr::from((addr, 5353)), "web");
+    (node, client, task)
 }
 
 /// A TCP server in `ns` on `addr`: answers each connection with `<name> <peer address>`.
@@ -633,23 +739,11 @@ async fn vip_connections_spread_over_running_tasks_and_skip_stopped_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
     require_namespaces!();
-    // `node` is a node: 10.232.0.1 faces a client outside, 10.255.0.2 is its ingress address;
-    // `task` is a task (as on another node) with ingress address 10.255.0.9 and no route
-    // to the client, so its replies can only go back through the node's source translation.
-    let node = Netns::new("n");
-    let client = Netns::new("c");
-    let task = Netns::new("t");
-    link(&client, &["10.232.0.2/24"], &node, &["10.232.0.1/24"]);
-    // The node's end stands for the ingress network's bridge (VNI 4096).
-    link_named(
-        &node,
-        "swbr-4096",
-        &["10.255.0.2/16"],
-        &task,
-        &["10.255.0.9/16"],
-    );
-    tcp_server(&task, "10.255.0.9:8080".parse().unwrap(), "web");
-    udp_server(&task, "10.255.0.9:5353".parse().unwrap(), "web");
+    // `node` is a node: 10.232.0.1 faces a client outside, 10.255.0.2 is its ingress address
+    // (on its end of the link standing for the ingress network's bridge, VNI 4096); `task` is
+    // a task (as on another node) with ingress address 10.255.0.9 and no route to the client,
+    // so its replies can only go back through the node's source translation.
+    let (node, client, task) = node_client_task("swbr-4096", "10.255.0.2/16", "10.255.0.9/16");
     let balancer = Balancer::in_netns(node.path());
     let published: SocketAddr = "10.232.0.1:30080".parse().unwrap();
     let published_udp: SocketAddr = "10.232.0.1:30053".parse().unwrap();
@@ -740,6 +834,76 @@ async fn ingress_port_on_a_node_reaches_a_task_elsewhere_and_replies_return() {
         .expect("nothing to do");
     assert!(!balancer.node_rules_present().await.expect("lookup"));
     assert_eq!(node.sysctl("net.ipv4.ip_forward"), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_port_on_the_tasks_node_reaches_it_in_its_sandbox() {
+    require_namespaces!();
+    // `node` is a node: 10.232.0.1 faces a client; its end of the link to `task` stands for
+    // the task's network's bridge (VNI 4097) with the gateway 10.233.0.1, which is the task's
+    // default route (as in a sandbox).
+    let (node, client, task) = node_client_task("swbr-4097", "10.233.0.1/24", "10.233.0.5/24");
+    task.ip(&["route", "add", "default", "via", "10.233.0.1"]);
+    let balancer = Balancer::in_netns(node.path());
+    let published: SocketAddr = "10.232.0.1:30090".parse().unwrap();
+    let refused = |ns: &Netns, to: SocketAddr| {
+        ns.run(move || {
+            Ok(TcpStream::connect_timeout(&to, WAIT)
+                .err()
+                .map(|e| e.kind()))
+        })
+    };
+    assert_eq!(
+        refused(&client, published),
+        Some(io::ErrorKind::ConnectionRefused)
+    );
+
+    // A new namespace may inherit forwarding from the first one.
+    node.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"));
+    let forward = host_forwards().remove("t1");
+    balancer
+        .set_host_forward("t1", forward)
+        .await
+        .expect("forwarding the host ports");
+    assert_eq!(node.sysctl("net.ipv4.ip_forward"), "1");
+    assert_eq!(node.sysctl("net.ipv4.conf.swbr-4097.route_localnet"), "1");
+    // --- from outside the node: the task sees the client's address
+    assert_eq!(
+        tcp_answers(&client, published, 2),
+        vec!["web 10.232.0.2"; 2]
+    );
+    let published_udp: SocketAddr = "10.232.0.1:30053".parse().unwrap();
+    assert_eq!(udp_answers(&client, published_udp, 2), vec!["web"; 2]);
+    // --- from the node itself, at its address and at 127.0.0.1 (seen from the gateway)
+    assert_eq!(tcp_answers(&node, published, 1), vec!["web 10.232.0.1"]);
+    let localhost: SocketAddr = "127.0.0.1:30090".parse().unwrap();
+    assert_eq!(tcp_answers(&node, localhost, 1), vec!["web 10.233.0.1"]);
+    // --- a view (with no network) does not take the forward away
+    balancer
+        .apply_node(&NodeView {
+            version: 3,
+            networks: vec![],
+        })
+        .await
+        .expect("applying a view");
+    assert_eq!(tcp_answers(&client, published, 1), vec!["web 10.232.0.2"]);
+
+    // --- the task stops: its port is refused, forwarding is put back
+    balancer
+        .set_host_forward("t1", None)
+        .await
+        .expect("removing the forward");
+    assert_eq!(
+        refused(&client, published),
+        Some(io::ErrorKind::ConnectionRefused)
+    );
+    assert_eq!(
+        refused(&node, localhost),
+        Some(io::ErrorKind::ConnectionRefused)
+    );
+    assert!(!balancer.node_rules_present().await.expect("lookup"));
+    assert_eq!(node.sysctl("net.ipv4.ip_forward"), "0");
+    assert_eq!(node.sysctl("net.ipv4.conf.swbr-4097.route_localnet"), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,9 @@
 //! One swarm network on this node: a bridge `swbr-<vni>` carrying the subnets' gateways and the
 //! node's attachment address, and a VXLAN device `swvx-<vni>` enslaved to it (no learning, ARP
-//! answered from its neighbour entries, no flooding). For every remote address (another node's
-//! attachment, a task on another node) it holds a neighbour entry (IP -> MAC) and a forwarding
-//! entry (MAC -> that node's data path address). MACs are derived from the IPs ([`mac_of`]), so
-//! the view needs to carry only addresses.
+//! answered from its neighbour entries, no flooding, zero outer UDP checksums). For every remote
+//! address (another node's attachment, a task on another node) it holds a neighbour entry
+//! (IP -> MAC) and a forwarding entry (MAC -> that node's data path address). MACs are derived
+//! from the IPs ([`mac_of`]), so the view needs to carry only addresses.
 //!
 //! An encrypted network's VXLAN device uses the encrypted VXLAN port, which a routing rule sends
 //! into the node's WireGuard tunnel ([`crate::tunnel`]), and a smaller MTU
@@ -238,10 +238,16 @@ impl Overlay {
             &br_name,
         )
         .await?;
+        // Outer UDP checksums zero, as RFC 7348 asks for over IPv4 (and Docker's overlay
+        // sends): the tunnel's GSO packets stay plain `udp_tnl` ones, which NICs without
+        // `tx-udp_tnl-csum-segmentation` still segment in hardware, and neither end computes
+        // or checks a checksum the inner TCP/UDP checksum already covers. The kernel's
+        // default (without the attribute) is a checksum.
         let mut vxlan = LinkVxlan::new(&vx_name, spec.vni)
             .port(port)
             .learning(false)
             .proxy(true)
+            .udp_csum(false)
             .mtu(spec.mtu());
         if let Some(IpAddr::V4(local)) = local {
             vxlan = vxlan.local(local);

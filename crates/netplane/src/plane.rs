@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, watch};
 use crate::netlink::kernel;
 use crate::overlay::{Cidr, NetSpec, Overlay};
 use crate::sandbox::{Attachment, Sandbox, TaskNet};
-use crate::tunnel::{Tunnel, TunnelStats};
+use crate::tunnel::{PeerSpec, Tunnel, TunnelStats};
 use crate::{Config, Error, NetnsPath, NodeView, dns, lb};
 
 #[derive(Debug, Default)]
@@ -102,6 +102,10 @@ impl Dataplane {
         let tunnel = Tunnel::start(
             &nl,
             netns,
+            match config.data_path_addr {
+                Some(std::net::IpAddr::V4(a)) => Some(a),
+                _ => None,
+            },
             config.wireguard_port,
             config.encrypted_vxlan_port,
         )
@@ -198,7 +202,7 @@ impl Dataplane {
         }
         state.view = view.clone();
         let mut first_error = None;
-        let mut keys = HashMap::new();
+        let mut keys: HashMap<std::net::Ipv4Addr, PeerSpec> = HashMap::new();
         for n in view.networks.iter().filter(|n| n.encrypted) {
             for p in &n.peers {
                 let Ok(addr) = p.data_path_addr.parse() else {
@@ -206,7 +210,12 @@ impl Dataplane {
                 };
                 match <[u8; 32]>::try_from(p.wireguard_public_key.as_slice()) {
                     Ok(key) => {
-                        keys.insert(addr, key);
+                        let spec = keys.entry(addr).or_insert_with(|| PeerSpec {
+                            key,
+                            vnis: Default::default(),
+                        });
+                        spec.key = key;
+                        spec.vnis.insert(n.vni);
                     }
                     Err(_) => tracing::warn!(
                         network = %n.name,

@@ -887,3 +887,135 @@ async fn throughput_across_the_overlay_against_the_plain_veth() {
         p.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_network_works_when_a_nodes_route_to_its_peer_leaves_from_another_address() {
+    let h = hosts_or_skip!();
+    // Host A's route to host B prefers a second address: what A sends unbound leaves from it,
+    // not from A's data path address, which B knows A by.
+    let second = Ipv4Addr::from(u32::from(h.underlay[0]) + 100);
+    let link = h.underlay_link(0);
+    ip(&[
+        "-n",
+        &h.names[0],
+        "addr",
+        "add",
+        &format!("{second}/24"),
+        "dev",
+        &link,
+    ])
+    .expect("second address");
+    ip(&[
+        "-n",
+        &h.names[0],
+        "route",
+        "replace",
+        &format!("{}/32", h.underlay[1]),
+        "dev",
+        &link,
+        "src",
+        &second.to_string(),
+    ])
+    .expect("route from the second address");
+    let (planes, nets) = task_on_each_of(&h, SEALED).await;
+    let addr = SocketAddr::new([10, SEALED.octet, 0, 11].into(), 7600);
+    let reply = echo_across(&nets[1].netns.0, &nets[0].netns.0, addr).expect("TCP across");
+    assert_eq!(reply, "hello across the overlay");
+    for p in &planes {
+        let stats = p.tunnel_stats().expect("a tunnel");
+        assert!(stats.sealed > 0 && stats.opened > 0, "{stats:?}");
+        p.stop().await.expect("stop");
+    }
+}
+
+/// A second encrypted network, which host A has and host B has no part in.
+const SEALED_A_ONLY: Net = Net {
+    id: "netovl3",
+    vni: 4244,
+    octet: 79,
+    encrypted: true,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_send_through_the_tunnel_into_an_encrypted_network_it_has_no_part_in() {
+    let h = hosts_or_skip!();
+    let (planes, nets) = task_on_each_of(&h, SEALED).await;
+    // Host A also has a task on a second encrypted network, whose only other node is not B.
+    let keys = [0, 1].map(|i| planes[i].watch_request().wireguard_public_key);
+    let task_a2 = format!("ovl{}tc", h.tag);
+    let [ta, tb] = task_ids(&h);
+    let mut view = view_of(
+        &h,
+        0,
+        SEALED,
+        &[(&ta, "10.78.0.10/24"), (&tb, "10.78.0.11/24")],
+        &keys,
+    );
+    let mut other = view_of(
+        &h,
+        0,
+        SEALED_A_ONLY,
+        &[(&task_a2, "10.79.0.10/24")],
+        &[Vec::new(), vec![7; 32]],
+    );
+    other.networks[0].peers[0].data_path_addr =
+        Ipv4Addr::from(u32::from(h.underlay[0]) + 50).to_string();
+    view.networks.append(&mut other.networks);
+    planes[0].apply(view).await.expect("view applied");
+    let a2 = planes[0]
+        .create_sandbox(&task_on(SEALED_A_ONLY, &task_a2, "10.79.0.10/24"))
+        .await
+        .expect("sandbox")
+        .expect("a namespace");
+    // Host B (a node of the first network) sends VXLAN packets of each network to A's encrypted
+    // VXLAN port: its rule routes them into its tunnel, which seals them for A.
+    let arrives = |net: Net, netns: &Path| {
+        let task = Ipv4Addr::new(10, net.octet, 0, 10);
+        let socket = in_netns(netns, || {
+            let s = std::net::UdpSocket::bind((task, 7700))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            Ok(s)
+        })
+        .expect("a UDP socket in the task");
+        let forged = forged_vxlan(
+            net.vni,
+            Ipv4Addr::new(10, net.octet, 0, 11),
+            task,
+            7700,
+            b"through the tunnel",
+        );
+        let target = SocketAddr::new(h.underlay[0].into(), netplane::tunnel::ENCRYPTED_VXLAN_PORT);
+        // (Repeated: the first packets may wait for the handshake.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            in_netns(&h.netns(1).0, || {
+                let s = std::net::UdpSocket::bind((h.underlay[1], 0))?;
+                s.send_to(&forged, target).map(|_| ())
+            })
+            .expect("sending through B's tunnel");
+            let mut buf = [0u8; 64];
+            if matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == b"through the tunnel") {
+                return true;
+            }
+        }
+        false
+    };
+    // The network B shares with A: it arrives (the packet is good).
+    assert!(
+        arrives(SEALED, &nets[0].netns.0),
+        "a shared network's packet arrives"
+    );
+    let before = planes[0].tunnel_stats().expect("a tunnel");
+    assert!(
+        !arrives(SEALED_A_ONLY, &a2.netns.0),
+        "a packet of a network B has no part in is dropped"
+    );
+    let after = planes[0].tunnel_stats().expect("a tunnel");
+    assert!(
+        after.foreign_vni > before.foreign_vni,
+        "{before:?} {after:?}"
+    );
+    for p in &planes {
+        p.stop().await.expect("stop");
+    }
+}

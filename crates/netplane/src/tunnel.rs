@@ -22,8 +22,9 @@
 //! there; a peer's endpoint (where its packets go, its data path address at first) moves only to
 //! the source of a datagram that proved to be the peer's (opened, or a handshake completed).
 //!
-//! Keys: each node makes a static X25519 key pair when its data plane starts, kept in memory
-//! only (a restart makes a new one), and announces the public half on its network plane stream;
+//! Keys: each node makes a static X25519 key pair ([`NodeKey`]) when its data plane starts, kept
+//! in memory only (a restart makes a new one), and announces the public half on its network plane
+//! stream, whether or not the tunnel is open (it opens with the node's first encrypted network);
 //! the leader lists each peer's public key in the views (proto/netplane.proto).
 //!
 //! The encrypted VXLAN port must not take packets from the wire either: an nftables table
@@ -112,12 +113,57 @@ pub struct PeerSpec {
     pub vnis: HashSet<u32>,
 }
 
+/// What the tunnels of a data plane did, kept across the tunnel's openings.
 #[derive(Debug, Default)]
-struct Counters {
+pub struct Counters {
     sealed: AtomicU64,
     opened: AtomicU64,
     dropped: AtomicU64,
     foreign_vni: AtomicU64,
+}
+
+impl Counters {
+    /// What they count so far.
+    pub fn stats(&self) -> TunnelStats {
+        TunnelStats {
+            sealed: self.sealed.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            foreign_vni: self.foreign_vni.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A node's static WireGuard key pair, made once when its data plane starts (kept in memory
+/// only) and announced from then on, whether or not the tunnel is open.
+pub struct NodeKey {
+    secret: StaticSecret,
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKey").finish_non_exhaustive()
+    }
+}
+
+impl NodeKey {
+    /// A fresh key pair from the system's randomness.
+    pub fn generate() -> Result<NodeKey, Error> {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
+            |_| kernel("making the WireGuard key")(io::Error::other("no system randomness")),
+        )?;
+        let secret = StaticSecret::from(key);
+        zeroize::Zeroize::zeroize(&mut key);
+        let public = PublicKey::from(&secret).to_bytes();
+        Ok(NodeKey { secret, public })
+    }
+
+    /// The public half, to announce.
+    pub fn public(&self) -> [u8; 32] {
+        self.public
+    }
 }
 
 /// One other node: its key and the session with it.
@@ -159,7 +205,7 @@ struct Shared {
     next_index: AtomicU32,
     vxlan_port: u16,
     wg_port: u16,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 impl Shared {
@@ -192,7 +238,6 @@ impl Shared {
 
 /// The node's tunnel (see the module docs).
 pub struct Tunnel {
-    public: [u8; 32],
     /// The network namespace it works in (`None`: the process's).
     netns: Option<PathBuf>,
     shared: Arc<Shared>,
@@ -222,8 +267,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Tunnel {
     /// Makes the TUN device and the WireGuard socket (in the network namespace at `netns`, else
-    /// the caller's), the rule and table routing `vxlan_port` into the device, and a fresh key
-    /// pair; then starts moving packets. The guard table is replaced in one transaction, never
+    /// the caller's), the rule and table routing `vxlan_port` into the device; then starts moving
+    /// packets, sealed with `key`, counted in `counters`. The guard table is replaced in one transaction, never
     /// removed here: VXLAN devices a crashed run left (still bridged to containers that outlived
     /// it) must not send in clear for a moment. On an error nothing else is left behind.
     ///
@@ -234,16 +279,12 @@ impl Tunnel {
         nl: &Handle,
         netns: Option<&Path>,
         local: Option<Ipv4Addr>,
-        wg_port: u16,
-        vxlan_port: u16,
+        ports: (u16, u16),
+        key: &NodeKey,
+        counters: Arc<Counters>,
     ) -> Result<Tunnel, Error> {
-        let mut key = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
-            |_| kernel("making the WireGuard key")(io::Error::other("no system randomness")),
-        )?;
-        let secret = StaticSecret::from(key);
-        zeroize::Zeroize::zeroize(&mut key);
-        let public = PublicKey::from(&secret).to_bytes();
+        let (wg_port, vxlan_port) = ports;
+        let secret = key.secret.clone();
         let runtime = tokio::runtime::Handle::current();
         let name = tun_name(wg_port);
         let open = || -> io::Result<(tokio_tun::Tun, UdpSocket)> {
@@ -309,7 +350,7 @@ impl Tunnel {
             next_index: AtomicU32::new(1),
             vxlan_port,
             wg_port,
-            counters: Counters::default(),
+            counters,
         });
         let tasks = vec![
             tokio::spawn(outbound(shared.clone())),
@@ -318,16 +359,10 @@ impl Tunnel {
         ];
         tracing::info!(tun = %name, wireguard_port = wg_port, "WireGuard tunnel started");
         Ok(Tunnel {
-            public,
             netns: netns.map(Path::to_path_buf),
             shared,
             tasks,
         })
-    }
-
-    /// The node's public key, to announce.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.public
     }
 
     /// Makes the peers those of `wanted` (data path address -> key and shared networks): a peer
@@ -384,23 +419,14 @@ impl Tunnel {
         *by_key = by_addr.values().map(|p| (p.key, p.clone())).collect();
     }
 
-    /// What the tunnel did so far.
-    pub fn stats(&self) -> TunnelStats {
-        let c = &self.shared.counters;
-        TunnelStats {
-            sealed: c.sealed.load(Ordering::Relaxed),
-            opened: c.opened.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            foreign_vni: c.foreign_vni.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Stops moving packets and removes the rule (the device goes when the last handle on it
-    /// does, with the table's route).
-    pub async fn remove(&self, nl: &Handle) -> Result<(), Error> {
-        for t in &self.tasks {
+    /// Stops moving packets, removes the rules and the guard, and closes the device (with the
+    /// table's route) and the socket once the tasks holding them are gone.
+    pub async fn remove(mut self, nl: &Handle) -> Result<(), Error> {
+        for t in self.tasks.drain(..) {
             t.abort();
+            let _ = t.await;
         }
+        tracing::info!(tun = %self.shared.tun.name(), "WireGuard tunnel closed");
         remove_leftovers(nl, self.netns.as_deref(), self.shared.vxlan_port).await
     }
 }

@@ -779,8 +779,16 @@ async fn an_encrypted_network_whose_rules_are_gone_sends_nothing_in_clear() {
 async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
     let h = hosts_or_skip!();
     let first = h.plane(0).await;
+    first
+        .create_sandbox(&task_on(
+            SEALED,
+            &format!("ovl{}te", h.tag),
+            "10.78.0.10/24",
+        ))
+        .await
+        .expect("sandbox");
     assert!(
-        first.tunnel_stats().is_some(),
+        first.tunnel_open().await,
         "the first data plane has a tunnel"
     );
     // A second data plane in the same namespace: the tunnel's device and port are taken.
@@ -789,23 +797,79 @@ async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
     config.vxlan_port = 4790;
     let second = Dataplane::start_in(config, &h.netns(0))
         .await
-        .expect("data plane starts without a tunnel");
-    assert!(second.tunnel_stats().is_none());
-    assert!(second.watch_request().wireguard_public_key.is_empty());
+        .expect("data plane starts");
     let err = second
         .create_sandbox(&task_on(
-            SEALED,
+            SEALED_A_ONLY,
             &format!("ovl{}tf", h.tag),
-            "10.78.0.12/24",
+            "10.79.0.12/24",
         ))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cannot encrypt"), "{err}");
-    assert!(!h.has_link(0, &format!("swbr-{}", SEALED.vni)));
+    assert!(!second.tunnel_open().await);
+    assert!(!h.has_link(0, &format!("swbr-{}", SEALED_A_ONLY.vni)));
     // Plain networks still work there.
     a_plain_task_still_gets_its_sandbox(&h, &second, "tg").await;
     second.stop().await.unwrap();
     first.stop().await.unwrap();
+}
+
+/// Whether the nftables table guarding the encrypted VXLAN port exists on host `i`.
+fn has_guard_table(h: &Hosts, i: usize) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &h.names[i], "nft", "list", "tables"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("swarmd-wg-"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_is_open_only_while_an_encrypted_network_is_on_the_node() {
+    let h = hosts_or_skip!();
+    let plane = h.plane(0).await;
+    let key = plane.watch_request().wireguard_public_key;
+    assert_eq!(key.len(), 32, "the key is announced from the start");
+    let tun = netplane::tunnel::tun_name(netplane::tunnel::WIREGUARD_PORT);
+    a_plain_task_still_gets_its_sandbox(&h, &plane, "tp").await;
+    assert!(!plane.tunnel_open().await);
+    assert!(!h.has_link(0, &tun));
+    assert!(!has_guard_table(&h, 0));
+
+    let task = format!("ovl{}ts", h.tag);
+    plane
+        .create_sandbox(&task_on(SEALED, &task, "10.78.0.10/24"))
+        .await
+        .expect("sandbox")
+        .expect("a namespace");
+    assert!(plane.tunnel_open().await);
+    assert!(h.has_link(0, &tun));
+    assert!(has_guard_table(&h, 0));
+    assert_eq!(
+        plane.watch_request().wireguard_public_key,
+        key,
+        "the same key"
+    );
+
+    plane.destroy_sandbox(&task).await.expect("destroyed");
+    assert!(
+        !plane.tunnel_open().await,
+        "closed with the last encrypted network"
+    );
+    assert!(!has_guard_table(&h, 0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.has_link(0, &tun) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!h.has_link(0, &tun), "the TUN device goes");
+    // And opens again.
+    plane
+        .create_sandbox(&task_on(SEALED, &task, "10.78.0.10/24"))
+        .await
+        .expect("sandbox again")
+        .expect("a namespace");
+    assert!(plane.tunnel_open().await && h.has_link(0, &tun));
+    plane.stop().await.unwrap();
+    assert!(!has_guard_table(&h, 0));
 }
 
 /// Sends for `secs` seconds from `client_ns` to `addr` in `server_ns`; bits per second.

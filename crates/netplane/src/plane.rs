@@ -213,13 +213,14 @@ impl Dataplane {
 
     /// Makes the kernel match `view`: devices for every network it lists (and the ones local
     /// sandboxes use), entries for its remote addresses, then the resolver and the balancer.
+    /// A failing part does not stop the others: the errors are reported together.
     pub async fn apply(&self, view: NodeView) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         if state.stopped {
             return Ok(());
         }
         state.view = view.clone();
-        let mut first_error = None;
+        let mut errors = Vec::new();
         if let Some(tunnel) = &state.tunnel {
             tunnel.set_peers(&peer_specs(&view));
         }
@@ -243,10 +244,13 @@ impl Dataplane {
             .await;
             if let Err(e) = result {
                 tracing::warn!(network = %n.name, "setting up the network: {e}");
-                first_error.get_or_insert(e);
+                errors.push(e);
             }
         }
-        self.remove_unused(&mut state).await?;
+        if let Err(e) = self.remove_unused(&mut state).await {
+            tracing::warn!("removing unused networks: {e}");
+            errors.push(e);
+        }
         tracing::info!(
             version = view.version,
             networks = view.networks.len(),
@@ -266,14 +270,21 @@ impl Dataplane {
             })
             .collect();
         drop(state);
-        if let Some(resolver) = &self.resolver {
-            resolver.update(&view).await?;
+        if let Some(resolver) = &self.resolver
+            && let Err(e) = resolver.update(&view).await
+        {
+            tracing::warn!("updating the resolver: {e}");
+            errors.push(e);
         }
-        self.balancer.apply_node(&view).await?;
+        if let Err(e) = self.balancer.apply_node(&view).await {
+            tracing::warn!("the node's virtual IP and routing mesh rules: {e}");
+            errors.push(e);
+        }
         for (netns, networks) in sandboxes {
-            self.balancer
-                .apply_sandbox(&netns, &networks, &view)
-                .await?;
+            if let Err(e) = self.balancer.apply_sandbox(&netns, &networks, &view).await {
+                tracing::warn!(netns = %netns.0.display(), "virtual IPs in the task's namespace: {e}");
+                errors.push(e);
+            }
         }
         // A container's namespace goes when it ends, before its task is removed: one gone is
         // let go of, one that fails does not keep the others from their views.
@@ -292,7 +303,7 @@ impl Dataplane {
                 tracing::warn!(task.id = %task, "virtual IPs in the container's namespace: {e}");
             }
         }
-        first_error.map_or(Ok(()), Err)
+        Error::from_all(errors)
     }
 
     /// The devices of network `spec`, made if missing.

@@ -1083,3 +1083,63 @@ async fn a_peer_cannot_send_through_the_tunnel_into_an_encrypted_network_it_has_
         p.stop().await.expect("stop");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sandbox_does_not_keep_the_others_from_their_virtual_ips() {
+    let h = hosts_or_skip!();
+    let plane = h.plane(0).await;
+    // Six tasks on host A; five of their namespaces go behind the data plane's back, so
+    // balancing in them fails, whichever order the sandboxes are taken in.
+    let tasks: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            (
+                format!("ovl{}v{i}", h.tag),
+                format!("10.77.0.{}/24", 20 + i),
+            )
+        })
+        .collect();
+    let mut v = view_of(
+        &h,
+        0,
+        PLAIN,
+        &tasks
+            .iter()
+            .map(|(t, a)| (t.as_str(), a.as_str()))
+            .collect::<Vec<_>>(),
+        &[Vec::new(), Vec::new()],
+    );
+    plane.apply(v.clone()).await.expect("view applied");
+    let mut namespaces = Vec::new();
+    for (t, a) in &tasks {
+        let net = plane
+            .create_sandbox(&task(t, a))
+            .await
+            .expect("sandbox")
+            .expect("a namespace");
+        namespaces.push(net.netns);
+    }
+    let name = |n: &NetnsPath| n.0.file_name().unwrap().to_string_lossy().into_owned();
+    for n in &namespaces[..5] {
+        ip(&["netns", "del", &name(n)]).expect("namespace removed");
+    }
+    v.version = 2;
+    v.networks[0].services.push(api::netplane::ServiceView {
+        id: "svcweb".into(),
+        name: "web".into(),
+        vip: "10.77.0.100/24".into(),
+        ..Default::default()
+    });
+    let err = plane.apply(v).await.expect_err("the failures are reported");
+    assert!(
+        matches!(err, netplane::Error::Several(ref e) if e.len() == 5),
+        "{err}"
+    );
+    assert!(
+        has_vip_table(&name(&namespaces[5])),
+        "the working sandbox got its virtual IPs"
+    );
+    for (t, _) in &tasks {
+        let _ = plane.destroy_sandbox(t).await;
+    }
+    plane.stop().await.expect("stop");
+}

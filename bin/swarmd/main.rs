@@ -46,6 +46,14 @@ struct Flags {
     /// see this node at)
     #[arg(long = "data-path-addr")]
     data_path_addr: Option<std::net::IpAddr>,
+    /// UDP port of the WireGuard tunnel encrypted networks' traffic crosses between nodes (ours;
+    /// every node of the cluster must use the same)
+    #[arg(long = "wireguard-port", default_value_t = node::NodeConfig::default().wireguard_port)]
+    wireguard_port: u16,
+    /// Node-local UDP port of encrypted networks' VXLAN devices, routed into the WireGuard
+    /// tunnel, never on the wire (ours; not 4789)
+    #[arg(long = "encrypted-vxlan-port", default_value_t = node::NodeConfig::default().encrypted_vxlan_port)]
+    encrypted_vxlan_port: u16,
     /// Listen address for remote API
     #[arg(long = "listen-remote-api", default_value = "0.0.0.0:4242")]
     listen_remote_api: String,
@@ -216,6 +224,8 @@ fn main() -> ExitCode {
         listen_remote_api: flags.listen_remote_api,
         advertise_remote_api: flags.advertise_remote_api,
         data_path_addr: flags.data_path_addr,
+        wireguard_port: flags.wireguard_port,
+        encrypted_vxlan_port: flags.encrypted_vxlan_port,
         hostname: flags.hostname,
         election_tick: flags.election_tick,
         heartbeat_tick: flags.heartbeat_tick,

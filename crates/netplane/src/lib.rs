@@ -35,6 +35,20 @@ pub enum Error {
     /// never sent in clear instead.
     #[error("network {network} is encrypted and this node cannot encrypt: {why}")]
     CannotEncrypt { network: String, why: String },
+    /// Several of the above, from one view's application (each part done that could be).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<Error>),
+}
+
+impl Error {
+    /// `Ok` for no errors, the error for one, [`Error::Several`] for more.
+    pub fn from_all(mut errors: Vec<Error>) -> Result<(), Error> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Several(errors)),
+        }
+    }
 }
 
 /// VXLAN's IANA port, which every node uses.

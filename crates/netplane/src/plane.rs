@@ -5,9 +5,11 @@
 //! the node), and removes everything on a clean stop.
 //!
 //! Encrypted networks' VXLAN packets go through the node's WireGuard tunnel ([`Tunnel`]), whose
-//! peers are the other nodes of the encrypted networks in the view. A node whose tunnel could not
-//! start refuses encrypted networks ([`Error::CannotEncrypt`]: their tasks are rejected) rather
-//! than carry them in clear.
+//! peers are the other nodes of the encrypted networks in the view. Its key pair is made at the
+//! start and announced from then on; the tunnel itself (TUN device, socket, rules, guard) opens
+//! with the first encrypted network the node gets devices for and closes with the last. A node
+//! whose tunnel cannot open refuses encrypted networks ([`Error::CannotEncrypt`]: their tasks
+//! are rejected) rather than carry them in clear.
 //!
 //! A network's devices exist while the view lists it or a local sandbox uses it: a task's
 //! sandbox may be made before the first view naming its network arrives (the devices are then
@@ -25,7 +27,7 @@ use tokio::sync::{Mutex, watch};
 use crate::netlink::kernel;
 use crate::overlay::{Cidr, NetSpec, Overlay};
 use crate::sandbox::{Attachment, Sandbox, TaskNet};
-use crate::tunnel::{Tunnel, TunnelStats};
+use crate::tunnel::{Counters, NodeKey, PeerSpec, Tunnel, TunnelStats};
 use crate::{Config, Error, NetnsPath, NodeView, dns, lb};
 
 #[derive(Debug, Default)]
@@ -37,6 +39,8 @@ struct State {
     sandboxes: HashMap<String, Sandbox>,
     /// Task ID -> a container on the networks' bridges (Docker executor).
     containers: HashMap<String, Container>,
+    /// The WireGuard tunnel, open while an encrypted network has devices here.
+    tunnel: Option<Tunnel>,
     stopped: bool,
 }
 
@@ -70,8 +74,12 @@ pub struct Dataplane {
     balancer: lb::Balancer,
     /// The latest view handed to [`Dataplane::set_view`], applied in order by a task of its own.
     views: watch::Sender<Option<NodeView>>,
-    /// The WireGuard tunnel of encrypted networks, or why it could not start.
-    tunnel: Result<Tunnel, String>,
+    /// The network namespace it works in (`None`: the process's).
+    netns: Option<PathBuf>,
+    /// The node's WireGuard key pair, or why it could not be made.
+    key: Result<NodeKey, String>,
+    /// What the tunnel did, over all its openings.
+    counters: Arc<Counters>,
 }
 
 /// Why a task cannot have its sandbox: the message a REJECTED task reports.
@@ -100,19 +108,13 @@ impl Dataplane {
             fs::create_dir_all(&dir).map_err(kernel(format!("creating {}", dir.display())))?;
         }
         let (views, rx) = watch::channel(None);
-        let tunnel = Tunnel::start(
-            &nl,
-            netns,
-            config.wireguard_port,
-            config.encrypted_vxlan_port,
-        )
-        .await
-        .map_err(|e| e.to_string())
-        .inspect_err(|why| {
-            tracing::warn!(
-                "no WireGuard tunnel: tasks on encrypted networks will be rejected: {why}"
-            );
-        });
+        let key = NodeKey::generate()
+            .map_err(|e| e.to_string())
+            .inspect_err(|why| {
+                tracing::warn!(
+                    "no WireGuard key: tasks on encrypted networks will be rejected: {why}"
+                );
+            });
         let plane = Arc::new(Dataplane {
             config,
             nl,
@@ -124,7 +126,9 @@ impl Dataplane {
                 None => lb::Balancer::new(),
             },
             views,
-            tunnel,
+            netns: netns.map(Path::to_path_buf),
+            key,
+            counters: Arc::default(),
         });
         // The mesh must not take swarmd's own VXLAN and WireGuard traffic.
         plane.balancer.set_reserved_ports(vec![
@@ -146,16 +150,22 @@ impl Dataplane {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             wireguard_public_key: self
-                .tunnel
+                .key
                 .as_ref()
-                .map(|t| t.public_key().to_vec())
+                .map(|k| k.public().to_vec())
                 .unwrap_or_default(),
         }
     }
 
-    /// What the WireGuard tunnel did so far (`None` without one).
+    /// What the WireGuard tunnel did so far, over all the times it was open (`None` on a node
+    /// without a key).
     pub fn tunnel_stats(&self) -> Option<TunnelStats> {
-        self.tunnel.as_ref().ok().map(Tunnel::stats)
+        self.key.as_ref().ok().map(|_| self.counters.stats())
+    }
+
+    /// Whether the WireGuard tunnel is open (tests).
+    pub async fn tunnel_open(&self) -> bool {
+        self.state.lock().await.tunnel.is_some()
     }
 
     /// Hands over a new view, applied in the background (only the latest one counts); failures
@@ -187,38 +197,33 @@ impl Dataplane {
             }
             let _ = fs::remove_file(&entry);
         }
+        // The routing rules and guard of an earlier run's tunnel, now that its encrypted
+        // networks' devices are gone; not while a TUN device of the port exists: a live
+        // process (another swarmd in the namespace, or this one's) holds it.
+        let tun = crate::tunnel::tun_name(self.config.wireguard_port);
+        if crate::netlink::link_index(&self.nl, &tun).await?.is_none() {
+            crate::tunnel::remove_leftovers(
+                &self.nl,
+                self.netns.as_deref(),
+                self.config.encrypted_vxlan_port,
+            )
+            .await?;
+        }
         self.balancer.remove_leftover_rules().await
     }
 
     /// Makes the kernel match `view`: devices for every network it lists (and the ones local
     /// sandboxes use), entries for its remote addresses, then the resolver and the balancer.
+    /// A failing part does not stop the others: the errors are reported together.
     pub async fn apply(&self, view: NodeView) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         if state.stopped {
             return Ok(());
         }
         state.view = view.clone();
-        let mut first_error = None;
-        let mut keys = HashMap::new();
-        for n in view.networks.iter().filter(|n| n.encrypted) {
-            for p in &n.peers {
-                let Ok(addr) = p.data_path_addr.parse() else {
-                    continue;
-                };
-                match <[u8; 32]>::try_from(p.wireguard_public_key.as_slice()) {
-                    Ok(key) => {
-                        keys.insert(addr, key);
-                    }
-                    Err(_) => tracing::warn!(
-                        network = %n.name,
-                        node.id = %p.node_id,
-                        "the node has announced no WireGuard key: the network's packets to it are dropped"
-                    ),
-                }
-            }
-        }
-        if let Ok(tunnel) = &self.tunnel {
-            tunnel.set_peers(&keys);
+        let mut errors = Vec::new();
+        if let Some(tunnel) = &state.tunnel {
+            tunnel.set_peers(&peer_specs(&view));
         }
         for n in &view.networks {
             let spec = match NetSpec::from_view(n) {
@@ -240,10 +245,13 @@ impl Dataplane {
             .await;
             if let Err(e) = result {
                 tracing::warn!(network = %n.name, "setting up the network: {e}");
-                first_error.get_or_insert(e);
+                errors.push(e);
             }
         }
-        self.remove_unused(&mut state).await?;
+        if let Err(e) = self.remove_unused(&mut state).await {
+            tracing::warn!("removing unused networks: {e}");
+            errors.push(e);
+        }
         tracing::info!(
             version = view.version,
             networks = view.networks.len(),
@@ -263,14 +271,21 @@ impl Dataplane {
             })
             .collect();
         drop(state);
-        if let Some(resolver) = &self.resolver {
-            resolver.update(&view).await?;
+        if let Some(resolver) = &self.resolver
+            && let Err(e) = resolver.update(&view).await
+        {
+            tracing::warn!("updating the resolver: {e}");
+            errors.push(e);
         }
-        self.balancer.apply_node(&view).await?;
+        if let Err(e) = self.balancer.apply_node(&view).await {
+            tracing::warn!("the node's virtual IP and routing mesh rules: {e}");
+            errors.push(e);
+        }
         for (netns, networks) in sandboxes {
-            self.balancer
-                .apply_sandbox(&netns, &networks, &view)
-                .await?;
+            if let Err(e) = self.balancer.apply_sandbox(&netns, &networks, &view).await {
+                tracing::warn!(netns = %netns.0.display(), "virtual IPs in the task's namespace: {e}");
+                errors.push(e);
+            }
         }
         // A container's namespace goes when it ends, before its task is removed: one gone is
         // let go of, one that fails does not keep the others from their views.
@@ -289,7 +304,7 @@ impl Dataplane {
                 tracing::warn!(task.id = %task, "virtual IPs in the container's namespace: {e}");
             }
         }
-        first_error.map_or(Ok(()), Err)
+        Error::from_all(errors)
     }
 
     /// The devices of network `spec`, made if missing.
@@ -305,13 +320,27 @@ impl Dataplane {
         if stale && let Some(old) = state.networks.remove(&spec.id) {
             old.remove(&self.nl).await?;
         }
-        if spec.encrypted
-            && let Err(why) = &self.tunnel
-        {
-            return Err(Error::CannotEncrypt {
+        if spec.encrypted && state.tunnel.is_none() {
+            let cannot = |why: String| Error::CannotEncrypt {
                 network: spec.id.clone(),
-                why: why.clone(),
-            });
+                why,
+            };
+            let key = self.key.as_ref().map_err(|why| cannot(why.clone()))?;
+            let tunnel = Tunnel::start(
+                &self.nl,
+                self.netns.as_deref(),
+                match self.config.data_path_addr {
+                    Some(std::net::IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                },
+                (self.config.wireguard_port, self.config.encrypted_vxlan_port),
+                key,
+                self.counters.clone(),
+            )
+            .await
+            .map_err(|e| cannot(e.to_string()))?;
+            tunnel.set_peers(&peer_specs(&state.view));
+            state.tunnel = Some(tunnel);
         }
         if !state.networks.contains_key(&spec.id) {
             let record = self.records.join("networks").join(spec.vni.to_string());
@@ -355,6 +384,11 @@ impl Dataplane {
                 overlay.remove(&self.nl).await?;
                 let _ = fs::remove_file(self.records.join("networks").join(vni.to_string()));
             }
+        }
+        if !state.networks.values().any(|o| o.spec.encrypted)
+            && let Some(tunnel) = state.tunnel.take()
+        {
+            tunnel.remove(&self.nl).await?;
         }
         Ok(())
     }
@@ -686,11 +720,11 @@ impl Dataplane {
         }
         let mut state = self.state.lock().await;
         self.remove_unused(&mut state).await?;
-        drop(state);
-        self.remove_leftovers().await?;
-        if let Ok(tunnel) = &self.tunnel {
+        if let Some(tunnel) = state.tunnel.take() {
             tunnel.remove(&self.nl).await?;
         }
+        drop(state);
+        self.remove_leftovers().await?;
         self.balancer.remove_node_rules().await
     }
 
@@ -703,6 +737,35 @@ impl Dataplane {
             .map(|(id, o)| (id.clone(), o.spec.vni))
             .collect()
     }
+}
+
+/// The tunnel's peers in `view`: the other nodes of its encrypted networks (by data path
+/// address) with their keys and the networks shared with each.
+fn peer_specs(view: &NodeView) -> HashMap<std::net::Ipv4Addr, PeerSpec> {
+    let mut peers: HashMap<std::net::Ipv4Addr, PeerSpec> = HashMap::new();
+    for n in view.networks.iter().filter(|n| n.encrypted) {
+        for p in &n.peers {
+            let Ok(addr) = p.data_path_addr.parse() else {
+                continue;
+            };
+            match <[u8; 32]>::try_from(p.wireguard_public_key.as_slice()) {
+                Ok(key) => {
+                    let spec = peers.entry(addr).or_insert_with(|| PeerSpec {
+                        key,
+                        vnis: Default::default(),
+                    });
+                    spec.key = key;
+                    spec.vnis.insert(n.vni);
+                }
+                Err(_) => tracing::warn!(
+                    network = %n.name,
+                    node.id = %p.node_id,
+                    "the node has announced no WireGuard key: the network's packets to it are dropped"
+                ),
+            }
+        }
+    }
+    peers
 }
 
 /// The network of a task's attachment `a`, as its devices are made.

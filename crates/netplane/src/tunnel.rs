@@ -10,12 +10,21 @@
 //! swarmd instead of the wire. swarmd seals each one for the peer its destination names and sends
 //! it from the WireGuard port to that peer's WireGuard port. The peer opens it and writes it
 //! into its own TUN device, where the kernel takes it as arriving from the sender and hands it to
-//! its VXLAN socket. A packet for a node without a key, one that fails to open, or one opened
-//! that is not the sending peer's VXLAN packet is dropped and counted: nothing of an encrypted
-//! network ever goes out in clear.
+//! its VXLAN socket. A packet for a node without a key, one that fails to open, one opened that
+//! is not the sending peer's VXLAN packet, or one of a VNI that is not of an encrypted network
+//! this node shares with that peer is dropped and counted: nothing of an encrypted network ever
+//! goes out in clear, and a peer cannot slip frames into a network it has no part in.
 //!
-//! Keys: each node makes a static X25519 key pair when its data plane starts, kept in memory
-//! only (a restart makes a new one), and announces the public half on its network plane stream;
+//! A datagram's peer is told by what it carries, not by the address it comes from (a node's route
+//! to its peers may leave from another address than its data path address): a handshake
+//! initiation by the initiator's static key, anything else by the receiver index of the session.
+//! The socket is bound to the data path address when it is known, so what it sends comes from
+//! there; a peer's endpoint (where its packets go, its data path address at first) moves only to
+//! the source of a datagram that proved to be the peer's (opened, or a handshake completed).
+//!
+//! Keys: each node makes a static X25519 key pair ([`NodeKey`]) when its data plane starts, kept
+//! in memory only (a restart makes a new one), and announces the public half on its network plane
+//! stream, whether or not the tunnel is open (it opens with the node's first encrypted network);
 //! the leader lists each peer's public key in the views (proto/netplane.proto).
 //!
 //! The encrypted VXLAN port must not take packets from the wire either: an nftables table
@@ -29,7 +38,7 @@
 //! The TUN device goes with the process (it is not persistent); the rule, its table and the
 //! nftables table are removed by [`Tunnel::remove`] and, after a crash, by [`remove_leftovers`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -37,7 +46,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use futures_util::TryStreamExt;
 use rtnetlink::Handle;
@@ -85,50 +95,149 @@ pub struct TunnelStats {
     pub sealed: u64,
     /// Packets opened and handed to the kernel.
     pub opened: u64,
-    /// Packets dropped: no key for their destination, failing to open, or not a peer's VXLAN
-    /// packet once opened.
+    /// Packets dropped: no key for their destination, from no known peer, failing to open, or
+    /// not a peer's VXLAN packet of a network shared with it once opened.
     pub dropped: u64,
+    /// Of those, opened packets of a VXLAN network (VNI) the peer shares no encrypted network
+    /// of this node's in.
+    pub foreign_vni: u64,
 }
 
+/// One other node as the tunnel is to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Its WireGuard public key.
+    pub key: [u8; 32],
+    /// The VNIs of the encrypted networks this node shares with it: its opened packets of any
+    /// other VNI are dropped.
+    pub vnis: HashSet<u32>,
+}
+
+/// What the tunnels of a data plane did, kept across the tunnel's openings.
 #[derive(Debug, Default)]
-struct Counters {
+pub struct Counters {
     sealed: AtomicU64,
     opened: AtomicU64,
     dropped: AtomicU64,
+    foreign_vni: AtomicU64,
+}
+
+impl Counters {
+    /// What they count so far.
+    pub fn stats(&self) -> TunnelStats {
+        TunnelStats {
+            sealed: self.sealed.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            foreign_vni: self.foreign_vni.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A node's static WireGuard key pair, made once when its data plane starts (kept in memory
+/// only) and announced from then on, whether or not the tunnel is open.
+pub struct NodeKey {
+    secret: StaticSecret,
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKey").finish_non_exhaustive()
+    }
+}
+
+impl NodeKey {
+    /// A fresh key pair from the system's randomness.
+    pub fn generate() -> Result<NodeKey, Error> {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
+            |_| kernel("making the WireGuard key")(io::Error::other("no system randomness")),
+        )?;
+        let secret = StaticSecret::from(key);
+        zeroize::Zeroize::zeroize(&mut key);
+        let public = PublicKey::from(&secret).to_bytes();
+        Ok(NodeKey { secret, public })
+    }
+
+    /// The public half, to announce.
+    pub fn public(&self) -> [u8; 32] {
+        self.public
+    }
 }
 
 /// One other node: its key and the session with it.
 struct PeerTunnel {
+    /// Its data path address: what its VXLAN packets come from.
+    addr: Ipv4Addr,
     key: [u8; 32],
-    endpoint: SocketAddr,
+    /// The index boringtun puts (shifted left by 8) in the receiver field of what the peer
+    /// sends this node once a handshake is under way.
+    index: u32,
+    /// Where its WireGuard packets go: its data path address at first, then wherever its last
+    /// authenticated packet came from (a node whose datagrams leave from another address).
+    endpoint: Mutex<SocketAddr>,
+    vnis: RwLock<HashSet<u32>>,
     tunn: Mutex<Tunn>,
+}
+
+impl PeerTunnel {
+    fn endpoint(&self) -> SocketAddr {
+        *lock(&self.endpoint)
+    }
+}
+
+/// The peers, by data path address (for what goes out) and by index and key (for what comes
+/// in: a peer is told by what it sends, never by the address it comes from).
+#[derive(Default)]
+struct Peers {
+    by_addr: HashMap<Ipv4Addr, Arc<PeerTunnel>>,
+    by_index: HashMap<u32, Arc<PeerTunnel>>,
+    by_key: HashMap<[u8; 32], Arc<PeerTunnel>>,
 }
 
 struct Shared {
     secret: StaticSecret,
+    public: PublicKey,
     tun: tokio_tun::Tun,
     udp: tokio::net::UdpSocket,
-    /// Data path address -> peer.
-    peers: RwLock<HashMap<Ipv4Addr, Arc<PeerTunnel>>>,
+    peers: RwLock<Peers>,
     next_index: AtomicU32,
     vxlan_port: u16,
     wg_port: u16,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 impl Shared {
+    fn peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
+        self.peers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn peer(&self, addr: Ipv4Addr) -> Option<Arc<PeerTunnel>> {
-        self.peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&addr)
-            .cloned()
+        self.peers().by_addr.get(&addr).cloned()
+    }
+
+    /// The peer datagram `datagram` is from, by what it carries: the initiator's static key
+    /// (decrypted from a handshake initiation) or the receiver index (boringtun's own index of
+    /// the session, the peer's in its low 8 bits); and the message type.
+    fn sender_of(&self, datagram: &[u8]) -> Option<(Arc<PeerTunnel>, u8)> {
+        let packet = Tunn::parse_incoming_packet(datagram).ok()?;
+        let peers = self.peers();
+        match packet {
+            Packet::HandshakeInit(init) => {
+                let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
+                peers.by_key.get(&half.peer_static_public).cloned()
+            }
+            Packet::HandshakeResponse(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
+            Packet::PacketCookieReply(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
+            Packet::PacketData(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
+        }
+        .map(|peer| (peer, datagram[0]))
     }
 }
 
 /// The node's tunnel (see the module docs).
 pub struct Tunnel {
-    public: [u8; 32],
     /// The network namespace it works in (`None`: the process's).
     netns: Option<PathBuf>,
     shared: Arc<Shared>,
@@ -158,23 +267,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Tunnel {
     /// Makes the TUN device and the WireGuard socket (in the network namespace at `netns`, else
-    /// the caller's), the rule and table routing `vxlan_port` into the device, and a fresh key
-    /// pair; then starts moving packets. The guard table is replaced in one transaction, never
+    /// the caller's), the rule and table routing `vxlan_port` into the device; then starts moving
+    /// packets, sealed with `key`, counted in `counters`. The guard table is replaced in one transaction, never
     /// removed here: VXLAN devices a crashed run left (still bridged to containers that outlived
     /// it) must not send in clear for a moment. On an error nothing else is left behind.
+    ///
+    /// The socket is bound to `local`, the node's data path address, when it is given (and is
+    /// the node's), so that what it sends comes from the address its peers know it by whatever
+    /// the route to them prefers.
     pub async fn start(
         nl: &Handle,
         netns: Option<&Path>,
-        wg_port: u16,
-        vxlan_port: u16,
+        local: Option<Ipv4Addr>,
+        ports: (u16, u16),
+        key: &NodeKey,
+        counters: Arc<Counters>,
     ) -> Result<Tunnel, Error> {
-        let mut key = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
-            |_| kernel("making the WireGuard key")(io::Error::other("no system randomness")),
-        )?;
-        let secret = StaticSecret::from(key);
-        zeroize::Zeroize::zeroize(&mut key);
-        let public = PublicKey::from(&secret).to_bytes();
+        let (wg_port, vxlan_port) = ports;
+        let secret = key.secret.clone();
         let runtime = tokio::runtime::Handle::current();
         let name = tun_name(wg_port);
         let open = || -> io::Result<(tokio_tun::Tun, UdpSocket)> {
@@ -187,9 +297,25 @@ impl Tunnel {
                 .map_err(|e| io::Error::other(format!("creating TUN device {name}: {e}")))?
                 .pop()
                 .ok_or_else(|| io::Error::other(format!("creating TUN device {name}")))?;
-            let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, wg_port)).map_err(|e| {
-                io::Error::new(e.kind(), format!("binding WireGuard port {wg_port}: {e}"))
-            })?;
+            let bind = |addr: Ipv4Addr| {
+                UdpSocket::bind((addr, wg_port)).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("binding WireGuard port {addr}:{wg_port}: {e}"),
+                    )
+                })
+            };
+            let udp = match local.map(bind) {
+                Some(Ok(udp)) => udp,
+                // An address that is not the node's (one a NAT maps to it): any address; the
+                // peers tell this node by what it sends, whatever address it comes from.
+                Some(Err(e)) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                    tracing::warn!("{e}: bound to every address instead");
+                    bind(Ipv4Addr::UNSPECIFIED)?
+                }
+                Some(Err(e)) => return Err(e),
+                None => bind(Ipv4Addr::UNSPECIFIED)?,
+            };
             udp.set_nonblocking(true)?;
             // Room for bursts while the task opening packets is behind: a full buffer drops
             // datagrams, which TCP inside takes for congestion. Forced past `rmem_max` (swarmd
@@ -216,14 +342,15 @@ impl Tunnel {
             return Err(e);
         }
         let shared = Arc::new(Shared {
+            public: PublicKey::from(&secret),
             secret,
             tun,
             udp,
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(Peers::default()),
             next_index: AtomicU32::new(1),
             vxlan_port,
             wg_port,
-            counters: Counters::default(),
+            counters,
         });
         let tasks = vec![
             tokio::spawn(outbound(shared.clone())),
@@ -232,67 +359,74 @@ impl Tunnel {
         ];
         tracing::info!(tun = %name, wireguard_port = wg_port, "WireGuard tunnel started");
         Ok(Tunnel {
-            public,
             netns: netns.map(Path::to_path_buf),
             shared,
             tasks,
         })
     }
 
-    /// The node's public key, to announce.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.public
-    }
-
-    /// Makes the peers those of `wanted` (data path address -> public key): a peer whose key
-    /// changed starts a new session, one no longer wanted is forgotten.
-    pub fn set_peers(&self, wanted: &HashMap<Ipv4Addr, [u8; 32]>) {
+    /// Makes the peers those of `wanted` (data path address -> key and shared networks): a peer
+    /// whose key changed starts a new session, one no longer wanted is forgotten. Two addresses
+    /// with one key (a view in flux) keep only the first peer seen.
+    pub fn set_peers(&self, wanted: &HashMap<Ipv4Addr, PeerSpec>) {
         let mut peers = self
             .shared
             .peers
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        peers.retain(|addr, p| wanted.get(addr) == Some(&p.key));
-        for (addr, key) in wanted {
-            if peers.contains_key(addr) {
+        let Peers {
+            by_addr,
+            by_index,
+            by_key,
+        } = &mut *peers;
+        by_addr.retain(|addr, p| wanted.get(addr).is_some_and(|w| w.key == p.key));
+        for (addr, spec) in wanted {
+            if let Some(p) = by_addr.get(addr) {
+                *p.vnis.write().unwrap_or_else(PoisonError::into_inner) = spec.vnis.clone();
                 continue;
             }
-            let index = self.shared.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+            if by_addr.values().any(|p| p.key == spec.key) {
+                tracing::warn!(%addr, "a WireGuard key announced by two nodes: ignored for the second");
+                continue;
+            }
+            let index = loop {
+                let i = self.shared.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+                if !by_addr.values().any(|p| p.index == i) {
+                    break i;
+                }
+            };
             let tunn = Tunn::new(
                 self.shared.secret.clone(),
-                PublicKey::from(*key),
+                PublicKey::from(spec.key),
                 None,
                 None,
                 index,
                 None,
             );
-            peers.insert(
+            by_addr.insert(
                 *addr,
                 Arc::new(PeerTunnel {
-                    key: *key,
-                    endpoint: SocketAddr::new(IpAddr::V4(*addr), self.shared.wg_port),
+                    addr: *addr,
+                    key: spec.key,
+                    index,
+                    endpoint: Mutex::new(SocketAddr::new(IpAddr::V4(*addr), self.shared.wg_port)),
+                    vnis: RwLock::new(spec.vnis.clone()),
                     tunn: Mutex::new(tunn),
                 }),
             );
         }
+        *by_index = by_addr.values().map(|p| (p.index, p.clone())).collect();
+        *by_key = by_addr.values().map(|p| (p.key, p.clone())).collect();
     }
 
-    /// What the tunnel did so far.
-    pub fn stats(&self) -> TunnelStats {
-        let c = &self.shared.counters;
-        TunnelStats {
-            sealed: c.sealed.load(Ordering::Relaxed),
-            opened: c.opened.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Stops moving packets and removes the rule (the device goes when the last handle on it
-    /// does, with the table's route).
-    pub async fn remove(&self, nl: &Handle) -> Result<(), Error> {
-        for t in &self.tasks {
+    /// Stops moving packets, removes the rules and the guard, and closes the device (with the
+    /// table's route) and the socket once the tasks holding them are gone.
+    pub async fn remove(mut self, nl: &Handle) -> Result<(), Error> {
+        for t in self.tasks.drain(..) {
             t.abort();
+            let _ = t.await;
         }
+        tracing::info!(tun = %self.shared.tun.name(), "WireGuard tunnel closed");
         remove_leftovers(nl, self.netns.as_deref(), self.shared.vxlan_port).await
     }
 }
@@ -477,7 +611,7 @@ async fn outbound(shared: Arc<Shared>) {
             }
             if let Err(e) = shared
                 .udp
-                .send_to(&out[off..off + len], peer.endpoint)
+                .send_to(&out[off..off + len], peer.endpoint())
                 .await
             {
                 tracing::debug!(%dst, "sending to the peer: {e}");
@@ -486,17 +620,37 @@ async fn outbound(shared: Arc<Shared>) {
     }
 }
 
-/// Whether `packet` (opened, from `from`) is `from`'s VXLAN packet to port `vxlan_port`.
-fn is_peer_vxlan(packet: &[u8], from: Ipv4Addr, vxlan_port: u16) -> bool {
+/// The VNI of `packet` (opened, from `from`) if it is `from`'s VXLAN packet to port
+/// `vxlan_port`.
+fn peer_vxlan_vni(packet: &[u8], from: Ipv4Addr, vxlan_port: u16) -> Option<u32> {
     if packet.len() < 20 || packet[0] >> 4 != 4 {
-        return false;
+        return None;
     }
     let header = usize::from(packet[0] & 0x0f) * 4;
     let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    packet[9] == 17
+    // UDP header (8 bytes), then VXLAN's: flags (with I, "VNI valid"), 3 reserved, VNI (3), 1
+    // reserved.
+    let vxlan = packet.get(header + 8..header + 16)?;
+    let is_vxlan = packet[9] == 17
         && src == from
-        && packet.len() >= header + 8
         && u16::from_be_bytes([packet[header + 2], packet[header + 3]]) == vxlan_port
+        && vxlan[0] & 0x08 != 0;
+    is_vxlan.then(|| u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]))
+}
+
+/// Whether what boringtun made of a datagram of message type `kind` shows that the datagram
+/// was the peer's (so its source may become the peer's endpoint): data opened, a keepalive
+/// opened, a handshake initiation answered, or a handshake response completed. Not a cookie
+/// reply, nor what the rate limiter answers without looking (a cookie: type 3).
+fn authenticated(kind: u8, result: &TunnResult<'_>) -> bool {
+    match result {
+        TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => true,
+        TunnResult::WriteToNetwork(p) => {
+            (kind == 1 && p.first() == Some(&2)) || (kind == 2 && p.first() == Some(&4))
+        }
+        TunnResult::Done => kind == 4,
+        TunnResult::Err(_) => false,
+    }
 }
 
 /// What to do with what boringtun made of a datagram.
@@ -520,35 +674,45 @@ async fn inbound(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let IpAddr::V4(src) = from.ip() else {
-            continue;
-        };
-        let peer = shared.peer(src);
-        let Some(peer) = peer else {
+        let Some((peer, kind)) = shared.sender_of(&datagram[..n]) else {
             shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "a WireGuard packet from no known peer: dropped");
             continue;
         };
+        let src = peer.addr;
         let mut input: &[u8] = &datagram[..n];
         loop {
             let base = out.as_ptr() as usize;
-            let next = match lock(&peer.tunn).decapsulate(Some(from.ip()), input, &mut out) {
-                TunnResult::Done => Next::Done,
-                TunnResult::Err(e) => {
-                    shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%src, "opening: {e:?}");
-                    Next::Done
+            let first = !input.is_empty();
+            let next = {
+                let mut tunn = lock(&peer.tunn);
+                let result = tunn.decapsulate(Some(from.ip()), input, &mut out);
+                if first && authenticated(kind, &result) {
+                    let mut endpoint = lock(&peer.endpoint);
+                    if *endpoint != from {
+                        tracing::debug!(%src, old = %*endpoint, new = %from, "the peer's WireGuard endpoint moved");
+                        *endpoint = from;
+                    }
                 }
-                TunnResult::WriteToNetwork(p) => {
-                    let (off, len) = span(base, p);
-                    Next::Send(off, len)
-                }
-                TunnResult::WriteToTunnelV4(p, inner) => {
-                    let (off, len) = span(base, p);
-                    Next::Deliver(off, len, inner)
-                }
-                TunnResult::WriteToTunnelV6(..) => {
-                    shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    Next::Done
+                match result {
+                    TunnResult::Done => Next::Done,
+                    TunnResult::Err(e) => {
+                        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%src, %from, "opening: {e:?}");
+                        Next::Done
+                    }
+                    TunnResult::WriteToNetwork(p) => {
+                        let (off, len) = span(base, p);
+                        Next::Send(off, len)
+                    }
+                    TunnResult::WriteToTunnelV4(p, inner) => {
+                        let (off, len) = span(base, p);
+                        Next::Deliver(off, len, inner)
+                    }
+                    TunnResult::WriteToTunnelV6(..) => {
+                        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        Next::Done
+                    }
                 }
             };
             match next {
@@ -556,20 +720,33 @@ async fn inbound(shared: Arc<Shared>) {
                 Next::Send(off, len) => {
                     let _ = shared
                         .udp
-                        .send_to(&out[off..off + len], peer.endpoint)
+                        .send_to(&out[off..off + len], peer.endpoint())
                         .await;
                     // Packets queued while the handshake was under way go out now.
                     input = &[];
                 }
                 Next::Deliver(off, len, inner) => {
                     let packet = &out[off..off + len];
-                    if inner == src && is_peer_vxlan(packet, src, shared.vxlan_port) {
+                    let vni = (inner == src)
+                        .then(|| peer_vxlan_vni(packet, src, shared.vxlan_port))
+                        .flatten();
+                    let shared_vni = vni.is_some_and(|vni| {
+                        peer.vnis
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .contains(&vni)
+                    });
+                    if shared_vni {
                         match shared.tun.send(packet).await {
                             Ok(_) => {
                                 shared.counters.opened.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(e) => tracing::debug!("writing to the TUN device: {e}"),
                         }
+                    } else if let Some(vni) = vni {
+                        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        shared.counters.foreign_vni.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%src, vni, "an opened VXLAN packet of a network not shared with the peer: dropped");
                     } else {
                         shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%src, %inner, "an opened packet that is not the peer's VXLAN: dropped");
@@ -591,6 +768,7 @@ async fn timers(shared: Arc<Shared>) {
             .peers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_addr
             .values()
             .cloned()
             .collect();
@@ -603,7 +781,7 @@ async fn timers(shared: Arc<Shared>) {
             if let Some((off, len)) = send {
                 let _ = shared
                     .udp
-                    .send_to(&out[off..off + len], peer.endpoint)
+                    .send_to(&out[off..off + len], peer.endpoint())
                     .await;
             }
         }
@@ -614,28 +792,52 @@ async fn timers(shared: Arc<Shared>) {
 mod tests {
     use super::*;
 
-    fn vxlan_packet(src: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
+    fn vxlan_packet(src: [u8; 4], proto: u8, dport: u16, vni: u32) -> Vec<u8> {
         let mut p = vec![0u8; 20 + 8 + 8];
         p[0] = 0x45;
         p[9] = proto;
         p[12..16].copy_from_slice(&src);
         p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[28] = 0x08;
+        p[32..35].copy_from_slice(&vni.to_be_bytes()[1..]);
         p
     }
 
     #[test]
-    fn only_the_peers_own_vxlan_packets_are_delivered() {
+    fn only_the_peers_own_vxlan_packets_are_delivered_with_their_vni() {
         let peer = Ipv4Addr::new(192, 168, 9, 2);
-        let good = vxlan_packet([192, 168, 9, 2], 17, 4788);
-        assert!(is_peer_vxlan(&good, peer, 4788));
-        // Another source, another port, TCP, or too short: dropped.
+        let good = vxlan_packet([192, 168, 9, 2], 17, 4788, 4243);
+        assert_eq!(peer_vxlan_vni(&good, peer, 4788), Some(4243));
+        let mut no_vni = good.clone();
+        no_vni[28] = 0;
+        // Another source, another port, TCP, too short, or no VNI: dropped.
         for bad in [
-            vxlan_packet([192, 168, 9, 3], 17, 4788),
-            vxlan_packet([192, 168, 9, 2], 17, 22),
-            vxlan_packet([192, 168, 9, 2], 6, 4788),
-            good[..24].to_vec(),
+            vxlan_packet([192, 168, 9, 3], 17, 4788, 4243),
+            vxlan_packet([192, 168, 9, 2], 17, 22, 4243),
+            vxlan_packet([192, 168, 9, 2], 6, 4788, 4243),
+            good[..35].to_vec(),
+            no_vni,
         ] {
-            assert!(!is_peer_vxlan(&bad, peer, 4788), "{bad:?}");
+            assert_eq!(peer_vxlan_vni(&bad, peer, 4788), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_an_authenticated_packet_moves_a_peers_endpoint() {
+        let mut buf = [2u8, 0, 0, 0];
+        assert!(authenticated(1, &TunnResult::WriteToNetwork(&mut buf)));
+        let mut cookie = [3u8, 0, 0, 0];
+        for kind in 1..=4 {
+            assert!(!authenticated(
+                kind,
+                &TunnResult::WriteToNetwork(&mut cookie)
+            ));
+            assert!(!authenticated(
+                kind,
+                &TunnResult::Err(boringtun::noise::errors::WireGuardError::InvalidMac)
+            ));
+        }
+        assert!(!authenticated(3, &TunnResult::Done));
+        assert!(authenticated(4, &TunnResult::Done));
     }
 }

@@ -779,8 +779,16 @@ async fn an_encrypted_network_whose_rules_are_gone_sends_nothing_in_clear() {
 async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
     let h = hosts_or_skip!();
     let first = h.plane(0).await;
+    first
+        .create_sandbox(&task_on(
+            SEALED,
+            &format!("ovl{}te", h.tag),
+            "10.78.0.10/24",
+        ))
+        .await
+        .expect("sandbox");
     assert!(
-        first.tunnel_stats().is_some(),
+        first.tunnel_open().await,
         "the first data plane has a tunnel"
     );
     // A second data plane in the same namespace: the tunnel's device and port are taken.
@@ -789,19 +797,18 @@ async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
     config.vxlan_port = 4790;
     let second = Dataplane::start_in(config, &h.netns(0))
         .await
-        .expect("data plane starts without a tunnel");
-    assert!(second.tunnel_stats().is_none());
-    assert!(second.watch_request().wireguard_public_key.is_empty());
+        .expect("data plane starts");
     let err = second
         .create_sandbox(&task_on(
-            SEALED,
+            SEALED_A_ONLY,
             &format!("ovl{}tf", h.tag),
-            "10.78.0.12/24",
+            "10.79.0.12/24",
         ))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cannot encrypt"), "{err}");
-    assert!(!h.has_link(0, &format!("swbr-{}", SEALED.vni)));
+    assert!(!second.tunnel_open().await);
+    assert!(!h.has_link(0, &format!("swbr-{}", SEALED_A_ONLY.vni)));
     // Plain networks still work there.
     a_plain_task_still_gets_its_sandbox(&h, &second, "tg").await;
     second.stop().await.unwrap();
@@ -920,6 +927,63 @@ async fn the_overlay_keeps_the_kernel_settings_its_throughput_rests_on() {
     for p in &planes {
         p.stop().await.expect("stop");
     }
+}
+
+/// Whether the nftables table guarding the encrypted VXLAN port exists on host `i`.
+fn has_guard_table(h: &Hosts, i: usize) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &h.names[i], "nft", "list", "tables"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("swarmd-wg-"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_is_open_only_while_an_encrypted_network_is_on_the_node() {
+    let h = hosts_or_skip!();
+    let plane = h.plane(0).await;
+    let key = plane.watch_request().wireguard_public_key;
+    assert_eq!(key.len(), 32, "the key is announced from the start");
+    let tun = netplane::tunnel::tun_name(netplane::tunnel::WIREGUARD_PORT);
+    a_plain_task_still_gets_its_sandbox(&h, &plane, "tp").await;
+    assert!(!plane.tunnel_open().await);
+    assert!(!h.has_link(0, &tun));
+    assert!(!has_guard_table(&h, 0));
+
+    let task = format!("ovl{}ts", h.tag);
+    plane
+        .create_sandbox(&task_on(SEALED, &task, "10.78.0.10/24"))
+        .await
+        .expect("sandbox")
+        .expect("a namespace");
+    assert!(plane.tunnel_open().await);
+    assert!(h.has_link(0, &tun));
+    assert!(has_guard_table(&h, 0));
+    assert_eq!(
+        plane.watch_request().wireguard_public_key,
+        key,
+        "the same key"
+    );
+
+    plane.destroy_sandbox(&task).await.expect("destroyed");
+    assert!(
+        !plane.tunnel_open().await,
+        "closed with the last encrypted network"
+    );
+    assert!(!has_guard_table(&h, 0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.has_link(0, &tun) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!h.has_link(0, &tun), "the TUN device goes");
+    // And opens again.
+    plane
+        .create_sandbox(&task_on(SEALED, &task, "10.78.0.10/24"))
+        .await
+        .expect("sandbox again")
+        .expect("a namespace");
+    assert!(plane.tunnel_open().await && h.has_link(0, &tun));
+    plane.stop().await.unwrap();
+    assert!(!has_guard_table(&h, 0));
 }
 
 /// Sends for `secs` seconds from `client_ns` to `addr` in `server_ns`; bits per second.
@@ -1051,4 +1115,196 @@ async fn throughput_across_the_overlay_against_the_plain_veth() {
     for p in planes.into_iter().chain(sealed_planes) {
         p.stop().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_network_works_when_a_nodes_route_to_its_peer_leaves_from_another_address() {
+    let h = hosts_or_skip!();
+    // Host A's route to host B prefers a second address: what A sends unbound leaves from it,
+    // not from A's data path address, which B knows A by.
+    let second = Ipv4Addr::from(u32::from(h.underlay[0]) + 100);
+    let link = h.underlay_link(0);
+    ip(&[
+        "-n",
+        &h.names[0],
+        "addr",
+        "add",
+        &format!("{second}/24"),
+        "dev",
+        &link,
+    ])
+    .expect("second address");
+    ip(&[
+        "-n",
+        &h.names[0],
+        "route",
+        "replace",
+        &format!("{}/32", h.underlay[1]),
+        "dev",
+        &link,
+        "src",
+        &second.to_string(),
+    ])
+    .expect("route from the second address");
+    let (planes, nets) = task_on_each_of(&h, SEALED).await;
+    let addr = SocketAddr::new([10, SEALED.octet, 0, 11].into(), 7600);
+    let reply = echo_across(&nets[1].netns.0, &nets[0].netns.0, addr).expect("TCP across");
+    assert_eq!(reply, "hello across the overlay");
+    for p in &planes {
+        let stats = p.tunnel_stats().expect("a tunnel");
+        assert!(stats.sealed > 0 && stats.opened > 0, "{stats:?}");
+        p.stop().await.expect("stop");
+    }
+}
+
+/// A second encrypted network, which host A has and host B has no part in.
+const SEALED_A_ONLY: Net = Net {
+    id: "netovl3",
+    vni: 4244,
+    octet: 79,
+    encrypted: true,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_send_through_the_tunnel_into_an_encrypted_network_it_has_no_part_in() {
+    let h = hosts_or_skip!();
+    let (planes, nets) = task_on_each_of(&h, SEALED).await;
+    // Host A also has a task on a second encrypted network, whose only other node is not B.
+    let keys = [0, 1].map(|i| planes[i].watch_request().wireguard_public_key);
+    let task_a2 = format!("ovl{}tc", h.tag);
+    let [ta, tb] = task_ids(&h);
+    let mut view = view_of(
+        &h,
+        0,
+        SEALED,
+        &[(&ta, "10.78.0.10/24"), (&tb, "10.78.0.11/24")],
+        &keys,
+    );
+    let mut other = view_of(
+        &h,
+        0,
+        SEALED_A_ONLY,
+        &[(&task_a2, "10.79.0.10/24")],
+        &[Vec::new(), vec![7; 32]],
+    );
+    other.networks[0].peers[0].data_path_addr =
+        Ipv4Addr::from(u32::from(h.underlay[0]) + 50).to_string();
+    view.networks.append(&mut other.networks);
+    planes[0].apply(view).await.expect("view applied");
+    let a2 = planes[0]
+        .create_sandbox(&task_on(SEALED_A_ONLY, &task_a2, "10.79.0.10/24"))
+        .await
+        .expect("sandbox")
+        .expect("a namespace");
+    // Host B (a node of the first network) sends VXLAN packets of each network to A's encrypted
+    // VXLAN port: its rule routes them into its tunnel, which seals them for A.
+    let arrives = |net: Net, netns: &Path| {
+        let task = Ipv4Addr::new(10, net.octet, 0, 10);
+        let socket = in_netns(netns, || {
+            let s = std::net::UdpSocket::bind((task, 7700))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            Ok(s)
+        })
+        .expect("a UDP socket in the task");
+        let forged = forged_vxlan(
+            net.vni,
+            Ipv4Addr::new(10, net.octet, 0, 11),
+            task,
+            7700,
+            b"through the tunnel",
+        );
+        let target = SocketAddr::new(h.underlay[0].into(), netplane::tunnel::ENCRYPTED_VXLAN_PORT);
+        // (Repeated: the first packets may wait for the handshake.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            in_netns(&h.netns(1).0, || {
+                let s = std::net::UdpSocket::bind((h.underlay[1], 0))?;
+                s.send_to(&forged, target).map(|_| ())
+            })
+            .expect("sending through B's tunnel");
+            let mut buf = [0u8; 64];
+            if matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == b"through the tunnel") {
+                return true;
+            }
+        }
+        false
+    };
+    // The network B shares with A: it arrives (the packet is good).
+    assert!(
+        arrives(SEALED, &nets[0].netns.0),
+        "a shared network's packet arrives"
+    );
+    let before = planes[0].tunnel_stats().expect("a tunnel");
+    assert!(
+        !arrives(SEALED_A_ONLY, &a2.netns.0),
+        "a packet of a network B has no part in is dropped"
+    );
+    let after = planes[0].tunnel_stats().expect("a tunnel");
+    assert!(
+        after.foreign_vni > before.foreign_vni,
+        "{before:?} {after:?}"
+    );
+    for p in &planes {
+        p.stop().await.expect("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sandbox_does_not_keep_the_others_from_their_virtual_ips() {
+    let h = hosts_or_skip!();
+    let plane = h.plane(0).await;
+    // Six tasks on host A; five of their namespaces go behind the data plane's back, so
+    // balancing in them fails, whichever order the sandboxes are taken in.
+    let tasks: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            (
+                format!("ovl{}v{i}", h.tag),
+                format!("10.77.0.{}/24", 20 + i),
+            )
+        })
+        .collect();
+    let mut v = view_of(
+        &h,
+        0,
+        PLAIN,
+        &tasks
+            .iter()
+            .map(|(t, a)| (t.as_str(), a.as_str()))
+            .collect::<Vec<_>>(),
+        &[Vec::new(), Vec::new()],
+    );
+    plane.apply(v.clone()).await.expect("view applied");
+    let mut namespaces = Vec::new();
+    for (t, a) in &tasks {
+        let net = plane
+            .create_sandbox(&task(t, a))
+            .await
+            .expect("sandbox")
+            .expect("a namespace");
+        namespaces.push(net.netns);
+    }
+    let name = |n: &NetnsPath| n.0.file_name().unwrap().to_string_lossy().into_owned();
+    for n in &namespaces[..5] {
+        ip(&["netns", "del", &name(n)]).expect("namespace removed");
+    }
+    v.version = 2;
+    v.networks[0].services.push(api::netplane::ServiceView {
+        id: "svcweb".into(),
+        name: "web".into(),
+        vip: "10.77.0.100/24".into(),
+        ..Default::default()
+    });
+    let err = plane.apply(v).await.expect_err("the failures are reported");
+    assert!(
+        matches!(err, netplane::Error::Several(ref e) if e.len() == 5),
+        "{err}"
+    );
+    assert!(
+        has_vip_table(&name(&namespaces[5])),
+        "the working sandbox got its virtual IPs"
+    );
+    for (t, _) in &tasks {
+        let _ = plane.destroy_sandbox(t).await;
+    }
+    plane.stop().await.expect("stop");
 }

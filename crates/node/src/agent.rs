@@ -111,6 +111,7 @@ pub(crate) async fn spawn(
         setup.state.root(),
         hostname,
         config.data_path_ip(),
+        (config.wireguard_port, config.encrypted_vxlan_port),
         &config.generic_resources,
     )
     .await?;

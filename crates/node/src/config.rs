@@ -22,6 +22,12 @@ pub struct NodeConfig {
     /// (`--data-path-addr`); `None`: the IP of `advertise_remote_api` if it has one, else the
     /// address the managers see the node at.
     pub data_path_addr: Option<std::net::IpAddr>,
+    /// The UDP port of the WireGuard tunnel encrypted networks' traffic crosses between nodes
+    /// (`--wireguard-port`, 51820).
+    pub wireguard_port: u16,
+    /// The node-local UDP port encrypted networks' VXLAN devices use, routed into the tunnel and
+    /// never on the wire (`--encrypted-vxlan-port`, 4788).
+    pub encrypted_vxlan_port: u16,
     /// Hostname to report; empty means the OS hostname.
     pub hostname: String,
     /// Raft ticks without a leader before an election.
@@ -97,6 +103,8 @@ impl Default for NodeConfig {
             listen_remote_api: "0.0.0.0:4242".into(),
             advertise_remote_api: String::new(),
             data_path_addr: None,
+            wireguard_port: netplane::tunnel::WIREGUARD_PORT,
+            encrypted_vxlan_port: netplane::tunnel::ENCRYPTED_VXLAN_PORT,
             hostname: String::new(),
             election_tick: 10,
             heartbeat_tick: 1,
@@ -153,6 +161,7 @@ impl NodeConfig {
         ) {
             return Err(NodeError::Config(format!("--default-addr-pool: {e}")));
         }
+        check_tunnel_ports(self.wireguard_port, self.encrypted_vxlan_port)?;
         if self.cert_expiry_override.is_some_and(|d| d.is_zero()) {
             return Err(NodeError::Config(
                 "certificate expiry must be positive".into(),
@@ -190,5 +199,62 @@ mod tests {
         assert!(small.contains("cannot be cut into /8 subnets"), "{small}");
         let join = pool_error(&["10.20.0.0/16"], 0, "127.0.0.1:4242").expect("join");
         assert!(join.contains("apply only to a new cluster"), "{join}");
+    }
+}
+
+/// The tunnel's ports: neither 0, nor VXLAN's port (4789, the plain networks'), nor each other.
+fn check_tunnel_ports(wireguard: u16, encrypted_vxlan: u16) -> Result<(), NodeError> {
+    let vxlan = netplane::VXLAN_PORT;
+    for (flag, port) in [
+        ("--wireguard-port", wireguard),
+        ("--encrypted-vxlan-port", encrypted_vxlan),
+    ] {
+        if port == 0 {
+            return Err(NodeError::Config(format!(
+                "{flag} must be a UDP port from 1 to 65535"
+            )));
+        }
+        if port == vxlan {
+            return Err(NodeError::Config(format!(
+                "{flag} {port} is the VXLAN port of plain networks"
+            )));
+        }
+    }
+    if wireguard == encrypted_vxlan {
+        return Err(NodeError::Config(format!(
+            "--wireguard-port and --encrypted-vxlan-port must differ (both {wireguard})"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tunnel_port_tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_ports_must_be_set_and_apart_from_vxlan_and_each_other() {
+        let ok = NodeConfig {
+            wireguard_port: 51900,
+            encrypted_vxlan_port: 4800,
+            ..NodeConfig::default()
+        };
+        ok.validate().expect("other ports are fine");
+        NodeConfig::default().validate().expect("the defaults");
+        for (wg, vx, says) in [
+            (0, 4788, "--wireguard-port must be a UDP port"),
+            (51820, 0, "--encrypted-vxlan-port must be a UDP port"),
+            (4789, 4788, "--wireguard-port 4789 is the VXLAN port"),
+            (51820, 4789, "--encrypted-vxlan-port 4789 is the VXLAN port"),
+            (5000, 5000, "must differ (both 5000)"),
+        ] {
+            let c = NodeConfig {
+                wireguard_port: wg,
+                encrypted_vxlan_port: vx,
+                ..NodeConfig::default()
+            };
+            let err = c.validate().expect_err("refused").to_string();
+            assert!(err.contains(says), "{wg} {vx}: {err}");
+        }
     }
 }

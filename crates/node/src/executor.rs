@@ -42,7 +42,8 @@ impl std::str::FromStr for ExecutorKind {
 pub type Built = (Arc<dyn agent::Executor>, Option<Arc<netplane::Dataplane>>);
 
 /// Builds the executor `kind` names for a node whose state directory is `state_dir`. Either
-/// executor gets the node's data plane (`data_path_addr`: the node's VXLAN address, if known).
+/// executor gets the node's data plane (`data_path_addr`: the node's VXLAN address, if known;
+/// `tunnel_ports`: the WireGuard port and the encrypted VXLAN port).
 /// When it cannot start (no CAP_NET_ADMIN, no VXLAN), swarmd says why; the process executor then
 /// rejects tasks on swarm networks with that reason, and the Docker executor keeps their
 /// containers on local bridges of the engine's (this node only).
@@ -52,6 +53,7 @@ pub async fn build(
     state_dir: &Path,
     hostname: Option<String>,
     data_path_addr: Option<std::net::IpAddr>,
+    tunnel_ports: (u16, u16),
     generic: &[api::GenericResource],
 ) -> Result<Built, NodeError> {
     let files = Arc::new(
@@ -65,8 +67,8 @@ pub async fn build(
             data_path_addr,
             vxlan_port: netplane::VXLAN_PORT,
             state_dir: state_dir.to_path_buf(),
-            wireguard_port: netplane::tunnel::WIREGUARD_PORT,
-            encrypted_vxlan_port: netplane::tunnel::ENCRYPTED_VXLAN_PORT,
+            wireguard_port: tunnel_ports.0,
+            encrypted_vxlan_port: tunnel_ports.1,
         };
         netplane::Dataplane::start(config).await
     };

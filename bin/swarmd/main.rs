@@ -12,7 +12,9 @@ use clap::Parser;
 use clap::parser::ValueSource;
 use tracing::{error, info};
 
-/// mimalloc rather than glibc malloc (BUILDING.md, "Allocator").
+/// mimalloc rather than glibc malloc (BUILDING.md, "Allocator"); the `system-alloc` feature
+/// keeps glibc's, for heap profilers.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -246,11 +246,11 @@ impl Dispatcher {
             self.register(&term, node_id, addr, req.description).await?
         };
         let sub = term.node_router.subscribe(node_id);
-        let node = term.store.view(|tx| tx.get_node(node_id));
+        let node = term.store.view(|tx| tx.get_shared::<api::Node>(node_id));
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-        tx.try_send(Box::new(
-            Ok(term.session_message(&session_id, node.clone())),
-        ))
+        tx.try_send(Box::new(Ok(
+            term.session_message(&session_id, node.as_deref())
+        )))
         .expect("a new channel has room for the first message");
         let of = StreamOf {
             node_id: node_id.to_string(),
@@ -275,7 +275,11 @@ impl Dispatcher {
             term.config.rate_limit_period,
             Instant::now(),
         )?;
-        if term.store.view(|tx| tx.get_node(node_id)).is_none() {
+        if term
+            .store
+            .view(|tx| tx.get_shared::<api::Node>(node_id))
+            .is_none()
+        {
             return Err(DispatcherError::NodeNotFound);
         }
         term.mark_ready(node_id, addr, description).await?;

@@ -86,11 +86,11 @@ impl Term {
     pub fn session_message(
         &self,
         session_id: &str,
-        node: Option<api::Node>,
+        node: Option<&api::Node>,
     ) -> api::SessionMessage {
         api::SessionMessage {
             session_id: session_id.to_string(),
-            node,
+            node: node.cloned(),
             managers: self.managers.borrow().clone(),
             network_bootstrap_keys: self.network_keys.borrow().clone(),
             root_ca: self.root_ca.borrow().clone(),
@@ -99,11 +99,12 @@ impl Term {
 
     /// Sends a session message whenever the node object, the managers, the network keys or the
     /// root CA change, until the session ends; when the dispatcher stops, a last message then
-    /// Aborted tells the node to find another manager.
+    /// Aborted tells the node to find another manager. The node object is the store's version,
+    /// shared (a copy only goes into each message), so a session costs no copy of its node.
     pub async fn session_stream(
         self: Arc<Self>,
         of: StreamOf,
-        mut node: Option<api::Node>,
+        mut node: Option<Shared<api::Node>>,
         tx: StreamTx<api::SessionMessage>,
     ) {
         let StreamOf {
@@ -134,19 +135,21 @@ impl Term {
                 res = keys.changed() => disconnect = res.is_err(),
                 ev = sub.rx.recv() => {
                     let Some(ev) = ev else { return };
-                    let update = matches!(&ev, Event::Object { kind: EventKind::Create | EventKind::Update, .. });
-                    match ev.object_as::<api::Node>() {
-                        Some(n) if update && node.as_ref().is_none_or(|old| version(n) > version(old)) => {
-                            node = Some(n.clone());
+                    let Event::Object { kind: EventKind::Create | EventKind::Update, object, .. } = ev else {
+                        continue;
+                    };
+                    match Shared::<api::Node>::from_object(object) {
+                        Some(n) if node.as_ref().is_none_or(|old| version(&n) > version(old)) => {
+                            node = Some(n);
                         }
                         _ => continue,
                     }
                 }
             }
             if sub.take_overflow() {
-                node = self.store.view(|tx| tx.get_node(&node_id));
+                node = self.store.view(|tx| tx.get_shared(&node_id));
             }
-            let msg = self.session_message(&session_id, node.clone());
+            let msg = self.session_message(&session_id, node.as_deref());
             if tx.send(Box::new(Ok(msg))).await.is_err() {
                 return;
             }

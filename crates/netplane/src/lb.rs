@@ -200,15 +200,23 @@ impl Balancer {
                 .host_forwards
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let changed = match forward {
-                Some(f) => forwards.insert(task_id.to_owned(), f.clone()) != Some(f),
+            let changed = match &forward {
+                Some(f) => forwards.insert(task_id.to_owned(), f.clone()).as_ref() != Some(f),
                 None => forwards.remove(task_id).is_some(),
             };
             if !changed {
                 return Ok(());
             }
         }
-        self.apply_node_now().await
+        let applied = self.apply_node_now().await;
+        if applied.is_err() && forward.is_some() {
+            // The task does not start: a later view must not program its forward after all.
+            self.host_forwards
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(task_id);
+        }
+        applied
     }
 
     /// Makes the node's table from the latest view and host forwards, read under the
@@ -633,6 +641,7 @@ fn node_table(
             rules: snat,
         },
         isolation(view, &bridges),
+        loopback_guard(),
     ];
     if !closed.is_empty() {
         table.chains.extend(closed_chains(&gateways, &closed));
@@ -793,6 +802,27 @@ fn isolation(view: &NodeView, bridges: &BTreeSet<String>) -> Chain {
         hook: Hook::Forward,
         priority: nft::PRIORITY_FILTER,
         rules,
+    }
+}
+
+/// Drops packets to 127.0.0.0/8 that come in on any interface but `lo`, before any translation.
+/// The bridges the mesh and host forwards translate loopback connections onto have
+/// `route_localnet` on (`enable_forwarding`), which would otherwise let a task on such a network
+/// reach the node's services bound to 127.0.0.1 by sending there with the gateway's MAC. Replies
+/// to translated loopback connections arrive addressed to the gateway (their source was
+/// rewritten to it) and are restored to 127.0.0.1 only after this chain.
+fn loopback_guard() -> Chain {
+    Chain {
+        name: "loopback-guard".into(),
+        nat: false,
+        hook: Hook::Prerouting,
+        priority: nft::PRIORITY_MANGLE,
+        rules: vec![vec![
+            Expr::Ipv4,
+            Expr::Iifname("lo".into(), false),
+            Expr::DaddrIn(Ipv4Addr::new(127, 0, 0, 0), 8),
+            Expr::Drop,
+        ]],
     }
 }
 

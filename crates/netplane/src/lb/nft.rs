@@ -35,7 +35,8 @@ pub enum Hook {
     Postrouting,
 }
 
-/// The priorities of base chains, as nft names them `dstnat`, `filter` and `srcnat`.
+/// The priorities of base chains, as nft names them `mangle`, `dstnat`, `filter` and `srcnat`.
+pub const PRIORITY_MANGLE: i32 = -150;
 pub const PRIORITY_DSTNAT: i32 = -100;
 pub const PRIORITY_FILTER: i32 = 0;
 pub const PRIORITY_SRCNAT: i32 = 100;

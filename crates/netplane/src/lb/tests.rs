@@ -186,7 +186,18 @@ fn node_table_publishes_ingress_ports_and_translates_the_source() {
             ("mesh-local", Hook::Output),
             ("mesh-source", Hook::Postrouting),
             ("isolation", Hook::Forward),
+            ("loopback-guard", Hook::Prerouting),
         ]
+    );
+    assert_eq!(
+        table.chains[4].rules,
+        vec![vec![
+            Expr::Ipv4,
+            Expr::Iifname("lo".into(), false),
+            Expr::DaddrIn(ip("127.0.0.0"), 8),
+            Expr::Drop,
+        ]],
+        "route_localnet on the bridges lets nothing from them reach the loopback"
     );
     assert_eq!(
         table.chains[0].rules[0],
@@ -288,7 +299,16 @@ fn node_table_forwards_host_ports_to_the_task_keeping_the_source_but_loopbacks()
         ]
     );
     let names: Vec<_> = table.chains.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["mesh-in", "mesh-local", "mesh-source", "isolation"]);
+    assert_eq!(
+        names,
+        [
+            "mesh-in",
+            "mesh-local",
+            "mesh-source",
+            "isolation",
+            "loopback-guard"
+        ]
+    );
     assert_eq!(
         table.chains[0].rules[0],
         vec![

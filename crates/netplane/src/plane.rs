@@ -41,6 +41,8 @@ struct State {
     containers: HashMap<String, Container>,
     /// The WireGuard tunnel, open while an encrypted network has devices here.
     tunnel: Option<Tunnel>,
+    /// Whether this run set the tunnel's guard, which stays until [`Dataplane::stop`].
+    guarded: bool,
     stopped: bool,
 }
 
@@ -341,6 +343,7 @@ impl Dataplane {
             .map_err(|e| cannot(e.to_string()))?;
             tunnel.set_peers(&peer_specs(&state.view));
             state.tunnel = Some(tunnel);
+            state.guarded = true;
         }
         if !state.networks.contains_key(&spec.id) {
             let record = self.records.join("networks").join(spec.vni.to_string());
@@ -388,7 +391,7 @@ impl Dataplane {
         if !state.networks.values().any(|o| o.spec.encrypted)
             && let Some(tunnel) = state.tunnel.take()
         {
-            tunnel.remove(&self.nl).await?;
+            tunnel.close(&self.nl).await?;
         }
         Ok(())
     }
@@ -722,6 +725,16 @@ impl Dataplane {
         self.remove_unused(&mut state).await?;
         if let Some(tunnel) = state.tunnel.take() {
             tunnel.remove(&self.nl).await?;
+        }
+        // The guard a closed tunnel left, even while its TUN device lingers (which keeps
+        // `remove_leftovers` from it).
+        if std::mem::take(&mut state.guarded) {
+            crate::tunnel::remove_leftovers(
+                &self.nl,
+                self.netns.as_deref(),
+                self.config.encrypted_vxlan_port,
+            )
+            .await?;
         }
         drop(state);
         self.remove_leftovers().await?;

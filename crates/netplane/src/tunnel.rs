@@ -47,6 +47,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use futures_util::TryStreamExt;
@@ -73,6 +74,10 @@ const SOCKET_BUFFER: usize = 8 << 20;
 
 /// How often each peer's handshake and keepalive timers are looked at (boringtun's advice).
 const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// Handshakes a second the node answers without asking for a cookie first (boringtun's own
+/// device uses the same figure).
+const HANDSHAKES_PER_SECOND: u64 = 100;
 
 /// The TUN device of the tunnel on WireGuard port `port`.
 pub fn tun_name(port: u16) -> String {
@@ -203,6 +208,11 @@ struct Shared {
     udp: tokio::net::UdpSocket,
     peers: RwLock<Peers>,
     next_index: AtomicU32,
+    /// Checks handshake messages' MAC (keyed by this node's public key) before any key exchange
+    /// is spent on them, and asks for cookies once handshakes come faster than
+    /// [`HANDSHAKES_PER_SECOND`] on the whole node (each peer's session keeps its own limit
+    /// too).
+    limiter: RateLimiter,
     vxlan_port: u16,
     wg_port: u16,
     counters: Arc<Counters>,
@@ -341,8 +351,10 @@ impl Tunnel {
             let _ = remove_leftover_rules(nl, vxlan_port).await;
             return Err(e);
         }
+        let public = PublicKey::from(&secret);
         let shared = Arc::new(Shared {
-            public: PublicKey::from(&secret),
+            limiter: RateLimiter::new(&public, HANDSHAKES_PER_SECOND),
+            public,
             secret,
             tun,
             udp,
@@ -419,15 +431,24 @@ impl Tunnel {
         *by_key = by_addr.values().map(|p| (p.key, p.clone())).collect();
     }
 
-    /// Stops moving packets, removes the rules and the guard, and closes the device (with the
-    /// table's route) and the socket once the tasks holding them are gone.
-    pub async fn remove(mut self, nl: &Handle) -> Result<(), Error> {
+    /// Stops moving packets, removes the rules, and closes the device (with the table's route)
+    /// and the socket once the tasks holding them are gone. The guard stays: a VXLAN device of
+    /// an encrypted network whose removal failed could otherwise send in clear; it goes with
+    /// [`Tunnel::remove`] or [`remove_leftovers`].
+    pub async fn close(mut self, nl: &Handle) -> Result<(), Error> {
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
         }
         tracing::info!(tun = %self.shared.tun.name(), "WireGuard tunnel closed");
-        remove_leftovers(nl, self.netns.as_deref(), self.shared.vxlan_port).await
+        remove_leftover_rules(nl, self.shared.vxlan_port).await
+    }
+
+    /// [`Tunnel::close`], and the guard removed too (the data plane stops).
+    pub async fn remove(self, nl: &Handle) -> Result<(), Error> {
+        let (netns, vxlan_port) = (self.netns.clone(), self.shared.vxlan_port);
+        self.close(nl).await?;
+        set_guard(netns.as_deref(), vxlan_port, None).await
     }
 }
 
@@ -674,6 +695,23 @@ async fn inbound(shared: Arc<Shared>) {
                 continue;
             }
         };
+        // A handshake must carry a valid MAC (and, under load, a cookie) before the key exchange
+        // that tells its sender: a flood of forged ones costs a keyed hash each, no more.
+        match shared
+            .limiter
+            .verify_packet(Some(from.ip()), &datagram[..n], &mut out)
+        {
+            Ok(_) => {}
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                let _ = shared.udp.send_to(cookie, from).await;
+                continue;
+            }
+            Err(_) => {
+                shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "a WireGuard packet that is not well formed: dropped");
+                continue;
+            }
+        }
         let Some((peer, kind)) = shared.sender_of(&datagram[..n]) else {
             shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%from, "a WireGuard packet from no known peer: dropped");
@@ -718,10 +756,10 @@ async fn inbound(shared: Arc<Shared>) {
             match next {
                 Next::Done => break,
                 Next::Send(off, len) => {
-                    let _ = shared
-                        .udp
-                        .send_to(&out[off..off + len], peer.endpoint())
-                        .await;
+                    // An answer (handshake response, cookie) goes where the datagram came from;
+                    // a cookie is bound to that address.
+                    let to = if first { from } else { peer.endpoint() };
+                    let _ = shared.udp.send_to(&out[off..off + len], to).await;
                     // Packets queued while the handshake was under way go out now.
                     input = &[];
                 }
@@ -764,6 +802,7 @@ async fn timers(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(TIMER_TICK);
     loop {
         tick.tick().await;
+        shared.limiter.reset_count();
         let peers: Vec<Arc<PeerTunnel>> = shared
             .peers
             .read()

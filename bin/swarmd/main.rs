@@ -53,7 +53,7 @@ struct Flags {
     #[arg(long = "wireguard-port", default_value_t = node::NodeConfig::default().wireguard_port)]
     wireguard_port: u16,
     /// Node-local UDP port of encrypted networks' VXLAN devices, routed into the WireGuard
-    /// tunnel, never on the wire (ours; not 4789)
+    /// tunnel, never on the wire (ours; 1024-32767, not 4789)
     #[arg(long = "encrypted-vxlan-port", default_value_t = node::NodeConfig::default().encrypted_vxlan_port)]
     encrypted_vxlan_port: u16,
     /// Listen address for remote API

@@ -220,6 +220,14 @@ fn check_tunnel_ports(wireguard: u16, encrypted_vxlan: u16) -> Result<(), NodeEr
             )));
         }
     }
+    // Every UDP packet to or from it is routed into the tunnel and guarded: a well-known port
+    // (DNS) or one of the kernel's default ephemeral ports would take other traffic with it.
+    if !(1024..32768).contains(&encrypted_vxlan) {
+        return Err(NodeError::Config(format!(
+            "--encrypted-vxlan-port {encrypted_vxlan}: every UDP packet to or from it is routed \
+             into the tunnel, so it must be one nothing else uses, from 1024 to 32767"
+        )));
+    }
     if wireguard == encrypted_vxlan {
         return Err(NodeError::Config(format!(
             "--wireguard-port and --encrypted-vxlan-port must differ (both {wireguard})"
@@ -247,6 +255,8 @@ mod tunnel_port_tests {
             (4789, 4788, "--wireguard-port 4789 is the VXLAN port"),
             (51820, 4789, "--encrypted-vxlan-port 4789 is the VXLAN port"),
             (5000, 5000, "must differ (both 5000)"),
+            (51820, 53, "--encrypted-vxlan-port 53: every UDP packet"),
+            (51820, 40000, "from 1024 to 32767"),
         ] {
             let c = NodeConfig {
                 wireguard_port: wg,

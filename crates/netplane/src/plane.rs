@@ -722,11 +722,9 @@ impl Dataplane {
             resolver.stop().await;
         }
         let mut state = self.state.lock().await;
+        // Every network is unused now: the tunnel closes with the last encrypted one.
         self.remove_unused(&mut state).await?;
-        if let Some(tunnel) = state.tunnel.take() {
-            tunnel.remove(&self.nl).await?;
-        }
-        // The guard a closed tunnel left, even while its TUN device lingers (which keeps
+        // The guard the closed tunnel left, even while its TUN device lingers (which keeps
         // `remove_leftovers` from it).
         if std::mem::take(&mut state.guarded) {
             crate::tunnel::remove_leftovers(

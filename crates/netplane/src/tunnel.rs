@@ -36,12 +36,13 @@
 //! still hold.
 //!
 //! The TUN device goes with the process (it is not persistent); the rule, its table and the
-//! nftables table are removed by [`Tunnel::remove`] and, after a crash, by [`remove_leftovers`].
+//! nftables table are removed by [`remove_leftovers`] (the rules also by [`Tunnel::close`], which
+//! leaves the guard until the data plane stops).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -227,11 +228,10 @@ impl Shared {
         self.peers().by_addr.get(&addr).cloned()
     }
 
-    /// The peer datagram `datagram` is from, by what it carries: the initiator's static key
-    /// (decrypted from a handshake initiation) or the receiver index (boringtun's own index of
-    /// the session, the peer's in its low 8 bits); and the message type.
-    fn sender_of(&self, datagram: &[u8]) -> Option<(Arc<PeerTunnel>, u8)> {
-        let packet = Tunn::parse_incoming_packet(datagram).ok()?;
+    /// The peer `packet` (parsed from a datagram) is from, by what it carries: the initiator's
+    /// static key (decrypted from a handshake initiation) or the receiver index (boringtun's own
+    /// index of the session, the peer's in its low 8 bits).
+    fn sender_of(&self, packet: Packet<'_>) -> Option<Arc<PeerTunnel>> {
         let peers = self.peers();
         match packet {
             Packet::HandshakeInit(init) => {
@@ -242,14 +242,11 @@ impl Shared {
             Packet::PacketCookieReply(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
             Packet::PacketData(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
         }
-        .map(|peer| (peer, datagram[0]))
     }
 }
 
 /// The node's tunnel (see the module docs).
 pub struct Tunnel {
-    /// The network namespace it works in (`None`: the process's).
-    netns: Option<PathBuf>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -370,11 +367,7 @@ impl Tunnel {
             tokio::spawn(timers(shared.clone())),
         ];
         tracing::info!(tun = %name, wireguard_port = wg_port, "WireGuard tunnel started");
-        Ok(Tunnel {
-            netns: netns.map(Path::to_path_buf),
-            shared,
-            tasks,
-        })
+        Ok(Tunnel { shared, tasks })
     }
 
     /// Makes the peers those of `wanted` (data path address -> key and shared networks): a peer
@@ -434,7 +427,7 @@ impl Tunnel {
     /// Stops moving packets, removes the rules, and closes the device (with the table's route)
     /// and the socket once the tasks holding them are gone. The guard stays: a VXLAN device of
     /// an encrypted network whose removal failed could otherwise send in clear; it goes with
-    /// [`Tunnel::remove`] or [`remove_leftovers`].
+    /// [`remove_leftovers`] when the data plane stops.
     pub async fn close(mut self, nl: &Handle) -> Result<(), Error> {
         for t in self.tasks.drain(..) {
             t.abort();
@@ -442,13 +435,6 @@ impl Tunnel {
         }
         tracing::info!(tun = %self.shared.tun.name(), "WireGuard tunnel closed");
         remove_leftover_rules(nl, self.shared.vxlan_port).await
-    }
-
-    /// [`Tunnel::close`], and the guard removed too (the data plane stops).
-    pub async fn remove(self, nl: &Handle) -> Result<(), Error> {
-        let (netns, vxlan_port) = (self.netns.clone(), self.shared.vxlan_port);
-        self.close(nl).await?;
-        set_guard(netns.as_deref(), vxlan_port, None).await
     }
 }
 
@@ -697,22 +683,24 @@ async fn inbound(shared: Arc<Shared>) {
         };
         // A handshake must carry a valid MAC (and, under load, a cookie) before the key exchange
         // that tells its sender: a flood of forged ones costs a keyed hash each, no more.
-        match shared
+        let packet = match shared
             .limiter
             .verify_packet(Some(from.ip()), &datagram[..n], &mut out)
         {
-            Ok(_) => {}
+            Ok(packet) => packet,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 let _ = shared.udp.send_to(cookie, from).await;
                 continue;
             }
             Err(_) => {
                 shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%from, "a WireGuard packet that is not well formed: dropped");
+                tracing::debug!(%from, "a malformed WireGuard packet, or a handshake failing its MAC: dropped");
                 continue;
             }
-        }
-        let Some((peer, kind)) = shared.sender_of(&datagram[..n]) else {
+        };
+        // The message type.
+        let kind = datagram[0];
+        let Some(peer) = shared.sender_of(packet) else {
             shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%from, "a WireGuard packet from no known peer: dropped");
             continue;

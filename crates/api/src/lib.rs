@@ -59,6 +59,22 @@ impl Task {
     }
 }
 
+/// The driver option asking for a network's traffic between nodes to be encrypted
+/// (`network create --opt encrypted`).
+pub const NETWORK_ENCRYPTED_OPTION: &str = "encrypted";
+
+impl Network {
+    /// Whether the network's traffic between nodes is to be encrypted: the `encrypted` option
+    /// of its spec's driver or of its driver state.
+    pub fn encrypted(&self) -> bool {
+        let asks = |d: Option<&Driver>| {
+            d.is_some_and(|d| d.options.contains_key(NETWORK_ENCRYPTED_OPTION))
+        };
+        asks(self.spec.as_ref().and_then(|s| s.driver_config.as_ref()))
+            || asks(self.driver_state.as_ref())
+    }
+}
+
 /// prost's `skip_debug` on EncryptionKey also drops the Debug of the enum nested in it; the enum
 /// holds no secret, so it gets its name back.
 impl std::fmt::Debug for encryption_key::Algorithm {

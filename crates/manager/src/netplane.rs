@@ -46,8 +46,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(50);
 const OVERLAY: &str = "overlay";
 /// The driver option naming a network's VXLAN IDs, one per IPv4 subnet.
 const VXLAN_IDS: &str = "com.docker.network.driver.overlay.vxlanid_list";
-/// The driver option asking for encryption between nodes.
-const ENCRYPTED: &str = "encrypted";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -93,10 +91,7 @@ impl NetInfo {
                     .collect()
             })
             .unwrap_or_default();
-        let encrypted = spec
-            .and_then(|s| s.driver_config.as_ref())
-            .is_some_and(|d| d.options.contains_key(ENCRYPTED))
-            || driver.options.contains_key(ENCRYPTED);
+        let encrypted = n.encrypted();
         Some(NetInfo {
             name: spec
                 .and_then(|s| s.annotations.as_ref())

@@ -28,10 +28,6 @@ pub const OVERLAY_MTU: u32 = 1450;
 /// MTU inside an encrypted overlay: the tunnel's MTU less VXLAN's 50 bytes of headers.
 pub const ENCRYPTED_OVERLAY_MTU: u32 = crate::tunnel::TUNNEL_MTU - 50;
 
-/// The driver option asking for a network's traffic between nodes to be encrypted
-/// (`network create --opt encrypted`).
-pub const ENCRYPTED: &str = "encrypted";
-
 /// The bridge of the network with VXLAN ID `vni`.
 pub fn bridge_name(vni: u32) -> String {
     format!("swbr-{vni}")
@@ -149,14 +145,7 @@ impl NetSpec {
             .filter(|c| !c.gateway.is_empty() && !c.subnet.contains(':'))
             .map(|c| gateway(&c.subnet, &c.gateway))
             .collect::<Result<_, String>>()?;
-        let encrypted = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.driver_config.as_ref())
-            .is_some_and(|d| d.options.contains_key(ENCRYPTED))
-            || n.driver_state
-                .as_ref()
-                .is_some_and(|d| d.options.contains_key(ENCRYPTED));
+        let encrypted = n.encrypted();
         Ok(NetSpec {
             id: n.id.clone(),
             vni,

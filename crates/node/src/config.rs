@@ -171,38 +171,8 @@ impl NodeConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool_error(pools: &[&str], mask: u32, join: &str) -> Option<String> {
-        let config = NodeConfig {
-            default_addr_pool: pools.iter().map(|p| p.to_string()).collect(),
-            default_addr_pool_mask_length: mask,
-            join_addr: join.into(),
-            ..NodeConfig::default()
-        };
-        config.validate().err().map(|e| e.to_string())
-    }
-
-    #[test]
-    fn default_address_pool_flags_are_checked_before_start() {
-        assert_eq!(pool_error(&[], 0, ""), None);
-        assert_eq!(pool_error(&["10.20.0.0/16"], 20, ""), None);
-        assert_eq!(pool_error(&[], 16, ""), None, "the built-in pool in /16s");
-        let bad = pool_error(&["bogus"], 0, "").expect("bad pool");
-        assert!(
-            bad.contains("--default-addr-pool: invalid base pool \"bogus\""),
-            "{bad}"
-        );
-        let small = pool_error(&["10.20.0.0/16"], 8, "").expect("mask shorter than the pool");
-        assert!(small.contains("cannot be cut into /8 subnets"), "{small}");
-        let join = pool_error(&["10.20.0.0/16"], 0, "127.0.0.1:4242").expect("join");
-        assert!(join.contains("apply only to a new cluster"), "{join}");
-    }
-}
-
-/// The tunnel's ports: neither 0, nor VXLAN's port (4789, the plain networks'), nor each other.
+/// The tunnel's ports: neither 0, nor VXLAN's port (4789, the plain networks'), nor each other;
+/// the encrypted VXLAN one from 1024 to 32767.
 fn check_tunnel_ports(wireguard: u16, encrypted_vxlan: u16) -> Result<(), NodeError> {
     let vxlan = netplane::VXLAN_PORT;
     for (flag, port) in [
@@ -237,8 +207,34 @@ fn check_tunnel_ports(wireguard: u16, encrypted_vxlan: u16) -> Result<(), NodeEr
 }
 
 #[cfg(test)]
-mod tunnel_port_tests {
+mod tests {
     use super::*;
+
+    fn pool_error(pools: &[&str], mask: u32, join: &str) -> Option<String> {
+        let config = NodeConfig {
+            default_addr_pool: pools.iter().map(|p| p.to_string()).collect(),
+            default_addr_pool_mask_length: mask,
+            join_addr: join.into(),
+            ..NodeConfig::default()
+        };
+        config.validate().err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn default_address_pool_flags_are_checked_before_start() {
+        assert_eq!(pool_error(&[], 0, ""), None);
+        assert_eq!(pool_error(&["10.20.0.0/16"], 20, ""), None);
+        assert_eq!(pool_error(&[], 16, ""), None, "the built-in pool in /16s");
+        let bad = pool_error(&["bogus"], 0, "").expect("bad pool");
+        assert!(
+            bad.contains("--default-addr-pool: invalid base pool \"bogus\""),
+            "{bad}"
+        );
+        let small = pool_error(&["10.20.0.0/16"], 8, "").expect("mask shorter than the pool");
+        assert!(small.contains("cannot be cut into /8 subnets"), "{small}");
+        let join = pool_error(&["10.20.0.0/16"], 0, "127.0.0.1:4242").expect("join");
+        assert!(join.contains("apply only to a new cluster"), "{join}");
+    }
 
     #[test]
     fn tunnel_ports_must_be_set_and_apart_from_vxlan_and_each_other() {

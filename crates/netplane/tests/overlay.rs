@@ -690,6 +690,48 @@ fn forged_vxlan(vni: u32, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8
     p
 }
 
+/// A UDP socket on `port` of the task at `10.<net>.0.10` (in `netns`), reading for up to `wait`,
+/// and a forged VXLAN packet of `net` carrying `marker` to it from `10.<net>.0.11`.
+fn forged_for_task(
+    net: Net,
+    netns: &Path,
+    port: u16,
+    wait: Duration,
+    marker: &[u8],
+) -> (std::net::UdpSocket, Vec<u8>) {
+    let task = Ipv4Addr::new(10, net.octet, 0, 10);
+    let socket = in_netns(netns, || {
+        let s = std::net::UdpSocket::bind((task, port))?;
+        s.set_read_timeout(Some(wait))?;
+        Ok(s)
+    })
+    .expect("a UDP socket in the task");
+    let forged = forged_vxlan(
+        net.vni,
+        Ipv4Addr::new(10, net.octet, 0, 11),
+        task,
+        port,
+        marker,
+    );
+    (socket, forged)
+}
+
+/// Sends `packet` from host B's underlay address to host A's UDP `port`.
+fn send_from_host_b(h: &Hosts, packet: &[u8], port: u16) {
+    let target = SocketAddr::new(h.underlay[0].into(), port);
+    in_netns(&h.netns(1).0, || {
+        let s = std::net::UdpSocket::bind((h.underlay[1], 0))?;
+        s.send_to(packet, target).map(|_| ())
+    })
+    .expect("sending from host B");
+}
+
+/// Whether the next datagram `socket` reads (within its timeout) is `marker`.
+fn receives(socket: &std::net::UdpSocket, marker: &[u8]) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == marker)
+}
+
 /// Host B sends a forged VXLAN packet of `net` to host A's `vxlan_port` straight over the
 /// underlay; whether the task on A received its datagram.
 async fn forged_packet_arrives(net: Net, vxlan_port: u16) -> Option<bool> {
@@ -697,31 +739,14 @@ async fn forged_packet_arrives(net: Net, vxlan_port: u16) -> Option<bool> {
         .inspect_err(|reason| println!("skipped: {reason}"))
         .ok()?;
     let (planes, nets) = task_on_each_of(&h, net).await;
-    let task_a = Ipv4Addr::new(10, net.octet, 0, 10);
-    let socket = in_netns(&nets[0].netns.0, || {
-        let s = std::net::UdpSocket::bind((task_a, 7400))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        Ok(s)
-    })
-    .expect("a UDP socket in task A");
-    let forged = forged_vxlan(
-        net.vni,
-        Ipv4Addr::new(10, net.octet, 0, 11),
-        task_a,
-        7400,
-        b"forged in clear",
-    );
+    let marker = b"forged in clear";
+    let (socket, forged) =
+        forged_for_task(net, &nets[0].netns.0, 7400, Duration::from_secs(2), marker);
     // Host B's own data plane would route the packet into its tunnel: it goes, as if B were a
     // stranger on the underlay.
     planes[1].stop().await.expect("stop");
-    let target = SocketAddr::new(h.underlay[0].into(), vxlan_port);
-    in_netns(&h.netns(1).0, || {
-        let s = std::net::UdpSocket::bind((h.underlay[1], 0))?;
-        s.send_to(&forged, target).map(|_| ())
-    })
-    .expect("sending the forged packet");
-    let mut buf = [0u8; 64];
-    let arrived = matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == b"forged in clear");
+    send_from_host_b(&h, &forged, vxlan_port);
+    let arrived = receives(&socket, marker);
     planes[0].stop().await.expect("stop");
     Some(arrived)
 }
@@ -1203,31 +1228,14 @@ async fn a_peer_cannot_send_through_the_tunnel_into_an_encrypted_network_it_has_
     // Host B (a node of the first network) sends VXLAN packets of each network to A's encrypted
     // VXLAN port: its rule routes them into its tunnel, which seals them for A.
     let arrives = |net: Net, netns: &Path| {
-        let task = Ipv4Addr::new(10, net.octet, 0, 10);
-        let socket = in_netns(netns, || {
-            let s = std::net::UdpSocket::bind((task, 7700))?;
-            s.set_read_timeout(Some(Duration::from_millis(200)))?;
-            Ok(s)
-        })
-        .expect("a UDP socket in the task");
-        let forged = forged_vxlan(
-            net.vni,
-            Ipv4Addr::new(10, net.octet, 0, 11),
-            task,
-            7700,
-            b"through the tunnel",
-        );
-        let target = SocketAddr::new(h.underlay[0].into(), netplane::tunnel::ENCRYPTED_VXLAN_PORT);
+        let marker = b"through the tunnel";
+        let (socket, forged) =
+            forged_for_task(net, netns, 7700, Duration::from_millis(200), marker);
         // (Repeated: the first packets may wait for the handshake.)
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            in_netns(&h.netns(1).0, || {
-                let s = std::net::UdpSocket::bind((h.underlay[1], 0))?;
-                s.send_to(&forged, target).map(|_| ())
-            })
-            .expect("sending through B's tunnel");
-            let mut buf = [0u8; 64];
-            if matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == b"through the tunnel") {
+            send_from_host_b(&h, &forged, netplane::tunnel::ENCRYPTED_VXLAN_PORT);
+            if receives(&socket, marker) {
                 return true;
             }
         }

@@ -34,7 +34,7 @@ pub struct LogStore {
     ring: Keyring,
     /// The committed log ID openraft last reported, while no write has saved it yet, and the
     /// index of the one saved last.
-    unsaved_committed: Arc<Mutex<Hint>>,
+    committed_hint: Arc<Mutex<Hint>>,
 }
 
 /// The committed log ID waiting to be saved, and the index of the last one saved.
@@ -56,13 +56,13 @@ impl LogStore {
         LogStore {
             db,
             ring,
-            unsaved_committed: Arc::default(),
+            committed_hint: Arc::default(),
         }
     }
 
-    fn unsaved_committed(&self) -> std::sync::MutexGuard<'_, Hint> {
+    fn committed_hint(&self) -> std::sync::MutexGuard<'_, Hint> {
         // Only ever replaced whole: a poisoned lock still holds a consistent value.
-        self.unsaved_committed
+        self.committed_hint
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -91,7 +91,7 @@ impl LogStore {
         f(&txn)?;
         // Taken only now, so that a later report is never overwritten by this older one.
         let take = {
-            let mut hint = self.unsaved_committed();
+            let mut hint = self.committed_hint();
             let due = hint.unsaved.is_some_and(|c| {
                 !append
                     || hint
@@ -292,13 +292,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // the saved one once a leader commits again, never correctness; so it waits for the next
         // write instead of paying a transaction of its own on every commit.
         if committed.is_some() {
-            self.unsaved_committed().unsaved = committed;
+            self.committed_hint().unsaved = committed;
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        if let Some(committed) = self.unsaved_committed().unsaved {
+        if let Some(committed) = self.committed_hint().unsaved {
             return Ok(Some(committed));
         }
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())

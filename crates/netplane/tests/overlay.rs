@@ -587,13 +587,25 @@ fn capture(netns: &Path, link: &str) -> impl FnOnce() -> Vec<u8> + use<> {
         let _ = ready_tx.send(());
         let mut frames = Vec::new();
         let mut buf = vec![0u8; 65_536];
-        while !halt.load(Ordering::Relaxed) {
+        // Once stopped, what the socket already holds is still read (a loaded machine may
+        // leave the capture behind the traffic), until it stays empty for a read timeout or
+        // for at most a few seconds of frames still coming.
+        let mut drain_until = None;
+        loop {
+            if drain_until.is_none() && halt.load(Ordering::Relaxed) {
+                drain_until = Some(Instant::now() + Duration::from_secs(3));
+            }
             match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
                 Ok((n, Some(from))) if from.ifindex() == index => {
                     frames.extend_from_slice(&buf[..n])
                 }
-                Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+                Ok(_) => {}
+                Err(nix::errno::Errno::EAGAIN) if drain_until.is_some() => break,
+                Err(nix::errno::Errno::EAGAIN) => {}
                 Err(e) => return Err(e.into()),
+            }
+            if drain_until.is_some_and(|t| Instant::now() >= t) {
+                break;
             }
         }
         Ok(frames)

@@ -115,10 +115,20 @@ fn update_with_detach_false_fails_with_the_reason_of_a_paused_or_rolled_back_upd
     );
 
     // Failing again with rollback as the failure action: the manager rolls back, which the
-    // command reports as a failure with the reason the rollback started.
+    // command reports as a failure with the reason the rollback started. The reason is in the
+    // update status only while the rollback runs (its completion says "rollback completed"):
+    // the rollback delay keeps it running for several of the command's polls, on a loaded
+    // machine too.
     let out = update_and_wait(
         &d,
-        &["--args", "-c,exit 1", "--update-on-failure", "rollback"],
+        &[
+            "--args",
+            "-c,exit 1",
+            "--update-on-failure",
+            "rollback",
+            "--rollback-delay",
+            "2s",
+        ],
     );
     assert_eq!(out.code, 255, "{out:?}");
     assert!(

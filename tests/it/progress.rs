@@ -106,8 +106,8 @@ fn update_with_detach_false_fails_with_the_reason_of_a_paused_or_rolled_back_upd
     let inspect = d.ctl(&["service", "inspect", "web"]).ok().to_string();
     assert!(inspect.contains("paused"), "{inspect}");
 
-    // An update back to sleepers (one of them) converges.
-    let out = update_and_wait(&d, &["--args", SLEEP, "--replicas", "1"]);
+    // An update back to sleepers converges.
+    let out = update_and_wait(&d, &["--args", SLEEP]);
     assert_eq!(
         out.ok().lines().last(),
         Some("verify: Service converged"),
@@ -115,19 +115,28 @@ fn update_with_detach_false_fails_with_the_reason_of_a_paused_or_rolled_back_upd
     );
 
     // Failing again with rollback as the failure action: the manager rolls back, which the
-    // command reports as a failure with the reason the rollback started. The reason is in the
-    // update status only while the rollback runs (its completion says "rollback completed"):
-    // the rollback delay keeps it running for several of the command's polls, on a loaded
-    // machine too.
+    // command reports as a failure with the reason the rollback started, once the rollback
+    // completed (its tasks converge earlier). The reason is in the update status only while
+    // the rollback runs (its completion says "rollback completed"), so the rollback must have
+    // work to do: of the two new tasks, started together, the first to run fails and the other
+    // runs on, until the rollback replaces it and watches its replacement for the monitor period.
+    // (Had every new task failed, the failed ones' replacements, made under the rolled-back spec
+    // by the restart policy or the scale-up, would leave the rollback nothing to replace: it
+    // would complete at once, before any poll saw it start, in SwarmKit too.)
+    let fails_once = format!(
+        "-c,mkdir {}/failed-once && exit 1; {}",
+        d.dir.path().display(),
+        SLEEP.trim_start_matches("-c,")
+    );
     let out = update_and_wait(
         &d,
         &[
             "--args",
-            "-c,exit 1",
+            &fails_once,
+            "--update-parallelism",
+            "2",
             "--update-on-failure",
             "rollback",
-            "--rollback-delay",
-            "2s",
         ],
     );
     assert_eq!(out.code, 255, "{out:?}");

@@ -4,7 +4,9 @@
 //! [`POLL`] the service, its up-to-date tasks and the nodes are read; a converged service is
 //! watched for its update monitor period (5s by default) before it counts as stable. A paused
 //! update or rollback, or an update rolled back by the manager, ends the command with an error
-//! naming the service's update status message.
+//! naming the service's update status message. Unlike Docker's CLI, a rollback the manager
+//! started on the command's own change ends the command only once it completes (or pauses), not
+//! when its tasks converge: the change did not take, whichever of the two comes first.
 //!
 //! On a terminal the display is redrawn in place (ANSI cursor moves): an `overall progress` row,
 //! one row per slot (per node for global services) with its state and a bar, and a `verify` row.
@@ -167,7 +169,9 @@ async fn follow_loop(ctx: &mut Ctx, id: &str, request: Request, screen: &mut Scr
             screen.draw();
             return Ok(());
         }
-        if converged {
+        // The manager rolling the command's change back: its end is the answer (above).
+        let rolled_back_change = request == Request::Change && rolling_back;
+        if converged && !rolled_back_change {
             let since = *converged_at.get_or_insert_with(Instant::now);
             let waited = since.elapsed();
             if waited >= monitor || (finished_rollback && request == Request::Rollback) {

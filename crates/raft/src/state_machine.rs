@@ -135,7 +135,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .map_err(|e| StorageIOError::apply(log_id, AnyError::new(&e)))?;
                     // The store checked these actions before proposing them; a failure here is a
                     // bug, and stopping raft for it would keep the node down on every restart.
-                    if let Err(e) = self.store.apply_committed(log_id.index, &req.action) {
+                    if let Err(e) = self.store.apply_committed(log_id.index, req.action) {
                         tracing::error!(raft.index = log_id.index, error = %e, "failed to apply store actions from raft log");
                     }
                 }

@@ -518,10 +518,10 @@ impl MemoryStore {
     pub fn apply_committed(
         &self,
         index: u64,
-        actions: &[api::StoreAction],
+        actions: Vec<api::StoreAction>,
     ) -> Result<(), StoreError> {
         let changes = actions
-            .iter()
+            .into_iter()
             .map(Change::from_action)
             .collect::<Result<Vec<_>, _>>()?;
         self.apply_changes(index, changes, None)
@@ -797,7 +797,7 @@ mod tests {
             action: api::StoreActionKind::StoreActionCreate as i32,
             target: Some(api::store_action::Target::Secret(secret("b", "one"))),
         };
-        store.apply_committed(1, &[other]).expect("apply");
+        store.apply_committed(1, vec![other]).expect("apply");
         let err = store.apply_changes(2, changes, Some(seen));
         assert!(
             matches!(err, Err(StoreError::NameConflict { .. })),

@@ -631,7 +631,7 @@ impl Proposer for RecordingProposer {
             self.proposals.lock().expect("lock").push(actions.clone());
             let store = self.store.lock().expect("lock").clone().expect("store set");
             store
-                .apply_committed(index, &actions)
+                .apply_committed(index, actions)
                 .map_err(|e| ProposeError::Other(e.to_string()))?;
             Ok(index)
         })
@@ -694,7 +694,7 @@ async fn writes_go_through_the_proposer_as_store_actions() {
     let follower = MemoryStore::new(None);
     for (i, actions) in proposals.iter().enumerate() {
         follower
-            .apply_committed(101 + i as u64, actions)
+            .apply_committed(101 + i as u64, actions.clone())
             .expect("apply");
     }
     assert_eq!(follower.save(), store.save());
@@ -739,9 +739,9 @@ fn apply_committed_is_all_or_nothing() {
             ..Default::default()
         })),
     };
-    store.apply_committed(1, &[create("a")]).expect("first");
+    store.apply_committed(1, vec![create("a")]).expect("first");
     let err = store
-        .apply_committed(2, &[create("b"), create("a")])
+        .apply_committed(2, vec![create("b"), create("a")])
         .expect_err("duplicate");
     assert!(matches!(
         err,
@@ -757,11 +757,11 @@ fn apply_committed_is_all_or_nothing() {
         target: None,
     };
     assert!(matches!(
-        store.apply_committed(3, &[no_target]),
+        store.apply_committed(3, vec![no_target]),
         Err(StoreError::Invalid(_))
     ));
     // Empty entries (raft membership changes) only advance the index.
-    store.apply_committed(5, &[]).expect("empty");
+    store.apply_committed(5, Vec::new()).expect("empty");
     assert_eq!(store.last_index(), 5);
 }
 
@@ -1090,7 +1090,7 @@ impl Proposer for GatedProposer {
             let index = store.last_index() + 1;
             self.proposals.lock().expect("lock").push(actions.clone());
             store
-                .apply_committed(index, &actions)
+                .apply_committed(index, actions)
                 .map_err(|e| ProposeError::Other(e.to_string()))?;
             Ok(index)
         })

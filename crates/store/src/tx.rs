@@ -245,8 +245,8 @@ impl Change {
     }
 
     /// A committed store action as a change to apply.
-    pub(crate) fn from_action(action: &api::StoreAction) -> Result<Change, StoreError> {
-        let Some(target) = action.target.clone() else {
+    pub(crate) fn from_action(action: api::StoreAction) -> Result<Change, StoreError> {
+        let Some(target) = action.target else {
             return Err(StoreError::Invalid("store action has no target".into()));
         };
         let kind = api::StoreActionKind::try_from(action.action)

@@ -81,7 +81,7 @@ impl Proposer for SlowProposer {
             };
             let store = self.store.lock().expect("lock").clone().expect("store set");
             store
-                .apply_committed(index, &actions)
+                .apply_committed(index, actions)
                 .map_err(|e| ProposeError::Other(e.to_string()))?;
             Ok(index)
         })

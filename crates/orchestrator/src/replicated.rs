@@ -44,7 +44,9 @@ pub struct ReplicatedOrchestrator {
 
 /// One write of a reconcile pass.
 enum Write {
-    Create(Box<api::Task>),
+    /// A new task in this slot, made in the transaction that writes it: a scale-up by thousands
+    /// holds a batch's worth of new tasks at a time, not all of them.
+    Create(u64),
     /// Desired state REMOVE (scale down).
     Remove(String),
     /// Deletes a task of a dead slot.
@@ -140,12 +142,7 @@ impl ReplicatedOrchestrator {
                     }
                     // A dead slot reused keeps its history.
                     dead.remove(&slot);
-                    writes.push(Write::Create(Box::new(new_task(
-                        self.cluster.as_ref(),
-                        service,
-                        slot,
-                        "",
-                    ))));
+                    writes.push(Write::Create(slot));
                 }
             }
             Ordering::Less => {
@@ -176,7 +173,9 @@ impl ReplicatedOrchestrator {
             writes,
             "reconcile replicated service",
             |tx, write| match write {
-                Write::Create(task) => tx.create_task((**task).clone()),
+                Write::Create(slot) => {
+                    tx.create_task(new_task(self.cluster.as_ref(), service, *slot, ""))
+                }
                 Write::Remove(id) => set_desired(tx, id, api::TaskState::Remove).map(drop),
                 Write::Delete(id) => delete_task_if_present(tx, id),
             },

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::ca_server::CaServer as CaServer_;
-use api::control_server::ControlServer;
 use api::dispatcher_server::DispatcherServer;
 use api::health_server::HealthServer;
 use api::node_ca_server::NodeCaServer;
@@ -22,7 +21,7 @@ use tonic::transport::Server;
 
 use crate::authz::{AuthLayer, Authorizer};
 use crate::caserver::CaServer;
-use crate::controlapi::ControlApi;
+use crate::controlapi::{ControlApi, ControlService};
 use crate::health::HealthService;
 use crate::logbroker::LogBrokerService;
 use crate::msgsize::{MAX_RECV, MessageSizeLayer};
@@ -127,7 +126,7 @@ pub async fn serve_control(
         .layer(GrpcMetricsLayer::new(LOCAL_SERVICES))
         .layer(MessageSizeLayer)
         .layer(tower::util::option_layer(services.proxy))
-        .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
+        .add_service(ControlService::new(services.control, MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))
@@ -190,7 +189,7 @@ pub async fn serve_remote(
         .layer(MessageSizeLayer)
         .layer(AuthLayer(services.auth))
         .layer(tower::util::option_layer(services.proxy))
-        .add_service(ControlServer::new(services.control).max_decoding_message_size(MAX_RECV))
+        .add_service(ControlService::new(services.control, MAX_RECV))
         .add_service(CaServer_::new(services.ca.clone()).max_decoding_message_size(MAX_RECV))
         .add_service(NodeCaServer::new(services.ca).max_decoding_message_size(MAX_RECV))
         .add_service(HealthServer::new(services.health).max_decoding_message_size(MAX_RECV))

@@ -19,6 +19,8 @@ mod node;
 mod resource;
 mod secret;
 mod service;
+mod shared;
+pub use shared::ControlService;
 mod task;
 pub mod validate;
 mod volume;

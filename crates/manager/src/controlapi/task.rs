@@ -3,7 +3,7 @@
 //! `up_to_date` filter asks the orchestrator's "task is dirty" rule). Tasks are created and updated
 //! by the orchestrators only.
 
-use store::By;
+use store::{By, Shared};
 use tonic::Status;
 
 use super::validate::invalid_argument;
@@ -67,6 +67,18 @@ pub(super) async fn list(
     ctl: &ControlApi,
     req: api::ListTasksRequest,
 ) -> Result<api::ListTasksResponse, Status> {
+    let tasks = list_shared(ctl, req)?;
+    Ok(api::ListTasksResponse {
+        tasks: tasks.iter().map(|t| api::Task::clone(t)).collect(),
+    })
+}
+
+/// The tasks [`list`] answers with, as the store holds them (no copy: the control server encodes
+/// them straight from there, `super::shared`).
+pub(super) fn list_shared(
+    ctl: &ControlApi,
+    req: api::ListTasksRequest,
+) -> Result<Vec<Shared<api::Task>>, Status> {
     let f = req.filters.unwrap_or_default();
     let desired: Vec<api::TaskState> = f
         .desired_states
@@ -92,7 +104,7 @@ pub(super) async fn list(
         } else {
             By::All
         };
-        tx.find_tasks(by)
+        tx.find_shared::<api::Task>(by)
             .into_iter()
             .filter(|t| {
                 let name = task_name(t);
@@ -107,15 +119,14 @@ pub(super) async fn list(
                             .is_some_and(|r| filter_contains(&r, &f.runtimes)))
                     && (f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state))
                     && (!f.up_to_date
-                        || tx.get_service(&t.service_id).is_some_and(|s| {
-                            !orchestrator::task::is_task_dirty(
-                                &s,
-                                t,
-                                tx.get_node(&t.node_id).as_ref(),
-                            )
-                        }))
+                        || tx
+                            .get_shared::<api::Service>(&t.service_id)
+                            .is_some_and(|s| {
+                                let node = tx.get_shared::<api::Node>(&t.node_id);
+                                !orchestrator::task::is_task_dirty(&s, t, node.as_deref())
+                            }))
             })
             .collect()
     });
-    Ok(api::ListTasksResponse { tasks })
+    Ok(tasks)
 }

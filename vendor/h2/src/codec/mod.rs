@@ -25,6 +25,9 @@ pub struct Codec<T, B> {
     inner: FramedRead<FramedWrite<T, B>>,
 }
 
+/// swarmkit-rs patch: first size of a connection's read buffer (see `with_max_recv_frame_size`).
+const READ_BUFFER_BYTES: usize = 1024;
+
 impl<T, B> Codec<T, B>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -42,12 +45,19 @@ where
         let framed_write = FramedWrite::new(io);
 
         // Delimit the frames
-        let delimited = length_delimited::Builder::new()
+        // swarmkit-rs patch: the read buffer starts at READ_BUFFER_BYTES rather than
+        // tokio-util's 8 KiB; it grows to the largest frame received, as before.
+        let delimiter = length_delimited::Builder::new()
             .big_endian()
             .length_field_length(3)
             .length_adjustment(9)
             .num_skip(0) // Don't skip the header
-            .new_read(framed_write);
+            .new_codec();
+        let delimited = tokio_util::codec::FramedRead::with_capacity(
+            framed_write,
+            delimiter,
+            READ_BUFFER_BYTES,
+        );
 
         let mut inner = FramedRead::new(delimited);
 

@@ -149,6 +149,11 @@ struct StringMarker {
     string: Option<Bytes>,
 }
 
+/// swarmkit-rs patch: first size of the buffer Huffman-coded header strings are decoded into.
+/// Decoded strings are split off it and keep their block alive: with 4096 bytes, the headers of
+/// every long-lived stream (an agent's Session and Assignments) held a 4 KiB block each.
+const HUFFMAN_BUFFER_BYTES: usize = 256;
+
 // ===== impl Decoder =====
 
 impl Decoder {
@@ -158,7 +163,8 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // swarmkit-rs patch: 256 bytes rather than 4096 (see HUFFMAN_BUFFER_BYTES).
+            buffer: BytesMut::with_capacity(HUFFMAN_BUFFER_BYTES),
         }
     }
 

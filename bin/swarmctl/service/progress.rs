@@ -4,9 +4,10 @@
 //! [`POLL`] the service, its up-to-date tasks and the nodes are read; a converged service is
 //! watched for its update monitor period (5s by default) before it counts as stable. A paused
 //! update or rollback, or an update rolled back by the manager, ends the command with an error
-//! naming the service's update status message. Unlike Docker's CLI, a rollback the manager
-//! started on the command's own change ends the command only once it completes (or pauses), not
-//! when its tasks converge: the change did not take, whichever of the two comes first.
+//! naming the service's update status message. A rollback the manager started on the command's
+//! own change ends the command with that error once the rollback completes (or pauses), even when
+//! the rolled-back tasks converge first: the change did not take. (Docker's CLI reports success
+//! when the rolled-back tasks have been stable for the monitor period before the rollback ends.)
 //!
 //! On a terminal the display is redrawn in place (ANSI cursor moves): an `overall progress` row,
 //! one row per slot (per node for global services) with its state and a bar, and a `verify` row.

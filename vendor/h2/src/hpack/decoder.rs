@@ -150,8 +150,8 @@ struct StringMarker {
 }
 
 /// swarmkit-rs patch: first size of the buffer Huffman-coded header strings are decoded into.
-/// Decoded strings are split off it and keep their block alive: with 4096 bytes, the headers of
-/// every long-lived stream (an agent's Session and Assignments) held a 4 KiB block each.
+/// Decoded strings are split off it and keep its block alive: with 4096 bytes, the headers of
+/// an agent's long-lived streams (Session, Assignments) kept a 4 KiB block per connection.
 const HUFFMAN_BUFFER_BYTES: usize = 256;
 
 // ===== impl Decoder =====

@@ -46,8 +46,11 @@ impl GlobalService {
 }
 
 /// One write of a reconcile pass.
-enum Write {
-    Create(Box<api::Task>),
+enum Write<'a> {
+    /// A new task of this service on this node, made in the transaction that writes it (as the
+    /// replicated orchestrator's): a service new to thousands of nodes holds a batch's worth of
+    /// new tasks at a time, not all of them.
+    Create(&'a api::Service, &'a str),
     /// Desired state SHUTDOWN.
     Shutdown(String),
     Delete(String),
@@ -163,7 +166,13 @@ impl GlobalOrchestrator {
             if !writes.is_empty() {
                 debug!(node.id = %node_id, "node down or drained: shutting down its global tasks");
             }
-            apply(&self.store, writes, "shut down global tasks").await;
+            apply(
+                &self.store,
+                self.cluster.as_ref(),
+                writes,
+                "shut down global tasks",
+            )
+            .await;
             return;
         };
         if is_paused(node) {
@@ -186,16 +195,17 @@ impl GlobalOrchestrator {
                 .partition(|t| !is_task_dirty(&entry.service, t, Some(node)));
             match clean.split_first() {
                 Some((_, extra)) => writes.extend(shutdown_writes(extra)),
-                None => writes.push(Write::Create(Box::new(new_task(
-                    self.cluster.as_ref(),
-                    &entry.service,
-                    0,
-                    node_id,
-                )))),
+                None => writes.push(Write::Create(&entry.service, node_id)),
             }
             writes.extend(shutdown_writes(&dirty));
         }
-        apply(&self.store, writes, "reconcile node's global tasks").await;
+        apply(
+            &self.store,
+            self.cluster.as_ref(),
+            writes,
+            "reconcile node's global tasks",
+        )
+        .await;
     }
 
     /// Brings one service in line with every node: a task on each eligible node it fits (paused
@@ -230,12 +240,7 @@ impl GlobalOrchestrator {
             } else if is_paused(node) {
                 // Keeps what it has; gets nothing new.
             } else if slot.is_empty() {
-                writes.push(Write::Create(Box::new(new_task(
-                    self.cluster.as_ref(),
-                    service,
-                    0,
-                    node_id,
-                ))));
+                writes.push(Write::Create(service, node_id));
             } else {
                 update_slots.push(slot);
             }
@@ -244,7 +249,13 @@ impl GlobalOrchestrator {
         for slot in live.into_values() {
             writes.extend(shutdown_writes(&slot));
         }
-        apply(&self.store, writes, "reconcile global service").await;
+        apply(
+            &self.store,
+            self.cluster.as_ref(),
+            writes,
+            "reconcile global service",
+        )
+        .await;
         self.updater
             .update(self.cluster.as_ref(), service, update_slots);
     }
@@ -254,22 +265,28 @@ fn is_paused(node: &api::Node) -> bool {
     node.spec.as_ref().map(|s| s.availability) == Some(api::node_spec::Availability::Pause as i32)
 }
 
-fn shutdown_writes(tasks: &[api::Task]) -> impl Iterator<Item = Write> + '_ {
+fn shutdown_writes<'w>(tasks: &[api::Task]) -> impl Iterator<Item = Write<'w>> + '_ {
     tasks
         .iter()
         .filter(|t| t.desired_state < state(api::TaskState::Shutdown))
         .map(|t| Write::Shutdown(t.id.clone()))
 }
 
-/// Writes in batches; a task created for a service deleted meanwhile is skipped.
-async fn apply(store: &MemoryStore, writes: Vec<Write>, what: &str) {
+/// Writes in batches (new tasks take `cluster`'s defaults); a task created for a service deleted
+/// meanwhile is skipped.
+async fn apply(
+    store: &MemoryStore,
+    cluster: Option<&api::Cluster>,
+    writes: Vec<Write<'_>>,
+    what: &str,
+) {
     if writes.is_empty() {
         return;
     }
     in_batches(store, writes, what, |tx, write| match write {
-        Write::Create(task) => {
-            if tx.get_service(&task.service_id).is_some() {
-                tx.create_task((**task).clone())?;
+        Write::Create(service, node_id) => {
+            if tx.get_shared::<api::Service>(&service.id).is_some() {
+                tx.create_task(new_task(cluster, service, 0, node_id))?;
             }
             Ok(())
         }
@@ -349,6 +366,7 @@ impl Reconciler for GlobalOrchestrator {
         );
         apply(
             &self.store,
+            self.cluster.as_ref(),
             shutdown,
             "shut down global tasks of invalid nodes",
         )
@@ -430,7 +448,13 @@ impl Reconciler for GlobalOrchestrator {
                     .map(|t| Write::Delete(t.id))
                     .collect::<Vec<_>>()
             });
-            apply(&self.store, writes, "delete global tasks of deleted nodes").await;
+            apply(
+                &self.store,
+                self.cluster.as_ref(),
+                writes,
+                "delete global tasks of deleted nodes",
+            )
+            .await;
         }
         self.restart_stopped_tasks().await;
         for node_id in std::mem::take(&mut self.reconcile_nodes) {

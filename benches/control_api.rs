@@ -6,7 +6,7 @@
 //! Phases (`BENCH_PHASES`, a comma-separated subset of `single,growth,ha`; all by default):
 //! - single: one manager; 1, 8 and 64 clients making `BENCH_REQUESTS` creates each (1000):
 //!   creates/s, p50, p99 and the manager's CPU per create (utime + stime from /proc over the
-//!   level and until the manager is idle again); at 64 clients the raft entries/s (the raft index
+//!   level and until the manager is idle again); the raft entries/s at each level (the raft index
 //!   is the services' meta.version; entries carry the orchestrator's and allocator's writes too)
 //!   and creates per entry, next to the raw rate of 4 KiB write + fdatasync on the same disk,
 //!   measured in the same run. `BENCH_STRACE=1` also counts the
@@ -230,40 +230,38 @@ async fn single(cfg: &Config, flavor: &Flavor, perf: bool, figures: &mut Figures
             "  {}, {name}: {rate:.1} creates/s, p50 {p50:.2} ms, p99 {p99:.2} ms, manager CPU {cpu_ms:.3} ms/create",
             flavor.name()
         );
-        if clients == 64 {
-            let entries = index_after.saturating_sub(index_before).max(1) as f64;
-            let per_s = entries / elapsed.as_secs_f64();
-            figures.add(flavor, &format!("{name}: raft entries/s"), per_s);
-            figures.add(
-                flavor,
-                &format!("{name}: creates per raft entry"),
-                n as f64 / entries,
-            );
-            line += &format!(
-                ", {per_s:.1} raft entries/s, {:.2} creates per entry",
-                n as f64 / entries
-            );
-            if let Some((t, out)) = strace {
-                let err = t.stop();
-                let summary = std::fs::read_to_string(&out).unwrap_or_default();
-                let syncs = strace_syncs(&summary);
-                if syncs == 0 {
-                    line += &format!(", strace counted no fsync ({})", err.trim());
-                } else {
-                    let (syncs, n) = (syncs as f64, n as f64);
-                    figures.add(
-                        flavor,
-                        &format!("{name}: creates per fsync (strace)"),
-                        n / syncs,
-                    );
-                    let per_fsync = entries / syncs;
-                    figures.add(
-                        flavor,
-                        &format!("{name}: raft entries per fsync (strace)"),
-                        per_fsync,
-                    );
-                    line += &format!(", {syncs} fsync+fdatasync calls (strace)");
-                }
+        let entries = index_after.saturating_sub(index_before).max(1) as f64;
+        let per_s = entries / elapsed.as_secs_f64();
+        figures.add(flavor, &format!("{name}: raft entries/s"), per_s);
+        figures.add(
+            flavor,
+            &format!("{name}: creates per raft entry"),
+            n as f64 / entries,
+        );
+        line += &format!(
+            ", {per_s:.1} raft entries/s, {:.2} creates per entry",
+            n as f64 / entries
+        );
+        if let Some((t, out)) = strace {
+            let err = t.stop();
+            let summary = std::fs::read_to_string(&out).unwrap_or_default();
+            let syncs = strace_syncs(&summary);
+            if syncs == 0 {
+                line += &format!(", strace counted no fsync ({})", err.trim());
+            } else {
+                let (syncs, n) = (syncs as f64, n as f64);
+                figures.add(
+                    flavor,
+                    &format!("{name}: creates per fsync (strace)"),
+                    n / syncs,
+                );
+                let per_fsync = entries / syncs;
+                figures.add(
+                    flavor,
+                    &format!("{name}: raft entries per fsync (strace)"),
+                    per_fsync,
+                );
+                line += &format!(", {syncs} fsync+fdatasync calls (strace)");
             }
         }
         println!("{line}");
@@ -410,6 +408,10 @@ fn rows(cfg: &Config, phases: &[String], fsync: Option<f64>) -> Vec<Row> {
                 format!("{name}: manager CPU ms/create"),
                 Target::None,
             ));
+            rows.push(Row::new(
+                format!("{name}: creates per raft entry"),
+                Target::None,
+            ));
         }
         rows.push(Row::new(
             "1 manager, all levels: manager CPU ms/create",
@@ -418,10 +420,6 @@ fn rows(cfg: &Config, phases: &[String], fsync: Option<f64>) -> Vec<Row> {
         let name = level_name("1 manager", 64);
         let commits = fsync.map_or(Target::None, |f| Target::OursAtLeast(0.8 * f));
         rows.push(Row::new(format!("{name}: raft entries/s"), commits));
-        rows.push(Row::new(
-            format!("{name}: creates per raft entry"),
-            Target::None,
-        ));
         if cfg.strace {
             rows.push(Row::new(
                 format!("{name}: creates per fsync (strace)"),

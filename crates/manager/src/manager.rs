@@ -204,7 +204,9 @@ fn raft_network(security: &Arc<ca::SecurityConfig>) -> NetworkFactory {
 /// bounds task history, the constraint enforcer rejects tasks whose node stopped fitting and the
 /// root CA rotation asks nodes to renew under a new root, then swaps the root, and the key manager
 /// creates and rotates the network bootstrap keys in the cluster object. They talk only
-/// through the store, so their order does not matter.
+/// through the store, so their order does not matter. They write as background writers
+/// (`MemoryStore::background`): a write of theirs joins the next client write's raft entry, or
+/// goes alone after `store::LINGER`.
 pub fn leader_subsystems() -> Vec<Subsystem> {
     use orchestrator::constraint_enforcer::ConstraintEnforcer;
     use orchestrator::global::GlobalOrchestrator;
@@ -213,31 +215,31 @@ pub fn leader_subsystems() -> Vec<Subsystem> {
     use orchestrator::replicated::ReplicatedOrchestrator;
     vec![
         Subsystem::new("allocator", |store, shutdown| {
-            allocator::Allocator::new(store).run(shutdown)
+            allocator::Allocator::new(store.background()).run(shutdown)
         }),
         Subsystem::new("replicated orchestrator", |store, shutdown| {
-            ReplicatedOrchestrator::new(store).run(shutdown)
+            ReplicatedOrchestrator::new(store.background()).run(shutdown)
         }),
         Subsystem::new("global orchestrator", |store, shutdown| {
-            GlobalOrchestrator::new(store).run(shutdown)
+            GlobalOrchestrator::new(store.background()).run(shutdown)
         }),
         Subsystem::new("jobs orchestrator", |store, shutdown| {
-            JobsOrchestrator::new(store).run(shutdown)
+            JobsOrchestrator::new(store.background()).run(shutdown)
         }),
         Subsystem::new("task reaper", |store, shutdown| {
-            TaskReaper::new(store).run(shutdown)
+            TaskReaper::new(store.background()).run(shutdown)
         }),
         Subsystem::new("constraint enforcer", |store, shutdown| {
-            ConstraintEnforcer::new(store).run(shutdown)
+            ConstraintEnforcer::new(store.background()).run(shutdown)
         }),
         Subsystem::new("scheduler", |store, shutdown| {
-            scheduler::Scheduler::new(store).run(shutdown)
+            scheduler::Scheduler::new(store.background()).run(shutdown)
         }),
         Subsystem::new("root CA rotation", |store, shutdown| {
-            crate::rootrotation::RootRotation::new(store).run(shutdown)
+            crate::rootrotation::RootRotation::new(store.background()).run(shutdown)
         }),
         Subsystem::new("key manager", |store, shutdown| {
-            crate::keymanager::KeyManager::new(store).run(shutdown)
+            crate::keymanager::KeyManager::new(store.background()).run(shutdown)
         }),
     ]
 }

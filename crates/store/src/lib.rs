@@ -26,7 +26,7 @@ pub use history::HISTORY_EVENTS;
 pub use limits::{
     BATCH_BYTES, MAX_CHANGES_PER_TRANSACTION, MAX_TRANSACTION_BYTES, REQUEST_ID_BYTES, proposal_len,
 };
-pub use memory::MemoryStore;
+pub use memory::{LINGER, MemoryStore};
 pub use object::{Kind, StoreObject};
 pub use proposer::{ProposeError, Proposer};
 pub use shared::Shared;

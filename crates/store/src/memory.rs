@@ -12,7 +12,9 @@
 //! first, and its checks hold when the batch is applied in that order. A transaction that fails is
 //! rolled back to where it began and fails alone. A committer task proposes the open batch as soon
 //! as nothing is in flight, so one raft entry (and one fsync) carries every write that queued while
-//! the previous one was being committed, and a lone write is proposed at once. A batch larger than
+//! the previous one was being committed, and a lone write is proposed at once, unless it is a
+//! background write ([`MemoryStore::background`]): an open batch of background writes alone waits
+//! for a foreground write to join it, [`LINGER`] at most. A batch larger than
 //! one raft entry is cut between writers into entries proposed in order. When an entry fails,
 //! its writers, those after it, and the whole open batch (which read them) fail, and the open
 //! changes are dropped: a write that fails is not applied. Objects written by a pending write carry
@@ -33,8 +35,10 @@ use std::collections::HashSet;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::StoreError;
@@ -50,6 +54,8 @@ use crate::watch::{Event, Subscriber, WatchFilter, Watcher, subscribe};
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+    /// Whether this handle's writes are background writes (see [`MemoryStore::background`]).
+    lingers: bool,
 }
 
 struct Inner {
@@ -62,6 +68,8 @@ struct Inner {
     pipeline: Mutex<Pipeline>,
     /// Told when the committer has settled a batch in flight.
     settled: Notify,
+    /// Told when a foreground writer queued its changes.
+    foreground: Notify,
     proposer: RwLock<Option<Arc<dyn Proposer>>>,
     /// Sending ends of the live watchers; dropped watchers are pruned on the next send.
     subscribers: Mutex<Vec<Subscriber>>,
@@ -108,6 +116,8 @@ struct Waiter {
     end: usize,
     /// Size of the raft entry the batch's changes up to `end` would make.
     len: usize,
+    /// A background write ([`MemoryStore::background`]): when it queued.
+    lingering: Option<Instant>,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -136,9 +146,25 @@ impl MemoryStore {
                 update_lock: tokio::sync::Mutex::new(()),
                 pipeline: Mutex::new(Pipeline::default()),
                 settled: Notify::new(),
+                foreground: Notify::new(),
                 proposer: RwLock::new(proposer),
                 subscribers: Mutex::new(Vec::new()),
             }),
+            lingers: false,
+        }
+    }
+
+    /// A handle on the same store whose writes are background writes: the leader's subsystems
+    /// (orchestrators, allocator, scheduler...), which react to what others wrote and whose
+    /// writes nobody waits on. With a proposer, the group commit proposes an open batch that
+    /// holds only background writes once a foreground write joins it or once the first of them
+    /// has waited [`LINGER`], rather than at once: a background write then shares its entry (and
+    /// its fsync) with the next client write instead of holding that write back behind an
+    /// entry of its own. Reads, and writes without a proposer, are the same as the store's.
+    pub fn background(&self) -> MemoryStore {
+        MemoryStore {
+            inner: self.inner.clone(),
+            lingers: true,
         }
     }
 
@@ -384,12 +410,15 @@ impl MemoryStore {
         let waiter = Waiter {
             end: pipeline.parts.changes.len(),
             len: pipeline.parts.proposal_len,
+            lingering: self.lingers.then(Instant::now),
             reply,
         };
         pipeline.writers.push(waiter);
         if !pipeline.committer {
             pipeline.committer = true;
             tokio::spawn(self.clone().run_committer(proposer.clone()));
+        } else if !self.lingers {
+            self.inner.foreground.notify_waiters();
         }
         Enqueued::Queued(result, answer)
     }
@@ -403,13 +432,27 @@ impl MemoryStore {
             armed: true,
         };
         loop {
-            let (changes, writers, in_flight) = {
+            let foreground = self.inner.foreground.notified();
+            let mut foreground = std::pin::pin!(foreground);
+            foreground.as_mut().enable();
+            let linger = {
                 let mut pipeline = self.pipeline();
                 if pipeline.writers.is_empty() {
                     pipeline.committer = false;
                     guard.armed = false;
                     return;
                 }
+                linger_until(&pipeline.writers)
+            };
+            if let Some(until) = linger {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    () = &mut foreground => {}
+                }
+                continue;
+            }
+            let (changes, writers, in_flight) = {
+                let mut pipeline = self.pipeline();
                 pipeline.in_flight = Some(self.read_state().generation);
                 let changes = std::mem::take(&mut pipeline.parts.changes);
                 let in_flight: Vec<(Kind, Arc<str>)> =
@@ -678,6 +721,21 @@ impl MemoryStore {
     pub fn last_index(&self) -> u64 {
         self.read_state().last_index
     }
+}
+
+/// How long a batch of background writes alone waits for a foreground write to join it
+/// ([`MemoryStore::background`]). Far below the scheduler's own debounce (50 ms).
+pub const LINGER: Duration = Duration::from_millis(1);
+
+/// Until when the open batch `writers` waits before it is proposed: `None` once it holds a
+/// foreground write, or once its first background write has waited [`LINGER`].
+fn linger_until(writers: &[Waiter]) -> Option<Instant> {
+    if writers.iter().any(|w| w.lingering.is_none()) {
+        return None;
+    }
+    // Writers queue in order: the first has waited longest.
+    let until = writers.first()?.lingering? + LINGER;
+    (Instant::now() < until).then_some(until)
 }
 
 /// Unwinds the group commit if the committer task is dropped half-way (its runtime shutting down):

@@ -1597,3 +1597,55 @@ async fn a_batch_joins_the_group() {
         2 + MAX_CHANGES_PER_TRANSACTION + 10
     );
 }
+
+/// A background write ([`MemoryStore::background`]) alone is proposed once it has waited
+/// [`crate::LINGER`] (the clock is paused: it moves only while every task waits), and a
+/// foreground write is proposed at once.
+#[tokio::test(start_paused = true)]
+async fn a_lone_background_write_goes_after_the_linger_and_a_foreground_one_at_once() {
+    let (proposer, store) = GatedProposer::store();
+    proposer.open();
+    let start = tokio::time::Instant::now();
+    store
+        .background()
+        .update(|tx| tx.create_secret(secret_named("b", "b")))
+        .await
+        .expect("committed");
+    assert!(start.elapsed() >= crate::LINGER, "{:?}", start.elapsed());
+    let start = tokio::time::Instant::now();
+    store
+        .update(|tx| tx.create_secret(secret_named("f", "f")))
+        .await
+        .expect("committed");
+    assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+    assert_eq!(proposer.sizes(), [1, 1]);
+    assert_eq!(store.view(|tx| tx.count::<api::Secret>()), 2);
+}
+
+/// A background write queued while nothing is in flight waits for the next foreground write
+/// and shares its entry; neither waits for the linger.
+#[tokio::test(start_paused = true)]
+async fn a_background_write_shares_the_entry_of_the_next_foreground_write() {
+    let (proposer, store) = GatedProposer::store();
+    proposer.open();
+    let start = tokio::time::Instant::now();
+    let background = {
+        let store = store.background();
+        tokio::spawn(async move {
+            store
+                .update(|tx| tx.create_secret(secret_named("b", "b")))
+                .await
+        })
+    };
+    while store.queued_writers() == 0 && !background.is_finished() {
+        // Lets the spawned write run without moving the paused clock.
+        tokio::task::yield_now().await;
+    }
+    store
+        .update(|tx| tx.create_secret(secret_named("f", "f")))
+        .await
+        .expect("committed");
+    background.await.expect("ran").expect("committed");
+    assert_eq!(proposer.sizes(), [2], "one entry for both");
+    assert!(start.elapsed() < crate::LINGER, "{:?}", start.elapsed());
+}

@@ -229,7 +229,7 @@ impl MemoryStore {
     ) -> Result<R, StoreError> {
         let _timer = telemetry::swarm::STORE_WRITE_TX_LATENCY.start();
         if let Some(proposer) = self.proposer() {
-            return self.group_write(&proposer, f).await;
+            return self.group_write(&proposer, |_| self.lingers, f).await;
         }
         let _serial = self.inner.update_lock.lock().await;
         let _held = telemetry::swarm::STORE_LOCK_DURATION.start();
@@ -262,11 +262,17 @@ impl MemoryStore {
         if let Some(proposer) = self.proposer() {
             while start < items.len() {
                 let mut consumed = 0;
+                // Only the batch's last transaction lingers: the ones before it are full.
+                let last = |consumed: &usize| start + consumed >= items.len();
                 let written = self
-                    .group_write(&proposer, |tx| {
-                        consumed = fill_batch(tx, &items[start..], &write, &mut errors);
-                        Ok(())
-                    })
+                    .group_write(
+                        &proposer,
+                        |consumed| self.lingers && last(consumed),
+                        |tx| {
+                            consumed = fill_batch(tx, &items[start..], &write, &mut errors);
+                            Ok(consumed)
+                        },
+                    )
                     .await;
                 // A transaction that failed as a whole is not written; go on after its items.
                 start += consumed.max(1);
@@ -321,10 +327,12 @@ impl MemoryStore {
     /// it, over what they wrote, and waits until the entry holding its changes is committed and
     /// applied. Dropping the future leaves the changes queued (later writers may have read them);
     /// only the answer is lost. `proposer` is the store's, read once by the caller: a committer
-    /// this write starts proposes through it.
+    /// this write starts proposes through it. `lingers`, given what `f` returned: whether this is
+    /// a background write ([`MemoryStore::background`]).
     async fn group_write<R: Send>(
         &self,
         proposer: &Arc<dyn Proposer>,
+        lingers: impl Fn(&R) -> bool + Send,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send,
     ) -> Result<R, StoreError> {
         let mut f = Some(f);
@@ -336,7 +344,7 @@ impl MemoryStore {
             // contended by the committer.
             let turn = self.inner.update_lock.lock().await;
             let held = telemetry::swarm::STORE_LOCK_DURATION.start();
-            let enqueued = self.enqueue(proposer, &mut f);
+            let enqueued = self.enqueue(proposer, &lingers, &mut f);
             drop(held);
             drop(turn);
             match enqueued {
@@ -357,6 +365,7 @@ impl MemoryStore {
     fn enqueue<R>(
         &self,
         proposer: &Arc<dyn Proposer>,
+        lingers: &impl Fn(&R) -> bool,
         f: &mut Option<impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError>>,
     ) -> Enqueued<R> {
         let mut pipeline = self.pipeline();
@@ -410,7 +419,7 @@ impl MemoryStore {
         let waiter = Waiter {
             end: pipeline.parts.changes.len(),
             len: pipeline.parts.proposal_len,
-            lingering: self.lingers.then(Instant::now),
+            lingering: lingers(&result).then(Instant::now),
             reply,
         };
         pipeline.writers.push(waiter);

@@ -1649,3 +1649,26 @@ async fn a_background_write_shares_the_entry_of_the_next_foreground_write() {
     assert_eq!(proposer.sizes(), [2], "one entry for both");
     assert!(start.elapsed() < crate::LINGER, "{:?}", start.elapsed());
 }
+
+/// A background batch of several transactions lingers only with its last one: the ones before
+/// it are full and gain nothing by waiting.
+#[tokio::test(start_paused = true)]
+async fn a_background_batch_lingers_only_with_its_last_transaction() {
+    let (proposer, store) = GatedProposer::store();
+    proposer.open();
+    let start = tokio::time::Instant::now();
+    let items: Vec<usize> = (0..MAX_CHANGES_PER_TRANSACTION + 10).collect();
+    let errors = store
+        .background()
+        .batch(&items, |tx, i| {
+            tx.create_secret(secret_named(&format!("b{i}"), &format!("b-{i}")))
+        })
+        .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(proposer.sizes(), [MAX_CHANGES_PER_TRANSACTION, 10]);
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= crate::LINGER && elapsed < 2 * crate::LINGER,
+        "{elapsed:?}"
+    );
+}

@@ -49,7 +49,7 @@ struct Flags {
     #[arg(long = "data-path-addr")]
     data_path_addr: Option<std::net::IpAddr>,
     /// UDP port of the WireGuard tunnel encrypted networks' traffic crosses between nodes (ours;
-    /// every node of the cluster must use the same)
+    /// announced to the other nodes through the leader)
     #[arg(long = "wireguard-port", default_value_t = node::NodeConfig::default().wireguard_port)]
     wireguard_port: u16,
     /// Node-local UDP port of encrypted networks' VXLAN devices, routed into the WireGuard

@@ -337,6 +337,7 @@ impl agent::Executor for Recorder {
         self.plane.as_ref().map(|addr| api::netplane::WatchRequest {
             data_path_addr: addr.clone(),
             wireguard_public_key: Vec::new(),
+            wireguard_port: 0,
         })
     }
     fn set_network_view(&self, view: api::netplane::NodeView) {

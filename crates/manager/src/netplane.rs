@@ -295,8 +295,8 @@ pub(crate) struct Model {
     svc_tasks: HashMap<String, BTreeSet<String>>,
     /// Data path addresses nodes' streams announced (or came from).
     announced: HashMap<String, IpAddr>,
-    /// WireGuard public keys nodes' streams announced.
-    keys: HashMap<String, Vec<u8>>,
+    /// WireGuard public keys nodes' streams announced, with their tunnels' UDP ports.
+    keys: HashMap<String, (Vec<u8>, u32)>,
     /// Networks whose shared view must be computed again.
     dirty_nets: HashSet<String>,
     /// Nodes whose own set of networks or addresses changed.
@@ -473,16 +473,19 @@ impl Model {
         }
     }
 
-    /// Records the WireGuard public key a node's stream announced (empty: none); its peers'
-    /// views change if it differs from the one known.
-    pub(crate) fn announce_key(&mut self, node_id: &str, key: Vec<u8>) {
-        if self.keys.get(node_id).map_or(&[][..], Vec::as_slice) == key.as_slice() {
+    /// Records the WireGuard public key a node's stream announced (empty: none) and its tunnel's
+    /// UDP port (0: not announced); its peers' views change if they differ from the ones known.
+    pub(crate) fn announce_key(&mut self, node_id: &str, key: Vec<u8>, port: u32) {
+        let known = self.keys.get(node_id);
+        if known.map_or(&[][..], |(k, _)| k.as_slice()) == key.as_slice()
+            && (key.is_empty() || known.is_some_and(|(_, p)| *p == port))
+        {
             return;
         }
         if key.is_empty() {
             self.keys.remove(node_id);
         } else {
-            self.keys.insert(node_id.to_string(), key);
+            self.keys.insert(node_id.to_string(), (key, port));
         }
         if let Some(info) = self.nodes.get(node_id) {
             self.dirty_nets.extend(info.networks().map(str::to_string));
@@ -540,11 +543,14 @@ impl Model {
                     .find(|(n, _)| n == net)
                     .map(|(_, a)| a.clone())
                     .unwrap_or_default();
+                let (wireguard_public_key, wireguard_port) =
+                    self.keys.get(node).cloned().unwrap_or_default();
                 Some(Peer {
                     node_id: node.clone(),
                     data_path_addr: addr.to_string(),
                     node_addr,
-                    wireguard_public_key: self.keys.get(node).cloned().unwrap_or_default(),
+                    wireguard_public_key,
+                    wireguard_port,
                 })
             })
             .collect();
@@ -642,6 +648,7 @@ struct Register {
     node_id: String,
     addr: Option<IpAddr>,
     key: Vec<u8>,
+    port: u32,
     tx: watch::Sender<Option<Arc<NodeView>>>,
 }
 
@@ -749,7 +756,7 @@ impl NetworkPlane {
                     if let Some(addr) = reg.addr {
                         model.announce(&reg.node_id, addr);
                     }
-                    model.announce_key(&reg.node_id, reg.key);
+                    model.announce_key(&reg.node_id, reg.key, reg.port);
                     // Everything pending goes out first, so the new stream starts from the
                     // same state as the node's other streams.
                     publish(&mut model, &mut streams, version);
@@ -780,15 +787,17 @@ impl NetworkPlane {
 
     /// Opens a stream of `node_id`'s views; `addr` is its data path address if known.
     pub fn watch(&self, node_id: &str, addr: Option<IpAddr>) -> Result<ViewStream, Status> {
-        self.watch_with_key(node_id, addr, Vec::new())
+        self.watch_with_key(node_id, addr, Vec::new(), 0)
     }
 
-    /// The same, for a node announcing WireGuard public key `key` (empty: none).
+    /// The same, for a node announcing WireGuard public key `key` (empty: none) and its tunnel's
+    /// UDP port `port` (0: not announced).
     pub fn watch_with_key(
         &self,
         node_id: &str,
         addr: Option<IpAddr>,
         key: Vec<u8>,
+        port: u32,
     ) -> Result<ViewStream, Status> {
         let slot = lock(&self.inner.term);
         let term = slot
@@ -801,6 +810,7 @@ impl NetworkPlane {
                 node_id: node_id.to_string(),
                 addr,
                 key,
+                port,
                 tx,
             })
             .map_err(|_| Status::unavailable("the network plane is stopped"))?;
@@ -937,15 +947,24 @@ impl api::netplane::network_plane_server::NetworkPlane for NetworkPlaneService {
             }
         };
         let addr = requested_addr(&req.get_ref().data_path_addr, source)?;
-        let key = req.into_inner().wireguard_public_key;
+        let api::netplane::WatchRequest {
+            wireguard_public_key: key,
+            wireguard_port: port,
+            ..
+        } = req.into_inner();
         if !key.is_empty() && key.len() != 32 {
             return Err(Status::invalid_argument(format!(
                 "a WireGuard public key has 32 bytes, not {}",
                 key.len()
             )));
         }
+        if port > u32::from(u16::MAX) {
+            return Err(Status::invalid_argument(format!(
+                "a WireGuard port is at most 65535, not {port}"
+            )));
+        }
         self.plane
-            .watch_with_key(&node_id, addr, key)
+            .watch_with_key(&node_id, addr, key, port)
             .map(Response::new)
     }
 }

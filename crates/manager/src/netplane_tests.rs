@@ -284,6 +284,7 @@ async fn a_view_lists_only_the_nodes_swarm_networks_with_peers_services_and_endp
             data_path_addr: "192.168.0.2".into(),
             node_addr: "10.0.1.3/24".into(),
             wireguard_public_key: Vec::new(),
+            wireguard_port: 0,
         }],
         "itself left out"
     );
@@ -393,17 +394,26 @@ async fn a_peer_is_listed_with_the_wireguard_key_its_stream_announced() {
             .wireguard_public_key
             .is_empty()
     );
-    m.announce_key("b", vec![7; 32]);
+    m.announce_key("b", vec![7; 32], 51820);
+    let affected = m.refresh();
+    assert!(affected.contains("a"), "{affected:?}");
+    let peer = net(&m.node_view("a", 1), "n1").peers[0].clone();
+    assert_eq!(
+        (peer.wireguard_public_key, peer.wireguard_port),
+        (vec![7; 32], 51820)
+    );
+    // The same key and port again change nothing; another port does; a stream without a key
+    // takes it away.
+    m.announce_key("b", vec![7; 32], 51820);
+    assert!(!m.is_dirty());
+    m.announce_key("b", vec![7; 32], 51999);
     let affected = m.refresh();
     assert!(affected.contains("a"), "{affected:?}");
     assert_eq!(
-        net(&m.node_view("a", 1), "n1").peers[0].wireguard_public_key,
-        vec![7; 32]
+        net(&m.node_view("a", 1), "n1").peers[0].wireguard_port,
+        51999
     );
-    // The same key again changes nothing; a stream without one takes it away.
-    m.announce_key("b", vec![7; 32]);
-    assert!(!m.is_dirty());
-    m.announce_key("b", Vec::new());
+    m.announce_key("b", Vec::new(), 0);
     m.refresh();
     assert!(
         net(&m.node_view("a", 1), "n1").peers[0]
@@ -566,4 +576,30 @@ fn the_watch_names_its_address_or_the_callers() {
         requested_addr("nope", None).expect_err("bad").code(),
         tonic::Code::InvalidArgument
     );
+}
+
+#[tokio::test]
+async fn a_watch_with_a_malformed_key_or_port_is_refused() {
+    use api::netplane::network_plane_server::NetworkPlane as _;
+    let store = seeded_store().await;
+    let service = NetworkPlaneService::local(NetworkPlane::new(store), "a".into());
+    let bad = [
+        api::netplane::WatchRequest {
+            wireguard_public_key: vec![7; 31],
+            ..Default::default()
+        },
+        api::netplane::WatchRequest {
+            wireguard_public_key: vec![7; 32],
+            wireguard_port: 65536,
+            ..Default::default()
+        },
+    ];
+    for req in bad {
+        let err = service
+            .watch(tonic::Request::new(req.clone()))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{req:?} accepted"));
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
 }

@@ -156,6 +156,7 @@ impl Dataplane {
                 .as_ref()
                 .map(|k| k.public().to_vec())
                 .unwrap_or_default(),
+            wireguard_port: u32::from(self.config.wireguard_port),
         }
     }
 
@@ -761,11 +762,14 @@ fn peer_specs(view: &NodeView) -> HashMap<std::net::Ipv4Addr, PeerSpec> {
             };
             match <[u8; 32]>::try_from(p.wireguard_public_key.as_slice()) {
                 Ok(key) => {
+                    let port = u16::try_from(p.wireguard_port).ok().filter(|p| *p != 0);
                     let spec = peers.entry(addr).or_insert_with(|| PeerSpec {
                         key,
+                        port,
                         vnis: Default::default(),
                     });
                     spec.key = key;
+                    spec.port = port;
                     spec.vnis.insert(n.vni);
                 }
                 Err(_) => tracing::warn!(

@@ -114,6 +114,9 @@ pub struct TunnelStats {
 pub struct PeerSpec {
     /// Its WireGuard public key.
     pub key: [u8; 32],
+    /// The UDP port its tunnel receives on, as it announced it; `None`: not announced, this
+    /// node's own port is used.
+    pub port: Option<u16>,
     /// The VNIs of the encrypted networks this node shares with it: its opened packets of any
     /// other VNI are dropped.
     pub vnis: HashSet<u32>,
@@ -177,10 +180,13 @@ struct PeerTunnel {
     /// Its data path address: what its VXLAN packets come from.
     addr: Ipv4Addr,
     key: [u8; 32],
+    /// The UDP port it announced for its tunnel (or this node's own): where its packets go
+    /// until an authenticated packet of its comes from elsewhere.
+    port: u16,
     /// The index boringtun puts (shifted left by 8) in the receiver field of what the peer
     /// sends this node once a handshake is under way.
     index: u32,
-    /// Where its WireGuard packets go: its data path address at first, then wherever its last
+    /// Where its WireGuard packets go: its data path address and port at first, then wherever its last
     /// authenticated packet came from (a node whose datagrams leave from another address).
     endpoint: Mutex<SocketAddr>,
     vnis: RwLock<HashSet<u32>>,
@@ -384,7 +390,12 @@ impl Tunnel {
             by_index,
             by_key,
         } = &mut *peers;
-        by_addr.retain(|addr, p| wanted.get(addr).is_some_and(|w| w.key == p.key));
+        let port = |spec: &PeerSpec| spec.port.unwrap_or(self.shared.wg_port);
+        by_addr.retain(|addr, p| {
+            wanted
+                .get(addr)
+                .is_some_and(|w| w.key == p.key && port(w) == p.port)
+        });
         for (addr, spec) in wanted {
             if let Some(p) = by_addr.get(addr) {
                 *p.vnis.write().unwrap_or_else(PoisonError::into_inner) = spec.vnis.clone();
@@ -413,8 +424,9 @@ impl Tunnel {
                 Arc::new(PeerTunnel {
                     addr: *addr,
                     key: spec.key,
+                    port: port(spec),
                     index,
-                    endpoint: Mutex::new(SocketAddr::new(IpAddr::V4(*addr), self.shared.wg_port)),
+                    endpoint: Mutex::new(SocketAddr::new(IpAddr::V4(*addr), port(spec))),
                     vnis: RwLock::new(spec.vnis.clone()),
                     tunn: Mutex::new(tunn),
                 }),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use api::netplane::{Endpoint, NetworkView, Peer, Subnet};
+use api::netplane::{Endpoint, NetworkView, Peer, Subnet, WatchRequest};
 use netplane::{Config, Dataplane, NetnsPath, NodeView, TaskNet};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -116,7 +116,11 @@ impl Hosts {
     }
 
     async fn plane(&self, i: usize) -> Arc<Dataplane> {
-        Dataplane::start_in(self.config(i), &self.netns(i))
+        self.plane_with(i, self.config(i)).await
+    }
+
+    async fn plane_with(&self, i: usize, config: Config) -> Arc<Dataplane> {
+        Dataplane::start_in(config, &self.netns(i))
             .await
             .expect("data plane starts")
     }
@@ -223,16 +227,17 @@ fn task_on(net: Net, id: &str, addr: &str) -> api::Task {
 
 /// Host `me`'s view: two nodes, one task on each.
 fn view(h: &Hosts, me: usize, tasks: &[(&str, &str)]) -> NodeView {
-    view_of(h, me, PLAIN, tasks, &[Vec::new(), Vec::new()])
+    view_of(h, me, PLAIN, tasks, &Default::default())
 }
 
-/// Host `me`'s view of `net`: two nodes (with WireGuard public keys `keys`), one task on each.
+/// Host `me`'s view of `net`: two nodes (with the WireGuard keys and ports they `announced`), one
+/// task on each.
 fn view_of(
     h: &Hosts,
     me: usize,
     net: Net,
     tasks: &[(&str, &str)],
-    keys: &[Vec<u8>; 2],
+    announced: &[WatchRequest; 2],
 ) -> NodeView {
     let other = 1 - me;
     let node_addr = |i: usize| format!("10.{}.0.{}/24", net.octet, 2 + i);
@@ -252,7 +257,8 @@ fn view_of(
                 node_id: format!("node{other}"),
                 data_path_addr: h.underlay[other].to_string(),
                 node_addr: node_addr(other),
-                wireguard_public_key: keys[other].clone(),
+                wireguard_public_key: announced[other].wireguard_public_key.clone(),
+                wireguard_port: announced[other].wireguard_port,
             }],
             endpoints: tasks
                 .iter()
@@ -326,6 +332,15 @@ async fn task_on_each(h: &Hosts) -> ([Arc<Dataplane>; 2], Vec<TaskNet>) {
 
 /// The same on network `net` (with each host's WireGuard key in the other's view).
 async fn task_on_each_of(h: &Hosts, net: Net) -> ([Arc<Dataplane>; 2], Vec<TaskNet>) {
+    task_on_each_with(h, net, [h.config(0), h.config(1)]).await
+}
+
+/// The same with data planes of configurations `configs`.
+async fn task_on_each_with(
+    h: &Hosts,
+    net: Net,
+    configs: [Config; 2],
+) -> ([Arc<Dataplane>; 2], Vec<TaskNet>) {
     let [ta, tb] = task_ids(h);
     let addrs = [
         format!("10.{}.0.10/24", net.octet),
@@ -335,12 +350,13 @@ async fn task_on_each_of(h: &Hosts, net: Net) -> ([Arc<Dataplane>; 2], Vec<TaskN
         (ta.as_str(), addrs[0].as_str()),
         (tb.as_str(), addrs[1].as_str()),
     ];
-    let planes = [h.plane(0).await, h.plane(1).await];
-    let keys = [0, 1].map(|i| planes[i].watch_request().wireguard_public_key);
+    let [c0, c1] = configs;
+    let planes = [h.plane_with(0, c0).await, h.plane_with(1, c1).await];
+    let announced = [0, 1].map(|i| planes[i].watch_request());
     let mut sandboxes = Vec::new();
     for i in 0..2 {
         planes[i]
-            .apply(view_of(h, i, net, &tasks, &keys))
+            .apply(view_of(h, i, net, &tasks, &announced))
             .await
             .expect("view applied");
         let ns = planes[i]
@@ -1158,6 +1174,30 @@ async fn throughput_across_the_overlay_against_the_plain_veth() {
     }
 }
 
+/// Each node announces its own WireGuard port: two nodes on different ports still reach each
+/// other (each sends to the port the other announced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_network_works_between_nodes_on_different_wireguard_ports() {
+    let h = hosts_or_skip!();
+    let mut other = h.config(1);
+    other.wireguard_port = netplane::tunnel::WIREGUARD_PORT + 10;
+    let (planes, nets) = task_on_each_with(&h, SEALED, [h.config(0), other]).await;
+    echo_through_the_tunnel(&planes, &nets, 7610).await;
+}
+
+/// A TCP echo from host A's task to host B's on port `port` of the encrypted network, sealed
+/// and opened by both tunnels; then the planes stop.
+async fn echo_through_the_tunnel(planes: &[Arc<Dataplane>; 2], nets: &[TaskNet], port: u16) {
+    let addr = SocketAddr::new([10, SEALED.octet, 0, 11].into(), port);
+    let reply = echo_across(&nets[1].netns.0, &nets[0].netns.0, addr).expect("TCP across");
+    assert_eq!(reply, "hello across the overlay");
+    for p in planes {
+        let stats = p.tunnel_stats().expect("a tunnel");
+        assert!(stats.sealed > 0 && stats.opened > 0, "{stats:?}");
+        p.stop().await.expect("stop");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_network_works_when_a_nodes_route_to_its_peer_leaves_from_another_address() {
     let h = hosts_or_skip!();
@@ -1188,14 +1228,7 @@ async fn an_encrypted_network_works_when_a_nodes_route_to_its_peer_leaves_from_a
     ])
     .expect("route from the second address");
     let (planes, nets) = task_on_each_of(&h, SEALED).await;
-    let addr = SocketAddr::new([10, SEALED.octet, 0, 11].into(), 7600);
-    let reply = echo_across(&nets[1].netns.0, &nets[0].netns.0, addr).expect("TCP across");
-    assert_eq!(reply, "hello across the overlay");
-    for p in &planes {
-        let stats = p.tunnel_stats().expect("a tunnel");
-        assert!(stats.sealed > 0 && stats.opened > 0, "{stats:?}");
-        p.stop().await.expect("stop");
-    }
+    echo_through_the_tunnel(&planes, &nets, 7600).await;
 }
 
 /// A second encrypted network, which host A has and host B has no part in.
@@ -1211,7 +1244,7 @@ async fn a_peer_cannot_send_through_the_tunnel_into_an_encrypted_network_it_has_
     let h = hosts_or_skip!();
     let (planes, nets) = task_on_each_of(&h, SEALED).await;
     // Host A also has a task on a second encrypted network, whose only other node is not B.
-    let keys = [0, 1].map(|i| planes[i].watch_request().wireguard_public_key);
+    let announced = [0, 1].map(|i| planes[i].watch_request());
     let task_a2 = format!("ovl{}tc", h.tag);
     let [ta, tb] = task_ids(&h);
     let mut view = view_of(
@@ -1219,14 +1252,20 @@ async fn a_peer_cannot_send_through_the_tunnel_into_an_encrypted_network_it_has_
         0,
         SEALED,
         &[(&ta, "10.78.0.10/24"), (&tb, "10.78.0.11/24")],
-        &keys,
+        &announced,
     );
     let mut other = view_of(
         &h,
         0,
         SEALED_A_ONLY,
         &[(&task_a2, "10.79.0.10/24")],
-        &[Vec::new(), vec![7; 32]],
+        &[
+            WatchRequest::default(),
+            WatchRequest {
+                wireguard_public_key: vec![7; 32],
+                ..Default::default()
+            },
+        ],
     );
     other.networks[0].peers[0].data_path_addr =
         Ipv4Addr::from(u32::from(h.underlay[0]) + 50).to_string();
@@ -1295,7 +1334,7 @@ async fn a_failing_sandbox_does_not_keep_the_others_from_their_virtual_ips() {
             .iter()
             .map(|(t, a)| (t.as_str(), a.as_str()))
             .collect::<Vec<_>>(),
-        &[Vec::new(), Vec::new()],
+        &Default::default(),
     );
     plane.apply(v.clone()).await.expect("view applied");
     let mut namespaces = Vec::new();

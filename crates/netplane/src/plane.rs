@@ -9,7 +9,8 @@
 //! start and announced from then on; the tunnel itself (TUN device, socket, rules, guard) opens
 //! with the first encrypted network the node gets devices for and closes with the last. A node
 //! whose tunnel cannot open refuses encrypted networks ([`Error::CannotEncrypt`]: their tasks
-//! are rejected) rather than carry them in clear.
+//! are rejected) rather than carry them in clear; after a failed opening it refuses them with that
+//! reason for [`TUNNEL_RETRY`] before it tries again (not once per network of every view).
 //!
 //! A network's devices exist while the view lists it or a local sandbox uses it: a task's
 //! sandbox may be made before the first view naming its network arrives (the devices are then
@@ -30,6 +31,9 @@ use crate::sandbox::{Attachment, Sandbox, TaskNet};
 use crate::tunnel::{Counters, NodeKey, PeerSpec, Tunnel, TunnelStats};
 use crate::{Config, Error, NetnsPath, NodeView, dns, lb};
 
+/// How long after the tunnel failed to open the next try waits.
+pub const TUNNEL_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Default)]
 struct State {
     view: NodeView,
@@ -43,6 +47,9 @@ struct State {
     tunnel: Option<Tunnel>,
     /// Whether this run set the tunnel's guard, which stays until [`Dataplane::stop`].
     guarded: bool,
+    /// When the tunnel last failed to open, and why: encrypted networks are refused with that
+    /// reason, without another try, for [`TUNNEL_RETRY`].
+    tunnel_failed: Option<(std::time::Instant, String)>,
     stopped: bool,
 }
 
@@ -329,7 +336,12 @@ impl Dataplane {
                 why,
             };
             let key = self.key.as_ref().map_err(|why| cannot(why.clone()))?;
-            let tunnel = Tunnel::start(
+            if let Some((at, why)) = &state.tunnel_failed
+                && at.elapsed() < TUNNEL_RETRY
+            {
+                return Err(cannot(why.clone()));
+            }
+            let opened = Tunnel::start(
                 &self.nl,
                 self.netns.as_deref(),
                 match self.config.data_path_addr {
@@ -340,8 +352,21 @@ impl Dataplane {
                 key,
                 self.counters.clone(),
             )
-            .await
-            .map_err(|e| cannot(e.to_string()))?;
+            .await;
+            let tunnel = match opened {
+                Ok(tunnel) => tunnel,
+                Err(e) => {
+                    self.counters.open_failed();
+                    let why = format!(
+                        "{e} (tried again once {} s have passed)",
+                        TUNNEL_RETRY.as_secs()
+                    );
+                    tracing::warn!(error = %e, "the WireGuard tunnel cannot open: encrypted networks are refused on this node");
+                    state.tunnel_failed = Some((std::time::Instant::now(), why.clone()));
+                    return Err(cannot(why));
+                }
+            };
+            state.tunnel_failed = None;
             tunnel.set_peers(&peer_specs(&state.view));
             state.tunnel = Some(tunnel);
             state.guarded = true;

@@ -107,6 +107,8 @@ pub struct TunnelStats {
     /// Of those, opened packets of a VXLAN network (VNI) the peer shares no encrypted network
     /// of this node's in.
     pub foreign_vni: u64,
+    /// Times the tunnel failed to open.
+    pub open_failures: u64,
 }
 
 /// One other node as the tunnel is to know it.
@@ -129,9 +131,15 @@ pub struct Counters {
     opened: AtomicU64,
     dropped: AtomicU64,
     foreign_vni: AtomicU64,
+    open_failures: AtomicU64,
 }
 
 impl Counters {
+    /// Counts a failed opening of the tunnel.
+    pub(crate) fn open_failed(&self) {
+        self.open_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// What they count so far.
     pub fn stats(&self) -> TunnelStats {
         TunnelStats {
@@ -139,6 +147,7 @@ impl Counters {
             opened: self.opened.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             foreign_vni: self.foreign_vni.load(Ordering::Relaxed),
+            open_failures: self.open_failures.load(Ordering::Relaxed),
         }
     }
 }

@@ -862,6 +862,24 @@ async fn an_encrypted_network_on_a_node_that_cannot_encrypt_fails_its_tasks() {
     assert!(err.to_string().contains("cannot encrypt"), "{err}");
     assert!(!second.tunnel_open().await);
     assert!(!h.has_link(0, &format!("swbr-{}", SEALED_A_ONLY.vni)));
+    // Another encrypted network right after gets the same refusal without another try.
+    let again = second
+        .create_sandbox(&task_on(
+            SEALED,
+            &format!("ovl{}th", h.tag),
+            "10.78.0.13/24",
+        ))
+        .await
+        .unwrap_err();
+    let why = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        text.split_once("cannot encrypt: ")
+            .map(|(_, why)| why.to_string())
+            .unwrap_or(text)
+    };
+    assert_eq!(why(&again), why(&err));
+    assert!(why(&err).contains("tried again once"), "{err}");
+    assert_eq!(second.tunnel_stats().expect("a key").open_failures, 1);
     // Plain networks still work there.
     a_plain_task_still_gets_its_sandbox(&h, &second, "tg").await;
     second.stop().await.unwrap();

@@ -195,8 +195,9 @@ struct PeerTunnel {
     /// The index boringtun puts (shifted left by 8) in the receiver field of what the peer
     /// sends this node once a handshake is under way.
     index: u32,
-    /// Where its WireGuard packets go: its data path address and port at first, then wherever its last
-    /// authenticated packet came from (a node whose datagrams leave from another address).
+    /// Where its WireGuard packets go: its data path address and port at first, then wherever
+    /// its last authenticated packet came from (a node whose datagrams leave from another
+    /// address).
     endpoint: Mutex<SocketAddr>,
     vnis: RwLock<HashSet<u32>>,
     tunn: Mutex<Tunn>,

@@ -416,17 +416,19 @@ impl MemoryStore {
         tx.seal();
         pipeline.parts = tx.into_parts();
         let (reply, answer) = oneshot::channel();
+        let lingering = lingers(&result).then(Instant::now);
         let waiter = Waiter {
             end: pipeline.parts.changes.len(),
             len: pipeline.parts.proposal_len,
-            lingering: lingers(&result).then(Instant::now),
+            lingering,
             reply,
         };
         pipeline.writers.push(waiter);
         if !pipeline.committer {
             pipeline.committer = true;
             tokio::spawn(self.clone().run_committer(proposer.clone()));
-        } else if !self.lingers {
+        } else if lingering.is_none() {
+            // A committer lingering on background writes proposes them with this one now.
             self.inner.foreground.notify_waiters();
         }
         Enqueued::Queued(result, answer)

@@ -446,30 +446,34 @@ impl MemoryStore {
             let foreground = self.inner.foreground.notified();
             let mut foreground = std::pin::pin!(foreground);
             foreground.as_mut().enable();
-            let linger = {
+            let taken = {
                 let mut pipeline = self.pipeline();
                 if pipeline.writers.is_empty() {
                     pipeline.committer = false;
                     guard.armed = false;
                     return;
                 }
-                linger_until(&pipeline.writers)
-            };
-            if let Some(until) = linger {
-                tokio::select! {
-                    () = tokio::time::sleep_until(until) => {}
-                    () = &mut foreground => {}
+                match linger_until(&pipeline.writers) {
+                    Some(until) => Err(until),
+                    None => {
+                        pipeline.in_flight = Some(self.read_state().generation);
+                        let changes = std::mem::take(&mut pipeline.parts.changes);
+                        let in_flight: Vec<(Kind, Arc<str>)> =
+                            changes.iter().filter_map(Change::key).collect();
+                        pipeline.parts.proposal_len = REQUEST_ID_BYTES;
+                        Ok((changes, std::mem::take(&mut pipeline.writers), in_flight))
+                    }
                 }
-                continue;
-            }
-            let (changes, writers, in_flight) = {
-                let mut pipeline = self.pipeline();
-                pipeline.in_flight = Some(self.read_state().generation);
-                let changes = std::mem::take(&mut pipeline.parts.changes);
-                let in_flight: Vec<(Kind, Arc<str>)> =
-                    changes.iter().filter_map(Change::key).collect();
-                pipeline.parts.proposal_len = REQUEST_ID_BYTES;
-                (changes, std::mem::take(&mut pipeline.writers), in_flight)
+            };
+            let (changes, writers, in_flight) = match taken {
+                Ok(batch) => batch,
+                Err(until) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        () = &mut foreground => {}
+                    }
+                    continue;
+                }
             };
             let (committed, failure) = self.propose_batch(&*proposer, changes, &writers).await;
             {

@@ -476,17 +476,14 @@ impl Model {
     /// Records the WireGuard public key a node's stream announced (empty: none) and its tunnel's
     /// UDP port (0: not announced); its peers' views change if they differ from the ones known.
     pub(crate) fn announce_key(&mut self, node_id: &str, key: Vec<u8>, port: u32) {
-        let known = self.keys.get(node_id);
-        if known.map_or(&[][..], |(k, _)| k.as_slice()) == key.as_slice()
-            && (key.is_empty() || known.is_some_and(|(_, p)| *p == port))
-        {
+        let announced = (!key.is_empty()).then_some((key, port));
+        if self.keys.get(node_id) == announced.as_ref() {
             return;
         }
-        if key.is_empty() {
-            self.keys.remove(node_id);
-        } else {
-            self.keys.insert(node_id.to_string(), (key, port));
-        }
+        match announced {
+            Some(announced) => self.keys.insert(node_id.to_string(), announced),
+            None => self.keys.remove(node_id),
+        };
         if let Some(info) = self.nodes.get(node_id) {
             self.dirty_nets.extend(info.networks().map(str::to_string));
         }

@@ -2,17 +2,24 @@
 //! `raft.redb` (see `db`). Every write commits durably (fsync) before openraft is told it is done;
 //! the committed log ID is the one exception, written lazily because it is only a hint for faster
 //! replay after a restart: it is kept in memory and goes to disk with the next vote, truncation or
-//! purge, or with an append once it is `HINT_EVERY` entries past the saved one, so a commit costs
+//! purge, or with an append once it is `HINT_EVERY` entries past the saved one (and no further
+//! than the append's own entries, see `Disk::write_now`), so a commit costs
 //! no database transaction of its own and most appends do not rewrite the `META` table's page.
 //!
-//! Appends, which every store write waits on, run their redb transaction and fsync on the raft
-//! core's own thread rather than tokio's blocking pool: the core awaits the append's completion
-//! anyway, and the round trip through the pool cost two thread wake-ups per entry. The rarer
-//! writes (vote, truncation, purge) still go through the pool.
+//! Appends go to the log's writer thread, which writes whatever has queued in one transaction
+//! and one fsync, and only then reports each append done. Meanwhile the appended entries are
+//! served to readers from memory (`unwritten`), so a leader's raft core, which no longer waits
+//! for its own append (the patch in `vendor/openraft`), sends them to the followers while its
+//! disk writes them: the leader's fsync and the followers' run side by side. A follower's append,
+//! which the core does wait for, is written on the core's own thread when nothing is queued (the
+//! round trip through the writer would cost two thread wake-ups). The rarer writes (vote,
+//! truncation, purge) go through tokio's blocking pool, each after every queued append is
+//! written: no vote is saved, and no entry removed, ahead of an append made before it.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, BasicNode, EntryPayload, LogState, Membership, RaftLogReader, Vote};
@@ -25,10 +32,21 @@ use crate::db::{
 use crate::encryption::{Keyring, Place};
 use crate::types::{Entry, LogId, NodeId, RaftRequest, StorageError, TypeConfig};
 
-/// Log storage over the shared raft database. Cheap to clone: clones share the database and
-/// the unsaved committed log ID.
+/// Log storage over the shared raft database. Cheap to clone: clones share the database, the
+/// unsaved committed log ID, the unwritten entries and the writer.
 #[derive(Clone)]
 pub struct LogStore {
+    disk: Disk,
+    /// Appended entries the writer has not written yet, by index.
+    unwritten: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The writer thread's queue; the thread ends when the last clone is dropped.
+    writer: mpsc::Sender<Job>,
+}
+
+/// What the writer thread shares with the store (all but the queue, so that dropping the
+/// store's clones ends the thread).
+#[derive(Clone)]
+struct Disk {
     db: Arc<Database>,
     /// Seals and opens the entry records (`encryption`).
     ring: Keyring,
@@ -36,6 +54,20 @@ pub struct LogStore {
     /// index of the one saved last.
     committed_hint: Arc<Mutex<Hint>>,
 }
+
+/// What the writer thread is asked to do.
+enum Job {
+    /// Write these entries (log ID and encoded record, not yet sealed), then report the append.
+    Append {
+        records: Vec<(LogId, Vec<u8>)>,
+        done: Done,
+    },
+    /// Answer once every append queued before is written.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Reports an append written (or failed): openraft's `LogFlushed` callback.
+type Done = Box<dyn FnOnce(std::io::Result<()>) + Send>;
 
 /// The committed log ID waiting to be saved, and the index of the last one saved.
 #[derive(Default)]
@@ -51,15 +83,148 @@ struct Hint {
 const HINT_EVERY: u64 = 64;
 
 impl LogStore {
-    /// A log store over an open raft database.
+    /// A log store over an open raft database, with its writer thread.
     pub(crate) fn new(db: Arc<Database>, ring: Keyring) -> Self {
-        LogStore {
+        let disk = Disk {
             db,
             ring,
             committed_hint: Arc::default(),
+        };
+        let unwritten = Arc::<Mutex<BTreeMap<u64, Entry>>>::default();
+        let (writer, jobs) = mpsc::channel();
+        let (on_disk, written) = (disk.clone(), unwritten.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_queued(&on_disk, &written, &jobs))
+            .expect("the raft log's writer thread starts");
+        LogStore {
+            disk,
+            unwritten,
+            writer,
         }
     }
 
+    fn unwritten(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        // Entries are inserted and removed whole: a poisoned lock still holds consistent ones.
+        self.unwritten
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once every append queued so far is on disk.
+    async fn written(&self) -> Result<(), StorageError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Job::Barrier(done))
+            .map_err(|_| writer_gone())?;
+        wait.await.map_err(|_| writer_gone())
+    }
+
+    /// Runs `f` in a durable write transaction on the blocking pool (see [`Disk::write_now`]),
+    /// once every queued append is written.
+    async fn write<F>(&self, f: F) -> Result<(), StorageError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), StorageError> + Send + 'static,
+    {
+        self.written().await?;
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || disk.write_now(None, f))
+            .await
+            .map_err(write_err)?
+    }
+
+    /// Appends `entries`: written on this thread when the caller waits for them (`awaited`)
+    /// and nothing is queued before them, otherwise served from memory and queued for the
+    /// writer. `done` is called once they are on disk.
+    fn queue_append(
+        &self,
+        entries: Vec<Entry>,
+        awaited: bool,
+        done: Done,
+    ) -> Result<(), StorageError> {
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let bytes = encode_entry(entry).map_err(|e| {
+                openraft::StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
+            })?;
+            records.push((entry.log_id, bytes));
+        }
+        let mut unwritten = self.unwritten();
+        if awaited && unwritten.is_empty() {
+            // A follower's append with nothing queued before it: on this thread (see the module
+            // doc). Every other writer of the database runs on the blocking pool or the writer
+            // thread, so waiting for one of them here cannot deadlock.
+            drop(unwritten);
+            self.disk.write_records(records.iter())?;
+            done(Ok(()));
+            return Ok(());
+        }
+        unwritten.extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        drop(unwritten);
+        // Only once the entries are on disk may raft count them (a leader commits on it).
+        self.writer
+            .send(Job::Append { records, done })
+            .map_err(|_| writer_gone())
+    }
+
+    /// The unwritten entries of `range`: taken before the disk is read, so that an entry the
+    /// writer removes meanwhile is on disk by then.
+    fn unwritten_in<RB: RangeBounds<u64>>(&self, range: RB) -> BTreeMap<u64, Entry> {
+        self.unwritten()
+            .range(range)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect()
+    }
+}
+
+/// The error of a store whose writer thread ended (it panicked).
+fn writer_gone() -> StorageError {
+    write_err(std::io::Error::other(
+        "the raft log's writer thread is gone",
+    ))
+}
+
+/// The writer thread: takes every job queued, writes the appends among them in one durable
+/// transaction, removes their entries from `unwritten`, reports each append, then answers the
+/// barriers. Ends when every store clone (every sender) is gone.
+fn write_queued(disk: &Disk, unwritten: &Mutex<BTreeMap<u64, Entry>>, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let (mut appends, mut barriers) = (Vec::new(), Vec::new());
+        for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+            match job {
+                Job::Append { records, done } => appends.push((records, done)),
+                Job::Barrier(done) => barriers.push(done),
+            }
+        }
+        if !appends.is_empty() {
+            let result = disk.write_records(appends.iter().flat_map(|(r, _)| r));
+            if result.is_ok() {
+                let mut unwritten = unwritten.lock().unwrap_or_else(PoisonError::into_inner);
+                for (log_id, _) in appends.iter().flat_map(|(r, _)| r) {
+                    if unwritten
+                        .get(&log_id.index)
+                        .is_some_and(|e| e.log_id == *log_id)
+                    {
+                        unwritten.remove(&log_id.index);
+                    }
+                }
+            }
+            for (_, done) in appends {
+                done(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.to_string())),
+                );
+            }
+        }
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Disk {
     fn committed_hint(&self) -> std::sync::MutexGuard<'_, Hint> {
         // Only ever replaced whole: a poisoned lock still holds a consistent value.
         self.committed_hint
@@ -67,21 +232,33 @@ impl LogStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` in a durable write transaction on the blocking pool (see [`LogStore::write_now`]).
-    async fn write<F>(&self, f: F) -> Result<(), StorageError>
-    where
-        F: FnOnce(&WriteTransaction) -> Result<(), StorageError> + Send + 'static,
-    {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_now(false, f))
-            .await
-            .map_err(write_err)?
+    /// Seals and writes log records (see [`Disk::write_now`]). Sealed here, just before the
+    /// write, as a key rotation expects of a writer (`encryption`'s module doc).
+    fn write_records<'a>(
+        &self,
+        records: impl Iterator<Item = &'a (LogId, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let records: Vec<_> = records.collect();
+        let last = records.iter().map(|(log_id, _)| log_id.index).max();
+        self.write_now(Some(last.unwrap_or(0)), |txn| {
+            let mut logs = txn.open_table(LOGS).map_err(write_err)?;
+            for (log_id, plain) in records {
+                let sealed = self.ring.seal(Place::Log(log_id.index), plain);
+                logs.insert(log_id.index, sealed.as_slice())
+                    .map_err(write_err)?;
+            }
+            Ok(())
+        })
     }
 
-    /// Runs `f` in a write transaction on this thread, saves the unsaved committed log ID with it
-    /// (an append: only once it is [`HINT_EVERY`] entries past the saved one), and commits durably
-    /// (fsync) before returning.
-    fn write_now<F>(&self, append: bool, f: F) -> Result<(), StorageError>
+    /// Runs `f` in a write transaction on this thread, saves the unsaved committed log ID with it,
+    /// and commits durably (fsync) before returning. An append of entries up to index
+    /// `appended` saves the committed log ID only once it is [`HINT_EVERY`] entries past the
+    /// saved one, and only if it is no further than `appended`: a leader's entries may be
+    /// committed (by its followers) before its own disk has them, and a hint naming an entry the
+    /// disk lacks would send a restart looking for it. Any other write comes after every queued
+    /// append is written ([`LogStore::write`]), so whatever was committed is on disk by then.
+    fn write_now<F>(&self, appended: Option<u64>, f: F) -> Result<(), StorageError>
     where
         F: FnOnce(&WriteTransaction) -> Result<(), StorageError>,
     {
@@ -93,10 +270,12 @@ impl LogStore {
         let take = {
             let mut hint = self.committed_hint();
             let due = hint.unsaved.is_some_and(|c| {
-                !append
-                    || hint
-                        .saved
-                        .is_none_or(|s| c.index >= s.saturating_add(HINT_EVERY))
+                appended.is_none_or(|last| {
+                    c.index <= last
+                        && hint
+                            .saved
+                            .is_none_or(|s| c.index >= s.saturating_add(HINT_EVERY))
+                })
             });
             let take = if due { hint.unsaved.take() } else { None };
             if let Some(c) = take {
@@ -126,7 +305,9 @@ impl LogStore {
         let meta = txn.open_table(META).map_err(read_err)?;
         get_json(&meta, key)
     }
+}
 
+impl LogStore {
     async fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
@@ -217,14 +398,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let mut out = self.unwritten_in(range.clone());
+        let txn = self.disk.db.begin_read().map_err(read_err)?;
         let logs = txn.open_table(LOGS).map_err(read_err)?;
-        let mut out = Vec::new();
         for row in logs.range::<u64>(range).map_err(read_err)? {
             let (key, value) = row.map_err(read_err)?;
-            out.push(self.decode_stored(key.value(), value.value())?);
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(key.value()) {
+                slot.insert(self.disk.decode_stored(key.value(), value.value())?);
+            }
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 
     /// What replication sends in one AppendEntries: the entries of `[start, end)` up to
@@ -235,18 +418,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let mut unwritten = self.unwritten_in(start..end);
+        let txn = self.disk.db.begin_read().map_err(read_err)?;
         let logs = txn.open_table(LOGS).map_err(read_err)?;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for row in logs.range::<u64>(start..end).map_err(read_err)? {
-            let (key, value) = row.map_err(read_err)?;
-            let record = value.value();
-            if !out.is_empty() && bytes + record.len() > REPLICATION_BYTES {
+        let mut stored = logs.range::<u64>(start..end).map_err(read_err)?.peekable();
+        for index in start..end {
+            let row = stored
+                .next_if(|row| row.as_ref().map_or(true, |(key, _)| key.value() == index))
+                .transpose()
+                .map_err(read_err)?;
+            // An entry not yet written (or written, but not yet removed from `unwritten`) is
+            // taken from memory, and counts at its payload's size.
+            let (entry, len) = match (unwritten.remove(&index), row) {
+                (Some(entry), _) => {
+                    let len = match &entry.payload {
+                        EntryPayload::Normal(req) => req.payload.len(),
+                        _ => 0,
+                    };
+                    (entry, len)
+                }
+                (None, Some((_, value))) => {
+                    let record = value.value();
+                    (self.disk.decode_stored(index, record)?, record.len())
+                }
+                (None, None) => break,
+            };
+            if !out.is_empty() && bytes + len > REPLICATION_BYTES {
                 break;
             }
-            bytes += record.len();
-            out.push(self.decode_stored(key.value(), record)?);
+            bytes += len;
+            out.push(entry);
         }
         Ok(out)
     }
@@ -262,13 +465,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let last_purged_log_id: Option<LogId> = self.disk.read_meta(KEY_LAST_PURGED)?;
+        let unwritten = self.unwritten().last_key_value().map(|(_, e)| e.log_id);
+        let txn = self.disk.db.begin_read().map_err(read_err)?;
         let logs = txn.open_table(LOGS).map_err(read_err)?;
         let last = match logs.last().map_err(read_err)? {
-            Some((k, v)) => Some(self.decode_stored(k.value(), v.value())?.log_id),
+            Some((k, v)) => Some(self.disk.decode_stored(k.value(), v.value())?.log_id),
             None => None,
         };
+        let last = last.max(unwritten);
         Ok(LogState {
             last_purged_log_id,
             last_log_id: last.or(last_purged_log_id),
@@ -284,7 +489,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.read_meta(KEY_VOTE)
+        self.disk.read_meta(KEY_VOTE)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -292,16 +497,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // the saved one once a leader commits again, never correctness; so it waits for the next
         // write instead of paying a transaction of its own on every commit.
         if committed.is_some() {
-            self.committed_hint().unsaved = committed;
+            self.disk.committed_hint().unsaved = committed;
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        if let Some(committed) = self.committed_hint().unsaved {
+        if let Some(committed) = self.disk.committed_hint().unsaved {
             return Ok(Some(committed));
         }
-        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .disk
+            .read_meta::<Option<LogId>>(KEY_COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(
@@ -313,29 +521,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut records = Vec::new();
-        for entry in entries {
-            let bytes = encode_entry(&entry).map_err(|e| {
-                openraft::StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e))
-            })?;
-            let sealed = self.ring.seal(Place::Log(entry.log_id.index), &bytes);
-            records.push((entry.log_id.index, sealed));
+        let awaited = callback.is_awaited();
+        if awaited {
+            // It may be written on this thread: the tasks this thread has queued (the answer to
+            // the previous AppendEntries, say) run first, so they do not wait through its fsync.
+            tokio::task::yield_now().await;
         }
-        // On this thread (see the module doc): every other writer of the database runs on the
-        // blocking pool, so waiting for one of them here cannot deadlock. The tasks this thread
-        // has queued (the answer to the writer of the entry just applied, say) run first, so
-        // they do not wait through this fsync.
-        tokio::task::yield_now().await;
-        self.write_now(true, |txn| {
-            let mut logs = txn.open_table(LOGS).map_err(write_err)?;
-            for (index, bytes) in &records {
-                logs.insert(*index, bytes.as_slice()).map_err(write_err)?;
-            }
-            Ok(())
-        })?;
-        // The batch is on disk: only now may raft count it (a leader commits on this signal).
-        callback.log_io_completed(Ok(()));
-        Ok(())
+        let done: Done = Box::new(move |result| callback.log_io_completed(result));
+        self.queue_append(entries.into_iter().collect(), awaited, done)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -346,7 +539,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_err)?;
             Ok(())
         })
-        .await
+        .await?;
+        // Every append queued before is written (`write`): nothing of these is left unwritten.
+        debug_assert!(self.unwritten().range(log_id.index..).next().is_none());
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -436,6 +632,100 @@ mod tests {
         assert_eq!(run.len(), 300);
     }
 
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(RaftRequest {
+                payload: vec![b'x'; 100],
+            }),
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// A leader's append (not awaited) is readable at once while its disk is busy (a write
+    /// transaction held here stalls the writer) and reported only once written; a vote saved
+    /// while an append is queued waits until it is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_append_is_read_from_memory_until_written_and_a_vote_waits_for_it() {
+        let bound = std::time::Duration::from_secs(10);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(dir.path()).expect("open");
+        let mut store = LogStore::new(db.clone(), Keyring::plain());
+        let (written, reports) = std::sync::mpsc::channel();
+        let report = |last: u64| -> Done {
+            let written = written.clone();
+            Box::new(move |result| {
+                result.expect("written");
+                written.send(last).expect("report");
+            })
+        };
+        store
+            .queue_append((1..=3).map(entry).collect(), true, report(3))
+            .expect("append 1-3");
+        // Awaited with nothing queued: written before `queue_append` returned.
+        assert_eq!(reports.try_recv(), Ok(3));
+        assert!(store.unwritten().is_empty());
+
+        let stall = db.begin_write().expect("hold the write lock");
+        // The writer, once it has written 4-5, waits in their report until `gate` opens.
+        let (gate, gated) = std::sync::mpsc::channel::<()>();
+        let report_5 = report(5);
+        store
+            .queue_append(
+                (4..=5).map(entry).collect(),
+                false,
+                Box::new(move |result| {
+                    report_5(result);
+                    let _ = gated.recv();
+                }),
+            )
+            .expect("append 4-5");
+        let all = store.try_get_log_entries(1..=5).await.expect("read");
+        assert_eq!(indexes(&all), [1, 2, 3, 4, 5]);
+        let run = store.limited_get_log_entries(2, 6).await.expect("read");
+        assert_eq!(indexes(&run), [2, 3, 4, 5]);
+        // The writer cannot write while the lock is held here: nothing is reported yet.
+        assert!(reports.try_recv().is_err());
+        drop(stall);
+        assert_eq!(reports.recv_timeout(bound), Ok(5));
+
+        // Awaited, but the writer is busy with 4-5's report: queued behind it.
+        store
+            .queue_append(vec![entry(6)], true, report(6))
+            .expect("append 6");
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
+        let all = store.try_get_log_entries(4..).await.expect("read");
+        assert_eq!(indexes(&all), [4, 5, 6]);
+        let mut vote_store = store.clone();
+        let mut vote = tokio::spawn(async move {
+            vote_store.save_vote(&Vote::new(2, 1)).await.expect("vote");
+        });
+        // A window for a vote that does not wait for the queued append to be saved.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut vote).await;
+        assert!(
+            early.is_err(),
+            "the vote was saved before entry 6 was written"
+        );
+        drop(gate);
+        tokio::time::timeout(bound, vote)
+            .await
+            .expect("the vote is saved once the append is written")
+            .expect("vote task");
+        assert_eq!(reports.try_recv(), Ok(6));
+        assert!(store.unwritten().is_empty());
+        let txn = db.begin_read().expect("read");
+        let logs = txn.open_table(LOGS).expect("logs");
+        assert_eq!(logs.iter().expect("rows").count(), 6);
+        assert_eq!(
+            store.read_vote().await.expect("vote"),
+            Some(Vote::new(2, 1))
+        );
+    }
+
     #[tokio::test]
     async fn the_committed_hint_waits_for_the_next_write() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -476,7 +766,10 @@ mod tests {
                 .save_committed(Some(at(reported)))
                 .await
                 .expect("save");
-            store.write_now(true, |_| Ok(())).expect("append");
+            store
+                .disk
+                .write_now(Some(reported), |_| Ok(()))
+                .expect("append");
             assert_eq!(on_disk().await, Some(at(saved)), "reported {reported}");
             assert_eq!(
                 store.read_committed().await.expect("read"),
@@ -486,6 +779,30 @@ mod tests {
         // Any other write takes it along at once.
         store.save_vote(&Vote::new(2, 1)).await.expect("vote");
         assert_eq!(on_disk().await, Some(at(6 + HINT_EVERY)));
+    }
+
+    /// A leader's entries may be committed by its followers before its own disk has them: an
+    /// append saves the committed hint only up to its own last entry.
+    #[tokio::test]
+    async fn an_append_saves_no_hint_past_its_own_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::db::open(dir.path()).expect("open");
+        let mut store = LogStore::new(db.clone(), Keyring::plain());
+        let on_disk = || async {
+            let mut fresh = LogStore::new(db.clone(), Keyring::plain());
+            fresh.read_committed().await.expect("read")
+        };
+        let committed = LogId::new(CommittedLeaderId::new(1, 1), 20);
+        store.save_committed(Some(committed)).await.expect("save");
+        let written = |_| {};
+        store
+            .queue_append((1..=3).map(entry).collect(), true, Box::new(written))
+            .expect("append 1-3");
+        assert_eq!(on_disk().await, None);
+        store
+            .queue_append((4..=25).map(entry).collect(), true, Box::new(written))
+            .expect("append 4-25");
+        assert_eq!(on_disk().await, Some(committed));
     }
 
     #[test]

@@ -1278,6 +1278,19 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                result.map_err(|e| StorageError::from(StorageIOError::write_logs(AnyError::error(e))))?;
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1649,20 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // swarmkit-rs patch: a leader does not wait for its own append to reach the disk
+                // before going on (the `Replicate` commands that follow send the entries to the
+                // followers meanwhile); its own progress counts the entries once the log store
+                // reports them written (`Notify::LocalLogFlushed`). The log store must serve the
+                // entries to readers from the moment `append` returns, and must have written
+                // every append before it saves a vote (so no later leader counts an entry that is
+                // not on disk).
+                let leading = self.engine.leader_handler().map(|lh| lh.leader.vote == vote).unwrap_or(false);
+                if leading {
+                    let callback = LogFlushed::notifying(vote, last_log_id, self.tx_notify.clone());
+                    self.log_store.append(entries, callback).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 

@@ -5,6 +5,7 @@ use std::io;
 use tokio::sync::oneshot;
 
 use crate::async_runtime::AsyncOneshotSendExt;
+use crate::core::notify::Notify;
 use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::type_config::alias::OneshotSenderOf;
 use crate::LogId;
@@ -16,7 +17,21 @@ pub struct LogFlushed<C>
 where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
-    tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    tx: FlushedTx<C>,
+}
+
+/// swarmkit-rs patch: who hears of the completion. The raft core awaits a follower's append on a
+/// oneshot; a leader's append is reported to the core's notification channel instead, so the core
+/// goes on (replicating the entries) while they are written.
+enum FlushedTx<C>
+where C: RaftTypeConfig
+{
+    Oneshot(OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>),
+    Notify {
+        vote: crate::Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+        tx: tokio::sync::mpsc::UnboundedSender<Notify<C>>,
+    },
 }
 
 impl<C> LogFlushed<C>
@@ -26,22 +41,54 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx: FlushedTx::Oneshot(tx),
+        }
+    }
+
+    /// swarmkit-rs patch: a callback that reports a leader's append of entries up to `last_log_id`,
+    /// made under `vote`, to the raft core as [`Notify::LocalLogFlushed`].
+    pub(crate) fn notifying(
+        vote: crate::Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+        tx: tokio::sync::mpsc::UnboundedSender<Notify<C>>,
+    ) -> Self {
+        Self {
+            log_io_id: LogIOId::new(vote.clone(), Some(last_log_id.clone())),
+            tx: FlushedTx::Notify { vote, last_log_id, tx },
+        }
+    }
+
+    /// swarmkit-rs patch: whether the raft core waits for this completion before it goes on (a
+    /// follower's append, whose answer to the leader waits for it), as opposed to hearing of it
+    /// later (a leader's own append).
+    pub fn is_awaited(&self) -> bool {
+        matches!(self.tx, FlushedTx::Oneshot(_))
     }
 
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
     pub fn log_io_completed(self, result: Result<(), io::Error>) {
-        let res = if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
-            self.tx.send(Err(e))
-        } else {
-            self.tx.send(Ok(self.log_io_id))
-        };
-
-        if let Err(e) = res {
-            tracing::error!("failed to send log io completion event: {:?}", e);
+        }
+        match self.tx {
+            FlushedTx::Oneshot(tx) => {
+                let res = tx.send(result.map(|()| self.log_io_id));
+                if let Err(e) = res {
+                    tracing::error!("failed to send log io completion event: {:?}", e);
+                }
+            }
+            FlushedTx::Notify { vote, last_log_id, tx } => {
+                // The core is gone when this fails: nothing is waiting for the answer.
+                let _ = tx.send(Notify::LocalLogFlushed {
+                    vote,
+                    last_log_id,
+                    result,
+                });
+            }
         }
     }
 }

@@ -1657,8 +1657,11 @@ where
                 // entries to readers from the moment `append` returns, and must have written
                 // every append before it saves a vote (so no later leader counts an entry that is
                 // not on disk).
+                // A leader alone in the membership has nobody to replicate to: it waits as
+                // upstream does (its commit waits for its own flush either way).
                 let leading = self.engine.leader_handler().map(|lh| lh.leader.vote == vote).unwrap_or(false);
-                if leading {
+                let others = self.engine.state.membership_state.effective().nodes().count() > 1;
+                if leading && others {
                     let callback = LogFlushed::notifying(vote, last_log_id, self.tx_notify.clone());
                     self.log_store.append(entries, callback).await?;
                     return Ok(None);

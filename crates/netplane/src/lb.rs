@@ -16,8 +16,9 @@
 //!   ([`Balancer::set_host_forward`]) answers on every local address as well, translated to the
 //!   task's address on its first network and the target port (as Docker maps a container's
 //!   port): the same `prerouting` and `output` chains, the client's source kept, but for a
-//!   connection from the node's loopback, whose source becomes the network's gateway (the
-//!   node's address on that bridge) so that the task's reply comes back to it.
+//!   connection from the node's loopback or from the task's own network, whose source becomes
+//!   the network's gateway (the node's address on that bridge) so that the task's reply comes
+//!   back through the node.
 //!
 //! Each apply rebuilds the whole table from the view in one nf_tables transaction (one `nft -f`
 //! of a JSON batch, run from a thread inside the namespace): a backend the view no longer marks
@@ -94,8 +95,11 @@ pub struct HostForward {
     /// The task's address on its first network (the one its default route goes through, so
     /// that its replies come back through the node).
     pub addr: Ipv4Addr,
+    /// The prefix length of that network's subnet (the task's neighbours on its bridge).
+    pub prefix: u8,
     /// That network's gateway, the node's address on its bridge: the source of connections
-    /// made from the node's loopback. `None`: those are not forwarded.
+    /// made from the node's loopback, or from the task's own network (which the task would
+    /// answer directly, not through the node). `None`: those are not forwarded.
     pub gateway: Option<Ipv4Addr>,
     /// That network's bridge (`swbr-<vni>`), where loopback-sourced packets leave.
     pub bridge: String,
@@ -724,8 +728,10 @@ fn mesh_rules(view: &NodeView, reserved: &[u16], table: &mut Table) -> NodeRules
 
 /// Adds to `rules` the HOST-mode ports of the tasks in sandboxes here: each published port,
 /// on every local address, to the task's address and target port; a connection from the
-/// node's loopback also gets the network's gateway as its source (the task could not answer
-/// 127.0.0.1). Their backend lists go into `table`.
+/// node's loopback, or from the task's own network (a task reaching a neighbour's, or its own,
+/// port through the node), also gets the network's gateway as its source: the task could not
+/// answer 127.0.0.1, and would answer a neighbour directly, from an address that neighbour
+/// never called. Their backend lists go into `table`.
 fn host_rules(
     forwards: &BTreeMap<String, HostForward>,
     reserved: &[u16],
@@ -745,13 +751,16 @@ fn host_rules(
                 Expr::Dport(port.protocol, port.published),
                 action,
             ]);
-            if let Some(gateway) = f.gateway {
+            let Some(gateway) = f.gateway else { continue };
+            let mask = u32::MAX.checked_shl(32 - u32::from(f.prefix)).unwrap_or(0);
+            let subnet = Ipv4Addr::from(u32::from(f.addr) & mask);
+            for (from, prefix) in [(Ipv4Addr::new(127, 0, 0, 0), 8), (subnet, f.prefix)] {
                 rules.snat.push(vec![
                     Expr::Ipv4,
                     Expr::CtDnat,
                     Expr::CtOriginalDport(port.protocol, port.published),
                     Expr::Daddr(f.addr),
-                    Expr::SaddrIn(Ipv4Addr::new(127, 0, 0, 0), 8),
+                    Expr::SaddrIn(from, prefix),
                     Expr::Snat(gateway),
                 ]);
             }

@@ -524,6 +524,7 @@ impl Dataplane {
             })?;
         let forward = lb::HostForward {
             addr: primary.addr.addr,
+            prefix: primary.addr.prefix,
             gateway: primary.gateway,
             bridge,
             ports,

@@ -269,6 +269,7 @@ fn host_forwards() -> BTreeMap<String, HostForward> {
         "t1".to_owned(),
         HostForward {
             addr: ip("10.233.0.5"),
+            prefix: 24,
             gateway: Some(ip("10.233.0.1")),
             bridge: "swbr-4097".into(),
             ports: vec![
@@ -322,17 +323,26 @@ fn node_table_forwards_host_ports_to_the_task_keeping_the_source_but_loopbacks()
             },
         ]
     );
-    assert_eq!(
-        table.chains[2].rules[1],
+    let from = |l4, source: &str, prefix| {
         vec![
             Expr::Ipv4,
             Expr::CtDnat,
-            Expr::CtOriginalDport(L4::Udp, 30053),
+            Expr::CtOriginalDport(l4, if l4 == L4::Tcp { 30090 } else { 30053 }),
             Expr::Daddr(ip("10.233.0.5")),
-            Expr::SaddrIn(ip("127.0.0.0"), 8),
+            Expr::SaddrIn(ip(source), prefix),
             Expr::Snat(ip("10.233.0.1")),
+        ]
+    };
+    assert_eq!(
+        table.chains[2].rules,
+        [
+            from(L4::Tcp, "127.0.0.0", 8),
+            from(L4::Tcp, "10.233.0.0", 24),
+            from(L4::Udp, "127.0.0.0", 8),
+            from(L4::Udp, "10.233.0.0", 24),
         ],
-        "only a connection from the loopback gets the gateway as its source"
+        "only a connection from the loopback or the task's own network gets the gateway as its \
+         source"
     );
     assert!(
         table.chains[3]
@@ -924,6 +934,51 @@ async fn a_host_port_on_the_tasks_node_reaches_it_in_its_sandbox() {
     assert!(!balancer.node_rules_present().await.expect("lookup"));
     assert_eq!(node.sysctl("net.ipv4.ip_forward"), "0");
     assert_eq!(node.sysctl("net.ipv4.conf.swbr-4097.route_localnet"), "0");
+}
+
+/// A task reaching a neighbour's HOST-mode port through the node (both on one network's
+/// bridge): the node answers for the neighbour, which sees the gateway as the caller (it would
+/// otherwise answer the task directly, from an address the task never called). (A task
+/// reaching its own port this way is not covered: with `br_netfilter` on, the kernel bridges
+/// the translated packet back to the port it came from, which needs hairpin mode there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reaches_a_neighbours_host_port_through_the_node() {
+    require_namespaces!();
+    let node = Netns::new("n");
+    node.ip(&["addr", "add", "10.232.0.1/32", "dev", "lo"]);
+    node.ip(&["link", "add", "swbr-4097", "type", "bridge"]);
+    node.ip(&["addr", "add", "10.233.0.1/24", "dev", "swbr-4097"]);
+    node.ip(&["link", "set", "swbr-4097", "up"]);
+    let on_bridge = |addr: &str| {
+        let task = Netns::new("t");
+        let (outside, inside) = (unique("a"), unique("b"));
+        sh_ip(&[
+            "link", "add", &outside, "netns", &node.name, "type", "veth", "peer", "name", &inside,
+            "netns", &task.name,
+        ]);
+        node.ip(&["link", "set", &outside, "master", "swbr-4097", "up"]);
+        task.ip(&["addr", "add", addr, "dev", &inside]);
+        task.ip(&["link", "set", &inside, "up"]);
+        task.ip(&["route", "add", "default", "via", "10.233.0.1"]);
+        task
+    };
+    let server = on_bridge("10.233.0.5/24");
+    let neighbour = on_bridge("10.233.0.6/24");
+    tcp_server(&server, "10.233.0.5:8080".parse().unwrap(), "web");
+    let balancer = Balancer::in_netns(node.path());
+    balancer
+        .set_host_forward("t1", host_forwards().remove("t1"))
+        .await
+        .expect("forwarding the host ports");
+    let published: SocketAddr = "10.232.0.1:30090".parse().unwrap();
+    assert_eq!(
+        tcp_answers(&neighbour, published, 2),
+        vec!["web 10.233.0.1"; 2]
+    );
+    balancer
+        .set_host_forward("t1", None)
+        .await
+        .expect("removing the forward");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

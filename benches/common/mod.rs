@@ -162,8 +162,27 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Asks swarmd to stop as an operator's Ctrl-C does (SIGINT): ours then removes the network
+    /// devices and rules it made in the host's namespace, which a kill leaves behind.
+    fn interrupt(&self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, Signal::INT);
+        }
+    }
+}
+
+/// How long a manager may take to stop once interrupted before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 impl Drop for Manager {
     fn drop(&mut self) {
+        self.interrupt();
+        let deadline = Instant::now() + STOP_WAIT;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -198,10 +217,20 @@ async fn try_connect(socket: &Path, limit: Duration) -> Option<ControlClient<Cha
 
 /// `n` managers of one flavor on loopback, every node drained (UpdateNode availability DRAIN, as
 /// `swarmctl node update --availability drain` does) so that tasks stay PENDING. Managers are
-/// killed when it drops, before their folder goes.
+/// stopped when it drops, before their folder goes.
 pub struct Cluster {
     pub managers: Vec<Manager>,
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    /// Interrupts every manager at once (each then waits for its own in its drop): stopped one
+    /// by one, the last ones would wait on a quorum that is gone.
+    fn drop(&mut self) {
+        for m in &self.managers {
+            m.interrupt();
+        }
+    }
 }
 
 impl Cluster {

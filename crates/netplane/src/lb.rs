@@ -728,10 +728,11 @@ fn mesh_rules(view: &NodeView, reserved: &[u16], table: &mut Table) -> NodeRules
 
 /// Adds to `rules` the HOST-mode ports of the tasks in sandboxes here: each published port,
 /// on every local address, to the task's address and target port; a connection from the
-/// node's loopback, or from the task's own network (a task reaching a neighbour's, or its own,
-/// port through the node), also gets the network's gateway as its source: the task could not
-/// answer 127.0.0.1, and would answer a neighbour directly, from an address that neighbour
-/// never called. Their backend lists go into `table`.
+/// node's loopback, or from the task's own network (a neighbour reaching the task's port
+/// through the node), also gets the network's gateway as its source: the task could not answer
+/// 127.0.0.1, and would answer a neighbour directly, from an address that neighbour never
+/// called. (The task reaching its own port that way needs hairpin mode on its bridge port,
+/// which is not set: ARCHITECTURE.md.) Their backend lists go into `table`.
 fn host_rules(
     forwards: &BTreeMap<String, HostForward>,
     reserved: &[u16],

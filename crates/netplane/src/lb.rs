@@ -753,8 +753,11 @@ fn host_rules(
                 action,
             ]);
             let Some(gateway) = f.gateway else { continue };
-            let mask = u32::MAX.checked_shl(32 - u32::from(f.prefix)).unwrap_or(0);
-            let subnet = Ipv4Addr::from(u32::from(f.addr) & mask);
+            let subnet = crate::overlay::Cidr {
+                addr: f.addr,
+                prefix: f.prefix,
+            }
+            .network();
             for (from, prefix) in [(Ipv4Addr::new(127, 0, 0, 0), 8), (subnet, f.prefix)] {
                 rules.snat.push(vec![
                     Expr::Ipv4,

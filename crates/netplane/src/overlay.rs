@@ -51,6 +51,16 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Cidr {
+    /// The address with its host bits cleared: the subnet's own address.
+    pub fn network(&self) -> Ipv4Addr {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        Ipv4Addr::from(u32::from(self.addr) & mask)
+    }
+}
+
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Cidr, String> {
@@ -364,6 +374,15 @@ impl Overlay {
 mod tests {
     use super::*;
     use api::netplane::{Endpoint, Peer};
+
+    #[test]
+    fn a_cidrs_network_clears_its_host_bits() {
+        let network = |s: &str| s.parse::<Cidr>().expect("cidr").network().to_string();
+        assert_eq!(network("10.233.7.5/24"), "10.233.7.0");
+        assert_eq!(network("10.233.7.5/20"), "10.233.0.0");
+        assert_eq!(network("10.233.7.5/32"), "10.233.7.5");
+        assert_eq!(network("10.233.7.5/0"), "0.0.0.0");
+    }
 
     #[test]
     fn remote_entries_cover_peers_and_their_tasks_only() {

@@ -819,8 +819,11 @@ fn attachment_spec(a: &api::NetworkAttachment) -> Result<NetSpec, SandboxError> 
 }
 
 fn same_subnet(a: &Cidr, b: &Cidr) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(a.prefix)).unwrap_or(0);
-    u32::from(a.addr) & mask == u32::from(b.addr) & mask
+    let b_in_a = Cidr {
+        addr: b.addr,
+        prefix: a.prefix,
+    };
+    a.network() == b_in_a.network()
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {

@@ -162,15 +162,24 @@ impl Manager {
     }
 }
 
-impl Manager {
-    /// Asks swarmd to stop as an operator's Ctrl-C does (SIGINT): ours then removes the network
-    /// devices and rules it made in the host's namespace, which a kill leaves behind.
-    fn interrupt(&self) {
-        use rustix::process::{Pid, Signal, kill_process};
-        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
-            let _ = kill_process(pid, Signal::INT);
-        }
+/// Sends `child` SIGINT, as an operator's Ctrl-C: swarmd then removes the network devices and
+/// rules it made in the host's namespace, which a kill leaves behind.
+fn interrupt(child: &Child) {
+    use rustix::process::{Pid, Signal, kill_process};
+    if let Some(pid) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process(pid, Signal::INT);
     }
+}
+
+/// Interrupts `child`, waits for it to exit (`within` at most), then kills it if it has not.
+fn stop(child: &mut Child, within: Duration) {
+    interrupt(child);
+    let deadline = Instant::now() + within;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// How long a manager may take to stop once interrupted before it is killed.
@@ -178,13 +187,7 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        self.interrupt();
-        let deadline = Instant::now() + STOP_WAIT;
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, STOP_WAIT);
     }
 }
 
@@ -228,7 +231,7 @@ impl Drop for Cluster {
     /// by one, the last ones would wait on a quorum that is gone.
     fn drop(&mut self) {
         for m in &self.managers {
-            m.interrupt();
+            interrupt(&m.child);
         }
     }
 }
@@ -401,16 +404,7 @@ impl Tracer {
 
     /// SIGINT, then waits for it to exit (60 s at most, then SIGKILL); returns its stderr.
     pub fn stop(mut self) -> String {
-        use rustix::process::{Pid, Signal, kill_process};
-        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
-            let _ = kill_process(pid, Signal::INT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Duration::from_secs(60));
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 }
